@@ -1,0 +1,84 @@
+"""Atomic output files: write to a temporary name, rename when complete.
+
+A run that is killed, fails or fills the disk must never leave a file that looks
+valid but is truncated. Every writer in bcseg goes through :func:`atomic_path`.
+The temporary name keeps the real suffix, because tifffile, matplotlib and Keras
+choose the format from it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from pathlib import Path
+from typing import Iterator
+
+from bcseg.errors import UsageError
+
+PARTIAL_MARK = ".partial-"
+
+
+def partial_name(path: Path) -> Path:
+    """The temporary name used while ``path`` is being written."""
+    return path.with_name(f".{path.stem}{PARTIAL_MARK}{os.getpid()}{path.suffix}")
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | Path, force: bool = True) -> Iterator[Path]:
+    """Yield a temporary path to write to; rename it to ``path`` on success.
+
+    Parameters
+    ----------
+    path : str or Path
+        The final file name.
+    force : bool
+        When False and ``path`` exists, raise :class:`UsageError` instead of
+        overwriting it.
+
+    Examples
+    --------
+    >>> with atomic_path(out / "metrics.csv") as tmp:   # doctest: +SKIP
+    ...     tmp.write_text("id,dice\\n")
+    """
+    path = Path(path)
+    if not force and path.exists():
+        raise UsageError(path, "already exists; pass --force to overwrite it")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = partial_name(path)
+    try:
+        yield tmp
+        if not tmp.exists():
+            raise RuntimeError(f"{tmp}: writer produced no file")
+        with open(tmp, "rb+") as handle:  # flush to disk before the rename
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def write_text(path: str | Path, text: str, force: bool = True) -> Path:
+    """Write ``text`` to ``path`` atomically and return the path."""
+    with atomic_path(path, force=force) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+    return Path(path)
+
+
+def remove_partials(folder: str | Path) -> list[Path]:
+    """Delete temporary files a killed run left in ``folder``; return them."""
+    removed = []
+    for leftover in Path(folder).rglob(f"*{PARTIAL_MARK}*"):
+        if leftover.is_file():
+            leftover.unlink()
+            removed.append(leftover)
+    return removed
+
+
+def require_new(path: str | Path, force: bool) -> None:
+    """Raise :class:`UsageError` if ``path`` already holds a result and not ``force``."""
+    path = Path(path)
+    if force or not path.exists():
+        return
+    if path.is_dir() and not any(path.iterdir()):
+        return
+    raise UsageError(path, "already holds a result; pass --force to overwrite it")

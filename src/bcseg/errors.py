@@ -1,0 +1,63 @@
+"""Errors that the command line turns into one line on stderr.
+
+Every user-facing failure is a :class:`BcsegError` naming the file at fault (when
+there is one) and what to do about it. The exit code says which kind of failure it
+was, so scripts that drive bcseg over a whole study can tell them apart:
+
+====  ==========================================
+code  meaning
+====  ==========================================
+1     anything else (a bug, a full disk, ...)
+2     usage: bad arguments, output already there
+3     bad data: unreadable file, shape mismatch
+4     model or configuration problem
+====  ==========================================
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+class BcsegError(Exception):
+    """A failure the user can act on.
+
+    Parameters
+    ----------
+    path : str or Path or None
+        The file or folder at fault, or None when no single file is.
+    problem : str
+        What is wrong and, where it helps, what to do.
+    """
+
+    exit_code = 1
+
+    def __init__(self, path: str | Path | None, problem: str):
+        self.path = None if path is None else str(path)
+        self.problem = problem
+        super().__init__(str(self))
+
+    def __str__(self) -> str:
+        return f"{self.path}: {self.problem}" if self.path else self.problem
+
+
+class UsageError(BcsegError):
+    """Bad command-line use, or an output that would overwrite a result."""
+
+    exit_code = 2
+
+
+class DataError(BcsegError):
+    """An input image, mask, manifest or folder that cannot be used."""
+
+    exit_code = 3
+
+
+class ModelError(BcsegError):
+    """A model file or configuration that cannot be used."""
+
+    exit_code = 4
+
+
+class ConfigError(ModelError):
+    """A configuration file or key that is unknown or wrongly typed."""
