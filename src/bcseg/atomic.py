@@ -20,7 +20,9 @@ PARTIAL_MARK = ".partial-"
 
 def partial_name(path: Path) -> Path:
     """The temporary name used while ``path`` is being written."""
-    return path.with_name(f".{path.stem}{PARTIAL_MARK}{os.getpid()}{path.suffix}")
+    suffix = ".nii.gz" if path.name.lower().endswith(".nii.gz") else path.suffix
+    stem = path.name[: len(path.name) - len(suffix)] if suffix else path.name
+    return path.with_name(f".{stem}{PARTIAL_MARK}{os.getpid()}{suffix}")
 
 
 @contextlib.contextmanager

@@ -1,0 +1,117 @@
+"""Dataset integrity check, in the spirit of nnU-Net's ``--verify_dataset_integrity``.
+
+Reads every image and mask once, and lists every problem rather than stopping at the
+first: unreadable or truncated files, masks whose shape differs from their image,
+masks that are not binary, observers missing for some cases. No TensorFlow here.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from bcseg import io
+from bcseg.dataset import Case, discover
+from bcseg.errors import DataError
+
+
+@dataclass
+class CheckReport:
+    """What :func:`check_dataset` found.
+
+    ``problems`` holds ``(path, message)`` pairs; the dataset is usable when it is empty.
+    """
+
+    cases: list[Case]
+    shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)
+    dtypes: dict[str, str] = field(default_factory=dict)
+    spacings: dict[str, tuple[float, ...] | None] = field(default_factory=dict)
+    empty_masks: list[tuple[str, str]] = field(default_factory=list)  # (case id, observer)
+    problems: list[tuple[str, str]] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+def check_dataset(root: str | Path) -> CheckReport:
+    """Read every case under ``root`` and collect what is wrong.
+
+    Raises
+    ------
+    DataError
+        Only when no dataset can be found at all (missing or empty folder, unknown
+        layout); problems with single files are collected in the report.
+    """
+    cases = discover(root)
+    report = CheckReport(cases=cases)
+    observers = sorted({o for case in cases for o in case.masks})
+    for case in cases:
+        try:
+            image, spacing = io.read_image(case.image, mmap=True)
+        except DataError as error:
+            report.problems.append((error.path or str(case.image), error.problem))
+            continue
+        report.shapes[case.id] = tuple(image.shape)
+        report.dtypes[case.id] = str(image.dtype)
+        report.spacings[case.id] = case.spacing_mm or spacing
+        for observer in observers:
+            files = case.masks.get(observer)
+            if not files:
+                report.problems.append((str(case.image), f"no mask from observer '{observer}'"))
+                continue
+            empty = True
+            for path in files:
+                try:
+                    empty &= not io.read_mask(path, image.shape).any()
+                except DataError as error:
+                    report.problems.append((error.path or str(path), error.problem))
+            if empty:
+                report.empty_masks.append((case.id, observer))
+    return report
+
+
+def _span(values: list[int]) -> str:
+    return f"{min(values)}" if min(values) == max(values) else f"{min(values)}-{max(values)}"
+
+
+def _count_line(counter: Counter) -> str:
+    return ", ".join(f"{key}: {n}" for key, n in sorted(counter.items(), key=lambda kv: str(kv[0])))
+
+
+def format_report(report: CheckReport) -> str:
+    """The report as a plain-text table followed by the list of problems."""
+    cases = report.cases
+    shapes = list(report.shapes.values())
+    rows = [
+        ("cases", str(len(cases))),
+        ("groups", str(len({c.group for c in cases}))),
+    ]
+    classes = Counter(c.label_class for c in cases if c.label_class)
+    if classes:
+        rows.append(("classes", _count_line(classes)))
+    if shapes:
+        rows.append(("dimensions", _count_line(Counter(f"{len(s)}D" for s in shapes))))
+        for ndim in sorted({len(s) for s in shapes}):
+            same = [s for s in shapes if len(s) == ndim]
+            axes = "ZHW"[-ndim:]
+            rows.append((f"{ndim}D shapes", ", ".join(
+                f"{axis} {_span([s[i] for s in same])}" for i, axis in enumerate(axes))))
+        rows.append(("dtypes", _count_line(Counter(report.dtypes.values()))))
+        spacing = Counter("unknown" if s is None else "x".join(f"{v:g}" for v in s) + " mm"
+                          for s in report.spacings.values())
+        rows.append(("spacing", _count_line(spacing)))
+    observers = Counter(o for c in cases for o in c.masks)
+    rows.append(("observers", _count_line(observers) if observers else "none (images only)"))
+    per_case = Counter(len(c.masks) for c in cases)
+    rows.append(("observers per case", _count_line(per_case)))
+    empty = Counter(observer for _, observer in report.empty_masks)
+    rows.append(("empty masks", _count_line(empty) if empty else "0"))
+    rows.append(("problems", str(len(report.problems))))
+    width = max(len(name) for name, _ in rows)
+    lines = [f"{name:<{width}}  {value}" for name, value in rows]
+    if report.problems:
+        lines.append("")
+        lines.extend(f"problem: {path}: {message}" for path, message in report.problems)
+    return "\n".join(lines)

@@ -1,0 +1,258 @@
+"""Cases and how to find them: folder layouts and manifest CSV files.
+
+A *case* is one image (2D or 3D) with zero or more observer masks, a *group* (the
+specimen or patient it came from; splits never separate a group), an optional
+class, and optional spacing. Three ways to build a dataset:
+
+- BUSI layout: ``CLASS/NAME.png`` with ``CLASS/NAME_mask.png`` (and ``_mask_1`` ...,
+  OR-merged into one observer called ``reference``). A ``folds.csv`` beside the class
+  folders supplies the near-duplicate groups.
+- ``images/`` with ``masks/<observer>/`` holding files of the same stem (2D or 3D).
+  Each stack is its own group (one specimen per file).
+- A manifest CSV with columns ``id,image,mask_<observer>...,group`` and optionally
+  ``class``; paths are relative to the manifest's folder.
+
+No TensorFlow here.
+"""
+
+from __future__ import annotations
+
+import csv
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from bcseg import io
+from bcseg.errors import DataError
+
+BUSI_OBSERVER = "reference"
+_BUSI_MASK = re.compile(r"^(?P<name>.+)_mask(_\d+)?$")
+
+
+@dataclass(frozen=True)
+class Case:
+    """One image with its observers' masks.
+
+    Attributes
+    ----------
+    id : str
+        Unique name of the case (file stem by default).
+    image : Path
+        The image or stack file.
+    masks : dict of str to tuple of Path
+        Files per observer; several files for one observer are OR-merged.
+    group : str
+        Specimen or patient; cases of one group always share a split.
+    label_class : str or None
+        Class such as ``benign``, used to stratify folds.
+    spacing_mm : tuple of float or None
+        Overrides the spacing stored in the image file.
+    """
+
+    id: str
+    image: Path
+    masks: dict[str, tuple[Path, ...]] = field(default_factory=dict)
+    group: str = ""
+    label_class: str | None = None
+    spacing_mm: tuple[float, ...] | None = None
+
+    @property
+    def observers(self) -> list[str]:
+        return sorted(self.masks)
+
+
+def read_case_image(case: Case, mmap: bool = False) -> tuple[np.ndarray, tuple[float, ...] | None]:
+    """The case's image array and its spacing (the case's own spacing wins)."""
+    array, spacing = io.read_image(case.image, mmap=mmap)
+    return array, case.spacing_mm or spacing
+
+
+def read_case_masks(case: Case, shape: tuple[int, ...] | None = None) -> dict[str, np.ndarray]:
+    """Each observer's mask as a bool array; several files per observer are OR-merged."""
+    masks = {}
+    for observer, files in sorted(case.masks.items()):
+        merged = None
+        for path in files:
+            mask = io.read_mask(path, shape)
+            shape = mask.shape
+            merged = mask if merged is None else merged | mask
+        masks[observer] = merged
+    return masks
+
+
+# --------------------------------------------------------------------------- layouts
+
+def discover(root: str | Path) -> list[Case]:
+    """Build the list of cases from a folder layout or a manifest CSV.
+
+    Raises
+    ------
+    DataError
+        When the path is missing, holds no known layout, or holds no images.
+    """
+    root = Path(root)
+    if not root.exists():
+        raise DataError(root, "not found")
+    if root.is_file():
+        if root.suffix.lower() == ".csv":
+            return read_manifest(root)
+        raise DataError(root, "expected a folder or a manifest .csv file")
+    if (root / "manifest.csv").is_file():
+        return read_manifest(root / "manifest.csv")
+    if (root / "images").is_dir():
+        return _discover_images_masks(root)
+    if any(_BUSI_MASK.match(io.file_stem(p)) for d in _subfolders(root) for p in io.image_files(d)):
+        return _discover_busi(root)
+    if not any(root.iterdir()):
+        raise DataError(root, "folder is empty")
+    raise DataError(root, "no known layout: expected images/ + masks/<observer>/, "
+                    "class folders with NAME_mask.png files, or a manifest.csv")
+
+
+def _subfolders(root: Path) -> list[Path]:
+    return sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+def _discover_images_masks(root: Path) -> list[Case]:
+    images = io.image_files(root / "images")
+    if not images:
+        raise DataError(root / "images", "folder holds no images")
+    mask_root = root / "masks"
+    observers: dict[str, dict[str, Path]] = {}
+    if mask_root.is_dir():
+        loose = io.image_files(mask_root)
+        if loose:  # masks/ with files directly: one unnamed observer
+            observers["mask"] = {io.file_stem(p): p for p in loose}
+        for folder in _subfolders(mask_root):
+            observers[folder.name] = {io.file_stem(p): p for p in io.image_files(folder)}
+    cases = []
+    for image in images:
+        stem = io.file_stem(image)
+        masks = {obs: (files[stem],) for obs, files in observers.items() if stem in files}
+        cases.append(Case(id=stem, image=image, masks=masks, group=stem))
+    _check_unique_ids(cases, root)
+    return cases
+
+
+def _discover_busi(root: Path) -> list[Case]:
+    groups = _busi_groups(root / "folds.csv")
+    cases = []
+    for folder in _subfolders(root):
+        files = io.image_files(folder)
+        masks: dict[str, list[Path]] = {}
+        for path in files:
+            match = _BUSI_MASK.match(io.file_stem(path))
+            if match:
+                masks.setdefault(match["name"], []).append(path)
+        for path in files:
+            stem = io.file_stem(path)
+            if _BUSI_MASK.match(stem):
+                continue
+            relative = f"{folder.name}/{path.name}"
+            found = tuple(sorted(masks.get(stem, [])))
+            cases.append(Case(
+                id=stem, image=path, masks={BUSI_OBSERVER: found} if found else {},
+                group=groups.get(relative, stem), label_class=folder.name))
+    if not cases:
+        raise DataError(root, "class folders hold no images")
+    _check_unique_ids(cases, root)
+    return cases
+
+
+def _busi_groups(folds_csv: Path) -> dict[str, str]:
+    if not folds_csv.is_file():
+        return {}
+    with open(folds_csv, newline="", encoding="utf-8") as handle:
+        rows = list(csv.DictReader(handle))
+    if rows and {"image", "group"} <= set(rows[0]):
+        return {row["image"]: f"g{row['group']}" for row in rows}
+    return {}
+
+
+def _check_unique_ids(cases: list[Case], where: Path) -> None:
+    seen: dict[str, Path] = {}
+    for case in cases:
+        if case.id in seen:
+            raise DataError(where, f"two images share the id '{case.id}': "
+                            f"{seen[case.id]} and {case.image}")
+        seen[case.id] = case.image
+
+
+# --------------------------------------------------------------------------- manifest
+
+def _manifest_path(value: str, base: Path, manifest: Path, row: int) -> Path:
+    if not value:
+        raise DataError(manifest, f"row {row}: empty path")
+    path = Path(value)
+    if not path.is_absolute():
+        path = base / path
+        # A relative path must stay inside the manifest's folder: '..' escapes are
+        # usually a mistake and make a dataset impossible to move as a whole.
+        if not path.resolve().is_relative_to(base.resolve()):
+            raise DataError(manifest, f"row {row}: '{value}' points outside the manifest's "
+                            "folder; use an absolute path if that is intended")
+    if not path.is_file():
+        raise DataError(manifest, f"row {row}: file '{value}' not found")
+    return path
+
+
+def read_manifest(path: str | Path) -> list[Case]:
+    """Cases from a CSV with columns ``id,image,mask_<observer>...,group[,class]``."""
+    path = Path(path)
+    try:
+        with open(path, newline="", encoding="utf-8") as handle:
+            reader = csv.DictReader(handle)
+            columns = reader.fieldnames or []
+            rows = list(reader)
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise DataError(path, f"cannot read manifest ({exc})") from None
+    missing = {"id", "image"} - set(columns)
+    if missing:
+        raise DataError(path, f"manifest lacks column(s) {', '.join(sorted(missing))}; "
+                        "expected id,image,mask_<observer>...,group")
+    if not rows:
+        raise DataError(path, "manifest has no rows")
+    mask_columns = [c for c in columns if c.startswith("mask_")]
+    base = path.parent
+    cases = []
+    for number, row in enumerate(rows, start=2):  # line 1 is the header
+        masks = {}
+        for column in mask_columns:
+            if row.get(column):
+                files = row[column].split(";")
+                masks[column[len("mask_"):]] = tuple(
+                    _manifest_path(f.strip(), base, path, number) for f in files)
+        case_id = (row.get("id") or "").strip()
+        if not case_id:
+            raise DataError(path, f"row {number}: empty id")
+        cases.append(Case(
+            id=case_id, image=_manifest_path(row["image"].strip(), base, path, number),
+            masks=masks, group=(row.get("group") or "").strip() or case_id,
+            label_class=(row.get("class") or "").strip() or None))
+    _check_unique_ids(cases, path)
+    return cases
+
+
+def write_manifest(cases: list[Case], path: str | Path) -> Path:
+    """Write cases as a manifest CSV (paths relative to its folder where possible)."""
+    from bcseg.atomic import atomic_path
+
+    path = Path(path)
+    observers = sorted({obs for case in cases for obs in case.masks})
+
+    def rel(p: Path) -> str:
+        try:
+            return str(Path(p).resolve().relative_to(path.parent.resolve()))
+        except ValueError:
+            return str(Path(p).resolve())
+
+    with atomic_path(path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["id", "image"] + [f"mask_{o}" for o in observers] + ["group", "class"])
+        for case in cases:
+            writer.writerow([case.id, rel(case.image)]
+                            + [";".join(rel(p) for p in case.masks.get(o, ())) for o in observers]
+                            + [case.group, case.label_class or ""])
+    return path

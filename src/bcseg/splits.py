@@ -1,0 +1,192 @@
+"""Cross-validation folds by group, fold files, and near-duplicate grouping.
+
+Splits are always by group: slices of one specimen (or near-duplicate images of one
+lesion) never sit on both sides of a split, since neighbouring slices leak into the
+test set and inflate Dice. No TensorFlow here.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import warnings
+from collections import Counter, defaultdict
+from pathlib import Path
+
+import numpy as np
+
+from bcseg import io
+from bcseg.atomic import write_text
+from bcseg.dataset import Case
+from bcseg.errors import DataError
+
+
+def kfold_by_group(cases: list[Case], k: int = 5, seed: int = 0) -> dict[str, int]:
+    """Assign every case a fold, keeping groups whole and classes balanced.
+
+    Groups are shuffled with ``seed`` and placed largest first, each into the fold
+    where it least upsets the balance of size and class (greedy stratified group
+    k-fold, the idea behind scikit-learn's ``StratifiedGroupKFold``).
+
+    Parameters
+    ----------
+    cases : list of Case
+    k : int
+        Number of folds. With fewer groups than ``k``, ``k`` drops to the number of
+        groups and a warning says so (pilot studies of 3 or 4 specimens).
+    seed : int
+
+    Returns
+    -------
+    dict of str to int
+        Fold index per case id.
+    """
+    if k < 2:
+        raise ValueError(f"k must be at least 2, got {k}")
+    groups: dict[str, list[Case]] = defaultdict(list)
+    for case in cases:
+        groups[case.group].append(case)
+    if len(groups) < 2:
+        raise DataError(None, f"only {len(groups)} specimen/group: cross-validation needs at least 2")
+    if len(groups) < k:
+        warnings.warn(f"only {len(groups)} groups for {k} folds; using {len(groups)} folds "
+                      "(one group per test fold)", stacklevel=2)
+        k = len(groups)
+    rng = np.random.default_rng(seed)
+    names = sorted(groups)
+    rng.shuffle(names)
+    names.sort(key=lambda g: -len(groups[g]))  # stable: ties keep the shuffled order
+    classes = sorted({c.label_class or "" for c in cases})
+    total = Counter(c.label_class or "" for c in cases)
+    size = np.zeros(k)
+    per_class = np.zeros((k, len(classes)))
+    folds: dict[str, int] = {}
+    for name in names:
+        members = groups[name]
+        counts = np.array([sum((c.label_class or "") == cls for c in members) for cls in classes])
+        target = np.array([total[cls] for cls in classes]) / k
+        # Cost of each choice: how far class counts and fold sizes stray from even.
+        cost = (np.abs(per_class + counts - target).sum(axis=1)
+                + 0.5 * np.abs(size + len(members) - len(cases) / k))
+        fold = int(np.argmin(cost))
+        size[fold] += len(members)
+        per_class[fold] += counts
+        for case in members:
+            folds[case.id] = fold
+    return folds
+
+
+def folds_from_file(path: str | Path, cases: list[Case]) -> dict[str, int]:
+    """Read folds from a CSV with an ``image`` (or ``id``) column and a ``fold`` column.
+
+    Rows match cases by case id or by the image's file stem. Cases missing from the
+    file raise :class:`DataError` listing them (up to five).
+    """
+    path = Path(path)
+    try:
+        with open(path, newline="", encoding="utf-8") as handle:
+            rows = list(csv.DictReader(handle))
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise DataError(path, f"cannot read fold file ({exc})") from None
+    if not rows or "fold" not in rows[0] or not ({"image", "id"} & set(rows[0])):
+        raise DataError(path, "fold file needs columns 'fold' and 'image' or 'id'")
+    by_key = {}
+    for number, row in enumerate(rows, start=2):
+        key = row.get("id") or io.file_stem(row["image"])
+        try:
+            by_key[key] = int(row["fold"])
+        except ValueError:
+            raise DataError(path, f"row {number}: fold '{row['fold']}' is not a whole number") from None
+    missing = [c.id for c in cases if c.id not in by_key]
+    if missing:
+        shown = ", ".join(missing[:5]) + (" ..." if len(missing) > 5 else "")
+        raise DataError(path, f"{len(missing)} case(s) have no fold: {shown}")
+    folds = {c.id: by_key[c.id] for c in cases}
+    _check_groups_whole(cases, folds, path)
+    return folds
+
+
+def _check_groups_whole(cases: list[Case], folds: dict[str, int], source) -> None:
+    seen: dict[str, int] = {}
+    for case in cases:
+        if seen.setdefault(case.group, folds[case.id]) != folds[case.id]:
+            raise DataError(source, f"group '{case.group}' is split across folds; "
+                            "that leaks one specimen into both train and test")
+
+
+def validation_ids(cases: list[Case], fraction: float = 0.2, seed: int = 0) -> list[str]:
+    """Pick whole groups from ``cases`` (the training folds) for validation.
+
+    At least one group is taken; with a single group there is no validation split
+    and an empty list is returned with a warning.
+    """
+    groups = sorted({c.group for c in cases})
+    if len(groups) < 2:
+        warnings.warn("one training group only: no validation split, "
+                      "the last epoch's model is kept", stacklevel=2)
+        return []
+    rng = np.random.default_rng(seed + 7919)  # a stream apart from the fold shuffle
+    rng.shuffle(groups)
+    n = min(len(groups) - 1, max(1, round(fraction * len(groups))))
+    chosen = set(groups[:n])
+    return [c.id for c in cases if c.group in chosen]
+
+
+def save_splits(path: str | Path, cases: list[Case], folds: dict[str, int],
+                seed: int | None = None, source: str = "kfold_by_group") -> Path:
+    """Write folds as JSON: per fold the test and train ids, plus groups."""
+    k = max(folds.values()) + 1
+    data = {
+        "source": source, "seed": seed, "k": k,
+        "folds": [{"fold": f, "test": [c.id for c in cases if folds[c.id] == f],
+                   "train": [c.id for c in cases if folds[c.id] != f]} for f in range(k)],
+        "groups": {c.id: c.group for c in cases},
+    }
+    return write_text(path, json.dumps(data, indent=1) + "\n")
+
+
+def load_splits(path: str | Path) -> dict[str, int]:
+    """Fold per case id from a JSON written by :func:`save_splits`."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        return {case_id: entry["fold"] for entry in data["folds"] for case_id in entry["test"]}
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise DataError(path, f"not a bcseg splits file ({exc})") from None
+
+
+# --------------------------------------------------------------------------- near-duplicates
+
+def average_hash(image: np.ndarray, size: int = 16) -> np.ndarray:
+    """Boolean ``size``×``size`` average hash of a 2D image (block means above the mean)."""
+    from skimage.transform import resize
+
+    small = resize(image.astype(np.float32), (size, size), anti_aliasing=True)
+    return (small > small.mean()).ravel()
+
+
+def near_duplicate_groups(cases: list[Case], max_distance: int = 8, size: int = 16) -> list[Case]:
+    """Merge the groups of 2D images whose average hashes differ in <= ``max_distance`` bits.
+
+    Near-duplicates (the same frame re-cropped or re-saved) must share a split. The
+    merge is transitive. Returns new cases with updated groups.
+    """
+    from dataclasses import replace
+
+    hashes = np.stack([average_hash(io.read_image(c.image)[0], size) for c in cases])
+    distance = (hashes[:, None, :] != hashes[None, :, :]).sum(axis=2)
+    parent = list(range(len(cases)))
+
+    def root(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    for i, j in zip(*np.nonzero(np.triu(distance <= max_distance, 1))):
+        parent[root(i)] = root(j)
+    # Cases that already shared a group stay together as well.
+    first_of_group: dict[str, int] = {}
+    for i, case in enumerate(cases):
+        parent[root(i)] = root(first_of_group.setdefault(case.group, i))
+    return [replace(c, group=f"dup{root(i)}") for i, c in enumerate(cases)]

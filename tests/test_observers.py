@@ -1,0 +1,97 @@
+"""Consensus masks and inter-observer agreement on hand-built masks."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from bcseg import observers as O
+
+
+def rect(shape, *box):
+    m = np.zeros(shape, bool)
+    m[tuple(slice(a, b) for a, b in box)] = True
+    return m
+
+
+A = rect((10, 10), (2, 6), (2, 6))   # 4x4 square
+B = rect((10, 10), (4, 8), (2, 6))   # the same two rows lower: overlaps A in 2x4
+
+
+def test_union_and_intersection_by_hand():
+    u, i = O.union([A, B]), O.intersection([A, B])
+    assert u.dtype == bool and i.dtype == bool
+    assert u.sum() == 24 and i.sum() == 8
+    assert np.array_equal(i, rect((10, 10), (4, 6), (2, 6)))
+    assert np.array_equal(u, rect((10, 10), (2, 8), (2, 6)))
+    # uint8 0/255 masks, as read from Fiji TIFFs, mean the same.
+    assert np.array_equal(O.union([A.astype(np.uint8) * 255, B]), u)
+    assert np.array_equal(O.union([A]), A)
+
+
+def test_union_rejects_bad_input():
+    with pytest.raises(ValueError):
+        O.union([])
+    with pytest.raises(ValueError, match="shape"):
+        O.intersection([A, np.zeros((10, 11))])
+
+
+@pytest.mark.parametrize("mask", [A, rect((4, 10, 10), (1, 3), (2, 6), (2, 6))])
+def test_staple_of_identical_masks_is_that_mask(mask):
+    out = O.staple([mask, mask])
+    assert out.dtype == bool and np.array_equal(out, mask)
+
+
+def test_staple_follows_majority_of_three():
+    # Two observers draw A, the third draws B: STAPLE rates the third one less
+    # reliable, and keeps exactly A.
+    assert np.array_equal(O.staple([A, A, B]), A)
+    assert np.array_equal(O.staple([A, B, A]), A)
+
+
+def test_staple_3d_and_empty_inputs():
+    a3 = rect((5, 12, 12), (1, 4), (2, 8), (2, 8))
+    b3 = rect((5, 12, 12), (1, 4), (3, 9), (2, 8))
+    out = O.staple([a3, a3, b3])
+    assert out.shape == a3.shape and np.array_equal(out, a3)
+    empty = O.staple([np.zeros((6, 6)), np.zeros((6, 6))])
+    assert empty.dtype == bool and not empty.any()
+
+
+def test_consensus_methods_and_errors():
+    masks = {"obs1": A, "obs2": B}
+    assert np.array_equal(O.consensus(masks, "obs2"), B)
+    assert np.array_equal(O.consensus(masks, "union"), O.union([A, B]))
+    assert np.array_equal(O.consensus(masks, "intersection"), O.intersection([A, B]))
+    assert O.consensus(masks, "staple").shape == A.shape
+    with pytest.raises(ValueError, match="'obs1', 'obs2', 'union', 'intersection', 'staple'"):
+        O.consensus(masks, "majority")
+    with pytest.raises(ValueError):
+        O.consensus({}, "union")
+    with pytest.raises(ValueError, match="name of a consensus method"):
+        O.consensus({"union": A, "obs2": B}, "union")
+
+
+def test_agreement_known_pair():
+    # A and B: |A|=|B|=16, overlap 8 -> dice 0.5, iou 1/3. Spacing (2, 0.5):
+    # B's bottom row is 2 rows = 4 mm below A's, so the Hausdorff (and hd95) is 4 mm.
+    rows = O.agreement({"obs1": A, "obs2": B}, spacing_mm=(2.0, 0.5))
+    assert len(rows) == 1
+    r = rows[0]
+    assert (r["observer_a"], r["observer_b"]) == ("obs1", "obs2")
+    assert r["dice"] == pytest.approx(0.5)
+    assert r["iou"] == pytest.approx(1 / 3)
+    assert r["hd95"] == pytest.approx(4.0)
+    assert r["volume_pred"] == r["volume_truth"] == pytest.approx(16.0)
+    assert r["unit"] == "mm"
+
+
+def test_agreement_pairs_and_single_observer():
+    rows = O.agreement({"a": A, "b": B, "c": A})
+    assert [(r["observer_a"], r["observer_b"]) for r in rows] == [("a", "b"), ("a", "c"), ("b", "c")]
+    assert rows[1]["dice"] == 1.0 and rows[1]["hd95"] == 0.0
+    assert O.agreement({"a": A}) == []
+    empty = O.agreement({"a": A, "b": np.zeros_like(A)})[0]
+    assert empty["dice"] == 0.0 and empty["hd95"] == math.inf
