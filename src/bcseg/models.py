@@ -1,0 +1,233 @@
+"""U-Net builders for 2D slices and 3D stacks, in the plain Keras functional API.
+
+One function, :func:`unet`, builds every variant. The model uses built-in Keras
+layers only, so a saved ``.keras`` file loads with
+``keras.saving.load_model(path, safe_mode=True, compile=False)`` and no custom
+objects.
+
+Input sizes must be a multiple of ``2**depth * stem_stride`` along every spatial
+axis. :func:`size_divisor` gives that number from the builder's arguments;
+:func:`model_divisor` recovers it from a built or loaded model by multiplying the
+strides of its downsampling layers (the strided stem convolution and the
+``MaxPooling`` layers), so nothing beyond the ``.keras`` file is needed.
+"""
+
+from __future__ import annotations
+
+import keras
+from keras import layers
+
+NORMS = ("batch", "instance", None)
+UPSAMPLES = ("transpose", "linear")
+
+
+def _layer(kind: str, ndim: int, suffix: str = ""):
+    """The Keras layer class ``kind`` (``"Conv"``, ``"MaxPooling"``, ...) for 2D or 3D."""
+    return getattr(layers, f"{kind}{ndim}D{suffix}")
+
+
+def _norm(x, norm: str | None, name: str):
+    if norm == "batch":
+        return layers.BatchNormalization(name=f"{name}_bn")(x)
+    if norm == "instance":
+        return layers.GroupNormalization(groups=-1, name=f"{name}_in")(x)
+    return x
+
+
+def _conv_norm(x, filters, ndim, norm, name, strides=1):
+    """A 3×3 convolution followed by ``norm`` (no bias when normalised)."""
+    x = _layer("Conv", ndim)(filters, 3, strides=strides, padding="same",
+                             use_bias=norm is None, name=name)(x)
+    return _norm(x, norm, name)
+
+
+def _conv_block(x, filters, ndim, norm, residual, name):
+    """Two conv-norm-ReLU steps; with ``residual``, a shortcut is added before the last ReLU."""
+    shortcut = x
+    x = layers.Activation("relu", name=f"{name}_relu1")(_conv_norm(x, filters, ndim, norm, f"{name}_conv1"))
+    x = _conv_norm(x, filters, ndim, norm, f"{name}_conv2")
+    if residual:
+        if shortcut.shape[-1] != filters:
+            shortcut = _layer("Conv", ndim)(filters, 1, use_bias=False, name=f"{name}_proj")(shortcut)
+        x = layers.Add(name=f"{name}_add")([x, shortcut])
+    return layers.Activation("relu", name=f"{name}_relu2")(x)
+
+
+def _upsample(x, filters, ndim, mode, factor, name):
+    """Upsample by ``factor``: a transposed convolution, or UpSampling then a 3×3 conv.
+
+    ``UpSampling2D`` interpolates bilinearly; ``UpSampling3D`` can only repeat voxels,
+    and the convolution that follows smooths the result.
+    """
+    if mode == "transpose":
+        return _layer("Conv", ndim, "Transpose")(filters, factor, strides=factor,
+                                                 padding="same", name=name)(x)
+    extra = {"interpolation": "bilinear"} if ndim == 2 else {}
+    x = _layer("UpSampling", ndim)(factor, name=f"{name}_resize", **extra)(x)
+    return _layer("Conv", ndim)(filters, 3, padding="same", name=name)(x)
+
+
+def unet(
+    ndim: int = 2,
+    in_channels: int = 1,
+    base_filters: int = 16,
+    depth: int = 4,
+    norm: str | None = "batch",
+    dropout: float = 0.0,
+    residual: bool = False,
+    upsample: str = "transpose",
+    decoder_norm_only: bool = False,
+    stem_stride: int = 1,
+    name: str | None = None,
+) -> keras.Model:
+    """Build a U-Net that maps an image to a one-channel tumour probability.
+
+    Parameters
+    ----------
+    ndim : {2, 3}
+        Spatial dimensions: 2 for ``(H, W)`` slices, 3 for ``(Z, H, W)`` stacks.
+    in_channels : int
+        Channels of the input image.
+    base_filters : int
+        Filters at the first level; each level down doubles them.
+    depth : int
+        Number of 2× downsamplings (``MaxPooling``) in the encoder, at least 1.
+    norm : {"batch", "instance", None}
+        Normalisation after every convolution. ``"instance"`` is
+        ``GroupNormalization(groups=-1)``.
+    dropout : float
+        Dropout rate in [0, 1) after the bottleneck block.
+    residual : bool
+        Add a shortcut (1×1-projected when the width changes) around every
+        two-convolution block.
+    upsample : {"transpose", "linear"}
+        Decoder upsampling: a 2× transposed convolution, or ``UpSampling`` followed
+        by a 3×3 convolution.
+    decoder_norm_only : bool
+        Normalise in the decoder only; the stem, encoder and bottleneck have none.
+        The reference study's preset is ``base_filters=32, depth=4,
+        upsample="transpose", norm="batch", decoder_norm_only=True``.
+    stem_stride : int
+        Stride of a first 3×3 convolution, so the U-Net runs at reduced
+        resolution; a final upsampling and block restore the full size. 1 means no
+        stem. Must be a power of two.
+    name : str, optional
+        Model name; defaults to ``"unet2d"`` or ``"unet3d"``.
+
+    Returns
+    -------
+    keras.Model
+        Input shape ``(None,)*ndim + (in_channels,)``; output of the same spatial
+        size with one sigmoid channel, in float32 even under a mixed-precision
+        policy. Spatial sizes must be multiples of ``size_divisor(depth, stem_stride)``.
+
+    Examples
+    --------
+    >>> model = unet(ndim=2, base_filters=4, depth=2, stem_stride=2)
+    >>> model_divisor(model)
+    8
+    """
+    _check_args(ndim, in_channels, base_filters, depth, norm, dropout, residual,
+                upsample, decoder_norm_only, stem_stride)
+    enc_norm = None if decoder_norm_only else norm
+
+    inputs = keras.Input(shape=(None,) * ndim + (in_channels,), name="image")
+    x = inputs
+    if stem_stride > 1:
+        x = _conv_norm(x, base_filters, ndim, enc_norm, "stem_conv", strides=stem_stride)
+        x = layers.Activation("relu", name="stem_relu")(x)
+
+    skips = []
+    for level in range(depth):
+        x = _conv_block(x, base_filters * 2**level, ndim, enc_norm, residual, f"enc{level}")
+        skips.append(x)
+        x = _layer("MaxPooling", ndim)(2, name=f"enc{level}_pool")(x)
+    x = _conv_block(x, base_filters * 2**depth, ndim, enc_norm, residual, "bottleneck")
+    if dropout:
+        x = layers.Dropout(dropout, name="bottleneck_dropout")(x)
+
+    for level in reversed(range(depth)):
+        filters = base_filters * 2**level
+        x = _upsample(x, filters, ndim, upsample, 2, f"dec{level}_up")
+        x = layers.Concatenate(name=f"dec{level}_concat")([x, skips[level]])
+        x = _conv_block(x, filters, ndim, norm, residual, f"dec{level}")
+    if stem_stride > 1:
+        x = _upsample(x, base_filters, ndim, upsample, stem_stride, "stem_up")
+        x = _conv_block(x, base_filters, ndim, norm, residual, "stem_dec")
+
+    outputs = _layer("Conv", ndim)(1, 1, activation="sigmoid", dtype="float32", name="mask")(x)
+    return keras.Model(inputs, outputs, name=name or f"unet{ndim}d")
+
+
+def _check_args(ndim, in_channels, base_filters, depth, norm, dropout, residual,
+                upsample, decoder_norm_only, stem_stride):
+    def positive_int(value, what, minimum=1):
+        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+            raise ValueError(f"{what} must be an integer >= {minimum}, got {value!r}")
+
+    if ndim not in (2, 3) or isinstance(ndim, bool):
+        raise ValueError(f"ndim must be 2 or 3, got {ndim!r}")
+    positive_int(in_channels, "in_channels")
+    positive_int(base_filters, "base_filters")
+    positive_int(depth, "depth")
+    positive_int(stem_stride, "stem_stride")
+    if stem_stride & (stem_stride - 1):
+        raise ValueError(f"stem_stride must be a power of two, got {stem_stride}")
+    if norm not in NORMS:
+        raise ValueError(f"norm must be one of {NORMS}, got {norm!r}")
+    if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0 <= dropout < 1:
+        raise ValueError(f"dropout must be a number in [0, 1), got {dropout!r}")
+    if upsample not in UPSAMPLES:
+        raise ValueError(f"upsample must be one of {UPSAMPLES}, got {upsample!r}")
+    for flag, what in ((residual, "residual"), (decoder_norm_only, "decoder_norm_only")):
+        if not isinstance(flag, bool):
+            raise ValueError(f"{what} must be True or False, got {flag!r}")
+    if decoder_norm_only and norm is None:
+        raise ValueError("decoder_norm_only=True needs a norm ('batch' or 'instance'), got None")
+
+
+def size_divisor(depth: int, stem_stride: int = 1) -> int:
+    """The multiple that every spatial input size must be padded to.
+
+    Parameters
+    ----------
+    depth, stem_stride : int
+        As given to :func:`unet`.
+
+    Returns
+    -------
+    int
+        ``2**depth * stem_stride``.
+
+    Examples
+    --------
+    >>> size_divisor(4, 2)
+    32
+    """
+    return 2**depth * stem_stride
+
+
+def model_divisor(model: keras.Model) -> int:
+    """The input-size multiple of a built or loaded model.
+
+    It is the product of the strides of the model's downsampling layers: pooling
+    layers and strided (non-transposed) convolutions. For a model from
+    :func:`unet` this equals ``size_divisor(depth, stem_stride)``.
+
+    Parameters
+    ----------
+    model : keras.Model
+        For example ``keras.saving.load_model(path, safe_mode=True, compile=False)``.
+
+    Returns
+    -------
+    int
+        1 when the model never downsamples.
+    """
+    downsampling = (layers.MaxPooling2D, layers.MaxPooling3D, layers.AveragePooling2D,
+                    layers.AveragePooling3D, layers.Conv2D, layers.Conv3D)  # not ConvTranspose
+    divisor = 1
+    for layer in model.layers:
+        if isinstance(layer, downsampling):
+            divisor *= max(layer.strides)
+    return divisor
