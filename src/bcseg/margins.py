@@ -1,0 +1,639 @@
+"""Surgical margins: how close the tumour comes to the surface of the excised specimen.
+
+About one in five breast-conserving operations is followed by a second one because
+tumour reaches the margin of the specimen. Given a tumour mask and a specimen mask on a
+3D ultrasound stack ``(Z, H, W)``, :func:`margins` reports the closest distance from the
+tumour to the specimen surface, overall and for each of the six faces a surgeon
+orients and a pathologist inks: anterior (superficial), posterior (deep), superior,
+inferior, medial and lateral.
+
+Definitions (the numbers are only as good as these; say them next to any result)
+-------------------------------------------------------------------------------
+*Surface.* The specimen's surface voxels are the specimen voxels with at least one
+background voxel among their 26 neighbours (the same definition as
+:func:`bcseg.metrics.surface_distances`). Outside the array counts as background, so
+where the specimen touches the edge of the image the "surface" is the edge of the field
+of view, not the specimen; a warning names those faces.
+
+*Distance.* The margin is the Euclidean distance in mm, using ``spacing_mm``, from the
+centre of the nearest tumour voxel to the centre of the nearest surface voxel. For a
+flat face perpendicular to an array axis this equals the gap between the outer edges of
+the tumour's and the specimen's voxels (the half voxels on either side cancel); it is
+exactly 0 when a tumour voxel lies on the surface (``ink_on_tumour``); on oblique or
+curved surfaces it is off by up to about a voxel. It is the same number as the minimum
+over the tumour of :func:`scipy.ndimage.distance_transform_edt` of the non-surface
+voxels with ``sampling=spacing_mm`` (the tests check this); a k-d tree over the
+tumour's own surface voxels computes it, giving the closest pair of points and the six
+face-wise minima in one query, without full-volume transforms.
+
+*Faces.* Every surface voxel is given to the face whose outward direction is closest to
+its outward normal, the normal being minus the gradient of the specimen mask smoothed
+with a Gaussian of ``normal_sigma_mm``. For a box this is exactly its six sides (voxels
+within about ``normal_sigma_mm`` of an edge are split along the bisector); for a
+rounded specimen each face is the part of the surface that faces that way, as the ink
+would be painted. A face's margin is the distance from the tumour to that part only,
+and the overall margin is the smallest of the six. The face directions come from an
+:class:`Orientation`, default ``z:superior-inferior,y:anterior-posterior,x:medial-lateral``
+(rows run from the transducer, superficial, to deep).
+
+*Limits.* The specimen is not a box, and the faces are where the tissue faces, not the
+surgeon's sutures: check the orientation of every stack. Ultrasound is not pathology:
+the masks are only as good as the segmentation, margins smaller than the voxel size or
+than the segmentation's own boundary error cannot be resolved, the specimen deforms on the
+coupling medium, and DCIS is often invisible on ultrasound. Use the numbers to direct
+attention, not as a margin status.
+"""
+
+from __future__ import annotations
+
+import csv
+import io as text_io
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Mapping
+
+import numpy as np
+from scipy import ndimage
+from scipy.spatial import cKDTree
+from skimage.filters import threshold_otsu
+
+from bcseg import io
+from bcseg.atomic import atomic_path, write_text
+from bcseg.errors import DataError, UsageError
+
+__all__ = [
+    "FACES", "Orientation", "DEFAULT_ORIENTATION", "parse_orientation",
+    "specimen_mask", "margins", "margins_row", "MARGIN_COLUMNS", "write_margins_csv",
+    "margin_figure", "margins_for_files",
+]
+
+FACES = ("anterior", "posterior", "superior", "inferior", "medial", "lateral")
+_OPPOSITE = {"anterior": "posterior", "superior": "inferior", "medial": "lateral"}
+_OPPOSITE.update({b: a for a, b in list(_OPPOSITE.items())})
+_SYNONYMS = {"superficial": "anterior", "deep": "posterior"}
+_AXES = {"z": 0, "y": 1, "x": 2, "0": 0, "1": 1, "2": 2}
+_AXIS_LETTER = "zyx"
+_SPACING_HINT = "pass --spacing with the voxel size in mm (z y x)"
+
+
+# ----------------------------------------------------------------------- orientation
+def _face_name(word: str) -> str:
+    name = _SYNONYMS.get(str(word).strip().lower(), str(word).strip().lower())
+    if name not in FACES:
+        raise ValueError(f"orientation: unknown face {word!r}; faces are {', '.join(FACES)} "
+                         "(or superficial, deep)")
+    return name
+
+
+@dataclass(frozen=True)
+class Orientation:
+    """Which specimen face lies at each end of each volume axis.
+
+    Parameters
+    ----------
+    axes : tuple of three (str, str)
+        ``axes[i] = (face at index 0 of axis i, face at the last index of axis i)``.
+        Each of the three opposite pairs (anterior/posterior, superior/inferior,
+        medial/lateral) is used on exactly one axis. "superficial" and "deep" are
+        accepted for anterior and posterior.
+
+    Examples
+    --------
+    >>> o = parse_orientation("z:superior-inferior,y:anterior-posterior,x:medial-lateral")
+    >>> o == DEFAULT_ORIENTATION, o.direction("posterior")
+    (True, (1, 1))
+    """
+
+    axes: tuple = (("superior", "inferior"), ("anterior", "posterior"), ("medial", "lateral"))
+
+    def __post_init__(self):
+        if len(self.axes) != 3 or any(len(pair) != 2 for pair in self.axes):
+            raise ValueError(f"orientation needs one (low, high) face pair per axis, got {self.axes}")
+        axes = tuple(tuple(_face_name(f) for f in pair) for pair in self.axes)
+        for low, high in axes:
+            if _OPPOSITE[low] != high:
+                raise ValueError(f"orientation: {low!r} and {high!r} are not opposite faces; "
+                                 "pairs are anterior-posterior, superior-inferior, medial-lateral")
+        used = sorted(face for pair in axes for face in pair)
+        if used != sorted(FACES):
+            raise ValueError(f"orientation: each face pair must be used on exactly one axis, got {axes}")
+        object.__setattr__(self, "axes", axes)
+
+    def direction(self, face: str) -> tuple[int, int]:
+        """``(axis, sign)`` of a face: sign -1 at index 0 of the axis, +1 at its end."""
+        face = _face_name(face)
+        for axis, pair in enumerate(self.axes):
+            if face in pair:
+                return axis, (-1 if pair[0] == face else 1)
+        raise AssertionError(face)  # unreachable: every face is on an axis
+
+    def face(self, axis: int, sign: int) -> str:
+        """The face at the low (``sign < 0``) or high end of ``axis``."""
+        return self.axes[axis][0 if sign < 0 else 1]
+
+    def __str__(self) -> str:
+        return ",".join(f"{_AXIS_LETTER[i]}:{lo}-{hi}" for i, (lo, hi) in enumerate(self.axes))
+
+
+DEFAULT_ORIENTATION = Orientation()
+
+
+def parse_orientation(text: str) -> Orientation:
+    """Parse ``"z:superior-inferior,y:anterior-posterior,x:medial-lateral"``.
+
+    Each of the three comma-separated items is ``axis:low-high``: the axis (``z``,
+    ``y``, ``x`` or ``0``, ``1``, ``2``), the face at index 0 of that axis and the face
+    at its last index. Case and spaces are ignored.
+
+    Raises
+    ------
+    ValueError
+        Unless every axis and every face pair appears exactly once.
+    """
+    form = "expected 'z:superior-inferior,y:anterior-posterior,x:medial-lateral'"
+    items = [item.strip() for item in str(text).split(",") if item.strip()]
+    if len(items) != 3:
+        raise ValueError(f"orientation {text!r}: needs 3 items, one per axis; {form}")
+    axes: dict[int, tuple[str, str]] = {}
+    for item in items:
+        axis, _, faces = item.partition(":")
+        low, dash, high = faces.partition("-")
+        if not dash or axis.strip().lower() not in _AXES:
+            raise ValueError(f"orientation {text!r}: cannot read {item!r}; {form}")
+        index = _AXES[axis.strip().lower()]
+        if index in axes:
+            raise ValueError(f"orientation {text!r}: axis {_AXIS_LETTER[index]} given twice")
+        axes[index] = (low, high)
+    try:
+        return Orientation(tuple(axes[i] for i in range(3)))
+    except ValueError as exc:
+        raise ValueError(f"orientation {text!r}: {str(exc).removeprefix('orientation: ')}") from None
+
+
+def _as_orientation(orientation) -> Orientation:
+    if orientation is None:
+        return DEFAULT_ORIENTATION
+    if isinstance(orientation, Orientation):
+        return orientation
+    return parse_orientation(orientation)
+
+
+# -------------------------------------------------------------------- specimen mask
+def _sampling(spacing_mm, ndim: int) -> np.ndarray:
+    if spacing_mm is None:
+        return np.ones(ndim)
+    spacing = np.asarray(spacing_mm, dtype=float)
+    if spacing.shape != (ndim,) or not np.all(np.isfinite(spacing)) or np.any(spacing <= 0):
+        raise DataError(None, f"spacing_mm {tuple(spacing_mm)} must be {ndim} positive numbers")
+    return spacing
+
+
+def _fill_holes(mask: np.ndarray, plane_axis: int | None = None) -> np.ndarray:
+    """Fill background regions that do not reach the array border (in 3D, or in the
+    planes normal to ``plane_axis``)."""
+    structure = ndimage.generate_binary_structure(mask.ndim, 1)
+    border_axes = list(range(mask.ndim))
+    if plane_axis is not None:
+        centre = [slice(None)] * mask.ndim
+        centre[plane_axis] = slice(0, 1)
+        structure[tuple(centre)] = False
+        centre[plane_axis] = slice(2, 3)
+        structure[tuple(centre)] = False
+        border_axes.remove(plane_axis)
+    labels, count = ndimage.label(~mask, structure=structure)
+    outside = set()
+    for axis in border_axes:
+        for index in (0, -1):
+            outside.update(np.unique(np.take(labels, index, axis=axis)).tolist())
+    hole = np.ones(count + 1, bool)
+    hole[list(outside | {0})] = False
+    return mask | hole[labels]
+
+
+def _largest_component(mask: np.ndarray) -> np.ndarray:
+    labels, count = ndimage.label(mask)
+    if count <= 1:
+        return mask
+    sizes = np.bincount(labels.ravel())
+    sizes[0] = 0
+    return labels == int(np.argmax(sizes))
+
+
+def _ball_open_close(mask: np.ndarray, radius_mm: float, sampling, closing: bool) -> np.ndarray:
+    """Opening or closing by a Euclidean ball of ``radius_mm`` (anisotropic voxels),
+    through distance transforms, so the cost does not grow with the radius."""
+    def within(region: np.ndarray) -> np.ndarray:  # voxels within radius_mm of region
+        if not region.any() or region.all():  # the transform needs both values
+            return region.copy()
+        return ndimage.distance_transform_edt(~region, sampling=sampling) <= radius_mm
+
+    if radius_mm <= 0:
+        return mask
+    if closing:
+        return ~within(~within(mask))
+    return within(~within(~mask))
+
+
+def specimen_mask(volume, spacing_mm=None, sigma_mm: float = 0.5, opening_mm: float = 0.5,
+                  closing_mm: float = 1.0, max_samples: int = 2_000_000) -> np.ndarray:
+    """Find the tissue block in an ultrasound stack: bright speckle in dark medium.
+
+    Gaussian smoothing (``sigma_mm``), an Otsu threshold (on a fixed random subsample
+    of at most ``max_samples`` voxels for big stacks), opening by a ball of
+    ``opening_mm``, the largest connected component, closing by a ball of
+    ``closing_mm``, then hole filling in 3D and slice by slice along every axis, so a
+    dark (hypoechoic) tumour inside the tissue is part of the specimen.
+
+    Parameters
+    ----------
+    volume : array_like, shape (Z, H, W) or (H, W)
+        Ultrasound intensities, tissue brighter than the coupling medium.
+    spacing_mm : tuple of float, optional
+        Voxel size per axis. When None the ``*_mm`` sizes are read as voxels.
+    sigma_mm, opening_mm, closing_mm : float
+        Smoothing sigma and ball radii in mm (0 switches a step off).
+    max_samples : int
+        Most voxels the threshold is computed from.
+
+    Returns
+    -------
+    ndarray of bool
+        Same shape as ``volume``. Empty when the volume is constant.
+
+    Notes
+    -----
+    Dark regions open to the outside are not filled: a tumour that breaks the surface
+    in every slice, or acoustic shadowing that runs from the tumour to the deep face.
+    Bright structures touching the tissue (a holder, near-field reverberation) are
+    not separated from it. Check the mask (it is written next to the margins) before
+    trusting the margins.
+    """
+    volume = np.asarray(volume)
+    if volume.ndim not in (2, 3) or not np.issubdtype(volume.dtype, np.number):
+        raise ValueError(f"expected a 2D or 3D numeric array, got {volume.dtype} {volume.shape}")
+    sampling = _sampling(spacing_mm, volume.ndim)
+    smooth = volume.astype(np.float32)
+    if sigma_mm > 0:
+        smooth = ndimage.gaussian_filter(smooth, sigma=sigma_mm / sampling, mode="nearest")
+    if not np.isfinite(smooth).all():
+        raise DataError(None, "image holds NaN or infinite values; cannot find the specimen")
+    values = smooth.ravel()
+    if values.size > max_samples:
+        values = values[np.random.default_rng(0).integers(0, values.size, max_samples)]
+    if values.min() == values.max():
+        return np.zeros(volume.shape, bool)
+    mask = smooth > threshold_otsu(values)
+    del smooth
+    mask = _ball_open_close(mask, opening_mm, sampling, closing=False)
+    mask = _largest_component(mask)
+    if not mask.any():
+        return mask
+    mask = _ball_open_close(mask, closing_mm, sampling, closing=True)
+    mask = _fill_holes(mask)
+    if mask.ndim == 3:
+        for axis in range(3):
+            mask = _fill_holes(mask, plane_axis=axis)
+    return mask
+
+
+# ------------------------------------------------------------------------- margins
+def _surface(mask: np.ndarray) -> np.ndarray:
+    """Voxels of ``mask`` with a background voxel (or the array edge) among their 26
+    neighbours, as in :mod:`bcseg.metrics`."""
+    structure = ndimage.generate_binary_structure(mask.ndim, mask.ndim)
+    return mask & ~ndimage.binary_erosion(mask, structure=structure, border_value=0)
+
+
+def _bbox(mask: np.ndarray) -> tuple[slice, ...]:
+    box = []
+    for axis in range(mask.ndim):
+        hit = np.flatnonzero(mask.any(axis=tuple(a for a in range(mask.ndim) if a != axis)))
+        box.append(slice(int(hit[0]), int(hit[-1]) + 1))
+    return tuple(box)
+
+
+def _surface_faces(specimen: np.ndarray, surface_idx: np.ndarray, sampling: np.ndarray,
+                   orientation: Orientation, normal_sigma_mm: float) -> np.ndarray:
+    """Face index (into FACES) of each surface voxel, by its outward normal."""
+    sigma = np.maximum(normal_sigma_mm / sampling, 1.0)
+    smooth = np.pad(ndimage.gaussian_filter(specimen.astype(np.float32), sigma, mode="constant"), 1)
+    idx = surface_idx + 1
+    outward = np.empty(surface_idx.shape, float)
+    for axis in range(3):
+        step = np.zeros(3, int)
+        step[axis] = 1
+        ahead, behind = idx + step, idx - step
+        outward[:, axis] = (smooth[tuple(behind.T)] - smooth[tuple(ahead.T)]) / (2 * sampling[axis])
+    flat = np.abs(outward).max(axis=1) <= 1e-6
+    if flat.any():  # no usable gradient: fall back to the side of the bounding box
+        centre = (np.array(specimen.shape) - 1) / 2
+        outward[flat] = (surface_idx[flat] - centre) / np.maximum(np.array(specimen.shape) / 2, 1)
+    axis = np.argmax(np.abs(outward), axis=1)
+    sign = np.sign(outward[np.arange(len(axis)), axis])
+    table = np.array([[FACES.index(orientation.face(a, s)) for s in (-1, 1)] for a in range(3)])
+    return table[axis, (sign > 0).astype(int)]
+
+
+def _empty_face() -> dict:
+    return {"distance_mm": math.nan, "ink_on_tumour": False, "close_margin": False,
+            "tumour_index": None, "tumour_mm": None, "surface_index": None, "surface_mm": None}
+
+
+def margins(tumour, specimen, spacing_mm, orientation=DEFAULT_ORIENTATION, close_mm: float = 2.0,
+            normal_sigma_mm: float = 1.0) -> dict:
+    """Closest distance from the tumour to the specimen surface, overall and per face.
+
+    See the module docstring for the definitions of surface, distance and face.
+
+    Parameters
+    ----------
+    tumour, specimen : array_like of bool, shape (Z, H, W)
+        Tumour and specimen masks on the same grid.
+    spacing_mm : tuple of 3 float
+        Voxel size ``(z, y, x)`` in mm. Required: margins in voxels mislead.
+    orientation : Orientation or str
+        Which face lies at each end of each axis (see :func:`parse_orientation`).
+    close_mm : float
+        A margin below this is ``close_margin`` (2 mm: the DCIS guideline).
+    normal_sigma_mm : float
+        Smoothing of the specimen surface used to decide which way it faces.
+
+    Returns
+    -------
+    dict
+        ``tumour_volume_mm3``, ``specimen_volume_mm3``; the overall ``distance_mm``,
+        ``closest_face``, ``ink_on_tumour`` (a tumour voxel on the surface, distance 0)
+        and ``close_margin`` (``distance_mm < close_mm``, so ink implies close);
+        ``tumour_index``/``tumour_mm`` and ``surface_index``/``surface_mm``, the closest
+        pair of voxel centres (index ``(z, y, x)`` and ``index * spacing_mm``);
+        ``faces``, the same fields for each of :data:`FACES`; ``close_mm``,
+        ``spacing_mm``, ``orientation`` and ``warnings`` (a list of str). An empty
+        tumour or specimen, or a tumour wholly outside the specimen, gives NaN
+        distances and a warning instead of an error; a tumour partly outside is
+        measured from its part inside, with a warning.
+
+    Raises
+    ------
+    DataError
+        ``spacing_mm`` is None or invalid, or the masks are not 3D of one shape.
+    """
+    if spacing_mm is None:
+        raise DataError(None, f"voxel spacing unknown, and margins in voxels mislead; {_SPACING_HINT}")
+    tumour = np.asarray(tumour) != 0
+    specimen = np.asarray(specimen) != 0
+    if tumour.ndim != 3 or tumour.shape != specimen.shape:
+        raise DataError(None, f"margins need 3D tumour and specimen masks of one shape, got "
+                        f"{tumour.shape} and {specimen.shape}")
+    sampling = _sampling(spacing_mm, 3)
+    orientation = _as_orientation(orientation)
+    if not close_mm >= 0:
+        raise ValueError(f"close_mm must be >= 0, got {close_mm}")
+    voxel_mm3 = float(np.prod(sampling))
+    n_tumour, n_specimen = int(np.count_nonzero(tumour)), int(np.count_nonzero(specimen))
+    result = {"tumour_volume_mm3": n_tumour * voxel_mm3, "specimen_volume_mm3": n_specimen * voxel_mm3,
+              "closest_face": "", **_empty_face(),
+              "faces": {face: _empty_face() for face in FACES},
+              "close_mm": float(close_mm), "spacing_mm": tuple(float(s) for s in sampling),
+              "orientation": str(orientation), "warnings": []}
+    warnings = result["warnings"]
+    if n_specimen == 0:
+        warnings.append("specimen mask is empty; no margins")
+    if n_tumour == 0:
+        warnings.append("no tumour found")
+    if n_specimen == 0 or n_tumour == 0:
+        return result
+
+    box = _bbox(specimen)
+    offset = np.array([s.start for s in box])
+    spec = specimen[box]
+    inside = tumour[box] & spec
+    n_inside = int(np.count_nonzero(inside))
+    if n_inside == 0:
+        warnings.append("tumour lies wholly outside the specimen mask; no margins")
+        return result
+    if n_inside < n_tumour:
+        out = n_tumour - n_inside
+        warnings.append(f"{out} of {n_tumour} tumour voxels ({100 * out / n_tumour:.1f}%) lie outside "
+                        "the specimen mask; margins are measured from the part inside")
+    edge_faces = [orientation.face(a, s) for a in range(3) for s, i in ((-1, 0), (1, -1))
+                  if np.take(specimen, i, axis=a).any()]
+    if edge_faces:
+        warnings.append("specimen touches the edge of the image on the " + ", ".join(edge_faces)
+                        + " side(s); margins there are measured to the edge of the field of view")
+
+    surface_idx = np.argwhere(_surface(spec))
+    face_of = _surface_faces(spec, surface_idx, sampling, orientation, normal_sigma_mm)
+    # The nearest tumour voxel to any outside point is on the tumour's own surface.
+    tbox = _bbox(inside)
+    toffset = np.array([s.start for s in tbox])
+    tumour_idx = np.argwhere(_surface(inside[tbox])) + toffset
+    # One query: for every surface voxel, its nearest tumour voxel. (The tree holds
+    # the compact tumour; querying the shell-shaped surface into it prunes well.)
+    distance, nearest = cKDTree(tumour_idx * sampling).query(surface_idx * sampling, k=1)
+    for number, face in enumerate(FACES):
+        mine = np.flatnonzero(face_of == number)
+        if len(mine) == 0:
+            warnings.append(f"no surface faces {face}; no margin for that face")
+            continue
+        best = mine[int(np.argmin(distance[mine]))]
+        t_index, s_index = tumour_idx[nearest[best]] + offset, surface_idx[best] + offset
+        d = float(distance[best])
+        result["faces"][face] = {
+            "distance_mm": d, "ink_on_tumour": d == 0.0, "close_margin": d < close_mm,
+            "tumour_index": tuple(int(i) for i in t_index),
+            "tumour_mm": tuple(float(v) for v in t_index * sampling),
+            "surface_index": tuple(int(i) for i in s_index),
+            "surface_mm": tuple(float(v) for v in s_index * sampling)}
+    found = [f for f in FACES if not math.isnan(result["faces"][f]["distance_mm"])]
+    closest = min(found, key=lambda f: result["faces"][f]["distance_mm"])
+    result.update(result["faces"][closest], closest_face=closest)
+    return result
+
+
+# ---------------------------------------------------------------------------- table
+def _point_columns(prefix: str) -> list[str]:
+    return [f"{prefix}_{a}" for a in _AXIS_LETTER] + [f"{prefix}_{a}_mm" for a in _AXIS_LETTER]
+
+
+MARGIN_COLUMNS = (["case", "tumour_volume_mm3", "specimen_volume_mm3", "distance_mm", "closest_face",
+                   "ink_on_tumour", "close_margin"] + _point_columns("tumour") + _point_columns("surface")
+                  + [f"{face}_{what}" for face in FACES for what in ("mm", "ink", "close")]
+                  + ["close_mm", "spacing_mm", "orientation", "warnings"])
+
+
+def margins_row(result: Mapping) -> dict:
+    """Flatten a :func:`margins` result into one CSV row (see ``MARGIN_COLUMNS``)."""
+    row = {"case": result.get("case", ""), "closest_face": result["closest_face"],
+           "ink_on_tumour": result["ink_on_tumour"], "close_margin": result["close_margin"],
+           "close_mm": result["close_mm"], "orientation": result["orientation"],
+           "spacing_mm": " ".join(f"{s:g}" for s in result["spacing_mm"]),
+           "warnings": "; ".join(result["warnings"])}
+    for key in ("tumour_volume_mm3", "specimen_volume_mm3", "distance_mm"):
+        row[key] = result[key]
+    for prefix in ("tumour", "surface"):
+        index, mm = result[f"{prefix}_index"], result[f"{prefix}_mm"]
+        for i, axis in enumerate(_AXIS_LETTER):
+            row[f"{prefix}_{axis}"] = "" if index is None else index[i]
+            row[f"{prefix}_{axis}_mm"] = "" if mm is None else mm[i]
+    for face in FACES:
+        entry = result["faces"][face]
+        row.update({f"{face}_mm": entry["distance_mm"], f"{face}_ink": entry["ink_on_tumour"],
+                    f"{face}_close": entry["close_margin"]})
+    return row
+
+
+def _cell(value) -> str:
+    if isinstance(value, float):
+        return "" if math.isnan(value) else f"{value:.4f}".rstrip("0").rstrip(".")
+    return str(value)
+
+
+def write_margins_csv(rows: Iterable[Mapping], path: str | Path, force: bool = True) -> Path:
+    """Write one row per specimen to ``path`` atomically.
+
+    ``rows`` are :func:`margins` / :func:`margins_for_files` results (with a
+    ``case`` key) or rows already flattened by :func:`margins_row`. NaN is written as
+    an empty cell.
+    """
+    buffer = text_io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=MARGIN_COLUMNS, extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        flat = margins_row(row) if "faces" in row else row
+        writer.writerow({key: _cell(flat.get(key, "")) for key in MARGIN_COLUMNS})
+    return write_text(path, buffer.getvalue(), force=force)
+
+
+# --------------------------------------------------------------------------- figure
+def _plane_name(orientation: Orientation, axis: int) -> str:
+    pair = set(orientation.axes[axis])
+    return {"superior": "axial", "medial": "sagittal", "anterior": "coronal"}[
+        next(f for f in ("superior", "medial", "anterior") if f in pair)]
+
+
+def margin_figure(image, tumour, specimen, result: Mapping, path: str | Path, spacing_mm,
+                  force: bool = True) -> Path:
+    """Three orthogonal slices through the closest tumour point, saved as PNG.
+
+    Each panel shows the image with the specimen (cyan) and tumour (red) contours, the
+    closest tumour point, the closest surface point and the line between them
+    (projected onto the panel when the surface point lies off it), with the face names
+    on the panel sides. Without a tumour the slices pass through the middle of the
+    specimen. Written atomically; distances on the axes are in mm.
+    """
+    from matplotlib.figure import Figure
+
+    image = np.asarray(image)
+    tumour, specimen = np.asarray(tumour) != 0, np.asarray(specimen) != 0
+    sampling = _sampling(spacing_mm, 3)
+    orientation = _as_orientation(result.get("orientation"))
+    if result.get("tumour_index") is not None:
+        centre = np.array(result["tumour_index"])
+    elif specimen.any():
+        centre = np.array([(s.start + s.stop - 1) // 2 for s in _bbox(specimen)])
+    else:
+        centre = np.array(image.shape) // 2
+    fig = Figure(figsize=(13, 4.8), dpi=100, layout="constrained")
+    for panel, axis in enumerate(range(3)):
+        ax = fig.add_subplot(1, 3, panel + 1)
+        rows, cols = [a for a in range(3) if a != axis]
+        take = [slice(None)] * 3
+        take[axis] = int(centre[axis])
+        picture = image[tuple(take)].astype(float)
+        low, high = np.percentile(picture, (1, 99)) if picture.size else (0, 1)
+        nr, nc = picture.shape
+        sr, sc = sampling[rows], sampling[cols]
+        ax.imshow(picture, cmap="gray", vmin=low, vmax=max(high, low + 1e-9), interpolation="nearest",
+                  extent=(-sc / 2, (nc - 0.5) * sc, (nr - 0.5) * sr, -sr / 2))
+        xs, ys = np.arange(nc) * sc, np.arange(nr) * sr
+        for mask, colour in ((specimen, "cyan"), (tumour, "red")):
+            cut = mask[tuple(take)]
+            if cut.any() and not cut.all():
+                ax.contour(xs, ys, cut.astype(float), levels=[0.5], colors=colour, linewidths=1)
+        if result.get("surface_index") is not None:
+            t, s = np.array(result["tumour_index"]), np.array(result["surface_index"])
+            ax.plot([t[cols] * sc, s[cols] * sc], [t[rows] * sr, s[rows] * sr], "-", color="yellow", lw=1.5)
+            ax.plot(t[cols] * sc, t[rows] * sr, "o", color="red", ms=4)
+            ax.plot(s[cols] * sc, s[rows] * sr, "x", color="yellow", ms=6)
+        ax.set_title(f"{_plane_name(orientation, axis)}: {_AXIS_LETTER[axis]} = {int(centre[axis])}", fontsize=10)
+        ax.set_xlabel(f"{_AXIS_LETTER[cols]} (mm): {orientation.axes[cols][0]} \u2192 {orientation.axes[cols][1]}")
+        ax.set_ylabel(f"{_AXIS_LETTER[rows]} (mm): {orientation.axes[rows][0]} \u2192 {orientation.axes[rows][1]}")
+    name = result.get("case") or ""
+    if math.isnan(result.get("distance_mm", math.nan)):
+        headline = "; ".join(result.get("warnings", [])) or "no margin"
+    else:
+        flag = ("ink on tumour" if result["ink_on_tumour"]
+                else f"close (< {result['close_mm']:g} mm)" if result["close_margin"] else "clear")
+        headline = f"closest margin {result['distance_mm']:.2f} mm, {result['closest_face']} face: {flag}"
+    fig.suptitle(f"{name}  {headline}".strip(), fontsize=11)
+    fig.supxlabel("cyan: specimen   red: tumour   yellow: closest margin, tumour point (o) to "
+                  "surface point (x), projected onto each slice", fontsize=9)
+    with atomic_path(path, force=force) as tmp:
+        fig.savefig(tmp, format="png", bbox_inches="tight")
+    return Path(path)
+
+
+# ---------------------------------------------------------------------------- files
+def margins_for_files(image_path: str | Path, tumour_path: str | Path, out_dir: str | Path,
+                      specimen_path: str | Path | None = None, spacing_mm=None, orientation=None,
+                      close_mm: float = 2.0, force: bool = False) -> dict:
+    """Margins for one stack on disk: CSV row, figure and (when computed) specimen mask.
+
+    Writes ``<stem>_margins.csv``, ``<stem>_margins.png`` and, when ``specimen_path``
+    is None, ``<stem>_specimen.tif`` from :func:`specimen_mask`, all into ``out_dir``
+    and atomically. ``spacing_mm`` overrides the spacing stored in the image file.
+
+    Returns
+    -------
+    dict
+        The :func:`margins` result with ``case`` (the image's file stem) and
+        ``outputs`` (name -> path).
+
+    Raises
+    ------
+    UsageError
+        An output exists and not ``force``, or the orientation string is bad.
+    DataError
+        Unreadable files, shape mismatch, a 2D image, or no spacing at all.
+    """
+    image_path, out_dir = Path(image_path), Path(out_dir)
+    try:
+        orientation = _as_orientation(orientation)
+    except ValueError as exc:
+        raise UsageError(None, str(exc)) from None
+    if not close_mm >= 0:
+        raise UsageError(None, f"close margin must be >= 0 mm, got {close_mm}")
+    case = io.file_stem(image_path)
+    outputs = {"csv": out_dir / f"{case}_margins.csv", "png": out_dir / f"{case}_margins.png"}
+    if specimen_path is None:
+        outputs["specimen"] = out_dir / f"{case}_specimen.tif"
+    for output in outputs.values():
+        if output.exists() and not force:
+            raise UsageError(output, "already exists; pass --force to overwrite it")
+    image, file_spacing = io.read_image(image_path)
+    if image.ndim != 3:
+        raise DataError(image_path, f"margins need a 3D stack (Z, H, W), got shape {image.shape}")
+    spacing = spacing_mm if spacing_mm is not None else file_spacing
+    if spacing is None:
+        raise DataError(image_path, f"voxel spacing unknown, and margins in voxels mislead; {_SPACING_HINT}")
+    try:
+        spacing = tuple(float(s) for s in _sampling(spacing, 3))
+    except DataError as exc:
+        raise DataError(image_path, exc.problem) from None
+    tumour = io.read_mask(tumour_path, expected_shape=image.shape)
+    if specimen_path is None:
+        specimen = specimen_mask(image, spacing)
+    else:
+        specimen = io.read_mask(specimen_path, expected_shape=image.shape)
+    result = margins(tumour, specimen, spacing, orientation, close_mm)
+    result["case"] = case
+    if spacing_mm is not None and file_spacing is not None and not np.allclose(spacing, file_spacing):
+        given, stored = (" x ".join(f"{v:g}" for v in sp) for sp in (spacing, file_spacing))
+        result["warnings"].append(f"spacing {given} mm given overrides the file's {stored} mm")
+    if specimen_path is None:
+        io.write_mask(outputs["specimen"], specimen, spacing_mm=spacing, force=force)
+    write_margins_csv([result], outputs["csv"], force=force)
+    margin_figure(image, tumour, specimen, result, outputs["png"], spacing, force=force)
+    result["outputs"] = {name: str(p) for name, p in outputs.items()}
+    return result

@@ -1,0 +1,299 @@
+"""Margins on exact geometry: a voxelised sphere (the tumour) inside a box (the
+specimen) with anisotropic voxels, where every face distance is known by hand."""
+
+from __future__ import annotations
+
+import csv
+import math
+
+import numpy as np
+import pytest
+from scipy import ndimage
+
+from bcseg import io
+from bcseg import margins as M
+from bcseg.errors import DataError, UsageError
+
+SPACING = (0.5, 0.2, 0.3)  # mm per (z, y, x) voxel
+TOL = max(SPACING)         # one voxel, in mm
+
+
+def box_and_sphere(shape, box, centre_mm, radius_mm, spacing=SPACING):
+    """Specimen = voxels ``box[a][0] <= i <= box[a][1]``; tumour = voxel centres
+    within ``radius_mm`` of ``centre_mm`` (voxel centre i sits at i * spacing)."""
+    specimen = np.zeros(shape, bool)
+    specimen[tuple(slice(lo, hi + 1) for lo, hi in box)] = True
+    grid = np.indices(shape).astype(float)
+    r2 = sum(((grid[a] * spacing[a]) - centre_mm[a]) ** 2 for a in range(3))
+    return r2 <= radius_mm ** 2 + 1e-9, specimen
+
+
+def analytic_faces(box, centre_mm, radius_mm, spacing=SPACING, orientation=M.DEFAULT_ORIENTATION):
+    """Gap between the sphere and the plane of each face's outermost voxel centres."""
+    out = {}
+    for axis, (lo, hi) in enumerate(box):
+        out[orientation.face(axis, -1)] = centre_mm[axis] - radius_mm - lo * spacing[axis]
+        out[orientation.face(axis, 1)] = hi * spacing[axis] - centre_mm[axis] - radius_mm
+    return out
+
+
+SHAPE = (48, 110, 76)
+BOX = ((3, 43), (4, 104), (3, 71))  # 20 x 20 x 20.4 mm between surface voxel centres
+
+
+# ------------------------------------------------------------------ exact geometry
+def test_face_distances_match_analytic_sphere_off_grid():
+    centre, radius = (9.3, 8.13, 11.07), 3.4  # off the voxel grid, radius off the grid too
+    tumour, specimen = box_and_sphere(SHAPE, BOX, centre, radius)
+    result = M.margins(tumour, specimen, SPACING)
+    expected = analytic_faces(BOX, centre, radius)
+    for face, value in expected.items():
+        assert result["faces"][face]["distance_mm"] == pytest.approx(value, abs=TOL), face
+    nearest = min(expected, key=expected.get)
+    assert result["closest_face"] == nearest == "anterior"
+    assert result["distance_mm"] == pytest.approx(expected[nearest], abs=TOL)
+    assert result["distance_mm"] == min(f["distance_mm"] for f in result["faces"].values())
+    voxel = np.prod(SPACING)
+    assert result["tumour_volume_mm3"] == pytest.approx(tumour.sum() * voxel)
+    assert result["tumour_volume_mm3"] == pytest.approx(4 / 3 * math.pi * radius ** 3, rel=0.03)
+    assert result["specimen_volume_mm3"] == pytest.approx(41 * 101 * 69 * voxel)
+    assert result["warnings"] == []
+
+
+def test_closest_points_exact_when_sphere_is_on_grid():
+    # Centre on a voxel centre and radius a whole number of voxels on every axis:
+    # the extreme voxel towards each face is unique, so the closest pair is known.
+    centre_idx = np.array([20, 30, 40])
+    centre = tuple(centre_idx * SPACING)  # (10, 6, 12) mm
+    tumour, specimen = box_and_sphere(SHAPE, BOX, centre, 3.0)
+    result = M.margins(tumour, specimen, SPACING)
+    expected = analytic_faces(BOX, centre, 3.0)
+    for face, value in expected.items():
+        assert result["faces"][face]["distance_mm"] == pytest.approx(value, abs=1e-9), face
+    # anterior (y low) is 6 - 3 - 0.8 = 2.2 mm away; the next is superior, 10 - 3 - 1.5 = 5.5
+    assert result["closest_face"] == "anterior"
+    assert result["distance_mm"] == pytest.approx(2.2)
+    assert result["tumour_index"] == (20, 30 - 15, 40)  # 3 mm = 15 rows of 0.2 mm
+    assert result["surface_index"] == (20, BOX[1][0], 40)
+    assert result["tumour_mm"] == pytest.approx((10.0, 3.0, 12.0))
+    assert result["surface_mm"] == pytest.approx((10.0, 0.8, 12.0))
+    lateral = result["faces"]["lateral"]
+    assert lateral["tumour_index"] == (20, 30, 50) and lateral["surface_index"] == (20, 30, BOX[2][1])
+    assert not result["ink_on_tumour"] and not result["close_margin"]
+
+
+def test_distance_equals_edt_to_surface_on_irregular_shapes():
+    # An ellipsoid specimen and an off-centre blob: the k-d tree result must equal the
+    # distance transform of the non-surface voxels, minimised over the tumour.
+    grid = np.indices((30, 60, 50)).astype(float)
+    sp = np.array(SPACING)[:, None, None, None]
+    pos = grid * sp
+    specimen = (((pos[0] - 7.5) / 6.5) ** 2 + ((pos[1] - 6) / 5.5) ** 2 + ((pos[2] - 7.5) / 6.8) ** 2) <= 1
+    tumour = (((pos[0] - 9) / 2) ** 2 + ((pos[1] - 8.5) / 1.5) ** 2 + ((pos[2] - 6) / 2.5) ** 2) <= 1
+    tumour &= ~(((pos[0] - 9) ** 2 + (pos[1] - 8.5) ** 2) < 0.6)  # a notch, so not convex
+    surface = specimen & ~ndimage.binary_erosion(specimen, np.ones((3, 3, 3)), border_value=0)
+    edt = ndimage.distance_transform_edt(~surface, sampling=SPACING)
+    result = M.margins(tumour, specimen, SPACING)
+    assert result["distance_mm"] == pytest.approx(edt[tumour].min(), abs=1e-9)
+    assert result["closest_face"] == "posterior"  # the blob sits deep (high y)
+    t, s = np.array(result["tumour_index"]), np.array(result["surface_index"])
+    assert tumour[tuple(t)] and surface[tuple(s)]
+    assert np.linalg.norm((t - s) * SPACING) == pytest.approx(result["distance_mm"])
+
+
+# ---------------------------------------------------------------------------- flags
+@pytest.mark.parametrize("gap_rows, ink, close", [(0, True, True), (5, False, True), (25, False, False)])
+def test_flags_touching_close_and_clear(gap_rows, ink, close):
+    # Sphere of 2 mm (10 rows) whose top voxel is gap_rows * 0.2 mm below the
+    # anterior surface row; every other face is at least 6 mm away.
+    box = ((2, 41), (2, 97), (2, 65))
+    top = box[1][0] + gap_rows
+    centre = (10.5, (top + 10) * 0.2, 10.2)
+    tumour, specimen = box_and_sphere((44, 100, 68), box, centre, 2.0)
+    result = M.margins(tumour, specimen, SPACING, close_mm=2.0)
+    face = result["faces"]["anterior"]
+    assert face["distance_mm"] == pytest.approx(gap_rows * 0.2, abs=1e-9)
+    assert (face["ink_on_tumour"], face["close_margin"]) == (ink, close)
+    assert result["closest_face"] == "anterior"
+    assert (result["ink_on_tumour"], result["close_margin"]) == (ink, close)
+    others = [f for f in M.FACES if f != "anterior"]
+    assert all(result["faces"][f]["distance_mm"] > 6 for f in others)
+    assert not any(result["faces"][f]["ink_on_tumour"] or result["faces"][f]["close_margin"] for f in others)
+
+
+# ---------------------------------------------------------------------- orientation
+def test_orientation_string_permutes_face_names():
+    centre, radius = (9.3, 8.13, 11.07), 3.4
+    tumour, specimen = box_and_sphere(SHAPE, BOX, centre, radius)
+    default = M.margins(tumour, specimen, SPACING)
+    text = "z:Medial-Lateral, y:deep-superficial, x:superior-inferior"
+    other = M.margins(tumour, specimen, SPACING, orientation=text)
+    rename = {"superior": "medial", "inferior": "lateral", "anterior": "posterior",
+              "posterior": "anterior", "medial": "superior", "lateral": "inferior"}
+    for face, new in rename.items():
+        assert other["faces"][new]["distance_mm"] == default["faces"][face]["distance_mm"]
+    assert other["closest_face"] == rename[default["closest_face"]] == "posterior"
+    assert other["orientation"] == "z:medial-lateral,y:posterior-anterior,x:superior-inferior"
+    assert M.parse_orientation(other["orientation"]) == M.parse_orientation(text)
+    assert str(M.DEFAULT_ORIENTATION) == "z:superior-inferior,y:anterior-posterior,x:medial-lateral"
+    assert M.DEFAULT_ORIENTATION.direction("deep") == (1, 1)
+
+
+@pytest.mark.parametrize("text, words", [
+    ("", "3 items"),
+    ("z:superior-inferior,y:anterior-posterior", "3 items"),
+    ("z:superior-inferior,z:anterior-posterior,x:medial-lateral", "axis z given twice"),
+    ("z:superior-inferior,y:superior-inferior,x:medial-lateral", "exactly one axis"),
+    ("z:superior-anterior,y:inferior-posterior,x:medial-lateral", "not opposite"),
+    ("z:top-bottom,y:anterior-posterior,x:medial-lateral", "unknown face"),
+    ("w:superior-inferior,y:anterior-posterior,x:medial-lateral", "cannot read"),
+    ("z superior-inferior,y:anterior-posterior,x:medial-lateral", "cannot read"),
+    ("z:superior,y:anterior-posterior,x:medial-lateral", "cannot read"),
+])
+def test_bad_orientation_strings_raise(text, words):
+    with pytest.raises(ValueError, match=words):
+        M.parse_orientation(text)
+
+
+# ------------------------------------------------------------------- specimen mask
+def test_specimen_mask_recovers_speckled_box_with_dark_tumour():
+    rng = np.random.default_rng(1)
+    shape, box = (36, 80, 60), ((6, 30), (15, 70), (10, 50))
+    truth = np.zeros(shape, bool)
+    truth[tuple(slice(lo, hi) for lo, hi in box)] = True
+    grid = np.indices(shape).astype(float) * np.array(SPACING)[:, None, None, None]
+    tumour = ((grid[0] - 9) ** 2 + (grid[1] - 8) ** 2 + (grid[2] - 9) ** 2) <= 2.5 ** 2
+    assert truth[tumour].all()
+    volume = rng.rayleigh(8, shape)                         # coupling medium
+    volume[truth] = rng.rayleigh(80, int(truth.sum()))      # tissue speckle
+    volume[tumour] = rng.rayleigh(12, int(tumour.sum()))    # hypoechoic tumour
+    mask = M.specimen_mask(volume.astype(np.float32), SPACING)
+    dice = 2 * (mask & truth).sum() / (mask.sum() + truth.sum())
+    assert dice > 0.95
+    assert mask[tumour].mean() > 0.99
+    assert not M.specimen_mask(np.full((8, 8, 8), 3.0), SPACING).any()
+
+
+# ------------------------------------------------------------ warnings and errors
+def test_empty_tumour_gives_row_with_warning():
+    _, specimen = box_and_sphere((20, 20, 20), ((2, 17),) * 3, (5, 2, 3), 1.0)
+    result = M.margins(np.zeros_like(specimen), specimen, SPACING)
+    assert result["warnings"] == ["no tumour found"]
+    assert math.isnan(result["distance_mm"]) and result["closest_face"] == ""
+    assert all(math.isnan(f["distance_mm"]) for f in result["faces"].values())
+    assert result["tumour_volume_mm3"] == 0
+    row = M.margins_row(result)
+    assert row["warnings"] == "no tumour found" and row["tumour_z"] == ""
+
+
+def test_tumour_outside_specimen_warns():
+    shape, box = (20, 40, 30), ((2, 17), (2, 37), (2, 27))
+    _, specimen = box_and_sphere(shape, box, (0, 0, 0), 0.1)
+    far = np.zeros(shape, bool)
+    far[0, 0, 0:2] = True  # outside the box entirely
+    result = M.margins(far, specimen, SPACING)
+    assert any("wholly outside" in w for w in result["warnings"])
+    assert math.isnan(result["distance_mm"])
+    partly = np.zeros(shape, bool)
+    partly[8:12, 0:6, 10:14] = True  # rows 0-1 outside, rows 2-5 inside
+    result = M.margins(partly, specimen, SPACING)
+    assert any("32 of 96 tumour voxels" in w for w in result["warnings"])
+    assert result["distance_mm"] == 0 and result["ink_on_tumour"]
+    assert result["closest_face"] == "anterior"
+
+
+def test_empty_specimen_and_edge_of_image_warn():
+    tumour = np.zeros((10, 10, 10), bool)
+    tumour[4:6, 4:6, 4:6] = True
+    result = M.margins(tumour, np.zeros_like(tumour), SPACING)
+    assert result["warnings"] == ["specimen mask is empty; no margins"]
+    assert math.isnan(result["distance_mm"])
+    specimen = np.zeros_like(tumour)
+    specimen[2:8, 2:, 2:8] = True  # runs off the deep end of the image
+    result = M.margins(tumour, specimen, SPACING)
+    assert any("posterior side" in w and "field of view" in w for w in result["warnings"])
+
+
+def test_missing_spacing_and_bad_input_raise():
+    tumour = np.zeros((6, 6, 6), bool)
+    with pytest.raises(DataError, match="spacing unknown.*--spacing"):
+        M.margins(tumour, tumour, None)
+    with pytest.raises(DataError, match="3 positive"):
+        M.margins(tumour, tumour, (0.5, 0, 0.3))
+    with pytest.raises(DataError, match="one shape"):
+        M.margins(tumour, tumour[:, :, :5], SPACING)
+
+
+# --------------------------------------------------------------------------- files
+def test_margins_for_files_writes_outputs_and_refuses_to_overwrite(tmp_path):
+    rng = np.random.default_rng(2)
+    shape, box = (24, 60, 40), ((4, 19), (8, 51), (6, 33))
+    centre = (6.0, 4.0, 6.0)
+    tumour, specimen = box_and_sphere(shape, box, centre, 1.6)
+    volume = rng.rayleigh(8, shape)
+    volume[specimen] = rng.rayleigh(80, int(specimen.sum()))
+    volume[tumour] = rng.rayleigh(12, int(tumour.sum()))
+    image_path = io.write_image(tmp_path / "case7.tif", np.clip(volume, 0, 255).astype(np.uint8), SPACING)
+    tumour_path = io.write_mask(tmp_path / "case7_tumour.tif", tumour, SPACING)
+    out = tmp_path / "out"
+    result = M.margins_for_files(image_path, tumour_path, out)
+    assert result["case"] == "case7"
+    for name in ("case7_margins.csv", "case7_margins.png", "case7_specimen.tif"):
+        assert (out / name).stat().st_size > 0
+    assert (out / "case7_margins.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    found = io.read_mask(out / "case7_specimen.tif", expected_shape=shape)
+    assert 2 * (found & specimen).sum() / (found.sum() + specimen.sum()) > 0.95
+    with open(out / "case7_margins.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert len(rows) == 1 and rows[0]["case"] == "case7"
+    assert rows[0]["closest_face"] == "anterior"  # sphere 4 - 1.6 - 1.6 = 0.8 mm below
+    assert float(rows[0]["distance_mm"]) == pytest.approx(0.8, abs=TOL)
+    assert rows[0]["close_margin"] == "True" and rows[0]["anterior_close"] == "True"
+    assert list(rows[0]) == M.MARGIN_COLUMNS
+    with pytest.raises(UsageError, match="already exists"):
+        M.margins_for_files(image_path, tumour_path, out)
+    # Given a specimen mask, none is written; force overwrites the CSV.
+    specimen_path = io.write_mask(tmp_path / "case7_box.tif", specimen, SPACING)
+    again = M.margins_for_files(image_path, tumour_path, out, specimen_path=specimen_path,
+                                spacing_mm=(0.5, 0.2, 0.25), force=True)
+    assert "specimen" not in again["outputs"]
+    assert again["distance_mm"] == pytest.approx(0.8, abs=1e-9)
+    assert any("overrides the file's 0.5 x 0.2 x 0.3 mm" in w for w in again["warnings"])
+    with open(out / "case7_margins.csv", newline="") as handle:
+        assert "overrides" in next(csv.DictReader(handle))["warnings"]
+    assert not list(out.glob("*.partial-*"))
+
+
+def test_margins_for_files_needs_spacing(tmp_path):
+    image = io.write_image(tmp_path / "nospacing.tif", np.zeros((4, 8, 8), np.uint8))
+    mask = io.write_mask(tmp_path / "mask.tif", np.zeros((4, 8, 8), bool))
+    with pytest.raises(DataError, match="--spacing") as info:
+        M.margins_for_files(image, mask, tmp_path / "out")
+    assert info.value.path == str(image)
+    with pytest.raises(UsageError, match="orientation"):
+        M.margins_for_files(image, mask, tmp_path / "out", spacing_mm=SPACING, orientation="z:up-down")
+
+
+def test_write_margins_csv_many_specimens(tmp_path):
+    tumour, specimen = box_and_sphere(SHAPE, BOX, (10, 6, 12), 3.0)
+    one = dict(M.margins(tumour, specimen, SPACING), case="a")
+    two = dict(M.margins(np.zeros_like(tumour), specimen, SPACING), case="b")
+    path = M.write_margins_csv([one, M.margins_row(two)], tmp_path / "all.csv")
+    with open(path, newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert [r["case"] for r in rows] == ["a", "b"]
+    assert float(rows[0]["distance_mm"]) == pytest.approx(2.2) and rows[1]["distance_mm"] == ""
+    assert rows[1]["warnings"] == "no tumour found"
+    with pytest.raises(UsageError):
+        M.write_margins_csv([one], path, force=False)
+
+
+def test_margin_figure_without_tumour_and_no_overwrite(tmp_path):
+    _, specimen = box_and_sphere((16, 30, 24), ((2, 13), (3, 26), (2, 21)), (0, 0, 0), 0.1)
+    empty = np.zeros_like(specimen)
+    result = M.margins(empty, specimen, SPACING)
+    image = specimen * 100.0
+    path = M.margin_figure(image, empty, specimen, result, tmp_path / "fig.png", SPACING)
+    assert path.read_bytes()[:4] == b"\x89PNG"
+    with pytest.raises(UsageError):
+        M.margin_figure(image, empty, specimen, result, path, SPACING, force=False)
