@@ -1,0 +1,373 @@
+"""Export a bcseg dataset as an nnU-Net v2 raw dataset, with bcseg's group folds.
+
+nnU-Net is the usual baseline for medical segmentation; :func:`export_nnunet` writes
+the same cases, the same reference masks and the same specimen-wise folds in the
+layout nnU-Net v2 reads, so the two can be compared case by case::
+
+    OUT/DatasetXXX_NAME/
+        dataset.json
+        imagesTr/NAME_0001_0000.tif   (+ NAME_0001.json with the spacing, 3D TIFF only)
+        labelsTr/NAME_0001.tif        (+ NAME_0001.json, 3D TIFF only)
+        splits_final.json             copy to nnUNet_preprocessed/DatasetXXX_NAME/
+        bcseg_case_map.json           nnU-Net id -> bcseg id, group, image, fold
+
+Conventions, checked against nnU-Net v2's sources (MIC-DKFZ/nnUNet):
+
+- ``documentation/dataset_format.md``: images are ``<case>_XXXX<ending>`` with a
+  four-digit channel index, labels ``<case><ending>``, consecutive integer labels
+  with background 0, and the dataset.json keys ``channel_names``, ``labels``,
+  ``numTraining``, ``file_ending`` and optionally ``overwrite_image_reader_writer``.
+- ``nnunetv2/imageio/tif_reader_writer.py`` (``Tiff3DIO``): 3D TIFFs only; spacing
+  comes from a JSON file ``{"spacing": [...]}`` named like the file without its
+  ending and without the channel index (``imagesTr/<case>.json`` for
+  ``<case>_0000.tif``, ``labelsTr/<case>.json`` for the label). The spacing is used
+  as nnU-Net's spacing, which follows the array axes: ``(z, y, x)``, as
+  ``SimpleITKIO`` shows by reversing ITK's ``(x, y, z)``.
+- ``nnunetv2/imageio/natural_image_reader_writer.py`` (``NaturalImage2DIO``): 2D
+  PNG images and labels, spacing ignored.
+- ``documentation/manual_data_splits.md`` and ``nnUNetTrainer.do_split``: the split
+  file is ``nnUNet_preprocessed/DatasetXXX_NAME/splits_final.json``, a list with one
+  ``{"train": [...], "val": [...]}`` per fold.
+
+No TensorFlow here.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import warnings
+from pathlib import Path
+from typing import Iterable, Mapping
+
+import numpy as np
+
+from bcseg import io
+from bcseg.atomic import PARTIAL_MARK, atomic_path, require_new, write_text
+from bcseg.dataset import Case, discover, read_case_image, read_case_masks
+from bcseg.errors import DataError, UsageError
+from bcseg.observers import METHODS, consensus
+from bcseg.splits import _check_groups_whole, kfold_by_group
+
+__all__ = ["export_nnunet", "dataset_folder_name", "FILE_ENDINGS", "CASE_MAP", "SPLITS_FILE"]
+
+FILE_ENDINGS = (".tif", ".png", ".nii.gz")
+CASE_MAP = "bcseg_case_map.json"
+SPLITS_FILE = "splits_final.json"
+LABELS = {"background": 0, "tumour": 1}
+# nnU-Net picks the intensity normalisation from the channel name. "zscore" (per
+# image: subtract the mean, divide by the sd) is nnU-Net's own default for every
+# non-CT modality, and the right one for ultrasound: gain and time-gain
+# compensation change from one acquisition to the next, so grey values are not
+# comparable across specimens the way CT's Hounsfield units are ("CT" would apply
+# one global, foreground-based clip and scale). "noNorm" would feed raw 0-255
+# values, and a per-image min-max rescale hangs on the brightest speckle or
+# specular rim. Any unknown name (e.g. "US") also falls back to z-score, but
+# "zscore" is the literal key in every nnU-Net version's table, whereas the other
+# keys changed spelling between versions ("rescale_0_1" / "rescale_to_0_1").
+CHANNEL_NAMES = {"0": "zscore"}
+# Name the reader explicitly: for ".tif" nnU-Net would otherwise try
+# NaturalImage2DIO (2D) before Tiff3DIO (3D).
+_READER_WRITER = {
+    (2, ".png"): "NaturalImage2DIO", (2, ".tif"): "NaturalImage2DIO",
+    (3, ".tif"): "Tiff3DIO",
+    (2, ".nii.gz"): "SimpleITKIO", (3, ".nii.gz"): "SimpleITKIO",
+}
+_NAME = re.compile(r"^[A-Za-z0-9_-]+$")
+
+
+def dataset_folder_name(dataset_id: int, name: str) -> str:
+    """nnU-Net's folder name ``DatasetXXX_NAME`` after checking the id and name.
+
+    Raises
+    ------
+    UsageError
+        If ``dataset_id`` is not a whole number in 1..999, or ``name`` is empty or
+        holds characters other than letters, digits, ``_`` and ``-``.
+
+    Examples
+    --------
+    >>> dataset_folder_name(7, "BUSI")
+    'Dataset007_BUSI'
+    """
+    if isinstance(dataset_id, bool) or not isinstance(dataset_id, (int, np.integer)) \
+            or not 1 <= dataset_id <= 999:
+        raise UsageError(None, f"nnU-Net dataset id must be a whole number from 1 to 999, "
+                         f"got {dataset_id!r}")
+    if not isinstance(name, str) or not _NAME.match(name):
+        raise UsageError(None, f"nnU-Net dataset name must be letters, digits, '_' or '-', "
+                         f"got {name!r}")
+    return f"Dataset{int(dataset_id):03d}_{name}"
+
+
+def export_nnunet(data: str | Path | Iterable[Case], out: str | Path, dataset_id: int,
+                  name: str, observer: str = "union", folds: Mapping[str, int] | None = None,
+                  k: int = 5, seed: int = 0, file_ending: str | None = None,
+                  force: bool = False) -> Path:
+    """Write cases as an nnU-Net v2 raw dataset with bcseg's specimen-wise folds.
+
+    Parameters
+    ----------
+    data : str, Path or iterable of Case
+        A dataset folder or manifest (read with :func:`bcseg.dataset.discover`), or
+        the cases themselves.
+    out : str or Path
+        The ``nnUNet_raw`` folder; the dataset goes to ``OUT/DatasetXXX_NAME/``.
+    dataset_id : int
+        nnU-Net's dataset id, 1 to 999 (1-10 are the Decathlon's). No other folder in
+        ``out`` may use it, since nnU-Net finds datasets by id.
+    name : str
+        Dataset name: letters, digits, ``_`` and ``-``. Case ids become
+        ``NAME_0001``, ``NAME_0002``, ... in the order of the cases.
+    observer : str
+        The label: ``"union"``, ``"intersection"``, ``"staple"`` of the observers'
+        masks, or one observer's name. Written as uint8 0/1.
+    folds : dict of str to int, optional
+        Fold per bcseg case id (e.g. from :func:`bcseg.splits.folds_from_file`).
+        Default: :func:`bcseg.splits.kfold_by_group` with ``k`` and ``seed``, as
+        bcseg's own training uses. Groups are never split.
+    k, seed : int
+        Folds and seed when ``folds`` is not given.
+    file_ending : {".tif", ".png", ".nii.gz"}, optional
+        Default ``.tif`` for 3D stacks (nnU-Net's Tiff3DIO, spacing in a JSON file
+        beside each image and label) and ``.png`` for 2D images
+        (NaturalImage2DIO; 8 or 16 bit only). ``.nii.gz`` (SimpleITKIO, spacing in
+        the header) opens in 3D Slicer. 2D images may also be ``.tif``.
+    force : bool
+        Replace an existing dataset folder.
+
+    Returns
+    -------
+    Path
+        ``OUT/DatasetXXX_NAME``.
+
+    Raises
+    ------
+    UsageError
+        Bad id, name, ending, observer or k; the folder exists and not ``force``; or
+        another dataset in ``out`` uses the id.
+    DataError
+        A case without masks, a mask unlike its image, 2D and 3D cases mixed, pixels
+        PNG cannot hold, folds that miss a case or split a group. The file is named.
+
+    Notes
+    -----
+    nnU-Net does not read ``splits_final.json`` from the raw folder. After
+    ``nnUNetv2_plan_and_preprocess -d XXX``, copy it to
+    ``$nnUNet_preprocessed/DatasetXXX_NAME/splits_final.json``; nnU-Net's trainer
+    (``do_split``) then uses it instead of its own random 5-fold split, so
+    ``nnUNetv2_train XXX CONFIG FOLD`` holds out the same specimens as bcseg's fold
+    ``FOLD`` (the case map gives bcseg's fold number per case).
+
+    Images are written as grey (RGB is converted as :func:`bcseg.io.read_image`
+    does), one channel. The folder appears only when complete: it is built under a
+    hidden temporary name and renamed at the end, each file written atomically.
+    Stacks without spacing get ``(1, 1, 1)`` mm, nnU-Net's own assumption, with a
+    warning.
+
+    Examples
+    --------
+    >>> export_nnunet("specimens/", "nnUNet_raw", 501, "BCS")  # doctest: +SKIP
+    PosixPath('nnUNet_raw/Dataset501_BCS')
+    """
+    folder_name = dataset_folder_name(dataset_id, name)
+    ending = _check_ending(file_ending)
+    out = Path(out)
+    dest = out / folder_name
+    require_new(dest, force)
+    _check_id_free(out, int(dataset_id), folder_name)
+    cases = discover(data) if isinstance(data, (str, Path)) else list(data)
+    if not cases:
+        raise DataError(None, "no cases to export")
+    _check_observer(cases, observer)
+    fold_of = _folds(cases, folds, k, seed)
+    width = max(4, len(str(len(cases))))
+    nn_ids = [f"{name}_{i:0{width}d}" for i in range(1, len(cases) + 1)]
+
+    stage = out / f".{folder_name}{PARTIAL_MARK}{os.getpid()}"
+    if stage.exists():
+        shutil.rmtree(stage)
+    try:
+        ndim, ending = _write_cases(cases, nn_ids, stage, observer, ending)
+        dataset_json = {
+            "channel_names": CHANNEL_NAMES,
+            "labels": LABELS,
+            "numTraining": len(cases),
+            "file_ending": ending,
+            "overwrite_image_reader_writer": _READER_WRITER[(ndim, ending)],
+            "name": name,
+            "description": f"Exported by bcseg; label = {observer} of the observers' masks",
+        }
+        write_text(stage / "dataset.json", json.dumps(dataset_json, indent=2) + "\n")
+        order = sorted(set(fold_of.values()))
+        splits = [{"train": [n for n, c in zip(nn_ids, cases) if fold_of[c.id] != f],
+                   "val": [n for n, c in zip(nn_ids, cases) if fold_of[c.id] == f]}
+                  for f in order]
+        write_text(stage / SPLITS_FILE, json.dumps(splits, indent=2) + "\n")
+        case_map = {
+            "dataset": folder_name, "observer": observer, "file_ending": ending,
+            "splits": f"copy {SPLITS_FILE} to nnUNet_preprocessed/{folder_name}/ after "
+                      "nnUNetv2_plan_and_preprocess",
+            "cases": {n: {"id": c.id, "group": c.group, "class": c.label_class,
+                          "image": str(Path(c.image).resolve()),
+                          "fold": fold_of[c.id], "nnunet_fold": order.index(fold_of[c.id])}
+                      for n, c in zip(nn_ids, cases)},
+        }
+        write_text(stage / CASE_MAP, json.dumps(case_map, indent=2) + "\n")
+        _replace_folder(stage, dest)
+    finally:
+        if stage.exists():
+            shutil.rmtree(stage)
+    return dest
+
+
+# --------------------------------------------------------------------------- checks
+
+def _check_ending(file_ending: str | None) -> str | None:
+    if file_ending is None:
+        return None
+    ending = str(file_ending).lower()
+    ending = ending if ending.startswith(".") else "." + ending
+    if ending not in FILE_ENDINGS:
+        raise UsageError(None, f"unsupported nnU-Net file ending {file_ending!r}; "
+                         f"choose one of {', '.join(FILE_ENDINGS)}")
+    return ending
+
+
+def _check_id_free(out: Path, dataset_id: int, folder_name: str) -> None:
+    """nnU-Net refuses an id that two dataset folders share."""
+    for other in sorted(out.glob(f"Dataset{dataset_id:03d}_*")):
+        if other.is_dir() and other.name != folder_name:
+            raise UsageError(other, f"already uses nnU-Net dataset id {dataset_id}; "
+                             "choose another id or remove that folder")
+
+
+def _check_observer(cases: list[Case], observer: str) -> None:
+    names = sorted({o for case in cases for o in case.masks})
+    if observer not in METHODS and observer not in names:
+        raise UsageError(None, f"unknown observer {observer!r}; choose one of "
+                         f"{', '.join(map(repr, [*METHODS, *names]))}")
+
+
+def _folds(cases: list[Case], folds: Mapping[str, int] | None, k: int, seed: int) -> dict[str, int]:
+    if folds is None:
+        try:
+            return kfold_by_group(cases, k=k, seed=seed)
+        except ValueError as exc:
+            raise UsageError(None, str(exc)) from None
+    missing = [c.id for c in cases if c.id not in folds]
+    if missing:
+        shown = ", ".join(missing[:5]) + (" ..." if len(missing) > 5 else "")
+        raise DataError(None, f"{len(missing)} case(s) have no fold: {shown}")
+    try:
+        fold_of = {c.id: int(folds[c.id]) for c in cases}
+    except (TypeError, ValueError):
+        raise UsageError(None, "folds must map case ids to whole numbers") from None
+    _check_groups_whole(cases, fold_of, None)
+    if len(set(fold_of.values())) < 2:
+        raise DataError(None, "all cases are in one fold; cross-validation needs at least 2")
+    return fold_of
+
+
+# --------------------------------------------------------------------------- writing
+
+def _write_cases(cases: list[Case], nn_ids: list[str], stage: Path, observer: str,
+                 ending: str | None) -> tuple[int, str]:
+    """Write every case's image, label (and spacing file); return (ndim, ending)."""
+    ndim = None
+    no_spacing = []
+    for case, nn_id in zip(cases, nn_ids):
+        image, spacing = read_case_image(case)
+        if ndim is None:
+            ndim = image.ndim
+            ending = ending or (".tif" if ndim == 3 else ".png")
+            if (ndim, ending) not in _READER_WRITER:
+                raise UsageError(None, f"nnU-Net cannot read {ndim}D images as {ending}; "
+                                 "use .tif or .nii.gz")
+        elif image.ndim != ndim:
+            raise DataError(case.image, f"is {image.ndim}D but the cases before it are "
+                            f"{ndim}D; an nnU-Net dataset holds one kind")
+        label = _label(case, image.shape, observer)
+        if image.ndim == 3 and spacing is None:
+            no_spacing.append(case.image)
+        image_path = stage / "imagesTr" / f"{nn_id}_0000{ending}"
+        label_path = stage / "labelsTr" / f"{nn_id}{ending}"
+        if ending == ".png":
+            _write_png(image_path, _png_pixels(image, case.image))
+            _write_png(label_path, label)
+        else:
+            pixels = _tiff_pixels(image) if ending == ".tif" else image
+            io.write_image(image_path, pixels, spacing)
+            io.write_image(label_path, label, spacing)
+        if ending == ".tif" and ndim == 3:
+            # Tiff3DIO's spacing file: the name without ending and channel index,
+            # beside the image and beside the label; axes as the array, (z, y, x).
+            sidecar = json.dumps({"spacing": [float(s) for s in (spacing or (1.0, 1.0, 1.0))]})
+            write_text(stage / "imagesTr" / f"{nn_id}.json", sidecar + "\n")
+            write_text(stage / "labelsTr" / f"{nn_id}.json", sidecar + "\n")
+    if no_spacing:
+        warnings.warn(f"{len(no_spacing)} stack(s) record no spacing in mm (e.g. {no_spacing[0]}); "
+                      "nnU-Net will treat them as 1 mm isotropic", stacklevel=3)
+    return ndim, ending
+
+
+def _label(case: Case, shape: tuple[int, ...], observer: str) -> np.ndarray:
+    """The chosen observer's mask or consensus as uint8 0/1."""
+    masks = read_case_masks(case, shape)
+    if not masks:
+        raise DataError(case.image, "has no observer mask; every nnU-Net training case needs a label")
+    if observer not in METHODS and observer not in masks:
+        raise DataError(case.image, f"has no mask by observer {observer!r} "
+                        f"(it has {', '.join(sorted(masks))})")
+    try:
+        return consensus(masks, observer).astype(np.uint8)
+    except (ValueError, RuntimeError) as exc:
+        raise DataError(case.image, str(exc)) from None
+
+
+def _png_pixels(image: np.ndarray, source: Path) -> np.ndarray:
+    """The image as uint8 or uint16, or DataError when PNG cannot hold it exactly."""
+    if image.dtype in (np.uint8, np.uint16):
+        return image
+    if np.issubdtype(image.dtype, np.integer) and image.min() >= 0 and image.max() <= 65535:
+        return image.astype(np.uint8 if image.max() <= 255 else np.uint16)
+    raise DataError(source, f"pixels of type {image.dtype} (range {image.min()}..{image.max()}) "
+                    "do not fit an 8 or 16 bit PNG; pass file_ending='.nii.gz' or '.tif'")
+
+
+def _tiff_pixels(image: np.ndarray) -> np.ndarray:
+    """The image in a type ImageJ TIFF holds (uint8, uint16, int16, float32).
+
+    nnU-Net reads every image as float32, so float32 loses nothing it would keep.
+    """
+    if image.dtype.char in "BHhf":
+        return image
+    if np.issubdtype(image.dtype, np.integer):
+        low, high = int(image.min()), int(image.max())
+        if 0 <= low and high <= 65535:
+            return image.astype(np.uint16)
+        if -32768 <= low and high <= 32767:
+            return image.astype(np.int16)
+    return image.astype(np.float32)
+
+
+def _write_png(path: Path, pixels: np.ndarray) -> None:
+    import imageio.v3 as iio  # comes with scikit-image
+
+    with atomic_path(path) as tmp:
+        iio.imwrite(tmp, pixels, extension=".png")
+
+
+def _replace_folder(stage: Path, dest: Path) -> None:
+    """Move the finished folder into place, replacing ``dest`` (checked before)."""
+    if not dest.exists():
+        os.replace(stage, dest)
+        return
+    old = dest.with_name(f".{dest.name}.old-{os.getpid()}")
+    if old.exists():
+        shutil.rmtree(old)
+    os.replace(dest, old)
+    os.replace(stage, dest)
+    shutil.rmtree(old)

@@ -1,0 +1,215 @@
+"""Export to nnU-Net v2: files read back by nnU-Net's own naming conventions."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import imageio.v3 as iio
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import tifffile
+
+from bcseg import io
+from bcseg.dataset import discover
+from bcseg.errors import DataError, UsageError
+from bcseg.nnunet import export_nnunet
+from bcseg.phantom import write_phantom
+
+SPACING = (1.0, 0.25, 0.25)  # the phantom's (z, y, x)
+
+
+@pytest.fixture(scope="module")
+def specimens(tmp_path_factory) -> Path:
+    """Three phantom stacks of 10x32x32, two observers each. Read only."""
+    root = tmp_path_factory.mktemp("nnunet") / "specimens"
+    write_phantom(root, n=3, shape=(10, 32, 32))
+    return root
+
+
+def _load(path: Path):
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def _union(root: Path, stem: str) -> np.ndarray:
+    masks = [io.read_mask(root / "masks" / obs / f"{stem}.tif") for obs in ("observer1", "observer2")]
+    return masks[0] | masks[1]
+
+
+def _check_splits(folder: Path, k: int) -> None:
+    """k folds whose val sets partition the cases, train = the rest, groups whole."""
+    splits = _load(folder / "splits_final.json")
+    cases = _load(folder / "bcseg_case_map.json")["cases"]
+    assert len(splits) == k
+    vals = [set(s["val"]) for s in splits]
+    assert sum(len(v) for v in vals) == len(cases)
+    assert set().union(*vals) == set(cases)
+    for split, val in zip(splits, vals):
+        assert val and set(split["train"]) == set(cases) - val
+        groups_val = {cases[c]["group"] for c in val}
+        groups_train = {cases[c]["group"] for c in split["train"]}
+        assert not groups_val & groups_train
+
+
+def test_3d_tiff_export(specimens, tmp_path):
+    folder = export_nnunet(specimens, tmp_path / "raw", 7, "Phantom", k=3)
+    assert folder == tmp_path / "raw" / "Dataset007_Phantom"
+    ids = ["Phantom_0001", "Phantom_0002", "Phantom_0003"]
+    images = sorted(p.name for p in (folder / "imagesTr").iterdir())
+    labels = sorted(p.name for p in (folder / "labelsTr").iterdir())
+    assert images == sorted([f"{i}_0000.tif" for i in ids] + [f"{i}.json" for i in ids])
+    assert labels == sorted([f"{i}.tif" for i in ids] + [f"{i}.json" for i in ids])
+    assert not [p for p in folder.parent.iterdir() if p.name.startswith(".")]  # no leftovers
+
+    assert _load(folder / "dataset.json") == {
+        "channel_names": {"0": "zscore"},
+        "labels": {"background": 0, "tumour": 1},
+        "numTraining": 3,
+        "file_ending": ".tif",
+        "overwrite_image_reader_writer": "Tiff3DIO",
+        "name": "Phantom",
+        "description": "Exported by bcseg; label = union of the observers' masks",
+    }
+    case_map = _load(folder / "bcseg_case_map.json")
+    assert [case_map["cases"][i]["id"] for i in ids] == ["specimen_000", "specimen_001", "specimen_002"]
+    for nn_id in ids:
+        stem = case_map["cases"][nn_id]["id"]
+        # Tiff3DIO: <case>.json beside image and label, spacing in array order (z, y, x).
+        for sidecar in (folder / "imagesTr" / f"{nn_id}.json", folder / "labelsTr" / f"{nn_id}.json"):
+            assert _load(sidecar) == {"spacing": list(SPACING)}
+        image = tifffile.imread(folder / "imagesTr" / f"{nn_id}_0000.tif")
+        assert np.array_equal(image, tifffile.imread(specimens / "images" / f"{stem}.tif"))
+        label = tifffile.imread(folder / "labelsTr" / f"{nn_id}.tif")
+        assert label.dtype == np.uint8 and label.shape == (10, 32, 32)
+        assert set(np.unique(label)) == {0, 1}
+        assert np.array_equal(label == 1, _union(specimens, stem))
+    _check_splits(folder, 3)
+
+
+def _busi_like(root: Path) -> Path:
+    """BUSI layout: class folders, 'name (n).png' + '_mask.png' (+ '_mask_1.png')."""
+    rng = np.random.default_rng(0)
+    square = np.zeros((24, 32), np.uint8)
+    square[4:10, 4:12] = 255
+    other = np.zeros((24, 32), np.uint8)
+    other[12:20, 16:28] = 255
+    for folder, stem in [("benign", "benign (1)"), ("benign", "benign (2)"),
+                         ("malignant", "malignant (1)")]:
+        (root / folder).mkdir(parents=True, exist_ok=True)
+        iio.imwrite(root / folder / f"{stem}.png", rng.integers(0, 256, (24, 32), dtype=np.uint8))
+        iio.imwrite(root / folder / f"{stem}_mask.png", square)
+    iio.imwrite(root / "benign" / "benign (2)_mask_1.png", other)
+    # benign (1) and malignant (1) are near-duplicates of one lesion: one group.
+    (root / "folds.csv").write_text("image,group\nbenign/benign (1).png,1\n"
+                                    "benign/benign (2).png,2\nmalignant/malignant (1).png,1\n")
+    return root
+
+
+def test_2d_busi_png_export(tmp_path):
+    data = _busi_like(tmp_path / "busi")
+    folder = export_nnunet(data, tmp_path / "raw", 501, "BUSI", k=2)
+    assert folder.name == "Dataset501_BUSI"
+    dataset = _load(folder / "dataset.json")
+    assert dataset["file_ending"] == ".png" and dataset["numTraining"] == 3
+    assert dataset["overwrite_image_reader_writer"] == "NaturalImage2DIO"
+
+    cases = _load(folder / "bcseg_case_map.json")["cases"]
+    assert all(re.fullmatch(r"BUSI_\d{4}", nn_id) for nn_id in cases)
+    by_bcseg = {v["id"]: k for k, v in cases.items()}
+    assert sorted(by_bcseg) == ["benign (1)", "benign (2)", "malignant (1)"]
+    assert cases[by_bcseg["benign (2)"]]["image"] == str((data / "benign" / "benign (2).png").resolve())
+    assert cases[by_bcseg["benign (1)"]]["group"] == cases[by_bcseg["malignant (1)"]]["group"]
+    assert sorted(p.name for p in (folder / "imagesTr").iterdir()) == sorted(f"{i}_0000.png" for i in cases)
+    assert sorted(p.name for p in (folder / "labelsTr").iterdir()) == sorted(f"{i}.png" for i in cases)
+
+    two = by_bcseg["benign (2)"]
+    label = iio.imread(folder / "labelsTr" / f"{two}.png")
+    assert label.dtype == np.uint8 and set(np.unique(label)) == {0, 1}
+    expected = np.zeros((24, 32), bool)
+    expected[4:10, 4:12] = True
+    expected[12:20, 16:28] = True  # the second mask file, OR-merged
+    assert np.array_equal(label == 1, expected)
+    image = iio.imread(folder / "imagesTr" / f"{two}_0000.png")
+    assert np.array_equal(image, iio.imread(data / "benign" / "benign (2).png"))
+    _check_splits(folder, 2)
+
+
+def test_nifti_export_keeps_spacing_and_observer(specimens, tmp_path):
+    folder = export_nnunet(specimens, tmp_path, 8, "Slicer", observer="observer2",
+                           file_ending=".nii.gz", k=3)
+    assert _load(folder / "dataset.json")["overwrite_image_reader_writer"] == "SimpleITKIO"
+    assert sorted(p.name for p in folder.rglob("*.json")) == [  # no spacing files
+        "bcseg_case_map.json", "dataset.json", "splits_final.json"]
+    for path in (folder / "imagesTr" / "Slicer_0001_0000.nii.gz", folder / "labelsTr" / "Slicer_0001.nii.gz"):
+        image = sitk.ReadImage(str(path))
+        assert np.allclose(image.GetSpacing(), SPACING[::-1])  # ITK: (x, y, z)
+    label = sitk.GetArrayFromImage(sitk.ReadImage(str(folder / "labelsTr" / "Slicer_0001.nii.gz")))
+    assert np.array_equal(label == 1, io.read_mask(specimens / "masks" / "observer2" / "specimen_000.tif"))
+
+
+def test_given_folds_are_used_and_checked(specimens, tmp_path):
+    cases = discover(specimens)
+    folds = {"specimen_000": 1, "specimen_001": 0, "specimen_002": 1}
+    folder = export_nnunet(cases, tmp_path, 9, "Given", folds=folds, file_ending="nii.gz")
+    splits = _load(folder / "splits_final.json")
+    assert splits == [{"train": ["Given_0001", "Given_0003"], "val": ["Given_0002"]},
+                      {"train": ["Given_0002"], "val": ["Given_0001", "Given_0003"]}]
+    with pytest.raises(DataError, match="no fold"):
+        export_nnunet(cases, tmp_path, 10, "Missing", folds={"specimen_000": 0})
+
+
+def test_refuses_to_overwrite_without_force(specimens, tmp_path):
+    folder = export_nnunet(specimens, tmp_path, 11, "Twice", k=3, file_ending=".nii.gz")
+    (folder / "stale.txt").write_text("from an older export")
+    with pytest.raises(UsageError, match="force"):
+        export_nnunet(specimens, tmp_path, 11, "Twice", k=3, file_ending=".nii.gz")
+    assert (folder / "stale.txt").exists()
+    export_nnunet(specimens, tmp_path, 11, "Twice", k=3, file_ending=".nii.gz", force=True)
+    assert not (folder / "stale.txt").exists() and (folder / "dataset.json").is_file()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["Dataset011_Twice"]
+    with pytest.raises(UsageError, match="id 11"):  # nnU-Net finds datasets by id
+        export_nnunet(specimens, tmp_path, 11, "Other", k=3)
+
+
+@pytest.mark.parametrize("dataset_id, name", [
+    (0, "ok"), (1000, "ok"), ("7", "ok"), (True, "ok"), (7, ""), (7, "two words"), (7, "a/b"),
+])
+def test_rejects_bad_dataset_id_or_name(tmp_path, dataset_id, name):
+    with pytest.raises(UsageError):
+        export_nnunet(tmp_path, tmp_path / "raw", dataset_id, name)
+    assert not (tmp_path / "raw").exists()
+
+
+def test_bad_data_names_the_file_and_leaves_nothing(specimens, tmp_path):
+    data = tmp_path / "data"
+    write_phantom(data, n=2, shape=(10, 32, 32))
+    bad = data / "masks" / "observer1" / "specimen_001.tif"
+    io.write_mask(bad, np.zeros((10, 16, 16), bool))
+    out = tmp_path / "raw"
+    with pytest.raises(DataError, match="specimen_001"):
+        export_nnunet(data, out, 12, "Bad", k=2)
+    assert not any(out.iterdir())  # neither the dataset nor its temporary folder
+    with pytest.raises(UsageError, match="observer"):
+        export_nnunet(specimens, out, 12, "Bad", observer="observer9", k=3)
+    with pytest.raises(UsageError, match="cannot read 3D"):
+        export_nnunet(specimens, out, 12, "Bad", file_ending=".png", k=3)
+    assert not any(out.iterdir())
+
+
+def test_stack_without_spacing_gets_unit_spacing_and_a_warning(tmp_path):
+    data = tmp_path / "data"
+    (data / "images").mkdir(parents=True)
+    (data / "masks" / "reader").mkdir(parents=True)
+    mask = np.zeros((8, 16, 16), np.uint8)
+    mask[2:6, 4:12, 4:12] = 255
+    for stem in ("a", "b"):  # plain TIFFs: no ImageJ spacing, no resolution
+        tifffile.imwrite(data / "images" / f"{stem}.tif", np.full((8, 16, 16), 9, np.uint16))
+        tifffile.imwrite(data / "masks" / "reader" / f"{stem}.tif", mask)
+    with pytest.warns(UserWarning, match="2 stack"):
+        folder = export_nnunet(data, tmp_path / "raw", 13, "NoSpacing", observer="reader", k=2)
+    assert _load(folder / "imagesTr" / "NoSpacing_0001.json") == {"spacing": [1.0, 1.0, 1.0]}
+    image = tifffile.imread(folder / "imagesTr" / "NoSpacing_0002_0000.tif")
+    assert image.dtype == np.uint16 and image.shape == (8, 16, 16)
+    assert np.array_equal(tifffile.imread(folder / "labelsTr" / "NoSpacing_0002.tif"), mask // 255)
