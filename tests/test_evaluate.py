@@ -1,0 +1,248 @@
+"""Evaluation per specimen against each observer, on phantom stacks written to disk."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import warnings
+
+import numpy as np
+import pytest
+
+from bcseg import io
+from bcseg.dataset import Case, discover, read_case_image, read_case_masks
+from bcseg.errors import DataError, UsageError
+from bcseg.evaluate import (METRIC_COLUMNS, NUMERIC_METRICS, ceiling_table, evaluate,
+                            find_predictions)
+from bcseg.metrics import case_metrics, pixel_soft_score, slice_metrics, summarise
+from bcseg.observers import agreement, consensus, union
+from bcseg.phantom import write_phantom
+
+SHAPE = (16, 40, 40)  # small, and valid for the phantom before and after its fix for short stacks
+N_BOOT = 300
+REFERENCES = ("observer1", "observer2", "union", "intersection", "staple")
+
+
+def read_rows(path):
+    with open(path, newline="", encoding="utf-8") as handle:
+        return list(csv.DictReader(handle))
+
+
+def same(a: float, b: float) -> bool:
+    return (math.isnan(a) and math.isnan(b)) or a == b
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory):
+    """Three phantom specimens; predictions: observer1 itself, empty, observer2 + a stripe."""
+    root = tmp_path_factory.mktemp("study")
+    write_phantom(root / "data", n=3, shape=SHAPE)
+    cases = discover(root / "data")
+    masks = [read_case_masks(c) for c in cases]
+    preds = [masks[0]["observer1"].copy(), np.zeros(SHAPE, bool), masks[2]["observer2"].copy()]
+    preds[2][:, :4, :] = True  # a false-positive stripe along the top rows of every slice
+    spacing = read_case_image(cases[0])[1]
+    for case, pred in zip(cases, preds):
+        io.write_mask(root / "pred" / f"{case.id}_mask.tif", pred, spacing)
+    prob = np.where(preds[0], 0.9, 0.05).astype(np.float32)
+    io.write_probability(root / "pred" / f"{cases[0].id}_prob.tif", prob, spacing)
+    result = evaluate(root / "pred", root / "data", root / "eval", n_boot=N_BOOT, seed=3)
+    return {"root": root, "cases": cases, "masks": masks, "preds": preds, "prob": prob,
+            "spacing": spacing, "result": result, "out": root / "eval"}
+
+
+def test_metrics_csv_matches_case_metrics(study):
+    rows = read_rows(study["out"] / "metrics.csv")
+    assert list(rows[0])[:4] == ["case", "reference", "level", "slice"]
+    assert tuple(list(rows[0])[4:]) == METRIC_COLUMNS
+    specimen = [r for r in rows if r["level"] == "specimen"]
+    assert len(specimen) == 3 * len(REFERENCES)
+    for case, masks, pred in zip(study["cases"], study["masks"], study["preds"]):
+        for ref in REFERENCES:
+            (row,) = [r for r in specimen if r["case"] == case.id and r["reference"] == ref]
+            expected = case_metrics(pred, consensus(masks, ref), study["spacing"])
+            for key in NUMERIC_METRICS:
+                assert same(float(row[key]), expected[key]), (case.id, ref, key)
+            assert row["unit"] == "mm" and row["slice"] == ""
+            assert row["pred_empty"] == str(expected["pred_empty"])
+    # Hand-checked: the prediction that is observer1's mask, and the empty one.
+    first = {r["reference"]: r for r in specimen if r["case"] == study["cases"][0].id}
+    assert float(first["observer1"]["dice"]) == 1.0 and float(first["observer1"]["hd95"]) == 0.0
+    empty = [r for r in specimen if r["case"] == study["cases"][1].id]
+    assert all(float(r["dice"]) == 0.0 and math.isinf(float(r["hd95"])) for r in empty)
+    t, p = study["masks"][2]["observer2"], study["preds"][2]
+    hand = 2 * np.count_nonzero(t & p) / (np.count_nonzero(t) + np.count_nonzero(p))
+    (third,) = [r for r in specimen if r["case"] == study["cases"][2].id and r["reference"] == "observer2"]
+    assert float(third["dice"]) == pytest.approx(hand, abs=1e-15)
+
+
+def test_slice_rows_match_slice_metrics(study):
+    rows = [r for r in read_rows(study["out"] / "metrics.csv") if r["level"] == "slice"]
+    assert len(rows) == 3 * len(REFERENCES) * SHAPE[0]
+    case = study["cases"][2]
+    got = [r for r in rows if r["case"] == case.id and r["reference"] == "union"]
+    expected = slice_metrics(study["preds"][2], union(list(study["masks"][2].values())), study["spacing"])
+    assert [int(r["slice"]) for r in got] == list(range(SHAPE[0]))
+    for row, exp in zip(got, expected):
+        assert all(same(float(row[k]), exp[k]) for k in NUMERIC_METRICS)
+
+
+def test_agreement_csv_matches_observers_agreement(study):
+    rows = read_rows(study["out"] / "agreement.csv")
+    assert len(rows) == 3
+    for row, case, masks in zip(rows, study["cases"], study["masks"]):
+        (expected,) = agreement(masks, study["spacing"])
+        assert (row["case"], row["level"], row["observer_a"], row["observer_b"]) == \
+            (case.id, "specimen", "observer1", "observer2")
+        assert all(same(float(row[k]), expected[k]) for k in NUMERIC_METRICS)
+
+
+def test_summary_is_over_cases_not_slices(study):
+    summary = json.loads((study["out"] / "summary.json").read_text())
+    assert summary["n_cases"] == 3 and summary["level"] == "specimen" and summary["unit"] == "mm"
+    assert list(summary["references"]) == [*REFERENCES, "inter-observer"]
+    rows = [r for r in read_rows(study["out"] / "metrics.csv") if r["level"] == "specimen"]
+    for ref in REFERENCES:
+        values = [float(r["dice"]) for r in rows if r["reference"] == ref]
+        stats = summary["references"][ref]["metrics"]["dice"]
+        assert stats["n"] == 3  # cases; there are 48 slices
+        assert stats == pytest.approx(summarise(values, n_boot=N_BOOT, seed=3))
+    obs1 = summary["references"]["observer1"]["metrics"]
+    d2 = float(next(r["dice"] for r in rows if r["case"] == study["cases"][2].id
+                    and r["reference"] == "observer1"))
+    assert obs1["dice"]["mean"] == pytest.approx((1.0 + 0.0 + d2) / 3)
+    assert obs1["hd95"]["n_inf"] == 1 and obs1["hd95"]["n_finite"] == 2
+    assert summary["references"]["observer1"]["n_pred_empty"] == 1
+    inter = [agreement(m, study["spacing"])[0]["dice"] for m in study["masks"]]
+    assert summary["references"]["inter-observer"]["metrics"]["dice"]["mean"] == pytest.approx(np.mean(inter))
+
+
+def test_pixel_soft_score_is_reported_beside_true_dice(study):
+    summary = json.loads((study["out"] / "summary.json").read_text())
+    soft = summary["pixel_soft_score"]
+    probs = [study["prob"], *(p.astype(float) for p in study["preds"][1:])]
+    unions = [union(list(m.values())) for m in study["masks"]]
+    pooled = sum(pixel_soft_score(u, p) * u.size for u, p in zip(unions, probs)) / sum(u.size for u in unions)
+    assert soft["value"] == pytest.approx(pooled, rel=1e-12)
+    assert soft["reference"] == "union" and soft["n_cases_with_probability"] == 1
+    assert soft["dice_mean"] == pytest.approx(summary["references"]["union"]["metrics"]["dice"]["mean"])
+    assert soft["value"] > 0.9 > soft["dice_mean"]  # why it must never be called Dice
+    assert "not the dice" in soft["note"].lower()
+
+
+def test_ceiling_table_and_return_value(study):
+    summary = json.loads((study["out"] / "summary.json").read_text())
+    table = ceiling_table(summary)
+    assert [r["comparison"] for r in table] == [
+        "model vs observer1", "model vs observer2", "model vs union", "model vs intersection",
+        "model vs STAPLE", "observer1 vs observer2 (ceiling)"]
+    assert [r["is_ceiling"] for r in table] == [False] * 5 + [True]
+    dice = summary["references"]["observer1"]["metrics"]["dice"]
+    assert table[0]["dice"] == f"{dice['mean']:.3f} ± {dice['sd']:.3f}"
+    assert table[0]["dice_ci"] == f"{dice['ci_low']:.3f}–{dice['ci_high']:.3f}"
+    assert table[0]["hd95"].endswith("mm (1 inf)") and table[0]["n"] == 3
+    assert ceiling_table(study["out"] / "summary.json") == table
+    result = study["result"]
+    assert result["n_cases"] == 3 and result["metrics_csv"].is_file()
+    assert result["headline"]["reference"] == "union"
+    assert result["dice"]["observer1"] == pytest.approx(dice["mean"])
+
+
+def test_existing_outputs_are_refused_without_force(study, tmp_path):
+    root = study["root"]
+    with pytest.raises(UsageError, match="already exists"):
+        evaluate(root / "pred", root / "data", study["out"], n_boot=10)
+    out = tmp_path / "again"
+    out.mkdir()
+    (out / "summary.json").write_text("{}")
+    result = evaluate(root / "pred", study["cases"], out, force=True, slices=False, n_boot=10,
+                      targets=("each",))
+    assert json.loads(result["summary_json"].read_text())["n_cases"] == 3
+    assert {r["level"] for r in read_rows(out / "metrics.csv")} == {"specimen"}
+    assert not list(out.glob(".*partial*"))
+
+
+def test_mismatches_are_listed_in_one_error(study, tmp_path):
+    root, cases = study["root"], study["cases"]
+    pred = tmp_path / "pred"
+    io.write_mask(pred / "ghost_a_mask.tif", np.zeros(SHAPE, bool))
+    io.write_mask(pred / "ghost_b_mask.tif", np.zeros(SHAPE, bool))
+    io.write_mask(pred / f"{cases[0].id}_mask.tif", np.zeros((SHAPE[0], 40, 41), bool))
+    io.write_mask(pred / f"{cases[1].id}_mask.tif", np.zeros(SHAPE, bool))  # fine
+    with pytest.raises(DataError) as info:
+        evaluate(pred, root / "data", tmp_path / "out")
+    message = str(info.value)
+    assert "3 problem(s)" in message
+    assert "ghost_a" in message and "ghost_b" in message and cases[0].id in message
+    assert "(16, 40, 41)" in message
+    assert not (tmp_path / "out").exists()
+
+
+def test_shape_mismatch_alone(study, tmp_path):
+    case = study["cases"][2]
+    io.write_mask(tmp_path / "pred" / f"{case.id}_mask.tif", np.zeros((15, 40, 40), bool))
+    with pytest.raises(DataError, match=r"shape \(15, 40, 40\) differs"):
+        evaluate(tmp_path / "pred", study["cases"], tmp_path / "out")
+
+
+def test_prediction_files_are_checked(tmp_path):
+    with pytest.raises(DataError, match="holds no predictions"):
+        find_predictions(tmp_path)
+    io.write_probability(tmp_path / "a_prob.tif", np.zeros((4, 4)))
+    io.write_mask(tmp_path / "b_mask.tif", np.zeros((4, 4)))
+    io.write_mask(tmp_path / "b_mask.nii.gz", np.zeros((4, 4)))
+    with pytest.raises(DataError) as info:
+        find_predictions(tmp_path)
+    assert "a_mask" in str(info.value) and "b_mask.nii.gz" in str(info.value)
+
+
+def test_bad_arguments(study, tmp_path):
+    root = study["root"]
+    with pytest.raises(UsageError, match="unknown target"):
+        evaluate(root / "pred", study["cases"], tmp_path, targets=("mean",))
+    with pytest.raises(UsageError, match="unknown observer"):
+        evaluate(root / "pred", study["cases"], tmp_path, observers=["observer9"])
+
+
+def test_one_observer_selected(study, tmp_path):
+    result = evaluate(study["root"] / "pred", study["cases"], tmp_path, observers=["observer1"],
+                      slices=False, n_boot=10)
+    summary = json.loads(result["summary_json"].read_text())
+    assert list(summary["references"]) == ["observer1"]  # no consensus, no ceiling of one
+    assert read_rows(tmp_path / "agreement.csv") == []
+    assert summary["pixel_soft_score"]["reference"] == "observer1"
+
+
+def rect(shape, rows, cols):
+    m = np.zeros(shape, bool)
+    m[rows[0]:rows[1], cols[0]:cols[1]] = True
+    return m
+
+
+def test_2d_images_without_spacing_warn_once_and_use_voxels(tmp_path):
+    shape = (20, 20)
+    cases = []
+    for name in ("a", "b"):
+        image = io.write_image(tmp_path / "images" / f"{name}.tif", np.zeros(shape, np.uint8))
+        o1 = io.write_mask(tmp_path / "o1" / f"{name}.tif", rect(shape, (4, 8), (4, 8)))
+        o2 = io.write_mask(tmp_path / "o2" / f"{name}.tif", rect(shape, (4, 8), (6, 10)))
+        cases.append(Case(name, image, {"observer1": (o1,), "observer2": (o2,)}))
+    # a: 4x4 square two rows lower than observer1's: overlap 2x4 -> Dice 2*8/32 = 0.5
+    io.write_mask(tmp_path / "pred" / "a_mask.tif", rect(shape, (6, 10), (4, 8)))
+    io.write_mask(tmp_path / "pred" / "b_mask.tif", rect(shape, (4, 8), (4, 8)))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result = evaluate(tmp_path / "pred", cases, tmp_path / "out", n_boot=50)
+    spacing_warnings = [w for w in caught if "spacing" in str(w.message)]
+    assert len(spacing_warnings) == 1 and "voxels" in str(spacing_warnings[0].message)
+    rows = read_rows(tmp_path / "out" / "metrics.csv")
+    assert {r["level"] for r in rows} == {"image"} and {r["unit"] for r in rows} == {"voxel"}
+    dice = {(r["case"], r["reference"]): float(r["dice"]) for r in rows}
+    assert dice[("a", "observer1")] == 0.5 and dice[("b", "observer1")] == 1.0
+    assert dice[("b", "observer2")] == 0.5  # overlap 4 rows x 2 columns: 2*8 / (16 + 16)
+    assert dice[("b", "intersection")] == pytest.approx(2 * 8 / (16 + 8))  # the overlap is 8 pixels
+    summary = json.loads(result["summary_json"].read_text())
+    assert summary["level"] == "image" and summary["unit"] == "voxel"
+    assert summary["references"]["observer1"]["metrics"]["dice"]["mean"] == 0.75
+    assert summary["references"]["inter-observer"]["metrics"]["dice"]["mean"] == 0.5

@@ -1,0 +1,165 @@
+"""Plots and the self-contained HTML report, from real files."""
+
+from __future__ import annotations
+
+import html
+import json
+import re
+
+import numpy as np
+import pytest
+from matplotlib.image import imread
+
+from bcseg import io
+from bcseg.dataset import discover, read_case_masks
+from bcseg.errors import DataError
+from bcseg.evaluate import ceiling_table, evaluate
+from bcseg.phantom import write_phantom
+from bcseg.report import (build_report, choose_examples, plot_case_metrics, plot_examples,
+                          plot_history)
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+HISTORY = """epoch,dice,iou,loss,lr,val_dice,val_iou,val_loss
+0,0.20,0.12,0.90,0.001,0.15,0.10,0.95
+1,0.40,0.30,0.70,0.001,0.35,0.25,0.80
+2,0.55,0.40,0.50,0.0005,0.50,0.36,0.62
+"""
+
+
+def is_png(path) -> bool:
+    return path.is_file() and path.read_bytes()[:8] == PNG_MAGIC
+
+
+# --------------------------------------------------------------------------- history
+
+def test_plot_history_with_one_row(tmp_path):
+    csv_path = tmp_path / "history.csv"
+    csv_path.write_text("epoch,loss,dice,val_loss,val_dice\n0,0.8,0.3,0.9,0.2\n")
+    written = plot_history(csv_path, tmp_path / "plots")
+    assert [p.name for p in written] == ["loss.png", "dice.png"]
+    assert all(is_png(p) for p in written)
+
+
+def test_plot_history_with_missing_columns_and_cells(tmp_path):
+    csv_path = tmp_path / "history.csv"
+    csv_path.write_text("loss,val_loss\n0.9,\n0.7,0.8\n")  # no epoch, no Dice, an empty cell
+    assert [p.name for p in plot_history(csv_path, tmp_path)] == ["loss.png"]
+    csv_path.write_text("epoch,loss\n")  # header only: the first epoch is not done yet
+    assert plot_history(csv_path, tmp_path / "none") == []
+    with pytest.raises(DataError, match="not found"):
+        plot_history(tmp_path / "missing.csv", tmp_path)
+
+
+# --------------------------------------------------------------------------- examples
+
+def colour_centroids(png):
+    """Mean (x, y) of the orange (prediction) and blue (truth) pixels, as fractions."""
+    rgb = imread(png)[..., :3].astype(float)
+    red_minus_blue = rgb[..., 0] - rgb[..., 2]
+    orange, blue = red_minus_blue > 0.15, red_minus_blue < -0.15
+    h, w = red_minus_blue.shape
+    centre = lambda m: (np.argwhere(m)[:, 1].mean() / w, np.argwhere(m)[:, 0].mean() / h)
+    return orange, blue, centre
+
+
+def test_prediction_column_is_drawn_from_the_prediction(tmp_path):
+    rng = np.random.default_rng(0)
+    image = rng.uniform(0, 255, (40, 40))
+    truth = np.zeros((40, 40), bool)
+    truth[4:12, 8:32] = True                 # top of the image
+    pred = np.zeros((40, 40), bool)
+    pred[28:36, 8:32] = True                 # bottom: no overlap with the truth
+    png = plot_examples([("case", image, truth, pred)], tmp_path / "ex.png", n=1, worst=0)
+    orange, blue, centre = colour_centroids(png)
+    assert orange.sum() > 100 and blue.sum() > 100
+    (ox, oy), (bx, by) = centre(orange), centre(blue)
+    # Prediction in the third column, truth in the second ...
+    assert np.argwhere(orange)[:, 1].min() > 0.6 * orange.shape[1]
+    assert np.argwhere(blue)[:, 1].max() < 0.7 * blue.shape[1]
+    assert ox > bx
+    # ... and the prediction column shows the prediction (bottom), not the truth (top).
+    assert oy - by > 0.2
+    # An empty prediction leaves no prediction colour at all.
+    png = plot_examples([("case", image, truth, np.zeros_like(pred))], tmp_path / "ex2.png", n=1, worst=0)
+    orange, blue, _ = colour_centroids(png)
+    assert orange.sum() == 0 and blue.sum() > 100
+
+
+def test_examples_choose_tumour_slices_and_worst_cases():
+    shape = (8, 16, 16)
+    truth, pred, image = np.zeros(shape, bool), np.zeros(shape, bool), np.zeros(shape)
+    truth[3, 4:8, 4:8] = True
+    pred[5, 4:8, 4:8] = True
+    good = truth.copy()
+    pairs = [("bad", image, truth, pred), ("good", image, truth, good)]
+    rows = choose_examples(pairs, n=10, seed=0, worst=1)
+    assert rows[-1] == ("bad", 3, "worst")   # Dice 0; a slice of largest disagreement (3 or 5)
+    randoms = sorted((c, z) for c, z, kind in rows if kind == "random")
+    assert randoms == [("bad", 5), ("good", 3)]  # only slices with tumour; none shown twice
+    assert choose_examples(pairs, n=1, seed=4, worst=0) == choose_examples(pairs, n=1, seed=4, worst=0)
+    with pytest.raises(ValueError, match="shape"):
+        choose_examples([("x", image, truth, pred[:4])])
+
+
+# --------------------------------------------------------------------------- report
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    """A run folder: history.csv, an evaluation of phantom predictions, a margins CSV."""
+    root = tmp_path_factory.mktemp("run")
+    write_phantom(root / "data", n=3, shape=(16, 40, 40))
+    cases = discover(root / "data")
+    for i, case in enumerate(cases):
+        masks = read_case_masks(case)
+        pred = [masks["observer1"], np.zeros_like(masks["observer1"]), masks["observer2"]][i]
+        io.write_mask(root / "pred" / f"{case.id}_mask.tif", pred)
+    evaluate(root / "pred", cases, root / "eval", n_boot=200)
+    (root / "history.csv").write_text(HISTORY)
+    (root / "margins").mkdir()
+    (root / "margins" / "specimen_000_margins.csv").write_text(
+        "case,distance_mm,closest_face,ink_on_tumour,close_margin\nspecimen_000,1.75,posterior,False,True\n")
+    return root
+
+
+def test_build_report_is_self_contained(run_dir):
+    path = build_report(run_dir, title="Study <A> & B")
+    assert path == run_dir / "report.html"
+    text = path.read_text(encoding="utf-8")
+    assert 'src="http' not in text and "<link" not in text and "<script" not in text
+    sources = re.findall(r'<img[^>]*\ssrc="([^"]*)"', text)
+    assert len(sources) == 4  # loss, dice, per-case metrics, examples
+    assert len(re.findall(r"<img", text)) == len(sources)
+    assert all(s.startswith("data:image/png;base64,") for s in sources)
+    assert "Study &lt;A&gt; &amp; B" in text and "Study <A>" not in text
+    for name in ("loss.png", "dice.png"):
+        assert is_png(run_dir / name)
+    for name in ("case_metrics.png", "examples.png"):
+        assert is_png(run_dir / "eval" / name)
+
+
+def test_report_holds_the_numbers(run_dir):
+    text = build_report(run_dir, out=run_dir / "out").read_text(encoding="utf-8")
+    summary = json.loads((run_dir / "eval" / "summary.json").read_text())
+    for row in ceiling_table(summary):
+        for key in ("comparison", "dice", "dice_median", "dice_ci", "hd95", "assd"):
+            assert html.escape(row[key]) in text, (row["comparison"], key)
+    assert "observer1 vs observer2 (ceiling)" in text and 'class="ceiling"' in text
+    assert "How to read this report" in text
+    assert "pixel_soft_score" in text and "NOT the Dice coefficient" in text
+    soft = summary["pixel_soft_score"]
+    assert f"{soft['value']:.3f}" in text and f"{soft['dice_mean']:.3f}" in text
+    assert "specimen_002" in text  # the per-case table
+    assert "Surgical margins" in text and "posterior" in text and "1.75" in text
+
+
+def test_plot_case_metrics_uses_case_rows_only(run_dir, tmp_path):
+    assert is_png(plot_case_metrics(run_dir / "eval" / "metrics.csv", tmp_path))
+    only_slices = tmp_path / "metrics.csv"
+    only_slices.write_text("case,reference,level,slice,dice,hd95\na,observer1,slice,0,1.0,0.0\n")
+    with pytest.raises(DataError, match="no specimen"):
+        plot_case_metrics(only_slices, tmp_path)
+
+
+def test_build_report_needs_something(tmp_path):
+    with pytest.raises(DataError, match="nothing to report"):
+        build_report(tmp_path)
