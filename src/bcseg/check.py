@@ -67,6 +67,7 @@ def check_dataset(root: str | Path) -> CheckReport:
                     empty &= not io.read_mask(path, image.shape).any()
                 except DataError as error:
                     report.problems.append((error.path or str(path), error.problem))
+                    empty = False  # unreadable is a problem, not an empty mask
             if empty:
                 report.empty_masks.append((case.id, observer))
     return report

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 import re
+import struct
 from pathlib import Path
 
 import numpy as np
@@ -202,8 +203,29 @@ def read_spacing(path: str | Path) -> tuple[float, ...] | None:
 
 # --------------------------------------------------------------------------- reading
 
+def _check_complete(tif: tifffile.TiffFile, path: Path) -> None:
+    """Raise if the chain of pages is cut short, as in a truncated copy.
+
+    tifffile only logs a broken chain and returns the pages it found, so a stack cut
+    in half would silently read as its first page(s).
+    """
+    if tif.is_ndpi or len(tif.pages) == 0:  # NDPI stores offsets its own way
+        return
+    fmt, handle = tif.tiff, tif.filehandle
+    last = tif.pages[len(tif.pages) - 1].offset
+    handle.seek(last)
+    raw = handle.read(fmt.tagnosize)
+    tags = struct.unpack(fmt.tagnoformat, raw)[0] if len(raw) == fmt.tagnosize else 0
+    handle.seek(last + fmt.tagnosize + tags * fmt.tagsize)
+    raw = handle.read(fmt.offsetsize)
+    if len(raw) < fmt.offsetsize or struct.unpack(fmt.offsetformat, raw)[0] != 0:
+        raise DataError(path, f"is truncated or corrupt: the file ends ({handle.size} bytes) "
+                        f"before its last page; copy it again from the source")
+
+
 def _series_shape(tif: tifffile.TiffFile, path: Path) -> tuple[int, ...]:
     """The (H, W) or (Z, H, W) shape of the single image series, after checks."""
+    _check_complete(tif, path)
     if len(tif.series) == 0:
         raise DataError(path, "holds no image")
     if len(tif.series) > 1 and not tif.is_imagej:
@@ -280,7 +302,10 @@ def _read_plain(path: Path) -> np.ndarray:
         array = iio.imread(path)
     except Exception as exc:
         raise DataError(path, f"cannot read image ({str(exc).strip().splitlines()[0]})") from None
-    return _to_grey(np.asarray(array))
+    array = np.asarray(array)
+    if array.ndim == 3 and array.shape[-1] == 2:  # grey + alpha, not a 2-slice stack
+        array = array[..., 0]
+    return _to_grey(array)
 
 
 def read_image(path: str | Path, mmap: bool = False) -> tuple[np.ndarray, tuple[float, ...] | None]:

@@ -60,14 +60,16 @@ def _tumour(rng, shape, tissue, spacing_mm) -> np.ndarray:
     zz, yy, xx = np.meshgrid(*[np.arange(n, dtype=float) for n in shape], indexing="ij")
     coords = np.stack([zz, yy, xx]) * np.asarray(spacing_mm)[:, None, None, None]
     inner = ndimage.binary_erosion(tissue, iterations=6)
-    candidates = np.argwhere(inner)
+    if not inner.any():  # thin stacks (Z <= 12) erode away: keep off the sides only
+        inner = np.stack([ndimage.binary_erosion(s, iterations=6) for s in tissue])
+    candidates = np.argwhere(inner if inner.any() else tissue)
     extent_mm = np.asarray(shape) * np.asarray(spacing_mm)
     # Radius in mm: a third to a half of the smaller in-plane extent, so every
     # specimen has tumour, but never all the way through the stack.
     radius = rng.uniform(0.17, 0.26) * min(extent_mm[1], extent_mm[2])
     radius = min(radius, 0.32 * extent_mm[0])
     centre_mm = None
-    for _ in range(50):
+    for _ in range(50 if len(candidates) else 0):
         pick = candidates[rng.integers(len(candidates))] * np.asarray(spacing_mm)
         margin = pick - radius * 1.2, extent_mm - pick - radius * 1.2
         if (margin[0][1:] > 0).all() and (margin[1][1:] > 0).all() and margin[0][0] > 0 and margin[1][0] > 0:

@@ -65,9 +65,13 @@ def kfold_by_group(cases: list[Case], k: int = 5, seed: int = 0) -> dict[str, in
         members = groups[name]
         counts = np.array([sum((c.label_class or "") == cls for c in members) for cls in classes])
         target = np.array([total[cls] for cls in classes]) / k
-        # Cost of each choice: how far class counts and fold sizes stray from even.
+        # Cost of each choice: how much it adds to the stray of class counts and fold
+        # sizes from even (the change, not the level, or full folds keep filling);
+        # ties go to the smallest fold.
         cost = (np.abs(per_class + counts - target).sum(axis=1)
-                + 0.5 * np.abs(size + len(members) - len(cases) / k))
+                - np.abs(per_class - target).sum(axis=1)
+                + 0.5 * (np.abs(size + len(members) - len(cases) / k) - np.abs(size - len(cases) / k))
+                + 1e-9 * size)
         fold = int(np.argmin(cost))
         size[fold] += len(members)
         per_class[fold] += counts

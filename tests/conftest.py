@@ -1,0 +1,35 @@
+"""Shared fixtures: a small synthetic phantom written once, and the BUSI folder."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from bcseg.phantom import write_phantom
+
+REPO = Path(__file__).resolve().parents[1]
+BUSI = REPO.parent / "shared/datasets/busi"
+
+# The session phantom: 4 specimens of 12 slices of 48x48 pixels, with truth masks.
+PHANTOM_N = 4
+PHANTOM_SHAPE = (12, 48, 48)
+
+
+@pytest.fixture(scope="session")
+def phantom_root(tmp_path_factory) -> Path:
+    """A phantom dataset (images/, masks/observer{1,2}/, truth/) written once.
+
+    Read it, never write into it: every test of the session shares it.
+    """
+    root = tmp_path_factory.mktemp("phantom") / "data"
+    write_phantom(root, n=PHANTOM_N, shape=PHANTOM_SHAPE, truth=True)
+    return root
+
+
+@pytest.fixture(scope="session")
+def busi_root() -> Path:
+    """The BUSI dataset beside the repository, or a skip when it is absent."""
+    if not (BUSI / "folds.csv").is_file():
+        pytest.skip("BUSI not found at ../shared/datasets/busi")
+    return BUSI
