@@ -80,6 +80,135 @@ def cmd_split(args) -> int:
     return 0
 
 
+def _train_overrides(args) -> dict:
+    model = {}
+    if args.model:
+        model["ndim"] = 3 if args.model == "unet3d" else 2
+    return {"model": model,
+            "data": {"observer": args.observer} if args.observer else {},
+            "train": {k: v for k, v in (("epochs", args.epochs), ("seed", args.seed),
+                                        ("batch_size", args.batch_size)) if v is not None}}
+
+
+def cmd_train(args) -> int:
+    from bcseg.train import Interrupted, train
+
+    fold = "all" if args.folds == "all" else (args.fold if args.fold is not None else 0)
+    try:
+        results = train(args.data, args.out, config=args.config, overrides=_train_overrides(args),
+                        fold=fold, folds_file=args.folds_file, resume=args.resume, force=args.force,
+                        init=args.init, strategy=args.strategy, mixed_precision=args.mixed_precision)
+    except Interrupted as stopped:
+        print(f"bcseg: training interrupted ({stopped}); the last completed epoch is saved. "
+              f"Continue with: bcseg train {args.data} --out {args.out} --resume", file=sys.stderr)
+        return 130
+    for result in results:
+        print(f"fold {result['fold']}: best epoch {result['best_epoch']}, "
+              f"validation Dice {result['best_val_dice']:.3f}")
+        _print_headline(result)
+    print(f"run directory: {args.out}")
+    return 0
+
+
+def cmd_predict(args) -> int:
+    from bcseg.predict import predict_files
+
+    postprocess = None if args.postprocess is None else [
+        step for step in args.postprocess.split(",") if step and step != "none"]
+    records = predict_files(args.model, args.inputs, args.out, threshold=args.threshold,
+                            tta=args.tta or None, postprocess=postprocess, min_size=args.min_size,
+                            save_prob=args.save_prob, quicklook=args.quicklook, force=args.force,
+                            keep_going=args.keep_going,
+                            progress=not args.no_progress and sys.stderr.isatty())
+    failed = [r for r in records if r.get("error")]
+    if args.margins:
+        _margins_after_predict(records, args)
+    print(f"segmented {len(records) - len(failed)} of {len(records)} file(s) into {args.out}")
+    if failed:
+        for record in failed:
+            print(f"bcseg: error: {record['error']}", file=sys.stderr)
+        return 3
+    return 0
+
+
+def _margins_after_predict(records: list[dict], args) -> None:
+    from bcseg.margins import margins_for_files, write_margins_csv
+
+    rows = []
+    for record in records:
+        if record.get("error") or not record.get("mask"):
+            continue
+        result = margins_for_files(record["input"], record["mask"], args.out, spacing_mm=args.spacing,
+                                   force=args.force)
+        rows.append(result)
+    if rows:
+        write_margins_csv(rows, Path(args.out) / "margins.csv", force=True)
+
+
+def cmd_evaluate(args) -> int:
+    from bcseg.evaluate import evaluate
+
+    result = evaluate(args.pred, args.truth, args.out, observers=args.observer or "all",
+                      force=args.force)
+    _print_headline(result)
+    if not args.no_report:
+        from bcseg.report import build_report
+        print(f"report: {build_report(args.out)}")
+    return 0
+
+
+def _print_headline(result: dict) -> None:
+    from bcseg.evaluate import headline_lines
+
+    for line in headline_lines(result):
+        print(line)
+
+
+def cmd_report(args) -> int:
+    from bcseg.report import build_report
+
+    print(f"report: {build_report(args.run)}")
+    return 0
+
+
+def cmd_margins(args) -> int:
+    from bcseg.margins import margins_for_files
+
+    result = margins_for_files(args.image, args.tumour, args.out, specimen_path=args.specimen,
+                               spacing_mm=args.spacing, orientation=args.orientation,
+                               close_mm=args.close_mm, force=args.force)
+    distance = result.get("distance_mm")
+    print(f"closest margin: {distance:.2f} mm ({result.get('closest_face')})"
+          if isinstance(distance, float) and distance == distance else "no margin measured")
+    for warning in result.get("warnings", []):
+        print(f"bcseg: warning: {warning}", file=sys.stderr)
+    print(f"wrote {', '.join(str(p) for p in result.get('outputs', {}).values())}")
+    return 0
+
+
+def cmd_export_nnunet(args) -> int:
+    from bcseg.nnunet import export_nnunet
+
+    folds = None
+    if args.folds_file:
+        from bcseg.dataset import discover
+        from bcseg.splits import folds_from_file
+        folds = folds_from_file(args.folds_file, discover(args.data))
+    path = export_nnunet(args.data, args.out, args.dataset_id, args.name, observer=args.observer,
+                         folds=folds, k=args.k, seed=args.seed, file_ending=args.file_ending,
+                         force=args.force)
+    print(f"wrote nnU-Net v2 dataset {path}")
+    return 0
+
+
+def cmd_demo(args) -> int:
+    from bcseg.demo import print_summary, run_demo
+
+    result = run_demo(args.out, force=args.force, epochs_2d=args.epochs_2d, epochs_3d=args.epochs_3d)
+    print_summary(result)
+    return 0
+
+
 # --------------------------------------------------------------------------- parser
 
 def build_parser() -> argparse.ArgumentParser:
@@ -119,18 +248,140 @@ def build_parser() -> argparse.ArgumentParser:
                    help="group near-duplicate 2D images (average hash) before splitting")
     p.add_argument("--force", action="store_true")
     p.set_defaults(func=cmd_split)
+
+    p = sub.add_parser("train", help="train a 2D or 3D U-Net; write a run directory",
+                       description="Train on every fold but the test fold, validate on held-out "
+                       "groups from the training folds, then segment and evaluate the test fold.")
+    p.add_argument("data", help="dataset folder or manifest CSV")
+    p.add_argument("--out", required=True, help="run directory")
+    p.add_argument("--model", choices=["unet2d", "unet3d"], help="overrides model.ndim")
+    p.add_argument("--config", help="preset (default, seed, demo) or TOML file")
+    group = p.add_mutually_exclusive_group()
+    group.add_argument("--fold", type=int, help="test fold (default 0)")
+    group.add_argument("--folds", choices=["all"], help="train every fold in turn")
+    p.add_argument("--folds-file", help="CSV with image,fold columns (e.g. BUSI's folds.csv)")
+    p.add_argument("--observer", help="training target: an observer's name, union, "
+                   "intersection, staple or random")
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--seed", type=int)
+    p.add_argument("--init", help="start from a model: 'busi' (the bundled one) or a .keras file")
+    p.add_argument("--resume", action="store_true", help="continue an interrupted run")
+    p.add_argument("--force", action="store_true", help="replace an existing run")
+    p.add_argument("--strategy", choices=["mirrored", "multiworker"],
+                   help="tf.distribute strategy for several GPUs or machines")
+    p.add_argument("--mixed-precision", action="store_true", help="float16 compute on GPUs")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("predict", help="segment images, stacks or folders with a trained model",
+                       description="Segment 2D images and 3D stacks. Masks are written as TIFF "
+                       "with the input's shape and spacing; settings not given come from the "
+                       "run's inference.json (chosen on its validation split).")
+    p.add_argument("inputs", nargs="+", help="image files, stack files or folders")
+    p.add_argument("--model", help="run directory or .keras file (default: the bundled BUSI model)")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--tta", action="store_true", help="average predictions over flips")
+    p.add_argument("--threshold", type=float)
+    p.add_argument("--postprocess", help="comma-separated steps: largest, fill, small; or none")
+    p.add_argument("--min-size", type=int, help="voxels; with the 'small' step")
+    p.add_argument("--save-prob", action="store_true", help="also write float32 probability maps")
+    p.add_argument("--quicklook", action="store_true", help="also write overlay PNGs")
+    p.add_argument("--margins", action="store_true", help="measure surgical margins per stack")
+    p.add_argument("--spacing", type=_spacing, help="voxel size in mm (Z x Y x X) for --margins")
+    p.add_argument("--keep-going", action="store_true",
+                   help="carry on past a bad file, report every failure at the end")
+    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--force", action="store_true", help="overwrite existing outputs")
+    p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("evaluate", help="score predictions against observers and their consensus",
+                       description="Per-case (per-specimen) metrics against each observer, "
+                       "their union, intersection and STAPLE consensus, and the agreement "
+                       "between observers (the ceiling); summary with bootstrap CIs; report.")
+    p.add_argument("--pred", required=True, help="folder of <case>_mask.tif predictions")
+    p.add_argument("--truth", required=True, help="dataset folder or manifest")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--observer", action="append", help="observer(s) to use (default all)")
+    p.add_argument("--no-report", action="store_true")
+    p.add_argument("--force", action="store_true")
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("report", help="rebuild report.html of a run or evaluation folder")
+    p.add_argument("run", help="run or evaluation folder")
+    p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser("margins", help="tumour volume and margins to the specimen surface",
+                       description="Tumour and specimen volume, closest distance from tumour "
+                       "to the specimen surface overall and per face, flags, CSV and figure. "
+                       "An estimate from ultrasound, not a pathology margin.")
+    p.add_argument("--image", required=True, help="the specimen stack")
+    p.add_argument("--tumour", required=True, help="tumour mask (e.g. from bcseg predict)")
+    p.add_argument("--specimen", help="specimen mask (default: computed from the image)")
+    p.add_argument("--orientation", help="e.g. z:superior-inferior,y:anterior-posterior,"
+                   "x:medial-lateral (the default)")
+    p.add_argument("--spacing", type=_spacing, help="voxel size in mm, Z x Y x X, if the file lacks it")
+    p.add_argument("--close-mm", type=float, default=2.0, help="close-margin threshold (default 2)")
+    p.add_argument("--out", required=True)
+    p.add_argument("--force", action="store_true")
+    p.set_defaults(func=cmd_margins)
+
+    p = sub.add_parser("export-nnunet", help="write an nnU-Net v2 raw dataset with bcseg's folds")
+    p.add_argument("data", help="dataset folder or manifest")
+    p.add_argument("out", help="nnUNet_raw folder")
+    p.add_argument("--dataset-id", type=int, required=True)
+    p.add_argument("--name", required=True)
+    p.add_argument("--observer", default="union", help="label: an observer, union, intersection, staple")
+    p.add_argument("--k", type=int, default=5)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--folds-file", help="CSV with image,fold columns")
+    p.add_argument("--file-ending", choices=[".tif", ".png", ".nii.gz"])
+    p.add_argument("--force", action="store_true")
+    p.set_defaults(func=cmd_export_nnunet)
+
+    p = sub.add_parser("demo", help="the whole job on the synthetic phantom (about 10 min on a CPU)",
+                       description="Phantom, then a 2D and a tiny 3D U-Net trained on training "
+                       "specimens, prediction on held-out specimens, evaluation, report.")
+    p.add_argument("--out", default="demo-run")
+    p.add_argument("--epochs-2d", type=int)
+    p.add_argument("--epochs-3d", type=int)
+    p.add_argument("--force", action="store_true")
+    p.set_defaults(func=cmd_demo)
     return parser
 
 
 def _quiet_libraries() -> None:
     """Keep stderr to bcseg's own lines: no TensorFlow banners or tifffile chatter."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    logging.getLogger("tifffile").setLevel(logging.ERROR)
+    # tifffile logs a corrupt file at ERROR level; bcseg reports it as its own DataError.
+    logging.getLogger("tifffile").setLevel(logging.CRITICAL)
 
     def show(message, category, filename, lineno, file=None, line=None):
         print(f"bcseg: warning: {message}", file=sys.stderr)
 
     warnings.showwarning = show
+
+
+def _import_tensorflow_quietly() -> None:
+    """Import TensorFlow with file descriptor 2 muted.
+
+    Its C++ runtime prints start-up banners (oneDNN, absl) straight to the stderr
+    descriptor, ignoring TF_CPP_MIN_LOG_LEVEL; they would break the promise that a
+    failure is one line on stderr. Python exceptions still propagate.
+    """
+    if "tensorflow" in sys.modules:
+        return
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as devnull:
+            os.dup2(devnull.fileno(), 2)
+            import tensorflow  # noqa: F401
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
+NEEDS_TENSORFLOW = {"train", "predict", "demo"}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -139,6 +390,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
+        if args.command in NEEDS_TENSORFLOW:
+            _import_tensorflow_quietly()
         return int(args.func(args) or 0)
     except BcsegError as error:
         if args.debug:

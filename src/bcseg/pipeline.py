@@ -1,0 +1,235 @@
+"""Input pipelines: cached training arrays and one ``tf.data`` dataset per epoch.
+
+Images are read, decoded, normalised and (for 2D) fitted to the training size once,
+then kept in memory, so an epoch never re-reads a file. Each epoch draws its samples
+with a generator seeded by ``(seed, epoch)``: with probability ``tumour_fraction``
+a sample is forced to contain tumour (nnU-Net's foreground oversampling), otherwise
+it is drawn uniformly. Augmentation runs inside the ``tf.data`` graph with stateless
+seeds, so an epoch can be replayed exactly (this is what makes ``--resume`` give the
+same weights as an uninterrupted run).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import tensorflow as tf
+from skimage.transform import resize
+
+from bcseg.augment import AugmentConfig, augment_2d, augment_3d, reference_offline_augment
+from bcseg.dataset import Case, read_case_image, read_case_masks
+from bcseg.errors import DataError
+from bcseg.intensity import normalise
+from bcseg.observers import consensus
+
+RANDOM_OBSERVER = "random"
+
+
+# --------------------------------------------------------------------------- geometry
+
+def to_square(image: np.ndarray, size: int, order: int = 1) -> np.ndarray:
+    """Pad a 2D array at the bottom and right to a square, then resize to ``size``.
+
+    Padding keeps the aspect ratio, so lesions are not squashed. Masks use
+    ``order=0``. :func:`from_square` undoes it.
+    """
+    h, w = image.shape
+    side = max(h, w)
+    if (h, w) == (size, size):
+        return image
+    square = np.zeros((side, side), dtype=np.float32)
+    square[:h, :w] = image
+    if side == size:
+        return square
+    return resize(square, (size, size), order=order, anti_aliasing=order > 0,
+                  preserve_range=True).astype(np.float32)
+
+
+def from_square(prob: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """Resize a ``size``×``size`` map back to the padded square and crop to ``shape``."""
+    h, w = shape
+    side = max(h, w)
+    if prob.shape != (side, side):
+        prob = resize(prob, (side, side), order=1, preserve_range=True)
+    return np.asarray(prob[:h, :w], dtype=np.float32)
+
+
+# --------------------------------------------------------------------------- cached arrays
+
+def training_target(masks: dict[str, np.ndarray], observer: str, where: str) -> np.ndarray:
+    """The training target of one case: an observer, or a consensus of them.
+
+    For ``random`` every observer is kept, stacked on a new first axis, so that a
+    sampler can draw one per sample and epoch.
+    """
+    if not masks:
+        raise DataError(where, "has no observer mask to train on")
+    if observer == RANDOM_OBSERVER:
+        return np.stack([masks[name] for name in sorted(masks)])
+    try:
+        return consensus(masks, observer)
+    except ValueError as exc:
+        raise DataError(where, str(exc)) from None
+
+
+@dataclass
+class Samples:
+    """Training samples held in memory.
+
+    ``images`` is ``(N, ...)`` float32 in [0, 1]; ``targets`` is ``(N, O, ...)``
+    uint8 with one entry per observer kept (O = 1 unless the target is ``random``);
+    ``has_tumour`` marks samples whose target holds tumour.
+    """
+
+    images: list[np.ndarray] | np.ndarray
+    targets: list[np.ndarray] | np.ndarray
+    case_ids: list[str]
+
+    @property
+    def has_tumour(self) -> np.ndarray:
+        return np.array([t.any() for t in self.targets], dtype=bool)
+
+
+def _case_arrays(case: Case, observer: str) -> tuple[np.ndarray, np.ndarray]:
+    image, _ = read_case_image(case)
+    masks = read_case_masks(case, image.shape)
+    target = training_target(masks, observer, str(case.image))
+    if target.ndim == image.ndim:
+        target = target[None]
+    return normalise(image), target.astype(np.uint8)
+
+
+def slice_samples(cases: list[Case], observer: str, size: int,
+                  offline_augment: str = "none", seed: int = 0) -> Samples:
+    """2D samples: every image, and every slice of every stack, fitted to ``size``.
+
+    With ``offline_augment="reference"`` each slice becomes the reference study's 24
+    rotated and trimmed copies (one target only: not with the ``random`` observer).
+    """
+    if offline_augment == "reference" and observer == RANDOM_OBSERVER:
+        raise DataError(None, "the reference offline augmentation needs one target; "
+                        "choose an observer or a consensus instead of 'random'")
+    images, targets, ids = [], [], []
+    rng = np.random.default_rng(seed)
+    for case in cases:
+        image, target = _case_arrays(case, observer)
+        stack = image[None] if image.ndim == 2 else image
+        target_stack = target[:, None] if image.ndim == 2 else target  # (O, Z, H, W)
+        for z in range(stack.shape[0]):
+            square = to_square(stack[z], size)
+            masks = np.stack([to_square(t, size, order=0) for t in target_stack[:, z]]) > 0.5
+            if offline_augment == "reference":
+                aug_images, aug_masks = reference_offline_augment(square, masks[0], size=size, rng=rng)
+                images.extend(aug_images)
+                targets.extend(aug_masks[:, None])
+                ids.extend([case.id] * len(aug_images))
+            else:
+                images.append(square)
+                targets.append(masks)
+                ids.append(case.id)
+    return Samples(np.stack(images).astype(np.float32), np.stack(targets).astype(np.uint8), ids)
+
+
+def volume_samples(cases: list[Case], observer: str) -> Samples:
+    """3D samples: whole normalised volumes, cut into patches per epoch."""
+    images, targets, ids = [], [], []
+    for case in cases:
+        image, target = _case_arrays(case, observer)
+        if image.ndim != 3:
+            raise DataError(case.image, "is 2D; a 3D model trains on 3D stacks only "
+                            "(use --model unet2d for 2D images)")
+        images.append(image)
+        targets.append(target)
+        ids.append(case.id)
+    return Samples(images, targets, ids)
+
+
+# --------------------------------------------------------------------------- per-epoch draws
+
+def draw_indices(has_tumour: np.ndarray, n: int, tumour_fraction: float,
+                 rng: np.random.Generator) -> np.ndarray:
+    """``n`` sample indices; a share ``tumour_fraction`` is forced to hold tumour."""
+    tumour = np.flatnonzero(has_tumour)
+    if tumour_fraction <= 0 or len(tumour) == 0:
+        return rng.permutation(len(has_tumour))[:n] if n <= len(has_tumour) else \
+            rng.integers(len(has_tumour), size=n)
+    forced = rng.random(n) < tumour_fraction
+    picks = rng.integers(len(has_tumour), size=n)
+    picks[forced] = tumour[rng.integers(len(tumour), size=forced.sum())]
+    return picks
+
+
+def _pick_observer(targets: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """One observer per sample from ``(N, O, ...)`` targets (O = 1: that one)."""
+    choice = rng.integers(targets.shape[1], size=targets.shape[0])
+    return targets[np.arange(targets.shape[0]), choice]
+
+
+def _patch(volume: np.ndarray, target: np.ndarray, shape, rng, force_tumour: bool):
+    """A patch of ``shape``; centred on a random tumour voxel when forced."""
+    if volume.shape[0] < shape[0] or volume.shape[1] < shape[1] or volume.shape[2] < shape[2]:
+        pad = [(0, max(0, s - v)) for s, v in zip(shape, volume.shape)]
+        volume = np.pad(volume, pad)
+        target = np.pad(target, [(0, 0)] + pad)
+    if force_tumour and target.any():
+        voxels = np.argwhere(target.any(axis=0))
+        centre = voxels[rng.integers(len(voxels))]
+        start = [int(np.clip(c - s // 2, 0, v - s)) for c, s, v in zip(centre, shape, volume.shape)]
+    else:
+        start = [int(rng.integers(v - s + 1)) for s, v in zip(shape, volume.shape)]
+    window = tuple(slice(a, a + s) for a, s in zip(start, shape))
+    return volume[window], target[(slice(None),) + window]
+
+
+def epoch_arrays(samples: Samples, epoch: int, seed: int, n: int, tumour_fraction: float,
+                 patch_shape=None) -> tuple[np.ndarray, np.ndarray]:
+    """The images and targets of one epoch, before augmentation; shape ``(n, ..., 1)``."""
+    rng = np.random.default_rng([seed, epoch])
+    if patch_shape is None:
+        index = draw_indices(samples.has_tumour, n, tumour_fraction, rng)
+        images = samples.images[index]
+        targets = _pick_observer(samples.targets[index], rng)
+    else:
+        has = samples.has_tumour
+        images, targets = [], []
+        for _ in range(n):
+            force = rng.random() < tumour_fraction and has.any()
+            pool = np.flatnonzero(has) if force else np.arange(len(samples.images))
+            k = pool[rng.integers(len(pool))]
+            image, target = _patch(samples.images[k], samples.targets[k], patch_shape, rng, force)
+            images.append(image)
+            targets.append(target)
+        images = np.stack(images)
+        targets = _pick_observer(np.stack(targets), rng)
+    return images[..., None].astype(np.float32), targets[..., None].astype(np.float32)
+
+
+def epoch_dataset(images: np.ndarray, targets: np.ndarray, batch_size: int, seed: int, epoch: int,
+                  augment: AugmentConfig | None) -> tf.data.Dataset:
+    """A batched, augmented, prefetched dataset over one epoch's arrays."""
+    count = len(images)
+    seeds = np.stack([np.full(count, seed * 100_003 + epoch, dtype=np.int64),
+                      np.arange(count, dtype=np.int64)], axis=1)
+    ds = tf.data.Dataset.from_tensor_slices((images, targets, seeds))
+    if augment is not None and augment.enabled:
+        function = augment_3d if images.ndim == 5 else augment_2d
+        ds = ds.map(lambda x, y, s: function(x, y, s, augment),
+                    num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    else:
+        ds = ds.map(lambda x, y, s: (x, y))
+    return ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)
+
+
+def validation_arrays(samples: Samples, patch_shape=None, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Fixed validation inputs: every slice (2D), or tumour and random patches (3D)."""
+    if patch_shape is None:
+        return samples.images[..., None], samples.targets[:, 0, ..., None].astype(np.float32)
+    rng = np.random.default_rng([seed, 10**6])
+    images, targets = [], []
+    for image, target in zip(samples.images, samples.targets):
+        for force in (True, False):
+            patch, mask = _patch(image, target[:1], patch_shape, rng, force)
+            images.append(patch)
+            targets.append(mask[0])
+    return np.stack(images)[..., None], np.stack(targets)[..., None].astype(np.float32)

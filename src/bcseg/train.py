@@ -1,0 +1,484 @@
+"""Training: run directories, the epoch loop, resume, and the k-fold driver.
+
+A run directory holds everything about one run: ``config.toml``, ``splits.json``,
+``model_best.keras`` (best validation Dice) and ``model_last.keras`` (with the
+optimiser, for ``--resume``), ``state.json``, ``history.csv``, ``loss.png`` and
+``dice.png`` (redrawn every epoch), ``inference.json`` (threshold and
+post-processing chosen on the validation split), ``train.log``, and after the run
+the test fold's ``predictions/`` with its evaluation and ``report.html``.
+
+Each epoch is its own ``fit`` call on data drawn from ``(seed, epoch)``, and the
+learning rate is a function of the epoch, so a run stopped after epoch k and resumed
+reaches the same weights as one that never stopped. The test fold is never used to
+choose anything: early stopping, the best model, the threshold and post-processing
+all come from a validation split of whole groups taken from the training folds.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import math
+import shutil
+import signal
+import sys
+import warnings
+from pathlib import Path
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from bcseg import pipeline
+from bcseg.atomic import atomic_path, remove_partials, write_text
+from bcseg.augment import AugmentConfig
+from bcseg.config import load_config, save_config
+from bcseg.dataset import Case, discover
+from bcseg.errors import ConfigError, DataError, UsageError
+from bcseg.losses import DiceMetric, IoUMetric, get_loss
+from bcseg.models import unet
+from bcseg.splits import folds_from_file, kfold_by_group, load_splits, save_splits, validation_ids
+
+HISTORY_COLUMNS = ["epoch", "loss", "dice", "iou", "val_loss", "val_dice", "val_iou", "lr"]
+log = logging.getLogger("bcseg.train")
+
+
+class Interrupted(Exception):
+    """Training stopped by SIGINT/SIGTERM; the last completed epoch is saved."""
+
+
+# --------------------------------------------------------------------------- run directory
+
+def _prepare_run_dir(out: Path, resume: bool, force: bool) -> None:
+    if resume:
+        if not (out / "config.toml").is_file():
+            raise UsageError(out, "has no run to resume (config.toml missing)")
+        remove_partials(out)
+        return
+    if out.exists() and any(out.iterdir()):
+        if not force:
+            raise UsageError(out, "already holds a run; pass --resume to continue it "
+                             "or --force to replace it")
+        if not (out / "config.toml").is_file():
+            # --force replaces runs, never arbitrary folders given by mistake.
+            raise UsageError(out, "is not empty and is not a bcseg run; refusing to delete it")
+        shutil.rmtree(out)
+    out.mkdir(parents=True, exist_ok=True)
+
+
+def _start_log(out: Path) -> logging.Handler:
+    handler = logging.FileHandler(out / "train.log", encoding="utf-8")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
+    log.addHandler(handler)
+    log.setLevel(logging.INFO)
+    return handler
+
+
+def _say(message: str) -> None:
+    log.info(message)
+    print(message, flush=True)
+
+
+# --------------------------------------------------------------------------- splits
+
+def choose_folds(cases: list[Case], cfg: dict, folds_file=None) -> tuple[dict[str, int], str]:
+    """Fold per case id from a fold file, the ``last`` rule, or group k-fold."""
+    train_cfg = cfg["train"]
+    if folds_file:
+        return folds_from_file(folds_file, cases), str(folds_file)
+    if train_cfg["split"] == "last":
+        groups = sorted({c.group for c in cases})
+        n_test = min(train_cfg["test_last"], len(groups) - 1)
+        if n_test < train_cfg["test_last"]:
+            warnings.warn(f"only {len(groups)} specimens: the last {n_test} form the test set")
+        test = set(groups[len(groups) - n_test:])
+        return {c.id: 0 if c.group in test else 1 for c in cases}, "last"
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        folds = kfold_by_group(cases, k=train_cfg["k"], seed=train_cfg["seed"])
+    for warning in caught:
+        warnings.warn(str(warning.message))
+    return folds, "kfold_by_group"
+
+
+def _test_folds(folds: dict[str, int], fold, split: str) -> list[int]:
+    available = sorted(set(folds.values()))
+    if split == "last":
+        available = [0]
+    if fold == "all":
+        return available
+    if int(fold) not in available:
+        raise UsageError(None, f"fold {fold} does not exist; folds are "
+                         f"{available[0]}-{available[-1]}")
+    return [int(fold)]
+
+
+# --------------------------------------------------------------------------- model
+
+def build_model(cfg: dict) -> keras.Model:
+    m = cfg["model"]
+    return unet(ndim=m["ndim"], base_filters=m["base_filters"], depth=m["depth"],
+                norm=None if m["norm"] == "none" else m["norm"], dropout=m["dropout"],
+                residual=m["residual"], upsample=m["upsample"],
+                decoder_norm_only=m["decoder_norm_only"], stem_stride=m["stem_stride"])
+
+
+def compile_model(model: keras.Model, cfg: dict) -> keras.Model:
+    model.compile(optimizer=keras.optimizers.Adam(cfg["train"]["learning_rate"]),
+                  loss=get_loss(cfg["train"]["loss"]), metrics=[DiceMetric(), IoUMetric()])
+    return model
+
+
+def learning_rate(cfg: dict, epoch: int, state: dict) -> float:
+    """Learning rate for ``epoch`` (0-based): a pure function of the epoch and state."""
+    base, total = cfg["train"]["learning_rate"], cfg["train"]["epochs"]
+    schedule = cfg["train"]["lr_schedule"]
+    if schedule == "cosine":  # warm-free cosine decay to 5% of the base rate
+        return base * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * epoch / max(1, total))))
+    if schedule == "plateau":
+        return base * 0.5 ** state.get("plateau_drops", 0)
+    return base
+
+
+# --------------------------------------------------------------------------- fitting
+
+def _append_history(path: Path, row: dict) -> None:
+    rows = []
+    if path.is_file():
+        with open(path, newline="", encoding="utf-8") as handle:
+            rows = [r for r in csv.DictReader(handle) if int(r["epoch"]) < row["epoch"]]
+    rows.append({k: row.get(k, "") for k in HISTORY_COLUMNS})
+    with atomic_path(path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as handle:
+        writer = csv.DictWriter(handle, fieldnames=HISTORY_COLUMNS)
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def _save_model(model: keras.Model, path: Path) -> None:
+    with atomic_path(path) as tmp:
+        model.save(tmp)
+
+
+def _save_checkpoint(model: keras.Model, out: Path, state: dict) -> None:
+    """Save the epoch's model (with optimiser) and then ``state.json`` pointing at it.
+
+    ``state.json`` is written last, so a run killed half-way through saving still
+    resumes from a consistent pair; ``model_last.keras`` is a hard link to the same
+    file.
+    """
+    folder = out / "checkpoints"
+    name = f"epoch_{state['epoch']:04d}.keras"
+    _save_model(model, folder / name)
+    state["checkpoint"] = f"checkpoints/{name}"
+    write_text(out / "state.json", json.dumps(state, indent=1) + "\n")
+    for old in folder.glob("epoch_*.keras"):
+        if old.name != name:
+            old.unlink()
+    link = out / ".model_last.link.keras"
+    link.unlink(missing_ok=True)
+    try:
+        link.hardlink_to(folder / name)
+    except OSError:  # file systems without hard links
+        shutil.copyfile(folder / name, link)
+    link.replace(out / "model_last.keras")
+
+
+def _plot(out: Path) -> None:
+    try:
+        from bcseg.report import plot_history
+    except ImportError:  # the report module is optional for training itself
+        return
+    plot_history(out / "history.csv", out)
+
+
+def fit(model: keras.Model, cfg: dict, train: pipeline.Samples, val: pipeline.Samples | None,
+        out: Path, state: dict) -> dict:
+    """Train epoch by epoch from ``state['epoch']``; checkpoint after every epoch."""
+    t, d = cfg["train"], cfg["data"]
+    ndim = cfg["model"]["ndim"]
+    patch = (d["patch_depth"], d["size"], d["size"]) if ndim == 3 else None
+    n = t["steps_per_epoch"] * t["batch_size"] if t["steps_per_epoch"] else (
+        len(train.images) if ndim == 2 else max(4 * len(train.images), 2 * t["batch_size"]))
+    augment = AugmentConfig.from_dict(cfg["augment"])
+    val_data = pipeline.validation_arrays(val, patch, t["seed"]) if val is not None else None
+    verbose = 1 if sys.stdout.isatty() else 2
+    stop = {"signal": None}
+
+    def on_signal(signum, frame):
+        stop["signal"] = signum
+        model.stop_training = True
+
+    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        for epoch in range(state["epoch"], t["epochs"]):
+            keras.utils.set_random_seed(t["seed"] + epoch)  # dropout etc. repeat per epoch
+            lr = learning_rate(cfg, epoch, state)
+            model.optimizer.learning_rate.assign(lr)
+            images, targets = pipeline.epoch_arrays(train, epoch, t["seed"], n,
+                                                    d["tumour_fraction"], patch)
+            dataset = pipeline.epoch_dataset(images, targets, t["batch_size"], t["seed"], epoch, augment)
+            _say(f"epoch {epoch + 1}/{t['epochs']}  lr {lr:.2e}")
+            result = model.fit(dataset, epochs=1, verbose=verbose, shuffle=False,
+                               validation_data=val_data, validation_batch_size=t["batch_size"])
+            if stop["signal"] is not None:
+                raise Interrupted(f"stopped during epoch {epoch + 1}")
+            row = {k: float(v[-1]) for k, v in result.history.items()}
+            row.update(epoch=epoch + 1, lr=lr)
+            state = _after_epoch(model, cfg, out, state, row)
+            if state.get("stopped_early"):
+                _say(f"early stopping: no better validation Dice for "
+                     f"{t['early_stopping']} epochs")
+                break
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+    return state
+
+
+def _after_epoch(model, cfg: dict, out: Path, state: dict, row: dict) -> dict:
+    """Record the epoch, keep the best model, update schedules; save the checkpoint."""
+    t = cfg["train"]
+    score = row.get("val_dice", row.get("dice", 0.0))
+    state = dict(state, epoch=row["epoch"])
+    if score > state.get("best_score", -1.0):
+        state.update(best_score=score, best_epoch=row["epoch"], waited=0)
+        _save_model(model, out / "model_best.keras")
+    else:
+        state["waited"] = state.get("waited", 0) + 1
+    if t["lr_schedule"] == "plateau" and state["waited"] and state["waited"] % 5 == 0:
+        state["plateau_drops"] = state.get("plateau_drops", 0) + 1
+    if t["early_stopping"] and state["waited"] >= t["early_stopping"]:
+        state["stopped_early"] = True
+    _append_history(out / "history.csv", row)
+    _save_checkpoint(model, out, state)
+    _plot(out)
+    log.info("epoch %d %s", row["epoch"], {k: round(v, 4) for k, v in row.items() if k != "epoch"})
+    return state
+
+
+# --------------------------------------------------------------------------- after training
+
+def _segment(model, case: Case, settings: dict):
+    from bcseg.dataset import read_case_image
+    from bcseg.predict import predict_volume
+
+    image, spacing = read_case_image(case)
+    options = {k: settings[k] for k in ("input_size", "patch_size") if settings.get(k)}
+    _, prob = predict_volume(model, image, spacing, tta=settings.get("tta", False),
+                             threshold=0.5, **options)
+    return image, spacing, prob
+
+
+def tune_inference(model, cases: list[Case], cfg: dict, settings: dict) -> dict:
+    """Pick threshold and post-processing that maximise mean validation Dice per case."""
+    from bcseg.dataset import read_case_masks
+    from bcseg.metrics import dice
+    from bcseg.predict import postprocess
+
+    if not cases or not cfg["inference"]["tune"]:
+        return settings
+    target = "union" if cfg["data"]["observer"] == pipeline.RANDOM_OBSERVER else cfg["data"]["observer"]
+    probs, truths = [], []
+    for case in cases:
+        image, _, prob = _segment(model, case, settings)
+        truths.append(pipeline.training_target(read_case_masks(case, image.shape), target, str(case.image)))
+        probs.append(prob)
+    best = (-1.0, settings["threshold"], [])
+    for threshold in (0.3, 0.4, 0.5, 0.6, 0.7):
+        for steps in ([], ["largest"], ["largest", "fill"]):
+            score = float(np.mean([dice(postprocess(p > threshold, steps), t)
+                                   for p, t in zip(probs, truths)]))
+            if score > best[0] + 1e-9:
+                best = (score, threshold, steps)
+    _say(f"validation: threshold {best[1]}, post-processing {best[2] or 'none'} "
+         f"(mean Dice {best[0]:.3f} over {len(cases)} case(s))")
+    return dict(settings, threshold=best[1], postprocess=best[2], validation_dice=round(best[0], 4))
+
+
+def predict_test(model, cases: list[Case], out: Path, settings: dict) -> Path:
+    """Segment the test cases into ``out/predictions`` with the tuned settings."""
+    from bcseg import io
+    from bcseg.predict import postprocess
+
+    folder = out / "predictions"
+    for case in cases:
+        _, spacing, prob = _segment(model, case, settings)
+        mask = postprocess(prob > settings["threshold"], settings["postprocess"])
+        io.write_mask(folder / f"{case.id}_mask.tif", mask, spacing)
+        io.write_probability(folder / f"{case.id}_prob.tif", prob, spacing)
+    return folder
+
+
+def _evaluate_test(out: Path, predictions: Path, cases: list[Case]) -> dict:
+    try:
+        from bcseg.evaluate import evaluate
+    except ImportError:
+        return {}
+    result = evaluate(predictions, cases, out, force=True)
+    try:
+        from bcseg.report import build_report
+        build_report(out)
+    except ImportError:
+        pass
+    return result
+
+
+# --------------------------------------------------------------------------- one fold
+
+def run_fold(cases: list[Case], folds: dict[str, int], fold: int, cfg: dict, out: Path,
+             resume: bool = False, init_model: Path | None = None,
+             strategy: str | None = None) -> dict:
+    """Train on every fold but ``fold``, validate on held-out groups, test on ``fold``."""
+    t = cfg["train"]
+    out.mkdir(parents=True, exist_ok=True)
+    test = [c for c in cases if folds[c.id] == fold]
+    pool = [c for c in cases if folds[c.id] != fold]
+    val_ids = set(validation_ids(pool, t["val_fraction"], t["seed"]))
+    train_cases = [c for c in pool if c.id not in val_ids]
+    val_cases = [c for c in pool if c.id in val_ids]
+    _say(f"fold {fold}: {len(train_cases)} training, {len(val_cases)} validation, "
+         f"{len(test)} test case(s) ({len({c.group for c in test})} test group(s))")
+    write_text(out / "fold.json", json.dumps({"fold": fold, "train": [c.id for c in train_cases],
+                                              "validation": sorted(val_ids),
+                                              "test": [c.id for c in test]}, indent=1) + "\n")
+
+    d, ndim = cfg["data"], cfg["model"]["ndim"]
+    if ndim == 2:
+        train_set = pipeline.slice_samples(train_cases, d["observer"], d["size"], d["offline_augment"], t["seed"])
+        val_set = pipeline.slice_samples(val_cases, _val_target(d), d["size"]) if val_cases else None
+    else:
+        train_set = pipeline.volume_samples(train_cases, d["observer"])
+        val_set = pipeline.volume_samples(val_cases, _val_target(d)) if val_cases else None
+    _say(f"cached {len(train_set.images)} training {'slices' if ndim == 2 else 'volumes'} "
+         f"({int(train_set.has_tumour.sum())} with tumour)")
+
+    scope = _distribution(strategy)
+    state = {"epoch": 0}
+    with scope.scope():
+        if resume and (out / "state.json").is_file():
+            state = json.loads((out / "state.json").read_text(encoding="utf-8"))
+            model = keras.saving.load_model(out / state["checkpoint"], safe_mode=True)
+            _say(f"resuming after epoch {state['epoch']}")
+        else:
+            model = keras.saving.load_model(init_model, safe_mode=True, compile=False) \
+                if init_model else build_model(cfg)
+            compile_model(model, cfg)
+    state = fit(model, cfg, train_set, val_set, out, state)
+
+    best = keras.saving.load_model(out / "model_best.keras", safe_mode=True, compile=False)
+    settings = {"ndim": ndim, "threshold": cfg["inference"]["threshold"], "postprocess": [],
+                "min_size": 0, "tta": cfg["inference"]["tta"],
+                "input_size": d["size"] if ndim == 2 else None,
+                "patch_size": [d["patch_depth"], d["size"], d["size"]] if ndim == 3 else None,
+                "observer": d["observer"], "best_epoch": state.get("best_epoch")}
+    settings = tune_inference(best, val_cases, cfg, settings)
+    write_text(out / "inference.json", json.dumps(settings, indent=1) + "\n")
+    result = {"fold": fold, "best_epoch": state.get("best_epoch"),
+              "best_val_dice": state.get("best_score")}
+    if test:
+        predictions = predict_test(best, test, out, settings)
+        result.update(_evaluate_test(out, predictions, test))
+    return result
+
+
+def _val_target(d: dict) -> str:
+    # A random observer per sample makes a noisy yardstick: validate against the union.
+    return "union" if d["observer"] == pipeline.RANDOM_OBSERVER else d["observer"]
+
+
+def _distribution(strategy: str | None):
+    if strategy in (None, "", "none"):
+        return tf.distribute.get_strategy()  # the default, no-op strategy
+    if strategy == "mirrored":
+        return tf.distribute.MirroredStrategy()
+    if strategy == "multiworker":
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    raise ConfigError(None, f"unknown strategy '{strategy}'; use mirrored or multiworker")
+
+
+# --------------------------------------------------------------------------- driver
+
+def train(data, out, config=None, overrides: dict | None = None, fold="0", folds_file=None,
+          resume: bool = False, force: bool = False, init=None, strategy: str | None = None,
+          mixed_precision: bool = False) -> list[dict]:
+    """Train a U-Net on the cases under ``data``; write the run directory ``out``.
+
+    Parameters
+    ----------
+    data : str or Path
+        Dataset folder or manifest (see :func:`bcseg.dataset.discover`).
+    out : str or Path
+        Run directory. With ``fold="all"``, one ``fold_K`` folder per fold.
+    config : str or Path, optional
+        A preset name (``seed``, ``demo``) or a TOML file laid over the defaults.
+    overrides : dict, optional
+        ``{"train": {"epochs": 3}}``-style values from the command line.
+    fold : str or int
+        The test fold, or ``"all"``.
+    resume : bool
+        Continue an interrupted run from its last completed epoch.
+
+    Returns
+    -------
+    list of dict
+        One summary per fold trained.
+    """
+    out = Path(out)
+    if resume:
+        cfg = load_config(out / "config.toml")
+        if overrides and overrides.get("model", {}).get("ndim") not in (None, cfg["model"]["ndim"]):
+            raise ConfigError(out / "config.toml", "the run was trained with a "
+                              f"{cfg['model']['ndim']}D model; it cannot resume as another kind")
+    else:
+        cfg = load_config(config, overrides)
+    cases = discover(data)
+    if cfg["model"]["ndim"] == 3:
+        from bcseg import io
+        flat = [c.image for c in cases[:50] if io.read_image(c.image, mmap=True)[0].ndim == 2]
+        if flat:
+            raise DataError(flat[0], "is a 2D image; a 3D model trains on 3D stacks only "
+                            "(use --model unet2d)")
+    _prepare_run_dir(out, resume, force)
+    handler = _start_log(out)
+    try:
+        if mixed_precision:
+            keras.mixed_precision.set_global_policy("mixed_float16")
+        tf.config.experimental.enable_op_determinism()
+        keras.utils.set_random_seed(cfg["train"]["seed"])
+        if not resume:
+            save_config(cfg, out / "config.toml")
+        if resume and (out / "splits.json").is_file():
+            folds = load_splits(out / "splits.json")
+        else:
+            folds, source = choose_folds(cases, cfg, folds_file)
+            save_splits(out / "splits.json", cases, folds, seed=cfg["train"]["seed"], source=source)
+        targets = _test_folds(folds, fold, cfg["train"]["split"])
+        init_model = _init_model(init)
+        results = []
+        for k in targets:
+            fold_dir = out if len(targets) == 1 else out / f"fold_{k}"
+            if resume and (fold_dir / "inference.json").is_file():
+                _say(f"fold {k} already finished")
+                continue
+            results.append(run_fold(cases, folds, k, cfg, fold_dir, resume, init_model, strategy))
+        if len(targets) > 1:
+            write_text(out / "folds_summary.json", json.dumps(results, indent=1, default=str) + "\n")
+        return results
+    finally:
+        log.removeHandler(handler)
+        handler.close()
+        if mixed_precision:
+            keras.mixed_precision.set_global_policy("float32")
+
+
+def _init_model(init) -> Path | None:
+    if not init:
+        return None
+    if init == "busi":
+        from bcseg.pretrained import pretrained_path
+        return pretrained_path()
+    path = Path(init)
+    if not path.is_file():
+        raise ConfigError(path, "initial model not found")
+    return path

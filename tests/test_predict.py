@@ -1,0 +1,431 @@
+"""Inference: 2D and 3D models, sliding windows, TTA, post-processing, files."""
+
+from __future__ import annotations
+
+import itertools
+import json
+
+import keras
+import numpy as np
+import pytest
+import tifffile
+from keras import layers
+
+from bcseg import io
+from bcseg.errors import ConfigError, DataError, ModelError, UsageError
+from bcseg.models import unet
+from bcseg.predict import (fill_holes, inference_settings, keep_largest_component, load_model,
+                           postprocess, predict_files, predict_volume, remove_small_components,
+                           resolve_model)
+
+
+def _layer(kind, ndim):
+    return getattr(layers, f"{kind}{ndim}D")
+
+
+def constant_model(ndim, bias):
+    """Output sigmoid(bias) everywhere; size divisor 2 (one pooling)."""
+    inputs = keras.Input((None,) * ndim + (1,))
+    x = _layer("MaxPooling", ndim)(2)(inputs)
+    x = _layer("UpSampling", ndim)(2)(x)
+    out = _layer("Conv", ndim)(1, 1, activation="sigmoid", kernel_initializer="zeros",
+                               bias_initializer=keras.initializers.Constant(bias))(x)
+    return keras.Model(inputs, out)
+
+
+def pointwise_model(ndim, weight, bias):
+    """sigmoid(weight * x + bias) voxel by voxel (size divisor 1)."""
+    inputs = keras.Input((None,) * ndim + (1,))
+    out = _layer("Conv", ndim)(1, 1, activation="sigmoid",
+                               kernel_initializer=keras.initializers.Constant(weight),
+                               bias_initializer=keras.initializers.Constant(bias))(inputs)
+    return keras.Model(inputs, out)
+
+
+def symmetric_model(ndim, seed=0):
+    """Conv-pool-conv-upsample with kernels symmetric under every flip: flip-equivariant."""
+    rng = np.random.default_rng(seed)
+    inputs = keras.Input((None,) * ndim + (1,))
+    conv1 = _layer("Conv", ndim)(3, 3, padding="same", activation="relu")
+    conv2 = _layer("Conv", ndim)(1, 3, padding="same", activation="sigmoid")
+    x = conv1(inputs)
+    x = _layer("MaxPooling", ndim)(2)(x)
+    out = _layer("UpSampling", ndim)(2)(conv2(x))
+    model = keras.Model(inputs, out)
+    for conv in (conv1, conv2):
+        kernel, bias = conv.get_weights()
+        kernel = rng.normal(size=kernel.shape).astype(np.float32)
+        kernel = sum(np.flip(kernel, axes) for r in range(ndim + 1)
+                     for axes in itertools.combinations(range(ndim), r))
+        conv.set_weights([kernel, rng.normal(size=bias.shape).astype(np.float32) * 0.1])
+    return model
+
+
+def symmetrise(array):
+    return sum(np.flip(array, axes) for r in range(array.ndim + 1)
+               for axes in itertools.combinations(range(array.ndim), r)) / 2**array.ndim
+
+
+def sigmoid(x):
+    return 1 / (1 + np.exp(-x))
+
+
+@pytest.fixture(scope="module")
+def unet2d():
+    keras.utils.set_random_seed(0)
+    return unet(ndim=2, base_filters=2, depth=2, norm=None)
+
+
+@pytest.fixture(scope="module")
+def unet3d():
+    keras.utils.set_random_seed(1)
+    return unet(ndim=3, base_filters=2, depth=2, norm=None)
+
+
+@pytest.fixture
+def stack():
+    rng = np.random.default_rng(3)
+    return rng.integers(0, 256, size=(5, 32, 24)).astype(np.uint8)
+
+
+# --------------------------------------------------------------------------- 2D / 3D
+
+def test_2d_model_on_stack_equals_slice_by_slice(unet2d, stack):
+    mask, prob = predict_volume(unet2d, stack, batch_size=2)
+    assert mask.dtype == bool and prob.dtype == np.float32 and mask.shape == stack.shape
+    for z, image in enumerate(stack):
+        by_hand = unet2d.predict(image[None, ..., None] / np.float32(255), verbose=0)[0, ..., 0]
+        np.testing.assert_allclose(prob[z], by_hand, atol=1e-5)
+    np.testing.assert_array_equal(mask, prob > 0.5)
+
+
+def test_input_size_fits_slices_as_training_did(unet2d, stack):
+    from bcseg.pipeline import from_square, to_square
+
+    volume = stack[:2, :30, :21]
+    _, prob = predict_volume(unet2d, volume, input_size=16)
+    for z, image in enumerate(volume):
+        square = to_square(image / np.float32(255), 16)
+        by_hand = unet2d.predict(square[None, ..., None], verbose=0)[0, ..., 0]
+        np.testing.assert_allclose(prob[z], from_square(by_hand, image.shape), atol=1e-5)
+    with pytest.raises(ValueError, match="input_size"):
+        predict_volume(unet2d, volume, input_size=16, patch_size=(16, 16))
+
+
+def test_2d_image_with_padding_keeps_its_shape(unet2d, stack):
+    image = stack[0, :30, :21]  # not a multiple of the divisor 4
+    mask, prob = predict_volume(unet2d, image, threshold=0.3)
+    assert mask.shape == prob.shape == image.shape
+    np.testing.assert_array_equal(mask, prob > 0.3)
+    mask, prob = predict_volume(unet2d, image, keep_prob=False)
+    assert prob is None and mask.shape == image.shape
+
+
+@pytest.mark.parametrize("ndim, shape, patch", [
+    (3, (7, 37, 21), (8, 16, 16)),   # several windows in y and x, z padded 7 -> 8
+    (2, (3, 37, 21), (16, 16)),      # a 2D model tiled slice by slice
+])
+def test_constant_model_blends_without_seams(ndim, shape, patch):
+    bias = 0.7
+    volume = np.random.default_rng(4).normal(size=shape).astype(np.float32)
+    _, prob = predict_volume(constant_model(ndim, bias), volume, patch_size=patch, overlap=0.5)
+    np.testing.assert_allclose(prob, sigmoid(bias), rtol=1e-6)
+
+
+def test_sliding_window_puts_every_voxel_in_place():
+    volume = np.random.default_rng(5).integers(0, 256, size=(13, 29, 40)).astype(np.uint8)
+    mask, prob = predict_volume(pointwise_model(3, 4.0, -2.0), volume, patch_size=(8, 8, 16),
+                                overlap=0.25, batch_size=3)
+    expected = sigmoid(4.0 * volume / 255.0 - 2.0)
+    np.testing.assert_allclose(prob, expected, atol=1e-5)
+    np.testing.assert_array_equal(mask, expected > 0.5)
+
+
+def test_3d_default_patch_covers_a_small_volume(unet3d):
+    volume = np.random.default_rng(6).integers(0, 256, size=(6, 18, 20)).astype(np.uint8)
+    mask, prob = predict_volume(unet3d, volume)
+    padded = np.pad(volume / np.float32(255), [(1, 1), (1, 1), (0, 0)], mode="reflect")
+    by_hand = unet3d.predict(padded[None, ..., None].astype(np.float32), verbose=0)[0, 1:-1, 1:-1, :, 0]
+    np.testing.assert_allclose(prob, by_hand, atol=1e-5)
+
+
+# --------------------------------------------------------------------------- TTA
+
+@pytest.mark.parametrize("ndim, shape", [(2, (3, 16, 12)), (3, (8, 12, 16))])
+def test_tta_on_symmetric_model_and_input_changes_nothing(ndim, shape):
+    model = symmetric_model(ndim)
+    volume = np.random.default_rng(7).random(shape).astype(np.float32)
+    volume = symmetrise(volume) if ndim == 3 else np.stack([symmetrise(s) for s in volume])
+    _, plain = predict_volume(model, volume)
+    _, mirrored = predict_volume(model, volume, tta=True)
+    np.testing.assert_allclose(mirrored, plain, atol=1e-6)
+    assert plain.std() > 0.01  # the test means something: the output is not flat
+
+
+def _mean_of_flips(model, x, axes):
+    predictions = []
+    for r in range(len(axes) + 1):
+        for flip in itertools.combinations(axes, r):
+            out = model.predict(np.flip(x, flip)[..., None], verbose=0)[..., 0]
+            predictions.append(np.flip(out, flip))
+    return np.mean(predictions, axis=0)
+
+
+def test_tta_is_the_mean_of_the_flipped_predictions_2d(unet2d, stack):
+    _, plain = predict_volume(unet2d, stack)
+    _, mirrored = predict_volume(unet2d, stack, tta=True)
+    expected = _mean_of_flips(unet2d, stack / np.float32(255), (1, 2))
+    np.testing.assert_allclose(mirrored, expected, atol=1e-5)
+    assert np.abs(mirrored - plain).max() > 1e-4
+
+
+def test_tta_is_the_mean_of_all_8_flips_3d(unet3d):
+    volume = np.random.default_rng(8).integers(0, 256, size=(8, 12, 16)).astype(np.uint8)
+    _, mirrored = predict_volume(unet3d, volume, tta=True)
+    expected = _mean_of_flips(unet3d, volume[None] / np.float32(255), (1, 2, 3))[0]
+    np.testing.assert_allclose(mirrored, expected, atol=1e-5)
+
+
+# --------------------------------------------------------------------------- post-processing
+
+def _two_blobs(ndim):
+    mask = np.zeros((20,) * ndim, bool)
+    mask[(slice(2, 5),) * ndim] = True     # 27 voxels in 3D, 9 in 2D
+    mask[(slice(8, 16),) * ndim] = True    # the large one
+    return mask
+
+
+@pytest.mark.parametrize("ndim", [2, 3])
+def test_keep_largest_component(ndim):
+    mask = _two_blobs(ndim)
+    large = np.zeros_like(mask)
+    large[(slice(8, 16),) * ndim] = True
+    np.testing.assert_array_equal(keep_largest_component(mask), large)
+    empty = np.zeros_like(mask)
+    np.testing.assert_array_equal(keep_largest_component(empty), empty)
+
+
+@pytest.mark.parametrize("ndim", [2, 3])
+def test_fill_holes_fills_a_ring_but_not_an_open_cup(ndim):
+    solid = np.zeros((12,) * ndim, bool)
+    solid[(slice(2, 10),) * ndim] = True
+    ring = solid.copy()
+    ring[(slice(4, 8),) * ndim] = False
+    np.testing.assert_array_equal(fill_holes(ring), solid)
+    cup = ring.copy()
+    cup[(slice(4, 12),) + (slice(4, 8),) * (ndim - 1)] = False  # opened to the border
+    np.testing.assert_array_equal(fill_holes(cup), cup)
+
+
+@pytest.mark.parametrize("ndim", [2, 3])
+def test_remove_small_components(ndim):
+    mask = _two_blobs(ndim)
+    mask[(19,) * ndim] = True   # a one-voxel speck
+    small = 3**ndim
+    kept = remove_small_components(mask, small + 1)
+    np.testing.assert_array_equal(kept, keep_largest_component(mask))
+    np.testing.assert_array_equal(remove_small_components(mask, small), mask & ~np.pad(
+        np.ones((1,) * ndim, bool), [(19, 0)] * ndim))
+    np.testing.assert_array_equal(remove_small_components(mask, 0), mask)
+    with pytest.raises(ValueError, match="min_size"):
+        remove_small_components(mask, -1)
+
+
+def test_postprocess_chains_steps_and_rejects_unknown_names():
+    mask = _two_blobs(3)
+    mask[10:14, 10:14, 10:14] = False  # a cavity inside the large blob
+    mask[19, 19, 19] = True
+    out = postprocess(mask.astype(np.uint8) * 255, ["small", "largest", "fill"], min_size=2)
+    expected = np.zeros_like(mask)
+    expected[8:16, 8:16, 8:16] = True
+    assert out.dtype == bool
+    np.testing.assert_array_equal(out, expected)
+    np.testing.assert_array_equal(postprocess(mask, []), mask)
+    with pytest.raises(ValueError, match="unknown post-processing step 'biggest'"):
+        postprocess(mask, ["largest", "biggest"])
+
+
+def test_predict_volume_applies_postprocessing():
+    image = np.zeros((20, 24), np.uint8)
+    image[2:5, 2:5] = 255
+    image[8:18, 8:20] = 255
+    model = pointwise_model(2, 10.0, -5.0)
+    mask, _ = predict_volume(model, image)
+    assert mask[3, 3] and mask[10, 10]
+    mask, _ = predict_volume(model, image, postprocess=["largest"])
+    assert not mask[3, 3] and mask[10, 10]
+    with pytest.raises(ValueError, match="unknown post-processing"):
+        predict_volume(model, image, postprocess=["blur"])
+
+
+# --------------------------------------------------------------------------- bad input
+
+def test_garbage_model_file_raises_model_error_naming_it(tmp_path):
+    path = tmp_path / "x.keras"
+    path.write_bytes(b"\x00not a zip archive" * 10)
+    with pytest.raises(ModelError, match="x.keras") as caught:
+        load_model(path)
+    assert "\n" not in str(caught.value)
+    with pytest.raises(ModelError, match="not found"):
+        load_model(tmp_path / "missing.keras")
+
+
+def test_3d_model_with_2d_image_raises(unet3d):
+    with pytest.raises(DataError, match="3D model .* 2D"):
+        predict_volume(unet3d, np.zeros((16, 16), np.uint8))
+
+
+def test_2d_model_with_4d_array_raises(unet2d):
+    with pytest.raises(DataError, match="2D model .* 4D array"):
+        predict_volume(unet2d, np.zeros((2, 3, 16, 16), np.uint8))
+
+
+def test_channel_mismatch_raises():
+    model = unet(ndim=2, in_channels=3, base_filters=2, depth=1, norm=None)
+    with pytest.raises(DataError, match="expects 3 input channels"):
+        predict_volume(model, np.zeros((16, 16), np.uint8))
+
+
+def test_nan_in_stack_raises(unet2d):
+    volume = np.zeros((3, 16, 16), np.float32)
+    volume[2, 5, 5] = np.nan
+    with pytest.raises(DataError, match="NaN"):
+        predict_volume(unet2d, volume)
+
+
+def test_output_arrays_are_checked(unet2d, stack):
+    with pytest.raises(ValueError, match="mask_out"):
+        predict_volume(unet2d, stack, mask_out=np.zeros(stack.shape[1:], bool))
+    with pytest.raises(ValueError, match="prob_out"):
+        predict_volume(unet2d, stack, prob_out=np.zeros(stack.shape, np.float64))
+
+
+def test_memmapped_input_and_outputs_match_in_memory(tmp_path, unet2d):
+    # Slices of several memory pages, so pages really are released between batches.
+    stack = np.random.default_rng(11).integers(0, 256, size=(7, 64, 96)).astype(np.uint8)
+    tifffile.imwrite(tmp_path / "in.tif", stack)
+    volume = tifffile.memmap(tmp_path / "in.tif", mode="r")
+    mask_out = tifffile.memmap(tmp_path / "mask.tif", shape=stack.shape, dtype=np.uint8)
+    prob_out = tifffile.memmap(tmp_path / "prob.tif", shape=stack.shape, dtype=np.float32)
+    predict_volume(unet2d, volume, mask_out=mask_out, prob_out=prob_out, batch_size=2)
+    mask_out.flush(), prob_out.flush()
+    del mask_out, prob_out, volume
+    mask, prob = predict_volume(unet2d, stack, batch_size=2)  # same batches, same rounding
+    np.testing.assert_array_equal(tifffile.imread(tmp_path / "mask.tif"), mask * np.uint8(255))
+    np.testing.assert_array_equal(tifffile.imread(tmp_path / "prob.tif"), prob)
+
+
+# --------------------------------------------------------------------------- settings
+
+def test_settings_default_without_inference_json(tmp_path, unet2d):
+    unet2d.save(tmp_path / "model_best.keras")
+    path, settings = resolve_model(tmp_path)
+    assert path == tmp_path / "model_best.keras"
+    assert settings["threshold"] == 0.5 and settings["postprocess"] == [] and settings["tta"] is False
+    assert resolve_model(path) == (path, settings)
+
+
+def test_settings_read_and_checked(tmp_path):
+    (tmp_path / "inference.json").write_text(json.dumps(
+        {"threshold": 0.4, "postprocess": ["largest", "fill"], "min_size": 10, "tta": True, "ndim": 3,
+         "patch_size": [16, 32, 32], "best_epoch": 7}))
+    settings = inference_settings(tmp_path)
+    assert settings == {"threshold": 0.4, "postprocess": ["largest", "fill"], "min_size": 10,
+                        "tta": True, "ndim": 3, "patch_size": [16, 32, 32], "input_size": None,
+                        "best_epoch": 7}  # run metadata is kept
+    for bad in ({"threshold": "high"}, {"postprocess": ["blur"]}, {"tta": 1}, {"input_size": 0},
+                {"ndim": 3, "patch_size": [16, 16]}):
+        (tmp_path / "inference.json").write_text(json.dumps(bad))
+        with pytest.raises(ConfigError, match="inference.json"):
+            inference_settings(tmp_path)
+    with pytest.raises(ModelError, match="model_best.keras"):
+        resolve_model(tmp_path)
+
+
+# --------------------------------------------------------------------------- files
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory, unet2d):
+    folder = tmp_path_factory.mktemp("run")
+    unet2d.save(folder / "model_best.keras")
+    (folder / "inference.json").write_text(json.dumps(
+        {"threshold": 0.5, "postprocess": ["fill"], "min_size": 0, "tta": True, "ndim": 2,
+         "input_size": 16, "patch_size": None, "best_epoch": 3, "observer": "union"}))
+    return folder
+
+
+def test_predict_files_2d_png(tmp_path, run_dir, unet2d):
+    import imageio.v3 as iio
+
+    image = np.random.default_rng(9).integers(0, 256, size=(30, 21)).astype(np.uint8)
+    iio.imwrite(tmp_path / "scan.png", image)
+    records = predict_files(run_dir, [tmp_path / "scan.png"], tmp_path / "out", save_prob=True,
+                            quicklook=True, progress=False)
+    assert [r["status"] for r in records] == ["ok"]
+    mask = tifffile.imread(records[0]["mask"])
+    assert mask.shape == image.shape and mask.dtype == np.uint8
+    expected, prob = predict_volume(unet2d, image, tta=True, postprocess=["fill"],  # inference.json
+                                    input_size=16)
+    np.testing.assert_array_equal(mask, expected * np.uint8(255))
+    saved_prob, spacing = io.read_image(records[0]["prob"])
+    assert saved_prob.dtype == np.float32 and spacing is None
+    np.testing.assert_allclose(saved_prob, prob, atol=1e-6)
+    overlay = iio.imread(records[0]["overlay"])
+    assert overlay.ndim == 3 and overlay.shape[0] > 100
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [
+        "scan_mask.tif", "scan_overlay.png", "scan_prob.tif"]
+
+
+def test_predict_files_3d_tiff_keeps_shape_and_spacing(tmp_path, unet3d):
+    unet3d.save(tmp_path / "model3d.keras")
+    stack = np.random.default_rng(10).integers(0, 4000, size=(6, 18, 20)).astype(np.uint16)
+    io.write_image(tmp_path / "images" / "specimen.tif", stack, spacing_mm=(0.5, 0.1, 0.2))
+    records = predict_files(tmp_path / "model3d.keras", tmp_path / "images", tmp_path / "out",
+                            threshold=0.45, save_prob=True, quicklook=True, progress=False)
+    mask, spacing = io.read_image(records[0]["mask"])
+    assert mask.shape == stack.shape and mask.dtype == np.uint8
+    np.testing.assert_allclose(spacing, (0.5, 0.1, 0.2), rtol=1e-6)
+    expected, prob = predict_volume(unet3d, stack, threshold=0.45)
+    np.testing.assert_array_equal(mask, expected * np.uint8(255))
+    saved_prob, prob_spacing = io.read_image(records[0]["prob"])
+    np.testing.assert_allclose(saved_prob, prob, atol=1e-6)
+    np.testing.assert_allclose(prob_spacing, (0.5, 0.1, 0.2), rtol=1e-6)
+    assert (tmp_path / "out" / "specimen_overlay.png").stat().st_size > 1000
+
+
+def test_existing_output_without_force_is_kept(tmp_path, run_dir, stack):
+    io.write_image(tmp_path / "a.tif", stack)
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "a_mask.tif").write_bytes(b"earlier result")
+    with pytest.raises(UsageError, match="a_mask.tif"):
+        predict_files(run_dir, tmp_path / "a.tif", out, progress=False)
+    assert (out / "a_mask.tif").read_bytes() == b"earlier result"
+    assert [p.name for p in out.iterdir()] == ["a_mask.tif"]
+    predict_files(run_dir, tmp_path / "a.tif", out, force=True, progress=False)
+    assert tifffile.imread(out / "a_mask.tif").shape == stack.shape
+
+
+def test_inputs_whose_outputs_would_collide_are_refused(tmp_path, run_dir, stack):
+    io.write_image(tmp_path / "a.tif", stack)
+    io.write_image(tmp_path / "sub" / "a.tif", stack)
+    with pytest.raises(UsageError, match="same name"):
+        predict_files(run_dir, [tmp_path / "a.tif", tmp_path / "sub"], tmp_path / "out", progress=False)
+    assert not (tmp_path / "out").exists()
+
+
+def test_failure_leaves_no_partial_files(tmp_path, stack):
+    model = unet(ndim=3, base_filters=2, depth=1, norm=None)
+    model.save(tmp_path / "m3.keras")
+    images = tmp_path / "images"
+    io.write_image(images / "a_stack.tif", stack)
+    io.write_image(images / "b_slice.tif", stack[0])  # a 2D image for a 3D model
+    out = tmp_path / "out"
+    with pytest.raises(DataError, match="b_slice.tif: a 3D model"):
+        predict_files(tmp_path / "m3.keras", images, out, save_prob=True, progress=False)
+    assert sorted(p.name for p in out.iterdir()) == ["a_stack_mask.tif", "a_stack_prob.tif"]
+    records = predict_files(tmp_path / "m3.keras", images, out, force=True, keep_going=True,
+                            progress=False)
+    assert [r["status"] for r in records] == ["ok", "error"]
+    assert "b_slice.tif" in records[1]["error"] and records[1]["mask"] is None
+    assert sorted(p.name for p in out.iterdir()) == ["a_stack_mask.tif", "a_stack_prob.tif"]
