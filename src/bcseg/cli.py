@@ -115,7 +115,12 @@ def cmd_predict(args) -> int:
 
     postprocess = None if args.postprocess is None else [
         step for step in args.postprocess.split(",") if step and step != "none"]
-    records = predict_files(args.model, args.inputs, args.out, threshold=args.threshold,
+    model = args.model
+    if model is None:
+        from bcseg.pretrained import pretrained_path
+        model = pretrained_path()
+        print(f"no --model given: using the bundled BUSI model {model.name}", file=sys.stderr)
+    records = predict_files(model, args.inputs, args.out, threshold=args.threshold,
                             tta=args.tta or None, postprocess=postprocess, min_size=args.min_size,
                             save_prob=args.save_prob, quicklook=args.quicklook, force=args.force,
                             keep_going=args.keep_going,

@@ -23,6 +23,7 @@ import math
 import shutil
 import signal
 import sys
+import time
 import warnings
 from pathlib import Path
 
@@ -52,8 +53,6 @@ class Interrupted(Exception):
 
 def _prepare_run_dir(out: Path, resume: bool, force: bool) -> None:
     if resume:
-        if not (out / "config.toml").is_file():
-            raise UsageError(out, "has no run to resume (config.toml missing)")
         remove_partials(out)
         return
     if out.exists() and any(out.iterdir()):
@@ -130,9 +129,28 @@ def compile_model(model: keras.Model, cfg: dict) -> keras.Model:
     return model
 
 
+def planned_epochs(cfg: dict, state: dict) -> int:
+    """Epochs this run will train: the configured number, or fewer under a time budget."""
+    return int(state.get("epochs_planned", cfg["train"]["epochs"]))
+
+
+def _plan_budget(cfg: dict, state: dict, epoch_seconds: float) -> None:
+    """Under ``train.budget_minutes``, fix the epoch count after timing the first epoch.
+
+    The count is then kept in ``state.json``, so the schedule stays a function of
+    the epoch and a resumed run follows the same plan.
+    """
+    budget = cfg["train"]["budget_minutes"] * 60
+    if budget > 0 and "epochs_planned" not in state:
+        fits = int(budget // max(epoch_seconds, 1e-3))
+        state["epochs_planned"] = max(1, min(cfg["train"]["epochs"], fits))
+        _say(f"time budget {cfg['train']['budget_minutes']:g} min: "
+             f"{state['epochs_planned']} epochs at {epoch_seconds:.1f} s each")
+
+
 def learning_rate(cfg: dict, epoch: int, state: dict) -> float:
     """Learning rate for ``epoch`` (0-based): a pure function of the epoch and state."""
-    base, total = cfg["train"]["learning_rate"], cfg["train"]["epochs"]
+    base, total = cfg["train"]["learning_rate"], planned_epochs(cfg, state)
     schedule = cfg["train"]["lr_schedule"]
     if schedule == "cosine":  # warm-free cosine decay to 5% of the base rate
         return base * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * epoch / max(1, total))))
@@ -209,22 +227,32 @@ def fit(model: keras.Model, cfg: dict, train: pipeline.Samples, val: pipeline.Sa
         stop["signal"] = signum
         model.stop_training = True
 
+    # fit() clears model.stop_training when it starts, which would forget a signal that
+    # came between epochs (while saving a checkpoint): check before each epoch, and
+    # re-assert it after every batch.
+    halt = keras.callbacks.LambdaCallback(on_train_batch_end=lambda batch, logs: setattr(
+        model, "stop_training", model.stop_training or stop["signal"] is not None))
     previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
-        for epoch in range(state["epoch"], t["epochs"]):
+        while state["epoch"] < planned_epochs(cfg, state):
+            epoch = state["epoch"]
+            if stop["signal"] is not None:
+                raise Interrupted(f"stopped before epoch {epoch + 1}")
+            started = time.perf_counter()
             keras.utils.set_random_seed(t["seed"] + epoch)  # dropout etc. repeat per epoch
             lr = learning_rate(cfg, epoch, state)
             model.optimizer.learning_rate.assign(lr)
             images, targets = pipeline.epoch_arrays(train, epoch, t["seed"], n,
                                                     d["tumour_fraction"], patch)
             dataset = pipeline.epoch_dataset(images, targets, t["batch_size"], t["seed"], epoch, augment)
-            _say(f"epoch {epoch + 1}/{t['epochs']}  lr {lr:.2e}")
-            result = model.fit(dataset, epochs=1, verbose=verbose, shuffle=False,
+            _say(f"epoch {epoch + 1}/{planned_epochs(cfg, state)}  lr {lr:.2e}")
+            result = model.fit(dataset, epochs=1, verbose=verbose, shuffle=False, callbacks=[halt],
                                validation_data=val_data, validation_batch_size=t["batch_size"])
             if stop["signal"] is not None:
                 raise Interrupted(f"stopped during epoch {epoch + 1}")
             row = {k: float(v[-1]) for k, v in result.history.items()}
             row.update(epoch=epoch + 1, lr=lr)
+            _plan_budget(cfg, state, time.perf_counter() - started)
             state = _after_epoch(model, cfg, out, state, row)
             if state.get("stopped_early"):
                 _say(f"early stopping: no better validation Dice for "
@@ -406,8 +434,8 @@ def train(data, out, config=None, overrides: dict | None = None, fold="0", folds
 
     Parameters
     ----------
-    data : str or Path
-        Dataset folder or manifest (see :func:`bcseg.dataset.discover`).
+    data : str or Path or list of Case
+        Dataset folder or manifest (see :func:`bcseg.dataset.discover`), or cases.
     out : str or Path
         Run directory. With ``fold="all"``, one ``fold_K`` folder per fold.
     config : str or Path, optional
@@ -426,19 +454,28 @@ def train(data, out, config=None, overrides: dict | None = None, fold="0", folds
     """
     out = Path(out)
     if resume:
+        if not (out / "config.toml").is_file():  # before load_config: a usage error, not a config one
+            raise UsageError(out, "has no run to resume (config.toml missing)")
         cfg = load_config(out / "config.toml")
         if overrides and overrides.get("model", {}).get("ndim") not in (None, cfg["model"]["ndim"]):
             raise ConfigError(out / "config.toml", "the run was trained with a "
                               f"{cfg['model']['ndim']}D model; it cannot resume as another kind")
     else:
         cfg = load_config(config, overrides)
-    cases = discover(data)
+    cases = list(data) if isinstance(data, (list, tuple)) else discover(data)
     if cfg["model"]["ndim"] == 3:
         from bcseg import io
         flat = [c.image for c in cases[:50] if io.read_image(c.image, mmap=True)[0].ndim == 2]
         if flat:
             raise DataError(flat[0], "is a 2D image; a 3D model trains on 3D stacks only "
                             "(use --model unet2d)")
+    # Folds are chosen and the fold checked before the run directory is touched, so a
+    # wrong --fold leaves nothing behind that a corrected command would trip over.
+    if resume and (out / "splits.json").is_file():
+        folds, source = load_splits(out / "splits.json"), None
+    else:
+        folds, source = choose_folds(cases, cfg, folds_file)
+    targets = _test_folds(folds, fold, cfg["train"]["split"])
     _prepare_run_dir(out, resume, force)
     handler = _start_log(out)
     try:
@@ -448,12 +485,8 @@ def train(data, out, config=None, overrides: dict | None = None, fold="0", folds
         keras.utils.set_random_seed(cfg["train"]["seed"])
         if not resume:
             save_config(cfg, out / "config.toml")
-        if resume and (out / "splits.json").is_file():
-            folds = load_splits(out / "splits.json")
-        else:
-            folds, source = choose_folds(cases, cfg, folds_file)
+        if source is not None:
             save_splits(out / "splits.json", cases, folds, seed=cfg["train"]["seed"], source=source)
-        targets = _test_folds(folds, fold, cfg["train"]["split"])
         init_model = _init_model(init)
         results = []
         for k in targets:

@@ -1,0 +1,97 @@
+"""Build the bundled BUSI model (``src/bcseg/pretrained/``) reproducibly.
+
+Two ways:
+
+- ``--from-run RUN``: bundle the best model of an existing BUSI run, e.g. the CPU
+  budget run of ``benchmarks/busi.py --folds 0`` (trained on folds 1-4, so fold-0
+  images stay unseen and the package's tests can check it on them);
+- ``--all``: train on all 647 benign and malignant images with the ``busi`` recipe
+  (``--budget-min`` bounds the training time), then bundle the result.
+
+The model is re-saved without its optimiser state (inference only; < 10 MB), with an
+``inference.json`` that records the settings chosen on validation, which images it
+saw, and BUSI's citation (CC BY 4.0).
+
+Examples
+--------
+    .venv/bin/python benchmarks/build_pretrained.py --from-run bench-out/busi-cpu/fold_0
+    .venv/bin/python benchmarks/build_pretrained.py --all --budget-min 20 --out bench-out/busi-all
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import zipfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_DATA = ROOT.parent / "shared" / "datasets" / "busi"
+TARGET = ROOT / "src" / "bcseg" / "pretrained"
+
+
+def bundle(run: Path, seen: str) -> Path:
+    import keras
+
+    from bcseg.atomic import atomic_path, write_text
+    from bcseg.pretrained import CITATION, MODEL_NAME
+
+    model = keras.saving.load_model(run / "model_best.keras", safe_mode=True, compile=False)
+    path = TARGET / MODEL_NAME
+    settings = json.loads((run / "inference.json").read_text(encoding="utf-8"))
+    meta = dict(settings, trained_on=seen, dataset="BUSI (Al-Dhabyani et al. 2020)",
+                citation=CITATION, licence="CC BY 4.0 (data); model released with bcseg",
+                source_run=str(run))
+    with atomic_path(path) as tmp:
+        model.save(tmp)  # compiled without an optimiser: weights and graph only
+        # The citation travels inside the .keras archive too; Keras ignores extra entries.
+        with zipfile.ZipFile(tmp, "a") as archive:
+            archive.writestr("bcseg_metadata.json", json.dumps(meta, indent=1))
+    write_text(TARGET / "inference.json", json.dumps(meta, indent=1) + "\n")
+    size = path.stat().st_size / 1e6
+    print(f"bundled {path} ({size:.1f} MB): {seen}")
+    if size > 10:
+        print("warning: the bundled model is over 10 MB", file=sys.stderr)
+    return path
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--from-run", help="a BUSI training run folder to bundle")
+    source.add_argument("--all", action="store_true", help="train on all 647 lesion images first")
+    parser.add_argument("--data", default=str(DEFAULT_DATA))
+    parser.add_argument("--out", default="bench-out/busi-all")
+    parser.add_argument("--budget-min", type=float, default=0.0)
+    args = parser.parse_args(argv)
+
+    if args.from_run:
+        run = Path(args.from_run)
+        fold = json.loads((run / "fold.json").read_text(encoding="utf-8"))
+        seen = (f"{len(fold['train'])} BUSI benign/malignant images for training and "
+                f"{len(fold['validation'])} for validation (folds other than {fold['fold']} of "
+                f"folds.csv); the {len(fold['test'])} images of fold {fold['fold']} were never seen")
+        bundle(run, seen)
+        return 0
+
+    from bcseg.config import load_config, save_config
+    from bcseg.dataset import discover
+    from bcseg.train import run_fold
+
+    cases = [c for c in discover(args.data) if c.label_class in ("benign", "malignant")]
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    cfg = load_config("busi", {"train": {"budget_minutes": args.budget_min}})
+    save_config(cfg, out / "config.toml")
+    # Every case in the training pool (fold 1) and none in the test fold 0: the
+    # validation split of whole groups still chooses the epoch and the threshold.
+    run_fold(cases, {c.id: 1 for c in cases}, 0, cfg, out)
+    fold = json.loads((Path(args.out) / "fold.json").read_text(encoding="utf-8"))
+    bundle(Path(args.out), f"all {len(cases)} BUSI benign/malignant images "
+           f"({len(fold['train'])} training, {len(fold['validation'])} validation)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,157 @@
+"""BUSI benchmark: bcseg's 2D recipe on real breast ultrasound, leakage-free folds.
+
+Protocol (see ../shared/datasets/busi/README.md): benign + malignant images (647),
+5-fold cross-validation over ``folds.csv``, whose groups keep near-duplicates in one
+fold. Train on four folds (with a validation split of whole groups taken from them,
+used for the best epoch, threshold and post-processing), test on the fifth. Metrics
+are computed per test image at its original resolution (the prediction is mapped
+back from the training grid). Normal images of the test fold are segmented too, to
+report how often the model correctly leaves them empty.
+
+Examples
+--------
+CPU budget track (20 minutes of training, fold 0 as test)::
+
+    .venv/bin/python benchmarks/busi.py --budget-min 20 --folds 0 --out bench-out/busi-cpu
+
+Full run, until convergence (meant for a GPU)::
+
+    .venv/bin/python benchmarks/busi.py --folds all --epochs 150 --out bench-out/busi-full
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_DATA = ROOT.parent / "shared" / "datasets" / "busi"
+
+
+def _rows(metrics_csv: Path) -> list[dict]:
+    with open(metrics_csv, newline="", encoding="utf-8") as handle:
+        return [r for r in csv.DictReader(handle) if r["level"] == "image"]
+
+
+def _normal_empty_share(run: Path, normal_cases) -> float | None:
+    """Share of the test fold's normal images that the model leaves empty."""
+    from bcseg.dataset import read_case_image
+    from bcseg.predict import load_model, postprocess, predict_volume
+
+    if not normal_cases:
+        return None
+    settings = json.loads((run / "inference.json").read_text())
+    model = load_model(run / "model_best.keras")
+    empty = 0
+    for case in normal_cases:
+        image, _ = read_case_image(case)
+        _, prob = predict_volume(model, image, input_size=settings["input_size"], tta=settings["tta"])
+        empty += not postprocess(prob > settings["threshold"], settings["postprocess"]).any()
+    return empty / len(normal_cases)
+
+
+def fold_result(run: Path, classes: dict[str, str], normal_cases) -> dict:
+    rows = _rows(run / "metrics.csv")
+    dice = np.array([float(r["dice"]) for r in rows])
+    iou = np.array([float(r["iou"]) for r in rows])
+    hd95 = np.array([float(r["hd95"]) for r in rows])
+    finite = np.isfinite(hd95)
+    by_class = {}
+    for name in sorted({classes[r["case"]] for r in rows}):
+        chosen = np.array([float(r["dice"]) for r in rows if classes[r["case"]] == name])
+        by_class[name] = {"n": len(chosen), "dice": float(chosen.mean())}
+    history = list(csv.DictReader(open(run / "history.csv", newline="", encoding="utf-8")))
+    return {
+        "n_test": len(rows), "dice": float(dice.mean()), "dice_sd": float(dice.std(ddof=1)),
+        "iou": float(iou.mean()), "hd95_px": float(hd95[finite].mean()) if finite.any() else math.nan,
+        "hd95_n_inf": int((~finite).sum()), "missed_share": float((dice < 0.5).mean()),
+        "by_class": by_class, "normal_left_empty": _normal_empty_share(run, normal_cases),
+        "epochs": len(history), "inference": json.loads((run / "inference.json").read_text()),
+    }
+
+
+def markdown(results: dict) -> str:
+    lines = ["| fold | test images | Dice | IoU | HD95 (px) | Dice < 0.5 | benign Dice | "
+             "malignant Dice | normal left empty | epochs |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for fold, r in results["folds"].items():
+        normal = r["normal_left_empty"]
+        lines.append(
+            f"| {fold} | {r['n_test']} | {r['dice']:.3f} ± {r['dice_sd']:.3f} | {r['iou']:.3f} | "
+            f"{r['hd95_px']:.1f} ({r['hd95_n_inf']} inf) | {100 * r['missed_share']:.1f}% | "
+            f"{r['by_class'].get('benign', {}).get('dice', math.nan):.3f} | "
+            f"{r['by_class'].get('malignant', {}).get('dice', math.nan):.3f} | "
+            f"{'n/a' if normal is None else f'{100 * normal:.0f}%'} | {r['epochs']} |")
+    if len(results["folds"]) > 1:
+        mean = results["mean"]
+        lines.append(f"| mean | | {mean['dice']:.3f} | {mean['iou']:.3f} | {mean['hd95_px']:.1f} | "
+                     f"{100 * mean['missed_share']:.1f}% | | | | |")
+    lines.append("")
+    lines.append(f"Hardware: {results['hardware']}. Training budget: {results['budget']}. "
+                 f"Wall time: {results['seconds'] / 60:.1f} min.")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data", default=str(DEFAULT_DATA), help="BUSI folder with folds.csv")
+    parser.add_argument("--out", default="bench-out/busi")
+    parser.add_argument("--config", default="busi", help="preset or TOML file (default: busi)")
+    parser.add_argument("--folds", default="0", help="'all' or a comma-separated list (default 0)")
+    parser.add_argument("--budget-min", type=float, default=0.0,
+                        help="wall-clock training budget per fold in minutes (0: train all epochs)")
+    parser.add_argument("--epochs", type=int, help="override train.epochs")
+    parser.add_argument("--force", action="store_true")
+    args = parser.parse_args(argv)
+
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    from bcseg.dataset import discover
+    from bcseg.train import train
+
+    data = Path(args.data)
+    if not (data / "folds.csv").is_file():
+        print(f"busi.py: error: {data}: BUSI with folds.csv not found", file=sys.stderr)
+        return 3
+    cases = discover(data)
+    lesions = [c for c in cases if c.label_class in ("benign", "malignant")]
+    from bcseg.splits import folds_from_file
+    all_folds = folds_from_file(data / "folds.csv", cases)
+    classes = {c.id: c.label_class for c in cases}
+    wanted = range(5) if args.folds == "all" else [int(f) for f in args.folds.split(",")]
+    overrides = {"train": {"budget_minutes": args.budget_min}}
+    if args.epochs:
+        overrides["train"]["epochs"] = args.epochs
+
+    out = Path(args.out)
+    started = time.perf_counter()
+    results = {"folds": {}, "config": args.config, "protocol": "folds.csv, benign+malignant",
+               "hardware": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores",
+               "budget": f"{args.budget_min:g} min per fold" if args.budget_min else "all epochs"}
+    for fold in wanted:
+        run = out / f"fold_{fold}"
+        train(lesions, run, config=args.config, overrides=overrides, fold=fold,
+              folds_file=data / "folds.csv", force=args.force)
+        normal = [c for c in cases if c.label_class == "normal" and all_folds[c.id] == fold]
+        results["folds"][fold] = fold_result(run, classes, normal)
+    folds = results["folds"].values()
+    results["mean"] = {k: float(np.mean([r[k] for r in folds]))
+                       for k in ("dice", "iou", "hd95_px", "missed_share")}
+    results["seconds"] = time.perf_counter() - started
+    (out / "results.json").write_text(json.dumps(results, indent=1, default=str) + "\n")
+    table = markdown(results)
+    (out / "results.md").write_text(table)
+    print(table)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

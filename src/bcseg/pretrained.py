@@ -1,0 +1,35 @@
+"""The bundled 2D model trained on BUSI, used when no ``--model`` is given.
+
+BUSI: Al-Dhabyani W, Gomaa M, Khaled H, Fahmy A. Dataset of breast ultrasound
+images. Data in Brief 28 (2020) 104863. doi:10.1016/j.dib.2019.104863 (CC BY 4.0).
+The ``inference.json`` beside it holds the inference settings chosen on validation,
+which images the model saw, and this citation; ``benchmarks/build_pretrained.py``
+rebuilds both.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from bcseg.errors import ModelError
+
+FOLDER = Path(__file__).parent / "pretrained"
+MODEL_NAME = "busi_unet2d.keras"
+CITATION = ("Al-Dhabyani W, Gomaa M, Khaled H, Fahmy A. Dataset of breast ultrasound images. "
+            "Data in Brief 28 (2020) 104863. doi:10.1016/j.dib.2019.104863. Licence: CC BY 4.0")
+
+
+def pretrained_path() -> Path:
+    """Path of the bundled model; :class:`ModelError` if this install lacks it."""
+    path = FOLDER / MODEL_NAME
+    if not path.is_file():
+        raise ModelError(path, "the bundled BUSI model is not installed; pass --model RUN "
+                         "or rebuild it with benchmarks/build_pretrained.py")
+    return path
+
+
+def pretrained_info() -> dict:
+    """The sidecar metadata: images seen, inference settings, citation."""
+    sidecar = pretrained_path().parent / "inference.json"
+    return json.loads(sidecar.read_text(encoding="utf-8")) if sidecar.is_file() else {}
