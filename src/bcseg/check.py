@@ -11,6 +11,8 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+
 from bcseg import io
 from bcseg.dataset import Case, discover
 from bcseg.errors import DataError
@@ -53,6 +55,9 @@ def check_dataset(root: str | Path) -> CheckReport:
         except DataError as error:
             report.problems.append((error.path or str(case.image), error.problem))
             continue
+        if not _finite(image):  # read_image skips this check for memory-mapped files
+            report.problems.append((str(case.image), "contains NaN or infinite values; "
+                                    "fix or mask them before training or segmenting"))
         report.shapes[case.id] = tuple(image.shape)
         report.dtypes[case.id] = str(image.dtype)
         report.spacings[case.id] = case.spacing_mm or spacing
@@ -71,6 +76,14 @@ def check_dataset(root: str | Path) -> CheckReport:
             if empty:
                 report.empty_masks.append((case.id, observer))
     return report
+
+
+def _finite(image: np.ndarray, chunk: int = 16) -> bool:
+    """True unless a float image holds NaN or Inf; a stack is read a few slices at a time."""
+    if image.dtype.kind != "f":
+        return True
+    slabs = [image] if image.ndim == 2 else (image[i:i + chunk] for i in range(0, len(image), chunk))
+    return all(np.isfinite(slab).all() for slab in slabs)
 
 
 def _span(values: list[int]) -> str:

@@ -119,7 +119,7 @@ def cmd_predict(args) -> int:
     if model is None:
         from bcseg.pretrained import pretrained_path
         model = pretrained_path()
-        print(f"no --model given: using the bundled BUSI model {model.name}", file=sys.stderr)
+        print(f"no --model given: using the bundled BUSI model {model.name}")
     records = predict_files(model, args.inputs, args.out, threshold=args.threshold,
                             tta=args.tta or None, postprocess=postprocess, min_size=args.min_size,
                             save_prob=args.save_prob, quicklook=args.quicklook, force=args.force,

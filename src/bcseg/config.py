@@ -38,6 +38,8 @@ def _read_toml(path: Path) -> dict:
         raise ConfigError(path, "configuration file not found") from None
     except (OSError, tomllib.TOMLDecodeError) as exc:
         raise ConfigError(path, f"not valid TOML ({exc})") from None
+    except UnicodeDecodeError:  # tomllib decodes the bytes itself; binary files land here
+        raise ConfigError(path, "not valid TOML (not UTF-8 text)") from None
 
 
 def _same_type(default, value) -> bool:
@@ -86,13 +88,14 @@ def load_config(config: str | Path | None = None, overrides: dict | None = None)
         elif not path.exists():
             raise ConfigError(path, f"not a file nor a preset; presets: {', '.join(presets())}")
         result = merge(result, _read_toml(path), path)
+        _check_values(result, path)  # a bad value is blamed on the file that set it
     if overrides:
         result = merge(result, {k: v for k, v in overrides.items() if v}, "command line")
-    _check_values(result)
+    _check_values(result, "command line" if overrides else None)
     return result
 
 
-def _check_values(cfg: dict) -> None:
+def _check_values(cfg: dict, source=None) -> None:
     choices = {
         ("model", "ndim"): (2, 3),
         ("model", "norm"): ("batch", "instance", "none"),
@@ -105,14 +108,14 @@ def _check_values(cfg: dict) -> None:
     }
     for (section, key), allowed in choices.items():
         if cfg[section][key] not in allowed:
-            raise ConfigError(None, f"'{section}.{key}' must be one of {allowed}, "
+            raise ConfigError(source, f"'{section}.{key}' must be one of {allowed}, "
                               f"got {cfg[section][key]!r}")
     for section, key in (("train", "epochs"), ("train", "batch_size"), ("data", "size"),
                          ("model", "base_filters"), ("model", "depth")):
         if cfg[section][key] < 1:
-            raise ConfigError(None, f"'{section}.{key}' must be at least 1")
+            raise ConfigError(source, f"'{section}.{key}' must be at least 1")
     if not 0 <= cfg["data"]["tumour_fraction"] <= 1:
-        raise ConfigError(None, "'data.tumour_fraction' must be between 0 and 1")
+        raise ConfigError(source, "'data.tumour_fraction' must be between 0 and 1")
 
 
 def _toml_value(value) -> str:

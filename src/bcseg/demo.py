@@ -15,7 +15,7 @@ from pathlib import Path
 from bcseg.atomic import require_new
 from bcseg.phantom import write_phantom
 
-DEMO_SPECIMENS = 8
+DEMO_SPECIMENS = 10
 DEMO_SHAPE = (24, 128, 128)
 OVERRIDES_3D = {
     "model": {"ndim": 3, "base_filters": 4, "depth": 3},

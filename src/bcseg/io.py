@@ -282,7 +282,15 @@ def _read_nifti(path: Path) -> tuple[np.ndarray, tuple[float, ...] | None]:
     import SimpleITK as sitk  # only NIfTI users pay for the import
 
     try:
-        image = sitk.ReadImage(str(path))
+        reader = sitk.ImageFileReader()
+        reader.SetFileName(str(path))
+        reader.ReadImageInformation()  # the header only: refuse a huge image before reading it
+        shape = tuple(reversed(reader.GetSize()))
+        if math.prod(shape) * reader.GetNumberOfComponents() > MAX_VOXELS:
+            raise DataError(path, f"is too large ({shape}); split it into smaller stacks")
+        image = reader.Execute()
+    except DataError:
+        raise
     except Exception as exc:
         raise DataError(path, f"cannot read NIfTI ({str(exc).strip().splitlines()[-1]})") from None
     if image.GetNumberOfComponentsPerPixel() != 1 or image.GetDimension() > 3:

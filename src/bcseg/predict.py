@@ -31,6 +31,7 @@ import itertools
 import json
 import math
 import mmap
+import zipfile
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
@@ -74,6 +75,9 @@ def load_model(path: str | Path) -> keras.Model:
         raise ModelError(path, "model file not found")
     if not path.is_file():
         raise ModelError(path, "is a folder; pass a .keras file or a training run folder")
+    if not zipfile.is_zipfile(path):  # Keras would report such a file as "not found"
+        raise ModelError(path, "is not a Keras model file (a .keras file is a zip archive; "
+                         "legacy .h5 files are not read); pass a .keras file saved by bcseg train")
     try:
         model = keras.saving.load_model(str(path), safe_mode=True, compile=False)
     except Exception as exc:  # Keras raises ValueError, zipfile/OSError, TypeError, ...
@@ -892,6 +896,8 @@ def predict_files(
                           f"patch_size {options['patch_size']} needs 3 sizes for a 3D model")
     files = _input_files(inputs)
     out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise UsageError(out_dir, "is a file; --out must be a folder")
     records = []
     for path in tqdm(files, disable=not progress, desc="Segmenting", unit="image"):
         record = {"input": str(path), "mask": None, "prob": None, "overlay": None,

@@ -32,7 +32,7 @@ import numpy as np
 import tensorflow as tf
 
 from bcseg import pipeline
-from bcseg.atomic import atomic_path, remove_partials, write_text
+from bcseg.atomic import atomic_path, partial_name, remove_partials, write_text
 from bcseg.augment import AugmentConfig
 from bcseg.config import load_config, save_config
 from bcseg.dataset import Case, discover
@@ -193,7 +193,7 @@ def _save_checkpoint(model: keras.Model, out: Path, state: dict) -> None:
     for old in folder.glob("epoch_*.keras"):
         if old.name != name:
             old.unlink()
-    link = out / ".model_last.link.keras"
+    link = partial_name(out / "model_last.keras")  # recognisably temporary if a kill strikes
     link.unlink(missing_ok=True)
     try:
         link.hardlink_to(folder / name)
@@ -229,8 +229,8 @@ def fit(model: keras.Model, cfg: dict, train: pipeline.Samples, val: pipeline.Sa
 
     # fit() clears model.stop_training when it starts, which would forget a signal that
     # came between epochs (while saving a checkpoint): check before each epoch, and
-    # re-assert it after every batch.
-    halt = keras.callbacks.LambdaCallback(on_train_batch_end=lambda batch, logs: setattr(
+    # re-assert it at every batch (at its start, which keeps Keras's batch-end async).
+    halt = keras.callbacks.LambdaCallback(on_train_batch_begin=lambda batch, logs: setattr(
         model, "stop_training", model.stop_training or stop["signal"] is not None))
     previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
