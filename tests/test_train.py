@@ -1,0 +1,428 @@
+"""Training end to end with real tiny models on a small phantom.
+
+One 2D run (3 specimens, k = 5: a pilot study) is trained once per module and its run
+directory is checked artefact by artefact; further runs check 3D training,
+determinism, and that a run interrupted by SIGINT and resumed reaches exactly the
+weights of an uninterrupted one. Bad input is checked through ``bcseg.cli.main``.
+Every model is a few filters deep and wide, so the module runs in about a minute on
+two CPU cores.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import warnings
+from pathlib import Path
+
+import keras
+import numpy as np
+import pytest
+import tifffile
+from PIL import Image
+
+from bcseg import cli, io, train
+from bcseg.config import load_config
+from bcseg.dataset import Case, discover
+from bcseg.errors import UsageError
+from bcseg.phantom import write_phantom
+
+SHAPE = (16, 32, 32)  # (Z, H, W) of every phantom specimen
+N_SPECIMENS = 3       # fewer than k = 5 folds: the pilot-study path
+TINY = {"model": {"base_filters": 4, "depth": 2},
+        "data": {"size": 32},
+        "train": {"epochs": 2, "batch_size": 8, "k": 5}}
+# Every run here has 3 specimens for k = 5 folds; the fixture run2d checks that warning.
+# Keras 3 converts logs with np.array(copy=False) semantics that NumPy 2 deprecates.
+pytestmark = [pytest.mark.filterwarnings("ignore:only 3 groups for 5 folds:UserWarning"),
+              pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")]
+TINY_TOML = """\
+[model]
+base_filters = 4
+depth = 2
+
+[data]
+size = 32
+
+[train]
+epochs = {epochs}
+batch_size = 8
+k = 5
+"""
+
+
+# --------------------------------------------------------------------------- helpers
+
+def _weights(path: Path) -> list[np.ndarray]:
+    model = keras.saving.load_model(path, safe_mode=True)
+    return [w.numpy() for w in model.weights]
+
+
+def _assert_same_weights(a: Path, b: Path) -> None:
+    first, second = _weights(a), _weights(b)
+    assert len(first) == len(second)
+    for x, y in zip(first, second):
+        assert np.array_equal(x, y)
+
+
+def _history(path: Path) -> list[dict]:
+    with open(path, newline="", encoding="utf-8") as handle:
+        return list(csv.DictReader(handle))
+
+
+def _partials(folder: Path) -> list[Path]:
+    return list(folder.rglob("*.partial-*"))
+
+
+def _snapshot(folder: Path) -> dict:
+    return {str(p.relative_to(folder)): (p.stat().st_size, p.stat().st_mtime_ns, p.read_bytes())
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def _error_lines(err: str) -> list[str]:
+    assert "Traceback" not in err
+    return [line for line in err.splitlines() if line.startswith("bcseg: error:")]
+
+
+# --------------------------------------------------------------------------- fixtures
+
+@pytest.fixture(scope="module")
+def phantom(tmp_path_factory) -> Path:
+    """Three specimens of (16, 32, 32): 48 slices in all."""
+    root = tmp_path_factory.mktemp("train_phantom") / "data"
+    write_phantom(root, n=N_SPECIMENS, shape=SHAPE, seed=3)
+    return root
+
+
+@pytest.fixture(scope="module")
+def run2d(tmp_path_factory, phantom):
+    """One 2D run of 2 epochs: (run directory, results, warning messages)."""
+    out = tmp_path_factory.mktemp("run2d") / "run"
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        results = train.train(phantom, out, overrides=TINY)
+    return out, results, [str(w.message) for w in caught]
+
+
+# --------------------------------------------------------------------------- 2D run directory
+
+def test_2d_run_directory_artefacts(run2d, phantom):
+    out, results, _ = run2d
+    cases = {c.id: c for c in discover(phantom)}
+
+    # config.toml reloads to the configuration the run used.
+    assert load_config(out / "config.toml") == load_config(None, TINY)
+
+    # splits.json: every case tested exactly once, groups never straddle folds.
+    splits = json.loads((out / "splits.json").read_text(encoding="utf-8"))
+    groups = splits["groups"]
+    assert sorted(groups) == sorted(cases)
+    tested = [i for fold in splits["folds"] for i in fold["test"]]
+    assert sorted(tested) == sorted(cases)
+    for fold in splits["folds"]:
+        assert not {groups[i] for i in fold["test"]} & {groups[i] for i in fold["train"]}
+        assert sorted(fold["test"] + fold["train"]) == sorted(cases)
+
+    # fold.json: test disjoint from training and validation, by id and by group.
+    fold = json.loads((out / "fold.json").read_text(encoding="utf-8"))
+    test, train_ids, val_ids = set(fold["test"]), set(fold["train"]), set(fold["validation"])
+    assert test and train_ids and val_ids
+    assert not test & (train_ids | val_ids) and not train_ids & val_ids
+    assert test | train_ids | val_ids == set(cases)
+    assert not {groups[i] for i in test} & {groups[i] for i in train_ids | val_ids}
+    assert fold["test"] == next(f["test"] for f in splits["folds"] if f["fold"] == 0)
+
+    # Both models load in safe mode; the last one carries its optimiser's state.
+    steps = math.ceil(len(train_ids) * SHAPE[0] / TINY["train"]["batch_size"])
+    best = keras.saving.load_model(out / "model_best.keras", safe_mode=True)
+    last = keras.saving.load_model(out / "model_last.keras", safe_mode=True)
+    assert int(last.optimizer.iterations.numpy()) == 2 * steps
+    probe = np.zeros((1, 32, 32, 1), np.float32)
+    for model in (best, last):
+        prob = np.asarray(model(probe))
+        assert prob.shape == (1, 32, 32, 1) and np.all((prob >= 0) & (prob <= 1))
+
+    # history.csv: two rows, the documented columns, finite numbers, the scheduled lr.
+    with open(out / "history.csv", newline="", encoding="utf-8") as handle:
+        assert next(csv.reader(handle)) == train.HISTORY_COLUMNS
+    rows = _history(out / "history.csv")
+    assert [int(r["epoch"]) for r in rows] == [1, 2]
+    assert all(math.isfinite(float(r[c])) for r in rows for c in train.HISTORY_COLUMNS)
+    cfg = load_config(out / "config.toml")
+    for epoch, row in enumerate(rows):
+        assert float(row["lr"]) == pytest.approx(train.learning_rate(cfg, epoch, {}))
+    state = json.loads((out / "state.json").read_text(encoding="utf-8"))
+    assert state["epoch"] == 2 and (out / state["checkpoint"]).is_file()
+
+    # The curves are real PNG files.
+    for name in ("loss.png", "dice.png"):
+        assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        with Image.open(out / name) as picture:
+            picture.verify()
+            assert picture.format == "PNG"
+
+    log_text = (out / "train.log").read_text(encoding="utf-8")
+    assert "epoch 1/2" in log_text and "epoch 2/2" in log_text
+
+    settings = json.loads((out / "inference.json").read_text(encoding="utf-8"))
+    assert 0 < settings["threshold"] < 1 and isinstance(settings["postprocess"], list)
+    assert settings["ndim"] == 2 and settings["input_size"] == 32
+
+    # One mask per test case, with the input's shape and spacing, 0/255 on disk.
+    for case_id in fold["test"]:
+        path = out / "predictions" / f"{case_id}_mask.tif"
+        image, spacing = io.read_image(cases[case_id].image)
+        mask = tifffile.imread(path)
+        assert mask.shape == image.shape and mask.dtype == np.uint8
+        assert set(np.unique(mask)) <= {0, 255}
+        assert io.read_spacing(path) == pytest.approx(spacing)
+
+    metrics = _history(out / "metrics.csv")
+    assert {r["case"] for r in metrics} == test
+    assert all(0 <= float(r["dice"]) <= 1 for r in metrics if r["dice"])
+    summary = json.loads((out / "summary.json").read_text(encoding="utf-8"))
+    assert summary["n_cases"] == len(test)
+    assert (out / "report.html").read_text(encoding="utf-8").startswith("<!DOCTYPE html>")
+
+    assert results[0]["fold"] == 0 and results[0]["best_epoch"] in (1, 2)
+    assert not _partials(out)
+
+
+def test_pilot_study_with_fewer_specimens_than_folds(run2d):
+    """3 specimens and k = 5 train (the run2d fixture) with a warning, one specimen per fold."""
+    out, results, messages = run2d
+    assert any("only 3 groups for 5 folds" in m for m in messages)
+    splits = json.loads((out / "splits.json").read_text(encoding="utf-8"))
+    assert splits["k"] == 3
+    assert all(len({splits["groups"][i] for i in f["test"]}) == 1 for f in splits["folds"])
+    assert len(results) == 1 and (out / "inference.json").is_file()
+
+
+# --------------------------------------------------------------------------- 3D
+
+def test_3d_training_predicts_stack_shape(tmp_path, phantom):
+    out = tmp_path / "run3d"
+    overrides = {"model": {"ndim": 3, "base_filters": 4, "depth": 2},
+                 "data": {"size": 32, "patch_depth": 8},
+                 "train": {"epochs": 1, "batch_size": 2},
+                 "inference": {"tune": False}}
+    train.train(phantom, out, overrides=overrides)
+    settings = json.loads((out / "inference.json").read_text(encoding="utf-8"))
+    assert settings["ndim"] == 3 and settings["patch_size"] == [8, 32, 32]
+    assert len(_history(out / "history.csv")) == 1
+    model = keras.saving.load_model(out / "model_best.keras", safe_mode=True, compile=False)
+    assert len(model.input_shape) == 5
+    cases = {c.id: c for c in discover(phantom)}
+    test = json.loads((out / "fold.json").read_text(encoding="utf-8"))["test"]
+    assert test
+    for case_id in test:
+        image, spacing = io.read_image(cases[case_id].image)
+        mask, mask_spacing = io.read_image(out / "predictions" / f"{case_id}_mask.tif")
+        assert image.shape == SHAPE and mask.shape == image.shape
+        assert mask_spacing == pytest.approx(spacing)
+
+
+# --------------------------------------------------------------------------- determinism
+
+def test_identical_runs_give_identical_weights(tmp_path, phantom, run2d):
+    first = run2d[0]
+    second = tmp_path / "again"
+    train.train(phantom, second, overrides=TINY)
+    _assert_same_weights(first / "model_last.keras", second / "model_last.keras")
+    assert _history(first / "history.csv") == _history(second / "history.csv")
+
+
+# --------------------------------------------------------------------------- resume
+
+def _interrupt_after_first_epoch(process: subprocess.Popen, history: Path, seen: dict) -> None:
+    """Send SIGINT as soon as ``history`` holds one epoch's row."""
+    deadline = time.monotonic() + 240
+    while process.poll() is None and time.monotonic() < deadline:
+        if history.is_file() and len(history.read_text(encoding="utf-8").splitlines()) >= 2:
+            seen["rows"] = len(history.read_text(encoding="utf-8").splitlines()) - 1
+            process.send_signal(signal.SIGINT)
+            return
+        time.sleep(0.02)
+
+
+def test_interrupted_and_resumed_run_equals_uninterrupted(tmp_path, phantom):
+    config = tmp_path / "tiny.toml"
+    config.write_text(TINY_TOML.format(epochs=3), encoding="utf-8")
+    run_a, run_b = tmp_path / "A", tmp_path / "B"
+
+    # B: a real `bcseg train` process, stopped with SIGINT after its first epoch.
+    # Run A trains meanwhile in this process, so the two share the wall-clock time.
+    stdout, stderr = tmp_path / "b.out", tmp_path / "b.err"
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    with open(stdout, "w") as out_handle, open(stderr, "w") as err_handle:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "bcseg.cli", "train", str(phantom), "--out", str(run_b),
+             "--config", str(config)], stdout=out_handle, stderr=err_handle, env=env)
+        seen: dict = {}
+        watcher = threading.Thread(target=_interrupt_after_first_epoch,
+                                   args=(process, run_b / "history.csv", seen))
+        watcher.start()
+        try:
+            train.train(phantom, run_a, config=config)  # A: 3 epochs, never stopped
+        finally:
+            watcher.join()
+            code = process.wait(timeout=240)
+    err = stderr.read_text(encoding="utf-8")
+    assert seen.get("rows") == 1, (err, stdout.read_text(encoding="utf-8"))
+
+    # The interrupted process: exit 130, one line saying how to continue.
+    assert code == 130, err
+    assert "Traceback" not in err
+    said = [line for line in err.splitlines() if "interrupted" in line]
+    assert len(said) == 1 and "--resume" in said[0] and "epoch 2" in said[0]
+
+    # It left a consistent state: epoch 1 recorded, its checkpoint, no partial files.
+    assert not _partials(run_b)
+    state = json.loads((run_b / "state.json").read_text(encoding="utf-8"))
+    assert state["epoch"] == 1 and state["checkpoint"] == "checkpoints/epoch_0001.keras"
+    assert [p.name for p in (run_b / "checkpoints").iterdir()] == ["epoch_0001.keras"]
+    assert (run_b / "model_last.keras").read_bytes() == (run_b / state["checkpoint"]).read_bytes()
+    assert len(_history(run_b / "history.csv")) == 1
+    assert not (run_b / "inference.json").exists() and not (run_b / "predictions").exists()
+    assert load_config(run_b / "config.toml")["train"]["epochs"] == 3
+
+    # Resumed through the command line, B ends where A ended, to the last bit.
+    assert cli.main(["train", str(phantom), "--out", str(run_b), "--resume"]) == 0
+    _assert_same_weights(run_a / "model_last.keras", run_b / "model_last.keras")
+    optimisers = [keras.saving.load_model(r / "model_last.keras", safe_mode=True).optimizer
+                  for r in (run_a, run_b)]
+    for x, y in zip(*(o.variables for o in optimisers)):
+        assert np.array_equal(x.numpy(), y.numpy())
+    assert _history(run_a / "history.csv") == _history(run_b / "history.csv")
+    assert json.loads((run_b / "state.json").read_text(encoding="utf-8"))["epoch"] == 3
+    assert (run_b / "inference.json").is_file() and not _partials(run_b)
+
+
+# --------------------------------------------------------------------------- bad input
+
+def test_3d_model_on_2d_images_is_a_data_error(tmp_path, capsys):
+    data = tmp_path / "flat"
+    yy, xx = np.mgrid[:32, :32]
+    for k in range(2):
+        image = ((yy + xx + 10 * k) % 200).astype(np.uint8)
+        io.write_image(data / "images" / f"img{k}.tif", image, (0.1, 0.1))
+        io.write_mask(data / "masks" / "observer1" / f"img{k}.tif",
+                      (yy - 16) ** 2 + (xx - 16) ** 2 < 36, (0.1, 0.1))
+    out = tmp_path / "run"
+    code = cli.main(["train", str(data), "--out", str(out), "--model", "unet3d", "--epochs", "1"])
+    err = capsys.readouterr().err
+    assert code == 3
+    [line] = _error_lines(err)
+    assert "img0.tif" in line and "2D" in line
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("body, named", [
+    ("[train]\nepochz = 3\n", "train.epochz"),
+    ("[model]\nbase_filters = 4\n[train]\nepochs = \"three\"\n", "train.epochs"),
+])
+def test_bad_config_is_a_config_error(tmp_path, capsys, phantom, body, named):
+    config = tmp_path / "bad.toml"
+    config.write_text(body, encoding="utf-8")
+    out = tmp_path / "run"
+    code = cli.main(["train", str(phantom), "--out", str(out), "--config", str(config)])
+    err = capsys.readouterr().err
+    assert code == 4
+    [line] = _error_lines(err)
+    assert named in line and "bad.toml" in line
+    assert not out.exists()
+
+
+def test_missing_fold_is_a_usage_error_and_leaves_nothing(tmp_path, capsys, phantom):
+    config = tmp_path / "tiny.toml"
+    config.write_text(TINY_TOML.format(epochs=1), encoding="utf-8")
+    out = tmp_path / "run"
+    code = cli.main(["train", str(phantom), "--out", str(out), "--config", str(config),
+                     "--fold", "7"])
+    err = capsys.readouterr().err
+    assert code == 2
+    [line] = _error_lines(err)
+    assert "fold 7 does not exist" in line and "0-2" in line
+    assert not out.exists()  # a corrected command will not need --force
+
+
+def test_existing_run_needs_force_or_resume(run2d, capsys, phantom):
+    out = run2d[0]
+    before = _snapshot(out)
+    code = cli.main(["train", str(phantom), "--out", str(out), "--epochs", "1"])
+    err = capsys.readouterr().err
+    assert code == 2
+    [line] = _error_lines(err)
+    assert str(out) in line and "--resume" in line and "--force" in line
+    assert _snapshot(out) == before
+
+
+@pytest.mark.parametrize("made", [True, False])
+def test_resume_without_a_run_is_a_usage_error(tmp_path, capsys, phantom, made):
+    out = tmp_path / "nothing"
+    if made:
+        out.mkdir()
+    code = cli.main(["train", str(phantom), "--out", str(out), "--resume"])
+    err = capsys.readouterr().err
+    assert code == 2
+    [line] = _error_lines(err)
+    assert "no run to resume" in line
+    if made:
+        assert list(out.iterdir()) == []
+    else:
+        assert not out.exists()
+
+
+# --------------------------------------------------------------------------- the seed preset
+
+def _cases(groups: list[str]) -> list[Case]:
+    """Two slices' worth of cases per group, listed out of order."""
+    return [Case(id=f"{g}_{k}", image=Path(f"{g}_{k}.tif"), group=g)
+            for g in reversed(groups) for k in range(2)]
+
+
+def test_seed_preset_builds_the_reference_architecture():
+    cfg = load_config("seed")
+    m = cfg["model"]
+    assert (m["ndim"], m["base_filters"], m["depth"], m["decoder_norm_only"]) == (2, 32, 4, True)
+    assert cfg["data"]["offline_augment"] == "reference" and cfg["train"]["loss"] == "dice"
+    model = train.build_model(cfg)
+    layers = {layer.name: layer for layer in model.layers}
+    assert layers["enc0_conv1"].filters == 32 and layers["bottleneck_conv1"].filters == 32 * 2**4
+    assert {f"enc{k}_pool" for k in range(4)} <= set(layers) and "enc4_pool" not in layers
+    norms = [layer.name for layer in model.layers
+             if isinstance(layer, keras.layers.BatchNormalization)]
+    assert len(norms) == 2 * 4 and all(name.startswith("dec") for name in norms)
+    assert all(isinstance(layers[f"dec{k}_up"], keras.layers.Conv2DTranspose) for k in range(4))
+    assert not any(name.endswith("_add") for name in layers)  # no residual shortcuts
+    assert model.output_shape == (None, None, None, 1)
+
+
+def test_seed_preset_tests_on_the_last_five_specimens():
+    cfg = load_config("seed")
+    groups = [f"s{k:02d}" for k in range(8)]
+    folds, source = train.choose_folds(_cases(groups), cfg)
+    assert source == "last"
+    test_groups = {i.split("_")[0] for i, f in folds.items() if f == 0}
+    assert test_groups == set(groups[-5:])
+    assert {i.split("_")[0] for i, f in folds.items() if f == 1} == set(groups[:3])
+    assert train._test_folds(folds, "0", "last") == [0]
+    assert train._test_folds(folds, "all", "last") == [0]
+    with pytest.raises(UsageError, match="fold 1 does not exist"):
+        train._test_folds(folds, "1", "last")
+
+
+def test_seed_preset_with_few_specimens_warns():
+    cfg = load_config("seed")
+    groups = ["a", "b", "c", "d"]
+    with pytest.warns(UserWarning, match="only 4 specimens: the last 3"):
+        folds, _ = train.choose_folds(_cases(groups), cfg)
+    assert {i.split("_")[0] for i, f in folds.items() if f == 0} == {"b", "c", "d"}
+    assert {i.split("_")[0] for i, f in folds.items() if f == 1} == {"a"}
