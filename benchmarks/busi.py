@@ -45,7 +45,8 @@ def _rows(metrics_csv: Path) -> list[dict]:
 def _normal_empty_share(run: Path, normal_cases) -> float | None:
     """Share of the test fold's normal images that the model leaves empty."""
     from bcseg.dataset import read_case_image
-    from bcseg.predict import load_model, postprocess, predict_volume
+    from bcseg.postprocess import postprocess
+    from bcseg.predict import load_model, predict_volume
 
     if not normal_cases:
         return None

@@ -14,9 +14,9 @@ from keras import layers
 from bcseg import io
 from bcseg.errors import ConfigError, DataError, ModelError, UsageError
 from bcseg.models import unet
-from bcseg.predict import (fill_holes, inference_settings, keep_largest_component, load_model,
-                           postprocess, predict_files, predict_volume, remove_small_components,
-                           resolve_model)
+from bcseg.postprocess import fill_holes, keep_largest_component, postprocess, remove_small_components
+from bcseg.predict import load_model, predict_volume
+from bcseg.segment import inference_settings, predict_files, resolve_model
 
 
 def _layer(kind, ndim):

@@ -645,9 +645,9 @@ def test_predict_killed_part_way_leaves_only_complete_masks(stacks, tmp_path, mo
 def test_predict_interrupted_leaves_no_temporary_file(stacks, tmp_path, models, capsys,
                                                       monkeypatch):
     """Ctrl-C (a real SIGINT to this process) while the third stack is being written."""
-    import bcseg.predict
+    import bcseg.segment
 
-    real, calls = bcseg.predict.predict_volume, []
+    real, calls = bcseg.segment.predict_volume, []
 
     def predict_then_interrupt(*args, **kwargs):
         calls.append(1)
@@ -657,7 +657,7 @@ def test_predict_interrupted_leaves_no_temporary_file(stacks, tmp_path, models, 
         return real(*args, **kwargs)
 
     out = tmp_path / "out"
-    monkeypatch.setattr(bcseg.predict, "predict_volume", predict_then_interrupt)
+    monkeypatch.setattr(bcseg.segment, "predict_volume", predict_then_interrupt)
     code, _, err = run_main(capsys, _predict(tmp_path, stacks, models["2d"]))
     assert code == 130 and len(calls) == 3
     assert one_error_line(err) == "bcseg: error: interrupted"

@@ -111,7 +111,7 @@ def cmd_train(args) -> int:
 
 
 def cmd_predict(args) -> int:
-    from bcseg.predict import predict_files
+    from bcseg.segment import predict_files
 
     postprocess = None if args.postprocess is None else [
         step for step in args.postprocess.split(",") if step and step != "none"]

@@ -302,7 +302,7 @@ def tune_inference(model, cases: list[Case], cfg: dict, settings: dict) -> dict:
     """Pick threshold and post-processing that maximise mean validation Dice per case."""
     from bcseg.dataset import read_case_masks
     from bcseg.metrics import dice
-    from bcseg.predict import postprocess
+    from bcseg.postprocess import postprocess
 
     if not cases or not cfg["inference"]["tune"]:
         return settings
@@ -327,7 +327,7 @@ def tune_inference(model, cases: list[Case], cfg: dict, settings: dict) -> dict:
 def predict_test(model, cases: list[Case], out: Path, settings: dict) -> Path:
     """Segment the test cases into ``out/predictions`` with the tuned settings."""
     from bcseg import io
-    from bcseg.predict import postprocess
+    from bcseg.postprocess import postprocess
 
     folder = out / "predictions"
     for case in cases:
