@@ -18,9 +18,9 @@ from bcseg.phantom import write_phantom
 DEMO_SPECIMENS = 10
 DEMO_SHAPE = (24, 128, 128)
 OVERRIDES_3D = {
-    "model": {"ndim": 3, "base_filters": 4, "depth": 3},
+    "model": {"ndim": 3, "base_filters": 8, "depth": 3},
     "data": {"size": 64, "patch_depth": 16},
-    "train": {"epochs": 8, "batch_size": 2, "learning_rate": 0.003},
+    "train": {"epochs": 15, "batch_size": 2, "learning_rate": 0.003},
 }
 
 

@@ -135,15 +135,17 @@ def planned_epochs(cfg: dict, state: dict) -> int:
 
 
 def _plan_budget(cfg: dict, state: dict, epoch_seconds: float) -> None:
-    """Under ``train.budget_minutes``, fix the epoch count after timing the first epoch.
+    """Under ``train.budget_minutes``, fix the epoch count after timing epoch 2.
 
-    The count is then kept in ``state.json``, so the schedule stays a function of
-    the epoch and a resumed run follows the same plan.
+    The first epoch also traces the graphs, so the second one is timed. The count
+    is then kept in ``state.json``, so the schedule stays a function of the epoch
+    and a resumed run follows the same plan.
     """
     budget = cfg["train"]["budget_minutes"] * 60
-    if budget > 0 and "epochs_planned" not in state:
-        fits = int(budget // max(epoch_seconds, 1e-3))
-        state["epochs_planned"] = max(1, min(cfg["train"]["epochs"], fits))
+    state["train_seconds"] = state.get("train_seconds", 0.0) + epoch_seconds
+    if budget > 0 and "epochs_planned" not in state and state["epoch"] + 1 >= 2:
+        fits = state["epoch"] + 1 + int((budget - state["train_seconds"]) // max(epoch_seconds, 1e-3))
+        state["epochs_planned"] = max(2, min(cfg["train"]["epochs"], fits))
         _say(f"time budget {cfg['train']['budget_minutes']:g} min: "
              f"{state['epochs_planned']} epochs at {epoch_seconds:.1f} s each")
 
@@ -299,7 +301,11 @@ def _segment(model, case: Case, settings: dict):
 
 
 def tune_inference(model, cases: list[Case], cfg: dict, settings: dict) -> dict:
-    """Pick threshold and post-processing that maximise mean validation Dice per case."""
+    """Pick TTA, threshold and post-processing that maximise mean validation Dice per case.
+
+    Only the validation split (whole groups from the training folds) is used, never
+    the test fold. TTA is tried only where the configuration asks for tuning.
+    """
     from bcseg.dataset import read_case_masks
     from bcseg.metrics import dice
     from bcseg.postprocess import postprocess
@@ -307,21 +313,24 @@ def tune_inference(model, cases: list[Case], cfg: dict, settings: dict) -> dict:
     if not cases or not cfg["inference"]["tune"]:
         return settings
     target = "union" if cfg["data"]["observer"] == pipeline.RANDOM_OBSERVER else cfg["data"]["observer"]
-    probs, truths = [], []
+    truths, probs = [], {False: [], True: []}
     for case in cases:
-        image, _, prob = _segment(model, case, settings)
+        for tta in (False, True):
+            image, _, prob = _segment(model, case, dict(settings, tta=tta))
+            probs[tta].append(prob)
         truths.append(pipeline.training_target(read_case_masks(case, image.shape), target, str(case.image)))
-        probs.append(prob)
-    best = (-1.0, settings["threshold"], [])
-    for threshold in (0.3, 0.4, 0.5, 0.6, 0.7):
-        for steps in ([], ["largest"], ["largest", "fill"]):
-            score = float(np.mean([dice(postprocess(p > threshold, steps), t)
-                                   for p, t in zip(probs, truths)]))
-            if score > best[0] + 1e-9:
-                best = (score, threshold, steps)
-    _say(f"validation: threshold {best[1]}, post-processing {best[2] or 'none'} "
-         f"(mean Dice {best[0]:.3f} over {len(cases)} case(s))")
-    return dict(settings, threshold=best[1], postprocess=best[2], validation_dice=round(best[0], 4))
+    best = (-1.0, settings["threshold"], [], False)
+    for tta in (False, True):  # ties keep the cheaper choice: no TTA, fewer steps
+        for threshold in (0.3, 0.4, 0.5, 0.6, 0.7):
+            for steps in ([], ["largest"], ["largest", "fill"]):
+                score = float(np.mean([dice(postprocess(p > threshold, steps), t)
+                                       for p, t in zip(probs[tta], truths)]))
+                if score > best[0] + 1e-9:
+                    best = (score, threshold, steps, tta)
+    _say(f"validation: TTA {'on' if best[3] else 'off'}, threshold {best[1]}, post-processing "
+         f"{best[2] or 'none'} (mean Dice {best[0]:.3f} over {len(cases)} case(s))")
+    return dict(settings, threshold=best[1], postprocess=best[2], tta=best[3],
+                validation_dice=round(best[0], 4))
 
 
 def predict_test(model, cases: list[Case], out: Path, settings: dict) -> Path:
