@@ -367,11 +367,13 @@ def _quiet_libraries() -> None:
 
 
 def _import_tensorflow_quietly() -> None:
-    """Import TensorFlow with file descriptor 2 muted.
+    """Import TensorFlow and find its devices with file descriptor 2 muted.
 
-    Its C++ runtime prints start-up banners (oneDNN, absl) straight to the stderr
-    descriptor, ignoring TF_CPP_MIN_LOG_LEVEL; they would break the promise that a
-    failure is one line on stderr. Python exceptions still propagate.
+    Its C++ runtime prints start-up banners (oneDNN, absl, and "failed call to
+    cuInit" on machines without a GPU) straight to the stderr descriptor, ignoring
+    TF_CPP_MIN_LOG_LEVEL; they would break the promise that a failure is one line
+    on stderr. Listing the devices here runs that probe while muted. Python
+    exceptions still propagate.
     """
     if "tensorflow" in sys.modules:
         return
@@ -380,7 +382,9 @@ def _import_tensorflow_quietly() -> None:
     try:
         with open(os.devnull, "w") as devnull:
             os.dup2(devnull.fileno(), 2)
-            import tensorflow  # noqa: F401
+            import tensorflow
+
+            tensorflow.config.list_physical_devices()
     finally:
         os.dup2(saved, 2)
         os.close(saved)
