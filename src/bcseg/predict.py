@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import itertools
 import math
-import mmap
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,7 +41,7 @@ from tqdm.auto import tqdm
 from bcseg.errors import DataError, ModelError
 from bcseg.intensity import intensity_stats, normalise
 from bcseg.models import model_divisor
-from bcseg.postprocess import _apply_steps, _check_steps
+from bcseg.postprocess import _apply_steps_inplace, _check_steps, _release
 
 VOXELS_PER_CALL = 1 << 20  # caps the batch so activations of large slices stay bounded
 DEFAULT_PATCH = 128        # default 3D window edge (before rounding to the divisor)
@@ -140,35 +139,6 @@ class _Runner:
 
 
 # --------------------------------------------------------------------------- memory
-
-def _release(array: np.ndarray, start: int, stop: int) -> None:
-    """Drop slices ``start:stop`` of a memory-mapped array from this process's memory.
-
-    The pages stay in the OS page cache (written ones still reach the file); they
-    are only unmapped from this process, so its resident memory stays bounded while
-    a stack streams through. Does nothing for ordinary arrays or private mappings.
-    """
-    mm = getattr(array, "_mmap", None)
-    stop = min(stop, array.shape[0]) if array.ndim else stop
-    if (mm is None or not hasattr(mm, "madvise") or getattr(array, "mode", "c") == "c"
-            or not array.flags.c_contiguous or array.ndim == 0 or stop <= start):
-        return
-    root = array
-    while isinstance(root.base, np.ndarray):
-        root = root.base
-    if not isinstance(root.base, mmap.mmap) or not isinstance(root, np.memmap):
-        return
-    base = root.ctypes.data - root.offset % mmap.ALLOCATIONGRANULARITY
-    begin = array.ctypes.data - base + start * array.strides[0]
-    end = begin + (stop - start) * array.strides[0]
-    begin = _round_up(begin, mmap.PAGESIZE)
-    end -= end % mmap.PAGESIZE
-    if end > begin:
-        try:
-            mm.madvise(mmap.MADV_DONTNEED, begin, end - begin)
-        except (OSError, ValueError):
-            pass
-
 
 def _store(mask_out, prob_out, threshold: float) -> Callable[[int, int, np.ndarray], None]:
     """A function that writes probabilities for slices ``start:stop`` into the outputs."""
@@ -497,9 +467,5 @@ def predict_volume(
         _predict_windows(run, volume, stats, patch, overlap, batch_size, store, progress)
 
     if steps:
-        kept = _apply_steps(mask if mask.dtype == bool else mask != 0, steps, min_size)
-        if mask.dtype == bool:
-            mask[...] = kept
-        else:
-            np.multiply(kept, np.uint8(255), out=mask, casting="unsafe")
+        _apply_steps_inplace(mask, steps, min_size)
     return mask, prob
