@@ -623,7 +623,10 @@ def margins_for_files(image_path: str | Path, tumour_path: str | Path, out_dir: 
         raise DataError(image_path, exc.problem) from None
     tumour = io.read_mask(tumour_path, expected_shape=image.shape)
     if specimen_path is None:
-        specimen = specimen_mask(image, spacing)
+        # The tumour is tissue by definition. A hypoechoic tumour that reaches the
+        # surface is open to the medium, so hole filling cannot bring it into the
+        # thresholded mask: add it, or every such case would read as "outside".
+        specimen = specimen_mask(image, spacing) | tumour
     else:
         specimen = io.read_mask(specimen_path, expected_shape=image.shape)
     result = margins(tumour, specimen, spacing, orientation, close_mm)
