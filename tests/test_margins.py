@@ -297,3 +297,24 @@ def test_margin_figure_without_tumour_and_no_overwrite(tmp_path):
     assert path.read_bytes()[:4] == b"\x89PNG"
     with pytest.raises(UsageError):
         M.margin_figure(image, empty, specimen, result, path, SPACING, force=False)
+
+
+def test_tumour_breaking_the_surface_counts_as_specimen_and_ink(tmp_path):
+    """A dark tumour open to the medium cannot be hole-filled into the tissue mask;
+    margins_for_files adds it, so the case reads as ink on tumour, not 'outside'."""
+    rng = np.random.default_rng(3)
+    shape, box = (24, 60, 40), ((4, 19), (8, 51), (6, 33))
+    # Centre 1.6 + 0.6 mm above the anterior face at row 8 (y = 1.6 mm): the sphere
+    # of radius 1.6 mm pokes out of the box into the coupling medium.
+    tumour, specimen = box_and_sphere(shape, box, (6.0, 2.0, 6.0), 1.6)
+    volume = rng.rayleigh(8, shape)
+    volume[specimen] = rng.rayleigh(80, int(specimen.sum()))
+    volume[tumour] = rng.rayleigh(12, int(tumour.sum()))
+    image = np.clip(volume, 0, 255).astype(np.uint8)
+    assert not M.specimen_mask(image, SPACING)[tumour].all()  # the thresholded mask misses it
+    image_path = io.write_image(tmp_path / "open.tif", image, SPACING)
+    tumour_path = io.write_mask(tmp_path / "open_tumour.tif", tumour, SPACING)
+    result = M.margins_for_files(image_path, tumour_path, tmp_path / "out")
+    assert result["ink_on_tumour"] and result["distance_mm"] == 0
+    assert result["closest_face"] == "anterior"
+    assert not any("outside" in w for w in result["warnings"])
