@@ -147,9 +147,11 @@ def main(argv=None) -> int:
     results["mean"] = {k: float(np.mean([r[k] for r in folds]))
                        for k in ("dice", "iou", "hd95_px", "missed_share")}
     results["seconds"] = time.perf_counter() - started
-    (out / "results.json").write_text(json.dumps(results, indent=1, default=str) + "\n")
+    from bcseg.atomic import write_text
+
+    write_text(out / "results.json", json.dumps(results, indent=1, default=str) + "\n")
     table = markdown(results)
-    (out / "results.md").write_text(table)
+    write_text(out / "results.md", table)
     print(table)
     return 0
 

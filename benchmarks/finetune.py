@@ -61,8 +61,10 @@ def main(argv=None) -> int:
     table = "\n".join(lines) + (f"\n\n{args.specimens} phantom specimens, every one the test "
                                 f"specimen once ({args.specimens}-fold), {args.epochs} epochs per "
                                 "fold, the same splits and seed for both starts.\n")
-    (out / "results.md").write_text(table)
-    (out / "results.json").write_text(json.dumps(results, indent=1) + "\n")
+    from bcseg.atomic import write_text
+
+    write_text(out / "results.md", table)
+    write_text(out / "results.json", json.dumps(results, indent=1) + "\n")
     print(table)
     return 0
 

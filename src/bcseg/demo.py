@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 from bcseg.atomic import require_new
+from bcseg.errors import UsageError
 from bcseg.phantom import write_phantom
 
 DEMO_SPECIMENS = 10
@@ -38,7 +39,10 @@ def run_demo(out: str | Path = "demo-run", force: bool = False, epochs_2d: int |
 
     out = Path(out)
     require_new(out, force)
-    if force and out.exists():
+    if force and out.exists() and any(out.iterdir()):
+        # --force replaces an earlier demo, never an arbitrary folder given by mistake.
+        if not (out / "phantom").is_dir() and not (out / "unet2d").is_dir():
+            raise UsageError(out, "is not empty and is not a bcseg demo run; refusing to delete it")
         import shutil
         shutil.rmtree(out)
     started = time.perf_counter()
