@@ -22,11 +22,13 @@ The first fit call compiles the model; it and one pipeline epoch are run before
 timing. Then the two measurements alternate epoch by epoch. For every epoch the
 share of the CPU that other processes took is measured (from ``/proc/stat``); each
 figure is the fastest epoch among the quiet ones (others took at most 5%), or
-among all of them, with a warning, when either kind had no quiet epoch. The CPU time per image of
-both is reported too; such load changes it much less, and on a machine of its own,
-where the model keeps every core busy, the wall-time ratio tends to it.
+among all of them, with a warning, when either kind had no quiet epoch. The CPU
+time per image of both is reported too; such load changes it much less, and on a
+machine of its own, where the model keeps every core busy, the wall-time ratio
+tends to it.
 
-Requirement: the pipeline reaches at least 90% of the preloaded throughput.
+Requirement: the pipeline reaches at least 90% of the preloaded throughput (the
+exit status is 1 when a configuration falls short).
 
 Examples
 --------

@@ -221,7 +221,9 @@ def _changes_intensity(config: AugmentConfig) -> bool:
 def _intensity(volume, config, uniform, noise_seed):
     """Contrast, brightness, gamma and speckle, with the image kept in [0, 1]."""
     if config.contrast:
-        mean = tf.reduce_mean(volume)
+        # float64 accumulation: a float32 sum over threads varied in the last bit between
+        # identical runs, which broke exact replay for --resume.
+        mean = tf.cast(tf.reduce_mean(tf.cast(volume, tf.float64)), volume.dtype)
         volume = mean + (volume - mean) * uniform(1 - config.contrast, 1 + config.contrast)
     if config.brightness:
         volume = volume + uniform(-config.brightness, config.brightness)
