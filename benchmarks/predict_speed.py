@@ -288,7 +288,7 @@ def write_stack(path: Path, depth: int, seed: int) -> None:
 
     shape = (depth, *LARGE_PLANE)
     rng = np.random.default_rng(seed)
-    out = tifffile.memmap(path, shape=shape, dtype=np.uint8, **io._imagej_kwargs(shape, SPACING_MM))
+    out = tifffile.memmap(path, shape=shape, dtype=np.uint8, **io.imagej_kwargs(shape, SPACING_MM))
     for start in range(0, depth, 16):
         stop = min(depth, start + 16)
         out[start:stop] = rng.integers(0, 256, (stop - start, *LARGE_PLANE), dtype=np.uint8)

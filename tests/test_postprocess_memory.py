@@ -96,11 +96,11 @@ def test_slab_postprocess_and_in_place_equal_whole_volume(monkeypatch, tmp_path,
     got = _slabs(monkeypatch, 4, postprocess, mask.astype(np.uint8) * 255, steps, 10)
     np.testing.assert_array_equal(got, expected)
     inplace = mask.copy()
-    _slabs(monkeypatch, 7, pp._apply_steps_inplace, inplace, steps, 10)
+    _slabs(monkeypatch, 7, pp.apply_steps_inplace, inplace, steps, 10)
     np.testing.assert_array_equal(inplace, expected)
     mm = np.memmap(tmp_path / "m.raw", np.uint8, "w+", shape=mask.shape)
     mm[...] = mask * np.uint8(255)
-    _slabs(monkeypatch, 3, pp._apply_steps_inplace, mm, steps, 10)
+    _slabs(monkeypatch, 3, pp.apply_steps_inplace, mm, steps, 10)
     np.testing.assert_array_equal(np.asarray(mm), expected * np.uint8(255))
 
 

@@ -384,7 +384,8 @@ def read_mask(path: str | Path, expected_shape: tuple[int, ...] | None = None) -
 
 # --------------------------------------------------------------------------- writing
 
-def _imagej_kwargs(shape: tuple[int, ...], spacing_mm: tuple[float, ...] | None) -> dict:
+def imagej_kwargs(shape: tuple[int, ...], spacing_mm: tuple[float, ...] | None) -> dict:
+    """tifffile keyword arguments for an ImageJ TIFF that Fiji opens with its spacing."""
     ndim = len(shape)
     metadata: dict = {"axes": "ZYX" if ndim == 3 else "YX"}
     kwargs: dict = {"imagej": True, "metadata": metadata}
@@ -415,7 +416,7 @@ def _write_array(path: str | Path, array: np.ndarray, spacing_mm, force: bool) -
         if _is_nifti(path):
             _write_nifti(tmp, array, spacing_mm)
         elif _is_tiff(path):
-            tifffile.imwrite(tmp, array, **_imagej_kwargs(array.shape, spacing_mm))
+            tifffile.imwrite(tmp, array, **imagej_kwargs(array.shape, spacing_mm))
         else:
             raise ValueError(f"{path}: masks and maps are written as .tif or .nii.gz")
     return path

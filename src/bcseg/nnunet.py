@@ -49,7 +49,7 @@ from bcseg.atomic import PARTIAL_MARK, atomic_path, require_new, write_text
 from bcseg.dataset import Case, discover, read_case_image, read_case_masks
 from bcseg.errors import DataError, UsageError
 from bcseg.observers import METHODS, consensus
-from bcseg.splits import _check_groups_whole, kfold_by_group
+from bcseg.splits import check_groups_whole, kfold_by_group
 
 __all__ = ["export_nnunet", "dataset_folder_name", "FILE_ENDINGS", "CASE_MAP", "SPLITS_FILE"]
 
@@ -265,7 +265,7 @@ def _folds(cases: list[Case], folds: Mapping[str, int] | None, k: int, seed: int
         fold_of = {c.id: int(folds[c.id]) for c in cases}
     except (TypeError, ValueError):
         raise UsageError(None, "folds must map case ids to whole numbers") from None
-    _check_groups_whole(cases, fold_of, None)
+    check_groups_whole(cases, fold_of, None)
     if len(set(fold_of.values())) < 2:
         raise DataError(None, "all cases are in one fold; cross-validation needs at least 2")
     return fold_of

@@ -26,7 +26,7 @@ _SLAB_MIN_VOXELS = 1 << 26  # stacks larger than this are processed slab by slab
 _SLAB = 32                 # slices per slab
 
 
-def _release(array: np.ndarray, start: int, stop: int) -> None:
+def release_slices(array: np.ndarray, start: int, stop: int) -> None:
     """Drop slices ``start:stop`` of a memory-mapped array from this process's memory.
 
     The pages stay in the OS page cache (written ones still reach the file); they
@@ -113,7 +113,7 @@ def _write(out: np.ndarray, z0: int, z1: int, kept: np.ndarray) -> None:
         np.multiply(kept, np.uint8(255), out=out[z0:z1], casting="unsafe")
     else:
         out[z0:z1] = kept
-    _release(out, z0, z1)
+    release_slices(out, z0, z1)
 
 
 def _slab_label(part: np.ndarray, structure: np.ndarray) -> tuple[np.ndarray, int]:
@@ -152,7 +152,7 @@ def _slab_components(src: np.ndarray, connectivity: int, background: bool, slab:
             part = ~part
         labels, count = _slab_label(part, structure)
         del part
-        _release(src, z0, z1)
+        release_slices(src, z0, z1)
         counts.append(count)
         sizes.append(_component_sizes(labels, count)[1:])
         first = np.where(labels[0] > 0, labels[0].astype(np.int64) + total, 0)
@@ -203,7 +203,7 @@ def _slab_apply(src: np.ndarray, out: np.ndarray, counts, structure, keep_node: 
         if background:
             kept |= part
         del part
-        _release(src, z0, z1)
+        release_slices(src, z0, z1)
         _write(out, z0, z1, kept)
 
 
@@ -224,7 +224,7 @@ def _slab_small(src, out, min_size: int, slab=None) -> None:
         for z0 in range(0, src.shape[0], slab):
             z1 = min(z0 + slab, src.shape[0])
             kept = np.array(_read(src, z0, z1), bool)
-            _release(src, z0, z1)
+            release_slices(src, z0, z1)
             _write(out, z0, z1, kept)
         return
     counts, comp, sizes, _, _, structure = _slab_components(src, 3, False, slab)
@@ -319,7 +319,8 @@ def fill_holes(mask: np.ndarray) -> np.ndarray:
     return mask | _select(labels, holes)
 
 
-def _check_steps(steps: Sequence[str]) -> list[str]:
+def check_steps(steps: Sequence[str]) -> list[str]:
+    """The post-processing steps as a list, or ValueError naming an unknown one."""
     if isinstance(steps, str):
         steps = [steps]
     unknown = [s for s in steps if s not in POSTPROCESS_STEPS]
@@ -348,7 +349,7 @@ def _apply_steps(mask: np.ndarray, steps: Sequence[str], min_size: int) -> np.nd
     return mask
 
 
-def _apply_steps_inplace(mask: np.ndarray, steps: Sequence[str], min_size: int) -> None:
+def apply_steps_inplace(mask: np.ndarray, steps: Sequence[str], min_size: int) -> None:
     """Apply ``steps`` to a bool or uint8 (0/255) mask in place, memory-mapped or not.
 
     Large stacks go slab by slab without a whole-volume copy."""
@@ -393,4 +394,4 @@ def postprocess(mask: np.ndarray, steps: Sequence[str], min_size: int = 0) -> np
     --------
     >>> postprocess(mask, ["small", "fill"], min_size=50)  # doctest: +SKIP
     """
-    return _apply_steps(_as_mask(mask), _check_steps(steps), min_size)
+    return _apply_steps(_as_mask(mask), check_steps(steps), min_size)

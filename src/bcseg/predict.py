@@ -41,7 +41,7 @@ from tqdm.auto import tqdm
 from bcseg.errors import DataError, ModelError
 from bcseg.intensity import intensity_stats, normalise
 from bcseg.models import model_divisor
-from bcseg.postprocess import _apply_steps_inplace, _check_steps, _release
+from bcseg.postprocess import apply_steps_inplace, check_steps, release_slices
 
 VOXELS_PER_CALL = 1 << 20  # caps the batch so activations of large slices stay bounded
 DEFAULT_PATCH = 128        # default 3D window edge (before rounding to the divisor)
@@ -78,21 +78,24 @@ def load_model(path: str | Path) -> keras.Model:
 
 
 @dataclass(frozen=True)
-class _ModelSpec:
+class ModelSpec:
+    """A segmentation model's input contract, read from its graph."""
+
     ndim: int                        # spatial dimensions, 2 or 3
     channels: int
     fixed: tuple[int | None, ...]    # static spatial input sizes, None where free
     divisor: int
 
 
-def _model_spec(model: keras.Model) -> _ModelSpec:
+def model_spec(model: keras.Model) -> ModelSpec:
+    """What inference needs to know of a model: dimensions, channels, fixed sizes."""
     if len(model.inputs) != 1 or len(model.outputs) != 1:
         raise ModelError(None, "bcseg models take one input image and give one output map")
     shape = tuple(model.inputs[0].shape)
     if len(shape) not in (4, 5):
         raise ModelError(None, f"model input shape {shape} is neither 2D (N, H, W, C) "
                          "nor 3D (N, Z, H, W, C)")
-    return _ModelSpec(len(shape) - 2, shape[-1] or 1, shape[1:-1], model_divisor(model))
+    return ModelSpec(len(shape) - 2, shape[-1] or 1, shape[1:-1], model_divisor(model))
 
 
 def _round_up(n: int, d: int) -> int:
@@ -111,7 +114,7 @@ def _pad(x: np.ndarray, target: Sequence[int]) -> tuple[np.ndarray, tuple[slice,
 class _Runner:
     """Calls the model on padded batches, with mirror TTA, and checks its output."""
 
-    def __init__(self, model: keras.Model, spec: _ModelSpec, tta: bool):
+    def __init__(self, model: keras.Model, spec: ModelSpec, tta: bool):
         self.model = model
         axes = range(1, spec.ndim + 1)  # spatial axes of a batch
         self.flips = [c for r in range(spec.ndim + 1) for c in itertools.combinations(axes, r)]
@@ -145,13 +148,13 @@ def _store(mask_out, prob_out, threshold: float) -> Callable[[int, int, np.ndarr
     def store(start: int, stop: int, prob: np.ndarray) -> None:
         if prob_out is not None:
             prob_out[start:stop] = prob
-            _release(prob_out, start, stop)
+            release_slices(prob_out, start, stop)
         above = prob > threshold
         if mask_out.dtype == np.uint8:
             np.multiply(above, np.uint8(255), out=mask_out[start:stop], casting="unsafe")
         else:
             mask_out[start:stop] = above
-        _release(mask_out, start, stop)
+        release_slices(mask_out, start, stop)
     return store
 
 
@@ -213,7 +216,7 @@ def _outer(vectors: Sequence[np.ndarray]) -> np.ndarray:
     return out.astype(np.float32)
 
 
-def _resolve_patch(spec: _ModelSpec, shape: Sequence[int], patch_size) -> tuple[int, ...] | None:
+def _resolve_patch(spec: ModelSpec, shape: Sequence[int], patch_size) -> tuple[int, ...] | None:
     """Window shape over the model's spatial axes, or None for whole 2D slices."""
     d = spec.divisor
     fixed = spec.fixed
@@ -287,7 +290,7 @@ def _predict_slices(predict, item, volume, stats, batch_size, store, progress):
         for start in range(0, depth, batch):
             stop = min(start + batch, depth)
             x = normalise(volume[start:stop], stats)
-            _release(volume, start, stop)
+            release_slices(volume, start, stop)
             store(start, stop, predict(x))
             bar.update()
 
@@ -322,14 +325,14 @@ def _predict_windows(run, volume, stats, patch, overlap, batch_size, store, prog
             for k in range(done):
                 slab[k] /= windows.sums[0][z + k] * plane_total
             store(z, z + done, slab[:done])
-            _release(volume, z, z + done)
+            release_slices(volume, z, z + done)
             slab[: lz - done] = slab[done:].copy()
             slab[lz - done:] = 0
 
 
 # --------------------------------------------------------------------------- predict
 
-def _check_input(spec: _ModelSpec, array: np.ndarray, spacing) -> None:
+def _check_input(spec: ModelSpec, array: np.ndarray, spacing) -> None:
     if spec.channels != 1:
         raise DataError(None, f"the model expects {spec.channels} input channels, but the image "
                         "has 1 (bcseg images are grey); use a model trained on grey images")
@@ -432,10 +435,10 @@ def predict_volume(
     --------
     >>> mask, prob = predict_volume(model, stack, tta=True, postprocess=["largest"])  # doctest: +SKIP
     """
-    spec = _model_spec(model)
+    spec = model_spec(model)
     array = array if isinstance(array, np.ndarray) else np.asarray(array)
     _check_input(spec, array, spacing)
-    steps = _check_steps(postprocess)
+    steps = check_steps(postprocess)
     if not 0 <= threshold <= 1:
         raise ValueError(f"threshold must be in [0, 1], got {threshold}")
     if not 0 <= overlap < 1:
@@ -467,5 +470,5 @@ def predict_volume(
         _predict_windows(run, volume, stats, patch, overlap, batch_size, store, progress)
 
     if steps:
-        _apply_steps_inplace(mask, steps, min_size)
+        apply_steps_inplace(mask, steps, min_size)
     return mask, prob

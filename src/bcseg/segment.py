@@ -23,8 +23,8 @@ from bcseg import io
 from bcseg.atomic import atomic_path
 from bcseg.errors import BcsegError, ConfigError, DataError, ModelError, UsageError
 from bcseg.intensity import normalise
-from bcseg.postprocess import POSTPROCESS_STEPS, _check_steps
-from bcseg.predict import _model_spec, _release, load_model, predict_volume
+from bcseg.postprocess import POSTPROCESS_STEPS, check_steps, release_slices
+from bcseg.predict import load_model, model_spec, predict_volume
 
 MODEL_FILE = "model_best.keras"
 SETTINGS_FILE = "inference.json"
@@ -149,7 +149,7 @@ def _input_files(inputs) -> list[Path]:
 
 def _tiff_memmap(path: Path, shape, dtype, spacing) -> np.memmap:
     """An output TIFF with ImageJ spacing, memory-mapped so it is filled batch by batch."""
-    return tifffile.memmap(path, shape=tuple(shape), dtype=dtype, **io._imagej_kwargs(tuple(shape), spacing))
+    return tifffile.memmap(path, shape=tuple(shape), dtype=dtype, **io.imagej_kwargs(tuple(shape), spacing))
 
 
 def _max_projection(volume: np.ndarray, chunk: int = 16) -> np.ndarray:
@@ -157,7 +157,7 @@ def _max_projection(volume: np.ndarray, chunk: int = 16) -> np.ndarray:
     out = np.array(volume[0])
     for start in range(1, volume.shape[0], chunk):
         np.maximum(out, np.max(volume[start:start + chunk], axis=0), out=out)
-        _release(volume, start, start + chunk)
+        release_slices(volume, start, start + chunk)
     return out
 
 
@@ -255,13 +255,13 @@ def predict_files(
     """
     model_file, settings = resolve_model(model_path)
     model = load_model(model_file)
-    spec = _model_spec(model)
+    spec = model_spec(model)
     if settings["ndim"] is not None and settings["ndim"] != spec.ndim:
         raise ModelError(model_file, f"is a {spec.ndim}D model but its {SETTINGS_FILE} says ndim "
                          f"{settings['ndim']}")
     chosen = {"threshold": threshold, "tta": tta, "postprocess": postprocess, "min_size": min_size}
     options = {k: settings[k] if v is None else v for k, v in chosen.items()}
-    options["postprocess"] = _check_steps(options["postprocess"])
+    options["postprocess"] = check_steps(options["postprocess"])
     # A 2D model segments whole slices (fitted to input_size when it was trained so);
     # a saved patch size is for 3D windows.
     options["patch_size"] = settings["patch_size"] if spec.ndim == 3 else None

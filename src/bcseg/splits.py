@@ -106,11 +106,12 @@ def folds_from_file(path: str | Path, cases: list[Case]) -> dict[str, int]:
         shown = ", ".join(missing[:5]) + (" ..." if len(missing) > 5 else "")
         raise DataError(path, f"{len(missing)} case(s) have no fold: {shown}")
     folds = {c.id: by_key[c.id] for c in cases}
-    _check_groups_whole(cases, folds, path)
+    check_groups_whole(cases, folds, path)
     return folds
 
 
-def _check_groups_whole(cases: list[Case], folds: dict[str, int], source) -> None:
+def check_groups_whole(cases: list[Case], folds: dict[str, int], source) -> None:
+    """Raise DataError if any group (specimen) has cases in two folds."""
     seen: dict[str, int] = {}
     for case in cases:
         if seen.setdefault(case.group, folds[case.id]) != folds[case.id]:
