@@ -47,6 +47,19 @@ def test_options_build_and_run(ndim, options):
     assert _predict(model, np.ones(shape, np.float32)).shape == shape
 
 
+def test_max_filters_caps_every_level():
+    def widths(model):
+        return {layer.name: layer.filters for layer in model.layers
+                if isinstance(layer, keras.layers.Conv2D) and layer.name.endswith("conv1")}
+
+    free = widths(unet(base_filters=4, depth=3))
+    capped = widths(unet(base_filters=4, depth=3, max_filters=8))
+    # 4, 8, 16, 32 going down; the cap leaves 4 and 8 and cuts 16 and 32 to 8
+    assert sorted(set(free.values())) == [4, 8, 16, 32]
+    assert sorted(set(capped.values())) == [4, 8] and capped.keys() == free.keys()
+    assert capped["bottleneck_conv1"] == 8 and capped["enc0_conv1"] == 4
+
+
 def test_decoder_norm_only_puts_batch_norm_in_decoder_only():
     model = unet(base_filters=2, depth=2, decoder_norm_only=True)
     bn = [layer.name for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization)]
@@ -71,6 +84,7 @@ def test_output_stays_float32_under_mixed_precision():
     ({"upsample": "cubic"}, "upsample"),
     ({"stem_stride": 3}, "power of two"),
     ({"norm": None, "decoder_norm_only": True}, "decoder_norm_only"),
+    ({"base_filters": 8, "max_filters": 4}, "max_filters"),
 ])
 def test_bad_arguments_raise_value_error(bad, message):
     with pytest.raises(ValueError, match=message):

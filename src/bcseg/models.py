@@ -81,6 +81,7 @@ def unet(
     upsample: str = "transpose",
     decoder_norm_only: bool = False,
     stem_stride: int = 1,
+    max_filters: int | None = None,
     name: str | None = None,
 ) -> keras.Model:
     """Build a U-Net that maps an image to a one-channel tumour probability.
@@ -114,6 +115,10 @@ def unet(
         Stride of a first 3×3 convolution, so the U-Net runs at reduced
         resolution; a final upsampling and block restore the full size. 1 means no
         stem. Must be a power of two.
+    max_filters : int, optional
+        Cap on the filters of any level (as nnU-Net caps its deep levels). The
+        deepest levels hold most of the weights but see only a few pixels, so a
+        cap shrinks the saved model a lot for little loss; None means no cap.
     name : str, optional
         Model name; defaults to ``"unet2d"`` or ``"unet3d"``.
 
@@ -132,6 +137,13 @@ def unet(
     """
     _check_args(ndim, in_channels, base_filters, depth, norm, dropout, residual,
                 upsample, decoder_norm_only, stem_stride)
+    if max_filters is not None and (isinstance(max_filters, bool) or not isinstance(max_filters, int)
+                                    or max_filters < base_filters):
+        raise ValueError(f"max_filters must be an integer >= base_filters, got {max_filters!r}")
+
+    def width(level: int) -> int:
+        return min(base_filters * 2**level, max_filters or base_filters * 2**level)
+
     enc_norm = None if decoder_norm_only else norm
 
     inputs = keras.Input(shape=(None,) * ndim + (in_channels,), name="image")
@@ -142,15 +154,15 @@ def unet(
 
     skips = []
     for level in range(depth):
-        x = _conv_block(x, base_filters * 2**level, ndim, enc_norm, residual, f"enc{level}")
+        x = _conv_block(x, width(level), ndim, enc_norm, residual, f"enc{level}")
         skips.append(x)
         x = _layer("MaxPooling", ndim)(2, name=f"enc{level}_pool")(x)
-    x = _conv_block(x, base_filters * 2**depth, ndim, enc_norm, residual, "bottleneck")
+    x = _conv_block(x, width(depth), ndim, enc_norm, residual, "bottleneck")
     if dropout:
         x = layers.Dropout(dropout, name="bottleneck_dropout")(x)
 
     for level in reversed(range(depth)):
-        filters = base_filters * 2**level
+        filters = width(level)
         x = _upsample(x, filters, ndim, upsample, 2, f"dec{level}_up")
         x = layers.Concatenate(name=f"dec{level}_concat")([x, skips[level]])
         x = _conv_block(x, filters, ndim, norm, residual, f"dec{level}")

@@ -120,7 +120,8 @@ def build_model(cfg: dict) -> keras.Model:
     return unet(ndim=m["ndim"], base_filters=m["base_filters"], depth=m["depth"],
                 norm=None if m["norm"] == "none" else m["norm"], dropout=m["dropout"],
                 residual=m["residual"], upsample=m["upsample"],
-                decoder_norm_only=m["decoder_norm_only"], stem_stride=m["stem_stride"])
+                decoder_norm_only=m["decoder_norm_only"], stem_stride=m["stem_stride"],
+                max_filters=m["max_filters"] or None)
 
 
 def compile_model(model: keras.Model, cfg: dict) -> keras.Model:
