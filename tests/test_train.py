@@ -229,6 +229,29 @@ def test_3d_training_predicts_stack_shape(tmp_path, phantom):
         assert mask_spacing == pytest.approx(spacing)
 
 
+# --------------------------------------------------------------------------- mixed precision
+
+def test_mixed_precision_run_records_it_and_predicts_in_float32(tmp_path, phantom, run2d):
+    from bcseg.predict import load_model
+
+    out = tmp_path / "mixed"
+    train.train(phantom, out, overrides=TINY, mixed_precision=True)
+    assert keras.mixed_precision.global_policy().name == "float32"  # restored afterwards
+    assert load_config(out / "config.toml")["train"]["mixed_precision"] is True
+    saved = keras.saving.load_model(out / "model_best.keras", safe_mode=True, compile=False)
+    policies = {layer.dtype_policy.name for layer in saved.layers}
+    assert train.mixed_policy() in policies  # trained in bfloat16 on this CPU
+    model = load_model(out / "model_best.keras")
+    assert {layer.dtype_policy.name for layer in model.layers} == {"float32"}
+    for a, b in zip(model.get_weights(), saved.get_weights()):
+        np.testing.assert_array_equal(a, b)
+    x = np.random.default_rng(0).random((1, 32, 32, 1), dtype=np.float32)
+    reference = np.asarray(saved(x, training=False), dtype=np.float32)
+    # bfloat16 keeps ~3 significant digits: the float32 rebuild agrees to about that
+    np.testing.assert_allclose(np.asarray(model(x, training=False)), reference, atol=0.05)
+    assert (out / "predictions").is_dir() and (out / "inference.json").is_file()
+
+
 # --------------------------------------------------------------------------- determinism
 
 def test_identical_runs_give_identical_weights(tmp_path, phantom, run2d):

@@ -275,7 +275,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="replace an existing run")
     p.add_argument("--strategy", choices=["mirrored", "multiworker"],
                    help="tf.distribute strategy for several GPUs or machines")
-    p.add_argument("--mixed-precision", action="store_true", help="float16 compute on GPUs")
+    p.add_argument("--mixed-precision", action="store_true", help="float16 compute on a GPU, bfloat16 on a CPU (AVX512-BF16/AMX)")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("predict", help="segment images, stacks or folders with a trained model",

@@ -74,7 +74,31 @@ def load_model(path: str | Path) -> keras.Model:
                          "is it a .keras file saved by bcseg train?") from None
     if not isinstance(model, keras.Model):
         raise ModelError(path, "does not hold a Keras model")
-    return model
+    return _in_float32(model)
+
+
+def _in_float32(model: keras.Model) -> keras.Model:
+    """The model rebuilt to compute in float32 if it was trained under mixed precision.
+
+    A saved layer keeps its training dtype policy; float16 or bfloat16 compute is slow
+    or missing on many CPUs, and float32 is the reference for inference. The weights
+    are float32 under mixed precision, so they carry over unchanged.
+    """
+    if all(layer.dtype_policy.name == "float32" for layer in model.layers):
+        return model
+
+    def to_float32(node):
+        if isinstance(node, dict):
+            if node.get("class_name") in ("DTypePolicy", "FloatDTypePolicy"):
+                return dict(node, config=dict(node.get("config", {}), name="float32"))
+            return {k: to_float32(v) for k, v in node.items()}
+        if isinstance(node, list):
+            return [to_float32(v) for v in node]
+        return node
+
+    rebuilt = keras.Model.from_config(to_float32(model.get_config()))
+    rebuilt.set_weights(model.get_weights())
+    return rebuilt
 
 
 @dataclass(frozen=True)

@@ -404,7 +404,9 @@ def run_fold(cases: list[Case], folds: dict[str, int], fold: int, cfg: dict, out
             compile_model(model, cfg)
     state = fit(model, cfg, train_set, val_set, out, state)
 
-    best = keras.saving.load_model(out / "model_best.keras", safe_mode=True, compile=False)
+    from bcseg.predict import load_model
+
+    best = load_model(out / "model_best.keras")  # float32 compute, as inference will use
     settings = {"ndim": ndim, "threshold": cfg["inference"]["threshold"], "postprocess": [],
                 "min_size": 0, "tta": cfg["inference"]["tta"],
                 "input_size": d["size"] if ndim == 2 else None,
@@ -472,6 +474,8 @@ def train(data, out, config=None, overrides: dict | None = None, fold="0", folds
                               f"{cfg['model']['ndim']}D model; it cannot resume as another kind")
     else:
         cfg = load_config(config, overrides)
+        if mixed_precision:  # recorded in config.toml, so --resume keeps it
+            cfg["train"]["mixed_precision"] = True
     cases = list(data) if isinstance(data, (list, tuple)) else discover(data)
     if cfg["model"]["ndim"] == 3:
         from bcseg import io
@@ -489,8 +493,7 @@ def train(data, out, config=None, overrides: dict | None = None, fold="0", folds
     _prepare_run_dir(out, resume, force)
     handler = _start_log(out)
     try:
-        if mixed_precision:
-            keras.mixed_precision.set_global_policy("mixed_float16")
+        use_precision(cfg)
         tf.config.experimental.enable_op_determinism()
         keras.utils.set_random_seed(cfg["train"]["seed"])
         if not resume:
@@ -511,8 +514,36 @@ def train(data, out, config=None, overrides: dict | None = None, fold="0", folds
     finally:
         log.removeHandler(handler)
         handler.close()
-        if mixed_precision:
-            keras.mixed_precision.set_global_policy("float32")
+        keras.mixed_precision.set_global_policy("float32")
+
+
+def use_precision(cfg: dict) -> None:
+    """Set Keras's global dtype policy for training as ``train.mixed_precision`` asks."""
+    if cfg["train"]["mixed_precision"]:
+        keras.mixed_precision.set_global_policy(mixed_policy())
+        _say(f"mixed precision: {keras.mixed_precision.global_policy().name}")
+
+
+def mixed_policy() -> str:
+    """The mixed-precision policy for this machine: float16 on a GPU, bfloat16 on a
+    CPU with bfloat16 instructions, else plain float32.
+
+    GPUs have float16 tensor cores; recent x86 CPUs (AVX512-BF16, AMX) have bfloat16
+    instructions that oneDNN uses, and bfloat16 needs no loss scaling. Elsewhere
+    bfloat16 is emulated and slower than float32, so mixed precision is skipped.
+    Variables stay float32 under either policy, and the output layer computes in float32.
+    """
+    if tf.config.list_physical_devices("GPU"):
+        return "mixed_float16"
+    return "mixed_bfloat16" if _cpu_has_bfloat16() else "float32"
+
+
+def _cpu_has_bfloat16() -> bool:
+    try:
+        flags = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
+    except OSError:  # not Linux: no cheap way to tell, so stay safe
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
 def _init_model(init) -> Path | None:
