@@ -36,8 +36,10 @@ def main(argv=None) -> int:
     data = out / "phantom"
     if not data.exists():
         write_phantom(data, n=args.specimens, seed=args.seed)
+    # float32 for both starts: a run from --init computes as its starting model does
+    # (float32), so mixed precision for the scratch run alone would be a confound.
     overrides = {"train": {"epochs": args.epochs, "k": args.specimens, "seed": args.seed,
-                           "batch_size": 8}}
+                           "batch_size": 8, "mixed_precision": False}}
     results = {}
     for name, init in (("scratch", None), ("fine-tuned from busi", "busi")):
         started = time.perf_counter()
