@@ -65,16 +65,31 @@ def _weights(path: Path) -> list[np.ndarray]:
     return [w.numpy() for w in model.weights]
 
 
+# Identical runs match bit for bit in most full-suite runs, but about one in five
+# differed in the last float32 bits (oneDNN's threaded reductions are not always
+# ordered alike, even with op determinism on). A real fault (a lost optimiser state, an
+# epoch's learning rate or samples off by one) moves weights by far more than this.
+RTOL, ATOL = 1e-5, 1e-7
+
+
 def _assert_same_weights(a: Path, b: Path) -> None:
     first, second = _weights(a), _weights(b)
     assert len(first) == len(second)
     for x, y in zip(first, second):
-        assert np.array_equal(x, y)
+        np.testing.assert_allclose(x, y, rtol=RTOL, atol=ATOL)
 
 
 def _history(path: Path) -> list[dict]:
     with open(path, newline="", encoding="utf-8") as handle:
         return list(csv.DictReader(handle))
+
+
+def _assert_same_history(a: Path, b: Path) -> None:
+    first, second = _history(a), _history(b)
+    assert [row.keys() for row in first] == [row.keys() for row in second] and first
+    for x, y in zip(first, second):
+        assert {k: float(v) for k, v in x.items()} == pytest.approx(
+            {k: float(v) for k, v in y.items()}, rel=RTOL, abs=ATOL)
 
 
 def _partials(folder: Path) -> list[Path]:
@@ -259,7 +274,7 @@ def test_identical_runs_give_identical_weights(tmp_path, phantom, run2d):
     second = tmp_path / "again"
     train.train(phantom, second, overrides=TINY)
     _assert_same_weights(first / "model_last.keras", second / "model_last.keras")
-    assert _history(first / "history.csv") == _history(second / "history.csv")
+    _assert_same_history(first / "history.csv", second / "history.csv")
 
 
 # --------------------------------------------------------------------------- resume
@@ -323,7 +338,7 @@ def test_interrupted_and_resumed_run_equals_uninterrupted(tmp_path, phantom):
                   for r in (run_a, run_b)]
     for x, y in zip(*(o.variables for o in optimisers)):
         assert np.array_equal(x.numpy(), y.numpy())
-    assert _history(run_a / "history.csv") == _history(run_b / "history.csv")
+    _assert_same_history(run_a / "history.csv", run_b / "history.csv")
     assert json.loads((run_b / "state.json").read_text(encoding="utf-8"))["epoch"] == 3
     assert (run_b / "inference.json").is_file() and not _partials(run_b)
 
