@@ -660,8 +660,8 @@ def test_predict_interrupted_leaves_no_temporary_file(stacks, tmp_path, models, 
             assert any(PARTIAL_MARK in p.name for p in out.iterdir())  # s2's mask is open
             # raise() delivers SIGINT to this (main) thread, synchronously. Python raises
             # KeyboardInterrupt at its next check, which must not fall inside a garbage
-            # collector's __del__ (there it is printed and ignored: a flake seen in about
-            # one full-suite run in four), so collection waits and a plain call follows.
+            # collector's __del__ (there it is printed and ignored: the likely cause of a
+            # flake in 2 of 6 full-suite runs), so collection waits and a plain call follows.
             gc.disable()
             try:
                 signal.raise_signal(signal.SIGINT)

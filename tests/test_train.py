@@ -65,8 +65,8 @@ def _weights(path: Path) -> list[np.ndarray]:
     return [w.numpy() for w in model.weights]
 
 
-# Identical runs match bit for bit in most full-suite runs, but about one in five
-# differed in the last float32 bits (oneDNN's threaded reductions are not always
+# Identical runs match bit for bit in most full-suite runs, but 1 of 6 differed in
+# the last float32 bits (oneDNN's threaded reductions are not always
 # ordered alike, even with op determinism on). A real fault (a lost optimiser state, an
 # epoch's learning rate or samples off by one) moves weights by far more than this.
 RTOL, ATOL = 1e-5, 1e-7
