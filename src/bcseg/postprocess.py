@@ -207,8 +207,7 @@ def _slab_apply(src: np.ndarray, out: np.ndarray, counts, structure, keep_node: 
         _write(out, z0, z1, kept)
 
 
-def _slab_largest(src, out, slab=None) -> None:
-    slab = slab or _SLAB
+def _slab_largest(src, out, slab: int) -> None:
     counts, comp, sizes, first, _, structure = _slab_components(src, 3, False, slab)
     sizes[comp[0]] = 0  # background
     keep_comp = np.zeros(len(sizes), bool)
@@ -218,8 +217,7 @@ def _slab_largest(src, out, slab=None) -> None:
     _slab_apply(src, out, counts, structure, keep_comp[comp], False, slab)
 
 
-def _slab_small(src, out, min_size: int, slab=None) -> None:
-    slab = slab or _SLAB
+def _slab_small(src, out, min_size: int, slab: int) -> None:
     if min_size <= 1:
         for z0 in range(0, src.shape[0], slab):
             z1 = min(z0 + slab, src.shape[0])
@@ -233,21 +231,32 @@ def _slab_small(src, out, min_size: int, slab=None) -> None:
     _slab_apply(src, out, counts, structure, keep_comp[comp], False, slab)
 
 
-def _slab_fill(src, out, slab=None) -> None:
-    slab = slab or _SLAB
+def _slab_fill(src, out, slab: int) -> None:
     counts, comp, _, _, border, structure = _slab_components(src, 1, True, slab)
     holes = ~border
     holes[comp[0]] = False
     _slab_apply(src, out, counts, structure, holes[comp], True, slab)
 
 
-def _slab_step(step: str, src, out, min_size: int, slab=None) -> None:
-    if step == "largest":
-        _slab_largest(src, out, slab)
-    elif step == "fill":
-        _slab_fill(src, out, slab)
-    else:
-        _slab_small(src, out, min_size, slab)
+def _slab_steps(src: np.ndarray, out: np.ndarray, steps: Sequence[str], min_size: int) -> None:
+    """Apply ``steps`` slab by slab from ``src`` into ``out`` (which may be ``src``)."""
+    if "small" in steps:
+        _check_min_size(min_size)
+    for step in steps:
+        if step == "largest":
+            _slab_largest(src, out, _SLAB)
+        elif step == "fill":
+            _slab_fill(src, out, _SLAB)
+        else:
+            _slab_small(src, out, min_size, _SLAB)
+        src = out
+
+
+def _slabbed(mask, steps: Sequence[str], min_size: int = 0) -> np.ndarray:
+    """``steps`` applied slab by slab to a large stack, into a new bool array."""
+    out = np.empty(np.shape(mask), bool)
+    _slab_steps(np.asarray(mask), out, steps, min_size)
+    return out
 
 
 def _check_min_size(min_size) -> None:
@@ -264,10 +273,7 @@ def keep_largest_component(mask: np.ndarray) -> np.ndarray:
     array([False, False,  True,  True])
     """
     if _use_slabs(mask):
-        mask = np.asarray(mask)
-        out = np.empty(mask.shape, bool)
-        _slab_largest(mask, out)
-        return out
+        return _slabbed(mask, ["largest"])
     mask = _as_mask(mask)
     labels, count = _label(mask, mask.ndim)
     if count <= 1:
@@ -283,10 +289,7 @@ def remove_small_components(mask: np.ndarray, min_size: int) -> np.ndarray:
     """Remove connected components of fewer than ``min_size`` voxels (full connectivity)."""
     _check_min_size(min_size)
     if _use_slabs(mask):
-        mask = np.asarray(mask)
-        out = np.empty(mask.shape, bool)
-        _slab_small(mask, out, int(min_size))
-        return out
+        return _slabbed(mask, ["small"], int(min_size))
     mask = _as_mask(mask)
     if min_size <= 1:
         return mask.copy()
@@ -304,10 +307,7 @@ def fill_holes(mask: np.ndarray) -> np.ndarray:
     closed on every side are holes.
     """
     if _use_slabs(mask):
-        mask = np.asarray(mask)
-        out = np.empty(mask.shape, bool)
-        _slab_fill(mask, out)
-        return out
+        return _slabbed(mask, ["fill"])
     mask = _as_mask(mask)
     labels, count = _label(~mask, 1)
     outside = np.zeros(count + 1, bool)
@@ -332,13 +332,7 @@ def check_steps(steps: Sequence[str]) -> list[str]:
 
 def _apply_steps(mask: np.ndarray, steps: Sequence[str], min_size: int) -> np.ndarray:
     if steps and _use_slabs(mask):
-        if "small" in steps:
-            _check_min_size(min_size)
-        src, out = np.asarray(mask), np.empty(np.shape(mask), bool)
-        for step in steps:
-            _slab_step(step, src, out, min_size)
-            src = out
-        return out
+        return _slabbed(mask, steps, min_size)
     for step in steps:
         if step == "largest":
             mask = keep_largest_component(mask)
@@ -356,10 +350,7 @@ def apply_steps_inplace(mask: np.ndarray, steps: Sequence[str], min_size: int) -
     if not steps:
         return
     if _use_slabs(mask):
-        if "small" in steps:
-            _check_min_size(min_size)
-        for step in steps:
-            _slab_step(step, mask, mask, min_size)
+        _slab_steps(mask, mask, steps, min_size)
         return
     kept = _apply_steps(_as_mask(mask), steps, min_size)
     if mask.dtype == bool:
