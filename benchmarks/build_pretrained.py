@@ -85,7 +85,7 @@ def main(argv=None) -> int:
 
     from bcseg.config import load_config, save_config
     from bcseg.dataset import discover
-    from bcseg.train import run_fold, use_precision
+    from bcseg.train import run_fold, training_precision
 
     cases = [c for c in discover(args.data) if c.label_class in ("benign", "malignant")]
     out = Path(args.out)
@@ -94,10 +94,10 @@ def main(argv=None) -> int:
     save_config(cfg, out / "config.toml")
     # Every case in the training pool (fold 1) and none in the test fold 0: the
     # validation split of whole groups still chooses the epoch and the threshold.
-    use_precision(cfg)
-    run_fold(cases, {c.id: 1 for c in cases}, 0, cfg, out)
-    fold = json.loads((Path(args.out) / "fold.json").read_text(encoding="utf-8"))
-    bundle(Path(args.out), f"all {len(cases)} BUSI benign/malignant images "
+    with training_precision(cfg):
+        run_fold(cases, {c.id: 1 for c in cases}, 0, cfg, out)
+    fold = json.loads((out / "fold.json").read_text(encoding="utf-8"))
+    bundle(out, f"all {len(cases)} BUSI benign/malignant images "
            f"({len(fold['train'])} training, {len(fold['validation'])} validation); "
            "fold 0 included: no BUSI lesion image is unseen by this model", Path(args.target))
     return 0

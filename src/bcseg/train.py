@@ -16,6 +16,7 @@ all come from a validation split of whole groups taken from the training folds.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import logging
@@ -493,35 +494,40 @@ def train(data, out, config=None, overrides: dict | None = None, fold="0", folds
     _prepare_run_dir(out, resume, force)
     handler = _start_log(out)
     try:
-        use_precision(cfg)
-        tf.config.experimental.enable_op_determinism()
-        keras.utils.set_random_seed(cfg["train"]["seed"])
-        if not resume:
-            save_config(cfg, out / "config.toml")
-        if source is not None:
-            save_splits(out / "splits.json", cases, folds, seed=cfg["train"]["seed"], source=source)
-        init_model = _init_model(init)
-        results = []
-        for k in targets:
-            fold_dir = out if len(targets) == 1 else out / f"fold_{k}"
-            if resume and (fold_dir / "inference.json").is_file():
-                _say(f"fold {k} already finished")
-                continue
-            results.append(run_fold(cases, folds, k, cfg, fold_dir, resume, init_model, strategy))
-        if len(targets) > 1:
-            write_text(out / "folds_summary.json", json.dumps(results, indent=1, default=str) + "\n")
-        return results
+        with training_precision(cfg):
+            tf.config.experimental.enable_op_determinism()
+            keras.utils.set_random_seed(cfg["train"]["seed"])
+            if not resume:
+                save_config(cfg, out / "config.toml")
+            if source is not None:
+                save_splits(out / "splits.json", cases, folds, seed=cfg["train"]["seed"], source=source)
+            init_model = _init_model(init)
+            results = []
+            for k in targets:
+                fold_dir = out if len(targets) == 1 else out / f"fold_{k}"
+                if resume and (fold_dir / "inference.json").is_file():
+                    _say(f"fold {k} already finished")
+                    continue
+                results.append(run_fold(cases, folds, k, cfg, fold_dir, resume, init_model, strategy))
+            if len(targets) > 1:
+                write_text(out / "folds_summary.json", json.dumps(results, indent=1, default=str) + "\n")
+            return results
     finally:
         log.removeHandler(handler)
         handler.close()
-        keras.mixed_precision.set_global_policy("float32")
 
 
-def use_precision(cfg: dict) -> None:
-    """Set Keras's global dtype policy for training as ``train.mixed_precision`` asks."""
+@contextlib.contextmanager
+def training_precision(cfg: dict):
+    """Keras's global dtype policy as ``train.mixed_precision`` asks, restored on exit."""
+    previous = keras.mixed_precision.global_policy()
     if cfg["train"]["mixed_precision"]:
         keras.mixed_precision.set_global_policy(mixed_policy())
         _say(f"mixed precision: {keras.mixed_precision.global_policy().name}")
+    try:
+        yield
+    finally:
+        keras.mixed_precision.set_global_policy(previous)
 
 
 def mixed_policy() -> str:
