@@ -60,18 +60,17 @@ def _first_fold0_lesions(busi_root, n=3):
 
 def _dice_on_fold0(busi_root, tmp_path, model_args):
     from bcseg.cli import main
+    from bcseg.dataset import BUSI_OBSERVER, discover, read_case_masks
 
     rows = _first_fold0_lesions(busi_root)
     inputs = [str(busi_root / r["image"]) for r in rows]
     assert main(["predict", *inputs, "--out", str(tmp_path), *model_args]) == 0
+    cases = {c.image.resolve(): c for c in discover(busi_root)}
     scores = []
-    for row in rows:
-        stem = io.file_stem(row["image"])
-        predicted = io.read_mask(tmp_path / f"{stem}_mask.tif")
-        truth = None
-        for path in sorted((busi_root / row["image"]).parent.glob(f"{stem}_mask*.png")):
-            mask = io.read_mask(path)
-            truth = mask if truth is None else truth | mask
+    for image in inputs:
+        case = cases[Path(image).resolve()]
+        predicted = io.read_mask(tmp_path / f"{io.file_stem(image)}_mask.tif")
+        truth = read_case_masks(case)[BUSI_OBSERVER]  # several mask files: OR-merged
         scores.append(dice(predicted, truth))
     print("Dice on", [r["image"] for r in rows], scores)
     return scores
