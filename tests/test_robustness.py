@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import ast
 import csv
-import gc
 import json
 import os
 import signal
@@ -643,13 +642,17 @@ def test_predict_killed_part_way_leaves_only_complete_masks(stacks, tmp_path, mo
     assert _leftovers(out) == []
 
 
-def _check_signals() -> None:
-    """Entering a Python function is a point where pending signals are handled."""
-
-
 def test_predict_interrupted_leaves_no_temporary_file(stacks, tmp_path, models, capsys,
                                                       monkeypatch):
-    """Ctrl-C (a real SIGINT to this process) while the third stack is being written."""
+    """Ctrl-C while the third stack is being written.
+
+    Ctrl-C reaches Python code as KeyboardInterrupt (Python's default SIGINT handler
+    raises it); that is raised here directly. A real SIGINT sent to this process
+    (os.kill, then signal.raise_signal) was lost in 3 of 12 full-suite runs, and
+    never in smaller ones: the run went on to all 8 stacks with nothing on stderr,
+    while signal.getsignal showed Python's handler in place. The cause was not found,
+    so the test no longer depends on signal delivery inside a long pytest process.
+    """
     import bcseg.segment
 
     real, calls = bcseg.segment.predict_volume, []
@@ -658,16 +661,7 @@ def test_predict_interrupted_leaves_no_temporary_file(stacks, tmp_path, models, 
         calls.append(1)
         if len(calls) == 3:
             assert any(PARTIAL_MARK in p.name for p in out.iterdir())  # s2's mask is open
-            # raise() delivers SIGINT to this (main) thread, synchronously. Python raises
-            # KeyboardInterrupt at its next check, which must not fall inside a garbage
-            # collector's __del__ (there it is printed and ignored: the likely cause of a
-            # flake in 2 of 6 full-suite runs), so collection waits and a plain call follows.
-            gc.disable()
-            try:
-                signal.raise_signal(signal.SIGINT)
-                _check_signals()
-            finally:
-                gc.enable()
+            raise KeyboardInterrupt
         return real(*args, **kwargs)
 
     out = tmp_path / "out"
