@@ -38,8 +38,8 @@ TARGET = ROOT / "src" / "bcseg" / "pretrained"
 
 def bundle(run: Path, seen: str, target: Path = TARGET) -> Path:
     from bcseg.atomic import atomic_path, write_text
-    from bcseg.predict import load_model
-    from bcseg.pretrained import CITATION, MODEL_NAME
+    from bcseg.infer.predict import load_model
+    from bcseg.infer.pretrained import CITATION, MODEL_NAME
 
     model = load_model(run / "model_best.keras")  # float32 compute, whatever it trained in
     target.mkdir(parents=True, exist_ok=True)
@@ -84,8 +84,8 @@ def main(argv=None) -> int:
         return 0
 
     from bcseg.config import load_config, save_config
-    from bcseg.dataset import discover
-    from bcseg.train import run_fold, training_precision
+    from bcseg.data.dataset import discover
+    from bcseg.learn.train import run_fold, training_precision
 
     cases = [c for c in discover(args.data) if c.label_class in ("benign", "malignant")]
     out = Path(args.out)

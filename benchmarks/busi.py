@@ -44,9 +44,9 @@ def _rows(metrics_csv: Path) -> list[dict]:
 
 def _normal_empty_share(run: Path, normal_cases) -> float | None:
     """Share of the test fold's normal images that the model leaves empty."""
-    from bcseg.dataset import read_case_image
-    from bcseg.postprocess import postprocess
-    from bcseg.predict import load_model, predict_volume
+    from bcseg.data.dataset import read_case_image
+    from bcseg.infer.postprocess import postprocess
+    from bcseg.infer.predict import load_model, predict_volume
 
     if not normal_cases:
         return None
@@ -115,8 +115,8 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
 
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    from bcseg.dataset import discover
-    from bcseg.train import train
+    from bcseg.data.dataset import discover
+    from bcseg.learn.train import train
 
     data = Path(args.data)
     if not (data / "folds.csv").is_file():
@@ -124,7 +124,7 @@ def main(argv=None) -> int:
         return 3
     cases = discover(data)
     lesions = [c for c in cases if c.label_class in ("benign", "malignant")]
-    from bcseg.splits import folds_from_file
+    from bcseg.data.splits import folds_from_file
     all_folds = folds_from_file(data / "folds.csv", cases)
     classes = {c.id: c.label_class for c in cases}
     wanted = range(5) if args.folds == "all" else [int(f) for f in args.folds.split(",")]

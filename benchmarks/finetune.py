@@ -29,8 +29,8 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
 
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    from bcseg.phantom import write_phantom
-    from bcseg.train import train
+    from bcseg.data.phantom import write_phantom
+    from bcseg.learn.train import train
 
     out = Path(args.out)
     data = out / "phantom"

@@ -25,7 +25,7 @@ from pathlib import Path
 def _step_seconds(cfg: dict, steps: int) -> float:
     import numpy as np
 
-    from bcseg.train import build_model, compile_model
+    from bcseg.learn.train import build_model, compile_model
 
     size, batch = cfg["data"]["size"], cfg["train"]["batch_size"]
     rng = np.random.default_rng(0)
@@ -50,7 +50,7 @@ def main(argv=None) -> int:
 
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     from bcseg.config import load_config
-    from bcseg.train import mixed_policy, training_precision
+    from bcseg.learn.train import mixed_policy, training_precision
 
     times: dict[bool, list[float]] = {False: [], True: []}
     for _ in range(args.rounds):

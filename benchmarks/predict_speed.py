@@ -3,7 +3,7 @@
 What is measured (issue requirements in brackets):
 
 * seconds per 32 x 256 x 256 uint8 stack and slices/s through
-  :func:`bcseg.predict.predict_volume`, without and with mirror TTA, on two paths:
+  :func:`bcseg.infer.predict.predict_volume`, without and with mirror TTA, on two paths:
 
   - **native**: ``input_size=None``, whole 256 x 256 slices (what ``bcseg predict``
     does with a bare ``.keras`` file, which has no ``inference.json``);
@@ -164,8 +164,9 @@ def timed(fn, children: bool = False) -> dict:
 
 def default_model(folder: Path):
     """The default recipe's 2D U-Net, saved and loaded back as a user would."""
-    from bcseg import config, train
-    from bcseg.predict import load_model
+    from bcseg import config
+    from bcseg.learn import train
+    from bcseg.infer.predict import load_model
 
     cfg = config.load_config()
     if cfg["model"]["ndim"] != 2:
@@ -188,11 +189,11 @@ def _pad_to_divisor(x: np.ndarray, divisor: int) -> np.ndarray:
 
 def model_tensors(volume: np.ndarray, divisor: int, input_size: int | None, tta: bool) -> np.ndarray:
     """Exactly what ``predict_volume`` feeds the model for ``volume``: ``(M, H, W, 1)``."""
-    from bcseg.intensity import intensity_stats, normalise
+    from bcseg.data.intensity import intensity_stats, normalise
 
     x = normalise(volume, intensity_stats(volume))
     if input_size:
-        from bcseg.pipeline import to_square
+        from bcseg.learn.pipeline import to_square
         x = np.stack([to_square(s, input_size) for s in x])
     x = _pad_to_divisor(x, divisor)
     flips = [(), (1,), (2,), (1, 2)] if tta else [()]
@@ -201,7 +202,7 @@ def model_tensors(volume: np.ndarray, divisor: int, input_size: int | None, tta:
 
 def calls_batch(batch_size: int, item_shape) -> int:
     """The batch ``predict_volume`` uses for items of ``item_shape``."""
-    from bcseg.predict import VOXELS_PER_CALL
+    from bcseg.infer.predict import VOXELS_PER_CALL
     return max(1, min(batch_size, VOXELS_PER_CALL // max(1, math.prod(item_shape))))
 
 
@@ -213,8 +214,8 @@ def _median(values):
 
 def stack_speed(model, volume: np.ndarray, batch_size: int, repeats: int) -> dict:
     """predict_volume vs bare model.predict, 4 configurations, interleaved rounds."""
-    from bcseg.models import model_divisor
-    from bcseg.predict import predict_volume
+    from bcseg.learn.models import model_divisor
+    from bcseg.infer.predict import predict_volume
 
     divisor = model_divisor(model)
     configs = {}
@@ -284,7 +285,7 @@ def write_stack(path: Path, depth: int, seed: int) -> None:
     """An uncompressed ImageJ TIFF of random uint8 slices, written a chunk at a time."""
     import tifffile
 
-    from bcseg import io
+    from bcseg.data import io
 
     shape = (depth, *LARGE_PLANE)
     rng = np.random.default_rng(seed)
@@ -299,7 +300,7 @@ def write_stack(path: Path, depth: int, seed: int) -> None:
 def run_large_child(args: dict) -> None:
     """In a fresh process: segment one file with predict_files, report peak RSS."""
     t0 = time.perf_counter()
-    from bcseg.segment import predict_files
+    from bcseg.infer.segment import predict_files
 
     import_s = time.perf_counter() - t0
     rss_import = _status_kib("VmRSS")
@@ -339,7 +340,7 @@ def large_stack(model_path: Path, work: Path, depth: int, seed: int, paths: list
     """Peak RSS and time of predict_files on a depth x 1024 x 1024 TIFF, per path."""
     import tifffile
 
-    from bcseg import io
+    from bcseg.data import io
 
     stack = work / "large_stack.tif"
     t = time.perf_counter()

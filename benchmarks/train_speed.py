@@ -15,7 +15,7 @@ measures, on the same model and the same data size:
 Configurations: 2D at 128² and 256² (images/s) and 3D (patches/s) with the default
 patch ``patch_depth × size × size`` (16 × 128 × 128). Each one runs in a fresh
 subprocess, so its peak RSS (``ru_maxrss``) is its own. The data are synthetic
-phantom specimens (``bcseg.phantom.make_specimen``). Op determinism is enabled,
+phantom specimens (``bcseg.data.phantom.make_specimen``). Op determinism is enabled,
 as ``train.train`` does.
 
 The first fit call compiles the model; it and one pipeline epoch are run before
@@ -133,9 +133,9 @@ def _samples(ndim: int, size: int, depth: int):
     """Cached phantom samples like ``slice_samples`` / ``volume_samples`` build."""
     import numpy as np
 
-    from bcseg.intensity import normalise
-    from bcseg.phantom import make_specimen
-    from bcseg.pipeline import Samples
+    from bcseg.data.intensity import normalise
+    from bcseg.data.phantom import make_specimen
+    from bcseg.learn.pipeline import Samples
 
     specimens = [make_specimen((max(24, depth + 8), size, size), seed=k) for k in range(2)]
     images = [normalise(s["image"]) for s in specimens]
@@ -153,8 +153,9 @@ def worker(name: str, steps: int, epochs: int) -> dict:
     import keras
     import tensorflow as tf
 
-    from bcseg import pipeline, train
-    from bcseg.augment import AugmentConfig
+    from bcseg.learn import pipeline
+    from bcseg.learn import train
+    from bcseg.learn.augment import AugmentConfig
     from bcseg.config import load_config
 
     spec = CONFIGS[name]

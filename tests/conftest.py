@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from bcseg.phantom import write_phantom
+from bcseg.data.phantom import write_phantom
 
 REPO = Path(__file__).resolve().parents[1]
 BUSI = REPO.parent / "shared/datasets/busi"

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from bcseg.augment import (AugmentConfig, augment_2d, augment_3d, reference_offline_augment,
+from bcseg.learn.augment import (AugmentConfig, augment_2d, augment_3d, reference_offline_augment,
                            rotate_scale)
 from bcseg.errors import ConfigError
 

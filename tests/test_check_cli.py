@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 import tifffile
 
-from bcseg import io
-from bcseg.check import check_dataset, format_report
+from bcseg.data import io
+from bcseg.data.check import check_dataset, format_report
 from bcseg.cli import main
 
 from conftest import PHANTOM_N, PHANTOM_SHAPE

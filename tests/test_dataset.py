@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from bcseg import io
-from bcseg.dataset import Case, discover, read_case_image, read_case_masks, read_manifest, write_manifest
+from bcseg.data import io
+from bcseg.data.dataset import Case, discover, read_case_image, read_case_masks, read_manifest, write_manifest
 from bcseg.errors import DataError
 
 

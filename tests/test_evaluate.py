@@ -10,14 +10,14 @@ import warnings
 import numpy as np
 import pytest
 
-from bcseg import io
-from bcseg.dataset import Case, discover, read_case_image, read_case_masks
+from bcseg.data import io
+from bcseg.data.dataset import Case, discover, read_case_image, read_case_masks
 from bcseg.errors import DataError, UsageError
-from bcseg.evaluate import (METRIC_COLUMNS, NUMERIC_METRICS, ceiling_table, evaluate,
+from bcseg.measure.evaluate import (METRIC_COLUMNS, NUMERIC_METRICS, ceiling_table, evaluate,
                             find_predictions)
-from bcseg.metrics import case_metrics, pixel_soft_score, slice_metrics, summarise
-from bcseg.observers import agreement, consensus, union
-from bcseg.phantom import write_phantom
+from bcseg.measure.metrics import case_metrics, pixel_soft_score, slice_metrics, summarise
+from bcseg.measure.observers import agreement, consensus, union
+from bcseg.data.phantom import write_phantom
 
 SHAPE = (16, 40, 40)  # small, and valid for the phantom before and after its fix for short stacks
 N_BOOT = 300

@@ -7,7 +7,7 @@ import pytest
 import tifffile
 
 from bcseg.errors import DataError
-from bcseg.intensity import IntensityStats, intensity_stats, normalise, normalise_slices
+from bcseg.data.intensity import IntensityStats, intensity_stats, normalise, normalise_slices
 
 
 def test_uint8_is_divided_by_255_exactly():

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import tifffile
 
-from bcseg import io
+from bcseg.data import io
 from bcseg.errors import DataError, UsageError
 
 # A 5-slice stack of 20x30 with every pixel distinct within a slice (mod 251).

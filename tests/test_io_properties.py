@@ -19,7 +19,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
-from bcseg import io
+from bcseg.data import io
 from bcseg.errors import DataError, UsageError
 
 SPACING_RTOL = 1e-6

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from bcseg.losses import (SMOOTH, DiceMetric, IoUMetric, bce_dice_loss, bce_loss, get_loss,
+from bcseg.learn.losses import (SMOOTH, DiceMetric, IoUMetric, bce_dice_loss, bce_loss, get_loss,
                           soft_dice_loss)
 
 SPATIAL = {2: (8, 8), 3: (2, 8, 8)}

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from bcseg import io
-from bcseg import margins as M
+from bcseg.data import io
+from bcseg.measure import margins as M
 from bcseg.errors import DataError, UsageError
 
 SPACING = (0.5, 0.2, 0.3)  # mm per (z, y, x) voxel

@@ -10,7 +10,7 @@ import pytest
 import SimpleITK as sitk
 from scipy import ndimage
 
-from bcseg import metrics as M
+from bcseg.measure import metrics as M
 
 
 def rect(shape, *box):

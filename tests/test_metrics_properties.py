@@ -8,7 +8,7 @@ import numpy as np
 from hypothesis import given, settings, strategies as st
 from hypothesis.extra.numpy import arrays
 
-from bcseg import metrics as M
+from bcseg.measure import metrics as M
 
 FEW = settings(max_examples=50, deadline=None)
 

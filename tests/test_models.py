@@ -6,8 +6,8 @@ import keras
 import numpy as np
 import pytest
 
-from bcseg.losses import DiceMetric, bce_dice_loss
-from bcseg.models import model_divisor, size_divisor, unet
+from bcseg.learn.losses import DiceMetric, bce_dice_loss
+from bcseg.learn.models import model_divisor, size_divisor, unet
 
 
 def _predict(model, x):
@@ -130,6 +130,6 @@ def test_tiny_unet_memorises_discs_and_reloads_compiled(tmp_path):
 
     path = tmp_path / "trained.keras"
     model.save(path)
-    loaded = keras.saving.load_model(path, safe_mode=True)  # compile=True: bcseg.losses imported
+    loaded = keras.saving.load_model(path, safe_mode=True)  # compile=True: bcseg.learn.losses imported
     assert loaded.loss is bce_dice_loss
     np.testing.assert_allclose(_predict(loaded, x), _predict(model, x), atol=1e-6)

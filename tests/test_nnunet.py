@@ -12,11 +12,11 @@ import pytest
 import SimpleITK as sitk
 import tifffile
 
-from bcseg import io
-from bcseg.dataset import discover
+from bcseg.data import io
+from bcseg.data.dataset import discover
 from bcseg.errors import DataError, UsageError
 from bcseg.nnunet import export_nnunet
-from bcseg.phantom import write_phantom
+from bcseg.data.phantom import write_phantom
 
 SPACING = (1.0, 0.25, 0.25)  # the phantom's (z, y, x)
 

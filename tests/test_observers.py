@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from bcseg import observers as O
+from bcseg.measure import observers as O
 
 
 def rect(shape, *box):

@@ -9,9 +9,9 @@ import pytest
 import tifffile
 from scipy import ndimage
 
-from bcseg import io
+from bcseg.data import io
 from bcseg.errors import UsageError
-from bcseg.phantom import make_specimen, write_phantom
+from bcseg.data.phantom import make_specimen, write_phantom
 
 from conftest import PHANTOM_N, PHANTOM_SHAPE
 

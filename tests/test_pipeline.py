@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from bcseg import pipeline
-from bcseg.dataset import discover, read_case_masks
+from bcseg.learn import pipeline
+from bcseg.data.dataset import discover, read_case_masks
 from bcseg.errors import DataError
-from bcseg.pipeline import Samples, draw_indices, epoch_arrays, from_square, to_square
+from bcseg.learn.pipeline import Samples, draw_indices, epoch_arrays, from_square, to_square
 
 
 def _smooth_image(h: int, w: int) -> np.ndarray:
@@ -168,7 +168,7 @@ def test_reference_offline_augmentation_gives_24_per_slice(phantom_root):
 
 
 def test_volume_samples_refuse_2d_images(tmp_path):
-    from bcseg import io
+    from bcseg.data import io
 
     yy, xx = np.mgrid[:16, :16]
     io.write_image(tmp_path / "images" / "a.tif", ((yy + xx) * 4).astype(np.uint8))
@@ -186,8 +186,8 @@ def test_validation_arrays():
 
 def test_epoch_dataset_replays_exactly_and_differs_across_epochs():
     """--resume relies on this: the same (seed, epoch) gives the same augmented batches."""
-    from bcseg.augment import AugmentConfig
-    from bcseg.pipeline import epoch_dataset
+    from bcseg.learn.augment import AugmentConfig
+    from bcseg.learn.pipeline import epoch_dataset
 
     rng = np.random.default_rng(0)
     images = rng.random((12, 32, 32, 1)).astype(np.float32)

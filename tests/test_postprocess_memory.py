@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 from scipy import ndimage as ndi
 
-from bcseg import postprocess as pp
-from bcseg.postprocess import (fill_holes, keep_largest_component, postprocess,
+from bcseg.infer import postprocess as pp
+from bcseg.infer.postprocess import (fill_holes, keep_largest_component, postprocess,
                                remove_small_components)
 
 

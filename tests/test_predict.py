@@ -11,12 +11,12 @@ import pytest
 import tifffile
 from keras import layers
 
-from bcseg import io
+from bcseg.data import io
 from bcseg.errors import ConfigError, DataError, ModelError, UsageError
-from bcseg.models import unet
-from bcseg.postprocess import fill_holes, keep_largest_component, postprocess, remove_small_components
-from bcseg.predict import load_model, predict_volume
-from bcseg.segment import inference_settings, predict_files, resolve_model
+from bcseg.learn.models import unet
+from bcseg.infer.postprocess import fill_holes, keep_largest_component, postprocess, remove_small_components
+from bcseg.infer.predict import load_model, predict_volume
+from bcseg.infer.segment import inference_settings, predict_files, resolve_model
 
 
 def _layer(kind, ndim):
@@ -100,7 +100,7 @@ def test_2d_model_on_stack_equals_slice_by_slice(unet2d, stack):
 
 
 def test_input_size_fits_slices_as_training_did(unet2d, stack):
-    from bcseg.pipeline import from_square, to_square
+    from bcseg.learn.pipeline import from_square, to_square
 
     volume = stack[:2, :30, :21]
     _, prob = predict_volume(unet2d, volume, input_size=16)

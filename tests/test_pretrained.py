@@ -15,10 +15,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bcseg import io
+from bcseg.data import io
 from bcseg.config import load_config
-from bcseg.metrics import dice
-from bcseg.pretrained import CITATION, pretrained_info, pretrained_path
+from bcseg.measure.metrics import dice
+from bcseg.infer.pretrained import CITATION, pretrained_info, pretrained_path
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 HELDOUT = Path(__file__).parent / "data" / "busi_heldout"
@@ -42,7 +42,7 @@ def test_heldout_twin_never_saw_fold0():
 
 
 def test_bundled_model_loads_safely_and_predicts_any_size():
-    from bcseg.predict import load_model, predict_volume
+    from bcseg.infer.predict import load_model, predict_volume
 
     model = load_model(pretrained_path())
     image = np.random.default_rng(0).integers(0, 255, (77, 131), dtype=np.uint8)
@@ -60,7 +60,7 @@ def _first_fold0_lesions(busi_root, n=3):
 
 def _dice_on_fold0(busi_root, tmp_path, model_args):
     from bcseg.cli import main
-    from bcseg.dataset import BUSI_OBSERVER, discover, read_case_masks
+    from bcseg.data.dataset import BUSI_OBSERVER, discover, read_case_masks
 
     rows = _first_fold0_lesions(busi_root)
     inputs = [str(busi_root / r["image"]) for r in rows]

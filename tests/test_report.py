@@ -10,12 +10,12 @@ import numpy as np
 import pytest
 from matplotlib.image import imread
 
-from bcseg import io
-from bcseg.dataset import discover, read_case_masks
+from bcseg.data import io
+from bcseg.data.dataset import discover, read_case_masks
 from bcseg.errors import DataError
-from bcseg.evaluate import ceiling_table, evaluate
-from bcseg.phantom import write_phantom
-from bcseg.report import (build_report, choose_examples, plot_case_metrics, plot_examples,
+from bcseg.measure.evaluate import ceiling_table, evaluate
+from bcseg.data.phantom import write_phantom
+from bcseg.report.html import (build_report, choose_examples, plot_case_metrics, plot_examples,
                           plot_history)
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"

@@ -32,13 +32,13 @@ import numpy as np
 import pytest
 import tifffile
 
-from bcseg import io
+from bcseg.data import io
 from bcseg.atomic import PARTIAL_MARK, remove_partials
 from bcseg.cli import main
 from bcseg.errors import DataError
-from bcseg.models import unet
-from bcseg.phantom import write_phantom
-from bcseg.predict import load_model
+from bcseg.learn.models import unet
+from bcseg.data.phantom import write_phantom
+from bcseg.infer.predict import load_model
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -653,9 +653,9 @@ def test_predict_interrupted_leaves_no_temporary_file(stacks, tmp_path, models, 
     while signal.getsignal showed Python's handler in place. The cause was not found,
     so the test no longer depends on signal delivery inside a long pytest process.
     """
-    import bcseg.segment
+    import bcseg.infer.segment
 
-    real, calls = bcseg.segment.predict_volume, []
+    real, calls = bcseg.infer.segment.predict_volume, []
 
     def predict_then_interrupt(*args, **kwargs):
         calls.append(1)
@@ -665,7 +665,7 @@ def test_predict_interrupted_leaves_no_temporary_file(stacks, tmp_path, models, 
         return real(*args, **kwargs)
 
     out = tmp_path / "out"
-    monkeypatch.setattr(bcseg.segment, "predict_volume", predict_then_interrupt)
+    monkeypatch.setattr(bcseg.infer.segment, "predict_volume", predict_then_interrupt)
     code, _, err = run_main(capsys, _predict(tmp_path, stacks, models["2d"]))
     assert code == 130 and len(calls) == 3, (code, len(calls), err[-2000:])
     assert one_error_line(err) == "bcseg: error: interrupted"

@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from bcseg import io
-from bcseg.dataset import Case, discover
+from bcseg.data import io
+from bcseg.data.dataset import Case, discover
 from bcseg.errors import DataError
-from bcseg.splits import (folds_from_file, kfold_by_group, load_splits, near_duplicate_groups,
+from bcseg.data.splits import (folds_from_file, kfold_by_group, load_splits, near_duplicate_groups,
                           save_splits, validation_ids)
 
 

@@ -28,11 +28,13 @@ import pytest
 import tifffile
 from PIL import Image
 
-from bcseg import cli, io, train
+from bcseg import cli
+from bcseg.data import io
+from bcseg.learn import train
 from bcseg.config import load_config
-from bcseg.dataset import Case, discover
+from bcseg.data.dataset import Case, discover
 from bcseg.errors import UsageError
-from bcseg.phantom import write_phantom
+from bcseg.data.phantom import write_phantom
 
 SHAPE = (16, 32, 32)  # (Z, H, W) of every phantom specimen
 N_SPECIMENS = 3       # fewer than k = 5 folds: the pilot-study path
@@ -247,7 +249,7 @@ def test_3d_training_predicts_stack_shape(tmp_path, phantom):
 # --------------------------------------------------------------------------- mixed precision
 
 def test_mixed_precision_run_records_it_and_predicts_in_float32(tmp_path, phantom, run2d):
-    from bcseg.predict import load_model
+    from bcseg.infer.predict import load_model
 
     out = tmp_path / "mixed"
     train.train(phantom, out, overrides=TINY, mixed_precision=True)

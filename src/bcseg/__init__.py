@@ -13,13 +13,13 @@ from __future__ import annotations
 __version__ = "0.1.0"
 
 _LAZY = {
-    "predict_volume": "bcseg.predict",
-    "load_model": "bcseg.predict",
-    "unet": "bcseg.models",
-    "train": "bcseg.train",
-    "evaluate": "bcseg.evaluate",
-    "discover": "bcseg.dataset",
-    "write_phantom": "bcseg.phantom",
+    "predict_volume": "bcseg.infer.predict",
+    "load_model": "bcseg.infer.predict",
+    "unet": "bcseg.learn.models",
+    "train": "bcseg.learn.train",
+    "evaluate": "bcseg.measure.evaluate",
+    "discover": "bcseg.data.dataset",
+    "write_phantom": "bcseg.data.phantom",
 }
 
 __all__ = sorted(_LAZY)

@@ -36,7 +36,7 @@ def _shape(values: list[int]) -> tuple[int, ...]:
 # --------------------------------------------------------------------------- handlers
 
 def cmd_phantom(args) -> int:
-    from bcseg.phantom import write_phantom
+    from bcseg.data.phantom import write_phantom
 
     images = write_phantom(args.out, n=args.n, shape=tuple(args.shape), seed=args.seed,
                            truth=args.truth, force=args.force)
@@ -46,7 +46,7 @@ def cmd_phantom(args) -> int:
 
 
 def cmd_check(args) -> int:
-    from bcseg.check import check_dataset, format_report
+    from bcseg.data.check import check_dataset, format_report
 
     report = check_dataset(args.data)
     print(format_report(report))
@@ -58,8 +58,8 @@ def cmd_check(args) -> int:
 
 
 def cmd_split(args) -> int:
-    from bcseg.dataset import discover
-    from bcseg.splits import folds_from_file, kfold_by_group, near_duplicate_groups, save_splits
+    from bcseg.data.dataset import discover
+    from bcseg.data.splits import folds_from_file, kfold_by_group, near_duplicate_groups, save_splits
 
     cases = discover(args.data)
     if args.near_duplicates:
@@ -91,7 +91,7 @@ def _train_overrides(args) -> dict:
 
 
 def cmd_train(args) -> int:
-    from bcseg.train import Interrupted, train
+    from bcseg.learn.train import Interrupted, train
 
     fold = "all" if args.folds == "all" else (args.fold if args.fold is not None else 0)
     try:
@@ -111,13 +111,13 @@ def cmd_train(args) -> int:
 
 
 def cmd_predict(args) -> int:
-    from bcseg.segment import predict_files
+    from bcseg.infer.segment import predict_files
 
     postprocess = None if args.postprocess is None else [
         step for step in args.postprocess.split(",") if step and step != "none"]
     model = args.model
     if model is None:
-        from bcseg.pretrained import pretrained_path
+        from bcseg.infer.pretrained import pretrained_path
         model = pretrained_path()
         print(f"no --model given: using the bundled BUSI model {model.name}")
     records = predict_files(model, args.inputs, args.out, threshold=args.threshold,
@@ -137,7 +137,7 @@ def cmd_predict(args) -> int:
 
 
 def _margins_after_predict(records: list[dict], args) -> None:
-    from bcseg.margins import margins_for_files, write_margins_csv
+    from bcseg.measure.margins import margins_for_files, write_margins_csv
 
     rows = []
     for record in records:
@@ -151,33 +151,33 @@ def _margins_after_predict(records: list[dict], args) -> None:
 
 
 def cmd_evaluate(args) -> int:
-    from bcseg.evaluate import evaluate
+    from bcseg.measure.evaluate import evaluate
 
     result = evaluate(args.pred, args.truth, args.out, observers=args.observer or "all",
                       force=args.force)
     _print_headline(result)
     if not args.no_report:
-        from bcseg.report import build_report
+        from bcseg.report.html import build_report
         print(f"report: {build_report(args.out)}")
     return 0
 
 
 def _print_headline(result: dict) -> None:
-    from bcseg.evaluate import headline_lines
+    from bcseg.measure.evaluate import headline_lines
 
     for line in headline_lines(result):
         print(line)
 
 
 def cmd_report(args) -> int:
-    from bcseg.report import build_report
+    from bcseg.report.html import build_report
 
     print(f"report: {build_report(args.run)}")
     return 0
 
 
 def cmd_margins(args) -> int:
-    from bcseg.margins import margins_for_files
+    from bcseg.measure.margins import margins_for_files
 
     result = margins_for_files(args.image, args.tumour, args.out, specimen_path=args.specimen,
                                spacing_mm=args.spacing, orientation=args.orientation,
@@ -196,8 +196,8 @@ def cmd_export_nnunet(args) -> int:
 
     folds = None
     if args.folds_file:
-        from bcseg.dataset import discover
-        from bcseg.splits import folds_from_file
+        from bcseg.data.dataset import discover
+        from bcseg.data.splits import folds_from_file
         folds = folds_from_file(args.folds_file, discover(args.data))
     path = export_nnunet(args.data, args.out, args.dataset_id, args.name, observer=args.observer,
                          folds=folds, k=args.k, seed=args.seed, file_ending=args.file_ending,

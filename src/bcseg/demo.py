@@ -14,7 +14,7 @@ from pathlib import Path
 
 from bcseg.atomic import require_new
 from bcseg.errors import UsageError
-from bcseg.phantom import write_phantom
+from bcseg.data.phantom import write_phantom
 
 DEMO_SPECIMENS = 10
 DEMO_SHAPE = (24, 128, 128)
@@ -35,7 +35,7 @@ def _headline(run: Path) -> dict:
 def run_demo(out: str | Path = "demo-run", force: bool = False, epochs_2d: int | None = None,
              epochs_3d: int | None = None, specimens: int = DEMO_SPECIMENS) -> dict:
     """Run the demo into ``out`` and return the headline numbers and paths."""
-    from bcseg.train import train
+    from bcseg.learn.train import train
 
     out = Path(out)
     require_new(out, force)

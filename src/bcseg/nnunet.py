@@ -44,12 +44,12 @@ from typing import Iterable, Mapping
 
 import numpy as np
 
-from bcseg import io
+from bcseg.data import io
 from bcseg.atomic import PARTIAL_MARK, atomic_path, require_new, write_text
-from bcseg.dataset import Case, discover, read_case_image, read_case_masks
+from bcseg.data.dataset import Case, discover, read_case_image, read_case_masks
 from bcseg.errors import DataError, UsageError
-from bcseg.observers import METHODS, consensus
-from bcseg.splits import check_groups_whole, kfold_by_group
+from bcseg.measure.observers import METHODS, consensus
+from bcseg.data.splits import check_groups_whole, kfold_by_group
 
 __all__ = ["export_nnunet", "dataset_folder_name", "FILE_ENDINGS", "CASE_MAP", "SPLITS_FILE"]
 
@@ -111,7 +111,7 @@ def export_nnunet(data: str | Path | Iterable[Case], out: str | Path, dataset_id
     Parameters
     ----------
     data : str, Path or iterable of Case
-        A dataset folder or manifest (read with :func:`bcseg.dataset.discover`), or
+        A dataset folder or manifest (read with :func:`bcseg.data.dataset.discover`), or
         the cases themselves.
     out : str or Path
         The ``nnUNet_raw`` folder; the dataset goes to ``OUT/DatasetXXX_NAME/``.
@@ -125,8 +125,8 @@ def export_nnunet(data: str | Path | Iterable[Case], out: str | Path, dataset_id
         The label: ``"union"``, ``"intersection"``, ``"staple"`` of the observers'
         masks, or one observer's name. Written as uint8 0/1.
     folds : dict of str to int, optional
-        Fold per bcseg case id (e.g. from :func:`bcseg.splits.folds_from_file`).
-        Default: :func:`bcseg.splits.kfold_by_group` with ``k`` and ``seed``, as
+        Fold per bcseg case id (e.g. from :func:`bcseg.data.splits.folds_from_file`).
+        Default: :func:`bcseg.data.splits.kfold_by_group` with ``k`` and ``seed``, as
         bcseg's own training uses. Groups are never split.
     k, seed : int
         Folds and seed when ``folds`` is not given.
@@ -161,7 +161,7 @@ def export_nnunet(data: str | Path | Iterable[Case], out: str | Path, dataset_id
     ``nnUNetv2_train XXX CONFIG FOLD`` holds out the same specimens as bcseg's fold
     ``FOLD`` (the case map gives bcseg's fold number per case).
 
-    Images are written as grey (RGB is converted as :func:`bcseg.io.read_image`
+    Images are written as grey (RGB is converted as :func:`bcseg.data.io.read_image`
     does), one channel. The folder appears only when complete: it is built under a
     hidden temporary name and renamed at the end, each file written atomically.
     Stacks without spacing get ``(1, 1, 1)`` mm, nnU-Net's own assumption, with a

@@ -10,7 +10,7 @@ model's input rank:
   ``(Z, H, W)`` stack and blends overlapping windows with Gaussian weights
   (nnU-Net / MONAI style).
 
-Every slice or window is normalised with volume-wide :mod:`bcseg.intensity`
+Every slice or window is normalised with volume-wide :mod:`bcseg.data.intensity`
 statistics, reflect-padded to a multiple of the model's size divisor and cropped
 back, so the mask has the input's exact shape. Mirror test-time augmentation (TTA)
 averages the predictions of all flips of the spatial axes (4 in 2D, 8 in 3D).
@@ -39,9 +39,9 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from bcseg.errors import DataError, ModelError
-from bcseg.intensity import intensity_stats, normalise
-from bcseg.models import model_divisor
-from bcseg.postprocess import apply_steps_inplace, check_steps, release_slices
+from bcseg.data.intensity import intensity_stats, normalise
+from bcseg.learn.models import model_divisor
+from bcseg.infer.postprocess import apply_steps_inplace, check_steps, release_slices
 
 VOXELS_PER_CALL = 1 << 20  # caps the batch so activations of large slices stay bounded
 DEFAULT_PATCH = 128        # default 3D window edge (before rounding to the divisor)
@@ -279,7 +279,7 @@ def _slice_predictor(run, spec, plane, patch, overlap, input_size):
     Returns the function and the spatial shape of one model input.
     """
     if input_size:  # as trained: pad to a square at bottom/right, resize, and back
-        from bcseg.pipeline import from_square, to_square  # heavy imports, only when needed
+        from bcseg.learn.pipeline import from_square, to_square  # heavy imports, only when needed
 
         target = (_round_up(input_size, spec.divisor),) * 2
         if any(f is not None and f != t for f, t in zip(spec.fixed, target)):
@@ -428,8 +428,8 @@ def predict_volume(
     input_size : int, optional
         For a 2D model trained on slices fitted to ``input_size`` squares (the
         ``size`` of ``bcseg train``; ``input_size`` in its ``inference.json``): each
-        slice is fitted the same way (:func:`bcseg.pipeline.to_square`) and the
-        probability mapped back to the slice (:func:`bcseg.pipeline.from_square`).
+        slice is fitted the same way (:func:`bcseg.learn.pipeline.to_square`) and the
+        probability mapped back to the slice (:func:`bcseg.learn.pipeline.from_square`).
     mask_out : ndarray, optional
         Array of ``array``'s shape to write the mask into: bool, or uint8 which
         receives 0/255 (for example a ``tifffile.memmap`` mask file).

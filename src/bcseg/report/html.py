@@ -32,12 +32,12 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import FormatStrFormatter, MaxNLocator, NullFormatter
 from scipy import ndimage
 
-from bcseg import io
+from bcseg.data import io
 from bcseg.atomic import atomic_path, write_text
 from bcseg.errors import BcsegError, DataError
-from bcseg.evaluate import CEILING_COLUMNS, INTER_OBSERVER, OUTPUTS, ceiling_table
-from bcseg.metrics import as_mask, dice
-from bcseg.observers import METHODS, union
+from bcseg.measure.evaluate import CEILING_COLUMNS, INTER_OBSERVER, OUTPUTS, ceiling_table
+from bcseg.measure.metrics import as_mask, dice
+from bcseg.measure.observers import METHODS, union
 
 __all__ = ["plot_history", "plot_case_metrics", "plot_examples", "choose_examples", "build_report",
            "TRUTH_RGB", "PRED_RGB"]
@@ -594,7 +594,7 @@ def build_report(run_or_eval_dir: str | Path, out: str | Path | None = None,
 
     Looks in the folder and below for ``history.csv`` (training curves),
     evaluations (folders holding ``summary.json`` and ``metrics.csv`` from
-    :func:`bcseg.evaluate.evaluate`) and ``*_margins.csv`` files, redraws the
+    :func:`bcseg.measure.evaluate.evaluate`) and ``*_margins.csv`` files, redraws the
     figures (the PNGs are written beside their sources) and embeds them as data
     URIs, so the HTML has no external resources. Rebuilding replaces the report.
 

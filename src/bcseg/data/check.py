@@ -13,8 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
-from bcseg import io
-from bcseg.dataset import Case, discover
+from bcseg.data import io
+from bcseg.data.dataset import Case, discover
 from bcseg.errors import DataError
 
 

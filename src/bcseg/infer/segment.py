@@ -1,6 +1,6 @@
 """Segment image files and folders with a trained run: the work behind ``bcseg predict``.
 
-Reads each input memory-mapped where possible, runs :func:`bcseg.predict.predict_volume`
+Reads each input memory-mapped where possible, runs :func:`bcseg.infer.predict.predict_volume`
 with the run's inference settings (``inference.json``: threshold, post-processing,
 TTA, input size, chosen on the run's validation split), and writes the mask (and
 optionally the probability map and a quick-look PNG) with the input's exact shape
@@ -19,12 +19,12 @@ import numpy as np
 import tifffile
 from tqdm.auto import tqdm
 
-from bcseg import io
+from bcseg.data import io
 from bcseg.atomic import atomic_path
 from bcseg.errors import BcsegError, ConfigError, DataError, ModelError, UsageError
-from bcseg.intensity import normalise
-from bcseg.postprocess import POSTPROCESS_STEPS, check_steps, release_slices
-from bcseg.predict import load_model, model_spec, predict_volume
+from bcseg.data.intensity import normalise
+from bcseg.infer.postprocess import POSTPROCESS_STEPS, check_steps, release_slices
+from bcseg.infer.predict import load_model, model_spec, predict_volume
 
 MODEL_FILE = "model_best.keras"
 SETTINGS_FILE = "inference.json"

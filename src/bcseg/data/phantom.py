@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
-from bcseg import io
+from bcseg.data import io
 from bcseg.atomic import require_new
 
 DEFAULT_SHAPE = (24, 128, 128)

@@ -32,18 +32,18 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from bcseg import pipeline
+from bcseg.learn import pipeline
 from bcseg.atomic import atomic_path, partial_name, remove_partials, write_text
-from bcseg.augment import AugmentConfig
+from bcseg.learn.augment import AugmentConfig
 from bcseg.config import load_config, save_config
-from bcseg.dataset import Case, discover
+from bcseg.data.dataset import Case, discover
 from bcseg.errors import ConfigError, DataError, UsageError
-from bcseg.losses import DiceMetric, IoUMetric, get_loss
-from bcseg.models import unet
-from bcseg.splits import folds_from_file, kfold_by_group, load_splits, save_splits, validation_ids
+from bcseg.learn.losses import DiceMetric, IoUMetric, get_loss
+from bcseg.learn.models import unet
+from bcseg.data.splits import folds_from_file, kfold_by_group, load_splits, save_splits, validation_ids
 
 HISTORY_COLUMNS = ["epoch", "loss", "dice", "iou", "val_loss", "val_dice", "val_iou", "lr"]
-log = logging.getLogger("bcseg.train")
+log = logging.getLogger("bcseg.learn.train")
 
 
 class Interrupted(Exception):
@@ -208,7 +208,7 @@ def _save_checkpoint(model: keras.Model, out: Path, state: dict) -> None:
 
 def _plot(out: Path) -> None:
     try:
-        from bcseg.report import plot_history
+        from bcseg.report.html import plot_history
     except ImportError:  # the report module is optional for training itself
         return
     plot_history(out / "history.csv", out)
@@ -292,8 +292,8 @@ def _after_epoch(model, cfg: dict, out: Path, state: dict, row: dict) -> dict:
 # --------------------------------------------------------------------------- after training
 
 def _segment(model, case: Case, settings: dict):
-    from bcseg.dataset import read_case_image
-    from bcseg.predict import predict_volume
+    from bcseg.data.dataset import read_case_image
+    from bcseg.infer.predict import predict_volume
 
     image, spacing = read_case_image(case)
     options = {k: settings[k] for k in ("input_size", "patch_size") if settings.get(k)}
@@ -308,9 +308,9 @@ def tune_inference(model, cases: list[Case], cfg: dict, settings: dict) -> dict:
     Only the validation split (whole groups from the training folds) is used, never
     the test fold. TTA is tried only where the configuration asks for tuning.
     """
-    from bcseg.dataset import read_case_masks
-    from bcseg.metrics import dice
-    from bcseg.postprocess import postprocess
+    from bcseg.data.dataset import read_case_masks
+    from bcseg.measure.metrics import dice
+    from bcseg.infer.postprocess import postprocess
 
     if not cases or not cfg["inference"]["tune"]:
         return settings
@@ -337,8 +337,8 @@ def tune_inference(model, cases: list[Case], cfg: dict, settings: dict) -> dict:
 
 def predict_test(model, cases: list[Case], out: Path, settings: dict) -> Path:
     """Segment the test cases into ``out/predictions`` with the tuned settings."""
-    from bcseg import io
-    from bcseg.postprocess import postprocess
+    from bcseg.data import io
+    from bcseg.infer.postprocess import postprocess
 
     folder = out / "predictions"
     for case in cases:
@@ -351,12 +351,12 @@ def predict_test(model, cases: list[Case], out: Path, settings: dict) -> Path:
 
 def _evaluate_test(out: Path, predictions: Path, cases: list[Case]) -> dict:
     try:
-        from bcseg.evaluate import evaluate
+        from bcseg.measure.evaluate import evaluate
     except ImportError:
         return {}
     result = evaluate(predictions, cases, out, force=True)
     try:
-        from bcseg.report import build_report
+        from bcseg.report.html import build_report
         build_report(out)
     except ImportError:
         pass
@@ -405,7 +405,7 @@ def run_fold(cases: list[Case], folds: dict[str, int], fold: int, cfg: dict, out
             compile_model(model, cfg)
     state = fit(model, cfg, train_set, val_set, out, state)
 
-    from bcseg.predict import load_model
+    from bcseg.infer.predict import load_model
 
     best = load_model(out / "model_best.keras")  # float32 compute, as inference will use
     settings = {"ndim": ndim, "threshold": cfg["inference"]["threshold"], "postprocess": [],
@@ -448,7 +448,7 @@ def train(data, out, config=None, overrides: dict | None = None, fold="0", folds
     Parameters
     ----------
     data : str or Path or list of Case
-        Dataset folder or manifest (see :func:`bcseg.dataset.discover`), or cases.
+        Dataset folder or manifest (see :func:`bcseg.data.dataset.discover`), or cases.
     out : str or Path
         Run directory. With ``fold="all"``, one ``fold_K`` folder per fold.
     config : str or Path, optional
@@ -479,7 +479,7 @@ def train(data, out, config=None, overrides: dict | None = None, fold="0", folds
             cfg["train"]["mixed_precision"] = True
     cases = list(data) if isinstance(data, (list, tuple)) else discover(data)
     if cfg["model"]["ndim"] == 3:
-        from bcseg import io
+        from bcseg.data import io
         flat = [c.image for c in cases[:50] if io.read_image(c.image, mmap=True)[0].ndim == 2]
         if flat:
             raise DataError(flat[0], "is a 2D image; a 3D model trains on 3D stacks only "
@@ -556,7 +556,7 @@ def _init_model(init) -> Path | None:
     if not init:
         return None
     if init == "busi":
-        from bcseg.pretrained import pretrained_path
+        from bcseg.infer.pretrained import pretrained_path
         return pretrained_path()
     path = Path(init)
     if not path.is_file():

@@ -14,7 +14,7 @@ from typing import Mapping, Sequence
 import numpy as np
 import SimpleITK as sitk
 
-from bcseg.metrics import as_mask, case_metrics
+from bcseg.measure.metrics import as_mask, case_metrics
 
 __all__ = ["union", "intersection", "staple", "consensus", "agreement", "METHODS"]
 
@@ -128,7 +128,7 @@ def consensus(masks: Mapping[str, np.ndarray], method: str) -> np.ndarray:
 
 
 def agreement(masks: Mapping[str, np.ndarray], spacing_mm=None) -> list[dict]:
-    """Inter-observer agreement: :func:`bcseg.metrics.case_metrics` for every pair.
+    """Inter-observer agreement: :func:`bcseg.measure.metrics.case_metrics` for every pair.
 
     Pairs follow the order of ``masks``; in each row ``observer_a`` plays the
     prediction and ``observer_b`` the reference, which matters only for

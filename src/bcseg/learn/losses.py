@@ -6,7 +6,7 @@ and Keras averages them over the batch.
 
 The losses and metrics are registered with
 ``keras.saving.register_keras_serializable(package="bcseg")``. A model compiled with
-them saves normally; loading it with ``compile=True`` needs ``bcseg.losses`` imported
+them saves normally; loading it with ``compile=True`` needs ``bcseg.learn.losses`` imported
 first (importing registers them). Inference needs neither: load with
 ``keras.saving.load_model(path, safe_mode=True, compile=False)``.
 """

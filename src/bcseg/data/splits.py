@@ -15,9 +15,9 @@ from pathlib import Path
 
 import numpy as np
 
-from bcseg import io
+from bcseg.data import io
 from bcseg.atomic import write_text
-from bcseg.dataset import Case
+from bcseg.data.dataset import Case
 from bcseg.errors import DataError
 
 

@@ -11,12 +11,12 @@ each other, which is the ceiling a model can be expected to reach.
     One row per (case, reference) with ``level`` ``specimen`` (3D) or ``image``
     (2D), then, for stacks, one row per (case, reference, slice) with ``level``
     ``slice``. Columns: ``case, reference, level, slice`` and every key of
-    :func:`bcseg.metrics.case_metrics`.
+    :func:`bcseg.measure.metrics.case_metrics`.
 ``agreement.csv``
-    The observers against each other (:func:`bcseg.observers.agreement`), one row
+    The observers against each other (:func:`bcseg.measure.observers.agreement`), one row
     per case and pair: ``case, level, observer_a, observer_b`` and the metrics.
 ``summary.json``
-    Per reference and metric, :func:`bcseg.metrics.summarise` over *cases*
+    Per reference and metric, :func:`bcseg.measure.metrics.summarise` over *cases*
     (mean, SD, median, bootstrap CI of the mean), plus the reference study's
     ``pixel_soft_score`` beside the true per-case Dice. See :func:`evaluate`.
 
@@ -37,12 +37,12 @@ from typing import Iterable, Mapping, Sequence
 
 import numpy as np
 
-from bcseg import io
+from bcseg.data import io
 from bcseg.atomic import write_text
-from bcseg.dataset import Case, discover, read_case_image, read_case_masks
+from bcseg.data.dataset import Case, discover, read_case_image, read_case_masks
 from bcseg.errors import DataError, UsageError
-from bcseg.metrics import case_metrics, dice, pixel_soft_score, slice_metrics, summarise
-from bcseg.observers import METHODS, agreement, consensus, union
+from bcseg.measure.metrics import case_metrics, dice, pixel_soft_score, slice_metrics, summarise
+from bcseg.measure.observers import METHODS, agreement, consensus, union
 
 __all__ = ["evaluate", "find_predictions", "ceiling_table", "OUTPUTS", "METRIC_COLUMNS",
            "INTER_OBSERVER", "PIXEL_SOFT_NOTE"]
@@ -75,7 +75,7 @@ def find_predictions(pred_dir: str | Path) -> dict[str, dict[str, Path | None]]:
     """Prediction files in ``pred_dir``: case id -> ``{"mask": path, "prob": path or None}``.
 
     Masks are ``<case id>_mask.<suffix>`` and probability maps
-    ``<case id>_prob.<suffix>``, with any suffix of :data:`bcseg.io.IMAGE_SUFFIXES`.
+    ``<case id>_prob.<suffix>``, with any suffix of :data:`bcseg.data.io.IMAGE_SUFFIXES`.
     Other files are ignored.
 
     Raises
@@ -307,10 +307,10 @@ def evaluate(pred_dir: str | Path, truth, out_dir: str | Path, observers: str | 
     ----------
     pred_dir : str or Path
         Folder of ``<case id>_mask.tif`` predictions (any suffix of
-        :data:`bcseg.io.IMAGE_SUFFIXES`), optionally with ``<case id>_prob.tif``
+        :data:`bcseg.data.io.IMAGE_SUFFIXES`), optionally with ``<case id>_prob.tif``
         probability maps, used for ``pixel_soft_score`` when present.
     truth : str, Path or list of Case
-        A dataset folder or manifest (:func:`bcseg.dataset.discover`) or the cases.
+        A dataset folder or manifest (:func:`bcseg.data.dataset.discover`) or the cases.
         Only cases with a prediction are evaluated.
     out_dir : str or Path
         Where ``metrics.csv``, ``agreement.csv`` and ``summary.json`` go.
@@ -325,7 +325,7 @@ def evaluate(pred_dir: str | Path, truth, out_dir: str | Path, observers: str | 
     slices : bool
         Also write per-slice rows for 3D stacks (never used in the summary).
     n_boot, seed : int
-        Bootstrap resamples and seed for the CIs (:func:`bcseg.metrics.summarise`).
+        Bootstrap resamples and seed for the CIs (:func:`bcseg.measure.metrics.summarise`).
     progress : bool
         Show a progress bar over the cases.
 
@@ -357,7 +357,7 @@ def evaluate(pred_dir: str | Path, truth, out_dir: str | Path, observers: str | 
     (``value``, ``reference``, ``dice_mean`` against the same reference,
     ``n_cases``, ``n_pixels``, ``n_cases_with_probability``, ``note``),
     ``settings`` and ``inputs`` (the files of every case, which
-    :func:`bcseg.report.build_report` reads to draw examples). NaN is written as
+    :func:`bcseg.report.html.build_report` reads to draw examples). NaN is written as
     ``null``. Statistics are over cases, never slices: ``n`` is a case count.
     """
     pred_dir, out_dir = Path(pred_dir), Path(out_dir)
@@ -500,7 +500,7 @@ def ceiling_table(summary: Mapping) -> list[dict]:
         ``dice_median``, ``dice_ci`` "low–high", ``hd95`` and ``assd``
         "mean ± SD unit", with "(k inf)" when k cases had exactly one empty
         mask (left out of the mean). The raw numbers are under ``stats``
-        (``dice``, ``hd95``, ``assd`` -> the :func:`bcseg.metrics.summarise`
+        (``dice``, ``hd95``, ``assd`` -> the :func:`bcseg.measure.metrics.summarise`
         dict); ``reference`` and ``unit`` name the reference and the unit.
     """
     if isinstance(summary, (str, Path)):

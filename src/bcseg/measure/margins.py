@@ -11,7 +11,7 @@ Definitions (the numbers are only as good as these; say them next to any result)
 -------------------------------------------------------------------------------
 *Surface.* The specimen's surface voxels are the specimen voxels with at least one
 background voxel among their 26 neighbours (the same definition as
-:func:`bcseg.metrics.surface_distances`). Outside the array counts as background, so
+:func:`bcseg.measure.metrics.surface_distances`). Outside the array counts as background, so
 where the specimen touches the edge of the image the "surface" is the edge of the field
 of view, not the specimen; a warning names those faces.
 
@@ -58,7 +58,7 @@ from scipy import ndimage
 from scipy.spatial import cKDTree
 from skimage.filters import threshold_otsu
 
-from bcseg import io
+from bcseg.data import io
 from bcseg.atomic import atomic_path, write_text
 from bcseg.errors import DataError, UsageError
 
@@ -300,7 +300,7 @@ def specimen_mask(volume, spacing_mm=None, sigma_mm: float = 0.5, opening_mm: fl
 # ------------------------------------------------------------------------- margins
 def _surface(mask: np.ndarray) -> np.ndarray:
     """Voxels of ``mask`` with a background voxel (or the array edge) among their 26
-    neighbours, as in :mod:`bcseg.metrics`."""
+    neighbours, as in :mod:`bcseg.measure.metrics`."""
     structure = ndimage.generate_binary_structure(mask.ndim, mask.ndim)
     return mask & ~ndimage.binary_erosion(mask, structure=structure, border_value=0)
 

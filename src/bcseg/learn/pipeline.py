@@ -19,11 +19,11 @@ import numpy as np
 import tensorflow as tf
 from skimage.transform import resize
 
-from bcseg.augment import AugmentConfig, augment_2d, augment_3d, reference_offline_augment
-from bcseg.dataset import Case, read_case_image, read_case_masks
+from bcseg.learn.augment import AugmentConfig, augment_2d, augment_3d, reference_offline_augment
+from bcseg.data.dataset import Case, read_case_image, read_case_masks
 from bcseg.errors import DataError
-from bcseg.intensity import normalise
-from bcseg.observers import consensus
+from bcseg.data.intensity import normalise
+from bcseg.measure.observers import consensus
 
 RANDOM_OBSERVER = "random"
 

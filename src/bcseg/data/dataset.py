@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bcseg import io
+from bcseg.data import io
 from bcseg.errors import DataError
 
 BUSI_OBSERVER = "reference"

@@ -1,0 +1,1 @@
+"""Segmenting images and stacks with a trained model: prediction, post-processing, files."""

@@ -1,0 +1,1 @@
+"""Model builders, losses, augmentation, tf.data pipelines and the training loop."""

@@ -1,0 +1,1 @@
+"""Metrics, observer consensus, evaluation against observers, surgical margins. No TensorFlow here."""
