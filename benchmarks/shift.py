@@ -1,0 +1,226 @@
+"""Scanner-shift benchmark: how much Dice a BUSI model loses on shifted images.
+
+Users bring their own scanner and protocol. This script takes the lesion images of
+BUSI fold 0 (never seen by the held-out twin model), applies synthetic scanner
+shifts, each at three strengths, and scores the model's masks against the truth
+with the model's own inference settings. The shifts stand for what differs between
+scanners: gamma and contrast (display and dynamic range), a gain ramp with depth
+(time-gain compensation), blur and resampling (resolution and focus), speckle of
+another grain, and JPEG compression (exported images).
+
+The shifts are written here in NumPy/SciPy, independently of the training
+augmentation, so the benchmark does not grade the augmentation by its own yardstick.
+
+Examples
+--------
+All 130 fold-0 lesion images, every shift (a few minutes on 2 cores)::
+
+    .venv/bin/python benchmarks/shift.py --out bench-out/shift
+
+The bundled model instead of the held-out twin (it saw fold 0: only the losses are
+meaningful, not the level)::
+
+    .venv/bin/python benchmarks/shift.py --model src/bcseg/pretrained/busi_unet2d.keras
+
+A one-minute check::
+
+    .venv/bin/python benchmarks/shift.py --quick
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io as bytes_io
+import json
+import os
+import platform
+import re
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+from scipy import ndimage
+
+ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_DATA = ROOT.parent / "shared" / "datasets" / "busi"
+DEFAULT_MODEL = ROOT / "tests" / "data" / "busi_heldout" / "busi_unet2d.keras"
+STRENGTHS = ("mild", "moderate", "strong")
+
+
+def _to_uint8(x: np.ndarray) -> np.ndarray:
+    return np.clip(np.rint(x), 0, 255).astype(np.uint8)
+
+
+def gamma(image, value):
+    return _to_uint8(255.0 * (image / 255.0) ** value)
+
+
+def gain_ramp(image, bottom_gain):
+    """Gain 1 at the transducer (top row) rising or falling linearly to ``bottom_gain``."""
+    ramp = np.linspace(1.0, bottom_gain, image.shape[0])[:, None]
+    return _to_uint8(image * ramp)
+
+
+def blur(image, sigma_px):
+    return _to_uint8(ndimage.gaussian_filter(image.astype(np.float32), sigma_px))
+
+
+def resample(image, factor):
+    """Down-sample by ``factor`` and back: a coarser scanner at the same field of view."""
+    small = ndimage.zoom(image.astype(np.float32), factor, order=1)
+    back = ndimage.zoom(small, np.array(image.shape) / np.array(small.shape), order=1)
+    return _to_uint8(back[: image.shape[0], : image.shape[1]])
+
+
+def speckle(image, grain_px, seed=0):
+    """Multiplicative speckle (unit-mean gamma-like field) of a given grain size."""
+    rng = np.random.default_rng(seed)
+    field = rng.standard_normal(image.shape)
+    field = ndimage.gaussian_filter(field, grain_px)
+    field = 1.0 + 0.35 * field / (field.std() + 1e-9)
+    return _to_uint8(image * np.clip(field, 0.1, None))
+
+
+def contrast(image, factor):
+    """Compress the dynamic range about the image mean."""
+    mean = image.mean()
+    return _to_uint8(mean + (image - mean) * factor)
+
+
+def jpeg(image, quality):
+    import imageio.v3 as iio
+
+    buffer = iio.imwrite("<bytes>", image, extension=".jpg", quality=quality)
+    return iio.imread(bytes_io.BytesIO(buffer), extension=".jpg")
+
+
+# name -> (function, value per strength); "moderate" is the level the recipe targets.
+SHIFTS = {
+    "gamma dark": (gamma, (1.2, 1.5, 2.0)),
+    "gamma bright": (gamma, (0.85, 0.67, 0.5)),
+    "gain ramp down": (gain_ramp, (0.85, 0.7, 0.5)),
+    "gain ramp up": (gain_ramp, (1.15, 1.3, 1.6)),
+    "blur": (blur, (0.75, 1.5, 3.0)),
+    "resample": (resample, (0.75, 0.5, 0.33)),
+    "speckle": (speckle, (0.75, 1.5, 3.0)),
+    "contrast": (contrast, (0.8, 0.6, 0.4)),
+    "jpeg": (jpeg, (50, 20, 8)),
+}
+
+
+def _grey(image: np.ndarray) -> np.ndarray:
+    return image if image.ndim == 2 else image[..., :3].mean(axis=-1).astype(np.uint8)
+
+
+def load_fold(data: Path, fold: int, limit: int | None):
+    """(id, image uint8, truth bool) of the fold's lesion images, in folds.csv order."""
+    from bcseg.data.dataset import BUSI_OBSERVER, discover, read_case_image, read_case_masks
+    from bcseg.data.splits import folds_from_file
+
+    cases = discover(data)
+    folds = folds_from_file(data / "folds.csv", cases)
+    chosen = [c for c in cases if folds[c.id] == fold and c.label_class in ("benign", "malignant")]
+    out = []
+    for case in chosen[:limit]:
+        image, _ = read_case_image(case)
+        out.append((case.id, case.label_class, _grey(np.asarray(image)),
+                    read_case_masks(case)[BUSI_OBSERVER]))
+    return out
+
+
+def model_settings(model_path: Path) -> dict:
+    """The model's inference settings: its run's inference.json beside it."""
+    settings = json.loads((model_path.parent / "inference.json").read_text())
+    return {k: settings[k] for k in ("threshold", "postprocess", "input_size", "tta")}
+
+
+def segment(model, image, settings) -> np.ndarray:
+    from bcseg.infer.postprocess import postprocess
+    from bcseg.infer.predict import predict_volume
+
+    _, prob = predict_volume(model, image, input_size=settings["input_size"], tta=settings["tta"])
+    return postprocess(prob > settings["threshold"], settings["postprocess"])
+
+
+def score(model, images, settings, shift=None) -> np.ndarray:
+    from bcseg.measure.metrics import dice
+
+    scores = []
+    for i, (_, _, image, truth) in enumerate(images):
+        shifted = image if shift is None else shift(image)
+        scores.append(dice(segment(model, shifted, settings), truth))
+    return np.array(scores)
+
+
+def cpu_flags() -> str:
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return platform.machine()
+    avx512 = sorted(set(re.findall(r"\bavx512[a-z_0-9]*", text)))
+    base = "AVX2" if re.search(r"\bavx2\b", text) else "no AVX2"
+    return f"{base}, " + (" ".join(avx512) if avx512 else "no AVX-512")
+
+
+def table(result: dict) -> str:
+    lines = [f"Clean: Dice {result['clean']:.3f} on {result['n']} fold-{result['fold']} lesion images.", "",
+             "| shift | " + " | ".join(f"{s} (value)" for s in result["strengths"]) + " |",
+             "|---|" + "---|" * len(result["strengths"])]
+    for name, row in result["shifts"].items():
+        cells = [f"{r['dice']:.3f} ({r['dice'] - result['clean']:+.3f}; {r['value']:g})" for r in row]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    lines += ["", f"Model: {result['model']}. CPU: {result['cpu']}, {os.cpu_count()} cores. "
+              f"Wall time {result['seconds']:.0f} s."]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data", default=str(DEFAULT_DATA), help="BUSI folder with folds.csv")
+    parser.add_argument("--model", default=str(DEFAULT_MODEL),
+                        help=".keras model with inference.json beside it (default: held-out twin)")
+    parser.add_argument("--fold", type=int, default=0)
+    parser.add_argument("--out", default="bench-out/shift")
+    parser.add_argument("--quick", action="store_true",
+                        help="20 images, moderate strength only (about a minute)")
+    args = parser.parse_args(argv)
+
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    data = Path(args.data)
+    if not (data / "folds.csv").is_file():
+        print(f"shift.py: error: {data}: BUSI with folds.csv not found", file=sys.stderr)
+        return 3
+    from bcseg.infer.predict import load_model
+
+    started = time.perf_counter()
+    images = load_fold(data, args.fold, 20 if args.quick else None)
+    model_path = Path(args.model)
+    model, settings = load_model(model_path), model_settings(model_path)
+    strengths = ("moderate",) if args.quick else STRENGTHS
+    clean = score(model, images, settings)
+    result = {"model": str(model_path), "settings": settings, "fold": args.fold, "n": len(images),
+              "clean": float(clean.mean()), "strengths": strengths, "shifts": {}, "cpu": cpu_flags()}
+    for name, (function, values) in SHIFTS.items():
+        row = []
+        for strength in strengths:
+            value = values[STRENGTHS.index(strength)]
+            scores = score(model, images, settings, lambda im: function(im, value))
+            row.append({"strength": strength, "value": value, "dice": float(scores.mean()),
+                        "missed": float((scores < 0.5).mean())})
+        result["shifts"][name] = row
+        print(f"{name}: " + ", ".join(f"{r['strength']} {r['dice']:.3f}" for r in row), flush=True)
+    result["seconds"] = time.perf_counter() - started
+    out = Path(args.out)
+    from bcseg.atomic import write_text
+
+    write_text(out / "shift.json", json.dumps(result, indent=1) + "\n")
+    text = table(result)
+    write_text(out / "shift.md", text)
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
