@@ -23,6 +23,8 @@ from skimage.transform import resize, rotate
 
 from bcseg.errors import ConfigError
 
+MAX_BLUR = 4.0  # pixels; bounds the Gaussian kernel of the blur and speckle-grain steps
+
 
 @dataclasses.dataclass(frozen=True)
 class AugmentConfig:
@@ -57,6 +59,23 @@ class AugmentConfig:
         Standard deviation of multiplicative noise: ``image * (1 + N(0, speckle))``.
     p_intensity : float
         Probability of applying the intensity steps (brightness to speckle).
+    gain_ramp : float
+        Scanner shift: a gain that runs linearly from 1 at the transducer (top row)
+        to ``1 + u`` at the bottom, ``u`` drawn from [-gain_ramp, gain_ramp]; stands
+        for another time-gain compensation.
+    blur : float
+        Scanner shift: Gaussian blur with sigma drawn from [0, blur] pixels (another
+        focus or resolution), in-plane only.
+    resample : float
+        Scanner shift: down-sample by a factor drawn from [1 - resample, 1] and back
+        (a coarser scanner at the same field of view).
+    speckle_grain : float
+        Scanner shift: the multiplicative speckle noise is smoothed with a sigma drawn
+        from [0, speckle_grain] pixels, so its grain varies like another probe's; its
+        standard deviation stays ``speckle``.
+
+    The scanner-shift steps are off (0) by default, so recipes that do not name them
+    replay exactly as before; they run inside the intensity step with their own seeds.
     """
 
     enabled: bool = True
@@ -71,6 +90,10 @@ class AugmentConfig:
     gamma: tuple[float, float] = (0.7, 1.5)
     speckle: float = 0.1
     p_intensity: float = 1.0
+    gain_ramp: float = 0.0
+    blur: float = 0.0
+    resample: float = 0.0
+    speckle_grain: float = 0.0
 
     def __post_init__(self):
         def check(ok, problem):
@@ -86,13 +109,19 @@ class AugmentConfig:
         check(self.brightness >= 0, f"brightness must be >= 0, got {self.brightness}")
         check(0 <= self.contrast < 1, f"contrast must be in [0, 1), got {self.contrast}")
         check(self.speckle >= 0, f"speckle must be >= 0, got {self.speckle}")
+        check(0 <= self.gain_ramp < 1, f"gain_ramp must be in [0, 1), got {self.gain_ramp}")
+        check(0 <= self.blur <= MAX_BLUR, f"blur must be in [0, {MAX_BLUR}] pixels, got {self.blur}")
+        check(0 <= self.resample < 1, f"resample must be in [0, 1), got {self.resample}")
+        check(0 <= self.speckle_grain <= MAX_BLUR,
+              f"speckle_grain must be in [0, {MAX_BLUR}] pixels, got {self.speckle_grain}")
 
     @classmethod
     def none(cls) -> AugmentConfig:
         """A configuration with every step switched off (the identity)."""
         return cls(enabled=False, rotation_deg=0.0, scale=(1.0, 1.0), flip_lr=False,
                    flip_ud=False, flip_z=False, brightness=0.0, contrast=0.0,
-                   gamma=(1.0, 1.0), speckle=0.0)
+                   gamma=(1.0, 1.0), speckle=0.0, gain_ramp=0.0, blur=0.0, resample=0.0,
+                   speckle_grain=0.0)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> AugmentConfig:
@@ -215,7 +244,12 @@ def augment_3d(volume, mask, seed, config: AugmentConfig = AugmentConfig()):
 
 
 def _changes_intensity(config: AugmentConfig) -> bool:
-    return bool(config.brightness or config.contrast or config.speckle or config.gamma != (1.0, 1.0))
+    return bool(config.brightness or config.contrast or config.speckle or config.gamma != (1.0, 1.0)
+                or _shifts_scanner(config))
+
+
+def _shifts_scanner(config: AugmentConfig) -> bool:
+    return bool(config.gain_ramp or config.blur or config.resample)
 
 
 def _intensity(volume, config, uniform, noise_seed):
@@ -232,8 +266,60 @@ def _intensity(volume, config, uniform, noise_seed):
         volume = volume ** tf.exp(uniform(math.log(config.gamma[0]), math.log(config.gamma[1])))
     if config.speckle:
         noise = tf.random.stateless_normal(tf.shape(volume), noise_seed, stddev=config.speckle)
+        if config.speckle_grain:
+            noise = _grain(noise, config, noise_seed)
         volume = tf.clip_by_value(volume * (1.0 + noise), 0.0, 1.0)
+    if _shifts_scanner(config):
+        volume = _scanner_shift(volume, config, noise_seed)
     return volume
+
+
+def _draw(seed, k: int, lo: float, hi: float):
+    """A uniform draw of its own for the scanner-shift step ``k``.
+
+    Folded in from the noise seed rather than taken from the shared stream, so
+    switching a step on leaves every other step's draws unchanged.
+    """
+    return tf.random.stateless_uniform([], tf.random.experimental.stateless_fold_in(seed, k), lo, hi)
+
+
+def _gaussian_blur(volume, sigma):
+    """Blur each slice of ``(D, H, W, C)`` in-plane with a Gaussian of ``sigma`` pixels."""
+    radius = int(math.ceil(3 * MAX_BLUR))
+    x = tf.range(-radius, radius + 1, dtype=tf.float32)
+    kernel = tf.exp(-0.5 * (x / tf.maximum(sigma, 1e-3)) ** 2)
+    kernel = kernel / tf.reduce_sum(kernel)
+    channels = tf.shape(volume)[-1]
+    rows = tf.tile(tf.reshape(kernel, [-1, 1, 1, 1]), [1, 1, channels, 1])
+    cols = tf.tile(tf.reshape(kernel, [1, -1, 1, 1]), [1, 1, channels, 1])
+    padded = tf.pad(volume, [[0, 0], [radius, radius], [radius, radius], [0, 0]], mode="SYMMETRIC")
+    blurred = tf.nn.depthwise_conv2d(padded, rows, [1, 1, 1, 1], "VALID")
+    return tf.nn.depthwise_conv2d(blurred, cols, [1, 1, 1, 1], "VALID")
+
+
+def _grain(noise, config, seed):
+    """Smooth the speckle noise to a random grain, keeping its standard deviation."""
+    sigma = _draw(seed, 1, 0.0, config.speckle_grain)
+    smooth = _gaussian_blur(noise, sigma)
+    scale = config.speckle / (tf.math.reduce_std(smooth) + 1e-6)
+    return tf.cond(sigma > 0.25, lambda: smooth * scale, lambda: noise)
+
+
+def _scanner_shift(volume, config, seed):
+    """Depth gain ramp, blur and resampling: what differs between scanners."""
+    if config.gain_ramp:
+        bottom = 1.0 + _draw(seed, 2, -config.gain_ramp, config.gain_ramp)
+        ramp = tf.linspace(1.0, bottom, tf.shape(volume)[1])
+        volume = volume * tf.reshape(ramp, [1, -1, 1, 1])
+    if config.blur:
+        sigma = _draw(seed, 3, 0.0, config.blur)
+        volume = tf.cond(sigma > 0.25, lambda: _gaussian_blur(volume, sigma), lambda: volume)
+    if config.resample:
+        factor = _draw(seed, 4, 1.0 - config.resample, 1.0)
+        size = tf.shape(volume)[1:3]
+        small = tf.maximum(tf.cast(tf.round(tf.cast(size, tf.float32) * factor), tf.int32), 1)
+        volume = tf.image.resize(tf.image.resize(volume, small, "bilinear"), size, "bilinear")
+    return tf.clip_by_value(volume, 0.0, 1.0)
 
 
 def rotate_scale(images, masks, angle, scale):
