@@ -210,10 +210,11 @@ def test_pixel_soft_score_by_hand():
     truth = np.array([[1, 0], [1, 0]])
     prob = np.array([[1.0, 0.0], [0.5, 0.5]])
     expected = (1 + 1 + 0.8 + 2 / 3) / 4
-    assert M.pixel_soft_score(truth, prob) == pytest.approx(expected)
+    assert M.pixel_soft_score(truth, prob, reduction="pixel", eps=1.0) == pytest.approx(expected)
     # A batch with a trailing channel axis gives the same per-pixel mean.
     batch = np.stack([truth, truth])[..., None]
-    assert M.pixel_soft_score(batch, np.stack([prob, prob])[..., None]) == pytest.approx(expected)
+    assert M.pixel_soft_score(batch, np.stack([prob, prob])[..., None], reduction="pixel",
+                              eps=1.0) == pytest.approx(expected)
 
 
 def test_pixel_soft_score_rewards_empty_prediction():
@@ -221,7 +222,7 @@ def test_pixel_soft_score_rewards_empty_prediction():
     # 1/(1+1) = 0.5, the other 4080 score 1 -> (4080 + 8)/4096, yet Dice is 0.
     truth = rect((64, 64), (10, 14), (10, 14))
     empty = np.zeros((64, 64))
-    score = M.pixel_soft_score(truth, empty)
+    score = M.pixel_soft_score(truth, empty, reduction="pixel", eps=1.0)
     assert score == pytest.approx((4080 + 16 * 0.5) / 4096)
     assert score > 0.99
     assert M.dice(empty, truth) == 0.0

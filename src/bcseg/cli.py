@@ -153,8 +153,13 @@ def _margins_after_predict(records: list[dict], args) -> None:
 def cmd_evaluate(args) -> int:
     from bcseg.evaluate import evaluate
 
+    if args.protocol == "reference" and not args.model:
+        raise UsageError(None, "--protocol reference scores a model: pass --model RUN_DIR "
+                         "(the run the predictions came from)")
+    if args.protocol == "reference":
+        _import_tensorflow_quietly()
     result = evaluate(args.pred, args.truth, args.out, observers=args.observer or "all",
-                      force=args.force)
+                      force=args.force, protocol=args.protocol, model=args.model)
     _print_headline(result)
     if not args.no_report:
         from bcseg.report import build_report
@@ -307,6 +312,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--truth", required=True, help="dataset folder or manifest")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--observer", action="append", help="observer(s) to use (default all)")
+    p.add_argument("--protocol", choices=["honest", "reference"], default="honest",
+                   help="'reference' also scores --model the way the reference study did "
+                        "(24 augmented 128 px copies of every slice, its per-row soft Dice) "
+                        "beside the honest per-specimen figures")
+    p.add_argument("--model", help="run folder or .keras file the predictions came from "
+                                   "(needed by --protocol reference)")
     p.add_argument("--no-report", action="store_true")
     p.add_argument("--force", action="store_true")
     p.set_defaults(func=cmd_evaluate)
