@@ -249,3 +249,27 @@ def test_2d_images_without_spacing_warn_once_and_use_voxels(tmp_path):
     assert summary["level"] == "image" and summary["unit"] == "voxel"
     assert summary["references"]["observer1"]["metrics"]["dice"]["mean"] == 0.75
     assert summary["references"]["inter-observer"]["metrics"]["dice"]["mean"] == 0.5
+
+
+def test_paired_human_level_test_comes_first(study):
+    summary = json.loads((study["out"] / "summary.json").read_text())
+    assert next(iter(summary)) == "human_level"
+    comparisons = summary["human_level"]["comparisons"]
+    assert [(c["reference"], c["other"], c["metric"]) for c in comparisons] == [
+        ("observer1", "observer2", "dice"), ("observer1", "observer2", "hd95"),
+        ("observer2", "observer1", "dice"), ("observer2", "observer1", "hd95")]
+    rows = [r for r in read_rows(study["out"] / "metrics.csv") if r["level"] == "specimen"]
+    inter = [agreement(m, study["spacing"])[0] for m in study["masks"]]
+    for c in comparisons:
+        model = [float(r[c["metric"]]) for r in rows if r["reference"] == c["reference"]]
+        human = [row[c["metric"]] for row in inter]
+        # Dice(model, A) - Dice(B, A) per specimen; the empty prediction's HD95 is inf, left out.
+        finite = [m - h for m, h in zip(model, human) if math.isfinite(m) and math.isfinite(h)]
+        assert c["delta"]["mean"] == pytest.approx(np.mean(finite))
+        assert c["n_left_out"] == 3 - len(finite)
+        assert c["verdict"] == "too_few"  # three specimens cannot tell
+    assert comparisons[1]["n_left_out"] == 1 and comparisons[1]["unit"] == "mm"
+    from bcseg.evaluate import headline_lines
+    lines = headline_lines(study["result"])
+    assert lines[0].startswith("human level: model too few specimens to tell (Δ Dice")
+    assert len([line for line in lines if line.startswith("human level")]) == 4

@@ -66,10 +66,14 @@ def run_demo(out: str | Path = "demo-run", force: bool = False, epochs_2d: int |
 
 def print_summary(result: dict) -> None:
     """Print the demo's headline numbers and where the reports are."""
+    from bcseg.evaluate import human_level_lines
+
     for model in ("unet2d", "unet3d"):
         summary = result.get(model) or {}
         refs = summary.get("references", {})
         print(f"\n{model} on {summary.get('n_cases', 0)} held-out specimen(s):")
+        for text in human_level_lines(summary):
+            print(f"  human level: model {text}")
         for name in ("union", "observer1", "observer2", "staple", "inter-observer"):
             dice = refs.get(name, {}).get("metrics", {}).get("dice")
             if dice:

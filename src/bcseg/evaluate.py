@@ -42,7 +42,7 @@ from bcseg.atomic import write_text
 from bcseg.dataset import Case, discover, read_case_image, read_case_masks
 from bcseg.errors import DataError, ModelError, UsageError
 from bcseg.metrics import REFERENCE_EPS, batch_mean, case_metrics, dice, slice_metrics, soft_scores, summarise
-from bcseg.observers import METHODS, agreement, consensus, union
+from bcseg.observers import MARGINS, METHODS, agreement, consensus, paired_comparison, union
 
 __all__ = ["evaluate", "find_predictions", "ceiling_table", "OUTPUTS", "METRIC_COLUMNS",
            "INTER_OBSERVER", "PIXEL_SOFT_NOTE"]
@@ -62,6 +62,12 @@ NUMERIC_METRICS = tuple(k for k, v in case_metrics(_EMPTY, _EMPTY).items()
 METRICS_CSV_COLUMNS = ("case", "reference", "level", "slice") + METRIC_COLUMNS
 AGREEMENT_CSV_COLUMNS = ("case", "level", "observer_a", "observer_b") + METRIC_COLUMNS
 
+HUMAN_LEVEL_NOTE = (
+    "For each specimen and each observer A, the model's agreement with A is set against the "
+    "other observer's agreement with A, and the mean paired difference (model minus observer, "
+    "with a 95% bootstrap CI over specimens) is read against a margin: 0.05 Dice, 1 mm HD95. "
+    "'As well as' means the CI stays on the good side of the margin; 'below' that it lies "
+    "wholly beyond it; anything else needs more specimens.")
 PIXEL_SOFT_NOTE = (
     "pixel_soft_score is the reference study's 'Dice' as it executed under tf.keras 2: a soft "
     "Dice (2*sum(y*p) + 1e-7) / (sum(y) + sum(p) + 1e-7) along each image row, averaged over "
@@ -297,6 +303,48 @@ def _one_of(values: set, several: str) -> str:
     return next(iter(values)) if len(values) == 1 else several
 
 
+def _other_observers(case_pairs: list[dict], reference: str, metric: str) -> tuple[list[str], float]:
+    """The other observers of one case against ``reference``, and their mean ``metric``."""
+    values, others = [], []
+    for row in case_pairs:
+        if reference in (row["observer_a"], row["observer_b"]):
+            others.append(row["observer_b"] if row["observer_a"] == reference else row["observer_a"])
+            values.append(row[metric])
+    return others, (float(np.mean(values)) if values else math.nan)
+
+
+def human_level(rows: list[dict], agree_rows: list[dict], unit: str, n_boot: int, seed: int) -> dict:
+    """The paired human-level test per reference observer, for Dice and HD95.
+
+    For every case and observer A: the model against A, paired with the other
+    observer(s) against A (the mean over them when there are several);
+    :func:`bcseg.observers.paired_comparison` reads the differences.
+    """
+    pairs: dict[str, list[dict]] = {}
+    for row in agree_rows:
+        pairs.setdefault(row["case"], []).append(row)
+    model = {(r["case"], r["reference"]): r for r in rows}
+    comparisons = []
+    references = sorted({r["observer_a"] for r in agree_rows} | {r["observer_b"] for r in agree_rows})
+    for reference in references:
+        for metric in MARGINS:
+            model_scores, human_scores, others = [], [], set()
+            for case_id, case_pairs in pairs.items():
+                names, value = _other_observers(case_pairs, reference, metric)
+                if not names or (case_id, reference) not in model:
+                    continue
+                others.update(names)
+                model_scores.append(model[(case_id, reference)][metric])
+                human_scores.append(value)
+            other = next(iter(others)) if len(others) == 1 else "the other observers (mean)"
+            comparisons.append(paired_comparison(
+                model_scores, human_scores, metric, names=(reference, other),
+                unit=unit if metric == "hd95" and unit in ("mm", "voxel") else "",
+                n_boot=n_boot, seed=seed))
+    return {"margins": dict(MARGINS), "comparisons": comparisons,
+            "note": HUMAN_LEVEL_NOTE}
+
+
 # --------------------------------------------------------------------------- evaluate
 
 def evaluate(pred_dir: str | Path, truth, out_dir: str | Path, observers: str | Sequence[str] = "all",
@@ -358,7 +406,10 @@ def evaluate(pred_dir: str | Path, truth, out_dir: str | Path, observers: str | 
 
     Notes
     -----
-    ``summary.json`` holds ``n_cases``, ``level`` (``specimen``, ``image`` or
+    ``summary.json`` holds first ``human_level`` (null with one observer): the
+    paired test of :func:`human_level` (``margins``, ``comparisons``: one
+    :func:`bcseg.observers.paired_comparison` dict per reference observer and
+    metric, with its ``verdict`` and ``text``, and ``note``); then ``n_cases``, ``level`` (``specimen``, ``image`` or
     ``mixed``), ``unit`` (``mm``, ``voxel`` or ``mixed``), ``observers``,
     ``references`` (name -> ``n_cases``, ``n_pred_empty``, ``n_truth_empty``,
     ``metrics``: metric -> ``n, n_finite, n_inf, mean, sd, median, ci_low,
@@ -438,10 +489,12 @@ def evaluate(pred_dir: str | Path, truth, out_dir: str | Path, observers: str | 
     study_style = None if protocol == "honest" else reference_protocol(
         model, matched, size=reference_size, seed=seed)
     units = {r["unit"] for r in rows}
+    unit = _one_of(units, "mixed")
     summary = {
+        "human_level": human_level(rows, agree_rows, unit, n_boot, seed) if agree_rows else None,
         "n_cases": len(infos),
         "level": _one_of({i["level"] for i in infos}, "mixed"),
-        "unit": _one_of(units, "mixed"),
+        "unit": unit,
         "observers": ordered,
         "references": references,
         "pixel_soft_score": pixel_soft,
@@ -464,6 +517,7 @@ def evaluate(pred_dir: str | Path, truth, out_dir: str | Path, observers: str | 
     return {
         "metrics_csv": outputs["metrics"], "agreement_csv": outputs["agreement"],
         "summary_json": outputs["summary"], "n_cases": len(infos),
+        "human_level": human_level_lines(summary),
         "headline": {"reference": headline_ref, "dice_mean": headline["mean"],
                      "dice_ci": (headline["ci_low"], headline["ci_high"]),
                      "inter_observer_dice_mean": None if ceiling is None else ceiling["mean"],
@@ -635,13 +689,20 @@ def ceiling_table(summary: Mapping) -> list[dict]:
     return table
 
 
+def human_level_lines(summary: Mapping) -> list[str]:
+    """The paired human-level verdicts of ``summary.json``, Dice first, then HD95."""
+    comparisons = (summary.get("human_level") or {}).get("comparisons", [])
+    return [c["text"] for c in sorted(comparisons, key=lambda c: c["metric"] != "dice")]
+
+
 def headline_lines(result: Mapping) -> list[str]:
     """The few numbers a user reads first, from :func:`evaluate`'s result."""
     head = result.get("headline") if result else None
     if not head:
         return []
     low, high = head["dice_ci"]
-    lines = [f"test Dice vs {head['reference']}: {head['dice_mean']:.3f} "
+    lines = [f"human level: model {text}" for text in result.get("human_level", [])]
+    lines += [f"test Dice vs {head['reference']}: {head['dice_mean']:.3f} "
              f"(95% CI {low:.3f}-{high:.3f}) per case over {result['n_cases']} case(s)"]
     if head.get("inter_observer_dice_mean") is not None:
         lines.append(f"inter-observer Dice (the ceiling): {head['inter_observer_dice_mean']:.3f}")
