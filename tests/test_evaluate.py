@@ -107,7 +107,10 @@ def test_summary_is_over_cases_not_slices(study):
         values = [float(r["dice"]) for r in rows if r["reference"] == ref]
         stats = summary["references"][ref]["metrics"]["dice"]
         assert stats["n"] == 3  # cases; there are 48 slices
-        assert stats == pytest.approx(summarise(values, n_boot=N_BOOT, seed=3))
+        expected = summarise(values, n_boot=N_BOOT, seed=3)  # 3 cases: no CI, written as null
+        assert stats == pytest.approx({k: None if isinstance(v, float) and math.isnan(v) else v
+                                       for k, v in expected.items()})
+        assert stats["ci_note"] == "n too small"
     obs1 = summary["references"]["observer1"]["metrics"]
     d2 = float(next(r["dice"] for r in rows if r["case"] == study["cases"][2].id
                     and r["reference"] == "observer1"))
@@ -143,8 +146,9 @@ def test_ceiling_table_and_return_value(study):
     assert [r["is_ceiling"] for r in table] == [False] * 5 + [True]
     dice = summary["references"]["observer1"]["metrics"]["dice"]
     assert table[0]["dice"] == f"{dice['mean']:.3f} ± {dice['sd']:.3f}"
-    assert table[0]["dice_ci"] == f"{dice['ci_low']:.3f}–{dice['ci_high']:.3f}"
-    assert table[0]["hd95"].endswith("mm (1 inf)") and table[0]["n"] == 3
+    # Three cases: no bootstrap CI; the HD95 mean says it stands on 2 cases.
+    assert table[0]["dice_ci"] == "n too small" and math.isnan(dice["ci_low"] or math.nan)
+    assert table[0]["hd95"].endswith("mm (mean of 2; 1 inf left out)") and table[0]["n"] == 3
     assert ceiling_table(study["out"] / "summary.json") == table
     result = study["result"]
     assert result["n_cases"] == 3 and result["metrics_csv"].is_file()
@@ -273,3 +277,16 @@ def test_paired_human_level_test_comes_first(study):
     lines = headline_lines(study["result"])
     assert lines[0].startswith("human level: model too few specimens to tell (Δ Dice")
     assert len([line for line in lines if line.startswith("human level")]) == 4
+
+
+def test_few_cases_get_no_ci_and_inf_means_say_so(study):
+    from bcseg.evaluate import headline_lines
+
+    lines = headline_lines(study["result"])
+    dice_line = next(line for line in lines if line.startswith("test Dice vs union"))
+    assert "(no CI: n too small)" in dice_line and "95% CI" not in dice_line
+    hd95 = study["result"]["headline"]["hd95"]
+    assert (hd95["n_finite"], hd95["n_inf"]) == (2, 1)  # the empty prediction: inf
+    assert f"test HD95 vs union: {hd95['mean']:.2f} mm (mean of 2; 1 inf left out)" in lines
+    table = ceiling_table(json.loads((study["out"] / "summary.json").read_text()))
+    assert all(row["dice_ci"] == "n too small" for row in table)

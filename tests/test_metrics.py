@@ -235,15 +235,19 @@ def test_summarise_known_values():
     assert s["mean"] == pytest.approx(2.5)
     assert s["median"] == pytest.approx(2.5)
     assert s["sd"] == pytest.approx(math.sqrt(5 / 3))
-    assert 1.0 <= s["ci_low"] < 2.5 < s["ci_high"] <= 4.0
-    assert M.summarise([1.0, 2.0, 3.0, 4.0], seed=7) == M.summarise([1.0, 2.0, 3.0, 4.0], seed=7)
+    # Four finite values: no bootstrap CI (it would be about [min, max]).
+    assert math.isnan(s["ci_low"]) and math.isnan(s["ci_high"]) and s["ci_note"] == "n too small"
+    five = M.summarise([1.0, 2.0, 3.0, 4.0, 5.0, math.inf], seed=7)
+    assert 1.0 <= five["ci_low"] < 3.0 < five["ci_high"] <= 5.0 and five["ci_note"] == ""
+    assert five == M.summarise([1.0, 2.0, 3.0, 4.0, 5.0, math.inf], seed=7)
 
 
 def test_summarise_degenerate():
-    s = M.summarise([5.0, 5.0, 5.0], n_boot=50)
+    s = M.summarise([5.0] * 5, n_boot=50)
     assert s["ci_low"] == s["ci_high"] == 5.0 and s["sd"] == 0.0
     one = M.summarise([3.0])
-    assert one["mean"] == 3.0 and math.isnan(one["sd"]) and one["ci_low"] == 3.0
+    assert one["mean"] == 3.0 and math.isnan(one["sd"]) and math.isnan(one["ci_low"])
+    assert one["ci_note"] == "n too small"
     none = M.summarise([math.nan, math.inf])
     assert none["n"] == 2 and none["n_inf"] == 1 and none["n_finite"] == 0
     assert all(math.isnan(none[k]) for k in ("mean", "sd", "median", "ci_low", "ci_high"))

@@ -66,7 +66,7 @@ def run_demo(out: str | Path = "demo-run", force: bool = False, epochs_2d: int |
 
 def print_summary(result: dict) -> None:
     """Print the demo's headline numbers and where the reports are."""
-    from bcseg.evaluate import human_level_lines
+    from bcseg.evaluate import ci_phrase, human_level_lines
 
     for model in ("unet2d", "unet3d"):
         summary = result.get(model) or {}
@@ -78,8 +78,7 @@ def print_summary(result: dict) -> None:
             dice = refs.get(name, {}).get("metrics", {}).get("dice")
             if dice:
                 label = "observer1 vs observer2 (ceiling)" if name == "inter-observer" else f"vs {name}"
-                print(f"  Dice {label:<34} {dice['mean']:.3f} ± {dice['sd']:.3f} "
-                      f"(95% CI {dice['ci_low']:.3f}-{dice['ci_high']:.3f})")
+                print(f"  Dice {label:<34} {dice['mean']:.3f} ± {dice['sd']:.3f} ({ci_phrase(dice)})")
         soft = summary.get("pixel_soft_score")
         if soft:
             print(f"  pixel_soft_score (the reference study's 'Dice'; not a Dice) {soft['value']:.4f}")

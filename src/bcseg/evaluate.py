@@ -520,6 +520,8 @@ def evaluate(pred_dir: str | Path, truth, out_dir: str | Path, observers: str | 
         "human_level": human_level_lines(summary),
         "headline": {"reference": headline_ref, "dice_mean": headline["mean"],
                      "dice_ci": (headline["ci_low"], headline["ci_high"]),
+                     "dice_ci_note": headline.get("ci_note", ""),
+                     "hd95": references[headline_ref]["metrics"]["hd95"], "unit": unit,
                      "inter_observer_dice_mean": None if ceiling is None else ceiling["mean"],
                      "pixel_soft_score": pixel_soft["value"],
                      "reference_protocol": None if study_style is None else study_style["value"]},
@@ -636,8 +638,27 @@ def _mean_sd(stats: Mapping, digits: int, unit: str = "") -> str:
     if unit and not _missing(stats.get("mean")):
         text += f" {unit}"
     if stats.get("n_inf"):
-        text += f" ({stats['n_inf']} inf)"
+        text += f" ({_inf_left_out(stats)})"
     return text
+
+
+def _inf_left_out(stats: Mapping) -> str:
+    """``mean of 2; 1 inf left out``: what a mean that skips infinite values stands on."""
+    return f"mean of {stats['n_finite']}; {stats['n_inf']} inf left out"
+
+
+def ci_phrase(stats: Mapping) -> str:
+    """``95% CI 0.712-0.804``, or ``no CI: n too small`` (a :func:`summarise` dict)."""
+    if stats.get("ci_note"):
+        return f"no CI: {stats['ci_note']}"
+    return f"95% CI {stats['ci_low']:.3f}-{stats['ci_high']:.3f}"
+
+
+def _ci_text(stats: Mapping, digits: int = 3, sep: str = "–") -> str:
+    """``low–high``, or why there is no CI (fewer than 5 finite values)."""
+    if stats.get("ci_note"):
+        return stats["ci_note"]
+    return f"{_number(stats.get('ci_low'), digits)}{sep}{_number(stats.get('ci_high'), digits)}"
 
 
 def ceiling_table(summary: Mapping) -> list[dict]:
@@ -655,9 +676,9 @@ def ceiling_table(summary: Mapping) -> list[dict]:
         intersection, STAPLE, then the observers against each other (the
         ceiling, ``is_ceiling`` True). The display columns,
         :data:`CEILING_COLUMNS`, are formatted strings: ``dice`` "mean ± SD",
-        ``dice_median``, ``dice_ci`` "low–high", ``hd95`` and ``assd``
-        "mean ± SD unit", with "(k inf)" when k cases had exactly one empty
-        mask (left out of the mean). The raw numbers are under ``stats``
+        ``dice_median``, ``dice_ci`` "low–high" (or "n too small" with fewer
+        than 5 cases), ``hd95`` and ``assd`` "mean ± SD unit", with "(mean of
+        m; k inf left out)" when k cases had exactly one empty mask. The raw numbers are under ``stats``
         (``dice``, ``hd95``, ``assd`` -> the :func:`bcseg.metrics.summarise`
         dict); ``reference`` and ``unit`` name the reference and the unit.
     """
@@ -682,7 +703,7 @@ def ceiling_table(summary: Mapping) -> list[dict]:
         row = {"comparison": label, "reference": key, "is_ceiling": key == INTER_OBSERVER,
                "n": refs[key]["n_cases"], "unit": unit,
                "dice": _mean_sd(ds, 3), "dice_median": _number(ds["median"], 3),
-               "dice_ci": f"{_number(ds['ci_low'], 3)}–{_number(ds['ci_high'], 3)}",
+               "dice_ci": _ci_text(ds),
                "hd95": _mean_sd(hd, 2, suffix), "assd": _mean_sd(asd, 2, suffix)}
         row["stats"] = {"dice": dict(ds), "hd95": dict(hd), "assd": dict(asd)}
         table.append(row)
@@ -701,9 +722,15 @@ def headline_lines(result: Mapping) -> list[str]:
     if not head:
         return []
     low, high = head["dice_ci"]
+    ci = ci_phrase({"ci_low": low, "ci_high": high, "ci_note": head.get("dice_ci_note")})
     lines = [f"human level: model {text}" for text in result.get("human_level", [])]
     lines += [f"test Dice vs {head['reference']}: {head['dice_mean']:.3f} "
-             f"(95% CI {low:.3f}-{high:.3f}) per case over {result['n_cases']} case(s)"]
+              f"({ci}) per case over {result['n_cases']} case(s)"]
+    hd95 = head.get("hd95")
+    if hd95 and hd95.get("n_finite"):
+        left_out = f" ({_inf_left_out(hd95)})" if hd95.get("n_inf") else ""
+        lines.append(f"test HD95 vs {head['reference']}: {hd95['mean']:.2f} {head.get('unit', '')}"
+                     f"{left_out}".replace("  ", " "))
     if head.get("inter_observer_dice_mean") is not None:
         lines.append(f"inter-observer Dice (the ceiling): {head['inter_observer_dice_mean']:.3f}")
     lines.append(f"pixel_soft_score (the reference study's 'Dice'; not a Dice): "

@@ -34,6 +34,7 @@ __all__ = [
     "surface_distances", "hd95", "assd", "hausdorff",
     "volume", "volume_difference", "case_metrics", "slice_metrics",
     "pixel_soft_score", "soft_scores", "batch_mean", "REFERENCE_EPS", "summarise",
+    "MIN_CI_CASES", "CI_TOO_FEW",
 ]
 
 
@@ -483,9 +484,16 @@ def batch_mean(scores, batch_size: int) -> float:
 
 
 # ---------------------------------------------------------------------- summaries
+MIN_CI_CASES = 5
+"""Fewest finite values :func:`summarise` gives a bootstrap CI for."""
+CI_TOO_FEW = "n too small"
 def summarise(values: Iterable[float] | Sequence[float], n_boot: int = 2000,
               seed: int = 0, ci: float = 0.95) -> dict:
     """Mean, SD, median and a bootstrap CI of the mean of per-case values.
+
+    With fewer than :data:`MIN_CI_CASES` (5) finite values there is no CI: a
+    percentile bootstrap of 2-4 values is little more than their [min, max].
+    ``ci_low`` and ``ci_high`` are then NaN and ``ci_note`` is ``"n too small"``.
 
     NaN (undefined, e.g. HD95 of two empty masks) and ``±inf`` (e.g. HD95 when
     one mask is empty) are left out of every statistic but counted: ``n`` is all
@@ -505,9 +513,11 @@ def summarise(values: Iterable[float] | Sequence[float], n_boot: int = 2000,
     Returns
     -------
     dict
-        ``n, n_finite, n_inf, mean, sd, median, ci_low, ci_high``. ``sd`` is the
-        sample SD (ddof=1), NaN with fewer than two finite values; all
-        statistics are NaN with none.
+        ``n, n_finite, n_inf, mean, sd, median, ci_low, ci_high, ci_note``.
+        ``sd`` is the sample SD (ddof=1), NaN with fewer than two finite values;
+        all statistics are NaN with none. ``ci_note`` is ``""`` when there is a
+        CI. ``mean``, ``sd``, ``median`` and the CI leave out the ``n_inf``
+        infinite values: say so wherever the mean is shown.
     """
     x = np.asarray(list(values) if not isinstance(values, np.ndarray) else values, dtype=float)
     if x.ndim != 1:
@@ -519,13 +529,16 @@ def summarise(values: Iterable[float] | Sequence[float], n_boot: int = 2000,
     finite = x[np.isfinite(x)]
     out = {"n": int(x.size), "n_finite": int(finite.size), "n_inf": int(np.isinf(x).sum()),
            "mean": math.nan, "sd": math.nan, "median": math.nan,
-           "ci_low": math.nan, "ci_high": math.nan}
+           "ci_low": math.nan, "ci_high": math.nan, "ci_note": ""}
     m = finite.size
     if m == 0:
         return out
     out["mean"] = float(finite.mean())
     out["median"] = float(np.median(finite))
     out["sd"] = float(finite.std(ddof=1)) if m > 1 else math.nan
+    if m < MIN_CI_CASES:
+        out["ci_note"] = CI_TOO_FEW
+        return out
     rng = np.random.default_rng(seed)
     means = np.empty(int(n_boot))
     step = max(1, 1_000_000 // m)          # bound memory to ~8 MB per chunk

@@ -15,7 +15,7 @@ from typing import Mapping, Sequence
 import numpy as np
 import SimpleITK as sitk
 
-from bcseg.metrics import as_mask, case_metrics
+from bcseg.metrics import CI_TOO_FEW, MIN_CI_CASES, as_mask, case_metrics
 
 __all__ = ["union", "intersection", "staple", "consensus", "agreement", "paired_comparison",
            "METHODS", "MARGINS"]
@@ -160,7 +160,6 @@ def agreement(masks: Mapping[str, np.ndarray], spacing_mm=None) -> list[dict]:
 MARGINS = {"dice": 0.05, "hd95": 1.0}
 """Non-inferiority margins of :func:`paired_comparison`: Dice 0.05, HD95 1 mm."""
 HIGHER_IS_BETTER = {"dice": True, "hd95": False}
-MIN_CASES = 5  # below this a bootstrap CI is just [min, max] of a handful of values
 Z95 = 1.959964
 
 
@@ -174,7 +173,7 @@ def _needed_cases(mean: float, sd: float, margin: float, higher: bool) -> int | 
     distance = (mean + margin) if higher else (margin - mean)
     if not (math.isfinite(sd) and math.isfinite(distance)) or distance <= 0:
         return None
-    return max(MIN_CASES, math.ceil((Z95 * sd / distance) ** 2))
+    return max(MIN_CI_CASES, math.ceil((Z95 * sd / distance) ** 2))
 
 
 def _signed(value: float) -> str:
@@ -186,7 +185,7 @@ def _verdict_text(delta: dict, verdict: str, names: tuple[str, str], metric: str
                   margin: float, needed: int | None) -> str:
     reference, other = names
     label = "Dice" if metric == "dice" else "HD95"
-    ci = ("no CI: n too small" if not math.isfinite(delta["ci_low"])
+    ci = (f"no CI: {CI_TOO_FEW}" if not math.isfinite(delta["ci_low"])
           else f"[{_signed(delta['ci_low'])}, {_signed(delta['ci_high'])}]")
     stat = f"Δ {label} = {_signed(delta['mean'])}{' ' + unit if unit else ''} {ci}, n = {delta['n_finite']}"
     if verdict == "as_well":
@@ -253,7 +252,7 @@ def paired_comparison(model_scores, human_scores, metric: str = "dice", names=("
     delta = summarise(model[keep] - human[keep], n_boot=n_boot, seed=seed)
     higher = HIGHER_IS_BETTER[metric]
     low, high = delta["ci_low"], delta["ci_high"]
-    enough = delta["n_finite"] >= MIN_CASES and math.isfinite(low)
+    enough = delta["n_finite"] >= MIN_CI_CASES and math.isfinite(low)
     good = (low > -margin) if higher else (high < margin)
     bad = (high < -margin) if higher else (low > margin)
     verdict = "as_well" if enough and good else "below" if enough and bad else "too_few"
