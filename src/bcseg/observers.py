@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import warnings
 from typing import Mapping, Sequence
 
 import numpy as np
@@ -57,8 +58,25 @@ def intersection(masks: Sequence) -> np.ndarray:
     return np.logical_and.reduce(_stack(masks))
 
 
+TWO_OBSERVER_STAPLE = (
+    "STAPLE with two observers is degenerate: every voxel they disagree on gets a probability "
+    "of 0.5 (exactly, or 0.5 plus one rounding step, depending on the field size), so a 0.5 "
+    "threshold would pick their union or their intersection by floating-point rounding. "
+    "bcseg returns their intersection (voxels both observers marked; the union when the "
+    "threshold is below 0.5). Ask for 'intersection' or 'union' to say which you mean.")
+_warned_two_observers = False
+
+
+def _warn_two_observers() -> None:
+    """Say once per process what STAPLE of two observers equals."""
+    global _warned_two_observers
+    if not _warned_two_observers:
+        _warned_two_observers = True
+        warnings.warn(TWO_OBSERVER_STAPLE, UserWarning, stacklevel=4)
+
+
 def staple(masks: Sequence, threshold: float = 0.5) -> np.ndarray:
-    """STAPLE consensus (Warfield et al. 2004) of binary masks.
+    """STAPLE consensus (Warfield et al. 2004) of three or more binary masks.
 
     Runs SimpleITK's ``STAPLEImageFilter`` with foreground value 1, which
     estimates each observer's sensitivity and specificity and returns, per
@@ -78,16 +96,22 @@ def staple(masks: Sequence, threshold: float = 0.5) -> np.ndarray:
 
     Notes
     -----
+    With **two** observers STAPLE cannot tell who is right where they disagree:
+    SimpleITK gives those voxels 0.5, or 0.5 plus one ulp on larger fields, so
+    ``prob > 0.5`` would be the intersection or the union by rounding. Two masks
+    therefore give their intersection (their union if ``threshold < 0.5``)
+    without running STAPLE, with a warning (once per process) saying so.
     STAPLE is undefined (SimpleITK returns NaN) when all masks are identical,
-    e.g. all empty; the common mask is then returned. With two observers that
-    disagree, voxels marked by one observer only can land at exactly 0.5, so
-    with the default threshold they are left out.
+    e.g. all empty; the common mask is then returned.
     """
     if not 0 <= threshold < 1:
         raise ValueError(f"threshold must be in [0, 1), not {threshold}")
     ms = _stack(masks)
     if all(np.array_equal(ms[0], m) for m in ms[1:]):
         return ms[0].copy()
+    if len(ms) == 2:
+        _warn_two_observers()
+        return union(ms) if threshold < 0.5 else intersection(ms)
     images = [sitk.GetImageFromArray(m.astype(np.uint8)) for m in ms]
     prob = sitk.GetArrayFromImage(sitk.STAPLE(images, 1.0))
     if np.isnan(prob).any():
