@@ -271,7 +271,7 @@ def build_parser() -> argparse.ArgumentParser:
     group.add_argument("--folds", choices=["all"], help="train every fold in turn")
     p.add_argument("--folds-file", help="CSV with image,fold columns (e.g. BUSI's folds.csv)")
     p.add_argument("--observer", help="training target: an observer's name, union, "
-                   "intersection, staple or random")
+                   "intersection, staple, random (one observer per sample) or soft (their mean)")
     p.add_argument("--epochs", type=int)
     p.add_argument("--batch-size", type=int)
     p.add_argument("--seed", type=int)

@@ -314,7 +314,7 @@ def tune_inference(model, cases: list[Case], cfg: dict, settings: dict) -> dict:
 
     if not cases or not cfg["inference"]["tune"]:
         return settings
-    target = "union" if cfg["data"]["observer"] == pipeline.RANDOM_OBSERVER else cfg["data"]["observer"]
+    target = pipeline.evaluation_target(cfg["data"]["observer"])
     truths, probs = [], {False: [], True: []}
     for case in cases:
         for tta in (False, True):
@@ -424,8 +424,8 @@ def run_fold(cases: list[Case], folds: dict[str, int], fold: int, cfg: dict, out
 
 
 def _val_target(d: dict) -> str:
-    # A random observer per sample makes a noisy yardstick: validate against the union.
-    return "union" if d["observer"] == pipeline.RANDOM_OBSERVER else d["observer"]
+    # A random observer per sample, or their mean, makes no yardstick: validate against the union.
+    return pipeline.evaluation_target(d["observer"])
 
 
 def _distribution(strategy: str | None):
