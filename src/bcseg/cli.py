@@ -59,7 +59,8 @@ def cmd_check(args) -> int:
 
 def cmd_split(args) -> int:
     from bcseg.dataset import discover
-    from bcseg.splits import folds_from_file, kfold_by_group, near_duplicate_groups, save_splits
+    from bcseg.splits import (folds_from_file, group_note, kfold_by_group, near_duplicate_groups,
+                              save_splits)
 
     cases = discover(args.data)
     if args.near_duplicates:
@@ -68,7 +69,10 @@ def cmd_split(args) -> int:
         folds = folds_from_file(args.folds_file, cases)
         source = str(args.folds_file)
     else:
-        folds = kfold_by_group(cases, k=args.k, seed=args.seed)
+        note = group_note(cases)
+        if note:
+            warnings.warn(note)
+        folds = kfold_by_group(cases, k=args.k, seed=args.seed, source=args.data)
         source = "kfold_by_group"
     out = Path(args.out)
     if out.exists() and not args.force:
