@@ -107,7 +107,10 @@ def test_summary_is_over_cases_not_slices(study):
         values = [float(r["dice"]) for r in rows if r["reference"] == ref]
         stats = summary["references"][ref]["metrics"]["dice"]
         assert stats["n"] == 3  # cases; there are 48 slices
-        assert stats == pytest.approx(summarise(values, n_boot=N_BOOT, seed=3))
+        expected = summarise(values, n_boot=N_BOOT, seed=3)  # 3 cases: no CI, written as null
+        assert stats == pytest.approx({k: None if isinstance(v, float) and math.isnan(v) else v
+                                       for k, v in expected.items()})
+        assert stats["ci_note"] == "n too small"
     obs1 = summary["references"]["observer1"]["metrics"]
     d2 = float(next(r["dice"] for r in rows if r["case"] == study["cases"][2].id
                     and r["reference"] == "observer1"))
@@ -123,11 +126,14 @@ def test_pixel_soft_score_is_reported_beside_true_dice(study):
     soft = summary["pixel_soft_score"]
     probs = [study["prob"], *(p.astype(float) for p in study["preds"][1:])]
     unions = [union(list(m.values())) for m in study["masks"]]
-    pooled = sum(pixel_soft_score(u, p) * u.size for u, p in zip(unions, probs)) / sum(u.size for u in unions)
+    # The study's reading: one score per image row, pooled over every row of every case.
+    rows = [u.size // u.shape[-1] for u in unions]
+    pooled = sum(pixel_soft_score(u, p) * n for u, p, n in zip(unions, probs, rows)) / sum(rows)
     assert soft["value"] == pytest.approx(pooled, rel=1e-12)
     assert soft["reference"] == "union" and soft["n_cases_with_probability"] == 1
     assert soft["dice_mean"] == pytest.approx(summary["references"]["union"]["metrics"]["dice"]["mean"])
-    assert soft["value"] > 0.9 > soft["dice_mean"]  # why it must never be called Dice
+    assert (soft["reduction"], soft["eps"]) == ("row", 1e-7)
+    assert soft["value"] != pytest.approx(soft["dice_mean"])  # why it must never be called Dice
     assert "not the dice" in soft["note"].lower()
 
 
@@ -140,8 +146,9 @@ def test_ceiling_table_and_return_value(study):
     assert [r["is_ceiling"] for r in table] == [False] * 5 + [True]
     dice = summary["references"]["observer1"]["metrics"]["dice"]
     assert table[0]["dice"] == f"{dice['mean']:.3f} ± {dice['sd']:.3f}"
-    assert table[0]["dice_ci"] == f"{dice['ci_low']:.3f}–{dice['ci_high']:.3f}"
-    assert table[0]["hd95"].endswith("mm (1 inf)") and table[0]["n"] == 3
+    # Three cases: no bootstrap CI; the HD95 mean says it stands on 2 cases.
+    assert table[0]["dice_ci"] == "n too small" and math.isnan(dice["ci_low"] or math.nan)
+    assert table[0]["hd95"].endswith("mm (mean of 2; 1 inf left out)") and table[0]["n"] == 3
     assert ceiling_table(study["out"] / "summary.json") == table
     result = study["result"]
     assert result["n_cases"] == 3 and result["metrics_csv"].is_file()
@@ -246,3 +253,40 @@ def test_2d_images_without_spacing_warn_once_and_use_voxels(tmp_path):
     assert summary["level"] == "image" and summary["unit"] == "voxel"
     assert summary["references"]["observer1"]["metrics"]["dice"]["mean"] == 0.75
     assert summary["references"]["inter-observer"]["metrics"]["dice"]["mean"] == 0.5
+
+
+def test_paired_human_level_test_comes_first(study):
+    summary = json.loads((study["out"] / "summary.json").read_text())
+    assert next(iter(summary)) == "human_level"
+    comparisons = summary["human_level"]["comparisons"]
+    assert [(c["reference"], c["other"], c["metric"]) for c in comparisons] == [
+        ("observer1", "observer2", "dice"), ("observer1", "observer2", "hd95"),
+        ("observer2", "observer1", "dice"), ("observer2", "observer1", "hd95")]
+    rows = [r for r in read_rows(study["out"] / "metrics.csv") if r["level"] == "specimen"]
+    inter = [agreement(m, study["spacing"])[0] for m in study["masks"]]
+    for c in comparisons:
+        model = [float(r[c["metric"]]) for r in rows if r["reference"] == c["reference"]]
+        human = [row[c["metric"]] for row in inter]
+        # Dice(model, A) - Dice(B, A) per specimen; the empty prediction's HD95 is inf, left out.
+        finite = [m - h for m, h in zip(model, human) if math.isfinite(m) and math.isfinite(h)]
+        assert c["delta"]["mean"] == pytest.approx(np.mean(finite))
+        assert c["n_left_out"] == 3 - len(finite)
+        assert c["verdict"] == "too_few"  # three specimens cannot tell
+    assert comparisons[1]["n_left_out"] == 1 and comparisons[1]["unit"] == "mm"
+    from bcseg.measure.evaluate import headline_lines
+    lines = headline_lines(study["result"])
+    assert lines[0].startswith("human level: model too few specimens to tell (Δ Dice")
+    assert len([line for line in lines if line.startswith("human level")]) == 4
+
+
+def test_few_cases_get_no_ci_and_inf_means_say_so(study):
+    from bcseg.measure.evaluate import headline_lines
+
+    lines = headline_lines(study["result"])
+    dice_line = next(line for line in lines if line.startswith("test Dice vs union"))
+    assert "(no CI: n too small)" in dice_line and "95% CI" not in dice_line
+    hd95 = study["result"]["headline"]["hd95"]
+    assert (hd95["n_finite"], hd95["n_inf"]) == (2, 1)  # the empty prediction: inf
+    assert f"test HD95 vs union: {hd95['mean']:.2f} mm (mean of 2; 1 inf left out)" in lines
+    table = ceiling_table(json.loads((study["out"] / "summary.json").read_text()))
+    assert all(row["dice_ci"] == "n too small" for row in table)

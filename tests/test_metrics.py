@@ -210,10 +210,11 @@ def test_pixel_soft_score_by_hand():
     truth = np.array([[1, 0], [1, 0]])
     prob = np.array([[1.0, 0.0], [0.5, 0.5]])
     expected = (1 + 1 + 0.8 + 2 / 3) / 4
-    assert M.pixel_soft_score(truth, prob) == pytest.approx(expected)
+    assert M.pixel_soft_score(truth, prob, reduction="pixel", eps=1.0) == pytest.approx(expected)
     # A batch with a trailing channel axis gives the same per-pixel mean.
     batch = np.stack([truth, truth])[..., None]
-    assert M.pixel_soft_score(batch, np.stack([prob, prob])[..., None]) == pytest.approx(expected)
+    assert M.pixel_soft_score(batch, np.stack([prob, prob])[..., None], reduction="pixel",
+                              eps=1.0) == pytest.approx(expected)
 
 
 def test_pixel_soft_score_rewards_empty_prediction():
@@ -221,7 +222,7 @@ def test_pixel_soft_score_rewards_empty_prediction():
     # 1/(1+1) = 0.5, the other 4080 score 1 -> (4080 + 8)/4096, yet Dice is 0.
     truth = rect((64, 64), (10, 14), (10, 14))
     empty = np.zeros((64, 64))
-    score = M.pixel_soft_score(truth, empty)
+    score = M.pixel_soft_score(truth, empty, reduction="pixel", eps=1.0)
     assert score == pytest.approx((4080 + 16 * 0.5) / 4096)
     assert score > 0.99
     assert M.dice(empty, truth) == 0.0
@@ -234,15 +235,19 @@ def test_summarise_known_values():
     assert s["mean"] == pytest.approx(2.5)
     assert s["median"] == pytest.approx(2.5)
     assert s["sd"] == pytest.approx(math.sqrt(5 / 3))
-    assert 1.0 <= s["ci_low"] < 2.5 < s["ci_high"] <= 4.0
-    assert M.summarise([1.0, 2.0, 3.0, 4.0], seed=7) == M.summarise([1.0, 2.0, 3.0, 4.0], seed=7)
+    # Four finite values: no bootstrap CI (it would be about [min, max]).
+    assert math.isnan(s["ci_low"]) and math.isnan(s["ci_high"]) and s["ci_note"] == "n too small"
+    five = M.summarise([1.0, 2.0, 3.0, 4.0, 5.0, math.inf], seed=7)
+    assert 1.0 <= five["ci_low"] < 3.0 < five["ci_high"] <= 5.0 and five["ci_note"] == ""
+    assert five == M.summarise([1.0, 2.0, 3.0, 4.0, 5.0, math.inf], seed=7)
 
 
 def test_summarise_degenerate():
-    s = M.summarise([5.0, 5.0, 5.0], n_boot=50)
+    s = M.summarise([5.0] * 5, n_boot=50)
     assert s["ci_low"] == s["ci_high"] == 5.0 and s["sd"] == 0.0
     one = M.summarise([3.0])
-    assert one["mean"] == 3.0 and math.isnan(one["sd"]) and one["ci_low"] == 3.0
+    assert one["mean"] == 3.0 and math.isnan(one["sd"]) and math.isnan(one["ci_low"])
+    assert one["ci_note"] == "n too small"
     none = M.summarise([math.nan, math.inf])
     assert none["n"] == 2 and none["n_inf"] == 1 and none["n_finite"] == 0
     assert all(math.isnan(none[k]) for k in ("mean", "sd", "median", "ci_low", "ci_high"))

@@ -95,3 +95,35 @@ def test_agreement_pairs_and_single_observer():
     assert O.agreement({"a": A}) == []
     empty = O.agreement({"a": A, "b": np.zeros_like(A)})[0]
     assert empty["dice"] == 0.0 and empty["hd95"] == math.inf
+
+
+# ------------------------------------------------------------- STAPLE, two observers
+def _nested(n):
+    inner = rect((n, n), (n // 4, n // 2), (n // 4, n // 2))
+    outer = rect((n, n), (n // 4 - 1, n // 2 + 2), (n // 4 - 1, n // 2 + 3))
+    return inner, outer
+
+
+@pytest.mark.parametrize("n", [8, 16, 33, 64, 128])
+def test_staple_of_two_nested_observers_is_their_intersection_at_every_size(n, monkeypatch):
+    # SimpleITK gives the ring between the masks 0.5 at n = 8, 16 and 0.5 + 1 ulp from
+    # n = 33 on, so 'prob > 0.5' flipped from intersection to union with the field size.
+    monkeypatch.setattr(O, "_warned_two_observers", False)
+    inner, outer = _nested(n)
+    with pytest.warns(UserWarning, match="two observers is degenerate.*intersection"):
+        out = O.staple([inner, outer])
+    assert np.array_equal(out, inner) and np.array_equal(O.staple([outer, inner]), inner)
+    assert np.array_equal(O.staple([inner, outer], threshold=0.25), outer)
+    assert np.array_equal(O.consensus({"a": inner, "b": outer}, "staple"), O.intersection([inner, outer]))
+
+
+def test_two_observer_staple_warns_once(monkeypatch):
+    import warnings
+
+    monkeypatch.setattr(O, "_warned_two_observers", False)
+    inner, outer = _nested(16)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for _ in range(3):
+            O.staple([inner, outer])
+    assert len([w for w in caught if "degenerate" in str(w.message)]) == 1

@@ -201,3 +201,50 @@ def test_epoch_dataset_replays_exactly_and_differs_across_epochs():
     for (x1, y1), (x2, y2) in zip(first, again):
         assert np.array_equal(x1, x2) and np.array_equal(y1, y2)
     assert not all(np.array_equal(a[0], b[0]) for a, b in zip(first, other))
+
+
+# --------------------------------------------------------------------------- soft target
+def _nested_observers(n=8, size=32):
+    """Observer 1 draws a 8x8 square, observer 2 the same square grown by 4 px."""
+    images = np.random.default_rng(0).random((n, size, size)).astype(np.float32)
+    targets = np.zeros((n, 2, size, size), np.uint8)
+    targets[:, 0, 12:20, 12:20] = 1
+    targets[:, 1, 8:24, 8:24] = 1
+    return Samples(images, targets, [f"c{k}" for k in range(n)], soft=True)
+
+
+def test_training_target_soft_keeps_every_observer():
+    a, b = np.zeros((6, 6), bool), np.zeros((6, 6), bool)
+    a[1:3, 1:3], b[1:4, 1:4] = True, True
+    target = pipeline.training_target({"obs1": a, "obs2": b}, "soft", "x")
+    assert target.shape == (2, 6, 6) and np.array_equal(target[0], a)
+    assert pipeline.evaluation_target("soft") == "union" == pipeline.evaluation_target("random")
+    assert pipeline.evaluation_target("obs1") == "obs1"
+
+
+def test_soft_target_is_the_mean_of_the_observers():
+    from bcseg.learn.augment import AugmentConfig
+
+    samples = _nested_observers()
+    images, targets = epoch_arrays(samples, 0, 1, 8, 0.0)
+    assert targets.shape == (8, 32, 32, 2)  # one channel per observer until averaged
+    batch = next(iter(pipeline.epoch_dataset(images, targets, 8, 1, 0, None)))[1].numpy()
+    expected = samples.targets.mean(axis=1)[..., None]  # 1 inside both, 0.5 in the ring, 0 out
+    assert np.array_equal(np.sort(batch.reshape(8, -1), axis=1), np.sort(expected.reshape(8, -1), axis=1))
+    assert set(np.unique(batch)) == {0.0, 0.5, 1.0} and (batch == 0.5).sum() == 8 * (256 - 64)
+    # Rotated and zoomed, each observer's mask is resampled as a binary mask and then
+    # averaged: the ring stays 0.5 rather than becoming the union (bilinear >= 0.5).
+    augment = AugmentConfig(rotation_deg=30.0, p_geometric=1.0)
+    batch = next(iter(pipeline.epoch_dataset(images, targets, 8, 1, 0, augment)))[1].numpy()
+    assert set(np.unique(batch)) == {0.0, 0.5, 1.0}
+    assert 0.7 < (batch == 0.5).sum() / (8 * 192) < 1.3
+
+
+def test_soft_target_refuses_the_reference_offline_augmentation(tmp_path):
+    from bcseg.data.phantom import write_phantom
+
+    write_phantom(tmp_path, n=1, shape=(8, 32, 32))
+    with pytest.raises(DataError, match="'soft'"):
+        pipeline.slice_samples(discover(tmp_path), "soft", 32, "reference")
+    samples = pipeline.slice_samples(discover(tmp_path), "soft", 32)
+    assert samples.soft and samples.targets.shape[1] == 2

@@ -163,3 +163,14 @@ def test_plot_case_metrics_uses_case_rows_only(run_dir, tmp_path):
 def test_build_report_needs_something(tmp_path):
     with pytest.raises(DataError, match="nothing to report"):
         build_report(tmp_path)
+
+
+def test_human_level_verdict_is_shown_first(run_dir):
+    text = build_report(run_dir, out=run_dir / "first").read_text(encoding="utf-8")
+    summary = json.loads((run_dir / "eval" / "summary.json").read_text())
+    verdicts = [c["text"] for c in summary["human_level"]["comparisons"]]
+    first = text.index("Human level: does the model agree")
+    assert first < text.index("<h2>Training") < text.index("Model against each observer")
+    for verdict in verdicts:
+        assert html.escape(verdict) in text[first:text.index("<h2>Training")]
+    assert "Paired human-level test" in text  # the full table, in the evaluation section

@@ -466,3 +466,14 @@ def test_seed_preset_with_few_specimens_warns():
         folds, _ = train.choose_folds(_cases(groups), cfg)
     assert {i.split("_")[0] for i, f in folds.items() if f == 0} == {"b", "c", "d"}
     assert {i.split("_")[0] for i, f in folds.items() if f == 1} == {"a"}
+
+
+def test_soft_observer_trains_on_the_mean_and_validates_against_the_union(tmp_path, phantom):
+    overrides = json.loads(json.dumps(TINY))
+    overrides["train"]["epochs"] = 1
+    overrides["data"]["observer"] = "soft"
+    results = train.train(phantom, tmp_path / "soft", overrides=overrides)
+    assert results[0]["best_val_dice"] is not None
+    settings = json.loads((tmp_path / "soft" / "inference.json").read_text())
+    assert settings["observer"] == "soft"
+    assert load_config(tmp_path / "soft" / "config.toml")["data"]["observer"] == "soft"

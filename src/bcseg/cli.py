@@ -59,7 +59,8 @@ def cmd_check(args) -> int:
 
 def cmd_split(args) -> int:
     from bcseg.data.dataset import discover
-    from bcseg.data.splits import folds_from_file, kfold_by_group, near_duplicate_groups, save_splits
+    from bcseg.data.splits import (folds_from_file, group_note, kfold_by_group, near_duplicate_groups,
+                              save_splits)
 
     cases = discover(args.data)
     if args.near_duplicates:
@@ -68,7 +69,10 @@ def cmd_split(args) -> int:
         folds = folds_from_file(args.folds_file, cases)
         source = str(args.folds_file)
     else:
-        folds = kfold_by_group(cases, k=args.k, seed=args.seed)
+        note = group_note(cases)
+        if note:
+            warnings.warn(note)
+        folds = kfold_by_group(cases, k=args.k, seed=args.seed, source=args.data)
         source = "kfold_by_group"
     out = Path(args.out)
     if out.exists() and not args.force:
@@ -153,8 +157,13 @@ def _margins_after_predict(records: list[dict], args) -> None:
 def cmd_evaluate(args) -> int:
     from bcseg.measure.evaluate import evaluate
 
+    if args.protocol == "reference" and not args.model:
+        raise UsageError(None, "--protocol reference scores a model: pass --model RUN_DIR "
+                         "(the run the predictions came from)")
+    if args.protocol == "reference":
+        _import_tensorflow_quietly()
     result = evaluate(args.pred, args.truth, args.out, observers=args.observer or "all",
-                      force=args.force)
+                      force=args.force, protocol=args.protocol, model=args.model)
     _print_headline(result)
     if not args.no_report:
         from bcseg.report.html import build_report
@@ -266,7 +275,7 @@ def build_parser() -> argparse.ArgumentParser:
     group.add_argument("--folds", choices=["all"], help="train every fold in turn")
     p.add_argument("--folds-file", help="CSV with image,fold columns (e.g. BUSI's folds.csv)")
     p.add_argument("--observer", help="training target: an observer's name, union, "
-                   "intersection, staple or random")
+                   "intersection, staple, random (one observer per sample) or soft (their mean)")
     p.add_argument("--epochs", type=int)
     p.add_argument("--batch-size", type=int)
     p.add_argument("--seed", type=int)
@@ -307,6 +316,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--truth", required=True, help="dataset folder or manifest")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--observer", action="append", help="observer(s) to use (default all)")
+    p.add_argument("--protocol", choices=["honest", "reference"], default="honest",
+                   help="'reference' also scores --model the way the reference study did "
+                        "(24 augmented 128 px copies of every slice, its per-row soft Dice) "
+                        "beside the honest per-specimen figures")
+    p.add_argument("--model", help="run folder or .keras file the predictions came from "
+                                   "(needed by --protocol reference)")
     p.add_argument("--no-report", action="store_true")
     p.add_argument("--force", action="store_true")
     p.set_defaults(func=cmd_evaluate)

@@ -102,7 +102,7 @@ def _check_values(cfg: dict, source=None) -> None:
         ("model", "upsample"): ("transpose", "linear"),
         ("data", "resize"): ("pad",),
         ("data", "offline_augment"): ("none", "reference"),
-        ("train", "loss"): ("bce_dice", "dice", "bce"),
+        ("train", "loss"): ("bce_dice", "dice", "bce", "reference_dice"),
         ("train", "lr_schedule"): ("cosine", "plateau", "constant"),
         ("train", "split"): ("kfold", "last"),
     }

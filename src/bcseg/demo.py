@@ -66,16 +66,19 @@ def run_demo(out: str | Path = "demo-run", force: bool = False, epochs_2d: int |
 
 def print_summary(result: dict) -> None:
     """Print the demo's headline numbers and where the reports are."""
+    from bcseg.measure.evaluate import ci_phrase, human_level_lines
+
     for model in ("unet2d", "unet3d"):
         summary = result.get(model) or {}
         refs = summary.get("references", {})
         print(f"\n{model} on {summary.get('n_cases', 0)} held-out specimen(s):")
+        for text in human_level_lines(summary):
+            print(f"  human level: model {text}")
         for name in ("union", "observer1", "observer2", "staple", "inter-observer"):
             dice = refs.get(name, {}).get("metrics", {}).get("dice")
             if dice:
                 label = "observer1 vs observer2 (ceiling)" if name == "inter-observer" else f"vs {name}"
-                print(f"  Dice {label:<34} {dice['mean']:.3f} ± {dice['sd']:.3f} "
-                      f"(95% CI {dice['ci_low']:.3f}-{dice['ci_high']:.3f})")
+                print(f"  Dice {label:<34} {dice['mean']:.3f} ± {dice['sd']:.3f} ({ci_phrase(dice)})")
         soft = summary.get("pixel_soft_score")
         if soft:
             print(f"  pixel_soft_score (the reference study's 'Dice'; not a Dice) {soft['value']:.4f}")

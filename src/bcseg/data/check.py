@@ -16,6 +16,7 @@ import numpy as np
 from bcseg.data import io
 from bcseg.data.dataset import Case, discover
 from bcseg.errors import DataError
+from bcseg.data.splits import group_note, require_groups
 
 
 @dataclass
@@ -48,6 +49,10 @@ def check_dataset(root: str | Path) -> CheckReport:
     """
     cases = discover(root)
     report = CheckReport(cases=cases)
+    try:  # per-slice rows without groups: train and split refuse them, so it is a problem
+        require_groups(cases, root)
+    except DataError as error:
+        report.problems.append((error.path or str(root), error.problem))
     observers = sorted({o for case in cases for o in case.masks})
     for case in cases:
         try:
@@ -125,6 +130,9 @@ def format_report(report: CheckReport) -> str:
     rows.append(("problems", str(len(report.problems))))
     width = max(len(name) for name, _ in rows)
     lines = [f"{name:<{width}}  {value}" for name, value in rows]
+    note = group_note(cases)
+    if note:
+        lines.append(f"warning: {note}")
     if report.problems:
         lines.append("")
         lines.extend(f"problem: {path}: {message}" for path, message in report.problems)

@@ -49,6 +49,9 @@ class Case:
         Class such as ``benign``, used to stratify folds.
     spacing_mm : tuple of float or None
         Overrides the spacing stored in the image file.
+    group_given : bool
+        False when a manifest row left ``group`` missing or empty, so the case
+        became its own group (see :func:`bcseg.data.splits.require_groups`).
     """
 
     id: str
@@ -57,6 +60,7 @@ class Case:
     group: str = ""
     label_class: str | None = None
     spacing_mm: tuple[float, ...] | None = None
+    group_given: bool = True
 
     @property
     def observers(self) -> list[str]:
@@ -227,9 +231,10 @@ def read_manifest(path: str | Path) -> list[Case]:
         case_id = (row.get("id") or "").strip()
         if not case_id:
             raise DataError(path, f"row {number}: empty id")
+        group = (row.get("group") or "").strip()
         cases.append(Case(
             id=case_id, image=_manifest_path(row["image"].strip(), base, path, number),
-            masks=masks, group=(row.get("group") or "").strip() or case_id,
+            masks=masks, group=group or case_id, group_given=bool(group),
             label_class=(row.get("class") or "").strip() or None))
     _check_unique_ids(cases, path)
     return cases
@@ -254,5 +259,5 @@ def write_manifest(cases: list[Case], path: str | Path) -> Path:
         for case in cases:
             writer.writerow([case.id, rel(case.image)]
                             + [";".join(rel(p) for p in case.masks.get(o, ())) for o in observers]
-                            + [case.group, case.label_class or ""])
+                            + [case.group if case.group_given else "", case.label_class or ""])
     return path

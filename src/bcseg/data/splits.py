@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 import warnings
 from collections import Counter, defaultdict
 from pathlib import Path
@@ -21,7 +22,79 @@ from bcseg.data.dataset import Case
 from bcseg.errors import DataError
 
 
-def kfold_by_group(cases: list[Case], k: int = 5, seed: int = 0) -> dict[str, int]:
+# The last number of a file name, with what precedes it.
+_LAST_NUMBER = re.compile(r"^(?P<before>.*?)(?P<index>\d+)(?P<after>\D*)$")
+_SLICE_WORD = re.compile(r"(?:^|[^a-z])(slice|sl|z|frame)[_\- ]?$", re.IGNORECASE)
+
+
+def _stack_key(case: Case) -> str | None:
+    """The file name with its slice index blanked out, or None if it shows none.
+
+    The last number of the name counts as a slice index when another number
+    precedes it (``S01_z010``: specimen 01, slice 10) or a slice word does
+    (``slice_12``, ``z12``). A lone number (``S01``, ``benign (3)``) names a
+    specimen or an image, not a slice.
+    """
+    name = io.file_stem(Path(case.image))
+    match = _LAST_NUMBER.match(name)
+    if match is None:
+        return None
+    before = match["before"]
+    if not (re.search(r"\d", before) or _SLICE_WORD.search(before)):
+        return None
+    return str(Path(case.image).parent / f"{before}#{match['after']}")
+
+
+def ungrouped_stacks(cases: list[Case]) -> dict[str, list[str]]:
+    """Cases without a group whose file names differ only by a slice index.
+
+    Returns
+    -------
+    dict
+        Stack pattern (``S01_z#``) -> ids of its cases, for patterns shared by two
+        or more cases whose manifest row gave no group.
+    """
+    stacks: dict[str, list[str]] = defaultdict(list)
+    for case in cases:
+        key = None if case.group_given else _stack_key(case)
+        if key is not None:
+            stacks[key].append(case.id)
+    return {key: ids for key, ids in stacks.items() if len(ids) > 1}
+
+
+def group_note(cases: list[Case]) -> str | None:
+    """One line about cases without a group, or None when every case has one."""
+    missing = [c for c in cases if not c.group_given]
+    if not missing:
+        return None
+    return (f"{len(missing)} of {len(cases)} case(s) have no group (the manifest's 'group' "
+            f"column is missing or empty, e.g. for {missing[0].id}): each is its own group, which "
+            "is right only if no two come from one specimen or patient")
+
+
+def require_groups(cases: list[Case], source=None) -> None:
+    """Refuse to split per-slice rows of a stack that carry no group.
+
+    Slices of one specimen listed without a group would each be their own group,
+    so a split would put neighbouring slices in training and test and inflate Dice.
+
+    Raises
+    ------
+    DataError
+        Naming ``source`` (the manifest or dataset) and a few of the rows.
+    """
+    stacks = ungrouped_stacks(cases)
+    if not stacks:
+        return
+    rows = sum(len(ids) for ids in stacks.values())
+    key, ids = next(iter(stacks.items()))
+    raise DataError(source, f"{rows} case(s) without a group look like slices of {len(stacks)} "
+                    f"stack(s) (file names that differ only by a slice index, e.g. {ids[0]}, "
+                    f"{ids[1]}): a split would put slices of one specimen in both training and "
+                    "test; give every row a 'group' naming its specimen")
+
+
+def kfold_by_group(cases: list[Case], k: int = 5, seed: int = 0, source=None) -> dict[str, int]:
     """Assign every case a fold, keeping groups whole and classes balanced.
 
     Groups are shuffled with ``seed`` and placed largest first, each into the fold
@@ -35,6 +108,9 @@ def kfold_by_group(cases: list[Case], k: int = 5, seed: int = 0) -> dict[str, in
         Number of folds. With fewer groups than ``k``, ``k`` drops to the number of
         groups and a warning says so (pilot studies of 3 or 4 specimens).
     seed : int
+    source : str or Path, optional
+        The dataset, named in the error when per-slice rows lack groups
+        (:func:`require_groups`).
 
     Returns
     -------
@@ -43,6 +119,7 @@ def kfold_by_group(cases: list[Case], k: int = 5, seed: int = 0) -> dict[str, in
     """
     if k < 2:
         raise ValueError(f"k must be at least 2, got {k}")
+    require_groups(cases, source)
     groups: dict[str, list[Case]] = defaultdict(list)
     for case in cases:
         groups[case.group].append(case)

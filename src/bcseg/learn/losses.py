@@ -67,11 +67,43 @@ def bce_dice_loss(y_true, y_pred):
     return bce_loss(y_true, y_pred) + soft_dice_loss(y_true, y_pred)
 
 
-LOSSES = {"dice": soft_dice_loss, "bce_dice": bce_dice_loss, "bce": bce_loss}
+REFERENCE_SMOOTH = 1e-7
+"""``smooth`` of the reference study's ``dice_coef``, in every commit of its history."""
+
+
+@keras.saving.register_keras_serializable(package="bcseg")
+def reference_dice_loss(y_true, y_pred):
+    """The reference study's loss as it executed under tf.keras 2, per sample.
+
+    ``1 - mean over rows of (2·Σ t·p + s) / (Σ t + Σ p + s)``, ``s = 1e-7``, the
+    sums running along each image row. The study's masks had no channel axis, so
+    tf.keras 2 squeezed the model's ``(B, H, W, 1)`` output to ``(B, H, W)`` and
+    its ``K.sum(..., axis=-1)`` summed over the columns of each row (see
+    :func:`bcseg.measure.metrics.pixel_soft_score`). Every sample has as many rows, so
+    Keras's mean of these per-sample values over the batch is the study's mean
+    over all rows of the batch.
+
+    Parameters
+    ----------
+    y_true, y_pred : tensor, shape (B, ..., H, W, 1)
+
+    Returns
+    -------
+    tensor, shape (B,)
+    """
+    y_true, y_pred = _as_float32(y_true, y_pred)
+    t, p = y_true[..., 0], y_pred[..., 0]  # drop the channel, as tf.keras 2 did
+    score = (2.0 * ops.sum(ops.abs(t * p), axis=-1) + REFERENCE_SMOOTH) / (
+        ops.sum(t, axis=-1) + ops.sum(p, axis=-1) + REFERENCE_SMOOTH)
+    return 1.0 - ops.mean(score, axis=tuple(range(1, len(score.shape))))
+
+
+LOSSES = {"dice": soft_dice_loss, "bce_dice": bce_dice_loss, "bce": bce_loss,
+          "reference_dice": reference_dice_loss}
 
 
 def get_loss(name: str):
-    """The loss function called ``name``: one of ``"dice"``, ``"bce_dice"``, ``"bce"``.
+    """The loss function called ``name``: ``"dice"``, ``"bce_dice"``, ``"bce"`` or ``"reference_dice"``.
 
     Raises
     ------

@@ -26,6 +26,16 @@ from bcseg.data.intensity import normalise
 from bcseg.measure.observers import consensus
 
 RANDOM_OBSERVER = "random"
+SOFT_OBSERVER = "soft"
+KEEP_ALL = (RANDOM_OBSERVER, SOFT_OBSERVER)  # targets that keep every observer's mask
+
+
+def evaluation_target(observer: str) -> str:
+    """The reference that validation and tuning score a training target against.
+
+    ``random`` and ``soft`` are no single mask: they are scored against the union.
+    """
+    return "union" if observer in KEEP_ALL else observer
 
 
 # --------------------------------------------------------------------------- geometry
@@ -62,12 +72,13 @@ def from_square(prob: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
 def training_target(masks: dict[str, np.ndarray], observer: str, where: str) -> np.ndarray:
     """The training target of one case: an observer, or a consensus of them.
 
-    For ``random`` every observer is kept, stacked on a new first axis, so that a
-    sampler can draw one per sample and epoch.
+    For ``random`` and ``soft`` every observer is kept, stacked on a new first
+    axis: a sampler then draws one per sample and epoch (``random``) or averages
+    them (``soft``: 0.5 where two observers disagree).
     """
     if not masks:
         raise DataError(where, "has no observer mask to train on")
-    if observer == RANDOM_OBSERVER:
+    if observer in KEEP_ALL:
         return np.stack([masks[name] for name in sorted(masks)])
     try:
         return consensus(masks, observer)
@@ -80,13 +91,15 @@ class Samples:
     """Training samples held in memory.
 
     ``images`` is ``(N, ...)`` float32 in [0, 1]; ``targets`` is ``(N, O, ...)``
-    uint8 with one entry per observer kept (O = 1 unless the target is ``random``);
-    ``has_tumour`` marks samples whose target holds tumour.
+    uint8 with one entry per observer kept (O = 1 unless the target is ``random``
+    or ``soft``); ``soft`` says to train on the mean of the O masks rather than
+    one drawn at random; ``has_tumour`` marks samples whose target holds tumour.
     """
 
     images: list[np.ndarray] | np.ndarray
     targets: list[np.ndarray] | np.ndarray
     case_ids: list[str]
+    soft: bool = False
 
     @property
     def has_tumour(self) -> np.ndarray:
@@ -109,9 +122,9 @@ def slice_samples(cases: list[Case], observer: str, size: int,
     With ``offline_augment="reference"`` each slice becomes the reference study's 24
     rotated and trimmed copies (one target only: not with the ``random`` observer).
     """
-    if offline_augment == "reference" and observer == RANDOM_OBSERVER:
+    if offline_augment == "reference" and observer in KEEP_ALL:
         raise DataError(None, "the reference offline augmentation needs one target; "
-                        "choose an observer or a consensus instead of 'random'")
+                        f"choose an observer or a consensus instead of {observer!r}")
     images, targets, ids = [], [], []
     rng = np.random.default_rng(seed)
     for case in cases:
@@ -130,7 +143,8 @@ def slice_samples(cases: list[Case], observer: str, size: int,
                 images.append(square)
                 targets.append(masks)
                 ids.append(case.id)
-    return Samples(np.stack(images).astype(np.float32), np.stack(targets).astype(np.uint8), ids)
+    return Samples(np.stack(images).astype(np.float32), np.stack(targets).astype(np.uint8), ids,
+                   soft=observer == SOFT_OBSERVER)
 
 
 def volume_samples(cases: list[Case], observer: str) -> Samples:
@@ -144,7 +158,7 @@ def volume_samples(cases: list[Case], observer: str) -> Samples:
         images.append(image)
         targets.append(target)
         ids.append(case.id)
-    return Samples(images, targets, ids)
+    return Samples(images, targets, ids, soft=observer == SOFT_OBSERVER)
 
 
 # --------------------------------------------------------------------------- per-epoch draws
@@ -162,10 +176,17 @@ def draw_indices(has_tumour: np.ndarray, n: int, tumour_fraction: float,
     return picks
 
 
-def _pick_observer(targets: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """One observer per sample from ``(N, O, ...)`` targets (O = 1: that one)."""
+def _pick_observer(targets: np.ndarray, rng: np.random.Generator, soft: bool) -> np.ndarray:
+    """The targets of one epoch, ``(N, ..., C)`` float32, from ``(N, O, ...)`` masks.
+
+    One observer per sample (C = 1; O = 1: that one), or for ``soft`` every
+    observer as a channel (C = O), averaged after augmentation by
+    :func:`epoch_dataset` so that each mask is resampled as a binary mask.
+    """
+    if soft:
+        return np.moveaxis(targets, 1, -1).astype(np.float32)
     choice = rng.integers(targets.shape[1], size=targets.shape[0])
-    return targets[np.arange(targets.shape[0]), choice]
+    return targets[np.arange(targets.shape[0]), choice][..., None].astype(np.float32)
 
 
 def _patch(volume: np.ndarray, target: np.ndarray, shape, rng, force_tumour: bool):
@@ -186,12 +207,16 @@ def _patch(volume: np.ndarray, target: np.ndarray, shape, rng, force_tumour: boo
 
 def epoch_arrays(samples: Samples, epoch: int, seed: int, n: int, tumour_fraction: float,
                  patch_shape=None) -> tuple[np.ndarray, np.ndarray]:
-    """The images and targets of one epoch, before augmentation; shape ``(n, ..., 1)``."""
+    """The images and targets of one epoch, before augmentation.
+
+    Images are ``(n, ..., 1)``; targets ``(n, ..., 1)``, or ``(n, ..., O)`` for a
+    ``soft`` target (one channel per observer, averaged by :func:`epoch_dataset`).
+    """
     rng = np.random.default_rng([seed, epoch])
     if patch_shape is None:
         index = draw_indices(samples.has_tumour, n, tumour_fraction, rng)
         images = samples.images[index]
-        targets = _pick_observer(samples.targets[index], rng)
+        targets = _pick_observer(samples.targets[index], rng, samples.soft)
     else:
         has = samples.has_tumour
         images, targets = [], []
@@ -203,8 +228,8 @@ def epoch_arrays(samples: Samples, epoch: int, seed: int, n: int, tumour_fractio
             images.append(image)
             targets.append(target)
         images = np.stack(images)
-        targets = _pick_observer(np.stack(targets), rng)
-    return images[..., None].astype(np.float32), targets[..., None].astype(np.float32)
+        targets = _pick_observer(np.stack(targets), rng, samples.soft)
+    return images[..., None].astype(np.float32), targets
 
 
 @functools.lru_cache(maxsize=16)
@@ -258,6 +283,8 @@ def epoch_dataset(images: np.ndarray, targets: np.ndarray, batch_size: int, seed
         function = _augment_function(augment, images.shape[1:], targets.shape[1:])
         ds = tf.data.Dataset.from_tensor_slices((images, targets, seeds))
         ds = ds.map(function, num_parallel_calls=_cpu_count(), deterministic=True)
+    if targets.shape[-1] > 1:  # soft: the observers' masks, augmented alike, averaged
+        ds = ds.map(lambda x, y: (x, tf.reduce_mean(y, axis=-1, keepdims=True)), deterministic=True)
     return ds.batch(batch_size).prefetch(2).with_options(_epoch_options())
 
 

@@ -40,7 +40,8 @@ from bcseg.data.dataset import Case, discover
 from bcseg.errors import ConfigError, DataError, UsageError
 from bcseg.learn.losses import DiceMetric, IoUMetric, get_loss
 from bcseg.learn.models import unet
-from bcseg.data.splits import folds_from_file, kfold_by_group, load_splits, save_splits, validation_ids
+from bcseg.data.splits import (folds_from_file, group_note, kfold_by_group, load_splits, require_groups,
+                          save_splits, validation_ids)
 
 HISTORY_COLUMNS = ["epoch", "loss", "dice", "iou", "val_loss", "val_dice", "val_iou", "lr"]
 log = logging.getLogger("bcseg.learn.train")
@@ -82,11 +83,20 @@ def _say(message: str) -> None:
 
 # --------------------------------------------------------------------------- splits
 
-def choose_folds(cases: list[Case], cfg: dict, folds_file=None) -> tuple[dict[str, int], str]:
-    """Fold per case id from a fold file, the ``last`` rule, or group k-fold."""
+def choose_folds(cases: list[Case], cfg: dict, folds_file=None,
+                 data=None) -> tuple[dict[str, int], str]:
+    """Fold per case id from a fold file, the ``last`` rule, or group k-fold.
+
+    Cases without a group are flagged in one warning; per-slice rows of a stack
+    without groups are refused (:func:`bcseg.data.splits.require_groups`), naming ``data``.
+    """
     train_cfg = cfg["train"]
     if folds_file:
         return folds_from_file(folds_file, cases), str(folds_file)
+    note = group_note(cases)
+    if note:
+        warnings.warn(note)
+    require_groups(cases, data)
     if train_cfg["split"] == "last":
         groups = sorted({c.group for c in cases})
         n_test = min(train_cfg["test_last"], len(groups) - 1)
@@ -96,7 +106,7 @@ def choose_folds(cases: list[Case], cfg: dict, folds_file=None) -> tuple[dict[st
         return {c.id: 0 if c.group in test else 1 for c in cases}, "last"
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        folds = kfold_by_group(cases, k=train_cfg["k"], seed=train_cfg["seed"])
+        folds = kfold_by_group(cases, k=train_cfg["k"], seed=train_cfg["seed"], source=data)
     for warning in caught:
         warnings.warn(str(warning.message))
     return folds, "kfold_by_group"
@@ -314,7 +324,7 @@ def tune_inference(model, cases: list[Case], cfg: dict, settings: dict) -> dict:
 
     if not cases or not cfg["inference"]["tune"]:
         return settings
-    target = "union" if cfg["data"]["observer"] == pipeline.RANDOM_OBSERVER else cfg["data"]["observer"]
+    target = pipeline.evaluation_target(cfg["data"]["observer"])
     truths, probs = [], {False: [], True: []}
     for case in cases:
         for tta in (False, True):
@@ -424,8 +434,8 @@ def run_fold(cases: list[Case], folds: dict[str, int], fold: int, cfg: dict, out
 
 
 def _val_target(d: dict) -> str:
-    # A random observer per sample makes a noisy yardstick: validate against the union.
-    return "union" if d["observer"] == pipeline.RANDOM_OBSERVER else d["observer"]
+    # A random observer per sample, or their mean, makes no yardstick: validate against the union.
+    return pipeline.evaluation_target(d["observer"])
 
 
 def _distribution(strategy: str | None):
@@ -489,7 +499,8 @@ def train(data, out, config=None, overrides: dict | None = None, fold="0", folds
     if resume and (out / "splits.json").is_file():
         folds, source = load_splits(out / "splits.json"), None
     else:
-        folds, source = choose_folds(cases, cfg, folds_file)
+        folds, source = choose_folds(cases, cfg, folds_file,
+                                     None if isinstance(data, (list, tuple)) else data)
     targets = _test_folds(folds, fold, cfg["train"]["split"])
     _prepare_run_dir(out, resume, force)
     handler = _start_log(out)

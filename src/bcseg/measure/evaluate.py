@@ -40,9 +40,9 @@ import numpy as np
 from bcseg.data import io
 from bcseg.atomic import write_text
 from bcseg.data.dataset import Case, discover, read_case_image, read_case_masks
-from bcseg.errors import DataError, UsageError
-from bcseg.measure.metrics import case_metrics, dice, pixel_soft_score, slice_metrics, summarise
-from bcseg.measure.observers import METHODS, agreement, consensus, union
+from bcseg.errors import DataError, ModelError, UsageError
+from bcseg.measure.metrics import REFERENCE_EPS, batch_mean, case_metrics, dice, slice_metrics, soft_scores, summarise
+from bcseg.measure.observers import MARGINS, METHODS, agreement, consensus, paired_comparison, union
 
 __all__ = ["evaluate", "find_predictions", "ceiling_table", "OUTPUTS", "METRIC_COLUMNS",
            "INTER_OBSERVER", "PIXEL_SOFT_NOTE"]
@@ -50,6 +50,7 @@ __all__ = ["evaluate", "find_predictions", "ceiling_table", "OUTPUTS", "METRIC_C
 OUTPUTS = {"metrics": "metrics.csv", "agreement": "agreement.csv", "summary": "summary.json"}
 TARGETS = ("each", "union", "intersection", "staple")
 INTER_OBSERVER = "inter-observer"
+SOFT_REDUCTION = "row"  # the reference study's score as it executed (bcseg.measure.metrics.pixel_soft_score)
 MASK_SUFFIX, PROB_SUFFIX = "_mask", "_prob"
 MAX_SHOWN = 10
 
@@ -61,12 +62,18 @@ NUMERIC_METRICS = tuple(k for k, v in case_metrics(_EMPTY, _EMPTY).items()
 METRICS_CSV_COLUMNS = ("case", "reference", "level", "slice") + METRIC_COLUMNS
 AGREEMENT_CSV_COLUMNS = ("case", "level", "observer_a", "observer_b") + METRIC_COLUMNS
 
+HUMAN_LEVEL_NOTE = (
+    "For each specimen and each observer A, the model's agreement with A is set against the "
+    "other observer's agreement with A, and the mean paired difference (model minus observer, "
+    "with a 95% bootstrap CI over specimens) is read against a margin: 0.05 Dice, 1 mm HD95. "
+    "'As well as' means the CI stays on the good side of the margin; 'below' that it lies "
+    "wholly beyond it; anything else needs more specimens.")
 PIXEL_SOFT_NOTE = (
-    "pixel_soft_score is the reference study's 'Dice': each pixel is scored on its own as "
-    "(2*y*p + 1) / (y + p + 1) and the scores are averaged over every pixel of every case, "
-    "against the union of the observers. Background pixels predicted as background score 1, "
-    "so it stays close to 1 even for an empty prediction. It is NOT the Dice coefficient; "
-    "compare models with the per-specimen Dice reported beside it.")
+    "pixel_soft_score is the reference study's 'Dice' as it executed under tf.keras 2: a soft "
+    "Dice (2*sum(y*p) + 1e-7) / (sum(y) + sum(p) + 1e-7) along each image row, averaged over "
+    "every row of every case, against the union of the observers. Rows without tumour score 1 "
+    "when the prediction there is exactly empty and about 0 otherwise. It is NOT the Dice "
+    "coefficient; compare models with the per-specimen Dice reported beside it.")
 
 
 # --------------------------------------------------------------------------- inputs
@@ -211,13 +218,13 @@ def _case_rows(case: Case, files: Mapping, names: list[str], targets, slices: bo
     if files["prob"] is not None:
         prob, _ = io.read_image(files["prob"])
         try:
-            score = pixel_soft_score(everyone, prob)
+            scores = soft_scores(everyone, prob, SOFT_REDUCTION)
         except ValueError as error:
             raise DataError(files["prob"], f"not a probability map ({error})") from None
     else:
-        score = pixel_soft_score(everyone, pred.astype(float))
-    soft = {"sum": score * everyone.size, "pixels": everyone.size, "prob": files["prob"] is not None,
-            "dice": dice(pred, everyone)}
+        scores = soft_scores(everyone, pred.astype(float), SOFT_REDUCTION)
+    soft = {"sum": float(scores.sum()), "rows": scores.size, "pixels": everyone.size,
+            "prob": files["prob"] is not None, "dice": dice(pred, everyone)}
     info = {"id": case.id, "image": _absolute(case.image), "prediction": _absolute(files["mask"]),
             "probability": None if files["prob"] is None else _absolute(files["prob"]),
             "observers": {n: [_absolute(p) for p in case.masks[n]] for n in names},
@@ -296,11 +303,54 @@ def _one_of(values: set, several: str) -> str:
     return next(iter(values)) if len(values) == 1 else several
 
 
+def _other_observers(case_pairs: list[dict], reference: str, metric: str) -> tuple[list[str], float]:
+    """The other observers of one case against ``reference``, and their mean ``metric``."""
+    values, others = [], []
+    for row in case_pairs:
+        if reference in (row["observer_a"], row["observer_b"]):
+            others.append(row["observer_b"] if row["observer_a"] == reference else row["observer_a"])
+            values.append(row[metric])
+    return others, (float(np.mean(values)) if values else math.nan)
+
+
+def human_level(rows: list[dict], agree_rows: list[dict], unit: str, n_boot: int, seed: int) -> dict:
+    """The paired human-level test per reference observer, for Dice and HD95.
+
+    For every case and observer A: the model against A, paired with the other
+    observer(s) against A (the mean over them when there are several);
+    :func:`bcseg.measure.observers.paired_comparison` reads the differences.
+    """
+    pairs: dict[str, list[dict]] = {}
+    for row in agree_rows:
+        pairs.setdefault(row["case"], []).append(row)
+    model = {(r["case"], r["reference"]): r for r in rows}
+    comparisons = []
+    references = sorted({r["observer_a"] for r in agree_rows} | {r["observer_b"] for r in agree_rows})
+    for reference in references:
+        for metric in MARGINS:
+            model_scores, human_scores, others = [], [], set()
+            for case_id, case_pairs in pairs.items():
+                names, value = _other_observers(case_pairs, reference, metric)
+                if not names or (case_id, reference) not in model:
+                    continue
+                others.update(names)
+                model_scores.append(model[(case_id, reference)][metric])
+                human_scores.append(value)
+            other = next(iter(others)) if len(others) == 1 else "the other observers (mean)"
+            comparisons.append(paired_comparison(
+                model_scores, human_scores, metric, names=(reference, other),
+                unit=unit if metric == "hd95" and unit in ("mm", "voxel") else "",
+                n_boot=n_boot, seed=seed))
+    return {"margins": dict(MARGINS), "comparisons": comparisons,
+            "note": HUMAN_LEVEL_NOTE}
+
+
 # --------------------------------------------------------------------------- evaluate
 
 def evaluate(pred_dir: str | Path, truth, out_dir: str | Path, observers: str | Sequence[str] = "all",
              targets: Sequence[str] = TARGETS, force: bool = False, slices: bool = True,
-             n_boot: int = 2000, seed: int = 0, progress: bool = False) -> dict:
+             n_boot: int = 2000, seed: int = 0, progress: bool = False,
+             protocol: str = "honest", model=None, reference_size: int = 128) -> dict:
     """Compare predicted masks with every observer and consensus, per specimen.
 
     Parameters
@@ -328,6 +378,15 @@ def evaluate(pred_dir: str | Path, truth, out_dir: str | Path, observers: str | 
         Bootstrap resamples and seed for the CIs (:func:`bcseg.measure.metrics.summarise`).
     progress : bool
         Show a progress bar over the cases.
+    protocol : {"honest", "reference"}
+        ``"reference"`` also scores ``model`` the way the reference study did
+        (:func:`reference_protocol`) and puts that figure beside the honest one
+        in ``summary.json`` (``reference_protocol``) and the headline.
+    model : str or Path, optional
+        The run folder or ``.keras`` file the predictions came from; needed by
+        ``protocol="reference"``.
+    reference_size : int
+        Slice size of the reference protocol when the model takes any size.
 
     Returns
     -------
@@ -347,15 +406,18 @@ def evaluate(pred_dir: str | Path, truth, out_dir: str | Path, observers: str | 
 
     Notes
     -----
-    ``summary.json`` holds ``n_cases``, ``level`` (``specimen``, ``image`` or
+    ``summary.json`` holds first ``human_level`` (null with one observer): the
+    paired test of :func:`human_level` (``margins``, ``comparisons``: one
+    :func:`bcseg.measure.observers.paired_comparison` dict per reference observer and
+    metric, with its ``verdict`` and ``text``, and ``note``); then ``n_cases``, ``level`` (``specimen``, ``image`` or
     ``mixed``), ``unit`` (``mm``, ``voxel`` or ``mixed``), ``observers``,
     ``references`` (name -> ``n_cases``, ``n_pred_empty``, ``n_truth_empty``,
     ``metrics``: metric -> ``n, n_finite, n_inf, mean, sd, median, ci_low,
     ci_high``), with one entry per observer, ``union``, ``intersection``,
     ``staple`` and ``inter-observer`` (observers against each other; the mean
     over pairs per case when there are more than two), ``pixel_soft_score``
-    (``value``, ``reference``, ``dice_mean`` against the same reference,
-    ``n_cases``, ``n_pixels``, ``n_cases_with_probability``, ``note``),
+    (``value``, ``reference``, ``reduction`` "row", ``eps`` 1e-7, ``dice_mean``
+    against the same reference, ``n_cases``, ``n_rows``, ``n_pixels``, ``n_cases_with_probability``, ``note``),
     ``settings`` and ``inputs`` (the files of every case, which
     :func:`bcseg.report.html.build_report` reads to draw examples). NaN is written as
     ``null``. Statistics are over cases, never slices: ``n`` is a case count.
@@ -368,6 +430,11 @@ def evaluate(pred_dir: str | Path, truth, out_dir: str | Path, observers: str | 
                          f"choose from {', '.join(TARGETS)}")
     if int(n_boot) < 1:
         raise UsageError(None, f"n_boot must be at least 1, not {n_boot}")
+    if protocol not in PROTOCOLS:
+        raise UsageError(None, f"unknown protocol {protocol!r}; choose from {', '.join(PROTOCOLS)}")
+    if protocol == "reference" and model is None:
+        raise UsageError(None, "protocol 'reference' scores a model: give the model the predictions "
+                         "came from")
     outputs = {key: out_dir / name for key, name in OUTPUTS.items()}
     if not force:
         for path in outputs.values():
@@ -379,7 +446,7 @@ def evaluate(pred_dir: str | Path, truth, out_dir: str | Path, observers: str | 
     matched = _match(pred_dir, cases, predictions, wanted)
 
     rows, slice_rows, agree_rows, infos = [], [], [], []
-    soft_sum = soft_pixels = soft_prob = 0.0
+    soft_sum = soft_rows = soft_pixels = soft_prob = 0.0
     soft_dice = []
     iterator = matched
     if progress:
@@ -392,6 +459,7 @@ def evaluate(pred_dir: str | Path, truth, out_dir: str | Path, observers: str | 
         agree_rows += a
         infos.append(info)
         soft_sum += soft["sum"]
+        soft_rows += soft["rows"]
         soft_pixels += soft["pixels"]
         soft_prob += soft["prob"]
         soft_dice.append(soft["dice"])
@@ -413,19 +481,25 @@ def evaluate(pred_dir: str | Path, truth, out_dir: str | Path, observers: str | 
         references[INTER_OBSERVER] = _summarise_rows(per_case_agree, n_boot, seed)
 
     soft_ref = "union" if any(len(n) >= 2 for _, _, n in matched) else ordered[0]
-    pixel_soft = {"value": soft_sum / soft_pixels, "reference": soft_ref,
+    pixel_soft = {"value": soft_sum / soft_rows, "reference": soft_ref,
+                  "reduction": SOFT_REDUCTION, "eps": REFERENCE_EPS,
                   "dice_mean": float(np.mean(soft_dice)),
-                  "n_cases": len(infos), "n_pixels": int(soft_pixels),
+                  "n_cases": len(infos), "n_rows": int(soft_rows), "n_pixels": int(soft_pixels),
                   "n_cases_with_probability": int(soft_prob), "note": PIXEL_SOFT_NOTE}
+    study_style = None if protocol == "honest" else reference_protocol(
+        model, matched, size=reference_size, seed=seed)
     units = {r["unit"] for r in rows}
+    unit = _one_of(units, "mixed")
     summary = {
+        "human_level": human_level(rows, agree_rows, unit, n_boot, seed) if agree_rows else None,
         "n_cases": len(infos),
         "level": _one_of({i["level"] for i in infos}, "mixed"),
-        "unit": _one_of(units, "mixed"),
+        "unit": unit,
         "observers": ordered,
         "references": references,
         "pixel_soft_score": pixel_soft,
-        "settings": {"targets": list(targets), "observers": observers if isinstance(observers, str)
+        **({"reference_protocol": study_style} if study_style else {}),
+        "settings": {"protocol": protocol, "targets": list(targets), "observers": observers if isinstance(observers, str)
                      else list(observers), "n_boot": int(n_boot), "seed": int(seed), "ci": 0.95,
                      "statistics_over": "cases"},
         "inputs": {"pred_dir": str(pred_dir.resolve()),
@@ -443,12 +517,98 @@ def evaluate(pred_dir: str | Path, truth, out_dir: str | Path, observers: str | 
     return {
         "metrics_csv": outputs["metrics"], "agreement_csv": outputs["agreement"],
         "summary_json": outputs["summary"], "n_cases": len(infos),
+        "human_level": human_level_lines(summary),
         "headline": {"reference": headline_ref, "dice_mean": headline["mean"],
                      "dice_ci": (headline["ci_low"], headline["ci_high"]),
+                     "dice_ci_note": headline.get("ci_note", ""),
+                     "hd95": references[headline_ref]["metrics"]["hd95"], "unit": unit,
                      "inter_observer_dice_mean": None if ceiling is None else ceiling["mean"],
-                     "pixel_soft_score": pixel_soft["value"]},
+                     "pixel_soft_score": pixel_soft["value"],
+                     "reference_protocol": None if study_style is None else study_style["value"]},
         "dice": {name: stats["mean"] for name, stats in dice_stats.items()},
     }
+
+
+# --------------------------------------------------------------------------- reference protocol
+
+PROTOCOLS = ("honest", "reference")
+REFERENCE_BATCH = 32  # the default batch of tf.keras 2's model.evaluate
+REFERENCE_PROTOCOL_NOTE = (
+    "Scored the way the reference study did: every slice of every evaluated case fitted to "
+    "the model's input size, augmented offline into 24 copies (12 rotations x 2 random "
+    "trims), predicted as probabilities, and scored with the study's dice_coef as it "
+    "executed (a soft Dice per image row, smooth=1e-7) against the union of the observers, "
+    "averaged per batch of 32 augmented slices and then over batches, as model.evaluate "
+    "did. Augmented copies of one slice are near-duplicates and rows, not specimens, are "
+    "averaged: this is not an estimate of per-specimen Dice.")
+
+
+def _model_input_size(model, default: int) -> int:
+    shape = tuple(model.inputs[0].shape)
+    if len(shape) != 4:
+        raise ModelError(None, f"the reference protocol needs a 2D model (input (B, H, W, C)), "
+                         f"not one with input shape {shape}")
+    return int(shape[1]) if shape[1] is not None else default
+
+
+def _augmented_slices(case: Case, names: list[str], size: int, rng):
+    """The study's test inputs for one case: 24 augmented copies of every slice."""
+    from bcseg.learn.augment import reference_offline_augment
+    from bcseg.data.intensity import normalise
+    from bcseg.learn.pipeline import to_square
+
+    image, _ = read_case_image(case)
+    masks = read_case_masks(Case(case.id, case.image, {n: case.masks[n] for n in names}), image.shape)
+    truth = union([masks[n] for n in names])
+    image = normalise(image)
+    stack, truth = (image[None], truth[None]) if image.ndim == 2 else (image, truth)
+    for z in range(stack.shape[0]):
+        square = to_square(stack[z], size)
+        mask = to_square(truth[z].astype(np.float32), size, order=0) > 0.5
+        yield reference_offline_augment(square, mask, size=size, rng=rng)
+
+
+def reference_protocol(model_path, matched, size: int = 128, seed: int = 0,
+                       batch_size: int = REFERENCE_BATCH) -> dict:
+    """The reference study's test score of a model on the matched cases.
+
+    Parameters
+    ----------
+    model_path : str or Path
+        A training run folder or a ``.keras`` file of a 2D model.
+    matched : list of (Case, files, observer names)
+        The evaluated cases, as :func:`evaluate` pairs them.
+    size : int
+        Slice size when the model takes any size (the study's was 128).
+    seed : int
+        Seed of the random trims.
+    batch_size : int
+        Images per batch of the averaging (``model.evaluate``'s default, 32).
+
+    Returns
+    -------
+    dict
+        ``value``, ``reduction``, ``eps``, ``batch_size``, ``size``, ``seed``,
+        ``n_cases``, ``n_slices``, ``n_images``, ``model`` and ``note``.
+    """
+    from bcseg.infer.predict import load_model
+    from bcseg.infer.segment import resolve_model
+
+    path, _ = resolve_model(model_path)
+    model = load_model(path)
+    size = _model_input_size(model, size)
+    rng = np.random.default_rng(seed)
+    row_scores, n_slices = [], 0
+    for case, _, names in matched:
+        for images, masks in _augmented_slices(case, names, size, rng):
+            prob = model.predict(images[..., None], batch_size=batch_size, verbose=0)
+            row_scores.append(soft_scores(masks, prob, SOFT_REDUCTION))  # (24, size)
+            n_slices += 1
+    scores = np.concatenate(row_scores)
+    return {"value": batch_mean(scores, batch_size), "reduction": SOFT_REDUCTION, "eps": REFERENCE_EPS,
+            "batch_size": int(batch_size), "size": int(size), "seed": int(seed),
+            "n_cases": len(matched), "n_slices": n_slices, "n_images": len(scores),
+            "model": _absolute(path), "note": REFERENCE_PROTOCOL_NOTE}
 
 
 # --------------------------------------------------------------------------- tables
@@ -478,8 +638,27 @@ def _mean_sd(stats: Mapping, digits: int, unit: str = "") -> str:
     if unit and not _missing(stats.get("mean")):
         text += f" {unit}"
     if stats.get("n_inf"):
-        text += f" ({stats['n_inf']} inf)"
+        text += f" ({_inf_left_out(stats)})"
     return text
+
+
+def _inf_left_out(stats: Mapping) -> str:
+    """``mean of 2; 1 inf left out``: what a mean that skips infinite values stands on."""
+    return f"mean of {stats['n_finite']}; {stats['n_inf']} inf left out"
+
+
+def ci_phrase(stats: Mapping) -> str:
+    """``95% CI 0.712-0.804``, or ``no CI: n too small`` (a :func:`summarise` dict)."""
+    if stats.get("ci_note"):
+        return f"no CI: {stats['ci_note']}"
+    return f"95% CI {stats['ci_low']:.3f}-{stats['ci_high']:.3f}"
+
+
+def _ci_text(stats: Mapping, digits: int = 3, sep: str = "–") -> str:
+    """``low–high``, or why there is no CI (fewer than 5 finite values)."""
+    if stats.get("ci_note"):
+        return stats["ci_note"]
+    return f"{_number(stats.get('ci_low'), digits)}{sep}{_number(stats.get('ci_high'), digits)}"
 
 
 def ceiling_table(summary: Mapping) -> list[dict]:
@@ -497,9 +676,9 @@ def ceiling_table(summary: Mapping) -> list[dict]:
         intersection, STAPLE, then the observers against each other (the
         ceiling, ``is_ceiling`` True). The display columns,
         :data:`CEILING_COLUMNS`, are formatted strings: ``dice`` "mean ± SD",
-        ``dice_median``, ``dice_ci`` "low–high", ``hd95`` and ``assd``
-        "mean ± SD unit", with "(k inf)" when k cases had exactly one empty
-        mask (left out of the mean). The raw numbers are under ``stats``
+        ``dice_median``, ``dice_ci`` "low–high" (or "n too small" with fewer
+        than 5 cases), ``hd95`` and ``assd`` "mean ± SD unit", with "(mean of
+        m; k inf left out)" when k cases had exactly one empty mask. The raw numbers are under ``stats``
         (``dice``, ``hd95``, ``assd`` -> the :func:`bcseg.measure.metrics.summarise`
         dict); ``reference`` and ``unit`` name the reference and the unit.
     """
@@ -524,11 +703,17 @@ def ceiling_table(summary: Mapping) -> list[dict]:
         row = {"comparison": label, "reference": key, "is_ceiling": key == INTER_OBSERVER,
                "n": refs[key]["n_cases"], "unit": unit,
                "dice": _mean_sd(ds, 3), "dice_median": _number(ds["median"], 3),
-               "dice_ci": f"{_number(ds['ci_low'], 3)}–{_number(ds['ci_high'], 3)}",
+               "dice_ci": _ci_text(ds),
                "hd95": _mean_sd(hd, 2, suffix), "assd": _mean_sd(asd, 2, suffix)}
         row["stats"] = {"dice": dict(ds), "hd95": dict(hd), "assd": dict(asd)}
         table.append(row)
     return table
+
+
+def human_level_lines(summary: Mapping) -> list[str]:
+    """The paired human-level verdicts of ``summary.json``, Dice first, then HD95."""
+    comparisons = (summary.get("human_level") or {}).get("comparisons", [])
+    return [c["text"] for c in sorted(comparisons, key=lambda c: c["metric"] != "dice")]
 
 
 def headline_lines(result: Mapping) -> list[str]:
@@ -537,10 +722,20 @@ def headline_lines(result: Mapping) -> list[str]:
     if not head:
         return []
     low, high = head["dice_ci"]
-    lines = [f"test Dice vs {head['reference']}: {head['dice_mean']:.3f} "
-             f"(95% CI {low:.3f}-{high:.3f}) per case over {result['n_cases']} case(s)"]
+    ci = ci_phrase({"ci_low": low, "ci_high": high, "ci_note": head.get("dice_ci_note")})
+    lines = [f"human level: model {text}" for text in result.get("human_level", [])]
+    lines += [f"test Dice vs {head['reference']}: {head['dice_mean']:.3f} "
+              f"({ci}) per case over {result['n_cases']} case(s)"]
+    hd95 = head.get("hd95")
+    if hd95 and hd95.get("n_finite"):
+        left_out = f" ({_inf_left_out(hd95)})" if hd95.get("n_inf") else ""
+        lines.append(f"test HD95 vs {head['reference']}: {hd95['mean']:.2f} {head.get('unit', '')}"
+                     f"{left_out}".replace("  ", " "))
     if head.get("inter_observer_dice_mean") is not None:
         lines.append(f"inter-observer Dice (the ceiling): {head['inter_observer_dice_mean']:.3f}")
     lines.append(f"pixel_soft_score (the reference study's 'Dice'; not a Dice): "
                  f"{head['pixel_soft_score']:.4f}")
+    if head.get("reference_protocol") is not None:
+        lines.append(f"study-style score (--protocol reference: augmented 128 px slices, per-row "
+                     f"soft Dice; not a Dice): {head['reference_protocol']:.4f}")
     return lines

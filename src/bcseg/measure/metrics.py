@@ -33,7 +33,8 @@ __all__ = [
     "dice", "iou", "precision", "recall", "specificity",
     "surface_distances", "hd95", "assd", "hausdorff",
     "volume", "volume_difference", "case_metrics", "slice_metrics",
-    "pixel_soft_score", "summarise",
+    "pixel_soft_score", "soft_scores", "batch_mean", "REFERENCE_EPS", "summarise",
+    "MIN_CI_CASES", "CI_TOO_FEW",
 ]
 
 
@@ -345,58 +346,154 @@ def slice_metrics(pred, truth, spacing_mm=None) -> list[dict]:
 
 
 # ---------------------------------------------------------------- reference score
-def pixel_soft_score(truth, prob, eps: float = 1.0) -> float:
+REFERENCE_EPS = 1e-7
+"""The smoothing term of the reference study's ``dice_coef`` (``smooth=1e-7``)."""
+
+SOFT_REDUCTIONS = ("row", "pixel")
+
+
+def _strip_channel(y: np.ndarray, p: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Drop a trailing channel axis of size 1 the way tf.keras 2 did.
+
+    Keras's loss and metric wrappers (``squeeze_or_expand_dimensions``) squeeze
+    the last axis of whichever array has one axis more, if that axis has size 1;
+    when both carry a channel axis of size 1 (rank >= 3) it is dropped from both.
+    """
+    if p.ndim == y.ndim + 1 and p.shape[-1] == 1:
+        p = p[..., 0]
+    elif y.ndim == p.ndim + 1 and y.shape[-1] == 1:
+        y = y[..., 0]
+    elif y.ndim == p.ndim and y.ndim >= 3 and y.shape[-1] == 1 == p.shape[-1]:
+        y, p = y[..., 0], p[..., 0]
+    return y, p
+
+
+def soft_scores(truth, prob, reduction: str = "row", eps: float = REFERENCE_EPS) -> np.ndarray:
+    """The reference study's smoothed soft-Dice scores, one per row or per pixel.
+
+    ``s = (2 Σ y·p + eps) / (Σ y + Σ p + eps)``, the sums running along the image
+    rows (``reduction="row"``: over the last axis, the columns) or over nothing
+    (``"pixel"``: every pixel on its own). See :func:`pixel_soft_score`.
+
+    Returns
+    -------
+    ndarray of float
+        ``truth.shape[:-1]`` for ``"row"`` and ``truth.shape`` for ``"pixel"``,
+        after a trailing channel axis of size 1 is dropped.
+    """
+    if reduction not in SOFT_REDUCTIONS:
+        raise ValueError(f"reduction must be one of {SOFT_REDUCTIONS}, not {reduction!r}")
+    try:
+        eps = float(eps)
+    except (TypeError, ValueError):
+        raise ValueError(f"eps must be a number, not {eps!r}") from None
+    if not (math.isfinite(eps) and eps > 0):
+        raise ValueError(f"eps must be finite and > 0, not {eps}")
+    y, p = _strip_channel(as_mask(truth).astype(float), np.asarray(prob, dtype=float))
+    if y.shape != p.shape:
+        raise ValueError(f"truth and prob differ in shape: {y.shape} vs {p.shape}")
+    if y.size == 0 or y.ndim < 1:
+        raise ValueError("truth and prob are empty arrays")
+    if not np.all((p >= 0) & (p <= 1)):
+        raise ValueError("prob must hold probabilities in [0, 1] (no NaN)")
+    if reduction == "pixel":
+        return (2 * y * p + eps) / (y + p + eps)
+    # K.abs(y*p) in the study equals y*p for y in {0, 1} and p in [0, 1].
+    return (2 * (y * p).sum(axis=-1) + eps) / (y.sum(axis=-1) + p.sum(axis=-1) + eps)
+
+
+def pixel_soft_score(truth, prob, reduction: str = "row", eps: float = REFERENCE_EPS,
+                     batch_size: int | None = None) -> float:
     """The reference study's "Dice", which is not a Dice coefficient.
 
-    The study's Keras ``dice_coef`` sums ``y_true * y_pred`` over the last axis
-    only. With a single-channel output that axis holds one value, so each pixel
-    is scored on its own,
+    The study's Keras metric and loss were::
 
-        s = (2 y p + eps) / (y + p + eps),
+        def dice_coef(y_true, y_pred, smooth=1e-7):
+            intersection = K.sum(K.abs(y_true * y_pred), axis=-1)
+            union = K.sum(y_true, axis=-1) + K.sum(y_pred, axis=-1)
+            return K.mean((2. * intersection + smooth) / (union + smooth))
 
-    and Keras then averages ``s`` over all pixels of all images. A Dice
-    coefficient sums over the whole object *before* dividing. Here every
-    background pixel predicted as background scores ``eps / eps = 1``, so on
-    images that are mostly background an empty prediction scores close to 1
-    while its true Dice is 0. Use it only to compare with the study's numbers.
+    Its masks were arrays of shape ``(N, 128, 128)``, the model's output
+    ``(N, 128, 128, 1)``. tf.keras 2 wraps such a function in
+    ``LossFunctionWrapper`` / ``MeanMetricWrapper``, whose
+    ``squeeze_or_expand_dimensions`` squeezes the output to ``(N, 128, 128)``, so
+    ``axis=-1`` summed along each image *row* (over its columns): a soft Dice
+    per row, averaged over the rows of the batch, and the batch values averaged
+    over the batches of ``model.evaluate``. That is ``reduction="row"``, the score
+    as executed. Had the masks carried the channel axis, each pixel would have
+    been scored on its own: ``reduction="pixel"``.
+
+    Neither is a Dice coefficient, which sums over the whole object before
+    dividing. With ``"pixel"`` every background pixel predicted as background
+    scores ``eps / eps = 1``; with ``"row"`` a row without tumour scores 1 only if
+    its predicted probabilities sum to well below ``eps``, and close to 0
+    otherwise. Use it only to compare with the study's numbers.
 
     Parameters
     ----------
     truth : array_like
-        Masks of any shape (one image, a stack or a batch, with or without a
-        trailing channel axis of size 1); values > 0 are foreground.
+        Masks of shape ``(..., H, W)``, optionally with a trailing channel axis
+        of size 1 (on either array, as Keras allowed); values > 0 are foreground.
     prob : array_like
-        Predicted probabilities in [0, 1], same shape as ``truth``.
+        Predicted probabilities in [0, 1], the same shape up to that axis.
+    reduction : {"row", "pixel"}
+        Sum along each row (the study as executed), or score each pixel.
     eps : float
-        The smoothing term (``smooth=1`` in the study). Must be > 0.
+        The smoothing term (``smooth=1e-7`` in the study). Must be > 0.
+    batch_size : int, optional
+        Average per batch of ``batch_size`` images (first axis) first, then over
+        batches, as ``model.evaluate`` did (its default batch is 32). None
+        averages all rows (or pixels) alike; the two differ only when the last
+        batch is partial.
 
     Returns
     -------
     float
-        Mean per-pixel score over every pixel given.
 
     Examples
     --------
-    >>> pixel_soft_score([[1, 0], [0, 0]], np.zeros((2, 2)))
+    >>> pixel_soft_score([[1, 0], [0, 0]], np.zeros((2, 2)), reduction="pixel", eps=1.0)
     0.875
     """
-    y = as_mask(truth).astype(float)
-    p = np.asarray(prob, dtype=float)
-    if y.shape != p.shape:
-        raise ValueError(f"truth and prob differ in shape: {y.shape} vs {p.shape}")
-    if y.size == 0:
-        raise ValueError("truth and prob are empty arrays")
-    if not (math.isfinite(eps) and eps > 0):
-        raise ValueError(f"eps must be finite and > 0, not {eps}")
-    if not np.all((p >= 0) & (p <= 1)):
-        raise ValueError("prob must hold probabilities in [0, 1] (no NaN)")
-    return float(np.mean((2 * y * p + eps) / (y + p + eps)))
+    scores = soft_scores(truth, prob, reduction, eps)
+    if batch_size is None:
+        return float(scores.mean())
+    return batch_mean(scores.reshape(scores.shape[0], -1) if scores.ndim > 1 else scores[:, None],
+                      batch_size)
+
+
+def batch_mean(scores, batch_size: int) -> float:
+    """The mean that tf.keras 2's ``model.evaluate`` reports for a metric.
+
+    Keras averages a metric within each batch of ``batch_size`` samples and then
+    averages those batch values, so a partial last batch weighs as much as a full one.
+
+    Parameters
+    ----------
+    scores : array_like, shape (N, ...)
+        Per-sample scores (e.g. one per row of each image); first axis = samples.
+    batch_size : int
+        Samples per batch, >= 1.
+    """
+    if int(batch_size) < 1:
+        raise ValueError(f"batch_size must be >= 1, not {batch_size}")
+    x = np.asarray(scores, dtype=float)
+    x = x.reshape(len(x), -1)
+    step = int(batch_size)
+    return float(np.mean([x[i:i + step].mean() for i in range(0, len(x), step)]))
 
 
 # ---------------------------------------------------------------------- summaries
+MIN_CI_CASES = 5
+"""Fewest finite values :func:`summarise` gives a bootstrap CI for."""
+CI_TOO_FEW = "n too small"
 def summarise(values: Iterable[float] | Sequence[float], n_boot: int = 2000,
               seed: int = 0, ci: float = 0.95) -> dict:
     """Mean, SD, median and a bootstrap CI of the mean of per-case values.
+
+    With fewer than :data:`MIN_CI_CASES` (5) finite values there is no CI: a
+    percentile bootstrap of 2-4 values is little more than their [min, max].
+    ``ci_low`` and ``ci_high`` are then NaN and ``ci_note`` is ``"n too small"``.
 
     NaN (undefined, e.g. HD95 of two empty masks) and ``±inf`` (e.g. HD95 when
     one mask is empty) are left out of every statistic but counted: ``n`` is all
@@ -416,9 +513,11 @@ def summarise(values: Iterable[float] | Sequence[float], n_boot: int = 2000,
     Returns
     -------
     dict
-        ``n, n_finite, n_inf, mean, sd, median, ci_low, ci_high``. ``sd`` is the
-        sample SD (ddof=1), NaN with fewer than two finite values; all
-        statistics are NaN with none.
+        ``n, n_finite, n_inf, mean, sd, median, ci_low, ci_high, ci_note``.
+        ``sd`` is the sample SD (ddof=1), NaN with fewer than two finite values;
+        all statistics are NaN with none. ``ci_note`` is ``""`` when there is a
+        CI. ``mean``, ``sd``, ``median`` and the CI leave out the ``n_inf``
+        infinite values: say so wherever the mean is shown.
     """
     x = np.asarray(list(values) if not isinstance(values, np.ndarray) else values, dtype=float)
     if x.ndim != 1:
@@ -430,13 +529,16 @@ def summarise(values: Iterable[float] | Sequence[float], n_boot: int = 2000,
     finite = x[np.isfinite(x)]
     out = {"n": int(x.size), "n_finite": int(finite.size), "n_inf": int(np.isinf(x).sum()),
            "mean": math.nan, "sd": math.nan, "median": math.nan,
-           "ci_low": math.nan, "ci_high": math.nan}
+           "ci_low": math.nan, "ci_high": math.nan, "ci_note": ""}
     m = finite.size
     if m == 0:
         return out
     out["mean"] = float(finite.mean())
     out["median"] = float(np.median(finite))
     out["sd"] = float(finite.std(ddof=1)) if m > 1 else math.nan
+    if m < MIN_CI_CASES:
+        out["ci_note"] = CI_TOO_FEW
+        return out
     rng = np.random.default_rng(seed)
     means = np.empty(int(n_boot))
     step = max(1, 1_000_000 // m)          # bound memory to ~8 MB per chunk

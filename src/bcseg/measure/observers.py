@@ -9,14 +9,17 @@ Pure NumPy + SimpleITK: this module never imports TensorFlow.
 from __future__ import annotations
 
 import itertools
+import math
+import warnings
 from typing import Mapping, Sequence
 
 import numpy as np
 import SimpleITK as sitk
 
-from bcseg.measure.metrics import as_mask, case_metrics
+from bcseg.measure.metrics import CI_TOO_FEW, MIN_CI_CASES, as_mask, case_metrics
 
-__all__ = ["union", "intersection", "staple", "consensus", "agreement", "METHODS"]
+__all__ = ["union", "intersection", "staple", "consensus", "agreement", "paired_comparison",
+           "METHODS", "MARGINS"]
 
 METHODS = ("union", "intersection", "staple")
 
@@ -55,8 +58,25 @@ def intersection(masks: Sequence) -> np.ndarray:
     return np.logical_and.reduce(_stack(masks))
 
 
+TWO_OBSERVER_STAPLE = (
+    "STAPLE with two observers is degenerate: every voxel they disagree on gets a probability "
+    "of 0.5 (exactly, or 0.5 plus one rounding step, depending on the field size), so a 0.5 "
+    "threshold would pick their union or their intersection by floating-point rounding. "
+    "bcseg returns their intersection (voxels both observers marked; the union when the "
+    "threshold is below 0.5). Ask for 'intersection' or 'union' to say which you mean.")
+_warned_two_observers = False
+
+
+def _warn_two_observers() -> None:
+    """Say once per process what STAPLE of two observers equals."""
+    global _warned_two_observers
+    if not _warned_two_observers:
+        _warned_two_observers = True
+        warnings.warn(TWO_OBSERVER_STAPLE, UserWarning, stacklevel=4)
+
+
 def staple(masks: Sequence, threshold: float = 0.5) -> np.ndarray:
-    """STAPLE consensus (Warfield et al. 2004) of binary masks.
+    """STAPLE consensus (Warfield et al. 2004) of three or more binary masks.
 
     Runs SimpleITK's ``STAPLEImageFilter`` with foreground value 1, which
     estimates each observer's sensitivity and specificity and returns, per
@@ -76,16 +96,22 @@ def staple(masks: Sequence, threshold: float = 0.5) -> np.ndarray:
 
     Notes
     -----
+    With **two** observers STAPLE cannot tell who is right where they disagree:
+    SimpleITK gives those voxels 0.5, or 0.5 plus one ulp on larger fields, so
+    ``prob > 0.5`` would be the intersection or the union by rounding. Two masks
+    therefore give their intersection (their union if ``threshold < 0.5``)
+    without running STAPLE, with a warning (once per process) saying so.
     STAPLE is undefined (SimpleITK returns NaN) when all masks are identical,
-    e.g. all empty; the common mask is then returned. With two observers that
-    disagree, voxels marked by one observer only can land at exactly 0.5, so
-    with the default threshold they are left out.
+    e.g. all empty; the common mask is then returned.
     """
     if not 0 <= threshold < 1:
         raise ValueError(f"threshold must be in [0, 1), not {threshold}")
     ms = _stack(masks)
     if all(np.array_equal(ms[0], m) for m in ms[1:]):
         return ms[0].copy()
+    if len(ms) == 2:
+        _warn_two_observers()
+        return union(ms) if threshold < 0.5 else intersection(ms)
     images = [sitk.GetImageFromArray(m.astype(np.uint8)) for m in ms]
     prob = sitk.GetArrayFromImage(sitk.STAPLE(images, 1.0))
     if np.isnan(prob).any():
@@ -151,3 +177,113 @@ def agreement(masks: Mapping[str, np.ndarray], spacing_mm=None) -> list[dict]:
         {"observer_a": a, "observer_b": b, **case_metrics(masks[a], masks[b], spacing_mm)}
         for a, b in itertools.combinations(masks, 2)
     ]
+
+
+# ------------------------------------------------------------------ human-level test
+
+MARGINS = {"dice": 0.05, "hd95": 1.0}
+"""Non-inferiority margins of :func:`paired_comparison`: Dice 0.05, HD95 1 mm."""
+HIGHER_IS_BETTER = {"dice": True, "hd95": False}
+Z95 = 1.959964
+
+
+def _needed_cases(mean: float, sd: float, margin: float, higher: bool) -> int | None:
+    """Specimens needed for a 95% CI of the mean difference to clear ``margin``.
+
+    Normal approximation with the observed SD: ``n = (z·sd / distance)²``, where
+    ``distance`` is how far the mean difference lies on the good side of the margin.
+    None when the mean is not on the good side, or the SD is unknown.
+    """
+    distance = (mean + margin) if higher else (margin - mean)
+    if not (math.isfinite(sd) and math.isfinite(distance)) or distance <= 0:
+        return None
+    return max(MIN_CI_CASES, math.ceil((Z95 * sd / distance) ** 2))
+
+
+def _signed(value: float) -> str:
+    """``+0.012``; a mean of exactly 0 that rounding left at -0.0 reads ``+0.000``."""
+    return f"{round(value, 3) + 0.0:+.3f}"
+
+
+def _verdict_text(delta: dict, verdict: str, names: tuple[str, str], metric: str, unit: str,
+                  margin: float, needed: int | None) -> str:
+    reference, other = names
+    label = "Dice" if metric == "dice" else "HD95"
+    ci = (f"no CI: {CI_TOO_FEW}" if not math.isfinite(delta["ci_low"])
+          else f"[{_signed(delta['ci_low'])}, {_signed(delta['ci_high'])}]")
+    stat = f"Δ {label} = {_signed(delta['mean'])}{' ' + unit if unit else ''} {ci}, n = {delta['n_finite']}"
+    if verdict == "as_well":
+        return f"agrees with {reference} as well as {other} does ({stat})"
+    if verdict == "below":
+        return f"below: agrees with {reference} less well than {other} does ({stat})"
+    wanted = (f"about {needed} specimens would be needed for the CI to exclude a margin of "
+              f"{margin:g}{' ' + unit if unit else ''}" if needed
+              else f"no number of specimens would let the CI exclude a margin of {margin:g}"
+              f"{' ' + unit if unit else ''} at this mean difference" if math.isfinite(delta["sd"])
+              else "too few to estimate how many would be needed")
+    return f"too few specimens to tell ({stat}); {wanted}"
+
+
+def paired_comparison(model_scores, human_scores, metric: str = "dice", names=("A", "B"),
+                      unit: str = "", margin: float | None = None, n_boot: int = 2000,
+                      seed: int = 0) -> dict:
+    """Does the model agree with observer A as well as observer B does?
+
+    For every specimen, ``model_scores[i]`` is the metric of the model against A and
+    ``human_scores[i]`` that of B against A. The paired differences
+    ``Δ = model − human`` are summarised over specimens (mean, bootstrap CI of the
+    mean) and read as a non-inferiority test with ``margin``:
+
+    - "as_well": the CI lies on the good side of ``−margin`` (Dice) or ``+margin``
+      (HD95, lower is better);
+    - "below": the CI lies wholly beyond the margin on the bad side;
+    - "too_few": anything else, including fewer than 5 specimens with a finite
+      difference, with the number of specimens the CI would need to clear the margin.
+
+    Parameters
+    ----------
+    model_scores, human_scores : sequence of float
+        One value per specimen, paired. Pairs where either is NaN or inf (an empty
+        mask) are left out and counted (``n_left_out``).
+    metric : {"dice", "hd95"}
+    names : (str, str)
+        The reference observer A and the other observer B, for the text.
+    unit : str
+        Unit of the metric ("mm" for HD95 with spacing).
+    margin : float, optional
+        Defaults to :data:`MARGINS` (0.05 Dice, 1 mm HD95).
+    n_boot, seed : int
+        Bootstrap settings of :func:`bcseg.measure.metrics.summarise`.
+
+    Returns
+    -------
+    dict
+        ``metric, reference, other, unit, margin, n, n_left_out, model_mean,
+        human_mean, delta`` (the :func:`~bcseg.measure.metrics.summarise` dict of Δ),
+        ``verdict``, ``needed_n`` and ``text``.
+    """
+    from bcseg.measure.metrics import summarise
+
+    if metric not in MARGINS:
+        raise ValueError(f"metric must be one of {tuple(MARGINS)}, not {metric!r}")
+    model = np.asarray(model_scores, dtype=float)
+    human = np.asarray(human_scores, dtype=float)
+    if model.shape != human.shape or model.ndim != 1:
+        raise ValueError(f"model_scores and human_scores must be paired 1D sequences, "
+                         f"not shapes {model.shape} and {human.shape}")
+    margin = MARGINS[metric] if margin is None else float(margin)
+    keep = np.isfinite(model) & np.isfinite(human)
+    delta = summarise(model[keep] - human[keep], n_boot=n_boot, seed=seed)
+    higher = HIGHER_IS_BETTER[metric]
+    low, high = delta["ci_low"], delta["ci_high"]
+    enough = delta["n_finite"] >= MIN_CI_CASES and math.isfinite(low)
+    good = (low > -margin) if higher else (high < margin)
+    bad = (high < -margin) if higher else (low > margin)
+    verdict = "as_well" if enough and good else "below" if enough and bad else "too_few"
+    needed = None if verdict != "too_few" else _needed_cases(delta["mean"], delta["sd"], margin, higher)
+    return {"metric": metric, "reference": names[0], "other": names[1], "unit": unit,
+            "margin": margin, "n": int(model.size), "n_left_out": int((~keep).sum()),
+            "model_mean": float(model[keep].mean()) if keep.any() else math.nan,
+            "human_mean": float(human[keep].mean()) if keep.any() else math.nan,
+            "delta": delta, "verdict": verdict, "needed_n": needed,
+            "text": _verdict_text(delta, verdict, tuple(names), metric, unit, margin, needed)}

@@ -35,7 +35,8 @@ from scipy import ndimage
 from bcseg.data import io
 from bcseg.atomic import atomic_path, write_text
 from bcseg.errors import BcsegError, DataError
-from bcseg.measure.evaluate import CEILING_COLUMNS, INTER_OBSERVER, OUTPUTS, ceiling_table
+from bcseg.measure.evaluate import (CEILING_COLUMNS, HUMAN_LEVEL_NOTE, INTER_OBSERVER, OUTPUTS, ceiling_table,
+                            human_level_lines)
 from bcseg.measure.metrics import as_mask, dice
 from bcseg.measure.observers import METHODS, union
 
@@ -401,6 +402,7 @@ h2 { font-size: 1.3em; border-bottom: 2px solid #ddd; padding-bottom: 0.2em; mar
 h3 { font-size: 1.08em; margin-top: 1.5em; }
 p.meta { color: #666; font-size: 0.9em; margin-top: 0; }
 .howto { background: #f6f8fa; border-left: 4px solid #0072B2; padding: 0.6em 1em; }
+.verdict { background: #fff8e6; border-left: 4px solid #E69F00; padding: 0.6em 1em; margin-top: 1em; }
 .note { background: #fff8e6; border-left: 4px solid #D55E00; padding: 0.6em 1em; }
 table { border-collapse: collapse; margin: 0.8em 0; font-size: 0.92em; }
 th, td { padding: 0.3em 0.7em; border-bottom: 1px solid #e3e3e3; text-align: left; }
@@ -525,6 +527,37 @@ def _example_pairs(eval_dir: Path, summary: Mapping, n: int, worst: int, seed: i
     return pairs, label
 
 
+def _human_level_verdicts(evaluations: list[Path], root: Path) -> str:
+    """The paired human-level verdicts of every evaluation, shown first in the report."""
+    items = []
+    for eval_dir in evaluations:
+        summary = json.loads((eval_dir / OUTPUTS["summary"]).read_text(encoding="utf-8"))
+        where = "" if eval_dir == root else f" ({eval_dir.relative_to(root)})"
+        items += [f"<li>model{_e(where)} {_e(text)}</li>" for text in human_level_lines(summary)]
+    if not items:
+        return ""
+    return ('<div class="verdict"><b>Human level: does the model agree with each observer as well '
+            f'as the other observer does?</b><ul>{"".join(items)}</ul>'
+            f'<p class="note">{_e(HUMAN_LEVEL_NOTE)}</p></div>')
+
+
+def _paired_html(summary: Mapping) -> str:
+    comparisons = (summary.get("human_level") or {}).get("comparisons", [])
+    headers = ["reference (A)", "other (B)", "metric", "n", "model vs A", "B vs A",
+               "Δ mean", "Δ 95% CI", "verdict"]
+    body = []
+    for c in comparisons:
+        delta, digits = c["delta"], 3 if c["metric"] == "dice" else 2
+        ci = ("n too small" if math.isnan(_nan(delta.get("ci_low")))
+              else f"{_fmt(delta['ci_low'], digits)} – {_fmt(delta['ci_high'], digits)}")
+        left = f" ({c['n_left_out']} inf left out)" if c.get("n_left_out") else ""
+        body.append([c["reference"], c["other"], f"{c['metric']} {c.get('unit') or ''}".strip(),
+                     f"{delta['n_finite']}{left}", _fmt(_nan(c["model_mean"]), digits),
+                     _fmt(_nan(c["human_mean"]), digits), _fmt(_nan(delta["mean"]), digits), ci,
+                     c["verdict"].replace("_", " ")])
+    return _table(headers, body, [False, False, False] + [True] * 5 + [False])
+
+
 def _evaluation_html(eval_dir: Path, root: Path, n: int, worst: int, seed: int) -> str:
     summary = json.loads((eval_dir / OUTPUTS["summary"]).read_text(encoding="utf-8"))
     where = "." if eval_dir == root else str(eval_dir.relative_to(root))
@@ -533,6 +566,9 @@ def _evaluation_html(eval_dir: Path, root: Path, n: int, worst: int, seed: int) 
     parts.append(f"<p>{_e(summary.get('n_cases'))} cases ({_e(summary.get('level'))} level), "
                  f"observers: {_e(', '.join(summary.get('observers', [])))}; distances in "
                  f"{_e(summary.get('unit'))}. Predictions: {_e(inputs.get('pred_dir', '?'))}.</p>")
+    if (summary.get("human_level") or {}).get("comparisons"):
+        parts.append("<h3>Paired human-level test: model vs A against observer B vs A</h3>")
+        parts.append(_paired_html(summary))
     parts.append("<h3>Model against each observer, and the observers against each other</h3>")
     parts.append(_ceiling_html(summary))
     parts.append("<p>Mean ± SD, median and 95% bootstrap CI of the mean over cases. "
@@ -641,7 +677,8 @@ def build_report(run_or_eval_dir: str | Path, out: str | Path | None = None,
     now = datetime.datetime.now().strftime("%Y-%m-%d %H:%M")
     parts = [f"<h1>{_e(title)}</h1>",
              f'<p class="meta">{_e(root.resolve())} · generated {_e(now)} · bcseg {_e(bcseg_version)}</p>',
-             f'<div class="howto"><b>How to read this report.</b> {_e(_HOW_TO_READ)}</div>']
+             f'<div class="howto"><b>How to read this report.</b> {_e(_HOW_TO_READ)}</div>',
+             _human_level_verdicts(evaluations, root)]
     for history in histories:
         pngs = plot_history(history, history.parent)
         if pngs:

@@ -1,0 +1,92 @@
+"""Manifests without groups: flagged in one line; per-slice rows of a stack refused."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import imageio.v3 as iio
+import numpy as np
+import pytest
+
+from bcseg.data.check import check_dataset, format_report
+from bcseg.data.dataset import discover
+from bcseg.errors import DataError
+from bcseg.data.splits import group_note, kfold_by_group, require_groups, ungrouped_stacks
+
+
+def _manifest(root, names, groups=None, header_group=True):
+    """2D slices written as PNG with a mask each, listed in manifest.csv."""
+    (root / "slices").mkdir(parents=True)
+    (root / "obs1").mkdir()
+    image = (np.arange(16 * 16) % 200).astype(np.uint8).reshape(16, 16)
+    mask = np.zeros((16, 16), np.uint8)
+    mask[4:8, 4:8] = 255
+    lines = ["id,image,mask_observer1" + (",group" if header_group else "")]
+    for k, name in enumerate(names):
+        iio.imwrite(root / "slices" / f"{name}.png", image)
+        iio.imwrite(root / "obs1" / f"{name}.png", mask)
+        group = "" if groups is None else groups[k]
+        lines.append(f"{name},slices/{name}.png,obs1/{name}.png" + (f",{group}" if header_group else ""))
+    (root / "manifest.csv").write_text("\n".join(lines) + "\n")
+    return root / "manifest.csv"
+
+
+SLICES = [f"S{s:02d}_z{z:03d}" for s in (1, 2, 3) for z in range(4)]
+
+
+def test_per_slice_rows_without_group_are_refused(tmp_path):
+    manifest = _manifest(tmp_path, SLICES, header_group=False)
+    cases = discover(manifest)
+    assert not any(c.group_given for c in cases)
+    assert ungrouped_stacks(cases) == {str(tmp_path / "slices" / f"S0{s}_z#"): SLICES[4 * (s - 1):4 * s]
+                                       for s in (1, 2, 3)}
+    with pytest.raises(DataError, match=r"12 case\(s\) without a group look like slices of 3 stack"):
+        kfold_by_group(cases, k=3, source=manifest)
+    with pytest.raises(DataError) as error:
+        require_groups(cases, manifest)
+    assert error.value.path == str(manifest) and "S01_z000, S01_z001" in str(error.value)
+
+
+def test_groups_given_let_the_same_rows_split_by_specimen(tmp_path):
+    manifest = _manifest(tmp_path, SLICES, groups=[n[:3] for n in SLICES])
+    cases = discover(manifest)
+    assert group_note(cases) is None and ungrouped_stacks(cases) == {}
+    folds = kfold_by_group(cases, k=3)
+    assert all(len({folds[c.id] for c in cases if c.group == g}) == 1 for g in ("S01", "S02", "S03"))
+
+
+def test_independent_images_without_group_are_flagged_not_refused(tmp_path):
+    # A lone number names an image or a specimen, not a slice: no stack to refuse.
+    names = ["benign (1)", "benign (2)", "S01", "S02", "case7"]
+    manifest = _manifest(tmp_path, names, groups=["", "", "", "", ""])
+    cases = discover(manifest)
+    note = group_note(cases)
+    assert note.startswith("5 of 5 case(s) have no group") and "\n" not in note
+    require_groups(cases, manifest)  # nothing to refuse
+    assert len(set(kfold_by_group(cases, k=5).values())) == 5
+
+
+def test_check_flags_in_one_line_and_lists_the_stack_as_a_problem(tmp_path):
+    manifest = _manifest(tmp_path, SLICES, groups=[""] * 6 + ["S02"] * 2 + ["S03"] * 4)
+    report = check_dataset(manifest)
+    text = format_report(report)
+    warnings = [line for line in text.splitlines() if line.startswith("warning:")]
+    assert warnings == [f"warning: {group_note(report.cases)}"]
+    assert warnings[0].startswith("warning: 6 of 12 case(s) have no group")
+    assert len(report.problems) == 1
+    path, problem = report.problems[0]
+    assert path == str(manifest) and "6 case(s) without a group look like slices of 2 stack(s)" in problem
+
+
+@pytest.mark.parametrize("command", ["split", "train"])
+def test_split_and_train_refuse_in_one_line_and_write_nothing(tmp_path, command):
+    manifest = _manifest(tmp_path / "data", SLICES, header_group=False)
+    out = tmp_path / ("splits.json" if command == "split" else "run")
+    run = subprocess.run([sys.executable, "-m", "bcseg.cli", command, str(manifest), "--out", str(out)],
+                         capture_output=True, text=True, timeout=300)
+    assert run.returncode == 3, run.stderr
+    errors = [line for line in run.stderr.splitlines() if line.startswith("bcseg: error:")]
+    assert len(errors) == 1 and errors[0].startswith(f"bcseg: error: {manifest}: 12 case(s) without a group")
+    assert sum("have no group" in line for line in run.stderr.splitlines()) == 1  # the one-line flag
+    assert not out.exists()
