@@ -108,8 +108,8 @@ def write_dataset(root: Path, masks: dict[str, np.ndarray] | None = None,
                   image: np.ndarray = IMAGE, others: int = 0) -> Path:
     """An images/ + masks/observer1/ dataset: case 'a' and ``others`` good cases."""
     io.write_image(root / "images" / "a.tif", image)
-    for i in range(others):
-        io.write_image(root / "images" / f"good{i}.tif", IMAGE)
+    for i in range(others):  # distinct from each other and from 'a': copies are refused
+        io.write_image(root / "images" / f"good{i}.tif", IMAGE + np.uint8(i + 1))
         io.write_mask(root / "masks" / "observer1" / f"good{i}.tif", LESION)
     for name, mask in (masks if masks is not None else {"a.tif": LESION}).items():
         folder = root / "masks" / "observer1"
