@@ -150,9 +150,9 @@ def _input_files(inputs) -> list[Path]:
 
 def _tiff_memmap(path: Path, shape, dtype, spacing) -> np.memmap:
     """An output TIFF with ImageJ spacing, memory-mapped so it is filled batch by batch."""
-    if len(shape) == 3 and shape[0] == 1:
-        # An ImageJ file reads back a one-slice stack as 2D: a shaped TIFF keeps (1, H, W),
-        # with its in-plane spacing in the resolution tags (pixels per cm).
+    if len(shape) == 3 and 1 in (shape[0], shape[-1]):
+        # ImageJ files read back (1, H, W) and (Z, H, 1) without the singleton axis: a
+        # shaped TIFF keeps it, with the in-plane spacing in resolution tags (pixels per cm).
         kwargs = {} if spacing is None else {"resolution": (10 / spacing[-1], 10 / spacing[-2]),
                                              "resolutionunit": "CENTIMETER"}
         return tifffile.memmap(path, shape=tuple(shape), dtype=dtype, photometric="minisblack", **kwargs)
