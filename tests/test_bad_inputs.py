@@ -229,6 +229,28 @@ def test_png_with_short_pixel_data_is_refused(name, make, tmp_path, models, caps
     assert_refused(capsys, predict_argv(tmp_path, path, models["2d"]), 3, f"{name}: is truncated", tmp_path)
 
 
+def _cut_tail(write, keep: float):
+    def make(path: Path) -> None:
+        write(path)
+        data = path.read_bytes()
+        path.write_bytes(data[: int(len(data) * keep)])
+    return make
+
+
+@pytest.mark.parametrize("name, make", [
+    ("cut.jpg", _cut_tail(lambda p: iio.imwrite(p, IMAGE, extension=".jpg"), 0.7)),
+    ("strip.tif", _cut_tail(lambda p: tifffile.imwrite(p, IMAGE), 0.8)),
+    ("strips.tif", _cut_tail(lambda p: tifffile.imwrite(p, STACK, photometric="minisblack",
+                                                         rowsperstrip=4), 0.9)),
+], ids=["jpeg", "tiff-single-strip", "tiff-stack-strips"])
+def test_other_short_pixel_data_is_refused(name, make, tmp_path):
+    """The same class in JPEG and TIFF strips (refused before this issue too)."""
+    make(tmp_path / name)
+    for mmap in (False, True):
+        with pytest.raises(DataError, match=rf"{name}: .*(truncated|failed to read|corrupt)"):
+            io.read_image(tmp_path / name, mmap=mmap)
+
+
 def test_png_with_full_pixel_data_still_reads(tmp_path):
     path = tmp_path / "full.png"
     path.write_bytes(_png(40, 32, 0, 8, _rows(IMAGE)))
