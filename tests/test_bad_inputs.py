@@ -92,9 +92,14 @@ def _ome_stack(path: Path) -> None:
         "axes": "ZYX", "PhysicalSizeX": 0.0, "PhysicalSizeY": 100.0, "PhysicalSizeZ": 500.0})
 
 
+def _zero_resolution(path: Path) -> None:
+    tifffile.imwrite(path, STACK, imagej=True, resolution=((0, 1), (10, 1)),
+                     metadata={"axes": "ZYX", "unit": "mm", "spacing": 1.0})
+
+
 BAD_SPACING = {"imagej-zero": _imagej_stack(0.0), "imagej-negative": _imagej_stack(-0.5),
                "imagej-nan": _imagej_stack(float("nan")), "imagej-inf": _imagej_stack(float("inf")),
-               "ome-zero": _ome_stack}
+               "ome-zero": _ome_stack, "resolution-zero": _zero_resolution}
 
 
 @pytest.mark.parametrize("kind", sorted(BAD_SPACING))

@@ -233,8 +233,6 @@ def _resolution_mm(page: tifffile.TiffPage, imagej_unit: str | None) -> tuple[fl
     yres = tags["YResolution"].value
     x = xres[0] / xres[1] if xres[1] else 0.0
     y = yres[0] / yres[1] if yres[1] else 0.0
-    if x <= 0 or y <= 0:
-        return None
     if imagej_unit is not None:
         scale = _unit_scale(imagej_unit)
         if scale is None:
@@ -247,7 +245,8 @@ def _resolution_mm(page: tifffile.TiffPage, imagej_unit: str | None) -> tuple[fl
             scale = 25.4
         else:
             return None
-    return (scale / y, scale / x)
+    # A zero resolution is an infinite spacing: check_spacing refuses it by name.
+    return (scale / y if y > 0 else math.inf, scale / x if x > 0 else math.inf)
 
 
 def _ome_spacing(xml: str) -> dict[str, float]:
