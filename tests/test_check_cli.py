@@ -45,8 +45,8 @@ def broken(tmp_path) -> Path:
     values 0, 1, 2; e: no observer2 mask. Case a is fine.
     """
     root = tmp_path / "broken set"
-    for name in "abcde":
-        io.write_image(root / "images" / f"{name}.tif", STACK, (1.0, 0.25, 0.25))
+    for number, name in enumerate("abcde"):  # distinct images: a copy is a problem of its own
+        io.write_image(root / "images" / f"{name}.tif", STACK + number, (1.0, 0.25, 0.25))
         io.write_mask(root / "masks" / "observer1" / f"{name}.tif", LESION)
         if name != "e":
             io.write_mask(root / "masks" / "observer2" / f"{name}.tif", LESION)

@@ -24,7 +24,8 @@ def _manifest(root, names, groups=None, header_group=True):
     mask[4:8, 4:8] = 255
     lines = ["id,image,mask_observer1" + (",group" if header_group else "")]
     for k, name in enumerate(names):
-        iio.imwrite(root / "slices" / f"{name}.png", image)
+        # Each slice differs, so the duplicate-image check has nothing to say here.
+        iio.imwrite(root / "slices" / f"{name}.png", np.roll(image, k, axis=1))
         iio.imwrite(root / "obs1" / f"{name}.png", mask)
         group = "" if groups is None else groups[k]
         lines.append(f"{name},slices/{name}.png,obs1/{name}.png" + (f",{group}" if header_group else ""))

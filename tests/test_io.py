@@ -339,7 +339,7 @@ def test_truncated_tiff(tmp_path, writer, mmap):
 def test_garbage_bytes_named_png(tmp_path):
     path = tmp_path / "scan.png"
     path.write_bytes(bytes(range(256)) * 8)
-    with pytest.raises(DataError, match="cannot read") as error:
+    with pytest.raises(DataError, match="is not a PNG image") as error:
         io.read_image(path)
     assert_names(error, path)
 
@@ -347,7 +347,7 @@ def test_garbage_bytes_named_png(tmp_path):
 def test_garbage_bytes_named_tif(tmp_path):
     path = tmp_path / "scan.tif"
     path.write_bytes(b"definitely not a tiff" * 20)
-    with pytest.raises(DataError, match="cannot read TIFF") as error:
+    with pytest.raises(DataError, match="is not a TIFF image: its content is text") as error:
         io.read_image(path)
     assert_names(error, path)
 

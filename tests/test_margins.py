@@ -218,7 +218,7 @@ def test_missing_spacing_and_bad_input_raise():
     tumour = np.zeros((6, 6, 6), bool)
     with pytest.raises(DataError, match="spacing unknown.*--spacing"):
         M.margins(tumour, tumour, None)
-    with pytest.raises(DataError, match="3 positive"):
+    with pytest.raises(DataError, match="must be positive, finite"):
         M.margins(tumour, tumour, (0.5, 0, 0.3))
     with pytest.raises(DataError, match="one shape"):
         M.margins(tumour, tumour[:, :, :5], SPACING)

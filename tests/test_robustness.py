@@ -108,8 +108,8 @@ def write_dataset(root: Path, masks: dict[str, np.ndarray] | None = None,
                   image: np.ndarray = IMAGE, others: int = 0) -> Path:
     """An images/ + masks/observer1/ dataset: case 'a' and ``others`` good cases."""
     io.write_image(root / "images" / "a.tif", image)
-    for i in range(others):
-        io.write_image(root / "images" / f"good{i}.tif", IMAGE)
+    for i in range(others):  # distinct from each other and from 'a': copies are refused
+        io.write_image(root / "images" / f"good{i}.tif", IMAGE + np.uint8(i + 1))
         io.write_mask(root / "masks" / "observer1" / f"good{i}.tif", LESION)
     for name, mask in (masks if masks is not None else {"a.tif": LESION}).items():
         folder = root / "masks" / "observer1"
@@ -517,19 +517,19 @@ def test_keep_going_reports_every_failure_one_line_each(mixed_folder, tmp_path, 
 
 # --------------------------------------------------------------------------- guards in src
 
-def test_reading_refuses_more_than_max_voxels(tmp_path, monkeypatch, models, capsys):
+def test_reading_refuses_more_than_max_bytes(tmp_path, monkeypatch, models, capsys):
     io.write_image(tmp_path / "big.tif", STACK)
     io.write_image(tmp_path / "big.nii.gz", STACK)
-    monkeypatch.setattr(io, "MAX_VOXELS", STACK.size - 1)
+    monkeypatch.setenv(io.MAX_IMAGE_ENV, str((STACK.nbytes - 1) / 2**30))
     for path in (tmp_path / "big.tif", tmp_path / "big.nii.gz"):
-        with pytest.raises(DataError, match=r"big\.(tif|nii\.gz): is too large \(\(4, 32, 40\)\)"):
+        with pytest.raises(DataError, match=r"big\.(tif|nii\.gz): is too large \(\(4, 32, 40\):"):
             io.read_image(path)
     with pytest.raises(DataError, match="too large"):
         io.open_volume(tmp_path / "big.tif")
     code, _, err = run_main(capsys, _predict(tmp_path, tmp_path / "big.tif", models["2d"]))
     assert code == 3 and "big.tif: is too large" in one_error_line(err)
     assert files_under(tmp_path / "out") == {}
-    monkeypatch.setattr(io, "MAX_VOXELS", STACK.size)
+    monkeypatch.setenv(io.MAX_IMAGE_ENV, str(STACK.nbytes / 2**30))
     assert io.read_image(tmp_path / "big.tif")[0].shape == STACK.shape
 
 

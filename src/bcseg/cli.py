@@ -16,16 +16,80 @@ import sys
 import warnings
 from pathlib import Path
 
-from bcseg.errors import BcsegError, UsageError
+from bcseg.errors import BcsegError, UsageError, printable
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with bcseg's one-line errors: the problem, then where to read more.
+
+    Subparsers are built from the parser's own class, so this holds for every
+    subcommand. Argument types below reject bad values while parsing, so every usage
+    error exits 2 before any data is read or any model is loaded.
+    """
+
+    def error(self, message: str):
+        self.exit(2, f"bcseg: error: {printable(message)}; see '{self.prog} --help'\n")
+
+
+def _number(text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a number") from None
+
+
+def _fraction(text: str) -> float:
+    """A probability: a number from 0 to 1 (NaN is not one)."""
+    value = _number(text)
+    if not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError(f"must be a number from 0 to 1, got '{text}'")
+    return value
+
+
+def _millimetres(text: str) -> float:
+    value = _number(text)
+    if not 0 <= value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a finite number of mm >= 0, got '{text}'")
+    return value
+
+
+def _whole(minimum: int, maximum: int | None = None):
+    """An argument type for whole numbers from ``minimum`` (to ``maximum``)."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"'{text}' is not a whole number") from None
+        if value < minimum or (maximum is not None and value > maximum):
+            allowed = f"from {minimum} to {maximum}" if maximum is not None else f">= {minimum}"
+            raise argparse.ArgumentTypeError(f"must be a whole number {allowed}, got '{text}'")
+        return value
+    return parse
+
+
+def _steps(text: str) -> list[str]:
+    """Comma-separated post-processing steps; 'none' for none."""
+    from bcseg.infer.postprocess import POSTPROCESS_STEPS
+
+    steps = [step.strip() for step in text.split(",") if step.strip() and step.strip() != "none"]
+    unknown = [step for step in steps if step not in POSTPROCESS_STEPS]
+    if unknown:
+        raise argparse.ArgumentTypeError(f"unknown step '{unknown[0]}'; choose from "
+                                         f"{', '.join(POSTPROCESS_STEPS)} or none")
+    return steps
 
 
 def _spacing(text: str) -> tuple[float, ...]:
+    """A voxel size ``Z x Y x X`` in mm: three positive, finite numbers."""
+    from bcseg.data.io import spacing_problem
+
     try:
         values = tuple(float(v) for v in text.replace(",", "x").split("x"))
     except ValueError:
-        raise argparse.ArgumentTypeError(f"'{text}' is not a spacing like 1x0.25x0.25") from None
-    if not values or any(v <= 0 for v in values):
-        raise argparse.ArgumentTypeError(f"spacing '{text}' must be positive numbers")
+        raise argparse.ArgumentTypeError(f"'{text}' is not a spacing like 1x0.25x0.25 (Z x Y x X mm)") from None
+    problem = spacing_problem(values, 3)
+    if problem:
+        raise argparse.ArgumentTypeError(f"spacing '{text}' {problem} (Z x Y x X mm, like 1x0.25x0.25)")
     return values
 
 
@@ -58,13 +122,14 @@ def cmd_check(args) -> int:
 
 
 def cmd_split(args) -> int:
-    from bcseg.data.dataset import discover
+    from bcseg.data.dataset import discover, refuse_duplicate_images
     from bcseg.data.splits import (folds_from_file, group_note, kfold_by_group, near_duplicate_groups,
-                              save_splits)
+                                   save_splits)
 
     cases = discover(args.data)
     if args.near_duplicates:
         cases = near_duplicate_groups(cases)
+    refuse_duplicate_images(cases)
     if args.folds_file:
         folds = folds_from_file(args.folds_file, cases)
         source = str(args.folds_file)
@@ -103,8 +168,10 @@ def cmd_train(args) -> int:
                         fold=fold, folds_file=args.folds_file, resume=args.resume, force=args.force,
                         init=args.init, strategy=args.strategy, mixed_precision=args.mixed_precision)
     except Interrupted as stopped:
-        print(f"bcseg: training interrupted ({stopped}); the last completed epoch is saved. "
-              f"Continue with: bcseg train {args.data} --out {args.out} --resume", file=sys.stderr)
+        saved = stopped.saved_epoch
+        kept = {0: "no epoch was saved", 1: "epoch 1 is saved"}.get(saved, f"epochs 1-{saved} are saved")
+        print(printable(f"bcseg: training interrupted ({stopped}); {kept}. Continue with: "
+                        f"bcseg train {args.data} --out {args.out} --resume"), file=sys.stderr)
         return 130
     for result in results:
         print(f"fold {result['fold']}: best epoch {result['best_epoch']}, "
@@ -117,8 +184,7 @@ def cmd_train(args) -> int:
 def cmd_predict(args) -> int:
     from bcseg.infer.segment import predict_files
 
-    postprocess = None if args.postprocess is None else [
-        step for step in args.postprocess.split(",") if step and step != "none"]
+    postprocess = args.postprocess
     model = args.model
     if model is None:
         from bcseg.infer.pretrained import pretrained_path
@@ -143,9 +209,15 @@ def cmd_predict(args) -> int:
 def _margins_after_predict(records: list[dict], args) -> None:
     from bcseg.measure.margins import margins_for_files, write_margins_csv
 
+    from bcseg.data.io import open_volume
+
     rows = []
     for record in records:
         if record.get("error") or not record.get("mask"):
+            continue
+        if open_volume(record["mask"])[0].ndim != 3:  # margins are measured in 3D stacks
+            print(printable(f"bcseg: warning: {record['input']}: is a 2D image; no margins "
+                            "(they need a 3D stack)"), file=sys.stderr)
             continue
         result = margins_for_files(record["input"], record["mask"], args.out, spacing_mm=args.spacing,
                                    force=args.force)
@@ -226,7 +298,7 @@ def cmd_demo(args) -> int:
 # --------------------------------------------------------------------------- parser
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="bcseg", description="Segment breast tumours in ultrasound images and specimen stacks.")
     parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
@@ -235,10 +307,10 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Write synthetic ex-vivo specimen ultrasound stacks "
                        "(images/ + masks/observer1/ + masks/observer2/), deterministic from the seed.")
     p.add_argument("out", help="output folder")
-    p.add_argument("--n", type=int, default=8, help="number of specimens (default 8)")
-    p.add_argument("--shape", type=int, nargs=3, default=[24, 128, 128], metavar=("Z", "H", "W"),
+    p.add_argument("--n", type=_whole(1), default=8, help="number of specimens (default 8)")
+    p.add_argument("--shape", type=_whole(2), nargs=3, default=[24, 128, 128], metavar=("Z", "H", "W"),
                    help="stack shape (default 24 128 128)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=_whole(0), default=0)
     p.add_argument("--truth", action="store_true",
                    help="also write the true tumour and tissue masks under truth/")
     p.add_argument("--force", action="store_true", help="overwrite an existing folder")
@@ -255,8 +327,8 @@ def build_parser() -> argparse.ArgumentParser:
                        "or read them from a fold file; write them as JSON.")
     p.add_argument("data", help="dataset folder or manifest CSV")
     p.add_argument("--out", required=True, help="JSON file to write")
-    p.add_argument("--k", type=int, default=5, help="number of folds (default 5)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--k", type=_whole(2), default=5, help="number of folds (default 5)")
+    p.add_argument("--seed", type=_whole(0), default=0)
     p.add_argument("--folds-file", help="CSV with image,fold columns (e.g. BUSI's folds.csv)")
     p.add_argument("--near-duplicates", action="store_true",
                    help="group near-duplicate 2D images (average hash) before splitting")
@@ -271,14 +343,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", choices=["unet2d", "unet3d"], help="overrides model.ndim")
     p.add_argument("--config", help="preset (default, seed, demo) or TOML file")
     group = p.add_mutually_exclusive_group()
-    group.add_argument("--fold", type=int, help="test fold (default 0)")
+    group.add_argument("--fold", type=_whole(0), help="test fold (default 0)")
     group.add_argument("--folds", choices=["all"], help="train every fold in turn")
     p.add_argument("--folds-file", help="CSV with image,fold columns (e.g. BUSI's folds.csv)")
     p.add_argument("--observer", help="training target: an observer's name, union, "
                    "intersection, staple, random (one observer per sample) or soft (their mean)")
-    p.add_argument("--epochs", type=int)
-    p.add_argument("--batch-size", type=int)
-    p.add_argument("--seed", type=int)
+    p.add_argument("--epochs", type=_whole(1))
+    p.add_argument("--batch-size", type=_whole(1))
+    p.add_argument("--seed", type=_whole(0))
     p.add_argument("--init", help="start from a model: 'busi' (the bundled one) or a .keras file")
     p.add_argument("--resume", action="store_true", help="continue an interrupted run")
     p.add_argument("--force", action="store_true", help="replace an existing run")
@@ -295,9 +367,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", help="run directory or .keras file (default: the bundled BUSI model)")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--tta", action="store_true", help="average predictions over flips")
-    p.add_argument("--threshold", type=float)
-    p.add_argument("--postprocess", help="comma-separated steps: largest, fill, small; or none")
-    p.add_argument("--min-size", type=int, help="voxels; with the 'small' step")
+    p.add_argument("--threshold", type=_fraction, help="probability cut, 0 to 1")
+    p.add_argument("--postprocess", type=_steps, help="comma-separated steps: largest, fill, small; or none")
+    p.add_argument("--min-size", type=_whole(0), help="voxels; with the 'small' step")
     p.add_argument("--save-prob", action="store_true", help="also write float32 probability maps")
     p.add_argument("--quicklook", action="store_true", help="also write overlay PNGs")
     p.add_argument("--margins", action="store_true", help="measure surgical margins per stack")
@@ -340,7 +412,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--orientation", help="e.g. z:superior-inferior,y:anterior-posterior,"
                    "x:medial-lateral (the default)")
     p.add_argument("--spacing", type=_spacing, help="voxel size in mm, Z x Y x X, if the file lacks it")
-    p.add_argument("--close-mm", type=float, default=2.0, help="close-margin threshold (default 2)")
+    p.add_argument("--close-mm", type=_millimetres, default=2.0, help="close-margin threshold (default 2)")
     p.add_argument("--out", required=True)
     p.add_argument("--force", action="store_true")
     p.set_defaults(func=cmd_margins)
@@ -348,11 +420,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("export-nnunet", help="write an nnU-Net v2 raw dataset with bcseg's folds")
     p.add_argument("data", help="dataset folder or manifest")
     p.add_argument("out", help="nnUNet_raw folder")
-    p.add_argument("--dataset-id", type=int, required=True)
+    p.add_argument("--dataset-id", type=_whole(1, 999), required=True)
     p.add_argument("--name", required=True)
     p.add_argument("--observer", default="union", help="label: an observer, union, intersection, staple")
-    p.add_argument("--k", type=int, default=5)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--k", type=_whole(2), default=5)
+    p.add_argument("--seed", type=_whole(0), default=0)
     p.add_argument("--folds-file", help="CSV with image,fold columns")
     p.add_argument("--file-ending", choices=[".tif", ".png", ".nii.gz"])
     p.add_argument("--force", action="store_true")
@@ -362,8 +434,8 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Phantom, then a 2D and a tiny 3D U-Net trained on training "
                        "specimens, prediction on held-out specimens, evaluation, report.")
     p.add_argument("--out", default="demo-run")
-    p.add_argument("--epochs-2d", type=int)
-    p.add_argument("--epochs-3d", type=int)
+    p.add_argument("--epochs-2d", type=_whole(1))
+    p.add_argument("--epochs-3d", type=_whole(1))
     p.add_argument("--force", action="store_true")
     p.set_defaults(func=cmd_demo)
     return parser
@@ -376,7 +448,7 @@ def _quiet_libraries() -> None:
     logging.getLogger("tifffile").setLevel(logging.CRITICAL)
 
     def show(message, category, filename, lineno, file=None, line=None):
-        print(f"bcseg: warning: {message}", file=sys.stderr)
+        print(f"bcseg: warning: {printable(str(message))}", file=sys.stderr)
 
     warnings.showwarning = show
 
@@ -428,7 +500,8 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as error:  # a bug or the system (full disk, ...): still one line
         if args.debug:
             raise
-        print(f"bcseg: error: {type(error).__name__}: {error} (run with --debug for the traceback)",
+        print(f"bcseg: error: {type(error).__name__}: {printable(str(error))} "
+              "(run with --debug for the traceback)",
               file=sys.stderr)
         return 1
 

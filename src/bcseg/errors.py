@@ -16,7 +16,18 @@ code  meaning
 
 from __future__ import annotations
 
+import unicodedata
 from pathlib import Path
+
+
+def printable(text: str) -> str:
+    """``text`` with control and format characters escaped (``\\n``, ``\\x1b``, ``\\u202e``).
+
+    A file name may hold a newline, an escape sequence or a right-to-left override;
+    printed raw, it would split a one-line error in two or rewrite the terminal.
+    """
+    return "".join(c.encode("unicode_escape").decode("ascii")
+                   if unicodedata.category(c) in ("Cc", "Cf", "Zl", "Zp") else c for c in text)
 
 
 class BcsegError(Exception):
@@ -38,7 +49,7 @@ class BcsegError(Exception):
         super().__init__(str(self))
 
     def __str__(self) -> str:
-        return f"{self.path}: {self.problem}" if self.path else self.problem
+        return printable(f"{self.path}: {self.problem}" if self.path else self.problem)
 
 
 class UsageError(BcsegError):

@@ -14,9 +14,9 @@ from pathlib import Path
 import numpy as np
 
 from bcseg.data import io
-from bcseg.data.dataset import Case, discover
-from bcseg.errors import DataError
+from bcseg.data.dataset import Case, discover, duplicate_images, duplicate_problem
 from bcseg.data.splits import group_note, require_groups
+from bcseg.errors import DataError, printable
 
 
 @dataclass
@@ -55,32 +55,45 @@ def check_dataset(root: str | Path) -> CheckReport:
         report.problems.append((error.path or str(root), error.problem))
     observers = sorted({o for case in cases for o in case.masks})
     for case in cases:
-        try:
-            image, spacing = io.read_image(case.image, mmap=True)
-        except DataError as error:
-            report.problems.append((error.path or str(case.image), error.problem))
-            continue
-        if not _finite(image):  # read_image skips this check for memory-mapped files
-            report.problems.append((str(case.image), "contains NaN or infinite values; "
-                                    "fix or mask them before training or segmenting"))
+        report.problems.extend(check_case(case, observers, report))
+    for first, other in duplicate_images(cases):
+        report.problems.append((str(other.image), duplicate_problem(first, other)))
+    return report
+
+
+def check_case(case: Case, observers: list[str], report: CheckReport | None = None) -> list[tuple[str, str]]:
+    """Read one case's image and masks; return its ``(path, message)`` problems.
+
+    ``observers`` are the masks every case should have. When ``report`` is given,
+    the case's shape, dtype, spacing and empty masks are recorded in it.
+    """
+    try:
+        image, spacing = io.read_image(case.image, mmap=True)
+    except DataError as error:
+        return [(error.path or str(case.image), error.problem)]
+    problems = []
+    if not _finite(image):  # read_image skips this check for memory-mapped files
+        problems.append((str(case.image), "contains NaN or infinite values; "
+                         "fix or mask them before training or segmenting"))
+    if report is not None:
         report.shapes[case.id] = tuple(image.shape)
         report.dtypes[case.id] = str(image.dtype)
         report.spacings[case.id] = case.spacing_mm or spacing
-        for observer in observers:
-            files = case.masks.get(observer)
-            if not files:
-                report.problems.append((str(case.image), f"no mask from observer '{observer}'"))
-                continue
-            empty = True
-            for path in files:
-                try:
-                    empty &= not io.read_mask(path, image.shape).any()
-                except DataError as error:
-                    report.problems.append((error.path or str(path), error.problem))
-                    empty = False  # unreadable is a problem, not an empty mask
-            if empty:
-                report.empty_masks.append((case.id, observer))
-    return report
+    for observer in observers:
+        files = case.masks.get(observer)
+        if not files:
+            problems.append((str(case.image), f"no mask from observer '{observer}'"))
+            continue
+        empty = True
+        for path in files:
+            try:
+                empty &= not io.read_mask(path, image.shape).any()
+            except DataError as error:
+                problems.append((error.path or str(path), error.problem))
+                empty = False  # unreadable is a problem, not an empty mask
+        if empty and report is not None:
+            report.empty_masks.append((case.id, observer))
+    return problems
 
 
 def _finite(image: np.ndarray, chunk: int = 16) -> bool:
@@ -135,5 +148,5 @@ def format_report(report: CheckReport) -> str:
         lines.append(f"warning: {note}")
     if report.problems:
         lines.append("")
-        lines.extend(f"problem: {path}: {message}" for path, message in report.problems)
+        lines.extend(printable(f"problem: {path}: {message}") for path, message in report.problems)
     return "\n".join(lines)

@@ -18,7 +18,9 @@ No TensorFlow here.
 from __future__ import annotations
 
 import csv
+import hashlib
 import re
+from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -168,8 +170,7 @@ def _discover_busi(root: Path) -> list[Case]:
 def _busi_groups(folds_csv: Path) -> dict[str, str]:
     if not folds_csv.is_file():
         return {}
-    with open(folds_csv, newline="", encoding="utf-8") as handle:
-        rows = list(csv.DictReader(handle))
+    _, rows = read_csv_table(folds_csv, "fold file")
     if rows and {"image", "group"} <= set(rows[0]):
         return {row["image"]: f"g{row['group']}" for row in rows}
     return {}
@@ -182,6 +183,50 @@ def _check_unique_ids(cases: list[Case], where: Path) -> None:
             raise DataError(where, f"two images share the id '{case.id}': "
                             f"{seen[case.id]} and {case.image}")
         seen[case.id] = case.image
+
+
+def _digest(path: Path) -> str:
+    with open(path, "rb") as handle:
+        return hashlib.file_digest(handle, "sha256").hexdigest()
+
+
+def duplicate_images(cases: list[Case]) -> list[tuple[Case, Case]]:
+    """Pairs ``(first, other)`` of cases in different groups with byte-identical images.
+
+    One image in two groups can land in both the training and the test fold, which
+    inflates every score. Files are compared by size first and only files of equal
+    size are hashed (SHA-256), so a study of distinct stacks is not read in full.
+    Duplicates within one group are harmless to splits and are not reported.
+    """
+    by_size: dict[int, list[Case]] = defaultdict(list)
+    for case in cases:
+        try:
+            by_size[case.image.stat().st_size].append(case)
+        except OSError:  # missing files are reported by whoever reads them
+            continue
+    pairs = []
+    for same_size in by_size.values():
+        if len(same_size) < 2 or len({c.group for c in same_size}) < 2:
+            continue
+        first: dict[str, Case] = {}
+        for case in same_size:
+            kept = first.setdefault(_digest(case.image), case)
+            if kept.group != case.group:
+                pairs.append((kept, case))
+    return pairs
+
+
+def duplicate_problem(first: Case, other: Case) -> str:
+    """The one-line problem for a pair from :func:`duplicate_images`."""
+    return (f"has the same content as {first.image} (case '{first.id}', group '{first.group}'), "
+            f"yet is case '{other.id}' in group '{other.group}'; a duplicate in two groups can "
+            "land in both training and test: remove it or give both the same group")
+
+
+def refuse_duplicate_images(cases: list[Case]) -> None:
+    """Raise :class:`DataError` naming the first image found twice in different groups."""
+    for first, other in duplicate_images(cases)[:1]:
+        raise DataError(other.image, duplicate_problem(first, other))
 
 
 # --------------------------------------------------------------------------- manifest
@@ -202,16 +247,36 @@ def _manifest_path(value: str, base: Path, manifest: Path, row: int) -> Path:
     return path
 
 
+def read_csv_table(path: str | Path, what: str = "manifest") -> tuple[list[str], list[dict]]:
+    """Column names and rows of a comma-separated file, as spreadsheet programs save them.
+
+    A UTF-8 byte-order mark (Excel's "CSV UTF-8") and CRLF line ends are accepted;
+    a file delimited by semicolons or tabs (Excel in many locales), or not in UTF-8,
+    is refused with a line saying how to save it. Column names are stripped.
+    """
+    path = Path(path)
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as handle:
+            reader = csv.DictReader(handle)
+            columns = [c.strip() for c in reader.fieldnames or []]
+            reader.fieldnames = columns
+            rows = list(reader)
+    except UnicodeDecodeError:
+        raise DataError(path, f"{what} is not UTF-8 text; save it as 'CSV UTF-8 (comma delimited)'") from None
+    except (OSError, csv.Error) as exc:
+        raise DataError(path, f"cannot read {what} ({exc})") from None
+    if len(columns) == 1:
+        for name, delimiter in (("semicolons", ";"), ("tabs", "\t")):
+            if delimiter in columns[0]:
+                raise DataError(path, f"{what} is delimited by {name}, not commas; save it as "
+                                "'CSV UTF-8 (comma delimited)'")
+    return columns, rows
+
+
 def read_manifest(path: str | Path) -> list[Case]:
     """Cases from a CSV with columns ``id,image,mask_<observer>...,group[,class]``."""
     path = Path(path)
-    try:
-        with open(path, newline="", encoding="utf-8") as handle:
-            reader = csv.DictReader(handle)
-            columns = reader.fieldnames or []
-            rows = list(reader)
-    except (OSError, UnicodeDecodeError, csv.Error) as exc:
-        raise DataError(path, f"cannot read manifest ({exc})") from None
+    columns, rows = read_csv_table(path)
     missing = {"id", "image"} - set(columns)
     if missing:
         raise DataError(path, f"manifest lacks column(s) {', '.join(sorted(missing))}; "

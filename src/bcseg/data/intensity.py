@@ -131,6 +131,8 @@ def normalise(array: np.ndarray, stats: IntensityStats | None = None) -> np.ndar
     if stats is None:
         stats = intensity_stats(array)
     _check_finite(array)
+    if stats.method == "percentile" and array.dtype.itemsize > 4 and array.dtype.kind == "f":
+        return _normalise_wide(array, stats)
     out = np.asarray(array).astype(np.float32)  # always a fresh array: safe to edit in place
     if stats.method == "uint8":
         out /= np.float32(255.0)
@@ -146,6 +148,25 @@ def normalise(array: np.ndarray, stats: IntensityStats | None = None) -> np.ndar
     out /= np.float32(span)
     np.clip(out, 0.0, 1.0, out=out)
     return out
+
+
+def _normalise_wide(array: np.ndarray, stats: IntensityStats) -> np.ndarray:
+    """Normalise a float64 image in float64, then narrow the result to float32.
+
+    float32 ends at 3.4e38: casting first would turn larger values (and a range
+    that lies beyond it) into infinities, and the scaling into NaN.
+    """
+    span = stats.high - stats.low
+    if not math.isfinite(span):
+        raise DataError(None, f"intensity range {stats.low:g} to {stats.high:g} is too wide to "
+                        "scale; rescale the image")
+    out = np.asarray(array, dtype=np.float64) - stats.low
+    if span > 0:
+        out /= span
+    else:
+        out[...] = 0.0
+    np.clip(out, 0.0, 1.0, out=out)
+    return out.astype(np.float32)
 
 
 def normalise_slices(volume: np.ndarray, start: int, stop: int, stats: IntensityStats) -> np.ndarray:

@@ -13,20 +13,37 @@ No TensorFlow here.
 from __future__ import annotations
 
 import math
+import os
 import re
 import struct
+import zlib
 from pathlib import Path
 
 import numpy as np
 import tifffile
 
 from bcseg.atomic import atomic_path
-from bcseg.errors import DataError
+from bcseg.errors import ConfigError, DataError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".nii", ".nii.gz")
-# Refuse anything larger than this many voxels rather than exhaust memory
-# (about 4 GB as uint8; a 400x1024x1024 stack is 0.42 G voxels).
-MAX_VOXELS = 4_000_000_000
+# Refuse a file whose header declares more pixel bytes than this, before reading it:
+# a tiny corrupt or hostile file can declare terabytes (tiles that all point at one
+# small tile). A 400 x 1024 x 1024 uint16 stack is 0.8 GiB. Raise it with the
+# environment variable below.
+MAX_IMAGE_GIB = 4.0
+MAX_IMAGE_ENV = "BCSEG_MAX_IMAGE_GB"
+
+# The first bytes of each format, to tell a file whose content does not match its
+# name (a web page saved as .png, a JPEG renamed .tif) before a reader guesses.
+_SIGNATURES = (
+    (b"\x89PNG\r\n\x1a\n", "PNG"), (b"\xff\xd8\xff", "JPEG"),
+    (b"II*\x00", "TIFF"), (b"MM\x00*", "TIFF"), (b"II+\x00", "TIFF"), (b"MM\x00+", "TIFF"),
+    (b"\x1f\x8b", "gzip"), (b"GIF8", "GIF"), (b"BM", "BMP"), (b"%PDF", "PDF"),
+    (b"PK\x03\x04", "zip"), (b"RIFF", "RIFF (WebP?)"), (b"\x00\x00\x00\x0cjP", "JPEG 2000"),
+)
+_EXPECTED_CONTENT = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".tif": "TIFF",
+                     ".tiff": "TIFF", ".nii": "NIfTI", ".nii.gz": "gzip"}
+_SUFFIX_OF = {"PNG": ".png", "JPEG": ".jpg", "TIFF": ".tif", "NIfTI": ".nii", "gzip": ".nii.gz"}
 
 _UNIT_TO_MM = {
     "mm": 1.0, "millimeter": 1.0, "millimetre": 1.0,
@@ -79,6 +96,94 @@ def _check_file(path: Path) -> None:
         raise DataError(path, "is a folder, expected an image file")
     if path.stat().st_size == 0:
         raise DataError(path, "is empty (0 bytes)")
+    _check_content(path)
+
+
+def _content_kind(head: bytes) -> str | None:
+    """The format the first bytes of a file announce, or None."""
+    for signature, kind in _SIGNATURES:
+        if head.startswith(signature):
+            return kind
+    if head[344:348] in (b"n+1\x00", b"ni1\x00") or head[4:8] == b"n+2\x00":
+        return "NIfTI"
+    return None
+
+
+def _check_content(path: Path) -> None:
+    """Refuse a file whose content is not the format its name says, naming what it is."""
+    name = path.name.lower()
+    suffix = ".nii.gz" if name.endswith(".nii.gz") else path.suffix.lower()
+    expected = _EXPECTED_CONTENT.get(suffix)
+    if expected is None:
+        return
+    with open(path, "rb") as handle:
+        head = handle.read(352)
+    kind = _content_kind(head)
+    if kind == expected:
+        return
+    if kind is None:
+        try:
+            head.decode("utf-8")
+            kind = "text"
+        except UnicodeDecodeError:
+            kind = "not an image format bcseg reads"
+    label = "gzip-compressed NIfTI" if expected == "gzip" else expected
+    hint = f"; rename it to {_SUFFIX_OF[kind]}" if kind in _SUFFIX_OF else ""
+    raise DataError(path, f"is not a {label} image: its content is {kind}{hint}")
+
+
+def max_image_bytes() -> int:
+    """Most pixel bytes one file may declare: ``BCSEG_MAX_IMAGE_GB`` GiB, default 4."""
+    text = os.environ.get(MAX_IMAGE_ENV)
+    if text is None:
+        return int(MAX_IMAGE_GIB * 2**30)
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value > 0):
+        raise ConfigError(None, f"environment variable {MAX_IMAGE_ENV}={text!r} must be a "
+                          "positive number of GiB")
+    return int(value * 2**30)
+
+
+def _check_size(path: Path, shape: tuple[int, ...], nbytes: int) -> None:
+    """Refuse, from the header alone, a file that would need too much memory."""
+    limit = max_image_bytes()
+    if nbytes > limit:
+        raise DataError(path, f"is too large ({tuple(shape)}: {nbytes / 2**30:.3g} GiB of pixels, "
+                        f"over the {limit / 2**30:.3g} GiB limit); split it into smaller stacks "
+                        f"or raise the limit with {MAX_IMAGE_ENV}=<GiB>")
+
+
+def spacing_problem(spacing, ndim: int | None = None) -> str | None:
+    """What is wrong with a spacing (mm per axis), or None when it is usable.
+
+    The one rule for spacing from files, manifests and the command line: one
+    positive, finite number per axis.
+    """
+    values = tuple(spacing)
+    if ndim is not None and len(values) != ndim:
+        return f"needs {ndim} values (one per axis), got {len(values)}"
+    try:
+        numbers = [float(v) for v in values]
+    except (TypeError, ValueError):
+        return "must be numbers"
+    if not numbers or not all(math.isfinite(v) and v > 0 for v in numbers):
+        return "must be positive, finite mm per axis"
+    return None
+
+
+def check_spacing(spacing, path: str | Path, ndim: int | None = None):
+    """Return ``spacing`` unchanged, or raise :class:`DataError` naming ``path``."""
+    if spacing is None:
+        return None
+    problem = spacing_problem(spacing, ndim)
+    if problem:
+        shown = " x ".join(f"{v:g}" if isinstance(v, (int, float)) else repr(v) for v in spacing)
+        raise DataError(path, f"has unusable spacing {shown} mm in its metadata: spacing {problem}; "
+                        "correct it (in Fiji: Image > Properties) and try again")
+    return spacing
 
 
 def _to_grey(array: np.ndarray) -> np.ndarray:
@@ -128,8 +233,6 @@ def _resolution_mm(page: tifffile.TiffPage, imagej_unit: str | None) -> tuple[fl
     yres = tags["YResolution"].value
     x = xres[0] / xres[1] if xres[1] else 0.0
     y = yres[0] / yres[1] if yres[1] else 0.0
-    if x <= 0 or y <= 0:
-        return None
     if imagej_unit is not None:
         scale = _unit_scale(imagej_unit)
         if scale is None:
@@ -142,7 +245,8 @@ def _resolution_mm(page: tifffile.TiffPage, imagej_unit: str | None) -> tuple[fl
             scale = 25.4
         else:
             return None
-    return (scale / y, scale / x)
+    # A zero resolution is an infinite spacing: check_spacing refuses it by name.
+    return (scale / y if y > 0 else math.inf, scale / x if x > 0 else math.inf)
 
 
 def _ome_spacing(xml: str) -> dict[str, float]:
@@ -193,8 +297,7 @@ def read_spacing(path: str | Path) -> tuple[float, ...] | None:
         return None
     try:
         with tifffile.TiffFile(path) as tif:
-            shape = _series_shape(tif, path)
-            return _tiff_spacing(tif, len(shape))
+            return check_spacing(_series_geometry(tif, path)[1], path)
     except DataError:
         raise
     except Exception as exc:  # tifffile raises many types for corrupt files
@@ -223,8 +326,8 @@ def _check_complete(tif: tifffile.TiffFile, path: Path) -> None:
                         f"before its last page; copy it again from the source")
 
 
-def _series_shape(tif: tifffile.TiffFile, path: Path) -> tuple[int, ...]:
-    """The (H, W) or (Z, H, W) shape of the single image series, after checks."""
+def _stored_shape(tif: tifffile.TiffFile, path: Path) -> tuple[tuple[int, ...], str]:
+    """Shape and axes of the file's single image series, RGB samples left out."""
     _check_complete(tif, path)
     if len(tif.series) == 0:
         raise DataError(path, "holds no image")
@@ -239,24 +342,72 @@ def _series_shape(tif: tifffile.TiffFile, path: Path) -> tuple[int, ...]:
     if len(tif.series) > 1:  # several same-size 2D pages written as separate series
         shape = [len(tif.series)] + shape
         axes = "Q" + axes
+    # Refuse from the header, before tifffile allocates what a corrupt header declares.
+    _check_size(path, tuple(shape), math.prod(shape) * series.dtype.itemsize)
     if axes and axes[-1] == "S" and shape[-1] in (3, 4):  # RGB samples
         shape, axes = shape[:-1], axes[:-1]
-    kept = [n for n in shape if n != 1] if len(shape) > 2 else shape
-    if len(kept) < 2:
-        kept = shape[-2:]
+    return tuple(shape), axes
+
+
+def _kept_axes(shape: tuple[int, ...]) -> list[int]:
+    """Indices of the axes bcseg keeps: singleton axes of a 3D+ shape are dropped."""
+    kept = [i for i, n in enumerate(shape) if n != 1] if len(shape) > 2 else list(range(len(shape)))
+    return kept if len(kept) >= 2 else list(range(len(shape)))[-2:]
+
+
+def _series_geometry(tif: tifffile.TiffFile, path: Path):
+    """The (H, W) or (Z, H, W) shape bcseg reads, after checks, and its spacing.
+
+    A (Z, 1, X) stack read as (Z, X) has the spacing (z, x) of those axes.
+    """
+    stored, _ = _stored_shape(tif, path)
+    kept_axes = _kept_axes(stored)
+    kept = tuple(stored[i] for i in kept_axes)
     if len(kept) > 3:
-        raise DataError(path, f"has {len(kept)} dimensions (shape {tuple(series.shape)}, "
-                        f"axes {series.axes}); bcseg reads 2D images and 3D stacks only")
-    return tuple(kept)
+        raise DataError(path, f"has {len(kept)} dimensions (shape {tuple(tif.series[0].shape)}, "
+                        f"axes {tif.series[0].axes}); bcseg reads 2D images and 3D stacks only")
+    if len(stored) not in (2, 3):
+        return kept, _tiff_spacing(tif, len(kept))
+    spacing = _tiff_spacing(tif, len(stored))
+    if spacing is not None and len(spacing) == len(stored):
+        spacing = tuple(spacing[i] for i in kept_axes)
+    return kept, spacing
+
+
+def stored_geometry(path: str | Path) -> tuple[tuple[int, ...], tuple[float, ...] | None]:
+    """The shape and spacing of an image as its file stores them.
+
+    :func:`read_image` drops singleton axes (a ``(Z, 1, X)`` TIFF reads as ``(Z, X)``,
+    a one-slice NIfTI as 2D); outputs written with this shape keep the input's.
+    """
+    path = Path(path)
+    _check_file(path)
+    try:
+        if _is_tiff(path):
+            with tifffile.TiffFile(path) as tif:
+                shape, _ = _stored_shape(tif, path)
+                if len(shape) in (2, 3):
+                    return shape, check_spacing(_tiff_spacing(tif, len(shape)), path)
+        elif _is_nifti(path):
+            import SimpleITK as sitk
+
+            reader = sitk.ImageFileReader()
+            reader.SetFileName(str(path))
+            reader.ReadImageInformation()
+            return (tuple(int(n) for n in reversed(reader.GetSize())),
+                    check_spacing(tuple(round(float(v), 6) for v in reversed(reader.GetSpacing())), path))
+    except DataError:
+        raise
+    except Exception as exc:  # corrupt files are reported by read_image
+        raise DataError(path, f"cannot read its header ({exc})") from None
+    array, spacing = read_image(path, mmap=True)
+    return tuple(array.shape), spacing
 
 
 def _read_tiff(path: Path, mmap: bool) -> tuple[np.ndarray, tuple[float, ...] | None]:
     try:
         with tifffile.TiffFile(path) as tif:
-            shape = _series_shape(tif, path)
-            if math.prod(shape) > MAX_VOXELS:
-                raise DataError(path, f"is too large ({shape}); split it into smaller stacks")
-            spacing = _tiff_spacing(tif, len(shape))
+            shape, spacing = _series_geometry(tif, path)
             array = None
             if mmap and len(tif.series) == 1:
                 try:
@@ -286,8 +437,9 @@ def _read_nifti(path: Path) -> tuple[np.ndarray, tuple[float, ...] | None]:
         reader.SetFileName(str(path))
         reader.ReadImageInformation()  # the header only: refuse a huge image before reading it
         shape = tuple(reversed(reader.GetSize()))
-        if math.prod(shape) * reader.GetNumberOfComponents() > MAX_VOXELS:
-            raise DataError(path, f"is too large ({shape}); split it into smaller stacks")
+        bits = re.search(r"(\d+)-bit", sitk.GetPixelIDValueAsString(reader.GetPixelID()))
+        itemsize = int(bits.group(1)) // 8 if bits else 8
+        _check_size(path, shape, math.prod(shape) * reader.GetNumberOfComponents() * itemsize)
         image = reader.Execute()
     except DataError:
         raise
@@ -303,9 +455,71 @@ def _read_nifti(path: Path) -> tuple[np.ndarray, tuple[float, ...] | None]:
     return array, spacing
 
 
+_PNG_CHANNELS = {0: 1, 2: 3, 3: 1, 4: 2, 6: 4}  # by colour type
+_ADAM7 = ((0, 0, 8, 8), (4, 0, 8, 8), (0, 4, 4, 8), (2, 0, 4, 4), (0, 2, 2, 4), (1, 0, 2, 2), (0, 1, 1, 2))
+
+
+def _png_chunks(data: bytes) -> tuple[bytes, bytes]:
+    """The IHDR body and the joined IDAT bodies of a PNG file's bytes."""
+    position, header, pixels = 8, b"", []
+    while position + 8 <= len(data):
+        length, kind = struct.unpack(">I4s", data[position:position + 8])
+        body = data[position + 8:position + 8 + length]
+        if kind == b"IHDR":
+            header = body
+        elif kind == b"IDAT":
+            pixels.append(body)
+        elif kind == b"IEND":
+            break
+        position += 12 + length
+    return header, b"".join(pixels)
+
+
+def _check_jpeg_size(path: Path) -> None:
+    """Refuse a JPEG whose header declares too many pixels, before decoding it."""
+    from PIL import Image  # comes with imageio
+
+    try:
+        with Image.open(path) as picture:
+            width, height = picture.size
+            channels = len(picture.getbands())
+    except Exception:  # unreadable: the reader reports it
+        return
+    _check_size(path, (height, width, channels), height * width * channels)
+
+
+def _check_png(path: Path) -> None:
+    """Refuse a PNG that is too large or whose pixel data is short.
+
+    Pillow fills rows missing from a short pixel stream with zeros and reports
+    nothing, so a cut copy would read as an image with a black lower part.
+    """
+    header, pixels = _png_chunks(path.read_bytes())
+    if len(header) < 13:
+        raise DataError(path, "is not a valid PNG image (its header chunk is missing)")
+    width, height, depth, colour, _, _, interlace = struct.unpack(">IIBBBBB", header[:13])
+    channels = _PNG_CHANNELS.get(colour, 4)
+    _check_size(path, (height, width, channels), height * width * channels * max(depth, 8) // 8)
+    passes = _ADAM7 if interlace else ((0, 0, 1, 1),)
+    sizes = [(-(-(height - y0) // dy), -(-(width - x0) // dx)) for x0, y0, dx, dy in passes]
+    expected = sum(h * (1 + -(-w * depth * channels // 8)) for h, w in sizes if h > 0 and w > 0)
+    try:
+        found = len(zlib.decompressobj().decompress(pixels, expected))
+    except zlib.error:
+        found = -1
+    if found < expected:
+        held = "cannot be decompressed" if found < 0 else f"holds {found} of {expected} bytes"
+        raise DataError(path, f"is truncated or corrupt: its pixel data {held}; "
+                        "copy it again from the source")
+
+
 def _read_plain(path: Path) -> np.ndarray:
     import imageio.v3 as iio  # comes with scikit-image
 
+    if path.suffix.lower() == ".png":
+        _check_png(path)
+    else:
+        _check_jpeg_size(path)
     try:
         array = iio.imread(path)
     except Exception as exc:
@@ -354,7 +568,7 @@ def read_image(path: str | Path, mmap: bool = False) -> tuple[np.ndarray, tuple[
     array = _validate(array, path)
     if spacing is not None and len(spacing) != array.ndim:
         spacing = None
-    return array, spacing
+    return array, check_spacing(spacing, path)
 
 
 def open_volume(path: str | Path) -> tuple[np.ndarray, tuple[float, ...] | None]:
@@ -390,8 +604,9 @@ def imagej_kwargs(shape: tuple[int, ...], spacing_mm: tuple[float, ...] | None) 
     metadata: dict = {"axes": "ZYX" if ndim == 3 else "YX"}
     kwargs: dict = {"imagej": True, "metadata": metadata}
     if spacing_mm is not None:
-        if len(spacing_mm) != ndim:
-            raise ValueError(f"spacing_mm {spacing_mm} does not match a {ndim}D array")
+        problem = spacing_problem(spacing_mm, ndim)
+        if problem:
+            raise ValueError(f"spacing_mm {spacing_mm} for a {ndim}D array: spacing {problem}")
         metadata["unit"] = "mm"
         if ndim == 3:
             metadata["spacing"] = float(spacing_mm[0])

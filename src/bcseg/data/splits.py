@@ -18,7 +18,7 @@ import numpy as np
 
 from bcseg.data import io
 from bcseg.atomic import write_text
-from bcseg.data.dataset import Case
+from bcseg.data.dataset import Case, read_csv_table
 from bcseg.errors import DataError
 
 
@@ -164,11 +164,7 @@ def folds_from_file(path: str | Path, cases: list[Case]) -> dict[str, int]:
     file raise :class:`DataError` listing them (up to five).
     """
     path = Path(path)
-    try:
-        with open(path, newline="", encoding="utf-8") as handle:
-            rows = list(csv.DictReader(handle))
-    except (OSError, UnicodeDecodeError, csv.Error) as exc:
-        raise DataError(path, f"cannot read fold file ({exc})") from None
+    _, rows = read_csv_table(path, "fold file")
     if not rows or "fold" not in rows[0] or not ({"image", "id"} & set(rows[0])):
         raise DataError(path, "fold file needs columns 'fold' and 'image' or 'id'")
     by_key = {}

@@ -11,6 +11,7 @@ files, renamed only when complete.
 from __future__ import annotations
 
 import json
+import math
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Sequence
@@ -149,6 +150,12 @@ def _input_files(inputs) -> list[Path]:
 
 def _tiff_memmap(path: Path, shape, dtype, spacing) -> np.memmap:
     """An output TIFF with ImageJ spacing, memory-mapped so it is filled batch by batch."""
+    if len(shape) == 3 and 1 in (shape[0], shape[-1]):
+        # ImageJ files read back (1, H, W) and (Z, H, 1) without the singleton axis: a
+        # shaped TIFF keeps it, with the in-plane spacing in resolution tags (pixels per cm).
+        kwargs = {} if spacing is None else {"resolution": (10 / spacing[-1], 10 / spacing[-2]),
+                                             "resolutionunit": "CENTIMETER"}
+        return tifffile.memmap(path, shape=tuple(shape), dtype=dtype, photometric="minisblack", **kwargs)
     return tifffile.memmap(path, shape=tuple(shape), dtype=dtype, **io.imagej_kwargs(tuple(shape), spacing))
 
 
@@ -191,18 +198,34 @@ def _segment_file(model, path: Path, out_dir: Path, options: dict, force: bool) 
     with ExitStack() as stack:  # refuses existing outputs before any work is done
         temp = {k: stack.enter_context(atomic_path(v, force=force)) if v else None
                 for k, v in outputs.items()}
-        _segment_into(model, *io.open_volume(path), temp, options)
+        image, spacing = io.open_volume(path)
+        _segment_into(model, image, spacing, temp, options, _output_geometry(path, image, spacing))
     return {k: None if v is None else str(v) for k, v in outputs.items()}
 
 
-def _segment_into(model, image, spacing, temp: dict, options: dict) -> None:
+def _output_geometry(path: Path, image: np.ndarray, spacing) -> tuple:
+    """The shape and spacing outputs are written with: the input file's own.
+
+    Reading drops singleton axes (a ``(Z, 1, X)`` stack is segmented as ``(Z, X)``);
+    the outputs keep them, so they line up with the input in every viewer.
+    """
+    shape, stored_spacing = io.stored_geometry(path)
+    if shape == image.shape or math.prod(shape) != image.size:
+        return image.shape, spacing
+    return shape, stored_spacing
+
+
+def _segment_into(model, image, spacing, temp: dict, options: dict, geometry: tuple) -> None:
     options["progress"] = options["progress"] and image.ndim == 3  # no bar per 2D image
-    mask = _tiff_memmap(temp["mask"], image.shape, np.uint8, spacing)
-    prob = None if temp["prob"] is None else _tiff_memmap(temp["prob"], image.shape, np.float32, spacing)
+    shape, out_spacing = geometry
+    files = {k: None if temp[k] is None else _tiff_memmap(temp[k], shape, dtype, out_spacing)
+             for k, dtype in (("mask", np.uint8), ("prob", np.float32))}
+    # Views in the shape that was segmented, writing through to the files.
+    mask, prob = (None if f is None else f.reshape(image.shape) for f in files.values())
     predict_volume(model, image, spacing, mask_out=mask, prob_out=prob, keep_prob=False, **options)
     if temp["overlay"] is not None:
         _write_overlay(temp["overlay"], image, mask, spacing)
-    for out in (mask, prob):
+    for out in files.values():
         if out is not None:
             out.flush()
 
@@ -255,7 +278,13 @@ def predict_files(
     """
     model_file, settings = resolve_model(model_path)
     model = load_model(model_file)
-    spec = model_spec(model)
+    try:
+        spec = model_spec(model)
+    except ModelError as exc:
+        raise ModelError(model_file, exc.problem) from None
+    if spec.channels != 1:  # the model is at fault, not the (grey) images given to it
+        raise ModelError(model_file, f"takes {spec.channels} input channels; bcseg images are "
+                         "grey (1 channel): use a model trained on grey images")
     if settings["ndim"] is not None and settings["ndim"] != spec.ndim:
         raise ModelError(model_file, f"is a {spec.ndim}D model but its {SETTINGS_FILE} says ndim "
                          f"{settings['ndim']}")
@@ -281,8 +310,8 @@ def predict_files(
             record.update(_segment_file(model, path, out_dir, {
                 **options, "save_prob": save_prob, "quicklook": quicklook, "progress": progress}, force))
         except BcsegError as exc:
-            if exc.path is None:  # errors from arrays name no file: this one is at fault
-                exc = type(exc)(path, exc.problem)
+            if exc.path is None:  # errors from arrays name no file: name the one at fault
+                exc = type(exc)(model_file if isinstance(exc, ModelError) else path, exc.problem)
             if not keep_going:
                 raise exc from None
             record.update(status="error", error=str(exc))

@@ -112,7 +112,10 @@ def _case_arrays(case: Case, observer: str) -> tuple[np.ndarray, np.ndarray]:
     target = training_target(masks, observer, str(case.image))
     if target.ndim == image.ndim:
         target = target[None]
-    return normalise(image), target.astype(np.uint8)
+    try:
+        return normalise(image), target.astype(np.uint8)
+    except DataError as exc:  # array checks name no file: this case's image is at fault
+        raise DataError(exc.path or case.image, exc.problem) from None
 
 
 def slice_samples(cases: list[Case], observer: str, size: int,

@@ -36,19 +36,27 @@ from bcseg.learn import pipeline
 from bcseg.atomic import atomic_path, partial_name, remove_partials, write_text
 from bcseg.learn.augment import AugmentConfig
 from bcseg.config import load_config, save_config
-from bcseg.data.dataset import Case, discover
-from bcseg.errors import ConfigError, DataError, UsageError
+from bcseg.data.dataset import Case, discover, refuse_duplicate_images
+from bcseg.errors import ConfigError, DataError, ModelError, UsageError
 from bcseg.learn.losses import DiceMetric, IoUMetric, get_loss
 from bcseg.learn.models import unet
 from bcseg.data.splits import (folds_from_file, group_note, kfold_by_group, load_splits, require_groups,
-                          save_splits, validation_ids)
+                               save_splits, validation_ids)
 
 HISTORY_COLUMNS = ["epoch", "loss", "dice", "iou", "val_loss", "val_dice", "val_iou", "lr"]
 log = logging.getLogger("bcseg.learn.train")
 
 
 class Interrupted(Exception):
-    """Training stopped by SIGINT/SIGTERM; the last completed epoch is saved."""
+    """Training stopped by SIGINT/SIGTERM.
+
+    ``saved_epoch`` is the last epoch whose checkpoint is on disk (0: none), so the
+    message can say exactly what a ``--resume`` continues from.
+    """
+
+    def __init__(self, message: str, saved_epoch: int = 0):
+        super().__init__(message)
+        self.saved_epoch = saved_epoch
 
 
 # --------------------------------------------------------------------------- run directory
@@ -244,14 +252,18 @@ def fit(model: keras.Model, cfg: dict, train: pipeline.Samples, val: pipeline.Sa
     # fit() clears model.stop_training when it starts, which would forget a signal that
     # came between epochs (while saving a checkpoint): check before each epoch, and
     # re-assert it at every batch (at its start, which keeps Keras's batch-end async).
-    halt = keras.callbacks.LambdaCallback(on_train_batch_begin=lambda batch, logs: setattr(
-        model, "stop_training", model.stop_training or stop["signal"] is not None))
+    done = {"batches": 0}  # training batches finished in this epoch
+    halt = keras.callbacks.LambdaCallback(
+        on_epoch_begin=lambda epoch, logs: done.update(batches=0),
+        on_train_batch_begin=lambda batch, logs: setattr(
+            model, "stop_training", model.stop_training or stop["signal"] is not None),
+        on_train_batch_end=lambda batch, logs: done.update(batches=done["batches"] + 1))
     previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
         while state["epoch"] < planned_epochs(cfg, state):
             epoch = state["epoch"]
             if stop["signal"] is not None:
-                raise Interrupted(f"stopped before epoch {epoch + 1}")
+                raise Interrupted(f"stopped before epoch {epoch + 1}", state["epoch"])
             started = time.perf_counter()
             keras.utils.set_random_seed(t["seed"] + epoch)  # dropout etc. repeat per epoch
             lr = learning_rate(cfg, epoch, state)
@@ -262,20 +274,41 @@ def fit(model: keras.Model, cfg: dict, train: pipeline.Samples, val: pipeline.Sa
             _say(f"epoch {epoch + 1}/{planned_epochs(cfg, state)}  lr {lr:.2e}")
             result = model.fit(dataset, epochs=1, verbose=verbose, shuffle=False, callbacks=[halt],
                                validation_data=val_data, validation_batch_size=t["batch_size"])
-            if stop["signal"] is not None:
-                raise Interrupted(f"stopped during epoch {epoch + 1}")
+            # A signal during validation stops nothing: every batch was trained, so the
+            # epoch is complete and is saved like any other before stopping.
+            if stop["signal"] is not None and done["batches"] < -(-len(images) // t["batch_size"]):
+                raise Interrupted(f"stopped during epoch {epoch + 1}, which is discarded",
+                                  state["epoch"])
             row = {k: float(v[-1]) for k, v in result.history.items()}
             row.update(epoch=epoch + 1, lr=lr)
             _plan_budget(cfg, state, time.perf_counter() - started)
             state = _after_epoch(model, cfg, out, state, row)
+            if stop["signal"] is not None:
+                raise Interrupted(f"stopped after epoch {epoch + 1}", state["epoch"])
             if state.get("stopped_early"):
                 _say(f"early stopping: no better validation Dice for "
                      f"{t['early_stopping']} epochs")
                 break
+        if stop["signal"] is not None:  # came while the last epoch was being saved
+            raise Interrupted(f"stopped after epoch {state['epoch']}", state["epoch"])
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)
     return state
+
+
+def _stop_on_signal(saved_epoch: int) -> None:
+    """Turn SIGINT/SIGTERM into :class:`Interrupted` while the trained run is tested.
+
+    Without this, SIGTERM after the last epoch would end the process with no word
+    and no cleanup of half-written predictions. :func:`train` restores the handlers.
+    """
+    def on_signal(signum, frame):
+        raise Interrupted(f"stopped after epoch {saved_epoch}, before the run was tested",
+                          saved_epoch)
+
+    for s in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(s, on_signal)
 
 
 def _after_epoch(model, cfg: dict, out: Path, state: dict, row: dict) -> dict:
@@ -406,14 +439,15 @@ def run_fold(cases: list[Case], folds: dict[str, int], fold: int, cfg: dict, out
     state = {"epoch": 0}
     with scope.scope():
         if resume and (out / "state.json").is_file():
-            state = json.loads((out / "state.json").read_text(encoding="utf-8"))
-            model = keras.saving.load_model(out / state["checkpoint"], safe_mode=True)
+            state, checkpoint = _resume_state(out)
+            model = keras.saving.load_model(checkpoint, safe_mode=True)
             _say(f"resuming after epoch {state['epoch']}")
         else:
             model = keras.saving.load_model(init_model, safe_mode=True, compile=False) \
                 if init_model else build_model(cfg)
             compile_model(model, cfg)
     state = fit(model, cfg, train_set, val_set, out, state)
+    _stop_on_signal(state["epoch"])  # until train() restores the handlers
 
     from bcseg.infer.predict import load_model
 
@@ -431,6 +465,31 @@ def run_fold(cases: list[Case], folds: dict[str, int], fold: int, cfg: dict, out
         predictions = predict_test(best, test, out, settings)
         result.update(_evaluate_test(out, predictions, test))
     return result
+
+
+def _resume_state(out: Path) -> tuple[dict, Path]:
+    """The saved ``state.json`` and the checkpoint it names, checked.
+
+    When the checkpoint is missing but ``model_last.keras`` (a link to the same
+    file) is there, the run resumes from that, and says so.
+    """
+    path = out / "state.json"
+    try:
+        state = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ModelError(path, f"is corrupt ({exc}); the run cannot be resumed, start it again") from None
+    if not (isinstance(state, dict) and isinstance(state.get("epoch"), int)
+            and isinstance(state.get("checkpoint"), str)):
+        raise ModelError(path, "is corrupt (no epoch and checkpoint); the run cannot be resumed, "
+                         "start it again")
+    checkpoint = out / state["checkpoint"]
+    if not checkpoint.is_file():
+        if not (out / "model_last.keras").is_file():
+            raise ModelError(checkpoint, "the checkpoint named in state.json is missing and so is "
+                             "model_last.keras; the run cannot be resumed, start it again")
+        warnings.warn(f"{checkpoint} is missing; resuming from model_last.keras")
+        checkpoint = out / "model_last.keras"
+    return state, checkpoint
 
 
 def _val_target(d: dict) -> str:
@@ -483,11 +542,13 @@ def train(data, out, config=None, overrides: dict | None = None, fold="0", folds
         if overrides and overrides.get("model", {}).get("ndim") not in (None, cfg["model"]["ndim"]):
             raise ConfigError(out / "config.toml", "the run was trained with a "
                               f"{cfg['model']['ndim']}D model; it cannot resume as another kind")
+        _refuse_changed_settings(cfg, config, overrides, mixed_precision, out / "config.toml")
     else:
         cfg = load_config(config, overrides)
         if mixed_precision:  # recorded in config.toml, so --resume keeps it
             cfg["train"]["mixed_precision"] = True
     cases = list(data) if isinstance(data, (list, tuple)) else discover(data)
+    refuse_duplicate_images(cases)
     if cfg["model"]["ndim"] == 3:
         from bcseg.data import io
         flat = [c.image for c in cases[:50] if io.read_image(c.image, mmap=True)[0].ndim == 2]
@@ -502,8 +563,14 @@ def train(data, out, config=None, overrides: dict | None = None, fold="0", folds
         folds, source = choose_folds(cases, cfg, folds_file,
                                      None if isinstance(data, (list, tuple)) else data)
     targets = _test_folds(folds, fold, cfg["train"]["split"])
+    if resume and folds_file and source is None and folds_from_file(folds_file, cases) != folds:
+        raise UsageError(folds_file, f"assigns other folds than the run's splits.json; a resumed "
+                         "run keeps its splits")
+    _check_test_cases([c for c in cases if folds[c.id] == targets[0]])
+    init_model = _init_model(init, cfg)  # an unusable model is refused before the run dir is touched
     _prepare_run_dir(out, resume, force)
     handler = _start_log(out)
+    handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
         with training_precision(cfg):
             tf.config.experimental.enable_op_determinism()
@@ -512,7 +579,6 @@ def train(data, out, config=None, overrides: dict | None = None, fold="0", folds
                 save_config(cfg, out / "config.toml")
             if source is not None:
                 save_splits(out / "splits.json", cases, folds, seed=cfg["train"]["seed"], source=source)
-            init_model = _init_model(init)
             results = []
             for k in targets:
                 fold_dir = out if len(targets) == 1 else out / f"fold_{k}"
@@ -524,6 +590,8 @@ def train(data, out, config=None, overrides: dict | None = None, fold="0", folds
                 write_text(out / "folds_summary.json", json.dumps(results, indent=1, default=str) + "\n")
             return results
     finally:
+        for s, previous in handlers.items():
+            signal.signal(s, previous)
         log.removeHandler(handler)
         handler.close()
 
@@ -563,7 +631,44 @@ def _cpu_has_bfloat16() -> bool:
     return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
-def _init_model(init) -> Path | None:
+def _refuse_changed_settings(saved: dict, config, overrides: dict | None, mixed_precision: bool,
+                             path: Path) -> None:
+    """A resumed run continues with the settings it was started with: refuse others.
+
+    ``config`` and ``overrides`` are compared with the run's ``config.toml`` (``path``);
+    giving the same ones again, as when a command is repeated with ``--resume``, is fine.
+    """
+    wanted = load_config(config, overrides) if config else {}
+    for section, values in (overrides or {}).items():
+        wanted.setdefault(section, {}).update(values)
+    if mixed_precision:
+        wanted.setdefault("train", {})["mixed_precision"] = True
+    elif config:  # not asked for now: keep what the run recorded
+        wanted["train"]["mixed_precision"] = saved["train"]["mixed_precision"]
+    for section, values in wanted.items():
+        for key, value in values.items():
+            if saved.get(section, {}).get(key) != value:
+                raise UsageError(path, f"the run was started with {section}.{key} = "
+                                 f"{saved.get(section, {}).get(key)!r}, not {value!r}; a resumed run "
+                                 "keeps its settings: resume without the change, or start a new run")
+
+
+def _check_test_cases(cases: list[Case]) -> None:
+    """Read the test fold's images and masks before the first epoch.
+
+    Training and validation cases are read (and checked) when they are cached;
+    the test fold would otherwise be read only after training, so a bad mask there
+    would cost the whole run.
+    """
+    from bcseg.data.check import check_case
+
+    for case in cases:
+        for path, problem in check_case(case, sorted(case.masks)):
+            raise DataError(path, f"{problem} (test case '{case.id}', checked before training)")
+
+
+def _init_model(init, cfg: dict) -> Path | None:
+    """The initial model's file, loaded once (safely) to refuse an unusable one early."""
     if not init:
         return None
     if init == "busi":
@@ -572,4 +677,13 @@ def _init_model(init) -> Path | None:
     path = Path(init)
     if not path.is_file():
         raise ConfigError(path, "initial model not found")
+    from bcseg.infer.predict import load_model, model_spec
+
+    try:
+        spec = model_spec(load_model(path))  # ModelError naming the file: unsafe, corrupt, ...
+    except ModelError as exc:
+        raise (exc if exc.path else ModelError(path, exc.problem)) from None
+    if spec.ndim != cfg["model"]["ndim"]:
+        raise ModelError(path, f"is a {spec.ndim}D model; this run trains a "
+                         f"{cfg['model']['ndim']}D one")
     return path

@@ -183,10 +183,10 @@ def _as_orientation(orientation) -> Orientation:
 def _sampling(spacing_mm, ndim: int) -> np.ndarray:
     if spacing_mm is None:
         return np.ones(ndim)
-    spacing = np.asarray(spacing_mm, dtype=float)
-    if spacing.shape != (ndim,) or not np.all(np.isfinite(spacing)) or np.any(spacing <= 0):
-        raise DataError(None, f"spacing_mm {tuple(spacing_mm)} must be {ndim} positive numbers")
-    return spacing
+    problem = io.spacing_problem(spacing_mm, ndim)
+    if problem:
+        raise DataError(None, f"spacing_mm {tuple(spacing_mm)}: spacing {problem}")
+    return np.asarray(spacing_mm, dtype=float)
 
 
 def _fill_holes(mask: np.ndarray, plane_axis: int | None = None) -> np.ndarray:
@@ -575,6 +575,15 @@ def margin_figure(image, tumour, specimen, result: Mapping, path: str | Path, sp
 
 
 # ---------------------------------------------------------------------------- files
+def _touches(tumour: np.ndarray, tissue: np.ndarray) -> bool:
+    """True when some tumour voxel lies in or next to (26-connected) the tissue."""
+    if not tumour.any():
+        return True
+    box = tuple(slice(max(s.start - 1, 0), s.stop + 1) for s in _bbox(tumour))
+    grown = ndimage.binary_dilation(tumour[box], structure=np.ones((3,) * tumour.ndim, bool))
+    return bool((grown & tissue[box]).any())
+
+
 def margins_for_files(image_path: str | Path, tumour_path: str | Path, out_dir: str | Path,
                       specimen_path: str | Path | None = None, spacing_mm=None, orientation=None,
                       close_mm: float = 2.0, force: bool = False) -> dict:
@@ -626,7 +635,10 @@ def margins_for_files(image_path: str | Path, tumour_path: str | Path, out_dir: 
         # The tumour is tissue by definition. A hypoechoic tumour that reaches the
         # surface is open to the medium, so hole filling cannot bring it into the
         # thresholded mask: add it, or every such case would read as "outside".
-        specimen = specimen_mask(image, spacing) | tumour
+        tissue = specimen_mask(image, spacing)
+        # ... but a tumour that touches no tissue at all lies in the coupling medium:
+        # adding it would make it a specimen of its own, reported as ink on tumour.
+        specimen = tissue | tumour if _touches(tumour, tissue) else tissue
     else:
         specimen = io.read_mask(specimen_path, expected_shape=image.shape)
     result = margins(tumour, specimen, spacing, orientation, close_mm)

@@ -1,0 +1,597 @@
+"""Issue 12, input side: bad inputs that used to pass silently or end unclearly.
+
+Each test writes real files in ``tmp_path`` (TIFF, PNG, CSV, tiny real models) and
+runs the real command line or the function behind it. Every refusal must be one line
+on stderr, ``bcseg: error: <file>: <problem>``, naming the file (or flag) at fault,
+with the exit code of :mod:`bcseg.errors`, and must leave no output behind.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import struct
+import zlib
+from pathlib import Path
+
+import imageio.v3 as iio
+import keras
+import numpy as np
+import pytest
+import tifffile
+
+from bcseg.data import io
+from bcseg.learn import train
+from bcseg.cli import main
+from bcseg.config import load_config, save_config
+from bcseg.errors import BcsegError, DataError, printable
+from bcseg.data.intensity import normalise
+from bcseg.measure.margins import margins_for_files
+from test_robustness import (IMAGE, LESION, STACK, TINY_TRAINING, files_under, models,  # noqa: F401
+                             one_error_line, run_main)
+
+TINY = TINY_TRAINING.replace("epochs = 50", "epochs = 1")
+
+
+def predict_argv(tmp: Path, image: Path, model: Path, *extra) -> list:
+    return ["predict", image, "--model", model, "--out", tmp / "out", "--no-progress", *extra]
+
+
+def assert_refused(capsys, argv, code: int, culprit: str, tmp: Path) -> str:
+    """Run ``argv``; assert the exit code, one error line naming ``culprit``, no output."""
+    before = files_under(tmp / "out")
+    got, out, err = run_main(capsys, argv)
+    assert got == code, (out, err)
+    line = one_error_line(err)
+    assert culprit in line, line
+    assert files_under(tmp / "out") == before
+    return line
+
+
+def write_cases(root: Path, n: int = 4, shape=IMAGE.shape) -> Path:
+    """An images/ + masks/observer1/ dataset of ``n`` distinct 2D cases c0, c1, ..."""
+    rng = np.random.default_rng(7)
+    for i in range(n):
+        io.write_image(root / "images" / f"c{i}.tif", rng.integers(0, 256, shape, dtype=np.uint8))
+        io.write_mask(root / "masks" / "observer1" / f"c{i}.tif", LESION)
+    return root
+
+
+# --------------------------------------------------------------------------- float range
+
+def test_float64_beyond_float32_range_is_normalised_not_nan():
+    image = IMAGE.astype(np.float64) * 1e300  # every value beyond float32's 3.4e38
+    scaled = normalise(image)
+    assert scaled.dtype == np.float32 and np.isfinite(scaled).all()
+    np.testing.assert_allclose(scaled, normalise(IMAGE.astype(np.float64)), atol=1e-6)
+
+
+def test_float64_beyond_float32_range_is_segmented_like_its_scaled_copy(tmp_path, models, capsys):
+    (tmp_path / "in").mkdir()
+    tifffile.imwrite(tmp_path / "in" / "huge.tif", IMAGE.astype(np.float64) * 1e300)
+    tifffile.imwrite(tmp_path / "in" / "plain.tif", IMAGE.astype(np.float64))
+    code, _, err = run_main(capsys, predict_argv(tmp_path, tmp_path / "in", models["2d"], "--save-prob"))
+    assert (code, err) == (0, "")
+    huge, plain = (tifffile.imread(tmp_path / "out" / f"{n}_prob.tif") for n in ("huge", "plain"))
+    assert np.isfinite(huge).all()
+    np.testing.assert_allclose(huge, plain, atol=1e-5)
+
+
+# --------------------------------------------------------------------------- spacing
+
+def _imagej_stack(z_spacing: float):
+    def write(path: Path) -> None:
+        tifffile.imwrite(path, STACK, imagej=True, resolution=(10.0, 10.0),
+                         metadata={"axes": "ZYX", "unit": "mm", "spacing": z_spacing})
+    return write
+
+
+def _ome_stack(path: Path) -> None:
+    tifffile.imwrite(path, STACK, ome=True, metadata={
+        "axes": "ZYX", "PhysicalSizeX": 0.0, "PhysicalSizeY": 100.0, "PhysicalSizeZ": 500.0})
+
+
+def _zero_resolution(path: Path) -> None:
+    tifffile.imwrite(path, STACK, imagej=True, resolution=((0, 1), (10, 1)),
+                     metadata={"axes": "ZYX", "unit": "mm", "spacing": 1.0})
+
+
+BAD_SPACING = {"imagej-zero": _imagej_stack(0.0), "imagej-negative": _imagej_stack(-0.5),
+               "imagej-nan": _imagej_stack(float("nan")), "imagej-inf": _imagej_stack(float("inf")),
+               "ome-zero": _ome_stack, "resolution-zero": _zero_resolution}
+
+
+@pytest.mark.parametrize("kind", sorted(BAD_SPACING))
+def test_bad_spacing_is_a_problem_for_check_and_refused_by_predict(kind, tmp_path, models, capsys):
+    root = tmp_path / "data"
+    (root / "images").mkdir(parents=True)
+    stack = root / "images" / "s.tif"
+    BAD_SPACING[kind](stack)
+    with pytest.raises(DataError, match=r"s\.tif: has unusable spacing .* must be positive, finite"):
+        io.read_image(stack)
+    code, out, err = run_main(capsys, ["check", root])
+    assert code == 3 and "1 problem(s)" in one_error_line(err)
+    assert [p for p in out.splitlines() if p.startswith("problem: ")][0].startswith(
+        f"problem: {stack}: has unusable spacing")
+    assert_refused(capsys, predict_argv(tmp_path, stack, models["2d"]), 3, "s.tif: has unusable", tmp_path)
+    io.write_mask(tmp_path / "t_mask.tif", np.zeros(STACK.shape, bool))
+    assert_refused(capsys, ["margins", "--image", stack, "--tumour", tmp_path / "t_mask.tif",
+                            "--out", tmp_path / "out"], 3, "s.tif: has unusable", tmp_path)
+
+
+# --------------------------------------------------------------------------- usage
+
+USAGE = [
+    (["--threshold", "nan"], "--threshold"), (["--threshold", "1.5"], "--threshold"),
+    (["--threshold", "-0.1"], "--threshold"), (["--min-size", "-3"], "--min-size"),
+    (["--postprocess", "largest,blur"], "--postprocess"),
+    (["--margins", "--spacing", "0x0.1x0.1"], "--spacing"),
+    (["--margins", "--spacing", "nanx0.1x0.1"], "--spacing"),
+    (["--margins", "--spacing", "1xinfx0.1"], "--spacing"),
+    (["--margins", "--spacing", "0.1x0.1"], "--spacing"),
+]
+
+
+@pytest.mark.parametrize("extra, flag", USAGE, ids=[" ".join(e) for e, _ in USAGE])
+def test_bad_predict_flag_exits_2_in_one_line_before_the_model_loads(extra, flag, tmp_path, capsys):
+    iio.imwrite(tmp_path / "scan.png", IMAGE)
+    # The model does not exist: a check made after loading would exit 4 instead.
+    argv = predict_argv(tmp_path, tmp_path / "scan.png", tmp_path / "absent.keras", *extra)
+    with pytest.raises(SystemExit) as stop:
+        main([str(a) for a in argv])
+    assert stop.value.code == 2
+    line = one_error_line(capsys.readouterr().err)
+    assert f"argument {flag}:" in line and line.endswith("see 'bcseg predict --help'")
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("argv, flag", [
+    (["train", "D", "--out", "R", "--epochs", "0"], "--epochs"),
+    (["train", "D", "--out", "R", "--batch-size", "-1"], "--batch-size"),
+    (["split", "D", "--out", "s.json", "--k", "1"], "--k"),
+    (["export-nnunet", "D", "R", "--dataset-id", "0", "--name", "x"], "--dataset-id"),
+    (["margins", "--image", "a.tif", "--tumour", "b.tif", "--out", "R", "--close-mm", "nan"], "--close-mm"),
+    (["phantom", "R", "--n", "0"], "--n"),
+    (["predict", "a.png"], "--out"),
+])
+def test_usage_errors_are_one_line_naming_the_flag(argv, flag, capsys):
+    with pytest.raises(SystemExit) as stop:
+        main(argv)
+    assert stop.value.code == 2
+    line = one_error_line(capsys.readouterr().err)
+    assert flag in line and f"see 'bcseg {argv[0]} --help'" in line
+
+
+# --------------------------------------------------------------------------- the file at fault
+
+def test_three_channel_model_is_a_model_error_naming_the_model(tmp_path, capsys):
+    inputs = keras.Input((None, None, 3))
+    outputs = keras.layers.Conv2D(1, 1, activation="sigmoid")(inputs)
+    keras.Model(inputs, outputs).save(tmp_path / "rgb.keras")
+    iio.imwrite(tmp_path / "scan.png", IMAGE)
+    line = assert_refused(capsys, predict_argv(tmp_path, tmp_path / "scan.png", tmp_path / "rgb.keras"),
+                          4, "rgb.keras: ", tmp_path)
+    assert "scan.png" not in line and "3 input channels" in line
+
+
+@pytest.mark.parametrize("name, content, said", [
+    ("notes.png", b"scan of specimen 4, see lab book\n", "is not a PNG image: its content is text"),
+    ("page.jpg", b"<html><body>404</body></html>", "is not a JPEG image: its content is text"),
+    ("photo.tif", None, "is not a TIFF image: its content is JPEG; rename it to .jpg"),
+    ("scan.png", b"GIF89a" + bytes(40), "is not a PNG image: its content is GIF"),
+], ids=["text-as-png", "html-as-jpg", "jpeg-as-tif", "gif-as-png"])
+def test_content_not_matching_the_suffix_is_named(name, content, said, tmp_path, models, capsys):
+    (tmp_path / "in").mkdir()
+    path = tmp_path / "in" / name
+    if content is None:
+        iio.imwrite(path, IMAGE, extension=".jpg")
+    else:
+        path.write_bytes(content)
+    line = assert_refused(capsys, predict_argv(tmp_path, path, models["2d"]), 3, f"{name}: {said}", tmp_path)
+    assert "SimpleITK" not in line
+
+
+def test_a_control_character_in_a_file_name_is_escaped(tmp_path, models, capsys):
+    (tmp_path / "in").mkdir()
+    path = tmp_path / "in" / "bad\nname\x1b.tif"
+    path.write_bytes(b"not a tiff at all")
+    line = assert_refused(capsys, predict_argv(tmp_path, path, models["2d"]), 3,
+                          "bad\\nname\\x1b.tif: is not a TIFF image", tmp_path)
+    assert "\x1b" not in line
+    assert str(DataError("a\u202eb.tif", "x\ny")) == "a\\u202eb.tif: x\\ny"
+    assert printable("Ø ü (1).tif") == "Ø ü (1).tif"  # letters are not escaped
+
+
+# --------------------------------------------------------------------------- short pixel data
+
+def _chunk(kind: bytes, body: bytes) -> bytes:
+    return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+
+def _png(width: int, height: int, colour: int, depth: int, raw: bytes, interlace: int = 0) -> bytes:
+    header = struct.pack(">IIBBBBB", width, height, depth, colour, 0, 0, interlace)
+    return (b"\x89PNG\r\n\x1a\n" + _chunk(b"IHDR", header) + _chunk(b"IDAT", zlib.compress(raw))
+            + _chunk(b"IEND", b""))
+
+
+def _rows(array: np.ndarray) -> bytes:
+    return b"".join(b"\x00" + row.tobytes() for row in array)  # filter type 0 per row
+
+
+@pytest.mark.parametrize("name, make", [
+    ("grey.png", lambda: _png(40, 32, 0, 8, _rows(IMAGE[:20]))),
+    ("rgb.png", lambda: _png(40, 32, 2, 8, _rows(np.stack([IMAGE] * 3, -1)[:31].reshape(31, -1)))),
+    ("grey16.png", lambda: _png(40, 32, 0, 16, _rows(IMAGE[:1].astype(">u2")))),
+    ("interlaced.png", lambda: _png(40, 32, 0, 8, bytes(600), interlace=1)),
+], ids=["grey-20-of-32-rows", "rgb-31-of-32-rows", "16-bit-1-row", "interlaced-short"])
+def test_png_with_short_pixel_data_is_refused(name, make, tmp_path, models, capsys):
+    (tmp_path / "in").mkdir()
+    path = tmp_path / "in" / name
+    path.write_bytes(make())
+    with pytest.raises(DataError, match="is truncated or corrupt: its pixel data holds"):
+        io.read_image(path)
+    assert_refused(capsys, predict_argv(tmp_path, path, models["2d"]), 3, f"{name}: is truncated", tmp_path)
+
+
+def _cut_tail(write, keep: float):
+    def make(path: Path) -> None:
+        write(path)
+        data = path.read_bytes()
+        path.write_bytes(data[: int(len(data) * keep)])
+    return make
+
+
+@pytest.mark.parametrize("name, make", [
+    ("cut.jpg", _cut_tail(lambda p: iio.imwrite(p, IMAGE, extension=".jpg"), 0.7)),
+    ("strip.tif", _cut_tail(lambda p: tifffile.imwrite(p, IMAGE), 0.8)),
+    ("strips.tif", _cut_tail(lambda p: tifffile.imwrite(p, STACK, photometric="minisblack",
+                                                         rowsperstrip=4), 0.9)),
+], ids=["jpeg", "tiff-single-strip", "tiff-stack-strips"])
+def test_other_short_pixel_data_is_refused(name, make, tmp_path):
+    """The same class in JPEG and TIFF strips (refused before this issue too)."""
+    make(tmp_path / name)
+    for mmap in (False, True):
+        with pytest.raises(DataError, match=rf"{name}: .*(truncated|failed to read|corrupt)"):
+            io.read_image(tmp_path / name, mmap=mmap)
+
+
+def test_png_with_full_pixel_data_still_reads(tmp_path):
+    path = tmp_path / "full.png"
+    path.write_bytes(_png(40, 32, 0, 8, _rows(IMAGE)))
+    np.testing.assert_array_equal(io.read_image(path)[0], IMAGE)
+
+
+# --------------------------------------------------------------------------- declared size
+
+def _tiled_tiff(path: Path, width: int, height: int, tile: int) -> None:
+    """A TIFF whose every tile points at the same small deflate-compressed tile."""
+    data = zlib.compress(bytes(tile * tile))
+    count = -(-width // tile) * -(-height // tile)
+    tags = [(256, 4, 1, width), (257, 4, 1, height), (258, 3, 1, 8), (259, 3, 1, 8),
+            (262, 3, 1, 1), (277, 3, 1, 1), (322, 4, 1, tile), (323, 4, 1, tile),
+            (324, 4, count, None), (325, 4, count, None)]
+    ifd_size = 2 + 12 * len(tags) + 4
+    offsets_at = 8 + ifd_size
+    counts_at = offsets_at + 4 * count
+    data_at = counts_at + 4 * count
+    body = struct.pack("<H", len(tags))
+    for tag, kind, n, value in tags:
+        if tag == 324:
+            value = offsets_at
+        elif tag == 325:
+            value = counts_at
+        body += struct.pack("<HHII", tag, kind, n, value) if kind == 4 else \
+            struct.pack("<HHIHH", tag, kind, n, value, 0)
+    body += struct.pack("<I", 0)
+    path.write_bytes(b"II*\x00" + struct.pack("<I", 8) + body + struct.pack(f"<{count}I", *[data_at] * count)
+                     + struct.pack(f"<{count}I", *[len(data)] * count) + data)
+
+
+def test_tiny_tiff_declaring_huge_dimensions_is_refused_before_reading(tmp_path, models, capsys,
+                                                                        monkeypatch):
+    path = tmp_path / "in" / "bomb.tif"
+    path.parent.mkdir()
+    _tiled_tiff(path, 16384, 16384, 1024)  # 256 MiB declared, 2 kB on disk
+    assert path.stat().st_size < 10_000
+    monkeypatch.setenv(io.MAX_IMAGE_ENV, "0.125")  # 128 MiB
+    with pytest.raises(DataError, match=r"bomb\.tif: is too large .*0\.25 GiB .*0\.125 GiB limit"
+                                        r".*BCSEG_MAX_IMAGE_GB"):
+        io.read_image(path)
+    assert_refused(capsys, predict_argv(tmp_path, path, models["2d"]), 3, "bomb.tif: is too large", tmp_path)
+    monkeypatch.delenv(io.MAX_IMAGE_ENV)
+    _tiled_tiff(path, 60000, 60000, 4096)  # 3.4 GiB declared: under the old voxel cap
+    monkeypatch.setenv(io.MAX_IMAGE_ENV, "3")
+    with pytest.raises(DataError, match="is too large"):
+        io.read_image(path)
+
+
+def test_the_size_limit_is_read_from_the_environment(monkeypatch):
+    assert io.max_image_bytes() == 4 * 2**30
+    monkeypatch.setenv(io.MAX_IMAGE_ENV, "0.5")
+    assert io.max_image_bytes() == 2**29
+    monkeypatch.setenv(io.MAX_IMAGE_ENV, "lots")
+    with pytest.raises(BcsegError, match="BCSEG_MAX_IMAGE_GB='lots' must be a positive number"):
+        io.max_image_bytes()
+
+
+# --------------------------------------------------------------------------- manifests
+
+def _manifest_dataset(root: Path, text: str, encoding="utf-8") -> Path:
+    write_cases(root, n=2)
+    (root / "manifest.csv").write_bytes(text.encode(encoding))
+    return root / "manifest.csv"
+
+
+@pytest.mark.parametrize("text, encoding", [
+    ("\ufeffid,image,mask_observer1\nc0,images/c0.tif,masks/observer1/c0.tif\n"
+     "c1,images/c1.tif,masks/observer1/c1.tif\n", "utf-8"),
+    ("id,image,mask_observer1\r\nc0,images/c0.tif,masks/observer1/c0.tif\r\n"
+     "c1,images/c1.tif,masks/observer1/c1.tif\r\n", "utf-8"),
+], ids=["byte-order-mark", "crlf"])
+def test_manifest_from_a_spreadsheet_program_is_read(text, encoding, tmp_path, capsys):
+    manifest = _manifest_dataset(tmp_path / "data", text, encoding)
+    code, out, err = run_main(capsys, ["check", manifest])
+    assert (code, err) == (0, ""), out
+    assert out.splitlines()[0].split() == ["cases", "2"]
+
+
+@pytest.mark.parametrize("text, encoding, said", [
+    ("id;image;mask_observer1\nc0;images/c0.tif;masks/observer1/c0.tif\n", "utf-8",
+     "manifest is delimited by semicolons, not commas"),
+    ("id\timage\nc0\timages/c0.tif\n", "utf-8", "manifest is delimited by tabs, not commas"),
+    ("id,image,group\nc0,images/c0.tif,Größe\n", "cp1252", "manifest is not UTF-8 text"),
+], ids=["semicolons", "tabs", "cp1252"])
+def test_manifest_in_another_dialect_gets_a_clear_line(text, encoding, said, tmp_path, capsys):
+    manifest = _manifest_dataset(tmp_path / "data", text, encoding)
+    code, _, err = run_main(capsys, ["check", manifest])
+    assert code == 3
+    assert f"manifest.csv: {said}; save it as 'CSV UTF-8 (comma delimited)'" in one_error_line(err)
+
+
+# --------------------------------------------------------------------------- duplicates
+
+def _duplicated(root: Path) -> Path:
+    write_cases(root, n=4)
+    (root / "manifest.csv").write_text(
+        "id,image,mask_observer1,group\n"
+        + "".join(f"c{i},images/c{i}.tif,masks/observer1/c{i}.tif,g{i}\n" for i in range(4))
+        + "again,images/copy.tif,masks/observer1/c1.tif,g9\n", encoding="utf-8")
+    (root / "images" / "copy.tif").write_bytes((root / "images" / "c1.tif").read_bytes())
+    return root / "manifest.csv"
+
+
+def test_the_same_image_twice_is_flagged_by_check(tmp_path, capsys):
+    manifest = _duplicated(tmp_path / "data")
+    code, out, err = run_main(capsys, ["check", manifest])
+    assert code == 3 and "1 problem(s)" in one_error_line(err)
+    problem = [p for p in out.splitlines() if p.startswith("problem: ")]
+    assert len(problem) == 1 and "copy.tif: has the same content as" in problem[0]
+    assert "c1.tif" in problem[0]
+
+
+@pytest.mark.parametrize("command", ["split", "train"])
+def test_the_same_image_twice_is_refused_by_split_and_train(command, tmp_path, capsys):
+    manifest = _duplicated(tmp_path / "data")
+    argv = [command, manifest, "--out", tmp_path / ("s.json" if command == "split" else "run")]
+    code, out, err = run_main(capsys, argv)
+    assert code == 3 and "copy.tif: has the same content as" in one_error_line(err)
+    assert not (tmp_path / "s.json").exists() and not (tmp_path / "run").exists()
+
+
+def test_identical_images_within_one_group_are_not_a_problem(tmp_path, capsys):
+    manifest = _duplicated(tmp_path / "data")
+    manifest.write_text(manifest.read_text(encoding="utf-8").replace(",g9", ",g1"), encoding="utf-8")
+    code, _, err = run_main(capsys, ["check", manifest])
+    assert (code, err) == (0, "")
+
+
+# --------------------------------------------------------------------------- exact shape
+
+@pytest.mark.parametrize("shape, imagej", [((6, 1, 40), False), ((6, 1, 40), True),
+                                           ((1, 32, 40), False), ((5, 32, 1), False)],
+                         ids=["z-1-x", "z-1-x-imagej", "1-h-w", "z-h-1"])
+def test_singleton_axes_keep_the_input_shape(shape, imagej, tmp_path, models, capsys):
+    (tmp_path / "in").mkdir()
+    path = tmp_path / "in" / "thin.tif"
+    array = np.random.default_rng(3).integers(0, 256, shape, dtype=np.uint8)
+    tifffile.imwrite(path, array, **({"imagej": True, "metadata": {"axes": "ZYX"}} if imagej
+                                     else {"photometric": "minisblack"}))
+    code, _, err = run_main(capsys, predict_argv(tmp_path, path, models["2d"], "--save-prob"))
+    assert (code, err) == (0, "")
+    for output in ("thin_mask.tif", "thin_prob.tif"):
+        assert tifffile.imread(tmp_path / "out" / output).shape == tifffile.imread(path).shape == shape
+
+
+# --------------------------------------------------------------------------- margins
+
+def test_tumour_wholly_outside_the_specimen_is_warned_not_inked(tmp_path):
+    rng = np.random.default_rng(5)
+    volume = rng.integers(0, 20, (12, 48, 48)).astype(np.uint8)  # dark coupling medium
+    volume[2:10, 6:30, 6:30] = rng.integers(120, 255, (8, 24, 24))  # bright tissue block
+    tumour = np.zeros(volume.shape, bool)
+    tumour[4:8, 36:44, 36:44] = True  # in the medium, well away from the tissue
+    io.write_image(tmp_path / "s.tif", volume, (0.5, 0.2, 0.2))
+    io.write_mask(tmp_path / "s_mask.tif", tumour)
+    result = margins_for_files(tmp_path / "s.tif", tmp_path / "s_mask.tif", tmp_path / "out")
+    assert any("wholly outside the specimen" in w for w in result["warnings"]), result["warnings"]
+    assert not result.get("ink_on_tumour") and math.isnan(result["distance_mm"])
+
+
+def test_margins_keep_going_skips_2d_images_with_a_warning(tmp_path, models, capsys):
+    (tmp_path / "in").mkdir()
+    iio.imwrite(tmp_path / "in" / "a_flat.png", IMAGE)
+    io.write_image(tmp_path / "in" / "b_stack.tif", np.repeat(IMAGE[None], 6, axis=0), (0.5, 0.2, 0.2))
+    code, out, err = run_main(capsys, predict_argv(tmp_path, tmp_path / "in", models["2d"],
+                                                   "--margins", "--keep-going"))
+    assert code == 0, err
+    lines = err.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("bcseg: warning: ") and "a_flat.png" in lines[0]
+    assert "2D image; no margins" in lines[0]
+    assert (tmp_path / "out" / "b_stack_margins.csv").is_file()
+    assert not (tmp_path / "out" / "a_flat_margins.csv").exists()
+
+
+# --------------------------------------------------------------------------- train
+
+@pytest.fixture
+def tiny_config(tmp_path) -> Path:
+    path = tmp_path / "tiny.toml"
+    path.write_text(TINY, encoding="utf-8")
+    return path
+
+
+def _folds(root: Path, bad_case: str) -> Path:
+    """A fold file putting ``bad_case`` alone in the test fold 0."""
+    path = root.parent / "folds.csv"
+    ids = sorted(io.file_stem(p) for p in (root / "images").iterdir())
+    path.write_text("id,fold\n" + "".join(f"{i},{0 if i == bad_case else 1}\n" for i in ids))
+    return path
+
+
+def test_bad_mask_in_the_test_fold_is_found_before_the_first_epoch(tmp_path, tiny_config, capsys):
+    root = write_cases(tmp_path / "data", n=5)
+    labels = LESION.astype(np.uint8)
+    labels[10:14] *= 2  # values 0, 1, 2
+    tifffile.imwrite(root / "masks" / "observer1" / "c3.tif", labels, photometric="minisblack")
+    argv = ["train", root, "--out", tmp_path / "run", "--config", tiny_config,
+            "--folds-file", _folds(root, "c3")]
+    code, out, err = run_main(capsys, argv)
+    assert code == 3, (out, err)
+    line = one_error_line(err)
+    assert "observer1/c3.tif: mask is not binary" in line and "test case 'c3'" in line
+    assert "epoch" not in out and not (tmp_path / "run").exists()
+
+
+def _run_dir(tmp_path: Path, tiny_config: Path, **changes) -> Path:
+    """A run directory as ``train`` starts it: its config.toml (no training needed)."""
+    run = tmp_path / "run"
+    run.mkdir()
+    save_config(load_config(tiny_config, changes), run / "config.toml")
+    return run
+
+
+@pytest.mark.parametrize("extra, key", [
+    (["--observer", "observer2"], "data.observer"), (["--epochs", "7"], "train.epochs"),
+    (["--batch-size", "2"], "train.batch_size"), (["--config", "other"], "model.depth"),
+    (["--mixed-precision"], "train.mixed_precision"),
+], ids=["observer", "epochs", "batch-size", "config", "mixed-precision"])
+def test_resume_with_other_settings_is_refused(extra, key, tmp_path, tiny_config, capsys):
+    root = write_cases(tmp_path / "data", n=5)
+    run = _run_dir(tmp_path, tiny_config)
+    other = tmp_path / "other.toml"
+    other.write_text(TINY.replace("depth = 2", "depth = 3"), encoding="utf-8")
+    extra = [str(other) if e == "other" else e for e in extra]
+    before = files_under(run)
+    code, out, err = run_main(capsys, ["train", root, "--out", run, "--resume", *extra])
+    assert code == 2, (out, err)
+    line = one_error_line(err)
+    assert f"config.toml: the run was started with {key} = " in line and "keeps its settings" in line
+    assert files_under(run) == before
+
+
+def test_resume_with_the_same_settings_is_accepted(tmp_path, tiny_config):
+    saved = load_config(tiny_config, {"data": {"observer": "observer1"}})
+    train._refuse_changed_settings(saved, tiny_config, {"data": {"observer": "observer1"},
+                                                        "model": {}, "train": {}}, False, tmp_path)
+
+
+def test_corrupt_state_json_on_resume_names_it(tmp_path, tiny_config, capsys):
+    root = write_cases(tmp_path / "data", n=5)
+    run = _run_dir(tmp_path, tiny_config)
+    (run / "state.json").write_text('{"epoch": 3, "checkp', encoding="utf-8")
+    code, out, err = run_main(capsys, ["train", root, "--out", run, "--resume"])
+    assert code == 4, (out, err)
+    assert "state.json: is corrupt" in one_error_line(err)
+
+
+def test_init_with_an_unsafe_model_is_a_model_error_before_the_run_folder(tmp_path, tiny_config,
+                                                                          models, capsys):
+    root = write_cases(tmp_path / "data", n=5)
+    code, out, err = run_main(capsys, ["train", root, "--out", tmp_path / "run", "--config", tiny_config,
+                                       "--init", models["lambda"]])
+    assert code == 4, (out, err)
+    line = one_error_line(err)
+    assert "lambda.keras: " in line and "safe_mode" not in line
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory) -> tuple[Path, Path, Path]:
+    """A finished 2-epoch tiny run: (dataset, run directory, config)."""
+    tmp = tmp_path_factory.mktemp("trained")
+    root = write_cases(tmp / "data", n=5)
+    config = tmp / "tiny.toml"
+    config.write_text(TINY.replace("epochs = 1", "epochs = 2"), encoding="utf-8")
+    train.train(root, tmp / "run", config=config)
+    return root, tmp / "run", config
+
+
+def _copy_run(run: Path, to: Path) -> Path:
+    import shutil
+    shutil.copytree(run, to)
+    return to
+
+
+def test_missing_checkpoint_resumes_from_model_last(trained, tmp_path, capsys):
+    root, run, _ = trained
+    copy = _copy_run(run, tmp_path / "run")
+    for name in ("inference.json",):  # as if killed before the run was tested
+        (copy / name).unlink()
+    state = json.loads((copy / "state.json").read_text(encoding="utf-8"))
+    (copy / state["checkpoint"]).unlink()
+    code, out, err = run_main(capsys, ["train", root, "--out", copy, "--resume"])
+    assert code == 0, (out, err)
+    assert f"bcseg: warning: {copy / state['checkpoint']} is missing; resuming from " \
+        "model_last.keras" in err.splitlines()
+    assert "error" not in err
+    assert (copy / "inference.json").is_file()
+
+
+def _send_sigterm_once(method):
+    sent = {"done": False}
+
+    def wrapper(*args, **kwargs):
+        if not sent["done"]:
+            sent["done"] = True
+            os.kill(os.getpid(), signal.SIGTERM)
+        return method(*args, **kwargs)
+    return wrapper
+
+
+def test_sigterm_during_the_last_epochs_validation_saves_that_epoch(tmp_path, tiny_config, capsys,
+                                                                    monkeypatch):
+    """The training batches were all done: the epoch is complete and must be kept."""
+    root = write_cases(tmp_path / "data", n=5)
+    monkeypatch.setattr(keras.Model, "evaluate", _send_sigterm_once(keras.Model.evaluate))
+    code, out, err = run_main(capsys, ["train", root, "--out", tmp_path / "run", "--config", tiny_config])
+    assert code == 130, (out, err)
+    said = [line for line in err.splitlines() if "interrupted" in line]
+    assert len(said) == 1 and "stopped after epoch 1" in said[0] and "epoch 1 is saved" in said[0]
+    state = json.loads((tmp_path / "run" / "state.json").read_text(encoding="utf-8"))
+    assert state["epoch"] == 1 and (tmp_path / "run" / state["checkpoint"]).is_file()
+
+
+def test_sigterm_after_the_last_epoch_is_not_swallowed(trained, tmp_path, capsys, monkeypatch):
+    root, run, _ = trained
+    copy = _copy_run(run, tmp_path / "run")
+    (copy / "inference.json").unlink()  # resume: no epoch left, straight to testing
+
+    class Killed(Exception):
+        pass
+
+    def die(signum, frame):  # what SIGTERM would do if bcseg left it to the default
+        raise Killed()
+
+    previous = signal.signal(signal.SIGTERM, die)
+    try:
+        monkeypatch.setattr(train, "tune_inference", _send_sigterm_once(train.tune_inference))
+        code, out, err = run_main(capsys, ["train", root, "--out", copy, "--resume"])
+        assert signal.getsignal(signal.SIGTERM) is die  # restored after the run
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert code == 130, (out, err)
+    said = [line for line in err.splitlines() if "interrupted" in line]
+    assert len(said) == 1 and "epochs 1-2 are saved" in said[0] and "--resume" in said[0]
+    assert not (copy / "inference.json").exists()
