@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import zipfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -37,23 +36,23 @@ TARGET = ROOT / "src" / "bcseg" / "pretrained"
 
 
 def bundle(run: Path, seen: str, target: Path = TARGET) -> Path:
-    from bcseg.atomic import atomic_path, write_text
+    from bcseg import rundir
+    from bcseg.atomic import atomic_path
     from bcseg.infer.predict import load_model
     from bcseg.infer.pretrained import CITATION, MODEL_NAME
 
-    model = load_model(run / "model_best.keras")  # float32 compute, whatever it trained in
+    model = load_model(run / rundir.MODEL_FILE)  # float32 compute, whatever it trained in
     target.mkdir(parents=True, exist_ok=True)
     path = target / MODEL_NAME
-    settings = json.loads((run / "inference.json").read_text(encoding="utf-8"))
-    meta = dict(settings, trained_on=seen, dataset="BUSI (Al-Dhabyani et al. 2020)",
-                citation=CITATION, licence="CC BY 4.0 (data); model released with bcseg",
-                source_run=str(run))
+    settings = rundir.read_settings(run / rundir.SETTINGS_FILE)
+    meta = settings.replace(info=dict(
+        settings.info, trained_on=seen, dataset="BUSI (Al-Dhabyani et al. 2020)",
+        citation=CITATION, licence="CC BY 4.0 (data); model released with bcseg", source_run=str(run)))
     with atomic_path(path) as tmp:
         model.save(tmp)  # compiled without an optimiser: weights and graph only
-        # The citation travels inside the .keras archive too; Keras ignores extra entries.
-        with zipfile.ZipFile(tmp, "a") as archive:
-            archive.writestr("bcseg_metadata.json", json.dumps(meta, indent=1))
-    write_text(target / "inference.json", json.dumps(meta, indent=1) + "\n")
+    # The settings and citation travel inside the .keras archive too; Keras ignores the entry.
+    rundir.embed_settings(path, meta)
+    rundir.write_settings(target, meta)
     size = path.stat().st_size / 1e6
     print(f"bundled {path} ({size:.1f} MB): {seen}")
     if size > 10:
@@ -85,6 +84,7 @@ def main(argv=None) -> int:
 
     from bcseg.config import load_config, save_config
     from bcseg.data.dataset import discover
+    from bcseg.after_fit import finish_fold
     from bcseg.learn.train import run_fold, training_precision
 
     cases = [c for c in discover(args.data) if c.label_class in ("benign", "malignant")]
@@ -95,7 +95,7 @@ def main(argv=None) -> int:
     # Every case in the training pool (fold 1) and none in the test fold 0: the
     # validation split of whole groups still chooses the epoch and the threshold.
     with training_precision(cfg):
-        run_fold(cases, {c.id: 1 for c in cases}, 0, cfg, out)
+        finish_fold(run_fold(cases, {c.id: 1 for c in cases}, 0, cfg, out))
     fold = json.loads((out / "fold.json").read_text(encoding="utf-8"))
     bundle(out, f"all {len(cases)} BUSI benign/malignant images "
            f"({len(fold['train'])} training, {len(fold['validation'])} validation); "

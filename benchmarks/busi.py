@@ -44,19 +44,14 @@ def _rows(metrics_csv: Path) -> list[dict]:
 
 def _normal_empty_share(run: Path, normal_cases) -> float | None:
     """Share of the test fold's normal images that the model leaves empty."""
-    from bcseg.data.dataset import read_case_image
-    from bcseg.infer.postprocess import postprocess
-    from bcseg.infer.predict import load_model, predict_volume
+    from bcseg.after_fit import segment_case
+    from bcseg.infer.segment import load_models
 
     if not normal_cases:
         return None
-    settings = json.loads((run / "inference.json").read_text())
-    model = load_model(run / "model_best.keras")
-    empty = 0
-    for case in normal_cases:
-        image, _ = read_case_image(case)
-        _, prob = predict_volume(model, image, input_size=settings["input_size"], tta=settings["tta"])
-        empty += not postprocess(prob > settings["threshold"], settings["postprocess"]).any()
+    models, settings = load_models(run)  # the run's own settings, as bcseg predict uses them
+    empty = sum(not segment_case(models, case, settings, keep_prob=False)[2].any()
+                for case in normal_cases)
     return empty / len(normal_cases)
 
 
@@ -116,7 +111,7 @@ def main(argv=None) -> int:
 
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     from bcseg.data.dataset import discover
-    from bcseg.learn.train import train
+    from bcseg.after_fit import train_and_evaluate as train
 
     data = Path(args.data)
     if not (data / "folds.csv").is_file():

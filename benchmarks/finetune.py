@@ -30,7 +30,7 @@ def main(argv=None) -> int:
 
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     from bcseg.data.phantom import write_phantom
-    from bcseg.learn.train import train
+    from bcseg.after_fit import train_and_evaluate as train
 
     out = Path(args.out)
     data = out / "phantom"

@@ -15,8 +15,11 @@ from bcseg.data import io
 from bcseg.errors import ConfigError, DataError, ModelError, UsageError
 from bcseg.learn.models import unet
 from bcseg.infer.postprocess import fill_holes, keep_largest_component, postprocess, remove_small_components
-from bcseg.infer.predict import load_model, predict_volume
-from bcseg.infer.segment import inference_settings, predict_files, resolve_model
+from bcseg.infer.predict import load_model, predict_volume, segment_volume, tta_flips
+from bcseg.rundir import InferenceSettings, load_run, member_settings, read_settings
+from bcseg.infer.segment import load_models, predict_files
+
+ALL_FLIPS = ("z", "ud", "lr")
 
 
 def _layer(kind, ndim):
@@ -157,7 +160,7 @@ def test_tta_on_symmetric_model_and_input_changes_nothing(ndim, shape):
     volume = np.random.default_rng(7).random(shape).astype(np.float32)
     volume = symmetrise(volume) if ndim == 3 else np.stack([symmetrise(s) for s in volume])
     _, plain = predict_volume(model, volume)
-    _, mirrored = predict_volume(model, volume, tta=True)
+    _, mirrored = predict_volume(model, volume, tta=True, flips=ALL_FLIPS)
     np.testing.assert_allclose(mirrored, plain, atol=1e-6)
     assert plain.std() > 0.01  # the test means something: the output is not flat
 
@@ -173,7 +176,7 @@ def _mean_of_flips(model, x, axes):
 
 def test_tta_is_the_mean_of_the_flipped_predictions_2d(unet2d, stack):
     _, plain = predict_volume(unet2d, stack)
-    _, mirrored = predict_volume(unet2d, stack, tta=True)
+    _, mirrored = predict_volume(unet2d, stack, tta=True, flips=ALL_FLIPS)
     expected = _mean_of_flips(unet2d, stack / np.float32(255), (1, 2))
     np.testing.assert_allclose(mirrored, expected, atol=1e-5)
     assert np.abs(mirrored - plain).max() > 1e-4
@@ -181,9 +184,30 @@ def test_tta_is_the_mean_of_the_flipped_predictions_2d(unet2d, stack):
 
 def test_tta_is_the_mean_of_all_8_flips_3d(unet3d):
     volume = np.random.default_rng(8).integers(0, 256, size=(8, 12, 16)).astype(np.uint8)
-    _, mirrored = predict_volume(unet3d, volume, tta=True)
+    _, mirrored = predict_volume(unet3d, volume, tta=True, flips=ALL_FLIPS)
     expected = _mean_of_flips(unet3d, volume[None] / np.float32(255), (1, 2, 3))[0]
     np.testing.assert_allclose(mirrored, expected, atol=1e-5)
+
+
+@pytest.mark.parametrize("ndim, flips, expected", [
+    (2, ("lr",), [(), (2,)]),                       # bcseg's recipes: never up-down
+    (2, ("lr", "z"), [(), (2,)]),                   # a 2D model has no slice axis
+    (2, ("ud", "lr"), [(), (1,), (2,), (1, 2)]),
+    (3, ("lr", "z"), [(), (1,), (3,), (1, 3)]),
+    (2, (), [()]),                                  # trained without flips: TTA is a no-op
+])
+def test_tta_runs_exactly_the_trained_flips(ndim, flips, expected):
+    assert tta_flips(ndim, flips, tta=True) == expected
+    assert tta_flips(ndim, flips, tta=False) == [()]
+
+
+def test_default_tta_never_flips_up_down(unet2d, stack):
+    # A bare model: bcseg's recipes mirror left-right (and z in 3D) only, so that is the default.
+    _, mirrored = predict_volume(unet2d, stack, tta=True)
+    np.testing.assert_allclose(mirrored, _mean_of_flips(unet2d, stack / np.float32(255), (2,)),
+                               atol=1e-5)
+    with_ud = _mean_of_flips(unet2d, stack / np.float32(255), (1, 2))
+    assert np.abs(mirrored - with_ud).max() > 1e-4
 
 
 # --------------------------------------------------------------------------- post-processing
@@ -319,27 +343,63 @@ def test_memmapped_input_and_outputs_match_in_memory(tmp_path, unet2d):
 
 def test_settings_default_without_inference_json(tmp_path, unet2d):
     unet2d.save(tmp_path / "model_best.keras")
-    path, settings = resolve_model(tmp_path)
-    assert path == tmp_path / "model_best.keras"
-    assert settings["threshold"] == 0.5 and settings["postprocess"] == [] and settings["tta"] is False
-    assert resolve_model(path) == (path, settings)
+    with pytest.warns(UserWarning, match="holds no inference settings") as caught:
+        files, settings = load_run(tmp_path)
+    assert len(caught) == 1 and "\n" not in str(caught[0].message)  # one line
+    assert files == [tmp_path / "model_best.keras"]
+    assert settings.threshold == 0.5 and settings.postprocess == () and settings.tta is False
+    assert settings.flips == ("z", "lr")  # never up-down
+    with pytest.warns(UserWarning):
+        assert load_run(files[0]) == (files, settings)
 
 
 def test_settings_read_and_checked(tmp_path):
     (tmp_path / "inference.json").write_text(json.dumps(
         {"threshold": 0.4, "postprocess": ["largest", "fill"], "min_size": 10, "tta": True, "ndim": 3,
          "patch_size": [16, 32, 32], "best_epoch": 7}))
-    settings = inference_settings(tmp_path)
-    assert settings == {"threshold": 0.4, "postprocess": ["largest", "fill"], "min_size": 10,
-                        "tta": True, "ndim": 3, "patch_size": [16, 32, 32], "input_size": None,
-                        "best_epoch": 7}  # run metadata is kept
+    settings = read_settings(tmp_path / "inference.json")
+    assert settings == InferenceSettings(
+        threshold=0.4, postprocess=("largest", "fill"), min_size=10, tta=True, ndim=3,
+        patch_size=(16, 32, 32), info={"best_epoch": 7})  # run metadata is kept
+    assert InferenceSettings.from_dict(settings.to_dict()) == settings  # round trip
     for bad in ({"threshold": "high"}, {"postprocess": ["blur"]}, {"tta": 1}, {"input_size": 0},
-                {"ndim": 3, "patch_size": [16, 16]}):
+                {"ndim": 3, "patch_size": [16, 16]}, {"flips": ["diagonal"]}, {"channels": 0},
+                {"tuned": {"with_tta": {"threshold": 2, "postprocess": []}}},
+                {"members": [{"flips": ["lr"]}]}):
         (tmp_path / "inference.json").write_text(json.dumps(bad))
         with pytest.raises(ConfigError, match="inference.json"):
-            inference_settings(tmp_path)
+            read_settings(tmp_path / "inference.json")
     with pytest.raises(ModelError, match="model_best.keras"):
-        resolve_model(tmp_path)
+        load_run(tmp_path)
+
+
+def test_settings_travel_inside_a_copied_model(tmp_path, unet2d):
+    from bcseg.rundir import save_run_settings
+
+    run = tmp_path / "run"
+    run.mkdir()
+    unet2d.save(run / "model_best.keras")
+    recorded = InferenceSettings(threshold=0.35, postprocess=("largest",), flips=("lr",), ndim=2,
+                                 input_size=16, info={"best_epoch": 3})
+    save_run_settings(run, recorded)
+    copy = tmp_path / "elsewhere" / "copied.keras"
+    copy.parent.mkdir()
+    copy.write_bytes((run / "model_best.keras").read_bytes())  # the model alone, no inference.json
+    assert load_run(copy) == ([copy], recorded)
+    np.testing.assert_array_equal(load_model(copy).get_weights()[0], unet2d.get_weights()[0])
+
+
+def test_switching_tta_uses_the_threshold_tuned_for_it_or_warns():
+    tuned = {"with_tta": {"threshold": 0.3, "postprocess": ["fill"]},
+             "without_tta": {"threshold": 0.6, "postprocess": []}}
+    settings = InferenceSettings(threshold=0.6, tuned=tuned)
+    switched = settings.overridden(tta=True)
+    assert (switched.tta, switched.threshold, switched.postprocess) == (True, 0.3, ("fill",))
+    assert settings.overridden(tta=True, threshold=0.5).threshold == 0.5  # the user's choice wins
+    with pytest.warns(UserWarning, match="tuned without TTA") as caught:
+        untuned = InferenceSettings(threshold=0.6).overridden(tta=True)
+    assert len(caught) == 1 and "\n" not in str(caught[0].message)
+    assert untuned.tta and untuned.threshold == 0.6
 
 
 # --------------------------------------------------------------------------- files
@@ -376,6 +436,7 @@ def test_predict_files_2d_png(tmp_path, run_dir, unet2d):
         "scan_mask.tif", "scan_overlay.png", "scan_prob.tif"]
 
 
+@pytest.mark.filterwarnings("ignore:.*holds no inference settings:UserWarning")
 def test_predict_files_3d_tiff_keeps_shape_and_spacing(tmp_path, unet3d):
     unet3d.save(tmp_path / "model3d.keras")
     stack = np.random.default_rng(10).integers(0, 4000, size=(6, 18, 20)).astype(np.uint16)
@@ -414,6 +475,7 @@ def test_inputs_whose_outputs_would_collide_are_refused(tmp_path, run_dir, stack
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.filterwarnings("ignore:.*holds no inference settings:UserWarning")
 def test_failure_leaves_no_partial_files(tmp_path, stack):
     model = unet(ndim=3, base_filters=2, depth=1, norm=None)
     model.save(tmp_path / "m3.keras")
@@ -429,3 +491,57 @@ def test_failure_leaves_no_partial_files(tmp_path, stack):
     assert [r["status"] for r in records] == ["ok", "error"]
     assert "b_slice.tif" in records[1]["error"] and records[1]["mask"] is None
     assert sorted(p.name for p in out.iterdir()) == ["a_stack_mask.tif", "a_stack_prob.tif"]
+
+
+# --------------------------------------------------------------------------- ensembles
+
+def _member(path, **fields):
+    return member_settings(path, InferenceSettings(**fields))
+
+
+def test_ensemble_is_the_mean_of_its_members_each_with_its_own_settings(stack):
+    keras.utils.set_random_seed(5)
+    first, second = (unet(ndim=2, base_filters=2, depth=2, norm=None) for _ in range(2))
+    settings = InferenceSettings(threshold=0.45, tta=True, members=(
+        _member("a.keras", flips=("lr",), input_size=16), _member("b.keras", flips=("ud", "lr"))))
+    mask, prob = segment_volume([first, second], stack, settings, batch_size=2)
+    _, p1 = predict_volume(first, stack, tta=True, flips=("lr",), input_size=16)
+    _, p2 = predict_volume(second, stack, tta=True, flips=("ud", "lr"))
+    np.testing.assert_allclose(prob, (p1 + p2) / 2, atol=1e-6)
+    np.testing.assert_array_equal(mask, prob > 0.45)
+    assert np.abs(p1 - p2).max() > 1e-3  # the members differ, so the mean means something
+
+
+def test_3d_ensemble_with_different_windows_matches_the_mean(unet3d):
+    keras.utils.set_random_seed(6)
+    other = unet(ndim=3, base_filters=2, depth=2, norm=None)
+    volume = np.random.default_rng(11).integers(0, 256, size=(13, 20, 18)).astype(np.uint8)
+    settings = InferenceSettings(members=(_member("a", patch_size=(4, 8, 8)),
+                                          _member("b", patch_size=(8, 12, 12))))
+    # One window per call: the members deliver their slices in runs of different lengths.
+    _, prob = segment_volume([unet3d, other], volume, settings, batch_size=1)
+    _, p1 = predict_volume(unet3d, volume, patch_size=(4, 8, 8), batch_size=1)
+    _, p2 = predict_volume(other, volume, patch_size=(8, 12, 12), batch_size=1)
+    np.testing.assert_allclose(prob, (p1 + p2) / 2, atol=1e-6)
+
+
+def test_several_models_predict_as_an_ensemble(tmp_path, stack):
+    keras.utils.set_random_seed(7)
+    paths = []
+    for name, threshold in (("a", 0.4), ("b", 0.6)):
+        (tmp_path / name).mkdir()
+        unet(ndim=2, base_filters=2, depth=2, norm=None).save(tmp_path / name / "model_best.keras")
+        (tmp_path / name / "inference.json").write_text(json.dumps(
+            {"threshold": threshold, "input_size": 16, "flips": ["lr"]}))
+        paths.append(tmp_path / name)
+    io.write_image(tmp_path / "scan.tif", stack)
+    with pytest.warns(UserWarning, match="members' mean threshold 0.5"):
+        records = predict_files(paths, [tmp_path / "scan.tif"], tmp_path / "out", save_prob=True,
+                                progress=False)
+    with pytest.warns(UserWarning):
+        models, settings = load_models(paths)
+    assert [m.info["path"] for m in settings.members] == [str(p / "model_best.keras") for p in paths]
+    probs = [predict_volume(m, stack, input_size=16)[1] for m in models]
+    saved = tifffile.imread(records[0]["prob"])
+    np.testing.assert_allclose(saved, (probs[0] + probs[1]) / 2, atol=1e-6)
+    np.testing.assert_array_equal(tifffile.imread(records[0]["mask"]) > 0, saved > 0.5)

@@ -37,6 +37,7 @@ from bcseg.atomic import PARTIAL_MARK, remove_partials
 from bcseg.cli import main
 from bcseg.errors import DataError
 from bcseg.learn.models import unet
+from bcseg.rundir import InferenceSettings, embed_settings
 from bcseg.data.phantom import write_phantom
 from bcseg.infer.predict import load_model
 
@@ -64,6 +65,8 @@ def models(tmp_path_factory) -> dict[str, Path]:
              "lambda": folder / "lambda.keras"}
     unet(ndim=2, base_filters=4, depth=2).save(paths["2d"])
     unet(ndim=3, base_filters=4, depth=2).save(paths["3d"])
+    for ndim in (2, 3):  # settings inside, as bcseg train saves them (no "no settings" warning)
+        embed_settings(paths[f"{ndim}d"], InferenceSettings(ndim=ndim))
     inputs = keras.Input((None, None, 1))
     # Python code in a model file: loading it would run arbitrary code, so safe_mode refuses it.
     outputs = keras.layers.Lambda(lambda x: keras.ops.sigmoid(x * 2.0))(inputs)
@@ -655,7 +658,7 @@ def test_predict_interrupted_leaves_no_temporary_file(stacks, tmp_path, models, 
     """
     import bcseg.infer.segment
 
-    real, calls = bcseg.infer.segment.predict_volume, []
+    real, calls = bcseg.infer.segment.segment_volume, []
 
     def predict_then_interrupt(*args, **kwargs):
         calls.append(1)
@@ -665,7 +668,7 @@ def test_predict_interrupted_leaves_no_temporary_file(stacks, tmp_path, models, 
         return real(*args, **kwargs)
 
     out = tmp_path / "out"
-    monkeypatch.setattr(bcseg.infer.segment, "predict_volume", predict_then_interrupt)
+    monkeypatch.setattr(bcseg.infer.segment, "segment_volume", predict_then_interrupt)
     code, _, err = run_main(capsys, _predict(tmp_path, stacks, models["2d"]))
     assert code == 130 and len(calls) == 3, (code, len(calls), err[-2000:])
     assert one_error_line(err) == "bcseg: error: interrupted"

@@ -30,7 +30,9 @@ from PIL import Image
 
 from bcseg import cli
 from bcseg.data import io
+from bcseg import rundir
 from bcseg.learn import train
+from bcseg.after_fit import train_and_evaluate
 from bcseg.config import load_config
 from bcseg.data.dataset import Case, discover
 from bcseg.errors import UsageError
@@ -124,7 +126,7 @@ def run2d(tmp_path_factory, phantom):
     out = tmp_path_factory.mktemp("run2d") / "run"
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        results = train.train(phantom, out, overrides=TINY)
+        results = train_and_evaluate(phantom, out, overrides=TINY)
     return out, results, [str(w.message) for w in caught]
 
 
@@ -222,6 +224,102 @@ def test_pilot_study_with_fewer_specimens_than_folds(run2d):
     assert len(results) == 1 and (out / "inference.json").is_file()
 
 
+# --------------------------------------------------------------------------- one inference path
+
+def _predict_cli(tmp_path, image, model_args, *extra) -> tuple[np.ndarray, np.ndarray]:
+    out = tmp_path / "predicted"
+    assert cli.main(["predict", str(image), "--out", str(out), "--save-prob", "--no-progress",
+                     *model_args, *extra]) == 0
+    stem = io.file_stem(image)
+    return tifffile.imread(out / f"{stem}_mask.tif"), tifffile.imread(out / f"{stem}_prob.tif")
+
+
+def test_test_fold_masks_are_bit_identical_to_bcseg_predict(tmp_path, run2d, phantom):
+    out = run2d[0]
+    cases = {c.id: c for c in discover(phantom)}
+    for case_id in json.loads((out / "fold.json").read_text(encoding="utf-8"))["test"]:
+        mask, prob = _predict_cli(tmp_path / case_id, cases[case_id].image, ["--model", str(out)])
+        np.testing.assert_array_equal(mask, tifffile.imread(out / "predictions" / f"{case_id}_mask.tif"))
+        np.testing.assert_array_equal(prob, tifffile.imread(out / "predictions" / f"{case_id}_prob.tif"))
+
+
+def test_tta_mirrors_only_the_axes_the_model_was_trained_to_mirror(tmp_path, run2d, phantom):
+    from bcseg.infer.postprocess import postprocess
+    from bcseg.infer.predict import load_model, segment_volume
+
+    out = run2d[0]
+    recorded = json.loads((out / "inference.json").read_text(encoding="utf-8"))
+    assert load_config(out / "config.toml")["augment"]["flip_ud"] is False
+    assert recorded["flips"] == ["lr"]  # flip_lr, no flip_ud, and no slice axis in 2D
+    assert set(recorded["tuned"]) == {"with_tta", "without_tta"}  # both tuned on validation
+    assert rundir.archive_settings(out / "model_best.keras").to_dict() == recorded  # travels inside
+
+    image = discover(phantom)[0].image
+    mask, prob = _predict_cli(tmp_path, image, ["--model", str(out)], "--tta")
+    stack = io.read_image(image)[0]
+    model = load_model(out / "model_best.keras")
+    plain = rundir.read_settings(out / "inference.json").replace(tta=False)
+    passes = [segment_volume(model, stack, plain)[1],
+              np.flip(segment_volume(model, np.flip(stack, -1), plain)[1], -1)]
+    np.testing.assert_allclose(prob, np.mean(passes, axis=0), atol=1e-6)  # identity and left-right only
+    up_down = np.flip(segment_volume(model, np.flip(stack, -2), plain)[1], -2)
+    assert np.abs(prob - np.mean(passes + [up_down], axis=0)).max() > 1e-4
+    with_tta = recorded["tuned"]["with_tta"]  # the threshold tuned with TTA, not the recorded one
+    np.testing.assert_array_equal(mask > 0, postprocess(prob > with_tta["threshold"],
+                                                        with_tta["postprocess"]))
+
+
+def _kfold_run(out: Path, cases: list[Case]) -> None:
+    """A k-fold run folder as ``train --folds all`` leaves it before the ensemble step:
+    per fold a tiny real model, its settings (own input size and flips) and fold.json."""
+    from bcseg.after_fit import fitted_settings
+    from bcseg.learn.models import unet
+
+    cfg = load_config(None, TINY)
+    for k, case in enumerate(cases):
+        fold = out / f"fold_{k}"
+        fold.mkdir(parents=True)
+        keras.utils.set_random_seed(k)
+        unet(ndim=2, base_filters=2, depth=2, norm=None).save(fold / "model_best.keras")
+        own = fitted_settings(cfg, 1).replace(input_size=16 + 8 * k)  # each fold its own size
+        rundir.save_run_settings(fold, own)
+        (fold / "fold.json").write_text(json.dumps({"fold": k, "train": [], "validation": [case.id],
+                                                    "test": []}), encoding="utf-8")
+    (out / "config.toml").write_text(TINY_TOML.format(epochs=1), encoding="utf-8")
+
+
+def test_kfold_run_predicts_as_an_ensemble_of_its_folds(tmp_path, phantom):
+    from bcseg.after_fit import tune_ensemble
+    from bcseg.infer.predict import load_model, segment_volume
+
+    out, cases = tmp_path / "kfold", discover(phantom)
+    _kfold_run(out, cases)
+    tune_ensemble(out, cases, load_config(out / "config.toml"))  # what train --folds all ends with
+    recorded = rundir.read_settings(out / "inference.json")
+    folds = rundir.find_members(out)
+    assert [m.info["path"] for m in recorded.members] == [f"fold_{k}/model_best.keras" for k in range(3)]
+    assert [m.input_size for m in recorded.members] == [16, 24, 32]
+    assert all(m.flips == ("lr",) for m in recorded.members)
+    assert recorded.info["pooled_validation_cases"] == 3  # each fold's own validation case
+    assert set(recorded.tuned) == {"with_tta", "without_tta"}
+
+    image = cases[0].image
+    mask, prob = _predict_cli(tmp_path, image, ["--model", str(out)])
+    stack = io.read_image(image)[0]
+    probs = [segment_volume(load_model(f / "model_best.keras"), stack,
+                            rundir.read_settings(f / "inference.json").replace(tta=recorded.tta))[1]
+             for f in folds]
+    np.testing.assert_allclose(prob, np.mean(probs, axis=0), atol=1e-6)
+    assert np.abs(probs[0] - probs[1]).max() > 1e-3  # the members differ
+    assert np.array_equal(mask > 0, _finished(prob, recorded))
+
+
+def _finished(prob, settings) -> np.ndarray:
+    from bcseg.infer.postprocess import postprocess
+
+    return postprocess(prob > settings.threshold, list(settings.postprocess))
+
+
 # --------------------------------------------------------------------------- 3D
 
 def test_3d_training_predicts_stack_shape(tmp_path, phantom):
@@ -230,7 +328,7 @@ def test_3d_training_predicts_stack_shape(tmp_path, phantom):
                  "data": {"size": 32, "patch_depth": 8},
                  "train": {"epochs": 1, "batch_size": 2},
                  "inference": {"tune": False}}
-    train.train(phantom, out, overrides=overrides)
+    train_and_evaluate(phantom, out, overrides=overrides)
     settings = json.loads((out / "inference.json").read_text(encoding="utf-8"))
     assert settings["ndim"] == 3 and settings["patch_size"] == [8, 32, 32]
     assert len(_history(out / "history.csv")) == 1
@@ -252,7 +350,7 @@ def test_mixed_precision_run_records_it_and_predicts_in_float32(tmp_path, phanto
     from bcseg.infer.predict import load_model
 
     out = tmp_path / "mixed"
-    train.train(phantom, out, overrides=TINY, mixed_precision=True)
+    train_and_evaluate(phantom, out, overrides=TINY, mixed_precision=True)
     assert keras.mixed_precision.global_policy().name == "float32"  # restored afterwards
     assert load_config(out / "config.toml")["train"]["mixed_precision"] is True
     saved = keras.saving.load_model(out / "model_best.keras", safe_mode=True, compile=False)

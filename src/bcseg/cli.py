@@ -160,11 +160,12 @@ def _train_overrides(args) -> dict:
 
 
 def cmd_train(args) -> int:
-    from bcseg.learn.train import Interrupted, train
+    from bcseg.after_fit import train_and_evaluate
+    from bcseg.learn.train import Interrupted
 
     fold = "all" if args.folds == "all" else (args.fold if args.fold is not None else 0)
     try:
-        results = train(args.data, args.out, config=args.config, overrides=_train_overrides(args),
+        results = train_and_evaluate(args.data, args.out, config=args.config, overrides=_train_overrides(args),
                         fold=fold, folds_file=args.folds_file, resume=args.resume, force=args.force,
                         init=args.init, strategy=args.strategy, mixed_precision=args.mixed_precision)
     except Interrupted as stopped:
@@ -185,8 +186,8 @@ def cmd_predict(args) -> int:
     from bcseg.infer.segment import predict_files
 
     postprocess = args.postprocess
-    model = args.model
-    if model is None:
+    model = args.model  # several --model arguments: an ensemble of them all
+    if not model:
         from bcseg.infer.pretrained import pretrained_path
         model = pretrained_path()
         print(f"no --model given: using the bundled BUSI model {model.name}")
@@ -364,9 +365,12 @@ def build_parser() -> argparse.ArgumentParser:
                        "with the input's shape and spacing; settings not given come from the "
                        "run's inference.json (chosen on its validation split).")
     p.add_argument("inputs", nargs="+", help="image files, stack files or folders")
-    p.add_argument("--model", help="run directory or .keras file (default: the bundled BUSI model)")
+    p.add_argument("--model", action="append",
+                   help="run directory or .keras file (default: the bundled BUSI model); a run "
+                   "trained with --folds all, or several --model arguments, predict as an ensemble")
     p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--tta", action="store_true", help="average predictions over flips")
+    p.add_argument("--tta", action="store_true",
+                   help="average predictions over the mirror flips the model was trained with")
     p.add_argument("--threshold", type=_fraction, help="probability cut, 0 to 1")
     p.add_argument("--postprocess", type=_steps, help="comma-separated steps: largest, fill, small; or none")
     p.add_argument("--min-size", type=_whole(0), help="voxels; with the 'small' step")

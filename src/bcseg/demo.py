@@ -35,7 +35,7 @@ def _headline(run: Path) -> dict:
 def run_demo(out: str | Path = "demo-run", force: bool = False, epochs_2d: int | None = None,
              epochs_3d: int | None = None, specimens: int = DEMO_SPECIMENS) -> dict:
     """Run the demo into ``out`` and return the headline numbers and paths."""
-    from bcseg.learn.train import train
+    from bcseg.after_fit import train_and_evaluate as train
 
     out = Path(out)
     require_new(out, force)

@@ -13,7 +13,11 @@ model's input rank:
 Every slice or window is normalised with volume-wide :mod:`bcseg.data.intensity`
 statistics, reflect-padded to a multiple of the model's size divisor and cropped
 back, so the mask has the input's exact shape. Mirror test-time augmentation (TTA)
-averages the predictions of all flips of the spatial axes (4 in 2D, 8 in 3D).
+averages the predictions of every combination of the flips the model was trained
+with (its ``flips`` setting: for bcseg's recipes left-right, and slice order in 3D;
+never up-down, since ultrasound depth has a direction). An ensemble averages its
+members' probabilities, one member at a time per batch or slab, before one
+threshold and post-processing.
 
 Memory stays bounded for large stacks: slices are read, normalised and predicted a
 batch at a time; results go straight into the caller's output arrays (for example
@@ -22,7 +26,9 @@ from the process as soon as a batch is done; a 3D window pass keeps one slab of
 accumulated probabilities, not the whole volume. The model sees at most about
 ``VOXELS_PER_CALL`` voxels per call.
 
-:func:`predict_files` is the file-level entry point used by ``bcseg predict``.
+:func:`segment_volume` is the one inference function (settings object:
+:class:`bcseg.rundir.InferenceSettings`); :func:`predict_volume` is its keyword
+form for one model in memory.
 """
 
 from __future__ import annotations
@@ -42,6 +48,7 @@ from bcseg.errors import DataError, ModelError
 from bcseg.data.intensity import intensity_stats, normalise
 from bcseg.learn.models import model_divisor
 from bcseg.infer.postprocess import apply_steps_inplace, check_steps, release_slices
+from bcseg.rundir import DEFAULT_FLIPS, DEFAULTS, InferenceSettings
 
 VOXELS_PER_CALL = 1 << 20  # caps the batch so activations of large slices stay bounded
 DEFAULT_PATCH = 128        # default 3D window edge (before rounding to the divisor)
@@ -135,15 +142,29 @@ def _pad(x: np.ndarray, target: Sequence[int]) -> tuple[np.ndarray, tuple[slice,
     return np.pad(x, widths, mode="reflect"), crop
 
 
+def tta_axes(ndim: int, flips: Sequence[str]) -> tuple[int, ...]:
+    """Batch axes of the named mirror flips (``"z"``, ``"ud"``, ``"lr"``) for a model.
+
+    A batch is ``(N, H, W)`` in 2D and ``(N, Z, H, W)`` in 3D; ``"z"`` has no axis
+    in 2D.
+    """
+    names = ("ud", "lr") if ndim == 2 else ("z", "ud", "lr")
+    return tuple(i + 1 for i, name in enumerate(names) if name in flips)
+
+
+def tta_flips(ndim: int, flips: Sequence[str], tta: bool) -> list[tuple[int, ...]]:
+    """The flips a TTA pass runs: every combination of the model's trained mirror axes
+    (the identity first), or the identity alone without TTA."""
+    axes = tta_axes(ndim, flips) if tta else ()
+    return [c for r in range(len(axes) + 1) for c in itertools.combinations(axes, r)]
+
+
 class _Runner:
     """Calls the model on padded batches, with mirror TTA, and checks its output."""
 
-    def __init__(self, model: keras.Model, spec: ModelSpec, tta: bool):
+    def __init__(self, model: keras.Model, flips: list[tuple[int, ...]]):
         self.model = model
-        axes = range(1, spec.ndim + 1)  # spatial axes of a batch
-        self.flips = [c for r in range(spec.ndim + 1) for c in itertools.combinations(axes, r)]
-        if not tta:
-            self.flips = [()]
+        self.flips = flips
 
     def _call(self, x: np.ndarray) -> np.ndarray:
         out = self.model.predict_on_batch(np.ascontiguousarray(x)[..., None])
@@ -306,8 +327,11 @@ def _slice_predictor(run, spec, plane, patch, overlap, input_size):
     return tiled, patch
 
 
-def _predict_slices(predict, item, volume, stats, batch_size, store, progress):
-    """2D model over a ``(Z, H, W)`` stack, a batch of slices at a time."""
+def _predict_slices(predict, item, volume, stats, batch_size, progress):
+    """2D model over a ``(Z, H, W)`` stack, a batch of slices at a time.
+
+    Yields ``(start, stop, probabilities)`` for consecutive runs of slices.
+    """
     depth = volume.shape[0]
     batch = _batch_of(batch_size, item)
     with _progress(math.ceil(depth / batch), progress, "slices") as bar:
@@ -315,16 +339,17 @@ def _predict_slices(predict, item, volume, stats, batch_size, store, progress):
             stop = min(start + batch, depth)
             x = normalise(volume[start:stop], stats)
             release_slices(volume, start, stop)
-            store(start, stop, predict(x))
+            yield start, stop, predict(x)
             bar.update()
 
 
-def _predict_windows(run, volume, stats, patch, overlap, batch_size, store, progress):
+def _predict_windows(run, volume, stats, patch, overlap, batch_size, progress):
     """3D model over a ``(Z, H, W)`` stack with Gaussian-blended sliding windows.
 
     Windows are visited in order of their z start; one slab of ``patch[0]`` slices
     accumulates weighted probabilities, and slices no later window touches are
-    finished, written out and dropped from the slab.
+    finished, yielded as ``(start, stop, probabilities)`` (a view into the slab,
+    valid until the next item is asked for) and dropped from the slab.
     """
     depth, height, width = volume.shape
     windows = _Windows.over(volume.shape, patch, overlap)
@@ -348,7 +373,7 @@ def _predict_windows(run, volume, stats, patch, overlap, batch_size, store, prog
             done = (zs[i + 1] if i + 1 < len(zs) else depth) - z
             for k in range(done):
                 slab[k] /= windows.sums[0][z + k] * plane_total
-            store(z, z + done, slab[:done])
+            yield z, z + done, slab[:done]
             release_slices(volume, z, z + done)
             slab[: lz - done] = slab[done:].copy()
             slab[lz - done:] = 0
@@ -382,10 +407,11 @@ def predict_volume(
     array: np.ndarray,
     spacing: Sequence[float] | None = None,
     *,
-    threshold: float = 0.5,
-    tta: bool = False,
+    threshold: float = DEFAULTS["threshold"],
+    tta: bool = DEFAULTS["tta"],
+    flips: Sequence[str] = DEFAULT_FLIPS,
     postprocess: Sequence[str] = (),
-    min_size: int = 0,
+    min_size: int = DEFAULTS["min_size"],
     batch_size: int = 8,
     patch_size: Sequence[int] | None = None,
     overlap: float = 0.5,
@@ -395,7 +421,10 @@ def predict_volume(
     keep_prob: bool = True,
     progress: bool = False,
 ) -> tuple[np.ndarray, np.ndarray | None]:
-    """Segment an image or stack; return the mask and the tumour probability.
+    """Segment an image or stack with one model; return the mask and the probability.
+
+    A convenience over :func:`segment_volume` for a model in memory: the keyword
+    arguments are the fields of :class:`bcseg.rundir.InferenceSettings`.
 
     Parameters
     ----------
@@ -410,26 +439,79 @@ def predict_volume(
     threshold : float
         Tumour where the probability is strictly above it.
     tta : bool
-        Average over all mirror flips of the spatial axes (4 in 2D, 8 in 3D).
+        Average over every combination of mirror flips along ``flips``.
+    flips : sequence of {"z", "ud", "lr"}
+        The mirror axes the model was trained with (default: left-right and slice
+        order, as bcseg's recipes augment; never up-down, which ultrasound depth
+        does not allow). ``"z"`` applies to 3D models only.
     postprocess : sequence of {"largest", "fill", "small"}
         Steps of :func:`postprocess`, in order, applied to the whole mask (in 3D for
         stacks, also with a 2D model).
     min_size : int
         Smallest component kept by the ``"small"`` step, in voxels.
+    batch_size, patch_size, overlap, input_size, mask_out, prob_out, keep_prob, progress
+        See :func:`segment_volume`; ``patch_size`` and ``input_size`` are the
+        settings' fields of those names.
+
+    Returns
+    -------
+    mask, prob : ndarray
+        See :func:`segment_volume`.
+
+    Examples
+    --------
+    >>> mask, prob = predict_volume(model, stack, tta=True, postprocess=["largest"])  # doctest: +SKIP
+    """
+    steps = check_steps(postprocess)
+    if not 0 <= threshold <= 1:
+        raise ValueError(f"threshold must be in [0, 1], got {threshold}")
+    if input_size is not None and (input_size < 1 or patch_size is not None):
+        raise ValueError(f"input_size must be a positive size, without patch_size; got {input_size}")
+    settings = InferenceSettings(
+        threshold=threshold, tta=tta, flips=tuple(flips), postprocess=tuple(steps),
+        min_size=min_size, input_size=input_size,
+        patch_size=None if patch_size is None else tuple(patch_size))
+    return segment_volume(model, array, settings, spacing, batch_size=batch_size, overlap=overlap,
+                          mask_out=mask_out, prob_out=prob_out, keep_prob=keep_prob,
+                          progress=progress)
+
+
+def segment_volume(
+    models: keras.Model | Sequence[keras.Model],
+    array: np.ndarray,
+    settings: InferenceSettings,
+    spacing: Sequence[float] | None = None,
+    *,
+    batch_size: int = 8,
+    overlap: float = 0.5,
+    mask_out: np.ndarray | None = None,
+    prob_out: np.ndarray | None = None,
+    keep_prob: bool = True,
+    progress: bool = False,
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """Segment an image or stack with a model or an ensemble: bcseg's one inference path.
+
+    Training's validation tuning and test-fold prediction, ``bcseg predict``, the
+    demo and the benchmarks all segment through this function.
+
+    Parameters
+    ----------
+    models : keras.Model or sequence of keras.Model
+        One model, or the ensemble's members in the order of ``settings.members``.
+    array : ndarray or numpy.memmap
+        ``(H, W)`` image or ``(Z, H, W)`` stack; a memory-mapped stack is streamed.
+    settings : InferenceSettings
+        Threshold, post-processing, TTA, and per model (its own fields, or each
+        member's) the mirror ``flips``, 2D ``input_size`` and 3D ``patch_size``.
+        An ensemble averages its members' probabilities (each with its own input
+        size and flips) before the one threshold and post-processing.
+    spacing : tuple of float, optional
+        mm per axis; checked against the shape.
     batch_size : int
         At most this many slices or windows per model call; fewer when they are
         large, so that a call sees at most about ``VOXELS_PER_CALL`` voxels.
-    patch_size : tuple of int, optional
-        Sliding-window size over the model's spatial axes, a multiple of the model's
-        divisor. Default: whole slices for a 2D model; for a 3D model the stack padded
-        to the divisor, at most 128 per axis. A model with a fixed input size uses it.
     overlap : float
         Fraction in [0, 1) by which neighbouring windows overlap.
-    input_size : int, optional
-        For a 2D model trained on slices fitted to ``input_size`` squares (the
-        ``size`` of ``bcseg train``; ``input_size`` in its ``inference.json``): each
-        slice is fitted the same way (:func:`bcseg.learn.pipeline.to_square`) and the
-        probability mapped back to the slice (:func:`bcseg.learn.pipeline.from_square`).
     mask_out : ndarray, optional
         Array of ``array``'s shape to write the mask into: bool, or uint8 which
         receives 0/255 (for example a ``tifffile.memmap`` mask file).
@@ -451,28 +533,20 @@ def predict_volume(
     Raises
     ------
     DataError
-        Image rank or channels that do not fit the model, NaN or infinite values.
+        Image rank or channels that do not fit a model, NaN or infinite values.
     ModelError
-        A model whose output does not match its input.
-
-    Examples
-    --------
-    >>> mask, prob = predict_volume(model, stack, tta=True, postprocess=["largest"])  # doctest: +SKIP
+        A model whose output does not match its input, or members that do not match
+        ``settings.members``.
     """
-    spec = model_spec(model)
+    models = [models] if isinstance(models, keras.Model) else list(models)
+    views = settings.member_views()
+    if len(models) != len(views):
+        raise ModelError(None, f"{len(models)} model(s) given for {len(views)} member(s) in the settings")
     array = array if isinstance(array, np.ndarray) else np.asarray(array)
-    _check_input(spec, array, spacing)
-    steps = check_steps(postprocess)
-    if not 0 <= threshold <= 1:
-        raise ValueError(f"threshold must be in [0, 1], got {threshold}")
-    if not 0 <= overlap < 1:
-        raise ValueError(f"overlap must be in [0, 1), got {overlap}")
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
-    if input_size is not None and (input_size < 1 or patch_size is not None):
-        raise ValueError(f"input_size must be a positive size, without patch_size; got {input_size}")
-    _check_out(mask_out, array.shape, (np.bool_, np.uint8), "mask_out")
-    _check_out(prob_out, array.shape, (np.float32,), "prob_out")
+    specs = [model_spec(m) for m in models]
+    for spec in specs:
+        _check_input(spec, array, spacing)
+    _check_call(settings, overlap, batch_size, mask_out, prob_out, array.shape)
     mask = np.empty(array.shape, bool) if mask_out is None else mask_out
     prob = prob_out
     if prob is None and keep_prob:
@@ -481,18 +555,85 @@ def predict_volume(
     stats = intensity_stats(array)
     volume = array[None] if array.ndim == 2 else array
     store = _store(mask[None] if array.ndim == 2 else mask,
-                   None if prob is None else (prob[None] if array.ndim == 2 else prob), threshold)
-    run = _Runner(model, spec, tta)
-    if spec.ndim == 2:
-        patch = None if input_size else _resolve_patch(spec, volume.shape[1:], patch_size)
-        predict, item = _slice_predictor(run, spec, volume.shape[1:], patch, overlap, input_size)
-        _predict_slices(predict, item, volume, stats, batch_size, store, progress)
-    else:
-        if input_size:
-            raise ValueError("input_size applies to 2D models; a 3D model uses patch_size")
-        patch = _resolve_patch(spec, volume.shape, patch_size)
-        _predict_windows(run, volume, stats, patch, overlap, batch_size, store, progress)
-
-    if steps:
-        apply_steps_inplace(mask, steps, min_size)
+                   None if prob is None else (prob[None] if array.ndim == 2 else prob),
+                   settings.threshold)
+    sources = [_member_chunks(m, spec, view, volume, stats, batch_size, overlap, progress)
+               for m, spec, view in zip(models, specs, views)]
+    _mean_of_members(sources, store)
+    if settings.postprocess:
+        apply_steps_inplace(mask, list(settings.postprocess), settings.min_size)
     return mask, prob
+
+
+def _check_call(settings, overlap, batch_size, mask_out, prob_out, shape) -> None:
+    check_steps(settings.postprocess)
+    if not 0 <= settings.threshold <= 1:
+        raise ValueError(f"threshold must be in [0, 1], got {settings.threshold}")
+    if not 0 <= overlap < 1:
+        raise ValueError(f"overlap must be in [0, 1), got {overlap}")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+    _check_out(mask_out, shape, (np.bool_, np.uint8), "mask_out")
+    _check_out(prob_out, shape, (np.float32,), "prob_out")
+
+
+def _member_chunks(model, spec: ModelSpec, view: InferenceSettings, volume, stats,
+                   batch_size: int, overlap: float, progress: bool):
+    """One model's probabilities over a ``(Z, H, W)`` volume, as ``(start, stop, prob)``
+    runs of slices in order, with its own input size, window and TTA flips."""
+    run = _Runner(model, tta_flips(spec.ndim, view.flips, view.tta))
+    if spec.ndim == 2:
+        patch = None if view.input_size else _resolve_patch(spec, volume.shape[1:], view.patch_size)
+        predict, item = _slice_predictor(run, spec, volume.shape[1:], patch, overlap, view.input_size)
+        return _predict_slices(predict, item, volume, stats, batch_size, progress)
+    if view.input_size:
+        raise ValueError("input_size applies to 2D models; a 3D model uses patch_size")
+    patch = _resolve_patch(spec, volume.shape, view.patch_size)
+    return _predict_windows(run, volume, stats, patch, overlap, batch_size, progress)
+
+
+def _mean_of_members(sources: list, store: Callable[[int, int, np.ndarray], None]) -> None:
+    """Store the mean of the members' probabilities, slices in order, as they complete.
+
+    Each source yields runs of slices in order. The member furthest behind is
+    advanced, one run at a time, so every member holds at most one run of slices
+    that the others have not reached yet: memory is one slab or batch per member,
+    never the volume. Slices every member has produced are summed (a running sum),
+    divided by the member count and stored.
+    """
+    if len(sources) == 1:  # one model: straight through, nothing buffered
+        for start, stop, prob in sources[0]:
+            store(start, stop, prob)
+        return
+    pending = [[] for _ in sources]   # per member: [start, prob] runs not yet stored
+    reached = [0] * len(sources)      # per member: slices produced so far
+    done = 0
+    while True:
+        behind = min(range(len(sources)), key=reached.__getitem__)
+        item = next(sources[behind], None)
+        if item is None:
+            break
+        start, stop, prob = item
+        pending[behind].append([start, np.array(prob, np.float32, copy=True)])
+        reached[behind] = stop
+        ready = min(reached)
+        if ready > done:
+            total = _take(pending[0], done, ready)
+            for runs in pending[1:]:
+                total += _take(runs, done, ready)
+            total /= np.float32(len(sources))
+            store(done, ready, total)
+            done = ready
+
+
+def _take(runs: list, start: int, stop: int) -> np.ndarray:
+    """Slices ``start:stop`` from a member's pending runs, dropping what is used."""
+    parts = []
+    while runs and start < stop:
+        first, prob = runs[0]
+        count = min(stop, first + len(prob)) - start
+        parts.append(prob[start - first:start - first + count])
+        start += count
+        if start - first >= len(prob):
+            runs.pop(0)
+    return parts[0].copy() if len(parts) == 1 else np.concatenate(parts)

@@ -31,5 +31,7 @@ def pretrained_path() -> Path:
 
 def pretrained_info() -> dict:
     """The sidecar metadata: images seen, inference settings, citation."""
-    sidecar = pretrained_path().parent / "inference.json"
+    from bcseg.rundir import SETTINGS_FILE
+
+    sidecar = pretrained_path().parent / SETTINGS_FILE
     return json.loads(sidecar.read_text(encoding="utf-8")) if sidecar.is_file() else {}

@@ -1,8 +1,8 @@
 """Segment image files and folders with a trained run: the work behind ``bcseg predict``.
 
-Reads each input memory-mapped where possible, runs :func:`bcseg.infer.predict.predict_volume`
-with the run's inference settings (``inference.json``: threshold, post-processing,
-TTA, input size, chosen on the run's validation split), and writes the mask (and
+Reads each input memory-mapped where possible, runs :func:`bcseg.infer.predict.segment_volume`
+with the run's inference settings (:mod:`bcseg.rundir`: threshold, post-processing,
+TTA flips, input size, ensemble members, chosen on the run's validation split), and writes the mask (and
 optionally the probability map and a quick-look PNG) with the input's exact shape
 and spacing. Output TIFFs are filled batch by batch through memory-mapped temporary
 files, renamed only when complete.
@@ -10,8 +10,8 @@ files, renamed only when complete.
 
 from __future__ import annotations
 
-import json
 import math
+import warnings
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Sequence
@@ -24,103 +24,58 @@ from bcseg.data import io
 from bcseg.atomic import atomic_path
 from bcseg.errors import BcsegError, ConfigError, DataError, ModelError, UsageError
 from bcseg.data.intensity import normalise
-from bcseg.infer.postprocess import POSTPROCESS_STEPS, check_steps, release_slices
-from bcseg.infer.predict import load_model, model_spec, predict_volume
-
-MODEL_FILE = "model_best.keras"
-SETTINGS_FILE = "inference.json"
-DEFAULT_SETTINGS = {"threshold": 0.5, "postprocess": [], "min_size": 0, "tta": False,
-                    "ndim": None, "patch_size": None, "input_size": None}
-
-def _settings_error(path: Path, key: str, expected: str, value) -> ConfigError:
-    return ConfigError(path, f"{key} must be {expected}, got {value!r}")
+from bcseg.infer.postprocess import check_steps, release_slices
+from bcseg.infer.predict import load_model, model_spec, segment_volume
+from bcseg.rundir import SETTINGS_FILE, load_run
 
 
-def _is_number(value) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
-def inference_settings(run_dir: str | Path) -> dict:
-    """Read the inference settings a training run saved, filling in defaults.
+def load_models(model_path, threshold=None, tta=None, postprocess=None, min_size=None):
+    """The models of a run, model file or several, and the settings to run them with.
 
     Parameters
     ----------
-    run_dir : str or Path
-        A training run folder. Its ``inference.json`` may hold ``threshold``,
-        ``postprocess`` (list of step names), ``min_size``, ``tta``, ``ndim``,
-        ``patch_size`` (3D windows) and ``input_size`` (2D square size); missing
-        keys (or a missing file) take the defaults threshold 0.5, postprocess [],
-        min_size 0, tta False, None for the rest.
+    model_path : path or sequence of paths
+        See :func:`bcseg.rundir.load_run`; several paths, or a k-fold run folder,
+        make an ensemble.
+    threshold, tta, postprocess, min_size : optional
+        Override the recorded settings (see
+        :meth:`bcseg.rundir.InferenceSettings.overridden`).
 
     Returns
     -------
-    dict
-        Those keys, plus any other keys the file holds (run metadata, unchecked).
-
-    Raises
-    ------
-    ConfigError
-        Unreadable JSON, an unknown key or a wrongly typed value.
+    models : list of keras.Model
+    settings : InferenceSettings
     """
-    path = Path(run_dir) / SETTINGS_FILE
-    settings = {**DEFAULT_SETTINGS, "postprocess": []}
-    if not path.is_file():
-        return settings
+    files, settings = load_run(model_path)
+    settings = settings.overridden(threshold, tta, None if postprocess is None else check_steps(postprocess),
+                                   min_size, source=files[0])
+    models = [load_model(f) for f in files]
+    views = [_fitted(f, _spec(f, m), view) for f, m, view in zip(files, models, settings.member_views())]
+    return models, settings.replace(members=tuple(views)) if settings.members else views[0]
+
+
+def _spec(model_file: Path, model):
+    """The model's spec; a model bcseg cannot run is an error of its file."""
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ConfigError(path, f"cannot read inference settings ({exc})") from None
-    if not isinstance(data, dict):
-        raise ConfigError(path, "must hold a JSON object of settings")
-    settings.update(data)  # other keys (best_epoch, observer, ...) are kept as they are
-    threshold, steps = settings["threshold"], settings["postprocess"]
-    if not _is_number(threshold) or not 0 <= threshold <= 1:
-        raise _settings_error(path, "threshold", "a number in [0, 1]", threshold)
-    if not isinstance(steps, list) or any(s not in POSTPROCESS_STEPS for s in steps):
-        raise _settings_error(path, "postprocess", f"a list of {', '.join(POSTPROCESS_STEPS)}", steps)
-    if not isinstance(settings["min_size"], int) or isinstance(settings["min_size"], bool) \
-            or settings["min_size"] < 0:
-        raise _settings_error(path, "min_size", "a whole number >= 0", settings["min_size"])
-    if not isinstance(settings["tta"], bool):
-        raise _settings_error(path, "tta", "true or false", settings["tta"])
-    if settings["ndim"] not in (None, 2, 3) or isinstance(settings["ndim"], bool):
-        raise _settings_error(path, "ndim", "2 or 3", settings["ndim"])
-    patch = settings["patch_size"]
-    if patch is not None and (not isinstance(patch, list) or not patch
-                              or any(not isinstance(p, int) or isinstance(p, bool) or p < 1 for p in patch)
-                              or (settings["ndim"] and len(patch) != settings["ndim"])):
-        raise _settings_error(path, "patch_size", "a list of positive sizes, one per spatial axis", patch)
-    size = settings["input_size"]
-    if size is not None and (not isinstance(size, int) or isinstance(size, bool) or size < 1):
-        raise _settings_error(path, "input_size", "a positive whole number of pixels", size)
-    return settings
+        return model_spec(model)
+    except ModelError as exc:
+        raise ModelError(model_file, exc.problem) from None
 
 
-def resolve_model(path: str | Path) -> tuple[Path, dict]:
-    """Find the model file and its inference settings.
-
-    Parameters
-    ----------
-    path : str or Path
-        A training run folder (holding ``model_best.keras`` and optionally
-        ``inference.json``) or a ``.keras`` file; a file uses the
-        ``inference.json`` beside it, if there is one.
-
-    Returns
-    -------
-    model_path : Path
-    settings : dict
-        As :func:`inference_settings`.
-    """
-    path = Path(path)
-    if path.is_dir():
-        model_path = path / MODEL_FILE
-        if not model_path.is_file():
-            raise ModelError(path, f"holds no {MODEL_FILE}; pass a training run folder or a .keras file")
-        return model_path, inference_settings(path)
-    if not path.exists():
-        raise ModelError(path, "model not found; pass a training run folder or a .keras file")
-    return path, inference_settings(path.parent)
+def _fitted(model_file: Path, spec, view):
+    """A model's settings checked against its graph: a 2D model segments whole slices
+    (fitted to ``input_size`` when it was trained so); a patch size is for 3D windows."""
+    if spec.channels != 1:  # the model is at fault, not the (grey) images given to it
+        raise ModelError(model_file, f"takes {spec.channels} input channels; bcseg images are "
+                         "grey (1 channel): use a model trained on grey images")
+    if view.ndim is not None and view.ndim != spec.ndim:
+        raise ModelError(model_file, f"is a {spec.ndim}D model but its settings say ndim {view.ndim}")
+    if spec.ndim == 2:
+        return view.replace(patch_size=None)
+    if view.patch_size is not None and len(view.patch_size) != 3:
+        raise ConfigError(model_file.parent / SETTINGS_FILE,
+                          f"patch_size {list(view.patch_size)} needs 3 sizes for a 3D model")
+    return view.replace(input_size=None)
 
 
 # --------------------------------------------------------------------------- files
@@ -189,7 +144,7 @@ def _write_overlay(path: Path, image: np.ndarray, mask: np.ndarray, spacing) -> 
     figure.savefig(path, dpi=100)
 
 
-def _segment_file(model, path: Path, out_dir: Path, options: dict, force: bool) -> dict:
+def _segment_file(models, settings, path: Path, out_dir: Path, options: dict, force: bool) -> dict:
     """Segment one file into ``out_dir``; every output is written atomically."""
     stem = io.file_stem(path)
     outputs = {"mask": out_dir / f"{stem}_mask.tif",
@@ -199,7 +154,8 @@ def _segment_file(model, path: Path, out_dir: Path, options: dict, force: bool) 
         temp = {k: stack.enter_context(atomic_path(v, force=force)) if v else None
                 for k, v in outputs.items()}
         image, spacing = io.open_volume(path)
-        _segment_into(model, image, spacing, temp, options, _output_geometry(path, image, spacing))
+        _segment_into(models, settings, image, spacing, temp, options["progress"],
+                      _output_geometry(path, image, spacing))
     return {k: None if v is None else str(v) for k, v in outputs.items()}
 
 
@@ -215,14 +171,14 @@ def _output_geometry(path: Path, image: np.ndarray, spacing) -> tuple:
     return shape, stored_spacing
 
 
-def _segment_into(model, image, spacing, temp: dict, options: dict, geometry: tuple) -> None:
-    options["progress"] = options["progress"] and image.ndim == 3  # no bar per 2D image
+def _segment_into(models, settings, image, spacing, temp: dict, progress: bool, geometry: tuple) -> None:
     shape, out_spacing = geometry
     files = {k: None if temp[k] is None else _tiff_memmap(temp[k], shape, dtype, out_spacing)
              for k, dtype in (("mask", np.uint8), ("prob", np.float32))}
     # Views in the shape that was segmented, writing through to the files.
     mask, prob = (None if f is None else f.reshape(image.shape) for f in files.values())
-    predict_volume(model, image, spacing, mask_out=mask, prob_out=prob, keep_prob=False, **options)
+    segment_volume(models, image, settings, spacing, mask_out=mask, prob_out=prob, keep_prob=False,
+                   progress=progress and image.ndim == 3)  # no bar per 2D image
     if temp["overlay"] is not None:
         _write_overlay(temp["overlay"], image, mask, spacing)
     for out in files.values():
@@ -249,8 +205,10 @@ def predict_files(
 
     Parameters
     ----------
-    model_path : str or Path
-        Training run folder or ``.keras`` file (see :func:`resolve_model`).
+    model_path : path or sequence of paths
+        Training run folder, ``.keras`` file, k-fold run folder (an ensemble of its
+        fold models) or several of these (an ensemble); see
+        :func:`bcseg.rundir.load_run`.
     inputs : path or sequence of paths
         Image files and folders of images; folders are read one file at a time.
     out_dir : str or Path
@@ -258,7 +216,7 @@ def predict_files(
         ``save_prob`` ``<stem>_prob.tif`` (float32) and with ``quicklook``
         ``<stem>_overlay.png``.
     threshold, tta, postprocess, min_size : optional
-        Override the run's ``inference.json`` (see :func:`predict_volume`). Its
+        Override the run's settings (see :func:`bcseg.infer.predict.predict_volume`). Its
         ``patch_size`` sets the windows of a 3D model, its ``input_size`` the square a
         2D model was trained on; otherwise a 2D model segments whole slices.
     save_prob, quicklook : bool
@@ -276,28 +234,11 @@ def predict_files(
         One per input file: ``input``, ``mask``, ``prob``, ``overlay`` (paths or
         None), ``status`` ("ok" or "error") and ``error`` (message or None).
     """
-    model_file, settings = resolve_model(model_path)
-    model = load_model(model_file)
-    try:
-        spec = model_spec(model)
-    except ModelError as exc:
-        raise ModelError(model_file, exc.problem) from None
-    if spec.channels != 1:  # the model is at fault, not the (grey) images given to it
-        raise ModelError(model_file, f"takes {spec.channels} input channels; bcseg images are "
-                         "grey (1 channel): use a model trained on grey images")
-    if settings["ndim"] is not None and settings["ndim"] != spec.ndim:
-        raise ModelError(model_file, f"is a {spec.ndim}D model but its {SETTINGS_FILE} says ndim "
-                         f"{settings['ndim']}")
-    chosen = {"threshold": threshold, "tta": tta, "postprocess": postprocess, "min_size": min_size}
-    options = {k: settings[k] if v is None else v for k, v in chosen.items()}
-    options["postprocess"] = check_steps(options["postprocess"])
-    # A 2D model segments whole slices (fitted to input_size when it was trained so);
-    # a saved patch size is for 3D windows.
-    options["patch_size"] = settings["patch_size"] if spec.ndim == 3 else None
-    options["input_size"] = settings["input_size"] if spec.ndim == 2 else None
-    if options["patch_size"] is not None and len(options["patch_size"]) != 3:
-        raise ConfigError(model_file.parent / SETTINGS_FILE,
-                          f"patch_size {options['patch_size']} needs 3 sizes for a 3D model")
+    # Warnings about the settings (none recorded, a threshold tuned without TTA) wait
+    # until the inputs are segmented: a bad input still gives one line, its error.
+    with warnings.catch_warnings(record=True) as notes:
+        warnings.simplefilter("always")
+        models, settings = load_models(model_path, threshold, tta, postprocess, min_size)
     files = _input_files(inputs)
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
@@ -307,8 +248,8 @@ def predict_files(
         record = {"input": str(path), "mask": None, "prob": None, "overlay": None,
                   "status": "ok", "error": None}
         try:
-            record.update(_segment_file(model, path, out_dir, {
-                **options, "save_prob": save_prob, "quicklook": quicklook, "progress": progress}, force))
+            record.update(_segment_file(models, settings, path, out_dir, {
+                "save_prob": save_prob, "quicklook": quicklook, "progress": progress}, force))
         except BcsegError as exc:
             if exc.path is None:  # errors from arrays name no file: name the one at fault
                 exc = type(exc)(model_file if isinstance(exc, ModelError) else path, exc.problem)
@@ -316,4 +257,6 @@ def predict_files(
                 raise exc from None
             record.update(status="error", error=str(exc))
         records.append(record)
+    for note in notes:
+        warnings.warn(note.message, stacklevel=2)
     return records

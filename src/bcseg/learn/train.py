@@ -1,5 +1,8 @@
 """Training: run directories, the epoch loop, resume, and the k-fold driver.
 
+This module fits models; the step after each fit (tuning, test-fold prediction,
+evaluation, report) is :mod:`bcseg.after_fit`, passed in as ``after_fit``.
+
 A run directory holds everything about one run: ``config.toml``, ``splits.json``,
 ``model_best.keras`` (best validation Dice) and ``model_last.keras`` (with the
 optimiser, for ``--resume``), ``state.json``, ``history.csv``, ``loss.png`` and
@@ -27,11 +30,13 @@ import sys
 import time
 import warnings
 from pathlib import Path
+from typing import Callable
 
 import keras
 import numpy as np
 import tensorflow as tf
 
+from bcseg import rundir
 from bcseg.learn import pipeline
 from bcseg.atomic import atomic_path, partial_name, remove_partials, write_text
 from bcseg.learn.augment import AugmentConfig
@@ -224,17 +229,12 @@ def _save_checkpoint(model: keras.Model, out: Path, state: dict) -> None:
     link.replace(out / "model_last.keras")
 
 
-def _plot(out: Path) -> None:
-    try:
-        from bcseg.report.html import plot_history
-    except ImportError:  # the report module is optional for training itself
-        return
-    plot_history(out / "history.csv", out)
-
-
 def fit(model: keras.Model, cfg: dict, train: pipeline.Samples, val: pipeline.Samples | None,
-        out: Path, state: dict) -> dict:
-    """Train epoch by epoch from ``state['epoch']``; checkpoint after every epoch."""
+        out: Path, state: dict, plot: Callable[[Path], object] | None = None) -> dict:
+    """Train epoch by epoch from ``state['epoch']``; checkpoint after every epoch.
+
+    ``plot``, if given, is called with ``out`` after every epoch (to redraw the curves).
+    """
     t, d = cfg["train"], cfg["data"]
     ndim = cfg["model"]["ndim"]
     patch = (d["patch_depth"], d["size"], d["size"]) if ndim == 3 else None
@@ -282,7 +282,7 @@ def fit(model: keras.Model, cfg: dict, train: pipeline.Samples, val: pipeline.Sa
             row = {k: float(v[-1]) for k, v in result.history.items()}
             row.update(epoch=epoch + 1, lr=lr)
             _plan_budget(cfg, state, time.perf_counter() - started)
-            state = _after_epoch(model, cfg, out, state, row)
+            state = _after_epoch(model, cfg, out, state, row, plot)
             if stop["signal"] is not None:
                 raise Interrupted(f"stopped after epoch {epoch + 1}", state["epoch"])
             if state.get("stopped_early"):
@@ -311,14 +311,14 @@ def _stop_on_signal(saved_epoch: int) -> None:
         signal.signal(s, on_signal)
 
 
-def _after_epoch(model, cfg: dict, out: Path, state: dict, row: dict) -> dict:
+def _after_epoch(model, cfg: dict, out: Path, state: dict, row: dict, plot=None) -> dict:
     """Record the epoch, keep the best model, update schedules; save the checkpoint."""
     t = cfg["train"]
     score = row.get("val_dice", row.get("dice", 0.0))
     state = dict(state, epoch=row["epoch"])
     if score > state.get("best_score", -1.0):
         state.update(best_score=score, best_epoch=row["epoch"], waited=0)
-        _save_model(model, out / "model_best.keras")
+        _save_model(model, out / rundir.MODEL_FILE)
     else:
         state["waited"] = state.get("waited", 0) + 1
     if t["lr_schedule"] == "plateau" and state["waited"] and state["waited"] % 5 == 0:
@@ -327,91 +327,26 @@ def _after_epoch(model, cfg: dict, out: Path, state: dict, row: dict) -> dict:
         state["stopped_early"] = True
     _append_history(out / "history.csv", row)
     _save_checkpoint(model, out, state)
-    _plot(out)
+    if plot is not None:
+        plot(out)
     log.info("epoch %d %s", row["epoch"], {k: round(v, 4) for k, v in row.items() if k != "epoch"})
     return state
-
-
-# --------------------------------------------------------------------------- after training
-
-def _segment(model, case: Case, settings: dict):
-    from bcseg.data.dataset import read_case_image
-    from bcseg.infer.predict import predict_volume
-
-    image, spacing = read_case_image(case)
-    options = {k: settings[k] for k in ("input_size", "patch_size") if settings.get(k)}
-    _, prob = predict_volume(model, image, spacing, tta=settings.get("tta", False),
-                             threshold=0.5, **options)
-    return image, spacing, prob
-
-
-def tune_inference(model, cases: list[Case], cfg: dict, settings: dict) -> dict:
-    """Pick TTA, threshold and post-processing that maximise mean validation Dice per case.
-
-    Only the validation split (whole groups from the training folds) is used, never
-    the test fold. TTA is tried only where the configuration asks for tuning.
-    """
-    from bcseg.data.dataset import read_case_masks
-    from bcseg.measure.metrics import dice
-    from bcseg.infer.postprocess import postprocess
-
-    if not cases or not cfg["inference"]["tune"]:
-        return settings
-    target = pipeline.evaluation_target(cfg["data"]["observer"])
-    truths, probs = [], {False: [], True: []}
-    for case in cases:
-        for tta in (False, True):
-            image, _, prob = _segment(model, case, dict(settings, tta=tta))
-            probs[tta].append(prob)
-        truths.append(pipeline.training_target(read_case_masks(case, image.shape), target, str(case.image)))
-    best = (-1.0, settings["threshold"], [], False)
-    for tta in (False, True):  # ties keep the cheaper choice: no TTA, fewer steps
-        for threshold in (0.3, 0.4, 0.5, 0.6, 0.7):
-            for steps in ([], ["largest"], ["largest", "fill"]):
-                score = float(np.mean([dice(postprocess(p > threshold, steps), t)
-                                       for p, t in zip(probs[tta], truths)]))
-                if score > best[0] + 1e-9:
-                    best = (score, threshold, steps, tta)
-    _say(f"validation: TTA {'on' if best[3] else 'off'}, threshold {best[1]}, post-processing "
-         f"{best[2] or 'none'} (mean Dice {best[0]:.3f} over {len(cases)} case(s))")
-    return dict(settings, threshold=best[1], postprocess=best[2], tta=best[3],
-                validation_dice=round(best[0], 4))
-
-
-def predict_test(model, cases: list[Case], out: Path, settings: dict) -> Path:
-    """Segment the test cases into ``out/predictions`` with the tuned settings."""
-    from bcseg.data import io
-    from bcseg.infer.postprocess import postprocess
-
-    folder = out / "predictions"
-    for case in cases:
-        _, spacing, prob = _segment(model, case, settings)
-        mask = postprocess(prob > settings["threshold"], settings["postprocess"])
-        io.write_mask(folder / f"{case.id}_mask.tif", mask, spacing)
-        io.write_probability(folder / f"{case.id}_prob.tif", prob, spacing)
-    return folder
-
-
-def _evaluate_test(out: Path, predictions: Path, cases: list[Case]) -> dict:
-    try:
-        from bcseg.measure.evaluate import evaluate
-    except ImportError:
-        return {}
-    result = evaluate(predictions, cases, out, force=True)
-    try:
-        from bcseg.report.html import build_report
-        build_report(out)
-    except ImportError:
-        pass
-    return result
 
 
 # --------------------------------------------------------------------------- one fold
 
 def run_fold(cases: list[Case], folds: dict[str, int], fold: int, cfg: dict, out: Path,
              resume: bool = False, init_model: Path | None = None,
-             strategy: str | None = None) -> dict:
-    """Train on every fold but ``fold``, validate on held-out groups, test on ``fold``."""
+             strategy: str | None = None, plot: Callable[[Path], object] | None = None) -> dict:
+    """Fit on every fold but ``fold``, validating on held-out groups of them.
+
+    Returns
+    -------
+    dict
+        ``fold``, ``best_epoch``, ``best_val_dice``, and for the step after fitting
+        (:func:`bcseg.after_fit.finish_fold`) ``out``, ``cfg`` and the ``validation``
+        and ``test`` cases.
+    """
     t = cfg["train"]
     out.mkdir(parents=True, exist_ok=True)
     test = [c for c in cases if folds[c.id] == fold]
@@ -428,10 +363,10 @@ def run_fold(cases: list[Case], folds: dict[str, int], fold: int, cfg: dict, out
     d, ndim = cfg["data"], cfg["model"]["ndim"]
     if ndim == 2:
         train_set = pipeline.slice_samples(train_cases, d["observer"], d["size"], d["offline_augment"], t["seed"])
-        val_set = pipeline.slice_samples(val_cases, _val_target(d), d["size"]) if val_cases else None
+        val_set = pipeline.slice_samples(val_cases, validation_target(d), d["size"]) if val_cases else None
     else:
         train_set = pipeline.volume_samples(train_cases, d["observer"])
-        val_set = pipeline.volume_samples(val_cases, _val_target(d)) if val_cases else None
+        val_set = pipeline.volume_samples(val_cases, validation_target(d)) if val_cases else None
     _say(f"cached {len(train_set.images)} training {'slices' if ndim == 2 else 'volumes'} "
          f"({int(train_set.has_tumour.sum())} with tumour)")
 
@@ -446,25 +381,10 @@ def run_fold(cases: list[Case], folds: dict[str, int], fold: int, cfg: dict, out
             model = keras.saving.load_model(init_model, safe_mode=True, compile=False) \
                 if init_model else build_model(cfg)
             compile_model(model, cfg)
-    state = fit(model, cfg, train_set, val_set, out, state)
+    state = fit(model, cfg, train_set, val_set, out, state, plot)
     _stop_on_signal(state["epoch"])  # until train() restores the handlers
-
-    from bcseg.infer.predict import load_model
-
-    best = load_model(out / "model_best.keras")  # float32 compute, as inference will use
-    settings = {"ndim": ndim, "threshold": cfg["inference"]["threshold"], "postprocess": [],
-                "min_size": 0, "tta": cfg["inference"]["tta"],
-                "input_size": d["size"] if ndim == 2 else None,
-                "patch_size": [d["patch_depth"], d["size"], d["size"]] if ndim == 3 else None,
-                "observer": d["observer"], "best_epoch": state.get("best_epoch")}
-    settings = tune_inference(best, val_cases, cfg, settings)
-    write_text(out / "inference.json", json.dumps(settings, indent=1) + "\n")
-    result = {"fold": fold, "best_epoch": state.get("best_epoch"),
-              "best_val_dice": state.get("best_score")}
-    if test:
-        predictions = predict_test(best, test, out, settings)
-        result.update(_evaluate_test(out, predictions, test))
-    return result
+    return {"fold": fold, "best_epoch": state.get("best_epoch"), "best_val_dice": state.get("best_score"),
+            "out": out, "cfg": cfg, "validation": val_cases, "test": test}
 
 
 def _resume_state(out: Path) -> tuple[dict, Path]:
@@ -492,7 +412,7 @@ def _resume_state(out: Path) -> tuple[dict, Path]:
     return state, checkpoint
 
 
-def _val_target(d: dict) -> str:
+def validation_target(d: dict) -> str:
     # A random observer per sample, or their mean, makes no yardstick: validate against the union.
     return pipeline.evaluation_target(d["observer"])
 
@@ -511,8 +431,13 @@ def _distribution(strategy: str | None):
 
 def train(data, out, config=None, overrides: dict | None = None, fold="0", folds_file=None,
           resume: bool = False, force: bool = False, init=None, strategy: str | None = None,
-          mixed_precision: bool = False) -> list[dict]:
+          mixed_precision: bool = False, after_fit: Callable[[dict], dict] | None = None,
+          plot: Callable[[Path], object] | None = None) -> list[dict]:
     """Train a U-Net on the cases under ``data``; write the run directory ``out``.
+
+    This fits the models and drives the folds; what follows each fit (tuning,
+    test-fold prediction, evaluation, report) is ``after_fit``, which
+    :func:`bcseg.after_fit.train_and_evaluate` passes in.
 
     Parameters
     ----------
@@ -528,6 +453,12 @@ def train(data, out, config=None, overrides: dict | None = None, fold="0", folds
         The test fold, or ``"all"``.
     resume : bool
         Continue an interrupted run from its last completed epoch.
+    after_fit : callable, optional
+        Called with each fold's :func:`run_fold` record once it is fitted; what it
+        returns is added to the fold's summary. A fold counts as finished once its
+        ``inference.json`` exists (``--resume`` skips it).
+    plot : callable, optional
+        Called with the fold's folder after every epoch (to redraw the curves).
 
     Returns
     -------
@@ -582,10 +513,11 @@ def train(data, out, config=None, overrides: dict | None = None, fold="0", folds
             results = []
             for k in targets:
                 fold_dir = out if len(targets) == 1 else out / f"fold_{k}"
-                if resume and (fold_dir / "inference.json").is_file():
+                if resume and (fold_dir / rundir.SETTINGS_FILE).is_file():
                     _say(f"fold {k} already finished")
                     continue
-                results.append(run_fold(cases, folds, k, cfg, fold_dir, resume, init_model, strategy))
+                fitted = run_fold(cases, folds, k, cfg, fold_dir, resume, init_model, strategy, plot)
+                results.append(_summary(fitted, after_fit))
             if len(targets) > 1:
                 write_text(out / "folds_summary.json", json.dumps(results, indent=1, default=str) + "\n")
             return results
@@ -594,6 +526,14 @@ def train(data, out, config=None, overrides: dict | None = None, fold="0", folds
             signal.signal(s, previous)
         log.removeHandler(handler)
         handler.close()
+
+
+def _summary(fitted: dict, after_fit) -> dict:
+    """A fold's summary: its fit, and what the step after fitting reports."""
+    result = {k: fitted[k] for k in ("fold", "best_epoch", "best_val_dice")}
+    if after_fit is not None:
+        result.update(after_fit(fitted))
+    return result
 
 
 @contextlib.contextmanager

@@ -1,0 +1,248 @@
+"""After fitting: tune inference on validation, predict the test fold, evaluate, report.
+
+:mod:`bcseg.learn.train` fits models and drives the folds; this module is the step after
+each fit, and :func:`train_and_evaluate` (what ``bcseg train`` and the demo run) puts
+the two together. Every prediction goes through :func:`bcseg.infer.predict.segment_volume`
+with one :class:`~bcseg.rundir.InferenceSettings`, the same path as ``bcseg
+predict``, so a run's test-fold masks are exactly what ``bcseg predict`` makes with
+the run's settings.
+
+The test fold is never used to choose anything: threshold, post-processing and TTA
+come from the validation split (whole groups taken from the training folds), and
+for a k-fold ensemble from the pooled out-of-fold validation predictions of its
+members.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from bcseg import rundir
+from bcseg.data.dataset import Case, read_case_image, read_case_masks
+from bcseg.rundir import InferenceSettings
+
+log = logging.getLogger("bcseg.learn.train")
+THRESHOLDS = (0.3, 0.4, 0.5, 0.6, 0.7)
+STEP_CHOICES = ((), ("largest",), ("largest", "fill"))
+
+
+def _say(message: str) -> None:
+    log.info(message)
+    print(message, flush=True)
+
+
+# --------------------------------------------------------------------------- settings
+
+def fitted_settings(cfg: dict, best_epoch: int | None) -> InferenceSettings:
+    """The settings a freshly fitted model starts from, before tuning: its input
+    size or window, the mirror axes it was augmented with, and the configured
+    threshold and TTA."""
+    d, ndim = cfg["data"], cfg["model"]["ndim"]
+    return InferenceSettings(
+        threshold=cfg["inference"]["threshold"], tta=cfg["inference"]["tta"],
+        flips=rundir.flips_from_augment(cfg["augment"], ndim), ndim=ndim,
+        input_size=d["size"] if ndim == 2 else None,
+        patch_size=(d["patch_depth"], d["size"], d["size"]) if ndim == 3 else None,
+        info={"observer": d["observer"], "best_epoch": best_epoch})
+
+
+def validation_target(cfg: dict) -> str:
+    """The mask validation scores against (as training's validation does)."""
+    from bcseg.learn.train import validation_target as target
+
+    return target(cfg["data"])
+
+
+def segment_case(models, case: Case, settings: InferenceSettings, keep_prob: bool = True):
+    """Segment one case: ``(image, spacing, mask, prob)`` through the one inference path."""
+    from bcseg.infer.predict import segment_volume
+
+    image, spacing = read_case_image(case)
+    mask, prob = segment_volume(models, image, settings, spacing, keep_prob=keep_prob)
+    return image, spacing, mask, prob
+
+
+def _probabilities(models, cases: list[Case], settings: InferenceSettings, target: str):
+    """Validation probabilities without and with TTA, and the target masks."""
+    from bcseg.learn.pipeline import training_target
+
+    probs, truths = {False: [], True: []}, []
+    for case in cases:
+        for tta in (False, True):
+            image, _, _, prob = segment_case(models, case, settings.replace(tta=tta))
+            probs[tta].append(prob)
+        truths.append(training_target(read_case_masks(case, image.shape), target, str(case.image)))
+    return probs, truths
+
+
+def choose_settings(probs: dict, truths: list, settings: InferenceSettings,
+                    n_cases: int) -> InferenceSettings:
+    """Threshold, post-processing and TTA that maximise the mean Dice per case.
+
+    Both TTA settings are tuned and recorded (``tuned.with_tta``,
+    ``tuned.without_tta``), so that a user who switches TTA gets a threshold tuned
+    for it. Ties keep the cheaper choice: no TTA, fewer steps, the lower threshold.
+    """
+    from bcseg.measure.metrics import dice
+    from bcseg.infer.postprocess import postprocess
+
+    tuned, scores = {}, {}
+    for tta in (False, True):
+        best = (-1.0, settings.threshold, ())
+        for threshold in THRESHOLDS:
+            for steps in STEP_CHOICES:
+                score = float(np.mean([dice(postprocess(p > threshold, list(steps)), t)
+                                       for p, t in zip(probs[tta], truths)]))
+                if score > best[0] + 1e-9:
+                    best = (score, threshold, steps)
+        scores[tta] = best[0]
+        tuned["with_tta" if tta else "without_tta"] = {
+            "threshold": best[1], "postprocess": list(best[2]), "validation_dice": round(best[0], 4)}
+    off, on = tuned["without_tta"], tuned["with_tta"]
+    tta = scores[True] > scores[False] + 1e-9
+    chosen = on if tta else off
+    _say(f"validation: TTA {'on' if tta else 'off'}, threshold {chosen['threshold']}, post-processing "
+         f"{chosen['postprocess'] or 'none'} (mean Dice {chosen['validation_dice']:.3f} over "
+         f"{n_cases} case(s); {off['validation_dice']:.3f} without TTA, "
+         f"{on['validation_dice']:.3f} with TTA over flips {list(settings.flips) or 'none'})")
+    return settings.replace(threshold=chosen["threshold"], postprocess=tuple(chosen["postprocess"]),
+                            tta=tta, tuned=tuned,
+                            info=dict(settings.info, validation_dice=chosen["validation_dice"]))
+
+
+def tune_inference(models, cases: list[Case], cfg: dict, settings: InferenceSettings) -> InferenceSettings:
+    """Tune ``settings`` on the validation ``cases`` (never the test fold), as
+    ``inference.tune`` asks; unchanged without cases or tuning."""
+    if not cases or not cfg["inference"]["tune"]:
+        return settings
+    probs, truths = _probabilities(models, cases, settings, validation_target(cfg))
+    return choose_settings(probs, truths, settings, len(cases))
+
+
+# --------------------------------------------------------------------------- test fold
+
+def predict_test(models, cases: list[Case], out: Path, settings: InferenceSettings) -> Path:
+    """Segment the test cases into ``out/predictions`` with the tuned settings."""
+    from bcseg.data import io
+
+    folder = Path(out) / rundir.PREDICTIONS_DIR
+    for case in cases:
+        _, spacing, mask, prob = segment_case(models, case, settings)
+        io.write_mask(folder / f"{case.id}_mask.tif", mask, spacing)
+        io.write_probability(folder / f"{case.id}_prob.tif", prob, spacing)
+    return folder
+
+
+def evaluate_test(out: Path, predictions: Path, cases: list[Case],
+                  report: Callable[[Path], object] | None = None) -> dict:
+    """Score the predictions against every observer; then ``report(out)`` if given."""
+    from bcseg.measure.evaluate import evaluate
+
+    result = evaluate(predictions, cases, out, force=True)
+    if report is not None:
+        report(out)
+    return result
+
+
+def finish_fold(fitted: dict, report: Callable[[Path], object] | None = None) -> dict:
+    """The step after fitting one fold: tune, record the settings, predict, evaluate.
+
+    Parameters
+    ----------
+    fitted : dict
+        From :func:`bcseg.learn.train.run_fold`: ``out`` (the fold's run folder), ``cfg``,
+        ``validation`` and ``test`` (lists of Case), ``best_epoch``.
+    report : callable, optional
+        Called with the fold's folder after evaluation (e.g.
+        :func:`bcseg.report.html.build_report`).
+
+    Returns
+    -------
+    dict
+        The evaluation's headline numbers (empty without a test fold).
+    """
+    from bcseg.infer.predict import load_model
+
+    out = Path(fitted["out"])
+    model = load_model(out / rundir.MODEL_FILE)  # float32 compute, as inference will use
+    settings = fitted_settings(fitted["cfg"], fitted["best_epoch"])
+    settings = tune_inference(model, fitted["validation"], fitted["cfg"], settings)
+    rundir.save_run_settings(out, settings)
+    if not fitted["test"]:
+        return {}
+    predictions = predict_test(model, fitted["test"], out, settings)
+    return evaluate_test(out, predictions, fitted["test"], report)
+
+
+# --------------------------------------------------------------------------- k-fold ensembles
+
+def tune_ensemble(run_dir: str | Path, cases: list[Case], cfg: dict) -> InferenceSettings:
+    """Record a k-fold run's fold models as one ensemble with its own settings.
+
+    The members keep their own input size and mirror flips; one threshold,
+    post-processing and TTA choice is made on the pooled out-of-fold validation
+    predictions: each fold model's probabilities on its own validation cases, which
+    it never trained on. Written to the run folder's ``inference.json``.
+    """
+    from bcseg.infer.predict import load_model
+
+    run_dir = Path(run_dir)
+    by_id = {c.id: c for c in cases}
+    probs, truths, members = {False: [], True: []}, [], []
+    for fold_dir in rundir.find_members(run_dir):
+        files, own = rundir.load_run(fold_dir)
+        members.append(rundir.member_settings(files[0].relative_to(run_dir), own))
+        fold = json.loads((fold_dir / rundir.FOLD_FILE).read_text(encoding="utf-8"))
+        validation = [by_id[i] for i in fold["validation"] if i in by_id]
+        p, t = _probabilities(load_model(files[0]), validation, own, validation_target(cfg))
+        for tta in (False, True):
+            probs[tta].extend(p[tta])
+        truths.extend(t)
+    settings = InferenceSettings(threshold=cfg["inference"]["threshold"], tta=cfg["inference"]["tta"],
+                                 members=tuple(members), info={"pooled_validation_cases": len(truths)})
+    if truths and cfg["inference"]["tune"]:
+        _say(f"ensemble of {len(members)} fold models, tuned on their pooled out-of-fold validation:")
+        settings = choose_settings(probs, truths, settings, len(truths))
+    rundir.write_settings(run_dir, settings)
+    return settings
+
+
+# --------------------------------------------------------------------------- the whole run
+
+def _report(out: Path) -> None:
+    from bcseg.report.html import build_report
+
+    build_report(out)
+
+
+def _plot(out: Path) -> None:
+    from bcseg.report.html import plot_history
+
+    plot_history(out / "history.csv", out)
+
+
+def train_and_evaluate(data, out, *, report: bool = True, **options) -> list[dict]:
+    """``bcseg train``: fit every fold (:func:`bcseg.learn.train.train`), then after each fit
+    tune, predict the test fold, evaluate and report; a k-fold run (``fold="all"``)
+    is then recorded as an ensemble of its fold models (:func:`tune_ensemble`).
+
+    ``options`` are those of :func:`bcseg.learn.train.train`; ``report=False`` skips the
+    curves and the HTML report.
+    """
+    from bcseg.data.dataset import discover
+    from bcseg.learn.train import train
+
+    cases = list(data) if isinstance(data, (list, tuple)) else None
+    results = train(data, out, after_fit=lambda fitted: finish_fold(fitted, _report if report else None),
+                    plot=_plot if report else None, **options)
+    if options.get("fold") == "all" and len(rundir.find_members(out)) > 1:
+        from bcseg.config import load_config
+
+        cfg = load_config(Path(out) / rundir.CONFIG_FILE)
+        tune_ensemble(out, cases if cases is not None else discover(data), cfg)
+    return results

@@ -1,0 +1,398 @@
+"""The run-directory contract: file names, inference settings, runs and fold members.
+
+A training run directory holds ``model_best.keras`` and ``inference.json``, the
+settings its predictions are made with: threshold, post-processing, TTA and the
+mirror axes the model was trained with, the 2D input size or 3D window, channels,
+and for an ensemble its members. The same settings also travel inside the
+``.keras`` archive (as ``bcseg_metadata.json``, an entry Keras ignores), so a model
+copied on its own keeps them.
+
+This module is the one place for the defaults (:data:`DEFAULTS`) and the schema,
+and it imports no TensorFlow: it reads and writes JSON and zip archives only.
+
+Examples
+--------
+>>> settings = InferenceSettings.from_dict({"threshold": 0.4, "flips": ["lr"]})
+>>> settings.threshold, settings.flips
+(0.4, ('lr',))
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+import warnings
+import zipfile
+from pathlib import Path
+from typing import Any, Sequence
+
+from bcseg.atomic import atomic_path, write_text
+from bcseg.errors import ConfigError, ModelError
+from bcseg.infer.postprocess import POSTPROCESS_STEPS
+
+MODEL_FILE = "model_best.keras"
+LAST_MODEL_FILE = "model_last.keras"
+SETTINGS_FILE = "inference.json"
+CONFIG_FILE = "config.toml"
+FOLD_FILE = "fold.json"
+SPLITS_FILE = "splits.json"
+STATE_FILE = "state.json"
+PREDICTIONS_DIR = "predictions"
+FOLD_DIR = "fold_{}"
+ARCHIVE_SETTINGS = "bcseg_metadata.json"  # the settings' copy inside a .keras archive
+
+FLIP_NAMES = ("z", "ud", "lr")  # mirror axes: slice order, up-down (depth), left-right
+DEFAULT_FLIPS = ("z", "lr")     # what bcseg's recipes augment with; never up-down
+
+# The one place for inference defaults; everything else reads them from here.
+DEFAULTS: dict[str, Any] = {
+    "threshold": 0.5, "postprocess": [], "min_size": 0, "tta": False,
+    "flips": list(DEFAULT_FLIPS), "ndim": None, "input_size": None, "patch_size": None,
+    "channels": 1, "members": [], "tuned": {},
+}
+MEMBER_KEYS = ("path", "flips", "ndim", "input_size", "patch_size", "channels")
+TUNED_KEYS = ("with_tta", "without_tta")
+
+
+@dataclasses.dataclass(frozen=True)
+class InferenceSettings:
+    """How a model (or an ensemble of members) turns an image into a mask.
+
+    Parameters
+    ----------
+    threshold : float
+        Tumour where the (mean) probability is strictly above it.
+    postprocess : tuple of str
+        Steps of :func:`bcseg.infer.postprocess.postprocess`, in order.
+    min_size : int
+        Smallest component kept by the ``"small"`` step, in voxels.
+    tta : bool
+        Mirror test-time augmentation over ``flips``.
+    flips : tuple of {"z", "ud", "lr"}
+        The mirror axes the model was trained with (its augmentation's ``flip_z``,
+        ``flip_ud``, ``flip_lr``); TTA averages every combination of these only.
+    ndim, input_size, patch_size, channels
+        The model's kind, the 2D square it was trained on, the 3D window, channels.
+    members : tuple of InferenceSettings
+        Ensemble members, each with its own ``path`` (in ``info``), ``flips``,
+        ``input_size``, ``patch_size``; empty for a single model.
+    tuned : dict
+        Threshold and post-processing chosen on validation ``with_tta`` and
+        ``without_tta``, so that switching TTA uses a threshold tuned for it.
+    info : dict
+        Other recorded keys (best epoch, observer, citation, ...), kept as they are.
+    """
+
+    threshold: float = DEFAULTS["threshold"]
+    postprocess: tuple[str, ...] = ()
+    min_size: int = DEFAULTS["min_size"]
+    tta: bool = DEFAULTS["tta"]
+    flips: tuple[str, ...] = DEFAULT_FLIPS
+    ndim: int | None = None
+    input_size: int | None = None
+    patch_size: tuple[int, ...] | None = None
+    channels: int = DEFAULTS["channels"]
+    members: tuple["InferenceSettings", ...] = ()
+    tuned: dict = dataclasses.field(default_factory=dict)
+    info: dict = dataclasses.field(default_factory=dict)
+
+    @classmethod
+    def from_dict(cls, data: dict, source: Path | None = None) -> "InferenceSettings":
+        """Check ``data`` (an ``inference.json`` object) and build the settings.
+
+        Raises
+        ------
+        ConfigError
+            A wrongly typed or out-of-range value, naming ``source`` and the key.
+        """
+        if not isinstance(data, dict):
+            raise ConfigError(source, "must hold a JSON object of settings")
+        merged = {**DEFAULTS, **data}
+        _check_settings(merged, source)
+        members = tuple(cls.from_dict(_member_dict(m, source), source) for m in merged["members"])
+        info = {k: v for k, v in data.items() if k not in DEFAULTS}
+        return cls(threshold=float(merged["threshold"]), postprocess=tuple(merged["postprocess"]),
+                   min_size=merged["min_size"], tta=merged["tta"],
+                   flips=_flip_order(merged["flips"]), ndim=merged["ndim"],
+                   input_size=merged["input_size"],
+                   patch_size=None if merged["patch_size"] is None else tuple(merged["patch_size"]),
+                   channels=merged["channels"], members=members, tuned=dict(merged["tuned"]),
+                   info=info)
+
+    def to_dict(self) -> dict:
+        """The JSON form: the schema's keys, then the recorded ``info`` keys."""
+        data = {"threshold": self.threshold, "postprocess": list(self.postprocess),
+                "min_size": self.min_size, "tta": self.tta, "flips": list(self.flips),
+                "ndim": self.ndim, "input_size": self.input_size,
+                "patch_size": None if self.patch_size is None else list(self.patch_size),
+                "channels": self.channels, "tuned": self.tuned,
+                "members": [_member_json(m) for m in self.members]}
+        return {**data, **self.info}
+
+    def replace(self, **changes) -> "InferenceSettings":
+        """A copy with some fields changed."""
+        return dataclasses.replace(self, **changes)
+
+    def overridden(self, threshold=None, tta=None, postprocess=None, min_size=None,
+                   source: Path | None = None) -> "InferenceSettings":
+        """The settings with a user's choices laid over them (``None`` keeps the recorded).
+
+        Switching TTA takes the threshold and post-processing tuned on validation with
+        that TTA setting where training recorded one; otherwise it keeps the recorded
+        threshold and warns in one line, since that threshold was tuned the other way.
+        """
+        changed = self
+        if tta is not None and tta != self.tta:
+            tuned = self.tuned.get("with_tta" if tta else "without_tta")
+            changed = changed.replace(tta=tta)
+            if tuned and threshold is None:
+                changed = changed.replace(threshold=tuned["threshold"],
+                                          postprocess=tuple(tuned["postprocess"]))
+            elif threshold is None:
+                warnings.warn(f"{source or 'model'}: threshold {self.threshold} was tuned "
+                              f"{'without' if tta else 'with'} TTA and none was recorded "
+                              f"{'with' if tta else 'without'} it; pass a threshold to choose one")
+        if threshold is not None:
+            changed = changed.replace(threshold=float(threshold))
+        if postprocess is not None:
+            changed = changed.replace(postprocess=tuple(postprocess))
+        if min_size is not None:
+            changed = changed.replace(min_size=int(min_size))
+        _check_settings(changed.to_dict(), source)
+        return changed
+
+    def member_views(self) -> tuple["InferenceSettings", ...]:
+        """The settings each model runs with: the members', or this one's for one model."""
+        if not self.members:
+            return (self,)
+        return tuple(m.replace(tta=self.tta) for m in self.members)
+
+
+# --------------------------------------------------------------------------- schema
+
+def flips_from_augment(augment: dict, ndim: int) -> tuple[str, ...]:
+    """The mirror axes of an ``[augment]`` configuration table (none if disabled)."""
+    if not augment.get("enabled", True):
+        return ()
+    names = [name for name in FLIP_NAMES if augment.get(f"flip_{name}", name in DEFAULT_FLIPS)]
+    return tuple(n for n in names if ndim == 3 or n != "z")
+
+
+def _flip_order(flips) -> tuple[str, ...]:
+    return tuple(n for n in FLIP_NAMES if n in flips)
+
+
+def _error(source, key: str, expected: str, value) -> ConfigError:
+    return ConfigError(source, f"{key} must be {expected}, got {value!r}")
+
+
+def _is_int(value, low: int = 0) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= low
+
+
+def _check_settings(s: dict, source) -> None:
+    """Raise ConfigError naming the first key of ``s`` whose value is not valid."""
+    threshold = s["threshold"]
+    if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not 0 <= threshold <= 1:
+        raise _error(source, "threshold", "a number in [0, 1]", threshold)
+    steps = s["postprocess"]
+    if not isinstance(steps, (list, tuple)) or any(x not in POSTPROCESS_STEPS for x in steps):
+        raise _error(source, "postprocess", f"a list of {', '.join(POSTPROCESS_STEPS)}", steps)
+    if not _is_int(s["min_size"]):
+        raise _error(source, "min_size", "a whole number >= 0", s["min_size"])
+    if not isinstance(s["tta"], bool):
+        raise _error(source, "tta", "true or false", s["tta"])
+    flips = s["flips"]
+    if not isinstance(flips, (list, tuple)) or any(f not in FLIP_NAMES for f in flips):
+        raise _error(source, "flips", f"a list of {', '.join(FLIP_NAMES)}", flips)
+    if s["ndim"] not in (None, 2, 3) or isinstance(s["ndim"], bool):
+        raise _error(source, "ndim", "2 or 3", s["ndim"])
+    patch = s["patch_size"]
+    if patch is not None and (not isinstance(patch, (list, tuple)) or not patch
+                              or not all(_is_int(p, 1) for p in patch)
+                              or (s["ndim"] and len(patch) != s["ndim"])):
+        raise _error(source, "patch_size", "a list of positive sizes, one per spatial axis", patch)
+    if s["input_size"] is not None and not _is_int(s["input_size"], 1):
+        raise _error(source, "input_size", "a positive whole number of pixels", s["input_size"])
+    if not _is_int(s["channels"], 1):
+        raise _error(source, "channels", "a positive whole number", s["channels"])
+    if not isinstance(s["members"], (list, tuple)):
+        raise _error(source, "members", "a list of member models", s["members"])
+    _check_tuned(s["tuned"], source)
+
+
+def _check_tuned(tuned, source) -> None:
+    if not isinstance(tuned, dict) or set(tuned) - set(TUNED_KEYS):
+        raise _error(source, "tuned", f"an object with keys {' and '.join(TUNED_KEYS)}", tuned)
+    for key, choice in tuned.items():
+        if not isinstance(choice, dict) or "threshold" not in choice or "postprocess" not in choice:
+            raise _error(source, f"tuned.{key}", "an object with threshold and postprocess", choice)
+        _check_settings({**DEFAULTS, "threshold": choice["threshold"],
+                         "postprocess": choice["postprocess"]}, source)
+
+
+def _member_dict(member, source) -> dict:
+    if not isinstance(member, dict) or not isinstance(member.get("path"), str):
+        raise _error(source, "members", "a list of objects with a model path", member)
+    unknown = sorted(set(member) - set(MEMBER_KEYS))
+    if unknown:
+        raise _error(source, "members", f"objects with keys {', '.join(MEMBER_KEYS)}", unknown)
+    return member
+
+
+def _member_json(member: "InferenceSettings") -> dict:
+    data = member.to_dict()
+    return {"path": member.info["path"], **{k: data[k] for k in MEMBER_KEYS if k != "path"}}
+
+
+def member_settings(path: str | Path, settings: InferenceSettings) -> InferenceSettings:
+    """A member's record: its model ``path`` and the settings it runs with."""
+    return InferenceSettings(flips=settings.flips, ndim=settings.ndim, input_size=settings.input_size,
+                             patch_size=settings.patch_size, channels=settings.channels,
+                             info={"path": str(path)})
+
+
+# --------------------------------------------------------------------------- files
+
+def read_settings(path: str | Path) -> InferenceSettings | None:
+    """The settings in an ``inference.json`` file, or None when there is none."""
+    path = Path(path)
+    if not path.is_file():
+        return None
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ConfigError(path, f"cannot read inference settings ({exc})") from None
+    return InferenceSettings.from_dict(data, path)
+
+
+def archive_settings(model_path: str | Path) -> InferenceSettings | None:
+    """The settings stored inside a ``.keras`` archive, or None when it holds none."""
+    try:
+        with zipfile.ZipFile(model_path) as archive:
+            if ARCHIVE_SETTINGS not in archive.namelist():
+                return None
+            data = json.loads(archive.read(ARCHIVE_SETTINGS).decode("utf-8"))
+    except (OSError, zipfile.BadZipFile, UnicodeDecodeError, json.JSONDecodeError):
+        return None  # load_model reports an unreadable archive with its own error
+    return InferenceSettings.from_dict(data, Path(model_path))
+
+
+def write_settings(folder: str | Path, settings: InferenceSettings) -> Path:
+    """Write ``inference.json`` into ``folder`` atomically."""
+    return write_text(Path(folder) / SETTINGS_FILE, json.dumps(settings.to_dict(), indent=1) + "\n")
+
+
+def embed_settings(model_path: str | Path, settings: InferenceSettings) -> None:
+    """Store ``settings`` inside the ``.keras`` archive, replacing an earlier copy."""
+    model_path = Path(model_path)
+    with atomic_path(model_path) as tmp:
+        with zipfile.ZipFile(model_path) as source, zipfile.ZipFile(tmp, "w") as target:
+            for item in source.infolist():
+                if item.filename != ARCHIVE_SETTINGS:
+                    with source.open(item) as src, target.open(item, "w") as dst:
+                        shutil.copyfileobj(src, dst, 1 << 20)
+            target.writestr(ARCHIVE_SETTINGS, json.dumps(settings.to_dict(), indent=1))
+
+
+def save_run_settings(folder: str | Path, settings: InferenceSettings) -> None:
+    """Record the settings of a trained run: ``inference.json`` and inside its model."""
+    model = Path(folder) / MODEL_FILE
+    if model.is_file():
+        embed_settings(model, settings)
+    write_settings(folder, settings)
+
+
+# --------------------------------------------------------------------------- runs
+
+def find_members(run_dir: str | Path) -> list[Path]:
+    """The fold folders (``fold_K``) of a k-fold run that hold a trained model, by fold."""
+    run_dir = Path(run_dir)
+    found = [p for p in run_dir.glob(FOLD_DIR.format("*")) if (p / MODEL_FILE).is_file()
+             and p.name[len(FOLD_DIR.format("")):].isdigit()]
+    return sorted(found, key=lambda p: int(p.name[len(FOLD_DIR.format("")):]))
+
+
+def _model_settings(model_path: Path) -> InferenceSettings:
+    """A model file's settings: ``inference.json`` beside it, else its archive's copy,
+    else the run's ``config.toml`` flips with default settings (with a warning)."""
+    settings = read_settings(model_path.parent / SETTINGS_FILE) or archive_settings(model_path)
+    if settings is not None:
+        return settings
+    config = model_path.parent / CONFIG_FILE
+    if config.is_file():
+        from bcseg.config import load_config
+
+        cfg = load_config(config)
+        return InferenceSettings(flips=flips_from_augment(cfg["augment"], cfg["model"]["ndim"]))
+    warnings.warn(f"{model_path}: holds no inference settings (none inside it, no "
+                  f"{SETTINGS_FILE} beside it); using the defaults: threshold "
+                  f"{DEFAULTS['threshold']}, no post-processing, whole slices")
+    return InferenceSettings()
+
+
+def load_run(paths: str | Path | Sequence[str | Path]) -> tuple[list[Path], InferenceSettings]:
+    """The model files and inference settings of a run, a model file, or several.
+
+    Parameters
+    ----------
+    paths : path or sequence of paths
+        A training run folder (``model_best.keras``), a k-fold run folder (its
+        ``fold_K`` models form an ensemble), or a ``.keras`` file. Several paths
+        form an ensemble of all their models.
+
+    Returns
+    -------
+    model_paths : list of Path
+        One per model to run; more than one for an ensemble.
+    settings : InferenceSettings
+        For an ensemble, ``members`` lists each model's own settings.
+    """
+    if isinstance(paths, (str, Path)):
+        paths = [paths]
+    loaded = [_load_one(Path(p)) for p in paths]
+    if len(loaded) == 1:
+        return loaded[0]
+    files = [f for found, _ in loaded for f in found]
+    members = tuple(member_settings(f, view) for found, s in loaded
+                    for f, view in zip(found, s.member_views()))
+    return files, _combined(members, [s for _, s in loaded], files)
+
+
+def _load_one(path: Path) -> tuple[list[Path], InferenceSettings]:
+    if path.is_dir():
+        if (path / MODEL_FILE).is_file():
+            return [path / MODEL_FILE], _model_settings(path / MODEL_FILE)
+        folds = find_members(path)
+        if folds:
+            return _fold_ensemble(path, folds)
+        raise ModelError(path, f"holds no {MODEL_FILE} and no fold_K folders with one; "
+                         "pass a training run folder or a .keras file")
+    if not path.exists():
+        raise ModelError(path, "model not found; pass a training run folder or a .keras file")
+    return [path], _model_settings(path)
+
+
+def _fold_ensemble(run_dir: Path, folds: list[Path]) -> tuple[list[Path], InferenceSettings]:
+    """A k-fold run: its fold models, with the settings tuned for them together."""
+    files = [f / MODEL_FILE for f in folds]
+    recorded = read_settings(run_dir / SETTINGS_FILE)
+    if recorded is not None and recorded.members:
+        paths = [run_dir / m.info["path"] for m in recorded.members]
+        return paths, recorded
+    parts = [_model_settings(f) for f in files]
+    members = tuple(member_settings(f.relative_to(run_dir), s) for f, s in zip(files, parts))
+    return files, _combined(members, parts, files)
+
+
+def _combined(members, parts: list[InferenceSettings], files) -> InferenceSettings:
+    """Ensemble settings for models put together by hand: no threshold was tuned for
+    them, so the members' mean threshold is used (with a warning)."""
+    thresholds = [p.threshold for p in parts]
+    steps = {p.postprocess for p in parts}
+    warnings.warn(f"{files[0]}: ensemble of {len(files)} models without a threshold tuned for "
+                  f"it; using the members' mean threshold {sum(thresholds) / len(thresholds):.3g}")
+    return InferenceSettings(threshold=round(sum(thresholds) / len(thresholds), 4),
+                             postprocess=steps.pop() if len(steps) == 1 else (),
+                             tta=all(p.tta for p in parts), members=tuple(members))
