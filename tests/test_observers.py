@@ -7,6 +7,7 @@ import math
 import numpy as np
 import pytest
 
+from bcseg.data import consensus as consensus_module
 from bcseg.measure import observers as O
 
 
@@ -108,7 +109,7 @@ def _nested(n):
 def test_staple_of_two_nested_observers_is_their_intersection_at_every_size(n, monkeypatch):
     # SimpleITK gives the ring between the masks 0.5 at n = 8, 16 and 0.5 + 1 ulp from
     # n = 33 on, so 'prob > 0.5' flipped from intersection to union with the field size.
-    monkeypatch.setattr(O, "_warned_two_observers", False)
+    monkeypatch.setattr(consensus_module, "_warned_two_observers", False)
     inner, outer = _nested(n)
     with pytest.warns(UserWarning, match="two observers is degenerate.*intersection"):
         out = O.staple([inner, outer])
@@ -120,7 +121,7 @@ def test_staple_of_two_nested_observers_is_their_intersection_at_every_size(n, m
 def test_two_observer_staple_warns_once(monkeypatch):
     import warnings
 
-    monkeypatch.setattr(O, "_warned_two_observers", False)
+    monkeypatch.setattr(consensus_module, "_warned_two_observers", False)
     inner, outer = _nested(16)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")

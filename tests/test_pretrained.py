@@ -18,7 +18,7 @@ import pytest
 from bcseg.data import io
 from bcseg.config import load_config
 from bcseg.measure.metrics import dice
-from bcseg.infer.pretrained import CITATION, pretrained_info, pretrained_path
+from bcseg.pretrained import CITATION, pretrained_info, pretrained_path
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 HELDOUT = Path(__file__).parent / "data" / "busi_heldout"

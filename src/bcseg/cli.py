@@ -188,7 +188,7 @@ def cmd_predict(args) -> int:
     postprocess = args.postprocess
     model = args.model  # several --model arguments: an ensemble of them all
     if not model:
-        from bcseg.infer.pretrained import pretrained_path
+        from bcseg.pretrained import pretrained_path
         model = pretrained_path()
         print(f"no --model given: using the bundled BUSI model {model.name}")
     records = predict_files(model, args.inputs, args.out, threshold=args.threshold,

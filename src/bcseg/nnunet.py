@@ -48,7 +48,7 @@ from bcseg.data import io
 from bcseg.atomic import PARTIAL_MARK, atomic_path, require_new, write_text
 from bcseg.data.dataset import Case, discover, read_case_image, read_case_masks
 from bcseg.errors import DataError, UsageError
-from bcseg.measure.observers import METHODS, consensus
+from bcseg.data.consensus import METHODS, consensus
 from bcseg.data.splits import check_groups_whole, kfold_by_group
 
 __all__ = ["export_nnunet", "dataset_folder_name", "FILE_ENDINGS", "CASE_MAP", "SPLITS_FILE"]

@@ -29,7 +29,10 @@ from typing import Any, Sequence
 
 from bcseg.atomic import atomic_path, write_text
 from bcseg.errors import ConfigError, ModelError
-from bcseg.infer.postprocess import POSTPROCESS_STEPS
+
+# The post-processing steps a run's settings may name; bcseg.infer.postprocess
+# implements them.
+POSTPROCESS_STEPS = ("largest", "fill", "small")
 
 MODEL_FILE = "model_best.keras"
 LAST_MODEL_FILE = "model_last.keras"

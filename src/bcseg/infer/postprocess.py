@@ -20,7 +20,9 @@ from scipy import ndimage as ndi
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
-POSTPROCESS_STEPS = ("largest", "fill", "small")
+from bcseg.data.geometry import as_mask
+from bcseg.rundir import POSTPROCESS_STEPS
+
 _LABEL_CHUNK = 1 << 24     # voxels per chunk when counting or selecting components
 _SLAB_MIN_VOXELS = 1 << 26  # stacks larger than this are processed slab by slab
 _SLAB = 32                 # slices per slab
@@ -53,11 +55,6 @@ def release_slices(array: np.ndarray, start: int, stop: int) -> None:
             mm.madvise(mmap.MADV_DONTNEED, begin, end - begin)
         except (OSError, ValueError):
             pass
-
-def _as_mask(mask) -> np.ndarray:
-    mask = np.asarray(mask)
-    return mask if mask.dtype == bool else mask != 0
-
 
 def _label(mask: np.ndarray, connectivity: int) -> tuple[np.ndarray, int]:
     """Connected components in the most compact label type that holds them."""
@@ -274,7 +271,7 @@ def keep_largest_component(mask: np.ndarray) -> np.ndarray:
     """
     if _use_slabs(mask):
         return _slabbed(mask, ["largest"])
-    mask = _as_mask(mask)
+    mask = as_mask(mask)
     labels, count = _label(mask, mask.ndim)
     if count <= 1:
         return mask.copy()
@@ -290,7 +287,7 @@ def remove_small_components(mask: np.ndarray, min_size: int) -> np.ndarray:
     _check_min_size(min_size)
     if _use_slabs(mask):
         return _slabbed(mask, ["small"], int(min_size))
-    mask = _as_mask(mask)
+    mask = as_mask(mask)
     if min_size <= 1:
         return mask.copy()
     labels, count = _label(mask, mask.ndim)
@@ -308,7 +305,7 @@ def fill_holes(mask: np.ndarray) -> np.ndarray:
     """
     if _use_slabs(mask):
         return _slabbed(mask, ["fill"])
-    mask = _as_mask(mask)
+    mask = as_mask(mask)
     labels, count = _label(~mask, 1)
     outside = np.zeros(count + 1, bool)
     for axis in range(mask.ndim):
@@ -352,7 +349,7 @@ def apply_steps_inplace(mask: np.ndarray, steps: Sequence[str], min_size: int) -
     if _use_slabs(mask):
         _slab_steps(mask, mask, steps, min_size)
         return
-    kept = _apply_steps(_as_mask(mask), steps, min_size)
+    kept = _apply_steps(as_mask(mask), steps, min_size)
     if mask.dtype == bool:
         mask[...] = kept
     else:
@@ -385,4 +382,4 @@ def postprocess(mask: np.ndarray, steps: Sequence[str], min_size: int = 0) -> np
     --------
     >>> postprocess(mask, ["small", "fill"], min_size=50)  # doctest: +SKIP
     """
-    return _apply_steps(_as_mask(mask), check_steps(steps), min_size)
+    return _apply_steps(as_mask(mask), check_steps(steps), min_size)

@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import itertools
 import math
-import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
@@ -46,87 +45,13 @@ from tqdm.auto import tqdm
 
 from bcseg.errors import DataError, ModelError
 from bcseg.data.intensity import intensity_stats, normalise
-from bcseg.learn.models import model_divisor
+from bcseg.learn.models import ModelSpec, load_model, model_divisor, model_spec  # noqa: F401 (re-exported)
 from bcseg.infer.postprocess import apply_steps_inplace, check_steps, release_slices
 from bcseg.rundir import DEFAULT_FLIPS, DEFAULTS, InferenceSettings
 
 VOXELS_PER_CALL = 1 << 20  # caps the batch so activations of large slices stay bounded
 DEFAULT_PATCH = 128        # default 3D window edge (before rounding to the divisor)
 GAUSSIAN_FLOOR = 1e-3      # per-axis floor of the blending weights
-
-
-# --------------------------------------------------------------------------- model
-
-def load_model(path: str | Path) -> keras.Model:
-    """Load a ``.keras`` model safely (``safe_mode=True``, not compiled).
-
-    Raises
-    ------
-    ModelError
-        Missing file, not a zip archive, or not a Keras model.
-    """
-    path = Path(path)
-    if not path.exists():
-        raise ModelError(path, "model file not found")
-    if not path.is_file():
-        raise ModelError(path, "is a folder; pass a .keras file or a training run folder")
-    if not zipfile.is_zipfile(path):  # Keras would report such a file as "not found"
-        raise ModelError(path, "is not a Keras model file (a .keras file is a zip archive; "
-                         "legacy .h5 files are not read); pass a .keras file saved by bcseg train")
-    try:
-        model = keras.saving.load_model(str(path), safe_mode=True, compile=False)
-    except Exception as exc:  # Keras raises ValueError, zipfile/OSError, TypeError, ...
-        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
-        raise ModelError(path, f"cannot load the Keras model ({reason}); "
-                         "is it a .keras file saved by bcseg train?") from None
-    if not isinstance(model, keras.Model):
-        raise ModelError(path, "does not hold a Keras model")
-    return _in_float32(model)
-
-
-def _in_float32(model: keras.Model) -> keras.Model:
-    """The model rebuilt to compute in float32 if it was trained under mixed precision.
-
-    A saved layer keeps its training dtype policy; float16 or bfloat16 compute is slow
-    or missing on many CPUs, and float32 is the reference for inference. The weights
-    are float32 under mixed precision, so they carry over unchanged.
-    """
-    if all(layer.dtype_policy.name == "float32" for layer in model.layers):
-        return model
-
-    def to_float32(node):
-        if isinstance(node, dict):
-            if node.get("class_name") in ("DTypePolicy", "FloatDTypePolicy"):
-                return dict(node, config=dict(node.get("config", {}), name="float32"))
-            return {k: to_float32(v) for k, v in node.items()}
-        if isinstance(node, list):
-            return [to_float32(v) for v in node]
-        return node
-
-    rebuilt = keras.Model.from_config(to_float32(model.get_config()))
-    rebuilt.set_weights(model.get_weights())
-    return rebuilt
-
-
-@dataclass(frozen=True)
-class ModelSpec:
-    """A segmentation model's input contract, read from its graph."""
-
-    ndim: int                        # spatial dimensions, 2 or 3
-    channels: int
-    fixed: tuple[int | None, ...]    # static spatial input sizes, None where free
-    divisor: int
-
-
-def model_spec(model: keras.Model) -> ModelSpec:
-    """What inference needs to know of a model: dimensions, channels, fixed sizes."""
-    if len(model.inputs) != 1 or len(model.outputs) != 1:
-        raise ModelError(None, "bcseg models take one input image and give one output map")
-    shape = tuple(model.inputs[0].shape)
-    if len(shape) not in (4, 5):
-        raise ModelError(None, f"model input shape {shape} is neither 2D (N, H, W, C) "
-                         "nor 3D (N, Z, H, W, C)")
-    return ModelSpec(len(shape) - 2, shape[-1] or 1, shape[1:-1], model_divisor(model))
 
 
 def _round_up(n: int, d: int) -> int:

@@ -23,7 +23,7 @@ from bcseg.learn.augment import AugmentConfig, augment_2d, augment_3d, reference
 from bcseg.data.dataset import Case, read_case_image, read_case_masks
 from bcseg.errors import DataError
 from bcseg.data.intensity import normalise
-from bcseg.measure.observers import consensus
+from bcseg.data.consensus import consensus
 
 RANDOM_OBSERVER = "random"
 SOFT_OBSERVER = "soft"

@@ -612,12 +612,12 @@ def _init_model(init, cfg: dict) -> Path | None:
     if not init:
         return None
     if init == "busi":
-        from bcseg.infer.pretrained import pretrained_path
+        from bcseg.pretrained import pretrained_path
         return pretrained_path()
     path = Path(init)
     if not path.is_file():
         raise ConfigError(path, "initial model not found")
-    from bcseg.infer.predict import load_model, model_spec
+    from bcseg.learn.models import load_model, model_spec
 
     try:
         spec = model_spec(load_model(path))  # ModelError naming the file: unsafe, corrupt, ...

@@ -59,6 +59,7 @@ from scipy.spatial import cKDTree
 from skimage.filters import threshold_otsu
 
 from bcseg.data import io
+from bcseg.data.geometry import bounding_box, fill_holes, largest_component, surface
 from bcseg.atomic import atomic_path, write_text
 from bcseg.errors import DataError, UsageError
 
@@ -189,37 +190,6 @@ def _sampling(spacing_mm, ndim: int) -> np.ndarray:
     return np.asarray(spacing_mm, dtype=float)
 
 
-def _fill_holes(mask: np.ndarray, plane_axis: int | None = None) -> np.ndarray:
-    """Fill background regions that do not reach the array border (in 3D, or in the
-    planes normal to ``plane_axis``)."""
-    structure = ndimage.generate_binary_structure(mask.ndim, 1)
-    border_axes = list(range(mask.ndim))
-    if plane_axis is not None:
-        centre = [slice(None)] * mask.ndim
-        centre[plane_axis] = slice(0, 1)
-        structure[tuple(centre)] = False
-        centre[plane_axis] = slice(2, 3)
-        structure[tuple(centre)] = False
-        border_axes.remove(plane_axis)
-    labels, count = ndimage.label(~mask, structure=structure)
-    outside = set()
-    for axis in border_axes:
-        for index in (0, -1):
-            outside.update(np.unique(np.take(labels, index, axis=axis)).tolist())
-    hole = np.ones(count + 1, bool)
-    hole[list(outside | {0})] = False
-    return mask | hole[labels]
-
-
-def _largest_component(mask: np.ndarray) -> np.ndarray:
-    labels, count = ndimage.label(mask)
-    if count <= 1:
-        return mask
-    sizes = np.bincount(labels.ravel())
-    sizes[0] = 0
-    return labels == int(np.argmax(sizes))
-
-
 def _ball_open_close(mask: np.ndarray, radius_mm: float, sampling, closing: bool) -> np.ndarray:
     """Opening or closing by a Euclidean ball of ``radius_mm`` (anisotropic voxels),
     through distance transforms, so the cost does not grow with the radius."""
@@ -286,33 +256,18 @@ def specimen_mask(volume, spacing_mm=None, sigma_mm: float = 0.5, opening_mm: fl
     mask = smooth > threshold_otsu(values)
     del smooth
     mask = _ball_open_close(mask, opening_mm, sampling, closing=False)
-    mask = _largest_component(mask)
+    mask = largest_component(mask)
     if not mask.any():
         return mask
     mask = _ball_open_close(mask, closing_mm, sampling, closing=True)
-    mask = _fill_holes(mask)
+    mask = fill_holes(mask)
     if mask.ndim == 3:
         for axis in range(3):
-            mask = _fill_holes(mask, plane_axis=axis)
+            mask = fill_holes(mask, plane_axis=axis)
     return mask
 
 
 # ------------------------------------------------------------------------- margins
-def _surface(mask: np.ndarray) -> np.ndarray:
-    """Voxels of ``mask`` with a background voxel (or the array edge) among their 26
-    neighbours, as in :mod:`bcseg.measure.metrics`."""
-    structure = ndimage.generate_binary_structure(mask.ndim, mask.ndim)
-    return mask & ~ndimage.binary_erosion(mask, structure=structure, border_value=0)
-
-
-def _bbox(mask: np.ndarray) -> tuple[slice, ...]:
-    box = []
-    for axis in range(mask.ndim):
-        hit = np.flatnonzero(mask.any(axis=tuple(a for a in range(mask.ndim) if a != axis)))
-        box.append(slice(int(hit[0]), int(hit[-1]) + 1))
-    return tuple(box)
-
-
 def _surface_faces(specimen: np.ndarray, surface_idx: np.ndarray, sampling: np.ndarray,
                    orientation: Orientation, normal_sigma_mm: float) -> np.ndarray:
     """Face index (into FACES) of each surface voxel, by its outward normal."""
@@ -404,7 +359,7 @@ def margins(tumour, specimen, spacing_mm, orientation=DEFAULT_ORIENTATION, close
     if n_specimen == 0 or n_tumour == 0:
         return result
 
-    box = _bbox(specimen)
+    box = bounding_box(specimen)
     offset = np.array([s.start for s in box])
     spec = specimen[box]
     inside = tumour[box] & spec
@@ -422,12 +377,12 @@ def margins(tumour, specimen, spacing_mm, orientation=DEFAULT_ORIENTATION, close
         warnings.append("specimen touches the edge of the image on the " + ", ".join(edge_faces)
                         + " side(s); margins there are measured to the edge of the field of view")
 
-    surface_idx = np.argwhere(_surface(spec))
+    surface_idx = np.argwhere(surface(spec))
     face_of = _surface_faces(spec, surface_idx, sampling, orientation, normal_sigma_mm)
     # The nearest tumour voxel to any outside point is on the tumour's own surface.
-    tbox = _bbox(inside)
+    tbox = bounding_box(inside)
     toffset = np.array([s.start for s in tbox])
-    tumour_idx = np.argwhere(_surface(inside[tbox])) + toffset
+    tumour_idx = np.argwhere(surface(inside[tbox])) + toffset
     # One query: for every surface voxel, its nearest tumour voxel. (The tree holds
     # the compact tumour; querying the shell-shaped surface into it prunes well.)
     distance, nearest = cKDTree(tumour_idx * sampling).query(surface_idx * sampling, k=1)
@@ -531,7 +486,7 @@ def margin_figure(image, tumour, specimen, result: Mapping, path: str | Path, sp
     if result.get("tumour_index") is not None:
         centre = np.array(result["tumour_index"])
     elif specimen.any():
-        centre = np.array([(s.start + s.stop - 1) // 2 for s in _bbox(specimen)])
+        centre = np.array([(s.start + s.stop - 1) // 2 for s in bounding_box(specimen)])
     else:
         centre = np.array(image.shape) // 2
     fig = Figure(figsize=(13, 4.8), dpi=100, layout="constrained")
@@ -579,7 +534,7 @@ def _touches(tumour: np.ndarray, tissue: np.ndarray) -> bool:
     """True when some tumour voxel lies in or next to (26-connected) the tissue."""
     if not tumour.any():
         return True
-    box = tuple(slice(max(s.start - 1, 0), s.stop + 1) for s in _bbox(tumour))
+    box = tuple(slice(max(s.start - 1, 0), s.stop + 1) for s in bounding_box(tumour))
     grown = ndimage.binary_dilation(tumour[box], structure=np.ones((3,) * tumour.ndim, bool))
     return bool((grown & tissue[box]).any())
 

@@ -29,6 +29,8 @@ from typing import Iterable, Sequence
 import numpy as np
 from scipy import ndimage
 
+from bcseg.data.geometry import as_mask, surface  # noqa: F401 (as_mask is part of this API)
+
 __all__ = [
     "dice", "iou", "precision", "recall", "specificity",
     "surface_distances", "hd95", "assd", "hausdorff",
@@ -39,16 +41,6 @@ __all__ = [
 
 
 # --------------------------------------------------------------------------- input
-def as_mask(mask) -> np.ndarray:
-    """Return ``mask > 0`` as a bool array (a bool array is returned as is)."""
-    arr = np.asarray(mask)
-    if arr.dtype == bool:
-        return arr
-    if not (np.issubdtype(arr.dtype, np.number)):
-        raise ValueError(f"a mask must be numeric or bool, not {arr.dtype}")
-    return arr > 0
-
-
 def _pair(pred, truth) -> tuple[np.ndarray, np.ndarray]:
     p, t = as_mask(pred), as_mask(truth)
     if p.shape != t.shape:
@@ -164,11 +156,6 @@ def specificity(pred, truth) -> float:
 
 
 # ----------------------------------------------------------------------- surfaces
-def _surface(mask: np.ndarray) -> np.ndarray:
-    structure = ndimage.generate_binary_structure(mask.ndim, mask.ndim)
-    return mask & ~ndimage.binary_erosion(mask, structure=structure, border_value=0)
-
-
 def _crop_pad(p: np.ndarray, t: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Crop both masks to the bounding box of their union, pad one False voxel."""
     both = p | t
@@ -217,7 +204,7 @@ def surface_distances(pred, truth, spacing_mm=None) -> tuple[np.ndarray, np.ndar
     if not (p_any or t_any):
         return np.zeros(0), np.zeros(0)
     p, t = _crop_pad(p, t)
-    ps, ts = _surface(p), _surface(t)
+    ps, ts = surface(p), surface(t)
     if not (p_any and t_any):
         ones = ps if p_any else ts
         far = np.full(int(np.count_nonzero(ones)), math.inf)

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from bcseg.errors import ModelError
 
-FOLDER = Path(__file__).parents[1] / "pretrained"  # the weights stay at bcseg/pretrained/
+FOLDER = Path(__file__).parent / "pretrained"
 MODEL_NAME = "busi_unet2d.keras"
 CITATION = ("Al-Dhabyani W, Gomaa M, Khaled H, Fahmy A. Dataset of breast ultrasound images. "
             "Data in Brief 28 (2020) 104863. doi:10.1016/j.dib.2019.104863. Licence: CC BY 4.0")
