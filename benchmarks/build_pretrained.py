@@ -39,7 +39,7 @@ def bundle(run: Path, seen: str, target: Path = TARGET) -> Path:
     from bcseg import rundir
     from bcseg.atomic import atomic_path
     from bcseg.infer.predict import load_model
-    from bcseg.infer.pretrained import CITATION, MODEL_NAME
+    from bcseg.pretrained import CITATION, MODEL_NAME
 
     model = load_model(run / rundir.MODEL_FILE)  # float32 compute, whatever it trained in
     target.mkdir(parents=True, exist_ok=True)
