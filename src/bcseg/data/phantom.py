@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import csv
 import io as text_io
+import json
 from pathlib import Path
 
 import numpy as np
@@ -36,6 +37,7 @@ from scipy import ndimage
 from bcseg.data import io
 from bcseg.atomic import require_new, write_text
 from bcseg.data import phantom_us as us
+from bcseg.data.channels import CHANNELS_FILE
 from bcseg.data.phantom_pa import pa_image
 from bcseg.data.phantom_shapes import observer_outline, smooth_noise, tissue_block, tumour_blob
 
@@ -108,15 +110,20 @@ def _realistic_specimen(rng, shape, spacing_mm, artefacts: bool) -> dict:
 def _ambiguous_observers(rng, tumour, ambiguity) -> tuple[np.ndarray, np.ndarray]:
     """A tight and a generous observer who disagree more where the border is hard to see.
 
-    Their smooth random offset grows from 0.8 to 3.3 voxels with the ambiguity, and
-    the tight reader leaves out thin spicules (an opening of 2 voxels) where the
-    border is more than 40 % ambiguous.
+    Their smooth random offset grows from 0.8 to 3.3 voxels with the ambiguity (less
+    for tumours under 20 voxels in radius, so small ones are not drawn away), and the
+    tight reader leaves out thin spicules (an opening of 2 voxels) where the border
+    is more than 40 % ambiguous.
     """
-    amplitude = 0.8 + 2.5 * ambiguity
-    bias = 0.6 + 1.0 * ambiguity
+    radius = np.sqrt(tumour.sum(axis=(1, 2)).max() / np.pi)
+    scale = min(1.0, radius / 20)
+    amplitude = (0.8 + 2.5 * ambiguity) * scale
+    bias = (0.6 + 1.0 * ambiguity) * scale
     tight = observer_outline(rng, tumour, bias_vox=-bias, amplitude_vox=amplitude)
     opened = np.stack([ndimage.binary_opening(s, iterations=2) for s in tight])
-    tight = np.where(ambiguity > 0.4, opened, tight)
+    # A slice the opening would mostly erase is a small tumour, not a spicule: keep it.
+    kept = opened.sum(axis=(1, 2)) >= 0.5 * tight.sum(axis=(1, 2))
+    tight = np.where((ambiguity > 0.4) & kept[:, None, None], opened, tight)
     generous = observer_outline(rng, tumour, bias_vox=bias, amplitude_vox=amplitude)
     return tight, generous
 
@@ -195,7 +202,8 @@ def write_phantom(out: str | Path, n: int = 8, shape=DEFAULT_SHAPE, seed: int = 
     spacing; with ``truth`` also ``OUT/truth/tumour/`` and ``OUT/truth/tissue/`` (kept
     outside ``masks/`` so they are not observers). ``OUT/specimens.csv`` records each
     specimen's attributes (see :func:`make_specimen`) so benchmarks can pick hard
-    subsets. Other parameters as :func:`make_specimen`.
+    subsets; with channels other than ``us`` alone, ``OUT/channels.json`` lists them in
+    order. Other parameters as :func:`make_specimen`.
 
     Returns
     -------
@@ -225,6 +233,8 @@ def write_phantom(out: str | Path, n: int = 8, shape=DEFAULT_SHAPE, seed: int = 
                 io.write_mask(out / "truth" / kind / name, specimen[kind], spacing)
         rows.append({"id": io.file_stem(name), "difficulty": difficulty, **specimen["attributes"]})
     write_text(out / ATTRIBUTES_FILE, _attributes_csv(rows))
+    if channels != ("us",):  # the channels' order, which folder names cannot give
+        write_text(out / CHANNELS_FILE, json.dumps(list(channels)) + "\n")
     return images
 
 
