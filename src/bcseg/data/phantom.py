@@ -81,7 +81,10 @@ def _easy_specimen(rng, shape, spacing_mm) -> dict:
 
 def _realistic_specimen(rng, shape, spacing_mm, artefacts: bool) -> dict:
     """The realistic ultrasound specimen; see :mod:`bcseg.data.phantom_us`."""
-    tissue = tissue_block(rng, shape, wobble=0.35)  # an irregular, hand-cut specimen
+    block = tissue_block(rng, shape)
+    if block.sum() < 0.2 * np.prod(shape):  # small fields: the wobble can eat the block
+        block = tissue_block(rng, shape, wobble=0.0)
+    tissue = us.irregular_specimen(rng, block)
     tumour, margin = us.tumour_shape(rng, tissue, spacing_mm)
     echo, fat = us.tissue_echo(rng, tissue, spacing_mm)
     contrast = float(rng.uniform(0.05, 0.9))

@@ -147,6 +147,30 @@ def bmode(rng, echo: np.ndarray, scan: Scan, spacing_mm) -> tuple[np.ndarray, np
 
 # --------------------------------------------------------------------------- anatomy
 
+def irregular_specimen(rng, tissue: np.ndarray) -> np.ndarray:
+    """Cut 2-4 rounded bites out of a tissue block's border: a hand-cut specimen.
+
+    Each bite is an ellipsoid centred on a border voxel, 10-22 % of the in-plane
+    extent across and longer along the slices, so notches run through the stack.
+    The largest piece is kept, so the block never falls apart or vanishes.
+    """
+    border = np.argwhere(tissue & ~ndimage.binary_erosion(tissue))
+    if len(border) == 0:
+        return tissue
+    zz, yy, xx = np.indices(tissue.shape, dtype=float)
+    cut = tissue.copy()
+    for _ in range(int(rng.integers(2, 5))):
+        z, y, x = border[rng.integers(len(border))]
+        radius = rng.uniform(0.1, 0.22) * min(tissue.shape[1:])
+        along_z = radius * rng.uniform(0.5, 2.0)
+        cut &= ((zz - z) / along_z) ** 2 + ((yy - y) / radius) ** 2 + ((xx - x) / radius) ** 2 > 1
+    labels, count = ndimage.label(cut)
+    if count == 0:
+        return tissue
+    sizes = ndimage.sum_labels(cut, labels, range(1, count + 1))
+    return labels == 1 + int(np.argmax(sizes))
+
+
 def tissue_echo(rng, tissue: np.ndarray, spacing_mm) -> tuple[np.ndarray, np.ndarray]:
     """Echogenicity of the specimen without its tumour, and its fat lobules.
 
@@ -170,8 +194,18 @@ def tissue_echo(rng, tissue: np.ndarray, spacing_mm) -> tuple[np.ndarray, np.nda
 
 
 def tumour_shape(rng, tissue: np.ndarray, spacing_mm) -> tuple[np.ndarray, str]:
-    """A tumour in the tissue and its margin: circumscribed, lobulated or spiculated."""
-    tumour = tumour_blob(rng, tissue.shape, tissue, spacing_mm)
+    """A tumour in the tissue and its margin: circumscribed, lobulated or spiculated.
+
+    Small fields (a few dozen pixels) sometimes leave a drawn blob no room inside
+    the irregular tissue; it is drawn again, and at worst is a ball at the deepest
+    point of the tissue, so every specimen has a tumour.
+    """
+    for _ in range(10):
+        tumour = tumour_blob(rng, tissue.shape, tissue, spacing_mm) & tissue
+        if tumour.any():
+            break
+    else:
+        tumour = _deepest_ball(tissue)
     margin = str(rng.choice(MARGINS, p=[0.3, 0.3, 0.4]))
     if margin == "circumscribed":  # smooth the lobes away
         smooth = ndimage.gaussian_filter(tumour.astype(float), vox(0.6, spacing_mm)) > 0.5
@@ -179,6 +213,17 @@ def tumour_shape(rng, tissue: np.ndarray, spacing_mm) -> tuple[np.ndarray, str]:
     elif margin == "spiculated":
         tumour = tumour | _spicules(rng, tumour, spacing_mm)
     return tumour & tissue, margin
+
+
+def _deepest_ball(tissue: np.ndarray) -> np.ndarray:
+    """A ball (one slice either side) at the tissue voxel farthest from its border."""
+    depth = ndimage.distance_transform_edt(tissue)
+    centre = np.unravel_index(np.argmax(depth), tissue.shape)
+    radius = max(1.0, min(depth.max(), 0.2 * min(tissue.shape[1:])))
+    zz, yy, xx = np.indices(tissue.shape)
+    ball = ((zz - centre[0]) ** 2 * radius ** 2 + (yy - centre[1]) ** 2 + (xx - centre[2]) ** 2
+            <= radius ** 2)
+    return ball & tissue
 
 
 def _spicules(rng, tumour: np.ndarray, spacing_mm) -> np.ndarray:
