@@ -258,3 +258,26 @@ def test_manifest_row_without_any_image(tmp_path):
         csv.writer(handle).writerows([["id", "image_us", "image_pa"], ["S01", "", ""]])
     with pytest.raises(DataError, match="row 2: no image in any of image_us, image_pa"):
         read_manifest(manifest)
+
+
+# --------------------------------------------------------------------------- with a model
+
+def test_model_channels_are_recorded_and_checked_against_cases(tmp_path):
+    from bcseg.data.channels import read_model_channels, write_model_channels
+    from bcseg.errors import ConfigError
+
+    run = tmp_path / "run"
+    assert read_model_channels(run) is None  # a grey model from before channels
+    write_model_channels(run, ["us", "pa"], {"us": "uint8"})
+    names, methods = read_model_channels(run)
+    assert names == ["us", "pa"] and methods == {"us": "uint8", "pa": "log"}
+    # A case without PA cannot feed this model: refused naming the case's image.
+    root = channel_folders(tmp_path / "set")
+    case = [c for c in discover(root) if c.id == "S02"][0]
+    with pytest.raises(DataError, match="case 'S02' has no channel 'pa'; it has 'us'") as error:
+        read_case_channel_arrays(case, names)
+    assert error.value.path == str(root / "images" / "us" / "S02.tif")
+    (run / "channels.json").write_text('{"channels": ["us"], "normalisation": {"us": "cube"}}')
+    with pytest.raises(ConfigError, match="cannot read the model's channels") as error:
+        read_model_channels(run)
+    assert error.value.path == str(run / "channels.json")

@@ -128,3 +128,47 @@ def read_files(channels, mmap: bool = False) -> tuple[list[np.ndarray], list[tup
         arrays.append(array)
         spacings.append(spacing)
     return arrays, spacings
+
+
+# --------------------------------------------------------------------------- with a model
+
+MODEL_CHANNELS_FILE = "channels.json"  # in a run directory, beside the model
+
+
+def write_model_channels(run_dir: str | Path, names: list[str], methods: dict[str, str]) -> Path:
+    """Record the channels a model takes, in order, and how each was normalised.
+
+    Prediction reads them back with :func:`read_model_channels` and reads each case's
+    channels by these names, so a case that lacks one is refused before any output.
+    """
+    from bcseg.atomic import write_text
+    from bcseg.data.intensity import check_methods
+
+    for name in names:
+        check_channel_name(name, None)
+    record = {"channels": list(names), "normalisation": check_methods(methods, list(names))}
+    return write_text(Path(run_dir) / MODEL_CHANNELS_FILE, json.dumps(record, indent=2) + "\n")
+
+
+def read_model_channels(run_dir: str | Path) -> tuple[list[str], dict[str, str]] | None:
+    """The channels and normalisation a model was trained with; None for a grey model.
+
+    Raises
+    ------
+    ConfigError
+        For a record that cannot be read or names unknown methods.
+    """
+    from bcseg.data.intensity import check_methods
+    from bcseg.errors import ConfigError
+
+    path = Path(run_dir) / MODEL_CHANNELS_FILE
+    if not path.is_file():
+        return None
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+        names = [check_channel_name(n, path) for n in record["channels"]]
+        methods = check_methods(record.get("normalisation"), names)
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, DataError,
+            ValueError) as exc:
+        raise ConfigError(path, f"cannot read the model's channels ({exc})") from None
+    return names, methods
