@@ -150,11 +150,11 @@ def bmode(rng, echo: np.ndarray, scan: Scan, spacing_mm) -> tuple[np.ndarray, np
 def irregular_specimen(rng, tissue: np.ndarray) -> np.ndarray:
     """Cut 2-4 rounded bites out of a tissue block's border: a hand-cut specimen.
 
-    Each bite is an ellipsoid centred on a border voxel, 10-22 % of the in-plane
+    Each bite is an ellipsoid centred on an in-plane border voxel, 10-22 % of the in-plane
     extent across and longer along the slices, so notches run through the stack.
     The largest piece is kept, so the block never falls apart or vanishes.
     """
-    border = np.argwhere(tissue & ~ndimage.binary_erosion(tissue))
+    border = np.argwhere(tissue & ~ndimage.binary_erosion(tissue, structure=IN_PLANE))
     if len(border) == 0:
         return tissue
     zz, yy, xx = np.indices(tissue.shape, dtype=float)
@@ -164,6 +164,8 @@ def irregular_specimen(rng, tissue: np.ndarray) -> np.ndarray:
         radius = rng.uniform(0.1, 0.22) * min(tissue.shape[1:])
         along_z = radius * rng.uniform(0.5, 2.0)
         cut &= ((zz - z) / along_z) ** 2 + ((yy - y) / radius) ** 2 + ((xx - x) / radius) ** 2 > 1
+    # Where a bite reaches slices whose border lies elsewhere it would punch a hole: fill it.
+    cut = np.stack([ndimage.binary_fill_holes(s) for s in cut])
     labels, count = ndimage.label(cut)
     if count == 0:
         return tissue
