@@ -148,6 +148,14 @@ def test_single_channel_cases_are_unchanged(tmp_path):
     assert error.value.path == str(case.image)
 
 
+def test_one_named_channel_of_plain_files(tmp_path):
+    io.write_image(tmp_path / "images" / "S01.tif", US, SPACING)
+    (tmp_path / "channels.json").write_text('["pa"]')
+    (case,) = discover(tmp_path)
+    array, spacing, names = read_case_channels(case)
+    assert names == ["pa"] and array.shape == US.shape + (1,) and np.array_equal(array[..., 0], US)
+
+
 def test_phantom_with_two_channels_reads_back_in_order(tmp_path):
     write_phantom(tmp_path / "ph", n=1, shape=(8, 32, 32), channels=("us", "pa"))
     (case,) = discover(tmp_path / "ph")

@@ -270,8 +270,10 @@ def _named_channel_cases(root: Path, images: list[Path], names: list[str]) -> li
             raise DataError(path, f"has {count} channel(s), but {where} names {len(names)}; "
                             "use images/<channel>/ folders or _0000 suffixes for one file per channel")
         stem = io.file_stem(path)
-        cases.append(Case(id=stem, image=path, group=stem,
-                          channels=tuple(Channel(n, path, i) for i, n in enumerate(names))))
+        # One channel named in channels.json: the whole file, which has no C axis to index.
+        channels = (Channel(names[0], path),) if count == 1 else tuple(
+            Channel(n, path, i) for i, n in enumerate(names))
+        cases.append(Case(id=stem, image=path, group=stem, channels=channels))
     return cases
 
 
