@@ -93,6 +93,16 @@ def _spacing(text: str) -> tuple[float, ...]:
     return values
 
 
+def _phantom_channels(text: str) -> tuple[str, ...]:
+    from bcseg.data.phantom import CHANNELS
+
+    names = tuple(name.strip() for name in text.split(","))
+    if any(name not in CHANNELS for name in names) or len(set(names)) != len(names):
+        raise argparse.ArgumentTypeError(
+            f"'{text}' is not a list of distinct channels from {', '.join(CHANNELS)} (e.g. us,pa)")
+    return names
+
+
 def _shape(values: list[int]) -> tuple[int, ...]:
     return tuple(values)
 
@@ -103,9 +113,11 @@ def cmd_phantom(args) -> int:
     from bcseg.data.phantom import write_phantom
 
     images = write_phantom(args.out, n=args.n, shape=tuple(args.shape), seed=args.seed,
-                           truth=args.truth, force=args.force)
-    print(f"wrote {len(images)} synthetic specimens to {args.out} "
-          f"(images/, masks/observer1/, masks/observer2/{', truth/' if args.truth else ''})")
+                           truth=args.truth, force=args.force, difficulty=args.difficulty,
+                           channels=args.channels, artefacts=not args.no_artefacts)
+    folders = "images/" if args.channels == ("us",) else ", ".join(f"images/{c}/" for c in args.channels)
+    print(f"wrote {args.n} synthetic specimens to {args.out} ({args.difficulty}: {folders}, "
+          f"masks/observer1/, masks/observer2/{', truth/' if args.truth else ''}, specimens.csv)")
     return 0
 
 
@@ -314,6 +326,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=_whole(0), default=0)
     p.add_argument("--truth", action="store_true",
                    help="also write the true tumour and tissue masks under truth/")
+    p.add_argument("--difficulty", choices=("easy", "realistic"), default="easy",
+                   help="easy: the original, uniformly dark tumour (fast tests); realistic: "
+                   "beam-shaped speckle, tissue texture, iso- to hypoechoic spiculated tumours, "
+                   "artefacts (default easy)")
+    p.add_argument("--channels", type=_phantom_channels, default=("us",), metavar="LIST",
+                   help="comma-separated channels from us,pa; anything but 'us' alone writes "
+                   "images/<channel>/ (default us)")
+    p.add_argument("--no-artefacts", action="store_true",
+                   help="realistic: no clip or reverberation artefacts")
     p.add_argument("--force", action="store_true", help="overwrite an existing folder")
     p.set_defaults(func=cmd_phantom)
 

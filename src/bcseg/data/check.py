@@ -2,7 +2,9 @@
 
 Reads every image and mask once, and lists every problem rather than stopping at the
 first: unreadable or truncated files, masks whose shape differs from their image,
-masks that are not binary, observers missing for some cases. No TensorFlow here.
+masks that are not binary, observers missing for some cases; for multi-channel
+cases, channels missing from some cases and channels that disagree in shape or
+spacing. Each channel's dtypes and value range are summarised. No TensorFlow here.
 """
 
 from __future__ import annotations
@@ -14,7 +16,9 @@ from pathlib import Path
 import numpy as np
 
 from bcseg.data import io
-from bcseg.data.dataset import Case, discover, duplicate_images, duplicate_problem
+from bcseg.data.channels import value_range
+from bcseg.data.dataset import (Case, dataset_channels, discover, duplicate_images, duplicate_problem,
+                                read_case_channel_arrays)
 from bcseg.data.splits import group_note, require_groups
 from bcseg.errors import DataError, printable
 
@@ -32,6 +36,9 @@ class CheckReport:
     spacings: dict[str, tuple[float, ...] | None] = field(default_factory=dict)
     empty_masks: list[tuple[str, str]] = field(default_factory=list)  # (case id, observer)
     problems: list[tuple[str, str]] = field(default_factory=list)
+    # Per channel of a multi-channel dataset: dtypes seen and the overall value range.
+    channel_dtypes: dict[str, set[str]] = field(default_factory=dict)
+    channel_ranges: dict[str, tuple[float, float]] = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
@@ -54,27 +61,27 @@ def check_dataset(root: str | Path) -> CheckReport:
     except DataError as error:
         report.problems.append((error.path or str(root), error.problem))
     observers = sorted({o for case in cases for o in case.masks})
+    channels = dataset_channels(cases) if any(case.channels for case in cases) else []
     for case in cases:
-        report.problems.extend(check_case(case, observers, report))
+        report.problems.extend(check_case(case, observers, report, channels))
     for first, other in duplicate_images(cases):
         report.problems.append((str(other.image), duplicate_problem(first, other)))
     return report
 
 
-def check_case(case: Case, observers: list[str], report: CheckReport | None = None) -> list[tuple[str, str]]:
-    """Read one case's image and masks; return its ``(path, message)`` problems.
+def check_case(case: Case, observers: list[str], report: CheckReport | None = None,
+               channels: list[str] = ()) -> list[tuple[str, str]]:
+    """Read one case's image (every named channel) and masks; return its
+    ``(path, message)`` problems.
 
-    ``observers`` are the masks every case should have. When ``report`` is given,
-    the case's shape, dtype, spacing and empty masks are recorded in it.
+    ``observers`` are the masks every case should have, ``channels`` the channels.
+    When ``report`` is given, the case's shape, dtype, spacing, channel ranges and
+    empty masks are recorded in it.
     """
     try:
-        image, spacing = io.read_image(case.image, mmap=True)
+        image, spacing, problems = _read_case(case, list(channels), report)
     except DataError as error:
         return [(error.path or str(case.image), error.problem)]
-    problems = []
-    if not _finite(image):  # read_image skips this check for memory-mapped files
-        problems.append((str(case.image), "contains NaN or infinite values; "
-                         "fix or mask them before training or segmenting"))
     if report is not None:
         report.shapes[case.id] = tuple(image.shape)
         report.dtypes[case.id] = str(image.dtype)
@@ -94,6 +101,31 @@ def check_case(case: Case, observers: list[str], report: CheckReport | None = No
         if empty and report is not None:
             report.empty_masks.append((case.id, observer))
     return problems
+
+
+def _read_case(case: Case, channels: list[str], report: CheckReport | None):
+    """The case's (first) image, its spacing and its problems; with channels, each
+    channel is checked and, when ``report`` is given, summarised in it."""
+    problems = []
+    if not channels:
+        image, spacing = io.read_image(case.image, mmap=True)
+        arrays = {"image": image}
+    else:
+        missing = [name for name in channels if name not in case.channel_names]
+        if missing:
+            problems.append((str(case.image), f"case '{case.id}' lacks channel(s) {', '.join(missing)}"))
+        arrays, spacing = read_case_channel_arrays(case, mmap=True)
+    for name, array in arrays.items():
+        path = next((c.path for c in case.channels if c.name == name), case.image)
+        if not _finite(array):  # read_image skips this check for memory-mapped files
+            problems.append((str(path), "contains NaN or infinite values; "
+                             "fix or mask them before training or segmenting"))
+        elif channels and report is not None:
+            low, high = value_range(array)
+            seen = report.channel_ranges.get(name, (low, high))
+            report.channel_ranges[name] = (min(low, seen[0]), max(high, seen[1]))
+            report.channel_dtypes.setdefault(name, set()).add(str(array.dtype))
+    return next(iter(arrays.values())), spacing, problems
 
 
 def _finite(image: np.ndarray, chunk: int = 16) -> bool:
@@ -134,6 +166,10 @@ def format_report(report: CheckReport) -> str:
         spacing = Counter("unknown" if s is None else "x".join(f"{v:g}" for v in s) + " mm"
                           for s in report.spacings.values())
         rows.append(("spacing", _count_line(spacing)))
+    for name, (low, high) in report.channel_ranges.items():
+        count = sum(name in c.channel_names for c in cases)
+        rows.append((f"channel {name}", f"{count} cases, {', '.join(sorted(report.channel_dtypes[name]))}, "
+                     f"range {low:g} to {high:g}"))
     observers = Counter(o for c in cases for o in c.masks)
     rows.append(("observers", _count_line(observers) if observers else "none (images only)"))
     per_case = Counter(len(c.masks) for c in cases)

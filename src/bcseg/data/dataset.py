@@ -12,6 +12,12 @@ class, and optional spacing. Three ways to build a dataset:
 - A manifest CSV with columns ``id,image,mask_<observer>...,group`` and optionally
   ``class``; paths are relative to the manifest's folder.
 
+A case may hold several named, co-registered channels (``images/<channel>/``,
+nnU-Net ``_0000`` suffixes or a C axis named by ``channels.json``, or manifest
+columns ``image_<channel>``; see :mod:`bcseg.data.channels`). ``Case.image`` is then
+its first channel, so code that reads one image per case keeps working;
+:func:`read_case_channels` reads them all, channels last.
+
 No TensorFlow here.
 """
 
@@ -21,16 +27,29 @@ import csv
 import hashlib
 import re
 from collections import defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 
+from bcseg.data import channels as channel_files
 from bcseg.data import io
 from bcseg.errors import DataError
 
 BUSI_OBSERVER = "reference"
 _BUSI_MASK = re.compile(r"^(?P<name>.+)_mask(_\d+)?$")
+
+
+@dataclass(frozen=True)
+class Channel:
+    """One named channel of a case: a whole file, or plane ``index`` of a file's C axis."""
+
+    name: str
+    path: Path
+    index: int | None = None
+
+
+IMAGE_CHANNEL = "image"  # the name of the one channel of a case that names none
 
 
 @dataclass(frozen=True)
@@ -54,6 +73,9 @@ class Case:
     group_given : bool
         False when a manifest row left ``group`` missing or empty, so the case
         became its own group (see :func:`bcseg.data.splits.require_groups`).
+    channels : tuple of Channel
+        The named channels, in order; empty for a case of one unnamed image.
+        ``image`` is then the first channel's file.
     """
 
     id: str
@@ -63,16 +85,91 @@ class Case:
     label_class: str | None = None
     spacing_mm: tuple[float, ...] | None = None
     group_given: bool = True
+    channels: tuple[Channel, ...] = ()
 
     @property
     def observers(self) -> list[str]:
         return sorted(self.masks)
 
+    @property
+    def channel_names(self) -> list[str]:
+        """Names of the case's channels; ``["image"]`` for a case that names none."""
+        return [c.name for c in self.channels] or [IMAGE_CHANNEL]
+
 
 def read_case_image(case: Case, mmap: bool = False) -> tuple[np.ndarray, tuple[float, ...] | None]:
-    """The case's image array and its spacing (the case's own spacing wins)."""
+    """The case's image array and its spacing (the case's own spacing wins).
+
+    For a multi-channel case this is its first channel.
+    """
+    if case.channels and case.channels[0].index is not None:
+        arrays, spacings = channel_files.read_files([_triple(case.channels[0])])
+        return arrays[0], case.spacing_mm or spacings[0]
     array, spacing = io.read_image(case.image, mmap=mmap)
     return array, case.spacing_mm or spacing
+
+
+def _triple(channel: Channel) -> tuple[str, Path, int | None]:
+    return channel.name, channel.path, channel.index
+
+
+def read_case_channel_arrays(case: Case, names: list[str] | None = None, mmap: bool = False
+                             ) -> tuple[dict[str, np.ndarray], tuple[float, ...] | None]:
+    """Each channel's array in its own dtype, and the case's spacing.
+
+    Parameters
+    ----------
+    case : Case
+    names : list of str, optional
+        Channels to read, in this order; all of the case's when omitted. A case that
+        names no channels has one, called ``"image"``.
+    mmap : bool
+        Memory-map whole-file channels where the file allows.
+
+    Raises
+    ------
+    DataError
+        For a channel the case lacks (naming its image), or channels that differ in
+        shape or spacing (naming the file that disagrees).
+    """
+    own = case.channels or (Channel(IMAGE_CHANNEL, case.image),)
+    by_name = {c.name: c for c in own}
+    names = list(names) if names is not None else [c.name for c in own]
+    missing = [n for n in names if n not in by_name]
+    if missing:
+        raise DataError(case.image, f"case '{case.id}' has no channel {', '.join(map(repr, missing))}; "
+                        f"it has {', '.join(map(repr, by_name))}")
+    chosen = [by_name[n] for n in names]
+    arrays, spacings = channel_files.read_files([_triple(c) for c in chosen], mmap=mmap)
+    spacing = channel_files.check_agreement(names, [c.path for c in chosen], arrays, spacings)
+    return dict(zip(names, arrays)), case.spacing_mm or spacing
+
+
+def read_case_channels(case: Case, names: list[str] | None = None, mmap: bool = False
+                       ) -> tuple[np.ndarray, tuple[float, ...] | None, list[str]]:
+    """The case's channels as one array with the channel axis LAST.
+
+    Returns
+    -------
+    array : ndarray
+        ``(H, W, C)`` or ``(Z, H, W, C)`` in the smallest dtype holding every channel
+        (uint8 US with float32 PA gives float32, values unchanged).
+    spacing_mm : tuple of float or None
+    names : list of str
+        The channel of each plane of the last axis.
+
+    Raises
+    ------
+    DataError
+        As :func:`read_case_channel_arrays`.
+    """
+    arrays, spacing = read_case_channel_arrays(case, names, mmap=mmap)
+    return channel_files.stack(list(arrays.values())), spacing, list(arrays)
+
+
+def dataset_channels(cases: list[Case]) -> list[str]:
+    """Every channel name used in ``cases``, in first-seen order."""
+    return list(dict.fromkeys(name for case in cases for name in case.channel_names))
 
 
 def read_case_masks(case: Case, shape: tuple[int, ...] | None = None) -> dict[str, np.ndarray]:
@@ -122,9 +219,71 @@ def _subfolders(root: Path) -> list[Path]:
 
 
 def _discover_images_masks(root: Path) -> list[Case]:
+    names = channel_files.read_channel_names(root)
     images = io.image_files(root / "images")
-    if not images:
+    folders = [d for d in _subfolders(root / "images") if io.image_files(d)]
+    if not images and folders:
+        cases = _channel_folder_cases(root, folders, names)
+    elif not images:
         raise DataError(root / "images", "folder holds no images")
+    elif names is not None:
+        cases = _named_channel_cases(root, images, names)
+    else:
+        cases = [Case(id=io.file_stem(p), image=p, group=io.file_stem(p)) for p in images]
+    observers = _observer_files(root)
+    cases = [replace(c, masks={obs: (files[c.id],) for obs, files in observers.items() if c.id in files})
+             for c in cases]
+    _check_unique_ids(cases, root)
+    return cases
+
+
+def _channel_folder_cases(root: Path, folders: list[Path], names: list[str] | None) -> list[Case]:
+    """``images/<channel>/<stem>``: one case per stem, with the channels that have it."""
+    found = {d.name: {io.file_stem(p): p for p in io.image_files(d)} for d in folders}
+    for name in found:
+        channel_files.check_channel_name(name, root / "images" / name)
+    if names is not None and set(names) != set(found):
+        raise DataError(root / channel_files.CHANNELS_FILE,
+                        f"names channels {', '.join(names)}, but images/ holds folders "
+                        f"{', '.join(sorted(found))}")
+    order = names or sorted(found)
+    stems = sorted({stem for files in found.values() for stem in files})
+    cases = []
+    for stem in stems:
+        channels = tuple(Channel(n, found[n][stem]) for n in order if stem in found[n])
+        cases.append(Case(id=stem, image=channels[0].path, group=stem, channels=channels))
+    return cases
+
+
+def _named_channel_cases(root: Path, images: list[Path], names: list[str]) -> list[Case]:
+    """Channels named by channels.json: nnU-Net ``_0000`` suffixes, or TIFFs with a C axis."""
+    where = root / channel_files.CHANNELS_FILE
+    if all(channel_files.SUFFIX.match(io.file_stem(p)) for p in images):
+        grouped: dict[str, dict[int, Path]] = {}
+        for path in images:
+            match = channel_files.SUFFIX.match(io.file_stem(path))
+            index = int(match["index"])
+            if index >= len(names):
+                raise DataError(path, f"is channel {index}, but {where} names {len(names)} channel(s)")
+            grouped.setdefault(match["case"], {})[index] = path
+        return [Case(id=stem, image=files[min(files)], group=stem,
+                     channels=tuple(Channel(names[i], files[i]) for i in sorted(files)))
+                for stem, files in sorted(grouped.items())]
+    cases = []
+    for path in images:
+        count = io.channel_count(path)
+        if count != len(names):
+            raise DataError(path, f"has {count} channel(s), but {where} names {len(names)}; "
+                            "use images/<channel>/ folders or _0000 suffixes for one file per channel")
+        stem = io.file_stem(path)
+        # One channel named in channels.json: the whole file, which has no C axis to index.
+        channels = (Channel(names[0], path),) if count == 1 else tuple(
+            Channel(n, path, i) for i, n in enumerate(names))
+        cases.append(Case(id=stem, image=path, group=stem, channels=channels))
+    return cases
+
+
+def _observer_files(root: Path) -> dict[str, dict[str, Path]]:
     mask_root = root / "masks"
     observers: dict[str, dict[str, Path]] = {}
     if mask_root.is_dir():
@@ -133,13 +292,7 @@ def _discover_images_masks(root: Path) -> list[Case]:
             observers["mask"] = {io.file_stem(p): p for p in loose}
         for folder in _subfolders(mask_root):
             observers[folder.name] = {io.file_stem(p): p for p in io.image_files(folder)}
-    cases = []
-    for image in images:
-        stem = io.file_stem(image)
-        masks = {obs: (files[stem],) for obs, files in observers.items() if stem in files}
-        cases.append(Case(id=stem, image=image, masks=masks, group=stem))
-    _check_unique_ids(cases, root)
-    return cases
+    return observers
 
 
 def _discover_busi(root: Path) -> list[Case]:
@@ -274,15 +427,23 @@ def read_csv_table(path: str | Path, what: str = "manifest") -> tuple[list[str],
 
 
 def read_manifest(path: str | Path) -> list[Case]:
-    """Cases from a CSV with columns ``id,image,mask_<observer>...,group[,class]``."""
+    """Cases from a CSV with columns ``id,image,mask_<observer>...,group[,class]``.
+
+    Columns ``image_<channel>`` give a case named channels (``image`` is then optional
+    and an empty cell means the case lacks that channel).
+    """
     path = Path(path)
     columns, rows = read_csv_table(path)
-    missing = {"id", "image"} - set(columns)
+    channel_columns = [c for c in columns if c.startswith("image_")]
+    missing = {"id"} | ({"image"} if not channel_columns else set())
+    missing -= set(columns)
     if missing:
         raise DataError(path, f"manifest lacks column(s) {', '.join(sorted(missing))}; "
                         "expected id,image,mask_<observer>...,group")
     if not rows:
         raise DataError(path, "manifest has no rows")
+    for column in channel_columns:
+        channel_files.check_channel_name(column[len("image_"):], path)
     mask_columns = [c for c in columns if c.startswith("mask_")]
     base = path.parent
     cases = []
@@ -296,11 +457,17 @@ def read_manifest(path: str | Path) -> list[Case]:
         case_id = (row.get("id") or "").strip()
         if not case_id:
             raise DataError(path, f"row {number}: empty id")
+        channels = tuple(Channel(c[len("image_"):], _manifest_path(row[c].strip(), base, path, number))
+                         for c in channel_columns if (row.get(c) or "").strip())
+        image = (row.get("image") or "").strip()
+        if channel_columns and not image and not channels:
+            raise DataError(path, f"row {number}: no image in any of {', '.join(channel_columns)}")
         group = (row.get("group") or "").strip()
         cases.append(Case(
-            id=case_id, image=_manifest_path(row["image"].strip(), base, path, number),
+            id=case_id, image=channels[0].path if channels and not image
+            else _manifest_path(image, base, path, number),
             masks=masks, group=group or case_id, group_given=bool(group),
-            label_class=(row.get("class") or "").strip() or None))
+            label_class=(row.get("class") or "").strip() or None, channels=channels))
     _check_unique_ids(cases, path)
     return cases
 
@@ -311,6 +478,11 @@ def write_manifest(cases: list[Case], path: str | Path) -> Path:
 
     path = Path(path)
     observers = sorted({obs for case in cases for obs in case.masks})
+    channels = list(dict.fromkeys(c.name for case in cases for c in case.channels))
+    for case in cases:
+        if any(c.index is not None for c in case.channels):
+            raise ValueError(f"case '{case.id}' keeps its channels in the C axis of {case.image}; "
+                             "a manifest names one file per channel")
 
     def rel(p: Path) -> str:
         try:
@@ -320,9 +492,11 @@ def write_manifest(cases: list[Case], path: str | Path) -> Path:
 
     with atomic_path(path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle)
-        writer.writerow(["id", "image"] + [f"mask_{o}" for o in observers] + ["group", "class"])
+        writer.writerow(["id", "image"] + [f"image_{c}" for c in channels]
+                        + [f"mask_{o}" for o in observers] + ["group", "class"])
         for case in cases:
-            writer.writerow([case.id, rel(case.image)]
+            files = {c.name: rel(c.path) for c in case.channels}
+            writer.writerow([case.id, rel(case.image)] + [files.get(c, "") for c in channels]
                             + [";".join(rel(p) for p in case.masks.get(o, ())) for o in observers]
                             + [case.group if case.group_given else "", case.label_class or ""])
     return path

@@ -8,6 +8,13 @@ scaled the way it was trained:
   percentiles and clipped to ``[0, 1]``;
 * ``bool`` images map to 0 and 1.
 
+Multi-channel cases are normalised channel by channel (:func:`normalise_channels`),
+each with its own method: ``auto`` (the rule above, the default), ``uint8``,
+``percentile``, or ``log`` (log compression of a wide-range channel such as
+photoacoustics: the 99.5th percentile maps to 1 and values 40 dB below it to 0).
+By default a channel named ``pa`` is log-compressed and every other channel is
+``auto``; ``data.normalisation`` in the configuration overrides either.
+
 The percentiles of a large stack are estimated from a regular strided subsample of
 about a million voxels, so a memory-mapped 400 x 1024 x 1024 stack is never read
 whole. :func:`intensity_stats` computes them once per image; :func:`normalise_slices`
@@ -25,6 +32,9 @@ from bcseg.errors import DataError
 
 PERCENTILES = (0.5, 99.5)
 MAX_SAMPLES = 1_000_000
+METHODS = ("auto", "uint8", "percentile", "log")
+DEFAULT_METHODS = {"pa": "log"}  # channels not listed: "auto"
+LOG_RANGE_DB = 40.0
 
 
 @dataclass(frozen=True)
@@ -36,7 +46,8 @@ class IntensityStats:
     low, high : float
         Values that map to 0 and 1; values outside are clipped.
     method : str
-        ``"uint8"`` (divide by 255), ``"bool"`` or ``"percentile"``.
+        ``"uint8"`` (divide by 255), ``"bool"``, ``"percentile"`` (linear between
+        ``low`` and ``high``) or ``"log"`` (linear in log10 between them).
     """
 
     low: float
@@ -139,6 +150,8 @@ def normalise(array: np.ndarray, stats: IntensityStats | None = None) -> np.ndar
         return out
     if stats.method == "bool":
         return out
+    if stats.method == "log":
+        return _log_compress(out, stats)
     span = stats.high - stats.low
     if span <= 0:
         out[...] = 0.0
@@ -189,3 +202,90 @@ def normalise_slices(volume: np.ndarray, start: int, stop: int, stats: Intensity
     ndarray of float32, shape ``(stop - start, H, W)``
     """
     return normalise(volume[start:stop], stats)
+
+
+def _log_compress(out: np.ndarray, stats: IntensityStats) -> np.ndarray:
+    """Map ``[low, high]`` onto ``[0, 1]`` linearly in log10, in place; clip outside."""
+    if stats.high <= stats.low or stats.low <= 0:
+        out[...] = 0.0
+        return out
+    np.clip(out, np.float32(stats.low), np.float32(stats.high), out=out)
+    np.log10(out, out=out)
+    out -= np.float32(np.log10(stats.low))
+    out /= np.float32(np.log10(stats.high) - np.log10(stats.low))
+    return out
+
+
+def check_methods(methods: dict[str, str] | None, names: list[str]) -> dict[str, str]:
+    """The normalisation method of each channel in ``names``, defaults filled in.
+
+    Raises
+    ------
+    ValueError
+        Naming ``normalisation[<channel>]`` for an unknown method.
+    """
+    chosen = {**DEFAULT_METHODS, **(methods or {})}
+    for name, method in chosen.items():
+        if method not in METHODS:
+            raise ValueError(f"normalisation[{name}] must be one of {', '.join(METHODS)}, got '{method}'")
+    return {name: chosen.get(name, "auto") for name in names}
+
+
+def channel_stats(array: np.ndarray, method: str = "auto", max_samples: int = MAX_SAMPLES,
+                  range_db: float = LOG_RANGE_DB) -> IntensityStats:
+    """The intensity range of one channel of a whole image or stack, by ``method``.
+
+    ``auto`` is :func:`intensity_stats`; ``uint8`` maps 0-255; ``percentile`` maps the
+    0.5th-99.5th percentiles whatever the dtype; ``log`` maps the 99.5th percentile to
+    1 and ``range_db`` below it to 0, in log10 (negative values, as bipolar PA
+    reconstructions hold, go to 0).
+
+    Examples
+    --------
+    >>> channel_stats(np.array([0.0, 1.0, 10.0, 100.0]), "log", range_db=40).method
+    'log'
+    """
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {', '.join(METHODS)}, got '{method}'")
+    _check_dtype(array)
+    if method == "auto":
+        return intensity_stats(array, max_samples)
+    if method == "uint8":
+        return IntensityStats(0.0, 255.0, "uint8")
+    sample = _subsample(array, max_samples)
+    _check_finite(sample)
+    if method == "percentile":
+        low, high = np.percentile(sample, PERCENTILES)
+        return IntensityStats(float(low), float(high), "percentile")
+    high = float(np.percentile(sample, PERCENTILES[1]))
+    return IntensityStats(high * 10 ** (-range_db / 20), high, "log")
+
+
+def normalise_channels(arrays: dict[str, np.ndarray], methods: dict[str, str] | None = None,
+                       stats: dict[str, IntensityStats] | None = None) -> np.ndarray:
+    """Normalise each channel to float32 in ``[0, 1]`` and stack them channels last.
+
+    Parameters
+    ----------
+    arrays : dict of str to ndarray
+        Each channel in its own dtype (so 8-bit US is still recognised as such), all
+        of one shape, as :func:`bcseg.data.dataset.read_case_channel_arrays` returns.
+    methods : dict of str to str, optional
+        Method per channel name (see :func:`check_methods` for the defaults).
+    stats : dict of str to IntensityStats, optional
+        Volume-wide ranges per channel; computed from each array when omitted.
+
+    Returns
+    -------
+    ndarray of float32, ``shape + (C,)`` in the order of ``arrays``
+    """
+    names = list(arrays)
+    methods = check_methods(methods, names)
+    shapes = {tuple(a.shape) for a in arrays.values()}
+    if len(shapes) != 1:
+        raise ValueError(f"channels differ in shape: {sorted(shapes)}")
+    out = np.empty(shapes.pop() + (len(names),), np.float32)
+    for index, name in enumerate(names):
+        own = stats[name] if stats else channel_stats(arrays[name], methods[name])
+        out[..., index] = normalise(arrays[name], own)
+    return out

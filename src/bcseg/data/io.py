@@ -3,6 +3,8 @@
 2D images: PNG, JPEG, TIFF (grey or RGB, 8 or 16 bit; RGB becomes grey).
 3D stacks: TIFF (multi-page, ImageJ hyperstacks, OME-TIFF), memory-mapped where the
 file allows, and NIfTI through SimpleITK. Arrays are ``(H, W)`` or ``(Z, H, W)``.
+A TIFF with a channel (C) axis is refused by :func:`read_image` (channels are not
+slices) and read by :func:`read_channels`, channels last.
 
 Spacing is a tuple of mm per array axis, read from ImageJ metadata, OME metadata or
 resolution tags, or None when the file does not say. Masks are written as uint8 TIFF
@@ -360,7 +362,12 @@ def _series_geometry(tif: tifffile.TiffFile, path: Path):
 
     A (Z, 1, X) stack read as (Z, X) has the spacing (z, x) of those axes.
     """
-    stored, _ = _stored_shape(tif, path)
+    stored, axes = _stored_shape(tif, path)
+    if "C" in axes and stored[axes.index("C")] > 1:
+        # Channels are not slices: reading them as a stack would mix modalities.
+        raise DataError(path, f"has {stored[axes.index('C')]} channels (shape "
+                        f"{tuple(tif.series[0].shape)}, axes {tif.series[0].axes}); read it as a "
+                        "multi-channel case (name its channels in channels.json)")
     kept_axes = _kept_axes(stored)
     kept = tuple(stored[i] for i in kept_axes)
     if len(kept) > 3:
@@ -569,6 +576,65 @@ def read_image(path: str | Path, mmap: bool = False) -> tuple[np.ndarray, tuple[
     if spacing is not None and len(spacing) != array.ndim:
         spacing = None
     return array, check_spacing(spacing, path)
+
+
+def channel_count(path: str | Path) -> int:
+    """Number of channels along a C axis of a TIFF (ImageJ hyperstack or OME); 1 otherwise.
+
+    Reads the header only. Unreadable files count as 1 channel: reading them reports why.
+    """
+    path = Path(path)
+    if not _is_tiff(path) or not path.is_file():
+        return 1
+    try:
+        with tifffile.TiffFile(path) as tif:
+            series = tif.series[0]
+            axes = series.axes
+            return int(series.shape[axes.index("C")]) if "C" in axes else 1
+    except Exception:  # tifffile raises many types for corrupt files
+        return 1
+
+
+def read_channels(path: str | Path) -> tuple[np.ndarray, tuple[float, ...] | None]:
+    """Read a TIFF with a channel (C) axis, ImageJ hyperstack or OME-TIFF.
+
+    Returns
+    -------
+    array : ndarray
+        ``(H, W, C)`` or ``(Z, H, W, C)``: channels last, as Keras takes them.
+    spacing_mm : tuple of float or None
+        mm per spatial axis.
+
+    Raises
+    ------
+    DataError
+        Missing, corrupt or too large, without a C axis, or with more than 3
+        spatial dimensions.
+    """
+    path = Path(path)
+    _check_file(path)
+    if not _is_tiff(path):
+        raise DataError(path, "only TIFF files hold a channel axis; store each channel as its own file")
+    try:
+        with tifffile.TiffFile(path) as tif:
+            _check_complete(tif, path)
+            series = tif.series[0]
+            axes, shape = series.axes, series.shape
+            if "C" not in axes:
+                raise DataError(path, f"has no channel axis (axes {axes})")
+            spatial = [n for a, n in zip(axes, shape) if a != "C" and n != 1]
+            if len(spatial) not in (2, 3):
+                raise DataError(path, f"has {len(spatial)} dimensions besides its channels "
+                                f"(shape {tuple(shape)}, axes {axes}); expected 2D or 3D")
+            _check_size(path, tuple(shape), math.prod(shape) * series.dtype.itemsize)
+            spacing = _tiff_spacing(tif, len(spatial))
+            array = np.moveaxis(series.asarray(), axes.index("C"), -1)
+    except DataError:
+        raise
+    except Exception as exc:  # tifffile raises many types for corrupt files
+        raise DataError(path, f"cannot read TIFF ({exc})") from None
+    array = array.reshape(tuple(spatial) + (array.shape[-1],))
+    return _validate(array, path), spacing
 
 
 def open_volume(path: str | Path) -> tuple[np.ndarray, tuple[float, ...] | None]:

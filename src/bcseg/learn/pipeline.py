@@ -7,6 +7,11 @@ a sample is forced to contain tumour (nnU-Net's foreground oversampling), otherw
 it is drawn uniformly. Augmentation runs inside the ``tf.data`` graph with stateless
 seeds, so an epoch can be replayed exactly (this is what makes ``--resume`` give the
 same weights as an uninterrupted run).
+
+Multi-channel cases: with ``channels`` (e.g. ``["us", "pa"]``) the samples keep a
+trailing channel axis, each channel normalised by its own method
+(:func:`bcseg.data.intensity.normalise_channels`); without it every case is read
+as one grey image, exactly as before.
 """
 
 from __future__ import annotations
@@ -20,9 +25,9 @@ import tensorflow as tf
 from skimage.transform import resize
 
 from bcseg.learn.augment import AugmentConfig, augment_2d, augment_3d, reference_offline_augment
-from bcseg.data.dataset import Case, read_case_image, read_case_masks
+from bcseg.data.dataset import Case, read_case_channel_arrays, read_case_image, read_case_masks
 from bcseg.errors import DataError
-from bcseg.data.intensity import normalise
+from bcseg.data.intensity import normalise, normalise_channels
 from bcseg.data.consensus import consensus
 
 RANDOM_OBSERVER = "random"
@@ -94,48 +99,70 @@ class Samples:
     uint8 with one entry per observer kept (O = 1 unless the target is ``random``
     or ``soft``); ``soft`` says to train on the mean of the O masks rather than
     one drawn at random; ``has_tumour`` marks samples whose target holds tumour.
+    With ``channels`` the images carry a trailing channel axis, one plane per
+    named channel.
     """
 
     images: list[np.ndarray] | np.ndarray
     targets: list[np.ndarray] | np.ndarray
     case_ids: list[str]
     soft: bool = False
+    channels: list[str] | None = None
 
     @property
     def has_tumour(self) -> np.ndarray:
         return np.array([t.any() for t in self.targets], dtype=bool)
 
 
-def _case_arrays(case: Case, observer: str) -> tuple[np.ndarray, np.ndarray]:
-    image, _ = read_case_image(case)
-    masks = read_case_masks(case, image.shape)
-    target = training_target(masks, observer, str(case.image))
-    if target.ndim == image.ndim:
-        target = target[None]
+def _case_arrays(case: Case, observer: str, channels: list[str] | None = None,
+                 methods: dict[str, str] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Normalised image (channels last when ``channels`` is given) and ``(O, ...)`` target."""
     try:
-        return normalise(image), target.astype(np.uint8)
+        if channels is None:
+            image, _ = read_case_image(case)
+            spatial, image = image.shape, normalise(image)
+        else:
+            arrays, _ = read_case_channel_arrays(case, channels)
+            image = normalise_channels(arrays, methods)
+            spatial = image.shape[:-1]
     except DataError as exc:  # array checks name no file: this case's image is at fault
         raise DataError(exc.path or case.image, exc.problem) from None
+    masks = read_case_masks(case, spatial)
+    target = training_target(masks, observer, str(case.image))
+    if target.ndim == len(spatial):
+        target = target[None]
+    return image, target.astype(np.uint8)
+
+
+def _to_square_channels(image: np.ndarray, size: int) -> np.ndarray:
+    """:func:`to_square` of each channel of an ``(H, W, C)`` slice."""
+    return np.stack([to_square(image[..., c], size) for c in range(image.shape[-1])], axis=-1)
 
 
 def slice_samples(cases: list[Case], observer: str, size: int,
-                  offline_augment: str = "none", seed: int = 0) -> Samples:
+                  offline_augment: str = "none", seed: int = 0,
+                  channels: list[str] | None = None, methods: dict[str, str] | None = None) -> Samples:
     """2D samples: every image, and every slice of every stack, fitted to ``size``.
 
     With ``offline_augment="reference"`` each slice becomes the reference study's 24
     rotated and trimmed copies (one target only: not with the ``random`` observer).
+    ``channels`` and ``methods`` select and normalise named channels (see the module).
     """
     if offline_augment == "reference" and observer in KEEP_ALL:
         raise DataError(None, "the reference offline augmentation needs one target; "
                         f"choose an observer or a consensus instead of {observer!r}")
+    if offline_augment == "reference" and channels is not None:
+        raise DataError(None, "the reference offline augmentation takes one grey channel; "
+                        "use the on-the-fly augmentation with several channels")
     images, targets, ids = [], [], []
     rng = np.random.default_rng(seed)
     for case in cases:
-        image, target = _case_arrays(case, observer)
-        stack = image[None] if image.ndim == 2 else image
-        target_stack = target[:, None] if image.ndim == 2 else target  # (O, Z, H, W)
+        image, target = _case_arrays(case, observer, channels, methods)
+        flat = image.ndim - (channels is not None) == 2
+        stack = image[None] if flat else image
+        target_stack = target[:, None] if flat else target  # (O, Z, H, W)
         for z in range(stack.shape[0]):
-            square = to_square(stack[z], size)
+            square = to_square(stack[z], size) if channels is None else _to_square_channels(stack[z], size)
             masks = np.stack([to_square(t, size, order=0) for t in target_stack[:, z]]) > 0.5
             if offline_augment == "reference":
                 aug_images, aug_masks = reference_offline_augment(square, masks[0], size=size, rng=rng)
@@ -147,21 +174,22 @@ def slice_samples(cases: list[Case], observer: str, size: int,
                 targets.append(masks)
                 ids.append(case.id)
     return Samples(np.stack(images).astype(np.float32), np.stack(targets).astype(np.uint8), ids,
-                   soft=observer == SOFT_OBSERVER)
+                   soft=observer == SOFT_OBSERVER, channels=channels)
 
 
-def volume_samples(cases: list[Case], observer: str) -> Samples:
+def volume_samples(cases: list[Case], observer: str, channels: list[str] | None = None,
+                   methods: dict[str, str] | None = None) -> Samples:
     """3D samples: whole normalised volumes, cut into patches per epoch."""
     images, targets, ids = [], [], []
     for case in cases:
-        image, target = _case_arrays(case, observer)
-        if image.ndim != 3:
+        image, target = _case_arrays(case, observer, channels, methods)
+        if image.ndim - (channels is not None) != 3:
             raise DataError(case.image, "is 2D; a 3D model trains on 3D stacks only "
                             "(use --model unet2d for 2D images)")
         images.append(image)
         targets.append(target)
         ids.append(case.id)
-    return Samples(images, targets, ids, soft=observer == SOFT_OBSERVER)
+    return Samples(images, targets, ids, soft=observer == SOFT_OBSERVER, channels=channels)
 
 
 # --------------------------------------------------------------------------- per-epoch draws
@@ -196,7 +224,7 @@ def _patch(volume: np.ndarray, target: np.ndarray, shape, rng, force_tumour: boo
     """A patch of ``shape``; centred on a random tumour voxel when forced."""
     if volume.shape[0] < shape[0] or volume.shape[1] < shape[1] or volume.shape[2] < shape[2]:
         pad = [(0, max(0, s - v)) for s, v in zip(shape, volume.shape)]
-        volume = np.pad(volume, pad)
+        volume = np.pad(volume, pad + [(0, 0)] * (volume.ndim - 3))  # a channel axis stays
         target = np.pad(target, [(0, 0)] + pad)
     if force_tumour and target.any():
         voxels = np.argwhere(target.any(axis=0))
@@ -212,8 +240,9 @@ def epoch_arrays(samples: Samples, epoch: int, seed: int, n: int, tumour_fractio
                  patch_shape=None) -> tuple[np.ndarray, np.ndarray]:
     """The images and targets of one epoch, before augmentation.
 
-    Images are ``(n, ..., 1)``; targets ``(n, ..., 1)``, or ``(n, ..., O)`` for a
-    ``soft`` target (one channel per observer, averaged by :func:`epoch_dataset`).
+    Images are ``(n, ..., C)`` (C = 1 for grey samples, else one per named channel);
+    targets ``(n, ..., 1)``, or ``(n, ..., O)`` for a ``soft`` target (one channel
+    per observer, averaged by :func:`epoch_dataset`).
     """
     rng = np.random.default_rng([seed, epoch])
     if patch_shape is None:
@@ -232,7 +261,7 @@ def epoch_arrays(samples: Samples, epoch: int, seed: int, n: int, tumour_fractio
             targets.append(target)
         images = np.stack(images)
         targets = _pick_observer(np.stack(targets), rng, samples.soft)
-    return images[..., None].astype(np.float32), targets
+    return _channels_last(samples, images).astype(np.float32), targets
 
 
 @functools.lru_cache(maxsize=16)
@@ -294,7 +323,7 @@ def epoch_dataset(images: np.ndarray, targets: np.ndarray, batch_size: int, seed
 def validation_arrays(samples: Samples, patch_shape=None, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """Fixed validation inputs: every slice (2D), or tumour and random patches (3D)."""
     if patch_shape is None:
-        return samples.images[..., None], samples.targets[:, 0, ..., None].astype(np.float32)
+        return _channels_last(samples, samples.images), samples.targets[:, 0, ..., None].astype(np.float32)
     rng = np.random.default_rng([seed, 10**6])
     images, targets = [], []
     for image, target in zip(samples.images, samples.targets):
@@ -302,4 +331,9 @@ def validation_arrays(samples: Samples, patch_shape=None, seed: int = 0) -> tupl
             patch, mask = _patch(image, target[:1], patch_shape, rng, force)
             images.append(patch)
             targets.append(mask[0])
-    return np.stack(images)[..., None], np.stack(targets)[..., None].astype(np.float32)
+    return _channels_last(samples, np.stack(images)), np.stack(targets)[..., None].astype(np.float32)
+
+
+def _channels_last(samples: Samples, images: np.ndarray) -> np.ndarray:
+    """Images with the channel axis the model takes: added for grey samples, kept otherwise."""
+    return images if samples.channels else images[..., None]

@@ -1,0 +1,174 @@
+"""Named channels of a case: their names on disk, and reading them into one array.
+
+A case may hold several co-registered channels (``us``, ``pa``, or any name). On
+disk they come as
+
+- one folder per channel: ``images/<channel>/S01.tif``;
+- nnU-Net style suffixes: ``images/S01_0000.tif``, ``images/S01_0001.tif``, with the
+  names in ``channels.json``;
+- one TIFF with a C axis (ImageJ hyperstack or OME-TIFF), names in ``channels.json``;
+- manifest columns ``image_<channel>``.
+
+``channels.json`` beside ``images/`` names the channels by index, in any of the
+forms ``["us", "pa"]``, ``{"0": "us", "1": "pa"}`` or nnU-Net's
+``{"channel_names": {"0": "us", "1": "pa"}}``. Arrays of a case are stacked with
+the channel axis LAST: ``(H, W, C)`` or ``(Z, H, W, C)``, as Keras takes them.
+No TensorFlow here.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+
+from bcseg.data import io
+from bcseg.errors import DataError
+
+CHANNELS_FILE = "channels.json"
+SUFFIX = re.compile(r"^(?P<case>.+)_(?P<index>\d{4})$")  # nnU-Net: S01_0000
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+SPACING_TOLERANCE = 1e-3  # relative; spacings stored as float32 differ in the 7th digit
+
+
+def check_channel_name(name: str, where: Path | None) -> str:
+    """Return ``name`` if it can name a channel (letters, digits, ``_.-``), else raise."""
+    if not isinstance(name, str) or not _NAME.match(name):
+        raise DataError(where, f"'{name}' cannot name a channel; use letters, digits, '_', '.', '-'")
+    return name
+
+
+def read_channel_names(root: str | Path) -> list[str] | None:
+    """Channel names from ``ROOT/channels.json`` by index, or None when there is none.
+
+    Raises
+    ------
+    DataError
+        For unreadable JSON, indices that are not 0, 1, ... or names repeated or unusable.
+    """
+    path = Path(root) / CHANNELS_FILE
+    if not path.is_file():
+        return None
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise DataError(path, f"cannot read channel names ({exc})") from None
+    if isinstance(data, dict) and "channel_names" in data:
+        data = data["channel_names"]
+    if isinstance(data, list):
+        data = {str(i): name for i, name in enumerate(data)}
+    if not isinstance(data, dict) or not data:
+        raise DataError(path, 'expected channel names like ["us", "pa"] or {"0": "us", "1": "pa"}')
+    if sorted(data, key=lambda k: (len(k), k)) != [str(i) for i in range(len(data))]:
+        raise DataError(path, f"channel indices must be 0..{len(data) - 1}, got {', '.join(sorted(data))}")
+    names = [check_channel_name(data[str(i)], path) for i in range(len(data))]
+    if len(set(names)) != len(names):
+        raise DataError(path, f"names a channel twice: {', '.join(names)}")
+    return names
+
+
+def _close(a: tuple[float, ...], b: tuple[float, ...]) -> bool:
+    return len(a) == len(b) and np.allclose(a, b, rtol=SPACING_TOLERANCE, atol=0)
+
+
+def check_agreement(names: list[str], paths: list[Path], arrays: list[np.ndarray],
+                    spacings: list[tuple[float, ...] | None]) -> tuple[float, ...] | None:
+    """Raise unless all channels share shape and (where known) spacing; return the spacing.
+
+    The error names the file of the first channel that disagrees with the first one.
+    """
+    first = arrays[0].shape
+    known = next((s for s in spacings if s is not None), None)
+    for name, path, array, spacing in zip(names, paths, arrays, spacings):
+        if array.shape != first:
+            raise DataError(path, f"channel '{name}' has shape {array.shape}, but channel "
+                            f"'{names[0]}' ({paths[0].name}) has {first}")
+        if spacing is not None and not _close(spacing, known):
+            shown = lambda s: "x".join(f"{v:g}" for v in s)  # noqa: E731
+            raise DataError(path, f"channel '{name}' has spacing {shown(spacing)} mm, but "
+                            f"another channel of the case has {shown(known)} mm")
+    return known
+
+
+def stack(arrays: list[np.ndarray]) -> np.ndarray:
+    """Channels stacked last, in the smallest dtype that holds them all (uint8 + float32: float32)."""
+    dtype = np.result_type(*[a.dtype for a in arrays])
+    return np.stack([np.asarray(a, dtype=dtype) for a in arrays], axis=-1)
+
+
+def value_range(array: np.ndarray, chunk: int = 16) -> tuple[float, float]:
+    """Minimum and maximum of an image or stack, read a few slices at a time."""
+    if array.ndim == 2:
+        return float(array.min()), float(array.max())
+    lows, highs = zip(*((array[i:i + chunk].min(), array[i:i + chunk].max())
+                        for i in range(0, len(array), chunk)))
+    return float(min(lows)), float(max(highs))
+
+
+def read_files(channels, mmap: bool = False) -> tuple[list[np.ndarray], list[tuple | None]]:
+    """Arrays and spacings of channels given as ``(name, path, index)`` triples.
+
+    ``index`` None reads the whole file; an integer takes that plane of the file's C
+    axis (each multi-channel file is read once).
+    """
+    arrays, spacings, opened = [], [], {}
+    for name, path, index in channels:
+        if index is None:
+            array, spacing = io.read_image(path, mmap=mmap)
+        else:
+            if path not in opened:
+                opened[path] = io.read_channels(path)
+            planes, spacing = opened[path]
+            if index >= planes.shape[-1]:
+                raise DataError(path, f"has {planes.shape[-1]} channels; channel '{name}' "
+                                f"is number {index + 1}")
+            array = planes[..., index]
+        arrays.append(array)
+        spacings.append(spacing)
+    return arrays, spacings
+
+
+# --------------------------------------------------------------------------- with a model
+
+MODEL_CHANNELS_FILE = "channels.json"  # in a run directory, beside the model
+
+
+def write_model_channels(run_dir: str | Path, names: list[str], methods: dict[str, str]) -> Path:
+    """Record the channels a model takes, in order, and how each was normalised.
+
+    Prediction reads them back with :func:`read_model_channels` and reads each case's
+    channels by these names, so a case that lacks one is refused before any output.
+    """
+    from bcseg.atomic import write_text
+    from bcseg.data.intensity import check_methods
+
+    for name in names:
+        check_channel_name(name, None)
+    record = {"channels": list(names), "normalisation": check_methods(methods, list(names))}
+    return write_text(Path(run_dir) / MODEL_CHANNELS_FILE, json.dumps(record, indent=2) + "\n")
+
+
+def read_model_channels(run_dir: str | Path) -> tuple[list[str], dict[str, str]] | None:
+    """The channels and normalisation a model was trained with; None for a grey model.
+
+    Raises
+    ------
+    ConfigError
+        For a record that cannot be read or names unknown methods.
+    """
+    from bcseg.data.intensity import check_methods
+    from bcseg.errors import ConfigError
+
+    path = Path(run_dir) / MODEL_CHANNELS_FILE
+    if not path.is_file():
+        return None
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+        names = [check_channel_name(n, path) for n in record["channels"]]
+        methods = check_methods(record.get("normalisation"), names)
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, DataError,
+            ValueError) as exc:
+        raise ConfigError(path, f"cannot read the model's channels ({exc})") from None
+    return names, methods
