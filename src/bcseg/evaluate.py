@@ -392,9 +392,12 @@ def evaluate(pred_dir: str | Path, truth, out_dir: str | Path, observers: str | 
     -------
     dict
         ``metrics_csv``, ``agreement_csv``, ``summary_json`` (Paths), ``n_cases``,
-        ``headline`` (``reference``, ``dice_mean``, ``dice_ci``,
-        ``inter_observer_dice_mean``, ``pixel_soft_score``) and ``dice`` (mean
-        per-case Dice per reference, with ``inter-observer``).
+        ``human_level`` (the verdict lines of the paired test, Dice first),
+        ``headline`` (``reference``, ``dice_mean``, ``dice_ci``, ``dice_ci_note``,
+        ``hd95`` (its :func:`~bcseg.metrics.summarise` dict), ``unit``,
+        ``inter_observer_dice_mean``, ``pixel_soft_score``,
+        ``reference_protocol``) and ``dice`` (mean per-case Dice per reference,
+        with ``inter-observer``).
 
     Raises
     ------
