@@ -35,6 +35,17 @@ def per_specimen(run: Path, reference: str, metric: str = "dice") -> dict[str, f
                 if r["reference"] == reference and r["level"] == "specimen"}
 
 
+def human_rows(run: Path) -> dict:
+    """Per-specimen model-vs-observer and observer-vs-observer Dice and HD95 of a run."""
+    rows = {(ref, m): per_specimen(run, ref, m) for ref in ("observer1", "observer2")
+            for m in ("dice", "hd95")}
+    with open(run / "agreement.csv", newline="", encoding="utf-8") as handle:
+        agree = list(csv.DictReader(handle))
+    for metric in ("dice", "hd95"):
+        rows[("human", metric)] = {r["case"]: float(r[metric]) for r in agree}
+    return rows
+
+
 def main(argv=None) -> int:
     from bcseg import train
     from bcseg.observers import paired_comparison
@@ -46,22 +57,32 @@ def main(argv=None) -> int:
     parser.add_argument("--test", type=int, default=5, help="held-out specimens (the last ones)")
     parser.add_argument("--shape", type=int, nargs=3, default=(12, 64, 64))
     parser.add_argument("--epochs", type=int, default=4)
+    parser.add_argument("--reuse", action="store_true", help="read the runs already in --out")
     args = parser.parse_args(argv)
     out = Path(args.out)
-    write_phantom(out / "phantom", n=args.specimens, shape=tuple(args.shape), seed=1, force=True)
-    runs = {}
-    for observer in ("union", "soft"):
-        overrides = json.loads(json.dumps(RECIPE))
-        overrides["data"]["observer"] = observer
-        overrides["train"].update({"epochs": args.epochs, "test_last": args.test})
-        runs[observer] = out / observer
-        train.train(out / "phantom", runs[observer], overrides=overrides, force=True)
+    runs = {observer: out / observer for observer in ("union", "soft")}
+    if not args.reuse:
+        write_phantom(out / "phantom", n=args.specimens, shape=tuple(args.shape), seed=1, force=True)
+        for observer, run in runs.items():
+            overrides = json.loads(json.dumps(RECIPE))
+            overrides["data"]["observer"] = observer
+            overrides["train"].update({"epochs": args.epochs, "test_last": args.test})
+            train.train(out / "phantom", run, overrides=overrides, force=True)
+    from bcseg.config import load_config
+
+    epochs = load_config(runs["union"] / "config.toml")["train"]["epochs"]
     lines = [f"Phantom: {args.specimens} specimens of {tuple(args.shape)}, last {args.test} held out; "
-             f"{args.epochs} epochs; recipe {json.dumps(RECIPE)}.", ""]
+             f"{epochs} epochs; recipe {json.dumps(RECIPE)}.", ""]
     for observer, run in runs.items():
-        summary = json.loads((run / "summary.json").read_text(encoding="utf-8"))
-        lines += [f"- trained on {observer}: model {c['text']}"
-                  for c in summary["human_level"]["comparisons"]]
+        rows = human_rows(run)
+        for reference in ("observer1", "observer2"):
+            for metric in ("dice", "hd95"):
+                ids = sorted(rows[(reference, metric)])
+                result = paired_comparison([rows[(reference, metric)][i] for i in ids],
+                                           [rows[("human", metric)][i] for i in ids], metric,
+                                           names=(reference, "the other observer"),
+                                           unit="mm" if metric == "hd95" else "")
+                lines.append(f"- trained on {observer}: model {result['text']}")
     for reference in ("observer1", "observer2", "union"):
         soft, union = per_specimen(runs["soft"], reference), per_specimen(runs["union"], reference)
         ids = sorted(soft)
