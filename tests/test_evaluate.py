@@ -275,7 +275,8 @@ def test_paired_human_level_test_comes_first(study):
     assert comparisons[1]["n_left_out"] == 1 and comparisons[1]["unit"] == "mm"
     from bcseg.measure.evaluate import headline_lines
     lines = headline_lines(study["result"])
-    assert lines[0].startswith("human level: model too few specimens to tell (Δ Dice")
+    assert lines[0].startswith("human level: model too few specimens to tell whether it agrees with "
+                               "observer1 as well as observer2 does (Δ Dice")
     assert len([line for line in lines if line.startswith("human level")]) == 4
 
 

@@ -36,7 +36,8 @@ def test_too_few_specimens_says_how_many_would_do():
     out = paired_comparison([0.9, 0.7, 0.8], [0.8, 0.8, 0.8], names=("observer2", "observer1"))
     assert out["delta"]["sd"] == pytest.approx(0.1)
     assert out["verdict"] == "too_few" and out["needed_n"] == 16
-    assert out["text"].startswith("too few specimens to tell (Δ Dice = +0.000")
+    assert out["text"].startswith("too few specimens to tell whether it agrees with observer2 as "
+                                  "well as observer1 does (Δ Dice = +0.000, no CI: n too small, n = 3)")
     assert "about 16 specimens would be needed for the CI to exclude a margin of 0.05" in out["text"]
 
 

@@ -530,7 +530,7 @@ def test_seed_preset_builds_the_reference_architecture():
     cfg = load_config("seed")
     m = cfg["model"]
     assert (m["ndim"], m["base_filters"], m["depth"], m["decoder_norm_only"]) == (2, 32, 4, True)
-    assert cfg["data"]["offline_augment"] == "reference" and cfg["train"]["loss"] == "dice"
+    assert cfg["data"]["offline_augment"] == "reference" and cfg["train"]["loss"] == "reference_dice"
     model = train.build_model(cfg)
     layers = {layer.name: layer for layer in model.layers}
     assert layers["enc0_conv1"].filters == 32 and layers["bottleneck_conv1"].filters == 32 * 2**4

@@ -392,9 +392,12 @@ def evaluate(pred_dir: str | Path, truth, out_dir: str | Path, observers: str | 
     -------
     dict
         ``metrics_csv``, ``agreement_csv``, ``summary_json`` (Paths), ``n_cases``,
-        ``headline`` (``reference``, ``dice_mean``, ``dice_ci``,
-        ``inter_observer_dice_mean``, ``pixel_soft_score``) and ``dice`` (mean
-        per-case Dice per reference, with ``inter-observer``).
+        ``human_level`` (the verdict lines of the paired test, Dice first),
+        ``headline`` (``reference``, ``dice_mean``, ``dice_ci``, ``dice_ci_note``,
+        ``hd95`` (its :func:`~bcseg.metrics.summarise` dict), ``unit``,
+        ``inter_observer_dice_mean``, ``pixel_soft_score``,
+        ``reference_protocol``) and ``dice`` (mean per-case Dice per reference,
+        with ``inter-observer``).
 
     Raises
     ------
@@ -524,7 +527,8 @@ def evaluate(pred_dir: str | Path, truth, out_dir: str | Path, observers: str | 
                      "hd95": references[headline_ref]["metrics"]["hd95"], "unit": unit,
                      "inter_observer_dice_mean": None if ceiling is None else ceiling["mean"],
                      "pixel_soft_score": pixel_soft["value"],
-                     "reference_protocol": None if study_style is None else study_style["value"]},
+                     "reference_protocol": None if study_style is None else study_style["value"],
+                     "reference_protocol_size": None if study_style is None else study_style["size"]},
         "dice": {name: stats["mean"] for name, stats in dice_stats.items()},
     }
 
@@ -736,6 +740,7 @@ def headline_lines(result: Mapping) -> list[str]:
     lines.append(f"pixel_soft_score (the reference study's 'Dice'; not a Dice): "
                  f"{head['pixel_soft_score']:.4f}")
     if head.get("reference_protocol") is not None:
-        lines.append(f"study-style score (--protocol reference: augmented 128 px slices, per-row "
-                     f"soft Dice; not a Dice): {head['reference_protocol']:.4f}")
+        lines.append(f"study-style score (--protocol reference: 24 augmented "
+                     f"{head['reference_protocol_size']} px copies of every slice, per-row soft "
+                     f"Dice; not a Dice): {head['reference_protocol']:.4f}")
     return lines

@@ -380,7 +380,7 @@ def soft_scores(truth, prob, reduction: str = "row", eps: float = REFERENCE_EPS)
     if y.shape != p.shape:
         raise ValueError(f"truth and prob differ in shape: {y.shape} vs {p.shape}")
     if y.size == 0 or y.ndim < 1:
-        raise ValueError("truth and prob are empty arrays")
+        raise ValueError(f"truth and prob must be non-empty arrays, not of shape {y.shape}")
     if not np.all((p >= 0) & (p <= 1)):
         raise ValueError("prob must hold probabilities in [0, 1] (no NaN)")
     if reduction == "pixel":

@@ -76,9 +76,9 @@ def _verdict_text(delta: dict, verdict: str, names: tuple[str, str], metric: str
                   margin: float, needed: int | None) -> str:
     reference, other = names
     label = "Dice" if metric == "dice" else "HD95"
-    ci = (f"no CI: {CI_TOO_FEW}" if not math.isfinite(delta["ci_low"])
-          else f"[{_signed(delta['ci_low'])}, {_signed(delta['ci_high'])}]")
-    stat = f"Δ {label} = {_signed(delta['mean'])}{' ' + unit if unit else ''} {ci}, n = {delta['n_finite']}"
+    ci = (f", no CI: {CI_TOO_FEW}" if not math.isfinite(delta["ci_low"])
+          else f" [{_signed(delta['ci_low'])}, {_signed(delta['ci_high'])}]")
+    stat = f"Δ {label} = {_signed(delta['mean'])}{' ' + unit if unit else ''}{ci}, n = {delta['n_finite']}"
     if verdict == "as_well":
         return f"agrees with {reference} as well as {other} does ({stat})"
     if verdict == "below":
@@ -88,7 +88,8 @@ def _verdict_text(delta: dict, verdict: str, names: tuple[str, str], metric: str
               else f"no number of specimens would let the CI exclude a margin of {margin:g}"
               f"{' ' + unit if unit else ''} at this mean difference" if math.isfinite(delta["sd"])
               else "too few to estimate how many would be needed")
-    return f"too few specimens to tell ({stat}); {wanted}"
+    return (f"too few specimens to tell whether it agrees with {reference} as well as {other} "
+            f"does ({stat}); {wanted}")
 
 
 def paired_comparison(model_scores, human_scores, metric: str = "dice", names=("A", "B"),
