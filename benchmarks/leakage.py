@@ -4,14 +4,14 @@ The GUIDE and the README say that splitting the slices of a stack, rather than t
 specimens, leaks neighbouring slices of a test specimen into training and inflates
 Dice. This benchmark measures by how much, on the synthetic phantom:
 
-1. ``bcseg.phantom.write_phantom`` writes ``--specimens`` stacks; every slice whose
+1. ``bcseg.data.phantom.write_phantom`` writes ``--specimens`` stacks; every slice whose
    union of the observers holds tumour is written as a 2D image with its masks
    (``slices/specimen_NNN_zZZZ.tif``), so both splits see exactly the same images;
 2. **slice split**: every slice is its own group (``group = slice id``), the
    image-level split a careless manifest gives; **specimen split**: the slices of
    one specimen share a group, as bcseg requires;
-3. for each split, ``bcseg.splits.kfold_by_group`` with the same ``k`` and seed, and
-   the same recipe (``bcseg.train.train`` with the overrides below) trained and
+3. for each split, ``bcseg.data.splits.kfold_by_group`` with the same ``k`` and seed, and
+   the same recipe (``bcseg.learn.train.train`` with the overrides below) trained and
    tested on the same folds; the test Dice is the mean over test slices against the
    union of the observers (``metrics.csv`` of each fold's evaluation);
 4. inflation = slice-split Dice − specimen-split Dice, with the share of test
@@ -73,10 +73,10 @@ def cpu_flags() -> str:
 
 def slice_dataset(root: Path, specimens: int, shape, seed: int = 0):
     """Phantom stacks cut into 2D tumour slices: (slice-split cases, specimen-split cases)."""
-    from bcseg import io
-    from bcseg.dataset import Case, discover, read_case_image, read_case_masks
-    from bcseg.observers import union
-    from bcseg.phantom import write_phantom
+    from bcseg.data import io
+    from bcseg.data.dataset import Case, discover, read_case_image, read_case_masks
+    from bcseg.measure.observers import union
+    from bcseg.data.phantom import write_phantom
 
     write_phantom(root / "phantom", n=specimens, shape=shape, seed=seed)
     cases = []
@@ -110,7 +110,7 @@ def run_split(name: str, cases, specimen_of: dict[str, str], k: int, folds: list
     ``leaked_share`` is the share of test images whose specimen (``specimen_of``:
     case id -> its true group) had images in training.
     """
-    from bcseg import train
+    from bcseg.learn import train
 
     overrides = json.loads(json.dumps(RECIPE if recipe is None else recipe))
     overrides.setdefault("train", {}).update({"epochs": epochs, "k": k, "steps_per_epoch": steps})
@@ -173,7 +173,7 @@ def main(argv=None) -> int:
 
 def busi_table(root: Path, settings: dict, out: Path) -> str:
     """BUSI: every image its own group against folds.csv's near-duplicate groups."""
-    from bcseg.dataset import discover
+    from bcseg.data.dataset import discover
 
     grouped = discover(root)
     image_level = [replace(c, group=c.id) for c in grouped]

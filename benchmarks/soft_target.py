@@ -6,7 +6,7 @@ observers and once on their mean (``observer = "soft"``), with the last
 paired human-level test (``summary.json`` → ``human_level``: the model against
 observer A set against observer B against A, per specimen), and the two models are
 compared with each other per specimen (``soft − union``, Dice against each observer)
-by :func:`bcseg.observers.paired_comparison`.
+by :func:`bcseg.measure.observers.paired_comparison`.
 
 Example (a few minutes on 2 idle cores)::
 
@@ -47,9 +47,9 @@ def human_rows(run: Path) -> dict:
 
 
 def main(argv=None) -> int:
-    from bcseg import train
-    from bcseg.observers import paired_comparison
-    from bcseg.phantom import write_phantom
+    from bcseg.learn import train
+    from bcseg.measure.observers import paired_comparison
+    from bcseg.data.phantom import write_phantom
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", default="bench-out/soft")

@@ -101,7 +101,7 @@ def test_light_stages_import_without_tensorflow():
 
 def test_every_public_name_is_a_function_after_importing_every_submodule():
     # A lazily exported name must not be shadowed by a submodule of the same name
-    # (``import bcseg.evaluate`` once turned ``bcseg.evaluate`` into a module).
+    # (``import bcseg.measure.evaluate`` once turned ``bcseg.measure.evaluate`` into a module).
     for module in pkgutil.walk_packages(bcseg.__path__, "bcseg."):
         importlib.import_module(module.name)
     for name in bcseg.__all__:

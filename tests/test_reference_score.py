@@ -148,7 +148,7 @@ def test_protocol_reference_scores_augmented_slices_beside_the_honest_figure(tmp
     assert (study["reduction"], study["eps"], study["batch_size"], study["size"]) == ("row", 1e-7, 32, 32)
     assert 0 < study["value"] < 1
     assert result["headline"]["reference_protocol"] == study["value"]
-    from bcseg.evaluate import headline_lines
+    from bcseg.measure.evaluate import headline_lines
     assert any(line.startswith("study-style score (--protocol reference: 24 augmented 32 px copies")
                for line in headline_lines(result))
     assert summary["references"]["observer1"]["metrics"]["dice"]["mean"] == 1.0  # honest, beside it

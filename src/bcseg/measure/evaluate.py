@@ -394,7 +394,7 @@ def evaluate(pred_dir: str | Path, truth, out_dir: str | Path, observers: str | 
         ``metrics_csv``, ``agreement_csv``, ``summary_json`` (Paths), ``n_cases``,
         ``human_level`` (the verdict lines of the paired test, Dice first),
         ``headline`` (``reference``, ``dice_mean``, ``dice_ci``, ``dice_ci_note``,
-        ``hd95`` (its :func:`~bcseg.metrics.summarise` dict), ``unit``,
+        ``hd95`` (its :func:`~bcseg.measure.metrics.summarise` dict), ``unit``,
         ``inter_observer_dice_mean``, ``pixel_soft_score``,
         ``reference_protocol``) and ``dice`` (mean per-case Dice per reference,
         with ``inter-observer``).
@@ -595,10 +595,10 @@ def reference_protocol(model_path, matched, size: int = 128, seed: int = 0,
         ``value``, ``reduction``, ``eps``, ``batch_size``, ``size``, ``seed``,
         ``n_cases``, ``n_slices``, ``n_images``, ``model`` and ``note``.
     """
-    from bcseg.infer.predict import load_model
-    from bcseg.infer.segment import resolve_model
+    from bcseg.learn.models import load_model
+    from bcseg.rundir import load_run
 
-    path, _ = resolve_model(model_path)
+    path = load_run(model_path)[0][0]  # a k-fold run: its first member
     model = load_model(path)
     size = _model_input_size(model, size)
     rng = np.random.default_rng(seed)
