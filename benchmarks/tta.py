@@ -81,7 +81,10 @@ def _scores(models, settings, cases, reference: str) -> dict:
         started = time.perf_counter()
         mask, _ = segment_volume(models, image, settings, spacing, keep_prob=False)
         seconds += time.perf_counter() - started
-        scores.append(dice(mask, read_case_masks(case, image.shape)[reference]))
+        masks = read_case_masks(case, image.shape)
+        # "union": every observer's mask OR-ed (the phantom's two observers)
+        truth = np.logical_or.reduce(list(masks.values())) if reference == "union" else masks[reference]
+        scores.append(dice(mask, truth))
     scores = np.array(scores)
     return {"n": len(scores), "dice": float(scores.mean()), "missed": float((scores < 0.5).mean()),
             "seconds_per_image": seconds / max(1, len(scores))}
