@@ -348,52 +348,37 @@ def predict_volume(
 ) -> tuple[np.ndarray, np.ndarray | None]:
     """Segment an image or stack with one model; return the mask and the probability.
 
-    A convenience over :func:`segment_volume` for a model in memory: the keyword
+    The keyword form of :func:`segment_volume` for one model in memory: the keyword
     arguments are the fields of :class:`bcseg.rundir.InferenceSettings`.
 
     Parameters
     ----------
     model : keras.Model
         A 2D or 3D model with one input channel and one sigmoid output channel.
-    array : ndarray or numpy.memmap
-        ``(H, W)`` image or ``(Z, H, W)`` stack, any integer or float type. A
-        memory-mapped stack is streamed, never read whole.
-    spacing : tuple of float, optional
-        mm per axis; checked against the shape. Prediction runs at the image's own
-        resolution, so the mask lines up voxel for voxel.
+    array, spacing
+        As :func:`segment_volume`.
     threshold : float
         Tumour where the probability is strictly above it.
-    tta : bool
-        Average over every combination of mirror flips along ``flips``.
-    flips : sequence of {"z", "ud", "lr"}
-        The mirror axes the model was trained with (default: left-right and slice
-        order, as bcseg's recipes augment; never up-down, which ultrasound depth
-        does not allow). ``"z"`` applies to 3D models only.
-    postprocess : sequence of {"largest", "fill", "small"}
-        Steps of :func:`postprocess`, in order, applied to the whole mask (in 3D for
-        stacks, also with a 2D model).
-    min_size : int
-        Smallest component kept by the ``"small"`` step, in voxels.
-    batch_size, patch_size, overlap, input_size, mask_out, prob_out, keep_prob, progress
-        See :func:`segment_volume`; ``patch_size`` and ``input_size`` are the
-        settings' fields of those names.
-
-    Returns
-    -------
-    mask, prob : ndarray
-        See :func:`segment_volume`.
+    tta, flips : bool, sequence of {"z", "ud", "lr"}
+        Average over every combination of mirror flips along ``flips``, the axes the
+        model was trained to mirror (default: left-right and, in 3D, slice order;
+        never up-down, which ultrasound depth does not allow).
+    postprocess, min_size : sequence of {"largest", "fill", "small"}, int
+        Steps of :func:`postprocess` on the whole mask; smallest kept component.
+    patch_size, input_size : optional
+        3D (or tiled 2D) window; the square a 2D model was trained on, to which each
+        slice is fitted as training did (:func:`bcseg.pipeline.to_square`).
+    batch_size, overlap, mask_out, prob_out, keep_prob, progress
+        As :func:`segment_volume`, which gives the Returns too.
 
     Examples
     --------
     >>> mask, prob = predict_volume(model, stack, tta=True, postprocess=["largest"])  # doctest: +SKIP
     """
-    steps = check_steps(postprocess)
-    if not 0 <= threshold <= 1:
-        raise ValueError(f"threshold must be in [0, 1], got {threshold}")
     if input_size is not None and (input_size < 1 or patch_size is not None):
         raise ValueError(f"input_size must be a positive size, without patch_size; got {input_size}")
     settings = InferenceSettings(
-        threshold=threshold, tta=tta, flips=tuple(flips), postprocess=tuple(steps),
+        threshold=threshold, tta=tta, flips=tuple(flips), postprocess=tuple(check_steps(postprocess)),
         min_size=min_size, input_size=input_size,
         patch_size=None if patch_size is None else tuple(patch_size))
     return segment_volume(model, array, settings, spacing, batch_size=batch_size, overlap=overlap,
@@ -407,76 +392,49 @@ def segment_volume(
     settings: InferenceSettings,
     spacing: Sequence[float] | None = None,
     *,
-    batch_size: int = 8,
-    overlap: float = 0.5,
-    mask_out: np.ndarray | None = None,
-    prob_out: np.ndarray | None = None,
-    keep_prob: bool = True,
-    progress: bool = False,
+    batch_size: int = 8, overlap: float = 0.5,
+    mask_out: np.ndarray | None = None, prob_out: np.ndarray | None = None,
+    keep_prob: bool = True, progress: bool = False,
 ) -> tuple[np.ndarray, np.ndarray | None]:
     """Segment an image or stack with a model or an ensemble: bcseg's one inference path.
 
-    Training's validation tuning and test-fold prediction, ``bcseg predict``, the
-    demo and the benchmarks all segment through this function.
+    Training's tuning and test fold, ``bcseg predict``, the demo and the benchmarks.
 
     Parameters
     ----------
     models : keras.Model or sequence of keras.Model
         One model, or the ensemble's members in the order of ``settings.members``.
-    array : ndarray or numpy.memmap
-        ``(H, W)`` image or ``(Z, H, W)`` stack; a memory-mapped stack is streamed.
+    array, spacing : ndarray or numpy.memmap, tuple of float, optional
+        ``(H, W)`` image or ``(Z, H, W)`` stack (a memory-mapped one is streamed);
+        its mm per axis, checked against the shape.
     settings : InferenceSettings
-        Threshold, post-processing, TTA, and per model (its own fields, or each
-        member's) the mirror ``flips``, 2D ``input_size`` and 3D ``patch_size``.
-        An ensemble averages its members' probabilities (each with its own input
-        size and flips) before the one threshold and post-processing.
-    spacing : tuple of float, optional
-        mm per axis; checked against the shape.
-    batch_size : int
-        At most this many slices or windows per model call; fewer when they are
-        large, so that a call sees at most about ``VOXELS_PER_CALL`` voxels.
-    overlap : float
-        Fraction in [0, 1) by which neighbouring windows overlap.
-    mask_out : ndarray, optional
-        Array of ``array``'s shape to write the mask into: bool, or uint8 which
-        receives 0/255 (for example a ``tifffile.memmap`` mask file).
-    prob_out : ndarray of float32, optional
-        Array of ``array``'s shape to write the probability into.
-    keep_prob : bool
-        When False and no ``prob_out`` is given, no probability map is kept and
-        ``None`` is returned for it (saves 4 bytes per voxel).
-    progress : bool
-        Show a progress bar over batches.
+        Threshold, post-processing, TTA, and per model (or member) its ``flips``,
+        ``input_size`` and ``patch_size``; members' probabilities are averaged.
+    batch_size, overlap : int, float
+        At most this many slices or windows per model call (fewer for large ones);
+        the fraction in [0, 1) by which neighbouring windows overlap.
+    mask_out, prob_out : ndarray, optional
+        Arrays of ``array``'s shape to write into (e.g. ``tifffile.memmap`` files): the
+        mask as bool or uint8 0/255, the probability as float32.
+    keep_prob, progress : bool
+        Keep a probability map when no ``prob_out`` is given; show a progress bar.
 
     Returns
     -------
-    mask : ndarray
-        ``mask_out`` when given, else a new bool array of ``array``'s shape.
-    prob : ndarray of float32 or None
-        ``prob_out`` when given, else a new array (None when ``keep_prob`` is False).
+    mask, prob : ndarray
+        ``mask_out`` / ``prob_out`` when given, else new arrays (bool; float32, or None
+        when ``keep_prob`` is False).
 
-    Raises
-    ------
-    DataError
-        Image rank or channels that do not fit a model, NaN or infinite values.
-    ModelError
-        A model whose output does not match its input, or members that do not match
-        ``settings.members``.
+    Raises DataError for an image that does not fit a model (rank, channels, NaN), and
+    ModelError for a model whose output does not fit, or models not matching the members.
     """
     models = [models] if isinstance(models, keras.Model) else list(models)
     views = settings.member_views()
-    if len(models) != len(views):
-        raise ModelError(None, f"{len(models)} model(s) given for {len(views)} member(s) in the settings")
     array = array if isinstance(array, np.ndarray) else np.asarray(array)
-    specs = [model_spec(m) for m in models]
-    for spec in specs:
-        _check_input(spec, array, spacing)
+    specs = _member_specs(models, views, array, spacing)
     _check_call(settings, overlap, batch_size, mask_out, prob_out, array.shape)
     mask = np.empty(array.shape, bool) if mask_out is None else mask_out
-    prob = prob_out
-    if prob is None and keep_prob:
-        prob = np.empty(array.shape, np.float32)
-
+    prob = np.empty(array.shape, np.float32) if prob_out is None and keep_prob else prob_out
     stats = intensity_stats(array)
     volume = array[None] if array.ndim == 2 else array
     store = _store(mask[None] if array.ndim == 2 else mask,
@@ -488,6 +446,16 @@ def segment_volume(
     if settings.postprocess:
         apply_steps_inplace(mask, list(settings.postprocess), settings.min_size)
     return mask, prob
+
+
+def _member_specs(models, views, array, spacing) -> list[ModelSpec]:
+    """Each model's input contract, checked against the settings and the image."""
+    if len(models) != len(views):
+        raise ModelError(None, f"{len(models)} model(s) given for {len(views)} member(s) in the settings")
+    specs = [model_spec(m) for m in models]
+    for spec in specs:
+        _check_input(spec, array, spacing)
+    return specs
 
 
 def _check_call(settings, overlap, batch_size, mask_out, prob_out, shape) -> None:
