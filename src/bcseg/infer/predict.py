@@ -367,7 +367,7 @@ def predict_volume(
         Steps of :func:`postprocess` on the whole mask; smallest kept component.
     patch_size, input_size : optional
         3D (or tiled 2D) window; the square a 2D model was trained on, to which each
-        slice is fitted as training did (:func:`bcseg.pipeline.to_square`).
+        slice is fitted as training did (:func:`bcseg.learn.pipeline.to_square`).
     batch_size, overlap, mask_out, prob_out, keep_prob, progress
         As :func:`segment_volume`, which gives the Returns too.
 
