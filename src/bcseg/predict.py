@@ -34,13 +34,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
-import keras
 import numpy as np
 from tqdm.auto import tqdm
 
 from bcseg.errors import DataError, ModelError
 from bcseg.intensity import intensity_stats, normalise
-from bcseg.models import model_divisor
 from bcseg.postprocess import apply_steps_inplace, check_steps, release_slices
 
 VOXELS_PER_CALL = 1 << 20  # caps the batch so activations of large slices stay bounded
@@ -58,6 +56,8 @@ def load_model(path: str | Path) -> keras.Model:
     ModelError
         Missing file, not a zip archive, or not a Keras model.
     """
+    import keras  # here, not at the top: the ONNX runtime predicts without Keras
+
     path = Path(path)
     if not path.exists():
         raise ModelError(path, "model file not found")
@@ -84,6 +84,8 @@ def _in_float32(model: keras.Model) -> keras.Model:
     or missing on many CPUs, and float32 is the reference for inference. The weights
     are float32 under mixed precision, so they carry over unchanged.
     """
+    import keras
+
     if all(layer.dtype_policy.name == "float32" for layer in model.layers):
         return model
 
@@ -113,6 +115,10 @@ class ModelSpec:
 
 def model_spec(model: keras.Model) -> ModelSpec:
     """What inference needs to know of a model: dimensions, channels, fixed sizes."""
+    if isinstance(getattr(model, "spec", None), ModelSpec):  # bcseg.onnx_runtime.OnnxModel
+        return model.spec
+    from bcseg.models import model_divisor  # imports Keras
+
     if len(model.inputs) != 1 or len(model.outputs) != 1:
         raise ModelError(None, "bcseg models take one input image and give one output map")
     shape = tuple(model.inputs[0].shape)

@@ -221,6 +221,7 @@ def predict_files(
     force: bool = False,
     keep_going: bool = False,
     progress: bool = True,
+    runtime: str = "tensorflow",
 ) -> list[dict]:
     """Segment image files and folders, writing masks beside the input's geometry.
 
@@ -246,6 +247,9 @@ def predict_files(
         Record a file that fails with a bcseg error and go on with the next.
     progress : bool
         Show a progress bar over files (and over windows of each stack).
+    runtime : {"tensorflow", "onnx"}
+        ``"onnx"`` runs the run's ``model_best.onnx`` (or a ``.onnx`` file) with ONNX
+        Runtime, without TensorFlow (see :mod:`bcseg.onnx_runtime`).
 
     Returns
     -------
@@ -253,8 +257,13 @@ def predict_files(
         One per input file: ``input``, ``mask``, ``prob``, ``overlay`` (paths or
         None), ``status`` ("ok" or "error") and ``error`` (message or None).
     """
-    model_file, settings = resolve_model(model_path)
-    model = load_model(model_file)
+    if runtime == "onnx":
+        from bcseg.onnx_runtime import OnnxModel, resolve_onnx
+        model_file, settings = resolve_onnx(model_path)
+        model = OnnxModel(model_file)
+    else:
+        model_file, settings = resolve_model(model_path)
+        model = load_model(model_file)
     spec = model_spec(model)
     if settings["ndim"] is not None and settings["ndim"] != spec.ndim:
         raise ModelError(model_file, f"is a {spec.ndim}D model but its {SETTINGS_FILE} says ndim "
