@@ -246,3 +246,40 @@ def model_divisor(model: keras.Model) -> int:
         if isinstance(layer, downsampling):
             divisor *= max(layer.strides)
     return divisor
+
+
+def conv_flops(model: keras.Model, shape: tuple[int, ...]) -> int:
+    """Floating-point operations of one input of spatial ``shape`` through the convolutions.
+
+    A multiply-add counts 2. Convolutions (transposed ones included) are nearly all
+    of a U-Net's work; normalisation, activations and pooling are left out. A
+    training step costs about 3 times this (forward, and the gradients with respect
+    to inputs and weights).
+
+    Parameters
+    ----------
+    model : keras.Model
+        A model from :func:`unet` (any input size).
+    shape : tuple of int
+        Spatial input size, a multiple of :func:`model_divisor`.
+
+    Returns
+    -------
+    int
+        FLOPs per input.
+
+    Examples
+    --------
+    >>> conv_flops(unet(ndim=2, base_filters=4, depth=1, norm=None), (8, 8)) > 0
+    True
+    """
+    import numpy as np
+
+    fixed = keras.models.clone_model(model, input_tensors=keras.Input(shape + (model.input_shape[-1],)))
+    total = 0
+    for layer in fixed.layers:
+        if isinstance(layer, (layers.Conv2D, layers.Conv3D)):  # ConvNDTranspose subclasses ConvND
+            # kernel (*k, C_in, C_out); transposed (*k, C_out, C_in), applied per input position
+            where = layer.input if "Transpose" in type(layer).__name__ else layer.output
+            total += 2 * int(np.prod(layer.kernel.shape)) * int(np.prod(where.shape[1:-1]))
+    return total
