@@ -28,9 +28,43 @@ def test_demo_runs_end_to_end_with_one_epoch_each(tmp_path, capsys):
     assert main(["demo", "--out", str(out), "--epochs-2d", "1", "--epochs-3d", "1"]) == 0
     printed = capsys.readouterr().out
     assert "unet2d on 2 held-out specimen(s)" in printed and "report:" in printed
+    assert "trained 1 of 1 epochs" in printed
+    assert json.loads((out / "demo.json").read_text())["epochs"]["unet3d"]["trained"] == 1
     for model in ("unet2d", "unet3d"):
         summary = json.loads((out / model / "summary.json").read_text())
         assert summary["n_cases"] == 2 and summary["level"] == "specimen"
         assert "inter-observer" in summary["references"]
         html = (out / model / "report.html").read_text()
         assert "data:image/png;base64," in html
+
+
+def test_demo_training_fits_its_flop_budget():
+    """The demo's training work stays within what a 2-core AVX2 CPU does in ~4 minutes.
+
+    A training step is ~3x the forward FLOPs. Fold 0 of the demo trains on 6
+    specimens of 24 slices (144 slices per 2D epoch) and draws 4 patches per
+    training volume per 3D epoch (24). At 30 GFLOP/s, about what TensorFlow reaches
+    on the default 2D model on 2 AVX2 cores, 8 TFLOP are 4.4 minutes. The preset
+    before this bound (stride-1 U-Net, 30 epochs) needed 21.7 TFLOP: 20 minutes there.
+    """
+    from bcseg.config import load_config
+    from bcseg.demo import DEMO_SHAPE, OVERRIDES_3D
+    from bcseg.learn.models import conv_flops
+    from bcseg.learn.train import build_model
+
+    cfg2, cfg3 = load_config("demo"), load_config("demo", OVERRIDES_3D)
+    size, patch = cfg2["data"]["size"], (cfg3["data"]["patch_depth"],) + (cfg3["data"]["size"],) * 2
+    work_2d = 3 * conv_flops(build_model(cfg2), (size, size)) * 6 * DEMO_SHAPE[0] * cfg2["train"]["epochs"]
+    work_3d = 3 * conv_flops(build_model(cfg3), patch) * 24 * cfg3["train"]["epochs"]
+    assert work_2d + work_3d <= 8e12, (work_2d / 1e12, work_3d / 1e12)
+
+
+def test_epochs_reached_reports_a_budget_cut(tmp_path):
+    from bcseg.config import load_config, save_config
+    from bcseg.demo import epochs_reached
+
+    save_config(load_config("demo", {"train": {"budget_minutes": 4.5}}), tmp_path / "config.toml")
+    (tmp_path / "state.json").write_text(json.dumps({"epoch": 17, "epochs_planned": 17,
+                                                      "train_seconds": 268.04}))
+    assert epochs_reached(tmp_path) == {"trained": 17, "planned": 17, "configured": 24,
+                                        "budget_minutes": 4.5, "train_seconds": 268.0}

@@ -206,7 +206,7 @@ def cmd_predict(args) -> int:
     records = predict_files(model, args.inputs, args.out, threshold=args.threshold,
                             tta=args.tta or None, postprocess=postprocess, min_size=args.min_size,
                             save_prob=args.save_prob, quicklook=args.quicklook, force=args.force,
-                            keep_going=args.keep_going,
+                            keep_going=args.keep_going, runtime=args.runtime,
                             progress=not args.no_progress and sys.stderr.isatty())
     failed = [r for r in records if r.get("error")]
     if args.margins:
@@ -237,6 +237,13 @@ def _margins_after_predict(records: list[dict], args) -> None:
         rows.append(result)
     if rows:
         write_margins_csv(rows, Path(args.out) / "margins.csv", force=True)
+
+
+def cmd_export_onnx(args) -> int:
+    from bcseg.infer.onnx_runtime import export_onnx
+
+    print(f"wrote {export_onnx(args.model, args.out, force=args.force)}")
+    return 0
 
 
 def cmd_evaluate(args) -> int:
@@ -403,7 +410,18 @@ def build_parser() -> argparse.ArgumentParser:
                    help="carry on past a bad file, report every failure at the end")
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--force", action="store_true", help="overwrite existing outputs")
+    p.add_argument("--runtime", choices=["tensorflow", "onnx"], default="tensorflow",
+                   help="onnx: run the model exported by export-onnx with ONNX Runtime, "
+                   "without TensorFlow")
     p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("export-onnx", help="export a trained model to ONNX for --runtime onnx",
+                       description="Write the run's model_best.keras as model_best.onnx beside "
+                       "it (needs TensorFlow, tf2onnx and onnx: pip install 'bcseg[export]').")
+    p.add_argument("model", help="run directory or .keras file")
+    p.add_argument("--out", help="ONNX file (default: model_best.onnx in the run directory)")
+    p.add_argument("--force", action="store_true", help="overwrite an existing ONNX file")
+    p.set_defaults(func=cmd_export_onnx)
 
     p = sub.add_parser("evaluate", help="score predictions against observers and their consensus",
                        description="Per-case (per-specimen) metrics against each observer, "
@@ -502,7 +520,7 @@ def _import_tensorflow_quietly() -> None:
         os.close(saved)
 
 
-NEEDS_TENSORFLOW = {"train", "predict", "demo"}
+NEEDS_TENSORFLOW = {"train", "predict", "demo", "export-onnx"}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -511,7 +529,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        if args.command in NEEDS_TENSORFLOW:
+        if args.command in NEEDS_TENSORFLOW and getattr(args, "runtime", None) != "onnx":
             _import_tensorflow_quietly()
         return int(args.func(args) or 0)
     except BcsegError as error:

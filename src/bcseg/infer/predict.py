@@ -39,14 +39,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
-import keras
 import numpy as np
 from tqdm.auto import tqdm
 
 from bcseg.errors import DataError, ModelError
 from bcseg.data.intensity import intensity_stats, normalise
-from bcseg.learn.models import ModelSpec, load_model, model_divisor, model_spec  # noqa: F401 (re-exported)
 from bcseg.infer.postprocess import apply_steps_inplace, check_steps, release_slices
+from bcseg.learn.saved import ModelSpec, load_model, model_spec  # noqa: F401 (re-exported)
 from bcseg.rundir import DEFAULT_FLIPS, DEFAULTS, InferenceSettings
 
 VOXELS_PER_CALL = 1 << 20  # caps the batch so activations of large slices stay bounded

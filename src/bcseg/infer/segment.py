@@ -29,7 +29,8 @@ from bcseg.infer.predict import load_model, model_spec, segment_volume
 from bcseg.rundir import SETTINGS_FILE, load_run
 
 
-def load_models(model_path, threshold=None, tta=None, postprocess=None, min_size=None):
+def load_models(model_path, threshold=None, tta=None, postprocess=None, min_size=None,
+                runtime: str = "tensorflow"):
     """The models of a run, model file or several, and the settings to run them with.
 
     Parameters
@@ -46,10 +47,16 @@ def load_models(model_path, threshold=None, tta=None, postprocess=None, min_size
     models : list of keras.Model
     settings : InferenceSettings
     """
-    files, settings = load_run(model_path)
+    if runtime == "onnx":  # the exported run, without TensorFlow
+        from bcseg.infer.onnx_runtime import OnnxModel, load_onnx_run
+
+        files, settings = load_onnx_run(model_path)
+        models = [OnnxModel(f) for f in files]
+    else:
+        files, settings = load_run(model_path)
+        models = [load_model(f) for f in files]
     settings = settings.overridden(threshold, tta, None if postprocess is None else check_steps(postprocess),
                                    min_size, source=files[0])
-    models = [load_model(f) for f in files]
     views = [_fitted(f, _spec(f, m), view) for f, m, view in zip(files, models, settings.member_views())]
     return models, settings.replace(members=tuple(views)) if settings.members else views[0]
 
@@ -200,6 +207,7 @@ def predict_files(
     force: bool = False,
     keep_going: bool = False,
     progress: bool = True,
+    runtime: str = "tensorflow",
 ) -> list[dict]:
     """Segment image files and folders, writing masks beside the input's geometry.
 
@@ -227,6 +235,9 @@ def predict_files(
         Record a file that fails with a bcseg error and go on with the next.
     progress : bool
         Show a progress bar over files (and over windows of each stack).
+    runtime : {"tensorflow", "onnx"}
+        ``"onnx"`` runs the run's ``model_best.onnx`` (or a ``.onnx`` file) with ONNX
+        Runtime, without TensorFlow (see :mod:`bcseg.infer.onnx_runtime`).
 
     Returns
     -------
@@ -238,7 +249,7 @@ def predict_files(
     # until the inputs are segmented: a bad input still gives one line, its error.
     with warnings.catch_warnings(record=True) as notes:
         warnings.simplefilter("always")
-        models, settings = load_models(model_path, threshold, tta, postprocess, min_size)
+        models, settings = load_models(model_path, threshold, tta, postprocess, min_size, runtime)
     files = _input_files(inputs)
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():

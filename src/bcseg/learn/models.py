@@ -14,14 +14,9 @@ strides of its downsampling layers (the strided stem convolution and the
 
 from __future__ import annotations
 
-import zipfile
-from dataclasses import dataclass
-from pathlib import Path
-
 import keras
 from keras import layers
 
-from bcseg.errors import ModelError
 
 NORMS = ("batch", "instance", None)
 UPSAMPLES = ("transpose", "linear")
@@ -254,77 +249,38 @@ def model_divisor(model: keras.Model) -> int:
     return divisor
 
 
-# --------------------------------------------------------------------- saved models
-# Loading a saved model safely and reading its input contract: shared by training
-# (--init, --resume) and inference, so both refuse the same files the same way.
+def conv_flops(model: keras.Model, shape: tuple[int, ...]) -> int:
+    """Floating-point operations of one input of spatial ``shape`` through the convolutions.
 
-def load_model(path: str | Path) -> keras.Model:
-    """Load a ``.keras`` model safely (``safe_mode=True``, not compiled).
+    A multiply-add counts 2. Convolutions (transposed ones included) are nearly all
+    of a U-Net's work; normalisation, activations and pooling are left out. A
+    training step costs about 3 times this (forward, and the gradients with respect
+    to inputs and weights).
 
-    Raises
-    ------
-    ModelError
-        Missing file, not a zip archive, or not a Keras model.
+    Parameters
+    ----------
+    model : keras.Model
+        A model from :func:`unet` (any input size).
+    shape : tuple of int
+        Spatial input size, a multiple of :func:`model_divisor`.
+
+    Returns
+    -------
+    int
+        FLOPs per input.
+
+    Examples
+    --------
+    >>> conv_flops(unet(ndim=2, base_filters=4, depth=1, norm=None), (8, 8)) > 0
+    True
     """
-    path = Path(path)
-    if not path.exists():
-        raise ModelError(path, "model file not found")
-    if not path.is_file():
-        raise ModelError(path, "is a folder; pass a .keras file or a training run folder")
-    if not zipfile.is_zipfile(path):  # Keras would report such a file as "not found"
-        raise ModelError(path, "is not a Keras model file (a .keras file is a zip archive; "
-                         "legacy .h5 files are not read); pass a .keras file saved by bcseg train")
-    try:
-        model = keras.saving.load_model(str(path), safe_mode=True, compile=False)
-    except Exception as exc:  # Keras raises ValueError, zipfile/OSError, TypeError, ...
-        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
-        raise ModelError(path, f"cannot load the Keras model ({reason}); "
-                         "is it a .keras file saved by bcseg train?") from None
-    if not isinstance(model, keras.Model):
-        raise ModelError(path, "does not hold a Keras model")
-    return _in_float32(model)
+    import numpy as np
 
-
-def _in_float32(model: keras.Model) -> keras.Model:
-    """The model rebuilt to compute in float32 if it was trained under mixed precision.
-
-    A saved layer keeps its training dtype policy; float16 or bfloat16 compute is slow
-    or missing on many CPUs, and float32 is the reference for inference. The weights
-    are float32 under mixed precision, so they carry over unchanged.
-    """
-    if all(layer.dtype_policy.name == "float32" for layer in model.layers):
-        return model
-
-    def to_float32(node):
-        if isinstance(node, dict):
-            if node.get("class_name") in ("DTypePolicy", "FloatDTypePolicy"):
-                return dict(node, config=dict(node.get("config", {}), name="float32"))
-            return {k: to_float32(v) for k, v in node.items()}
-        if isinstance(node, list):
-            return [to_float32(v) for v in node]
-        return node
-
-    rebuilt = keras.Model.from_config(to_float32(model.get_config()))
-    rebuilt.set_weights(model.get_weights())
-    return rebuilt
-
-
-@dataclass(frozen=True)
-class ModelSpec:
-    """A segmentation model's input contract, read from its graph."""
-
-    ndim: int                        # spatial dimensions, 2 or 3
-    channels: int
-    fixed: tuple[int | None, ...]    # static spatial input sizes, None where free
-    divisor: int
-
-
-def model_spec(model: keras.Model) -> ModelSpec:
-    """What inference needs to know of a model: dimensions, channels, fixed sizes."""
-    if len(model.inputs) != 1 or len(model.outputs) != 1:
-        raise ModelError(None, "bcseg models take one input image and give one output map")
-    shape = tuple(model.inputs[0].shape)
-    if len(shape) not in (4, 5):
-        raise ModelError(None, f"model input shape {shape} is neither 2D (N, H, W, C) "
-                         "nor 3D (N, Z, H, W, C)")
-    return ModelSpec(len(shape) - 2, shape[-1] or 1, shape[1:-1], model_divisor(model))
+    fixed = keras.models.clone_model(model, input_tensors=keras.Input(shape + (model.input_shape[-1],)))
+    total = 0
+    for layer in fixed.layers:
+        if isinstance(layer, (layers.Conv2D, layers.Conv3D)):  # ConvNDTranspose subclasses ConvND
+            # kernel (*k, C_in, C_out); transposed (*k, C_out, C_in), applied per input position
+            where = layer.input if "Transpose" in type(layer).__name__ else layer.output
+            total += 2 * int(np.prod(layer.kernel.shape)) * int(np.prod(where.shape[1:-1]))
+    return total

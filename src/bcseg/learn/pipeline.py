@@ -21,10 +21,10 @@ import os
 from dataclasses import dataclass
 
 import numpy as np
-import tensorflow as tf
 from skimage.transform import resize
 
-from bcseg.learn.augment import AugmentConfig, augment_2d, augment_3d, reference_offline_augment
+# TensorFlow and bcseg.learn.augment are imported by the functions that train with them:
+# the geometry helpers (to_square, from_square) also serve the ONNX runtime, without TensorFlow.
 from bcseg.data.dataset import Case, read_case_channel_arrays, read_case_image, read_case_masks
 from bcseg.errors import DataError
 from bcseg.data.intensity import normalise, normalise_channels
@@ -165,6 +165,7 @@ def slice_samples(cases: list[Case], observer: str, size: int,
             square = to_square(stack[z], size) if channels is None else _to_square_channels(stack[z], size)
             masks = np.stack([to_square(t, size, order=0) for t in target_stack[:, z]]) > 0.5
             if offline_augment == "reference":
+                from bcseg.learn.augment import reference_offline_augment
                 aug_images, aug_masks = reference_offline_augment(square, masks[0], size=size, rng=rng)
                 images.extend(aug_images)
                 targets.extend(aug_masks[:, None])
@@ -272,6 +273,10 @@ def _augment_function(augment: AugmentConfig, image_shape: tuple, target_shape: 
     is every epoch (a fraction of a second of single-threaded work before the first
     step); a ``tf.function`` with a fixed signature is traced the first time only.
     """
+    import tensorflow as tf
+
+    from bcseg.learn.augment import augment_2d, augment_3d
+
     function = augment_3d if len(image_shape) == 4 else augment_2d
     signature = [tf.TensorSpec(image_shape, tf.float32), tf.TensorSpec(target_shape, tf.float32),
                  tf.TensorSpec([2], tf.int64)]
@@ -292,6 +297,8 @@ def _epoch_options() -> tf.data.Options:
     settings of :func:`epoch_dataset` (one map call per core, two prefetched
     batches) keep the model fed.
     """
+    import tensorflow as tf
+
     options = tf.data.Options()
     options.autotune.enabled = False
     return options
@@ -304,6 +311,8 @@ def epoch_dataset(images: np.ndarray, targets: np.ndarray, batch_size: int, seed
     Sample ``i`` of the epoch is augmented with the stateless seed
     ``(seed * 100003 + epoch, i)``, so the same ``(seed, epoch)`` gives the same batches.
     """
+    import tensorflow as tf
+
     if augment is None or not augment.enabled:
         ds = tf.data.Dataset.from_tensor_slices((images, targets))
     else:

@@ -270,6 +270,8 @@ def fit(model: keras.Model, cfg: dict, train: pipeline.Samples, val: pipeline.Sa
             images, targets = pipeline.epoch_arrays(train, epoch, t["seed"], n,
                                                     d["tumour_fraction"], patch)
             dataset = pipeline.epoch_dataset(images, targets, t["batch_size"], t["seed"], epoch, augment)
+            if isinstance(model.distribute_strategy, tf.distribute.MultiWorkerMirroredStrategy):
+                _build_locally(model, dataset)
             _say(f"epoch {epoch + 1}/{planned_epochs(cfg, state)}  lr {lr:.2e}")
             result = model.fit(dataset, epochs=1, verbose=verbose, shuffle=False, callbacks=[halt],
                                validation_data=val_data, validation_batch_size=t["batch_size"])
@@ -294,6 +296,34 @@ def fit(model: keras.Model, cfg: dict, train: pipeline.Samples, val: pipeline.Sa
         for s, handler in previous.items():
             signal.signal(s, handler)
     return state
+
+
+def _build_locally(model: keras.Model, dataset) -> None:
+    """Work around Keras 3's ``fit`` under MultiWorkerMirroredStrategy; call before ``fit``.
+
+    Two steps of Keras 3.15's ``fit`` fail under that strategy (keras-team/keras#20585):
+    it builds the model from its first distributed batch averaged across workers
+    ("Attempt to convert a value (PerReplica...) to a Tensor"), and it averages the
+    logged metrics with ``strategy.reduce("MEAN", v, axis=0)``, an error for scalars.
+    The build needs only the batch's shapes, so it is done from a local batch; the
+    metrics are averaged over all workers with ``axis=None`` instead.
+    """
+    from keras.src.backend.tensorflow import trainer as tf_trainer
+
+    if not getattr(tf_trainer.reduce_per_replica, "bcseg_multiworker", False):
+        keras_reduce = tf_trainer.reduce_per_replica
+
+        def reduce_per_replica(values, strategy, reduction):
+            if reduction == "auto" and isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+                return tf.nest.map_structure(lambda v: strategy.reduce("MEAN", v, axis=None), values)
+            return keras_reduce(values, strategy, reduction)
+
+        reduce_per_replica.bcseg_multiworker = True
+        tf_trainer.reduce_per_replica = reduce_per_replica
+    with model.distribute_strategy.scope():
+        model._symbolic_build(data_batch=next(iter(dataset)))
+    model._maybe_symbolic_build = lambda iterator=None, data_batch=None: None
+
 
 
 def _stop_on_signal(saved_epoch: int) -> None:

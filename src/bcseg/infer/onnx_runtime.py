@@ -1,0 +1,151 @@
+"""Inference without TensorFlow: bcseg models exported to ONNX and run by ONNX Runtime.
+
+``bcseg export-onnx RUN`` converts a run's ``model_best.keras`` (in float32, as
+inference always uses it) to ``model_best.onnx`` beside it, through Keras's own
+``model.export(format="onnx")`` (which uses ``tf2onnx``; needs TensorFlow, and the
+``export`` extra). The file records the model's input-size divisor in its metadata,
+so nothing else is needed to run it.
+
+``bcseg predict --runtime onnx --model RUN`` then runs that file with ONNX Runtime
+(the ``onnx`` extra) through the very same :func:`bcseg.infer.predict.predict_volume`:
+the same normalisation, fitting to the training square, padding, sliding windows,
+TTA, threshold and post-processing, from the run's ``inference.json``. Only the
+network call differs, so masks match TensorFlow's (see ``tests/test_onnx_runtime.py``).
+Neither this module nor the prediction path imports TensorFlow or Keras.
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+from bcseg.errors import ModelError
+from bcseg.learn.saved import ModelSpec
+from bcseg.rundir import SETTINGS_FILE, InferenceSettings, read_settings
+
+ONNX_FILE = "model_best.onnx"
+DIVISOR_KEY = "bcseg.divisor"
+EXPORT_HINT = "pip install 'bcseg[export]' (tf2onnx and onnx, beside TensorFlow)"
+RUNTIME_HINT = "pip install onnxruntime (or 'bcseg[onnx]')"
+
+
+def export_onnx(model_path: str | Path, out: str | Path | None = None, force: bool = False) -> Path:
+    """Export a trained Keras model to an ONNX file that :class:`OnnxModel` runs.
+
+    Parameters
+    ----------
+    model_path : str or Path
+        A training run folder or a ``.keras`` file (see :func:`bcseg.rundir.load_run`).
+    out : str or Path, optional
+        The ONNX file; default ``model_best.onnx`` in the run folder (or the
+        ``.keras`` file's name with ``.onnx``), where ``--runtime onnx`` finds it.
+    force : bool
+        Replace an existing file.
+
+    Returns
+    -------
+    Path
+        The file written.
+    """
+    from bcseg.atomic import atomic_path
+    from bcseg.learn.saved import load_model, model_spec
+    from bcseg.rundir import load_run
+
+    model_file = load_run(model_path)[0][0]
+    out = Path(out) if out else model_file.with_suffix(".onnx")
+    if out.exists() and not force:
+        from bcseg.errors import UsageError
+        raise UsageError(out, "already exists; pass --force to overwrite it")
+    try:
+        import onnx
+        import tf2onnx  # noqa: F401  (Keras's exporter imports it; fail early and clearly)
+    except ImportError as exc:
+        raise ModelError(model_file, f"exporting to ONNX needs {exc.name}: {EXPORT_HINT}") from None
+    import keras
+
+    model = load_model(model_file)
+    spec = model_spec(model)
+    signature = [keras.InputSpec(shape=(None, *spec.fixed, spec.channels), dtype="float32")]
+    with atomic_path(out) as tmp, warnings.catch_warnings():
+        # Keras patches tf2onnx for NumPy 2 by probing np.object, which warns.
+        warnings.simplefilter("ignore", FutureWarning)
+        model.export(str(tmp), format="onnx", input_signature=signature, verbose=False)
+        proto = onnx.load(str(tmp))
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = DIVISOR_KEY, str(spec.divisor)
+        onnx.save(proto, str(tmp))
+    return out
+
+
+class OnnxModel:
+    """An exported bcseg model run by ONNX Runtime, callable by ``predict_volume``.
+
+    It offers what :func:`bcseg.infer.predict.predict_volume` asks of a model:
+    ``predict_on_batch`` on a float32 ``(N, *spatial, C)`` batch, and ``spec`` (the
+    input contract that :func:`bcseg.learn.saved.model_spec` returns for it).
+
+    Parameters
+    ----------
+    path : str or Path
+        An ONNX file written by :func:`export_onnx`.
+    threads : int, optional
+        ONNX Runtime's intra-op threads; default: one per core.
+    """
+
+    def __init__(self, path: str | Path, threads: int | None = None):
+        path = Path(path)
+        try:
+            import onnxruntime as ort
+        except ImportError:
+            raise ModelError(path, f"the onnx runtime needs ONNX Runtime: {RUNTIME_HINT}") from None
+        if not path.is_file():
+            raise ModelError(path, "ONNX model not found; write it with: bcseg export-onnx RUN")
+        options = ort.SessionOptions()
+        if threads:
+            options.intra_op_num_threads = threads
+        options.log_severity_level = 3  # errors only: keep stderr to bcseg's own lines
+        try:
+            self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        except Exception as exc:  # ONNX Runtime raises its own Fail/InvalidGraph/... classes
+            reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+            raise ModelError(path, f"cannot load the ONNX model ({reason})") from None
+        meta = self.session.get_modelmeta().custom_metadata_map
+        inputs, outputs = self.session.get_inputs(), self.session.get_outputs()
+        if DIVISOR_KEY not in meta or len(inputs) != 1 or len(outputs) != 1:
+            raise ModelError(path, "is not a bcseg model exported by 'bcseg export-onnx'")
+        shape = inputs[0].shape  # symbolic sizes are strings or None
+        if len(shape) not in (4, 5) or not isinstance(shape[-1], int):
+            raise ModelError(path, f"has input shape {shape}; bcseg models take (N, H, W, C) "
+                             "or (N, Z, H, W, C)")
+        self.input_name = inputs[0].name
+        self.spec = ModelSpec(len(shape) - 2, shape[-1],
+                              tuple(n if isinstance(n, int) else None for n in shape[1:-1]),
+                              int(meta[DIVISOR_KEY]))
+
+    def predict_on_batch(self, x: np.ndarray) -> np.ndarray:
+        """Probabilities for a float32 batch ``(N, *spatial, C)``."""
+        return self.session.run(None, {self.input_name: np.asarray(x, dtype=np.float32)})[0]
+
+
+def load_onnx_run(path: str | Path) -> tuple[list[Path], InferenceSettings]:
+    """The ONNX file and inference settings of a run folder, or of a ``.onnx`` file.
+
+    The settings come from the ``inference.json`` beside the file, as for a
+    ``.keras`` model (:func:`bcseg.rundir.load_run`). Ensembles are not exported.
+    """
+    path = Path(path)
+    if path.is_dir():
+        if not (path / ONNX_FILE).is_file():
+            raise ModelError(path, f"holds no {ONNX_FILE}; write it with: bcseg export-onnx {path}")
+        path = path / ONNX_FILE
+    elif not path.is_file():
+        raise ModelError(path, "model not found; pass a training run folder or a .onnx file")
+    elif path.suffix.lower() != ".onnx":
+        raise ModelError(path, "is not a .onnx file; export it first with: bcseg export-onnx")
+    settings = read_settings(path.parent / SETTINGS_FILE) or InferenceSettings()
+    if settings.members:
+        raise ModelError(path.parent / SETTINGS_FILE, "describes an ensemble; the onnx runtime "
+                         "runs one exported model: pass a fold's run folder")
+    return [path], settings

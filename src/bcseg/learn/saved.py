@@ -1,0 +1,98 @@
+"""Saved models: loading a ``.keras`` file safely and reading its input contract.
+
+Training (``--init``, ``--resume``) and inference load and check models here, so
+both refuse the same files the same way. Keras is imported inside the functions,
+not at the top: the ONNX runtime reads :class:`ModelSpec` without TensorFlow.
+"""
+
+from __future__ import annotations
+
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from bcseg.errors import ModelError
+
+if TYPE_CHECKING:
+    import keras
+
+
+def load_model(path: str | Path) -> keras.Model:
+    """Load a ``.keras`` model safely (``safe_mode=True``, not compiled).
+
+    Raises
+    ------
+    ModelError
+        Missing file, not a zip archive, or not a Keras model.
+    """
+    import keras  # here, not at the top: the ONNX runtime predicts without Keras
+
+    path = Path(path)
+    if not path.exists():
+        raise ModelError(path, "model file not found")
+    if not path.is_file():
+        raise ModelError(path, "is a folder; pass a .keras file or a training run folder")
+    if not zipfile.is_zipfile(path):  # Keras would report such a file as "not found"
+        raise ModelError(path, "is not a Keras model file (a .keras file is a zip archive; "
+                         "legacy .h5 files are not read); pass a .keras file saved by bcseg train")
+    try:
+        model = keras.saving.load_model(str(path), safe_mode=True, compile=False)
+    except Exception as exc:  # Keras raises ValueError, zipfile/OSError, TypeError, ...
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+        raise ModelError(path, f"cannot load the Keras model ({reason}); "
+                         "is it a .keras file saved by bcseg train?") from None
+    if not isinstance(model, keras.Model):
+        raise ModelError(path, "does not hold a Keras model")
+    return _in_float32(model)
+
+
+def _in_float32(model: keras.Model) -> keras.Model:
+    """The model rebuilt to compute in float32 if it was trained under mixed precision.
+
+    A saved layer keeps its training dtype policy; float16 or bfloat16 compute is slow
+    or missing on many CPUs, and float32 is the reference for inference. The weights
+    are float32 under mixed precision, so they carry over unchanged.
+    """
+    import keras
+
+    if all(layer.dtype_policy.name == "float32" for layer in model.layers):
+        return model
+
+    def to_float32(node):
+        if isinstance(node, dict):
+            if node.get("class_name") in ("DTypePolicy", "FloatDTypePolicy"):
+                return dict(node, config=dict(node.get("config", {}), name="float32"))
+            return {k: to_float32(v) for k, v in node.items()}
+        if isinstance(node, list):
+            return [to_float32(v) for v in node]
+        return node
+
+    rebuilt = keras.Model.from_config(to_float32(model.get_config()))
+    rebuilt.set_weights(model.get_weights())
+    return rebuilt
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A segmentation model's input contract, read from its graph."""
+
+    ndim: int                        # spatial dimensions, 2 or 3
+    channels: int
+    fixed: tuple[int | None, ...]    # static spatial input sizes, None where free
+    divisor: int
+
+
+def model_spec(model: keras.Model) -> ModelSpec:
+    """What inference needs to know of a model: dimensions, channels, fixed sizes."""
+    if isinstance(getattr(model, "spec", None), ModelSpec):  # bcseg.infer.onnx_runtime.OnnxModel
+        return model.spec
+    from bcseg.learn.models import model_divisor  # imports Keras
+
+    if len(model.inputs) != 1 or len(model.outputs) != 1:
+        raise ModelError(None, "bcseg models take one input image and give one output map")
+    shape = tuple(model.inputs[0].shape)
+    if len(shape) not in (4, 5):
+        raise ModelError(None, f"model input shape {shape} is neither 2D (N, H, W, C) "
+                         "nor 3D (N, Z, H, W, C)")
+    return ModelSpec(len(shape) - 2, shape[-1] or 1, shape[1:-1], model_divisor(model))

@@ -1,0 +1,147 @@
+"""The ONNX runtime: export, parity with TensorFlow, and prediction without TensorFlow.
+
+The parity tests need the ``onnx`` and ``export`` extras (onnxruntime; tf2onnx and
+onnx) and skip with that reason when they are absent.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tifffile
+
+from bcseg.cli import main
+from bcseg.measure.metrics import dice
+
+REPO = Path(__file__).resolve().parents[1]
+BUNDLED = REPO / "src/bcseg/pretrained"
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::FutureWarning")
+
+
+def _needs_onnx():
+    for name, extra in (("onnxruntime", "onnx"), ("onnx", "export"), ("tf2onnx", "export")):
+        pytest.importorskip(name, reason=f"{name} is not installed: pip install 'bcseg[{extra}]'")
+
+
+@pytest.fixture(scope="module")
+def busi_run(tmp_path_factory) -> Path:
+    """The bundled BUSI model as a run folder, exported to ONNX beside its .keras file."""
+    _needs_onnx()
+    run = tmp_path_factory.mktemp("onnx") / "busi_run"
+    run.mkdir()
+    shutil.copyfile(BUNDLED / "busi_unet2d.keras", run / "model_best.keras")
+    shutil.copyfile(BUNDLED / "inference.json", run / "inference.json")
+    assert main(["export-onnx", str(run)]) == 0
+    return run
+
+
+def _inputs(folder: Path, phantom_root: Path, busi: Path | None) -> Path:
+    """Two phantom stacks and, when BUSI is present, three of its images in one folder."""
+    folder.mkdir()
+    for stack in sorted((phantom_root / "images").iterdir())[:2]:
+        shutil.copyfile(stack, folder / stack.name)
+    if busi is not None:
+        for kind, k in (("benign", 1), ("benign", 2), ("malignant", 1)):
+            shutil.copyfile(busi / kind / f"{kind} ({k}).png", folder / f"{kind}_{k}.png")
+    return folder
+
+
+def _predict(model: Path, inputs: Path, out: Path, runtime: str) -> None:
+    assert main(["predict", str(inputs), "--model", str(model), "--out", str(out), "--save-prob",
+                 "--runtime", runtime, "--no-progress"]) == 0
+
+
+def _compare(tf_out: Path, onnx_out: Path) -> list[tuple[str, float, float]]:
+    rows = []
+    for mask_file in sorted(tf_out.glob("*_mask.tif")):
+        prob_file = mask_file.with_name(mask_file.name.replace("_mask", "_prob"))
+        a, b = tifffile.imread(mask_file) > 0, tifffile.imread(onnx_out / mask_file.name) > 0
+        diff = np.abs(tifffile.imread(prob_file) - tifffile.imread(onnx_out / prob_file.name)).max()
+        rows.append((mask_file.name, dice(a, b) if a.any() or b.any() else 1.0, float(diff)))
+    return rows
+
+
+def test_masks_match_tensorflow_on_phantom_and_busi(busi_run, phantom_root, tmp_path):
+    busi = REPO.parent / "shared/datasets/busi"
+    inputs = _inputs(tmp_path / "in", phantom_root, busi if (busi / "folds.csv").is_file() else None)
+    _predict(busi_run, inputs, tmp_path / "tf", "tensorflow")
+    _predict(busi_run, inputs, tmp_path / "onnx", "onnx")
+    rows = _compare(tmp_path / "tf", tmp_path / "onnx")
+    assert len(rows) == len(list(inputs.iterdir()))
+    for name, score, diff in rows:
+        assert score >= 0.999, (name, score)
+        assert diff <= 1e-4, (name, diff)  # float32 rounding, not a different network
+
+
+def test_3d_windows_match_tensorflow(phantom_root, tmp_path):
+    _needs_onnx()
+    from bcseg.learn.models import unet
+
+    run = tmp_path / "run3d"
+    run.mkdir()
+    unet(ndim=3, base_filters=4, depth=2, residual=True).save(run / "model_best.keras")
+    (run / "inference.json").write_text(json.dumps({"ndim": 3, "threshold": 0.5,
+                                                    "patch_size": [8, 32, 32]}))
+    assert main(["export-onnx", str(run)]) == 0
+    inputs = _inputs(tmp_path / "in", phantom_root, None)
+    _predict(run, inputs, tmp_path / "tf", "tensorflow")
+    _predict(run, inputs, tmp_path / "onnx", "onnx")
+    for name, _, diff in _compare(tmp_path / "tf", tmp_path / "onnx"):
+        # An untrained model's probabilities sit near the threshold, so compare them, not masks.
+        assert diff <= 1e-5, (name, diff)
+
+
+def test_predicts_with_neither_tensorflow_nor_keras_importable(busi_run, phantom_root, tmp_path):
+    inputs = _inputs(tmp_path / "in", phantom_root, None)
+    _predict(busi_run, inputs, tmp_path / "tf", "tensorflow")
+    blocker = ("import sys; sys.modules['tensorflow'] = sys.modules['keras'] = None; "
+               "from bcseg.cli import main; sys.exit(main(sys.argv[1:]))")
+    done = subprocess.run([sys.executable, "-c", blocker, "predict", str(inputs), "--model",
+                           str(busi_run), "--out", str(tmp_path / "onnx"), "--runtime", "onnx",
+                           "--save-prob", "--no-progress"], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    for name, score, _ in _compare(tmp_path / "tf", tmp_path / "onnx"):
+        assert score >= 0.999, (name, score)
+
+
+def test_run_without_onnx_file_is_one_line_model_error(tmp_path, capsys):
+    run = tmp_path / "run"
+    run.mkdir()
+    shutil.copyfile(BUNDLED / "inference.json", run / "inference.json")
+    image = tmp_path / "image.tif"
+    tifffile.imwrite(image, np.zeros((32, 32), np.uint8))
+    assert main(["predict", str(image), "--model", str(run), "--out", str(tmp_path / "out"),
+                 "--runtime", "onnx"]) == 4
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and str(run) in err[0] and "export-onnx" in err[0]
+    assert not (tmp_path / "out").exists()
+
+
+def test_corrupt_onnx_file_is_one_line_model_error(tmp_path, capsys):
+    pytest.importorskip("onnxruntime", reason="onnxruntime is not installed: pip install 'bcseg[onnx]'")
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "model_best.onnx").write_bytes(b"not an onnx model")
+    image = tmp_path / "image.tif"
+    tifffile.imwrite(image, np.zeros((32, 32), np.uint8))
+    assert main(["predict", str(image), "--model", str(run), "--out", str(tmp_path / "out"),
+                 "--runtime", "onnx"]) == 4
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "model_best.onnx" in err[0]
+    assert not (tmp_path / "out").exists()
+
+
+def test_export_refuses_to_overwrite_without_force(tmp_path, capsys):
+    run = tmp_path / "run"
+    run.mkdir()
+    shutil.copyfile(BUNDLED / "busi_unet2d.keras", run / "model_best.keras")
+    (run / "model_best.onnx").write_bytes(b"mine")
+    assert main(["export-onnx", str(run)]) == 2
+    assert "--force" in capsys.readouterr().err
+    assert (run / "model_best.onnx").read_bytes() == b"mine"
