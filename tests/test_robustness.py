@@ -37,6 +37,7 @@ from bcseg.atomic import PARTIAL_MARK, remove_partials
 from bcseg.cli import main
 from bcseg.errors import DataError
 from bcseg.models import unet
+from bcseg.outputs import RECORD
 from bcseg.phantom import write_phantom
 from bcseg.predict import load_model
 
@@ -101,7 +102,8 @@ def files_under(folder: Path) -> dict[str, bytes]:
         return {".": folder.read_bytes()}
     if not folder.exists():
         return {}
-    return {str(p.relative_to(folder)): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+    return {str(p.relative_to(folder)): p.read_bytes() for p in folder.rglob("*")
+            if p.is_file() and p.name != RECORD}  # bcseg's record of what it wrote there
 
 
 def write_dataset(root: Path, masks: dict[str, np.ndarray] | None = None,
@@ -601,7 +603,7 @@ def _masks(out: Path) -> list[Path]:
 
 
 def _leftovers(out: Path) -> list[Path]:
-    return sorted(p for p in out.iterdir() if p not in _masks(out))
+    return sorted(p for p in out.iterdir() if p not in _masks(out) and p.name != RECORD)
 
 
 def _assert_complete_mask(path: Path) -> None:

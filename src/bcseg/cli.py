@@ -12,7 +12,9 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import signal
 import sys
+import threading
 import warnings
 from pathlib import Path
 
@@ -120,15 +122,18 @@ def cmd_predict(args) -> int:
         from bcseg.pretrained import pretrained_path
         model = pretrained_path()
         print(f"no --model given: using the bundled BUSI model {model.name}")
+    if args.margins:
+        _check_margins_table(Path(args.out))
     records = predict_files(model, args.inputs, args.out, threshold=args.threshold,
                             tta=args.tta or None, postprocess=postprocess, min_size=args.min_size,
                             save_prob=args.save_prob, quicklook=args.quicklook, force=args.force,
-                            keep_going=args.keep_going,
+                            resume=args.resume, keep_going=args.keep_going,
                             progress=not args.no_progress and sys.stderr.isatty())
     failed = [r for r in records if r.get("error")]
-    if args.margins:
-        _margins_after_predict(records, args)
-    print(f"segmented {len(records) - len(failed)} of {len(records)} file(s) into {args.out}")
+    _margins_after_predict(records, args)
+    skipped = sum(r["status"] == "skipped" for r in records)
+    print(f"segmented {len(records) - len(failed) - skipped} of {len(records)} file(s) into "
+          f"{args.out}" + (f" ({skipped} already complete, kept)" if skipped else ""))
     if failed:
         for record in failed:
             print(f"bcseg: error: {record['error']}", file=sys.stderr)
@@ -136,18 +141,32 @@ def cmd_predict(args) -> int:
     return 0
 
 
-def _margins_after_predict(records: list[dict], args) -> None:
-    from bcseg.margins import margins_for_files, write_margins_csv
+def _check_margins_table(out: Path) -> None:
+    """margins.csv gains rows by case; a file of that name bcseg did not write is refused."""
+    from bcseg.outputs import check_replaceable
 
-    rows = []
-    for record in records:
-        if record.get("error") or not record.get("mask"):
-            continue
-        result = margins_for_files(record["input"], record["mask"], args.out, spacing_mm=args.spacing,
-                                   force=args.force)
-        rows.append(result)
-    if rows:
-        write_margins_csv(rows, Path(args.out) / "margins.csv", force=True)
+    check_replaceable([out / "margins.csv"], force=True)
+
+
+def _margins_after_predict(records: list[dict], args) -> None:
+    """Margins of the stacks just segmented, merged by case into OUT/margins.csv.
+
+    Rows of other cases stay; a case segmented again loses its old, stale row even
+    without --margins.
+    """
+    from bcseg.io import file_stem
+    from bcseg.margins import margins_for_files, merge_margins_csv
+    from bcseg.outputs import claim
+
+    out = Path(args.out)
+    done = [r for r in records if r["status"] == "ok"]
+    with claim(out, "predict"):
+        rows = [margins_for_files(r["input"], r["mask"], out, spacing_mm=args.spacing)
+                for r in records if args.margins and r.get("mask") and not
+                (out / f"{file_stem(Path(r['input']))}_margins.csv").exists()]
+        if (out / "margins.csv").exists() or rows:
+            merge_margins_csv(rows, out / "margins.csv",
+                              replace_cases=[file_stem(Path(r["input"])) for r in done])
 
 
 def cmd_evaluate(args) -> int:
@@ -157,9 +176,17 @@ def cmd_evaluate(args) -> int:
                       force=args.force)
     _print_headline(result)
     if not args.no_report:
-        from bcseg.report import build_report
-        print(f"report: {build_report(args.out)}")
+        print(f"report: {_report(args.out)}")
     return 0
+
+
+def _report(folder) -> Path:
+    """Rebuild the report inside a claim, so its files are recorded as bcseg's."""
+    from bcseg.outputs import claim
+    from bcseg.report import build_report
+
+    with claim(folder, "report"):
+        return build_report(folder)
 
 
 def _print_headline(result: dict) -> None:
@@ -170,9 +197,10 @@ def _print_headline(result: dict) -> None:
 
 
 def cmd_report(args) -> int:
-    from bcseg.report import build_report
-
-    print(f"report: {build_report(args.run)}")
+    if not Path(args.run).is_dir():
+        from bcseg.errors import DataError
+        raise DataError(args.run, "is not a folder")
+    print(f"report: {_report(args.run)}")
     return 0
 
 
@@ -296,7 +324,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--keep-going", action="store_true",
                    help="carry on past a bad file, report every failure at the end")
     p.add_argument("--no-progress", action="store_true")
-    p.add_argument("--force", action="store_true", help="overwrite existing outputs")
+    p.add_argument("--force", action="store_true",
+                   help="replace outputs bcseg wrote before, and remove their stale companions")
+    p.add_argument("--resume", action="store_true",
+                   help="keep complete outputs, remove partial files a killed run left, do the rest")
     p.set_defaults(func=cmd_predict)
 
     p = sub.add_parser("evaluate", help="score predictions against observers and their consensus",
@@ -393,11 +424,34 @@ def _import_tensorflow_quietly() -> None:
 NEEDS_TENSORFLOW = {"train", "predict", "demo"}
 
 
+def _interrupt(signum, frame) -> None:
+    """SIGTERM (a scheduler or ``kill``) stops a run exactly as Ctrl-C does."""
+    raise KeyboardInterrupt
+
+
+def _full_disk(error: OSError) -> str | None:
+    """One line for an OSError that says the disk (or a size limit) is full."""
+    from bcseg.atomic import full_disk_problem
+
+    problem = full_disk_problem(error)
+    return problem and f"{error.filename or 'an output file'}: cannot be written: {problem}"
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the command line; return the exit code."""
     _quiet_libraries()
     parser = build_parser()
     args = parser.parse_args(argv)
+    main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _interrupt) if main_thread else None
+    try:
+        return _run(args)
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _run(args) -> int:
     try:
         if args.command in NEEDS_TENSORFLOW:
             _import_tensorflow_quietly()
@@ -413,6 +467,9 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as error:  # a bug or the system (full disk, ...): still one line
         if args.debug:
             raise
+        if isinstance(error, OSError) and _full_disk(error):
+            print(f"bcseg: error: {_full_disk(error)}", file=sys.stderr)
+            return 1
         print(f"bcseg: error: {type(error).__name__}: {error} (run with --debug for the traceback)",
               file=sys.stderr)
         return 1

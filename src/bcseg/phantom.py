@@ -25,6 +25,7 @@ from scipy import ndimage
 
 from bcseg import io
 from bcseg.atomic import require_new
+from bcseg.outputs import check_output_folder, claim
 
 DEFAULT_SHAPE = (24, 128, 128)
 DEFAULT_SPACING_MM = (1.0, 0.25, 0.25)  # slice step, depth, lateral
@@ -162,8 +163,13 @@ def write_phantom(out: str | Path, n: int = 8, shape=DEFAULT_SHAPE, seed: int = 
     """
     if n < 1:
         raise ValueError(f"n must be at least 1, got {n}")
-    out = Path(out)
+    out = check_output_folder(out)
     require_new(out, force)
+    with claim(out, "phantom", replace=force):
+        return _write_specimens(out, n, shape, seed, spacing_mm, truth)
+
+
+def _write_specimens(out: Path, n: int, shape, seed: int, spacing_mm, truth: bool) -> list[Path]:
     images = []
     for index in range(n):
         # One independent stream per specimen, so specimen k is the same whatever n is.

@@ -10,7 +10,9 @@ files, renamed only when complete.
 
 from __future__ import annotations
 
+import errno
 import json
+import os
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Sequence
@@ -19,8 +21,8 @@ import numpy as np
 import tifffile
 from tqdm.auto import tqdm
 
-from bcseg import io
-from bcseg.atomic import atomic_path
+from bcseg import io, outputs
+from bcseg.atomic import atomic_path, remove_partials
 from bcseg.errors import BcsegError, ConfigError, DataError, ModelError, UsageError
 from bcseg.intensity import normalise
 from bcseg.postprocess import POSTPROCESS_STEPS, check_steps, release_slices
@@ -30,6 +32,11 @@ MODEL_FILE = "model_best.keras"
 SETTINGS_FILE = "inference.json"
 DEFAULT_SETTINGS = {"threshold": 0.5, "postprocess": [], "min_size": 0, "tta": False,
                     "ndim": None, "patch_size": None, "input_size": None}
+# Every output ``predict`` (with --margins) writes for one input, by suffix after its
+# stem. A forced run removes those of a case it does not write again: a stale
+# probability map beside a new mask would be scored as if it belonged to it.
+CASE_OUTPUTS = ("_mask.tif", "_prob.tif", "_overlay.png",
+                "_margins.csv", "_margins.png", "_specimen.tif")
 
 def _settings_error(path: Path, key: str, expected: str, value) -> ConfigError:
     return ConfigError(path, f"{key} must be {expected}, got {value!r}")
@@ -130,7 +137,9 @@ def _input_files(inputs) -> list[Path]:
     files: list[Path] = []
     for item in map(Path, inputs):
         if item.is_dir():
-            found = io.image_files(item)
+            # bcseg's own outputs there (--out was this folder) are never inputs
+            ours = outputs.owned(item)
+            found = [f for f in io.image_files(item) if f.name not in ours]
             if not found:
                 raise DataError(item, "holds no supported images (" + ", ".join(io.IMAGE_SUFFIXES) + ")")
             files.extend(found)
@@ -148,8 +157,19 @@ def _input_files(inputs) -> list[Path]:
 
 
 def _tiff_memmap(path: Path, shape, dtype, spacing) -> np.memmap:
-    """An output TIFF with ImageJ spacing, memory-mapped so it is filled batch by batch."""
-    return tifffile.memmap(path, shape=tuple(shape), dtype=dtype, **io.imagej_kwargs(tuple(shape), spacing))
+    """An output TIFF with ImageJ spacing, memory-mapped so it is filled batch by batch.
+
+    The file is created sparse; its blocks are allocated here, so a full disk is an
+    OSError now rather than a SIGBUS when a page of the map is first written.
+    """
+    array = tifffile.memmap(path, shape=tuple(shape), dtype=dtype, **io.imagej_kwargs(tuple(shape), spacing))
+    with open(path, "rb+") as handle:
+        try:
+            os.posix_fallocate(handle.fileno(), 0, os.fstat(handle.fileno()).st_size)
+        except OSError as exc:
+            if exc.errno not in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):
+                raise
+    return array
 
 
 def _max_projection(volume: np.ndarray, chunk: int = 16) -> np.ndarray:
@@ -182,17 +202,33 @@ def _write_overlay(path: Path, image: np.ndarray, mask: np.ndarray, spacing) -> 
     figure.savefig(path, dpi=100)
 
 
-def _segment_file(model, path: Path, out_dir: Path, options: dict, force: bool) -> dict:
-    """Segment one file into ``out_dir``; every output is written atomically."""
+def _case_outputs(path: Path, out_dir: Path, save_prob: bool, quicklook: bool) -> dict:
+    """The outputs asked for one input: mask, and optionally prob and overlay (else None)."""
     stem = io.file_stem(path)
-    outputs = {"mask": out_dir / f"{stem}_mask.tif",
-               "prob": out_dir / f"{stem}_prob.tif" if options.pop("save_prob") else None,
-               "overlay": out_dir / f"{stem}_overlay.png" if options.pop("quicklook") else None}
-    with ExitStack() as stack:  # refuses existing outputs before any work is done
-        temp = {k: stack.enter_context(atomic_path(v, force=force)) if v else None
-                for k, v in outputs.items()}
+    return {"mask": out_dir / f"{stem}_mask.tif",
+            "prob": out_dir / f"{stem}_prob.tif" if save_prob else None,
+            "overlay": out_dir / f"{stem}_overlay.png" if quicklook else None}
+
+
+def _every_output(path: Path, out_dir: Path) -> list[Path]:
+    return [out_dir / f"{io.file_stem(path)}{suffix}" for suffix in CASE_OUTPUTS]
+
+
+def _complete(wanted: dict) -> bool:
+    """All outputs asked for exist and were written by bcseg (``--resume`` keeps them)."""
+    paths = [p for p in wanted.values() if p is not None]
+    return all(p.name in outputs.owned(p.parent) for p in paths)
+
+
+def _segment_file(model, path: Path, wanted: dict, options: dict) -> dict:
+    """Segment one file into the ``wanted`` outputs, each written atomically; then drop
+    the case's other, stale outputs (checked to be bcseg's before the run began)."""
+    with ExitStack() as stack:
+        temp = {k: stack.enter_context(atomic_path(v)) if v else None for k, v in wanted.items()}
         _segment_into(model, *io.open_volume(path), temp, options)
-    return {k: None if v is None else str(v) for k, v in outputs.items()}
+    outputs.remove_owned(p for p in _every_output(path, wanted["mask"].parent)
+                         if p not in wanted.values())
+    return {k: None if v is None else str(v) for k, v in wanted.items()}
 
 
 def _segment_into(model, image, spacing, temp: dict, options: dict) -> None:
@@ -207,6 +243,37 @@ def _segment_into(model, image, spacing, temp: dict, options: dict) -> None:
             out.flush()
 
 
+def _files_to_do(files: list[Path], wanted: dict, out_dir: Path, force: bool,
+                 resume: bool) -> list[Path]:
+    """The inputs to segment; refuses, before any work, outputs it may not replace."""
+    if force and resume:
+        raise UsageError(None, "force and resume exclude each other: resume keeps complete "
+                         "outputs, force replaces them")
+    todo = [p for p in files if not (resume and _complete(wanted[p]))]
+    for path in todo:
+        outputs.check_name_lengths([p for p in wanted[path].values() if p is not None], path)
+        outputs.check_replaceable(_every_output(path, out_dir), force or resume)
+    return todo
+
+
+def _options(model, model_file: Path, settings: dict, **chosen) -> dict:
+    """predict_volume's options: the arguments given, else the run's inference settings."""
+    spec = model_spec(model)
+    if settings["ndim"] is not None and settings["ndim"] != spec.ndim:
+        raise ModelError(model_file, f"is a {spec.ndim}D model but its {SETTINGS_FILE} says ndim "
+                         f"{settings['ndim']}")
+    options = {k: settings[k] if v is None else v for k, v in chosen.items()}
+    options["postprocess"] = check_steps(options["postprocess"])
+    # A 2D model segments whole slices (fitted to input_size when it was trained so);
+    # a saved patch size is for 3D windows.
+    options["patch_size"] = settings["patch_size"] if spec.ndim == 3 else None
+    options["input_size"] = settings["input_size"] if spec.ndim == 2 else None
+    if options["patch_size"] is not None and len(options["patch_size"]) != 3:
+        raise ConfigError(model_file.parent / SETTINGS_FILE,
+                          f"patch_size {options['patch_size']} needs 3 sizes for a 3D model")
+    return options
+
+
 def predict_files(
     model_path: str | Path,
     inputs,
@@ -219,6 +286,7 @@ def predict_files(
     save_prob: bool = False,
     quicklook: bool = False,
     force: bool = False,
+    resume: bool = False,
     keep_going: bool = False,
     progress: bool = True,
 ) -> list[dict]:
@@ -241,7 +309,12 @@ def predict_files(
     save_prob, quicklook : bool
         Also write the probability map / the overlay PNG.
     force : bool
-        Overwrite existing outputs; otherwise an existing output raises UsageError.
+        Replace existing outputs that bcseg wrote, and remove a case's other, stale
+        outputs (an old ``_prob.tif`` beside a new mask); otherwise an existing output
+        raises UsageError. Files bcseg did not write are never replaced.
+    resume : bool
+        Keep inputs whose asked-for outputs are complete, remove temporary files a
+        killed run left, and segment the rest.
     keep_going : bool
         Record a file that fails with a bcseg error and go on with the next.
     progress : bool
@@ -251,40 +324,38 @@ def predict_files(
     -------
     list of dict
         One per input file: ``input``, ``mask``, ``prob``, ``overlay`` (paths or
-        None), ``status`` ("ok" or "error") and ``error`` (message or None).
+        None), ``status`` ("ok", "skipped" by ``resume``, or "error") and ``error``
+        (message or None).
     """
+    out_dir = outputs.check_output_folder(out_dir)
+    files = _input_files(inputs)
+    wanted = {path: _case_outputs(path, out_dir, save_prob, quicklook) for path in files}
+    _files_to_do(files, wanted, out_dir, force, resume)  # refuse before the model loads
     model_file, settings = resolve_model(model_path)
     model = load_model(model_file)
-    spec = model_spec(model)
-    if settings["ndim"] is not None and settings["ndim"] != spec.ndim:
-        raise ModelError(model_file, f"is a {spec.ndim}D model but its {SETTINGS_FILE} says ndim "
-                         f"{settings['ndim']}")
-    chosen = {"threshold": threshold, "tta": tta, "postprocess": postprocess, "min_size": min_size}
-    options = {k: settings[k] if v is None else v for k, v in chosen.items()}
-    options["postprocess"] = check_steps(options["postprocess"])
-    # A 2D model segments whole slices (fitted to input_size when it was trained so);
-    # a saved patch size is for 3D windows.
-    options["patch_size"] = settings["patch_size"] if spec.ndim == 3 else None
-    options["input_size"] = settings["input_size"] if spec.ndim == 2 else None
-    if options["patch_size"] is not None and len(options["patch_size"]) != 3:
-        raise ConfigError(model_file.parent / SETTINGS_FILE,
-                          f"patch_size {options['patch_size']} needs 3 sizes for a 3D model")
-    files = _input_files(inputs)
-    out_dir = Path(out_dir)
-    if out_dir.exists() and not out_dir.is_dir():
-        raise UsageError(out_dir, "is a file; --out must be a folder")
+    options = _options(model, model_file, settings, threshold=threshold, tta=tta,
+                       postprocess=postprocess, min_size=min_size)
     records = []
-    for path in tqdm(files, disable=not progress, desc="Segmenting", unit="image"):
-        record = {"input": str(path), "mask": None, "prob": None, "overlay": None,
-                  "status": "ok", "error": None}
-        try:
-            record.update(_segment_file(model, path, out_dir, {
-                **options, "save_prob": save_prob, "quicklook": quicklook, "progress": progress}, force))
-        except BcsegError as exc:
-            if exc.path is None:  # errors from arrays name no file: this one is at fault
-                exc = type(exc)(path, exc.problem)
-            if not keep_going:
-                raise exc from None
-            record.update(status="error", error=str(exc))
-        records.append(record)
+    with outputs.claim(out_dir, "predict"):
+        # again, now that no other run can write here: one may have finished meanwhile
+        todo = _files_to_do(files, wanted, out_dir, force, resume)
+        if resume:
+            remove_partials(out_dir)
+        for path in tqdm(files, disable=not progress, desc="Segmenting", unit="image"):
+            record = {"input": str(path), "mask": None, "prob": None, "overlay": None,
+                      "status": "ok", "error": None}
+            if path not in todo:
+                record.update({k: None if v is None else str(v) for k, v in wanted[path].items()},
+                              status="skipped")
+            else:
+                try:
+                    record.update(_segment_file(model, path, wanted[path],
+                                                {**options, "progress": progress}))
+                except BcsegError as exc:
+                    if exc.path is None:  # errors from arrays name no file: this one is at fault
+                        exc = type(exc)(path, exc.problem)
+                    if not keep_going:
+                        raise exc from None
+                    record.update(status="error", error=str(exc))
+            records.append(record)
     return records

@@ -32,7 +32,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from bcseg import pipeline
+from bcseg import outputs, pipeline
 from bcseg.atomic import atomic_path, partial_name, remove_partials, write_text
 from bcseg.augment import AugmentConfig
 from bcseg.config import load_config, save_config
@@ -40,6 +40,7 @@ from bcseg.dataset import Case, discover
 from bcseg.errors import ConfigError, DataError, UsageError
 from bcseg.losses import DiceMetric, IoUMetric, get_loss
 from bcseg.models import unet
+from bcseg.observers import METHODS
 from bcseg.splits import folds_from_file, kfold_by_group, load_splits, save_splits, validation_ids
 
 HISTORY_COLUMNS = ["epoch", "loss", "dice", "iou", "val_loss", "val_dice", "val_iou", "lr"]
@@ -52,19 +53,34 @@ class Interrupted(Exception):
 
 # --------------------------------------------------------------------------- run directory
 
-def _prepare_run_dir(out: Path, resume: bool, force: bool) -> None:
-    if resume:
-        remove_partials(out)
+def _replaces_run(out: Path, resume: bool, force: bool) -> bool:
+    """Whether this run replaces an earlier one in ``out``; refuses without --force."""
+    if resume or not out.exists() or not any(out.iterdir()):
+        return False
+    if not force:
+        raise UsageError(out, "already holds a run; pass --resume to continue it "
+                         "or --force to replace it")
+    return True
+
+
+def _inputs(data, cases: list[Case], *others) -> list:
+    """Every file the run reads, which replacing the run folder must never remove."""
+    reads = [data] if isinstance(data, (str, Path)) else []
+    reads += [p for c in cases for p in (c.image, *(f for fs in c.masks.values() for f in fs))]
+    return reads + [p for p in others if isinstance(p, (str, Path)) and Path(p).exists()]
+
+
+def _check_observer(cases: list[Case], observer: str) -> None:
+    """The training target must exist in every case, checked before the run starts."""
+    if observer in METHODS or observer == pipeline.RANDOM_OBSERVER:
         return
-    if out.exists() and any(out.iterdir()):
-        if not force:
-            raise UsageError(out, "already holds a run; pass --resume to continue it "
-                             "or --force to replace it")
-        if not (out / "config.toml").is_file():
-            # --force replaces runs, never arbitrary folders given by mistake.
-            raise UsageError(out, "is not empty and is not a bcseg run; refusing to delete it")
-        shutil.rmtree(out)
-    out.mkdir(parents=True, exist_ok=True)
+    lacking = [c for c in cases if observer not in c.masks]
+    if len(lacking) == len(cases):
+        names = sorted({o for c in cases for o in c.masks})
+        raise UsageError(None, f"unknown observer {observer!r}; choose one of "
+                         f"{', '.join([*METHODS, pipeline.RANDOM_OBSERVER, *names])}")
+    if lacking:
+        raise DataError(lacking[0].image, f"has no mask by observer {observer!r}, the training target")
 
 
 def _start_log(out: Path) -> logging.Handler:
@@ -465,7 +481,7 @@ def train(data, out, config=None, overrides: dict | None = None, fold="0", folds
     list of dict
         One summary per fold trained.
     """
-    out = Path(out)
+    out = outputs.check_output_folder(out)
     if resume:
         if not (out / "config.toml").is_file():  # before load_config: a usage error, not a config one
             raise UsageError(out, "has no run to resume (config.toml missing)")
@@ -491,7 +507,20 @@ def train(data, out, config=None, overrides: dict | None = None, fold="0", folds
     else:
         folds, source = choose_folds(cases, cfg, folds_file)
     targets = _test_folds(folds, fold, cfg["train"]["split"])
-    _prepare_run_dir(out, resume, force)
+    _check_observer(cases, cfg["data"]["observer"])
+    init_model = _init_model(init)
+    replace = _replaces_run(out, resume, force)
+    # Interrupted: keep the new run, which --resume continues; any failure: the old run.
+    with outputs.claim(out, "train", replace=replace, keep_on=(Interrupted, KeyboardInterrupt),
+                       inputs=_inputs(data, cases, config, folds_file, init_model)):
+        if resume:
+            remove_partials(out)
+        return _train_in(out, cfg, cases, folds, source, targets, resume, init_model, strategy)
+
+
+def _train_in(out: Path, cfg: dict, cases: list[Case], folds: dict, source, targets: list[int],
+              resume: bool, init_model, strategy) -> list[dict]:
+    """Train every fold in ``targets`` into the claimed run folder ``out``."""
     handler = _start_log(out)
     try:
         with training_precision(cfg):
@@ -501,7 +530,6 @@ def train(data, out, config=None, overrides: dict | None = None, fold="0", folds
                 save_config(cfg, out / "config.toml")
             if source is not None:
                 save_splits(out / "splits.json", cases, folds, seed=cfg["train"]["seed"], source=source)
-            init_model = _init_model(init)
             results = []
             for k in targets:
                 fold_dir = out if len(targets) == 1 else out / f"fold_{k}"
@@ -561,4 +589,7 @@ def _init_model(init) -> Path | None:
     path = Path(init)
     if not path.is_file():
         raise ConfigError(path, "initial model not found")
+    from bcseg.predict import load_model
+
+    load_model(path)  # safe mode: a missing, broken or unsafe model stops the run before it starts
     return path
