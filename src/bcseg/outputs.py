@@ -152,23 +152,33 @@ def foreign(folder: str | Path) -> list[str]:
     return sorted(listing(folder) - owned(folder))
 
 
-def check_replaceable(paths: Iterable[Path], force: bool) -> None:
+def is_owned(path: Path, known: dict[Path, set[str]] | None = None) -> bool:
+    """Whether bcseg wrote ``path``; ``known`` caches :func:`owned` per folder."""
+    known = {} if known is None else known
+    if path.parent not in known:
+        known[path.parent] = owned(path.parent)
+    return path.name in known[path.parent]
+
+
+def check_replaceable(paths: Iterable[Path], force: bool,
+                      known: dict[Path, set[str]] | None = None) -> None:
     """Refuse existing outputs without ``force``, and with it any that bcseg did not write."""
+    known = {} if known is None else known
     for path in paths:
         if not (path.exists() or path.is_symlink()):
             continue
         if not force:
             raise UsageError(path, "already exists; pass --force to overwrite it")
-        if path.name not in owned(path.parent):
+        if not is_owned(path, known):
             raise UsageError(path, "was not written by bcseg, so --force will not replace it; "
                              "move it away or choose another output folder")
 
 
 def remove_owned(paths: Iterable[Path]) -> list[Path]:
     """Delete those of ``paths`` that exist and bcseg wrote; return them."""
-    removed = []
+    removed, known = [], {}
     for path in paths:
-        if path.is_file() and path.name in owned(path.parent):
+        if path.is_file() and is_owned(path, known):
             path.unlink()
             removed.append(path)
     return removed
@@ -261,7 +271,7 @@ def claim(folder: str | Path, command: str, *, replace: bool = False, inputs: It
     created = _first_missing(key)
     lock = _lock(key, folder)
     try:
-        aside = _move_aside(folder, inputs) if replace else None
+        aside = _move_aside(key, inputs) if replace else None
         _held[key] = 1
         try:
             _start(folder, command)
@@ -314,6 +324,9 @@ def _move_aside(folder: Path, inputs: Iterable) -> Path | None:
     if not folder.exists() or not any(folder.iterdir()):
         return None
     check_not_inputs(folder, inputs)
+    if folder.resolve() in (Path.cwd(), *Path.cwd().parents):
+        raise UsageError(folder, "is the current folder or holds it; run bcseg from elsewhere "
+                         "to replace it")
     unexpected = foreign(folder)
     if unexpected:
         raise UsageError(folder / unexpected[0], "was not written by bcseg, so --force will not "

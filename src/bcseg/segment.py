@@ -214,10 +214,9 @@ def _every_output(path: Path, out_dir: Path) -> list[Path]:
     return [out_dir / f"{io.file_stem(path)}{suffix}" for suffix in CASE_OUTPUTS]
 
 
-def _complete(wanted: dict) -> bool:
+def _complete(wanted: dict, known: dict) -> bool:
     """All outputs asked for exist and were written by bcseg (``--resume`` keeps them)."""
-    paths = [p for p in wanted.values() if p is not None]
-    return all(p.name in outputs.owned(p.parent) for p in paths)
+    return all(outputs.is_owned(p, known) for p in wanted.values() if p is not None)
 
 
 def _segment_file(model, path: Path, wanted: dict, options: dict) -> dict:
@@ -226,8 +225,10 @@ def _segment_file(model, path: Path, wanted: dict, options: dict) -> dict:
     with ExitStack() as stack:
         temp = {k: stack.enter_context(atomic_path(v)) if v else None for k, v in wanted.items()}
         _segment_into(model, *io.open_volume(path), temp, options)
-    outputs.remove_owned(p for p in _every_output(path, wanted["mask"].parent)
-                         if p not in wanted.values())
+    stale = [p for p in _every_output(path, wanted["mask"].parent)
+             if p not in wanted.values() and p.exists()]
+    if stale:  # checked to exist first: listing what bcseg owns reads the whole folder
+        outputs.remove_owned(stale)
     return {k: None if v is None else str(v) for k, v in wanted.items()}
 
 
@@ -249,10 +250,11 @@ def _files_to_do(files: list[Path], wanted: dict, out_dir: Path, force: bool,
     if force and resume:
         raise UsageError(None, "force and resume exclude each other: resume keeps complete "
                          "outputs, force replaces them")
-    todo = [p for p in files if not (resume and _complete(wanted[p]))]
+    known: dict = {}  # bcseg's files in out_dir, listed once, not once per input
+    todo = [p for p in files if not (resume and _complete(wanted[p], known))]
     for path in todo:
         outputs.check_name_lengths([p for p in wanted[path].values() if p is not None], path)
-        outputs.check_replaceable(_every_output(path, out_dir), force or resume)
+        outputs.check_replaceable(_every_output(path, out_dir), force or resume, known)
     return todo
 
 
