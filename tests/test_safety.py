@@ -359,6 +359,49 @@ def test_out_that_is_a_file_is_refused_before_any_model_loads(command, tmp_path,
     assert hashes(tmp_path) == before
 
 
+# --------------------------------------------------------------------------- other writers
+
+def test_split_force_never_overwrites_its_input_or_a_file_of_yours(tmp_path, capsys):
+    data = tmp_path / "study"
+    write_phantom(data, n=3, shape=(8, 24, 24))
+    manifest = data / "manifest.csv"
+    manifest.write_text("id,image,mask_observer1,group\n" + "".join(
+        f"s{i},images/specimen_00{i}.tif,masks/observer1/specimen_00{i}.tif,g{i}\n" for i in range(3)))
+    (tmp_path / "folds.json").write_text('{"mine": true}')
+    before = hashes(tmp_path)
+    code, _, err = run(capsys, "split", manifest, "--out", manifest, "--k", 3, "--force")
+    assert code == 2 and "is an input" in one_line(err)
+    code, _, err = run(capsys, "split", manifest, "--out", tmp_path / "folds.json", "--k", 3, "--force")
+    assert code == 2 and "folds.json: was not written by bcseg" in one_line(err)
+    assert hashes(tmp_path) == before
+    assert run(capsys, "split", manifest, "--out", tmp_path / "splits.json", "--k", 3)[0] == 0
+    assert run(capsys, "split", manifest, "--out", tmp_path / "splits.json", "--k", 3, "--seed", 1,
+               "--force")[0] == 0
+
+
+def test_report_never_overwrites_a_report_html_of_yours(tmp_path, capsys):
+    folder = tmp_path / "results"
+    folder.mkdir()
+    (folder / "report.html").write_text("<p>my write-up</p>")
+    before = hashes(tmp_path)
+    code, _, err = run(capsys, "report", folder)
+    assert code == 2 and "report.html: was not written by bcseg" in one_line(err)
+    assert hashes(tmp_path) == before
+
+
+def test_margins_force_with_a_given_specimen_removes_the_computed_one(tmp_path, capsys, phantom):
+    image = phantom / "images" / "specimen_000.tif"
+    tumour = phantom / "masks" / "observer1" / "specimen_000.tif"
+    out = tmp_path / "out"
+    assert run(capsys, "margins", "--image", image, "--tumour", tumour, "--out", out)[0] == 0
+    assert (out / "specimen_000_specimen.tif").is_file()
+    specimen = tmp_path / "drawn_specimen.tif"
+    io.write_mask(specimen, np.ones((8, 32, 32), bool), (1.0, 0.25, 0.25))
+    assert run(capsys, "margins", "--image", image, "--tumour", tumour, "--specimen", specimen,
+               "--out", out, "--force")[0] == 0
+    assert sorted(outputs.listing(out)) == ["specimen_000_margins.csv", "specimen_000_margins.png"]
+
+
 # --------------------------------------------------------------------------- names
 
 def test_a_long_legal_name_gets_a_short_enough_temporary_name(tmp_path, capsys, models):

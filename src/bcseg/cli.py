@@ -19,6 +19,7 @@ import warnings
 from pathlib import Path
 
 from bcseg.errors import BcsegError, UsageError
+from bcseg.outputs import check_output_folder, check_replaceable, claim
 
 
 def _spacing(text: str) -> tuple[float, ...]:
@@ -73,13 +74,25 @@ def cmd_split(args) -> int:
         folds = kfold_by_group(cases, k=args.k, seed=args.seed)
         source = "kfold_by_group"
     out = Path(args.out)
-    if out.exists() and not args.force:
-        raise UsageError(out, "already exists; pass --force to overwrite it")
-    save_splits(out, cases, folds, seed=args.seed, source=source)
+    _check_split_file(out, args)
+    with claim(out.parent, "split"):
+        check_replaceable([out], args.force)  # again, now that no other run writes there
+        save_splits(out, cases, folds, seed=args.seed, source=source)
     sizes = [sum(1 for f in folds.values() if f == k) for k in range(max(folds.values()) + 1)]
     print(f"wrote {out}: {len(sizes)} folds of {', '.join(map(str, sizes))} cases, "
           f"{len({c.group for c in cases})} groups")
     return 0
+
+
+def _check_split_file(out: Path, args) -> None:
+    """A splits file replaces only one bcseg wrote, and never an input."""
+    if out.is_dir():
+        raise UsageError(out, "is a folder; --out names the JSON file to write")
+    check_output_folder(out.parent)
+    for source in (args.data, args.folds_file):
+        if source and out.resolve() == Path(source).resolve():
+            raise UsageError(out, "is an input of this command; choose another --out")
+    check_replaceable([out], args.force)
 
 
 def _train_overrides(args) -> dict:
@@ -143,8 +156,6 @@ def cmd_predict(args) -> int:
 
 def _check_margins_table(out: Path) -> None:
     """margins.csv gains rows by case; a file of that name bcseg did not write is refused."""
-    from bcseg.outputs import check_replaceable
-
     check_replaceable([out / "margins.csv"], force=True)
 
 
@@ -156,7 +167,6 @@ def _margins_after_predict(records: list[dict], args) -> None:
     """
     from bcseg.io import file_stem
     from bcseg.margins import margins_for_files, merge_margins_csv
-    from bcseg.outputs import claim
 
     out = Path(args.out)
     done = [r for r in records if r["status"] == "ok"]
@@ -182,10 +192,12 @@ def cmd_evaluate(args) -> int:
 
 def _report(folder) -> Path:
     """Rebuild the report inside a claim, so its files are recorded as bcseg's."""
-    from bcseg.outputs import claim
     from bcseg.report import build_report
 
+    page = [Path(folder) / "report.html"]
+    check_replaceable(page, force=True)  # never a page of yours
     with claim(folder, "report"):
+        check_replaceable(page, force=True)
         return build_report(folder)
 
 

@@ -661,6 +661,10 @@ def margins_for_files(image_path: str | Path, tumour_path: str | Path, out_dir: 
         outputs.check_replaceable(written.values(), force)  # again, now that it is ours
         if specimen_path is None:
             io.write_mask(written["specimen"], specimen, spacing_mm=spacing)
+        elif force:  # a specimen mask computed by an earlier run no longer matches the row
+            computed = out_dir / f"{case}_specimen.tif"
+            if computed.resolve() != Path(specimen_path).resolve():
+                outputs.remove_owned([computed])
         write_margins_csv([result], written["csv"])
         margin_figure(image, tumour, specimen, result, written["png"], spacing)
     result["outputs"] = {name: str(p) for name, p in written.items()}

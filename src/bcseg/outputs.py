@@ -49,6 +49,8 @@ def check_output_folder(folder: str | Path) -> Path:
     """
     folder = Path(folder)
     for path in (folder, *folder.parents):
+        if path.is_symlink() and not path.exists():
+            raise UsageError(path, "is a broken link; choose a folder for the outputs")
         if path.exists():
             if not path.is_dir():
                 raise UsageError(path, "is a file, not a folder; choose a folder for the outputs")
@@ -278,7 +280,8 @@ def claim(folder: str | Path, command: str, *, replace: bool = False, inputs: It
             yield folder
         except BaseException as exc:
             del _held[key]
-            _finish(folder)
+            with contextlib.suppress(Exception):  # the failure itself is what to report
+                _finish(folder)
             if aside is not None and not isinstance(exc, keep_on):
                 shutil.rmtree(folder, ignore_errors=True)
                 os.replace(aside, folder)  # the old result, as it was
