@@ -16,10 +16,10 @@ bcseg did not write) and settled when it ends. A run killed outright (SIGKILL)
 cannot settle it, so the next claim adopts every file that appeared during the
 dead run: the lock guarantees that no other bcseg run wrote them.
 
-The lock is ``fcntl.flock`` on ``.<folder>.bcseg-lock`` beside the folder: the
-kernel releases it when its process dies, so a lock left by a killed run is taken
-over without guessing from process ids, and it stays valid while the folder itself
-is moved aside and replaced.
+The lock is ``fcntl.flock`` on ``.<folder>.bcseg-lock`` beside the folder (inside
+it when the parent cannot be written): the kernel releases it when its process
+dies, so a lock left by a killed run is taken over without guessing from process
+ids, and it stays valid while the folder itself is moved aside and replaced.
 """
 
 from __future__ import annotations
@@ -188,10 +188,19 @@ def remove_owned(paths: Iterable[Path]) -> list[Path]:
 
 # --------------------------------------------------------------------------- the lock
 
+def _lock_path(folder: Path) -> Path:
+    """Beside the folder; inside it where its parent cannot be written (``--out ~``),
+    which also rules out moving it aside, so the lock cannot be moved with it."""
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    if os.access(folder.parent, os.W_OK):
+        return folder.parent / f".{folder.name}{LOCK_SUFFIX}"
+    folder.mkdir(exist_ok=True)
+    return folder / LOCK_SUFFIX
+
+
 def _lock(folder: Path, shown: Path) -> tuple[int, Path]:
     """Hold the lock of ``folder`` (resolved); ``shown`` is the name given by the user."""
-    path = folder.parent / f".{folder.name}{LOCK_SUFFIX}"
-    path.parent.mkdir(parents=True, exist_ok=True)
+    path = _lock_path(folder)
     while True:
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
