@@ -15,7 +15,7 @@ def test_demo_force_never_deletes_a_folder_that_is_not_a_demo(tmp_path, capsys):
     precious = tmp_path / "precious.txt"
     precious.write_text("keep me")
     assert main(["demo", "--out", str(tmp_path), "--force"]) == 2
-    assert "not a bcseg demo run" in capsys.readouterr().err
+    assert "precious.txt: was not written by bcseg" in capsys.readouterr().err
     assert precious.read_text() == "keep me"
     assert main(["demo", "--out", str(tmp_path)]) == 2  # without --force: already holds a result
     assert precious.read_text() == "keep me"

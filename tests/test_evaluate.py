@@ -162,7 +162,12 @@ def test_existing_outputs_are_refused_without_force(study, tmp_path):
         evaluate(root / "pred", root / "data", study["out"], n_boot=10)
     out = tmp_path / "again"
     out.mkdir()
-    (out / "summary.json").write_text("{}")
+    (out / "summary.json").write_text("{}")  # not bcseg's: even --force leaves it alone
+    with pytest.raises(UsageError, match="not written by bcseg"):
+        evaluate(root / "pred", study["cases"], out, force=True, n_boot=10)
+    assert (out / "summary.json").read_text() == "{}"
+    (out / "summary.json").unlink()
+    evaluate(root / "pred", study["cases"], out, n_boot=10)
     result = evaluate(root / "pred", study["cases"], out, force=True, slices=False, n_boot=10,
                       targets=("each",))
     assert json.loads(result["summary_json"].read_text())["n_cases"] == 3

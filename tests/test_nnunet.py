@@ -17,6 +17,7 @@ from bcseg.data.dataset import discover
 from bcseg.errors import DataError, UsageError
 from bcseg.nnunet import export_nnunet
 from bcseg.data.phantom import write_phantom
+from bcseg.outputs import RECORD
 
 SPACING = (1.0, 0.25, 0.25)  # the phantom's (z, y, x)
 
@@ -140,7 +141,7 @@ def test_nifti_export_keeps_spacing_and_observer(specimens, tmp_path):
     folder = export_nnunet(specimens, tmp_path, 8, "Slicer", observer="observer2",
                            file_ending=".nii.gz", k=3)
     assert _load(folder / "dataset.json")["overwrite_image_reader_writer"] == "SimpleITKIO"
-    assert sorted(p.name for p in folder.rglob("*.json")) == [  # no spacing files
+    assert sorted(p.name for p in folder.rglob("*.json") if p.name != RECORD) == [  # no spacing files
         "bcseg_case_map.json", "dataset.json", "splits_final.json"]
     for path in (folder / "imagesTr" / "Slicer_0001_0000.nii.gz", folder / "labelsTr" / "Slicer_0001.nii.gz"):
         image = sitk.ReadImage(str(path))
@@ -166,8 +167,12 @@ def test_refuses_to_overwrite_without_force(specimens, tmp_path):
     with pytest.raises(UsageError, match="force"):
         export_nnunet(specimens, tmp_path, 11, "Twice", k=3, file_ending=".nii.gz")
     assert (folder / "stale.txt").exists()
+    with pytest.raises(UsageError, match="stale.txt"):  # --force replaces only bcseg's files
+        export_nnunet(specimens, tmp_path, 11, "Twice", k=3, file_ending=".nii.gz", force=True)
+    assert (folder / "stale.txt").read_text() == "from an older export"
+    (folder / "stale.txt").unlink()
     export_nnunet(specimens, tmp_path, 11, "Twice", k=3, file_ending=".nii.gz", force=True)
-    assert not (folder / "stale.txt").exists() and (folder / "dataset.json").is_file()
+    assert (folder / "dataset.json").is_file()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["Dataset011_Twice"]
     with pytest.raises(UsageError, match="id 11"):  # nnU-Net finds datasets by id
         export_nnunet(specimens, tmp_path, 11, "Other", k=3)
@@ -190,12 +195,12 @@ def test_bad_data_names_the_file_and_leaves_nothing(specimens, tmp_path):
     out = tmp_path / "raw"
     with pytest.raises(DataError, match="specimen_001"):
         export_nnunet(data, out, 12, "Bad", k=2)
-    assert not any(out.iterdir())  # neither the dataset nor its temporary folder
+    assert not out.exists()  # neither the dataset, nor its temporary folder, nor raw/
     with pytest.raises(UsageError, match="observer"):
         export_nnunet(specimens, out, 12, "Bad", observer="observer9", k=3)
     with pytest.raises(UsageError, match="cannot read 3D"):
         export_nnunet(specimens, out, 12, "Bad", file_ending=".png", k=3)
-    assert not any(out.iterdir())
+    assert not out.exists()
 
 
 def test_stack_without_spacing_gets_unit_spacing_and_a_warning(tmp_path):

@@ -16,6 +16,7 @@ from bcseg.errors import ConfigError, DataError, ModelError, UsageError
 from bcseg.learn.models import unet
 from bcseg.infer.postprocess import fill_holes, keep_largest_component, postprocess, remove_small_components
 from bcseg.infer.predict import load_model, predict_volume, segment_volume, tta_flips
+from bcseg.outputs import RECORD
 from bcseg.rundir import InferenceSettings, load_run, member_settings, read_settings
 from bcseg.infer.segment import load_models, predict_files
 
@@ -433,7 +434,7 @@ def test_predict_files_2d_png(tmp_path, run_dir, unet2d):
     overlay = iio.imread(records[0]["overlay"])
     assert overlay.ndim == 3 and overlay.shape[0] > 100
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [
-        "scan_mask.tif", "scan_overlay.png", "scan_prob.tif"]
+        RECORD, "scan_mask.tif", "scan_overlay.png", "scan_prob.tif"]
 
 
 @pytest.mark.filterwarnings("ignore:.*holds no inference settings:UserWarning")
@@ -463,7 +464,12 @@ def test_existing_output_without_force_is_kept(tmp_path, run_dir, stack):
         predict_files(run_dir, tmp_path / "a.tif", out, progress=False)
     assert (out / "a_mask.tif").read_bytes() == b"earlier result"
     assert [p.name for p in out.iterdir()] == ["a_mask.tif"]
-    predict_files(run_dir, tmp_path / "a.tif", out, force=True, progress=False)
+    with pytest.raises(UsageError, match="a_mask.tif: was not written by bcseg"):
+        predict_files(run_dir, tmp_path / "a.tif", out, force=True, progress=False)
+    assert (out / "a_mask.tif").read_bytes() == b"earlier result"  # --force: only bcseg's own
+    (out / "a_mask.tif").unlink()
+    predict_files(run_dir, tmp_path / "a.tif", out, progress=False)
+    predict_files(run_dir, tmp_path / "a.tif", out, force=True, threshold=0.9, progress=False)
     assert tifffile.imread(out / "a_mask.tif").shape == stack.shape
 
 
@@ -485,13 +491,13 @@ def test_failure_leaves_no_partial_files(tmp_path, stack):
     out = tmp_path / "out"
     with pytest.raises(DataError, match="b_slice.tif: a 3D model"):
         predict_files(tmp_path / "m3.keras", images, out, save_prob=True, progress=False)
-    assert sorted(p.name for p in out.iterdir()) == ["a_stack_mask.tif", "a_stack_prob.tif"]
+    assert sorted(p.name for p in out.iterdir()) == [RECORD, "a_stack_mask.tif", "a_stack_prob.tif"]
     records = predict_files(tmp_path / "m3.keras", images, out, force=True, keep_going=True,
                             progress=False)
     assert [r["status"] for r in records] == ["ok", "error"]
     assert "b_slice.tif" in records[1]["error"] and records[1]["mask"] is None
-    assert sorted(p.name for p in out.iterdir()) == ["a_stack_mask.tif", "a_stack_prob.tif"]
-
+    # the forced run asked for no probability map: the old one no longer matches its mask
+    assert sorted(p.name for p in out.iterdir()) == [RECORD, "a_stack_mask.tif"]
 
 # --------------------------------------------------------------------------- ensembles
 

@@ -40,6 +40,7 @@ from bcseg.learn.models import unet
 from bcseg.rundir import InferenceSettings, embed_settings
 from bcseg.data.phantom import write_phantom
 from bcseg.infer.predict import load_model
+from bcseg.outputs import RECORD
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -104,7 +105,8 @@ def files_under(folder: Path) -> dict[str, bytes]:
         return {".": folder.read_bytes()}
     if not folder.exists():
         return {}
-    return {str(p.relative_to(folder)): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+    return {str(p.relative_to(folder)): p.read_bytes() for p in folder.rglob("*")
+            if p.is_file() and p.name != RECORD}  # bcseg's record of what it wrote there
 
 
 def write_dataset(root: Path, masks: dict[str, np.ndarray] | None = None,
@@ -604,7 +606,7 @@ def _masks(out: Path) -> list[Path]:
 
 
 def _leftovers(out: Path) -> list[Path]:
-    return sorted(p for p in out.iterdir() if p not in _masks(out))
+    return sorted(p for p in out.iterdir() if p not in _masks(out) and p.name != RECORD)
 
 
 def _assert_complete_mask(path: Path) -> None:

@@ -9,20 +9,35 @@ choose the format from it.
 from __future__ import annotations
 
 import contextlib
+import errno
+import hashlib
 import os
+import re
 from pathlib import Path
 from typing import Iterator
 
-from bcseg.errors import UsageError
+from bcseg.errors import DiskFullError, UsageError
 
 PARTIAL_MARK = ".partial-"
+NAME_MAX = 255  # bytes in one file name on every common file system
+FULL = {errno.ENOSPC: "no space left on the device", errno.EDQUOT: "disk quota exceeded",
+        errno.EFBIG: "larger than the file system or the file size limit allows"}
 
 
 def partial_name(path: Path) -> Path:
-    """The temporary name used while ``path`` is being written."""
+    """The temporary name used while ``path`` is being written.
+
+    A legal name near the length limit would overflow it once the temporary mark
+    is added, so such a stem is cut and a hash of the full name keeps it unique.
+    """
     suffix = ".nii.gz" if path.name.lower().endswith(".nii.gz") else path.suffix
     stem = path.name[: len(path.name) - len(suffix)] if suffix else path.name
-    return path.with_name(f".{stem}{PARTIAL_MARK}{os.getpid()}{suffix}")
+    tail = f"{PARTIAL_MARK}{os.getpid()}{suffix}"
+    if len(os.fsencode(f".{stem}{tail}")) > NAME_MAX:
+        digest = "~" + hashlib.sha1(os.fsencode(path.name)).hexdigest()[:10]
+        room = NAME_MAX - len(os.fsencode(f".{digest}{tail}"))
+        stem = os.fsencode(stem)[:room].decode("utf-8", "ignore") + digest
+    return path.with_name(f".{stem}{tail}")
 
 
 @contextlib.contextmanager
@@ -54,9 +69,30 @@ def atomic_path(path: str | Path, force: bool = True) -> Iterator[Path]:
         with open(tmp, "rb+") as handle:  # flush to disk before the rename
             os.fsync(handle.fileno())
         os.replace(tmp, path)
+    except OSError as exc:
+        problem = full_disk_problem(exc)
+        if problem:  # named after the file, not the hidden temporary one
+            raise DiskFullError(path, f"cannot be written: {problem}; free some space "
+                                "and run again") from None
+        raise
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+def full_disk_problem(error: OSError) -> str | None:
+    """What an OSError says about a full disk, or None when it is about something else.
+
+    NumPy reports a short write (what a full disk gives part-way through a file)
+    without an errno, as "N requested and M written".
+    """
+    if error.errno in FULL:
+        return FULL[error.errno]
+    short = re.fullmatch(r"(\d+) requested and (\d+) written", str(error))
+    if error.errno is None and short:
+        return (f"only {short[2]} of {short[1]} bytes could be written (the disk is full "
+                "or a file size limit is reached)")
+    return None
 
 
 def write_text(path: str | Path, text: str, force: bool = True) -> Path:

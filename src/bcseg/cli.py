@@ -12,11 +12,14 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import signal
 import sys
+import threading
 import warnings
 from pathlib import Path
 
 from bcseg.errors import BcsegError, UsageError, printable
+from bcseg.outputs import check_output_folder, check_replaceable, claim
 
 
 class _Parser(argparse.ArgumentParser):
@@ -152,13 +155,25 @@ def cmd_split(args) -> int:
         folds = kfold_by_group(cases, k=args.k, seed=args.seed, source=args.data)
         source = "kfold_by_group"
     out = Path(args.out)
-    if out.exists() and not args.force:
-        raise UsageError(out, "already exists; pass --force to overwrite it")
-    save_splits(out, cases, folds, seed=args.seed, source=source)
+    _check_split_file(out, args)
+    with claim(out.parent, "split"):
+        check_replaceable([out], args.force)  # again, now that no other run writes there
+        save_splits(out, cases, folds, seed=args.seed, source=source)
     sizes = [sum(1 for f in folds.values() if f == k) for k in range(max(folds.values()) + 1)]
     print(f"wrote {out}: {len(sizes)} folds of {', '.join(map(str, sizes))} cases, "
           f"{len({c.group for c in cases})} groups")
     return 0
+
+
+def _check_split_file(out: Path, args) -> None:
+    """A splits file replaces only one bcseg wrote, and never an input."""
+    if out.is_dir():
+        raise UsageError(out, "is a folder; --out names the JSON file to write")
+    check_output_folder(out.parent)
+    for source in (args.data, args.folds_file):
+        if source and out.resolve() == Path(source).resolve():
+            raise UsageError(out, "is an input of this command; choose another --out")
+    check_replaceable([out], args.force)
 
 
 def _train_overrides(args) -> dict:
@@ -203,15 +218,18 @@ def cmd_predict(args) -> int:
         from bcseg.pretrained import pretrained_path
         model = pretrained_path()
         print(f"no --model given: using the bundled BUSI model {model.name}")
+    if args.margins:
+        _check_margins_table(Path(args.out))
     records = predict_files(model, args.inputs, args.out, threshold=args.threshold,
                             tta=args.tta or None, postprocess=postprocess, min_size=args.min_size,
                             save_prob=args.save_prob, quicklook=args.quicklook, force=args.force,
-                            keep_going=args.keep_going, runtime=args.runtime,
+                            resume=args.resume, keep_going=args.keep_going, runtime=args.runtime,
                             progress=not args.no_progress and sys.stderr.isatty())
     failed = [r for r in records if r.get("error")]
-    if args.margins:
-        _margins_after_predict(records, args)
-    print(f"segmented {len(records) - len(failed)} of {len(records)} file(s) into {args.out}")
+    _margins_after_predict(records, args)
+    skipped = sum(r["status"] == "skipped" for r in records)
+    print(f"segmented {len(records) - len(failed) - skipped} of {len(records)} file(s) into "
+          f"{args.out}" + (f" ({skipped} already complete, kept)" if skipped else ""))
     if failed:
         for record in failed:
             print(f"bcseg: error: {record['error']}", file=sys.stderr)
@@ -219,24 +237,35 @@ def cmd_predict(args) -> int:
     return 0
 
 
+def _check_margins_table(out: Path) -> None:
+    """margins.csv gains rows by case; a file of that name bcseg did not write is refused."""
+    check_replaceable([out / "margins.csv"], force=True)
+
+
 def _margins_after_predict(records: list[dict], args) -> None:
-    from bcseg.measure.margins import margins_for_files, write_margins_csv
+    """Margins of the stacks just segmented, merged by case into OUT/margins.csv.
 
-    from bcseg.data.io import open_volume
+    Rows of other cases stay; a case segmented again loses its old, stale row even
+    without --margins. 2D images are skipped with a warning: margins need a stack.
+    """
+    from bcseg.data.io import file_stem, open_volume
+    from bcseg.measure.margins import margins_for_files, merge_margins_csv
 
-    rows = []
-    for record in records:
-        if record.get("error") or not record.get("mask"):
-            continue
-        if open_volume(record["mask"])[0].ndim != 3:  # margins are measured in 3D stacks
-            print(printable(f"bcseg: warning: {record['input']}: is a 2D image; no margins "
-                            "(they need a 3D stack)"), file=sys.stderr)
-            continue
-        result = margins_for_files(record["input"], record["mask"], args.out, spacing_mm=args.spacing,
-                                   force=args.force)
-        rows.append(result)
-    if rows:
-        write_margins_csv(rows, Path(args.out) / "margins.csv", force=True)
+    out = Path(args.out)
+    done = [r for r in records if r["status"] == "ok"]
+    with claim(out, "predict"):
+        rows = []
+        for r in records:
+            if not (args.margins and r.get("mask")) or (out / f"{file_stem(Path(r['input']))}_margins.csv").exists():
+                continue
+            if open_volume(r["mask"])[0].ndim != 3:
+                print(printable(f"bcseg: warning: {r['input']}: is a 2D image; no margins "
+                                "(they need a 3D stack)"), file=sys.stderr)
+                continue
+            rows.append(margins_for_files(r["input"], r["mask"], out, spacing_mm=args.spacing))
+        if (out / "margins.csv").exists() or rows:
+            merge_margins_csv(rows, out / "margins.csv",
+                              replace_cases=[file_stem(Path(r["input"])) for r in done])
 
 
 def cmd_export_onnx(args) -> int:
@@ -258,9 +287,19 @@ def cmd_evaluate(args) -> int:
                       force=args.force, protocol=args.protocol, model=args.model)
     _print_headline(result)
     if not args.no_report:
-        from bcseg.report.html import build_report
-        print(f"report: {build_report(args.out)}")
+        print(f"report: {_report(args.out)}")
     return 0
+
+
+def _report(folder) -> Path:
+    """Rebuild the report inside a claim, so its files are recorded as bcseg's."""
+    from bcseg.report.html import build_report
+
+    page = [Path(folder) / "report.html"]
+    check_replaceable(page, force=True)  # never a page of yours
+    with claim(folder, "report"):
+        check_replaceable(page, force=True)
+        return build_report(folder)
 
 
 def _print_headline(result: dict) -> None:
@@ -271,9 +310,10 @@ def _print_headline(result: dict) -> None:
 
 
 def cmd_report(args) -> int:
-    from bcseg.report.html import build_report
-
-    print(f"report: {build_report(args.run)}")
+    if not Path(args.run).is_dir():
+        from bcseg.errors import DataError
+        raise DataError(args.run, "is not a folder")
+    print(f"report: {_report(args.run)}")
     return 0
 
 
@@ -409,7 +449,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--keep-going", action="store_true",
                    help="carry on past a bad file, report every failure at the end")
     p.add_argument("--no-progress", action="store_true")
-    p.add_argument("--force", action="store_true", help="overwrite existing outputs")
+    p.add_argument("--force", action="store_true",
+                   help="replace outputs bcseg wrote before, and remove their stale companions")
+    p.add_argument("--resume", action="store_true",
+                   help="keep complete outputs, remove partial files a killed run left, do the rest")
     p.add_argument("--runtime", choices=["tensorflow", "onnx"], default="tensorflow",
                    help="onnx: run the model exported by export-onnx with ONNX Runtime, "
                    "without TensorFlow")
@@ -523,11 +566,34 @@ def _import_tensorflow_quietly() -> None:
 NEEDS_TENSORFLOW = {"train", "predict", "demo", "export-onnx"}
 
 
+def _interrupt(signum, frame) -> None:
+    """SIGTERM (a scheduler or ``kill``) stops a run exactly as Ctrl-C does."""
+    raise KeyboardInterrupt
+
+
+def _full_disk(error: OSError) -> str | None:
+    """One line for an OSError that says the disk (or a size limit) is full."""
+    from bcseg.atomic import full_disk_problem
+
+    problem = full_disk_problem(error)
+    return problem and f"{error.filename or 'an output file'}: cannot be written: {problem}"
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the command line; return the exit code."""
     _quiet_libraries()
     parser = build_parser()
     args = parser.parse_args(argv)
+    main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _interrupt) if main_thread else None
+    try:
+        return _run(args)
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _run(args) -> int:
     try:
         if args.command in NEEDS_TENSORFLOW and getattr(args, "runtime", None) != "onnx":
             _import_tensorflow_quietly()
@@ -543,6 +609,9 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as error:  # a bug or the system (full disk, ...): still one line
         if args.debug:
             raise
+        if isinstance(error, OSError) and _full_disk(error):
+            print(f"bcseg: error: {printable(_full_disk(error))}", file=sys.stderr)
+            return 1
         print(f"bcseg: error: {type(error).__name__}: {printable(str(error))} "
               "(run with --debug for the traceback)",
               file=sys.stderr)

@@ -19,8 +19,8 @@ import time
 from pathlib import Path
 
 from bcseg.atomic import require_new, write_text
-from bcseg.errors import UsageError
 from bcseg.data.phantom import write_phantom
+from bcseg.outputs import check_output_folder, claim
 
 DEMO_SPECIMENS = 10
 DEMO_SHAPE = (24, 128, 128)
@@ -45,16 +45,16 @@ def _headline(run: Path) -> dict:
 def run_demo(out: str | Path = "demo-run", force: bool = False, epochs_2d: int | None = None,
              epochs_3d: int | None = None, specimens: int = DEMO_SPECIMENS) -> dict:
     """Run the demo into ``out`` and return the headline numbers and paths."""
+    out = check_output_folder(out)
+    require_new(out, force)
+    # --force replaces an earlier demo (files bcseg wrote), never a folder holding others.
+    with claim(out, "demo", replace=force):
+        return _demo_in(out, epochs_2d, epochs_3d, specimens)
+
+
+def _demo_in(out: Path, epochs_2d: int | None, epochs_3d: int | None, specimens: int) -> dict:
     from bcseg.after_fit import train_and_evaluate as train
 
-    out = Path(out)
-    require_new(out, force)
-    if force and out.exists() and any(out.iterdir()):
-        # --force replaces an earlier demo, never an arbitrary folder given by mistake.
-        if not (out / "phantom").is_dir() and not (out / "unet2d").is_dir():
-            raise UsageError(out, "is not empty and is not a bcseg demo run; refusing to delete it")
-        import shutil
-        shutil.rmtree(out)
     started = time.perf_counter()
     data = out / "phantom"
     write_phantom(data, n=specimens, shape=DEMO_SHAPE, seed=0, truth=True)

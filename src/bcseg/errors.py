@@ -72,3 +72,9 @@ class ModelError(BcsegError):
 
 class ConfigError(ModelError):
     """A configuration file or key that is unknown or wrongly typed."""
+
+
+class DiskFullError(BcsegError):
+    """An output that could not be written: the disk or a size limit is full."""
+
+    exit_code = 1

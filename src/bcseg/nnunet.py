@@ -46,10 +46,11 @@ import numpy as np
 
 from bcseg.data import io
 from bcseg.atomic import PARTIAL_MARK, atomic_path, require_new, write_text
-from bcseg.data.dataset import Case, discover, read_case_image, read_case_masks
-from bcseg.errors import DataError, UsageError
 from bcseg.data.consensus import METHODS, consensus
+from bcseg.data.dataset import Case, discover, read_case_image, read_case_masks
 from bcseg.data.splits import check_groups_whole, kfold_by_group
+from bcseg.errors import DataError, DiskFullError, UsageError
+from bcseg.outputs import check_not_inputs, check_output_folder, claim
 
 __all__ = ["export_nnunet", "dataset_folder_name", "FILE_ENDINGS", "CASE_MAP", "SPLITS_FILE"]
 
@@ -136,7 +137,9 @@ def export_nnunet(data: str | Path | Iterable[Case], out: str | Path, dataset_id
         (NaturalImage2DIO; 8 or 16 bit only). ``.nii.gz`` (SimpleITKIO, spacing in
         the header) opens in 3D Slicer. 2D images may also be ``.tif``.
     force : bool
-        Replace an existing dataset folder.
+        Replace an existing dataset folder that bcseg exported; one holding any file
+        bcseg did not write there (or an input) is refused. The old one is kept until
+        the new one is complete.
 
     Returns
     -------
@@ -162,8 +165,8 @@ def export_nnunet(data: str | Path | Iterable[Case], out: str | Path, dataset_id
     ``FOLD`` (the case map gives bcseg's fold number per case).
 
     Images are written as grey (RGB is converted as :func:`bcseg.data.io.read_image`
-    does), one channel. The folder appears only when complete: it is built under a
-    hidden temporary name and renamed at the end, each file written atomically.
+    does), one channel. Its files appear only when complete: they are written under a
+    hidden temporary folder and moved in at the end, each file written atomically.
     Stacks without spacing get ``(1, 1, 1)`` mm, nnU-Net's own assumption, with a
     warning.
 
@@ -174,19 +177,31 @@ def export_nnunet(data: str | Path | Iterable[Case], out: str | Path, dataset_id
     """
     folder_name = dataset_folder_name(dataset_id, name)
     ending = _check_ending(file_ending)
-    out = Path(out)
+    out = check_output_folder(out)
     dest = out / folder_name
     require_new(dest, force)
     _check_id_free(out, int(dataset_id), folder_name)
     cases = discover(data) if isinstance(data, (str, Path)) else list(data)
     if not cases:
         raise DataError(None, "no cases to export")
+    reads = [data] if isinstance(data, (str, Path)) else []
+    check_not_inputs(dest, reads + [p for c in cases for p in (c.image, *(
+        f for files in c.masks.values() for f in files))])
     _check_observer(cases, observer)
     fold_of = _folds(cases, folds, k, seed)
     width = max(4, len(str(len(cases))))
     nn_ids = [f"{name}_{i:0{width}d}" for i in range(1, len(cases) + 1)]
 
-    stage = out / f".{folder_name}{PARTIAL_MARK}{os.getpid()}"
+    with claim(dest, "export-nnunet", replace=True, inputs=reads):
+        _write_dataset(cases, nn_ids, out / f".{folder_name}{PARTIAL_MARK}{os.getpid()}", dest,
+                       observer, ending, fold_of, name)
+    return dest
+
+
+def _write_dataset(cases: list[Case], nn_ids: list[str], stage: Path, dest: Path, observer: str,
+                   ending: str | None, fold_of: dict[str, int], name: str) -> None:
+    """Write the dataset under the hidden name ``stage``, then swap it in for ``dest``."""
+    folder_name = dest.name
     if stage.exists():
         shutil.rmtree(stage)
     try:
@@ -216,11 +231,15 @@ def export_nnunet(data: str | Path | Iterable[Case], out: str | Path, dataset_id
                       for n, c in zip(nn_ids, cases)},
         }
         write_text(stage / CASE_MAP, json.dumps(case_map, indent=2) + "\n")
-        _replace_folder(stage, dest)
+        for path in sorted(stage.rglob("*")):  # the claim's folder is empty: fill it
+            if path.is_file():
+                (dest / path.relative_to(stage)).parent.mkdir(parents=True, exist_ok=True)
+                os.replace(path, dest / path.relative_to(stage))
+    except DiskFullError as exc:  # name the file the user will look for, not the hidden one
+        raise DiskFullError(dest / Path(exc.path).relative_to(stage), exc.problem) from None
     finally:
         if stage.exists():
             shutil.rmtree(stage)
-    return dest
 
 
 # --------------------------------------------------------------------------- checks
@@ -358,16 +377,3 @@ def _write_png(path: Path, pixels: np.ndarray) -> None:
 
     with atomic_path(path) as tmp:
         iio.imwrite(tmp, pixels, extension=".png")
-
-
-def _replace_folder(stage: Path, dest: Path) -> None:
-    """Move the finished folder into place, replacing ``dest`` (checked before)."""
-    if not dest.exists():
-        os.replace(stage, dest)
-        return
-    old = dest.with_name(f".{dest.name}.old-{os.getpid()}")
-    if old.exists():
-        shutil.rmtree(old)
-    os.replace(dest, old)
-    os.replace(stage, dest)
-    shutil.rmtree(old)

@@ -36,6 +36,7 @@ from scipy import ndimage
 
 from bcseg.data import io
 from bcseg.atomic import require_new, write_text
+from bcseg.outputs import check_output_folder, claim
 from bcseg.data import phantom_us as us
 from bcseg.data.channels import CHANNELS_FILE
 from bcseg.data.phantom_pa import pa_image
@@ -216,8 +217,14 @@ def write_phantom(out: str | Path, n: int = 8, shape=DEFAULT_SHAPE, seed: int = 
     if n < 1:
         raise ValueError(f"n must be at least 1, got {n}")
     _, channels = _check_request(shape, difficulty, channels)
-    out = Path(out)
+    out = check_output_folder(out)
     require_new(out, force)
+    with claim(out, "phantom", replace=force):
+        return _write_specimens(out, n, shape, seed, spacing_mm, truth, difficulty, channels, artefacts)
+
+
+def _write_specimens(out: Path, n: int, shape, seed: int, spacing_mm, truth: bool, difficulty: str,
+                     channels, artefacts: bool) -> list[Path]:
     images, rows = [], []
     for index in range(n):
         # One independent stream per specimen, so specimen k is the same whatever n is.

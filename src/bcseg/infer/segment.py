@@ -10,7 +10,9 @@ files, renamed only when complete.
 
 from __future__ import annotations
 
+import errno
 import math
+import os
 import warnings
 from contextlib import ExitStack
 from pathlib import Path
@@ -20,13 +22,20 @@ import numpy as np
 import tifffile
 from tqdm.auto import tqdm
 
+from bcseg import outputs
+from bcseg.atomic import atomic_path, remove_partials
 from bcseg.data import io
-from bcseg.atomic import atomic_path
-from bcseg.errors import BcsegError, ConfigError, DataError, ModelError, UsageError
 from bcseg.data.intensity import normalise
+from bcseg.errors import BcsegError, ConfigError, DataError, ModelError, UsageError
 from bcseg.infer.postprocess import check_steps, release_slices
 from bcseg.infer.predict import load_model, model_spec, segment_volume
 from bcseg.rundir import SETTINGS_FILE, load_run
+
+# Every output ``predict`` (with --margins) writes for one input, by suffix after its
+# stem. A forced run removes those of a case it does not write again: a stale
+# probability map beside a new mask would be scored as if it belonged to it.
+CASE_OUTPUTS = ("_mask.tif", "_prob.tif", "_overlay.png",
+                "_margins.csv", "_margins.png", "_specimen.tif")
 
 
 def load_models(model_path, threshold=None, tta=None, postprocess=None, min_size=None,
@@ -93,7 +102,9 @@ def _input_files(inputs) -> list[Path]:
     files: list[Path] = []
     for item in map(Path, inputs):
         if item.is_dir():
-            found = io.image_files(item)
+            # bcseg's own outputs there (--out was this folder) are never inputs
+            ours = outputs.owned(item)
+            found = [f for f in io.image_files(item) if f.name not in ours]
             if not found:
                 raise DataError(item, "holds no supported images (" + ", ".join(io.IMAGE_SUFFIXES) + ")")
             files.extend(found)
@@ -111,14 +122,27 @@ def _input_files(inputs) -> list[Path]:
 
 
 def _tiff_memmap(path: Path, shape, dtype, spacing) -> np.memmap:
-    """An output TIFF with ImageJ spacing, memory-mapped so it is filled batch by batch."""
+    """An output TIFF with ImageJ spacing, memory-mapped so it is filled batch by batch.
+
+    The file is created sparse; its blocks are allocated here, so a full disk is an
+    OSError now rather than a SIGBUS when a page of the map is first written.
+    """
     if len(shape) == 3 and 1 in (shape[0], shape[-1]):
         # ImageJ files read back (1, H, W) and (Z, H, 1) without the singleton axis: a
         # shaped TIFF keeps it, with the in-plane spacing in resolution tags (pixels per cm).
         kwargs = {} if spacing is None else {"resolution": (10 / spacing[-1], 10 / spacing[-2]),
                                              "resolutionunit": "CENTIMETER"}
-        return tifffile.memmap(path, shape=tuple(shape), dtype=dtype, photometric="minisblack", **kwargs)
-    return tifffile.memmap(path, shape=tuple(shape), dtype=dtype, **io.imagej_kwargs(tuple(shape), spacing))
+        array = tifffile.memmap(path, shape=tuple(shape), dtype=dtype, photometric="minisblack", **kwargs)
+    else:
+        array = tifffile.memmap(path, shape=tuple(shape), dtype=dtype,
+                                **io.imagej_kwargs(tuple(shape), spacing))
+    with open(path, "rb+") as handle:
+        try:
+            os.posix_fallocate(handle.fileno(), 0, os.fstat(handle.fileno()).st_size)
+        except OSError as exc:
+            if exc.errno not in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):
+                raise
+    return array
 
 
 def _max_projection(volume: np.ndarray, chunk: int = 16) -> np.ndarray:
@@ -151,19 +175,36 @@ def _write_overlay(path: Path, image: np.ndarray, mask: np.ndarray, spacing) -> 
     figure.savefig(path, dpi=100)
 
 
-def _segment_file(models, settings, path: Path, out_dir: Path, options: dict, force: bool) -> dict:
-    """Segment one file into ``out_dir``; every output is written atomically."""
+def _case_outputs(path: Path, out_dir: Path, save_prob: bool, quicklook: bool) -> dict:
+    """The outputs asked for one input: mask, and optionally prob and overlay (else None)."""
     stem = io.file_stem(path)
-    outputs = {"mask": out_dir / f"{stem}_mask.tif",
-               "prob": out_dir / f"{stem}_prob.tif" if options.pop("save_prob") else None,
-               "overlay": out_dir / f"{stem}_overlay.png" if options.pop("quicklook") else None}
-    with ExitStack() as stack:  # refuses existing outputs before any work is done
-        temp = {k: stack.enter_context(atomic_path(v, force=force)) if v else None
-                for k, v in outputs.items()}
+    return {"mask": out_dir / f"{stem}_mask.tif",
+            "prob": out_dir / f"{stem}_prob.tif" if save_prob else None,
+            "overlay": out_dir / f"{stem}_overlay.png" if quicklook else None}
+
+
+def _every_output(path: Path, out_dir: Path) -> list[Path]:
+    return [out_dir / f"{io.file_stem(path)}{suffix}" for suffix in CASE_OUTPUTS]
+
+
+def _complete(wanted: dict, known: dict) -> bool:
+    """All outputs asked for exist and were written by bcseg (``--resume`` keeps them)."""
+    return all(outputs.is_owned(p, known) for p in wanted.values() if p is not None)
+
+
+def _segment_file(models, settings, path: Path, wanted: dict, progress: bool) -> dict:
+    """Segment one file into the ``wanted`` outputs, each written atomically; then drop
+    the case's other, stale outputs (checked to be bcseg's before the run began)."""
+    with ExitStack() as stack:
+        temp = {k: stack.enter_context(atomic_path(v)) if v else None for k, v in wanted.items()}
         image, spacing = io.open_volume(path)
-        _segment_into(models, settings, image, spacing, temp, options["progress"],
+        _segment_into(models, settings, image, spacing, temp, progress,
                       _output_geometry(path, image, spacing))
-    return {k: None if v is None else str(v) for k, v in outputs.items()}
+    stale = [p for p in _every_output(path, wanted["mask"].parent)
+             if p not in wanted.values() and p.exists()]
+    if stale:  # checked to exist first: listing what bcseg owns reads the whole folder
+        outputs.remove_owned(stale)
+    return {k: None if v is None else str(v) for k, v in wanted.items()}
 
 
 def _output_geometry(path: Path, image: np.ndarray, spacing) -> tuple:
@@ -193,6 +234,20 @@ def _segment_into(models, settings, image, spacing, temp: dict, progress: bool, 
             out.flush()
 
 
+def _files_to_do(files: list[Path], wanted: dict, out_dir: Path, force: bool,
+                 resume: bool) -> list[Path]:
+    """The inputs to segment; refuses, before any work, outputs it may not replace."""
+    if force and resume:
+        raise UsageError(None, "force and resume exclude each other: resume keeps complete "
+                         "outputs, force replaces them")
+    known: dict = {}  # bcseg's files in out_dir, listed once, not once per input
+    todo = [p for p in files if not (resume and _complete(wanted[p], known))]
+    for path in todo:
+        outputs.check_name_lengths([p for p in wanted[path].values() if p is not None], path)
+        outputs.check_replaceable(_every_output(path, out_dir), force or resume, known)
+    return todo
+
+
 def predict_files(
     model_path: str | Path,
     inputs,
@@ -205,6 +260,7 @@ def predict_files(
     save_prob: bool = False,
     quicklook: bool = False,
     force: bool = False,
+    resume: bool = False,
     keep_going: bool = False,
     progress: bool = True,
     runtime: str = "tensorflow",
@@ -230,7 +286,12 @@ def predict_files(
     save_prob, quicklook : bool
         Also write the probability map / the overlay PNG.
     force : bool
-        Overwrite existing outputs; otherwise an existing output raises UsageError.
+        Replace existing outputs that bcseg wrote, and remove a case's other, stale
+        outputs (an old ``_prob.tif`` beside a new mask); otherwise an existing output
+        raises UsageError. Files bcseg did not write are never replaced.
+    resume : bool
+        Keep inputs whose asked-for outputs are complete, remove temporary files a
+        killed run left, and segment the rest.
     keep_going : bool
         Record a file that fails with a bcseg error and go on with the next.
     progress : bool
@@ -243,31 +304,41 @@ def predict_files(
     -------
     list of dict
         One per input file: ``input``, ``mask``, ``prob``, ``overlay`` (paths or
-        None), ``status`` ("ok" or "error") and ``error`` (message or None).
+        None), ``status`` ("ok", "skipped" by ``resume``, or "error") and ``error``
+        (message or None).
     """
+    out_dir = outputs.check_output_folder(out_dir)
+    files = _input_files(inputs)
+    wanted = {path: _case_outputs(path, out_dir, save_prob, quicklook) for path in files}
+    _files_to_do(files, wanted, out_dir, force, resume)  # refuse before the model loads
     # Warnings about the settings (none recorded, a threshold tuned without TTA) wait
     # until the inputs are segmented: a bad input still gives one line, its error.
     with warnings.catch_warnings(record=True) as notes:
         warnings.simplefilter("always")
         models, settings = load_models(model_path, threshold, tta, postprocess, min_size, runtime)
-    files = _input_files(inputs)
-    out_dir = Path(out_dir)
-    if out_dir.exists() and not out_dir.is_dir():
-        raise UsageError(out_dir, "is a file; --out must be a folder")
+    model_named = model_path[0] if isinstance(model_path, (list, tuple)) else model_path
     records = []
-    for path in tqdm(files, disable=not progress, desc="Segmenting", unit="image"):
-        record = {"input": str(path), "mask": None, "prob": None, "overlay": None,
-                  "status": "ok", "error": None}
-        try:
-            record.update(_segment_file(models, settings, path, out_dir, {
-                "save_prob": save_prob, "quicklook": quicklook, "progress": progress}, force))
-        except BcsegError as exc:
-            if exc.path is None:  # errors from arrays name no file: name the one at fault
-                exc = type(exc)(model_file if isinstance(exc, ModelError) else path, exc.problem)
-            if not keep_going:
-                raise exc from None
-            record.update(status="error", error=str(exc))
-        records.append(record)
+    with outputs.claim(out_dir, "predict"):
+        # again, now that no other run can write here: one may have finished meanwhile
+        todo = _files_to_do(files, wanted, out_dir, force, resume)
+        if resume:
+            remove_partials(out_dir)
+        for path in tqdm(files, disable=not progress, desc="Segmenting", unit="image"):
+            record = {"input": str(path), "mask": None, "prob": None, "overlay": None,
+                      "status": "ok", "error": None}
+            if path not in todo:
+                record.update({k: None if v is None else str(v) for k, v in wanted[path].items()},
+                              status="skipped")
+            else:
+                try:
+                    record.update(_segment_file(models, settings, path, wanted[path], progress))
+                except BcsegError as exc:
+                    if exc.path is None:  # errors from arrays name no file: name the one at fault
+                        exc = type(exc)(model_named if isinstance(exc, ModelError) else path, exc.problem)
+                    if not keep_going:
+                        raise exc from None
+                    record.update(status="error", error=str(exc))
+            records.append(record)
     for note in notes:
         warnings.warn(note.message, stacklevel=2)
     return records

@@ -35,17 +35,19 @@ from typing import Callable
 import keras
 import tensorflow as tf
 
+from bcseg import outputs
 from bcseg import rundir
 from bcseg.learn import pipeline
 from bcseg.atomic import atomic_path, partial_name, remove_partials, write_text
 from bcseg.learn.augment import AugmentConfig
 from bcseg.config import load_config, save_config
+from bcseg.data.consensus import METHODS
 from bcseg.data.dataset import Case, discover, refuse_duplicate_images
+from bcseg.data.splits import (folds_from_file, group_note, kfold_by_group, load_splits, require_groups,
+                               save_splits, validation_ids)
 from bcseg.errors import ConfigError, DataError, ModelError, UsageError
 from bcseg.learn.losses import DiceMetric, IoUMetric, get_loss
 from bcseg.learn.models import unet
-from bcseg.data.splits import (folds_from_file, group_note, kfold_by_group, load_splits, require_groups,
-                               save_splits, validation_ids)
 
 HISTORY_COLUMNS = ["epoch", "loss", "dice", "iou", "val_loss", "val_dice", "val_iou", "lr"]
 log = logging.getLogger("bcseg.learn.train")
@@ -65,19 +67,34 @@ class Interrupted(Exception):
 
 # --------------------------------------------------------------------------- run directory
 
-def _prepare_run_dir(out: Path, resume: bool, force: bool) -> None:
-    if resume:
-        remove_partials(out)
+def _replaces_run(out: Path, resume: bool, force: bool) -> bool:
+    """Whether this run replaces an earlier one in ``out``; refuses without --force."""
+    if resume or not out.exists() or not any(out.iterdir()):
+        return False
+    if not force:
+        raise UsageError(out, "already holds a run; pass --resume to continue it "
+                         "or --force to replace it")
+    return True
+
+
+def _inputs(data, cases: list[Case], *others) -> list:
+    """Every file the run reads, which replacing the run folder must never remove."""
+    reads = [data] if isinstance(data, (str, Path)) else []
+    reads += [p for c in cases for p in (c.image, *(f for fs in c.masks.values() for f in fs))]
+    return reads + [p for p in others if isinstance(p, (str, Path)) and Path(p).exists()]
+
+
+def _check_observer(cases: list[Case], observer: str) -> None:
+    """The training target must exist in every case, checked before the run starts."""
+    if observer in METHODS or observer in pipeline.KEEP_ALL:  # random, soft
         return
-    if out.exists() and any(out.iterdir()):
-        if not force:
-            raise UsageError(out, "already holds a run; pass --resume to continue it "
-                             "or --force to replace it")
-        if not (out / "config.toml").is_file():
-            # --force replaces runs, never arbitrary folders given by mistake.
-            raise UsageError(out, "is not empty and is not a bcseg run; refusing to delete it")
-        shutil.rmtree(out)
-    out.mkdir(parents=True, exist_ok=True)
+    lacking = [c for c in cases if observer not in c.masks]
+    if len(lacking) == len(cases):
+        names = sorted({o for c in cases for o in c.masks})
+        raise UsageError(None, f"unknown observer {observer!r}; choose one of "
+                         f"{', '.join([*METHODS, *pipeline.KEEP_ALL, *names])}")
+    if lacking:
+        raise DataError(lacking[0].image, f"has no mask by observer {observer!r}, the training target")
 
 
 def _start_log(out: Path) -> logging.Handler:
@@ -494,7 +511,7 @@ def train(data, out, config=None, overrides: dict | None = None, fold="0", folds
     list of dict
         One summary per fold trained.
     """
-    out = Path(out)
+    out = outputs.check_output_folder(out)
     if resume:
         if not (out / "config.toml").is_file():  # before load_config: a usage error, not a config one
             raise UsageError(out, "has no run to resume (config.toml missing)")
@@ -526,9 +543,22 @@ def train(data, out, config=None, overrides: dict | None = None, fold="0", folds
     if resume and folds_file and source is None and folds_from_file(folds_file, cases) != folds:
         raise UsageError(folds_file, f"assigns other folds than the run's splits.json; a resumed "
                          "run keeps its splits")
+    _check_observer(cases, cfg["data"]["observer"])
     _check_test_cases([c for c in cases if folds[c.id] == targets[0]])
     init_model = _init_model(init, cfg)  # an unusable model is refused before the run dir is touched
-    _prepare_run_dir(out, resume, force)
+    replace = _replaces_run(out, resume, force)
+    # Interrupted: keep the new run, which --resume continues; any failure: the old run.
+    with outputs.claim(out, "train", replace=replace, keep_on=(Interrupted, KeyboardInterrupt),
+                       inputs=_inputs(data, cases, config, folds_file, init_model)):
+        if resume:
+            remove_partials(out)
+        return _train_in(out, cfg, cases, folds, source, targets, resume, init_model, strategy,
+                         after_fit, plot)
+
+
+def _train_in(out: Path, cfg: dict, cases: list[Case], folds: dict, source, targets: list[int],
+              resume: bool, init_model, strategy, after_fit, plot) -> list[dict]:
+    """Train every fold in ``targets`` into the claimed run folder ``out``."""
     handler = _start_log(out)
     handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
@@ -646,7 +676,7 @@ def _init_model(init, cfg: dict) -> Path | None:
     path = Path(init)
     if not path.is_file():
         raise ConfigError(path, "initial model not found")
-    from bcseg.learn.models import load_model, model_spec
+    from bcseg.learn.saved import load_model, model_spec
 
     try:
         spec = model_spec(load_model(path))  # ModelError naming the file: unsafe, corrupt, ...

@@ -43,6 +43,7 @@ from bcseg.data.dataset import Case, discover, read_case_image, read_case_masks
 from bcseg.errors import DataError, ModelError, UsageError
 from bcseg.measure.metrics import REFERENCE_EPS, batch_mean, case_metrics, dice, slice_metrics, soft_scores, summarise
 from bcseg.measure.observers import MARGINS, METHODS, agreement, consensus, paired_comparison, union
+from bcseg.outputs import check_output_folder, check_replaceable, claim
 
 __all__ = ["evaluate", "find_predictions", "ceiling_table", "OUTPUTS", "METRIC_COLUMNS",
            "INTER_OBSERVER", "PIXEL_SOFT_NOTE"]
@@ -405,7 +406,8 @@ def evaluate(pred_dir: str | Path, truth, out_dir: str | Path, observers: str | 
         Predictions without a case, cases lacking a requested observer, shapes that
         differ, unreadable files: all of them listed in one error.
     UsageError
-        Outputs exist and not ``force``; unknown targets or observers.
+        Outputs exist and not ``force``, or bcseg did not write them; the output
+        folder is a file; unknown targets or observers.
 
     Notes
     -----
@@ -438,11 +440,9 @@ def evaluate(pred_dir: str | Path, truth, out_dir: str | Path, observers: str | 
     if protocol == "reference" and model is None:
         raise UsageError(None, "protocol 'reference' scores a model: give the model the predictions "
                          "came from")
+    check_output_folder(out_dir)
     outputs = {key: out_dir / name for key, name in OUTPUTS.items()}
-    if not force:
-        for path in outputs.values():
-            if path.exists():
-                raise UsageError(path, "already exists; pass --force to overwrite it")
+    check_replaceable(outputs.values(), force)
     cases = discover(truth) if isinstance(truth, (str, Path)) else list(truth)
     wanted = _select_observers(cases, observers)
     predictions = find_predictions(pred_dir)
@@ -509,9 +509,11 @@ def evaluate(pred_dir: str | Path, truth, out_dir: str | Path, observers: str | 
                    "truth": str(Path(truth).resolve()) if isinstance(truth, (str, Path)) else None,
                    "cases": infos},
     }
-    write_text(outputs["metrics"], _csv_text(METRICS_CSV_COLUMNS, rows + slice_rows))
-    write_text(outputs["agreement"], _csv_text(AGREEMENT_CSV_COLUMNS, agree_rows))
-    write_text(outputs["summary"], json.dumps(_json_safe(summary), indent=2, allow_nan=False) + "\n")
+    with claim(out_dir, "evaluate"):
+        check_replaceable(outputs.values(), force)  # again, now that no other run writes here
+        write_text(outputs["metrics"], _csv_text(METRICS_CSV_COLUMNS, rows + slice_rows))
+        write_text(outputs["agreement"], _csv_text(AGREEMENT_CSV_COLUMNS, agree_rows))
+        write_text(outputs["summary"], json.dumps(_json_safe(summary), indent=2, allow_nan=False) + "\n")
 
     headline_ref = soft_ref if soft_ref in references else next(iter(references))
     dice_stats = {name: entry["metrics"]["dice"] for name, entry in references.items()}

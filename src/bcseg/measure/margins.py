@@ -58,6 +58,7 @@ from scipy import ndimage
 from scipy.spatial import cKDTree
 from skimage.filters import threshold_otsu
 
+from bcseg import outputs
 from bcseg.data import io
 from bcseg.data.geometry import bounding_box, fill_holes, largest_component, surface
 from bcseg.atomic import atomic_path, write_text
@@ -460,6 +461,30 @@ def write_margins_csv(rows: Iterable[Mapping], path: str | Path, force: bool = T
     return write_text(path, buffer.getvalue(), force=force)
 
 
+def merge_margins_csv(rows: Iterable[Mapping], path: str | Path,
+                      replace_cases: Iterable[str] = ()) -> Path | None:
+    """Merge rows into a summary CSV shared by several runs: one row per case.
+
+    Rows already in ``path`` are kept, except those of the cases in ``rows`` and in
+    ``replace_cases`` (cases whose mask was made again, so their old row is stale).
+    Returns the path, or None when there is nothing to write.
+    """
+    path = Path(path)
+    kept = []
+    if path.is_file():
+        try:
+            with open(path, newline="", encoding="utf-8") as handle:
+                kept = list(csv.DictReader(handle))
+        except (OSError, UnicodeDecodeError, csv.Error) as exc:
+            raise DataError(path, f"cannot read the margins table to add rows to it ({exc})") from None
+    new = [margins_row(row) if "faces" in row else dict(row) for row in rows]
+    drop = set(replace_cases) | {str(row.get("case", "")) for row in new}
+    merged = [row for row in kept if row.get("case") not in drop] + new
+    if not merged and not path.exists():
+        return None
+    return write_margins_csv(sorted(merged, key=lambda row: str(row.get("case", ""))), path)
+
+
 # --------------------------------------------------------------------------- figure
 def _plane_name(orientation: Orientation, axis: int) -> str:
     pair = set(orientation.axes[axis])
@@ -557,11 +582,12 @@ def margins_for_files(image_path: str | Path, tumour_path: str | Path, out_dir: 
     Raises
     ------
     UsageError
-        An output exists and not ``force``, or the orientation string is bad.
+        An output exists and not ``force`` (or was not written by bcseg), the
+        output folder is a file, or the orientation string is bad.
     DataError
         Unreadable files, shape mismatch, a 2D image, or no spacing at all.
     """
-    image_path, out_dir = Path(image_path), Path(out_dir)
+    image_path, out_dir = Path(image_path), outputs.check_output_folder(out_dir)
     try:
         orientation = _as_orientation(orientation)
     except ValueError as exc:
@@ -569,12 +595,10 @@ def margins_for_files(image_path: str | Path, tumour_path: str | Path, out_dir: 
     if not close_mm >= 0:
         raise UsageError(None, f"close margin must be >= 0 mm, got {close_mm}")
     case = io.file_stem(image_path)
-    outputs = {"csv": out_dir / f"{case}_margins.csv", "png": out_dir / f"{case}_margins.png"}
+    written = {"csv": out_dir / f"{case}_margins.csv", "png": out_dir / f"{case}_margins.png"}
     if specimen_path is None:
-        outputs["specimen"] = out_dir / f"{case}_specimen.tif"
-    for output in outputs.values():
-        if output.exists() and not force:
-            raise UsageError(output, "already exists; pass --force to overwrite it")
+        written["specimen"] = out_dir / f"{case}_specimen.tif"
+    outputs.check_replaceable(written.values(), force)
     image, file_spacing = io.read_image(image_path)
     if image.ndim != 3:
         raise DataError(image_path, f"margins need a 3D stack (Z, H, W), got shape {image.shape}")
@@ -601,9 +625,15 @@ def margins_for_files(image_path: str | Path, tumour_path: str | Path, out_dir: 
     if spacing_mm is not None and file_spacing is not None and not np.allclose(spacing, file_spacing):
         given, stored = (" x ".join(f"{v:g}" for v in sp) for sp in (spacing, file_spacing))
         result["warnings"].append(f"spacing {given} mm given overrides the file's {stored} mm")
-    if specimen_path is None:
-        io.write_mask(outputs["specimen"], specimen, spacing_mm=spacing, force=force)
-    write_margins_csv([result], outputs["csv"], force=force)
-    margin_figure(image, tumour, specimen, result, outputs["png"], spacing, force=force)
-    result["outputs"] = {name: str(p) for name, p in outputs.items()}
+    with outputs.claim(out_dir, "margins"):
+        outputs.check_replaceable(written.values(), force)  # again, now that it is ours
+        if specimen_path is None:
+            io.write_mask(written["specimen"], specimen, spacing_mm=spacing)
+        elif force:  # a specimen mask computed by an earlier run no longer matches the row
+            computed = out_dir / f"{case}_specimen.tif"
+            if computed.resolve() != Path(specimen_path).resolve():
+                outputs.remove_owned([computed])
+        write_margins_csv([result], written["csv"])
+        margin_figure(image, tumour, specimen, result, written["png"], spacing)
+    result["outputs"] = {name: str(p) for name, p in written.items()}
     return result

@@ -1,0 +1,350 @@
+"""Output folders bcseg owns: a record of what it wrote, a lock, and safe replacement.
+
+Every command that writes into a folder does so inside :func:`claim`, which
+
+* takes an exclusive lock beside the folder, so two runs cannot write it at once
+  (the loser gets a :class:`UsageError` naming the folder);
+* keeps ``.bcseg-outputs.json`` in the folder: the files bcseg wrote there and by
+  which command. ``--force`` removes or replaces only files listed there, and a
+  folder holding anything else is refused, naming the first such file;
+* with ``replace=True`` (a command that replaces a whole folder: train, demo,
+  phantom) moves the old result aside, writes the new one, and deletes the old
+  one only when the new one is complete; a failure puts the old one back.
+
+The record is written when a claim starts (listing the files already there that
+bcseg did not write) and settled when it ends. A run killed outright (SIGKILL)
+cannot settle it, so the next claim adopts every file that appeared during the
+dead run: the lock guarantees that no other bcseg run wrote them.
+
+The lock is ``fcntl.flock`` on ``.<folder>.bcseg-lock`` beside the folder (inside
+it when the parent cannot be written): the kernel releases it when its process
+dies, so a lock left by a killed run is taken over without guessing from process
+ids, and it stays valid while the folder itself is moved aside and replaced.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Iterable, Iterator
+
+from bcseg.atomic import PARTIAL_MARK, write_text
+from bcseg.errors import UsageError
+
+RECORD = ".bcseg-outputs.json"
+LOCK_SUFFIX = ".bcseg-lock"
+_held: dict[Path, int] = {}  # folders this process has claimed -> nesting depth
+
+
+# --------------------------------------------------------------------------- checks
+
+def check_output_folder(folder: str | Path) -> Path:
+    """Refuse an output folder that is a file, or lies under one; return it as a Path.
+
+    Cheap and touching nothing, so commands call it before loading any model.
+    """
+    folder = Path(folder)
+    for path in (folder, *folder.parents):
+        if path.is_symlink() and not path.exists():
+            raise UsageError(path, "is a broken link; choose a folder for the outputs")
+        if path.exists():
+            if not path.is_dir():
+                raise UsageError(path, "is a file, not a folder; choose a folder for the outputs")
+            break
+    return folder
+
+
+def check_name_lengths(paths: Iterable[Path], culprit: Path | None = None) -> None:
+    """Refuse output names longer than the file system allows, before writing any."""
+    for path in paths:
+        limit = _name_max(path.parent)
+        if len(os.fsencode(path.name)) > limit:
+            raise UsageError(culprit or path, f"its output name {path.name!r} would be "
+                             f"{len(os.fsencode(path.name))} bytes, more than the {limit} a file "
+                             "name may have here; rename the input or shorten it")
+
+
+def _name_max(folder: Path) -> int:
+    for path in (folder, *folder.parents):
+        if path.exists():
+            try:
+                return os.pathconf(path, "PC_NAME_MAX")
+            except (OSError, ValueError):
+                break
+    return 255
+
+
+def check_not_inputs(folder: Path, inputs: Iterable) -> None:
+    """Refuse to replace a folder that is, or contains, one of the inputs."""
+    target = folder.resolve()
+    for item in inputs:
+        if item is None:
+            continue
+        source = Path(item).resolve()
+        if source == target or target in source.parents:
+            raise UsageError(folder, f"contains the input {item}; bcseg never replaces a folder "
+                             "holding its inputs: choose another output folder")
+
+
+# --------------------------------------------------------------------------- the record
+
+def _ours_by_name(name: str) -> bool:
+    """Records, locks and temporary files are bcseg's by their names alone."""
+    return name == RECORD or name.endswith(LOCK_SUFFIX) or PARTIAL_MARK in name
+
+
+def listing(folder: str | Path) -> set[str]:
+    """Files under ``folder`` (relative, '/'-separated), without records, locks, temporaries."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return set()
+    return {p.relative_to(folder).as_posix() for p in folder.rglob("*")
+            if (p.is_file() or p.is_symlink()) and not _ours_by_name(p.name)}
+
+
+def _load(folder: Path) -> dict:
+    try:
+        record = json.loads((folder / RECORD).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError):
+        return {"files": {}}  # none, or unreadable: nothing is known to be ours
+    if not isinstance(record, dict) or not isinstance(record.get("files"), dict):
+        return {"files": {}}
+    return record
+
+
+def _alive(pid) -> bool:
+    try:
+        os.kill(int(pid), 0)
+    except (ProcessLookupError, ValueError, TypeError):
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _settle(folder: Path, record: dict, present: set[str]) -> dict:
+    """Adopt the files an open (finished or dead) claim wrote; forget removed files."""
+    claim = record.pop("open", None)
+    files = {k: v for k, v in record["files"].items() if k in present}
+    if isinstance(claim, dict):
+        foreign = set(claim.get("foreign", []))
+        files.update({name: str(claim.get("command", "bcseg")) for name in sorted(present - foreign)
+                      if name not in files})
+    record["files"] = dict(sorted(files.items()))
+    return record
+
+
+def owned(folder: str | Path) -> set[str]:
+    """The files under ``folder`` that bcseg wrote (relative, '/'-separated)."""
+    folder = Path(folder)
+    record = _load(folder)
+    claim = record.get("open")
+    present = listing(folder)
+    if isinstance(claim, dict) and (claim.get("pid") == os.getpid() or not _alive(claim.get("pid"))):
+        record = _settle(folder, record, present)
+    return set(record["files"]) & present
+
+
+def foreign(folder: str | Path) -> list[str]:
+    """Files under ``folder`` that bcseg did not write, sorted."""
+    return sorted(listing(folder) - owned(folder))
+
+
+def is_owned(path: Path, known: dict[Path, set[str]] | None = None) -> bool:
+    """Whether bcseg wrote ``path``; ``known`` caches :func:`owned` per folder."""
+    known = {} if known is None else known
+    if path.parent not in known:
+        known[path.parent] = owned(path.parent)
+    return path.name in known[path.parent]
+
+
+def check_replaceable(paths: Iterable[Path], force: bool,
+                      known: dict[Path, set[str]] | None = None) -> None:
+    """Refuse existing outputs without ``force``, and with it any that bcseg did not write."""
+    known = {} if known is None else known
+    for path in paths:
+        if not (path.exists() or path.is_symlink()):
+            continue
+        if not force:
+            raise UsageError(path, "already exists; pass --force to overwrite it")
+        if not is_owned(path, known):
+            raise UsageError(path, "was not written by bcseg, so --force will not replace it; "
+                             "move it away or choose another output folder")
+
+
+def remove_owned(paths: Iterable[Path]) -> list[Path]:
+    """Delete those of ``paths`` that exist and bcseg wrote; return them."""
+    removed, known = [], {}
+    for path in paths:
+        if path.is_file() and is_owned(path, known):
+            path.unlink()
+            removed.append(path)
+    return removed
+
+
+# --------------------------------------------------------------------------- the lock
+
+def _lock_path(folder: Path) -> Path:
+    """Beside the folder; inside it where its parent cannot be written (``--out ~``),
+    which also rules out moving it aside, so the lock cannot be moved with it."""
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    if os.access(folder.parent, os.W_OK):
+        return folder.parent / f".{folder.name}{LOCK_SUFFIX}"
+    folder.mkdir(exist_ok=True)
+    return folder / LOCK_SUFFIX
+
+
+def _lock(folder: Path, shown: Path) -> tuple[int, Path]:
+    """Hold the lock of ``folder`` (resolved); ``shown`` is the name given by the user."""
+    path = _lock_path(folder)
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(fd, 32).decode(errors="replace").strip() or "unknown"
+            os.close(fd)
+            raise UsageError(shown, f"is being written by another bcseg run (process {holder}); "
+                             "wait for it to finish or choose another output folder") from None
+        try:  # the file may have been unlinked by a run that finished meanwhile
+            same = os.fstat(fd).st_ino == os.stat(path).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:
+            os.ftruncate(fd, 0)
+            os.write(fd, f"{os.getpid()}\n".encode())
+            return fd, path
+        os.close(fd)
+
+
+def _unlock(lock: tuple[int, Path]) -> None:
+    fd, path = lock
+    path.unlink(missing_ok=True)  # while still holding it: a waiter then sees a new inode
+    os.close(fd)
+
+
+# --------------------------------------------------------------------------- claim
+
+def _start(folder: Path, command: str) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    present = listing(folder)
+    record = _settle(folder, _load(folder), present)  # adopts what a killed run left
+    record["open"] = {"pid": os.getpid(), "command": command,
+                      "foreign": sorted(present - set(record["files"]))}
+    write_text(folder / RECORD, json.dumps(record, indent=1) + "\n")
+
+
+def _finish(folder: Path) -> None:
+    if folder.is_dir():
+        record = _settle(folder, _load(folder), listing(folder))
+        write_text(folder / RECORD, json.dumps(record, indent=1) + "\n")
+
+
+@contextlib.contextmanager
+def claim(folder: str | Path, command: str, *, replace: bool = False, inputs: Iterable = (),
+          keep_on: tuple[type[BaseException], ...] = ()) -> Iterator[Path]:
+    """Lock ``folder``, create it, record what ``command`` writes into it.
+
+    Parameters
+    ----------
+    folder : str or Path
+        The output folder.
+    command : str
+        Recorded beside every file written (``predict``, ``train``, ...).
+    replace : bool
+        Replace the folder's whole content (a ``--force`` of a command that owns the
+        folder). Refused when it holds a file bcseg did not write, or an input.
+        The old content is moved aside and put back if the block fails.
+    inputs : iterable of paths
+        The command's inputs, which ``replace`` must never remove.
+    keep_on : tuple of exception types
+        Failures after which the new, partial result is kept anyway (an interrupted
+        training run, which ``--resume`` continues); the old one is then deleted.
+
+    Raises
+    ------
+    UsageError
+        Another run holds the folder; or ``replace`` would delete what is not bcseg's.
+    """
+    folder = Path(folder)
+    key = folder.resolve()
+    if key in _held:  # a command run by another inside its claim (train -> evaluate)
+        _held[key] += 1
+        try:
+            yield folder
+        finally:
+            _held[key] -= 1
+        return
+    created = _first_missing(key)
+    lock = _lock(key, folder)
+    try:
+        aside = _move_aside(key, inputs) if replace else None
+        _held[key] = 1
+        try:
+            _start(folder, command)
+            yield folder
+        except BaseException as exc:
+            del _held[key]
+            with contextlib.suppress(Exception):  # the failure itself is what to report
+                _finish(folder)
+            if aside is not None and not isinstance(exc, keep_on):
+                shutil.rmtree(folder, ignore_errors=True)
+                os.replace(aside, folder)  # the old result, as it was
+                aside = None
+            raise
+        else:
+            del _held[key]
+            _finish(folder)
+        finally:
+            if aside is not None:
+                shutil.rmtree(aside)
+    finally:
+        _unlock(lock)
+        if created is not None:
+            _remove_if_empty(key, created)
+
+
+def _first_missing(folder: Path) -> Path | None:
+    """The outermost of ``folder`` and its parents that does not exist yet."""
+    missing = None
+    for path in (folder, *folder.parents):
+        if path.exists():
+            return missing
+        missing = path
+    return missing
+
+
+def _remove_if_empty(folder: Path, created: Path) -> None:
+    """Remove the folders a claim created when nothing was written into them."""
+    if folder.is_dir() and not listing(folder):
+        (folder / RECORD).unlink(missing_ok=True)
+    for path in (folder, *folder.parents):
+        try:
+            path.rmdir()
+        except OSError:  # not empty (or gone): nothing more to tidy
+            return
+        if path == created:
+            return
+
+
+def _move_aside(folder: Path, inputs: Iterable) -> Path | None:
+    """Check that ``folder`` holds only bcseg's outputs and no input; move it aside."""
+    if not folder.exists() or not any(folder.iterdir()):
+        return None
+    check_not_inputs(folder, inputs)
+    if folder.resolve() in (Path.cwd(), *Path.cwd().parents):
+        raise UsageError(folder, "is the current folder or holds it; run bcseg from elsewhere "
+                         "to replace it")
+    unexpected = foreign(folder)
+    if unexpected:
+        raise UsageError(folder / unexpected[0], "was not written by bcseg, so --force will not "
+                         "delete it; move it away or choose another output folder")
+    aside = folder.with_name(f".{folder.name}.old-{os.getpid()}")
+    if aside.exists():
+        shutil.rmtree(aside)
+    os.replace(folder, aside)
+    return aside

@@ -1,0 +1,501 @@
+"""Output safety (issue 12): no command destroys a user's files, and faults end cleanly.
+
+Every data-loss case hashes every file under the test's folder before and after and
+asserts that each one survives byte for byte. The commands run through the real
+command line (``bcseg.cli.main``, or a fresh interpreter where a signal, a lock held
+by another process or a file size limit is needed), on real files and tiny real models.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import resource
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import keras
+import numpy as np
+import pytest
+import tifffile
+
+from bcseg.data import io
+from bcseg import outputs
+from bcseg.atomic import PARTIAL_MARK, partial_name, write_text
+from bcseg.cli import main
+from bcseg.errors import UsageError
+from bcseg.learn.models import unet
+from bcseg.data.phantom import write_phantom
+
+pytestmark = [pytest.mark.filterwarnings("ignore:only 3 groups for 5 folds:UserWarning"),
+              pytest.mark.filterwarnings("ignore::DeprecationWarning")]
+RNG = np.random.default_rng(12)
+
+
+# --------------------------------------------------------------------------- helpers
+
+def hashes(root: Path) -> dict[str, str]:
+    """SHA-256 of every file under ``root``, hidden ones too."""
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def assert_survives(before: dict[str, str], root: Path, changed: tuple[str, ...] = ()) -> None:
+    """Every file hashed in ``before`` is still there with the same bytes."""
+    after = hashes(root)
+    lost = sorted(k for k in before if k not in changed and after.get(k) != before[k])
+    assert not lost, f"destroyed or changed: {lost}"
+
+
+def run(capsys, *argv) -> tuple[int, str, str]:
+    capsys.readouterr()
+    code = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def one_line(err: str) -> str:
+    lines = err.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("bcseg: error: "), err
+    return lines[0]
+
+
+def subprocess_env() -> dict:
+    return {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src")}
+
+
+def cli(*args, limit_bytes: int | None = None, timeout: float = 240) -> subprocess.CompletedProcess:
+    """``bcseg ARGS`` in a fresh interpreter, optionally with a file size limit (RLIMIT_FSIZE)."""
+    def limit():  # Python ignores SIGXFSZ, so a write past the limit fails with EFBIG
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit_bytes, limit_bytes))
+    return subprocess.run([sys.executable, "-m", "bcseg.cli", *map(str, args)], capture_output=True,
+                          text=True, timeout=timeout, env=subprocess_env(),
+                          preexec_fn=limit if limit_bytes else None)
+
+
+def popen(*args) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "bcseg.cli", *map(str, args)], text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=subprocess_env())
+
+
+def wait_for(condition, process: subprocess.Popen, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if process.poll() is not None:
+            pytest.fail(f"the run ended before the test could stop it: {process.communicate()}")
+        if time.monotonic() > deadline:
+            process.kill()
+            pytest.fail("timed out waiting for the run")
+        time.sleep(0.01)
+
+
+def partials(folder: Path) -> list[Path]:
+    return sorted(folder.rglob(f"*{PARTIAL_MARK}*"))
+
+
+def stacks(folder: Path, n: int, shape=(4, 32, 40), spacing=(0.5, 0.2, 0.2)) -> Path:
+    for i in range(n):
+        io.write_image(folder / f"s{i}.tif", RNG.integers(0, 256, shape, dtype=np.uint8), spacing)
+    return folder
+
+
+# --------------------------------------------------------------------------- fixtures
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory) -> dict[str, Path]:
+    """A tiny 2D U-Net, and a model with a Lambda layer (code: refused by safe loading)."""
+    folder = tmp_path_factory.mktemp("safety_models")
+    keras.utils.set_random_seed(0)
+    paths = {"2d": folder / "unet2d.keras", "lambda": folder / "lambda.keras"}
+    unet(ndim=2, base_filters=4, depth=2).save(paths["2d"])
+    inputs = keras.Input((None, None, 1))
+    keras.Model(inputs, keras.layers.Lambda(lambda x: x * 2.0)(inputs)).save(paths["lambda"])
+    return paths
+
+
+@pytest.fixture(scope="module")
+def phantom(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("safety_phantom") / "data"
+    write_phantom(root, n=3, shape=(8, 32, 32), seed=1)
+    return root
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory, models) -> Path:
+    """A run folder as bcseg train leaves it, written inside a claim as train does (a real
+    one-epoch run costs minutes on a shared CPU); tests copy it, never change it."""
+    out = tmp_path_factory.mktemp("safety_run") / "run"
+    with outputs.claim(out, "train"):
+        write_text(out / "config.toml", "[train]\nepochs = 1\n")
+        write_text(out / "inference.json", '{"threshold": 0.5}\n')
+        write_text(out / "predictions" / "notes.csv", "id\n")
+        (out / "model_best.keras").write_bytes(models["2d"].read_bytes())
+    return out
+
+
+def _copy_tree(source: Path, dest: Path) -> Path:
+    import shutil
+    shutil.copytree(source, dest)
+    return dest
+
+
+# --------------------------------------------------------------------------- data loss 1-2: train --force
+
+def test_train_force_never_deletes_a_project_holding_the_data(tmp_path, capsys):
+    """Issue 12, data loss 1: a project folder with config.toml, notes and the study."""
+    proj = tmp_path / "proj"
+    write_phantom(proj / "study", n=3, shape=(8, 24, 24))
+    (proj / "config.toml").write_text("[train]\nepochs = 2\n")
+    (proj / "notes").mkdir()
+    (proj / "notes" / "precious.txt").write_text("months of annotation notes")
+    before = hashes(tmp_path)
+    code, _, err = run(capsys, "train", proj / "study", "--out", proj, "--force",
+                       "--init", tmp_path / "does_not_exist.keras")
+    assert code == 4 and "does_not_exist.keras" in one_line(err)
+    assert_survives(before, tmp_path)
+    assert hashes(tmp_path) == before  # nothing added either
+    code, _, err = run(capsys, "train", proj / "study", "--out", proj, "--force")
+    assert code == 2 and str(proj) in one_line(err)
+    assert hashes(tmp_path) == before
+
+
+def test_train_force_validates_before_touching_a_finished_run(tmp_path, capsys, phantom, finished_run):
+    """Issue 12, data loss 2: --force, then a typo: the finished run stays as it was."""
+    run_dir = _copy_tree(finished_run, tmp_path / "run")
+    before = hashes(tmp_path)
+    code, _, err = run(capsys, "train", phantom, "--out", run_dir, "--force",
+                       "--init", tmp_path / "typo.keras")
+    assert code == 4 and "typo.keras" in one_line(err)
+    assert hashes(tmp_path) == before
+    code, _, err = run(capsys, "train", phantom, "--out", run_dir, "--force", "--observer", "nobody")
+    assert code == 2 and "nobody" in one_line(err)
+    assert hashes(tmp_path) == before
+
+
+def test_train_force_refuses_a_run_holding_a_file_bcseg_did_not_write(tmp_path, capsys, phantom,
+                                                                      finished_run):
+    run_dir = _copy_tree(finished_run, tmp_path / "run")
+    (run_dir / "my_analysis.ipynb").write_text("{}")
+    before = hashes(tmp_path)
+    code, _, err = run(capsys, "train", phantom, "--out", run_dir, "--force")
+    assert code == 2 and "my_analysis.ipynb: was not written by bcseg" in one_line(err)
+    assert hashes(tmp_path) == before
+
+
+def test_train_init_with_an_unsafe_model_leaves_no_run_folder(tmp_path, capsys, phantom, models):
+    out = tmp_path / "new" / "run"
+    code, _, err = run(capsys, "train", phantom, "--out", out, "--init", models["lambda"])
+    assert code == 4 and "lambda.keras" in one_line(err)
+    assert not (tmp_path / "new").exists()
+
+
+# --------------------------------------------------------------------------- replacing a folder
+
+def test_a_failed_replacement_puts_the_old_result_back(tmp_path):
+    """--force writes the new result beside the old; a failure leaves the old intact."""
+    folder = tmp_path / "result"
+    with outputs.claim(folder, "test"):
+        write_text(folder / "a.csv", "old\n")
+        write_text(folder / "sub" / "b.csv", "old\n")
+    before = hashes(tmp_path)
+    with pytest.raises(RuntimeError, match="disk on fire"):
+        with outputs.claim(folder, "test", replace=True):
+            assert not (folder / "a.csv").exists()  # the old one is aside
+            write_text(folder / "a.csv", "new, half written\n")
+            raise RuntimeError("disk on fire")
+    assert hashes(tmp_path) == before
+    with outputs.claim(folder, "test", replace=True):
+        write_text(folder / "c.csv", "new\n")
+    assert sorted(outputs.listing(folder)) == ["c.csv"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["result"]  # no aside, no lock left
+
+
+def test_replacing_never_removes_an_input(tmp_path):
+    folder = tmp_path / "result"
+    with outputs.claim(folder, "test"):
+        write_text(folder / "images" / "a.tif", "bcseg wrote this, but it is now an input")
+    before = hashes(tmp_path)
+    with pytest.raises(UsageError, match="contains the input"):
+        with outputs.claim(folder, "test", replace=True, inputs=[folder / "images"]):
+            pass
+    assert hashes(tmp_path) == before
+
+
+# --------------------------------------------------------------------------- data loss 3: export --force
+
+def test_export_force_keeps_files_the_user_added(tmp_path, capsys, phantom):
+    """Issue 12, data loss 3: imagesTs/ and notes added to an exported dataset."""
+    raw = tmp_path / "raw"
+    assert run(capsys, "export-nnunet", phantom, raw, "--dataset-id", 5, "--name", "BCS",
+               "--k", 3)[0] == 0
+    dataset = raw / "Dataset005_BCS"
+    io.write_image(dataset / "imagesTs" / "new_0000.tif", np.zeros((4, 8, 8), np.uint8))
+    (dataset / "notes.md").write_text("which specimens were re-scanned")
+    before = hashes(tmp_path)
+    code, _, err = run(capsys, "export-nnunet", phantom, raw, "--dataset-id", 5, "--name", "BCS",
+                       "--k", 3, "--force")
+    assert code == 2 and "was not written by bcseg" in one_line(err)
+    assert hashes(tmp_path) == before
+    (dataset / "notes.md").unlink()
+    (dataset / "imagesTs" / "new_0000.tif").unlink()
+    (dataset / "imagesTs").rmdir()
+    assert run(capsys, "export-nnunet", phantom, raw, "--dataset-id", 5, "--name", "BCS",
+               "--k", 3, "--force")[0] == 0
+    assert (dataset / "dataset.json").is_file()
+
+
+def test_export_force_into_its_own_source_deletes_nothing(tmp_path, capsys):
+    """Issue 12, data loss 3: the source folder given as the destination."""
+    raw = tmp_path / "raw"
+    source = raw / "Dataset007_Src"
+    write_phantom(source, n=3, shape=(8, 24, 24))
+    before = hashes(tmp_path)
+    code, _, err = run(capsys, "export-nnunet", source, raw, "--dataset-id", 7, "--name", "Src",
+                       "--k", 3, "--force")
+    assert code == 2 and "contains the input" in one_line(err)
+    assert hashes(tmp_path) == before
+
+
+# --------------------------------------------------------------------------- data loss 4: margins.csv
+
+def test_predict_margins_into_an_existing_out_merges_rows_by_case(tmp_path, capsys, models):
+    """Issue 12, data loss 4: a second stack's run keeps the first stack's row."""
+    data = stacks(tmp_path / "data", 2)
+    out = tmp_path / "out"
+    code, _, err = run(capsys, "predict", data / "s0.tif", "--model", models["2d"], "--out", out,
+                       "--margins", "--no-progress")
+    assert code == 0, err
+    first = (out / "margins.csv").read_text().splitlines()
+    before = hashes(tmp_path)
+    code, _, err = run(capsys, "predict", data / "s1.tif", "--model", models["2d"], "--out", out,
+                       "--margins", "--no-progress")
+    assert code == 0, err
+    assert_survives(before, tmp_path, changed=("out/margins.csv", "out/.bcseg-outputs.json"))
+    rows = (out / "margins.csv").read_text().splitlines()
+    assert rows[0] == first[0] and rows[1] == first[1]  # header, and s0's row as it was
+    assert [r.split(",")[0] for r in rows[1:]] == ["s0", "s1"]
+
+
+@pytest.mark.parametrize("name, extra", [("margins.csv", ["--margins"]),  # rows are merged
+                                         ("s0_mask.tif", ["--force"])])  # drawn by hand
+def test_predict_never_changes_an_output_bcseg_did_not_write(name, extra, tmp_path, capsys, models):
+    data = stacks(tmp_path / "data", 1)
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / name).write_text("the user's own file")
+    before = hashes(tmp_path)
+    code, _, err = run(capsys, "predict", data, "--model", models["2d"], "--out", out, *extra)
+    assert code == 2 and f"{name}: was not written by bcseg" in one_line(err)
+    assert hashes(tmp_path) == before
+
+
+# --------------------------------------------------------------------------- data loss 5: concurrent runs
+
+def test_a_second_run_into_a_claimed_folder_is_refused(tmp_path, capsys, models):
+    """Issue 12, data loss 5: another process holds the output folder."""
+    data = stacks(tmp_path / "data", 1)
+    out = tmp_path / "out"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time\nfrom bcseg.outputs import claim\n"
+         f"with claim({str(out)!r}, 'predict'):\n    print('held', flush=True)\n    time.sleep(60)"],
+        stdout=subprocess.PIPE, text=True, env=subprocess_env())
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        before = hashes(tmp_path)
+        code, _, err = run(capsys, "predict", data, "--model", models["2d"], "--out", out,
+                           "--no-progress")
+        assert code == 2 and f"{out}: is being written by another bcseg run (process {holder.pid})" \
+            in one_line(err)
+        assert hashes(tmp_path) == before
+    finally:
+        holder.kill()
+        holder.wait()
+    # The holder was killed: its lock is free again, and a run goes through.
+    assert run(capsys, "predict", data, "--model", models["2d"], "--out", out, "--no-progress")[0] == 0
+    assert (out / "s0_mask.tif").is_file()
+
+
+# --------------------------------------------------------------------------- predict --force and --out
+
+def test_predict_force_removes_the_stale_probability_map(tmp_path, capsys, models):
+    data = stacks(tmp_path / "data", 1)
+    out = tmp_path / "out"
+    assert run(capsys, "predict", data, "--model", models["2d"], "--out", out, "--save-prob",
+               "--quicklook", "--no-progress")[0] == 0
+    assert (out / "s0_prob.tif").is_file() and (out / "s0_overlay.png").is_file()
+    assert run(capsys, "predict", data, "--model", models["2d"], "--out", out, "--force",
+               "--threshold", "0.9", "--no-progress")[0] == 0
+    assert sorted(outputs.listing(out)) == ["s0_mask.tif"]
+
+
+def test_predict_into_its_input_folder_never_segments_its_own_masks(tmp_path, capsys, models):
+    folder = stacks(tmp_path / "data", 2)
+    for extra in ([], ["--force"], ["--resume"]):
+        code, _, err = run(capsys, "predict", folder, "--model", models["2d"], "--out", folder,
+                           "--no-progress", *extra)
+        assert code == 0, err
+        assert sorted(p.name for p in folder.glob("*.tif")) == [
+            "s0.tif", "s0_mask.tif", "s1.tif", "s1_mask.tif"]
+
+
+@pytest.mark.parametrize("command", ["train", "predict", "export", "evaluate", "margins"])
+def test_out_that_is_a_file_is_refused_before_any_model_loads(command, tmp_path, capsys, models,
+                                                              phantom):
+    """The model given is one safe loading refuses (exit 4): exit 2 shows it never loaded."""
+    target = tmp_path / "taken.txt"
+    target.write_text("not a folder")
+    stack = phantom / "images" / "specimen_000.tif"
+    argv = {"train": ["train", phantom, "--out", target, "--init", models["lambda"]],
+            "predict": ["predict", stack, "--model", models["lambda"], "--out", target],
+            "export": ["export-nnunet", phantom, target, "--dataset-id", 3, "--name", "X"],
+            "evaluate": ["evaluate", "--pred", phantom / "masks" / "observer1", "--truth", phantom,
+                         "--out", target / "sub"],
+            "margins": ["margins", "--image", stack, "--tumour", stack, "--out", target]}[command]
+    before = hashes(tmp_path)
+    code, _, err = run(capsys, *argv)
+    assert code == 2 and "taken.txt: is a file" in one_line(err)
+    assert hashes(tmp_path) == before
+
+
+# --------------------------------------------------------------------------- other writers
+
+def test_split_force_never_overwrites_its_input_or_a_file_of_yours(tmp_path, capsys):
+    data = tmp_path / "study"
+    write_phantom(data, n=3, shape=(8, 24, 24))
+    manifest = data / "manifest.csv"
+    manifest.write_text("id,image,mask_observer1,group\n" + "".join(
+        f"s{i},images/specimen_00{i}.tif,masks/observer1/specimen_00{i}.tif,g{i}\n" for i in range(3)))
+    (tmp_path / "folds.json").write_text('{"mine": true}')
+    before = hashes(tmp_path)
+    code, _, err = run(capsys, "split", manifest, "--out", manifest, "--k", 3, "--force")
+    assert code == 2 and "is an input" in one_line(err)
+    code, _, err = run(capsys, "split", manifest, "--out", tmp_path / "folds.json", "--k", 3, "--force")
+    assert code == 2 and "folds.json: was not written by bcseg" in one_line(err)
+    assert hashes(tmp_path) == before
+    assert run(capsys, "split", manifest, "--out", tmp_path / "splits.json", "--k", 3)[0] == 0
+    assert run(capsys, "split", manifest, "--out", tmp_path / "splits.json", "--k", 3, "--seed", 1,
+               "--force")[0] == 0
+
+
+def test_report_never_overwrites_a_report_html_of_yours(tmp_path, capsys):
+    folder = tmp_path / "results"
+    folder.mkdir()
+    (folder / "report.html").write_text("<p>my write-up</p>")
+    before = hashes(tmp_path)
+    code, _, err = run(capsys, "report", folder)
+    assert code == 2 and "report.html: was not written by bcseg" in one_line(err)
+    assert hashes(tmp_path) == before
+
+
+def test_margins_force_with_a_given_specimen_removes_the_computed_one(tmp_path, capsys, phantom):
+    image = phantom / "images" / "specimen_000.tif"
+    tumour = phantom / "masks" / "observer1" / "specimen_000.tif"
+    out = tmp_path / "out"
+    assert run(capsys, "margins", "--image", image, "--tumour", tumour, "--out", out)[0] == 0
+    assert (out / "specimen_000_specimen.tif").is_file()
+    specimen = tmp_path / "drawn_specimen.tif"
+    io.write_mask(specimen, np.ones((8, 32, 32), bool), (1.0, 0.25, 0.25))
+    assert run(capsys, "margins", "--image", image, "--tumour", tumour, "--specimen", specimen,
+               "--out", out, "--force")[0] == 0
+    assert sorted(outputs.listing(out)) == ["specimen_000_margins.csv", "specimen_000_margins.png"]
+
+
+# --------------------------------------------------------------------------- names
+
+def test_a_long_legal_name_gets_a_short_enough_temporary_name(tmp_path, capsys, models):
+    stem = "s" * 240  # the mask's name is 249 bytes: legal, but not with the temporary mark
+    tifffile.imwrite(tmp_path / f"{stem}.tif", RNG.integers(0, 256, (32, 40), dtype=np.uint8))
+    out = tmp_path / "out"
+    code, _, err = run(capsys, "predict", tmp_path / f"{stem}.tif", "--model", models["2d"],
+                       "--out", out, "--no-progress")
+    assert code == 0, err
+    assert (out / f"{stem}_mask.tif").is_file() and not partials(out)
+    long = partial_name(out / f"{stem}_mask.tif")
+    assert len(long.name) <= 255 and PARTIAL_MARK in long.name and long.name.startswith(".")
+    assert partial_name(out / f"{stem}x_mask.tif") != long  # still one per final name
+
+
+def test_an_output_name_too_long_is_refused_before_the_model_loads(tmp_path, capsys, models):
+    name = "s" * 250 + ".tif"  # legal; its mask's name would be 259 bytes
+    tifffile.imwrite(tmp_path / name, RNG.integers(0, 256, (32, 40), dtype=np.uint8))
+    code, _, err = run(capsys, "predict", tmp_path / name, "--model", models["lambda"],
+                       "--out", tmp_path / "out")
+    assert code == 2 and name in one_line(err) and "bytes" in err
+    assert not (tmp_path / "out").exists()
+
+
+# --------------------------------------------------------------------------- full disk
+
+def test_mask_files_are_allocated_before_they_are_mapped(tmp_path):
+    """A sparse memory-mapped file on a full disk dies with SIGBUS on first write;
+    allocated blocks turn a full disk into an OSError before any is written."""
+    from bcseg.infer.segment import _tiff_memmap
+
+    path = tmp_path / "big.tif"
+    array = _tiff_memmap(path, (8, 512, 512), np.uint8, None)
+    del array
+    assert os.stat(path).st_blocks * 512 >= os.stat(path).st_size >= 8 * 512 * 512
+
+
+def test_predict_on_a_full_disk_names_the_file_and_leaves_nothing(tmp_path):
+    data = stacks(tmp_path / "data", 1, shape=(4, 256, 256))
+    model = tmp_path / "m.keras"
+    keras.utils.set_random_seed(0)
+    unet(ndim=2, base_filters=4, depth=2).save(model)
+    out = tmp_path / "out"
+    result = cli("predict", data, "--model", model, "--out", out, "--no-progress",
+                 limit_bytes=200_000)  # the mask needs 262,144 bytes
+    assert result.returncode == 1, result.stderr
+    line = one_line(result.stderr)
+    assert "s0_mask.tif: cannot be written: larger than the file system or the file size limit" \
+        in line
+    assert not partials(tmp_path) and not (out / "s0_mask.tif").exists()
+
+
+def test_export_on_a_full_disk_names_the_file_and_leaves_nothing(tmp_path, phantom):
+    raw = tmp_path / "raw"
+    result = cli("export-nnunet", phantom, raw, "--dataset-id", 9, "--name", "Full", "--k", 3,
+                 limit_bytes=4000)  # each stack is 8 KiB
+    assert result.returncode == 1, result.stderr
+    line = one_line(result.stderr)
+    assert "Dataset009_Full/imagesTr/Full_0001_0000.tif: cannot be written" in line, line
+    assert not raw.exists() or not any(raw.iterdir())
+
+
+# --------------------------------------------------------------------------- signals and --resume
+
+KILL_SHAPE = (32, 256, 256)
+
+
+def test_sigterm_during_predict_is_an_interruption(tmp_path, models):
+    data = stacks(tmp_path / "data", 6, shape=KILL_SHAPE)
+    out = tmp_path / "out"
+    process = popen("predict", data, "--model", models["2d"], "--out", out, "--no-progress")
+    wait_for(lambda: out.is_dir() and any(out.glob("*_mask.tif")) and partials(out), process)
+    process.send_signal(signal.SIGTERM)
+    _, err = process.communicate(timeout=120)
+    assert process.returncode == 130 and one_line(err) == "bcseg: error: interrupted"
+    assert not partials(tmp_path) and not list(tmp_path.rglob(f"*{outputs.LOCK_SUFFIX}"))
+    assert sorted(outputs.owned(out)) == sorted(p.name for p in out.glob("*_mask.tif"))
+
+
+def test_resume_keeps_complete_masks_and_finishes_a_killed_run(tmp_path, capsys, models):
+    data = stacks(tmp_path / "data", 6, shape=KILL_SHAPE)
+    out = tmp_path / "out"
+    process = popen("predict", data, "--model", models["2d"], "--out", out, "--no-progress")
+    wait_for(lambda: out.is_dir() and any(out.glob("*_mask.tif")) and partials(out), process)
+    process.kill()
+    process.wait()
+    done = {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in out.glob("*_mask.tif")}
+    assert 1 <= len(done) < 6
+    code, printed, err = run(capsys, "predict", data, "--model", models["2d"], "--out", out,
+                             "--resume", "--no-progress")
+    assert (code, err) == (0, "")
+    assert f"({len(done)} already complete, kept)" in printed
+    assert not partials(out)
+    assert sorted(outputs.listing(out)) == [f"s{i}_mask.tif" for i in range(6)]
+    assert all(hashlib.sha256((out / n).read_bytes()).hexdigest() == h for n, h in done.items())
+    assert outputs.foreign(out) == []  # the killed run's masks are recorded as bcseg's
