@@ -23,6 +23,7 @@ import pytest
 import tifffile
 
 from bcseg.data import io
+from bcseg import after_fit
 from bcseg.learn import train
 from bcseg.cli import main
 from bcseg.config import load_config, save_config
@@ -524,7 +525,7 @@ def trained(tmp_path_factory) -> tuple[Path, Path, Path]:
     root = write_cases(tmp / "data", n=5)
     config = tmp / "tiny.toml"
     config.write_text(TINY.replace("epochs = 1", "epochs = 2"), encoding="utf-8")
-    train.train(root, tmp / "run", config=config)
+    after_fit.train_and_evaluate(root, tmp / "run", config=config)  # fit, tune, test: a finished run
     return root, tmp / "run", config
 
 
@@ -586,7 +587,7 @@ def test_sigterm_after_the_last_epoch_is_not_swallowed(trained, tmp_path, capsys
 
     previous = signal.signal(signal.SIGTERM, die)
     try:
-        monkeypatch.setattr(train, "tune_inference", _send_sigterm_once(train.tune_inference))
+        monkeypatch.setattr(after_fit, "tune_inference", _send_sigterm_once(after_fit.tune_inference))
         code, out, err = run_main(capsys, ["train", root, "--out", copy, "--resume"])
         assert signal.getsignal(signal.SIGTERM) is die  # restored after the run
     finally:
