@@ -427,7 +427,7 @@ def segment_volume(
     Raises DataError for an image that does not fit a model (rank, channels, NaN), and
     ModelError for a model whose output does not fit, or models not matching the members.
     """
-    models = [models] if isinstance(models, keras.Model) else list(models)
+    models = list(models) if isinstance(models, (list, tuple)) else [models]  # one model, or several
     views = settings.member_views()
     array = array if isinstance(array, np.ndarray) else np.asarray(array)
     specs = _member_specs(models, views, array, spacing)
