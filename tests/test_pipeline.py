@@ -199,7 +199,11 @@ def test_epoch_dataset_replays_exactly_and_differs_across_epochs():
 
     first, again, other = batches(1), batches(1), batches(2)
     for (x1, y1), (x2, y2) in zip(first, again):
-        assert np.array_equal(x1, x2) and np.array_equal(y1, y2)
+        # Masks replay exactly. Images did too in isolation, but once in a full-suite run
+        # they differed in the last float32 bits (threaded reductions): the same tolerance
+        # as the resume test, far below any augmentation step.
+        assert np.array_equal(y1, y2)
+        np.testing.assert_allclose(x1, x2, rtol=1e-5, atol=1e-7)
     assert not all(np.array_equal(a[0], b[0]) for a, b in zip(first, other))
 
 

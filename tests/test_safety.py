@@ -29,6 +29,7 @@ from bcseg.cli import main
 from bcseg.errors import UsageError
 from bcseg.learn.models import unet
 from bcseg.data.phantom import write_phantom
+from bcseg.rundir import InferenceSettings, embed_settings
 
 pytestmark = [pytest.mark.filterwarnings("ignore:only 3 groups for 5 folds:UserWarning"),
               pytest.mark.filterwarnings("ignore::DeprecationWarning")]
@@ -111,6 +112,7 @@ def models(tmp_path_factory) -> dict[str, Path]:
     keras.utils.set_random_seed(0)
     paths = {"2d": folder / "unet2d.keras", "lambda": folder / "lambda.keras"}
     unet(ndim=2, base_filters=4, depth=2).save(paths["2d"])
+    embed_settings(paths["2d"], InferenceSettings())  # as a trained model carries them
     inputs = keras.Input((None, None, 1))
     keras.Model(inputs, keras.layers.Lambda(lambda x: x * 2.0)(inputs)).save(paths["lambda"])
     return paths

@@ -419,7 +419,7 @@ def test_interrupted_and_resumed_run_equals_uninterrupted(tmp_path, phantom):
     assert code == 130, err
     assert "Traceback" not in err
     said = [line for line in err.splitlines() if "interrupted" in line]
-    assert len(said) == 1 and "--resume" in said[0] and "epoch 2" in said[0]
+    assert len(said) == 1 and "--resume" in said[0] and "epoch 1 is saved" in said[0]
 
     # It left a consistent state: epoch 1 recorded, its checkpoint, no partial files.
     assert not _partials(run_b)
@@ -570,7 +570,7 @@ def test_soft_observer_trains_on_the_mean_and_validates_against_the_union(tmp_pa
     overrides = json.loads(json.dumps(TINY))
     overrides["train"]["epochs"] = 1
     overrides["data"]["observer"] = "soft"
-    results = train.train(phantom, tmp_path / "soft", overrides=overrides)
+    results = train_and_evaluate(phantom, tmp_path / "soft", overrides=overrides)
     assert results[0]["best_val_dice"] is not None
     settings = json.loads((tmp_path / "soft" / "inference.json").read_text())
     assert settings["observer"] == "soft"

@@ -59,7 +59,11 @@ def load_models(model_path, threshold=None, tta=None, postprocess=None, min_size
     if runtime == "onnx":  # the exported run, without TensorFlow
         from bcseg.infer.onnx_runtime import OnnxModel, load_onnx_run
 
-        files, settings = load_onnx_run(model_path)
+        paths = [model_path] if isinstance(model_path, (str, Path)) else list(model_path)
+        if len(paths) != 1:
+            raise ModelError(None, "the onnx runtime runs one exported model, not an ensemble; "
+                             "pass one --model")
+        files, settings = load_onnx_run(paths[0])
         models = [OnnxModel(f) for f in files]
     else:
         files, settings = load_run(model_path)

@@ -597,7 +597,7 @@ def reference_protocol(model_path, matched, size: int = 128, seed: int = 0,
         ``value``, ``reduction``, ``eps``, ``batch_size``, ``size``, ``seed``,
         ``n_cases``, ``n_slices``, ``n_images``, ``model`` and ``note``.
     """
-    from bcseg.learn.models import load_model
+    from bcseg.learn.saved import load_model
     from bcseg.rundir import load_run
 
     path = load_run(model_path)[0][0]  # a k-fold run: its first member
