@@ -24,9 +24,10 @@ from bcseg.outputs import check_output_folder, claim
 
 DEMO_SPECIMENS = 10
 DEMO_SHAPE = (24, 128, 128)
-# Training-time budgets (minutes), a cap that a quiet 2-core AVX2 machine stays under
-# (2D: about 3.5 min there); with phantom, tuning, prediction and reports the demo
-# then ends within 10 minutes even where it is reached.
+# Training-time budgets (minutes): caps, so that with phantom, tuning, prediction and
+# reports the demo ends within 10 minutes on a 2-core machine. On a quiet AVX2 machine
+# the 2D cap is reached (21 of 24 epochs, 12-14 s each) and make demo takes 7.3 min;
+# a 5.5-minute cap took 9 min and did not raise Dice (docs/speed.md).
 BUDGET_MINUTES = {"unet2d": 4.5, "unet3d": 2.0}
 OVERRIDES_3D = {
     "model": {"ndim": 3, "base_filters": 8, "depth": 3},
