@@ -383,8 +383,10 @@ def _after_epoch(model, cfg: dict, out: Path, state: dict, row: dict, plot=None)
 
 def run_fold(cases: list[Case], folds: dict[str, int], fold: int, cfg: dict, out: Path,
              resume: bool = False, init_model: Path | None = None,
-             strategy: str | None = None, plot: Callable[[Path], object] | None = None) -> dict:
-    """Fit on every fold but ``fold``, validating on held-out groups of them.
+             strategy: str | None = None, plot: Callable[[Path], object] | None = None,
+             validation: list[str] | None = None) -> dict:
+    """Fit on every fold but ``fold``, validating on held-out groups of them, or on
+    the training folds' cases whose ids are in ``validation`` where it is given.
 
     Returns
     -------
@@ -397,7 +399,8 @@ def run_fold(cases: list[Case], folds: dict[str, int], fold: int, cfg: dict, out
     out.mkdir(parents=True, exist_ok=True)
     test = [c for c in cases if folds[c.id] == fold]
     pool = [c for c in cases if folds[c.id] != fold]
-    val_ids = set(validation_ids(pool, t["val_fraction"], t["seed"]))
+    val_ids = set(validation_ids(pool, t["val_fraction"], t["seed"]) if validation is None
+                  else {c.id for c in pool if c.id in set(validation)})
     train_cases = [c for c in pool if c.id not in val_ids]
     val_cases = [c for c in pool if c.id in val_ids]
     _say(f"fold {fold}: {len(train_cases)} training, {len(val_cases)} validation, "
@@ -478,7 +481,7 @@ def _distribution(strategy: str | None):
 def train(data, out, config=None, overrides: dict | None = None, fold="0", folds_file=None,
           resume: bool = False, force: bool = False, init=None, strategy: str | None = None,
           mixed_precision: bool = False, after_fit: Callable[[dict], dict] | None = None,
-          plot: Callable[[Path], object] | None = None) -> list[dict]:
+          plot: Callable[[Path], object] | None = None, validation: list[str] | None = None) -> list[dict]:
     """Train a U-Net on the cases under ``data``; write the run directory ``out``.
 
     This fits the models and drives the folds; what follows each fit (tuning,
@@ -505,6 +508,10 @@ def train(data, out, config=None, overrides: dict | None = None, fold="0", folds
         ``inference.json`` exists (``--resume`` skips it).
     plot : callable, optional
         Called with the fold's folder after every epoch (to redraw the curves).
+    validation : list of str, optional
+        Case ids to validate on instead of whole groups drawn by ``train.val_fraction``
+        (those of a test fold are ignored): a fixed validation set, so that two runs
+        on different case lists are tuned on the same images.
 
     Returns
     -------
@@ -553,11 +560,11 @@ def train(data, out, config=None, overrides: dict | None = None, fold="0", folds
         if resume:
             remove_partials(out)
         return _train_in(out, cfg, cases, folds, source, targets, resume, init_model, strategy,
-                         after_fit, plot)
+                         after_fit, plot, validation)
 
 
 def _train_in(out: Path, cfg: dict, cases: list[Case], folds: dict, source, targets: list[int],
-              resume: bool, init_model, strategy, after_fit, plot) -> list[dict]:
+              resume: bool, init_model, strategy, after_fit, plot, validation=None) -> list[dict]:
     """Train every fold in ``targets`` into the claimed run folder ``out``."""
     handler = _start_log(out)
     handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
@@ -575,7 +582,8 @@ def _train_in(out: Path, cfg: dict, cases: list[Case], folds: dict, source, targ
                 if resume and (fold_dir / rundir.SETTINGS_FILE).is_file():
                     _say(f"fold {k} already finished")
                     continue
-                fitted = run_fold(cases, folds, k, cfg, fold_dir, resume, init_model, strategy, plot)
+                fitted = run_fold(cases, folds, k, cfg, fold_dir, resume, init_model, strategy, plot,
+                                  validation)
                 results.append(_summary(fitted, after_fit))
             if len(targets) > 1:
                 write_text(out / "folds_summary.json", json.dumps(results, indent=1, default=str) + "\n")
