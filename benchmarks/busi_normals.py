@@ -31,8 +31,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
-import re
 import sys
 import time
 from pathlib import Path
@@ -40,20 +38,13 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from machine import cpu_flags  # noqa: E402  (benchmarks/machine.py)
+
 DEFAULT_DATA = ROOT.parent / "shared" / "datasets" / "busi"
 TWIN = ROOT / "tests" / "data" / "busi_heldout" / "busi_unet2d.keras"
 BUNDLED = ROOT / "src" / "bcseg" / "pretrained" / "busi_unet2d.keras"
 RECIPE = ROOT / "benchmarks" / "configs" / "r8.toml"
-
-
-def cpu_flags() -> str:
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return platform.machine()
-    avx512 = sorted(set(re.findall(r"\bavx512[a-z_0-9]*", text)))
-    base = [f for f in ("avx2", "fma") if re.search(rf"\b{f}\b", text)]
-    return " ".join(base + avx512) or "no AVX2"
 
 
 def fixed_validation(lesions, normals, seed: int = 0, fraction: float = 0.1) -> list[str]:

@@ -34,8 +34,6 @@ import csv
 import io as bytes_io
 import json
 import os
-import platform
-import re
 import sys
 import time
 from pathlib import Path
@@ -44,6 +42,9 @@ import numpy as np
 from scipy import ndimage
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from machine import cpu_flags  # noqa: E402  (benchmarks/machine.py)
+
 DEFAULT_DATA = ROOT.parent / "shared" / "datasets" / "busi"
 DEFAULT_MODEL = ROOT / "tests" / "data" / "busi_heldout" / "busi_unet2d.keras"
 STRENGTHS = ("mild", "moderate", "strong")
@@ -152,16 +153,6 @@ def score(model, images, settings, shift=None) -> np.ndarray:
         shifted = image if shift is None else shift(image)
         scores.append(dice(segment(model, shifted, settings), truth))
     return np.array(scores)
-
-
-def cpu_flags() -> str:
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return platform.machine()
-    avx512 = sorted(set(re.findall(r"\bavx512[a-z_0-9]*", text)))
-    base = "AVX2" if re.search(r"\bavx2\b", text) else "no AVX2"
-    return f"{base}, " + (" ".join(avx512) if avx512 else "no AVX-512")
 
 
 def table(result: dict) -> str:

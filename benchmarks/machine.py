@@ -1,0 +1,23 @@
+"""The CPU a benchmark ran on, in the words its tables use.
+
+Every timing and every accuracy run in ``benchmarks/`` states the CPU flags beside
+it: this project's machines come with AVX-512 (and bfloat16) or with AVX2 only, and
+training speed differs 2-5x between them.
+"""
+
+from __future__ import annotations
+
+import platform
+import re
+from pathlib import Path
+
+
+def cpu_flags() -> str:
+    """``"AVX2, no AVX-512"`` or ``"AVX2, avx512f avx512_bf16 ..."`` from /proc/cpuinfo."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return platform.machine()
+    avx512 = sorted(set(re.findall(r"\bavx512[a-z_0-9]*", text)))
+    base = "AVX2" if re.search(r"\bavx2\b", text) else "no AVX2"
+    return f"{base}, " + (" ".join(avx512) if avx512 else "no AVX-512")
