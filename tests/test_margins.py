@@ -216,7 +216,7 @@ def test_empty_specimen_and_edge_of_image_warn():
 
 def test_missing_spacing_and_bad_input_raise():
     tumour = np.zeros((6, 6, 6), bool)
-    with pytest.raises(DataError, match="spacing unknown.*--spacing"):
+    with pytest.raises(DataError, match="spacing unknown.*spacing_mm"):
         M.margins(tumour, tumour, None)
     with pytest.raises(DataError, match="must be positive, finite"):
         M.margins(tumour, tumour, (0.5, 0, 0.3))
@@ -267,7 +267,7 @@ def test_margins_for_files_writes_outputs_and_refuses_to_overwrite(tmp_path):
 def test_margins_for_files_needs_spacing(tmp_path):
     image = io.write_image(tmp_path / "nospacing.tif", np.zeros((4, 8, 8), np.uint8))
     mask = io.write_mask(tmp_path / "mask.tif", np.zeros((4, 8, 8), bool))
-    with pytest.raises(DataError, match="--spacing") as info:
+    with pytest.raises(DataError, match="spacing_mm") as info:
         M.margins_for_files(image, mask, tmp_path / "out")
     assert info.value.path == str(image)
     with pytest.raises(UsageError, match="orientation"):

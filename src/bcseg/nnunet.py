@@ -11,6 +11,23 @@ layout nnU-Net v2 reads, so the two can be compared case by case::
         splits_final.json             copy to nnUNet_preprocessed/DatasetXXX_NAME/
         bcseg_case_map.json           nnU-Net id -> bcseg id, group, image, fold
 
+Example::
+
+    export_nnunet("specimens/", "nnUNet_raw", 501, "BCS")   # -> nnUNet_raw/Dataset501_BCS
+
+nnU-Net does not read ``splits_final.json`` from the raw folder. After
+``nnUNetv2_plan_and_preprocess -d XXX``, copy it to
+``$nnUNet_preprocessed/DatasetXXX_NAME/splits_final.json``; nnU-Net's trainer
+(``do_split``) then uses it instead of its own random 5-fold split, so
+``nnUNetv2_train XXX CONFIG FOLD`` holds out the same specimens as bcseg's fold
+``FOLD`` (the case map gives bcseg's fold number per case).
+
+Images are written as grey (RGB is converted as :func:`bcseg.data.io.read_image`
+does), one channel. The files appear only when complete: they are written under a
+hidden temporary folder and moved in at the end, each file written atomically.
+Stacks without spacing get ``(1, 1, 1)`` mm, nnU-Net's own assumption, with a
+warning.
+
 Conventions, checked against nnU-Net v2's sources (MIC-DKFZ/nnUNet):
 
 - ``documentation/dataset_format.md``: images are ``<case>_XXXX<ending>`` with a
@@ -112,8 +129,7 @@ def export_nnunet(data: str | Path | Iterable[Case], out: str | Path, dataset_id
     Parameters
     ----------
     data : str, Path or iterable of Case
-        A dataset folder or manifest (read with :func:`bcseg.data.dataset.discover`), or
-        the cases themselves.
+        A dataset folder or manifest (:func:`bcseg.data.dataset.discover`), or the cases.
     out : str or Path
         The ``nnUNet_raw`` folder; the dataset goes to ``OUT/DatasetXXX_NAME/``.
     dataset_id : int
@@ -126,20 +142,16 @@ def export_nnunet(data: str | Path | Iterable[Case], out: str | Path, dataset_id
         The label: ``"union"``, ``"intersection"``, ``"staple"`` of the observers'
         masks, or one observer's name. Written as uint8 0/1.
     folds : dict of str to int, optional
-        Fold per bcseg case id (e.g. from :func:`bcseg.data.splits.folds_from_file`).
-        Default: :func:`bcseg.data.splits.kfold_by_group` with ``k`` and ``seed``, as
-        bcseg's own training uses. Groups are never split.
+        Fold per bcseg case id (:func:`bcseg.data.splits.folds_from_file`); default
+        :func:`bcseg.data.splits.kfold_by_group` with ``k`` and ``seed``, as training uses.
     k, seed : int
         Folds and seed when ``folds`` is not given.
     file_ending : {".tif", ".png", ".nii.gz"}, optional
-        Default ``.tif`` for 3D stacks (nnU-Net's Tiff3DIO, spacing in a JSON file
-        beside each image and label) and ``.png`` for 2D images
-        (NaturalImage2DIO; 8 or 16 bit only). ``.nii.gz`` (SimpleITKIO, spacing in
-        the header) opens in 3D Slicer. 2D images may also be ``.tif``.
+        Default ``.tif`` for 3D stacks (Tiff3DIO) and ``.png`` for 2D images (8 or 16
+        bit); ``.nii.gz`` opens in 3D Slicer too; 2D images may also be ``.tif``.
     force : bool
-        Replace an existing dataset folder that bcseg exported; one holding any file
-        bcseg did not write there (or an input) is refused. The old one is kept until
-        the new one is complete.
+        Replace a dataset folder that bcseg exported (kept until the new one is
+        complete); one holding a file bcseg did not write there, or an input, is refused.
 
     Returns
     -------
@@ -154,26 +166,6 @@ def export_nnunet(data: str | Path | Iterable[Case], out: str | Path, dataset_id
     DataError
         A case without masks, a mask unlike its image, 2D and 3D cases mixed, pixels
         PNG cannot hold, folds that miss a case or split a group. The file is named.
-
-    Notes
-    -----
-    nnU-Net does not read ``splits_final.json`` from the raw folder. After
-    ``nnUNetv2_plan_and_preprocess -d XXX``, copy it to
-    ``$nnUNet_preprocessed/DatasetXXX_NAME/splits_final.json``; nnU-Net's trainer
-    (``do_split``) then uses it instead of its own random 5-fold split, so
-    ``nnUNetv2_train XXX CONFIG FOLD`` holds out the same specimens as bcseg's fold
-    ``FOLD`` (the case map gives bcseg's fold number per case).
-
-    Images are written as grey (RGB is converted as :func:`bcseg.data.io.read_image`
-    does), one channel. Its files appear only when complete: they are written under a
-    hidden temporary folder and moved in at the end, each file written atomically.
-    Stacks without spacing get ``(1, 1, 1)`` mm, nnU-Net's own assumption, with a
-    warning.
-
-    Examples
-    --------
-    >>> export_nnunet("specimens/", "nnUNet_raw", 501, "BCS")  # doctest: +SKIP
-    PosixPath('nnUNet_raw/Dataset501_BCS')
     """
     folder_name = dataset_folder_name(dataset_id, name)
     ending = _check_ending(file_ending)
@@ -181,6 +173,17 @@ def export_nnunet(data: str | Path | Iterable[Case], out: str | Path, dataset_id
     dest = out / folder_name
     require_new(dest, force)
     _check_id_free(out, int(dataset_id), folder_name)
+    cases, reads = _cases_to_export(data, dest, observer)
+    fold_of = _folds(cases, folds, k, seed)
+    nn_ids = [f"{name}_{i:0{max(4, len(str(len(cases))))}d}" for i in range(1, len(cases) + 1)]
+    with claim(dest, "export-nnunet", replace=True, inputs=reads):
+        _write_dataset(cases, nn_ids, out / f".{folder_name}{PARTIAL_MARK}{os.getpid()}", dest,
+                       observer, ending, fold_of, name)
+    return dest
+
+
+def _cases_to_export(data, dest: Path, observer: str) -> tuple[list[Case], list]:
+    """The cases, and the inputs that the export may not overwrite, checked."""
     cases = discover(data) if isinstance(data, (str, Path)) else list(data)
     if not cases:
         raise DataError(None, "no cases to export")
@@ -188,14 +191,7 @@ def export_nnunet(data: str | Path | Iterable[Case], out: str | Path, dataset_id
     check_not_inputs(dest, reads + [p for c in cases for p in (c.image, *(
         f for files in c.masks.values() for f in files))])
     _check_observer(cases, observer)
-    fold_of = _folds(cases, folds, k, seed)
-    width = max(4, len(str(len(cases))))
-    nn_ids = [f"{name}_{i:0{width}d}" for i in range(1, len(cases) + 1)]
-
-    with claim(dest, "export-nnunet", replace=True, inputs=reads):
-        _write_dataset(cases, nn_ids, out / f".{folder_name}{PARTIAL_MARK}{os.getpid()}", dest,
-                       observer, ending, fold_of, name)
-    return dest
+    return cases, reads
 
 
 def _write_dataset(cases: list[Case], nn_ids: list[str], stage: Path, dest: Path, observer: str,

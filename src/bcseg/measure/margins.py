@@ -76,7 +76,7 @@ _OPPOSITE.update({b: a for a, b in list(_OPPOSITE.items())})
 _SYNONYMS = {"superficial": "anterior", "deep": "posterior"}
 _AXES = {"z": 0, "y": 1, "x": 2, "0": 0, "1": 1, "2": 2}
 _AXIS_LETTER = "zyx"
-_SPACING_HINT = "pass --spacing with the voxel size in mm (z y x)"
+_SPACING_HINT = "pass spacing_mm, the voxel size in mm (z, y, x)"
 
 
 # ----------------------------------------------------------------------- orientation
@@ -334,6 +334,30 @@ def margins(tumour, specimen, spacing_mm, orientation=DEFAULT_ORIENTATION, close
     DataError
         ``spacing_mm`` is None or invalid, or the masks are not 3D of one shape.
     """
+    tumour, specimen, sampling, orientation = _check_margin_inputs(tumour, specimen, spacing_mm,
+                                                                   orientation, close_mm)
+    n_tumour, n_specimen = int(np.count_nonzero(tumour)), int(np.count_nonzero(specimen))
+    result = _blank_result(n_tumour, n_specimen, sampling, orientation, close_mm)
+    warnings = result["warnings"]
+    if n_specimen == 0:
+        warnings.append("specimen mask is empty; no margins")
+    if n_tumour == 0:
+        warnings.append("no tumour found")
+    if n_specimen == 0 or n_tumour == 0:
+        return result
+    box = bounding_box(specimen)
+    spec = specimen[box]
+    inside = tumour[box] & spec
+    if not _tumour_inside(inside, n_tumour, warnings):
+        return result
+    _warn_edges(specimen, orientation, warnings)
+    offset = np.array([s.start for s in box])
+    _face_margins(result, spec, inside, offset, sampling, orientation, normal_sigma_mm, close_mm)
+    return result
+
+
+def _check_margin_inputs(tumour, specimen, spacing_mm, orientation, close_mm):
+    """Masks as bool, spacing as an array and the orientation, checked by parameter name."""
     if spacing_mm is None:
         raise DataError(None, f"voxel spacing unknown, and margins in voxels mislead; {_SPACING_HINT}")
     tumour = np.asarray(tumour) != 0
@@ -345,39 +369,45 @@ def margins(tumour, specimen, spacing_mm, orientation=DEFAULT_ORIENTATION, close
     orientation = _as_orientation(orientation)
     if not close_mm >= 0:
         raise ValueError(f"close_mm must be >= 0, got {close_mm}")
-    voxel_mm3 = float(np.prod(sampling))
-    n_tumour, n_specimen = int(np.count_nonzero(tumour)), int(np.count_nonzero(specimen))
-    result = {"tumour_volume_mm3": n_tumour * voxel_mm3, "specimen_volume_mm3": n_specimen * voxel_mm3,
-              "closest_face": "", **_empty_face(),
-              "faces": {face: _empty_face() for face in FACES},
-              "close_mm": float(close_mm), "spacing_mm": tuple(float(s) for s in sampling),
-              "orientation": str(orientation), "warnings": []}
-    warnings = result["warnings"]
-    if n_specimen == 0:
-        warnings.append("specimen mask is empty; no margins")
-    if n_tumour == 0:
-        warnings.append("no tumour found")
-    if n_specimen == 0 or n_tumour == 0:
-        return result
+    return tumour, specimen, sampling, orientation
 
-    box = bounding_box(specimen)
-    offset = np.array([s.start for s in box])
-    spec = specimen[box]
-    inside = tumour[box] & spec
+
+def _blank_result(n_tumour: int, n_specimen: int, sampling, orientation: Orientation,
+                  close_mm: float) -> dict:
+    """A :func:`margins` result with the volumes and no distances yet."""
+    voxel_mm3 = float(np.prod(sampling))
+    return {"tumour_volume_mm3": n_tumour * voxel_mm3, "specimen_volume_mm3": n_specimen * voxel_mm3,
+            "closest_face": "", **_empty_face(),
+            "faces": {face: _empty_face() for face in FACES},
+            "close_mm": float(close_mm), "spacing_mm": tuple(float(s) for s in sampling),
+            "orientation": str(orientation), "warnings": []}
+
+
+def _tumour_inside(inside: np.ndarray, n_tumour: int, warnings: list[str]) -> bool:
+    """Whether any tumour lies inside the specimen; warn about the part outside."""
     n_inside = int(np.count_nonzero(inside))
     if n_inside == 0:
         warnings.append("tumour lies wholly outside the specimen mask; no margins")
-        return result
+        return False
     if n_inside < n_tumour:
         out = n_tumour - n_inside
         warnings.append(f"{out} of {n_tumour} tumour voxels ({100 * out / n_tumour:.1f}%) lie outside "
                         "the specimen mask; margins are measured from the part inside")
+    return True
+
+
+def _warn_edges(specimen: np.ndarray, orientation: Orientation, warnings: list[str]) -> None:
     edge_faces = [orientation.face(a, s) for a in range(3) for s, i in ((-1, 0), (1, -1))
                   if np.take(specimen, i, axis=a).any()]
     if edge_faces:
         warnings.append("specimen touches the edge of the image on the " + ", ".join(edge_faces)
                         + " side(s); margins there are measured to the edge of the field of view")
 
+
+def _face_margins(result: dict, spec: np.ndarray, inside: np.ndarray, offset: np.ndarray, sampling,
+                  orientation: Orientation, normal_sigma_mm: float, close_mm: float) -> None:
+    """Fill ``result["faces"]`` with the closest tumour-surface pair of each face, and
+    the overall margin with the closest of them."""
     surface_idx = np.argwhere(surface(spec))
     face_of = _surface_faces(spec, surface_idx, sampling, orientation, normal_sigma_mm)
     # The nearest tumour voxel to any outside point is on the tumour's own surface.
@@ -390,7 +420,7 @@ def margins(tumour, specimen, spacing_mm, orientation=DEFAULT_ORIENTATION, close
     for number, face in enumerate(FACES):
         mine = np.flatnonzero(face_of == number)
         if len(mine) == 0:
-            warnings.append(f"no surface faces {face}; no margin for that face")
+            result["warnings"].append(f"no surface faces {face}; no margin for that face")
             continue
         best = mine[int(np.argmin(distance[mine]))]
         t_index, s_index = tumour_idx[nearest[best]] + offset, surface_idx[best] + offset
@@ -404,7 +434,6 @@ def margins(tumour, specimen, spacing_mm, orientation=DEFAULT_ORIENTATION, close
     found = [f for f in FACES if not math.isnan(result["faces"][f]["distance_mm"])]
     closest = min(found, key=lambda f: result["faces"][f]["distance_mm"])
     result.update(result["faces"][closest], closest_face=closest)
-    return result
 
 
 # ---------------------------------------------------------------------------- table
@@ -593,33 +622,15 @@ def margins_for_files(image_path: str | Path, tumour_path: str | Path, out_dir: 
     except ValueError as exc:
         raise UsageError(None, str(exc)) from None
     if not close_mm >= 0:
-        raise UsageError(None, f"close margin must be >= 0 mm, got {close_mm}")
+        raise UsageError(None, f"close_mm must be >= 0 mm, got {close_mm}")
     case = io.file_stem(image_path)
     written = {"csv": out_dir / f"{case}_margins.csv", "png": out_dir / f"{case}_margins.png"}
     if specimen_path is None:
         written["specimen"] = out_dir / f"{case}_specimen.tif"
     outputs.check_replaceable(written.values(), force)
-    image, file_spacing = io.read_image(image_path)
-    if image.ndim != 3:
-        raise DataError(image_path, f"margins need a 3D stack (Z, H, W), got shape {image.shape}")
-    spacing = spacing_mm if spacing_mm is not None else file_spacing
-    if spacing is None:
-        raise DataError(image_path, f"voxel spacing unknown, and margins in voxels mislead; {_SPACING_HINT}")
-    try:
-        spacing = tuple(float(s) for s in _sampling(spacing, 3))
-    except DataError as exc:
-        raise DataError(image_path, exc.problem) from None
+    image, spacing, file_spacing = _read_stack(image_path, spacing_mm)
     tumour = io.read_mask(tumour_path, expected_shape=image.shape)
-    if specimen_path is None:
-        # The tumour is tissue by definition. A hypoechoic tumour that reaches the
-        # surface is open to the medium, so hole filling cannot bring it into the
-        # thresholded mask: add it, or every such case would read as "outside".
-        tissue = specimen_mask(image, spacing)
-        # ... but a tumour that touches no tissue at all lies in the coupling medium:
-        # adding it would make it a specimen of its own, reported as ink on tumour.
-        specimen = tissue | tumour if _touches(tumour, tissue) else tissue
-    else:
-        specimen = io.read_mask(specimen_path, expected_shape=image.shape)
+    specimen = _specimen_for(image, tumour, specimen_path, spacing)
     result = margins(tumour, specimen, spacing, orientation, close_mm)
     result["case"] = case
     if spacing_mm is not None and file_spacing is not None and not np.allclose(spacing, file_spacing):
@@ -637,3 +648,31 @@ def margins_for_files(image_path: str | Path, tumour_path: str | Path, out_dir: 
         margin_figure(image, tumour, specimen, result, written["png"], spacing)
     result["outputs"] = {name: str(p) for name, p in written.items()}
     return result
+
+
+def _read_stack(image_path: Path, spacing_mm) -> tuple[np.ndarray, tuple[float, ...], tuple | None]:
+    """The stack, the spacing to use (``spacing_mm`` or the file's) and the file's own."""
+    image, file_spacing = io.read_image(image_path)
+    if image.ndim != 3:
+        raise DataError(image_path, f"margins need a 3D stack (Z, H, W), got shape {image.shape}")
+    spacing = spacing_mm if spacing_mm is not None else file_spacing
+    if spacing is None:
+        raise DataError(image_path, f"voxel spacing unknown, and margins in voxels mislead; {_SPACING_HINT}")
+    try:
+        spacing = tuple(float(s) for s in _sampling(spacing, 3))
+    except DataError as exc:
+        raise DataError(image_path, exc.problem) from None
+    return image, spacing, file_spacing
+
+
+def _specimen_for(image: np.ndarray, tumour: np.ndarray, specimen_path, spacing) -> np.ndarray:
+    """The specimen mask from ``specimen_path``, or found in the image with the tumour in it."""
+    if specimen_path is not None:
+        return io.read_mask(specimen_path, expected_shape=image.shape)
+    # The tumour is tissue by definition. A hypoechoic tumour that reaches the
+    # surface is open to the medium, so hole filling cannot bring it into the
+    # thresholded mask: add it, or every such case would read as "outside".
+    tissue = specimen_mask(image, spacing)
+    # ... but a tumour that touches no tissue at all lies in the coupling medium:
+    # adding it would make it a specimen of its own, reported as ink on tumour.
+    return tissue | tumour if _touches(tumour, tissue) else tissue
