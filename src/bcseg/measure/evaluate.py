@@ -32,9 +32,14 @@ each other, which is the ceiling a model can be expected to reach.
     ``eps`` 1e-7, ``dice_mean`` against the same reference, ``n_cases``, ``n_rows``,
     ``n_pixels``, ``n_cases_with_probability``, ``note``), ``reference_protocol``
     (with ``protocol="reference"``), ``settings`` and ``inputs`` (the files of every
-    case, which :func:`bcseg.report.html.build_report` reads to draw examples). NaN
+    case, which :func:`bcseg.report.html.build_report` reads to draw examples; a case
+    with named channels lists them under ``channels``: ``name``, ``path`` and
+    ``index``, the plane of a file's C axis or null). NaN
     is written as ``null``. Statistics are over cases, never slices: ``n`` is a case
     count.
+
+Cases may hold several channels (``us``, ``pa``, ...): the masks are compared as
+for one, and the shapes are checked against the case's first channel.
 
 Floats in the CSV files are written in full precision; ``inf`` marks a distance
 to a mask that is empty and ``nan`` an undefined value (both masks empty). No
@@ -149,6 +154,13 @@ def _shape(path: Path) -> tuple[int, ...]:
     return tuple(io.open_volume(path)[0].shape)
 
 
+def _case_shape(case: Case) -> tuple[int, ...]:
+    """The shape of the case's image: its first channel, which may be a plane of a C axis."""
+    if case.channels and case.channels[0].index is not None:
+        return tuple(read_case_image(case, mmap=True)[0].shape)
+    return _shape(case.image)
+
+
 def _select_observers(cases: Sequence[Case], wanted) -> list[str] | None:
     """None for all observers, else the requested names (checked against the cases)."""
     if wanted is None or wanted == "all":
@@ -180,7 +192,7 @@ def _match(pred_dir: Path, cases: Sequence[Case], predictions: Mapping, wanted: 
             problems.append(f"{case_id}: has no observer masks to compare with")
             continue
         try:
-            shape = _shape(case.image)
+            shape = _case_shape(case)
             for kind in ("mask", "prob"):
                 other = None if files[kind] is None else _shape(files[kind])
                 if other is not None and other != shape:
@@ -250,6 +262,9 @@ def _case_rows(case: Case, files: Mapping, names: list[str], targets, slices: bo
             "observers": {n: [_absolute(p) for p in case.masks[n]] for n in names},
             "shape": list(shape), "spacing_mm": None if spacing is None else list(spacing),
             "level": level}
+    if case.channels:  # named channels, in order: the report draws each
+        info["channels"] = [{"name": c.name, "path": _absolute(c.path), "index": c.index}
+                            for c in case.channels]
     return rows, slice_rows, agree, soft, info
 
 
