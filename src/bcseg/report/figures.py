@@ -10,6 +10,8 @@ pictures that the report (:mod:`bcseg.report.html`) embeds are on disk:
   with the observers' agreement beside them, ``case_metrics.png``.
 - :func:`plot_examples`: image, ground truth and prediction side by side for random
   slices and the worst cases.
+- :func:`plot_channel_examples`: one channel of multi-channel cases on the same
+  rows, ``examples_<channel>.png``.
 
 No TensorFlow here.
 """
@@ -19,7 +21,7 @@ from __future__ import annotations
 import csv
 import math
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Iterable, Mapping, Sequence
 
 import numpy as np
 from matplotlib.figure import Figure
@@ -33,7 +35,7 @@ from bcseg.measure.metrics import as_mask, dice
 from bcseg.measure.observers import METHODS
 
 __all__ = ["plot_history", "plot_case_metrics", "plot_examples", "choose_examples",
-           "TRUTH_RGB", "PRED_RGB"]
+           "plot_channel_examples", "TRUTH_RGB", "PRED_RGB"]
 
 # Sky blue and vermilion (Okabe-Ito): told apart with every common colour blindness.
 TRUTH_RGB = (0.34, 0.71, 0.91)
@@ -265,6 +267,11 @@ def _overlay(grey: np.ndarray, mask: np.ndarray, colour) -> np.ndarray:
     rgb = np.repeat(grey[..., None], 3, axis=2)
     colour = np.asarray(colour, dtype=float)
     rgb[mask] = (1 - _FILL_ALPHA) * rgb[mask] + _FILL_ALPHA * colour
+    return _outline(rgb, mask, colour)
+
+
+def _outline(rgb: np.ndarray, mask: np.ndarray, colour) -> np.ndarray:
+    """``rgb`` with the mask's boundary pixels painted in ``colour`` (in place)."""
     outline = mask & ~ndimage.binary_erosion(mask, border_value=0)
     rgb[outline] = colour
     return rgb
@@ -329,6 +336,11 @@ def choose_examples(pairs: Sequence, n: int = 4, seed: int = 0, worst: int = 2) 
     return [(checked[i][0], z, kind) for i, z, kind in chosen]
 
 
+def _row_title(case_id: str, z: int | None, shape: tuple[int, ...], kind: str) -> str:
+    where = case_id if z is None else f"{case_id}, slice {z} of 0-{shape[0] - 1}"
+    return where + (" (worst Dice)" if kind == "worst" else "")
+
+
 def plot_examples(pairs: Sequence, out_path: str | Path, n: int = 4, seed: int = 0, worst: int = 2,
                   truth_label: str = "ground truth") -> Path:
     """Image, ground truth and prediction side by side, for random slices and the worst cases.
@@ -366,9 +378,7 @@ def plot_examples(pairs: Sequence, out_path: str | Path, n: int = 4, seed: int =
         case_id, image, truth, pred = checked[index]
         take = (lambda a: a) if z is None else (lambda a: a[z])
         grey, t, p = _grey(take(image)), take(truth), take(pred)
-        where = case_id if z is None else f"{case_id}, slice {z} of 0-{image.shape[0] - 1}"
-        if kind == "worst":
-            where += " (worst Dice)"
+        where = _row_title(case_id, z, image.shape, kind)
         scored = f"prediction: Dice {dice(p, t):.2f}"
         if z is not None:
             scored += f" (whole case {case_dice[index]:.2f})"
@@ -381,4 +391,53 @@ def plot_examples(pairs: Sequence, out_path: str | Path, n: int = 4, seed: int =
             ax.set_title(title, fontsize=9)
             ax.set_axis_off()
     fig.suptitle(f"blue: {truth_label}    orange: prediction", fontsize=10)
+    return _save(fig, Path(out_path))
+
+
+def plot_channel_examples(pairs: Sequence, channel: str, images: Mapping[str, np.ndarray],
+                          out_path: str | Path, n: int = 4, seed: int = 0, worst: int = 2) -> Path:
+    """One channel of a multi-channel case, on the rows of :func:`plot_examples`.
+
+    A narrow column, one panel per row that :func:`plot_examples` draws for the same
+    ``pairs``, ``n``, ``seed`` and ``worst``: the channel's slice on its own grey
+    scale (1st-99th percentile), with the truth outlined blue and the prediction
+    orange, so a PA or Doppler channel can be read beside the overlay of the image.
+
+    Parameters
+    ----------
+    pairs : sequence of (case_id, image, truth, pred)
+        As for :func:`plot_examples`.
+    channel : str
+        The channel's name, the figure's title.
+    images : dict of str to ndarray
+        Case id to this channel's array, of the case's shape; a case missing here
+        gets a blank panel that says so.
+    out_path : str or Path
+        PNG file (written atomically).
+
+    Raises
+    ------
+    ValueError
+        A channel array whose shape is not its case's; as :func:`plot_examples`.
+    """
+    checked = [_check_pair(p) for p in pairs]
+    chosen, _ = _choose(checked, n, seed, worst)
+    fig = Figure(figsize=(3.2, 3.0 * len(chosen) + 0.5), dpi=100, layout="constrained")
+    for row, (index, z, kind) in enumerate(chosen):
+        case_id, image, truth, pred = checked[index]
+        ax = fig.add_subplot(len(chosen), 1, row + 1)
+        ax.set_title(_row_title(case_id, z, image.shape, kind), fontsize=8)
+        ax.set_axis_off()
+        if case_id not in images:
+            ax.text(0.5, 0.5, f"no channel {channel}", ha="center", va="center", fontsize=9)
+            continue
+        picture = np.asarray(images[case_id])
+        if picture.shape != image.shape:
+            raise ValueError(f"{case_id}: channel {channel} has shape {picture.shape}, "
+                             f"the case {image.shape}")
+        take = (lambda a: a) if z is None else (lambda a: a[z])
+        rgb = np.repeat(_grey(take(picture))[..., None], 3, axis=2)
+        rgb = _outline(_outline(rgb, take(truth), TRUTH_RGB), take(pred), PRED_RGB)
+        ax.imshow(rgb, vmin=0, vmax=1, interpolation="nearest")
+    fig.suptitle(f"channel {channel}", fontsize=10)
     return _save(fig, Path(out_path))

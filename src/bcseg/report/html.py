@@ -3,7 +3,8 @@
 :func:`build_report` writes ``report.html`` with the figures of
 :mod:`bcseg.report.figures` (training curves, per-case metrics, examples), the
 ceiling table and the per-case table, PNGs embedded as data URIs (one file to mail
-or print). The figures' functions are importable from here too.
+or print). For cases with several channels (``us``, ``pa``, ...), each channel has
+its own narrow figure, named, beside the example overlay. The figures' functions are importable from here too.
 
 No TensorFlow here.
 """
@@ -21,6 +22,7 @@ from typing import Mapping, Sequence
 import numpy as np
 
 from bcseg.data import io
+from bcseg.data.channels import read_files
 from bcseg.atomic import write_text
 from bcseg.errors import BcsegError, DataError
 from bcseg.measure.evaluate import (CEILING_COLUMNS, HUMAN_LEVEL_NOTE, OUTPUTS, ceiling_table,
@@ -28,10 +30,11 @@ from bcseg.measure.evaluate import (CEILING_COLUMNS, HUMAN_LEVEL_NOTE, OUTPUTS, 
 from bcseg.measure.observers import union
 from bcseg.report.figures import (PRED_RGB, TRUTH_RGB, _CASE_LEVELS, _agreement_by_case,  # noqa: F401
                                   _float, _read_csv, _reference_order, choose_examples,
-                                  plot_case_metrics, plot_examples, plot_history)
+                                  plot_case_metrics, plot_channel_examples, plot_examples,
+                                  plot_history)
 
 __all__ = ["plot_history", "plot_case_metrics", "plot_examples", "choose_examples", "build_report",
-           "TRUTH_RGB", "PRED_RGB"]
+           "plot_channel_examples", "TRUTH_RGB", "PRED_RGB"]
 
 
 # --------------------------------------------------------------------------- report
@@ -57,6 +60,8 @@ figure img { max-width: 100%; border: 1px solid #eee; }
 figcaption { color: #555; font-size: 0.88em; }
 .row { display: flex; flex-wrap: wrap; gap: 1em; }
 .row figure { flex: 1 1 420px; }
+.row.channels figure { flex: 0 1 220px; }
+.row.channels figure:first-child { flex: 3 1 560px; }
 footer { margin-top: 3em; color: #888; font-size: 0.85em; }
 @media print { body { margin: 0; max-width: none; } h2 { page-break-after: avoid; }
                table { page-break-inside: auto; } tr { page-break-inside: avoid; } }
@@ -159,14 +164,27 @@ def _example_pairs(eval_dir: Path, summary: Mapping, n: int, worst: int, seed: i
     rest = [c["id"] for c in cases if c["id"] not in wanted]
     rng = np.random.default_rng(seed)
     wanted += [rest[k] for k in sorted(rng.choice(len(rest), size=min(n, len(rest)), replace=False))]
-    pairs = []
+    pairs, channels = [], {}
     for info in (c for c in cases if c["id"] in wanted):
-        image, _ = io.read_image(info["image"], mmap=True)
+        image, arrays = _case_channels(info)
         truth = union([io.read_mask(p, image.shape) for files in info["observers"].values() for p in files])
         pred = io.read_mask(info["prediction"], image.shape)
         pairs.append((info["id"], image, truth, pred))
+        for name, array in arrays.items():
+            channels.setdefault(name, {})[info["id"]] = array
     label = "union of observers" if reference == "union" else f"observer {reference}"
-    return pairs, label
+    return pairs, label, channels
+
+
+def _case_channels(info: Mapping) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """The image shown in the overlay (the first channel), and every channel of a
+    case with two or more (none for a case of one image)."""
+    recorded = info.get("channels") or []
+    if not recorded:
+        return io.read_image(info["image"], mmap=True)[0], {}
+    arrays, _ = read_files([(c["name"], Path(c["path"]), c["index"]) for c in recorded])
+    named = {c["name"]: array for c, array in zip(recorded, arrays)}
+    return arrays[0], (named if len(named) > 1 else {})
 
 
 def _human_level_verdicts(evaluations: list[Path], root: Path) -> str:
@@ -227,20 +245,32 @@ def _evaluation_html(eval_dir: Path, root: Path, n: int, worst: int, seed: int) 
     parts.append(_img(plot_case_metrics(eval_dir / OUTPUTS["metrics"], eval_dir), "per-case Dice and HD95",
                       "One point per case. Grey: the observers against each other."))
     parts.append("<h3>Examples</h3>")
-    try:
-        pairs, label = _example_pairs(eval_dir, summary, n, worst, seed)
-        if pairs:
-            path = plot_examples(pairs, eval_dir / "examples.png", n=n, seed=seed, worst=worst,
-                                 truth_label=label)
-            parts.append(_img(path, "example slices", f"{n} random slices with tumour, then the "
-                              f"{worst} cases with the lowest Dice against the {label}."))
-        else:
-            parts.append("<p>No case files recorded; no examples drawn.</p>")
-    except (BcsegError, OSError, ValueError) as error:
-        parts.append(f"<p>Examples not drawn: {_e(error)}</p>")
+    parts.append(_examples_html(eval_dir, summary, n, worst, seed))
     parts.append("<h3>Per-case metrics</h3>")
     parts.append(_per_case_html(eval_dir))
     return "\n".join(parts)
+
+
+def _examples_html(eval_dir: Path, summary: Mapping, n: int, worst: int, seed: int) -> str:
+    """The example figure and, for multi-channel cases, one narrow figure per channel beside it."""
+    try:
+        pairs, label, channels = _example_pairs(eval_dir, summary, n, worst, seed)
+        if not pairs:
+            return "<p>No case files recorded; no examples drawn.</p>"
+        path = plot_examples(pairs, eval_dir / "examples.png", n=n, seed=seed, worst=worst,
+                             truth_label=label)
+        overlay = _img(path, "example slices", f"{n} random slices with tumour, then the "
+                       f"{worst} cases with the lowest Dice against the {label}.")
+        if not channels:
+            return overlay
+        figures = [_img(plot_channel_examples(pairs, name, images, eval_dir / f"examples_{name}.png",
+                                              n=n, seed=seed, worst=worst),
+                        f"channel {name}", f"channel {name}: the same slices; outlines: blue "
+                        f"{label}, orange prediction")
+                   for name, images in channels.items()]
+        return f'<div class="row channels">{overlay}{"".join(figures)}</div>'
+    except (BcsegError, OSError, ValueError) as error:
+        return f"<p>Examples not drawn: {_e(error)}</p>"
 
 
 def _nan(value) -> float:
