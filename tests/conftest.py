@@ -33,3 +33,16 @@ def busi_root() -> Path:
     if not (BUSI / "folds.csv").is_file():
         pytest.skip("BUSI not found at ../shared/datasets/busi")
     return BUSI
+
+
+# A two-channel phantom: images/us/ and images/pa/ (PA as float32), channels.json.
+TWO_CHANNEL_N = 3
+TWO_CHANNEL_SHAPE = (8, 32, 32)
+
+
+@pytest.fixture(scope="session")
+def two_channel_root(tmp_path_factory) -> Path:
+    """A phantom of ultrasound and photoacoustic channels, written once. Read only."""
+    root = tmp_path_factory.mktemp("two_channels") / "data"
+    write_phantom(root, n=TWO_CHANNEL_N, shape=TWO_CHANNEL_SHAPE, channels=("us", "pa"))
+    return root

@@ -9,9 +9,10 @@ import warnings
 
 import numpy as np
 import pytest
+import tifffile
 
 from bcseg.data import io
-from bcseg.data.dataset import Case, discover, read_case_image, read_case_masks
+from bcseg.data.dataset import Case, discover, read_case_channels, read_case_image, read_case_masks
 from bcseg.errors import DataError, UsageError
 from bcseg.measure.evaluate import (METRIC_COLUMNS, NUMERIC_METRICS, ceiling_table, evaluate,
                             find_predictions)
@@ -296,3 +297,48 @@ def test_few_cases_get_no_ci_and_inf_means_say_so(study):
     assert f"test HD95 vs union: {hd95['mean']:.2f} mm (mean of 2; 1 inf left out)" in lines
     table = ceiling_table(json.loads((study["out"] / "summary.json").read_text()))
     assert all(row["dice_ci"] == "n too small" for row in table)
+
+
+# --------------------------------------------------------------------------- channels
+
+def _as_hyperstacks(source, root):
+    """The two-channel phantom again as one ImageJ hyperstack (ZCYX) per case."""
+    for case in discover(source):
+        array, spacing, names = read_case_channels(case)
+        path = root / "images" / f"{case.id}.tif"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tifffile.imwrite(path, np.moveaxis(array, -1, 1).astype(np.float32), imagej=True,
+                         metadata={"axes": "ZCYX", "unit": "mm", "spacing": spacing[0]},
+                         resolution=(1 / spacing[2], 1 / spacing[1]))
+        for observer, files in case.masks.items():
+            io.write_mask(root / "masks" / observer / f"{case.id}.tif", io.read_mask(files[0]), spacing)
+    (root / "channels.json").write_text(json.dumps(names))
+    return root
+
+
+def test_two_channel_cases_are_scored_on_their_masks(two_channel_root, tmp_path):
+    # Channel folders (images/us/, images/pa/) and one file with a C axis per case:
+    # both are scored on the masks alone, so the rows are those of case_metrics.
+    cases = discover(two_channel_root)
+    preds = {}
+    for case in cases:
+        masks = read_case_masks(case)
+        preds[case.id] = masks["observer1"].copy()
+        preds[case.id][:, :3, :] = True
+        io.write_mask(tmp_path / "pred" / f"{case.id}_mask.tif", preds[case.id], read_case_image(case)[1])
+    stacked = _as_hyperstacks(two_channel_root, tmp_path / "stacked")
+    assert [c.channels[1].index for c in discover(stacked)] == [1] * len(cases)
+    rows = {}
+    for layout, data in (("folders", two_channel_root), ("hyperstack", stacked)):
+        evaluate(tmp_path / "pred", data, tmp_path / layout, n_boot=N_BOOT)
+        rows[layout] = read_rows(tmp_path / layout / "metrics.csv")
+        summary = json.loads((tmp_path / layout / "summary.json").read_text())
+        recorded = summary["inputs"]["cases"][0]["channels"]
+        assert [c["name"] for c in recorded] == ["us", "pa"]
+        assert [c["index"] for c in recorded] == ([None, None] if layout == "folders" else [0, 1])
+    assert rows["folders"] == rows["hyperstack"]
+    case = cases[0]
+    (row,) = [r for r in rows["hyperstack"] if r["case"] == case.id and r["reference"] == "observer2"
+              and r["level"] == "specimen"]
+    expected = case_metrics(preds[case.id], read_case_masks(case)["observer2"], read_case_image(case)[1])
+    assert float(row["dice"]) == expected["dice"] and float(row["hd95"]) == expected["hd95"]

@@ -216,7 +216,7 @@ def test_empty_specimen_and_edge_of_image_warn():
 
 def test_missing_spacing_and_bad_input_raise():
     tumour = np.zeros((6, 6, 6), bool)
-    with pytest.raises(DataError, match="spacing unknown.*--spacing"):
+    with pytest.raises(DataError, match="spacing unknown.*spacing_mm"):
         M.margins(tumour, tumour, None)
     with pytest.raises(DataError, match="must be positive, finite"):
         M.margins(tumour, tumour, (0.5, 0, 0.3))
@@ -225,15 +225,21 @@ def test_missing_spacing_and_bad_input_raise():
 
 
 # --------------------------------------------------------------------------- files
-def test_margins_for_files_writes_outputs_and_refuses_to_overwrite(tmp_path):
-    rng = np.random.default_rng(2)
+def speckled_specimen(seed: int = 2):
+    """A box of bright speckle in dark medium with a dark sphere 0.8 mm below its anterior face."""
+    rng = np.random.default_rng(seed)
     shape, box = (24, 60, 40), ((4, 19), (8, 51), (6, 33))
-    centre = (6.0, 4.0, 6.0)
-    tumour, specimen = box_and_sphere(shape, box, centre, 1.6)
+    tumour, specimen = box_and_sphere(shape, box, (6.0, 4.0, 6.0), 1.6)
     volume = rng.rayleigh(8, shape)
     volume[specimen] = rng.rayleigh(80, int(specimen.sum()))
     volume[tumour] = rng.rayleigh(12, int(tumour.sum()))
-    image_path = io.write_image(tmp_path / "case7.tif", np.clip(volume, 0, 255).astype(np.uint8), SPACING)
+    return tumour, specimen, np.clip(volume, 0, 255).astype(np.uint8)
+
+
+def test_margins_for_files_writes_outputs_and_refuses_to_overwrite(tmp_path):
+    tumour, specimen, volume = speckled_specimen()
+    shape = volume.shape
+    image_path = io.write_image(tmp_path / "case7.tif", volume, SPACING)
     tumour_path = io.write_mask(tmp_path / "case7_tumour.tif", tumour, SPACING)
     out = tmp_path / "out"
     result = M.margins_for_files(image_path, tumour_path, out)
@@ -264,10 +270,43 @@ def test_margins_for_files_writes_outputs_and_refuses_to_overwrite(tmp_path):
     assert not list(out.glob("*.partial-*"))
 
 
+def test_margins_for_files_shows_the_display_channel(tmp_path, monkeypatch):
+    # Channels us and pa: margins come from the masks (the specimen found in the first
+    # channel), and the figure draws the channel asked for behind the contours.
+    tumour, _, volume = speckled_specimen()
+    pa = np.linspace(0.0, 900.0, volume.size, dtype=np.float32).reshape(volume.shape)
+    us_path = io.write_image(tmp_path / "images" / "us" / "case7.tif", volume, SPACING)
+    pa_path = io.write_image(tmp_path / "images" / "pa" / "case7.tif", pa, SPACING)
+    tumour_path = io.write_mask(tmp_path / "case7_tumour.tif", tumour, SPACING)
+    drawn, figure = [], M.margin_figure
+
+    def spy(image, *args, **kwargs):  # the image behind the contours of each figure
+        drawn.append(np.asarray(image))
+        return figure(image, *args, **kwargs)
+
+    monkeypatch.setattr(M, "margin_figure", spy)
+    alone = M.margins_for_files(us_path, tumour_path, tmp_path / "us_only")
+    result = M.margins_for_files({"us": us_path, "pa": pa_path}, tumour_path, tmp_path / "out",
+                                 display_channel="pa")
+    assert np.array_equal(drawn[0], volume) and np.array_equal(drawn[1], pa)
+    assert result["display_channel"] == "pa" and "display_channel" not in alone
+    assert result["case"] == "case7" and result["distance_mm"] == alone["distance_mm"]
+    assert np.array_equal(io.read_mask(tmp_path / "out" / "case7_specimen.tif"),
+                          io.read_mask(tmp_path / "us_only" / "case7_specimen.tif"))
+    assert (tmp_path / "out" / "case7_margins.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    with pytest.raises(UsageError, match="display_channel 'doppler'.*'us', 'pa'"):
+        M.margins_for_files({"us": us_path, "pa": pa_path}, tumour_path, tmp_path / "x",
+                            display_channel="doppler")
+    short = io.write_image(tmp_path / "images" / "pa" / "short.tif", pa[:-1], SPACING)
+    with pytest.raises(DataError, match="channel 'pa' has shape") as info:
+        M.margins_for_files({"us": us_path, "pa": short}, tumour_path, tmp_path / "y")
+    assert info.value.path == str(short)
+
+
 def test_margins_for_files_needs_spacing(tmp_path):
     image = io.write_image(tmp_path / "nospacing.tif", np.zeros((4, 8, 8), np.uint8))
     mask = io.write_mask(tmp_path / "mask.tif", np.zeros((4, 8, 8), bool))
-    with pytest.raises(DataError, match="--spacing") as info:
+    with pytest.raises(DataError, match="spacing_mm") as info:
         M.margins_for_files(image, mask, tmp_path / "out")
     assert info.value.path == str(image)
     with pytest.raises(UsageError, match="orientation"):

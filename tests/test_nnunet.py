@@ -218,3 +218,34 @@ def test_stack_without_spacing_gets_unit_spacing_and_a_warning(tmp_path):
     image = tifffile.imread(folder / "imagesTr" / "NoSpacing_0002_0000.tif")
     assert image.dtype == np.uint16 and image.shape == (8, 16, 16)
     assert np.array_equal(tifffile.imread(folder / "labelsTr" / "NoSpacing_0002.tif"), mask // 255)
+
+
+def test_two_channel_export(two_channel_root, tmp_path):
+    folder = export_nnunet(two_channel_root, tmp_path / "raw", 12, "PAUS", k=3)
+    ids = ["PAUS_0001", "PAUS_0002", "PAUS_0003"]
+    images = sorted(p.name for p in (folder / "imagesTr").iterdir())
+    assert images == sorted([f"{i}_{c}.tif" for i in ids for c in ("0000", "0001")]
+                            + [f"{i}.json" for i in ids])
+    assert sorted(p.name for p in (folder / "labelsTr").iterdir()) == sorted(
+        [f"{i}.tif" for i in ids] + [f"{i}.json" for i in ids])
+    dataset = _load(folder / "dataset.json")
+    assert dataset["channel_names"] == {"0": "us", "1": "pa"}
+    assert dataset["overwrite_image_reader_writer"] == "Tiff3DIO" and dataset["numTraining"] == 3
+    cases = _load(folder / "bcseg_case_map.json")["cases"]
+    for nn_id in ids:
+        stem = cases[nn_id]["id"]
+        assert list(cases[nn_id]["channels"]) == ["us", "pa"]
+        for index, channel in (("0000", "us"), ("0001", "pa")):
+            written = tifffile.imread(folder / "imagesTr" / f"{nn_id}_{index}.tif")
+            source = tifffile.imread(two_channel_root / "images" / channel / f"{stem}.tif")
+            assert written.dtype == source.dtype and np.array_equal(written, source)
+        assert np.array_equal(tifffile.imread(folder / "labelsTr" / f"{nn_id}.tif") == 1,
+                              _union(two_channel_root, stem))
+    # The model's order, given: pa first.
+    again = export_nnunet(two_channel_root, tmp_path / "raw", 12, "PAUS", k=3, force=True,
+                          channels=["pa", "us"])
+    assert _load(again / "dataset.json")["channel_names"] == {"0": "pa", "1": "us"}
+    assert np.array_equal(tifffile.imread(again / "imagesTr" / "PAUS_0001_0000.tif"),
+                          tifffile.imread(two_channel_root / "images" / "pa" / "specimen_000.tif"))
+    with pytest.raises(DataError, match="has no channel 'doppler'"):
+        export_nnunet(two_channel_root, tmp_path / "other", 13, "X", k=3, channels=["us", "doppler"])

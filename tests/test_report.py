@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import html
 import json
 import re
@@ -174,3 +175,23 @@ def test_human_level_verdict_is_shown_first(run_dir):
     for verdict in verdicts:
         assert html.escape(verdict) in text[first:text.index("<h2>Training")]
     assert "Paired human-level test" in text  # the full table, in the evaluation section
+
+
+# --------------------------------------------------------------------------- channels
+
+def test_report_draws_each_channel_beside_the_overlay(two_channel_root, tmp_path):
+    for case in discover(two_channel_root):
+        mask = read_case_masks(case)["observer1"]
+        io.write_mask(tmp_path / "pred" / f"{case.id}_mask.tif", mask, (1.0, 0.25, 0.25))
+    evaluate(tmp_path / "pred", two_channel_root, tmp_path / "eval", n_boot=50)
+    text = build_report(tmp_path / "eval").read_text(encoding="utf-8")
+    figures = {name: tmp_path / "eval" / f"examples_{name}.png" for name in ("us", "pa")}
+    assert all(is_png(png) for png in figures.values())
+    for name, png in figures.items():  # embedded, named, after the overlay
+        assert base64.b64encode(png.read_bytes()).decode("ascii") in text
+        assert f'alt="channel {name}"' in text and f"channel {name}: the same slices" in text
+    assert text.index('alt="example slices"') < text.index('alt="channel us"') < text.index('alt="channel pa"')
+    # The PA figure shows the PA channel: its pixels are not those of the ultrasound one.
+    us, pa = (imread(png)[..., :3] for png in figures.values())
+    assert us.shape == pa.shape and not np.array_equal(us, pa)
+

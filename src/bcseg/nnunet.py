@@ -6,10 +6,36 @@ layout nnU-Net v2 reads, so the two can be compared case by case::
 
     OUT/DatasetXXX_NAME/
         dataset.json
-        imagesTr/NAME_0001_0000.tif   (+ NAME_0001.json with the spacing, 3D TIFF only)
+        imagesTr/NAME_0001_0000.tif   (+ NAME_0001.json with the spacing, 3D TIFF only;
+                                       _0001, ... for further channels)
         labelsTr/NAME_0001.tif        (+ NAME_0001.json, 3D TIFF only)
         splits_final.json             copy to nnUNet_preprocessed/DatasetXXX_NAME/
         bcseg_case_map.json           nnU-Net id -> bcseg id, group, image, fold
+
+Example::
+
+    export_nnunet("specimens/", "nnUNet_raw", 501, "BCS")   # -> nnUNet_raw/Dataset501_BCS
+
+nnU-Net does not read ``splits_final.json`` from the raw folder. After
+``nnUNetv2_plan_and_preprocess -d XXX``, copy it to
+``$nnUNet_preprocessed/DatasetXXX_NAME/splits_final.json``; nnU-Net's trainer
+(``do_split``) then uses it instead of its own random 5-fold split, so
+``nnUNetv2_train XXX CONFIG FOLD`` holds out the same specimens as bcseg's fold
+``FOLD`` (the case map gives bcseg's fold number per case).
+
+A case of one image is written as grey (RGB is converted as
+:func:`bcseg.data.io.read_image` does), one channel, ``_0000``, and ``dataset.json``
+names that channel ``"zscore"`` (see ``CHANNEL_NAMES`` below). Cases with several
+named channels (``us``, ``pa``, ...) get one file per channel, ``_0000``, ``_0001``, ...
+in the order of ``channels`` (by default the dataset's), and ``dataset.json`` names
+them in that order, ``"channel_names": {"0": "us", "1": "pa"}``. nnU-Net picks each
+channel's normalisation by its name and z-scores every case for a name not in its table
+(``documentation/explanation_normalization.md``), so ``us`` and ``pa`` are z-scored;
+a channel named ``CT`` or ``noNorm`` would not be. The files appear only when
+complete: they are written under a hidden temporary folder and moved in at the end,
+each file written atomically.
+Stacks without spacing get ``(1, 1, 1)`` mm, nnU-Net's own assumption, with a
+warning.
 
 Conventions, checked against nnU-Net v2's sources (MIC-DKFZ/nnUNet):
 
@@ -40,14 +66,15 @@ import re
 import shutil
 import warnings
 from pathlib import Path
-from typing import Iterable, Mapping
+from typing import Iterable, Mapping, Sequence
 
 import numpy as np
 
 from bcseg.data import io
 from bcseg.atomic import PARTIAL_MARK, atomic_path, require_new, write_text
 from bcseg.data.consensus import METHODS, consensus
-from bcseg.data.dataset import Case, discover, read_case_image, read_case_masks
+from bcseg.data.dataset import (IMAGE_CHANNEL, Case, dataset_channels, discover, read_case_channel_arrays,
+                                read_case_image, read_case_masks)
 from bcseg.data.splits import check_groups_whole, kfold_by_group
 from bcseg.errors import DataError, DiskFullError, UsageError
 from bcseg.outputs import check_not_inputs, check_output_folder, claim
@@ -106,40 +133,35 @@ def dataset_folder_name(dataset_id: int, name: str) -> str:
 def export_nnunet(data: str | Path | Iterable[Case], out: str | Path, dataset_id: int,
                   name: str, observer: str = "union", folds: Mapping[str, int] | None = None,
                   k: int = 5, seed: int = 0, file_ending: str | None = None,
-                  force: bool = False) -> Path:
+                  force: bool = False, channels: Sequence[str] | None = None) -> Path:
     """Write cases as an nnU-Net v2 raw dataset with bcseg's specimen-wise folds.
 
     Parameters
     ----------
     data : str, Path or iterable of Case
-        A dataset folder or manifest (read with :func:`bcseg.data.dataset.discover`), or
-        the cases themselves.
+        A dataset folder or manifest (:func:`bcseg.data.dataset.discover`), or the cases.
     out : str or Path
         The ``nnUNet_raw`` folder; the dataset goes to ``OUT/DatasetXXX_NAME/``.
     dataset_id : int
-        nnU-Net's dataset id, 1 to 999 (1-10 are the Decathlon's). No other folder in
-        ``out`` may use it, since nnU-Net finds datasets by id.
+        nnU-Net's dataset id, 1 to 999 (1-10 are the Decathlon's), unused in ``out``.
     name : str
         Dataset name: letters, digits, ``_`` and ``-``. Case ids become
         ``NAME_0001``, ``NAME_0002``, ... in the order of the cases.
     observer : str
         The label: ``"union"``, ``"intersection"``, ``"staple"`` of the observers'
         masks, or one observer's name. Written as uint8 0/1.
-    folds : dict of str to int, optional
-        Fold per bcseg case id (e.g. from :func:`bcseg.data.splits.folds_from_file`).
-        Default: :func:`bcseg.data.splits.kfold_by_group` with ``k`` and ``seed``, as
-        bcseg's own training uses. Groups are never split.
-    k, seed : int
-        Folds and seed when ``folds`` is not given.
+    folds, k, seed
+        Fold per bcseg case id (:func:`bcseg.data.splits.folds_from_file`); default
+        :func:`bcseg.data.splits.kfold_by_group` with ``k`` and ``seed``, as training uses.
     file_ending : {".tif", ".png", ".nii.gz"}, optional
-        Default ``.tif`` for 3D stacks (nnU-Net's Tiff3DIO, spacing in a JSON file
-        beside each image and label) and ``.png`` for 2D images
-        (NaturalImage2DIO; 8 or 16 bit only). ``.nii.gz`` (SimpleITKIO, spacing in
-        the header) opens in 3D Slicer. 2D images may also be ``.tif``.
+        Default ``.tif`` for 3D stacks (Tiff3DIO) and ``.png`` for 2D images (8 or 16
+        bit); ``.nii.gz`` opens in 3D Slicer too; 2D images may also be ``.tif``.
     force : bool
-        Replace an existing dataset folder that bcseg exported; one holding any file
-        bcseg did not write there (or an input) is refused. The old one is kept until
-        the new one is complete.
+        Replace a dataset folder that bcseg exported (kept until the new one is
+        complete); one holding a file bcseg did not write there, or an input, is refused.
+    channels : sequence of str, optional
+        The channels, in the model's order, as ``_0000``, ``_0001``, ... (default: the
+        dataset's, :func:`bcseg.data.dataset.dataset_channels`). Every case needs them.
 
     Returns
     -------
@@ -149,31 +171,11 @@ def export_nnunet(data: str | Path | Iterable[Case], out: str | Path, dataset_id
     Raises
     ------
     UsageError
-        Bad id, name, ending, observer or k; the folder exists and not ``force``; or
-        another dataset in ``out`` uses the id.
+        Bad id, name, ending, observer, channels or k; the folder exists and not
+        ``force``; or another dataset in ``out`` uses the id.
     DataError
-        A case without masks, a mask unlike its image, 2D and 3D cases mixed, pixels
-        PNG cannot hold, folds that miss a case or split a group. The file is named.
-
-    Notes
-    -----
-    nnU-Net does not read ``splits_final.json`` from the raw folder. After
-    ``nnUNetv2_plan_and_preprocess -d XXX``, copy it to
-    ``$nnUNet_preprocessed/DatasetXXX_NAME/splits_final.json``; nnU-Net's trainer
-    (``do_split``) then uses it instead of its own random 5-fold split, so
-    ``nnUNetv2_train XXX CONFIG FOLD`` holds out the same specimens as bcseg's fold
-    ``FOLD`` (the case map gives bcseg's fold number per case).
-
-    Images are written as grey (RGB is converted as :func:`bcseg.data.io.read_image`
-    does), one channel. Its files appear only when complete: they are written under a
-    hidden temporary folder and moved in at the end, each file written atomically.
-    Stacks without spacing get ``(1, 1, 1)`` mm, nnU-Net's own assumption, with a
-    warning.
-
-    Examples
-    --------
-    >>> export_nnunet("specimens/", "nnUNet_raw", 501, "BCS")  # doctest: +SKIP
-    PosixPath('nnUNet_raw/Dataset501_BCS')
+        A case without masks or a channel, a mask unlike its image, 2D and 3D cases
+        mixed, pixels PNG cannot hold, folds that miss a case or split a group.
     """
     folder_name = dataset_folder_name(dataset_id, name)
     ending = _check_ending(file_ending)
@@ -181,33 +183,39 @@ def export_nnunet(data: str | Path | Iterable[Case], out: str | Path, dataset_id
     dest = out / folder_name
     require_new(dest, force)
     _check_id_free(out, int(dataset_id), folder_name)
+    cases, reads, names = _cases_to_export(data, dest, observer, channels)
+    fold_of = _folds(cases, folds, k, seed)
+    nn_ids = [f"{name}_{i:0{max(4, len(str(len(cases))))}d}" for i in range(1, len(cases) + 1)]
+    with claim(dest, "export-nnunet", replace=True, inputs=reads):
+        _write_dataset(cases, nn_ids, out / f".{folder_name}{PARTIAL_MARK}{os.getpid()}", dest,
+                       observer, ending, fold_of, name, names)
+    return dest
+
+
+def _cases_to_export(data, dest: Path, observer: str, channels) -> tuple[list[Case], list, list | None]:
+    """The cases, the inputs that the export may not overwrite, and the channels to write."""
     cases = discover(data) if isinstance(data, (str, Path)) else list(data)
     if not cases:
         raise DataError(None, "no cases to export")
     reads = [data] if isinstance(data, (str, Path)) else []
-    check_not_inputs(dest, reads + [p for c in cases for p in (c.image, *(
+    check_not_inputs(dest, reads + [p for c in cases for p in (c.image, *(ch.path for ch in c.channels), *(
         f for files in c.masks.values() for f in files))])
     _check_observer(cases, observer)
-    fold_of = _folds(cases, folds, k, seed)
-    width = max(4, len(str(len(cases))))
-    nn_ids = [f"{name}_{i:0{width}d}" for i in range(1, len(cases) + 1)]
-
-    with claim(dest, "export-nnunet", replace=True, inputs=reads):
-        _write_dataset(cases, nn_ids, out / f".{folder_name}{PARTIAL_MARK}{os.getpid()}", dest,
-                       observer, ending, fold_of, name)
-    return dest
+    return cases, reads, _export_channels(cases, channels)
 
 
 def _write_dataset(cases: list[Case], nn_ids: list[str], stage: Path, dest: Path, observer: str,
-                   ending: str | None, fold_of: dict[str, int], name: str) -> None:
+                   ending: str | None, fold_of: dict[str, int], name: str,
+                   channels: list[str] | None) -> None:
     """Write the dataset under the hidden name ``stage``, then swap it in for ``dest``."""
     folder_name = dest.name
     if stage.exists():
         shutil.rmtree(stage)
     try:
-        ndim, ending = _write_cases(cases, nn_ids, stage, observer, ending)
+        ndim, ending = _write_cases(cases, nn_ids, stage, observer, ending, channels)
         dataset_json = {
-            "channel_names": CHANNEL_NAMES,
+            "channel_names": (CHANNEL_NAMES if channels is None
+                              else {str(i): channel for i, channel in enumerate(channels)}),
             "labels": LABELS,
             "numTraining": len(cases),
             "file_ending": ending,
@@ -227,6 +235,7 @@ def _write_dataset(cases: list[Case], nn_ids: list[str], stage: Path, dest: Path
                       "nnUNetv2_plan_and_preprocess",
             "cases": {n: {"id": c.id, "group": c.group, "class": c.label_class,
                           "image": str(Path(c.image).resolve()),
+                          **({} if channels is None else {"channels": _channel_files(c, channels)}),
                           "fold": fold_of[c.id], "nnunet_fold": order.index(fold_of[c.id])}
                       for n, c in zip(nn_ids, cases)},
         }
@@ -293,12 +302,13 @@ def _folds(cases: list[Case], folds: Mapping[str, int] | None, k: int, seed: int
 # --------------------------------------------------------------------------- writing
 
 def _write_cases(cases: list[Case], nn_ids: list[str], stage: Path, observer: str,
-                 ending: str | None) -> tuple[int, str]:
-    """Write every case's image, label (and spacing file); return (ndim, ending)."""
+                 ending: str | None, channels: list[str] | None) -> tuple[int, str]:
+    """Write every case's images, label (and spacing file); return (ndim, ending)."""
     ndim = None
     no_spacing = []
     for case, nn_id in zip(cases, nn_ids):
-        image, spacing = read_case_image(case)
+        images, spacing = _case_images(case, channels)
+        image = images[0]
         if ndim is None:
             ndim = image.ndim
             ending = ending or (".tif" if ndim == 3 else ".png")
@@ -311,14 +321,12 @@ def _write_cases(cases: list[Case], nn_ids: list[str], stage: Path, observer: st
         label = _label(case, image.shape, observer)
         if image.ndim == 3 and spacing is None:
             no_spacing.append(case.image)
-        image_path = stage / "imagesTr" / f"{nn_id}_0000{ending}"
+        for index, pixels in enumerate(images):  # nnU-Net's channel index: _0000, _0001, ...
+            _write_image(stage / "imagesTr" / f"{nn_id}_{index:04d}{ending}", pixels, spacing, case.image)
         label_path = stage / "labelsTr" / f"{nn_id}{ending}"
         if ending == ".png":
-            _write_png(image_path, _png_pixels(image, case.image))
             _write_png(label_path, label)
         else:
-            pixels = _tiff_pixels(image) if ending == ".tif" else image
-            io.write_image(image_path, pixels, spacing)
             io.write_image(label_path, label, spacing)
         if ending == ".tif" and ndim == 3:
             # Tiff3DIO's spacing file: the name without ending and channel index,
@@ -330,6 +338,36 @@ def _write_cases(cases: list[Case], nn_ids: list[str], stage: Path, observer: st
         warnings.warn(f"{len(no_spacing)} stack(s) record no spacing in mm (e.g. {no_spacing[0]}); "
                       "nnU-Net will treat them as 1 mm isotropic", stacklevel=3)
     return ndim, ending
+
+
+def _export_channels(cases: list[Case], channels: Sequence[str] | None) -> list[str] | None:
+    """The channels to write in order; None for cases of one channel (written as before)."""
+    names = dataset_channels(cases) if channels is None else [str(c) for c in channels]
+    if not names or len(set(names)) != len(names):
+        raise UsageError(None, f"channels must name each channel once, not {names}")
+    return None if channels is None and len(names) == 1 else names
+
+
+def _case_images(case: Case, channels: list[str] | None) -> tuple[list[np.ndarray], tuple | None]:
+    """The case's image, or its channels in ``channels`` order, with its spacing."""
+    if channels is None:
+        image, spacing = read_case_image(case)
+        return [image], spacing
+    arrays, spacing = read_case_channel_arrays(case, channels)
+    return list(arrays.values()), spacing
+
+
+def _channel_files(case: Case, channels: list[str]) -> dict[str, str]:
+    own = {c.name: c.path for c in case.channels} or {IMAGE_CHANNEL: case.image}
+    return {name: str(Path(own[name]).resolve()) for name in channels}
+
+
+def _write_image(path: Path, image: np.ndarray, spacing, source: Path) -> None:
+    """One channel as PNG (8 or 16 bit), TIFF (in a type ImageJ holds) or NIfTI."""
+    if path.name.endswith(".png"):
+        _write_png(path, _png_pixels(image, source))
+    else:
+        io.write_image(path, _tiff_pixels(image) if path.suffix == ".tif" else image, spacing)
 
 
 def _label(case: Case, shape: tuple[int, ...], observer: str) -> np.ndarray:

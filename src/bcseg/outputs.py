@@ -273,11 +273,8 @@ def claim(folder: str | Path, command: str, *, replace: bool = False, inputs: It
     folder = Path(folder)
     key = folder.resolve()
     if key in _held:  # a command run by another inside its claim (train -> evaluate)
-        _held[key] += 1
-        try:
+        with _nested(key):
             yield folder
-        finally:
-            _held[key] -= 1
         return
     created = _first_missing(key)
     lock = _lock(key, folder)
@@ -306,6 +303,16 @@ def claim(folder: str | Path, command: str, *, replace: bool = False, inputs: It
         _unlock(lock)
         if created is not None:
             _remove_if_empty(key, created)
+
+
+@contextlib.contextmanager
+def _nested(key: Path) -> Iterator[None]:
+    """A claim inside a claim of the same folder: count it, hold no second lock."""
+    _held[key] += 1
+    try:
+        yield
+    finally:
+        _held[key] -= 1
 
 
 def _first_missing(folder: Path) -> Path | None:

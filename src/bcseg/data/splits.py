@@ -133,6 +133,12 @@ def kfold_by_group(cases: list[Case], k: int = 5, seed: int = 0, source=None) ->
     names = sorted(groups)
     rng.shuffle(names)
     names.sort(key=lambda g: -len(groups[g]))  # stable: ties keep the shuffled order
+    return _place_groups(cases, groups, names, k)
+
+
+def _place_groups(cases: list[Case], groups: dict[str, list[Case]], names: list[str],
+                  k: int) -> dict[str, int]:
+    """Put each group, in the order of ``names``, into the fold it least unbalances."""
     classes = sorted({c.label_class or "" for c in cases})
     total = Counter(c.label_class or "" for c in cases)
     size = np.zeros(k)

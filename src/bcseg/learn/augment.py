@@ -375,6 +375,25 @@ def _as_float_tensors(image, mask, rank, function, layout):
     return image, mask
 
 
+def _check_offline_request(image, mask, size: int, angle_step: int, crops_per_angle: int,
+                           max_trim_tb: int, max_trim_lr: int) -> tuple[np.ndarray, np.ndarray]:
+    """``image`` and ``mask`` as arrays, after checking every argument by its name."""
+    image = np.asarray(image)
+    mask = np.asarray(mask)
+    if image.shape != (size, size) or mask.shape != (size, size):
+        raise ValueError(f"image and mask must have shape ({size}, {size}), "
+                         f"got {image.shape} and {mask.shape}")
+    if mask.dtype != bool:
+        raise ValueError(f"mask must be bool, got {mask.dtype}")
+    if not 1 <= angle_step <= 360 or crops_per_angle < 1:
+        raise ValueError("need 1 <= angle_step <= 360 and crops_per_angle >= 1, "
+                         f"got {angle_step} and {crops_per_angle}")
+    if not (0 <= max_trim_tb and 0 <= max_trim_lr and 2 * max(max_trim_tb, max_trim_lr) < size):
+        raise ValueError(f"trims must be >= 0 and leave pixels: got {max_trim_tb} (top/bottom) "
+                         f"and {max_trim_lr} (left/right) for size {size}")
+    return image, mask
+
+
 def reference_offline_augment(
     image: np.ndarray,
     mask: np.ndarray,
@@ -420,19 +439,8 @@ def reference_offline_augment(
     >>> images.shape
     (24, 128, 128)
     """
-    image = np.asarray(image)
-    mask = np.asarray(mask)
-    if image.shape != (size, size) or mask.shape != (size, size):
-        raise ValueError(f"image and mask must have shape ({size}, {size}), "
-                         f"got {image.shape} and {mask.shape}")
-    if mask.dtype != bool:
-        raise ValueError(f"mask must be bool, got {mask.dtype}")
-    if not 1 <= angle_step <= 360 or crops_per_angle < 1:
-        raise ValueError("need 1 <= angle_step <= 360 and crops_per_angle >= 1, "
-                         f"got {angle_step} and {crops_per_angle}")
-    if not (0 <= max_trim_tb and 0 <= max_trim_lr and 2 * max(max_trim_tb, max_trim_lr) < size):
-        raise ValueError(f"trims must be >= 0 and leave pixels: got {max_trim_tb} (top/bottom) "
-                         f"and {max_trim_lr} (left/right) for size {size}")
+    image, mask = _check_offline_request(image, mask, size, angle_step, crops_per_angle,
+                                         max_trim_tb, max_trim_lr)
     rng = np.random.default_rng(rng)
     images, masks = [], []
     for angle in range(0, 360, angle_step):

@@ -18,7 +18,28 @@ each other, which is the ceiling a model can be expected to reach.
 ``summary.json``
     Per reference and metric, :func:`bcseg.measure.metrics.summarise` over *cases*
     (mean, SD, median, bootstrap CI of the mean), plus the reference study's
-    ``pixel_soft_score`` beside the true per-case Dice. See :func:`evaluate`.
+    ``pixel_soft_score`` beside the true per-case Dice. It holds first
+    ``human_level`` (null with one observer): the paired test of :func:`human_level`
+    (``margins``, ``comparisons``: one :func:`bcseg.measure.observers.paired_comparison`
+    dict per reference observer and metric, with its ``verdict`` and ``text``, and
+    ``note``); then ``n_cases``, ``level`` (``specimen``, ``image`` or ``mixed``),
+    ``unit`` (``mm``, ``voxel`` or ``mixed``), ``observers``, ``references`` (name ->
+    ``n_cases``, ``n_pred_empty``, ``n_truth_empty``, ``metrics``: metric -> ``n,
+    n_finite, n_inf, mean, sd, median, ci_low, ci_high``), with one entry per
+    observer, ``union``, ``intersection``, ``staple`` and ``inter-observer``
+    (observers against each other; the mean over pairs per case when there are more
+    than two), ``pixel_soft_score`` (``value``, ``reference``, ``reduction`` "row",
+    ``eps`` 1e-7, ``dice_mean`` against the same reference, ``n_cases``, ``n_rows``,
+    ``n_pixels``, ``n_cases_with_probability``, ``note``), ``reference_protocol``
+    (with ``protocol="reference"``), ``settings`` and ``inputs`` (the files of every
+    case, which :func:`bcseg.report.html.build_report` reads to draw examples; a case
+    with named channels lists them under ``channels``: ``name``, ``path`` and
+    ``index``, the plane of a file's C axis or null). NaN
+    is written as ``null``. Statistics are over cases, never slices: ``n`` is a case
+    count.
+
+Cases may hold several channels (``us``, ``pa``, ...): the masks are compared as
+for one, and the shapes are checked against the case's first channel.
 
 Floats in the CSV files are written in full precision; ``inf`` marks a distance
 to a mask that is empty and ``nan`` an undefined value (both masks empty). No
@@ -40,9 +61,14 @@ import numpy as np
 from bcseg.data import io
 from bcseg.atomic import write_text
 from bcseg.data.dataset import Case, discover, read_case_image, read_case_masks
-from bcseg.errors import DataError, ModelError, UsageError
-from bcseg.measure.metrics import REFERENCE_EPS, batch_mean, case_metrics, dice, slice_metrics, soft_scores, summarise
-from bcseg.measure.observers import MARGINS, METHODS, agreement, consensus, paired_comparison, union
+from bcseg.errors import DataError, UsageError
+from bcseg.measure.metrics import REFERENCE_EPS, case_metrics, dice, slice_metrics, soft_scores, summarise
+from bcseg.measure.observers import (INTER_OBSERVER, MARGINS, METHODS, agreement, consensus,
+                                     paired_comparison, union)
+from bcseg.measure.reference_score import PROTOCOLS, SOFT_REDUCTION, reference_protocol
+# The tables and headline of an evaluation, importable from here as before.
+from bcseg.measure.tables import (CEILING_COLUMNS, ceiling_table, ci_phrase, headline_lines,  # noqa: F401
+                                  human_level_lines)
 from bcseg.outputs import check_output_folder, check_replaceable, claim
 
 __all__ = ["evaluate", "find_predictions", "ceiling_table", "OUTPUTS", "METRIC_COLUMNS",
@@ -50,8 +76,6 @@ __all__ = ["evaluate", "find_predictions", "ceiling_table", "OUTPUTS", "METRIC_C
 
 OUTPUTS = {"metrics": "metrics.csv", "agreement": "agreement.csv", "summary": "summary.json"}
 TARGETS = ("each", "union", "intersection", "staple")
-INTER_OBSERVER = "inter-observer"
-SOFT_REDUCTION = "row"  # the reference study's score as it executed (bcseg.measure.metrics.pixel_soft_score)
 MASK_SUFFIX, PROB_SUFFIX = "_mask", "_prob"
 MAX_SHOWN = 10
 
@@ -130,6 +154,13 @@ def _shape(path: Path) -> tuple[int, ...]:
     return tuple(io.open_volume(path)[0].shape)
 
 
+def _case_shape(case: Case) -> tuple[int, ...]:
+    """The shape of the case's image: its first channel, which may be a plane of a C axis."""
+    if case.channels and case.channels[0].index is not None:
+        return tuple(read_case_image(case, mmap=True)[0].shape)
+    return _shape(case.image)
+
+
 def _select_observers(cases: Sequence[Case], wanted) -> list[str] | None:
     """None for all observers, else the requested names (checked against the cases)."""
     if wanted is None or wanted == "all":
@@ -161,7 +192,7 @@ def _match(pred_dir: Path, cases: Sequence[Case], predictions: Mapping, wanted: 
             problems.append(f"{case_id}: has no observer masks to compare with")
             continue
         try:
-            shape = _shape(case.image)
+            shape = _case_shape(case)
             for kind in ("mask", "prob"):
                 other = None if files[kind] is None else _shape(files[kind])
                 if other is not None and other != shape:
@@ -231,6 +262,9 @@ def _case_rows(case: Case, files: Mapping, names: list[str], targets, slices: bo
             "observers": {n: [_absolute(p) for p in case.masks[n]] for n in names},
             "shape": list(shape), "spacing_mm": None if spacing is None else list(spacing),
             "level": level}
+    if case.channels:  # named channels, in order: the report draws each
+        info["channels"] = [{"name": c.name, "path": _absolute(c.path), "index": c.index}
+                            for c in case.channels]
     return rows, slice_rows, agree, soft, info
 
 
@@ -357,77 +391,93 @@ def evaluate(pred_dir: str | Path, truth, out_dir: str | Path, observers: str | 
     Parameters
     ----------
     pred_dir : str or Path
-        Folder of ``<case id>_mask.tif`` predictions (any suffix of
-        :data:`bcseg.data.io.IMAGE_SUFFIXES`), optionally with ``<case id>_prob.tif``
-        probability maps, used for ``pixel_soft_score`` when present.
+        Folder of ``<case id>_mask.tif`` predictions (any image suffix), optionally with
+        ``<case id>_prob.tif`` probability maps, used for ``pixel_soft_score``.
     truth : str, Path or list of Case
-        A dataset folder or manifest (:func:`bcseg.data.dataset.discover`) or the cases.
-        Only cases with a prediction are evaluated.
+        A dataset folder or manifest (:func:`bcseg.data.dataset.discover`) or the
+        cases; only cases with a prediction are evaluated.
     out_dir : str or Path
-        Where ``metrics.csv``, ``agreement.csv`` and ``summary.json`` go.
+        Where ``metrics.csv``, ``agreement.csv`` and ``summary.json`` (see the module) go.
     observers : "all", str or sequence of str
         The observers to use; every evaluated case must have them.
     targets : sequence of str
-        References besides the inter-observer agreement: ``"each"`` (every
-        observer on its own), ``"union"``, ``"intersection"``, ``"staple"``. The
-        consensus references need at least two observers in a case.
-    force : bool
-        Overwrite existing outputs; otherwise they raise :class:`UsageError`.
-    slices : bool
-        Also write per-slice rows for 3D stacks (never used in the summary).
+        References besides the inter-observer agreement: ``"each"`` observer on its
+        own, ``"union"``, ``"intersection"``, ``"staple"`` (these need two observers).
+    force, slices, progress : bool
+        Replace bcseg's earlier outputs; also write per-slice rows for 3D stacks
+        (never summarised); show a progress bar over the cases.
     n_boot, seed : int
         Bootstrap resamples and seed for the CIs (:func:`bcseg.measure.metrics.summarise`).
-    progress : bool
-        Show a progress bar over the cases.
-    protocol : {"honest", "reference"}
-        ``"reference"`` also scores ``model`` the way the reference study did
-        (:func:`reference_protocol`) and puts that figure beside the honest one
-        in ``summary.json`` (``reference_protocol``) and the headline.
-    model : str or Path, optional
-        The run folder or ``.keras`` file the predictions came from; needed by
-        ``protocol="reference"``.
-    reference_size : int
-        Slice size of the reference protocol when the model takes any size.
+    protocol, model, reference_size
+        ``protocol="reference"`` also scores ``model`` (the run folder or ``.keras``
+        file the predictions came from) as the reference study did, at
+        ``reference_size`` px when the model takes any size
+        (:func:`bcseg.measure.reference_score.reference_protocol`).
 
     Returns
     -------
     dict
         ``metrics_csv``, ``agreement_csv``, ``summary_json`` (Paths), ``n_cases``,
-        ``human_level`` (the verdict lines of the paired test, Dice first),
-        ``headline`` (``reference``, ``dice_mean``, ``dice_ci``, ``dice_ci_note``,
-        ``hd95`` (its :func:`~bcseg.measure.metrics.summarise` dict), ``unit``,
-        ``inter_observer_dice_mean``, ``pixel_soft_score``,
-        ``reference_protocol``) and ``dice`` (mean per-case Dice per reference,
-        with ``inter-observer``).
+        ``human_level`` (the verdict lines, Dice first), ``headline`` (the numbers
+        :func:`headline_lines` prints) and ``dice`` (mean per-case Dice per reference).
 
     Raises
     ------
     DataError
-        Predictions without a case, cases lacking a requested observer, shapes that
-        differ, unreadable files: all of them listed in one error.
+        Every prediction without a case, case lacking an observer, shape mismatch
+        and unreadable file, listed in one error.
     UsageError
-        Outputs exist and not ``force``, or bcseg did not write them; the output
-        folder is a file; unknown targets or observers.
-
-    Notes
-    -----
-    ``summary.json`` holds first ``human_level`` (null with one observer): the
-    paired test of :func:`human_level` (``margins``, ``comparisons``: one
-    :func:`bcseg.measure.observers.paired_comparison` dict per reference observer and
-    metric, with its ``verdict`` and ``text``, and ``note``); then ``n_cases``, ``level`` (``specimen``, ``image`` or
-    ``mixed``), ``unit`` (``mm``, ``voxel`` or ``mixed``), ``observers``,
-    ``references`` (name -> ``n_cases``, ``n_pred_empty``, ``n_truth_empty``,
-    ``metrics``: metric -> ``n, n_finite, n_inf, mean, sd, median, ci_low,
-    ci_high``), with one entry per observer, ``union``, ``intersection``,
-    ``staple`` and ``inter-observer`` (observers against each other; the mean
-    over pairs per case when there are more than two), ``pixel_soft_score``
-    (``value``, ``reference``, ``reduction`` "row", ``eps`` 1e-7, ``dice_mean``
-    against the same reference, ``n_cases``, ``n_rows``, ``n_pixels``, ``n_cases_with_probability``, ``note``),
-    ``settings`` and ``inputs`` (the files of every case, which
-    :func:`bcseg.report.html.build_report` reads to draw examples). NaN is written as
-    ``null``. Statistics are over cases, never slices: ``n`` is a case count.
+        Outputs exist and not ``force`` (or bcseg did not write them), the output
+        folder is a file, or unknown targets, observers or protocol.
     """
     pred_dir, out_dir = Path(pred_dir), Path(out_dir)
+    settings = _check_settings(targets, observers, n_boot, seed, protocol, model)
+    outputs = _check_outputs(out_dir, force)
+    cases = discover(truth) if isinstance(truth, (str, Path)) else list(truth)
+    wanted = _select_observers(cases, observers)
+    matched = _match(pred_dir, cases, find_predictions(pred_dir), wanted)
+    scored = _score_cases(matched, settings["targets"], slices, progress)
+    study_style = None if protocol == "honest" else reference_protocol(
+        model, matched, size=reference_size, seed=seed)
+    summary = _summary(scored, matched, study_style, settings, pred_dir, truth)
+    _write_outputs(out_dir, outputs, force, scored, summary)
+    return _result(outputs, summary, study_style)
+
+
+def _check_outputs(out_dir: Path, force: bool) -> dict[str, Path]:
+    """The output files, after refusing those that may not be replaced."""
+    check_output_folder(out_dir)
+    outputs = {key: out_dir / name for key, name in OUTPUTS.items()}
+    check_replaceable(outputs.values(), force)
+    return outputs
+
+
+def _summary(scored: dict, matched, study_style: dict | None, settings: dict, pred_dir: Path,
+             truth) -> dict:
+    """The content of ``summary.json`` (see the module docstring)."""
+    n_boot, seed = settings["n_boot"], settings["seed"]
+    inputs = {"pred_dir": str(pred_dir.resolve()),
+              "truth": str(Path(truth).resolve()) if isinstance(truth, (str, Path)) else None}
+    ordered = sorted({n for _, _, names in matched for n in names})
+    soft_ref = "union" if any(len(n) >= 2 for _, _, n in matched) else ordered[0]
+    unit = _one_of({r["unit"] for r in scored["rows"]}, "mixed")
+    return {
+        "human_level": (human_level(scored["rows"], scored["agree"], unit, n_boot, seed)
+                        if scored["agree"] else None),
+        "n_cases": len(scored["infos"]),
+        "level": _one_of({i["level"] for i in scored["infos"]}, "mixed"),
+        "unit": unit,
+        "observers": ordered,
+        "references": _reference_summaries(scored, ordered, n_boot, seed),
+        "pixel_soft_score": _pixel_soft(scored, soft_ref),
+        **({"reference_protocol": study_style} if study_style else {}),
+        "settings": settings,
+        "inputs": {**inputs, "cases": scored["infos"]},
+    }
+
+
+def _check_settings(targets, observers, n_boot: int, seed: int, protocol: str, model) -> dict:
+    """The settings recorded in ``summary.json``, after checking them by name."""
     targets = tuple(targets)
     unknown = [t for t in targets if t not in TARGETS]
     if unknown or not targets:
@@ -440,309 +490,95 @@ def evaluate(pred_dir: str | Path, truth, out_dir: str | Path, observers: str | 
     if protocol == "reference" and model is None:
         raise UsageError(None, "protocol 'reference' scores a model: give the model the predictions "
                          "came from")
-    check_output_folder(out_dir)
-    outputs = {key: out_dir / name for key, name in OUTPUTS.items()}
-    check_replaceable(outputs.values(), force)
-    cases = discover(truth) if isinstance(truth, (str, Path)) else list(truth)
-    wanted = _select_observers(cases, observers)
-    predictions = find_predictions(pred_dir)
-    matched = _match(pred_dir, cases, predictions, wanted)
+    return {"protocol": protocol, "targets": list(targets),
+            "observers": observers if isinstance(observers, str) else list(observers),
+            "n_boot": int(n_boot), "seed": int(seed), "ci": 0.95, "statistics_over": "cases"}
 
-    rows, slice_rows, agree_rows, infos = [], [], [], []
-    soft_sum = soft_rows = soft_pixels = soft_prob = 0.0
-    soft_dice = []
+
+def _score_cases(matched, targets, slices: bool, progress: bool) -> dict:
+    """Every case's rows, with the running sums of the pixel soft score."""
+    scored = {"rows": [], "slices": [], "agree": [], "infos": [], "soft": []}
     iterator = matched
     if progress:
         from tqdm import tqdm
         iterator = tqdm(matched, desc="evaluate", unit="case")
     for case, files, names in iterator:
         r, s, a, soft, info = _case_rows(case, files, names, targets, slices)
-        rows += r
-        slice_rows += s
-        agree_rows += a
-        infos.append(info)
-        soft_sum += soft["sum"]
-        soft_rows += soft["rows"]
-        soft_pixels += soft["pixels"]
-        soft_prob += soft["prob"]
-        soft_dice.append(soft["dice"])
+        scored["rows"] += r
+        scored["slices"] += s
+        scored["agree"] += a
+        scored["infos"].append(info)
+        scored["soft"].append(soft)
+    infos = scored["infos"]
     no_spacing = [i["id"] for i in infos if i["spacing_mm"] is None]
     if no_spacing:
         warnings.warn(f"{len(no_spacing)} of {len(infos)} case(s) have no spacing "
                       f"(e.g. {no_spacing[0]}): their distances and volumes are in voxels, not mm",
-                      stacklevel=2)
+                      stacklevel=3)
+    return scored
 
-    # Summaries over cases: one value per case and reference, never per slice.
-    ordered = sorted({n for _, _, names in matched for n in names})
+
+def _reference_summaries(scored: dict, ordered: list[str], n_boot: int, seed: int) -> dict[str, dict]:
+    """Summaries over cases: one value per case and reference, never per slice."""
     references: dict[str, dict] = {}
     for name in ordered + list(METHODS):
-        chosen = [r for r in rows if r["reference"] == name]
+        chosen = [r for r in scored["rows"] if r["reference"] == name]
         if chosen:
             references[name] = _summarise_rows(chosen, n_boot, seed)
-    per_case_agree = _per_case_agreement(agree_rows)
+    per_case_agree = _per_case_agreement(scored["agree"])
     if per_case_agree:
         references[INTER_OBSERVER] = _summarise_rows(per_case_agree, n_boot, seed)
+    return references
 
-    soft_ref = "union" if any(len(n) >= 2 for _, _, n in matched) else ordered[0]
-    pixel_soft = {"value": soft_sum / soft_rows, "reference": soft_ref,
-                  "reduction": SOFT_REDUCTION, "eps": REFERENCE_EPS,
-                  "dice_mean": float(np.mean(soft_dice)),
-                  "n_cases": len(infos), "n_rows": int(soft_rows), "n_pixels": int(soft_pixels),
-                  "n_cases_with_probability": int(soft_prob), "note": PIXEL_SOFT_NOTE}
-    study_style = None if protocol == "honest" else reference_protocol(
-        model, matched, size=reference_size, seed=seed)
-    units = {r["unit"] for r in rows}
-    unit = _one_of(units, "mixed")
-    summary = {
-        "human_level": human_level(rows, agree_rows, unit, n_boot, seed) if agree_rows else None,
-        "n_cases": len(infos),
-        "level": _one_of({i["level"] for i in infos}, "mixed"),
-        "unit": unit,
-        "observers": ordered,
-        "references": references,
-        "pixel_soft_score": pixel_soft,
-        **({"reference_protocol": study_style} if study_style else {}),
-        "settings": {"protocol": protocol, "targets": list(targets), "observers": observers if isinstance(observers, str)
-                     else list(observers), "n_boot": int(n_boot), "seed": int(seed), "ci": 0.95,
-                     "statistics_over": "cases"},
-        "inputs": {"pred_dir": str(pred_dir.resolve()),
-                   "truth": str(Path(truth).resolve()) if isinstance(truth, (str, Path)) else None,
-                   "cases": infos},
-    }
+
+def _pixel_soft(scored: dict, soft_ref: str) -> dict:
+    """The reference study's pixel_soft_score over every row of every case."""
+    soft_sum = soft_rows = soft_pixels = soft_prob = 0.0
+    for soft in scored["soft"]:
+        soft_sum += soft["sum"]
+        soft_rows += soft["rows"]
+        soft_pixels += soft["pixels"]
+        soft_prob += soft["prob"]
+    return {"value": soft_sum / soft_rows, "reference": soft_ref,
+            "reduction": SOFT_REDUCTION, "eps": REFERENCE_EPS,
+            "dice_mean": float(np.mean([soft["dice"] for soft in scored["soft"]])),
+            "n_cases": len(scored["infos"]), "n_rows": int(soft_rows), "n_pixels": int(soft_pixels),
+            "n_cases_with_probability": int(soft_prob), "note": PIXEL_SOFT_NOTE}
+
+
+def _write_outputs(out_dir: Path, outputs: dict[str, Path], force: bool, scored: dict, summary: dict) -> None:
     with claim(out_dir, "evaluate"):
         check_replaceable(outputs.values(), force)  # again, now that no other run writes here
-        write_text(outputs["metrics"], _csv_text(METRICS_CSV_COLUMNS, rows + slice_rows))
-        write_text(outputs["agreement"], _csv_text(AGREEMENT_CSV_COLUMNS, agree_rows))
+        write_text(outputs["metrics"], _csv_text(METRICS_CSV_COLUMNS, scored["rows"] + scored["slices"]))
+        write_text(outputs["agreement"], _csv_text(AGREEMENT_CSV_COLUMNS, scored["agree"]))
         write_text(outputs["summary"], json.dumps(_json_safe(summary), indent=2, allow_nan=False) + "\n")
 
+
+def _result(outputs: dict[str, Path], summary: dict, study_style: dict | None) -> dict:
+    """:func:`evaluate`'s return value: the output files and the headline numbers.
+
+    ``headline`` holds ``reference``, ``dice_mean``, ``dice_ci``, ``dice_ci_note``,
+    ``hd95`` (its :func:`~bcseg.measure.metrics.summarise` dict), ``unit``,
+    ``inter_observer_dice_mean``, ``pixel_soft_score``, ``reference_protocol`` and
+    ``reference_protocol_size``; ``dice`` includes ``inter-observer``.
+    """
+    references = summary["references"]
+    soft_ref = summary["pixel_soft_score"]["reference"]
     headline_ref = soft_ref if soft_ref in references else next(iter(references))
     dice_stats = {name: entry["metrics"]["dice"] for name, entry in references.items()}
     headline = dice_stats[headline_ref]
     ceiling = dice_stats.get(INTER_OBSERVER)
     return {
         "metrics_csv": outputs["metrics"], "agreement_csv": outputs["agreement"],
-        "summary_json": outputs["summary"], "n_cases": len(infos),
+        "summary_json": outputs["summary"], "n_cases": summary["n_cases"],
         "human_level": human_level_lines(summary),
         "headline": {"reference": headline_ref, "dice_mean": headline["mean"],
                      "dice_ci": (headline["ci_low"], headline["ci_high"]),
                      "dice_ci_note": headline.get("ci_note", ""),
-                     "hd95": references[headline_ref]["metrics"]["hd95"], "unit": unit,
+                     "hd95": references[headline_ref]["metrics"]["hd95"], "unit": summary["unit"],
                      "inter_observer_dice_mean": None if ceiling is None else ceiling["mean"],
-                     "pixel_soft_score": pixel_soft["value"],
+                     "pixel_soft_score": summary["pixel_soft_score"]["value"],
                      "reference_protocol": None if study_style is None else study_style["value"],
                      "reference_protocol_size": None if study_style is None else study_style["size"]},
         "dice": {name: stats["mean"] for name, stats in dice_stats.items()},
     }
-
-
-# --------------------------------------------------------------------------- reference protocol
-
-PROTOCOLS = ("honest", "reference")
-REFERENCE_BATCH = 32  # the default batch of tf.keras 2's model.evaluate
-REFERENCE_PROTOCOL_NOTE = (
-    "Scored the way the reference study did: every slice of every evaluated case fitted to "
-    "the model's input size, augmented offline into 24 copies (12 rotations x 2 random "
-    "trims), predicted as probabilities, and scored with the study's dice_coef as it "
-    "executed (a soft Dice per image row, smooth=1e-7) against the union of the observers, "
-    "averaged per batch of 32 augmented slices and then over batches, as model.evaluate "
-    "did. Augmented copies of one slice are near-duplicates and rows, not specimens, are "
-    "averaged: this is not an estimate of per-specimen Dice.")
-
-
-def _model_input_size(model, default: int) -> int:
-    shape = tuple(model.inputs[0].shape)
-    if len(shape) != 4:
-        raise ModelError(None, f"the reference protocol needs a 2D model (input (B, H, W, C)), "
-                         f"not one with input shape {shape}")
-    return int(shape[1]) if shape[1] is not None else default
-
-
-def _augmented_slices(case: Case, names: list[str], size: int, rng):
-    """The study's test inputs for one case: 24 augmented copies of every slice."""
-    from bcseg.learn.augment import reference_offline_augment
-    from bcseg.data.intensity import normalise
-    from bcseg.learn.pipeline import to_square
-
-    image, _ = read_case_image(case)
-    masks = read_case_masks(Case(case.id, case.image, {n: case.masks[n] for n in names}), image.shape)
-    truth = union([masks[n] for n in names])
-    image = normalise(image)
-    stack, truth = (image[None], truth[None]) if image.ndim == 2 else (image, truth)
-    for z in range(stack.shape[0]):
-        square = to_square(stack[z], size)
-        mask = to_square(truth[z].astype(np.float32), size, order=0) > 0.5
-        yield reference_offline_augment(square, mask, size=size, rng=rng)
-
-
-def reference_protocol(model_path, matched, size: int = 128, seed: int = 0,
-                       batch_size: int = REFERENCE_BATCH) -> dict:
-    """The reference study's test score of a model on the matched cases.
-
-    Parameters
-    ----------
-    model_path : str or Path
-        A training run folder or a ``.keras`` file of a 2D model.
-    matched : list of (Case, files, observer names)
-        The evaluated cases, as :func:`evaluate` pairs them.
-    size : int
-        Slice size when the model takes any size (the study's was 128).
-    seed : int
-        Seed of the random trims.
-    batch_size : int
-        Images per batch of the averaging (``model.evaluate``'s default, 32).
-
-    Returns
-    -------
-    dict
-        ``value``, ``reduction``, ``eps``, ``batch_size``, ``size``, ``seed``,
-        ``n_cases``, ``n_slices``, ``n_images``, ``model`` and ``note``.
-    """
-    from bcseg.learn.saved import load_model
-    from bcseg.rundir import load_run
-
-    path = load_run(model_path)[0][0]  # a k-fold run: its first member
-    model = load_model(path)
-    size = _model_input_size(model, size)
-    rng = np.random.default_rng(seed)
-    row_scores, n_slices = [], 0
-    for case, _, names in matched:
-        for images, masks in _augmented_slices(case, names, size, rng):
-            prob = model.predict(images[..., None], batch_size=batch_size, verbose=0)
-            row_scores.append(soft_scores(masks, prob, SOFT_REDUCTION))  # (24, size)
-            n_slices += 1
-    scores = np.concatenate(row_scores)
-    return {"value": batch_mean(scores, batch_size), "reduction": SOFT_REDUCTION, "eps": REFERENCE_EPS,
-            "batch_size": int(batch_size), "size": int(size), "seed": int(seed),
-            "n_cases": len(matched), "n_slices": n_slices, "n_images": len(scores),
-            "model": _absolute(path), "note": REFERENCE_PROTOCOL_NOTE}
-
-
-# --------------------------------------------------------------------------- tables
-
-CEILING_COLUMNS = (("comparison", "Comparison"), ("n", "n"), ("dice", "Dice mean ± SD"),
-                   ("dice_median", "Dice median"), ("dice_ci", "Dice 95% CI"),
-                   ("hd95", "HD95"), ("assd", "ASSD"))
-
-
-def _missing(value) -> bool:
-    return value is None or (isinstance(value, float) and math.isnan(value))
-
-
-def _number(value, digits: int) -> str:
-    if _missing(value):
-        return "–"
-    if isinstance(value, str):
-        return value
-    return f"{value:.{digits}f}"
-
-
-def _mean_sd(stats: Mapping, digits: int, unit: str = "") -> str:
-    """``mean ± sd unit (k inf)``; the parts that are missing are left out."""
-    text = _number(stats.get("mean"), digits)
-    if not _missing(stats.get("sd")):
-        text += f" ± {_number(stats['sd'], digits)}"
-    if unit and not _missing(stats.get("mean")):
-        text += f" {unit}"
-    if stats.get("n_inf"):
-        text += f" ({_inf_left_out(stats)})"
-    return text
-
-
-def _inf_left_out(stats: Mapping) -> str:
-    """``mean of 2; 1 inf left out``: what a mean that skips infinite values stands on."""
-    return f"mean of {stats['n_finite']}; {stats['n_inf']} inf left out"
-
-
-def ci_phrase(stats: Mapping) -> str:
-    """``95% CI 0.712-0.804``, or ``no CI: n too small`` (a :func:`summarise` dict)."""
-    if stats.get("ci_note"):
-        return f"no CI: {stats['ci_note']}"
-    return f"95% CI {stats['ci_low']:.3f}-{stats['ci_high']:.3f}"
-
-
-def _ci_text(stats: Mapping, digits: int = 3, sep: str = "–") -> str:
-    """``low–high``, or why there is no CI (fewer than 5 finite values)."""
-    if stats.get("ci_note"):
-        return stats["ci_note"]
-    return f"{_number(stats.get('ci_low'), digits)}{sep}{_number(stats.get('ci_high'), digits)}"
-
-
-def ceiling_table(summary: Mapping) -> list[dict]:
-    """The model against every reference, with the observers' agreement as the ceiling.
-
-    Parameters
-    ----------
-    summary : dict
-        The content of ``summary.json`` (or a path to it).
-
-    Returns
-    -------
-    list of dict
-        One row per comparison, in order: model vs each observer, vs union,
-        intersection, STAPLE, then the observers against each other (the
-        ceiling, ``is_ceiling`` True). The display columns,
-        :data:`CEILING_COLUMNS`, are formatted strings: ``dice`` "mean ± SD",
-        ``dice_median``, ``dice_ci`` "low–high" (or "n too small" with fewer
-        than 5 cases), ``hd95`` and ``assd`` "mean ± SD unit", with "(mean of
-        m; k inf left out)" when k cases had exactly one empty mask. The raw numbers are under ``stats``
-        (``dice``, ``hd95``, ``assd`` -> the :func:`bcseg.measure.metrics.summarise`
-        dict); ``reference`` and ``unit`` name the reference and the unit.
-    """
-    if isinstance(summary, (str, Path)):
-        summary = json.loads(Path(summary).read_text(encoding="utf-8"))
-    refs = summary.get("references", {})
-    names = list(summary.get("observers", []))
-    unit = summary.get("unit", "")
-    order = [(n, f"model vs {n}") for n in names] + [
-        (m, f"model vs {m}" if m != "staple" else "model vs STAPLE") for m in METHODS]
-    if INTER_OBSERVER in refs:
-        label = (f"{names[0]} vs {names[1]} (ceiling)" if len(names) == 2
-                 else "observers vs each other, mean of pairs (ceiling)")
-        order.append((INTER_OBSERVER, label))
-    table = []
-    for key, label in order:
-        if key not in refs:
-            continue
-        m = refs[key]["metrics"]
-        ds, hd, asd = m["dice"], m["hd95"], m["assd"]
-        suffix = unit if unit in ("mm", "voxel") else ""
-        row = {"comparison": label, "reference": key, "is_ceiling": key == INTER_OBSERVER,
-               "n": refs[key]["n_cases"], "unit": unit,
-               "dice": _mean_sd(ds, 3), "dice_median": _number(ds["median"], 3),
-               "dice_ci": _ci_text(ds),
-               "hd95": _mean_sd(hd, 2, suffix), "assd": _mean_sd(asd, 2, suffix)}
-        row["stats"] = {"dice": dict(ds), "hd95": dict(hd), "assd": dict(asd)}
-        table.append(row)
-    return table
-
-
-def human_level_lines(summary: Mapping) -> list[str]:
-    """The paired human-level verdicts of ``summary.json``, Dice first, then HD95."""
-    comparisons = (summary.get("human_level") or {}).get("comparisons", [])
-    return [c["text"] for c in sorted(comparisons, key=lambda c: c["metric"] != "dice")]
-
-
-def headline_lines(result: Mapping) -> list[str]:
-    """The few numbers a user reads first, from :func:`evaluate`'s result."""
-    head = result.get("headline") if result else None
-    if not head:
-        return []
-    low, high = head["dice_ci"]
-    ci = ci_phrase({"ci_low": low, "ci_high": high, "ci_note": head.get("dice_ci_note")})
-    lines = [f"human level: model {text}" for text in result.get("human_level", [])]
-    lines += [f"test Dice vs {head['reference']}: {head['dice_mean']:.3f} "
-              f"({ci}) per case over {result['n_cases']} case(s)"]
-    hd95 = head.get("hd95")
-    if hd95 and hd95.get("n_finite"):
-        left_out = f" ({_inf_left_out(hd95)})" if hd95.get("n_inf") else ""
-        lines.append(f"test HD95 vs {head['reference']}: {hd95['mean']:.2f} {head.get('unit', '')}"
-                     f"{left_out}".replace("  ", " "))
-    if head.get("inter_observer_dice_mean") is not None:
-        lines.append(f"inter-observer Dice (the ceiling): {head['inter_observer_dice_mean']:.3f}")
-    lines.append(f"pixel_soft_score (the reference study's 'Dice'; not a Dice): "
-                 f"{head['pixel_soft_score']:.4f}")
-    if head.get("reference_protocol") is not None:
-        lines.append(f"study-style score (--protocol reference: 24 augmented "
-                     f"{head['reference_protocol_size']} px copies of every slice, per-row soft "
-                     f"Dice; not a Dice): {head['reference_protocol']:.4f}")
-    return lines

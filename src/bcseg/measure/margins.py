@@ -60,6 +60,8 @@ from skimage.filters import threshold_otsu
 
 from bcseg import outputs
 from bcseg.data import io
+from bcseg.data.channels import check_agreement, check_channel_name, read_files
+from bcseg.data.dataset import IMAGE_CHANNEL
 from bcseg.data.geometry import bounding_box, fill_holes, largest_component, surface
 from bcseg.atomic import atomic_path, write_text
 from bcseg.errors import DataError, UsageError
@@ -76,7 +78,7 @@ _OPPOSITE.update({b: a for a, b in list(_OPPOSITE.items())})
 _SYNONYMS = {"superficial": "anterior", "deep": "posterior"}
 _AXES = {"z": 0, "y": 1, "x": 2, "0": 0, "1": 1, "2": 2}
 _AXIS_LETTER = "zyx"
-_SPACING_HINT = "pass --spacing with the voxel size in mm (z y x)"
+_SPACING_HINT = "pass spacing_mm, the voxel size in mm (z, y, x)"
 
 
 # ----------------------------------------------------------------------- orientation
@@ -334,6 +336,30 @@ def margins(tumour, specimen, spacing_mm, orientation=DEFAULT_ORIENTATION, close
     DataError
         ``spacing_mm`` is None or invalid, or the masks are not 3D of one shape.
     """
+    tumour, specimen, sampling, orientation = _check_margin_inputs(tumour, specimen, spacing_mm,
+                                                                   orientation, close_mm)
+    n_tumour, n_specimen = int(np.count_nonzero(tumour)), int(np.count_nonzero(specimen))
+    result = _blank_result(n_tumour, n_specimen, sampling, orientation, close_mm)
+    warnings = result["warnings"]
+    if n_specimen == 0:
+        warnings.append("specimen mask is empty; no margins")
+    if n_tumour == 0:
+        warnings.append("no tumour found")
+    if n_specimen == 0 or n_tumour == 0:
+        return result
+    box = bounding_box(specimen)
+    spec = specimen[box]
+    inside = tumour[box] & spec
+    if not _tumour_inside(inside, n_tumour, warnings):
+        return result
+    _warn_edges(specimen, orientation, warnings)
+    offset = np.array([s.start for s in box])
+    _face_margins(result, spec, inside, offset, sampling, orientation, normal_sigma_mm, close_mm)
+    return result
+
+
+def _check_margin_inputs(tumour, specimen, spacing_mm, orientation, close_mm):
+    """Masks as bool, spacing as an array and the orientation, checked by parameter name."""
     if spacing_mm is None:
         raise DataError(None, f"voxel spacing unknown, and margins in voxels mislead; {_SPACING_HINT}")
     tumour = np.asarray(tumour) != 0
@@ -345,39 +371,45 @@ def margins(tumour, specimen, spacing_mm, orientation=DEFAULT_ORIENTATION, close
     orientation = _as_orientation(orientation)
     if not close_mm >= 0:
         raise ValueError(f"close_mm must be >= 0, got {close_mm}")
-    voxel_mm3 = float(np.prod(sampling))
-    n_tumour, n_specimen = int(np.count_nonzero(tumour)), int(np.count_nonzero(specimen))
-    result = {"tumour_volume_mm3": n_tumour * voxel_mm3, "specimen_volume_mm3": n_specimen * voxel_mm3,
-              "closest_face": "", **_empty_face(),
-              "faces": {face: _empty_face() for face in FACES},
-              "close_mm": float(close_mm), "spacing_mm": tuple(float(s) for s in sampling),
-              "orientation": str(orientation), "warnings": []}
-    warnings = result["warnings"]
-    if n_specimen == 0:
-        warnings.append("specimen mask is empty; no margins")
-    if n_tumour == 0:
-        warnings.append("no tumour found")
-    if n_specimen == 0 or n_tumour == 0:
-        return result
+    return tumour, specimen, sampling, orientation
 
-    box = bounding_box(specimen)
-    offset = np.array([s.start for s in box])
-    spec = specimen[box]
-    inside = tumour[box] & spec
+
+def _blank_result(n_tumour: int, n_specimen: int, sampling, orientation: Orientation,
+                  close_mm: float) -> dict:
+    """A :func:`margins` result with the volumes and no distances yet."""
+    voxel_mm3 = float(np.prod(sampling))
+    return {"tumour_volume_mm3": n_tumour * voxel_mm3, "specimen_volume_mm3": n_specimen * voxel_mm3,
+            "closest_face": "", **_empty_face(),
+            "faces": {face: _empty_face() for face in FACES},
+            "close_mm": float(close_mm), "spacing_mm": tuple(float(s) for s in sampling),
+            "orientation": str(orientation), "warnings": []}
+
+
+def _tumour_inside(inside: np.ndarray, n_tumour: int, warnings: list[str]) -> bool:
+    """Whether any tumour lies inside the specimen; warn about the part outside."""
     n_inside = int(np.count_nonzero(inside))
     if n_inside == 0:
         warnings.append("tumour lies wholly outside the specimen mask; no margins")
-        return result
+        return False
     if n_inside < n_tumour:
         out = n_tumour - n_inside
         warnings.append(f"{out} of {n_tumour} tumour voxels ({100 * out / n_tumour:.1f}%) lie outside "
                         "the specimen mask; margins are measured from the part inside")
+    return True
+
+
+def _warn_edges(specimen: np.ndarray, orientation: Orientation, warnings: list[str]) -> None:
     edge_faces = [orientation.face(a, s) for a in range(3) for s, i in ((-1, 0), (1, -1))
                   if np.take(specimen, i, axis=a).any()]
     if edge_faces:
         warnings.append("specimen touches the edge of the image on the " + ", ".join(edge_faces)
                         + " side(s); margins there are measured to the edge of the field of view")
 
+
+def _face_margins(result: dict, spec: np.ndarray, inside: np.ndarray, offset: np.ndarray, sampling,
+                  orientation: Orientation, normal_sigma_mm: float, close_mm: float) -> None:
+    """Fill ``result["faces"]`` with the closest tumour-surface pair of each face, and
+    the overall margin with the closest of them."""
     surface_idx = np.argwhere(surface(spec))
     face_of = _surface_faces(spec, surface_idx, sampling, orientation, normal_sigma_mm)
     # The nearest tumour voxel to any outside point is on the tumour's own surface.
@@ -390,7 +422,7 @@ def margins(tumour, specimen, spacing_mm, orientation=DEFAULT_ORIENTATION, close
     for number, face in enumerate(FACES):
         mine = np.flatnonzero(face_of == number)
         if len(mine) == 0:
-            warnings.append(f"no surface faces {face}; no margin for that face")
+            result["warnings"].append(f"no surface faces {face}; no margin for that face")
             continue
         best = mine[int(np.argmin(distance[mine]))]
         t_index, s_index = tumour_idx[nearest[best]] + offset, surface_idx[best] + offset
@@ -404,7 +436,6 @@ def margins(tumour, specimen, spacing_mm, orientation=DEFAULT_ORIENTATION, close
     found = [f for f in FACES if not math.isnan(result["faces"][f]["distance_mm"])]
     closest = min(found, key=lambda f: result["faces"][f]["distance_mm"])
     result.update(result["faces"][closest], closest_face=closest)
-    return result
 
 
 # ---------------------------------------------------------------------------- table
@@ -539,19 +570,26 @@ def margin_figure(image, tumour, specimen, result: Mapping, path: str | Path, sp
         ax.set_title(f"{_plane_name(orientation, axis)}: {_AXIS_LETTER[axis]} = {int(centre[axis])}", fontsize=10)
         ax.set_xlabel(f"{_AXIS_LETTER[cols]} (mm): {orientation.axes[cols][0]} \u2192 {orientation.axes[cols][1]}")
         ax.set_ylabel(f"{_AXIS_LETTER[rows]} (mm): {orientation.axes[rows][0]} \u2192 {orientation.axes[rows][1]}")
+    fig.suptitle(_figure_title(result), fontsize=11)
+    fig.supxlabel("cyan: specimen   red: tumour   yellow: closest margin, tumour point (o) to "
+                  "surface point (x), projected onto each slice", fontsize=9)
+    with atomic_path(path, force=force) as tmp:
+        fig.savefig(tmp, format="png", bbox_inches="tight")
+    return Path(path)
+
+
+def _figure_title(result: Mapping) -> str:
+    """The case, the channel shown, and the closest margin with its flag."""
     name = result.get("case") or ""
+    if result.get("display_channel"):
+        name += f" (shown: channel {result['display_channel']})"
     if math.isnan(result.get("distance_mm", math.nan)):
         headline = "; ".join(result.get("warnings", [])) or "no margin"
     else:
         flag = ("ink on tumour" if result["ink_on_tumour"]
                 else f"close (< {result['close_mm']:g} mm)" if result["close_margin"] else "clear")
         headline = f"closest margin {result['distance_mm']:.2f} mm, {result['closest_face']} face: {flag}"
-    fig.suptitle(f"{name}  {headline}".strip(), fontsize=11)
-    fig.supxlabel("cyan: specimen   red: tumour   yellow: closest margin, tumour point (o) to "
-                  "surface point (x), projected onto each slice", fontsize=9)
-    with atomic_path(path, force=force) as tmp:
-        fig.savefig(tmp, format="png", bbox_inches="tight")
-    return Path(path)
+    return f"{name}  {headline}".strip()
 
 
 # ---------------------------------------------------------------------------- files
@@ -564,67 +602,54 @@ def _touches(tumour: np.ndarray, tissue: np.ndarray) -> bool:
     return bool((grown & tissue[box]).any())
 
 
-def margins_for_files(image_path: str | Path, tumour_path: str | Path, out_dir: str | Path,
+def margins_for_files(image_path, tumour_path: str | Path, out_dir: str | Path,
                       specimen_path: str | Path | None = None, spacing_mm=None, orientation=None,
-                      close_mm: float = 2.0, force: bool = False) -> dict:
+                      close_mm: float = 2.0, force: bool = False,
+                      display_channel: str | None = None) -> dict:
     """Margins for one stack on disk: CSV row, figure and (when computed) specimen mask.
 
     Writes ``<stem>_margins.csv``, ``<stem>_margins.png`` and, when ``specimen_path``
     is None, ``<stem>_specimen.tif`` from :func:`specimen_mask`, all into ``out_dir``
     and atomically. ``spacing_mm`` overrides the spacing stored in the image file.
 
+    ``image_path`` is the stack's file, or its channels by name, in order (``{"us":
+    "us/S01.tif", "pa": "pa/S01.tif"}``; the stem is the first's). Margins are measured
+    on the masks; a specimen mask not given is found in the first channel (tissue bright
+    against the medium); the figure draws ``display_channel`` (default the first).
+
     Returns
     -------
     dict
-        The :func:`margins` result with ``case`` (the image's file stem) and
-        ``outputs`` (name -> path).
+        The :func:`margins` result, ``case`` (the file stem), ``outputs`` (name ->
+        path) and, for named channels, ``display_channel``.
 
     Raises
     ------
     UsageError
-        An output exists and not ``force`` (or was not written by bcseg), the
-        output folder is a file, or the orientation string is bad.
+        An output exists and not ``force`` (or bcseg did not write it), the output
+        folder is a file, a bad ``orientation``, or an unknown ``display_channel``.
     DataError
-        Unreadable files, shape mismatch, a 2D image, or no spacing at all.
+        Unreadable files, shapes that differ (channels too), a 2D image, no spacing.
     """
-    image_path, out_dir = Path(image_path), outputs.check_output_folder(out_dir)
-    try:
-        orientation = _as_orientation(orientation)
-    except ValueError as exc:
-        raise UsageError(None, str(exc)) from None
-    if not close_mm >= 0:
-        raise UsageError(None, f"close margin must be >= 0 mm, got {close_mm}")
-    case = io.file_stem(image_path)
+    channels, out_dir = _channel_paths(image_path), outputs.check_output_folder(out_dir)
+    display = _display_channel(channels, display_channel)
+    orientation = _check_request(orientation, close_mm)
+    case = io.file_stem(next(iter(channels.values())))
     written = {"csv": out_dir / f"{case}_margins.csv", "png": out_dir / f"{case}_margins.png"}
     if specimen_path is None:
         written["specimen"] = out_dir / f"{case}_specimen.tif"
     outputs.check_replaceable(written.values(), force)
-    image, file_spacing = io.read_image(image_path)
-    if image.ndim != 3:
-        raise DataError(image_path, f"margins need a 3D stack (Z, H, W), got shape {image.shape}")
-    spacing = spacing_mm if spacing_mm is not None else file_spacing
-    if spacing is None:
-        raise DataError(image_path, f"voxel spacing unknown, and margins in voxels mislead; {_SPACING_HINT}")
-    try:
-        spacing = tuple(float(s) for s in _sampling(spacing, 3))
-    except DataError as exc:
-        raise DataError(image_path, exc.problem) from None
+    arrays, spacing, file_spacing = _read_stack(channels, spacing_mm)
+    image = next(iter(arrays.values()))
     tumour = io.read_mask(tumour_path, expected_shape=image.shape)
-    if specimen_path is None:
-        # The tumour is tissue by definition. A hypoechoic tumour that reaches the
-        # surface is open to the medium, so hole filling cannot bring it into the
-        # thresholded mask: add it, or every such case would read as "outside".
-        tissue = specimen_mask(image, spacing)
-        # ... but a tumour that touches no tissue at all lies in the coupling medium:
-        # adding it would make it a specimen of its own, reported as ink on tumour.
-        specimen = tissue | tumour if _touches(tumour, tissue) else tissue
-    else:
-        specimen = io.read_mask(specimen_path, expected_shape=image.shape)
+    specimen = _specimen_for(image, tumour, specimen_path, spacing)
     result = margins(tumour, specimen, spacing, orientation, close_mm)
     result["case"] = case
+    if list(channels) != [IMAGE_CHANNEL]:  # named channels: say which one the figure shows
+        result["display_channel"] = display
     if spacing_mm is not None and file_spacing is not None and not np.allclose(spacing, file_spacing):
-        given, stored = (" x ".join(f"{v:g}" for v in sp) for sp in (spacing, file_spacing))
-        result["warnings"].append(f"spacing {given} mm given overrides the file's {stored} mm")
+        result["warnings"].append(f"spacing {_by(spacing)} mm given overrides the file's "
+                                  f"{_by(file_spacing)} mm")
     with outputs.claim(out_dir, "margins"):
         outputs.check_replaceable(written.values(), force)  # again, now that it is ours
         if specimen_path is None:
@@ -634,6 +659,73 @@ def margins_for_files(image_path: str | Path, tumour_path: str | Path, out_dir: 
             if computed.resolve() != Path(specimen_path).resolve():
                 outputs.remove_owned([computed])
         write_margins_csv([result], written["csv"])
-        margin_figure(image, tumour, specimen, result, written["png"], spacing)
+        margin_figure(arrays[display], tumour, specimen, result, written["png"], spacing)
     result["outputs"] = {name: str(p) for name, p in written.items()}
     return result
+
+
+def _by(spacing) -> str:
+    return " x ".join(f"{v:g}" for v in spacing)
+
+
+def _check_request(orientation, close_mm: float) -> Orientation:
+    """The orientation, after checking it and ``close_mm``; UsageError naming either."""
+    try:
+        orientation = _as_orientation(orientation)
+    except ValueError as exc:
+        raise UsageError(None, str(exc)) from None
+    if not close_mm >= 0:
+        raise UsageError(None, f"close_mm must be >= 0 mm, got {close_mm}")
+    return orientation
+
+
+def _channel_paths(image_path) -> dict[str, Path]:
+    """Channel name -> file: ``{"image": path}`` for a stack of one unnamed channel."""
+    if isinstance(image_path, (str, Path)):
+        return {IMAGE_CHANNEL: Path(image_path)}
+    channels = {check_channel_name(name, None): Path(path) for name, path in dict(image_path).items()}
+    if not channels:
+        raise UsageError(None, "image_path names no channels")
+    return channels
+
+
+def _display_channel(channels: Mapping[str, Path], display_channel: str | None) -> str:
+    if display_channel is None:
+        return next(iter(channels))
+    if display_channel not in channels:
+        raise UsageError(None, f"display_channel {display_channel!r} is not a channel of the stack; "
+                         f"it has {', '.join(map(repr, channels))}")
+    return display_channel
+
+
+def _read_stack(channels: Mapping[str, Path], spacing_mm) -> tuple[dict[str, np.ndarray], tuple[float, ...],
+                                                                  tuple | None]:
+    """Every channel (of one shape and spacing), the spacing to use (``spacing_mm``
+    or the files') and the files' own."""
+    names, paths = list(channels), list(channels.values())
+    arrays, spacings = read_files([(name, path, None) for name, path in channels.items()])
+    image_path, image = paths[0], arrays[0]
+    if image.ndim != 3:
+        raise DataError(image_path, f"margins need a 3D stack (Z, H, W), got shape {image.shape}")
+    file_spacing = check_agreement(names, paths, arrays, spacings)
+    spacing = spacing_mm if spacing_mm is not None else file_spacing
+    if spacing is None:
+        raise DataError(image_path, f"voxel spacing unknown, and margins in voxels mislead; {_SPACING_HINT}")
+    try:
+        spacing = tuple(float(s) for s in _sampling(spacing, 3))
+    except DataError as exc:
+        raise DataError(image_path, exc.problem) from None
+    return dict(zip(names, arrays)), spacing, file_spacing
+
+
+def _specimen_for(image: np.ndarray, tumour: np.ndarray, specimen_path, spacing) -> np.ndarray:
+    """The specimen mask from ``specimen_path``, or found in the image with the tumour in it."""
+    if specimen_path is not None:
+        return io.read_mask(specimen_path, expected_shape=image.shape)
+    # The tumour is tissue by definition. A hypoechoic tumour that reaches the
+    # surface is open to the medium, so hole filling cannot bring it into the
+    # thresholded mask: add it, or every such case would read as "outside".
+    tissue = specimen_mask(image, spacing)
+    # ... but a tumour that touches no tissue at all lies in the coupling medium:
+    # adding it would make it a specimen of its own, reported as ink on tumour.
+    return tissue | tumour if _touches(tumour, tissue) else tissue

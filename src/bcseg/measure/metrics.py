@@ -526,6 +526,13 @@ def summarise(values: Iterable[float] | Sequence[float], n_boot: int = 2000,
     if m < MIN_CI_CASES:
         out["ci_note"] = CI_TOO_FEW
         return out
+    out["ci_low"], out["ci_high"] = _bootstrap_ci(finite, n_boot, seed, ci)
+    return out
+
+
+def _bootstrap_ci(finite: np.ndarray, n_boot: int, seed: int, ci: float) -> tuple[float, float]:
+    """Percentile bootstrap interval of the mean of ``finite``, resampled in chunks."""
+    m = finite.size
     rng = np.random.default_rng(seed)
     means = np.empty(int(n_boot))
     step = max(1, 1_000_000 // m)          # bound memory to ~8 MB per chunk
@@ -533,5 +540,5 @@ def summarise(values: Iterable[float] | Sequence[float], n_boot: int = 2000,
         stop = min(int(n_boot), start + step)
         means[start:stop] = finite[rng.integers(0, m, size=(stop - start, m))].mean(axis=1)
     alpha = (1 - ci) / 2
-    out["ci_low"], out["ci_high"] = (float(v) for v in np.percentile(means, [100 * alpha, 100 * (1 - alpha)]))
-    return out
+    low, high = (float(v) for v in np.percentile(means, [100 * alpha, 100 * (1 - alpha)]))
+    return low, high

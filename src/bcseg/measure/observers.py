@@ -18,7 +18,11 @@ from bcseg.data.consensus import METHODS, consensus, intersection, staple, union
 from bcseg.measure.metrics import CI_TOO_FEW, MIN_CI_CASES, case_metrics
 
 __all__ = ["union", "intersection", "staple", "consensus", "agreement", "paired_comparison",
-           "METHODS", "MARGINS"]
+           "METHODS", "MARGINS", "INTER_OBSERVER"]
+
+INTER_OBSERVER = "inter-observer"
+"""The name of the observers' agreement with each other among the references of an evaluation."""
+
 
 def agreement(masks: Mapping[str, np.ndarray], spacing_mm=None) -> list[dict]:
     """Inter-observer agreement: :func:`bcseg.measure.metrics.case_metrics` for every pair.
@@ -92,6 +96,15 @@ def _verdict_text(delta: dict, verdict: str, names: tuple[str, str], metric: str
             f"does ({stat}); {wanted}")
 
 
+def _verdict(delta: dict, margin: float, higher: bool) -> str:
+    """"as_well", "below" or "too_few": where the CI of Δ lies against the margin."""
+    low, high = delta["ci_low"], delta["ci_high"]
+    enough = delta["n_finite"] >= MIN_CI_CASES and math.isfinite(low)
+    good = (low > -margin) if higher else (high < margin)
+    bad = (high < -margin) if higher else (low > margin)
+    return "as_well" if enough and good else "below" if enough and bad else "too_few"
+
+
 def paired_comparison(model_scores, human_scores, metric: str = "dice", names=("A", "B"),
                       unit: str = "", margin: float | None = None, n_boot: int = 2000,
                       seed: int = 0) -> dict:
@@ -143,11 +156,7 @@ def paired_comparison(model_scores, human_scores, metric: str = "dice", names=("
     keep = np.isfinite(model) & np.isfinite(human)
     delta = summarise(model[keep] - human[keep], n_boot=n_boot, seed=seed)
     higher = HIGHER_IS_BETTER[metric]
-    low, high = delta["ci_low"], delta["ci_high"]
-    enough = delta["n_finite"] >= MIN_CI_CASES and math.isfinite(low)
-    good = (low > -margin) if higher else (high < margin)
-    bad = (high < -margin) if higher else (low > margin)
-    verdict = "as_well" if enough and good else "below" if enough and bad else "too_few"
+    verdict = _verdict(delta, margin, higher)
     needed = None if verdict != "too_few" else _needed_cases(delta["mean"], delta["sd"], margin, higher)
     return {"metric": metric, "reference": names[0], "other": names[1], "unit": unit,
             "margin": margin, "n": int(model.size), "n_left_out": int((~keep).sum()),
