@@ -252,43 +252,26 @@ def _files_to_do(files: list[Path], wanted: dict, out_dir: Path, force: bool,
     return todo
 
 
-def predict_files(
-    model_path: str | Path,
-    inputs,
-    out_dir: str | Path,
-    *,
-    threshold: float | None = None,
-    tta: bool | None = None,
-    postprocess: Sequence[str] | None = None,
-    min_size: int | None = None,
-    save_prob: bool = False,
-    quicklook: bool = False,
-    force: bool = False,
-    resume: bool = False,
-    keep_going: bool = False,
-    progress: bool = True,
-    runtime: str = "tensorflow",
-) -> list[dict]:
+def predict_files(model_path: str | Path, inputs, out_dir: str | Path, *, threshold: float | None = None,
+                  tta: bool | None = None, postprocess: Sequence[str] | None = None,
+                  min_size: int | None = None, save_prob: bool = False, quicklook: bool = False,
+                  force: bool = False, resume: bool = False, keep_going: bool = False,
+                  progress: bool = True, runtime: str = "tensorflow") -> list[dict]:
     """Segment image files and folders, writing masks beside the input's geometry.
 
     Parameters
     ----------
     model_path : path or sequence of paths
         Training run folder, ``.keras`` file, k-fold run folder (an ensemble of its
-        fold models) or several of these (an ensemble); see
-        :func:`bcseg.rundir.load_run`.
+        fold models) or several of these (an ensemble); see :func:`bcseg.rundir.load_run`.
     inputs : path or sequence of paths
         Image files and folders of images; folders are read one file at a time.
     out_dir : str or Path
         Receives ``<stem>_mask.tif`` (uint8 0/255, the input's shape and spacing), with
-        ``save_prob`` ``<stem>_prob.tif`` (float32) and with ``quicklook``
-        ``<stem>_overlay.png``.
+        ``save_prob`` ``<stem>_prob.tif`` (float32) and with ``quicklook`` ``<stem>_overlay.png``.
     threshold, tta, postprocess, min_size : optional
-        Override the run's settings (see :func:`bcseg.infer.predict.predict_volume`). Its
-        ``patch_size`` sets the windows of a 3D model, its ``input_size`` the square a
-        2D model was trained on; otherwise a 2D model segments whole slices.
-    save_prob, quicklook : bool
-        Also write the probability map / the overlay PNG.
+        Override the run's settings (see :func:`bcseg.infer.predict.predict_volume`); its
+        ``patch_size`` sets a 3D model's windows, ``input_size`` a 2D model's square.
     force : bool
         Replace existing outputs that bcseg wrote, and remove a case's other, stale
         outputs (an old ``_prob.tif`` beside a new mask); otherwise an existing output
@@ -296,20 +279,17 @@ def predict_files(
     resume : bool
         Keep inputs whose asked-for outputs are complete, remove temporary files a
         killed run left, and segment the rest.
-    keep_going : bool
-        Record a file that fails with a bcseg error and go on with the next.
-    progress : bool
-        Show a progress bar over files (and over windows of each stack).
+    save_prob, quicklook, keep_going, progress : bool
+        Also write the probability map / the overlay PNG; record a file that fails with a
+        bcseg error and go on with the next; show progress bars.
     runtime : {"tensorflow", "onnx"}
-        ``"onnx"`` runs the run's ``model_best.onnx`` (or a ``.onnx`` file) with ONNX
-        Runtime, without TensorFlow (see :mod:`bcseg.infer.onnx_runtime`).
+        ``"onnx"``: the run's ``model_best.onnx`` (or a ``.onnx`` file) in ONNX Runtime, no TensorFlow.
 
     Returns
     -------
     list of dict
-        One per input file: ``input``, ``mask``, ``prob``, ``overlay`` (paths or
-        None), ``status`` ("ok", "skipped" by ``resume``, or "error") and ``error``
-        (message or None).
+        One per input file: ``input``, ``mask``, ``prob``, ``overlay`` (paths or None),
+        ``status`` ("ok", "skipped" by ``resume``, or "error") and ``error`` (message or None).
     """
     out_dir = outputs.check_output_folder(out_dir)
     files = _input_files(inputs)
@@ -321,28 +301,34 @@ def predict_files(
         warnings.simplefilter("always")
         models, settings = load_models(model_path, threshold, tta, postprocess, min_size, runtime)
     model_named = model_path[0] if isinstance(model_path, (list, tuple)) else model_path
-    records = []
     with outputs.claim(out_dir, "predict"):
         # again, now that no other run can write here: one may have finished meanwhile
         todo = _files_to_do(files, wanted, out_dir, force, resume)
         if resume:
             remove_partials(out_dir)
-        for path in tqdm(files, disable=not progress, desc="Segmenting", unit="image"):
-            record = {"input": str(path), "mask": None, "prob": None, "overlay": None,
-                      "status": "ok", "error": None}
-            if path not in todo:
-                record.update({k: None if v is None else str(v) for k, v in wanted[path].items()},
-                              status="skipped")
-            else:
-                try:
-                    record.update(_segment_file(models, settings, path, wanted[path], progress))
-                except BcsegError as exc:
-                    if exc.path is None:  # errors from arrays name no file: name the one at fault
-                        exc = type(exc)(model_named if isinstance(exc, ModelError) else path, exc.problem)
-                    if not keep_going:
-                        raise exc from None
-                    record.update(status="error", error=str(exc))
-            records.append(record)
+        records = [_predict_one(models, settings, path, wanted[path], path in todo, progress,
+                                keep_going, model_named)
+                   for path in tqdm(files, disable=not progress, desc="Segmenting", unit="image")]
     for note in notes:
         warnings.warn(note.message, stacklevel=2)
     return records
+
+
+def _predict_one(models, settings, path: Path, wanted: dict, todo: bool, progress: bool,
+                 keep_going: bool, model_named) -> dict:
+    """The record of one input: segmented, skipped (complete, ``resume``) or failed
+    (``keep_going``; otherwise the error is raised, naming the file at fault)."""
+    record = {"input": str(path), "mask": None, "prob": None, "overlay": None,
+              "status": "ok", "error": None}
+    if not todo:
+        record.update({k: None if v is None else str(v) for k, v in wanted.items()}, status="skipped")
+        return record
+    try:
+        record.update(_segment_file(models, settings, path, wanted, progress))
+    except BcsegError as exc:
+        if exc.path is None:  # errors from arrays name no file: name the one at fault
+            exc = type(exc)(model_named if isinstance(exc, ModelError) else path, exc.problem)
+        if not keep_going:
+            raise exc from None
+        record.update(status="error", error=str(exc))
+    return record

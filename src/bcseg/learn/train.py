@@ -251,29 +251,17 @@ def fit(model: keras.Model, cfg: dict, train: pipeline.Samples, val: pipeline.Sa
 
     ``plot``, if given, is called with ``out`` after every epoch (to redraw the curves).
     """
-    t, d = cfg["train"], cfg["data"]
-    ndim = cfg["model"]["ndim"]
-    patch = (d["patch_depth"], d["size"], d["size"]) if ndim == 3 else None
-    n = t["steps_per_epoch"] * t["batch_size"] if t["steps_per_epoch"] else (
-        len(train.images) if ndim == 2 else max(4 * len(train.images), 2 * t["batch_size"]))
+    t = cfg["train"]
     augment = AugmentConfig.from_dict(cfg["augment"])
-    val_data = pipeline.validation_arrays(val, patch, t["seed"]) if val is not None else None
-    verbose = 1 if sys.stdout.isatty() else 2
+    val_data = pipeline.validation_arrays(val, _patch_shape(cfg), t["seed"]) if val is not None else None
     stop = {"signal": None}
 
     def on_signal(signum, frame):
         stop["signal"] = signum
         model.stop_training = True
 
-    # fit() clears model.stop_training when it starts, which would forget a signal that
-    # came between epochs (while saving a checkpoint): check before each epoch, and
-    # re-assert it at every batch (at its start, which keeps Keras's batch-end async).
     done = {"batches": 0}  # training batches finished in this epoch
-    halt = keras.callbacks.LambdaCallback(
-        on_epoch_begin=lambda epoch, logs: done.update(batches=0),
-        on_train_batch_begin=lambda batch, logs: setattr(
-            model, "stop_training", model.stop_training or stop["signal"] is not None),
-        on_train_batch_end=lambda batch, logs: done.update(batches=done["batches"] + 1))
+    halt = _halt_callback(model, stop, done)
     previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
         while state["epoch"] < planned_epochs(cfg, state):
@@ -281,24 +269,12 @@ def fit(model: keras.Model, cfg: dict, train: pipeline.Samples, val: pipeline.Sa
             if stop["signal"] is not None:
                 raise Interrupted(f"stopped before epoch {epoch + 1}", state["epoch"])
             started = time.perf_counter()
-            keras.utils.set_random_seed(t["seed"] + epoch)  # dropout etc. repeat per epoch
-            lr = learning_rate(cfg, epoch, state)
-            model.optimizer.learning_rate.assign(lr)
-            images, targets = pipeline.epoch_arrays(train, epoch, t["seed"], n,
-                                                    d["tumour_fraction"], patch)
-            dataset = pipeline.epoch_dataset(images, targets, t["batch_size"], t["seed"], epoch, augment)
-            if isinstance(model.distribute_strategy, tf.distribute.MultiWorkerMirroredStrategy):
-                _build_locally(model, dataset)
-            _say(f"epoch {epoch + 1}/{planned_epochs(cfg, state)}  lr {lr:.2e}")
-            result = model.fit(dataset, epochs=1, verbose=verbose, shuffle=False, callbacks=[halt],
-                               validation_data=val_data, validation_batch_size=t["batch_size"])
+            row, batches = _train_epoch(model, cfg, train, val_data, epoch, state, halt, augment)
             # A signal during validation stops nothing: every batch was trained, so the
             # epoch is complete and is saved like any other before stopping.
-            if stop["signal"] is not None and done["batches"] < -(-len(images) // t["batch_size"]):
+            if stop["signal"] is not None and done["batches"] < batches:
                 raise Interrupted(f"stopped during epoch {epoch + 1}, which is discarded",
                                   state["epoch"])
-            row = {k: float(v[-1]) for k, v in result.history.items()}
-            row.update(epoch=epoch + 1, lr=lr)
             _plan_budget(cfg, state, time.perf_counter() - started)
             state = _after_epoch(model, cfg, out, state, row, plot)
             if stop["signal"] is not None:
@@ -313,6 +289,60 @@ def fit(model: keras.Model, cfg: dict, train: pipeline.Samples, val: pipeline.Sa
         for s, handler in previous.items():
             signal.signal(s, handler)
     return state
+
+
+def _patch_shape(cfg: dict) -> tuple[int, int, int] | None:
+    """The 3D training patch; None for a 2D model, which trains on whole slices."""
+    d = cfg["data"]
+    return (d["patch_depth"], d["size"], d["size"]) if cfg["model"]["ndim"] == 3 else None
+
+
+def _epoch_samples(cfg: dict, train: pipeline.Samples) -> int:
+    """Samples drawn per epoch: ``steps_per_epoch`` batches, else one pass over the
+    slices (2D) or four patches per volume (3D), at least two batches."""
+    t = cfg["train"]
+    if t["steps_per_epoch"]:
+        return t["steps_per_epoch"] * t["batch_size"]
+    if cfg["model"]["ndim"] == 2:
+        return len(train.images)
+    return max(4 * len(train.images), 2 * t["batch_size"])
+
+
+def _halt_callback(model: keras.Model, stop: dict, done: dict) -> keras.callbacks.Callback:
+    """The callback that stops ``fit`` on a signal and counts the finished batches.
+
+    fit() clears model.stop_training when it starts, which would forget a signal that
+    came between epochs (while saving a checkpoint): the caller checks before each
+    epoch, and this re-asserts it at every batch (at its start, which keeps Keras's
+    batch-end async).
+    """
+    return keras.callbacks.LambdaCallback(
+        on_epoch_begin=lambda epoch, logs: done.update(batches=0),
+        on_train_batch_begin=lambda batch, logs: setattr(
+            model, "stop_training", model.stop_training or stop["signal"] is not None),
+        on_train_batch_end=lambda batch, logs: done.update(batches=done["batches"] + 1))
+
+
+def _train_epoch(model: keras.Model, cfg: dict, train: pipeline.Samples, val_data, epoch: int,
+                 state: dict, halt, augment: AugmentConfig) -> tuple[dict, int]:
+    """Fit one epoch on data drawn from ``(seed, epoch)``; return its history row and
+    the number of batches it holds."""
+    t, d = cfg["train"], cfg["data"]
+    keras.utils.set_random_seed(t["seed"] + epoch)  # dropout etc. repeat per epoch
+    lr = learning_rate(cfg, epoch, state)
+    model.optimizer.learning_rate.assign(lr)
+    images, targets = pipeline.epoch_arrays(train, epoch, t["seed"], _epoch_samples(cfg, train),
+                                            d["tumour_fraction"], _patch_shape(cfg))
+    dataset = pipeline.epoch_dataset(images, targets, t["batch_size"], t["seed"], epoch, augment)
+    if isinstance(model.distribute_strategy, tf.distribute.MultiWorkerMirroredStrategy):
+        _build_locally(model, dataset)
+    _say(f"epoch {epoch + 1}/{planned_epochs(cfg, state)}  lr {lr:.2e}")
+    result = model.fit(dataset, epochs=1, verbose=1 if sys.stdout.isatty() else 2, shuffle=False,
+                       callbacks=[halt], validation_data=val_data,
+                       validation_batch_size=t["batch_size"])
+    row = {k: float(v[-1]) for k, v in result.history.items()}
+    row.update(epoch=epoch + 1, lr=lr)
+    return row, -(-len(images) // t["batch_size"])
 
 
 def _build_locally(model: keras.Model, dataset) -> None:
@@ -519,37 +549,12 @@ def train(data, out, config=None, overrides: dict | None = None, fold="0", folds
         One summary per fold trained.
     """
     out = outputs.check_output_folder(out)
-    if resume:
-        if not (out / "config.toml").is_file():  # before load_config: a usage error, not a config one
-            raise UsageError(out, "has no run to resume (config.toml missing)")
-        cfg = load_config(out / "config.toml")
-        if overrides and overrides.get("model", {}).get("ndim") not in (None, cfg["model"]["ndim"]):
-            raise ConfigError(out / "config.toml", "the run was trained with a "
-                              f"{cfg['model']['ndim']}D model; it cannot resume as another kind")
-        _refuse_changed_settings(cfg, config, overrides, mixed_precision, out / "config.toml")
-    else:
-        cfg = load_config(config, overrides)
-        if mixed_precision:  # recorded in config.toml, so --resume keeps it
-            cfg["train"]["mixed_precision"] = True
-    cases = list(data) if isinstance(data, (list, tuple)) else discover(data)
-    refuse_duplicate_images(cases)
-    if cfg["model"]["ndim"] == 3:
-        from bcseg.data import io
-        flat = [c.image for c in cases[:50] if io.read_image(c.image, mmap=True)[0].ndim == 2]
-        if flat:
-            raise DataError(flat[0], "is a 2D image; a 3D model trains on 3D stacks only "
-                            "(use --model unet2d)")
+    cfg = _run_config(out, config, overrides, resume, mixed_precision)
+    cases = _read_cases(data, cfg)
     # Folds are chosen and the fold checked before the run directory is touched, so a
     # wrong --fold leaves nothing behind that a corrected command would trip over.
-    if resume and (out / "splits.json").is_file():
-        folds, source = load_splits(out / "splits.json"), None
-    else:
-        folds, source = choose_folds(cases, cfg, folds_file,
-                                     None if isinstance(data, (list, tuple)) else data)
-    targets = _test_folds(folds, fold, cfg["train"]["split"])
-    if resume and folds_file and source is None and folds_from_file(folds_file, cases) != folds:
-        raise UsageError(folds_file, f"assigns other folds than the run's splits.json; a resumed "
-                         "run keeps its splits")
+    folds, source, targets = _plan_folds(out, cases, cfg, fold, folds_file, resume,
+                                         None if isinstance(data, (list, tuple)) else data)
     _check_observer(cases, cfg["data"]["observer"])
     _check_test_cases([c for c in cases if folds[c.id] == targets[0]])
     init_model = _init_model(init, cfg)  # an unusable model is refused before the run dir is touched
@@ -561,6 +566,52 @@ def train(data, out, config=None, overrides: dict | None = None, fold="0", folds
             remove_partials(out)
         return _train_in(out, cfg, cases, folds, source, targets, resume, init_model, strategy,
                          after_fit, plot, validation)
+
+
+def _run_config(out: Path, config, overrides: dict | None, resume: bool, mixed_precision: bool) -> dict:
+    """The run's configuration: the one it was started with when resuming (refusing
+    changes), else the preset or file with the overrides laid over it."""
+    if not resume:
+        cfg = load_config(config, overrides)
+        if mixed_precision:  # recorded in config.toml, so --resume keeps it
+            cfg["train"]["mixed_precision"] = True
+        return cfg
+    if not (out / "config.toml").is_file():  # before load_config: a usage error, not a config one
+        raise UsageError(out, "has no run to resume (config.toml missing)")
+    cfg = load_config(out / "config.toml")
+    if overrides and overrides.get("model", {}).get("ndim") not in (None, cfg["model"]["ndim"]):
+        raise ConfigError(out / "config.toml", "the run was trained with a "
+                          f"{cfg['model']['ndim']}D model; it cannot resume as another kind")
+    _refuse_changed_settings(cfg, config, overrides, mixed_precision, out / "config.toml")
+    return cfg
+
+
+def _read_cases(data, cfg: dict) -> list[Case]:
+    """The cases to train on, without duplicate images; a 3D model refuses 2D images."""
+    cases = list(data) if isinstance(data, (list, tuple)) else discover(data)
+    refuse_duplicate_images(cases)
+    if cfg["model"]["ndim"] == 3:
+        from bcseg.data import io
+        flat = [c.image for c in cases[:50] if io.read_image(c.image, mmap=True)[0].ndim == 2]
+        if flat:
+            raise DataError(flat[0], "is a 2D image; a 3D model trains on 3D stacks only "
+                            "(use --model unet2d)")
+    return cases
+
+
+def _plan_folds(out: Path, cases: list[Case], cfg: dict, fold, folds_file, resume: bool,
+                data) -> tuple[dict[str, int], str | None, list[int]]:
+    """Folds per case, their source (None: the resumed run's splits.json) and the test
+    folds to train; a resumed run keeps its splits and refuses a fold file that differs."""
+    if resume and (out / "splits.json").is_file():
+        folds, source = load_splits(out / "splits.json"), None
+    else:
+        folds, source = choose_folds(cases, cfg, folds_file, data)
+    targets = _test_folds(folds, fold, cfg["train"]["split"])
+    if resume and folds_file and source is None and folds_from_file(folds_file, cases) != folds:
+        raise UsageError(folds_file, f"assigns other folds than the run's splits.json; a resumed "
+                         "run keeps its splits")
+    return folds, source, targets
 
 
 def _train_in(out: Path, cfg: dict, cases: list[Case], folds: dict, source, targets: list[int],
