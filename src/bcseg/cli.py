@@ -106,6 +106,22 @@ def _phantom_channels(text: str) -> tuple[str, ...]:
     return names
 
 
+def _channel_list(text: str) -> list[str]:
+    """Comma-separated, distinct channel names, such as ``us,pa``."""
+    from bcseg.data.channels import check_channel_name
+    from bcseg.errors import DataError
+
+    names = [name.strip() for name in text.split(",")]
+    try:
+        for name in names:
+            check_channel_name(name, None)
+    except DataError as exc:
+        raise argparse.ArgumentTypeError(exc.problem) from None
+    if len(set(names)) != len(names):
+        raise argparse.ArgumentTypeError(f"'{text}' names a channel twice")
+    return names
+
+
 def _shape(values: list[int]) -> tuple[int, ...]:
     return tuple(values)
 
@@ -180,8 +196,9 @@ def _train_overrides(args) -> dict:
     model = {}
     if args.model:
         model["ndim"] = 3 if args.model == "unet3d" else 2
+    data = {k: v for k, v in (("observer", args.observer), ("channels", args.channels)) if v}
     return {"model": model,
-            "data": {"observer": args.observer} if args.observer else {},
+            "data": data,
             "train": {k: v for k, v in (("epochs", args.epochs), ("seed", args.seed),
                                         ("batch_size", args.batch_size)) if v is not None}}
 
@@ -428,6 +445,9 @@ def _add_train(sub) -> None:
     p.add_argument("--folds-file", help="CSV with image,fold columns (e.g. BUSI's folds.csv)")
     p.add_argument("--observer", help="training target: an observer's name, union, "
                    "intersection, staple, random (one observer per sample) or soft (their mean)")
+    p.add_argument("--channels", type=_channel_list, metavar="LIST",
+                   help="comma-separated named channels to train on, e.g. us,pa or pa; overrides "
+                   "data.channels (default: every channel the dataset has)")
     p.add_argument("--epochs", type=_whole(1))
     p.add_argument("--batch-size", type=_whole(1))
     p.add_argument("--seed", type=_whole(0))
@@ -445,7 +465,8 @@ def _add_predict(sub) -> None:
                        description="Segment 2D images and 3D stacks. Masks are written as TIFF "
                        "with the input's shape and spacing; settings not given come from the "
                        "run's inference.json (chosen on its validation split).")
-    p.add_argument("inputs", nargs="+", help="image files, stack files or folders")
+    p.add_argument("inputs", nargs="+", help="image files, stack files or folders; for a model "
+                   "of several channels, dataset folders or manifests (images/<channel>/, ...)")
     p.add_argument("--model", action="append",
                    help="run directory or .keras file (default: the bundled BUSI model); a run "
                    "trained with --folds all, or several --model arguments, predict as an ensemble")

@@ -281,3 +281,53 @@ def conv_flops(model: keras.Model, shape: tuple[int, ...]) -> int:
             where = layer.input if "Transpose" in type(layer).__name__ else layer.output
             total += 2 * int(np.prod(layer.kernel.shape)) * int(np.prod(where.shape[1:-1]))
     return total
+
+
+def with_input_channels(model: keras.Model, channels: int, keep: int = 0) -> keras.Model:
+    """A copy of a one-channel ``model`` that takes ``channels`` input channels.
+
+    Every layer keeps its weights, except the layers that read the input image (the
+    first convolution, and a residual block's 1×1 projection of it): there the
+    one-channel kernel goes to input channel ``keep`` and the other channels' kernels
+    start at zero. So the widened model computes exactly what the original does on
+    that channel, whatever the others hold; their kernels still receive gradients
+    (the gradient of a weight is its input times the output's gradient, not the
+    weight), so fine-tuning learns to use them from the model's known behaviour.
+    Copies or a scaled mean of the kernel would instead feed the pretrained filters
+    intensities (photoacoustics, say) they never saw, and spoil the start.
+
+    Parameters
+    ----------
+    model : keras.Model
+        A model whose input has one channel, such as the bundled BUSI model.
+    channels : int
+        Input channels of the copy.
+    keep : int
+        The channel that takes the original kernel (e.g. the index of ``us``).
+
+    Returns
+    -------
+    keras.Model
+        Uncompiled, with the original's layers, names and weights.
+    """
+    import numpy as np
+
+    if model.inputs[0].shape[-1] != 1 or not 0 <= keep < channels:
+        raise ValueError(f"widens one-channel models only, keeping a channel in 0..{channels - 1}; "
+                         f"got {model.inputs[0].shape[-1]} channels and keep={keep}")
+    config = model.get_config()
+    for layer in config["layers"]:
+        layer.pop("build_config", None)  # recorded input shapes: layers build on the new ones
+        if layer["class_name"] == "InputLayer":
+            shape = list(layer["config"]["batch_shape"])
+            layer["config"]["batch_shape"] = shape[:-1] + [channels]
+    wide = keras.Model.from_config(config)
+    weights = []
+    for old, new in zip(model.get_weights(), wide.get_weights()):
+        if old.shape != new.shape:  # (*kernel, 1, filters) -> (*kernel, channels, filters)
+            new = np.zeros(new.shape, old.dtype)
+            new[..., keep, :] = old[..., 0, :]
+            old = new
+        weights.append(old)
+    wide.set_weights(weights)
+    return wide

@@ -42,12 +42,14 @@ from bcseg.atomic import atomic_path, partial_name, remove_partials, write_text
 from bcseg.learn.augment import AugmentConfig
 from bcseg.config import load_config, save_config
 from bcseg.data.consensus import METHODS
-from bcseg.data.dataset import Case, discover, refuse_duplicate_images
+from bcseg.data.channels import check_channel_name
+from bcseg.data.dataset import IMAGE_CHANNEL, Case, dataset_channels, discover, refuse_duplicate_images
+from bcseg.data.intensity import check_methods
 from bcseg.data.splits import (folds_from_file, group_note, kfold_by_group, load_splits, require_groups,
                                save_splits, validation_ids)
 from bcseg.errors import ConfigError, DataError, ModelError, UsageError
 from bcseg.learn.losses import DiceMetric, IoUMetric, get_loss
-from bcseg.learn.models import unet
+from bcseg.learn.models import unet, with_input_channels
 
 HISTORY_COLUMNS = ["epoch", "loss", "dice", "iou", "val_loss", "val_dice", "val_iou", "lr"]
 log = logging.getLogger("bcseg.learn.train")
@@ -155,9 +157,9 @@ def _test_folds(folds: dict[str, int], fold, split: str) -> list[int]:
 
 # --------------------------------------------------------------------------- model
 
-def build_model(cfg: dict) -> keras.Model:
+def build_model(cfg: dict, in_channels: int = 1) -> keras.Model:
     m = cfg["model"]
-    return unet(ndim=m["ndim"], base_filters=m["base_filters"], depth=m["depth"],
+    return unet(ndim=m["ndim"], in_channels=in_channels, base_filters=m["base_filters"], depth=m["depth"],
                 norm=None if m["norm"] == "none" else m["norm"], dropout=m["dropout"],
                 residual=m["residual"], upsample=m["upsample"],
                 decoder_norm_only=m["decoder_norm_only"], stem_stride=m["stem_stride"],
@@ -333,7 +335,8 @@ def _train_epoch(model: keras.Model, cfg: dict, train: pipeline.Samples, val_dat
     model.optimizer.learning_rate.assign(lr)
     images, targets = pipeline.epoch_arrays(train, epoch, t["seed"], _epoch_samples(cfg, train),
                                             d["tumour_fraction"], _patch_shape(cfg))
-    dataset = pipeline.epoch_dataset(images, targets, t["batch_size"], t["seed"], epoch, augment)
+    dataset = pipeline.epoch_dataset(images, targets, t["batch_size"], t["seed"], epoch, augment,
+                                     train.channels)
     if isinstance(model.distribute_strategy, tf.distribute.MultiWorkerMirroredStrategy):
         _build_locally(model, dataset)
     _say(f"epoch {epoch + 1}/{planned_epochs(cfg, state)}  lr {lr:.2e}")
@@ -440,12 +443,16 @@ def run_fold(cases: list[Case], folds: dict[str, int], fold: int, cfg: dict, out
                                               "test": [c.id for c in test]}, indent=1) + "\n")
 
     d, ndim = cfg["data"], cfg["model"]["ndim"]
+    channels, methods = run_channels(cases, cfg)
+    named = {"channels": channels, "methods": methods}
     if ndim == 2:
-        train_set = pipeline.slice_samples(train_cases, d["observer"], d["size"], d["offline_augment"], t["seed"])
-        val_set = pipeline.slice_samples(val_cases, validation_target(d), d["size"]) if val_cases else None
+        train_set = pipeline.slice_samples(train_cases, d["observer"], d["size"], d["offline_augment"],
+                                           t["seed"], **named)
+        val_set = pipeline.slice_samples(val_cases, validation_target(d), d["size"], **named) \
+            if val_cases else None
     else:
-        train_set = pipeline.volume_samples(train_cases, d["observer"])
-        val_set = pipeline.volume_samples(val_cases, validation_target(d)) if val_cases else None
+        train_set = pipeline.volume_samples(train_cases, d["observer"], **named)
+        val_set = pipeline.volume_samples(val_cases, validation_target(d), **named) if val_cases else None
     _say(f"cached {len(train_set.images)} training {'slices' if ndim == 2 else 'volumes'} "
          f"({int(train_set.has_tumour.sum())} with tumour)")
 
@@ -457,13 +464,55 @@ def run_fold(cases: list[Case], folds: dict[str, int], fold: int, cfg: dict, out
             model = keras.saving.load_model(checkpoint, safe_mode=True)
             _say(f"resuming after epoch {state['epoch']}")
         else:
-            model = keras.saving.load_model(init_model, safe_mode=True, compile=False) \
-                if init_model else build_model(cfg)
+            model = _initial_model(init_model, channels) if init_model else \
+                build_model(cfg, len(channels or [IMAGE_CHANNEL]))
             compile_model(model, cfg)
     state = fit(model, cfg, train_set, val_set, out, state, plot)
     _stop_on_signal(state["epoch"])  # until train() restores the handlers
     return {"fold": fold, "best_epoch": state.get("best_epoch"), "best_val_dice": state.get("best_score"),
-            "out": out, "cfg": cfg, "validation": val_cases, "test": test}
+            "out": out, "cfg": cfg, "validation": val_cases, "test": test,
+            "channels": channels, "normalisation": methods}
+
+
+def _initial_model(path: Path, channels: list[str] | None) -> keras.Model:
+    """The ``init`` model, its first convolution widened to the run's channels (the
+    ``us`` channel, or the first, keeps its weights; see :func:`with_input_channels`)."""
+    model = keras.saving.load_model(path, safe_mode=True, compile=False)
+    if channels and model.inputs[0].shape[-1] != len(channels):
+        keep = channels.index("us") if "us" in channels else 0
+        model = with_input_channels(model, len(channels), keep)
+    return model
+
+
+def run_channels(cases: list[Case], cfg: dict) -> tuple[list[str] | None, dict[str, str]]:
+    """The named channels a run trains on, in order, and each one's normalisation.
+
+    ``data.channels`` chooses them; empty, every channel of the dataset in
+    :func:`bcseg.data.dataset.dataset_channels` order. A dataset of grey images that
+    names no channels gives ``(None, {})``: one grey image per case, as always.
+
+    Raises
+    ------
+    ConfigError
+        For an unusable channel name or normalisation method.
+    DataError
+        Naming the first case that lacks one of the channels.
+    """
+    wanted = list(cfg["data"]["channels"])
+    if not any(c.channels for c in cases) and wanted in ([], [IMAGE_CHANNEL]):
+        return None, {}
+    names = wanted or dataset_channels(cases)
+    try:
+        methods = check_methods(cfg["data"]["normalisation"], [check_channel_name(n, None) for n in names])
+    except (DataError, ValueError) as exc:
+        raise ConfigError(None, f"data.channels / data.normalisation: "
+                          f"{exc.problem if isinstance(exc, DataError) else exc}") from None
+    for case in cases:
+        missing = [n for n in names if n not in case.channel_names]
+        if missing:
+            raise DataError(case.image, f"case '{case.id}' has no channel {', '.join(missing)} "
+                            f"(data.channels: {', '.join(names)}); it has {', '.join(case.channel_names)}")
+    return names, methods
 
 
 def _resume_state(out: Path) -> tuple[dict, Path]:
@@ -556,8 +605,10 @@ def train(data, out, config=None, overrides: dict | None = None, fold="0", folds
     folds, source, targets = _plan_folds(out, cases, cfg, fold, folds_file, resume,
                                          None if isinstance(data, (list, tuple)) else data)
     _check_observer(cases, cfg["data"]["observer"])
-    _check_test_cases([c for c in cases if folds[c.id] == targets[0]])
-    init_model = _init_model(init, cfg)  # an unusable model is refused before the run dir is touched
+    channels, _ = run_channels(cases, cfg)
+    _check_test_cases([c for c in cases if folds[c.id] == targets[0]], channels)
+    # an unusable model is refused before the run dir is touched
+    init_model = _init_model(init, cfg, len(channels or [IMAGE_CHANNEL]))
     replace = _replaces_run(out, resume, force)
     # Interrupted: keep the new run, which --resume continues; any failure: the old run.
     with outputs.claim(out, "train", replace=replace, keep_on=(Interrupted, KeyboardInterrupt),
@@ -711,7 +762,7 @@ def _refuse_changed_settings(saved: dict, config, overrides: dict | None, mixed_
                                  "keeps its settings: resume without the change, or start a new run")
 
 
-def _check_test_cases(cases: list[Case]) -> None:
+def _check_test_cases(cases: list[Case], channels: list[str] | None = None) -> None:
     """Read the test fold's images and masks before the first epoch.
 
     Training and validation cases are read (and checked) when they are cached;
@@ -721,12 +772,16 @@ def _check_test_cases(cases: list[Case]) -> None:
     from bcseg.data.check import check_case
 
     for case in cases:
-        for path, problem in check_case(case, sorted(case.masks)):
+        for path, problem in check_case(case, sorted(case.masks), channels=channels or ()):
             raise DataError(path, f"{problem} (test case '{case.id}', checked before training)")
 
 
-def _init_model(init, cfg: dict) -> Path | None:
-    """The initial model's file, loaded once (safely) to refuse an unusable one early."""
+def _init_model(init, cfg: dict, in_channels: int = 1) -> Path | None:
+    """The initial model's file, loaded once (safely) to refuse an unusable one early.
+
+    A model of one channel can start a run of several (its first convolution is
+    widened); any other count must be the run's.
+    """
     if not init:
         return None
     if init == "busi":
@@ -744,4 +799,7 @@ def _init_model(init, cfg: dict) -> Path | None:
     if spec.ndim != cfg["model"]["ndim"]:
         raise ModelError(path, f"is a {spec.ndim}D model; this run trains a "
                          f"{cfg['model']['ndim']}D one")
+    if spec.channels not in (1, in_channels):
+        raise ModelError(path, f"takes {spec.channels} input channels; this run trains on "
+                         f"{in_channels}")
     return path
