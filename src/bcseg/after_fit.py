@@ -23,7 +23,7 @@ from typing import Callable
 import numpy as np
 
 from bcseg import rundir
-from bcseg.data.dataset import Case, read_case_image, read_case_masks
+from bcseg.data.dataset import Case, read_case_channels, read_case_image, read_case_masks
 from bcseg.rundir import InferenceSettings
 
 log = logging.getLogger("bcseg.learn.train")
@@ -38,9 +38,11 @@ def _say(message: str) -> None:
 
 # --------------------------------------------------------------------------- settings
 
-def fitted_settings(cfg: dict, best_epoch: int | None) -> InferenceSettings:
+def fitted_settings(cfg: dict, best_epoch: int | None, channels: list[str] | None = None,
+                    normalisation: dict[str, str] | None = None) -> InferenceSettings:
     """The settings a freshly fitted model starts from, before tuning: its input
-    size or window, the mirror axes it was augmented with, and the configured
+    size or window, the mirror axes it was augmented with, the named channels it
+    takes and their normalisation (none for a grey model), and the configured
     threshold and TTA."""
     d, ndim = cfg["data"], cfg["model"]["ndim"]
     return InferenceSettings(
@@ -48,6 +50,8 @@ def fitted_settings(cfg: dict, best_epoch: int | None) -> InferenceSettings:
         flips=rundir.flips_from_augment(cfg["augment"], ndim), ndim=ndim,
         input_size=d["size"] if ndim == 2 else None,
         patch_size=(d["patch_depth"], d["size"], d["size"]) if ndim == 3 else None,
+        channels=max(1, len(channels or ())), channel_names=tuple(channels or ()),
+        normalisation=dict(normalisation or {}),
         info={"observer": d["observer"], "best_epoch": best_epoch})
 
 
@@ -59,10 +63,18 @@ def validation_target(cfg: dict) -> str:
 
 
 def segment_case(models, case: Case, settings: InferenceSettings, keep_prob: bool = True):
-    """Segment one case: ``(image, spacing, mask, prob)`` through the one inference path."""
+    """Segment one case: ``(image, spacing, mask, prob)`` through the one inference path.
+
+    A model of named channels gets the case's channels, channel axis last (``image``
+    then has it too); a grey model the case's image.
+    """
     from bcseg.infer.predict import segment_volume
 
-    image, spacing = read_case_image(case)
+    names = settings.input_channels()
+    if names:
+        image, spacing, _ = read_case_channels(case, list(names))
+    else:
+        image, spacing = read_case_image(case)
     mask, prob = segment_volume(models, image, settings, spacing, keep_prob=keep_prob)
     return image, spacing, mask, prob
 
@@ -74,9 +86,9 @@ def _probabilities(models, cases: list[Case], settings: InferenceSettings, targe
     probs, truths = {False: [], True: []}, []
     for case in cases:
         for tta in (False, True):
-            image, _, _, prob = segment_case(models, case, settings.replace(tta=tta))
+            _, _, mask, prob = segment_case(models, case, settings.replace(tta=tta))
             probs[tta].append(prob)
-        truths.append(training_target(read_case_masks(case, image.shape), target, str(case.image)))
+        truths.append(training_target(read_case_masks(case, mask.shape), target, str(case.image)))
     return probs, truths
 
 
@@ -170,7 +182,8 @@ def finish_fold(fitted: dict, report: Callable[[Path], object] | None = None) ->
 
     out = Path(fitted["out"])
     model = load_model(out / rundir.MODEL_FILE)  # float32 compute, as inference will use
-    settings = fitted_settings(fitted["cfg"], fitted["best_epoch"])
+    settings = fitted_settings(fitted["cfg"], fitted["best_epoch"], fitted.get("channels"),
+                               fitted.get("normalisation"))
     settings = tune_inference(model, fitted["validation"], fitted["cfg"], settings)
     rundir.save_run_settings(out, settings)
     if not fitted["test"]:

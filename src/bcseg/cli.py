@@ -106,6 +106,22 @@ def _phantom_channels(text: str) -> tuple[str, ...]:
     return names
 
 
+def _channel_list(text: str) -> list[str]:
+    """Comma-separated, distinct channel names, such as ``us,pa``."""
+    from bcseg.data.channels import check_channel_name
+    from bcseg.errors import DataError
+
+    names = [name.strip() for name in text.split(",")]
+    try:
+        for name in names:
+            check_channel_name(name, None)
+    except DataError as exc:
+        raise argparse.ArgumentTypeError(exc.problem) from None
+    if len(set(names)) != len(names):
+        raise argparse.ArgumentTypeError(f"'{text}' names a channel twice")
+    return names
+
+
 def _shape(values: list[int]) -> tuple[int, ...]:
     return tuple(values)
 
@@ -180,8 +196,9 @@ def _train_overrides(args) -> dict:
     model = {}
     if args.model:
         model["ndim"] = 3 if args.model == "unet3d" else 2
+    data = {k: v for k, v in (("observer", args.observer), ("channels", args.channels)) if v}
     return {"model": model,
-            "data": {"observer": args.observer} if args.observer else {},
+            "data": data,
             "train": {k: v for k, v in (("epochs", args.epochs), ("seed", args.seed),
                                         ("batch_size", args.batch_size)) if v is not None}}
 
@@ -362,7 +379,12 @@ def build_parser() -> argparse.ArgumentParser:
         prog="bcseg", description="Segment breast tumours in ultrasound images and specimen stacks.")
     parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for add in COMMANDS:
+        add(sub)
+    return parser
 
+
+def _add_phantom(sub) -> None:
     p = sub.add_parser("phantom", help="write synthetic specimen stacks with two observers' masks",
                        description="Write synthetic ex-vivo specimen ultrasound stacks "
                        "(images/ + masks/observer1/ + masks/observer2/), deterministic from the seed.")
@@ -385,12 +407,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="overwrite an existing folder")
     p.set_defaults(func=cmd_phantom)
 
+
+def _add_check(sub) -> None:
     p = sub.add_parser("check", help="check a dataset's integrity and summarise it",
                        description="Read every image and mask, print a summary table and list "
                        "every problem. Exits 3 when there are problems.")
     p.add_argument("data", help="dataset folder or manifest CSV")
     p.set_defaults(func=cmd_check)
 
+
+def _add_split(sub) -> None:
     p = sub.add_parser("split", help="write k-fold splits by group as JSON",
                        description="Assign folds by group (specimen), stratified by class, "
                        "or read them from a fold file; write them as JSON.")
@@ -404,6 +430,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true")
     p.set_defaults(func=cmd_split)
 
+
+def _add_train(sub) -> None:
     p = sub.add_parser("train", help="train a 2D or 3D U-Net; write a run directory",
                        description="Train on every fold but the test fold, validate on held-out "
                        "groups from the training folds, then segment and evaluate the test fold.")
@@ -417,6 +445,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--folds-file", help="CSV with image,fold columns (e.g. BUSI's folds.csv)")
     p.add_argument("--observer", help="training target: an observer's name, union, "
                    "intersection, staple, random (one observer per sample) or soft (their mean)")
+    p.add_argument("--channels", type=_channel_list, metavar="LIST",
+                   help="comma-separated named channels to train on, e.g. us,pa or pa; overrides "
+                   "data.channels (default: every channel the dataset has)")
     p.add_argument("--epochs", type=_whole(1))
     p.add_argument("--batch-size", type=_whole(1))
     p.add_argument("--seed", type=_whole(0))
@@ -428,11 +459,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mixed-precision", action="store_true", help="float16 compute on a GPU, bfloat16 on a CPU (AVX512-BF16/AMX)")
     p.set_defaults(func=cmd_train)
 
+
+def _add_predict(sub) -> None:
     p = sub.add_parser("predict", help="segment images, stacks or folders with a trained model",
                        description="Segment 2D images and 3D stacks. Masks are written as TIFF "
                        "with the input's shape and spacing; settings not given come from the "
                        "run's inference.json (chosen on its validation split).")
-    p.add_argument("inputs", nargs="+", help="image files, stack files or folders")
+    p.add_argument("inputs", nargs="+", help="image files, stack files or folders; for a model "
+                   "of several channels, dataset folders or manifests (images/<channel>/, ...)")
     p.add_argument("--model", action="append",
                    help="run directory or .keras file (default: the bundled BUSI model); a run "
                    "trained with --folds all, or several --model arguments, predict as an ensemble")
@@ -458,6 +492,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "without TensorFlow")
     p.set_defaults(func=cmd_predict)
 
+
+def _add_export_onnx(sub) -> None:
     p = sub.add_parser("export-onnx", help="export a trained model to ONNX for --runtime onnx",
                        description="Write the run's model_best.keras as model_best.onnx beside "
                        "it (needs TensorFlow, tf2onnx and onnx: pip install 'bcseg[export]').")
@@ -466,6 +502,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="overwrite an existing ONNX file")
     p.set_defaults(func=cmd_export_onnx)
 
+
+def _add_evaluate(sub) -> None:
     p = sub.add_parser("evaluate", help="score predictions against observers and their consensus",
                        description="Per-case (per-specimen) metrics against each observer, "
                        "their union, intersection and STAPLE consensus, and the agreement "
@@ -484,10 +522,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true")
     p.set_defaults(func=cmd_evaluate)
 
+
+def _add_report(sub) -> None:
     p = sub.add_parser("report", help="rebuild report.html of a run or evaluation folder")
     p.add_argument("run", help="run or evaluation folder")
     p.set_defaults(func=cmd_report)
 
+
+def _add_margins(sub) -> None:
     p = sub.add_parser("margins", help="tumour volume and margins to the specimen surface",
                        description="Tumour and specimen volume, closest distance from tumour "
                        "to the specimen surface overall and per face, flags, CSV and figure. "
@@ -503,6 +545,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true")
     p.set_defaults(func=cmd_margins)
 
+
+def _add_export_nnunet(sub) -> None:
     p = sub.add_parser("export-nnunet", help="write an nnU-Net v2 raw dataset with bcseg's folds")
     p.add_argument("data", help="dataset folder or manifest")
     p.add_argument("out", help="nnUNet_raw folder")
@@ -516,6 +560,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true")
     p.set_defaults(func=cmd_export_nnunet)
 
+
+def _add_demo(sub) -> None:
     p = sub.add_parser("demo", help="the whole job on the synthetic phantom (about 10 min on a CPU)",
                        description="Phantom, then a 2D and a tiny 3D U-Net trained on training "
                        "specimens, prediction on held-out specimens, evaluation, report.")
@@ -524,7 +570,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs-3d", type=_whole(1))
     p.add_argument("--force", action="store_true")
     p.set_defaults(func=cmd_demo)
-    return parser
+
+
+# Every subcommand, in the order --help lists them.
+COMMANDS = (_add_phantom, _add_check, _add_split, _add_train, _add_predict, _add_export_onnx,
+            _add_evaluate, _add_report, _add_margins, _add_export_nnunet, _add_demo)
 
 
 def _quiet_libraries() -> None:

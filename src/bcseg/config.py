@@ -116,6 +116,19 @@ def _check_values(cfg: dict, source=None) -> None:
             raise ConfigError(source, f"'{section}.{key}' must be at least 1")
     if not 0 <= cfg["data"]["tumour_fraction"] <= 1:
         raise ConfigError(source, "'data.tumour_fraction' must be between 0 and 1")
+    _check_channels(cfg["data"], source)
+
+
+def _check_channels(data: dict, source) -> None:
+    """``data.channels`` a list of distinct names, ``data.normalisation`` a table of
+    names; the names and methods themselves are checked against the dataset when
+    training starts (:mod:`bcseg.data.channels`, :mod:`bcseg.data.intensity`)."""
+    names = data["channels"]
+    if not all(isinstance(n, str) for n in names) or len(set(names)) != len(names):
+        raise ConfigError(source, f"'data.channels' must list distinct channel names, got {names!r}")
+    if not all(isinstance(v, str) for v in data["normalisation"].values()):
+        raise ConfigError(source, "'data.normalisation' must map channel names to methods, "
+                          f"got {data['normalisation']!r}")
 
 
 def _toml_value(value) -> str:
@@ -125,11 +138,13 @@ def _toml_value(value) -> str:
         return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
     if isinstance(value, (list, tuple)):
         return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    if isinstance(value, dict):  # an inline table, keys quoted (channel names may hold dots)
+        return "{" + ", ".join(f"{_toml_value(str(k))} = {_toml_value(v)}" for k, v in value.items()) + "}"
     return repr(value)
 
 
 def to_toml(cfg: dict) -> str:
-    """The configuration as TOML text (flat sections of scalars and lists)."""
+    """The configuration as TOML text (flat sections of scalars, lists and inline tables)."""
     lines = []
     for section, values in cfg.items():
         lines.append(f"[{section}]")

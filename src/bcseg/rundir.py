@@ -52,9 +52,10 @@ DEFAULT_FLIPS = ("z", "lr")     # what bcseg's recipes augment with; never up-do
 DEFAULTS: dict[str, Any] = {
     "threshold": 0.5, "postprocess": [], "min_size": 0, "tta": False,
     "flips": list(DEFAULT_FLIPS), "ndim": None, "input_size": None, "patch_size": None,
-    "channels": 1, "members": [], "tuned": {},
+    "channels": 1, "channel_names": [], "normalisation": {}, "members": [], "tuned": {},
 }
-MEMBER_KEYS = ("path", "flips", "ndim", "input_size", "patch_size", "channels")
+MEMBER_KEYS = ("path", "flips", "ndim", "input_size", "patch_size", "channels", "channel_names",
+               "normalisation")
 TUNED_KEYS = ("with_tta", "without_tta")
 
 
@@ -77,6 +78,12 @@ class InferenceSettings:
         ``flip_ud``, ``flip_lr``); TTA averages every combination of these only.
     ndim, input_size, patch_size, channels
         The model's kind, the 2D square it was trained on, the 3D window, channels.
+    channel_names : tuple of str
+        The named channels the model takes, in input order (``("us", "pa")``); empty
+        for a model of one grey image, which takes any image file as it is.
+    normalisation : dict of str to str
+        How each named channel was normalised (see :mod:`bcseg.data.intensity`);
+        prediction normalises it the same way.
     members : tuple of InferenceSettings
         Ensemble members, each with its own ``path`` (in ``info``), ``flips``,
         ``input_size``, ``patch_size``; empty for a single model.
@@ -96,6 +103,8 @@ class InferenceSettings:
     input_size: int | None = None
     patch_size: tuple[int, ...] | None = None
     channels: int = DEFAULTS["channels"]
+    channel_names: tuple[str, ...] = ()
+    normalisation: dict = dataclasses.field(default_factory=dict)
     members: tuple["InferenceSettings", ...] = ()
     tuned: dict = dataclasses.field(default_factory=dict)
     info: dict = dataclasses.field(default_factory=dict)
@@ -120,7 +129,8 @@ class InferenceSettings:
                    flips=_flip_order(merged["flips"]), ndim=merged["ndim"],
                    input_size=merged["input_size"],
                    patch_size=None if merged["patch_size"] is None else tuple(merged["patch_size"]),
-                   channels=merged["channels"], members=members, tuned=dict(merged["tuned"]),
+                   channels=merged["channels"], channel_names=tuple(merged["channel_names"]),
+                   normalisation=dict(merged["normalisation"]), members=members, tuned=dict(merged["tuned"]),
                    info=info)
 
     def to_dict(self) -> dict:
@@ -129,7 +139,8 @@ class InferenceSettings:
                 "min_size": self.min_size, "tta": self.tta, "flips": list(self.flips),
                 "ndim": self.ndim, "input_size": self.input_size,
                 "patch_size": None if self.patch_size is None else list(self.patch_size),
-                "channels": self.channels, "tuned": self.tuned,
+                "channels": self.channels, "channel_names": list(self.channel_names),
+                "normalisation": dict(self.normalisation), "tuned": self.tuned,
                 "members": [_member_json(m) for m in self.members]}
         return {**data, **self.info}
 
@@ -170,6 +181,21 @@ class InferenceSettings:
         if not self.members:
             return (self,)
         return tuple(m.replace(tta=self.tta) for m in self.members)
+
+    def input_channels(self) -> tuple[str, ...]:
+        """The named channels the model (every member of an ensemble) takes; () for grey.
+
+        Raises
+        ------
+        ConfigError
+            For ensemble members that take different channels.
+        """
+        names = {view.channel_names for view in self.member_views()}
+        if len(names) > 1:
+            shown = " and ".join(", ".join(n) or "one grey image" for n in sorted(names))
+            raise ConfigError(None, f"the ensemble's members take different channels ({shown}); "
+                              "ensemble models trained on the same channels")
+        return names.pop()
 
 
 # --------------------------------------------------------------------------- schema
@@ -220,9 +246,20 @@ def _check_settings(s: dict, source) -> None:
         raise _error(source, "input_size", "a positive whole number of pixels", s["input_size"])
     if not _is_int(s["channels"], 1):
         raise _error(source, "channels", "a positive whole number", s["channels"])
+    _check_channel_names(s, source)
     if not isinstance(s["members"], (list, tuple)):
         raise _error(source, "members", "a list of member models", s["members"])
     _check_tuned(s["tuned"], source)
+
+
+def _check_channel_names(s: dict, source) -> None:
+    names, methods = s["channel_names"], s["normalisation"]
+    if (not isinstance(names, (list, tuple)) or not all(isinstance(n, str) and n for n in names)
+            or len(set(names)) != len(names) or (names and len(names) != s["channels"])):
+        raise _error(source, "channel_names", f"a list of {s['channels']} distinct channel names", names)
+    if not isinstance(methods, dict) or set(methods) - set(names) or not all(
+            isinstance(m, str) for m in methods.values()):
+        raise _error(source, "normalisation", "an object of a method per channel name", methods)
 
 
 def _check_tuned(tuned, source) -> None:
@@ -253,7 +290,8 @@ def member_settings(path: str | Path, settings: InferenceSettings) -> InferenceS
     """A member's record: its model ``path`` and the settings it runs with."""
     return InferenceSettings(flips=settings.flips, ndim=settings.ndim, input_size=settings.input_size,
                              patch_size=settings.patch_size, channels=settings.channels,
-                             info={"path": str(path)})
+                             channel_names=settings.channel_names,
+                             normalisation=settings.normalisation, info={"path": str(path)})
 
 
 # --------------------------------------------------------------------------- files

@@ -43,7 +43,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from bcseg.errors import DataError, ModelError
-from bcseg.data.intensity import intensity_stats, normalise
+from bcseg.data.intensity import channel_stats, check_methods, intensity_stats, normalise
 from bcseg.infer.postprocess import apply_steps_inplace, check_steps, release_slices
 from bcseg.learn.saved import ModelSpec, load_model, model_spec  # noqa: F401 (re-exported)
 from bcseg.rundir import DEFAULT_FLIPS, DEFAULTS, InferenceSettings
@@ -58,9 +58,13 @@ def _round_up(n: int, d: int) -> int:
 
 
 def _pad(x: np.ndarray, target: Sequence[int]) -> tuple[np.ndarray, tuple[slice, ...]]:
-    """Reflect-pad the spatial axes of a batch ``(N, *spatial)`` to ``target``, centred."""
+    """Reflect-pad the spatial axes of a batch ``(N, *spatial, C)`` to ``target``, centred.
+
+    The crop returned takes the spatial axes back to their size (the channel axis is
+    left alone)."""
     widths = [(0, 0)] + [((t - n) // 2, t - n - (t - n) // 2) for n, t in zip(x.shape[1:], target)]
     crop = (slice(None),) + tuple(slice(b, b + n) for (b, _), n in zip(widths[1:], x.shape[1:]))
+    widths += [(0, 0)] * (x.ndim - len(widths))
     if not any(b or a for b, a in widths):
         return x, crop
     return np.pad(x, widths, mode="reflect"), crop
@@ -83,6 +87,25 @@ def tta_flips(ndim: int, flips: Sequence[str], tta: bool) -> list[tuple[int, ...
     return [c for r in range(len(axes) + 1) for c in itertools.combinations(axes, r)]
 
 
+class _Intensity:
+    """Volume-wide intensity statistics, and the normalisation of slices or windows
+    with them, channels last: a grey image gains a channel axis; named channels are
+    each normalised by their own method (:mod:`bcseg.data.intensity`)."""
+
+    def __init__(self, array: np.ndarray, names: Sequence[str], methods: dict[str, str]):
+        self.grey = not names
+        if self.grey:
+            self.stats = [intensity_stats(array)]
+        else:
+            methods = check_methods(methods, list(names))
+            self.stats = [channel_stats(array[..., c], methods[n]) for c, n in enumerate(names)]
+
+    def __call__(self, block: np.ndarray) -> np.ndarray:
+        if self.grey:
+            return normalise(block, self.stats[0])[..., None]
+        return np.stack([normalise(block[..., c], s) for c, s in enumerate(self.stats)], axis=-1)
+
+
 class _Runner:
     """Calls the model on padded batches, with mirror TTA, and checks its output."""
 
@@ -91,15 +114,16 @@ class _Runner:
         self.flips = flips
 
     def _call(self, x: np.ndarray) -> np.ndarray:
-        out = self.model.predict_on_batch(np.ascontiguousarray(x)[..., None])
+        out = self.model.predict_on_batch(np.ascontiguousarray(x))
         out = np.asarray(out, dtype=np.float32)
-        if out.shape != x.shape + (1,):
-            raise ModelError(None, f"model maps input {x.shape + (1,)} to {out.shape}; bcseg "
+        if out.shape != x.shape[:-1] + (1,):
+            raise ModelError(None, f"model maps input {x.shape} to {out.shape}; bcseg "
                              "expects one probability channel of the input's spatial size")
         return out[..., 0]
 
     def __call__(self, x: np.ndarray, target: Sequence[int]) -> np.ndarray:
-        """Probabilities for a batch ``(N, *spatial)``, padded to ``target`` and cropped back."""
+        """Probabilities ``(N, *spatial)`` for a batch ``(N, *spatial, C)``, padded to
+        ``target`` and cropped back; TTA mirrors the spatial axes only."""
         padded, crop = _pad(x, target)
         total = None
         for axes in self.flips:  # each output is a fresh array: sum into the first in place
@@ -219,19 +243,19 @@ def _progress(total: int, enabled: bool, desc: str):
 
 
 def _slice_predictor(run, spec, plane, patch, overlap, input_size):
-    """How a 2D model maps a normalised batch ``(N, H, W)`` to probabilities.
+    """How a 2D model maps a normalised batch ``(N, H, W, C)`` to probabilities ``(N, H, W)``.
 
     Returns the function and the spatial shape of one model input.
     """
     if input_size:  # as trained: pad to a square at bottom/right, resize, and back
-        from bcseg.learn.pipeline import from_square, to_square  # heavy imports, only when needed
+        from bcseg.learn.pipeline import from_square, to_square_channels  # heavy imports, only when needed
 
         target = (_round_up(input_size, spec.divisor),) * 2
         if any(f is not None and f != t for f, t in zip(spec.fixed, target)):
             raise ModelError(None, f"the model takes inputs of size {spec.fixed}, not input_size {input_size}")
 
         def fitted(x):
-            squares = np.stack([to_square(s, input_size) for s in x])
+            squares = np.stack([to_square_channels(s, input_size) for s in x])
             return np.stack([from_square(p, plane) for p in run(squares, target)])
         return fitted, target
     if patch is None:
@@ -242,7 +266,7 @@ def _slice_predictor(run, spec, plane, patch, overlap, input_size):
     (ly, lx), (ys, xs) = windows.lengths, windows.starts
 
     def tiled(x):  # fixed-size 2D model, or patch_size given: Gaussian-blended tiles
-        prob = np.zeros(x.shape, np.float32)
+        prob = np.zeros(x.shape[:-1], np.float32)
         for y, xx in itertools.product(ys, xs):
             region = (slice(None), slice(y, y + ly), slice(xx, xx + lx))
             prob[region] += run(x[region], patch) * weight
@@ -251,8 +275,9 @@ def _slice_predictor(run, spec, plane, patch, overlap, input_size):
     return tiled, patch
 
 
-def _predict_slices(predict, item, volume, stats, batch_size, progress):
-    """2D model over a ``(Z, H, W)`` stack, a batch of slices at a time.
+def _predict_slices(predict, item, volume, intensity, batch_size, progress):
+    """2D model over a ``(Z, H, W)`` stack (``(Z, H, W, C)`` with named channels), a
+    batch of slices at a time.
 
     Yields ``(start, stop, probabilities)`` for consecutive runs of slices.
     """
@@ -261,22 +286,23 @@ def _predict_slices(predict, item, volume, stats, batch_size, progress):
     with _progress(math.ceil(depth / batch), progress, "slices") as bar:
         for start in range(0, depth, batch):
             stop = min(start + batch, depth)
-            x = normalise(volume[start:stop], stats)
+            x = intensity(volume[start:stop])
             release_slices(volume, start, stop)
             yield start, stop, predict(x)
             bar.update()
 
 
-def _predict_windows(run, volume, stats, patch, overlap, batch_size, progress):
-    """3D model over a ``(Z, H, W)`` stack with Gaussian-blended sliding windows.
+def _predict_windows(run, volume, intensity, patch, overlap, batch_size, progress):
+    """3D model over a ``(Z, H, W)`` stack (``(Z, H, W, C)`` with named channels) with
+    Gaussian-blended sliding windows.
 
     Windows are visited in order of their z start; one slab of ``patch[0]`` slices
     accumulates weighted probabilities, and slices no later window touches are
     finished, yielded as ``(start, stop, probabilities)`` (a view into the slab,
     valid until the next item is asked for) and dropped from the slab.
     """
-    depth, height, width = volume.shape
-    windows = _Windows.over(volume.shape, patch, overlap)
+    depth, height, width = volume.shape[:3]
+    windows = _Windows.over(volume.shape[:3], patch, overlap)
     lz, ly, lx = windows.lengths
     zs, ys, xs = windows.starts
     weight = windows.weight()
@@ -288,8 +314,7 @@ def _predict_windows(run, volume, stats, patch, overlap, batch_size, progress):
         for i, z in enumerate(zs):
             for first in range(0, len(in_plane), batch):
                 corners = in_plane[first:first + batch]
-                x = np.stack([normalise(volume[z:z + lz, y:y + ly, xx:xx + lx], stats)
-                              for y, xx in corners])
+                x = np.stack([intensity(volume[z:z + lz, y:y + ly, xx:xx + lx]) for y, xx in corners])
                 prob = run(x, patch)
                 for (y, xx), p in zip(corners, prob):
                     slab[:, y:y + ly, xx:xx + lx] += p * weight
@@ -305,10 +330,24 @@ def _predict_windows(run, volume, stats, patch, overlap, batch_size, progress):
 
 # --------------------------------------------------------------------------- predict
 
-def _check_input(spec: ModelSpec, array: np.ndarray, spacing) -> None:
-    if spec.channels != 1:
+def _spatial_shape(array: np.ndarray, names: Sequence[str]) -> tuple[int, ...]:
+    """The image's shape without the channel axis that named channels come with."""
+    return array.shape[:-1] if names else array.shape
+
+
+def _check_channels(spec: ModelSpec, array: np.ndarray, names: Sequence[str]) -> None:
+    if not names and spec.channels != 1:
         raise DataError(None, f"the model expects {spec.channels} input channels, but the image "
-                        "has 1 (bcseg images are grey); use a model trained on grey images")
+                        "has 1 and the model's settings name no channels; predict with the "
+                        "run's folder, whose settings name them")
+    if names and (spec.channels != len(names) or array.ndim < 3 or array.shape[-1] != len(names)):
+        raise DataError(None, f"the model takes {spec.channels} channel(s) ({', '.join(names)}), "
+                        f"channel axis last, not an array of shape {array.shape}")
+
+
+def _check_input(spec: ModelSpec, array: np.ndarray, spacing, names: Sequence[str] = ()) -> None:
+    _check_channels(spec, array, names)
+    array = array[..., 0] if names else array  # the spatial axes
     if spec.ndim == 2 and array.ndim not in (2, 3):
         raise DataError(None, f"a 2D model segments (H, W) images or (Z, H, W) stacks, "
                         f"not a {array.ndim}D array of shape {array.shape}")
@@ -385,16 +424,11 @@ def predict_volume(
                           progress=progress)
 
 
-def segment_volume(
-    models: keras.Model | Sequence[keras.Model],
-    array: np.ndarray,
-    settings: InferenceSettings,
-    spacing: Sequence[float] | None = None,
-    *,
-    batch_size: int = 8, overlap: float = 0.5,
-    mask_out: np.ndarray | None = None, prob_out: np.ndarray | None = None,
-    keep_prob: bool = True, progress: bool = False,
-) -> tuple[np.ndarray, np.ndarray | None]:
+def segment_volume(models: keras.Model | Sequence[keras.Model], array: np.ndarray,
+                   settings: InferenceSettings, spacing: Sequence[float] | None = None, *,
+                   batch_size: int = 8, overlap: float = 0.5, mask_out: np.ndarray | None = None,
+                   prob_out: np.ndarray | None = None, keep_prob: bool = True,
+                   progress: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
     """Segment an image or stack with a model or an ensemble: bcseg's one inference path.
 
     Training's tuning and test fold, ``bcseg predict``, the demo and the benchmarks.
@@ -405,7 +439,8 @@ def segment_volume(
         One model, or the ensemble's members in the order of ``settings.members``.
     array, spacing : ndarray or numpy.memmap, tuple of float, optional
         ``(H, W)`` image or ``(Z, H, W)`` stack (a memory-mapped one is streamed);
-        its mm per axis, checked against the shape.
+        for a model of named channels (``settings.channel_names``) with the channels
+        last, in that order. Its mm per spatial axis, checked against the shape.
     settings : InferenceSettings
         Threshold, post-processing, TTA, and per model (or member) its ``flips``,
         ``input_size`` and ``patch_size``; members' probabilities are averaged.
@@ -429,32 +464,42 @@ def segment_volume(
     """
     models = list(models) if isinstance(models, (list, tuple)) else [models]  # one model, or several
     views = settings.member_views()
+    names = settings.input_channels()
     array = array if isinstance(array, np.ndarray) else np.asarray(array)
-    specs = _member_specs(models, views, array, spacing)
-    _check_call(settings, overlap, batch_size, mask_out, prob_out, array.shape)
-    mask = np.empty(array.shape, bool) if mask_out is None else mask_out
-    prob = np.empty(array.shape, np.float32) if prob_out is None and keep_prob else prob_out
-    stats = intensity_stats(array)
-    volume = array[None] if array.ndim == 2 else array
-    store = _store(mask[None] if array.ndim == 2 else mask,
-                   None if prob is None else (prob[None] if array.ndim == 2 else prob),
+    specs = _member_specs(models, views, array, spacing, names)
+    shape = _spatial_shape(array, names)
+    _check_call(settings, overlap, batch_size, mask_out, prob_out, shape)
+    mask = np.empty(shape, bool) if mask_out is None else mask_out
+    prob = np.empty(shape, np.float32) if prob_out is None and keep_prob else prob_out
+    flat = len(shape) == 2  # one image: a stack of one slice
+    store = _store(mask[None] if flat else mask, None if prob is None else (prob[None] if flat else prob),
                    settings.threshold)
-    sources = [_member_chunks(m, spec, view, volume, stats, batch_size, overlap, progress)
-               for m, spec, view in zip(models, specs, views)]
-    _mean_of_members(sources, store)
+    intensities: dict = {}  # one set of statistics per normalisation the members ask for
+    _mean_of_members([_member_chunks(m, spec, view, array[None] if flat else array,
+                                     _member_intensity(intensities, array, names, view),
+                                     batch_size, overlap, progress)
+                      for m, spec, view in zip(models, specs, views)], store)
     if settings.postprocess:
         apply_steps_inplace(mask, list(settings.postprocess), settings.min_size)
     return mask, prob
 
 
-def _member_specs(models, views, array, spacing) -> list[ModelSpec]:
+def _member_specs(models, views, array, spacing, names) -> list[ModelSpec]:
     """Each model's input contract, checked against the settings and the image."""
     if len(models) != len(views):
         raise ModelError(None, f"{len(models)} model(s) given for {len(views)} member(s) in the settings")
     specs = [model_spec(m) for m in models]
     for spec in specs:
-        _check_input(spec, array, spacing)
+        _check_input(spec, array, spacing, names)
     return specs
+
+
+def _member_intensity(known: dict, array, names, view: InferenceSettings) -> _Intensity:
+    """The intensity statistics a member normalises with, computed once per method set."""
+    key = tuple(sorted(view.normalisation.items()))
+    if key not in known:
+        known[key] = _Intensity(array, names, view.normalisation)
+    return known[key]
 
 
 def _check_call(settings, overlap, batch_size, mask_out, prob_out, shape) -> None:
@@ -469,19 +514,21 @@ def _check_call(settings, overlap, batch_size, mask_out, prob_out, shape) -> Non
     _check_out(prob_out, shape, (np.float32,), "prob_out")
 
 
-def _member_chunks(model, spec: ModelSpec, view: InferenceSettings, volume, stats,
+def _member_chunks(model, spec: ModelSpec, view: InferenceSettings, volume, intensity: _Intensity,
                    batch_size: int, overlap: float, progress: bool):
-    """One model's probabilities over a ``(Z, H, W)`` volume, as ``(start, stop, prob)``
-    runs of slices in order, with its own input size, window and TTA flips."""
+    """One model's probabilities over a ``(Z, H, W)`` volume (``(Z, H, W, C)`` with
+    named channels), as ``(start, stop, prob)`` runs of slices in order, with its own
+    input size, window and TTA flips."""
     run = _Runner(model, tta_flips(spec.ndim, view.flips, view.tta))
+    spatial = volume.shape[:3]
     if spec.ndim == 2:
-        patch = None if view.input_size else _resolve_patch(spec, volume.shape[1:], view.patch_size)
-        predict, item = _slice_predictor(run, spec, volume.shape[1:], patch, overlap, view.input_size)
-        return _predict_slices(predict, item, volume, stats, batch_size, progress)
+        patch = None if view.input_size else _resolve_patch(spec, spatial[1:], view.patch_size)
+        predict, item = _slice_predictor(run, spec, spatial[1:], patch, overlap, view.input_size)
+        return _predict_slices(predict, item, volume, intensity, batch_size, progress)
     if view.input_size:
         raise ValueError("input_size applies to 2D models; a 3D model uses patch_size")
-    patch = _resolve_patch(spec, volume.shape, view.patch_size)
-    return _predict_windows(run, volume, stats, patch, overlap, batch_size, progress)
+    patch = _resolve_patch(spec, spatial, view.patch_size)
+    return _predict_windows(run, volume, intensity, patch, overlap, batch_size, progress)
 
 
 def _mean_of_members(sources: list, store: Callable[[int, int, np.ndarray], None]) -> None:

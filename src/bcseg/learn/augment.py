@@ -6,7 +6,10 @@ Two independent recipes:
   stateless: the output depends only on the inputs and a ``seed`` tensor of shape
   ``(2,)`` (``tf.random.stateless_*``), so an epoch can be replayed exactly. Image
   and mask get the same geometric transform (rotation and zoom in one affine
-  resample, then flips); intensity changes touch the image only.
+  resample, then flips), shared by every channel of the image; intensity changes
+  touch the image only. With named channels (``channels=("us", "pa")``) each channel
+  draws its own contrast, brightness and gamma, and speckle noise, an ultrasound
+  artefact, goes on the ``us`` channel only.
 * :func:`reference_offline_augment` reproduces, in NumPy, the reference study's
   offline recipe: 12 rotations × 2 random trims per image.
 """
@@ -173,7 +176,7 @@ def _type_word(default) -> str:
 
 
 @tf.autograph.experimental.do_not_convert
-def augment_2d(image, mask, seed, config: AugmentConfig = AugmentConfig()):
+def augment_2d(image, mask, seed, config: AugmentConfig = AugmentConfig(), channels=None):
     """Augment one 2D image and its mask with the same geometric transform.
 
     Parameters
@@ -185,6 +188,9 @@ def augment_2d(image, mask, seed, config: AugmentConfig = AugmentConfig()):
         ``tf.random.experimental.stateless_split``; a scalar ``s`` means ``(s, 0)``.
         The same seed gives the same output.
     config : AugmentConfig
+    channels : sequence of str, optional
+        Names of the image's C channels: intensity steps draw per channel and speckle
+        touches ``us`` only. None: one grey image, augmented as a whole.
 
     Returns
     -------
@@ -193,12 +199,12 @@ def augment_2d(image, mask, seed, config: AugmentConfig = AugmentConfig()):
     """
     image, mask = _as_float_tensors(image, mask, 3, "augment_2d", "(H, W, C)")
     config = dataclasses.replace(config, flip_z=False)
-    image, mask = augment_3d(image[tf.newaxis], mask[tf.newaxis], seed, config)
+    image, mask = augment_3d(image[tf.newaxis], mask[tf.newaxis], seed, config, channels)
     return image[0], mask[0]
 
 
 @tf.autograph.experimental.do_not_convert
-def augment_3d(volume, mask, seed, config: AugmentConfig = AugmentConfig()):
+def augment_3d(volume, mask, seed, config: AugmentConfig = AugmentConfig(), channels=None):
     """Augment one 3D stack and its mask: flips, in-plane rotation/zoom, intensity.
 
     Every slice gets the same in-plane transform, so the stack stays coherent.
@@ -209,6 +215,8 @@ def augment_3d(volume, mask, seed, config: AugmentConfig = AugmentConfig()):
     mask : tensor, shape (D, H, W, 1), float32 in {0, 1}
     seed : tensor, shape (2,), integer
     config : AugmentConfig
+    channels : sequence of str, optional
+        As :func:`augment_2d`.
 
     Returns
     -------
@@ -238,7 +246,7 @@ def augment_3d(volume, mask, seed, config: AugmentConfig = AugmentConfig()):
                                    lambda: (volume, mask))
     if _changes_intensity(config):
         volume = tf.cond(chance(config.p_intensity),
-                         lambda: _intensity(volume, config, uniform, next(seeds)),
+                         lambda: _intensity(volume, config, uniform, next(seeds), channels),
                          lambda: volume)
     return volume, mask
 
@@ -252,22 +260,31 @@ def _shifts_scanner(config: AugmentConfig) -> bool:
     return bool(config.gain_ramp or config.blur or config.resample)
 
 
-def _intensity(volume, config, uniform, noise_seed):
-    """Contrast, brightness, gamma and speckle, with the image kept in [0, 1]."""
+def _intensity(volume, config, uniform, noise_seed, channels=None):
+    """Contrast, brightness, gamma and speckle, with the image kept in [0, 1].
+
+    A grey image (``channels`` None) draws each once for the whole image; named
+    channels draw one per channel (shape ``[C]``, broadcast over the last axis), and
+    only ``us`` gets speckle.
+    """
+    shape, axes = ((), None) if channels is None else ([len(channels)], [0, 1, 2])
     if config.contrast:
         # float64 accumulation: a float32 sum over threads varied in the last bit between
         # identical runs, which broke exact replay for --resume.
-        mean = tf.cast(tf.reduce_mean(tf.cast(volume, tf.float64)), volume.dtype)
-        volume = mean + (volume - mean) * uniform(1 - config.contrast, 1 + config.contrast)
+        mean = tf.cast(tf.reduce_mean(tf.cast(volume, tf.float64), axis=axes), volume.dtype)
+        volume = mean + (volume - mean) * uniform(1 - config.contrast, 1 + config.contrast, shape)
     if config.brightness:
-        volume = volume + uniform(-config.brightness, config.brightness)
+        volume = volume + uniform(-config.brightness, config.brightness, shape)
     volume = tf.clip_by_value(volume, 0.0, 1.0)
     if config.gamma != (1.0, 1.0):
-        volume = volume ** tf.exp(uniform(math.log(config.gamma[0]), math.log(config.gamma[1])))
-    if config.speckle:
+        volume = volume ** tf.exp(uniform(math.log(config.gamma[0]), math.log(config.gamma[1]), shape))
+    speckled = None if channels is None else [float(name == "us") for name in channels]
+    if config.speckle and (speckled is None or any(speckled)):
         noise = tf.random.stateless_normal(tf.shape(volume), noise_seed, stddev=config.speckle)
         if config.speckle_grain:
             noise = _grain(noise, config, noise_seed)
+        if speckled is not None:
+            noise = noise * tf.constant(speckled, tf.float32)
         volume = tf.clip_by_value(volume * (1.0 + noise), 0.0, 1.0)
     if _shifts_scanner(config):
         volume = _scanner_shift(volume, config, noise_seed)

@@ -71,20 +71,10 @@ def _upsample(x, filters, ndim, mode, factor, name):
     return _layer("Conv", ndim)(filters, 3, padding="same", name=name)(x)
 
 
-def unet(
-    ndim: int = 2,
-    in_channels: int = 1,
-    base_filters: int = 16,
-    depth: int = 4,
-    norm: str | None = "batch",
-    dropout: float = 0.0,
-    residual: bool = False,
-    upsample: str = "transpose",
-    decoder_norm_only: bool = False,
-    stem_stride: int = 1,
-    max_filters: int | None = None,
-    name: str | None = None,
-) -> keras.Model:
+def unet(ndim: int = 2, in_channels: int = 1, base_filters: int = 16, depth: int = 4,
+         norm: str | None = "batch", dropout: float = 0.0, residual: bool = False,
+         upsample: str = "transpose", decoder_norm_only: bool = False, stem_stride: int = 1,
+         max_filters: int | None = None, name: str | None = None) -> keras.Model:
     """Build a U-Net that maps an image to a one-channel tumour probability.
 
     Parameters
@@ -93,42 +83,34 @@ def unet(
         Spatial dimensions: 2 for ``(H, W)`` slices, 3 for ``(Z, H, W)`` stacks.
     in_channels : int
         Channels of the input image.
-    base_filters : int
-        Filters at the first level; each level down doubles them.
-    depth : int
-        Number of 2× downsamplings (``MaxPooling``) in the encoder, at least 1.
+    base_filters, depth : int
+        Filters at the first level (doubled each level down); 2× downsamplings, at least 1.
     norm : {"batch", "instance", None}
-        Normalisation after every convolution. ``"instance"`` is
-        ``GroupNormalization(groups=-1)``.
+        Normalisation after every convolution (``"instance"``: ``GroupNormalization(groups=-1)``).
     dropout : float
         Dropout rate in [0, 1) after the bottleneck block.
     residual : bool
-        Add a shortcut (1×1-projected when the width changes) around every
-        two-convolution block.
+        Add a shortcut (1×1-projected when the width changes) around every two-convolution block.
     upsample : {"transpose", "linear"}
-        Decoder upsampling: a 2× transposed convolution, or ``UpSampling`` followed
-        by a 3×3 convolution.
+        Decoder upsampling: a 2× transposed convolution, or ``UpSampling`` then a 3×3 convolution.
     decoder_norm_only : bool
-        Normalise in the decoder only; the stem, encoder and bottleneck have none.
-        The reference study's preset is ``base_filters=32, depth=4,
-        upsample="transpose", norm="batch", decoder_norm_only=True``.
+        Normalise in the decoder only. The reference study's preset is
+        ``base_filters=32, depth=4, upsample="transpose", norm="batch", decoder_norm_only=True``.
     stem_stride : int
-        Stride of a first 3×3 convolution, so the U-Net runs at reduced
-        resolution; a final upsampling and block restore the full size. 1 means no
-        stem. Must be a power of two.
+        Stride (a power of two) of a first 3×3 convolution that lowers the resolution the
+        U-Net runs at; a final upsampling and block restore it. 1: no stem.
     max_filters : int, optional
-        Cap on the filters of any level (as nnU-Net caps its deep levels). The
-        deepest levels hold most of the weights but see only a few pixels, so a
-        cap shrinks the saved model a lot for little loss; None means no cap.
+        Cap on the filters of any level (as nnU-Net caps its deep levels): the deepest
+        levels hold most of the weights but see few pixels. None: no cap.
     name : str, optional
         Model name; defaults to ``"unet2d"`` or ``"unet3d"``.
 
     Returns
     -------
     keras.Model
-        Input shape ``(None,)*ndim + (in_channels,)``; output of the same spatial
-        size with one sigmoid channel, in float32 even under a mixed-precision
-        policy. Spatial sizes must be multiples of ``size_divisor(depth, stem_stride)``.
+        Input shape ``(None,)*ndim + (in_channels,)``; output of the same spatial size with
+        one sigmoid channel, in float32 even under a mixed-precision policy. Spatial sizes
+        must be multiples of ``size_divisor(depth, stem_stride)``.
 
     Examples
     --------
@@ -138,41 +120,56 @@ def unet(
     """
     _check_args(ndim, in_channels, base_filters, depth, norm, dropout, residual,
                 upsample, decoder_norm_only, stem_stride)
-    if max_filters is not None and (isinstance(max_filters, bool) or not isinstance(max_filters, int)
-                                    or max_filters < base_filters):
-        raise ValueError(f"max_filters must be an integer >= base_filters, got {max_filters!r}")
-
-    def width(level: int) -> int:
-        return min(base_filters * 2**level, max_filters or base_filters * 2**level)
-
+    widths = _widths(base_filters, depth, max_filters)
     enc_norm = None if decoder_norm_only else norm
-
     inputs = keras.Input(shape=(None,) * ndim + (in_channels,), name="image")
-    x = inputs
-    if stem_stride > 1:
-        x = _conv_norm(x, base_filters, ndim, enc_norm, "stem_conv", strides=stem_stride)
-        x = layers.Activation("relu", name="stem_relu")(x)
-
-    skips = []
-    for level in range(depth):
-        x = _conv_block(x, width(level), ndim, enc_norm, residual, f"enc{level}")
-        skips.append(x)
-        x = _layer("MaxPooling", ndim)(2, name=f"enc{level}_pool")(x)
-    x = _conv_block(x, width(depth), ndim, enc_norm, residual, "bottleneck")
-    if dropout:
-        x = layers.Dropout(dropout, name="bottleneck_dropout")(x)
-
-    for level in reversed(range(depth)):
-        filters = width(level)
-        x = _upsample(x, filters, ndim, upsample, 2, f"dec{level}_up")
-        x = layers.Concatenate(name=f"dec{level}_concat")([x, skips[level]])
-        x = _conv_block(x, filters, ndim, norm, residual, f"dec{level}")
+    x = _stem(inputs, base_filters, ndim, enc_norm, stem_stride)
+    x, skips = _encoder(x, widths, ndim, enc_norm, residual, dropout)
+    x = _decoder(x, skips, widths, ndim, norm, residual, upsample)
     if stem_stride > 1:
         x = _upsample(x, base_filters, ndim, upsample, stem_stride, "stem_up")
         x = _conv_block(x, base_filters, ndim, norm, residual, "stem_dec")
-
     outputs = _layer("Conv", ndim)(1, 1, activation="sigmoid", dtype="float32", name="mask")(x)
     return keras.Model(inputs, outputs, name=name or f"unet{ndim}d")
+
+
+def _widths(base_filters: int, depth: int, max_filters: int | None) -> list[int]:
+    """Filters of each level, 0 (top) to ``depth`` (the bottleneck), capped at ``max_filters``."""
+    if max_filters is not None and (isinstance(max_filters, bool) or not isinstance(max_filters, int)
+                                    or max_filters < base_filters):
+        raise ValueError(f"max_filters must be an integer >= base_filters, got {max_filters!r}")
+    return [min(base_filters * 2**level, max_filters or base_filters * 2**level)
+            for level in range(depth + 1)]
+
+
+def _stem(x, filters: int, ndim: int, norm, stride: int):
+    """A strided 3×3 convolution that lowers the resolution the U-Net runs at (none at 1)."""
+    if stride == 1:
+        return x
+    x = _conv_norm(x, filters, ndim, norm, "stem_conv", strides=stride)
+    return layers.Activation("relu", name="stem_relu")(x)
+
+
+def _encoder(x, widths: list[int], ndim: int, norm, residual: bool, dropout: float):
+    """The contracting path and the bottleneck; returns its output and the skips by level."""
+    skips = []
+    for level in range(len(widths) - 1):
+        x = _conv_block(x, widths[level], ndim, norm, residual, f"enc{level}")
+        skips.append(x)
+        x = _layer("MaxPooling", ndim)(2, name=f"enc{level}_pool")(x)
+    x = _conv_block(x, widths[-1], ndim, norm, residual, "bottleneck")
+    if dropout:
+        x = layers.Dropout(dropout, name="bottleneck_dropout")(x)
+    return x, skips
+
+
+def _decoder(x, skips: list, widths: list[int], ndim: int, norm, residual: bool, upsample: str):
+    """The expanding path: upsample, join the level's skip, convolve, up to the top level."""
+    for level in reversed(range(len(skips))):
+        x = _upsample(x, widths[level], ndim, upsample, 2, f"dec{level}_up")
+        x = layers.Concatenate(name=f"dec{level}_concat")([x, skips[level]])
+        x = _conv_block(x, widths[level], ndim, norm, residual, f"dec{level}")
+    return x
 
 
 def _check_args(ndim, in_channels, base_filters, depth, norm, dropout, residual,
@@ -284,3 +281,53 @@ def conv_flops(model: keras.Model, shape: tuple[int, ...]) -> int:
             where = layer.input if "Transpose" in type(layer).__name__ else layer.output
             total += 2 * int(np.prod(layer.kernel.shape)) * int(np.prod(where.shape[1:-1]))
     return total
+
+
+def with_input_channels(model: keras.Model, channels: int, keep: int = 0) -> keras.Model:
+    """A copy of a one-channel ``model`` that takes ``channels`` input channels.
+
+    Every layer keeps its weights, except the layers that read the input image (the
+    first convolution, and a residual block's 1×1 projection of it): there the
+    one-channel kernel goes to input channel ``keep`` and the other channels' kernels
+    start at zero. So the widened model computes exactly what the original does on
+    that channel, whatever the others hold; their kernels still receive gradients
+    (the gradient of a weight is its input times the output's gradient, not the
+    weight), so fine-tuning learns to use them from the model's known behaviour.
+    Copies or a scaled mean of the kernel would instead feed the pretrained filters
+    intensities (photoacoustics, say) they never saw, and spoil the start.
+
+    Parameters
+    ----------
+    model : keras.Model
+        A model whose input has one channel, such as the bundled BUSI model.
+    channels : int
+        Input channels of the copy.
+    keep : int
+        The channel that takes the original kernel (e.g. the index of ``us``).
+
+    Returns
+    -------
+    keras.Model
+        Uncompiled, with the original's layers, names and weights.
+    """
+    import numpy as np
+
+    if model.inputs[0].shape[-1] != 1 or not 0 <= keep < channels:
+        raise ValueError(f"widens one-channel models only, keeping a channel in 0..{channels - 1}; "
+                         f"got {model.inputs[0].shape[-1]} channels and keep={keep}")
+    config = model.get_config()
+    for layer in config["layers"]:
+        layer.pop("build_config", None)  # recorded input shapes: layers build on the new ones
+        if layer["class_name"] == "InputLayer":
+            shape = list(layer["config"]["batch_shape"])
+            layer["config"]["batch_shape"] = shape[:-1] + [channels]
+    wide = keras.Model.from_config(config)
+    weights = []
+    for old, new in zip(model.get_weights(), wide.get_weights()):
+        if old.shape != new.shape:  # (*kernel, 1, filters) -> (*kernel, channels, filters)
+            new = np.zeros(new.shape, old.dtype)
+            new[..., keep, :] = old[..., 0, :]
+            old = new
+        weights.append(old)
+    wide.set_weights(weights)
+    return wide

@@ -134,7 +134,7 @@ def _case_arrays(case: Case, observer: str, channels: list[str] | None = None,
     return image, target.astype(np.uint8)
 
 
-def _to_square_channels(image: np.ndarray, size: int) -> np.ndarray:
+def to_square_channels(image: np.ndarray, size: int) -> np.ndarray:
     """:func:`to_square` of each channel of an ``(H, W, C)`` slice."""
     return np.stack([to_square(image[..., c], size) for c in range(image.shape[-1])], axis=-1)
 
@@ -162,7 +162,7 @@ def slice_samples(cases: list[Case], observer: str, size: int,
         stack = image[None] if flat else image
         target_stack = target[:, None] if flat else target  # (O, Z, H, W)
         for z in range(stack.shape[0]):
-            square = to_square(stack[z], size) if channels is None else _to_square_channels(stack[z], size)
+            square = to_square(stack[z], size) if channels is None else to_square_channels(stack[z], size)
             masks = np.stack([to_square(t, size, order=0) for t in target_stack[:, z]]) > 0.5
             if offline_augment == "reference":
                 from bcseg.learn.augment import reference_offline_augment
@@ -266,7 +266,8 @@ def epoch_arrays(samples: Samples, epoch: int, seed: int, n: int, tumour_fractio
 
 
 @functools.lru_cache(maxsize=16)
-def _augment_function(augment: AugmentConfig, image_shape: tuple, target_shape: tuple):
+def _augment_function(augment: AugmentConfig, image_shape: tuple, target_shape: tuple,
+                      channels: tuple[str, ...] | None = None):
     """The augmentation of one element as a ``tf.function`` traced once per shape.
 
     ``Dataset.map`` traces a plain Python function again for every new dataset, that
@@ -280,7 +281,7 @@ def _augment_function(augment: AugmentConfig, image_shape: tuple, target_shape: 
     function = augment_3d if len(image_shape) == 4 else augment_2d
     signature = [tf.TensorSpec(image_shape, tf.float32), tf.TensorSpec(target_shape, tf.float32),
                  tf.TensorSpec([2], tf.int64)]
-    return tf.function(lambda x, y, s: function(x, y, s, augment), input_signature=signature)
+    return tf.function(lambda x, y, s: function(x, y, s, augment, channels), input_signature=signature)
 
 
 def _cpu_count() -> int:
@@ -305,11 +306,12 @@ def _epoch_options() -> tf.data.Options:
 
 
 def epoch_dataset(images: np.ndarray, targets: np.ndarray, batch_size: int, seed: int, epoch: int,
-                  augment: AugmentConfig | None) -> tf.data.Dataset:
+                  augment: AugmentConfig | None, channels: list[str] | None = None) -> tf.data.Dataset:
     """A batched, augmented, prefetched dataset over one epoch's arrays.
 
     Sample ``i`` of the epoch is augmented with the stateless seed
     ``(seed * 100003 + epoch, i)``, so the same ``(seed, epoch)`` gives the same batches.
+    ``channels`` names the images' channels (see :func:`bcseg.learn.augment.augment_2d`).
     """
     import tensorflow as tf
 
@@ -321,7 +323,8 @@ def epoch_dataset(images: np.ndarray, targets: np.ndarray, batch_size: int, seed
         count = len(images)
         seeds = np.stack([np.full(count, seed * 100_003 + epoch, dtype=np.int64),
                           np.arange(count, dtype=np.int64)], axis=1)
-        function = _augment_function(augment, images.shape[1:], targets.shape[1:])
+        function = _augment_function(augment, images.shape[1:], targets.shape[1:],
+                                     None if channels is None else tuple(channels))
         ds = tf.data.Dataset.from_tensor_slices((images, targets, seeds))
         ds = ds.map(function, num_parallel_calls=_cpu_count(), deterministic=True)
     if targets.shape[-1] > 1:  # soft: the observers' masks, augmented alike, averaged

@@ -42,12 +42,14 @@ from bcseg.atomic import atomic_path, partial_name, remove_partials, write_text
 from bcseg.learn.augment import AugmentConfig
 from bcseg.config import load_config, save_config
 from bcseg.data.consensus import METHODS
-from bcseg.data.dataset import Case, discover, refuse_duplicate_images
+from bcseg.data.channels import check_channel_name
+from bcseg.data.dataset import IMAGE_CHANNEL, Case, dataset_channels, discover, refuse_duplicate_images
+from bcseg.data.intensity import check_methods
 from bcseg.data.splits import (folds_from_file, group_note, kfold_by_group, load_splits, require_groups,
                                save_splits, validation_ids)
 from bcseg.errors import ConfigError, DataError, ModelError, UsageError
 from bcseg.learn.losses import DiceMetric, IoUMetric, get_loss
-from bcseg.learn.models import unet
+from bcseg.learn.models import unet, with_input_channels
 
 HISTORY_COLUMNS = ["epoch", "loss", "dice", "iou", "val_loss", "val_dice", "val_iou", "lr"]
 log = logging.getLogger("bcseg.learn.train")
@@ -155,9 +157,9 @@ def _test_folds(folds: dict[str, int], fold, split: str) -> list[int]:
 
 # --------------------------------------------------------------------------- model
 
-def build_model(cfg: dict) -> keras.Model:
+def build_model(cfg: dict, in_channels: int = 1) -> keras.Model:
     m = cfg["model"]
-    return unet(ndim=m["ndim"], base_filters=m["base_filters"], depth=m["depth"],
+    return unet(ndim=m["ndim"], in_channels=in_channels, base_filters=m["base_filters"], depth=m["depth"],
                 norm=None if m["norm"] == "none" else m["norm"], dropout=m["dropout"],
                 residual=m["residual"], upsample=m["upsample"],
                 decoder_norm_only=m["decoder_norm_only"], stem_stride=m["stem_stride"],
@@ -251,29 +253,17 @@ def fit(model: keras.Model, cfg: dict, train: pipeline.Samples, val: pipeline.Sa
 
     ``plot``, if given, is called with ``out`` after every epoch (to redraw the curves).
     """
-    t, d = cfg["train"], cfg["data"]
-    ndim = cfg["model"]["ndim"]
-    patch = (d["patch_depth"], d["size"], d["size"]) if ndim == 3 else None
-    n = t["steps_per_epoch"] * t["batch_size"] if t["steps_per_epoch"] else (
-        len(train.images) if ndim == 2 else max(4 * len(train.images), 2 * t["batch_size"]))
+    t = cfg["train"]
     augment = AugmentConfig.from_dict(cfg["augment"])
-    val_data = pipeline.validation_arrays(val, patch, t["seed"]) if val is not None else None
-    verbose = 1 if sys.stdout.isatty() else 2
+    val_data = pipeline.validation_arrays(val, _patch_shape(cfg), t["seed"]) if val is not None else None
     stop = {"signal": None}
 
     def on_signal(signum, frame):
         stop["signal"] = signum
         model.stop_training = True
 
-    # fit() clears model.stop_training when it starts, which would forget a signal that
-    # came between epochs (while saving a checkpoint): check before each epoch, and
-    # re-assert it at every batch (at its start, which keeps Keras's batch-end async).
     done = {"batches": 0}  # training batches finished in this epoch
-    halt = keras.callbacks.LambdaCallback(
-        on_epoch_begin=lambda epoch, logs: done.update(batches=0),
-        on_train_batch_begin=lambda batch, logs: setattr(
-            model, "stop_training", model.stop_training or stop["signal"] is not None),
-        on_train_batch_end=lambda batch, logs: done.update(batches=done["batches"] + 1))
+    halt = _halt_callback(model, stop, done)
     previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
         while state["epoch"] < planned_epochs(cfg, state):
@@ -281,24 +271,12 @@ def fit(model: keras.Model, cfg: dict, train: pipeline.Samples, val: pipeline.Sa
             if stop["signal"] is not None:
                 raise Interrupted(f"stopped before epoch {epoch + 1}", state["epoch"])
             started = time.perf_counter()
-            keras.utils.set_random_seed(t["seed"] + epoch)  # dropout etc. repeat per epoch
-            lr = learning_rate(cfg, epoch, state)
-            model.optimizer.learning_rate.assign(lr)
-            images, targets = pipeline.epoch_arrays(train, epoch, t["seed"], n,
-                                                    d["tumour_fraction"], patch)
-            dataset = pipeline.epoch_dataset(images, targets, t["batch_size"], t["seed"], epoch, augment)
-            if isinstance(model.distribute_strategy, tf.distribute.MultiWorkerMirroredStrategy):
-                _build_locally(model, dataset)
-            _say(f"epoch {epoch + 1}/{planned_epochs(cfg, state)}  lr {lr:.2e}")
-            result = model.fit(dataset, epochs=1, verbose=verbose, shuffle=False, callbacks=[halt],
-                               validation_data=val_data, validation_batch_size=t["batch_size"])
+            row, batches = _train_epoch(model, cfg, train, val_data, epoch, state, halt, augment)
             # A signal during validation stops nothing: every batch was trained, so the
             # epoch is complete and is saved like any other before stopping.
-            if stop["signal"] is not None and done["batches"] < -(-len(images) // t["batch_size"]):
+            if stop["signal"] is not None and done["batches"] < batches:
                 raise Interrupted(f"stopped during epoch {epoch + 1}, which is discarded",
                                   state["epoch"])
-            row = {k: float(v[-1]) for k, v in result.history.items()}
-            row.update(epoch=epoch + 1, lr=lr)
             _plan_budget(cfg, state, time.perf_counter() - started)
             state = _after_epoch(model, cfg, out, state, row, plot)
             if stop["signal"] is not None:
@@ -313,6 +291,61 @@ def fit(model: keras.Model, cfg: dict, train: pipeline.Samples, val: pipeline.Sa
         for s, handler in previous.items():
             signal.signal(s, handler)
     return state
+
+
+def _patch_shape(cfg: dict) -> tuple[int, int, int] | None:
+    """The 3D training patch; None for a 2D model, which trains on whole slices."""
+    d = cfg["data"]
+    return (d["patch_depth"], d["size"], d["size"]) if cfg["model"]["ndim"] == 3 else None
+
+
+def _epoch_samples(cfg: dict, train: pipeline.Samples) -> int:
+    """Samples drawn per epoch: ``steps_per_epoch`` batches, else one pass over the
+    slices (2D) or four patches per volume (3D), at least two batches."""
+    t = cfg["train"]
+    if t["steps_per_epoch"]:
+        return t["steps_per_epoch"] * t["batch_size"]
+    if cfg["model"]["ndim"] == 2:
+        return len(train.images)
+    return max(4 * len(train.images), 2 * t["batch_size"])
+
+
+def _halt_callback(model: keras.Model, stop: dict, done: dict) -> keras.callbacks.Callback:
+    """The callback that stops ``fit`` on a signal and counts the finished batches.
+
+    fit() clears model.stop_training when it starts, which would forget a signal that
+    came between epochs (while saving a checkpoint): the caller checks before each
+    epoch, and this re-asserts it at every batch (at its start, which keeps Keras's
+    batch-end async).
+    """
+    return keras.callbacks.LambdaCallback(
+        on_epoch_begin=lambda epoch, logs: done.update(batches=0),
+        on_train_batch_begin=lambda batch, logs: setattr(
+            model, "stop_training", model.stop_training or stop["signal"] is not None),
+        on_train_batch_end=lambda batch, logs: done.update(batches=done["batches"] + 1))
+
+
+def _train_epoch(model: keras.Model, cfg: dict, train: pipeline.Samples, val_data, epoch: int,
+                 state: dict, halt, augment: AugmentConfig) -> tuple[dict, int]:
+    """Fit one epoch on data drawn from ``(seed, epoch)``; return its history row and
+    the number of batches it holds."""
+    t, d = cfg["train"], cfg["data"]
+    keras.utils.set_random_seed(t["seed"] + epoch)  # dropout etc. repeat per epoch
+    lr = learning_rate(cfg, epoch, state)
+    model.optimizer.learning_rate.assign(lr)
+    images, targets = pipeline.epoch_arrays(train, epoch, t["seed"], _epoch_samples(cfg, train),
+                                            d["tumour_fraction"], _patch_shape(cfg))
+    dataset = pipeline.epoch_dataset(images, targets, t["batch_size"], t["seed"], epoch, augment,
+                                     train.channels)
+    if isinstance(model.distribute_strategy, tf.distribute.MultiWorkerMirroredStrategy):
+        _build_locally(model, dataset)
+    _say(f"epoch {epoch + 1}/{planned_epochs(cfg, state)}  lr {lr:.2e}")
+    result = model.fit(dataset, epochs=1, verbose=1 if sys.stdout.isatty() else 2, shuffle=False,
+                       callbacks=[halt], validation_data=val_data,
+                       validation_batch_size=t["batch_size"])
+    row = {k: float(v[-1]) for k, v in result.history.items()}
+    row.update(epoch=epoch + 1, lr=lr)
+    return row, -(-len(images) // t["batch_size"])
 
 
 def _build_locally(model: keras.Model, dataset) -> None:
@@ -410,12 +443,16 @@ def run_fold(cases: list[Case], folds: dict[str, int], fold: int, cfg: dict, out
                                               "test": [c.id for c in test]}, indent=1) + "\n")
 
     d, ndim = cfg["data"], cfg["model"]["ndim"]
+    channels, methods = run_channels(cases, cfg)
+    named = {"channels": channels, "methods": methods}
     if ndim == 2:
-        train_set = pipeline.slice_samples(train_cases, d["observer"], d["size"], d["offline_augment"], t["seed"])
-        val_set = pipeline.slice_samples(val_cases, validation_target(d), d["size"]) if val_cases else None
+        train_set = pipeline.slice_samples(train_cases, d["observer"], d["size"], d["offline_augment"],
+                                           t["seed"], **named)
+        val_set = pipeline.slice_samples(val_cases, validation_target(d), d["size"], **named) \
+            if val_cases else None
     else:
-        train_set = pipeline.volume_samples(train_cases, d["observer"])
-        val_set = pipeline.volume_samples(val_cases, validation_target(d)) if val_cases else None
+        train_set = pipeline.volume_samples(train_cases, d["observer"], **named)
+        val_set = pipeline.volume_samples(val_cases, validation_target(d), **named) if val_cases else None
     _say(f"cached {len(train_set.images)} training {'slices' if ndim == 2 else 'volumes'} "
          f"({int(train_set.has_tumour.sum())} with tumour)")
 
@@ -427,13 +464,55 @@ def run_fold(cases: list[Case], folds: dict[str, int], fold: int, cfg: dict, out
             model = keras.saving.load_model(checkpoint, safe_mode=True)
             _say(f"resuming after epoch {state['epoch']}")
         else:
-            model = keras.saving.load_model(init_model, safe_mode=True, compile=False) \
-                if init_model else build_model(cfg)
+            model = _initial_model(init_model, channels) if init_model else \
+                build_model(cfg, len(channels or [IMAGE_CHANNEL]))
             compile_model(model, cfg)
     state = fit(model, cfg, train_set, val_set, out, state, plot)
     _stop_on_signal(state["epoch"])  # until train() restores the handlers
     return {"fold": fold, "best_epoch": state.get("best_epoch"), "best_val_dice": state.get("best_score"),
-            "out": out, "cfg": cfg, "validation": val_cases, "test": test}
+            "out": out, "cfg": cfg, "validation": val_cases, "test": test,
+            "channels": channels, "normalisation": methods}
+
+
+def _initial_model(path: Path, channels: list[str] | None) -> keras.Model:
+    """The ``init`` model, its first convolution widened to the run's channels (the
+    ``us`` channel, or the first, keeps its weights; see :func:`with_input_channels`)."""
+    model = keras.saving.load_model(path, safe_mode=True, compile=False)
+    if channels and model.inputs[0].shape[-1] != len(channels):
+        keep = channels.index("us") if "us" in channels else 0
+        model = with_input_channels(model, len(channels), keep)
+    return model
+
+
+def run_channels(cases: list[Case], cfg: dict) -> tuple[list[str] | None, dict[str, str]]:
+    """The named channels a run trains on, in order, and each one's normalisation.
+
+    ``data.channels`` chooses them; empty, every channel of the dataset in
+    :func:`bcseg.data.dataset.dataset_channels` order. A dataset of grey images that
+    names no channels gives ``(None, {})``: one grey image per case, as always.
+
+    Raises
+    ------
+    ConfigError
+        For an unusable channel name or normalisation method.
+    DataError
+        Naming the first case that lacks one of the channels.
+    """
+    wanted = list(cfg["data"]["channels"])
+    if not any(c.channels for c in cases) and wanted in ([], [IMAGE_CHANNEL]):
+        return None, {}
+    names = wanted or dataset_channels(cases)
+    try:
+        methods = check_methods(cfg["data"]["normalisation"], [check_channel_name(n, None) for n in names])
+    except (DataError, ValueError) as exc:
+        raise ConfigError(None, f"data.channels / data.normalisation: "
+                          f"{exc.problem if isinstance(exc, DataError) else exc}") from None
+    for case in cases:
+        missing = [n for n in names if n not in case.channel_names]
+        if missing:
+            raise DataError(case.image, f"case '{case.id}' has no channel {', '.join(missing)} "
+                            f"(data.channels: {', '.join(names)}); it has {', '.join(case.channel_names)}")
+    return names, methods
 
 
 def _resume_state(out: Path) -> tuple[dict, Path]:
@@ -519,40 +598,17 @@ def train(data, out, config=None, overrides: dict | None = None, fold="0", folds
         One summary per fold trained.
     """
     out = outputs.check_output_folder(out)
-    if resume:
-        if not (out / "config.toml").is_file():  # before load_config: a usage error, not a config one
-            raise UsageError(out, "has no run to resume (config.toml missing)")
-        cfg = load_config(out / "config.toml")
-        if overrides and overrides.get("model", {}).get("ndim") not in (None, cfg["model"]["ndim"]):
-            raise ConfigError(out / "config.toml", "the run was trained with a "
-                              f"{cfg['model']['ndim']}D model; it cannot resume as another kind")
-        _refuse_changed_settings(cfg, config, overrides, mixed_precision, out / "config.toml")
-    else:
-        cfg = load_config(config, overrides)
-        if mixed_precision:  # recorded in config.toml, so --resume keeps it
-            cfg["train"]["mixed_precision"] = True
-    cases = list(data) if isinstance(data, (list, tuple)) else discover(data)
-    refuse_duplicate_images(cases)
-    if cfg["model"]["ndim"] == 3:
-        from bcseg.data import io
-        flat = [c.image for c in cases[:50] if io.read_image(c.image, mmap=True)[0].ndim == 2]
-        if flat:
-            raise DataError(flat[0], "is a 2D image; a 3D model trains on 3D stacks only "
-                            "(use --model unet2d)")
+    cfg = _run_config(out, config, overrides, resume, mixed_precision)
+    cases = _read_cases(data, cfg)
     # Folds are chosen and the fold checked before the run directory is touched, so a
     # wrong --fold leaves nothing behind that a corrected command would trip over.
-    if resume and (out / "splits.json").is_file():
-        folds, source = load_splits(out / "splits.json"), None
-    else:
-        folds, source = choose_folds(cases, cfg, folds_file,
-                                     None if isinstance(data, (list, tuple)) else data)
-    targets = _test_folds(folds, fold, cfg["train"]["split"])
-    if resume and folds_file and source is None and folds_from_file(folds_file, cases) != folds:
-        raise UsageError(folds_file, f"assigns other folds than the run's splits.json; a resumed "
-                         "run keeps its splits")
+    folds, source, targets = _plan_folds(out, cases, cfg, fold, folds_file, resume,
+                                         None if isinstance(data, (list, tuple)) else data)
     _check_observer(cases, cfg["data"]["observer"])
-    _check_test_cases([c for c in cases if folds[c.id] == targets[0]])
-    init_model = _init_model(init, cfg)  # an unusable model is refused before the run dir is touched
+    channels, _ = run_channels(cases, cfg)
+    _check_test_cases([c for c in cases if folds[c.id] == targets[0]], channels)
+    # an unusable model is refused before the run dir is touched
+    init_model = _init_model(init, cfg, len(channels or [IMAGE_CHANNEL]))
     replace = _replaces_run(out, resume, force)
     # Interrupted: keep the new run, which --resume continues; any failure: the old run.
     with outputs.claim(out, "train", replace=replace, keep_on=(Interrupted, KeyboardInterrupt),
@@ -561,6 +617,52 @@ def train(data, out, config=None, overrides: dict | None = None, fold="0", folds
             remove_partials(out)
         return _train_in(out, cfg, cases, folds, source, targets, resume, init_model, strategy,
                          after_fit, plot, validation)
+
+
+def _run_config(out: Path, config, overrides: dict | None, resume: bool, mixed_precision: bool) -> dict:
+    """The run's configuration: the one it was started with when resuming (refusing
+    changes), else the preset or file with the overrides laid over it."""
+    if not resume:
+        cfg = load_config(config, overrides)
+        if mixed_precision:  # recorded in config.toml, so --resume keeps it
+            cfg["train"]["mixed_precision"] = True
+        return cfg
+    if not (out / "config.toml").is_file():  # before load_config: a usage error, not a config one
+        raise UsageError(out, "has no run to resume (config.toml missing)")
+    cfg = load_config(out / "config.toml")
+    if overrides and overrides.get("model", {}).get("ndim") not in (None, cfg["model"]["ndim"]):
+        raise ConfigError(out / "config.toml", "the run was trained with a "
+                          f"{cfg['model']['ndim']}D model; it cannot resume as another kind")
+    _refuse_changed_settings(cfg, config, overrides, mixed_precision, out / "config.toml")
+    return cfg
+
+
+def _read_cases(data, cfg: dict) -> list[Case]:
+    """The cases to train on, without duplicate images; a 3D model refuses 2D images."""
+    cases = list(data) if isinstance(data, (list, tuple)) else discover(data)
+    refuse_duplicate_images(cases)
+    if cfg["model"]["ndim"] == 3:
+        from bcseg.data import io
+        flat = [c.image for c in cases[:50] if io.read_image(c.image, mmap=True)[0].ndim == 2]
+        if flat:
+            raise DataError(flat[0], "is a 2D image; a 3D model trains on 3D stacks only "
+                            "(use --model unet2d)")
+    return cases
+
+
+def _plan_folds(out: Path, cases: list[Case], cfg: dict, fold, folds_file, resume: bool,
+                data) -> tuple[dict[str, int], str | None, list[int]]:
+    """Folds per case, their source (None: the resumed run's splits.json) and the test
+    folds to train; a resumed run keeps its splits and refuses a fold file that differs."""
+    if resume and (out / "splits.json").is_file():
+        folds, source = load_splits(out / "splits.json"), None
+    else:
+        folds, source = choose_folds(cases, cfg, folds_file, data)
+    targets = _test_folds(folds, fold, cfg["train"]["split"])
+    if resume and folds_file and source is None and folds_from_file(folds_file, cases) != folds:
+        raise UsageError(folds_file, f"assigns other folds than the run's splits.json; a resumed "
+                         "run keeps its splits")
+    return folds, source, targets
 
 
 def _train_in(out: Path, cfg: dict, cases: list[Case], folds: dict, source, targets: list[int],
@@ -660,7 +762,7 @@ def _refuse_changed_settings(saved: dict, config, overrides: dict | None, mixed_
                                  "keeps its settings: resume without the change, or start a new run")
 
 
-def _check_test_cases(cases: list[Case]) -> None:
+def _check_test_cases(cases: list[Case], channels: list[str] | None = None) -> None:
     """Read the test fold's images and masks before the first epoch.
 
     Training and validation cases are read (and checked) when they are cached;
@@ -670,12 +772,16 @@ def _check_test_cases(cases: list[Case]) -> None:
     from bcseg.data.check import check_case
 
     for case in cases:
-        for path, problem in check_case(case, sorted(case.masks)):
+        for path, problem in check_case(case, sorted(case.masks), channels=channels or ()):
             raise DataError(path, f"{problem} (test case '{case.id}', checked before training)")
 
 
-def _init_model(init, cfg: dict) -> Path | None:
-    """The initial model's file, loaded once (safely) to refuse an unusable one early."""
+def _init_model(init, cfg: dict, in_channels: int = 1) -> Path | None:
+    """The initial model's file, loaded once (safely) to refuse an unusable one early.
+
+    A model of one channel can start a run of several (its first convolution is
+    widened); any other count must be the run's.
+    """
     if not init:
         return None
     if init == "busi":
@@ -693,4 +799,7 @@ def _init_model(init, cfg: dict) -> Path | None:
     if spec.ndim != cfg["model"]["ndim"]:
         raise ModelError(path, f"is a {spec.ndim}D model; this run trains a "
                          f"{cfg['model']['ndim']}D one")
+    if spec.channels not in (1, in_channels):
+        raise ModelError(path, f"takes {spec.channels} input channels; this run trains on "
+                         f"{in_channels}")
     return path
