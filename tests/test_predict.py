@@ -584,3 +584,31 @@ def test_ensemble_memory_is_bounded_by_slabs_not_the_volume():
     # mean would hold whole probability volumes: 4x more for the 4x deeper stack.
     assert excess[192] <= 2 * 3 * slab + 2 * slab, (excess, slab)
     assert excess[192] <= excess[48] + slab, excess
+
+
+def test_a_folder_listing_its_members_loads_as_a_tuned_ensemble(tmp_path):
+    from bcseg.rundir import write_settings
+
+    for name in ("a.keras", "b.keras"):
+        unet(ndim=2, base_filters=2, depth=2, norm=None).save(tmp_path / name)
+    tuned = InferenceSettings(threshold=0.35, postprocess=("largest",), members=(
+        _member("a.keras", input_size=16), _member("b.keras", input_size=24)))
+    write_settings(tmp_path, tuned)
+    files, settings = load_run(tmp_path)  # no warning: the threshold was tuned for the set
+    assert files == [tmp_path / "a.keras", tmp_path / "b.keras"]
+    assert (settings.threshold, settings.postprocess) == (0.35, ("largest",))
+    assert [m.input_size for m in settings.members] == [16, 24]
+
+
+@pytest.mark.parametrize("member, problem", [("../a.keras", "not a file inside"),
+                                             ("/tmp/a.keras", "not a file inside"),
+                                             ("c.keras", "not found")])
+def test_a_members_list_cannot_point_outside_its_folder_or_at_nothing(tmp_path, member, problem):
+    from bcseg.rundir import write_settings
+
+    run = tmp_path / "run"
+    run.mkdir()
+    unet(ndim=2, base_filters=2, depth=2, norm=None).save(tmp_path / "a.keras")
+    write_settings(run, InferenceSettings(members=(_member(member), _member(member))))
+    with pytest.raises(ModelError, match=problem):
+        load_run(run)

@@ -405,23 +405,43 @@ def _load_one(path: Path) -> tuple[list[Path], InferenceSettings]:
     if path.is_dir():
         if (path / MODEL_FILE).is_file():
             return [path / MODEL_FILE], _model_settings(path / MODEL_FILE)
+        recorded = _recorded_ensemble(path)
+        if recorded is not None:
+            return recorded
         folds = find_members(path)
         if folds:
             return _fold_ensemble(path, folds)
-        raise ModelError(path, f"holds no {MODEL_FILE} and no fold_K folders with one; "
-                         "pass a training run folder or a .keras file")
+        raise ModelError(path, f"holds no {MODEL_FILE}, no {SETTINGS_FILE} listing ensemble members "
+                         "and no fold_K folders with a model; pass a training run folder or a .keras file")
     if not path.exists():
         raise ModelError(path, "model not found; pass a training run folder or a .keras file")
     return [path], _model_settings(path)
 
 
+def _recorded_ensemble(folder: Path) -> tuple[list[Path], InferenceSettings] | None:
+    """An ensemble whose ``inference.json`` lists its members (a k-fold run after its
+    ensemble was tuned, or the bundled models); None when it lists none."""
+    recorded = read_settings(folder / SETTINGS_FILE)
+    if recorded is None or not recorded.members:
+        return None
+    paths = []
+    for member in recorded.members:
+        relative = member.info.get("path")
+        path = folder / str(relative)
+        # A member is a file of this folder: a settings file cannot point a run elsewhere.
+        if not relative or Path(relative).is_absolute() or ".." in Path(relative).parts:
+            raise ModelError(folder / SETTINGS_FILE, f"member path {relative!r} is not a file "
+                             "inside the folder")
+        if not path.is_file():
+            raise ModelError(path, f"ensemble member listed in {folder / SETTINGS_FILE} not found")
+        paths.append(path)
+    return paths, recorded
+
+
 def _fold_ensemble(run_dir: Path, folds: list[Path]) -> tuple[list[Path], InferenceSettings]:
-    """A k-fold run: its fold models, with the settings tuned for them together."""
+    """A k-fold run not yet tuned as an ensemble: its fold models, with the members'
+    own settings combined."""
     files = [f / MODEL_FILE for f in folds]
-    recorded = read_settings(run_dir / SETTINGS_FILE)
-    if recorded is not None and recorded.members:
-        paths = [run_dir / m.info["path"] for m in recorded.members]
-        return paths, recorded
     parts = [_model_settings(f) for f in files]
     members = tuple(member_settings(f.relative_to(run_dir), s) for f, s in zip(files, parts))
     return files, _combined(members, parts, files)
