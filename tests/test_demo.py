@@ -27,15 +27,21 @@ def test_demo_runs_end_to_end_with_one_epoch_each(tmp_path, capsys):
     out = tmp_path / "demo"
     assert main(["demo", "--out", str(out), "--epochs-2d", "1", "--epochs-3d", "1"]) == 0
     printed = capsys.readouterr().out
-    assert "unet2d on 2 held-out specimen(s)" in printed and "report:" in printed
+    assert "unet2d on 2 held-out specimen(s)" in printed and "report (unet2d):" in printed
+    assert "unet2d_us_pa on 2 held-out specimen(s) of the realistic phantom" in printed
     assert "trained 1 of 1 epochs" in printed
     assert json.loads((out / "demo.json").read_text())["epochs"]["unet3d"]["trained"] == 1
-    for model in ("unet2d", "unet3d"):
+    two = json.loads((out / "unet2d_us_pa" / "inference.json").read_text())
+    assert two["channel_names"] == ["us", "pa"]
+    for model in ("unet2d", "unet3d", "unet2d_us_pa"):
         summary = json.loads((out / model / "summary.json").read_text())
         assert summary["n_cases"] == 2 and summary["level"] == "specimen"
         assert "inter-observer" in summary["references"]
         html = (out / model / "report.html").read_text()
         assert "data:image/png;base64," in html
+    # The two-channel report shows each channel beside the overlay.
+    assert (out / "unet2d_us_pa" / "examples_us.png").is_file()
+    assert (out / "unet2d_us_pa" / "examples_pa.png").is_file()
 
 
 def test_demo_training_fits_its_flop_budget():
@@ -48,7 +54,7 @@ def test_demo_training_fits_its_flop_budget():
     before this bound (stride-1 U-Net, 30 epochs) needed 21.7 TFLOP: 20 minutes there.
     """
     from bcseg.config import load_config
-    from bcseg.demo import DEMO_SHAPE, OVERRIDES_3D
+    from bcseg.demo import DEMO_SHAPE, OVERRIDES_3D, OVERRIDES_US_PA, PA_SHAPE
     from bcseg.learn.models import conv_flops
     from bcseg.learn.train import build_model
 
@@ -56,7 +62,11 @@ def test_demo_training_fits_its_flop_budget():
     size, patch = cfg2["data"]["size"], (cfg3["data"]["patch_depth"],) + (cfg3["data"]["size"],) * 2
     work_2d = 3 * conv_flops(build_model(cfg2), (size, size)) * 6 * DEMO_SHAPE[0] * cfg2["train"]["epochs"]
     work_3d = 3 * conv_flops(build_model(cfg3), patch) * 24 * cfg3["train"]["epochs"]
-    assert work_2d + work_3d <= 8e12, (work_2d / 1e12, work_3d / 1e12)
+    cfg_pa = load_config("demo", OVERRIDES_US_PA)
+    pa = cfg_pa["data"]["size"]
+    model_pa = build_model(cfg_pa, in_channels=2)
+    work_pa = 3 * conv_flops(model_pa, (pa, pa)) * 6 * PA_SHAPE[0] * cfg_pa["train"]["epochs"]
+    assert work_2d + work_3d + work_pa <= 9e12, (work_2d / 1e12, work_3d / 1e12, work_pa / 1e12)
 
 
 def test_epochs_reached_reports_a_budget_cut(tmp_path):

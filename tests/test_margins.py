@@ -357,3 +357,24 @@ def test_tumour_breaking_the_surface_counts_as_specimen_and_ink(tmp_path):
     assert result["ink_on_tumour"] and result["distance_mm"] == 0
     assert result["closest_face"] == "anterior"
     assert not any("outside" in w for w in result["warnings"])
+
+
+def test_margins_cli_takes_channels_by_name_and_refuses_a_mix(tmp_path, capsys):
+    from bcseg.cli import main
+
+    tumour, _, volume = speckled_specimen()
+    pa = np.linspace(0.0, 900.0, volume.size, dtype=np.float32).reshape(volume.shape)
+    us_path = io.write_image(tmp_path / "us" / "case7.tif", volume, SPACING)
+    pa_path = io.write_image(tmp_path / "pa" / "case7.tif", pa, SPACING)
+    tumour_path = io.write_mask(tmp_path / "case7_tumour.tif", tumour, SPACING)
+    assert main(["margins", "--image", f"us={us_path}", "--image", f"pa={pa_path}",
+                 "--tumour", str(tumour_path), "--out", str(tmp_path / "out"),
+                 "--display-channel", "pa"]) == 0
+    with open(tmp_path / "out" / "case7_margins.csv", newline="") as handle:
+        assert next(csv.DictReader(handle))["case"] == "case7"
+    capsys.readouterr()
+    assert main(["margins", "--image", str(us_path), "--image", f"pa={pa_path}",
+                 "--tumour", str(tumour_path), "--out", str(tmp_path / "mixed")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "NAME=PATH" in err
+    assert not (tmp_path / "mixed").exists()

@@ -249,3 +249,13 @@ def test_two_channel_export(two_channel_root, tmp_path):
                           tifffile.imread(two_channel_root / "images" / "pa" / "specimen_000.tif"))
     with pytest.raises(DataError, match="has no channel 'doppler'"):
         export_nnunet(two_channel_root, tmp_path / "other", 13, "X", k=3, channels=["us", "doppler"])
+
+
+def test_export_nnunet_cli_writes_channels_in_the_order_asked(tmp_path, two_channel_root):
+    from bcseg.cli import main
+
+    raw = tmp_path / "raw"
+    assert main(["export-nnunet", str(two_channel_root), str(raw), "--dataset-id", "7", "--name", "PA",
+                 "--channels", "pa,us"]) == 0
+    dataset = json.loads(next(raw.glob("Dataset007_PA/dataset.json")).read_text())
+    assert dataset["channel_names"] == {"0": "pa", "1": "us"}

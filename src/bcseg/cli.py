@@ -334,12 +334,28 @@ def cmd_report(args) -> int:
     return 0
 
 
+def _margin_images(values: list[str]):
+    """``--image PATH`` once, or ``--image NAME=PATH`` per channel, in order."""
+    named = [v.partition("=") for v in values]
+    if len(values) == 1 and not named[0][1]:
+        return values[0]
+    if not all(sep and name and path for name, sep, path in named):
+        raise UsageError(None, "several --image values must each be NAME=PATH (e.g. us=S01_us.tif)")
+    from bcseg.data.channels import check_channel_name
+
+    names = [check_channel_name(name, None) for name, _, _ in named]
+    if len(set(names)) != len(names):
+        raise UsageError(None, f"--image names channel(s) twice: {', '.join(names)}")
+    return {name: path for name, (_, _, path) in zip(names, named)}
+
+
 def cmd_margins(args) -> int:
     from bcseg.measure.margins import margins_for_files
 
-    result = margins_for_files(args.image, args.tumour, args.out, specimen_path=args.specimen,
-                               spacing_mm=args.spacing, orientation=args.orientation,
-                               close_mm=args.close_mm, force=args.force)
+    result = margins_for_files(_margin_images(args.image), args.tumour, args.out,
+                               specimen_path=args.specimen, spacing_mm=args.spacing,
+                               orientation=args.orientation, close_mm=args.close_mm, force=args.force,
+                               display_channel=args.display_channel)
     distance = result.get("distance_mm")
     print(f"closest margin: {distance:.2f} mm ({result.get('closest_face')})"
           if isinstance(distance, float) and distance == distance else "no margin measured")
@@ -359,7 +375,7 @@ def cmd_export_nnunet(args) -> int:
         folds = folds_from_file(args.folds_file, discover(args.data))
     path = export_nnunet(args.data, args.out, args.dataset_id, args.name, observer=args.observer,
                          folds=folds, k=args.k, seed=args.seed, file_ending=args.file_ending,
-                         force=args.force)
+                         force=args.force, channels=args.channels)
     print(f"wrote nnU-Net v2 dataset {path}")
     return 0
 
@@ -534,7 +550,11 @@ def _add_margins(sub) -> None:
                        description="Tumour and specimen volume, closest distance from tumour "
                        "to the specimen surface overall and per face, flags, CSV and figure. "
                        "An estimate from ultrasound, not a pathology margin.")
-    p.add_argument("--image", required=True, help="the specimen stack")
+    p.add_argument("--image", required=True, action="append",
+                   help="the specimen stack; for several channels, NAME=PATH once per channel "
+                   "(e.g. --image us=S01_us.tif --image pa=S01_pa.tif)")
+    p.add_argument("--display-channel", metavar="NAME",
+                   help="channel drawn under the margins figure (default: the first)")
     p.add_argument("--tumour", required=True, help="tumour mask (e.g. from bcseg predict)")
     p.add_argument("--specimen", help="specimen mask (default: computed from the image)")
     p.add_argument("--orientation", help="e.g. z:superior-inferior,y:anterior-posterior,"
@@ -557,6 +577,9 @@ def _add_export_nnunet(sub) -> None:
     p.add_argument("--seed", type=_whole(0), default=0)
     p.add_argument("--folds-file", help="CSV with image,fold columns")
     p.add_argument("--file-ending", choices=[".tif", ".png", ".nii.gz"])
+    p.add_argument("--channels", type=_channel_list, metavar="LIST",
+                   help="channels to export, in the model's order (default: the dataset's), "
+                   "as _0000, _0001, ...")
     p.add_argument("--force", action="store_true")
     p.set_defaults(func=cmd_export_nnunet)
 
