@@ -405,6 +405,27 @@ def test_margins_force_with_a_given_specimen_removes_the_computed_one(tmp_path, 
     assert sorted(outputs.listing(out)) == ["specimen_000_margins.csv", "specimen_000_margins.png"]
 
 
+def test_evaluate_force_no_report_leaves_no_stale_report(tmp_path, capsys, phantom):
+    """A forced re-evaluation removes bcseg's report of the old numbers, never a file of yours."""
+    pred = tmp_path / "pred"
+    pred.mkdir()
+    for mask in sorted((phantom / "masks" / "observer1").glob("*.tif"))[:2]:
+        (pred / f"{mask.stem}_mask.tif").write_bytes(mask.read_bytes())
+    out = tmp_path / "ev"
+    argv = ["evaluate", "--pred", pred, "--truth", phantom, "--out", out]
+    assert run(capsys, *argv)[0] == 0
+    assert {"report.html", "case_metrics.png", "examples.png"} <= outputs.listing(out)
+    (out / "examples_mine.png").write_bytes(b"my own figure")  # matches the pattern, is yours
+    (out / "notes.txt").write_text("my notes")
+    mine = {k: v for k, v in hashes(tmp_path).items() if k.endswith(("mine.png", "notes.txt"))}
+    (pred / sorted(pred.iterdir())[1].name).unlink()  # the new evaluation scores other numbers
+    code, _, err = run(capsys, *argv, "--force", "--no-report")
+    assert code == 0, err
+    assert sorted(outputs.listing(out)) == ["agreement.csv", "examples_mine.png", "metrics.csv",
+                                            "notes.txt", "summary.json"]
+    assert_survives(mine, tmp_path)
+
+
 # --------------------------------------------------------------------------- names
 
 def test_a_long_legal_name_gets_a_short_enough_temporary_name(tmp_path, capsys, models):
