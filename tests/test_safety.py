@@ -215,6 +215,66 @@ def test_a_failed_replacement_puts_the_old_result_back(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["result"]  # no aside, no lock left
 
 
+KILLED_REPLACEMENT = """
+import shutil, sys, time
+from pathlib import Path
+from bcseg import outputs
+from bcseg.atomic import write_text
+
+folder, moment = Path(sys.argv[1]), sys.argv[2]
+real_rmtree = shutil.rmtree
+
+def rmtree(path, *args, **kwargs):  # stop just before the old or the new content is deleted
+    if (moment == "removing the old" and ".old-" in Path(path).name
+            or moment == "putting the old back" and Path(path) == folder):
+        print("now", flush=True)
+        time.sleep(120)
+    return real_rmtree(path, *args, **kwargs)
+
+shutil.rmtree = rmtree
+with outputs.claim(folder, "test", replace=True):
+    write_text(folder / "new.csv", "new\\n")
+    if moment == "writing the new":
+        print("now", flush=True)
+        time.sleep(120)
+    if moment == "putting the old back":
+        raise RuntimeError("the new run fails")
+"""
+
+
+@pytest.mark.parametrize("by", ["folder", "parent"])
+@pytest.mark.parametrize("moment, finished", [("writing the new", False),
+                                              ("putting the old back", False),
+                                              ("removing the old", True)])
+def test_the_next_claim_settles_what_a_killed_replacement_left(moment, finished, by, tmp_path):
+    """SIGKILL during a forced replacement leaves ``.NAME.old-PID``; the next claim of the
+    folder (or of the one holding it) puts the old content back when the new one was not
+    complete, and deletes the leftover when it was."""
+    folder = tmp_path / "out" / "result"
+    with outputs.claim(folder, "test"):
+        write_text(folder / "a.csv", "old\n")
+        write_text(folder / "sub" / "b.csv", "old\n")
+    (tmp_path / "out" / "notes.txt").write_text("mine")
+    old = {k: v for k, v in hashes(tmp_path).items() if not k.endswith(outputs.RECORD)}
+    process = subprocess.Popen([sys.executable, "-c", KILLED_REPLACEMENT, str(folder), moment],
+                               stdout=subprocess.PIPE, text=True, env=subprocess_env())
+    assert process.stdout.readline() == "now\n"
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    leftover = folder.with_name(f".result.old-{process.pid}")
+    assert leftover.is_dir()  # the state a kill leaves
+    with outputs.claim(folder if by == "folder" else folder.parent, "test"):
+        pass
+    assert not leftover.exists()
+    assert sorted(p.name for p in (tmp_path / "out").iterdir() if p.name != outputs.RECORD) == [
+        "notes.txt", "result"]  # no leftover, no lock
+    if finished:
+        assert outputs.listing(folder) == {"new.csv"} and outputs.owned(folder) == {"new.csv"}
+    else:
+        assert {k: v for k, v in hashes(tmp_path).items() if not k.endswith(outputs.RECORD)} == old
+        assert outputs.owned(folder) == {"a.csv", "sub/b.csv"}
+
+
 def test_replacing_never_removes_an_input(tmp_path):
     folder = tmp_path / "result"
     with outputs.claim(folder, "test"):
@@ -403,6 +463,27 @@ def test_margins_force_with_a_given_specimen_removes_the_computed_one(tmp_path, 
     assert run(capsys, "margins", "--image", image, "--tumour", tumour, "--specimen", specimen,
                "--out", out, "--force")[0] == 0
     assert sorted(outputs.listing(out)) == ["specimen_000_margins.csv", "specimen_000_margins.png"]
+
+
+def test_evaluate_force_no_report_leaves_no_stale_report(tmp_path, capsys, phantom):
+    """A forced re-evaluation removes bcseg's report of the old numbers, never a file of yours."""
+    pred = tmp_path / "pred"
+    pred.mkdir()
+    for mask in sorted((phantom / "masks" / "observer1").glob("*.tif"))[:2]:
+        (pred / f"{mask.stem}_mask.tif").write_bytes(mask.read_bytes())
+    out = tmp_path / "ev"
+    argv = ["evaluate", "--pred", pred, "--truth", phantom, "--out", out]
+    assert run(capsys, *argv)[0] == 0
+    assert {"report.html", "case_metrics.png", "examples.png"} <= outputs.listing(out)
+    (out / "examples_mine.png").write_bytes(b"my own figure")  # matches the pattern, is yours
+    (out / "notes.txt").write_text("my notes")
+    mine = {k: v for k, v in hashes(tmp_path).items() if k.endswith(("mine.png", "notes.txt"))}
+    (pred / sorted(pred.iterdir())[1].name).unlink()  # the new evaluation scores other numbers
+    code, _, err = run(capsys, *argv, "--force", "--no-report")
+    assert code == 0, err
+    assert sorted(outputs.listing(out)) == ["agreement.csv", "examples_mine.png", "metrics.csv",
+                                            "notes.txt", "summary.json"]
+    assert_survives(mine, tmp_path)
 
 
 # --------------------------------------------------------------------------- names

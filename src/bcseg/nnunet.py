@@ -73,6 +73,7 @@ import numpy as np
 from bcseg.data import io
 from bcseg.atomic import PARTIAL_MARK, atomic_path, require_new, write_text
 from bcseg.data.consensus import METHODS, consensus
+from bcseg.data.channels import value_range
 from bcseg.data.dataset import (IMAGE_CHANNEL, Case, dataset_channels, discover, read_case_channel_arrays,
                                 read_case_image, read_case_masks)
 from bcseg.data.splits import check_groups_whole, kfold_by_group
@@ -321,8 +322,10 @@ def _write_cases(cases: list[Case], nn_ids: list[str], stage: Path, observer: st
         label = _label(case, image.shape, observer)
         if image.ndim == 3 and spacing is None:
             no_spacing.append(case.image)
+        sources = _channel_sources(case, channels)
         for index, pixels in enumerate(images):  # nnU-Net's channel index: _0000, _0001, ...
-            _write_image(stage / "imagesTr" / f"{nn_id}_{index:04d}{ending}", pixels, spacing, case.image)
+            _write_image(stage / "imagesTr" / f"{nn_id}_{index:04d}{ending}", pixels, spacing,
+                         sources[index])
         label_path = stage / "labelsTr" / f"{nn_id}{ending}"
         if ending == ".png":
             _write_png(label_path, label)
@@ -357,13 +360,19 @@ def _case_images(case: Case, channels: list[str] | None) -> tuple[list[np.ndarra
     return list(arrays.values()), spacing
 
 
-def _channel_files(case: Case, channels: list[str]) -> dict[str, str]:
+def _channel_sources(case: Case, channels: list[str] | None) -> list[Path]:
+    """The file of each image written for ``case``, in order (the case's image for one)."""
     own = {c.name: c.path for c in case.channels} or {IMAGE_CHANNEL: case.image}
-    return {name: str(Path(own[name]).resolve()) for name in channels}
+    return [Path(own[name]) for name in channels] if channels is not None else [case.image]
+
+
+def _channel_files(case: Case, channels: list[str]) -> dict[str, str]:
+    return {name: str(path.resolve()) for name, path in zip(channels, _channel_sources(case, channels))}
 
 
 def _write_image(path: Path, image: np.ndarray, spacing, source: Path) -> None:
     """One channel as PNG (8 or 16 bit), TIFF (in a type ImageJ holds) or NIfTI."""
+    _check_float32_range(image, source)
     if path.name.endswith(".png"):
         _write_png(path, _png_pixels(image, source))
     else:
@@ -392,6 +401,18 @@ def _png_pixels(image: np.ndarray, source: Path) -> np.ndarray:
         return image.astype(np.uint8 if image.max() <= 255 else np.uint16)
     raise DataError(source, f"pixels of type {image.dtype} (range {image.min()}..{image.max()}) "
                     "do not fit an 8 or 16 bit PNG; pass file_ending='.nii.gz' or '.tif'")
+
+
+def _check_float32_range(image: np.ndarray, source: Path) -> None:
+    """Refuse float values nnU-Net would read as infinite: it casts every image to float32."""
+    if image.dtype.kind != "f" or image.dtype.itemsize <= 4:
+        return
+    low, high = value_range(image)
+    limit = float(np.finfo(np.float32).max)
+    if max(abs(low), abs(high)) > limit:
+        raise DataError(source, f"holds values from {low:g} to {high:g}, beyond float32's range "
+                        f"(±{limit:.3g}); nnU-Net reads images as float32 and they would become "
+                        "infinite: rescale the image (e.g. divide by its maximum) and export again")
 
 
 def _tiff_pixels(image: np.ndarray) -> np.ndarray:

@@ -16,6 +16,13 @@ bcseg did not write) and settled when it ends. A run killed outright (SIGKILL)
 cannot settle it, so the next claim adopts every file that appeared during the
 dead run: the lock guarantees that no other bcseg run wrote them.
 
+A forced replacement killed outright leaves the old content beside the folder as
+``.<folder>.old-PID``. The next claim of the folder, or of the folder holding it,
+settles it under the folder's lock (so no live run is replacing it): when the new
+content finished (its record is settled) the leftover is deleted; otherwise (no
+folder, no record, or a record still open by the killed run) the unfinished new
+content is deleted and the old one is put back.
+
 The lock is ``fcntl.flock`` on ``.<folder>.bcseg-lock`` beside the folder (inside
 it when the parent cannot be written): the kernel releases it when its process
 dies, so a lock left by a killed run is taken over without guessing from process
@@ -26,8 +33,10 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import glob
 import json
 import os
+import re
 import shutil
 from pathlib import Path
 from typing import Iterable, Iterator
@@ -37,6 +46,7 @@ from bcseg.errors import UsageError
 
 RECORD = ".bcseg-outputs.json"
 LOCK_SUFFIX = ".bcseg-lock"
+ASIDE = re.compile(r"^\.(?P<name>.+)\.old-(?P<pid>\d+)$")  # the old content during a replacement
 _held: dict[Path, int] = {}  # folders this process has claimed -> nesting depth
 
 
@@ -279,6 +289,8 @@ def claim(folder: str | Path, command: str, *, replace: bool = False, inputs: It
     created = _first_missing(key)
     lock = _lock(key, folder)
     try:
+        _recover(key)
+        _recover_inside(key)
         aside = _move_aside(key, inputs) if replace else None
         _held[key] = 1
         try:
@@ -286,12 +298,15 @@ def claim(folder: str | Path, command: str, *, replace: bool = False, inputs: It
             yield folder
         except BaseException as exc:
             del _held[key]
-            with contextlib.suppress(Exception):  # the failure itself is what to report
-                _finish(folder)
             if aside is not None and not isinstance(exc, keep_on):
+                # Not settled first: a kill during this leaves the record open, so the
+                # next claim puts the old result back rather than keep this one.
                 shutil.rmtree(folder, ignore_errors=True)
                 os.replace(aside, folder)  # the old result, as it was
                 aside = None
+            else:
+                with contextlib.suppress(Exception):  # the failure itself is what to report
+                    _finish(folder)
             raise
         else:
             del _held[key]
@@ -355,3 +370,66 @@ def _move_aside(folder: Path, inputs: Iterable) -> Path | None:
         shutil.rmtree(aside)
     os.replace(folder, aside)
     return aside
+
+
+# --------------------------------------------------------------------------- after a kill
+
+def _finished(folder: Path, pid: int) -> bool:
+    """Whether the replacement by ``pid`` completed: the new record is there and settled.
+
+    A missing folder or record, or a record still open by ``pid``, is a replacement
+    killed before its new content was complete.
+    """
+    try:  # unreadable counts as unfinished: the old content is the one known complete
+        record = json.loads((folder / RECORD).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError):
+        return False
+    claim = record.get("open") if isinstance(record, dict) else None
+    return isinstance(record, dict) and not (isinstance(claim, dict) and str(claim.get("pid")) == str(pid))
+
+
+def _recover(folder: Path) -> None:
+    """Settle the ``.NAME.old-PID`` folders a killed replacement left beside ``folder``.
+
+    The caller holds ``folder``'s lock, so no live run is replacing it. The latest
+    leftover first: when the killed run's new content is complete the leftover is
+    deleted, otherwise the new content is deleted and the leftover put back; an older
+    leftover is then weighed against what that restored.
+    """
+    leftovers = []
+    for path in folder.parent.glob(f".{glob.escape(folder.name)}.old-*"):
+        match = ASIDE.match(path.name)
+        if match and match["name"] == folder.name and int(match["pid"]) != os.getpid() \
+                and path.is_dir() and not path.is_symlink():
+            leftovers.append((path.lstat().st_ctime, int(match["pid"]), path))
+    for _, pid, path in sorted(leftovers, reverse=True):
+        if _finished(folder, pid):
+            shutil.rmtree(path)
+        else:
+            if folder.is_symlink() or folder.is_file():
+                folder.unlink()
+            elif folder.exists():
+                shutil.rmtree(folder)
+            os.replace(path, folder)
+
+
+def _recover_inside(folder: Path) -> None:
+    """Settle leftovers of killed replacements of folders inside ``folder``, each under
+    its own lock; one whose lock another run holds is being replaced now and is skipped."""
+    if not folder.is_dir():
+        return
+    for path in sorted(folder.iterdir()):
+        match = ASIDE.match(path.name)
+        if not match or not path.is_dir() or int(match["pid"]) == os.getpid():
+            continue
+        inner = folder / match["name"]
+        if inner.resolve() in _held:
+            continue
+        try:
+            lock = _lock(inner, inner)
+        except UsageError:
+            continue
+        try:
+            _recover(inner)
+        finally:
+            _unlock(lock)

@@ -29,15 +29,46 @@ from bcseg.errors import DataError
 
 CHANNELS_FILE = "channels.json"
 SUFFIX = re.compile(r"^(?P<case>.+)_(?P<index>\d{4})$")  # nnU-Net: S01_0000
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")  # fullmatch: '$' would let "us\n" through
+NAME_MAX = 64  # characters; names go into output file names (examples_<channel>.png)
 SPACING_TOLERANCE = 1e-3  # relative; spacings stored as float32 differ in the 7th digit
 
 
 def check_channel_name(name: str, where: Path | None) -> str:
-    """Return ``name`` if it can name a channel (letters, digits, ``_.-``), else raise."""
-    if not isinstance(name, str) or not _NAME.match(name):
-        raise DataError(where, f"'{name}' cannot name a channel; use letters, digits, '_', '.', '-'")
+    """Return ``name`` if it can name a channel (letters, digits, ``_.-``, at most
+    :data:`NAME_MAX` characters, starting with a letter or digit), else raise."""
+    if not isinstance(name, str) or not _NAME.fullmatch(name):
+        raise DataError(where, f"'{name}' cannot name a channel; use letters, digits, '_', '.', '-' "
+                        "(starting with a letter or digit)")
+    if len(name) > NAME_MAX:
+        raise DataError(where, f"channel name '{name[:20]}...' has {len(name)} characters; "
+                        f"use at most {NAME_MAX}")
     return name
+
+
+def check_channel_names(names, where: Path | None) -> list[str]:
+    """Check each name and that no two are the same, even ignoring case.
+
+    Names become parts of file names (``examples_<channel>.png``), which on macOS and
+    Windows cannot tell ``US`` from ``us``.
+    """
+    names = [check_channel_name(name, where) for name in names]
+    seen: dict[str, str] = {}
+    for name in names:
+        other = seen.setdefault(name.casefold(), name)
+        if other is not name:
+            same = "twice" if other == name else f"twice ('{other}' and '{name}' differ only in case)"
+            raise DataError(where, f"names channel '{name}' {same}: {', '.join(names)}; "
+                            "give each channel its own name")
+    return names
+
+
+def _no_repeated_keys(pairs: list[tuple[str, object]]) -> dict:
+    keys = [key for key, _ in pairs]
+    repeated = sorted({key for key in keys if keys.count(key) > 1})
+    if repeated:
+        raise ValueError(f"key {', '.join(map(repr, repeated))} appears more than once")
+    return dict(pairs)
 
 
 def read_channel_names(root: str | Path) -> list[str] | None:
@@ -49,12 +80,16 @@ def read_channel_names(root: str | Path) -> list[str] | None:
         For unreadable JSON, indices that are not 0, 1, ... or names repeated or unusable.
     """
     path = Path(root) / CHANNELS_FILE
-    if not path.is_file():
+    if not (path.exists() or path.is_symlink()):
         return None
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise DataError(path, f"cannot read channel names ({exc})") from None
+    if not path.is_file():  # a folder, a broken link: never fall back to guessing the order
+        raise DataError(path, "is not a readable file (a folder or a broken link); it must be a "
+                        'JSON file naming the channels, e.g. ["us", "pa"]')
+    try:  # utf-8-sig: Notepad and Excel put a byte-order mark in front
+        data = json.loads(path.read_text(encoding="utf-8-sig"), object_pairs_hook=_no_repeated_keys)
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as exc:
+        raise DataError(path, f"cannot read channel names ({exc}); save it as UTF-8 JSON, "
+                        'e.g. ["us", "pa"]') from None
     if isinstance(data, dict) and "channel_names" in data:
         data = data["channel_names"]
     if isinstance(data, list):
@@ -63,10 +98,7 @@ def read_channel_names(root: str | Path) -> list[str] | None:
         raise DataError(path, 'expected channel names like ["us", "pa"] or {"0": "us", "1": "pa"}')
     if sorted(data, key=lambda k: (len(k), k)) != [str(i) for i in range(len(data))]:
         raise DataError(path, f"channel indices must be 0..{len(data) - 1}, got {', '.join(sorted(data))}")
-    names = [check_channel_name(data[str(i)], path) for i in range(len(data))]
-    if len(set(names)) != len(names):
-        raise DataError(path, f"names a channel twice: {', '.join(names)}")
-    return names
+    return check_channel_names([data[str(i)] for i in range(len(data))], path)
 
 
 def _close(a: tuple[float, ...], b: tuple[float, ...]) -> bool:
@@ -144,8 +176,7 @@ def write_model_channels(run_dir: str | Path, names: list[str], methods: dict[st
     from bcseg.atomic import write_text
     from bcseg.data.intensity import check_methods
 
-    for name in names:
-        check_channel_name(name, None)
+    check_channel_names(names, None)
     record = {"channels": list(names), "normalisation": check_methods(methods, list(names))}
     return write_text(Path(run_dir) / MODEL_CHANNELS_FILE, json.dumps(record, indent=2) + "\n")
 
@@ -166,7 +197,7 @@ def read_model_channels(run_dir: str | Path) -> tuple[list[str], dict[str, str]]
         return None
     try:
         record = json.loads(path.read_text(encoding="utf-8"))
-        names = [check_channel_name(n, path) for n in record["channels"]]
+        names = check_channel_names(record["channels"], path)
         methods = check_methods(record.get("normalisation"), names)
     except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, DataError,
             ValueError) as exc:

@@ -3,8 +3,8 @@
 Reads every image and mask once, and lists every problem rather than stopping at the
 first: unreadable or truncated files, masks whose shape differs from their image,
 masks that are not binary, observers missing for some cases; for multi-channel
-cases, channels missing from some cases and channels that disagree in shape or
-spacing. Each channel's dtypes and value range are summarised. No TensorFlow here.
+cases, channels missing from some cases, channels that disagree in shape or
+spacing, and channels that hold one value only. Each channel's dtypes and value range are summarised. No TensorFlow here.
 """
 
 from __future__ import annotations
@@ -120,8 +120,15 @@ def _read_case(case: Case, channels: list[str], report: CheckReport | None):
         if not _finite(array):  # read_image skips this check for memory-mapped files
             problems.append((str(path), "contains NaN or infinite values; "
                              "fix or mask them before training or segmenting"))
-        elif channels and report is not None:
-            low, high = value_range(array)
+            continue
+        if not channels:
+            continue
+        low, high = value_range(array)
+        if low == high:  # normalised to all zeros: the model would learn nothing from it
+            problems.append((str(path), f"channel '{name}' is constant (every value is {low:g}): "
+                             "it holds no image; check the export from the scanner, or leave "
+                             "the channel out of this case"))
+        if report is not None:
             seen = report.channel_ranges.get(name, (low, high))
             report.channel_ranges[name] = (min(low, seen[0]), max(high, seen[1]))
             report.channel_dtypes.setdefault(name, set()).add(str(array.dtype))

@@ -222,6 +222,10 @@ def _discover_images_masks(root: Path) -> list[Case]:
     names = channel_files.read_channel_names(root)
     images = io.image_files(root / "images")
     folders = [d for d in _subfolders(root / "images") if io.image_files(d)]
+    if images and folders:  # which is the case: the loose file, or the channel folders?
+        raise DataError(root / "images", f"holds both images ({images[0].name}, ...) and channel "
+                        f"folders ({', '.join(d.name for d in folders)}); keep one layout: move "
+                        "the loose images into a channel folder, or the folders out")
     if not images and folders:
         cases = _channel_folder_cases(root, folders, names)
     elif not images:
@@ -242,6 +246,7 @@ def _channel_folder_cases(root: Path, folders: list[Path], names: list[str] | No
     found = {d.name: {io.file_stem(p): p for p in io.image_files(d)} for d in folders}
     for name in found:
         channel_files.check_channel_name(name, root / "images" / name)
+    channel_files.check_channel_names(sorted(found), root / "images")
     if names is not None and set(names) != set(found):
         raise DataError(root / channel_files.CHANNELS_FILE,
                         f"names channels {', '.join(names)}, but images/ holds folders "
@@ -258,7 +263,11 @@ def _channel_folder_cases(root: Path, folders: list[Path], names: list[str] | No
 def _named_channel_cases(root: Path, images: list[Path], names: list[str]) -> list[Case]:
     """Channels named by channels.json: nnU-Net ``_0000`` suffixes, or TIFFs with a C axis."""
     where = root / channel_files.CHANNELS_FILE
-    if all(channel_files.SUFFIX.match(io.file_stem(p)) for p in images):
+    unsuffixed = [p for p in images if not channel_files.SUFFIX.match(io.file_stem(p))]
+    if unsuffixed and len(unsuffixed) < len(images):  # some _0000 files, some not
+        raise DataError(unsuffixed[0], "has no channel suffix (_0000, _0001, ...), unlike other "
+                        "images in its folder; rename it or move it out")
+    if not unsuffixed:
         grouped: dict[str, dict[int, Path]] = {}
         for path in images:
             match = channel_files.SUFFIX.match(io.file_stem(path))
@@ -388,13 +397,20 @@ def _manifest_path(value: str, base: Path, manifest: Path, row: int) -> Path:
     if not value:
         raise DataError(manifest, f"row {row}: empty path")
     path = Path(value)
+    try:
+        resolved = path.resolve() if path.is_absolute() else (base / path).resolve()
+    except (OSError, RuntimeError):  # RuntimeError: a symlink loop (Python < 3.13)
+        raise DataError(manifest, f"row {row}: '{value}' is a symbolic link that loops; "
+                        "point it at the file itself") from None
     if not path.is_absolute():
         path = base / path
         # A relative path must stay inside the manifest's folder: '..' escapes are
         # usually a mistake and make a dataset impossible to move as a whole.
-        if not path.resolve().is_relative_to(base.resolve()):
+        if not resolved.is_relative_to(base.resolve()):
             raise DataError(manifest, f"row {row}: '{value}' points outside the manifest's "
                             "folder; use an absolute path if that is intended")
+    if path.is_symlink() and not path.exists():
+        raise DataError(manifest, f"row {row}: '{value}' is a broken symbolic link")
     if not path.is_file():
         raise DataError(manifest, f"row {row}: file '{value}' not found")
     return path
@@ -434,6 +450,10 @@ def read_manifest(path: str | Path) -> list[Case]:
     """
     path = Path(path)
     columns, rows = read_csv_table(path)
+    repeated = sorted({c for c in columns if c and columns.count(c) > 1})
+    if repeated:  # csv.DictReader would keep the last and drop the others silently
+        raise DataError(path, f"manifest has column(s) {', '.join(repeated)} more than once; "
+                        "keep one of each")
     channel_columns = [c for c in columns if c.startswith("image_")]
     missing = {"id"} | ({"image"} if not channel_columns else set())
     missing -= set(columns)
@@ -442,8 +462,7 @@ def read_manifest(path: str | Path) -> list[Case]:
                         "expected id,image,mask_<observer>...,group")
     if not rows:
         raise DataError(path, "manifest has no rows")
-    for column in channel_columns:
-        channel_files.check_channel_name(column[len("image_"):], path)
+    channel_files.check_channel_names([c[len("image_"):] for c in channel_columns], path)
     mask_columns = [c for c in columns if c.startswith("mask_")]
     base = path.parent
     cases = []

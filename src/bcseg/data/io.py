@@ -80,7 +80,13 @@ def image_files(folder: str | Path) -> list[Path]:
     folder = Path(folder)
     if not folder.is_dir():
         raise DataError(folder, "is not a folder")
-    return sorted(p for p in folder.iterdir() if is_image_file(p))
+    found = sorted(folder.iterdir())
+    for path in found:  # skipped silently, a case would just be missing
+        if (path.is_symlink() and not path.name.startswith(".") and not path.exists()
+                and path.name.lower().endswith(IMAGE_SUFFIXES)):
+            raise DataError(path, "is a broken symbolic link, or one that loops; "
+                            "point it at the image or remove it")
+    return [p for p in found if is_image_file(p)]
 
 
 def _is_nifti(path: Path) -> bool:
@@ -348,6 +354,10 @@ def _stored_shape(tif: tifffile.TiffFile, path: Path) -> tuple[tuple[int, ...], 
     _check_size(path, tuple(shape), math.prod(shape) * series.dtype.itemsize)
     if axes and axes[-1] == "S" and shape[-1] in (3, 4):  # RGB samples
         shape, axes = shape[:-1], axes[:-1]
+    elif axes and axes[-1] == "S":  # e.g. grey + a second channel, interleaved per pixel
+        raise DataError(path, f"has {shape[-1]} samples per pixel (shape {tuple(series.shape)}, "
+                        f"axes {series.axes}), which are channels, not slices; save each channel "
+                        "as its own file (images/<channel>/) or as a Fiji hyperstack")
     return tuple(shape), axes
 
 
@@ -366,8 +376,9 @@ def _series_geometry(tif: tifffile.TiffFile, path: Path):
     if "C" in axes and stored[axes.index("C")] > 1:
         # Channels are not slices: reading them as a stack would mix modalities.
         raise DataError(path, f"has {stored[axes.index('C')]} channels (shape "
-                        f"{tuple(tif.series[0].shape)}, axes {tif.series[0].axes}); read it as a "
-                        "multi-channel case (name its channels in channels.json)")
+                        f"{tuple(tif.series[0].shape)}, axes {tif.series[0].axes}); a mask has one, and an "
+                        "image with several is read as a multi-channel case (name its channels "
+                        "in channels.json)")
     kept_axes = _kept_axes(stored)
     kept = tuple(stored[i] for i in kept_axes)
     if len(kept) > 3:
@@ -581,18 +592,29 @@ def read_image(path: str | Path, mmap: bool = False) -> tuple[np.ndarray, tuple[
 def channel_count(path: str | Path) -> int:
     """Number of channels along a C axis of a TIFF (ImageJ hyperstack or OME); 1 otherwise.
 
-    Reads the header only. Unreadable files count as 1 channel: reading them reports why.
+    Reads the header only.
+
+    Raises
+    ------
+    DataError
+        Missing, empty, not the format its name says, or a TIFF that cannot be read:
+        counting it as one channel would blame the channel count for a broken file.
     """
     path = Path(path)
-    if not _is_tiff(path) or not path.is_file():
+    _check_file(path)
+    if not _is_tiff(path):
         return 1
     try:
         with tifffile.TiffFile(path) as tif:
+            if len(tif.series) == 0:
+                raise DataError(path, "holds no image")
             series = tif.series[0]
             axes = series.axes
             return int(series.shape[axes.index("C")]) if "C" in axes else 1
-    except Exception:  # tifffile raises many types for corrupt files
-        return 1
+    except DataError:
+        raise
+    except Exception as exc:  # tifffile raises many types for corrupt files
+        raise DataError(path, f"cannot read TIFF ({exc})") from None
 
 
 def read_channels(path: str | Path) -> tuple[np.ndarray, tuple[float, ...] | None]:
@@ -649,6 +671,10 @@ def read_mask(path: str | Path, expected_shape: tuple[int, ...] | None = None) -
     positive values, or a shape unlike ``expected_shape``, raises :class:`DataError`.
     """
     path = Path(path)
+    channels = channel_count(path)
+    if channels > 1:
+        raise DataError(path, f"is a mask with {channels} channels; a mask is one channel "
+                        "(0 and one positive label): save the tumour outline alone")
     array, _ = read_image(path)
     if expected_shape is not None and tuple(array.shape) != tuple(expected_shape):
         raise DataError(path, f"mask shape {tuple(array.shape)} differs from its image "

@@ -41,6 +41,13 @@ each other, which is the ceiling a model can be expected to reach.
 Cases may hold several channels (``us``, ``pa``, ...): the masks are compared as
 for one, and the shapes are checked against the case's first channel.
 
+A forced re-evaluation (``force=True``) first deletes the report that bcseg built
+from the earlier evaluation in the same folder (``report.html``, ``case_metrics.png``,
+``examples.png``, ``examples_<channel>.png``; only files recorded as bcseg's), so no
+page is left describing other numbers; ``bcseg report`` or ``evaluate`` without
+``--no-report`` builds it again. A report of a folder above, which embeds this
+evaluation too, is named in a warning.
+
 Floats in the CSV files are written in full precision; ``inf`` marks a distance
 to a mask that is empty and ``nan`` an undefined value (both masks empty). No
 TensorFlow here.
@@ -69,12 +76,15 @@ from bcseg.measure.reference_score import PROTOCOLS, SOFT_REDUCTION, reference_p
 # The tables and headline of an evaluation, importable from here as before.
 from bcseg.measure.tables import (CEILING_COLUMNS, ceiling_table, ci_phrase, headline_lines,  # noqa: F401
                                   human_level_lines)
-from bcseg.outputs import check_output_folder, check_replaceable, claim
+from bcseg.outputs import check_output_folder, check_replaceable, claim, is_owned, remove_owned
 
 __all__ = ["evaluate", "find_predictions", "ceiling_table", "OUTPUTS", "METRIC_COLUMNS",
            "INTER_OBSERVER", "PIXEL_SOFT_NOTE"]
 
 OUTPUTS = {"metrics": "metrics.csv", "agreement": "agreement.csv", "summary": "summary.json"}
+# What bcseg.report.html.build_report draws from an evaluation into its folder.
+REPORT_PAGE = "report.html"
+REPORT_FIGURES = ("case_metrics.png", "examples.png", "examples_*.png")
 TARGETS = ("each", "union", "intersection", "staple")
 MASK_SUFFIX, PROB_SUFFIX = "_mask", "_prob"
 MAX_SHOWN = 10
@@ -549,9 +559,26 @@ def _pixel_soft(scored: dict, soft_ref: str) -> dict:
 def _write_outputs(out_dir: Path, outputs: dict[str, Path], force: bool, scored: dict, summary: dict) -> None:
     with claim(out_dir, "evaluate"):
         check_replaceable(outputs.values(), force)  # again, now that no other run writes here
+        if force:  # before the new numbers: a kill then leaves no page describing other ones
+            _remove_stale_report(out_dir)
         write_text(outputs["metrics"], _csv_text(METRICS_CSV_COLUMNS, scored["rows"] + scored["slices"]))
         write_text(outputs["agreement"], _csv_text(AGREEMENT_CSV_COLUMNS, scored["agree"]))
         write_text(outputs["summary"], json.dumps(_json_safe(summary), indent=2, allow_nan=False) + "\n")
+
+
+def _remove_stale_report(out_dir: Path) -> None:
+    """Delete the report bcseg built from the evaluation being replaced; warn of reports above.
+
+    Files of the report that bcseg did not write are left alone, as is a report in a
+    folder above (its folder is not claimed here): that one is named in a warning.
+    """
+    figures = [p for pattern in REPORT_FIGURES for p in sorted(out_dir.glob(pattern))]
+    remove_owned([out_dir / REPORT_PAGE, *figures])
+    for folder in out_dir.resolve().parents:
+        page = folder / REPORT_PAGE
+        if page.is_file() and is_owned(page):
+            warnings.warn(f"{page}: describes the evaluation in {out_dir} being replaced; "
+                          f"rebuild it with 'bcseg report {folder}'", stacklevel=4)
 
 
 def _result(outputs: dict[str, Path], summary: dict, study_style: dict | None) -> dict:

@@ -25,8 +25,8 @@ from bcseg.data import io
 from bcseg.data.channels import read_files
 from bcseg.atomic import write_text
 from bcseg.errors import BcsegError, DataError
-from bcseg.measure.evaluate import (CEILING_COLUMNS, HUMAN_LEVEL_NOTE, OUTPUTS, ceiling_table,
-                                    human_level_lines)
+from bcseg.measure.evaluate import (CEILING_COLUMNS, HUMAN_LEVEL_NOTE, OUTPUTS, REPORT_PAGE,
+                                    ceiling_table, human_level_lines)
 from bcseg.measure.observers import union
 from bcseg.report.figures import (PRED_RGB, TRUTH_RGB, _CASE_LEVELS, _agreement_by_case,  # noqa: F401
                                   _float, _read_csv, _reference_order, choose_examples,
@@ -331,9 +331,9 @@ def build_report(run_or_eval_dir: str | Path, out: str | Path | None = None,
     root = Path(run_or_eval_dir)
     if not root.is_dir():
         raise DataError(root, "is not a folder")
-    out = root / "report.html" if out is None else Path(out)
+    out = root / REPORT_PAGE if out is None else Path(out)
     if out.suffix.lower() not in (".html", ".htm"):
-        out = out / "report.html"
+        out = out / REPORT_PAGE
     histories, evaluations, margins = _sources(root)
     bcseg_version = _bcseg_version()
     now = datetime.datetime.now().strftime("%Y-%m-%d %H:%M")

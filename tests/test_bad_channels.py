@@ -1,0 +1,199 @@
+"""Bad multi-channel inputs, one test per class: each is refused (or listed by ``check``)
+in one line naming the file at fault, with exit 3, and leaves nothing behind.
+
+Every dataset is real tiny TIFFs in ``tmp_path``; the commands run through the real
+command line. The classes are those of the red-team of issue 12 (channels).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tifffile
+
+from bcseg.cli import main
+from bcseg.data import io
+from test_channels import LESION, PA, SPACING, US, write_hyperstack
+
+
+def tree(root: Path) -> dict[str, str]:
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else "link"
+            for p in sorted(root.rglob("*")) if p.is_file() or p.is_symlink()}
+
+
+def masks(root: Path, stems=("S01", "S02")) -> None:
+    for stem in stems:
+        io.write_mask(root / "masks" / "observer1" / f"{stem}.tif", LESION, SPACING)
+
+
+def folders(root: Path, names=("us", "pa"), pa=PA, channels_json: str | bytes | None = '["us", "pa"]'):
+    for k, stem in enumerate(("S01", "S02")):
+        io.write_image(root / "images" / names[0] / f"{stem}.tif", np.roll(US, k, -1), SPACING)
+        if pa.dtype == np.float64:  # ImageJ TIFFs hold no float64
+            (root / "images" / names[1]).mkdir(parents=True, exist_ok=True)
+            tifffile.imwrite(root / "images" / names[1] / f"{stem}.tif", np.roll(pa, k, -1),
+                             photometric="minisblack")
+        else:
+            io.write_image(root / "images" / names[1] / f"{stem}.tif", np.roll(pa, k, -1), SPACING)
+    if channels_json is not None:
+        data = channels_json if isinstance(channels_json, bytes) else channels_json.encode()
+        (root / "channels.json").write_bytes(data)
+    masks(root)
+
+
+def hyperstacks(root: Path, names='["us", "pa"]') -> None:
+    for k, stem in enumerate(("S01", "S02")):
+        write_hyperstack(root / "images" / f"{stem}.tif", np.roll(US, k, -1), np.roll(PA, k, -1))
+    (root / "channels.json").write_text(names)
+    masks(root)
+
+
+def suffixed(root: Path) -> None:
+    for k, stem in enumerate(("S01", "S02")):
+        io.write_image(root / "images" / f"{stem}_0000.tif", np.roll(US, k, -1), SPACING)
+        io.write_image(root / "images" / f"{stem}_0001.tif", np.roll(PA, k, -1), SPACING)
+    (root / "channels.json").write_text('["us", "pa"]')
+    masks(root)
+
+
+def manifest(root: Path, header: str) -> None:
+    folders(root, channels_json=None)
+    rows = [f"S0{i},images/us/S0{i}.tif,images/pa/S0{i}.tif,masks/observer1/S0{i}.tif,S0{i}" for i in (1, 2)]
+    (root / "manifest.csv").write_text(header + "\n" + "\n".join(rows) + "\n")
+
+
+def _then(build, change):
+    def make(root):
+        build(root)
+        change(root)
+    return make
+
+
+BAD = {  # name: (build the dataset in root, the file the error must name, relative to root)
+    "channels.json with a repeated key": (
+        lambda r: folders(r, channels_json='{"0": "pa", "1": "us", "0": "us", "1": "pa"}'),
+        "channels.json"),
+    "channels.json a folder": (
+        _then(lambda r: folders(r, channels_json=None), lambda r: (r / "channels.json").mkdir()),
+        "channels.json"),
+    "channel name with a newline": (
+        lambda r: hyperstacks(r, '["us\\n", "pa"]'), "channels.json"),
+    "channel folder with a newline": (
+        lambda r: folders(r, names=("us", "pa\n"), channels_json=None), "images/pa\n"),
+    "channel names differing in case only": (
+        lambda r: folders(r, names=("us", "US"), channels_json=None), "images"),
+    "channel name too long for file names": (
+        lambda r: folders(r, names=("us", "p" * 200), channels_json=None), "images/" + "p" * 200),
+    "loose images beside channel folders": (
+        _then(lambda r: folders(r, channels_json=None),
+              lambda r: io.write_image(r / "images" / "S01.tif", US, SPACING)), "images"),
+    "a _0000 layout with an unsuffixed file": (
+        _then(suffixed, lambda r: io.write_image(r / "images" / "notes.tif", US, SPACING)),
+        "images/notes.tif"),
+    "zero-byte hyperstack": (
+        _then(hyperstacks, lambda r: (r / "images" / "S01.tif").write_bytes(b"")), "images/S01.tif"),
+    "symlink loop in a channel folder": (
+        _then(folders, lambda r: os.symlink("loop.tif", r / "images" / "us" / "loop.tif")),
+        "images/us/loop.tif"),
+    "manifest with a repeated channel column": (
+        lambda r: manifest(r, "id,image_us,image_us,mask_observer1,group"), "manifest.csv"),
+    "manifest channel columns differing in case": (
+        lambda r: manifest(r, "id,image_us,image_US,mask_observer1,group"), "manifest.csv"),
+    "manifest path that loops": (
+        _then(lambda r: manifest(r, "id,image_us,image_pa,mask_observer1,group"),
+              lambda r: (os.symlink("loop.tif", r / "loop.tif"), (r / "manifest.csv").write_text(
+                  "id,image_us,image_pa,mask_observer1,group\n"
+                  "S01,loop.tif,images/pa/S01.tif,masks/observer1/S01.tif,S01\n"))),
+        "manifest.csv"),
+}
+
+
+SAID = {"zero-byte hyperstack": "is empty (0 bytes)"}  # not "has 1 channel(s)"
+
+
+@pytest.mark.parametrize("kind", sorted(BAD))
+def test_a_bad_channel_layout_is_one_line_naming_the_file(kind, tmp_path, capsys):
+    build, culprit = BAD[kind]
+    root = tmp_path / "data"
+    root.mkdir()
+    build(root)
+    before = tree(tmp_path)
+    for argv in (["check", root], ["export-nnunet", root, tmp_path / "nn", "--dataset-id", 7,
+                                   "--name", "X", "--k", 2]):
+        capsys.readouterr()
+        code = main([str(a) for a in argv])
+        err = capsys.readouterr().err
+        lines = err.strip().splitlines()
+        assert code == 3 and len(lines) == 1, err
+        assert lines[0].startswith(f"bcseg: error: {io_printable(root / culprit)}: "), err
+        assert SAID.get(kind, "") in lines[0]
+    assert tree(tmp_path) == before
+
+
+def io_printable(path: Path) -> str:
+    from bcseg.errors import printable
+    return printable(str(path))
+
+
+# --------------------------------------------------------------------------- listed by check
+
+def _constant(root):
+    folders(root, pa=np.full_like(PA, 7.0))
+
+
+def _mask_with_channels(root):
+    folders(root)
+    write_hyperstack(root / "masks" / "observer1" / "S01.tif", LESION.astype(np.uint8) * 255,
+                     LESION.astype(np.float32))
+
+
+def _interleaved(root):
+    (root / "images").mkdir(parents=True)
+    for k, stem in enumerate(("S01", "S02")):
+        tifffile.imwrite(root / "images" / f"{stem}.tif", np.stack([US[k], US[k]], -1),
+                         photometric="minisblack", planarconfig="contig", extrasamples=[0])
+        io.write_mask(root / "masks" / "observer1" / f"{stem}.tif", LESION[1], SPACING[1:])
+
+
+LISTED = {  # name: (build, the file named, what the problem says)
+    "constant PA channel": (_constant, "images/pa/S01.tif", "channel 'pa' is constant"),
+    "mask with two channels": (_mask_with_channels, "masks/observer1/S01.tif", "is a mask with 2 channels"),
+    "two samples per pixel": (_interleaved, "images/S01.tif", "has 2 samples per pixel"),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(LISTED))
+def test_check_lists_a_bad_channel_file_by_name(kind, tmp_path, capsys):
+    build, culprit, said = LISTED[kind]
+    root = tmp_path / "data"
+    root.mkdir()
+    build(root)
+    before = tree(tmp_path)
+    assert main(["check", str(root)]) == 3
+    out, err = capsys.readouterr()
+    assert f"problem: {root / culprit}: {said}" in out
+    assert len(err.strip().splitlines()) == 1
+    assert tree(tmp_path) == before
+
+
+def test_channels_json_with_a_byte_order_mark_is_read(tmp_path, capsys):
+    root = tmp_path / "data"
+    folders(root, channels_json='\ufeff["us", "pa"]')
+    assert main(["check", str(root)]) == 0, capsys.readouterr()
+
+
+def test_export_refuses_float64_beyond_float32_naming_the_channel(tmp_path, capsys):
+    """nnU-Net reads images as float32: 1e300 would become inf in its training data."""
+    root = tmp_path / "data"
+    folders(root, pa=PA.astype(np.float64) * 1e300)
+    before = tree(tmp_path)
+    code = main(["export-nnunet", str(root), str(tmp_path / "nn"), "--dataset-id", "7", "--name", "X",
+                 "--k", "2"])
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert code == 3 and len(lines) == 1
+    assert lines[0].startswith(f"bcseg: error: {root / 'images' / 'pa' / 'S01.tif'}: holds values")
+    assert tree(tmp_path) == before
