@@ -108,18 +108,13 @@ def _phantom_channels(text: str) -> tuple[str, ...]:
 
 def _channel_list(text: str) -> list[str]:
     """Comma-separated, distinct channel names, such as ``us,pa``."""
-    from bcseg.data.channels import check_channel_name
+    from bcseg.data.channels import check_channel_names
     from bcseg.errors import DataError
 
-    names = [name.strip() for name in text.split(",")]
     try:
-        for name in names:
-            check_channel_name(name, None)
+        return check_channel_names([name.strip() for name in text.split(",")], None)
     except DataError as exc:
         raise argparse.ArgumentTypeError(exc.problem) from None
-    if len(set(names)) != len(names):
-        raise argparse.ArgumentTypeError(f"'{text}' names a channel twice")
-    return names
 
 
 def _shape(values: list[int]) -> tuple[int, ...]:
@@ -341,11 +336,9 @@ def _margin_images(values: list[str]):
         return values[0]
     if not all(sep and name and path for name, sep, path in named):
         raise UsageError(None, "several --image values must each be NAME=PATH (e.g. us=S01_us.tif)")
-    from bcseg.data.channels import check_channel_name
+    from bcseg.data.channels import check_channel_names
 
-    names = [check_channel_name(name, None) for name, _, _ in named]
-    if len(set(names)) != len(names):
-        raise UsageError(None, f"--image names channel(s) twice: {', '.join(names)}")
+    names = check_channel_names([name for name, _, _ in named], None)
     return {name: path for name, (_, _, path) in zip(names, named)}
 
 
