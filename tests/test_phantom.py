@@ -106,7 +106,7 @@ def test_refuses_to_overwrite_without_force(tmp_path):
     out = tmp_path / "phantom"
     write_phantom(out, n=1, shape=(12, 32, 32))
     before = all_bytes(out)
-    with pytest.raises(UsageError, match="already holds a result; pass --force") as error:
+    with pytest.raises(UsageError, match="already holds a result; pass force=True") as error:
         write_phantom(out, n=1, shape=(12, 32, 32), seed=5)
     assert error.value.path == str(out)
     assert all_bytes(out) == before

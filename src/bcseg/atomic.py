@@ -59,7 +59,7 @@ def atomic_path(path: str | Path, force: bool = True) -> Iterator[Path]:
     """
     path = Path(path)
     if not force and path.exists():
-        raise UsageError(path, "already exists; pass --force to overwrite it")
+        raise UsageError(path, "already exists; pass force=True to overwrite it")
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = partial_name(path)
     try:
@@ -119,4 +119,4 @@ def require_new(path: str | Path, force: bool) -> None:
         return
     if path.is_dir() and not any(path.iterdir()):
         return
-    raise UsageError(path, "already holds a result; pass --force to overwrite it")
+    raise UsageError(path, "already holds a result; pass force=True to overwrite it")

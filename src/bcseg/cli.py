@@ -659,6 +659,17 @@ def main(argv: list[str] | None = None) -> int:
             signal.signal(signal.SIGTERM, previous)
 
 
+# The core names the parameter a user should pass ("pass force=True"); the command
+# line has a flag for each, and its messages name the flag instead.
+PARAMETER_FLAGS = {"force=True": "--force", "resume=True": "--resume", "model=RUN": "--model RUN"}
+
+
+def _flags_for_parameters(message: str) -> str:
+    for parameter, flag in PARAMETER_FLAGS.items():
+        message = message.replace(parameter, flag)
+    return message
+
+
 def _run(args) -> int:
     try:
         if args.command in NEEDS_TENSORFLOW and getattr(args, "runtime", None) != "onnx":
@@ -667,7 +678,7 @@ def _run(args) -> int:
     except BcsegError as error:
         if args.debug:
             raise
-        print(f"bcseg: error: {error}", file=sys.stderr)
+        print(f"bcseg: error: {_flags_for_parameters(str(error))}", file=sys.stderr)
         return error.exit_code
     except KeyboardInterrupt:
         print("bcseg: error: interrupted", file=sys.stderr)

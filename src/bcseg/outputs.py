@@ -180,9 +180,9 @@ def check_replaceable(paths: Iterable[Path], force: bool,
         if not (path.exists() or path.is_symlink()):
             continue
         if not force:
-            raise UsageError(path, "already exists; pass --force to overwrite it")
+            raise UsageError(path, "already exists; pass force=True to overwrite it")
         if not is_owned(path, known):
-            raise UsageError(path, "was not written by bcseg, so --force will not replace it; "
+            raise UsageError(path, "was not written by bcseg, so force=True will not replace it; "
                              "move it away or choose another output folder")
 
 
@@ -298,15 +298,8 @@ def claim(folder: str | Path, command: str, *, replace: bool = False, inputs: It
             yield folder
         except BaseException as exc:
             del _held[key]
-            if aside is not None and not isinstance(exc, keep_on):
-                # Not settled first: a kill during this leaves the record open, so the
-                # next claim puts the old result back rather than keep this one.
-                shutil.rmtree(folder, ignore_errors=True)
-                os.replace(aside, folder)  # the old result, as it was
+            if _undo(folder, aside, restore=not isinstance(exc, keep_on)):
                 aside = None
-            else:
-                with contextlib.suppress(Exception):  # the failure itself is what to report
-                    _finish(folder)
             raise
         else:
             del _held[key]
@@ -328,6 +321,20 @@ def _nested(key: Path) -> Iterator[None]:
         yield
     finally:
         _held[key] -= 1
+
+
+def _undo(folder: Path, aside: Path | None, restore: bool) -> bool:
+    """After a failed block: put the old result back (True), or settle the record of
+    the new, partial one (False) where there is nothing to restore or it is kept."""
+    if aside is not None and restore:
+        # Not settled first: a kill during this leaves the record open, so the next
+        # claim puts the old result back rather than keep this one.
+        shutil.rmtree(folder, ignore_errors=True)
+        os.replace(aside, folder)  # the old result, as it was
+        return True
+    with contextlib.suppress(Exception):  # the failure itself is what to report
+        _finish(folder)
+    return False
 
 
 def _first_missing(folder: Path) -> Path | None:
@@ -363,7 +370,7 @@ def _move_aside(folder: Path, inputs: Iterable) -> Path | None:
                          "to replace it")
     unexpected = foreign(folder)
     if unexpected:
-        raise UsageError(folder / unexpected[0], "was not written by bcseg, so --force will not "
+        raise UsageError(folder / unexpected[0], "was not written by bcseg, so force=True will not "
                          "delete it; move it away or choose another output folder")
     aside = folder.with_name(f".{folder.name}.old-{os.getpid()}")
     if aside.exists():

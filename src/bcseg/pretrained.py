@@ -24,7 +24,7 @@ def pretrained_path() -> Path:
     """Path of the bundled model; :class:`ModelError` if this install lacks it."""
     path = FOLDER / MODEL_NAME
     if not path.is_file():
-        raise ModelError(path, "the bundled BUSI model is not installed; pass --model RUN "
+        raise ModelError(path, "the bundled BUSI model is not installed; pass model=RUN "
                          "or rebuild it with benchmarks/build_pretrained.py")
     return path
 

@@ -57,7 +57,7 @@ def export_onnx(model_path: str | Path, out: str | Path | None = None, force: bo
     out = Path(out) if out else model_file.with_suffix(".onnx")
     if out.exists() and not force:
         from bcseg.errors import UsageError
-        raise UsageError(out, "already exists; pass --force to overwrite it")
+        raise UsageError(out, "already exists; pass force=True to overwrite it")
     try:
         import onnx
         import tf2onnx  # noqa: F401  (Keras's exporter imports it; fail early and clearly)

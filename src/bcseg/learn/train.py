@@ -74,8 +74,8 @@ def _replaces_run(out: Path, resume: bool, force: bool) -> bool:
     if resume or not out.exists() or not any(out.iterdir()):
         return False
     if not force:
-        raise UsageError(out, "already holds a run; pass --resume to continue it "
-                         "or --force to replace it")
+        raise UsageError(out, "already holds a run; pass resume=True to continue it "
+                         "or force=True to replace it")
     return True
 
 
