@@ -166,6 +166,13 @@ def main(argv=None) -> int:
     run = out / "twin"
     if args.stage == "twin":
         fine_tune(lesions + pool_normals, data / "folds.csv", validation, TWIN, run, args.epochs)
+    if not (run / "inference.json").is_file():
+        # A fit whose step after fitting did not run: record the settings it was trained
+        # with (its 160 px input above all), or it would be run on whole images.
+        from bcseg import rundir
+        from bcseg.after_fit import fitted_settings
+
+        rundir.write_settings(run, fitted_settings(load_config(run / "config.toml"), None))
     by_id = {c.id: c for c in cases}
     val_cases = [by_id[i] for i in validation]
     test_lesions = [c for c in lesions if folds[c.id] == 0]
