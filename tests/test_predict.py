@@ -370,6 +370,9 @@ def test_settings_read_and_checked(tmp_path):
         (tmp_path / "inference.json").write_text(json.dumps(bad))
         with pytest.raises(ConfigError, match="inference.json"):
             read_settings(tmp_path / "inference.json")
+    with pytest.raises(ConfigError, match="inference.json"):  # read first: it may list members
+        load_run(tmp_path)
+    (tmp_path / "inference.json").unlink()
     with pytest.raises(ModelError, match="model_best.keras"):
         load_run(tmp_path)
 
