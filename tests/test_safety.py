@@ -9,6 +9,7 @@ by another process or a file size limit is needed), on real files and tiny real 
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import resource
 import signal
@@ -273,6 +274,29 @@ def test_the_next_claim_settles_what_a_killed_replacement_left(moment, finished,
     else:
         assert {k: v for k, v in hashes(tmp_path).items() if not k.endswith(outputs.RECORD)} == old
         assert outputs.owned(folder) == {"a.csv", "sub/b.csv"}
+
+
+def test_settling_leftovers_never_deletes_what_bcseg_did_not_write(tmp_path):
+    """A user folder that only looks like a leftover is left alone, and a killed
+    replacement's folder holding a user's file is not deleted to restore the old one."""
+    folder = tmp_path / "result"
+    lookalike = tmp_path / ".result.old-1"
+    (lookalike / "notes.txt").parent.mkdir(parents=True)
+    (lookalike / "notes.txt").write_text("mine")  # no bcseg record: not an aside
+    with outputs.claim(folder, "test"):
+        write_text(folder / "a.csv", "new\n")
+    assert (lookalike / "notes.txt").read_text() == "mine"
+    aside = tmp_path / ".result.old-2"  # what a replacement killed before finishing leaves
+    with outputs.claim(aside, "test"):
+        write_text(aside / "a.csv", "old\n")
+    record = json.loads((folder / outputs.RECORD).read_text())
+    (folder / outputs.RECORD).write_text(json.dumps(dict(record, open={"pid": 2})))  # run 2 was killed
+    (folder / "mine.txt").write_text("added by hand")
+    before = hashes(tmp_path)
+    with pytest.raises(UsageError, match="mine.txt: was not written by bcseg"):
+        with outputs.claim(folder, "test"):
+            pass
+    assert hashes(tmp_path) == before
 
 
 def test_replacing_never_removes_an_input(tmp_path):

@@ -406,18 +406,24 @@ def _recover(folder: Path) -> None:
     leftovers = []
     for path in folder.parent.glob(f".{glob.escape(folder.name)}.old-*"):
         match = ASIDE.match(path.name)
+        # Only what a replacement moved aside: a real folder holding bcseg's record and
+        # nothing bcseg did not write; anything else that merely matches the name is left.
         if match and match["name"] == folder.name and int(match["pid"]) != os.getpid() \
-                and path.is_dir() and not path.is_symlink():
+                and path.is_dir() and not path.is_symlink() and (path / RECORD).is_file() \
+                and not foreign(path):
             leftovers.append((path.lstat().st_ctime, int(match["pid"]), path))
     for _, pid, path in sorted(leftovers, reverse=True):
         if _finished(folder, pid):
             shutil.rmtree(path)
-        else:
-            if folder.is_symlink() or folder.is_file():
-                folder.unlink()
-            elif folder.exists():
-                shutil.rmtree(folder)
-            os.replace(path, folder)
+            continue
+        if folder.is_dir() and not folder.is_symlink() and foreign(folder):
+            raise UsageError(folder / foreign(folder)[0], f"was not written by bcseg; a killed "
+                             f"replacement left the earlier result in {path.name}: move one away")
+        if folder.is_symlink() or folder.is_file():
+            folder.unlink()
+        elif folder.exists():
+            shutil.rmtree(folder)
+        os.replace(path, folder)
 
 
 def _recover_inside(folder: Path) -> None:
