@@ -29,7 +29,6 @@ Examples
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
@@ -39,7 +38,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
-from machine import cpu_flags  # noqa: E402  (benchmarks/machine.py)
+from machine import cpu_flags, write_results  # noqa: E402  (benchmarks/machine.py)
 
 DEFAULT_DATA = ROOT.parent / "shared" / "datasets" / "busi"
 TWIN = ROOT / "tests" / "data" / "busi_heldout" / "busi_unet2d.keras"
@@ -137,7 +136,6 @@ def main(argv=None) -> int:
     parser.add_argument("--epochs", type=int, help="override the recipe's epochs")
     args = parser.parse_args(argv)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    from bcseg.atomic import write_text
     from bcseg.config import load_config
     from bcseg.data.dataset import discover
     from bcseg.data.splits import folds_from_file
@@ -186,9 +184,7 @@ def main(argv=None) -> int:
         results["candidates"][name] = score(paths, val_cases, test_lesions, test_normals, classes)
         print(name, results["candidates"][name], flush=True)
     results["seconds"] = time.perf_counter() - started
-    write_text(out / "normals_fold0.json", json.dumps(results, indent=1) + "\n")
-    write_text(out / "normals_fold0.md", markdown(results))
-    print(markdown(results))
+    write_results(out, "normals_fold0", results, markdown(results))
     return 0
 
 

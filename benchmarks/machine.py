@@ -21,3 +21,14 @@ def cpu_flags() -> str:
     avx512 = sorted(set(re.findall(r"\bavx512[a-z_0-9]*", text)))
     base = "AVX2" if re.search(r"\bavx2\b", text) else "no AVX2"
     return f"{base}, " + (" ".join(avx512) if avx512 else "no AVX-512")
+
+
+def write_results(out: Path, name: str, results: dict, table: str) -> None:
+    """Write ``out/NAME.json`` and ``out/NAME.md`` (atomically) and print the table."""
+    import json
+
+    from bcseg.atomic import write_text
+
+    write_text(Path(out) / f"{name}.json", json.dumps(results, indent=1) + "\n")
+    write_text(Path(out) / f"{name}.md", table)
+    print(table)

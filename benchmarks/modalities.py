@@ -35,7 +35,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from machine import cpu_flags  # noqa: E402  (benchmarks/machine.py)
+from machine import cpu_flags, write_results  # noqa: E402  (benchmarks/machine.py)
 
 MODALITIES = {"US": ["us"], "PA": ["pa"], "US+PA": ["us", "pa"]}
 PAIRS = (("US+PA", "US"), ("US+PA", "PA"), ("PA", "US"))
@@ -99,7 +99,6 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     from bcseg.after_fit import train_and_evaluate
-    from bcseg.atomic import write_text
     from bcseg.data.phantom import ATTRIBUTES_FILE, write_phantom
 
     plan = QUICK if args.quick else FULL
@@ -131,9 +130,7 @@ def main(argv=None) -> int:
                "paired": {s: {f"{a} - {b}": paired(dice[a], dice[b], chosen) for a, b in PAIRS}
                           for s, chosen in subsets.items()}}
     results["seconds"] = time.perf_counter() - started
-    write_text(out / "modalities.json", json.dumps(results, indent=1) + "\n")
-    write_text(out / "modalities.md", table(results))
-    print(table(results))
+    write_results(out, "modalities", results, table(results))
     return 0
 
 
