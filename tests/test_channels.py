@@ -270,22 +270,9 @@ def test_manifest_row_without_any_image(tmp_path):
 
 # --------------------------------------------------------------------------- with a model
 
-def test_model_channels_are_recorded_and_checked_against_cases(tmp_path):
-    from bcseg.data.channels import read_model_channels, write_model_channels
-    from bcseg.errors import ConfigError
-
-    run = tmp_path / "run"
-    assert read_model_channels(run) is None  # a grey model from before channels
-    write_model_channels(run, ["us", "pa"], {"us": "uint8"})
-    names, methods = read_model_channels(run)
-    assert names == ["us", "pa"] and methods == {"us": "uint8", "pa": "log"}
-    # A case without PA cannot feed this model: refused naming the case's image.
+def test_a_case_lacking_a_models_channel_is_refused_naming_its_image(tmp_path):
     root = channel_folders(tmp_path / "set")
     case = [c for c in discover(root) if c.id == "S02"][0]
     with pytest.raises(DataError, match="case 'S02' has no channel 'pa'; it has 'us'") as error:
-        read_case_channel_arrays(case, names)
+        read_case_channel_arrays(case, ["us", "pa"])
     assert error.value.path == str(root / "images" / "us" / "S02.tif")
-    (run / "channels.json").write_text('{"channels": ["us"], "normalisation": {"us": "cube"}}')
-    with pytest.raises(ConfigError, match="cannot read the model's channels") as error:
-        read_model_channels(run)
-    assert error.value.path == str(run / "channels.json")
