@@ -111,7 +111,6 @@ def main(argv=None) -> int:
 
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     from bcseg.data.dataset import discover
-    from bcseg.after_fit import train_and_evaluate as train
 
     data = Path(args.data)
     if not (data / "folds.csv").is_file():
@@ -129,26 +128,50 @@ def main(argv=None) -> int:
 
     out = Path(args.out)
     started = time.perf_counter()
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from machine import cpu_flags
+
     results = {"folds": {}, "config": args.config, "protocol": "folds.csv, benign+malignant",
-               "hardware": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores",
+               "hardware": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPU "
+                           f"cores, {cpu_flags()}",
                "budget": f"{args.budget_min:g} min per fold" if args.budget_min else "all epochs"}
     for fold in wanted:
-        run = out / f"fold_{fold}"
-        train(lesions, run, config=args.config, overrides=overrides, fold=fold,
-              folds_file=data / "folds.csv", force=args.force)
-        normal = [c for c in cases if c.label_class == "normal" and all_folds[c.id] == fold]
-        results["folds"][fold] = fold_result(run, classes, normal)
+        results["folds"][fold] = _fold(fold, out, lesions, cases, all_folds, classes, args,
+                                       overrides, data)
+        _write(out, results, started)  # after every fold: an interruption loses no finished fold
+    return 0
+
+
+def _fold(fold, out, lesions, cases, all_folds, classes, args, overrides, data) -> dict:
+    """Train and score one fold, or read its result if an earlier run finished it."""
+    from bcseg.after_fit import train_and_evaluate as train
+
+    run = out / f"fold_{fold}"
+    done = run / "fold_result.json"
+    if done.is_file() and not args.force:
+        print(f"fold {fold}: finished earlier, read from {done}")
+        return json.loads(done.read_text())
+    started = time.perf_counter()
+    train(lesions, run, config=args.config, overrides=overrides, fold=fold,
+          folds_file=data / "folds.csv", force=args.force)
+    normal = [c for c in cases if c.label_class == "normal" and all_folds[c.id] == fold]
+    result = fold_result(run, classes, normal)
+    result["minutes"] = (time.perf_counter() - started) / 60
+    done.write_text(json.dumps(result, indent=1, default=str) + "\n")
+    return result
+
+
+def _write(out: Path, results: dict, started: float) -> None:
+    from bcseg.atomic import write_text
+
     folds = results["folds"].values()
     results["mean"] = {k: float(np.mean([r[k] for r in folds]))
                        for k in ("dice", "iou", "hd95_px", "missed_share")}
     results["seconds"] = time.perf_counter() - started
-    from bcseg.atomic import write_text
-
     write_text(out / "results.json", json.dumps(results, indent=1, default=str) + "\n")
     table = markdown(results)
     write_text(out / "results.md", table)
-    print(table)
-    return 0
+    print(table, flush=True)
 
 
 if __name__ == "__main__":
