@@ -5,7 +5,10 @@ free ports of 127.0.0.1), train a tiny 2D U-Net for one epoch with the global ba
 split between them. A single process trains the same global batch with no strategy.
 The model uses instance normalisation and a per-sample loss, so splitting a batch
 changes nothing but the order of float32 sums: the weights must agree to
-``WEIGHT_TOLERANCE``. (The logged loss is each worker's own, on its half of the
+``WEIGHT_TOLERANCE``. Adam divides each gradient by its own running magnitude, so a
+weight whose gradient is near zero can move by a visible share of a step when the
+sums are reordered (2e-5 seen on one CPU); a worker that skipped the gradient
+all-reduce would differ by whole steps (about the learning rate, 2e-3). (The logged loss is each worker's own, on its half of the
 batch, so it is not compared.)
 """
 
@@ -20,7 +23,9 @@ import sys
 import numpy as np
 import pytest
 
-WEIGHT_TOLERANCE = 1e-5   # absolute, every weight after one epoch (2 Adam steps); seen: 1e-7
+# Absolute, every weight after one epoch (2 Adam steps of at most lr = 2e-3 each):
+# 5% of one step. Seen: 1e-7 on one CPU, 2e-5 on another.
+WEIGHT_TOLERANCE = 1e-4
 TINY = """
 [model]
 base_filters = 4
