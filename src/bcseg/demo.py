@@ -7,11 +7,11 @@ a two-channel model (ultrasound + photoacoustic) on the ``realistic`` phantom, w
 report shows each channel beside the overlay.
 
 Sized by FLOPs to finish in about 6 minutes on a 2-core CPU without AVX-512 (the
-``demo`` preset's 2D U-Net runs at half resolution behind a strided first
-convolution). A time budget per model guards the 10-minute promise on slower or
-busy machines: after timing epoch 2, a model trains only the epochs that fit in it,
-with its learning-rate schedule fitted to that count. The summary prints the
-epochs each model reached, and ``demo.json`` keeps them with the phase times.
+``demo`` preset's 2D U-Net is narrow: 8 filters at full resolution). A time budget
+per model guards the 10-minute promise on slower or busy machines: after timing
+epoch 2, a model trains only the epochs that fit in it, with its learning-rate
+schedule fitted to that count. The summary prints the epochs each model reached,
+and ``demo.json`` keeps them with the phase times.
 """
 
 from __future__ import annotations
@@ -28,16 +28,19 @@ DEMO_SPECIMENS = 10
 DEMO_SHAPE = (24, 128, 128)
 PA_SHAPE = (16, 96, 96)  # the realistic two-channel phantom: smaller, so it adds ~1.5 minutes
 # Training-time budgets (minutes): caps, so that with phantom, tuning, prediction and
-# reports the demo ends within 10 minutes on a 2-core machine. On a quiet AVX2 machine
-# the 2D cap is reached (21 of 24 epochs, 12-14 s each) and make demo takes 7.3 min;
-# a 5.5-minute cap took 9 min and did not raise Dice (docs/speed.md).
+# reports the demo ends within 10 minutes on a 2-core machine. The 2D model's steps
+# take 0.85x the time of the stride-2 model measured on a quiet AVX2 machine (12-14 s
+# an epoch there, 21 of 24 epochs within the cap), so about 22-24 epochs fit; its
+# Dice holds from 22 epochs on (docs/speed.md).
 BUDGET_MINUTES = {"unet2d": 4.5, "unet3d": 1.5, "unet2d_us_pa": 1.25}
+# The 3D and two-channel models keep the stride-2 first convolution of their own sizing.
 OVERRIDES_3D = {
-    "model": {"ndim": 3, "base_filters": 8, "depth": 3},
+    "model": {"ndim": 3, "base_filters": 8, "depth": 3, "stem_stride": 2},
     "data": {"size": 64, "patch_depth": 16},
     "train": {"epochs": 15, "batch_size": 2, "learning_rate": 0.003},
 }
-OVERRIDES_US_PA = {"data": {"size": 96, "channels": ["us", "pa"]}, "train": {"epochs": 16}}
+OVERRIDES_US_PA = {"model": {"base_filters": 16, "stem_stride": 2},
+                   "data": {"size": 96, "channels": ["us", "pa"]}, "train": {"epochs": 16}}
 TITLES = {"unet2d": "", "unet3d": "", "unet2d_us_pa": " of the realistic phantom, ultrasound + photoacoustic"}
 # Each model: the phantom it trains on, and its settings over the ``demo`` preset.
 MODELS = {"unet2d": ("phantom", {}), "unet3d": ("phantom", OVERRIDES_3D),
