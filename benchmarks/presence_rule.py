@@ -35,11 +35,6 @@ DEFAULT_DATA = ROOT.parent / "shared" / "datasets" / "busi"
 GRID = (0.0, 0.6, 0.7, 0.8, 0.85, 0.9, 0.93, 0.95, 0.97, 0.98, 0.99, 0.995)
 
 
-def dice(a: np.ndarray, b: np.ndarray) -> float:
-    total = a.sum() + b.sum()
-    return 1.0 if total == 0 else 2.0 * (a & b).sum() / total
-
-
 def score_image(models, settings, case) -> tuple[list[float | None], list[bool]]:
     """Dice (None for a normal image) and emptiness of one image, per ``p`` of GRID."""
     from scipy import ndimage as ndi
@@ -47,6 +42,7 @@ def score_image(models, settings, case) -> tuple[list[float | None], list[bool]]
     from bcseg.after_fit import segment_case
     from bcseg.data.dataset import read_case_masks
     from bcseg.infer.postprocess import postprocess
+    from bcseg.measure.metrics import dice
 
     _, _, mask, prob = segment_case(models, case, settings.replace(postprocess=()))
     labels, count = ndi.label(np.asarray(mask) > 0)

@@ -8,8 +8,8 @@ changes nothing but the order of float32 sums: the weights must agree to
 ``WEIGHT_TOLERANCE``. Adam divides each gradient by its own running magnitude, so a
 weight whose gradient is near zero can move by a visible share of a step when the
 sums are reordered (2e-5 seen on one CPU); a worker that skipped the gradient
-all-reduce would differ by whole steps (about the learning rate, 2e-3). (The logged loss is each worker's own, on its half of the
-batch, so it is not compared.)
+all-reduce would differ by whole steps (about the learning rate, 2e-3). (The logged
+loss is each worker's own, on its half of the batch, so it is not compared.)
 """
 
 from __future__ import annotations
