@@ -26,7 +26,6 @@ import csv
 import json
 import math
 import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -35,6 +34,8 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = ROOT.parent / "shared" / "datasets" / "busi"
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from machine import busi_missing, hardware  # noqa: E402  (benchmarks/machine.py)
 
 
 def _rows(metrics_csv: Path) -> list[dict]:
@@ -113,8 +114,7 @@ def main(argv=None) -> int:
     from bcseg.data.dataset import discover
 
     data = Path(args.data)
-    if not (data / "folds.csv").is_file():
-        print(f"busi.py: error: {data}: BUSI with folds.csv not found", file=sys.stderr)
+    if busi_missing(data, "busi.py"):
         return 3
     cases = discover(data)
     lesions = [c for c in cases if c.label_class in ("benign", "malignant")]
@@ -128,12 +128,8 @@ def main(argv=None) -> int:
 
     out = Path(args.out)
     started = time.perf_counter()
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    from machine import cpu_flags
-
     results = {"folds": {}, "config": args.config, "protocol": "folds.csv, benign+malignant",
-               "hardware": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPU "
-                           f"cores, {cpu_flags()}",
+               "hardware": hardware(),
                "budget": f"{args.budget_min:g} min per fold" if args.budget_min else "all epochs"}
     for fold in wanted:
         results["folds"][fold] = _fold(fold, out, lesions, cases, all_folds, classes, args,

@@ -38,7 +38,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
-from machine import cpu_flags, write_results  # noqa: E402  (benchmarks/machine.py)
+from machine import busi_missing, cpu_flags, write_results  # noqa: E402  (benchmarks/machine.py)
 
 DEFAULT_DATA = ROOT.parent / "shared" / "datasets" / "busi"
 TWIN = ROOT / "tests" / "data" / "busi_heldout" / "busi_unet2d.keras"
@@ -141,8 +141,7 @@ def main(argv=None) -> int:
     from bcseg.data.splits import folds_from_file
 
     data, out = Path(args.data), Path(args.out)
-    if not (data / "folds.csv").is_file():
-        print(f"busi_normals.py: error: {data}: BUSI with folds.csv not found", file=sys.stderr)
+    if busi_missing(data, "busi_normals.py"):
         return 3
     started = time.perf_counter()
     cases = discover(data)

@@ -7,8 +7,10 @@ training speed differs 2-5x between them.
 
 from __future__ import annotations
 
+import os
 import platform
 import re
+import sys
 from pathlib import Path
 
 
@@ -21,6 +23,19 @@ def cpu_flags() -> str:
     avx512 = sorted(set(re.findall(r"\bavx512[a-z_0-9]*", text)))
     base = "AVX2" if re.search(r"\bavx2\b", text) else "no AVX2"
     return f"{base}, " + (" ".join(avx512) if avx512 else "no AVX-512")
+
+
+def hardware() -> str:
+    """``"x86_64, 2 CPU cores, AVX2, avx512f ..."``: the line a result table ends with."""
+    return f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores, {cpu_flags()}"
+
+
+def busi_missing(data: Path, script: str) -> bool:
+    """Say so (one line, on stderr) when ``data`` is not BUSI with its folds.csv."""
+    if (Path(data) / "folds.csv").is_file():
+        return False
+    print(f"{script}: error: {data}: BUSI with folds.csv not found", file=sys.stderr)
+    return True
 
 
 def write_results(out: Path, name: str, results: dict, table: str) -> None:

@@ -43,7 +43,7 @@ from scipy import ndimage
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
-from machine import cpu_flags  # noqa: E402  (benchmarks/machine.py)
+from machine import busi_missing, cpu_flags  # noqa: E402  (benchmarks/machine.py)
 
 DEFAULT_DATA = ROOT.parent / "shared" / "datasets" / "busi"
 DEFAULT_MODEL = ROOT / "tests" / "data" / "busi_heldout" / "busi_unet2d.keras"
@@ -180,8 +180,7 @@ def main(argv=None) -> int:
 
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     data = Path(args.data)
-    if not (data / "folds.csv").is_file():
-        print(f"shift.py: error: {data}: BUSI with folds.csv not found", file=sys.stderr)
+    if busi_missing(data, "shift.py"):
         return 3
     from bcseg.infer.predict import load_model
 
