@@ -95,6 +95,60 @@ def load_config(config: str | Path | None = None, overrides: dict | None = None)
     return result
 
 
+# The intensity normalisations bcseg.data.intensity implements (it imports this list:
+# the data stage may use this basic module, not the other way round).
+NORMALISATIONS = ("auto", "uint8", "percentile", "log")
+
+# Allowed ranges of the numeric keys, as intervals: "[" and "]" include the bound, "(" and
+# ")" exclude it. An open "inf)" also refuses inf, and NaN fails every comparison, so every
+# key here must be a finite number. Checked when the file is loaded, before any run folder
+# is touched, so that a bad value is one error naming the file and the key rather than a
+# crash (or a NaN loss) epochs later.
+RANGES = {
+    # counts and sizes: zero or less builds no model, draws no batch, splits nothing
+    ("model", "base_filters"): "[1, inf)",
+    ("model", "depth"): "[1, inf)",
+    ("model", "stem_stride"): "[1, inf)",  # also a power of two (models.unet)
+    ("model", "max_filters"): "[0, inf)",  # 0: no cap; else at least base_filters
+    ("model", "dropout"): "[0, 1)",  # keras Dropout's rate; 1 would drop everything
+    ("data", "size"): "[1, inf)",
+    ("data", "patch_depth"): "[1, inf)",
+    ("data", "tumour_fraction"): "[0, 1]",
+    # [augment]: the same bounds as AugmentConfig (learn/augment.py), which would
+    # otherwise refuse them only when training starts, without naming the file
+    ("augment", "rotation_deg"): "[0, 180]",
+    ("augment", "p_geometric"): "[0, 1]",
+    ("augment", "p_intensity"): "[0, 1]",
+    ("augment", "brightness"): "[0, inf)",
+    ("augment", "contrast"): "[0, 1)",
+    ("augment", "speckle"): "[0, inf)",
+    ("augment", "gain_ramp"): "[0, 1)",
+    ("augment", "blur"): "[0, 4]",  # augment.MAX_BLUR pixels
+    ("augment", "resample"): "[0, 1)",
+    ("augment", "speckle_grain"): "[0, 4]",  # augment.MAX_BLUR pixels
+    ("train", "epochs"): "[1, inf)",
+    ("train", "budget_minutes"): "[0, inf)",  # 0: no time budget
+    ("train", "steps_per_epoch"): "[0, inf)",  # 0: one pass over the samples
+    ("train", "batch_size"): "[1, inf)",
+    ("train", "learning_rate"): "(0, inf)",
+    ("train", "early_stopping"): "[0, inf)",  # 0: off
+    ("train", "val_fraction"): "[0, 1)",  # at least one group always stays for training
+    ("train", "k"): "[2, inf)",  # splits.kfold_by_group needs two folds
+    ("train", "test_last"): "[1, inf)",  # split = "last" needs a test specimen
+    ("train", "seed"): "[0, 2147483647]",  # numpy seeds refuse negatives; room for seed + epoch
+    ("inference", "threshold"): "(0, 1)",  # 0 or 1 would mark every pixel or none
+}
+# (low, high) ranges drawn from in [augment]; factors, so both positive
+PAIRS = (("augment", "scale"), ("augment", "gamma"))
+
+
+def _in_interval(value, interval: str) -> bool:
+    low, high = (float(bound) for bound in interval[1:-1].split(","))
+    above = value > low if interval[0] == "(" else value >= low
+    below = value < high if interval[-1] == ")" else value <= high
+    return above and below
+
+
 def _check_values(cfg: dict, source=None) -> None:
     choices = {
         ("model", "ndim"): (2, 3),
@@ -110,25 +164,50 @@ def _check_values(cfg: dict, source=None) -> None:
         if cfg[section][key] not in allowed:
             raise ConfigError(source, f"'{section}.{key}' must be one of {allowed}, "
                               f"got {cfg[section][key]!r}")
-    for section, key in (("train", "epochs"), ("train", "batch_size"), ("data", "size"),
-                         ("model", "base_filters"), ("model", "depth")):
-        if cfg[section][key] < 1:
-            raise ConfigError(source, f"'{section}.{key}' must be at least 1")
-    if not 0 <= cfg["data"]["tumour_fraction"] <= 1:
-        raise ConfigError(source, "'data.tumour_fraction' must be between 0 and 1")
+    for (section, key), interval in RANGES.items():
+        if not _in_interval(cfg[section][key], interval):
+            raise ConfigError(source, f"'{section}.{key}' must be in {interval}, got {cfg[section][key]!r}")
+    for section, key in PAIRS:
+        pair = cfg[section][key]
+        if not (len(pair) == 2 and all(_is_number(v) and _in_interval(v, "(0, inf)") for v in pair)
+                and pair[0] <= pair[1]):
+            raise ConfigError(source, f"'{section}.{key}' must be [low, high], two finite numbers "
+                              f"with 0 < low <= high, got {pair!r}")
+    _check_model_shape(cfg, source)
     _check_channels(cfg["data"], source)
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _check_model_shape(cfg: dict, source) -> None:
+    """What :func:`bcseg.learn.models.unet` refuses, or fails on in the first batch:
+    a stride that is no power of two, a filter cap below the first level's filters, and
+    inputs that ``2**depth * stem_stride`` does not divide (the skips would not match)."""
+    m, d = cfg["model"], cfg["data"]
+    if m["stem_stride"] & (m["stem_stride"] - 1):
+        raise ConfigError(source, f"'model.stem_stride' must be a power of two, got {m['stem_stride']}")
+    if 0 < m["max_filters"] < m["base_filters"]:
+        raise ConfigError(source, f"'model.max_filters' must be 0 (no cap) or at least "
+                          f"model.base_filters ({m['base_filters']}), got {m['max_filters']}")
+    divisor = 2 ** m["depth"] * m["stem_stride"]
+    for key in ("size", "patch_depth") if m["ndim"] == 3 else ("size",):
+        if d[key] % divisor:
+            raise ConfigError(source, f"'data.{key}' must be a multiple of 2**model.depth * "
+                              f"model.stem_stride = {divisor}, got {d[key]}")
 
 
 def _check_channels(data: dict, source) -> None:
     """``data.channels`` a list of distinct names, ``data.normalisation`` a table of
-    names; the names and methods themselves are checked against the dataset when
-    training starts (:mod:`bcseg.data.channels`, :mod:`bcseg.data.intensity`)."""
+    names to known methods; the names themselves are checked against the dataset when
+    training starts (:mod:`bcseg.data.channels`)."""
     names = data["channels"]
     if not all(isinstance(n, str) for n in names) or len(set(names)) != len(names):
         raise ConfigError(source, f"'data.channels' must list distinct channel names, got {names!r}")
-    if not all(isinstance(v, str) for v in data["normalisation"].values()):
-        raise ConfigError(source, "'data.normalisation' must map channel names to methods, "
-                          f"got {data['normalisation']!r}")
+    if not all(v in NORMALISATIONS for v in data["normalisation"].values()):
+        raise ConfigError(source, "'data.normalisation' must map channel names to methods "
+                          f"({', '.join(NORMALISATIONS)}), got {data['normalisation']!r}")
 
 
 def _toml_value(value) -> str:

@@ -28,11 +28,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from bcseg.config import NORMALISATIONS
 from bcseg.errors import DataError
 
 PERCENTILES = (0.5, 99.5)
 MAX_SAMPLES = 1_000_000
-METHODS = ("auto", "uint8", "percentile", "log")
+METHODS = NORMALISATIONS  # what config.toml may name
 DEFAULT_METHODS = {"pa": "log"}  # channels not listed: "auto"
 LOG_RANGE_DB = 40.0
 

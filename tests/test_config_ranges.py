@@ -1,0 +1,101 @@
+"""Out-of-range configuration values are refused when the file is loaded.
+
+Every numeric or list key of ``configs/default.toml`` has a range; a value outside
+it is a one-line :class:`ConfigError` naming the TOML file and the key, raised by
+``load_config`` before ``bcseg train`` touches its run folder, not a bare error (or
+a NaN loss) epochs later.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from bcseg.config import load_config
+from bcseg.errors import ConfigError
+
+# (TOML text, the key it breaks); the values around each rule's bounds
+BAD = [
+    ("[model]\nbase_filters = 0", "model.base_filters"),
+    ("[model]\ndepth = 0", "model.depth"),
+    ("[model]\nstem_stride = 0", "model.stem_stride"),
+    ("[model]\nstem_stride = 3", "model.stem_stride"),  # not a power of two
+    ("[model]\nmax_filters = -1", "model.max_filters"),
+    ("[model]\nbase_filters = 16\nmax_filters = 8", "model.max_filters"),  # below base_filters
+    ("[model]\ndropout = 2.0", "model.dropout"),
+    ("[model]\ndropout = 1.0", "model.dropout"),
+    ("[model]\ndropout = -0.1", "model.dropout"),
+    ("[data]\nsize = 0", "data.size"),
+    ("[data]\nsize = 100", "data.size"),  # not a multiple of 2**4
+    ("[data]\npatch_depth = 0", "data.patch_depth"),
+    ("[model]\nndim = 3\n[data]\npatch_depth = 12", "data.patch_depth"),  # not a multiple of 16
+    ("[data]\ntumour_fraction = nan", "data.tumour_fraction"),
+    ("[data]\nnormalisation = { pa = \"sqrt\" }", "data.normalisation"),
+    ("[augment]\nrotation_deg = 200.0", "augment.rotation_deg"),
+    ("[augment]\nrotation_deg = -1.0", "augment.rotation_deg"),
+    ("[augment]\np_geometric = 1.5", "augment.p_geometric"),
+    ("[augment]\np_intensity = -0.5", "augment.p_intensity"),
+    ("[augment]\nbrightness = -0.1", "augment.brightness"),
+    ("[augment]\nbrightness = inf", "augment.brightness"),
+    ("[augment]\ncontrast = 1.0", "augment.contrast"),
+    ("[augment]\nspeckle = -1.0", "augment.speckle"),
+    ("[augment]\ngain_ramp = 1.0", "augment.gain_ramp"),
+    ("[augment]\nblur = 5.0", "augment.blur"),
+    ("[augment]\nresample = 1.0", "augment.resample"),
+    ("[augment]\nspeckle_grain = 4.5", "augment.speckle_grain"),
+    ("[augment]\nscale = [\"a\", \"b\"]", "augment.scale"),
+    ("[augment]\nscale = [1.2, 0.8]", "augment.scale"),  # low > high
+    ("[augment]\nscale = [0.0, 1.0]", "augment.scale"),
+    ("[augment]\nscale = [1.0]", "augment.scale"),
+    ("[augment]\nscale = [nan, 1.0]", "augment.scale"),
+    ("[augment]\ngamma = [0.7, inf]", "augment.gamma"),
+    ("[augment]\ngamma = [true, true]", "augment.gamma"),
+    ("[train]\nepochs = 0", "train.epochs"),
+    ("[train]\nbudget_minutes = -1.0", "train.budget_minutes"),
+    ("[train]\nbudget_minutes = inf", "train.budget_minutes"),
+    ("[train]\nsteps_per_epoch = -1", "train.steps_per_epoch"),
+    ("[train]\nbatch_size = 0", "train.batch_size"),
+    ("[train]\nlearning_rate = nan", "train.learning_rate"),
+    ("[train]\nlearning_rate = 0.0", "train.learning_rate"),
+    ("[train]\nlearning_rate = -0.001", "train.learning_rate"),
+    ("[train]\nlearning_rate = inf", "train.learning_rate"),
+    ("[train]\nearly_stopping = -1", "train.early_stopping"),
+    ("[train]\nval_fraction = 1.0", "train.val_fraction"),
+    ("[train]\nval_fraction = -0.2", "train.val_fraction"),
+    ("[train]\nk = 0", "train.k"),
+    ("[train]\nk = 1", "train.k"),
+    ("[train]\ntest_last = 0", "train.test_last"),
+    ("[train]\nseed = -1", "train.seed"),
+    ("[inference]\nthreshold = 7.0", "inference.threshold"),
+    ("[inference]\nthreshold = 0.0", "inference.threshold"),
+    ("[inference]\nthreshold = 1.0", "inference.threshold"),
+    ("[inference]\nthreshold = nan", "inference.threshold"),
+]
+
+
+@pytest.mark.parametrize("toml, key", BAD, ids=[t.replace("\n", " ") for t, _ in BAD])
+def test_out_of_range_value_is_a_config_error_naming_file_and_key(toml, key, tmp_path):
+    bad = tmp_path / "bad.toml"
+    bad.write_text(toml + "\n", encoding="utf-8")
+    with pytest.raises(ConfigError) as caught:
+        load_config(bad)
+    message = str(caught.value)  # one line: the file, the key, the rule, the value read
+    assert message.startswith(f"{bad}: '{key}' must ") and ", got " in message
+    assert "\n" not in message
+
+
+@pytest.mark.parametrize("toml, key", [
+    ("[model]\ndropout = 2.0", "model.dropout"),
+    ("[model]\nstem_stride = 0", "model.stem_stride"),
+    ("[augment]\nscale = [\"a\", \"b\"]", "augment.scale"),
+    ("[train]\nlearning_rate = nan", "train.learning_rate"),
+], ids=["dropout", "stem_stride", "scale", "learning_rate"])
+def test_train_with_a_bad_config_exits_before_the_run_folder(toml, key, tmp_path, phantom_root, capsys):
+    from test_robustness import one_error_line, run_main  # imports Keras: only here
+
+    bad = tmp_path / "bad.toml"
+    bad.write_text(toml + "\n", encoding="utf-8")
+    run = tmp_path / "run"
+    code, _, err = run_main(capsys, ["train", phantom_root, "--out", run, "--config", bad])
+    assert code == ConfigError.exit_code == 4
+    assert f"{bad}: '{key}' must be " in one_error_line(err)
+    assert not run.exists()  # a corrected rerun is not refused as "already holds a run"
