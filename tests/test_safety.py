@@ -273,7 +273,7 @@ def test_the_next_claim_settles_what_a_killed_replacement_left(moment, finished,
         assert outputs.listing(folder) == {"new.csv"} and outputs.owned(folder) == {"new.csv"}
     else:
         assert {k: v for k, v in hashes(tmp_path).items() if not k.endswith(outputs.RECORD)} == old
-        assert outputs.owned(folder) == {"a.csv", "sub/b.csv"}
+        assert outputs.owned(folder) == {"a.csv", "sub/", "sub/b.csv"}
 
 
 def test_settling_leftovers_never_deletes_what_bcseg_did_not_write(tmp_path):
@@ -606,3 +606,200 @@ def test_resume_keeps_complete_masks_and_finishes_a_killed_run(tmp_path, capsys,
     assert sorted(outputs.listing(out)) == [f"s{i}_mask.tif" for i in range(6)]
     assert all(hashlib.sha256((out / n).read_bytes()).hexdigest() == h for n, h in done.items())
     assert outputs.foreign(out) == []  # the killed run's masks are recorded as bcseg's
+
+
+# --------------------------------------------------------------------------- data loss found by the second red-team pass
+
+def _phantom_force(capsys, out: Path) -> tuple[int, str]:
+    code, _, err = run(capsys, "phantom", out, "--n", 1, "--shape", 8, 16, 16, "--force")
+    return code, err
+
+
+def test_force_on_a_linked_output_folder_keeps_the_result_and_the_link(tmp_path, capsys):
+    """--out a link to an earlier result, with --force: refused, nothing moved or deleted
+    (it used to move the result aside, fail to write through the link, and delete it)."""
+    run1 = tmp_path / "run1"
+    assert run(capsys, "phantom", run1, "--n", 1, "--shape", 8, 16, 16)[0] == 0
+    (tmp_path / "latest").symlink_to("run1")
+    before = hashes(tmp_path)
+    code, err = _phantom_force(capsys, tmp_path / "latest")
+    assert code == 2 and "latest: is a link to run1" in one_line(err)
+    assert_survives(before, tmp_path)
+    assert (tmp_path / "latest").is_symlink() and sorted(p.name for p in tmp_path.iterdir()) == [
+        "latest", "run1"]
+
+
+@pytest.mark.parametrize("name", ["notes.partial-2.txt", "thesis/chapter1.partial-draft.docx",
+                                  "results.partial-final.csv"])
+def test_a_file_whose_name_merely_contains_partial_is_the_users(name, tmp_path, capsys, models):
+    """Only bcseg's own temporary names (".STEM.partial-PID.SUFFIX") count as its leftovers."""
+    folder = tmp_path / "mine"
+    (folder / name).parent.mkdir(parents=True, exist_ok=True)
+    (folder / name).write_text("a week of work")
+    before = hashes(tmp_path)
+    code, err = _phantom_force(capsys, folder)
+    assert code == 2 and "was not written by bcseg" in one_line(err)
+    out = stacks(tmp_path / "data", 1).parent / "out"
+    (out / name).parent.mkdir(parents=True, exist_ok=True)
+    (out / name).write_text("a week of work")
+    before = hashes(tmp_path)
+    code, _, err = run(capsys, "predict", tmp_path / "data", "--model", models["2d"], "--out", out,
+                       "--resume", "--no-progress")
+    assert (code, err) == (0, "")
+    assert_survives(before, tmp_path)
+
+
+def dead_pid() -> str:
+    """The id of a process that has ended (reused only after the kernel wraps around)."""
+    return subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True).stdout.strip()
+
+
+def test_remove_partials_takes_only_dead_runs_temporaries(tmp_path):
+    from bcseg.atomic import remove_partials
+    dead = dead_pid()
+    for name in (f".a_mask.partial-{dead}.tif", f".b.partial-{dead}.nii.gz", "a.partial-1.tif",
+                 f".c.partial-{os.getppid()}.tif", ".d.partial-x.tif"):
+        (tmp_path / name).write_text("x")
+    removed = sorted(p.name for p in remove_partials(tmp_path))
+    assert removed == [f".a_mask.partial-{dead}.tif", f".b.partial-{dead}.nii.gz"]
+    # a live process's temporary (here: pytest's parent) and look-alikes are kept
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        f".c.partial-{os.getppid()}.tif", ".d.partial-x.tif", "a.partial-1.tif"]
+
+
+@pytest.mark.parametrize("kind", ["empty folders", "a pipe"])
+def test_force_never_removes_a_users_folders_or_special_files(kind, tmp_path, capsys):
+    folder = tmp_path / "p2"
+    if kind == "empty folders":
+        (folder / "patients" / "2024" / "scans").mkdir(parents=True)
+    else:
+        folder.mkdir()
+        os.mkfifo(folder / "fifo")
+    before = sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*"))
+    code, err = _phantom_force(capsys, folder)
+    assert code == 2 and "was not written by bcseg" in one_line(err)
+    assert sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*")) == before
+
+
+def test_a_folder_that_cannot_be_read_is_never_replaced(tmp_path, monkeypatch):
+    """What an unreadable folder holds cannot be known, so it cannot be known to be bcseg's.
+    (Permissions do not stop root, who runs CI; the read error is raised where os.walk
+    meets it instead.)"""
+    folder = tmp_path / "d"
+    with outputs.claim(folder, "test"):
+        write_text(folder / "a.csv", "ours\n")
+    (folder / "locked").mkdir()
+    real = os.scandir
+
+    def scandir(path="."):
+        if Path(path).name == "locked":
+            raise PermissionError(13, "Permission denied", str(path))
+        return real(path)
+
+    monkeypatch.setattr(os, "scandir", scandir)
+    before = sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*"))
+    with pytest.raises(UsageError, match="locked: cannot be read"):
+        with outputs.claim(folder, "test", replace=True):
+            pass
+    assert sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*")) == before
+
+
+def test_when_putting_the_old_result_back_fails_it_is_kept_aside_not_deleted(tmp_path, monkeypatch):
+    folder = tmp_path / "result"
+    with outputs.claim(folder, "test"):
+        write_text(folder / "a.csv", "old\n")
+    real = os.replace
+
+    def replace(src, dst):
+        if ".old-" in Path(src).name:
+            raise OSError(5, "Input/output error")
+        return real(src, dst)
+
+    monkeypatch.setattr(outputs.os, "replace", replace)
+    with pytest.raises(OSError, match="Input/output"):
+        with outputs.claim(folder, "test", replace=True):
+            raise RuntimeError("the new run fails")
+    aside = tmp_path / f".result.old-{os.getpid()}"
+    assert (aside / "a.csv").read_text() == "old\n"
+    monkeypatch.setattr(outputs.os, "replace", real)
+    # the next bcseg run (another process) that claims the folder puts it back
+    aside.rename(tmp_path / f".result.old-{dead_pid()}")
+    with outputs.claim(folder, "test"):
+        pass
+    assert (folder / "a.csv").read_text() == "old\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["result"]
+
+
+def _manifest(tmp_path: Path, phantom: Path, ids: list[str]) -> Path:
+    rows = ["id,image,mask_observer1,mask_observer2,group"]
+    for i, case_id in enumerate(ids):
+        name = f"specimen_{i:03d}.tif"
+        rows.append(f'"{case_id}",{phantom}/images/{name},{phantom}/masks/observer1/{name},'
+                    f'{phantom}/masks/observer2/{name},g{i}')
+    path = tmp_path / "cases" / "manifest.csv"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(rows) + "\n")
+    return path
+
+
+@pytest.mark.parametrize("bad_id, problem", [("../../victim", "not a plain file name"),
+                                             ("sub/dir/b", "not a plain file name"),
+                                             ("..", "not a plain file name"),
+                                             (".hidden", "starts with '.'"),
+                                             ("x" * 220, "220 bytes long")])
+def test_a_case_id_that_would_name_files_outside_the_output_is_refused(bad_id, problem, tmp_path,
+                                                                      capsys, phantom, models):
+    """Case ids name output files (ID_mask.tif): one with a folder part wrote outside --out
+    and overwrote a user's file there; a too long one failed only after training."""
+    manifest = _manifest(tmp_path, phantom, ["a", bad_id, "c"])
+    (tmp_path / "victim_mask.tif").write_text("the user's")
+    before = hashes(tmp_path)
+    for argv in (["train", manifest, "--out", tmp_path / "work" / "run", "--epochs", 1],
+                 ["predict", manifest, "--model", models["2d"], "--out", tmp_path / "work" / "out"],
+                 ["check", manifest]):
+        code, _, err = run(capsys, *argv)
+        line = one_line(err)
+        assert code == 3 and "manifest.csv" in line and problem in line, (argv[0], line)
+    assert_survives(before, tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cases", "victim_mask.tif"]
+
+
+def test_report_on_a_folder_with_nothing_to_report_leaves_it_untouched(tmp_path, capsys, phantom):
+    data = _copy_tree(phantom, tmp_path / "data")
+    (data / outputs.RECORD).unlink()  # a folder of the user's own, not one bcseg wrote
+    before = sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*"))
+    code, _, err = run(capsys, "report", data)
+    assert code == 3 and "nothing to report" in one_line(err)
+    assert sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*")) == before
+
+
+def test_a_claim_that_fails_before_writing_leaves_no_record_in_a_users_folder(tmp_path):
+    folder = tmp_path / "mine"
+    folder.mkdir()
+    (folder / "notes.txt").write_text("mine")
+    with pytest.raises(RuntimeError):
+        with outputs.claim(folder, "test"):
+            raise RuntimeError("refused after the claim began")
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["mine", "notes.txt"]
+
+
+def test_a_file_added_after_a_killed_run_is_not_adopted_as_bcsegs(tmp_path, capsys):
+    """SIGKILL part-way through a run, then the user drops a file into its folder: a
+    later --force must refuse (it used to adopt every file that appeared since the dead
+    run began, and delete the user's)."""
+    folder = tmp_path / "k1"
+    process = popen("phantom", folder, "--n", 400, "--shape", 8, 32, 32)
+    wait_for(lambda: len(list((folder / "images").glob("*.tif"))) >= 2 if folder.is_dir() else False,
+             process, timeout=120)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    time.sleep(0.05)  # the file system's clock ticks past the killed run's last write
+    (folder / "NOTES_mine.txt").write_text("notes")
+    before = hashes(tmp_path)
+    code, err = _phantom_force(capsys, folder)
+    assert code == 2 and "NOTES_mine.txt: was not written by bcseg" in one_line(err)
+    assert_survives(before, tmp_path, changed=(f".k1{outputs.LOCK_SUFFIX}",))  # the dead run's lock
+    (folder / "NOTES_mine.txt").unlink()  # without it the killed run's files are bcseg's
+    code, err = _phantom_force(capsys, folder)
+    assert (code, err) == (0, "")

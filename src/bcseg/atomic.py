@@ -14,11 +14,17 @@ import hashlib
 import os
 import re
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 from bcseg.errors import DiskFullError, UsageError
 
 PARTIAL_MARK = ".partial-"
+# Exactly what partial_name makes: hidden, the mark, a process id, then the real suffix
+# (none, one like ".tif", or ".nii.gz"). A user's "notes.partial-2.txt" or
+# "chapter.partial-draft.docx" is not bcseg's and must never be treated as a leftover.
+_PARTIAL_NAME = re.compile(r"^\..+\.partial-(?P<pid>\d+)(\.nii\.gz|\.[^./]+)?$")
+# Called with each file once it is complete (bcseg.outputs marks its claim alive).
+WRITE_HOOKS: list[Callable[[Path], None]] = []
 NAME_MAX = 255  # bytes in one file name on every common file system
 FULL = {errno.ENOSPC: "no space left on the device", errno.EDQUOT: "disk quota exceeded",
         errno.EFBIG: "larger than the file system or the file size limit allows"}
@@ -69,6 +75,8 @@ def atomic_path(path: str | Path, force: bool = True) -> Iterator[Path]:
         with open(tmp, "rb+") as handle:  # flush to disk before the rename
             os.fsync(handle.fileno())
         os.replace(tmp, path)
+        for hook in WRITE_HOOKS:
+            hook(path)
     except OSError as exc:
         problem = full_disk_problem(exc)
         if problem:  # named after the file, not the hidden temporary one
@@ -102,13 +110,37 @@ def write_text(path: str | Path, text: str, force: bool = True) -> Path:
     return Path(path)
 
 
+def partial_pid(name: str) -> int | None:
+    """The process id in a temporary name made by :func:`partial_name`, else None."""
+    match = _PARTIAL_NAME.match(name)
+    return int(match["pid"]) if match else None
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError):
+        return True  # someone else's live process, or a number no process has: keep it
+    return True
+
+
 def remove_partials(folder: str | Path) -> list[Path]:
-    """Delete temporary files a killed run left in ``folder``; return them."""
+    """Delete temporary files a killed run left in ``folder``; return them.
+
+    Only files named exactly as :func:`partial_name` names them, by a process that is
+    no longer running (or by this one): a live run's temporaries are its own.
+    """
     removed = []
     for leftover in Path(folder).rglob(f"*{PARTIAL_MARK}*"):
-        if leftover.is_file():
-            leftover.unlink()
-            removed.append(leftover)
+        pid = partial_pid(leftover.name)
+        if pid is None or not leftover.is_file() or leftover.is_symlink():
+            continue
+        if pid != os.getpid() and _alive(pid):
+            continue
+        leftover.unlink()
+        removed.append(leftover)
     return removed
 
 

@@ -305,10 +305,11 @@ def cmd_evaluate(args) -> int:
 
 def _report(folder) -> Path:
     """Rebuild the report inside a claim, so its files are recorded as bcseg's."""
-    from bcseg.report.html import build_report
+    from bcseg.report.html import build_report, report_sources
 
     page = [Path(folder) / "report.html"]
     check_replaceable(page, force=True)  # never a page of yours
+    report_sources(Path(folder))  # nothing to report: refused before the folder is touched
     with claim(folder, "report"):
         check_replaceable(page, force=True)
         return build_report(folder)
@@ -399,8 +400,8 @@ def _add_phantom(sub) -> None:
                        "(images/ + masks/observer1/ + masks/observer2/), deterministic from the seed.")
     p.add_argument("out", help="output folder")
     p.add_argument("--n", type=_whole(1), default=8, help="number of specimens (default 8)")
-    p.add_argument("--shape", type=_whole(2), nargs=3, default=[24, 128, 128], metavar=("Z", "H", "W"),
-                   help="stack shape (default 24 128 128)")
+    p.add_argument("--shape", type=_whole(8), nargs=3, default=[24, 128, 128], metavar=("Z", "H", "W"),
+                   help="stack shape, each size >= 8 (default 24 128 128)")
     p.add_argument("--seed", type=_whole(0), default=0)
     p.add_argument("--truth", action="store_true",
                    help="also write the true tumour and tissue masks under truth/")

@@ -78,7 +78,7 @@ from bcseg.data.dataset import (IMAGE_CHANNEL, Case, dataset_channels, discover,
                                 read_case_image, read_case_masks)
 from bcseg.data.splits import check_groups_whole, kfold_by_group
 from bcseg.errors import DataError, DiskFullError, UsageError
-from bcseg.outputs import check_not_inputs, check_output_folder, claim
+from bcseg.outputs import beat, check_not_inputs, check_output_folder, claim
 
 __all__ = ["export_nnunet", "dataset_folder_name", "FILE_ENDINGS", "CASE_MAP", "SPLITS_FILE"]
 
@@ -245,6 +245,7 @@ def _write_dataset(cases: list[Case], nn_ids: list[str], stage: Path, dest: Path
             if path.is_file():
                 (dest / path.relative_to(stage)).parent.mkdir(parents=True, exist_ok=True)
                 os.replace(path, dest / path.relative_to(stage))
+                beat(dest)  # moved, not written through atomic_path: mark the claim alive
     except DiskFullError as exc:  # name the file the user will look for, not the hidden one
         raise DiskFullError(dest / Path(exc.path).relative_to(stage), exc.problem) from None
     finally:

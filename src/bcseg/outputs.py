@@ -41,7 +41,7 @@ import shutil
 from pathlib import Path
 from typing import Iterable, Iterator
 
-from bcseg.atomic import PARTIAL_MARK, write_text
+from bcseg.atomic import WRITE_HOOKS, partial_pid, write_text
 from bcseg.errors import UsageError
 
 RECORD = ".bcseg-outputs.json"
@@ -104,16 +104,48 @@ def check_not_inputs(folder: Path, inputs: Iterable) -> None:
 
 def _ours_by_name(name: str) -> bool:
     """Records, locks and temporary files are bcseg's by their names alone."""
-    return name == RECORD or name.endswith(LOCK_SUFFIX) or PARTIAL_MARK in name
+    return name == RECORD or (name.startswith(".") and name.endswith(LOCK_SUFFIX)) \
+        or partial_pid(name) is not None
 
 
-def listing(folder: str | Path) -> set[str]:
-    """Files under ``folder`` (relative, '/'-separated), without records, locks, temporaries."""
+def listing(folder: str | Path, strict: bool = True) -> set[str]:
+    """What lies under ``folder`` (relative, '/'-separated), without records, locks and
+    temporaries: every file, link, pipe or other entry, and every folder with a
+    trailing '/'.
+
+    Folders count, even empty ones, so that ``--force`` never removes a tree of the
+    user's folders; links are entries, never followed. With ``strict`` a folder that
+    cannot be read is a :class:`UsageError`: what it holds cannot be known, so it
+    cannot be known to be bcseg's. Without it, such a folder is simply not looked into.
+    """
     folder = Path(folder)
     if not folder.is_dir():
         return set()
-    return {p.relative_to(folder).as_posix() for p in folder.rglob("*")
-            if (p.is_file() or p.is_symlink()) and not _ours_by_name(p.name)}
+
+    def unreadable(error: OSError) -> None:
+        if strict:
+            raise UsageError(error.filename, "cannot be read, so bcseg cannot tell whether it "
+                             "holds files it did not write; fix its permissions or move it away")
+
+    found = set()
+    for root, dirs, files in os.walk(folder, onerror=unreadable):
+        base = Path(root)
+        dirs[:] = [d for d in dirs if not _ours_by_name(d)]  # a staging folder (nnunet)
+        for name in dirs:
+            relative = (base / name).relative_to(folder).as_posix()
+            found.add(relative if (base / name).is_symlink() else relative + "/")
+        found.update((base / name).relative_to(folder).as_posix() for name in files
+                     if not _ours_by_name(name))
+    return found
+
+
+def _with_folders(files: set[str]) -> set[str]:
+    """``files`` and every folder that holds one of them ('a/b.csv' -> 'a/')."""
+    folders = set()
+    for name in files:
+        parts = name.rstrip("/").split("/")[:-1]
+        folders.update("/".join(parts[:i]) + "/" for i in range(1, len(parts) + 1))
+    return files | folders
 
 
 def _load(folder: Path) -> dict:
@@ -137,15 +169,58 @@ def _alive(pid) -> bool:
 
 
 def _settle(folder: Path, record: dict, present: set[str]) -> dict:
-    """Adopt the files an open (finished or dead) claim wrote; forget removed files."""
+    """Adopt the files an open (finished or dead) claim wrote; forget removed files.
+
+    A killed run's claim adopts only the files changed no later than its last sign of
+    life (the record's modification time, see :func:`beat`): a file the user put in the
+    folder after the kill is the user's. Folders are adopted either way; the files in
+    them are what is protected.
+    """
     claim = record.pop("open", None)
     files = {k: v for k, v in record["files"].items() if k in present}
     if isinstance(claim, dict):
-        foreign = set(claim.get("foreign", []))
-        files.update({name: str(claim.get("command", "bcseg")) for name in sorted(present - foreign)
-                      if name not in files})
+        new = present - set(claim.get("foreign", [])) - set(files)
+        if claim.get("pid") != os.getpid():
+            last = _last_beat(folder)
+            new = {name for name in new if name.endswith("/") or _changed(folder / name) <= last}
+        files.update({name: str(claim.get("command", "bcseg")) for name in sorted(new)})
     record["files"] = dict(sorted(files.items()))
     return record
+
+
+def _last_beat(folder: Path) -> int:
+    try:
+        return (folder / RECORD).stat().st_mtime_ns
+    except OSError:
+        return -1
+
+
+def _changed(path: Path) -> float:
+    """When the entry was last changed: its ctime, which no copy or touch can set back."""
+    try:
+        return path.lstat().st_ctime_ns
+    except OSError:
+        return float("inf")
+
+
+def beat(path: str | Path) -> None:
+    """Mark the claims of the folders holding ``path`` alive now, after bcseg wrote it.
+
+    Every file bcseg writes goes through :func:`bcseg.atomic.atomic_path`, which calls
+    this; so a killed run's last write is never later than its record's modification
+    time, and what changed after that is not its work.
+    """
+    try:
+        resolved = Path(path).resolve()
+    except OSError:
+        return
+    for key in list(_held):
+        if key == resolved or key in resolved.parents:
+            with contextlib.suppress(OSError):
+                os.utime(key / RECORD)
+
+
+WRITE_HOOKS.append(beat)
 
 
 def owned(folder: str | Path) -> set[str]:
@@ -153,10 +228,12 @@ def owned(folder: str | Path) -> set[str]:
     folder = Path(folder)
     record = _load(folder)
     claim = record.get("open")
-    present = listing(folder)
+    present = listing(folder, strict=False)
     if isinstance(claim, dict) and (claim.get("pid") == os.getpid() or not _alive(claim.get("pid"))):
         record = _settle(folder, record, present)
-    return set(record["files"]) & present
+    # A folder holding one of bcseg's files is bcseg's too (records from before folders
+    # were listed name only the files).
+    return _with_folders(set(record["files"]) & present) & present
 
 
 def foreign(folder: str | Path) -> list[str]:
@@ -241,7 +318,7 @@ def _unlock(lock: tuple[int, Path]) -> None:
 
 def _start(folder: Path, command: str) -> None:
     folder.mkdir(parents=True, exist_ok=True)
-    present = listing(folder)
+    present = listing(folder, strict=False)
     record = _settle(folder, _load(folder), present)  # adopts what a killed run left
     record["open"] = {"pid": os.getpid(), "command": command,
                       "foreign": sorted(present - set(record["files"]))}
@@ -250,7 +327,7 @@ def _start(folder: Path, command: str) -> None:
 
 def _finish(folder: Path) -> None:
     if folder.is_dir():
-        record = _settle(folder, _load(folder), listing(folder))
+        record = _settle(folder, _load(folder), listing(folder, strict=False))
         write_text(folder / RECORD, json.dumps(record, indent=1) + "\n")
 
 
@@ -281,12 +358,16 @@ def claim(folder: str | Path, command: str, *, replace: bool = False, inputs: It
         Another run holds the folder; or ``replace`` would delete what is not bcseg's.
     """
     folder = Path(folder)
+    if replace and folder.is_symlink():  # moving a link aside and back is not replacing a folder
+        raise UsageError(folder, f"is a link to {os.readlink(folder)}; give the folder itself "
+                         "as the output to replace it")
     key = folder.resolve()
     if key in _held:  # a command run by another inside its claim (train -> evaluate)
         with _nested(key):
             yield folder
         return
     created = _first_missing(key)
+    had_record = (key / RECORD).is_file()
     lock = _lock(key, folder)
     try:
         _recover(key)
@@ -298,16 +379,18 @@ def claim(folder: str | Path, command: str, *, replace: bool = False, inputs: It
             yield folder
         except BaseException as exc:
             del _held[key]
-            if _undo(folder, aside, restore=not isinstance(exc, keep_on)):
-                aside = None
+            # When putting the old result back fails, _undo raises and the old result
+            # stays aside, where the next claim of the folder puts it back: never deleted.
+            if not _undo(folder, aside, restore=not isinstance(exc, keep_on)) and aside is not None:
+                shutil.rmtree(aside)  # the new, partial result is kept (keep_on)
             raise
-        else:
-            del _held[key]
-            _finish(folder)
-        finally:
-            if aside is not None:
-                shutil.rmtree(aside)
+        del _held[key]
+        _finish(folder)
+        if aside is not None:
+            shutil.rmtree(aside)
     finally:
+        if not had_record:  # a claim that wrote nothing leaves no record in a folder of yours
+            _drop_empty_record(key)
         _unlock(lock)
         if created is not None:
             _remove_if_empty(key, created)
@@ -337,6 +420,12 @@ def _undo(folder: Path, aside: Path | None, restore: bool) -> bool:
     return False
 
 
+def _drop_empty_record(folder: Path) -> None:
+    record = _load(folder)
+    if not record["files"] and "open" not in record:
+        (folder / RECORD).unlink(missing_ok=True)
+
+
 def _first_missing(folder: Path) -> Path | None:
     """The outermost of ``folder`` and its parents that does not exist yet."""
     missing = None
@@ -349,7 +438,7 @@ def _first_missing(folder: Path) -> Path | None:
 
 def _remove_if_empty(folder: Path, created: Path) -> None:
     """Remove the folders a claim created when nothing was written into them."""
-    if folder.is_dir() and not listing(folder):
+    if folder.is_dir() and not listing(folder, strict=False):
         (folder / RECORD).unlink(missing_ok=True)
     for path in (folder, *folder.parents):
         try:

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import os
 import re
 from collections import defaultdict
 from dataclasses import dataclass, field, replace
@@ -338,9 +339,32 @@ def _busi_groups(folds_csv: Path) -> dict[str, str]:
     return {}
 
 
+# A case id names its output files (ID_mask.tif, ID_quicklook.png, ...), so it must be
+# one plain file name: no folder part, nothing that climbs out of the output folder,
+# not hidden, and short enough that the longest output name still fits in 255 bytes.
+ID_MAX_BYTES = 200
+
+
+def _id_problem(case_id: str) -> str | None:
+    if case_id in (".", "..") or any(c in case_id for c in "/\\") or "\0" in case_id:
+        return "is not a plain file name (no '/', '\\', '.' or '..'): bcseg names output files after it"
+    if any(ord(c) < 32 or ord(c) == 127 for c in case_id):
+        return "holds a control character; bcseg names output files after it"
+    if case_id.startswith("."):
+        return "starts with '.', which would hide the output files named after it"
+    if len(os.fsencode(case_id)) > ID_MAX_BYTES:
+        return (f"is {len(os.fsencode(case_id))} bytes long, more than {ID_MAX_BYTES}: output files "
+                "are named after it and a file name may have at most 255 bytes")
+    return None
+
+
 def _check_unique_ids(cases: list[Case], where: Path) -> None:
     seen: dict[str, Path] = {}
     for case in cases:
+        problem = _id_problem(case.id)
+        if problem:
+            raise DataError(where if where.is_file() else case.image, f"case id '{case.id[:60]}"
+                            f"{'...' if len(case.id) > 60 else ''}' {problem}")
         if case.id in seen:
             raise DataError(where, f"two images share the id '{case.id}': "
                             f"{seen[case.id]} and {case.image}")

@@ -99,8 +99,17 @@ def _check_observer(cases: list[Case], observer: str) -> None:
         raise DataError(lacking[0].image, f"has no mask by observer {observer!r}, the training target")
 
 
+class _RunLog(logging.FileHandler):
+    """train.log, appended line by line rather than written whole, so each line marks
+    the run alive as a finished file does (:func:`bcseg.outputs.beat`)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        super().emit(record)
+        outputs.beat(self.baseFilename)
+
+
 def _start_log(out: Path) -> logging.Handler:
-    handler = logging.FileHandler(out / "train.log", encoding="utf-8")
+    handler = _RunLog(out / "train.log", encoding="utf-8")
     handler.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
     log.addHandler(handler)
     log.setLevel(logging.INFO)

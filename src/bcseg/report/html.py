@@ -334,7 +334,7 @@ def build_report(run_or_eval_dir: str | Path, out: str | Path | None = None,
     out = root / REPORT_PAGE if out is None else Path(out)
     if out.suffix.lower() not in (".html", ".htm"):
         out = out / REPORT_PAGE
-    histories, evaluations, margins = _sources(root)
+    histories, evaluations, margins = report_sources(root)
     bcseg_version = _bcseg_version()
     now = datetime.datetime.now().strftime("%Y-%m-%d %H:%M")
     parts = [f"<h1>{_e(title)}</h1>",
@@ -354,8 +354,12 @@ def build_report(run_or_eval_dir: str | Path, out: str | Path | None = None,
     return write_text(out, document)
 
 
-def _sources(root: Path) -> tuple[list[Path], list[Path], list[Path]]:
-    """The training histories, evaluation folders and margins tables in ``root`` and below."""
+def report_sources(root: Path) -> tuple[list[Path], list[Path], list[Path]]:
+    """The training histories, evaluation folders and margins tables in ``root`` and below.
+
+    A folder with none of them is a :class:`DataError`; ``bcseg report`` asks first, so
+    that such a folder is refused before anything is written into it.
+    """
     histories = _find(root, "history.csv")
     evaluations = [p.parent for p in _find(root, OUTPUTS["summary"])
                    if (p.parent / OUTPUTS["metrics"]).is_file()]
