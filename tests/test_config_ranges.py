@@ -63,7 +63,8 @@ BAD = [
     ("[train]\nval_fraction = -0.2", "train.val_fraction"),
     ("[train]\nk = 0", "train.k"),
     ("[train]\nk = 1", "train.k"),
-    ("[train]\ntest_last = 0", "train.test_last"),
+    ("[train]\nsplit = \"last\"\ntest_last = 0", "train.test_last"),
+    ("[model]\ndepth = 30000000", "model.depth"),  # refused before 2**depth is computed
     ("[train]\nseed = -1", "train.seed"),
     ("[inference]\nthreshold = 7.0", "inference.threshold"),
     ("[inference]\nthreshold = 0.0", "inference.threshold"),
@@ -99,3 +100,12 @@ def test_train_with_a_bad_config_exits_before_the_run_folder(toml, key, tmp_path
     assert code == ConfigError.exit_code == 4
     assert f"{bad}: '{key}' must be " in one_error_line(err)
     assert not run.exists()  # a corrected rerun is not refused as "already holds a run"
+
+
+def test_a_key_the_split_does_not_use_is_not_checked(tmp_path):
+    """k only matters for split = "kfold", test_last only for split = "last"."""
+    path = tmp_path / "last.toml"
+    path.write_text('[train]\nsplit = "last"\nk = 1\n')
+    assert load_config(path)["train"]["k"] == 1
+    path.write_text("[train]\ntest_last = 0\n")
+    assert load_config(path)["train"]["test_last"] == 0

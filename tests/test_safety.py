@@ -803,3 +803,71 @@ def test_a_file_added_after_a_killed_run_is_not_adopted_as_bcsegs(tmp_path, caps
     (folder / "NOTES_mine.txt").unlink()  # without it the killed run's files are bcseg's
     code, err = _phantom_force(capsys, folder)
     assert (code, err) == (0, "")
+
+
+def _as_killed_by(folder: Path, pid) -> None:
+    """Leave ``folder``'s record as a run ``pid`` left it when killed: its claim open,
+    its last sign of life (the record's mtime) unchanged."""
+    record_path = folder / outputs.RECORD
+    stamp = record_path.stat().st_mtime_ns
+    record = json.loads(record_path.read_text())
+    record_path.write_text(json.dumps(dict(record, open={"pid": pid, "command": "train",
+                                                          "foreign": []})))
+    os.utime(record_path, ns=(stamp, stamp))
+
+
+def test_a_dead_run_with_this_process_id_is_not_taken_for_this_process(tmp_path):
+    """In a container every run may be process 1: a killed run's claim with this process's
+    id must not adopt a file the user added after the kill."""
+    folder = tmp_path / "run"
+    with outputs.claim(folder, "train"):
+        write_text(folder / "a.csv", "ours\n")
+    _as_killed_by(folder, os.getpid())
+    time.sleep(0.05)
+    (folder / "notes.txt").write_text("mine")
+    before = hashes(tmp_path)
+    with pytest.raises(UsageError, match="notes.txt: was not written by bcseg"):
+        with outputs.claim(folder, "train", replace=True):
+            pass
+    assert_survives(before, tmp_path, changed=(f"run/{outputs.RECORD}",))
+
+
+def test_a_users_folder_named_like_this_processes_leftover_is_never_deleted(tmp_path):
+    folder = tmp_path / "result"
+    with outputs.claim(folder, "test"):
+        write_text(folder / "a.csv", "ours\n")
+    lookalike = tmp_path / f".result.old-{os.getpid()}"
+    lookalike.mkdir()
+    (lookalike / "notes.txt").write_text("mine")  # no bcseg record: not a leftover
+    with pytest.raises(UsageError, match="is in the way"):
+        with outputs.claim(folder, "test", replace=True):
+            pass
+    assert (lookalike / "notes.txt").read_text() == "mine" and (folder / "a.csv").is_file()
+
+
+def test_a_run_killed_just_after_a_checkpoint_still_owns_the_checkpoint(tmp_path, monkeypatch):
+    """The checkpoint's hard link and rename change the files' ctime after the last write;
+    the run must mark itself alive after them, or a kill there leaves them foreign."""
+    import bcseg.learn.train
+    from bcseg.learn.train import _save_checkpoint
+    real_write = bcseg.learn.train.write_text
+
+    def write_then_pause(*args, **kwargs):  # the file system's clock ticks on (coarse ctime)
+        path = real_write(*args, **kwargs)
+        time.sleep(0.05)
+        return path
+
+    monkeypatch.setattr(bcseg.learn.train, "write_text", write_then_pause)
+    out = tmp_path / "run"
+    with outputs.claim(out, "train"):
+        _save_checkpoint(unet(ndim=2, base_filters=4, depth=2), out, {"epoch": 1})
+        time.sleep(0.05)
+        _save_checkpoint(unet(ndim=2, base_filters=4, depth=2), out, {"epoch": 2})
+        killed_at = json.loads((out / outputs.RECORD).read_text()), (out / outputs.RECORD).stat()
+    (out / outputs.RECORD).write_text(json.dumps(killed_at[0]))  # the record as the kill left it
+    os.utime(out / outputs.RECORD, ns=(killed_at[1].st_mtime_ns, killed_at[1].st_mtime_ns))
+    record = json.loads((out / outputs.RECORD).read_text())
+    record["open"].update(pid=int(dead_pid()), token="a dead run's")
+    (out / outputs.RECORD).write_text(json.dumps(record))
+    os.utime(out / outputs.RECORD, ns=(killed_at[1].st_mtime_ns, killed_at[1].st_mtime_ns))
+    assert outputs.foreign(out) == []

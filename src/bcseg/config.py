@@ -107,8 +107,8 @@ NORMALISATIONS = ("auto", "uint8", "percentile", "log")
 RANGES = {
     # counts and sizes: zero or less builds no model, draws no batch, splits nothing
     ("model", "base_filters"): "[1, inf)",
-    ("model", "depth"): "[1, inf)",
-    ("model", "stem_stride"): "[1, inf)",  # also a power of two (models.unet)
+    ("model", "depth"): "[1, 12]",  # 2**12 = 4096 px per pooled pixel; more only overflows
+    ("model", "stem_stride"): "[1, 16]",  # also a power of two (models.unet)
     ("model", "max_filters"): "[0, inf)",  # 0: no cap; else at least base_filters
     ("model", "dropout"): "[0, 1)",  # keras Dropout's rate; 1 would drop everything
     ("data", "size"): "[1, inf)",
@@ -164,8 +164,9 @@ def _check_values(cfg: dict, source=None) -> None:
         if cfg[section][key] not in allowed:
             raise ConfigError(source, f"'{section}.{key}' must be one of {allowed}, "
                               f"got {cfg[section][key]!r}")
+    unused = {("train", "k")} if cfg["train"]["split"] == "last" else {("train", "test_last")}
     for (section, key), interval in RANGES.items():
-        if not _in_interval(cfg[section][key], interval):
+        if (section, key) not in unused and not _in_interval(cfg[section][key], interval):
             raise ConfigError(source, f"'{section}.{key}' must be in {interval}, got {cfg[section][key]!r}")
     for section, key in PAIRS:
         pair = cfg[section][key]

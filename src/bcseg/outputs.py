@@ -37,6 +37,7 @@ import glob
 import json
 import os
 import re
+import secrets
 import shutil
 from pathlib import Path
 from typing import Iterable, Iterator
@@ -48,6 +49,9 @@ RECORD = ".bcseg-outputs.json"
 LOCK_SUFFIX = ".bcseg-lock"
 ASIDE = re.compile(r"^\.(?P<name>.+)\.old-(?P<pid>\d+)$")  # the old content during a replacement
 _held: dict[Path, int] = {}  # folders this process has claimed -> nesting depth
+# Tells this process's claims from a dead one's with the same process id (in a container
+# every run may be process 1).
+_TOKEN = secrets.token_hex(8)
 
 
 # --------------------------------------------------------------------------- checks
@@ -180,12 +184,17 @@ def _settle(folder: Path, record: dict, present: set[str]) -> dict:
     files = {k: v for k, v in record["files"].items() if k in present}
     if isinstance(claim, dict):
         new = present - set(claim.get("foreign", [])) - set(files)
-        if claim.get("pid") != os.getpid():
+        if not _mine(claim):
             last = _last_beat(folder)
             new = {name for name in new if name.endswith("/") or _changed(folder / name) <= last}
         files.update({name: str(claim.get("command", "bcseg")) for name in sorted(new)})
     record["files"] = dict(sorted(files.items()))
     return record
+
+
+def _mine(claim: dict) -> bool:
+    """Whether an open claim is this process's (a dead run may have had its id)."""
+    return claim.get("pid") == os.getpid() and claim.get("token") == _TOKEN
 
 
 def _last_beat(folder: Path) -> int:
@@ -229,7 +238,7 @@ def owned(folder: str | Path) -> set[str]:
     record = _load(folder)
     claim = record.get("open")
     present = listing(folder, strict=False)
-    if isinstance(claim, dict) and (claim.get("pid") == os.getpid() or not _alive(claim.get("pid"))):
+    if isinstance(claim, dict) and (_mine(claim) or not _alive(claim.get("pid"))):
         record = _settle(folder, record, present)
     # A folder holding one of bcseg's files is bcseg's too (records from before folders
     # were listed name only the files).
@@ -320,7 +329,7 @@ def _start(folder: Path, command: str) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     present = listing(folder, strict=False)
     record = _settle(folder, _load(folder), present)  # adopts what a killed run left
-    record["open"] = {"pid": os.getpid(), "command": command,
+    record["open"] = {"pid": os.getpid(), "token": _TOKEN, "command": command,
                       "foreign": sorted(present - set(record["files"]))}
     write_text(folder / RECORD, json.dumps(record, indent=1) + "\n")
 
@@ -462,8 +471,9 @@ def _move_aside(folder: Path, inputs: Iterable) -> Path | None:
         raise UsageError(folder / unexpected[0], "was not written by bcseg, so force=True will not "
                          "delete it; move it away or choose another output folder")
     aside = folder.with_name(f".{folder.name}.old-{os.getpid()}")
-    if aside.exists():
-        shutil.rmtree(aside)
+    if aside.exists() or aside.is_symlink():  # not a leftover _recover could settle: not ours
+        raise UsageError(aside, "is in the way of replacing the folder beside it and was not "
+                         "left by bcseg; move it away")
     os.replace(folder, aside)
     return aside
 
@@ -497,7 +507,9 @@ def _recover(folder: Path) -> None:
         match = ASIDE.match(path.name)
         # Only what a replacement moved aside: a real folder holding bcseg's record and
         # nothing bcseg did not write; anything else that merely matches the name is left.
-        if match and match["name"] == folder.name and int(match["pid"]) != os.getpid() \
+        # (An own-id leftover is a dead run's too: this process's replacement of the
+        # folder is a nested claim, which never gets here.)
+        if match and match["name"] == folder.name \
                 and path.is_dir() and not path.is_symlink() and (path / RECORD).is_file() \
                 and not foreign(path):
             leftovers.append((path.lstat().st_ctime, int(match["pid"]), path))
@@ -522,10 +534,10 @@ def _recover_inside(folder: Path) -> None:
         return
     for path in sorted(folder.iterdir()):
         match = ASIDE.match(path.name)
-        if not match or not path.is_dir() or int(match["pid"]) == os.getpid():
+        if not match or not path.is_dir():
             continue
         inner = folder / match["name"]
-        if inner.resolve() in _held:
+        if inner.resolve() in _held:  # being replaced by this process now
             continue
         try:
             lock = _lock(inner, inner)

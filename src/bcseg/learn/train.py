@@ -254,6 +254,7 @@ def _save_checkpoint(model: keras.Model, out: Path, state: dict) -> None:
     except OSError:  # file systems without hard links
         shutil.copyfile(folder / name, link)
     link.replace(out / "model_last.keras")
+    outputs.beat(out)  # the link changed both files' ctime: mark the run alive after it
 
 
 def fit(model: keras.Model, cfg: dict, train: pipeline.Samples, val: pipeline.Samples | None,
