@@ -116,13 +116,14 @@ def partial_pid(name: str) -> int | None:
     return int(match["pid"]) if match else None
 
 
-def _alive(pid: int) -> bool:
+def process_alive(pid) -> bool:
+    """Whether process ``pid`` runs; a value that is no process id at all counts as dead."""
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+        os.kill(int(pid), 0)
+    except (ProcessLookupError, ValueError, TypeError):
         return False
     except (PermissionError, OverflowError):
-        return True  # someone else's live process, or a number no process has: keep it
+        return True  # someone else's live process, or too large a number to ask about: keep
     return True
 
 
@@ -137,7 +138,7 @@ def remove_partials(folder: str | Path) -> list[Path]:
         pid = partial_pid(leftover.name)
         if pid is None or not leftover.is_file() or leftover.is_symlink():
             continue
-        if pid != os.getpid() and _alive(pid):
+        if pid != os.getpid() and process_alive(pid):
             continue
         leftover.unlink()
         removed.append(leftover)

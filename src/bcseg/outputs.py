@@ -42,7 +42,7 @@ import shutil
 from pathlib import Path
 from typing import Iterable, Iterator
 
-from bcseg.atomic import WRITE_HOOKS, partial_pid, write_text
+from bcseg.atomic import WRITE_HOOKS, partial_pid, process_alive, write_text
 from bcseg.errors import UsageError
 
 RECORD = ".bcseg-outputs.json"
@@ -162,16 +162,6 @@ def _load(folder: Path) -> dict:
     return record
 
 
-def _alive(pid) -> bool:
-    try:
-        os.kill(int(pid), 0)
-    except (ProcessLookupError, ValueError, TypeError):
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def _settle(folder: Path, record: dict, present: set[str]) -> dict:
     """Adopt the files an open (finished or dead) claim wrote; forget removed files.
 
@@ -219,6 +209,8 @@ def beat(path: str | Path) -> None:
     this; so a killed run's last write is never later than its record's modification
     time, and what changed after that is not its work.
     """
+    if not _held:  # every atomic write calls this; most are outside any claim
+        return
     try:
         resolved = Path(path).resolve()
     except OSError:
@@ -238,7 +230,7 @@ def owned(folder: str | Path) -> set[str]:
     record = _load(folder)
     claim = record.get("open")
     present = listing(folder, strict=False)
-    if isinstance(claim, dict) and (_mine(claim) or not _alive(claim.get("pid"))):
+    if isinstance(claim, dict) and (_mine(claim) or not process_alive(claim.get("pid"))):
         record = _settle(folder, record, present)
     # A folder holding one of bcseg's files is bcseg's too (records from before folders
     # were listed name only the files).
