@@ -871,3 +871,58 @@ def test_a_run_killed_just_after_a_checkpoint_still_owns_the_checkpoint(tmp_path
     (out / outputs.RECORD).write_text(json.dumps(record))
     os.utime(out / outputs.RECORD, ns=(killed_at[1].st_mtime_ns, killed_at[1].st_mtime_ns))
     assert outputs.foreign(out) == []
+
+
+# --------------------------------------------------------------------------- third red-team pass
+
+def _corrected_by_hand(mask: Path) -> None:
+    """What a user does in Fiji: open bcseg's mask, repaint it, save over it."""
+    corrected = np.zeros_like(tifffile.imread(mask))
+    corrected[..., 2:6, 8:20] = 255
+    tifffile.imwrite(mask, corrected)
+
+
+def test_force_never_replaces_an_output_the_user_corrected_by_hand(tmp_path, capsys, models):
+    """A mask bcseg wrote and the user then edited is the user's work: --force refuses it
+    (it used to be overwritten, since ownership went by file name alone)."""
+    data = stacks(tmp_path / "data", 2)
+    out = tmp_path / "out"
+    assert run(capsys, "predict", data / "s0.tif", "--model", models["2d"], "--out", out,
+               "--no-progress")[0] == 0
+    _corrected_by_hand(out / "s0_mask.tif")
+    # Another case into the same folder keeps the corrected mask the user's ...
+    assert run(capsys, "predict", data / "s1.tif", "--model", models["2d"], "--out", out,
+               "--no-progress")[0] == 0
+    before = hashes(tmp_path)
+    code, _, err = run(capsys, "predict", data, "--model", models["2d"], "--out", out, "--force",
+                       "--no-progress")
+    assert code == 2 and "s0_mask.tif: was not written by bcseg, or was changed after" in one_line(err)
+    assert hashes(tmp_path) == before
+    # ... while an output left as bcseg wrote it is still replaced.
+    assert run(capsys, "predict", data / "s1.tif", "--model", models["2d"], "--out", out, "--force",
+               "--no-progress")[0] == 0
+
+
+def test_replacing_a_run_refuses_when_a_file_in_it_was_edited(tmp_path, capsys):
+    out = tmp_path / "ph"
+    assert run(capsys, "phantom", out, "--n", 1, "--shape", 8, 16, 16)[0] == 0
+    mask = next((out / "masks").rglob("*.tif"))
+    _corrected_by_hand(mask)
+    before = hashes(tmp_path)
+    code, err = _phantom_force(capsys, out)
+    assert code == 2 and f"{mask.name}: was not written by bcseg, or was changed after" in one_line(err)
+    assert_survives(before, tmp_path)
+
+
+def test_a_corrected_mask_in_the_input_folder_is_never_segmented_as_an_input(tmp_path, capsys, models):
+    """predict --out its input folder: a mask bcseg wrote there and the user corrected
+    is the user's (never replaced), and still a mask (never segmented: no _mask_mask)."""
+    data = stacks(tmp_path / "data", 1)
+    assert run(capsys, "predict", data, "--model", models["2d"], "--out", data, "--no-progress")[0] == 0
+    _corrected_by_hand(data / "s0_mask.tif")
+    code, _, err = run(capsys, "predict", data, "--model", models["2d"], "--out", data, "--force",
+                       "--no-progress")
+    assert code == 2 and "s0_mask.tif: was not written by bcseg, or was changed" in one_line(err)
+    assert sorted(outputs.listing(data)) == ["s0.tif", "s0_mask.tif"]
+    from bcseg.infer.segment import _input_files
+    assert _input_files(data) == [data / "s0.tif"]  # what any later predict of the folder reads

@@ -4,9 +4,11 @@ Every command that writes into a folder does so inside :func:`claim`, which
 
 * takes an exclusive lock beside the folder, so two runs cannot write it at once
   (the loser gets a :class:`UsageError` naming the folder);
-* keeps ``.bcseg-outputs.json`` in the folder: the files bcseg wrote there and by
-  which command. ``--force`` removes or replaces only files listed there, and a
-  folder holding anything else is refused, naming the first such file;
+* keeps ``.bcseg-outputs.json`` in the folder: the files bcseg wrote there, by
+  which command, and each file's size and modification time as bcseg left it.
+  ``--force`` removes or replaces only files listed there and unchanged since (a
+  mask the user corrected by hand is the user's now), and a folder holding
+  anything else is refused, naming the first such file;
 * with ``replace=True`` (a command that replaces a whole folder: train, demo,
   phantom) moves the old result aside, writes the new one, and deletes the old
   one only when the new one is complete; a failure puts the old one back.
@@ -169,17 +171,48 @@ def _settle(folder: Path, record: dict, present: set[str]) -> dict:
     life (the record's modification time, see :func:`beat`): a file the user put in the
     folder after the kill is the user's. Folders are adopted either way; the files in
     them are what is protected.
+
+    The claim's files are fingerprinted as it left them (:func:`_fingerprint`), except
+    those the user had edited before it started (its ``edited`` list), whose old
+    fingerprint stays so that they remain the user's.
     """
     claim = record.pop("open", None)
     files = {k: v for k, v in record["files"].items() if k in present}
+    stats = {k: v for k, v in _stats(record).items() if k in files}
     if isinstance(claim, dict):
         new = present - set(claim.get("foreign", [])) - set(files)
+        written = (set(files) | new) - set(claim.get("edited", []))
         if not _mine(claim):
             last = _last_beat(folder)
             new = {name for name in new if name.endswith("/") or _changed(folder / name) <= last}
+            written = {name for name in written if _changed(folder / name) <= last}
         files.update({name: str(claim.get("command", "bcseg")) for name in sorted(new)})
+        for name in written & set(files):
+            if not name.endswith("/"):
+                stats[name] = _fingerprint(folder / name)
     record["files"] = dict(sorted(files.items()))
+    record["stats"] = dict(sorted((k, v) for k, v in stats.items() if v is not None))
     return record
+
+
+def _stats(record: dict) -> dict:
+    stats = record.get("stats")
+    return stats if isinstance(stats, dict) else {}  # none in records of older versions
+
+
+def _fingerprint(path: Path) -> list[int] | None:
+    """Size and modification time: what any edit of the file changes."""
+    try:
+        info = path.lstat()
+    except OSError:
+        return None
+    return [info.st_size, info.st_mtime_ns]
+
+
+def _edited(folder: Path, record: dict) -> set[str]:
+    """The recorded files that changed since bcseg wrote them: the user's work now."""
+    return {name for name, stat in _stats(record).items()
+            if name in record["files"] and _fingerprint(folder / name) not in (None, stat)}
 
 
 def _mine(claim: dict) -> bool:
@@ -234,7 +267,16 @@ def owned(folder: str | Path) -> set[str]:
         record = _settle(folder, record, present)
     # A folder holding one of bcseg's files is bcseg's too (records from before folders
     # were listed name only the files).
-    return _with_folders(set(record["files"]) & present) & present
+    ours = (set(record["files"]) & present) - _edited(folder, record)
+    return _with_folders(ours) & present
+
+
+def written(folder: str | Path) -> set[str]:
+    """The files under ``folder`` that bcseg wrote, whether or not the user changed them
+    since: a corrected mask is the user's to keep, but still a mask, never an input."""
+    folder = Path(folder)
+    present = listing(folder, strict=False)
+    return set(_load(folder)["files"]) & present | owned(folder)
 
 
 def foreign(folder: str | Path) -> list[str]:
@@ -260,7 +302,8 @@ def check_replaceable(paths: Iterable[Path], force: bool,
         if not force:
             raise UsageError(path, "already exists; pass force=True to overwrite it")
         if not is_owned(path, known):
-            raise UsageError(path, "was not written by bcseg, so force=True will not replace it; "
+            raise UsageError(path, "was not written by bcseg, or was changed after it was, so "
+                             "force=True will not replace it; "
                              "move it away or choose another output folder")
 
 
@@ -322,7 +365,8 @@ def _start(folder: Path, command: str) -> None:
     present = listing(folder, strict=False)
     record = _settle(folder, _load(folder), present)  # adopts what a killed run left
     record["open"] = {"pid": os.getpid(), "token": _TOKEN, "command": command,
-                      "foreign": sorted(present - set(record["files"]))}
+                      "foreign": sorted(present - set(record["files"])),
+                      "edited": sorted(_edited(folder, record))}
     write_text(folder / RECORD, json.dumps(record, indent=1) + "\n")
 
 
@@ -460,7 +504,8 @@ def _move_aside(folder: Path, inputs: Iterable) -> Path | None:
                          "to replace it")
     unexpected = foreign(folder)
     if unexpected:
-        raise UsageError(folder / unexpected[0], "was not written by bcseg, so force=True will not "
+        raise UsageError(folder / unexpected[0], "was not written by bcseg, or was changed after "
+                         "it was, so force=True will not "
                          "delete it; move it away or choose another output folder")
     aside = folder.with_name(f".{folder.name}.old-{os.getpid()}")
     if aside.exists() or aside.is_symlink():  # not a leftover _recover could settle: not ours
