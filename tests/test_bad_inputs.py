@@ -461,7 +461,7 @@ def test_bad_mask_in_the_test_fold_is_found_before_the_first_epoch(tmp_path, tin
     code, out, err = run_main(capsys, argv)
     assert code == 3, (out, err)
     line = one_error_line(err)
-    assert "observer1/c3.tif: mask is not binary" in line and "test case 'c3'" in line
+    assert "observer1/c3.tif: mask is not binary" in line and "case 'c3', checked before training" in line
     assert "epoch" not in out and not (tmp_path / "run").exists()
 
 

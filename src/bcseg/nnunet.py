@@ -75,7 +75,7 @@ from bcseg.atomic import PARTIAL_MARK, atomic_path, require_new, write_text
 from bcseg.data.consensus import METHODS, consensus
 from bcseg.data.channels import value_range
 from bcseg.data.dataset import (IMAGE_CHANNEL, Case, dataset_channels, discover, read_case_channel_arrays,
-                                read_case_image, read_case_masks)
+                                read_case_image, read_case_masks, require_every_observer)
 from bcseg.data.splits import check_groups_whole, kfold_by_group
 from bcseg.errors import DataError, DiskFullError, UsageError
 from bcseg.outputs import beat, check_not_inputs, check_output_folder, claim
@@ -279,6 +279,8 @@ def _check_observer(cases: list[Case], observer: str) -> None:
     if observer not in METHODS and observer not in names:
         raise UsageError(None, f"unknown observer {observer!r}; choose one of "
                          f"{', '.join(map(repr, [*METHODS, *names]))}")
+    if observer in METHODS:
+        require_every_observer(cases, f"the label '{observer}'")
 
 
 def _folds(cases: list[Case], folds: Mapping[str, int] | None, k: int, seed: int) -> dict[str, int]:

@@ -17,8 +17,8 @@ import numpy as np
 
 from bcseg.data import io
 from bcseg.data.channels import value_range
-from bcseg.data.dataset import (Case, dataset_channels, discover, duplicate_images, duplicate_problem,
-                                read_case_channel_arrays)
+from bcseg.data.dataset import (BUSI_MASK, Case, dataset_channels, discover, duplicate_images,
+                                duplicate_problem, read_case_channel_arrays)
 from bcseg.data.splits import group_note, require_groups
 from bcseg.errors import DataError, printable
 
@@ -66,7 +66,31 @@ def check_dataset(root: str | Path) -> CheckReport:
         report.problems.extend(check_case(case, observers, report, channels))
     for first, other in duplicate_images(cases):
         report.problems.append((str(other.image), duplicate_problem(first, other)))
+    for path in orphan_masks(Path(root), cases):
+        report.problems.append((str(path), "is a mask with no image of the same name, so no case "
+                                "uses it; rename it or its image so that they match"))
     return report
+
+
+def _subfolders(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+def orphan_masks(root: Path, cases: list[Case]) -> list[Path]:
+    """Mask files of a folder layout that no case uses: a mask named unlike its image
+    (``specimen_1`` against ``specimen_01``) leaves that image without the mask, unseen.
+    A manifest names every mask itself, so it has none."""
+    if not root.is_dir() or (root / "manifest.csv").is_file():
+        return []
+    used = {path for case in cases for files in case.masks.values() for path in files}
+    masks = root / "masks"
+    if (root / "images").is_dir():
+        folders = [masks, *_subfolders(masks)] if masks.is_dir() else []
+        found = [path for folder in folders for path in io.image_files(folder)]
+    else:  # BUSI-like class folders: NAME_mask.png beside NAME.png
+        found = [path for folder in _subfolders(root)
+                 for path in io.image_files(folder) if BUSI_MASK.match(io.file_stem(path))]
+    return sorted(set(found) - used)
 
 
 def check_case(case: Case, observers: list[str], report: CheckReport | None = None,

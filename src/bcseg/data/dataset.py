@@ -38,7 +38,7 @@ from bcseg.data import io
 from bcseg.errors import DataError
 
 BUSI_OBSERVER = "reference"
-_BUSI_MASK = re.compile(r"^(?P<name>.+)_mask(_\d+)?$")
+BUSI_MASK = re.compile(r"^(?P<name>.+)_mask(_\d+)?$")
 
 
 @dataclass(frozen=True)
@@ -207,7 +207,7 @@ def discover(root: str | Path) -> list[Case]:
         return read_manifest(root / "manifest.csv")
     if (root / "images").is_dir():
         return _discover_images_masks(root)
-    if any(_BUSI_MASK.match(io.file_stem(p)) for d in _subfolders(root) for p in io.image_files(d)):
+    if any(BUSI_MASK.match(io.file_stem(p)) for d in _subfolders(root) for p in io.image_files(d)):
         return _discover_busi(root)
     if not any(root.iterdir()):
         raise DataError(root, "folder is empty")
@@ -301,8 +301,32 @@ def _observer_files(root: Path) -> dict[str, dict[str, Path]]:
         if loose:  # masks/ with files directly: one unnamed observer
             observers["mask"] = {io.file_stem(p): p for p in loose}
         for folder in _subfolders(mask_root):
+            check_observer_name(folder.name, folder)
             observers[folder.name] = {io.file_stem(p): p for p in io.image_files(folder)}
     return observers
+
+
+def check_observer_name(name: str, where: Path) -> None:
+    """Refuse an observer named like a consensus (``union``, ...): ``--observer union``
+    could then mean either, and every score against it would be ambiguous."""
+    from bcseg.data.consensus import METHODS
+
+    if name in METHODS:
+        raise DataError(where, f"names an observer '{name}', which is the name of a consensus "
+                        f"of observers ({', '.join(METHODS)}); rename the observer")
+
+
+def require_every_observer(cases: list[Case], target: str) -> None:
+    """A target combining the observers' masks (``target``: union, intersection, staple,
+    or all observers) needs every observer's mask in every case: a case lacking one
+    would silently get a different consensus from the others."""
+    names = sorted({o for case in cases for o in case.masks})
+    for case in cases:
+        missing = [name for name in names if name not in case.masks]
+        if missing:
+            raise DataError(case.image, f"case '{case.id}' has no mask from observer(s) "
+                            f"{', '.join(missing)}; {target} needs every observer's mask in "
+                            "every case: add it, or name one observer")
 
 
 def _discover_busi(root: Path) -> list[Case]:
@@ -312,12 +336,12 @@ def _discover_busi(root: Path) -> list[Case]:
         files = io.image_files(folder)
         masks: dict[str, list[Path]] = {}
         for path in files:
-            match = _BUSI_MASK.match(io.file_stem(path))
+            match = BUSI_MASK.match(io.file_stem(path))
             if match:
                 masks.setdefault(match["name"], []).append(path)
         for path in files:
             stem = io.file_stem(path)
-            if _BUSI_MASK.match(stem):
+            if BUSI_MASK.match(stem):
                 continue
             relative = f"{folder.name}/{path.name}"
             found = tuple(sorted(masks.get(stem, [])))
@@ -488,6 +512,8 @@ def read_manifest(path: str | Path) -> list[Case]:
         raise DataError(path, "manifest has no rows")
     channel_files.check_channel_names([c[len("image_"):] for c in channel_columns], path)
     mask_columns = [c for c in columns if c.startswith("mask_")]
+    for column in mask_columns:
+        check_observer_name(column[len("mask_"):], path)
     base = path.parent
     cases = []
     for number, row in enumerate(rows, start=2):  # line 1 is the header

@@ -43,7 +43,8 @@ from bcseg.learn.augment import AugmentConfig
 from bcseg.config import load_config, save_config
 from bcseg.data.consensus import METHODS
 from bcseg.data.channels import check_channel_name
-from bcseg.data.dataset import IMAGE_CHANNEL, Case, dataset_channels, discover, refuse_duplicate_images
+from bcseg.data.dataset import (IMAGE_CHANNEL, Case, dataset_channels, discover, refuse_duplicate_images,
+                                require_every_observer)
 from bcseg.data.intensity import check_methods
 from bcseg.data.splits import (folds_from_file, group_note, kfold_by_group, load_splits, require_groups,
                                save_splits, validation_ids)
@@ -88,7 +89,8 @@ def _inputs(data, cases: list[Case], *others) -> list:
 
 def _check_observer(cases: list[Case], observer: str) -> None:
     """The training target must exist in every case, checked before the run starts."""
-    if observer in METHODS or observer in pipeline.KEEP_ALL:  # random, soft
+    if observer in METHODS or observer in pipeline.KEEP_ALL:  # random, soft: every observer
+        require_every_observer(cases, f"the training target '{observer}'")
         return
     lacking = [c for c in cases if observer not in c.masks]
     if len(lacking) == len(cases):
@@ -616,7 +618,7 @@ def train(data, out, config=None, overrides: dict | None = None, fold="0", folds
                                          None if isinstance(data, (list, tuple)) else data)
     _check_observer(cases, cfg["data"]["observer"])
     channels, _ = run_channels(cases, cfg)
-    _check_test_cases([c for c in cases if folds[c.id] == targets[0]], channels)
+    _check_cases(cases, channels)
     # an unusable model is refused before the run dir is touched
     init_model = _init_model(init, cfg, len(channels or [IMAGE_CHANNEL]))
     replace = _replaces_run(out, resume, force)
@@ -669,6 +671,10 @@ def _plan_folds(out: Path, cases: list[Case], cfg: dict, fold, folds_file, resum
     else:
         folds, source = choose_folds(cases, cfg, folds_file, data)
     targets = _test_folds(folds, fold, cfg["train"]["split"])
+    for k in targets:
+        if all(f == k for f in folds.values()):
+            raise DataError(folds_file or data, f"puts every case in fold {k}, the test fold: "
+                            "none is left to train on; spread the cases over at least 2 folds")
     if resume and folds_file and source is None and folds_from_file(folds_file, cases) != folds:
         raise UsageError(folds_file, f"assigns other folds than the run's splits.json; a resumed "
                          "run keeps its splits")
@@ -772,18 +778,19 @@ def _refuse_changed_settings(saved: dict, config, overrides: dict | None, mixed_
                                  "keeps its settings: resume without the change, or start a new run")
 
 
-def _check_test_cases(cases: list[Case], channels: list[str] | None = None) -> None:
-    """Read the test fold's images and masks before the first epoch.
+def _check_cases(cases: list[Case], channels: list[str] | None = None) -> None:
+    """Read every case's images and masks before the run folder is created.
 
-    Training and validation cases are read (and checked) when they are cached;
-    the test fold would otherwise be read only after training, so a bad mask there
-    would cost the whole run.
+    A bad file found later (when the training cases are cached, or the test fold
+    is predicted after training) would leave a run folder behind that the corrected
+    command trips over, or cost the whole run. Images are memory-mapped where they
+    can be, so this reads the masks and the headers, not every stack in full.
     """
     from bcseg.data.check import check_case
 
     for case in cases:
         for path, problem in check_case(case, sorted(case.masks), channels=channels or ()):
-            raise DataError(path, f"{problem} (test case '{case.id}', checked before training)")
+            raise DataError(path, f"{problem} (case '{case.id}', checked before training)")
 
 
 def _init_model(init, cfg: dict, in_channels: int = 1) -> Path | None:

@@ -187,16 +187,20 @@ def _select_observers(cases: Sequence[Case], wanted) -> list[str] | None:
 def _match(pred_dir: Path, cases: Sequence[Case], predictions: Mapping, wanted: list[str] | None):
     """Pair predictions with cases; one DataError with every mismatch."""
     by_id = {case.id: case for case in cases}
+    # "All observers" means the dataset's, not each case's own: a case lacking one would
+    # otherwise be scored against a different consensus from the others, unseen.
+    everyone = sorted({o for case in cases for o in case.masks})
     problems, matched = [], []
     for case_id, files in predictions.items():
         case = by_id.get(case_id)
         if case is None:
             problems.append(f"{files['mask'].name}: no case '{case_id}' in the dataset")
             continue
-        names = case.observers if wanted is None else wanted
+        names = everyone if wanted is None else wanted
         missing = [n for n in names if n not in case.masks]
         if missing:
-            problems.append(f"{case_id}: no mask from observer(s) {', '.join(missing)}")
+            problems.append(f"{case_id}: no mask from observer(s) {', '.join(missing)}"
+                            + (" (name the others with --observer)" if wanted is None else ""))
             continue
         if not names:
             problems.append(f"{case_id}: has no observer masks to compare with")

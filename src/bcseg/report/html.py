@@ -191,7 +191,7 @@ def _human_level_verdicts(evaluations: list[Path], root: Path) -> str:
     """The paired human-level verdicts of every evaluation, shown first in the report."""
     items = []
     for eval_dir in evaluations:
-        summary = json.loads((eval_dir / OUTPUTS["summary"]).read_text(encoding="utf-8"))
+        summary = read_summary(eval_dir)
         where = "" if eval_dir == root else f" ({eval_dir.relative_to(root)})"
         items += [f"<li>model{_e(where)} {_e(text)}</li>" for text in human_level_lines(summary)]
     if not items:
@@ -219,7 +219,7 @@ def _paired_html(summary: Mapping) -> str:
 
 
 def _evaluation_html(eval_dir: Path, root: Path, n: int, worst: int, seed: int) -> str:
-    summary = json.loads((eval_dir / OUTPUTS["summary"]).read_text(encoding="utf-8"))
+    summary = read_summary(eval_dir)
     where = "." if eval_dir == root else str(eval_dir.relative_to(root))
     parts = [f"<h2>Evaluation{'' if where == '.' else f' ({_e(where)})'}</h2>"]
     inputs = summary.get("inputs", {})
@@ -367,7 +367,23 @@ def report_sources(root: Path) -> tuple[list[Path], list[Path], list[Path]]:
     if not histories and not evaluations and not margins:
         raise DataError(root, "nothing to report: no history.csv, evaluation (summary.json + "
                         "metrics.csv) or *_margins.csv found")
+    for eval_dir in evaluations:  # a damaged summary is refused before anything is written
+        read_summary(eval_dir)
     return histories, evaluations, margins
+
+
+def read_summary(eval_dir: Path) -> dict:
+    """An evaluation's ``summary.json``; a DataError naming it when it cannot be read."""
+    path = eval_dir / OUTPUTS["summary"]
+    try:
+        summary = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise DataError(path, f"cannot be read as JSON ({exc}); run 'bcseg evaluate' again "
+                        "to rewrite it") from None
+    if not isinstance(summary, dict):
+        raise DataError(path, "holds no evaluation summary (a JSON object was expected); run "
+                        "'bcseg evaluate' again to rewrite it")
+    return summary
 
 
 def _bcseg_version() -> str:
