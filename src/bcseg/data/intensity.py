@@ -66,6 +66,20 @@ def _subsample(array: np.ndarray, max_samples: int) -> np.ndarray:
     return np.asarray(array[index])
 
 
+def _percentiles(sample: np.ndarray, q) -> np.ndarray:
+    """``np.percentile`` in float64 for float samples: float32 interpolation between
+    -3e38 and 3e38 overflows to infinity."""
+    if sample.dtype.kind == "f":
+        sample = sample.astype(np.float64, copy=False)
+    return np.percentile(sample, q)
+
+
+def _fits_float32(stats: IntensityStats) -> bool:
+    """True when the range and its span can be computed in float32 without overflow."""
+    limit = float(np.finfo(np.float32).max)
+    return max(abs(stats.low), abs(stats.high), stats.high - stats.low) <= limit
+
+
 def _check_finite(array: np.ndarray) -> None:
     if array.dtype.kind in "fc" and not np.isfinite(array).all():
         raise DataError(None, "image contains NaN or infinite values; fix or mask them before segmenting")
@@ -109,7 +123,7 @@ def intensity_stats(array: np.ndarray, max_samples: int = MAX_SAMPLES) -> Intens
     if sample.size == 0:
         raise DataError(None, "image is empty")
     _check_finite(sample)
-    low, high = np.percentile(sample, PERCENTILES)
+    low, high = _percentiles(sample, PERCENTILES)
     return IntensityStats(float(low), float(high), "percentile")
 
 
@@ -143,7 +157,8 @@ def normalise(array: np.ndarray, stats: IntensityStats | None = None) -> np.ndar
     if stats is None:
         stats = intensity_stats(array)
     _check_finite(array)
-    if stats.method == "percentile" and array.dtype.itemsize > 4 and array.dtype.kind == "f":
+    if stats.method == "percentile" and array.dtype.kind == "f" and (
+            array.dtype.itemsize > 4 or not _fits_float32(stats)):
         return _normalise_wide(array, stats)
     out = np.asarray(array).astype(np.float32)  # always a fresh array: safe to edit in place
     if stats.method == "uint8":
@@ -157,18 +172,22 @@ def normalise(array: np.ndarray, stats: IntensityStats | None = None) -> np.ndar
     if span <= 0:
         out[...] = 0.0
         return out
-    # In-place float32 arithmetic: no float64 temporaries the size of the image.
-    out -= np.float32(stats.low)
-    out /= np.float32(span)
+    # In-place float32 arithmetic: no float64 temporaries the size of the image. A value
+    # far outside [low, high] may overflow to +-inf, which the clip maps to 1 or 0 as it
+    # would the exact value.
+    with np.errstate(over="ignore"):
+        out -= np.float32(stats.low)
+        out /= np.float32(span)
     np.clip(out, 0.0, 1.0, out=out)
     return out
 
 
 def _normalise_wide(array: np.ndarray, stats: IntensityStats) -> np.ndarray:
-    """Normalise a float64 image in float64, then narrow the result to float32.
+    """Normalise a float image in float64, then narrow the result to float32.
 
     float32 ends at 3.4e38: casting first would turn larger values (and a range
-    that lies beyond it) into infinities, and the scaling into NaN.
+    that lies beyond it, such as float32 values from -3e38 to 3e38) into
+    infinities, and the scaling into NaN.
     """
     span = stats.high - stats.low
     if not math.isfinite(span):
@@ -256,9 +275,9 @@ def channel_stats(array: np.ndarray, method: str = "auto", max_samples: int = MA
     sample = _subsample(array, max_samples)
     _check_finite(sample)
     if method == "percentile":
-        low, high = np.percentile(sample, PERCENTILES)
+        low, high = _percentiles(sample, PERCENTILES)
         return IntensityStats(float(low), float(high), "percentile")
-    high = float(np.percentile(sample, PERCENTILES[1]))
+    high = float(_percentiles(sample, PERCENTILES[1]))
     return IntensityStats(high * 10 ** (-range_db / 20), high, "log")
 
 

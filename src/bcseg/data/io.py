@@ -1,13 +1,15 @@
 """Reading and writing images, stacks and masks, with their spacing in mm.
 
-2D images: PNG, JPEG, TIFF (grey or RGB, 8 or 16 bit; RGB becomes grey).
+2D images: PNG, JPEG, TIFF (grey or RGB, 8 or 16 bit; RGB becomes grey, CMYK and
+YCbCr too; alpha is dropped, and a picture drawn in alpha alone is refused).
 3D stacks: TIFF (multi-page, ImageJ hyperstacks, OME-TIFF), memory-mapped where the
 file allows, and NIfTI through SimpleITK. Arrays are ``(H, W)`` or ``(Z, H, W)``.
 A TIFF with a channel (C) axis is refused by :func:`read_image` (channels are not
 slices) and read by :func:`read_channels`, channels last.
 
 Spacing is a tuple of mm per array axis, read from ImageJ metadata, OME metadata or
-resolution tags, or None when the file does not say. Masks are written as uint8 TIFF
+resolution tags, or None when the file does not say; outside 1e-4 to 100 mm it is
+refused (:func:`spacing_problem`). Masks are written as uint8 TIFF
 (0 and 255) carrying ImageJ spacing and unit, so Fiji and napari show them at scale.
 No TensorFlow here.
 """
@@ -57,6 +59,10 @@ _UNIT_TO_MM = {
 # the anatomy, so an inch-based resolution of exactly these values is ignored.
 _DEFAULT_DPI = (72.0, 96.0, 300.0)
 _RGB_WEIGHTS = np.array([0.2125, 0.7154, 0.0721])  # ITU-R 709, as scikit-image
+# The voxel sizes a spacing may have, in mm: 0.1 µm to 10 cm. Outside it, the
+# metadata has the wrong unit (nm or µm labelled mm) or is garbage, and a margin
+# or distance map at that scale would ask for terabytes.
+SPACING_RANGE_MM = (1e-4, 100.0)
 
 
 def file_stem(path: str | Path) -> str:
@@ -168,7 +174,8 @@ def spacing_problem(spacing, ndim: int | None = None) -> str | None:
     """What is wrong with a spacing (mm per axis), or None when it is usable.
 
     The one rule for spacing from files, manifests and the command line: one
-    positive, finite number per axis.
+    positive, finite number per axis, between 1e-4 mm (0.1 µm) and 100 mm
+    (:data:`SPACING_RANGE_MM`).
     """
     values = tuple(spacing)
     if ndim is not None and len(values) != ndim:
@@ -179,6 +186,10 @@ def spacing_problem(spacing, ndim: int | None = None) -> str | None:
         return "must be numbers"
     if not numbers or not all(math.isfinite(v) and v > 0 for v in numbers):
         return "must be positive, finite mm per axis"
+    low, high = SPACING_RANGE_MM
+    if not all(low <= v <= high for v in numbers):
+        return (f"must lie between {low:g} and {high:g} mm per axis (0.1 µm to 10 cm); "
+                "a value outside is a unit error, such as nm or µm labelled as mm")
     return None
 
 
@@ -192,6 +203,33 @@ def check_spacing(spacing, path: str | Path, ndim: int | None = None):
         raise DataError(path, f"has unusable spacing {shown} mm in its metadata: spacing {problem}; "
                         "correct it (in Fiji: Image > Properties) and try again")
     return spacing
+
+
+def _drop_alpha(array: np.ndarray, path: Path) -> np.ndarray:
+    """The colour bands of a grey+alpha or RGBA array (alpha last), alpha dropped.
+
+    An image or mask drawn in the alpha channel alone (constant colour, varying
+    transparency) would read as blank, an empty mask passing every check: refuse it.
+    """
+    colour, alpha = array[..., :-1], array[..., -1]
+    if alpha.size == 0:  # no pixels: _validate names the shape
+        return colour[..., 0] if colour.shape[-1] == 1 else colour
+    first = colour.reshape(-1, colour.shape[-1])[0]
+    if (colour == first).all() and alpha.min() != alpha.max():
+        raise DataError(path, "draws its image or mask in the alpha (transparency) channel only: "
+                        "its colour is the same everywhere, so it would read as blank; save it "
+                        "as a grey image (a mask: grey 0 and 255) without alpha")
+    return colour[..., 0] if colour.shape[-1] == 1 else colour
+
+
+def _cmyk_to_rgb(array: np.ndarray, path: Path) -> np.ndarray:
+    """RGB of unsigned-integer CMYK inks, as Pillow converts them: (max - C)(max - K) / max."""
+    if array.dtype.kind != "u":
+        raise DataError(path, f"is a CMYK image of type {array.dtype}; save it as grey or RGB")
+    top = float(np.iinfo(array.dtype).max)
+    ink = array.astype(np.float64)
+    rgb = (top - ink[..., :3]) * (top - ink[..., 3:4]) / top
+    return np.rint(rgb).astype(array.dtype)
 
 
 def _to_grey(array: np.ndarray) -> np.ndarray:
@@ -422,10 +460,63 @@ def stored_geometry(path: str | Path) -> tuple[tuple[int, ...], tuple[float, ...
     return tuple(array.shape), spacing
 
 
+def _codec_error(value: int, path: Path) -> DataError:
+    """The error for pixels compressed with a codec the installed libraries lack."""
+    try:
+        name = f"{tifffile.COMPRESSION(value).name} (TIFF code {int(value)})"
+    except ValueError:
+        name = f"code {int(value)}, unknown to tifffile"
+    return DataError(path, f"is compressed with {name}, which the installed libraries cannot "
+                     "decompress; re-save it uncompressed or with deflate (zip), or install "
+                     "imagecodecs (pip install imagecodecs)")
+
+
+def _check_codec(value: int, path: Path) -> None:
+    """Refuse, before decoding, a TIFF whose compression has no decoder here.
+
+    tifffile needs imagecodecs for LZW, JPEG, PNG and more; without it the failure
+    names a Python module or a package, not the file's compression.
+    """
+    if value not in tifffile.TIFF.DECOMPRESSORS:  # resolves the codec
+        raise _codec_error(value, path)
+
+
+# TIFF Photometric values whose samples are read as R, G, B (+ alpha) or converted.
+_RGB, _CMYK, _YCBCR = 2, 5, 6
+_JPEG_CODES = (6, 7, 33007, 34892)  # tifffile decodes JPEG YCbCr to RGB
+
+
+def _tiff_grey(array: np.ndarray, page: tifffile.TiffPage, path: Path) -> np.ndarray:
+    """Grey values of a TIFF's 3 or 4 samples, by the colour space its Photometric tag names.
+
+    Treating CMYK inks as R, G, B (and dropping K) would read a grey picture as black.
+    """
+    photometric = int(page.photometric)
+    if photometric == _CMYK:
+        if array.shape[-1] != 4 or page.tags.valueof("InkSet", 1) != 1:
+            raise DataError(path, f"holds {array.shape[-1]} inks that are not CMYK; "
+                            "save it as grey or RGB")
+        return _to_grey(_cmyk_to_rgb(array, path))
+    if photometric == _YCBCR and int(page.compression) not in _JPEG_CODES:
+        return np.ascontiguousarray(array[..., 0])  # Y is the luma itself
+    if photometric not in (0, 1, _RGB, _YCBCR):  # CIELAB, ICCLAB, LogLuv, ...
+        try:
+            name = tifffile.PHOTOMETRIC(photometric).name
+        except ValueError:
+            name = f"Photometric {photometric}"
+        raise DataError(path, f"stores colour as {name}, which bcseg cannot convert to grey; "
+                        "save it as grey or RGB")
+    return _to_grey(_drop_alpha(array, path) if array.shape[-1] == 4 else array)
+
+
 def _read_tiff(path: Path, mmap: bool) -> tuple[np.ndarray, tuple[float, ...] | None]:
+    compression = None
     try:
         with tifffile.TiffFile(path) as tif:
             shape, spacing = _series_geometry(tif, path)
+            page = tif.pages.first
+            compression = page.compression
+            _check_codec(compression, path)
             array = None
             if mmap and len(tif.series) == 1:
                 try:
@@ -437,11 +528,16 @@ def _read_tiff(path: Path, mmap: bool) -> tuple[np.ndarray, tuple[float, ...] | 
                     array = np.stack([s.asarray() for s in tif.series])
                 else:
                     array = tif.series[0].asarray()
+            if array.shape[-1] in (3, 4) and array.ndim > len(shape):  # colour samples
+                array = _tiff_grey(array, page, path)
     except DataError:
         raise
+    except ImportError as exc:  # a decoder whose module is missing (ZSTD before Python 3.14)
+        if compression is None:
+            raise DataError(path, f"cannot read TIFF ({exc})") from None
+        raise _codec_error(compression, path) from None
     except Exception as exc:  # tifffile raises many types for corrupt files
         raise DataError(path, f"cannot read TIFF ({exc})") from None
-    array = _to_grey(array) if array.shape[-1] in (3, 4) and array.ndim > len(shape) else array
     if array.shape != shape:
         array = array.reshape(shape)
     return array, spacing
@@ -463,8 +559,14 @@ def _read_nifti(path: Path) -> tuple[np.ndarray, tuple[float, ...] | None]:
         raise
     except Exception as exc:
         raise DataError(path, f"cannot read NIfTI ({str(exc).strip().splitlines()[-1]})") from None
-    if image.GetNumberOfComponentsPerPixel() != 1 or image.GetDimension() > 3:
-        raise DataError(path, "has more than one channel or 3 dimensions")
+    shape = tuple(reversed(image.GetSize()))
+    if image.GetDimension() > 3:
+        raise DataError(path, f"has {image.GetDimension()} dimensions (shape {shape}); bcseg reads "
+                        "2D images and 3D stacks of one channel")
+    if image.GetNumberOfComponentsPerPixel() != 1:
+        raise DataError(path, f"has {image.GetNumberOfComponentsPerPixel()} values per voxel "
+                        f"(shape {shape}, a colour or vector image); bcseg reads 2D images and "
+                        "3D stacks of one channel: save each channel as its own file")
     array = sitk.GetArrayFromImage(image)  # (z, y, x)
     # NIfTI stores float32 spacing; round away the float noise (0.2 -> 0.20000000298).
     spacing = tuple(round(float(s), 6) for s in reversed(image.GetSpacing()))
@@ -531,6 +633,22 @@ def _check_png(path: Path) -> None:
                         "copy it again from the source")
 
 
+# Pillow modes read as they are: grey, grey or RGB with alpha, and palettes (which
+# imageio expands to RGB or RGBA). Any other (CMYK, YCbCr, LAB, HSV) has bands that
+# are not R, G, B: Pillow, which knows their maths, converts it to RGB first.
+_PLAIN_MODES = ("1", "L", "LA", "P", "PA", "RGB", "RGBA", "I", "I;16", "I;16B", "I;16L", "F")
+
+
+def _pillow_mode(path: Path) -> str | None:
+    from PIL import Image  # comes with imageio
+
+    try:
+        with Image.open(path) as picture:
+            return picture.mode
+    except Exception:  # unreadable: the reader reports it
+        return None
+
+
 def _read_plain(path: Path) -> np.ndarray:
     import imageio.v3 as iio  # comes with scikit-image
 
@@ -538,13 +656,19 @@ def _read_plain(path: Path) -> np.ndarray:
         _check_png(path)
     else:
         _check_jpeg_size(path)
+    mode = _pillow_mode(path)
+    convert = mode is not None and mode not in _PLAIN_MODES
     try:
-        array = iio.imread(path)
+        array = iio.imread(path, mode="RGB") if convert else iio.imread(path)
     except Exception as exc:
-        raise DataError(path, f"cannot read image ({str(exc).strip().splitlines()[0]})") from None
+        reason = str(exc).strip().splitlines()[0]
+        if convert:
+            raise DataError(path, f"has colour mode {mode}, which cannot be converted to grey "
+                            f"({reason}); save it as grey or RGB") from None
+        raise DataError(path, f"cannot read image ({reason})") from None
     array = np.asarray(array)
-    if array.ndim == 3 and array.shape[-1] == 2:  # grey + alpha, not a 2-slice stack
-        array = array[..., 0]
+    if array.ndim == 3 and array.shape[-1] in (2, 4):  # grey or RGB + alpha, not slices
+        array = _drop_alpha(array, path)
     return _to_grey(array)
 
 
@@ -568,7 +692,9 @@ def read_image(path: str | Path, mmap: bool = False) -> tuple[np.ndarray, tuple[
     Raises
     ------
     DataError
-        Missing, empty, corrupt, too large, of 4 or more dimensions, or holding NaN.
+        Missing, empty, corrupt, too large, of 4 or more dimensions, holding NaN, in
+        a colour space or compression that cannot be read, drawn in alpha alone, or
+        with unusable spacing.
     """
     path = Path(path)
     _check_file(path)
@@ -637,6 +763,7 @@ def read_channels(path: str | Path) -> tuple[np.ndarray, tuple[float, ...] | Non
     _check_file(path)
     if not _is_tiff(path):
         raise DataError(path, "only TIFF files hold a channel axis; store each channel as its own file")
+    compression = None
     try:
         with tifffile.TiffFile(path) as tif:
             _check_complete(tif, path)
@@ -650,9 +777,15 @@ def read_channels(path: str | Path) -> tuple[np.ndarray, tuple[float, ...] | Non
                                 f"(shape {tuple(shape)}, axes {axes}); expected 2D or 3D")
             _check_size(path, tuple(shape), math.prod(shape) * series.dtype.itemsize)
             spacing = _tiff_spacing(tif, len(spatial))
+            compression = tif.pages.first.compression
+            _check_codec(compression, path)
             array = np.moveaxis(series.asarray(), axes.index("C"), -1)
     except DataError:
         raise
+    except ImportError as exc:  # a decoder whose module is missing (ZSTD before Python 3.14)
+        if compression is None:
+            raise DataError(path, f"cannot read TIFF ({exc})") from None
+        raise _codec_error(compression, path) from None
     except Exception as exc:  # tifffile raises many types for corrupt files
         raise DataError(path, f"cannot read TIFF ({exc})") from None
     array = array.reshape(tuple(spatial) + (array.shape[-1],))

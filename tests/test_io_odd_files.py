@@ -1,0 +1,257 @@
+"""Odd but real files: colour spaces, alpha-only drawings, missing codecs, 4D NIfTI,
+float32 at the edge of its range and spacing in the wrong unit.
+
+Each file is written here with Pillow, tifffile or SimpleITK; each must read as the
+right grey image or be refused in one line that names the file.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import re
+import warnings
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import tifffile
+from PIL import Image
+
+from bcseg.cli import main
+from bcseg.data import intensity, io
+from bcseg.data.check import check_dataset
+from bcseg.errors import DataError
+
+# A smooth uint8 ramp, 60..177: JPEG keeps it within a few grey levels.
+RAMP = (60 + 2 * np.mgrid[:40, :48][0] + np.mgrid[:40, :48][1]).astype(np.uint8)
+
+
+def refused(call, path, *words: str) -> str:
+    """The one-line message of the DataError ``call`` raises; it names ``path`` and ``words``."""
+    with pytest.raises(DataError) as error:
+        call()
+    message = str(error.value)
+    assert "\n" not in message
+    assert message.startswith(f"{path}: ")
+    for word in words:
+        assert word in message, message
+    return message
+
+
+# --------------------------------------------------------------------------- colour spaces
+
+def test_cmyk_jpeg_reads_as_its_grey_picture(tmp_path):
+    # Pillow stores grey L as C = M = Y = 0, K = 255 - L; read as RGB + alpha it was black.
+    path = tmp_path / "cmyk.jpg"
+    Image.fromarray(RAMP).convert("CMYK").save(path, quality=95)
+    assert Image.open(path).mode == "CMYK"
+    array, _ = io.read_image(path)
+    assert array.dtype == np.uint8 and array.shape == (40, 48)
+    assert np.abs(array.astype(int) - RAMP).max() <= 3  # JPEG error only
+
+
+def test_cmyk_tiff_reads_as_its_grey_picture(tmp_path):
+    inks = np.zeros((2, 3, 4), np.uint8)
+    inks[0, :, 3] = 255 - np.array([0, 100, 255])  # K alone: grey 0, 100, 255
+    inks[1, 0] = (255, 0, 0, 0)  # cyan: RGB (0, 255, 255)
+    inks[1, 1] = (0, 0, 0, 51)  # K = 51: grey 204
+    inks[1, 2] = (0, 255, 0, 255)  # magenta on full black: black
+    path = tmp_path / "cmyk.tif"
+    tifffile.imwrite(path, inks, photometric="separated")
+    array, _ = io.read_image(path)
+    # Cyan: 0.7154 * 255 + 0.0721 * 255 = 200.81 -> 201 (ITU-R 709 luminance).
+    assert array.tolist() == [[0, 100, 255], [201, 204, 0]]
+
+
+def test_ycbcr_tiff_reads_its_luma(tmp_path):
+    ycbcr = np.stack([RAMP, np.full_like(RAMP, 90), np.full_like(RAMP, 200)], axis=-1)
+    path = tmp_path / "ycbcr.tif"
+    tifffile.imwrite(path, ycbcr, photometric="ycbcr", subsampling=(1, 1))
+    assert np.array_equal(io.read_image(path)[0], RAMP)  # Y, not 0.21 Y + 0.72 Cb + 0.07 Cr
+
+
+def test_cielab_tiff_is_refused(tmp_path):
+    path = tmp_path / "lab.tif"
+    tifffile.imwrite(path, np.stack([RAMP] * 3, axis=-1), photometric="cielab")
+    refused(lambda: io.read_image(path), path, "CIELAB", "save it as grey or RGB")
+
+
+# --------------------------------------------------------------------------- alpha only
+
+def alpha_drawing(mode: str) -> np.ndarray:
+    """Constant colour (black), the drawing in alpha: 255 on rows 10-19, columns 10-24."""
+    pixels = np.zeros((40, 48, len(mode)), np.uint8)
+    pixels[10:20, 10:25, -1] = 255
+    return pixels
+
+
+@pytest.mark.parametrize("mode", ["RGBA", "LA"])
+def test_mask_drawn_in_the_alpha_channel_only_is_refused(tmp_path, mode):
+    path = tmp_path / "b0_mask.png"
+    Image.fromarray(alpha_drawing(mode), mode).save(path)
+    refused(lambda: io.read_mask(path, (40, 48)), path, "alpha", "grey")
+
+
+def test_tiff_mask_drawn_in_the_alpha_channel_only_is_refused(tmp_path):
+    path = tmp_path / "mask.tif"
+    tifffile.imwrite(path, alpha_drawing("RGBA"), photometric="rgb", extrasamples=[2])
+    refused(lambda: io.read_mask(path), path, "alpha")
+
+
+def test_image_drawn_in_the_alpha_channel_only_is_refused(tmp_path):
+    path = tmp_path / "b0.png"
+    Image.fromarray(alpha_drawing("RGBA"), "RGBA").save(path)
+    refused(lambda: io.read_image(path), path, "alpha")
+
+
+def test_alpha_is_still_dropped_when_the_colour_holds_the_picture(tmp_path):
+    rgba = np.stack([RAMP] * 3 + [alpha_drawing("LA")[..., 1]], axis=-1)
+    path = tmp_path / "cut_out.png"
+    Image.fromarray(rgba, "RGBA").save(path)
+    assert np.array_equal(io.read_image(path)[0], RAMP)
+
+
+def test_check_lists_a_busi_mask_drawn_in_alpha(tmp_path, capsys):
+    root = tmp_path / "busi"
+    (root / "benign").mkdir(parents=True)
+    Image.fromarray(RAMP).save(root / "benign" / "b0.png")
+    mask = root / "benign" / "b0_mask.png"
+    Image.fromarray(alpha_drawing("RGBA"), "RGBA").save(mask)
+    assert [(path, "alpha" in message) for path, message in check_dataset(root).problems] == [
+        (str(mask), True)]
+    assert main(["check", str(root)]) == 3
+    out = capsys.readouterr().out
+    assert re.search(rf"^problem: {re.escape(str(mask))}: .*alpha", out, re.M)
+
+
+# --------------------------------------------------------------------------- codecs
+
+def with_compression_tag(path, code: int) -> None:
+    """An uncompressed TIFF whose Compression tag is changed to ``code`` in place."""
+    tifffile.imwrite(path, RAMP)
+    with tifffile.TiffFile(path) as tif:
+        tag = tif.pages.first.tags["Compression"]
+        assert tag.value == 1 and tag.count == 1
+        offset, byteorder = tag.valueoffset, tif.byteorder
+    data = bytearray(path.read_bytes())
+    data[offset:offset + 2] = code.to_bytes(2, "little" if byteorder == "<" else "big")
+    path.write_bytes(bytes(data))
+
+
+@pytest.mark.skipif(importlib.util.find_spec("imagecodecs") is not None
+                    or importlib.util.find_spec("compression") is not None,
+                    reason="a ZSTD decoder is installed")
+@pytest.mark.parametrize("code, name", [(50000, "ZSTD"), (5, "LZW")])
+@pytest.mark.parametrize("mmap", [False, True])
+def test_tiff_with_a_codec_not_installed_names_the_compression(tmp_path, code, name, mmap):
+    path = tmp_path / f"{name}.tif"
+    with_compression_tag(path, code)
+    refused(lambda: io.read_image(path, mmap=mmap), path,
+            f"{name} (TIFF code {code})", "uncompressed", "imagecodecs")
+
+
+def test_tiff_with_an_unknown_compression_code(tmp_path):
+    path = tmp_path / "odd.tif"
+    with_compression_tag(path, 12345)
+    refused(lambda: io.read_image(path), path, "code 12345, unknown to tifffile", "uncompressed")
+
+
+# --------------------------------------------------------------------------- NIfTI
+
+def test_4d_nifti_says_how_many_dimensions_it_has(tmp_path):
+    path = tmp_path / "series.nii.gz"
+    image = sitk.GetImageFromArray(np.zeros((2, 3, 20, 30), np.int16), isVector=False)
+    sitk.WriteImage(image, str(path))
+    message = refused(lambda: io.read_image(path), path,
+                      "has 4 dimensions (shape (2, 3, 20, 30))", "2D images and 3D stacks")
+    assert "more than one channel" not in message
+
+
+def test_vector_nifti_says_how_many_values_per_voxel(tmp_path):
+    path = tmp_path / "colour.nii.gz"
+    sitk.WriteImage(sitk.GetImageFromArray(np.zeros((20, 30, 3), np.uint8), isVector=True), str(path))
+    refused(lambda: io.read_image(path), path, "has 3 values per voxel (shape (20, 30),")
+
+
+# --------------------------------------------------------------------------- float32 range
+
+def normalised(path, mmap: bool) -> np.ndarray:
+    """read_image then normalise, with any numpy warning (overflow) an error."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        array, _ = io.read_image(path, mmap=mmap)
+        return intensity.normalise(array, intensity.intensity_stats(array))
+
+
+@pytest.mark.parametrize("mmap", [False, True])
+def test_float32_spanning_more_than_float32_normalises_to_finite_values(tmp_path, mmap):
+    image = np.full((20, 30), 3e38, np.float32)
+    image[:10] = -3e38  # the span, 6e38, is beyond float32's 3.4e38
+    image[5, 5] = 0.0
+    path = tmp_path / "wide.tif"
+    tifffile.imwrite(path, image)
+    out = normalised(path, mmap)
+    assert out.dtype == np.float32 and np.isfinite(out).all()
+    # Percentiles -3e38 and 3e38: -3e38 -> 0, 0 -> 0.5, 3e38 -> 1.
+    assert out[0, 0] == 0.0 and out[5, 5] == pytest.approx(0.5) and out[19, 29] == 1.0
+
+
+def test_float32_percentile_between_far_apart_values_is_finite(tmp_path):
+    # Sorted -3e38, 3e38, 3e38, 3e38: the 0.5th percentile lies 0.015 of the way from
+    # the first to the second, -3e38 + 0.015 * 6e38 = -2.91e38 (float32 gave inf).
+    path = tmp_path / "four.tif"
+    tifffile.imwrite(path, np.array([[-3e38, 3e38], [3e38, 3e38]], np.float32))
+    stats = intensity.intensity_stats(io.read_image(path)[0])
+    assert stats.low == pytest.approx(-2.91e38, rel=1e-6)
+    assert stats.high == pytest.approx(3e38, rel=1e-6)
+    assert normalised(path, False).tolist() == [[0.0, 1.0], [1.0, 1.0]]
+
+
+# --------------------------------------------------------------------------- spacing
+
+@pytest.mark.parametrize("spacing, ok", [
+    ((1e-4, 100.0), True), ((0.25, 0.25), True),  # the bounds and an ordinary pixel
+    ((0.25, 9e-5), False), ((1e-12, 1e-6), False), ((100.5, 0.2), False), ((1e5, 1e5), False),
+])
+def test_spacing_range(spacing, ok):
+    assert (io.spacing_problem(spacing, 2) is None) is ok
+
+
+def imagej_tiff(path, image, unit: str, pixel: float, z: float | None = None) -> None:
+    """An ImageJ TIFF whose pixels are ``pixel`` ``unit`` wide (and ``z`` apart)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    metadata = {"unit": unit, "axes": "ZYX" if image.ndim == 3 else "YX"}
+    if z is not None:
+        metadata["spacing"] = z
+    tifffile.imwrite(path, image, imagej=True, resolution=(1 / pixel, 1 / pixel), metadata=metadata)
+
+
+def test_spacing_in_nanometres_is_refused(tmp_path):
+    path = tmp_path / "nm.tif"
+    imagej_tiff(path, RAMP, "nm", 1.0)  # 1 nm = 1e-6 mm
+    assert io.spacing_problem((1e-6, 1e-6)) is not None
+    refused(lambda: io.read_image(path), path, "1e-06 x 1e-06 mm", "between 0.0001 and 100 mm")
+    refused(lambda: io.read_spacing(path), path, "1e-06 x 1e-06 mm")
+
+
+def test_nanometres_labelled_as_mm_is_refused(tmp_path):
+    path = tmp_path / "mm.tif"
+    imagej_tiff(path, np.stack([RAMP] * 3), "mm", 1e5, z=2e5)  # 100 µm written in nm
+    refused(lambda: io.read_image(path), path, "200000 x 100000 x 100000 mm")
+    refused(lambda: io.stored_geometry(path), path, "100000 mm")
+
+
+def test_check_lists_implausible_spacing_as_it_does_zero(tmp_path, capsys):
+    root = tmp_path / "study"
+    stack = np.stack([RAMP] * 3)
+    lesion = np.zeros(stack.shape, bool)
+    lesion[1, 10:20, 10:20] = True
+    for name, pixel in (("good", 0.2), ("nano", 2e-5)):  # 2e-5 mm = 20 nm
+        imagej_tiff(root / "images" / f"{name}.tif", stack, "mm", pixel, z=1.0)
+        io.write_mask(root / "masks" / "observer1" / f"{name}.tif", lesion, (1.0, 0.2, 0.2))
+    bad = root / "images" / "nano.tif"
+    problems = check_dataset(root).problems
+    assert [(path, "1 x 2e-05 x 2e-05 mm" in message) for path, message in problems] == [
+        (str(bad), True)]
+    assert main(["check", str(root)]) == 3
+    assert f"problem: {bad}: has unusable spacing" in capsys.readouterr().out
