@@ -488,13 +488,13 @@ def mixed_folder(tmp_path) -> Path:
     return folder
 
 
-def test_without_keep_going_the_first_bad_file_stops_the_run(mixed_folder, tmp_path, models, capsys):
+def test_without_keep_going_a_bad_file_stops_the_run_before_any_output(mixed_folder, tmp_path, models, capsys):
     code, _, err = run_main(capsys, _predict(tmp_path, mixed_folder, models["2d"]))
     assert code == 3
     assert "b_bad.tif" in one_error_line(err)
-    # the file before it is complete; nothing after it, and no temporary file
-    assert sorted(files_under(tmp_path / "out")) == ["a_good_mask.tif"]
-    assert tifffile.imread(tmp_path / "out" / "a_good_mask.tif").shape == IMAGE.shape
+    # Every input's header is read before any output exists: nothing is written, not
+    # even the mask of the good file before the bad one.
+    assert not (tmp_path / "out").exists()
 
 
 def test_keep_going_writes_every_good_mask_and_reports_the_bad_file(mixed_folder, tmp_path,

@@ -83,7 +83,9 @@ def _steps(text: str) -> list[str]:
 
 
 def _spacing(text: str) -> tuple[float, ...]:
-    """A voxel size ``Z x Y x X`` in mm: three positive, finite numbers."""
+    """A voxel size ``Z x Y x X`` in mm: three positive, finite numbers in the plausible
+    range of :func:`bcseg.data.io.spacing_problem`, the readers' rule, so a slip (1e-12)
+    is a usage error here, before a model loads or margins size a kernel from it."""
     from bcseg.data.io import spacing_problem
 
     try:
@@ -222,6 +224,7 @@ def cmd_train(args) -> int:
 
 
 def cmd_predict(args) -> int:
+    from bcseg.after_predict import margins_step
     from bcseg.infer.segment import predict_files
 
     postprocess = args.postprocess
@@ -230,54 +233,26 @@ def cmd_predict(args) -> int:
         from bcseg.pretrained import pretrained_path
         model = pretrained_path()
         print(f"no --model given: using the bundled BUSI model {model.name}")
-    if args.margins:
-        _check_margins_table(Path(args.out))
+    # predict_files checks every input (with --margins its spacing too) before the model
+    # loads; the margins step runs after segmenting, inside its claim of --out.
+    after = margins_step(Path(args.out), args.margins, args.spacing, args.force or args.resume,
+                         args.keep_going)
     records = predict_files(model, args.inputs, args.out, threshold=args.threshold,
                             tta=args.tta or None, postprocess=postprocess, min_size=args.min_size,
                             save_prob=args.save_prob, quicklook=args.quicklook, force=args.force,
                             resume=args.resume, keep_going=args.keep_going, runtime=args.runtime,
-                            progress=not args.no_progress and sys.stderr.isatty())
-    failed = [r for r in records if r.get("error")]
-    _margins_after_predict(records, args)
+                            progress=not args.no_progress and sys.stderr.isatty(),
+                            margins=args.margins, spacing_mm=args.spacing, after=after)
+    failed = [r for r in records if r.get("error")]  # with --keep-going: unread, or margins failed
+    segmented = sum(r["status"] == "ok" for r in records)
     skipped = sum(r["status"] == "skipped" for r in records)
-    print(f"segmented {len(records) - len(failed) - skipped} of {len(records)} file(s) into "
+    print(f"segmented {segmented} of {len(records)} file(s) into "
           f"{args.out}" + (f" ({skipped} already complete, kept)" if skipped else ""))
     if failed:
         for record in failed:
-            print(f"bcseg: error: {record['error']}", file=sys.stderr)
+            print(f"bcseg: error: {_flags_for_parameters(record['error'])}", file=sys.stderr)
         return 3
     return 0
-
-
-def _check_margins_table(out: Path) -> None:
-    """margins.csv gains rows by case; a file of that name bcseg did not write is refused."""
-    check_replaceable([out / "margins.csv"], force=True)
-
-
-def _margins_after_predict(records: list[dict], args) -> None:
-    """Margins of the stacks just segmented, merged by case into OUT/margins.csv.
-
-    Rows of other cases stay; a case segmented again loses its old, stale row even
-    without --margins. 2D images are skipped with a warning: margins need a stack.
-    """
-    from bcseg.data.io import file_stem, open_volume
-    from bcseg.measure.margins import margins_for_files, merge_margins_csv
-
-    out = Path(args.out)
-    done = [r for r in records if r["status"] == "ok"]
-    with claim(out, "predict"):
-        rows = []
-        for r in records:
-            if not (args.margins and r.get("mask")) or (out / f"{file_stem(Path(r['input']))}_margins.csv").exists():
-                continue
-            if open_volume(r["mask"])[0].ndim != 3:
-                print(printable(f"bcseg: warning: {r['input']}: is a 2D image; no margins "
-                                "(they need a 3D stack)"), file=sys.stderr)
-                continue
-            rows.append(margins_for_files(r["input"], r["mask"], out, spacing_mm=args.spacing))
-        if (out / "margins.csv").exists() or rows:
-            merge_margins_csv(rows, out / "margins.csv",
-                              replace_cases=[file_stem(Path(r["input"])) for r in done])
 
 
 def cmd_export_onnx(args) -> int:
@@ -662,7 +637,8 @@ def main(argv: list[str] | None = None) -> int:
 
 # The core names the parameter a user should pass ("pass force=True"); the command
 # line has a flag for each, and its messages name the flag instead.
-PARAMETER_FLAGS = {"force=True": "--force", "resume=True": "--resume", "model=RUN": "--model RUN"}
+PARAMETER_FLAGS = {"force=True": "--force", "resume=True": "--resume", "model=RUN": "--model RUN",
+                   "spacing_mm=(Z, Y, X)": "--spacing ZxYxX"}
 
 
 def _flags_for_parameters(message: str) -> str:

@@ -345,16 +345,30 @@ def _check_channels(spec: ModelSpec, array: np.ndarray, names: Sequence[str]) ->
                         f"channel axis last, not an array of shape {array.shape}")
 
 
+def rank_problem(model_ndim: int, shape: Sequence[int]) -> str | None:
+    """Why a model of ``model_ndim`` spatial axes cannot segment an image of spatial
+    ``shape``, or None when it can.
+
+    The one rule, used on arrays here and on file headers by :mod:`bcseg.infer.segment`
+    before any output is written, so a 2D image among stacks for a 3D model is refused
+    before the stacks' masks are made rather than after.
+    """
+    shape = tuple(shape)
+    if model_ndim == 2 and len(shape) not in (2, 3):
+        return f"a 2D model segments (H, W) images or (Z, H, W) stacks, not a {len(shape)}D " \
+               f"array of shape {shape}"
+    if model_ndim == 3 and len(shape) != 3:
+        hint = "; use a 2D model for 2D images" if len(shape) == 2 else ""
+        return f"a 3D model segments (Z, H, W) stacks, not a {len(shape)}D array of shape {shape}{hint}"
+    return None
+
+
 def _check_input(spec: ModelSpec, array: np.ndarray, spacing, names: Sequence[str] = ()) -> None:
     _check_channels(spec, array, names)
     array = array[..., 0] if names else array  # the spatial axes
-    if spec.ndim == 2 and array.ndim not in (2, 3):
-        raise DataError(None, f"a 2D model segments (H, W) images or (Z, H, W) stacks, "
-                        f"not a {array.ndim}D array of shape {array.shape}")
-    if spec.ndim == 3 and array.ndim != 3:
-        hint = "; use a 2D model for 2D images" if array.ndim == 2 else ""
-        raise DataError(None, f"a 3D model segments (Z, H, W) stacks, not a {array.ndim}D "
-                        f"array of shape {array.shape}{hint}")
+    problem = rank_problem(spec.ndim, array.shape)
+    if problem:
+        raise DataError(None, problem)
     if spacing is not None and len(spacing) != array.ndim:
         raise DataError(None, f"spacing {tuple(spacing)} does not match an image of shape {array.shape}")
 

@@ -16,7 +16,7 @@ import os
 import warnings
 from contextlib import ExitStack
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import tifffile
@@ -29,7 +29,7 @@ from bcseg.data.dataset import Case, discover, read_case_channels
 from bcseg.data.intensity import check_methods, normalise
 from bcseg.errors import BcsegError, ConfigError, DataError, ModelError, UsageError
 from bcseg.infer.postprocess import check_steps, release_slices
-from bcseg.infer.predict import load_model, model_spec, segment_volume
+from bcseg.infer.predict import load_model, model_spec, rank_problem, segment_volume
 from bcseg.rundir import SETTINGS_FILE, load_run
 
 # Every output ``predict`` (with --margins) writes for one input, by suffix after its
@@ -37,6 +37,7 @@ from bcseg.rundir import SETTINGS_FILE, load_run
 # probability map beside a new mask would be scored as if it belonged to it.
 CASE_OUTPUTS = ("_mask.tif", "_prob.tif", "_overlay.png",
                 "_margins.csv", "_margins.png", "_specimen.tif")
+MARGINS_TABLE = "margins.csv"  # one row per case, named as its files (output_name)
 
 
 def load_models(model_path, threshold=None, tta=None, postprocess=None, min_size=None,
@@ -108,12 +109,19 @@ def _fitted(model_file: Path, spec, view):
 
 # --------------------------------------------------------------------------- files
 
-def _stem(item: Path | Case) -> str:
-    """The name of an input's outputs: a case's id, or the file's stem."""
+def output_name(item: Path | Case) -> str:
+    """The one name of every output of an input: a case's id, or the file's stem.
+
+    Masks, probability maps, overlays, the margins files (``_margins.csv``,
+    ``_margins.png``, ``_specimen.tif``) and the case's row of ``margins.csv`` all
+    take it from here. Cases of a manifest often share file names (``P1/us.tif``,
+    ``P2/us.tif``, one folder per patient); naming margins by the file instead filed
+    every patient's margins under one name, ``us``.
+    """
     return item.id if isinstance(item, Case) else io.file_stem(item)
 
 
-def _source(item: Path | Case) -> Path:
+def input_file(item: Path | Case) -> Path:
     """The file an input's messages name: the file, or a case's first channel's file."""
     return item.image if isinstance(item, Case) else item
 
@@ -141,7 +149,7 @@ def _input_files(inputs) -> list[Path | Case]:
             files.extend(_dataset_inputs(item))
         elif item.is_dir():
             # bcseg's own outputs there (--out was this folder) are never inputs
-            ours = outputs.owned(item)
+            ours = outputs.written(item)
             found = [f for f in io.image_files(item) if f.name not in ours]
             if not found:
                 raise DataError(item, "holds no supported images (" + ", ".join(io.IMAGE_SUFFIXES) + ")")
@@ -152,9 +160,9 @@ def _input_files(inputs) -> list[Path | Case]:
             raise DataError(item, "file not found")
     stems: dict[str, Path | Case] = {}
     for f in files:
-        other = stems.setdefault(_stem(f), f)
-        if _source(other).resolve() != _source(f).resolve():
-            raise UsageError(_source(f), f"has the same name as {_source(other)}, so their outputs "
+        other = stems.setdefault(output_name(f), f)
+        if input_file(other).resolve() != input_file(f).resolve():
+            raise UsageError(input_file(f), f"has the same name as {input_file(other)}, so their outputs "
                              "would collide; segment them into different output folders")
     return list(stems.values())  # each file once
 
@@ -235,14 +243,14 @@ def _write_overlay(path: Path, image: np.ndarray, mask: np.ndarray, spacing) -> 
 
 def _case_outputs(path: Path | Case, out_dir: Path, save_prob: bool, quicklook: bool) -> dict:
     """The outputs asked for one input: mask, and optionally prob and overlay (else None)."""
-    stem = _stem(path)
+    stem = output_name(path)
     return {"mask": out_dir / f"{stem}_mask.tif",
             "prob": out_dir / f"{stem}_prob.tif" if save_prob else None,
             "overlay": out_dir / f"{stem}_overlay.png" if quicklook else None}
 
 
 def _every_output(path: Path | Case, out_dir: Path) -> list[Path]:
-    return [out_dir / f"{_stem(path)}{suffix}" for suffix in CASE_OUTPUTS]
+    return [out_dir / f"{output_name(path)}{suffix}" for suffix in CASE_OUTPUTS]
 
 
 def _complete(wanted: dict, known: dict) -> bool:
@@ -269,7 +277,7 @@ def _segment_file(models, settings, path: Path | Case, wanted: dict, progress: b
         image, spacing = _read_input(path, names)
         plane = image[..., 0] if names else image  # the spatial axes: the first channel
         _segment_into(models, settings, image, spacing, temp, progress,
-                      _output_geometry(_source(path), plane, spacing), plane)
+                      _output_geometry(input_file(path), plane, spacing), plane)
     stale = [p for p in _every_output(path, wanted["mask"].parent)
              if p not in wanted.values() and p.exists()]
     if stale:  # checked to exist first: listing what bcseg owns reads the whole folder
@@ -311,25 +319,126 @@ def _files_to_do(files: list[Path], wanted: dict, out_dir: Path, force: bool,
                  resume: bool) -> list[Path]:
     """The inputs to segment; refuses, before any work, outputs it may not replace.
 
-    ``wanted`` holds each input's outputs by its name (:func:`_stem`)."""
+    ``wanted`` holds each input's outputs by its name (:func:`output_name`)."""
     if force and resume:
         raise UsageError(None, "force and resume exclude each other: resume keeps complete "
                          "outputs, force replaces them")
     known: dict = {}  # bcseg's files in out_dir, listed once, not once per input
-    todo = [p for p in files if not (resume and _complete(wanted[_stem(p)], known))]
+    todo = [p for p in files if not (resume and _complete(wanted[output_name(p)], known))]
     for path in todo:
-        outputs.check_name_lengths([p for p in wanted[_stem(path)].values() if p is not None],
-                                   _source(path))
+        outputs.check_name_lengths([p for p in wanted[output_name(path)].values() if p is not None],
+                                   input_file(path))
         outputs.check_replaceable(_every_output(path, out_dir), force or resume, known)
     return todo
+
+
+# --------------------------------------------------------------------------- checks
+
+def _raise_first(problems: dict, keep_going: bool) -> None:
+    if problems and not keep_going:
+        raise next(iter(problems.values()))
+
+
+def _read_geometry(shape: tuple[int, ...], spacing) -> tuple[tuple[int, ...], tuple | None]:
+    """The shape (and spacing) reading gives an image whose header stores ``shape``:
+    like :func:`bcseg.data.io.read_image`, singleton axes of a stack are dropped (a
+    ``(Z, 1, X)`` TIFF is segmented as ``(Z, X)``)."""
+    if len(shape) <= 2:
+        return tuple(shape), spacing
+    kept = [i for i, n in enumerate(shape) if n != 1]
+    kept = kept if len(kept) >= 2 else list(range(len(shape)))[-2:]
+    if spacing is not None:
+        spacing = tuple(spacing[i] for i in kept) if len(spacing) == len(shape) else None
+    return tuple(shape[i] for i in kept), spacing
+
+
+def _header(item: Path | Case) -> tuple[tuple[int, ...], tuple | None] | None:
+    """An input's spatial shape as it will be read, and its file's spacing, from the
+    header (TIFF, NIfTI; a PNG or JPEG is read, being 2D and small).
+
+    Raises DataError naming the file when the header cannot be read (so a damaged
+    later input stops the run before any output exists, or ``keep_going`` records it),
+    and for an image file with channels along a C axis, which bcseg reads as one grey
+    image only from a dataset folder that names its channels.
+    """
+    path = input_file(item)
+    if isinstance(item, Case) and item.channels[0].index is not None:
+        # a plane of a file's C axis: read it (tifffile has no header-only view of one)
+        planes, spacing = io.read_channels(path)
+        return tuple(planes.shape[:-1]), spacing
+    count = io.channel_count(path)
+    if count == 1:
+        return _read_geometry(*io.stored_geometry(path))
+    raise DataError(path, f"has {count} channels along a C axis, but one image file is segmented "
+                    "as one image; give a dataset folder whose channels.json names its channels")
+
+
+def _headers(files: list[Path | Case], problems: dict) -> dict[str, tuple | None]:
+    """Each input's :func:`_header` by output name; a problem goes into ``problems``."""
+    headers = {}
+    for item in files:
+        try:
+            headers[output_name(item)] = _header(item)
+        except BcsegError as exc:
+            headers[output_name(item)] = None
+            problems.setdefault(output_name(item), exc)
+    return headers
+
+
+def _check_ranks(files: list[Path | Case], headers: dict, models: list, problems: dict) -> None:
+    """Note every input whose header shows the model cannot segment it (a 2D image for
+    a 3D model), so a late one stops the run before the earlier ones' masks exist."""
+    ranks = {model_spec(m).ndim for m in models}
+    for item in files:
+        header = headers[output_name(item)]
+        for ndim in sorted(ranks):
+            problem = header and rank_problem(ndim, header[0])
+            if problem:
+                problems.setdefault(output_name(item), DataError(input_file(item), problem))
+
+
+def _check_margins_request(out_dir: Path, spacing_mm) -> None:
+    """The margins table may be added to (bcseg wrote it, or it is absent), and a
+    spacing given is usable; UsageError otherwise, before any work."""
+    outputs.check_replaceable([out_dir / MARGINS_TABLE], force=True)
+    problem = None if spacing_mm is None else io.spacing_problem(spacing_mm, 3)
+    if problem:
+        raise UsageError(None, f"spacing_mm {tuple(spacing_mm)}: spacing {problem}")
+
+
+def case_spacing(item: Path | Case, spacing_mm):
+    """The spacing given, else a case's own (its manifest row): over the file's."""
+    if spacing_mm is not None:
+        return tuple(spacing_mm)
+    return item.spacing_mm if isinstance(item, Case) else None
+
+
+def _check_margin_spacing(files: list[Path | Case], headers: dict, spacing_mm, problems: dict) -> None:
+    """Note every stack whose voxel size is unknown: its margins would fail after its
+    mask was written. 2D images are skipped with a warning; unreadable ones are
+    reported when they are read."""
+    for item in files:
+        header = headers[output_name(item)]
+        if header is None or len(header[0]) != 3 or case_spacing(item, spacing_mm) or header[1]:
+            continue
+        problems.setdefault(output_name(item), DataError(
+            input_file(item), "records no voxel spacing, and margins in voxels mislead; "
+            "pass spacing_mm=(Z, Y, X), the voxel size in mm"))
 
 
 def predict_files(model_path: str | Path, inputs, out_dir: str | Path, *, threshold: float | None = None,
                   tta: bool | None = None, postprocess: Sequence[str] | None = None,
                   min_size: int | None = None, save_prob: bool = False, quicklook: bool = False,
                   force: bool = False, resume: bool = False, keep_going: bool = False,
-                  progress: bool = True, runtime: str = "tensorflow") -> list[dict]:
+                  progress: bool = True, runtime: str = "tensorflow", margins: bool = False,
+                  spacing_mm: Sequence[float] | None = None,
+                  after: Callable[[list, list[dict]], None] | None = None) -> list[dict]:
     """Segment image files and folders, writing masks beside the input's geometry.
+
+    Every input is checked before any output is written: its outputs may be written
+    (``force``), its header fits the model (rank, channels), and with ``margins`` its
+    voxel size is known. A failed check raises naming the file, and leaves ``out_dir``
+    as it was (not even created); with ``keep_going`` the input is recorded as failed.
 
     Parameters
     ----------
@@ -355,30 +464,55 @@ def predict_files(model_path: str | Path, inputs, out_dir: str | Path, *, thresh
     save_prob, quicklook, keep_going, progress : bool
         Also write the probability map / the overlay PNG; record a file that fails with a
         bcseg error and go on with the next; show progress bars.
+    margins : bool
+        Margins will be measured (by ``after``): check before the model loads that every
+        3D stack's voxel size is known and that ``margins.csv`` may be added to.
+    spacing_mm : tuple of 3 float, optional
+        With ``margins``: the voxel size ``(z, y, x)`` in mm, over a case's manifest
+        spacing and the file's own. Without it each stack must record its spacing.
+    after : callable, optional
+        Called as ``after(files, records)`` inside the output folder's claim once every
+        input is segmented: ``bcseg predict`` measures margins there
+        (:func:`bcseg.after_predict.margins_step`), as the later stage it is.
     runtime : {"tensorflow", "onnx"}
         ``"onnx"``: the run's ``model_best.onnx`` (or a ``.onnx`` file) in ONNX Runtime, no TensorFlow.
 
     Returns
     -------
     list of dict
-        One per input file: ``input``, ``mask``, ``prob``, ``overlay`` (paths or None),
-        ``status`` ("ok", "skipped" by ``resume``, or "error") and ``error`` (message or None).
+        One per input file: ``input``, ``case`` (the name of its outputs), ``mask``,
+        ``prob``, ``overlay`` (paths or None), ``status`` ("ok", "skipped" by ``resume``,
+        or "error") and ``error`` (message or None; with ``keep_going``, also set when
+        the mask was written but its margins failed).
     """
     out_dir = outputs.check_output_folder(out_dir)
     files = _input_files(inputs)
-    wanted = {_stem(path): _case_outputs(path, out_dir, save_prob, quicklook) for path in files}
+    wanted = {output_name(path): _case_outputs(path, out_dir, save_prob, quicklook) for path in files}
     _files_to_do(files, wanted, out_dir, force, resume)  # refuse before the model loads
+    if margins:
+        _check_margins_request(out_dir, spacing_mm)
+    # Input problems by output name, found from headers before any output exists.
+    # Without keep_going the first is raised; with it, that input is recorded as failed.
+    problems: dict[str, BcsegError] = {}
+    headers = _headers(files, problems)
+    if margins and not keep_going:  # with keep_going a stack without spacing still gets its mask
+        _check_margin_spacing(files, headers, spacing_mm, problems)
+    _raise_first(problems, keep_going)  # before the model loads
     models, settings, notes = _models_for(files, model_path, (threshold, tta, postprocess, min_size),
                                           runtime)
+    _check_ranks(files, headers, models, problems)
+    _raise_first(problems, keep_going)
     model_named = model_path[0] if isinstance(model_path, (list, tuple)) else model_path
     with outputs.claim(out_dir, "predict"):
         # again, now that no other run can write here: one may have finished meanwhile
         todo = _files_to_do(files, wanted, out_dir, force, resume)
         if resume:
             remove_partials(out_dir)
-        records = [_predict_one(models, settings, path, wanted[_stem(path)], path in todo, progress,
-                                keep_going, model_named)
+        records = [_predict_one(models, settings, path, wanted[output_name(path)], path in todo, progress,
+                                keep_going, model_named, problems.get(output_name(path)))
                    for path in tqdm(files, disable=not progress, desc="Segmenting", unit="image")]
+        if after is not None:
+            after(files, records)
     for note in notes:
         warnings.warn(note.message, stacklevel=2)
     return records
@@ -399,11 +533,15 @@ def _models_for(files: list, model_path, overrides: tuple, runtime: str) -> tupl
 
 
 def _predict_one(models, settings, path: Path | Case, wanted: dict, todo: bool, progress: bool,
-                 keep_going: bool, model_named) -> dict:
+                 keep_going: bool, model_named, problem: BcsegError | None = None) -> dict:
     """The record of one input: segmented, skipped (complete, ``resume``) or failed
-    (``keep_going``; otherwise the error is raised, naming the file at fault)."""
-    record = {"input": str(_source(path)), "mask": None, "prob": None, "overlay": None,
-              "status": "ok", "error": None}
+    (``keep_going``; otherwise the error is raised, naming the file at fault). An input
+    with a ``problem`` found in its header (keep_going) is not read at all."""
+    record = {"input": str(input_file(path)), "case": output_name(path), "mask": None, "prob": None,
+              "overlay": None, "status": "ok", "error": None}
+    if problem is not None:
+        record.update(status="error", error=str(problem))
+        return record
     if not todo:
         record.update({k: None if v is None else str(v) for k, v in wanted.items()}, status="skipped")
         return record
@@ -411,7 +549,7 @@ def _predict_one(models, settings, path: Path | Case, wanted: dict, todo: bool, 
         record.update(_segment_file(models, settings, path, wanted, progress))
     except BcsegError as exc:
         if exc.path is None:  # errors from arrays name no file: name the one at fault
-            exc = type(exc)(model_named if isinstance(exc, ModelError) else _source(path), exc.problem)
+            exc = type(exc)(model_named if isinstance(exc, ModelError) else input_file(path), exc.problem)
         if not keep_going:
             raise exc from None
         record.update(status="error", error=str(exc))

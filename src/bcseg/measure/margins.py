@@ -64,7 +64,7 @@ from bcseg.data.channels import check_agreement, check_channel_name, read_files
 from bcseg.data.dataset import IMAGE_CHANNEL
 from bcseg.data.geometry import bounding_box, fill_holes, largest_component, surface
 from bcseg.atomic import atomic_path, write_text
-from bcseg.errors import DataError, UsageError
+from bcseg.errors import BcsegError, DataError, UsageError
 
 __all__ = [
     "FACES", "Orientation", "DEFAULT_ORIENTATION", "parse_orientation",
@@ -78,7 +78,20 @@ _OPPOSITE.update({b: a for a, b in list(_OPPOSITE.items())})
 _SYNONYMS = {"superficial": "anterior", "deep": "posterior"}
 _AXES = {"z": 0, "y": 1, "x": 2, "0": 0, "1": 1, "2": 2}
 _AXIS_LETTER = "zyx"
-_SPACING_HINT = "pass spacing_mm, the voxel size in mm (z, y, x)"
+_SPACING_HINT = "pass spacing_mm=(Z, Y, X), the voxel size in mm"
+
+# Largest Gaussian sigma, in voxels, that margins will smooth with. The sigmas are set
+# in mm (``sigma_mm``, ``normal_sigma_mm``: a fraction of a millimetre to a millimetre),
+# so in voxels they are ``mm / spacing``: a few to a few tens of voxels for any real
+# specimen stack. scipy's kernel is 8 sigma + 1 taps long, allocated as one array and
+# run over every voxel: a spacing of 1e-12 mm asked for a 29 TiB kernel, and a few
+# thousand voxels already take minutes per axis. A sigma past 4 times the stack's own
+# length along an axis smooths that axis flat many times over, which only a wrong
+# spacing asks for; 64 voxels are always allowed (thin stacks, small crops), and 1024
+# (an 8193-tap kernel) never exceeded, whatever the stack's size.
+MAX_SIGMA_VOXELS = 1024
+MIN_SIGMA_LIMIT = 64
+SIGMA_PER_LENGTH = 4
 
 
 # ----------------------------------------------------------------------- orientation
@@ -193,6 +206,20 @@ def _sampling(spacing_mm, ndim: int) -> np.ndarray:
     return np.asarray(spacing_mm, dtype=float)
 
 
+def _check_kernel(sigma_mm: float, sampling: np.ndarray, shape: tuple[int, ...], what: str) -> None:
+    """Refuse a smoothing of ``sigma_mm`` that the spacing makes absurdly many voxels
+    wide (see ``MAX_SIGMA_VOXELS``): DataError naming the spacing; the caller names
+    the file."""
+    sigma = sigma_mm / np.asarray(sampling, float)
+    limit = np.minimum(np.maximum(SIGMA_PER_LENGTH * np.asarray(shape), MIN_SIGMA_LIMIT),
+                       MAX_SIGMA_VOXELS)
+    for axis in np.flatnonzero(sigma > limit):
+        raise DataError(None, f"spacing {_by(sampling)} mm makes the {what} of {sigma_mm:g} mm "
+                        f"{sigma[axis]:.3g} voxels wide along axis {_AXIS_LETTER[-len(shape):][axis]} "
+                        f"(the stack has {shape[axis]}; at most {limit[axis]:g} is allowed): "
+                        "that voxel size is implausible; check the spacing (mm per voxel)")
+
+
 def _ball_open_close(mask: np.ndarray, radius_mm: float, sampling, closing: bool) -> np.ndarray:
     """Opening or closing by a Euclidean ball of ``radius_mm`` (anisotropic voxels),
     through distance transforms, so the cost does not grow with the radius."""
@@ -246,6 +273,8 @@ def specimen_mask(volume, spacing_mm=None, sigma_mm: float = 0.5, opening_mm: fl
     if volume.ndim not in (2, 3) or not np.issubdtype(volume.dtype, np.number):
         raise ValueError(f"expected a 2D or 3D numeric array, got {volume.dtype} {volume.shape}")
     sampling = _sampling(spacing_mm, volume.ndim)
+    if sigma_mm > 0:  # before any array is made: a wrong spacing makes an absurd kernel
+        _check_kernel(sigma_mm, sampling, volume.shape, "smoothing")
     smooth = volume.astype(np.float32)
     if sigma_mm > 0:
         smooth = ndimage.gaussian_filter(smooth, sigma=sigma_mm / sampling, mode="nearest")
@@ -274,6 +303,7 @@ def specimen_mask(volume, spacing_mm=None, sigma_mm: float = 0.5, opening_mm: fl
 def _surface_faces(specimen: np.ndarray, surface_idx: np.ndarray, sampling: np.ndarray,
                    orientation: Orientation, normal_sigma_mm: float) -> np.ndarray:
     """Face index (into FACES) of each surface voxel, by its outward normal."""
+    _check_kernel(normal_sigma_mm, sampling, specimen.shape, "surface-normal smoothing")
     sigma = np.maximum(normal_sigma_mm / sampling, 1.0)
     smooth = np.pad(ndimage.gaussian_filter(specimen.astype(np.float32), sigma, mode="constant"), 1)
     idx = surface_idx + 1
@@ -605,7 +635,7 @@ def _touches(tumour: np.ndarray, tissue: np.ndarray) -> bool:
 def margins_for_files(image_path, tumour_path: str | Path, out_dir: str | Path,
                       specimen_path: str | Path | None = None, spacing_mm=None, orientation=None,
                       close_mm: float = 2.0, force: bool = False,
-                      display_channel: str | None = None) -> dict:
+                      display_channel: str | None = None, case: str | None = None) -> dict:
     """Margins for one stack on disk: CSV row, figure and (when computed) specimen mask.
 
     Writes ``<stem>_margins.csv``, ``<stem>_margins.png`` and, when ``specimen_path``
@@ -613,15 +643,21 @@ def margins_for_files(image_path, tumour_path: str | Path, out_dir: str | Path,
     and atomically. ``spacing_mm`` overrides the spacing stored in the image file.
 
     ``image_path`` is the stack's file, or its channels by name, in order (``{"us":
-    "us/S01.tif", "pa": "pa/S01.tif"}``; the stem is the first's). Margins are measured
-    on the masks; a specimen mask not given is found in the first channel (tissue bright
-    against the medium); the figure draws ``display_channel`` (default the first).
+    "us/S01.tif", "pa": "pa/S01.tif"}``; a channel stored as plane ``i`` of a file's C
+    axis as ``(path, i)``). Margins are measured on the masks; a specimen mask not
+    given is found in the first channel (tissue bright against the medium); the figure
+    draws ``display_channel`` (default the first).
+
+    ``case`` names the outputs and the row (``<case>_margins.csv``); by default the
+    first channel's file stem. ``bcseg predict --margins`` passes the name of the
+    case's mask (:func:`bcseg.infer.segment.output_name`), a case's id: the cases of
+    a manifest may share file names.
 
     Returns
     -------
     dict
-        The :func:`margins` result, ``case`` (the file stem), ``outputs`` (name ->
-        path) and, for named channels, ``display_channel``.
+        The :func:`margins` result, ``case``, ``outputs`` (name -> path) and, for
+        named channels, ``display_channel``.
 
     Raises
     ------
@@ -629,12 +665,14 @@ def margins_for_files(image_path, tumour_path: str | Path, out_dir: str | Path,
         An output exists and not ``force`` (or bcseg did not write it), the output
         folder is a file, a bad ``orientation``, or an unknown ``display_channel``.
     DataError
-        Unreadable files, shapes that differ (channels too), a 2D image, no spacing.
+        Unreadable files, shapes that differ (channels too), a 2D image, no spacing, or
+        a spacing that makes the smoothing absurdly many voxels wide.
     """
     channels, out_dir = _channel_paths(image_path), outputs.check_output_folder(out_dir)
     display = _display_channel(channels, display_channel)
     orientation = _check_request(orientation, close_mm)
-    case = io.file_stem(next(iter(channels.values())))
+    image_file = _file_of(next(iter(channels.values())))
+    case = io.file_stem(image_file) if case is None else str(case)
     written = {"csv": out_dir / f"{case}_margins.csv", "png": out_dir / f"{case}_margins.png"}
     if specimen_path is None:
         written["specimen"] = out_dir / f"{case}_specimen.tif"
@@ -642,8 +680,13 @@ def margins_for_files(image_path, tumour_path: str | Path, out_dir: str | Path,
     arrays, spacing, file_spacing = _read_stack(channels, spacing_mm)
     image = next(iter(arrays.values()))
     tumour = io.read_mask(tumour_path, expected_shape=image.shape)
-    specimen = _specimen_for(image, tumour, specimen_path, spacing)
-    result = margins(tumour, specimen, spacing, orientation, close_mm)
+    try:
+        specimen = _specimen_for(image, tumour, specimen_path, spacing)
+        result = margins(tumour, specimen, spacing, orientation, close_mm)
+    except BcsegError as exc:  # from arrays, naming no file: the image is at fault
+        if exc.path is not None:
+            raise
+        raise type(exc)(image_file, exc.problem) from None
     result["case"] = case
     if list(channels) != [IMAGE_CHANNEL]:  # named channels: say which one the figure shows
         result["display_channel"] = display
@@ -679,14 +722,20 @@ def _check_request(orientation, close_mm: float) -> Orientation:
     return orientation
 
 
-def _channel_paths(image_path) -> dict[str, Path]:
-    """Channel name -> file: ``{"image": path}`` for a stack of one unnamed channel."""
+def _channel_paths(image_path) -> dict[str, Path | tuple[Path, int]]:
+    """Channel name -> file, or (file, plane of its C axis): ``{"image": path}`` for a
+    stack of one unnamed channel."""
     if isinstance(image_path, (str, Path)):
         return {IMAGE_CHANNEL: Path(image_path)}
-    channels = {check_channel_name(name, None): Path(path) for name, path in dict(image_path).items()}
+    channels = {check_channel_name(name, None): (Path(where[0]), int(where[1]))
+                if isinstance(where, tuple) else Path(where) for name, where in dict(image_path).items()}
     if not channels:
         raise UsageError(None, "image_path names no channels")
     return channels
+
+
+def _file_of(where: Path | tuple[Path, int]) -> Path:
+    return where[0] if isinstance(where, tuple) else where
 
 
 def _display_channel(channels: Mapping[str, Path], display_channel: str | None) -> str:
@@ -702,8 +751,9 @@ def _read_stack(channels: Mapping[str, Path], spacing_mm) -> tuple[dict[str, np.
                                                                   tuple | None]:
     """Every channel (of one shape and spacing), the spacing to use (``spacing_mm``
     or the files') and the files' own."""
-    names, paths = list(channels), list(channels.values())
-    arrays, spacings = read_files([(name, path, None) for name, path in channels.items()])
+    names, paths = list(channels), [_file_of(where) for where in channels.values()]
+    arrays, spacings = read_files([(name, *(where if isinstance(where, tuple) else (where, None)))
+                                   for name, where in channels.items()])
     image_path, image = paths[0], arrays[0]
     if image.ndim != 3:
         raise DataError(image_path, f"margins need a 3D stack (Z, H, W), got shape {image.shape}")

@@ -1,0 +1,67 @@
+"""After segmenting: surgical margins of the stacks ``bcseg predict`` just wrote.
+
+:func:`bcseg.infer.segment.predict_files` segments and checks every input first
+(voxel spacing included, when margins are asked for); measuring belongs to the later
+stage, :mod:`bcseg.measure.margins`, so ``bcseg predict --margins`` hands this step to
+``predict_files`` as its ``after`` hook, run inside the output folder's claim.
+"""
+
+from __future__ import annotations
+
+import warnings
+from functools import partial
+from pathlib import Path
+from typing import Sequence
+
+from bcseg import outputs
+from bcseg.data import io
+from bcseg.data.dataset import Case
+from bcseg.errors import BcsegError
+from bcseg.infer.segment import MARGINS_TABLE, case_spacing, input_file, output_name
+
+
+def margins_step(out_dir: Path, margins: bool, spacing_mm: Sequence[float] | None, force: bool,
+                 keep_going: bool):
+    """The ``after`` hook of :func:`~bcseg.infer.segment.predict_files` for ``bcseg predict``."""
+    return partial(_margins_table, out_dir=Path(out_dir), margins=margins, spacing_mm=spacing_mm,
+                   force=force, keep_going=keep_going)
+
+
+def _margin_channels(item: Path | Case):
+    """What :func:`bcseg.measure.margins.margins_for_files` reads: a file, or a case's
+    channels by name (the first, ultrasound in bcseg's layouts, finds the specimen)."""
+    if not isinstance(item, Case):
+        return item
+    return {c.name: c.path if c.index is None else (c.path, c.index) for c in item.channels}
+
+
+def _margins_table(files: list, records: list[dict], *, out_dir: Path, margins: bool, spacing_mm,
+                   force: bool, keep_going: bool) -> None:
+    """Margins of the stacks just segmented, merged by case into ``margins.csv``.
+
+    Rows of other cases stay; a case segmented again loses its old, stale row even
+    without ``margins``. Each case's margins files and row take the name of its mask.
+    """
+    from bcseg.measure.margins import margins_for_files, merge_margins_csv
+
+    rows = []
+    for item, record in zip(files, records) if margins else ():
+        name = output_name(item)
+        if record["mask"] is None or (record["status"] == "skipped"
+                                      and (out_dir / f"{name}_margins.csv").exists()):
+            continue  # failed, or measured by the run --resume continues
+        if io.open_volume(record["mask"])[0].ndim != 3:
+            warnings.warn(f"{input_file(item)}: is a 2D image; no margins (they need a 3D stack)")
+            continue
+        try:
+            rows.append(margins_for_files(_margin_channels(item), record["mask"], out_dir,
+                                          spacing_mm=case_spacing(item, spacing_mm), force=force,
+                                          case=name))
+        except BcsegError as exc:
+            if not keep_going:
+                raise
+            record["error"] = str(exc)  # the mask stands; its margins failed
+    table = out_dir / MARGINS_TABLE
+    if rows or (table.exists() and outputs.is_owned(table, {})):  # a table of yours is left alone
+        merge_margins_csv(rows, table, replace_cases=[output_name(item) for item, record
+                                                      in zip(files, records) if record["status"] == "ok"])

@@ -1,0 +1,223 @@
+"""``bcseg predict`` refuses bad inputs before it writes anything, and names every output
+of a case by the case.
+
+- ``--margins`` on a manifest of cases that share file names (one folder per patient)
+  names margins files and rows by the case id, as the masks are.
+- ``--margins`` checks every stack's voxel size before the model loads.
+- An input whose header shows the model cannot take it (a 2D image for a 3D model, a
+  file with a channel axis) stops the run before the earlier inputs' masks exist.
+- Margins refuse a spacing that makes their smoothing absurdly many voxels wide, and
+  ``--spacing`` outside the plausible range is a usage error.
+
+Real small TIFF files (the phantom) and real tiny models, through ``bcseg.cli.main``.
+"""
+
+from __future__ import annotations
+
+import csv
+import shutil
+from pathlib import Path
+
+import keras
+import numpy as np
+import pytest
+import tifffile
+
+from bcseg.cli import main
+from bcseg.data import io
+from bcseg.data.phantom import write_phantom
+from bcseg.errors import DataError
+from bcseg.learn.models import unet
+from bcseg.measure.margins import margins, margins_for_files, specimen_mask
+from bcseg.rundir import InferenceSettings, embed_settings
+
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
+SHAPE = (8, 32, 32)
+
+
+def run(capsys, *argv) -> tuple[int, str, str]:
+    capsys.readouterr()
+    try:
+        code = main([str(a) for a in argv])
+    except SystemExit as stop:  # argparse ends a usage error itself
+        code = stop.code
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def one_error(err: str) -> str:
+    lines = err.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("bcseg: error: "), err
+    return lines[0]
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory) -> dict[str, Path]:
+    """Tiny real models with the settings a trained one carries: grey 2D and 3D, and a
+    2D model of the channels us and pa. A file that is no model proves a check ran
+    before the model loaded (loading it would be exit 4)."""
+    folder = tmp_path_factory.mktemp("models")
+    keras.utils.set_random_seed(0)
+    paths = {}
+    for name, ndim, settings in (
+            ("2d", 2, InferenceSettings(ndim=2)),
+            ("3d", 3, InferenceSettings(ndim=3)),
+            ("uspa", 2, InferenceSettings(ndim=2, channels=2, channel_names=("us", "pa"),
+                                          normalisation={"us": "auto", "pa": "log"}))):
+        paths[name] = folder / f"{name}.keras"
+        unet(ndim=ndim, in_channels=settings.channels, base_filters=4, depth=2).save(paths[name])
+        embed_settings(paths[name], settings)
+    paths["broken"] = folder / "broken.keras"
+    paths["broken"].write_bytes(b"not a model")
+    return paths
+
+
+@pytest.fixture(scope="module")
+def stacks(tmp_path_factory) -> Path:
+    """Phantom stacks of ultrasound and photoacoustic channels (with spacing). Read only."""
+    root = tmp_path_factory.mktemp("uspa") / "data"
+    write_phantom(root, n=2, shape=SHAPE, seed=1, channels=("us", "pa"))
+    return root
+
+
+def _stack(stacks: Path) -> Path:
+    return sorted((stacks / "images" / "us").iterdir())[0]
+
+
+def _per_patient_manifest(stacks: Path, folder: Path) -> Path:
+    """manifest.csv of cases P1, P2, one folder each, holding files of the same names."""
+    rows = ["id,image_us,image_pa,group"]
+    for number, us in enumerate(sorted((stacks / "images" / "us").iterdir()), start=1):
+        case = folder / f"P{number}"
+        case.mkdir(parents=True)
+        shutil.copy(us, case / "us.tif")
+        shutil.copy(stacks / "images" / "pa" / us.name, case / "pa.tif")
+        rows.append(f"P{number},P{number}/us.tif,P{number}/pa.tif,P{number}")
+    (folder / "manifest.csv").write_text("\n".join(rows) + "\n", encoding="utf-8")
+    return folder / "manifest.csv"
+
+
+def _cases(table: Path) -> list[str]:
+    with open(table, newline="", encoding="utf-8") as handle:
+        return [row["case"] for row in csv.DictReader(handle)]
+
+
+# --------------------------------------------------------------------------- naming
+
+def test_margins_of_a_manifest_are_named_by_case_as_its_masks(tmp_path, capsys, models, stacks):
+    manifest = _per_patient_manifest(stacks, tmp_path / "data")
+    out = tmp_path / "seg"
+    predict = ("predict", manifest, "--model", models["uspa"], "--out", out, "--no-progress")
+    for extra in ((), ("--force",)):  # a forced rerun replaces them, one row per case
+        code, _, err = run(capsys, *predict, "--margins", *extra)
+        assert code == 0, err
+        assert _cases(out / "margins.csv") == ["P1", "P2"]
+        names = sorted(p.name for p in out.iterdir() if not p.name.startswith("."))
+        assert names == ["P1_margins.csv", "P1_margins.png", "P1_mask.tif", "P1_specimen.tif",
+                         "P2_margins.csv", "P2_margins.png", "P2_mask.tif", "P2_specimen.tif",
+                         "margins.csv"]
+        assert _cases(out / "P2_margins.csv") == ["P2"]
+    # Segmented again without --margins: each case's margins no longer match its mask.
+    code, _, err = run(capsys, *predict, "--force")
+    assert code == 0, err
+    assert sorted(p.name for p in out.iterdir() if not p.name.startswith(".")) == [
+        "P1_mask.tif", "P2_mask.tif", "margins.csv"]
+    assert _cases(out / "margins.csv") == []
+
+
+# --------------------------------------------------------------------------- spacing
+
+def test_margins_of_a_stack_without_spacing_are_refused_before_the_model_and_any_output(
+        tmp_path, capsys, models, stacks):
+    bare = tmp_path / "nosp.tif"
+    tifffile.imwrite(bare, tifffile.imread(_stack(stacks)))  # no spacing in its header
+    out = tmp_path / "seg3"
+    for model, inputs in ((models["broken"], [bare]),  # refused before the model loads
+                          (models["2d"], [_stack(stacks), bare])):  # a later input
+        code, _, err = run(capsys, "predict", *inputs, "--model", model, "--out", out,
+                           "--margins", "--save-prob", "--no-progress")
+        assert code == 3, err
+        line = one_error(err)
+        assert "nosp.tif: " in line and "--spacing" in line and "spacing_mm" not in line
+        assert not out.exists()
+    code, _, err = run(capsys, "predict", bare, "--model", models["2d"], "--out", out, "--margins",
+                       "--spacing", "0.5x0.2x0.2", "--no-progress")
+    assert code == 0, err
+    assert _cases(out / "margins.csv") == ["nosp"]
+
+
+# --------------------------------------------------------------------------- headers
+
+def test_a_later_2d_image_for_a_3d_model_is_refused_before_any_mask(tmp_path, capsys, models, stacks):
+    flat = tmp_path / "img2d.tif"
+    tifffile.imwrite(flat, tifffile.imread(_stack(stacks))[0])
+    out = tmp_path / "O"
+    code, _, err = run(capsys, "predict", _stack(stacks), flat, "--model", models["3d"], "--out", out,
+                       "--no-progress")
+    assert code == 3, err
+    line = one_error(err)
+    assert "img2d.tif: a 3D model segments (Z, H, W) stacks, not a 2D" in line
+    assert not out.exists()
+    # --keep-going segments the stack and reports the image, unread
+    code, text, err = run(capsys, "predict", _stack(stacks), flat, "--model", models["3d"],
+                          "--out", out, "--no-progress", "--keep-going")
+    assert code == 3 and "img2d.tif: a 3D model" in one_error(err)
+    assert "segmented 1 of 2" in text
+    assert sorted(p.name for p in out.glob("*.tif")) == [f"{io.file_stem(_stack(stacks))}_mask.tif"]
+
+
+def test_a_later_file_with_a_channel_axis_is_refused_before_any_mask(tmp_path, capsys, models, stacks):
+    volume = tifffile.imread(_stack(stacks))
+    hyperstack = tmp_path / "twoch.tif"
+    tifffile.imwrite(hyperstack, np.stack([volume, volume], axis=1), imagej=True,
+                     metadata={"axes": "ZCYX"})
+    out = tmp_path / "O"
+    code, _, err = run(capsys, "predict", _stack(stacks), hyperstack, "--model", models["2d"],
+                       "--out", out, "--no-progress")
+    assert code == 3, err
+    assert "twoch.tif: has 2 channels" in one_error(err)
+    assert not out.exists()
+
+
+# --------------------------------------------------------------------------- kernels
+
+def _specimen_with_tumour() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(2)
+    volume = rng.integers(0, 20, SHAPE).astype(np.uint8)
+    volume[1:7, 4:28, 4:28] = rng.integers(120, 255, (6, 24, 24))
+    specimen = np.zeros(SHAPE, bool)
+    specimen[1:7, 4:28, 4:28] = True
+    tumour = np.zeros(SHAPE, bool)
+    tumour[3:5, 12:18, 12:18] = True
+    return volume, specimen, tumour
+
+
+@pytest.mark.parametrize("spacing", [(1e-4, 1e-4, 1e-4), (1e-12, 1e-6, 1e-6)],
+                         ids=["plausible-but-tiny-for-the-stack", "absurd"])
+def test_margins_refuse_a_spacing_that_makes_the_smoothing_absurd(spacing, tmp_path):
+    volume, specimen, tumour = _specimen_with_tumour()
+    with pytest.raises(DataError, match="spacing"):  # not MemoryError, nor minutes of work
+        specimen_mask(volume, spacing)
+    with pytest.raises(DataError, match="spacing"):
+        margins(tumour, specimen, spacing)
+    io.write_image(tmp_path / "s.tif", volume, (0.5, 0.2, 0.2))
+    io.write_mask(tmp_path / "s_mask.tif", tumour)
+    with pytest.raises(DataError) as caught:
+        margins_for_files(tmp_path / "s.tif", tmp_path / "s_mask.tif", tmp_path / "out", spacing_mm=spacing)
+    assert caught.value.path == str(tmp_path / "s.tif") and "spacing" in caught.value.problem
+    assert not (tmp_path / "out").exists()
+    assert specimen_mask(volume, (0.5, 0.2, 0.2)).any()  # a real spacing still works
+
+
+@pytest.mark.parametrize("spacing", ["1e-12x1e-6x1e-6", "0x0.2x0.2", "nanx0.2x0.2", "200x0.2x0.2",
+                                     "0.5x0.2"])
+def test_spacing_on_the_command_line_is_range_checked_as_usage(spacing, tmp_path, capsys, models, stacks):
+    out = tmp_path / "O"
+    code, _, err = run(capsys, "predict", _stack(stacks), "--model", models["broken"], "--out", out,
+                       "--margins", "--spacing", spacing)
+    assert code == 2 and "--spacing" in one_error(err)
+    assert not out.exists()
+    code, _, err = run(capsys, "margins", "--image", _stack(stacks), "--tumour", _stack(stacks),
+                       "--out", out, "--spacing", spacing)
+    assert code == 2 and "--spacing" in one_error(err)
+    assert not out.exists()
