@@ -9,8 +9,9 @@ probability as the run does, finds the components and their peak probabilities,
 and for each ``p`` of a grid keeps the components whose peak reaches it, then
 applies the run's post-processing. Reported per ``p``: lesion Dice per image on the
 run's validation split and its test fold, and the share of normal images left
-empty, among the normals of the training folds (where ``p`` would be tuned) and of
-the test fold.
+empty, among the normals of the training folds that the model did not train on
+(where ``p`` would be tuned: all of them for a lesion-only run, the validation split's
+for a run of ``busi.py --normals``) and of the test fold.
 
 Example::
 
@@ -76,9 +77,14 @@ def main(argv=None) -> int:
     split = json.loads((args.run / "fold.json").read_text(encoding="utf-8"))
     fold, by_id = split["fold"], {c.id: c for c in cases}
     normal = [c for c in cases if c.label_class == "normal"]
-    groups = {"lesions, validation": [by_id[i] for i in split["validation"]],
+    trained = set(split["train"])
+    # A run of busi.py --normals trained on most training-fold normals: only those it did
+    # not see (its validation split's) may tune p, or the rule is graded on training data.
+    groups = {"lesions, validation": [by_id[i] for i in split["validation"]
+                                      if by_id[i].label_class != "normal"],
               "lesions, test fold": [by_id[i] for i in split["test"]],
-              "normals, training folds": [c for c in normal if folds[c.id] != fold],
+              "normals, training folds, unseen": [c for c in normal
+                                                  if folds[c.id] != fold and c.id not in trained],
               "normals, test fold": [c for c in normal if folds[c.id] == fold]}
     models, settings = load_models(args.run)
     results = {"run": str(args.run), "fold": fold, "grid": GRID, "threshold": settings.threshold,
