@@ -30,6 +30,7 @@ from bcseg.errors import DataError
 from bcseg.learn.models import unet
 from bcseg.measure.margins import margins, margins_for_files, specimen_mask
 from bcseg.rundir import InferenceSettings, embed_settings
+from test_robustness import one_error_line
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 SHAPE = (8, 32, 32)
@@ -43,12 +44,6 @@ def run(capsys, *argv) -> tuple[int, str, str]:
         code = stop.code
     out, err = capsys.readouterr()
     return code, out, err
-
-
-def one_error(err: str) -> str:
-    lines = err.splitlines()
-    assert len(lines) == 1 and lines[0].startswith("bcseg: error: "), err
-    return lines[0]
 
 
 @pytest.fixture(scope="module")
@@ -137,7 +132,7 @@ def test_margins_of_a_stack_without_spacing_are_refused_before_the_model_and_any
         code, _, err = run(capsys, "predict", *inputs, "--model", model, "--out", out,
                            "--margins", "--save-prob", "--no-progress")
         assert code == 3, err
-        line = one_error(err)
+        line = one_error_line(err)
         assert "nosp.tif: " in line and "--spacing" in line and "spacing_mm" not in line
         assert not out.exists()
     code, _, err = run(capsys, "predict", bare, "--model", models["2d"], "--out", out, "--margins",
@@ -155,13 +150,13 @@ def test_a_later_2d_image_for_a_3d_model_is_refused_before_any_mask(tmp_path, ca
     code, _, err = run(capsys, "predict", _stack(stacks), flat, "--model", models["3d"], "--out", out,
                        "--no-progress")
     assert code == 3, err
-    line = one_error(err)
+    line = one_error_line(err)
     assert "img2d.tif: a 3D model segments (Z, H, W) stacks, not a 2D" in line
     assert not out.exists()
     # --keep-going segments the stack and reports the image, unread
     code, text, err = run(capsys, "predict", _stack(stacks), flat, "--model", models["3d"],
                           "--out", out, "--no-progress", "--keep-going")
-    assert code == 3 and "img2d.tif: a 3D model" in one_error(err)
+    assert code == 3 and "img2d.tif: a 3D model" in one_error_line(err)
     assert "segmented 1 of 2" in text
     assert sorted(p.name for p in out.glob("*.tif")) == [f"{io.file_stem(_stack(stacks))}_mask.tif"]
 
@@ -175,7 +170,7 @@ def test_a_later_file_with_a_channel_axis_is_refused_before_any_mask(tmp_path, c
     code, _, err = run(capsys, "predict", _stack(stacks), hyperstack, "--model", models["2d"],
                        "--out", out, "--no-progress")
     assert code == 3, err
-    assert "twoch.tif: has 2 channels" in one_error(err)
+    assert "twoch.tif: has 2 channels" in one_error_line(err)
     assert not out.exists()
 
 
@@ -215,9 +210,9 @@ def test_spacing_on_the_command_line_is_range_checked_as_usage(spacing, tmp_path
     out = tmp_path / "O"
     code, _, err = run(capsys, "predict", _stack(stacks), "--model", models["broken"], "--out", out,
                        "--margins", "--spacing", spacing)
-    assert code == 2 and "--spacing" in one_error(err)
+    assert code == 2 and "--spacing" in one_error_line(err)
     assert not out.exists()
     code, _, err = run(capsys, "margins", "--image", _stack(stacks), "--tumour", _stack(stacks),
                        "--out", out, "--spacing", spacing)
-    assert code == 2 and "--spacing" in one_error(err)
+    assert code == 2 and "--spacing" in one_error_line(err)
     assert not out.exists()
