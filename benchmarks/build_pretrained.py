@@ -6,7 +6,9 @@ Two ways:
   budget run of ``benchmarks/busi.py --folds 0`` (trained on folds 1-4, so fold-0
   images stay unseen and the package's tests can check it on them);
 - ``--all``: train on all 647 benign and malignant images with the ``busi`` recipe
-  (``--budget-min`` bounds the training time), then bundle the result. This is how
+  (``--epochs`` fixes the schedule; ``--budget-min`` bounds the training time instead),
+  then bundle the result; with ``--normals`` BUSI's 133 normal images are trained on
+  too, so that the model learns to leave tumour-free images empty. This is how
   the shipped model is made; since it saw every lesion image, the package's tests
   check generalisation with a held-out twin instead: the same recipe's fold-0
   benchmark run, bundled with ``--from-run ... --target tests/data/busi_heldout``.
@@ -19,6 +21,8 @@ Examples
 --------
     .venv/bin/python benchmarks/build_pretrained.py --from-run bench-out/busi-cpu/fold_0
     .venv/bin/python benchmarks/build_pretrained.py --all --budget-min 20 --out bench-out/busi-all
+    .venv/bin/python benchmarks/build_pretrained.py --all --normals --epochs 100 \
+        --config benchmarks/configs/r7.toml --out bench-out/busi-all-r7n
     .venv/bin/python benchmarks/build_pretrained.py --from-run bench-out/busi-cpu/fold_0 \
         --target tests/data/busi_heldout
 """
@@ -60,6 +64,11 @@ def bundle(run: Path, seen: str, target: Path = TARGET) -> Path:
     return path
 
 
+def _has_normals(fold: dict) -> bool:
+    """Whether the run trained on BUSI normal images (their ids start with "normal")."""
+    return any(str(case).startswith("normal") for case in fold["train"] + fold["validation"])
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     source = parser.add_mutually_exclusive_group(required=True)
@@ -68,6 +77,9 @@ def main(argv=None) -> int:
     parser.add_argument("--data", default=str(DEFAULT_DATA))
     parser.add_argument("--out", default="bench-out/busi-all")
     parser.add_argument("--budget-min", type=float, default=0.0)
+    parser.add_argument("--epochs", type=int, help="override train.epochs (record runs fix epochs)")
+    parser.add_argument("--normals", action="store_true",
+                        help="with --all: train on BUSI's normal images too")
     parser.add_argument("--config", default="busi", help="recipe: preset or TOML file (default: busi)")
     parser.add_argument("--target", default=str(TARGET),
                         help="folder to write the model and inference.json to (default: the package's)")
@@ -76,7 +88,8 @@ def main(argv=None) -> int:
     if args.from_run:
         run = Path(args.from_run)
         fold = json.loads((run / "fold.json").read_text(encoding="utf-8"))
-        seen = (f"{len(fold['train'])} BUSI benign/malignant images for training and "
+        kinds = "benign/malignant/normal" if _has_normals(fold) else "benign/malignant"
+        seen = (f"{len(fold['train'])} BUSI {kinds} images for training and "
                 f"{len(fold['validation'])} for validation (folds other than {fold['fold']} of "
                 f"folds.csv); the {len(fold['test'])} images of fold {fold['fold']} were never seen")
         bundle(run, seen, Path(args.target))
@@ -87,17 +100,21 @@ def main(argv=None) -> int:
     from bcseg.after_fit import finish_fold
     from bcseg.learn.train import run_fold, training_precision
 
-    cases = [c for c in discover(args.data) if c.label_class in ("benign", "malignant")]
+    kinds = ("benign", "malignant", "normal") if args.normals else ("benign", "malignant")
+    cases = [c for c in discover(args.data) if c.label_class in kinds]
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    cfg = load_config(args.config, {"train": {"budget_minutes": args.budget_min}})
+    overrides = {"train": {"budget_minutes": args.budget_min}}
+    if args.epochs:
+        overrides["train"]["epochs"] = args.epochs
+    cfg = load_config(args.config, overrides)
     save_config(cfg, out / "config.toml")
     # Every case in the training pool (fold 1) and none in the test fold 0: the
     # validation split of whole groups still chooses the epoch and the threshold.
     with training_precision(cfg):
         finish_fold(run_fold(cases, {c.id: 1 for c in cases}, 0, cfg, out))
     fold = json.loads((out / "fold.json").read_text(encoding="utf-8"))
-    bundle(out, f"all {len(cases)} BUSI benign/malignant images "
+    bundle(out, f"all {len(cases)} BUSI {'/'.join(kinds)} images "
            f"({len(fold['train'])} training, {len(fold['validation'])} validation); "
            "fold 0 included: no BUSI lesion image is unseen by this model", Path(args.target))
     return 0
