@@ -510,6 +510,46 @@ def test_evaluate_force_no_report_leaves_no_stale_report(tmp_path, capsys, phant
     assert_survives(mine, tmp_path)
 
 
+@pytest.mark.parametrize("yours", ["examples.png", "case_metrics.png", "report.html"])
+def test_evaluate_never_draws_its_report_over_your_file(tmp_path, capsys, phantom, yours):
+    """The report's page and figures are bcseg's to rebuild, never yours: refused before
+    the evaluation writes anything (they were overwritten without --force)."""
+    pred = tmp_path / "pred"
+    pred.mkdir()
+    for mask in sorted((phantom / "masks" / "observer1").glob("*.tif"))[:2]:
+        (pred / f"{mask.stem}_mask.tif").write_bytes(mask.read_bytes())
+    out = tmp_path / "ev"
+    out.mkdir()
+    (out / yours).write_bytes(b"my own figure")
+    before = hashes(tmp_path)
+    code, _, err = run(capsys, "evaluate", "--pred", pred, "--truth", phantom, "--out", out)
+    assert code != 0 and yours in one_line(err) and "--no-report" in err
+    assert outputs.listing(out) == {yours}
+    assert_survives(before, tmp_path)
+    code, _, err = run(capsys, "evaluate", "--pred", pred, "--truth", phantom, "--out", out,
+                       "--no-report")
+    assert code == 0, err
+    assert_survives(before, tmp_path)
+
+
+def test_a_report_of_a_folder_above_never_replaces_your_curves(tmp_path, capsys):
+    """``bcseg report`` draws loss.png beside every history.csv below it: not over yours."""
+    run_dir = tmp_path / "runs" / "a"
+    run_dir.mkdir(parents=True)
+    (run_dir / "history.csv").write_text("epoch,loss,val_loss,dice,val_dice\n"
+                                         "0,0.9,0.8,0.3,0.4\n1,0.7,0.6,0.5,0.6\n")
+    (run_dir / "loss.png").write_bytes(b"my own curve")
+    before = hashes(tmp_path)
+    code, _, err = run(capsys, "report", tmp_path / "runs")
+    assert code != 0 and "loss.png" in one_line(err)
+    assert_survives(before, tmp_path)
+    assert not (tmp_path / "runs" / "report.html").exists()
+    (run_dir / "loss.png").unlink()  # with the name free, the same report is built
+    assert run(capsys, "report", tmp_path / "runs")[0] == 0
+    assert (run_dir / "loss.png").is_file() and (tmp_path / "runs" / "report.html").is_file()
+    assert run(capsys, "report", tmp_path / "runs")[0] == 0  # and rebuilt over its own figures
+
+
 # --------------------------------------------------------------------------- names
 
 def test_a_long_legal_name_gets_a_short_enough_temporary_name(tmp_path, capsys, models):

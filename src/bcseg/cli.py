@@ -270,6 +270,9 @@ def cmd_evaluate(args) -> int:
                          "(the run the predictions came from)")
     if args.protocol == "reference":
         _import_tensorflow_quietly()
+    if not args.no_report:  # the report's files are checked before the evaluation writes any
+        from bcseg.report.html import check_report_files
+        check_report_files(Path(args.out))
     result = evaluate(args.pred, args.truth, args.out, observers=args.observer or "all",
                       force=args.force, protocol=args.protocol, model=args.model)
     _print_headline(result)
@@ -280,13 +283,12 @@ def cmd_evaluate(args) -> int:
 
 def _report(folder) -> Path:
     """Rebuild the report inside a claim, so its files are recorded as bcseg's."""
-    from bcseg.report.html import build_report, report_sources
+    from bcseg.report.html import build_report, check_report_files, report_sources
 
-    page = [Path(folder) / "report.html"]
-    check_replaceable(page, force=True)  # never a page of yours
+    check_report_files(Path(folder))  # never a page or figure of yours
     report_sources(Path(folder))  # nothing to report: refused before the folder is touched
     with claim(folder, "report"):
-        check_replaceable(page, force=True)
+        check_report_files(Path(folder))  # again, now that no other run writes here
         return build_report(folder)
 
 

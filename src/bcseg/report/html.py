@@ -25,8 +25,8 @@ from bcseg.data import io
 from bcseg.data.channels import read_files
 from bcseg.atomic import write_text
 from bcseg.errors import BcsegError, DataError
-from bcseg.measure.evaluate import (CEILING_COLUMNS, HUMAN_LEVEL_NOTE, OUTPUTS, REPORT_PAGE,
-                                    ceiling_table, human_level_lines)
+from bcseg.measure.evaluate import (CEILING_COLUMNS, HUMAN_LEVEL_NOTE, OUTPUTS, REPORT_FIGURES,
+                                    REPORT_PAGE, ceiling_table, human_level_lines)
 from bcseg.measure.observers import union
 from bcseg.report.figures import (PRED_RGB, TRUTH_RGB, _CASE_LEVELS, _agreement_by_case,  # noqa: F401
                                   _float, _read_csv, _reference_order, choose_examples,
@@ -370,6 +370,50 @@ def report_sources(root: Path) -> tuple[list[Path], list[Path], list[Path]]:
     for eval_dir in evaluations:  # a damaged summary is refused before anything is written
         read_summary(eval_dir)
     return histories, evaluations, margins
+
+
+HISTORY_FIGURES = ("loss.png", "dice.png")  # beside each history.csv (plot_history)
+
+
+def report_files(root: Path) -> list[Path]:
+    """The existing files that :func:`build_report` of ``root`` may replace.
+
+    The page, the curves beside every ``history.csv`` and the figures beside every
+    evaluation (and in ``root``, which ``bcseg evaluate`` is about to make one); a
+    figure name bcseg uses (``examples_*.png``) counts even where no channel of
+    that name will be drawn, so the check never depends on what is drawn.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        return []
+    files = [root / REPORT_PAGE]
+    for history in _find(root, "history.csv"):
+        files += [history.parent / name for name in HISTORY_FIGURES]
+    for folder in {root, *(p.parent for p in _find(root, OUTPUTS["summary"]))}:
+        files += [f for pattern in REPORT_FIGURES for f in sorted(folder.glob(pattern))]
+    return [f for f in files if f.exists() or f.is_symlink()]
+
+
+def check_report_files(root: Path) -> None:
+    """Refuse to build a report of ``root`` over a file bcseg did not write.
+
+    Report files are bcseg's derived outputs and are rebuilt without ``--force``,
+    but only where bcseg wrote them: a user's ``examples.png`` beside an evaluation
+    is never replaced. Called before anything is written.
+    """
+    from bcseg.errors import UsageError
+    from bcseg.outputs import is_owned, owned
+
+    known: dict = {}
+    mine_below_root = None
+    for path in report_files(root):
+        if is_owned(path, known):
+            continue
+        if mine_below_root is None:  # a report of a folder above records its figures there
+            mine_below_root = owned(root)
+        if path.relative_to(root).as_posix() not in mine_below_root:
+            raise UsageError(path, "was not written by bcseg, or was changed after it was, and the "
+                             "report would replace it; move it away (or pass --no-report)")
 
 
 def read_summary(eval_dir: Path) -> dict:
