@@ -264,7 +264,7 @@ def test_manifest_row_without_any_image(tmp_path):
     manifest = tmp_path / "manifest.csv"
     with open(manifest, "w", newline="") as handle:
         csv.writer(handle).writerows([["id", "image_us", "image_pa"], ["S01", "", ""]])
-    with pytest.raises(DataError, match="row 2: no image in any of image_us, image_pa"):
+    with pytest.raises(DataError, match="line 2: no image in any of image_us, image_pa"):
         read_manifest(manifest)
 
 

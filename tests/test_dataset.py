@@ -228,7 +228,7 @@ def test_manifest_path_escaping_its_folder(tmp_path):
     inner.mkdir()
     manifest = inner / "manifest.csv"
     manifest.write_text("id,image\na,../outside.png\n", encoding="utf-8")
-    with pytest.raises(DataError, match=r"row 2: '\.\./outside\.png' points outside") as error:
+    with pytest.raises(DataError, match=r"line 2: '\.\./outside\.png' points outside") as error:
         read_manifest(manifest)
     assert error.value.path == str(manifest)
     # The same file by absolute path is allowed.
@@ -240,7 +240,7 @@ def test_manifest_missing_file(tmp_path):
     write_png(tmp_path / "a.png", IMAGE)
     manifest = tmp_path / "m.csv"
     manifest.write_text("id,image,mask_x\na,a.png,masks/a.png\n", encoding="utf-8")
-    with pytest.raises(DataError, match=r"row 2: file 'masks/a.png' not found") as error:
+    with pytest.raises(DataError, match=r"line 2: file 'masks/a.png' not found") as error:
         read_manifest(manifest)
     assert error.value.path == str(manifest)
 

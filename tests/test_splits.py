@@ -115,7 +115,7 @@ def test_folds_from_file_matches_by_stem_and_checks_groups(tmp_path):
 
 @pytest.mark.parametrize("text, message", [
     ("image,fold\nspec00_z00.tif,0\n", r"3 case\(s\) have no fold: spec00_z01, spec01_z00, spec01_z01"),
-    ("image,fold\nspec00_z00.tif,zero\n", "row 2: fold 'zero' is not a whole number"),
+    ("image,fold\nspec00_z00.tif,zero\n", "line 2: fold 'zero' is not a fold number"),
     ("image,split\nspec00_z00.tif,0\n", "needs columns 'fold'"),
 ])
 def test_folds_from_file_bad_files(tmp_path, text, message):

@@ -441,26 +441,26 @@ def refuse_duplicate_images(cases: list[Case]) -> None:
 
 # --------------------------------------------------------------------------- manifest
 
-def _manifest_path(value: str, base: Path, manifest: Path, row: int) -> Path:
+def _manifest_path(value: str, base: Path, manifest: Path, line: int) -> Path:
     if not value:
-        raise DataError(manifest, f"row {row}: empty path")
+        raise DataError(manifest, f"line {line}: empty path")
     path = Path(value)
     try:
         resolved = path.resolve() if path.is_absolute() else (base / path).resolve()
     except (OSError, RuntimeError):  # RuntimeError: a symlink loop (Python < 3.13)
-        raise DataError(manifest, f"row {row}: '{value}' is a symbolic link that loops; "
+        raise DataError(manifest, f"line {line}: '{value}' is a symbolic link that loops; "
                         "point it at the file itself") from None
     if not path.is_absolute():
         path = base / path
         # A relative path must stay inside the manifest's folder: '..' escapes are
         # usually a mistake and make a dataset impossible to move as a whole.
         if not resolved.is_relative_to(base.resolve()):
-            raise DataError(manifest, f"row {row}: '{value}' points outside the manifest's "
+            raise DataError(manifest, f"line {line}: '{value}' points outside the manifest's "
                             "folder; use an absolute path if that is intended")
     if path.is_symlink() and not path.exists():
-        raise DataError(manifest, f"row {row}: '{value}' is a broken symbolic link")
+        raise DataError(manifest, f"line {line}: '{value}' is a broken symbolic link")
     if not path.is_file():
-        raise DataError(manifest, f"row {row}: file '{value}' not found")
+        raise DataError(manifest, f"line {line}: file '{value}' not found")
     return path
 
 
@@ -471,13 +471,38 @@ def read_csv_table(path: str | Path, what: str = "manifest") -> tuple[list[str],
     a file delimited by semicolons or tabs (Excel in many locales), or not in UTF-8,
     is refused with a line saying how to save it. Column names are stripped.
     """
+    columns, numbered = read_csv_lines(path, what)
+    return columns, [row for _, row in numbered]
+
+
+def read_csv_lines(path: str | Path, what: str = "manifest") -> tuple[list[str], list[tuple[int, dict]]]:
+    """Like :func:`read_csv_table`, with the line each row starts on in the file.
+
+    Rows are dictionaries as :class:`csv.DictReader` makes them (extra cells under
+    ``None``, missing ones ``None``) and blank lines are skipped, but the number
+    given with each row is its physical line (the header is line 1), so a message
+    about it points at the line an editor shows, blank lines and quoted line
+    breaks included.
+    """
     path = Path(path)
+    rows: list[tuple[int, dict]] = []
     try:
         with open(path, newline="", encoding="utf-8-sig") as handle:
-            reader = csv.DictReader(handle)
-            columns = [c.strip() for c in reader.fieldnames or []]
-            reader.fieldnames = columns
-            rows = list(reader)
+            reader = csv.reader(handle)
+            columns = [c.strip() for c in next(reader, None) or []]
+            while True:
+                start = reader.line_num + 1
+                record = next(reader, None)
+                if record is None:
+                    break
+                if not record:  # a blank line
+                    continue
+                row = dict(zip(columns, record))
+                if len(record) > len(columns):
+                    row[None] = record[len(columns):]
+                for column in columns[len(record):]:
+                    row[column] = None
+                rows.append((start, row))
     except UnicodeDecodeError:
         raise DataError(path, f"{what} is not UTF-8 text; save it as 'CSV UTF-8 (comma delimited)'") from None
     except (OSError, csv.Error) as exc:
@@ -497,7 +522,7 @@ def read_manifest(path: str | Path) -> list[Case]:
     and an empty cell means the case lacks that channel).
     """
     path = Path(path)
-    columns, rows = read_csv_table(path)
+    columns, rows = read_csv_lines(path)
     repeated = sorted({c for c in columns if c and columns.count(c) > 1})
     if repeated:  # csv.DictReader would keep the last and drop the others silently
         raise DataError(path, f"manifest has column(s) {', '.join(repeated)} more than once; "
@@ -516,7 +541,7 @@ def read_manifest(path: str | Path) -> list[Case]:
         check_observer_name(column[len("mask_"):], path)
     base = path.parent
     cases = []
-    for number, row in enumerate(rows, start=2):  # line 1 is the header
+    for number, row in rows:  # the line each row starts on; line 1 is the header
         masks = {}
         for column in mask_columns:
             if row.get(column):
@@ -525,12 +550,12 @@ def read_manifest(path: str | Path) -> list[Case]:
                     _manifest_path(f.strip(), base, path, number) for f in files)
         case_id = (row.get("id") or "").strip()
         if not case_id:
-            raise DataError(path, f"row {number}: empty id")
+            raise DataError(path, f"line {number}: empty id")
         channels = tuple(Channel(c[len("image_"):], _manifest_path(row[c].strip(), base, path, number))
                          for c in channel_columns if (row.get(c) or "").strip())
         image = (row.get("image") or "").strip()
         if channel_columns and not image and not channels:
-            raise DataError(path, f"row {number}: no image in any of {', '.join(channel_columns)}")
+            raise DataError(path, f"line {number}: no image in any of {', '.join(channel_columns)}")
         group = (row.get("group") or "").strip()
         cases.append(Case(
             id=case_id, image=channels[0].path if channels and not image

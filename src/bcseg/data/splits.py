@@ -18,7 +18,7 @@ import numpy as np
 
 from bcseg.data import io
 from bcseg.atomic import write_text
-from bcseg.data.dataset import Case, read_csv_table
+from bcseg.data.dataset import Case, read_csv_lines
 from bcseg.errors import DataError
 
 
@@ -163,28 +163,60 @@ def _place_groups(cases: list[Case], groups: dict[str, list[Case]], names: list[
     return folds
 
 
+_FOLD = re.compile(r"[0-9]+", re.ASCII)
+
+
 def folds_from_file(path: str | Path, cases: list[Case]) -> dict[str, int]:
     """Read folds from a CSV with an ``image`` (or ``id``) column and a ``fold`` column.
 
-    Rows match cases by case id or by the image's file stem. Cases missing from the
-    file raise :class:`DataError` listing them (up to five).
+    Rows match cases by case id or by the image's file stem. A fold is a plain
+    decimal number 0, 1, 2, ...; the folds of the cases must be 0 to K-1 without a
+    gap, with K no more than the number of cases; each case is listed once. Cases
+    missing from the file raise :class:`DataError` listing them (up to five). Every
+    other problem raises :class:`DataError` naming the file and the line.
     """
     path = Path(path)
-    _, rows = read_csv_table(path, "fold file")
-    if not rows or "fold" not in rows[0] or not ({"image", "id"} & set(rows[0])):
-        raise DataError(path, "fold file needs columns 'fold' and 'image' or 'id'")
-    by_key = {}
-    for number, row in enumerate(rows, start=2):
-        key = row.get("id") or io.file_stem(row["image"])
-        try:
-            by_key[key] = int(row["fold"])
-        except ValueError:
-            raise DataError(path, f"row {number}: fold '{row['fold']}' is not a whole number") from None
+    columns, rows = read_csv_lines(path, "fold file")
+    if "fold" not in columns or not ({"image", "id"} & set(columns)):
+        raise DataError(path, "line 1: fold file needs columns 'fold' and 'image' or 'id'")
+    if not rows:
+        raise DataError(path, "fold file has no rows")
+    by_key: dict[str, tuple[int, int]] = {}  # case key -> (fold, line)
+    for line, row in rows:
+        case_id = (row.get("id") or "").strip()
+        image = (row.get("image") or "").strip()
+        key = case_id or (io.file_stem(image) if image else "")
+        if not key:
+            raise DataError(path, f"line {line}: names no case (its id and image are empty)")
+        text = (row.get("fold") or "").strip()
+        if not text:
+            raise DataError(path, f"line {line}: fold is empty")
+        if not _FOLD.fullmatch(text):
+            raise DataError(path, f"line {line}: fold '{text}' is not a fold number "
+                            "(0, 1, 2, ... in plain digits)")
+        if key in by_key:
+            what = f"case '{key}'" if case_id else f"'{image}' names case '{key}', which"
+            raise DataError(path, f"line {line}: {what} is listed already on line "
+                            f"{by_key[key][1]}; list each case once")
+        by_key[key] = int(text), line
     missing = [c.id for c in cases if c.id not in by_key]
     if missing:
         shown = ", ".join(missing[:5]) + (" ..." if len(missing) > 5 else "")
         raise DataError(path, f"{len(missing)} case(s) have no fold: {shown}")
-    folds = {c.id: by_key[c.id] for c in cases}
+    used = {c.id: by_key[c.id] for c in cases}
+    if not used:
+        return {}
+    fold = max(f for f, _ in used.values())
+    line = min(n for f, n in used.values() if f == fold)
+    if fold >= len(cases):
+        raise DataError(path, f"line {line}: fold {fold} but only {len(cases)} case(s), so at most "
+                        f"{len(cases)} folds (0-{len(cases) - 1}); number folds 0, 1, 2, ...")
+    gaps = sorted(set(range(fold + 1)) - {f for f, _ in used.values()})
+    if gaps:
+        shown = ", ".join(map(str, gaps[:10])) + (" ..." if len(gaps) > 10 else "")
+        raise DataError(path, f"line {line}: fold {fold}, but fold(s) {shown} hold no case; "
+                        "number the folds 0, 1, 2, ... without gaps")
+    folds = {case_id: f for case_id, (f, _) in used.items()}
     check_groups_whole(cases, folds, path)
     return folds
 

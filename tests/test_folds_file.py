@@ -1,0 +1,124 @@
+"""Fold files and manifests with bad rows: one error naming the file and the line.
+
+Fold numbers used to go through plain ``int()`` (``-1`` and ``1_0`` accepted, 100000
+making 100001 folds, gaps making empty folds, a case listed twice keeping its last
+row), and messages counted CSV records rather than the lines an editor shows.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from bcseg.cli import main
+from bcseg.data.dataset import discover, read_manifest
+from bcseg.data.splits import folds_from_file
+from bcseg.errors import DataError
+
+from conftest import PHANTOM_N
+
+
+def specimen(k: int) -> str:
+    return f"specimen_{k:03d}"
+
+
+@pytest.fixture
+def cases(phantom_root):
+    cases = discover(phantom_root)
+    assert sorted(c.id for c in cases) == [specimen(k) for k in range(PHANTOM_N)]
+    return cases
+
+
+def folds_csv(tmp_path, *lines: str, header: str = "id,fold"):
+    path = tmp_path / "folds.csv"
+    path.write_text("\n".join((header,) + lines) + "\n", encoding="utf-8")
+    return path
+
+
+def refused(path, cases, message: str) -> str:
+    with pytest.raises(DataError) as error:
+        folds_from_file(path, cases)
+    assert error.value.path == str(path)
+    assert message in error.value.problem, error.value.problem
+    assert "\n" not in str(error.value)
+    return error.value.problem
+
+
+def test_a_good_file_still_reads(tmp_path, cases):
+    path = folds_csv(tmp_path, "specimen_000,0", " specimen_001 , 1 ", "", "specimen_002,0",
+                     "specimen_003,1")
+    assert folds_from_file(path, cases) == {specimen(0): 0, specimen(1): 1, specimen(2): 0, specimen(3): 1}
+
+
+def test_a_negative_fold_is_refused(tmp_path, cases):
+    path = folds_csv(tmp_path, "specimen_000,0", "specimen_001,-1", "specimen_002,1", "specimen_003,1")
+    refused(path, cases, "line 3: fold '-1' is not a fold number")
+
+
+@pytest.mark.parametrize("fold", ["1_0", "+1", "1.0", "1e1", "١"])
+def test_a_fold_that_is_not_plain_digits_is_refused(tmp_path, cases, fold):
+    path = folds_csv(tmp_path, "specimen_000,0", "specimen_001,1", f"specimen_002,{fold}", "specimen_003,1")
+    refused(path, cases, f"line 4: fold '{fold}' is not a fold number")
+
+
+def test_folds_with_a_gap_are_refused_naming_the_missing_folds(tmp_path, cases):
+    path = folds_csv(tmp_path, "specimen_000,0", "specimen_001,2", "specimen_002,3", "specimen_003,3")
+    problem = refused(path, cases, "line 4: fold 3, but fold(s) 1 hold no case")
+    assert "without gaps" in problem
+    # Every case in fold 1: fold 0 is missing.
+    path = folds_csv(tmp_path, *(f"{specimen(k)},1" for k in range(PHANTOM_N)))
+    refused(path, cases, "line 2: fold 1, but fold(s) 0 hold no case")
+
+
+def test_more_folds_than_cases_are_refused(tmp_path, cases):
+    path = folds_csv(tmp_path, "specimen_000,0", "specimen_001,100000", "specimen_002,1", "specimen_003,1")
+    refused(path, cases, f"line 3: fold 100000 but only {PHANTOM_N} case(s)")
+    path = folds_csv(tmp_path, *(f"{specimen(k)},{k + 1}" for k in range(PHANTOM_N)))
+    refused(path, cases, f"line 5: fold {PHANTOM_N} but only {PHANTOM_N} case(s)")
+
+
+def test_a_case_listed_twice_is_refused(tmp_path, cases):
+    path = folds_csv(tmp_path, "specimen_000,0", "specimen_001,1", "specimen_002,1", "specimen_003,1",
+                     "specimen_001,0")
+    refused(path, cases, "line 6: case 'specimen_001' is listed already on line 3")
+    # Two paths with one file stem name one case.
+    path = folds_csv(tmp_path, "a/specimen_000.tif,0", "images/specimen_001.tif,1",
+                     "images/specimen_002.tif,1", "images/specimen_003.tif,1", "b/specimen_000.tif,0",
+                     header="image,fold")
+    refused(path, cases, "line 6: 'b/specimen_000.tif' names case 'specimen_000', which is listed "
+                         "already on line 2")
+
+
+def test_fold_file_lines_count_blank_lines(tmp_path, cases):
+    path = folds_csv(tmp_path, "", "specimen_000,0", "", "", "specimen_001,1", "specimen_002,zero",
+                     "specimen_003,1")
+    refused(path, cases, "line 7: fold 'zero' is not a fold number")
+
+
+def test_manifest_lines_count_blank_lines_and_quoted_line_breaks(tmp_path, phantom_root):
+    images = phantom_root / "images"
+    manifest = tmp_path / "manifest.csv"
+    manifest.write_text(
+        "id,image,group\n"
+        f"A,{images / 'specimen_000.tif'},s0\n"
+        "\n\n"
+        f'B,{images / "specimen_001.tif"},"s\n1"\n'  # a group cell over two lines
+        "\n"
+        f"C,{images / 'missing.tif'},s2\n", encoding="utf-8")
+    # Lines: 1 header, 2 A, 3-4 blank, 5-6 B, 7 blank, 8 C.
+    with pytest.raises(DataError) as error:
+        read_manifest(manifest)
+    assert error.value.path == str(manifest)
+    assert error.value.problem == f"line 8: file '{images / 'missing.tif'}' not found"
+
+
+def test_cli_split_refuses_in_one_line_and_writes_nothing(phantom_root, tmp_path, capsys):
+    path = folds_csv(tmp_path, "specimen_000,0", "", "specimen_001,1_0", "specimen_002,1", "specimen_003,1")
+    out = tmp_path / "s.json"
+    code = main(["split", str(phantom_root), "--out", str(out), "--folds-file", str(path)])
+    _, err = capsys.readouterr()
+    assert code == 3
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in err, err
+    assert lines[0] == (f"bcseg: error: {path}: line 4: fold '1_0' is not a fold number "
+                        "(0, 1, 2, ... in plain digits)")
+    assert not out.exists()
