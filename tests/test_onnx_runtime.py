@@ -86,7 +86,8 @@ def test_3d_windows_match_tensorflow(phantom_root, tmp_path):
     run = tmp_path / "run3d"
     run.mkdir()
     unet(ndim=3, base_filters=4, depth=2, residual=True).save(run / "model_best.keras")
-    (run / "inference.json").write_text(json.dumps({"ndim": 3, "threshold": 0.5,
+    (run / "inference.json").write_text(json.dumps({"ndim": 3, "threshold": 0.5, "postprocess": [],
+                                                    "min_size": 0, "tta": False,
                                                     "patch_size": [8, 32, 32]}))
     assert main(["export-onnx", str(run)]) == 0
     inputs = _inputs(tmp_path / "in", phantom_root, None)

@@ -543,7 +543,8 @@ def test_several_models_predict_as_an_ensemble(tmp_path, stack):
         (tmp_path / name).mkdir()
         unet(ndim=2, base_filters=2, depth=2, norm=None).save(tmp_path / name / "model_best.keras")
         (tmp_path / name / "inference.json").write_text(json.dumps(
-            {"threshold": threshold, "input_size": 16, "flips": ["lr"]}))
+            {"threshold": threshold, "postprocess": [], "min_size": 0, "tta": False, "ndim": 2,
+             "input_size": 16, "flips": ["lr"]}))
         paths.append(tmp_path / name)
     io.write_image(tmp_path / "scan.tif", stack)
     with pytest.warns(UserWarning, match="members' mean threshold 0.5"):

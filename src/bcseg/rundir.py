@@ -24,6 +24,7 @@ import json
 import shutil
 import warnings
 import zipfile
+import zlib
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -57,6 +58,40 @@ DEFAULTS: dict[str, Any] = {
 MEMBER_KEYS = ("path", "flips", "ndim", "input_size", "patch_size", "channels", "channel_names",
                "normalisation")
 TUNED_KEYS = ("with_tta", "without_tta")
+
+# A settings file (inference.json, or the copy inside a .keras archive) must hold the
+# keys that decide how masks are made: a missing one is refused, never filled in with a
+# default (threshold 0.5 is not the threshold a run was tuned with). bcseg train has
+# written these from its first release (with ``ndim``, ``input_size`` and
+# ``patch_size``, the one not used being null). Keys added later take their old meaning
+# when a file lacks them: ``flips`` (the default mirror axes), ``channels`` (1),
+# ``members`` (one model), ``tuned`` (nothing tuned the other TTA way),
+# ``channel_names`` and ``normalisation`` (one grey image, as before channels).
+REQUIRED_KEYS = ("threshold", "postprocess", "min_size", "tta", "ndim")
+ENSEMBLE_REQUIRED_KEYS = ("threshold", "postprocess", "min_size", "tta")  # ndim etc. per member
+MEMBER_REQUIRED_KEYS = ("path", "flips", "ndim")  # members were recorded with these from the start
+
+
+def _size_keys(data: dict) -> tuple[str, ...]:
+    """The size keys a model of ``data``'s ndim runs with: both when ndim is null (bcseg
+    writes both), none when ndim itself is missing (that is reported first)."""
+    if "ndim" not in data:
+        return ()
+    ndim = data["ndim"]
+    return {2: ("input_size",), 3: ("patch_size",)}.get(ndim if _is_int(ndim) else None,
+                                                       ("input_size", "patch_size"))
+
+
+# Run metadata bcseg itself records beside the settings (train, the k-fold ensemble
+# step, benchmarks/build_pretrained.py); any other key is refused as a likely typo.
+RECORDED_KEYS = ("observer", "best_epoch", "validation_dice", "pooled_validation_cases",
+                 "trained_on", "dataset", "citation", "licence", "source_run")
+
+# Largest input_size, and largest patch_size side, a settings file may name. There is no
+# bound on data.size in bcseg.config to reuse, so this one is chosen here: 4096 pixels is
+# far above any scan bcseg is trained on, and far below a size whose buffers would fail
+# with an unnamed MemoryError.
+MAX_INPUT_SIZE = 4096
 
 
 @dataclasses.dataclass(frozen=True)
@@ -239,11 +274,14 @@ def _check_settings(s: dict, source) -> None:
         raise _error(source, "ndim", "2 or 3", s["ndim"])
     patch = s["patch_size"]
     if patch is not None and (not isinstance(patch, (list, tuple)) or not patch
-                              or not all(_is_int(p, 1) for p in patch)
+                              or not all(_is_int(p, 1) and p <= MAX_INPUT_SIZE for p in patch)
                               or (s["ndim"] and len(patch) != s["ndim"])):
-        raise _error(source, "patch_size", "a list of positive sizes, one per spatial axis", patch)
-    if s["input_size"] is not None and not _is_int(s["input_size"], 1):
-        raise _error(source, "input_size", "a positive whole number of pixels", s["input_size"])
+        raise _error(source, "patch_size", "a list of positive sizes up to "
+                     f"{MAX_INPUT_SIZE}, one per spatial axis", patch)
+    size = s["input_size"]
+    if size is not None and not (_is_int(size, 1) and size <= MAX_INPUT_SIZE):
+        raise _error(source, "input_size", f"a positive whole number of pixels up to {MAX_INPUT_SIZE}",
+                     size)
     if not _is_int(s["channels"], 1):
         raise _error(source, "channels", "a positive whole number", s["channels"])
     _check_channel_names(s, source)
@@ -296,28 +334,81 @@ def member_settings(path: str | Path, settings: InferenceSettings) -> InferenceS
 
 # --------------------------------------------------------------------------- files
 
+def _check_keys(data, source) -> None:
+    """Refuse a settings file lacking a key that decides the masks, or naming an unknown key."""
+    if not isinstance(data, dict):
+        return  # from_dict says it must hold an object
+    members = data.get("members")
+    if members:
+        missing = [k for k in ENSEMBLE_REQUIRED_KEYS if k not in data]
+    else:
+        missing = [k for k in REQUIRED_KEYS + _size_keys(data) if k not in data]
+    if missing:
+        raise ConfigError(source, f"missing {', '.join(missing)}: the settings the model was tuned "
+                          "with are not filled in with defaults; restore the file from its run")
+    unknown = sorted(set(data) - set(DEFAULTS) - set(RECORDED_KEYS), key=str)
+    if unknown:
+        raise ConfigError(source, f"unknown key(s) {', '.join(map(repr, unknown))}: not a setting "
+                          f"bcseg records (a misspelt key?); the settings are {', '.join(DEFAULTS)}")
+    for member in members if isinstance(members, list) else ():
+        if isinstance(member, dict):
+            absent = [k for k in MEMBER_REQUIRED_KEYS + _size_keys(member)
+                      if k not in member]
+            if absent:
+                raise ConfigError(source, f"member {member.get('path', '?')!r} is missing "
+                                  f"{', '.join(absent)}")
+
+
+def settings_from_file(data, source: Path) -> InferenceSettings:
+    """Settings read from a file: every key that decides the masks present, none unknown,
+    then checked as :meth:`InferenceSettings.from_dict` checks them."""
+    _check_keys(data, source)
+    return InferenceSettings.from_dict(data, source)
+
+
 def read_settings(path: str | Path) -> InferenceSettings | None:
-    """The settings in an ``inference.json`` file, or None when there is none."""
+    """The settings in an ``inference.json`` file, or None when there is none.
+
+    Raises
+    ------
+    ConfigError
+        Unreadable JSON, a missing or unknown key, or a bad value, naming the file.
+    """
     path = Path(path)
     if not path.is_file():
         return None
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except (OSError, ValueError, RecursionError) as exc:  # ValueError: bad UTF-8 or JSON
         raise ConfigError(path, f"cannot read inference settings ({exc})") from None
-    return InferenceSettings.from_dict(data, path)
+    return settings_from_file(data, path)
 
 
 def archive_settings(model_path: str | Path) -> InferenceSettings | None:
-    """The settings stored inside a ``.keras`` archive, or None when it holds none."""
+    """The settings stored inside a ``.keras`` archive, or None when it holds none.
+
+    Raises
+    ------
+    ConfigError
+        Settings stored in it that cannot be read (corrupt JSON, a damaged entry) or
+        are incomplete, naming the model file: they are not taken as absent.
+    """
+    model_path = Path(model_path)
     try:
-        with zipfile.ZipFile(model_path) as archive:
-            if ARCHIVE_SETTINGS not in archive.namelist():
-                return None
-            data = json.loads(archive.read(ARCHIVE_SETTINGS).decode("utf-8"))
-    except (OSError, zipfile.BadZipFile, UnicodeDecodeError, json.JSONDecodeError):
+        archive = zipfile.ZipFile(model_path)
+    except (OSError, zipfile.BadZipFile):
         return None  # load_model reports an unreadable archive with its own error
-    return InferenceSettings.from_dict(data, Path(model_path))
+    with archive:
+        if ARCHIVE_SETTINGS not in archive.namelist():
+            return None
+        try:
+            data = json.loads(archive.read(ARCHIVE_SETTINGS).decode("utf-8"))
+        except (OSError, ValueError, RecursionError, EOFError, NotImplementedError, zlib.error,
+                zipfile.BadZipFile) as exc:  # ValueError: bad UTF-8 or JSON
+            raise ConfigError(model_path, f"its inference settings ({ARCHIVE_SETTINGS} inside "
+                              f"it) cannot be read ({exc}); re-save the model with its settings "
+                              f"or put its run's {SETTINGS_FILE} beside it") from None
+    return settings_from_file(data, model_path)
 
 
 def write_settings(folder: str | Path, settings: InferenceSettings) -> Path:

@@ -1,0 +1,185 @@
+"""Settings files are complete or refused: a missing or unknown key, corrupt settings
+inside a .keras archive, or an input size no machine can hold is one error naming the
+file, never a run with default settings the model was not tuned with."""
+
+from __future__ import annotations
+
+import json
+import zipfile
+from pathlib import Path
+
+import imageio.v3 as iio
+import keras
+import numpy as np
+import pytest
+
+from bcseg.cli import main
+from bcseg.errors import ConfigError
+from bcseg.learn.models import unet
+from bcseg.rundir import (ARCHIVE_SETTINGS, MAX_INPUT_SIZE, InferenceSettings, archive_settings,
+                          embed_settings, load_run, read_settings)
+
+REPO = Path(__file__).resolve().parents[1]
+BUNDLED = (REPO / "src" / "bcseg" / "pretrained", REPO / "tests" / "data" / "busi_heldout")
+
+# A run's settings as bcseg train writes them today: tuned threshold 0.3, not the default.
+TUNED = InferenceSettings(threshold=0.3, postprocess=("fill",), tta=False, flips=("lr",), ndim=2,
+                          input_size=16, info={"best_epoch": 3, "observer": "union"}).to_dict()
+# As bcseg train wrote them before flips, channels, members, tuned, channel_names and
+# normalisation were recorded (git show ed230c7^:src/bcseg/train.py).
+OLD_STYLE = {"ndim": 2, "threshold": 0.3, "postprocess": ["fill"], "min_size": 0, "tta": False,
+             "input_size": 16, "patch_size": None, "observer": "union", "best_epoch": 3,
+             "validation_dice": 0.8}
+
+
+@pytest.fixture(scope="module")
+def model_file(tmp_path_factory) -> Path:
+    """A tiny untrained 2D U-Net saved as a .keras file, with no settings inside."""
+    keras.utils.set_random_seed(0)
+    path = tmp_path_factory.mktemp("model") / "plain.keras"
+    unet(ndim=2, base_filters=2, depth=2, norm=None).save(path)
+    return path
+
+
+def _run(folder: Path, model_file: Path, settings) -> Path:
+    """A run folder: the model and an ``inference.json`` holding ``settings`` (JSON text or object)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "model_best.keras").write_bytes(model_file.read_bytes())
+    text = settings if isinstance(settings, str) else json.dumps(settings)
+    (folder / "inference.json").write_text(text, encoding="utf-8")
+    return folder
+
+
+def _with_entry(model: Path, text: str | bytes) -> None:
+    """Rewrite the settings entry inside ``model`` (a .keras zip) to hold ``text``."""
+    tmp = model.with_suffix(".tmp")
+    with zipfile.ZipFile(model) as source, zipfile.ZipFile(tmp, "w") as target:
+        for item in source.infolist():
+            if item.filename != ARCHIVE_SETTINGS:
+                target.writestr(item, source.read(item))
+        target.writestr(ARCHIVE_SETTINGS, text)
+    tmp.replace(model)
+
+
+def _without(*keys) -> dict:
+    return {k: v for k, v in TUNED.items() if k not in keys}
+
+
+# --------------------------------------------------------------------------- missing keys
+
+@pytest.mark.parametrize("settings, named", [
+    (_without("threshold"), "threshold"),
+    ({}, "threshold, postprocess, min_size, tta, ndim"),
+    (_without("ndim", "tta"), "tta, ndim"),
+    (_without("postprocess", "tta"), "postprocess, tta"),
+    (_without("input_size"), "input_size"),
+    ({**_without("patch_size"), "ndim": 3, "input_size": None}, "patch_size"),
+])
+def test_a_missing_key_in_inference_json_is_refused(tmp_path, model_file, settings, named):
+    run = _run(tmp_path / "run", model_file, settings)
+    with pytest.raises(ConfigError, match="missing") as caught:
+        load_run(run)
+    message = str(caught.value)
+    assert message.startswith(f"{run / 'inference.json'}: missing {named}:") and "\n" not in message
+
+
+def test_a_missing_key_in_a_models_own_settings_is_refused(tmp_path, model_file):
+    model = tmp_path / "copied.keras"
+    model.write_bytes(model_file.read_bytes())
+    _with_entry(model, json.dumps(_without("threshold")))
+    with pytest.raises(ConfigError, match="missing threshold") as caught:
+        load_run(model)
+    assert str(caught.value).startswith(f"{model}: ")
+
+
+def test_an_ensemble_member_missing_a_key_is_refused(tmp_path, model_file):
+    (tmp_path / "a.keras").write_bytes(model_file.read_bytes())
+    member = {"path": "a.keras", "flips": ["lr"], "ndim": 2}  # no input_size
+    (tmp_path / "inference.json").write_text(json.dumps(
+        {"threshold": 0.3, "postprocess": [], "min_size": 0, "tta": False, "members": [member]}))
+    with pytest.raises(ConfigError, match="member 'a.keras' is missing input_size"):
+        load_run(tmp_path)
+    member["input_size"] = 16
+    (tmp_path / "inference.json").write_text(json.dumps(
+        {"threshold": 0.3, "postprocess": [], "min_size": 0, "tta": False, "members": [member]}))
+    files, settings = load_run(tmp_path)
+    assert files == [tmp_path / "a.keras"] and settings.threshold == 0.3
+
+
+def test_an_unknown_key_is_refused(tmp_path, model_file):
+    run = _run(tmp_path / "run", model_file, {**TUNED, "treshold": 0.4})  # a typo
+    with pytest.raises(ConfigError, match="unknown key.*'treshold'") as caught:
+        load_run(run)
+    assert str(caught.value).startswith(str(run / "inference.json"))
+
+
+def test_old_files_lacking_only_later_keys_still_load(tmp_path, model_file):
+    run = _run(tmp_path / "old", model_file, OLD_STYLE)
+    files, settings = load_run(run)
+    assert (settings.threshold, settings.postprocess, settings.input_size) == (0.3, ("fill",), 16)
+    assert settings.flips == ("z", "lr") and settings.channels == 1 and settings.members == ()
+    assert settings.info == {"observer": "union", "best_epoch": 3, "validation_dice": 0.8}
+    for folder in BUNDLED:  # the bundled model's settings, beside it and inside it (no flips)
+        beside, inside = read_settings(folder / "inference.json"), archive_settings(
+            folder / "busi_unet2d.keras")
+        assert (beside.threshold, beside.input_size) == (inside.threshold, inside.input_size)
+    for key in ("threshold", "postprocess", "min_size", "tta", "ndim", "input_size"):
+        (run / "inference.json").write_text(json.dumps({k: v for k, v in OLD_STYLE.items() if k != key}))
+        with pytest.raises(ConfigError, match=f"missing {key}"):
+            load_run(run)
+
+
+# --------------------------------------------------------------------------- corrupt archive
+
+@pytest.mark.parametrize("data", [b'{"threshold": 0.3, "postprocess": [', b"\xff\xfe not UTF-8", b""])
+def test_corrupt_settings_inside_a_model_are_refused(tmp_path, model_file, data):
+    model = tmp_path / "model.keras"
+    model.write_bytes(model_file.read_bytes())
+    embed_settings(model, InferenceSettings.from_dict(TUNED))
+    assert load_run(model)[1].threshold == 0.3
+    _with_entry(model, data)
+    with pytest.raises(ConfigError, match=f"{ARCHIVE_SETTINGS} inside it.*cannot be read") as caught:
+        load_run(model)
+    assert str(caught.value).startswith(f"{model}: ") and "\n" not in str(caught.value)
+    # A plain Keras model, with no settings inside, still runs with its one-line warning.
+    with pytest.warns(UserWarning, match="holds no inference settings"):
+        assert load_run(model_file)[1].threshold == 0.5
+
+
+# --------------------------------------------------------------------------- sizes
+
+@pytest.mark.parametrize("changes, key", [
+    ({"input_size": 100_000}, "input_size"),
+    ({"input_size": MAX_INPUT_SIZE + 1}, "input_size"),
+    ({"ndim": 3, "input_size": None, "patch_size": [8, 100_000, 100_000]}, "patch_size"),
+])
+def test_a_huge_input_size_is_refused(tmp_path, model_file, changes, key):
+    run = _run(tmp_path / "run", model_file, {**TUNED, **changes})
+    with pytest.raises(ConfigError, match=f"{key} must be .* up to {MAX_INPUT_SIZE}") as caught:
+        load_run(run)
+    assert str(caught.value).startswith(str(run / "inference.json"))
+    model = tmp_path / "alone.keras"  # the same inside a model file
+    model.write_bytes(model_file.read_bytes())
+    _with_entry(model, json.dumps({**TUNED, **changes}))
+    with pytest.raises(ConfigError, match=key):
+        load_run(model)
+    (run / "inference.json").write_text(json.dumps({**TUNED, "input_size": MAX_INPUT_SIZE}))
+    assert load_run(run)[1].input_size == MAX_INPUT_SIZE  # the bound itself is allowed
+
+
+# --------------------------------------------------------------------------- command line
+
+@pytest.mark.parametrize("settings, problem", [(_without("threshold"), "missing threshold"),
+                                               ({**TUNED, "input_size": 100_000}, "input_size")])
+def test_predict_refuses_in_one_line_and_writes_nothing(tmp_path, capsys, model_file, settings, problem):
+    image = tmp_path / "scan.png"
+    iio.imwrite(image, np.random.default_rng(0).integers(0, 256, size=(24, 20)).astype(np.uint8))
+    run = _run(tmp_path / "run", model_file, settings)
+    capsys.readouterr()
+    code = main(["predict", str(image), "--model", str(run), "--out", str(tmp_path / "out"),
+                 "--no-progress"])
+    err = capsys.readouterr().err
+    assert code == 4
+    lines = err.splitlines()
+    assert len(lines) == 1 and str(run / "inference.json") in lines[0] and problem in lines[0], err
+    assert not (tmp_path / "out").exists()
