@@ -54,6 +54,12 @@ BAD = [
     ("[train]\nbudget_minutes = inf", "train.budget_minutes"),
     ("[train]\nsteps_per_epoch = -1", "train.steps_per_epoch"),
     ("[train]\nbatch_size = 0", "train.batch_size"),
+    # absurdly large: each exhausted memory after the run folder existed
+    ("[data]\nsize = 1600000", "data.size"),
+    ("[model]\nbase_filters = 100000000", "model.base_filters"),
+    ("[model]\nmax_filters = 100000000", "model.max_filters"),
+    ("[model]\nndim = 3\n[data]\npatch_depth = 16384", "data.patch_depth"),
+    ("[train]\nbatch_size = 100000000", "train.batch_size"),
     ("[train]\nlearning_rate = nan", "train.learning_rate"),
     ("[train]\nlearning_rate = 0.0", "train.learning_rate"),
     ("[train]\nlearning_rate = -0.001", "train.learning_rate"),

@@ -106,13 +106,15 @@ NORMALISATIONS = ("auto", "uint8", "percentile", "log")
 # crash (or a NaN loss) epochs later.
 RANGES = {
     # counts and sizes: zero or less builds no model, draws no batch, splits nothing
-    ("model", "base_filters"): "[1, inf)",
+    # Upper bounds: far above any useful value, but below those that only exhaust memory
+    # after the run folder exists (data.size 1.6e6 asked for 9 TiB in the first batch).
+    ("model", "base_filters"): "[1, 1024]",
     ("model", "depth"): "[1, 12]",  # 2**12 = 4096 px per pooled pixel; more only overflows
     ("model", "stem_stride"): "[1, 16]",  # also a power of two (models.unet)
-    ("model", "max_filters"): "[0, inf)",  # 0: no cap; else at least base_filters
+    ("model", "max_filters"): "[0, 4096]",  # 0: no cap; else at least base_filters
     ("model", "dropout"): "[0, 1)",  # keras Dropout's rate; 1 would drop everything
-    ("data", "size"): "[1, inf)",
-    ("data", "patch_depth"): "[1, inf)",
+    ("data", "size"): "[1, 4096]",  # pixels a side (rundir.MAX_INPUT_SIZE for saved settings)
+    ("data", "patch_depth"): "[1, 1024]",
     ("data", "tumour_fraction"): "[0, 1]",
     # [augment]: the same bounds as AugmentConfig (learn/augment.py), which would
     # otherwise refuse them only when training starts, without naming the file
@@ -129,7 +131,7 @@ RANGES = {
     ("train", "epochs"): "[1, inf)",
     ("train", "budget_minutes"): "[0, inf)",  # 0: no time budget
     ("train", "steps_per_epoch"): "[0, inf)",  # 0: one pass over the samples
-    ("train", "batch_size"): "[1, inf)",
+    ("train", "batch_size"): "[1, 4096]",
     ("train", "learning_rate"): "(0, inf)",
     ("train", "early_stopping"): "[0, inf)",  # 0: off
     ("train", "val_fraction"): "[0, 1)",  # at least one group always stays for training
