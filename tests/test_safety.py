@@ -12,6 +12,7 @@ import hashlib
 import json
 import os
 import resource
+import shutil
 import signal
 import subprocess
 import sys
@@ -966,3 +967,53 @@ def test_a_corrected_mask_in_the_input_folder_is_never_segmented_as_an_input(tmp
     assert sorted(outputs.listing(data)) == ["s0.tif", "s0_mask.tif"]
     from bcseg.infer.segment import _input_files
     assert _input_files(data) == [data / "s0.tif"]  # what any later predict of the folder reads
+
+
+# --------------------------------------------------------------------------- outputs are never data
+
+def _busi_like(root: Path) -> Path:
+    """Two class folders of NAME.png + NAME_mask.png, as BUSI is laid out."""
+    import imageio.v3 as iio
+
+    for cls in ("benign", "malignant"):
+        for i in range(2):
+            (root / cls).mkdir(parents=True, exist_ok=True)
+            mask = np.zeros((32, 32), np.uint8)
+            mask[8:20, 8:20] = 255
+            iio.imwrite(root / cls / f"{cls} ({i}).png", RNG.integers(0, 256, (32, 32), dtype=np.uint8))
+            iio.imwrite(root / cls / f"{cls} ({i})_mask.png", mask)
+    return root
+
+
+def test_a_run_folder_inside_a_dataset_is_never_read_as_cases(tmp_path, capsys):
+    """``train --out data/run`` left loss.png and examples.png that discovery read as a
+    class folder of images without masks: every later train on the data was refused."""
+    from bcseg.atomic import atomic_path
+    from bcseg.data.dataset import discover
+
+    data = _busi_like(tmp_path / "data")
+    before = sorted(c.id for c in discover(data))
+    with outputs.claim(data / "run", "train"):  # what a run's report leaves, recorded as bcseg's
+        for name in ("loss.png", "examples.png", "case_metrics.png"):
+            with atomic_path(data / "run" / name) as tmp:
+                tmp.write_bytes((data / "benign" / "benign (0).png").read_bytes())
+    assert sorted(c.id for c in discover(data)) == before
+    code, out, err = run(capsys, "check", data)
+    assert code == 0 and "problems            0" in out, (out, err)
+
+
+def test_masks_predicted_into_the_images_folder_are_never_read_as_cases(tmp_path, phantom):
+    from bcseg.atomic import atomic_path
+    from bcseg.data.dataset import discover
+
+    data = tmp_path / "data"
+    data.mkdir()
+    for part in ("images", "masks"):
+        shutil.copytree(phantom / part, data / part)
+    before = sorted(c.id for c in discover(data))
+    image = sorted((data / "images").glob("*.tif"))[0]
+    with outputs.claim(data / "images", "predict"):
+        for suffix in ("_mask", "_prob"):
+            with atomic_path(data / "images" / f"{image.stem}{suffix}.tif") as tmp:
+                tmp.write_bytes(image.read_bytes())
+    assert sorted(c.id for c in discover(data)) == before

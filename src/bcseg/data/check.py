@@ -17,8 +17,8 @@ import numpy as np
 
 from bcseg.data import io
 from bcseg.data.channels import value_range
-from bcseg.data.dataset import (BUSI_MASK, Case, dataset_channels, discover, duplicate_images,
-                                duplicate_problem, read_case_channel_arrays)
+from bcseg.data.dataset import (BUSI_MASK, Case, data_files, dataset_channels, discover,
+                                duplicate_images, duplicate_problem, read_case_channel_arrays)
 from bcseg.data.splits import group_note, require_groups
 from bcseg.errors import DataError, printable
 
@@ -86,10 +86,10 @@ def orphan_masks(root: Path, cases: list[Case]) -> list[Path]:
     masks = root / "masks"
     if (root / "images").is_dir():
         folders = [masks, *_subfolders(masks)] if masks.is_dir() else []
-        found = [path for folder in folders for path in io.image_files(folder)]
+        found = [path for folder in folders for path in data_files(folder)]
     else:  # BUSI-like class folders: NAME_mask.png beside NAME.png
         found = [path for folder in _subfolders(root)
-                 for path in io.image_files(folder) if BUSI_MASK.match(io.file_stem(path))]
+                 for path in data_files(folder) if BUSI_MASK.match(io.file_stem(path))]
     return sorted(set(found) - used)
 
 

@@ -34,6 +34,7 @@ from pathlib import Path
 import numpy as np
 
 from bcseg.data import channels as channel_files
+from bcseg import outputs
 from bcseg.data import io
 from bcseg.errors import DataError
 
@@ -207,12 +208,26 @@ def discover(root: str | Path) -> list[Case]:
         return read_manifest(root / "manifest.csv")
     if (root / "images").is_dir():
         return _discover_images_masks(root)
-    if any(BUSI_MASK.match(io.file_stem(p)) for d in _subfolders(root) for p in io.image_files(d)):
+    if any(BUSI_MASK.match(io.file_stem(p)) for d in _subfolders(root) for p in data_files(d)):
         return _discover_busi(root)
     if not any(root.iterdir()):
         raise DataError(root, "folder is empty")
     raise DataError(root, "no known layout: expected images/ + masks/<observer>/, "
                     "class folders with NAME_mask.png files, or a manifest.csv")
+
+
+def data_files(folder: Path) -> list[Path]:
+    """The image files of ``folder`` that are data, not bcseg's outputs.
+
+    A run's figures (``train --out`` inside the dataset) and masks or probability maps
+    predicted into it are recorded as bcseg's in the folder; read as cases, they made
+    a class folder of ``loss.png`` and ``examples.png``. Edited outputs stay outputs.
+    """
+    files = io.image_files(folder)
+    if not files or not (folder / outputs.RECORD).is_file():
+        return files
+    ours = outputs.written(folder)
+    return [p for p in files if p.name not in ours]
 
 
 def _subfolders(root: Path) -> list[Path]:
@@ -221,8 +236,8 @@ def _subfolders(root: Path) -> list[Path]:
 
 def _discover_images_masks(root: Path) -> list[Case]:
     names = channel_files.read_channel_names(root)
-    images = io.image_files(root / "images")
-    folders = [d for d in _subfolders(root / "images") if io.image_files(d)]
+    images = data_files(root / "images")
+    folders = [d for d in _subfolders(root / "images") if data_files(d)]
     if images and folders:  # which is the case: the loose file, or the channel folders?
         raise DataError(root / "images", f"holds both images ({images[0].name}, ...) and channel "
                         f"folders ({', '.join(d.name for d in folders)}); keep one layout: move "
@@ -244,7 +259,7 @@ def _discover_images_masks(root: Path) -> list[Case]:
 
 def _channel_folder_cases(root: Path, folders: list[Path], names: list[str] | None) -> list[Case]:
     """``images/<channel>/<stem>``: one case per stem, with the channels that have it."""
-    found = {d.name: {io.file_stem(p): p for p in io.image_files(d)} for d in folders}
+    found = {d.name: {io.file_stem(p): p for p in data_files(d)} for d in folders}
     for name in found:
         channel_files.check_channel_name(name, root / "images" / name)
     channel_files.check_channel_names(sorted(found), root / "images")
@@ -297,12 +312,12 @@ def _observer_files(root: Path) -> dict[str, dict[str, Path]]:
     mask_root = root / "masks"
     observers: dict[str, dict[str, Path]] = {}
     if mask_root.is_dir():
-        loose = io.image_files(mask_root)
+        loose = data_files(mask_root)
         if loose:  # masks/ with files directly: one unnamed observer
             observers["mask"] = {io.file_stem(p): p for p in loose}
         for folder in _subfolders(mask_root):
             check_observer_name(folder.name, folder)
-            observers[folder.name] = {io.file_stem(p): p for p in io.image_files(folder)}
+            observers[folder.name] = {io.file_stem(p): p for p in data_files(folder)}
     return observers
 
 
@@ -333,7 +348,7 @@ def _discover_busi(root: Path) -> list[Case]:
     groups = _busi_groups(root / "folds.csv")
     cases = []
     for folder in _subfolders(root):
-        files = io.image_files(folder)
+        files = data_files(folder)
         masks: dict[str, list[Path]] = {}
         for path in files:
             match = BUSI_MASK.match(io.file_stem(path))
