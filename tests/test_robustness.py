@@ -726,3 +726,24 @@ def test_train_killed_after_an_epoch_leaves_a_consistent_run(tmp_path):
         json.loads((run / name).read_text(encoding="utf-8"))
     for path in run.rglob(f"*{PARTIAL_MARK}*"):
         assert path.name.startswith("."), path
+
+
+def test_training_on_png_images_prints_no_tensorflow_log(tmp_path):
+    """Training on PNG class folders made TensorFlow's C++ log an ERROR line (a tf.data
+    attribute newer than its runtime) on stderr, among bcseg's own lines."""
+    import imageio.v3 as iio
+
+    rng = np.random.default_rng(3)
+    for cls in ("benign", "malignant"):
+        (tmp_path / "data" / cls).mkdir(parents=True)
+        for i in range(2):
+            mask = np.zeros((32, 32), np.uint8)
+            mask[8:20, 8:20] = 255
+            iio.imwrite(tmp_path / "data" / cls / f"{cls} ({i}).png",
+                        rng.integers(0, 256, (32, 32), dtype=np.uint8))
+            iio.imwrite(tmp_path / "data" / cls / f"{cls} ({i})_mask.png", mask)
+    (tmp_path / "tiny.toml").write_text(TINY_TRAINING.replace("epochs = 50", "epochs = 1\nk = 2"))
+    result = run_cli("train", tmp_path / "data", "--out", tmp_path / "run",
+                     "--config", tmp_path / "tiny.toml", timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert all(line.startswith("bcseg: warning: ") for line in result.stderr.splitlines()), result.stderr

@@ -573,7 +573,10 @@ COMMANDS = (_add_phantom, _add_check, _add_split, _add_train, _add_predict, _add
 
 def _quiet_libraries() -> None:
     """Keep stderr to bcseg's own lines: no TensorFlow banners or tifffile chatter."""
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    # 3, not 2: TensorFlow's C++ also logs harmless ERROR lines during training (a tf.data
+    # attribute newer than the runtime); real failures still arrive as Python exceptions.
+    # A user who needs its logs sets TF_CPP_MIN_LOG_LEVEL=0 (docs/safety.md).
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     # tifffile logs a corrupt file at ERROR level; bcseg reports it as its own DataError.
     logging.getLogger("tifffile").setLevel(logging.CRITICAL)
 
