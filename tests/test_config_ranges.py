@@ -115,3 +115,9 @@ def test_a_key_the_split_does_not_use_is_not_checked(tmp_path):
     assert load_config(path)["train"]["k"] == 1
     path.write_text("[train]\ntest_last = 0\n")
     assert load_config(path)["train"]["test_last"] == 0
+
+
+def test_a_folder_given_as_config_is_named_as_a_folder(tmp_path):
+    (tmp_path / "cfg").mkdir()
+    with pytest.raises(ConfigError, match="is a folder; --config takes a TOML file"):
+        load_config(tmp_path / "cfg")

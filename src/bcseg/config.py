@@ -36,6 +36,8 @@ def _read_toml(path: Path) -> dict:
             return tomllib.load(handle)
     except FileNotFoundError:
         raise ConfigError(path, "configuration file not found") from None
+    except IsADirectoryError:
+        raise ConfigError(path, "is a folder; --config takes a TOML file or a preset name") from None
     except (OSError, tomllib.TOMLDecodeError) as exc:
         raise ConfigError(path, f"not valid TOML ({exc})") from None
     except UnicodeDecodeError:  # tomllib decodes the bytes itself; binary files land here
