@@ -491,33 +491,22 @@ def read_csv_table(path: str | Path, what: str = "manifest") -> tuple[list[str],
 
 
 def read_csv_lines(path: str | Path, what: str = "manifest") -> tuple[list[str], list[tuple[int, dict]]]:
-    """Like :func:`read_csv_table`, with the line each row starts on in the file.
+    """Like :func:`read_csv_table`, with each row's line in the file.
 
     Rows are dictionaries as :class:`csv.DictReader` makes them (extra cells under
     ``None``, missing ones ``None``) and blank lines are skipped, but the number
-    given with each row is its physical line (the header is line 1), so a message
-    about it points at the line an editor shows, blank lines and quoted line
-    breaks included.
+    given with each row is its physical line (the header is line 1; a row with quoted
+    line breaks gets its last line), so a message about it points at the line an
+    editor shows, blank lines included.
     """
     path = Path(path)
-    rows: list[tuple[int, dict]] = []
     try:
         with open(path, newline="", encoding="utf-8-sig") as handle:
-            reader = csv.reader(handle)
-            columns = [c.strip() for c in next(reader, None) or []]
-            while True:
-                start = reader.line_num + 1
-                record = next(reader, None)
-                if record is None:
-                    break
-                if not record:  # a blank line
-                    continue
-                row = dict(zip(columns, record))
-                if len(record) > len(columns):
-                    row[None] = record[len(columns):]
-                for column in columns[len(record):]:
-                    row[column] = None
-                rows.append((start, row))
+            reader = csv.DictReader(handle)
+            columns = [c.strip() for c in reader.fieldnames or []]
+            reader.fieldnames = columns
+            # line_num, read after each row, is the file line the row ends on
+            rows = [(reader.line_num, row) for row in reader]
     except UnicodeDecodeError:
         raise DataError(path, f"{what} is not UTF-8 text; save it as 'CSV UTF-8 (comma delimited)'") from None
     except (OSError, csv.Error) as exc:

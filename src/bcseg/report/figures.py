@@ -126,6 +126,9 @@ def _curve_figure(epochs: np.ndarray, rows: list[dict], metric: str, label: str,
     return fig
 
 
+HISTORY_FIGURES = ("loss.png", "dice.png")  # what plot_history writes beside history.csv
+
+
 def plot_history(history_csv: str | Path, out_dir: str | Path) -> list[Path]:
     """Loss and Dice curves, training against validation, as ``loss.png`` and ``dice.png``.
 
@@ -155,8 +158,8 @@ def plot_history(history_csv: str | Path, out_dir: str | Path) -> list[Path]:
     if epochs is None or not np.isfinite(epochs).all():
         epochs = np.arange(len(rows), dtype=float)
     written = []
-    for metric, label, better, name in (("loss", "loss", "min", "loss.png"),
-                                        ("dice", "Dice", "max", "dice.png")):
+    for (metric, label, better), name in zip((("loss", "loss", "min"), ("dice", "Dice", "max")),
+                                             HISTORY_FIGURES):
         fig = _curve_figure(epochs, rows, metric, label, better)
         if fig is not None:
             written.append(_save(fig, Path(out_dir) / name))

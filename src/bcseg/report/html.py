@@ -28,8 +28,8 @@ from bcseg.errors import BcsegError, DataError
 from bcseg.measure.evaluate import (CEILING_COLUMNS, HUMAN_LEVEL_NOTE, OUTPUTS, REPORT_FIGURES,
                                     REPORT_PAGE, ceiling_table, human_level_lines)
 from bcseg.measure.observers import union
-from bcseg.report.figures import (PRED_RGB, TRUTH_RGB, _CASE_LEVELS, _agreement_by_case,  # noqa: F401
-                                  _float, _read_csv, _reference_order, choose_examples,
+from bcseg.report.figures import (HISTORY_FIGURES, PRED_RGB, TRUTH_RGB, _CASE_LEVELS,  # noqa: F401
+                                  _agreement_by_case, _float, _read_csv, _reference_order, choose_examples,
                                   plot_case_metrics, plot_channel_examples, plot_examples,
                                   plot_history)
 
@@ -370,9 +370,6 @@ def report_sources(root: Path) -> tuple[list[Path], list[Path], list[Path]]:
     for eval_dir in evaluations:  # a damaged summary is refused before anything is written
         read_summary(eval_dir)
     return histories, evaluations, margins
-
-
-HISTORY_FIGURES = ("loss.png", "dice.png")  # beside each history.csv (plot_history)
 
 
 def report_files(root: Path) -> list[Path]:
