@@ -747,3 +747,35 @@ def test_training_on_png_images_prints_no_tensorflow_log(tmp_path):
                      "--config", tmp_path / "tiny.toml", timeout=300)
     assert result.returncode == 0, result.stderr
     assert all(line.startswith("bcseg: warning: ") for line in result.stderr.splitlines()), result.stderr
+
+
+# --------------------------------------------------------------------------- held-back warnings
+
+def test_a_warning_waits_for_the_checks_so_refused_input_is_one_line(tmp_path):
+    """`split` warns that 3 specimens cannot make 5 folds; when a later check refuses
+    the run, the refusal alone is printed. When the run goes on, the warning is shown."""
+    data = tmp_path / "data"
+    write_phantom(data, n=3, shape=(8, 24, 24))
+    (tmp_path / "taken.json").mkdir()  # --out names a folder: refused after the warning's check
+    refused = run_cli("split", data, "--k", "5", "--out", tmp_path / "taken.json")
+    assert refused.returncode != 0
+    assert "is a folder" in one_error_line(refused.stderr)
+    written = run_cli("split", data, "--k", "5", "--out", tmp_path / "splits.json")
+    assert written.returncode == 0, written.stderr
+    assert written.stderr.splitlines() == [
+        "bcseg: warning: only 3 groups for 5 folds; using 3 folds (one group per test fold)"]
+    assert (tmp_path / "splits.json").is_file()
+
+
+@pytest.mark.parametrize("option", [["--folds", "5"], ["--forc"]])
+def test_options_are_not_taken_from_their_prefix(tmp_path, capsys, option):
+    """argparse would read "--folds 5" as --folds-file and "--forc" as --force (which
+    replaces earlier results); both are usage errors and nothing is written."""
+    data = tmp_path / "data"
+    write_phantom(data, n=3, shape=(8, 24, 24))
+    out = tmp_path / "splits.json"
+    with pytest.raises(SystemExit) as stop:
+        main(["split", str(data), "--out", str(out), *option])
+    assert stop.value.code == 2
+    assert f"unrecognized arguments: {' '.join(option)}" in one_error_line(capsys.readouterr().err)
+    assert not out.exists()

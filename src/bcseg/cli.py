@@ -18,6 +18,8 @@ import threading
 import warnings
 from pathlib import Path
 
+from bcseg import outputs
+from bcseg.atomic import WRITE_HOOKS
 from bcseg.errors import BcsegError, UsageError, printable
 from bcseg.outputs import check_output_folder, check_replaceable, claim
 
@@ -29,6 +31,12 @@ class _Parser(argparse.ArgumentParser):
     subcommand. Argument types below reject bad values while parsing, so every usage
     error exits 2 before any data is read or any model is loaded.
     """
+
+    def __init__(self, *args, **kwargs):
+        # Options are spelled out: argparse would take "--folds 5" as --folds-file 5
+        # and "--forc" as --force, a flag that replaces earlier results.
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str):
         self.exit(2, f"bcseg: error: {printable(message)}; see '{self.prog} --help'\n")
@@ -581,9 +589,32 @@ def _quiet_libraries() -> None:
     logging.getLogger("tifffile").setLevel(logging.CRITICAL)
 
     def show(message, category, filename, lineno, file=None, line=None):
-        print(f"bcseg: warning: {printable(str(message))}", file=sys.stderr)
+        _HELD_WARNINGS.append(f"bcseg: warning: {printable(str(message))}")
+        if _warnings_released:
+            _release_warnings()
 
     warnings.showwarning = show
+    _warnings_released.clear()
+    _HELD_WARNINGS.clear()
+
+
+# Warnings wait until the command passes its checks and starts writing (its first claim
+# or file), or until it ends well: input that a later check refuses then gets the one
+# error line, not a warning about the same run before it.
+_HELD_WARNINGS: list[str] = []
+_warnings_released: list[bool] = []  # non-empty once the command has started writing
+
+
+def _release_warnings(*_) -> None:
+    if not _warnings_released:
+        _warnings_released.append(True)
+    for line in _HELD_WARNINGS:
+        print(line, file=sys.stderr)
+    _HELD_WARNINGS.clear()
+
+
+outputs.CLAIM_HOOKS.append(_release_warnings)
+WRITE_HOOKS.append(_release_warnings)
 
 
 def _import_tensorflow_quietly() -> None:
@@ -656,18 +687,23 @@ def _run(args) -> int:
     try:
         if args.command in NEEDS_TENSORFLOW and getattr(args, "runtime", None) != "onnx":
             _import_tensorflow_quietly()
-        return int(args.func(args) or 0)
+        code = int(args.func(args) or 0)
+        _release_warnings()
+        return code
     except BcsegError as error:
         if args.debug:
             raise
+        _HELD_WARNINGS.clear()  # the error line is all a refused command says
         print(f"bcseg: error: {_flags_for_parameters(str(error))}", file=sys.stderr)
         return error.exit_code
     except KeyboardInterrupt:
+        _release_warnings()
         print("bcseg: error: interrupted", file=sys.stderr)
         return 130
     except Exception as error:  # a bug or the system (full disk, ...): still one line
         if args.debug:
             raise
+        _HELD_WARNINGS.clear()
         if isinstance(error, OSError) and _full_disk(error):
             print(f"bcseg: error: {printable(_full_disk(error))}", file=sys.stderr)
             return 1

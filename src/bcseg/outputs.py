@@ -42,7 +42,7 @@ import re
 import secrets
 import shutil
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Callable, Iterable, Iterator
 
 from bcseg.atomic import WRITE_HOOKS, partial_pid, process_alive, write_text
 from bcseg.errors import UsageError
@@ -51,6 +51,9 @@ RECORD = ".bcseg-outputs.json"
 LOCK_SUFFIX = ".bcseg-lock"
 ASIDE = re.compile(r"^\.(?P<name>.+)\.old-(?P<pid>\d+)$")  # the old content during a replacement
 _held: dict[Path, int] = {}  # folders this process has claimed -> nesting depth
+# Called once a claim has passed its checks, before its first write: the command line
+# holds its warnings back until then, so that input a later check refuses is one line.
+CLAIM_HOOKS: list[Callable[[], None]] = []
 # Tells this process's claims from a dead one's with the same process id (in a container
 # every run may be process 1).
 _TOKEN = secrets.token_hex(8)
@@ -421,6 +424,8 @@ def claim(folder: str | Path, command: str, *, replace: bool = False, inputs: It
         _held[key] = 1
         try:
             _start(folder, command)
+            for hook in CLAIM_HOOKS:
+                hook()
             yield folder
         except BaseException as exc:
             del _held[key]
