@@ -251,6 +251,8 @@ def test_manifest_missing_file(tmp_path):
     ("id,image\n,a.png\n", "empty id"),
     ("id,image\na,\n", "empty path"),
     ("id,image\na,a.png\na,a.png\n", "share the id 'a'"),
+    # one output file on macOS and Windows: A_mask.tif and a_mask.tif
+    ("id,image\nA,a.png\na,a.png\n", "ids that differ only in letter case, 'A' and 'a'"),
 ])
 def test_manifest_malformed(tmp_path, text, message):
     write_png(tmp_path / "a.png", IMAGE)

@@ -482,6 +482,11 @@ def test_inputs_whose_outputs_would_collide_are_refused(tmp_path, run_dir, stack
     with pytest.raises(UsageError, match="same name"):
         predict_files(run_dir, [tmp_path / "a.tif", tmp_path / "sub"], tmp_path / "out", progress=False)
     assert not (tmp_path / "out").exists()
+    # a_mask.tif and A_mask.tif are one file on macOS and Windows
+    io.write_image(tmp_path / "A.tif", stack)
+    with pytest.raises(UsageError, match="same name as .*a.tif .letter case aside"):
+        predict_files(run_dir, [tmp_path / "a.tif", tmp_path / "A.tif"], tmp_path / "out", progress=False)
+    assert not (tmp_path / "out").exists()
 
 
 @pytest.mark.filterwarnings("ignore:.*holds no inference settings:UserWarning")

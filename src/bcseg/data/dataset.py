@@ -398,16 +398,23 @@ def _id_problem(case_id: str) -> str | None:
 
 
 def _check_unique_ids(cases: list[Case], where: Path) -> None:
-    seen: dict[str, Path] = {}
+    seen: dict[str, tuple[str, Path]] = {}
     for case in cases:
         problem = _id_problem(case.id)
         if problem:
             raise DataError(where if where.is_file() else case.image, f"case id '{case.id[:60]}"
                             f"{'...' if len(case.id) > 60 else ''}' {problem}")
-        if case.id in seen:
-            raise DataError(where, f"two images share the id '{case.id}': "
-                            f"{seen[case.id]} and {case.image}")
-        seen[case.id] = case.image
+        # Letter case does not tell ids apart: outputs named after them (predicted masks,
+        # nnU-Net files) would overwrite each other on macOS and Windows file systems.
+        key = case.id.casefold()
+        if key in seen:
+            first, image = seen[key]
+            if first == case.id:
+                raise DataError(where, f"two images share the id '{case.id}': {image} and {case.image}")
+            raise DataError(where, f"two images have ids that differ only in letter case, '{first}' "
+                            f"and '{case.id}' ({image} and {case.image}); their outputs would "
+                            "overwrite each other on macOS and Windows, so rename one")
+        seen[key] = (case.id, case.image)
 
 
 def _digest(path: Path) -> str:

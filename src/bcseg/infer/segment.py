@@ -160,10 +160,12 @@ def _input_files(inputs) -> list[Path | Case]:
             raise DataError(item, "file not found")
     stems: dict[str, Path | Case] = {}
     for f in files:
-        other = stems.setdefault(output_name(f), f)
+        # Letter case apart too: a_mask.tif and A_mask.tif are one file on macOS and Windows.
+        other = stems.setdefault(output_name(f).casefold(), f)
         if input_file(other).resolve() != input_file(f).resolve():
-            raise UsageError(input_file(f), f"has the same name as {input_file(other)}, so their outputs "
-                             "would collide; segment them into different output folders")
+            raise UsageError(input_file(f), f"has the same name as {input_file(other)} (letter case "
+                             "aside), so their outputs would collide; segment them into different "
+                             "output folders")
     return list(stems.values())  # each file once
 
 
