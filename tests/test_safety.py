@@ -196,6 +196,32 @@ def test_train_init_with_an_unsafe_model_leaves_no_run_folder(tmp_path, capsys, 
     assert not (tmp_path / "new").exists()
 
 
+# --------------------------------------------------------------------------- --force and another command's result
+
+def test_force_never_replaces_a_dataset_that_phantom_wrote(tmp_path, capsys, phantom):
+    """Every file of a phantom dataset is bcseg's, so a mistyped --out with --force
+    deleted the whole dataset (train) or its table (split). --force replaces an earlier
+    result of the same command only."""
+    data = tmp_path / "data"
+    write_phantom(data, n=3, shape=(8, 24, 24), seed=2)
+    before = hashes(tmp_path)
+    code, _, err = run(capsys, "train", phantom, "--out", data, "--force", "--epochs", "1")
+    assert code == 2 and "holds the output of 'bcseg phantom'" in one_line(err)
+    code, _, err = run(capsys, "split", phantom, "--out", data / "specimens.csv", "--force")
+    assert code == 2 and "is data that 'bcseg phantom' wrote" in one_line(err)
+    assert hashes(tmp_path) == before
+    code, _, _ = run(capsys, "phantom", data, "--n", "2", "--shape", "8", "24", "24", "--force")
+    assert code == 0 and len(list((data / "images").iterdir())) == 2  # its own command may
+
+
+def test_phantom_force_never_replaces_a_trained_run(tmp_path, capsys, finished_run):
+    run_dir = _copy_tree(finished_run, tmp_path / "run")
+    before = hashes(tmp_path)
+    code, _, err = run(capsys, "phantom", run_dir, "--n", "2", "--shape", "8", "24", "24", "--force")
+    assert code == 2 and "holds the output of 'bcseg train'" in one_line(err)
+    assert hashes(tmp_path) == before
+
+
 # --------------------------------------------------------------------------- replacing a folder
 
 def test_a_failed_replacement_puts_the_old_result_back(tmp_path):

@@ -260,18 +260,25 @@ def beat(path: str | Path) -> None:
 WRITE_HOOKS.append(beat)
 
 
-def owned(folder: str | Path) -> set[str]:
-    """The files under ``folder`` that bcseg wrote (relative, '/'-separated)."""
+def writers(folder: str | Path) -> dict[str, str]:
+    """The files under ``folder`` that bcseg wrote, unchanged since, and the command that
+    wrote each (relative, '/'-separated names; folders not included)."""
     folder = Path(folder)
     record = _load(folder)
     claim = record.get("open")
     present = listing(folder, strict=False)
     if isinstance(claim, dict) and (_mine(claim) or not process_alive(claim.get("pid"))):
         record = _settle(folder, record, present)
+    edited = _edited(folder, record)
+    return {name: str(command) for name, command in record["files"].items()
+            if name in present and name not in edited}
+
+
+def owned(folder: str | Path) -> set[str]:
+    """The files under ``folder`` that bcseg wrote (relative, '/'-separated)."""
     # A folder holding one of bcseg's files is bcseg's too (records from before folders
     # were listed name only the files).
-    ours = (set(record["files"]) & present) - _edited(folder, record)
-    return _with_folders(ours) & present
+    return _with_folders(set(writers(folder))) & listing(folder, strict=False)
 
 
 def written(folder: str | Path) -> set[str]:
@@ -297,7 +304,8 @@ def is_owned(path: Path, known: dict[Path, set[str]] | None = None) -> bool:
 
 def check_replaceable(paths: Iterable[Path], force: bool,
                       known: dict[Path, set[str]] | None = None) -> None:
-    """Refuse existing outputs without ``force``, and with it any that bcseg did not write."""
+    """Refuse existing outputs without ``force``, and with it any that bcseg did not
+    write or that belong to a dataset bcseg wrote (see :data:`DATASET_WRITERS`)."""
     known = {} if known is None else known
     for path in paths:
         if not (path.exists() or path.is_symlink()):
@@ -308,6 +316,31 @@ def check_replaceable(paths: Iterable[Path], force: bool,
             raise UsageError(path, "was not written by bcseg, or was changed after it was, so "
                              "force=True will not replace it; "
                              "move it away or choose another output folder")
+        writer = writers(path.parent).get(path.name)
+        if writer in DATASET_WRITERS:
+            raise UsageError(path, f"is data that 'bcseg {writer}' wrote; force=True replaces "
+                             f"only results, never a dataset: choose another output")
+
+
+# Commands whose output is a dataset, the input of other commands: their files are
+# replaced only by the same command rerun on the whole folder (phantom --force).
+DATASET_WRITERS = ("phantom", "export-nnunet")
+# Commands that add to another command's folder (a report rebuilt in a run folder).
+ADDS_TO_OTHERS = ("report",)
+
+
+def check_one_writer(folder: Path, command: str) -> None:
+    """Refuse to replace ``folder`` when another command wrote it.
+
+    ``--force`` replaces an earlier result of the same command: ``train --force``
+    an earlier run, ``phantom --force`` an earlier phantom. A mistyped ``--out``
+    naming a dataset that ``phantom`` wrote, or a trained run, is refused instead.
+    """
+    for name, writer in sorted(writers(folder).items()):
+        if writer not in (command, "bcseg", *ADDS_TO_OTHERS):
+            raise UsageError(folder, f"holds the output of 'bcseg {writer}' ({name}); "
+                             f"{command} with force=True replaces only an earlier {command} "
+                             "result: choose another output folder")
 
 
 def remove_owned(paths: Iterable[Path]) -> list[Path]:
@@ -420,7 +453,7 @@ def claim(folder: str | Path, command: str, *, replace: bool = False, inputs: It
     try:
         _recover(key)
         _recover_inside(key)
-        aside = _move_aside(key, inputs) if replace else None
+        aside = _move_aside(key, inputs, command) if replace else None
         _held[key] = 1
         try:
             _start(folder, command)
@@ -499,11 +532,12 @@ def _remove_if_empty(folder: Path, created: Path) -> None:
             return
 
 
-def _move_aside(folder: Path, inputs: Iterable) -> Path | None:
+def _move_aside(folder: Path, inputs: Iterable, command: str) -> Path | None:
     """Check that ``folder`` holds only bcseg's outputs and no input; move it aside."""
     if not folder.exists() or not any(folder.iterdir()):
         return None
     check_not_inputs(folder, inputs)
+    check_one_writer(folder, command)
     if folder.resolve() in (Path.cwd(), *Path.cwd().parents):
         raise UsageError(folder, "is the current folder or holds it; run bcseg from elsewhere "
                          "to replace it")
