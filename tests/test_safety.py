@@ -209,6 +209,9 @@ def test_force_never_replaces_a_dataset_that_phantom_wrote(tmp_path, capsys, pha
     assert code == 2 and "holds the output of 'bcseg phantom'" in one_line(err)
     code, _, err = run(capsys, "split", phantom, "--out", data / "specimens.csv", "--force")
     assert code == 2 and "is data that 'bcseg phantom' wrote" in one_line(err)
+    code, _, err = run(capsys, "split", data, "--out", data / "masks" / "observer1" / "specimen_001.tif",
+                       "--force")
+    assert code == 2 and "is an input of this command" in one_line(err)
     assert hashes(tmp_path) == before
     code, _, _ = run(capsys, "phantom", data, "--n", "2", "--shape", "8", "24", "24", "--force")
     assert code == 0 and len(list((data / "images").iterdir())) == 2  # its own command may

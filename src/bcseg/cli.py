@@ -176,7 +176,7 @@ def cmd_split(args) -> int:
         folds = kfold_by_group(cases, k=args.k, seed=args.seed, source=args.data)
         source = "kfold_by_group"
     out = Path(args.out)
-    _check_split_file(out, args)
+    _check_split_file(out, args, cases)
     with claim(out.parent, "split"):
         check_replaceable([out], args.force)  # again, now that no other run writes there
         save_splits(out, cases, folds, seed=args.seed, source=source)
@@ -186,14 +186,17 @@ def cmd_split(args) -> int:
     return 0
 
 
-def _check_split_file(out: Path, args) -> None:
-    """A splits file replaces only one bcseg wrote, and never an input."""
+def _check_split_file(out: Path, args, cases) -> None:
+    """A splits file replaces only one bcseg wrote, and never an input (the manifest,
+    the fold file, an image or mask of a case)."""
+    from bcseg.data.dataset import case_files
+
     if out.is_dir():
         raise UsageError(out, "is a folder; --out names the JSON file to write")
     check_output_folder(out.parent)
-    for source in (args.data, args.folds_file):
-        if source and out.resolve() == Path(source).resolve():
-            raise UsageError(out, "is an input of this command; choose another --out")
+    inputs = {args.data, args.folds_file, *(f for case in cases for f in case_files(case))}
+    if out.resolve() in {Path(source).resolve() for source in inputs if source}:
+        raise UsageError(out, "is an input of this command; choose another --out")
     check_replaceable([out], args.force)
 
 

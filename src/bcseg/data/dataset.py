@@ -455,6 +455,12 @@ def duplicate_problem(first: Case, other: Case) -> str:
             "land in both training and test: remove it or give both the same group")
 
 
+def case_files(case: Case) -> set[Path]:
+    """Every file a case is read from: its image, each observer's masks, its channels."""
+    return {case.image, *(p for paths in case.masks.values() for p in paths),
+            *(channel.path for channel in case.channels)}
+
+
 def refuse_duplicate_images(cases: list[Case]) -> None:
     """Raise :class:`DataError` naming the first image found twice in different groups."""
     for first, other in duplicate_images(cases)[:1]:
