@@ -82,11 +82,25 @@ def test_speckle_grain_correlates_neighbours_and_keeps_the_strength():
     assert out_coarse.std() == pytest.approx(0.05, rel=0.25)   # 0.5 * speckle 0.1
 
 
+def test_speckle_max_draws_the_strength_per_image():
+    """speckle 0, speckle_max 0.3: some images nearly clean, some strongly speckled,
+    each image's noise SD in [0, 0.3] (the image is 0.5, so its SD is 0.5 x the draw)."""
+    flat = np.full((64, 64), 0.5, np.float32)
+    ranged = dataclasses.replace(ONLY, speckle=0.0, speckle_max=0.3)
+    sds = [_run(ranged, flat, seed).std() / 0.5 for seed in SEEDS]
+    assert all(0 <= sd <= 0.3 * 1.1 for sd in sds), sds
+    assert min(sds) < 0.12 < 0.18 < max(sds), sds   # a spread, not one fixed strength
+    fixed = dataclasses.replace(ONLY, speckle=0.1)   # speckle_max off: the strength as before
+    assert all(_run(fixed, flat, s).std() / 0.5 == pytest.approx(0.1, rel=0.1) for s in SEEDS)
+    grainy = dataclasses.replace(ranged, speckle_grain=3.0)   # the grain keeps the drawn strength
+    assert [_run(grainy, flat, s).std() / 0.5 for s in SEEDS] == pytest.approx(sds, rel=0.25)
+
+
 def test_a_scanner_shift_step_leaves_the_other_draws_alone():
     # The new steps draw from seeds of their own, so switching them on must not move
     # the geometric transform (seen in the mask) or the classic intensity steps.
     base = AugmentConfig()
-    shifted = dataclasses.replace(base, gain_ramp=0.3, blur=2.0, resample=0.4)
+    shifted = dataclasses.replace(base, gain_ramp=0.3, blur=2.0, resample=0.4, speckle_max=0.3)
     rng = np.random.default_rng(0)
     image = rng.random((32, 32, 1)).astype(np.float32)
     mask = (rng.random((32, 32, 1)) > 0.7).astype(np.float32)

@@ -42,6 +42,8 @@ BAD = [
     ("[augment]\nblur = 5.0", "augment.blur"),
     ("[augment]\nresample = 1.0", "augment.resample"),
     ("[augment]\nspeckle_grain = 4.5", "augment.speckle_grain"),
+    ("[augment]\nspeckle_max = -0.1", "augment.speckle_max"),
+    ("[augment]\nspeckle = 0.2\nspeckle_max = 0.1", "augment.speckle_max"),  # below speckle
     ("[augment]\nscale = [\"a\", \"b\"]", "augment.scale"),
     ("[augment]\nscale = [1.2, 0.8]", "augment.scale"),  # low > high
     ("[augment]\nscale = [0.0, 1.0]", "augment.scale"),

@@ -130,6 +130,7 @@ RANGES = {
     ("augment", "blur"): "[0, 4]",  # augment.MAX_BLUR pixels
     ("augment", "resample"): "[0, 1)",
     ("augment", "speckle_grain"): "[0, 4]",  # augment.MAX_BLUR pixels
+    ("augment", "speckle_max"): "[0, inf)",  # 0: off; else >= speckle (AugmentConfig)
     ("train", "epochs"): "[1, inf)",
     ("train", "budget_minutes"): "[0, inf)",  # 0: no time budget
     ("train", "steps_per_epoch"): "[0, inf)",  # 0: one pass over the samples
@@ -178,6 +179,10 @@ def _check_values(cfg: dict, source=None) -> None:
                 and pair[0] <= pair[1]):
             raise ConfigError(source, f"'{section}.{key}' must be [low, high], two finite numbers "
                               f"with 0 < low <= high, got {pair!r}")
+    augment = cfg["augment"]
+    if augment["speckle_max"] and augment["speckle_max"] < augment["speckle"]:
+        raise ConfigError(source, f"'augment.speckle_max' must be 0 (off) or at least "
+                          f"'augment.speckle' ({augment['speckle']!r}), got {augment['speckle_max']!r}")
     _check_model_shape(cfg, source)
     _check_channels(cfg["data"], source)
 

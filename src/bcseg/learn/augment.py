@@ -76,6 +76,10 @@ class AugmentConfig:
         Scanner shift: the multiplicative speckle noise is smoothed with a sigma drawn
         from [0, speckle_grain] pixels, so its grain varies like another probe's; its
         standard deviation stays ``speckle``.
+    speckle_max : float
+        Scanner shift: when above ``speckle``, the speckle noise's standard deviation is
+        drawn per image from [speckle, speckle_max], so that training sees clean and
+        strongly speckled images alike (0, the default: always ``speckle``).
 
     The scanner-shift steps are off (0) by default, so recipes that do not name them
     replay exactly as before; they run inside the intensity step with their own seeds.
@@ -97,6 +101,7 @@ class AugmentConfig:
     blur: float = 0.0
     resample: float = 0.0
     speckle_grain: float = 0.0
+    speckle_max: float = 0.0
 
     def __post_init__(self):
         def check(ok, problem):
@@ -117,6 +122,8 @@ class AugmentConfig:
         check(0 <= self.resample < 1, f"resample must be in [0, 1), got {self.resample}")
         check(0 <= self.speckle_grain <= MAX_BLUR,
               f"speckle_grain must be in [0, {MAX_BLUR}] pixels, got {self.speckle_grain}")
+        check(self.speckle_max == 0 or self.speckle_max >= self.speckle,
+              f"speckle_max must be 0 (off) or >= speckle ({self.speckle}), got {self.speckle_max}")
 
     @classmethod
     def none(cls) -> AugmentConfig:
@@ -124,7 +131,7 @@ class AugmentConfig:
         return cls(enabled=False, rotation_deg=0.0, scale=(1.0, 1.0), flip_lr=False,
                    flip_ud=False, flip_z=False, brightness=0.0, contrast=0.0,
                    gamma=(1.0, 1.0), speckle=0.0, gain_ramp=0.0, blur=0.0, resample=0.0,
-                   speckle_grain=0.0)
+                   speckle_grain=0.0, speckle_max=0.0)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> AugmentConfig:
@@ -252,7 +259,8 @@ def augment_3d(volume, mask, seed, config: AugmentConfig = AugmentConfig(), chan
 
 
 def _changes_intensity(config: AugmentConfig) -> bool:
-    return bool(config.brightness or config.contrast or config.speckle or config.gamma != (1.0, 1.0)
+    return bool(config.brightness or config.contrast or config.speckle or config.speckle_max
+                or config.gamma != (1.0, 1.0)
                 or _shifts_scanner(config))
 
 
@@ -279,10 +287,13 @@ def _intensity(volume, config, uniform, noise_seed, channels=None):
     if config.gamma != (1.0, 1.0):
         volume = volume ** tf.exp(uniform(math.log(config.gamma[0]), math.log(config.gamma[1]), shape))
     speckled = None if channels is None else [float(name == "us") for name in channels]
-    if config.speckle and (speckled is None or any(speckled)):
-        noise = tf.random.stateless_normal(tf.shape(volume), noise_seed, stddev=config.speckle)
+    if (config.speckle or config.speckle_max) and (speckled is None or any(speckled)):
+        strength = config.speckle
+        if config.speckle_max > config.speckle:  # a draw of its own: the others stay as they were
+            strength = _draw(noise_seed, 5, config.speckle, config.speckle_max)
+        noise = tf.random.stateless_normal(tf.shape(volume), noise_seed, stddev=strength)
         if config.speckle_grain:
-            noise = _grain(noise, config, noise_seed)
+            noise = _grain(noise, config, noise_seed, strength)
         if speckled is not None:
             noise = noise * tf.constant(speckled, tf.float32)
         volume = tf.clip_by_value(volume * (1.0 + noise), 0.0, 1.0)
@@ -314,11 +325,11 @@ def _gaussian_blur(volume, sigma):
     return tf.nn.depthwise_conv2d(blurred, cols, [1, 1, 1, 1], "VALID")
 
 
-def _grain(noise, config, seed):
+def _grain(noise, config, seed, strength):
     """Smooth the speckle noise to a random grain, keeping its standard deviation."""
     sigma = _draw(seed, 1, 0.0, config.speckle_grain)
     smooth = _gaussian_blur(noise, sigma)
-    scale = config.speckle / (tf.math.reduce_std(smooth) + 1e-6)
+    scale = strength / (tf.math.reduce_std(smooth) + 1e-6)
     return tf.cond(sigma > 0.25, lambda: smooth * scale, lambda: noise)
 
 
