@@ -17,6 +17,7 @@ import pytest
 import tifffile
 
 from bcseg.cli import main
+from bcseg.data.phantom import write_phantom
 from bcseg.measure.metrics import dice
 
 REPO = Path(__file__).resolve().parents[1]
@@ -146,3 +147,28 @@ def test_export_refuses_to_overwrite_without_force(tmp_path, capsys):
     assert main(["export-onnx", str(run)]) == 2
     assert "--force" in capsys.readouterr().err
     assert (run / "model_best.onnx").read_bytes() == b"mine"
+
+
+def test_export_force_replaces_only_an_earlier_export(tmp_path, capsys):
+    """--out with --force overwrote any file: the run's own model, a dataset image, a
+    link; a folder or a non-.onnx name failed late with a raw OSError."""
+    _needs_onnx()
+    run = tmp_path / "run"
+    run.mkdir()
+    shutil.copyfile(BUNDLED / "busi_unet2d.keras", run / "model_best.keras")
+    shutil.copyfile(BUNDLED / "inference.json", run / "inference.json")
+    write_phantom(tmp_path / "data", n=2, shape=(8, 24, 24))
+    image = sorted((tmp_path / "data" / "images").iterdir())[0]
+    (tmp_path / "mine.onnx").write_bytes(b"mine")
+    before = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+    for out, problem in ((run / "model_best.keras", "does not end in .onnx"),
+                         (image, "does not end in .onnx"),
+                         (run, "is a folder"),
+                         (tmp_path / "mine.onnx", "was not written by bcseg")):
+        capsys.readouterr()
+        assert main(["export-onnx", str(run), "--out", str(out), "--force"]) == 2
+        err = capsys.readouterr().err.splitlines()
+        assert len(err) == 1 and problem in err[0], err
+    assert {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()} == before
+    assert main(["export-onnx", str(run)]) == 0          # an earlier export is replaced with --force
+    assert main(["export-onnx", str(run), "--force"]) == 0

@@ -136,6 +136,7 @@ def finished_run(tmp_path_factory, models) -> Path:
         write_text(out / "config.toml", "[train]\nepochs = 1\n")
         write_text(out / "inference.json", '{"threshold": 0.5}\n')
         write_text(out / "predictions" / "notes.csv", "id\n")
+        write_text(out / "metrics.csv", "case,dice\n")  # train scores its test fold here
         (out / "model_best.keras").write_bytes(models["2d"].read_bytes())
     return out
 
@@ -222,6 +223,48 @@ def test_phantom_force_never_replaces_a_trained_run(tmp_path, capsys, finished_r
     before = hashes(tmp_path)
     code, _, err = run(capsys, "phantom", run_dir, "--n", "2", "--shape", "8", "24", "24", "--force")
     assert code == 2 and "holds the output of 'bcseg train'" in one_line(err)
+    assert hashes(tmp_path) == before
+
+
+def test_force_replaces_no_file_that_another_command_wrote(tmp_path, capsys, phantom, finished_run):
+    """split --out RUN/model_best.keras --force put a splits JSON over the trained model;
+    evaluate --out RUN --force rewrote the run's test-fold metrics with other numbers."""
+    run_dir = _copy_tree(finished_run, tmp_path / "run")
+    before = hashes(tmp_path)
+    code, _, err = run(capsys, "split", phantom, "--out", run_dir / "model_best.keras", "--force")
+    assert code == 2 and "is the output of 'bcseg train'" in one_line(err)
+    code, _, err = run(capsys, "evaluate", "--pred", phantom / "masks" / "observer1", "--truth", phantom,
+                       "--out", run_dir, "--force", "--no-report")
+    assert code == 2 and "metrics.csv: is the output of 'bcseg train'" in one_line(err)
+    assert hashes(tmp_path) == before
+
+
+def test_predict_never_replaces_or_removes_its_own_inputs(tmp_path, capsys, models):
+    """An earlier run's probability map given as an input was deleted as a stale
+    companion before it was read (and --save-prob would overwrite it)."""
+    data = stacks(tmp_path / "data", 1)
+    out = tmp_path / "out"
+    code, _, err = run(capsys, "predict", data / "s0.tif", "--model", models["2d"], "--out", out,
+                       "--save-prob", "--no-progress")
+    assert code == 0, err
+    before = hashes(tmp_path)
+    for extra in ((), ("--save-prob",)):
+        code, _, err = run(capsys, "predict", data / "s0.tif", out / "s0_prob.tif", "--model", models["2d"],
+                           "--out", out, "--force", "--no-progress", *extra)
+        assert code == 2 and "s0_prob.tif: is an input of this command" in one_line(err)
+        assert hashes(tmp_path) == before
+
+
+def test_resume_never_writes_over_files_bcseg_did_not_write(tmp_path, capsys, phantom):
+    """`train --out exp` said "already holds a run; pass --resume" for a folder holding
+    the user's config.toml and plot, and --resume then overwrote the plot."""
+    exp = tmp_path / "exp"
+    exp.mkdir()
+    (exp / "config.toml").write_text("[model]\nbase_filters = 4\ndepth = 2\n[train]\nepochs = 1\n")
+    (exp / "loss.png").write_bytes(b"my own plot")
+    before = hashes(tmp_path)
+    code, _, err = run(capsys, "train", phantom, "--out", exp, "--resume")
+    assert code == 2 and "was not written by bcseg" in one_line(err) and "resume" in one_line(err)
     assert hashes(tmp_path) == before
 
 

@@ -178,7 +178,7 @@ def cmd_split(args) -> int:
     out = Path(args.out)
     _check_split_file(out, args, cases)
     with claim(out.parent, "split"):
-        check_replaceable([out], args.force)  # again, now that no other run writes there
+        check_replaceable([out], args.force, command="split")  # again, now that no other run writes there
         save_splits(out, cases, folds, seed=args.seed, source=source)
     sizes = [sum(1 for f in folds.values() if f == k) for k in range(max(folds.values()) + 1)]
     print(f"wrote {out}: {len(sizes)} folds of {', '.join(map(str, sizes))} cases, "
@@ -195,9 +195,7 @@ def _check_split_file(out: Path, args, cases) -> None:
         raise UsageError(out, "is a folder; --out names the JSON file to write")
     check_output_folder(out.parent)
     inputs = {args.data, args.folds_file, *(f for case in cases for f in case_files(case))}
-    if out.resolve() in {Path(source).resolve() for source in inputs if source}:
-        raise UsageError(out, "is an input of this command; choose another --out")
-    check_replaceable([out], args.force)
+    check_replaceable([out], args.force, command="split", inputs=inputs)
 
 
 def _train_overrides(args) -> dict:

@@ -51,6 +51,7 @@ RECORD = ".bcseg-outputs.json"
 LOCK_SUFFIX = ".bcseg-lock"
 ASIDE = re.compile(r"^\.(?P<name>.+)\.old-(?P<pid>\d+)$")  # the old content during a replacement
 _held: dict[Path, int] = {}  # folders this process has claimed -> nesting depth
+_held_commands: dict[Path, str] = {}  # ... -> the command that claimed each
 # Called once a claim has passed its checks, before its first write: the command line
 # holds its warnings back until then, so that input a later check refuses is one line.
 CLAIM_HOOKS: list[Callable[[], None]] = []
@@ -303,30 +304,53 @@ def is_owned(path: Path, known: dict[Path, set[str]] | None = None) -> bool:
 
 
 def check_replaceable(paths: Iterable[Path], force: bool,
-                      known: dict[Path, set[str]] | None = None) -> None:
-    """Refuse existing outputs without ``force``, and with it any that bcseg did not
-    write or that belong to a dataset bcseg wrote (see :data:`DATASET_WRITERS`)."""
+                      known: dict[Path, set[str]] | None = None, *, command: str | None = None,
+                      inputs: Iterable = ()) -> None:
+    """Refuse to replace what is not an earlier output of this command.
+
+    An existing output is refused without ``force``; with it, one that bcseg did not
+    write, one that ``command`` did not write (another command's result: a run's
+    metrics are not ``evaluate``'s to replace; commands running inside another's
+    claim, as ``train`` runs ``evaluate``, may replace that command's files), one that
+    belongs to a dataset bcseg wrote (see :data:`DATASET_WRITERS`), and always one of
+    the command's ``inputs``.
+    """
     known = {} if known is None else known
+    sources = {Path(item).resolve() for item in inputs if item is not None}
     for path in paths:
         if not (path.exists() or path.is_symlink()):
             continue
+        if path.resolve() in sources or path.absolute() in sources:
+            raise UsageError(path, "is an input of this command; choose another output")
         if not force:
             raise UsageError(path, "already exists; pass force=True to overwrite it")
         if not is_owned(path, known):
             raise UsageError(path, "was not written by bcseg, or was changed after it was, so "
                              "force=True will not replace it; "
                              "move it away or choose another output folder")
-        writer = writers(path.parent).get(path.name)
+        writer = _writer(path, known)
         if writer in DATASET_WRITERS:
             raise UsageError(path, f"is data that 'bcseg {writer}' wrote; force=True replaces "
                              f"only results, never a dataset: choose another output")
+        if command and writer not in (command, "bcseg", *_held_commands.values()):
+            raise UsageError(path, f"is the output of 'bcseg {writer}'; {command} with force=True "
+                             f"replaces only an earlier {command} output: choose another output")
+
+
+def _writer(path: Path, known: dict) -> str | None:
+    """The command that wrote ``path``, by its folder's record (cached in ``known``)."""
+    key = ("writers", path.parent)
+    if key not in known:
+        known[key] = writers(path.parent)
+    return known[key].get(path.name)
 
 
 # Commands whose output is a dataset, the input of other commands: their files are
 # replaced only by the same command rerun on the whole folder (phantom --force).
 DATASET_WRITERS = ("phantom", "export-nnunet")
-# Commands that add to another command's folder (a report rebuilt in a run folder).
-ADDS_TO_OTHERS = ("report",)
+# Commands that add to another command's folder (a report rebuilt in a run folder, a
+# run exported to ONNX beside its model).
+ADDS_TO_OTHERS = ("report", "export-onnx")
 
 
 def check_one_writer(folder: Path, command: str) -> None:
@@ -338,9 +362,9 @@ def check_one_writer(folder: Path, command: str) -> None:
     """
     for name, writer in sorted(writers(folder).items()):
         if writer not in (command, "bcseg", *ADDS_TO_OTHERS):
-            raise UsageError(folder, f"holds the output of 'bcseg {writer}' ({name}); "
-                             f"{command} with force=True replaces only an earlier {command} "
-                             "result: choose another output folder")
+            raise UsageError(folder, f"holds the output of 'bcseg {writer}' ({name}), not of "
+                             f"{command}: {command} replaces or continues only its own earlier "
+                             "result; choose another output folder")
 
 
 def remove_owned(paths: Iterable[Path]) -> list[Path]:
@@ -453,21 +477,23 @@ def claim(folder: str | Path, command: str, *, replace: bool = False, inputs: It
     try:
         _recover(key)
         _recover_inside(key)
-        aside = _move_aside(key, inputs, command) if replace else None
-        _held[key] = 1
+        if replace:
+            check_one_writer(folder, command)  # named as the user gave it
+        aside = _move_aside(key, inputs) if replace else None
+        _held[key], _held_commands[key] = 1, command
         try:
             _start(folder, command)
             for hook in CLAIM_HOOKS:
                 hook()
             yield folder
         except BaseException as exc:
-            del _held[key]
+            del _held[key], _held_commands[key]
             # When putting the old result back fails, _undo raises and the old result
             # stays aside, where the next claim of the folder puts it back: never deleted.
             if not _undo(folder, aside, restore=not isinstance(exc, keep_on)) and aside is not None:
                 shutil.rmtree(aside)  # the new, partial result is kept (keep_on)
             raise
-        del _held[key]
+        del _held[key], _held_commands[key]
         _finish(folder)
         if aside is not None:
             shutil.rmtree(aside)
@@ -532,12 +558,11 @@ def _remove_if_empty(folder: Path, created: Path) -> None:
             return
 
 
-def _move_aside(folder: Path, inputs: Iterable, command: str) -> Path | None:
+def _move_aside(folder: Path, inputs: Iterable) -> Path | None:
     """Check that ``folder`` holds only bcseg's outputs and no input; move it aside."""
     if not folder.exists() or not any(folder.iterdir()):
         return None
     check_not_inputs(folder, inputs)
-    check_one_writer(folder, command)
     if folder.resolve() in (Path.cwd(), *Path.cwd().parents):
         raise UsageError(folder, "is the current folder or holds it; run bcseg from elsewhere "
                          "to replace it")

@@ -21,7 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
-from bcseg.errors import ModelError
+from bcseg import outputs
+from bcseg.errors import ModelError, UsageError
 from bcseg.learn.saved import ModelSpec
 from bcseg.rundir import SETTINGS_FILE, InferenceSettings, read_settings
 
@@ -55,9 +56,8 @@ def export_onnx(model_path: str | Path, out: str | Path | None = None, force: bo
 
     model_file = load_run(model_path)[0][0]
     out = Path(out) if out else model_file.with_suffix(".onnx")
-    if out.exists() and not force:
-        from bcseg.errors import UsageError
-        raise UsageError(out, "already exists; pass force=True to overwrite it")
+    inputs = [model_path, model_file]
+    _check_out(out, force, inputs)
     try:
         import onnx
         import tf2onnx  # noqa: F401  (Keras's exporter imports it; fail early and clearly)
@@ -68,15 +68,28 @@ def export_onnx(model_path: str | Path, out: str | Path | None = None, force: bo
     model = load_model(model_file)
     spec = model_spec(model)
     signature = [keras.InputSpec(shape=(None, *spec.fixed, spec.channels), dtype="float32")]
-    with atomic_path(out) as tmp, warnings.catch_warnings():
-        # Keras patches tf2onnx for NumPy 2 by probing np.object, which warns.
-        warnings.simplefilter("ignore", FutureWarning)
-        model.export(str(tmp), format="onnx", input_signature=signature, verbose=False)
-        proto = onnx.load(str(tmp))
-        entry = proto.metadata_props.add()
-        entry.key, entry.value = DIVISOR_KEY, str(spec.divisor)
-        onnx.save(proto, str(tmp))
+    with outputs.claim(out.parent, "export-onnx"):
+        _check_out(out, force, inputs)  # again, now that no other run writes there
+        with atomic_path(out) as tmp, warnings.catch_warnings():
+            # Keras patches tf2onnx for NumPy 2 by probing np.object, which warns.
+            warnings.simplefilter("ignore", FutureWarning)
+            model.export(str(tmp), format="onnx", input_signature=signature, verbose=False)
+            proto = onnx.load(str(tmp))
+            entry = proto.metadata_props.add()
+            entry.key, entry.value = DIVISOR_KEY, str(spec.divisor)
+            onnx.save(proto, str(tmp))
     return out
+
+
+def _check_out(out: Path, force: bool, inputs: list) -> None:
+    """The ONNX file may be written: an ``.onnx`` name in a folder that can hold it, and
+    no file but an earlier export's replaced (never the model, never a dataset's file)."""
+    if out.is_dir() or not out.name:
+        raise UsageError(out, "is a folder; --out names the .onnx file to write")
+    if out.suffix.lower() != ".onnx":
+        raise UsageError(out, "does not end in .onnx; --out names the ONNX file to write")
+    outputs.check_output_folder(out.parent)
+    outputs.check_replaceable([out], force, command="export-onnx", inputs=inputs)
 
 
 class OnnxModel:

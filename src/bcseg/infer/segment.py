@@ -326,11 +326,13 @@ def _files_to_do(files: list[Path], wanted: dict, out_dir: Path, force: bool,
         raise UsageError(None, "force and resume exclude each other: resume keeps complete "
                          "outputs, force replaces them")
     known: dict = {}  # bcseg's files in out_dir, listed once, not once per input
+    sources = [input_file(p) for p in files]  # never replaced, never removed as stale
     todo = [p for p in files if not (resume and _complete(wanted[output_name(p)], known))]
     for path in todo:
         outputs.check_name_lengths([p for p in wanted[output_name(path)].values() if p is not None],
                                    input_file(path))
-        outputs.check_replaceable(_every_output(path, out_dir), force or resume, known)
+        outputs.check_replaceable(_every_output(path, out_dir), force or resume, known,
+                                  command="predict", inputs=sources)
     return todo
 
 
@@ -402,7 +404,7 @@ def _check_ranks(files: list[Path | Case], headers: dict, models: list, problems
 def _check_margins_request(out_dir: Path, spacing_mm) -> None:
     """The margins table may be added to (bcseg wrote it, or it is absent), and a
     spacing given is usable; UsageError otherwise, before any work."""
-    outputs.check_replaceable([out_dir / MARGINS_TABLE], force=True)
+    outputs.check_replaceable([out_dir / MARGINS_TABLE], force=True, command="predict")
     problem = None if spacing_mm is None else io.spacing_problem(spacing_mm, 3)
     if problem:
         raise UsageError(None, f"spacing_mm {tuple(spacing_mm)}: spacing {problem}")

@@ -72,12 +72,27 @@ class Interrupted(Exception):
 
 def _replaces_run(out: Path, resume: bool, force: bool) -> bool:
     """Whether this run replaces an earlier one in ``out``; refuses without --force."""
-    if resume or not out.exists() or not any(out.iterdir()):
+    if resume:
+        _check_resumable(out)
+        return False
+    if not out.exists() or not any(out.iterdir()):
         return False
     if not force:
         raise UsageError(out, "already holds a run; pass resume=True to continue it "
                          "or force=True to replace it")
     return True
+
+
+def _check_resumable(out: Path) -> None:
+    """``--resume`` writes into a run that ``train`` wrote and nothing else: it redraws
+    the curves and appends to the log, so a plot or notes of the user's there would be
+    overwritten."""
+    foreign = outputs.foreign(out) if out.is_dir() else []
+    if foreign:
+        raise UsageError(out / foreign[0], "was not written by bcseg, or was changed after it was; "
+                         "resume=True continues only a run folder that holds bcseg's files "
+                         "alone: move it away")
+    outputs.check_one_writer(out, "train")
 
 
 def _inputs(data, cases: list[Case], *others) -> list:

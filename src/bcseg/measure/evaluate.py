@@ -462,7 +462,7 @@ def _check_outputs(out_dir: Path, force: bool) -> dict[str, Path]:
     """The output files, after refusing those that may not be replaced."""
     check_output_folder(out_dir)
     outputs = {key: out_dir / name for key, name in OUTPUTS.items()}
-    check_replaceable(outputs.values(), force)
+    check_replaceable(outputs.values(), force, command="evaluate")
     return outputs
 
 
@@ -562,7 +562,7 @@ def _pixel_soft(scored: dict, soft_ref: str) -> dict:
 
 def _write_outputs(out_dir: Path, outputs: dict[str, Path], force: bool, scored: dict, summary: dict) -> None:
     with claim(out_dir, "evaluate"):
-        check_replaceable(outputs.values(), force)  # again, now that no other run writes here
+        check_replaceable(outputs.values(), force, command="evaluate")  # again, now that it is ours
         if force:  # before the new numbers: a kill then leaves no page describing other ones
             _remove_stale_report(out_dir)
         write_text(outputs["metrics"], _csv_text(METRICS_CSV_COLUMNS, scored["rows"] + scored["slices"]))

@@ -676,7 +676,8 @@ def margins_for_files(image_path, tumour_path: str | Path, out_dir: str | Path,
     written = {"csv": out_dir / f"{case}_margins.csv", "png": out_dir / f"{case}_margins.png"}
     if specimen_path is None:
         written["specimen"] = out_dir / f"{case}_specimen.tif"
-    outputs.check_replaceable(written.values(), force)
+    inputs = [*map(_file_of, channels.values()), tumour_path, specimen_path]
+    outputs.check_replaceable(written.values(), force, command="margins", inputs=inputs)
     arrays, spacing, file_spacing = _read_stack(channels, spacing_mm)
     image = next(iter(arrays.values()))
     tumour = io.read_mask(tumour_path, expected_shape=image.shape)
@@ -694,7 +695,7 @@ def margins_for_files(image_path, tumour_path: str | Path, out_dir: str | Path,
         result["warnings"].append(f"spacing {_by(spacing)} mm given overrides the file's "
                                   f"{_by(file_spacing)} mm")
     with outputs.claim(out_dir, "margins"):
-        outputs.check_replaceable(written.values(), force)  # again, now that it is ours
+        outputs.check_replaceable(written.values(), force, command="margins", inputs=inputs)
         if specimen_path is None:
             io.write_mask(written["specimen"], specimen, spacing_mm=spacing)
         elif force:  # a specimen mask computed by an earlier run no longer matches the row
