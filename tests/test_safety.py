@@ -562,6 +562,19 @@ def test_margins_force_with_a_given_specimen_removes_the_computed_one(tmp_path, 
     assert sorted(outputs.listing(out)) == ["specimen_000_margins.csv", "specimen_000_margins.png"]
 
 
+def test_margins_force_never_writes_over_its_own_input(tmp_path, capsys, phantom):
+    """An earlier run's specimen mask given as --tumour was rewritten in place."""
+    image = phantom / "images" / "specimen_000.tif"
+    out = tmp_path / "out"
+    assert run(capsys, "margins", "--image", image, "--tumour",
+               phantom / "masks" / "observer1" / "specimen_000.tif", "--out", out)[0] == 0
+    before = hashes(tmp_path)
+    code, _, err = run(capsys, "margins", "--image", image, "--tumour", out / "specimen_000_specimen.tif",
+                       "--out", out, "--force")
+    assert code == 2 and "specimen_000_specimen.tif: is an input of this command" in one_line(err)
+    assert hashes(tmp_path) == before
+
+
 def test_evaluate_force_no_report_leaves_no_stale_report(tmp_path, capsys, phantom):
     """A forced re-evaluation removes bcseg's report of the old numbers, never a file of yours."""
     pred = tmp_path / "pred"
