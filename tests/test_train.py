@@ -575,3 +575,72 @@ def test_soft_observer_trains_on_the_mean_and_validates_against_the_union(tmp_pa
     settings = json.loads((tmp_path / "soft" / "inference.json").read_text())
     assert settings["observer"] == "soft"
     assert load_config(tmp_path / "soft" / "config.toml")["data"]["observer"] == "soft"
+
+
+def test_a_kfold_run_can_be_replaced_with_force(tmp_path, phantom):
+    """The ensemble's inference.json was written after train's claim had ended, so it was
+    not recorded as bcseg's and `train --folds all --force` refused its own run."""
+    from bcseg.after_fit import train_and_evaluate
+    from bcseg.outputs import owned
+
+    out = tmp_path / "kfold"
+    one_epoch = {**TINY, "train": {**TINY["train"], "epochs": 1}}
+    train_and_evaluate(phantom, out, overrides=one_epoch, fold="all", report=False)
+    assert "inference.json" in owned(out)
+    train_and_evaluate(phantom, out, overrides=one_epoch, fold="all", report=False, force=True)
+    assert rundir.read_settings(out / "inference.json").members
+
+
+def test_the_resume_hint_names_the_folds(tmp_path, phantom, capsys, monkeypatch):
+    """After Ctrl-C in `--folds all`, the hint said `--resume` alone, which trained a
+    single run beside the fold folders."""
+    import bcseg.after_fit
+    from bcseg.cli import main
+    from bcseg.learn.train import Interrupted
+
+    def stopped(*args, **kwargs):
+        raise Interrupted("stopped after epoch 1", 1)
+
+    monkeypatch.setattr(bcseg.after_fit, "train_and_evaluate", stopped)
+    assert main(["train", str(phantom), "--out", str(tmp_path / "kf"), "--folds", "all"]) == 130
+    assert f"--out {tmp_path / 'kf'} --folds all --resume" in capsys.readouterr().err
+    assert main(["train", str(phantom), "--out", str(tmp_path / "f1"), "--fold", "1"]) == 130
+    assert f"--out {tmp_path / 'f1'} --fold 1 --resume" in capsys.readouterr().err
+
+
+def test_an_interrupt_while_a_model_loads_is_not_a_bad_model(tmp_path, monkeypatch):
+    """Ctrl-C while the trained run was tested surfaced as 'cannot load the Keras model
+    (stopped after epoch 3 ...)': a handler for bad files caught the interrupt."""
+    from bcseg.learn import saved
+    from bcseg.learn.models import unet
+    from bcseg.learn.train import Interrupted
+
+    path = tmp_path / "m.keras"
+    unet(ndim=2, base_filters=2, depth=1, norm=None).save(path)
+
+    def interrupted(*args, **kwargs):
+        raise Interrupted("stopped after epoch 3, before the run was tested", 3)
+
+    monkeypatch.setattr(keras.saving, "load_model", interrupted)
+    with pytest.raises(Interrupted):
+        saved.load_model(path)
+
+
+def test_resume_leaves_results_of_other_commands_in_subfolders_alone(tmp_path):
+    """`predict --out run/peek` inside an interrupted run made --resume refuse the run,
+    saying peek/ 'was not written by bcseg'; a file of the user's is still refused."""
+    from bcseg import outputs
+    from bcseg.atomic import write_text
+    from bcseg.errors import UsageError
+    from bcseg.learn.train import _check_resumable
+
+    run = tmp_path / "run"
+    with outputs.claim(run, "train"):
+        write_text(run / "config.toml", "[train]\nepochs = 3\n")
+    with outputs.claim(run / "peek", "predict"):
+        write_text(run / "peek" / "a_mask.tif", "mask")
+    _check_resumable(run)
+    assert outputs.nested_writer(run, "peek/") == "predict"
+    (run / "loss.png").write_bytes(b"my own plot")
+    with pytest.raises(UsageError, match="loss.png: was not written by bcseg"):
+        _check_resumable(run)

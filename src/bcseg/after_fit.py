@@ -22,7 +22,7 @@ from typing import Callable
 
 import numpy as np
 
-from bcseg import rundir
+from bcseg import outputs, rundir
 from bcseg.data.dataset import Case, read_case_channels, read_case_image, read_case_masks
 from bcseg.rundir import InferenceSettings
 
@@ -257,5 +257,6 @@ def train_and_evaluate(data, out, *, report: bool = True, **options) -> list[dic
         from bcseg.config import load_config
 
         cfg = load_config(Path(out) / rundir.CONFIG_FILE)
-        tune_ensemble(out, cases if cases is not None else discover(data), cfg)
+        with outputs.claim(out, "train"):  # recorded as the run's, so --force can replace it
+            tune_ensemble(out, cases if cases is not None else discover(data), cfg)
     return results

@@ -221,8 +221,11 @@ def cmd_train(args) -> int:
     except Interrupted as stopped:
         saved = stopped.saved_epoch
         kept = {0: "no epoch was saved", 1: "epoch 1 is saved"}.get(saved, f"epochs 1-{saved} are saved")
+        folds = (" --folds all" if args.folds == "all" else
+                 f" --fold {args.fold}" if args.fold is not None else "")
+        folds += f" --folds-file {args.folds_file}" if args.folds_file else ""
         print(printable(f"bcseg: training interrupted ({stopped}); {kept}. Continue with: "
-                        f"bcseg train {args.data} --out {args.out} --resume"), file=sys.stderr)
+                        f"bcseg train {args.data} --out {args.out}{folds} --resume"), file=sys.stderr)
         return 130
     for result in results:
         print(f"fold {result['fold']}: best epoch {result['best_epoch']}, "

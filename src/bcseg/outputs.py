@@ -275,6 +275,25 @@ def writers(folder: str | Path) -> dict[str, str]:
             if name in present and name not in edited}
 
 
+def nested_writer(folder: str | Path, name: str) -> str | None:
+    """The command that wrote entry ``name`` of ``folder`` by the record of a subfolder
+    (``run/peek/`` that ``predict --out run/peek`` wrote): None when no record below
+    ``folder`` lists it."""
+    folder = Path(folder)
+    path = folder / name.rstrip("/")
+    for sub in (path, *path.parents):
+        if sub == folder or folder not in sub.parents:
+            break
+        if not (sub / RECORD).is_file():
+            continue
+        found = writers(sub)
+        rest = path.relative_to(sub).as_posix()
+        inside = [command for key, command in found.items() if rest == "." or key.startswith(rest + "/")]
+        if rest in found or inside:
+            return found.get(rest) or inside[0]
+    return None
+
+
 def owned(folder: str | Path) -> set[str]:
     """The files under ``folder`` that bcseg wrote (relative, '/'-separated)."""
     # A folder holding one of bcseg's files is bcseg's too (records from before folders
@@ -325,6 +344,10 @@ def check_replaceable(paths: Iterable[Path], force: bool,
         if not force:
             raise UsageError(path, "already exists; pass force=True to overwrite it")
         if not is_owned(path, known):
+            above = _writer_above(path)
+            if above is not None:  # train's predictions/ hold files that run/'s record lists
+                raise UsageError(path, f"is the output of 'bcseg {above}'; force=True replaces "
+                                 "only an earlier output of the same command: choose another output")
             raise UsageError(path, "was not written by bcseg, or was changed after it was, so "
                              "force=True will not replace it; "
                              "move it away or choose another output folder")
@@ -335,6 +358,14 @@ def check_replaceable(paths: Iterable[Path], force: bool,
         if command and writer not in (command, "bcseg", *_held_commands.values()):
             raise UsageError(path, f"is the output of 'bcseg {writer}'; {command} with force=True "
                              f"replaces only an earlier {command} output: choose another output")
+
+
+def _writer_above(path: Path, levels: int = 3) -> str | None:
+    """The command that wrote ``path`` by the record of a folder above its own."""
+    for folder in list(path.absolute().parents)[1:1 + levels]:
+        if (folder / RECORD).is_file():
+            return writers(folder).get(path.absolute().relative_to(folder).as_posix())
+    return None
 
 
 def _writer(path: Path, known: dict) -> str | None:
@@ -568,6 +599,10 @@ def _move_aside(folder: Path, inputs: Iterable) -> Path | None:
                          "to replace it")
     unexpected = foreign(folder)
     if unexpected:
+        writer = nested_writer(folder, unexpected[0])
+        if writer is not None:  # another command's result inside (an evaluation of the run)
+            raise UsageError(folder / unexpected[0], f"is the output of 'bcseg {writer}', which "
+                             "force=True will not delete; move it away or choose another output folder")
         raise UsageError(folder / unexpected[0], "was not written by bcseg, or was changed after "
                          "it was, so force=True will not "
                          "delete it; move it away or choose another output folder")

@@ -56,8 +56,11 @@ HISTORY_COLUMNS = ["epoch", "loss", "dice", "iou", "val_loss", "val_dice", "val_
 log = logging.getLogger("bcseg.learn.train")
 
 
-class Interrupted(Exception):
+class Interrupted(BaseException):
     """Training stopped by SIGINT/SIGTERM.
+
+    A BaseException, like KeyboardInterrupt: a handler for a bad model or file
+    (``except Exception``) that happens to be running must not report it as one.
 
     ``saved_epoch`` is the last epoch whose checkpoint is on disk (0: none), so the
     message can say exactly what a ``--resume`` continues from.
@@ -87,7 +90,10 @@ def _check_resumable(out: Path) -> None:
     """``--resume`` writes into a run that ``train`` wrote and nothing else: it redraws
     the curves and appends to the log, so a plot or notes of the user's there would be
     overwritten."""
-    foreign = outputs.foreign(out) if out.is_dir() else []
+    # Results of other commands in subfolders of their own (predictions of the run)
+    # are left alone by --resume, so they may stay.
+    foreign = [name for name in (outputs.foreign(out) if out.is_dir() else [])
+               if outputs.nested_writer(out, name) is None]
     if foreign:
         raise UsageError(out / foreign[0], "was not written by bcseg, or was changed after it was; "
                          "resume=True continues only a run folder that holds bcseg's files "
