@@ -255,3 +255,29 @@ def test_check_lists_implausible_spacing_as_it_does_zero(tmp_path, capsys):
         (str(bad), True)]
     assert main(["check", str(root)]) == 3
     assert f"problem: {bad}: has unusable spacing" in capsys.readouterr().out
+
+
+def _png_16bit_rgb(path, rgb: np.ndarray) -> None:
+    """A 16-bit RGB PNG written by hand (Pillow cannot write one): filter 0 on each row."""
+    import struct
+    import zlib
+
+    height, width, _ = rgb.shape
+    rows = b"".join(b"\x00" + rgb[y].astype(">u2").tobytes() for y in range(height))
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    header = struct.pack(">IIBBBBB", width, height, 16, 2, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(rows))
+                     + chunk(b"IEND", b""))
+
+
+def test_a_16_bit_colour_png_is_read_at_8_bits_with_a_warning(tmp_path):
+    """Pillow reads 16-bit RGB at 8 bits per channel; bcseg says so instead of silently
+    dropping the low byte (257 -> 1, 8257 -> 32)."""
+    grey = (np.arange(8, dtype=np.uint16) * 8000 + 257)[None, :].repeat(4, axis=0)
+    _png_16bit_rgb(tmp_path / "deep.png", np.stack([grey] * 3, axis=-1))
+    with pytest.warns(UserWarning, match=r"deep.png: is a 16-bit colour PNG, read at 8 bits"):
+        image, _ = io.read_image(tmp_path / "deep.png")
+    assert image.dtype == np.uint8 and list(image[0, :3]) == [1, 32, 63]

@@ -20,6 +20,7 @@ import math
 import os
 import re
 import struct
+import warnings
 import zlib
 from pathlib import Path
 
@@ -619,6 +620,9 @@ def _check_png(path: Path) -> None:
         raise DataError(path, "is not a valid PNG image (its header chunk is missing)")
     width, height, depth, colour, _, _, interlace = struct.unpack(">IIBBBBB", header[:13])
     channels = _PNG_CHANNELS.get(colour, 4)
+    if depth == 16 and colour in (2, 6):  # Pillow reads 16-bit colour at 8 bits per channel
+        warnings.warn(f"{path}: is a 16-bit colour PNG, read at 8 bits per channel (the PNG "
+                      "reader's limit); save it as a 16-bit grey PNG or a TIFF to keep its precision")
     _check_size(path, (height, width, channels), height * width * channels * max(depth, 8) // 8)
     passes = _ADAM7 if interlace else ((0, 0, 1, 1),)
     sizes = [(-(-(height - y0) // dy), -(-(width - x0) // dx)) for x0, y0, dx, dy in passes]
