@@ -23,7 +23,7 @@ import pytest
 import tifffile
 
 from bcseg.data import io
-from bcseg import after_fit
+from bcseg import after_fit, outputs
 from bcseg.learn import train
 from bcseg.cli import main
 from bcseg.config import load_config, save_config
@@ -466,10 +466,11 @@ def test_bad_mask_in_the_test_fold_is_found_before_the_first_epoch(tmp_path, tin
 
 
 def _run_dir(tmp_path: Path, tiny_config: Path, **changes) -> Path:
-    """A run directory as ``train`` starts it: its config.toml (no training needed)."""
+    """A run directory as ``train`` starts it: its config.toml, written in train's claim
+    (so that --resume knows it as the run's; no training needed)."""
     run = tmp_path / "run"
-    run.mkdir()
-    save_config(load_config(tiny_config, changes), run / "config.toml")
+    with outputs.claim(run, "train"):
+        save_config(load_config(tiny_config, changes), run / "config.toml")
     return run
 
 
@@ -501,10 +502,15 @@ def test_resume_with_the_same_settings_is_accepted(tmp_path, tiny_config):
 def test_corrupt_state_json_on_resume_names_it(tmp_path, tiny_config, capsys):
     root = write_cases(tmp_path / "data", n=5)
     run = _run_dir(tmp_path, tiny_config)
-    (run / "state.json").write_text('{"epoch": 3, "checkp', encoding="utf-8")
+    with outputs.claim(run, "train"):  # bcseg wrote it so (a write cut short, an old version)
+        (run / "state.json").write_text('{"epoch": 3, "checkp', encoding="utf-8")
     code, out, err = run_main(capsys, ["train", root, "--out", run, "--resume"])
     assert code == 4, (out, err)
     assert "state.json: is corrupt" in one_error_line(err)
+    (run / "state.json").write_text('{"epoch": 3, "check', encoding="utf-8")  # damaged since
+    code, out, err = run_main(capsys, ["train", root, "--out", run, "--resume"])
+    assert code == 2, (out, err)
+    assert "state.json: was not written by bcseg, or was changed after it was" in one_error_line(err)
 
 
 def test_init_with_an_unsafe_model_is_a_model_error_before_the_run_folder(tmp_path, tiny_config,
