@@ -8,6 +8,8 @@ a NaN loss) epochs later.
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from bcseg.config import load_config
@@ -123,3 +125,17 @@ def test_a_folder_given_as_config_is_named_as_a_folder(tmp_path):
     (tmp_path / "cfg").mkdir()
     with pytest.raises(ConfigError, match="is a folder; --config takes a TOML file"):
         load_config(tmp_path / "cfg")
+
+
+@pytest.mark.parametrize("make, problem", [
+    (lambda p: os.mkfifo(p), "is not a regular file"),                        # open() blocked forever
+    (lambda p: p.write_text("[model]\ndepth = 1" + "0" * 5000), r"not valid TOML \(ValueError"),
+    (lambda p: p.write_text("a = " + "[" * 100000 + "]" * 100000), r"not valid TOML \(RecursionError"),
+    (lambda p: p.write_bytes(b"# " + b"x" * (2 << 20)), "is larger than 1 MiB"),
+], ids=["fifo", "5000-digit integer", "deep nesting", "2 MiB"])
+def test_a_config_that_is_no_recipe_is_a_config_error(tmp_path, make, problem):
+    """These ended as a raw ValueError or RecursionError (exit 1), or hung on a FIFO."""
+    path = tmp_path / "c.toml"
+    make(path)
+    with pytest.raises(ConfigError, match=problem):
+        load_config(path)

@@ -30,18 +30,30 @@ def presets() -> list[str]:
     return sorted(p.stem for p in PRESET_DIR.glob("*.toml"))
 
 
+MAX_CONFIG_BYTES = 1 << 20  # a recipe is a few hundred bytes; /dev/zero is not one
+
+
 def _read_toml(path: Path) -> dict:
     try:
+        if path.exists() and not path.is_dir() and not path.is_file():  # a FIFO would block forever
+            raise ConfigError(path, "is not a regular file; --config takes a TOML file or a preset name")
+        if path.is_file() and path.stat().st_size > MAX_CONFIG_BYTES:
+            raise ConfigError(path, f"is larger than {MAX_CONFIG_BYTES >> 20} MiB; not a configuration file")
         with open(path, "rb") as handle:
-            return tomllib.load(handle)
+            text = handle.read(MAX_CONFIG_BYTES + 1)
+        if len(text) > MAX_CONFIG_BYTES:  # a device that reads without end
+            raise ConfigError(path, f"is larger than {MAX_CONFIG_BYTES >> 20} MiB; not a configuration file")
+        return tomllib.loads(text.decode("utf-8"))
     except FileNotFoundError:
         raise ConfigError(path, "configuration file not found") from None
     except IsADirectoryError:
         raise ConfigError(path, "is a folder; --config takes a TOML file or a preset name") from None
     except (OSError, tomllib.TOMLDecodeError) as exc:
         raise ConfigError(path, f"not valid TOML ({exc})") from None
-    except UnicodeDecodeError:  # tomllib decodes the bytes itself; binary files land here
+    except UnicodeDecodeError:  # binary files land here
         raise ConfigError(path, "not valid TOML (not UTF-8 text)") from None
+    except (RecursionError, ValueError) as exc:  # nesting thousands deep, a 5000-digit integer
+        raise ConfigError(path, f"not valid TOML ({type(exc).__name__}: {str(exc)[:120]})") from None
 
 
 def _same_type(default, value) -> bool:
