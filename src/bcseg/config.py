@@ -37,11 +37,9 @@ def _read_toml(path: Path) -> dict:
     try:
         if path.exists() and not path.is_dir() and not path.is_file():  # a FIFO would block forever
             raise ConfigError(path, "is not a regular file; --config takes a TOML file or a preset name")
-        if path.is_file() and path.stat().st_size > MAX_CONFIG_BYTES:
-            raise ConfigError(path, f"is larger than {MAX_CONFIG_BYTES >> 20} MiB; not a configuration file")
         with open(path, "rb") as handle:
             text = handle.read(MAX_CONFIG_BYTES + 1)
-        if len(text) > MAX_CONFIG_BYTES:  # a device that reads without end
+        if len(text) > MAX_CONFIG_BYTES:  # a huge file, or a device that reads without end
             raise ConfigError(path, f"is larger than {MAX_CONFIG_BYTES >> 20} MiB; not a configuration file")
         return tomllib.loads(text.decode("utf-8"))
     except FileNotFoundError:

@@ -34,6 +34,7 @@ ids, and it stays valid while the folder itself is moved aside and replaced.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import fcntl
 import glob
 import json
@@ -50,8 +51,16 @@ from bcseg.errors import UsageError
 RECORD = ".bcseg-outputs.json"
 LOCK_SUFFIX = ".bcseg-lock"
 ASIDE = re.compile(r"^\.(?P<name>.+)\.old-(?P<pid>\d+)$")  # the old content during a replacement
-_held: dict[Path, int] = {}  # folders this process has claimed -> nesting depth
-_held_commands: dict[Path, str] = {}  # ... -> the command that claimed each
+
+
+@dataclasses.dataclass
+class _Held:
+    """A folder this process has claimed: by which command, and how deeply nested."""
+    command: str
+    depth: int = 1
+
+
+_held: dict[Path, _Held] = {}  # the folders this process holds
 # Called once a claim has passed its checks, before its first write: the command line
 # holds its warnings back until then, so that input a later check refuses is one line.
 CLAIM_HOOKS: list[Callable[[], None]] = []
@@ -314,16 +323,13 @@ def foreign(folder: str | Path) -> list[str]:
     return sorted(listing(folder) - owned(folder))
 
 
-def is_owned(path: Path, known: dict[Path, set[str]] | None = None) -> bool:
-    """Whether bcseg wrote ``path``; ``known`` caches :func:`owned` per folder."""
-    known = {} if known is None else known
-    if path.parent not in known:
-        known[path.parent] = owned(path.parent)
-    return path.name in known[path.parent]
+def is_owned(path: Path, known: dict[Path, dict[str, str]] | None = None) -> bool:
+    """Whether bcseg wrote the file ``path``; ``known`` caches :func:`writers` per folder."""
+    return _writer(path, {} if known is None else known) is not None
 
 
 def check_replaceable(paths: Iterable[Path], force: bool,
-                      known: dict[Path, set[str]] | None = None, *, command: str | None = None,
+                      known: dict[Path, dict[str, str]] | None = None, *, command: str | None = None,
                       inputs: Iterable = ()) -> None:
     """Refuse to replace what is not an earlier output of this command.
 
@@ -355,7 +361,7 @@ def check_replaceable(paths: Iterable[Path], force: bool,
         if writer in DATASET_WRITERS:
             raise UsageError(path, f"is data that 'bcseg {writer}' wrote; force=True replaces "
                              f"only results, never a dataset: choose another output")
-        if command and writer not in (command, "bcseg", *_held_commands.values()):
+        if command and writer not in (command, "bcseg", *(held.command for held in _held.values())):
             raise UsageError(path, f"is the output of 'bcseg {writer}'; {command} with force=True "
                              f"replaces only an earlier {command} output: choose another output")
 
@@ -368,12 +374,11 @@ def _writer_above(path: Path, levels: int = 3) -> str | None:
     return None
 
 
-def _writer(path: Path, known: dict) -> str | None:
+def _writer(path: Path, known: dict[Path, dict[str, str]]) -> str | None:
     """The command that wrote ``path``, by its folder's record (cached in ``known``)."""
-    key = ("writers", path.parent)
-    if key not in known:
-        known[key] = writers(path.parent)
-    return known[key].get(path.name)
+    if path.parent not in known:
+        known[path.parent] = writers(path.parent)
+    return known[path.parent].get(path.name)
 
 
 # Commands whose output is a dataset, the input of other commands: their files are
@@ -511,20 +516,20 @@ def claim(folder: str | Path, command: str, *, replace: bool = False, inputs: It
         if replace:
             check_one_writer(folder, command)  # named as the user gave it
         aside = _move_aside(key, inputs) if replace else None
-        _held[key], _held_commands[key] = 1, command
+        _held[key] = _Held(command)
         try:
             _start(folder, command)
             for hook in CLAIM_HOOKS:
                 hook()
             yield folder
         except BaseException as exc:
-            del _held[key], _held_commands[key]
+            del _held[key]
             # When putting the old result back fails, _undo raises and the old result
             # stays aside, where the next claim of the folder puts it back: never deleted.
             if not _undo(folder, aside, restore=not isinstance(exc, keep_on)) and aside is not None:
                 shutil.rmtree(aside)  # the new, partial result is kept (keep_on)
             raise
-        del _held[key], _held_commands[key]
+        del _held[key]
         _finish(folder)
         if aside is not None:
             shutil.rmtree(aside)
@@ -539,11 +544,11 @@ def claim(folder: str | Path, command: str, *, replace: bool = False, inputs: It
 @contextlib.contextmanager
 def _nested(key: Path) -> Iterator[None]:
     """A claim inside a claim of the same folder: count it, hold no second lock."""
-    _held[key] += 1
+    _held[key].depth += 1
     try:
         yield
     finally:
-        _held[key] -= 1
+        _held[key].depth -= 1
 
 
 def _undo(folder: Path, aside: Path | None, restore: bool) -> bool:
