@@ -127,6 +127,7 @@ def test_bad_spacing_is_a_problem_for_check_and_refused_by_predict(kind, tmp_pat
 USAGE = [
     (["--threshold", "nan"], "--threshold"), (["--threshold", "1.5"], "--threshold"),
     (["--threshold", "-0.1"], "--threshold"), (["--min-size", "-3"], "--min-size"),
+    (["--threshold", "0"], "--threshold"), (["--threshold", "1"], "--threshold"),  # all or nothing
     (["--postprocess", "largest,blur"], "--postprocess"),
     (["--margins", "--spacing", "0x0.1x0.1"], "--spacing"),
     (["--margins", "--spacing", "nanx0.1x0.1"], "--spacing"),

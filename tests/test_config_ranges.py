@@ -9,6 +9,7 @@ a NaN loss) epochs later.
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import pytest
 
@@ -80,6 +81,16 @@ BAD = [
     ("[inference]\nthreshold = 0.0", "inference.threshold"),
     ("[inference]\nthreshold = 1.0", "inference.threshold"),
     ("[inference]\nthreshold = nan", "inference.threshold"),
+    # absurd but finite: each trained to NaN losses
+    ("[train]\nlearning_rate = 1e300", "train.learning_rate"),
+    ("[train]\nlearning_rate = 1.5", "train.learning_rate"),
+    ("[augment]\nbrightness = 1e300", "augment.brightness"),
+    ("[augment]\nspeckle = 1e300", "augment.speckle"),
+    ("[augment]\nspeckle_max = 5.0", "augment.speckle_max"),
+    ("[augment]\nscale = [1e-300, 1.0]", "augment.scale"),
+    ("[augment]\nscale = [1.0, 1e300]", "augment.scale"),
+    ("[augment]\ngamma = [0.01, 1.0]", "augment.gamma"),
+    ("[augment]\ngamma = [1.0, 1e300]", "augment.gamma"),
 ]
 
 
@@ -139,3 +150,81 @@ def test_a_config_that_is_no_recipe_is_a_config_error(tmp_path, make, problem):
     make(path)
     with pytest.raises(ConfigError, match=problem):
         load_config(path)
+
+
+@pytest.mark.parametrize("toml, problem", [
+    ('[data]\nchannels = ["us", "pa"]\nnormalisation = { pa = "log", usx = "uint8" }',
+     r"'data.normalisation' names channel\(s\) usx not in 'data.channels' \(us, pa\)"),
+    ('[data]\nnormalisation = { "u\\ns" = "log" }', r"'u\\ns' cannot name a channel"),
+    ('[data]\nchannels = ["us", "p a"]', r"'p a' cannot name a channel"),
+])
+def test_channel_names_and_their_normalisation_are_checked_with_the_file(tmp_path, toml, problem):
+    # A misspelt channel kept its default normalisation without a word; a name with a
+    # newline was saved into the run's config.toml as invalid TOML.
+    bad = tmp_path / "bad.toml"
+    bad.write_text(toml + "\n", encoding="utf-8")
+    with pytest.raises(ConfigError, match=problem) as caught:
+        load_config(bad)
+    assert str(caught.value).startswith(f"{bad}: ") and "\n" not in str(caught.value)
+
+
+def test_strings_with_control_characters_round_trip_through_a_saved_config():
+    import tomllib
+
+    from bcseg.config import to_toml
+
+    cfg = load_config()
+    cfg["data"]["observer"] = 'dr "a"\nb\t\\c\x1b\x7fé😀'
+    assert tomllib.loads(to_toml(cfg)) == cfg
+
+
+def _train_refusal(capsys, tmp_path, data, toml: str) -> str:
+    from test_robustness import one_error_line, run_main  # imports Keras: only here
+
+    config = tmp_path / "recipe.toml"
+    config.write_text(toml, encoding="utf-8")
+    run = tmp_path / "run"
+    code, _, err = run_main(capsys, ["train", data, "--out", run, "--config", config])
+    assert code == ConfigError.exit_code and not run.exists()
+    line = one_error_line(err)
+    assert line.startswith(f"bcseg: error: {config}: "), line
+    return line
+
+
+def test_train_names_the_config_that_set_an_unknown_observer(tmp_path, phantom_root, capsys):
+    line = _train_refusal(capsys, tmp_path, phantom_root, '[data]\nobserver = "nosuch"\n')
+    assert "'data.observer': unknown observer 'nosuch'; choose one of" in line and "observer1" in line
+
+
+def test_train_refuses_a_normalisation_for_channels_the_data_lacks(tmp_path, phantom_root, capsys):
+    # The phantom has one grey image per case: the table was ignored without a word.
+    line = _train_refusal(capsys, tmp_path, phantom_root, '[data]\nnormalisation = { pa = "log" }\n')
+    assert "'data.normalisation' names channel(s) pa, but the dataset has one unnamed image" in line
+
+
+def test_train_refuses_a_batch_no_machine_memory_holds(tmp_path, phantom_root, capsys):
+    # Each key is in range; together one batch needs terabytes. It was killed for
+    # memory after the run folder existed.
+    line = _train_refusal(capsys, tmp_path, phantom_root,
+                          "[data]\nsize = 4096\n[train]\nbatch_size = 4096\n")
+    assert "one training batch (4096 x 4096 x 4096" in line and "lower train.batch_size" in line
+
+
+def test_the_memory_lower_bound_counts_every_level():
+    from bcseg.learn.models import feature_values
+
+    # busi preset levels: 24@80², 48@40², 96@20², 160@10², 160@5² (stride-2 stem)
+    assert feature_values((160, 160), 24, 4, 160, 2) == 24 * 80**2 + 48 * 40**2 + 96 * 20**2 + 160 * 10**2 + 160 * 5**2
+    assert feature_values((16, 64, 64), 8, 2) == 8 * 16 * 64 * 64 + 16 * 8 * 32 * 32 + 32 * 4 * 16 * 16
+
+
+def test_a_file_named_like_a_preset_is_ambiguous(tmp_path, monkeypatch):
+    # It was shadowed: --config busi took the preset and ignored the user's file.
+    monkeypatch.chdir(tmp_path)
+    Path("busi").write_text("[train]\nepochs = 3\n")
+    with pytest.raises(ConfigError, match="is both a file here and the name of a bundled preset; pass ./busi"):
+        load_config("busi")
+    assert load_config("./busi")["train"]["epochs"] == 3
+    Path("busi").unlink()
+    Path("busi").mkdir()  # a dataset folder of that name is no config: the preset it is
+    assert load_config("busi")["model"]["max_filters"] == 160

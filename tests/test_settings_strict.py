@@ -183,3 +183,57 @@ def test_predict_refuses_in_one_line_and_writes_nothing(tmp_path, capsys, model_
     lines = err.splitlines()
     assert len(lines) == 1 and str(run / "inference.json") in lines[0] and problem in lines[0], err
     assert not (tmp_path / "out").exists()
+
+
+# --------------------------------------------------------------------------- contradictions
+
+@pytest.mark.parametrize("threshold", [0, 1, 0.0, 1.0])
+def test_a_threshold_that_segments_all_or_nothing_is_refused(tmp_path, model_file, threshold):
+    # At 0 every pixel with any probability is tumour; at 1 none is (--threshold 0 and 1:
+    # test_bad_inputs).
+    run = _run(tmp_path / "run", model_file, {**TUNED, "threshold": threshold})
+    with pytest.raises(ConfigError, match="threshold must be a number between 0 and 1") as caught:
+        load_run(run)
+    assert str(caught.value).startswith(str(run / "inference.json"))
+
+
+@pytest.mark.parametrize("changes", [{"input_size": 8}, {"channels": 2}, {"flips": ["lr", "ud"]},
+                                     {"channels": 2, "channel_names": ["us", "pa"]}])
+def test_settings_beside_a_model_that_describe_another_network_are_refused(tmp_path, model_file, changes):
+    # The model's own copy (written when it was trained) says input_size 16, one grey
+    # channel, flips lr; an inference.json beside it saying otherwise belongs elsewhere.
+    run = _run(tmp_path / "run", model_file, {**TUNED, **changes})
+    embed_settings(run / "model_best.keras", InferenceSettings.from_dict(TUNED))
+    key = next(iter(changes))
+    with pytest.raises(ConfigError, match=f"{key} .* differs from .* recorded inside model_best.keras") as caught:
+        load_run(run)
+    assert str(caught.value).startswith(str(run / "inference.json")) and "\n" not in str(caught.value)
+    run.joinpath("inference.json").write_text(json.dumps({**TUNED, "threshold": 0.6, "tta": True}))
+    assert load_run(run)[1].threshold == 0.6  # inference choices may differ from the copy's
+
+
+def test_a_channel_count_the_graph_does_not_take_is_refused(tmp_path, model_file, capsys):
+    # No copy inside the model to compare with: the graph itself (one input channel) decides.
+    image = tmp_path / "scan.png"
+    iio.imwrite(image, np.zeros((24, 20), np.uint8))
+    run = _run(tmp_path / "run", model_file, {**TUNED, "channels": 2})
+    capsys.readouterr()
+    code = main(["predict", str(image), "--model", str(run), "--out", str(tmp_path / "out"), "--no-progress"])
+    err = capsys.readouterr().err
+    assert code != 0 and len(err.splitlines()) == 1, err
+    assert "takes 1 input channel(s), but its settings say channels 2" in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_ensemble_settings_beside_one_model_are_refused(tmp_path, model_file):
+    # A folder with model_best.keras and an inference.json listing members ran the one
+    # model and silently dropped the members.
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "a.keras").write_bytes(model_file.read_bytes())
+    member = {"path": "a.keras", "flips": ["lr"], "ndim": 2, "input_size": 16}
+    run = _run(tmp_path / "run", model_file, {"threshold": 0.3, "postprocess": [], "min_size": 0,
+                                              "tta": False, "members": [member]})
+    with pytest.raises(ConfigError, match="lists ensemble members, so it is not the settings of the one model"):
+        load_run(run)
+    (run / "model_best.keras").unlink()
+    assert load_run(run)[0] == [run / "a.keras"]  # without the lone model it is the ensemble

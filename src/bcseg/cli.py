@@ -49,11 +49,12 @@ def _number(text: str) -> float:
         raise argparse.ArgumentTypeError(f"'{text}' is not a number") from None
 
 
-def _fraction(text: str) -> float:
-    """A probability: a number from 0 to 1 (NaN is not one)."""
+def _threshold(text: str) -> float:
+    """A probability cut strictly between 0 and 1 (NaN is not one): at 0 every pixel
+    with any probability is tumour, at 1 none is, so neither segments anything."""
     value = _number(text)
-    if not 0 <= value <= 1:
-        raise argparse.ArgumentTypeError(f"must be a number from 0 to 1, got '{text}'")
+    if not 0 < value < 1:
+        raise argparse.ArgumentTypeError(f"must be a number between 0 and 1 (both excluded), got '{text}'")
     return value
 
 
@@ -472,7 +473,7 @@ def _add_predict(sub) -> None:
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--tta", action="store_true",
                    help="average predictions over the mirror flips the model was trained with")
-    p.add_argument("--threshold", type=_fraction, help="probability cut, 0 to 1")
+    p.add_argument("--threshold", type=_threshold, help="probability cut, between 0 and 1")
     p.add_argument("--postprocess", type=_steps, help="comma-separated steps: largest, fill, small; or none")
     p.add_argument("--min-size", type=_whole(0), help="voxels; with the 'small' step")
     p.add_argument("--save-prob", action="store_true", help="also write float32 probability maps")

@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 from bcseg.atomic import write_text
-from bcseg.errors import ConfigError
+from bcseg.errors import ConfigError, DataError
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -96,6 +96,9 @@ def load_config(config: str | Path | None = None, overrides: dict | None = None)
     if config is not None:
         path = Path(config)
         if not path.suffix and str(config) in presets():
+            if path.is_file():  # which one was meant cannot be told; ./NAME says the file
+                raise ConfigError(path, f"is both a file here and the name of a bundled preset; "
+                                  f"pass ./{config} for the file, or rename it")
             path = PRESET_DIR / f"{config}.toml"
         elif not path.exists():
             raise ConfigError(path, f"not a file nor a preset; presets: {', '.join(presets())}")
@@ -133,19 +136,21 @@ RANGES = {
     ("augment", "rotation_deg"): "[0, 180]",
     ("augment", "p_geometric"): "[0, 1]",
     ("augment", "p_intensity"): "[0, 1]",
-    ("augment", "brightness"): "[0, inf)",
+    # Upper bounds of the strengths: far beyond any useful augmentation, and below values
+    # (brightness 1e300, a learning rate of 1e300) that only trained to NaN.
+    ("augment", "brightness"): "[0, 1]",  # added to images scaled to [0, 1]
     ("augment", "contrast"): "[0, 1)",
-    ("augment", "speckle"): "[0, inf)",
+    ("augment", "speckle"): "[0, 4]",  # SD of the multiplicative noise
     ("augment", "gain_ramp"): "[0, 1)",
     ("augment", "blur"): "[0, 4]",  # augment.MAX_BLUR pixels
     ("augment", "resample"): "[0, 1)",
     ("augment", "speckle_grain"): "[0, 4]",  # augment.MAX_BLUR pixels
-    ("augment", "speckle_max"): "[0, inf)",  # 0: off; else >= speckle (AugmentConfig)
+    ("augment", "speckle_max"): "[0, 4]",  # 0: off; else >= speckle (AugmentConfig)
     ("train", "epochs"): "[1, inf)",
     ("train", "budget_minutes"): "[0, inf)",  # 0: no time budget
     ("train", "steps_per_epoch"): "[0, inf)",  # 0: one pass over the samples
     ("train", "batch_size"): "[1, 4096]",
-    ("train", "learning_rate"): "(0, inf)",
+    ("train", "learning_rate"): "(0, 1]",
     ("train", "early_stopping"): "[0, inf)",  # 0: off
     ("train", "val_fraction"): "[0, 1)",  # at least one group always stays for training
     ("train", "k"): "[2, inf)",  # splits.kfold_by_group needs two folds
@@ -153,8 +158,9 @@ RANGES = {
     ("train", "seed"): "[0, 2147483647]",  # numpy seeds refuse negatives; room for seed + epoch
     ("inference", "threshold"): "(0, 1)",  # 0 or 1 would mark every pixel or none
 }
-# (low, high) ranges drawn from in [augment]; factors, so both positive
-PAIRS = (("augment", "scale"), ("augment", "gamma"))
+# (low, high) ranges drawn from in [augment], and the interval both must lie in: factors,
+# so positive, and bounded (a zoom of 1e-300 or a gamma of 1e300 only trained to NaN)
+PAIRS = {("augment", "scale"): "[0.1, 10]", ("augment", "gamma"): "[0.05, 20]"}
 
 
 def _in_interval(value, interval: str) -> bool:
@@ -183,12 +189,12 @@ def _check_values(cfg: dict, source=None) -> None:
     for (section, key), interval in RANGES.items():
         if (section, key) not in unused and not _in_interval(cfg[section][key], interval):
             raise ConfigError(source, f"'{section}.{key}' must be in {interval}, got {cfg[section][key]!r}")
-    for section, key in PAIRS:
+    for (section, key), interval in PAIRS.items():
         pair = cfg[section][key]
-        if not (len(pair) == 2 and all(_is_number(v) and _in_interval(v, "(0, inf)") for v in pair)
+        if not (len(pair) == 2 and all(_is_number(v) and _in_interval(v, interval) for v in pair)
                 and pair[0] <= pair[1]):
-            raise ConfigError(source, f"'{section}.{key}' must be [low, high], two finite numbers "
-                              f"with 0 < low <= high, got {pair!r}")
+            raise ConfigError(source, f"'{section}.{key}' must be [low, high], two numbers in "
+                              f"{interval} with low <= high, got {pair!r}")
     augment = cfg["augment"]
     if augment["speckle_max"] and augment["speckle_max"] < augment["speckle"]:
         raise ConfigError(source, f"'augment.speckle_max' must be 0 (off) or at least "
@@ -222,19 +228,34 @@ def _check_channels(data: dict, source) -> None:
     """``data.channels`` a list of distinct names, ``data.normalisation`` a table of
     names to known methods; the names themselves are checked against the dataset when
     training starts (:mod:`bcseg.data.channels`)."""
+    from bcseg.data.channels import check_channel_name  # the data stage imports this module
+
     names = data["channels"]
     if not all(isinstance(n, str) for n in names) or len(set(names)) != len(names):
         raise ConfigError(source, f"'data.channels' must list distinct channel names, got {names!r}")
+    for name in [*names, *data["normalisation"]]:  # names become file names and TOML keys
+        try:
+            check_channel_name(name, None)
+        except DataError as exc:
+            raise ConfigError(source, f"'data.channels' / 'data.normalisation': {exc.problem}") from None
+    if names and set(data["normalisation"]) - set(names):
+        unused = sorted(set(data["normalisation"]) - set(names))
+        raise ConfigError(source, f"'data.normalisation' names channel(s) {', '.join(unused)} not in "
+                          f"'data.channels' ({', '.join(names)})")
     if not all(v in NORMALISATIONS for v in data["normalisation"].values()):
         raise ConfigError(source, "'data.normalisation' must map channel names to methods "
                           f"({', '.join(NORMALISATIONS)}), got {data['normalisation']!r}")
 
 
+_TOML_ESCAPES = {"\\": "\\\\", '"': '\\"', "\n": "\\n", "\t": "\\t", "\r": "\\r"}
+
+
 def _toml_value(value) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
-    if isinstance(value, str):
-        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if isinstance(value, str):  # a TOML basic string: control characters only as escapes
+        return '"' + "".join(_TOML_ESCAPES.get(c) or (f"\\u{ord(c):04x}" if ord(c) < 32 or ord(c) == 127
+                                                      else c) for c in value) + '"'
     if isinstance(value, (list, tuple)):
         return "[" + ", ".join(_toml_value(v) for v in value) + "]"
     if isinstance(value, dict):  # an inline table, keys quoted (channel names may hold dots)

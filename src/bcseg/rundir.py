@@ -258,8 +258,9 @@ def _is_int(value, low: int = 0) -> bool:
 def _check_settings(s: dict, source) -> None:
     """Raise ConfigError naming the first key of ``s`` whose value is not valid."""
     threshold = s["threshold"]
-    if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not 0 <= threshold <= 1:
-        raise _error(source, "threshold", "a number in [0, 1]", threshold)
+    # Strictly inside: a cut of 0 marks every pixel with any probability, 1 marks none.
+    if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not 0 < threshold < 1:
+        raise _error(source, "threshold", "a number between 0 and 1 (both excluded)", threshold)
     steps = s["postprocess"]
     if not isinstance(steps, (list, tuple)) or any(x not in POSTPROCESS_STEPS for x in steps):
         raise _error(source, "postprocess", f"a list of {', '.join(POSTPROCESS_STEPS)}", steps)
@@ -446,10 +447,31 @@ def find_members(run_dir: str | Path) -> list[Path]:
     return sorted(found, key=lambda p: int(p.name[len(FOLD_DIR.format("")):]))
 
 
+# The settings that describe the trained network itself, not a choice made at inference:
+# a settings file beside a model that disagrees with the model's own copy on one of these
+# belongs to another model (or was edited), and would run this one wrongly without error.
+MODEL_KEYS = ("ndim", "input_size", "patch_size", "channels", "channel_names", "normalisation", "flips")
+
+
 def _model_settings(model_path: Path) -> InferenceSettings:
     """A model file's settings: ``inference.json`` beside it, else its archive's copy,
-    else the run's ``config.toml`` flips with default settings (with a warning)."""
-    settings = read_settings(model_path.parent / SETTINGS_FILE) or archive_settings(model_path)
+    else the run's ``config.toml`` flips with default settings (with a warning).
+
+    Raises
+    ------
+    ConfigError
+        The file beside it lists ensemble members, or contradicts the archive's copy
+        on what the network is (:data:`MODEL_KEYS`).
+    """
+    beside_file = model_path.parent / SETTINGS_FILE
+    beside, inside = read_settings(beside_file), archive_settings(model_path)
+    if beside is not None and beside.members:
+        raise ConfigError(beside_file, f"lists ensemble members, so it is not the settings of "
+                          f"the one model {model_path.name} beside it; a folder holds one model's "
+                          "settings or one ensemble's, not both")
+    if beside is not None and inside is not None:
+        _check_same_model(beside, inside, beside_file, model_path)
+    settings = beside or inside
     if settings is not None:
         return settings
     config = model_path.parent / CONFIG_FILE
@@ -462,6 +484,17 @@ def _model_settings(model_path: Path) -> InferenceSettings:
                   f"{SETTINGS_FILE} beside it); using the defaults: threshold "
                   f"{DEFAULTS['threshold']}, no post-processing, whole slices")
     return InferenceSettings()
+
+
+def _check_same_model(beside: InferenceSettings, inside: InferenceSettings, source: Path,
+                      model_path: Path) -> None:
+    """Refuse settings whose description of the network differs from the model's own."""
+    ours, its = beside.to_dict(), inside.to_dict()
+    for key in MODEL_KEYS:
+        if ours[key] != its[key]:
+            raise ConfigError(source, f"{key} {ours[key]!r} differs from {its[key]!r} recorded inside "
+                              f"{model_path.name} when it was trained: these settings describe "
+                              f"another model; restore this run's {SETTINGS_FILE}")
 
 
 def load_run(paths: str | Path | Sequence[str | Path]) -> tuple[list[Path], InferenceSettings]:

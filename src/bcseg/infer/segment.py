@@ -93,6 +93,9 @@ def _fitted(model_file: Path, spec, view):
         raise ModelError(model_file, f"takes {spec.channels} input channels, but its settings name "
                          f"{len(names) or 'no'} channel(s) {', '.join(names)}; predict with the run "
                          "folder it was trained in, whose settings name its channels")
+    if view.channels != spec.channels:
+        raise ModelError(model_file, f"takes {spec.channels} input channel(s), but its settings say "
+                         f"channels {view.channels}")
     try:
         check_methods(view.normalisation, list(names))
     except ValueError as exc:

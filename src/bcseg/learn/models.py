@@ -14,6 +14,8 @@ strides of its downsampling layers (the strided stem convolution and the
 
 from __future__ import annotations
 
+import math
+
 import keras
 from keras import layers
 
@@ -218,6 +220,27 @@ def size_divisor(depth: int, stem_stride: int = 1) -> int:
     32
     """
     return 2**depth * stem_stride
+
+
+def feature_values(shape: tuple[int, ...], base_filters: int, depth: int, max_filters: int | None = None,
+                   stem_stride: int = 1) -> int:
+    """Values in one feature map of each U-Net level, summed, for one input of ``shape``.
+
+    Level ``l`` runs at ``shape / (stem_stride * 2**l)`` with its width of filters;
+    training keeps several such maps per level (convolution, normalisation and
+    activation outputs, skips) for the backward pass, so this times a small factor is a
+    lower bound of a batch's activation memory, known before any model is built.
+
+    Examples
+    --------
+    >>> feature_values((32, 32), base_filters=4, depth=1)  # 4*32*32 + 8*16*16
+    6144
+    """
+    total = 0
+    for level, width in enumerate(_widths(base_filters, depth, max_filters)):
+        step = stem_stride * 2**level
+        total += width * math.prod(max(1, n // step) for n in shape)
+    return total
 
 
 def model_divisor(model: keras.Model) -> int:

@@ -24,6 +24,7 @@ import csv
 import json
 import logging
 import math
+import os
 import shutil
 import signal
 import sys
@@ -50,7 +51,7 @@ from bcseg.data.splits import (folds_from_file, group_note, kfold_by_group, load
                                save_splits, validation_ids)
 from bcseg.errors import ConfigError, DataError, ModelError, UsageError
 from bcseg.learn.losses import DiceMetric, IoUMetric, get_loss
-from bcseg.learn.models import unet, with_input_channels
+from bcseg.learn.models import feature_values, unet, with_input_channels
 
 HISTORY_COLUMNS = ["epoch", "loss", "dice", "iou", "val_loss", "val_dice", "val_iou", "lr"]
 log = logging.getLogger("bcseg.learn.train")
@@ -108,16 +109,31 @@ def _inputs(data, cases: list[Case], *others) -> list:
     return reads + [p for p in others if isinstance(p, (str, Path)) and Path(p).exists()]
 
 
-def _check_observer(cases: list[Case], observer: str) -> None:
-    """The training target must exist in every case, checked before the run starts."""
+def _config_source(out: Path, config, overrides: dict | None, resume: bool, section: str, key: str):
+    """Where ``section.key`` came from, for messages: the run's ``config.toml`` when
+    resuming, None when a command-line flag set it, else the ``--config`` file or preset.
+    (The built-in defaults are always valid, so a bad value never comes from them.)"""
+    if resume:
+        return out / "config.toml"
+    if (overrides or {}).get(section, {}).get(key):
+        return None
+    return config
+
+
+def _check_observer(cases: list[Case], observer: str, source=None) -> None:
+    """The training target must exist in every case, checked before the run starts.
+    ``source``: the configuration file that named it (None: ``--observer``)."""
     if observer in METHODS or observer in pipeline.KEEP_ALL:  # random, soft: every observer
         require_every_observer(cases, f"the training target '{observer}'")
         return
     lacking = [c for c in cases if observer not in c.masks]
     if len(lacking) == len(cases):
         names = sorted({o for c in cases for o in c.masks})
-        raise UsageError(None, f"unknown observer {observer!r}; choose one of "
-                         f"{', '.join([*METHODS, *pipeline.KEEP_ALL, *names])}")
+        problem = (f"unknown observer {observer!r}; choose one of "
+                   f"{', '.join([*METHODS, *pipeline.KEEP_ALL, *names])}")
+        if source is None:
+            raise UsageError(None, problem)
+        raise ConfigError(source, f"'data.observer': {problem}")
     if lacking:
         raise DataError(lacking[0].image, f"has no mask by observer {observer!r}, the training target")
 
@@ -517,7 +533,34 @@ def _initial_model(path: Path, channels: list[str] | None) -> keras.Model:
     return model
 
 
-def run_channels(cases: list[Case], cfg: dict) -> tuple[list[str] | None, dict[str, str]]:
+# Bytes training keeps per value of one feature map of each level, at the least: the
+# convolution, normalisation and activation outputs of each block's two convolutions,
+# in the encoder and the decoder, are kept for the backward pass (8 maps), at 2 bytes
+# (bfloat16; float32 keeps twice as much). A lower bound, so that no recipe that fits
+# is refused.
+KEPT_BYTES_PER_VALUE = 16
+
+
+def _check_memory(cfg: dict, source) -> None:
+    """Refuse, before the run folder exists, a batch whose activations alone cannot fit
+    in this machine's memory (data.size 4096 with batch_size 4096 is in range for each
+    key, and used to be killed for memory after the run folder was made)."""
+    m, d, t = cfg["model"], cfg["data"], cfg["train"]
+    shape = (d["size"],) * 2 if m["ndim"] == 2 else (d["patch_depth"], d["size"], d["size"])
+    need = t["batch_size"] * KEPT_BYTES_PER_VALUE * feature_values(
+        shape, m["base_filters"], m["depth"], m["max_filters"] or None, m["stem_stride"])
+    try:
+        have = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):  # not every system tells (Windows)
+        return
+    if need > have:
+        raise ConfigError(source, f"one training batch ({t['batch_size']} x {' x '.join(map(str, shape))}, "
+                          f"{m['base_filters']} base filters) needs at least {need / 2**30:.0f} GiB, more "
+                          f"than this machine's {have / 2**30:.0f} GiB; lower train.batch_size "
+                          "(--batch-size), data.size or model.base_filters")
+
+
+def run_channels(cases: list[Case], cfg: dict, source=None) -> tuple[list[str] | None, dict[str, str]]:
     """The named channels a run trains on, in order, and each one's normalisation.
 
     ``data.channels`` chooses them; empty, every channel of the dataset in
@@ -527,19 +570,29 @@ def run_channels(cases: list[Case], cfg: dict) -> tuple[list[str] | None, dict[s
     Raises
     ------
     ConfigError
-        For an unusable channel name or normalisation method.
+        For an unusable channel name or normalisation method, or a normalisation for a
+        channel the run does not train on (naming ``source``, the configuration file,
+        where given).
     DataError
         Naming the first case that lacks one of the channels.
     """
     wanted = list(cfg["data"]["channels"])
+    chosen = cfg["data"]["normalisation"]
     if not any(c.channels for c in cases) and wanted in ([], [IMAGE_CHANNEL]):
+        if chosen:  # it would be ignored: a grey image is normalised as it always was
+            raise ConfigError(source, f"'data.normalisation' names channel(s) {', '.join(chosen)}, but "
+                              "the dataset has one unnamed image per case; remove the table")
         return None, {}
     names = wanted or dataset_channels(cases)
     try:
-        methods = check_methods(cfg["data"]["normalisation"], [check_channel_name(n, None) for n in names])
+        methods = check_methods(chosen, [check_channel_name(n, None) for n in names])
     except (DataError, ValueError) as exc:
-        raise ConfigError(None, f"data.channels / data.normalisation: "
+        raise ConfigError(source, f"data.channels / data.normalisation: "
                           f"{exc.problem if isinstance(exc, DataError) else exc}") from None
+    unused = [n for n in chosen if n not in names]
+    if unused:  # a misspelt channel would silently keep its default normalisation
+        raise ConfigError(source, f"'data.normalisation' names channel(s) {', '.join(unused)}, which "
+                          f"the run does not train on (its channels: {', '.join(names)})")
     for case in cases:
         missing = [n for n in names if n not in case.channel_names]
         if missing:
@@ -637,9 +690,11 @@ def train(data, out, config=None, overrides: dict | None = None, fold="0", folds
     # wrong --fold leaves nothing behind that a corrected command would trip over.
     folds, source, targets = _plan_folds(out, cases, cfg, fold, folds_file, resume,
                                          None if isinstance(data, (list, tuple)) else data)
-    _check_observer(cases, cfg["data"]["observer"])
-    channels, _ = run_channels(cases, cfg)
+    _check_observer(cases, cfg["data"]["observer"],
+                    _config_source(out, config, overrides, resume, "data", "observer"))
+    channels, _ = run_channels(cases, cfg, _config_source(out, config, overrides, resume, "data", "channels"))
     _check_cases(cases, channels)
+    _check_memory(cfg, _config_source(out, config, overrides, resume, "train", "batch_size"))
     # an unusable model is refused before the run dir is touched
     init_model = _init_model(init, cfg, len(channels or [IMAGE_CHANNEL]))
     replace = _replaces_run(out, resume, force)
