@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from bcseg.cli import main
-from bcseg.errors import ConfigError
+from bcseg.errors import ConfigError, ModelError
 from bcseg.learn.models import unet
 from bcseg.rundir import (ARCHIVE_SETTINGS, MAX_INPUT_SIZE, InferenceSettings, archive_settings,
                           embed_settings, load_run, read_settings)
@@ -237,3 +237,43 @@ def test_ensemble_settings_beside_one_model_are_refused(tmp_path, model_file):
         load_run(run)
     (run / "model_best.keras").unlink()
     assert load_run(run)[0] == [run / "a.keras"]  # without the lone model it is the ensemble
+
+
+# --------------------------------------------------------------------------- unfinished runs
+
+def _unfinished(folder: Path, model_file: Path) -> Path:
+    """A run folder as training leaves it mid-way: config.toml and a checkpoint, no settings."""
+    folder.mkdir(parents=True)
+    (folder / "model_best.keras").write_bytes(model_file.read_bytes())
+    (folder / "config.toml").write_text((REPO / "src" / "bcseg" / "configs" / "default.toml").read_text())
+    return folder
+
+
+def test_a_run_still_training_is_refused_and_its_checkpoint_runs_only_by_name(tmp_path, model_file):
+    # It ran the mid-training checkpoint with the default threshold, without a word.
+    run = _unfinished(tmp_path / "run", model_file)
+    with pytest.raises(ModelError, match="its run has not finished: training writes inference.json") as caught:
+        load_run(run)
+    assert str(caught.value).startswith(f"{run}: ") and "\n" not in str(caught.value)
+    with pytest.warns(UserWarning, match="its run has not finished.*running it with the defaults"):
+        files, settings = load_run(run / "model_best.keras")
+    assert files == [run / "model_best.keras"] and settings.threshold == 0.5
+
+
+def test_a_kfold_run_whose_ensemble_is_not_tuned_is_refused(tmp_path, model_file):
+    # Fold 2 of 3 still training: its checkpoint joined the "ensemble" untuned.
+    run = tmp_path / "kfold"
+    for k in range(2):
+        _run(run / f"fold_{k}", model_file, TUNED)
+    _unfinished(run / "fold_2", model_file).joinpath("config.toml").rename(run / "config.toml")
+    with pytest.raises(ModelError, match="this k-fold run has not finished"):
+        load_run(run)
+    files, _ = load_run([run / "fold_0", run / "fold_1"])  # the finished folds, by hand
+    assert files == [run / "fold_0" / "model_best.keras", run / "fold_1" / "model_best.keras"]
+
+
+def test_a_model_given_twice_is_refused(tmp_path, model_file):
+    run = _run(tmp_path / "run", model_file, TUNED)
+    for twice in ([run, run], [run, run / "model_best.keras"], [run, tmp_path / "run" / ".." / "run"]):
+        with pytest.raises(ModelError, match="is in the ensemble twice"):
+            load_run(twice)

@@ -453,9 +453,10 @@ def find_members(run_dir: str | Path) -> list[Path]:
 MODEL_KEYS = ("ndim", "input_size", "patch_size", "channels", "channel_names", "normalisation", "flips")
 
 
-def _model_settings(model_path: Path) -> InferenceSettings:
+def _model_settings(model_path: Path, given_as_file: bool = False) -> InferenceSettings:
     """A model file's settings: ``inference.json`` beside it, else its archive's copy,
-    else the run's ``config.toml`` flips with default settings (with a warning).
+    else the run's ``config.toml`` flips with default settings (with a warning; only
+    for a checkpoint ``given_as_file`` by name, not a run folder, which is refused).
 
     Raises
     ------
@@ -475,10 +476,17 @@ def _model_settings(model_path: Path) -> InferenceSettings:
     if settings is not None:
         return settings
     config = model_path.parent / CONFIG_FILE
-    if config.is_file():
+    if config.is_file():  # a bcseg run that has not recorded its settings: it has not finished
+        problem = (f"its run has not finished: training writes {SETTINGS_FILE} when it ends, and "
+                   "this checkpoint's threshold was never tuned; finish the run (bcseg train ... --resume)")
+        if not given_as_file:
+            raise ModelError(model_path.parent, f"{problem}, or pass {model_path.name} itself to run "
+                             "the checkpoint with default settings")
         from bcseg.config import load_config
 
         cfg = load_config(config)
+        warnings.warn(f"{model_path}: {problem}; running it with the defaults: threshold "
+                      f"{DEFAULTS['threshold']}, no post-processing")
         return InferenceSettings(flips=flips_from_augment(cfg["augment"], cfg["model"]["ndim"]))
     warnings.warn(f"{model_path}: holds no inference settings (none inside it, no "
                   f"{SETTINGS_FILE} beside it); using the defaults: threshold "
@@ -520,6 +528,11 @@ def load_run(paths: str | Path | Sequence[str | Path]) -> tuple[list[Path], Infe
     if len(loaded) == 1:
         return loaded[0]
     files = [f for found, _ in loaded for f in found]
+    seen: dict[Path, Path] = {}
+    for f in files:  # a model twice would weigh twice in the mean, unasked
+        first = seen.setdefault(f.resolve(), f)
+        if first is not f:
+            raise ModelError(f, f"is in the ensemble twice (also as {first}); give each model once")
     members = tuple(member_settings(f, view) for found, s in loaded
                     for f, view in zip(found, s.member_views()))
     return files, _combined(members, [s for _, s in loaded], files)
@@ -533,13 +546,17 @@ def _load_one(path: Path) -> tuple[list[Path], InferenceSettings]:
         if recorded is not None:
             return recorded
         folds = find_members(path)
+        if folds and (path / CONFIG_FILE).is_file():  # a k-fold run of bcseg train, untuned
+            raise ModelError(path, f"this k-fold run has not finished: the ensemble's {SETTINGS_FILE} "
+                             "is written when its last fold ends; finish it (bcseg train ... --folds all "
+                             "--resume), or pass finished fold folders as --model")
         if folds:
             return _fold_ensemble(path, folds)
         raise ModelError(path, f"holds no {MODEL_FILE}, no {SETTINGS_FILE} listing ensemble members "
                          "and no fold_K folders with a model; pass a training run folder or a .keras file")
     if not path.exists():
         raise ModelError(path, "model not found; pass a training run folder or a .keras file")
-    return [path], _model_settings(path)
+    return [path], _model_settings(path, given_as_file=True)
 
 
 def _recorded_ensemble(folder: Path) -> tuple[list[Path], InferenceSettings] | None:
