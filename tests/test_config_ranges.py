@@ -218,13 +218,26 @@ def test_the_memory_lower_bound_counts_every_level():
     assert feature_values((16, 64, 64), 8, 2) == 8 * 16 * 64 * 64 + 16 * 8 * 32 * 32 + 32 * 4 * 16 * 16
 
 
-def test_a_file_named_like_a_preset_is_ambiguous(tmp_path, monkeypatch):
+def test_a_file_named_like_a_preset_is_ambiguous_on_the_command_line(tmp_path, monkeypatch, capsys):
     # It was shadowed: --config busi took the preset and ignored the user's file.
+    from bcseg.cli import main
+
     monkeypatch.chdir(tmp_path)
     Path("busi").write_text("[train]\nepochs = 3\n")
-    with pytest.raises(ConfigError, match="is both a file here and the name of a bundled preset; pass ./busi"):
-        load_config("busi")
-    assert load_config("./busi")["train"]["epochs"] == 3
-    Path("busi").unlink()
-    Path("busi").mkdir()  # a dataset folder of that name is no config: the preset it is
-    assert load_config("busi")["model"]["max_filters"] == 160
+    with pytest.raises(SystemExit) as stop:
+        main(["train", "data", "--out", "run", "--config", "busi"])
+    err = capsys.readouterr().err
+    assert stop.value.code == 2 and len(err.splitlines()) == 1
+    assert "'busi' is both a file here and a bundled preset; pass ./busi for the file" in err
+    assert not Path("run").exists()
+    assert load_config("./busi")["train"]["epochs"] == 3  # the file, named as one
+    assert load_config("busi")["model"]["max_filters"] == 160  # callers in code mean the preset
+
+
+def test_a_recipe_normalising_channels_that_the_command_line_leaves_out_loads(tmp_path):
+    # One recipe for ["us", "pa"], run with --channels us for an ablation: pa's entry is
+    # unused, not an error (the file itself is consistent).
+    recipe = tmp_path / "two.toml"
+    recipe.write_text('[data]\nchannels = ["us", "pa"]\nnormalisation = { pa = "percentile" }\n')
+    cfg = load_config(recipe, {"data": {"channels": ["us"]}})
+    assert cfg["data"]["channels"] == ["us"] and cfg["data"]["normalisation"] == {"pa": "percentile"}

@@ -221,7 +221,7 @@ def test_a_channel_count_the_graph_does_not_take_is_refused(tmp_path, model_file
     code = main(["predict", str(image), "--model", str(run), "--out", str(tmp_path / "out"), "--no-progress"])
     err = capsys.readouterr().err
     assert code != 0 and len(err.splitlines()) == 1, err
-    assert "takes 1 input channel(s), but its settings say channels 2" in err
+    assert f"{run / 'inference.json'}: says channels 2, but model_best.keras takes 1 input channel(s)" in err
     assert not (tmp_path / "out").exists()
 
 
@@ -255,9 +255,10 @@ def test_a_run_still_training_is_refused_and_its_checkpoint_runs_only_by_name(tm
     with pytest.raises(ModelError, match="its run has not finished: training writes inference.json") as caught:
         load_run(run)
     assert str(caught.value).startswith(f"{run}: ") and "\n" not in str(caught.value)
-    with pytest.warns(UserWarning, match="its run has not finished.*running it with the defaults"):
+    with pytest.warns(UserWarning, match="its run has not finished.*its recipe's input size"):
         files, settings = load_run(run / "model_best.keras")
     assert files == [run / "model_best.keras"] and settings.threshold == 0.5
+    assert (settings.ndim, settings.input_size, settings.flips) == (2, 128, ("lr",))  # default.toml
 
 
 def test_a_kfold_run_whose_ensemble_is_not_tuned_is_refused(tmp_path, model_file):
@@ -277,3 +278,80 @@ def test_a_model_given_twice_is_refused(tmp_path, model_file):
     for twice in ([run, run], [run, run / "model_best.keras"], [run, tmp_path / "run" / ".." / "run"]):
         with pytest.raises(ModelError, match="is in the ensemble twice"):
             load_run(twice)
+
+
+def test_a_fold_still_training_in_a_kfold_run_is_refused(tmp_path, model_file):
+    # The recipe sits in the k-fold run's root; the fold holds state.json and a checkpoint.
+    run = tmp_path / "kfold"
+    _unfinished(run / "fold_2", model_file).joinpath("config.toml").rename(run / "config.toml")
+    (run / "fold_2" / "state.json").write_text("{}")
+    with pytest.raises(ModelError, match="its run has not finished"):
+        load_run(run / "fold_2")
+
+
+def _recorded(folder: Path, model_file: Path, entries: list[dict]) -> Path:
+    """A recorded ensemble: member files with their own settings inside, and a top-level
+    inference.json listing ``entries``."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for entry in entries:
+        member = folder / entry["path"]
+        member.parent.mkdir(parents=True, exist_ok=True)
+        if not member.exists():
+            member.write_bytes(model_file.read_bytes())
+            embed_settings(member, InferenceSettings.from_dict(TUNED))
+    (folder / "inference.json").write_text(json.dumps(
+        {"threshold": 0.4, "postprocess": [], "min_size": 0, "tta": False, "members": entries}))
+    return folder
+
+
+MEMBER = {"path": "fold_0/model_best.keras", "flips": ["lr"], "ndim": 2, "input_size": 16}
+
+
+def test_a_recorded_member_entry_must_describe_the_network_it_names(tmp_path, model_file):
+    run = _recorded(tmp_path / "cv", model_file, [{**MEMBER, "input_size": 96}])
+    with pytest.raises(ConfigError, match="input_size 96 differs from 16 recorded inside model_best.keras"):
+        load_run(run)
+    run = _recorded(tmp_path / "ok", model_file, [MEMBER])
+    assert load_run(run)[1].threshold == 0.4
+
+
+def test_one_model_listed_twice_or_linked_twice_is_refused(tmp_path, model_file):
+    twice = _recorded(tmp_path / "listed", model_file, [MEMBER, {**MEMBER, "path": "./fold_0/model_best.keras"}])
+    with pytest.raises(ModelError, match="is in the ensemble twice"):
+        load_run(twice)
+    linked = tmp_path / "linked"
+    _run(linked / "fold_0", model_file, TUNED)
+    (linked / "fold_1").symlink_to("fold_0")
+    with pytest.raises(ModelError, match="is in the ensemble twice"):
+        load_run(linked)
+
+
+def test_a_member_of_a_flat_recorded_ensemble_runs_alone_on_its_own_settings(tmp_path, model_file):
+    bundle = _recorded(tmp_path / "bundle", model_file, [{**MEMBER, "path": "a.keras"}, {**MEMBER, "path": "b.keras"}])
+    files, settings = load_run(bundle / "a.keras")
+    assert files == [bundle / "a.keras"] and settings.threshold == 0.3  # its own, not the ensemble's
+    assert load_run([bundle / "a.keras", bundle / "b.keras"])[0] == [bundle / "a.keras", bundle / "b.keras"]
+
+
+def test_a_damaged_copy_inside_the_model_does_not_block_the_settings_beside_it(tmp_path, model_file):
+    run = _run(tmp_path / "run", model_file, TUNED)
+    _with_entry(run / "model_best.keras", b"\xff\xfe not UTF-8")
+    with pytest.warns(UserWarning, match="cannot be read.*using the inference.json beside it"):
+        assert load_run(run)[1].threshold == 0.3
+
+
+def test_the_onnx_runtime_applies_the_same_rules(tmp_path, model_file):
+    # It read whatever inference.json lay beside the .onnx file, or ran on defaults.
+    from bcseg.infer.onnx_runtime import load_onnx_run
+
+    unfinished = _unfinished(tmp_path / "training", model_file)
+    (unfinished / "model_best.onnx").write_bytes(b"not read here")
+    with pytest.raises(ModelError, match="its run has not finished"):
+        load_onnx_run(unfinished)
+    edited = _run(tmp_path / "edited", model_file, {**TUNED, "input_size": 8})
+    embed_settings(edited / "model_best.keras", InferenceSettings.from_dict(TUNED))
+    (edited / "model_best.onnx").write_bytes(b"not read here")
+    with pytest.raises(ConfigError, match="input_size 8 differs from 16 recorded inside model_best.keras"):
+        load_onnx_run(edited)
+    (edited / "inference.json").write_text(json.dumps(TUNED))
+    assert load_onnx_run(edited) == ([edited / "model_best.onnx"], InferenceSettings.from_dict(TUNED))

@@ -58,6 +58,16 @@ def _threshold(text: str) -> float:
     return value
 
 
+def _config_name(text: str) -> str:
+    """A preset name or a TOML file; a file here with a preset's name is ambiguous."""
+    from bcseg.config import presets
+
+    if text in presets() and Path(text).is_file():
+        raise argparse.ArgumentTypeError(f"'{text}' is both a file here and a bundled preset; "
+                                         f"pass ./{text} for the file, or rename it")
+    return text
+
+
 def _millimetres(text: str) -> float:
     value = _number(text)
     if not 0 <= value < float("inf"):
@@ -438,7 +448,7 @@ def _add_train(sub) -> None:
     p.add_argument("data", help="dataset folder or manifest CSV")
     p.add_argument("--out", required=True, help="run directory")
     p.add_argument("--model", choices=["unet2d", "unet3d"], help="overrides model.ndim")
-    p.add_argument("--config", help="preset (default, seed, demo) or TOML file")
+    p.add_argument("--config", type=_config_name, help="preset (default, seed, demo) or TOML file")
     group = p.add_mutually_exclusive_group()
     group.add_argument("--fold", type=_whole(0), help="test fold (default 0)")
     group.add_argument("--folds", choices=["all"], help="train every fold in turn")

@@ -96,14 +96,12 @@ def load_config(config: str | Path | None = None, overrides: dict | None = None)
     if config is not None:
         path = Path(config)
         if not path.suffix and str(config) in presets():
-            if path.is_file():  # which one was meant cannot be told; ./NAME says the file
-                raise ConfigError(path, f"is both a file here and the name of a bundled preset; "
-                                  f"pass ./{config} for the file, or rename it")
             path = PRESET_DIR / f"{config}.toml"
         elif not path.exists():
             raise ConfigError(path, f"not a file nor a preset; presets: {', '.join(presets())}")
         result = merge(result, _read_toml(path), path)
         _check_values(result, path)  # a bad value is blamed on the file that set it
+        _check_normalised_channels(result["data"], path)
     if overrides:
         result = merge(result, {k: v for k, v in overrides.items() if v}, "command line")
     _check_values(result, "command line" if overrides else None)
@@ -238,16 +236,23 @@ def _check_channels(data: dict, source) -> None:
             check_channel_name(name, None)
         except DataError as exc:
             raise ConfigError(source, f"'data.channels' / 'data.normalisation': {exc.problem}") from None
-    if names and set(data["normalisation"]) - set(names):
-        unused = sorted(set(data["normalisation"]) - set(names))
-        raise ConfigError(source, f"'data.normalisation' names channel(s) {', '.join(unused)} not in "
-                          f"'data.channels' ({', '.join(names)})")
+
     if not all(v in NORMALISATIONS for v in data["normalisation"].values()):
         raise ConfigError(source, "'data.normalisation' must map channel names to methods "
                           f"({', '.join(NORMALISATIONS)}), got {data['normalisation']!r}")
 
 
 _TOML_ESCAPES = {"\\": "\\\\", '"': '\\"', "\n": "\\n", "\t": "\\t", "\r": "\\r"}
+
+
+def _check_normalised_channels(data: dict, source) -> None:
+    """A file that lists its channels normalises only those (a misspelt name would keep
+    its default normalisation without a word). Checked on the file alone: ``--channels``
+    may then pick some of them, leaving the others' normalisation unused."""
+    names, unused = data["channels"], sorted(set(data["normalisation"]) - set(data["channels"]))
+    if names and unused:
+        raise ConfigError(source, f"'data.normalisation' names channel(s) {', '.join(unused)} not in "
+                          f"'data.channels' ({', '.join(names)})")
 
 
 def _toml_value(value) -> str:

@@ -453,45 +453,95 @@ def find_members(run_dir: str | Path) -> list[Path]:
 MODEL_KEYS = ("ndim", "input_size", "patch_size", "channels", "channel_names", "normalisation", "flips")
 
 
-def _model_settings(model_path: Path, given_as_file: bool = False) -> InferenceSettings:
+def model_settings(model_path: Path, given_as_file: bool = False,
+                    archive: Path | None | str = "same") -> InferenceSettings:
     """A model file's settings: ``inference.json`` beside it, else its archive's copy,
-    else the run's ``config.toml`` flips with default settings (with a warning; only
-    for a checkpoint ``given_as_file`` by name, not a run folder, which is refused).
+    else, for a run that has not finished, its recipe's (with a warning; only for a
+    checkpoint ``given_as_file`` by name, not a run folder, which is refused).
+
+    ``archive`` is the ``.keras`` file whose embedded copy describes the network (the
+    model itself by default; ``model_best.keras`` beside an exported ``.onnx`` file).
 
     Raises
     ------
     ConfigError
-        The file beside it lists ensemble members, or contradicts the archive's copy
-        on what the network is (:data:`MODEL_KEYS`).
+        The file beside it lists ensemble members this model is not one of, or
+        contradicts the archive's copy on what the network is (:data:`MODEL_KEYS`).
+    ModelError
+        A run folder whose training has not finished.
     """
+    archive = model_path if archive == "same" else archive
     beside_file = model_path.parent / SETTINGS_FILE
-    beside, inside = read_settings(beside_file), archive_settings(model_path)
+    beside = read_settings(beside_file)
+    inside = _embedded(archive, tolerate=beside is not None)
     if beside is not None and beside.members:
+        listed = {str(Path(m.info.get("path", ""))) for m in beside.members}
+        if model_path.name in listed and inside is not None:
+            return inside  # one member of a recorded ensemble, run on its own settings
         raise ConfigError(beside_file, f"lists ensemble members, so it is not the settings of "
                           f"the one model {model_path.name} beside it; a folder holds one model's "
                           "settings or one ensemble's, not both")
     if beside is not None and inside is not None:
-        _check_same_model(beside, inside, beside_file, model_path)
+        _check_same_model(beside, inside, beside_file, archive)
+    if beside is not None and inside is None and model_path.name not in (MODEL_FILE, archive and archive.name) \
+            and (model_path.parent / MODEL_FILE).is_file():
+        warnings.warn(f"{model_path}: the {SETTINGS_FILE} beside it was tuned for {MODEL_FILE}, "
+                      "not for this file; its threshold may not suit it")
     settings = beside or inside
     if settings is not None:
         return settings
-    config = model_path.parent / CONFIG_FILE
-    if config.is_file():  # a bcseg run that has not recorded its settings: it has not finished
-        problem = (f"its run has not finished: training writes {SETTINGS_FILE} when it ends, and "
-                   "this checkpoint's threshold was never tuned; finish the run (bcseg train ... --resume)")
-        if not given_as_file:
-            raise ModelError(model_path.parent, f"{problem}, or pass {model_path.name} itself to run "
-                             "the checkpoint with default settings")
-        from bcseg.config import load_config
-
-        cfg = load_config(config)
-        warnings.warn(f"{model_path}: {problem}; running it with the defaults: threshold "
-                      f"{DEFAULTS['threshold']}, no post-processing")
-        return InferenceSettings(flips=flips_from_augment(cfg["augment"], cfg["model"]["ndim"]))
+    recipe = _unfinished_run(model_path.parent)
+    if recipe is not None:
+        return _unfinished_settings(model_path, recipe, given_as_file)
     warnings.warn(f"{model_path}: holds no inference settings (none inside it, no "
                   f"{SETTINGS_FILE} beside it); using the defaults: threshold "
                   f"{DEFAULTS['threshold']}, no post-processing, whole slices")
     return InferenceSettings()
+
+
+def _embedded(archive: Path | None, tolerate: bool) -> InferenceSettings | None:
+    """The settings inside ``archive``; a damaged copy is ``tolerate``d (with a warning)
+    where an ``inference.json`` beside it holds them anyway."""
+    if archive is None or not archive.is_file():
+        return None
+    try:
+        return archive_settings(archive)
+    except ConfigError as exc:
+        if not tolerate:
+            raise
+        warnings.warn(f"{exc}; using the {SETTINGS_FILE} beside it, unchecked against it")
+        return None
+
+
+def _unfinished_run(folder: Path) -> Path | None:
+    """The ``config.toml`` of the bcseg run ``folder`` belongs to, when the folder has the
+    files training writes as it goes (a k-fold run keeps its recipe in the parent)."""
+    if not any((folder / name).is_file() for name in (CONFIG_FILE, STATE_FILE, FOLD_FILE)):
+        return None
+    for recipe in (folder / CONFIG_FILE, folder.parent / CONFIG_FILE):
+        if recipe.is_file():
+            return recipe
+    return None
+
+
+def _unfinished_settings(model_path: Path, recipe: Path, given_as_file: bool) -> InferenceSettings:
+    """A run still training (or interrupted) has recorded no settings: refused as a run
+    folder; a checkpoint named as a file runs with its recipe's input size, window,
+    flips and channels, and the default threshold."""
+    problem = (f"its run has not finished: training writes {SETTINGS_FILE} when it ends, and "
+               "this checkpoint's threshold was never tuned; finish the run (bcseg train ... --resume)")
+    if not given_as_file:
+        raise ModelError(model_path.parent, f"{problem}, or name {model_path.name} itself to run "
+                         "the checkpoint with its recipe's settings")
+    from bcseg.after_fit import fitted_settings
+    from bcseg.config import load_config
+
+    cfg = load_config(recipe)
+    warnings.warn(f"{model_path}: {problem}; running it with its recipe's input size, flips and "
+                  f"channels ({recipe}) and the defaults threshold {DEFAULTS['threshold']}, no "
+                  "post-processing")
+    return fitted_settings(cfg, None, list(cfg["data"]["channels"]) or None).replace(
+        threshold=DEFAULTS["threshold"], tta=DEFAULTS["tta"], info={})
 
 
 def _check_same_model(beside: InferenceSettings, inside: InferenceSettings, source: Path,
@@ -501,8 +551,8 @@ def _check_same_model(beside: InferenceSettings, inside: InferenceSettings, sour
     for key in MODEL_KEYS:
         if ours[key] != its[key]:
             raise ConfigError(source, f"{key} {ours[key]!r} differs from {its[key]!r} recorded inside "
-                              f"{model_path.name} when it was trained: these settings describe "
-                              f"another model; restore this run's {SETTINGS_FILE}")
+                              f"{model_path.name} when it was trained: the two belong to "
+                              f"different models; put back the {SETTINGS_FILE} or the model of this run")
 
 
 def load_run(paths: str | Path | Sequence[str | Path]) -> tuple[list[Path], InferenceSettings]:
@@ -525,23 +575,30 @@ def load_run(paths: str | Path | Sequence[str | Path]) -> tuple[list[Path], Infe
     if isinstance(paths, (str, Path)):
         paths = [paths]
     loaded = [_load_one(Path(p)) for p in paths]
+    files = [f for found, _ in loaded for f in found]
+    _refuse_repeats(files)
     if len(loaded) == 1:
         return loaded[0]
-    files = [f for found, _ in loaded for f in found]
-    seen: dict[Path, Path] = {}
-    for f in files:  # a model twice would weigh twice in the mean, unasked
-        first = seen.setdefault(f.resolve(), f)
-        if first is not f:
-            raise ModelError(f, f"is in the ensemble twice (also as {first}); give each model once")
     members = tuple(member_settings(f, view) for found, s in loaded
                     for f, view in zip(found, s.member_views()))
     return files, _combined(members, [s for _, s in loaded], files)
 
 
+def _refuse_repeats(files: list[Path]) -> None:
+    """A model twice in an ensemble (named twice, listed twice, or reached through a link)
+    would weigh twice in the mean, unasked."""
+    seen: dict[tuple[int, int], Path] = {}
+    for f in files:
+        info = f.stat()
+        first = seen.setdefault((info.st_dev, info.st_ino), f)
+        if first is not f:
+            raise ModelError(f, f"is in the ensemble twice (also as {first}); give each model once")
+
+
 def _load_one(path: Path) -> tuple[list[Path], InferenceSettings]:
     if path.is_dir():
         if (path / MODEL_FILE).is_file():
-            return [path / MODEL_FILE], _model_settings(path / MODEL_FILE)
+            return [path / MODEL_FILE], model_settings(path / MODEL_FILE)
         recorded = _recorded_ensemble(path)
         if recorded is not None:
             return recorded
@@ -549,14 +606,14 @@ def _load_one(path: Path) -> tuple[list[Path], InferenceSettings]:
         if folds and (path / CONFIG_FILE).is_file():  # a k-fold run of bcseg train, untuned
             raise ModelError(path, f"this k-fold run has not finished: the ensemble's {SETTINGS_FILE} "
                              "is written when its last fold ends; finish it (bcseg train ... --folds all "
-                             "--resume), or pass finished fold folders as --model")
+                             "--resume), or name its finished fold folders instead")
         if folds:
             return _fold_ensemble(path, folds)
         raise ModelError(path, f"holds no {MODEL_FILE}, no {SETTINGS_FILE} listing ensemble members "
                          "and no fold_K folders with a model; pass a training run folder or a .keras file")
     if not path.exists():
         raise ModelError(path, "model not found; pass a training run folder or a .keras file")
-    return [path], _model_settings(path, given_as_file=True)
+    return [path], model_settings(path, given_as_file=True)
 
 
 def _recorded_ensemble(folder: Path) -> tuple[list[Path], InferenceSettings] | None:
@@ -575,6 +632,9 @@ def _recorded_ensemble(folder: Path) -> tuple[list[Path], InferenceSettings] | N
                              "inside the folder")
         if not path.is_file():
             raise ModelError(path, f"ensemble member listed in {folder / SETTINGS_FILE} not found")
+        own = _embedded(path, tolerate=True)
+        if own is not None:  # the member's entry must describe the network it names
+            _check_same_model(member, own, folder / SETTINGS_FILE, path)
         paths.append(path)
     return paths, recorded
 
@@ -583,7 +643,7 @@ def _fold_ensemble(run_dir: Path, folds: list[Path]) -> tuple[list[Path], Infere
     """A k-fold run not yet tuned as an ensemble: its fold models, with the members'
     own settings combined."""
     files = [f / MODEL_FILE for f in folds]
-    parts = [_model_settings(f) for f in files]
+    parts = [model_settings(f) for f in files]
     members = tuple(member_settings(f.relative_to(run_dir), s) for f, s in zip(files, parts))
     return files, _combined(members, parts, files)
 

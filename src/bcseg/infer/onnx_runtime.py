@@ -24,7 +24,7 @@ import numpy as np
 from bcseg import outputs
 from bcseg.errors import ModelError, UsageError
 from bcseg.learn.saved import ModelSpec
-from bcseg.rundir import SETTINGS_FILE, InferenceSettings, read_settings
+from bcseg.rundir import MODEL_FILE, InferenceSettings, model_settings
 
 ONNX_FILE = "model_best.onnx"
 DIVISOR_KEY = "bcseg.divisor"
@@ -148,7 +148,7 @@ def load_onnx_run(path: str | Path) -> tuple[list[Path], InferenceSettings]:
     The settings come from the ``inference.json`` beside the file, as for a
     ``.keras`` model (:func:`bcseg.rundir.load_run`). Ensembles are not exported.
     """
-    path = Path(path)
+    path = given = Path(path)
     if path.is_dir():
         if not (path / ONNX_FILE).is_file():
             raise ModelError(path, f"holds no {ONNX_FILE}; write it with: bcseg export-onnx {path}")
@@ -157,8 +157,7 @@ def load_onnx_run(path: str | Path) -> tuple[list[Path], InferenceSettings]:
         raise ModelError(path, "model not found; pass a training run folder or a .onnx file")
     elif path.suffix.lower() != ".onnx":
         raise ModelError(path, "is not a .onnx file; export it first with: bcseg export-onnx")
-    settings = read_settings(path.parent / SETTINGS_FILE) or InferenceSettings()
-    if settings.members:
-        raise ModelError(path.parent / SETTINGS_FILE, "describes an ensemble; the onnx runtime "
-                         "runs one exported model: pass a fold's run folder")
+    # As for a .keras model: the settings beside it, checked against the embedded copy
+    # of the model it was exported from; a run that has not finished is refused.
+    settings = model_settings(path, given_as_file=not given.is_dir(), archive=path.parent / MODEL_FILE)
     return [path], settings

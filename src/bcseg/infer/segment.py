@@ -93,9 +93,10 @@ def _fitted(model_file: Path, spec, view):
         raise ModelError(model_file, f"takes {spec.channels} input channels, but its settings name "
                          f"{len(names) or 'no'} channel(s) {', '.join(names)}; predict with the run "
                          "folder it was trained in, whose settings name its channels")
-    if view.channels != spec.channels:
-        raise ModelError(model_file, f"takes {spec.channels} input channel(s), but its settings say "
-                         f"channels {view.channels}")
+    if view.channels != spec.channels:  # the settings are at fault: name their file
+        beside = model_file.parent / SETTINGS_FILE
+        raise ConfigError(beside if beside.is_file() else model_file, f"says channels {view.channels}, "
+                          f"but {model_file.name} takes {spec.channels} input channel(s)")
     try:
         check_methods(view.normalisation, list(names))
     except ValueError as exc:

@@ -545,6 +545,8 @@ def _check_memory(cfg: dict, source) -> None:
     """Refuse, before the run folder exists, a batch whose activations alone cannot fit
     in this machine's memory (data.size 4096 with batch_size 4096 is in range for each
     key, and used to be killed for memory after the run folder was made)."""
+    if tf.config.list_physical_devices("GPU"):  # activations live there, split over devices
+        return
     m, d, t = cfg["model"], cfg["data"], cfg["train"]
     shape = (d["size"],) * 2 if m["ndim"] == 2 else (d["patch_depth"], d["size"], d["size"])
     need = t["batch_size"] * KEPT_BYTES_PER_VALUE * feature_values(
@@ -589,10 +591,11 @@ def run_channels(cases: list[Case], cfg: dict, source=None) -> tuple[list[str] |
     except (DataError, ValueError) as exc:
         raise ConfigError(source, f"data.channels / data.normalisation: "
                           f"{exc.problem if isinstance(exc, DataError) else exc}") from None
-    unused = [n for n in chosen if n not in names]
-    if unused:  # a misspelt channel would silently keep its default normalisation
-        raise ConfigError(source, f"'data.normalisation' names channel(s) {', '.join(unused)}, which "
-                          f"the run does not train on (its channels: {', '.join(names)})")
+    known = names + [n for n in dataset_channels(cases) if n not in names]
+    unknown = [n for n in chosen if n not in known]
+    if unknown:  # a misspelt channel would silently keep its default normalisation
+        raise ConfigError(source, f"'data.normalisation' names channel(s) {', '.join(unknown)}, which "
+                          f"the dataset does not have (its channels: {', '.join(known)})")
     for case in cases:
         missing = [n for n in names if n not in case.channel_names]
         if missing:
