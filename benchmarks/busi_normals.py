@@ -167,9 +167,9 @@ def main(argv=None) -> int:
         # A fit whose step after fitting did not run: record the settings it was trained
         # with (its 160 px input above all), or it would be run on whole images.
         from bcseg import rundir
-        from bcseg.after_fit import fitted_settings
+        from bcseg.rundir import recipe_settings
 
-        rundir.write_settings(run, fitted_settings(load_config(run / "config.toml"), None))
+        rundir.write_settings(run, recipe_settings(load_config(run / "config.toml"), None))
     by_id = {c.id: c for c in cases}
     val_cases = [by_id[i] for i in validation]
     test_lesions = [c for c in lesions if folds[c.id] == 0]

@@ -272,7 +272,7 @@ def test_tta_mirrors_only_the_axes_the_model_was_trained_to_mirror(tmp_path, run
 def _kfold_run(out: Path, cases: list[Case]) -> None:
     """A k-fold run folder as ``train --folds all`` leaves it before the ensemble step:
     per fold a tiny real model, its settings (own input size and flips) and fold.json."""
-    from bcseg.after_fit import fitted_settings
+    from bcseg.rundir import recipe_settings
     from bcseg.learn.models import unet
 
     cfg = load_config(None, TINY)
@@ -281,7 +281,7 @@ def _kfold_run(out: Path, cases: list[Case]) -> None:
         fold.mkdir(parents=True)
         keras.utils.set_random_seed(k)
         unet(ndim=2, base_filters=2, depth=2, norm=None).save(fold / "model_best.keras")
-        own = fitted_settings(cfg, 1).replace(input_size=16 + 8 * k)  # each fold its own size
+        own = recipe_settings(cfg, 1).replace(input_size=16 + 8 * k)  # each fold its own size
         rundir.save_run_settings(fold, own)
         (fold / "fold.json").write_text(json.dumps({"fold": k, "train": [], "validation": [case.id],
                                                     "test": []}), encoding="utf-8")

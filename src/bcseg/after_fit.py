@@ -38,23 +38,6 @@ def _say(message: str) -> None:
 
 # --------------------------------------------------------------------------- settings
 
-def fitted_settings(cfg: dict, best_epoch: int | None, channels: list[str] | None = None,
-                    normalisation: dict[str, str] | None = None) -> InferenceSettings:
-    """The settings a freshly fitted model starts from, before tuning: its input
-    size or window, the mirror axes it was augmented with, the named channels it
-    takes and their normalisation (none for a grey model), and the configured
-    threshold and TTA."""
-    d, ndim = cfg["data"], cfg["model"]["ndim"]
-    return InferenceSettings(
-        threshold=cfg["inference"]["threshold"], tta=cfg["inference"]["tta"],
-        flips=rundir.flips_from_augment(cfg["augment"], ndim), ndim=ndim,
-        input_size=d["size"] if ndim == 2 else None,
-        patch_size=(d["patch_depth"], d["size"], d["size"]) if ndim == 3 else None,
-        channels=max(1, len(channels or ())), channel_names=tuple(channels or ()),
-        normalisation=dict(normalisation or {}),
-        info={"observer": d["observer"], "best_epoch": best_epoch})
-
-
 def validation_target(cfg: dict) -> str:
     """The mask validation scores against (as training's validation does)."""
     from bcseg.learn.train import validation_target as target
@@ -182,7 +165,7 @@ def finish_fold(fitted: dict, report: Callable[[Path], object] | None = None) ->
 
     out = Path(fitted["out"])
     model = load_model(out / rundir.MODEL_FILE)  # float32 compute, as inference will use
-    settings = fitted_settings(fitted["cfg"], fitted["best_epoch"], fitted.get("channels"),
+    settings = rundir.recipe_settings(fitted["cfg"], fitted["best_epoch"], fitted.get("channels"),
                                fitted.get("normalisation"))
     settings = tune_inference(model, fitted["validation"], fitted["cfg"], settings)
     rundir.save_run_settings(out, settings)

@@ -10,6 +10,7 @@ default. The merged result is saved in every run directory.
 from __future__ import annotations
 
 import copy
+import re
 import sys
 from pathlib import Path
 
@@ -222,12 +223,28 @@ def _check_model_shape(cfg: dict, source) -> None:
                               f"model.stem_stride = {divisor}, got {d[key]}")
 
 
+# What may name a channel: it becomes part of file names (examples_<channel>.png) and a
+# TOML key of the saved recipe. The data stage checks dataset folders with the same rule.
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")  # fullmatch: '$' would let "us\n" through
+NAME_MAX = 64  # characters; names go into output file names (examples_<channel>.png)
+
+
+def check_channel_name(name: str, where: Path | None) -> str:
+    """Return ``name`` if it can name a channel (letters, digits, ``_.-``, at most
+    :data:`NAME_MAX` characters, starting with a letter or digit), else raise."""
+    if not isinstance(name, str) or not _NAME.fullmatch(name):
+        raise DataError(where, f"'{name}' cannot name a channel; use letters, digits, '_', '.', '-' "
+                        "(starting with a letter or digit)")
+    if len(name) > NAME_MAX:
+        raise DataError(where, f"channel name '{name[:20]}...' has {len(name)} characters; "
+                        f"use at most {NAME_MAX}")
+    return name
+
+
 def _check_channels(data: dict, source) -> None:
     """``data.channels`` a list of distinct names, ``data.normalisation`` a table of
     names to known methods; the names themselves are checked against the dataset when
     training starts (:mod:`bcseg.data.channels`)."""
-    from bcseg.data.channels import check_channel_name  # the data stage imports this module
-
     names = data["channels"]
     if not all(isinstance(n, str) for n in names) or len(set(names)) != len(names):
         raise ConfigError(source, f"'data.channels' must list distinct channel names, got {names!r}")

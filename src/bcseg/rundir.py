@@ -243,6 +243,23 @@ def flips_from_augment(augment: dict, ndim: int) -> tuple[str, ...]:
     return tuple(n for n in names if ndim == 3 or n != "z")
 
 
+def recipe_settings(cfg: dict, best_epoch: int | None, channels: list[str] | None = None,
+                    normalisation: dict[str, str] | None = None) -> InferenceSettings:
+    """The settings a model of recipe ``cfg`` starts from, before tuning: its input
+    size or window, the mirror axes it was augmented with, the named channels it
+    takes and their normalisation (none for a grey model), and the configured
+    threshold and TTA."""
+    d, ndim = cfg["data"], cfg["model"]["ndim"]
+    return InferenceSettings(
+        threshold=cfg["inference"]["threshold"], tta=cfg["inference"]["tta"],
+        flips=flips_from_augment(cfg["augment"], ndim), ndim=ndim,
+        input_size=d["size"] if ndim == 2 else None,
+        patch_size=(d["patch_depth"], d["size"], d["size"]) if ndim == 3 else None,
+        channels=max(1, len(channels or ())), channel_names=tuple(channels or ()),
+        normalisation=dict(normalisation or {}),
+        info={"observer": d["observer"], "best_epoch": best_epoch})
+
+
 def _flip_order(flips) -> tuple[str, ...]:
     return tuple(n for n in FLIP_NAMES if n in flips)
 
@@ -533,14 +550,13 @@ def _unfinished_settings(model_path: Path, recipe: Path, given_as_file: bool) ->
     if not given_as_file:
         raise ModelError(model_path.parent, f"{problem}, or name {model_path.name} itself to run "
                          "the checkpoint with its recipe's settings")
-    from bcseg.after_fit import fitted_settings
     from bcseg.config import load_config
 
     cfg = load_config(recipe)
     warnings.warn(f"{model_path}: {problem}; running it with its recipe's input size, flips and "
                   f"channels ({recipe}) and the defaults threshold {DEFAULTS['threshold']}, no "
                   "post-processing")
-    return fitted_settings(cfg, None, list(cfg["data"]["channels"]) or None).replace(
+    return recipe_settings(cfg, None, list(cfg["data"]["channels"]) or None).replace(
         threshold=DEFAULTS["threshold"], tta=DEFAULTS["tta"], info={})
 
 

@@ -25,25 +25,12 @@ from pathlib import Path
 import numpy as np
 
 from bcseg.data import io
+from bcseg.config import NAME_MAX, check_channel_name  # noqa: F401 (one rule, kept with the recipe's)
 from bcseg.errors import DataError
 
 CHANNELS_FILE = "channels.json"
 SUFFIX = re.compile(r"^(?P<case>.+)_(?P<index>\d{4})$")  # nnU-Net: S01_0000
-_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")  # fullmatch: '$' would let "us\n" through
-NAME_MAX = 64  # characters; names go into output file names (examples_<channel>.png)
 SPACING_TOLERANCE = 1e-3  # relative; spacings stored as float32 differ in the 7th digit
-
-
-def check_channel_name(name: str, where: Path | None) -> str:
-    """Return ``name`` if it can name a channel (letters, digits, ``_.-``, at most
-    :data:`NAME_MAX` characters, starting with a letter or digit), else raise."""
-    if not isinstance(name, str) or not _NAME.fullmatch(name):
-        raise DataError(where, f"'{name}' cannot name a channel; use letters, digits, '_', '.', '-' "
-                        "(starting with a letter or digit)")
-    if len(name) > NAME_MAX:
-        raise DataError(where, f"channel name '{name[:20]}...' has {len(name)} characters; "
-                        f"use at most {NAME_MAX}")
-    return name
 
 
 def check_channel_names(names, where: Path | None) -> list[str]:
