@@ -240,4 +240,11 @@ def test_a_recipe_normalising_channels_that_the_command_line_leaves_out_loads(tm
     recipe = tmp_path / "two.toml"
     recipe.write_text('[data]\nchannels = ["us", "pa"]\nnormalisation = { pa = "percentile" }\n')
     cfg = load_config(recipe, {"data": {"channels": ["us"]}})
-    assert cfg["data"]["channels"] == ["us"] and cfg["data"]["normalisation"] == {"pa": "percentile"}
+    assert cfg["data"]["channels"] == ["us"] and cfg["data"]["normalisation"] == {}
+    from bcseg.config import save_config
+
+    saved = save_config(cfg, tmp_path / "run_config.toml")  # what train writes, and --resume reads
+    assert load_config(saved) == cfg
+    recipe.write_text('[data]\nnormalisation = { pa = "percentile", us = "uint8" }\n')  # no channels listed
+    cfg = load_config(recipe, {"data": {"channels": ["us"]}})
+    assert cfg["data"]["normalisation"] == {"us": "uint8"} and load_config(save_config(cfg, saved)) == cfg

@@ -26,7 +26,7 @@ import tifffile
 
 from bcseg.data import io
 from bcseg import outputs
-from bcseg.atomic import PARTIAL_MARK, partial_name, write_text
+from bcseg.atomic import PARTIAL_MARK, partial_name, partial_pid, write_text
 from bcseg.cli import main
 from bcseg.errors import UsageError
 from bcseg.learn.models import unet
@@ -921,7 +921,10 @@ def _kill_phantom_part_way(folder: Path) -> bool:
     process.send_signal(signal.SIGKILL)
     process.wait()
     last_beat = (folder / outputs.RECORD).stat().st_mtime_ns
-    return all(p.lstat().st_ctime_ns <= last_beat for p in folder.rglob("*") if p.name != outputs.RECORD)
+    # Complete files only: a partial file (and the folder it was made in) is younger than
+    # the last beat whenever the kill fell mid-write, which bcseg cleans up as its own.
+    return all(p.lstat().st_ctime_ns <= last_beat for p in folder.rglob("*")
+               if p.is_file() and p.name != outputs.RECORD and partial_pid(p.name) is None)
 
 
 def test_a_file_added_after_a_killed_run_is_not_adopted_as_bcsegs(tmp_path, capsys):

@@ -355,3 +355,38 @@ def test_the_onnx_runtime_applies_the_same_rules(tmp_path, model_file):
         load_onnx_run(edited)
     (edited / "inference.json").write_text(json.dumps(TUNED))
     assert load_onnx_run(edited) == ([edited / "model_best.onnx"], InferenceSettings.from_dict(TUNED))
+
+
+def test_a_run_folder_whose_model_is_a_listed_member_is_not_cut_down_to_it(tmp_path, model_file):
+    # The folder's inference.json is an ensemble's; only a member named as a file runs alone.
+    folder = _recorded(tmp_path / "mixed", model_file,
+                       [{**MEMBER, "path": "model_best.keras"}, {**MEMBER, "path": "b.keras"}])
+    with pytest.raises(ConfigError, match="lists ensemble members"):
+        load_run(folder)
+    assert load_run(folder / "model_best.keras")[1].threshold == 0.3
+
+
+def test_an_unfinished_checkpoint_keeps_its_recipes_normalisation(tmp_path, model_file):
+    run = _unfinished(tmp_path / "run", model_file)
+    (run / "config.toml").write_text('[data]\nchannels = ["us", "pa"]\n'
+                                     'normalisation = { us = "percentile", pa = "uint8" }\n')
+    with pytest.warns(UserWarning, match="its run has not finished"):
+        settings = load_run(run / "model_best.keras")[1]
+    assert settings.channel_names == ("us", "pa")
+    assert settings.normalisation == {"us": "percentile", "pa": "uint8"}
+
+
+def test_a_checkpoint_beside_the_best_model_is_warned_about_its_borrowed_threshold(tmp_path, model_file):
+    run = _run(tmp_path / "run", model_file, TUNED)
+    (run / "model_last.keras").write_bytes(model_file.read_bytes())  # no copy of its own
+    with pytest.warns(UserWarning, match="tuned for model_best.keras, not for this file"):
+        load_run(run / "model_last.keras")
+
+
+def test_onnx_takes_the_copy_of_the_keras_file_it_was_exported_from(tmp_path, model_file):
+    from bcseg.infer.onnx_runtime import load_onnx_run
+
+    (tmp_path / "foo.keras").write_bytes(model_file.read_bytes())
+    embed_settings(tmp_path / "foo.keras", InferenceSettings.from_dict(TUNED))
+    (tmp_path / "foo.onnx").write_bytes(b"not read here")
+    assert load_onnx_run(tmp_path / "foo.onnx")[1].threshold == 0.3

@@ -105,6 +105,10 @@ def load_config(config: str | Path | None = None, overrides: dict | None = None)
         _check_normalised_channels(result["data"], path)
     if overrides:
         result = merge(result, {k: v for k, v in overrides.items() if v}, "command line")
+        if (overrides.get("data") or {}).get("channels"):  # --channels picks some of the recipe's:
+            chosen = result["data"]["channels"]            # the others' normalisation goes too,
+            result["data"]["normalisation"] = {            # so that the saved recipe reloads
+                name: method for name, method in result["data"]["normalisation"].items() if name in chosen}
     _check_values(result, "command line" if overrides else None)
     return result
 

@@ -490,18 +490,18 @@ def model_settings(model_path: Path, given_as_file: bool = False,
     archive = model_path if archive == "same" else archive
     beside_file = model_path.parent / SETTINGS_FILE
     beside = read_settings(beside_file)
-    inside = _embedded(archive, tolerate=beside is not None)
+    inside = _embedded(archive, tolerate=beside is not None and not beside.members)
     if beside is not None and beside.members:
         listed = {str(Path(m.info.get("path", ""))) for m in beside.members}
-        if model_path.name in listed and inside is not None:
-            return inside  # one member of a recorded ensemble, run on its own settings
+        if given_as_file and model_path.name in listed and inside is not None:
+            return inside  # one member of a recorded ensemble, named alone: its own settings
         raise ConfigError(beside_file, f"lists ensemble members, so it is not the settings of "
                           f"the one model {model_path.name} beside it; a folder holds one model's "
                           "settings or one ensemble's, not both")
     if beside is not None and inside is not None:
         _check_same_model(beside, inside, beside_file, archive)
-    if beside is not None and inside is None and model_path.name not in (MODEL_FILE, archive and archive.name) \
-            and (model_path.parent / MODEL_FILE).is_file():
+    if beside is not None and inside is None and model_path.stem != Path(MODEL_FILE).stem \
+            and (model_path.parent / MODEL_FILE).is_file():  # model_last.keras, a checkpoint
         warnings.warn(f"{model_path}: the {SETTINGS_FILE} beside it was tuned for {MODEL_FILE}, "
                       "not for this file; its threshold may not suit it")
     settings = beside or inside
@@ -556,7 +556,9 @@ def _unfinished_settings(model_path: Path, recipe: Path, given_as_file: bool) ->
     warnings.warn(f"{model_path}: {problem}; running it with its recipe's input size, flips and "
                   f"channels ({recipe}) and the defaults threshold {DEFAULTS['threshold']}, no "
                   "post-processing")
-    return recipe_settings(cfg, None, list(cfg["data"]["channels"]) or None).replace(
+    names = list(cfg["data"]["channels"])
+    methods = {n: m for n, m in cfg["data"]["normalisation"].items() if n in names}
+    return recipe_settings(cfg, None, names or None, methods).replace(
         threshold=DEFAULTS["threshold"], tta=DEFAULTS["tta"], info={})
 
 
@@ -603,10 +605,10 @@ def load_run(paths: str | Path | Sequence[str | Path]) -> tuple[list[Path], Infe
 def _refuse_repeats(files: list[Path]) -> None:
     """A model twice in an ensemble (named twice, listed twice, or reached through a link)
     would weigh twice in the mean, unasked."""
-    seen: dict[tuple[int, int], Path] = {}
+    seen: dict[object, Path] = {}
     for f in files:
-        info = f.stat()
-        first = seen.setdefault((info.st_dev, info.st_ino), f)
+        info = f.stat()  # an inode of 0 means none is known (some network file systems)
+        first = seen.setdefault((info.st_dev, info.st_ino) if info.st_ino else f.resolve(), f)
         if first is not f:
             raise ModelError(f, f"is in the ensemble twice (also as {first}); give each model once")
 

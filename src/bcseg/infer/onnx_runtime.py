@@ -159,5 +159,7 @@ def load_onnx_run(path: str | Path) -> tuple[list[Path], InferenceSettings]:
         raise ModelError(path, "is not a .onnx file; export it first with: bcseg export-onnx")
     # As for a .keras model: the settings beside it, checked against the embedded copy
     # of the model it was exported from; a run that has not finished is refused.
-    settings = model_settings(path, given_as_file=not given.is_dir(), archive=path.parent / MODEL_FILE)
+    exported_from = path.with_suffix(".keras")  # export-onnx writes X.onnx beside X.keras
+    archive = exported_from if exported_from.is_file() else path.parent / MODEL_FILE
+    settings = model_settings(path, given_as_file=not given.is_dir(), archive=archive)
     return [path], settings

@@ -30,7 +30,7 @@ from bcseg.data.intensity import check_methods, normalise
 from bcseg.errors import BcsegError, ConfigError, DataError, ModelError, UsageError
 from bcseg.infer.postprocess import check_steps, release_slices
 from bcseg.infer.predict import load_model, model_spec, rank_problem, segment_volume
-from bcseg.rundir import SETTINGS_FILE, load_run
+from bcseg.rundir import SETTINGS_FILE, load_run, read_settings
 
 # Every output ``predict`` (with --margins) writes for one input, by suffix after its
 # stem. A forced run removes those of a case it does not write again: a stale
@@ -95,7 +95,8 @@ def _fitted(model_file: Path, spec, view):
                          "folder it was trained in, whose settings name its channels")
     if view.channels != spec.channels:  # the settings are at fault: name their file
         beside = model_file.parent / SETTINGS_FILE
-        raise ConfigError(beside if beside.is_file() else model_file, f"says channels {view.channels}, "
+        own = beside.is_file() and not (read_settings(beside) or view).members
+        raise ConfigError(beside if own else model_file, f"says channels {view.channels}, "
                           f"but {model_file.name} takes {spec.channels} input channel(s)")
     try:
         check_methods(view.normalisation, list(names))
