@@ -471,13 +471,13 @@ MODEL_KEYS = ("ndim", "input_size", "patch_size", "channels", "channel_names", "
 
 
 def model_settings(model_path: Path, given_as_file: bool = False,
-                    archive: Path | None | str = "same") -> InferenceSettings:
+                   archive: Path | None = None) -> InferenceSettings:
     """A model file's settings: ``inference.json`` beside it, else its archive's copy,
     else, for a run that has not finished, its recipe's (with a warning; only for a
     checkpoint ``given_as_file`` by name, not a run folder, which is refused).
 
     ``archive`` is the ``.keras`` file whose embedded copy describes the network (the
-    model itself by default; ``model_best.keras`` beside an exported ``.onnx`` file).
+    model itself when not given; the ``.keras`` file an ``.onnx`` file was exported from).
 
     Raises
     ------
@@ -487,7 +487,7 @@ def model_settings(model_path: Path, given_as_file: bool = False,
     ModelError
         A run folder whose training has not finished.
     """
-    archive = model_path if archive == "same" else archive
+    archive = archive or model_path
     beside_file = model_path.parent / SETTINGS_FILE
     beside = read_settings(beside_file)
     inside = _embedded(archive, tolerate=beside is not None and not beside.members)
@@ -516,10 +516,10 @@ def model_settings(model_path: Path, given_as_file: bool = False,
     return InferenceSettings()
 
 
-def _embedded(archive: Path | None, tolerate: bool) -> InferenceSettings | None:
+def _embedded(archive: Path, tolerate: bool) -> InferenceSettings | None:
     """The settings inside ``archive``; a damaged copy is ``tolerate``d (with a warning)
     where an ``inference.json`` beside it holds them anyway."""
-    if archive is None or not archive.is_file():
+    if not archive.is_file():
         return None
     try:
         return archive_settings(archive)
