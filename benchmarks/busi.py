@@ -23,6 +23,13 @@ protocol tests lesions only, so the test fold's normal images are still scored
 apart, as "left empty" or not)::
 
     .venv/bin/python benchmarks/busi.py --normals --epochs 30 --folds 0 --out bench-out/busi-normals
+
+With ``--teacher`` each fold's student distils a teacher (``bcseg train --teacher``); a
+``{fold}`` in the path names each fold's own, so that no teacher saw the fold it is
+tested on (here the 5-fold run of the same recipe, one teacher per fold)::
+
+    .venv/bin/python benchmarks/busi.py --normals --epochs 100 --folds 0 \
+        --teacher 'bench-out/r7/fold_{fold}' --out bench-out/distil
 """
 
 from __future__ import annotations
@@ -116,6 +123,8 @@ def main(argv=None) -> int:
     parser.add_argument("--epochs", type=int, help="override train.epochs")
     parser.add_argument("--normals", action="store_true",
                         help="train on the training folds' normal images too")
+    parser.add_argument("--teacher", help="model or run to distil; '{fold}' is the test fold")
+    parser.add_argument("--teacher-weight", type=float, help="override train.teacher_weight")
     parser.add_argument("--force", action="store_true")
     args = parser.parse_args(argv)
 
@@ -134,11 +143,15 @@ def main(argv=None) -> int:
     overrides = {"train": {"budget_minutes": args.budget_min}}
     if args.epochs:
         overrides["train"]["epochs"] = args.epochs
+    if args.teacher_weight:
+        overrides["train"]["teacher_weight"] = args.teacher_weight
 
     out = Path(args.out)
     started = time.perf_counter()
     protocol = "folds.csv, tested on benign+malignant, trained on " + (
         "benign+malignant+normal" if args.normals else "benign+malignant")
+    if args.teacher:
+        protocol += f", distilled from {args.teacher} (teacher weight {args.teacher_weight or 0.5:g})"
     results = {"folds": {}, "config": args.config, "protocol": protocol,
                "hardware": hardware(),
                "budget": f"{args.budget_min:g} min per fold" if args.budget_min else "all epochs"}
@@ -162,6 +175,9 @@ def _fold(fold, out, lesions, cases, all_folds, classes, args, overrides, data) 
     normals = [c for c in cases if c.label_class == "normal"]
     # The test fold's normal images never enter training; the training folds' do with --normals.
     trained = lesions + ([c for c in normals if all_folds[c.id] != fold] if args.normals else [])
+    if args.teacher:  # each fold its own teacher: one that never saw the fold it is tested on
+        teacher = Path(args.teacher.replace("{fold}", str(fold))).absolute()
+        overrides = {**overrides, "train": {**overrides["train"], "teacher": [str(teacher)]}}
     train(trained, run, config=args.config, overrides=overrides, fold=fold,
           folds_file=data / "folds.csv", force=args.force)
     normal = [c for c in normals if all_folds[c.id] == fold]

@@ -58,6 +58,14 @@ def _threshold(text: str) -> float:
     return value
 
 
+def _share(text: str) -> float:
+    """A share in (0, 1]: 0 would leave the teacher out, more than all of the target is none."""
+    value = _number(text)
+    if not 0 < value <= 1:
+        raise argparse.ArgumentTypeError(f"must be a number above 0 and at most 1, got '{text}'")
+    return value
+
+
 def _config_name(text: str) -> str:
     """A preset name or a TOML file; a file here with a preset's name is ambiguous."""
     from bcseg.config import presets
@@ -217,7 +225,9 @@ def _train_overrides(args) -> dict:
     return {"model": model,
             "data": data,
             "train": {k: v for k, v in (("epochs", args.epochs), ("seed", args.seed),
-                                        ("batch_size", args.batch_size)) if v is not None}}
+                                        ("batch_size", args.batch_size),
+                                        ("teacher", args.teacher and [str(Path(t).absolute()) for t in args.teacher]),
+                                        ("teacher_weight", args.teacher_weight)) if v is not None}}
 
 
 def cmd_train(args) -> int:
@@ -462,6 +472,11 @@ def _add_train(sub) -> None:
     p.add_argument("--batch-size", type=_whole(1))
     p.add_argument("--seed", type=_whole(0))
     p.add_argument("--init", help="start from a model: 'busi' (the bundled one) or a .keras file")
+    p.add_argument("--teacher", action="append", metavar="MODEL",
+                   help="distil: blend this run's (a k-fold run's: its ensemble's) probabilities into "
+                   "the training targets; several --teacher arguments form one ensemble")
+    p.add_argument("--teacher-weight", type=_share, metavar="W",
+                   help="the teacher's share of each target, in (0, 1] (default 0.5)")
     p.add_argument("--resume", action="store_true", help="continue an interrupted run")
     p.add_argument("--force", action="store_true", help="replace an existing run")
     p.add_argument("--strategy", choices=["mirrored", "multiworker"],

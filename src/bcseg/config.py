@@ -159,6 +159,7 @@ RANGES = {
     ("train", "k"): "[2, inf)",  # splits.kfold_by_group needs two folds
     ("train", "test_last"): "[1, inf)",  # split = "last" needs a test specimen
     ("train", "seed"): "[0, 2147483647]",  # numpy seeds refuse negatives; room for seed + epoch
+    ("train", "teacher_weight"): "(0, 1]",  # 0 would be no teacher; 1 the teacher alone
     ("inference", "threshold"): "(0, 1)",  # 0 or 1 would mark every pixel or none
 }
 # (low, high) ranges drawn from in [augment], and the interval both must lie in: factors,
@@ -202,6 +203,10 @@ def _check_values(cfg: dict, source=None) -> None:
     if augment["speckle_max"] and augment["speckle_max"] < augment["speckle"]:
         raise ConfigError(source, f"'augment.speckle_max' must be 0 (off) or at least "
                           f"'augment.speckle' ({augment['speckle']!r}), got {augment['speckle_max']!r}")
+    teacher = cfg["train"]["teacher"]
+    if not all(isinstance(path, str) and path.strip() for path in teacher):
+        raise ConfigError(source, f"'train.teacher' must list model paths (runs or .keras files), "
+                          f"got {teacher!r}")
     _check_model_shape(cfg, source)
     _check_channels(cfg["data"], source)
 

@@ -12,6 +12,13 @@ Multi-channel cases: with ``channels`` (e.g. ``["us", "pa"]``) the samples keep 
 trailing channel axis, each channel normalised by its own method
 (:func:`bcseg.data.intensity.normalise_channels`); without it every case is read
 as one grey image, exactly as before.
+
+Distillation: with a ``teacher`` (probability maps of a trained model or ensemble,
+one per case) every target gains :data:`TEACHER_LEVELS` binary planes, the teacher's
+probability cut at 1/16, 3/16, ... 15/16. Each plane is augmented like an observer's
+mask (rotated, zoomed and cut at 0.5 again), and their mean after augmentation is the
+teacher's probability to the nearest 1/8: a soft target through the same geometric
+augmentation as the masks, with no second code path for continuous maps.
 """
 
 from __future__ import annotations
@@ -29,6 +36,10 @@ from bcseg.data.dataset import Case, read_case_channel_arrays, read_case_image, 
 from bcseg.errors import DataError
 from bcseg.data.intensity import normalise, normalise_channels
 from bcseg.data.consensus import consensus
+
+# Planes that encode a teacher's probability (1/8 steps): finer steps add memory (one
+# byte per pixel and plane) and augmentation work for differences no loss can see.
+TEACHER_LEVELS = 8
 
 RANDOM_OBSERVER = "random"
 SOFT_OBSERVER = "soft"
@@ -101,6 +112,10 @@ class Samples:
     one drawn at random; ``has_tumour`` marks samples whose target holds tumour.
     With ``channels`` the images carry a trailing channel axis, one plane per
     named channel.
+
+    With a teacher, the first ``truth_planes`` of the O planes are the observers'
+    masks and the rest the teacher's levels; ``weights`` (one per plane, summing
+    to 1) replaces the plain mean of a ``soft`` target.
     """
 
     images: list[np.ndarray] | np.ndarray
@@ -108,15 +123,50 @@ class Samples:
     case_ids: list[str]
     soft: bool = False
     channels: list[str] | None = None
+    truth_planes: int | None = None  # None: every plane is an observer's mask
+    weights: tuple[float, ...] | None = None
 
     @property
     def has_tumour(self) -> np.ndarray:
-        return np.array([t.any() for t in self.targets], dtype=bool)
+        """Samples whose observers' masks hold tumour (a teacher's guess does not count)."""
+        return np.array([t[:self.truth_planes].any() for t in self.targets], dtype=bool)
+
+
+def teacher_planes(prob: np.ndarray) -> np.ndarray:
+    """:data:`TEACHER_LEVELS` binary planes ``(L, ...)`` whose mean is ``prob`` (uint8,
+    255 = 1) to the nearest 1/L: plane k is ``prob >= (k + 1/2) / L``."""
+    cuts = (np.arange(TEACHER_LEVELS) + 0.5) / TEACHER_LEVELS * 255
+    return prob[None] >= cuts.reshape((-1,) + (1,) * prob.ndim)
+
+
+def with_teacher(target: np.ndarray, prob: np.ndarray) -> np.ndarray:
+    """The ``(O, ...)`` target with the teacher's planes after the observers' masks.
+
+    Where the observers marked nothing (a tumour-free image, or slice of a stack) the
+    teacher's planes are cleared: an empty mask is a certain answer, and a teacher
+    trained on lesion images marks something in nearly every normal image (BUSI).
+    """
+    planes = teacher_planes(prob)
+    marked = target.any(axis=0)
+    if marked.ndim == 2:  # one image
+        planes[:, ...] &= marked.any()
+    else:  # a stack: slice by slice
+        planes &= marked.any(axis=(1, 2))[None, :, None, None]
+    return np.concatenate([target.astype(bool), planes])
+
+
+def plane_weights(truth_planes: int, teacher_weight: float) -> tuple[float, ...]:
+    """Weights of the observers' planes (sharing ``1 - teacher_weight``) and of the
+    teacher's (sharing ``teacher_weight``)."""
+    return ((1 - teacher_weight) / truth_planes,) * truth_planes + \
+        (teacher_weight / TEACHER_LEVELS,) * TEACHER_LEVELS
 
 
 def _case_arrays(case: Case, observer: str, channels: list[str] | None = None,
-                 methods: dict[str, str] | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Normalised image (channels last when ``channels`` is given) and ``(O, ...)`` target."""
+                 methods: dict[str, str] | None = None,
+                 teacher: dict[str, np.ndarray] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Normalised image (channels last when ``channels`` is given) and ``(O, ...)`` target,
+    with the teacher's planes after the observers' masks when ``teacher`` is given."""
     try:
         if channels is None:
             image, _ = read_case_image(case)
@@ -131,6 +181,8 @@ def _case_arrays(case: Case, observer: str, channels: list[str] | None = None,
     target = training_target(masks, observer, str(case.image))
     if target.ndim == len(spatial):
         target = target[None]
+    if teacher is not None:
+        target = with_teacher(target, teacher[case.id])
     return image, target.astype(np.uint8)
 
 
@@ -141,23 +193,30 @@ def to_square_channels(image: np.ndarray, size: int) -> np.ndarray:
 
 def slice_samples(cases: list[Case], observer: str, size: int,
                   offline_augment: str = "none", seed: int = 0,
-                  channels: list[str] | None = None, methods: dict[str, str] | None = None) -> Samples:
+                  channels: list[str] | None = None, methods: dict[str, str] | None = None,
+                  teacher: dict[str, np.ndarray] | None = None, teacher_weight: float = 0.5) -> Samples:
     """2D samples: every image, and every slice of every stack, fitted to ``size``.
 
     With ``offline_augment="reference"`` each slice becomes the reference study's 24
     rotated and trimmed copies (one target only: not with the ``random`` observer).
     ``channels`` and ``methods`` select and normalise named channels (see the module).
+    ``teacher`` maps case ids to the teacher's probability (uint8, the case's shape),
+    whose share of the target is ``teacher_weight`` (see the module).
     """
     if offline_augment == "reference" and observer in KEEP_ALL:
         raise DataError(None, "the reference offline augmentation needs one target; "
                         f"choose an observer or a consensus instead of {observer!r}")
+    if teacher is not None and offline_augment == "reference":
+        raise DataError(None, "a teacher's soft target needs the on-the-fly augmentation, "
+                        "not offline_augment = 'reference'")
+    _check_teacher_observer(teacher, observer)
     if offline_augment == "reference" and channels is not None:
         raise DataError(None, "the reference offline augmentation takes one grey channel; "
                         "use the on-the-fly augmentation with several channels")
     images, targets, ids = [], [], []
     rng = np.random.default_rng(seed)
     for case in cases:
-        image, target = _case_arrays(case, observer, channels, methods)
+        image, target = _case_arrays(case, observer, channels, methods, teacher)
         flat = image.ndim - (channels is not None) == 2
         stack = image[None] if flat else image
         target_stack = target[:, None] if flat else target  # (O, Z, H, W)
@@ -174,23 +233,40 @@ def slice_samples(cases: list[Case], observer: str, size: int,
                 images.append(square)
                 targets.append(masks)
                 ids.append(case.id)
-    return Samples(np.stack(images).astype(np.float32), np.stack(targets).astype(np.uint8), ids,
-                   soft=observer == SOFT_OBSERVER, channels=channels)
+    return _samples(np.stack(images).astype(np.float32), np.stack(targets).astype(np.uint8), ids,
+                    observer, channels, teacher, teacher_weight)
+
+
+def _check_teacher_observer(teacher, observer: str) -> None:
+    if teacher is not None and observer == RANDOM_OBSERVER:  # it would draw a teacher's plane
+        raise DataError(None, f"a teacher's soft target is blended with the observers' mask(s); "
+                        f"the {RANDOM_OBSERVER!r} observer draws one plane; choose another target")
+
+
+def _samples(images, targets, ids, observer: str, channels, teacher, teacher_weight: float) -> Samples:
+    if teacher is None:
+        return Samples(images, targets, ids, soft=observer == SOFT_OBSERVER, channels=channels)
+    truth = targets[0].shape[0] - TEACHER_LEVELS
+    return Samples(images, targets, ids, soft=True, channels=channels, truth_planes=truth,
+                   weights=plane_weights(truth, teacher_weight))
 
 
 def volume_samples(cases: list[Case], observer: str, channels: list[str] | None = None,
-                   methods: dict[str, str] | None = None) -> Samples:
-    """3D samples: whole normalised volumes, cut into patches per epoch."""
+                   methods: dict[str, str] | None = None, teacher: dict[str, np.ndarray] | None = None,
+                   teacher_weight: float = 0.5) -> Samples:
+    """3D samples: whole normalised volumes, cut into patches per epoch (``teacher``:
+    see :func:`slice_samples`)."""
+    _check_teacher_observer(teacher, observer)
     images, targets, ids = [], [], []
     for case in cases:
-        image, target = _case_arrays(case, observer, channels, methods)
+        image, target = _case_arrays(case, observer, channels, methods, teacher)
         if image.ndim - (channels is not None) != 3:
             raise DataError(case.image, "is 2D; a 3D model trains on 3D stacks only "
                             "(use --model unet2d for 2D images)")
         images.append(image)
         targets.append(target)
         ids.append(case.id)
-    return Samples(images, targets, ids, soft=observer == SOFT_OBSERVER, channels=channels)
+    return _samples(images, targets, ids, observer, channels, teacher, teacher_weight)
 
 
 # --------------------------------------------------------------------------- per-epoch draws
@@ -221,14 +297,16 @@ def _pick_observer(targets: np.ndarray, rng: np.random.Generator, soft: bool) ->
     return targets[np.arange(targets.shape[0]), choice][..., None].astype(np.float32)
 
 
-def _patch(volume: np.ndarray, target: np.ndarray, shape, rng, force_tumour: bool):
-    """A patch of ``shape``; centred on a random tumour voxel when forced."""
+def _patch(volume: np.ndarray, target: np.ndarray, shape, rng, force_tumour: bool,
+           truth_planes: int | None = None):
+    """A patch of ``shape``; centred on a random tumour voxel (of the observers' first
+    ``truth_planes`` planes, not a teacher's) when forced."""
     if volume.shape[0] < shape[0] or volume.shape[1] < shape[1] or volume.shape[2] < shape[2]:
         pad = [(0, max(0, s - v)) for s, v in zip(shape, volume.shape)]
         volume = np.pad(volume, pad + [(0, 0)] * (volume.ndim - 3))  # a channel axis stays
         target = np.pad(target, [(0, 0)] + pad)
-    if force_tumour and target.any():
-        voxels = np.argwhere(target.any(axis=0))
+    if force_tumour and target[:truth_planes].any():
+        voxels = np.argwhere(target[:truth_planes].any(axis=0))
         centre = voxels[rng.integers(len(voxels))]
         start = [int(np.clip(c - s // 2, 0, v - s)) for c, s, v in zip(centre, shape, volume.shape)]
     else:
@@ -257,7 +335,8 @@ def epoch_arrays(samples: Samples, epoch: int, seed: int, n: int, tumour_fractio
             force = rng.random() < tumour_fraction and has.any()
             pool = np.flatnonzero(has) if force else np.arange(len(samples.images))
             k = pool[rng.integers(len(pool))]
-            image, target = _patch(samples.images[k], samples.targets[k], patch_shape, rng, force)
+            image, target = _patch(samples.images[k], samples.targets[k], patch_shape, rng, force,
+                                   samples.truth_planes)
             images.append(image)
             targets.append(target)
         images = np.stack(images)
@@ -306,12 +385,14 @@ def _epoch_options() -> tf.data.Options:
 
 
 def epoch_dataset(images: np.ndarray, targets: np.ndarray, batch_size: int, seed: int, epoch: int,
-                  augment: AugmentConfig | None, channels: list[str] | None = None) -> tf.data.Dataset:
+                  augment: AugmentConfig | None, channels: list[str] | None = None,
+                  weights: tuple[float, ...] | None = None) -> tf.data.Dataset:
     """A batched, augmented, prefetched dataset over one epoch's arrays.
 
     Sample ``i`` of the epoch is augmented with the stateless seed
     ``(seed * 100003 + epoch, i)``, so the same ``(seed, epoch)`` gives the same batches.
     ``channels`` names the images' channels (see :func:`bcseg.learn.augment.augment_2d`).
+    A target of several planes becomes their mean, or their sum weighted by ``weights``.
     """
     import tensorflow as tf
 
@@ -327,8 +408,11 @@ def epoch_dataset(images: np.ndarray, targets: np.ndarray, batch_size: int, seed
                                      None if channels is None else tuple(channels))
         ds = tf.data.Dataset.from_tensor_slices((images, targets, seeds))
         ds = ds.map(function, num_parallel_calls=_cpu_count(), deterministic=True)
-    if targets.shape[-1] > 1:  # soft: the observers' masks, augmented alike, averaged
+    if targets.shape[-1] > 1 and weights is None:  # soft: the observers' masks, augmented alike
         ds = ds.map(lambda x, y: (x, tf.reduce_mean(y, axis=-1, keepdims=True)), deterministic=True)
+    elif targets.shape[-1] > 1:  # with a teacher's planes: their weighted sum
+        w = tf.constant(weights, tf.float32)
+        ds = ds.map(lambda x, y: (x, tf.reduce_sum(y * w, axis=-1, keepdims=True)), deterministic=True)
     return ds.batch(batch_size).prefetch(2).with_options(_epoch_options())
 
 

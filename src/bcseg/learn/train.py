@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Callable
 
 import keras
+import numpy as np
 import tensorflow as tf
 
 from bcseg import outputs
@@ -385,7 +386,7 @@ def _train_epoch(model: keras.Model, cfg: dict, train: pipeline.Samples, val_dat
     images, targets = pipeline.epoch_arrays(train, epoch, t["seed"], _epoch_samples(cfg, train),
                                             d["tumour_fraction"], _patch_shape(cfg))
     dataset = pipeline.epoch_dataset(images, targets, t["batch_size"], t["seed"], epoch, augment,
-                                     train.channels)
+                                     train.channels, train.weights)
     if isinstance(model.distribute_strategy, tf.distribute.MultiWorkerMirroredStrategy):
         _build_locally(model, dataset)
     _say(f"epoch {epoch + 1}/{planned_epochs(cfg, state)}  lr {lr:.2e}")
@@ -466,9 +467,11 @@ def _after_epoch(model, cfg: dict, out: Path, state: dict, row: dict, plot=None)
 def run_fold(cases: list[Case], folds: dict[str, int], fold: int, cfg: dict, out: Path,
              resume: bool = False, init_model: Path | None = None,
              strategy: str | None = None, plot: Callable[[Path], object] | None = None,
-             validation: list[str] | None = None) -> dict:
+             validation: list[str] | None = None, teacher: dict[str, np.ndarray] | None = None) -> dict:
     """Fit on every fold but ``fold``, validating on held-out groups of them, or on
     the training folds' cases whose ids are in ``validation`` where it is given.
+    With ``teacher`` (probabilities per case id, see :func:`teacher_probabilities`)
+    the training targets blend in the teacher's; validation stays on the masks.
 
     Returns
     -------
@@ -494,16 +497,20 @@ def run_fold(cases: list[Case], folds: dict[str, int], fold: int, cfg: dict, out
     d, ndim = cfg["data"], cfg["model"]["ndim"]
     channels, methods = run_channels(cases, cfg)
     named = {"channels": channels, "methods": methods}
+    taught = {"teacher": teacher, "teacher_weight": t["teacher_weight"]}
     if ndim == 2:
         train_set = pipeline.slice_samples(train_cases, d["observer"], d["size"], d["offline_augment"],
-                                           t["seed"], **named)
+                                           t["seed"], **named, **taught)
         val_set = pipeline.slice_samples(val_cases, validation_target(d), d["size"], **named) \
             if val_cases else None
     else:
-        train_set = pipeline.volume_samples(train_cases, d["observer"], **named)
+        train_set = pipeline.volume_samples(train_cases, d["observer"], **named, **taught)
         val_set = pipeline.volume_samples(val_cases, validation_target(d), **named) if val_cases else None
     _say(f"cached {len(train_set.images)} training {'slices' if ndim == 2 else 'volumes'} "
          f"({int(train_set.has_tumour.sum())} with tumour)")
+    if teacher is not None:
+        _say(f"distilling: each training target is {1 - t['teacher_weight']:g} x the mask + "
+             f"{t['teacher_weight']:g} x the teacher's probability ({', '.join(t['teacher'])})")
 
     scope = _distribution(strategy)
     state = {"epoch": 0}
@@ -700,14 +707,31 @@ def train(data, out, config=None, overrides: dict | None = None, fold="0", folds
     _check_memory(cfg, _config_source(out, config, overrides, resume, "train", "batch_size"))
     # an unusable model is refused before the run dir is touched
     init_model = _init_model(init, cfg, len(channels or [IMAGE_CHANNEL]))
+    taught = _teacher(cfg, cases, folds, targets, channels,
+                      _config_source(out, config, overrides, resume, "train", "teacher"))
     replace = _replaces_run(out, resume, force)
     # Interrupted: keep the new run, which --resume continues; any failure: the old run.
     with outputs.claim(out, "train", replace=replace, keep_on=(Interrupted, KeyboardInterrupt),
-                       inputs=_inputs(data, cases, config, folds_file, init_model)):
+                       inputs=_inputs(data, cases, config, folds_file, init_model,
+                                      *cfg["train"]["teacher"])):
         if resume:
             remove_partials(out)
         return _train_in(out, cfg, cases, folds, source, targets, resume, init_model, strategy,
-                         after_fit, plot, validation)
+                         after_fit, plot, validation, taught)
+
+
+def _teacher(cfg: dict, cases: list[Case], folds: dict, targets: list[int], channels,
+             source) -> dict[str, np.ndarray] | None:
+    """The teacher's probabilities of every case some fold trains on, computed before
+    the run folder is touched (see :mod:`bcseg.learn.teacher`); None without one."""
+    if not cfg["train"]["teacher"]:
+        return None
+    from bcseg.learn import teacher
+
+    teacher.check_recipe(cfg, source)
+    models, settings = teacher.load_teacher(cfg["train"]["teacher"], channels)
+    trained = [c for c in cases if any(folds[c.id] != k for k in targets)]
+    return teacher.teacher_probabilities(models, settings, trained)
 
 
 def _run_config(out: Path, config, overrides: dict | None, resume: bool, mixed_precision: bool) -> dict:
@@ -761,7 +785,8 @@ def _plan_folds(out: Path, cases: list[Case], cfg: dict, fold, folds_file, resum
 
 
 def _train_in(out: Path, cfg: dict, cases: list[Case], folds: dict, source, targets: list[int],
-              resume: bool, init_model, strategy, after_fit, plot, validation=None) -> list[dict]:
+              resume: bool, init_model, strategy, after_fit, plot, validation=None,
+              teacher=None) -> list[dict]:
     """Train every fold in ``targets`` into the claimed run folder ``out``."""
     handler = _start_log(out)
     handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
@@ -780,7 +805,7 @@ def _train_in(out: Path, cfg: dict, cases: list[Case], folds: dict, source, targ
                     _say(f"fold {k} already finished")
                     continue
                 fitted = run_fold(cases, folds, k, cfg, fold_dir, resume, init_model, strategy, plot,
-                                  validation)
+                                  validation, teacher)
                 results.append(_summary(fitted, after_fit))
             if len(targets) > 1:
                 write_text(out / "folds_summary.json", json.dumps(results, indent=1, default=str) + "\n")
