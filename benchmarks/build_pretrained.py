@@ -25,6 +25,13 @@ Examples
         --config benchmarks/configs/r7.toml --out bench-out/busi-all-r7n
     .venv/bin/python benchmarks/build_pretrained.py --from-run bench-out/busi-cpu/fold_0 \
         --target tests/data/busi_heldout
+
+With ``--teacher`` (repeatable) the ``--all`` model is a student distilled from
+them (``bcseg train --teacher``), e.g. from the five fold models of the 5-fold run::
+
+    .venv/bin/python benchmarks/build_pretrained.py --all --normals --epochs 100 \
+        --config benchmarks/configs/r7.toml --out bench-out/busi-student \
+        --teacher bench-out/r7/fold_0 --teacher bench-out/r7/fold_1 ... --teacher bench-out/r7/fold_4
 """
 
 from __future__ import annotations
@@ -81,6 +88,7 @@ def main(argv=None) -> int:
     parser.add_argument("--normals", action="store_true",
                         help="with --all: train on BUSI's normal images too")
     parser.add_argument("--config", default="busi", help="recipe: preset or TOML file (default: busi)")
+    parser.add_argument("--teacher", action="append", help="with --all: distil this run (repeat: an ensemble)")
     parser.add_argument("--target", default=str(TARGET),
                         help="folder to write the model and inference.json to (default: the package's)")
     args = parser.parse_args(argv)
@@ -107,16 +115,25 @@ def main(argv=None) -> int:
     overrides = {"train": {"budget_minutes": args.budget_min}}
     if args.epochs:
         overrides["train"]["epochs"] = args.epochs
+    if args.teacher:
+        overrides["train"]["teacher"] = [str(Path(t).absolute()) for t in args.teacher]
     cfg = load_config(args.config, overrides)
+    teacher = None
+    if args.teacher:  # segmented once, before training (see bcseg.learn.teacher)
+        from bcseg.learn import teacher as distil
+        models, settings = distil.load_teacher(cfg["train"]["teacher"], None)
+        teacher = distil.teacher_probabilities(models, settings, cases)
+        del models
     save_config(cfg, out / "config.toml")
     # Every case in the training pool (fold 1) and none in the test fold 0: the
     # validation split of whole groups still chooses the epoch and the threshold.
     with training_precision(cfg):
-        finish_fold(run_fold(cases, {c.id: 1 for c in cases}, 0, cfg, out))
+        finish_fold(run_fold(cases, {c.id: 1 for c in cases}, 0, cfg, out, teacher=teacher))
     fold = json.loads((out / "fold.json").read_text(encoding="utf-8"))
+    distilled = f"; distilled from {', '.join(args.teacher)}" if args.teacher else ""
     bundle(out, f"all {len(cases)} BUSI {'/'.join(kinds)} images "
            f"({len(fold['train'])} training, {len(fold['validation'])} validation); "
-           "fold 0 included: no BUSI lesion image is unseen by this model", Path(args.target))
+           f"fold 0 included: no BUSI lesion image is unseen by this model{distilled}", Path(args.target))
     return 0
 
 
