@@ -111,7 +111,6 @@ def main(argv=None) -> int:
     kinds = ("benign", "malignant", "normal") if args.normals else ("benign", "malignant")
     cases = [c for c in discover(args.data) if c.label_class in kinds]
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     overrides = {"train": {"budget_minutes": args.budget_min}}
     if args.epochs:
         overrides["train"]["epochs"] = args.epochs
@@ -119,11 +118,13 @@ def main(argv=None) -> int:
         overrides["train"]["teacher"] = [str(Path(t).absolute()) for t in args.teacher]
     cfg = load_config(args.config, overrides)
     teacher = None
-    if args.teacher:  # segmented once, before training (see bcseg.learn.teacher)
+    if args.teacher:  # segmented once, before anything is written (see bcseg.learn.teacher)
         from bcseg.learn import teacher as distil
+        distil.check_recipe(cfg, args.config)
         models, settings = distil.load_teacher(cfg["train"]["teacher"], None)
-        teacher = distil.teacher_probabilities(models, settings, cases)
+        teacher = distil.teacher_probabilities(models, settings, cases, cfg["train"]["teacher"])
         del models
+    out.mkdir(parents=True, exist_ok=True)
     save_config(cfg, out / "config.toml")
     # Every case in the training pool (fold 1) and none in the test fold 0: the
     # validation split of whole groups still chooses the epoch and the threshold.

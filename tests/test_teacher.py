@@ -4,6 +4,7 @@ real tiny teacher run teaching a real tiny student on the phantom."""
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -59,13 +60,17 @@ def test_an_empty_mask_clears_the_teacher_image_by_image_and_slice_by_slice():
     truth = np.zeros((1, 2, 4, 4), np.uint8)
     truth[0, 1, 1:3, 1:3] = 1                            # the observer, on slice 1 only
     target = pipeline.with_teacher(truth, prob)
-    assert target.shape == (9, 2, 4, 4)
-    assert not target[1:, 0].any()                       # slice 0: no tumour, no teacher
-    assert target[1:, 1].sum(axis=0).tolist() == [[6] * 4] * 4  # 200/255 * 8 = 6.27: 6 of 8 planes
+    assert target.shape == (2, 2, 4, 4) and target.dtype == np.uint8
+    assert not target[1, 0].any()                        # slice 0: no tumour, no teacher
+    assert (target[1, 1] == 200).all()                   # slice 1: the teacher's byte
+    levels = pipeline.expand_teacher(target[None], truth_planes=1)[0]
+    assert levels.shape == (9, 2, 4, 4) and (levels[0] == truth[0]).all()
+    assert levels[1:, 1].sum(axis=0).tolist() == [[6] * 4] * 4  # 200/255 * 8 = 6.27: 6 of 8 planes
+    assert not levels[1:, 0].any()
     image = pipeline.with_teacher(np.zeros((1, 4, 4), np.uint8), prob[0])  # a normal image
     assert not image.any()
     lesion = pipeline.with_teacher(truth[:, 1], prob[1])
-    assert lesion[1:].sum(axis=0).tolist() == [[6] * 4] * 4
+    assert (lesion[1] == 200).all()
 
 
 def test_the_epoch_target_is_the_weighted_blend_of_mask_and_teacher():
@@ -92,9 +97,9 @@ def test_the_epoch_target_is_the_weighted_blend_of_mask_and_teacher():
 
 
 def test_has_tumour_counts_the_observers_not_the_teacher():
-    target = np.zeros((2, 9, 4, 4), np.uint8)
+    target = np.zeros((2, 2, 4, 4), np.uint8)
     target[0, 0, 1, 1] = 1                               # sample 0: the observer marked it
-    target[1, 3:, 2, 2] = 1                              # sample 1: only teacher planes
+    target[1, 1, 2, 2] = 255                             # sample 1: only the teacher
     samples = pipeline.Samples(np.zeros((2, 4, 4), np.float32), target, ["a", "b"], soft=True,
                                truth_planes=1, weights=pipeline.plane_weights(1, 0.5))
     assert samples.has_tumour.tolist() == [True, False]
@@ -188,10 +193,10 @@ def test_3d_samples_carry_the_teacher_and_force_patches_onto_the_observers_tumou
         shape = pipeline.read_case_image(case)[0].shape
         teacher[case.id] = np.full(shape, 255, np.uint8)  # the teacher: tumour everywhere
     samples = pipeline.volume_samples(cases, "union", teacher=teacher)
-    assert samples.truth_planes == 1 and all(t.shape[0] == 9 for t in samples.targets)
+    assert samples.truth_planes == 1 and all(t.shape[0] == 2 for t in samples.targets)
     for target in samples.targets:  # slices the observers left empty have no teacher either
         marked = target[0].any(axis=(1, 2))
-        assert (target[1:].any(axis=(0, 2, 3)) == marked).all()
+        assert (target[1].any(axis=(1, 2)) == marked).all() and target[1].max() == 255
     images, targets = pipeline.epoch_arrays(samples, epoch=0, seed=0, n=6, tumour_fraction=1.0,
                                             patch_shape=(4, 16, 16))
     assert targets.shape == (6, 4, 16, 16, 9)
@@ -209,3 +214,77 @@ def test_force_never_replaces_the_folder_that_holds_the_teacher(tmp_path, phanto
         [line] = _errors(capsys.readouterr().err)
         assert got != 0 and "input" in line
     assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before
+
+
+def test_2d_samples_resample_the_teacher_as_a_probability_not_a_mask(phantom):
+    cases = discover(phantom)[:1]
+    shape = pipeline.read_case_image(cases[0])[0].shape  # (Z, H, W): slices of a stack
+    samples = pipeline.slice_samples(cases, "union", size=16, teacher={cases[0].id: np.full(shape, 128, np.uint8)})
+    marked = samples.targets[:, 0].any(axis=(1, 2))
+    assert samples.targets.shape[1] == 2 and marked.any() and not marked.all()
+    inside = samples.targets[marked, 1][:, :8, :8]  # the image's corner, away from the padding
+    assert (inside == 128).all()                       # a byte of 128 stays 128, not 0 or 1
+    assert not samples.targets[~marked, 1].any()       # tumour-free slices: no teacher
+
+
+def test_resume_refuses_a_teacher_that_changed_since_the_run_started(tmp_path, teacher_run, phantom, capsys):
+    import shutil
+    teacher = tmp_path / "teacher"
+    shutil.copytree(teacher_run, teacher)
+    out = tmp_path / "student"
+    args = ["train", str(phantom), "--out", str(out), "--config", str(_tiny(tmp_path)),
+            "--teacher", str(teacher)]
+    assert cli.main(args) == 0
+    recorded = json.loads((out / "teacher.json").read_text())
+    assert recorded["models"][0]["file"] == str((teacher / "model_best.keras").absolute())
+    assert len(recorded["models"][0]["sha256"]) == 64
+    capsys.readouterr()
+    assert cli.main(args + ["--resume"]) == 0  # the same teacher: fine (the fold is finished)
+    settings = json.loads((teacher / "inference.json").read_text())
+    settings["tta"] = not settings["tta"]          # the teacher now segments otherwise
+    (teacher / "inference.json").write_text(json.dumps(settings))
+    before = sorted(p.name for p in out.iterdir())
+    capsys.readouterr()
+    assert cli.main(args + ["--resume"]) == 2
+    [line] = _errors(capsys.readouterr().err)
+    assert "teacher.json" in line and "changed since the run started" in line
+    assert sorted(p.name for p in out.iterdir()) == before
+
+
+def test_a_teacher_that_saw_the_test_cases_is_named(teacher_run, phantom):
+    from bcseg.learn.teacher import warn_if_seen
+    fold = json.loads((teacher_run / "fold.json").read_text())
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        warn_if_seen([str(teacher_run)], set(fold["test"]))      # held out from the teacher: quiet
+    assert not caught
+    with pytest.warns(UserWarning, match=r"the teacher saw 1 of this run's 2 test case\(s\)"):
+        warn_if_seen([str(teacher_run)], {fold["train"][0], "unseen"})
+
+
+def test_a_relative_teacher_in_a_config_file_is_found_beside_the_file(tmp_path, monkeypatch):
+    (tmp_path / "recipes").mkdir()
+    path = tmp_path / "recipes" / "student.toml"
+    path.write_text('[train]\nteacher = ["../runs/all", "/abs/run"]\n', encoding="utf-8")
+    monkeypatch.chdir("/")
+    teacher = load_config(path)["train"]["teacher"]
+    assert Path(teacher[0]).resolve() == (tmp_path / "runs" / "all").resolve() and teacher[1] == "/abs/run"
+
+
+def test_teacher_weight_without_a_teacher_is_refused(tmp_path, phantom, capsys):
+    out = tmp_path / "run"
+    assert cli.main(["train", str(phantom), "--out", str(out), "--teacher-weight", "0.3"]) == 2
+    [line] = _errors(capsys.readouterr().err)
+    assert "--teacher-weight needs --teacher" in line and not out.exists()
+
+
+def test_an_existing_run_is_refused_before_the_teacher_segments_anything(teacher_run, phantom, capsys,
+                                                                         monkeypatch):
+    from bcseg.learn import teacher
+
+    def segmenting(*args, **kwargs):
+        raise AssertionError("the teacher segmented before the cheap refusal")
+    monkeypatch.setattr(teacher, "teacher_probabilities", segmenting)
+    got = cli.main(["train", str(phantom), "--out", str(teacher_run), "--teacher", str(teacher_run)])
+    [line] = _errors(capsys.readouterr().err)
+    assert got == 2 and "--force" in line

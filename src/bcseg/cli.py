@@ -58,6 +58,12 @@ def _threshold(text: str) -> float:
     return value
 
 
+def _nonempty(text: str) -> str:
+    if not text.strip():
+        raise argparse.ArgumentTypeError("must name a run folder or a .keras file, got ''")
+    return text
+
+
 def _share(text: str) -> float:
     """A share in (0, 1]: 0 would leave the teacher out, more than all of the target is none."""
     value = _number(text)
@@ -233,6 +239,9 @@ def _train_overrides(args) -> dict:
 def cmd_train(args) -> int:
     from bcseg.after_fit import train_and_evaluate
     from bcseg.learn.train import Interrupted
+
+    if args.teacher_weight is not None and not args.teacher:  # it would be ignored unasked
+        raise UsageError(None, "--teacher-weight needs --teacher (the model to distil)")
 
     fold = "all" if args.folds == "all" else (args.fold if args.fold is not None else 0)
     try:
@@ -472,11 +481,12 @@ def _add_train(sub) -> None:
     p.add_argument("--batch-size", type=_whole(1))
     p.add_argument("--seed", type=_whole(0))
     p.add_argument("--init", help="start from a model: 'busi' (the bundled one) or a .keras file")
-    p.add_argument("--teacher", action="append", metavar="MODEL",
+    p.add_argument("--teacher", action="append", metavar="MODEL", type=_nonempty,
                    help="distil: blend this run's (a k-fold run's: its ensemble's) probabilities into "
                    "the training targets; several --teacher arguments form one ensemble")
     p.add_argument("--teacher-weight", type=_share, metavar="W",
-                   help="the teacher's share of each target, in (0, 1] (default 0.5)")
+                   help="the teacher's share of each target, in (0, 1] (default: the recipe's "
+                   "train.teacher_weight, 0.5 in the presets)")
     p.add_argument("--resume", action="store_true", help="continue an interrupted run")
     p.add_argument("--force", action="store_true", help="replace an existing run")
     p.add_argument("--strategy", choices=["mirrored", "multiworker"],

@@ -103,6 +103,10 @@ def load_config(config: str | Path | None = None, overrides: dict | None = None)
         result = merge(result, _read_toml(path), path)
         _check_values(result, path)  # a bad value is blamed on the file that set it
         _check_normalised_channels(result["data"], path)
+        # A teacher named in a file is found beside the file, wherever the command runs,
+        # and recorded absolute so that --resume from elsewhere finds the same one.
+        result["train"]["teacher"] = [str(path.parent.absolute() / t) if not Path(t).is_absolute() else t
+                                      for t in result["train"]["teacher"]]
     if overrides:
         result = merge(result, {k: v for k, v in overrides.items() if v}, "command line")
         if (overrides.get("data") or {}).get("channels"):  # --channels picks some of the recipe's:

@@ -14,7 +14,8 @@ trailing channel axis, each channel normalised by its own method
 as one grey image, exactly as before.
 
 Distillation: with a ``teacher`` (probability maps of a trained model or ensemble,
-one per case) every target gains :data:`TEACHER_LEVELS` binary planes, the teacher's
+one per case) every cached target gains one plane, the teacher's probability as a
+byte. Each epoch's draw expands it into :data:`TEACHER_LEVELS` binary planes, the
 probability cut at 1/16, 3/16, ... 15/16. Each plane is augmented like an observer's
 mask (rotated, zoomed and cut at 0.5 again), and their mean after augmentation is the
 teacher's probability to the nearest 1/8: a soft target through the same geometric
@@ -114,8 +115,10 @@ class Samples:
     named channel.
 
     With a teacher, the first ``truth_planes`` of the O planes are the observers'
-    masks and the rest the teacher's levels; ``weights`` (one per plane, summing
-    to 1) replaces the plain mean of a ``soft`` target.
+    masks and the last is the teacher's probability (uint8, 255 = 1), which
+    :func:`epoch_arrays` expands into :data:`TEACHER_LEVELS` planes; ``weights``
+    (one per plane after that, summing to 1) replaces the plain mean of a ``soft``
+    target.
     """
 
     images: list[np.ndarray] | np.ndarray
@@ -140,19 +143,27 @@ def teacher_planes(prob: np.ndarray) -> np.ndarray:
 
 
 def with_teacher(target: np.ndarray, prob: np.ndarray) -> np.ndarray:
-    """The ``(O, ...)`` target with the teacher's planes after the observers' masks.
+    """The ``(O + 1, ...)`` uint8 target: the observers' masks, then the teacher's
+    probability (uint8).
 
     Where the observers marked nothing (a tumour-free image, or slice of a stack) the
-    teacher's planes are cleared: an empty mask is a certain answer, and a teacher
+    teacher's plane is cleared: an empty mask is a certain answer, and a teacher
     trained on lesion images marks something in nearly every normal image (BUSI).
     """
-    planes = teacher_planes(prob)
     marked = target.any(axis=0)
     if marked.ndim == 2:  # one image
-        planes[:, ...] &= marked.any()
+        kept = prob * bool(marked.any())
     else:  # a stack: slice by slice
-        planes &= marked.any(axis=(1, 2))[None, :, None, None]
-    return np.concatenate([target.astype(bool), planes])
+        kept = prob * marked.any(axis=(1, 2))[:, None, None]
+    return np.concatenate([target.astype(np.uint8), kept[None].astype(np.uint8)])
+
+
+def expand_teacher(targets: np.ndarray, truth_planes: int) -> np.ndarray:
+    """``(N, O + 1, ...)`` cached targets to ``(N, O + L, ...)``: the teacher's byte
+    plane as :data:`TEACHER_LEVELS` binary planes (done per epoch's draw, so the cache
+    holds one byte a pixel for the teacher rather than L)."""
+    levels = np.moveaxis(teacher_planes(targets[:, truth_planes]), 0, 1)
+    return np.concatenate([targets[:, :truth_planes], levels.astype(targets.dtype)], axis=1)
 
 
 def plane_weights(truth_planes: int, teacher_weight: float) -> tuple[float, ...]:
@@ -220,9 +231,13 @@ def slice_samples(cases: list[Case], observer: str, size: int,
         flat = image.ndim - (channels is not None) == 2
         stack = image[None] if flat else image
         target_stack = target[:, None] if flat else target  # (O, Z, H, W)
+        n_masks = len(target_stack) - (teacher is not None)
         for z in range(stack.shape[0]):
             square = to_square(stack[z], size) if channels is None else to_square_channels(stack[z], size)
-            masks = np.stack([to_square(t, size, order=0) for t in target_stack[:, z]]) > 0.5
+            masks = np.stack([to_square(t, size, order=0) for t in target_stack[:n_masks, z]]) > 0.5
+            if teacher is not None:  # the probability resampled as such, not as a mask
+                prob = to_square(target_stack[n_masks, z].astype(np.float32), size)
+                masks = np.concatenate([masks, np.rint(np.clip(prob, 0, 255))[None]]).astype(np.uint8)
             if offline_augment == "reference":
                 from bcseg.learn.augment import reference_offline_augment
                 aug_images, aug_masks = reference_offline_augment(square, masks[0], size=size, rng=rng)
@@ -246,7 +261,7 @@ def _check_teacher_observer(teacher, observer: str) -> None:
 def _samples(images, targets, ids, observer: str, channels, teacher, teacher_weight: float) -> Samples:
     if teacher is None:
         return Samples(images, targets, ids, soft=observer == SOFT_OBSERVER, channels=channels)
-    truth = targets[0].shape[0] - TEACHER_LEVELS
+    truth = targets[0].shape[0] - 1
     return Samples(images, targets, ids, soft=True, channels=channels, truth_planes=truth,
                    weights=plane_weights(truth, teacher_weight))
 
@@ -284,13 +299,17 @@ def draw_indices(has_tumour: np.ndarray, n: int, tumour_fraction: float,
     return picks
 
 
-def _pick_observer(targets: np.ndarray, rng: np.random.Generator, soft: bool) -> np.ndarray:
+def _pick_observer(targets: np.ndarray, rng: np.random.Generator, soft: bool,
+                   truth_planes: int | None = None) -> np.ndarray:
     """The targets of one epoch, ``(N, ..., C)`` float32, from ``(N, O, ...)`` masks.
 
     One observer per sample (C = 1; O = 1: that one), or for ``soft`` every
     observer as a channel (C = O), averaged after augmentation by
-    :func:`epoch_dataset` so that each mask is resampled as a binary mask.
+    :func:`epoch_dataset` so that each mask is resampled as a binary mask. A
+    teacher's plane (after ``truth_planes`` masks) becomes its binary levels first.
     """
+    if truth_planes is not None:
+        targets = expand_teacher(targets, truth_planes)
     if soft:
         return np.moveaxis(targets, 1, -1).astype(np.float32)
     choice = rng.integers(targets.shape[1], size=targets.shape[0])
@@ -321,13 +340,14 @@ def epoch_arrays(samples: Samples, epoch: int, seed: int, n: int, tumour_fractio
 
     Images are ``(n, ..., C)`` (C = 1 for grey samples, else one per named channel);
     targets ``(n, ..., 1)``, or ``(n, ..., O)`` for a ``soft`` target (one channel
-    per observer, averaged by :func:`epoch_dataset`).
+    per observer, averaged by :func:`epoch_dataset`); with a teacher ``(n, ..., O + L)``,
+    the observers' masks and the teacher's :data:`TEACHER_LEVELS` levels.
     """
     rng = np.random.default_rng([seed, epoch])
     if patch_shape is None:
         index = draw_indices(samples.has_tumour, n, tumour_fraction, rng)
         images = samples.images[index]
-        targets = _pick_observer(samples.targets[index], rng, samples.soft)
+        targets = _pick_observer(samples.targets[index], rng, samples.soft, samples.truth_planes)
     else:
         has = samples.has_tumour
         images, targets = [], []
@@ -340,7 +360,7 @@ def epoch_arrays(samples: Samples, epoch: int, seed: int, n: int, tumour_fractio
             images.append(image)
             targets.append(target)
         images = np.stack(images)
-        targets = _pick_observer(np.stack(targets), rng, samples.soft)
+        targets = _pick_observer(np.stack(targets), rng, samples.soft, samples.truth_planes)
     return _channels_last(samples, images).astype(np.float32), targets
 
 

@@ -14,24 +14,35 @@ target is then the observers' mask blended with the teacher's probability,
 Validation, tuning and the test fold are scored against the observers' masks alone.
 
 A teacher that was trained on a run's test cases leaks them into its score: for an
-honest test figure the teacher must not have seen the test fold.
+honest test figure the teacher must not have seen the test fold. Teachers trained by
+bcseg record the cases they saw (``fold.json`` beside each model), and a run whose
+test cases are among them says so.
+
+``teacher.json`` in the run folder records a fingerprint of the teacher (each model
+file's SHA-256 and the settings it runs with), so that ``--resume`` refuses a teacher
+that changed since the run started: the targets would no longer be the same.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
+import warnings
 from pathlib import Path
 
 import numpy as np
 
 from bcseg.data.dataset import Case
-from bcseg.errors import ConfigError, DataError, ModelError
+from bcseg.errors import ConfigError, DataError, ModelError, UsageError
 
 log = logging.getLogger("bcseg")
+FINGERPRINT_FILE = "teacher.json"
 
 
 def check_recipe(cfg: dict, source) -> None:
-    """A teacher needs a mask to blend with and the on-the-fly augmentation."""
+    """A teacher needs a mask to blend with and the on-the-fly augmentation
+    (``source``: where ``data.observer`` came from, for the message)."""
     if not cfg["train"]["teacher"]:
         return
     if cfg["data"]["observer"] == "random":  # it would draw one plane: a teacher's level
@@ -54,18 +65,79 @@ def load_teacher(paths: list[str], channels: list[str] | None):
 
     models, settings = load_models(paths[0] if len(paths) == 1 else paths)
     theirs, ours = tuple(settings.input_channels() or ()), tuple(channels or ())
-    if theirs != ours:
+    if sorted(theirs) != sorted(ours):  # the order is each model's own: it reads by name
         raise ModelError(Path(paths[0]), f"the teacher reads channel(s) {list(theirs) or 'one grey image'}, "
                          f"this run trains on {list(ours) or 'one grey image'}; a teacher must see "
                          "what its student sees")
     return models, settings
 
 
-def teacher_probabilities(models, settings, cases: list[Case]) -> dict[str, np.ndarray]:
+def fingerprint(paths: list[str]) -> dict:
+    """What the teacher's probabilities depend on: each model file's SHA-256 and the
+    settings it runs with (input size, flips, TTA, channels)."""
+    from bcseg.rundir import load_run
+
+    files, settings = load_run(paths[0] if len(paths) == 1 else paths)
+    record = {"teacher": list(paths),
+              "models": [{"file": str(f), "sha256": _sha256(f)} for f in files],
+              "settings": [{"input_size": v.input_size, "patch_size": v.patch_size, "flips": v.flips,
+                            "channel_names": v.channel_names, "normalisation": v.normalisation,
+                            "tta": settings.tta} for v in settings.member_views()]}
+    # tuples as lists and mappings as dicts, as teacher.json reads back
+    return json.loads(json.dumps(record, default=lambda o: dict(o) if hasattr(o, "items") else list(o)))
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def check_fingerprint(recorded: Path, now: dict) -> None:
+    """A resumed run refuses a teacher that is not the one it started with."""
+    try:
+        before = json.loads(recorded.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        raise UsageError(recorded, "is missing or unreadable: the teacher this run started with "
+                         "cannot be checked, so resuming could train on other targets; start a new "
+                         "run") from None
+    if before.get("models") != now["models"] or before.get("settings") != now["settings"]:
+        raise UsageError(recorded, f"the teacher ({', '.join(now['teacher'])}) changed since the run "
+                         "started (other model files or settings): resuming would train on other "
+                         "targets; put the old teacher back, or start a new run")
+
+
+def warn_if_seen(paths: list[str], test_ids: set[str]) -> None:
+    """Say so when the teacher trained or validated on the run's test cases (bcseg runs
+    record them in ``fold.json`` beside each model)."""
+    from bcseg.rundir import load_run
+
+    files, _ = load_run(paths[0] if len(paths) == 1 else paths)
+    seen = set()
+    for model in files:
+        record = model.parent / "fold.json"
+        try:
+            fold = json.loads(record.read_text(encoding="utf-8"))
+            seen |= set(fold.get("train", [])) | set(fold.get("validation", []))
+        except (OSError, ValueError, TypeError, AttributeError):
+            continue  # not a bcseg run (a bare .keras file): nothing is known
+    leaked = sorted(seen & test_ids)
+    if leaked:
+        message = (f"the teacher saw {len(leaked)} of this run's {len(test_ids)} test case(s) in training "
+                   f"(e.g. {leaked[0]}): the test figures are not held out; use a teacher trained "
+                   "without them (for --folds all: one per fold) for an honest score")
+        log.warning(message)
+        warnings.warn(message, stacklevel=2)
+
+
+def teacher_probabilities(models, settings, cases: list[Case], paths=()) -> dict[str, np.ndarray]:
     """The teacher's probability for every case, as uint8 (255 = 1) at the case's shape.
 
     One byte a pixel: a 1/255 step is far finer than the 1/8 the targets keep.
-    A case the teacher cannot segment is a :class:`DataError` naming its image.
+    A case the teacher cannot segment is a :class:`DataError` naming its image and
+    the teacher (``paths``).
     """
     from bcseg.after_fit import segment_case
 
@@ -76,6 +148,7 @@ def teacher_probabilities(models, settings, cases: list[Case]) -> dict[str, np.n
             _, _, _, prob = segment_case(models, case, settings, keep_prob=True)
         except (DataError, ModelError, ValueError) as exc:
             problem = getattr(exc, "problem", None) or str(exc)
-            raise DataError(case.image, f"the teacher cannot segment it: {problem}") from None
+            teacher = ", ".join(str(p) for p in paths) or "the teacher"
+            raise DataError(case.image, f"the teacher ({teacher}) cannot segment it: {problem}") from None
         probs[case.id] = np.rint(np.clip(prob, 0, 1) * 255).astype(np.uint8)
     return probs

@@ -40,6 +40,7 @@ import tensorflow as tf
 from bcseg import outputs
 from bcseg import rundir
 from bcseg.learn import pipeline
+from bcseg.learn import teacher as distil
 from bcseg.atomic import atomic_path, partial_name, remove_partials, write_text
 from bcseg.learn.augment import AugmentConfig
 from bcseg.config import load_config, save_config
@@ -707,31 +708,45 @@ def train(data, out, config=None, overrides: dict | None = None, fold="0", folds
     _check_memory(cfg, _config_source(out, config, overrides, resume, "train", "batch_size"))
     # an unusable model is refused before the run dir is touched
     init_model = _init_model(init, cfg, len(channels or [IMAGE_CHANNEL]))
-    taught = _teacher(cfg, cases, folds, targets, channels,
-                      _config_source(out, config, overrides, resume, "train", "teacher"))
-    replace = _replaces_run(out, resume, force)
+    replace = _replaces_run(out, resume, force)  # cheap refusals before the teacher's long step
+    teacher_inputs = _inputs(None, [], *cfg["train"]["teacher"])
+    if replace:
+        outputs.check_not_inputs(out, teacher_inputs)
+    taught = _teacher(out, cfg, cases, folds, targets, channels, resume,
+                      _config_source(out, config, overrides, resume, "data", "observer"))
     # Interrupted: keep the new run, which --resume continues; any failure: the old run.
     with outputs.claim(out, "train", replace=replace, keep_on=(Interrupted, KeyboardInterrupt),
-                       inputs=_inputs(data, cases, config, folds_file, init_model,
-                                      *cfg["train"]["teacher"])):
+                       inputs=_inputs(data, cases, config, folds_file, init_model) + teacher_inputs):
         if resume:
             remove_partials(out)
+        if taught is not None and not resume:
+            write_text(out / distil.FINGERPRINT_FILE, json.dumps(taught[1], indent=1) + "\n")
         return _train_in(out, cfg, cases, folds, source, targets, resume, init_model, strategy,
-                         after_fit, plot, validation, taught)
+                         after_fit, plot, validation, taught and taught[0])
 
 
-def _teacher(cfg: dict, cases: list[Case], folds: dict, targets: list[int], channels,
-             source) -> dict[str, np.ndarray] | None:
-    """The teacher's probabilities of every case some fold trains on, computed before
-    the run folder is touched (see :mod:`bcseg.learn.teacher`); None without one."""
+def _teacher(out: Path, cfg: dict, cases: list[Case], folds: dict, targets: list[int], channels,
+             resume: bool, observer_source) -> tuple[dict[str, np.ndarray], dict] | None:
+    """The teacher's probabilities of every case a fold still to train learns from, and
+    the teacher's fingerprint; computed before the run folder is touched (see
+    :mod:`bcseg.learn.teacher`). None without a teacher."""
     if not cfg["train"]["teacher"]:
         return None
-    from bcseg.learn import teacher
+    paths = cfg["train"]["teacher"]
+    distil.check_recipe(cfg, observer_source)
+    models, settings = distil.load_teacher(paths, channels)
+    fingerprint = distil.fingerprint(paths)
+    if resume:  # the same targets as before the interruption, or none
+        distil.check_fingerprint(out / distil.FINGERPRINT_FILE, fingerprint)
+    left = [k for k in targets if not (resume and _fold_dir(out, k, targets).joinpath(
+        rundir.SETTINGS_FILE).is_file())]
+    distil.warn_if_seen(paths, {c.id for c in cases if folds.get(c.id) in left})
+    trained = [c for c in cases if any(folds.get(c.id) != k for k in left)]
+    return distil.teacher_probabilities(models, settings, trained, paths), fingerprint
 
-    teacher.check_recipe(cfg, source)
-    models, settings = teacher.load_teacher(cfg["train"]["teacher"], channels)
-    trained = [c for c in cases if any(folds[c.id] != k for k in targets)]
-    return teacher.teacher_probabilities(models, settings, trained)
+
+def _fold_dir(out: Path, k: int, targets: list[int]) -> Path:
+    return out if len(targets) == 1 else out / f"fold_{k}"
 
 
 def _run_config(out: Path, config, overrides: dict | None, resume: bool, mixed_precision: bool) -> dict:
@@ -800,7 +815,7 @@ def _train_in(out: Path, cfg: dict, cases: list[Case], folds: dict, source, targ
                 save_splits(out / "splits.json", cases, folds, seed=cfg["train"]["seed"], source=source)
             results = []
             for k in targets:
-                fold_dir = out if len(targets) == 1 else out / f"fold_{k}"
+                fold_dir = _fold_dir(out, k, targets)
                 if resume and (fold_dir / rundir.SETTINGS_FILE).is_file():
                     _say(f"fold {k} already finished")
                     continue
