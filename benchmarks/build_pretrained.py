@@ -118,8 +118,8 @@ def main(argv=None) -> int:
         overrides["train"]["teacher"] = [str(Path(t).absolute()) for t in args.teacher]
     cfg = load_config(args.config, overrides)
     teacher = None
-    if args.teacher:  # segmented once, before anything is written (see bcseg.learn.teacher)
-        from bcseg.learn import teacher as distil
+    if args.teacher:  # segmented once, before anything is written (see bcseg.distil)
+        from bcseg import distil
         distil.check_recipe(cfg, args.config)
         models, settings = distil.load_teacher(cfg["train"]["teacher"], None)
         teacher = distil.teacher_probabilities(models, settings, cases, cfg["train"]["teacher"])

@@ -17,7 +17,7 @@ from bcseg.data.phantom import write_phantom
 from bcseg.errors import ConfigError
 from bcseg.learn import pipeline
 from bcseg.learn.augment import AugmentConfig
-from bcseg.learn.teacher import load_teacher, teacher_probabilities
+from bcseg.distil import load_teacher, teacher_probabilities
 from bcseg.data.dataset import discover
 
 pytestmark = [pytest.mark.filterwarnings("ignore:only 3 groups for 5 folds:UserWarning"),
@@ -252,7 +252,7 @@ def test_resume_refuses_a_teacher_that_changed_since_the_run_started(tmp_path, t
 
 
 def test_a_teacher_that_saw_the_test_cases_is_named(teacher_run, phantom):
-    from bcseg.learn.teacher import warn_if_seen
+    from bcseg.distil import warn_if_seen
     fold = json.loads((teacher_run / "fold.json").read_text())
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -280,7 +280,7 @@ def test_teacher_weight_without_a_teacher_is_refused(tmp_path, phantom, capsys):
 
 def test_an_existing_run_is_refused_before_the_teacher_segments_anything(teacher_run, phantom, capsys,
                                                                          monkeypatch):
-    from bcseg.learn import teacher
+    from bcseg import distil as teacher
 
     def segmenting(*args, **kwargs):
         raise AssertionError("the teacher segmented before the cheap refusal")

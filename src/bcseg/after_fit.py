@@ -231,11 +231,12 @@ def train_and_evaluate(data, out, *, report: bool = True, **options) -> list[dic
     curves and the HTML report.
     """
     from bcseg.data.dataset import discover
+    from bcseg.distil import teacher_targets
     from bcseg.learn.train import train
 
     cases = list(data) if isinstance(data, (list, tuple)) else None
     results = train(data, out, after_fit=lambda fitted: finish_fold(fitted, _report if report else None),
-                    plot=_plot if report else None, **options)
+                    plot=_plot if report else None, teach=teacher_targets, **options)
     if options.get("fold") == "all" and len(rundir.find_members(out)) > 1:
         from bcseg.config import load_config
 

@@ -42,6 +42,7 @@ CONFIG_FILE = "config.toml"
 FOLD_FILE = "fold.json"
 SPLITS_FILE = "splits.json"
 STATE_FILE = "state.json"
+TEACHER_FILE = "teacher.json"  # the fingerprint of a distilled run's teacher
 PREDICTIONS_DIR = "predictions"
 FOLD_DIR = "fold_{}"
 ARCHIVE_SETTINGS = "bcseg_metadata.json"  # the settings' copy inside a .keras archive

@@ -429,10 +429,10 @@ def epoch_dataset(images: np.ndarray, targets: np.ndarray, batch_size: int, seed
         ds = tf.data.Dataset.from_tensor_slices((images, targets, seeds))
         ds = ds.map(function, num_parallel_calls=_cpu_count(), deterministic=True)
     if targets.shape[-1] > 1 and weights is None:  # soft: the observers' masks, augmented alike
-        ds = ds.map(lambda x, y: (x, tf.reduce_mean(y, axis=-1, keepdims=True)), deterministic=True)
+        ds = ds.map(lambda x, y: (x, tf.reduce_mean(y, axis=-1, keepdims=True)))  # sequential: in order
     elif targets.shape[-1] > 1:  # with a teacher's planes: their weighted sum
         w = tf.constant(weights, tf.float32)
-        ds = ds.map(lambda x, y: (x, tf.reduce_sum(y * w, axis=-1, keepdims=True)), deterministic=True)
+        ds = ds.map(lambda x, y: (x, tf.reduce_sum(y * w, axis=-1, keepdims=True)))
     return ds.batch(batch_size).prefetch(2).with_options(_epoch_options())
 
 

@@ -40,7 +40,6 @@ import tensorflow as tf
 from bcseg import outputs
 from bcseg import rundir
 from bcseg.learn import pipeline
-from bcseg.learn import teacher as distil
 from bcseg.atomic import atomic_path, partial_name, remove_partials, write_text
 from bcseg.learn.augment import AugmentConfig
 from bcseg.config import load_config, save_config
@@ -657,7 +656,8 @@ def _distribution(strategy: str | None):
 def train(data, out, config=None, overrides: dict | None = None, fold="0", folds_file=None,
           resume: bool = False, force: bool = False, init=None, strategy: str | None = None,
           mixed_precision: bool = False, after_fit: Callable[[dict], dict] | None = None,
-          plot: Callable[[Path], object] | None = None, validation: list[str] | None = None) -> list[dict]:
+          plot: Callable[[Path], object] | None = None, validation: list[str] | None = None,
+          teach: Callable[..., tuple[dict, dict]] | None = None) -> list[dict]:
     """Train a U-Net on the cases under ``data``; write the run directory ``out``.
 
     This fits the models and drives the folds; what follows each fit (tuning,
@@ -688,6 +688,9 @@ def train(data, out, config=None, overrides: dict | None = None, fold="0", folds
         Case ids to validate on instead of whole groups drawn by ``train.val_fraction``
         (those of a test fold are ignored): a fixed validation set, so that two runs
         on different case lists are tuned on the same images.
+    teach : callable, optional
+        For a recipe with a ``train.teacher``: :func:`bcseg.distil.teacher_targets`,
+        which :func:`bcseg.after_fit.train_and_evaluate` passes in.
 
     Returns
     -------
@@ -712,7 +715,7 @@ def train(data, out, config=None, overrides: dict | None = None, fold="0", folds
     teacher_inputs = _inputs(None, [], *cfg["train"]["teacher"])
     if replace:
         outputs.check_not_inputs(out, teacher_inputs)
-    taught = _teacher(out, cfg, cases, folds, targets, channels, resume,
+    taught = _teacher(teach, out, cfg, cases, folds, targets, channels, resume,
                       _config_source(out, config, overrides, resume, "data", "observer"))
     # Interrupted: keep the new run, which --resume continues; any failure: the old run.
     with outputs.claim(out, "train", replace=replace, keep_on=(Interrupted, KeyboardInterrupt),
@@ -720,29 +723,26 @@ def train(data, out, config=None, overrides: dict | None = None, fold="0", folds
         if resume:
             remove_partials(out)
         if taught is not None and not resume:
-            write_text(out / distil.FINGERPRINT_FILE, json.dumps(taught[1], indent=1) + "\n")
+            write_text(out / rundir.TEACHER_FILE, json.dumps(taught[1], indent=1) + "\n")
         return _train_in(out, cfg, cases, folds, source, targets, resume, init_model, strategy,
                          after_fit, plot, validation, taught and taught[0])
 
 
-def _teacher(out: Path, cfg: dict, cases: list[Case], folds: dict, targets: list[int], channels,
+def _teacher(teach, out: Path, cfg: dict, cases: list[Case], folds: dict, targets: list[int], channels,
              resume: bool, observer_source) -> tuple[dict[str, np.ndarray], dict] | None:
     """The teacher's probabilities of every case a fold still to train learns from, and
-    the teacher's fingerprint; computed before the run folder is touched (see
-    :mod:`bcseg.learn.teacher`). None without a teacher."""
+    the teacher's fingerprint, from ``teach`` (:func:`bcseg.distil.teacher_targets`)
+    before the run folder is touched. None without a teacher."""
     if not cfg["train"]["teacher"]:
         return None
-    paths = cfg["train"]["teacher"]
-    distil.check_recipe(cfg, observer_source)
-    models, settings = distil.load_teacher(paths, channels)
-    fingerprint = distil.fingerprint(paths)
-    if resume:  # the same targets as before the interruption, or none
-        distil.check_fingerprint(out / distil.FINGERPRINT_FILE, fingerprint)
+    if teach is None:
+        raise ConfigError(None, "train.teacher needs the distillation step: train through "
+                          "bcseg.after_fit.train_and_evaluate (bcseg train), not train() alone")
     left = [k for k in targets if not (resume and _fold_dir(out, k, targets).joinpath(
         rundir.SETTINGS_FILE).is_file())]
-    distil.warn_if_seen(paths, {c.id for c in cases if folds.get(c.id) in left})
     trained = [c for c in cases if any(folds.get(c.id) != k for k in left)]
-    return distil.teacher_probabilities(models, settings, trained, paths), fingerprint
+    return teach(out, cfg, trained, {c.id for c in cases if folds.get(c.id) in left}, channels,
+                 resume, observer_source)
 
 
 def _fold_dir(out: Path, k: int, targets: list[int]) -> Path:

@@ -1,5 +1,10 @@
 """Distillation: a trained model or ensemble teaches a new one (``bcseg train --teacher``).
 
+Orchestration over the stages: the teacher runs through inference (:mod:`bcseg.infer`)
+to make training targets (:mod:`bcseg.learn`); :func:`bcseg.after_fit.train_and_evaluate`
+hands :func:`teacher_targets` to :func:`bcseg.learn.train.train`, as it hands the step
+after fitting.
+
 A fold ensemble is more accurate than its members, but it runs once per member. A
 student of one model's cost learns from the ensemble's probabilities (its "soft
 targets", Hinton et al. 2015; nnU-Net-style ensembles distilled into one network in
@@ -35,9 +40,27 @@ import numpy as np
 
 from bcseg.data.dataset import Case
 from bcseg.errors import ConfigError, DataError, ModelError, UsageError
+from bcseg.rundir import FOLD_FILE, TEACHER_FILE, load_run
 
 log = logging.getLogger("bcseg")
-FINGERPRINT_FILE = "teacher.json"
+
+
+def teacher_targets(out: Path, cfg: dict, cases: list[Case], test_ids: set[str], channels,
+                    resume: bool, observer_source) -> tuple[dict[str, np.ndarray], dict]:
+    """Everything a run needs from its teacher (``cfg["train"]["teacher"]``), before its
+    folder is touched: the probabilities of ``cases`` and the fingerprint to record.
+
+    Refuses a recipe a teacher cannot join, an unusable teacher, and on ``resume`` one
+    that changed since the run started; warns when the teacher saw ``test_ids``.
+    """
+    paths = cfg["train"]["teacher"]
+    check_recipe(cfg, observer_source)
+    models, settings = load_teacher(paths, channels)
+    now = fingerprint(paths)
+    if resume:  # the same targets as before the interruption, or none
+        check_fingerprint(Path(out) / TEACHER_FILE, now)
+    warn_if_seen(paths, test_ids)
+    return teacher_probabilities(models, settings, cases, paths), now
 
 
 def check_recipe(cfg: dict, source) -> None:
@@ -75,8 +98,6 @@ def load_teacher(paths: list[str], channels: list[str] | None):
 def fingerprint(paths: list[str]) -> dict:
     """What the teacher's probabilities depend on: each model file's SHA-256 and the
     settings it runs with (input size, flips, TTA, channels)."""
-    from bcseg.rundir import load_run
-
     files, settings = load_run(paths[0] if len(paths) == 1 else paths)
     record = {"teacher": list(paths),
               "models": [{"file": str(f), "sha256": _sha256(f)} for f in files],
@@ -112,12 +133,10 @@ def check_fingerprint(recorded: Path, now: dict) -> None:
 def warn_if_seen(paths: list[str], test_ids: set[str]) -> None:
     """Say so when the teacher trained or validated on the run's test cases (bcseg runs
     record them in ``fold.json`` beside each model)."""
-    from bcseg.rundir import load_run
-
     files, _ = load_run(paths[0] if len(paths) == 1 else paths)
     seen = set()
     for model in files:
-        record = model.parent / "fold.json"
+        record = model.parent / FOLD_FILE
         try:
             fold = json.loads(record.read_text(encoding="utf-8"))
             seen |= set(fold.get("train", [])) | set(fold.get("validation", []))
