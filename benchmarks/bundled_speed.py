@@ -3,7 +3,7 @@
 Issue 18 bounds a new bundled default at 2x the time of today's single bundled model,
 measured on the same machine in one run (a ratio: absolute times differ between
 machines). Both segment the same BUSI images through ``bcseg predict``'s path
-(:func:`bcseg.after_fit.segment_case` with each model's own settings), alternating
+(:func:`bcseg.infer.segment.segment_case` with each model's own settings), alternating
 round by round so that load from other processes falls on both alike.
 
 Example (the bundled model against an ensemble of two fold models)::
@@ -34,7 +34,7 @@ def model_megabytes(files) -> float:
 
 
 def seconds_per_image(models, settings, cases) -> float:
-    from bcseg.after_fit import segment_case
+    from bcseg.infer.segment import segment_case
 
     started = time.perf_counter()
     for case in cases:

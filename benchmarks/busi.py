@@ -58,7 +58,7 @@ def _rows(metrics_csv: Path) -> list[dict]:
 
 def _normal_empty_share(run: Path, normal_cases) -> float | None:
     """Share of the test fold's normal images that the model leaves empty."""
-    from bcseg.after_fit import segment_case
+    from bcseg.infer.segment import segment_case
     from bcseg.infer.segment import load_models
 
     if not normal_cases:

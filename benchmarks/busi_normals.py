@@ -85,7 +85,8 @@ def fine_tune_all(cases, validation, init: Path, out: Path, epochs: int | None) 
 
 def score(models_paths, validation, test_lesions, test_normals, classes) -> dict:
     """Tune one candidate on ``validation``; score it on fold 0."""
-    from bcseg.after_fit import _probabilities, choose_settings, segment_case
+    from bcseg.after_fit import _probabilities, choose_settings
+    from bcseg.infer.segment import segment_case
     from bcseg.infer.segment import load_models
     from bcseg.measure.metrics import dice
     from bcseg.data.dataset import read_case_masks

@@ -40,7 +40,7 @@ def score_image(models, settings, case) -> tuple[list[float | None], list[bool]]
     """Dice (None for a normal image) and emptiness of one image, per ``p`` of GRID."""
     from scipy import ndimage as ndi
 
-    from bcseg.after_fit import segment_case
+    from bcseg.infer.segment import segment_case
     from bcseg.data.dataset import read_case_masks
     from bcseg.infer.postprocess import postprocess
     from bcseg.measure.metrics import dice

@@ -94,7 +94,8 @@ def _scores(models, settings, cases, reference: str) -> dict:
 
 def tune(models, settings, cases):
     """Threshold and post-processing per TTA setting, chosen on validation ``cases``."""
-    from bcseg.after_fit import choose_settings, segment_case
+    from bcseg.after_fit import choose_settings
+    from bcseg.infer.segment import segment_case
     from bcseg.data.dataset import BUSI_OBSERVER, read_case_masks
 
     probs = {tta: [segment_case(models, c, settings.replace(tta=tta))[3] for c in cases]

@@ -111,7 +111,7 @@ def test_teacher_probabilities_are_the_teachers_own_in_bytes(teacher_run, phanto
     cases = discover(phantom)[:1]
     models, settings = load_teacher([str(teacher_run)], None)
     probs = teacher_probabilities(models, settings, cases)
-    from bcseg.after_fit import segment_case
+    from bcseg.infer.segment import segment_case
     _, _, _, prob = segment_case(models, cases[0], settings)
     assert probs[cases[0].id].dtype == np.uint8 and probs[cases[0].id].shape == prob.shape
     assert np.abs(probs[cases[0].id] / 255 - prob).max() <= 0.5 / 255 + 1e-6

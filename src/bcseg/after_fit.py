@@ -23,7 +23,7 @@ from typing import Callable
 import numpy as np
 
 from bcseg import outputs, rundir
-from bcseg.data.dataset import Case, read_case_channels, read_case_image, read_case_masks
+from bcseg.data.dataset import Case, read_case_masks
 from bcseg.rundir import InferenceSettings
 
 log = logging.getLogger("bcseg.learn.train")
@@ -45,25 +45,9 @@ def validation_target(cfg: dict) -> str:
     return target(cfg["data"])
 
 
-def segment_case(models, case: Case, settings: InferenceSettings, keep_prob: bool = True):
-    """Segment one case: ``(image, spacing, mask, prob)`` through the one inference path.
-
-    A model of named channels gets the case's channels, channel axis last (``image``
-    then has it too); a grey model the case's image.
-    """
-    from bcseg.infer.predict import segment_volume
-
-    names = settings.input_channels()
-    if names:
-        image, spacing, _ = read_case_channels(case, list(names))
-    else:
-        image, spacing = read_case_image(case)
-    mask, prob = segment_volume(models, image, settings, spacing, keep_prob=keep_prob)
-    return image, spacing, mask, prob
-
-
 def _probabilities(models, cases: list[Case], settings: InferenceSettings, target: str):
     """Validation probabilities without and with TTA, and the target masks."""
+    from bcseg.infer.segment import segment_case
     from bcseg.learn.pipeline import training_target
 
     probs, truths = {False: [], True: []}, []
@@ -124,6 +108,7 @@ def tune_inference(models, cases: list[Case], cfg: dict, settings: InferenceSett
 def predict_test(models, cases: list[Case], out: Path, settings: InferenceSettings) -> Path:
     """Segment the test cases into ``out/predictions`` with the tuned settings."""
     from bcseg.data import io
+    from bcseg.infer.segment import segment_case
 
     folder = Path(out) / rundir.PREDICTIONS_DIR
     for case in cases:

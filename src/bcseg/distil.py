@@ -158,7 +158,7 @@ def teacher_probabilities(models, settings, cases: list[Case], paths=()) -> dict
     A case the teacher cannot segment is a :class:`DataError` naming its image and
     the teacher (``paths``).
     """
-    from bcseg.after_fit import segment_case
+    from bcseg.infer.segment import segment_case
 
     log.info("teacher: segmenting %d case(s) for the soft targets", len(cases))
     probs = {}

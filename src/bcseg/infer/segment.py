@@ -25,12 +25,12 @@ from tqdm.auto import tqdm
 from bcseg import outputs
 from bcseg.atomic import atomic_path, remove_partials
 from bcseg.data import io
-from bcseg.data.dataset import Case, discover, read_case_channels
+from bcseg.data.dataset import Case, discover, read_case_channels, read_case_image
 from bcseg.data.intensity import check_methods, normalise
 from bcseg.errors import BcsegError, ConfigError, DataError, ModelError, UsageError
 from bcseg.infer.postprocess import check_steps, release_slices
 from bcseg.infer.predict import load_model, model_spec, rank_problem, segment_volume
-from bcseg.rundir import SETTINGS_FILE, load_run, read_settings
+from bcseg.rundir import SETTINGS_FILE, InferenceSettings, load_run, read_settings
 
 # Every output ``predict`` (with --margins) writes for one input, by suffix after its
 # stem. A forced run removes those of a case it does not write again: a stale
@@ -38,6 +38,21 @@ from bcseg.rundir import SETTINGS_FILE, load_run, read_settings
 CASE_OUTPUTS = ("_mask.tif", "_prob.tif", "_overlay.png",
                 "_margins.csv", "_margins.png", "_specimen.tif")
 MARGINS_TABLE = "margins.csv"  # one row per case, named as its files (output_name)
+
+
+def segment_case(models, case: Case, settings: InferenceSettings, keep_prob: bool = True):
+    """Segment one case: ``(image, spacing, mask, prob)`` through the one inference path.
+
+    A model of named channels gets the case's channels, channel axis last (``image``
+    then has it too); a grey model the case's image.
+    """
+    names = settings.input_channels()
+    if names:
+        image, spacing, _ = read_case_channels(case, list(names))
+    else:
+        image, spacing = read_case_image(case)
+    mask, prob = segment_volume(models, image, settings, spacing, keep_prob=keep_prob)
+    return image, spacing, mask, prob
 
 
 def load_models(model_path, threshold=None, tta=None, postprocess=None, min_size=None,
