@@ -256,10 +256,10 @@ def test_a_teacher_that_saw_the_test_cases_is_named(teacher_run, phantom):
     fold = json.loads((teacher_run / "fold.json").read_text())
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        warn_if_seen([str(teacher_run)], set(fold["test"]))      # held out from the teacher: quiet
+        warn_if_seen([teacher_run / "model_best.keras"], set(fold["test"]))  # held out: quiet
     assert not caught
     with pytest.warns(UserWarning, match=r"the teacher saw 1 of this run's 2 test case\(s\)"):
-        warn_if_seen([str(teacher_run)], {fold["train"][0], "unseen"})
+        warn_if_seen([teacher_run / "model_best.keras"], {fold["train"][0], "unseen"})
 
 
 def test_a_relative_teacher_in_a_config_file_is_found_beside_the_file(tmp_path, monkeypatch):

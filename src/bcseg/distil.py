@@ -56,10 +56,11 @@ def teacher_targets(out: Path, cfg: dict, cases: list[Case], test_ids: set[str],
     paths = cfg["train"]["teacher"]
     check_recipe(cfg, observer_source)
     models, settings = load_teacher(paths, channels)
-    now = fingerprint(paths)
+    files, _ = load_run(paths[0] if len(paths) == 1 else paths)  # read once, for both checks
+    now = fingerprint(paths, files, settings)
     if resume:  # the same targets as before the interruption, or none
         check_fingerprint(Path(out) / TEACHER_FILE, now)
-    warn_if_seen(paths, test_ids)
+    warn_if_seen(files, test_ids)
     return teacher_probabilities(models, settings, cases, paths), now
 
 
@@ -95,10 +96,9 @@ def load_teacher(paths: list[str], channels: list[str] | None):
     return models, settings
 
 
-def fingerprint(paths: list[str]) -> dict:
+def fingerprint(paths: list[str], files: list[Path], settings) -> dict:
     """What the teacher's probabilities depend on: each model file's SHA-256 and the
     settings it runs with (input size, flips, TTA, channels)."""
-    files, settings = load_run(paths[0] if len(paths) == 1 else paths)
     record = {"teacher": list(paths),
               "models": [{"file": str(f), "sha256": _sha256(f)} for f in files],
               "settings": [{"input_size": v.input_size, "patch_size": v.patch_size, "flips": v.flips,
@@ -130,10 +130,9 @@ def check_fingerprint(recorded: Path, now: dict) -> None:
                          "targets; put the old teacher back, or start a new run")
 
 
-def warn_if_seen(paths: list[str], test_ids: set[str]) -> None:
-    """Say so when the teacher trained or validated on the run's test cases (bcseg runs
-    record them in ``fold.json`` beside each model)."""
-    files, _ = load_run(paths[0] if len(paths) == 1 else paths)
+def warn_if_seen(files: list[Path], test_ids: set[str]) -> None:
+    """Say so when the teacher's model ``files`` were trained or validated on the run's
+    test cases (bcseg runs record them in ``fold.json`` beside each model)."""
     seen = set()
     for model in files:
         record = model.parent / FOLD_FILE
