@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
+from bcseg.atomic import PARTIAL_MARK
 from bcseg.data import io
 from bcseg.measure import margins as M
 from bcseg.errors import DataError, UsageError
@@ -267,7 +268,7 @@ def test_margins_for_files_writes_outputs_and_refuses_to_overwrite(tmp_path):
     assert any("overrides the file's 0.5 x 0.2 x 0.3 mm" in w for w in again["warnings"])
     with open(out / "case7_margins.csv", newline="") as handle:
         assert "overrides" in next(csv.DictReader(handle))["warnings"]
-    assert not list(out.glob("*.partial-*"))
+    assert not list(out.glob(f"*{PARTIAL_MARK}*"))
 
 
 def test_margins_for_files_shows_the_display_channel(tmp_path, monkeypatch):

@@ -3,7 +3,7 @@
 Every bad input below is written by the test itself and run through ``bcseg.cli.main``.
 For each one the test checks the exit code (2 usage, 3 bad data, 4 model or config),
 that stderr is exactly one line ``bcseg: error: ...`` naming the file at fault, and
-that the output folder holds nothing new: no result and no ``*.partial-*`` file, and
+that the output folder holds nothing new: no result and no ``*.bcseg-partial-*`` file, and
 any result that was there before is byte-identical. A few run in a fresh interpreter
 to show that no traceback and no TensorFlow banner reach stderr. Then: valid inputs
 with awkward names and types, ``--keep-going``, ``--debug``, the voxel guard, and

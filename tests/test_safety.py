@@ -299,7 +299,7 @@ folder, moment = Path(sys.argv[1]), sys.argv[2]
 real_rmtree = shutil.rmtree
 
 def rmtree(path, *args, **kwargs):  # stop just before the old or the new content is deleted
-    if (moment == "removing the old" and ".old-" in Path(path).name
+    if (moment == "removing the old" and outputs.ASIDE_MARK in Path(path).name
             or moment == "putting the old back" and Path(path) == folder):
         print("now", flush=True)
         time.sleep(120)
@@ -321,7 +321,7 @@ with outputs.claim(folder, "test", replace=True):
                                               ("putting the old back", False),
                                               ("removing the old", True)])
 def test_the_next_claim_settles_what_a_killed_replacement_left(moment, finished, by, tmp_path):
-    """SIGKILL during a forced replacement leaves ``.NAME.old-PID``; the next claim of the
+    """SIGKILL during a forced replacement leaves ``.NAME.bcseg-old-PID``; the next claim of the
     folder (or of the one holding it) puts the old content back when the new one was not
     complete, and deletes the leftover when it was."""
     folder = tmp_path / "out" / "result"
@@ -335,7 +335,7 @@ def test_the_next_claim_settles_what_a_killed_replacement_left(moment, finished,
     assert process.stdout.readline() == "now\n"
     process.send_signal(signal.SIGKILL)
     process.wait()
-    leftover = folder.with_name(f".result.old-{process.pid}")
+    leftover = folder.with_name(f".result{outputs.ASIDE_MARK}{process.pid}")
     assert leftover.is_dir()  # the state a kill leaves
     with outputs.claim(folder if by == "folder" else folder.parent, "test"):
         pass
@@ -353,13 +353,13 @@ def test_settling_leftovers_never_deletes_what_bcseg_did_not_write(tmp_path):
     """A user folder that only looks like a leftover is left alone, and a killed
     replacement's folder holding a user's file is not deleted to restore the old one."""
     folder = tmp_path / "result"
-    lookalike = tmp_path / ".result.old-1"
+    lookalike = tmp_path / f".result{outputs.ASIDE_MARK}1"
     (lookalike / "notes.txt").parent.mkdir(parents=True)
     (lookalike / "notes.txt").write_text("mine")  # no bcseg record: not an aside
     with outputs.claim(folder, "test"):
         write_text(folder / "a.csv", "new\n")
     assert (lookalike / "notes.txt").read_text() == "mine"
-    aside = tmp_path / ".result.old-2"  # what a replacement killed before finishing leaves
+    aside = tmp_path / f".result{outputs.ASIDE_MARK}2"  # what a replacement killed before finishing leaves
     with outputs.claim(aside, "test"):
         write_text(aside / "a.csv", "old\n")
     record = json.loads((folder / outputs.RECORD).read_text())
@@ -758,7 +758,7 @@ def test_force_on_a_linked_output_folder_keeps_the_result_and_the_link(tmp_path,
 @pytest.mark.parametrize("name", ["notes.partial-2.txt", "thesis/chapter1.partial-draft.docx",
                                   "results.partial-final.csv"])
 def test_a_file_whose_name_merely_contains_partial_is_the_users(name, tmp_path, capsys, models):
-    """Only bcseg's own temporary names (".STEM.partial-PID.SUFFIX") count as its leftovers."""
+    """Only bcseg's own temporary names (".STEM.bcseg-partial-PID.SUFFIX") count as its leftovers."""
     folder = tmp_path / "mine"
     (folder / name).parent.mkdir(parents=True, exist_ok=True)
     (folder / name).write_text("a week of work")
@@ -775,6 +775,52 @@ def test_a_file_whose_name_merely_contains_partial_is_the_users(name, tmp_path, 
     assert_survives(before, tmp_path)
 
 
+# --------------------------------------------------------------------------- data loss found by the third red-team pass
+
+def _users_lookalikes(folder: Path) -> None:
+    """Files named as bcseg's temporaries once were (hidden, ".partial-", an ended
+    process's id): another tool's, or the user's. A folder so named too."""
+    pid = dead_pid()
+    (folder / f".backup.partial-{pid}.d").mkdir(parents=True)
+    (folder / f".backup.partial-{pid}.d" / "data.txt").write_text("precious")
+    (folder / f".thesis.partial-{pid}.docx").write_text("a week of work")
+
+
+def test_force_never_deletes_a_users_files_named_like_temporaries(tmp_path, capsys):
+    """phantom/train --force deleted a folder holding them: they counted as bcseg's by name."""
+    folder = tmp_path / "result"
+    assert run(capsys, "phantom", folder, "--n", 1, "--shape", 8, 16, 16)[0] == 0
+    _users_lookalikes(folder / "images")
+    before = hashes(tmp_path)
+    code, err = _phantom_force(capsys, folder)
+    assert code == 2 and "was not written by bcseg" in one_line(err)
+    assert hashes(tmp_path) == before
+
+
+def test_resume_never_deletes_a_users_files_named_like_temporaries(tmp_path, capsys, models):
+    """predict --resume deleted them, even in a folder bcseg never wrote."""
+    out = stacks(tmp_path / "data", 1).parent / "out"
+    _users_lookalikes(out)
+    before = hashes(tmp_path)
+    code, _, err = run(capsys, "predict", tmp_path / "data", "--model", models["2d"], "--out", out,
+                       "--resume", "--no-progress")
+    assert (code, err) == (0, "")
+    assert_survives(before, tmp_path)
+
+
+def test_a_users_copy_named_like_an_old_aside_is_never_settled(tmp_path):
+    """A user's backup of a result, ".result.old-PID" beside it, was taken for a killed
+    replacement's old content and deleted by the next command writing there."""
+    folder = tmp_path / "result"
+    with outputs.claim(folder, "test"):
+        write_text(folder / "a.csv", "ours\n")
+    backup = tmp_path / f".result.old-{dead_pid()}"
+    shutil.copytree(folder, backup)  # bcseg's files and record, copied by the user
+    with outputs.claim(folder, "test"):
+        write_text(folder / "b.csv", "more\n")
+    assert (backup / "a.csv").read_text() == "ours\n"
+
+
 def dead_pid() -> str:
     """The id of a process that has ended (reused only after the kernel wraps around)."""
     return subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
@@ -784,14 +830,16 @@ def dead_pid() -> str:
 def test_remove_partials_takes_only_dead_runs_temporaries(tmp_path):
     from bcseg.atomic import remove_partials
     dead = dead_pid()
-    for name in (f".a_mask.partial-{dead}.tif", f".b.partial-{dead}.nii.gz", "a.partial-1.tif",
-                 f".c.partial-{os.getppid()}.tif", ".d.partial-x.tif"):
+    mark = PARTIAL_MARK
+    for name in (f".a_mask{mark}{dead}.tif", f".b{mark}{dead}.nii.gz", f"a{mark}1.tif",
+                 f".c{mark}{os.getppid()}.tif", f".d{mark}x.tif", f".e.partial-{dead}.tif"):
         (tmp_path / name).write_text("x")
     removed = sorted(p.name for p in remove_partials(tmp_path))
-    assert removed == [f".a_mask.partial-{dead}.tif", f".b.partial-{dead}.nii.gz"]
-    # a live process's temporary (here: pytest's parent) and look-alikes are kept
-    assert sorted(p.name for p in tmp_path.iterdir()) == [
-        f".c.partial-{os.getppid()}.tif", ".d.partial-x.tif", "a.partial-1.tif"]
+    assert removed == [f".a_mask{mark}{dead}.tif", f".b{mark}{dead}.nii.gz"]
+    # a live process's temporary (here: pytest's parent) and look-alikes are kept: among
+    # them another tool's ".NAME.partial-PID" (bcseg's temporaries carry its name)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([
+        f".c{mark}{os.getppid()}.tif", f".d{mark}x.tif", f".e.partial-{dead}.tif", f"a{mark}1.tif"])
 
 
 @pytest.mark.parametrize("kind", ["empty folders", "a pipe"])
@@ -838,7 +886,7 @@ def test_when_putting_the_old_result_back_fails_it_is_kept_aside_not_deleted(tmp
     real = os.replace
 
     def replace(src, dst):
-        if ".old-" in Path(src).name:
+        if outputs.ASIDE_MARK in Path(src).name:
             raise OSError(5, "Input/output error")
         return real(src, dst)
 
@@ -846,11 +894,11 @@ def test_when_putting_the_old_result_back_fails_it_is_kept_aside_not_deleted(tmp
     with pytest.raises(OSError, match="Input/output"):
         with outputs.claim(folder, "test", replace=True):
             raise RuntimeError("the new run fails")
-    aside = tmp_path / f".result.old-{os.getpid()}"
+    aside = tmp_path / f".result{outputs.ASIDE_MARK}{os.getpid()}"
     assert (aside / "a.csv").read_text() == "old\n"
     monkeypatch.setattr(outputs.os, "replace", real)
     # the next bcseg run (another process) that claims the folder puts it back
-    aside.rename(tmp_path / f".result.old-{dead_pid()}")
+    aside.rename(tmp_path / f".result{outputs.ASIDE_MARK}{dead_pid()}")
     with outputs.claim(folder, "test"):
         pass
     assert (folder / "a.csv").read_text() == "old\n"
@@ -979,7 +1027,7 @@ def test_a_users_folder_named_like_this_processes_leftover_is_never_deleted(tmp_
     folder = tmp_path / "result"
     with outputs.claim(folder, "test"):
         write_text(folder / "a.csv", "ours\n")
-    lookalike = tmp_path / f".result.old-{os.getpid()}"
+    lookalike = tmp_path / f".result{outputs.ASIDE_MARK}{os.getpid()}"
     lookalike.mkdir()
     (lookalike / "notes.txt").write_text("mine")  # no bcseg record: not a leftover
     with pytest.raises(UsageError, match="is in the way"):

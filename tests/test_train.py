@@ -29,6 +29,7 @@ import tifffile
 from PIL import Image
 
 from bcseg import cli
+from bcseg.atomic import PARTIAL_MARK
 from bcseg.data import io
 from bcseg import rundir
 from bcseg.learn import train
@@ -97,7 +98,7 @@ def _assert_same_history(a: Path, b: Path) -> None:
 
 
 def _partials(folder: Path) -> list[Path]:
-    return list(folder.rglob("*.partial-*"))
+    return list(folder.rglob(f"*{PARTIAL_MARK}*"))
 
 
 def _snapshot(folder: Path) -> dict:

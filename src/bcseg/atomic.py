@@ -18,11 +18,12 @@ from typing import Callable, Iterator
 
 from bcseg.errors import DiskFullError, UsageError
 
-PARTIAL_MARK = ".partial-"
+PARTIAL_MARK = ".bcseg-partial-"
 # Exactly what partial_name makes: hidden, the mark, a process id, then the real suffix
-# (none, one like ".tif", or ".nii.gz"). A user's "notes.partial-2.txt" or
-# "chapter.partial-draft.docx" is not bcseg's and must never be treated as a leftover.
-_PARTIAL_NAME = re.compile(r"^\..+\.partial-(?P<pid>\d+)(\.nii\.gz|\.[^./]+)?$")
+# (none, one like ".tif", or ".nii.gz"). The mark names bcseg: a user's
+# "notes.partial-2.txt", "chapter.partial-draft.docx" or an editor's or another tool's
+# ".thesis.partial-4242.docx" is not bcseg's and must never be treated as a leftover.
+_PARTIAL_NAME = re.compile(r"^\..+\.bcseg-partial-(?P<pid>\d+)(\.nii\.gz|\.[^./]+)?$")
 # Called with each file once it is complete (bcseg.outputs marks its claim alive).
 WRITE_HOOKS: list[Callable[[Path], None]] = []
 NAME_MAX = 255  # bytes in one file name on every common file system

@@ -19,7 +19,7 @@ cannot settle it, so the next claim adopts every file that appeared during the
 dead run: the lock guarantees that no other bcseg run wrote them.
 
 A forced replacement killed outright leaves the old content beside the folder as
-``.<folder>.old-PID``. The next claim of the folder, or of the folder holding it,
+``.<folder>.bcseg-old-PID``. The next claim of the folder, or of the folder holding it,
 settles it under the folder's lock (so no live run is replacing it): when the new
 content finished (its record is settled) the leftover is deleted; otherwise (no
 folder, no record, or a record still open by the killed run) the unfinished new
@@ -50,7 +50,10 @@ from bcseg.errors import UsageError
 
 RECORD = ".bcseg-outputs.json"
 LOCK_SUFFIX = ".bcseg-lock"
-ASIDE = re.compile(r"^\.(?P<name>.+)\.old-(?P<pid>\d+)$")  # the old content during a replacement
+# The old content during a replacement; the mark names bcseg, so that a user's own
+# ".result.old-2" (a backup copy, say) is never taken for one and settled away.
+ASIDE_MARK = ".bcseg-old-"
+ASIDE = re.compile(r"^\.(?P<name>.+)\.bcseg-old-(?P<pid>\d+)$")
 
 
 @dataclasses.dataclass
@@ -611,7 +614,7 @@ def _move_aside(folder: Path, inputs: Iterable) -> Path | None:
         raise UsageError(folder / unexpected[0], "was not written by bcseg, or was changed after "
                          "it was, so force=True will not "
                          "delete it; move it away or choose another output folder")
-    aside = folder.with_name(f".{folder.name}.old-{os.getpid()}")
+    aside = folder.with_name(f".{folder.name}{ASIDE_MARK}{os.getpid()}")
     if aside.exists() or aside.is_symlink():  # not a leftover _recover could settle: not ours
         raise UsageError(aside, "is in the way of replacing the folder beside it and was not "
                          "left by bcseg; move it away")
@@ -636,7 +639,7 @@ def _finished(folder: Path, pid: int) -> bool:
 
 
 def _recover(folder: Path) -> None:
-    """Settle the ``.NAME.old-PID`` folders a killed replacement left beside ``folder``.
+    """Settle the ``.NAME.bcseg-old-PID`` folders a killed replacement left beside ``folder``.
 
     The caller holds ``folder``'s lock, so no live run is replacing it. The latest
     leftover first: when the killed run's new content is complete the leftover is
@@ -644,7 +647,7 @@ def _recover(folder: Path) -> None:
     leftover is then weighed against what that restored.
     """
     leftovers = []
-    for path in folder.parent.glob(f".{glob.escape(folder.name)}.old-*"):
+    for path in folder.parent.glob(f".{glob.escape(folder.name)}{ASIDE_MARK}*"):
         match = ASIDE.match(path.name)
         # Only what a replacement moved aside: a real folder holding bcseg's record and
         # nothing bcseg did not write; anything else that merely matches the name is left.
