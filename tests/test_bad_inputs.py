@@ -603,3 +603,37 @@ def test_sigterm_after_the_last_epoch_is_not_swallowed(trained, tmp_path, capsys
     said = [line for line in err.splitlines() if "interrupted" in line]
     assert len(said) == 1 and "epochs 1-2 are saved" in said[0] and "--resume" in said[0]
     assert not (copy / "inference.json").exists()
+
+
+# --------------------------------------------------------------------------- a folder where a file is expected
+
+@pytest.mark.parametrize("where", ["images/c2.tif", "masks/observer1/c1.tif", "masks/c9.tif"])
+def test_a_folder_named_like_an_image_is_refused_not_skipped(where, tmp_path, capsys):
+    """It was skipped: train ran on the other cases without a word, and check blamed
+    the case's image for a missing mask."""
+    root = write_cases(tmp_path / "data", n=4)
+    folder = root / where
+    if folder.exists():
+        folder.unlink()
+    folder.mkdir()
+    (folder / "notes.txt").write_text("a folder, not an image")
+    code, out, err = run_main(capsys, ["train", root, "--out", tmp_path / "run", "--config", tiny_toml(tmp_path)])
+    assert code == 3, (out, err)
+    assert f"{folder}: is a folder, expected an image file" in one_error_line(err)
+    assert not (tmp_path / "run").exists()
+    code, out, err = run_main(capsys, ["check", root])
+    assert code == 3 and f"{folder}: is a folder" in out + err
+
+
+def test_predict_refuses_a_folder_named_like_an_image_among_its_inputs(tmp_path, models, capsys):
+    inputs = tmp_path / "in"
+    io.write_image(inputs / "a.tif", IMAGE)
+    (inputs / "b.tif").mkdir()
+    assert_refused(capsys, predict_argv(tmp_path, inputs, models["2d"]), 3, f"{inputs / 'b.tif'}: is a folder",
+                   tmp_path)
+
+
+def tiny_toml(tmp_path: Path) -> Path:
+    path = tmp_path / "tiny.toml"
+    path.write_text(TINY, encoding="utf-8")
+    return path

@@ -723,6 +723,27 @@ def _flags_for_parameters(message: str) -> str:
     return message
 
 
+def _access_problem(error: OSError) -> tuple[str, int] | None:
+    """One line and an exit code for an OSError about access rights, or None.
+
+    A file that exists but may not be read is bad input (3); anything else denied
+    (creating or writing an output, a read-only file system) is where the output
+    was asked to go (2). The path is the one the system names.
+    """
+    import errno
+
+    if error.errno not in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return None
+    path = error.filename or "a file"
+    if error.errno != errno.EROFS and error.filename and os.path.lexists(path) \
+            and not os.path.isdir(path) and not os.access(path, os.R_OK):
+        return f"{path}: cannot be read: permission denied for this user; give it read access", 3
+    reason = "the file system is read-only" if error.errno == errno.EROFS else \
+        "permission denied for this user"
+    return (f"{path}: cannot be read or written: {reason}; fix its permissions or choose "
+            "another place for the outputs"), 2
+
+
 def _run(args) -> int:
     try:
         if args.command in NEEDS_TENSORFLOW and getattr(args, "runtime", None) != "onnx":
@@ -747,6 +768,10 @@ def _run(args) -> int:
         if isinstance(error, OSError) and _full_disk(error):
             print(f"bcseg: error: {printable(_full_disk(error))}", file=sys.stderr)
             return 1
+        if isinstance(error, OSError) and _access_problem(error):
+            line, code = _access_problem(error)
+            print(f"bcseg: error: {printable(line)}", file=sys.stderr)
+            return code
         print(f"bcseg: error: {type(error).__name__}: {printable(str(error))} "
               "(run with --debug for the traceback)",
               file=sys.stderr)

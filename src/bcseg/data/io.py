@@ -93,6 +93,11 @@ def image_files(folder: str | Path) -> list[Path]:
                 and path.name.lower().endswith(IMAGE_SUFFIXES)):
             raise DataError(path, "is a broken symbolic link, or one that loops; "
                             "point it at the image or remove it")
+    for path in found:  # a folder named like an image would be skipped the same way
+        if (path.is_dir() and not path.is_symlink() and not path.name.startswith(".")
+                and path.name.lower().endswith(IMAGE_SUFFIXES)):
+            raise DataError(path, "is a folder, expected an image file; move it out of "
+                            "this folder of images")
     return [p for p in found if is_image_file(p)]
 
 
@@ -105,13 +110,20 @@ def _is_tiff(path: Path) -> bool:
 
 
 def _check_file(path: Path) -> None:
-    if not path.exists():
-        raise DataError(path, "file not found")
-    if path.is_dir():
-        raise DataError(path, "is a folder, expected an image file")
-    if path.stat().st_size == 0:
-        raise DataError(path, "is empty (0 bytes)")
-    _check_content(path)
+    try:
+        if not path.exists():
+            raise DataError(path, "file not found")
+        if path.is_dir():
+            raise DataError(path, "is a folder, expected an image file")
+        if path.stat().st_size == 0:
+            raise DataError(path, "is empty (0 bytes)")
+        _check_content(path)  # reads the first bytes: where a file we may not read fails
+    except PermissionError:
+        raise DataError(path, UNREADABLE) from None
+
+
+UNREADABLE = ("cannot be read: permission denied for this user; give it read access "
+              "(chmod) or run bcseg as a user who may read it")
 
 
 def _content_kind(head: bytes) -> str | None:
