@@ -47,3 +47,29 @@ def write_results(out: Path, name: str, results: dict, table: str) -> None:
     write_text(Path(out) / f"{name}.json", json.dumps(results, indent=1) + "\n")
     write_text(Path(out) / f"{name}.md", table)
     print(table)
+
+
+def fold_run_parser(doc: str, default_out: str):
+    """The command line of a script that studies one fold's run of ``busi.py``."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description=doc.split("\n\n")[0])
+    parser.add_argument("run", type=Path, help="a fold's run folder from benchmarks/busi.py")
+    parser.add_argument("--data", type=Path,
+                        default=Path(__file__).resolve().parents[2] / "shared" / "datasets" / "busi")
+    parser.add_argument("--out", type=Path, default=Path(default_out))
+    return parser
+
+
+def read_fold_run(run: Path, data: Path):
+    """BUSI's cases by id, its folds, and the run's split (``fold.json``)."""
+    import json
+
+    from bcseg.data.dataset import discover
+    from bcseg.data.splits import folds_from_file
+
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    cases = discover(data)
+    folds = folds_from_file(Path(data) / "folds.csv", cases)
+    split = json.loads((Path(run) / "fold.json").read_text(encoding="utf-8"))
+    return {c.id: c for c in cases}, folds, split

@@ -15,9 +15,6 @@ Example::
 
 from __future__ import annotations
 
-import argparse
-import json
-import os
 import sys
 from pathlib import Path
 
@@ -25,9 +22,8 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
-from machine import cpu_flags, write_results  # noqa: E402  (benchmarks/machine.py)
+from machine import cpu_flags, fold_run_parser, read_fold_run, write_results  # noqa: E402
 
-DEFAULT_DATA = ROOT.parent / "shared" / "datasets" / "busi"
 CUTS = (0.1, 0.3, 0.5, 0.7, 0.9)
 
 
@@ -48,20 +44,11 @@ def auc(positives, negatives) -> float:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("run", type=Path, help="a fold's run folder of a gated recipe")
-    parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
-    parser.add_argument("--out", type=Path, default=Path("bench-out/presence-gate"))
-    args = parser.parse_args(argv)
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    from bcseg.data.dataset import discover
-    from bcseg.data.splits import folds_from_file
+    args = fold_run_parser(__doc__, "bench-out/presence-gate").parse_args(argv)
+    by_id, folds, split = read_fold_run(args.run, args.data)
     from bcseg.infer.segment import load_models, segment_case
 
-    cases = discover(args.data)
-    folds = folds_from_file(args.data / "folds.csv", cases)
-    split = json.loads((args.run / "fold.json").read_text(encoding="utf-8"))
-    fold, by_id = split["fold"], {c.id: c for c in cases}
+    cases, fold = list(by_id.values()), split["fold"]
     models, settings = load_models(args.run)
     probe = [gate_model(m) for m in models]
     plain = settings.replace(tta=False, postprocess=())

@@ -20,9 +20,6 @@ Example::
 
 from __future__ import annotations
 
-import argparse
-import json
-import os
 import sys
 from pathlib import Path
 
@@ -30,9 +27,8 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
-from machine import cpu_flags, write_results  # noqa: E402  (benchmarks/machine.py)
+from machine import cpu_flags, fold_run_parser, read_fold_run, write_results  # noqa: E402
 
-DEFAULT_DATA = ROOT.parent / "shared" / "datasets" / "busi"
 GRID = (0.0, 0.6, 0.7, 0.8, 0.85, 0.9, 0.93, 0.95, 0.97, 0.98, 0.99, 0.995)
 
 
@@ -62,20 +58,11 @@ def score_image(models, settings, case) -> tuple[list[float | None], list[bool]]
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("run", type=Path, help="a fold's run folder from benchmarks/busi.py")
-    parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
-    parser.add_argument("--out", type=Path, default=Path("bench-out/presence"))
-    args = parser.parse_args(argv)
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    from bcseg.data.dataset import discover
-    from bcseg.data.splits import folds_from_file
+    args = fold_run_parser(__doc__, "bench-out/presence").parse_args(argv)
+    by_id, folds, split = read_fold_run(args.run, args.data)
     from bcseg.infer.segment import load_models
 
-    cases = discover(args.data)
-    folds = folds_from_file(args.data / "folds.csv", cases)
-    split = json.loads((args.run / "fold.json").read_text(encoding="utf-8"))
-    fold, by_id = split["fold"], {c.id: c for c in cases}
+    cases, fold = list(by_id.values()), split["fold"]
     normal = [c for c in cases if c.label_class == "normal"]
     trained = set(split["train"])
     # A run of busi.py --normals trained on most training-fold normals: only those it did
