@@ -637,3 +637,37 @@ def tiny_toml(tmp_path: Path) -> Path:
     path = tmp_path / "tiny.toml"
     path.write_text(TINY, encoding="utf-8")
     return path
+
+
+# --------------------------------------------------------------------------- names that cannot name outputs
+
+@pytest.mark.parametrize("name, in_folder", [("new\nline.tif", False), ("tab\tx.tif", True),
+                                             ("..tif", False), (".hidden.tif", False)])
+def test_predict_refuses_an_image_whose_name_cannot_name_its_outputs(name, in_folder, tmp_path,
+                                                                     models, capsys):
+    """Such ids are refused in datasets; predict wrote 'new\\nline_mask.tif' and '._mask.tif'."""
+    image = tmp_path / "in" / name
+    io.write_image(image, IMAGE)
+    line = assert_refused(capsys, predict_argv(tmp_path, image.parent if in_folder else image, models["2d"]),
+                          3, "rename the file", tmp_path)
+    assert printable(str(image)) in line
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_runs_predictions_are_not_images_to_segment(trained, tmp_path, capsys):
+    """predict RUN/predictions segmented the run's masks and probability maps as cases
+    (writing specimen_mask_mask.tif): they are recorded in the run's folder, not their own."""
+    _, run, _ = trained
+    predictions = run / "predictions"
+    assert any(predictions.glob("*_mask.tif"))
+    line = assert_refused(capsys, predict_argv(tmp_path, predictions, run / "model_best.keras"), 3,
+                          str(predictions), tmp_path)
+    assert "holds only bcseg's outputs" in line
+    image = tmp_path / "mixed" / "new_case.tif"  # a real image beside them is segmented, alone
+    io.write_image(image, IMAGE)
+    for mask in list(predictions.glob("*_mask.tif"))[:1]:
+        (tmp_path / "mixed" / mask.name).write_bytes(mask.read_bytes())  # a copy is the user's: an input
+    code, out, err = run_main(capsys, predict_argv(tmp_path, predictions, run / "model_best.keras")[:1]
+                              + [image.parent, "--model", run / "model_best.keras", "--out", tmp_path / "out2"])
+    assert code == 0, err
+    assert (tmp_path / "out2" / "new_case_mask.tif").is_file()

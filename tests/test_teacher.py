@@ -4,6 +4,9 @@ real tiny teacher run teaching a real tiny student on the phantom."""
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 import warnings
 from pathlib import Path
 
@@ -260,6 +263,28 @@ def test_a_teacher_that_saw_the_test_cases_is_named(teacher_run, phantom):
     assert not caught
     with pytest.warns(UserWarning, match=r"the teacher saw 1 of this run's 2 test case\(s\)"):
         warn_if_seen([teacher_run / "model_best.keras"], {fold["train"][0], "unseen"})
+
+
+def test_a_refused_student_prints_its_error_alone_not_the_teachers_warning(tmp_path, teacher_run,
+                                                                         phantom):
+    """The leak warning came out (unprefixed, through the logger) before the refusal of
+    an --out folder that is not bcseg's: a refused command says one line."""
+    fold = json.loads((teacher_run / "fold.json").read_text())
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("a user's folder")
+    test_fold = next(k for k in range(1, 5) if k != fold["fold"])  # the teacher trained on its cases
+    # In a process of its own: pytest's log capture would swallow a logger's line.
+    done = subprocess.run([sys.executable, "-c", "from bcseg.cli import main_exit; main_exit()", "train",
+                           str(phantom), "--out", str(mine), "--force", "--config", str(_tiny(tmp_path)),
+                           "--teacher", str(teacher_run), "--fold", str(test_fold)],
+                          capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+    assert done.returncode == 2, done.stderr
+    err = done.stderr
+    [line] = _errors(err)
+    assert err.splitlines() == [line] and "notes.txt" in line
+    assert sorted(p.name for p in mine.iterdir()) == ["notes.txt"]
 
 
 def test_a_relative_teacher_in_a_config_file_is_found_beside_the_file(tmp_path, monkeypatch):

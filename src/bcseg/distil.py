@@ -146,7 +146,8 @@ def warn_if_seen(files: list[Path], test_ids: set[str]) -> None:
         message = (f"the teacher saw {len(leaked)} of this run's {len(test_ids)} test case(s) in training "
                    f"(e.g. {leaked[0]}): the test figures are not held out; use a teacher trained "
                    "without them (for --folds all: one per fold) for an honest score")
-        log.warning(message)
+        # A warning only: the command line holds it until every check has passed, so a
+        # run refused later (an --out that is not bcseg's) prints its one error alone.
         warnings.warn(message, stacklevel=2)
 
 

@@ -321,6 +321,26 @@ def written(folder: str | Path) -> set[str]:
     return set(_load(folder)["files"]) & present | owned(folder)
 
 
+def results_in(folder: str | Path, levels: int = 3) -> set[str]:
+    """Names of the files directly in ``folder`` that a bcseg command wrote as its result
+    (edited since or not), by the folder's record or one up to ``levels`` folders above
+    (``run/predictions/`` is recorded in the run's). A dataset that ``phantom`` or
+    ``export-nnunet`` wrote is data, not a result, and is not listed."""
+    folder = Path(folder).absolute()
+    names = set()
+    for record_folder in (folder, *list(folder.parents)[:levels]):
+        if not (record_folder / RECORD).is_file():
+            continue
+        prefix = folder.relative_to(record_folder).as_posix()
+        recorded = {**_load(record_folder)["files"], **writers(record_folder)}
+        for name, command in recorded.items():
+            inside = name if prefix == "." else name.removeprefix(prefix + "/")
+            if (prefix == "." or name.startswith(prefix + "/")) and "/" not in inside \
+                    and command not in DATASET_WRITERS:
+                names.add(inside)
+    return names
+
+
 def foreign(folder: str | Path) -> list[str]:
     """Files under ``folder`` that bcseg did not write, sorted."""
     return sorted(listing(folder) - owned(folder))

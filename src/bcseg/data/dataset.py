@@ -384,7 +384,8 @@ def _busi_groups(folds_csv: Path) -> dict[str, str]:
 ID_MAX_BYTES = 200
 
 
-def _id_problem(case_id: str) -> str | None:
+def id_problem(case_id: str) -> str | None:
+    """Why ``case_id`` cannot name output files, or None (also for predict's inputs)."""
     if case_id in (".", "..") or any(c in case_id for c in "/\\") or "\0" in case_id:
         return "is not a plain file name (no '/', '\\', '.' or '..'): bcseg names output files after it"
     if any(ord(c) < 32 or ord(c) == 127 for c in case_id):
@@ -400,7 +401,7 @@ def _id_problem(case_id: str) -> str | None:
 def _check_unique_ids(cases: list[Case], where: Path) -> None:
     seen: dict[str, tuple[str, Path]] = {}
     for case in cases:
-        problem = _id_problem(case.id)
+        problem = id_problem(case.id)
         if problem:
             raise DataError(where if where.is_file() else case.image, f"case id '{case.id[:60]}"
                             f"{'...' if len(case.id) > 60 else ''}' {problem}")

@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 from bcseg import outputs
 from bcseg.atomic import atomic_path, remove_partials
 from bcseg.data import io
-from bcseg.data.dataset import Case, discover, read_case_channels, read_case_image
+from bcseg.data.dataset import Case, discover, id_problem, read_case_channels, read_case_image
 from bcseg.data.intensity import check_methods, normalise
 from bcseg.errors import BcsegError, ConfigError, DataError, ModelError, UsageError
 from bcseg.infer.postprocess import check_steps, release_slices
@@ -168,11 +168,15 @@ def _input_files(inputs) -> list[Path | Case]:
         if _is_dataset(item):
             files.extend(_dataset_inputs(item))
         elif item.is_dir():
-            # bcseg's own outputs there (--out was this folder) are never inputs
-            ours = outputs.written(item)
-            found = [f for f in io.image_files(item) if f.name not in ours]
+            # bcseg's own results there (--out was this folder, or it is a run's
+            # predictions/) are never inputs: a mask segmented again is no new case
+            ours = outputs.results_in(item)
+            images = io.image_files(item)
+            found = [f for f in images if f.name not in ours]
             if not found:
-                raise DataError(item, "holds no supported images (" + ", ".join(io.IMAGE_SUFFIXES) + ")")
+                raise DataError(item, "holds only bcseg's outputs (masks, probability maps), not "
+                                "images to segment" if images else
+                                "holds no supported images (" + ", ".join(io.IMAGE_SUFFIXES) + ")")
             files.extend(found)
         elif item.exists():
             files.append(item)
@@ -180,6 +184,10 @@ def _input_files(inputs) -> list[Path | Case]:
             raise DataError(item, "file not found")
     stems: dict[str, Path | Case] = {}
     for f in files:
+        problem = id_problem(output_name(f))  # cases were checked by discover(); files here
+        if problem:
+            raise DataError(input_file(f), f"names its outputs '{output_name(f)[:60]}', which {problem}; "
+                            "rename the file")
         # Letter case apart too: a_mask.tif and A_mask.tif are one file on macOS and Windows.
         other = stems.setdefault(output_name(f).casefold(), f)
         if input_file(other).resolve() != input_file(f).resolve():
