@@ -671,3 +671,22 @@ def test_a_runs_predictions_are_not_images_to_segment(trained, tmp_path, capsys)
                               + [image.parent, "--model", run / "model_best.keras", "--out", tmp_path / "out2"])
     assert code == 0, err
     assert (tmp_path / "out2" / "new_case_mask.tif").is_file()
+
+
+def test_a_channel_named_twice_in_margins_names_the_flag(tmp_path, capsys):
+    code, out, err = run_main(capsys, ["margins", "--image", "us=a.tif", "--image", "us=b.tif",
+                                       "--tumour", "t.tif", "--out", tmp_path / "m"])
+    assert code == 2, (out, err)
+    assert one_error_line(err).startswith("bcseg: error: --image: names channel 'us' twice")
+    assert not (tmp_path / "m").exists()
+
+
+def test_an_inference_json_that_is_not_a_file_is_refused_not_ignored(trained, tmp_path, capsys):
+    """A folder named inference.json was skipped and the model's own settings used unsaid."""
+    root, run, _ = trained
+    copy = _copy_run(run, tmp_path / "run")
+    (copy / "inference.json").unlink()
+    (copy / "inference.json").mkdir()
+    image = next((root / "images").iterdir())
+    assert_refused(capsys, predict_argv(tmp_path, image, copy), 4, f"{copy / 'inference.json'}: is not a file",
+                   tmp_path)

@@ -358,7 +358,10 @@ def _margin_images(values: list[str]):
         raise UsageError(None, "several --image values must each be NAME=PATH (e.g. us=S01_us.tif)")
     from bcseg.data.channels import check_channel_names
 
-    names = check_channel_names([name for name, _, _ in named], None)
+    try:
+        names = check_channel_names([name for name, _, _ in named], None)
+    except BcsegError as exc:  # a usage error, named after the flag that repeats the name
+        raise UsageError("--image", exc.problem) from None
     return {name: path for name, (_, _, path) in zip(names, named)}
 
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import shutil
 import warnings
 import zipfile
@@ -395,6 +396,9 @@ def read_settings(path: str | Path) -> InferenceSettings | None:
     """
     path = Path(path)
     if not path.is_file():
+        if os.path.lexists(path):  # a folder, a broken link, a pipe: never silently skipped
+            raise ConfigError(path, "is not a file; the run's inference settings must be a JSON "
+                              "file (move this away to use the settings inside the model)")
         return None
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
