@@ -1167,3 +1167,20 @@ def test_masks_predicted_into_the_images_folder_are_never_read_as_cases(tmp_path
             with atomic_path(data / "images" / f"{image.stem}{suffix}.tif") as tmp:
                 tmp.write_bytes(image.read_bytes())
     assert sorted(c.id for c in discover(data)) == before
+
+
+def test_a_users_file_in_the_way_is_not_met_with_a_force_that_would_not_help(tmp_path, capsys, models):
+    """A user's s_prob.tif beside where s_mask.tif goes: 'pass --force to overwrite it',
+    and --force then refused it. The first refusal now says what --force would."""
+    image = tmp_path / "s.tif"
+    tifffile.imwrite(image, RNG.integers(0, 256, (32, 40), dtype=np.uint8))
+    out = tmp_path / "seg"
+    out.mkdir()
+    (out / "s_prob.tif").write_text("the user's own map")
+    before = hashes(tmp_path)
+    for extra in ((), ("--force",)):
+        code, _, err = run(capsys, "predict", image, "--model", models["2d"], "--out", out,
+                           "--no-progress", *extra)
+        line = one_line(err)
+        assert code == 2 and "s_prob.tif: was not written by bcseg" in line and "pass --force" not in line
+    assert hashes(tmp_path) == before

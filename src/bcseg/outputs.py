@@ -370,8 +370,8 @@ def check_replaceable(paths: Iterable[Path], force: bool,
             continue
         if path.resolve() in sources or path.absolute() in sources:
             raise UsageError(path, "is an input of this command; choose another output")
-        if not force:
-            raise UsageError(path, "already exists; pass force=True to overwrite it")
+        # What force cannot replace is refused as such first: suggesting force=True for
+        # it only led to a second refusal.
         if not is_owned(path, known):
             above = _writer_above(path)
             if above is not None:  # train's predictions/ hold files that run/'s record lists
@@ -387,6 +387,8 @@ def check_replaceable(paths: Iterable[Path], force: bool,
         if command and writer not in (command, "bcseg", *(held.command for held in _held.values())):
             raise UsageError(path, f"is the output of 'bcseg {writer}'; {command} with force=True "
                              f"replaces only an earlier {command} output: choose another output")
+        if not force:
+            raise UsageError(path, "already exists; pass force=True to overwrite it")
 
 
 def _writer_above(path: Path, levels: int = 3) -> str | None:

@@ -384,16 +384,17 @@ def _busi_groups(folds_csv: Path) -> dict[str, str]:
 ID_MAX_BYTES = 200
 
 
-def id_problem(case_id: str) -> str | None:
-    """Why ``case_id`` cannot name output files, or None (also for predict's inputs)."""
+def id_problem(case_id: str, max_bytes: int | None = ID_MAX_BYTES) -> str | None:
+    """Why ``case_id`` cannot name output files, or None. ``predict`` passes
+    ``max_bytes=None``: it checks the full length of each output name instead."""
     if case_id in (".", "..") or any(c in case_id for c in "/\\") or "\0" in case_id:
         return "is not a plain file name (no '/', '\\', '.' or '..'): bcseg names output files after it"
     if any(ord(c) < 32 or ord(c) == 127 for c in case_id):
         return "holds a control character; bcseg names output files after it"
     if case_id.startswith("."):
         return "starts with '.', which would hide the output files named after it"
-    if len(os.fsencode(case_id)) > ID_MAX_BYTES:
-        return (f"is {len(os.fsencode(case_id))} bytes long, more than {ID_MAX_BYTES}: output files "
+    if max_bytes is not None and len(os.fsencode(case_id)) > max_bytes:
+        return (f"is {len(os.fsencode(case_id))} bytes long, more than {max_bytes}: output files "
                 "are named after it and a file name may have at most 255 bytes")
     return None
 

@@ -184,7 +184,7 @@ def _input_files(inputs) -> list[Path | Case]:
             raise DataError(item, "file not found")
     stems: dict[str, Path | Case] = {}
     for f in files:
-        problem = id_problem(output_name(f))  # cases were checked by discover(); files here
+        problem = id_problem(output_name(f), max_bytes=None)  # files; discover() checked cases
         if problem:
             raise DataError(input_file(f), f"names its outputs '{output_name(f)[:60]}', which {problem}; "
                             "rename the file")
