@@ -352,6 +352,20 @@ def test_manifest_in_another_dialect_gets_a_clear_line(text, encoding, said, tmp
     assert f"manifest.csv: {said}; save it as 'CSV UTF-8 (comma delimited)'" in one_error_line(err)
 
 
+def test_a_manifest_row_with_more_cells_than_columns_is_refused(tmp_path, capsys):
+    """An unquoted comma in a value shifted the cells; the extra one was dropped unsaid."""
+    manifest = _manifest_dataset(tmp_path / "data", "id,image,mask_observer1,group\n"
+                                 "c0,images/c0.tif,masks/observer1/c0.tif,g0\n"
+                                 "c1,images/c1.tif,masks/observer1/c1.tif,Smith, J.\n")
+    code, _, err = run_main(capsys, ["check", manifest])
+    assert code == 3
+    assert "manifest.csv: line 3 has 5 cells, more than the 4 columns" in one_error_line(err)
+    manifest.write_text("id,image,mask_observer1\nc0,images/c0.tif,masks/observer1/c0.tif,,\n"
+                        "c1,images/c1.tif,masks/observer1/c1.tif\n", encoding="utf-8")
+    code, _, err = run_main(capsys, ["check", manifest])  # empty trailing cells, as Excel saves
+    assert (code, err) == (0, "")
+
+
 # --------------------------------------------------------------------------- duplicates
 
 def _duplicated(root: Path) -> Path:

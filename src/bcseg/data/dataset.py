@@ -531,6 +531,12 @@ def read_csv_lines(path: str | Path, what: str = "manifest") -> tuple[list[str],
             if delimiter in columns[0]:
                 raise DataError(path, f"{what} is delimited by {name}, not commas; save it as "
                                 "'CSV UTF-8 (comma delimited)'")
+    for line, row in rows:  # a value with an unquoted comma shifts every cell after it
+        extra = [cell for cell in row.get(None) or [] if cell.strip()]
+        if extra:
+            raise DataError(path, f"line {line} has {len(columns) + len(row[None])} cells, more "
+                            f"than the {len(columns)} columns of the header ({extra[0]!r} is "
+                            "beyond them); quote a value that holds a comma")
     return columns, rows
 
 
