@@ -41,6 +41,29 @@ class _Parser(argparse.ArgumentParser):
     def error(self, message: str):
         self.exit(2, f"bcseg: error: {printable(message)}; see '{self.prog} --help'\n")
 
+    def parse_known_args(self, args=None, namespace=None):
+        self._refuse_repeats(sys.argv[1:] if args is None else list(args))
+        return super().parse_known_args(args, namespace)
+
+    def _refuse_repeats(self, argv: list[str]) -> None:
+        """An option that takes one value, given twice (``--config a --config b``):
+        argparse keeps the last without a word, and the run uses what the user may
+        not have meant. Options that collect values (``--model``, ``--teacher``) repeat."""
+        single = (argparse._StoreAction, argparse._StoreConstAction)  # store_true/false too
+        dest = {option: action.dest for action in self._actions if isinstance(action, single)
+                for option in action.option_strings}
+        seen: dict[str, str] = {}
+        for token in argv:
+            if token == "--":
+                break
+            option = token.split("=", 1)[0]
+            if option in dest:
+                if dest[option] in seen:
+                    other = seen[dest[option]]
+                    also = "" if other == option else f" (also as {other})"
+                    self.error(f"{option} is given twice{also}; give it once")
+                seen[dest[option]] = option
+
 
 def _number(text: str) -> float:
     try:
