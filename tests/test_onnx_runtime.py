@@ -80,15 +80,13 @@ def test_masks_match_tensorflow_on_phantom_and_busi(busi_run, phantom_root, tmp_
         assert diff <= 1e-4, (name, diff)  # float32 rounding, not a different network
 
 
-@pytest.mark.parametrize("presence_gate", [False, True])
-def test_3d_windows_match_tensorflow(phantom_root, tmp_path, presence_gate):
+def test_3d_windows_match_tensorflow(phantom_root, tmp_path):
     _needs_onnx()
     from bcseg.learn.models import unet
 
     run = tmp_path / "run3d"
     run.mkdir()
-    unet(ndim=3, base_filters=4, depth=2, residual=True,
-         presence_gate=presence_gate).save(run / "model_best.keras")
+    unet(ndim=3, base_filters=4, depth=2, residual=True).save(run / "model_best.keras")
     (run / "inference.json").write_text(json.dumps({"ndim": 3, "threshold": 0.5, "postprocess": [],
                                                     "min_size": 0, "tta": False,
                                                     "patch_size": [8, 32, 32]}))

@@ -76,8 +76,7 @@ def _upsample(x, filters, ndim, mode, factor, name):
 def unet(ndim: int = 2, in_channels: int = 1, base_filters: int = 16, depth: int = 4,
          norm: str | None = "batch", dropout: float = 0.0, residual: bool = False,
          upsample: str = "transpose", decoder_norm_only: bool = False, stem_stride: int = 1,
-         max_filters: int | None = None, presence_gate: bool = False,
-         name: str | None = None) -> keras.Model:
+         max_filters: int | None = None, name: str | None = None) -> keras.Model:
     """Build a U-Net that maps an image to a one-channel tumour probability.
 
     Parameters
@@ -105,12 +104,6 @@ def unet(ndim: int = 2, in_channels: int = 1, base_filters: int = 16, depth: int
     max_filters : int, optional
         Cap on the filters of any level (as nnU-Net caps its deep levels): the deepest
         levels hold most of the weights but see few pixels. None: no cap.
-    presence_gate : bool
-        Multiply the mask by an image-level tumour presence in [0, 1], read from the
-        bottleneck's mean and maximum features (:func:`_presence`). Trained with empty
-        images (BUSI's normals, a specimen's tumour-free slices), it gives the model one
-        global way to answer "no tumour here", so that the pixel-level layers need not
-        turn timid on every image to stay quiet on empty ones.
     name : str, optional
         Model name; defaults to ``"unet2d"`` or ``"unet3d"``.
 
@@ -128,63 +121,18 @@ def unet(ndim: int = 2, in_channels: int = 1, base_filters: int = 16, depth: int
     8
     """
     _check_args(ndim, in_channels, base_filters, depth, norm, dropout, residual,
-                upsample, decoder_norm_only, stem_stride, presence_gate)
+                upsample, decoder_norm_only, stem_stride)
     widths = _widths(base_filters, depth, max_filters)
     enc_norm = None if decoder_norm_only else norm
     inputs = keras.Input(shape=(None,) * ndim + (in_channels,), name="image")
     x = _stem(inputs, base_filters, ndim, enc_norm, stem_stride)
     x, skips = _encoder(x, widths, ndim, enc_norm, residual, dropout)
-    presence = _presence(x, ndim) if presence_gate else None
     x = _decoder(x, skips, widths, ndim, norm, residual, upsample)
     if stem_stride > 1:
         x = _upsample(x, base_filters, ndim, upsample, stem_stride, "stem_up")
         x = _conv_block(x, base_filters, ndim, norm, residual, "stem_dec")
     outputs = _layer("Conv", ndim)(1, 1, activation="sigmoid", dtype="float32", name="mask")(x)
-    if presence is not None:  # one output still: every consumer reads a probability map
-        outputs = layers.Multiply(dtype="float32", name="gated_mask")([outputs, presence])
     return keras.Model(inputs, outputs, name=name or f"unet{ndim}d")
-
-
-PRESENCE_START = 3.0
-"""Initial bias of the presence logit: sigmoid(3) = 0.95, so that a new gated model
-starts as the plain U-Net does and the gate closes only where empty images teach it."""
-
-
-def _presence(bottleneck, ndim: int):
-    """Image-level tumour presence in [0, 1], shaped to broadcast over the mask.
-
-    The mean says how lesion-like the image is overall; the maximum answers for one
-    small lesion, which the mean of a large image would dilute. A dense layer on
-    both (float32, like the mask) is the gate's only weights: 2·width + 1.
-    """
-    pooled = layers.Concatenate(name="presence_pool")([
-        _layer("GlobalAveragePooling", ndim)(name="presence_mean")(bottleneck),
-        _layer("GlobalMaxPooling", ndim)(name="presence_max")(bottleneck)])
-    gate = layers.Dense(1, activation="sigmoid", dtype="float32", name="presence",
-                        bias_initializer=keras.initializers.Constant(PRESENCE_START))(pooled)
-    return layers.Reshape((1,) * ndim + (1,), name="presence_broadcast")(gate)
-
-
-def with_presence_gate(model: keras.Model) -> keras.Model:
-    """``model`` with a presence gate (see :func:`unet`) on its bottleneck, new and open.
-
-    For a run that starts from a saved U-Net (``--init busi``) and asks for the gate:
-    every other layer keeps its weights, and the gate starts at 0.95 everywhere, so the
-    copy segments as the original does until training closes it on empty images. A
-    model that has a gate is returned as it is.
-    """
-    names = {layer.name for layer in model.layers}
-    if "presence" in names:
-        return model
-    bottleneck = next((model.get_layer(n) for n in ("bottleneck_dropout", "bottleneck_relu2")
-                       if n in names), None)
-    if bottleneck is None:
-        raise ValueError(f"model {model.name!r} has no U-Net bottleneck to gate")
-    ndim = len(model.inputs[0].shape) - 2
-    gated = layers.Multiply(dtype="float32", name="gated_mask")(
-        [model.outputs[0], _presence(bottleneck.output, ndim)])
-    image = model.inputs[0] if len(model.inputs) == 1 else model.inputs  # as unet() builds it
-    return keras.Model(image, gated, name=model.name)
 
 
 def _widths(base_filters: int, depth: int, max_filters: int | None) -> list[int]:
@@ -227,7 +175,7 @@ def _decoder(x, skips: list, widths: list[int], ndim: int, norm, residual: bool,
 
 
 def _check_args(ndim, in_channels, base_filters, depth, norm, dropout, residual,
-                upsample, decoder_norm_only, stem_stride, presence_gate=False):
+                upsample, decoder_norm_only, stem_stride):
     def positive_int(value, what, minimum=1):
         if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
             raise ValueError(f"{what} must be an integer >= {minimum}, got {value!r}")
@@ -246,8 +194,7 @@ def _check_args(ndim, in_channels, base_filters, depth, norm, dropout, residual,
         raise ValueError(f"dropout must be a number in [0, 1), got {dropout!r}")
     if upsample not in UPSAMPLES:
         raise ValueError(f"upsample must be one of {UPSAMPLES}, got {upsample!r}")
-    for flag, what in ((residual, "residual"), (decoder_norm_only, "decoder_norm_only"),
-                       (presence_gate, "presence_gate")):
+    for flag, what in ((residual, "residual"), (decoder_norm_only, "decoder_norm_only")):
         if not isinstance(flag, bool):
             raise ValueError(f"{what} must be True or False, got {flag!r}")
     if decoder_norm_only and norm is None:

@@ -52,7 +52,7 @@ from bcseg.data.splits import (folds_from_file, group_note, kfold_by_group, load
                                save_splits, validation_ids)
 from bcseg.errors import ConfigError, DataError, ModelError, UsageError
 from bcseg.learn.losses import DiceMetric, IoUMetric, get_loss
-from bcseg.learn.models import feature_values, unet, with_input_channels, with_presence_gate
+from bcseg.learn.models import feature_values, unet, with_input_channels
 
 HISTORY_COLUMNS = ["epoch", "loss", "dice", "iou", "val_loss", "val_dice", "val_iou", "lr"]
 log = logging.getLogger("bcseg.learn.train")
@@ -212,7 +212,7 @@ def build_model(cfg: dict, in_channels: int = 1) -> keras.Model:
                 norm=None if m["norm"] == "none" else m["norm"], dropout=m["dropout"],
                 residual=m["residual"], upsample=m["upsample"],
                 decoder_norm_only=m["decoder_norm_only"], stem_stride=m["stem_stride"],
-                max_filters=m["max_filters"] or None, presence_gate=m["presence_gate"])
+                max_filters=m["max_filters"] or None)
 
 
 def compile_model(model: keras.Model, cfg: dict) -> keras.Model:
@@ -520,7 +520,7 @@ def run_fold(cases: list[Case], folds: dict[str, int], fold: int, cfg: dict, out
             model = keras.saving.load_model(checkpoint, safe_mode=True)
             _say(f"resuming after epoch {state['epoch']}")
         else:
-            model = _initial_model(init_model, channels, cfg["model"]["presence_gate"]) if init_model else \
+            model = _initial_model(init_model, channels) if init_model else \
                 build_model(cfg, len(channels or [IMAGE_CHANNEL]))
             compile_model(model, cfg)
     state = fit(model, cfg, train_set, val_set, out, state, plot)
@@ -530,16 +530,14 @@ def run_fold(cases: list[Case], folds: dict[str, int], fold: int, cfg: dict, out
             "channels": channels, "normalisation": methods}
 
 
-def _initial_model(path: Path, channels: list[str] | None, presence_gate: bool = False) -> keras.Model:
+def _initial_model(path: Path, channels: list[str] | None) -> keras.Model:
     """The ``init`` model, its first convolution widened to the run's channels (the
-    ``us`` channel, or the first, keeps its weights; see :func:`with_input_channels`),
-    and gated if the recipe asks for a presence gate (:func:`with_presence_gate`).
-    The rest of the architecture is the model's: the recipe's other model keys are not used."""
+    ``us`` channel, or the first, keeps its weights; see :func:`with_input_channels`)."""
     model = keras.saving.load_model(path, safe_mode=True, compile=False)
     if channels and model.inputs[0].shape[-1] != len(channels):
         keep = channels.index("us") if "us" in channels else 0
         model = with_input_channels(model, len(channels), keep)
-    return with_presence_gate(model) if presence_gate else model
+    return model
 
 
 # Bytes training keeps per value of one feature map of each level, at the least: the
@@ -931,15 +929,9 @@ def _init_model(init, cfg: dict, in_channels: int = 1) -> Path | None:
     from bcseg.learn.saved import load_model, model_spec
 
     try:
-        model = load_model(path)
-        spec = model_spec(model)  # ModelError naming the file: unsafe, corrupt, ...
+        spec = model_spec(load_model(path))  # ModelError naming the file: unsafe, corrupt, ...
     except ModelError as exc:
         raise (exc if exc.path else ModelError(path, exc.problem)) from None
-    if cfg["model"]["presence_gate"]:
-        try:
-            with_presence_gate(model)
-        except ValueError as exc:
-            raise ModelError(path, f"cannot take model.presence_gate: {exc}") from None
     if spec.ndim != cfg["model"]["ndim"]:
         raise ModelError(path, f"is a {spec.ndim}D model; this run trains a "
                          f"{cfg['model']['ndim']}D one")
