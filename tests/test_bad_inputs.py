@@ -203,8 +203,9 @@ def test_a_control_character_in_a_file_name_is_escaped(tmp_path, models, capsys)
     (tmp_path / "in").mkdir()
     path = tmp_path / "in" / "bad\nname\x1b.tif"
     path.write_bytes(b"not a tiff at all")
+    # refused for its name (outputs cannot be named after it) before its content is read
     line = assert_refused(capsys, predict_argv(tmp_path, path, models["2d"]), 3,
-                          "bad\\nname\\x1b.tif: is not a TIFF image", tmp_path)
+                          "bad\\nname\\x1b.tif: names its outputs 'bad\\nname\\x1b'", tmp_path)
     assert "\x1b" not in line
     assert str(DataError("a\u202eb.tif", "x\ny")) == "a\\u202eb.tif: x\\ny"
     assert printable("Ø ü (1).tif") == "Ø ü (1).tif"  # letters are not escaped

@@ -342,3 +342,42 @@ def test_two_channel_cases_are_scored_on_their_masks(two_channel_root, tmp_path)
               and r["level"] == "specimen"]
     expected = case_metrics(preds[case.id], read_case_masks(case)["observer2"], read_case_image(case)[1])
     assert float(row["dice"]) == expected["dice"] and float(row["hd95"]) == expected["hd95"]
+
+
+def test_cases_left_without_a_prediction_are_counted_and_named(study, tmp_path):
+    """Two of three scored and nothing said: the study shrank unseen (red-team pass 4)."""
+    cases, root = study["cases"], study["root"]
+    for case in cases[:2]:
+        (tmp_path / "pred").mkdir(exist_ok=True)
+        (tmp_path / "pred" / f"{case.id}_mask.tif").write_bytes(
+            (root / "pred" / f"{case.id}_mask.tif").read_bytes())
+    with pytest.warns(UserWarning, match=rf"2 of the dataset's 3 case\(s\) have a prediction and are "
+                                         rf"scored; 1 are left out \(e.g. {cases[2].id}\)"):
+        evaluate(tmp_path / "pred", root / "data", tmp_path / "out", n_boot=N_BOOT)
+    assert json.loads((tmp_path / "out" / "summary.json").read_text())["n_cases"] == 2
+
+
+def test_a_misspelt_prediction_suffix_is_refused_not_ignored(study, tmp_path):
+    case = study["cases"][0]
+    io.write_mask(tmp_path / "pred" / f"{case.id}_Mask.tif", np.zeros(SHAPE, bool))
+    io.write_mask(tmp_path / "pred" / f"{study['cases'][1].id}_mask.tif", np.zeros(SHAPE, bool))
+    with pytest.raises(DataError, match=rf"{case.id}_Mask.tif: ends in '_Mask', not '_mask'"):
+        find_predictions(tmp_path / "pred")
+
+
+def test_an_observers_mask_is_not_taken_for_a_prediction(tmp_path):
+    """--pred at a BUSI class folder: each 'prediction' was scored against itself (Dice 1)."""
+    from PIL import Image
+    rng = np.random.default_rng(0)
+    for name in ("benign", "malignant"):
+        for k in (1, 2):
+            mask = np.zeros((40, 50), np.uint8)
+            mask[10:20, 10:30] = 255
+            (tmp_path / "busi" / name).mkdir(parents=True, exist_ok=True)
+            Image.fromarray(rng.integers(0, 255, (40, 50), dtype=np.uint8)).save(
+                tmp_path / "busi" / name / f"{name} ({k}).png")
+            Image.fromarray(mask).save(tmp_path / "busi" / name / f"{name} ({k})_mask.png")
+    with pytest.raises(DataError, match=r"benign \(1\)_mask.png: is observer \w+'s mask of case "
+                                        r"'benign \(1\)' in the dataset, not a prediction"):
+        evaluate(tmp_path / "busi" / "benign", tmp_path / "busi", tmp_path / "out")
+    assert not (tmp_path / "out").exists()

@@ -129,12 +129,15 @@ def find_predictions(pred_dir: str | Path) -> dict[str, dict[str, Path | None]]:
     pred_dir = Path(pred_dir)
     files = io.image_files(pred_dir)
     found: dict[str, dict[str, list[Path]]] = {}
+    problems = []
     for path in files:
         stem = io.file_stem(path)
         for kind, suffix in (("mask", MASK_SUFFIX), ("prob", PROB_SUFFIX)):
             if stem.endswith(suffix) and len(stem) > len(suffix):
                 found.setdefault(stem[: -len(suffix)], {"mask": [], "prob": []})[kind].append(path)
-    problems = []
+            elif stem.lower().endswith(suffix) and len(stem) > len(suffix):  # _Mask: left out unseen
+                problems.append(f"{path.name}: ends in '{stem[-len(suffix):]}', not '{suffix}'; "
+                                f"rename it <case id>{suffix}")
     for case_id, kinds in sorted(found.items()):
         for kind in ("mask", "prob"):
             if len(kinds[kind]) > 1:
@@ -191,8 +194,17 @@ def _match(pred_dir: Path, cases: Sequence[Case], predictions: Mapping, wanted: 
     # otherwise be scored against a different consensus from the others, unseen.
     everyone = sorted({o for case in cases for o in case.masks})
     problems, matched = [], []
+    # --pred pointed into the dataset (BUSI keeps masks as NAME_mask.png beside the
+    # images): each "prediction" would be scored against itself, Dice 1.
+    truth_files = {path.resolve(): (case.id, name) for case in cases
+                   for name, paths in case.masks.items() for path in paths}
     for case_id, files in predictions.items():
         case = by_id.get(case_id)
+        if files["mask"].resolve() in truth_files:
+            owner, name = truth_files[files["mask"].resolve()]
+            problems.append(f"{files['mask'].name}: is observer {name}'s mask of case '{owner}' "
+                            "in the dataset, not a prediction; give --pred the folder bcseg predict wrote")
+            continue
         if case is None:
             problems.append(f"{files['mask'].name}: no case '{case_id}' in the dataset")
             continue
@@ -409,7 +421,8 @@ def evaluate(pred_dir: str | Path, truth, out_dir: str | Path, observers: str | 
         ``<case id>_prob.tif`` probability maps, used for ``pixel_soft_score``.
     truth : str, Path or list of Case
         A dataset folder or manifest (:func:`bcseg.data.dataset.discover`) or the
-        cases; only cases with a prediction are evaluated.
+        cases; only cases with a prediction are evaluated, and a warning names how
+        many of the dataset's are left out.
     out_dir : str or Path
         Where ``metrics.csv``, ``agreement.csv`` and ``summary.json`` (see the module) go.
     observers : "all", str or sequence of str
@@ -450,12 +463,25 @@ def evaluate(pred_dir: str | Path, truth, out_dir: str | Path, observers: str | 
     cases = discover(truth) if isinstance(truth, (str, Path)) else list(truth)
     wanted = _select_observers(cases, observers)
     matched = _match(pred_dir, cases, find_predictions(pred_dir), wanted)
+    _say_left_out(pred_dir, cases, matched)
     scored = _score_cases(matched, settings["targets"], slices, progress)
     study_style = None if protocol == "honest" else reference_protocol(
         model, matched, size=reference_size, seed=seed)
     summary = _summary(scored, matched, study_style, settings, pred_dir, truth)
     _write_outputs(out_dir, outputs, force, scored, summary)
     return _result(outputs, summary, study_style)
+
+
+def _say_left_out(pred_dir: Path, cases: Sequence[Case], matched) -> None:
+    """Warn, naming one, when dataset cases have no prediction: a run's predictions/
+    holds its test fold only, which is fine, but a folder missing a case by mistake
+    would otherwise shrink the study without a word."""
+    scored = {case.id for case, _, _ in matched}
+    left = sorted(case.id for case in cases if case.id not in scored)
+    if left:
+        warnings.warn(f"{pred_dir}: {len(scored)} of the dataset's {len(cases)} case(s) have a "
+                      f"prediction and are scored; {len(left)} are left out (e.g. {left[0]})",
+                      stacklevel=3)
 
 
 def _check_outputs(out_dir: Path, force: bool) -> dict[str, Path]:
