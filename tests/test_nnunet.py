@@ -259,3 +259,15 @@ def test_export_nnunet_cli_writes_channels_in_the_order_asked(tmp_path, two_chan
                  "--channels", "pa,us"]) == 0
     dataset = json.loads(next(raw.glob("Dataset007_PA/dataset.json")).read_text())
     assert dataset["channel_names"] == {"0": "pa", "1": "us"}
+
+
+def test_an_ending_nnunet_cannot_read_is_one_line_before_any_warning(specimens, tmp_path, capsys):
+    """The folds' 'only 3 groups for 5 folds' warning came first, then the refusal."""
+    from bcseg.cli import main
+
+    code = main(["export-nnunet", str(specimens), str(tmp_path / "raw"), "--dataset-id", "507",
+                 "--name", "P", "--file-ending", ".png"])
+    err = capsys.readouterr().err
+    assert code == 2 and len(err.splitlines()) == 1, err
+    assert err.startswith("bcseg: error: --file-ending .png: nnU-Net cannot read 3D images as .png")
+    assert not (tmp_path / "raw").exists()

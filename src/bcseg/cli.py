@@ -740,7 +740,7 @@ def main(argv: list[str] | None = None) -> int:
 # The core names the parameter a user should pass ("pass force=True"); the command
 # line has a flag for each, and its messages name the flag instead.
 PARAMETER_FLAGS = {"force=True": "--force", "resume=True": "--resume", "model=RUN": "--model RUN",
-                   "spacing_mm=(Z, Y, X)": "--spacing ZxYxX"}
+                   "spacing_mm=(Z, Y, X)": "--spacing ZxYxX", "file_ending ": "--file-ending "}
 
 
 def _flags_for_parameters(message: str) -> str:

@@ -185,6 +185,7 @@ def export_nnunet(data: str | Path | Iterable[Case], out: str | Path, dataset_id
     require_new(dest, force)
     _check_id_free(out, int(dataset_id), folder_name)
     cases, reads, names = _cases_to_export(data, dest, observer, channels)
+    _check_ending_fits(cases[0], ending, names)  # before the folds' warnings and the claim
     fold_of = _folds(cases, folds, k, seed)
     nn_ids = [f"{name}_{i:0{max(4, len(str(len(cases))))}d}" for i in range(1, len(cases) + 1)]
     with claim(dest, "export-nnunet", replace=True, inputs=reads):
@@ -304,6 +305,16 @@ def _folds(cases: list[Case], folds: Mapping[str, int] | None, k: int, seed: int
 
 
 # --------------------------------------------------------------------------- writing
+
+def _check_ending_fits(case: Case, ending: str | None, channels: list[str] | None) -> None:
+    """Refuse an asked-for file ending that nnU-Net cannot read for these images."""
+    if ending is None:  # chosen from the images: always one it reads
+        return
+    ndim = _case_images(case, channels)[0][0].ndim
+    if (ndim, ending) not in _READER_WRITER:
+        raise UsageError(None, f"file_ending {ending}: nnU-Net cannot read {ndim}D images as "
+                         f"{ending} ({case.image.name} is {ndim}D); use .tif or .nii.gz")
+
 
 def _write_cases(cases: list[Case], nn_ids: list[str], stage: Path, observer: str,
                  ending: str | None, channels: list[str] | None) -> tuple[int, str]:
