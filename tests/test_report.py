@@ -195,3 +195,20 @@ def test_report_draws_each_channel_beside_the_overlay(two_channel_root, tmp_path
     us, pa = (imread(png)[..., :3] for png in figures.values())
     assert us.shape == pa.shape and not np.array_equal(us, pa)
 
+
+
+def test_a_prediction_changed_after_the_evaluation_is_refused(run_dir, tmp_path):
+    """The report printed the old Dice beside examples drawn from the new masks."""
+    import os
+    import shutil
+
+    copy = shutil.copytree(run_dir, tmp_path / "run")
+    from bcseg.measure.evaluate import evaluate as score
+    score(copy / "pred", discover(copy / "data"), copy / "eval", force=True, n_boot=200)
+    assert build_report(copy).is_file()  # current: fine
+    mask = sorted((copy / "pred").glob("*_mask.tif"))[0]
+    io.write_mask(mask, np.zeros_like(io.read_image(mask)[0]))
+    later = (copy / "eval" / "metrics.csv").stat().st_mtime_ns + 10**9
+    os.utime(mask, ns=(later, later))  # coarse file-system clocks: make the order certain
+    with pytest.raises(DataError, match=rf"{mask.name}: changed after the evaluation"):
+        build_report(copy)

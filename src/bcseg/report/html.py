@@ -367,9 +367,30 @@ def report_sources(root: Path) -> tuple[list[Path], list[Path], list[Path]]:
     if not histories and not evaluations and not margins:
         raise DataError(root, "nothing to report: no history.csv, evaluation (summary.json + "
                         "metrics.csv) or *_margins.csv found")
-    for eval_dir in evaluations:  # a damaged summary is refused before anything is written
-        read_summary(eval_dir)
+    for eval_dir in evaluations:  # a damaged or stale summary is refused before anything is written
+        _check_current(eval_dir, read_summary(eval_dir))
     return histories, evaluations, margins
+
+
+def _check_current(eval_dir: Path, summary: dict) -> None:
+    """Refuse an evaluation whose predictions changed after it was written: the report
+    would print the old numbers beside pictures drawn from the new masks."""
+    from bcseg.measure.evaluate import find_predictions
+
+    pred_dir = Path((summary.get("inputs") or {}).get("pred_dir") or "")
+    if not pred_dir.is_dir():
+        return  # gone: the examples figure says it cannot be drawn
+    written = (eval_dir / OUTPUTS["metrics"]).stat().st_mtime_ns
+    try:
+        predictions = find_predictions(pred_dir)
+    except DataError:
+        return
+    for files in predictions.values():
+        for path in filter(None, files.values()):
+            if path.stat().st_mtime_ns > written:
+                raise DataError(path, f"changed after the evaluation in {eval_dir} was written; "
+                                "evaluate again (with --force) so that the report's numbers and "
+                                "pictures agree")
 
 
 def report_files(root: Path) -> list[Path]:
@@ -410,7 +431,8 @@ def check_report_files(root: Path) -> None:
             mine_below_root = owned(root)
         if path.relative_to(root).as_posix() not in mine_below_root:
             raise UsageError(path, "was not written by bcseg, or was changed after it was, and the "
-                             "report would replace it; move it away (or pass --no-report)")
+                             "report would replace it; move it away (train and evaluate can also skip "
+                             "the report with --no-report)")
 
 
 def read_summary(eval_dir: Path) -> dict:
