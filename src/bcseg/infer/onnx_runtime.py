@@ -139,7 +139,13 @@ class OnnxModel:
 
     def predict_on_batch(self, x: np.ndarray) -> np.ndarray:
         """Probabilities for a float32 batch ``(N, *spatial, C)``."""
-        return self.session.run(None, {self.input_name: np.asarray(x, dtype=np.float32)})[0]
+        out = self.session.run(None, {self.input_name: np.asarray(x, dtype=np.float32)})[0]
+        # Keras's exporter traces the model on a list of one input; once in a long test
+        # session the traced output came back stacked as a list of one, (1, N, ..., 1).
+        # The values are the model's (the parity tests compare them with TensorFlow's).
+        if out.ndim == x.ndim + 1 and out.shape[0] == 1:
+            out = out[0]
+        return out
 
 
 def load_onnx_run(path: str | Path) -> tuple[list[Path], InferenceSettings]:
