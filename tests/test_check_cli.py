@@ -255,3 +255,18 @@ def test_cli_help(capsys):
         main(["check", "--help"])
     assert stop.value.code == 0
     assert "dataset folder or manifest CSV" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("command", ["split", "export-nnunet"])
+@pytest.mark.parametrize("flag", ["--k", "--seed"])
+def test_k_or_seed_beside_a_folds_file_is_refused(command, flag, phantom_root, tmp_path, capsys):
+    """--k 3 with --folds-file was dropped for the file's folds without a word."""
+    folds = tmp_path / "folds.csv"
+    folds.write_text("image,fold\n" + "".join(f"specimen_{k:03d}.tif,{k % 2}\n" for k in range(PHANTOM_N)))
+    out = tmp_path / "out"
+    argv = ["split", str(phantom_root), "--out", str(out / "s.json")] if command == "split" else \
+        ["export-nnunet", str(phantom_root), str(out), "--dataset-id", "5", "--name", "P"]
+    assert main(argv + ["--folds-file", str(folds), flag, "3"]) == 2
+    assert assert_one_error_line(capsys.readouterr().err).startswith(
+        f"bcseg: error: {flag}: the folds come from --folds-file")
+    assert not out.exists()

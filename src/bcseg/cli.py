@@ -205,11 +205,23 @@ def cmd_check(args) -> int:
     return 0
 
 
+def _fold_options(args) -> None:
+    """Refuse --k or --seed beside --folds-file (the file decides the folds, and the
+    flag was dropped without a word); otherwise fill in their defaults."""
+    if args.folds_file:
+        for flag, value in (("--k", args.k), ("--seed", args.seed)):
+            if value is not None:
+                raise UsageError(flag, "the folds come from --folds-file; give one or the other")
+    args.k = 5 if args.k is None else args.k
+    args.seed = 0 if args.seed is None else args.seed
+
+
 def cmd_split(args) -> int:
     from bcseg.data.dataset import discover, refuse_duplicate_images
     from bcseg.data.splits import (folds_from_file, group_note, kfold_by_group, near_duplicate_groups,
                                    save_splits)
 
+    _fold_options(args)
     cases = discover(args.data)
     if args.near_duplicates:
         cases = near_duplicate_groups(cases)
@@ -407,6 +419,7 @@ def cmd_margins(args) -> int:
 def cmd_export_nnunet(args) -> int:
     from bcseg.nnunet import export_nnunet
 
+    _fold_options(args)
     folds = None
     if args.folds_file:
         from bcseg.data.dataset import discover
@@ -477,8 +490,8 @@ def _add_split(sub) -> None:
                        "or read them from a fold file; write them as JSON.")
     p.add_argument("data", help="dataset folder or manifest CSV")
     p.add_argument("--out", required=True, help="JSON file to write")
-    p.add_argument("--k", type=_whole(2), default=5, help="number of folds (default 5)")
-    p.add_argument("--seed", type=_whole(0), default=0)
+    p.add_argument("--k", type=_whole(2), help="number of folds (default 5)")
+    p.add_argument("--seed", type=_whole(0), help="seed of the split (default 0)")
     p.add_argument("--folds-file", help="CSV with image,fold columns (e.g. BUSI's folds.csv)")
     p.add_argument("--near-duplicates", action="store_true",
                    help="group near-duplicate 2D images (average hash) before splitting")
@@ -618,8 +631,8 @@ def _add_export_nnunet(sub) -> None:
     p.add_argument("--dataset-id", type=_whole(1, 999), required=True)
     p.add_argument("--name", required=True)
     p.add_argument("--observer", default="union", help="label: an observer, union, intersection, staple")
-    p.add_argument("--k", type=_whole(2), default=5)
-    p.add_argument("--seed", type=_whole(0), default=0)
+    p.add_argument("--k", type=_whole(2), help="number of folds (default 5)")
+    p.add_argument("--seed", type=_whole(0), help="seed of the split (default 0)")
     p.add_argument("--folds-file", help="CSV with image,fold columns")
     p.add_argument("--file-ending", choices=[".tif", ".png", ".nii.gz"])
     p.add_argument("--channels", type=_channel_list, metavar="LIST",
