@@ -686,8 +686,8 @@ def test_a_runs_predictions_are_not_images_to_segment(trained, tmp_path, capsys)
     io.write_image(image, IMAGE)
     for mask in list(predictions.glob("*_mask.tif"))[:1]:
         (tmp_path / "mixed" / mask.name).write_bytes(mask.read_bytes())  # a copy is the user's: an input
-    code, out, err = run_main(capsys, predict_argv(tmp_path, predictions, run / "model_best.keras")[:1]
-                              + [image.parent, "--model", run / "model_best.keras", "--out", tmp_path / "out2"])
+    code, out, err = run_main(capsys, ["predict", image.parent, "--model", run / "model_best.keras",
+                                       "--out", tmp_path / "out2", "--no-progress"])
     assert code == 0, err
     assert (tmp_path / "out2" / "new_case_mask.tif").is_file()
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import shutil
 import warnings
 
 import numpy as np
@@ -347,10 +348,9 @@ def test_two_channel_cases_are_scored_on_their_masks(two_channel_root, tmp_path)
 def test_cases_left_without_a_prediction_are_counted_and_named(study, tmp_path):
     """Two of three scored and nothing said: the study shrank unseen (red-team pass 4)."""
     cases, root = study["cases"], study["root"]
+    (tmp_path / "pred").mkdir()
     for case in cases[:2]:
-        (tmp_path / "pred").mkdir(exist_ok=True)
-        (tmp_path / "pred" / f"{case.id}_mask.tif").write_bytes(
-            (root / "pred" / f"{case.id}_mask.tif").read_bytes())
+        shutil.copy(root / "pred" / f"{case.id}_mask.tif", tmp_path / "pred")
     with pytest.warns(UserWarning, match=rf"2 of the dataset's 3 case\(s\) have a prediction and are "
                                          rf"scored; 1 are left out \(e.g. {cases[2].id}\)"):
         evaluate(tmp_path / "pred", root / "data", tmp_path / "out", n_boot=N_BOOT)

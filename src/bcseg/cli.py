@@ -783,6 +783,12 @@ def _access_problem(error: OSError) -> tuple[str, int] | None:
             "another place for the outputs"), 2
 
 
+def _system_problem(error: OSError) -> tuple[str, int] | None:
+    """One line and an exit code for a full disk or a denied access, else None."""
+    full = _full_disk(error)
+    return (full, 1) if full else _access_problem(error)
+
+
 def _run(args) -> int:
     try:
         if args.command in NEEDS_TENSORFLOW and getattr(args, "runtime", None) != "onnx":
@@ -804,11 +810,9 @@ def _run(args) -> int:
         if args.debug:
             raise
         _HELD_WARNINGS.clear()
-        if isinstance(error, OSError) and _full_disk(error):
-            print(f"bcseg: error: {printable(_full_disk(error))}", file=sys.stderr)
-            return 1
-        if isinstance(error, OSError) and _access_problem(error):
-            line, code = _access_problem(error)
+        system = _system_problem(error) if isinstance(error, OSError) else None
+        if system:
+            line, code = system
             print(f"bcseg: error: {printable(line)}", file=sys.stderr)
             return code
         print(f"bcseg: error: {type(error).__name__}: {printable(str(error))} "
