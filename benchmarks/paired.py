@@ -1,0 +1,132 @@
+"""Is model B better than model A on the same images? A paired comparison of two evaluations.
+
+Two runs scored on the same test images (each folder's ``metrics.csv``, written by
+``bcseg evaluate`` or by ``bcseg train`` on its held-out cases) are paired by case id.
+The per-image differences ``B - A`` are summarised with the same bootstrap as every
+other bcseg figure (:func:`bcseg.measure.metrics.summarise`: mean, percentile CI of
+the mean, resampling images), next to a Wilcoxon signed-rank test and the count of
+images each model wins. Pairing removes the images' own difficulty from the
+comparison, so it resolves differences that two separate CIs hide.
+
+Images present in only one file are left out and counted; so are images where either
+score is not finite (HD95 of an empty mask). Case-level rows only (2D images, or whole
+3D stacks); the per-slice rows are not independent and are ignored.
+
+Example (the r7 fold-0 model against the r7 + gate model on the same 130 lesions)::
+
+    .venv/bin/python benchmarks/paired.py bench-out/r7/fold_0 bench-out/r7g/fold_0
+
+    A bench-out/r7/fold_0      Dice 0.774 over 130 paired images
+    B bench-out/r7g/fold_0     Dice 0.739
+    B - A: -0.035 (95% CI -0.070 to -0.003; 10000 resamples, seed 0)
+    ...
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+METRICS_FILE = "metrics.csv"
+
+
+def read_scores(path: Path, metric: str, reference: str | None) -> dict[str, float]:
+    """One score per case from a ``metrics.csv`` (or a folder holding one).
+
+    ``reference`` picks the observer column value when a file scores several (two
+    observers and their consensus); by default the file must hold exactly one.
+    """
+    path = Path(path)
+    if path.is_dir():
+        path = path / METRICS_FILE
+    if not path.is_file():
+        raise SystemExit(f"paired.py: {path}: no such metrics file")
+    with open(path, newline="", encoding="utf-8") as handle:
+        rows = [r for r in csv.DictReader(handle) if not r.get("slice")]
+    if not rows or metric not in rows[0]:
+        raise SystemExit(f"paired.py: {path}: no case rows with a {metric!r} column")
+    references = sorted({r["reference"] for r in rows})
+    if reference is None:
+        if len(references) > 1:
+            raise SystemExit(f"paired.py: {path}: scores against {', '.join(references)}; "
+                             f"choose one with --reference")
+        reference = references[0]
+    scores = {r["case"]: float(r[metric]) for r in rows if r["reference"] == reference}
+    if not scores:
+        raise SystemExit(f"paired.py: {path}: no rows against reference {reference!r}")
+    return scores
+
+
+def compare(a: dict[str, float], b: dict[str, float], n_boot: int = 10_000, seed: int = 0) -> dict:
+    """Summary of the paired differences ``b - a`` over the cases both score finitely."""
+    from scipy.stats import wilcoxon
+
+    from bcseg.measure.metrics import summarise
+
+    common = sorted(set(a) & set(b))
+    x = np.array([a[c] for c in common], dtype=float)
+    y = np.array([b[c] for c in common], dtype=float)
+    keep = np.isfinite(x) & np.isfinite(y)
+    x, y = x[keep], y[keep]
+    delta = y - x
+    out = {"n_paired": int(keep.sum()), "n_only_a": len(set(a) - set(b)),
+           "n_only_b": len(set(b) - set(a)), "n_not_finite": int((~keep).sum()),
+           "mean_a": float(x.mean()) if x.size else float("nan"),
+           "mean_b": float(y.mean()) if y.size else float("nan"),
+           "delta": summarise(delta, n_boot=n_boot, seed=seed),
+           "b_better": int((delta > 0).sum()), "a_better": int((delta < 0).sum()),
+           "ties": int((delta == 0).sum()), "n_boot": n_boot, "seed": seed,
+           "wilcoxon_p": float("nan")}
+    if np.count_nonzero(delta) >= 1:
+        out["wilcoxon_p"] = float(wilcoxon(delta, zero_method="wilcox").pvalue)
+    return out
+
+
+def text(result: dict, name_a: str, name_b: str, metric: str) -> str:
+    d = result["delta"]
+    width = max(len(name_a), len(name_b))
+    lines = [f"A {name_a:<{width}}  {metric} {result['mean_a']:.3f} over {result['n_paired']} paired images",
+             f"B {name_b:<{width}}  {metric} {result['mean_b']:.3f}",
+             f"B - A: {d['mean']:+.3f} (95% CI {d['ci_low']:+.3f} to {d['ci_high']:+.3f}; "
+             f"{result['n_boot']} resamples, seed {result['seed']}); "
+             f"Wilcoxon signed-rank p = {result['wilcoxon_p']:.3g}",
+             f"B better on {result['b_better']} images, A on {result['a_better']}, "
+             f"{result['ties']} ties"]
+    left = {"only in A": result["n_only_a"], "only in B": result["n_only_b"],
+            "not finite in either": result["n_not_finite"]}
+    if any(left.values()):
+        lines.append("left out: " + ", ".join(f"{n} {why}" for why, n in left.items() if n))
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("a", help="run folder or metrics.csv of model A (the baseline)")
+    parser.add_argument("b", help="run folder or metrics.csv of model B")
+    parser.add_argument("--metric", default="dice", help="metrics.csv column (default: dice)")
+    parser.add_argument("--reference", help="observer to pair against, where a file scores several")
+    parser.add_argument("--boot", type=int, default=10_000, help="bootstrap resamples (default 10000)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--json", help="also write the result to this JSON file")
+    args = parser.parse_args(argv)
+
+    a = read_scores(Path(args.a), args.metric, args.reference)
+    b = read_scores(Path(args.b), args.metric, args.reference)
+    result = compare(a, b, n_boot=args.boot, seed=args.seed)
+    if result["n_paired"] == 0:
+        print(f"paired.py: {args.a} and {args.b} share no case with finite scores", file=sys.stderr)
+        return 2
+    print(text(result, args.a, args.b, args.metric))
+    if args.json:
+        result.update(a=args.a, b=args.b, metric=args.metric)
+        Path(args.json).write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,60 @@
+"""benchmarks/paired.py: two evaluations paired by case, checked by hand."""
+
+from __future__ import annotations
+
+import csv
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+import paired  # noqa: E402
+
+HEADER = ["case", "reference", "level", "slice", "dice", "hd95"]
+
+
+def _metrics(folder: Path, rows) -> Path:
+    folder.mkdir()
+    with open(folder / "metrics.csv", "w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(HEADER)
+        writer.writerows(rows)
+    return folder
+
+
+def test_differences_are_paired_by_case_and_unmatched_cases_counted(tmp_path, capsys):
+    a = _metrics(tmp_path / "a", [["x1", "reference", "image", "", 0.5, 3],
+                                  ["x2", "reference", "image", "", 0.7, 2],
+                                  ["x3", "reference", "image", "", 0.9, 1],
+                                  ["x4", "reference", "image", "", 0.2, "inf"],
+                                  ["only_a", "reference", "image", "", 0.1, 1],
+                                  ["x1", "reference", "slice", "0", 0.0, 9]])  # a slice row: ignored
+    b = _metrics(tmp_path / "b", [["x3", "reference", "image", "", 0.8, 1],   # rows in another order
+                                  ["x1", "reference", "image", "", 0.6, 2],
+                                  ["x2", "reference", "image", "", 0.9, 2],
+                                  ["x4", "reference", "image", "", 0.6, 4]])
+    result = paired.compare(paired.read_scores(a, "dice", None), paired.read_scores(b, "dice", None),
+                            n_boot=200)
+    # x1 +0.1, x2 +0.2, x3 -0.1, x4 +0.4: mean 0.15 by hand
+    assert result["n_paired"] == 4 and result["n_only_a"] == 1 and result["n_only_b"] == 0
+    assert result["delta"]["mean"] == pytest.approx(0.15)
+    assert (result["b_better"], result["a_better"], result["ties"]) == (3, 1, 0)
+    assert result["mean_a"] == pytest.approx(0.575) and result["mean_b"] == pytest.approx(0.725)
+
+    hd = paired.compare(paired.read_scores(a, "hd95", None), paired.read_scores(b, "hd95", None),
+                        n_boot=200)
+    assert hd["n_paired"] == 3 and hd["n_not_finite"] == 1      # x4's infinite HD95 left out
+    assert hd["delta"]["mean"] == pytest.approx((-1 + 0 + 0) / 3)
+
+    assert paired.main([str(a), str(b), "--boot", "200"]) == 0
+    out = capsys.readouterr().out
+    assert "B - A: +0.150" in out and "left out: 1 only in A" in out
+
+
+def test_a_file_scoring_several_observers_needs_one_chosen(tmp_path):
+    a = _metrics(tmp_path / "a", [["x1", "observer1", "image", "", 0.5, 1],
+                                  ["x1", "observer2", "image", "", 0.7, 1]])
+    with pytest.raises(SystemExit, match="choose one with --reference"):
+        paired.read_scores(a, "dice", None)
+    assert paired.read_scores(a, "dice", "observer2") == {"x1": 0.7}
