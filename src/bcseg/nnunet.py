@@ -333,7 +333,7 @@ def _write_cases(cases: list[Case], nn_ids: list[str], stage: Path, observer: st
         elif image.ndim != ndim:
             raise DataError(case.image, f"is {image.ndim}D but the cases before it are "
                             f"{ndim}D; an nnU-Net dataset holds one kind")
-        label = _label(case, image.shape, observer)
+        label = _label(case, image.shape, None if case.spacing_mm else spacing, observer)
         if image.ndim == 3 and spacing is None:
             no_spacing.append(case.image)
         sources = _channel_sources(case, channels)
@@ -393,9 +393,9 @@ def _write_image(path: Path, image: np.ndarray, spacing, source: Path) -> None:
         io.write_image(path, _tiff_pixels(image) if path.suffix == ".tif" else image, spacing)
 
 
-def _label(case: Case, shape: tuple[int, ...], observer: str) -> np.ndarray:
-    """The chosen observer's mask or consensus as uint8 0/1."""
-    masks = read_case_masks(case, shape)
+def _label(case: Case, shape: tuple[int, ...], spacing, observer: str) -> np.ndarray:
+    """The chosen observer's mask or consensus as uint8 0/1 (masks of the image's shape and spacing)."""
+    masks = read_case_masks(case, shape, spacing)
     if not masks:
         raise DataError(case.image, "has no observer mask; every nnU-Net training case needs a label")
     if observer not in METHODS and observer not in masks:

@@ -30,7 +30,6 @@ from bcseg.errors import DataError
 
 CHANNELS_FILE = "channels.json"
 SUFFIX = re.compile(r"^(?P<case>.+)_(?P<index>\d{4})$")  # nnU-Net: S01_0000
-SPACING_TOLERANCE = 1e-3  # relative; spacings stored as float32 differ in the 7th digit
 
 
 def check_channel_names(names, where: Path | None) -> list[str]:
@@ -88,10 +87,6 @@ def read_channel_names(root: str | Path) -> list[str] | None:
     return check_channel_names([data[str(i)] for i in range(len(data))], path)
 
 
-def _close(a: tuple[float, ...], b: tuple[float, ...]) -> bool:
-    return len(a) == len(b) and np.allclose(a, b, rtol=SPACING_TOLERANCE, atol=0)
-
-
 def check_agreement(names: list[str], paths: list[Path], arrays: list[np.ndarray],
                     spacings: list[tuple[float, ...] | None]) -> tuple[float, ...] | None:
     """Raise unless all channels share shape and (where known) spacing; return the spacing.
@@ -104,7 +99,7 @@ def check_agreement(names: list[str], paths: list[Path], arrays: list[np.ndarray
         if array.shape != first:
             raise DataError(path, f"channel '{name}' has shape {array.shape}, but channel "
                             f"'{names[0]}' ({paths[0].name}) has {first}")
-        if spacing is not None and not _close(spacing, known):
+        if spacing is not None and not io.same_spacing(spacing, known):
             shown = lambda s: "x".join(f"{v:g}" for v in s)  # noqa: E731
             raise DataError(path, f"channel '{name}' has spacing {shown(spacing)} mm, but "
                             f"another channel of the case has {shown(known)} mm")

@@ -118,7 +118,8 @@ def check_case(case: Case, observers: list[str], report: CheckReport | None = No
         empty = True
         for path in files:
             try:
-                empty &= not io.read_mask(path, image.shape).any()
+                # a manifest's spacing overrides the files', masks' included
+                empty &= not io.read_mask(path, image.shape, None if case.spacing_mm else spacing).any()
             except DataError as error:
                 problems.append((error.path or str(path), error.problem))
                 empty = False  # unreadable is a problem, not an empty mask

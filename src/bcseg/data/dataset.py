@@ -174,13 +174,17 @@ def dataset_channels(cases: list[Case]) -> list[str]:
     return list(dict.fromkeys(name for case in cases for name in case.channel_names))
 
 
-def read_case_masks(case: Case, shape: tuple[int, ...] | None = None) -> dict[str, np.ndarray]:
-    """Each observer's mask as a bool array; several files per observer are OR-merged."""
+def read_case_masks(case: Case, shape: tuple[int, ...] | None = None,
+                    spacing: tuple[float, ...] | None = None) -> dict[str, np.ndarray]:
+    """Each observer's mask as a bool array; several files per observer are OR-merged.
+
+    ``shape`` and ``spacing`` are the image's: a mask that states another is refused.
+    """
     masks = {}
     for observer, files in sorted(case.masks.items()):
         merged = None
         for path in files:
-            mask = io.read_mask(path, shape)
+            mask = io.read_mask(path, shape, spacing)
             shape = mask.shape
             merged = mask if merged is None else merged | mask
         masks[observer] = merged

@@ -813,21 +813,40 @@ def open_volume(path: str | Path) -> tuple[np.ndarray, tuple[float, ...] | None]
     return read_image(path, mmap=True)
 
 
-def read_mask(path: str | Path, expected_shape: tuple[int, ...] | None = None) -> np.ndarray:
+SPACING_TOLERANCE = 1e-3  # relative; spacings stored as float32 or rationals differ in the 7th digit
+
+
+def same_spacing(a: tuple[float, ...], b: tuple[float, ...]) -> bool:
+    """Whether two known spacings (mm per axis) are the same voxel size."""
+    return len(a) == len(b) and bool(np.allclose(a, b, rtol=SPACING_TOLERANCE, atol=0))
+
+
+def read_mask(path: str | Path, expected_shape: tuple[int, ...] | None = None,
+              expected_spacing: tuple[float, ...] | None = None) -> np.ndarray:
     """Read a binary mask as a bool array.
 
     Any single positive value marks tumour (1, 255, ...). A mask with two or more
-    positive values, or a shape unlike ``expected_shape``, raises :class:`DataError`.
+    positive values, a shape unlike ``expected_shape``, or a spacing of its own
+    unlike ``expected_spacing`` (its image's), raises :class:`DataError`. A mask
+    without spacing takes its image's: most label tools save none.
     """
     path = Path(path)
     channels = channel_count(path)
     if channels > 1:
         raise DataError(path, f"is a mask with {channels} channels; a mask is one channel "
                         "(0 and one positive label): save the tumour outline alone")
-    array, _ = read_image(path)
+    array, spacing = read_image(path)
     if expected_shape is not None and tuple(array.shape) != tuple(expected_shape):
         raise DataError(path, f"mask shape {tuple(array.shape)} differs from its image "
                         f"shape {tuple(expected_shape)}")
+    # Same shape but another voxel size: drawn on a resampled or another stack, or
+    # saved with a wrong calibration. Volumes and margins would be measured with the
+    # image's spacing either way, so the disagreement must be settled by the user.
+    if spacing is not None and expected_spacing is not None and not same_spacing(spacing, expected_spacing):
+        shown = lambda s: "x".join(f"{v:g}" for v in s)  # noqa: E731
+        raise DataError(path, f"mask spacing {shown(spacing)} mm differs from its image's "
+                        f"{shown(expected_spacing)} mm; re-save the mask with its image's "
+                        "spacing, or with none")
     values = np.unique(array)
     positive = values[values != 0]
     if len(positive) > 1 or (values < 0).any():

@@ -1,0 +1,94 @@
+"""A mask that states another voxel size than its image is refused, by every command
+that reads masks beside their image; a mask without spacing takes its image's."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from bcseg.cli import main
+from bcseg.data import io
+
+SPACING = (1.0, 0.25, 0.25)
+STACK = (np.arange(6 * 24 * 24) % 180 + 40).astype(np.uint8).reshape(6, 24, 24)
+LESION = np.zeros(STACK.shape, bool)
+LESION[2:4, 8:14, 8:14] = True
+
+
+def tree(root):
+    return sorted((str(p.relative_to(root)), p.stat().st_mtime_ns) for p in root.rglob("*"))
+
+
+def dataset(root, mask_spacing):
+    """Two stacks with one observer; case b's mask states ``mask_spacing``."""
+    for number, name in enumerate("ab"):  # distinct images: a copy is a problem of its own
+        io.write_image(root / "images" / f"{name}.tif", STACK + number, SPACING)
+        io.write_mask(root / "masks" / "observer1" / f"{name}.tif", LESION,
+                      mask_spacing if name == "b" else SPACING)
+    return root / "masks" / "observer1" / "b.tif"
+
+
+def test_check_lists_a_mask_whose_spacing_differs(tmp_path, capsys):
+    culprit = dataset(tmp_path / "d", (1.0, 0.5, 0.5))
+    assert main(["check", str(tmp_path / "d")]) == 3
+    out = capsys.readouterr()
+    said = [line for line in (out.out + out.err).splitlines() if "b.tif" in line]
+    assert len(said) == 1, out
+    assert str(culprit) in said[0] and "mask spacing 1x0.5x0.5 mm differs from its image's 1x0.25x0.25 mm" in said[0]
+
+
+@pytest.mark.parametrize("mask_spacing", [None, (1.0, 0.25, 0.25000001)],
+                         ids=["mask without spacing", "same spacing to float precision"])
+def test_a_mask_without_spacing_or_with_its_images_passes(mask_spacing, tmp_path, capsys):
+    dataset(tmp_path / "d", mask_spacing)
+    assert main(["check", str(tmp_path / "d")]) == 0, capsys.readouterr()
+
+
+def test_evaluate_refuses_a_prediction_with_another_spacing_before_writing(tmp_path, capsys):
+    dataset(tmp_path / "d", SPACING)
+    pred = tmp_path / "pred"
+    io.write_mask(pred / "a_mask.tif", LESION, SPACING)
+    io.write_mask(pred / "b_mask.tif", LESION, (2.0, 0.25, 0.25))  # another stack's z step
+    before = tree(tmp_path)
+    code = main(["evaluate", "--pred", str(pred), "--truth", str(tmp_path / "d"), "--out", str(tmp_path / "ev")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 3 and len(err) == 1, err
+    assert str(pred / "b_mask.tif") in err[0] and "mask spacing 2x0.25x0.25 mm" in err[0]
+    assert tree(tmp_path) == before
+
+
+@pytest.mark.parametrize("which", ["--tumour", "--specimen"])
+def test_margins_refuses_a_mask_with_another_spacing_before_writing(which, tmp_path, capsys):
+    image = tmp_path / "S01.tif"
+    io.write_image(image, STACK, SPACING)
+    good, bad = tmp_path / "good_mask.tif", tmp_path / "bad_mask.tif"
+    io.write_mask(good, LESION, SPACING)
+    io.write_mask(bad, np.ones_like(LESION) if which == "--specimen" else LESION, (1.0, 0.3, 0.3))
+    masks = {"--tumour": bad, "--specimen": good} if which == "--tumour" else {"--tumour": good, "--specimen": bad}
+    before = tree(tmp_path)
+    code = main(["margins", "--image", str(image), "--tumour", str(masks["--tumour"]),
+                 "--specimen", str(masks["--specimen"]), "--out", str(tmp_path / "m")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 3 and len(err) == 1, err
+    assert str(bad) in err[0] and "differs from its image's 1x0.25x0.25 mm" in err[0]
+    assert tree(tmp_path) == before
+
+
+def test_export_nnunet_refuses_a_mask_with_another_spacing_and_leaves_nothing(tmp_path, capsys):
+    culprit = dataset(tmp_path / "d", (1.0, 0.25, 0.5))
+    before = tree(tmp_path)
+    code = main(["export-nnunet", str(tmp_path / "d"), str(tmp_path / "nn"), "--dataset-id", "7",
+                 "--name", "X", "--k", "2"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 3 and len(err) == 1, err
+    assert str(culprit) in err[0] and "mask spacing 1x0.25x0.5 mm" in err[0]
+    assert tree(tmp_path) == before
+
+
+def test_train_refuses_before_making_its_run_folder(tmp_path, capsys):
+    culprit = dataset(tmp_path / "d", (1.0, 0.5, 0.5))
+    before = tree(tmp_path)
+    code = main(["train", str(tmp_path / "d"), "--out", str(tmp_path / "run"), "--epochs", "1"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 3 and str(culprit) in err[-1] and "mask spacing" in err[-1], err
+    assert tree(tmp_path) == before
