@@ -18,6 +18,14 @@ epochs this is about four hours, on a GPU minutes)::
     .venv/bin/python benchmarks/ensemble.py --epochs 100 --out bench-out/ensemble
 
 An interrupted run resumes: finished inner folds are kept (``bcseg train --resume``).
+
+``--members 0,1`` scores a smaller ensemble of finished inner folds (tuned on their own
+pooled validation cases) and trains nothing, so it can run beside the training;
+``--baseline RUN`` pairs the ensemble against one more model, such as one trained on
+all of folds 1-4 (the cross-validation's fold-0 model)::
+
+    .venv/bin/python benchmarks/ensemble.py --epochs 100 --out bench-out/ensemble \\
+        --members 0,1 --baseline bench-out/r7/fold_0
 """
 
 from __future__ import annotations
@@ -87,10 +95,39 @@ def markdown(result: dict) -> str:
     gain = result["ensemble_minus_member_mean"]
     lines += ["", f"Ensemble minus the mean of its members: {gain:+.3f} "
               f"(paired over {result['models']['ensemble']['n']} images: bootstrap 95% CI "
-              f"{result['gain_ci'][0]:+.3f} to {result['gain_ci'][1]:+.3f}). "
-              f"Epochs per member: {result['epochs']}. Hardware: {result['hardware']}. "
-              f"Wall time: {result['seconds'] / 60:.1f} min.", ""]
+              f"{result['gain_ci'][0]:+.3f} to {result['gain_ci'][1]:+.3f})."]
+    if "baseline" in result:
+        lines[-1] += (f" Ensemble minus the baseline ({result['baseline']}): "
+                      f"{result['ensemble_minus_baseline']:+.3f} (95% CI {result['baseline_ci'][0]:+.3f} "
+                      f"to {result['baseline_ci'][1]:+.3f}).")
+    lines[-1] += (f" Epochs per member: {result['epochs']}. Hardware: {result['hardware']}. "
+                  f"Wall time: {result['seconds'] / 60:.1f} min.")
+    lines.append("")
     return "\n".join(lines)
+
+
+def paired_gain(ensemble: dict, others: list[dict], seed: int = 0) -> tuple[float, list[float]]:
+    """Ensemble minus the mean of ``others``, per image; its mean and bootstrap 95% CI."""
+    ids = list(ensemble["per_image"])
+    mean_other = np.mean([[r["per_image"][i] for i in ids] for r in others], axis=0)
+    gain = np.array([ensemble["per_image"][i] for i in ids]) - mean_other
+    rng = np.random.default_rng(seed)
+    boots = [gain[rng.integers(0, len(gain), len(gain))].mean() for _ in range(2000)]
+    return float(gain.mean()), [float(np.percentile(boots, 2.5)), float(np.percentile(boots, 97.5))]
+
+
+def _finished_folds(run: Path, wanted: str) -> list[Path]:
+    """The inner folds named in ``wanted`` ("0,1"), each of which must have finished."""
+    from bcseg import rundir
+
+    folds = []
+    for k in sorted({int(k) for k in wanted.split(",")}):
+        fold = run / rundir.FOLD_DIR.format(k)
+        if not (fold / rundir.SETTINGS_FILE).is_file():
+            raise SystemExit(f"ensemble.py: {fold}: not finished (no {rundir.SETTINGS_FILE}); "
+                             "train it first (run without --members)")
+        folds.append(fold)
+    return folds
 
 
 def main(argv=None) -> int:
@@ -101,10 +138,16 @@ def main(argv=None) -> int:
     parser.add_argument("--epochs", type=int, required=True, help="train.epochs of every member")
     parser.add_argument("--limit", type=int, default=0,
                         help="use only the first N lesion images of each fold (a smoke test)")
+    parser.add_argument("--members", help="score the ensemble of these finished inner folds only "
+                        "(e.g. 0,1), its threshold tuned on their pooled out-of-fold validation; "
+                        "trains nothing")
+    parser.add_argument("--baseline", help="also score this model (e.g. one trained on all of "
+                        "folds 1-4) and pair the ensemble against it")
     args = parser.parse_args(argv)
 
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    from bcseg.after_fit import train_and_evaluate
+    from bcseg.after_fit import train_and_evaluate, tune_ensemble
+    from bcseg.config import load_config
     from bcseg.data.dataset import discover
     from bcseg.data.splits import folds_from_file
     from bcseg.infer.segment import load_models
@@ -128,33 +171,45 @@ def main(argv=None) -> int:
     out = Path(args.out)
     run = out / "inner_run"
     started = time.perf_counter()
-    if not (run / rundir.SETTINGS_FILE).is_file():  # the ensemble step has not finished yet
-        out.mkdir(parents=True, exist_ok=True)
-        plan = inner_folds_file(out / "inner_folds.csv", {c.id: folds[c.id] for c in inner})
-        train_and_evaluate(inner, run, config=args.config, fold="all", folds_file=plan,
-                           overrides={"train": {"epochs": args.epochs, "budget_minutes": 0.0}},
-                           resume=(run / rundir.CONFIG_FILE).is_file(), report=False)
+    if args.members:
+        chosen = _finished_folds(run, args.members)
+    else:
+        if not (run / rundir.SETTINGS_FILE).is_file():  # the ensemble step has not finished yet
+            out.mkdir(parents=True, exist_ok=True)
+            plan = inner_folds_file(out / "inner_folds.csv", {c.id: folds[c.id] for c in inner})
+            train_and_evaluate(inner, run, config=args.config, fold="all", folds_file=plan,
+                               overrides={"train": {"epochs": args.epochs, "budget_minutes": 0.0}},
+                               resume=(run / rundir.CONFIG_FILE).is_file(), report=False)
+        chosen = rundir.find_members(run)
 
     result = {"epochs": args.epochs, "config": args.config, "n_inner": len(inner),
-              "hardware": hardware(), "models": {}}
-    for member in rundir.find_members(run):
+              "hardware": hardware(), "members": [f.name for f in chosen], "models": {}}
+    for member in chosen:
         models, settings = load_models(member)
         result["models"][f"member {member.name}"] = score(models, settings, test, normals, classes)
         print(f"{member.name}: Dice {result['models'][f'member {member.name}']['dice']:.3f}", flush=True)
-    models, settings = load_models(run)
+    if args.members:  # tuned like the whole ensemble, on these members' validation cases only
+        tuned = tune_ensemble(run, inner, load_config(run / rundir.CONFIG_FILE), fold_dirs=chosen,
+                              write=False)
+        models, settings = load_models(chosen, threshold=tuned.threshold, tta=tuned.tta,
+                                       postprocess=list(tuned.postprocess))
+    else:
+        models, settings = load_models(run)
     result["models"]["ensemble"] = score(models, settings, test, normals, classes)
     members = [r for name, r in result["models"].items() if name.startswith("member")]
-    ids = list(result["models"]["ensemble"]["per_image"])
-    member_mean = np.mean([[r["per_image"][i] for i in ids] for r in members], axis=0)
-    gain = np.array([result["models"]["ensemble"]["per_image"][i] for i in ids]) - member_mean
-    rng = np.random.default_rng(0)
-    boots = [gain[rng.integers(0, len(gain), len(gain))].mean() for _ in range(2000)]
-    result["ensemble_minus_member_mean"] = float(gain.mean())
-    result["gain_ci"] = [float(np.percentile(boots, 2.5)), float(np.percentile(boots, 97.5))]
+    result["ensemble_minus_member_mean"], result["gain_ci"] = paired_gain(result["models"]["ensemble"], members)
+    if args.baseline:
+        models, settings = load_models(args.baseline)
+        result["models"]["baseline"] = score(models, settings, test, normals, classes)
+        result["baseline"] = args.baseline
+        result["ensemble_minus_baseline"], result["baseline_ci"] = paired_gain(
+            result["models"]["ensemble"], [result["models"]["baseline"]])
     result["seconds"] = time.perf_counter() - started
-    (out / "results.json").write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
+    name = "results" if not args.members else "results_members_" + "-".join(
+        f.name.split("_")[-1] for f in chosen)
+    (out / f"{name}.json").write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
     table = markdown(result)
-    (out / "results.md").write_text(table, encoding="utf-8")
+    (out / f"{name}.md").write_text(table, encoding="utf-8")
     print(table, flush=True)
     return 0
 

@@ -162,20 +162,23 @@ def finish_fold(fitted: dict, report: Callable[[Path], object] | None = None) ->
 
 # --------------------------------------------------------------------------- k-fold ensembles
 
-def tune_ensemble(run_dir: str | Path, cases: list[Case], cfg: dict) -> InferenceSettings:
+def tune_ensemble(run_dir: str | Path, cases: list[Case], cfg: dict,
+                  fold_dirs: list[Path] | None = None, write: bool = True) -> InferenceSettings:
     """Record a k-fold run's fold models as one ensemble with its own settings.
 
     The members keep their own input size and mirror flips; one threshold,
     post-processing and TTA choice is made on the pooled out-of-fold validation
     predictions: each fold model's probabilities on its own validation cases, which
-    it never trained on. Written to the run folder's ``inference.json``.
+    it never trained on. Written to the run folder's ``inference.json`` unless
+    ``write`` is False. ``fold_dirs`` chooses some of the run's folds (a smaller
+    ensemble, for benchmarks/ensemble.py); by default all of them.
     """
     from bcseg.infer.predict import load_model
 
     run_dir = Path(run_dir)
     by_id = {c.id: c for c in cases}
     probs, truths, members = {False: [], True: []}, [], []
-    for fold_dir in rundir.find_members(run_dir):
+    for fold_dir in rundir.find_members(run_dir) if fold_dirs is None else fold_dirs:
         files, own = rundir.load_run(fold_dir)
         members.append(rundir.member_settings(files[0].relative_to(run_dir), own))
         fold = json.loads((fold_dir / rundir.FOLD_FILE).read_text(encoding="utf-8"))
@@ -189,7 +192,8 @@ def tune_ensemble(run_dir: str | Path, cases: list[Case], cfg: dict) -> Inferenc
     if truths and cfg["inference"]["tune"]:
         _say(f"ensemble of {len(members)} fold models, tuned on their pooled out-of-fold validation:")
         settings = choose_settings(probs, truths, settings, len(truths))
-    rundir.write_settings(run_dir, settings)
+    if write:
+        rundir.write_settings(run_dir, settings)
     return settings
 
 
