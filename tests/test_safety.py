@@ -1184,3 +1184,57 @@ def test_a_users_file_in_the_way_is_not_met_with_a_force_that_would_not_help(tmp
         line = one_line(err)
         assert code == 2 and "s_prob.tif: was not written by bcseg" in line and "pass --force" not in line
     assert hashes(tmp_path) == before
+
+
+# --------------------------------------------------------------------------- data loss found by the fifth red-team pass
+
+def test_force_never_replaces_a_folder_holding_only_another_commands_export(tmp_path, capsys, phantom,
+                                                                             models):
+    """export-onnx MODEL --out models/deploy.onnx, then train or phantom --out models --force:
+    the export was deleted, since an ONNX export or a report counted as anyone's to replace."""
+    models_dir = tmp_path / "models"
+    code, _, err = run(capsys, "export-onnx", models["2d"], "--out", models_dir / "deploy.onnx")
+    assert code == 0, err
+    before = hashes(tmp_path)
+    for argv in (("phantom", models_dir, "--n", 1, "--shape", 8, 16, 16, "--force"),
+                 ("train", phantom, "--out", models_dir, "--epochs", 1, "--force")):
+        code, _, err = run(capsys, *argv)
+        line = one_line(err)
+        assert code == 2 and "deploy.onnx" in line and "'bcseg export-onnx'" in line, err
+    assert hashes(tmp_path) == before
+
+
+@pytest.mark.parametrize("kind", ["a lock-named file", "a live process's temporary",
+                                  "a folder named like a temporary"])
+def test_force_never_deletes_a_users_files_named_with_bcsegs_marks(kind, tmp_path, capsys):
+    """A user's ".thesis.bcseg-lock", ".draft.bcseg-partial-PID.txt" of a live process, and a
+    folder so named were hidden from every check by their names and deleted by --force."""
+    folder = tmp_path / "result"
+    assert run(capsys, "phantom", folder, "--n", 1, "--shape", 8, 16, 16)[0] == 0
+    if kind == "a lock-named file":
+        name = f".thesis{outputs.LOCK_SUFFIX}"
+        (folder / name).write_text("a week of work")
+    elif kind == "a live process's temporary":
+        name = f".draft{PARTIAL_MARK}{os.getppid()}.txt"  # pytest's parent: a process that runs
+        (folder / name).write_text("a draft")
+    else:
+        name = f".backup{PARTIAL_MARK}{dead_pid()}"
+        (folder / name).mkdir()
+        (folder / name / "data.txt").write_text("precious")
+    before = hashes(tmp_path)
+    code, err = _phantom_force(capsys, folder)
+    line = one_line(err)
+    assert code == 2 and name in line and "was not written by bcseg" in line
+    assert hashes(tmp_path) == before
+
+
+def test_force_still_clears_what_a_killed_run_left(tmp_path, capsys):
+    """The other side: a lock file holding a process id and a dead process's temporary file
+    are bcseg's leftovers, and do not stop --force."""
+    folder = tmp_path / "result"
+    assert run(capsys, "phantom", folder, "--n", 1, "--shape", 8, 16, 16)[0] == 0
+    (folder / f".images{outputs.LOCK_SUFFIX}").write_text(f"{dead_pid()}\n")
+    (folder / "images" / f".x{PARTIAL_MARK}{dead_pid()}.tif").write_bytes(b"half a file")
+    code, err = _phantom_force(capsys, folder)
+    assert (code, err) == (0, "")
+    assert not list(folder.rglob(f"*{PARTIAL_MARK}*"))

@@ -124,10 +124,30 @@ def check_not_inputs(folder: Path, inputs: Iterable) -> None:
 
 # --------------------------------------------------------------------------- the record
 
-def _ours_by_name(name: str) -> bool:
-    """Records, locks and temporary files are bcseg's by their names alone."""
-    return name == RECORD or (name.startswith(".") and name.endswith(LOCK_SUFFIX)) \
-        or partial_pid(name) is not None
+_LOCK_TEXT = re.compile(rb"\d*\n?")  # what _lock writes: its process id
+
+
+def _ours(path: Path) -> bool:
+    """Records, and the locks and temporary files bcseg left: never the user's.
+
+    A name alone does not make a file bcseg's: a user's ``.thesis.bcseg-lock`` or
+    ``.draft.bcseg-partial-1.txt`` (process 1 runs) would be invisible to every check
+    and deleted with the folder by ``--force``. So a lock must hold what bcseg writes
+    into one (a process id), and a temporary must be a file of this process or of one
+    that has ended. Folders are never hidden: the records list what is in them.
+    """
+    name = path.name
+    if name == RECORD:
+        return True
+    if path.is_symlink() or not path.is_file():
+        return False
+    if name.startswith(".") and name.endswith(LOCK_SUFFIX):
+        try:
+            return path.stat().st_size <= 32 and bool(_LOCK_TEXT.fullmatch(path.read_bytes()))
+        except OSError:
+            return False
+    pid = partial_pid(name)
+    return pid is not None and (pid == os.getpid() or not process_alive(pid))
 
 
 def listing(folder: str | Path, strict: bool = True) -> set[str]:
@@ -152,12 +172,11 @@ def listing(folder: str | Path, strict: bool = True) -> set[str]:
     found = set()
     for root, dirs, files in os.walk(folder, onerror=unreadable):
         base = Path(root)
-        dirs[:] = [d for d in dirs if not _ours_by_name(d)]  # a staging folder (nnunet)
         for name in dirs:
             relative = (base / name).relative_to(folder).as_posix()
             found.add(relative if (base / name).is_symlink() else relative + "/")
         found.update((base / name).relative_to(folder).as_posix() for name in files
-                     if not _ours_by_name(name))
+                     if not _ours(base / name))
     return found
 
 
@@ -409,9 +428,9 @@ def _writer(path: Path, known: dict[Path, dict[str, str]]) -> str | None:
 # Commands whose output is a dataset, the input of other commands: their files are
 # replaced only by the same command rerun on the whole folder (phantom --force).
 DATASET_WRITERS = ("phantom", "export-nnunet")
-# Commands that add to another command's folder (a report rebuilt in a run folder, a
-# run exported to ONNX beside its model).
-ADDS_TO_OTHERS = ("report", "export-onnx")
+# What other commands add to a command's result, and is replaced with it: a report
+# rebuilt in a run folder, a run exported to ONNX beside its model. Never to a dataset.
+ADDED_TO = {"train": ("report", "export-onnx"), "demo": ("report", "export-onnx")}
 
 
 def check_one_writer(folder: Path, command: str) -> None:
@@ -421,8 +440,12 @@ def check_one_writer(folder: Path, command: str) -> None:
     an earlier run, ``phantom --force`` an earlier phantom. A mistyped ``--out``
     naming a dataset that ``phantom`` wrote, or a trained run, is refused instead.
     """
-    for name, writer in sorted(writers(folder).items()):
-        if writer not in (command, "bcseg", *ADDS_TO_OTHERS):
+    found = writers(folder)
+    # A report or an ONNX export goes with the run it was made from, and is replaced
+    # with it; in a folder holding no result of this command it is nobody's to replace.
+    own = any(writer in (command, "bcseg") for writer in found.values())
+    for name, writer in sorted(found.items()):
+        if writer not in (command, "bcseg", *(ADDED_TO.get(command, ()) if own else ())):
             raise UsageError(folder, f"holds the output of 'bcseg {writer}' ({name}), not of "
                              f"{command}: {command} replaces or continues only its own earlier "
                              "result; choose another output folder")
