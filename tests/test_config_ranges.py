@@ -65,6 +65,9 @@ BAD = [
     ("[model]\nmax_filters = 100000000", "model.max_filters"),
     ("[model]\nndim = 3\n[data]\npatch_depth = 16384", "data.patch_depth"),
     ("[train]\nbatch_size = 100000000", "train.batch_size"),
+    ("[train]\nsteps_per_epoch = 1099511627776", "train.steps_per_epoch"),  # 64 TiB of samples
+    ("[train]\nsteps_per_epoch = 100000000000000000000", "train.steps_per_epoch"),
+    ("[data]\nsize = 512\n[train]\nbatch_size = 64\nsteps_per_epoch = 2000", "train.steps_per_epoch"),
     ("[train]\nlearning_rate = nan", "train.learning_rate"),
     ("[train]\nlearning_rate = 0.0", "train.learning_rate"),
     ("[train]\nlearning_rate = -0.001", "train.learning_rate"),
