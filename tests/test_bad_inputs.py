@@ -652,6 +652,43 @@ def test_predict_refuses_a_folder_named_like_an_image_among_its_inputs(tmp_path,
                    tmp_path)
 
 
+def _special(path: Path, kind: str) -> None:
+    """A named pipe, or a link to a device that reads without end, where an image goes."""
+    if path.exists() or path.is_symlink():
+        path.unlink()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if kind == "pipe":
+        os.mkfifo(path)
+    else:
+        path.symlink_to("/dev/zero")
+
+
+SAID_SPECIAL = {"pipe": "is a named pipe (FIFO), expected an image file",
+                "device": "is a device, expected an image file"}
+
+
+@pytest.mark.parametrize("kind", sorted(SAID_SPECIAL))
+@pytest.mark.parametrize("where", ["images/c2.tif", "masks/observer1/c1.tif"])
+def test_a_pipe_or_device_named_like_an_image_is_refused_not_skipped(where, kind, tmp_path, capsys):
+    """check said "problems 0" and the case was silently missing from every command."""
+    root = write_cases(tmp_path / "data", n=4)
+    _special(root / where, kind)
+    code, out, err = run_main(capsys, ["check", root])
+    assert code == 3 and f"{root / where}: {SAID_SPECIAL[kind]}" in out + err, (out, err)
+
+
+@pytest.mark.parametrize("kind", sorted(SAID_SPECIAL))
+def test_predict_refuses_a_pipe_or_device_among_its_inputs(kind, tmp_path, models, capsys):
+    inputs = tmp_path / "in"
+    io.write_image(inputs / "a.tif", IMAGE)
+    _special(inputs / "b.tif", kind)
+    said = f"{inputs / 'b.tif'}: {SAID_SPECIAL[kind]}"
+    assert_refused(capsys, predict_argv(tmp_path, inputs, models["2d"]), 3, said, tmp_path)
+    # named directly, it was "is empty (0 bytes)"; reading the pipe would wait forever
+    argv = predict_argv(tmp_path, inputs / "b.tif", models["2d"])
+    assert_refused(capsys, argv, 3, said, tmp_path)
+
+
 def tiny_toml(tmp_path: Path) -> Path:
     path = tmp_path / "tiny.toml"
     path.write_text(TINY, encoding="utf-8")

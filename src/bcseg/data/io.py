@@ -19,6 +19,7 @@ from __future__ import annotations
 import math
 import os
 import re
+import stat
 import struct
 import warnings
 import zlib
@@ -88,17 +89,34 @@ def image_files(folder: str | Path) -> list[Path]:
     if not folder.is_dir():
         raise DataError(folder, "is not a folder")
     found = sorted(folder.iterdir())
-    for path in found:  # skipped silently, a case would just be missing
-        if (path.is_symlink() and not path.name.startswith(".") and not path.exists()
-                and path.name.lower().endswith(IMAGE_SUFFIXES)):
-            raise DataError(path, "is a broken symbolic link, or one that loops; "
-                            "point it at the image or remove it")
-    for path in found:  # a folder named like an image would be skipped the same way
-        if (path.is_dir() and not path.is_symlink() and not path.name.startswith(".")
-                and path.name.lower().endswith(IMAGE_SUFFIXES)):
-            raise DataError(path, "is a folder, expected an image file; move it out of "
-                            "this folder of images")
+    for path in found:  # anything named like an image that is none would be skipped
+        # silently, and a case would just be missing
+        if not path.name.startswith(".") and path.name.lower().endswith(IMAGE_SUFFIXES):
+            problem = not_a_file(path)
+            if problem:
+                raise DataError(path, problem + ("; move it out of this folder of images"
+                                                 if path.is_dir() else ""))
     return [p for p in found if is_image_file(p)]
+
+
+def not_a_file(path: Path) -> str | None:
+    """Why ``path`` (which exists, or is a link) is no file to read, or None for a file.
+
+    A broken or looping link, a folder, a named pipe (reading one waits forever), a
+    socket or a device (a link to /dev/zero reads without end) is no image.
+    """
+    if path.is_symlink() and not path.exists():
+        return "is a broken symbolic link, or one that loops; point it at the image or remove it"
+    try:
+        mode = path.stat().st_mode
+    except OSError:
+        return None  # reading it says what is wrong (permission denied, ...)
+    if stat.S_ISREG(mode):
+        return None
+    kind = ("a folder" if stat.S_ISDIR(mode) else "a named pipe (FIFO)" if stat.S_ISFIFO(mode)
+            else "a socket" if stat.S_ISSOCK(mode)
+            else "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) else "not a regular file")
+    return f"is {kind}, expected an image file"
 
 
 def _is_nifti(path: Path) -> bool:
@@ -111,10 +129,11 @@ def _is_tiff(path: Path) -> bool:
 
 def _check_file(path: Path) -> None:
     try:
+        problem = not_a_file(path)
+        if problem:
+            raise DataError(path, problem)
         if not path.exists():
             raise DataError(path, "file not found")
-        if path.is_dir():
-            raise DataError(path, "is a folder, expected an image file")
         if path.stat().st_size == 0:
             raise DataError(path, "is empty (0 bytes)")
         _check_content(path)  # reads the first bytes: where a file we may not read fails
