@@ -161,6 +161,10 @@ def test_bad_predict_flag_exits_2_in_one_line_before_the_model_loads(extra, flag
     (["train", "D", "--out", "R", "--config", "a.toml", "--config", "b.toml"], "--config is given twice"),
     (["predict", "a.png", "--out=R", "--out", "S", "--model", "m"], "--out is given twice"),
     (["predict", "a.png", "--out", "R", "--force", "--force"], "--force is given twice"),
+    # an output file named as a folder: Path() dropped the slash and wrote a file "newdir"
+    (["split", "D", "--out", "newdir/"], "--out: names a folder"),
+    (["split", "D", "--out", "."], "--out: names a folder"),
+    (["export-onnx", "R", "--out", "new.onnx/"], "--out: names a folder"),
 ])
 def test_usage_errors_are_one_line_naming_the_flag(argv, flag, capsys):
     with pytest.raises(SystemExit) as stop:

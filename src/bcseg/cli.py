@@ -81,6 +81,15 @@ def _threshold(text: str) -> float:
     return value
 
 
+def _file_out(text: str) -> str:
+    """An output that is one file: a name ending in '/' (or '.', '..') names a folder,
+    which Path() would silently turn into a file of that name."""
+    name = text.rstrip("/" + os.sep)
+    if not text or text != name or Path(name).name in ("", ".", ".."):
+        raise argparse.ArgumentTypeError(f"names a folder, expected a file name, got '{text}'")
+    return text
+
+
 def _nonempty(text: str) -> str:
     if not text.strip():
         raise argparse.ArgumentTypeError("must name a run folder or a .keras file, got ''")
@@ -489,7 +498,7 @@ def _add_split(sub) -> None:
                        description="Assign folds by group (specimen), stratified by class, "
                        "or read them from a fold file; write them as JSON.")
     p.add_argument("data", help="dataset folder or manifest CSV")
-    p.add_argument("--out", required=True, help="JSON file to write")
+    p.add_argument("--out", required=True, type=_file_out, help="JSON file to write")
     p.add_argument("--k", type=_whole(2), help="number of folds (default 5)")
     p.add_argument("--seed", type=_whole(0), help="seed of the split (default 0)")
     p.add_argument("--folds-file", help="CSV with image,fold columns (e.g. BUSI's folds.csv)")
@@ -572,7 +581,7 @@ def _add_export_onnx(sub) -> None:
                        description="Write the run's model_best.keras as model_best.onnx beside "
                        "it (needs TensorFlow, tf2onnx and onnx: pip install 'bcseg[export]').")
     p.add_argument("model", help="run directory or .keras file")
-    p.add_argument("--out", help="ONNX file (default: model_best.onnx in the run directory)")
+    p.add_argument("--out", type=_file_out, help="ONNX file (default: model_best.onnx in the run directory)")
     p.add_argument("--force", action="store_true", help="overwrite an existing ONNX file")
     p.set_defaults(func=cmd_export_onnx)
 
