@@ -54,6 +54,41 @@ def test_square_round_trip_of_a_mask_and_without_resizing():
     assert to_square(same, 30) is same
 
 
+def _square_resized(image: np.ndarray, size: int, order: int) -> np.ndarray:
+    """The definition: pad to the square, then resize the square."""
+    from skimage.transform import resize
+    side = max(image.shape)
+    square = np.zeros((side, side), np.float32)
+    square[:image.shape[0], :image.shape[1]] = image
+    return resize(square, (size, size), order=order, anti_aliasing=order > 0, preserve_range=True)
+
+
+@pytest.mark.parametrize("shape", [(30, 50), (50, 30), (2, 1200), (1200, 2), (719, 1048), (40, 24)])
+def test_fitting_axis_by_axis_equals_resizing_the_padded_square(shape):
+    rng = np.random.default_rng(1)
+    image = rng.integers(0, 256, shape).astype(np.float32)
+    for order in (0, 1):
+        assert np.abs(to_square(image, 32, order) - _square_resized(image, 32, order)).max() < 1e-3
+    prob = rng.random((32, 32)).astype(np.float32)
+    from skimage.transform import resize
+    side = max(shape)
+    whole = resize(prob, (side, side), order=1, preserve_range=True)[:shape[0], :shape[1]]
+    assert np.abs(from_square(prob, shape) - whole).max() < 1e-6
+
+
+def test_a_long_thin_image_is_fitted_without_its_padded_square():
+    """2 x 40000 pixels (80 kB) made a 40000² float array (6.4 GB) before resizing."""
+    import tracemalloc
+    image = np.ones((2, 40000), np.float32)
+    tracemalloc.start()
+    square = to_square(image, 64)
+    back = from_square(square, image.shape)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert square.shape == (64, 64) and back.shape == image.shape
+    assert peak < 50e6, peak
+
+
 # --------------------------------------------------------------------------- draws
 
 def test_draw_indices_forces_the_tumour_share():

@@ -62,26 +62,52 @@ def to_square(image: np.ndarray, size: int, order: int = 1) -> np.ndarray:
 
     Padding keeps the aspect ratio, so lesions are not squashed. Masks use
     ``order=0``. :func:`from_square` undoes it.
+
+    The result is that of resizing the padded square, but the square is never made:
+    an image of 2 x 40000 pixels would need a 40000² array (6.4 GB) for it. The
+    resize (a Gaussian, then linear or nearest interpolation) works axis by axis, so
+    the long axis is resized first, while the array is thin, and the short one is
+    padded only then; the two differ from the square's resize by rounding only.
     """
     h, w = image.shape
     side = max(h, w)
     if (h, w) == (size, size):
         return image
-    square = np.zeros((side, side), dtype=np.float32)
-    square[:h, :w] = image
     if side == size:
+        square = np.zeros((side, side), dtype=np.float32)
+        square[:h, :w] = image
         return square
-    return resize(square, (size, size), order=order, anti_aliasing=order > 0,
-                  preserve_range=True).astype(np.float32)
+    long_axis = 0 if h >= w else 1
+    thin = _resize_axis(np.asarray(image, dtype=np.float32), long_axis, size, order, order > 0)
+    padded = np.zeros((side, size) if long_axis == 1 else (size, side), dtype=np.float32)
+    padded[:thin.shape[0], :thin.shape[1]] = thin
+    return _resize_axis(padded, 1 - long_axis, size, order, order > 0).astype(np.float32)
 
 
 def from_square(prob: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
-    """Resize a ``size``×``size`` map back to the padded square and crop to ``shape``."""
+    """Resize a ``size``×``size`` map back to the padded square and crop to ``shape``.
+
+    Axis by axis as in :func:`to_square`: the short axis is resized and cropped first,
+    so the padded square (side² float64 values) is never made."""
     h, w = shape
     side = max(h, w)
-    if prob.shape != (side, side):
-        prob = resize(prob, (side, side), order=1, preserve_range=True)
-    return np.asarray(prob[:h, :w], dtype=np.float32)
+    if prob.shape == (side, side):
+        return np.asarray(prob[:h, :w], dtype=np.float32)
+    short_axis = 1 if h >= w else 0
+    aliasing = side < prob.shape[0]  # as resize decides: only when it shrinks
+    cropped = _resize_axis(prob, short_axis, side, 1, aliasing)
+    cropped = cropped[:, :w] if short_axis == 1 else cropped[:h]
+    out = _resize_axis(cropped, 1 - short_axis, side, 1, aliasing)
+    return np.asarray(out[:h, :w], dtype=np.float32)
+
+
+def _resize_axis(array: np.ndarray, axis: int, length: int, order: int, anti_aliasing: bool) -> np.ndarray:
+    """``array`` resized to ``length`` along ``axis`` only (the other axis unchanged)."""
+    shape = list(array.shape)
+    if shape[axis] == length:
+        return array
+    shape[axis] = length
+    return resize(array, tuple(shape), order=order, anti_aliasing=anti_aliasing, preserve_range=True)
 
 
 # --------------------------------------------------------------------------- cached arrays
