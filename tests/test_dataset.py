@@ -252,7 +252,10 @@ def test_manifest_missing_file(tmp_path):
     ("id,image\na,\n", "empty path"),
     ("id,image\na,a.png\na,a.png\n", "share the id 'a'"),
     # one output file on macOS and Windows: A_mask.tif and a_mask.tif
-    ("id,image\nA,a.png\na,a.png\n", "ids that differ only in letter case, 'A' and 'a'"),
+    ("id,image\nA,a.png\na,a.png\n", "ids that differ only in letter case or Unicode form, 'A' and 'a'"),
+    # one file on macOS: "café" as one code point and as "e" + a combining accent
+    ("id,image\ncaf\u00e9,a.png\ncafe\u0301,a.png\n",
+     r"differ only in letter case or Unicode form, 'caf\\xe9' and 'cafe\\u0301'"),
 ])
 def test_manifest_malformed(tmp_path, text, message):
     write_png(tmp_path / "a.png", IMAGE)

@@ -484,8 +484,15 @@ def test_inputs_whose_outputs_would_collide_are_refused(tmp_path, run_dir, stack
     assert not (tmp_path / "out").exists()
     # a_mask.tif and A_mask.tif are one file on macOS and Windows
     io.write_image(tmp_path / "A.tif", stack)
-    with pytest.raises(UsageError, match="same name as .*a.tif .letter case aside"):
+    with pytest.raises(UsageError, match="same name as .*a.tif .letter case or Unicode form aside"):
         predict_files(run_dir, [tmp_path / "a.tif", tmp_path / "A.tif"], tmp_path / "out", progress=False)
+    assert not (tmp_path / "out").exists()
+    # and so are café_mask.tif in its two Unicode forms (one code point, or e + accent)
+    io.write_image(tmp_path / "caf\u00e9.tif", stack)
+    io.write_image(tmp_path / "cafe\u0301.tif", stack)
+    with pytest.raises(UsageError, match="letter case or Unicode form aside"):
+        predict_files(run_dir, [tmp_path / "caf\u00e9.tif", tmp_path / "cafe\u0301.tif"], tmp_path / "out",
+                      progress=False)
     assert not (tmp_path / "out").exists()
 
 

@@ -27,6 +27,7 @@ import csv
 import hashlib
 import os
 import re
+import unicodedata
 from collections import defaultdict
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -388,6 +389,14 @@ def _busi_groups(folds_csv: Path) -> dict[str, str]:
 ID_MAX_BYTES = 200
 
 
+def name_key(name: str) -> str:
+    """What tells two file names apart on every file system users have: not letter case
+    (macOS, Windows) and not the Unicode form ('café' typed as one code point or as 'e'
+    plus an accent are one name on macOS). Names with the same key would overwrite each
+    other's outputs there."""
+    return unicodedata.normalize("NFC", unicodedata.normalize("NFC", name).casefold())
+
+
 def id_problem(case_id: str, max_bytes: int | None = ID_MAX_BYTES) -> str | None:
     """Why ``case_id`` cannot name output files, or None. ``predict`` passes
     ``max_bytes=None``: it checks the full length of each output name instead."""
@@ -410,16 +419,17 @@ def _check_unique_ids(cases: list[Case], where: Path) -> None:
         if problem:
             raise DataError(where if where.is_file() else case.image, f"case id '{case.id[:60]}"
                             f"{'...' if len(case.id) > 60 else ''}' {problem}")
-        # Letter case does not tell ids apart: outputs named after them (predicted masks,
-        # nnU-Net files) would overwrite each other on macOS and Windows file systems.
-        key = case.id.casefold()
+        # Letter case and Unicode form do not tell ids apart: outputs named after them
+        # (predicted masks, nnU-Net files) would overwrite each other on macOS and Windows.
+        key = name_key(case.id)
         if key in seen:
             first, image = seen[key]
             if first == case.id:
                 raise DataError(where, f"two images share the id '{case.id}': {image} and {case.image}")
-            raise DataError(where, f"two images have ids that differ only in letter case, '{first}' "
-                            f"and '{case.id}' ({image} and {case.image}); their outputs would "
-                            "overwrite each other on macOS and Windows, so rename one")
+            raise DataError(where, f"two images have ids that differ only in letter case or Unicode "
+                            f"form, '{ascii(first)[1:-1]}' and '{ascii(case.id)[1:-1]}' ({image} and "
+                            f"{case.image}); their outputs would overwrite each other on macOS and "
+                            "Windows, so rename one")
         seen[key] = (case.id, case.image)
 
 

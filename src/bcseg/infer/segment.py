@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 from bcseg import outputs
 from bcseg.atomic import atomic_path, remove_partials
 from bcseg.data import io
-from bcseg.data.dataset import Case, discover, id_problem, read_case_channels, read_case_image
+from bcseg.data.dataset import Case, discover, id_problem, name_key, read_case_channels, read_case_image
 from bcseg.data.intensity import check_methods, normalise
 from bcseg.errors import BcsegError, ConfigError, DataError, ModelError, UsageError
 from bcseg.infer.postprocess import check_steps, release_slices
@@ -188,12 +188,13 @@ def _input_files(inputs) -> list[Path | Case]:
         if problem:
             raise DataError(input_file(f), f"names its outputs '{output_name(f)[:60]}', which {problem}; "
                             "rename the file")
-        # Letter case apart too: a_mask.tif and A_mask.tif are one file on macOS and Windows.
-        other = stems.setdefault(output_name(f).casefold(), f)
+        # Letter case and Unicode form apart too: a_mask.tif and A_mask.tif, or café
+        # in its two Unicode forms, are one file on macOS (and the first on Windows).
+        other = stems.setdefault(name_key(output_name(f)), f)
         if input_file(other).resolve() != input_file(f).resolve():
             raise UsageError(input_file(f), f"has the same name as {input_file(other)} (letter case "
-                             "aside), so their outputs would collide; segment them into different "
-                             "output folders")
+                             "or Unicode form aside), so their outputs would collide; segment them "
+                             "into different output folders")
     return list(stems.values())  # each file once
 
 
