@@ -158,7 +158,7 @@ def test_cli_phantom_writes_and_keeps_results(tmp_path, capsys):
     assert main(args[:-1] + ["--seed", "9"]) == 2
     _, err = capsys.readouterr()
     assert assert_one_error_line(err) == (
-        f"bcseg: error: {out}: already holds a result; pass --force to overwrite it")
+        f"bcseg: error: {out}: already holds a result; pass --force to replace it")
     assert {p: p.read_bytes() for p in out.rglob("*.tif")} == before
 
     assert main(args[:-1] + ["--seed", "9", "--force"]) == 0

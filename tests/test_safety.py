@@ -1238,3 +1238,24 @@ def test_force_still_clears_what_a_killed_run_left(tmp_path, capsys):
     code, err = _phantom_force(capsys, folder)
     assert (code, err) == (0, "")
     assert not list(folder.rglob(f"*{PARTIAL_MARK}*"))
+
+
+@pytest.mark.parametrize("command", ["train", "phantom", "export-nnunet", "demo"])
+def test_a_folder_of_yours_is_not_met_with_a_force_that_would_not_help(command, tmp_path, capsys,
+                                                                       phantom):
+    """A folder holding the user's notes.txt: 'already holds a run/result; pass --force',
+    and --force then refused the same folder. Both now name the file at once."""
+    out = tmp_path / "u"
+    target = out / "Dataset501_X" if command == "export-nnunet" else out
+    target.mkdir(parents=True)
+    (target / "notes.txt").write_text("mine")
+    argv = {"train": ("train", phantom, "--out", out, "--epochs", 1),
+            "phantom": ("phantom", out, "--n", 1, "--shape", 8, 16, 16),
+            "export-nnunet": ("export-nnunet", phantom, out, "--dataset-id", 501, "--name", "X"),
+            "demo": ("demo", "--out", out)}[command]
+    before = hashes(tmp_path)
+    for extra in ((), ("--force",)):
+        code, _, err = run(capsys, *argv, *extra)
+        line = one_line(err)
+        assert code == 2 and "notes.txt: was not written by bcseg" in line and "pass --force" not in line, err
+    assert hashes(tmp_path) == before

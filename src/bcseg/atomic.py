@@ -144,13 +144,3 @@ def remove_partials(folder: str | Path) -> list[Path]:
         leftover.unlink()
         removed.append(leftover)
     return removed
-
-
-def require_new(path: str | Path, force: bool) -> None:
-    """Raise :class:`UsageError` if ``path`` already holds a result and not ``force``."""
-    path = Path(path)
-    if force or not path.exists():
-        return
-    if path.is_dir() and not any(path.iterdir()):
-        return
-    raise UsageError(path, "already holds a result; pass force=True to overwrite it")

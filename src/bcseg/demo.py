@@ -20,9 +20,9 @@ import json
 import time
 from pathlib import Path
 
-from bcseg.atomic import require_new, write_text
+from bcseg.atomic import write_text
 from bcseg.data.phantom import write_phantom
-from bcseg.outputs import check_output_folder, claim
+from bcseg.outputs import check_output_folder, claim, require_new_folder
 
 DEMO_SPECIMENS = 10
 DEMO_SHAPE = (24, 128, 128)
@@ -58,7 +58,7 @@ def run_demo(out: str | Path = "demo-run", force: bool = False, epochs_2d: int |
              epochs_3d: int | None = None, specimens: int = DEMO_SPECIMENS) -> dict:
     """Run the demo into ``out`` and return the headline numbers and paths."""
     out = check_output_folder(out)
-    require_new(out, force)
+    require_new_folder(out, force, "demo")
     # --force replaces an earlier demo (files bcseg wrote), never a folder holding others.
     with claim(out, "demo", replace=force):
         return _demo_in(out, epochs_2d, epochs_3d, specimens)

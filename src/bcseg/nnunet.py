@@ -71,14 +71,14 @@ from typing import Iterable, Mapping, Sequence
 import numpy as np
 
 from bcseg.data import io
-from bcseg.atomic import PARTIAL_MARK, atomic_path, require_new, write_text
+from bcseg.atomic import PARTIAL_MARK, atomic_path, write_text
 from bcseg.data.consensus import METHODS, consensus
 from bcseg.data.channels import value_range
 from bcseg.data.dataset import (IMAGE_CHANNEL, Case, dataset_channels, discover, read_case_channel_arrays,
                                 read_case_image, read_case_masks, require_every_observer)
 from bcseg.data.splits import check_groups_whole, kfold_by_group
 from bcseg.errors import DataError, DiskFullError, UsageError
-from bcseg.outputs import beat, check_not_inputs, check_output_folder, claim
+from bcseg.outputs import beat, check_not_inputs, check_output_folder, claim, require_new_folder
 
 __all__ = ["export_nnunet", "dataset_folder_name", "FILE_ENDINGS", "CASE_MAP", "SPLITS_FILE"]
 
@@ -182,7 +182,7 @@ def export_nnunet(data: str | Path | Iterable[Case], out: str | Path, dataset_id
     ending = _check_ending(file_ending)
     out = check_output_folder(out)
     dest = out / folder_name
-    require_new(dest, force)
+    require_new_folder(dest, force, "export-nnunet")
     _check_id_free(out, int(dataset_id), folder_name)
     cases, reads, names = _cases_to_export(data, dest, observer, channels)
     _check_ending_fits(cases[0], ending, names)  # before the folds' warnings and the claim

@@ -642,14 +642,24 @@ def _remove_if_empty(folder: Path, created: Path) -> None:
             return
 
 
-def _move_aside(folder: Path, inputs: Iterable) -> Path | None:
-    """Check that ``folder`` holds only bcseg's outputs and no input; move it aside."""
-    if not folder.exists() or not any(folder.iterdir()):
-        return None
-    check_not_inputs(folder, inputs)
-    if folder.resolve() in (Path.cwd(), *Path.cwd().parents):
-        raise UsageError(folder, "is the current folder or holds it; run bcseg from elsewhere "
-                         "to replace it")
+def require_new_folder(folder: Path, force: bool, command: str, what: str = "a result",
+                       hint: str = "") -> None:
+    """Refuse an output folder that holds something, unless ``force`` may replace it.
+
+    Without ``force``, what ``force`` would refuse too (a file of the user's, another
+    command's result) is named first: suggesting ``force`` for it only led to a second
+    refusal. ``hint`` is another way out (``pass resume=True to continue it or ``).
+    """
+    folder = Path(folder)
+    if force or not folder.is_dir() or not any(folder.iterdir()):
+        return
+    _check_only_ours(folder)
+    check_one_writer(folder, command)
+    raise UsageError(folder, f"already holds {what}; {hint or 'pass '}force=True to replace it")
+
+
+def _check_only_ours(folder: Path) -> None:
+    """Refuse ``folder`` when it holds anything bcseg did not write, naming it."""
     unexpected = foreign(folder)
     if unexpected:
         writer = nested_writer(folder, unexpected[0])
@@ -659,6 +669,17 @@ def _move_aside(folder: Path, inputs: Iterable) -> Path | None:
         raise UsageError(folder / unexpected[0], "was not written by bcseg, or was changed after "
                          "it was, so force=True will not "
                          "delete it; move it away or choose another output folder")
+
+
+def _move_aside(folder: Path, inputs: Iterable) -> Path | None:
+    """Check that ``folder`` holds only bcseg's outputs and no input; move it aside."""
+    if not folder.exists() or not any(folder.iterdir()):
+        return None
+    check_not_inputs(folder, inputs)
+    if folder.resolve() in (Path.cwd(), *Path.cwd().parents):
+        raise UsageError(folder, "is the current folder or holds it; run bcseg from elsewhere "
+                         "to replace it")
+    _check_only_ours(folder)
     aside = folder.with_name(f".{folder.name}{ASIDE_MARK}{os.getpid()}")
     if aside.exists() or aside.is_symlink():  # not a leftover _recover could settle: not ours
         raise UsageError(aside, "is in the way of replacing the folder beside it and was not "

@@ -35,8 +35,8 @@ import numpy as np
 from scipy import ndimage
 
 from bcseg.data import io
-from bcseg.atomic import require_new, write_text
-from bcseg.outputs import check_output_folder, claim
+from bcseg.atomic import write_text
+from bcseg.outputs import check_output_folder, claim, require_new_folder
 from bcseg.data import phantom_us as us
 from bcseg.data.channels import CHANNELS_FILE
 from bcseg.data.phantom_pa import pa_image
@@ -218,7 +218,7 @@ def write_phantom(out: str | Path, n: int = 8, shape=DEFAULT_SHAPE, seed: int = 
         raise ValueError(f"n must be at least 1, got {n}")
     _, channels = _check_request(shape, difficulty, channels)
     out = check_output_folder(out)
-    require_new(out, force)
+    require_new_folder(out, force, "phantom")
     with claim(out, "phantom", replace=force):
         return _write_specimens(out, n, shape, seed, spacing_mm, truth, difficulty, channels, artefacts)
 

@@ -82,9 +82,7 @@ def _replaces_run(out: Path, resume: bool, force: bool) -> bool:
         return False
     if not out.exists() or not any(out.iterdir()):
         return False
-    if not force:
-        raise UsageError(out, "already holds a run; pass resume=True to continue it "
-                         "or force=True to replace it")
+    outputs.require_new_folder(out, force, "train", "a run", "pass resume=True to continue it or ")
     return True
 
 
