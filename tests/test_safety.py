@@ -1259,3 +1259,12 @@ def test_a_folder_of_yours_is_not_met_with_a_force_that_would_not_help(command, 
         line = one_line(err)
         assert code == 2 and "notes.txt: was not written by bcseg" in line and "pass --force" not in line, err
     assert hashes(tmp_path) == before
+
+
+def test_a_force_refusal_names_the_file_as_the_user_gave_the_folder(tmp_path, capsys, monkeypatch):
+    """phantom u --force named /tmp/.../u/notes.txt: the resolved folder, not the one given."""
+    monkeypatch.chdir(tmp_path)
+    Path("u").mkdir()
+    Path("u", "notes.txt").write_text("mine")
+    code, _, err = run(capsys, "phantom", "u", "--n", 1, "--shape", 8, 16, 16, "--force")
+    assert code == 2 and one_line(err).startswith("bcseg: error: u/notes.txt: was not written by bcseg")

@@ -563,7 +563,7 @@ def claim(folder: str | Path, command: str, *, replace: bool = False, inputs: It
         _recover_inside(key)
         if replace:
             check_one_writer(folder, command)  # named as the user gave it
-        aside = _move_aside(key, inputs) if replace else None
+        aside = _move_aside(key, inputs, folder) if replace else None
         _held[key] = _Held(command)
         try:
             _start(folder, command)
@@ -658,28 +658,31 @@ def require_new_folder(folder: Path, force: bool, command: str, what: str = "a r
     raise UsageError(folder, f"already holds {what}; {hint or 'pass '}force=True to replace it")
 
 
-def _check_only_ours(folder: Path) -> None:
-    """Refuse ``folder`` when it holds anything bcseg did not write, naming it."""
+def _check_only_ours(folder: Path, shown: Path | None = None) -> None:
+    """Refuse ``folder`` when it holds anything bcseg did not write, naming it (under
+    ``shown``, the folder as the user gave it)."""
     unexpected = foreign(folder)
+    shown = folder if shown is None else shown
     if unexpected:
         writer = nested_writer(folder, unexpected[0])
         if writer is not None:  # another command's result inside (an evaluation of the run)
-            raise UsageError(folder / unexpected[0], f"is the output of 'bcseg {writer}', which "
+            raise UsageError(shown / unexpected[0], f"is the output of 'bcseg {writer}', which "
                              "force=True will not delete; move it away or choose another output folder")
-        raise UsageError(folder / unexpected[0], "was not written by bcseg, or was changed after "
+        raise UsageError(shown / unexpected[0], "was not written by bcseg, or was changed after "
                          "it was, so force=True will not "
                          "delete it; move it away or choose another output folder")
 
 
-def _move_aside(folder: Path, inputs: Iterable) -> Path | None:
-    """Check that ``folder`` holds only bcseg's outputs and no input; move it aside."""
+def _move_aside(folder: Path, inputs: Iterable, shown: Path) -> Path | None:
+    """Check that ``folder`` holds only bcseg's outputs and no input; move it aside.
+    Messages name it as ``shown``, the folder as the user gave it."""
     if not folder.exists() or not any(folder.iterdir()):
         return None
-    check_not_inputs(folder, inputs)
+    check_not_inputs(shown, inputs)
     if folder.resolve() in (Path.cwd(), *Path.cwd().parents):
-        raise UsageError(folder, "is the current folder or holds it; run bcseg from elsewhere "
+        raise UsageError(shown, "is the current folder or holds it; run bcseg from elsewhere "
                          "to replace it")
-    _check_only_ours(folder)
+    _check_only_ours(folder, shown)
     aside = folder.with_name(f".{folder.name}{ASIDE_MARK}{os.getpid()}")
     if aside.exists() or aside.is_symlink():  # not a leftover _recover could settle: not ours
         raise UsageError(aside, "is in the way of replacing the folder beside it and was not "
