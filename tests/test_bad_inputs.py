@@ -164,6 +164,8 @@ def test_bad_predict_flag_exits_2_in_one_line_before_the_model_loads(extra, flag
     # an output file named as a folder: Path() dropped the slash and wrote a file "newdir"
     (["split", "D", "--out", "newdir/"], "--out: names a folder"),
     (["split", "D", "--out", "."], "--out: names a folder"),
+    (["split", "D", "--out", "nd/."], "--out: names a folder"),  # Path('nd/.') is 'nd'
+    (["split", "D", "--out", "nd/.."], "--out: names a folder"),
     (["export-onnx", "R", "--out", "new.onnx/"], "--out: names a folder"),
 ])
 def test_usage_errors_are_one_line_naming_the_flag(argv, flag, capsys):

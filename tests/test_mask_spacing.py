@@ -92,3 +92,15 @@ def test_train_refuses_before_making_its_run_folder(tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 3 and str(culprit) in err[-1] and "mask spacing" in err[-1], err
     assert tree(tmp_path) == before
+
+
+def test_margins_accepts_a_mask_that_states_the_spacing_given_in_the_images_place(tmp_path, capsys):
+    """The image file's spacing is wrong, --spacing says the right one, and the mask states
+    that one: it was refused with "re-save the mask with its image's spacing"."""
+    image = tmp_path / "S01.tif"
+    io.write_image(image, STACK, SPACING)
+    mask = tmp_path / "S01_mask.tif"
+    io.write_mask(mask, LESION, (1.0, 0.5, 0.5))
+    code = main(["margins", "--image", str(image), "--tumour", str(mask), "--spacing", "1x0.5x0.5",
+                 "--out", str(tmp_path / "m")])
+    assert code == 0, capsys.readouterr().err

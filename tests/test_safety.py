@@ -1268,3 +1268,26 @@ def test_a_force_refusal_names_the_file_as_the_user_gave_the_folder(tmp_path, ca
     Path("u", "notes.txt").write_text("mine")
     code, _, err = run(capsys, "phantom", "u", "--n", 1, "--shape", 8, 16, 16, "--force")
     assert code == 2 and one_line(err).startswith("bcseg: error: u/notes.txt: was not written by bcseg")
+
+
+def test_a_users_file_deep_in_the_folder_is_named_not_its_folder(tmp_path, capsys):
+    """phantom u with u/sub/notes.txt named u/sub: the file is what the user must move."""
+    (tmp_path / "u" / "sub").mkdir(parents=True)
+    (tmp_path / "u" / "sub" / "notes.txt").write_text("mine")
+    for extra in ((), ("--force",)):
+        code, _, err = run(capsys, "phantom", tmp_path / "u", "--n", 1, "--shape", 8, 16, 16, *extra)
+        assert code == 2 and f"{tmp_path / 'u' / 'sub' / 'notes.txt'}: was not written" in one_line(err)
+
+
+def test_an_interrupted_run_with_a_peek_at_its_masks_is_still_offered_resume(tmp_path, capsys, models,
+                                                                             phantom):
+    """train --out RUN on an interrupted run holding predict's RUN/peek said that --force
+    would not delete peek, and no more; --resume, which works, went unmentioned."""
+    out = tmp_path / "run"
+    with outputs.claim(out, "train"):  # an interrupted run: config and checkpoint, no settings
+        write_text(out / "config.toml", "[train]\nepochs = 3\n")
+        (out / "model_last.keras").write_bytes(models["2d"].read_bytes())
+    with outputs.claim(out / "peek", "predict"):
+        write_text(out / "peek" / "s_mask.tif", "a peek at the masks")
+    code, _, err = run(capsys, "train", phantom, "--out", out, "--epochs", 1)
+    assert code == 2 and one_line(err).endswith(f"{out}: already holds a run; pass --resume to continue it")

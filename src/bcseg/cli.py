@@ -85,7 +85,7 @@ def _file_out(text: str) -> str:
     """An output that is one file: a name ending in '/' (or '.', '..') names a folder,
     which Path() would silently turn into a file of that name."""
     name = text.rstrip("/" + os.sep)
-    if not text or text != name or Path(name).name in ("", ".", ".."):
+    if not text or text != name or name.replace(os.sep, "/").rsplit("/", 1)[-1] in ("", ".", ".."):
         raise argparse.ArgumentTypeError(f"names a folder, expected a file name, got '{text}'")
     return text
 

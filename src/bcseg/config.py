@@ -213,27 +213,6 @@ def _check_values(cfg: dict, source=None) -> None:
                           f"got {teacher!r}")
     _check_model_shape(cfg, source)
     _check_channels(cfg["data"], source)
-    _check_epoch_memory(cfg, source)
-
-
-# Training holds one epoch's augmented samples in memory at once (float32 images and
-# targets, learn.pipeline.epoch_arrays). A steps_per_epoch that needs more than this is
-# a typo, and it failed only after the run folder was made (1e12 asked for 64 TiB).
-MAX_EPOCH_GIB = 16
-
-
-def _check_epoch_memory(cfg: dict, source) -> None:
-    t, d = cfg["train"], cfg["data"]
-    if not t["steps_per_epoch"]:
-        return  # one pass over the data: bounded by the data, which is in memory anyway
-    voxels = d["size"] ** 2 * (d["patch_depth"] if cfg["model"]["ndim"] == 3 else 1)
-    per_step = t["batch_size"] * voxels * (max(1, len(d["channels"])) + 1) * 4  # bytes
-    most = MAX_EPOCH_GIB * 2 ** 30 // per_step
-    if t["steps_per_epoch"] > most:
-        raise ConfigError(source, f"'train.steps_per_epoch' must be at most {most} (0 for one pass "
-                          f"over the data): an epoch's samples are held in memory, and {most} batches "
-                          f"of {t['batch_size']} x {voxels} voxels fill {MAX_EPOCH_GIB} GiB, "
-                          f"got {t['steps_per_epoch']!r}")
 
 
 def _is_number(value) -> bool:

@@ -643,25 +643,33 @@ def _remove_if_empty(folder: Path, created: Path) -> None:
 
 
 def require_new_folder(folder: Path, force: bool, command: str, what: str = "a result",
-                       hint: str = "") -> None:
+                       other_way: str | None = None) -> None:
     """Refuse an output folder that holds something, unless ``force`` may replace it.
 
     Without ``force``, what ``force`` would refuse too (a file of the user's, another
     command's result) is named first: suggesting ``force`` for it only led to a second
-    refusal. ``hint`` is another way out (``pass resume=True to continue it or ``).
+    refusal. ``other_way`` is another way out that works (``pass resume=True to
+    continue it``), offered whether or not ``force`` would.
     """
     folder = Path(folder)
     if force or not folder.is_dir() or not any(folder.iterdir()):
         return
-    _check_only_ours(folder)
-    check_one_writer(folder, command)
-    raise UsageError(folder, f"already holds {what}; {hint or 'pass '}force=True to replace it")
+    try:
+        _check_only_ours(folder)
+        check_one_writer(folder, command)
+    except UsageError:
+        if other_way is None:
+            raise
+        raise UsageError(folder, f"already holds {what}; {other_way}") from None
+    ways = f"{other_way} or force=True to replace it" if other_way else "pass force=True to replace it"
+    raise UsageError(folder, f"already holds {what}; {ways}")
 
 
 def _check_only_ours(folder: Path, shown: Path | None = None) -> None:
     """Refuse ``folder`` when it holds anything bcseg did not write, naming it (under
     ``shown``, the folder as the user gave it)."""
-    unexpected = foreign(folder)
+    # A file rather than the folder holding it: "u/sub/notes.txt", not "u/sub/".
+    unexpected = sorted(foreign(folder), key=lambda name: name.endswith("/"))
     shown = folder if shown is None else shown
     if unexpected:
         writer = nested_writer(folder, unexpected[0])

@@ -82,7 +82,12 @@ def _replaces_run(out: Path, resume: bool, force: bool) -> bool:
         return False
     if not out.exists() or not any(out.iterdir()):
         return False
-    outputs.require_new_folder(out, force, "train", "a run", "pass resume=True to continue it or ")
+    try:  # a run that --resume may continue (an interrupted one): say so, whatever --force could do
+        _check_resumable(out)
+        resume_hint = "pass resume=True to continue it"
+    except UsageError:
+        resume_hint = None
+    outputs.require_new_folder(out, force, "train", "a run", resume_hint)
     return True
 
 
@@ -546,20 +551,30 @@ def _initial_model(path: Path, channels: list[str] | None) -> keras.Model:
 KEPT_BYTES_PER_VALUE = 16
 
 
-def _check_memory(cfg: dict, source) -> None:
+def _check_memory(cfg: dict, source, steps_source=None) -> None:
     """Refuse, before the run folder exists, a batch whose activations alone cannot fit
     in this machine's memory (data.size 4096 with batch_size 4096 is in range for each
-    key, and used to be killed for memory after the run folder was made)."""
-    if tf.config.list_physical_devices("GPU"):  # activations live there, split over devices
-        return
+    key, and used to be killed for memory after the run folder was made), and a
+    ``steps_per_epoch`` whose samples cannot (1e12 asked for 64 TiB): an epoch's
+    augmented samples are held in memory at once, float32 images and targets
+    (:func:`bcseg.learn.pipeline.epoch_arrays`), on the host even when training on a GPU."""
     m, d, t = cfg["model"], cfg["data"], cfg["train"]
     shape = (d["size"],) * 2 if m["ndim"] == 2 else (d["patch_depth"], d["size"], d["size"])
-    need = t["batch_size"] * KEPT_BYTES_PER_VALUE * feature_values(
-        shape, m["base_filters"], m["depth"], m["max_filters"] or None, m["stem_stride"])
     try:
         have = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     except (AttributeError, ValueError, OSError):  # not every system tells (Windows)
         return
+    per_step = t["batch_size"] * math.prod(shape) * (max(1, len(d["channels"])) + 1) * 4
+    if t["steps_per_epoch"] * per_step > have:
+        most = have // per_step
+        raise ConfigError(steps_source, f"'train.steps_per_epoch' must be at most {most} on this "
+                          f"machine (0 for one pass over the data): an epoch's samples are held in "
+                          f"memory, and {most} batches of {t['batch_size']} x {' x '.join(map(str, shape))} "
+                          f"fill its {have / 2**30:.0f} GiB, got {t['steps_per_epoch']!r}")
+    if tf.config.list_physical_devices("GPU"):  # activations live there, split over devices
+        return
+    need = t["batch_size"] * KEPT_BYTES_PER_VALUE * feature_values(
+        shape, m["base_filters"], m["depth"], m["max_filters"] or None, m["stem_stride"])
     if need > have:
         raise ConfigError(source, f"one training batch ({t['batch_size']} x {' x '.join(map(str, shape))}, "
                           f"{m['base_filters']} base filters) needs at least {need / 2**30:.0f} GiB, more "
@@ -706,7 +721,8 @@ def train(data, out, config=None, overrides: dict | None = None, fold="0", folds
                     _config_source(out, config, overrides, resume, "data", "observer"))
     channels, _ = run_channels(cases, cfg, _config_source(out, config, overrides, resume, "data", "channels"))
     _check_cases(cases, channels)
-    _check_memory(cfg, _config_source(out, config, overrides, resume, "train", "batch_size"))
+    _check_memory(cfg, _config_source(out, config, overrides, resume, "train", "batch_size"),
+                  _config_source(out, config, overrides, resume, "train", "steps_per_epoch"))
     # an unusable model is refused before the run dir is touched
     init_model = _init_model(init, cfg, len(channels or [IMAGE_CHANNEL]))
     replace = _replaces_run(out, resume, force)  # cheap refusals before the teacher's long step
