@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import signal
 import struct
 import zlib
@@ -752,3 +753,17 @@ def test_an_inference_json_that_is_not_a_file_is_refused_not_ignored(trained, tm
     image = next((root / "images").iterdir())
     assert_refused(capsys, predict_argv(tmp_path, image, copy), 4, f"{copy / 'inference.json'}: is not a file",
                    tmp_path)
+
+
+@pytest.mark.parametrize("where", ["masks/observer2", "manifest.csv", "masks", "images/pa"])
+def test_a_broken_link_in_the_layout_is_refused_not_skipped(where, tmp_path, capsys):
+    """A broken link as an observer folder (a disk not mounted) dropped that observer
+    from every case, and check said "problems 0"; as manifest.csv, the images/ layout
+    was read in its place."""
+    root = write_cases(tmp_path / "data", n=4)
+    link = root / where
+    if where == "masks":
+        shutil.rmtree(link)
+    link.symlink_to(tmp_path / "not-mounted" / where)
+    code, out, err = run_main(capsys, ["check", root])
+    assert code == 3 and f"{link}: is a broken symbolic link" in out + err, (out, err)

@@ -209,6 +209,8 @@ def discover(root: str | Path) -> list[Case]:
         if root.suffix.lower() == ".csv":
             return read_manifest(root)
         raise DataError(root, "expected a folder or a manifest .csv file")
+    for part in ("manifest.csv", "images", "masks"):  # else another layout is read in its place
+        _refuse_broken_link(root / part)
     if (root / "manifest.csv").is_file():
         return read_manifest(root / "manifest.csv")
     if (root / "images").is_dir():
@@ -235,14 +237,26 @@ def data_files(folder: Path) -> list[Path]:
     return [p for p in files if p.name not in ours]
 
 
-def _subfolders(root: Path) -> list[Path]:
+def _subfolders(root: Path, strict: bool = False) -> list[Path]:
+    """The visible folders in ``root``. ``strict`` (observer and channel folders): a
+    broken link among them is an error, not a folder silently missing, which would
+    drop an observer or a channel from every case without a word."""
+    if strict:
+        for p in root.iterdir():
+            _refuse_broken_link(p)
     return sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+def _refuse_broken_link(path: Path) -> None:
+    if path.is_symlink() and not path.exists() and not path.name.startswith("."):
+        raise DataError(path, "is a broken symbolic link, or one that loops (a folder on a disk "
+                        "not mounted?); point it at its target or remove it")
 
 
 def _discover_images_masks(root: Path) -> list[Case]:
     names = channel_files.read_channel_names(root)
     images = data_files(root / "images")
-    folders = [d for d in _subfolders(root / "images") if data_files(d)]
+    folders = [d for d in _subfolders(root / "images", strict=True) if data_files(d)]
     if images and folders:  # which is the case: the loose file, or the channel folders?
         raise DataError(root / "images", f"holds both images ({images[0].name}, ...) and channel "
                         f"folders ({', '.join(d.name for d in folders)}); keep one layout: move "
@@ -320,7 +334,7 @@ def _observer_files(root: Path) -> dict[str, dict[str, Path]]:
         loose = data_files(mask_root)
         if loose:  # masks/ with files directly: one unnamed observer
             observers["mask"] = {io.file_stem(p): p for p in loose}
-        for folder in _subfolders(mask_root):
+        for folder in _subfolders(mask_root, strict=True):
             check_observer_name(folder.name, folder)
             observers[folder.name] = {io.file_stem(p): p for p in data_files(folder)}
     return observers
