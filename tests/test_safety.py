@@ -1291,3 +1291,29 @@ def test_an_interrupted_run_with_a_peek_at_its_masks_is_still_offered_resume(tmp
         write_text(out / "peek" / "s_mask.tif", "a peek at the masks")
     code, _, err = run(capsys, "train", phantom, "--out", out, "--epochs", 1)
     assert code == 2 and one_line(err).endswith(f"{out}: already holds a run; pass --resume to continue it")
+
+
+def test_a_folds_report_and_export_go_with_the_k_fold_run_they_were_made_from(tmp_path, capsys, models):
+    """report kf/fold_0 was refused (its figures are recorded in kf's record, not the
+    fold's), and after export-onnx kf/fold_1, train --force refused the whole run."""
+    kf = tmp_path / "kf"
+    with outputs.claim(kf, "train"):  # a k-fold run as train writes one: one record, at the top
+        for fold in ("fold_0", "fold_1"):
+            write_text(kf / fold / "case_metrics.png", "train's figure")
+            with outputs.claim(kf / fold, "train"):
+                shutil.copy(models["2d"], kf / fold / "model_best.keras")
+    from bcseg.report.html import check_report_files
+    check_report_files(kf / "fold_0")  # raised: "was not written by bcseg"
+    with outputs.claim(kf / "fold_0", "report"):  # the report rebuilds the fold's figures
+        write_text(kf / "fold_0" / "case_metrics.png", "the report's figure")
+    code, _, err = run(capsys, "export-onnx", kf / "fold_1" / "model_best.keras")
+    assert code == 0, err
+    with outputs.claim(kf, "train", replace=True):  # what train --force does first
+        write_text(kf / "config.toml", "[train]\n")
+    assert sorted(p.name for p in kf.iterdir()) == [outputs.RECORD, "config.toml"]
+    # a file of the user's in a fold still stops it
+    (kf / "fold_0").mkdir()
+    (kf / "fold_0" / "notes.txt").write_text("mine")
+    with pytest.raises(UsageError, match="notes.txt: was not written by bcseg"):
+        with outputs.claim(kf, "train", replace=True):
+            pass

@@ -58,9 +58,12 @@ ASIDE = re.compile(r"^\.(?P<name>.+)\.bcseg-old-(?P<pid>\d+)$")
 
 @dataclasses.dataclass
 class _Held:
-    """A folder this process has claimed: by which command, and how deeply nested."""
+    """A folder this process has claimed: by which command, how deeply nested, and the
+    files it wrote (relative names), which are its own when it ends even where a file
+    of that name was there before (a report rebuilt over a fold's figures)."""
     command: str
     depth: int = 1
+    wrote: set = dataclasses.field(default_factory=set)
 
 
 _held: dict[Path, _Held] = {}  # the folders this process holds
@@ -283,10 +286,11 @@ def beat(path: str | Path) -> None:
         resolved = Path(path).resolve()
     except OSError:
         return
-    for key in list(_held):
+    for key, held in list(_held.items()):
         if key == resolved or key in resolved.parents:
             with contextlib.suppress(OSError):
                 os.utime(key / RECORD)
+            held.wrote.add(resolved.relative_to(key).as_posix())
 
 
 WRITE_HOOKS.append(beat)
@@ -392,7 +396,7 @@ def check_replaceable(paths: Iterable[Path], force: bool,
         # What force cannot replace is refused as such first: suggesting force=True for
         # it only led to a second refusal.
         if not is_owned(path, known):
-            above = _writer_above(path)
+            above = writer_above(path)
             if above is not None:  # train's predictions/ hold files that run/'s record lists
                 raise UsageError(path, f"is the output of 'bcseg {above}'; force=True replaces "
                                  "only an earlier output of the same command: choose another output")
@@ -410,7 +414,7 @@ def check_replaceable(paths: Iterable[Path], force: bool,
             raise UsageError(path, "already exists; pass force=True to overwrite it")
 
 
-def _writer_above(path: Path, levels: int = 3) -> str | None:
+def writer_above(path: Path, levels: int = 3) -> str | None:
     """The command that wrote ``path`` by the record of a folder above its own."""
     for folder in list(path.absolute().parents)[1:1 + levels]:
         if (folder / RECORD).is_file():
@@ -514,9 +518,16 @@ def _start(folder: Path, command: str) -> None:
     write_text(folder / RECORD, json.dumps(record, indent=1) + "\n")
 
 
-def _finish(folder: Path) -> None:
+def _finish(folder: Path, held: _Held | None = None) -> None:
     if folder.is_dir():
-        record = _settle(folder, _load(folder), listing(folder, strict=False))
+        present = listing(folder, strict=False)
+        record = _settle(folder, _load(folder), present)
+        if held is not None:  # what this claim wrote is its own, whoever's name was there before
+            for name in sorted(held.wrote & present):
+                record["files"][name] = held.command
+                record["stats"][name] = _fingerprint(folder / name)
+            record["files"] = dict(sorted(record["files"].items()))
+            record["stats"] = dict(sorted((k, v) for k, v in record["stats"].items() if v is not None))
         write_text(folder / RECORD, json.dumps(record, indent=1) + "\n")
 
 
@@ -563,7 +574,7 @@ def claim(folder: str | Path, command: str, *, replace: bool = False, inputs: It
         _recover_inside(key)
         if replace:
             check_one_writer(folder, command)  # named as the user gave it
-        aside = _move_aside(key, inputs, folder) if replace else None
+        aside = _move_aside(key, inputs, folder, command) if replace else None
         _held[key] = _Held(command)
         try:
             _start(folder, command)
@@ -577,8 +588,8 @@ def claim(folder: str | Path, command: str, *, replace: bool = False, inputs: It
             if not _undo(folder, aside, restore=not isinstance(exc, keep_on)) and aside is not None:
                 shutil.rmtree(aside)  # the new, partial result is kept (keep_on)
             raise
-        del _held[key]
-        _finish(folder)
+        held = _held.pop(key)
+        _finish(folder, held)
         if aside is not None:
             shutil.rmtree(aside)
     finally:
@@ -655,7 +666,7 @@ def require_new_folder(folder: Path, force: bool, command: str, what: str = "a r
     if force or not folder.is_dir() or not any(folder.iterdir()):
         return
     try:
-        _check_only_ours(folder)
+        _check_only_ours(folder, command=command)
         check_one_writer(folder, command)
     except UsageError:
         if other_way is None:
@@ -665,23 +676,29 @@ def require_new_folder(folder: Path, force: bool, command: str, what: str = "a r
     raise UsageError(folder, f"already holds {what}; {ways}")
 
 
-def _check_only_ours(folder: Path, shown: Path | None = None) -> None:
+def _check_only_ours(folder: Path, shown: Path | None = None, command: str | None = None) -> None:
     """Refuse ``folder`` when it holds anything bcseg did not write, naming it (under
-    ``shown``, the folder as the user gave it)."""
+    ``shown``, the folder as the user gave it). What other commands added to
+    ``command``'s result in a subfolder (a report or an ONNX export of a fold of a
+    k-fold run) goes with the result, as in :func:`check_one_writer`."""
     # A file rather than the folder holding it: "u/sub/notes.txt", not "u/sub/".
     unexpected = sorted(foreign(folder), key=lambda name: name.endswith("/"))
     shown = folder if shown is None else shown
-    if unexpected:
-        writer = nested_writer(folder, unexpected[0])
+    added = ADDED_TO.get(command, ()) if any(
+        writer in (command, "bcseg") for writer in writers(folder).values()) else ()
+    for name in unexpected:
+        writer = nested_writer(folder, name)
+        if writer in added:
+            continue
         if writer is not None:  # another command's result inside (an evaluation of the run)
-            raise UsageError(shown / unexpected[0], f"is the output of 'bcseg {writer}', which "
+            raise UsageError(shown / name, f"is the output of 'bcseg {writer}', which "
                              "force=True will not delete; move it away or choose another output folder")
-        raise UsageError(shown / unexpected[0], "was not written by bcseg, or was changed after "
+        raise UsageError(shown / name, "was not written by bcseg, or was changed after "
                          "it was, so force=True will not "
                          "delete it; move it away or choose another output folder")
 
 
-def _move_aside(folder: Path, inputs: Iterable, shown: Path) -> Path | None:
+def _move_aside(folder: Path, inputs: Iterable, shown: Path, command: str) -> Path | None:
     """Check that ``folder`` holds only bcseg's outputs and no input; move it aside.
     Messages name it as ``shown``, the folder as the user gave it."""
     if not folder.exists() or not any(folder.iterdir()):
@@ -690,7 +707,7 @@ def _move_aside(folder: Path, inputs: Iterable, shown: Path) -> Path | None:
     if folder.resolve() in (Path.cwd(), *Path.cwd().parents):
         raise UsageError(shown, "is the current folder or holds it; run bcseg from elsewhere "
                          "to replace it")
-    _check_only_ours(folder, shown)
+    _check_only_ours(folder, shown, command)
     aside = folder.with_name(f".{folder.name}{ASIDE_MARK}{os.getpid()}")
     if aside.exists() or aside.is_symlink():  # not a leftover _recover could settle: not ours
         raise UsageError(aside, "is in the way of replacing the folder beside it and was not "

@@ -420,12 +420,13 @@ def check_report_files(root: Path) -> None:
     is never replaced. Called before anything is written.
     """
     from bcseg.errors import UsageError
-    from bcseg.outputs import is_owned, owned
+    from bcseg.outputs import is_owned, owned, writer_above
 
     known: dict = {}
     mine_below_root = None
     for path in report_files(root):
-        if is_owned(path, known):
+        # a fold's report is recorded in its k-fold run's record, the folder above
+        if is_owned(path, known) or writer_above(path) is not None:
             continue
         if mine_below_root is None:  # a report of a folder above records its figures there
             mine_below_root = owned(root)
