@@ -44,17 +44,24 @@ def test_a_mask_without_spacing_or_with_its_images_passes(mask_spacing, tmp_path
     assert main(["check", str(tmp_path / "d")]) == 0, capsys.readouterr()
 
 
+def refused(capsys, root, argv, culprit, said) -> None:
+    """``bcseg ARGV`` exits 3 with one line naming ``culprit`` and ``said``, and changes
+    nothing under ``root``."""
+    before = tree(root)
+    code = main([str(a) for a in argv])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 3 and len(err) == 1, err
+    assert str(culprit) in err[0] and said in err[0]
+    assert tree(root) == before
+
+
 def test_evaluate_refuses_a_prediction_with_another_spacing_before_writing(tmp_path, capsys):
     dataset(tmp_path / "d", SPACING)
     pred = tmp_path / "pred"
     io.write_mask(pred / "a_mask.tif", LESION, SPACING)
     io.write_mask(pred / "b_mask.tif", LESION, (2.0, 0.25, 0.25))  # another stack's z step
-    before = tree(tmp_path)
-    code = main(["evaluate", "--pred", str(pred), "--truth", str(tmp_path / "d"), "--out", str(tmp_path / "ev")])
-    err = capsys.readouterr().err.strip().splitlines()
-    assert code == 3 and len(err) == 1, err
-    assert str(pred / "b_mask.tif") in err[0] and "mask spacing 2x0.25x0.25 mm" in err[0]
-    assert tree(tmp_path) == before
+    refused(capsys, tmp_path, ["evaluate", "--pred", pred, "--truth", tmp_path / "d", "--out", tmp_path / "ev"],
+            pred / "b_mask.tif", "mask spacing 2x0.25x0.25 mm")
 
 
 @pytest.mark.parametrize("which", ["--tumour", "--specimen"])
@@ -65,24 +72,15 @@ def test_margins_refuses_a_mask_with_another_spacing_before_writing(which, tmp_p
     io.write_mask(good, LESION, SPACING)
     io.write_mask(bad, np.ones_like(LESION) if which == "--specimen" else LESION, (1.0, 0.3, 0.3))
     masks = {"--tumour": bad, "--specimen": good} if which == "--tumour" else {"--tumour": good, "--specimen": bad}
-    before = tree(tmp_path)
-    code = main(["margins", "--image", str(image), "--tumour", str(masks["--tumour"]),
-                 "--specimen", str(masks["--specimen"]), "--out", str(tmp_path / "m")])
-    err = capsys.readouterr().err.strip().splitlines()
-    assert code == 3 and len(err) == 1, err
-    assert str(bad) in err[0] and "differs from its image's 1x0.25x0.25 mm" in err[0]
-    assert tree(tmp_path) == before
+    refused(capsys, tmp_path, ["margins", "--image", image, "--tumour", masks["--tumour"],
+                               "--specimen", masks["--specimen"], "--out", tmp_path / "m"],
+            bad, "differs from its image's 1x0.25x0.25 mm")
 
 
 def test_export_nnunet_refuses_a_mask_with_another_spacing_and_leaves_nothing(tmp_path, capsys):
     culprit = dataset(tmp_path / "d", (1.0, 0.25, 0.5))
-    before = tree(tmp_path)
-    code = main(["export-nnunet", str(tmp_path / "d"), str(tmp_path / "nn"), "--dataset-id", "7",
-                 "--name", "X", "--k", "2"])
-    err = capsys.readouterr().err.strip().splitlines()
-    assert code == 3 and len(err) == 1, err
-    assert str(culprit) in err[0] and "mask spacing 1x0.25x0.5 mm" in err[0]
-    assert tree(tmp_path) == before
+    refused(capsys, tmp_path, ["export-nnunet", tmp_path / "d", tmp_path / "nn", "--dataset-id", 7,
+                               "--name", "X", "--k", 2], culprit, "mask spacing 1x0.25x0.5 mm")
 
 
 def test_train_refuses_before_making_its_run_folder(tmp_path, capsys):

@@ -324,12 +324,9 @@ def _write_cases(cases: list[Case], nn_ids: list[str], stage: Path, observer: st
     for case, nn_id in zip(cases, nn_ids):
         images, spacing = _case_images(case, channels)
         image = images[0]
-        if ndim is None:
+        if ndim is None:  # an ending asked for was checked to fit (_check_ending_fits)
             ndim = image.ndim
             ending = ending or (".tif" if ndim == 3 else ".png")
-            if (ndim, ending) not in _READER_WRITER:
-                raise UsageError(None, f"nnU-Net cannot read {ndim}D images as {ending}; "
-                                 "use .tif or .nii.gz")
         elif image.ndim != ndim:
             raise DataError(case.image, f"is {image.ndim}D but the cases before it are "
                             f"{ndim}D; an nnU-Net dataset holds one kind")

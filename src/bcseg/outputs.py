@@ -684,7 +684,7 @@ def _check_only_ours(folder: Path, shown: Path | None = None, command: str | Non
     # A file rather than the folder holding it: "u/sub/notes.txt", not "u/sub/".
     unexpected = sorted(foreign(folder), key=lambda name: name.endswith("/"))
     shown = folder if shown is None else shown
-    added = ADDED_TO.get(command, ()) if any(
+    added = ADDED_TO.get(command, ()) if unexpected and any(
         writer in (command, "bcseg") for writer in writers(folder).values()) else ()
     for name in unexpected:
         writer = nested_writer(folder, name)

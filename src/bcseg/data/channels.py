@@ -100,9 +100,8 @@ def check_agreement(names: list[str], paths: list[Path], arrays: list[np.ndarray
             raise DataError(path, f"channel '{name}' has shape {array.shape}, but channel "
                             f"'{names[0]}' ({paths[0].name}) has {first}")
         if spacing is not None and not io.same_spacing(spacing, known):
-            shown = lambda s: "x".join(f"{v:g}" for v in s)  # noqa: E731
-            raise DataError(path, f"channel '{name}' has spacing {shown(spacing)} mm, but "
-                            f"another channel of the case has {shown(known)} mm")
+            raise DataError(path, f"channel '{name}' has spacing {io.spacing_text(spacing)} mm, but "
+                            f"another channel of the case has {io.spacing_text(known)} mm")
     return known
 
 

@@ -119,7 +119,7 @@ def check_case(case: Case, observers: list[str], report: CheckReport | None = No
         for path in files:
             try:
                 # a manifest's spacing overrides the files', masks' included
-                empty &= not io.read_mask(path, image.shape, None if case.spacing_mm else spacing).any()
+                empty &= not io.read_mask(path, image.shape, () if case.spacing_mm else (spacing,)).any()
             except DataError as error:
                 problems.append((error.path or str(path), error.problem))
                 empty = False  # unreadable is a problem, not an empty mask
@@ -195,7 +195,7 @@ def format_report(report: CheckReport) -> str:
             rows.append((f"{ndim}D shapes", ", ".join(
                 f"{axis} {_span([s[i] for s in same])}" for i, axis in enumerate(axes))))
         rows.append(("dtypes", _count_line(Counter(report.dtypes.values()))))
-        spacing = Counter("unknown" if s is None else "x".join(f"{v:g}" for v in s) + " mm"
+        spacing = Counter("unknown" if s is None else io.spacing_text(s) + " mm"
                           for s in report.spacings.values())
         rows.append(("spacing", _count_line(spacing)))
     for name, (low, high) in report.channel_ranges.items():

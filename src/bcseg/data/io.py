@@ -24,6 +24,7 @@ import struct
 import warnings
 import zlib
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 import tifffile
@@ -840,15 +841,20 @@ def same_spacing(a: tuple[float, ...], b: tuple[float, ...]) -> bool:
     return len(a) == len(b) and bool(np.allclose(a, b, rtol=SPACING_TOLERANCE, atol=0))
 
 
+def spacing_text(spacing: tuple[float, ...]) -> str:
+    """``1x0.25x0.25``: a spacing as messages and reports show it (mm)."""
+    return "x".join(f"{v:g}" for v in spacing)
+
+
 def read_mask(path: str | Path, expected_shape: tuple[int, ...] | None = None,
-              expected_spacing=None) -> np.ndarray:
+              spacings: Sequence[tuple[float, ...] | None] = ()) -> np.ndarray:
     """Read a binary mask as a bool array.
 
     Any single positive value marks tumour (1, 255, ...). A mask with two or more
-    positive values, a shape unlike ``expected_shape``, or a spacing of its own
-    unlike ``expected_spacing`` (its image's; or a list of the spacings it may state,
-    the image file's and one the user gave in its place), raises :class:`DataError`.
-    A mask without spacing takes its image's: most label tools save none.
+    positive values, a shape unlike ``expected_shape``, or a spacing of its own that
+    is none of ``spacings`` (its image file's, and one the user gave in its place;
+    None entries are unknown and skipped), raises :class:`DataError`. A mask without
+    spacing takes its image's: most label tools save none.
     """
     path = Path(path)
     channels = channel_count(path)
@@ -862,15 +868,12 @@ def read_mask(path: str | Path, expected_shape: tuple[int, ...] | None = None,
     # Same shape but another voxel size: drawn on a resampled or another stack, or
     # saved with a wrong calibration. Volumes and margins would be measured with the
     # image's spacing either way, so the disagreement must be settled by the user.
-    allowed = []
-    for s in (expected_spacing if isinstance(expected_spacing, list) else [expected_spacing]):
-        if s is not None and not any(same_spacing(s, a) for a in allowed):
-            allowed.append(tuple(s))
-    if spacing is not None and allowed and not any(same_spacing(spacing, s) for s in allowed):
-        shown = lambda s: "x".join(f"{v:g}" for v in s)  # noqa: E731
-        raise DataError(path, f"mask spacing {shown(spacing)} mm differs from its image's "
-                        f"{' or '.join(shown(s) for s in allowed)} mm; re-save the mask with its "
-                        "image's spacing, or with none")
+    known = [s for s in spacings if s is not None]
+    allowed = list(dict.fromkeys(spacing_text(s) for s in known))
+    if spacing is not None and known and not any(same_spacing(spacing, s) for s in known):
+        raise DataError(path, f"mask spacing {spacing_text(spacing)} mm differs from its image's "
+                        f"{' or '.join(allowed)} mm; re-save the mask with its image's spacing, "
+                        "or with none")
     values = np.unique(array)
     positive = values[values != 0]
     if len(positive) > 1 or (values < 0).any():

@@ -551,28 +551,48 @@ def _initial_model(path: Path, channels: list[str] | None) -> keras.Model:
 KEPT_BYTES_PER_VALUE = 16
 
 
-def _check_memory(cfg: dict, source, steps_source=None) -> None:
-    """Refuse, before the run folder exists, a batch whose activations alone cannot fit
-    in this machine's memory (data.size 4096 with batch_size 4096 is in range for each
-    key, and used to be killed for memory after the run folder was made), and a
-    ``steps_per_epoch`` whose samples cannot (1e12 asked for 64 TiB): an epoch's
-    augmented samples are held in memory at once, float32 images and targets
-    (:func:`bcseg.learn.pipeline.epoch_arrays`), on the host even when training on a GPU."""
-    m, d, t = cfg["model"], cfg["data"], cfg["train"]
-    shape = (d["size"],) * 2 if m["ndim"] == 2 else (d["patch_depth"], d["size"], d["size"])
+def _machine_memory() -> int | None:
+    """This machine's memory in bytes; None where the system does not tell (Windows)."""
     try:
-        have = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (AttributeError, ValueError, OSError):  # not every system tells (Windows)
-        return
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):
+        return None
+
+
+def _sample_shape(cfg: dict) -> tuple[int, ...]:
+    """One training sample's spatial shape: a 2D square or a 3D patch."""
+    d = cfg["data"]
+    return (d["size"],) * 2 if cfg["model"]["ndim"] == 2 else (d["patch_depth"], d["size"], d["size"])
+
+
+def _check_epoch_memory(cfg: dict, source) -> None:
+    """Refuse, before the run folder exists, a ``steps_per_epoch`` whose samples cannot
+    fit in this machine's memory (1e12 asked for 64 TiB): an epoch's augmented samples
+    are held in memory at once, float32 images and targets
+    (:func:`bcseg.learn.pipeline.epoch_arrays`), on the host even when training on a GPU."""
+    have = _machine_memory()
+    d, t = cfg["data"], cfg["train"]
+    shape = _sample_shape(cfg)
     per_step = t["batch_size"] * math.prod(shape) * (max(1, len(d["channels"])) + 1) * 4
-    if t["steps_per_epoch"] * per_step > have:
+    if have is not None and t["steps_per_epoch"] * per_step > have:
         most = have // per_step
-        raise ConfigError(steps_source, f"'train.steps_per_epoch' must be at most {most} on this "
+        raise ConfigError(source, f"'train.steps_per_epoch' must be at most {most} on this "
                           f"machine (0 for one pass over the data): an epoch's samples are held in "
                           f"memory, and {most} batches of {t['batch_size']} x {' x '.join(map(str, shape))} "
                           f"fill its {have / 2**30:.0f} GiB, got {t['steps_per_epoch']!r}")
+
+
+def _check_memory(cfg: dict, source) -> None:
+    """Refuse, before the run folder exists, a batch whose activations alone cannot fit
+    in this machine's memory (data.size 4096 with batch_size 4096 is in range for each
+    key, and used to be killed for memory after the run folder was made)."""
     if tf.config.list_physical_devices("GPU"):  # activations live there, split over devices
         return
+    have = _machine_memory()
+    if have is None:
+        return
+    m, t = cfg["model"], cfg["train"]
+    shape = _sample_shape(cfg)
     need = t["batch_size"] * KEPT_BYTES_PER_VALUE * feature_values(
         shape, m["base_filters"], m["depth"], m["max_filters"] or None, m["stem_stride"])
     if need > have:
@@ -721,8 +741,8 @@ def train(data, out, config=None, overrides: dict | None = None, fold="0", folds
                     _config_source(out, config, overrides, resume, "data", "observer"))
     channels, _ = run_channels(cases, cfg, _config_source(out, config, overrides, resume, "data", "channels"))
     _check_cases(cases, channels)
-    _check_memory(cfg, _config_source(out, config, overrides, resume, "train", "batch_size"),
-                  _config_source(out, config, overrides, resume, "train", "steps_per_epoch"))
+    _check_memory(cfg, _config_source(out, config, overrides, resume, "train", "batch_size"))
+    _check_epoch_memory(cfg, _config_source(out, config, overrides, resume, "train", "steps_per_epoch"))
     # an unusable model is refused before the run dir is touched
     init_model = _init_model(init, cfg, len(channels or [IMAGE_CHANNEL]))
     replace = _replaces_run(out, resume, force)  # cheap refusals before the teacher's long step
