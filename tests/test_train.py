@@ -378,6 +378,22 @@ def test_identical_runs_give_identical_weights(tmp_path, phantom, run2d):
     _assert_same_history(first / "history.csv", second / "history.csv")
 
 
+def test_member_seed_changes_the_weights_but_not_the_validation_split(tmp_path, phantom, run2d):
+    first = run2d[0]
+    same = {**TINY, "train": {**TINY["train"], "member_seed": 0}}  # = seed: the same run
+    train.train(phantom, tmp_path / "same", overrides=same)
+    _assert_same_weights(first / "model_last.keras", tmp_path / "same" / "model_last.keras")
+
+    other = {**TINY, "train": {**TINY["train"], "member_seed": 7}}
+    train.train(phantom, tmp_path / "member", overrides=other)
+    split = json.loads((first / "fold.json").read_text(encoding="utf-8"))
+    assert json.loads((tmp_path / "member" / "fold.json").read_text(encoding="utf-8")) == split
+    assert split["validation"]  # a split that exists, so its equality says something
+    moved = [np.abs(x - y).max() for x, y in zip(_weights(first / "model_last.keras"),
+                                                  _weights(tmp_path / "member" / "model_last.keras"))]
+    assert max(moved) > 1e-3
+
+
 # --------------------------------------------------------------------------- resume
 
 def _interrupt_after_first_epoch(process: subprocess.Popen, history: Path, seen: dict) -> None:

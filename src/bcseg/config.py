@@ -163,6 +163,7 @@ RANGES = {
     ("train", "k"): "[2, inf)",  # splits.kfold_by_group needs two folds
     ("train", "test_last"): "[1, inf)",  # split = "last" needs a test specimen
     ("train", "seed"): "[0, 2147483647]",  # numpy seeds refuse negatives; room for seed + epoch
+    ("train", "member_seed"): "[-1, 2147483647]",  # -1: train.seed
     ("train", "teacher_weight"): "(0, 1]",  # 0 would be no teacher; 1 the teacher alone
     ("inference", "threshold"): "(0, 1)",  # 0 or 1 would mark every pixel or none
 }

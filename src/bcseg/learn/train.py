@@ -378,17 +378,25 @@ def _halt_callback(model: keras.Model, stop: dict, done: dict) -> keras.callback
         on_train_batch_end=lambda batch, logs: done.update(batches=done["batches"] + 1))
 
 
+def draw_seed(train_cfg: dict) -> int:
+    """Seed of the weights' initialisation and of each epoch's draws and augmentation:
+    ``member_seed`` where set (>= 0), else ``seed``. Folds and the validation split
+    always come from ``seed``, so that the members of a seed ensemble share them."""
+    return train_cfg["seed"] if train_cfg["member_seed"] < 0 else train_cfg["member_seed"]
+
+
 def _train_epoch(model: keras.Model, cfg: dict, train: pipeline.Samples, val_data, epoch: int,
                  state: dict, halt, augment: AugmentConfig) -> tuple[dict, int]:
     """Fit one epoch on data drawn from ``(seed, epoch)``; return its history row and
     the number of batches it holds."""
     t, d = cfg["train"], cfg["data"]
-    keras.utils.set_random_seed(t["seed"] + epoch)  # dropout etc. repeat per epoch
+    seed = draw_seed(t)
+    keras.utils.set_random_seed(seed + epoch)  # dropout etc. repeat per epoch
     lr = learning_rate(cfg, epoch, state)
     model.optimizer.learning_rate.assign(lr)
-    images, targets = pipeline.epoch_arrays(train, epoch, t["seed"], _epoch_samples(cfg, train),
+    images, targets = pipeline.epoch_arrays(train, epoch, seed, _epoch_samples(cfg, train),
                                             d["tumour_fraction"], _patch_shape(cfg))
-    dataset = pipeline.epoch_dataset(images, targets, t["batch_size"], t["seed"], epoch, augment,
+    dataset = pipeline.epoch_dataset(images, targets, t["batch_size"], seed, epoch, augment,
                                      train.channels, train.weights)
     if isinstance(model.distribute_strategy, tf.distribute.MultiWorkerMirroredStrategy):
         _build_locally(model, dataset)
@@ -503,7 +511,7 @@ def run_fold(cases: list[Case], folds: dict[str, int], fold: int, cfg: dict, out
     taught = {"teacher": teacher, "teacher_weight": t["teacher_weight"]}
     if ndim == 2:
         train_set = pipeline.slice_samples(train_cases, d["observer"], d["size"], d["offline_augment"],
-                                           t["seed"], **named, **taught)
+                                           draw_seed(t), **named, **taught)
         val_set = pipeline.slice_samples(val_cases, validation_target(d), d["size"], **named) \
             if val_cases else None
     else:
@@ -523,6 +531,7 @@ def run_fold(cases: list[Case], folds: dict[str, int], fold: int, cfg: dict, out
             model = keras.saving.load_model(checkpoint, safe_mode=True)
             _say(f"resuming after epoch {state['epoch']}")
         else:
+            keras.utils.set_random_seed(draw_seed(t))  # a seed ensemble's members start apart
             model = _initial_model(init_model, channels) if init_model else \
                 build_model(cfg, len(channels or [IMAGE_CHANNEL]))
             compile_model(model, cfg)
