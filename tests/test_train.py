@@ -315,6 +315,38 @@ def test_kfold_run_predicts_as_an_ensemble_of_its_folds(tmp_path, phantom):
     assert np.array_equal(mask > 0, _finished(prob, recorded))
 
 
+def test_seed_ensemble_is_tuned_on_the_mean_of_members_sharing_a_validation_split(tmp_path, phantom):
+    """Members of a seed ensemble validate on the same cases: each case is scored once,
+    on the members' mean probability, not once per member."""
+    from bcseg.after_fit import tune_members
+    from bcseg.infer.predict import load_model
+    from bcseg.infer.segment import segment_case
+    from bcseg.learn.pipeline import training_target
+    from bcseg.measure.metrics import dice
+    from bcseg.data.dataset import read_case_masks
+
+    out, cases = tmp_path / "seeds", discover(phantom)
+    _kfold_run(out, cases)  # three tiny members; make two of them share one validation split
+    for k in (0, 1):
+        (out / f"fold_{k}" / "fold.json").write_text(json.dumps(
+            {"fold": 0, "train": [], "validation": [cases[0].id, cases[1].id], "test": []}), encoding="utf-8")
+    files = {f"m{k}.keras": out / f"fold_{k}" / "model_best.keras" for k in (0, 1)}
+    settings = tune_members(files, cases, load_config(out / "config.toml"))
+    assert settings.info["pooled_validation_cases"] == 2
+    assert [m.info["path"] for m in settings.members] == ["m0.keras", "m1.keras"]
+
+    chosen = settings.tuned["without_tta"]
+    scores = []
+    for case in cases[:2]:  # by hand: the mean of both members' probabilities, then the threshold
+        probs = [segment_case(load_model(f), case, rundir.read_settings(f.parent / "inference.json"))[3]
+                 for f in files.values()]
+        truth = training_target(read_case_masks(case, probs[0].shape), "union", str(case.image))
+        mask = _finished(np.mean(probs, axis=0), settings.replace(
+            threshold=chosen["threshold"], postprocess=tuple(chosen["postprocess"])))
+        scores.append(dice(mask, truth))
+    assert chosen["validation_dice"] == pytest.approx(np.mean(scores), abs=1e-4)
+
+
 def _finished(prob, settings) -> np.ndarray:
     from bcseg.infer.postprocess import postprocess
 

@@ -88,10 +88,17 @@ def choose_settings(probs: dict, truths: list, settings: InferenceSettings,
     _say(f"validation: TTA {'on' if tta else 'off'}, threshold {chosen['threshold']}, post-processing "
          f"{chosen['postprocess'] or 'none'} (mean Dice {chosen['validation_dice']:.3f} over "
          f"{n_cases} case(s); {off['validation_dice']:.3f} without TTA, "
-         f"{on['validation_dice']:.3f} with TTA over flips {list(settings.flips) or 'none'})")
+         f"{on['validation_dice']:.3f} with TTA over flips {_flips_text(settings)})")
     return settings.replace(threshold=chosen["threshold"], postprocess=tuple(chosen["postprocess"]),
                             tta=tta, tuned=tuned,
                             info=dict(settings.info, validation_dice=chosen["validation_dice"]))
+
+
+def _flips_text(settings: InferenceSettings) -> str:
+    """The mirror axes TTA uses: an ensemble's members' own (its top-level ``flips`` is
+    only the default, ['z', 'lr'] even for 2D members)."""
+    flips = sorted({tuple(m.flips) for m in settings.members}) if settings.members else [settings.flips]
+    return " / ".join(str(list(f)) if f else "none" for f in flips)
 
 
 def tune_inference(models, cases: list[Case], cfg: dict, settings: InferenceSettings) -> InferenceSettings:
@@ -168,32 +175,55 @@ def tune_ensemble(run_dir: str | Path, cases: list[Case], cfg: dict,
 
     The members keep their own input size and mirror flips; one threshold,
     post-processing and TTA choice is made on the pooled out-of-fold validation
-    predictions: each fold model's probabilities on its own validation cases, which
-    it never trained on. Written to the run folder's ``inference.json`` unless
-    ``write`` is False. ``fold_dirs`` chooses some of the run's folds (a smaller
-    ensemble, for benchmarks/ensemble.py); by default all of them.
+    predictions (see :func:`tune_members`). Written to the run folder's
+    ``inference.json`` unless ``write`` is False. ``fold_dirs`` chooses some of the
+    run's folds (a smaller ensemble, for benchmarks/ensemble.py); by default all of them.
+    """
+    run_dir = Path(run_dir)
+    folds = rundir.find_members(run_dir) if fold_dirs is None else fold_dirs
+    settings = tune_members({str(Path(f.name) / rundir.MODEL_FILE): f / rundir.MODEL_FILE for f in folds},
+                            cases, cfg)
+    if write:
+        rundir.write_settings(run_dir, settings)
+    return settings
+
+
+def tune_members(members: dict[str, Path], cases: list[Case], cfg: dict) -> InferenceSettings:
+    """One threshold, post-processing and TTA choice for an ensemble; ``members`` maps
+    the path each member will have in the ensemble's folder to its model file, which
+    lies in its training run's folder beside ``fold.json`` and ``inference.json``.
+
+    Each validation case is predicted by the mean of the members whose validation
+    split holds it, none of which trained on it: in a k-fold run one member each (the
+    pooled out-of-fold predictions), in a seed ensemble (``train.member_seed``), whose
+    members share one split, all of them, so the threshold is chosen for the mean the
+    ensemble will output.
     """
     from bcseg.infer.predict import load_model
 
-    run_dir = Path(run_dir)
     by_id = {c.id: c for c in cases}
-    probs, truths, members = {False: [], True: []}, [], []
-    for fold_dir in rundir.find_members(run_dir) if fold_dirs is None else fold_dirs:
-        files, own = rundir.load_run(fold_dir)
-        members.append(rundir.member_settings(files[0].relative_to(run_dir), own))
-        fold = json.loads((fold_dir / rundir.FOLD_FILE).read_text(encoding="utf-8"))
+    probs: dict[str, dict] = {}  # case id -> {tta: [each validating member's probability]}
+    truths, recorded = {}, []
+    for path, model_file in members.items():
+        own = rundir.model_settings(model_file)
+        recorded.append(rundir.member_settings(path, own))
+        fold = json.loads((model_file.parent / rundir.FOLD_FILE).read_text(encoding="utf-8"))
         validation = [by_id[i] for i in fold["validation"] if i in by_id]
-        p, t = _probabilities(load_model(files[0]), validation, own, validation_target(cfg))
-        for tta in (False, True):
-            probs[tta].extend(p[tta])
-        truths.extend(t)
+        p, t = _probabilities(load_model(model_file), validation, own, validation_target(cfg))
+        for k, case in enumerate(validation):
+            for tta in (False, True):
+                probs.setdefault(case.id, {False: [], True: []})[tta].append(p[tta][k])
+            truths[case.id] = t[k]
+    ids = sorted(truths)
+    pooled = {tta: [np.mean(probs[i][tta], axis=0) for i in ids] for tta in (False, True)}
     settings = InferenceSettings(threshold=cfg["inference"]["threshold"], tta=cfg["inference"]["tta"],
-                                 members=tuple(members), info={"pooled_validation_cases": len(truths)})
-    if truths and cfg["inference"]["tune"]:
-        _say(f"ensemble of {len(members)} fold models, tuned on their pooled out-of-fold validation:")
-        settings = choose_settings(probs, truths, settings, len(truths))
-    if write:
-        rundir.write_settings(run_dir, settings)
+                                 members=tuple(recorded), info={"pooled_validation_cases": len(ids)})
+    if ids and cfg["inference"]["tune"]:
+        shared = max(len(probs[i][False]) for i in ids)
+        _say(f"ensemble of {len(recorded)} models, tuned on {len(ids)} validation cases "
+             + ("(their pooled out-of-fold predictions):" if shared == 1
+                else f"(each the mean of the up to {shared} members that validated it):"))
+        settings = choose_settings(pooled, [truths[i] for i in ids], settings, len(ids))
     return settings
 
 
