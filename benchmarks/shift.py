@@ -131,18 +131,12 @@ def load_fold(data: Path, fold: int, limit: int | None):
     return out
 
 
-def model_settings(model_path: Path) -> dict:
-    """The model's inference settings: its run's inference.json beside it."""
-    settings = json.loads((model_path.parent / "inference.json").read_text())
-    return {k: settings[k] for k in ("threshold", "postprocess", "input_size", "tta")}
+def segment(models, image, settings) -> np.ndarray:
+    """bcseg's one inference path (:func:`bcseg.infer.predict.segment_volume`), so that
+    an ensemble folder scores as ``bcseg predict`` would run it."""
+    from bcseg.infer.predict import segment_volume
 
-
-def segment(model, image, settings) -> np.ndarray:
-    from bcseg.infer.postprocess import postprocess
-    from bcseg.infer.predict import predict_volume
-
-    _, prob = predict_volume(model, image, input_size=settings["input_size"], tta=settings["tta"])
-    return postprocess(prob > settings["threshold"], settings["postprocess"])
+    return segment_volume(models, image, settings, keep_prob=False)[0]
 
 
 def score(model, images, settings, shift=None) -> np.ndarray:
@@ -170,8 +164,9 @@ def table(result: dict) -> str:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", default=str(DEFAULT_DATA), help="BUSI folder with folds.csv")
-    parser.add_argument("--model", default=str(DEFAULT_MODEL),
-                        help=".keras model with inference.json beside it (default: held-out twin)")
+    parser.add_argument("--model", nargs="+", default=[str(DEFAULT_MODEL)],
+                        help="run folder, ensemble folder or .keras file; several form an ensemble "
+                        "(default: held-out twin)")
     parser.add_argument("--fold", type=int, default=0)
     parser.add_argument("--out", default="bench-out/shift")
     parser.add_argument("--quick", action="store_true",
@@ -182,15 +177,16 @@ def main(argv=None) -> int:
     data = Path(args.data)
     if busi_missing(data, "shift.py"):
         return 3
-    from bcseg.infer.predict import load_model
+    from bcseg.infer.segment import load_models
 
     started = time.perf_counter()
     images = load_fold(data, args.fold, 20 if args.quick else None)
-    model_path = Path(args.model)
-    model, settings = load_model(model_path), model_settings(model_path)
+    model, settings = load_models(args.model[0] if len(args.model) == 1 else args.model)
     strengths = ("moderate",) if args.quick else STRENGTHS
     clean = score(model, images, settings)
-    result = {"model": str(model_path), "settings": settings, "fold": args.fold, "n": len(images),
+    result = {"model": ", ".join(args.model),
+              "settings": {"threshold": settings.threshold, "postprocess": list(settings.postprocess),
+                           "tta": settings.tta, "members": len(model)}, "fold": args.fold, "n": len(images),
               "clean": float(clean.mean()), "strengths": strengths, "shifts": {}, "cpu": cpu_flags()}
     for name, (function, values) in SHIFTS.items():
         row = []

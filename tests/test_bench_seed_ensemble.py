@@ -1,0 +1,66 @@
+"""benchmarks/seed_ensemble.py: members must share their split; the folder it writes
+predicts as the members' mean."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import keras
+import numpy as np
+import pytest
+
+from bcseg import rundir
+from bcseg.config import load_config
+from bcseg.data import io
+from bcseg.data.dataset import discover
+from bcseg.infer.predict import load_model, segment_volume
+from bcseg.infer.segment import load_models
+from bcseg.learn.models import unet
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+import seed_ensemble  # noqa: E402
+
+TINY = {"model": {"base_filters": 2, "depth": 2}, "data": {"size": 16}}
+
+
+def _member(folder: Path, seed: int, validation: list[str], test: list[str]) -> Path:
+    """A finished fold-0 run folder: a tiny real model, its settings and fold.json."""
+    folder.mkdir(parents=True)
+    keras.utils.set_random_seed(seed)
+    unet(ndim=2, base_filters=2, depth=2, norm=None).save(folder / rundir.MODEL_FILE)
+    rundir.save_run_settings(folder, rundir.recipe_settings(load_config(None, TINY), 1))
+    (folder / rundir.FOLD_FILE).write_text(json.dumps(
+        {"fold": 0, "train": [], "validation": validation, "test": test}), encoding="utf-8")
+    return folder
+
+
+def test_members_with_another_validation_split_are_refused(tmp_path):
+    a = _member(tmp_path / "a", 0, ["x", "y"], ["t"])
+    b = _member(tmp_path / "b", 1, ["x", "z"], ["t"])
+    with pytest.raises(SystemExit, match=r"b: its validation images differ"):
+        seed_ensemble.shared_split([a, b])
+    c = _member(tmp_path / "c", 2, ["y", "x"], ["t"])  # the same split in another order
+    assert seed_ensemble.shared_split([a, c])["validation"] == ["x", "y"]
+
+
+def test_the_written_ensemble_predicts_the_mean_of_its_members(tmp_path, phantom_root, capsys):
+    cases = discover(phantom_root)
+    ids = [cases[0].id, cases[1].id]
+    runs = [_member(tmp_path / f"s{k}", k, ids, [cases[2].id]) for k in (0, 1)]
+    folder = tmp_path / "ensemble"
+    seed_ensemble.write_ensemble(folder, runs, cases, load_config(None, TINY))
+    said = capsys.readouterr().out
+    assert "2 validation cases (each the mean of the up to 2 members" in said
+    assert "with TTA over flips ['lr'])" in said  # the 2D members' flips, not the default's 'z'
+
+    models, settings = load_models(folder)
+    assert len(models) == 2 and settings.info["pooled_validation_cases"] == 2
+    stack = io.read_image(cases[2].image)[0]
+    _, prob = segment_volume(models, stack, settings)
+    own = [segment_volume(load_model(r / rundir.MODEL_FILE), stack,
+                          rundir.read_settings(r / rundir.SETTINGS_FILE).replace(tta=settings.tta))[1]
+           for r in runs]
+    assert np.abs(own[0] - own[1]).max() > 1e-3  # the members differ
+    np.testing.assert_allclose(prob, np.mean(own, axis=0), atol=1e-6)
