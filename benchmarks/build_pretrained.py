@@ -26,6 +26,14 @@ Examples
     .venv/bin/python benchmarks/build_pretrained.py --from-run bench-out/busi-cpu/fold_0 \
         --target tests/data/busi_heldout
 
+With ``--ensemble`` the bundle is a seed ensemble: ``--all`` runs of one recipe that
+differ only in ``train.member_seed`` (so they share the validation split the
+ensemble is tuned on), e.g. r7 and its second member r7s1::
+
+    .venv/bin/python benchmarks/build_pretrained.py --all --epochs 100 \
+        --config benchmarks/configs/r7s1.toml --out bench-out/busi-all-r7s1 --target bench-out/bundle-r7s1
+    .venv/bin/python benchmarks/build_pretrained.py --ensemble bench-out/busi-all-r7 bench-out/busi-all-r7s1
+
 With ``--teacher`` (repeatable) the ``--all`` model is a student distilled from
 them (``bcseg train --teacher``), e.g. from the five fold models of the 5-fold run::
 
@@ -46,29 +54,77 @@ DEFAULT_DATA = ROOT.parent / "shared" / "datasets" / "busi"
 TARGET = ROOT / "src" / "bcseg" / "pretrained"
 
 
-def bundle(run: Path, seen: str, target: Path = TARGET) -> Path:
+def _cited(settings, seen: str, source: str):
+    """``settings`` with what the model saw, BUSI's citation and where it came from."""
+    from bcseg.pretrained import CITATION
+
+    return settings.replace(info=dict(
+        settings.info, trained_on=seen, dataset="BUSI (Al-Dhabyani et al. 2020)",
+        citation=CITATION, licence="CC BY 4.0 (data); model released with bcseg", source_run=source))
+
+
+def _save_member(run: Path, path: Path, meta) -> float:
+    """Re-save ``run``'s best model at ``path`` for inference, ``meta`` inside it; its MB."""
     from bcseg import rundir
     from bcseg.atomic import atomic_path
     from bcseg.infer.predict import load_model
-    from bcseg.pretrained import CITATION, MODEL_NAME
 
     model = load_model(run / rundir.MODEL_FILE)  # float32 compute, whatever it trained in
-    target.mkdir(parents=True, exist_ok=True)
-    path = target / MODEL_NAME
-    settings = rundir.read_settings(run / rundir.SETTINGS_FILE)
-    meta = settings.replace(info=dict(
-        settings.info, trained_on=seen, dataset="BUSI (Al-Dhabyani et al. 2020)",
-        citation=CITATION, licence="CC BY 4.0 (data); model released with bcseg", source_run=str(run)))
     with atomic_path(path) as tmp:
         model.save(tmp)  # compiled without an optimiser: weights and graph only
     # The settings and citation travel inside the .keras archive too; Keras ignores the entry.
     rundir.embed_settings(path, meta)
-    rundir.write_settings(target, meta)
     size = path.stat().st_size / 1e6
-    print(f"bundled {path} ({size:.1f} MB): {seen}")
+    print(f"bundled {path} ({size:.1f} MB)")
     if size > 10:
         print("warning: the bundled model is over 10 MB", file=sys.stderr)
+    return size
+
+
+def bundle(run: Path, seen: str, target: Path = TARGET) -> Path:
+    from bcseg import rundir
+    from bcseg.pretrained import MODEL_NAME
+
+    target.mkdir(parents=True, exist_ok=True)
+    path = target / MODEL_NAME
+    meta = _cited(rundir.read_settings(run / rundir.SETTINGS_FILE), seen, str(run))
+    _save_member(run, path, meta)
+    rundir.write_settings(target, meta)
+    print(f"trained on {seen}")
     return path
+
+
+def bundle_ensemble(runs: list[Path], data: Path, target: Path = TARGET) -> list[Path]:
+    """Bundle finished all-BUSI runs of one recipe that differ only in
+    ``train.member_seed`` as one ensemble: each model saved as a member (the first as
+    ``busi_unet2d.keras``, which ``--init busi`` starts from), with its own settings
+    inside it, and ``inference.json`` recording the members and one threshold,
+    post-processing and TTA choice tuned on their shared validation split (each
+    validation image on the members' mean probability)."""
+    from bcseg import rundir
+    from bcseg.after_fit import tune_members
+    from bcseg.config import load_config
+    from bcseg.data.dataset import discover
+    from bcseg.pretrained import MODEL_NAME
+
+    splits = [json.loads((r / rundir.FOLD_FILE).read_text(encoding="utf-8")) for r in runs]
+    if any(sorted(s["validation"]) != sorted(splits[0]["validation"]) for s in splits):
+        raise SystemExit("build_pretrained.py: the runs validated on other images; members of a "
+                         "seed ensemble share train.seed (see train.member_seed)")
+    names = [MODEL_NAME] + [MODEL_NAME.replace(".keras", f"_{k + 1}.keras") for k in range(1, len(runs))]
+    seen = (f"all {len(splits[0]['train']) + len(splits[0]['validation'])} BUSI images "
+            f"({len(splits[0]['train'])} training, {len(splits[0]['validation'])} validation, the "
+            f"same for each member); fold 0 included: no BUSI lesion image is unseen by these models")
+    target.mkdir(parents=True, exist_ok=True)
+    size = 0.0
+    for run, name in zip(runs, names):
+        own = _cited(rundir.read_settings(run / rundir.SETTINGS_FILE), seen, str(run))
+        size += _save_member(run, target / name, own)
+    cfg = load_config(runs[0] / rundir.CONFIG_FILE)
+    settings = tune_members(dict(zip(names, (r / rundir.MODEL_FILE for r in runs))), discover(data), cfg)
+    rundir.write_settings(target, _cited(settings, seen, ", ".join(str(r) for r in runs)))
+    print(f"bundled an ensemble of {len(runs)} models, {size:.1f} MB in all: {seen}")
+    return [target / n for n in names]
 
 
 def _has_normals(fold: dict) -> bool:
@@ -81,6 +137,9 @@ def main(argv=None) -> int:
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--from-run", help="a BUSI training run folder to bundle")
     source.add_argument("--all", action="store_true", help="train on all 647 lesion images first")
+    source.add_argument("--ensemble", nargs="+", metavar="RUN",
+                        help="bundle these finished --all runs, which differ only in "
+                        "train.member_seed, as one ensemble")
     parser.add_argument("--data", default=str(DEFAULT_DATA))
     parser.add_argument("--out", default="bench-out/busi-all")
     parser.add_argument("--budget-min", type=float, default=0.0)
@@ -93,6 +152,9 @@ def main(argv=None) -> int:
                         help="folder to write the model and inference.json to (default: the package's)")
     args = parser.parse_args(argv)
 
+    if args.ensemble:
+        bundle_ensemble([Path(r) for r in args.ensemble], Path(args.data), Path(args.target))
+        return 0
     if args.from_run:
         run = Path(args.from_run)
         fold = json.loads((run / "fold.json").read_text(encoding="utf-8"))

@@ -64,3 +64,31 @@ def test_the_written_ensemble_predicts_the_mean_of_its_members(tmp_path, phantom
            for r in runs]
     assert np.abs(own[0] - own[1]).max() > 1e-3  # the members differ
     np.testing.assert_allclose(prob, np.mean(own, axis=0), atol=1e-6)
+
+
+def test_a_bundled_ensemble_is_the_default_of_predict(tmp_path, phantom_root, monkeypatch, capsys):
+    """Where the bundled folder's inference.json lists members, `bcseg predict` with no
+    --model runs them all; `--init busi` keeps starting from busi_unet2d.keras."""
+    import tifffile
+
+    from bcseg import cli, pretrained
+
+    cases = discover(phantom_root)
+    runs = [_member(tmp_path / f"s{k}", k, [cases[0].id], [cases[2].id]) for k in (0, 1)]
+    bundled = tmp_path / "pretrained"
+    seed_ensemble.write_ensemble(bundled, runs, cases, load_config(None, TINY))
+    (bundled / "member_0.keras").rename(bundled / pretrained.MODEL_NAME)  # the first member's name
+    recorded = json.loads((bundled / rundir.SETTINGS_FILE).read_text(encoding="utf-8"))
+    recorded["members"][0]["path"] = pretrained.MODEL_NAME
+    (bundled / rundir.SETTINGS_FILE).write_text(json.dumps(recorded), encoding="utf-8")
+    monkeypatch.setattr(pretrained, "FOLDER", bundled)
+    assert pretrained.pretrained_path() == bundled / pretrained.MODEL_NAME
+
+    image, out = cases[2].image, tmp_path / "predicted"
+    assert cli.main(["predict", str(image), "--out", str(out), "--save-prob", "--no-progress"]) == 0
+    assert "bundled BUSI ensemble (busi_unet2d.keras, member_1.keras)" in capsys.readouterr().out
+    prob = tifffile.imread(out / f"{io.file_stem(image)}_prob.tif")
+    models, settings = load_models(bundled)
+    np.testing.assert_allclose(prob, segment_volume(models, io.read_image(image)[0], settings)[1],
+                               atol=1e-6)
+    assert len(models) == 2

@@ -4,7 +4,9 @@ BUSI: Al-Dhabyani W, Gomaa M, Khaled H, Fahmy A. Dataset of breast ultrasound
 images. Data in Brief 28 (2020) 104863. doi:10.1016/j.dib.2019.104863 (CC BY 4.0).
 The ``inference.json`` beside it holds the inference settings chosen on validation,
 which images the model saw, and this citation; ``benchmarks/build_pretrained.py``
-rebuilds both.
+rebuilds both. Where that file lists ``members``, the bundled default is an ensemble
+of the folder's model files (``busi_unet2d.keras`` first, the one ``--init busi``
+starts from), each with its own settings inside it.
 """
 
 from __future__ import annotations
@@ -35,3 +37,10 @@ def pretrained_info() -> dict:
 
     sidecar = pretrained_path().parent / SETTINGS_FILE
     return json.loads(sidecar.read_text(encoding="utf-8")) if sidecar.is_file() else {}
+
+
+def pretrained_model() -> Path:
+    """What ``bcseg predict`` runs without ``--model``: the bundled folder where its
+    ``inference.json`` records an ensemble, else the one bundled model file."""
+    path = pretrained_path()
+    return FOLDER if pretrained_info().get("members") else path
