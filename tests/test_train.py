@@ -410,6 +410,13 @@ def test_identical_runs_give_identical_weights(tmp_path, phantom, run2d):
     _assert_same_history(first / "history.csv", second / "history.csv")
 
 
+def test_member_seed_flag_reaches_the_config():
+    args = cli.build_parser().parse_args(["train", "d", "--out", "o", "--member-seed", "3"])
+    assert cli._train_overrides(args)["train"] == {"member_seed": 3}
+    with pytest.raises(SystemExit):  # a negative member is refused by the parser, not trained
+        cli.build_parser().parse_args(["train", "d", "--out", "o", "--member-seed", "-1"])
+
+
 def test_member_seed_changes_the_weights_but_not_the_validation_split(tmp_path, phantom, run2d):
     first = run2d[0]
     same = {**TINY, "train": {**TINY["train"], "member_seed": 0}}  # = seed: the same run

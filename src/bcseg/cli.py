@@ -275,6 +275,7 @@ def _train_overrides(args) -> dict:
     return {"model": model,
             "data": data,
             "train": {k: v for k, v in (("epochs", args.epochs), ("seed", args.seed),
+                                        ("member_seed", args.member_seed),
                                         ("batch_size", args.batch_size),
                                         ("teacher", args.teacher and [str(Path(t).absolute()) for t in args.teacher]),
                                         ("teacher_weight", args.teacher_weight)) if v is not None}}
@@ -536,6 +537,9 @@ def _add_train(sub) -> None:
     p.add_argument("--epochs", type=_whole(1))
     p.add_argument("--batch-size", type=_whole(1))
     p.add_argument("--seed", type=_whole(0))
+    p.add_argument("--member-seed", type=_whole(0), metavar="N",
+                   help="one member of a seed ensemble: weights and each epoch's draws from N, "
+                   "the folds and validation split still from --seed (train.member_seed)")
     p.add_argument("--init", help="start from a model: 'busi' (the bundled one) or a .keras file")
     p.add_argument("--teacher", action="append", metavar="MODEL", type=_nonempty,
                    help="distil: blend this run's (a k-fold run's: its ensemble's) probabilities into "
