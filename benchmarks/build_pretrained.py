@@ -107,13 +107,12 @@ def bundle_ensemble(runs: list[Path], data: Path, target: Path = TARGET) -> list
     from bcseg.data.dataset import discover
     from bcseg.pretrained import MODEL_NAME
 
-    splits = [json.loads((r / rundir.FOLD_FILE).read_text(encoding="utf-8")) for r in runs]
-    if any(sorted(s["validation"]) != sorted(splits[0]["validation"]) for s in splits):
-        raise SystemExit("build_pretrained.py: the runs validated on other images; members of a "
-                         "seed ensemble share train.seed (see train.member_seed)")
+    from seed_ensemble import shared_split  # benchmarks/seed_ensemble.py: one split, no twins
+
+    split = shared_split(runs)
     names = [MODEL_NAME] + [MODEL_NAME.replace(".keras", f"_{k + 1}.keras") for k in range(1, len(runs))]
-    seen = (f"all {len(splits[0]['train']) + len(splits[0]['validation'])} BUSI images "
-            f"({len(splits[0]['train'])} training, {len(splits[0]['validation'])} validation, the "
+    seen = (f"all {len(split['train']) + len(split['validation'])} BUSI images "
+            f"({len(split['train'])} training, {len(split['validation'])} validation, the "
             f"same for each member); fold 0 included: no BUSI lesion image is unseen by these models")
     target.mkdir(parents=True, exist_ok=True)
     size = 0.0

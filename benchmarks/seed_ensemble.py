@@ -55,17 +55,30 @@ def _config_path(run: Path) -> Path:
 
 
 def shared_split(runs: list[Path]) -> dict:
-    """The members' common fold.json; refuse members that validated or tested on other images."""
+    """The members' common fold.json. Refuse members that trained, validated or tested
+    on other images, or that are one model twice: the same run, or runs of the same
+    recipe and seeds (``member_seed`` -1 and 0 train alike), which would weigh twice."""
     from bcseg import rundir
+    from bcseg.config import load_config
+    from bcseg.learn.train import draw_seed
 
     splits = [json.loads((r / rundir.FOLD_FILE).read_text(encoding="utf-8")) for r in runs]
-    for run, split in zip(runs[1:], splits[1:]):
-        for key in ("validation", "test"):
+    recipes = [load_config(_config_path(r)) for r in runs]
+    by_seed: dict[int, int] = {}  # draw seed -> the first member trained with it
+    for k, (run, split, cfg) in enumerate(zip(runs, splits, recipes)):
+        for key in ("train", "validation", "test"):
             if sorted(split[key]) != sorted(splits[0][key]):
                 raise SystemExit(f"seed_ensemble.py: {run}: its {key} images differ from {runs[0]}'s; "
                                  "members of a seed ensemble share train.seed (see train.member_seed)")
-    if splits[0]["fold"] != TEST_FOLD:
-        raise SystemExit(f"seed_ensemble.py: {runs[0]}: tested on fold {splits[0]['fold']}, not {TEST_FOLD}")
+        recipe = {**cfg, "train": {k: v for k, v in cfg["train"].items() if k != "member_seed"}}
+        if recipe != {**recipes[0], "train": {k: v for k, v in recipes[0]["train"].items()
+                                              if k != "member_seed"}}:
+            raise SystemExit(f"seed_ensemble.py: {run}: another recipe than {runs[0]}'s; members of "
+                             "a seed ensemble differ only in train.member_seed")
+        twin = by_seed.setdefault(draw_seed(cfg["train"]), k)  # one run given twice too
+        if twin != k:
+            raise SystemExit(f"seed_ensemble.py: {run}: the same model as {runs[twin]} (same run, or same "
+                             "seeds: member_seed -1 and 0 train alike); give each member once")
     return splits[0]
 
 
@@ -105,6 +118,8 @@ def main(argv=None) -> int:
     if len(runs) < 2:
         raise SystemExit("seed_ensemble.py: an ensemble needs two --members or more")
     split = shared_split(runs)
+    if split["fold"] != TEST_FOLD:
+        raise SystemExit(f"seed_ensemble.py: {runs[0]}: tested on fold {split['fold']}, not {TEST_FOLD}")
     cases = discover(data)
     folds = folds_from_file(data / "folds.csv", cases)
     classes = {c.id: c.label_class for c in cases}

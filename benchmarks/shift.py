@@ -186,7 +186,8 @@ def main(argv=None) -> int:
     clean = score(model, images, settings)
     result = {"model": ", ".join(args.model),
               "settings": {"threshold": settings.threshold, "postprocess": list(settings.postprocess),
-                           "tta": settings.tta, "members": len(model)}, "fold": args.fold, "n": len(images),
+                           "tta": settings.tta,
+                           "input_size": [view.input_size for view in settings.member_views()]}, "fold": args.fold, "n": len(images),
               "clean": float(clean.mean()), "strengths": strengths, "shifts": {}, "cpu": cpu_flags()}
     for name, (function, values) in SHIFTS.items():
         row = []

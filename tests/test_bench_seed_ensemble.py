@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from bcseg import rundir
-from bcseg.config import load_config
+from bcseg.config import load_config, save_config
 from bcseg.data import io
 from bcseg.data.dataset import discover
 from bcseg.infer.predict import load_model, segment_volume
@@ -25,12 +25,15 @@ import seed_ensemble  # noqa: E402
 TINY = {"model": {"base_filters": 2, "depth": 2}, "data": {"size": 16}}
 
 
-def _member(folder: Path, seed: int, validation: list[str], test: list[str]) -> Path:
-    """A finished fold-0 run folder: a tiny real model, its settings and fold.json."""
+def _member(folder: Path, seed: int, validation: list[str], test: list[str], recipe=TINY) -> Path:
+    """A finished fold-0 run folder of member ``seed``: a tiny real model, its settings,
+    config.toml and fold.json."""
     folder.mkdir(parents=True)
     keras.utils.set_random_seed(seed)
     unet(ndim=2, base_filters=2, depth=2, norm=None).save(folder / rundir.MODEL_FILE)
-    rundir.save_run_settings(folder, rundir.recipe_settings(load_config(None, TINY), 1))
+    cfg = load_config(None, {**recipe, "train": {**recipe.get("train", {}), "member_seed": seed}})
+    save_config(cfg, folder / rundir.CONFIG_FILE)
+    rundir.save_run_settings(folder, rundir.recipe_settings(cfg, 1))
     (folder / rundir.FOLD_FILE).write_text(json.dumps(
         {"fold": 0, "train": [], "validation": validation, "test": test}), encoding="utf-8")
     return folder
@@ -45,6 +48,18 @@ def test_members_with_another_validation_split_are_refused(tmp_path):
     assert seed_ensemble.shared_split([a, c])["validation"] == ["x", "y"]
 
 
+def test_one_model_twice_or_another_recipe_is_refused(tmp_path):
+    a = _member(tmp_path / "a", 0, ["x"], ["t"])
+    with pytest.raises(SystemExit, match=r"a: the same model as .*a"):
+        seed_ensemble.shared_split([a, a])
+    copy = _member(tmp_path / "copy", 0, ["x"], ["t"])  # member_seed 0 again: the same draws
+    with pytest.raises(SystemExit, match=r"copy: the same model as"):
+        seed_ensemble.shared_split([a, copy])
+    wider = _member(tmp_path / "wider", 1, ["x"], ["t"], {**TINY, "model": {"base_filters": 4}})
+    with pytest.raises(SystemExit, match=r"wider: another recipe"):
+        seed_ensemble.shared_split([a, wider])
+
+
 def test_the_written_ensemble_predicts_the_mean_of_its_members(tmp_path, phantom_root, capsys):
     cases = discover(phantom_root)
     ids = [cases[0].id, cases[1].id]
@@ -52,7 +67,7 @@ def test_the_written_ensemble_predicts_the_mean_of_its_members(tmp_path, phantom
     folder = tmp_path / "ensemble"
     seed_ensemble.write_ensemble(folder, runs, cases, load_config(None, TINY))
     said = capsys.readouterr().out
-    assert "2 validation cases (each the mean of the up to 2 members" in said
+    assert "2 validation cases (the mean of the 2 members that share each validation split)" in said
     assert "with TTA over flips ['lr'])" in said  # the 2D members' flips, not the default's 'z'
 
     models, settings = load_models(folder)

@@ -347,6 +347,23 @@ def test_seed_ensemble_is_tuned_on_the_mean_of_members_sharing_a_validation_spli
     assert chosen["validation_dice"] == pytest.approx(np.mean(scores), abs=1e-4)
 
 
+def test_kfold_members_are_pooled_even_where_their_validation_splits_overlap(tmp_path, phantom):
+    """Fold models validate on cases drawn from their own pools, which overlap: a case
+    in two folds' validation splits is scored once per fold model, as always, not on
+    a mean of models trained on other images."""
+    from bcseg.after_fit import tune_ensemble
+
+    out, cases = tmp_path / "kfold", discover(phantom)
+    _kfold_run(out, cases)
+    ids = [c.id for c in cases]
+    for k, validation in enumerate(([ids[0], ids[1]], [ids[1], ids[2]], [ids[2]])):
+        (out / f"fold_{k}" / "fold.json").write_text(json.dumps(
+            {"fold": k, "train": [i for i in ids if i not in validation and i != ids[k]],
+             "validation": validation, "test": [ids[k]]}), encoding="utf-8")
+    settings = tune_ensemble(out, cases, load_config(out / "config.toml"), write=False)
+    assert settings.info["pooled_validation_cases"] == 5
+
+
 def _finished(prob, settings) -> np.ndarray:
     from bcseg.infer.postprocess import postprocess
 
@@ -408,6 +425,16 @@ def test_identical_runs_give_identical_weights(tmp_path, phantom, run2d):
     train.train(phantom, second, overrides=TINY)
     _assert_same_weights(first / "model_last.keras", second / "model_last.keras")
     _assert_same_history(first / "history.csv", second / "history.csv")
+
+
+def test_a_fold_of_a_run_of_all_folds_equals_the_fold_trained_alone(tmp_path, phantom):
+    """Each fold's initial weights are seeded afresh, so fold 1 of `--fold all` does not
+    start from whatever random state fold 0's training left (nor does a resumed run
+    whose fold 0 had finished before the interruption)."""
+    train.train(phantom, tmp_path / "all", overrides=TINY, fold="all")
+    train.train(phantom, tmp_path / "alone", overrides=TINY, fold="1")
+    _assert_same_weights(tmp_path / "all" / "fold_1" / "model_last.keras",
+                         tmp_path / "alone" / "model_last.keras")
 
 
 def test_member_seed_flag_reaches_the_config():

@@ -193,37 +193,40 @@ def tune_members(members: dict[str, Path], cases: list[Case], cfg: dict) -> Infe
     the path each member will have in the ensemble's folder to its model file, which
     lies in its training run's folder beside ``fold.json`` and ``inference.json``.
 
-    Each validation case is predicted by the mean of the members whose validation
-    split holds it, none of which trained on it: in a k-fold run one member each (the
-    pooled out-of-fold predictions), in a seed ensemble (``train.member_seed``), whose
-    members share one split, all of them, so the threshold is chosen for the mean the
-    ensemble will output.
+    Members trained on one split (the same training and validation cases: a seed
+    ensemble, ``train.member_seed``) score each of its validation cases on their mean
+    probability, the mean the ensemble will output. Members of different splits (a
+    k-fold run's folds) are pooled: each fold model on its own validation cases, which
+    it never trained on, a case in two folds' validation splits counted in each.
     """
     from bcseg.infer.predict import load_model
 
     by_id = {c.id: c for c in cases}
-    probs: dict[str, dict] = {}  # case id -> {tta: [each validating member's probability]}
-    truths, recorded = {}, []
+    splits: dict[tuple, dict] = {}  # (training ids, validation ids) -> its members' probabilities
+    recorded = []
     for path, model_file in members.items():
         own = rundir.model_settings(model_file)
         recorded.append(rundir.member_settings(path, own))
         fold = json.loads((model_file.parent / rundir.FOLD_FILE).read_text(encoding="utf-8"))
         validation = [by_id[i] for i in fold["validation"] if i in by_id]
         p, t = _probabilities(load_model(model_file), validation, own, validation_target(cfg))
-        for k, case in enumerate(validation):
-            for tta in (False, True):
-                probs.setdefault(case.id, {False: [], True: []})[tta].append(p[tta][k])
-            truths[case.id] = t[k]
-    ids = sorted(truths)
-    pooled = {tta: [np.mean(probs[i][tta], axis=0) for i in ids] for tta in (False, True)}
+        split = splits.setdefault((tuple(sorted(fold["train"])), tuple(sorted(fold["validation"]))),
+                                  {False: [], True: [], "truths": t})
+        for tta in (False, True):
+            split[tta].append(p[tta])
+    probs, truths = {False: [], True: []}, []
+    for split in splits.values():
+        for tta in (False, True):  # per case, the mean over the split's members
+            probs[tta].extend(m[0] if len(m) == 1 else np.mean(m, axis=0) for m in zip(*split[tta]))
+        truths.extend(split["truths"])
     settings = InferenceSettings(threshold=cfg["inference"]["threshold"], tta=cfg["inference"]["tta"],
-                                 members=tuple(recorded), info={"pooled_validation_cases": len(ids)})
-    if ids and cfg["inference"]["tune"]:
-        shared = max(len(probs[i][False]) for i in ids)
-        _say(f"ensemble of {len(recorded)} models, tuned on {len(ids)} validation cases "
+                                 members=tuple(recorded), info={"pooled_validation_cases": len(truths)})
+    if truths and cfg["inference"]["tune"]:
+        shared = max(len(split[False]) for split in splits.values())
+        _say(f"ensemble of {len(recorded)} models, tuned on {len(truths)} validation cases "
              + ("(their pooled out-of-fold predictions):" if shared == 1
-                else f"(each the mean of the up to {shared} members that validated it):"))
-        settings = choose_settings(pooled, [truths[i] for i in ids], settings, len(ids))
+                else f"(the mean of the {shared} members that share each validation split):"))
+        settings = choose_settings(probs, truths, settings, len(truths))
     return settings
 
 
