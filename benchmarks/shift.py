@@ -169,6 +169,8 @@ def main(argv=None) -> int:
                         "(default: held-out twin)")
     parser.add_argument("--fold", type=int, default=0)
     parser.add_argument("--out", default="bench-out/shift")
+    parser.add_argument("--strengths", nargs="+", choices=STRENGTHS, default=list(STRENGTHS),
+                        help="which strengths to score (default: all three)")
     parser.add_argument("--quick", action="store_true",
                         help="20 images, moderate strength only (about a minute)")
     args = parser.parse_args(argv)
@@ -182,7 +184,7 @@ def main(argv=None) -> int:
     started = time.perf_counter()
     images = load_fold(data, args.fold, 20 if args.quick else None)
     model, settings = load_models(args.model[0] if len(args.model) == 1 else args.model)
-    strengths = ("moderate",) if args.quick else STRENGTHS
+    strengths = ("moderate",) if args.quick else tuple(s for s in STRENGTHS if s in args.strengths)
     clean = score(model, images, settings)
     result = {"model": ", ".join(args.model),
               "settings": {"threshold": settings.threshold, "postprocess": list(settings.postprocess),
