@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 import tifffile
 
+from bcseg import rundir
 from bcseg.cli import main
 from bcseg.data.phantom import write_phantom
 from bcseg.measure.metrics import dice
@@ -23,6 +24,12 @@ from bcseg.measure.metrics import dice
 REPO = Path(__file__).resolve().parents[1]
 BUNDLED = REPO / "src/bcseg/pretrained"
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::FutureWarning")
+
+
+def _bundled_settings(run: Path) -> None:
+    """The bundled model's own settings (inside its file) as the run's inference.json:
+    the bundled folder's may record an ensemble of several files."""
+    rundir.write_settings(run, rundir.archive_settings(BUNDLED / "busi_unet2d.keras"))
 
 
 def _needs_onnx():
@@ -37,7 +44,7 @@ def busi_run(tmp_path_factory) -> Path:
     run = tmp_path_factory.mktemp("onnx") / "busi_run"
     run.mkdir()
     shutil.copyfile(BUNDLED / "busi_unet2d.keras", run / "model_best.keras")
-    shutil.copyfile(BUNDLED / "inference.json", run / "inference.json")
+    _bundled_settings(run)
     assert main(["export-onnx", str(run)]) == 0
     return run
 
@@ -115,7 +122,7 @@ def test_predicts_with_neither_tensorflow_nor_keras_importable(busi_run, phantom
 def test_run_without_onnx_file_is_one_line_model_error(tmp_path, capsys):
     run = tmp_path / "run"
     run.mkdir()
-    shutil.copyfile(BUNDLED / "inference.json", run / "inference.json")
+    _bundled_settings(run)
     image = tmp_path / "image.tif"
     tifffile.imwrite(image, np.zeros((32, 32), np.uint8))
     assert main(["predict", str(image), "--model", str(run), "--out", str(tmp_path / "out"),
@@ -156,7 +163,7 @@ def test_export_force_replaces_only_an_earlier_export(tmp_path, capsys):
     run = tmp_path / "run"
     run.mkdir()
     shutil.copyfile(BUNDLED / "busi_unet2d.keras", run / "model_best.keras")
-    shutil.copyfile(BUNDLED / "inference.json", run / "inference.json")
+    _bundled_settings(run)
     write_phantom(tmp_path / "data", n=2, shape=(8, 24, 24))
     image = sorted((tmp_path / "data" / "images").iterdir())[0]
     (tmp_path / "mine.onnx").write_bytes(b"mine")

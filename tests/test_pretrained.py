@@ -19,26 +19,38 @@ from bcseg.data import io
 from bcseg.config import load_config
 from bcseg.measure.metrics import dice
 from bcseg.pretrained import CITATION, pretrained_info, pretrained_path
+from bcseg.rundir import archive_settings
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 HELDOUT = Path(__file__).parent / "data" / "busi_heldout"
 
 
+def _bundled_files() -> list[Path]:
+    """The bundled model files: the ensemble's members, or the one model."""
+    members = pretrained_info().get("members") or [{"path": pretrained_path().name}]
+    return [pretrained_path().parent / m["path"] for m in members]
+
+
 def test_bundled_model_is_small_and_cites_busi():
-    path = pretrained_path()
-    assert path.stat().st_size < 10e6
+    files = _bundled_files()
+    assert files[0] == pretrained_path()  # --init busi starts from the first member
+    assert all(f.stat().st_size < 10e6 for f in files)
+    assert sum(f.stat().st_size for f in files) <= 25e6  # issue 18's bound for the bundle
     info = pretrained_info()
     assert info["citation"] == CITATION and "10.1016/j.dib.2019.104863" in CITATION
     assert info["trained_on"].startswith("all 647 BUSI")
     # Built with today's busi recipe, so fine-tuning from it (--init busi) matches.
-    assert info["input_size"] == load_config("busi")["data"]["size"]
+    for f in files:
+        own = archive_settings(f)
+        assert own.input_size == load_config("busi")["data"]["size"]
+        assert own.info["trained_on"] == info["trained_on"]
     assert 0 < info["threshold"] < 1
 
 
 def test_heldout_twin_never_saw_fold0():
     info = json.loads((HELDOUT / "inference.json").read_text())
     assert "the 130 images of fold 0 were never seen" in info["trained_on"]
-    assert info["input_size"] == pretrained_info()["input_size"]
+    assert info["input_size"] == archive_settings(pretrained_path()).input_size
 
 
 def test_bundled_model_loads_safely_and_predicts_any_size():
