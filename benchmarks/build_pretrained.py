@@ -110,6 +110,9 @@ def bundle_ensemble(runs: list[Path], data: Path, target: Path = TARGET) -> list
     from seed_ensemble import shared_split  # benchmarks/seed_ensemble.py: one split, no twins
 
     split = shared_split(runs)
+    if split["test"]:  # the bundle's record says it saw every image: only --all runs may say so
+        raise SystemExit(f"build_pretrained.py: {runs[0]}: held {len(split['test'])} test images out; "
+                         "--ensemble bundles --all runs, which train on every image")
     names = [MODEL_NAME] + [MODEL_NAME.replace(".keras", f"_{k + 1}.keras") for k in range(1, len(runs))]
     seen = (f"all {len(split['train']) + len(split['validation'])} BUSI images "
             f"({len(split['train'])} training, {len(split['validation'])} validation, the "

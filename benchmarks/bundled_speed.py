@@ -6,6 +6,11 @@ machines). Both segment the same BUSI images through ``bcseg predict``'s path
 (:func:`bcseg.infer.segment.segment_case` with each model's own settings), alternating
 round by round so that load from other processes falls on both alike.
 
+"Bundled" is what ``bcseg predict`` runs without ``--model`` (an ensemble folder where
+the bundle records one). To time a bundled ensemble against one model, run it before
+the ensemble is bundled with ``--candidate`` naming the ensemble folder, or after with
+``--candidate src/bcseg/pretrained/busi_unet2d.keras`` (its first member alone).
+
 Example (the bundled model against an ensemble of two fold models)::
 
     .venv/bin/python benchmarks/bundled_speed.py --candidate bench-out/busi-cv/fold_3 \\
@@ -58,13 +63,13 @@ def main(argv=None) -> int:
     from bcseg.data.dataset import discover
     from bcseg.data.splits import folds_from_file
     from bcseg.infer.segment import load_models
-    from bcseg.pretrained import pretrained_path
+    from bcseg.pretrained import pretrained_model
     from bcseg.rundir import load_run
 
     cases = discover(args.data)
     folds = folds_from_file(Path(args.data) / "folds.csv", cases)
     images = [c for c in cases if c.label_class != "normal" and folds[c.id] == 0][:args.images]
-    entries = {"bundled": [pretrained_path()], "candidate": args.candidate}
+    entries = {"bundled": [pretrained_model()], "candidate": args.candidate}
     loaded = {name: load_models(paths if len(paths) > 1 else paths[0]) for name, paths in entries.items()}
     sizes = {name: model_megabytes(load_run(paths if len(paths) > 1 else paths[0])[0])
              for name, paths in entries.items()}

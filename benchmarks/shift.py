@@ -20,7 +20,7 @@ All 130 fold-0 lesion images, every shift (a few minutes on 2 cores)::
 The bundled model instead of the held-out twin (it saw fold 0: only the losses are
 meaningful, not the level)::
 
-    .venv/bin/python benchmarks/shift.py --model src/bcseg/pretrained/busi_unet2d.keras
+    .venv/bin/python benchmarks/shift.py --model src/bcseg/pretrained   # one file or an ensemble
 
 A one-minute check::
 

@@ -14,7 +14,7 @@ Examples
     PYTHONPATH=src .venv/bin/python benchmarks/tta.py --tune --write   # record tuned thresholds
     PYTHONPATH=src .venv/bin/python benchmarks/tta.py --phantom        # also a phantom row
     PYTHONPATH=src .venv/bin/python benchmarks/tta.py --tune --write --all-lesions \
-        --model src/bcseg/pretrained/busi_unet2d.keras                # the bundled model
+        --model src/bcseg/pretrained                                  # the bundled model
 """
 
 from __future__ import annotations
@@ -200,8 +200,14 @@ def main(argv=None) -> int:
     if args.tune:
         settings = tune(models, settings, busi_cases(data, args.fold, True, args.all_lesions))
         if args.write:
-            rundir.write_settings(model.parent, settings)
-            print(f"recorded tuned thresholds in {model.parent / rundir.SETTINGS_FILE}")
+            folder = model if model.is_dir() else model.parent
+            recorded = rundir.read_settings(folder / rundir.SETTINGS_FILE)
+            if model.is_file() and recorded is not None and recorded.members:
+                raise SystemExit(f"tta.py: {folder / rundir.SETTINGS_FILE} records an ensemble; "
+                                 f"--write with one member ({model.name}) would replace it: pass "
+                                 f"--model {folder}")
+            rundir.write_settings(folder, settings)
+            print(f"recorded tuned thresholds in {folder / rundir.SETTINGS_FILE}")
             return 0
     rows = []
     if not (args.all_lesions or args.no_busi):  # the bundled model saw every BUSI lesion

@@ -179,3 +179,34 @@ def test_export_force_replaces_only_an_earlier_export(tmp_path, capsys):
     assert {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()} == before
     assert main(["export-onnx", str(run)]) == 0          # an earlier export is replaced with --force
     assert main(["export-onnx", str(run), "--force"]) == 0
+
+
+def _ensemble_folder(folder: Path) -> Path:
+    """The bundled model twice over, as an ensemble folder's two members."""
+    folder.mkdir()
+    own = rundir.archive_settings(BUNDLED / "busi_unet2d.keras")
+    members = []
+    for name in ("a.keras", "b.keras"):
+        shutil.copyfile(BUNDLED / "busi_unet2d.keras", folder / name)
+        members.append(rundir.member_settings(name, own))
+    rundir.write_settings(folder, own.replace(members=tuple(members), info={}))
+    return folder
+
+
+def test_an_ensemble_is_neither_exported_as_one_member_nor_run_by_the_onnx_runtime(tmp_path, capsys):
+    """export-onnx took an ensemble folder's first member and called the file the
+    folder's export; --runtime onnx on the folder advised that export."""
+    folder = _ensemble_folder(tmp_path / "ensemble")
+    before = sorted(p.name for p in folder.iterdir())
+    assert main(["export-onnx", str(folder)]) == 4
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and str(folder) in err[0] and "ensemble of 2 models" in err[0]
+    assert sorted(p.name for p in folder.iterdir()) == before  # no .onnx written
+
+    image = tmp_path / "image.tif"
+    tifffile.imwrite(image, np.zeros((32, 32), np.uint8))
+    assert main(["predict", str(image), "--model", str(folder), "--out", str(tmp_path / "out"),
+                 "--runtime", "onnx"]) == 4
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "ensemble of several models" in err[0] and "export-onnx" not in err[0]
+    assert not (tmp_path / "out").exists()

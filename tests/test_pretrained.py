@@ -13,6 +13,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 import pytest
 
 from bcseg.data import io
@@ -98,3 +99,29 @@ def test_bundled_model_is_the_default_and_segments_busi(busi_root, tmp_path):
     # `predict` without --model finds, loads and applies it, not generalisation.
     scores = _dice_on_fold0(busi_root, tmp_path, [])
     assert np.mean(scores) > 0.6, scores
+
+
+@pytest.mark.parametrize("damage", ["truncated", "a list", "member files without it"])
+def test_a_damaged_bundled_folder_is_one_line_naming_the_file(tmp_path, monkeypatch, capsys, damage):
+    import shutil
+
+    from bcseg import pretrained
+    from bcseg.cli import main
+
+    folder = tmp_path / "pretrained"
+    folder.mkdir()
+    shutil.copyfile(pretrained_path(), folder / "busi_unet2d.keras")
+    sidecar = folder / "inference.json"
+    if damage == "truncated":
+        sidecar.write_text('{"threshold": 0.5, "postp', encoding="utf-8")
+    elif damage == "a list":
+        sidecar.write_text("[1, 2]", encoding="utf-8")
+    else:  # a second member, and no inference.json to say the two form the default
+        shutil.copyfile(pretrained_path(), folder / "busi_unet2d_2.keras")
+    monkeypatch.setattr(pretrained, "FOLDER", folder)
+    image = tmp_path / "scan.png"
+    Image.fromarray(np.zeros((40, 50), np.uint8)).save(image)
+    assert main(["predict", str(image), "--out", str(tmp_path / "out")]) != 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"bcseg: error: {sidecar}") and "Error:" not in err[0]
+    assert not (tmp_path / "out").exists()

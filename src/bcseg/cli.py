@@ -540,7 +540,8 @@ def _add_train(sub) -> None:
     p.add_argument("--member-seed", type=_whole(0), metavar="N",
                    help="one member of a seed ensemble: weights and each epoch's draws from N, "
                    "the folds and validation split still from --seed (train.member_seed)")
-    p.add_argument("--init", help="start from a model: 'busi' (the bundled one) or a .keras file")
+    p.add_argument("--init", help="start from a model: 'busi' (the bundled one; of a bundled "
+                   "ensemble, its first member, busi_unet2d.keras) or a .keras file")
     p.add_argument("--teacher", action="append", metavar="MODEL", type=_nonempty,
                    help="distil: blend this run's (a k-fold run's: its ensemble's) probabilities into "
                    "the training targets; several --teacher arguments form one ensemble")
@@ -563,7 +564,7 @@ def _add_predict(sub) -> None:
     p.add_argument("inputs", nargs="+", help="image files, stack files or folders; for a model "
                    "of several channels, dataset folders or manifests (images/<channel>/, ...)")
     p.add_argument("--model", action="append",
-                   help="run directory or .keras file (default: the bundled BUSI model); a run "
+                   help="run directory or .keras file (default: the bundled BUSI model or ensemble); a run "
                    "trained with --folds all, or several --model arguments, predict as an ensemble")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--tta", action="store_true",

@@ -11,7 +11,6 @@ starts from), each with its own settings inside it.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from bcseg.errors import ModelError
@@ -23,24 +22,39 @@ CITATION = ("Al-Dhabyani W, Gomaa M, Khaled H, Fahmy A. Dataset of breast ultras
 
 
 def pretrained_path() -> Path:
-    """Path of the bundled model; :class:`ModelError` if this install lacks it."""
+    """Path of the bundled model (an ensemble's first member, the file ``--init busi``
+    starts from); :class:`ModelError` if this install lacks it."""
     path = FOLDER / MODEL_NAME
     if not path.is_file():
-        raise ModelError(path, "the bundled BUSI model is not installed; pass model=RUN "
-                         "or rebuild it with benchmarks/build_pretrained.py")
+        raise ModelError(path, "the bundled BUSI model is not installed; pass a model of your own "
+                         "(predict --model, train --init) or rebuild it with benchmarks/build_pretrained.py")
     return path
 
 
 def pretrained_info() -> dict:
-    """The sidecar metadata: images seen, inference settings, citation."""
-    from bcseg.rundir import SETTINGS_FILE
+    """The sidecar metadata: images seen, inference settings, citation, and for an
+    ensemble its ``members``. A damaged sidecar is a ConfigError naming it."""
+    from bcseg.rundir import SETTINGS_FILE, read_settings
 
-    sidecar = pretrained_path().parent / SETTINGS_FILE
-    return json.loads(sidecar.read_text(encoding="utf-8")) if sidecar.is_file() else {}
+    settings = read_settings(pretrained_path().parent / SETTINGS_FILE)
+    return {} if settings is None else settings.to_dict()
 
 
 def pretrained_model() -> Path:
     """What ``bcseg predict`` runs without ``--model``: the bundled folder where its
-    ``inference.json`` records an ensemble, else the one bundled model file."""
+    ``inference.json`` records an ensemble, else the one bundled model file.
+
+    Member files (``busi_unet2d_2.keras``, ...) with no sidecar listing them are
+    refused rather than left out: the first member alone is not the bundled default.
+    """
+    from bcseg.rundir import SETTINGS_FILE
+
     path = pretrained_path()
-    return FOLDER if pretrained_info().get("members") else path
+    if pretrained_info().get("members"):
+        return FOLDER
+    others = sorted(p.name for p in FOLDER.glob(MODEL_NAME.replace(".keras", "_*.keras")))
+    if others:
+        raise ModelError(FOLDER / SETTINGS_FILE, f"lists no ensemble members, but {', '.join(others)} "
+                         f"lie beside {MODEL_NAME}: the bundled ensemble's settings are missing or "
+                         "damaged; reinstall bcseg")
+    return path

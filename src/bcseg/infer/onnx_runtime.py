@@ -24,7 +24,8 @@ import numpy as np
 from bcseg import outputs
 from bcseg.errors import ModelError, UsageError
 from bcseg.learn.saved import ModelSpec
-from bcseg.rundir import MODEL_FILE, InferenceSettings, model_settings
+from bcseg.rundir import (MODEL_FILE, SETTINGS_FILE, InferenceSettings, find_members, model_settings,
+                          read_settings)
 
 ONNX_FILE = "model_best.onnx"
 DIVISOR_KEY = "bcseg.divisor"
@@ -54,7 +55,10 @@ def export_onnx(model_path: str | Path, out: str | Path | None = None, force: bo
     from bcseg.learn.saved import load_model, model_spec
     from bcseg.rundir import load_run
 
-    model_file = load_run(model_path)[0][0]
+    files = load_run(model_path)[0]
+    if len(files) > 1:  # exporting the first alone would pass one member off as the whole
+        raise ModelError(model_path, _ENSEMBLE_REFUSAL.format(n=len(files), first=files[0]))
+    model_file = files[0]
     out = Path(out) if out else model_file.with_suffix(".onnx")
     inputs = [model_path, model_file]
     _check_out(out, force, inputs)
@@ -148,6 +152,10 @@ class OnnxModel:
         return out
 
 
+_ENSEMBLE_REFUSAL = ("is an ensemble of {n} models, and an ONNX file holds one; export a member "
+                     "on its own (e.g. {first}), or predict with the tensorflow runtime")
+
+
 def load_onnx_run(path: str | Path) -> tuple[list[Path], InferenceSettings]:
     """The ONNX file and inference settings of a run folder, or of a ``.onnx`` file.
 
@@ -156,6 +164,11 @@ def load_onnx_run(path: str | Path) -> tuple[list[Path], InferenceSettings]:
     """
     path = given = Path(path)
     if path.is_dir():
+        members = read_settings(path / SETTINGS_FILE) if (path / SETTINGS_FILE).is_file() else None
+        if (members is not None and len(members.members) > 1) or len(find_members(path)) > 1:
+            raise ModelError(path, "is an ensemble of several models, and the onnx runtime runs "
+                             "one exported model: predict with the tensorflow runtime, or pass "
+                             "--model with one member's exported .onnx file")
         if not (path / ONNX_FILE).is_file():
             raise ModelError(path, f"holds no {ONNX_FILE}; write it with: bcseg export-onnx {path}")
         path = path / ONNX_FILE
