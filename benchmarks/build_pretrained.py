@@ -32,7 +32,8 @@ ensemble is tuned on), e.g. r7 and its second member r7s1::
 
     .venv/bin/python benchmarks/build_pretrained.py --all --epochs 100 \
         --config benchmarks/configs/r7s1.toml --out bench-out/busi-all-r7s1 --target bench-out/bundle-r7s1
-    .venv/bin/python benchmarks/build_pretrained.py --ensemble bench-out/busi-all-r7 bench-out/busi-all-r7s1
+    .venv/bin/python benchmarks/build_pretrained.py --ensemble bench-out/busi-all-r7 \
+        bench-out/busi-all-r7s1 --no-tta
 
 With ``--teacher`` (repeatable) the ``--all`` model is a student distilled from
 them (``bcseg train --teacher``), e.g. from the five fold models of the 5-fold run::
@@ -94,7 +95,7 @@ def bundle(run: Path, seen: str, target: Path = TARGET) -> Path:
     return path
 
 
-def bundle_ensemble(runs: list[Path], data: Path, target: Path = TARGET) -> list[Path]:
+def bundle_ensemble(runs: list[Path], data: Path, target: Path = TARGET, tta: bool = True) -> list[Path]:
     """Bundle finished all-BUSI runs of one recipe that differ only in
     ``train.member_seed`` as one ensemble: each model saved as a member (the first as
     ``busi_unet2d.keras``, which ``--init busi`` starts from), with its own settings
@@ -114,7 +115,8 @@ def bundle_ensemble(runs: list[Path], data: Path, target: Path = TARGET) -> list
         raise SystemExit(f"build_pretrained.py: {runs[0]}: held {len(split['test'])} test images out; "
                          "--ensemble bundles --all runs, which train on every image")
     names = [MODEL_NAME] + [MODEL_NAME.replace(".keras", f"_{k + 1}.keras") for k in range(1, len(runs))]
-    seen = (f"all {len(split['train']) + len(split['validation'])} BUSI images "
+    kinds = "benign/malignant/normal" if _has_normals(split) else "benign/malignant"
+    seen = (f"all {len(split['train']) + len(split['validation'])} BUSI {kinds} images "
             f"({len(split['train'])} training, {len(split['validation'])} validation, the "
             f"same for each member); fold 0 included: no BUSI lesion image is unseen by these models")
     target.mkdir(parents=True, exist_ok=True)
@@ -124,6 +126,12 @@ def bundle_ensemble(runs: list[Path], data: Path, target: Path = TARGET) -> list
         size += _save_member(run, target / name, own)
     cfg = load_config(runs[0] / rundir.CONFIG_FILE)
     settings = tune_members(dict(zip(names, (r / rundir.MODEL_FILE for r in runs))), discover(data), cfg)
+    if settings.tta and not tta:  # the choice tuned without TTA, recorded beside the other
+        off = settings.tuned["without_tta"]
+        settings = settings.replace(tta=False, threshold=off["threshold"], postprocess=tuple(off["postprocess"]),
+                                    info=dict(settings.info, validation_dice=off["validation_dice"]))
+        print(f"TTA off as asked (--no-tta): threshold {off['threshold']}, validation Dice "
+              f"{off['validation_dice']}")
     rundir.write_settings(target, _cited(settings, seen, ", ".join(str(r) for r in runs)))
     print(f"bundled an ensemble of {len(runs)} models, {size:.1f} MB in all: {seen}")
     return [target / n for n in names]
@@ -142,6 +150,9 @@ def main(argv=None) -> int:
     source.add_argument("--ensemble", nargs="+", metavar="RUN",
                         help="bundle these finished --all runs, which differ only in "
                         "train.member_seed, as one ensemble")
+    parser.add_argument("--no-tta", action="store_true",
+                        help="with --ensemble: keep TTA off even where validation prefers it (each "
+                        "flip is one more pass per member: 2 members with TTA cost 4 single passes)")
     parser.add_argument("--data", default=str(DEFAULT_DATA))
     parser.add_argument("--out", default="bench-out/busi-all")
     parser.add_argument("--budget-min", type=float, default=0.0)
@@ -155,7 +166,8 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
 
     if args.ensemble:
-        bundle_ensemble([Path(r) for r in args.ensemble], Path(args.data), Path(args.target))
+        bundle_ensemble([Path(r) for r in args.ensemble], Path(args.data), Path(args.target),
+                        tta=not args.no_tta)
         return 0
     if args.from_run:
         run = Path(args.from_run)
