@@ -82,10 +82,23 @@ def _save_member(run: Path, path: Path, meta) -> float:
     return size
 
 
+def _refuse_other_members(target: Path, names: list[str]) -> None:
+    """Refuse to bundle beside members of an earlier ensemble that the new bundle would
+    not list: the bundled default would refuse to run (bcseg.pretrained.pretrained_model)."""
+    from bcseg.pretrained import MODEL_NAME
+
+    stale = sorted(p.name for p in target.glob(MODEL_NAME.replace(".keras", "_*.keras"))
+                   if p.name not in names)
+    if stale:
+        raise SystemExit(f"build_pretrained.py: {target}: holds {', '.join(stale)} of an earlier "
+                         "ensemble, which this bundle would leave unlisted; remove them first")
+
+
 def bundle(run: Path, seen: str, target: Path = TARGET) -> Path:
     from bcseg import rundir
     from bcseg.pretrained import MODEL_NAME
 
+    _refuse_other_members(target, [MODEL_NAME])
     target.mkdir(parents=True, exist_ok=True)
     path = target / MODEL_NAME
     meta = _cited(rundir.read_settings(run / rundir.SETTINGS_FILE), seen, str(run))
@@ -110,11 +123,12 @@ def bundle_ensemble(runs: list[Path], data: Path, target: Path = TARGET, tta: bo
 
     from seed_ensemble import shared_split  # benchmarks/seed_ensemble.py: one split, no twins
 
-    split = shared_split(runs)
+    split = shared_split(runs, "build_pretrained.py")
     if split["test"]:  # the bundle's record says it saw every image: only --all runs may say so
         raise SystemExit(f"build_pretrained.py: {runs[0]}: held {len(split['test'])} test images out; "
                          "--ensemble bundles --all runs, which train on every image")
-    names = [MODEL_NAME] + [MODEL_NAME.replace(".keras", f"_{k + 1}.keras") for k in range(1, len(runs))]
+    names = [MODEL_NAME] + [MODEL_NAME.replace(".keras", f"_{k}.keras") for k in range(2, len(runs) + 1)]
+    _refuse_other_members(target, names)
     kinds = "benign/malignant/normal" if _has_normals(split) else "benign/malignant"
     seen = (f"all {len(split['train']) + len(split['validation'])} BUSI {kinds} images "
             f"({len(split['train'])} training, {len(split['validation'])} validation, the "
@@ -126,7 +140,7 @@ def bundle_ensemble(runs: list[Path], data: Path, target: Path = TARGET, tta: bo
         size += _save_member(run, target / name, own)
     cfg = load_config(runs[0] / rundir.CONFIG_FILE)
     settings = tune_members(dict(zip(names, (r / rundir.MODEL_FILE for r in runs))), discover(data), cfg)
-    if settings.tta and not tta:  # the choice tuned without TTA, recorded beside the other
+    if settings.tta and not tta and settings.tuned:  # the choice tuned without TTA, recorded beside it
         off = settings.tuned["without_tta"]
         settings = settings.replace(tta=False, threshold=off["threshold"], postprocess=tuple(off["postprocess"]),
                                     info=dict(settings.info, validation_dice=off["validation_dice"]))

@@ -54,30 +54,36 @@ def _config_path(run: Path) -> Path:
     raise SystemExit(f"seed_ensemble.py: {run}: no {rundir.CONFIG_FILE} here or above")
 
 
-def shared_split(runs: list[Path]) -> dict:
+def _recipe(cfg: dict) -> dict:
+    """A run's recipe without its member seed: what members of one ensemble share."""
+    return {**cfg, "train": {k: v for k, v in cfg["train"].items() if k != "member_seed"}}
+
+
+def shared_split(runs: list[Path], script: str = "seed_ensemble.py") -> dict:
     """The members' common fold.json. Refuse members that trained, validated or tested
     on other images, or that are one model twice: the same run, or runs of the same
-    recipe and seeds (``member_seed`` -1 and 0 train alike), which would weigh twice."""
+    recipe and seeds (``member_seed`` -1 and 0 train alike), which would weigh twice.
+    ``script`` names the caller in its refusals."""
     from bcseg import rundir
     from bcseg.config import load_config
     from bcseg.learn.train import draw_seed
 
+    if len(runs) < 2:
+        raise SystemExit(f"{script}: an ensemble needs two members or more")
     splits = [json.loads((r / rundir.FOLD_FILE).read_text(encoding="utf-8")) for r in runs]
     recipes = [load_config(_config_path(r)) for r in runs]
     by_seed: dict[int, int] = {}  # draw seed -> the first member trained with it
-    for k, (run, split, cfg) in enumerate(zip(runs, splits, recipes)):
+    for member, (run, split, cfg) in enumerate(zip(runs, splits, recipes)):
         for key in ("train", "validation", "test"):
             if sorted(split[key]) != sorted(splits[0][key]):
-                raise SystemExit(f"seed_ensemble.py: {run}: its {key} images differ from {runs[0]}'s; "
+                raise SystemExit(f"{script}: {run}: its {key} images differ from {runs[0]}'s; "
                                  "members of a seed ensemble share train.seed (see train.member_seed)")
-        recipe = {**cfg, "train": {k: v for k, v in cfg["train"].items() if k != "member_seed"}}
-        if recipe != {**recipes[0], "train": {k: v for k, v in recipes[0]["train"].items()
-                                              if k != "member_seed"}}:
-            raise SystemExit(f"seed_ensemble.py: {run}: another recipe than {runs[0]}'s; members of "
+        if _recipe(cfg) != _recipe(recipes[0]):
+            raise SystemExit(f"{script}: {run}: another recipe than {runs[0]}'s; members of "
                              "a seed ensemble differ only in train.member_seed")
-        twin = by_seed.setdefault(draw_seed(cfg["train"]), k)  # one run given twice too
-        if twin != k:
-            raise SystemExit(f"seed_ensemble.py: {run}: the same model as {runs[twin]} (same run, or same "
+        twin = by_seed.setdefault(draw_seed(cfg["train"]), member)  # one run given twice too
+        if twin != member:
+            raise SystemExit(f"{script}: {run}: the same model as {runs[twin]} (same run, or same "
                              "seeds: member_seed -1 and 0 train alike); give each member once")
     return splits[0]
 
@@ -106,6 +112,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
 
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    from bcseg import rundir
     from bcseg.config import load_config
     from bcseg.data.dataset import discover
     from bcseg.data.splits import folds_from_file
@@ -115,8 +122,6 @@ def main(argv=None) -> int:
     if busi_missing(data, "seed_ensemble.py"):
         return 3
     runs = [Path(r) for r in args.members]
-    if len(runs) < 2:
-        raise SystemExit("seed_ensemble.py: an ensemble needs two --members or more")
     split = shared_split(runs)
     if split["fold"] != TEST_FOLD:
         raise SystemExit(f"seed_ensemble.py: {runs[0]}: tested on fold {split['fold']}, not {TEST_FOLD}")
@@ -133,6 +138,8 @@ def main(argv=None) -> int:
     ensemble = out / "ensemble"
     write_ensemble(ensemble, runs, cases, cfg)
     result = {"epochs": cfg["train"]["epochs"], "members": [str(r) for r in runs],
+              "ensemble_validation_dice": rundir.read_settings(ensemble / rundir.SETTINGS_FILE)
+              .info.get("validation_dice"),
               "member_seeds": [load_config(_config_path(r))["train"]["member_seed"] for r in runs],
               "hardware": hardware(), "models": {}}
     for run in runs:

@@ -196,16 +196,15 @@ def main(argv=None) -> int:
     from bcseg.infer.segment import load_models
 
     data, model = Path(args.data), Path(args.model)
+    folder = model if model.is_dir() else model.parent
+    recorded = rundir.read_settings(folder / rundir.SETTINGS_FILE)
+    if args.write and model.is_file() and recorded is not None and recorded.members:
+        raise SystemExit(f"tta.py: {folder / rundir.SETTINGS_FILE} records an ensemble; "
+                         f"--write with one member ({model.name}) would replace it: pass --model {folder}")
     models, settings = load_models(model)
     if args.tune:
         settings = tune(models, settings, busi_cases(data, args.fold, True, args.all_lesions))
         if args.write:
-            folder = model if model.is_dir() else model.parent
-            recorded = rundir.read_settings(folder / rundir.SETTINGS_FILE)
-            if model.is_file() and recorded is not None and recorded.members:
-                raise SystemExit(f"tta.py: {folder / rundir.SETTINGS_FILE} records an ensemble; "
-                                 f"--write with one member ({model.name}) would replace it: pass "
-                                 f"--model {folder}")
             rundir.write_settings(folder, settings)
             print(f"recorded tuned thresholds in {folder / rundir.SETTINGS_FILE}")
             return 0

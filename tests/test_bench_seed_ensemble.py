@@ -107,3 +107,32 @@ def test_a_bundled_ensemble_is_the_default_of_predict(tmp_path, phantom_root, mo
     np.testing.assert_allclose(prob, segment_volume(models, io.read_image(image)[0], settings)[1],
                                atol=1e-6)
     assert len(models) == 2
+
+
+def test_bundle_ensemble_records_only_runs_that_saw_every_image(tmp_path, phantom_root, capsys):
+    """build_pretrained.py --ensemble: a run that held a test fold out is refused (the
+    bundle's record says its models saw every image); runs of all images are bundled,
+    TTA kept off with --no-tta at the threshold tuned without it; members of an
+    earlier, larger bundle left beside it are refused rather than left unlisted."""
+    import build_pretrained
+
+    cases = discover(phantom_root)
+    held_out = [_member(tmp_path / f"h{k}", k, [cases[0].id], [cases[2].id]) for k in (0, 1)]
+    with pytest.raises(SystemExit, match=r"^build_pretrained.py: .*h0: held 1 test images out"):
+        build_pretrained.bundle_ensemble(held_out, phantom_root, tmp_path / "b0")
+    assert not (tmp_path / "b0").exists()
+
+    runs = [_member(tmp_path / f"s{k}", k, [cases[0].id, cases[1].id], []) for k in (0, 1)]
+    target = tmp_path / "bundle"
+    files = build_pretrained.bundle_ensemble(runs, phantom_root, target, tta=False)
+    assert [f.name for f in files] == ["busi_unet2d.keras", "busi_unet2d_2.keras"]
+    recorded = rundir.read_settings(target / rundir.SETTINGS_FILE)
+    off = recorded.tuned["without_tta"]
+    assert not recorded.tta and recorded.threshold == off["threshold"]
+    assert recorded.info["trained_on"].startswith("all 2 BUSI benign/malignant images")
+    models, _ = load_models(target)
+    assert len(models) == 2
+
+    (target / "busi_unet2d_3.keras").write_bytes(files[1].read_bytes())  # an earlier bundle's third
+    with pytest.raises(SystemExit, match=r"busi_unet2d_3.keras of an earlier ensemble"):
+        build_pretrained.bundle_ensemble(runs, phantom_root, target)

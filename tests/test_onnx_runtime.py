@@ -210,3 +210,12 @@ def test_an_ensemble_is_neither_exported_as_one_member_nor_run_by_the_onnx_runti
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "ensemble of several models" in err[0] and "export-onnx" not in err[0]
     assert not (tmp_path / "out").exists()
+
+    kfold = tmp_path / "cv"  # a k-fold run's folds: no inference.json lists them yet
+    for k in (0, 1):
+        (kfold / f"fold_{k}").mkdir(parents=True)
+        shutil.copyfile(BUNDLED / "busi_unet2d.keras", kfold / f"fold_{k}" / "model_best.keras")
+    assert main(["predict", str(image), "--model", str(kfold), "--out", str(tmp_path / "out"),
+                 "--runtime", "onnx"]) == 4
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and str(kfold) in err[0] and "ensemble of several models" in err[0]

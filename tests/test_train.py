@@ -315,6 +315,17 @@ def test_kfold_run_predicts_as_an_ensemble_of_its_folds(tmp_path, phantom):
     assert np.array_equal(mask > 0, _finished(prob, recorded))
 
 
+def _brightness_model(k: int) -> keras.Model:
+    """A fixed 'model' whose probability is each pixel's brightness (sharpened), so that
+    every image gets its own probabilities: an untrained network's are all alike, and
+    averaging one case's with another's would pass unseen."""
+    image = keras.Input((None, None, 1))
+    layer = keras.layers.Conv2D(1, 1, activation="sigmoid")
+    model = keras.Model(image, layer(image))
+    layer.set_weights([np.full((1, 1, 1, 1), 20.0 + k, np.float32), np.full((1,), -4.0, np.float32)])
+    return model
+
+
 def test_seed_ensemble_is_tuned_on_the_mean_of_members_sharing_a_validation_split(tmp_path, phantom):
     """Members of a seed ensemble validate on the same cases: each case is scored once,
     on the members' mean probability, not once per member."""
@@ -327,9 +338,10 @@ def test_seed_ensemble_is_tuned_on_the_mean_of_members_sharing_a_validation_spli
 
     out, cases = tmp_path / "seeds", discover(phantom)
     _kfold_run(out, cases)  # three tiny members; make two of them share one validation split
-    for k in (0, 1):
-        (out / f"fold_{k}" / "fold.json").write_text(json.dumps(
-            {"fold": 0, "train": [], "validation": [cases[0].id, cases[1].id], "test": []}), encoding="utf-8")
+    for k, validation in ((0, [cases[0].id, cases[1].id]), (1, [cases[1].id, cases[0].id])):
+        (out / f"fold_{k}" / "fold.json").write_text(json.dumps(  # one split, listed in two orders
+            {"fold": 0, "train": [], "validation": validation, "test": []}), encoding="utf-8")
+        _brightness_model(k).save(out / f"fold_{k}" / "model_best.keras")  # a probability per image
     files = {f"m{k}.keras": out / f"fold_{k}" / "model_best.keras" for k in (0, 1)}
     settings = tune_members(files, cases, load_config(out / "config.toml"))
     assert settings.info["pooled_validation_cases"] == 2

@@ -208,7 +208,9 @@ def tune_members(members: dict[str, Path], cases: list[Case], cfg: dict) -> Infe
         own = rundir.model_settings(model_file)
         recorded.append(rundir.member_settings(path, own))
         fold = json.loads((model_file.parent / rundir.FOLD_FILE).read_text(encoding="utf-8"))
-        validation = [by_id[i] for i in fold["validation"] if i in by_id]
+        # In the order of their ids, so that members of one split, whatever order their
+        # fold.json lists it in, average each case's probabilities with its own.
+        validation = [by_id[i] for i in sorted(fold["validation"]) if i in by_id]
         p, t = _probabilities(load_model(model_file), validation, own, validation_target(cfg))
         split = splits.setdefault((tuple(sorted(fold["train"])), tuple(sorted(fold["validation"]))),
                                   {False: [], True: [], "truths": t})

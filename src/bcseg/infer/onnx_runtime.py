@@ -164,8 +164,8 @@ def load_onnx_run(path: str | Path) -> tuple[list[Path], InferenceSettings]:
     """
     path = given = Path(path)
     if path.is_dir():
-        members = read_settings(path / SETTINGS_FILE) if (path / SETTINGS_FILE).is_file() else None
-        if (members is not None and len(members.members) > 1) or len(find_members(path)) > 1:
+        recorded = read_settings(path / SETTINGS_FILE) if (path / SETTINGS_FILE).is_file() else None
+        if (recorded is not None and len(recorded.members) > 1) or len(find_members(path)) > 1:
             raise ModelError(path, "is an ensemble of several models, and the onnx runtime runs "
                              "one exported model: predict with the tensorflow runtime, or pass "
                              "--model with one member's exported .onnx file")

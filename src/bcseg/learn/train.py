@@ -531,7 +531,9 @@ def run_fold(cases: list[Case], folds: dict[str, int], fold: int, cfg: dict, out
             model = keras.saving.load_model(checkpoint, safe_mode=True)
             _say(f"resuming after epoch {state['epoch']}")
         else:
-            keras.utils.set_random_seed(draw_seed(t))  # a seed ensemble's members start apart
+            # Seeded afresh for each fold: a fold starts as it would trained alone (whatever
+            # earlier folds drew), and a seed ensemble's members start apart.
+            keras.utils.set_random_seed(draw_seed(t))
             model = _initial_model(init_model, channels) if init_model else \
                 build_model(cfg, len(channels or [IMAGE_CHANNEL]))
             compile_model(model, cfg)
