@@ -310,13 +310,6 @@ def cmd_train(args) -> int:
     return 0
 
 
-def _members(folder: Path) -> list[str]:
-    """The model files an ensemble folder's inference.json lists."""
-    from bcseg.rundir import SETTINGS_FILE, read_settings
-
-    return [str(m.info.get("path")) for m in read_settings(folder / SETTINGS_FILE).members]
-
-
 def cmd_predict(args) -> int:
     from bcseg.after_predict import margins_step
     from bcseg.infer.segment import predict_files
@@ -324,10 +317,11 @@ def cmd_predict(args) -> int:
     postprocess = args.postprocess
     model = args.model  # several --model arguments: an ensemble of them all
     if not model:
-        from bcseg.pretrained import pretrained_model
+        from bcseg.pretrained import pretrained_info, pretrained_model
         model = pretrained_model()
-        print(f"no --model given: using the bundled BUSI model {model.name}" if model.is_file() else
-              f"no --model given: using the bundled BUSI ensemble ({', '.join(_members(model))})")
+        members = [m["path"] for m in pretrained_info().get("members", [])]
+        print(f"no --model given: using the bundled BUSI ensemble ({', '.join(members)})" if members
+              else f"no --model given: using the bundled BUSI model {model.name}")
     # predict_files checks every input (with --margins its spacing too) before the model
     # loads; the margins step runs after segmenting, inside its claim of --out.
     after = margins_step(Path(args.out), args.margins, args.spacing, args.force or args.resume,
