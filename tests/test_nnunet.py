@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
 import re
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import imageio.v3 as iio
@@ -17,6 +21,7 @@ from bcseg.data.dataset import discover
 from bcseg.errors import DataError, UsageError
 from bcseg.nnunet import export_nnunet
 from bcseg.data.phantom import write_phantom
+from bcseg.atomic import PARTIAL_MARK
 from bcseg.outputs import RECORD
 
 SPACING = (1.0, 0.25, 0.25)  # the phantom's (z, y, x)
@@ -271,3 +276,59 @@ def test_an_ending_nnunet_cannot_read_is_one_line_before_any_warning(specimens, 
     assert code == 2 and len(err.splitlines()) == 1, err
     assert err.startswith("bcseg: error: --file-ending .png: nnU-Net cannot read 3D images as .png")
     assert not (tmp_path / "raw").exists()
+
+
+KILLED_EXPORT = """
+import sys, time
+from bcseg import nnunet
+real = nnunet._write_image
+written = []
+
+def write_image(*args, **kwargs):  # stop for the kill after two of the stage's images
+    real(*args, **kwargs)
+    written.append(args[0])
+    if len(written) == 2:
+        print("now", flush=True)
+        time.sleep(120)
+
+nnunet._write_image = write_image
+nnunet.export_nnunet(sys.argv[1], sys.argv[2], 13, "Killed", k=3)
+"""
+
+
+def _killed_export(specimens: Path, out: Path) -> Path:
+    """Run an export in another process and SIGKILL it while it writes its stage;
+    return the stage it leaves."""
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src")}
+    process = subprocess.Popen([sys.executable, "-c", KILLED_EXPORT, str(specimens), str(out)],
+                               stdout=subprocess.PIPE, text=True, env=env)
+    assert process.stdout.readline() == "now\n"
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    stage = out / f".Dataset013_Killed{PARTIAL_MARK}{process.pid}"
+    assert len(list((stage / "imagesTr").glob("*.tif"))) == 2  # the state a kill leaves
+    return stage
+
+
+def test_the_next_export_deletes_the_stage_a_killed_export_left(specimens, tmp_path):
+    """SIGKILL (nothing can clean up after it) left the hidden half-written dataset in
+    nnUNet_raw for good; the next export of that dataset deletes it."""
+    out = tmp_path / "raw"
+    stage = _killed_export(specimens, out)
+    folder = export_nnunet(specimens, out, 13, "Killed", k=3)
+    assert sorted(p.name for p in out.iterdir()) == ["Dataset013_Killed"]  # no stage, no lock
+    assert len(list((folder / "imagesTr").glob("*.tif"))) == 3
+    assert not stage.exists()
+
+
+def test_a_killed_stage_holding_a_file_of_yours_or_a_lookalike_is_kept(specimens, tmp_path):
+    out = tmp_path / "raw"
+    stage = _killed_export(specimens, out)
+    (stage / "notes.txt").write_text("put here after the kill")  # the user's now
+    lookalike = out / f".Dataset013_Killed{PARTIAL_MARK}1"  # named like a stage, no record
+    lookalike.mkdir()
+    (lookalike / "mine.txt").write_text("mine")
+    export_nnunet(specimens, out, 13, "Killed", k=3)
+    assert (stage / "notes.txt").read_text() == "put here after the kill"
+    assert len(list((stage / "imagesTr").glob("*.tif"))) == 2
+    assert (lookalike / "mine.txt").read_text() == "mine"

@@ -60,6 +60,7 @@ No TensorFlow here.
 
 from __future__ import annotations
 
+import glob
 import json
 import os
 import re
@@ -78,7 +79,8 @@ from bcseg.data.dataset import (IMAGE_CHANNEL, Case, dataset_channels, discover,
                                 read_case_image, read_case_masks, require_every_observer)
 from bcseg.data.splits import check_groups_whole, kfold_by_group
 from bcseg.errors import DataError, DiskFullError, UsageError
-from bcseg.outputs import beat, check_not_inputs, check_output_folder, claim, require_new_folder
+from bcseg.outputs import (RECORD, beat, check_not_inputs, check_output_folder, claim, remove_abandoned,
+                            require_new_folder)
 
 __all__ = ["export_nnunet", "dataset_folder_name", "FILE_ENDINGS", "CASE_MAP", "SPLITS_FILE"]
 
@@ -188,10 +190,23 @@ def export_nnunet(data: str | Path | Iterable[Case], out: str | Path, dataset_id
     _check_ending_fits(cases[0], ending, names)  # before the folds' warnings and the claim
     fold_of = _folds(cases, folds, k, seed)
     nn_ids = [f"{name}_{i:0{max(4, len(str(len(cases))))}d}" for i in range(1, len(cases) + 1)]
+    stage = _free_stage(out, folder_name)
     with claim(dest, "export-nnunet", replace=True, inputs=reads):
-        _write_dataset(cases, nn_ids, out / f".{folder_name}{PARTIAL_MARK}{os.getpid()}", dest,
-                       observer, ending, fold_of, name, names)
+        _write_dataset(cases, nn_ids, stage, dest, observer, ending, fold_of, name, names)
     return dest
+
+
+def _free_stage(out: Path, folder_name: str) -> Path:
+    """The hidden folder the dataset is written into before it is moved into place
+    (nnU-Net never sees half a dataset), ``.NAME.bcseg-partial-PID``. Stages that killed
+    exports of this dataset left are deleted first: each is a claimed folder, so only
+    one whose export has ended and that holds nothing but what bcseg wrote."""
+    for leftover in sorted(out.glob(f".{glob.escape(folder_name)}{PARTIAL_MARK}*")):
+        remove_abandoned(leftover)
+    stage = out / f".{folder_name}{PARTIAL_MARK}{os.getpid()}"
+    if stage.exists() or stage.is_symlink():
+        raise UsageError(stage, "is in the way of the export and was not left by bcseg; move it away")
+    return stage
 
 
 def _cases_to_export(data, dest: Path, observer: str, channels) -> tuple[list[Case], list, list | None]:
@@ -209,49 +224,57 @@ def _cases_to_export(data, dest: Path, observer: str, channels) -> tuple[list[Ca
 def _write_dataset(cases: list[Case], nn_ids: list[str], stage: Path, dest: Path, observer: str,
                    ending: str | None, fold_of: dict[str, int], name: str,
                    channels: list[str] | None) -> None:
-    """Write the dataset under the hidden name ``stage``, then swap it in for ``dest``."""
+    """Write the dataset under the hidden name ``stage``, then swap it in for ``dest``.
+    The stage is claimed like any output, so that a stage a killed export left is known
+    to be bcseg's, and the next export deletes it (:func:`_free_stage`)."""
     folder_name = dest.name
-    if stage.exists():
-        shutil.rmtree(stage)
     try:
-        ndim, ending = _write_cases(cases, nn_ids, stage, observer, ending, channels)
-        dataset_json = {
-            "channel_names": (CHANNEL_NAMES if channels is None
-                              else {str(i): channel for i, channel in enumerate(channels)}),
-            "labels": LABELS,
-            "numTraining": len(cases),
-            "file_ending": ending,
-            "overwrite_image_reader_writer": _READER_WRITER[(ndim, ending)],
-            "name": name,
-            "description": f"Exported by bcseg; label = {observer} of the observers' masks",
-        }
-        write_text(stage / "dataset.json", json.dumps(dataset_json, indent=2) + "\n")
-        order = sorted(set(fold_of.values()))
-        splits = [{"train": [n for n, c in zip(nn_ids, cases) if fold_of[c.id] != f],
-                   "val": [n for n, c in zip(nn_ids, cases) if fold_of[c.id] == f]}
-                  for f in order]
-        write_text(stage / SPLITS_FILE, json.dumps(splits, indent=2) + "\n")
-        case_map = {
-            "dataset": folder_name, "observer": observer, "file_ending": ending,
-            "splits": f"copy {SPLITS_FILE} to nnUNet_preprocessed/{folder_name}/ after "
-                      "nnUNetv2_plan_and_preprocess",
-            "cases": {n: {"id": c.id, "group": c.group, "class": c.label_class,
-                          "image": str(Path(c.image).resolve()),
-                          **({} if channels is None else {"channels": _channel_files(c, channels)}),
-                          "fold": fold_of[c.id], "nnunet_fold": order.index(fold_of[c.id])}
-                      for n, c in zip(nn_ids, cases)},
-        }
-        write_text(stage / CASE_MAP, json.dumps(case_map, indent=2) + "\n")
-        for path in sorted(stage.rglob("*")):  # the claim's folder is empty: fill it
-            if path.is_file():
-                (dest / path.relative_to(stage)).parent.mkdir(parents=True, exist_ok=True)
-                os.replace(path, dest / path.relative_to(stage))
-                beat(dest)  # moved, not written through atomic_path: mark the claim alive
+        with claim(stage, "export-nnunet"):  # still open while moving: a kill leaves it open
+            _write_staged(cases, nn_ids, stage, observer, ending, fold_of, name, channels, folder_name)
+            for path in sorted(stage.rglob("*")):  # the claim's folder is empty: fill it
+                if path.is_file() and path.name != RECORD:
+                    (dest / path.relative_to(stage)).parent.mkdir(parents=True, exist_ok=True)
+                    os.replace(path, dest / path.relative_to(stage))
+                    beat(dest)  # moved, not written through atomic_path: mark the claim alive
     except DiskFullError as exc:  # name the file the user will look for, not the hidden one
         raise DiskFullError(dest / Path(exc.path).relative_to(stage), exc.problem) from None
     finally:
         if stage.exists():
             shutil.rmtree(stage)
+
+
+def _write_staged(cases: list[Case], nn_ids: list[str], stage: Path, observer: str,
+                  ending: str | None, fold_of: dict[str, int], name: str,
+                  channels: list[str] | None, folder_name: str) -> None:
+    """Write the images, labels, dataset.json, splits and case map into ``stage``."""
+    ndim, ending = _write_cases(cases, nn_ids, stage, observer, ending, channels)
+    dataset_json = {
+        "channel_names": (CHANNEL_NAMES if channels is None
+                          else {str(i): channel for i, channel in enumerate(channels)}),
+        "labels": LABELS,
+        "numTraining": len(cases),
+        "file_ending": ending,
+        "overwrite_image_reader_writer": _READER_WRITER[(ndim, ending)],
+        "name": name,
+        "description": f"Exported by bcseg; label = {observer} of the observers' masks",
+    }
+    write_text(stage / "dataset.json", json.dumps(dataset_json, indent=2) + "\n")
+    order = sorted(set(fold_of.values()))
+    splits = [{"train": [n for n, c in zip(nn_ids, cases) if fold_of[c.id] != f],
+               "val": [n for n, c in zip(nn_ids, cases) if fold_of[c.id] == f]}
+              for f in order]
+    write_text(stage / SPLITS_FILE, json.dumps(splits, indent=2) + "\n")
+    case_map = {
+        "dataset": folder_name, "observer": observer, "file_ending": ending,
+        "splits": f"copy {SPLITS_FILE} to nnUNet_preprocessed/{folder_name}/ after "
+                  "nnUNetv2_plan_and_preprocess",
+        "cases": {n: {"id": c.id, "group": c.group, "class": c.label_class,
+                      "image": str(Path(c.image).resolve()),
+                      **({} if channels is None else {"channels": _channel_files(c, channels)}),
+                      "fold": fold_of[c.id], "nnunet_fold": order.index(fold_of[c.id])}
+                  for n, c in zip(nn_ids, cases)},
+    }
+    write_text(stage / CASE_MAP, json.dumps(case_map, indent=2) + "\n")
 
 
 # --------------------------------------------------------------------------- checks

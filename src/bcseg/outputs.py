@@ -663,7 +663,9 @@ def require_new_folder(folder: Path, force: bool, command: str, what: str = "a r
     continue it``), offered whether or not ``force`` would.
     """
     folder = Path(folder)
-    if force or not folder.is_dir() or not any(folder.iterdir()):
+    # Only bcseg's bookkeeping (the record a killed run opened, a lock, its temporaries)
+    # is no result: the claim settles it.
+    if force or not folder.is_dir() or not listing(folder, strict=False):
         return
     try:
         _check_only_ours(folder, command=command)
@@ -717,6 +719,37 @@ def _move_aside(folder: Path, inputs: Iterable, shown: Path, command: str) -> Pa
 
 
 # --------------------------------------------------------------------------- after a kill
+
+def remove_abandoned(folder: Path) -> bool:
+    """Delete ``folder`` when it is a killed run's unfinished work, such as a staging
+    folder that only the run itself would have moved into place: a claimed folder whose
+    claim is still open by a process that has ended (or by an earlier process that had
+    this one's id, as every run may in a container), holding nothing bcseg did not write.
+    Anything else, a user's folder that merely has such a name included, is left.
+    Returns whether it was deleted."""
+    if folder.is_symlink() or not folder.is_dir() or not (folder / RECORD).is_file():
+        return False
+    try:
+        lock = _lock(folder, folder)  # a live run holds it: not abandoned
+    except UsageError:
+        return False
+    try:
+        open_claim = _load(folder).get("open")
+        if not isinstance(open_claim, dict) or _mine(open_claim):
+            return False
+        pid = open_claim.get("pid")
+        if pid != os.getpid() and process_alive(pid):
+            return False
+        try:
+            if foreign(folder):  # what the user put there after the kill stays
+                return False
+        except UsageError:  # a subfolder bcseg cannot read: what it holds is unknown
+            return False
+        shutil.rmtree(folder)
+        return True
+    finally:
+        _unlock(lock)
+
 
 def _finished(folder: Path, pid: int) -> bool:
     """Whether the replacement by ``pid`` completed: the new record is there and settled.
