@@ -55,14 +55,19 @@ def _config_path(run: Path) -> Path:
 
 
 def _recipe(cfg: dict) -> dict:
-    """A run's recipe without its member seed: what members of one ensemble share."""
-    return {**cfg, "train": {k: v for k, v in cfg["train"].items() if k != "member_seed"}}
+    """A run's recipe without its member seed and augmentation: what members of one
+    ensemble share. Members may augment differently (r7 beside r10, which draws its
+    speckle strength per image): that changes what each learns, not which images it
+    trained and was tuned on, and diversity is what an ensemble is for."""
+    return {**cfg, "augment": {},
+            "train": {k: v for k, v in cfg["train"].items() if k != "member_seed"}}
 
 
 def shared_split(runs: list[Path], script: str = "seed_ensemble.py") -> dict:
     """The members' common fold.json. Refuse members that trained, validated or tested
     on other images, or that are one model twice: the same run, or runs of the same
-    recipe and seeds (``member_seed`` -1 and 0 train alike), which would weigh twice.
+    recipe, augmentation and seeds (``member_seed`` -1 and 0 train alike), which would
+    weigh twice.
     ``script`` names the caller in its refusals."""
     from bcseg import rundir
     from bcseg.config import load_config
@@ -72,7 +77,7 @@ def shared_split(runs: list[Path], script: str = "seed_ensemble.py") -> dict:
         raise SystemExit(f"{script}: an ensemble needs two members or more")
     splits = [json.loads((r / rundir.FOLD_FILE).read_text(encoding="utf-8")) for r in runs]
     recipes = [load_config(_config_path(r)) for r in runs]
-    by_seed: dict[int, int] = {}  # draw seed -> the first member trained with it
+    by_seed: dict[tuple, int] = {}  # (draw seed, augmentation) -> the first member with it
     for member, (run, split, cfg) in enumerate(zip(runs, splits, recipes)):
         for key in ("train", "validation", "test"):
             if sorted(split[key]) != sorted(splits[0][key]):
@@ -80,8 +85,9 @@ def shared_split(runs: list[Path], script: str = "seed_ensemble.py") -> dict:
                                  "members of a seed ensemble share train.seed (see train.member_seed)")
         if _recipe(cfg) != _recipe(recipes[0]):
             raise SystemExit(f"{script}: {run}: another recipe than {runs[0]}'s; members of "
-                             "a seed ensemble differ only in train.member_seed")
-        twin = by_seed.setdefault(draw_seed(cfg["train"]), member)  # one run given twice too
+                             "a seed ensemble differ only in train.member_seed and [augment]")
+        drawn = (draw_seed(cfg["train"]), json.dumps(cfg["augment"], sort_keys=True))
+        twin = by_seed.setdefault(drawn, member)  # one run given twice too
         if twin != member:
             raise SystemExit(f"{script}: {run}: the same model as {runs[twin]} (same run, or same "
                              "seeds: member_seed -1 and 0 train alike); give each member once")

@@ -60,6 +60,17 @@ def test_one_model_twice_or_another_recipe_is_refused(tmp_path):
         seed_ensemble.shared_split([a, wider])
 
 
+def test_members_may_augment_differently_even_with_one_seed(tmp_path):
+    """r7 beside r10 (speckle strength drawn per image) share their split: one ensemble,
+    and not one model twice although both train with member seed 0."""
+    a = _member(tmp_path / "a", 0, ["x"], ["t"])
+    speckled = _member(tmp_path / "speckled", 0, ["x"], ["t"], {**TINY, "augment": {"speckle_max": 0.35}})
+    assert seed_ensemble.shared_split([a, speckled])["validation"] == ["x"]
+    bigger = _member(tmp_path / "bigger", 1, ["x"], ["t"], {**TINY, "data": {"size": 32}})
+    with pytest.raises(SystemExit, match=r"bigger: another recipe"):
+        seed_ensemble.shared_split([a, bigger])
+
+
 def test_the_written_ensemble_predicts_the_mean_of_its_members(tmp_path, phantom_root, capsys):
     cases = discover(phantom_root)
     ids = [cases[0].id, cases[1].id]
