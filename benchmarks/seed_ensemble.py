@@ -31,7 +31,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import sys
 import time
 from pathlib import Path
@@ -96,17 +95,11 @@ def shared_split(runs: list[Path], script: str = "seed_ensemble.py") -> dict:
 
 def write_ensemble(folder: Path, runs: list[Path], cases, cfg) -> None:
     """Copy each run's model into ``folder`` and record the ensemble, tuned on the
-    shared validation split, in its inference.json."""
-    from bcseg import rundir
-    from bcseg.after_fit import tune_members
+    shared validation split, in its inference.json (what ``bcseg ensemble`` writes;
+    an earlier ensemble there is replaced)."""
+    from bcseg.ensemble import write_ensemble as write
 
-    folder.mkdir(parents=True, exist_ok=True)
-    files = {f"member_{k}.keras": run / rundir.MODEL_FILE for k, run in enumerate(runs)}
-    for name, source in files.items():
-        shutil.copyfile(source, folder / name)
-    settings = tune_members(files, cases, cfg)
-    rundir.write_settings(folder, settings.replace(info=dict(
-        settings.info, source_run=", ".join(str(r) for r in runs))))
+    write(folder, runs, cases, cfg, force=True)
 
 
 def main(argv=None) -> int:

@@ -1,5 +1,5 @@
-"""benchmarks/seed_ensemble.py: members must share their split; the folder it writes
-predicts as the members' mean."""
+"""benchmarks/seed_ensemble.py: members must share their split (the folder it writes is
+`bcseg ensemble`'s, tests/test_ensemble_cmd.py)."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from bcseg import rundir
 from bcseg.config import load_config, save_config
 from bcseg.data import io
 from bcseg.data.dataset import discover
-from bcseg.infer.predict import load_model, segment_volume
+from bcseg.infer.predict import segment_volume
 from bcseg.infer.segment import load_models
 from bcseg.learn.models import unet
 
@@ -69,27 +69,6 @@ def test_members_may_augment_differently_even_with_one_seed(tmp_path):
     bigger = _member(tmp_path / "bigger", 1, ["x"], ["t"], {**TINY, "data": {"size": 32}})
     with pytest.raises(SystemExit, match=r"bigger: another recipe"):
         seed_ensemble.shared_split([a, bigger])
-
-
-def test_the_written_ensemble_predicts_the_mean_of_its_members(tmp_path, phantom_root, capsys):
-    cases = discover(phantom_root)
-    ids = [cases[0].id, cases[1].id]
-    runs = [_member(tmp_path / f"s{k}", k, ids, [cases[2].id]) for k in (0, 1)]
-    folder = tmp_path / "ensemble"
-    seed_ensemble.write_ensemble(folder, runs, cases, load_config(None, TINY))
-    said = capsys.readouterr().out
-    assert "2 validation cases (the mean of the 2 members that share each validation split)" in said
-    assert "with TTA over flips ['lr'])" in said  # the 2D members' flips, not the default's 'z'
-
-    models, settings = load_models(folder)
-    assert len(models) == 2 and settings.info["pooled_validation_cases"] == 2
-    stack = io.read_image(cases[2].image)[0]
-    _, prob = segment_volume(models, stack, settings)
-    own = [segment_volume(load_model(r / rundir.MODEL_FILE), stack,
-                          rundir.read_settings(r / rundir.SETTINGS_FILE).replace(tta=settings.tta))[1]
-           for r in runs]
-    assert np.abs(own[0] - own[1]).max() > 1e-3  # the members differ
-    np.testing.assert_allclose(prob, np.mean(own, axis=0), atol=1e-6)
 
 
 def test_a_bundled_ensemble_is_the_default_of_predict(tmp_path, phantom_root, monkeypatch, capsys):

@@ -344,6 +344,31 @@ def cmd_predict(args) -> int:
     return 0
 
 
+def cmd_ensemble(args) -> int:
+    from bcseg.ensemble import build_ensemble
+
+    out, settings, runs = build_ensemble(args.data, args.model, args.out, force=args.force)
+    alone = [rundir_validation(run) for run in runs]
+    steps = ", ".join(settings.postprocess) or "none"
+    print(f"ensemble of {len(runs)} models in {out}: threshold {settings.threshold:g}, "
+          f"post-processing {steps}, TTA {'on' if settings.tta else 'off'}")
+    if settings.info.get("validation_dice") is not None:
+        members = ", ".join("?" if d is None else f"{d:.3f}" for d in alone)
+        print(f"validation Dice {settings.info['validation_dice']:.3f} on "
+              f"{settings.info.get('pooled_validation_cases')} cases (members alone: {members})")
+    print(f"segment with: bcseg predict IMAGES --model {out} --out OUT")
+    return 0
+
+
+def rundir_validation(run: Path) -> float | None:
+    """The validation Dice a run's own tuning recorded, if any."""
+    from bcseg.rundir import SETTINGS_FILE, read_settings
+
+    settings = read_settings(Path(run) / SETTINGS_FILE)
+    value = None if settings is None else settings.info.get("validation_dice")
+    return value if isinstance(value, (int, float)) else None
+
+
 def cmd_export_onnx(args) -> int:
     from bcseg.infer.onnx_runtime import export_onnx
 
@@ -583,6 +608,20 @@ def _add_predict(sub) -> None:
     p.set_defaults(func=cmd_predict)
 
 
+def _add_ensemble(sub) -> None:
+    p = sub.add_parser("ensemble", help="tune an ensemble of finished runs on their validation images",
+                       description="Put finished training runs (another --member-seed, another "
+                       "recipe, or the folds of k-fold runs) together as one model folder: one "
+                       "threshold, post-processing and TTA choice tuned on the runs' validation "
+                       "images, as train does for one model. Predict with --model OUT.")
+    p.add_argument("data", help="the dataset the runs were trained on (folder or manifest)")
+    p.add_argument("--model", action="append", required=True,
+                   help="a training run folder, or a k-fold run folder (each fold a member); repeat")
+    p.add_argument("--out", required=True, help="the ensemble's folder")
+    p.add_argument("--force", action="store_true", help="replace an ensemble this command wrote there")
+    p.set_defaults(func=cmd_ensemble)
+
+
 def _add_export_onnx(sub) -> None:
     p = sub.add_parser("export-onnx", help="export a trained model to ONNX for --runtime onnx",
                        description="Write the run's model_best.keras as model_best.onnx beside "
@@ -670,7 +709,7 @@ def _add_demo(sub) -> None:
 
 
 # Every subcommand, in the order --help lists them.
-COMMANDS = (_add_phantom, _add_check, _add_split, _add_train, _add_predict, _add_export_onnx,
+COMMANDS = (_add_phantom, _add_check, _add_split, _add_train, _add_predict, _add_ensemble, _add_export_onnx,
             _add_evaluate, _add_report, _add_margins, _add_export_nnunet, _add_demo)
 
 

@@ -599,7 +599,7 @@ def load_run(paths: str | Path | Sequence[str | Path]) -> tuple[list[Path], Infe
         paths = [paths]
     loaded = [_load_one(Path(p)) for p in paths]
     files = [f for found, _ in loaded for f in found]
-    _refuse_repeats(files)
+    refuse_repeats(files)
     if len(loaded) == 1:
         return loaded[0]
     members = tuple(member_settings(f, view) for found, s in loaded
@@ -607,7 +607,7 @@ def load_run(paths: str | Path | Sequence[str | Path]) -> tuple[list[Path], Infe
     return files, _combined(members, [s for _, s in loaded], files)
 
 
-def _refuse_repeats(files: list[Path]) -> None:
+def refuse_repeats(files: list[Path]) -> None:
     """A model twice in an ensemble (named twice, listed twice, or reached through a link)
     would weigh twice in the mean, unasked."""
     seen: dict[object, Path] = {}
@@ -677,7 +677,8 @@ def _combined(members, parts: list[InferenceSettings], files) -> InferenceSettin
     thresholds = [p.threshold for p in parts]
     steps = {p.postprocess for p in parts}
     warnings.warn(f"{files[0]}: ensemble of {len(files)} models without a threshold tuned for "
-                  f"it; using the members' mean threshold {sum(thresholds) / len(thresholds):.3g}")
+                  f"it; using the members' mean threshold {sum(thresholds) / len(thresholds):.3g} (bcseg ensemble "
+                  "tunes one on the runs' validation images)")
     return InferenceSettings(threshold=round(sum(thresholds) / len(thresholds), 4),
                              postprocess=steps.pop() if len(steps) == 1 else (),
                              tta=all(p.tta for p in parts), members=tuple(members))

@@ -1,0 +1,157 @@
+"""``bcseg ensemble``: put finished training runs together as one tuned ensemble.
+
+``predict --model A --model B`` averages the models' probabilities, but nothing chose a
+threshold for that mean, so it falls back on the members' mean threshold (with a
+warning). This tunes one: threshold, post-processing and TTA, chosen on the runs' own
+validation images (:func:`bcseg.after_fit.tune_members`), as ``train`` does for one
+model. The result is a folder that predicts as the ensemble (``predict --model OUT``):
+the members' model files and an ``inference.json`` that lists them.
+
+Which runs go together (the same choice nnU-Net and MONAI leave to the user):
+
+- runs trained on the same split with another ``--member-seed`` (a seed ensemble):
+  each validation image is scored on the members' mean probability, which is exactly
+  what the ensemble will output;
+- the fold models of k-fold runs, or runs of other splits: each member is scored on its
+  own validation images and the scores are pooled, as a k-fold run tunes its folds.
+
+The members may differ in recipe (augmentation, width, input size) but not in what they
+take and give: one dimensionality and the same channels.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Sequence
+
+from bcseg import rundir
+from bcseg.atomic import atomic_path
+from bcseg.config import load_config
+from bcseg.data.dataset import discover
+from bcseg.errors import DataError, ModelError, UsageError
+from bcseg.outputs import check_not_inputs, check_output_folder, claim, require_new_folder
+
+
+def member_runs(models: Sequence[str | Path]) -> list[Path]:
+    """The training run folder of every member: each ``--model`` is a finished run
+    (``model_best.keras`` beside its ``fold.json``) or a finished k-fold run, whose fold
+    folders are its members. A bare model file, an ensemble folder or a run that has not
+    finished is refused by name: tuning needs the validation images each member kept out."""
+    runs = []
+    for given in map(Path, models):
+        if not given.exists():
+            raise ModelError(given, "not found; give a finished training run folder")
+        if not given.is_dir():
+            raise ModelError(given, "is not a training run folder; an ensemble is tuned on each "
+                             f"run's validation images, which its {rundir.FOLD_FILE} names: give the "
+                             "run folder the model was trained in")
+        if (given / rundir.MODEL_FILE).is_file():
+            found = [given]
+        else:
+            found = rundir.find_members(given)
+            if not found:
+                raise ModelError(given, f"holds no {rundir.MODEL_FILE} and no fold_K folders with "
+                                 "one; give a finished training run folder")
+        for run in found:
+            if not (run / rundir.FOLD_FILE).is_file() or not (run / rundir.SETTINGS_FILE).is_file():
+                raise ModelError(run, f"has no {rundir.FOLD_FILE} or {rundir.SETTINGS_FILE}: it is "
+                                 "not a finished training run (an ensemble or an exported model cannot "
+                                 "be tuned again); give the runs it was made of")
+        runs += found
+    if len(runs) < 2:
+        raise UsageError(None, "an ensemble needs two models or more: pass --model twice or more, "
+                         "or a k-fold run")
+    rundir.refuse_repeats([run / rundir.MODEL_FILE for run in runs])  # one model twice would weigh twice
+    return runs
+
+
+def _recipe(run: Path) -> dict:
+    """A run's config.toml: its own, else its k-fold run's (the folder above)."""
+    for folder in (run, run.parent):
+        if (folder / rundir.CONFIG_FILE).is_file():
+            return load_config(folder / rundir.CONFIG_FILE)
+    raise ModelError(run, f"has no {rundir.CONFIG_FILE} here or above: not a bcseg training run")
+
+
+def _check_alike(runs: list[Path]) -> None:
+    """Members must take and give the same: one dimensionality, the same channels."""
+    def takes(settings) -> str:
+        channels = ", ".join(settings.channel_names) or f"{settings.channels} unnamed channel(s)"
+        return f"{settings.ndim or '?'}D input of {channels}"
+
+    first = takes(rundir.model_settings(runs[0] / rundir.MODEL_FILE))
+    for run in runs[1:]:
+        own = takes(rundir.model_settings(run / rundir.MODEL_FILE))
+        if own != first:
+            raise ModelError(run, f"takes {own}, but {runs[0]} takes {first}: members of an "
+                             "ensemble segment the same input")
+
+
+def _validation_cases(runs: list[Path], data) -> list:
+    """The dataset's cases; every member's validation case must be among them."""
+    cases = discover(data)
+    ids = {c.id for c in cases}
+    for run in runs:
+        fold_file = run / rundir.FOLD_FILE
+        try:
+            validation = json.loads(fold_file.read_text(encoding="utf-8"))["validation"]
+        except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError) as exc:
+            raise ModelError(fold_file, f"cannot be read as a run's split ({exc})") from None
+        missing = sorted(set(validation) - ids)
+        if missing:
+            raise DataError(fold_file, f"validation case {missing[0]!r} is not in {data}"
+                            f"{f' (and {len(missing) - 1} more)' if len(missing) > 1 else ''}; give "
+                            "the dataset the run was trained on")
+        if not validation:
+            raise ModelError(fold_file, "lists no validation cases, so nothing can tune the ensemble")
+    return cases
+
+
+def build_ensemble(data, models: Sequence[str | Path], out: str | Path, force: bool = False):
+    """Tune an ensemble of finished runs on their validation images and write it to ``out``.
+
+    Parameters
+    ----------
+    data : str or Path
+        The dataset the runs were trained on (folder or manifest).
+    models : sequence of paths
+        Training run folders, or k-fold run folders (each of their folds a member).
+    out : str or Path
+        The ensemble's folder: ``member_0.keras``, ... and ``inference.json``.
+    force : bool
+        Replace an ensemble this command wrote there before.
+
+    Returns
+    -------
+    (Path, InferenceSettings, list of Path)
+        The folder, the settings chosen, and the member runs in order.
+    """
+    out = check_output_folder(out)
+    runs = member_runs(models)
+    check_not_inputs(out, [data, *runs])
+    require_new_folder(out, force, "ensemble", what="an ensemble")
+    _check_alike(runs)
+    cases = _validation_cases(runs, data)
+    settings = write_ensemble(out, runs, cases, _recipe(runs[0]), force=force, inputs=[data])
+    return out, settings, runs
+
+
+def write_ensemble(out: Path, runs: list[Path], cases: list, cfg: dict, force: bool = False,
+                   inputs: Sequence = ()):
+    """Tune the runs' models as one ensemble on ``cases`` (their validation images among
+    them) with recipe ``cfg``, then write ``member_K.keras`` and ``inference.json`` into
+    ``out``; return the settings. ``force`` replaces an ensemble written there before."""
+    from bcseg.after_fit import tune_members
+
+    files = {f"member_{k}.keras": run / rundir.MODEL_FILE for k, run in enumerate(runs)}
+    # Tuned before anything is written: it reads every member and may fail.
+    settings = tune_members(files, cases, cfg)
+    settings = settings.replace(info=dict(settings.info, source_run=", ".join(str(r) for r in runs)))
+    with claim(out, "ensemble", replace=force, inputs=[*inputs, *runs]):
+        for name, source in files.items():
+            with atomic_path(out / name) as tmp:
+                shutil.copyfile(source, tmp)
+        rundir.write_settings(out, settings)
+    return settings

@@ -1,0 +1,159 @@
+"""`bcseg ensemble`: finished runs become one folder that predicts as their tuned mean.
+
+Real tiny models and real phantom stacks; each member is a run folder as `train`
+leaves it (model, config.toml, inference.json, fold.json)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import keras
+import numpy as np
+import pytest
+
+from bcseg import rundir
+from bcseg.after_fit import validation_target
+from bcseg.cli import main
+from bcseg.config import load_config, save_config
+from bcseg.data import io
+from bcseg.data.dataset import discover, read_case_masks
+from bcseg.infer.predict import load_model, segment_volume
+from bcseg.infer.segment import load_models, segment_case
+from bcseg.learn.models import unet
+from bcseg.learn.pipeline import training_target
+from bcseg.measure.metrics import dice
+
+TINY = {"model": {"base_filters": 2, "depth": 2}, "data": {"size": 16}}
+
+
+def _run(folder: Path, seed: int, validation: list[str], train: list[str] = (), recipe=TINY,
+         threshold: float = 0.5) -> Path:
+    """A finished training run folder of member ``seed``: a tiny real model, its
+    settings, config.toml and fold.json."""
+    folder.mkdir(parents=True)
+    keras.utils.set_random_seed(seed)
+    unet(ndim=2, base_filters=2, depth=2, norm=None).save(folder / rundir.MODEL_FILE)
+    cfg = load_config(None, {**recipe, "train": {"member_seed": seed}})
+    save_config(cfg, folder / rundir.CONFIG_FILE)
+    rundir.save_run_settings(folder, rundir.recipe_settings(cfg, 1).replace(threshold=threshold))
+    (folder / rundir.FOLD_FILE).write_text(json.dumps(
+        {"fold": 0, "train": list(train), "validation": validation, "test": []}), encoding="utf-8")
+    return folder
+
+
+def _hashes(root: Path) -> dict[str, str]:
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def _bcseg(capsys, *argv) -> tuple[int, str, str]:
+    capsys.readouterr()
+    code = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_a_seed_ensemble_is_tuned_on_the_members_mean_and_predicts_it(tmp_path, phantom_root, capsys):
+    cases = discover(phantom_root)
+    validation = [cases[0].id, cases[1].id]
+    runs = [_run(tmp_path / f"seed{k}", k, validation, threshold=0.3 + 0.4 * k) for k in (0, 1)]
+    out = tmp_path / "ens"
+    code, said, err = _bcseg(capsys, "ensemble", phantom_root, "--model", runs[0], "--model", runs[1],
+                             "--out", out)
+    assert code == 0, err
+    assert "warning" not in err  # no untuned mean threshold
+    assert f"ensemble of 2 models in {out}" in said and "members alone" in said
+    assert sorted(p.name for p in out.iterdir() if not p.name.startswith(".")) == [
+        "inference.json", "member_0.keras", "member_1.keras"]
+
+    # What predict then runs is the mean of the members' probabilities ...
+    models, settings = load_models(out)
+    stack = io.read_image(cases[2].image)[0]
+    _, prob = segment_volume(models, stack, settings)
+    own = [segment_volume(load_model(r / rundir.MODEL_FILE), stack,
+                          rundir.read_settings(r / rundir.SETTINGS_FILE).replace(tta=settings.tta))[1]
+           for r in runs]
+    assert np.abs(own[0] - own[1]).max() > 1e-3  # the members differ
+    np.testing.assert_allclose(prob, np.mean(own, axis=0), atol=1e-6)
+
+    # ... and the validation Dice recorded is the mean Dice of its masks on the two
+    # validation stacks, recomputed here through the prediction path.
+    target = validation_target(load_config(runs[0] / rundir.CONFIG_FILE))
+    scores = []
+    for case in cases[:2]:
+        _, _, mask, _ = segment_case(models, case, settings, keep_prob=False)
+        scores.append(dice(mask, training_target(read_case_masks(case, mask.shape), target, "")))
+    assert settings.info["validation_dice"] == pytest.approx(np.mean(scores), abs=1e-4)
+    assert settings.info["source_run"] == ", ".join(str(r) for r in runs)
+
+
+def test_the_folds_of_a_kfold_run_are_its_members(tmp_path, phantom_root, capsys):
+    cases = discover(phantom_root)
+    kfold = tmp_path / "kfold"
+    for k in (0, 1):
+        _run(kfold / f"fold_{k}", k, [cases[k].id], train=[cases[1 - k].id])
+    code, said, err = _bcseg(capsys, "ensemble", phantom_root, "--model", kfold, "--out", tmp_path / "ens")
+    assert code == 0, err
+    assert "ensemble of 2 models" in said
+    assert "2 validation cases (their pooled out-of-fold predictions)" in said
+
+
+@pytest.mark.parametrize("problem", ["one run", "model file", "twice", "not in data", "no split",
+                                     "other channels", "out is a run", "out holds yours"])
+def test_bad_members_or_outputs_are_one_line_and_leave_nothing(problem, tmp_path, phantom_root, capsys):
+    cases = discover(phantom_root)
+    a = _run(tmp_path / "a", 0, [cases[0].id])
+    b = _run(tmp_path / "b", 1, [cases[0].id])
+    out = tmp_path / "ens"
+    models = [a, b]
+    expect = {"one run": (2, "an ensemble needs two models or more"),
+              "model file": (4, "a/model_best.keras: is not a training run folder"),
+              "twice": (4, "is in the ensemble twice"),
+              "not in data": (3, "b/fold.json: validation case 'nobody' is not in"),
+              "no split": (4, "b: has no fold.json or inference.json"),
+              "other channels": (4, "b: takes 2D input of us, pa, but"),
+              "out is a run": (2, "contains the input"),
+              "out holds yours": (2, "notes.txt: was not written by bcseg")}[problem]
+    if problem == "one run":
+        models = [a]
+    elif problem == "model file":
+        models = [a / rundir.MODEL_FILE, b]
+    elif problem == "twice":
+        models = [a, a]
+    elif problem == "not in data":
+        (b / rundir.FOLD_FILE).write_text(json.dumps({"train": [], "validation": ["nobody"]}))
+    elif problem == "no split":
+        (b / rundir.FOLD_FILE).unlink()
+    elif problem == "other channels":
+        (b / rundir.MODEL_FILE).unlink()
+        unet(ndim=2, in_channels=2, base_filters=2, depth=2, norm=None).save(b / rundir.MODEL_FILE)
+        settings = rundir.read_settings(b / rundir.SETTINGS_FILE)
+        rundir.save_run_settings(b, settings.replace(channels=2, channel_names=("us", "pa")))
+    elif problem == "out is a run":
+        out = a
+    elif problem == "out holds yours":
+        out.mkdir()
+        (out / "notes.txt").write_text("mine")
+    before = _hashes(tmp_path)
+    argv = ["ensemble", phantom_root, "--out", out, "--force"]
+    for model in models:
+        argv += ["--model", model]
+    code, _, err = _bcseg(capsys, *argv)
+    assert code == expect[0], err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and expect[1] in lines[0], err
+    assert _hashes(tmp_path) == before
+    if problem not in ("out is a run", "out holds yours"):
+        assert not out.exists()
+
+
+def test_an_existing_ensemble_is_replaced_only_with_force(tmp_path, phantom_root, capsys):
+    cases = discover(phantom_root)
+    runs = [_run(tmp_path / f"s{k}", k, [cases[0].id]) for k in (0, 1)]
+    argv = ["ensemble", phantom_root, "--model", runs[0], "--model", runs[1], "--out", tmp_path / "ens"]
+    assert _bcseg(capsys, *argv)[0] == 0
+    code, _, err = _bcseg(capsys, *argv)
+    assert code == 2 and "already holds an ensemble; pass --force" in err
+    assert _bcseg(capsys, *argv, "--force")[0] == 0
