@@ -101,7 +101,9 @@ def test_the_folds_of_a_kfold_run_are_its_members(tmp_path, phantom_root, capsys
 
 
 @pytest.mark.parametrize("problem", ["one run", "model file", "twice", "not in data", "no split",
-                                     "other channels", "out is a run", "out holds yours"])
+                                     "split not lists", "split without train", "unfinished k-fold",
+                                     "other observer", "other channels", "out is a run",
+                                     "out holds yours", "out is a link"])
 def test_bad_members_or_outputs_are_one_line_and_leave_nothing(problem, tmp_path, phantom_root, capsys):
     cases = discover(phantom_root)
     a = _run(tmp_path / "a", 0, [cases[0].id])
@@ -115,7 +117,12 @@ def test_bad_members_or_outputs_are_one_line_and_leave_nothing(problem, tmp_path
               "no split": (4, "b: has no fold.json or inference.json"),
               "other channels": (4, "b: takes 2D input of us, pa, but"),
               "out is a run": (2, "contains the input"),
-              "out holds yours": (2, "notes.txt: was not written by bcseg")}[problem]
+              "split not lists": (4, "b/fold.json: is not a run's split: 'validation' must be a list"),
+              "split without train": (4, "b/fold.json: is not a run's split: 'train' must be a list"),
+              "unfinished k-fold": (4, "kfold: this k-fold run has not finished"),
+              "other observer": (4, "b: was trained against 'observer2'"),
+              "out holds yours": (2, "notes.txt: was not written by bcseg"),
+              "out is a link": (2, "ens: is a link to")}[problem]
     if problem == "one run":
         models = [a]
     elif problem == "model file":
@@ -126,6 +133,18 @@ def test_bad_members_or_outputs_are_one_line_and_leave_nothing(problem, tmp_path
         (b / rundir.FOLD_FILE).write_text(json.dumps({"train": [], "validation": ["nobody"]}))
     elif problem == "no split":
         (b / rundir.FOLD_FILE).unlink()
+    elif problem == "split not lists":
+        (b / rundir.FOLD_FILE).write_text(json.dumps({"train": [], "validation": 5}))
+    elif problem == "split without train":
+        (b / rundir.FOLD_FILE).write_text(json.dumps({"validation": [cases[0].id]}))
+    elif problem == "unfinished k-fold":  # fold 1 of 2 is not trained yet
+        kfold = tmp_path / "kfold"
+        _run(kfold / "fold_0", 0, [cases[0].id])
+        (kfold / "fold_0" / rundir.CONFIG_FILE).rename(kfold / rundir.CONFIG_FILE)
+        models = [kfold, b]
+    elif problem == "other observer":
+        save_config(load_config(None, {**TINY, "data": {**TINY["data"], "observer": "observer2"}}),
+                    b / rundir.CONFIG_FILE)
     elif problem == "other channels":
         (b / rundir.MODEL_FILE).unlink()
         unet(ndim=2, in_channels=2, base_filters=2, depth=2, norm=None).save(b / rundir.MODEL_FILE)
@@ -136,16 +155,21 @@ def test_bad_members_or_outputs_are_one_line_and_leave_nothing(problem, tmp_path
     elif problem == "out holds yours":
         out.mkdir()
         (out / "notes.txt").write_text("mine")
+    elif problem == "out is a link":
+        (tmp_path / "elsewhere").mkdir()
+        (tmp_path / "elsewhere" / "old.txt").write_text("what --force would replace")
+        out.symlink_to(tmp_path / "elsewhere")
     before = _hashes(tmp_path)
     argv = ["ensemble", phantom_root, "--out", out, "--force"]
     for model in models:
         argv += ["--model", model]
-    code, _, err = _bcseg(capsys, *argv)
+    code, said, err = _bcseg(capsys, *argv)
     assert code == expect[0], err
     lines = err.strip().splitlines()
     assert len(lines) == 1 and expect[1] in lines[0], err
+    assert "tuned" not in said  # refused before the members are loaded and tuned
     assert _hashes(tmp_path) == before
-    if problem not in ("out is a run", "out holds yours"):
+    if problem not in ("out is a run", "out holds yours", "out is a link"):
         assert not out.exists()
 
 

@@ -332,3 +332,16 @@ def test_a_killed_stage_holding_a_file_of_yours_or_a_lookalike_is_kept(specimens
     assert (stage / "notes.txt").read_text() == "put here after the kill"
     assert len(list((stage / "imagesTr").glob("*.tif"))) == 2
     assert (lookalike / "mine.txt").read_text() == "mine"
+
+
+def test_files_that_only_look_like_bcseg_bookkeeping_still_need_force(specimens, tmp_path):
+    """A folder holding nothing but bcseg's record counts as empty (a killed export's);
+    a user's file named like a lock or a temporary does not, and survives."""
+    folder = tmp_path / "Dataset014_Look"
+    folder.mkdir()
+    (folder / ".draft.bcseg-partial-999999.txt").write_text("my draft")
+    (folder / ".keep.bcseg-lock").write_text("")
+    with pytest.raises(UsageError, match="already holds a result; pass force=True"):
+        export_nnunet(specimens, tmp_path, 14, "Look", k=3)
+    assert (folder / ".draft.bcseg-partial-999999.txt").read_text() == "my draft"
+    assert (folder / ".keep.bcseg-lock").exists()

@@ -54,6 +54,11 @@ def member_runs(models: Sequence[str | Path]) -> list[Path]:
             if not found:
                 raise ModelError(given, f"holds no {rundir.MODEL_FILE} and no fold_K folders with "
                                  "one; give a finished training run folder")
+            recorded = rundir.read_settings(given / rundir.SETTINGS_FILE)
+            if (given / rundir.CONFIG_FILE).is_file() and not (recorded and recorded.members):
+                raise ModelError(given, "this k-fold run has not finished (its folds' ensemble is "
+                                 "recorded when the last fold ends); finish it with --resume, or "
+                                 "name its finished fold folders instead")
         for run in found:
             if not (run / rundir.FOLD_FILE).is_file() or not (run / rundir.SETTINGS_FILE).is_file():
                 raise ModelError(run, f"has no {rundir.FOLD_FILE} or {rundir.SETTINGS_FILE}: it is "
@@ -76,7 +81,16 @@ def _recipe(run: Path) -> dict:
 
 
 def _check_alike(runs: list[Path]) -> None:
-    """Members must take and give the same: one dimensionality, the same channels."""
+    """Members must take and give the same: one dimensionality, the same channels, and
+    one target (the observer or consensus their validation scored against), which the
+    ensemble is tuned against."""
+    from bcseg.after_fit import validation_target
+
+    targets = [validation_target(_recipe(run)) for run in runs]
+    for run, target in zip(runs[1:], targets[1:]):
+        if target != targets[0]:
+            raise ModelError(run, f"was trained against {target!r}, but {runs[0]} against "
+                             f"{targets[0]!r}: one threshold cannot be tuned for both")
     def takes(settings) -> str:
         channels = ", ".join(settings.channel_names) or f"{settings.channels} unnamed channel(s)"
         return f"{settings.ndim or '?'}D input of {channels}"
@@ -92,14 +106,20 @@ def _check_alike(runs: list[Path]) -> None:
 def _validation_cases(runs: list[Path], data) -> list:
     """The dataset's cases; every member's validation case must be among them."""
     cases = discover(data)
-    ids = {c.id for c in cases}
+    known = {c.id for c in cases}
     for run in runs:
         fold_file = run / rundir.FOLD_FILE
         try:
-            validation = json.loads(fold_file.read_text(encoding="utf-8"))["validation"]
-        except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError) as exc:
+            split = json.loads(fold_file.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, ValueError) as exc:
             raise ModelError(fold_file, f"cannot be read as a run's split ({exc})") from None
-        missing = sorted(set(validation) - ids)
+        for key in ("train", "validation"):
+            listed = split.get(key) if isinstance(split, dict) else None
+            if not isinstance(listed, list) or not all(isinstance(i, str) for i in listed):
+                raise ModelError(fold_file, f"is not a run's split: {key!r} must be a list of "
+                                 "case ids; give a run folder as train wrote it")
+        validation = split["validation"]
+        missing = sorted(set(validation) - known)
         if missing:
             raise DataError(fold_file, f"validation case {missing[0]!r} is not in {data}"
                             f"{f' (and {len(missing) - 1} more)' if len(missing) > 1 else ''}; give "
@@ -131,10 +151,10 @@ def build_ensemble(data, models: Sequence[str | Path], out: str | Path, force: b
     out = check_output_folder(out)
     runs = member_runs(models)
     check_not_inputs(out, [data, *runs])
-    require_new_folder(out, force, "ensemble", what="an ensemble")
+    replace = require_new_folder(out, force, "ensemble", what="an ensemble")
     _check_alike(runs)
     cases = _validation_cases(runs, data)
-    settings = write_ensemble(out, runs, cases, _recipe(runs[0]), force=force, inputs=[data])
+    settings = write_ensemble(out, runs, cases, _recipe(runs[0]), force=replace, inputs=[data])
     return out, settings, runs
 
 
@@ -142,7 +162,8 @@ def write_ensemble(out: Path, runs: list[Path], cases: list, cfg: dict, force: b
                    inputs: Sequence = ()):
     """Tune the runs' models as one ensemble on ``cases`` (their validation images among
     them) with recipe ``cfg``, then write ``member_K.keras`` and ``inference.json`` into
-    ``out``; return the settings. ``force`` replaces an ensemble written there before."""
+    ``out``; return the settings. ``force`` replaces the folder's content, an ensemble
+    written there before."""
     from bcseg.after_fit import tune_members
 
     files = {f"member_{k}.keras": run / rundir.MODEL_FILE for k, run in enumerate(runs)}

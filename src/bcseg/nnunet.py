@@ -184,9 +184,9 @@ def export_nnunet(data: str | Path | Iterable[Case], out: str | Path, dataset_id
     ending = _check_ending(file_ending)
     out = check_output_folder(out)
     dest = out / folder_name
+    cases, reads, names = _cases_to_export(data, dest, observer, channels)  # never an input first
     require_new_folder(dest, force, "export-nnunet")
     _check_id_free(out, int(dataset_id), folder_name)
-    cases, reads, names = _cases_to_export(data, dest, observer, channels)
     _check_ending_fits(cases[0], ending, names)  # before the folds' warnings and the claim
     fold_of = _folds(cases, folds, k, seed)
     nn_ids = [f"{name}_{i:0{max(4, len(str(len(cases))))}d}" for i in range(1, len(cases) + 1)]
@@ -231,7 +231,9 @@ def _write_dataset(cases: list[Case], nn_ids: list[str], stage: Path, dest: Path
     try:
         with claim(stage, "export-nnunet"):  # still open while moving: a kill leaves it open
             _write_staged(cases, nn_ids, stage, observer, ending, fold_of, name, channels, folder_name)
-            for path in sorted(stage.rglob("*")):  # the claim's folder is empty: fill it
+            # dataset.json last: nnU-Net needs it, so a dataset cut short by a kill
+            # in this loop is never taken for a complete one.
+            for path in sorted(stage.rglob("*"), key=lambda p: (p.name == "dataset.json", p)):
                 if path.is_file() and path.name != RECORD:
                     (dest / path.relative_to(stage)).parent.mkdir(parents=True, exist_ok=True)
                     os.replace(path, dest / path.relative_to(stage))

@@ -654,19 +654,29 @@ def _remove_if_empty(folder: Path, created: Path) -> None:
 
 
 def require_new_folder(folder: Path, force: bool, command: str, what: str = "a result",
-                       other_way: str | None = None) -> None:
+                       other_way: str | None = None) -> bool:
     """Refuse an output folder that holds something, unless ``force`` may replace it.
 
     Without ``force``, what ``force`` would refuse too (a file of the user's, another
     command's result) is named first: suggesting ``force`` for it only led to a second
     refusal. ``other_way`` is another way out that works (``pass resume=True to
-    continue it``), offered whether or not ``force`` would.
+    continue it``), offered whether or not ``force`` would. With ``force``, what the
+    replacement would refuse is refused now, before the command's work. Returns whether
+    ``force`` replaces something (the claim's ``replace``).
     """
     folder = Path(folder)
-    # Only bcseg's bookkeeping (the record a killed run opened, a lock, its temporaries)
-    # is no result: the claim settles it.
-    if force or not folder.is_dir() or not listing(folder, strict=False):
-        return
+    # A folder holding nothing but bcseg's record (one a killed run opened before it
+    # wrote anything) holds no result: the claim settles it. Anything else counts, a
+    # lock- or temporary-looking file of the user's included.
+    if not folder.is_dir() or {entry.name for entry in folder.iterdir()} <= {RECORD}:
+        return False
+    if force:  # what the replacement will refuse, refused before the command's long work
+        if folder.is_symlink():
+            raise UsageError(folder, f"is a link to {os.readlink(folder)}; give the folder itself "
+                             "as the output to replace it")
+        check_one_writer(folder, command)
+        _check_only_ours(folder, command=command)
+        return True
     try:
         _check_only_ours(folder, command=command)
         check_one_writer(folder, command)
