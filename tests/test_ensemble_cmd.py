@@ -63,10 +63,14 @@ def test_a_seed_ensemble_is_tuned_on_the_members_mean_and_predicts_it(tmp_path, 
     code, said, err = _bcseg(capsys, "ensemble", phantom_root, "--model", runs[0], "--model", runs[1],
                              "--out", out)
     assert code == 0, err
-    assert "warning" not in err  # no untuned mean threshold
+    assert "mean threshold" not in err  # no untuned mean threshold
     assert f"ensemble of 2 models in {out}" in said and "members alone" in said
     assert sorted(p.name for p in out.iterdir() if not p.name.startswith(".")) == [
         "inference.json", "member_0.keras", "member_1.keras"]
+    for k, run in enumerate(runs):  # saved for inference: no optimiser state, its own settings inside
+        member = out / f"member_{k}.keras"
+        assert member.stat().st_size < (run / rundir.MODEL_FILE).stat().st_size
+        assert rundir.model_settings(member, given_as_file=True).threshold == pytest.approx(0.3 + 0.4 * k)
 
     # What predict then runs is the mean of the members' probabilities ...
     models, settings = load_models(out)

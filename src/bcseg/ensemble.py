@@ -22,7 +22,6 @@ take and give: one dimensionality and the same channels.
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 from typing import Sequence
 
@@ -172,7 +171,17 @@ def write_ensemble(out: Path, runs: list[Path], cases: list, cfg: dict, force: b
     settings = settings.replace(info=dict(settings.info, source_run=", ".join(str(r) for r in runs)))
     with claim(out, "ensemble", replace=force, inputs=[*inputs, *runs]):
         for name, source in files.items():
-            with atomic_path(out / name) as tmp:
-                shutil.copyfile(source, tmp)
+            _save_member(source, out / name)
         rundir.write_settings(out, settings)
     return settings
+
+
+def _save_member(source: Path, path: Path) -> None:
+    """The run's model re-saved for inference: weights and graph without the optimiser
+    state (a third of a checkpoint's size), its own settings inside, as in the run."""
+    from bcseg.infer.predict import load_model
+
+    model = load_model(source)
+    with atomic_path(path) as tmp:
+        model.save(tmp)
+    rundir.embed_settings(path, rundir.model_settings(source))
