@@ -106,7 +106,8 @@ def test_the_folds_of_a_kfold_run_are_its_members(tmp_path, phantom_root, capsys
 
 @pytest.mark.parametrize("problem", ["one run", "model file", "twice", "not in data", "no split",
                                      "split not lists", "split without train", "unfinished k-fold",
-                                     "other observer", "other channels", "out is a run",
+                                     "other observer", "other channels", "an ensemble",
+                                     "fold beside its run", "out is a run",
                                      "out holds yours", "out is a link"])
 def test_bad_members_or_outputs_are_one_line_and_leave_nothing(problem, tmp_path, phantom_root, capsys):
     cases = discover(phantom_root)
@@ -125,6 +126,8 @@ def test_bad_members_or_outputs_are_one_line_and_leave_nothing(problem, tmp_path
               "split without train": (4, "b/fold.json: is not a run's split: 'train' must be a list"),
               "unfinished k-fold": (4, "kfold: this k-fold run has not finished"),
               "other observer": (4, "b: was trained against 'observer2'"),
+              "an ensemble": (4, "ens1: is an ensemble already"),
+              "fold beside its run": (4, "fold_0: is in the ensemble twice: "),
               "out holds yours": (2, "notes.txt: was not written by bcseg"),
               "out is a link": (2, "ens: is a link to")}[problem]
     if problem == "one run":
@@ -154,6 +157,16 @@ def test_bad_members_or_outputs_are_one_line_and_leave_nothing(problem, tmp_path
         unet(ndim=2, in_channels=2, base_filters=2, depth=2, norm=None).save(b / rundir.MODEL_FILE)
         settings = rundir.read_settings(b / rundir.SETTINGS_FILE)
         rundir.save_run_settings(b, settings.replace(channels=2, channel_names=("us", "pa")))
+    elif problem == "an ensemble":
+        (tmp_path / "ens1").mkdir()
+        rundir.write_settings(tmp_path / "ens1", rundir.read_settings(a / rundir.SETTINGS_FILE).replace(
+            members=(rundir.member_settings("member_0.keras", rundir.read_settings(a / rundir.SETTINGS_FILE)),)))
+        models = [tmp_path / "ens1", b]
+    elif problem == "fold beside its run":
+        kfold = tmp_path / "kfold"
+        for k in (0, 1):
+            _run(kfold / f"fold_{k}", k, [cases[k].id])
+        models = [kfold, kfold / "fold_0"]
     elif problem == "out is a run":
         out = a
     elif problem == "out holds yours":
@@ -185,3 +198,23 @@ def test_an_existing_ensemble_is_replaced_only_with_force(tmp_path, phantom_root
     code, _, err = _bcseg(capsys, *argv)
     assert code == 2 and "already holds an ensemble; pass --force" in err
     assert _bcseg(capsys, *argv, "--force")[0] == 0
+
+
+def test_a_refusal_is_one_line_on_stderr_in_a_fresh_interpreter(tmp_path, phantom_root):
+    """TensorFlow writes its start-up banners straight to the stderr descriptor, which
+    capsys does not see; the command line keeps them quiet for ensemble as for predict."""
+    import os
+    import subprocess
+    import sys
+
+    a = _run(tmp_path / "a", 0, ["nobody"])
+    b = _run(tmp_path / "b", 1, ["nobody"])
+    env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
+    env["PYTHONPATH"] = str(Path(__file__).resolve().parents[1] / "src")
+    result = subprocess.run([sys.executable, "-m", "bcseg.cli", "ensemble", str(phantom_root), "--model",
+                             str(a), "--model", str(b), "--out", str(tmp_path / "ens")],
+                            capture_output=True, text=True, env=env, timeout=300)
+    assert result.returncode == 3
+    assert result.stderr.strip().splitlines() == [
+        f"bcseg: error: {a / rundir.FOLD_FILE}: validation case 'nobody' is not in {phantom_root}; "
+        "give the dataset the run was trained on"]

@@ -349,6 +349,46 @@ def test_the_next_claim_settles_what_a_killed_replacement_left(moment, finished,
         assert outputs.owned(folder) == {"a.csv", "sub/", "sub/b.csv"}
 
 
+@pytest.mark.parametrize("command", ["phantom", "export-nnunet"])
+def test_a_killed_replacement_is_no_empty_folder_to_write_without_force(command, tmp_path, capsys):
+    """A --force run killed just after it moved the old result aside leaves the folder
+    holding only its record; without --force the next run must still find the old
+    result (put back by its claim) and refuse, not replace it."""
+    data = tmp_path / "data"
+    write_phantom(data, n=2, shape=(8, 24, 24))
+    if command == "phantom":
+        folder, argv = tmp_path / "p", ["phantom", tmp_path / "p", "--n", "2", "--shape", "8", "24", "24"]
+    else:
+        folder = tmp_path / "raw" / "Dataset009_P"
+        argv = ["export-nnunet", data, tmp_path / "raw", "--dataset-id", "9", "--name", "P", "--k", "2"]
+    assert run(capsys, *argv)[0] == 0
+    aside = folder.with_name(f".{folder.name}{outputs.ASIDE_MARK}99999")  # the killed run's
+    folder.rename(aside)
+    folder.mkdir()
+    (folder / outputs.RECORD).write_text(json.dumps({"files": {}, "open": {
+        "pid": 99999, "token": "x", "command": command, "foreign": [], "edited": []}}))
+    before = hashes(aside)
+    code, _, err = run(capsys, *argv, "--seed", "5") if command == "phantom" else run(capsys, *argv)
+    assert code == 2 and "already holds" in one_line(err), err
+    assert hashes(aside) == before  # the old result is untouched, to be put back by a --force run
+
+
+@pytest.mark.parametrize("kind", ["folder", "link"])
+def test_something_named_like_the_record_is_no_record(kind, tmp_path, capsys):
+    out = tmp_path / "p"
+    out.mkdir()
+    if kind == "folder":
+        (out / outputs.RECORD).mkdir()
+        (out / outputs.RECORD / "thesis.txt").write_text("mine")
+    else:
+        (tmp_path / "target.json").write_text("{}")
+        (out / outputs.RECORD).symlink_to(tmp_path / "target.json")
+    before = hashes(tmp_path)
+    code, _, err = run(capsys, "phantom", out, "--n", "2", "--shape", "8", "24", "24")
+    assert code == 2 and one_line(err), err
+    assert hashes(tmp_path) == before and (out / outputs.RECORD).is_symlink() == (kind == "link")
+
+
 def test_settling_leftovers_never_deletes_what_bcseg_did_not_write(tmp_path):
     """A user folder that only looks like a leftover is left alone, and a killed
     replacement's folder holding a user's file is not deleted to restore the old one."""

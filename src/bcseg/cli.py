@@ -775,7 +775,7 @@ def _import_tensorflow_quietly() -> None:
         os.close(saved)
 
 
-NEEDS_TENSORFLOW = {"train", "predict", "demo", "export-onnx"}
+NEEDS_TENSORFLOW = {"train", "predict", "ensemble", "demo", "export-onnx"}
 
 
 def _interrupt(signum, frame) -> None:

@@ -38,7 +38,7 @@ def member_runs(models: Sequence[str | Path]) -> list[Path]:
     (``model_best.keras`` beside its ``fold.json``) or a finished k-fold run, whose fold
     folders are its members. A bare model file, an ensemble folder or a run that has not
     finished is refused by name: tuning needs the validation images each member kept out."""
-    runs = []
+    runs, given_as = [], {}
     for given in map(Path, models):
         if not given.exists():
             raise ModelError(given, "not found; give a finished training run folder")
@@ -50,10 +50,13 @@ def member_runs(models: Sequence[str | Path]) -> list[Path]:
             found = [given]
         else:
             found = rundir.find_members(given)
+            recorded = rundir.read_settings(given / rundir.SETTINGS_FILE)
+            if not found and recorded is not None and recorded.members:
+                raise ModelError(given, "is an ensemble already (its inference.json lists members), "
+                                 "not a training run; give the runs it was made of")
             if not found:
                 raise ModelError(given, f"holds no {rundir.MODEL_FILE} and no fold_K folders with "
                                  "one; give a finished training run folder")
-            recorded = rundir.read_settings(given / rundir.SETTINGS_FILE)
             if (given / rundir.CONFIG_FILE).is_file() and not (recorded and recorded.members):
                 raise ModelError(given, "this k-fold run has not finished (its folds' ensemble is "
                                  "recorded when the last fold ends); finish it with --resume, or "
@@ -63,6 +66,11 @@ def member_runs(models: Sequence[str | Path]) -> list[Path]:
                 raise ModelError(run, f"has no {rundir.FOLD_FILE} or {rundir.SETTINGS_FILE}: it is "
                                  "not a finished training run (an ensemble or an exported model cannot "
                                  "be tuned again); give the runs it was made of")
+        for run in found:  # a fold named beside its k-fold run, or one run given twice
+            twin = given_as.setdefault(run.resolve(), given)
+            if twin is not given:
+                raise ModelError(given, f"is in the ensemble twice: {run} is also given as {twin}; "
+                                 "give each model once")
         runs += found
     if len(runs) < 2:
         raise UsageError(None, "an ensemble needs two models or more: pass --model twice or more, "

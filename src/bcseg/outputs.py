@@ -665,15 +665,12 @@ def require_new_folder(folder: Path, force: bool, command: str, what: str = "a r
     ``force`` replaces something (the claim's ``replace``).
     """
     folder = Path(folder)
-    # A folder holding nothing but bcseg's record (one a killed run opened before it
-    # wrote anything) holds no result: the claim settles it. Anything else counts, a
-    # lock- or temporary-looking file of the user's included.
-    if not folder.is_dir() or {entry.name for entry in folder.iterdir()} <= {RECORD}:
+    if not folder.is_dir() or _only_a_fresh_record(folder):
         return False
+    if folder.is_symlink():  # --force would not help: say so now
+        raise UsageError(folder, f"is a link to {os.readlink(folder)}; give the folder itself "
+                         "as the output to replace it")
     if force:  # what the replacement will refuse, refused before the command's long work
-        if folder.is_symlink():
-            raise UsageError(folder, f"is a link to {os.readlink(folder)}; give the folder itself "
-                             "as the output to replace it")
         check_one_writer(folder, command)
         _check_only_ours(folder, command=command)
         return True
@@ -686,6 +683,21 @@ def require_new_folder(folder: Path, force: bool, command: str, what: str = "a r
         raise UsageError(folder, f"already holds {what}; {other_way}") from None
     ways = f"{other_way} or force=True to replace it" if other_way else "pass force=True to replace it"
     raise UsageError(folder, f"already holds {what}; {ways}")
+
+
+def _only_a_fresh_record(folder: Path) -> bool:
+    """Whether ``folder`` holds no result: nothing, or only the record a killed run
+    opened before it wrote anything. Not when that run was a replacement, whose earlier
+    result waits beside the folder to be put back (``.NAME.bcseg-old-PID``): that folder
+    holds a result. A lock- or temporary-looking file of the user's counts as content,
+    and so does anything else named like the record that is no plain file."""
+    entries = list(folder.iterdir())
+    if not entries:
+        return True
+    record = folder / RECORD
+    if [e.name for e in entries] != [RECORD] or record.is_symlink() or not record.is_file():
+        return False
+    return not any(folder.parent.glob(f".{glob.escape(folder.name)}{ASIDE_MARK}*"))
 
 
 def _check_only_ours(folder: Path, shown: Path | None = None, command: str | None = None) -> None:

@@ -87,8 +87,7 @@ def _replaces_run(out: Path, resume: bool, force: bool) -> bool:
         resume_hint = "pass resume=True to continue it"
     except UsageError:
         resume_hint = None
-    outputs.require_new_folder(out, force, "train", "a run", resume_hint)
-    return True
+    return outputs.require_new_folder(out, force, "train", "a run", resume_hint)
 
 
 def _check_resumable(out: Path) -> None:
