@@ -755,15 +755,15 @@ def train(data, out, config=None, overrides: dict | None = None, fold="0", folds
     _check_epoch_memory(cfg, _config_source(out, config, overrides, resume, "train", "steps_per_epoch"))
     # an unusable model is refused before the run dir is touched
     init_model = _init_model(init, cfg, len(channels or [IMAGE_CHANNEL]))
+    inputs = _inputs(data, cases, config, folds_file, init_model) + _inputs(None, [], *cfg["train"]["teacher"])
+    if force:  # an input inside the folder is the refusal to name, before what else --force meets
+        outputs.check_not_inputs(out, inputs)
     replace = _replaces_run(out, resume, force)  # cheap refusals before the teacher's long step
-    teacher_inputs = _inputs(None, [], *cfg["train"]["teacher"])
-    if replace:
-        outputs.check_not_inputs(out, teacher_inputs)
     taught = _teacher(teach, out, cfg, cases, folds, targets, channels, resume,
                       _config_source(out, config, overrides, resume, "data", "observer"))
     # Interrupted: keep the new run, which --resume continues; any failure: the old run.
     with outputs.claim(out, "train", replace=replace, keep_on=(Interrupted, KeyboardInterrupt),
-                       inputs=_inputs(data, cases, config, folds_file, init_model) + teacher_inputs):
+                       inputs=inputs):
         if resume:
             remove_partials(out)
         if taught is not None and not resume:
