@@ -345,10 +345,10 @@ def cmd_predict(args) -> int:
 
 
 def cmd_ensemble(args) -> int:
-    from bcseg.ensemble import build_ensemble
+    from bcseg.ensemble import build_ensemble, recorded_validation_dice
 
     out, settings, runs = build_ensemble(args.data, args.model, args.out, force=args.force)
-    alone = [rundir_validation(run) for run in runs]
+    alone = [recorded_validation_dice(run) for run in runs]
     steps = ", ".join(settings.postprocess) or "none"
     print(f"ensemble of {len(runs)} models in {out}: threshold {settings.threshold:g}, "
           f"post-processing {steps}, TTA {'on' if settings.tta else 'off'}")
@@ -358,15 +358,6 @@ def cmd_ensemble(args) -> int:
               f"{settings.info.get('pooled_validation_cases')} cases (members alone: {members})")
     print(f"segment with: bcseg predict IMAGES --model {out} --out OUT")
     return 0
-
-
-def rundir_validation(run: Path) -> float | None:
-    """The validation Dice a run's own tuning recorded, if any."""
-    from bcseg.rundir import SETTINGS_FILE, read_settings
-
-    settings = read_settings(Path(run) / SETTINGS_FILE)
-    value = None if settings is None else settings.info.get("validation_dice")
-    return value if isinstance(value, (int, float)) else None
 
 
 def cmd_export_onnx(args) -> int:

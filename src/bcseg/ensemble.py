@@ -66,7 +66,7 @@ def member_runs(models: Sequence[str | Path]) -> list[Path]:
                 raise ModelError(run, f"has no {rundir.FOLD_FILE} or {rundir.SETTINGS_FILE}: it is "
                                  "not a finished training run (an ensemble or an exported model cannot "
                                  "be tuned again); give the runs it was made of")
-        for run in found:  # a fold named beside its k-fold run, or one run given twice
+            # a fold named beside its k-fold run, or one run given twice
             twin = given_as.setdefault(run.resolve(), given)
             if twin is not given:
                 raise ModelError(given, f"is in the ensemble twice: {run} is also given as {twin}; "
@@ -193,3 +193,10 @@ def _save_member(source: Path, path: Path) -> None:
     with atomic_path(path) as tmp:
         model.save(tmp)
     rundir.embed_settings(path, rundir.model_settings(source))
+
+
+def recorded_validation_dice(run: Path) -> float | None:
+    """The validation Dice a run's own tuning recorded, if any (shown beside the ensemble's)."""
+    settings = rundir.read_settings(Path(run) / rundir.SETTINGS_FILE)
+    value = None if settings is None else settings.info.get("validation_dice")
+    return value if isinstance(value, (int, float)) else None
