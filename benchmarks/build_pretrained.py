@@ -28,12 +28,13 @@ Examples
 
 With ``--ensemble`` the bundle is a seed ensemble: ``--all`` runs of one recipe that
 differ only in ``train.member_seed`` (so they share the validation split the
-ensemble is tuned on), e.g. r7 and its second member r7s1::
+ensemble is tuned on), e.g. r10 and its second member r10s1 (the bundled default
+since 2026-12-06)::
 
     .venv/bin/python benchmarks/build_pretrained.py --all --epochs 100 \
-        --config benchmarks/configs/r7s1.toml --out bench-out/busi-all-r7s1 --target bench-out/bundle-r7s1
-    .venv/bin/python benchmarks/build_pretrained.py --ensemble bench-out/busi-all-r7 \
-        bench-out/busi-all-r7s1 --no-tta
+        --config benchmarks/configs/r10s1.toml --out bench-out/busi-all-r10s1 --target bench-out/bundle-r10s1
+    .venv/bin/python benchmarks/build_pretrained.py --ensemble bench-out/busi-all-r10 \
+        bench-out/busi-all-r10s1 --no-tta
 
 With ``--teacher`` (repeatable) the ``--all`` model is a student distilled from
 them (``bcseg train --teacher``), e.g. from the five fold models of the 5-fold run::
