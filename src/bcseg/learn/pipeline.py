@@ -36,6 +36,7 @@ from skimage.transform import resize
 from bcseg.data.dataset import Case, read_case_channel_arrays, read_case_image, read_case_masks
 from bcseg.errors import DataError
 from bcseg.data.intensity import normalise, normalise_channels
+from bcseg.data.resize import resize_axis
 from bcseg.data.consensus import consensus
 
 # Planes that encode a teacher's probability (1/8 steps): finer steps add memory (one
@@ -106,6 +107,8 @@ def _resize_axis(array: np.ndarray, axis: int, length: int, order: int, anti_ali
     shape = list(array.shape)
     if shape[axis] == length:
         return array
+    if order == 1:  # images and probabilities: the same result as resize's, as one sparse product
+        return resize_axis(array, axis, length, anti_aliasing)
     shape[axis] = length
     return resize(array, tuple(shape), order=order, anti_aliasing=anti_aliasing, preserve_range=True)
 
