@@ -108,7 +108,9 @@ def test_the_folds_of_a_kfold_run_are_its_members(tmp_path, phantom_root, capsys
                                      "split not lists", "split without train", "unfinished k-fold",
                                      "other observer", "other channels", "an ensemble",
                                      "fold beside its run", "out is a run",
-                                     "out holds yours", "out is a link"])
+                                     "out holds yours", "out is a link", "member file in out",
+                                     "network unlike settings", "validation twice",
+                                     "observer mask missing", "unknown observer"])
 def test_bad_members_or_outputs_are_one_line_and_leave_nothing(problem, tmp_path, phantom_root, capsys):
     cases = discover(phantom_root)
     a = _run(tmp_path / "a", 0, [cases[0].id])
@@ -129,7 +131,13 @@ def test_bad_members_or_outputs_are_one_line_and_leave_nothing(problem, tmp_path
               "an ensemble": (4, "ens1: is an ensemble already"),
               "fold beside its run": (4, "fold_0: is in the ensemble twice: "),
               "out holds yours": (2, "notes.txt: was not written by bcseg"),
-              "out is a link": (2, "ens: is a link to")}[problem]
+              "out is a link": (2, "ens: is a link to"),
+              "member file in out": (2, "ens: contains the input"),
+              "network unlike settings": (4, "b/model_best.keras: is a 3D model but its settings say ndim 2"),
+              "validation twice": (4, "b/fold.json: lists validation case"),
+              "observer mask missing": (3, "has no mask from observer(s) observer2"),
+              "unknown observer": (4, "a/config.toml: 'data.observer': unknown observer 'observer3'")}[problem]
+    data = phantom_root
     if problem == "one run":
         models = [a]
     elif problem == "model file":
@@ -176,8 +184,31 @@ def test_bad_members_or_outputs_are_one_line_and_leave_nothing(problem, tmp_path
         (tmp_path / "elsewhere").mkdir()
         (tmp_path / "elsewhere" / "old.txt").write_text("what --force would replace")
         out.symlink_to(tmp_path / "elsewhere")
+    elif problem == "member file in out":  # c's model is a link to a member of the ensemble
+        assert _bcseg(capsys, "ensemble", phantom_root, "--model", a, "--model", b, "--out", out)[0] == 0
+        c = _run(tmp_path / "c", 2, [cases[0].id])
+        (c / rundir.MODEL_FILE).unlink()
+        (c / rundir.MODEL_FILE).symlink_to(out / "member_0.keras")
+        models = [c, b]
+    elif problem == "network unlike settings":  # a 3D network where the settings say 2D
+        (b / rundir.MODEL_FILE).unlink()
+        unet(ndim=3, base_filters=2, depth=2, norm=None).save(b / rundir.MODEL_FILE)
+    elif problem == "validation twice":
+        (b / rundir.FOLD_FILE).write_text(json.dumps({"train": [], "validation": [cases[0].id] * 2}))
+    elif problem == "observer mask missing":  # the union needs both observers' masks
+        import shutil
+        data = tmp_path / "data"
+        shutil.copytree(phantom_root, data)
+        (data / "masks" / "observer2" / cases[0].image.name).unlink()
+        for run in (a, b):
+            save_config(load_config(None, {**TINY, "data": {**TINY["data"], "observer": "union"}}),
+                        run / rundir.CONFIG_FILE)
+    elif problem == "unknown observer":
+        for run in (a, b):
+            save_config(load_config(None, {**TINY, "data": {**TINY["data"], "observer": "observer3"}}),
+                        run / rundir.CONFIG_FILE)
     before = _hashes(tmp_path)
-    argv = ["ensemble", phantom_root, "--out", out, "--force"]
+    argv = ["ensemble", data, "--out", out, "--force"]
     for model in models:
         argv += ["--model", model]
     code, said, err = _bcseg(capsys, *argv)
@@ -186,7 +217,7 @@ def test_bad_members_or_outputs_are_one_line_and_leave_nothing(problem, tmp_path
     assert len(lines) == 1 and expect[1] in lines[0], err
     assert "tuned" not in said  # refused before the members are loaded and tuned
     assert _hashes(tmp_path) == before
-    if problem not in ("out is a run", "out holds yours", "out is a link"):
+    if problem not in ("out is a run", "out holds yours", "out is a link", "member file in out"):
         assert not out.exists()
 
 
@@ -218,3 +249,83 @@ def test_a_refusal_is_one_line_on_stderr_in_a_fresh_interpreter(tmp_path, phanto
     assert result.stderr.strip().splitlines() == [
         f"bcseg: error: {a / rundir.FOLD_FILE}: validation case 'nobody' is not in {phantom_root}; "
         "give the dataset the run was trained on"]
+
+
+@pytest.mark.parametrize("appears", ["your file", "another ensemble"])
+def test_what_appears_in_out_while_the_members_are_checked_is_not_overwritten(
+        appears, tmp_path, phantom_root, capsys, monkeypatch):
+    """The folder is judged free first and claimed later: whatever another run or the
+    user put there meanwhile is refused under the claim's lock, not written over."""
+    import bcseg.ensemble as ensemble
+
+    cases = discover(phantom_root)
+    runs = [_run(tmp_path / f"s{k}", k, [cases[0].id]) for k in (0, 1)]
+    other = tmp_path / "other"
+    assert _bcseg(capsys, "ensemble", phantom_root, "--model", runs[0], "--model", runs[1],
+                  "--out", other)[0] == 0
+    out = tmp_path / "ens"
+    validation_cases = ensemble._validation_cases
+
+    def meanwhile(members, data):
+        found = validation_cases(members, data)
+        if appears == "your file":
+            out.mkdir()
+            (out / "inference.json").write_text("my hand-tuned settings")
+        else:  # a second `bcseg ensemble` finished there
+            import shutil
+            shutil.copytree(other, out)
+        return found
+
+    monkeypatch.setattr(ensemble, "_validation_cases", meanwhile)
+    code, said, err = _bcseg(capsys, "ensemble", phantom_root, "--model", runs[0], "--model", runs[1],
+                             "--out", out)
+    assert code == 2, err
+    expected = "inference.json: was not written by bcseg" if appears == "your file" else \
+        "already holds an ensemble; pass --force"
+    assert expected in err and "tuned" not in said
+    if appears == "your file":
+        assert (out / "inference.json").read_text() == "my hand-tuned settings"
+    else:
+        assert _hashes(out) == _hashes(other)
+
+
+def test_an_interrupted_ensemble_leaves_no_part_of_one(tmp_path, phantom_root, capsys, monkeypatch):
+    """Ctrl-C or SIGTERM while the members are written: the folder it created is gone,
+    rather than left holding one member under a record that calls it finished."""
+    import bcseg.ensemble as ensemble
+
+    cases = discover(phantom_root)
+    runs = [_run(tmp_path / f"s{k}", k, [cases[0].id]) for k in (0, 1)]
+    save_member = ensemble._save_member
+    saved = []
+
+    def interrupted(source, path):
+        if saved:
+            raise KeyboardInterrupt
+        save_member(source, path)
+        saved.append(path)
+
+    monkeypatch.setattr(ensemble, "_save_member", interrupted)
+    out = tmp_path / "new" / "ens"
+    code, _, err = _bcseg(capsys, "ensemble", phantom_root, "--model", runs[0], "--model", runs[1],
+                          "--out", out)
+    assert code == 130 and saved == [out / "member_0.keras"]
+    assert not (tmp_path / "new").exists()
+
+
+def test_a_killed_runs_unfinished_ensemble_is_named_so_and_force_replaces_it(tmp_path, phantom_root, capsys):
+    cases = discover(phantom_root)
+    runs = [_run(tmp_path / f"s{k}", k, [cases[0].id]) for k in (0, 1)]
+    out = tmp_path / "ens"
+    out.mkdir()  # what a SIGKILL after the first member leaves: it, and the open record
+    (out / "member_0.keras").write_bytes((runs[0] / rundir.MODEL_FILE).read_bytes())
+    (out / ".bcseg-outputs.json").write_text(json.dumps({"files": {}, "open": {
+        "pid": 99999, "token": "x", "command": "ensemble", "foreign": [], "edited": []}}))
+    argv = ["ensemble", phantom_root, "--model", runs[0], "--model", runs[1], "--out", out]
+    code, _, err = _bcseg(capsys, *argv)
+    assert code == 2
+    assert "holds the unfinished output of a 'bcseg ensemble' run that was killed (process 99999); " \
+           "pass --force to replace it" in err
+    assert _bcseg(capsys, *argv, "--force")[0] == 0
+    assert sorted(p.name for p in out.iterdir() if not p.name.startswith(".")) == [
+        "inference.json", "member_0.keras", "member_1.keras"]

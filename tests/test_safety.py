@@ -370,7 +370,8 @@ def test_a_killed_replacement_is_no_empty_folder_to_write_without_force(command,
     before = hashes(aside)
     code, _, err = run(capsys, *argv, "--seed", "5") if command == "phantom" else run(capsys, *argv)
     assert code == 2 and "already holds" in one_line(err), err
-    assert hashes(aside) == before  # the old result is untouched, to be put back by a --force run
+    # the old result is put back in its place before the folder is judged, untouched
+    assert not aside.exists() and hashes(folder) == before
 
 
 @pytest.mark.parametrize("kind", ["folder", "link"])
@@ -1357,3 +1358,55 @@ def test_a_folds_report_and_export_go_with_the_k_fold_run_they_were_made_from(tm
     with pytest.raises(UsageError, match="notes.txt: was not written by bcseg"):
         with outputs.claim(kf, "train", replace=True):
             pass
+
+
+@pytest.mark.parametrize("command", ["phantom", "export-nnunet"])
+def test_a_file_put_in_the_output_after_it_was_judged_free_is_refused_by_the_claim(
+        command, tmp_path, capsys, monkeypatch):
+    """Commands judge the output free first and claim it later (after reading inputs,
+    tuning, exporting): a file that appears in between, the user's or another run's, is
+    refused under the claim's lock rather than written over."""
+    import bcseg.data.phantom as phantom
+    import bcseg.nnunet as nnunet
+
+    data = tmp_path / "data"
+    write_phantom(data, n=2, shape=(8, 24, 24))
+    if command == "phantom":
+        module, folder = phantom, tmp_path / "p"
+        argv = ["phantom", folder, "--n", "2", "--shape", "8", "24", "24"]
+    else:
+        module, folder = nnunet, tmp_path / "raw" / "Dataset009_P"
+        argv = ["export-nnunet", data, tmp_path / "raw", "--dataset-id", "9", "--name", "P", "--k", "2"]
+    judge = module.require_new_folder
+
+    def then_a_file_appears(out, *args, **kwargs):
+        free = judge(out, *args, **kwargs)
+        out.mkdir(parents=True)
+        (out / "dataset.json").write_text("mine")
+        return free
+
+    monkeypatch.setattr(module, "require_new_folder", then_a_file_appears)
+    code, _, err = run(capsys, *argv)
+    assert code == 2 and "dataset.json: was not written by bcseg" in one_line(err), err
+    assert sorted(p.name for p in folder.iterdir()) == ["dataset.json"]
+    assert (folder / "dataset.json").read_text() == "mine"
+
+
+def test_an_interrupted_phantom_leaves_no_part_of_a_dataset(tmp_path, capsys, monkeypatch):
+    """Ctrl-C after the first image: the folders it created are gone, not left holding
+    half a dataset under a record that calls it finished."""
+    import bcseg.data.phantom as phantom
+
+    write = phantom.io.write_image
+    calls = []
+
+    def interrupted(*args, **kwargs):
+        if calls:
+            raise KeyboardInterrupt
+        calls.append(args[0])
+        return write(*args, **kwargs)
+
+    monkeypatch.setattr(phantom.io, "write_image", interrupted)
+    code, _, _ = run(capsys, "phantom", tmp_path / "new" / "p", "--n", "2", "--shape", "8", "24", "24")
+    assert code == 130 and len(calls) == 1
+    assert not (tmp_path / "new").exists()

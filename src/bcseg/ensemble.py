@@ -110,8 +110,27 @@ def _check_alike(runs: list[Path]) -> None:
                              "ensemble segment the same input")
 
 
+def _check_models(runs: list[Path]) -> None:
+    """Each member's network against its own settings, as ``predict`` checks them (a 3D
+    network whose settings say 2D, channels they do not name), named by its file."""
+    from bcseg.infer.segment import load_models
+
+    for run in runs:
+        load_models(run / rundir.MODEL_FILE)
+
+
+def _config_file(run: Path) -> Path:
+    """The config.toml a run's recipe is read from: its own, else its k-fold run's."""
+    return next((f / rundir.CONFIG_FILE for f in (run, run.parent) if (f / rundir.CONFIG_FILE).is_file()),
+                run / rundir.CONFIG_FILE)
+
+
 def _validation_cases(runs: list[Path], data) -> list:
-    """The dataset's cases; every member's validation case must be among them."""
+    """The dataset's cases; every member's validation case must be among them, once,
+    with the mask the run's target needs."""
+    from bcseg.after_fit import validation_target
+    from bcseg.learn.train import check_observer
+
     cases = discover(data)
     known = {c.id for c in cases}
     for run in runs:
@@ -133,6 +152,13 @@ def _validation_cases(runs: list[Path], data) -> list:
                             "the dataset the run was trained on")
         if not validation:
             raise ModelError(fold_file, "lists no validation cases, so nothing can tune the ensemble")
+        twice = sorted({i for i in validation if validation.count(i) > 1})
+        if twice:  # it would count twice in the tuning
+            raise ModelError(fold_file, f"lists validation case {twice[0]!r} twice; give a run folder "
+                             "as train wrote it")
+    # The target as training checked it over the dataset: a consensus needs every
+    # observer's mask in every case (the members' targets are alike: _check_alike).
+    check_observer(cases, validation_target(_recipe(runs[0])), _config_file(runs[0]))
     return cases
 
 
@@ -157,12 +183,19 @@ def build_ensemble(data, models: Sequence[str | Path], out: str | Path, force: b
     """
     out = check_output_folder(out)
     runs = member_runs(models)
-    check_not_inputs(out, [data, *runs])
+    check_not_inputs(out, [data, *runs, *_run_files(runs)])
     replace = require_new_folder(out, force, "ensemble", what="an ensemble")
     _check_alike(runs)
     cases = _validation_cases(runs, data)
+    _check_models(runs)
     settings = write_ensemble(out, runs, cases, _recipe(runs[0]), force=replace, inputs=[data])
     return out, settings, runs
+
+
+def _run_files(runs: list[Path]) -> list[Path]:
+    """What the ensemble reads in each run, links followed: none may lie in its output."""
+    return [run / name for run in runs
+            for name in (rundir.MODEL_FILE, rundir.FOLD_FILE, rundir.SETTINGS_FILE, rundir.CONFIG_FILE)]
 
 
 def write_ensemble(out: Path, runs: list[Path], cases: list, cfg: dict, force: bool = False,
@@ -174,10 +207,12 @@ def write_ensemble(out: Path, runs: list[Path], cases: list, cfg: dict, force: b
     from bcseg.after_fit import tune_members
 
     files = {f"member_{k}.keras": run / rundir.MODEL_FILE for k, run in enumerate(runs)}
-    # Tuned before anything is written: it reads every member and may fail.
-    settings = tune_members(files, cases, cfg)
-    settings = settings.replace(info=dict(settings.info, source_run=", ".join(str(r) for r in runs)))
-    with claim(out, "ensemble", replace=force, inputs=[*inputs, *runs]):
+    # Claimed before the tuning's minutes, so that no other run finishes there meanwhile
+    # (new); a failure or an interruption at any point leaves no part of an ensemble.
+    with claim(out, "ensemble", replace=force, inputs=[*inputs, *runs, *_run_files(runs)],
+               new=True, what="an ensemble", all_or_nothing=True):
+        settings = tune_members(files, cases, cfg)
+        settings = settings.replace(info=dict(settings.info, source_run=", ".join(str(r) for r in runs)))
         for name, source in files.items():
             _save_member(source, out / name)
         rundir.write_settings(out, settings)

@@ -185,13 +185,13 @@ def export_nnunet(data: str | Path | Iterable[Case], out: str | Path, dataset_id
     out = check_output_folder(out)
     dest = out / folder_name
     cases, reads, names = _cases_to_export(data, dest, observer, channels)  # never an input first
-    require_new_folder(dest, force, "export-nnunet")
+    replace = require_new_folder(dest, force, "export-nnunet")
     _check_id_free(out, int(dataset_id), folder_name)
     _check_ending_fits(cases[0], ending, names)  # before the folds' warnings and the claim
     fold_of = _folds(cases, folds, k, seed)
     nn_ids = [f"{name}_{i:0{max(4, len(str(len(cases))))}d}" for i in range(1, len(cases) + 1)]
     stage = _free_stage(out, folder_name)
-    with claim(dest, "export-nnunet", replace=True, inputs=reads):
+    with claim(dest, "export-nnunet", replace=replace, new=True, inputs=reads):
         _write_dataset(cases, nn_ids, stage, dest, observer, ending, fold_of, name, names)
     return dest
 

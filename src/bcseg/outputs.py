@@ -533,7 +533,8 @@ def _finish(folder: Path, held: _Held | None = None) -> None:
 
 @contextlib.contextmanager
 def claim(folder: str | Path, command: str, *, replace: bool = False, inputs: Iterable = (),
-          keep_on: tuple[type[BaseException], ...] = ()) -> Iterator[Path]:
+          keep_on: tuple[type[BaseException], ...] = (), new: bool = False, what: str = "a result",
+          all_or_nothing: bool = False) -> Iterator[Path]:
     """Lock ``folder``, create it, record what ``command`` writes into it.
 
     Parameters
@@ -551,6 +552,15 @@ def claim(folder: str | Path, command: str, *, replace: bool = False, inputs: It
     keep_on : tuple of exception types
         Failures after which the new, partial result is kept anyway (an interrupted
         training run, which ``--resume`` continues); the old one is then deleted.
+    new : bool
+        The command makes a whole result in a folder that held none (checked first
+        with :func:`require_new_folder`): without ``replace``, refuse it, under the
+        lock, when it holds ``what`` by now. Another run may have finished there, or
+        the user put files there, while this one worked before claiming it.
+    all_or_nothing : bool
+        When the block fails (an error, Ctrl-C, SIGTERM) and nothing was moved aside,
+        delete what this claim wrote: a half-written result is never left looking like
+        a finished one.
 
     Raises
     ------
@@ -574,6 +584,8 @@ def claim(folder: str | Path, command: str, *, replace: bool = False, inputs: It
         _recover_inside(key)
         if replace:
             check_one_writer(folder, command)  # named as the user gave it
+        elif new and key.is_dir():  # what require_new_folder saw may have changed since
+            _refuse_a_result(folder, command, what, None)
         aside = _move_aside(key, inputs, folder, command) if replace else None
         _held[key] = _Held(command)
         try:
@@ -582,7 +594,9 @@ def claim(folder: str | Path, command: str, *, replace: bool = False, inputs: It
                 hook()
             yield folder
         except BaseException as exc:
-            del _held[key]
+            held = _held.pop(key)
+            if all_or_nothing and aside is None and not isinstance(exc, keep_on):
+                _remove_written(key, held.wrote)
             # When putting the old result back fails, _undo raises and the old result
             # stays aside, where the next claim of the folder puts it back: never deleted.
             if not _undo(folder, aside, restore=not isinstance(exc, keep_on)) and aside is not None:
@@ -622,6 +636,22 @@ def _undo(folder: Path, aside: Path | None, restore: bool) -> bool:
     with contextlib.suppress(Exception):  # the failure itself is what to report
         _finish(folder)
     return False
+
+
+def _remove_written(folder: Path, wrote: set) -> None:
+    """Delete the files a failed claim wrote (relative names), and the folders it made
+    for them that are empty now; nothing else."""
+    for name in sorted(wrote, key=lambda n: n.count("/"), reverse=True):
+        path = folder / name
+        if path.is_file() or path.is_symlink():
+            path.unlink(missing_ok=True)
+        for parent in path.parents:
+            if parent == folder or folder not in parent.parents:
+                break
+            try:
+                parent.rmdir()
+            except OSError:  # not empty: someone else's files are in it too
+                break
 
 
 def _drop_empty_record(folder: Path) -> None:
@@ -665,15 +695,43 @@ def require_new_folder(folder: Path, force: bool, command: str, what: str = "a r
     ``force`` replaces something (the claim's ``replace``).
     """
     folder = Path(folder)
-    if not folder.is_dir() or _only_a_fresh_record(folder):
-        return False
-    if folder.is_symlink():  # --force would not help: say so now
+    if folder.is_symlink():  # a link to an empty folder is fine; --force would not help else
+        if not folder.is_dir() or _only_a_fresh_record(folder):
+            return False
         raise UsageError(folder, f"is a link to {os.readlink(folder)}; give the folder itself "
                          "as the output to replace it")
+    aside = any(folder.parent.glob(f".{glob.escape(folder.name)}{ASIDE_MARK}*")) \
+        if folder.parent.is_dir() else False
+    if not folder.is_dir() and not aside:
+        return False
+    key = folder.resolve()
+    if key in _held:  # this process holds it (a command run inside another's claim)
+        return _judge(folder, force, command, what, other_way)
+    lock = _lock(key, folder)  # a live run's folder is refused here, by name
+    try:
+        _recover(key)  # a killed replacement's earlier result is put back first
+        return _judge(folder, force, command, what, other_way)
+    finally:
+        _unlock(lock)
+
+
+def _judge(folder: Path, force: bool, command: str, what: str, other_way: str | None) -> bool:
+    if not folder.is_dir() or _only_a_fresh_record(folder):
+        return False
     if force:  # what the replacement will refuse, refused before the command's long work
         check_one_writer(folder, command)
         _check_only_ours(folder, command=command)
         return True
+    _refuse_a_result(folder, command, what, other_way)
+    return False
+
+
+def _refuse_a_result(folder: Path, command: str, what: str, other_way: str | None) -> None:
+    """Refuse ``folder`` as a new output unless it holds no result (see
+    :func:`require_new_folder`): naming a file of the user's or another command's
+    result first, then a killed run's unfinished output, then the result itself."""
+    if _only_a_fresh_record(folder):
+        return
     try:
         _check_only_ours(folder, command=command)
         check_one_writer(folder, command)
@@ -682,6 +740,10 @@ def require_new_folder(folder: Path, force: bool, command: str, what: str = "a r
             raise
         raise UsageError(folder, f"already holds {what}; {other_way}") from None
     ways = f"{other_way} or force=True to replace it" if other_way else "pass force=True to replace it"
+    killed = _load(folder).get("open")
+    if isinstance(killed, dict) and not _mine(killed):
+        raise UsageError(folder, f"holds the unfinished output of a 'bcseg {killed.get('command', command)}' "
+                         f"run that was killed (process {killed.get('pid', '?')}); {ways}")
     raise UsageError(folder, f"already holds {what}; {ways}")
 
 

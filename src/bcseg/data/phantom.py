@@ -219,7 +219,7 @@ def write_phantom(out: str | Path, n: int = 8, shape=DEFAULT_SHAPE, seed: int = 
     _, channels = _check_request(shape, difficulty, channels)
     out = check_output_folder(out)
     require_new_folder(out, force, "phantom")
-    with claim(out, "phantom", replace=force):
+    with claim(out, "phantom", replace=force, new=True, all_or_nothing=True):
         return _write_specimens(out, n, shape, seed, spacing_mm, truth, difficulty, channels, artefacts)
 
 

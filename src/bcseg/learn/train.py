@@ -123,7 +123,7 @@ def _config_source(out: Path, config, overrides: dict | None, resume: bool, sect
     return config
 
 
-def _check_observer(cases: list[Case], observer: str, source=None) -> None:
+def check_observer(cases: list[Case], observer: str, source=None) -> None:
     """The training target must exist in every case, checked before the run starts.
     ``source``: the configuration file that named it (None: ``--observer``)."""
     if observer in METHODS or observer in pipeline.KEEP_ALL:  # random, soft: every observer
@@ -747,7 +747,7 @@ def train(data, out, config=None, overrides: dict | None = None, fold="0", folds
     # wrong --fold leaves nothing behind that a corrected command would trip over.
     folds, source, targets = _plan_folds(out, cases, cfg, fold, folds_file, resume,
                                          None if isinstance(data, (list, tuple)) else data)
-    _check_observer(cases, cfg["data"]["observer"],
+    check_observer(cases, cfg["data"]["observer"],
                     _config_source(out, config, overrides, resume, "data", "observer"))
     channels, _ = run_channels(cases, cfg, _config_source(out, config, overrides, resume, "data", "channels"))
     _check_cases(cases, channels)
@@ -763,7 +763,7 @@ def train(data, out, config=None, overrides: dict | None = None, fold="0", folds
                       _config_source(out, config, overrides, resume, "data", "observer"))
     # Interrupted: keep the new run, which --resume continues; any failure: the old run.
     with outputs.claim(out, "train", replace=replace, keep_on=(Interrupted, KeyboardInterrupt),
-                       inputs=inputs):
+                       inputs=inputs, new=not resume, what="a run"):
         if resume:
             remove_partials(out)
         if taught is not None and not resume:
