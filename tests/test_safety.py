@@ -1410,3 +1410,26 @@ def test_an_interrupted_phantom_leaves_no_part_of_a_dataset(tmp_path, capsys, mo
     code, _, _ = run(capsys, "phantom", tmp_path / "new" / "p", "--n", "2", "--shape", "8", "24", "24")
     assert code == 130 and len(calls) == 1
     assert not (tmp_path / "new").exists()
+
+
+@pytest.mark.parametrize("where", ["name too long", "under /proc"])
+@pytest.mark.parametrize("command", ["phantom", "export-nnunet", "predict"])
+def test_an_output_path_the_system_cannot_hold_is_one_line_and_leaves_nothing(
+        command, where, tmp_path, capsys):
+    data = tmp_path / "data"
+    write_phantom(data, n=2, shape=(8, 24, 24))
+    if where == "name too long":
+        out = tmp_path / ("a" * 300) / "out"
+        expected = "is 300 bytes, more than the"
+    else:
+        if not Path("/proc/self").is_dir():
+            pytest.skip("no /proc on this system")
+        out = Path("/proc") / f"bcseg-test-{os.getpid()}"
+        expected = "cannot be written there"
+    argv = {"phantom": ["phantom", out, "--n", "1", "--shape", "8", "24", "24"],
+            "export-nnunet": ["export-nnunet", data, out, "--dataset-id", "9", "--name", "P", "--k", "2"],
+            "predict": ["predict", data / "images", "--out", out]}[command]
+    before = hashes(tmp_path)
+    code, _, err = run(capsys, *argv)
+    assert code == 2 and expected in one_line(err), err
+    assert hashes(tmp_path) == before and sorted(p.name for p in tmp_path.iterdir()) == ["data"]

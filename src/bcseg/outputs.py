@@ -83,14 +83,30 @@ def check_output_folder(folder: str | Path) -> Path:
     Cheap and touching nothing, so commands call it before loading any model.
     """
     folder = Path(folder)
+    limit = _name_max(folder)
+    for part in folder.parts:  # any look at the path, or mkdir after the work, would fail
+        if len(os.fsencode(part)) > limit:
+            raise UsageError(folder, f"the name {part[:40]!r}... is {len(os.fsencode(part))} bytes, "
+                             f"more than the {limit} a file name may have here; choose a shorter name")
+    existing = None
     for path in (folder, *folder.parents):
         if path.is_symlink() and not path.exists():
             raise UsageError(path, "is a broken link; choose a folder for the outputs")
         if path.exists():
             if not path.is_dir():
                 raise UsageError(path, "is a file, not a folder; choose a folder for the outputs")
+            existing = path
             break
+    if existing is not None and _read_only(existing):
+        raise UsageError(folder, "is on a read-only file system; choose another place for the outputs")
     return folder
+
+
+def _read_only(path: Path) -> bool:
+    try:
+        return bool(os.statvfs(path).f_flag & os.ST_RDONLY)
+    except OSError:
+        return False
 
 
 def check_name_lengths(paths: Iterable[Path], culprit: Path | None = None) -> None:
@@ -105,11 +121,10 @@ def check_name_lengths(paths: Iterable[Path], culprit: Path | None = None) -> No
 
 def _name_max(folder: Path) -> int:
     for path in (folder, *folder.parents):
-        if path.exists():
-            try:
-                return os.pathconf(path, "PC_NAME_MAX")
-            except (OSError, ValueError):
-                break
+        try:
+            return os.pathconf(path, "PC_NAME_MAX")
+        except (OSError, ValueError):  # not there (or a name too long): ask its parent
+            continue
     return 255
 
 
@@ -479,9 +494,15 @@ def _lock_path(folder: Path) -> Path:
 
 def _lock(folder: Path, shown: Path) -> tuple[int, Path]:
     """Hold the lock of ``folder`` (resolved); ``shown`` is the name given by the user."""
-    path = _lock_path(folder)
+    try:
+        path = _lock_path(folder)
+    except OSError as exc:
+        raise _unwritable(shown, exc) from None
     while True:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            raise _unwritable(shown, exc) from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -498,6 +519,17 @@ def _lock(folder: Path, shown: Path) -> tuple[int, Path]:
             os.write(fd, f"{os.getpid()}\n".encode())
             return fd, path
         os.close(fd)
+
+
+def _unwritable(shown: Path, error: OSError) -> Exception:
+    """Access problems keep the command line's own message; any other reason the lock
+    cannot be made (a folder under /proc, a name too long) is one line naming the output."""
+    import errno
+
+    if error.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return error
+    reason = (error.strerror or str(error)).lower()
+    return UsageError(shown, f"cannot be written there ({reason}); choose another place for the outputs")
 
 
 def _unlock(lock: tuple[int, Path]) -> None:
