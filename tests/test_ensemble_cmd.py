@@ -110,7 +110,8 @@ def test_the_folds_of_a_kfold_run_are_its_members(tmp_path, phantom_root, capsys
                                      "fold beside its run", "out is a run",
                                      "out holds yours", "out is a link", "member file in out",
                                      "network unlike settings", "validation twice",
-                                     "observer mask missing", "unknown observer"])
+                                     "observer mask missing", "unknown observer", "a copy of a run",
+                                     "empty config"])
 def test_bad_members_or_outputs_are_one_line_and_leave_nothing(problem, tmp_path, phantom_root, capsys):
     cases = discover(phantom_root)
     a = _run(tmp_path / "a", 0, [cases[0].id])
@@ -136,7 +137,9 @@ def test_bad_members_or_outputs_are_one_line_and_leave_nothing(problem, tmp_path
               "network unlike settings": (4, "b/model_best.keras: is a 3D model but its settings say ndim 2"),
               "validation twice": (4, "b/fold.json: lists validation case"),
               "observer mask missing": (3, "has no mask from observer(s) observer2"),
-              "unknown observer": (4, "a/config.toml: 'data.observer': unknown observer 'observer3'")}[problem]
+              "unknown observer": (4, "a/config.toml: 'data.observer': unknown observer 'observer3'"),
+              "a copy of a run": (4, "c/model_best.keras: is a copy of"),
+              "empty config": (4, "b/config.toml: is empty")}[problem]
     data = phantom_root
     if problem == "one run":
         models = [a]
@@ -207,6 +210,12 @@ def test_bad_members_or_outputs_are_one_line_and_leave_nothing(problem, tmp_path
         for run in (a, b):
             save_config(load_config(None, {**TINY, "data": {**TINY["data"], "observer": "observer3"}}),
                         run / rundir.CONFIG_FILE)
+    elif problem == "a copy of a run":
+        import shutil
+        shutil.copytree(a, tmp_path / "c")
+        models = [a, tmp_path / "c"]
+    elif problem == "empty config":
+        (b / rundir.CONFIG_FILE).write_text("")
     before = _hashes(tmp_path)
     argv = ["ensemble", data, "--out", out, "--force"]
     for model in models:

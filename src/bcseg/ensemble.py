@@ -80,10 +80,15 @@ def member_runs(models: Sequence[str | Path]) -> list[Path]:
 
 
 def _recipe(run: Path) -> dict:
-    """A run's config.toml: its own, else its k-fold run's (the folder above)."""
+    """A run's config.toml: its own, else its k-fold run's (the folder above). train
+    writes every setting there: an empty one is a damaged run, not the defaults."""
     for folder in (run, run.parent):
-        if (folder / rundir.CONFIG_FILE).is_file():
-            return load_config(folder / rundir.CONFIG_FILE)
+        path = folder / rundir.CONFIG_FILE
+        if path.is_file():
+            if not path.read_bytes().strip():
+                raise ModelError(path, "is empty: a run's config.toml records its recipe; give a run "
+                                 "folder as train wrote it")
+            return load_config(path)
     raise ModelError(run, f"has no {rundir.CONFIG_FILE} here or above: not a bcseg training run")
 
 
