@@ -30,7 +30,6 @@ that changed since the run started: the targets would no longer be the same.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import warnings
@@ -40,6 +39,7 @@ import numpy as np
 
 from bcseg.data.dataset import Case
 from bcseg.errors import ConfigError, DataError, ModelError, UsageError
+from bcseg.data.io import file_sha256
 from bcseg.rundir import FOLD_FILE, TEACHER_FILE, load_run
 
 log = logging.getLogger("bcseg")
@@ -100,20 +100,12 @@ def fingerprint(paths: list[str], files: list[Path], settings) -> dict:
     """What the teacher's probabilities depend on: each model file's SHA-256 and the
     settings it runs with (input size, flips, TTA, channels)."""
     record = {"teacher": list(paths),
-              "models": [{"file": str(f), "sha256": _sha256(f)} for f in files],
+              "models": [{"file": str(f), "sha256": file_sha256(f)} for f in files],
               "settings": [{"input_size": v.input_size, "patch_size": v.patch_size, "flips": v.flips,
                             "channel_names": v.channel_names, "normalisation": v.normalisation,
                             "tta": settings.tta} for v in settings.member_views()]}
     # tuples as lists and mappings as dicts, as teacher.json reads back
     return json.loads(json.dumps(record, default=lambda o: dict(o) if hasattr(o, "items") else list(o)))
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def check_fingerprint(recorded: Path, now: dict) -> None:

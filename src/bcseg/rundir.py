@@ -619,23 +619,15 @@ def refuse_repeats(files: list[Path]) -> None:
             raise ModelError(f, f"is in the ensemble twice (also as {first}); give each model once")
         sizes.setdefault(info.st_size, []).append(f)
     # A copy of a model file is the same model too (every save stamps its own date).
+    from bcseg.data.io import file_sha256
+
     for same_size in (group for group in sizes.values() if len(group) > 1):
         digests: dict[str, Path] = {}
         for f in same_size:
-            first = digests.setdefault(_digest(f), f)
+            first = digests.setdefault(file_sha256(f), f)
             if first is not f:
                 raise ModelError(f, f"is a copy of {first}, so that model would weigh twice in the "
                                  "ensemble; give each model once")
-
-
-def _digest(path: Path) -> str:
-    import hashlib
-
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _load_one(path: Path) -> tuple[list[Path], InferenceSettings]:

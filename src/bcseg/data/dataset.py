@@ -24,7 +24,6 @@ No TensorFlow here.
 from __future__ import annotations
 
 import csv
-import hashlib
 import os
 import re
 import unicodedata
@@ -447,11 +446,6 @@ def _check_unique_ids(cases: list[Case], where: Path) -> None:
         seen[key] = (case.id, case.image)
 
 
-def _digest(path: Path) -> str:
-    with open(path, "rb") as handle:
-        return hashlib.file_digest(handle, "sha256").hexdigest()
-
-
 def duplicate_images(cases: list[Case]) -> list[tuple[Case, Case]]:
     """Pairs ``(first, other)`` of cases in different groups with byte-identical images.
 
@@ -472,7 +466,7 @@ def duplicate_images(cases: list[Case]) -> list[tuple[Case, Case]]:
             continue
         first: dict[str, Case] = {}
         for case in same_size:
-            kept = first.setdefault(_digest(case.image), case)
+            kept = first.setdefault(io.file_sha256(case.image), case)
             if kept.group != case.group:
                 pairs.append((kept, case))
     return pairs
