@@ -18,7 +18,7 @@ from bcseg.after_fit import validation_target
 from bcseg.cli import main
 from bcseg.config import load_config, save_config
 from bcseg.data import io
-from bcseg.data.dataset import discover, read_case_masks
+from bcseg.data.dataset import case_digest, discover, read_case_masks
 from bcseg.infer.predict import load_model, segment_volume
 from bcseg.infer.segment import load_models, segment_case
 from bcseg.learn.models import unet
@@ -59,6 +59,10 @@ def test_a_seed_ensemble_is_tuned_on_the_members_mean_and_predicts_it(tmp_path, 
     cases = discover(phantom_root)
     validation = [cases[0].id, cases[1].id]
     runs = [_run(tmp_path / f"seed{k}", k, validation, threshold=0.3 + 0.4 * k) for k in (0, 1)]
+    for run in runs:  # as train records them: the validation files match, so they are tuned on
+        fold = json.loads((run / rundir.FOLD_FILE).read_text())
+        fold["validation_sha256"] = {c.id: case_digest(c) for c in cases[:2]}
+        (run / rundir.FOLD_FILE).write_text(json.dumps(fold))
     out = tmp_path / "ens"
     code, said, err = _bcseg(capsys, "ensemble", phantom_root, "--model", runs[0], "--model", runs[1],
                              "--out", out)
@@ -111,7 +115,7 @@ def test_the_folds_of_a_kfold_run_are_its_members(tmp_path, phantom_root, capsys
                                      "out holds yours", "out is a link", "member file in out",
                                      "network unlike settings", "validation twice",
                                      "observer mask missing", "unknown observer", "a copy of a run",
-                                     "empty config"])
+                                     "empty config", "other images, same ids"])
 def test_bad_members_or_outputs_are_one_line_and_leave_nothing(problem, tmp_path, phantom_root, capsys):
     cases = discover(phantom_root)
     a = _run(tmp_path / "a", 0, [cases[0].id])
@@ -139,7 +143,8 @@ def test_bad_members_or_outputs_are_one_line_and_leave_nothing(problem, tmp_path
               "observer mask missing": (3, "has no mask from observer(s) observer2"),
               "unknown observer": (4, "a/config.toml: 'data.observer': unknown observer 'observer3'"),
               "a copy of a run": (4, "c/model_best.keras: is a copy of"),
-              "empty config": (4, "b/config.toml: is empty")}[problem]
+              "empty config": (4, "b/config.toml: is empty"),
+              "other images, same ids": (3, "is not the one")}[problem]
     data = phantom_root
     if problem == "one run":
         models = [a]
@@ -216,6 +221,15 @@ def test_bad_members_or_outputs_are_one_line_and_leave_nothing(problem, tmp_path
         models = [a, tmp_path / "c"]
     elif problem == "empty config":
         (b / rundir.CONFIG_FILE).write_text("")
+    elif problem == "other images, same ids":  # b recorded its validation files; data is another
+        import shutil
+        fold = json.loads((b / rundir.FOLD_FILE).read_text())
+        fold["validation_sha256"] = {cases[0].id: case_digest(cases[0])}
+        (b / rundir.FOLD_FILE).write_text(json.dumps(fold))
+        data = tmp_path / "data"
+        shutil.copytree(phantom_root, data)
+        image = data / "images" / cases[0].image.name
+        io.write_image(image, io.read_image(image)[0][::-1].copy(), None)  # the same id, other pixels
     before = _hashes(tmp_path)
     argv = ["ensemble", data, "--out", out, "--force"]
     for model in models:

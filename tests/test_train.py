@@ -35,7 +35,7 @@ from bcseg import rundir
 from bcseg.learn import train
 from bcseg.after_fit import train_and_evaluate
 from bcseg.config import load_config
-from bcseg.data.dataset import Case, discover
+from bcseg.data.dataset import Case, case_digest, discover
 from bcseg.errors import UsageError
 from bcseg.data.phantom import write_phantom
 
@@ -158,6 +158,9 @@ def test_2d_run_directory_artefacts(run2d, phantom):
     assert test | train_ids | val_ids == set(cases)
     assert not {groups[i] for i in test} & {groups[i] for i in train_ids | val_ids}
     assert fold["test"] == next(f["test"] for f in splits["folds"] if f["fold"] == 0)
+    # the validation cases' files by digest, for an ensemble tuned on them later
+    assert sorted(fold["validation_sha256"]) == sorted(val_ids)
+    assert all(fold["validation_sha256"][i] == case_digest(cases[i]) for i in val_ids)
 
     # Both models load in safe mode; the last one carries its optimiser's state.
     steps = math.ceil(len(train_ids) * SHAPE[0] / TINY["train"]["batch_size"])

@@ -137,7 +137,9 @@ def _validation_cases(runs: list[Path], data) -> list:
     from bcseg.learn.train import check_observer
 
     cases = discover(data)
-    known = {c.id for c in cases}
+    by_id = {c.id: c for c in cases}
+    known = set(by_id)
+    digests: dict[str, str] = {}  # each case's files hashed once, however many runs list it
     for run in runs:
         fold_file = run / rundir.FOLD_FILE
         try:
@@ -161,10 +163,33 @@ def _validation_cases(runs: list[Path], data) -> list:
         if twice:  # it would count twice in the tuning
             raise ModelError(fold_file, f"lists validation case {twice[0]!r} twice; give a run folder "
                              "as train wrote it")
+        _check_same_files(split.get("validation_sha256"), fold_file, by_id, digests, data)
     # The target as training checked it over the dataset: a consensus needs every
     # observer's mask in every case (the members' targets are alike: _check_alike).
     check_observer(cases, validation_target(_recipe(runs[0])), _config_file(runs[0]))
     return cases
+
+
+def _check_same_files(recorded, fold_file: Path, by_id: dict, digests: dict, data) -> None:
+    """The validation cases' files are those the run validated on (runs since
+    2026-12-06 record their digests; older runs are taken on trust)."""
+    from bcseg.data.dataset import case_digest
+
+    if recorded is None:
+        return
+    if not isinstance(recorded, dict) or not all(isinstance(v, str) for v in recorded.values()):
+        raise ModelError(fold_file, "'validation_sha256' is not a map of case ids to digests; give a run "
+                         "folder as train wrote it")
+    for case_id, digest in sorted(recorded.items()):
+        case = by_id.get(case_id)
+        if case is None:
+            continue  # a case the split does not validate on, or one already named missing
+        if case_id not in digests:
+            digests[case_id] = case_digest(case)
+        if digests[case_id] != digest:
+            raise DataError(case.image, f"case {case_id!r} is not the one {fold_file.parent} validated on "
+                            f"(its image or masks differ); give the dataset the run was trained on, {data} "
+                            "is another")
 
 
 def build_ensemble(data, models: Sequence[str | Path], out: str | Path, force: bool = False):

@@ -24,6 +24,7 @@ No TensorFlow here.
 from __future__ import annotations
 
 import csv
+import hashlib
 import os
 import re
 import unicodedata
@@ -444,6 +445,16 @@ def _check_unique_ids(cases: list[Case], where: Path) -> None:
                             f"{case.image}); their outputs would overwrite each other on macOS and "
                             "Windows, so rename one")
         seen[key] = (case.id, case.image)
+
+
+def case_digest(case: Case) -> str:
+    """One SHA-256 over a case's files: its image (every channel) and every observer's
+    masks. A run records it for its validation cases, so that tuning them again later
+    (``bcseg ensemble``) can tell another dataset that reuses the same case ids."""
+    files = [("image", case.image), *((f"channel {c.name}", c.path) for c in case.channels),
+             *((f"mask {name}", f) for name in sorted(case.masks) for f in case.masks[name])]
+    lines = "".join(f"{role}\t{io.file_sha256(path)}\n" for role, path in files)
+    return hashlib.sha256(lines.encode()).hexdigest()
 
 
 def duplicate_images(cases: list[Case]) -> list[tuple[Case, Case]]:

@@ -45,8 +45,8 @@ from bcseg.learn.augment import AugmentConfig
 from bcseg.config import load_config, save_config
 from bcseg.data.consensus import METHODS
 from bcseg.data.channels import check_channel_name
-from bcseg.data.dataset import (IMAGE_CHANNEL, Case, dataset_channels, discover, refuse_duplicate_images,
-                                require_every_observer)
+from bcseg.data.dataset import (IMAGE_CHANNEL, Case, case_digest, dataset_channels, discover,
+                                refuse_duplicate_images, require_every_observer)
 from bcseg.data.intensity import check_methods
 from bcseg.data.splits import (folds_from_file, group_note, kfold_by_group, load_splits, require_groups,
                                save_splits, validation_ids)
@@ -500,9 +500,14 @@ def run_fold(cases: list[Case], folds: dict[str, int], fold: int, cfg: dict, out
     val_cases = [c for c in pool if c.id in val_ids]
     _say(f"fold {fold}: {len(train_cases)} training, {len(val_cases)} validation, "
          f"{len(test)} test case(s) ({len({c.group for c in test})} test group(s))")
+    # The validation cases' files by digest: an ensemble tuned on them later re-reads
+    # them from a dataset it is given, and must know it is this one.
     write_text(out / "fold.json", json.dumps({"fold": fold, "train": [c.id for c in train_cases],
                                               "validation": sorted(val_ids),
-                                              "test": [c.id for c in test]}, indent=1) + "\n")
+                                              "test": [c.id for c in test],
+                                              "validation_sha256": {c.id: case_digest(c) for c in
+                                                                    sorted(val_cases, key=lambda c: c.id)}},
+                                             indent=1) + "\n")
 
     d, ndim = cfg["data"], cfg["model"]["ndim"]
     channels, methods = run_channels(cases, cfg)
