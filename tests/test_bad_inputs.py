@@ -25,6 +25,7 @@ import tifffile
 
 from bcseg.data import io
 from bcseg import after_fit, outputs
+from bcseg.atomic import write_text
 from bcseg.learn import train
 from bcseg.cli import main
 from bcseg.config import load_config, save_config
@@ -530,7 +531,7 @@ def test_corrupt_state_json_on_resume_names_it(tmp_path, tiny_config, capsys):
     root = write_cases(tmp_path / "data", n=5)
     run = _run_dir(tmp_path, tiny_config)
     with outputs.claim(run, "train"):  # bcseg wrote it so (a write cut short, an old version)
-        (run / "state.json").write_text('{"epoch": 3, "checkp', encoding="utf-8")
+        write_text(run / "state.json", '{"epoch": 3, "checkp')
     code, out, err = run_main(capsys, ["train", root, "--out", run, "--resume"])
     assert code == 4, (out, err)
     assert "state.json: is corrupt" in one_error_line(err)

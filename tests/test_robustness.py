@@ -308,10 +308,11 @@ def _train(write_config: Callable[[Path], None], name: str = "bad.toml"):
 def _run_dir_exists(tmp, models):
     data = write_dataset(tmp / "data", others=5)  # 6 groups: 5 folds, no warning
     from bcseg import outputs
-    from bcseg.atomic import write_text
+    from bcseg.atomic import atomic_path, write_text
     with outputs.claim(tmp / "out", "train"):  # an earlier run, written as train writes one
         write_text(tmp / "out" / "config.toml", "[train]\nepochs = 3\n")
-        (tmp / "out" / "model_best.keras").write_bytes(models["2d"].read_bytes())
+        with atomic_path(tmp / "out" / "model_best.keras") as model_tmp:
+            model_tmp.write_bytes(models["2d"].read_bytes())
     return ["train", data, "--out", tmp / "out"], "out"
 
 

@@ -26,7 +26,7 @@ import tifffile
 
 from bcseg.data import io
 from bcseg import outputs
-from bcseg.atomic import PARTIAL_MARK, partial_name, partial_pid, write_text
+from bcseg.atomic import PARTIAL_MARK, atomic_path, partial_name, partial_pid, write_text
 from bcseg.cli import main
 from bcseg.errors import UsageError
 from bcseg.learn.models import unet
@@ -137,7 +137,8 @@ def finished_run(tmp_path_factory, models) -> Path:
         write_text(out / "inference.json", '{"threshold": 0.5}\n')
         write_text(out / "predictions" / "notes.csv", "id\n")
         write_text(out / "metrics.csv", "case,dice\n")  # train scores its test fold here
-        (out / "model_best.keras").write_bytes(models["2d"].read_bytes())
+        with atomic_path(out / "model_best.keras") as tmp:  # as train saves it
+            tmp.write_bytes(models["2d"].read_bytes())
     return out
 
 
@@ -1327,7 +1328,8 @@ def test_an_interrupted_run_with_a_peek_at_its_masks_is_still_offered_resume(tmp
     out = tmp_path / "run"
     with outputs.claim(out, "train"):  # an interrupted run: config and checkpoint, no settings
         write_text(out / "config.toml", "[train]\nepochs = 3\n")
-        (out / "model_last.keras").write_bytes(models["2d"].read_bytes())
+        with atomic_path(out / "model_last.keras") as tmp:  # as train saves it
+            tmp.write_bytes(models["2d"].read_bytes())
     with outputs.claim(out / "peek", "predict"):
         write_text(out / "peek" / "s_mask.tif", "a peek at the masks")
     code, _, err = run(capsys, "train", phantom, "--out", out, "--epochs", 1)
@@ -1341,8 +1343,8 @@ def test_a_folds_report_and_export_go_with_the_k_fold_run_they_were_made_from(tm
     with outputs.claim(kf, "train"):  # a k-fold run as train writes one: one record, at the top
         for fold in ("fold_0", "fold_1"):
             write_text(kf / fold / "case_metrics.png", "train's figure")
-            with outputs.claim(kf / fold, "train"):
-                shutil.copy(models["2d"], kf / fold / "model_best.keras")
+            with outputs.claim(kf / fold, "train"), atomic_path(kf / fold / "model_best.keras") as tmp:
+                shutil.copy(models["2d"], tmp)  # as train saves it
     from bcseg.report.html import check_report_files
     check_report_files(kf / "fold_0")  # raised: "was not written by bcseg"
     with outputs.claim(kf / "fold_0", "report"):  # the report rebuilds the fold's figures
@@ -1433,3 +1435,130 @@ def test_an_output_path_the_system_cannot_hold_is_one_line_and_leaves_nothing(
     code, _, err = run(capsys, *argv)
     assert code == 2 and expected in one_line(err), err
     assert hashes(tmp_path) == before and sorted(p.name for p in tmp_path.iterdir()) == ["data"]
+
+
+# --------------------------------------------------------------------------- red-team pass 13
+
+def test_a_file_added_while_a_run_writes_stays_yours_and_force_refuses_it(tmp_path, capsys):
+    """A live claim adopted every new file in its folder: notes the user saved into a
+    running phantom's folder became bcseg's, and the next --force deleted them."""
+    out = tmp_path / "p"
+    with outputs.claim(out, "phantom"):
+        write_text(out / "images" / "a.tif", "bcseg's")
+        (out / "notes.txt").write_text("mine")
+        (out / "mine").mkdir()
+        (out / "mine" / "draft.txt").write_text("mine too")
+    assert outputs.owned(out) >= {"images/a.tif"}
+    assert {"notes.txt", "mine/draft.txt"} <= set(outputs.foreign(out))
+    before = hashes(tmp_path)
+    code, _, err = run(capsys, "phantom", out, "--n", "1", "--shape", "8", "24", "24", "--force")
+    assert code == 2 and "was not written by bcseg" in one_line(err)
+    assert hashes(tmp_path) == before
+
+
+def test_a_failed_replacement_keeps_a_file_added_meanwhile_and_the_old_result(tmp_path):
+    folder = tmp_path / "result"
+    with outputs.claim(folder, "test"):
+        write_text(folder / "a.csv", "old\n")
+    with pytest.raises(RuntimeError):
+        with outputs.claim(folder, "test", replace=True):
+            write_text(folder / "b.csv", "new\n")
+            (folder / "notes.txt").write_text("written during the run")
+            raise RuntimeError("disk on fire")
+    assert (folder / "notes.txt").read_text() == "written during the run"
+    aside = [p for p in tmp_path.iterdir() if p.name.startswith(".result.bcseg-old-")]
+    assert len(aside) == 1 and (aside[0] / "a.csv").read_text() == "old\n"  # not deleted either
+    with pytest.raises(UsageError, match="a killed replacement left the earlier result"):
+        with outputs.claim(folder, "test"):
+            pass
+
+
+def test_a_users_file_named_like_the_lock_is_refused_and_kept(tmp_path, capsys):
+    (tmp_path / ".p.bcseg-lock").write_text("thesis text")
+    code, _, err = run(capsys, "phantom", tmp_path / "p", "--n", "1", "--shape", "8", "24", "24")
+    assert code == 2 and ".p.bcseg-lock: is where bcseg keeps its lock" in one_line(err)
+    assert (tmp_path / ".p.bcseg-lock").read_text() == "thesis text"
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".p.bcseg-lock"]
+
+
+def test_an_empty_folder_in_an_unwritable_parent_is_written(tmp_path, capsys, monkeypatch):
+    """The lock then lies inside the folder, and it made the folder count as a result."""
+    parent = tmp_path / "par"
+    (parent / "empty").mkdir(parents=True)
+    real_access = os.access
+    monkeypatch.setattr(outputs.os, "access",
+                        lambda path, mode, **kw: False if Path(path) == parent else real_access(path, mode, **kw))
+    code, _, err = run(capsys, "phantom", parent / "empty", "--n", "1", "--shape", "8", "24", "24")
+    assert code == 0, err
+    assert (parent / "empty" / "images").is_dir() and not (parent / "empty" / outputs.LOCK_SUFFIX).exists()
+
+
+def test_settle_puts_a_killed_replacements_earlier_result_back(tmp_path):
+    """train --resume read a killed --force run's new config before the claim put the
+    old run back; train now settles the folder first."""
+    folder = tmp_path / "run"
+    with outputs.claim(folder, "train"):
+        write_text(folder / "config.toml", "[train]\nepochs = 6\n")
+    aside = folder.with_name(f".run{outputs.ASIDE_MARK}{dead_pid()}")
+    folder.rename(aside)
+    folder.mkdir()  # the killed --force run had started writing its own
+    write_text(folder / "config.toml", "[train]\nepochs = 9\n")
+    (folder / outputs.RECORD).write_text(json.dumps({"files": {}, "open": {
+        "pid": int(aside.name.rsplit("-", 1)[1]), "token": "x", "command": "train", "foreign": [],
+        "edited": []}}))
+    outputs.settle(folder)
+    assert (folder / "config.toml").read_text() == "[train]\nepochs = 6\n" and not aside.exists()
+
+
+HOLD_A_CLAIM = """
+import sys, time
+from pathlib import Path
+from bcseg import outputs
+with outputs.claim(Path(sys.argv[1]), "train"):
+    print("holding", flush=True)
+    time.sleep(60)
+"""
+
+
+@pytest.mark.parametrize("held", ["the k-fold run above", "a fold folder inside"])
+def test_a_folder_inside_or_around_one_being_written_is_refused(held, tmp_path, capsys):
+    """A train into kl/fold_1 while a k-fold run wrote kl was accepted, and the k-fold
+    run then wrote over it: each run locked only its own folder."""
+    kl = tmp_path / "kl"
+    holder_folder, target = (kl, kl / "fold_1") if held == "the k-fold run above" else (kl / "fold_1", kl)
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src")}
+    process = subprocess.Popen([sys.executable, "-c", HOLD_A_CLAIM, str(holder_folder)], env=env,
+                               stdout=subprocess.PIPE, text=True)
+    try:
+        assert process.stdout.readline() == "holding\n"
+        before = hashes(tmp_path)
+        if held == "the k-fold run above":
+            code, _, err = run(capsys, "phantom", target, "--n", "1", "--shape", "8", "24", "24")
+            assert code == 2 and "is inside" in one_line(err) and "is writing" in one_line(err), err
+        else:  # the k-fold run resumed around a fold another run writes
+            with pytest.raises(UsageError, match="fold_1, which another bcseg run .* is writing"):
+                with outputs.claim(target, "train"):
+                    pass
+        assert hashes(tmp_path) == before
+    finally:
+        process.kill()
+        process.wait()
+
+
+def test_an_output_name_that_leaves_no_room_for_bcsegs_companions_is_refused(tmp_path, capsys):
+    out = tmp_path / ("n" * 240)
+    code, _, err = run(capsys, "phantom", out, "--n", "1", "--shape", "8", "24", "24")
+    assert code == 2 and "the name is 240 bytes; an output folder's name may have" in one_line(err)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_dataset_a_killed_phantom_left_half_written_is_not_read_as_data(tmp_path, capsys):
+    """check (and train) read the 4 finished specimens of a killed 30-specimen phantom as
+    a valid dataset."""
+    data = tmp_path / "data"
+    write_phantom(data, n=2, shape=(8, 24, 24))
+    record = json.loads((data / outputs.RECORD).read_text())
+    record["open"] = {"pid": int(dead_pid()), "token": "x", "command": "phantom", "foreign": [], "edited": []}
+    (data / outputs.RECORD).write_text(json.dumps(record))
+    code, _, err = run(capsys, "check", data)
+    assert code == 3 and "is the unfinished output of a 'bcseg phantom' run" in one_line(err), err

@@ -144,3 +144,11 @@ def remove_partials(folder: str | Path) -> list[Path]:
         leftover.unlink()
         removed.append(leftover)
     return removed
+
+
+def file_sha256(path: str | Path) -> str:
+    """The SHA-256 of a file's bytes, read in blocks (models and stacks can be large)."""
+    import hashlib
+
+    with open(path, "rb") as handle:
+        return hashlib.file_digest(handle, "sha256").hexdigest()

@@ -37,9 +37,9 @@ from pathlib import Path
 
 import numpy as np
 
+from bcseg.atomic import file_sha256
 from bcseg.data.dataset import Case
 from bcseg.errors import ConfigError, DataError, ModelError, UsageError
-from bcseg.data.io import file_sha256
 from bcseg.rundir import FOLD_FILE, TEACHER_FILE, load_run
 
 log = logging.getLogger("bcseg")

@@ -76,7 +76,25 @@ def member_runs(models: Sequence[str | Path]) -> list[Path]:
         raise UsageError(None, "an ensemble needs two models or more: pass --model twice or more, "
                          "or a k-fold run")
     rundir.refuse_repeats([run / rundir.MODEL_FILE for run in runs])  # one model twice would weigh twice
+    _refuse_copies([run / rundir.MODEL_FILE for run in runs])
     return runs
+
+
+def _refuse_copies(files: list[Path]) -> None:
+    """A byte-identical copy of a member's model (a run folder copied) is the same model:
+    it too would weigh twice (every save of a model stamps its own date)."""
+    from bcseg.atomic import file_sha256
+
+    by_size: dict[int, list[Path]] = {}
+    for f in files:
+        by_size.setdefault(f.stat().st_size, []).append(f)
+    for same_size in (group for group in by_size.values() if len(group) > 1):
+        digests: dict[str, Path] = {}
+        for f in same_size:
+            first = digests.setdefault(file_sha256(f), f)
+            if first is not f:
+                raise ModelError(f, f"is a copy of {first}, so that model would weigh twice in the "
+                                 "ensemble; give each model once")
 
 
 def _recipe(run: Path) -> dict:

@@ -237,7 +237,7 @@ def _write_dataset(cases: list[Case], nn_ids: list[str], stage: Path, dest: Path
                 if path.is_file() and path.name != RECORD:
                     (dest / path.relative_to(stage)).parent.mkdir(parents=True, exist_ok=True)
                     os.replace(path, dest / path.relative_to(stage))
-                    beat(dest)  # moved, not written through atomic_path: mark the claim alive
+                    beat(dest / path.relative_to(stage))  # moved, not written through atomic_path
     except DiskFullError as exc:  # name the file the user will look for, not the hidden one
         raise DiskFullError(dest / Path(exc.path).relative_to(stage), exc.problem) from None
     finally:

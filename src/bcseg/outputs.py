@@ -88,6 +88,13 @@ def check_output_folder(folder: str | Path) -> Path:
         if len(os.fsencode(part)) > limit:
             raise UsageError(folder, f"the name {part[:40]!r}... is {len(os.fsencode(part))} bytes, "
                              f"more than the {limit} a file name may have here; choose a shorter name")
+    # The folder's lock and, during --force, its old content sit beside it under longer
+    # names (".NAME.bcseg-old-PID", a process id of up to 7 digits).
+    room = limit - len(f".{ASIDE_MARK}") - 7
+    if folder.name and len(os.fsencode(folder.name)) > room:
+        raise UsageError(folder, f"the name is {len(os.fsencode(folder.name))} bytes; an output folder's "
+                         f"name may have {room} here (bcseg keeps hidden companions beside it under "
+                         "longer names); choose a shorter name")
     existing = None
     for path in (folder, *folder.parents):
         if path.is_symlink() and not path.exists():
@@ -217,7 +224,7 @@ def _load(folder: Path) -> dict:
     return record
 
 
-def _settle(folder: Path, record: dict, present: set[str]) -> dict:
+def _settle(folder: Path, record: dict, present: set[str], wrote: set | None = None) -> dict:
     """Adopt the files an open (finished or dead) claim wrote; forget removed files.
 
     A killed run's claim adopts only the files changed no later than its last sign of
@@ -235,7 +242,11 @@ def _settle(folder: Path, record: dict, present: set[str]) -> dict:
     if isinstance(claim, dict):
         new = present - set(claim.get("foreign", [])) - set(files)
         written = (set(files) | new) - set(claim.get("edited", []))
-        if not _mine(claim):
+        if _mine(claim):  # a live claim knows its files: one the user added meanwhile stays theirs
+            wrote = set() if wrote is None else wrote
+            new = {name for name in new if name.endswith("/") or name in wrote}
+            written = {name for name in written if name in wrote}
+        else:
             last = _last_beat(folder)
             new = {name for name in new if name.endswith("/") or _changed(folder / name) <= last}
             written = {name for name in written if _changed(folder / name) <= last}
@@ -266,6 +277,16 @@ def _edited(folder: Path, record: dict) -> set[str]:
     """The recorded files that changed since bcseg wrote them: the user's work now."""
     return {name for name, stat in _stats(record).items()
             if name in record["files"] and _fingerprint(folder / name) not in (None, stat)}
+
+
+def unfinished_claim(folder: str | Path) -> dict | None:
+    """The open claim of another process on ``folder`` (a run killed while writing it, or
+    one writing it now), or None: a folder whose record is closed, or has none."""
+    path = Path(folder) / RECORD
+    if not path.is_file():
+        return None
+    claim = _load(Path(folder)).get("open")
+    return claim if isinstance(claim, dict) and not _mine(claim) else None
 
 
 def _mine(claim: dict) -> bool:
@@ -499,9 +520,11 @@ def _lock(folder: Path, shown: Path) -> tuple[int, Path]:
     except OSError as exc:
         raise _unwritable(shown, exc) from None
     while True:
-        try:
-            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:  # never through a link: the lock is truncated, and a link's target is not bcseg's
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
         except OSError as exc:
+            if os.path.lexists(path):  # a link, a folder, ... of that name: the user's
+                raise _not_a_lock(path) from None
             raise _unwritable(shown, exc) from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -510,6 +533,10 @@ def _lock(folder: Path, shown: Path) -> tuple[int, Path]:
             os.close(fd)
             raise UsageError(shown, f"is being written by another bcseg run (process {holder}); "
                              "wait for it to finish or choose another output folder") from None
+        held_text = os.pread(fd, 64, 0)
+        if held_text and not _LOCK_TEXT.fullmatch(held_text):  # a file of the user's of that name
+            os.close(fd)
+            raise _not_a_lock(path)
         try:  # the file may have been unlinked by a run that finished meanwhile
             same = os.fstat(fd).st_ino == os.stat(path).st_ino
         except FileNotFoundError:
@@ -522,14 +549,54 @@ def _lock(folder: Path, shown: Path) -> tuple[int, Path]:
 
 
 def _unwritable(shown: Path, error: OSError) -> Exception:
-    """Access problems keep the command line's own message; any other reason the lock
-    cannot be made (a folder under /proc, a name too long) is one line naming the output."""
-    import errno
-
-    if error.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
-        return error
+    """Why the lock of an output cannot be made (no permission, a read-only file system,
+    a folder under /proc), as one line naming the output, not bcseg's hidden lock file."""
     reason = (error.strerror or str(error)).lower()
     return UsageError(shown, f"cannot be written there ({reason}); choose another place for the outputs")
+
+
+def _not_a_lock(path: Path) -> UsageError:
+    return UsageError(path, "is where bcseg keeps its lock for the folder beside it, but it is not "
+                      "bcseg's (it holds other text, or is no plain file); move it away")
+
+
+def _live_lock(path: Path) -> str | None:
+    """The process id in ``path`` when it is a lock another live run holds, else None.
+    Only tested (a shared lock, at once released): never created, never truncated."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+    except OSError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+    except OSError:
+        return None
+    finally:
+        os.close(fd)  # closing releases a shared lock we took
+    return None
+
+
+def _refuse_nested_writers(key: Path, shown: Path) -> None:
+    """Refuse a folder inside one another live run is writing (a fold folder of a
+    running k-fold run), or holding one (its fold folders, two levels down): each run
+    locks only its own folder, so they would write into each other's unseen."""
+    for above in key.parents:
+        if above in _held or above.parent == above:
+            continue
+        for lock in (above.parent / f".{above.name}{LOCK_SUFFIX}", above / LOCK_SUFFIX):
+            holder = _live_lock(lock)
+            if holder is not None:
+                raise UsageError(shown, f"is inside {above}, which another bcseg run (process {holder}) "
+                                 "is writing; wait for it to finish or choose another output folder")
+    if key.is_dir():
+        for lock in (*key.glob(f".*{LOCK_SUFFIX}"), *key.glob(f"*/.*{LOCK_SUFFIX}")):
+            inner = lock.parent / lock.name[1:-len(LOCK_SUFFIX)]
+            holder = None if inner.resolve() in _held else _live_lock(lock)
+            if holder is not None:
+                raise UsageError(shown, f"holds {inner}, which another bcseg run (process {holder}) is "
+                                 "writing; wait for it to finish or choose another output folder")
 
 
 def _unlock(lock: tuple[int, Path]) -> None:
@@ -550,16 +617,21 @@ def _start(folder: Path, command: str) -> None:
     write_text(folder / RECORD, json.dumps(record, indent=1) + "\n")
 
 
-def _finish(folder: Path, held: _Held | None = None) -> None:
+def _finish(folder: Path, held: _Held | None = None, still_open: bool = False) -> None:
+    """Settle the folder's record: what this claim wrote is its own. ``still_open``
+    keeps the claim open, so that the next claim takes the folder for unfinished work."""
     if folder.is_dir():
         present = listing(folder, strict=False)
-        record = _settle(folder, _load(folder), present)
+        record = _settle(folder, _load(folder), present, None if held is None else held.wrote)
         if held is not None:  # what this claim wrote is its own, whoever's name was there before
             for name in sorted(held.wrote & present):
                 record["files"][name] = held.command
                 record["stats"][name] = _fingerprint(folder / name)
             record["files"] = dict(sorted(record["files"].items()))
             record["stats"] = dict(sorted((k, v) for k, v in record["stats"].items() if v is not None))
+        if still_open:
+            record["open"] = {"pid": os.getpid(), "token": _TOKEN, "command": held.command if held else "bcseg",
+                              "foreign": sorted(present - set(record["files"])), "edited": []}
         write_text(folder / RECORD, json.dumps(record, indent=1) + "\n")
 
 
@@ -608,6 +680,7 @@ def claim(folder: str | Path, command: str, *, replace: bool = False, inputs: It
         with _nested(key):
             yield folder
         return
+    _refuse_nested_writers(key, folder)
     created = _first_missing(key)
     had_record = (key / RECORD).is_file()
     lock = _lock(key, folder)
@@ -631,7 +704,8 @@ def claim(folder: str | Path, command: str, *, replace: bool = False, inputs: It
                 _remove_written(key, held.wrote)
             # When putting the old result back fails, _undo raises and the old result
             # stays aside, where the next claim of the folder puts it back: never deleted.
-            if not _undo(folder, aside, restore=not isinstance(exc, keep_on)) and aside is not None:
+            if not _undo(folder, aside, restore=not isinstance(exc, keep_on), held=held) \
+                    and aside is not None:
                 shutil.rmtree(aside)  # the new, partial result is kept (keep_on)
             raise
         held = _held.pop(key)
@@ -656,9 +730,17 @@ def _nested(key: Path) -> Iterator[None]:
         _held[key].depth -= 1
 
 
-def _undo(folder: Path, aside: Path | None, restore: bool) -> bool:
+def _undo(folder: Path, aside: Path | None, restore: bool, held: _Held | None = None) -> bool:
     """After a failed block: put the old result back (True), or settle the record of
-    the new, partial one (False) where there is nothing to restore or it is kept."""
+    the new, partial one (False) where there is nothing to restore or it is kept.
+
+    A file that someone else put into the folder while the block ran is not deleted to
+    put the old result back: the old result then stays aside (``.NAME.bcseg-old-PID``),
+    and the next claim of the folder names both (True: it is kept, not deleted)."""
+    if aside is not None and restore and held is not None and _added_meanwhile(folder, held.wrote):
+        with contextlib.suppress(Exception):  # still open: the replacement did not finish
+            _finish(folder, held, still_open=True)
+        return True
     if aside is not None and restore:
         # Not settled first: a kill during this leaves the record open, so the next
         # claim puts the old result back rather than keep this one.
@@ -666,8 +748,17 @@ def _undo(folder: Path, aside: Path | None, restore: bool) -> bool:
         os.replace(aside, folder)  # the old result, as it was
         return True
     with contextlib.suppress(Exception):  # the failure itself is what to report
-        _finish(folder)
+        _finish(folder, held)
     return False
+
+
+def _added_meanwhile(folder: Path, wrote: set) -> bool:
+    """Whether ``folder`` holds a file that neither this claim nor bcseg before it wrote."""
+    if not folder.is_dir():
+        return False
+    record = _load(folder)
+    known = set(record["files"]) | set(wrote)
+    return any(not name.endswith("/") and name not in known for name in listing(folder, strict=False))
 
 
 def _remove_written(folder: Path, wrote: set) -> None:
@@ -732,17 +823,25 @@ def require_new_folder(folder: Path, force: bool, command: str, what: str = "a r
             return False
         raise UsageError(folder, f"is a link to {os.readlink(folder)}; give the folder itself "
                          "as the output to replace it")
-    aside = any(folder.parent.glob(f".{glob.escape(folder.name)}{ASIDE_MARK}*")) \
-        if folder.parent.is_dir() else False
-    if not folder.is_dir() and not aside:
-        return False
+    settle(folder)  # a killed replacement's earlier result is put back first
+    return _judge(folder, force, command, what, other_way)
+
+
+def settle(folder: str | Path) -> None:
+    """Put back, or drop, what a killed ``--force`` replacement left beside ``folder``
+    (``.NAME.bcseg-old-PID``), as its next claim would, so that a command reads the
+    result the folder really holds (``train --resume`` its config and checkpoints).
+    A folder that another live run is writing is refused here, by name."""
+    folder = Path(folder)
+    if folder.is_symlink():
+        return
+    aside = folder.parent.is_dir() and any(folder.parent.glob(f".{glob.escape(folder.name)}{ASIDE_MARK}*"))
     key = folder.resolve()
-    if key in _held:  # this process holds it (a command run inside another's claim)
-        return _judge(folder, force, command, what, other_way)
-    lock = _lock(key, folder)  # a live run's folder is refused here, by name
+    if (not folder.is_dir() and not aside) or key in _held:
+        return
+    lock = _lock(key, folder)
     try:
-        _recover(key)  # a killed replacement's earlier result is put back first
-        return _judge(folder, force, command, what, other_way)
+        _recover(key)
     finally:
         _unlock(lock)
 
@@ -785,7 +884,7 @@ def _only_a_fresh_record(folder: Path) -> bool:
     result waits beside the folder to be put back (``.NAME.bcseg-old-PID``): that folder
     holds a result. A lock- or temporary-looking file of the user's counts as content,
     and so does anything else named like the record that is no plain file."""
-    entries = list(folder.iterdir())
+    entries = [e for e in folder.iterdir() if not (e.name == LOCK_SUFFIX and _ours(e))]
     if not entries:
         return True
     record = folder / RECORD

@@ -611,23 +611,11 @@ def refuse_repeats(files: list[Path]) -> None:
     """A model twice in an ensemble (named twice, listed twice, or reached through a link)
     would weigh twice in the mean, unasked."""
     seen: dict[object, Path] = {}
-    sizes: dict[int, list[Path]] = {}
     for f in files:
         info = f.stat()  # an inode of 0 means none is known (some network file systems)
         first = seen.setdefault((info.st_dev, info.st_ino) if info.st_ino else f.resolve(), f)
         if first is not f:
             raise ModelError(f, f"is in the ensemble twice (also as {first}); give each model once")
-        sizes.setdefault(info.st_size, []).append(f)
-    # A copy of a model file is the same model too (every save stamps its own date).
-    from bcseg.data.io import file_sha256
-
-    for same_size in (group for group in sizes.values() if len(group) > 1):
-        digests: dict[str, Path] = {}
-        for f in same_size:
-            first = digests.setdefault(file_sha256(f), f)
-            if first is not f:
-                raise ModelError(f, f"is a copy of {first}, so that model would weigh twice in the "
-                                 "ensemble; give each model once")
 
 
 def _load_one(path: Path) -> tuple[list[Path], InferenceSettings]:

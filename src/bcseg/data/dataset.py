@@ -36,6 +36,7 @@ import numpy as np
 
 from bcseg.data import channels as channel_files
 from bcseg import outputs
+from bcseg.atomic import file_sha256
 from bcseg.data import io
 from bcseg.errors import DataError
 
@@ -211,6 +212,11 @@ def discover(root: str | Path) -> list[Case]:
         raise DataError(root, "expected a folder or a manifest .csv file")
     for part in ("manifest.csv", "images", "masks"):  # else another layout is read in its place
         _refuse_broken_link(root / part)
+    unfinished = outputs.unfinished_claim(root)
+    if unfinished is not None:  # half a phantom or export: its cases would read as a whole dataset
+        raise DataError(root, f"is the unfinished output of a 'bcseg {unfinished.get('command', '?')}' run "
+                        f"(process {unfinished.get('pid', '?')}) that was killed or is still writing; "
+                        "let it finish, or write it again with --force")
     if (root / "manifest.csv").is_file():
         return read_manifest(root / "manifest.csv")
     if (root / "images").is_dir():
@@ -453,7 +459,7 @@ def case_digest(case: Case) -> str:
     (``bcseg ensemble``) can tell another dataset that reuses the same case ids."""
     files = [("image", case.image), *((f"channel {c.name}", c.path) for c in case.channels),
              *((f"mask {name}", f) for name in sorted(case.masks) for f in case.masks[name])]
-    lines = "".join(f"{role}\t{io.file_sha256(path)}\n" for role, path in files)
+    lines = "".join(f"{role}\t{file_sha256(path)}\n" for role, path in files)
     return hashlib.sha256(lines.encode()).hexdigest()
 
 
@@ -477,7 +483,7 @@ def duplicate_images(cases: list[Case]) -> list[tuple[Case, Case]]:
             continue
         first: dict[str, Case] = {}
         for case in same_size:
-            kept = first.setdefault(io.file_sha256(case.image), case)
+            kept = first.setdefault(file_sha256(case.image), case)
             if kept.group != case.group:
                 pairs.append((kept, case))
     return pairs

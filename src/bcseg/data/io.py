@@ -939,11 +939,3 @@ def write_probability(path: str | Path, prob: np.ndarray, spacing_mm=None, force
 def write_image(path: str | Path, image: np.ndarray, spacing_mm=None, force: bool = True) -> Path:
     """Write a grey image or stack in its own dtype with spacing, atomically."""
     return _write_array(path, np.asarray(image), spacing_mm, force)
-
-
-def file_sha256(path: Path) -> str:
-    """The SHA-256 of a file's bytes, read in blocks (models and stacks can be large)."""
-    import hashlib
-
-    with open(path, "rb") as handle:
-        return hashlib.file_digest(handle, "sha256").hexdigest()

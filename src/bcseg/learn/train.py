@@ -296,7 +296,7 @@ def _save_checkpoint(model: keras.Model, out: Path, state: dict) -> None:
     except OSError:  # file systems without hard links
         shutil.copyfile(folder / name, link)
     link.replace(out / "model_last.keras")
-    outputs.beat(out)  # the link changed both files' ctime: mark the run alive after it
+    outputs.beat(out / "model_last.keras")  # linked, not written through atomic_path: the claim's file
 
 
 def fit(model: keras.Model, cfg: dict, train: pipeline.Samples, val: pipeline.Samples | None,
@@ -746,6 +746,7 @@ def train(data, out, config=None, overrides: dict | None = None, fold="0", folds
         One summary per fold trained.
     """
     out = outputs.check_output_folder(out)
+    outputs.settle(out)  # a killed --force run's earlier run is back before anything reads it
     cfg = _run_config(out, config, overrides, resume, mixed_precision)
     cases = _read_cases(data, cfg)
     # Folds are chosen and the fold checked before the run directory is touched, so a
