@@ -98,16 +98,15 @@ def _refuse_copies(files: list[Path]) -> None:
 
 
 def _recipe(run: Path) -> dict:
-    """A run's config.toml: its own, else its k-fold run's (the folder above). train
-    writes every setting there: an empty one is a damaged run, not the defaults."""
-    for folder in (run, run.parent):
-        path = folder / rundir.CONFIG_FILE
-        if path.is_file():
-            if not path.read_bytes().strip():
-                raise ModelError(path, "is empty: a run's config.toml records its recipe; give a run "
-                                 "folder as train wrote it")
-            return load_config(path)
-    raise ModelError(run, f"has no {rundir.CONFIG_FILE} here or above: not a bcseg training run")
+    """A run's config.toml (:func:`_config_file`). train writes every setting there: an
+    empty one is a damaged run, not the defaults."""
+    path = _config_file(run)
+    if not path.is_file():
+        raise ModelError(run, f"has no {rundir.CONFIG_FILE} here or above: not a bcseg training run")
+    if not path.read_bytes().strip():
+        raise ModelError(path, "is empty: a run's config.toml records its recipe; give a run "
+                         "folder as train wrote it")
+    return load_config(path)
 
 
 def _check_alike(runs: list[Path]) -> None:
