@@ -1562,3 +1562,64 @@ def test_a_dataset_a_killed_phantom_left_half_written_is_not_read_as_data(tmp_pa
     (data / outputs.RECORD).write_text(json.dumps(record))
     code, _, err = run(capsys, "check", data)
     assert code == 3 and "is the unfinished output of a 'bcseg phantom' run" in one_line(err), err
+
+
+def _replace_by_hand(path: Path, how: str) -> None:
+    """Put the user's own file where bcseg wrote ``path``: over it in place (an editor
+    saving, ``cp`` onto it) or moved onto it (``mv``), keeping size and time, so that
+    only which file it is tells them apart."""
+    old = path.stat()
+    if how == "moved onto it":
+        mine = path.with_name("mine.tmp")
+        mine.write_bytes(b"x" * old.st_size)
+        os.utime(mine, ns=(old.st_atime_ns, old.st_mtime_ns))
+        os.replace(mine, path)
+    else:
+        path.write_bytes(b"y" * (old.st_size + 1))
+
+
+@pytest.mark.parametrize("how", ["moved onto it", "written over it"])
+def test_a_file_the_user_put_in_place_of_one_a_failed_run_wrote_is_kept(how, tmp_path):
+    """An interrupted all-or-nothing run (ensemble, phantom) deleted every file by the
+    names it wrote: one the user had put in place of its file meanwhile went too."""
+    folder = tmp_path / "ens"
+    with pytest.raises(KeyboardInterrupt):
+        with outputs.claim(folder, "ensemble", new=True, all_or_nothing=True):
+            write_text(folder / "inference.json", "{}\n")
+            write_text(folder / "members.json", "[]\n")
+            _replace_by_hand(folder / "inference.json", how)
+            raise KeyboardInterrupt
+    assert not (folder / "members.json").exists()  # the run's own file: removed
+    assert (folder / "inference.json").read_bytes()[:1] in (b"x", b"y")  # yours: kept
+    assert "inference.json" not in outputs.owned(folder)
+
+
+@pytest.mark.parametrize("how", ["moved onto it", "written over it"])
+def test_a_file_the_user_put_in_place_of_one_a_run_wrote_is_not_adopted(how, tmp_path, capsys):
+    """A finished run recorded every name it wrote as its own: a file the user put in
+    place of one of them while it ran became bcseg's, and the next --force deleted it."""
+    out = tmp_path / "p"
+    with outputs.claim(out, "phantom"):
+        write_text(out / "images" / "a.tif", "bcseg's")
+        write_text(out / "notes.txt", "bcseg's")
+        _replace_by_hand(out / "notes.txt", how)
+    assert "images/a.tif" in outputs.owned(out)
+    assert "notes.txt" in outputs.foreign(out)
+    before = hashes(tmp_path)
+    code, _, err = run(capsys, "phantom", out, "--n", "1", "--shape", "8", "24", "24", "--force")
+    assert code == 2 and "notes.txt" in one_line(err)
+    assert hashes(tmp_path) == before
+
+
+def test_a_failed_replacement_keeps_a_file_put_in_place_of_its_own_and_the_old_result(tmp_path):
+    folder = tmp_path / "result"
+    with outputs.claim(folder, "test"):
+        write_text(folder / "a.csv", "old\n")
+    with pytest.raises(RuntimeError):
+        with outputs.claim(folder, "test", replace=True):
+            write_text(folder / "a.csv", "new!\n")
+            _replace_by_hand(folder / "a.csv", "moved onto it")
+            raise RuntimeError("disk on fire")
+    assert (folder / "a.csv").read_bytes() == b"xxxxx"
+    aside = [p for p in tmp_path.iterdir() if p.name.startswith(".result.bcseg-old-")]
+    assert len(aside) == 1 and (aside[0] / "a.csv").read_text() == "old\n"

@@ -60,10 +60,12 @@ ASIDE = re.compile(r"^\.(?P<name>.+)\.bcseg-old-(?P<pid>\d+)$")
 class _Held:
     """A folder this process has claimed: by which command, how deeply nested, and the
     files it wrote (relative names), which are its own when it ends even where a file
-    of that name was there before (a report rebuilt over a fold's figures)."""
+    of that name was there before (a report rebuilt over a fold's figures). Each name
+    maps to the file's :func:`_identity` just after bcseg wrote it: a file the user put
+    in its place while the run went on is theirs, not the run's."""
     command: str
     depth: int = 1
-    wrote: set = dataclasses.field(default_factory=set)
+    wrote: dict = dataclasses.field(default_factory=dict)
 
 
 _held: dict[Path, _Held] = {}  # the folders this process holds
@@ -224,7 +226,7 @@ def _load(folder: Path) -> dict:
     return record
 
 
-def _settle(folder: Path, record: dict, present: set[str], wrote: set | None = None) -> dict:
+def _settle(folder: Path, record: dict, present: set[str], wrote: dict | None = None) -> dict:
     """Adopt the files an open (finished or dead) claim wrote; forget removed files.
 
     A killed run's claim adopts only the files changed no later than its last sign of
@@ -243,9 +245,9 @@ def _settle(folder: Path, record: dict, present: set[str], wrote: set | None = N
         new = present - set(claim.get("foreign", [])) - set(files)
         written = (set(files) | new) - set(claim.get("edited", []))
         if _mine(claim):  # a live claim knows its files: one the user added meanwhile stays theirs
-            wrote = set() if wrote is None else wrote
-            new = {name for name in new if name.endswith("/") or name in wrote}
-            written = {name for name in written if name in wrote}
+            wrote = {} if wrote is None else wrote
+            new = {name for name in new if _as_written(folder, name, wrote)}
+            written = {name for name in written if _as_written(folder, name, wrote)}
         else:
             last = _last_beat(folder)
             new = {name for name in new if name.endswith("/") or _changed(folder / name) <= last}
@@ -271,6 +273,24 @@ def _fingerprint(path: Path) -> list[int] | None:
     except OSError:
         return None
     return [info.st_size, info.st_mtime_ns]
+
+
+def _identity(path: Path) -> tuple[int, int, int] | None:
+    """Which file is at ``path`` and as what: inode, size and modification time. A file
+    copied or moved over it has another inode, one edited in place another size or time."""
+    try:
+        info = path.lstat()
+    except OSError:
+        return None
+    return info.st_ino, info.st_size, info.st_mtime_ns
+
+
+def _as_written(folder: Path, name: str, wrote: dict) -> bool:
+    """Whether entry ``name`` is still what this process's claim wrote there (a folder
+    it made: always; the files in it are judged one by one)."""
+    if name.endswith("/"):
+        return True
+    return name in wrote and _identity(folder / name) == wrote[name]
 
 
 def _edited(folder: Path, record: dict) -> set[str]:
@@ -326,7 +346,7 @@ def beat(path: str | Path) -> None:
         if key == resolved or key in resolved.parents:
             with contextlib.suppress(OSError):
                 os.utime(key / RECORD)
-            held.wrote.add(resolved.relative_to(key).as_posix())
+            held.wrote[resolved.relative_to(key).as_posix()] = _identity(resolved)
 
 
 WRITE_HOOKS.append(beat)
@@ -624,7 +644,7 @@ def _finish(folder: Path, held: _Held | None = None, still_open: bool = False) -
         present = listing(folder, strict=False)
         record = _settle(folder, _load(folder), present, None if held is None else held.wrote)
         if held is not None:  # what this claim wrote is its own, whoever's name was there before
-            for name in sorted(held.wrote & present):
+            for name in sorted(n for n in held.wrote.keys() & present if _as_written(folder, n, held.wrote)):
                 record["files"][name] = held.command
                 record["stats"][name] = _fingerprint(folder / name)
             record["files"] = dict(sorted(record["files"].items()))
@@ -752,20 +772,24 @@ def _undo(folder: Path, aside: Path | None, restore: bool, held: _Held | None = 
     return False
 
 
-def _added_meanwhile(folder: Path, wrote: set) -> bool:
-    """Whether ``folder`` holds a file that neither this claim nor bcseg before it wrote."""
+def _added_meanwhile(folder: Path, wrote: dict) -> bool:
+    """Whether ``folder`` holds a file that neither this claim nor bcseg before it wrote
+    (a file put in place of one this claim wrote included)."""
     if not folder.is_dir():
         return False
-    record = _load(folder)
-    known = set(record["files"]) | set(wrote)
-    return any(not name.endswith("/") and name not in known for name in listing(folder, strict=False))
+    before = set(_load(folder)["files"]) - set(wrote)
+    return any(not name.endswith("/") and name not in before and not _as_written(folder, name, wrote)
+               for name in listing(folder, strict=False))
 
 
-def _remove_written(folder: Path, wrote: set) -> None:
+def _remove_written(folder: Path, wrote: dict) -> None:
     """Delete the files a failed claim wrote (relative names), and the folders it made
-    for them that are empty now; nothing else."""
+    for them that are empty now; nothing else: a file the user put in place of one it
+    wrote is kept (see :func:`_identity`)."""
     for name in sorted(wrote, key=lambda n: n.count("/"), reverse=True):
         path = folder / name
+        if not _as_written(folder, name, wrote):
+            continue
         if path.is_file() or path.is_symlink():
             path.unlink(missing_ok=True)
         for parent in path.parents:
