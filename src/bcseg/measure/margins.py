@@ -528,7 +528,9 @@ def merge_margins_csv(rows: Iterable[Mapping], path: str | Path,
 
     Rows already in ``path`` are kept, except those of the cases in ``rows`` and in
     ``replace_cases`` (cases whose mask was made again, so their old row is stale).
-    Returns the path, or None when there is nothing to write.
+    Returns the path, or None when no row is left: nothing is written then (a table
+    holding only its header would claim margins were measured), and the caller decides
+    whether the old table goes.
     """
     path = Path(path)
     kept = []
@@ -541,7 +543,7 @@ def merge_margins_csv(rows: Iterable[Mapping], path: str | Path,
     new = [margins_row(row) if "faces" in row else dict(row) for row in rows]
     drop = set(replace_cases) | {str(row.get("case", "")) for row in new}
     merged = [row for row in kept if row.get("case") not in drop] + new
-    if not merged and not path.exists():
+    if not merged:
         return None
     return write_margins_csv(sorted(merged, key=lambda row: str(row.get("case", ""))), path)
 
