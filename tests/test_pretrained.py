@@ -125,3 +125,15 @@ def test_a_damaged_bundled_folder_is_one_line_naming_the_file(tmp_path, monkeypa
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith(f"bcseg: error: {sidecar}") and "Error:" not in err[0]
     assert not (tmp_path / "out").exists()
+
+
+def test_the_busi_preset_is_the_bundled_models_recipe():
+    """--init busi fine-tunes the bundled model with the busi preset: it must be the
+    recipe the bundled members were trained with (r10, trained for 100 epochs), not an
+    older one."""
+    recipe = Path(__file__).resolve().parents[1] / "benchmarks" / "configs" / "r10.toml"
+    assert "busi-all-r10" in pretrained_info()["source_run"]
+    preset, bundled = load_config("busi"), load_config(recipe)
+    assert preset["train"].pop("epochs") == 100
+    bundled["train"].pop("epochs")
+    assert preset == bundled
