@@ -36,6 +36,11 @@ since 2026-12-06)::
     .venv/bin/python benchmarks/build_pretrained.py --ensemble bench-out/busi-all-r10 \
         bench-out/busi-all-r10s1 --no-tta
 
+and its held-out twin, the same two recipes' fold-0 runs of ``busi.py`` (fold 0 unseen)::
+
+    .venv/bin/python benchmarks/build_pretrained.py --ensemble bench-out/r10/fold_0 \
+        bench-out/r10s1/fold_0 --no-tta --heldout --target tests/data/busi_heldout
+
 With ``--teacher`` (repeatable) the ``--all`` model is a student distilled from
 them (``bcseg train --teacher``), e.g. from the five fold models of the 5-fold run::
 
@@ -109,13 +114,17 @@ def bundle(run: Path, seen: str, target: Path = TARGET) -> Path:
     return path
 
 
-def bundle_ensemble(runs: list[Path], data: Path, target: Path = TARGET, tta: bool = True) -> list[Path]:
+def bundle_ensemble(runs: list[Path], data: Path, target: Path = TARGET, tta: bool = True,
+                    heldout: bool = False) -> list[Path]:
     """Bundle finished all-BUSI runs of one recipe that differ only in
     ``train.member_seed`` as one ensemble: each model saved as a member (the first as
     ``busi_unet2d.keras``, which ``--init busi`` starts from), with its own settings
     inside it, and ``inference.json`` recording the members and one threshold,
     post-processing and TTA choice tuned on their shared validation split (each
-    validation image on the members' mean probability)."""
+    validation image on the members' mean probability).
+
+    With ``heldout`` the runs are fold runs of ``busi.py`` instead (a test fold held
+    out), bundled as the held-out twin of such a bundle, never as the package's own."""
     from bcseg import rundir
     from bcseg.after_fit import tune_members
     from bcseg.config import load_config
@@ -125,15 +134,23 @@ def bundle_ensemble(runs: list[Path], data: Path, target: Path = TARGET, tta: bo
     from seed_ensemble import shared_split  # benchmarks/seed_ensemble.py: one split, no twins
 
     split = shared_split(runs, "build_pretrained.py")
-    if split["test"]:  # the bundle's record says it saw every image: only --all runs may say so
+    if split["test"] and not heldout:  # the bundle's record says it saw every image: only --all runs may say so
         raise SystemExit(f"build_pretrained.py: {runs[0]}: held {len(split['test'])} test images out; "
-                         "--ensemble bundles --all runs, which train on every image")
+                         "--ensemble bundles --all runs, which train on every image (--heldout: a twin)")
+    if heldout and (not split["test"] or Path(target).resolve() == TARGET.resolve()):
+        raise SystemExit(f"build_pretrained.py: {runs[0] if not split['test'] else target}: a held-out "
+                         "twin is made of fold runs, which held a test fold out, and is bundled "
+                         "beside the package's model, not in its place (give --target)")
     names = [MODEL_NAME] + [MODEL_NAME.replace(".keras", f"_{k}.keras") for k in range(2, len(runs) + 1)]
     _refuse_other_members(target, names)
     kinds = "benign/malignant/normal" if _has_normals(split) else "benign/malignant"
     seen = (f"all {len(split['train']) + len(split['validation'])} BUSI {kinds} images "
             f"({len(split['train'])} training, {len(split['validation'])} validation, the "
             f"same for each member); fold 0 included: no BUSI lesion image is unseen by these models")
+    if heldout:
+        seen = (f"{len(split['train'])} BUSI {kinds} images for training and {len(split['validation'])} "
+                f"for validation (folds other than {split['fold']} of folds.csv), the same for each "
+                f"member; the {len(split['test'])} images of fold {split['fold']} were never seen")
     target.mkdir(parents=True, exist_ok=True)
     size = 0.0
     for run, name in zip(runs, names):
@@ -168,6 +185,9 @@ def main(argv=None) -> int:
     parser.add_argument("--no-tta", action="store_true",
                         help="with --ensemble: keep TTA off even where validation prefers it (each "
                         "flip is one more pass per member: 2 members with TTA cost 4 single passes)")
+    parser.add_argument("--heldout", action="store_true",
+                        help="with --ensemble: the runs are fold runs of busi.py; bundle their "
+                        "held-out twin (into --target, e.g. tests/data/busi_heldout)")
     parser.add_argument("--data", default=str(DEFAULT_DATA))
     parser.add_argument("--out", default="bench-out/busi-all")
     parser.add_argument("--budget-min", type=float, default=0.0)
@@ -182,7 +202,7 @@ def main(argv=None) -> int:
 
     if args.ensemble:
         bundle_ensemble([Path(r) for r in args.ensemble], Path(args.data), Path(args.target),
-                        tta=not args.no_tta)
+                        tta=not args.no_tta, heldout=args.heldout)
         return 0
     if args.from_run:
         run = Path(args.from_run)

@@ -111,6 +111,15 @@ def test_bundle_ensemble_records_only_runs_that_saw_every_image(tmp_path, phanto
     with pytest.raises(SystemExit, match=r"^build_pretrained.py: .*h0: held 1 test images out"):
         build_pretrained.bundle_ensemble(held_out, phantom_root, tmp_path / "b0")
     assert not (tmp_path / "b0").exists()
+    # ... unless it is bundled as a held-out twin, which says what it never saw, and
+    # never into the package's own folder.
+    with pytest.raises(SystemExit, match=r"bundled beside the package's model"):
+        build_pretrained.bundle_ensemble(held_out, phantom_root, build_pretrained.TARGET, heldout=True)
+    twin = tmp_path / "twin"
+    build_pretrained.bundle_ensemble(held_out, phantom_root, twin, tta=False, heldout=True)
+    recorded = rundir.read_settings(twin / rundir.SETTINGS_FILE)
+    assert recorded.info["trained_on"].endswith("the 1 images of fold 0 were never seen")
+    assert len(load_models(twin)[0]) == 2
 
     runs = [_member(tmp_path / f"s{k}", k, [cases[0].id, cases[1].id], []) for k in (0, 1)]
     target = tmp_path / "bundle"
