@@ -768,3 +768,40 @@ def test_a_broken_link_in_the_layout_is_refused_not_skipped(where, tmp_path, cap
     link.symlink_to(tmp_path / "not-mounted" / where)
     code, out, err = run_main(capsys, ["check", root])
     assert code == 3 and f"{link}: is a broken symbolic link" in out + err, (out, err)
+
+
+# --------------------------------------------------------------------------- damaged past the header
+
+def damaged_past_its_header(path: Path, stack: np.ndarray = STACK) -> Path:
+    """A deflate-compressed TIFF whose header and every page's entry are sound but whose
+    last page's compressed data is garbage: only decoding the pixels finds it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tifffile.imwrite(path, stack, compression="zlib")
+    with tifffile.TiffFile(path) as tif:
+        page = tif.pages[len(tif.pages) - 1]
+        offset, count = page.dataoffsets[0], page.databytecounts[0]
+    with open(path, "r+b") as handle:
+        handle.seek(offset)
+        handle.write(b"\xff" * count)
+    return path
+
+
+def test_predict_refuses_a_later_input_damaged_past_its_header_before_any_mask(tmp_path, models, capsys):
+    """Headers were checked up front, pixels only when each input's turn came: the first
+    stack's mask was written, then the damaged second one stopped the run."""
+    io.write_image(tmp_path / "in" / "a.tif", STACK)
+    damaged_past_its_header(tmp_path / "in" / "b.tif")
+    assert_refused(capsys, predict_argv(tmp_path, tmp_path / "in", models["3d"]), 3, "b.tif", tmp_path)
+    assert not (tmp_path / "out").exists()
+
+
+def test_export_nnunet_refuses_a_damaged_image_in_one_line(tmp_path, capsys):
+    """The folds' warning ('only 2 groups for 5 folds') came first, the error about the
+    damaged image after it: two lines, where bad input gets one."""
+    data = write_cases(tmp_path / "data", n=2, shape=STACK.shape[1:])
+    io.write_mask(data / "masks" / "observer1" / "c1.tif", LESION)
+    damaged_past_its_header(data / "images" / "c1.tif", STACK[:1])
+    got, _, err = run_main(capsys, ["export-nnunet", data, tmp_path / "out", "--dataset-id", "5", "--name", "T"])
+    assert got != 0
+    assert "c1.tif" in one_error_line(err) and "warning" not in err
+    assert not (tmp_path / "out").exists()

@@ -252,7 +252,7 @@ def test_two_channel_export(two_channel_root, tmp_path):
     assert _load(again / "dataset.json")["channel_names"] == {"0": "pa", "1": "us"}
     assert np.array_equal(tifffile.imread(again / "imagesTr" / "PAUS_0001_0000.tif"),
                           tifffile.imread(two_channel_root / "images" / "pa" / "specimen_000.tif"))
-    with pytest.raises(DataError, match="has no channel 'doppler'"):
+    with pytest.raises(DataError, match=r"lacks channel\(s\) doppler \(case 'specimen_000', checked before exporting\)"):
         export_nnunet(two_channel_root, tmp_path / "other", 13, "X", k=3, channels=["us", "doppler"])
 
 

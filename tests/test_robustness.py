@@ -40,7 +40,7 @@ from bcseg.learn.models import unet
 from bcseg.rundir import InferenceSettings, embed_settings
 from bcseg.data.phantom import write_phantom
 from bcseg.infer.predict import load_model
-from bcseg.outputs import RECORD
+from bcseg.outputs import JOURNAL, RECORD
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -609,7 +609,8 @@ def _masks(out: Path) -> list[Path]:
 
 
 def _leftovers(out: Path) -> list[Path]:
-    return sorted(p for p in out.iterdir() if p not in _masks(out) and p.name != RECORD)
+    # bcseg's record and journal of what the run wrote are not leftovers
+    return sorted(p for p in out.iterdir() if p not in _masks(out) and p.name not in (RECORD, JOURNAL))
 
 
 def _assert_complete_mask(path: Path) -> None:

@@ -1097,7 +1097,9 @@ def test_a_run_killed_just_after_a_checkpoint_still_owns_the_checkpoint(tmp_path
         time.sleep(0.05)
         _save_checkpoint(unet(ndim=2, base_filters=4, depth=2), out, {"epoch": 2})
         killed_at = json.loads((out / outputs.RECORD).read_text()), (out / outputs.RECORD).stat()
+        journal = (out / outputs.JOURNAL).read_text()
     (out / outputs.RECORD).write_text(json.dumps(killed_at[0]))  # the record as the kill left it
+    (out / outputs.JOURNAL).write_text(journal)  # and the journal
     os.utime(out / outputs.RECORD, ns=(killed_at[1].st_mtime_ns, killed_at[1].st_mtime_ns))
     record = json.loads((out / outputs.RECORD).read_text())
     record["open"].update(pid=int(dead_pid()), token="a dead run's")
@@ -1623,3 +1625,86 @@ def test_a_failed_replacement_keeps_a_file_put_in_place_of_its_own_and_the_old_r
     assert (folder / "a.csv").read_bytes() == b"xxxxx"
     aside = [p for p in tmp_path.iterdir() if p.name.startswith(".result.bcseg-old-")]
     assert len(aside) == 1 and (aside[0] / "a.csv").read_text() == "old\n"
+
+
+def _kill_phantom_after_notes(folder: Path) -> bool:
+    """Run ``phantom`` into ``folder``; save the user's notes and a folder of theirs into
+    it after its first image, SIGKILL it two images later, then make another empty
+    folder. False when the kill fell between an image's rename and its journal line
+    (that image is then not the run's by its journal: safe, but not this test's case)."""
+    images = folder / "images"
+    process = popen("phantom", folder, "--n", 400, "--shape", 8, 32, 32)
+    wait_for(lambda: len(list(images.glob("*.tif"))) >= 1 if images.is_dir() else False, process)
+    (folder / "notes.txt").write_text("mine, saved while it ran")
+    (folder / "mine").mkdir()
+    wait_for(lambda: len(list(images.glob("*.tif"))) >= 3, process)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    (folder / "figures" / "final").mkdir(parents=True)  # after the kill: empty folders of yours
+    journaled = outputs._read_journal(folder)
+    return all(p.relative_to(folder).as_posix() in journaled for p in folder.rglob("*")
+               if p.is_file() and p.name not in (outputs.RECORD, outputs.JOURNAL, "notes.txt")
+               and partial_pid(p.name) is None)
+
+
+def test_what_the_user_added_while_a_killed_run_wrote_is_not_adopted(tmp_path, capsys):
+    """After a SIGKILL the next claim adopted every file changed before the dead run's
+    last write, and every folder: notes saved into the folder while it ran, and empty
+    folders made after the kill, became bcseg's and --force deleted them. The run's
+    journal says which files it wrote."""
+    for attempt in range(5):
+        folder = tmp_path / f"k{attempt}"
+        if _kill_phantom_after_notes(folder):
+            break
+    else:
+        pytest.fail("every kill fell between a rename and its journal line")
+    before = hashes(tmp_path)
+    code, err = _phantom_force(capsys, folder)
+    assert code == 2 and "notes.txt: was not written by bcseg" in one_line(err)
+    assert_survives(before, tmp_path, changed=(f".{folder.name}{outputs.LOCK_SUFFIX}",))
+    (folder / "notes.txt").unlink()
+    code, err = _phantom_force(capsys, folder)
+    assert code == 2 and "was not written by bcseg" in one_line(err)
+    assert (folder / "figures" / "final").is_dir() and (folder / "mine").is_dir()
+    for name in ("figures", "mine"):
+        shutil.rmtree(folder / name)
+    code, err = _phantom_force(capsys, folder)  # the killed run's own files are bcseg's
+    assert (code, err) == (0, "")
+
+
+def _copied_masks(phantom: Path, pred: Path) -> Path:
+    pred.mkdir(parents=True)
+    for mask in sorted((phantom / "masks" / "observer1").glob("*.tif"))[:2]:
+        (pred / f"{mask.stem}_mask.tif").write_bytes(mask.read_bytes())
+    return pred
+
+
+def test_evaluate_force_never_replaces_a_k_fold_runs_test_fold_metrics(tmp_path, capsys, phantom):
+    """In a k-fold run each fold's test evaluation was recorded as evaluate's, not the
+    run's: 'evaluate --out kf/fold_0 --force' overwrote fold 0's metrics with other
+    numbers, leaving its report describing the old ones."""
+    config = tmp_path / "tiny.toml"
+    config.write_text("[model]\nbase_filters = 2\ndepth = 2\n[data]\nsize = 16\n"
+                      "[train]\nepochs = 1\nbatch_size = 4\nk = 3\n[inference]\ntune = false\n")
+    kf = tmp_path / "kf"
+    code, _, err = run(capsys, "train", phantom, "--out", kf, "--config", config, "--folds", "all")
+    assert code == 0, err
+    assert outputs.writers(kf / "fold_0")["metrics.csv"] == "train"
+    before = hashes(tmp_path)
+    code, _, err = run(capsys, "evaluate", "--pred", kf / "fold_1" / "predictions", "--truth", phantom,
+                       "--out", kf / "fold_0", "--force", "--no-report")
+    assert code == 2 and "metrics.csv: is the output of 'bcseg train'" in one_line(err)
+    assert_survives(before, tmp_path)
+
+
+def test_evaluate_force_into_a_folder_with_no_evaluation_keeps_its_report(tmp_path, capsys, phantom):
+    """'bcseg report' wrote a page in a folder holding no evaluation; evaluate --force
+    into it took the page for the report of an evaluation it replaced and deleted it."""
+    folder = tmp_path / "study"
+    with outputs.claim(folder, "report"):
+        write_text(folder / "report.html", "<html>the report of the runs below</html>")
+    pred = _copied_masks(phantom, tmp_path / "pred")
+    code, _, err = run(capsys, "evaluate", "--pred", pred, "--truth", phantom, "--out", folder,
+                       "--force", "--no-report")
+    assert code == 0, err
+    assert (folder / "report.html").read_text() == "<html>the report of the runs below</html>"

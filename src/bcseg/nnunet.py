@@ -77,9 +77,10 @@ from bcseg.data.consensus import METHODS, consensus
 from bcseg.data.channels import value_range
 from bcseg.data.dataset import (IMAGE_CHANNEL, Case, dataset_channels, discover, read_case_channel_arrays,
                                 read_case_image, read_case_masks, require_every_observer)
+from bcseg.data.check import refuse_bad_cases
 from bcseg.data.splits import check_groups_whole, kfold_by_group
 from bcseg.errors import DataError, DiskFullError, UsageError
-from bcseg.outputs import (RECORD, beat, check_not_inputs, check_output_folder, claim, remove_abandoned,
+from bcseg.outputs import (JOURNAL, RECORD, beat, check_not_inputs, check_output_folder, claim, remove_abandoned,
                             require_new_folder)
 
 __all__ = ["export_nnunet", "dataset_folder_name", "FILE_ENDINGS", "CASE_MAP", "SPLITS_FILE"]
@@ -188,6 +189,7 @@ def export_nnunet(data: str | Path | Iterable[Case], out: str | Path, dataset_id
     replace = require_new_folder(dest, force, "export-nnunet")
     _check_id_free(out, int(dataset_id), folder_name)
     _check_ending_fits(cases[0], ending, names)  # before the folds' warnings and the claim
+    refuse_bad_cases(cases, names, "exporting")  # a damaged image is one line, before the warnings too
     fold_of = _folds(cases, folds, k, seed)
     nn_ids = [f"{name}_{i:0{max(4, len(str(len(cases))))}d}" for i in range(1, len(cases) + 1)]
     stage = _free_stage(out, folder_name)
@@ -234,7 +236,7 @@ def _write_dataset(cases: list[Case], nn_ids: list[str], stage: Path, dest: Path
             # dataset.json last: nnU-Net needs it, so a dataset cut short by a kill
             # in this loop is never taken for a complete one.
             for path in sorted(stage.rglob("*"), key=lambda p: (p.name == "dataset.json", p)):
-                if path.is_file() and path.name != RECORD:
+                if path.is_file() and path.name not in (RECORD, JOURNAL):
                     (dest / path.relative_to(stage)).parent.mkdir(parents=True, exist_ok=True)
                     os.replace(path, dest / path.relative_to(stage))
                     beat(dest / path.relative_to(stage))  # moved, not written through atomic_path

@@ -15,8 +15,10 @@ Every command that writes into a folder does so inside :func:`claim`, which
 
 The record is written when a claim starts (listing the files already there that
 bcseg did not write) and settled when it ends. A run killed outright (SIGKILL)
-cannot settle it, so the next claim adopts every file that appeared during the
-dead run: the lock guarantees that no other bcseg run wrote them.
+cannot settle it, so the run also appends each file it writes, with the file's
+identity, to ``.bcseg-outputs.journal`` as it goes: the next claim adopts exactly
+those files still as the dead run left them, and the folders holding them; a file
+or folder the user added or swapped in meanwhile stays the user's.
 
 A forced replacement killed outright leaves the old content beside the folder as
 ``.<folder>.bcseg-old-PID``. The next claim of the folder, or of the folder holding it,
@@ -49,6 +51,9 @@ from bcseg.atomic import WRITE_HOOKS, partial_pid, process_alive, write_text
 from bcseg.errors import UsageError
 
 RECORD = ".bcseg-outputs.json"
+# What an open claim wrote, one JSON line per file (name and identity), appended as it
+# writes: what a killed run wrote is known from it, not guessed from times.
+JOURNAL = ".bcseg-outputs.journal"
 LOCK_SUFFIX = ".bcseg-lock"
 # The old content during a replacement; the mark names bcseg, so that a user's own
 # ".result.old-2" (a backup copy, say) is never taken for one and settled away.
@@ -168,6 +173,8 @@ def _ours(path: Path) -> bool:
         return True
     if path.is_symlink() or not path.is_file():
         return False
+    if name == JOURNAL:
+        return True
     if name.startswith(".") and name.endswith(LOCK_SUFFIX):
         try:
             return path.stat().st_size <= 32 and bool(_LOCK_TEXT.fullmatch(path.read_bytes()))
@@ -229,10 +236,12 @@ def _load(folder: Path) -> dict:
 def _settle(folder: Path, record: dict, present: set[str], wrote: dict | None = None) -> dict:
     """Adopt the files an open (finished or dead) claim wrote; forget removed files.
 
-    A killed run's claim adopts only the files changed no later than its last sign of
-    life (the record's modification time, see :func:`beat`): a file the user put in the
-    folder after the kill is the user's. Folders are adopted either way; the files in
-    them are what is protected.
+    A killed run's claim adopts the files its journal lists, where each is still the
+    file it wrote (:func:`_identity`), and the folders holding them: what the user put
+    in the folder, or in place of its files, before or after the kill stays the user's.
+    A claim of a bcseg before the journal adopts the files changed no later than its
+    last sign of life (the record's modification time, see :func:`beat`), and every
+    folder. A live claim adopts what it wrote, as it is, and every folder.
 
     The claim's files are fingerprinted as it left them (:func:`_fingerprint`), except
     those the user had edited before it started (its ``edited`` list), whose old
@@ -248,7 +257,12 @@ def _settle(folder: Path, record: dict, present: set[str], wrote: dict | None = 
             wrote = {} if wrote is None else wrote
             new = {name for name in new if _as_written(folder, name, wrote)}
             written = {name for name in written if _as_written(folder, name, wrote)}
-        else:
+        elif claim.get("journal"):  # what the dead run wrote, file by file
+            wrote = _read_journal(folder)
+            made = _with_folders(set(wrote))  # and the folders holding it
+            new = {name for name in new if (name in made if name.endswith("/") else _as_written(folder, name, wrote))}
+            written = {name for name in written if name.endswith("/") or _as_written(folder, name, wrote)}
+        else:  # a run of a bcseg before the journal: by time
             last = _last_beat(folder)
             new = {name for name in new if name.endswith("/") or _changed(folder / name) <= last}
             written = {name for name in written if _changed(folder / name) <= last}
@@ -342,14 +356,55 @@ def beat(path: str | Path) -> None:
         resolved = Path(path).resolve()
     except OSError:
         return
+    identity = _identity(resolved)
     for key, held in list(_held.items()):
         if key == resolved or key in resolved.parents:
+            name = resolved.relative_to(key).as_posix()
+            held.wrote[name] = identity
+            with contextlib.suppress(OSError):  # unjournaled, the file is not adopted after a kill
+                _append_journal(key, name, identity)
             with contextlib.suppress(OSError):
                 os.utime(key / RECORD)
-            held.wrote[resolved.relative_to(key).as_posix()] = _identity(resolved)
 
 
 WRITE_HOOKS.append(beat)
+
+
+def _append_journal(folder: Path, name: str, identity) -> None:
+    """One line of the journal: appended, so a kill cuts at most the line being written."""
+    line = (json.dumps([name, identity]) + "\n").encode("utf-8")
+    handle = os.open(folder / JOURNAL, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+    try:
+        os.write(handle, line)
+    finally:
+        os.close(handle)
+
+
+def _read_journal(folder: Path) -> dict:
+    """What a claim wrote by its journal: name -> identity when written (the last line
+    of a name wins; a line cut short by a kill, or anything not bcseg's, is skipped)."""
+    path = folder / JOURNAL
+    if path.is_symlink() or not path.is_file():
+        return {}
+    try:
+        lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
+    except OSError:
+        return {}
+    wrote = {}
+    for line in lines:
+        try:
+            name, identity = json.loads(line)
+        except (ValueError, TypeError):
+            continue
+        if isinstance(name, str) and isinstance(identity, list) and len(identity) == 3:
+            wrote[name] = tuple(identity)
+    return wrote
+
+
+def _drop_journal(folder: Path) -> None:
+    path = folder / JOURNAL
+    if not path.is_symlink() and path.is_file():
+        path.unlink(missing_ok=True)
 
 
 def writers(folder: str | Path) -> dict[str, str]:
@@ -633,7 +688,8 @@ def _start(folder: Path, command: str) -> None:
     record = _settle(folder, _load(folder), present)  # adopts what a killed run left
     record["open"] = {"pid": os.getpid(), "token": _TOKEN, "command": command,
                       "foreign": sorted(present - set(record["files"])),
-                      "edited": sorted(_edited(folder, record))}
+                      "edited": sorted(_edited(folder, record)), "journal": True}
+    _drop_journal(folder)  # the killed run's, settled above; this claim starts its own
     write_text(folder / RECORD, json.dumps(record, indent=1) + "\n")
 
 
@@ -649,10 +705,13 @@ def _finish(folder: Path, held: _Held | None = None, still_open: bool = False) -
                 record["stats"][name] = _fingerprint(folder / name)
             record["files"] = dict(sorted(record["files"].items()))
             record["stats"] = dict(sorted((k, v) for k, v in record["stats"].items() if v is not None))
-        if still_open:
+        if still_open:  # its journal stays: the next claim settles the rest from it
             record["open"] = {"pid": os.getpid(), "token": _TOKEN, "command": held.command if held else "bcseg",
-                              "foreign": sorted(present - set(record["files"])), "edited": []}
+                              "foreign": sorted(present - set(record["files"])), "edited": [],
+                              "journal": True}
         write_text(folder / RECORD, json.dumps(record, indent=1) + "\n")
+        if not still_open:  # the record holds it all now
+            _drop_journal(folder)
 
 
 @contextlib.contextmanager
@@ -805,6 +864,7 @@ def _drop_empty_record(folder: Path) -> None:
     record = _load(folder)
     if not record["files"] and "open" not in record:
         (folder / RECORD).unlink(missing_ok=True)
+        _drop_journal(folder)
 
 
 def _first_missing(folder: Path) -> Path | None:
@@ -821,6 +881,7 @@ def _remove_if_empty(folder: Path, created: Path) -> None:
     """Remove the folders a claim created when nothing was written into them."""
     if folder.is_dir() and not listing(folder, strict=False):
         (folder / RECORD).unlink(missing_ok=True)
+        _drop_journal(folder)
     for path in (folder, *folder.parents):
         try:
             path.rmdir()
@@ -908,7 +969,7 @@ def _only_a_fresh_record(folder: Path) -> bool:
     result waits beside the folder to be put back (``.NAME.bcseg-old-PID``): that folder
     holds a result. A lock- or temporary-looking file of the user's counts as content,
     and so does anything else named like the record that is no plain file."""
-    entries = [e for e in folder.iterdir() if not (e.name == LOCK_SUFFIX and _ours(e))]
+    entries = [e for e in folder.iterdir() if not (e.name in (LOCK_SUFFIX, JOURNAL) and _ours(e))]
     if not entries:
         return True
     record = folder / RECORD

@@ -93,6 +93,19 @@ def orphan_masks(root: Path, cases: list[Case]) -> list[Path]:
     return sorted(set(found) - used)
 
 
+def refuse_bad_cases(cases: list[Case], channels: list[str] | None = None, before: str = "training") -> None:
+    """Read every case's images and masks before a command's output exists; raise
+    DataError naming the first bad file (``before`` says for what they were checked).
+
+    A bad file found later (a compressed stack damaged past its header is found only
+    when decoded) would leave half an output behind. Images are memory-mapped where
+    they can be, so this reads the masks and the headers, not every stack in full.
+    """
+    for case in cases:
+        for path, problem in check_case(case, sorted(case.masks), channels=channels or ()):
+            raise DataError(path, f"{problem} (case '{case.id}', checked before {before})")
+
+
 def check_case(case: Case, observers: list[str], report: CheckReport | None = None,
                channels: list[str] = ()) -> list[tuple[str, str]]:
     """Read one case's image (every named channel) and masks; return its

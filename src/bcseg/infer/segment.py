@@ -25,7 +25,8 @@ from tqdm.auto import tqdm
 from bcseg import outputs
 from bcseg.atomic import atomic_path, remove_partials
 from bcseg.data import io
-from bcseg.data.dataset import Case, discover, id_problem, name_key, read_case_channels, read_case_image
+from bcseg.data.dataset import (Case, discover, id_problem, name_key, read_case_channel_arrays, read_case_channels,
+                                read_case_image)
 from bcseg.data.intensity import check_methods, normalise
 from bcseg.errors import BcsegError, ConfigError, DataError, ModelError, UsageError
 from bcseg.infer.postprocess import check_steps, release_slices
@@ -418,6 +419,22 @@ def _headers(files: list[Path | Case], problems: dict) -> dict[str, tuple | None
     return headers
 
 
+def _check_pixels(files: list[Path | Case], problems: dict) -> None:
+    """Decode every input whose header passed: a compressed TIFF damaged past its
+    header fails only when its pixels are decoded, which must happen before the first
+    mask is written. An uncompressed TIFF is memory-mapped, so this reads little of it."""
+    for item in files:
+        if output_name(item) in problems:
+            continue
+        try:
+            if isinstance(item, Case):
+                read_case_channel_arrays(item, mmap=True)
+            else:
+                io.read_image(input_file(item), mmap=True)
+        except BcsegError as exc:
+            problems.setdefault(output_name(item), exc)
+
+
 def _check_ranks(files: list[Path | Case], headers: dict, models: list, problems: dict) -> None:
     """Note every input whose header shows the model cannot segment it (a 2D image for
     a 3D model), so a late one stops the run before the earlier ones' masks exist."""
@@ -528,6 +545,7 @@ def predict_files(model_path: str | Path, inputs, out_dir: str | Path, *, thresh
     # Without keep_going the first is raised; with it, that input is recorded as failed.
     problems: dict[str, BcsegError] = {}
     headers = _headers(files, problems)
+    _check_pixels(files, problems)
     if margins and not keep_going:  # with keep_going a stack without spacing still gets its mask
         _check_margin_spacing(files, headers, spacing_mm, problems)
     _raise_first(problems, keep_going)  # before the model loads

@@ -869,9 +869,13 @@ def _train_in(out: Path, cfg: dict, cases: list[Case], folds: dict, source, targ
                 if resume and (fold_dir / rundir.SETTINGS_FILE).is_file():
                     _say(f"fold {k} already finished")
                     continue
-                fitted = run_fold(cases, folds, k, cfg, fold_dir, resume, init_model, strategy, plot,
-                                  validation, teacher)
-                results.append(_summary(fitted, after_fit))
+                # A fold's folder is train's, as a one-fold run's is: what runs inside it
+                # (the test fold's evaluation) is recorded as train's, so 'evaluate --out
+                # kf/fold_0 --force' cannot pass the run's metrics off as an earlier evaluation.
+                with outputs.claim(fold_dir, "train"):
+                    fitted = run_fold(cases, folds, k, cfg, fold_dir, resume, init_model, strategy, plot,
+                                      validation, teacher)
+                    results.append(_summary(fitted, after_fit))
             if len(targets) > 1:
                 write_text(out / "folds_summary.json", json.dumps(results, indent=1, default=str) + "\n")
             return results
@@ -955,11 +959,9 @@ def _check_cases(cases: list[Case], channels: list[str] | None = None) -> None:
     command trips over, or cost the whole run. Images are memory-mapped where they
     can be, so this reads the masks and the headers, not every stack in full.
     """
-    from bcseg.data.check import check_case
+    from bcseg.data.check import refuse_bad_cases
 
-    for case in cases:
-        for path, problem in check_case(case, sorted(case.masks), channels=channels or ()):
-            raise DataError(path, f"{problem} (case '{case.id}', checked before training)")
+    refuse_bad_cases(cases, channels, "training")
 
 
 def _init_model(init, cfg: dict, in_channels: int = 1) -> Path | None:

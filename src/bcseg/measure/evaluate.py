@@ -590,8 +590,10 @@ def _pixel_soft(scored: dict, soft_ref: str) -> dict:
 def _write_outputs(out_dir: Path, outputs: dict[str, Path], force: bool, scored: dict, summary: dict) -> None:
     with claim(out_dir, "evaluate"):
         check_replaceable(outputs.values(), force, command="evaluate")  # again, now that it is ours
-        if force:  # before the new numbers: a kill then leaves no page describing other ones
-            _remove_stale_report(out_dir)
+        # Only where an earlier evaluation is replaced (check_replaceable: evaluate's own) is
+        # a report built from it stale; a report in a folder holding none is another's.
+        if force and any(path.exists() for path in outputs.values()):
+            _remove_stale_report(out_dir)  # before the new numbers: a kill leaves no page of other ones
         write_text(outputs["metrics"], _csv_text(METRICS_CSV_COLUMNS, scored["rows"] + scored["slices"]))
         write_text(outputs["agreement"], _csv_text(AGREEMENT_CSV_COLUMNS, scored["agree"]))
         write_text(outputs["summary"], json.dumps(_json_safe(summary), indent=2, allow_nan=False) + "\n")
