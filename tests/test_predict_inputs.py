@@ -219,3 +219,40 @@ def test_spacing_on_the_command_line_is_range_checked_as_usage(spacing, tmp_path
                        "--out", out, "--spacing", spacing)
     assert code == 2 and "--spacing" in one_error_line(err)
     assert not out.exists()
+
+
+# --------------------------------------------------------------------------- pixels checked up front
+
+def test_a_channel_the_model_does_not_take_is_not_checked_before_segmenting(tmp_path, capsys, stacks):
+    """predict decodes every input before the first mask, but only what it segments: a
+    model of the ultrasound channel alone was refused a case whose photoacoustic
+    channel (never read) had another shape."""
+    model = tmp_path / "us.keras"
+    unet(ndim=2, in_channels=1, base_filters=4, depth=2).save(model)
+    embed_settings(model, InferenceSettings(ndim=2, channels=1, channel_names=("us",),
+                                            normalisation={"us": "auto"}))
+    data = tmp_path / "data"
+    shutil.copytree(stacks, data)
+    odd = sorted((data / "images" / "pa").iterdir())[0]
+    io.write_image(odd, np.zeros((SHAPE[0], SHAPE[1] + 2, SHAPE[2]), np.uint8))
+    code, _, err = run(capsys, "predict", data, "--model", model, "--out", tmp_path / "seg", "--no-progress")
+    assert code == 0, err
+    assert len(list((tmp_path / "seg").glob("*_mask.tif"))) == 2
+
+
+def test_resume_does_not_decode_the_inputs_it_keeps(tmp_path, capsys, models):
+    """--resume keeps complete outputs; their inputs were decoded again up front anyway
+    (every stack of a large batch before the first remaining one), and one damaged
+    since was refused though nothing would read it."""
+    from test_bad_inputs import damaged_past_its_header
+
+    data = tmp_path / "in"
+    for name in ("a", "b"):
+        io.write_image(data / f"{name}.tif", np.random.default_rng(0).integers(0, 255, SHAPE, dtype=np.uint8))
+    out = tmp_path / "seg"
+    code, _, err = run(capsys, "predict", data / "a.tif", "--model", models["3d"], "--out", out, "--no-progress")
+    assert code == 0, err
+    damaged_past_its_header(data / "a.tif", np.zeros(SHAPE, np.uint8))  # finished with: not read again
+    code, _, err = run(capsys, "predict", data, "--model", models["3d"], "--out", out, "--resume", "--no-progress")
+    assert code == 0, err
+    assert sorted(p.name for p in out.glob("*_mask.tif")) == ["a_mask.tif", "b_mask.tif"]

@@ -1708,3 +1708,59 @@ def test_evaluate_force_into_a_folder_with_no_evaluation_keeps_its_report(tmp_pa
                        "--force", "--no-report")
     assert code == 0, err
     assert (folder / "report.html").read_text() == "<html>the report of the runs below</html>"
+
+
+# The next claim killed while it starts: just as it writes the record of what it settled.
+KILLED_IN_START = """
+import inspect, os, signal, sys
+from bcseg import outputs
+from bcseg.cli import main
+real = outputs.write_text
+def write_text(path, *args, **kwargs):
+    if inspect.stack()[1].function == "_start":
+        os.kill(os.getpid(), signal.SIGKILL)
+    return real(path, *args, **kwargs)
+outputs.write_text = write_text
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_a_kill_while_the_next_claim_starts_keeps_the_killed_runs_files_its_own(tmp_path, capsys, models):
+    """The next claim dropped the killed run's journal before writing the record that
+    settled it: a kill in between left a record of an open claim with no journal, and
+    neither --resume nor --force would touch the killed run's masks again."""
+    data = stacks(tmp_path / "data", 6, shape=KILL_SHAPE)
+    out = tmp_path / "out"
+    process = popen("predict", data, "--model", models["2d"], "--out", out, "--no-progress")
+    wait_for(lambda: out.is_dir() and any(out.glob("*_mask.tif")) and partials(out), process)
+    process.kill()
+    process.wait()
+    done = sorted(p.name for p in out.glob("*_mask.tif"))
+    resume = ("predict", data, "--model", models["2d"], "--out", out, "--resume", "--no-progress")
+    started = subprocess.run([sys.executable, "-c", KILLED_IN_START, *map(str, resume)],
+                             capture_output=True, text=True, env=subprocess_env(), timeout=240)
+    assert started.returncode == -signal.SIGKILL, started.stderr
+    code, printed, err = run(capsys, *resume)
+    assert (code, err) == (0, "")
+    assert f"({len(done)} already complete, kept)" in printed
+    assert outputs.foreign(out) == []
+
+
+@pytest.mark.parametrize("kind", ["a file of yours", "a pipe"])
+def test_a_users_file_named_like_the_journal_is_refused_and_kept(kind, tmp_path, capsys, models):
+    """A file of the user's named .bcseg-outputs.journal was taken for bcseg's: hidden from
+    every check and deleted (predict, train --force); a pipe of that name hung the run."""
+    data = stacks(tmp_path / "data", 1)
+    out = tmp_path / "out"
+    out.mkdir()
+    journal = out / outputs.JOURNAL
+    if kind == "a pipe":
+        os.mkfifo(journal)
+    else:
+        journal.write_text("my notes on the journal club\n")
+    result = cli("predict", data / "s0.tif", "--model", models["2d"], "--out", out, "--no-progress",
+                 timeout=120)
+    assert result.returncode == 2 and "is named like bcseg's journal" in one_line(result.stderr)
+    assert sorted(p.name for p in out.iterdir()) == [outputs.JOURNAL]
+    if kind != "a pipe":
+        assert journal.read_text() == "my notes on the journal club\n"

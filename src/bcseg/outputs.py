@@ -44,6 +44,7 @@ import os
 import re
 import secrets
 import shutil
+import stat
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
@@ -174,7 +175,7 @@ def _ours(path: Path) -> bool:
     if path.is_symlink() or not path.is_file():
         return False
     if name == JOURNAL:
-        return True
+        return _is_a_journal(path)
     if name.startswith(".") and name.endswith(LOCK_SUFFIX):
         try:
             return path.stat().st_size <= 32 and bool(_LOCK_TEXT.fullmatch(path.read_bytes()))
@@ -309,8 +310,8 @@ def _as_written(folder: Path, name: str, wrote: dict) -> bool:
 
 def _edited(folder: Path, record: dict) -> set[str]:
     """The recorded files that changed since bcseg wrote them: the user's work now."""
-    return {name for name, stat in _stats(record).items()
-            if name in record["files"] and _fingerprint(folder / name) not in (None, stat)}
+    return {name for name, fingerprint in _stats(record).items()
+            if name in record["files"] and _fingerprint(folder / name) not in (None, fingerprint)}
 
 
 def unfinished_claim(folder: str | Path) -> dict | None:
@@ -371,40 +372,66 @@ WRITE_HOOKS.append(beat)
 
 
 def _append_journal(folder: Path, name: str, identity) -> None:
-    """One line of the journal: appended, so a kill cuts at most the line being written."""
+    """One line of the journal: appended, so a kill cuts at most the line being written.
+    Never through a link, and never into anything but a plain file (a pipe would block)."""
     line = (json.dumps([name, identity]) + "\n").encode("utf-8")
-    handle = os.open(folder / JOURNAL, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+    handle = os.open(folder / JOURNAL, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW
+                     | os.O_NONBLOCK, 0o644)
     try:
-        os.write(handle, line)
+        if stat.S_ISREG(os.fstat(handle).st_mode):
+            os.write(handle, line)
     finally:
         os.close(handle)
+
+
+def _journal_entry(line: str):
+    """``(name, identity)`` of one journal line, or None when it is not one."""
+    try:
+        name, identity = json.loads(line)
+    except (ValueError, TypeError):
+        return None
+    if isinstance(name, str) and isinstance(identity, list) and len(identity) == 3 \
+            and all(isinstance(v, int) for v in identity):
+        return name, tuple(identity)
+    return None
+
+
+def _is_a_journal(path: Path) -> bool:
+    """Whether ``path`` holds what bcseg writes into a journal: complete lines that are
+    each an entry (the last may be cut short by a kill). A file of the user's that
+    merely has the name is the user's, never hidden, truncated or deleted."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError):
+        return False
+    complete = text.split("\n")[:-1]  # the part after the last newline: cut short, or empty
+    return bool(complete) and all(_journal_entry(line) is not None for line in complete)
 
 
 def _read_journal(folder: Path) -> dict:
     """What a claim wrote by its journal: name -> identity when written (the last line
     of a name wins; a line cut short by a kill, or anything not bcseg's, is skipped)."""
     path = folder / JOURNAL
-    if path.is_symlink() or not path.is_file():
+    if path.is_symlink() or not path.is_file() or not _is_a_journal(path):
         return {}
-    try:
-        lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
-    except OSError:
-        return {}
-    wrote = {}
-    for line in lines:
-        try:
-            name, identity = json.loads(line)
-        except (ValueError, TypeError):
-            continue
-        if isinstance(name, str) and isinstance(identity, list) and len(identity) == 3:
-            wrote[name] = tuple(identity)
-    return wrote
+    entries = (_journal_entry(line) for line in path.read_text(encoding="utf-8").splitlines())
+    return dict(entry for entry in entries if entry is not None)
 
 
 def _drop_journal(folder: Path) -> None:
     path = folder / JOURNAL
-    if not path.is_symlink() and path.is_file():
+    if not path.is_symlink() and path.is_file() and _is_a_journal(path):
         path.unlink(missing_ok=True)
+
+
+def _check_journal_free(folder: Path) -> None:
+    """Refuse a folder holding something named like bcseg's journal that is not one
+    (a file of the user's, a link, a pipe): a claim would append to it or wait on it."""
+    path = folder / JOURNAL
+    if (path.exists() or path.is_symlink()) and not (path.is_file() and not path.is_symlink()
+                                                      and _is_a_journal(path)):
+        raise UsageError(path, "is named like bcseg's journal of what it wrote but is not one; "
+                         "move it away")
 
 
 def writers(folder: str | Path) -> dict[str, str]:
@@ -689,8 +716,10 @@ def _start(folder: Path, command: str) -> None:
     record["open"] = {"pid": os.getpid(), "token": _TOKEN, "command": command,
                       "foreign": sorted(present - set(record["files"])),
                       "edited": sorted(_edited(folder, record)), "journal": True}
-    _drop_journal(folder)  # the killed run's, settled above; this claim starts its own
     write_text(folder / RECORD, json.dumps(record, indent=1) + "\n")
+    # The killed run's journal goes only now that the record holding what it settled is
+    # written: a kill before this leaves that run's record and journal as they were.
+    _drop_journal(folder)
 
 
 def _finish(folder: Path, held: _Held | None = None, still_open: bool = False) -> None:
@@ -770,6 +799,8 @@ def claim(folder: str | Path, command: str, *, replace: bool = False, inputs: It
             check_one_writer(folder, command)  # named as the user gave it
         elif new and key.is_dir():  # what require_new_folder saw may have changed since
             _refuse_a_result(folder, command, what, None)
+        if key.is_dir():
+            _check_journal_free(key)
         aside = _move_aside(key, inputs, folder, command) if replace else None
         _held[key] = _Held(command)
         try:

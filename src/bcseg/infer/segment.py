@@ -419,16 +419,20 @@ def _headers(files: list[Path | Case], problems: dict) -> dict[str, tuple | None
     return headers
 
 
-def _check_pixels(files: list[Path | Case], problems: dict) -> None:
-    """Decode every input whose header passed: a compressed TIFF damaged past its
-    header fails only when its pixels are decoded, which must happen before the first
-    mask is written. An uncompressed TIFF is memory-mapped, so this reads little of it."""
+def _check_pixels(files: list[Path | Case], names: tuple[str, ...], problems: dict) -> None:
+    """Decode what will be segmented of every input whose header passed (``names``: the
+    model's channels): a compressed TIFF damaged past its header fails only when its
+    pixels are decoded, which must happen before the first mask is written. An
+    uncompressed TIFF is memory-mapped, so this reads little of it; a compressed one
+    is decoded twice, here and when segmented."""
     for item in files:
         if output_name(item) in problems:
             continue
         try:
-            if isinstance(item, Case):
-                read_case_channel_arrays(item, mmap=True)
+            if isinstance(item, Case) and names:
+                read_case_channel_arrays(item, list(names), mmap=True)
+            elif isinstance(item, Case):
+                read_case_image(item, mmap=True)
             else:
                 io.read_image(input_file(item), mmap=True)
         except BcsegError as exc:
@@ -538,20 +542,20 @@ def predict_files(model_path: str | Path, inputs, out_dir: str | Path, *, thresh
     out_dir = outputs.check_output_folder(out_dir)
     files = _input_files(inputs)
     wanted = {output_name(path): _case_outputs(path, out_dir, save_prob, quicklook) for path in files}
-    _files_to_do(files, wanted, out_dir, force, resume)  # refuse before the model loads
+    todo = _files_to_do(files, wanted, out_dir, force, resume)  # refuse before the model loads
     if margins:
         _check_margins_request(out_dir, spacing_mm)
     # Input problems by output name, found from headers before any output exists.
     # Without keep_going the first is raised; with it, that input is recorded as failed.
     problems: dict[str, BcsegError] = {}
     headers = _headers(files, problems)
-    _check_pixels(files, problems)
     if margins and not keep_going:  # with keep_going a stack without spacing still gets its mask
         _check_margin_spacing(files, headers, spacing_mm, problems)
     _raise_first(problems, keep_going)  # before the model loads
     models, settings, notes = _models_for(files, model_path, (threshold, tta, postprocess, min_size),
                                           runtime)
     _check_ranks(files, headers, models, problems)
+    _check_pixels([f for f in files if f in todo], settings.input_channels(), problems)
     _raise_first(problems, keep_going)
     model_named = model_path[0] if isinstance(model_path, (list, tuple)) else model_path
     with outputs.claim(out_dir, "predict"):
