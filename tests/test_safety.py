@@ -757,13 +757,19 @@ def test_sigterm_during_predict_is_an_interruption(tmp_path, models):
     assert sorted(outputs.owned(out)) == sorted(p.name for p in out.glob("*_mask.tif"))
 
 
-def test_resume_keeps_complete_masks_and_finishes_a_killed_run(tmp_path, capsys, models):
+def _predict_killed_part_way(tmp_path: Path, models) -> tuple[Path, Path]:
+    """Six stacks; ``predict`` SIGKILLed while writing one after at least one finished."""
     data = stacks(tmp_path / "data", 6, shape=KILL_SHAPE)
     out = tmp_path / "out"
     process = popen("predict", data, "--model", models["2d"], "--out", out, "--no-progress")
     wait_for(lambda: out.is_dir() and any(out.glob("*_mask.tif")) and partials(out), process)
     process.kill()
     process.wait()
+    return data, out
+
+
+def test_resume_keeps_complete_masks_and_finishes_a_killed_run(tmp_path, capsys, models):
+    data, out = _predict_killed_part_way(tmp_path, models)
     done = {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in out.glob("*_mask.tif")}
     assert 1 <= len(done) < 6
     code, printed, err = run(capsys, "predict", data, "--model", models["2d"], "--out", out,
@@ -1729,12 +1735,7 @@ def test_a_kill_while_the_next_claim_starts_keeps_the_killed_runs_files_its_own(
     """The next claim dropped the killed run's journal before writing the record that
     settled it: a kill in between left a record of an open claim with no journal, and
     neither --resume nor --force would touch the killed run's masks again."""
-    data = stacks(tmp_path / "data", 6, shape=KILL_SHAPE)
-    out = tmp_path / "out"
-    process = popen("predict", data, "--model", models["2d"], "--out", out, "--no-progress")
-    wait_for(lambda: out.is_dir() and any(out.glob("*_mask.tif")) and partials(out), process)
-    process.kill()
-    process.wait()
+    data, out = _predict_killed_part_way(tmp_path, models)
     done = sorted(p.name for p in out.glob("*_mask.tif"))
     resume = ("predict", data, "--model", models["2d"], "--out", out, "--resume", "--no-progress")
     started = subprocess.run([sys.executable, "-c", KILLED_IN_START, *map(str, resume)],
