@@ -7,7 +7,9 @@ BUSI's normal images added (their folds are in ``folds.csv``) and the scanner-sh
 augmentation of ``benchmarks/configs/r8.toml``, then scores three candidates on
 BUSI fold 0, which none of them saw:
 
-- ``r5``: the held-out twin (``tests/data/busi_heldout``), lesion images only;
+- ``r5``: the held-out twin (``tests/data/busi_heldout``), lesion images only (an r5
+  model when the recorded figures were measured; the twin is now the r10 pair, and this
+  reads its first member, so a rerun measures that instead);
 - ``r8``: that model fine-tuned with normals and shift augmentation;
 - ``r5+r8``: the two as an ensemble (mean of their probabilities).
 

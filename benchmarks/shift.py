@@ -46,7 +46,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 from machine import busi_missing, cpu_flags  # noqa: E402  (benchmarks/machine.py)
 
 DEFAULT_DATA = ROOT.parent / "shared" / "datasets" / "busi"
-DEFAULT_MODEL = ROOT / "tests" / "data" / "busi_heldout" / "busi_unet2d.keras"
+DEFAULT_MODEL = ROOT / "tests" / "data" / "busi_heldout"  # the held-out twin: one model or an ensemble
 STRENGTHS = ("mild", "moderate", "strong")
 
 

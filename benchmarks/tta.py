@@ -2,7 +2,8 @@
 trained flips, and with every flip (the old behaviour, for comparison).
 
 The held-out twin model (``tests/data/busi_heldout``, trained on folds 1-4 of
-``folds.csv``) segments the 130 lesion images of fold 0, which it never saw. Each
+``folds.csv``; by default its first member, one r10 model, since the twin became the
+r10 pair; the recorded figures were measured on the single model it held before) segments the 130 lesion images of fold 0, which it never saw. Each
 row uses the threshold and post-processing recorded for that TTA setting; with
 ``--tune`` they are first chosen (as ``bcseg train`` does, on the same validation
 split of whole groups that training used, never the test fold) and written into the

@@ -51,7 +51,10 @@ def test_bundled_model_is_small_and_cites_busi():
 def test_heldout_twin_never_saw_fold0():
     info = json.loads((HELDOUT / "inference.json").read_text())
     assert "the 130 images of fold 0 were never seen" in info["trained_on"]
-    assert info["input_size"] == archive_settings(pretrained_path()).input_size
+    # the bundled recipe's twin: an ensemble of members of the bundled members' network
+    assert [m["path"] for m in info["members"]] == ["busi_unet2d.keras", "busi_unet2d_2.keras"]
+    for member in info["members"]:
+        assert archive_settings(HELDOUT / member["path"]).input_size == archive_settings(pretrained_path()).input_size
 
 
 def test_bundled_model_loads_safely_and_predicts_any_size():
@@ -90,7 +93,7 @@ def _dice_on_fold0(busi_root, tmp_path, model_args):
 
 
 def test_heldout_twin_segments_unseen_busi_images(busi_root, tmp_path):
-    scores = _dice_on_fold0(busi_root, tmp_path, ["--model", str(HELDOUT / "busi_unet2d.keras")])
+    scores = _dice_on_fold0(busi_root, tmp_path, ["--model", str(HELDOUT)])
     assert np.mean(scores) > 0.6, scores
 
 
