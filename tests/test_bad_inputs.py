@@ -805,3 +805,19 @@ def test_export_nnunet_refuses_a_damaged_image_in_one_line(tmp_path, capsys):
     assert got != 0
     assert "c1.tif" in one_error_line(err) and "warning" not in err
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("odd", ["a 3D case among 2D ones", "2D float pixels for PNG"])
+def test_export_nnunet_refuses_what_writing_would_in_one_line(odd, tmp_path, capsys):
+    """Cases nnU-Net's format cannot hold together (2D and 3D mixed; floats in a PNG
+    dataset) were found while writing, after the folds' warning: two lines."""
+    data = write_cases(tmp_path / "data", n=3)
+    if odd == "a 3D case among 2D ones":
+        io.write_image(data / "images" / "c2.tif", STACK)
+        io.write_mask(data / "masks" / "observer1" / "c2.tif", np.zeros(STACK.shape, bool))
+    else:
+        io.write_image(data / "images" / "c2.tif", IMAGE.astype(np.float32) / 7)
+    got, _, err = run_main(capsys, ["export-nnunet", data, tmp_path / "out", "--dataset-id", "5", "--name", "T"])
+    assert got == 3
+    assert "c2.tif" in one_error_line(err) and "warning" not in err
+    assert not (tmp_path / "out").exists()

@@ -333,3 +333,29 @@ def test_busi_several_mask_files_are_or_merged(busi_cases, busi_masks):
     expected = np.logical_or.reduce(separate)
     assert np.array_equal(busi_masks[case.id], expected)
     assert expected.sum() > max(s.sum() for s in separate)  # the union adds pixels
+
+
+@pytest.mark.parametrize("written", ["benign (N).png", "./benign/benign (N).png", "benign\\benign (N).png"])
+def test_busi_groups_match_images_however_the_path_is_written(written, tmp_path):
+    """A folds.csv whose 'image' was not exactly class/NAME.png matched no image, and every
+    image silently became a group of its own: near-duplicates could land in train and test."""
+    root = tmp_path / "busi"
+    rows = ["image,class,group,fold"]
+    for k in (1, 2, 3, 4):
+        write_png(root / "benign" / f"benign ({k}).png", IMAGE)
+        write_png_mask(root / "benign" / f"benign ({k})_mask.png", square((16, 24), k, k, 2))
+        rows.append(f"{written.replace('N', str(k))},benign,{k // 3},{k // 3}")
+    (root / "folds.csv").write_text("\n".join(rows) + "\n", encoding="utf-8")
+    cases = {c.id: c for c in discover(root)}
+    assert cases["benign (1)"].group == cases["benign (2)"].group == "g0"
+    assert cases["benign (3)"].group == cases["benign (4)"].group == "g1"
+
+
+def test_busi_folds_csv_naming_none_of_the_images_is_refused(tmp_path):
+    root = tmp_path / "busi"
+    write_png(root / "benign" / "benign (1).png", IMAGE)
+    write_png_mask(root / "benign" / "benign (1)_mask.png", square((16, 24), 0, 0, 4))
+    (root / "folds.csv").write_text("image,class,group,fold\nbenign/other (9).png,benign,0,0\n",
+                                    encoding="utf-8")
+    with pytest.raises(DataError, match="names none of the images in the class folders"):
+        discover(root)

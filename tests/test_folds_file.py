@@ -122,3 +122,17 @@ def test_cli_split_refuses_in_one_line_and_writes_nothing(phantom_root, tmp_path
     assert lines[0] == (f"bcseg: error: {path}: line 4: fold '1_0' is not a fold number "
                         "(0, 1, 2, ... in plain digits)")
     assert not out.exists()
+
+
+def test_a_column_given_twice_is_refused(tmp_path, cases):
+    """csv.DictReader keeps the last of two 'fold' columns: the file's first folds were
+    silently dropped."""
+    path = folds_csv(tmp_path, *(f"{specimen(k)},{k % 2},{(k + 1) % 2}" for k in range(PHANTOM_N)),
+                     header="id,fold,fold")
+    refused(path, cases, "has column(s) fold more than once")
+
+
+def test_every_case_in_fold_0_is_refused(tmp_path, cases):
+    """One fold: every case tested and none left to train on; split wrote it anyway."""
+    path = folds_csv(tmp_path, *(f"{specimen(k)},0" for k in range(PHANTOM_N)))
+    refused(path, cases, "puts every case in fold 0: none is left to train on")

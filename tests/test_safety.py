@@ -1765,3 +1765,29 @@ def test_a_users_file_named_like_the_journal_is_refused_and_kept(kind, tmp_path,
     assert sorted(p.name for p in out.iterdir()) == [outputs.JOURNAL]
     if kind != "a pipe":
         assert journal.read_text() == "my notes on the journal club\n"
+
+
+@pytest.mark.parametrize("damage", ["cut short", "emptied", "not a number"])
+def test_report_on_a_damaged_metrics_table_is_one_line_and_redraws_nothing(damage, tmp_path, capsys,
+                                                                           phantom):
+    """A metrics.csv cut short crashed the report (KeyError) after it had redrawn the
+    figures; an emptied one, or a Dice of 'abc', gave a report of blanks."""
+    pred = _copied_masks(phantom, tmp_path / "pred")
+    ev = tmp_path / "ev"
+    code, _, err = run(capsys, "evaluate", "--pred", pred, "--truth", phantom, "--out", ev)
+    assert code == 0, err
+    table = ev / "metrics.csv"
+    text = table.read_text()
+    if damage == "cut short":
+        table.write_text(text[:len(text.splitlines()[0]) + 40])
+    elif damage == "emptied":
+        table.write_text("")
+    else:
+        header, first, *rest = text.splitlines()
+        cells = first.split(",")
+        cells[header.split(",").index("dice")] = "abc"
+        table.write_text("\n".join([header, ",".join(cells), *rest]) + "\n")
+    before = hashes(tmp_path)
+    code, _, err = run(capsys, "report", ev)
+    assert code == 3 and "metrics.csv" in one_line(err)
+    assert hashes(tmp_path) == before

@@ -190,6 +190,7 @@ def export_nnunet(data: str | Path | Iterable[Case], out: str | Path, dataset_id
     _check_id_free(out, int(dataset_id), folder_name)
     _check_ending_fits(cases[0], ending, names)  # before the folds' warnings and the claim
     refuse_bad_cases(cases, names, "exporting")  # a damaged image is one line, before the warnings too
+    _check_images_fit(cases, ending, names)
     fold_of = _folds(cases, folds, k, seed)
     nn_ids = [f"{name}_{i:0{max(4, len(str(len(cases))))}d}" for i in range(1, len(cases) + 1)]
     stage = _free_stage(out, folder_name)
@@ -343,6 +344,25 @@ def _check_ending_fits(case: Case, ending: str | None, channels: list[str] | Non
                          f"{ending} ({case.image.name} is {ndim}D); use .tif or .nii.gz")
 
 
+def _check_images_fit(cases: list[Case], ending: str | None, channels: list[str] | None) -> None:
+    """What writing the cases would refuse, found before the folds' warnings and the
+    claim, so that it is the one line printed: 2D and 3D cases mixed, pixels a PNG
+    cannot hold, floats beyond float32 (images memory-mapped where they can be)."""
+    ndim = None
+    for case in cases:
+        images, _ = _case_images(case, channels, mmap=True)
+        if ndim is None:
+            ndim = images[0].ndim
+            ending = ending or (".tif" if ndim == 3 else ".png")
+        elif images[0].ndim != ndim:
+            raise DataError(case.image, f"is {images[0].ndim}D but the cases before it are "
+                            f"{ndim}D; an nnU-Net dataset holds one kind")
+        for pixels, source in zip(images, _channel_sources(case, channels)):
+            _check_float32_range(pixels, source)
+            if ending == ".png":
+                _png_pixels(pixels, source)
+
+
 def _write_cases(cases: list[Case], nn_ids: list[str], stage: Path, observer: str,
                  ending: str | None, channels: list[str] | None) -> tuple[int, str]:
     """Write every case's images, label (and spacing file); return (ndim, ending)."""
@@ -389,12 +409,13 @@ def _export_channels(cases: list[Case], channels: Sequence[str] | None) -> list[
     return None if channels is None and len(names) == 1 else names
 
 
-def _case_images(case: Case, channels: list[str] | None) -> tuple[list[np.ndarray], tuple | None]:
+def _case_images(case: Case, channels: list[str] | None,
+                 mmap: bool = False) -> tuple[list[np.ndarray], tuple | None]:
     """The case's image, or its channels in ``channels`` order, with its spacing."""
     if channels is None:
-        image, spacing = read_case_image(case)
+        image, spacing = read_case_image(case, mmap=mmap)
         return [image], spacing
-    arrays, spacing = read_case_channel_arrays(case, channels)
+    arrays, spacing = read_case_channel_arrays(case, channels, mmap=mmap)
     return list(arrays.values()), spacing
 
 
@@ -438,7 +459,7 @@ def _png_pixels(image: np.ndarray, source: Path) -> np.ndarray:
     if np.issubdtype(image.dtype, np.integer) and image.min() >= 0 and image.max() <= 65535:
         return image.astype(np.uint8 if image.max() <= 255 else np.uint16)
     raise DataError(source, f"pixels of type {image.dtype} (range {image.min()}..{image.max()}) "
-                    "do not fit an 8 or 16 bit PNG; pass file_ending='.nii.gz' or '.tif'")
+                    "do not fit an 8 or 16 bit PNG; export as .nii.gz or .tif (--file-ending)")
 
 
 def _check_float32_range(image: np.ndarray, source: Path) -> None:

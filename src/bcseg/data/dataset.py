@@ -383,23 +383,29 @@ def _discover_busi(root: Path) -> list[Case]:
             stem = io.file_stem(path)
             if BUSI_MASK.match(stem):
                 continue
-            relative = f"{folder.name}/{path.name}"
             found = tuple(sorted(masks.get(stem, [])))
             cases.append(Case(
                 id=stem, image=path, masks={BUSI_OBSERVER: found} if found else {},
-                group=groups.get(relative, stem), label_class=folder.name))
+                group=groups.get(stem, stem), label_class=folder.name))
     if not cases:
         raise DataError(root, "class folders hold no images")
+    if groups and not any(c.id in groups for c in cases):  # every image its own group: leakage
+        raise DataError(root / "folds.csv", "names none of the images in the class folders "
+                        "(its 'image' column: class/NAME.png, as BUSI's download has them)")
     _check_unique_ids(cases, root)
     return cases
 
 
 def _busi_groups(folds_csv: Path) -> dict[str, str]:
+    """Near-duplicate groups by image stem (as ``folds_from_file`` matches rows): a
+    path written another way (``./benign/...``, ``benign\\...``, no folder) is the
+    same image, not one left in a group of its own, which would leak into test folds."""
     if not folds_csv.is_file():
         return {}
     _, rows = read_csv_table(folds_csv, "fold file")
     if rows and {"image", "group"} <= set(rows[0]):
-        return {row["image"]: f"g{row['group']}" for row in rows}
+        return {io.file_stem((row["image"] or "").strip().replace("\\", "/")): f"g{row['group']}"
+                for row in rows}
     return {}
 
 
@@ -565,6 +571,10 @@ def read_csv_lines(path: str | Path, what: str = "manifest") -> tuple[list[str],
         raise DataError(path, f"{what} is not UTF-8 text; save it as 'CSV UTF-8 (comma delimited)'") from None
     except (OSError, csv.Error) as exc:
         raise DataError(path, f"cannot read {what} ({exc})") from None
+    repeated = sorted({c for c in columns if c and columns.count(c) > 1})
+    if repeated:  # csv.DictReader would keep the last and drop the others silently
+        raise DataError(path, f"{what} has column(s) {', '.join(repeated)} more than once; "
+                        "keep one of each")
     if len(columns) == 1:
         for name, delimiter in (("semicolons", ";"), ("tabs", "\t")):
             if delimiter in columns[0]:
@@ -587,10 +597,6 @@ def read_manifest(path: str | Path) -> list[Case]:
     """
     path = Path(path)
     columns, rows = read_csv_lines(path)
-    repeated = sorted({c for c in columns if c and columns.count(c) > 1})
-    if repeated:  # csv.DictReader would keep the last and drop the others silently
-        raise DataError(path, f"manifest has column(s) {', '.join(repeated)} more than once; "
-                        "keep one of each")
     channel_columns = [c for c in columns if c.startswith("image_")]
     missing = {"id"} | ({"image"} if not channel_columns else set())
     missing -= set(columns)

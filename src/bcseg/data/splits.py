@@ -216,6 +216,9 @@ def folds_from_file(path: str | Path, cases: list[Case]) -> dict[str, int]:
         shown = ", ".join(map(str, gaps[:10])) + (" ..." if len(gaps) > 10 else "")
         raise DataError(path, f"line {line}: fold {fold}, but fold(s) {shown} hold no case; "
                         "number the folds 0, 1, 2, ... without gaps")
+    if fold == 0 and len(cases) > 1:  # one fold: every case tested, none left to train on
+        raise DataError(path, f"line {line}: puts every case in fold 0: none is left to train "
+                        "on; spread the cases over at least 2 folds")
     folds = {case_id: f for case_id, (f, _) in used.items()}
     check_groups_whole(cases, folds, path)
     return folds

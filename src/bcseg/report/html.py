@@ -12,6 +12,7 @@ No TensorFlow here.
 from __future__ import annotations
 
 import base64
+import csv
 import datetime
 import html
 import json
@@ -335,6 +336,9 @@ def build_report(run_or_eval_dir: str | Path, out: str | Path | None = None,
     if out.suffix.lower() not in (".html", ".htm"):
         out = out / REPORT_PAGE
     histories, evaluations, margins = report_sources(root)
+    for eval_dir in evaluations:  # before any figure is drawn: a damaged table is one line, nothing redrawn
+        read_summary(eval_dir)
+        check_metrics_table(eval_dir / OUTPUTS["metrics"])
     bcseg_version = _bcseg_version()
     now = datetime.datetime.now().strftime("%Y-%m-%d %H:%M")
     parts = [f"<h1>{_e(title)}</h1>",
@@ -434,6 +438,32 @@ def check_report_files(root: Path) -> None:
             raise UsageError(path, "was not written by bcseg, or was changed after it was, and the "
                              "report would replace it; move it away (train and evaluate can also skip "
                              "the report with --no-report)")
+
+
+def check_metrics_table(path: Path) -> None:
+    """Refuse an evaluation's ``metrics.csv`` that lacks a column, has a row cut short
+    (or with cells beyond the header), or a metric that is no number: the report would
+    fail half-way, after redrawing figures, or draw a table of blanks."""
+    from bcseg.measure.evaluate import METRICS_CSV_COLUMNS
+
+    again = "run 'bcseg evaluate' again to rewrite it"
+    try:
+        with open(path, newline="", encoding="utf-8") as handle:
+            reader = csv.DictReader(handle)
+            missing = [c for c in METRICS_CSV_COLUMNS if c not in (reader.fieldnames or [])]
+            if missing:
+                raise DataError(path, f"lacks column(s) {', '.join(missing)}; {again}")
+            for row in reader:
+                if None in row or None in row.values():
+                    raise DataError(path, f"line {reader.line_num} is cut short or has cells beyond "
+                                    f"the header; {again}")
+                for column in ("dice", "hd95"):  # the numbers the report draws and tables
+                    text = row[column].strip()
+                    if text and math.isnan(_float(text)) and text.lower() != "nan":
+                        raise DataError(path, f"line {reader.line_num}: {column} {text!r} is not a "
+                                        f"number; {again}")
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise DataError(path, f"cannot be read ({exc}); {again}") from None
 
 
 def read_summary(eval_dir: Path) -> dict:
