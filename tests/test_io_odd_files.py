@@ -281,3 +281,49 @@ def test_a_16_bit_colour_png_is_read_at_8_bits_with_a_warning(tmp_path):
     with pytest.warns(UserWarning, match=r"deep.png: is a 16-bit colour PNG, read at 8 bits"):
         image, _ = io.read_image(tmp_path / "deep.png")
     assert image.dtype == np.uint8 and list(image[0, :3]) == [1, 32, 63]
+
+
+# --------------------------------------------------------------------------- grey as the TIFF means it
+
+GREY_RAMP = np.arange(0, 256, 16, dtype=np.uint8).reshape(4, 4)
+
+
+def test_a_grey_palette_tiff_is_read_through_its_palette(tmp_path):
+    """The palette's indices were read as the image: a reversed grey palette came out as
+    its negative. What a viewer shows (PIL renders through the palette) is what is read."""
+    from PIL import Image
+
+    reversed_greys = np.stack([np.arange(255, -1, -1, dtype=np.uint16) * 257] * 3)
+    tifffile.imwrite(tmp_path / "p.tif", GREY_RAMP, photometric="palette", colormap=reversed_greys)
+    image, _ = io.read_image(tmp_path / "p.tif")
+    shown = np.asarray(Image.open(tmp_path / "p.tif").convert("L"))
+    np.testing.assert_array_equal(image, shown)
+    np.testing.assert_array_equal(image, 255 - GREY_RAMP)
+
+
+@pytest.mark.parametrize("kind, problem", [
+    ("miniswhite", "stores an inverted grey scale (MinIsWhite"),
+    ("colour palette", "is a colour palette (indexed colour) image")])
+def test_a_tiff_whose_values_are_not_its_greys_is_refused(kind, problem, tmp_path):
+    """MinIsWhite and colour palettes were read as raw values: an inverted or false image."""
+    path = tmp_path / "odd.tif"
+    if kind == "miniswhite":
+        tifffile.imwrite(path, GREY_RAMP, photometric="miniswhite")
+    else:
+        colours = np.stack([np.arange(256, dtype=np.uint16) * 257, np.zeros(256, np.uint16),
+                            np.arange(255, -1, -1, dtype=np.uint16) * 257])
+        tifffile.imwrite(path, GREY_RAMP, photometric="palette", colormap=colours)
+    with pytest.raises(DataError, match=re.escape(problem)):
+        io.read_image(path)
+
+
+def test_an_imagej_stack_cut_short_is_refused_not_read_as_one_slice(tmp_path):
+    """Fiji writes big stacks as one page with the rest after it; cut short, tifffile read
+    the first image alone, and predict wrote a 2D mask for a 6-slice stack."""
+    stack = np.random.default_rng(0).integers(0, 255, (6, 16, 16), dtype=np.uint8)
+    tifffile.imwrite(tmp_path / "ij.tif", stack, imagej=True, truncate=True, metadata={"axes": "ZYX"})
+    np.testing.assert_array_equal(io.read_image(tmp_path / "ij.tif")[0], stack)  # whole: read whole
+    data = (tmp_path / "ij.tif").read_bytes()
+    (tmp_path / "cut.tif").write_bytes(data[:-600])
+    with pytest.raises(DataError, match="its ImageJ description declares 6 images, the file holds 1"):
+        io.read_image(tmp_path / "cut.tif")

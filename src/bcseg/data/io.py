@@ -418,6 +418,7 @@ def _stored_shape(tif: tifffile.TiffFile, path: Path) -> tuple[tuple[int, ...], 
     series = tif.series[0]
     axes = series.axes
     shape = list(series.shape)
+    _check_imagej_count(tif, series, path)
     if len(tif.series) > 1:  # several same-size 2D pages written as separate series
         shape = [len(tif.series)] + shape
         axes = "Q" + axes
@@ -430,6 +431,17 @@ def _stored_shape(tif: tifffile.TiffFile, path: Path) -> tuple[tuple[int, ...], 
                         f"axes {series.axes}), which are channels, not slices; save each channel "
                         "as its own file (images/<channel>/) or as a Fiji hyperstack")
     return tuple(shape), axes
+
+
+def _check_imagej_count(tif: tifffile.TiffFile, series, path: Path) -> None:
+    """Refuse an ImageJ stack holding fewer images than its description declares: Fiji
+    writes stacks over 4 GiB as one page with the others after it, and tifffile reads such
+    a file cut short as its first image alone (a stack read as one slice, silently)."""
+    declared = (tif.imagej_metadata or {}).get("images") if tif.is_imagej else None
+    planes = math.prod(n for n, axis in zip(series.shape, series.axes) if axis not in "YXS")
+    if isinstance(declared, int) and declared > planes:
+        raise DataError(path, f"is truncated or damaged: its ImageJ description declares {declared} "
+                        f"images, the file holds {planes}; copy it again from the source")
 
 
 def _kept_axes(shape: tuple[int, ...]) -> list[int]:
@@ -563,6 +575,7 @@ def _read_tiff(path: Path, mmap: bool) -> tuple[np.ndarray, tuple[float, ...] | 
                     array = tif.series[0].asarray()
             if array.shape[-1] in (3, 4) and array.ndim > len(shape):  # colour samples
                 array = _tiff_grey(array, page, path)
+            array = _as_stored_grey(array, page, path)
     except DataError:
         raise
     except ImportError as exc:  # a decoder whose module is missing (ZSTD before Python 3.14)
@@ -574,6 +587,28 @@ def _read_tiff(path: Path, mmap: bool) -> tuple[np.ndarray, tuple[float, ...] | 
     if array.shape != shape:
         array = array.reshape(shape)
     return array, spacing
+
+
+def _as_stored_grey(array: np.ndarray, page, path: Path) -> np.ndarray:
+    """Grey values as the TIFF means them. A palette of greys is applied (its indices are
+    not the image); a colour palette, or MinIsWhite (an inverted grey scale, as ImageJ
+    writes for an inverting LUT, whose values may be meant either way), is refused rather
+    than read as raw values."""
+    photometric = int(page.photometric)
+    if photometric == 0:  # MINISWHITE
+        raise DataError(path, "stores an inverted grey scale (MinIsWhite, as ImageJ writes with an "
+                        "inverting LUT), whose values may be meant either way; save it with a "
+                        "normal LUT (Fiji: Image > Lookup Tables > Invert LUT, then save)")
+    if photometric != 3:  # not PALETTE
+        return array
+    colormap = page.colormap
+    if colormap is None or not (np.array_equal(colormap[0], colormap[1])
+                                and np.array_equal(colormap[0], colormap[2])):
+        raise DataError(path, "is a colour palette (indexed colour) image; save it as greyscale")
+    grey = colormap[0].astype(np.uint16)
+    if array.dtype == np.uint8:  # TIFF palettes are 16 bit: 8-bit images keep 8-bit greys
+        grey = (grey // 257).astype(np.uint8)
+    return grey[np.asarray(array)]
 
 
 def _read_nifti(path: Path) -> tuple[np.ndarray, tuple[float, ...] | None]:
