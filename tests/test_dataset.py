@@ -359,3 +359,22 @@ def test_busi_folds_csv_naming_none_of_the_images_is_refused(tmp_path):
                                     encoding="utf-8")
     with pytest.raises(DataError, match="names none of the images in the class folders"):
         discover(root)
+
+
+def test_a_mask_named_in_another_unicode_form_pairs_with_its_image(tmp_path):
+    """images/café.tif typed as one code point and masks/observer1/café.tif as 'e' plus an
+    accent (as macOS stores names) were one name but no pair: the image had no mask and
+    the mask was an orphan."""
+    import unicodedata
+
+    from bcseg.data import io
+    from bcseg.data.check import orphan_masks
+
+    root = tmp_path / "data"
+    stack = np.zeros((4, 16, 24), np.uint8)
+    io.write_image(root / "images" / (unicodedata.normalize("NFC", "café") + ".tif"), stack)
+    io.write_mask(root / "masks" / "observer1" / (unicodedata.normalize("NFD", "café") + ".tif"),
+                  np.ones((4, 16, 24), bool))
+    cases = discover(root)
+    assert len(cases) == 1 and "observer1" in cases[0].masks
+    assert orphan_masks(root, cases) == []

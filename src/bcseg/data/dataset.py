@@ -276,7 +276,8 @@ def _discover_images_masks(root: Path) -> list[Case]:
     else:
         cases = [Case(id=io.file_stem(p), image=p, group=io.file_stem(p)) for p in images]
     observers = _observer_files(root)
-    cases = [replace(c, masks={obs: (files[c.id],) for obs, files in observers.items() if c.id in files})
+    cases = [replace(c, masks={obs: (files[_form(c.id)],) for obs, files in observers.items()
+                               if _form(c.id) in files})
              for c in cases]
     _check_unique_ids(cases, root)
     return cases
@@ -284,7 +285,7 @@ def _discover_images_masks(root: Path) -> list[Case]:
 
 def _channel_folder_cases(root: Path, folders: list[Path], names: list[str] | None) -> list[Case]:
     """``images/<channel>/<stem>``: one case per stem, with the channels that have it."""
-    found = {d.name: {io.file_stem(p): p for p in data_files(d)} for d in folders}
+    found = {d.name: {_form(io.file_stem(p)): p for p in data_files(d)} for d in folders}
     for name in found:
         channel_files.check_channel_name(name, root / "images" / name)
     channel_files.check_channel_names(sorted(found), root / "images")
@@ -339,11 +340,18 @@ def _observer_files(root: Path) -> dict[str, dict[str, Path]]:
     if mask_root.is_dir():
         loose = data_files(mask_root)
         if loose:  # masks/ with files directly: one unnamed observer
-            observers["mask"] = {io.file_stem(p): p for p in loose}
+            observers["mask"] = {_form(io.file_stem(p)): p for p in loose}
         for folder in _subfolders(mask_root, strict=True):
             check_observer_name(folder.name, folder)
-            observers[folder.name] = {io.file_stem(p): p for p in data_files(folder)}
+            observers[folder.name] = {_form(io.file_stem(p)): p for p in data_files(folder)}
     return observers
+
+
+def _form(stem: str) -> str:
+    """A file stem in one Unicode form (NFC), to pair an image with its mask: 'café' typed
+    as one code point on one machine and as 'e' plus an accent on another (macOS) is one
+    name, and its mask must not be left an orphan."""
+    return unicodedata.normalize("NFC", stem)
 
 
 def check_observer_name(name: str, where: Path) -> None:
@@ -378,12 +386,12 @@ def _discover_busi(root: Path) -> list[Case]:
         for path in files:
             match = BUSI_MASK.match(io.file_stem(path))
             if match:
-                masks.setdefault(match["name"], []).append(path)
+                masks.setdefault(_form(match["name"]), []).append(path)
         for path in files:
             stem = io.file_stem(path)
             if BUSI_MASK.match(stem):
                 continue
-            found = tuple(sorted(masks.get(stem, [])))
+            found = tuple(sorted(masks.get(_form(stem), [])))
             cases.append(Case(
                 id=stem, image=path, masks={BUSI_OBSERVER: found} if found else {},
                 group=groups.get(stem, stem), label_class=folder.name))
