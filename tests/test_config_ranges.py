@@ -256,3 +256,11 @@ def test_a_recipe_normalising_channels_that_the_command_line_leaves_out_loads(tm
     recipe.write_text('[data]\nnormalisation = { pa = "percentile", us = "uint8" }\n')  # no channels listed
     cfg = load_config(recipe, {"data": {"channels": ["us"]}})
     assert cfg["data"]["normalisation"] == {"us": "uint8"} and load_config(save_config(cfg, saved)) == cfg
+
+
+def test_a_config_saved_with_a_byte_order_mark_is_read(tmp_path):
+    """Windows editors save UTF-8 with a byte-order mark; it was refused as 'Invalid
+    statement (at line 1, column 1)', though manifests and channels.json accept it."""
+    path = tmp_path / "mine.toml"
+    path.write_bytes("\ufeff[train]\nepochs = 3\n".encode("utf-8"))
+    assert load_config(path)["train"]["epochs"] == 3

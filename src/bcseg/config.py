@@ -42,7 +42,9 @@ def _read_toml(path: Path) -> dict:
             text = handle.read(MAX_CONFIG_BYTES + 1)
         if len(text) > MAX_CONFIG_BYTES:  # a huge file, or a device that reads without end
             raise ConfigError(path, f"is larger than {MAX_CONFIG_BYTES >> 20} MiB; not a configuration file")
-        return tomllib.loads(text.decode("utf-8"))
+        # utf-8-sig: Windows Notepad and Excel put a byte-order mark in front of UTF-8 text,
+        # which TOML's grammar does not allow; the manifest and channels.json accept it too.
+        return tomllib.loads(text.decode("utf-8-sig"))
     except FileNotFoundError:
         raise ConfigError(path, "configuration file not found") from None
     except IsADirectoryError:
