@@ -1459,21 +1459,29 @@ def test_a_file_added_while_a_run_writes_stays_yours_and_force_refuses_it(tmp_pa
     assert outputs.owned(out) >= {"images/a.tif"}
     assert {"notes.txt", "mine/draft.txt"} <= set(outputs.foreign(out))
     before = hashes(tmp_path)
-    code, _, err = run(capsys, "phantom", out, "--n", "1", "--shape", "8", "24", "24", "--force")
+    code, err = _phantom_force(capsys, out)
     assert code == 2 and "was not written by bcseg" in one_line(err)
     assert hashes(tmp_path) == before
 
 
-def test_a_failed_replacement_keeps_a_file_added_meanwhile_and_the_old_result(tmp_path):
+@pytest.mark.parametrize("yours", ["added beside its files", "put in place of its own"])
+def test_a_failed_replacement_keeps_a_file_added_meanwhile_and_the_old_result(yours, tmp_path):
     folder = tmp_path / "result"
     with outputs.claim(folder, "test"):
         write_text(folder / "a.csv", "old\n")
     with pytest.raises(RuntimeError):
         with outputs.claim(folder, "test", replace=True):
             write_text(folder / "b.csv", "new\n")
-            (folder / "notes.txt").write_text("written during the run")
+            if yours == "added beside its files":
+                (folder / "notes.txt").write_text("written during the run")
+            else:
+                write_text(folder / "a.csv", "new!\n")
+                _replace_by_hand(folder / "a.csv", "moved onto it")
             raise RuntimeError("disk on fire")
-    assert (folder / "notes.txt").read_text() == "written during the run"
+    if yours == "added beside its files":
+        assert (folder / "notes.txt").read_text() == "written during the run"
+    else:
+        assert (folder / "a.csv").read_bytes() == b"xxxxx"
     aside = [p for p in tmp_path.iterdir() if p.name.startswith(".result.bcseg-old-")]
     assert len(aside) == 1 and (aside[0] / "a.csv").read_text() == "old\n"  # not deleted either
     with pytest.raises(UsageError, match="a killed replacement left the earlier result"):
@@ -1614,23 +1622,9 @@ def test_a_file_the_user_put_in_place_of_one_a_run_wrote_is_not_adopted(how, tmp
     assert "images/a.tif" in outputs.owned(out)
     assert "notes.txt" in outputs.foreign(out)
     before = hashes(tmp_path)
-    code, _, err = run(capsys, "phantom", out, "--n", "1", "--shape", "8", "24", "24", "--force")
+    code, err = _phantom_force(capsys, out)
     assert code == 2 and "notes.txt" in one_line(err)
     assert hashes(tmp_path) == before
-
-
-def test_a_failed_replacement_keeps_a_file_put_in_place_of_its_own_and_the_old_result(tmp_path):
-    folder = tmp_path / "result"
-    with outputs.claim(folder, "test"):
-        write_text(folder / "a.csv", "old\n")
-    with pytest.raises(RuntimeError):
-        with outputs.claim(folder, "test", replace=True):
-            write_text(folder / "a.csv", "new!\n")
-            _replace_by_hand(folder / "a.csv", "moved onto it")
-            raise RuntimeError("disk on fire")
-    assert (folder / "a.csv").read_bytes() == b"xxxxx"
-    aside = [p for p in tmp_path.iterdir() if p.name.startswith(".result.bcseg-old-")]
-    assert len(aside) == 1 and (aside[0] / "a.csv").read_text() == "old\n"
 
 
 def _kill_phantom_after_notes(folder: Path) -> bool:

@@ -396,40 +396,41 @@ def _journal_entry(line: str):
     return None
 
 
-def _is_a_journal(path: Path) -> bool:
-    """Whether ``path`` holds what bcseg writes into a journal: complete lines that are
-    each an entry (the last may be cut short by a kill). A file of the user's that
-    merely has the name is the user's, never hidden, truncated or deleted."""
+def _journal_entries(path: Path) -> list | None:
+    """The entries of the journal at ``path``, or None when it is not one: a link, no
+    plain file, or a line that is not an entry (a file of the user's that merely has the
+    name is the user's, never hidden, appended to or deleted). The part after the last
+    newline is left out: a line a kill cut short, or nothing."""
+    if path.is_symlink() or not path.is_file():
+        return None
     try:
-        text = path.read_text(encoding="utf-8")
+        complete = path.read_text(encoding="utf-8").split("\n")[:-1]
     except (OSError, UnicodeDecodeError):
-        return False
-    complete = text.split("\n")[:-1]  # the part after the last newline: cut short, or empty
-    return bool(complete) and all(_journal_entry(line) is not None for line in complete)
+        return None
+    entries = [_journal_entry(line) for line in complete]
+    return entries if entries and None not in entries else None
+
+
+def _is_a_journal(path: Path) -> bool:
+    return _journal_entries(path) is not None
 
 
 def _read_journal(folder: Path) -> dict:
     """What a claim wrote by its journal: name -> identity when written (the last line
-    of a name wins; a line cut short by a kill, or anything not bcseg's, is skipped)."""
-    path = folder / JOURNAL
-    if path.is_symlink() or not path.is_file() or not _is_a_journal(path):
-        return {}
-    entries = (_journal_entry(line) for line in path.read_text(encoding="utf-8").splitlines())
-    return dict(entry for entry in entries if entry is not None)
+    of a name wins); nothing when the file is not bcseg's journal."""
+    return dict(_journal_entries(folder / JOURNAL) or [])
 
 
 def _drop_journal(folder: Path) -> None:
-    path = folder / JOURNAL
-    if not path.is_symlink() and path.is_file() and _is_a_journal(path):
-        path.unlink(missing_ok=True)
+    if _is_a_journal(folder / JOURNAL):
+        (folder / JOURNAL).unlink(missing_ok=True)
 
 
 def _check_journal_free(folder: Path) -> None:
     """Refuse a folder holding something named like bcseg's journal that is not one
     (a file of the user's, a link, a pipe): a claim would append to it or wait on it."""
     path = folder / JOURNAL
-    if (path.exists() or path.is_symlink()) and not (path.is_file() and not path.is_symlink()
-                                                      and _is_a_journal(path)):
+    if os.path.lexists(path) and not _is_a_journal(path):
         raise UsageError(path, "is named like bcseg's journal of what it wrote but is not one; "
                          "move it away")
 
