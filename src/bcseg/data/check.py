@@ -132,7 +132,8 @@ def check_case(case: Case, observers: list[str], report: CheckReport | None = No
         for path in files:
             try:
                 # a manifest's spacing overrides the files', masks' included
-                empty &= not io.read_mask(path, image.shape, () if case.spacing_mm else (spacing,)).any()
+                empty &= not io.read_mask(path, image.shape, () if case.spacing_mm else (spacing,),
+                                            image=case.image).any()
             except DataError as error:
                 problems.append((error.path or str(path), error.problem))
                 empty = False  # unreadable is a problem, not an empty mask

@@ -186,7 +186,7 @@ def read_case_masks(case: Case, shape: tuple[int, ...] | None = None,
     for observer, files in sorted(case.masks.items()):
         merged = None
         for path in files:
-            mask = io.read_mask(path, shape, (spacing,))
+            mask = io.read_mask(path, shape, (spacing,), image=case.image)
             shape = mask.shape
             merged = mask if merged is None else merged | mask
         masks[observer] = merged

@@ -881,17 +881,63 @@ def spacing_text(spacing: tuple[float, ...]) -> str:
     return "x".join(f"{v:g}" for v in spacing)
 
 
+def _nifti_frame(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """Origin (mm) and direction cosines of a NIfTI file, from its header, as 3D."""
+    import SimpleITK as sitk
+
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
+    try:
+        reader.ReadImageInformation()
+    except Exception as exc:
+        raise DataError(path, f"cannot read NIfTI ({str(exc).strip().splitlines()[-1]})") from None
+    dim = reader.GetDimension()
+    origin, direction = np.zeros(3), np.eye(3)  # a 2D file lies in the plane z = 0
+    origin[:dim] = reader.GetOrigin()[:3]
+    direction[:dim, :dim] = np.reshape(reader.GetDirection(), (dim, dim))[:3, :3]
+    return origin, direction
+
+
+def _check_same_frame(mask: Path, image: Path) -> None:
+    """Refuse a NIfTI mask whose voxels lie elsewhere in space than its NIfTI image's.
+
+    Arrays of the same shape and spacing are compared voxel by voxel, but a NIfTI file
+    also places its grid in the scanner's space (origin and axis directions). A mask
+    saved with other axes (say, flipped left-right by a tool that rewrote the
+    orientation) or shifted by a slice has the right shape and marks the wrong voxels:
+    Dice, volumes and margins would be computed on a mirrored or displaced tumour.
+    TIFF files place nothing in space, so only NIfTI pairs can be checked.
+    """
+    if not (_is_nifti(mask) and _is_nifti(image)):
+        return
+    (m_origin, m_dir), (i_origin, i_dir) = _nifti_frame(mask), _nifti_frame(image)
+    if not np.allclose(m_dir, i_dir, atol=1e-4):
+        raise DataError(mask, f"mask's axes point elsewhere than its image's ({image.name}: NIfTI "
+                        "direction differs), so its voxels are mirrored or turned against the "
+                        "image; resample the mask onto its image's grid")
+    if not np.allclose(m_origin, i_origin, atol=1e-3, rtol=1e-5):
+        shown = ", ".join(f"{v:g}" for v in m_origin), ", ".join(f"{v:g}" for v in i_origin)
+        raise DataError(mask, f"mask's origin ({shown[0]}) mm differs from its image's "
+                        f"({image.name}: {shown[1]}) mm, so its voxels are shifted against the "
+                        "image; resample the mask onto its image's grid")
+
+
 def read_mask(path: str | Path, expected_shape: tuple[int, ...] | None = None,
-              spacings: Sequence[tuple[float, ...] | None] = ()) -> np.ndarray:
+              spacings: Sequence[tuple[float, ...] | None] = (),
+              image: str | Path | None = None) -> np.ndarray:
     """Read a binary mask as a bool array.
 
     Any single positive value marks tumour (1, 255, ...). A mask with two or more
     positive values, a shape unlike ``expected_shape``, or a spacing of its own that
     is none of ``spacings`` (its image file's, and one the user gave in its place;
     None entries are unknown and skipped), raises :class:`DataError`. A mask without
-    spacing takes its image's: most label tools save none.
+    spacing takes its image's: most label tools save none. With ``image`` (the image
+    file the mask was drawn on), a NIfTI mask placed elsewhere in space than a NIfTI
+    image (another origin or axis directions) is refused too.
     """
     path = Path(path)
+    if image is not None:
+        _check_same_frame(path, Path(image))
     channels = channel_count(path)
     if channels > 1:
         raise DataError(path, f"is a mask with {channels} channels; a mask is one channel "

@@ -262,7 +262,7 @@ def _case_rows(case: Case, files: Mapping, names: list[str], targets, slices: bo
     own = None if case.spacing_mm else spacing  # a manifest's spacing overrides the files'
     masks = read_case_masks(Case(case.id, case.image, {n: case.masks[n] for n in names}), shape, own)
     masks = {n: masks[n] for n in names}
-    pred = io.read_mask(files["mask"], expected_shape=shape, spacings=(own,))
+    pred = io.read_mask(files["mask"], expected_shape=shape, spacings=(own,), image=case.image)
     level = "specimen" if len(shape) == 3 else "image"
     rows, slice_rows = [], []
     for reference, truth in _references(case.id, masks, targets).items():

@@ -685,9 +685,10 @@ def margins_for_files(image_path, tumour_path: str | Path, out_dir: str | Path,
     # masks are drawn on the image's voxels: a mask stating a spacing other than the image
     # file's, or than the --spacing given in its place, is refused
     allowed = (file_spacing, spacing)
-    tumour = io.read_mask(tumour_path, expected_shape=image.shape, spacings=allowed)
+    tumour = io.read_mask(tumour_path, expected_shape=image.shape, spacings=allowed,
+                          image=image_file)
     try:
-        specimen = _specimen_for(image, tumour, specimen_path, spacing, allowed)
+        specimen = _specimen_for(image, tumour, specimen_path, spacing, allowed, image_file)
         result = margins(tumour, specimen, spacing, orientation, close_mm)
     except BcsegError as exc:  # from arrays, naming no file: the image is at fault
         if exc.path is not None:
@@ -775,10 +776,11 @@ def _read_stack(channels: Mapping[str, Path], spacing_mm) -> tuple[dict[str, np.
 
 
 def _specimen_for(image: np.ndarray, tumour: np.ndarray, specimen_path, spacing,
-                  allowed_spacings=()) -> np.ndarray:
+                  allowed_spacings=(), image_file=None) -> np.ndarray:
     """The specimen mask from ``specimen_path``, or found in the image with the tumour in it."""
     if specimen_path is not None:
-        return io.read_mask(specimen_path, expected_shape=image.shape, spacings=allowed_spacings)
+        return io.read_mask(specimen_path, expected_shape=image.shape, spacings=allowed_spacings,
+                            image=image_file)
     # The tumour is tissue by definition. A hypoechoic tumour that reaches the
     # surface is open to the medium, so hole filling cannot bring it into the
     # thresholded mask: add it, or every such case would read as "outside".

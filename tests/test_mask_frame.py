@@ -1,0 +1,92 @@
+"""A NIfTI mask placed elsewhere in space than its NIfTI image (other axis directions,
+or another origin) is refused: same shape and spacing, but the wrong voxels."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from bcseg.cli import main
+from bcseg.data import io
+
+SPACING = (1.0, 0.25, 0.25)  # z, y, x
+STACK = (np.arange(6 * 24 * 24) % 180 + 40).astype(np.uint8).reshape(6, 24, 24)
+LESION = np.zeros(STACK.shape, np.uint8)
+LESION[2:4, 8:14, 3:9] = 1  # off centre in x: a left-right flip moves it
+FLIP_X = (-1.0, 0, 0, 0, 1.0, 0, 0, 0, 1.0)
+
+
+def write_nifti(path, array, origin=(0.0, 0.0, 0.0), direction=None):
+    image = sitk.GetImageFromArray(array)
+    image.SetSpacing(tuple(reversed(SPACING)))
+    image.SetOrigin(origin)
+    if direction is not None:
+        image.SetDirection(direction)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sitk.WriteImage(image, str(path), useCompression=True)
+    return path
+
+
+def tree(root):
+    return sorted((str(p.relative_to(root)), p.stat().st_mtime_ns) for p in root.rglob("*"))
+
+
+def dataset(root, **mask_frame):
+    """Two NIfTI stacks with one observer; case b's mask is written with ``mask_frame``."""
+    for number, name in enumerate("ab"):
+        write_nifti(root / "images" / f"{name}.nii.gz", STACK + number)
+        write_nifti(root / "masks" / "observer1" / f"{name}.nii.gz", LESION,
+                    **(mask_frame if name == "b" else {}))
+    return root / "masks" / "observer1" / "b.nii.gz"
+
+
+CASES = {"flipped left-right": ({"direction": FLIP_X}, "axes point elsewhere"),
+         "shifted by two slices": ({"origin": (0.0, 0.0, 2.0)}, "origin (0, 0, 2) mm differs")}
+
+
+@pytest.mark.parametrize("frame, said", CASES.values(), ids=CASES.keys())
+def test_check_names_a_mask_placed_elsewhere_than_its_image(frame, said, tmp_path, capsys):
+    culprit = dataset(tmp_path / "d", **frame)
+    assert main(["check", str(tmp_path / "d")]) == 3
+    out = capsys.readouterr()
+    lines = [line for line in (out.out + out.err).splitlines() if "b.nii.gz" in line]
+    assert len(lines) == 1 and str(culprit) in lines[0] and said in lines[0], out
+
+
+def test_the_same_frame_to_float_precision_passes(tmp_path, capsys):
+    dataset(tmp_path / "d", origin=(0.0, 0.0, 1e-6))
+    assert main(["check", str(tmp_path / "d")]) == 0, capsys.readouterr()
+
+
+def test_a_frame_that_image_and_mask_share_passes(tmp_path, capsys):
+    root = tmp_path / "d"
+    for number, name in enumerate("ab"):  # both files flipped and moved alike: they agree
+        write_nifti(root / "images" / f"{name}.nii.gz", STACK + number, (5.0, 1.0, -3.0), FLIP_X)
+        write_nifti(root / "masks" / "observer1" / f"{name}.nii.gz", LESION, (5.0, 1.0, -3.0), FLIP_X)
+    assert main(["check", str(root)]) == 0, capsys.readouterr()
+
+
+def test_train_refuses_it_before_writing_anything(tmp_path, capsys):
+    culprit = dataset(tmp_path / "d", direction=FLIP_X)
+    before = tree(tmp_path)
+    code = main(["train", str(tmp_path / "d"), "--out", str(tmp_path / "run"), "--epochs", "1"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 3 and len(err) == 1 and str(culprit) in err[0], err
+    assert tree(tmp_path) == before
+
+
+def test_margins_refuses_a_tumour_mask_placed_elsewhere(tmp_path, capsys):
+    image = write_nifti(tmp_path / "S01.nii.gz", STACK)
+    tumour = write_nifti(tmp_path / "S01_tumour.nii.gz", LESION, direction=FLIP_X)
+    before = tree(tmp_path)
+    code = main(["margins", "--image", str(image), "--tumour", str(tumour), "--out", str(tmp_path / "m")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 3 and len(err) == 1 and str(tumour) in err[0] and "axes point elsewhere" in err[0], err
+    assert tree(tmp_path) == before
+
+
+def test_a_tiff_mask_beside_a_nifti_image_is_not_checked(tmp_path):
+    image = write_nifti(tmp_path / "a.nii.gz", STACK, direction=FLIP_X)
+    mask = io.write_mask(tmp_path / "a_mask.tif", LESION, SPACING)  # TIFF places nothing in space
+    assert io.read_mask(mask, STACK.shape, (SPACING,), image=image).sum() == LESION.sum()
