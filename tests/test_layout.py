@@ -23,7 +23,7 @@ import bcseg
 
 SRC = Path(bcseg.__file__).parent
 STAGES = ["data", "learn", "infer", "measure", "report"]
-BASICS = {"errors", "atomic", "config", "outputs", "rundir", "pretrained"}
+BASICS = {"errors", "atomic", "config", "outputs", "folder_lock", "journal", "rundir", "pretrained"}
 NO_TENSORFLOW = {"data", "measure", "report"}
 HEAVY = ("tensorflow", "keras")
 

@@ -25,7 +25,7 @@ import pytest
 import tifffile
 
 from bcseg.data import io
-from bcseg import outputs
+from bcseg import journal, outputs
 from bcseg.atomic import PARTIAL_MARK, atomic_path, partial_name, partial_pid, write_text
 from bcseg.cli import main
 from bcseg.errors import UsageError
@@ -293,7 +293,7 @@ def test_a_failed_replacement_puts_the_old_result_back(tmp_path):
 KILLED_REPLACEMENT = """
 import shutil, sys, time
 from pathlib import Path
-from bcseg import outputs
+from bcseg import journal, outputs
 from bcseg.atomic import write_text
 
 folder, moment = Path(sys.argv[1]), sys.argv[2]
@@ -1529,7 +1529,7 @@ def test_settle_puts_a_killed_replacements_earlier_result_back(tmp_path):
 HOLD_A_CLAIM = """
 import sys, time
 from pathlib import Path
-from bcseg import outputs
+from bcseg import journal, outputs
 with outputs.claim(Path(sys.argv[1]), "train"):
     print("holding", flush=True)
     time.sleep(60)
@@ -1641,7 +1641,7 @@ def _kill_phantom_after_notes(folder: Path) -> bool:
     process.send_signal(signal.SIGKILL)
     process.wait()
     (folder / "figures" / "final").mkdir(parents=True)  # after the kill: empty folders of yours
-    journaled = outputs._read_journal(folder)
+    journaled = journal.read(folder)
     return all(p.relative_to(folder).as_posix() in journaled for p in folder.rglob("*")
                if p.is_file() and p.name not in (outputs.RECORD, outputs.JOURNAL, "notes.txt")
                and partial_pid(p.name) is None)
@@ -1713,7 +1713,7 @@ def test_evaluate_force_into_a_folder_with_no_evaluation_keeps_its_report(tmp_pa
 # The next claim killed while it starts: just as it writes the record of what it settled.
 KILLED_IN_START = """
 import inspect, os, signal, sys
-from bcseg import outputs
+from bcseg import journal, outputs
 from bcseg.cli import main
 real = outputs.write_text
 def write_text(path, *args, **kwargs):

@@ -27,35 +27,30 @@ content finished (its record is settled) the leftover is deleted; otherwise (no
 folder, no record, or a record still open by the killed run) the unfinished new
 content is deleted and the old one is put back.
 
-The lock is ``fcntl.flock`` on ``.<folder>.bcseg-lock`` beside the folder (inside
-it when the parent cannot be written): the kernel releases it when its process
-dies, so a lock left by a killed run is taken over without guessing from process
-ids, and it stays valid while the folder itself is moved aside and replaced.
+The lock is :mod:`bcseg.folder_lock`'s and the journal :mod:`bcseg.journal`'s; this
+module holds the record and the claims built on both.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
-import fcntl
 import glob
 import json
 import os
 import re
 import secrets
 import shutil
-import stat
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
+from bcseg import folder_lock, journal
 from bcseg.atomic import WRITE_HOOKS, partial_pid, process_alive, write_text
+from bcseg.folder_lock import LOCK_SUFFIX
+from bcseg.journal import JOURNAL
 from bcseg.errors import UsageError
 
 RECORD = ".bcseg-outputs.json"
-# What an open claim wrote, one JSON line per file (name and identity), appended as it
-# writes: what a killed run wrote is known from it, not guessed from times.
-JOURNAL = ".bcseg-outputs.journal"
-LOCK_SUFFIX = ".bcseg-lock"
 # The old content during a replacement; the mark names bcseg, so that a user's own
 # ".result.old-2" (a backup copy, say) is never taken for one and settled away.
 ASIDE_MARK = ".bcseg-old-"
@@ -157,9 +152,6 @@ def check_not_inputs(folder: Path, inputs: Iterable) -> None:
 
 # --------------------------------------------------------------------------- the record
 
-_LOCK_TEXT = re.compile(rb"\d*\n?")  # what _lock writes: its process id
-
-
 def _ours(path: Path) -> bool:
     """Records, and the locks and temporary files bcseg left: never the user's.
 
@@ -175,12 +167,9 @@ def _ours(path: Path) -> bool:
     if path.is_symlink() or not path.is_file():
         return False
     if name == JOURNAL:
-        return _is_a_journal(path)
+        return journal.is_journal(path)
     if name.startswith(".") and name.endswith(LOCK_SUFFIX):
-        try:
-            return path.stat().st_size <= 32 and bool(_LOCK_TEXT.fullmatch(path.read_bytes()))
-        except OSError:
-            return False
+        return folder_lock.is_a_lock(path)
     pid = partial_pid(name)
     return pid is not None and (pid == os.getpid() or not process_alive(pid))
 
@@ -259,7 +248,7 @@ def _settle(folder: Path, record: dict, present: set[str], wrote: dict | None = 
             new = {name for name in new if _as_written(folder, name, wrote)}
             written = {name for name in written if _as_written(folder, name, wrote)}
         elif claim.get("journal"):  # what the dead run wrote, file by file
-            wrote = _read_journal(folder)
+            wrote = journal.read(folder)
             made = _with_folders(set(wrote))  # and the folders holding it
             new = {name for name in new if (name in made if name.endswith("/") else _as_written(folder, name, wrote))}
             written = {name for name in written if name.endswith("/") or _as_written(folder, name, wrote)}
@@ -363,76 +352,12 @@ def beat(path: str | Path) -> None:
             name = resolved.relative_to(key).as_posix()
             held.wrote[name] = identity
             with contextlib.suppress(OSError):  # unjournaled, the file is not adopted after a kill
-                _append_journal(key, name, identity)
+                journal.append(key, name, identity)
             with contextlib.suppress(OSError):
                 os.utime(key / RECORD)
 
 
 WRITE_HOOKS.append(beat)
-
-
-def _append_journal(folder: Path, name: str, identity) -> None:
-    """One line of the journal: appended, so a kill cuts at most the line being written.
-    Never through a link, and never into anything but a plain file (a pipe would block)."""
-    line = (json.dumps([name, identity]) + "\n").encode("utf-8")
-    handle = os.open(folder / JOURNAL, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW
-                     | os.O_NONBLOCK, 0o644)
-    try:
-        if stat.S_ISREG(os.fstat(handle).st_mode):
-            os.write(handle, line)
-    finally:
-        os.close(handle)
-
-
-def _journal_entry(line: str):
-    """``(name, identity)`` of one journal line, or None when it is not one."""
-    try:
-        name, identity = json.loads(line)
-    except (ValueError, TypeError):
-        return None
-    if isinstance(name, str) and isinstance(identity, list) and len(identity) == 3 \
-            and all(isinstance(v, int) for v in identity):
-        return name, tuple(identity)
-    return None
-
-
-def _journal_entries(path: Path) -> list | None:
-    """The entries of the journal at ``path``, or None when it is not one: a link, no
-    plain file, or a line that is not an entry (a file of the user's that merely has the
-    name is the user's, never hidden, appended to or deleted). The part after the last
-    newline is left out: a line a kill cut short, or nothing."""
-    if path.is_symlink() or not path.is_file():
-        return None
-    try:
-        complete = path.read_text(encoding="utf-8").split("\n")[:-1]
-    except (OSError, UnicodeDecodeError):
-        return None
-    entries = [_journal_entry(line) for line in complete]
-    return entries if entries and None not in entries else None
-
-
-def _is_a_journal(path: Path) -> bool:
-    return _journal_entries(path) is not None
-
-
-def _read_journal(folder: Path) -> dict:
-    """What a claim wrote by its journal: name -> identity when written (the last line
-    of a name wins); nothing when the file is not bcseg's journal."""
-    return dict(_journal_entries(folder / JOURNAL) or [])
-
-
-def _drop_journal(folder: Path) -> None:
-    if _is_a_journal(folder / JOURNAL):
-        (folder / JOURNAL).unlink(missing_ok=True)
-
-
-def _check_journal_free(folder: Path) -> None:
-    """Refuse a folder holding something named like bcseg's journal that is not one
-    (a file of the user's, a link, a pipe): a claim would append to it or wait on it."""
-    path = folder / JOURNAL
-    if os.path.lexists(path) and not _is_a_journal(path):
-        raise UsageError(path, "is named like bcseg's journal of what it wrote but is not one; "
-                         "move it away")
 
 
 def writers(folder: str | Path) -> dict[str, str]:
@@ -606,81 +531,6 @@ def remove_owned(paths: Iterable[Path]) -> list[Path]:
 
 # --------------------------------------------------------------------------- the lock
 
-def _lock_path(folder: Path) -> Path:
-    """Beside the folder; inside it where its parent cannot be written (``--out ~``),
-    which also rules out moving it aside, so the lock cannot be moved with it."""
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    if os.access(folder.parent, os.W_OK):
-        return folder.parent / f".{folder.name}{LOCK_SUFFIX}"
-    folder.mkdir(exist_ok=True)
-    return folder / LOCK_SUFFIX
-
-
-def _lock(folder: Path, shown: Path) -> tuple[int, Path]:
-    """Hold the lock of ``folder`` (resolved); ``shown`` is the name given by the user."""
-    try:
-        path = _lock_path(folder)
-    except OSError as exc:
-        raise _unwritable(shown, exc) from None
-    while True:
-        try:  # never through a link: the lock is truncated, and a link's target is not bcseg's
-            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
-        except OSError as exc:
-            if os.path.lexists(path):  # a link, a folder, ... of that name: the user's
-                raise _not_a_lock(path) from None
-            raise _unwritable(shown, exc) from None
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.read(fd, 32).decode(errors="replace").strip() or "unknown"
-            os.close(fd)
-            raise UsageError(shown, f"is being written by another bcseg run (process {holder}); "
-                             "wait for it to finish or choose another output folder") from None
-        held_text = os.pread(fd, 64, 0)
-        if held_text and not _LOCK_TEXT.fullmatch(held_text):  # a file of the user's of that name
-            os.close(fd)
-            raise _not_a_lock(path)
-        try:  # the file may have been unlinked by a run that finished meanwhile
-            same = os.fstat(fd).st_ino == os.stat(path).st_ino
-        except FileNotFoundError:
-            same = False
-        if same:
-            os.ftruncate(fd, 0)
-            os.write(fd, f"{os.getpid()}\n".encode())
-            return fd, path
-        os.close(fd)
-
-
-def _unwritable(shown: Path, error: OSError) -> Exception:
-    """Why the lock of an output cannot be made (no permission, a read-only file system,
-    a folder under /proc), as one line naming the output, not bcseg's hidden lock file."""
-    reason = (error.strerror or str(error)).lower()
-    return UsageError(shown, f"cannot be written there ({reason}); choose another place for the outputs")
-
-
-def _not_a_lock(path: Path) -> UsageError:
-    return UsageError(path, "is where bcseg keeps its lock for the folder beside it, but it is not "
-                      "bcseg's (it holds other text, or is no plain file); move it away")
-
-
-def _live_lock(path: Path) -> str | None:
-    """The process id in ``path`` when it is a lock another live run holds, else None.
-    Only tested (a shared lock, at once released): never created, never truncated."""
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
-    except OSError:
-        return None
-    try:
-        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
-    except OSError:
-        return None
-    finally:
-        os.close(fd)  # closing releases a shared lock we took
-    return None
-
-
 def _refuse_nested_writers(key: Path, shown: Path) -> None:
     """Refuse a folder inside one another live run is writing (a fold folder of a
     running k-fold run), or holding one (its fold folders, two levels down): each run
@@ -689,23 +539,17 @@ def _refuse_nested_writers(key: Path, shown: Path) -> None:
         if above in _held or above.parent == above:
             continue
         for lock in (above.parent / f".{above.name}{LOCK_SUFFIX}", above / LOCK_SUFFIX):
-            holder = _live_lock(lock)
+            holder = folder_lock.live_holder(lock)
             if holder is not None:
                 raise UsageError(shown, f"is inside {above}, which another bcseg run (process {holder}) "
                                  "is writing; wait for it to finish or choose another output folder")
     if key.is_dir():
         for lock in (*key.glob(f".*{LOCK_SUFFIX}"), *key.glob(f"*/.*{LOCK_SUFFIX}")):
             inner = lock.parent / lock.name[1:-len(LOCK_SUFFIX)]
-            holder = None if inner.resolve() in _held else _live_lock(lock)
+            holder = None if inner.resolve() in _held else folder_lock.live_holder(lock)
             if holder is not None:
                 raise UsageError(shown, f"holds {inner}, which another bcseg run (process {holder}) is "
                                  "writing; wait for it to finish or choose another output folder")
-
-
-def _unlock(lock: tuple[int, Path]) -> None:
-    fd, path = lock
-    path.unlink(missing_ok=True)  # while still holding it: a waiter then sees a new inode
-    os.close(fd)
 
 
 # --------------------------------------------------------------------------- claim
@@ -720,7 +564,7 @@ def _start(folder: Path, command: str) -> None:
     write_text(folder / RECORD, json.dumps(record, indent=1) + "\n")
     # The killed run's journal goes only now that the record holding what it settled is
     # written: a kill before this leaves that run's record and journal as they were.
-    _drop_journal(folder)
+    journal.drop(folder)
 
 
 def _finish(folder: Path, held: _Held | None = None, still_open: bool = False) -> None:
@@ -741,7 +585,7 @@ def _finish(folder: Path, held: _Held | None = None, still_open: bool = False) -
                               "journal": True}
         write_text(folder / RECORD, json.dumps(record, indent=1) + "\n")
         if not still_open:  # the record holds it all now
-            _drop_journal(folder)
+            journal.drop(folder)
 
 
 @contextlib.contextmanager
@@ -792,7 +636,7 @@ def claim(folder: str | Path, command: str, *, replace: bool = False, inputs: It
     _refuse_nested_writers(key, folder)
     created = _first_missing(key)
     had_record = (key / RECORD).is_file()
-    lock = _lock(key, folder)
+    lock = folder_lock.hold(key, folder)
     try:
         _recover(key)
         _recover_inside(key)
@@ -801,7 +645,7 @@ def claim(folder: str | Path, command: str, *, replace: bool = False, inputs: It
         elif new and key.is_dir():  # what require_new_folder saw may have changed since
             _refuse_a_result(folder, command, what, None)
         if key.is_dir():
-            _check_journal_free(key)
+            journal.check_free(key)
         aside = _move_aside(key, inputs, folder, command) if replace else None
         _held[key] = _Held(command)
         try:
@@ -826,7 +670,7 @@ def claim(folder: str | Path, command: str, *, replace: bool = False, inputs: It
     finally:
         if not had_record:  # a claim that wrote nothing leaves no record in a folder of yours
             _drop_empty_record(key)
-        _unlock(lock)
+        folder_lock.release(lock)
         if created is not None:
             _remove_if_empty(key, created)
 
@@ -896,7 +740,7 @@ def _drop_empty_record(folder: Path) -> None:
     record = _load(folder)
     if not record["files"] and "open" not in record:
         (folder / RECORD).unlink(missing_ok=True)
-        _drop_journal(folder)
+        journal.drop(folder)
 
 
 def _first_missing(folder: Path) -> Path | None:
@@ -913,7 +757,7 @@ def _remove_if_empty(folder: Path, created: Path) -> None:
     """Remove the folders a claim created when nothing was written into them."""
     if folder.is_dir() and not listing(folder, strict=False):
         (folder / RECORD).unlink(missing_ok=True)
-        _drop_journal(folder)
+        journal.drop(folder)
     for path in (folder, *folder.parents):
         try:
             path.rmdir()
@@ -956,11 +800,11 @@ def settle(folder: str | Path) -> None:
     key = folder.resolve()
     if (not folder.is_dir() and not aside) or key in _held:
         return
-    lock = _lock(key, folder)
+    lock = folder_lock.hold(key, folder)
     try:
         _recover(key)
     finally:
-        _unlock(lock)
+        folder_lock.release(lock)
 
 
 def _judge(folder: Path, force: bool, command: str, what: str, other_way: str | None) -> bool:
@@ -1062,7 +906,7 @@ def remove_abandoned(folder: Path) -> bool:
     if folder.is_symlink() or not folder.is_dir() or not (folder / RECORD).is_file():
         return False
     try:
-        lock = _lock(folder, folder)  # a live run holds it: not abandoned
+        lock = folder_lock.hold(folder, folder)  # a live run holds it: not abandoned
     except UsageError:
         return False
     try:
@@ -1080,7 +924,7 @@ def remove_abandoned(folder: Path) -> bool:
         shutil.rmtree(folder)
         return True
     finally:
-        _unlock(lock)
+        folder_lock.release(lock)
 
 
 def _finished(folder: Path, pid: int) -> bool:
@@ -1143,10 +987,10 @@ def _recover_inside(folder: Path) -> None:
         if inner.resolve() in _held:  # being replaced by this process now
             continue
         try:
-            lock = _lock(inner, inner)
+            lock = folder_lock.hold(inner, inner)
         except UsageError:
             continue
         try:
             _recover(inner)
         finally:
-            _unlock(lock)
+            folder_lock.release(lock)
