@@ -256,3 +256,19 @@ def test_resume_does_not_decode_the_inputs_it_keeps(tmp_path, capsys, models):
     code, _, err = run(capsys, "predict", data, "--model", models["3d"], "--out", out, "--resume", "--no-progress")
     assert code == 0, err
     assert sorted(p.name for p in out.glob("*_mask.tif")) == ["a_mask.tif", "b_mask.tif"]
+
+
+def test_a_one_slice_stack_is_named_as_one_for_a_3d_model(tmp_path, models, capsys):
+    """A NIfTI stack of one slice (1, H, W) reads as a 2D array (the singleton axis is
+    dropped), and the refusal spoke of "a 2D array" that the user never saved."""
+    import SimpleITK as sitk
+
+    data = tmp_path / "in"
+    data.mkdir()
+    sitk.WriteImage(sitk.GetImageFromArray(np.full((1, 32, 40), 90, np.uint8)), str(data / "one.nii.gz"))
+    out = tmp_path / "seg"
+    code, _, err = run(capsys, "predict", data / "one.nii.gz", "--model", models["3d"], "--out", out,
+                       "--no-progress")
+    line = one_error_line(err)
+    assert code == 3 and "one.nii.gz: is a stack of one slice (stored shape (1, 32, 40))" in line, err
+    assert not out.exists()

@@ -345,9 +345,9 @@ def _check_channels(spec: ModelSpec, array: np.ndarray, names: Sequence[str]) ->
                         f"channel axis last, not an array of shape {array.shape}")
 
 
-def rank_problem(model_ndim: int, shape: Sequence[int]) -> str | None:
+def rank_problem(model_ndim: int, shape: Sequence[int], stored: Sequence[int] = ()) -> str | None:
     """Why a model of ``model_ndim`` spatial axes cannot segment an image of spatial
-    ``shape``, or None when it can.
+    ``shape``, or None when it can; ``stored`` is the file's own shape, where known.
 
     The one rule, used on arrays here and on file headers by :mod:`bcseg.infer.segment`
     before any output is written, so a 2D image among stacks for a 3D model is refused
@@ -357,6 +357,10 @@ def rank_problem(model_ndim: int, shape: Sequence[int]) -> str | None:
     if model_ndim == 2 and len(shape) not in (2, 3):
         return f"a 2D model segments (H, W) images or (Z, H, W) stacks, not a {len(shape)}D " \
                f"array of shape {shape}"
+    if model_ndim == 3 and len(shape) == 2 and len(stored) == 3:
+        # reading drops a stack's singleton axis: say what the file holds, not the array
+        return (f"is a stack of one slice (stored shape {tuple(stored)}), and a 3D model "
+                "segments stacks of several; segment it with a 2D model")
     if model_ndim == 3 and len(shape) != 3:
         hint = "; use a 2D model for 2D images" if len(shape) == 2 else ""
         return f"a 3D model segments (Z, H, W) stacks, not a {len(shape)}D array of shape {shape}{hint}"

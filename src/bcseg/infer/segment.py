@@ -445,8 +445,10 @@ def _check_ranks(files: list[Path | Case], headers: dict, models: list, problems
     ranks = {model_spec(m).ndim for m in models}
     for item in files:
         header = headers[output_name(item)]
+        stored = io.stored_geometry(input_file(item))[0] if header and len(header[0]) == 2 \
+            and 3 in ranks and not isinstance(item, Case) else ()
         for ndim in sorted(ranks):
-            problem = header and rank_problem(ndim, header[0])
+            problem = header and rank_problem(ndim, header[0], stored)
             if problem:
                 problems.setdefault(output_name(item), DataError(input_file(item), problem))
 
