@@ -191,6 +191,43 @@ def test_train_force_refuses_a_run_holding_a_file_bcseg_did_not_write(tmp_path, 
     assert hashes(tmp_path) == before
 
 
+@pytest.mark.parametrize("stop", ["Ctrl-C", "SIGTERM in epoch 1"])
+def test_train_force_interrupted_before_an_epoch_is_saved_puts_the_old_run_back(
+        stop, tmp_path, capsys, monkeypatch, phantom, finished_run):
+    """Red team 16: Ctrl-C early in train --force (caching the data, the first epoch:
+    minutes on real data) kept the new run, which held no epoch to resume, and deleted
+    the finished one."""
+    from bcseg.learn import train
+
+    def stopped(*args, **kwargs):
+        raise KeyboardInterrupt if stop == "Ctrl-C" else train.Interrupted("stopped during epoch 1", 0)
+
+    monkeypatch.setattr(train, "fit", stopped)
+    run_dir = _copy_tree(finished_run, tmp_path / "run")
+    before = hashes(tmp_path)
+    code, _, err = run(capsys, "train", phantom, "--out", run_dir, "--force", "--epochs", "1")
+    assert code == 130
+    assert hashes(tmp_path) == before  # the old run, as it was, and nothing beside it
+    if stop != "Ctrl-C":  # a Ctrl-C outside the epoch loop is "interrupted" alone
+        assert err.count("\n") == 1 and "holds the earlier run, as it was" in err and "--resume" not in err
+
+
+def test_train_force_interrupted_after_a_saved_epoch_keeps_the_new_run(
+        tmp_path, capsys, monkeypatch, phantom, finished_run):
+    """The other side of the rule: once an epoch is saved, --resume continues the new run."""
+    from bcseg.learn import train
+
+    def one_epoch_then_stopped(model, cfg, train_samples, val, out, state, plot=None):
+        write_text(out / "state.json", '{"epoch": 1}\n')
+        raise train.Interrupted("stopped after epoch 1", 1)
+
+    monkeypatch.setattr(train, "fit", one_epoch_then_stopped)
+    run_dir = _copy_tree(finished_run, tmp_path / "run")
+    code, _, err = run(capsys, "train", phantom, "--out", run_dir, "--force", "--epochs", "1")
+    assert code == 130 and "--resume" in err
+    assert (run_dir / "state.json").is_file() and not (run_dir / "model_best.keras").exists()
+
+
 def test_train_init_with_an_unsafe_model_leaves_no_run_folder(tmp_path, capsys, phantom, models):
     out = tmp_path / "new" / "run"
     code, _, err = run(capsys, "train", phantom, "--out", out, "--init", models["lambda"])

@@ -590,8 +590,8 @@ def _finish(folder: Path, held: _Held | None = None, still_open: bool = False) -
 
 @contextlib.contextmanager
 def claim(folder: str | Path, command: str, *, replace: bool = False, inputs: Iterable = (),
-          keep_on: tuple[type[BaseException], ...] = (), new: bool = False, what: str = "a result",
-          all_or_nothing: bool = False) -> Iterator[Path]:
+          keep_on: tuple[type[BaseException], ...] = (), keep_if: Callable[[Path], bool] | None = None,
+          new: bool = False, what: str = "a result", all_or_nothing: bool = False) -> Iterator[Path]:
     """Lock ``folder``, create it, record what ``command`` writes into it.
 
     Parameters
@@ -609,6 +609,11 @@ def claim(folder: str | Path, command: str, *, replace: bool = False, inputs: It
     keep_on : tuple of exception types
         Failures after which the new, partial result is kept anyway (an interrupted
         training run, which ``--resume`` continues); the old one is then deleted.
+    keep_if : callable, optional
+        Called with the folder after such a failure: the new result is kept only when
+        it returns True (a training run with a saved epoch). Otherwise the old result
+        is put back: an interruption before the new one holds anything worth resuming
+        must not cost the old one.
     new : bool
         The command makes a whole result in a folder that held none (checked first
         with :func:`require_new_folder`): without ``replace``, refuse it, under the
@@ -655,11 +660,12 @@ def claim(folder: str | Path, command: str, *, replace: bool = False, inputs: It
             yield folder
         except BaseException as exc:
             held = _held.pop(key)
-            if all_or_nothing and aside is None and not isinstance(exc, keep_on):
+            keep = isinstance(exc, keep_on) and (keep_if is None or keep_if(key))
+            if all_or_nothing and aside is None and not keep:
                 _remove_written(key, held.wrote)
             # When putting the old result back fails, _undo raises and the old result
             # stays aside, where the next claim of the folder puts it back: never deleted.
-            if not _undo(folder, aside, restore=not isinstance(exc, keep_on), held=held) \
+            if not _undo(folder, aside, restore=not keep, held=held) \
                     and aside is not None:
                 shutil.rmtree(aside)  # the new, partial result is kept (keep_on)
             raise

@@ -767,15 +767,22 @@ def train(data, out, config=None, overrides: dict | None = None, fold="0", folds
     replace = _replaces_run(out, resume, force)  # cheap refusals before the teacher's long step
     taught = _teacher(teach, out, cfg, cases, folds, targets, channels, resume,
                       _config_source(out, config, overrides, resume, "data", "observer"))
-    # Interrupted: keep the new run, which --resume continues; any failure: the old run.
+    # Interrupted: keep the new run, which --resume continues, once it has saved an epoch;
+    # before that (caching the data, the first epoch: minutes on real data), and after
+    # any failure, the old run is put back.
     with outputs.claim(out, "train", replace=replace, keep_on=(Interrupted, KeyboardInterrupt),
-                       inputs=inputs, new=not resume, what="a run"):
+                       keep_if=_has_saved_epoch, inputs=inputs, new=not resume, what="a run"):
         if resume:
             remove_partials(out)
         if taught is not None and not resume:
             write_text(out / rundir.TEACHER_FILE, json.dumps(taught[1], indent=1) + "\n")
         return _train_in(out, cfg, cases, folds, source, targets, resume, init_model, strategy,
                          after_fit, plot, validation, taught and taught[0])
+
+
+def _has_saved_epoch(out: Path) -> bool:
+    """Whether a run folder (or one of its fold folders) holds a checkpoint to resume."""
+    return any(path.is_file() for path in (out / "state.json", *out.glob("fold_*/state.json")))
 
 
 def _teacher(teach, out: Path, cfg: dict, cases: list[Case], folds: dict, targets: list[int], channels,
