@@ -1151,6 +1151,23 @@ def test_a_run_killed_just_after_a_checkpoint_still_owns_the_checkpoint(tmp_path
     assert outputs.foreign(out) == []
 
 
+def test_a_running_train_removes_its_own_old_checkpoints_not_the_users_copies(tmp_path):
+    """Red team 16: every epoch_*.keras but the newest was deleted, so the copy a user
+    kept of a good epoch while the run went on was gone at the next epoch."""
+    from bcseg.learn.train import _save_checkpoint
+
+    out, model = tmp_path / "run", unet(ndim=2, base_filters=4, depth=2)
+    with outputs.claim(out, "train"):
+        _save_checkpoint(model, out, {"epoch": 1})
+        shutil.copyfile(out / "checkpoints" / "epoch_0001.keras", out / "checkpoints" / "epoch_0001_good.keras")
+        (out / "checkpoints" / "epoch_0001_notes.keras").write_text("why epoch 1 looked best")
+        _save_checkpoint(model, out, {"epoch": 2})
+    with outputs.claim(out, "train"):  # resumed by another process: epoch 2 is the earlier run's
+        _save_checkpoint(model, out, {"epoch": 3})
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == [
+        "epoch_0001_good.keras", "epoch_0001_notes.keras", "epoch_0003.keras"]
+
+
 # --------------------------------------------------------------------------- third red-team pass
 
 def _corrected_by_hand(mask: Path) -> None:

@@ -374,6 +374,23 @@ def writers(folder: str | Path) -> dict[str, str]:
             if name in present and name not in edited}
 
 
+def still_as_written(path: str | Path) -> bool:
+    """Whether ``path`` is a file bcseg wrote, unchanged since, in a folder this process
+    holds: written by this claim (the same file, by identity), or by an earlier run of
+    the folder's record (a resumed run's checkpoint). What a running command deletes of
+    its own work (last epoch's checkpoint) is asked here first: a file of that kind of
+    name that the user made, copied or saved over it is theirs."""
+    resolved = Path(path).resolve()
+    for key, held in _held.items():
+        if key in resolved.parents:
+            name = resolved.relative_to(key).as_posix()
+            if name in held.wrote:
+                return _as_written(key, name, held.wrote)
+            record = _load(key)
+            return name in record["files"] and name not in _edited(key, record)
+    return False
+
+
 def nested_writer(folder: str | Path, name: str) -> str | None:
     """The command that wrote entry ``name`` of ``folder`` by the record of a subfolder
     (``run/peek/`` that ``predict --out run/peek`` wrote): None when no record below

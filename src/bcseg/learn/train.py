@@ -286,8 +286,11 @@ def _save_checkpoint(model: keras.Model, out: Path, state: dict) -> None:
     _save_model(model, folder / name)
     state["checkpoint"] = f"checkpoints/{name}"
     write_text(out / "state.json", json.dumps(state, indent=1) + "\n")
+    # The run's earlier checkpoints go (one left by a kill between these lines too), but
+    # only files the run wrote, unchanged: a copy the user kept of a good epoch
+    # (epoch_0040_best.keras) is theirs, whatever its name.
     for old in folder.glob("epoch_*.keras"):
-        if old.name != name:
+        if old.name != name and outputs.still_as_written(old):
             old.unlink()
     link = partial_name(out / "model_last.keras")  # recognisably temporary if a kill strikes
     link.unlink(missing_ok=True)
