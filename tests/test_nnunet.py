@@ -345,3 +345,37 @@ def test_files_that_only_look_like_bcseg_bookkeeping_still_need_force(specimens,
         export_nnunet(specimens, tmp_path, 14, "Look", k=3)
     assert (folder / ".draft.bcseg-partial-999999.txt").read_text() == "my draft"
     assert (folder / ".keep.bcseg-lock").exists()
+
+
+def test_ctrl_c_while_the_dataset_moves_in_leaves_no_half_dataset(specimens, tmp_path, monkeypatch):
+    """Red team 16: Ctrl-C while the staged files were moved into place left part of the
+    dataset (no dataset.json), recorded as finished, which the next export refused."""
+    from bcseg import nnunet
+
+    real, moved = nnunet.beat, []
+
+    def interrupted_after_two(path):
+        real(path)
+        moved.append(path)
+        if len(moved) == 2:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(nnunet, "beat", interrupted_after_two)
+    out = tmp_path / "raw"
+    with pytest.raises(KeyboardInterrupt):
+        export_nnunet(specimens, out, 15, "Cut", k=3)
+    assert len(moved) == 2 and not out.exists()  # nothing left, not even raw/
+    monkeypatch.setattr(nnunet, "beat", real)
+    assert (export_nnunet(specimens, out, 15, "Cut", k=3) / "dataset.json").is_file()
+
+
+@pytest.mark.parametrize("force", [False, True])
+def test_a_file_named_like_the_dataset_folder_is_refused_and_kept(specimens, tmp_path, force):
+    """Red team 16: a raw Python error, and the folder's lock left in nnUNet_raw."""
+    out = tmp_path / "raw"
+    out.mkdir()
+    (out / "Dataset016_X").write_text("my file")
+    with pytest.raises(UsageError, match="Dataset016_X: is a file, not a folder"):
+        export_nnunet(specimens, out, 16, "X", k=3, force=force)
+    assert [p.name for p in out.iterdir()] == ["Dataset016_X"]
+    assert (out / "Dataset016_X").read_text() == "my file"

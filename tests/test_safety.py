@@ -1168,6 +1168,18 @@ def test_a_running_train_removes_its_own_old_checkpoints_not_the_users_copies(tm
         "epoch_0001_good.keras", "epoch_0001_notes.keras", "epoch_0003.keras"]
 
 
+def test_a_claim_of_a_folder_that_is_a_file_is_refused_and_leaves_no_lock(tmp_path):
+    """A folder a command names itself (not --out, which is checked first) may be a file
+    of the user's: the claim failed in its own clean-up and left its lock behind."""
+    (tmp_path / "result").write_text("mine")
+    for folder in (tmp_path / "result", tmp_path / "result" / "fold_0"):
+        with pytest.raises(UsageError, match="result: is a file, not a folder"):
+            with outputs.claim(folder, "test"):
+                pass
+    assert [p.name for p in tmp_path.iterdir()] == ["result"]
+    assert (tmp_path / "result").read_text() == "mine"
+
+
 # --------------------------------------------------------------------------- third red-team pass
 
 def _corrected_by_hand(mask: Path) -> None:

@@ -184,7 +184,7 @@ def export_nnunet(data: str | Path | Iterable[Case], out: str | Path, dataset_id
     folder_name = dataset_folder_name(dataset_id, name)
     ending = _check_ending(file_ending)
     out = check_output_folder(out)
-    dest = out / folder_name
+    dest = check_output_folder(out / folder_name)  # a file of the user's of that name: refused
     cases, reads, names = _cases_to_export(data, dest, observer, channels)  # never an input first
     replace = require_new_folder(dest, force, "export-nnunet")
     _check_id_free(out, int(dataset_id), folder_name)
@@ -194,7 +194,9 @@ def export_nnunet(data: str | Path | Iterable[Case], out: str | Path, dataset_id
     fold_of = _folds(cases, folds, k, seed)
     nn_ids = [f"{name}_{i:0{max(4, len(str(len(cases))))}d}" for i in range(1, len(cases) + 1)]
     stage = _free_stage(out, folder_name)
-    with claim(dest, "export-nnunet", replace=replace, new=True, inputs=reads):
+    # all or nothing: a Ctrl-C while the files are moved in leaves no half dataset that
+    # the next export would take for a finished one
+    with claim(dest, "export-nnunet", replace=replace, new=True, inputs=reads, all_or_nothing=True):
         _write_dataset(cases, nn_ids, stage, dest, observer, ending, fold_of, name, names)
     return dest
 

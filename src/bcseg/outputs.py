@@ -98,18 +98,23 @@ def check_output_folder(folder: str | Path) -> Path:
         raise UsageError(folder, f"the name is {len(os.fsencode(folder.name))} bytes; an output folder's "
                          f"name may have {room} here (bcseg keeps hidden companions beside it under "
                          "longer names); choose a shorter name")
-    existing = None
+    existing = _nearest_folder(folder)
+    if existing is not None and _read_only(existing):
+        raise UsageError(folder, "is on a read-only file system; choose another place for the outputs")
+    return folder
+
+
+def _nearest_folder(folder: Path) -> Path | None:
+    """``folder`` or the nearest of its parents that exists (None: none does); refuses a
+    file or a broken link where a folder must be."""
     for path in (folder, *folder.parents):
         if path.is_symlink() and not path.exists():
             raise UsageError(path, "is a broken link; choose a folder for the outputs")
         if path.exists():
             if not path.is_dir():
                 raise UsageError(path, "is a file, not a folder; choose a folder for the outputs")
-            existing = path
-            break
-    if existing is not None and _read_only(existing):
-        raise UsageError(folder, "is on a read-only file system; choose another place for the outputs")
-    return folder
+            return path
+    return None
 
 
 def _read_only(path: Path) -> bool:
@@ -655,6 +660,9 @@ def claim(folder: str | Path, command: str, *, replace: bool = False, inputs: It
         with _nested(key):
             yield folder
         return
+    # Not only --out: a folder a command names itself (export-nnunet's DatasetNNN_NAME, a
+    # fold folder) may be a file of the user's, kept, and refused before the lock exists.
+    _nearest_folder(folder)
     _refuse_nested_writers(key, folder)
     created = _first_missing(key)
     had_record = (key / RECORD).is_file()
@@ -691,9 +699,11 @@ def claim(folder: str | Path, command: str, *, replace: bool = False, inputs: It
         if aside is not None:
             shutil.rmtree(aside)
     finally:
-        if not had_record:  # a claim that wrote nothing leaves no record in a folder of yours
-            _drop_empty_record(key)
-        folder_lock.release(lock)
+        try:
+            if not had_record:  # a claim that wrote nothing leaves no record in a folder of yours
+                _drop_empty_record(key)
+        finally:  # whatever failed above, the lock is never left behind
+            folder_lock.release(lock)
         if created is not None:
             _remove_if_empty(key, created)
 
