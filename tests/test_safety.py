@@ -1851,3 +1851,71 @@ def test_report_on_a_damaged_metrics_table_is_one_line_and_redraws_nothing(damag
     code, _, err = run(capsys, "report", ev)
     assert code == 3 and "metrics.csv" in one_line(err)
     assert hashes(tmp_path) == before
+
+
+# --------------------------------------------------------------------------- red team 16: Ctrl-C between files
+
+def _interrupt_after(monkeypatch, name: str) -> None:
+    """Ctrl-C the moment bcseg has finished writing a file called ``name``."""
+    from bcseg import atomic
+
+    def hook(path):
+        if Path(path).name == name:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(atomic, "WRITE_HOOKS", [*atomic.WRITE_HOOKS, hook])
+
+
+def _truth_and_two_predictions(tmp_path) -> tuple[Path, Path, Path]:
+    truth = tmp_path / "data"
+    write_phantom(truth, n=2, shape=(8, 24, 24), seed=3)
+    preds = []
+    for name, observer in (("pred1", "observer1"), ("pred2", "observer2")):
+        folder = tmp_path / name
+        for mask in sorted((truth / "masks" / observer).iterdir()):
+            io.write_mask(folder / f"{mask.stem}_mask.tif", io.read_mask(mask), io.read_spacing(mask))
+        preds.append(folder)
+    return truth, *preds
+
+
+def test_evaluate_force_interrupted_between_its_tables_leaves_no_mixed_evaluation(
+        tmp_path, capsys, monkeypatch):
+    """New metrics.csv beside the old summary.json was left, recorded as finished, and
+    bcseg report drew one page of two evaluations."""
+    truth, pred1, pred2 = _truth_and_two_predictions(tmp_path)
+    out = tmp_path / "ev"
+    assert run(capsys, "evaluate", "--pred", pred1, "--truth", truth, "--out", out)[0] == 0
+    _interrupt_after(monkeypatch, "metrics.csv")
+    code, _, _ = run(capsys, "evaluate", "--pred", pred2, "--truth", truth, "--out", out, "--force")
+    assert code == 130
+    assert outputs.listing(out) == set()  # neither table of either evaluation
+
+
+def test_margins_interrupted_before_its_figure_leaves_no_half_result(tmp_path, capsys, monkeypatch):
+    """A Ctrl-C during the figure (a third of the run) left the table without it, and
+    with --force a new table beside the old figure."""
+    truth, pred1, _ = _truth_and_two_predictions(tmp_path)
+    image, tumour, out = truth / "images" / "specimen_000.tif", pred1 / "specimen_000_mask.tif", tmp_path / "m"
+    assert run(capsys, "margins", "--image", image, "--tumour", tumour, "--out", out)[0] == 0
+    _interrupt_after(monkeypatch, "specimen_000_margins.csv")
+    for extra in (["--force", "--close-mm", "9"], []):
+        code, _, _ = run(capsys, "margins", "--image", image, "--tumour", tumour, "--out", out, *extra)
+        assert code == 130
+        assert outputs.listing(out) == set()
+
+
+def test_evaluate_force_keeps_predicts_quick_look_of_a_case_named_examples(tmp_path, capsys, models):
+    """The report's figures examples_*.png were removed by name and owner alone, so
+    predict's examples_overlay.png in the same folder went with them."""
+    data = tmp_path / "data"
+    io.write_image(data / "images" / "examples.tif", RNG.integers(0, 256, (4, 32, 40), dtype=np.uint8))
+    io.write_image(data / "images" / "other.tif", RNG.integers(0, 256, (4, 32, 40), dtype=np.uint8))
+    for name in ("examples", "other"):
+        io.write_mask(data / "masks" / "observer1" / f"{name}.tif", np.ones((4, 32, 40), bool))
+    out = tmp_path / "seg"
+    assert run(capsys, "predict", data / "images", "--model", models["2d"], "--out", out, "--quicklook",
+               "--no-progress")[0] == 0
+    for extra in ([], ["--force"]):
+        code, _, err = run(capsys, "evaluate", "--pred", out, "--truth", data, "--out", out, *extra)
+        assert code == 0, err
+    assert (out / "examples_overlay.png").is_file()

@@ -541,11 +541,15 @@ def check_one_writer(folder: Path, command: str) -> None:
                              "result; choose another output folder")
 
 
-def remove_owned(paths: Iterable[Path]) -> list[Path]:
-    """Delete those of ``paths`` that exist and bcseg wrote; return them."""
+def remove_owned(paths: Iterable[Path], by: Iterable[str] | None = None) -> list[Path]:
+    """Delete those of ``paths`` that exist and bcseg wrote (with ``by``: one of those
+    commands wrote; a name shared with another command's output is not enough);
+    return them."""
     removed, known = [], {}
+    commands = None if by is None else set(by)
     for path in paths:
-        if path.is_file() and is_owned(path, known):
+        writer = _writer(path, known) if path.is_file() else None
+        if writer is not None and (commands is None or writer in commands):
             path.unlink()
             removed.append(path)
     return removed

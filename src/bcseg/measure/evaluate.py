@@ -588,12 +588,15 @@ def _pixel_soft(scored: dict, soft_ref: str) -> dict:
 
 
 def _write_outputs(out_dir: Path, outputs: dict[str, Path], force: bool, scored: dict, summary: dict) -> None:
-    with claim(out_dir, "evaluate"):
+    # All or nothing: a Ctrl-C between the tables must not leave new metrics beside the
+    # old summary, which a report would then show as one evaluation.
+    with claim(out_dir, "evaluate", all_or_nothing=True):
         check_replaceable(outputs.values(), force, command="evaluate")  # again, now that it is ours
         # Only where an earlier evaluation is replaced (check_replaceable: evaluate's own) is
         # a report built from it stale; a report in a folder holding none is another's.
         if force and any(path.exists() for path in outputs.values()):
             _remove_stale_report(out_dir)  # before the new numbers: a kill leaves no page of other ones
+            remove_owned(outputs.values(), by=("evaluate",))  # no old table beside new ones
         write_text(outputs["metrics"], _csv_text(METRICS_CSV_COLUMNS, scored["rows"] + scored["slices"]))
         write_text(outputs["agreement"], _csv_text(AGREEMENT_CSV_COLUMNS, scored["agree"]))
         write_text(outputs["summary"], json.dumps(_json_safe(summary), indent=2, allow_nan=False) + "\n")
@@ -606,7 +609,9 @@ def _remove_stale_report(out_dir: Path) -> None:
     folder above (its folder is not claimed here): that one is named in a warning.
     """
     figures = [p for pattern in REPORT_FIGURES for p in sorted(out_dir.glob(pattern))]
-    remove_owned([out_dir / REPORT_PAGE, *figures])
+    # by the report's writers only: examples_overlay.png may be predict's quick look of a
+    # case named "examples", in the same folder
+    remove_owned([out_dir / REPORT_PAGE, *figures], by=("evaluate", "report"))
     for folder in out_dir.resolve().parents:
         page = folder / REPORT_PAGE
         if page.is_file() and is_owned(page):

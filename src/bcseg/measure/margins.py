@@ -700,8 +700,13 @@ def margins_for_files(image_path, tumour_path: str | Path, out_dir: str | Path,
     if spacing_mm is not None and file_spacing is not None and not np.allclose(spacing, file_spacing):
         result["warnings"].append(f"spacing {_by(spacing)} mm given overrides the file's "
                                   f"{_by(file_spacing)} mm")
-    with outputs.claim(out_dir, "margins"):
+    # All or nothing: the figure takes a third of the run, so a Ctrl-C often lands after
+    # the table; a table without its figure, or a new table beside the old figure, must
+    # never be left looking like one result. The old result goes first for the same reason.
+    with outputs.claim(out_dir, "margins", all_or_nothing=True):
         outputs.check_replaceable(written.values(), force, command="margins", inputs=inputs)
+        if force:
+            outputs.remove_owned(written.values())
         if specimen_path is None:
             io.write_mask(written["specimen"], specimen, spacing_mm=spacing)
         elif force:  # a specimen mask computed by an earlier run no longer matches the row
