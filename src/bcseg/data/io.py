@@ -30,6 +30,7 @@ import numpy as np
 import tifffile
 
 from bcseg.atomic import atomic_path
+from bcseg.data import nifti
 from bcseg.errors import ConfigError, DataError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".nii", ".nii.gz")
@@ -495,6 +496,7 @@ def stored_geometry(path: str | Path) -> tuple[tuple[int, ...], tuple[float, ...
             reader = sitk.ImageFileReader()
             reader.SetFileName(str(path))
             reader.ReadImageInformation()
+            nifti.check(path, stream=False)  # as read_image would, short of decompressing
             return (tuple(int(n) for n in reversed(reader.GetSize())),
                     check_spacing(tuple(round(float(v), 6) for v in reversed(reader.GetSpacing())), path))
     except DataError:
@@ -622,6 +624,7 @@ def _read_nifti(path: Path) -> tuple[np.ndarray, tuple[float, ...] | None]:
         bits = re.search(r"(\d+)-bit", sitk.GetPixelIDValueAsString(reader.GetPixelID()))
         itemsize = int(bits.group(1)) // 8 if bits else 8
         _check_size(path, shape, math.prod(shape) * reader.GetNumberOfComponents() * itemsize)
+        nifti.check(path)  # SimpleITK would fill missing voxels with zeros
         image = reader.Execute()
     except DataError:
         raise

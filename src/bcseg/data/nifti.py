@@ -1,0 +1,115 @@
+"""NIfTI header checks that SimpleITK does not make.
+
+SimpleITK fills voxels missing from a short file with zeros and says nothing. The
+header (NIfTI-1 or NIfTI-2, either byte order) says how many bytes the voxels take,
+so a cut file is refused in one line naming it. No TensorFlow here.
+"""
+
+from __future__ import annotations
+
+import gzip
+import math
+import struct
+import zlib
+from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
+
+from bcseg.errors import DataError
+
+# Bits per voxel by NIfTI datatype code; bitpix is only used for codes not listed.
+_DATATYPE_BITS = {1: 1, 2: 8, 4: 16, 8: 32, 16: 32, 32: 64, 64: 64, 128: 24, 256: 8, 512: 16,
+                  768: 32, 1024: 64, 1280: 64, 1536: 128, 1792: 128, 2048: 256, 2304: 32}
+
+
+class Header(NamedTuple):
+    dims: tuple[int, ...]  # voxels along x, y, z, ... (NIfTI order)
+    bits: int  # per voxel
+    data_offset: int  # bytes before the voxels
+    pixdim: tuple[float, ...]  # voxel size along dims
+    sform_code: int
+    sform: np.ndarray  # 3 x 4: voxel index -> world mm
+
+
+def _open(path: Path):
+    return gzip.open(path, "rb") if path.name.lower().endswith(".gz") else open(path, "rb")
+
+
+def read_header(path: Path) -> Header | None:
+    """The fields of a NIfTI-1 (348-byte) or NIfTI-2 (540-byte) header, or None when the
+    file holds neither (SimpleITK then says what is wrong)."""
+    try:
+        with _open(path) as handle:
+            head = handle.read(540)
+    except (OSError, EOFError, zlib.error):
+        return None
+    for order in "<>":  # the header size tells the byte order
+        size = struct.unpack_from(order + "i", head)[0] if len(head) >= 4 else 0
+        if size in (348, 540):
+            break
+    else:
+        return None
+    if len(head) < size:
+        raise DataError(path, f"is truncated: it ends ({len(head)} bytes) inside its "
+                        f"{size}-byte NIfTI header; copy it again from the source")
+    if size == 348:
+        dims = struct.unpack_from(order + "8h", head, 40)
+        datatype, bitpix = struct.unpack_from(order + "2h", head, 70)
+        pixdim = struct.unpack_from(order + "8f", head, 76)
+        offset = struct.unpack_from(order + "f", head, 108)[0]
+        sform_code = struct.unpack_from(order + "h", head, 254)[0]
+        srow = struct.unpack_from(order + "12f", head, 280)
+    else:
+        datatype, bitpix = struct.unpack_from(order + "2h", head, 12)
+        dims = struct.unpack_from(order + "8q", head, 16)
+        pixdim = struct.unpack_from(order + "8d", head, 104)
+        offset = struct.unpack_from(order + "q", head, 168)[0]
+        sform_code = struct.unpack_from(order + "i", head, 348)[0]
+        srow = struct.unpack_from(order + "12d", head, 400)
+    rank = dims[0] if 1 <= dims[0] <= 7 else 0
+    # A single file's voxels follow its header (and extensions) at vox_offset.
+    data_offset = max(int(offset) if math.isfinite(offset) else 0, size)
+    return Header(tuple(dims[1:rank + 1]), _DATATYPE_BITS.get(datatype, bitpix), data_offset,
+                  tuple(pixdim[1:rank + 1]), sform_code, np.reshape(srow, (3, 4)))
+
+
+def _held_bytes(path: Path) -> tuple[int, str | None]:
+    """Bytes the file holds (decompressed, streamed in chunks), and why it stopped
+    short of its end, if it did."""
+    if not path.name.lower().endswith(".gz"):
+        return path.stat().st_size, None
+    held = 0
+    try:
+        with gzip.open(path, "rb") as handle:
+            while chunk := handle.read1(1 << 20):
+                held += len(chunk)
+    except EOFError:  # the gzip stream is cut short: a truncated copy
+        return held, "its compressed data ends early"
+    except (OSError, zlib.error) as exc:
+        return held, f"its compressed data cannot be decompressed ({exc})"
+    return held, None
+
+
+def check(path: Path, stream: bool = True) -> None:
+    """Refuse a NIfTI file whose voxels are fewer than its header declares.
+
+    A ``.nii.gz`` is decompressed to count its bytes only with ``stream`` (a header-only
+    look leaves that to the reading); a ``.nii``'s size is always compared.
+    """
+    header = read_header(path)
+    if header is None:
+        return
+    if not header.dims or min(header.dims) < 1:
+        return  # no voxels: the reader names the shape
+    if not stream and path.name.lower().endswith(".gz"):
+        return
+    needed = header.data_offset + -(-math.prod(header.dims) * header.bits // 8)
+    held, broken = _held_bytes(path)
+    if broken or held < needed:
+        shape = tuple(reversed(header.dims))  # as bcseg shows arrays: (z, y, x)
+        held_text = f"{broken} after {held}" if broken else f"it holds {held}"
+        raise DataError(path, f"is truncated or corrupt: its header declares {shape} voxels of "
+                        f"{header.bits} bits ({needed} bytes with the header), {held_text} "
+                        "bytes; copy it again from the source")
+

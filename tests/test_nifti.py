@@ -1,0 +1,136 @@
+"""NIfTI files SimpleITK reads without complaint but wrongly: cut short (read
+zero-filled) or stating two voxel sizes. Each is written here, by SimpleITK or byte by
+byte, and must be refused in one line naming the file."""
+
+from __future__ import annotations
+
+import gzip
+import struct
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from bcseg.cli import main
+from bcseg.data import io, nifti
+from bcseg.errors import DataError
+
+STACK = (np.arange(6 * 32 * 40) % 200 + 20).astype(np.uint8).reshape(6, 32, 40)  # no zeros
+SPACING = (1.0, 0.2, 0.2)
+
+
+def write_nifti(path, array=STACK):
+    image = sitk.GetImageFromArray(array)
+    image.SetSpacing(tuple(reversed(SPACING)))
+    sitk.WriteImage(image, str(path))
+    return path
+
+
+def cut(path, keep: float):
+    data = path.read_bytes()
+    path.write_bytes(data[:int(len(data) * keep)])
+    return path
+
+
+def refused(path, *words) -> str:
+    with pytest.raises(DataError) as error:
+        io.read_image(path)
+    message = str(error.value)
+    assert "\n" not in message and message.startswith(f"{path}: "), message
+    for word in words:
+        assert word in message, message
+    return message
+
+
+def nifti_bytes(array: np.ndarray, version: int, order: str) -> bytes:
+    """A single-file NIfTI-1 or NIfTI-2 of int16 ``array`` (z, y, x) in byte ``order``,
+    written field by field (SimpleITK writes only little-endian NIfTI-1)."""
+    z, y, x = array.shape
+    dims, pixdim = (3, x, y, z, 1, 1, 1, 1), (1.0, SPACING[2], SPACING[1], SPACING[0], 0, 0, 0, 0)
+    if version == 1:
+        head = bytearray(352)
+        struct.pack_into(order + "i", head, 0, 348)
+        struct.pack_into(order + "8h", head, 40, *dims)
+        struct.pack_into(order + "2h", head, 70, 4, 16)  # int16
+        struct.pack_into(order + "8f", head, 76, *pixdim)
+        struct.pack_into(order + "2f", head, 108, 352.0, 1.0)  # vox_offset, scl_slope
+        head[344:348] = b"n+1\x00"
+    else:
+        head = bytearray(544)
+        struct.pack_into(order + "i", head, 0, 540)
+        head[4:12] = b"n+2\x00\r\n\x1a\n"
+        struct.pack_into(order + "2h", head, 12, 4, 16)
+        struct.pack_into(order + "8q", head, 16, *dims)
+        struct.pack_into(order + "8d", head, 104, *pixdim)
+        struct.pack_into(order + "qd", head, 168, 544, 1.0)
+    return bytes(head) + array.astype(order + "i2").tobytes()
+
+
+# --------------------------------------------------------------------------- truncation
+
+@pytest.mark.parametrize("name, keep", [("cut.nii", 0.5), ("cut.nii.gz", 0.75),
+                                        ("end.nii", 0.999), ("end.nii.gz", 0.99)])
+def test_a_cut_nifti_is_refused_not_zero_filled(name, keep, tmp_path):
+    """SimpleITK read the missing voxels as zeros: the lower half of a stack came out
+    black and was segmented (a cut mask read as a smaller tumour)."""
+    path = write_nifti(tmp_path / name)
+    assert np.array_equal(io.read_image(path)[0], STACK)  # whole: read whole
+    cut(path, keep)
+    refused(path, "is truncated or corrupt: its header declares (6, 32, 40) voxels of 8 bits",
+            "copy it again from the source")
+
+
+def test_a_header_declaring_more_slices_than_the_file_holds_is_refused(tmp_path):
+    path = write_nifti(tmp_path / "more.nii")
+    data = bytearray(path.read_bytes())
+    struct.pack_into("<h", data, 46, 600)  # dim[3]: 600 slices over 6
+    path.write_bytes(bytes(data))
+    refused(path, "declares (600, 32, 40) voxels", f"it holds {len(data)} bytes")
+    with pytest.raises(DataError, match="declares"):  # the header-only look agrees
+        io.stored_geometry(path)
+
+
+def test_a_gzip_stream_cut_after_the_voxels_is_refused(tmp_path):
+    """The voxels are all there but the gzip stream ends before its end marker and
+    checksum: a copy cut short, not a file to trust."""
+    raw = write_nifti(tmp_path / "a.nii").read_bytes()
+    packed = gzip.compress(raw)
+    (tmp_path / "a.nii.gz").write_bytes(packed[:-4])  # the length field of the trailer
+    refused(tmp_path / "a.nii.gz", "its compressed data")
+
+
+@pytest.mark.parametrize("order", ["<", ">"])
+def test_a_cut_nifti_1_is_refused_in_either_byte_order(order, tmp_path):
+    array = (STACK.astype(np.int16) - 100) * 37
+    path = tmp_path / "v1.nii"
+    path.write_bytes(nifti_bytes(array, 1, order))
+    image, spacing = io.read_image(path)
+    assert np.array_equal(image, array) and spacing == SPACING
+    cut(path, 0.6)
+    refused(path, "declares (6, 32, 40) voxels of 16 bits (15712 bytes with the header)")
+
+
+@pytest.mark.parametrize("order", ["<", ">"])
+def test_a_cut_nifti_2_header_is_read_right(order, tmp_path):
+    """SimpleITK reads no NIfTI-2 (it refuses the file whole or cut); the check reads
+    its 540-byte header with 64-bit fields all the same."""
+    path = tmp_path / "v2.nii"
+    path.write_bytes(nifti_bytes(STACK, 2, order))
+    header = nifti.read_header(path)
+    assert header.dims == (40, 32, 6) and header.bits == 16 and header.data_offset == 544
+    nifti.check(path)  # whole: passes
+    cut(path, 0.6)
+    with pytest.raises(DataError, match=r"declares \(6, 32, 40\) voxels of 16 bits \(15904 bytes"):
+        nifti.check(path)
+
+
+def test_a_cut_nifti_mask_is_named_by_check(tmp_path, capsys):
+    for name in ("a", "b"):
+        (tmp_path / "images").mkdir(exist_ok=True)
+        (tmp_path / "masks" / "observer1").mkdir(parents=True, exist_ok=True)
+        write_nifti(tmp_path / "images" / f"{name}.nii.gz")
+        write_nifti(tmp_path / "masks" / "observer1" / f"{name}.nii.gz", (STACK > 120).astype(np.uint8))
+    cut(tmp_path / "masks" / "observer1" / "b.nii.gz", 0.7)
+    assert main(["check", str(tmp_path)]) == 3
+    out = capsys.readouterr().out
+    assert f"{tmp_path / 'masks' / 'observer1' / 'b.nii.gz'}: is truncated or corrupt" in out
