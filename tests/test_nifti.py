@@ -134,3 +134,48 @@ def test_a_cut_nifti_mask_is_named_by_check(tmp_path, capsys):
     assert main(["check", str(tmp_path)]) == 3
     out = capsys.readouterr().out
     assert f"{tmp_path / 'masks' / 'observer1' / 'b.nii.gz'}: is truncated or corrupt" in out
+
+
+# --------------------------------------------------------------------------- two voxel sizes, ITK's warnings
+
+def with_header(path, fields: dict):
+    """``path`` rewritten with NIfTI-1 header ``fields`` ({offset: (format, values)})."""
+    data = bytearray(path.read_bytes())
+    for offset, (form, values) in fields.items():
+        struct.pack_into(form, data, offset, *values)
+    path.write_bytes(bytes(data))
+    return path
+
+
+def test_an_sform_voxel_size_other_than_pixdim_is_refused_naming_both(tmp_path):
+    """The sform (which places the voxels when sform_code > 0) said 2 x 0.5 x 0.5 mm,
+    pixdim 1 x 0.2 x 0.2 mm: bcseg measured margins with pixdim, ITK printed 33 lines."""
+    path = with_header(write_nifti(tmp_path / "two.nii"), {
+        252: ("<hh", (0, 2)),  # qform_code 0, sform_code 2
+        280: ("<12f", (-0.5, 0, 0, 0, 0, -0.5, 0, 0, 0, 0, 2.0, 0))})
+    refused(path, "its sform places voxels of 2x0.5x0.5 mm, its pixdim says 1x0.2x0.2 mm",
+            "re-save it with one voxel size")
+    with pytest.raises(DataError, match="states two voxel sizes"):
+        io.stored_geometry(path)
+
+
+def test_an_sform_agreeing_with_pixdim_in_another_orientation_is_read(tmp_path):
+    path = with_header(write_nifti(tmp_path / "lps.nii"), {  # x flipped, y and z as written
+        280: ("<12f", (0.2, 0, 0, 0, 0, -0.2, 0, 0, 0, 0, 1.0, 0))})
+    image, spacing = io.read_image(path)
+    assert np.array_equal(image, STACK) and spacing == SPACING
+
+
+def test_itk_warnings_do_not_reach_stderr(tmp_path, capfd):
+    """ITK printed its 'WARNING: In .../itkNiftiImageIO.cxx' lines on stderr (three for
+    a negative pixdim, one per read for two voxel sizes) before bcseg's one line."""
+    negative = with_header(write_nifti(tmp_path / "neg.nii"), {76: ("<4f", (1.0, -0.2, 0.2, 1.0))})
+    for look in (io.read_image, io.stored_geometry):  # the header said -0.2, the voxels 0.2
+        with pytest.raises(DataError, match=r"negative voxel size in its header \(pixdim 1x0.2x-0.2"):
+            look(negative)
+    two = with_header(write_nifti(tmp_path / "two.nii"), {280: ("<12f", (-0.4, 0, 0, 0, 0, -0.2, 0, 0,
+                                                                          0, 0, 1.0, 0))})
+    image = write_nifti(tmp_path / "image.nii")
+    with pytest.raises(DataError, match="two voxel sizes"):
+        io.read_mask(two, image=image)
+    assert capfd.readouterr().err == ""

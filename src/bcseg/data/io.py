@@ -491,7 +491,7 @@ def stored_geometry(path: str | Path) -> tuple[tuple[int, ...], tuple[float, ...
                 if len(shape) in (2, 3):
                     return shape, check_spacing(_tiff_spacing(tif, len(shape)), path)
         elif _is_nifti(path):
-            import SimpleITK as sitk
+            sitk = nifti.simpleitk()
 
             reader = sitk.ImageFileReader()
             reader.SetFileName(str(path))
@@ -614,7 +614,7 @@ def _as_stored_grey(array: np.ndarray, page, path: Path) -> np.ndarray:
 
 
 def _read_nifti(path: Path) -> tuple[np.ndarray, tuple[float, ...] | None]:
-    import SimpleITK as sitk  # only NIfTI users pay for the import
+    sitk = nifti.simpleitk()  # only NIfTI users pay for the import
 
     try:
         reader = sitk.ImageFileReader()
@@ -886,7 +886,7 @@ def spacing_text(spacing: tuple[float, ...]) -> str:
 
 def _nifti_frame(path: Path) -> tuple[np.ndarray, np.ndarray]:
     """Origin (mm) and direction cosines of a NIfTI file, from its header, as 3D."""
-    import SimpleITK as sitk
+    sitk = nifti.simpleitk()
 
     reader = sitk.ImageFileReader()
     reader.SetFileName(str(path))
@@ -986,7 +986,7 @@ def imagej_kwargs(shape: tuple[int, ...], spacing_mm: tuple[float, ...] | None) 
 
 
 def _write_nifti(path: Path, array: np.ndarray, spacing_mm) -> None:
-    import SimpleITK as sitk
+    sitk = nifti.simpleitk()
 
     image = sitk.GetImageFromArray(array)
     if spacing_mm is not None:

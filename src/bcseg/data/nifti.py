@@ -1,8 +1,10 @@
-"""NIfTI header checks that SimpleITK does not make.
+"""NIfTI header checks that SimpleITK does not make, and SimpleITK with its warnings off.
 
-SimpleITK fills voxels missing from a short file with zeros and says nothing. The
-header (NIfTI-1 or NIfTI-2, either byte order) says how many bytes the voxels take,
-so a cut file is refused in one line naming it. No TensorFlow here.
+SimpleITK fills voxels missing from a short file with zeros and says nothing, and
+resolves a header stating two voxel sizes its own way, printing C++ warnings (many
+lines, one per read) on stderr. The header (NIfTI-1 or NIfTI-2, either byte order)
+is checked here instead, so a cut or inconsistent file is refused in one line
+naming it. No TensorFlow here.
 """
 
 from __future__ import annotations
@@ -21,6 +23,19 @@ from bcseg.errors import DataError
 # Bits per voxel by NIfTI datatype code; bitpix is only used for codes not listed.
 _DATATYPE_BITS = {1: 1, 2: 8, 4: 16, 8: 32, 16: 32, 32: 64, 64: 64, 128: 24, 256: 8, 512: 16,
                   768: 32, 1024: 64, 1280: 64, 1536: 128, 1792: 128, 2048: 256, 2304: 32}
+
+# Relative, as io.SPACING_TOLERANCE: sform and pixdim written from one voxel size
+# agree to float32's 7 digits; beyond this they are two sizes.
+_SCALE_TOLERANCE = 1e-3
+
+
+def simpleitk():
+    """The SimpleITK module, with ITK's C++ warnings off: bcseg checks what they are
+    about itself, and a warning spilling many lines on stderr is no message."""
+    import SimpleITK as sitk  # only NIfTI users pay for the import
+
+    sitk.ProcessObject.SetGlobalWarningDisplay(False)
+    return sitk
 
 
 class Header(NamedTuple):
@@ -92,7 +107,8 @@ def _held_bytes(path: Path) -> tuple[int, str | None]:
 
 
 def check(path: Path, stream: bool = True) -> None:
-    """Refuse a NIfTI file whose voxels are fewer than its header declares.
+    """Refuse a NIfTI file whose voxels are fewer than its header declares, or whose
+    voxel size is negative or disagrees between sform and pixdim.
 
     A ``.nii.gz`` is decompressed to count its bytes only with ``stream`` (a header-only
     look leaves that to the reading); a ``.nii``'s size is always compared.
@@ -100,6 +116,7 @@ def check(path: Path, stream: bool = True) -> None:
     header = read_header(path)
     if header is None:
         return
+    _check_voxel_size(path, header)
     if not header.dims or min(header.dims) < 1:
         return  # no voxels: the reader names the shape
     if not stream and path.name.lower().endswith(".gz"):
@@ -113,3 +130,24 @@ def check(path: Path, stream: bool = True) -> None:
                         f"{header.bits} bits ({needed} bytes with the header), {held_text} "
                         "bytes; copy it again from the source")
 
+
+def _check_voxel_size(path: Path, header: Header) -> None:
+    """One positive voxel size: pixdim's, and the sform's when it places the voxels in
+    space (sform_code > 0; its voxel size is the length of its columns). bcseg measures
+    with pixdim, so a file saying two sizes would have volumes and margins measured
+    with either; a negative pixdim SimpleITK reads as negative from the header and
+    positive with the voxels, so one look would refuse what the other takes."""
+    axes = min(len(header.dims), 3)
+    stated = np.asarray(header.pixdim[:axes], dtype=float)
+    shown = "x".join(f"{v:.6g}" for v in reversed(stated))
+    if (stated < 0).any():
+        raise DataError(path, f"has a negative voxel size in its header (pixdim {shown} mm); "
+                        "re-save it with positive spacing")
+    if header.sform_code <= 0:
+        return
+    placed = np.linalg.norm(header.sform[:, :axes], axis=0)
+    if not np.allclose(placed, stated, rtol=_SCALE_TOLERANCE, atol=0):
+        shown_placed = "x".join(f"{v:.6g}" for v in reversed(placed))
+        raise DataError(path, f"states two voxel sizes: its sform places voxels of {shown_placed} mm, "
+                        f"its pixdim says {shown} mm; re-save it with one voxel size "
+                        "(set the sform from the right spacing, or clear it: sform_code 0)")
