@@ -76,6 +76,41 @@ def test_cielab_tiff_is_refused(tmp_path):
     refused(lambda: io.read_image(path), path, "CIELAB", "save it as grey or RGB")
 
 
+# Colour samples (last axis) that read as the same grey whether interleaved or planar.
+PLANAR = {
+    "rgb": (np.stack([RAMP, 255 - RAMP, RAMP // 2], axis=-1), {"photometric": "rgb"}),
+    "rgba": (np.stack([RAMP, 255 - RAMP, RAMP // 2, np.full_like(RAMP, 255)], axis=-1),
+             {"photometric": "rgb", "extrasamples": [2]}),
+    "cmyk": (np.stack([RAMP // 3, RAMP // 2, 255 - RAMP, RAMP // 4], axis=-1),
+             {"photometric": "separated"}),
+    "rgb stack": (np.stack([np.stack([RAMP, 255 - RAMP, RAMP // 2], axis=-1)] * 3),
+                  {"photometric": "rgb"}),
+}
+
+
+@pytest.mark.parametrize("mmap", [False, True])
+@pytest.mark.parametrize("kind", sorted(PLANAR))
+def test_a_planar_colour_tiff_reads_as_its_interleaved_copy(kind, mmap, tmp_path):
+    """A TIFF storing each colour plane after the other (PlanarConfiguration 2, axes
+    SYX) was read as a stack of its R, G, B planes: a 2D photo segmented as 3 slices."""
+    pixels, options = PLANAR[kind]
+    tifffile.imwrite(tmp_path / "mixed.tif", pixels, **options)
+    tifffile.imwrite(tmp_path / "planar.tif", np.moveaxis(pixels, -1, -3), planarconfig="separate",
+                     **options)
+    expected, _ = io.read_image(tmp_path / "mixed.tif")
+    assert expected.shape == pixels.shape[:-1]
+    np.testing.assert_array_equal(io.read_image(tmp_path / "planar.tif", mmap=mmap)[0], expected)
+    assert io.stored_geometry(tmp_path / "planar.tif")[0] == expected.shape
+
+
+def test_a_planar_two_sample_tiff_is_refused_as_the_interleaved_one_is(tmp_path):
+    pair = np.stack([RAMP, 255 - RAMP])
+    tifffile.imwrite(tmp_path / "two.tif", pair, photometric="minisblack", planarconfig="separate",
+                     extrasamples=[0])
+    refused(lambda: io.read_image(tmp_path / "two.tif"), tmp_path / "two.tif",
+            "has 2 samples per pixel", "which are channels, not slices")
+
+
 # --------------------------------------------------------------------------- alpha only
 
 def alpha_drawing(mode: str) -> np.ndarray:

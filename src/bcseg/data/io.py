@@ -425,12 +425,13 @@ def _stored_shape(tif: tifffile.TiffFile, path: Path) -> tuple[tuple[int, ...], 
         axes = "Q" + axes
     # Refuse from the header, before tifffile allocates what a corrupt header declares.
     _check_size(path, tuple(shape), math.prod(shape) * series.dtype.itemsize)
-    if axes and axes[-1] == "S" and shape[-1] in (3, 4):  # RGB samples
-        shape, axes = shape[:-1], axes[:-1]
-    elif axes and axes[-1] == "S":  # e.g. grey + a second channel, interleaved per pixel
-        raise DataError(path, f"has {shape[-1]} samples per pixel (shape {tuple(series.shape)}, "
-                        f"axes {series.axes}), which are channels, not slices; save each channel "
-                        "as its own file (images/<channel>/) or as a Fiji hyperstack")
+    if "S" in axes:  # samples per pixel: last when interleaved, first when planar (SYX)
+        samples = shape.pop(axes.index("S"))
+        axes = axes.replace("S", "")
+        if samples not in (3, 4):  # e.g. grey + a second channel
+            raise DataError(path, f"has {samples} samples per pixel (shape {tuple(series.shape)}, "
+                            f"axes {series.axes}), which are channels, not slices; save each channel "
+                            "as its own file (images/<channel>/) or as a Fiji hyperstack")
     return tuple(shape), axes
 
 
@@ -575,6 +576,9 @@ def _read_tiff(path: Path, mmap: bool) -> tuple[np.ndarray, tuple[float, ...] | 
                     array = np.stack([s.asarray() for s in tif.series])
                 else:
                     array = tif.series[0].asarray()
+            axes = ("Q" if len(tif.series) > 1 else "") + tif.series[0].axes
+            if "S" in axes:  # a planar file's samples come first: _tiff_grey takes them last
+                array = np.moveaxis(array, axes.index("S"), -1)
             if array.shape[-1] in (3, 4) and array.ndim > len(shape):  # colour samples
                 array = _tiff_grey(array, page, path)
             array = _as_stored_grey(array, page, path)
