@@ -362,3 +362,63 @@ def test_an_imagej_stack_cut_short_is_refused_not_read_as_one_slice(tmp_path):
     (tmp_path / "cut.tif").write_bytes(data[:-600])
     with pytest.raises(DataError, match="its ImageJ description declares 6 images, the file holds 1"):
         io.read_image(tmp_path / "cut.tif")
+
+
+# --------------------------------------------------------------------------- pages written one by one
+
+REVERSED_GREYS = np.stack([np.arange(255, -1, -1, dtype=np.uint16) * 257] * 3)
+
+
+def _pages(path, *pages):
+    """One series per page, as a tool appending slices one by one writes them."""
+    with tifffile.TiffWriter(path) as tif:
+        for array, options in pages:
+            tif.write(array, **options)
+    return path
+
+
+@pytest.mark.parametrize("second, said", [
+    ((GREY_RAMP.astype(np.uint16) * 200, {}), "page 2's pixel type (uint16) differs from page 1's (uint8)"),
+    ((GREY_RAMP, {"photometric": "miniswhite"}), "(MINISWHITE) differs from page 1's (MINISBLACK)"),
+    ((GREY_RAMP, {"photometric": "palette", "colormap": REVERSED_GREYS}),
+     "(PALETTE) differs from page 1's (MINISBLACK)")],
+    ids=["uint16 after uint8", "miniswhite after minisblack", "palette after plain"])
+def test_a_stack_of_unlike_pages_is_refused(second, said, tmp_path):
+    """Only page 1's Photometric and palette were applied, and dtypes were merged: a
+    palette page inverted the plain one after it, a MinIsWhite page passed as normal
+    grey, and 8-bit slices turned near black beside 16-bit ones."""
+    like = _pages(tmp_path / "like.tif", (GREY_RAMP, {}), (255 - GREY_RAMP, {}))
+    np.testing.assert_array_equal(io.read_image(like)[0], np.stack([GREY_RAMP, 255 - GREY_RAMP]))
+    path = _pages(tmp_path / "unlike.tif", (GREY_RAMP, {"photometric": "minisblack"}), second)
+    for look in (io.read_image, io.stored_geometry):
+        refused(lambda: look(path), path, "holds pages of different kinds", said,
+                "save the stack with all its slices alike")
+
+
+def test_a_palette_stack_whose_pages_have_other_palettes_is_refused(tmp_path):
+    """tifffile groups pages by type and Photometric, not by palette: page 1's palette
+    was applied to every page."""
+    pages = [Image.fromarray(GREY_RAMP, mode="L").convert("P") for _ in range(2)]
+    pages[1].putpalette([v for g in range(255, -1, -1) for v in (g, g, g)])
+    pages[0].save(tmp_path / "p.tif", save_all=True, append_images=pages[1:])
+    assert tifffile.TiffFile(tmp_path / "p.tif").series[0].shape == (2, 4, 4)
+    refused(lambda: io.read_image(tmp_path / "p.tif"), tmp_path / "p.tif", "page 2's palette differs")
+
+
+def test_an_ome_tiff_of_two_images_is_refused_not_stacked(tmp_path):
+    """Two OME Images (two fields of view) were segmented as a 2-slice stack."""
+    path = tmp_path / "two.ome.tif"
+    with tifffile.TiffWriter(path, ome=True) as tif:
+        tif.write(GREY_RAMP)
+        tif.write(255 - GREY_RAMP)
+    refused(lambda: io.read_image(path), path, "holds 2 separate OME images", "its own file")
+
+
+def test_an_imagej_file_with_more_pages_than_declared_is_refused(tmp_path):
+    """ImageJ's description says 3 images, 5 pages follow (appended by another tool):
+    tifffile read the 3 and dropped the rest silently."""
+    stack = np.random.default_rng(0).integers(0, 255, (5, 8, 8), dtype=np.uint8)
+    path = tmp_path / "more.tif"
+    tifffile.imwrite(path, stack, description="ImageJ=1.11a\nimages=3\nslices=3\n", metadata=None)
+    assert tifffile.TiffFile(path).series[0].shape == (3, 8, 8)
+    refused(lambda: io.read_image(path), path, "holds 5 pages, but its ImageJ description declares 3")

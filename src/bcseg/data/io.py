@@ -411,11 +411,15 @@ def _stored_shape(tif: tifffile.TiffFile, path: Path) -> tuple[tuple[int, ...], 
     _check_complete(tif, path)
     if len(tif.series) == 0:
         raise DataError(path, "holds no image")
+    if len(tif.series) > 1 and tif.is_ome:  # OME Images are fields of view, not slices
+        raise DataError(path, f"holds {len(tif.series)} separate OME images (fields of view or "
+                        "positions), not one stack; save each image as its own file")
     if len(tif.series) > 1 and not tif.is_imagej:
         shapes = [s.shape for s in tif.series]
         if len({s[-2:] for s in shapes}) > 1 or any(len(s) > 2 for s in shapes):
             raise DataError(path, f"holds {len(shapes)} image series {shapes}; "
                             "bcseg reads one image or stack per file")
+    _check_like_pages(tif, path)
     series = tif.series[0]
     axes = series.axes
     shape = list(series.shape)
@@ -438,12 +442,52 @@ def _stored_shape(tif: tifffile.TiffFile, path: Path) -> tuple[tuple[int, ...], 
 def _check_imagej_count(tif: tifffile.TiffFile, series, path: Path) -> None:
     """Refuse an ImageJ stack holding fewer images than its description declares: Fiji
     writes stacks over 4 GiB as one page with the others after it, and tifffile reads such
-    a file cut short as its first image alone (a stack read as one slice, silently)."""
+    a file cut short as its first image alone (a stack read as one slice, silently).
+    More pages than declared (appended by another tool) would be dropped: refused too."""
     declared = (tif.imagej_metadata or {}).get("images") if tif.is_imagej else None
     planes = math.prod(n for n, axis in zip(series.shape, series.axes) if axis not in "YXS")
     if isinstance(declared, int) and declared > planes:
         raise DataError(path, f"is truncated or damaged: its ImageJ description declares {declared} "
                         f"images, the file holds {planes}; copy it again from the source")
+    if isinstance(declared, int) and len(tif.pages) > declared:
+        raise DataError(path, f"holds {len(tif.pages)} pages, but its ImageJ description declares "
+                        f"{declared} images, so the others would be dropped; save the whole stack "
+                        "again from Fiji")
+
+
+def _check_like_pages(tif: tifffile.TiffFile, path: Path) -> None:
+    """Refuse a stack whose pages differ in pixel type, grey scale, palette or samples.
+
+    Pages written one by one (one series each) are stacked in a common dtype and read
+    with the first page's Photometric and palette: a palette on page 1 would invert a
+    plain page 2, a MinIsWhite page 2 would slip past its refusal, and 8-bit slices
+    would turn near black beside 16-bit ones. Within one series tifffile groups pages
+    by dtype, Photometric and samples, but not by palette: a palette stack is compared
+    page by page (reading every page's tags costs about 1 ms a page, so only then).
+    """
+    if len(tif.series) > 1:
+        indices = [s.pages[0].index for s in tif.series]
+    elif int(tif.pages.first.photometric) == 3:  # PALETTE
+        indices = [p.index for p in tif.series[0].pages if p is not None]
+    else:
+        return
+    first = tif.pages.get(indices[0])
+    for number, index in enumerate(indices[1:], start=2):
+        page = tif.pages.get(index)
+        for what, value in (("pixel type", lambda p: p.dtype),
+                            ("grey scale or colour space", _photometric_name),
+                            ("samples per pixel", lambda p: p.samplesperpixel)):
+            if value(page) != value(first):
+                raise DataError(path, f"holds pages of different kinds: page {number}'s {what} "
+                                f"({value(page)}) differs from page 1's ({value(first)}); save "
+                                "the stack with all its slices alike")
+        if not _same_palette(page.colormap, first.colormap):
+            raise DataError(path, f"holds pages of different kinds: page {number}'s palette "
+                            "differs from page 1's; save the stack with all its slices alike")
+
+
+def _same_palette(a, b) -> bool:
+    return (a is None) == (b is None) and (a is None or np.array_equal(a, b))
 
 
 def _kept_axes(shape: tuple[int, ...]) -> list[int]:
@@ -534,6 +578,13 @@ _RGB, _CMYK, _YCBCR = 2, 5, 6
 _JPEG_CODES = (6, 7, 33007, 34892)  # tifffile decodes JPEG YCbCr to RGB
 
 
+def _photometric_name(page) -> str:
+    try:
+        return tifffile.PHOTOMETRIC(int(page.photometric)).name
+    except ValueError:
+        return f"Photometric {int(page.photometric)}"
+
+
 def _tiff_grey(array: np.ndarray, page: tifffile.TiffPage, path: Path) -> np.ndarray:
     """Grey values of a TIFF's 3 or 4 samples, by the colour space its Photometric tag names.
 
@@ -548,12 +599,8 @@ def _tiff_grey(array: np.ndarray, page: tifffile.TiffPage, path: Path) -> np.nda
     if photometric == _YCBCR and int(page.compression) not in _JPEG_CODES:
         return np.ascontiguousarray(array[..., 0])  # Y is the luma itself
     if photometric not in (0, 1, _RGB, _YCBCR):  # CIELAB, ICCLAB, LogLuv, ...
-        try:
-            name = tifffile.PHOTOMETRIC(photometric).name
-        except ValueError:
-            name = f"Photometric {photometric}"
-        raise DataError(path, f"stores colour as {name}, which bcseg cannot convert to grey; "
-                        "save it as grey or RGB")
+        raise DataError(path, f"stores colour as {_photometric_name(page)}, which bcseg cannot "
+                        "convert to grey; save it as grey or RGB")
     return _to_grey(_drop_alpha(array, path) if array.shape[-1] == 4 else array)
 
 
