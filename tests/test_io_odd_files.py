@@ -422,3 +422,36 @@ def test_an_imagej_file_with_more_pages_than_declared_is_refused(tmp_path):
     tifffile.imwrite(path, stack, description="ImageJ=1.11a\nimages=3\nslices=3\n", metadata=None)
     assert tifffile.TiffFile(path).series[0].shape == (3, 8, 8)
     refused(lambda: io.read_image(path), path, "holds 5 pages, but its ImageJ description declares 3")
+
+
+# --------------------------------------------------------------------------- orientation tags
+
+def _oriented(path, orientation: int):
+    """RAMP saved with an EXIF (JPEG, PNG eXIf) or TIFF Orientation tag."""
+    if path.suffix == ".tif":
+        tifffile.imwrite(path, RAMP, extratags=[(274, "H", 1, orientation, False)])
+    else:
+        picture = Image.fromarray(RAMP)
+        exif = picture.getexif()
+        exif[0x0112] = orientation
+        picture.save(path, exif=exif, **({"quality": 95} if path.suffix == ".jpg" else {}))
+    return path
+
+
+@pytest.mark.parametrize("name", ["photo.jpg", "shot.png", "scan.tif"])
+@pytest.mark.parametrize("orientation, shown", [(3, "rotated 180°"), (2, "mirrored left-right"),
+                                                (6, "rotated 90° clockwise")])
+def test_a_picture_viewers_turn_or_mirror_is_refused(name, orientation, shown, tmp_path):
+    """Phones save JPEGs as the sensor read them and say 'turn me' in EXIF; viewers turn
+    them, bcseg read them as stored: a mask drawn on the shown picture marked the
+    mirrored place (a 180° turn keeps the shape, so no check caught it)."""
+    path = _oriented(tmp_path / name, orientation)
+    for look in (io.read_image, io.stored_geometry):
+        refused(lambda: look(path), path, f"has Orientation {orientation} in its metadata",
+                f"viewers show it {shown}", "save it with the rotation applied")
+
+
+@pytest.mark.parametrize("name", ["photo.jpg", "shot.png", "scan.tif"])
+def test_a_picture_shown_as_stored_is_read(name, tmp_path):
+    path = _oriented(tmp_path / name, 1)
+    assert np.abs(io.read_image(path)[0].astype(int) - RAMP).max() <= 3  # JPEG error only

@@ -420,6 +420,7 @@ def _stored_shape(tif: tifffile.TiffFile, path: Path) -> tuple[tuple[int, ...], 
             raise DataError(path, f"holds {len(shapes)} image series {shapes}; "
                             "bcseg reads one image or stack per file")
     _check_like_pages(tif, path)
+    _check_orientation(tif.pages.first.tags.valueof(274, 1), path)  # TIFF Orientation
     series = tif.series[0]
     axes = series.axes
     shape = list(series.shape)
@@ -765,13 +766,41 @@ _PLAIN_MODES = ("1", "L", "LA", "P", "PA", "RGB", "RGBA", "I", "I;16", "I;16B", 
 
 
 def _pillow_mode(path: Path) -> str | None:
+    """Pillow's mode of a PNG or JPEG, once one shown otherwise than stored is refused."""
     from PIL import Image  # comes with imageio
 
     try:
         with Image.open(path) as picture:
-            return picture.mode
+            mode = picture.mode
+            orientation = picture.getexif().get(0x0112, 1)  # EXIF (JPEG; PNG's eXIf chunk)
     except Exception:  # unreadable: the reader reports it
         return None
+    _check_orientation(orientation, path)
+    return mode
+
+
+# How viewers show a picture whose EXIF or TIFF Orientation tag has this value.
+_ORIENTATIONS = {2: "mirrored left-right", 3: "rotated 180°", 4: "mirrored top-bottom",
+                 5: "mirrored along its diagonal", 6: "rotated 90° clockwise",
+                 7: "mirrored along its other diagonal", 8: "rotated 90° counter-clockwise"}
+
+
+def _check_orientation(value, path: Path) -> None:
+    """Refuse a picture whose Orientation tag makes viewers turn or mirror it.
+
+    bcseg reads pixels as stored; a mask drawn on the picture as shown would mark the
+    mirrored place (a 180° turn or a mirror keeps the shape, so nothing else catches
+    it). 1 is as stored; 0 and other values are no orientation, and viewers ignore them.
+    """
+    try:
+        shown = _ORIENTATIONS.get(int(value))
+    except (TypeError, ValueError):
+        return
+    if shown:
+        raise DataError(path, f"has Orientation {int(value)} in its metadata: viewers show it "
+                        f"{shown}, bcseg reads it as stored, so a mask drawn on what is shown "
+                        "would not line up; save it with the rotation applied and without the "
+                        "Orientation tag")
 
 
 def _read_plain(path: Path) -> np.ndarray:
