@@ -455,3 +455,31 @@ def test_a_picture_viewers_turn_or_mirror_is_refused(name, orientation, shown, t
 def test_a_picture_shown_as_stored_is_read(name, tmp_path):
     path = _oriented(tmp_path / name, 1)
     assert np.abs(io.read_image(path)[0].astype(int) - RAMP).max() <= 3  # JPEG error only
+
+
+# --------------------------------------------------------------------------- several frames
+
+def _frames(count: int) -> list:
+    rng = np.random.default_rng(0)
+    return [Image.fromarray(rng.integers(0, 256, (32, 40), dtype=np.uint8)) for _ in range(count)]
+
+
+@pytest.mark.parametrize("name", ["loop.png", "loop_mask.png"])
+def test_an_animated_png_is_refused_not_read_as_a_stack(name, tmp_path):
+    """An APNG (a cine loop: frames in time, without spacing) was read as a (3, H, W)
+    stack and segmented by a 3D model; a 2-frame APNG mask read as (2, H, W)."""
+    frames = _frames(3)
+    frames[0].save(tmp_path / name, save_all=True, append_images=frames[1:], duration=100)
+    for look in (io.read_image, io.stored_geometry):
+        refused(lambda: look(tmp_path / name), tmp_path / name, "is an animated PNG of 3 frames",
+                "a PNG is read as one 2D image")
+
+
+def test_an_mpo_jpeg_reads_as_its_first_picture(tmp_path):
+    """An MPO (a JPEG with stereo or preview frames after it) is the picture viewers show."""
+    frames = _frames(2)
+    frames[0].save(tmp_path / "mpo.jpg", format="MPO", save_all=True, append_images=frames[1:])
+    assert Image.open(tmp_path / "mpo.jpg").n_frames == 2
+    image, _ = io.read_image(tmp_path / "mpo.jpg")
+    assert image.shape == (32, 40)
+    assert np.abs(image.astype(int) - np.asarray(frames[0], int)).mean() < 8  # JPEG error only

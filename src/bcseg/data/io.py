@@ -766,15 +766,22 @@ _PLAIN_MODES = ("1", "L", "LA", "P", "PA", "RGB", "RGBA", "I", "I;16", "I;16B", 
 
 
 def _pillow_mode(path: Path) -> str | None:
-    """Pillow's mode of a PNG or JPEG, once one shown otherwise than stored is refused."""
+    """Pillow's mode of a PNG or JPEG, once one that is not the one picture it stores
+    (turned by an Orientation tag, or animated) is refused."""
     from PIL import Image  # comes with imageio
 
     try:
         with Image.open(path) as picture:
-            mode = picture.mode
+            mode, kind, frames = picture.mode, picture.format, getattr(picture, "n_frames", 1)
             orientation = picture.getexif().get(0x0112, 1)  # EXIF (JPEG; PNG's eXIf chunk)
     except Exception:  # unreadable: the reader reports it
         return None
+    if kind == "PNG" and frames > 1:
+        # imageio stacks an APNG's frames: a cine loop would be segmented as Z slices.
+        # (An MPO JPEG's extra frames are previews or stereo views: its first is read.)
+        raise DataError(path, f"is an animated PNG of {frames} frames; a PNG is read as one 2D "
+                        "image: save the frame to segment as a plain PNG, or a stack as a "
+                        "multi-page TIFF")
     _check_orientation(orientation, path)
     return mode
 
