@@ -483,3 +483,27 @@ def test_an_mpo_jpeg_reads_as_its_first_picture(tmp_path):
     image, _ = io.read_image(tmp_path / "mpo.jpg")
     assert image.shape == (32, 40)
     assert np.abs(image.astype(int) - np.asarray(frames[0], int)).mean() < 8  # JPEG error only
+
+
+# --------------------------------------------------------------------------- bool masks saved by tifffile
+
+LESION_2D = np.zeros((32, 40), bool)
+LESION_2D[5:10, 5:20] = True
+
+
+@pytest.mark.parametrize("mask", [LESION_2D, np.stack([LESION_2D] * 3)], ids=["2d", "3d"])
+def test_a_bool_mask_saved_with_tifffile_reads_as_saved(mask, tmp_path):
+    """tifffile.imwrite(path, bool_mask) stores 1-bit MinIsWhite (True as 1) and reads it
+    back so; bcseg refused it with advice about Fiji's inverting LUT."""
+    tifffile.imwrite(tmp_path / "m.tif", mask)
+    assert tifffile.TiffFile(tmp_path / "m.tif").pages.first.photometric == 0  # MINISWHITE
+    np.testing.assert_array_equal(io.read_mask(tmp_path / "m.tif", expected_shape=mask.shape), mask)
+
+
+def test_a_1_bit_miniswhite_tiff_from_elsewhere_is_refused_with_fitting_advice(tmp_path):
+    """Without tifffile's shape description nothing says which way its values are meant;
+    the advice is about bits, not about an ImageJ LUT."""
+    tifffile.imwrite(tmp_path / "m.tif", LESION_2D, metadata=None)
+    message = refused(lambda: io.read_mask(tmp_path / "m.tif"), tmp_path / "m.tif",
+                      "stores a 1-bit image as MinIsWhite", "save a mask as 8-bit grey, 0 and 255")
+    assert "LUT" not in message

@@ -647,8 +647,16 @@ def _as_stored_grey(array: np.ndarray, page, path: Path) -> np.ndarray:
     """Grey values as the TIFF means them. A palette of greys is applied (its indices are
     not the image); a colour palette, or MinIsWhite (an inverted grey scale, as ImageJ
     writes for an inverting LUT, whose values may be meant either way), is refused rather
-    than read as raw values."""
+    than read as raw values. A 1-bit MinIsWhite file tifffile wrote (its JSON shape
+    description) is a bool array saved with ``tifffile.imwrite``, which stores each
+    True as 1 and reads it back so: its values are meant as stored."""
     photometric = int(page.photometric)
+    if photometric == 0 and page.bitspersample == 1 and page.is_shaped:
+        return array
+    if photometric == 0 and page.bitspersample == 1:  # MINISWHITE bilevel, from elsewhere
+        raise DataError(path, "stores a 1-bit image as MinIsWhite (0 is white), whose values may "
+                        "be meant either way; save a mask as 8-bit grey, 0 and 255 (Python: "
+                        "tifffile.imwrite(path, mask.astype('uint8') * 255))")
     if photometric == 0:  # MINISWHITE
         raise DataError(path, "stores an inverted grey scale (MinIsWhite, as ImageJ writes with an "
                         "inverting LUT), whose values may be meant either way; save it with a "
