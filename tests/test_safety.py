@@ -1919,3 +1919,39 @@ def test_evaluate_force_keeps_predicts_quick_look_of_a_case_named_examples(tmp_p
         code, _, err = run(capsys, "evaluate", "--pred", out, "--truth", data, "--out", out, *extra)
         assert code == 0, err
     assert (out / "examples_overlay.png").is_file()
+
+
+def test_resume_remakes_masks_another_model_or_threshold_made(tmp_path, capsys, models):
+    """Red team 16: --resume counted every mask bcseg wrote as complete, whatever model
+    or threshold made it, so an interrupted predict --force finished with --resume left
+    a folder of two models' masks, which evaluate scored as one model."""
+    data = stacks(tmp_path / "data", 2)
+    out = tmp_path / "seg"
+    argv = ("predict", data, "--model", models["2d"], "--out", out, "--no-progress")
+    assert run(capsys, *argv)[0] == 0
+    code, text, err = run(capsys, *argv, "--resume")
+    assert code == 0 and "segmented 0 of 2" in text and "2 already complete, kept" in text, err
+    first = {p.name: p.stat().st_mtime_ns for p in out.glob("*_mask.tif")}
+    code, text, err = run(capsys, *argv, "--resume", "--threshold", "0.9")
+    assert code == 0 and "segmented 2 of 2" in text, text
+    assert "2 mask(s) in" in err and "were made with another model or other settings" in err
+    assert all(p.stat().st_mtime_ns != first[p.name] for p in out.glob("*_mask.tif"))
+    code, text, _ = run(capsys, *argv, "--resume", "--threshold", "0.9")
+    assert code == 0 and "2 already complete, kept" in text
+
+
+def test_a_report_of_a_folder_of_runs_leaves_each_run_resumable_and_forceable(tmp_path, capsys):
+    """Red team 16: report EXP redrew each run's curves and recorded them in EXP's record
+    only; the run's own record then found them changed, and train --resume and --force
+    of EXP/r1 were refused with 'was not written by bcseg'."""
+    run_dir = tmp_path / "EXP" / "r1"
+    with outputs.claim(run_dir, "train"):
+        write_text(run_dir / "config.toml", "[train]\nepochs = 2\n")
+        write_text(run_dir / "history.csv", "epoch,loss,dice,val_loss,val_dice\n0,0.8,0.3,0.9,0.2\n")
+        write_text(run_dir / "loss.png", "an old figure\n")  # as train draws its curves
+    time.sleep(0.01)  # the redrawn figure gets another modification time
+    code, _, err = run(capsys, "report", tmp_path / "EXP")
+    assert code == 0, err
+    assert (run_dir / "loss.png").read_bytes()[:4] == b"\x89PNG"  # redrawn
+    assert outputs.foreign(run_dir) == []  # every file is bcseg's, by the run's own record
+    outputs.check_one_writer(run_dir, "train")  # train --force may replace it

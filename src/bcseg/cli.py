@@ -393,13 +393,24 @@ def cmd_evaluate(args) -> int:
 
 
 def _report(folder) -> Path:
-    """Rebuild the report inside a claim, so its files are recorded as bcseg's."""
-    from bcseg.report.html import build_report, check_report_files, report_sources
+    """Rebuild the report inside a claim, so its files are recorded as bcseg's.
 
-    check_report_files(Path(folder))  # never a page or figure of yours
-    report_sources(Path(folder))  # nothing to report: refused before the folder is touched
-    with claim(folder, "report"):
-        check_report_files(Path(folder))  # again, now that no other run writes here
+    Figures redrawn in a folder below that keeps its own record (a run of a folder of
+    experiments) are recorded there too, under a claim of it: recorded only above, the
+    run's own record would find them changed and refuse its --resume and --force.
+    """
+    from contextlib import ExitStack
+
+    from bcseg.report.html import build_report, check_report_files, figure_folders, report_sources
+
+    root = Path(folder)
+    check_report_files(root)  # never a page or figure of yours
+    report_sources(root)  # nothing to report: refused before the folder is touched
+    with claim(folder, "report"), ExitStack() as claims:
+        for sub in figure_folders(root):
+            if (sub / outputs.RECORD).is_file():
+                claims.enter_context(claim(sub, "report"))
+        check_report_files(root)  # again, now that no other run writes here
         return build_report(folder)
 
 

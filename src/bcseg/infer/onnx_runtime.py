@@ -113,6 +113,7 @@ class OnnxModel:
 
     def __init__(self, path: str | Path, threads: int | None = None):
         path = Path(path)
+        self.path = path  # its file is its weights (segment.made_with)
         try:
             import onnxruntime as ort
         except ImportError:

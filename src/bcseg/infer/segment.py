@@ -11,6 +11,8 @@ files, renamed only when complete.
 from __future__ import annotations
 
 import errno
+import hashlib
+import json
 import math
 import os
 import warnings
@@ -219,7 +221,7 @@ def _check_channels(files: list[Path | Case], names: tuple[str, ...]) -> None:
                             "or images with a C axis, named by channels.json)")
 
 
-def _tiff_memmap(path: Path, shape, dtype, spacing) -> np.memmap:
+def _tiff_memmap(path: Path, shape, dtype, spacing, software: str | None = None) -> np.memmap:
     """An output TIFF with ImageJ spacing, memory-mapped so it is filled batch by batch.
 
     The file is created sparse; its blocks are allocated here, so a full disk is an
@@ -230,9 +232,10 @@ def _tiff_memmap(path: Path, shape, dtype, spacing) -> np.memmap:
         # shaped TIFF keeps it, with the in-plane spacing in resolution tags (pixels per cm).
         kwargs = {} if spacing is None else {"resolution": (10 / spacing[-1], 10 / spacing[-2]),
                                              "resolutionunit": "CENTIMETER"}
-        array = tifffile.memmap(path, shape=tuple(shape), dtype=dtype, photometric="minisblack", **kwargs)
+        array = tifffile.memmap(path, shape=tuple(shape), dtype=dtype, photometric="minisblack",
+                                software=software, **kwargs)
     else:
-        array = tifffile.memmap(path, shape=tuple(shape), dtype=dtype,
+        array = tifffile.memmap(path, shape=tuple(shape), dtype=dtype, software=software,
                                 **io.imagej_kwargs(tuple(shape), spacing))
     with open(path, "rb+") as handle:
         try:
@@ -285,9 +288,39 @@ def _every_output(path: Path | Case, out_dir: Path) -> list[Path]:
     return [out_dir / f"{output_name(path)}{suffix}" for suffix in CASE_OUTPUTS]
 
 
-def _complete(wanted: dict, known: dict) -> bool:
-    """All outputs asked for exist and were written by bcseg (``--resume`` keeps them)."""
-    return all(outputs.is_owned(p, known) for p in wanted.values() if p is not None)
+def _complete(wanted: dict, known: dict, made: str | None = None) -> bool:
+    """All outputs asked for exist and were written by bcseg (``--resume`` keeps them),
+    and, given ``made``, the mask says it was made with it (:func:`made_with`)."""
+    return all(outputs.is_owned(p, known) for p in wanted.values() if p is not None) \
+        and (made is None or _recorded_made_with(wanted["mask"]) == made)
+
+
+SOFTWARE = "bcseg predict, model and settings "  # + made_with(): the masks' TIFF Software tag
+
+
+def made_with(models, settings: InferenceSettings) -> str:
+    """A digest of the models' weights and the inference settings, written into every
+    mask: ``--resume`` keeps only masks made with the same, so an interrupted run
+    finished with another model or threshold never leaves a folder of two models' masks."""
+    digest = hashlib.sha256(json.dumps(settings.to_dict(), sort_keys=True, default=str).encode())
+    for model in models:
+        if hasattr(model, "get_weights"):
+            for weights in model.get_weights():
+                digest.update(np.ascontiguousarray(weights).tobytes())
+        else:  # an ONNX model: its file is its weights
+            digest.update(Path(model.path).read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def _recorded_made_with(path: Path) -> str | None:
+    """The :func:`made_with` digest a mask bcseg wrote records, or None."""
+    try:
+        with tifffile.TiffFile(path) as tif:
+            software = tif.pages[0].software or ""
+    except Exception:  # unreadable: not complete
+        return None
+    return software[len(SOFTWARE):] if software.startswith(SOFTWARE) else None
+
 
 
 def _read_input(item: Path | Case, names: tuple[str, ...]) -> tuple[np.ndarray, tuple | None]:
@@ -300,7 +333,8 @@ def _read_input(item: Path | Case, names: tuple[str, ...]) -> tuple[np.ndarray, 
     return (image[..., None] if names else image), spacing
 
 
-def _segment_file(models, settings, path: Path | Case, wanted: dict, progress: bool) -> dict:
+def _segment_file(models, settings, path: Path | Case, wanted: dict, progress: bool,
+                  made: str | None = None) -> dict:
     """Segment one input into the ``wanted`` outputs, each written atomically; then drop
     the case's other, stale outputs (checked to be bcseg's before the run began)."""
     names = settings.input_channels()
@@ -309,7 +343,7 @@ def _segment_file(models, settings, path: Path | Case, wanted: dict, progress: b
         image, spacing = _read_input(path, names)
         plane = image[..., 0] if names else image  # the spatial axes: the first channel
         _segment_into(models, settings, image, spacing, temp, progress,
-                      _output_geometry(input_file(path), plane, spacing), plane)
+                      _output_geometry(input_file(path), plane, spacing), plane, made)
     stale = [p for p in _every_output(path, wanted["mask"].parent)
              if p not in wanted.values() and p.exists()]
     if stale:  # checked to exist first: listing what bcseg owns reads the whole folder
@@ -330,11 +364,12 @@ def _output_geometry(path: Path, image: np.ndarray, spacing) -> tuple:
 
 
 def _segment_into(models, settings, image, spacing, temp: dict, progress: bool, geometry: tuple,
-                  plane: np.ndarray) -> None:
+                  plane: np.ndarray, made: str | None = None) -> None:
     """Segment ``image`` into the temporary outputs; ``plane`` is its spatial view (the
     image itself, or its first channel) that outputs and the overlay follow."""
     shape, out_spacing = geometry
-    files = {k: None if temp[k] is None else _tiff_memmap(temp[k], shape, dtype, out_spacing)
+    software = None if made is None else SOFTWARE + made
+    files = {k: None if temp[k] is None else _tiff_memmap(temp[k], shape, dtype, out_spacing, software)
              for k, dtype in (("mask", np.uint8), ("prob", np.float32))}
     # Views in the shape that was segmented, writing through to the files.
     mask, prob = (None if f is None else f.reshape(plane.shape) for f in files.values())
@@ -348,7 +383,7 @@ def _segment_into(models, settings, image, spacing, temp: dict, progress: bool, 
 
 
 def _files_to_do(files: list[Path], wanted: dict, out_dir: Path, force: bool,
-                 resume: bool) -> list[Path]:
+                 resume: bool, made: str | None = None) -> list[Path]:
     """The inputs to segment; refuses, before any work, outputs it may not replace.
 
     ``wanted`` holds each input's outputs by its name (:func:`output_name`)."""
@@ -357,7 +392,7 @@ def _files_to_do(files: list[Path], wanted: dict, out_dir: Path, force: bool,
                          "outputs, force replaces them")
     known: dict = {}  # bcseg's files in out_dir, listed once, not once per input
     sources = [input_file(p) for p in files]  # never replaced, never removed as stale
-    todo = [p for p in files if not (resume and _complete(wanted[output_name(p)], known))]
+    todo = [p for p in files if not (resume and _complete(wanted[output_name(p)], known, made))]
     for path in todo:
         outputs.check_name_lengths([p for p in wanted[output_name(path)].values() if p is not None],
                                    input_file(path))
@@ -557,21 +592,31 @@ def predict_files(model_path: str | Path, inputs, out_dir: str | Path, *, thresh
     models, settings, notes = _models_for(files, model_path, (threshold, tta, postprocess, min_size),
                                           runtime)
     _check_ranks(files, headers, models, problems)
+    made = made_with(models, settings)
+    remade = []
+    if resume:  # a mask made with another model or settings is not complete: made again
+        kept = [f for f in files if f not in todo]
+        todo = _files_to_do(files, wanted, out_dir, force, resume, made)
+        remade = [f for f in kept if f in todo]
     _check_pixels([f for f in files if f in todo], settings.input_channels(), problems)
     _raise_first(problems, keep_going)
     model_named = model_path[0] if isinstance(model_path, (list, tuple)) else model_path
     with outputs.claim(out_dir, "predict"):
         # again, now that no other run can write here: one may have finished meanwhile
-        todo = _files_to_do(files, wanted, out_dir, force, resume)
+        todo = _files_to_do(files, wanted, out_dir, force, resume, made)
         if resume:
             remove_partials(out_dir)
         records = [_predict_one(models, settings, path, wanted[output_name(path)], path in todo, progress,
-                                keep_going, model_named, problems.get(output_name(path)))
+                                keep_going, model_named, problems.get(output_name(path)), made)
                    for path in tqdm(files, disable=not progress, desc="Segmenting", unit="image")]
         if after is not None:
             after(files, records)
     for note in notes:
         warnings.warn(note.message, stacklevel=2)
+    if remade:
+        warnings.warn(f"{len(remade)} mask(s) in {out_dir} were made with another model or other "
+                      "settings (first: {}); --resume segmented them again with these".format(
+                          output_name(remade[0])), stacklevel=2)
     return records
 
 
@@ -590,7 +635,8 @@ def _models_for(files: list, model_path, overrides: tuple, runtime: str) -> tupl
 
 
 def _predict_one(models, settings, path: Path | Case, wanted: dict, todo: bool, progress: bool,
-                 keep_going: bool, model_named, problem: BcsegError | None = None) -> dict:
+                 keep_going: bool, model_named, problem: BcsegError | None = None,
+                 made: str | None = None) -> dict:
     """The record of one input: segmented, skipped (complete, ``resume``) or failed
     (``keep_going``; otherwise the error is raised, naming the file at fault). An input
     with a ``problem`` found in its header (keep_going) is not read at all."""
@@ -603,7 +649,7 @@ def _predict_one(models, settings, path: Path | Case, wanted: dict, todo: bool, 
         record.update({k: None if v is None else str(v) for k, v in wanted.items()}, status="skipped")
         return record
     try:
-        record.update(_segment_file(models, settings, path, wanted, progress))
+        record.update(_segment_file(models, settings, path, wanted, progress, made))
     except BcsegError as exc:
         if exc.path is None:  # errors from arrays name no file: name the one at fault
             exc = type(exc)(model_named if isinstance(exc, ModelError) else input_file(path), exc.problem)

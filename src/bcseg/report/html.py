@@ -416,6 +416,14 @@ def report_files(root: Path) -> list[Path]:
     return [f for f in files if f.exists() or f.is_symlink()]
 
 
+def figure_folders(root: Path) -> list[Path]:
+    """The folders below ``root`` where :func:`build_report` draws figures: beside every
+    ``history.csv`` (curves) and every evaluation (``summary.json``)."""
+    root = Path(root)
+    found = _find(root, "history.csv") + _find(root, OUTPUTS["summary"])
+    return sorted({path.parent for path in found} - {root})
+
+
 def check_report_files(root: Path) -> None:
     """Refuse to build a report of ``root`` over a file bcseg did not write.
 
