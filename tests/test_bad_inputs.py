@@ -14,7 +14,9 @@ import os
 import shutil
 import signal
 import struct
+import threading
 import zlib
+from contextlib import contextmanager
 from pathlib import Path
 
 import imageio.v3 as iio
@@ -695,6 +697,51 @@ def test_predict_refuses_a_pipe_or_device_among_its_inputs(kind, tmp_path, model
     # named directly, it was "is empty (0 bytes)"; reading the pipe would wait forever
     argv = predict_argv(tmp_path, inputs / "b.tif", models["2d"])
     assert_refused(capsys, argv, 3, said, tmp_path)
+
+
+@contextmanager
+def pipe_that_cannot_hang(path: Path):
+    """A named pipe at ``path`` whose reader gets end-of-file rather than waiting forever,
+    so that a command that opens it fails the test instead of hanging the suite."""
+    os.mkfifo(path)
+    writer = threading.Thread(target=lambda: open(path, "wb").close(), daemon=True)
+    writer.start()
+    try:
+        yield path
+    finally:
+        if writer.is_alive():  # nobody opened the pipe: release the writer
+            os.close(os.open(path, os.O_RDONLY | os.O_NONBLOCK))
+        writer.join(10)
+
+
+@pytest.mark.parametrize("command", ["check", "split", "train"])
+def test_a_pipe_given_as_a_csv_is_refused_by_name_not_read(command, tmp_path, capsys):
+    """--folds-file fifo.csv waited forever in split and train; a manifest given as a pipe
+    died with a generic NotADirectoryError (exit 1)."""
+    root = write_cases(tmp_path / "data", n=4)
+    out = tmp_path / "out"
+    with pipe_that_cannot_hang(tmp_path / "fifo.csv") as fifo:
+        argv = {"check": ["check", fifo],
+                "split": ["split", root, "--out", out / "splits.json", "--folds-file", fifo],
+                "train": ["train", root, "--out", out, "--config", tiny_toml(tmp_path), "--folds-file", fifo]}
+        line = assert_refused(capsys, argv[command], 3, f"{fifo}: is a named pipe (FIFO), expected a CSV file",
+                              tmp_path)
+    assert line == f"bcseg: error: {fifo}: is a named pipe (FIFO), expected a CSV file"
+    assert not out.exists()
+
+
+def test_a_device_given_as_a_dataset_is_refused_by_name(tmp_path, capsys):
+    code, out, err = run_main(capsys, ["check", "/dev/null"])
+    assert code == 3, (out, err)
+    assert one_error_line(err) == "bcseg: error: /dev/null: is a device, expected a folder or a manifest .csv file"
+
+
+def test_a_pipe_given_as_the_model_is_named_a_pipe(tmp_path, capsys):
+    """It was called "a folder"."""
+    io.write_image(tmp_path / "scan.tif", IMAGE)
+    with pipe_that_cannot_hang(tmp_path / "fifo.keras") as fifo:
+        assert_refused(capsys, predict_argv(tmp_path, tmp_path / "scan.tif", fifo), 4,
+                       f"{fifo}: is a named pipe (FIFO), expected a .keras file", tmp_path)
 
 
 def tiny_toml(tmp_path: Path) -> Path:

@@ -206,10 +206,11 @@ def discover(root: str | Path) -> list[Case]:
     root = Path(root)
     if not root.exists():
         raise DataError(root, "not found")
-    if root.is_file():
+    if not root.is_dir():
         if root.suffix.lower() == ".csv":
-            return read_manifest(root)
-        raise DataError(root, "expected a folder or a manifest .csv file")
+            return read_manifest(root)  # which refuses a pipe or a device by name
+        raise DataError(root, io.not_a_file(root, "a folder or a manifest .csv file")
+                        or "expected a folder or a manifest .csv file")
     for part in ("manifest.csv", "images", "masks"):  # else another layout is read in its place
         _refuse_broken_link(root / part)
     unfinished = outputs.unfinished_claim(root)
@@ -568,6 +569,9 @@ def read_csv_lines(path: str | Path, what: str = "manifest") -> tuple[list[str],
     editor shows, blank lines included.
     """
     path = Path(path)
+    problem = io.not_a_file(path, "a CSV file")
+    if problem:  # opened, a pipe would wait forever and a device read without end
+        raise DataError(path, problem)
     try:
         with open(path, newline="", encoding="utf-8-sig") as handle:
             reader = csv.DictReader(handle)

@@ -101,14 +101,15 @@ def image_files(folder: str | Path) -> list[Path]:
     return [p for p in found if is_image_file(p)]
 
 
-def not_a_file(path: Path) -> str | None:
+def not_a_file(path: Path, expected: str = "an image file") -> str | None:
     """Why ``path`` (which exists, or is a link) is no file to read, or None for a file.
 
     A broken or looping link, a folder, a named pipe (reading one waits forever), a
-    socket or a device (a link to /dev/zero reads without end) is no image.
+    socket or a device (a link to /dev/zero reads without end) is no image, nor any
+    other input; ``expected`` says what should be there.
     """
     if path.is_symlink() and not path.exists():
-        return "is a broken symbolic link, or one that loops; point it at the image or remove it"
+        return f"is a broken symbolic link, or one that loops; point it at {expected} or remove it"
     try:
         mode = path.stat().st_mode
     except OSError:
@@ -118,7 +119,7 @@ def not_a_file(path: Path) -> str | None:
     kind = ("a folder" if stat.S_ISDIR(mode) else "a named pipe (FIFO)" if stat.S_ISFIFO(mode)
             else "a socket" if stat.S_ISSOCK(mode)
             else "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) else "not a regular file")
-    return f"is {kind}, expected an image file"
+    return f"is {kind}, expected {expected}"
 
 
 def _is_nifti(path: Path) -> bool:

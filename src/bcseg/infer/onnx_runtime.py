@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from bcseg import outputs
+from bcseg.data.io import not_a_file
 from bcseg.errors import ModelError, UsageError
 from bcseg.learn.saved import ModelSpec
 from bcseg.rundir import (MODEL_FILE, SETTINGS_FILE, InferenceSettings, find_members, model_settings,
@@ -173,8 +174,9 @@ def load_onnx_run(path: str | Path) -> tuple[list[Path], InferenceSettings]:
         if not (path / ONNX_FILE).is_file():
             raise ModelError(path, f"holds no {ONNX_FILE}; write it with: bcseg export-onnx {path}")
         path = path / ONNX_FILE
-    elif not path.is_file():
-        raise ModelError(path, "model not found; pass a training run folder or a .onnx file")
+    elif not path.is_file():  # a named pipe or a device is named as such, never opened
+        raise ModelError(path, not_a_file(path, "a training run folder or a .onnx file")
+                         or "model not found; pass a training run folder or a .onnx file")
     elif path.suffix.lower() != ".onnx":
         raise ModelError(path, "is not a .onnx file; export it first with: bcseg export-onnx")
     # As for a .keras model: the settings beside it, checked against the embedded copy

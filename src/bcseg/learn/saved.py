@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from bcseg.data.io import not_a_file
 from bcseg.errors import ModelError
 
 if TYPE_CHECKING:
@@ -31,8 +32,11 @@ def load_model(path: str | Path) -> keras.Model:
     path = Path(path)
     if not path.exists():
         raise ModelError(path, "model file not found")
-    if not path.is_file():
+    if path.is_dir():
         raise ModelError(path, "is a folder; pass a .keras file or a training run folder")
+    problem = not_a_file(path, "a .keras file")
+    if problem:  # a named pipe would wait forever; say what it is, not "a folder"
+        raise ModelError(path, problem)
     if not zipfile.is_zipfile(path):  # Keras would report such a file as "not found"
         raise ModelError(path, "is not a Keras model file (a .keras file is a zip archive; "
                          "legacy .h5 files are not read); pass a .keras file saved by bcseg train")
