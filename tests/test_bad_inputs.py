@@ -744,6 +744,69 @@ def test_a_pipe_given_as_the_model_is_named_a_pipe(tmp_path, capsys):
                        f"{fifo}: is a named pipe (FIFO), expected a .keras file", tmp_path)
 
 
+def write_busi(root: Path) -> Path:
+    """BUSI's layout: benign (1) and benign (2) near-duplicates grouped by folds.csv."""
+    rng = np.random.default_rng(3)
+    (root / "benign").mkdir(parents=True)
+    for k in (1, 2, 3, 4):
+        iio.imwrite(root / "benign" / f"benign ({k}).png", rng.integers(0, 256, IMAGE.shape, dtype=np.uint8))
+        iio.imwrite(root / "benign" / f"benign ({k})_mask.png", LESION.astype(np.uint8) * 255)
+    (root / "folds.csv").write_text("image,class,group,fold\n" + "".join(
+        f"benign/benign ({k}).png,benign,{k // 3},{k // 3}\n" for k in (1, 2, 3, 4)), encoding="utf-8")
+    return root
+
+
+def _spoil_folds_csv(folds: Path, how: str) -> str:
+    """Make ``folds`` unusable in the way ``how`` names; return what the refusal says."""
+    if how == "header only":
+        folds.write_text("image,class,group,fold\n", encoding="utf-8")
+        return "folds.csv has no rows"
+    if how == "Group":
+        folds.write_text(folds.read_text(encoding="utf-8").replace("group", "Group"), encoding="utf-8")
+        return "folds.csv lacks column 'group' (it has 'Group'; rename it 'group')"
+    if how == "no image":
+        folds.write_text(folds.read_text(encoding="utf-8").replace("image,", "file,"), encoding="utf-8")
+        return "folds.csv lacks column 'image'"
+    folds.unlink()
+    if how == "broken link":
+        folds.symlink_to("/mnt/not-mounted/folds.csv")
+        return "is a broken symbolic link"
+    if how == "folder":
+        folds.mkdir()
+        return "is a folder, expected a CSV file"
+    os.mkfifo(folds)
+    return "is a named pipe (FIFO), expected a CSV file"
+
+
+@pytest.mark.parametrize("how", ["broken link", "pipe", "folder", "Group", "no image", "header only"])
+def test_an_unusable_busi_folds_csv_is_refused_not_ignored(how, tmp_path, capsys):
+    """It was ignored: every image became its own group, and near-duplicates that BUSI's
+    folds.csv groups could land in both training and test folds (split, check exit 0)."""
+    root = write_busi(tmp_path / "busi")
+    code, _, err = run_main(capsys, ["split", root, "--out", tmp_path / "good.json", "--k", "2"])
+    assert code == 0, err
+    groups = json.loads((tmp_path / "good.json").read_text(encoding="utf-8"))["groups"]
+    assert groups["benign (1)"] == groups["benign (2)"]
+    folds = root / "folds.csv"
+    said = _spoil_folds_csv(folds, how)
+    out = tmp_path / "out" / "splits.json"
+    line = assert_refused(capsys, ["split", root, "--out", out, "--k", "2"], 3, said, tmp_path)
+    assert line.startswith(f"bcseg: error: {folds}: ")
+    assert not out.parent.exists()
+    code, out_text, err = run_main(capsys, ["check", root])
+    assert code == 3 and one_error_line(err).startswith(f"bcseg: error: {folds}: ") and said in err
+    assert out_text == ""
+
+
+def test_a_busi_layout_without_folds_csv_keeps_each_image_its_own_group(tmp_path, capsys):
+    root = write_busi(tmp_path / "busi")
+    (root / "folds.csv").unlink()
+    code, _, err = run_main(capsys, ["split", root, "--out", tmp_path / "s.json", "--k", "2"])
+    assert code == 0, err
+    groups = json.loads((tmp_path / "s.json").read_text(encoding="utf-8"))["groups"]
+    assert len(set(groups.values())) == 4
+
+
 def tiny_toml(tmp_path: Path) -> Path:
     path = tmp_path / "tiny.toml"
     path.write_text(TINY, encoding="utf-8")

@@ -408,14 +408,26 @@ def _discover_busi(root: Path) -> list[Case]:
 def _busi_groups(folds_csv: Path) -> dict[str, str]:
     """Near-duplicate groups by image stem (as ``folds_from_file`` matches rows): a
     path written another way (``./benign/...``, ``benign\\...``, no folder) is the
-    same image, not one left in a group of its own, which would leak into test folds."""
-    if not folds_csv.is_file():
+    same image, not one left in a group of its own, which would leak into test folds.
+
+    Without a folds.csv each image is its own group. One that is there but unusable (a
+    broken link, a pipe, a folder, no ``group`` column, no rows) is refused: ignored,
+    it would leave near-duplicates in groups of their own, free to leak across folds.
+    """
+    if not (folds_csv.exists() or folds_csv.is_symlink()):
         return {}
-    _, rows = read_csv_table(folds_csv, "fold file")
-    if rows and {"image", "group"} <= set(rows[0]):
-        return {io.file_stem((row["image"] or "").strip().replace("\\", "/")): f"g{row['group']}"
-                for row in rows}
-    return {}
+    columns, rows = read_csv_table(folds_csv, "folds.csv")  # refuses a link, pipe or folder
+    for column in ("image", "group"):
+        if column not in columns:
+            other = next((c for c in columns if c.lower() == column), None)
+            hint = f" (it has '{other}'; rename it '{column}')" if other else ""
+            raise DataError(folds_csv, f"folds.csv lacks column '{column}'{hint}; expected columns "
+                            "image,class,group,fold as BUSI's download has them")
+    if not rows:
+        raise DataError(folds_csv, "folds.csv has no rows, so no near-duplicate groups; restore "
+                        "it from BUSI's download, or remove it to make each image its own group")
+    return {io.file_stem((row["image"] or "").strip().replace("\\", "/")): f"g{row['group']}"
+            for row in rows}
 
 
 # A case id names its output files (ID_mask.tif, ID_quicklook.png, ...), so it must be
