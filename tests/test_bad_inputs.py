@@ -381,6 +381,36 @@ def test_a_manifest_row_with_more_cells_than_columns_is_refused(tmp_path, capsys
     assert (code, err) == (0, "")
 
 
+@pytest.mark.parametrize("column, said", [
+    ("Mask_observer2", " (column names are lower case: rename it 'mask_observer2')"),
+    ("Group", " (column names are lower case: rename it 'group')"),
+    ("Class", " (column names are lower case: rename it 'class')"),
+    ("masks_observer2", ""), ("mask-observer2", ""), ("spacing", ""),
+])
+def test_a_manifest_column_bcseg_does_not_read_is_refused(column, said, tmp_path, capsys):
+    """It was dropped unsaid: a second observer vanished from every consensus, 'Group'
+    left each row its own group (a warning at most), and check said "problems 0"."""
+    manifest = _manifest_dataset(tmp_path / "data", f"id,image,mask_observer1,{column}\n"
+                                 "c0,images/c0.tif,masks/observer1/c0.tif,masks/observer1/c0.tif\n"
+                                 "c1,images/c1.tif,masks/observer1/c1.tif,masks/observer1/c1.tif\n")
+    expected = (f"bcseg: error: {manifest}: manifest has a column '{column}' that bcseg does not "
+                f"read{said}; its columns are id, image, image_<channel>, mask_<observer>, group and class")
+    code, out, err = run_main(capsys, ["check", manifest])
+    assert (code, out) == (3, "") and one_error_line(err) == expected
+    assert assert_refused(capsys, ["split", manifest, "--out", tmp_path / "out" / "s.json"], 3,
+                          column, tmp_path) == expected
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_manifest_with_every_known_column_and_a_blank_one_is_read(tmp_path, capsys):
+    """The columns the docs describe, and the blank header cell of a trailing comma."""
+    manifest = _manifest_dataset(tmp_path / "data", "id,image,image_us,mask_observer1,group,class,\n"
+                                 "c0,images/c0.tif,images/c0.tif,masks/observer1/c0.tif,g0,benign,\n"
+                                 "c1,images/c1.tif,images/c1.tif,masks/observer1/c1.tif,g1,benign,\n")
+    code, out, err = run_main(capsys, ["check", manifest])
+    assert (code, err) == (0, ""), out
+
+
 # --------------------------------------------------------------------------- duplicates
 
 def _duplicated(root: Path) -> Path:

@@ -613,6 +613,25 @@ def read_csv_lines(path: str | Path, what: str = "manifest") -> tuple[list[str],
     return columns, rows
 
 
+MANIFEST_COLUMNS = ("id", "image", "group", "class")
+MANIFEST_PREFIXES = ("image_", "mask_")  # image_<channel>, mask_<observer>
+
+
+def _check_manifest_columns(path: Path, columns: list[str]) -> None:
+    """Refuse a column bcseg does not read: ignored, ``Mask_obs2`` would drop an observer
+    and ``Group`` the grouping without a word. One that differs from a known column only
+    in letter case is named with the column it should be."""
+    for column in columns:
+        if not column or column in MANIFEST_COLUMNS or column.startswith(MANIFEST_PREFIXES):
+            continue  # a blank header cell is the trailing comma spreadsheets save
+        lower = column.lower()
+        known = next((prefix + column[len(prefix):] for prefix in MANIFEST_PREFIXES
+                      if lower.startswith(prefix)), lower if lower in MANIFEST_COLUMNS else None)
+        hint = f" (column names are lower case: rename it '{known}')" if known else ""
+        raise DataError(path, f"manifest has a column '{column}' that bcseg does not read{hint}; "
+                        "its columns are id, image, image_<channel>, mask_<observer>, group and class")
+
+
 def read_manifest(path: str | Path) -> list[Case]:
     """Cases from a CSV with columns ``id,image,mask_<observer>...,group[,class]``.
 
@@ -621,6 +640,7 @@ def read_manifest(path: str | Path) -> list[Case]:
     """
     path = Path(path)
     columns, rows = read_csv_lines(path)
+    _check_manifest_columns(path, columns)
     channel_columns = [c for c in columns if c.startswith("image_")]
     missing = {"id"} | ({"image"} if not channel_columns else set())
     missing -= set(columns)
