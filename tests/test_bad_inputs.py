@@ -837,6 +837,56 @@ def test_a_busi_layout_without_folds_csv_keeps_each_image_its_own_group(tmp_path
     assert len(set(groups.values())) == 4
 
 
+def _two_files_of_one_stem(root: Path, layout: str) -> tuple[Path, Path]:
+    """A dataset in ``layout`` with a second file (``.nii.gz``) beside one of its files;
+    returns the folder holding both and the first of them."""
+    rng = np.random.default_rng(5)
+    if layout == "channel folders":
+        for i in range(3):
+            for channel in ("us", "pa"):
+                io.write_image(root / "images" / channel / f"s{i}.tif", rng.integers(0, 256, IMAGE.shape, dtype=np.uint8))
+            io.write_mask(root / "masks" / "observer1" / f"s{i}.tif", LESION)
+        first = root / "images" / "pa" / "s0.tif"
+    elif layout == "nnU-Net suffixes":
+        for i in range(3):
+            for index in (0, 1):
+                io.write_image(root / "images" / f"s{i}_000{index}.tif",
+                               rng.integers(0, 256, IMAGE.shape, dtype=np.uint8))
+            io.write_mask(root / "masks" / "observer1" / f"s{i}.tif", LESION)
+        (root / "channels.json").write_text('["us", "pa"]\n', encoding="utf-8")
+        first = root / "images" / "s0_0001.tif"
+    else:  # an observer folder, or masks/ holding the masks directly
+        write_cases(root, n=3)
+        first = root / "masks" / "observer1" / "c0.tif"
+        if layout == "loose masks":
+            shutil.rmtree(root / "masks")
+            for i in range(3):
+                io.write_mask(root / "masks" / f"c{i}.tif", LESION)
+            first = root / "masks" / "c0.tif"
+    other = first.with_name(first.name.replace(".tif", ".nii.gz"))
+    (io.write_mask if "masks" in first.parts else io.write_image)(
+        other, np.zeros(IMAGE.shape, bool) if "masks" in first.parts else IMAGE)
+    return first.parent, first
+
+
+@pytest.mark.parametrize("layout", ["channel folders", "nnU-Net suffixes", "observer folder", "loose masks"])
+def test_two_files_of_one_stem_are_refused_not_one_dropped(layout, tmp_path, capsys):
+    """images/pa/s0.tif beside s0.nii.gz: one was silently dropped (check said "problems
+    0"), and a second mask was called "a mask with no image of the same name"."""
+    folder, first = _two_files_of_one_stem(tmp_path / "data", layout)
+    other = first.with_name(first.name.replace(".tif", ".nii.gz"))
+    expected = (f"bcseg: error: {folder}: holds two files for one case, {other.name} and "
+                f"{first.name}; keep one (the other would be ignored)")
+    code, out, err = run_main(capsys, ["check", tmp_path / "data"])
+    assert (code, out) == (3, "") and one_error_line(err) == expected
+    assert assert_refused(capsys, ["split", tmp_path / "data", "--out", tmp_path / "out" / "s.json"], 3,
+                          str(folder), tmp_path) == expected
+    assert not (tmp_path / "out").exists()
+    other.unlink()
+    code, out, err = run_main(capsys, ["check", tmp_path / "data"])
+    assert (code, err) == (0, ""), out
+
+
 def tiny_toml(tmp_path: Path) -> Path:
     path = tmp_path / "tiny.toml"
     path.write_text(TINY, encoding="utf-8")

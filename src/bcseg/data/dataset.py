@@ -286,7 +286,7 @@ def _discover_images_masks(root: Path) -> list[Case]:
 
 def _channel_folder_cases(root: Path, folders: list[Path], names: list[str] | None) -> list[Case]:
     """``images/<channel>/<stem>``: one case per stem, with the channels that have it."""
-    found = {d.name: {_form(io.file_stem(p)): p for p in data_files(d)} for d in folders}
+    found = {d.name: _by_stem(data_files(d)) for d in folders}
     for name in found:
         channel_files.check_channel_name(name, root / "images" / name)
     channel_files.check_channel_names(sorted(found), root / "images")
@@ -311,6 +311,7 @@ def _named_channel_cases(root: Path, images: list[Path], names: list[str]) -> li
         raise DataError(unsuffixed[0], "has no channel suffix (_0000, _0001, ...), unlike other "
                         "images in its folder; rename it or move it out")
     if not unsuffixed:
+        _by_stem(images)  # s0_0001.tif and s0_0001.nii.gz: one channel, two files
         grouped: dict[str, dict[int, Path]] = {}
         for path in images:
             match = channel_files.SUFFIX.match(io.file_stem(path))
@@ -341,11 +342,25 @@ def _observer_files(root: Path) -> dict[str, dict[str, Path]]:
     if mask_root.is_dir():
         loose = data_files(mask_root)
         if loose:  # masks/ with files directly: one unnamed observer
-            observers["mask"] = {_form(io.file_stem(p)): p for p in loose}
+            observers["mask"] = _by_stem(loose)
         for folder in _subfolders(mask_root, strict=True):
             check_observer_name(folder.name, folder)
-            observers[folder.name] = {_form(io.file_stem(p)): p for p in data_files(folder)}
+            observers[folder.name] = _by_stem(data_files(folder))
     return observers
+
+
+def _by_stem(files: list[Path]) -> dict[str, Path]:
+    """The files of one folder by stem, in one Unicode form. Two files of one stem
+    (``s0.tif`` and ``s0.nii.gz``) are refused, as two loose images of one id are:
+    keyed by stem, the later one would silently stand in for the other."""
+    found: dict[str, Path] = {}
+    for path in files:
+        stem = _form(io.file_stem(path))
+        if stem in found:
+            raise DataError(path.parent, f"holds two files for one case, {found[stem].name} and "
+                            f"{path.name}; keep one (the other would be ignored)")
+        found[stem] = path
+    return found
 
 
 def _form(stem: str) -> str:
