@@ -797,6 +797,13 @@ def _spoil_folds_csv(folds: Path, how: str) -> str:
     if how == "no image":
         folds.write_text(folds.read_text(encoding="utf-8").replace("image,", "file,"), encoding="utf-8")
         return "folds.csv lacks column 'image'"
+    if how == "blank group":  # every blank group would be one group, "g"
+        folds.write_text(folds.read_text(encoding="utf-8").replace(",benign,1,", ",benign,,"), encoding="utf-8")
+        return "line 4: no group"
+    if how == "image twice":  # the last row would win, silently
+        with folds.open("a", encoding="utf-8") as handle:
+            handle.write("benign/benign (1).png,benign,7,0\n")
+        return "line 6: names image 'benign (1)' again, in group 7 after group 0"
     folds.unlink()
     if how == "broken link":
         folds.symlink_to("/mnt/not-mounted/folds.csv")
@@ -808,7 +815,8 @@ def _spoil_folds_csv(folds: Path, how: str) -> str:
     return "is a named pipe (FIFO), expected a CSV file"
 
 
-@pytest.mark.parametrize("how", ["broken link", "pipe", "folder", "Group", "no image", "header only"])
+@pytest.mark.parametrize("how", ["broken link", "pipe", "folder", "Group", "no image", "header only",
+                                 "blank group", "image twice"])
 def test_an_unusable_busi_folds_csv_is_refused_not_ignored(how, tmp_path, capsys):
     """It was ignored: every image became its own group, and near-duplicates that BUSI's
     folds.csv groups could land in both training and test folds (split, check exit 0)."""

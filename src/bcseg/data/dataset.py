@@ -441,8 +441,18 @@ def _busi_groups(folds_csv: Path) -> dict[str, str]:
     if not rows:
         raise DataError(folds_csv, "folds.csv has no rows, so no near-duplicate groups; restore "
                         "it from BUSI's download, or remove it to make each image its own group")
-    return {io.file_stem((row["image"] or "").strip().replace("\\", "/")): f"g{row['group']}"
-            for row in rows}
+    groups: dict[str, str] = {}
+    for line, row in enumerate(rows, start=2):  # line 1 is the header
+        stem = io.file_stem((row["image"] or "").strip().replace("\\", "/"))
+        group = (row["group"] or "").strip()
+        if not stem or not group:  # all blank groups would read as one group, "g"
+            raise DataError(folds_csv, f"line {line}: no {'image' if not stem else 'group'}; every "
+                            "row names an image and its near-duplicate group")
+        if groups.get(stem, f"g{group}") != f"g{group}":  # the last would win, silently
+            raise DataError(folds_csv, f"line {line}: names image '{stem}' again, in group {group} "
+                            f"after group {groups[stem][1:]}; keep one row per image")
+        groups[stem] = f"g{group}"
+    return groups
 
 
 # A case id names its output files (ID_mask.tif, ID_quicklook.png, ...), so it must be
