@@ -616,6 +616,35 @@ def test_missing_checkpoint_resumes_from_model_last(trained, tmp_path, capsys):
     assert (copy / "inference.json").is_file()
 
 
+@pytest.mark.parametrize("change", ["case deleted", "case added", "validation image replaced"])
+def test_resume_refuses_a_dataset_changed_since_the_run_started(change, trained, tmp_path, capsys):
+    """Red team 16: --resume went on after a case was deleted or an image replaced (one
+    model of two datasets, without a word); a case added crashed with KeyError."""
+    import shutil
+
+    root, run, _ = trained
+    data = tmp_path / "data"
+    shutil.copytree(root, data)
+    copy = _copy_run(run, tmp_path / "run")
+    (copy / "inference.json").unlink()  # as if killed before the run was tested
+    validation = json.loads((copy / "fold.json").read_text(encoding="utf-8"))["validation"][0]
+    if change == "case deleted":
+        culprit, said = data, "case 'c4' is gone since; 1 gone, 0 new"
+        for folder in ("images", "masks/observer1"):
+            (data / folder / "c4.tif").unlink()
+    elif change == "case added":
+        culprit, said = data, "case 'c9' is new since; 0 gone, 1 new"
+        io.write_image(data / "images" / "c9.tif", np.full(IMAGE.shape, 77, np.uint8))
+        io.write_mask(data / "masks" / "observer1" / "c9.tif", LESION)
+    else:
+        culprit, said = data / "images" / f"{validation}.tif", f"case '{validation}' changed since the run started"
+        io.write_image(culprit, np.full(IMAGE.shape, 99, np.uint8))
+    before = files_under(copy)
+    code, _, err = run_main(capsys, ["train", data, "--out", copy, "--resume"])
+    assert code == 3 and str(culprit) in one_error_line(err) and said in err, err
+    assert files_under(copy) == before
+
+
 def _send_sigterm_once(method):
     sent = {"done": False}
 

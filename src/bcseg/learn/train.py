@@ -856,7 +856,42 @@ def _plan_folds(out: Path, cases: list[Case], cfg: dict, fold, folds_file, resum
     if resume and folds_file and source is None and folds_from_file(folds_file, cases) != folds:
         raise UsageError(folds_file, f"assigns other folds than the run's splits.json; a resumed "
                          "run keeps its splits")
+    if resume and source is None:
+        _check_same_cases(out, cases, folds, targets, data)
     return folds, source, targets
+
+
+def _check_same_cases(out: Path, cases: list[Case], folds: dict[str, int], targets: list[int], data) -> None:
+    """A resumed run trains on the cases it started with: the ids of its splits.json,
+    and the validation cases' files as each fold.json recorded them. A case deleted or
+    added since (a KeyError before), or a stack replaced, would mix two datasets in one
+    model without a word."""
+    ids = {c.id for c in cases}
+    gone, new = sorted(set(folds) - ids), sorted(ids - set(folds))
+    if gone or new:
+        what = f"case '{gone[0]}' is gone" if gone else f"case '{new[0]}' is new"
+        raise DataError(data, f"is not the dataset the run started with ({what} since; "
+                        f"{len(gone)} gone, {len(new)} new): a resumed run trains on the same cases; "
+                        "give that dataset, or start a new run")
+    by_id = {c.id: c for c in cases}
+    for k in targets:
+        recorded = _recorded_digests(_fold_dir(out, k, targets) / "fold.json")
+        for case_id, digest in sorted(recorded.items()):
+            case = by_id.get(case_id)
+            if case is not None and case_digest(case) != digest:
+                raise DataError(case.image, f"case '{case_id}' changed since the run started (its "
+                                "files differ from those fold.json recorded): a resumed run trains on "
+                                "the same data; restore them, or start a new run")
+
+
+def _recorded_digests(fold_file: Path) -> dict[str, str]:
+    """The validation cases' digests a fold.json recorded (none: not there, or a run of
+    a bcseg before they were recorded)."""
+    try:
+        recorded = json.loads(fold_file.read_text(encoding="utf-8")).get("validation_sha256")
+    except (OSError, ValueError, AttributeError):
+        return {}
+    return recorded if isinstance(recorded, dict) else {}
 
 
 def _train_in(out: Path, cfg: dict, cases: list[Case], folds: dict, source, targets: list[int],
