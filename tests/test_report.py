@@ -212,3 +212,63 @@ def test_a_prediction_changed_after_the_evaluation_is_refused(run_dir, tmp_path)
     os.utime(mask, ns=(later, later))  # coarse file-system clocks: make the order certain
     with pytest.raises(DataError, match=rf"{mask.name}: changed after the evaluation"):
         build_report(copy)
+
+
+# --------------------------------------------------------------------------- damaged tables
+
+def _replace_cell(path, column: str, value: str) -> None:
+    header, first, *rest = path.read_text().splitlines()
+    cells = first.split(",")
+    cells[header.split(",").index(column)] = value
+    path.write_text("\n".join([header, ",".join(cells), *rest]) + "\n")
+
+
+def _edit_summary(path, edit) -> None:
+    summary = json.loads(path.read_text())
+    edit(summary)
+    path.write_text(json.dumps(summary))
+
+
+DAMAGE = {  # what is damaged: (the file, how)
+    "agreement without its columns": ("eval/agreement.csv", lambda p: p.write_text("x,y\n1\n")),
+    "agreement Dice no number": ("eval/agreement.csv", lambda p: _replace_cell(p, "dice", "abc")),
+    "agreement cut short": ("eval/agreement.csv", lambda p: p.write_text(p.read_text()[:200])),
+    "history without its columns": ("history.csv", lambda p: p.write_text("x,y\n1\n")),
+    "history loss no number": ("history.csv", lambda p: p.write_text("epoch,loss\n0,abc\n")),
+    "history not UTF-8": ("history.csv", lambda p: p.write_bytes(b"\xff\xfe\x00")),
+    "summary lacks its fields": ("eval/summary.json", lambda p: p.write_text("{}")),
+    "summary inputs no object": ("eval/summary.json",
+                                 lambda p: _edit_summary(p, lambda s: s.update(inputs=3))),
+    "summary reference lacks metrics": ("eval/summary.json", lambda p: _edit_summary(
+        p, lambda s: s["references"]["observer1"].pop("metrics"))),
+    "summary case observers no lists": ("eval/summary.json", lambda p: _edit_summary(
+        p, lambda s: s["inputs"]["cases"][0].update(observers=3))),
+    "margins distance no number": ("margins/specimen_000_margins.csv",
+                                   lambda p: p.write_text("case,distance_mm\nspecimen_000,abc\n")),
+    "margins without its columns": ("margins/specimen_000_margins.csv",
+                                    lambda p: p.write_text("x,y\n1,2\n")),
+}
+
+
+@pytest.mark.parametrize("damage", sorted(DAMAGE))
+def test_report_on_a_damaged_table_is_one_line_naming_it_and_redraws_nothing(damage, run_dir, tmp_path,
+                                                                            capsys):
+    """A malformed agreement.csv failed with "KeyError: 'case'" after loss.png and dice.png
+    were redrawn; a Dice of 'abc' in it, or a loss of 'abc' in history.csv, was drawn as
+    a gap; a summary.json lacking a field crashed the same way."""
+    import shutil
+
+    from bcseg.cli import main
+
+    copy = shutil.copytree(run_dir, tmp_path / "run", ignore=shutil.ignore_patterns("*.png", "*.html",
+                                                                                     "out", "first"))
+    assert main(["report", str(copy)]) == 0  # the first report: its files are bcseg's
+    name, damage_it = DAMAGE[damage]
+    damage_it(copy / name)
+    before = {p: p.stat().st_mtime_ns for p in copy.rglob("*")}
+    capsys.readouterr()
+    code = main(["report", str(copy)])
+    lines = capsys.readouterr().err.splitlines()
+    assert code == 3 and len(lines) == 1, lines
+    assert lines[0].startswith(f"bcseg: error: {copy / name}: ") and "Error" not in lines[0]
+    assert {p: p.stat().st_mtime_ns for p in copy.rglob("*")} == before

@@ -127,6 +127,7 @@ def _curve_figure(epochs: np.ndarray, rows: list[dict], metric: str, label: str,
 
 
 HISTORY_FIGURES = ("loss.png", "dice.png")  # what plot_history writes beside history.csv
+HISTORY_NUMBERS = ("epoch", "loss", "dice", "iou", "val_loss", "val_dice", "val_iou", "lr")
 
 
 def plot_history(history_csv: str | Path, out_dir: str | Path) -> list[Path]:

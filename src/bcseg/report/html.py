@@ -29,7 +29,7 @@ from bcseg.errors import BcsegError, DataError
 from bcseg.measure.evaluate import (CEILING_COLUMNS, HUMAN_LEVEL_NOTE, OUTPUTS, REPORT_FIGURES,
                                     REPORT_PAGE, ceiling_table, human_level_lines)
 from bcseg.measure.observers import union
-from bcseg.report.figures import (HISTORY_FIGURES, PRED_RGB, TRUTH_RGB, _CASE_LEVELS,  # noqa: F401
+from bcseg.report.figures import (HISTORY_FIGURES, HISTORY_NUMBERS, PRED_RGB, TRUTH_RGB, _CASE_LEVELS,  # noqa: F401
                                   _agreement_by_case, _float, _read_csv, _reference_order, choose_examples,
                                   plot_case_metrics, plot_channel_examples, plot_examples,
                                   plot_history)
@@ -219,8 +219,8 @@ def _paired_html(summary: Mapping) -> str:
     return _table(headers, body, [False, False, False] + [True] * 5 + [False])
 
 
-def _evaluation_html(eval_dir: Path, root: Path, n: int, worst: int, seed: int) -> str:
-    summary = read_summary(eval_dir)
+def _summary_html(eval_dir: Path, root: Path, summary: Mapping) -> list[str]:
+    """The evaluation's heading, tables and notes from ``summary.json``: no figure."""
     where = "." if eval_dir == root else str(eval_dir.relative_to(root))
     parts = [f"<h2>Evaluation{'' if where == '.' else f' ({_e(where)})'}</h2>"]
     inputs = summary.get("inputs", {})
@@ -242,6 +242,12 @@ def _evaluation_html(eval_dir: Path, root: Path, n: int, worst: int, seed: int) 
             f"against the {_e(soft.get('reference'))} of the observers, beside the per-case Dice "
             f"against the same reference, <b>mean {_e(_fmt(_nan(soft.get('dice_mean'))))}</b>. "
             f"{_e(soft.get('note', ''))}</p>")
+    return parts
+
+
+def _evaluation_html(eval_dir: Path, root: Path, n: int, worst: int, seed: int) -> str:
+    summary = read_summary(eval_dir)
+    parts = _summary_html(eval_dir, root, summary)
     parts.append("<h3>Per-case distribution</h3>")
     parts.append(_img(plot_case_metrics(eval_dir / OUTPUTS["metrics"], eval_dir), "per-case Dice and HD95",
                       "One point per case. Grey: the observers against each other."))
@@ -335,10 +341,7 @@ def build_report(run_or_eval_dir: str | Path, out: str | Path | None = None,
     out = root / REPORT_PAGE if out is None else Path(out)
     if out.suffix.lower() not in (".html", ".htm"):
         out = out / REPORT_PAGE
-    histories, evaluations, margins = report_sources(root)
-    for eval_dir in evaluations:  # before any figure is drawn: a damaged table is one line, nothing redrawn
-        read_summary(eval_dir)
-        check_metrics_table(eval_dir / OUTPUTS["metrics"])
+    histories, evaluations, margins = report_sources(root)  # every table checked: nothing drawn yet
     bcseg_version = _bcseg_version()
     now = datetime.datetime.now().strftime("%Y-%m-%d %H:%M")
     parts = [f"<h1>{_e(title)}</h1>",
@@ -361,8 +364,9 @@ def build_report(run_or_eval_dir: str | Path, out: str | Path | None = None,
 def report_sources(root: Path) -> tuple[list[Path], list[Path], list[Path]]:
     """The training histories, evaluation folders and margins tables in ``root`` and below.
 
-    A folder with none of them is a :class:`DataError`; ``bcseg report`` asks first, so
-    that such a folder is refused before anything is written into it.
+    A folder with none of them, or a table among them that the report cannot draw
+    from, is a :class:`DataError`; ``bcseg report`` asks first, so that such a folder
+    is refused before anything is written into it.
     """
     histories = _find(root, "history.csv")
     evaluations = [p.parent for p in _find(root, OUTPUTS["summary"])
@@ -371,8 +375,18 @@ def report_sources(root: Path) -> tuple[list[Path], list[Path], list[Path]]:
     if not histories and not evaluations and not margins:
         raise DataError(root, "nothing to report: no history.csv, evaluation (summary.json + "
                         "metrics.csv) or *_margins.csv found")
-    for eval_dir in evaluations:  # a damaged or stale summary is refused before anything is written
-        _check_current(eval_dir, read_summary(eval_dir))
+    # Every table the report reads is checked before anything is written: a damaged
+    # one is one line naming it, not a crash after the figures were redrawn.
+    for eval_dir in evaluations:
+        summary = read_summary(eval_dir)
+        check_summary_fields(eval_dir, summary)
+        check_metrics_table(eval_dir / OUTPUTS["metrics"])
+        check_agreement_table(eval_dir / OUTPUTS["agreement"])
+        _check_current(eval_dir, summary)
+    for history in histories:
+        check_history_table(history)
+    for table in margins:
+        check_margins_table(table)
     return histories, evaluations, margins
 
 
@@ -454,24 +468,103 @@ def check_metrics_table(path: Path) -> None:
     fail half-way, after redrawing figures, or draw a table of blanks."""
     from bcseg.measure.evaluate import METRICS_CSV_COLUMNS
 
-    again = "run 'bcseg evaluate' again to rewrite it"
+    _check_table(path, METRICS_CSV_COLUMNS, ("dice", "hd95"), "run 'bcseg evaluate' again to rewrite it")
+
+
+def check_agreement_table(path: Path) -> None:
+    """As :func:`check_metrics_table`, for the observers' ``agreement.csv`` (absent with
+    one observer): its Dice and HD95 are the grey ceiling of the figure and the table."""
+    from bcseg.measure.evaluate import AGREEMENT_CSV_COLUMNS
+
+    if path.exists():
+        _check_table(path, AGREEMENT_CSV_COLUMNS, ("dice", "hd95"),
+                     "run 'bcseg evaluate' again to rewrite it")
+
+
+def check_history_table(path: Path) -> None:
+    """Refuse a ``history.csv`` that is not a training log: the curves would be drawn
+    from blanks, or silently left out. Empty cells are fine (no validation, say)."""
+    _check_table(path, ("epoch", "loss"), HISTORY_NUMBERS,
+                 "it is the log 'bcseg train' writes; restore it, or move it away")
+
+
+def check_margins_table(path: Path) -> None:
+    """Refuse a ``*_margins.csv`` whose distances the report would print as they are."""
+    _check_table(path, ("case", "distance_mm"), _MARGIN_NUMBERS,
+                 "measure the margins again to rewrite it, or move it away")
+
+
+_MARGIN_NUMBERS = ("distance_mm", "tumour_volume_mm3")  # the numbers the margins table shows
+
+
+def _check_table(path: Path, columns: Sequence[str], numbers: Sequence[str], again: str) -> None:
+    """Refuse a CSV table the report reads that lacks one of ``columns``, names a
+    column twice, has a row cut short (or with cells beyond the header), or holds text
+    that is no number in one of ``numbers`` ("nan", "inf" and empty cells are numbers
+    missing or infinite, as bcseg writes them)."""
     try:
         with open(path, newline="", encoding="utf-8") as handle:
             reader = csv.DictReader(handle)
-            missing = [c for c in METRICS_CSV_COLUMNS if c not in (reader.fieldnames or [])]
+            header = reader.fieldnames or []
+            twice = sorted({c for c in header if header.count(c) > 1})
+            if twice:  # csv keeps the last of the two and drops the other
+                raise DataError(path, f"names column(s) {', '.join(twice)} twice; {again}")
+            missing = [c for c in columns if c not in header]
             if missing:
                 raise DataError(path, f"lacks column(s) {', '.join(missing)}; {again}")
             for row in reader:
                 if None in row or None in row.values():
                     raise DataError(path, f"line {reader.line_num} is cut short or has cells beyond "
                                     f"the header; {again}")
-                for column in ("dice", "hd95"):  # the numbers the report draws and tables
-                    text = row[column].strip()
+                for column in numbers:
+                    text = (row.get(column) or "").strip()
                     if text and math.isnan(_float(text)) and text.lower() != "nan":
                         raise DataError(path, f"line {reader.line_num}: {column} {text!r} is not a "
                                         f"number; {again}")
     except (OSError, UnicodeDecodeError, csv.Error) as exc:
         raise DataError(path, f"cannot be read ({exc}); {again}") from None
+
+
+def check_summary_fields(eval_dir: Path, summary: Mapping) -> None:
+    """Refuse a ``summary.json`` that reads as JSON but lacks, or mistypes, a field the
+    report shows: it failed with a bare KeyError or AttributeError after redrawing the
+    figures. The text parts are built here and thrown away; nothing is drawn."""
+    path = eval_dir / OUTPUTS["summary"]
+    again = "run 'bcseg evaluate' again to rewrite it"
+    missing = [key for key in _SUMMARY_FIELDS if key not in summary]
+    if missing:
+        raise DataError(path, f"lacks the field(s) {', '.join(missing)}; {again}")
+    try:
+        _summary_html(eval_dir, eval_dir, summary)
+        human_level_lines(summary)
+        _check_case_records(summary["inputs"])
+    except KeyError as exc:
+        raise DataError(path, f"lacks the field {exc.args[0]!r} where the report reads it; "
+                        f"{again}") from None
+    except (TypeError, AttributeError, ValueError, IndexError) as exc:
+        raise DataError(path, f"holds a field of the wrong kind ({exc}); {again}") from None
+
+
+_SUMMARY_FIELDS = ("n_cases", "level", "unit", "observers", "references", "inputs")  # what evaluate writes
+
+
+def _check_case_records(inputs: Mapping) -> None:
+    """The case records the example figure reads its files from (see :func:`_example_pairs`)."""
+    cases = inputs.get("cases", [])
+    if not isinstance(cases, list):
+        raise TypeError("inputs.cases is not a list")
+    for info in cases:
+        if not isinstance(info, dict) or not isinstance(info["id"], str):
+            raise TypeError("a record of inputs.cases is not an object with an id")
+        observers = info["observers"]
+        if not isinstance(observers, dict) or not observers or not all(
+                isinstance(files, list) and all(isinstance(f, str) for f in files)
+                for files in observers.values()):
+            raise TypeError(f"case {info['id']}: observers is not a list of files per observer")
+        paths = [info["prediction"]] + ([c["path"] for c in info["channels"]] if info.get("channels")
+                                        else [info["image"]])
+        if not all(isinstance(p, str) for p in paths):
+            raise TypeError(f"case {info['id']}: a file is not a path")
 
 
 def read_summary(eval_dir: Path) -> dict:
