@@ -91,6 +91,14 @@ BAD = [
     ("[augment]\nscale = [1.0, 1e300]", "augment.scale"),
     ("[augment]\ngamma = [0.01, 1.0]", "augment.gamma"),
     ("[augment]\ngamma = [1.0, 1e300]", "augment.gamma"),
+    # absurd but finite counts and times: each crashed after the run folder existed
+    ("[train]\nepochs = 100001", "train.epochs"),
+    ("[train]\nepochs = 1" + "0" * 400, "train.epochs"),  # OverflowError in the schedule
+    ("[train]\nbudget_minutes = 1e308", "train.budget_minutes"),  # NaN epochs after epoch 2
+    ("[train]\nbudget_minutes = 525961.0", "train.budget_minutes"),  # a year and a minute
+    ("[train]\nearly_stopping = 100001", "train.early_stopping"),
+    ("[train]\nk = 100001", "train.k"),
+    ("[train]\nsplit = \"last\"\ntest_last = 100001", "train.test_last"),
 ]
 
 
@@ -121,6 +129,59 @@ def test_train_with_a_bad_config_exits_before_the_run_folder(toml, key, tmp_path
     assert code == ConfigError.exit_code == 4
     assert f"{bad}: '{key}' must be " in one_error_line(err)
     assert not run.exists()  # a corrected rerun is not refused as "already holds a run"
+
+
+def test_the_largest_counts_and_times_are_accepted(tmp_path):
+    path = tmp_path / "long.toml"
+    path.write_text("[train]\nepochs = 100000\nbudget_minutes = 525960.0\nearly_stopping = 100000\n"
+                    "k = 100000\n")
+    assert load_config(path)["train"]["epochs"] == 100000
+
+
+def _refusal(capsys, argv) -> tuple[int, str]:
+    """``bcseg ARGV``: the exit code and the one error line."""
+    from bcseg.cli import main
+    from test_robustness import one_error_line  # imports Keras: only here
+
+    capsys.readouterr()
+    try:
+        code = main([str(a) for a in argv])
+    except SystemExit as stop:  # argparse's refusal of a flag
+        code = stop.code
+    return code, one_error_line(capsys.readouterr().err)
+
+
+def test_train_with_an_absurd_budget_exits_before_the_run_folder(tmp_path, phantom_root, capsys):
+    """budget_minutes = 1e308 passed the range [0, inf): after epoch 2 the plan was
+    'cannot convert float NaN to integer', exit 1, with the run folder left behind."""
+    config = tmp_path / "budget.toml"
+    config.write_text("[train]\nepochs = 3\nbudget_minutes = 1e308\n")
+    run = tmp_path / "run"
+    code, line = _refusal(capsys, ["train", phantom_root, "--out", run, "--config", config])
+    assert code == ConfigError.exit_code
+    assert line == (f"bcseg: error: {config}: 'train.budget_minutes' must be in [0, 525960], "
+                    "got 1e+308")
+    assert not run.exists()
+
+
+@pytest.mark.parametrize("argv, flag", [
+    (["train", "DATA", "--out", "OUT", "--config", "TINY", "--epochs", "1" + "0" * 400], "--epochs"),
+    (["train", "DATA", "--out", "OUT", "--config", "TINY", "--seed", "2147483648"], "--seed"),
+    (["train", "DATA", "--out", "OUT", "--config", "TINY", "--batch-size", "4097"], "--batch-size"),
+    (["split", "DATA", "--out", "OUT/folds.json", "--k", "100001"], "--k"),
+    (["demo", "--out", "OUT", "--epochs-2d", "100001"], "--epochs-2d"),
+], ids=["epochs 10**400", "seed", "batch-size", "split k", "demo epochs"])
+def test_a_flag_setting_a_key_has_its_bound_and_is_named(argv, flag, tmp_path, phantom_root, capsys):
+    """--epochs 10**400 passed and trained until OverflowError, with the run folder
+    (config.toml, fold.json, splits.json, train.log) left behind."""
+    out, tiny = tmp_path / "out", tmp_path / "tiny.toml"
+    tiny.write_text("[model]\nbase_filters = 4\ndepth = 2\n[data]\nsize = 32\n[train]\nbatch_size = 8\n")
+    named = {"DATA": phantom_root, "TINY": tiny}
+    argv = [named.get(a, str(out) + a[3:] if a.startswith("OUT") else a) for a in argv]
+    code, line = _refusal(capsys, argv)
+    assert code == 2 and f"argument {flag}: must be a whole number from " in line
+    assert len(line) < 200  # the 401 digits are cut short
+    assert not out.exists()
 
 
 def test_a_key_the_split_does_not_use_is_not_checked(tmp_path):

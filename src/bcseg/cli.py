@@ -129,10 +129,22 @@ def _whole(minimum: int, maximum: int | None = None):
         except ValueError:
             raise argparse.ArgumentTypeError(f"'{text}' is not a whole number") from None
         if value < minimum or (maximum is not None and value > maximum):
+            from bcseg.config import shorten
+
             allowed = f"from {minimum} to {maximum}" if maximum is not None else f">= {minimum}"
-            raise argparse.ArgumentTypeError(f"must be a whole number {allowed}, got '{text}'")
+            raise argparse.ArgumentTypeError(f"must be a whole number {allowed}, got '{shorten(text)}'")
         return value
     return parse
+
+
+def _whole_key(section: str, key: str, minimum: int | None = None):
+    """A whole-number flag that sets ``section.key``, bounded as the key is in a TOML
+    file (:data:`bcseg.config.RANGES`, closed intervals): so ``--epochs 10**400`` is
+    refused naming the flag, before the dataset is read, not the key later."""
+    from bcseg.config import RANGES
+
+    low, high = (int(float(bound)) for bound in RANGES[(section, key)][1:-1].split(","))
+    return _whole(low if minimum is None else minimum, high)
 
 
 def _steps(text: str) -> list[str]:
@@ -535,8 +547,8 @@ def _add_split(sub) -> None:
                        "or read them from a fold file; write them as JSON.")
     p.add_argument("data", help="dataset folder or manifest CSV")
     p.add_argument("--out", required=True, type=_file_out, help="JSON file to write")
-    p.add_argument("--k", type=_whole(2), help="number of folds (default 5)")
-    p.add_argument("--seed", type=_whole(0), help="seed of the split (default 0)")
+    p.add_argument("--k", type=_whole_key("train", "k"), help="number of folds (default 5)")
+    p.add_argument("--seed", type=_whole_key("train", "seed"), help="seed of the split (default 0)")
     p.add_argument("--folds-file", help="CSV with image,fold columns (e.g. BUSI's folds.csv)")
     p.add_argument("--near-duplicates", action="store_true",
                    help="group near-duplicate 2D images (average hash) before splitting")
@@ -561,10 +573,10 @@ def _add_train(sub) -> None:
     p.add_argument("--channels", type=_channel_list, metavar="LIST",
                    help="comma-separated named channels to train on, e.g. us,pa or pa; overrides "
                    "data.channels (default: every channel the dataset has)")
-    p.add_argument("--epochs", type=_whole(1))
-    p.add_argument("--batch-size", type=_whole(1))
-    p.add_argument("--seed", type=_whole(0))
-    p.add_argument("--member-seed", type=_whole(0), metavar="N",
+    p.add_argument("--epochs", type=_whole_key("train", "epochs"))
+    p.add_argument("--batch-size", type=_whole_key("train", "batch_size"))
+    p.add_argument("--seed", type=_whole_key("train", "seed"))
+    p.add_argument("--member-seed", type=_whole_key("train", "member_seed", 0), metavar="N",
                    help="one member of a seed ensemble: weights and each epoch's draws from N, "
                    "the folds and validation split still from --seed (train.member_seed)")
     p.add_argument("--init", help="start from a model: 'busi' (the bundled one; of a bundled "
@@ -694,8 +706,8 @@ def _add_export_nnunet(sub) -> None:
     p.add_argument("--dataset-id", type=_whole(1, 999), required=True)
     p.add_argument("--name", required=True)
     p.add_argument("--observer", default="union", help="label: an observer, union, intersection, staple")
-    p.add_argument("--k", type=_whole(2), help="number of folds (default 5)")
-    p.add_argument("--seed", type=_whole(0), help="seed of the split (default 0)")
+    p.add_argument("--k", type=_whole_key("train", "k"), help="number of folds (default 5)")
+    p.add_argument("--seed", type=_whole_key("train", "seed"), help="seed of the split (default 0)")
     p.add_argument("--folds-file", help="CSV with image,fold columns")
     p.add_argument("--file-ending", choices=[".tif", ".png", ".nii.gz"])
     p.add_argument("--channels", type=_channel_list, metavar="LIST",
@@ -710,8 +722,8 @@ def _add_demo(sub) -> None:
                        description="Phantom, then a 2D and a tiny 3D U-Net trained on training "
                        "specimens, prediction on held-out specimens, evaluation, report.")
     p.add_argument("--out", default="demo-run")
-    p.add_argument("--epochs-2d", type=_whole(1))
-    p.add_argument("--epochs-3d", type=_whole(1))
+    p.add_argument("--epochs-2d", type=_whole_key("train", "epochs"))
+    p.add_argument("--epochs-3d", type=_whole_key("train", "epochs"))
     p.add_argument("--force", action="store_true")
     p.set_defaults(func=cmd_demo)
 

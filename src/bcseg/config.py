@@ -128,6 +128,9 @@ NORMALISATIONS = ("auto", "uint8", "percentile", "log")
 # key here must be a finite number. Checked when the file is loaded, before any run folder
 # is touched, so that a bad value is one error naming the file and the key rather than a
 # crash (or a NaN loss) epochs later.
+MAX_EPOCHS = 100_000
+MAX_BUDGET_MINUTES = 525_960  # one year
+MAX_FOLDS = 100_000  # folds and test specimens: more than any study has specimens
 RANGES = {
     # counts and sizes: zero or less builds no model, draws no batch, splits nothing
     # Upper bounds: far above any useful value, but below those that only exhaust memory
@@ -155,15 +158,22 @@ RANGES = {
     ("augment", "resample"): "[0, 1)",
     ("augment", "speckle_grain"): "[0, 4]",  # augment.MAX_BLUR pixels
     ("augment", "speckle_max"): "[0, 4]",  # 0: off; else >= speckle (AugmentConfig)
-    ("train", "epochs"): "[1, inf)",
-    ("train", "budget_minutes"): "[0, inf)",  # 0: no time budget
-    ("train", "steps_per_epoch"): "[0, inf)",  # 0: one pass over the samples
+    # Upper bounds of the counts and times: far beyond any run (100000 epochs of the
+    # tiniest model are weeks), and below values that passed here and then crashed after
+    # the run folder existed (10**400 epochs overflowed the cosine schedule; a budget of
+    # 1e308 minutes became inf seconds, then a NaN epoch count after epoch 2).
+    ("train", "epochs"): f"[1, {MAX_EPOCHS}]",
+    ("train", "budget_minutes"): f"[0, {MAX_BUDGET_MINUTES}]",  # 0: no time budget
+    # 0: one pass over the samples. Its upper bound is the machine's memory, which holds
+    # an epoch's samples: train checks it before the run folder exists.
+    ("train", "steps_per_epoch"): "[0, inf)",
     ("train", "batch_size"): "[1, 4096]",
     ("train", "learning_rate"): "(0, 1]",
-    ("train", "early_stopping"): "[0, inf)",  # 0: off
+    ("train", "early_stopping"): f"[0, {MAX_EPOCHS}]",  # 0: off; patience in epochs
     ("train", "val_fraction"): "[0, 1)",  # at least one group always stays for training
-    ("train", "k"): "[2, inf)",  # splits.kfold_by_group needs two folds
-    ("train", "test_last"): "[1, inf)",  # split = "last" needs a test specimen
+    # splits.kfold_by_group needs two folds; more folds than groups give one group per fold
+    ("train", "k"): f"[2, {MAX_FOLDS}]",
+    ("train", "test_last"): f"[1, {MAX_FOLDS}]",  # split = "last" needs a test specimen
     ("train", "seed"): "[0, 2147483647]",  # numpy seeds refuse negatives; room for seed + epoch
     ("train", "member_seed"): "[-1, 2147483647]",  # -1: train.seed
     ("train", "teacher_weight"): "(0, 1]",  # 0 would be no teacher; 1 the teacher alone
@@ -199,7 +209,7 @@ def _check_values(cfg: dict, source=None) -> None:
     unused = {("train", "k")} if cfg["train"]["split"] == "last" else {("train", "test_last")}
     for (section, key), interval in RANGES.items():
         if (section, key) not in unused and not _in_interval(cfg[section][key], interval):
-            raise ConfigError(source, f"'{section}.{key}' must be in {interval}, got {cfg[section][key]!r}")
+            raise ConfigError(source, f"'{section}.{key}' must be in {interval}, got {_shown(cfg[section][key])}")
     for (section, key), interval in PAIRS.items():
         pair = cfg[section][key]
         if not (len(pair) == 2 and all(_is_number(v) and _in_interval(v, interval) for v in pair)
@@ -216,6 +226,15 @@ def _check_values(cfg: dict, source=None) -> None:
                           f"got {teacher!r}")
     _check_model_shape(cfg, source)
     _check_channels(cfg["data"], source)
+
+
+def shorten(text: str) -> str:
+    """``text`` as an error line shows it: a 400-digit number cut to a readable length."""
+    return text if len(text) <= 24 else f"{text[:20]}... ({len(text)} characters)"
+
+
+def _shown(value) -> str:
+    return shorten(repr(value))
 
 
 def _is_number(value) -> bool:
