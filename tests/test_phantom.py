@@ -132,3 +132,33 @@ def test_make_specimen_checks_its_shape():
         make_specimen((32, 32))
     with pytest.raises(ValueError, match="n must be at least 1"):
         write_phantom("unused", n=0)
+
+
+# --------------------------------------------------------------------------- absurd requests
+
+@pytest.mark.parametrize("argv, said", [
+    (["--shape", "8", "40000", "40000"], "--shape: must have every size at most 4096"),
+    (["--shape", "4096", "4096", "4096"], "a phantom may have"),  # each size allowed, not all
+    (["--n", "10001", "--shape", "8", "8", "8"], "--n: must be at most 10000 specimens"),
+], ids=["size", "voxels", "count"])
+def test_an_absurd_phantom_is_refused_naming_the_flag_before_the_folder(argv, said, tmp_path, capsys):
+    """--shape 8 40000 40000 was a raw MemoryError (exit 1): the stack is generated as
+    float64 fields, about 100-160 bytes per voxel."""
+    from bcseg.cli import main
+
+    out = tmp_path / "phantom"
+    capsys.readouterr()
+    code = main(["phantom", str(out), *argv])
+    lines = capsys.readouterr().err.splitlines()
+    assert code == UsageError.exit_code and len(lines) == 1, lines
+    assert lines[0].startswith("bcseg: error: --") and said in lines[0] and "Error" not in lines[0]
+    assert not out.exists()
+
+
+def test_the_largest_phantom_request_passes_the_check():
+    from bcseg.data.phantom import MAX_VOXELS, shape_problem
+
+    assert shape_problem((8, 4096, 4096)) is None and 8 * 4096 * 4096 == MAX_VOXELS
+    assert "at most 4096" in shape_problem((8, 8, 4097))
+    with pytest.raises(ValueError, match="shape .* voxels"):
+        make_specimen((4096, 4096, 4096))

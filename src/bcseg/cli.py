@@ -203,8 +203,14 @@ def _shape(values: list[int]) -> tuple[int, ...]:
 # --------------------------------------------------------------------------- handlers
 
 def cmd_phantom(args) -> int:
-    from bcseg.data.phantom import write_phantom
+    from bcseg.data.phantom import MAX_SPECIMENS, shape_problem, write_phantom
 
+    # Checked before the folder is made: an absurd shape was a raw MemoryError.
+    if args.n > MAX_SPECIMENS:
+        raise UsageError("--n", f"must be at most {MAX_SPECIMENS} specimens, got {args.n}")
+    problem = shape_problem(args.shape)
+    if problem:
+        raise UsageError("--shape", problem)
     images = write_phantom(args.out, n=args.n, shape=tuple(args.shape), seed=args.seed,
                            truth=args.truth, force=args.force, difficulty=args.difficulty,
                            channels=args.channels, artefacts=not args.no_artefacts)
@@ -516,7 +522,8 @@ def _add_phantom(sub) -> None:
     p.add_argument("out", help="output folder")
     p.add_argument("--n", type=_whole(1), default=8, help="number of specimens (default 8)")
     p.add_argument("--shape", type=_whole(8), nargs=3, default=[24, 128, 128], metavar=("Z", "H", "W"),
-                   help="stack shape, each size >= 8 (default 24 128 128)")
+                   help="stack shape, each size from 8 to 4096, at most 2**27 voxels "
+                   "(default 24 128 128)")
     p.add_argument("--seed", type=_whole(0), default=0)
     p.add_argument("--truth", action="store_true",
                    help="also write the true tumour and tissue masks under truth/")

@@ -29,6 +29,7 @@ from __future__ import annotations
 import csv
 import io as text_io
 import json
+import math
 from pathlib import Path
 
 import numpy as np
@@ -49,6 +50,13 @@ CHANNELS = ("us", "pa")
 ATTRIBUTES_FILE = "specimens.csv"
 ATTRIBUTES = ("id", "difficulty", "us_contrast", "pa_contrast", "margin", "posterior", "artefacts")
 _PA_STREAM = 1  # second number of the PA channel's SeedSequence
+# Upper bounds of a request, far beyond any test or demo (the default stack is 0.4 M
+# voxels), and below those that failed with a raw MemoryError: a specimen is generated
+# as float64 fields of the stack's shape, about 100-160 bytes per voxel at once, so
+# 8 x 40000 x 40000 asked for terabytes. 2**27 voxels (128 x 1024 x 1024) need ~20 GiB.
+MAX_SIZE = 4096  # pixels a side, as data.size and a 2D input (rundir.MAX_INPUT_SIZE)
+MAX_VOXELS = 2**27
+MAX_SPECIMENS = 10_000  # 8 GB of files at the default shape; a typo of 10**9 fills the disk
 
 
 def _easy_specimen(rng, shape, spacing_mm) -> dict:
@@ -132,10 +140,25 @@ def _ambiguous_observers(rng, tumour, ambiguity) -> tuple[np.ndarray, np.ndarray
     return tight, generous
 
 
-def _check_request(shape, difficulty, channels) -> tuple[tuple[int, ...], tuple[str, ...]]:
+def shape_problem(shape) -> str | None:
+    """What is wrong with a phantom's ``(Z, H, W)``, or None when it can be generated."""
     shape = tuple(int(n) for n in shape)
     if len(shape) != 3 or min(shape) < 8:
-        raise ValueError(f"shape must be (Z, H, W) with every size >= 8, got {shape}")
+        return f"must be (Z, H, W) with every size >= 8, got {shape}"
+    if max(shape) > MAX_SIZE:
+        return f"must have every size at most {MAX_SIZE}, got {shape}"
+    voxels = math.prod(shape)
+    if voxels > MAX_VOXELS:
+        return (f"{shape} is {voxels:,} voxels, more than the {MAX_VOXELS:,} a phantom may have "
+                "(generating one takes about 100-160 bytes of memory per voxel)")
+    return None
+
+
+def _check_request(shape, difficulty, channels) -> tuple[tuple[int, ...], tuple[str, ...]]:
+    shape = tuple(int(n) for n in shape)
+    problem = shape_problem(shape)
+    if problem:
+        raise ValueError(f"shape {problem}")
     if difficulty not in DIFFICULTIES:
         raise ValueError(f"difficulty must be one of {', '.join(DIFFICULTIES)}, got '{difficulty}'")
     channels = tuple(channels)
@@ -214,8 +237,8 @@ def write_phantom(out: str | Path, n: int = 8, shape=DEFAULT_SHAPE, seed: int = 
     list of Path
         The image files written (every channel).
     """
-    if n < 1:
-        raise ValueError(f"n must be at least 1, got {n}")
+    if n < 1 or n > MAX_SPECIMENS:
+        raise ValueError(f"n must be at least 1 and at most {MAX_SPECIMENS}, got {n}")
     _, channels = _check_request(shape, difficulty, channels)
     out = check_output_folder(out)
     require_new_folder(out, force, "phantom")
