@@ -441,6 +441,37 @@ def test_the_same_image_twice_is_refused_by_split_and_train(command, tmp_path, c
     assert not (tmp_path / "s.json").exists() and not (tmp_path / "run").exists()
 
 
+@pytest.mark.parametrize("command", ["split", "train", "export-nnunet"])
+def test_a_dataset_of_one_specimen_is_named_in_the_refusal(command, tmp_path, capsys):
+    """It said "only 1 specimen/group: cross-validation needs at least 2" without
+    saying which dataset, in a script that splits several."""
+    from bcseg.data.phantom import write_phantom
+
+    data = tmp_path / "one"
+    write_phantom(data, n=1, shape=(8, 32, 32))
+    out = tmp_path / "out"
+    argv = {"split": ["split", data, "--out", out / "folds.json"],
+            "train": ["train", data, "--out", out],
+            "export-nnunet": ["export-nnunet", data, out, "--dataset-id", "5", "--name", "One"]}[command]
+    line = assert_refused(capsys, argv, 3, f"{data}: only 1 specimen/group", tmp_path)
+    assert line.startswith(f"bcseg: error: {data}: ")
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("flag, value, said", [
+    ("--fold", "7", "fold 7 does not exist; folds are 0-"),
+    ("--observer", "nosuch", "unknown observer 'nosuch'; choose one of"),
+])
+def test_a_bad_train_flag_found_in_the_data_names_the_flag(flag, value, said, tmp_path, tiny_config,
+                                                           capsys):
+    """Both are checked against the dataset, after parsing, and named nothing."""
+    data = write_cases(tmp_path / "data")
+    argv = ["train", data, "--out", tmp_path / "out", "--config", tiny_config, flag, value]
+    line = assert_refused(capsys, argv, 2, said, tmp_path)
+    assert line.startswith(f"bcseg: error: {flag}: ")
+    assert not (tmp_path / "out").exists()
+
+
 def test_identical_images_within_one_group_are_not_a_problem(tmp_path, capsys):
     manifest = _duplicated(tmp_path / "data")
     manifest.write_text(manifest.read_text(encoding="utf-8").replace(",g9", ",g1"), encoding="utf-8")

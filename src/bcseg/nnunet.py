@@ -191,7 +191,7 @@ def export_nnunet(data: str | Path | Iterable[Case], out: str | Path, dataset_id
     _check_ending_fits(cases[0], ending, names)  # before the folds' warnings and the claim
     refuse_bad_cases(cases, names, "exporting")  # a damaged image is one line, before the warnings too
     _check_images_fit(cases, ending, names)
-    fold_of = _folds(cases, folds, k, seed)
+    fold_of = _folds(cases, folds, k, seed, data if isinstance(data, (str, Path)) else None)
     nn_ids = [f"{name}_{i:0{max(4, len(str(len(cases))))}d}" for i in range(1, len(cases) + 1)]
     stage = _free_stage(out, folder_name)
     # all or nothing: a Ctrl-C while the files are moved in leaves no half dataset that
@@ -218,7 +218,7 @@ def _cases_to_export(data, dest: Path, observer: str, channels) -> tuple[list[Ca
     """The cases, the inputs that the export may not overwrite, and the channels to write."""
     cases = discover(data) if isinstance(data, (str, Path)) else list(data)
     if not cases:
-        raise DataError(None, "no cases to export")
+        raise DataError(data if isinstance(data, (str, Path)) else None, "no cases to export")
     reads = [data] if isinstance(data, (str, Path)) else []
     check_not_inputs(dest, reads + [p for c in cases for p in (c.image, *(ch.path for ch in c.channels), *(
         f for files in c.masks.values() for f in files))])
@@ -314,10 +314,13 @@ def _check_observer(cases: list[Case], observer: str) -> None:
         require_every_observer(cases, f"the label '{observer}'")
 
 
-def _folds(cases: list[Case], folds: Mapping[str, int] | None, k: int, seed: int) -> dict[str, int]:
+def _folds(cases: list[Case], folds: Mapping[str, int] | None, k: int, seed: int,
+           source=None) -> dict[str, int]:
+    """Folds of the cases: given, or by group k-fold; ``source`` (the dataset) is named
+    when the cases cannot be split."""
     if folds is None:
         try:
-            return kfold_by_group(cases, k=k, seed=seed)
+            return kfold_by_group(cases, k=k, seed=seed, source=source)
         except ValueError as exc:
             raise UsageError(None, str(exc)) from None
     missing = [c.id for c in cases if c.id not in folds]

@@ -110,7 +110,7 @@ def kfold_by_group(cases: list[Case], k: int = 5, seed: int = 0, source=None) ->
     seed : int
     source : str or Path, optional
         The dataset, named in the error when per-slice rows lack groups
-        (:func:`require_groups`).
+        (:func:`require_groups`) or when it holds fewer than two groups.
 
     Returns
     -------
@@ -124,7 +124,7 @@ def kfold_by_group(cases: list[Case], k: int = 5, seed: int = 0, source=None) ->
     for case in cases:
         groups[case.group].append(case)
     if len(groups) < 2:
-        raise DataError(None, f"only {len(groups)} specimen/group: cross-validation needs at least 2")
+        raise DataError(source, f"only {len(groups)} specimen/group: cross-validation needs at least 2")
     if len(groups) < k:
         warnings.warn(f"only {len(groups)} groups for {k} folds; using {len(groups)} folds "
                       "(one group per test fold)", stacklevel=2)

@@ -135,7 +135,7 @@ def check_observer(cases: list[Case], observer: str, source=None) -> None:
         problem = (f"unknown observer {observer!r}; choose one of "
                    f"{', '.join([*METHODS, *pipeline.KEEP_ALL, *names])}")
         if source is None:
-            raise UsageError(None, problem)
+            raise UsageError("--observer", problem)
         raise ConfigError(source, f"'data.observer': {problem}")
     if lacking:
         raise DataError(lacking[0].image, f"has no mask by observer {observer!r}, the training target")
@@ -201,7 +201,7 @@ def _test_folds(folds: dict[str, int], fold, split: str) -> list[int]:
     if fold == "all":
         return available
     if int(fold) not in available:
-        raise UsageError(None, f"fold {fold} does not exist; folds are "
+        raise UsageError("--fold", f"fold {fold} does not exist; folds are "
                          f"{available[0]}-{available[-1]}")
     return [int(fold)]
 
