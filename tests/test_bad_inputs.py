@@ -441,7 +441,7 @@ def test_the_same_image_twice_is_refused_by_split_and_train(command, tmp_path, c
     assert not (tmp_path / "s.json").exists() and not (tmp_path / "run").exists()
 
 
-@pytest.mark.parametrize("command", ["split", "train", "export-nnunet"])
+@pytest.mark.parametrize("command", ["split", "train", "train, split last", "export-nnunet"])
 def test_a_dataset_of_one_specimen_is_named_in_the_refusal(command, tmp_path, capsys):
     """It said "only 1 specimen/group: cross-validation needs at least 2" without
     saying which dataset, in a script that splits several."""
@@ -452,7 +452,10 @@ def test_a_dataset_of_one_specimen_is_named_in_the_refusal(command, tmp_path, ca
     out = tmp_path / "out"
     argv = {"split": ["split", data, "--out", out / "folds.json"],
             "train": ["train", data, "--out", out],
+            # "the last 0 form the test set" was a warning, and the run trained with none
+            "train, split last": ["train", data, "--out", out, "--config", tmp_path / "last.toml"],
             "export-nnunet": ["export-nnunet", data, out, "--dataset-id", "5", "--name", "One"]}[command]
+    (tmp_path / "last.toml").write_text('[train]\nsplit = "last"\n', encoding="utf-8")
     line = assert_refused(capsys, argv, 3, f"{data}: only 1 specimen/group", tmp_path)
     assert line.startswith(f"bcseg: error: {data}: ")
     assert not out.exists()

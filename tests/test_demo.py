@@ -21,6 +21,25 @@ def test_demo_force_never_deletes_a_folder_that_is_not_a_demo(tmp_path, capsys):
     assert precious.read_text() == "keep me"
 
 
+def test_an_interrupted_demo_is_one_line_and_leaves_no_half_demo(tmp_path, capsys, monkeypatch):
+    """Ctrl-C or SIGTERM in a demo's training printed a traceback (train's Interrupted
+    was caught by train's command only) and left half a demo that the next run refused."""
+    import bcseg.after_fit
+    import bcseg.demo
+    from bcseg.learn.train import Interrupted
+
+    def stopped(*args, **kwargs):
+        raise Interrupted("stopped during epoch 1, which is discarded", 0)
+
+    monkeypatch.setattr(bcseg.after_fit, "train_and_evaluate", stopped)
+    monkeypatch.setattr(bcseg.demo, "DEMO_SHAPE", (8, 24, 24))  # the phantoms, quickly
+    monkeypatch.setattr(bcseg.demo, "PA_SHAPE", (8, 24, 24))
+    code = main(["demo", "--out", str(tmp_path / "d")])
+    err = capsys.readouterr().err
+    assert code == 130 and err == "bcseg: error: interrupted\n", err
+    assert not (tmp_path / "d").exists()
+
+
 @pytest.mark.slow
 def test_demo_runs_end_to_end_with_one_epoch_each(tmp_path, capsys):
     """The whole job on the phantom; one epoch per model keeps it to about a minute."""

@@ -60,7 +60,9 @@ def run_demo(out: str | Path = "demo-run", force: bool = False, epochs_2d: int |
     out = check_output_folder(out)
     require_new_folder(out, force, "demo")
     # --force replaces an earlier demo (files bcseg wrote), never a folder holding others.
-    with claim(out, "demo", replace=force, new=True):
+    # All or nothing: a demo has no --resume, so an interrupted one leaves no half demo
+    # that the next 'make demo' would refuse as a result (with --force: the old one back).
+    with claim(out, "demo", replace=force, new=True, all_or_nothing=True):
         return _demo_in(out, epochs_2d, epochs_3d, specimens)
 
 

@@ -58,11 +58,12 @@ HISTORY_COLUMNS = ["epoch", "loss", "dice", "iou", "val_loss", "val_dice", "val_
 log = logging.getLogger("bcseg.learn.train")
 
 
-class Interrupted(BaseException):
+class Interrupted(KeyboardInterrupt):
     """Training stopped by SIGINT/SIGTERM.
 
-    A BaseException, like KeyboardInterrupt: a handler for a bad model or file
-    (``except Exception``) that happens to be running must not report it as one.
+    A KeyboardInterrupt, not an Exception: a handler for a bad model or file (``except
+    Exception``) that happens to be running must not report it as one, and every
+    command that trains (``demo`` too) ends on it as on Ctrl-C, in one line.
 
     ``saved_epoch`` is the last epoch whose checkpoint is on disk (0: none), so the
     message can say exactly what a ``--resume`` continues from.
@@ -181,6 +182,9 @@ def choose_folds(cases: list[Case], cfg: dict, folds_file=None,
     require_groups(cases, data)
     if train_cfg["split"] == "last":
         groups = sorted({c.group for c in cases})
+        if len(groups) < 2:  # the last 0 would be the test set: a run with nothing tested
+            raise DataError(data, f"only {len(groups)} specimen/group: a test set of the last "
+                            "specimens needs at least 2 (one to train on, one to test)")
         n_test = min(train_cfg["test_last"], len(groups) - 1)
         if n_test < train_cfg["test_last"]:
             warnings.warn(f"only {len(groups)} specimens: the last {n_test} form the test set")
