@@ -381,11 +381,16 @@ def test_a_manifest_row_with_more_cells_than_columns_is_refused(tmp_path, capsys
     assert (code, err) == (0, "")
 
 
+MASK_HINT = " (images are columns image or image_<channel>, masks mask_<observer>)"
+
+
 @pytest.mark.parametrize("column, said", [
     ("Mask_observer2", " (column names are lower case: rename it 'mask_observer2')"),
     ("Group", " (column names are lower case: rename it 'group')"),
     ("Class", " (column names are lower case: rename it 'class')"),
-    ("masks_observer2", ""), ("mask-observer2", ""), ("spacing", ""),
+    ("masks_observer2", MASK_HINT), ("mask-observer2", MASK_HINT),
+    ("spacing", " (spacing is read from each image file (or --spacing for predict))"),
+    ("fold", " (folds are given with --folds-file (a CSV of id,fold))"),
 ])
 def test_a_manifest_column_bcseg_does_not_read_is_refused(column, said, tmp_path, capsys):
     """It was dropped unsaid: a second observer vanished from every consensus, 'Group'
@@ -400,6 +405,18 @@ def test_a_manifest_column_bcseg_does_not_read_is_refused(column, said, tmp_path
     assert assert_refused(capsys, ["split", manifest, "--out", tmp_path / "out" / "s.json"], 3,
                           column, tmp_path) == expected
     assert not (tmp_path / "out").exists()
+
+
+def test_a_manifest_column_of_the_studys_own_is_read_past_and_named(tmp_path, capsys):
+    """A study keeps its own columns (notes, ages) in its table: not bcseg's to refuse,
+    but named once, so that none is taken for one bcseg reads."""
+    manifest = _manifest_dataset(tmp_path / "data", "id,image,mask_observer1,notes,age\n"
+                                 "c0,images/c0.tif,masks/observer1/c0.tif,fine,61\n"
+                                 "c1,images/c1.tif,masks/observer1/c1.tif,blurred,55\n")
+    code, out, err = run_main(capsys, ["check", manifest])
+    assert code == 0 and err == (f"bcseg: warning: {manifest}: column(s) 'notes', 'age' are not read by "
+                                 "bcseg (its columns are id, image, image_<channel>, mask_<observer>, "
+                                 "group and class)\n"), err
 
 
 def test_a_manifest_with_every_known_column_and_a_blank_one_is_read(tmp_path, capsys):

@@ -28,6 +28,7 @@ import hashlib
 import os
 import re
 import unicodedata
+import warnings
 from collections import defaultdict
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -642,19 +643,40 @@ MANIFEST_COLUMNS = ("id", "image", "group", "class")
 MANIFEST_PREFIXES = ("image_", "mask_")  # image_<channel>, mask_<observer>
 
 
+# Columns users add expecting bcseg to read them, which it does not: ignored, each would
+# change the result without a word.
+MANIFEST_MISREAD = {"fold": "folds are given with --folds-file (a CSV of id,fold)",
+                    "folds": "folds are given with --folds-file (a CSV of id,fold)",
+                    "spacing": "spacing is read from each image file (or --spacing for predict)",
+                    "spacing_mm": "spacing is read from each image file (or --spacing for predict)",
+                    "observer": "each observer's masks are a column mask_<observer>"}
+
+
 def _check_manifest_columns(path: Path, columns: list[str]) -> None:
-    """Refuse a column bcseg does not read: ignored, ``Mask_obs2`` would drop an observer
-    and ``Group`` the grouping without a word. One that differs from a known column only
-    in letter case is named with the column it should be."""
+    """Refuse a column that looks meant for bcseg but is not read as meant: ignored,
+    ``Mask_obs2`` or ``masks_obs2`` would drop an observer, ``Group`` the grouping and
+    ``fold`` the folds, without a word. Other columns (a study's own notes, ages, ...)
+    are kept out of the way and named in one warning."""
+    unread = []
     for column in columns:
         if not column or column in MANIFEST_COLUMNS or column.startswith(MANIFEST_PREFIXES):
             continue  # a blank header cell is the trailing comma spreadsheets save
         lower = column.lower()
         known = next((prefix + column[len(prefix):] for prefix in MANIFEST_PREFIXES
                       if lower.startswith(prefix)), lower if lower in MANIFEST_COLUMNS else None)
-        hint = f" (column names are lower case: rename it '{known}')" if known else ""
-        raise DataError(path, f"manifest has a column '{column}' that bcseg does not read{hint}; "
+        if known:
+            hint = f"column names are lower case: rename it '{known}'"
+        elif lower.startswith(("mask", "image")) or lower in MANIFEST_MISREAD:
+            hint = MANIFEST_MISREAD.get(lower, "images are columns image or image_<channel>, masks "
+                                        "mask_<observer>")
+        else:
+            unread.append(column)
+            continue
+        raise DataError(path, f"manifest has a column '{column}' that bcseg does not read ({hint}); "
                         "its columns are id, image, image_<channel>, mask_<observer>, group and class")
+    if unread:
+        warnings.warn(f"{path}: column(s) {', '.join(repr(c) for c in unread)} are not read by bcseg "
+                      "(its columns are id, image, image_<channel>, mask_<observer>, group and class)")
 
 
 def read_manifest(path: str | Path) -> list[Case]:
