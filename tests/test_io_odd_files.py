@@ -96,11 +96,32 @@ def test_a_planar_colour_tiff_reads_as_its_interleaved_copy(kind, mmap, tmp_path
     pixels, options = PLANAR[kind]
     tifffile.imwrite(tmp_path / "mixed.tif", pixels, **options)
     tifffile.imwrite(tmp_path / "planar.tif", np.moveaxis(pixels, -1, -3), planarconfig="separate",
-                     **options)
+                     metadata=None, **options)  # as other software writes it: no shape noted
     expected, _ = io.read_image(tmp_path / "mixed.tif")
     assert expected.shape == pixels.shape[:-1]
     np.testing.assert_array_equal(io.read_image(tmp_path / "planar.tif", mmap=mmap)[0], expected)
     assert io.stored_geometry(tmp_path / "planar.tif")[0] == expected.shape
+
+
+@pytest.mark.parametrize("slices", [3, 4])
+@pytest.mark.parametrize("writer", ["tifffile", "scikit-image"])
+def test_a_stack_of_three_or_four_slices_saved_by_python_tools_stays_a_stack(writer, slices, tmp_path):
+    """tifffile, scikit-image and imageio save a (3, H, W) array as planar RGB by default
+    (with its shape in their description): read as colour, three slices were mixed into
+    one grey image, and a mask of them read as 0/182, passing as binary."""
+    stack = np.stack([RAMP, 255 - RAMP, RAMP // 2, RAMP // 3][:slices]).astype(np.uint8)
+    path = tmp_path / "stack.tif"
+    if writer == "tifffile":
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)  # tifffile's note on this default
+            tifffile.imwrite(path, stack)
+    else:
+        import skimage.io
+        skimage.io.imsave(path, stack, check_contrast=False)
+    assert tifffile.TiffFile(path).series[0].axes == "SYX"  # planar colour, as stored
+    np.testing.assert_array_equal(io.read_image(path)[0], stack)
+    np.testing.assert_array_equal(io.read_image(path, mmap=True)[0], stack)
+    assert io.stored_geometry(path)[0] == stack.shape
 
 
 def test_a_planar_two_sample_tiff_is_refused_as_the_interleaved_one_is(tmp_path):

@@ -431,6 +431,8 @@ def _stored_shape(tif: tifffile.TiffFile, path: Path) -> tuple[tuple[int, ...], 
         axes = "Q" + axes
     # Refuse from the header, before tifffile allocates what a corrupt header declares.
     _check_size(path, tuple(shape), math.prod(shape) * series.dtype.itemsize)
+    if _samples_are_slices(tif, axes):
+        axes = axes.replace("S", "Z")
     if "S" in axes:  # samples per pixel: last when interleaved, first when planar (SYX)
         samples = shape.pop(axes.index("S"))
         axes = axes.replace("S", "")
@@ -439,6 +441,20 @@ def _stored_shape(tif: tifffile.TiffFile, path: Path) -> tuple[tuple[int, ...], 
                             f"axes {series.axes}), which are channels, not slices; save each channel "
                             "as its own file (images/<channel>/) or as a Fiji hyperstack")
     return tuple(shape), axes
+
+
+def _samples_are_slices(tif: tifffile.TiffFile, axes: str) -> bool:
+    """Whether a planar three- or four-sample image is a stack of 3 or 4 slices.
+
+    tifffile, scikit-image and imageio save any (3, H, W) or (4, H, W) array as planar
+    RGB(A) unless told otherwise, and note its shape in their description; read back by
+    tifffile it is the stack it was. Such a file is read as that stack (as bcseg always
+    read it), not mixed into one grey image. A planar colour image without that
+    description (from other software) is colour.
+    """
+    page = tif.pages.first
+    return (axes == "SYX" and tif.is_shaped and tif.series[0].shape[0] in (3, 4)
+            and page.photometric == tifffile.PHOTOMETRIC.RGB)
 
 
 def _check_imagej_count(tif: tifffile.TiffFile, series, path: Path) -> None:
@@ -626,7 +642,8 @@ def _read_tiff(path: Path, mmap: bool) -> tuple[np.ndarray, tuple[float, ...] | 
                 else:
                     array = tif.series[0].asarray()
             axes = ("Q" if len(tif.series) > 1 else "") + tif.series[0].axes
-            if "S" in axes:  # a planar file's samples come first: _tiff_grey takes them last
+            if "S" in axes and not _samples_are_slices(tif, axes):
+                # a planar file's samples come first: _tiff_grey takes them last
                 array = np.moveaxis(array, axes.index("S"), -1)
             if array.shape[-1] in (3, 4) and array.ndim > len(shape):  # colour samples
                 array = _tiff_grey(array, page, path)
