@@ -390,6 +390,7 @@ MASK_HINT = " (images are columns image or image_<channel>, masks mask_<observer
     ("Class", " (column names are lower case: rename it 'class')"),
     ("masks_observer2", MASK_HINT), ("mask-observer2", MASK_HINT),
     ("spacing", " (spacing is read from each image file (or --spacing for predict))"),
+    ("mask", " (each observer's masks are a column mask_<observer>)"),
     ("fold", " (folds are given with --folds-file (a CSV of id,fold))"),
 ])
 def test_a_manifest_column_bcseg_does_not_read_is_refused(column, said, tmp_path, capsys):
@@ -410,11 +411,12 @@ def test_a_manifest_column_bcseg_does_not_read_is_refused(column, said, tmp_path
 def test_a_manifest_column_of_the_studys_own_is_read_past_and_named(tmp_path, capsys):
     """A study keeps its own columns (notes, ages) in its table: not bcseg's to refuse,
     but named once, so that none is taken for one bcseg reads."""
-    manifest = _manifest_dataset(tmp_path / "data", "id,image,mask_observer1,notes,age\n"
-                                 "c0,images/c0.tif,masks/observer1/c0.tif,fine,61\n"
-                                 "c1,images/c1.tif,masks/observer1/c1.tif,blurred,55\n")
+    manifest = _manifest_dataset(tmp_path / "data", "id,image,mask_observer1,notes,Image ID,Mask drawn by\n"
+                                 "c0,images/c0.tif,masks/observer1/c0.tif,fine,61,AB\n"
+                                 "c1,images/c1.tif,masks/observer1/c1.tif,blurred,55,CD\n")
     code, out, err = run_main(capsys, ["check", manifest])
-    assert code == 0 and err == (f"bcseg: warning: {manifest}: column(s) 'notes', 'age' are not read by "
+    assert code == 0 and err == (f"bcseg: warning: {manifest}: column(s) 'notes', 'Image ID', 'Mask drawn "
+                                 "by' are not read by "
                                  "bcseg (its columns are id, image, image_<channel>, mask_<observer>, "
                                  "group and class)\n"), err
 
@@ -880,10 +882,10 @@ def _spoil_folds_csv(folds: Path, how: str) -> str:
     if how == "blank group":  # every blank group would be one group, "g"
         folds.write_text(folds.read_text(encoding="utf-8").replace(",benign,1,", ",benign,,"), encoding="utf-8")
         return "line 4: no group"
-    if how == "image twice":  # the last row would win, silently
-        with folds.open("a", encoding="utf-8") as handle:
-            handle.write("benign/benign (1).png,benign,7,0\n")
-        return "line 6: names image 'benign (1)' again, in group 7 after group 0"
+    if how == "image twice":  # the last row would win, silently; blank and cleared rows
+        with folds.open("a", encoding="utf-8") as handle:  # are no rows, but count as lines
+            handle.write(",,,\n\nbenign/benign (1).png,benign,7,0\n")
+        return "line 8: names image 'benign (1)' again, in group 7 after group 0"
     folds.unlink()
     if how == "broken link":
         folds.symlink_to("/mnt/not-mounted/folds.csv")

@@ -3,6 +3,8 @@ or another origin) is refused: same shape and spacing, but the wrong voxels."""
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import SimpleITK as sitk
@@ -90,3 +92,34 @@ def test_a_tiff_mask_beside_a_nifti_image_is_not_checked(tmp_path):
     image = write_nifti(tmp_path / "a.nii.gz", STACK, direction=FLIP_X)
     mask = io.write_mask(tmp_path / "a_mask.tif", LESION, SPACING)  # TIFF places nothing in space
     assert io.read_mask(mask, STACK.shape, (SPACING,), image=image).sum() == LESION.sum()
+
+
+def test_a_2d_mask_of_a_one_slice_stack_is_compared_in_plane(tmp_path):
+    """A one-slice stack at z = 35.2 mm and its mask saved 2D (squeezed, as nibabel users
+    do) share the in-plane axes; the missing z was taken as 0 and the pair refused."""
+    image = write_nifti(tmp_path / "one.nii.gz", STACK[:1], origin=(1.5, -2.0, 35.2))
+    mask = sitk.GetImageFromArray(LESION[2])
+    mask.SetSpacing(tuple(reversed(SPACING[1:])))
+    mask.SetOrigin((1.5, -2.0))
+    sitk.WriteImage(mask, str(tmp_path / "one_mask.nii.gz"))
+    assert io.read_mask(tmp_path / "one_mask.nii.gz", STACK.shape[1:], image=image).sum() == LESION[2].sum()
+
+
+def test_nnunet_predictions_of_an_exported_nifti_dataset_lie_on_the_source_images(tmp_path):
+    """export-nnunet wrote NIfTI with origin 0 and identity axes; nnU-Net copies that into
+    its predictions, which bcseg then refused as placed elsewhere than the images."""
+    from bcseg.nnunet import export_nnunet
+
+    data = tmp_path / "d"
+    dataset(data)
+    for path in sorted((data / "images").iterdir()):  # the source lies flipped and moved
+        write_nifti(path, io.read_image(path)[0], (5.0, 1.0, -3.0), FLIP_X)
+    for path in sorted((data / "masks" / "observer1").iterdir()):
+        write_nifti(path, LESION, (5.0, 1.0, -3.0), FLIP_X)
+    folder = export_nnunet(data, tmp_path / "raw", 21, "Frame", k=2, file_ending=".nii.gz")
+    exported = sorted((folder / "labelsTr").glob("*.nii.gz"))
+    assert exported
+    cases = json.loads((folder / "bcseg_case_map.json").read_text())["cases"]
+    for label in exported:  # what nnU-Net's prediction of the case would carry
+        source = cases[label.name[:-len(".nii.gz")]]["image"]
+        assert io.read_mask(label, STACK.shape, image=source).sum() == LESION.sum()

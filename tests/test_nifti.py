@@ -166,6 +166,19 @@ def test_an_sform_agreeing_with_pixdim_in_another_orientation_is_read(tmp_path):
     assert np.array_equal(image, STACK) and spacing == SPACING
 
 
+def test_a_single_slice_without_a_thickness_is_read(tmp_path):
+    """One slice whose pixdim leaves the thickness 0 while the sform holds a unit column
+    (as converters write one 2D frame) was refused for "two voxel sizes": a single
+    slice has no spacing along z to disagree about."""
+    path = tmp_path / "one.nii"
+    sitk.WriteImage(sitk.GetImageFromArray(STACK[:1]), str(path))
+    path = with_header(path, {88: ("<f", (0.0,)),  # pixdim[3], the z size: 0
+                              252: ("<hh", (0, 1)),  # sform_code 1
+                              280: ("<12f", (1.0, 0, 0, 0, 0, 1.0, 0, 0, 0, 0, 1.0, 0))})
+    image, _ = io.read_image(path)
+    assert np.array_equal(image, STACK[0])
+
+
 def test_itk_warnings_do_not_reach_stderr(tmp_path, capfd):
     """ITK printed its 'WARNING: In .../itkNiftiImageIO.cxx' lines on stderr (three for
     a negative pixdim, one per read for two voxel sizes) before bcseg's one line."""

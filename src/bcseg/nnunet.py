@@ -386,14 +386,17 @@ def _write_cases(cases: list[Case], nn_ids: list[str], stage: Path, observer: st
         if image.ndim == 3 and spacing is None:
             no_spacing.append(case.image)
         sources = _channel_sources(case, channels)
+        # NIfTI keeps where the source lay in space: nnU-Net copies it into its predictions,
+        # which then lie on the source image (bcseg evaluate compares the frames)
+        frame = io.nifti_frame(case.image) if ending == ".nii.gz" and io.is_nifti(case.image) else None
         for index, pixels in enumerate(images):  # nnU-Net's channel index: _0000, _0001, ...
             _write_image(stage / "imagesTr" / f"{nn_id}_{index:04d}{ending}", pixels, spacing,
-                         sources[index])
+                         sources[index], frame)
         label_path = stage / "labelsTr" / f"{nn_id}{ending}"
         if ending == ".png":
             _write_png(label_path, label)
         else:
-            io.write_image(label_path, label, spacing)
+            io.write_image(label_path, label, spacing, frame=frame)
         if ending == ".tif" and ndim == 3:
             # Tiff3DIO's spacing file: the name without ending and channel index,
             # beside the image and beside the label; axes as the array, (z, y, x).
@@ -434,13 +437,14 @@ def _channel_files(case: Case, channels: list[str]) -> dict[str, str]:
     return {name: str(path.resolve()) for name, path in zip(channels, _channel_sources(case, channels))}
 
 
-def _write_image(path: Path, image: np.ndarray, spacing, source: Path) -> None:
+def _write_image(path: Path, image: np.ndarray, spacing, source: Path, frame=None) -> None:
     """One channel as PNG (8 or 16 bit), TIFF (in a type ImageJ holds) or NIfTI."""
     _check_float32_range(image, source)
     if path.name.endswith(".png"):
         _write_png(path, _png_pixels(image, source))
     else:
-        io.write_image(path, _tiff_pixels(image) if path.suffix == ".tif" else image, spacing)
+        io.write_image(path, _tiff_pixels(image) if path.suffix == ".tif" else image, spacing,
+                       frame=frame)
 
 
 def _label(case: Case, shape: tuple[int, ...], spacing, observer: str) -> np.ndarray:

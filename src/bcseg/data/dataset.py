@@ -432,7 +432,11 @@ def _busi_groups(folds_csv: Path) -> dict[str, str]:
     """
     if not (folds_csv.exists() or folds_csv.is_symlink()):
         return {}
-    columns, rows = read_csv_table(folds_csv, "folds.csv")  # refuses a link, pipe or folder
+    columns, numbered = read_csv_lines(folds_csv, "folds.csv")  # refuses a link, pipe or folder
+    # a row of empty cells (",,,": cells a spreadsheet cleared) is no row
+    numbered = [(line, row) for line, row in numbered if any((v or "").strip() for v in row.values()
+                                                             if isinstance(v, str))]
+    rows = [row for _, row in numbered]
     for column in ("image", "group"):
         if column not in columns:
             other = next((c for c in columns if c.lower() == column), None)
@@ -443,7 +447,7 @@ def _busi_groups(folds_csv: Path) -> dict[str, str]:
         raise DataError(folds_csv, "folds.csv has no rows, so no near-duplicate groups; restore "
                         "it from BUSI's download, or remove it to make each image its own group")
     groups: dict[str, str] = {}
-    for line, row in enumerate(rows, start=2):  # line 1 is the header
+    for line, row in numbered:
         stem = io.file_stem((row["image"] or "").strip().replace("\\", "/"))
         group = (row["group"] or "").strip()
         if not stem or not group:  # all blank groups would read as one group, "g"
@@ -649,7 +653,8 @@ MANIFEST_MISREAD = {"fold": "folds are given with --folds-file (a CSV of id,fold
                     "folds": "folds are given with --folds-file (a CSV of id,fold)",
                     "spacing": "spacing is read from each image file (or --spacing for predict)",
                     "spacing_mm": "spacing is read from each image file (or --spacing for predict)",
-                    "observer": "each observer's masks are a column mask_<observer>"}
+                    "mask": "each observer's masks are a column mask_<observer>",
+                    "masks": "each observer's masks are a column mask_<observer>"}
 
 
 def _check_manifest_columns(path: Path, columns: list[str]) -> None:
@@ -666,7 +671,8 @@ def _check_manifest_columns(path: Path, columns: list[str]) -> None:
                       if lower.startswith(prefix)), lower if lower in MANIFEST_COLUMNS else None)
         if known:
             hint = f"column names are lower case: rename it '{known}'"
-        elif lower.startswith(("mask", "image")) or lower in MANIFEST_MISREAD:
+        elif re.match(r"(masks?|images?)[-_]", lower) or lower in MANIFEST_MISREAD:
+            # masks_obs2, mask-obs2: meant as mask_obs2 (not "Mask drawn by", "Image ID")
             hint = MANIFEST_MISREAD.get(lower, "images are columns image or image_<channel>, masks "
                                         "mask_<observer>")
         else:

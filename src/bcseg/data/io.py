@@ -122,7 +122,7 @@ def not_a_file(path: Path, expected: str = "an image file") -> str | None:
     return f"is {kind}, expected {expected}"
 
 
-def _is_nifti(path: Path) -> bool:
+def is_nifti(path: Path) -> bool:
     return path.name.lower().endswith((".nii", ".nii.gz"))
 
 
@@ -372,7 +372,7 @@ def read_spacing(path: str | Path) -> tuple[float, ...] | None:
     """Spacing in mm per array axis stored in ``path``, or None if it says none."""
     path = Path(path)
     _check_file(path)
-    if _is_nifti(path):
+    if is_nifti(path):
         return read_image(path)[1]
     if not _is_tiff(path):
         return None
@@ -553,7 +553,7 @@ def stored_geometry(path: str | Path) -> tuple[tuple[int, ...], tuple[float, ...
                 shape, _ = _stored_shape(tif, path)
                 if len(shape) in (2, 3):
                     return shape, check_spacing(_tiff_spacing(tif, len(shape)), path)
-        elif _is_nifti(path):
+        elif is_nifti(path):
             sitk = nifti.simpleitk()
 
             reader = sitk.ImageFileReader()
@@ -887,7 +887,7 @@ def read_image(path: str | Path, mmap: bool = False) -> tuple[np.ndarray, tuple[
     _check_file(path)
     if _is_tiff(path):
         array, spacing = _read_tiff(path, mmap)
-    elif _is_nifti(path):
+    elif is_nifti(path):
         array, spacing = _read_nifti(path)
     elif path.suffix.lower() in (".png", ".jpg", ".jpeg"):
         array, spacing = _read_plain(path), None
@@ -997,10 +997,10 @@ def spacing_text(spacing: tuple[float, ...]) -> str:
     return "x".join(f"{v:g}" for v in spacing)
 
 
-def _nifti_frame(path: Path) -> tuple[np.ndarray, np.ndarray]:
-    """Origin (mm) and direction cosines of a NIfTI file, from its header, as 3D."""
+def nifti_frame(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """Origin (mm) and direction cosines of a NIfTI file, from its header, as read
+    (a one-slice file reads as 2D: its in-plane axes only)."""
     sitk = nifti.simpleitk()
-
     reader = sitk.ImageFileReader()
     reader.SetFileName(str(path))
     try:
@@ -1008,10 +1008,7 @@ def _nifti_frame(path: Path) -> tuple[np.ndarray, np.ndarray]:
     except Exception as exc:
         raise DataError(path, f"cannot read NIfTI ({str(exc).strip().splitlines()[-1]})") from None
     dim = reader.GetDimension()
-    origin, direction = np.zeros(3), np.eye(3)  # a 2D file lies in the plane z = 0
-    origin[:dim] = reader.GetOrigin()[:3]
-    direction[:dim, :dim] = np.reshape(reader.GetDirection(), (dim, dim))[:3, :3]
-    return origin, direction
+    return np.asarray(reader.GetOrigin()), np.reshape(reader.GetDirection(), (dim, dim))
 
 
 def _check_same_frame(mask: Path, image: Path) -> None:
@@ -1024,9 +1021,12 @@ def _check_same_frame(mask: Path, image: Path) -> None:
     Dice, volumes and margins would be computed on a mirrored or displaced tumour.
     TIFF files place nothing in space, so only NIfTI pairs can be checked.
     """
-    if not (_is_nifti(mask) and _is_nifti(image)):
+    if not (is_nifti(mask) and is_nifti(image)):
         return
-    (m_origin, m_dir), (i_origin, i_dir) = _nifti_frame(mask), _nifti_frame(image)
+    (m_origin, m_dir), (i_origin, i_dir) = nifti_frame(mask), nifti_frame(image)
+    # A 2D file beside a one-slice 3D one (a squeezed mask) shares the in-plane axes only.
+    axes = min(len(m_origin), len(i_origin))
+    m_origin, i_origin, m_dir, i_dir = m_origin[:axes], i_origin[:axes], m_dir[:axes, :axes], i_dir[:axes, :axes]
     if not np.allclose(m_dir, i_dir, atol=1e-4):
         raise DataError(mask, f"mask's axes point elsewhere than its image's ({image.name}: NIfTI "
                         "direction differs), so its voxels are mirrored or turned against the "
@@ -1098,22 +1098,25 @@ def imagej_kwargs(shape: tuple[int, ...], spacing_mm: tuple[float, ...] | None) 
     return kwargs
 
 
-def _write_nifti(path: Path, array: np.ndarray, spacing_mm) -> None:
+def _write_nifti(path: Path, array: np.ndarray, spacing_mm, frame=None) -> None:
     sitk = nifti.simpleitk()
 
     image = sitk.GetImageFromArray(array)
     if spacing_mm is not None:
         image.SetSpacing(tuple(float(s) for s in reversed(spacing_mm)))
+    if frame is not None and len(frame[0]) == array.ndim:  # where its source lay in space
+        image.SetOrigin(tuple(float(v) for v in frame[0]))
+        image.SetDirection(tuple(float(v) for v in np.ravel(frame[1])))
     sitk.WriteImage(image, str(path), useCompression=True)
 
 
-def _write_array(path: str | Path, array: np.ndarray, spacing_mm, force: bool) -> Path:
+def _write_array(path: str | Path, array: np.ndarray, spacing_mm, force: bool, frame=None) -> Path:
     path = Path(path)
     if array.ndim not in (2, 3):
         raise ValueError(f"expected a 2D or 3D array, got shape {array.shape}")
     with atomic_path(path, force=force) as tmp:
-        if _is_nifti(path):
-            _write_nifti(tmp, array, spacing_mm)
+        if is_nifti(path):
+            _write_nifti(tmp, array, spacing_mm, frame)
         elif _is_tiff(path):
             tifffile.imwrite(tmp, array, **imagej_kwargs(array.shape, spacing_mm))
         else:
@@ -1121,11 +1124,13 @@ def _write_array(path: str | Path, array: np.ndarray, spacing_mm, force: bool) -
     return path
 
 
-def write_mask(path: str | Path, mask: np.ndarray, spacing_mm=None, force: bool = True) -> Path:
-    """Write a bool mask as uint8 (0/255) TIFF or NIfTI (0/1) with spacing, atomically."""
+def write_mask(path: str | Path, mask: np.ndarray, spacing_mm=None, force: bool = True,
+               frame=None) -> Path:
+    """Write a bool mask as uint8 (0/255) TIFF or NIfTI (0/1) with spacing, atomically
+    (``frame``: as :func:`write_image`)."""
     mask = np.asarray(mask) != 0
-    values = mask.astype(np.uint8) * (1 if _is_nifti(Path(path)) else 255)
-    return _write_array(path, values, spacing_mm, force)
+    values = mask.astype(np.uint8) * (1 if is_nifti(Path(path)) else 255)
+    return _write_array(path, values, spacing_mm, force, frame)
 
 
 def write_probability(path: str | Path, prob: np.ndarray, spacing_mm=None, force: bool = True) -> Path:
@@ -1133,6 +1138,8 @@ def write_probability(path: str | Path, prob: np.ndarray, spacing_mm=None, force
     return _write_array(path, np.asarray(prob, dtype=np.float32), spacing_mm, force)
 
 
-def write_image(path: str | Path, image: np.ndarray, spacing_mm=None, force: bool = True) -> Path:
-    """Write a grey image or stack in its own dtype with spacing, atomically."""
-    return _write_array(path, np.asarray(image), spacing_mm, force)
+def write_image(path: str | Path, image: np.ndarray, spacing_mm=None, force: bool = True,
+                frame=None) -> Path:
+    """Write a grey image or stack in its own dtype with spacing, atomically; a NIfTI
+    file with ``frame`` (origin and direction, :func:`nifti_frame`) lies where that says."""
+    return _write_array(path, np.asarray(image), spacing_mm, force, frame)

@@ -146,7 +146,10 @@ def _check_voxel_size(path: Path, header: Header) -> None:
     if header.sform_code <= 0:
         return
     placed = np.linalg.norm(header.sform[:, :axes], axis=0)
-    if not np.allclose(placed, stated, rtol=_SCALE_TOLERANCE, atol=0):
+    # an axis of one voxel has no spacing to measure with (a single slice's thickness
+    # is often left 0 in pixdim while the sform holds a unit column)
+    many = np.asarray(header.dims[:axes]) > 1
+    if not np.allclose(placed[many], stated[many], rtol=_SCALE_TOLERANCE, atol=0):
         shown_placed = "x".join(f"{v:.6g}" for v in reversed(placed))
         raise DataError(path, f"states two voxel sizes: its sform places voxels of {shown_placed} mm, "
                         f"its pixdim says {shown} mm; re-save it with one voxel size "
