@@ -414,7 +414,9 @@ def _stored_shape(tif: tifffile.TiffFile, path: Path) -> tuple[tuple[int, ...], 
         raise DataError(path, "holds no image")
     if len(tif.series) > 1 and tif.is_ome:  # OME Images are fields of view, not slices
         raise DataError(path, f"holds {len(tif.series)} separate OME images (fields of view or "
-                        "positions), not one stack; save each image as its own file")
+                        "positions), not one stack; save each image as its own file, or, if they "
+                        "are the slices of one stack, save the stack in one write "
+                        "(tifffile.imwrite(path, stack, ome=True))")
     if len(tif.series) > 1 and not tif.is_imagej:
         shapes = [s.shape for s in tif.series]
         if len({s[-2:] for s in shapes}) > 1 or any(len(s) > 2 for s in shapes):
