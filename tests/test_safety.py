@@ -1955,3 +1955,19 @@ def test_a_report_of_a_folder_of_runs_leaves_each_run_resumable_and_forceable(tm
     assert (run_dir / "loss.png").read_bytes()[:4] == b"\x89PNG"  # redrawn
     assert outputs.foreign(run_dir) == []  # every file is bcseg's, by the run's own record
     outputs.check_one_writer(run_dir, "train")  # train --force may replace it
+
+
+def test_resume_keeps_masks_of_the_same_ensemble_named_another_way(tmp_path, capsys, models):
+    """Red team 17: the digest held each member's path as typed, so the same two models
+    given as /abs/m.keras and /abs/x/../m.keras had every mask segmented again."""
+    data = stacks(tmp_path / "data", 2)
+    (tmp_path / "m").mkdir()
+    second = tmp_path / "m" / "second.keras"
+    shutil.copyfile(models["2d"], second)
+    out = tmp_path / "seg"
+    assert run(capsys, "predict", data, "--model", models["2d"], "--model", second, "--out", out,
+               "--no-progress")[0] == 0
+    same = tmp_path / "m" / ".." / "m" / "second.keras"
+    code, text, err = run(capsys, "predict", data, "--model", models["2d"], "--model", same, "--out", out,
+                          "--no-progress", "--resume")
+    assert code == 0 and "2 already complete, kept" in text and "another model" not in err, (text, err)

@@ -302,7 +302,10 @@ def made_with(models, settings: InferenceSettings) -> str:
     """A digest of the models' weights and the inference settings, written into every
     mask: ``--resume`` keeps only masks made with the same, so an interrupted run
     finished with another model or threshold never leaves a folder of two models' masks."""
-    digest = hashlib.sha256(json.dumps(settings.to_dict(), sort_keys=True, default=str).encode())
+    # Where the models were found is not what made the masks: the same run given as
+    # /abs/run or ./run is the same weights, hashed below.
+    digest = hashlib.sha256(json.dumps(_without_paths(settings.to_dict()), sort_keys=True,
+                                       default=str).encode())
     for model in models:
         if hasattr(model, "get_weights"):
             for weights in model.get_weights():
@@ -310,6 +313,15 @@ def made_with(models, settings: InferenceSettings) -> str:
         else:  # an ONNX model: its file is its weights
             digest.update(Path(model.path).read_bytes())
     return digest.hexdigest()[:16]
+
+
+def _without_paths(value):
+    """``value`` (JSON-like) with every ``path`` entry left out, at any depth."""
+    if isinstance(value, dict):
+        return {k: _without_paths(v) for k, v in value.items() if k != "path"}
+    if isinstance(value, list):
+        return [_without_paths(v) for v in value]
+    return value
 
 
 def _recorded_made_with(path: Path) -> str | None:
