@@ -209,7 +209,7 @@ def test_train_force_interrupted_before_an_epoch_is_saved_puts_the_old_run_back(
     assert code == 130
     assert hashes(tmp_path) == before  # the old run, as it was, and nothing beside it
     if stop != "Ctrl-C":  # a Ctrl-C outside the epoch loop is "interrupted" alone
-        assert err.count("\n") == 1 and "holds the earlier run, as it was" in err and "--resume" not in err
+        assert err.count("\n") == 1 and "is as it was before this run" in err and "--resume" not in err
 
 
 def test_train_force_interrupted_after_a_saved_epoch_keeps_the_new_run(
@@ -226,6 +226,25 @@ def test_train_force_interrupted_after_a_saved_epoch_keeps_the_new_run(
     code, _, err = run(capsys, "train", phantom, "--out", run_dir, "--force", "--epochs", "1")
     assert code == 130 and "--resume" in err
     assert (run_dir / "state.json").is_file() and not (run_dir / "model_best.keras").exists()
+
+
+def test_a_k_fold_train_force_stopped_in_a_later_fold_says_to_resume(
+        tmp_path, capsys, monkeypatch, phantom, finished_run):
+    """Red team 17: stopped in fold 1's first epoch, with fold 0 saved, the new run was
+    kept (rightly) but the message said the folder held the earlier run, and offered no
+    --resume."""
+    from bcseg.learn import train
+
+    def fold_0_saved_then_stopped(model, cfg, train_samples, val, out, state, plot=None):
+        write_text(out / "state.json", '{"epoch": 1}\n')  # as fold 0 leaves it
+        raise train.Interrupted("stopped during epoch 1 of the next fold", 0)
+
+    monkeypatch.setattr(train, "fit", fold_0_saved_then_stopped)
+    run_dir = _copy_tree(finished_run, tmp_path / "run")
+    code, _, err = run(capsys, "train", phantom, "--out", run_dir, "--force", "--epochs", "1",
+                       "--folds", "all")
+    assert code == 130 and "--resume" in err and "as it was before" not in err, err
+    assert not (run_dir / "model_best.keras").exists()  # the new run, kept for --resume
 
 
 def test_train_init_with_an_unsafe_model_leaves_no_run_folder(tmp_path, capsys, phantom, models):
@@ -1971,3 +1990,24 @@ def test_resume_keeps_masks_of_the_same_ensemble_named_another_way(tmp_path, cap
     code, text, err = run(capsys, "predict", data, "--model", models["2d"], "--model", same, "--out", out,
                           "--no-progress", "--resume")
     assert code == 0 and "2 already complete, kept" in text and "another model" not in err, (text, err)
+
+
+def test_a_ctrl_c_while_a_finished_result_is_recorded_waits_until_it_is(tmp_path, monkeypatch):
+    """Red team 17: Ctrl-C while a claim recorded its finished result left the record
+    open, so the next run took the result for a killed run's (export-nnunet: 'unfinished
+    output'; train --force: the old run put back over the new, finished one)."""
+    real = outputs._finish
+
+    def finish_with_ctrl_c(*args, **kwargs):
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(0.05)  # the signal lands here, unless it is held
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(outputs, "_finish", finish_with_ctrl_c)
+    folder = tmp_path / "result"
+    with pytest.raises(KeyboardInterrupt):  # delivered once the result is recorded
+        with outputs.claim(folder, "test"):
+            write_text(folder / "a.csv", "ours\n")
+    record = json.loads((folder / outputs.RECORD).read_text())
+    assert "open" not in record and list(record["files"]) == ["a.csv"]
+    assert outputs.foreign(folder) == [] and not list(tmp_path.glob(".*lock*"))

@@ -307,8 +307,6 @@ def cmd_train(args) -> int:
         raise UsageError(None, "--teacher-weight needs --teacher (the model to distil)")
 
     fold = "all" if args.folds == "all" else (args.fold if args.fold is not None else 0)
-    # --force interrupted before an epoch is saved puts the earlier run back (outputs.claim)
-    earlier = args.force and Path(args.out, outputs.RECORD).is_file()
     try:
         results = train_and_evaluate(args.data, args.out, config=args.config, overrides=_train_overrides(args),
                         fold=fold, folds_file=args.folds_file, resume=args.resume, force=args.force,
@@ -319,9 +317,10 @@ def cmd_train(args) -> int:
         folds = (" --folds all" if args.folds == "all" else
                  f" --fold {args.fold}" if args.fold is not None else "")
         folds += f" --folds-file {args.folds_file}" if args.folds_file else ""
-        if saved == 0 and earlier:
-            print(printable(f"bcseg: training interrupted ({stopped}); {kept}, so {args.out} holds "
-                            "the earlier run, as it was"), file=sys.stderr)
+        # --force interrupted before any fold saved an epoch puts the earlier run back
+        if getattr(stopped, "bcseg_old_result_back", False):
+            print(printable(f"bcseg: training interrupted ({stopped}); no epoch was saved, so "
+                            f"{args.out} is as it was before this run"), file=sys.stderr)
             return 130
         print(printable(f"bcseg: training interrupted ({stopped}); {kept}. Continue with: "
                         f"bcseg train {args.data} --out {args.out}{folds} --resume"), file=sys.stderr)

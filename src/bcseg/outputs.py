@@ -41,6 +41,8 @@ import os
 import re
 import secrets
 import shutil
+import signal
+import threading
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
@@ -690,18 +692,24 @@ def claim(folder: str | Path, command: str, *, replace: bool = False, inputs: It
         except BaseException as exc:
             held = _held.pop(key)
             keep = isinstance(exc, keep_on) and (keep_if is None or keep_if(key))
-            if all_or_nothing and aside is None and not keep:
-                _remove_written(key, held.wrote)
-            # When putting the old result back fails, _undo raises and the old result
-            # stays aside, where the next claim of the folder puts it back: never deleted.
-            if not _undo(folder, aside, restore=not keep, held=held) \
-                    and aside is not None:
-                shutil.rmtree(aside)  # the new, partial result is kept (keep_on)
+            with _signals_deferred():  # a second Ctrl-C must not cut the putting back short
+                if all_or_nothing and aside is None and not keep:
+                    _remove_written(key, held.wrote)
+                # When putting the old result back fails, _undo raises and the old result
+                # stays aside, where the next claim of the folder puts it back: never deleted.
+                restored = _undo(folder, aside, restore=not keep, held=held)
+                if not restored and aside is not None:
+                    shutil.rmtree(aside)  # the new, partial result is kept (keep_on)
+            # what the command line says: the old result is back (True), or the new kept
+            exc.bcseg_old_result_back = restored and aside is not None
             raise
-        held = _held.pop(key)
-        _finish(folder, held)
-        if aside is not None:
-            shutil.rmtree(aside)
+        # A Ctrl-C while the finished result is recorded would leave it looking unfinished
+        # (and a forced train's next run would put the old run back over it): held until done.
+        with _signals_deferred():
+            held = _held.pop(key)
+            _finish(folder, held)
+            if aside is not None:
+                shutil.rmtree(aside)
     finally:
         try:
             if not had_record:  # a claim that wrote nothing leaves no record in a folder of yours
@@ -710,6 +718,28 @@ def claim(folder: str | Path, command: str, *, replace: bool = False, inputs: It
             folder_lock.release(lock)
         if created is not None:
             _remove_if_empty(key, created)
+
+
+@contextlib.contextmanager
+def _signals_deferred() -> Iterator[None]:
+    """Hold SIGINT and SIGTERM until the block ends, then deliver them as they came: for
+    the few steps that record or put back a result, which a signal must not cut in half.
+    (Python runs signal handlers in the main thread only, so elsewhere there is nothing
+    to hold; blocking the signal would not do, since another thread may take it.)"""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught: list[int] = []
+    previous = {number: signal.signal(number, lambda got, frame: caught.append(got))
+                for number in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for number, handler in previous.items():
+            if handler is not None:  # None: set outside Python, nothing to put back
+                signal.signal(number, handler)
+        if caught:
+            signal.raise_signal(caught[0])  # to the handler that was there: Ctrl-C as ever
 
 
 @contextlib.contextmanager
