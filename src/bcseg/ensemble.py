@@ -190,23 +190,18 @@ def _validation_cases(runs: list[Path], data) -> list:
 def _check_same_files(recorded, fold_file: Path, by_id: dict, digests: dict, data) -> None:
     """The validation cases' files are those the run validated on (runs since
     2026-12-06 record their digests; older runs are taken on trust)."""
-    from bcseg.data.dataset import case_digest
+    from bcseg.data.dataset import changed_case
 
     if recorded is None:
         return
     if not isinstance(recorded, dict) or not all(isinstance(v, str) for v in recorded.values()):
         raise ModelError(fold_file, "'validation_sha256' is not a map of case ids to digests; give a run "
                          "folder as train wrote it")
-    for case_id, digest in sorted(recorded.items()):
-        case = by_id.get(case_id)
-        if case is None:
-            continue  # a case the split does not validate on, or one already named missing
-        if case_id not in digests:
-            digests[case_id] = case_digest(case)
-        if digests[case_id] != digest:
-            raise DataError(case.image, f"case {case_id!r} is not the one {fold_file.parent} validated on "
-                            f"(its image or masks differ); give the dataset the run was trained on, {data} "
-                            "is another")
+    case = changed_case(recorded, by_id, digests)
+    if case is not None:
+        raise DataError(case.image, f"case {case.id!r} is not the one {fold_file.parent} validated on "
+                        f"(its image or masks differ); give the dataset the run was trained on, {data} "
+                        "is another")
 
 
 def build_ensemble(data, models: Sequence[str | Path], out: str | Path, force: bool = False):

@@ -520,6 +520,23 @@ def case_digest(case: Case) -> str:
     return hashlib.sha256(lines.encode()).hexdigest()
 
 
+def changed_case(recorded: dict[str, str], by_id: dict[str, Case],
+                 digests: dict[str, str] | None = None) -> Case | None:
+    """The first case whose files differ from the ``recorded`` digests (case id ->
+    :func:`case_digest`), or None; ids not in ``by_id`` are skipped. ``digests`` caches
+    the digests computed, for callers that compare several records."""
+    digests = {} if digests is None else digests
+    for case_id, digest in sorted(recorded.items()):
+        case = by_id.get(case_id)
+        if case is None:
+            continue
+        if case_id not in digests:
+            digests[case_id] = case_digest(case)
+        if digests[case_id] != digest:
+            return case
+    return None
+
+
 def duplicate_images(cases: list[Case]) -> list[tuple[Case, Case]]:
     """Pairs ``(first, other)`` of cases in different groups with byte-identical images.
 
@@ -590,19 +607,13 @@ def _manifest_path(value: str, base: Path, manifest: Path, line: int) -> Path:
     return path
 
 
-def read_csv_table(path: str | Path, what: str = "manifest") -> tuple[list[str], list[dict]]:
-    """Column names and rows of a comma-separated file, as spreadsheet programs save them.
+def read_csv_lines(path: str | Path, what: str = "manifest") -> tuple[list[str], list[tuple[int, dict]]]:
+    """Column names and rows of a comma-separated file, as spreadsheet programs save
+    them, with each row's line in the file.
 
     A UTF-8 byte-order mark (Excel's "CSV UTF-8") and CRLF line ends are accepted;
     a file delimited by semicolons or tabs (Excel in many locales), or not in UTF-8,
     is refused with a line saying how to save it. Column names are stripped.
-    """
-    columns, numbered = read_csv_lines(path, what)
-    return columns, [row for _, row in numbered]
-
-
-def read_csv_lines(path: str | Path, what: str = "manifest") -> tuple[list[str], list[tuple[int, dict]]]:
-    """Like :func:`read_csv_table`, with each row's line in the file.
 
     Rows are dictionaries as :class:`csv.DictReader` makes them (extra cells under
     ``None``, missing ones ``None``) and blank lines are skipped, but the number
@@ -649,12 +660,11 @@ MANIFEST_PREFIXES = ("image_", "mask_")  # image_<channel>, mask_<observer>
 
 # Columns users add expecting bcseg to read them, which it does not: ignored, each would
 # change the result without a word.
-MANIFEST_MISREAD = {"fold": "folds are given with --folds-file (a CSV of id,fold)",
-                    "folds": "folds are given with --folds-file (a CSV of id,fold)",
-                    "spacing": "spacing is read from each image file (or --spacing for predict)",
-                    "spacing_mm": "spacing is read from each image file (or --spacing for predict)",
-                    "mask": "each observer's masks are a column mask_<observer>",
-                    "masks": "each observer's masks are a column mask_<observer>"}
+_FOLDS_HINT = "folds are given with --folds-file (a CSV of id,fold)"
+_SPACING_HINT = "spacing is read from each image file (or --spacing for predict)"
+_MASKS_HINT = "each observer's masks are a column mask_<observer>"
+MANIFEST_MISREAD = {"fold": _FOLDS_HINT, "folds": _FOLDS_HINT, "spacing": _SPACING_HINT,
+                    "spacing_mm": _SPACING_HINT, "mask": _MASKS_HINT, "masks": _MASKS_HINT}
 
 
 def _check_manifest_columns(path: Path, columns: list[str]) -> None:

@@ -45,7 +45,7 @@ from bcseg.learn.augment import AugmentConfig
 from bcseg.config import load_config, save_config
 from bcseg.data.consensus import METHODS
 from bcseg.data.channels import check_channel_name
-from bcseg.data.dataset import (IMAGE_CHANNEL, Case, case_digest, dataset_channels, discover,
+from bcseg.data.dataset import (IMAGE_CHANNEL, Case, case_digest, changed_case, dataset_channels, discover,
                                 refuse_duplicate_images, require_every_observer)
 from bcseg.data.intensity import check_methods
 from bcseg.data.splits import (folds_from_file, group_note, kfold_by_group, load_splits, require_groups,
@@ -777,7 +777,7 @@ def train(data, out, config=None, overrides: dict | None = None, fold="0", folds
     # Interrupted: keep the new run, which --resume continues, once it has saved an epoch;
     # before that (caching the data, the first epoch: minutes on real data), and after
     # any failure, the old run is put back.
-    with outputs.claim(out, "train", replace=replace, keep_on=(Interrupted, KeyboardInterrupt),
+    with outputs.claim(out, "train", replace=replace, keep_on=(KeyboardInterrupt,),  # Interrupted is one
                        keep_if=_has_saved_epoch, inputs=inputs, new=not resume, what="a run"):
         if resume:
             remove_partials(out)
@@ -877,15 +877,13 @@ def _check_same_cases(out: Path, cases: list[Case], folds: dict[str, int], targe
         raise DataError(data, f"is not the dataset the run started with ({what} since; "
                         f"{len(gone)} gone, {len(new)} new): a resumed run trains on the same cases; "
                         "give that dataset, or start a new run")
-    by_id = {c.id: c for c in cases}
+    by_id, digests = {c.id: c for c in cases}, {}
     for k in targets:
-        recorded = _recorded_digests(_fold_dir(out, k, targets) / "fold.json")
-        for case_id, digest in sorted(recorded.items()):
-            case = by_id.get(case_id)
-            if case is not None and case_digest(case) != digest:
-                raise DataError(case.image, f"case '{case_id}' changed since the run started (its "
-                                "files differ from those fold.json recorded): a resumed run trains on "
-                                "the same data; restore them, or start a new run")
+        case = changed_case(_recorded_digests(_fold_dir(out, k, targets) / "fold.json"), by_id, digests)
+        if case is not None:
+            raise DataError(case.image, f"case '{case.id}' changed since the run started (its "
+                            "files differ from those fold.json recorded): a resumed run trains on "
+                            "the same data; restore them, or start a new run")
 
 
 def _recorded_digests(fold_file: Path) -> dict[str, str]:
