@@ -2011,3 +2011,26 @@ def test_a_ctrl_c_while_a_finished_result_is_recorded_waits_until_it_is(tmp_path
     record = json.loads((folder / outputs.RECORD).read_text())
     assert "open" not in record and list(record["files"]) == ["a.csv"]
     assert outputs.foreign(folder) == [] and not list(tmp_path.glob(".*lock*"))
+
+
+def test_a_file_put_into_the_replaced_result_meanwhile_keeps_it(tmp_path):
+    """The old result moved aside held only bcseg's files when moved; one the user put
+    into it while the replacement ran was deleted with it."""
+    folder = tmp_path / "result"
+    with outputs.claim(folder, "test"):
+        write_text(folder / "a.csv", "old\n")
+    with pytest.warns(UserWarning, match="was put into the replaced result"):
+        with outputs.claim(folder, "test", replace=True):
+            aside = next(tmp_path.glob(f".result{outputs.ASIDE_MARK}*"))
+            (aside / "notes.txt").write_text("mine")
+            write_text(folder / "a.csv", "new\n")
+    assert (aside / "notes.txt").read_text() == "mine" and (folder / "a.csv").read_text() == "new\n"
+
+
+def test_a_file_put_at_the_locks_name_meanwhile_is_not_removed(tmp_path):
+    folder = tmp_path / "result"
+    with outputs.claim(folder, "test"):
+        lock = tmp_path / f".result{outputs.LOCK_SUFFIX}"
+        lock.unlink()
+        lock.write_text("mine")
+    assert lock.read_text() == "mine"

@@ -104,6 +104,13 @@ def live_holder(path: Path) -> str | None:
 
 
 def release(lock: tuple[int, Path]) -> None:
+    """Remove the lock file (while still holding it: a waiter then sees a new inode) and
+    let go. Only the file this lock is: one put at its name meanwhile is not bcseg's."""
     fd, path = lock
-    path.unlink(missing_ok=True)  # while still holding it: a waiter then sees a new inode
-    os.close(fd)
+    try:
+        if os.lstat(path).st_ino == os.fstat(fd).st_ino:
+            path.unlink()
+    except FileNotFoundError:
+        pass
+    finally:
+        os.close(fd)

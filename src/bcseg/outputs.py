@@ -43,6 +43,7 @@ import secrets
 import shutil
 import signal
 import threading
+import warnings
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
@@ -699,7 +700,7 @@ def claim(folder: str | Path, command: str, *, replace: bool = False, inputs: It
                 # stays aside, where the next claim of the folder puts it back: never deleted.
                 restored = _undo(folder, aside, restore=not keep, held=held)
                 if not restored and aside is not None:
-                    shutil.rmtree(aside)  # the new, partial result is kept (keep_on)
+                    _drop_aside(aside)  # the new, partial result is kept (keep_on)
             # what the command line says: the old result is back (True), or the new kept
             exc.bcseg_old_result_back = restored and aside is not None
             raise
@@ -709,7 +710,7 @@ def claim(folder: str | Path, command: str, *, replace: bool = False, inputs: It
             held = _held.pop(key)
             _finish(folder, held)
             if aside is not None:
-                shutil.rmtree(aside)
+                _drop_aside(aside)
     finally:
         try:
             if not had_record:  # a claim that wrote nothing leaves no record in a folder of yours
@@ -718,6 +719,18 @@ def claim(folder: str | Path, command: str, *, replace: bool = False, inputs: It
             folder_lock.release(lock)
         if created is not None:
             _remove_if_empty(key, created)
+
+
+def _drop_aside(aside: Path) -> None:
+    """Delete the old result a replacement moved aside, now replaced. It held only
+    bcseg's files when moved (checked then); a file put into it since is the user's, so
+    the folder is then kept, named in a warning, as a killed replacement's would be."""
+    stray = foreign(aside)
+    if stray:
+        warnings.warn(f"{aside / stray[0]}: was put into the replaced result, which is kept "
+                      f"as {aside}; move what you need out of it and delete it", stacklevel=4)
+        return
+    shutil.rmtree(aside)
 
 
 @contextlib.contextmanager
