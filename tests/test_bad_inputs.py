@@ -746,6 +746,40 @@ def test_sigterm_after_the_last_epoch_is_not_swallowed(trained, tmp_path, capsys
     assert not (copy / "inference.json").exists()
 
 
+def _sigterm_in_a_finaliser_once(method):
+    """Sends SIGTERM from inside a ``__del__``, where Python prints and drops whatever the
+    handler raises ("Exception ignored in ..."): a Ctrl-C that lands while the garbage
+    collector runs a finaliser, as it did once in 20 tries during the tested-run step."""
+    sent = {"done": False}
+
+    class Finalised:
+        def __del__(self):
+            os.kill(os.getpid(), signal.SIGTERM)
+            sum(range(1000))  # the handler runs here
+
+    def wrapper(*args, **kwargs):
+        if not sent["done"]:
+            sent["done"] = True
+            Finalised()
+        return method(*args, **kwargs)
+    return wrapper
+
+
+def test_sigterm_lost_in_a_finaliser_still_stops_the_run(trained, tmp_path, capsys, monkeypatch):
+    """The run finished as if no signal had come (exit 0); it stops once the fold is tested."""
+    root, run, _ = trained
+    copy = _copy_run(run, tmp_path / "run")
+    (copy / "inference.json").unlink()  # resume: no epoch left, straight to testing
+    monkeypatch.setattr(after_fit, "tune_inference", _sigterm_in_a_finaliser_once(after_fit.tune_inference))
+    code, out, err = run_main(capsys, ["train", root, "--out", copy, "--resume"])
+    assert code == 130, (out, err)
+    said = [line for line in err.splitlines() if "interrupted" in line]
+    assert len(said) == 1 and "stopped after fold 0 was tested" in said[0] and "--resume" in said[0], err
+    assert (copy / "inference.json").is_file()  # the fold was tested: nothing of it is lost
+    code, out, err = run_main(capsys, ["train", root, "--out", copy, "--resume"])
+    assert code == 0 and "fold 0 already finished" in out + err, (out, err)
+
+
 # --------------------------------------------------------------------------- a folder where a file is expected
 
 @pytest.mark.parametrize("where", ["images/c2.tif", "masks/observer1/c1.tif", "masks/c9.tif"])

@@ -443,18 +443,25 @@ def _build_locally(model: keras.Model, dataset) -> None:
 
 
 
-def _stop_on_signal(saved_epoch: int) -> None:
+def _stop_on_signal(saved_epoch: int) -> list[int]:
     """Turn SIGINT/SIGTERM into :class:`Interrupted` while the trained run is tested.
 
     Without this, SIGTERM after the last epoch would end the process with no word
     and no cleanup of half-written predictions. :func:`train` restores the handlers.
+    Returns the signals caught: a handler that runs inside a finaliser (a ``__del__``,
+    a weakref callback) has its exception printed and dropped by Python, so the fold
+    loop checks this list once the fold is tested and stops there.
     """
+    caught: list[int] = []
+
     def on_signal(signum, frame):
+        caught.append(signum)
         raise Interrupted(f"stopped after epoch {saved_epoch}, before the run was tested",
                           saved_epoch)
 
     for s in (signal.SIGINT, signal.SIGTERM):
         signal.signal(s, on_signal)
+    return caught
 
 
 def _after_epoch(model, cfg: dict, out: Path, state: dict, row: dict, plot=None) -> dict:
@@ -549,8 +556,9 @@ def run_fold(cases: list[Case], folds: dict[str, int], fold: int, cfg: dict, out
                 build_model(cfg, len(channels or [IMAGE_CHANNEL]))
             compile_model(model, cfg)
     state = fit(model, cfg, train_set, val_set, out, state, plot)
-    _stop_on_signal(state["epoch"])  # until train() restores the handlers
+    caught = _stop_on_signal(state["epoch"])  # until train() restores the handlers
     return {"fold": fold, "best_epoch": state.get("best_epoch"), "best_val_dice": state.get("best_score"),
+            "saved_epoch": state["epoch"], "signals_caught": caught,
             "out": out, "cfg": cfg, "validation": val_cases, "test": test,
             "channels": channels, "normalisation": methods}
 
@@ -923,6 +931,8 @@ def _train_in(out: Path, cfg: dict, cases: list[Case], folds: dict, source, targ
                     fitted = run_fold(cases, folds, k, cfg, fold_dir, resume, init_model, strategy, plot,
                                       validation, teacher)
                     results.append(_summary(fitted, after_fit))
+                if fitted["signals_caught"]:  # its Interrupted was lost in a finaliser
+                    raise Interrupted(f"stopped after fold {k} was tested", fitted["saved_epoch"])
             if len(targets) > 1:
                 write_text(out / "folds_summary.json", json.dumps(results, indent=1, default=str) + "\n")
             return results
