@@ -250,8 +250,22 @@ DAMAGE = {  # what is damaged: (the file, how)
 }
 
 
+@pytest.fixture(scope="module")
+def reported_run(run_dir, tmp_path_factory):
+    """A copy of run_dir with a first report: its files are bcseg's (recorded by size and
+    modification time, which ``shutil.copytree`` keeps, so each test's copy is too)."""
+    import shutil
+
+    from bcseg.cli import main
+
+    copy = shutil.copytree(run_dir, tmp_path_factory.mktemp("reported") / "run",
+                           ignore=shutil.ignore_patterns("*.png", "*.html", "out", "first"))
+    assert main(["report", str(copy)]) == 0
+    return copy
+
+
 @pytest.mark.parametrize("damage", sorted(DAMAGE))
-def test_report_on_a_damaged_table_is_one_line_naming_it_and_redraws_nothing(damage, run_dir, tmp_path,
+def test_report_on_a_damaged_table_is_one_line_naming_it_and_redraws_nothing(damage, reported_run, tmp_path,
                                                                             capsys):
     """A malformed agreement.csv failed with "KeyError: 'case'" after loss.png and dice.png
     were redrawn; a Dice of 'abc' in it, or a loss of 'abc' in history.csv, was drawn as
@@ -260,9 +274,7 @@ def test_report_on_a_damaged_table_is_one_line_naming_it_and_redraws_nothing(dam
 
     from bcseg.cli import main
 
-    copy = shutil.copytree(run_dir, tmp_path / "run", ignore=shutil.ignore_patterns("*.png", "*.html",
-                                                                                     "out", "first"))
-    assert main(["report", str(copy)]) == 0  # the first report: its files are bcseg's
+    copy = shutil.copytree(reported_run, tmp_path / "run")
     name, damage_it = DAMAGE[damage]
     damage_it(copy / name)
     before = {p: p.stat().st_mtime_ns for p in copy.rglob("*")}

@@ -1770,8 +1770,8 @@ def test_evaluate_force_never_replaces_a_k_fold_runs_test_fold_metrics(tmp_path,
     numbers, leaving its report describing the old ones."""
     config = tmp_path / "tiny.toml"
     config.write_text("[model]\nbase_filters = 2\ndepth = 2\n[data]\nsize = 16\n"
-                      "[train]\nepochs = 1\nbatch_size = 4\nk = 3\n[inference]\ntune = false\n")
-    kf = tmp_path / "kf"
+                      "[train]\nepochs = 1\nbatch_size = 4\nk = 2\n[inference]\ntune = false\n")
+    kf = tmp_path / "kf"  # two folds: fold 1's predictions offered as fold 0's evaluation
     code, _, err = run(capsys, "train", phantom, "--out", kf, "--config", config, "--folds", "all")
     assert code == 0, err
     assert outputs.writers(kf / "fold_0")["metrics.csv"] == "train"

@@ -446,8 +446,9 @@ def test_a_fold_of_a_run_of_all_folds_equals_the_fold_trained_alone(tmp_path, ph
     """Each fold's initial weights are seeded afresh, so fold 1 of `--fold all` does not
     start from whatever random state fold 0's training left (nor does a resumed run
     whose fold 0 had finished before the interruption)."""
-    train.train(phantom, tmp_path / "all", overrides=TINY, fold="all")
-    train.train(phantom, tmp_path / "alone", overrides=TINY, fold="1")
+    two_folds = {**TINY, "train": {**TINY["train"], "k": 2}}  # fold 1 is the second and last
+    train.train(phantom, tmp_path / "all", overrides=two_folds, fold="all")
+    train.train(phantom, tmp_path / "alone", overrides=two_folds, fold="1")
     _assert_same_weights(tmp_path / "all" / "fold_1" / "model_last.keras",
                          tmp_path / "alone" / "model_last.keras")
 
@@ -682,7 +683,7 @@ def test_a_kfold_run_can_be_replaced_with_force(tmp_path, phantom):
     from bcseg.outputs import owned
 
     out = tmp_path / "kfold"
-    one_epoch = {**TINY, "train": {**TINY["train"], "epochs": 1}}
+    one_epoch = {**TINY, "train": {**TINY["train"], "epochs": 1, "k": 2}}  # two folds will do
     train_and_evaluate(phantom, out, overrides=one_epoch, fold="all", report=False)
     assert "inference.json" in owned(out)
     train_and_evaluate(phantom, out, overrides=one_epoch, fold="all", report=False, force=True)
