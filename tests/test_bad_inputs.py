@@ -704,7 +704,10 @@ def _send_sigterm_once(method):
     def wrapper(*args, **kwargs):
         if not sent["done"]:
             sent["done"] = True
-            os.kill(os.getpid(), signal.SIGTERM)
+            # To this (the main) thread, handled at once: os.kill may hand a process's
+            # signal to one of TensorFlow's threads, and Python then runs the handler
+            # only whenever the main thread next looks, wherever that is.
+            signal.raise_signal(signal.SIGTERM)
         return method(*args, **kwargs)
     return wrapper
 
@@ -754,8 +757,7 @@ def _sigterm_in_a_finaliser_once(method):
 
     class Finalised:
         def __del__(self):
-            os.kill(os.getpid(), signal.SIGTERM)
-            sum(range(1000))  # the handler runs here
+            signal.raise_signal(signal.SIGTERM)  # its handler runs here, inside __del__
 
     def wrapper(*args, **kwargs):
         if not sent["done"]:
