@@ -2036,3 +2036,30 @@ def test_a_file_put_at_the_locks_name_meanwhile_is_not_removed(tmp_path):
         lock.unlink()
         lock.write_text("mine")
     assert lock.read_text() == "mine"
+
+
+# --------------------------------------------------------------------------- red team 18
+
+def test_a_stopped_predict_is_not_scored_as_a_finished_one(tmp_path, capsys, models):
+    """SIGTERM part-way through predict closed the folder's record as if the run had
+    finished: evaluate then scored the masks so far as the whole study, exit 0, the
+    missing cases only "left out" as a run's test fold leaves cases out."""
+    truth = tmp_path / "truth"
+    images = stacks(truth / "images", 6, shape=KILL_SHAPE)
+    mask = np.zeros(KILL_SHAPE, bool)
+    mask[8:24, 64:192, 64:192] = True
+    for i in range(6):
+        io.write_mask(truth / "masks" / "observer1" / f"s{i}.tif", mask, (0.5, 0.2, 0.2))
+    out = tmp_path / "out"
+    process = popen("predict", images, "--model", models["2d"], "--out", out, "--no-progress")
+    wait_for(lambda: out.is_dir() and any(out.glob("*_mask.tif")) and partials(out), process)
+    process.send_signal(signal.SIGTERM)
+    process.communicate(timeout=120)
+    assert process.returncode == 130 and len(list(out.glob("*_mask.tif"))) < 6
+    code, _, err = run(capsys, "evaluate", "--pred", out, "--truth", truth, "--out", tmp_path / "ev")
+    assert code == 3 and "unfinished output of a 'bcseg predict' run" in one_line(err)
+    assert not (tmp_path / "ev").exists()
+    code, _, _ = run(capsys, "predict", images, "--model", models["2d"], "--out", out,
+                     "--resume", "--no-progress")
+    assert code == 0 and outputs.unfinished_claim(out) is None
+    assert len(list(out.glob("*_mask.tif"))) == 6

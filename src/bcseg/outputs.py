@@ -620,7 +620,8 @@ def _finish(folder: Path, held: _Held | None = None, still_open: bool = False) -
 @contextlib.contextmanager
 def claim(folder: str | Path, command: str, *, replace: bool = False, inputs: Iterable = (),
           keep_on: tuple[type[BaseException], ...] = (), keep_if: Callable[[Path], bool] | None = None,
-          new: bool = False, what: str = "a result", all_or_nothing: bool = False) -> Iterator[Path]:
+          new: bool = False, what: str = "a result", all_or_nothing: bool = False,
+          open_on_failure: bool = False) -> Iterator[Path]:
     """Lock ``folder``, create it, record what ``command`` writes into it.
 
     Parameters
@@ -652,6 +653,12 @@ def claim(folder: str | Path, command: str, *, replace: bool = False, inputs: It
         When the block fails (an error, Ctrl-C, SIGTERM) and nothing was moved aside,
         delete what this claim wrote: a half-written result is never left looking like
         a finished one.
+    open_on_failure : bool
+        When the block fails and nothing was moved aside, keep what this claim wrote
+        but leave its record open, as a killed run's is (:func:`unfinished_claim`): a
+        command whose output is many files written one by one (``predict``), stopped
+        part-way, leaves a folder that says it is unfinished, never one that looks like
+        its whole result. Not when it wrote nothing into a folder whose record was closed.
 
     Raises
     ------
@@ -683,6 +690,7 @@ def claim(folder: str | Path, command: str, *, replace: bool = False, inputs: It
             _refuse_a_result(folder, command, what, None)
         if key.is_dir():
             journal.check_free(key)
+        unfinished_before = key.is_dir() and unfinished_claim(key) is not None  # a killed run's
         aside = _move_aside(key, inputs, folder, command) if replace else None
         _held[key] = _Held(command)
         try:
@@ -696,11 +704,16 @@ def claim(folder: str | Path, command: str, *, replace: bool = False, inputs: It
             with _signals_deferred():  # a second Ctrl-C must not cut the putting back short
                 if all_or_nothing and aside is None and not keep:
                     _remove_written(key, held.wrote)
-                # When putting the old result back fails, _undo raises and the old result
-                # stays aside, where the next claim of the folder puts it back: never deleted.
-                restored = _undo(folder, aside, restore=not keep, held=held)
-                if not restored and aside is not None:
-                    _drop_aside(aside)  # the new, partial result is kept (keep_on)
+                if open_on_failure and aside is None and (held.wrote or unfinished_before):
+                    restored = False  # kept, and recorded as unfinished
+                    with contextlib.suppress(Exception):  # the failure itself is what to report
+                        _finish(folder, held, still_open=True)
+                else:
+                    # When putting the old result back fails, _undo raises and the old result
+                    # stays aside, where the next claim of the folder puts it back: never deleted.
+                    restored = _undo(folder, aside, restore=not keep, held=held)
+                    if not restored and aside is not None:
+                        _drop_aside(aside)  # the new, partial result is kept (keep_on)
             # what the command line says: the old result is back (True), or the new kept
             exc.bcseg_old_result_back = restored and aside is not None
             raise

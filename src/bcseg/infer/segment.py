@@ -613,7 +613,9 @@ def predict_files(model_path: str | Path, inputs, out_dir: str | Path, *, thresh
     _check_pixels([f for f in files if f in todo], settings.input_channels(), problems)
     _raise_first(problems, keep_going)
     model_named = model_path[0] if isinstance(model_path, (list, tuple)) else model_path
-    with outputs.claim(out_dir, "predict"):
+    # Stopped part-way (Ctrl-C, SIGTERM, an error), the masks so far stay for --resume,
+    # under a record that says the run did not finish: evaluate refuses to score them.
+    with outputs.claim(out_dir, "predict", open_on_failure=True):
         # again, now that no other run can write here: one may have finished meanwhile
         todo = _files_to_do(files, wanted, out_dir, force, resume, made)
         if resume:

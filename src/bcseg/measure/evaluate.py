@@ -76,7 +76,8 @@ from bcseg.measure.reference_score import PROTOCOLS, SOFT_REDUCTION, reference_p
 # The tables and headline of an evaluation, importable from here as before.
 from bcseg.measure.tables import (CEILING_COLUMNS, ceiling_table, ci_phrase, headline_lines,  # noqa: F401
                                   human_level_lines)
-from bcseg.outputs import check_output_folder, check_replaceable, claim, is_owned, remove_owned
+from bcseg.outputs import (check_output_folder, check_replaceable, claim, is_owned, remove_owned,
+                           unfinished_claim)
 
 __all__ = ["evaluate", "find_predictions", "ceiling_table", "OUTPUTS", "METRIC_COLUMNS",
            "INTER_OBSERVER", "PIXEL_SOFT_NOTE"]
@@ -461,6 +462,7 @@ def evaluate(pred_dir: str | Path, truth, out_dir: str | Path, observers: str | 
     pred_dir, out_dir = Path(pred_dir), Path(out_dir)
     settings = _check_settings(targets, observers, n_boot, seed, protocol, model)
     outputs = _check_outputs(out_dir, force)
+    _refuse_unfinished(pred_dir)
     cases = discover(truth) if isinstance(truth, (str, Path)) else list(truth)
     wanted = _select_observers(cases, observers)
     matched = _match(pred_dir, cases, find_predictions(pred_dir), wanted)
@@ -471,6 +473,18 @@ def evaluate(pred_dir: str | Path, truth, out_dir: str | Path, observers: str | 
     summary = _summary(scored, matched, study_style, settings, pred_dir, truth)
     _write_outputs(out_dir, outputs, force, scored, summary)
     return _result(outputs, summary, study_style)
+
+
+def _refuse_unfinished(pred_dir: Path) -> None:
+    """Refuse the predictions of a 'bcseg predict' that was stopped part-way (Ctrl-C,
+    SIGTERM, a kill) or is still writing: scored, its cases so far would pass for the
+    whole study, the missing ones only "left out" as a run's test fold leaves cases out."""
+    unfinished = unfinished_claim(pred_dir)
+    if unfinished is not None:
+        raise DataError(pred_dir, f"holds the unfinished output of a 'bcseg "
+                        f"{unfinished.get('command', '?')}' run (process {unfinished.get('pid', '?')}) "
+                        "that was stopped or is still writing; finish it (predict --resume) "
+                        "before evaluating it")
 
 
 def _say_left_out(pred_dir: Path, cases: Sequence[Case], matched) -> None:
