@@ -2063,3 +2063,15 @@ def test_a_stopped_predict_is_not_scored_as_a_finished_one(tmp_path, capsys, mod
                      "--resume", "--no-progress")
     assert code == 0 and outputs.unfinished_claim(out) is None
     assert len(list(out.glob("*_mask.tif"))) == 6
+
+
+@pytest.mark.parametrize("name", ["manifest.csv", "folds.csv"])
+def test_split_never_writes_a_file_the_dataset_would_read_as_its_own(tmp_path, capsys, phantom, name):
+    """split DATA --out DATA/manifest.csv wrote its JSON where the dataset's manifest is
+    read from: every command then failed on the dataset ('manifest lacks column(s) id')."""
+    data = _copy_tree(phantom, tmp_path / "data")
+    before = hashes(tmp_path)
+    code, _, err = run(capsys, "split", data, "--out", data / name, "--k", 3)
+    assert code == 2 and "choose another name" in one_line(err)
+    assert hashes(tmp_path) == before
+    assert run(capsys, "check", data)[0] == 0

@@ -273,6 +273,10 @@ def cmd_split(args) -> int:
     return 0
 
 
+# Files a dataset folder is read by, by name (bcseg.data.dataset.discover).
+LAYOUT_FILES = {"manifest.csv": "manifest", "folds.csv": "BUSI folds file"}
+
+
 def _check_split_file(out: Path, args, cases) -> None:
     """A splits file replaces only one bcseg wrote, and never an input (the manifest,
     the fold file, an image or mask of a case)."""
@@ -283,6 +287,10 @@ def _check_split_file(out: Path, args, cases) -> None:
     check_output_folder(out.parent)
     inputs = {args.data, args.folds_file, *(f for case in cases for f in case_files(case))}
     check_replaceable([out], args.force, command="split", inputs=inputs)
+    if out.name in LAYOUT_FILES:  # a dataset beside it would read the JSON as its own table
+        raise UsageError(out, f"is the name of a dataset's {LAYOUT_FILES[out.name]}, which every "
+                         "command reading the folder would take for it; --out names the splits' "
+                         "JSON file: choose another name (splits.json)")
 
 
 def _train_overrides(args) -> dict:
