@@ -2075,3 +2075,30 @@ def test_split_never_writes_a_file_the_dataset_would_read_as_its_own(tmp_path, c
     assert code == 2 and "choose another name" in one_line(err)
     assert hashes(tmp_path) == before
     assert run(capsys, "check", data)[0] == 0
+
+
+def test_a_run_stopped_while_its_test_fold_is_segmented_is_resumed_not_finished(
+        tmp_path, capsys, monkeypatch, phantom):
+    """Ctrl-C after fitting, while the test fold was segmented (minutes on real stacks):
+    inference.json, the mark of a finished fold, was already written, so the run passed
+    for a finished one (predict and ensemble took it) and --resume said 'fold 0 already
+    finished' and left it with no predictions, metrics or report."""
+    from bcseg import after_fit
+
+    config = tmp_path / "tiny.toml"
+    config.write_text("[model]\nbase_filters = 2\ndepth = 2\n[data]\nsize = 16\n[train]\n"
+                      "epochs = 1\nbatch_size = 4\nk = 3\n[inference]\ntune = false\n")
+    out = tmp_path / "run"
+
+    def stopped(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as patch:
+        patch.setattr(after_fit, "predict_test", stopped)
+        code, _, _ = run(capsys, "train", phantom, "--out", out, "--config", config)
+    assert code == 130 and (out / "model_best.keras").is_file()
+    assert not (out / "inference.json").exists()  # not finished: predict and ensemble refuse it
+    code, printed, _ = run(capsys, "train", phantom, "--out", out, "--config", config, "--resume")
+    assert code == 0 and "already finished" not in printed
+    assert all((out / name).is_file() for name in ("inference.json", "metrics.csv", "summary.json"))
+    assert list((out / "predictions").glob("*_mask.tif"))

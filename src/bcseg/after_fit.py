@@ -137,7 +137,7 @@ def evaluate_test(out: Path, predictions: Path, cases: list[Case],
 
 
 def finish_fold(fitted: dict, report: Callable[[Path], object] | None = None) -> dict:
-    """The step after fitting one fold: tune, record the settings, predict, evaluate.
+    """The step after fitting one fold: tune, predict, evaluate, then record the settings.
 
     Parameters
     ----------
@@ -160,11 +160,15 @@ def finish_fold(fitted: dict, report: Callable[[Path], object] | None = None) ->
     settings = rundir.recipe_settings(fitted["cfg"], fitted["best_epoch"], fitted.get("channels"),
                                fitted.get("normalisation"))
     settings = tune_inference(model, fitted["validation"], fitted["cfg"], settings)
+    # inference.json is what marks a fold finished (--resume skips it, predict and ensemble
+    # take it as a trained run): written last, so that a run stopped while its test fold
+    # is segmented or scored is resumed to its evaluation, not taken for a finished one.
+    result = {}
+    if fitted["test"]:
+        predictions = predict_test(model, fitted["test"], out, settings)
+        result = evaluate_test(out, predictions, fitted["test"], report)
     rundir.save_run_settings(out, settings)
-    if not fitted["test"]:
-        return {}
-    predictions = predict_test(model, fitted["test"], out, settings)
-    return evaluate_test(out, predictions, fitted["test"], report)
+    return result
 
 
 # --------------------------------------------------------------------------- k-fold ensembles
