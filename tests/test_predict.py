@@ -16,6 +16,7 @@ from bcseg.errors import ConfigError, DataError, ModelError, UsageError
 from bcseg.learn.models import unet
 from bcseg.infer.postprocess import fill_holes, keep_largest_component, postprocess, remove_small_components
 from bcseg.infer.predict import load_model, predict_volume, segment_volume, tta_flips
+from bcseg.journal import JOURNAL
 from bcseg.outputs import RECORD
 from bcseg.rundir import InferenceSettings, load_run, member_settings, read_settings
 from bcseg.infer.segment import load_models, predict_files
@@ -508,13 +509,16 @@ def test_failure_leaves_no_partial_files(tmp_path, stack):
     out = tmp_path / "out"
     with pytest.raises(DataError, match="b_nan.tif: .*NaN"):
         predict_files(tmp_path / "m3.keras", images, out, save_prob=True, progress=False)
-    assert sorted(p.name for p in out.iterdir()) == [RECORD, "a_stack_mask.tif", "a_stack_prob.tif"]
+    # the first stack's outputs are complete; the folder says the run did not finish
+    assert sorted(p.name for p in out.iterdir()) == [JOURNAL, RECORD, "a_stack_mask.tif", "a_stack_prob.tif"]
+    assert json.loads((out / RECORD).read_text())["open"]["command"] == "predict"
     records = predict_files(tmp_path / "m3.keras", images, out, force=True, keep_going=True,
                             progress=False)
     assert [r["status"] for r in records] == ["ok", "error"]
     assert "b_nan.tif" in records[1]["error"] and records[1]["mask"] is None
     # the forced run asked for no probability map: the old one no longer matches its mask
     assert sorted(p.name for p in out.iterdir()) == [RECORD, "a_stack_mask.tif"]
+    assert "open" not in json.loads((out / RECORD).read_text())  # every input tried: finished
 
 # --------------------------------------------------------------------------- ensembles
 

@@ -2059,6 +2059,8 @@ def test_a_stopped_predict_is_not_scored_as_a_finished_one(tmp_path, capsys, mod
     code, _, err = run(capsys, "evaluate", "--pred", out, "--truth", truth, "--out", tmp_path / "ev")
     assert code == 3 and "unfinished output of a 'bcseg predict' run" in one_line(err)
     assert not (tmp_path / "ev").exists()
+    code, _, err = run(capsys, "check", out)  # read as a dataset, it names the way to finish it
+    assert code == 3 and "'bcseg predict' run" in one_line(err) and "finish it with --resume" in err
     code, _, _ = run(capsys, "predict", images, "--model", models["2d"], "--out", out,
                      "--resume", "--no-progress")
     assert code == 0 and outputs.unfinished_claim(out) is None

@@ -216,9 +216,12 @@ def discover(root: str | Path) -> list[Case]:
         _refuse_broken_link(root / part)
     unfinished = outputs.unfinished_claim(root)
     if unfinished is not None:  # half a phantom or export: its cases would read as a whole dataset
-        raise DataError(root, f"is the unfinished output of a 'bcseg {unfinished.get('command', '?')}' run "
-                        f"(process {unfinished.get('pid', '?')}) that was killed or is still writing; "
-                        "let it finish, or write it again with --force")
+        command = unfinished.get("command", "?")
+        # a stopped predict is finished with --resume; the others have none
+        finish = "finish it with --resume" if command == "predict" else "let it finish"
+        raise DataError(root, f"is the unfinished output of a 'bcseg {command}' run "
+                        f"(process {unfinished.get('pid', '?')}) that was stopped or is still writing; "
+                        f"{finish}, or write it again with --force")
     if (root / "manifest.csv").is_file():
         return read_manifest(root / "manifest.csv")
     if (root / "images").is_dir():
