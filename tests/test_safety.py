@@ -2059,15 +2059,54 @@ def test_a_stopped_predict_is_not_scored_as_a_finished_one(tmp_path, capsys, mod
     code, _, err = run(capsys, "evaluate", "--pred", out, "--truth", truth, "--out", tmp_path / "ev")
     assert code == 3 and "unfinished output of a 'bcseg predict' run" in one_line(err)
     assert not (tmp_path / "ev").exists()
-    code, _, err = run(capsys, "check", out)  # read as a dataset, it names the way to finish it
-    assert code == 3 and "'bcseg predict' run" in one_line(err) and "finish it with --resume" in err
     code, _, _ = run(capsys, "predict", images, "--model", models["2d"], "--out", out,
                      "--resume", "--no-progress")
     assert code == 0 and outputs.unfinished_claim(out) is None
     assert len(list(out.glob("*_mask.tif"))) == 6
 
 
-@pytest.mark.parametrize("name", ["manifest.csv", "folds.csv"])
+def test_a_predict_stopped_before_its_first_mask_leaves_the_earlier_result_finished(tmp_path):
+    """The record, written through the same hook as the masks, counted as something the
+    stopped run wrote: an earlier finished result was marked unfinished, and evaluate
+    refused it."""
+    folder = tmp_path / "pred"
+    with outputs.claim(folder, "predict", open_on_failure=True):
+        write_text(folder / "a_mask.tif", "an earlier run's mask")
+    with pytest.raises(KeyboardInterrupt):
+        with outputs.claim(folder, "predict", open_on_failure=True):
+            raise KeyboardInterrupt  # Ctrl-C while the first stack is segmented
+    record = json.loads((folder / outputs.RECORD).read_text())
+    assert "open" not in record and list(record["files"]) == ["a_mask.tif"]
+    with pytest.raises(KeyboardInterrupt):
+        with outputs.claim(folder, "predict", open_on_failure=True):
+            write_text(folder / "b_mask.tif", "this run's first mask")
+            raise KeyboardInterrupt
+    assert json.loads((folder / outputs.RECORD).read_text())["open"]["command"] == "predict"
+
+
+def test_a_predict_into_its_datasets_folder_stopped_part_way_can_be_resumed(tmp_path, capsys, models):
+    """Every reader refused the dataset holding a stopped predict's open record, predict
+    --resume and --force included (they read their inputs from it): only deleting the
+    record by hand got out."""
+    data = tmp_path / "data"
+    stacks(data / "images", 6, shape=KILL_SHAPE)
+    mask = np.zeros(KILL_SHAPE, bool)
+    mask[8:24, 64:192, 64:192] = True
+    for i in range(6):
+        io.write_mask(data / "masks" / "observer1" / f"s{i}.tif", mask, (0.5, 0.2, 0.2))
+    process = popen("predict", data, "--model", models["2d"], "--out", data, "--no-progress")
+    wait_for(lambda: any(data.glob("*_mask.tif")) and partials(data), process)
+    process.send_signal(signal.SIGTERM)
+    process.communicate(timeout=120)
+    assert process.returncode == 130 and len(list(data.glob("*_mask.tif"))) < 6
+    assert run(capsys, "check", data)[0] == 0  # the masks beside the layout are no cases
+    code, _, err = run(capsys, "predict", data, "--model", models["2d"], "--out", data,
+                       "--resume", "--no-progress")
+    assert code == 0, err
+    assert len(list(data.glob("*_mask.tif"))) == 6 and outputs.unfinished_claim(data) is None
+
+
+@pytest.mark.parametrize("name", ["manifest.csv", "folds.csv", "channels.json"])
 def test_split_never_writes_a_file_the_dataset_would_read_as_its_own(tmp_path, capsys, phantom, name):
     """split DATA --out DATA/manifest.csv wrote its JSON where the dataset's manifest is
     read from: every command then failed on the dataset ('manifest lacks column(s) id')."""

@@ -274,7 +274,8 @@ def cmd_split(args) -> int:
 
 
 # Files a dataset folder is read by, by name (bcseg.data.dataset.discover).
-LAYOUT_FILES = {"manifest.csv": "manifest", "folds.csv": "BUSI folds file"}
+LAYOUT_FILES = {"manifest.csv": "manifest", "folds.csv": "BUSI folds file",
+                "channels.json": "channel names file"}  # data.channels.CHANNELS_FILE
 
 
 def _check_split_file(out: Path, args, cases) -> None:

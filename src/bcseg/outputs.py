@@ -704,7 +704,9 @@ def claim(folder: str | Path, command: str, *, replace: bool = False, inputs: It
             with _signals_deferred():  # a second Ctrl-C must not cut the putting back short
                 if all_or_nothing and aside is None and not keep:
                     _remove_written(key, held.wrote)
-                if open_on_failure and aside is None and (held.wrote or unfinished_before):
+                # the record is written through the same hook as the results: not a result
+                results = [name for name in held.wrote if name not in (RECORD, JOURNAL)]
+                if open_on_failure and aside is None and (results or unfinished_before):
                     restored = False  # kept, and recorded as unfinished
                     with contextlib.suppress(Exception):  # the failure itself is what to report
                         _finish(folder, held, still_open=True)

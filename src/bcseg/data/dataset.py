@@ -215,13 +215,13 @@ def discover(root: str | Path) -> list[Case]:
     for part in ("manifest.csv", "images", "masks"):  # else another layout is read in its place
         _refuse_broken_link(root / part)
     unfinished = outputs.unfinished_claim(root)
-    if unfinished is not None:  # half a phantom or export: its cases would read as a whole dataset
-        command = unfinished.get("command", "?")
-        # a stopped predict is finished with --resume; the others have none
-        finish = "finish it with --resume" if command == "predict" else "let it finish"
-        raise DataError(root, f"is the unfinished output of a 'bcseg {command}' run "
+    # Half a phantom or export: its cases would read as a whole dataset. Not a stopped
+    # predict's masks (never read as cases): refused, `predict DATA --out DATA --resume`
+    # could not read its own inputs to finish.
+    if unfinished is not None and unfinished.get("command") != "predict":
+        raise DataError(root, f"is the unfinished output of a 'bcseg {unfinished.get('command', '?')}' run "
                         f"(process {unfinished.get('pid', '?')}) that was stopped or is still writing; "
-                        f"{finish}, or write it again with --force")
+                        "let it finish, or write it again with --force")
     if (root / "manifest.csv").is_file():
         return read_manifest(root / "manifest.csv")
     if (root / "images").is_dir():
