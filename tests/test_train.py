@@ -743,3 +743,48 @@ def test_resume_leaves_results_of_other_commands_in_subfolders_alone(tmp_path):
     (run / "loss.png").write_bytes(b"my own plot")
     with pytest.raises(UsageError, match="loss.png: was not written by bcseg"):
         _check_resumable(run)
+
+
+def test_an_early_stopped_run_resumed_after_its_test_was_cut_trains_no_more(tmp_path, phantom):
+    """Stopped while its test fold was segmented, an early-stopped run was resumed with one
+    more epoch (the loop looked at the planned epochs only), which could replace its best
+    model before the test it had not finished."""
+    frozen = {**TINY, "model": {**TINY["model"], "norm": "none"},  # no batch statistics to move
+              "train": {**TINY["train"], "epochs": 6, "learning_rate": 1e-12, "early_stopping": 1}}
+    out = tmp_path / "run"
+    train_and_evaluate(phantom, out, overrides=frozen, report=False)
+    state = json.loads((out / "state.json").read_text(encoding="utf-8"))
+    assert state.get("stopped_early") and state["epoch"] == 2  # the weights barely move
+    best = (out / rundir.MODEL_FILE).read_bytes()
+    (out / rundir.SETTINGS_FILE).unlink()  # as if stopped while its test fold was segmented
+    train_and_evaluate(phantom, out, overrides=frozen, report=False, resume=True)
+    assert json.loads((out / "state.json").read_text(encoding="utf-8"))["epoch"] == 2
+    assert (out / rundir.MODEL_FILE).read_bytes() == best and (out / rundir.SETTINGS_FILE).is_file()
+
+
+def test_ctrl_c_while_the_next_fold_reads_its_data_says_the_last_fold_finished(tmp_path, phantom, capsys,
+                                                                                monkeypatch):
+    """Fold 0's handler for its test was still in place while fold 1 read and cached its
+    data: a Ctrl-C there said "stopped after epoch 2, before the run was tested"."""
+    from bcseg.cli import main
+    from bcseg.learn import pipeline
+
+    config = tmp_path / "tiny.toml"
+    config.write_text(TINY_TOML.format(epochs=1).replace("k = 5", "k = 2"), encoding="utf-8")
+    real, calls = pipeline.slice_samples, []
+
+    def ctrl_c_in_fold_1(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:  # fold 0 read its training and validation slices
+            signal.raise_signal(signal.SIGINT)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(pipeline, "slice_samples", ctrl_c_in_fold_1)
+    out = tmp_path / "kf"
+    code = main(["train", str(phantom), "--out", str(out), "--config", str(config), "--folds", "all"])
+    err = capsys.readouterr().err
+    assert code == 130, err
+    said = [line for line in err.splitlines() if "interrupted" in line]
+    assert len(said) == 1 and "stopped after fold 0 finished" in said[0], err
+    assert f"--out {out} --folds all --resume" in said[0]
+    assert (out / "fold_0" / rundir.SETTINGS_FILE).is_file() and not (out / "fold_1" / "state.json").exists()

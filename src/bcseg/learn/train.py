@@ -325,7 +325,8 @@ def fit(model: keras.Model, cfg: dict, train: pipeline.Samples, val: pipeline.Sa
     halt = _halt_callback(model, stop, done)
     previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
-        while state["epoch"] < planned_epochs(cfg, state):
+        # an early-stopped run resumed (stopped while it was tested) has no epoch left
+        while state["epoch"] < planned_epochs(cfg, state) and not state.get("stopped_early"):
             epoch = state["epoch"]
             if stop["signal"] is not None:
                 raise Interrupted(f"stopped before epoch {epoch + 1}", state["epoch"])
@@ -443,8 +444,9 @@ def _build_locally(model: keras.Model, dataset) -> None:
 
 
 
-def _stop_on_signal(saved_epoch: int) -> list[int]:
-    """Turn SIGINT/SIGTERM into :class:`Interrupted` while the trained run is tested.
+def _stop_on_signal(saved_epoch: int, said: str = "") -> list[int]:
+    """Turn SIGINT/SIGTERM into :class:`Interrupted` while the trained run is tested
+    (or, with ``said``, the message, between one fold and the next).
 
     Without this, SIGTERM after the last epoch would end the process with no word
     and no cleanup of half-written predictions. :func:`train` restores the handlers.
@@ -456,7 +458,7 @@ def _stop_on_signal(saved_epoch: int) -> list[int]:
 
     def on_signal(signum, frame):
         caught.append(signum)
-        raise Interrupted(f"stopped after epoch {saved_epoch}, before the run was tested",
+        raise Interrupted(said or f"stopped after epoch {saved_epoch}, before the run was tested",
                           saved_epoch)
 
     for s in (signal.SIGINT, signal.SIGTERM):
@@ -933,6 +935,9 @@ def _train_in(out: Path, cfg: dict, cases: list[Case], folds: dict, source, targ
                     results.append(_summary(fitted, after_fit))
                 if fitted["signals_caught"]:  # its Interrupted was lost in a finaliser
                     raise Interrupted(f"stopped after fold {k} was tested", fitted["saved_epoch"])
+                # until the next fold's training takes over (its data are read and cached
+                # first), or the run ends: fold k's "before the run was tested" is past
+                _stop_on_signal(fitted["saved_epoch"], f"stopped after fold {k} finished")
             if len(targets) > 1:
                 write_text(out / "folds_summary.json", json.dumps(results, indent=1, default=str) + "\n")
             return results
