@@ -481,10 +481,11 @@ def _refuse_unfinished(pred_dir: Path) -> None:
     whole study, the missing ones only "left out" as a run's test fold leaves cases out."""
     unfinished = unfinished_claim(pred_dir)
     if unfinished is not None:
-        raise DataError(pred_dir, f"holds the unfinished output of a 'bcseg "
-                        f"{unfinished.get('command', '?')}' run (process {unfinished.get('pid', '?')}) "
-                        "that was stopped or is still writing; finish it (predict --resume) "
-                        "before evaluating it")
+        command = unfinished.get("command", "?")
+        finish = "finish it (predict --resume)" if command == "predict" else "let it finish"
+        raise DataError(pred_dir, f"holds the unfinished output of a 'bcseg {command}' run "
+                        f"(process {unfinished.get('pid', '?')}) that was stopped or is still "
+                        f"writing; {finish} before evaluating it")
 
 
 def _say_left_out(pred_dir: Path, cases: Sequence[Case], matched) -> None:
