@@ -321,6 +321,12 @@ def unfinished_claim(folder: str | Path) -> dict | None:
     return claim if isinstance(claim, dict) and not _mine(claim) else None
 
 
+def unfinished_output(claim: dict) -> str:
+    """How a refusal names what an open ``claim`` (from :func:`unfinished_claim`) left."""
+    return (f"the unfinished output of a 'bcseg {claim.get('command', '?')}' run (process "
+            f"{claim.get('pid', '?')}) that was stopped or is still writing")
+
+
 def _mine(claim: dict) -> bool:
     """Whether an open claim is this process's (a dead run may have had its id)."""
     return claim.get("pid") == os.getpid() and claim.get("token") == _TOKEN
@@ -705,8 +711,8 @@ def claim(folder: str | Path, command: str, *, replace: bool = False, inputs: It
                 if all_or_nothing and aside is None and not keep:
                     _remove_written(key, held.wrote)
                 # the record is written through the same hook as the results: not a result
-                results = [name for name in held.wrote if name not in (RECORD, JOURNAL)]
-                if open_on_failure and aside is None and (results or unfinished_before):
+                wrote_results = any(name not in (RECORD, JOURNAL) for name in held.wrote)
+                if open_on_failure and aside is None and (wrote_results or unfinished_before):
                     restored = False  # kept, and recorded as unfinished
                     with contextlib.suppress(Exception):  # the failure itself is what to report
                         _finish(folder, held, still_open=True)

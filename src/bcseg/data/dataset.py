@@ -219,9 +219,8 @@ def discover(root: str | Path) -> list[Case]:
     # predict's masks (never read as cases): refused, `predict DATA --out DATA --resume`
     # could not read its own inputs to finish.
     if unfinished is not None and unfinished.get("command") != "predict":
-        raise DataError(root, f"is the unfinished output of a 'bcseg {unfinished.get('command', '?')}' run "
-                        f"(process {unfinished.get('pid', '?')}) that was stopped or is still writing; "
-                        "let it finish, or write it again with --force")
+        raise DataError(root, f"is {outputs.unfinished_output(unfinished)}; let it finish, or write "
+                        "it again with --force")
     if (root / "manifest.csv").is_file():
         return read_manifest(root / "manifest.csv")
     if (root / "images").is_dir():

@@ -77,7 +77,7 @@ from bcseg.measure.reference_score import PROTOCOLS, SOFT_REDUCTION, reference_p
 from bcseg.measure.tables import (CEILING_COLUMNS, ceiling_table, ci_phrase, headline_lines,  # noqa: F401
                                   human_level_lines)
 from bcseg.outputs import (check_output_folder, check_replaceable, claim, is_owned, remove_owned,
-                           unfinished_claim)
+                           unfinished_claim, unfinished_output)
 
 __all__ = ["evaluate", "find_predictions", "ceiling_table", "OUTPUTS", "METRIC_COLUMNS",
            "INTER_OBSERVER", "PIXEL_SOFT_NOTE"]
@@ -481,11 +481,8 @@ def _refuse_unfinished(pred_dir: Path) -> None:
     whole study, the missing ones only "left out" as a run's test fold leaves cases out."""
     unfinished = unfinished_claim(pred_dir)
     if unfinished is not None:
-        command = unfinished.get("command", "?")
-        finish = "finish it (predict --resume)" if command == "predict" else "let it finish"
-        raise DataError(pred_dir, f"holds the unfinished output of a 'bcseg {command}' run "
-                        f"(process {unfinished.get('pid', '?')}) that was stopped or is still "
-                        f"writing; {finish} before evaluating it")
+        finish = "finish it (predict --resume)" if unfinished.get("command") == "predict" else "let it finish"
+        raise DataError(pred_dir, f"holds {unfinished_output(unfinished)}; {finish} before evaluating it")
 
 
 def _say_left_out(pred_dir: Path, cases: Sequence[Case], matched) -> None:
