@@ -2040,22 +2040,32 @@ def test_a_file_put_at_the_locks_name_meanwhile_is_not_removed(tmp_path):
 
 # --------------------------------------------------------------------------- red team 18
 
-def test_a_stopped_predict_is_not_scored_as_a_finished_one(tmp_path, capsys, models):
-    """SIGTERM part-way through predict closed the folder's record as if the run had
-    finished: evaluate then scored the masks so far as the whole study, exit 0, the
-    missing cases only "left out" as a run's test fold leaves cases out."""
-    truth = tmp_path / "truth"
-    images = stacks(truth / "images", 6, shape=KILL_SHAPE)
+def _dataset_of_six_large_stacks(root: Path) -> Path:
+    """Six stacks large enough to stop predict between two of them, with one observer."""
+    stacks(root / "images", 6, shape=KILL_SHAPE)
     mask = np.zeros(KILL_SHAPE, bool)
     mask[8:24, 64:192, 64:192] = True
     for i in range(6):
-        io.write_mask(truth / "masks" / "observer1" / f"s{i}.tif", mask, (0.5, 0.2, 0.2))
-    out = tmp_path / "out"
-    process = popen("predict", images, "--model", models["2d"], "--out", out, "--no-progress")
+        io.write_mask(root / "masks" / "observer1" / f"s{i}.tif", mask, (0.5, 0.2, 0.2))
+    return root
+
+
+def _predict_stopped_after_a_mask(inputs: Path, out: Path, models) -> None:
+    """A `bcseg predict` process sent SIGTERM once its first mask is written."""
+    process = popen("predict", inputs, "--model", models["2d"], "--out", out, "--no-progress")
     wait_for(lambda: out.is_dir() and any(out.glob("*_mask.tif")) and partials(out), process)
     process.send_signal(signal.SIGTERM)
     process.communicate(timeout=120)
     assert process.returncode == 130 and len(list(out.glob("*_mask.tif"))) < 6
+
+
+def test_a_stopped_predict_is_not_scored_as_a_finished_one(tmp_path, capsys, models):
+    """SIGTERM part-way through predict closed the folder's record as if the run had
+    finished: evaluate then scored the masks so far as the whole study, exit 0, the
+    missing cases only "left out" as a run's test fold leaves cases out."""
+    truth, out = _dataset_of_six_large_stacks(tmp_path / "truth"), tmp_path / "out"
+    images = truth / "images"
+    _predict_stopped_after_a_mask(images, out, models)
     code, _, err = run(capsys, "evaluate", "--pred", out, "--truth", truth, "--out", tmp_path / "ev")
     assert code == 3 and "unfinished output of a 'bcseg predict' run" in one_line(err)
     assert not (tmp_path / "ev").exists()
@@ -2088,17 +2098,8 @@ def test_a_predict_into_its_datasets_folder_stopped_part_way_can_be_resumed(tmp_
     """Every reader refused the dataset holding a stopped predict's open record, predict
     --resume and --force included (they read their inputs from it): only deleting the
     record by hand got out."""
-    data = tmp_path / "data"
-    stacks(data / "images", 6, shape=KILL_SHAPE)
-    mask = np.zeros(KILL_SHAPE, bool)
-    mask[8:24, 64:192, 64:192] = True
-    for i in range(6):
-        io.write_mask(data / "masks" / "observer1" / f"s{i}.tif", mask, (0.5, 0.2, 0.2))
-    process = popen("predict", data, "--model", models["2d"], "--out", data, "--no-progress")
-    wait_for(lambda: any(data.glob("*_mask.tif")) and partials(data), process)
-    process.send_signal(signal.SIGTERM)
-    process.communicate(timeout=120)
-    assert process.returncode == 130 and len(list(data.glob("*_mask.tif"))) < 6
+    data = _dataset_of_six_large_stacks(tmp_path / "data")
+    _predict_stopped_after_a_mask(data, data, models)
     assert run(capsys, "check", data)[0] == 0  # the masks beside the layout are no cases
     code, _, err = run(capsys, "predict", data, "--model", models["2d"], "--out", data,
                        "--resume", "--no-progress")
