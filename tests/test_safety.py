@@ -347,22 +347,22 @@ def test_a_failed_replacement_puts_the_old_result_back(tmp_path):
 
 
 KILLED_REPLACEMENT = """
-import shutil, sys, time
+import sys, time
 from pathlib import Path
 from bcseg import journal, outputs
 from bcseg.atomic import write_text
 
 folder, moment = Path(sys.argv[1]), sys.argv[2]
-real_rmtree = shutil.rmtree
+real_delete = outputs.delete_judged
 
-def rmtree(path, *args, **kwargs):  # stop just before the old or the new content is deleted
+def delete_judged(path, *args, **kwargs):  # stop just before the old or the new content is deleted
     if (moment == "removing the old" and outputs.ASIDE_MARK in Path(path).name
             or moment == "putting the old back" and Path(path) == folder):
         print("now", flush=True)
         time.sleep(120)
-    return real_rmtree(path, *args, **kwargs)
+    return real_delete(path, *args, **kwargs)
 
-shutil.rmtree = rmtree
+outputs.delete_judged = delete_judged
 with outputs.claim(folder, "test", replace=True):
     write_text(folder / "new.csv", "new\\n")
     if moment == "writing the new":
@@ -2146,3 +2146,117 @@ def test_a_run_stopped_while_its_test_fold_is_segmented_is_resumed_not_finished(
     assert code == 0 and "already finished" not in printed
     assert all((out / name).is_file() for name in ("inference.json", "metrics.csv", "summary.json"))
     assert list((out / "predictions").glob("*_mask.tif"))
+
+
+# --------------------------------------------------------------------------- a file saved as bcseg deletes
+
+def _saving_a_file_once_judged(monkeypatch, where, check="foreign", name="notes.txt"):
+    """After bcseg judged a folder to hold only its own files (``foreign`` or
+    ``_added_meanwhile``), the user saves a file into it: the instant between that check
+    and the deletion, where ``shutil.rmtree`` deleted whatever it found."""
+    saved = []
+
+    def wrap(real):
+        def judged_then_saved(folder, *args):
+            answer = real(folder, *args)
+            if where(Path(folder)) and not saved:
+                (Path(folder) / name).write_text("the user's")
+                saved.append(Path(folder) / name)
+            return answer
+        return judged_then_saved
+
+    monkeypatch.setattr(outputs, check, wrap(getattr(outputs, check)))
+    return saved
+
+
+def _finished_result(folder: Path, text: str = "old\n") -> Path:
+    with outputs.claim(folder, "test"):
+        write_text(folder / "a.csv", text)
+    return folder
+
+
+def test_a_file_saved_into_the_replaced_result_as_it_is_deleted_is_kept(tmp_path, monkeypatch):
+    folder = _finished_result(tmp_path / "result")
+    saved = _saving_a_file_once_judged(monkeypatch, lambda f: outputs.ASIDE_MARK in f.name)
+    with pytest.warns(UserWarning, match="was put into the replaced result while it was deleted"):
+        with outputs.claim(folder, "test", replace=True):
+            write_text(folder / "a.csv", "new\n")
+    assert len(saved) == 1 and saved[0].read_text() == "the user's"
+    assert sorted(p.name for p in saved[0].parent.iterdir()) == ["notes.txt"]  # the old result went
+    assert (folder / "a.csv").read_text() == "new\n"
+
+
+def test_a_file_saved_into_a_failed_replacement_as_it_is_undone_is_kept(tmp_path, monkeypatch):
+    folder = _finished_result(tmp_path / "result")
+    saved = _saving_a_file_once_judged(monkeypatch, lambda f: f.name == "result", "_added_meanwhile")
+    with pytest.raises(RuntimeError):
+        with outputs.claim(folder, "test", replace=True):
+            write_text(folder / "b.csv", "new\n")
+            raise RuntimeError("the new run fails")
+    assert saved == [folder / "notes.txt"] and saved[0].read_text() == "the user's"
+    aside = tmp_path / f".result{outputs.ASIDE_MARK}{os.getpid()}"
+    assert (aside / "a.csv").read_text() == "old\n"  # kept aside, not deleted either
+    monkeypatch.undo()
+    with pytest.raises(UsageError, match="a killed replacement left the earlier result"):
+        with outputs.claim(folder, "test"):
+            pass
+
+
+def test_a_file_saved_into_a_finished_replacements_leftover_as_it_is_deleted_is_kept(tmp_path, monkeypatch):
+    folder = _finished_result(tmp_path / "result", "new\n")
+    leftover = _finished_result(tmp_path / f".result{outputs.ASIDE_MARK}{dead_pid()}")
+    saved = _saving_a_file_once_judged(monkeypatch, lambda f: f == leftover)
+    with pytest.warns(UserWarning, match="a killed replacement left beside result"):
+        with outputs.claim(folder, "test"):
+            pass
+    assert saved == [leftover / "notes.txt"] and saved[0].read_text() == "the user's"
+    assert not (leftover / "a.csv").exists() and (folder / "a.csv").read_text() == "new\n"
+
+
+def test_a_file_saved_into_a_killed_replacements_new_content_as_it_is_deleted_is_kept(tmp_path, monkeypatch):
+    folder = _finished_result(tmp_path / "result")
+    pid = dead_pid()
+    leftover = folder.rename(tmp_path / f".result{outputs.ASIDE_MARK}{pid}")
+    folder.mkdir()  # the killed --force run's new content, its record still open
+    write_text(folder / "b.csv", "new\n")
+    (folder / outputs.RECORD).write_text(json.dumps({"files": {}, "open": {
+        "pid": int(pid), "token": "a dead run's", "command": "test", "foreign": [], "edited": []}}))
+    saved = _saving_a_file_once_judged(monkeypatch, lambda f: f.name == "result")
+    with pytest.raises(UsageError, match="notes.txt: was not written by bcseg; a killed replacement"):
+        with outputs.claim(folder, "test"):
+            pass
+    assert saved == [folder / "notes.txt"] and saved[0].read_text() == "the user's"
+    assert (leftover / "a.csv").read_text() == "old\n"
+
+
+def test_a_file_saved_into_an_abandoned_folder_as_it_is_deleted_is_kept(tmp_path, monkeypatch):
+    stage = _finished_result(tmp_path / f".export{PARTIAL_MARK}{dead_pid()}")
+    record = json.loads((stage / outputs.RECORD).read_text())
+    record["open"] = {"pid": int(dead_pid()), "token": "a dead run's", "command": "export-nnunet"}
+    (stage / outputs.RECORD).write_text(json.dumps(record))
+    saved = _saving_a_file_once_judged(monkeypatch, lambda f: f == stage)
+    assert outputs.remove_abandoned(stage) is False
+    assert saved == [stage / "notes.txt"] and saved[0].read_text() == "the user's"
+    assert not (stage / "a.csv").exists()
+
+
+def test_a_folder_of_bcseg_files_is_deleted_whole(tmp_path):
+    """The other side of the tests above: with nothing saved meanwhile, all of it goes,
+    nested folders included."""
+    folder = _finished_result(tmp_path / "result")
+    with outputs.claim(folder, "test"):
+        write_text(folder / "sub" / "deeper" / "b.csv", "ours\n")
+    assert outputs.remove_if_ours(folder) == [] and not folder.exists()
+
+
+def test_deleting_a_judged_folder_never_follows_its_links(tmp_path):
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "keep.txt").write_text("not in the folder")
+    folder = tmp_path / "folder"
+    (folder / "sub").mkdir(parents=True)
+    (folder / "sub" / "a.csv").write_text("x")
+    (folder / "to_file").symlink_to(outside / "keep.txt")
+    (folder / "sub" / "to_dir").symlink_to(outside)
+    assert outputs.delete_judged(folder, outputs.files_now(folder)) == [] and not folder.exists()
+    assert (outside / "keep.txt").read_text() == "not in the folder"

@@ -64,7 +64,6 @@ import glob
 import json
 import os
 import re
-import shutil
 import warnings
 from pathlib import Path
 from typing import Iterable, Mapping, Sequence
@@ -81,7 +80,7 @@ from bcseg.data.check import refuse_bad_cases
 from bcseg.data.splits import check_groups_whole, kfold_by_group
 from bcseg.errors import DataError, DiskFullError, UsageError
 from bcseg.outputs import (JOURNAL, RECORD, beat, check_not_inputs, check_output_folder, claim, remove_abandoned,
-                            require_new_folder)
+                            remove_if_ours, require_new_folder)
 
 __all__ = ["export_nnunet", "dataset_folder_name", "FILE_ENDINGS", "CASE_MAP", "SPLITS_FILE"]
 
@@ -245,9 +244,11 @@ def _write_dataset(cases: list[Case], nn_ids: list[str], stage: Path, dest: Path
                     beat(dest / path.relative_to(stage))  # moved, not written through atomic_path
     except DiskFullError as exc:  # name the file the user will look for, not the hidden one
         raise DiskFullError(dest / Path(exc.path).relative_to(stage), exc.problem) from None
-    finally:
-        if stage.exists():
-            shutil.rmtree(stage)
+    finally:  # its files moved into place or, after a failure, never to be used
+        kept = remove_if_ours(stage) if stage.exists() else []
+        if kept:
+            warnings.warn(f"{stage / kept[0]}: was not written by bcseg; the staging folder "
+                          f"{stage} is kept", stacklevel=3)
 
 
 def _write_staged(cases: list[Case], nn_ids: list[str], stage: Path, observer: str,

@@ -40,7 +40,6 @@ import json
 import os
 import re
 import secrets
-import shutil
 import signal
 import threading
 import warnings
@@ -746,12 +745,58 @@ def _drop_aside(aside: Path) -> None:
     """Delete the old result a replacement moved aside, now replaced. It held only
     bcseg's files when moved (checked then); a file put into it since is the user's, so
     the folder is then kept, named in a warning, as a killed replacement's would be."""
+    judged = files_now(aside)
     stray = foreign(aside)
     if stray:
         warnings.warn(f"{aside / stray[0]}: was put into the replaced result, which is kept "
                       f"as {aside}; move what you need out of it and delete it", stacklevel=4)
         return
-    shutil.rmtree(aside)
+    kept = delete_judged(aside, judged)
+    if kept:
+        warnings.warn(f"{aside / kept[0]}: was put into the replaced result while it was "
+                      f"deleted; it is kept in {aside}", stacklevel=4)
+
+
+def files_now(folder: Path) -> dict[str, tuple[int, int, int] | None]:
+    """Every entry under ``folder`` but its folders (files, links, pipes), by relative
+    name, with its identity now (:func:`_identity`). Taken *before* the folder is judged
+    to hold only bcseg's files, it is what :func:`delete_judged` may delete."""
+    folder = Path(folder)
+    return {name: _identity(folder / name) for name in listing(folder, strict=False)
+            if not name.endswith("/")}
+
+
+def delete_judged(folder: Path, judged: dict) -> list[str]:
+    """Delete ``folder``, judged to hold only bcseg's files, as they were in ``judged``
+    (:func:`files_now`), and bcseg's records, locks and temporaries; keep anything else.
+
+    Not ``shutil.rmtree``, which deletes whatever it finds: a file the user saved into
+    the folder, or over one of its files, between the judgement and the deletion would
+    go with it. Here such a file (a name not judged, or another inode, size or time)
+    stays, with the folders that hold it. Returns what was kept (none: the folder is gone).
+    """
+    folder = Path(folder)
+    for root, dirs, files in os.walk(folder, topdown=False):
+        base = Path(root)
+        for name in files + [d for d in dirs if (base / d).is_symlink()]:  # links: never followed
+            path = base / name
+            relative = path.relative_to(folder).as_posix()
+            if _ours(path) or (relative in judged and _identity(path) == judged[relative]):
+                path.unlink(missing_ok=True)
+        for name in dirs:
+            with contextlib.suppress(OSError):  # not empty: it holds what is kept
+                (base / name).rmdir()
+    with contextlib.suppress(OSError):
+        folder.rmdir()
+    return sorted(listing(folder, strict=False))
+
+
+def remove_if_ours(folder: Path) -> list[str]:
+    """Delete ``folder`` if it holds only what bcseg wrote; return what was kept (the
+    first of the user's files, when it holds any: then nothing is deleted)."""
+    judged = files_now(folder)
+    stray = foreign(folder)
+    return stray[:1] if stray else delete_judged(folder, judged)
 
 
 @contextlib.contextmanager
@@ -793,15 +838,17 @@ def _undo(folder: Path, aside: Path | None, restore: bool, held: _Held | None = 
     A file that someone else put into the folder while the block ran is not deleted to
     put the old result back: the old result then stays aside (``.NAME.bcseg-old-PID``),
     and the next claim of the folder names both (True: it is kept, not deleted)."""
+    judged = files_now(folder) if aside is not None and restore else {}
     if aside is not None and restore and held is not None and _added_meanwhile(folder, held.wrote):
         with contextlib.suppress(Exception):  # still open: the replacement did not finish
             _finish(folder, held, still_open=True)
         return True
     if aside is not None and restore:
         # Not settled first: a kill during this leaves the record open, so the next
-        # claim puts the old result back rather than keep this one.
-        shutil.rmtree(folder, ignore_errors=True)
-        os.replace(aside, folder)  # the old result, as it was
+        # claim puts the old result back rather than keep this one. A file put in as
+        # this deletes is kept, and so is the old result, aside: the next claim names both.
+        if not delete_judged(folder, judged):
+            os.replace(aside, folder)  # the old result, as it was
         return True
     with contextlib.suppress(Exception):  # the failure itself is what to report
         _finish(folder, held)
@@ -1017,13 +1064,10 @@ def remove_abandoned(folder: Path) -> bool:
         pid = open_claim.get("pid")
         if pid != os.getpid() and process_alive(pid):
             return False
-        try:
-            if foreign(folder):  # what the user put there after the kill stays
-                return False
+        try:  # what the user put there after the kill stays
+            return not remove_if_ours(folder)
         except UsageError:  # a subfolder bcseg cannot read: what it holds is unknown
             return False
-        shutil.rmtree(folder)
-        return True
     finally:
         folder_lock.release(lock)
 
@@ -1058,20 +1102,27 @@ def _recover(folder: Path) -> None:
         # (An own-id leftover is a dead run's too: this process's replacement of the
         # folder is a nested claim, which never gets here.)
         if match and match["name"] == folder.name \
-                and path.is_dir() and not path.is_symlink() and (path / RECORD).is_file() \
-                and not foreign(path):
-            leftovers.append((path.lstat().st_ctime, int(match["pid"]), path))
-    for _, pid, path in sorted(leftovers, reverse=True):
+                and path.is_dir() and not path.is_symlink() and (path / RECORD).is_file():
+            judged = files_now(path)
+            if not foreign(path):
+                leftovers.append((path.lstat().st_ctime, int(match["pid"]), path, judged))
+    for _, pid, path, judged in sorted(leftovers, key=lambda leftover: leftover[:2], reverse=True):
         if _finished(folder, pid):
-            shutil.rmtree(path)
+            kept = delete_judged(path, judged)
+            if kept:
+                warnings.warn(f"{path / kept[0]}: was put into the result a killed replacement "
+                              f"left beside {folder.name}; it is kept in {path}", stacklevel=4)
             continue
-        if folder.is_dir() and not folder.is_symlink() and foreign(folder):
-            raise UsageError(folder / foreign(folder)[0], f"was not written by bcseg; a killed "
-                             f"replacement left the earlier result in {path.name}: move one away")
+        # The killed replacement's unfinished content, deleted to put the old result back:
+        # only bcseg's. A file or link at the folder's name is the user's (bcseg makes
+        # neither there), as is any file in it that bcseg did not write.
         if folder.is_symlink() or folder.is_file():
-            folder.unlink()
-        elif folder.exists():
-            shutil.rmtree(folder)
+            raise UsageError(folder, f"is not the folder bcseg wrote; a killed replacement left "
+                             f"the earlier result in {path.name}: move one away")
+        in_the_way = remove_if_ours(folder) if folder.exists() else []
+        if in_the_way:
+            raise UsageError(folder / in_the_way[0], f"was not written by bcseg; a killed "
+                             f"replacement left the earlier result in {path.name}: move one away")
         os.replace(path, folder)
 
 
