@@ -28,7 +28,7 @@ from bcseg.data import io
 from bcseg import journal, outputs
 from bcseg.atomic import PARTIAL_MARK, atomic_path, partial_name, partial_pid, write_text
 from bcseg.cli import main
-from bcseg.errors import UsageError
+from bcseg.errors import DataError, UsageError
 from bcseg.learn.models import unet
 from bcseg.data.phantom import write_phantom
 from bcseg.rundir import InferenceSettings, embed_settings
@@ -811,6 +811,35 @@ def test_sigterm_during_predict_is_an_interruption(tmp_path, models):
     assert process.returncode == 130 and one_line(err) == "bcseg: error: interrupted"
     assert not partials(tmp_path) and not list(tmp_path.rglob(f"*{outputs.LOCK_SUFFIX}"))
     assert sorted(outputs.owned(out)) == sorted(p.name for p in out.glob("*_mask.tif"))
+
+
+@pytest.mark.parametrize("turned_into", [RuntimeError("a library's cleanup failed"),
+                                         DataError("s0.tif", "cannot be read: truncated")])
+def test_a_stop_that_code_turns_into_an_error_is_still_an_interruption(turned_into, tmp_path, capsys,
+                                                                        monkeypatch, models):
+    """SIGTERM during predict once exited 1, bcseg's line for an unexpected error: where
+    the handler's KeyboardInterrupt lands, code may catch it and fail with an error of
+    its own (here put in a mask's writing). A stopped command says it was interrupted,
+    exit 130, never that it broke or that an input is damaged."""
+    import bcseg.infer.segment
+
+    real = bcseg.infer.segment._segment_into
+
+    def stopped_while_writing(*args, **kwargs):
+        try:
+            signal.raise_signal(signal.SIGTERM)  # the handler runs here, in the main thread
+        except KeyboardInterrupt:
+            raise turned_into from None
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(bcseg.infer.segment, "_segment_into", stopped_while_writing)
+    data, out = stacks(tmp_path / "data", 2), tmp_path / "out"
+    code, _, err = run(capsys, "predict", data, "--model", models["2d"], "--out", out, "--no-progress")
+    assert (code, one_line(err)) == (130, "bcseg: error: interrupted")
+    assert not partials(tmp_path) and not list(out.glob("*_mask.tif"))
+    monkeypatch.undo()  # and the next command, stopped by nothing, fails as itself
+    code, _, err = run(capsys, "predict", tmp_path / "missing", "--model", models["2d"], "--out", out)
+    assert code != 130 and "interrupted" not in err
 
 
 def _predict_killed_part_way(tmp_path: Path, models) -> tuple[Path, Path]:

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from bcseg import outputs
 from bcseg.atomic import WRITE_HOOKS
-from bcseg.errors import BcsegError, UsageError, printable
+from bcseg.errors import STOPS_ASKED, BcsegError, UsageError, printable
 from bcseg.outputs import check_output_folder, check_replaceable, claim
 
 
@@ -815,6 +815,7 @@ NEEDS_TENSORFLOW = {"train", "predict", "ensemble", "demo", "export-onnx"}
 
 def _interrupt(signum, frame) -> None:
     """SIGTERM (a scheduler or ``kill``) stops a run exactly as Ctrl-C does."""
+    STOPS_ASKED.append(signum)
     raise KeyboardInterrupt
 
 
@@ -832,12 +833,15 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     main_thread = threading.current_thread() is threading.main_thread()
-    previous = signal.signal(signal.SIGTERM, _interrupt) if main_thread else None
+    STOPS_ASKED.clear()
+    previous = {number: signal.signal(number, _interrupt)
+                for number in (signal.SIGINT, signal.SIGTERM)} if main_thread else {}
     try:
         return _run(args)
     finally:
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
+        for number, handler in previous.items():
+            if handler is not None:  # None: set outside Python, nothing to put back
+                signal.signal(number, handler)
 
 
 # The core names the parameter a user should pass ("pass force=True"); the command
@@ -890,6 +894,9 @@ def _run(args) -> int:
         if args.debug:
             raise
         _HELD_WARNINGS.clear()  # the error line is all a refused command says
+        if STOPS_ASKED:  # an input read half-way by the stop is not a damaged input
+            print("bcseg: error: interrupted", file=sys.stderr)
+            return 130
         print(f"bcseg: error: {_flags_for_parameters(str(error))}", file=sys.stderr)
         return error.exit_code
     except KeyboardInterrupt:
@@ -900,6 +907,9 @@ def _run(args) -> int:
         if args.debug:
             raise
         _HELD_WARNINGS.clear()
+        if STOPS_ASKED:  # what the stop left half done failed: it is still the stop
+            print("bcseg: error: interrupted", file=sys.stderr)
+            return 130
         system = _system_problem(error) if isinstance(error, OSError) else None
         if system:
             line, code = system

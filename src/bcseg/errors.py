@@ -20,6 +20,15 @@ import unicodedata
 from pathlib import Path
 
 
+# The stops (Ctrl-C, SIGTERM) asked of the running command, by signal number, appended
+# by the handlers that turn them into exceptions. An error that surfaces after one is
+# the stop's doing, and the command line reports it as the interruption it is (exit
+# 130): Python runs a handler wherever the main thread happens to be, and code there may
+# turn the KeyboardInterrupt into an error of its own (a library's cleanup failing on
+# what the interruption left half done; an input read half-way then looks damaged).
+STOPS_ASKED: list[int] = []
+
+
 def printable(text: str) -> str:
     """``text`` with control and format characters escaped (``\\n``, ``\\x1b``, ``\\u202e``).
 

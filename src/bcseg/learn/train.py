@@ -50,7 +50,7 @@ from bcseg.data.dataset import (IMAGE_CHANNEL, Case, case_digest, changed_case, 
 from bcseg.data.intensity import check_methods
 from bcseg.data.splits import (folds_from_file, group_note, kfold_by_group, load_splits, require_groups,
                                save_splits, validation_ids)
-from bcseg.errors import ConfigError, DataError, ModelError, UsageError
+from bcseg.errors import STOPS_ASKED, ConfigError, DataError, ModelError, UsageError
 from bcseg.learn.losses import DiceMetric, IoUMetric, get_loss
 from bcseg.learn.models import feature_values, unet, with_input_channels
 
@@ -458,6 +458,7 @@ def _stop_on_signal(saved_epoch: int, said: str = "") -> list[int]:
 
     def on_signal(signum, frame):
         caught.append(signum)
+        STOPS_ASKED.append(signum)
         raise Interrupted(said or f"stopped after epoch {saved_epoch}, before the run was tested",
                           saved_epoch)
 
