@@ -2162,8 +2162,10 @@ def test_a_run_stopped_while_its_test_fold_is_segmented_is_resumed_not_finished(
     config.write_text("[model]\nbase_filters = 2\ndepth = 2\n[data]\nsize = 16\n[train]\n"
                       "epochs = 1\nbatch_size = 4\nk = 3\n[inference]\ntune = false\n")
     out = tmp_path / "run"
+    real = after_fit.predict_test
 
-    def stopped(*args, **kwargs):
+    def stopped(*args, **kwargs):  # once the test fold is segmented, before it is scored
+        real(*args, **kwargs)
         raise KeyboardInterrupt
 
     with monkeypatch.context() as patch:
@@ -2171,10 +2173,19 @@ def test_a_run_stopped_while_its_test_fold_is_segmented_is_resumed_not_finished(
         code, _, _ = run(capsys, "train", phantom, "--out", out, "--config", config)
     assert code == 130 and (out / "model_best.keras").is_file()
     assert not (out / "inference.json").exists()  # not finished: predict and ensemble refuse it
+    # nor is its test fold scored as finished (evaluate took what masks there were)
+    assert list((out / "predictions").glob("*_mask.tif"))
+    code, _, err = run(capsys, "evaluate", "--pred", out / "predictions", "--truth", phantom,
+                       "--out", tmp_path / "ev")
+    assert code == 3 and "the test fold of a training run that has not finished" in one_line(err)
+    assert not (tmp_path / "ev").exists()
     code, printed, _ = run(capsys, "train", phantom, "--out", out, "--config", config, "--resume")
     assert code == 0 and "already finished" not in printed
     assert all((out / name).is_file() for name in ("inference.json", "metrics.csv", "summary.json"))
     assert list((out / "predictions").glob("*_mask.tif"))
+    code, _, _ = run(capsys, "evaluate", "--pred", out / "predictions", "--truth", phantom,
+                     "--out", tmp_path / "ev")
+    assert code == 0  # finished now
 
 
 # --------------------------------------------------------------------------- a file saved as bcseg deletes

@@ -320,6 +320,12 @@ def unfinished_claim(folder: str | Path) -> dict | None:
     return claim if isinstance(claim, dict) and not _mine(claim) else None
 
 
+def held_here(folder: str | Path) -> bool:
+    """Whether this process holds a claim on ``folder`` (a command run inside another's
+    claim, as train runs evaluate on its test fold)."""
+    return Path(folder).resolve() in _held
+
+
 def unfinished_output(claim: dict) -> str:
     """How a refusal names what an open ``claim`` (from :func:`unfinished_claim`) left."""
     return (f"the unfinished output of a 'bcseg {claim.get('command', '?')}' run (process "

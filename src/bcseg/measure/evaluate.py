@@ -76,8 +76,9 @@ from bcseg.measure.reference_score import PROTOCOLS, SOFT_REDUCTION, reference_p
 # The tables and headline of an evaluation, importable from here as before.
 from bcseg.measure.tables import (CEILING_COLUMNS, ceiling_table, ci_phrase, headline_lines,  # noqa: F401
                                   human_level_lines)
-from bcseg.outputs import (check_output_folder, check_replaceable, claim, is_owned, remove_owned,
+from bcseg.outputs import (check_output_folder, check_replaceable, claim, held_here, is_owned, remove_owned,
                            unfinished_claim, unfinished_output)
+from bcseg.rundir import FOLD_FILE, PREDICTIONS_DIR, SETTINGS_FILE
 
 __all__ = ["evaluate", "find_predictions", "ceiling_table", "OUTPUTS", "METRIC_COLUMNS",
            "INTER_OBSERVER", "PIXEL_SOFT_NOTE"]
@@ -483,6 +484,15 @@ def _refuse_unfinished(pred_dir: Path) -> None:
     if unfinished is not None:
         finish = "finish it (predict --resume)" if unfinished.get("command") == "predict" else "let it finish"
         raise DataError(pred_dir, f"holds {unfinished_output(unfinished)}; {finish} before evaluating it")
+    # A run's test fold: inference.json, written once the fold was segmented and scored,
+    # marks it whole. Without it the run was stopped while segmenting (or is segmenting
+    # now, in another process), and its masks so far are not the test fold.
+    run = pred_dir.parent
+    if pred_dir.name == PREDICTIONS_DIR and (run / FOLD_FILE).is_file() \
+            and not (run / SETTINGS_FILE).exists() and not held_here(run):
+        raise DataError(pred_dir, f"is the test fold of a training run that has not finished ({run} has "
+                        f"no {SETTINGS_FILE}: stopped, or still running); finish it with "
+                        "'bcseg train ... --resume' before evaluating it")
 
 
 def _say_left_out(pred_dir: Path, cases: Sequence[Case], matched) -> None:
