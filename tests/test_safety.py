@@ -2090,6 +2090,38 @@ def _predict_stopped_after_a_mask(inputs: Path, out: Path, models) -> None:
     assert process.returncode != 0 and len(list(out.glob("*_mask.tif"))) < 6, err
 
 
+def test_a_predict_stopped_in_this_process_is_not_scored_by_it_either(tmp_path, capsys, monkeypatch, models):
+    """An API user (or a notebook) whose predict_files failed part-way, then evaluated
+    the folder in the same Python process: the open record was this process's, so it was
+    taken for a live claim of its own and the masks so far were scored as the study."""
+    import bcseg.infer.segment
+
+    truth = tmp_path / "truth"
+    stacks(truth / "images", 2)
+    for i in range(2):
+        io.write_mask(truth / "masks" / "observer1" / f"s{i}.tif", np.ones((4, 32, 40), bool), (0.5, 0.2, 0.2))
+    real, done = bcseg.infer.segment._segment_file, []
+
+    def second_fails(*args, **kwargs):
+        if done:
+            raise OSError(5, "Input/output error")
+        done.append(real(*args, **kwargs))
+        return done[-1]
+
+    monkeypatch.setattr(bcseg.infer.segment, "_segment_file", second_fails)
+    out = tmp_path / "out"
+    with pytest.raises(OSError):
+        bcseg.infer.segment.predict_files(models["2d"], truth / "images", out, progress=False)
+    assert len(list(out.glob("*_mask.tif"))) == 1
+    code, _, err = run(capsys, "evaluate", "--pred", out, "--truth", truth, "--out", tmp_path / "ev")
+    assert code == 3 and "unfinished output of a 'bcseg predict' run" in one_line(err)
+    assert not (tmp_path / "ev").exists()
+    monkeypatch.undo()  # and this process's --resume finishes it, as another's would
+    bcseg.infer.segment.predict_files(models["2d"], truth / "images", out, progress=False, resume=True)
+    assert outputs.unfinished_claim(out) is None and outputs.foreign(out) == []
+    assert sorted(outputs.owned(out)) == ["s0_mask.tif", "s1_mask.tif"]
+
+
 def test_a_stopped_predict_is_not_scored_as_a_finished_one(tmp_path, capsys, models):
     """SIGTERM part-way through predict closed the folder's record as if the run had
     finished: evaluate then scored the masks so far as the whole study, exit 0, the

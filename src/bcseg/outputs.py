@@ -311,13 +311,15 @@ def _edited(folder: Path, record: dict) -> set[str]:
 
 
 def unfinished_claim(folder: str | Path) -> dict | None:
-    """The open claim of another process on ``folder`` (a run killed while writing it, or
-    one writing it now), or None: a folder whose record is closed, or has none."""
+    """The open claim on ``folder`` of another process (a run killed while writing it, or
+    one writing it now), or of this one where it no longer holds the folder (a command
+    of this process stopped part-way: an API user's ``predict_files`` that failed), or
+    None: a folder whose record is closed, or has none, or that this process writes now."""
     path = Path(folder) / RECORD
     if not path.is_file():
         return None
     claim = _load(Path(folder)).get("open")
-    return claim if isinstance(claim, dict) and not _mine(claim) else None
+    return claim if isinstance(claim, dict) and not (_mine(claim) and held_here(folder)) else None
 
 
 def held_here(folder: str | Path) -> bool:
