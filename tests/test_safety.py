@@ -813,6 +813,23 @@ def test_sigterm_during_predict_is_an_interruption(tmp_path, models):
     assert sorted(outputs.owned(out)) == sorted(p.name for p in out.glob("*_mask.tif"))
 
 
+@pytest.mark.parametrize("number", [signal.SIGINT, signal.SIGTERM])
+def test_a_stop_signal_ignored_by_the_caller_stays_ignored(number, tmp_path, capsys, monkeypatch):
+    """A shell starts a background job ('bcseg ... &' in a script) with SIGINT ignored,
+    so that a Ctrl-C meant for the foreground leaves it running; a caller may ignore
+    SIGTERM too. Python keeps such a signal ignored, and so must bcseg: the command runs
+    on, and the caller's setting is there after it."""
+    monkeypatch.setattr(outputs, "CLAIM_HOOKS", [*outputs.CLAIM_HOOKS, lambda: signal.raise_signal(number)])
+    previous = signal.signal(number, signal.SIG_IGN)
+    try:
+        code, _, err = run(capsys, "phantom", tmp_path / "p", "--n", "2", "--shape", "8", "24", "24")
+        assert signal.getsignal(number) is signal.SIG_IGN
+    finally:
+        signal.signal(number, previous)
+    assert code == 0, err
+    assert sorted(outputs.foreign(tmp_path / "p")) == []
+
+
 @pytest.mark.parametrize("turned_into", [RuntimeError("a library's cleanup failed"),
                                          DataError("s0.tif", "cannot be read: truncated")])
 def test_a_stop_that_code_turns_into_an_error_is_still_an_interruption(turned_into, tmp_path, capsys,

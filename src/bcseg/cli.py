@@ -834,8 +834,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     main_thread = threading.current_thread() is threading.main_thread()
     STOPS_ASKED.clear()
-    previous = {number: signal.signal(number, _interrupt)
-                for number in (signal.SIGINT, signal.SIGTERM)} if main_thread else {}
+    # A signal the caller ignores stays ignored (a shell's background job ignores SIGINT,
+    # so that a Ctrl-C meant for the foreground does not stop it), as Python keeps it.
+    previous = {number: signal.signal(number, _interrupt) for number in (signal.SIGINT, signal.SIGTERM)
+                if signal.getsignal(number) is not signal.SIG_IGN} if main_thread else {}
     try:
         return _run(args)
     finally:
