@@ -2329,6 +2329,29 @@ def test_a_file_saved_into_an_abandoned_folder_as_it_is_deleted_is_kept(tmp_path
     assert not (stage / "a.csv").exists()
 
 
+def test_a_result_moved_into_the_replaced_result_as_it_is_deleted_keeps_its_record(tmp_path, monkeypatch):
+    """A record (and journal) is bcseg's by its name, but one that was not in the folder
+    when it was judged came with what the user put there: a finished result of theirs,
+    moved in as the old one is deleted, stays whole, still known as bcseg's."""
+    folder = _finished_result(tmp_path / "result")
+    mine = _finished_result(tmp_path / "mine", "mine\n")
+    moved = []
+    real = outputs.foreign
+
+    def judged_then_moved(path, *args):
+        answer = real(path, *args)
+        if outputs.ASIDE_MARK in Path(path).name and not moved:
+            moved.append(mine.rename(Path(path) / "mine"))
+        return answer
+
+    monkeypatch.setattr(outputs, "foreign", judged_then_moved)
+    with pytest.warns(UserWarning, match="was put into the replaced result while it was deleted"):
+        with outputs.claim(folder, "test", replace=True):
+            write_text(folder / "a.csv", "new\n")
+    assert len(moved) == 1 and (moved[0] / "a.csv").read_text() == "mine\n"
+    assert (moved[0] / outputs.RECORD).is_file() and outputs.owned(moved[0]) == {"a.csv"}
+
+
 def test_a_folder_of_bcseg_files_is_deleted_whole(tmp_path):
     """The other side of the tests above: with nothing saved meanwhile, all of it goes,
     nested folders included."""

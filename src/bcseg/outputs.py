@@ -767,16 +767,23 @@ def _drop_aside(aside: Path) -> None:
 
 def files_now(folder: Path) -> dict[str, tuple[int, int, int] | None]:
     """Every entry under ``folder`` but its folders (files, links, pipes), by relative
-    name, with its identity now (:func:`_identity`). Taken *before* the folder is judged
-    to hold only bcseg's files, it is what :func:`delete_judged` may delete."""
+    name, with its identity now (:func:`_identity`): bcseg's records, locks and
+    temporaries included. Taken *before* the folder is judged to hold only bcseg's
+    files, it is what :func:`delete_judged` may delete."""
     folder = Path(folder)
-    return {name: _identity(folder / name) for name in listing(folder, strict=False)
-            if not name.endswith("/")}
+    found = {}
+    for root, dirs, files in os.walk(folder):  # links are entries, never followed
+        base = Path(root)
+        for name in files + [d for d in dirs if (base / d).is_symlink()]:
+            found[(base / name).relative_to(folder).as_posix()] = _identity(base / name)
+    return found
 
 
 def delete_judged(folder: Path, judged: dict) -> list[str]:
     """Delete ``folder``, judged to hold only bcseg's files, as they were in ``judged``
-    (:func:`files_now`), and bcseg's records, locks and temporaries; keep anything else.
+    (:func:`files_now`); keep anything else. A record, journal or lock that was not
+    there when judged came with what the user put in (a result of theirs moved in), and
+    stays with it.
 
     Not ``shutil.rmtree``, which deletes whatever it finds: a file the user saved into
     the folder, or over one of its files, between the judgement and the deletion would
@@ -789,7 +796,7 @@ def delete_judged(folder: Path, judged: dict) -> list[str]:
         for name in files + [d for d in dirs if (base / d).is_symlink()]:  # links: never followed
             path = base / name
             relative = path.relative_to(folder).as_posix()
-            if _ours(path) or (relative in judged and _identity(path) == judged[relative]):
+            if relative in judged and _identity(path) == judged[relative]:
                 path.unlink(missing_ok=True)
         for name in dirs:
             with contextlib.suppress(OSError):  # not empty: it holds what is kept
