@@ -2352,6 +2352,31 @@ def test_a_result_moved_into_the_replaced_result_as_it_is_deleted_keeps_its_reco
     assert (moved[0] / outputs.RECORD).is_file() and outputs.owned(moved[0]) == {"a.csv"}
 
 
+def test_a_replaced_result_moved_away_and_linked_back_as_it_is_deleted_is_kept(tmp_path, monkeypatch):
+    """The user moves the old result elsewhere, and links it back under its name, right
+    after bcseg judged it: the deletion does not follow the link (shutil.rmtree refused
+    a link; a walk from the folder's name went through it and deleted the moved files)."""
+    folder = _finished_result(tmp_path / "result")
+    kept = tmp_path / "kept"
+    moved = []
+    real = outputs.foreign
+
+    def judged_then_moved(path, *args):
+        answer = real(path, *args)
+        if outputs.ASIDE_MARK in Path(path).name and not moved:
+            Path(path).rename(kept)
+            Path(path).symlink_to(kept)
+            moved.append(kept)
+        return answer
+
+    monkeypatch.setattr(outputs, "foreign", judged_then_moved)
+    with pytest.warns(UserWarning):
+        with outputs.claim(folder, "test", replace=True):
+            write_text(folder / "a.csv", "new\n")
+    assert moved and (kept / "a.csv").read_text() == "old\n"
+    assert (kept / outputs.RECORD).is_file()
+
+
 def test_a_folder_of_bcseg_files_is_deleted_whole(tmp_path):
     """The other side of the tests above: with nothing saved meanwhile, all of it goes,
     nested folders included."""

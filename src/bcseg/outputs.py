@@ -41,6 +41,7 @@ import os
 import re
 import secrets
 import signal
+import stat
 import threading
 import warnings
 from pathlib import Path
@@ -791,18 +792,27 @@ def delete_judged(folder: Path, judged: dict) -> list[str]:
     stays, with the folders that hold it. Returns what was kept (none: the folder is gone).
     """
     folder = Path(folder)
-    for root, dirs, files in os.walk(folder, topdown=False):
+    # By the folders' descriptors, as shutil.rmtree does: a folder (``folder`` itself
+    # included) moved away and replaced by a link meanwhile is never walked through.
+    for root, dirs, files, fd in os.fwalk(folder, topdown=False, follow_symlinks=False):
         base = Path(root)
-        for name in files + [d for d in dirs if (base / d).is_symlink()]:  # links: never followed
-            path = base / name
-            relative = path.relative_to(folder).as_posix()
-            if relative in judged and _identity(path) == judged[relative]:
-                path.unlink(missing_ok=True)
+        for name in files + dirs:  # a link to a folder is among dirs: deleted, not followed
+            try:
+                info = os.stat(name, dir_fd=fd, follow_symlinks=False)
+            except OSError:
+                continue
+            if name in dirs and not stat.S_ISLNK(info.st_mode):
+                continue
+            relative = (base / name).relative_to(folder).as_posix()
+            if judged.get(relative, False) == (info.st_ino, info.st_size, info.st_mtime_ns):
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(name, dir_fd=fd)
         for name in dirs:
-            with contextlib.suppress(OSError):  # not empty: it holds what is kept
-                (base / name).rmdir()
-    with contextlib.suppress(OSError):
-        folder.rmdir()
+            with contextlib.suppress(OSError):  # not empty: it holds what is kept (or a link)
+                os.rmdir(name, dir_fd=fd)
+    if not folder.is_symlink():
+        with contextlib.suppress(OSError):
+            folder.rmdir()
     return sorted(listing(folder, strict=False))
 
 
