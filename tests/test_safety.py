@@ -2275,6 +2275,25 @@ def test_a_file_saved_into_the_replaced_result_as_it_is_deleted_is_kept(tmp_path
     assert (folder / "a.csv").read_text() == "new\n"
 
 
+def test_an_interrupted_replacement_that_keeps_the_old_result_aside_does_not_say_it_is_back(tmp_path):
+    """train --force stopped before its first epoch says the old run 'is as it was' when
+    the claim put it back; with a file of the user's in the new folder the old run stays
+    aside instead, and the message must not say otherwise."""
+    folder = _finished_result(tmp_path / "result")
+    with pytest.raises(KeyboardInterrupt) as stopped:
+        with outputs.claim(folder, "test", replace=True):
+            write_text(folder / "b.csv", "new\n")
+            (folder / "notes.txt").write_text("the user's")
+            raise KeyboardInterrupt
+    aside = tmp_path / f".result{outputs.ASIDE_MARK}{os.getpid()}"
+    assert (aside / "a.csv").read_text() == "old\n" and stopped.value.bcseg_old_result_back is False
+    other = _finished_result(tmp_path / "other")
+    with pytest.raises(KeyboardInterrupt) as stopped:  # and when it is put back, it says so
+        with outputs.claim(other, "test", replace=True):
+            raise KeyboardInterrupt
+    assert stopped.value.bcseg_old_result_back is True and (other / "a.csv").read_text() == "old\n"
+
+
 def test_a_file_saved_into_a_failed_replacement_as_it_is_undone_is_kept(tmp_path, monkeypatch):
     folder = _finished_result(tmp_path / "result")
     saved = _saving_a_file_once_judged(monkeypatch, lambda f: f.name == "result", "_added_meanwhile")

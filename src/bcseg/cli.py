@@ -885,6 +885,13 @@ def _system_problem(error: OSError) -> tuple[str, int] | None:
     return (full, 1) if full else _access_problem(error)
 
 
+def _interrupted() -> int:
+    """What a stopped command says: the warnings it held, then one line; exit 130."""
+    _release_warnings()
+    print("bcseg: error: interrupted", file=sys.stderr)
+    return 130
+
+
 def _run(args) -> int:
     try:
         if args.command in NEEDS_TENSORFLOW and getattr(args, "runtime", None) != "onnx":
@@ -895,23 +902,19 @@ def _run(args) -> int:
     except BcsegError as error:
         if args.debug:
             raise
-        _HELD_WARNINGS.clear()  # the error line is all a refused command says
         if STOPS_ASKED:  # an input read half-way by the stop is not a damaged input
-            print("bcseg: error: interrupted", file=sys.stderr)
-            return 130
+            return _interrupted()
+        _HELD_WARNINGS.clear()  # the error line is all a refused command says
         print(f"bcseg: error: {_flags_for_parameters(str(error))}", file=sys.stderr)
         return error.exit_code
     except KeyboardInterrupt:
-        _release_warnings()
-        print("bcseg: error: interrupted", file=sys.stderr)
-        return 130
+        return _interrupted()
     except Exception as error:  # a bug or the system (full disk, ...): still one line
         if args.debug:
             raise
-        _HELD_WARNINGS.clear()
         if STOPS_ASKED:  # what the stop left half done failed: it is still the stop
-            print("bcseg: error: interrupted", file=sys.stderr)
-            return 130
+            return _interrupted()
+        _HELD_WARNINGS.clear()
         system = _system_problem(error) if isinstance(error, OSError) else None
         if system:
             line, code = system

@@ -731,7 +731,8 @@ def claim(folder: str | Path, command: str, *, replace: bool = False, inputs: It
                     if not restored and aside is not None:
                         _drop_aside(aside)  # the new, partial result is kept (keep_on)
             # what the command line says: the old result is back (True), or the new kept
-            exc.bcseg_old_result_back = restored and aside is not None
+            # (not when a file put in meanwhile kept the old result aside: it is not back)
+            exc.bcseg_old_result_back = restored and aside is not None and not aside.exists()
             raise
         # A Ctrl-C while the finished result is recorded would leave it looking unfinished
         # (and a forced train's next run would put the old run back over it): held until done.
