@@ -54,11 +54,12 @@ def _config_path(run: Path) -> Path:
 
 
 def _recipe(cfg: dict) -> dict:
-    """A run's recipe without its member seed and augmentation: what members of one
-    ensemble share. Members may augment differently (r7 beside r10, which draws its
-    speckle strength per image): that changes what each learns, not which images it
-    trained and was tuned on, and diversity is what an ensemble is for."""
-    return {**cfg, "augment": {},
+    """A run's recipe without its member seed, augmentation and network: what members
+    of one ensemble share. Members may augment differently (r7 beside r10, which draws
+    its speckle strength per image) or be other networks (r10 beside r12, instance
+    normalisation): that changes what each learns, not which images it trained and was
+    tuned on, and diversity is what an ensemble is for."""
+    return {**cfg, "augment": {}, "model": {},
             "train": {k: v for k, v in cfg["train"].items() if k != "member_seed"}}
 
 
@@ -84,8 +85,8 @@ def shared_split(runs: list[Path], script: str = "seed_ensemble.py") -> dict:
                                  "members of a seed ensemble share train.seed (see train.member_seed)")
         if _recipe(cfg) != _recipe(recipes[0]):
             raise SystemExit(f"{script}: {run}: another recipe than {runs[0]}'s; members of "
-                             "a seed ensemble differ only in train.member_seed and [augment]")
-        drawn = (draw_seed(cfg["train"]), json.dumps(cfg["augment"], sort_keys=True))
+                             "a seed ensemble differ only in train.member_seed, [augment] and [model]")
+        drawn = (draw_seed(cfg["train"]), json.dumps([cfg["augment"], cfg["model"]], sort_keys=True))
         twin = by_seed.setdefault(drawn, member)  # one run given twice too
         if twin != member:
             raise SystemExit(f"{script}: {run}: the same model as {runs[twin]} (same run, or same "

@@ -55,17 +55,20 @@ def test_one_model_twice_or_another_recipe_is_refused(tmp_path):
     copy = _member(tmp_path / "copy", 0, ["x"], ["t"])  # member_seed 0 again: the same draws
     with pytest.raises(SystemExit, match=r"copy: the same model as"):
         seed_ensemble.shared_split([a, copy])
-    wider = _member(tmp_path / "wider", 1, ["x"], ["t"], {**TINY, "model": {"base_filters": 4}})
-    with pytest.raises(SystemExit, match=r"wider: another recipe"):
-        seed_ensemble.shared_split([a, wider])
+    longer = _member(tmp_path / "longer", 1, ["x"], ["t"], {**TINY, "train": {"epochs": 7}})
+    with pytest.raises(SystemExit, match=r"longer: another recipe"):
+        seed_ensemble.shared_split([a, longer])
 
 
-def test_members_may_augment_differently_even_with_one_seed(tmp_path):
+def test_members_may_augment_differently_or_be_other_networks_even_with_one_seed(tmp_path):
     """r7 beside r10 (speckle strength drawn per image) share their split: one ensemble,
     and not one model twice although both train with member seed 0."""
     a = _member(tmp_path / "a", 0, ["x"], ["t"])
     speckled = _member(tmp_path / "speckled", 0, ["x"], ["t"], {**TINY, "augment": {"speckle_max": 0.35}})
     assert seed_ensemble.shared_split([a, speckled])["validation"] == ["x"]
+    # or be another network (r12, instance normalisation, beside r10), seed 0 alike
+    other = _member(tmp_path / "other", 0, ["x"], ["t"], {**TINY, "model": {"base_filters": 2, "norm": "instance"}})
+    assert seed_ensemble.shared_split([a, other])["validation"] == ["x"]
     bigger = _member(tmp_path / "bigger", 1, ["x"], ["t"], {**TINY, "data": {"size": 32}})
     with pytest.raises(SystemExit, match=r"bigger: another recipe"):
         seed_ensemble.shared_split([a, bigger])
