@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import functools
 import json
 import logging
 import math
@@ -494,7 +495,8 @@ def _after_epoch(model, cfg: dict, out: Path, state: dict, row: dict, plot=None)
 def run_fold(cases: list[Case], folds: dict[str, int], fold: int, cfg: dict, out: Path,
              resume: bool = False, init_model: Path | None = None,
              strategy: str | None = None, plot: Callable[[Path], object] | None = None,
-             validation: list[str] | None = None, teacher: dict[str, np.ndarray] | None = None) -> dict:
+             validation: list[str] | None = None, teacher: dict[str, np.ndarray] | None = None,
+             before_fit: Callable[[], None] | None = None) -> dict:
     """Fit on every fold but ``fold``, validating on held-out groups of them, or on
     the training folds' cases whose ids are in ``validation`` where it is given.
     With ``teacher`` (probabilities per case id, see :func:`teacher_probabilities`)
@@ -558,6 +560,8 @@ def run_fold(cases: list[Case], folds: dict[str, int], fold: int, cfg: dict, out
             model = _initial_model(init_model, channels) if init_model else \
                 build_model(cfg, len(channels or [IMAGE_CHANNEL]))
             compile_model(model, cfg)
+    if before_fit is not None:  # the data are read: the last moment to stop before fitting
+        before_fit()
     state = fit(model, cfg, train_set, val_set, out, state, plot)
     caught = _stop_on_signal(state["epoch"])  # until train() restores the handlers
     return {"fold": fold, "best_epoch": state.get("best_epoch"), "best_val_dice": state.get("best_score"),
@@ -921,7 +925,7 @@ def _train_in(out: Path, cfg: dict, cases: list[Case], folds: dict, source, targ
                 save_config(cfg, out / "config.toml")
             if source is not None:
                 save_splits(out / "splits.json", cases, folds, seed=cfg["train"]["seed"], source=source)
-            results = []
+            results, check = [], None
             for k in targets:
                 fold_dir = _fold_dir(out, k, targets)
                 if resume and (fold_dir / rundir.SETTINGS_FILE).is_file():
@@ -932,13 +936,15 @@ def _train_in(out: Path, cfg: dict, cases: list[Case], folds: dict, source, targ
                 # kf/fold_0 --force' cannot pass the run's metrics off as an earlier evaluation.
                 with outputs.claim(fold_dir, "train"):
                     fitted = run_fold(cases, folds, k, cfg, fold_dir, resume, init_model, strategy, plot,
-                                      validation, teacher)
+                                      validation, teacher, check)
                     results.append(_summary(fitted, after_fit))
-                if fitted["signals_caught"]:  # its Interrupted was lost in a finaliser
-                    raise Interrupted(f"stopped after fold {k} was tested", fitted["saved_epoch"])
+                _raise_if_caught(fitted["signals_caught"], f"stopped after fold {k} was tested",
+                                 fitted["saved_epoch"])
                 # until the next fold's training takes over (its data are read and cached
                 # first), or the run ends: fold k's "before the run was tested" is past
-                _stop_on_signal(fitted["saved_epoch"], f"stopped after fold {k} finished")
+                said = f"stopped after fold {k} finished"
+                check = functools.partial(_raise_if_caught, _stop_on_signal(fitted["saved_epoch"], said),
+                                          said, fitted["saved_epoch"])
             if len(targets) > 1:
                 write_text(out / "folds_summary.json", json.dumps(results, indent=1, default=str) + "\n")
             return results
@@ -947,6 +953,13 @@ def _train_in(out: Path, cfg: dict, cases: list[Case], folds: dict, source, targ
             signal.signal(s, previous)
         log.removeHandler(handler)
         handler.close()
+
+
+def _raise_if_caught(caught: list[int], said: str, saved_epoch: int) -> None:
+    """Stop where a handler of :func:`_stop_on_signal` caught a signal whose exception
+    Python dropped (it ran inside a finaliser): the user asked to stop all the same."""
+    if caught:
+        raise Interrupted(said, saved_epoch)
 
 
 def _summary(fitted: dict, after_fit) -> dict:
