@@ -115,7 +115,7 @@ def test_the_folds_of_a_kfold_run_are_its_members(tmp_path, phantom_root, capsys
                                      "out holds yours", "out is a link", "member file in out",
                                      "network unlike settings", "validation twice",
                                      "observer mask missing", "unknown observer", "a copy of a run",
-                                     "empty config", "other images, same ids"])
+                                     "empty config", "other images, same ids", "split nested too deeply"])
 def test_bad_members_or_outputs_are_one_line_and_leave_nothing(problem, tmp_path, phantom_root, capsys):
     cases = discover(phantom_root)
     a = _run(tmp_path / "a", 0, [cases[0].id])
@@ -144,7 +144,8 @@ def test_bad_members_or_outputs_are_one_line_and_leave_nothing(problem, tmp_path
               "unknown observer": (4, "a/config.toml: 'data.observer': unknown observer 'observer3'"),
               "a copy of a run": (4, "c/model_best.keras: is a copy of"),
               "empty config": (4, "b/config.toml: is empty"),
-              "other images, same ids": (3, "is not the one")}[problem]
+              "other images, same ids": (3, "is not the one"),
+              "split nested too deeply": (4, "b/fold.json: cannot be read as a run's split")}[problem]
     data = phantom_root
     if problem == "one run":
         models = [a]
@@ -158,6 +159,8 @@ def test_bad_members_or_outputs_are_one_line_and_leave_nothing(problem, tmp_path
         (b / rundir.FOLD_FILE).unlink()
     elif problem == "split not lists":
         (b / rundir.FOLD_FILE).write_text(json.dumps({"train": [], "validation": 5}))
+    elif problem == "split nested too deeply":  # was RecursionError, exit 1
+        (b / rundir.FOLD_FILE).write_text("[" * 100_000 + "]" * 100_000)
     elif problem == "split without train":
         (b / rundir.FOLD_FILE).write_text(json.dumps({"validation": [cases[0].id]}))
     elif problem == "unfinished k-fold":  # fold 1 of 2 is not trained yet

@@ -247,6 +247,9 @@ DAMAGE = {  # what is damaged: (the file, how)
                                    lambda p: p.write_text("case,distance_mm\nspecimen_000,abc\n")),
     "margins without its columns": ("margins/specimen_000_margins.csv",
                                     lambda p: p.write_text("x,y\n1,2\n")),
+    # the JSON parser's RecursionError was an unexpected error (exit 1)
+    "summary nested too deeply": ("eval/summary.json",
+                                  lambda p: p.write_text("[" * 100_000 + "]" * 100_000)),
 }
 
 
@@ -284,3 +287,63 @@ def test_report_on_a_damaged_table_is_one_line_naming_it_and_redraws_nothing(dam
     assert code == 3 and len(lines) == 1, lines
     assert lines[0].startswith(f"bcseg: error: {copy / name}: ") and "Error" not in lines[0]
     assert {p: p.stat().st_mtime_ns for p in copy.rglob("*")} == before
+
+
+def _fifo(path) -> None:
+    import os
+    path.unlink()
+    os.mkfifo(path)
+
+
+def _folder(path) -> None:
+    path.unlink()
+    path.mkdir()
+
+
+def _broken_link(path) -> None:
+    path.unlink()
+    path.symlink_to(path.with_name("gone.csv"))
+
+
+NOT_FILES = {  # a table the report reads, there but no file: (the file, how)
+    "agreement a named pipe": ("eval/agreement.csv", _fifo),
+    "metrics a named pipe": ("eval/metrics.csv", _fifo),
+    "metrics a folder": ("eval/metrics.csv", _folder),
+    "summary a named pipe": ("eval/summary.json", _fifo),
+    "summary a folder": ("eval/summary.json", _folder),
+    "history a named pipe": ("history.csv", _fifo),
+    "history a folder": ("history.csv", _folder),
+    "margins a broken link": ("margins/specimen_000_margins.csv", _broken_link),
+}
+
+
+@pytest.mark.parametrize("problem", sorted(NOT_FILES))
+def test_report_on_a_table_that_is_no_file_is_one_line_naming_it(problem, reported_run, tmp_path, capsys):
+    """A named pipe as agreement.csv blocked the report forever; a folder or a pipe as
+    metrics.csv, summary.json or history.csv, or a broken link as a margins table, was
+    passed over without a word and the page rebuilt without that part."""
+    import shutil
+    import signal
+
+    from bcseg.cli import main
+
+    copy = shutil.copytree(reported_run, tmp_path / "run")
+    name, make = NOT_FILES[problem]
+    make(copy / name)
+    before = {p: p.lstat().st_mtime_ns for p in copy.rglob("*")}
+
+    def stuck(signum, frame):
+        raise TimeoutError("the report blocked on a named pipe")
+
+    old = signal.signal(signal.SIGALRM, stuck)
+    signal.alarm(60)
+    try:
+        capsys.readouterr()
+        code = main(["report", str(copy)])
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, old)
+    lines = capsys.readouterr().err.splitlines()
+    assert code == 3 and len(lines) == 1, lines
+    assert lines[0].startswith(f"bcseg: error: {copy / name}: is a "), lines
+    assert {p: p.lstat().st_mtime_ns for p in copy.rglob("*")} == before

@@ -2416,3 +2416,40 @@ def test_deleting_a_judged_folder_never_follows_its_links(tmp_path):
     (folder / "sub" / "to_dir").symlink_to(outside)
     assert outputs.delete_judged(folder, outputs.files_now(folder)) == [] and not folder.exists()
     assert (outside / "keep.txt").read_text() == "not in the folder"
+
+
+@pytest.mark.parametrize("kind", ["folder", "named pipe", "broken link", "nested too deeply"])
+def test_a_record_that_is_no_file_is_refused_before_writing(kind, tmp_path, models, phantom, capsys):
+    """An output folder whose .bcseg-outputs.json was a named pipe blocked predict forever
+    (the record is read before writing); a folder there failed with IsADirectoryError
+    (exit 1) once the masks were written; a record nested too deeply for the JSON parser
+    was a RecursionError (exit 1)."""
+    out = tmp_path / "out"
+    out.mkdir()
+    record = out / outputs.RECORD
+    if kind == "folder":
+        record.mkdir()
+    elif kind == "named pipe":
+        os.mkfifo(record)
+    elif kind == "broken link":
+        record.symlink_to(tmp_path / "gone.json")
+    else:
+        record.write_text("[" * 100_000 + "]" * 100_000)
+
+    def stuck(signum, frame):
+        raise TimeoutError("predict blocked on a named pipe")
+
+    old = signal.signal(signal.SIGALRM, stuck)
+    signal.alarm(120)
+    try:
+        code, _, err = run(capsys, "predict", phantom / "images" / "specimen_000.tif",
+                           "--model", models["2d"], "--out", out)
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, old)
+    if kind == "nested too deeply":  # unreadable, as a damaged record: nothing in it is bcseg's
+        assert code == 0 and (out / "specimen_000_mask.tif").is_file(), err
+        return
+    assert code == 2, err
+    assert one_line(err).startswith(f"bcseg: error: {record}: is not a file"), err
+    assert sorted(p.name for p in out.iterdir()) == [outputs.RECORD]

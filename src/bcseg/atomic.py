@@ -11,8 +11,10 @@ from __future__ import annotations
 import contextlib
 import errno
 import hashlib
+import json
 import os
 import re
+import stat
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -109,6 +111,24 @@ def write_text(path: str | Path, text: str, force: bool = True) -> Path:
     with atomic_path(path, force=force) as tmp:
         tmp.write_text(text, encoding="utf-8")
     return Path(path)
+
+
+def read_json(path: str | Path):
+    """The JSON value in ``path``, for the callers that catch ``(OSError, ValueError)``.
+
+    A folder, named pipe or device there raises OSError without being opened (reading a
+    pipe would wait forever), and JSON nested deeper than the parser recurses (its
+    RecursionError, which no caller caught) raises ValueError, so a damaged file is one
+    line naming it rather than a hang or an unexpected error.
+    """
+    path = Path(path)
+    if not stat.S_ISREG(path.stat().st_mode):
+        raise OSError(f"{path.name} is not a regular file (a folder, a named pipe or a device)")
+    text = path.read_text(encoding="utf-8")
+    try:
+        return json.loads(text)
+    except RecursionError:
+        raise ValueError("its JSON is nested too deeply to be read") from None
 
 
 def partial_pid(name: str) -> int | None:

@@ -37,7 +37,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bcseg.atomic import file_sha256
+from bcseg.atomic import file_sha256, read_json
 from bcseg.data.dataset import Case
 from bcseg.errors import ConfigError, DataError, ModelError, UsageError
 from bcseg.rundir import FOLD_FILE, TEACHER_FILE, load_run
@@ -111,7 +111,7 @@ def fingerprint(paths: list[str], files: list[Path], settings) -> dict:
 def check_fingerprint(recorded: Path, now: dict) -> None:
     """A resumed run refuses a teacher that is not the one it started with."""
     try:
-        before = json.loads(recorded.read_text(encoding="utf-8"))
+        before = read_json(recorded)
     except (OSError, ValueError):
         raise UsageError(recorded, "is missing or unreadable: the teacher this run started with "
                          "cannot be checked, so resuming could train on other targets; start a new "
@@ -129,7 +129,7 @@ def warn_if_seen(files: list[Path], test_ids: set[str]) -> None:
     for model in files:
         record = model.parent / FOLD_FILE
         try:
-            fold = json.loads(record.read_text(encoding="utf-8"))
+            fold = read_json(record)
             seen |= set(fold.get("train", [])) | set(fold.get("validation", []))
         except (OSError, ValueError, TypeError, AttributeError):
             continue  # not a bcseg run (a bare .keras file): nothing is known

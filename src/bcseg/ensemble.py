@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Sequence
 
 from bcseg import rundir
-from bcseg.atomic import atomic_path
+from bcseg.atomic import atomic_path, read_json
 from bcseg.config import load_config
 from bcseg.data.dataset import discover
 from bcseg.errors import DataError, ModelError, UsageError
@@ -160,7 +160,7 @@ def _validation_cases(runs: list[Path], data) -> list:
     for run in runs:
         fold_file = run / rundir.FOLD_FILE
         try:
-            split = json.loads(fold_file.read_text(encoding="utf-8"))
+            split = read_json(fold_file)
         except (OSError, UnicodeDecodeError, ValueError) as exc:
             raise ModelError(fold_file, f"cannot be read as a run's split ({exc})") from None
         for key in ("train", "validation"):

@@ -36,7 +36,7 @@ def _entry(line: str):
     """``(name, identity)`` of one journal line, or None when it is not one."""
     try:
         name, identity = json.loads(line)
-    except (ValueError, TypeError):
+    except (ValueError, TypeError, RecursionError):
         return None
     if isinstance(name, str) and isinstance(identity, list) and len(identity) == 3 \
             and all(isinstance(v, int) for v in identity):

@@ -48,7 +48,7 @@ from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
 from bcseg import folder_lock, journal
-from bcseg.atomic import WRITE_HOOKS, partial_pid, process_alive, write_text
+from bcseg.atomic import WRITE_HOOKS, partial_pid, process_alive, read_json, write_text
 from bcseg.folder_lock import LOCK_SUFFIX
 from bcseg.journal import JOURNAL
 from bcseg.errors import UsageError
@@ -104,6 +104,12 @@ def check_output_folder(folder: str | Path) -> Path:
     existing = _nearest_folder(folder)
     if existing is not None and _read_only(existing):
         raise UsageError(folder, "is on a read-only file system; choose another place for the outputs")
+    record = folder / RECORD
+    if (record.exists() or record.is_symlink()) and not record.is_file():
+        # bcseg rewrites its record when it writes: onto a folder that fails after the
+        # outputs exist, and reading a named pipe there would wait forever
+        raise UsageError(record, "is not a file, but bcseg keeps its record of the files it "
+                         "wrote under this name; move it away")
     return folder
 
 
@@ -223,7 +229,7 @@ def _with_folders(files: set[str]) -> set[str]:
 
 def _load(folder: Path) -> dict:
     try:
-        record = json.loads((folder / RECORD).read_text(encoding="utf-8"))
+        record = read_json(folder / RECORD)
     except (OSError, UnicodeDecodeError, ValueError):
         return {"files": {}}  # none, or unreadable: nothing is known to be ours
     if not isinstance(record, dict) or not isinstance(record.get("files"), dict):
@@ -1105,7 +1111,7 @@ def _finished(folder: Path, pid: int) -> bool:
     killed before its new content was complete.
     """
     try:  # unreadable counts as unfinished: the old content is the one known complete
-        record = json.loads((folder / RECORD).read_text(encoding="utf-8"))
+        record = read_json(folder / RECORD)
     except (OSError, UnicodeDecodeError, ValueError):
         return False
     claim = record.get("open") if isinstance(record, dict) else None

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from bcseg.data import io
-from bcseg.atomic import write_text
+from bcseg.atomic import read_json, write_text
 from bcseg.data.dataset import Case, read_csv_lines
 from bcseg.errors import DataError
 
@@ -268,7 +268,7 @@ def load_splits(path: str | Path) -> dict[str, int]:
     """Fold per case id from a JSON written by :func:`save_splits`."""
     path = Path(path)
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = read_json(path)
         return {case_id: entry["fold"] for entry in data["folds"] for case_id in entry["test"]}
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise DataError(path, f"not a bcseg splits file ({exc})") from None

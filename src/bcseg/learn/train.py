@@ -41,7 +41,7 @@ import tensorflow as tf
 from bcseg import outputs
 from bcseg import rundir
 from bcseg.learn import pipeline
-from bcseg.atomic import atomic_path, partial_name, remove_partials, write_text
+from bcseg.atomic import atomic_path, partial_name, read_json, remove_partials, write_text
 from bcseg.learn.augment import AugmentConfig
 from bcseg.config import load_config, save_config
 from bcseg.data.consensus import METHODS
@@ -689,8 +689,8 @@ def _resume_state(out: Path) -> tuple[dict, Path]:
     """
     path = out / "state.json"
     try:
-        state = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        state = read_json(path)
+    except (OSError, ValueError) as exc:  # ValueError: bad UTF-8 or JSON
         raise ModelError(path, f"is corrupt ({exc}); the run cannot be resumed, start it again") from None
     if not (isinstance(state, dict) and isinstance(state.get("epoch"), int)
             and isinstance(state.get("checkpoint"), str)):
@@ -905,7 +905,7 @@ def _recorded_digests(fold_file: Path) -> dict[str, str]:
     """The validation cases' digests a fold.json recorded (none: not there, or a run of
     a bcseg before they were recorded)."""
     try:
-        recorded = json.loads(fold_file.read_text(encoding="utf-8")).get("validation_sha256")
+        recorded = read_json(fold_file).get("validation_sha256")
     except (OSError, ValueError, AttributeError):
         return {}
     return recorded if isinstance(recorded, dict) else {}

@@ -24,7 +24,7 @@ import numpy as np
 
 from bcseg.data import io
 from bcseg.data.channels import read_files
-from bcseg.atomic import write_text
+from bcseg.atomic import read_json, write_text
 from bcseg.errors import BcsegError, DataError
 from bcseg.measure.evaluate import (CEILING_COLUMNS, HUMAN_LEVEL_NOTE, OUTPUTS, REPORT_FIGURES,
                                     REPORT_PAGE, ceiling_table, human_level_lines)
@@ -368,6 +368,9 @@ def report_sources(root: Path) -> tuple[list[Path], list[Path], list[Path]]:
     from, is a :class:`DataError`; ``bcseg report`` asks first, so that such a folder
     is refused before anything is written into it.
     """
+    for path in _tables_not_files(root):
+        raise DataError(path, f"{io.not_a_file(path, 'a table bcseg wrote')}; the report reads it: "
+                        "restore the file, or move this away")
     histories = _find(root, "history.csv")
     evaluations = [p.parent for p in _find(root, OUTPUTS["summary"])
                    if (p.parent / OUTPUTS["metrics"]).is_file()]
@@ -388,6 +391,17 @@ def report_sources(root: Path) -> tuple[list[Path], list[Path], list[Path]]:
     for table in margins:
         check_margins_table(table)
     return histories, evaluations, margins
+
+
+def _tables_not_files(root: Path) -> list[Path]:
+    """The tables the report reads that are there but no file: a folder or a broken link
+    would be passed over without a word (the page rebuilt without that part), and a named
+    pipe would block the read forever."""
+    named = [p for name in ("history.csv", OUTPUTS["summary"], "*_margins.csv") for p in root.rglob(name)
+             if not any(part.startswith(".") for part in p.relative_to(root).parts)]
+    beside = [p.parent / name for p in named if p.name == OUTPUTS["summary"]
+              for name in (OUTPUTS["metrics"], OUTPUTS["agreement"])]
+    return [p for p in named + beside if (p.exists() or p.is_symlink()) and io.not_a_file(p) is not None]
 
 
 def _check_current(eval_dir: Path, summary: dict) -> None:
@@ -571,7 +585,7 @@ def read_summary(eval_dir: Path) -> dict:
     """An evaluation's ``summary.json``; a DataError naming it when it cannot be read."""
     path = eval_dir / OUTPUTS["summary"]
     try:
-        summary = json.loads(path.read_text(encoding="utf-8"))
+        summary = read_json(path)
     except (OSError, UnicodeDecodeError, ValueError) as exc:
         raise DataError(path, f"cannot be read as JSON ({exc}); run 'bcseg evaluate' again "
                         "to rewrite it") from None
