@@ -325,3 +325,26 @@ def test_a_config_saved_with_a_byte_order_mark_is_read(tmp_path):
     path = tmp_path / "mine.toml"
     path.write_bytes("\ufeff[train]\nepochs = 3\n".encode("utf-8"))
     assert load_config(path)["train"]["epochs"] == 3
+
+
+@pytest.mark.parametrize("extra, flags, said", [
+    ("", [], "'data.size' must be more than 20 with data.offline_augment = 'reference'"),
+    ('observer = "random"', [], "needs one target"),
+    ('observer = "soft"', [], "needs one target"),
+    ("", ["--observer", "random"], "needs one target"),
+], ids=["size 16", "random", "soft", "--observer random"])
+def test_a_recipe_the_reference_augmentation_cannot_run_exits_before_the_run_folder(
+        extra, flags, said, tmp_path, phantom_root, capsys):
+    """data.offline_augment = 'reference' with data.size 16 (its trims of 10 pixels a side
+    leave none) failed with "ValueError: trims must be >= 0" (exit 1), and with the random
+    or soft observer was refused without naming a file, both once the run folder held
+    config.toml, splits.json and fold.json."""
+    config = tmp_path / "offline.toml"
+    size = 16 if "size" in said else 32
+    config.write_text(f'[model]\nbase_filters = 2\ndepth = 2\n[data]\nsize = {size}\n'
+                      f'offline_augment = "reference"\n{extra}\n[train]\nepochs = 1\n')
+    run = tmp_path / "run"
+    code, line = _refusal(capsys, ["train", phantom_root, "--out", run, "--config", config, *flags])
+    assert code == 4, line
+    assert line.startswith(f"bcseg: error: {config}: ") and said in line, line
+    assert not run.exists()

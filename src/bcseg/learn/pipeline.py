@@ -34,7 +34,7 @@ from skimage.transform import resize
 # TensorFlow and bcseg.learn.augment are imported by the functions that train with them:
 # the geometry helpers (to_square, from_square) also serve the ONNX runtime, without TensorFlow.
 from bcseg.data.dataset import Case, read_case_channel_arrays, read_case_image, read_case_masks
-from bcseg.errors import DataError
+from bcseg.errors import ConfigError, DataError
 from bcseg.data.intensity import normalise, normalise_channels
 from bcseg.data.resize import resize_axis
 from bcseg.data.consensus import consensus
@@ -229,6 +229,32 @@ def _case_arrays(case: Case, observer: str, channels: list[str] | None = None,
 def to_square_channels(image: np.ndarray, size: int) -> np.ndarray:
     """:func:`to_square` of each channel of an ``(H, W, C)`` slice."""
     return np.stack([to_square(image[..., c], size) for c in range(image.shape[-1])], axis=-1)
+
+
+def check_offline_augment(data: dict, channels: list[str] | None, source=None) -> None:
+    """Refuse, before a run folder is made, a recipe that :func:`slice_samples` cannot
+    augment the reference study's way (``data``: the ``[data]`` section; ``channels``: the
+    run's named channels or None; ``source``: the file that set data.offline_augment).
+    Found only once the folds were cached, it left a run folder behind (exit 1 for a
+    size the crops do not fit)."""
+    if data["offline_augment"] != "reference":
+        return
+    import inspect
+
+    from bcseg.learn.augment import reference_offline_augment
+
+    defaults = inspect.signature(reference_offline_augment).parameters
+    trim = max(defaults["max_trim_tb"].default, defaults["max_trim_lr"].default)
+    if data["observer"] in KEEP_ALL:
+        raise ConfigError(source, "data.offline_augment = 'reference' needs one target; choose an "
+                          f"observer or a consensus instead of data.observer = {data['observer']!r}")
+    if channels is not None:
+        raise ConfigError(source, "data.offline_augment = 'reference' takes one grey channel; use "
+                          "the on-the-fly augmentation (offline_augment = \"none\") with several channels")
+    if data["size"] <= 2 * trim:
+        raise ConfigError(source, f"'data.size' must be more than {2 * trim} with data.offline_augment "
+                          f"= 'reference' (its crops trim up to {trim} pixels from each side), "
+                          f"got {data['size']}")
 
 
 def slice_samples(cases: list[Case], observer: str, size: int,

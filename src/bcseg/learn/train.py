@@ -778,6 +778,9 @@ def train(data, out, config=None, overrides: dict | None = None, fold="0", folds
     check_observer(cases, cfg["data"]["observer"],
                     _config_source(out, config, overrides, resume, "data", "observer"))
     channels, _ = run_channels(cases, cfg, _config_source(out, config, overrides, resume, "data", "channels"))
+    if cfg["model"]["ndim"] == 2:  # 3D runs do not augment offline
+        pipeline.check_offline_augment(cfg["data"], channels, _config_source(
+            out, config, overrides, resume, "data", "offline_augment"))
     _check_cases(cases, channels)
     _check_memory(cfg, _config_source(out, config, overrides, resume, "train", "batch_size"))
     _check_epoch_memory(cfg, _config_source(out, config, overrides, resume, "train", "steps_per_epoch"))
