@@ -192,3 +192,20 @@ def test_itk_warnings_do_not_reach_stderr(tmp_path, capfd):
     with pytest.raises(DataError, match="two voxel sizes"):
         io.read_mask(two, image=image)
     assert capfd.readouterr().err == ""
+
+
+@pytest.mark.parametrize("field, value", [(70, 1234), (40, 9)], ids=["datatype", "dim[0]"])
+def test_niftilib_errors_do_not_reach_stderr(field, value, tmp_path, capfd):
+    """A header with an unknown datatype or a dim[0] over 7: the NIfTI C library printed
+    '** ERROR: nifti_convert_nhdr2nim: bad datatype' on stderr itself, before bcseg's line
+    refusing the file, so the refusal was two lines."""
+    bad = with_header(write_nifti(tmp_path / "bad.nii"), {field: ("<h", (value,))})
+    for look in (io.read_image, io.stored_geometry, io.nifti_frame):
+        with pytest.raises(DataError, match=r"bad\.nii: cannot read"):
+            look(bad)
+    capfd.readouterr()
+    out = tmp_path / "out"
+    code = main(["predict", str(bad), "--out", str(out)])
+    lines = capfd.readouterr().err.splitlines()
+    assert code == 3 and len(lines) == 1 and lines[0].startswith(f"bcseg: error: {bad}: "), lines
+    assert not out.exists()

@@ -560,7 +560,8 @@ def stored_geometry(path: str | Path) -> tuple[tuple[int, ...], tuple[float, ...
 
             reader = sitk.ImageFileReader()
             reader.SetFileName(str(path))
-            reader.ReadImageInformation()
+            with nifti.quiet():
+                reader.ReadImageInformation()
             nifti.check(path, stream=False)  # as read_image would, short of decompressing
             return (tuple(int(n) for n in reversed(reader.GetSize())),
                     check_spacing(tuple(round(float(v), 6) for v in reversed(reader.GetSpacing())), path))
@@ -699,13 +700,15 @@ def _read_nifti(path: Path) -> tuple[np.ndarray, tuple[float, ...] | None]:
     try:
         reader = sitk.ImageFileReader()
         reader.SetFileName(str(path))
-        reader.ReadImageInformation()  # the header only: refuse a huge image before reading it
+        with nifti.quiet():
+            reader.ReadImageInformation()  # the header only: refuse a huge image before reading it
         shape = tuple(reversed(reader.GetSize()))
         bits = re.search(r"(\d+)-bit", sitk.GetPixelIDValueAsString(reader.GetPixelID()))
         itemsize = int(bits.group(1)) // 8 if bits else 8
         _check_size(path, shape, math.prod(shape) * reader.GetNumberOfComponents() * itemsize)
         nifti.check(path)  # SimpleITK would fill missing voxels with zeros
-        image = reader.Execute()
+        with nifti.quiet():
+            image = reader.Execute()
     except DataError:
         raise
     except Exception as exc:
@@ -1006,7 +1009,8 @@ def nifti_frame(path: Path) -> tuple[np.ndarray, np.ndarray]:
     reader = sitk.ImageFileReader()
     reader.SetFileName(str(path))
     try:
-        reader.ReadImageInformation()
+        with nifti.quiet():
+            reader.ReadImageInformation()
     except Exception as exc:
         raise DataError(path, f"cannot read NIfTI ({str(exc).strip().splitlines()[-1]})") from None
     dim = reader.GetDimension()

@@ -9,9 +9,12 @@ naming it. No TensorFlow here.
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import math
+import os
 import struct
+import sys
 import zlib
 from pathlib import Path
 from typing import NamedTuple
@@ -36,6 +39,26 @@ def simpleitk():
 
     sitk.ProcessObject.SetGlobalWarningDisplay(False)
     return sitk
+
+
+@contextlib.contextmanager
+def quiet():
+    """SimpleITK reading a file with the NIfTI C library's own messages kept off stderr.
+
+    niftilib prints what it finds wrong ("** ERROR: nifti_convert_nhdr2nim: bad
+    datatype") to the process's stderr itself, which no warning switch turns off, and
+    SimpleITK then raises with what is wrong: bcseg's refusal would follow the library's
+    line. Descriptor 2 points at the null device while the reader runs.
+    """
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "wb") as null:
+            os.dup2(null.fileno(), 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
 
 
 class Header(NamedTuple):
