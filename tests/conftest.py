@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 from pathlib import Path
 
 import pytest
@@ -14,6 +15,24 @@ BUSI = REPO.parent / "shared/datasets/busi"
 # The session phantom: 4 specimens of 12 slices of 48x48 pixels, with truth masks.
 PHANTOM_N = 4
 PHANTOM_SHAPE = (12, 48, 48)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def ctrl_c_raises():
+    """Ctrl-C raises KeyboardInterrupt in the tests, however the suite was started.
+
+    A shell without job control starts a background job ('make test &' in a script,
+    nohup) with SIGINT ignored, and Python then keeps it ignored: the tests that stop
+    bcseg with SIGINT would see nothing happen (bcseg itself rightly leaves an ignored
+    signal ignored; test_a_stop_signal_ignored_by_the_caller_stays_ignored checks that)."""
+    if signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:
+        yield
+        return
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 @pytest.fixture(scope="session")
