@@ -863,7 +863,7 @@ def _nested(key: Path) -> Iterator[None]:
         _held[key].depth -= 1
 
 
-def _undo(folder: Path, aside: Path | None, restore: bool, held: _Held | None = None) -> bool:
+def _undo(folder: Path, aside: Path | None, restore: bool, held: _Held) -> bool:
     """After a failed block: put the old result back (True), or settle the record of
     the new, partial one (False) where there is nothing to restore or it is kept.
 
@@ -871,7 +871,7 @@ def _undo(folder: Path, aside: Path | None, restore: bool, held: _Held | None = 
     put the old result back: the old result then stays aside (``.NAME.bcseg-old-PID``),
     and the next claim of the folder names both (True: it is kept, not deleted)."""
     judged = files_now(folder) if aside is not None and restore else {}
-    if aside is not None and restore and held is not None and _added_meanwhile(folder, held.wrote):
+    if aside is not None and restore and _added_meanwhile(folder, held.wrote):
         with contextlib.suppress(Exception):  # still open: the replacement did not finish
             _finish(folder, held, still_open=True)
         return True

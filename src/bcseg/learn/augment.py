@@ -422,14 +422,20 @@ def _check_offline_request(image, mask, size: int, angle_step: int, crops_per_an
     return image, mask
 
 
+# The reference study's crops: up to 5 pixels trimmed from the top and from the bottom,
+# up to 10 from the left and from the right (train refuses inputs these do not fit).
+REFERENCE_MAX_TRIM_TB = 5
+REFERENCE_MAX_TRIM_LR = 10
+
+
 def reference_offline_augment(
     image: np.ndarray,
     mask: np.ndarray,
     size: int = 128,
     angle_step: int = 30,
     crops_per_angle: int = 2,
-    max_trim_tb: int = 5,
-    max_trim_lr: int = 10,
+    max_trim_tb: int = REFERENCE_MAX_TRIM_TB,
+    max_trim_lr: int = REFERENCE_MAX_TRIM_LR,
     rng: np.random.Generator | int | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """The reference study's offline augmentation: rotations, then random trims.

@@ -239,12 +239,9 @@ def check_offline_augment(data: dict, channels: list[str] | None, source=None) -
     size the crops do not fit)."""
     if data["offline_augment"] != "reference":
         return
-    import inspect
+    from bcseg.learn.augment import REFERENCE_MAX_TRIM_LR, REFERENCE_MAX_TRIM_TB
 
-    from bcseg.learn.augment import reference_offline_augment
-
-    defaults = inspect.signature(reference_offline_augment).parameters
-    trim = max(defaults["max_trim_tb"].default, defaults["max_trim_lr"].default)
+    trim = max(REFERENCE_MAX_TRIM_TB, REFERENCE_MAX_TRIM_LR)
     if data["observer"] in KEEP_ALL:
         raise ConfigError(source, "data.offline_augment = 'reference' needs one target; choose an "
                           f"observer or a consensus instead of data.observer = {data['observer']!r}")

@@ -368,8 +368,9 @@ def report_sources(root: Path) -> tuple[list[Path], list[Path], list[Path]]:
     from, is a :class:`DataError`; ``bcseg report`` asks first, so that such a folder
     is refused before anything is written into it.
     """
-    for path in _tables_not_files(root):
-        raise DataError(path, f"{io.not_a_file(path, 'a table bcseg wrote')}; the report reads it: "
+    odd = _tables_not_files(root)
+    if odd:
+        raise DataError(odd[0], f"{io.not_a_file(odd[0], 'a table bcseg wrote')}; the report reads it: "
                         "restore the file, or move this away")
     histories = _find(root, "history.csv")
     evaluations = [p.parent for p in _find(root, OUTPUTS["summary"])
