@@ -192,6 +192,28 @@ def test_three_channel_model_is_a_model_error_naming_the_model(tmp_path, capsys)
     assert "scan.png" not in line and "3 input channels" in line
 
 
+@pytest.mark.parametrize("last", ["linear", "nan"])
+def test_a_model_that_gives_no_probabilities_is_refused_naming_it(last, tmp_path, capsys):
+    """A model ending without its sigmoid (scores from -inf to inf) or with damaged,
+    NaN weights was run and thresholded: masks that look plausible, from numbers that
+    are no probabilities. Now refused at the first batch, naming the model."""
+    inputs = keras.Input((None, None, 1))
+    layer = keras.layers.Conv2D(1, 1, activation="linear" if last == "linear" else "sigmoid")
+    keras.Model(inputs, layer(inputs)).save(tmp_path / "m.keras")
+    if last == "nan":
+        model = keras.saving.load_model(tmp_path / "m.keras")
+        model.layers[-1].set_weights([np.full((1, 1, 1, 1), np.nan, np.float32), np.zeros(1, np.float32)])
+        model.save(tmp_path / "m.keras")
+    else:  # the weight that makes a grey image of 0..1 give scores beyond 0..1
+        model = keras.saving.load_model(tmp_path / "m.keras")
+        model.layers[-1].set_weights([np.full((1, 1, 1, 1), 3.0, np.float32), np.full(1, -1.0, np.float32)])
+        model.save(tmp_path / "m.keras")
+    iio.imwrite(tmp_path / "scan.png", IMAGE)
+    line = assert_refused(capsys, predict_argv(tmp_path, tmp_path / "scan.png", tmp_path / "m.keras"),
+                          4, "m.keras: gives values from ", tmp_path)
+    assert "not probabilities from 0 to 1" in line and ("nan" in line) == (last == "nan")
+
+
 @pytest.mark.parametrize("name, content, said", [
     ("notes.png", b"scan of specimen 4, see lab book\n", "is not a PNG image: its content is text"),
     ("page.jpg", b"<html><body>404</body></html>", "is not a JPEG image: its content is text"),
@@ -545,6 +567,52 @@ def test_margins_keep_going_skips_2d_images_with_a_warning(tmp_path, models, cap
     assert "2D image; no margins" in lines[0]
     assert (tmp_path / "out" / "b_stack_margins.csv").is_file()
     assert not (tmp_path / "out" / "a_flat_margins.csv").exists()
+
+
+# --------------------------------------------------------------------------- links to nothing
+
+def _loop_and_stack(tmp: Path) -> tuple[Path, Path]:
+    os.symlink("loop", tmp / "loop")  # a link to itself
+    stack = tmp / "s.tif"
+    io.write_image(stack, np.repeat(IMAGE[None], 6, axis=0), (0.5, 0.2, 0.2))
+    io.write_mask(tmp / "s_mask.tif", np.repeat(LESION[None], 6, axis=0))
+    return tmp / "loop", stack
+
+
+@pytest.mark.parametrize("where", ["--image", "--tumour", "--out"])
+def test_a_looping_link_given_to_margins_is_named_not_a_crash(where, tmp_path, capsys):
+    """Path.resolve() raises RuntimeError at a looping link (Python 3.11): margins
+    ended with exit 1 and "RuntimeError: Symlink loop" before its inputs were read."""
+    loop, stack = _loop_and_stack(tmp_path)
+    argv = {"--image": stack, "--tumour": tmp_path / "s_mask.tif", "--out": tmp_path / "out"}
+    argv[where] = loop
+    code, _, err = run_main(capsys, ["margins", *[a for pair in argv.items() for a in pair]])
+    line = one_error_line(err)
+    assert code in (2, 3) and line.startswith(f"bcseg: error: {loop}: "), line
+    assert "loop" in line.split(": ", 2)[2] and "RuntimeError" not in line
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["loop", "s.tif", "s_mask.tif"]
+
+
+@pytest.mark.parametrize("target, said", [("loop", "which loops"), ("nowhere", "which does not exist")])
+@pytest.mark.parametrize("argv", [
+    lambda link, stack, models: ["predict", stack, "--model", link, "--out", stack.parent / "out"],
+    lambda link, stack, models: ["predict", link, "--model", models["3d"], "--out", stack.parent / "out"],
+    lambda link, stack, models: ["check", link],
+    lambda link, stack, models: ["export-onnx", link],
+], ids=["predict --model", "predict input", "check", "export-onnx"])
+def test_a_link_to_nothing_is_named_as_a_link_not_as_missing(target, said, argv, tmp_path, models,
+                                                               capsys):
+    """A dangling link is "not found" to every exists() check, while the user sees its
+    name in the folder: the error says it is a link, and to what."""
+    _, stack = _loop_and_stack(tmp_path)
+    link = tmp_path / "link"
+    os.symlink(target, link)
+    code, _, err = run_main(capsys, argv(link, stack, models))
+    line = one_error_line(err)
+    assert code in (3, 4) and line.startswith(f"bcseg: error: {link}: "), line
+    assert f"symbolic link to '{target}', {said}" in line or (
+        "broken symbolic link, or one that loops" in line), line
+    assert not (tmp_path / "out").exists()
 
 
 # --------------------------------------------------------------------------- train

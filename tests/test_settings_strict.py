@@ -113,6 +113,30 @@ def test_an_unknown_key_is_refused(tmp_path, model_file):
     assert str(caught.value).startswith(str(run / "inference.json"))
 
 
+def test_a_key_given_twice_is_refused_not_the_last_taken(tmp_path, model_file):
+    """Python's parser keeps the last of two equal keys: a user who added a second
+    "threshold" below the tuned one would run with one of them, silently."""
+    text = json.dumps(TUNED)[:-1] + ', "threshold": 0.9}'
+    run = _run(tmp_path / "run", model_file, text)
+    with pytest.raises(ConfigError, match="key 'threshold' appears more than once") as caught:
+        load_run(run)
+    assert str(caught.value).startswith(str(run / "inference.json")) and "\n" not in str(caught.value)
+    model = tmp_path / "copied.keras"  # the settings stored inside a model: the same rule
+    model.write_bytes(model_file.read_bytes())
+    _with_entry(model, text)
+    with pytest.raises(ConfigError, match="appears more than once") as caught:
+        load_run(model)
+    assert str(caught.value).startswith(f"{model}: ")
+
+
+def test_settings_saved_with_a_byte_order_mark_are_read(tmp_path, model_file):
+    """Notepad and Excel put a byte-order mark in front of UTF-8 text; channels.json and
+    the manifest were read with it, inference.json was refused ("Unexpected UTF-8 BOM")."""
+    run = _run(tmp_path / "run", model_file, "\ufeff" + json.dumps(TUNED))
+    files, settings = load_run(run)
+    assert settings.threshold == 0.3 and files == [run / "model_best.keras"]
+
+
 def test_old_files_lacking_only_later_keys_still_load(tmp_path, model_file):
     run = _run(tmp_path / "old", model_file, OLD_STYLE)
     files, settings = load_run(run)

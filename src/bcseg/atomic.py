@@ -113,22 +113,52 @@ def write_text(path: str | Path, text: str, force: bool = True) -> Path:
     return Path(path)
 
 
+def real_path(path: str | Path) -> Path:
+    """``path`` absolute, with symbolic links and ``..`` resolved as far as they go.
+
+    ``Path.resolve()`` raises RuntimeError at a link that loops (Python 3.11), an error
+    no caller expects, so a looping link given as an input or output crashed the command
+    instead of being named; ``os.path.realpath`` leaves such a link as it is, and the
+    check that reads the path then says what it is.
+    """
+    return Path(os.path.realpath(path))
+
+
+def parse_json(text: str):
+    """The JSON value in ``text``, as every JSON file bcseg reads is read.
+
+    A leading byte-order mark is dropped (Windows Notepad and Excel put one in front of
+    UTF-8 text a user edits), a key given twice in one object is refused (Python's
+    parser would keep the last silently, so an edited ``"threshold"`` could be the one
+    not used), and JSON nested deeper than the parser recurses raises ValueError rather
+    than RecursionError, which no caller catches.
+    """
+    try:
+        return json.loads(text.removeprefix("\ufeff"), object_pairs_hook=_no_repeated_keys)
+    except RecursionError:
+        raise ValueError("its JSON is nested too deeply to be read") from None
+
+
+def _no_repeated_keys(pairs: list[tuple[str, object]]) -> dict:
+    keys = [key for key, _ in pairs]
+    repeated = sorted({key for key in keys if keys.count(key) > 1})
+    if repeated:
+        raise ValueError(f"key {', '.join(map(repr, repeated))} appears more than once in one object")
+    return dict(pairs)
+
+
 def read_json(path: str | Path):
-    """The JSON value in ``path``, for the callers that catch ``(OSError, ValueError)``.
+    """The JSON value in ``path`` (see :func:`parse_json`), for the callers that catch
+    ``(OSError, ValueError)``.
 
     A folder, named pipe or device there raises OSError without being opened (reading a
-    pipe would wait forever), and JSON nested deeper than the parser recurses (its
-    RecursionError, which no caller caught) raises ValueError, so a damaged file is one
-    line naming it rather than a hang or an unexpected error.
+    pipe would wait forever), so a damaged file is one line naming it rather than a hang
+    or an unexpected error.
     """
     path = Path(path)
     if not stat.S_ISREG(path.stat().st_mode):
         raise OSError(f"{path.name} is not a regular file (a folder, a named pipe or a device)")
-    text = path.read_text(encoding="utf-8")
-    try:
-        return json.loads(text)
-    except RecursionError:
-        raise ValueError("its JSON is nested too deeply to be read") from None
+    return parse_json(path.read_text(encoding="utf-8"))
 
 
 def partial_pid(name: str) -> int | None:

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Sequence
 
 from bcseg import rundir
-from bcseg.atomic import atomic_path, read_json
+from bcseg.atomic import atomic_path, read_json, real_path
 from bcseg.config import load_config
 from bcseg.data.dataset import discover
 from bcseg.errors import DataError, ModelError, UsageError
@@ -67,7 +67,7 @@ def member_runs(models: Sequence[str | Path]) -> list[Path]:
                                  "not a finished training run (an ensemble or an exported model cannot "
                                  "be tuned again); give the runs it was made of")
             # a fold named beside its k-fold run, or one run given twice
-            twin = given_as.setdefault(run.resolve(), given)
+            twin = given_as.setdefault(real_path(run), given)
             if twin is not given:
                 raise ModelError(given, f"is in the ensemble twice: {run} is also given as {twin}; "
                                  "give each model once")

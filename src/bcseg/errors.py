@@ -16,6 +16,8 @@ code  meaning
 
 from __future__ import annotations
 
+import errno
+import os
 import unicodedata
 from pathlib import Path
 
@@ -54,11 +56,32 @@ class BcsegError(Exception):
 
     def __init__(self, path: str | Path | None, problem: str):
         self.path = None if path is None else str(path)
-        self.problem = problem
+        self.problem = problem if path is None else _with_dangling_link(self.path, problem)
         super().__init__(str(self))
 
     def __str__(self) -> str:
         return printable(f"{self.path}: {self.problem}" if self.path else self.problem)
+
+
+def _with_dangling_link(path: str, problem: str) -> str:
+    """``problem``, saying so where ``path`` is a symbolic link to nothing.
+
+    Such a link does not exist to ``Path.exists()``, so every check reports it as "not
+    found" or "not a folder", while the user sees the name in their folder: the link,
+    and where it points, is what they must mend. Said here once for every error.
+    """
+    if "symbolic link" in problem or not os.path.islink(path) or os.path.exists(path):
+        return problem
+    try:
+        target = os.readlink(path)
+        os.path.realpath(path, strict=True)
+        why = "which does not exist"  # created between the two checks: say no more than this
+    except OSError as exc:
+        why = "which loops" if exc.errno == errno.ELOOP else "which does not exist"
+    else:
+        return problem
+    head, sep, rest = problem.partition("; ")
+    return f"{head} (it is a symbolic link to '{target}', {why}){sep}{rest}"
 
 
 class UsageError(BcsegError):

@@ -71,7 +71,7 @@ from typing import Iterable, Mapping, Sequence
 import numpy as np
 
 from bcseg.data import io
-from bcseg.atomic import PARTIAL_MARK, atomic_path, write_text
+from bcseg.atomic import PARTIAL_MARK, atomic_path, real_path, write_text
 from bcseg.data.consensus import METHODS, consensus
 from bcseg.data.channels import value_range
 from bcseg.data.dataset import (IMAGE_CHANNEL, Case, dataset_channels, discover, read_case_channel_arrays,
@@ -277,7 +277,7 @@ def _write_staged(cases: list[Case], nn_ids: list[str], stage: Path, observer: s
         "splits": f"copy {SPLITS_FILE} to nnUNet_preprocessed/{folder_name}/ after "
                   "nnUNetv2_plan_and_preprocess",
         "cases": {n: {"id": c.id, "group": c.group, "class": c.label_class,
-                      "image": str(Path(c.image).resolve()),
+                      "image": str(real_path(c.image)),
                       **({} if channels is None else {"channels": _channel_files(c, channels)}),
                       "fold": fold_of[c.id], "nnunet_fold": order.index(fold_of[c.id])}
                   for n, c in zip(nn_ids, cases)},
@@ -435,7 +435,7 @@ def _channel_sources(case: Case, channels: list[str] | None) -> list[Path]:
 
 
 def _channel_files(case: Case, channels: list[str]) -> dict[str, str]:
-    return {name: str(path.resolve()) for name, path in zip(channels, _channel_sources(case, channels))}
+    return {name: str(real_path(path)) for name, path in zip(channels, _channel_sources(case, channels))}
 
 
 def _write_image(path: Path, image: np.ndarray, spacing, source: Path, frame=None) -> None:

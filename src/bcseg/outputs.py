@@ -48,7 +48,7 @@ from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
 from bcseg import folder_lock, journal
-from bcseg.atomic import WRITE_HOOKS, partial_pid, process_alive, read_json, write_text
+from bcseg.atomic import WRITE_HOOKS, partial_pid, process_alive, read_json, real_path, write_text
 from bcseg.folder_lock import LOCK_SUFFIX
 from bcseg.journal import JOURNAL
 from bcseg.errors import UsageError
@@ -154,11 +154,11 @@ def _name_max(folder: Path) -> int:
 
 def check_not_inputs(folder: Path, inputs: Iterable) -> None:
     """Refuse to replace a folder that is, or contains, one of the inputs."""
-    target = folder.resolve()
+    target = real_path(folder)
     for item in inputs:
         if item is None:
             continue
-        source = Path(item).resolve()
+        source = real_path(item)
         if source == target or target in source.parents:
             raise UsageError(folder, f"contains the input {item}; bcseg never replaces a folder "
                              "holding its inputs: choose another output folder")
@@ -332,7 +332,7 @@ def unfinished_claim(folder: str | Path) -> dict | None:
 def held_here(folder: str | Path) -> bool:
     """Whether this process holds a claim on ``folder`` (a command run inside another's
     claim, as train runs evaluate on its test fold)."""
-    return Path(folder).resolve() in _held
+    return real_path(folder) in _held
 
 
 def unfinished_output(claim: dict) -> str:
@@ -371,7 +371,7 @@ def beat(path: str | Path) -> None:
     if not _held:  # every atomic write calls this; most are outside any claim
         return
     try:
-        resolved = Path(path).resolve()
+        resolved = real_path(path)
     except OSError:
         return
     identity = _identity(resolved)
@@ -408,7 +408,7 @@ def still_as_written(path: str | Path) -> bool:
     the folder's record (a resumed run's checkpoint). What a running command deletes of
     its own work (last epoch's checkpoint) is asked here first: a file of that kind of
     name that the user made, copied or saved over it is theirs."""
-    resolved = Path(path).resolve()
+    resolved = real_path(path)
     for key, held in _held.items():
         if key in resolved.parents:
             name = resolved.relative_to(key).as_posix()
@@ -496,11 +496,11 @@ def check_replaceable(paths: Iterable[Path], force: bool,
     the command's ``inputs``.
     """
     known = {} if known is None else known
-    sources = {Path(item).resolve() for item in inputs if item is not None}
+    sources = {real_path(item) for item in inputs if item is not None}
     for path in paths:
         if not (path.exists() or path.is_symlink()):
             continue
-        if path.resolve() in sources or path.absolute() in sources:
+        if real_path(path) in sources or path.absolute() in sources:
             raise UsageError(path, "is an input of this command; choose another output")
         # What force cannot replace is refused as such first: suggesting force=True for
         # it only led to a second refusal.
@@ -595,7 +595,7 @@ def _refuse_nested_writers(key: Path, shown: Path) -> None:
     if key.is_dir():
         for lock in (*key.glob(f".*{LOCK_SUFFIX}"), *key.glob(f"*/.*{LOCK_SUFFIX}")):
             inner = lock.parent / lock.name[1:-len(LOCK_SUFFIX)]
-            holder = None if inner.resolve() in _held else folder_lock.live_holder(lock)
+            holder = None if real_path(inner) in _held else folder_lock.live_holder(lock)
             if holder is not None:
                 raise UsageError(shown, f"holds {inner}, which another bcseg run (process {holder}) is "
                                  "writing; wait for it to finish or choose another output folder")
@@ -689,7 +689,7 @@ def claim(folder: str | Path, command: str, *, replace: bool = False, inputs: It
     if replace and folder.is_symlink():  # moving a link aside and back is not replacing a folder
         raise UsageError(folder, f"is a link to {os.readlink(folder)}; give the folder itself "
                          "as the output to replace it")
-    key = folder.resolve()
+    key = real_path(folder)
     if key in _held:  # a command run by another inside its claim (train -> evaluate)
         with _nested(key):
             yield folder
@@ -977,7 +977,7 @@ def settle(folder: str | Path) -> None:
     if folder.is_symlink():
         return
     aside = folder.parent.is_dir() and any(folder.parent.glob(f".{glob.escape(folder.name)}{ASIDE_MARK}*"))
-    key = folder.resolve()
+    key = real_path(folder)
     if (not folder.is_dir() and not aside) or key in _held:
         return
     lock = folder_lock.hold(key, folder)
@@ -1062,7 +1062,7 @@ def _move_aside(folder: Path, inputs: Iterable, shown: Path, command: str) -> Pa
     if not folder.exists() or not any(folder.iterdir()):
         return None
     check_not_inputs(shown, inputs)
-    if folder.resolve() in (Path.cwd(), *Path.cwd().parents):
+    if real_path(folder) in (Path.cwd(), *Path.cwd().parents):
         raise UsageError(shown, "is the current folder or holds it; run bcseg from elsewhere "
                          "to replace it")
     _check_only_ours(folder, shown, command)
@@ -1168,7 +1168,7 @@ def _recover_inside(folder: Path) -> None:
         if not match or not path.is_dir():
             continue
         inner = folder / match["name"]
-        if inner.resolve() in _held:  # being replaced by this process now
+        if real_path(inner) in _held:  # being replaced by this process now
             continue
         try:
             lock = folder_lock.hold(inner, inner)

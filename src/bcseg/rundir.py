@@ -29,7 +29,7 @@ import zlib
 from pathlib import Path
 from typing import Any, Sequence
 
-from bcseg.atomic import atomic_path, write_text
+from bcseg.atomic import atomic_path, parse_json, read_json, real_path, write_text
 from bcseg.errors import ConfigError, ModelError
 
 # The post-processing steps a run's settings may name; bcseg.infer.postprocess
@@ -401,8 +401,8 @@ def read_settings(path: str | Path) -> InferenceSettings | None:
                               "file (move this away to use the settings inside the model)")
         return None
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError, RecursionError) as exc:  # ValueError: bad UTF-8 or JSON
+        data = read_json(path)
+    except (OSError, ValueError) as exc:  # ValueError: bad UTF-8 or JSON
         raise ConfigError(path, f"cannot read inference settings ({exc})") from None
     return settings_from_file(data, path)
 
@@ -425,8 +425,8 @@ def archive_settings(model_path: str | Path) -> InferenceSettings | None:
         if ARCHIVE_SETTINGS not in archive.namelist():
             return None
         try:
-            data = json.loads(archive.read(ARCHIVE_SETTINGS).decode("utf-8"))
-        except (OSError, ValueError, RecursionError, EOFError, NotImplementedError, zlib.error,
+            data = parse_json(archive.read(ARCHIVE_SETTINGS).decode("utf-8"))
+        except (OSError, ValueError, EOFError, NotImplementedError, zlib.error,
                 zipfile.BadZipFile) as exc:  # ValueError: bad UTF-8 or JSON
             raise ConfigError(model_path, f"its inference settings ({ARCHIVE_SETTINGS} inside "
                               f"it) cannot be read ({exc}); re-save the model with its settings "
@@ -613,7 +613,7 @@ def refuse_repeats(files: list[Path]) -> None:
     seen: dict[object, Path] = {}
     for f in files:
         info = f.stat()  # an inode of 0 means none is known (some network file systems)
-        first = seen.setdefault((info.st_dev, info.st_ino) if info.st_ino else f.resolve(), f)
+        first = seen.setdefault((info.st_dev, info.st_ino) if info.st_ino else real_path(f), f)
         if first is not f:
             raise ModelError(f, f"is in the ensemble twice (also as {first}); give each model once")
 

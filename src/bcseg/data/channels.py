@@ -18,12 +18,12 @@ No TensorFlow here.
 
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 
 import numpy as np
 
+from bcseg.atomic import read_json
 from bcseg.data import io
 from bcseg.config import NAME_MAX, check_channel_name  # noqa: F401 (one rule, kept with the recipe's)
 from bcseg.errors import DataError
@@ -49,14 +49,6 @@ def check_channel_names(names, where: Path | None) -> list[str]:
     return names
 
 
-def _no_repeated_keys(pairs: list[tuple[str, object]]) -> dict:
-    keys = [key for key, _ in pairs]
-    repeated = sorted({key for key in keys if keys.count(key) > 1})
-    if repeated:
-        raise ValueError(f"key {', '.join(map(repr, repeated))} appears more than once")
-    return dict(pairs)
-
-
 def read_channel_names(root: str | Path) -> list[str] | None:
     """Channel names from ``ROOT/channels.json`` by index, or None when there is none.
 
@@ -71,9 +63,9 @@ def read_channel_names(root: str | Path) -> list[str] | None:
     if not path.is_file():  # a folder, a broken link: never fall back to guessing the order
         raise DataError(path, "is not a readable file (a folder or a broken link); it must be a "
                         'JSON file naming the channels, e.g. ["us", "pa"]')
-    try:  # utf-8-sig: Notepad and Excel put a byte-order mark in front
-        data = json.loads(path.read_text(encoding="utf-8-sig"), object_pairs_hook=_no_repeated_keys)
-    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as exc:
+    try:
+        data = read_json(path)
+    except (OSError, ValueError) as exc:  # ValueError: bad UTF-8 or JSON
         raise DataError(path, f"cannot read channel names ({exc}); save it as UTF-8 JSON, "
                         'e.g. ["us", "pa"]') from None
     if isinstance(data, dict) and "channel_names" in data:

@@ -37,7 +37,7 @@ import numpy as np
 
 from bcseg.data import channels as channel_files
 from bcseg import outputs
-from bcseg.atomic import file_sha256
+from bcseg.atomic import file_sha256, real_path
 from bcseg.data import io
 from bcseg.errors import DataError
 
@@ -591,7 +591,7 @@ def _manifest_path(value: str, base: Path, manifest: Path, line: int) -> Path:
         raise DataError(manifest, f"line {line}: empty path")
     path = Path(value)
     try:
-        resolved = path.resolve() if path.is_absolute() else (base / path).resolve()
+        resolved = real_path(path) if path.is_absolute() else real_path(base / path)
     except (OSError, RuntimeError):  # RuntimeError: a symlink loop (Python < 3.13)
         raise DataError(manifest, f"line {line}: '{value}' is a symbolic link that loops; "
                         "point it at the file itself") from None
@@ -599,7 +599,7 @@ def _manifest_path(value: str, base: Path, manifest: Path, line: int) -> Path:
         path = base / path
         # A relative path must stay inside the manifest's folder: '..' escapes are
         # usually a mistake and make a dataset impossible to move as a whole.
-        if not resolved.is_relative_to(base.resolve()):
+        if not resolved.is_relative_to(real_path(base)):
             raise DataError(manifest, f"line {line}: '{value}' points outside the manifest's "
                             "folder; use an absolute path if that is intended")
     if path.is_symlink() and not path.exists():
@@ -759,9 +759,9 @@ def write_manifest(cases: list[Case], path: str | Path) -> Path:
 
     def rel(p: Path) -> str:
         try:
-            return str(Path(p).resolve().relative_to(path.parent.resolve()))
+            return str(real_path(p).relative_to(real_path(path.parent)))
         except ValueError:
-            return str(Path(p).resolve())
+            return str(real_path(p))
 
     with atomic_path(path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle)

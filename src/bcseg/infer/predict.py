@@ -119,6 +119,15 @@ class _Runner:
         if out.shape != x.shape[:-1] + (1,):
             raise ModelError(None, f"model maps input {x.shape} to {out.shape}; bcseg "
                              "expects one probability channel of the input's spatial size")
+        # A model that ends without its sigmoid gives scores, not probabilities: the
+        # threshold would cut them at an arbitrary level and the masks look plausible.
+        # NaN (damaged weights) fails the same test. Checked per batch, for the cost of
+        # one pass over the output.
+        low, high = float(np.min(out)), float(np.max(out))
+        if not (low >= 0.0 and high <= 1.0):
+            raise ModelError(None, f"gives values from {low:.3g} to {high:.3g}, not probabilities "
+                             "from 0 to 1: a bcseg model ends in a sigmoid; is this a model "
+                             "saved by bcseg train, its weights intact?")
         return out[..., 0]
 
     def __call__(self, x: np.ndarray, target: Sequence[int]) -> np.ndarray:

@@ -25,7 +25,7 @@ import tifffile
 from tqdm.auto import tqdm
 
 from bcseg import outputs
-from bcseg.atomic import atomic_path, remove_partials
+from bcseg.atomic import atomic_path, real_path, remove_partials
 from bcseg.data import io
 from bcseg.data.dataset import (Case, discover, id_problem, name_key, read_case_channel_arrays, read_case_channels,
                                 read_case_image)
@@ -194,7 +194,7 @@ def _input_files(inputs) -> list[Path | Case]:
         # Letter case and Unicode form apart too: a_mask.tif and A_mask.tif, or café
         # in its two Unicode forms, are one file on macOS (and the first on Windows).
         other = stems.setdefault(name_key(output_name(f)), f)
-        if input_file(other).resolve() != input_file(f).resolve():
+        if real_path(input_file(other)) != real_path(input_file(f)):
             raise UsageError(input_file(f), f"has the same name as {input_file(other)} (letter case "
                              "or Unicode form aside), so their outputs would collide; segment them "
                              "into different output folders")

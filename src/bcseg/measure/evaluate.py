@@ -66,7 +66,7 @@ from typing import Iterable, Mapping, Sequence
 import numpy as np
 
 from bcseg.data import io
-from bcseg.atomic import write_text
+from bcseg.atomic import real_path, write_text
 from bcseg.data.dataset import Case, discover, read_case_image, read_case_masks
 from bcseg.errors import DataError, UsageError
 from bcseg.measure.metrics import REFERENCE_EPS, case_metrics, dice, slice_metrics, soft_scores, summarise
@@ -198,12 +198,12 @@ def _match(pred_dir: Path, cases: Sequence[Case], predictions: Mapping, wanted: 
     problems, matched = [], []
     # --pred pointed into the dataset (BUSI keeps masks as NAME_mask.png beside the
     # images): each "prediction" would be scored against itself, Dice 1.
-    truth_files = {path.resolve(): (case.id, name) for case in cases
+    truth_files = {real_path(path): (case.id, name) for case in cases
                    for name, paths in case.masks.items() for path in paths}
     for case_id, files in predictions.items():
         case = by_id.get(case_id)
-        if files["mask"].resolve() in truth_files:
-            owner, name = truth_files[files["mask"].resolve()]
+        if real_path(files["mask"]) in truth_files:
+            owner, name = truth_files[real_path(files["mask"])]
             problems.append(f"{files['mask'].name}: is observer {name}'s mask of case '{owner}' "
                             "in the dataset, not a prediction; give --pred the folder bcseg predict wrote")
             continue
@@ -300,7 +300,7 @@ def _case_rows(case: Case, files: Mapping, names: list[str], targets, slices: bo
 # --------------------------------------------------------------------------- outputs
 
 def _absolute(path) -> str:
-    return str(Path(path).resolve())
+    return str(real_path(path))
 
 
 def _cell(value) -> str:
@@ -519,8 +519,8 @@ def _summary(scored: dict, matched, study_style: dict | None, settings: dict, pr
              truth) -> dict:
     """The content of ``summary.json`` (see the module docstring)."""
     n_boot, seed = settings["n_boot"], settings["seed"]
-    inputs = {"pred_dir": str(pred_dir.resolve()),
-              "truth": str(Path(truth).resolve()) if isinstance(truth, (str, Path)) else None}
+    inputs = {"pred_dir": str(real_path(pred_dir)),
+              "truth": str(real_path(truth)) if isinstance(truth, (str, Path)) else None}
     ordered = sorted({n for _, _, names in matched for n in names})
     soft_ref = "union" if any(len(n) >= 2 for _, _, n in matched) else ordered[0]
     unit = _one_of({r["unit"] for r in scored["rows"]}, "mixed")
@@ -634,7 +634,7 @@ def _remove_stale_report(out_dir: Path) -> None:
     # by the report's writers only: examples_overlay.png may be predict's quick look of a
     # case named "examples", in the same folder
     remove_owned([out_dir / REPORT_PAGE, *figures], by=("evaluate", "report"))
-    for folder in out_dir.resolve().parents:
+    for folder in real_path(out_dir).parents:
         page = folder / REPORT_PAGE
         if page.is_file() and is_owned(page):
             warnings.warn(f"{page}: describes the evaluation in {out_dir} being replaced; "

@@ -63,7 +63,7 @@ from bcseg.data import io
 from bcseg.data.channels import check_agreement, check_channel_name, read_files
 from bcseg.data.dataset import IMAGE_CHANNEL
 from bcseg.data.geometry import bounding_box, fill_holes, largest_component, surface
-from bcseg.atomic import atomic_path, write_text
+from bcseg.atomic import atomic_path, real_path, write_text
 from bcseg.errors import BcsegError, DataError, UsageError
 
 __all__ = [
@@ -711,7 +711,7 @@ def margins_for_files(image_path, tumour_path: str | Path, out_dir: str | Path,
             io.write_mask(written["specimen"], specimen, spacing_mm=spacing)
         elif force:  # a specimen mask computed by an earlier run no longer matches the row
             computed = out_dir / f"{case}_specimen.tif"
-            if computed.resolve() != Path(specimen_path).resolve():
+            if real_path(computed) != real_path(specimen_path):
                 outputs.remove_owned([computed])
         write_margins_csv([result], written["csv"])
         margin_figure(arrays[display], tumour, specimen, result, written["png"], spacing)

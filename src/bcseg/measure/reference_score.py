@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from bcseg.atomic import real_path
 from bcseg.data.dataset import Case, read_case_image, read_case_masks
 from bcseg.errors import ModelError
 from bcseg.measure.metrics import REFERENCE_EPS, batch_mean, soft_scores
@@ -99,4 +100,4 @@ def reference_protocol(model_path, matched, size: int = 128, seed: int = 0,
     return {"value": batch_mean(scores, batch_size), "reduction": SOFT_REDUCTION, "eps": REFERENCE_EPS,
             "batch_size": int(batch_size), "size": int(size), "seed": int(seed),
             "n_cases": len(matched), "n_slices": n_slices, "n_images": len(scores),
-            "model": str(Path(path).resolve()), "note": REFERENCE_PROTOCOL_NOTE}
+            "model": str(real_path(path)), "note": REFERENCE_PROTOCOL_NOTE}

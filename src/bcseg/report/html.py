@@ -24,7 +24,7 @@ import numpy as np
 
 from bcseg.data import io
 from bcseg.data.channels import read_files
-from bcseg.atomic import read_json, write_text
+from bcseg.atomic import read_json, real_path, write_text
 from bcseg.errors import BcsegError, DataError
 from bcseg.measure.evaluate import (CEILING_COLUMNS, HUMAN_LEVEL_NOTE, OUTPUTS, REPORT_FIGURES,
                                     REPORT_PAGE, ceiling_table, human_level_lines)
@@ -345,7 +345,7 @@ def build_report(run_or_eval_dir: str | Path, out: str | Path | None = None,
     bcseg_version = _bcseg_version()
     now = datetime.datetime.now().strftime("%Y-%m-%d %H:%M")
     parts = [f"<h1>{_e(title)}</h1>",
-             f'<p class="meta">{_e(root.resolve())} · generated {_e(now)} · bcseg {_e(bcseg_version)}</p>',
+             f'<p class="meta">{_e(real_path(root))} · generated {_e(now)} · bcseg {_e(bcseg_version)}</p>',
              f'<div class="howto"><b>How to read this report.</b> {_e(_HOW_TO_READ)}</div>',
              _human_level_verdicts(evaluations, root)]
     parts += [part for part in (_training_html(h, root) for h in histories) if part]
