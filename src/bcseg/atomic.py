@@ -140,8 +140,12 @@ def parse_json(text: str):
 
 
 def _no_repeated_keys(pairs: list[tuple[str, object]]) -> dict:
-    keys = [key for key, _ in pairs]
-    repeated = sorted({key for key in keys if keys.count(key) > 1})
+    # Counted in one pass: keys.count() per key made a record of 30000 outputs take
+    # seconds to read (quadratic), and bcseg reads its records often.
+    seen, repeated = set(), set()
+    for key, _ in pairs:
+        (repeated if key in seen else seen).add(key)
+    repeated = sorted(repeated)
     if repeated:
         raise ValueError(f"key {', '.join(map(repr, repeated))} appears more than once in one object")
     return dict(pairs)
