@@ -108,6 +108,20 @@ def test_the_folds_of_a_kfold_run_are_its_members(tmp_path, phantom_root, capsys
     assert "2 validation cases (their pooled out-of-fold predictions)" in said
 
 
+def test_a_split_saved_with_a_byte_order_mark_is_read_when_tuning_too(tmp_path, phantom_root, capsys):
+    """fold.json with a byte-order mark (edited in Notepad) passed the members' check,
+    which reads JSON as bcseg does, and then crashed the tuning, which parsed it again
+    with json.loads: "JSONDecodeError: Unexpected UTF-8 BOM", exit 1."""
+    cases = discover(phantom_root)
+    runs = [_run(tmp_path / f"s{k}", k, [cases[0].id]) for k in (0, 1)]
+    fold = runs[1] / rundir.FOLD_FILE
+    fold.write_text("\ufeff" + fold.read_text(encoding="utf-8"), encoding="utf-8")
+    code, said, err = _bcseg(capsys, "ensemble", phantom_root, "--model", runs[0], "--model", runs[1],
+                             "--out", tmp_path / "ens")
+    assert code == 0, err
+    assert "ensemble of 2 models" in said
+
+
 @pytest.mark.parametrize("problem", ["one run", "model file", "twice", "not in data", "no split",
                                      "split not lists", "split without train", "unfinished k-fold",
                                      "other observer", "other channels", "an ensemble",

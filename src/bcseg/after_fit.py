@@ -15,7 +15,6 @@ members.
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 from typing import Callable
@@ -23,6 +22,7 @@ from typing import Callable
 import numpy as np
 
 from bcseg import outputs, rundir
+from bcseg.atomic import read_json
 from bcseg.data.dataset import Case, read_case_masks
 from bcseg.rundir import InferenceSettings
 
@@ -211,7 +211,9 @@ def tune_members(members: dict[str, Path], cases: list[Case], cfg: dict) -> Infe
     for path, model_file in members.items():
         own = rundir.model_settings(model_file)
         recorded.append(rundir.member_settings(path, own))
-        fold = json.loads((model_file.parent / rundir.FOLD_FILE).read_text(encoding="utf-8"))
+        # read as ensemble's check read it (a byte-order mark is fine): json.loads
+        # crashed on a fold.json that check had passed
+        fold = read_json(model_file.parent / rundir.FOLD_FILE)
         # In the order of their ids, so that members of one split, whatever order their
         # fold.json lists it in, average each case's probabilities with its own.
         validation = [by_id[i] for i in sorted(fold["validation"]) if i in by_id]
