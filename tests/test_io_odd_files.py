@@ -124,6 +124,22 @@ def test_a_stack_of_three_or_four_slices_saved_by_python_tools_stays_a_stack(wri
     assert io.stored_geometry(path)[0] == stack.shape
 
 
+@pytest.mark.parametrize("planes", [3, 4])
+def test_a_4d_array_python_tools_saved_as_planar_colour_is_refused_not_mixed(planes, tmp_path):
+    """tifffile saves a (Z, 3, H, W) or (Z, 4, H, W) array (slices of 3 or 4 channels)
+    as planar RGB(A) pages, as it does a (3, H, W) one: read as colour, each slice's
+    channels were mixed into one grey value (the fourth dropped as alpha), where the same
+    array of 2 channels is refused as 4D."""
+    array = np.stack([np.stack([RAMP, 255 - RAMP, RAMP // 2, RAMP // 3][:planes])] * 5).astype(np.uint8)
+    path = tmp_path / "zchw.tif"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # tifffile's note on this default
+        tifffile.imwrite(path, array)
+    assert tifffile.TiffFile(path).series[0].axes == "QSYX"  # planar colour pages, as stored
+    for read in (io.read_image, io.stored_geometry, lambda p: io.read_image(p, mmap=True)):
+        refused(lambda: read(path), path, f"holds a {array.shape} array", "hyperstack")
+
+
 def test_a_planar_two_sample_tiff_is_refused_as_the_interleaved_one_is(tmp_path):
     pair = np.stack([RAMP, 255 - RAMP])
     tifffile.imwrite(tmp_path / "two.tif", pair, photometric="minisblack", planarconfig="separate",

@@ -435,6 +435,13 @@ def _stored_shape(tif: tifffile.TiffFile, path: Path) -> tuple[tuple[int, ...], 
     _check_size(path, tuple(shape), math.prod(shape) * series.dtype.itemsize)
     if _samples_are_slices(tif, axes):
         axes = axes.replace("S", "Z")
+    if _planar_array(tif, axes, shape):
+        # tifffile saves a (Z, 3, H, W) array as planar RGB pages, as it does (3, H, W):
+        # read as colour, each slice's 3 or 4 channels were mixed into one grey value.
+        raise DataError(path, f"holds a {tuple(shape)} array that tifffile stored as planar "
+                        "colour pages, so bcseg cannot tell channels from colour; save channels "
+                        "as a Fiji hyperstack (tifffile: imagej=True, metadata={'axes': 'ZCYX'}), "
+                        "or colour with its samples last (Z, H, W, 3)")
     if "S" in axes:  # samples per pixel: last when interleaved, first when planar (SYX)
         samples = shape.pop(axes.index("S"))
         axes = axes.replace("S", "")
@@ -457,6 +464,14 @@ def _samples_are_slices(tif: tifffile.TiffFile, axes: str) -> bool:
     page = tif.pages.first
     return (axes == "SYX" and tif.is_shaped and tif.series[0].shape[0] in (3, 4)
             and page.photometric == tifffile.PHOTOMETRIC.RGB)
+
+
+def _planar_array(tif: tifffile.TiffFile, axes: str, shape: list[int]) -> bool:
+    """Whether a planar colour file is an array of more than 3 dimensions saved by
+    tifffile with its shape noted (Z, 3 or 4, H, W), colour only by tifffile's default:
+    see :func:`_samples_are_slices`."""
+    return (tif.is_shaped and axes.endswith("SYX") and math.prod(shape[:-3]) > 1
+            and tif.pages.first.photometric == tifffile.PHOTOMETRIC.RGB)
 
 
 def _check_imagej_count(tif: tifffile.TiffFile, series, path: Path) -> None:
