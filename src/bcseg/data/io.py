@@ -583,7 +583,10 @@ def stored_geometry(path: str | Path) -> tuple[tuple[int, ...], tuple[float, ...
     except DataError:
         raise
     except Exception as exc:  # corrupt files are reported by read_image
-        raise DataError(path, f"cannot read its header ({exc})") from None
+        # the last line, as read_image says it: ITK's exception holds its source path,
+        # a newline, then what is wrong
+        last = (str(exc).strip().splitlines() or [type(exc).__name__])[-1]
+        raise DataError(path, f"cannot read its header ({last})") from None
     array, spacing = read_image(path, mmap=True)
     return tuple(array.shape), spacing
 
