@@ -355,6 +355,29 @@ def test_the_size_limit_is_read_from_the_environment(monkeypatch):
         io.max_image_bytes()
 
 
+@pytest.mark.parametrize("command", ["check", "evaluate", "margins", "predict --keep-going"])
+def test_a_bad_size_limit_in_the_environment_is_a_setting_error_not_the_files(command, tmp_path, models,
+                                                                              capsys, monkeypatch):
+    """The variable was read when a file's header was: the TIFF reader wrapped its error
+    as the file's ("s0.tif: cannot read TIFF (environment variable ...)", exit 3),
+    check listed it once per file, predict --keep-going failed every input in turn."""
+    data = write_cases(tmp_path / "data", n=2)
+    stack = tmp_path / "s.tif"
+    io.write_image(stack, STACK, (0.5, 0.2, 0.2))
+    io.write_mask(tmp_path / "s_mask.tif", STACK > STACK.mean())
+    monkeypatch.setenv(io.MAX_IMAGE_ENV, "lots")
+    out = tmp_path / "out"
+    argv = {"check": ["check", data],
+            "evaluate": ["evaluate", "--pred", data / "masks" / "observer1", "--truth", data, "--out", out],
+            "margins": ["margins", "--image", stack, "--tumour", tmp_path / "s_mask.tif", "--out", out],
+            "predict --keep-going": predict_argv(tmp_path, data / "images", models["2d"], "--keep-going")}
+    code, _, err = run_main(capsys, argv[command])
+    line = one_error_line(err)
+    assert code == 4 and line == ("bcseg: error: environment variable BCSEG_MAX_IMAGE_GB='lots' must "
+                                  "be a positive number of GiB"), (code, line)
+    assert not out.exists()
+
+
 # --------------------------------------------------------------------------- manifests
 
 def _manifest_dataset(root: Path, text: str, encoding="utf-8") -> Path:

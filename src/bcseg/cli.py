@@ -894,6 +894,11 @@ def _interrupted() -> int:
 
 def _run(args) -> int:
     try:
+        # The size limit from the environment is a setting: checked once here, as a
+        # setting (exit 4). Read first where a header was, its error was wrapped as that
+        # file's ("s0.tif: cannot read TIFF (...)", exit 3), and listed once per file.
+        from bcseg.data.io import max_image_bytes
+        max_image_bytes()
         if args.command in NEEDS_TENSORFLOW and getattr(args, "runtime", None) != "onnx":
             _import_tensorflow_quietly()
         code = int(args.func(args) or 0)
