@@ -122,6 +122,24 @@ def test_a_split_saved_with_a_byte_order_mark_is_read_when_tuning_too(tmp_path, 
     assert "ensemble of 2 models" in said
 
 
+def test_a_member_giving_no_probabilities_is_named(tmp_path, phantom_root, capsys):
+    """A member whose weights hold NaN (a run that diverged) is refused by the check that
+    its output lies in 0 to 1; tuning met it in segment_case, which names no file, and
+    the line said "gives values from nan to nan" without saying which model."""
+    cases = discover(phantom_root)
+    runs = [_run(tmp_path / f"s{k}", k, [cases[0].id]) for k in (0, 1)]
+    model_file = runs[1] / rundir.MODEL_FILE
+    model = keras.saving.load_model(model_file)
+    model.set_weights([np.full_like(w, np.nan) for w in model.get_weights()])
+    model.save(model_file)
+    code, _, err = _bcseg(capsys, "ensemble", phantom_root, "--model", runs[0], "--model", runs[1],
+                          "--out", tmp_path / "ens")
+    lines = err.splitlines()
+    assert code == 4 and len(lines) == 1, err
+    assert lines[0].startswith(f"bcseg: error: {model_file}: gives values from nan"), lines[0]
+    assert not (tmp_path / "ens").exists()
+
+
 @pytest.mark.parametrize("problem", ["one run", "model file", "twice", "not in data", "no split",
                                      "split not lists", "split without train", "unfinished k-fold",
                                      "other observer", "other channels", "an ensemble",
