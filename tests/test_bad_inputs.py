@@ -638,6 +638,15 @@ def test_a_link_to_nothing_is_named_as_a_link_not_as_missing(target, said, argv,
     assert not (tmp_path / "out").exists()
 
 
+def test_an_output_link_to_nothing_is_said_to_be_one_once(tmp_path, models, capsys):
+    """The output check already says "is a broken link": the added note repeated it."""
+    _, stack = _loop_and_stack(tmp_path)
+    os.symlink("nowhere", tmp_path / "out")
+    code, _, err = run_main(capsys, ["predict", stack, "--model", models["3d"], "--out", tmp_path / "out"])
+    line = one_error_line(err)
+    assert code == 2 and line.split(f"{tmp_path / 'out'}: ", 1)[1].count("link") == 1, line
+
+
 # --------------------------------------------------------------------------- train
 
 @pytest.fixture

@@ -10,6 +10,7 @@ import sys
 import warnings
 from pathlib import Path
 
+import keras
 import numpy as np
 import pytest
 
@@ -18,6 +19,7 @@ from bcseg.after_fit import train_and_evaluate
 from bcseg.config import load_config
 from bcseg.data.phantom import write_phantom
 from bcseg.errors import ConfigError
+from bcseg.rundir import embed_settings, load_run
 from bcseg.learn import pipeline
 from bcseg.learn.augment import AugmentConfig
 from bcseg.distil import load_teacher, teacher_probabilities
@@ -135,6 +137,15 @@ def test_a_student_trains_on_the_blend_and_records_its_teacher(tmp_path, teacher
                      "--out", str(tmp_path / "pred")]) == 0
 
 
+def _with_nan_weights(run: Path, target: Path) -> Path:
+    """A copy of ``run``'s model whose weights are all NaN, its settings inside."""
+    model = keras.saving.load_model(run / "model_best.keras", compile=False)
+    model.set_weights([np.full_like(w, np.nan) for w in model.get_weights()])
+    model.save(target)
+    embed_settings(target, load_run(run)[1])
+    return target
+
+
 def _tiny(folder: Path) -> Path:
     path = folder / "tiny.toml"
     path.write_text("[model]\nbase_filters = 4\ndepth = 2\n[data]\nsize = 32\n"
@@ -149,6 +160,9 @@ def _tiny(folder: Path) -> Path:
     (lambda tmp, run: ["--teacher", str(tmp)], None, 4),            # a folder with no model
     (lambda tmp, run: ["--teacher", str(run), "--observer", "random"], "random", 4),
     (lambda tmp, run: ["--teacher", str(run), "--teacher", str(run)], "twice", 4),
+    # NaN weights: the teacher gives no probabilities; it was blamed on the first image
+    # (exit 3, "specimen_000.tif: the teacher ... cannot segment it")
+    (lambda tmp, run: ["--teacher", str(_with_nan_weights(run, tmp / "nan.keras"))], "nan.keras: gives", 4),
 ])
 def test_a_bad_teacher_is_one_error_before_anything_is_written(tmp_path, teacher_run, phantom,
                                                                capsys, make, named, code):

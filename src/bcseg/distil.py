@@ -157,7 +157,13 @@ def teacher_probabilities(models, settings, cases: list[Case], paths=()) -> dict
     for case in cases:
         try:
             _, _, _, prob = segment_case(models, case, settings, keep_prob=True)
-        except (DataError, ModelError, ValueError) as exc:
+        except ModelError as exc:
+            if exc.path is not None:
+                raise
+            # The model's own fault (no probabilities: NaN weights), whatever the case:
+            # named as the teacher's, exit 4, not blamed on the image.
+            raise ModelError(", ".join(str(p) for p in paths) or None, exc.problem) from None
+        except (DataError, ValueError) as exc:
             problem = getattr(exc, "problem", None) or str(exc)
             teacher = ", ".join(str(p) for p in paths) or "the teacher"
             raise DataError(case.image, f"the teacher ({teacher}) cannot segment it: {problem}") from None

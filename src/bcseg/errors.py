@@ -70,7 +70,7 @@ def _with_dangling_link(path: str, problem: str) -> str:
     found" or "not a folder", while the user sees the name in their folder: the link,
     and where it points, is what they must mend. Said here once for every error.
     """
-    if "symbolic link" in problem or not os.path.islink(path) or os.path.exists(path):
+    if "link" in problem or not os.path.islink(path) or os.path.exists(path):
         return problem
     try:
         target = os.readlink(path)
