@@ -8,6 +8,10 @@ the mean, resampling images), next to a Wilcoxon signed-rank test and the count 
 images each model wins. Pairing removes the images' own difficulty from the
 comparison, so it resolves differences that two separate CIs hide.
 
+An ensemble scored by ``seed_ensemble.py`` or ``ensemble.py`` is read from their
+``results.json`` (its Dice per image), so that a model can be paired with an ensemble
+(a distilled student with its teacher).
+
 Images present in only one file are left out and counted; so are images where either
 score is not finite (HD95 of an empty mask). Case-level rows only (2D images, or whole
 3D stacks); the per-slice rows are not independent and are ignored.
@@ -33,6 +37,7 @@ from pathlib import Path
 import numpy as np
 
 METRICS_FILE = "metrics.csv"
+RESULTS_FILE = "results.json"  # seed_ensemble.py and ensemble.py: the ensemble per image
 
 
 def read_scores(path: Path, metric: str, reference: str | None) -> dict[str, float]:
@@ -42,6 +47,10 @@ def read_scores(path: Path, metric: str, reference: str | None) -> dict[str, flo
     observers and their consensus); by default the file must hold exactly one.
     """
     path = Path(path)
+    if path.is_dir() and not (path / METRICS_FILE).is_file() and (path / RESULTS_FILE).is_file():
+        path = path / RESULTS_FILE
+    if path.name == RESULTS_FILE:
+        return _ensemble_scores(path, metric)
     if path.is_dir():
         path = path / METRICS_FILE
     if not path.is_file():
@@ -60,6 +69,17 @@ def read_scores(path: Path, metric: str, reference: str | None) -> dict[str, flo
     if not scores:
         raise SystemExit(f"paired.py: {path}: no rows against reference {reference!r}")
     return scores
+
+
+def _ensemble_scores(path: Path, metric: str) -> dict[str, float]:
+    """The ensemble's Dice per image from a ``results.json`` of ``seed_ensemble.py`` or
+    ``ensemble.py``, which score the ensemble without writing a ``metrics.csv``."""
+    if metric != "dice":
+        raise SystemExit(f"paired.py: {path}: an ensemble's results hold Dice per image only")
+    models = json.loads(path.read_text(encoding="utf-8")).get("models", {})
+    if "per_image" not in models.get("ensemble", {}):
+        raise SystemExit(f"paired.py: {path}: no ensemble scored per image here")
+    return {case: float(d) for case, d in models["ensemble"]["per_image"].items()}
 
 
 def compare(a: dict[str, float], b: dict[str, float], n_boot: int = 10_000, seed: int = 0) -> dict:
@@ -106,8 +126,9 @@ def text(result: dict, name_a: str, name_b: str, metric: str) -> str:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("a", help="run folder or metrics.csv of model A (the baseline)")
-    parser.add_argument("b", help="run folder or metrics.csv of model B")
+    parser.add_argument("a", help="run folder or metrics.csv of model A (the baseline), or an "
+                        "ensemble's results.json (or its folder) from seed_ensemble.py/ensemble.py")
+    parser.add_argument("b", help="the same for model B")
     parser.add_argument("--metric", default="dice", help="metrics.csv column (default: dice)")
     parser.add_argument("--reference", help="observer to pair against, where a file scores several")
     parser.add_argument("--boot", type=int, default=10_000, help="bootstrap resamples (default 10000)")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 import sys
 from pathlib import Path
 
@@ -58,3 +59,20 @@ def test_a_file_scoring_several_observers_needs_one_chosen(tmp_path):
     with pytest.raises(SystemExit, match="choose one with --reference"):
         paired.read_scores(a, "dice", None)
     assert paired.read_scores(a, "dice", "observer2") == {"x1": 0.7}
+
+
+def test_an_ensembles_results_pair_with_a_run(tmp_path, capsys):
+    """A student paired with its teacher ensemble, which seed_ensemble.py scores per
+    image in results.json rather than in a metrics.csv."""
+    run = _metrics(tmp_path / "student", [["x1", "reference", "image", "", 0.5, 3],
+                                          ["x2", "reference", "image", "", 0.9, 1]])
+    (tmp_path / "teacher").mkdir()
+    (tmp_path / "teacher" / "results.json").write_text(json.dumps({"models": {
+        "member a": {"per_image": {"x1": 0.0, "x2": 0.0}},
+        "ensemble": {"per_image": {"x1": 0.6, "x2": 0.6}}}}))
+    scores = paired.read_scores(tmp_path / "teacher", "dice", None)
+    assert scores == {"x1": 0.6, "x2": 0.6}  # the ensemble's, not a member's
+    result = paired.compare(scores, paired.read_scores(run, "dice", None), n_boot=200)
+    assert result["delta"]["mean"] == pytest.approx((-0.1 + 0.3) / 2)
+    with pytest.raises(SystemExit, match="Dice per image only"):
+        paired.read_scores(tmp_path / "teacher" / "results.json", "hd95", None)
