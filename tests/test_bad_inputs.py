@@ -133,6 +133,7 @@ USAGE = [
     (["--threshold", "-0.1"], "--threshold"), (["--min-size", "-3"], "--min-size"),
     (["--threshold", "0"], "--threshold"), (["--threshold", "1"], "--threshold"),  # all or nothing
     (["--postprocess", "largest,blur"], "--postprocess"),
+    (["--postprocess", "none,fill"], "--postprocess"), (["--postprocess", "fill,fill"], "--postprocess"),
     (["--margins", "--spacing", "0x0.1x0.1"], "--spacing"),
     (["--margins", "--spacing", "nanx0.1x0.1"], "--spacing"),
     (["--margins", "--spacing", "1xinfx0.1"], "--spacing"),

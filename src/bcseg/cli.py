@@ -151,11 +151,19 @@ def _steps(text: str) -> list[str]:
     """Comma-separated post-processing steps; 'none' for none."""
     from bcseg.infer.postprocess import POSTPROCESS_STEPS
 
-    steps = [step.strip() for step in text.split(",") if step.strip() and step.strip() != "none"]
+    given = [step.strip() for step in text.split(",") if step.strip()]
+    steps = [step for step in given if step != "none"]
     unknown = [step for step in steps if step not in POSTPROCESS_STEPS]
     if unknown:
         raise argparse.ArgumentTypeError(f"unknown step '{unknown[0]}'; choose from "
                                          f"{', '.join(POSTPROCESS_STEPS)} or none")
+    # "none,fill" says two things at once, "fill,fill" one twice: either is a slip that
+    # the run's record would carry on as something the user did not mean.
+    if steps and len(given) > len(steps):
+        raise argparse.ArgumentTypeError(f"'{text}' asks for none and for {', '.join(steps)}; "
+                                         "give the steps, or none alone")
+    if len(set(steps)) < len(steps):
+        raise argparse.ArgumentTypeError(f"'{text}' names a step twice; give each once")
     return steps
 
 
