@@ -634,3 +634,50 @@ def test_a_members_list_cannot_point_outside_its_folder_or_at_nothing(tmp_path, 
     write_settings(run, InferenceSettings(members=(_member(member), _member(member))))
     with pytest.raises(ModelError, match=problem):
         load_run(run)
+
+
+class _Constant:
+    """A model in the shape OnnxModel offers (``spec`` and ``predict_on_batch``) that
+    gives ``value`` everywhere."""
+
+    def __init__(self, value):
+        from bcseg.learn.saved import ModelSpec
+        self.spec, self.value = ModelSpec(2, 1, (None, None), 1), np.float32(value)
+
+    def predict_on_batch(self, x):
+        return np.full(x.shape[:-1] + (1,), self.value, np.float32)
+
+
+def test_a_sigmoid_one_ulp_above_one_is_a_probability_not_a_refusal():
+    """ONNX Runtime's Sigmoid (MLAS, CPU) gives 1.0000001 for some inputs (17.844, for
+    one): every confident pixel of an exported bcseg model near such a logit had the
+    model refused as giving "values from 0 to 1, not probabilities"."""
+    mask, prob = predict_volume(_Constant(np.nextafter(np.float32(1), np.float32(2))), np.zeros((8, 8), np.float32))
+    assert mask.all() and prob.max() <= 1.0
+    for wrong in (1.01, -0.01, np.nan):  # scores and NaN are still refused
+        with pytest.raises(ModelError, match="not probabilities"):
+            predict_volume(_Constant(wrong), np.zeros((8, 8), np.float32))
+
+
+def test_an_exported_sigmoid_run_by_onnx_runtime_is_accepted():
+    """The same with ONNX Runtime itself: a Sigmoid node at the input it rounds above 1."""
+    ort = pytest.importorskip("onnxruntime")
+    onnx = pytest.importorskip("onnx")
+    from onnx import TensorProto, helper
+    graph = helper.make_graph(
+        [helper.make_node("Mul", ["x", "zero"], ["z"]), helper.make_node("Add", ["z", "k"], ["s"]),
+         helper.make_node("Sigmoid", ["s"], ["y"])], "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, None, None, 1])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, None, None, 1])],
+        [helper.make_tensor("zero", TensorProto.FLOAT, [], [0.0]),
+         helper.make_tensor("k", TensorProto.FLOAT, [], [17.844])])  # the logit, whatever the image
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+
+    class Exported(_Constant):
+        def predict_on_batch(self, x):
+            return session.run(None, {"x": np.asarray(x, np.float32)})[0]
+
+    mask, prob = predict_volume(Exported(0), np.ones((8, 8), np.float32), tta=False)
+    assert mask.all() and prob.max() <= 1.0

@@ -51,6 +51,7 @@ from bcseg.rundir import DEFAULT_FLIPS, DEFAULTS, InferenceSettings
 VOXELS_PER_CALL = 1 << 20  # caps the batch so activations of large slices stay bounded
 DEFAULT_PATCH = 128        # default 3D window edge (before rounding to the divisor)
 GAUSSIAN_FLOOR = 1e-3      # per-axis floor of the blending weights
+PROBABILITY_SLACK = 1e-5   # how far past 0..1 a sigmoid's rounding may go (see _Runner._call)
 
 
 def _round_up(n: int, d: int) -> int:
@@ -124,10 +125,15 @@ class _Runner:
         # NaN (damaged weights) fails the same test. Checked per batch, for the cost of
         # one pass over the output.
         low, high = float(np.min(out)), float(np.max(out))
-        if not (low >= 0.0 and high <= 1.0):
+        # A sigmoid's rounding may land a few ulps outside 0..1 (ONNX Runtime's gives
+        # 1.0000001 at a logit of 17.844): that is a probability, not a score. Allowed
+        # and clipped, so an exported model's confident pixels do not refuse it.
+        if not (low >= -PROBABILITY_SLACK and high <= 1.0 + PROBABILITY_SLACK):
             raise ModelError(None, f"gives values from {low:.3g} to {high:.3g}, not probabilities "
                              "from 0 to 1: a bcseg model ends in a sigmoid; is this a model "
                              "saved by bcseg train, its weights intact?")
+        if low < 0.0 or high > 1.0:
+            out = np.clip(out, 0.0, 1.0)  # a copy: the model's array may be read-only
         return out[..., 0]
 
     def __call__(self, x: np.ndarray, target: Sequence[int]) -> np.ndarray:
