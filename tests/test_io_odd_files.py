@@ -140,6 +140,21 @@ def test_a_4d_array_python_tools_saved_as_planar_colour_is_refused_not_mixed(pla
         refused(lambda: read(path), path, f"holds a {array.shape} array", "hyperstack")
 
 
+@pytest.mark.parametrize("planes", [3, 4])
+def test_one_slice_of_planar_colour_channels_is_refused_as_more_slices_are(planes, tmp_path):
+    """A (1, 3, H, W) array (one slice of 3 channels) is stored as (Z, 3, H, W) is: the
+    check left Z = 1 out, so its channels were still mixed into one grey image, and its
+    header said (1, H, W) where the read gave (H, W)."""
+    array = np.stack([RAMP, 255 - RAMP, RAMP // 2, RAMP // 3][:planes])[None].astype(np.uint8)
+    path = tmp_path / "chw.tif"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # tifffile's note on this default
+        tifffile.imwrite(path, array)
+    assert tifffile.TiffFile(path).series[0].axes == "QSYX"
+    for read in (io.read_image, io.stored_geometry, lambda p: io.read_image(p, mmap=True)):
+        refused(lambda: read(path), path, f"holds a {array.shape} array", "hyperstack")
+
+
 def test_a_planar_two_sample_tiff_is_refused_as_the_interleaved_one_is(tmp_path):
     pair = np.stack([RAMP, 255 - RAMP])
     tifffile.imwrite(tmp_path / "two.tif", pair, photometric="minisblack", planarconfig="separate",

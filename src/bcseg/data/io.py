@@ -470,7 +470,9 @@ def _planar_array(tif: tifffile.TiffFile, axes: str, shape: list[int]) -> bool:
     """Whether a planar colour file is an array of more than 3 dimensions saved by
     tifffile with its shape noted (Z, 3 or 4, H, W), colour only by tifffile's default:
     see :func:`_samples_are_slices`."""
-    return (tif.is_shaped and axes.endswith("SYX") and math.prod(shape[:-3]) > 1
+    # len, not the product of the leading sizes: (1, 3, H, W), one slice of 3 channels,
+    # is stored as (Z, 3, H, W) is, and was read as colour (its header as (1, H, W))
+    return (tif.is_shaped and axes.endswith("SYX") and len(shape) > 3
             and tif.pages.first.photometric == tifffile.PHOTOMETRIC.RGB)
 
 
