@@ -639,6 +639,21 @@ def test_a_link_to_nothing_is_named_as_a_link_not_as_missing(target, said, argv,
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.parametrize("value", ["loop.tif", "ABSOLUTE"])
+def test_a_manifest_path_that_loops_is_said_to_loop(value, tmp_path, capsys):
+    """Path.resolve() raised at a looping link, and the manifest reader said it loops;
+    with os.path.realpath nothing raises, and it was called "a broken symbolic link"."""
+    root = tmp_path / "data"
+    write_cases(root, n=2)
+    os.symlink("loop.tif", root / "loop.tif")
+    value = str(root / "loop.tif") if value == "ABSOLUTE" else value
+    (root / "manifest.csv").write_text(f"id,image,mask_observer1\nc0,{value},masks/observer1/c0.tif\n"
+                                       "c1,images/c1.tif,masks/observer1/c1.tif\n")
+    code, _, err = run_main(capsys, ["check", root / "manifest.csv"])
+    line = one_error_line(err)
+    assert code == 3 and f"line 2: '{value}' is a symbolic link that loops" in line, line
+
+
 def test_an_output_link_to_nothing_is_said_to_be_one_once(tmp_path, models, capsys):
     """The output check already says "is a broken link": the added note repeated it."""
     _, stack = _loop_and_stack(tmp_path)

@@ -24,6 +24,7 @@ No TensorFlow here.
 from __future__ import annotations
 
 import csv
+import errno
 import hashlib
 import os
 import re
@@ -590,11 +591,15 @@ def _manifest_path(value: str, base: Path, manifest: Path, line: int) -> Path:
     if not value:
         raise DataError(manifest, f"line {line}: empty path")
     path = Path(value)
+    resolved = real_path(path) if path.is_absolute() else real_path(base / path)
     try:
-        resolved = real_path(path) if path.is_absolute() else real_path(base / path)
-    except (OSError, RuntimeError):  # RuntimeError: a symlink loop (Python < 3.13)
-        raise DataError(manifest, f"line {line}: '{value}' is a symbolic link that loops; "
-                        "point it at the file itself") from None
+        # real_path does not raise at a loop (Path.resolve() did): strict, it does, so
+        # a loop is still named as one rather than as "a broken symbolic link"
+        os.path.realpath(resolved, strict=True)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise DataError(manifest, f"line {line}: '{value}' is a symbolic link that loops; "
+                            "point it at the file itself") from None
     if not path.is_absolute():
         path = base / path
         # A relative path must stay inside the manifest's folder: '..' escapes are
