@@ -165,3 +165,42 @@ def test_geometry_is_shared_by_channels_and_speckle_touches_us_only():
                           gamma=(1, 1), speckle=0)
     out, _ = augment_2d(both, mask, tf.constant([3, 4]), shift, channels=("us", "pa"))
     assert not np.allclose(out[..., 0], out[..., 1])  # brightness drawn per channel
+
+
+def _named_model(path: Path, in_channels: int, names: tuple[str, ...]) -> Path:
+    """A tiny untrained 2D model whose settings (inside it) name its channels."""
+    from bcseg.learn.models import unet
+
+    unet(ndim=2, in_channels=in_channels, base_filters=4, depth=2).save(path)
+    rundir.embed_settings(path, rundir.InferenceSettings(
+        ndim=2, input_size=32, channels=in_channels, channel_names=names,
+        normalisation={n: "auto" for n in names}))
+    return path
+
+
+def _first_kernel(model) -> np.ndarray:
+    return next(w for w in model.get_weights() if w.ndim == 4)
+
+
+def test_init_of_a_one_channel_pa_model_widens_onto_the_pa_channel(tmp_path):
+    # A model trained with --channels pa, fine-tuned into a us,pa run: its kernel must
+    # read pa; it went to 'us' (the grey BUSI model's rule) and read ultrasound.
+    from bcseg.learn.train import _initial_model
+
+    path = _named_model(tmp_path / "pa.keras", 1, ("pa",))
+    original = _first_kernel(load_model(path))
+    wide = _first_kernel(_initial_model(path, ["us", "pa"]))
+    np.testing.assert_array_equal(wide[:, :, 1:2], original)
+    assert not wide[:, :, 0].any()
+
+
+def test_init_of_a_model_of_the_run_channels_in_another_order_is_refused(phantom, config, tmp_path,
+                                                                        capsys):
+    # A pa,us model starting a us,pa run: its first layer would read us as pa.
+    init = _named_model(tmp_path / "pa_us.keras", 2, ("pa", "us"))
+    out = tmp_path / "run"
+    code = cli.main(["train", str(phantom), "--out", str(out), "--config", str(config),
+                     "--channels", "us,pa", "--init", str(init)])
+    errors = _errors(capsys.readouterr().err)
+    assert code == 4 and len(errors) == 1 and str(init) in errors[0] and "pa, us" in errors[0]
+    assert not out.exists()

@@ -575,7 +575,8 @@ def _initial_model(path: Path, channels: list[str] | None) -> keras.Model:
     ``us`` channel, or the first, keeps its weights; see :func:`with_input_channels`)."""
     model = keras.saving.load_model(path, safe_mode=True, compile=False)
     if channels and model.inputs[0].shape[-1] != len(channels):
-        keep = channels.index("us") if "us" in channels else 0
+        own = _init_channel_names(path)  # a model of one named channel keeps that channel
+        keep = channels.index(own[0]) if own else channels.index("us") if "us" in channels else 0
         model = with_input_channels(model, len(channels), keep)
     return model
 
@@ -785,7 +786,7 @@ def train(data, out, config=None, overrides: dict | None = None, fold="0", folds
     _check_memory(cfg, _config_source(out, config, overrides, resume, "train", "batch_size"))
     _check_epoch_memory(cfg, _config_source(out, config, overrides, resume, "train", "steps_per_epoch"))
     # an unusable model is refused before the run dir is touched
-    init_model = _init_model(init, cfg, len(channels or [IMAGE_CHANNEL]))
+    init_model = _init_model(init, cfg, len(channels or [IMAGE_CHANNEL]), channels)
     inputs = _inputs(data, cases, config, folds_file, init_model) + _inputs(None, [], *cfg["train"]["teacher"])
     if force:  # an input inside the folder is the refusal to name, before what else --force meets
         outputs.check_not_inputs(out, inputs)
@@ -1043,11 +1044,13 @@ def _check_cases(cases: list[Case], channels: list[str] | None = None) -> None:
     refuse_bad_cases(cases, channels, "training")
 
 
-def _init_model(init, cfg: dict, in_channels: int = 1) -> Path | None:
+def _init_model(init, cfg: dict, in_channels: int = 1, channels: list[str] | None = None
+                ) -> Path | None:
     """The initial model's file, loaded once (safely) to refuse an unusable one early.
 
     A model of one channel can start a run of several (its first convolution is
-    widened); any other count must be the run's.
+    widened); any other count must be the run's. A model that records its channels
+    must have been trained on the run's, in the run's order (one of them, to be widened).
     """
     if not init:
         return None
@@ -1069,4 +1072,21 @@ def _init_model(init, cfg: dict, in_channels: int = 1) -> Path | None:
     if spec.channels not in (1, in_channels):
         raise ModelError(path, f"takes {spec.channels} input channels; this run trains on "
                          f"{in_channels}")
+    # Only the count was checked: a pa,us model started a us,pa run reading us as pa, and
+    # a pa model was widened onto us. The names recorded with the model must fit the run.
+    own = _init_channel_names(path)
+    if own and channels and (list(own) != channels if spec.channels == len(channels)
+                             else own[0] not in channels):
+        raise ModelError(path, f"was trained on channel(s) {', '.join(own)}; this run trains on "
+                         f"{', '.join(channels)}, so its first layer would read one channel as "
+                         "another; train on the model's channels in its order (--channels "
+                         f"{','.join(own)})")
     return path
+
+
+def _init_channel_names(path: Path) -> tuple[str, ...]:
+    """The channels an ``--init`` model was trained on, in input order, as recorded with
+    it (inside it, or its run's settings); () for a grey model or one recording none."""
+    with warnings.catch_warnings():  # 'holds no inference settings': then it names none
+        warnings.simplefilter("ignore")
+        return rundir.model_settings(path, given_as_file=True).channel_names
