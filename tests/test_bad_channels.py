@@ -197,3 +197,22 @@ def test_export_refuses_float64_beyond_float32_naming_the_channel(tmp_path, caps
     assert code == 3 and len(lines) == 1
     assert lines[0].startswith(f"bcseg: error: {root / 'images' / 'pa' / 'S01.tif'}: holds values")
     assert tree(tmp_path) == before
+
+
+def test_a_channel_left_out_by_channels_does_not_refuse_the_cases(tmp_path, capsys):
+    """--channels us leaves a constant (or otherwise unusable) pa channel unread: train and
+    export-nnunet refused the cases for it, telling the user to leave out what they had."""
+    from bcseg.data.check import refuse_bad_cases
+    from bcseg.data.dataset import discover
+
+    root = tmp_path / "data"
+    root.mkdir()
+    _constant(root)
+    refuse_bad_cases(discover(root), ["us"], "training")  # no DataError for pa
+    nn = tmp_path / "nn"
+    assert main(["export-nnunet", str(root), str(nn), "--dataset-id", "8", "--name", "X",
+                 "--k", "2", "--channels", "us"]) == 0, capsys.readouterr().err
+    assert sorted(p.name for p in (nn / "Dataset008_X" / "imagesTr").glob("*.tif")) == [
+        "X_0001_0000.tif", "X_0002_0000.tif"]
+    with pytest.raises(Exception, match="channel 'pa' is constant"):  # still refused when used
+        refuse_bad_cases(discover(root), ["us", "pa"], "training")

@@ -153,7 +153,10 @@ def _read_case(case: Case, channels: list[str], report: CheckReport | None):
         missing = [name for name in channels if name not in case.channel_names]
         if missing:
             problems.append((str(case.image), f"case '{case.id}' lacks channel(s) {', '.join(missing)}"))
-        arrays, spacing = read_case_channel_arrays(case, mmap=True)
+        # Only the channels asked for: a run of --channels us never reads pa, so a
+        # constant or misshapen pa must not refuse its cases.
+        arrays, spacing = read_case_channel_arrays(
+            case, [n for n in channels if n in case.channel_names] or None, mmap=True)
     for name, array in arrays.items():
         path = next((c.path for c in case.channels if c.name == name), case.image)
         if not _finite(array):  # read_image skips this check for memory-mapped files
