@@ -204,3 +204,21 @@ def test_init_of_a_model_of_the_run_channels_in_another_order_is_refused(phantom
     errors = _errors(capsys.readouterr().err)
     assert code == 4 and len(errors) == 1 and str(init) in errors[0] and "pa, us" in errors[0]
     assert not out.exists()
+
+
+def test_predict_margins_finds_the_specimen_in_us_whatever_the_layout_orders_first(phantom, tmp_path):
+    # Without channels.json, channel folders are read in name order: pa before us. The
+    # specimen (tissue bright against the medium) was then found in PA, so the same
+    # images gave other margins than with channels.json ["us", "pa"].
+    import shutil
+
+    model = _named_model(tmp_path / "m.keras", 2, ("us", "pa"))
+    plain = tmp_path / "plain"
+    for folder in ("images", "masks"):
+        shutil.copytree(phantom / folder, plain / folder)
+    specimens = []
+    for data, out in ((phantom, tmp_path / "a"), (plain, tmp_path / "b")):
+        assert cli.main(["predict", str(data), "--model", str(model), "--out", str(out),
+                         "--margins", "--no-progress"]) == 0
+        specimens.append(tifffile.imread(sorted(out.glob("*_specimen.tif"))[0]))
+    np.testing.assert_array_equal(specimens[1], specimens[0])

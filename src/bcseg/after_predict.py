@@ -29,10 +29,13 @@ def margins_step(out_dir: Path, margins: bool, spacing_mm: Sequence[float] | Non
 
 def _margin_channels(item: Path | Case):
     """What :func:`bcseg.measure.margins.margins_for_files` reads: a file, or a case's
-    channels by name (the first, ultrasound in bcseg's layouts, finds the specimen)."""
+    channels by name (the first, ``us`` where the case has it, finds the specimen)."""
     if not isinstance(item, Case):
         return item
-    return {c.name: c.path if c.index is None else (c.path, c.index) for c in item.channels}
+    # ``us`` first wherever the layout put it: channel folders without channels.json are
+    # read in name order, pa before us, and the specimen was found in the PA signal.
+    ordered = sorted(item.channels, key=lambda c: c.name != "us")
+    return {c.name: c.path if c.index is None else (c.path, c.index) for c in ordered}
 
 
 def _margins_table(files: list, records: list[dict], *, out_dir: Path, margins: bool, spacing_mm,
