@@ -222,3 +222,15 @@ def test_predict_margins_finds_the_specimen_in_us_whatever_the_layout_orders_fir
                          "--margins", "--no-progress"]) == 0
         specimens.append(tifffile.imread(sorted(out.glob("*_specimen.tif"))[0]))
     np.testing.assert_array_equal(specimens[1], specimens[0])
+
+
+def test_an_ensemble_of_models_of_other_channel_orders_is_refused_naming_the_model(
+        phantom, tmp_path, capsys):
+    first = _named_model(tmp_path / "us_pa.keras", 2, ("us", "pa"))
+    other = _named_model(tmp_path / "pa_us.keras", 2, ("pa", "us"))
+    out = tmp_path / "pred"
+    assert cli.main(["predict", str(phantom), "--model", str(first), "--model", str(other),
+                     "--out", str(out)]) == 4
+    errors = _errors(capsys.readouterr().err)
+    assert len(errors) == 1 and errors[0].startswith(f"bcseg: error: {other}: ")
+    assert "pa, us" in errors[0] and not out.exists()
