@@ -181,6 +181,19 @@ def test_train_force_validates_before_touching_a_finished_run(tmp_path, capsys, 
     assert hashes(tmp_path) == before
 
 
+def test_init_given_a_run_folder_says_it_is_a_folder_and_names_the_model_inside(tmp_path, capsys,
+                                                                                  phantom, finished_run):
+    """--init takes a .keras file; a run folder read "initial model not found" while
+    the folder was there to see."""
+    code, _, err = run(capsys, "train", phantom, "--out", tmp_path / "new", "--init", finished_run)
+    line = one_line(err)
+    assert code == 4 and f"{finished_run}: is a folder; --init takes a .keras file, e.g. " in line, line
+    assert str(finished_run / "model_best.keras") in line and not (tmp_path / "new").exists()
+    os.mkfifo(tmp_path / "pipe.keras")  # nor a pipe, which is no model either (never opened)
+    code, _, err = run(capsys, "train", phantom, "--out", tmp_path / "new", "--init", tmp_path / "pipe.keras")
+    assert code == 4 and "pipe.keras: is a named pipe (FIFO), expected a .keras file" in one_line(err)
+
+
 def test_train_force_refuses_a_run_holding_a_file_bcseg_did_not_write(tmp_path, capsys, phantom,
                                                                       finished_run):
     run_dir = _copy_tree(finished_run, tmp_path / "run")

@@ -46,6 +46,7 @@ from bcseg.learn.augment import AugmentConfig
 from bcseg.config import load_config, save_config
 from bcseg.data.consensus import METHODS
 from bcseg.data.channels import check_channel_name
+from bcseg.data.io import not_a_file
 from bcseg.data.dataset import (IMAGE_CHANNEL, Case, case_digest, changed_case, dataset_channels, discover,
                                 refuse_duplicate_images, require_every_observer)
 from bcseg.data.intensity import check_methods
@@ -1058,8 +1059,13 @@ def _init_model(init, cfg: dict, in_channels: int = 1, channels: list[str] | Non
         from bcseg.pretrained import pretrained_path
         return pretrained_path()
     path = Path(init)
+    if path.is_dir():  # a run folder: "not found" while it is there misled
+        inside = path / rundir.MODEL_FILE
+        raise ConfigError(path, "is a folder; --init takes a .keras file" +
+                          (f", e.g. {inside}" if inside.is_file() else ""))
     if not path.is_file():
-        raise ConfigError(path, "initial model not found")
+        raise ConfigError(path, not_a_file(path, "a .keras file") if os.path.lexists(path)
+                          else "initial model not found")
     from bcseg.learn.saved import load_model, model_spec
 
     try:
