@@ -17,6 +17,7 @@ import tifffile
 
 from bcseg.cli import main
 from bcseg.data import io
+from bcseg.data.dataset import discover
 from test_channels import LESION, PA, SPACING, US, write_hyperstack
 
 
@@ -216,3 +217,20 @@ def test_a_channel_left_out_by_channels_does_not_refuse_the_cases(tmp_path, caps
         "X_0001_0000.tif", "X_0002_0000.tif"]
     with pytest.raises(Exception, match="channel 'pa' is constant"):  # still refused when used
         refuse_bad_cases(discover(root), ["us", "pa"], "training")
+
+
+def test_a_case_whose_first_channel_has_no_spacing_is_measured_in_mm(tmp_path):
+    """Training and prediction take the spacing the channels agree on; evaluate read
+    the first channel's alone, so a us saved without spacing beside a pa with it gave
+    distances and volumes in voxels for the same case."""
+    from bcseg.data.dataset import read_case_image
+
+    folders(tmp_path)
+    for stem in ("S01", "S02"):  # the us channel again, without its spacing
+        tifffile.imwrite(tmp_path / "images" / "us" / f"{stem}.tif",
+                         tifffile.imread(tmp_path / "images" / "us" / f"{stem}.tif"),
+                         photometric="minisblack")
+    case = discover(tmp_path)[0]
+    assert io.read_image(case.image)[1] is None  # the first channel's file holds none
+    _, spacing = read_case_image(case)
+    assert spacing == pytest.approx(SPACING)

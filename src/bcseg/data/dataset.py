@@ -106,12 +106,18 @@ class Case:
 def read_case_image(case: Case, mmap: bool = False) -> tuple[np.ndarray, tuple[float, ...] | None]:
     """The case's image array and its spacing (the case's own spacing wins).
 
-    For a multi-channel case this is its first channel.
+    For a multi-channel case this is its first channel, with the spacing its channels
+    agree on: a first channel saved without spacing takes another's, as training and
+    prediction read it (:func:`read_case_channel_arrays`), so that ``evaluate`` does not
+    measure the same case in voxels.
     """
     if case.channels and case.channels[0].index is not None:
         arrays, spacings = channel_files.read_files([_triple(case.channels[0])])
         return arrays[0], case.spacing_mm or spacings[0]
     array, spacing = io.read_image(case.image, mmap=mmap)
+    if spacing is None and not case.spacing_mm:
+        spacing = next((s for c in case.channels[1:] if c.index is None
+                        for s in [io.stored_geometry(c.path)[1]] if s is not None), None)
     return array, case.spacing_mm or spacing
 
 
