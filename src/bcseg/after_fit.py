@@ -15,7 +15,6 @@ members.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 from pathlib import Path
 from typing import Callable
@@ -25,7 +24,7 @@ import numpy as np
 from bcseg import outputs, rundir
 from bcseg.atomic import read_json
 from bcseg.data.dataset import Case, read_case_masks
-from bcseg.errors import ModelError
+from bcseg.errors import naming
 from bcseg.rundir import InferenceSettings
 
 log = logging.getLogger("bcseg.learn.train")
@@ -45,19 +44,6 @@ def validation_target(cfg: dict) -> str:
     from bcseg.learn.train import validation_target as target
 
     return target(cfg["data"])
-
-
-@contextlib.contextmanager
-def _naming(model_file: Path):
-    """Errors about a model's output (no probabilities: NaN weights of a diverged run)
-    name ``model_file``: they come from arrays, which name no file, and the line said
-    "gives values from nan to nan" without saying which model."""
-    try:
-        yield
-    except ModelError as exc:
-        if exc.path is not None:
-            raise
-        raise ModelError(model_file, exc.problem) from None
 
 
 def _probabilities(models, cases: list[Case], settings: InferenceSettings, target: str):
@@ -174,14 +160,14 @@ def finish_fold(fitted: dict, report: Callable[[Path], object] | None = None) ->
     model = load_model(out / rundir.MODEL_FILE)  # float32 compute, as inference will use
     settings = rundir.recipe_settings(fitted["cfg"], fitted["best_epoch"], fitted.get("channels"),
                                fitted.get("normalisation"))
-    with _naming(out / rundir.MODEL_FILE):
+    with naming(out / rundir.MODEL_FILE):
         settings = tune_inference(model, fitted["validation"], fitted["cfg"], settings)
     # inference.json is what marks a fold finished (--resume skips it, predict and ensemble
     # take it as a trained run): written last, so that a run stopped while its test fold
     # is segmented or scored is resumed to its evaluation, not taken for a finished one.
     result = {}
     if fitted["test"]:
-        with _naming(out / rundir.MODEL_FILE):
+        with naming(out / rundir.MODEL_FILE):
             predictions = predict_test(model, fitted["test"], out, settings)
         result = evaluate_test(out, predictions, fitted["test"], report)
     rundir.save_run_settings(out, settings)
@@ -234,7 +220,7 @@ def tune_members(members: dict[str, Path], cases: list[Case], cfg: dict) -> Infe
         # In the order of their ids, so that members of one split, whatever order their
         # fold.json lists it in, average each case's probabilities with its own.
         validation = [by_id[i] for i in sorted(fold["validation"]) if i in by_id]
-        with _naming(model_file):
+        with naming(model_file):
             p, t = _probabilities(load_model(model_file), validation, own, validation_target(cfg))
         split = splits.setdefault((tuple(sorted(fold["train"])), tuple(sorted(fold["validation"]))),
                                   {False: [], True: [], "truths": t})

@@ -39,7 +39,7 @@ import numpy as np
 
 from bcseg.atomic import file_sha256, read_json
 from bcseg.data.dataset import Case
-from bcseg.errors import ConfigError, DataError, ModelError, UsageError
+from bcseg.errors import ConfigError, DataError, ModelError, UsageError, naming
 from bcseg.rundir import FOLD_FILE, TEACHER_FILE, load_run
 
 log = logging.getLogger("bcseg")
@@ -156,13 +156,10 @@ def teacher_probabilities(models, settings, cases: list[Case], paths=()) -> dict
     probs = {}
     for case in cases:
         try:
-            _, _, _, prob = segment_case(models, case, settings, keep_prob=True)
-        except ModelError as exc:
-            if exc.path is not None:
-                raise
             # The model's own fault (no probabilities: NaN weights), whatever the case:
             # named as the teacher's, exit 4, not blamed on the image.
-            raise ModelError(", ".join(str(p) for p in paths) or None, exc.problem) from None
+            with naming(", ".join(str(p) for p in paths) or None):
+                _, _, _, prob = segment_case(models, case, settings, keep_prob=True)
         except (DataError, ValueError) as exc:
             problem = getattr(exc, "problem", None) or str(exc)
             teacher = ", ".join(str(p) for p in paths) or "the teacher"

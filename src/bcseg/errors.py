@@ -16,6 +16,7 @@ code  meaning
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import unicodedata
@@ -74,14 +75,29 @@ def _with_dangling_link(path: str, problem: str) -> str:
         return problem
     try:
         target = os.readlink(path)
+    except OSError:  # the link itself went meanwhile: nothing to add
+        return problem
+    try:
         os.path.realpath(path, strict=True)
-        why = "which does not exist"  # created between the two checks: say no more than this
     except OSError as exc:
         why = "which loops" if exc.errno == errno.ELOOP else "which does not exist"
     else:
-        return problem
+        return problem  # it resolves after all: its target was made meanwhile
     head, sep, rest = problem.partition("; ")
     return f"{head} (it is a symbolic link to '{target}', {why}){sep}{rest}"
+
+
+@contextlib.contextmanager
+def naming(path: str | Path):
+    """A :class:`ModelError` raised inside, that names no file, names ``path``: errors
+    about a model's output come from arrays ("gives values from nan to nan"), and the
+    one line must say which model."""
+    try:
+        yield
+    except ModelError as exc:
+        if exc.path is not None:
+            raise
+        raise ModelError(path, exc.problem) from None
 
 
 class UsageError(BcsegError):

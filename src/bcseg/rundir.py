@@ -227,12 +227,14 @@ class InferenceSettings:
         ConfigError
             For ensemble members that take different channels.
         """
-        names = {view.channel_names for view in self.member_views()}
-        if len(names) > 1:
-            shown = " and ".join(", ".join(n) or "one grey image" for n in sorted(names))
-            raise ConfigError(None, f"the ensemble's members take different channels ({shown}); "
-                              "ensemble models trained on the same channels")
-        return names.pop()
+        first, *others = self.member_views()
+        for view in others:  # named by the member's file, which load_run records
+            if view.channel_names != first.channel_names:
+                shown = [", ".join(v.channel_names) or "one grey image" for v in (view, first)]
+                raise ConfigError(view.info.get("path"), f"takes {shown[0]}, but "
+                                  f"{first.info.get('path', 'the first member')} takes {shown[1]}: "
+                                  "the members of an ensemble must take the same channels in the same order")
+        return first.channel_names
 
 
 # --------------------------------------------------------------------------- schema

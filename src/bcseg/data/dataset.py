@@ -115,9 +115,10 @@ def read_case_image(case: Case, mmap: bool = False) -> tuple[np.ndarray, tuple[f
         arrays, spacings = channel_files.read_files([_triple(case.channels[0])])
         return arrays[0], case.spacing_mm or spacings[0]
     array, spacing = io.read_image(case.image, mmap=mmap)
-    if spacing is None and not case.spacing_mm:
-        spacing = next((s for c in case.channels[1:] if c.index is None
-                        for s in [io.stored_geometry(c.path)[1]] if s is not None), None)
+    for other in case.channels[1:]:  # headers only, and only while none is known
+        if spacing is not None or case.spacing_mm:
+            break
+        spacing = io.stored_geometry(other.path)[1]
     return array, case.spacing_mm or spacing
 
 

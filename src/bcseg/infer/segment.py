@@ -87,22 +87,11 @@ def load_models(model_path, threshold=None, tta=None, postprocess=None, min_size
         models = [OnnxModel(f) for f in files]
     else:
         files, settings = load_run(model_path)
-        _refuse_other_channels(files, settings.member_views())
         models = [load_model(f) for f in files]
     settings = settings.overridden(threshold, tta, None if postprocess is None else check_steps(postprocess),
                                    min_size, source=files[0])
     views = [_fitted(f, _spec(f, m), view) for f, m, view in zip(files, models, settings.member_views())]
     return models, settings.replace(members=tuple(views)) if settings.members else views[0]
-
-
-def _refuse_other_channels(files: list[Path], views) -> None:
-    """Members must take the same channels in one order; the refusal names the member
-    that differs (the settings' own check names no file, against the one-line rule)."""
-    for path, view in zip(files, views):
-        if view.channel_names != views[0].channel_names:
-            shown = [", ".join(v.channel_names) or "one grey image" for v in (view, views[0])]
-            raise ModelError(path, f"takes {shown[0]}, but {files[0]} takes {shown[1]}: the members "
-                             "of an ensemble must take the same channels in the same order")
 
 
 def _spec(model_file: Path, model):
