@@ -6,6 +6,8 @@ of a case by the case.
 - ``--margins`` checks every stack's voxel size before the model loads.
 - An input whose header shows the model cannot take it (a 2D image for a 3D model, a
   file with a channel axis) stops the run before the earlier inputs' masks exist.
+- A named channel of one value (a PA stack of zeros) is refused before the first mask,
+  as ``check`` and ``train`` refuse it.
 - Margins refuse a spacing that makes their smoothing absurdly many voxels wide, and
   ``--spacing`` outside the plausible range is a usage error.
 
@@ -238,6 +240,45 @@ def test_a_channel_the_model_does_not_take_is_not_checked_before_segmenting(tmp_
     code, _, err = run(capsys, "predict", data, "--model", model, "--out", tmp_path / "seg", "--no-progress")
     assert code == 0, err
     assert len(list((tmp_path / "seg").glob("*_mask.tif"))) == 2
+
+
+@pytest.mark.parametrize("value", [0.0, 7.0])
+def test_a_constant_channel_is_refused_before_any_mask_as_train_refuses_it(value, tmp_path, capsys,
+                                                                          models, stacks):
+    """A photoacoustic stack that holds one value (the laser never fired, or an export
+    of zeros) normalises to all zeros: check and train refuse it, predict segmented it
+    from ultrasound alone and wrote a mask that looked like a result."""
+    data = tmp_path / "data"
+    shutil.copytree(stacks, data)
+    blank = sorted((data / "images" / "pa").iterdir())[1]  # the later case: no mask before it
+    io.write_image(blank, np.full(SHAPE, value, np.float32), io.read_image(blank)[1])
+    out = tmp_path / "seg"
+    code, _, err = run(capsys, "predict", data, "--model", models["uspa"], "--out", out, "--no-progress")
+    assert code == 3, err
+    line = one_error_line(err)
+    assert line.startswith(f"bcseg: error: {blank}: channel 'pa' is constant (every value is {value:g})")
+    assert not out.exists()
+    # --keep-going segments the other case and names this one
+    code, text, err = run(capsys, "predict", data, "--model", models["uspa"], "--out", out,
+                          "--no-progress", "--keep-going")
+    assert code == 3 and "channel 'pa' is constant" in one_error_line(err)
+    assert "segmented 1 of 2" in text
+
+
+def test_a_constant_file_for_a_one_channel_photoacoustic_model_is_refused(tmp_path, capsys, stacks):
+    """Plain files given to a model of one named channel are that channel: a constant
+    one holds no image for it either (a grey model still segments a blank frame)."""
+    model = tmp_path / "pa.keras"
+    unet(ndim=2, in_channels=1, base_filters=4, depth=2).save(model)
+    embed_settings(model, InferenceSettings(ndim=2, channels=1, channel_names=("pa",),
+                                            normalisation={"pa": "log"}))
+    blank = tmp_path / "blank.tif"
+    io.write_image(blank, np.zeros(SHAPE, np.float32), (0.5, 0.2, 0.2))
+    pa = sorted((stacks / "images" / "pa").iterdir())[0]
+    out = tmp_path / "seg"
+    code, _, err = run(capsys, "predict", pa, blank, "--model", model, "--out", out, "--no-progress")
+    assert code == 3 and one_error_line(err).startswith(f"bcseg: error: {blank}: channel 'pa' is constant")
+    assert not out.exists()
 
 
 def test_resume_does_not_decode_the_inputs_it_keeps(tmp_path, capsys, models):

@@ -112,6 +112,24 @@ def value_range(array: np.ndarray, chunk: int = 16) -> tuple[float, float]:
     return float(min(lows)), float(max(highs))
 
 
+def constant_problem(name: str, array: np.ndarray) -> str | None:
+    """Why a named channel holds no image (one value everywhere), or None.
+
+    Normalised, a constant channel is all zeros: a model trained on it learns nothing
+    from it, and one segmenting with it draws from the other channels alone, a mask
+    that looks like a result (a PA stack of zeros: the laser never fired). The first
+    slice decides for almost every real image; only a constant one reads the rest.
+    """
+    first = array if array.ndim == 2 else array[0]
+    if first.min() != first.max():
+        return None
+    low, high = value_range(array)
+    if low != high:
+        return None
+    return (f"channel '{name}' is constant (every value is {low:g}): it holds no image; check the "
+            "export from the scanner, or leave the channel out of this case")
+
+
 def read_files(channels, mmap: bool = False) -> tuple[list[np.ndarray], list[tuple | None]]:
     """Arrays and spacings of channels given as ``(name, path, index)`` triples.
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from bcseg.data import io
-from bcseg.data.channels import value_range
+from bcseg.data.channels import constant_problem, value_range
 from bcseg.data.dataset import (BUSI_MASK, Case, data_files, dataset_channels, discover,
                                 duplicate_images, duplicate_problem, read_case_channel_arrays)
 from bcseg.data.splits import group_note, require_groups
@@ -165,12 +165,11 @@ def _read_case(case: Case, channels: list[str], report: CheckReport | None):
             continue
         if not channels:
             continue
-        low, high = value_range(array)
-        if low == high:  # normalised to all zeros: the model would learn nothing from it
-            problems.append((str(path), f"channel '{name}' is constant (every value is {low:g}): "
-                             "it holds no image; check the export from the scanner, or leave "
-                             "the channel out of this case"))
+        problem = constant_problem(name, array)
+        if problem:
+            problems.append((str(path), problem))
         if report is not None:
+            low, high = value_range(array)
             seen = report.channel_ranges.get(name, (low, high))
             report.channel_ranges[name] = (min(low, seen[0]), max(high, seen[1]))
             report.channel_dtypes.setdefault(name, set()).add(str(array.dtype))

@@ -27,6 +27,7 @@ from tqdm.auto import tqdm
 from bcseg import outputs
 from bcseg.atomic import atomic_path, real_path, remove_partials
 from bcseg.data import io
+from bcseg.data.channels import constant_problem
 from bcseg.data.dataset import (Case, discover, id_problem, name_key, read_case_channel_arrays, read_case_channels,
                                 read_case_image)
 from bcseg.data.intensity import check_methods, normalise
@@ -471,19 +472,31 @@ def _check_pixels(files: list[Path | Case], names: tuple[str, ...], problems: di
     model's channels): a compressed TIFF damaged past its header fails only when its
     pixels are decoded, which must happen before the first mask is written. An
     uncompressed TIFF is memory-mapped, so this reads little of it; a compressed one
-    is decoded twice, here and when segmented."""
+    is decoded twice, here and when segmented. A named channel that holds one value
+    is refused as check and train refuse it (:func:`bcseg.data.channels.constant_problem`)."""
     for item in files:
         if output_name(item) in problems:
             continue
         try:
-            if isinstance(item, Case) and names:
-                read_case_channel_arrays(item, list(names), mmap=True)
-            elif isinstance(item, Case):
-                read_case_image(item, mmap=True)
-            else:
-                io.read_image(input_file(item), mmap=True)
+            for path, name, array in _decoded(item, names):
+                problem = name and constant_problem(name, array)
+                if problem:
+                    raise DataError(path, problem)
         except BcsegError as exc:
             problems.setdefault(output_name(item), exc)
+
+
+def _decoded(item: Path | Case, names: tuple[str, ...]) -> list[tuple[Path, str | None, np.ndarray]]:
+    """``(file, channel name or None, array)`` of what predict segments of one input,
+    memory-mapped where the file allows."""
+    if isinstance(item, Case) and names:
+        arrays, _ = read_case_channel_arrays(item, list(names), mmap=True)
+        files = {channel.name: channel.path for channel in item.channels}
+        return [(files[name], name, array) for name, array in arrays.items()]
+    if isinstance(item, Case):
+        return [(item.image, None, read_case_image(item, mmap=True)[0])]
+    name = names[0] if len(names) == 1 else None  # one file: the model's one channel, if named
+    return [(input_file(item), name, io.read_image(input_file(item), mmap=True)[0])]
 
 
 def _check_ranks(files: list[Path | Case], headers: dict, models: list, problems: dict) -> None:
