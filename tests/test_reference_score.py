@@ -164,3 +164,84 @@ def test_protocol_reference_without_model_is_refused(tmp_path):
     assert run.returncode == 2
     assert run.stderr.count("\n") == 1 and "--model" in run.stderr
     assert not (tmp_path / "out").exists()
+
+
+def _pixel_model(path, channels=1, activation="sigmoid", names=()):
+    """A 2D model of any input size whose output is a per-pixel function of its input
+    (the mean of its channels): its score depends on which image it is given."""
+    import keras
+
+    from bcseg.rundir import InferenceSettings, embed_settings
+
+    inputs = keras.Input((None, None, channels))
+    layer = keras.layers.Conv2D(1, 1, activation=activation,
+                                kernel_initializer=keras.initializers.Constant(8.0 / channels),
+                                bias_initializer=keras.initializers.Constant(-4.0))
+    keras.Model(inputs, layer(inputs)).save(path)
+    if names:
+        embed_settings(path, InferenceSettings(ndim=2, channels=channels, channel_names=tuple(names),
+                                               normalisation={n: "auto" for n in names}))
+    return path
+
+
+def _study_score(tmp_path, data, model, capsys, name):
+    from bcseg.cli import main
+
+    out = tmp_path / name
+    code = main(["evaluate", "--pred", str(tmp_path / "pred"), "--truth", str(data), "--out", str(out),
+                 "--protocol", "reference", "--model", str(model), "--no-report"])
+    out_text, err = capsys.readouterr()
+    return code, err, out
+
+
+def _uspa_with_predictions(tmp_path):
+    from bcseg.data import io
+    from bcseg.data.dataset import discover, read_case_masks
+    from bcseg.data.phantom import write_phantom
+
+    write_phantom(tmp_path / "data", n=2, shape=(8, 32, 32), seed=3, channels=("us", "pa"))
+    for case in discover(tmp_path / "data"):
+        io.write_mask(tmp_path / "pred" / f"{case.id}_mask.tif", read_case_masks(case)["observer1"])
+    return tmp_path / "data"
+
+
+@pytest.mark.parametrize("kind, said", [
+    ("linear", "not probabilities from 0 to 1"),
+    ("two channels", "takes 2 channels (us, pa)"),
+])
+def test_protocol_reference_refuses_a_model_it_cannot_score_naming_it(kind, said, tmp_path, capsys):
+    """The study's soft Dice of scores that are not probabilities (a model saved without
+    its sigmoid) is a number of no meaning, and the protocol feeds one grey image: a
+    model of several channels crashed (exit 1) after the honest scoring."""
+    data = _uspa_with_predictions(tmp_path)
+    model = (_pixel_model(tmp_path / "linear.keras", activation=None) if kind == "linear" else
+             _pixel_model(tmp_path / "uspa.keras", channels=2, names=("us", "pa")))
+    code, err, out = _study_score(tmp_path, data, model, capsys, "eval")
+    lines = err.strip().splitlines()
+    assert code == 4 and len(lines) == 1, err
+    assert lines[0].startswith(f"bcseg: error: {model}: ") and said in lines[0], err
+    assert not out.exists()
+
+
+def test_protocol_reference_scores_the_channel_the_model_reads(tmp_path, capsys):
+    """A one-channel model of pa scores the pa images (the same figure as on a folder
+    of those images alone), not the case's first channel, ultrasound."""
+    import json
+    import shutil
+
+    data = _uspa_with_predictions(tmp_path)
+    model = _pixel_model(tmp_path / "pa.keras", names=("pa",))
+    grey = tmp_path / "grey"
+    shutil.copytree(data / "images" / "pa", grey / "images")
+    shutil.copytree(data / "masks", grey / "masks")
+    values = {}
+    for name, truth in (("named", data), ("grey", grey)):
+        code, err, out = _study_score(tmp_path, truth, model, capsys, name)
+        assert code == 0, err
+        values[name] = json.loads((out / "summary.json").read_text())["reference_protocol"]["value"]
+    assert values["named"] == pytest.approx(values["grey"], rel=1e-9)
+    us_model = _pixel_model(tmp_path / "us.keras", names=("us",))
+    code, err, out = _study_score(tmp_path, data, us_model, capsys, "us")
+    assert code == 0, err
+    assert json.loads((out / "summary.json").read_text())["reference_protocol"]["value"] != pytest.approx(
+        values["grey"], rel=1e-3)

@@ -51,7 +51,7 @@ from bcseg.rundir import DEFAULT_FLIPS, DEFAULTS, InferenceSettings
 VOXELS_PER_CALL = 1 << 20  # caps the batch so activations of large slices stay bounded
 DEFAULT_PATCH = 128        # default 3D window edge (before rounding to the divisor)
 GAUSSIAN_FLOOR = 1e-3      # per-axis floor of the blending weights
-PROBABILITY_SLACK = 1e-5   # how far past 0..1 a sigmoid's rounding may go (see _Runner._call)
+PROBABILITY_SLACK = 1e-5   # how far past 0..1 a sigmoid's rounding may go (see probabilities)
 
 
 def _round_up(n: int, d: int) -> int:
@@ -107,6 +107,34 @@ class _Intensity:
         return np.stack([normalise(block[..., c], s) for c, s in enumerate(self.stats)], axis=-1)
 
 
+def probabilities(model: keras.Model, x: np.ndarray) -> np.ndarray:
+    """The model's probabilities ``(N, *spatial)`` for a batch ``(N, *spatial, C)``.
+
+    Raises ModelError (without a path: the caller names the model) for an output of
+    another shape, or values that are not probabilities.
+    """
+    out = model.predict_on_batch(np.ascontiguousarray(x))
+    out = np.asarray(out, dtype=np.float32)
+    if out.shape != x.shape[:-1] + (1,):
+        raise ModelError(None, f"model maps input {x.shape} to {out.shape}; bcseg "
+                         "expects one probability channel of the input's spatial size")
+    # A model that ends without its sigmoid gives scores, not probabilities: the
+    # threshold would cut them at an arbitrary level and the masks look plausible.
+    # NaN (damaged weights) fails the same test. Checked per batch, for the cost of
+    # one pass over the output.
+    low, high = float(np.min(out)), float(np.max(out))
+    # A sigmoid's rounding may land a few ulps outside 0..1 (ONNX Runtime's gives
+    # 1.0000001 at a logit of 17.844): that is a probability, not a score. Allowed
+    # and clipped, so an exported model's confident pixels do not refuse it.
+    if not (low >= -PROBABILITY_SLACK and high <= 1.0 + PROBABILITY_SLACK):
+        raise ModelError(None, f"gives values from {low:.3g} to {high:.3g}, not probabilities "
+                         "from 0 to 1: a bcseg model ends in a sigmoid; is this a model "
+                         "saved by bcseg train, its weights intact?")
+    if low < 0.0 or high > 1.0:
+        out = np.clip(out, 0.0, 1.0)  # a copy: the model's array may be read-only
+    return out[..., 0]
+
+
 class _Runner:
     """Calls the model on padded batches, with mirror TTA, and checks its output."""
 
@@ -114,35 +142,13 @@ class _Runner:
         self.model = model
         self.flips = flips
 
-    def _call(self, x: np.ndarray) -> np.ndarray:
-        out = self.model.predict_on_batch(np.ascontiguousarray(x))
-        out = np.asarray(out, dtype=np.float32)
-        if out.shape != x.shape[:-1] + (1,):
-            raise ModelError(None, f"model maps input {x.shape} to {out.shape}; bcseg "
-                             "expects one probability channel of the input's spatial size")
-        # A model that ends without its sigmoid gives scores, not probabilities: the
-        # threshold would cut them at an arbitrary level and the masks look plausible.
-        # NaN (damaged weights) fails the same test. Checked per batch, for the cost of
-        # one pass over the output.
-        low, high = float(np.min(out)), float(np.max(out))
-        # A sigmoid's rounding may land a few ulps outside 0..1 (ONNX Runtime's gives
-        # 1.0000001 at a logit of 17.844): that is a probability, not a score. Allowed
-        # and clipped, so an exported model's confident pixels do not refuse it.
-        if not (low >= -PROBABILITY_SLACK and high <= 1.0 + PROBABILITY_SLACK):
-            raise ModelError(None, f"gives values from {low:.3g} to {high:.3g}, not probabilities "
-                             "from 0 to 1: a bcseg model ends in a sigmoid; is this a model "
-                             "saved by bcseg train, its weights intact?")
-        if low < 0.0 or high > 1.0:
-            out = np.clip(out, 0.0, 1.0)  # a copy: the model's array may be read-only
-        return out[..., 0]
-
     def __call__(self, x: np.ndarray, target: Sequence[int]) -> np.ndarray:
         """Probabilities ``(N, *spatial)`` for a batch ``(N, *spatial, C)``, padded to
         ``target`` and cropped back; TTA mirrors the spatial axes only."""
         padded, crop = _pad(x, target)
         total = None
         for axes in self.flips:  # each output is a fresh array: sum into the first in place
-            out = np.flip(self._call(np.flip(padded, axes)), axes)
+            out = np.flip(probabilities(self.model, np.flip(padded, axes)), axes)
             total = out if total is None else np.add(total, out, out=total)
         if len(self.flips) > 1:
             total /= np.float32(len(self.flips))

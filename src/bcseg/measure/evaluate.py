@@ -72,7 +72,7 @@ from bcseg.errors import DataError, UsageError
 from bcseg.measure.metrics import REFERENCE_EPS, case_metrics, dice, slice_metrics, soft_scores, summarise
 from bcseg.measure.observers import (INTER_OBSERVER, MARGINS, METHODS, agreement, consensus,
                                      paired_comparison, union)
-from bcseg.measure.reference_score import PROTOCOLS, SOFT_REDUCTION, reference_protocol
+from bcseg.measure.reference_score import PROTOCOLS, SOFT_REDUCTION, reference_model, reference_protocol
 # The tables and headline of an evaluation, importable from here as before.
 from bcseg.measure.tables import (CEILING_COLUMNS, ceiling_table, ci_phrase, headline_lines,  # noqa: F401
                                   human_level_lines)
@@ -468,9 +468,11 @@ def evaluate(pred_dir: str | Path, truth, out_dir: str | Path, observers: str | 
     wanted = _select_observers(cases, observers)
     matched = _match(pred_dir, cases, find_predictions(pred_dir), wanted)
     _say_left_out(pred_dir, cases, matched)
+    # The protocol's model is loaded and checked before the scoring it would follow
+    study_model = None if protocol == "honest" else reference_model(model)
     scored = _score_cases(matched, settings["targets"], slices, progress)
-    study_style = None if protocol == "honest" else reference_protocol(
-        model, matched, size=reference_size, seed=seed)
+    study_style = None if study_model is None else reference_protocol(
+        model, matched, size=reference_size, seed=seed, model=study_model)
     summary = _summary(scored, matched, study_style, settings, pred_dir, truth)
     _write_outputs(out_dir, outputs, force, scored, summary)
     return _result(outputs, summary, study_style)

@@ -19,7 +19,7 @@ from bcseg.errors import ModelError
 from bcseg.measure.metrics import REFERENCE_EPS, batch_mean, soft_scores
 from bcseg.measure.observers import union
 
-__all__ = ["reference_protocol", "PROTOCOLS", "REFERENCE_BATCH", "REFERENCE_PROTOCOL_NOTE",
+__all__ = ["reference_protocol", "reference_model", "PROTOCOLS", "REFERENCE_BATCH", "REFERENCE_PROTOCOL_NOTE",
            "SOFT_REDUCTION"]
 
 SOFT_REDUCTION = "row"  # the reference study's score as it executed (bcseg.measure.metrics.pixel_soft_score)
@@ -35,24 +35,30 @@ REFERENCE_PROTOCOL_NOTE = (
     "averaged: this is not an estimate of per-specimen Dice.")
 
 
-def _model_input_size(model, default: int) -> int:
+def _model_input_size(model, default: int, path) -> int:
     shape = tuple(model.inputs[0].shape)
     if len(shape) != 4:
-        raise ModelError(None, f"the reference protocol needs a 2D model (input (B, H, W, C)), "
+        raise ModelError(path, f"the reference protocol needs a 2D model (input (B, H, W, C)), "
                          f"not one with input shape {shape}")
     return int(shape[1]) if shape[1] is not None else default
 
 
-def _augmented_slices(case: Case, names: list[str], size: int, rng):
-    """The study's test inputs for one case: 24 augmented copies of every slice."""
+def _augmented_slices(case: Case, names: list[str], size: int, channel: str | None, method: str, rng):
+    """The study's test inputs for one case: 24 augmented copies of every slice of the
+    image the model reads (a model of one named channel: that channel, normalised by
+    its own method)."""
+    from bcseg.data.dataset import read_case_channel_arrays
+    from bcseg.data.intensity import channel_stats, normalise
     from bcseg.learn.augment import reference_offline_augment
-    from bcseg.data.intensity import normalise
     from bcseg.learn.pipeline import to_square
 
-    image, _ = read_case_image(case)
+    if channel is not None and case.channels:
+        image = read_case_channel_arrays(case, [channel])[0][channel]
+    else:  # one unnamed image is the model's one channel, as predict reads it
+        image = read_case_image(case)[0]
+    image = normalise(image, channel_stats(image, method))
     masks = read_case_masks(Case(case.id, case.image, {n: case.masks[n] for n in names}), image.shape)
     truth = union([masks[n] for n in names])
-    image = normalise(image)
     stack, truth = (image[None], truth[None]) if image.ndim == 2 else (image, truth)
     for z in range(stack.shape[0]):
         square = to_square(stack[z], size)
@@ -60,14 +66,39 @@ def _augmented_slices(case: Case, names: list[str], size: int, rng):
         yield reference_offline_augment(square, mask, size=size, rng=rng)
 
 
+def reference_model(model_path):
+    """The model the reference protocol scores, loaded and checked before anything is
+    scored: ``(file, model, channel name or None, its normalisation method)``.
+
+    Raises ModelError naming the file for a model that is not 2D or takes more than
+    one channel: the study fed one ultrasound image.
+    """
+    from bcseg.learn.saved import load_model
+    from bcseg.rundir import load_run
+
+    files, settings = load_run(model_path)
+    path = files[0]  # a k-fold run: its first member
+    view = settings.member_views()[0]
+    model = load_model(path)
+    names = list(view.channel_names)
+    channels = int(model.inputs[0].shape[-1] or 1)
+    if channels != 1 or len(names) > 1:
+        listed = f" ({', '.join(names)})" if names else ""
+        raise ModelError(path, f"takes {max(channels, len(names))} channels{listed}; the reference "
+                         "protocol scores a model of one image, as the study's ultrasound model was")
+    _model_input_size(model, 0, path)
+    channel = names[0] if names else None
+    return path, model, channel, dict(view.normalisation).get(channel, "auto")
+
+
 def reference_protocol(model_path, matched, size: int = 128, seed: int = 0,
-                       batch_size: int = REFERENCE_BATCH) -> dict:
+                       batch_size: int = REFERENCE_BATCH, model=None) -> dict:
     """The reference study's test score of a model on the matched cases.
 
     Parameters
     ----------
     model_path : str or Path
-        A training run folder or a ``.keras`` file of a 2D model.
+        A training run folder or a ``.keras`` file of a 2D model of one channel.
     matched : list of (Case, files, observer names)
         The evaluated cases, as :func:`evaluate` pairs them.
     size : int
@@ -76,26 +107,36 @@ def reference_protocol(model_path, matched, size: int = 128, seed: int = 0,
         Seed of the random trims.
     batch_size : int
         Images per batch of the averaging (``model.evaluate``'s default, 32).
+    model : tuple, optional
+        :func:`reference_model` of ``model_path``, when already loaded and checked.
 
     Returns
     -------
     dict
         ``value``, ``reduction``, ``eps``, ``batch_size``, ``size``, ``seed``,
         ``n_cases``, ``n_slices``, ``n_images``, ``model`` and ``note``.
-    """
-    from bcseg.learn.saved import load_model
-    from bcseg.rundir import load_run
 
-    path = load_run(model_path)[0][0]  # a k-fold run: its first member
-    model = load_model(path)
-    size = _model_input_size(model, size)
+    Raises
+    ------
+    ModelError
+        Naming the model file, for a model :func:`reference_model` refuses or one
+        whose output is not probabilities (a model saved without its sigmoid: the
+        study's soft Dice of scores means nothing).
+    """
+    from bcseg.errors import naming
+    from bcseg.infer.predict import probabilities
+
+    path, keras_model, channel, method = model or reference_model(model_path)
+    size = _model_input_size(keras_model, size, path)
     rng = np.random.default_rng(seed)
     row_scores, n_slices = [], 0
-    for case, _, names in matched:
-        for images, masks in _augmented_slices(case, names, size, rng):
-            prob = model.predict(images[..., None], batch_size=batch_size, verbose=0)
-            row_scores.append(soft_scores(masks, prob, SOFT_REDUCTION))  # (24, size)
-            n_slices += 1
+    with naming(path):
+        for case, _, names in matched:
+            for images, masks in _augmented_slices(case, names, size, channel, method, rng):
+                prob = np.concatenate([probabilities(keras_model, images[i:i + batch_size, ..., None])
+                                       for i in range(0, len(images), batch_size)])
+                row_scores.append(soft_scores(masks, prob, SOFT_REDUCTION))  # (24, size)
+                n_slices += 1
     scores = np.concatenate(row_scores)
     return {"value": batch_mean(scores, batch_size), "reduction": SOFT_REDUCTION, "eps": REFERENCE_EPS,
             "batch_size": int(batch_size), "size": int(size), "seed": int(seed),
