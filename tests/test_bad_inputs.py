@@ -215,6 +215,35 @@ def test_a_model_that_gives_no_probabilities_is_refused_naming_it(last, tmp_path
     assert "not probabilities from 0 to 1" in line and ("nan" in line) == (last == "nan")
 
 
+@pytest.mark.parametrize("given", ["two --model", "ensemble folder"])
+def test_the_member_of_an_ensemble_that_gives_no_probabilities_is_the_one_named(given, tmp_path, capsys):
+    """NaN weights in the second member were blamed on the first (the ensemble's first
+    file): the user would have replaced the one model that was intact."""
+    import json
+
+    inputs = keras.Input((None, None, 1))
+    keras.Model(inputs, keras.layers.Conv2D(1, 1, activation="sigmoid")(inputs)).save(tmp_path / "good.keras")
+    model = keras.saving.load_model(tmp_path / "good.keras")
+    model.layers[-1].set_weights([np.full((1, 1, 1, 1), np.nan, np.float32), np.zeros(1, np.float32)])
+    model.save(tmp_path / "nan.keras")
+    if given == "two --model":
+        models, culprit = ["--model", tmp_path / "good.keras", "--model", tmp_path / "nan.keras"], "nan.keras"
+    else:
+        folder = tmp_path / "ens"
+        folder.mkdir()
+        for name, source in (("member_0.keras", "good.keras"), ("member_1.keras", "nan.keras")):
+            (folder / name).write_bytes((tmp_path / source).read_bytes())
+        (folder / "inference.json").write_text(json.dumps({
+            "threshold": 0.5, "postprocess": [], "min_size": 0, "tta": False,
+            "members": [{"path": f"member_{k}.keras", "flips": ["lr"], "ndim": 2, "input_size": None,
+                         "patch_size": None} for k in (0, 1)]}))
+        models, culprit = ["--model", folder], str(folder / "member_1.keras")
+    iio.imwrite(tmp_path / "scan.png", IMAGE)
+    argv = ["predict", tmp_path / "scan.png", *models, "--out", tmp_path / "out", "--no-progress"]
+    line = assert_refused(capsys, argv, 4, f"{culprit}: gives values from nan", tmp_path)
+    assert "good.keras" not in line and "member_0" not in line
+
+
 @pytest.mark.parametrize("name, content, said", [
     ("notes.png", b"scan of specimen 4, see lab book\n", "is not a PNG image: its content is text"),
     ("page.jpg", b"<html><body>404</body></html>", "is not a JPEG image: its content is text"),

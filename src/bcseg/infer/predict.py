@@ -42,7 +42,7 @@ from typing import Callable, Sequence
 import numpy as np
 from tqdm.auto import tqdm
 
-from bcseg.errors import DataError, ModelError
+from bcseg.errors import DataError, ModelError, naming
 from bcseg.data.intensity import channel_stats, check_methods, intensity_stats, normalise
 from bcseg.infer.postprocess import apply_steps_inplace, check_steps, release_slices
 from bcseg.learn.saved import ModelSpec, load_model, model_spec  # noqa: F401 (re-exported)
@@ -514,9 +514,9 @@ def segment_volume(models: keras.Model | Sequence[keras.Model], array: np.ndarra
     store = _store(mask[None] if flat else mask, None if prob is None else (prob[None] if flat else prob),
                    settings.threshold)
     intensities: dict = {}  # one set of statistics per normalisation the members ask for
-    _mean_of_members([_member_chunks(m, spec, view, array[None] if flat else array,
-                                     _member_intensity(intensities, array, names, view),
-                                     batch_size, overlap, progress)
+    _mean_of_members([_named(_member_chunks(m, spec, view, array[None] if flat else array,
+                                            _member_intensity(intensities, array, names, view),
+                                            batch_size, overlap, progress), view)
                       for m, spec, view in zip(models, specs, views)], store)
     if settings.postprocess:
         apply_steps_inplace(mask, list(settings.postprocess), settings.min_size)
@@ -568,6 +568,17 @@ def _member_chunks(model, spec: ModelSpec, view: InferenceSettings, volume, inte
         raise ValueError("input_size applies to 2D models; a 3D model uses patch_size")
     patch = _resolve_patch(spec, spatial, view.patch_size)
     return _predict_windows(run, volume, intensity, patch, overlap, batch_size, progress)
+
+
+def _named(chunks, view: InferenceSettings):
+    """A member's runs of slices; an error from its output (NaN weights) names its
+    file, which an ensemble's member settings record, not the ensemble's first model."""
+    path = view.info.get("path")
+    if path is None:
+        yield from chunks
+        return
+    with naming(path):
+        yield from chunks
 
 
 def _mean_of_members(sources: list, store: Callable[[int, int, np.ndarray], None]) -> None:

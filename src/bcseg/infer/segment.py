@@ -92,7 +92,11 @@ def load_models(model_path, threshold=None, tta=None, postprocess=None, min_size
     settings = settings.overridden(threshold, tta, None if postprocess is None else check_steps(postprocess),
                                    min_size, source=files[0])
     views = [_fitted(f, _spec(f, m), view) for f, m, view in zip(files, models, settings.member_views())]
-    return models, settings.replace(members=tuple(views)) if settings.members else views[0]
+    if not settings.members:
+        return models, views[0]
+    # each member's file, found: an error from its output names it, not the ensemble
+    views = [view.replace(info={**view.info, "path": str(f)}) for f, view in zip(files, views)]
+    return models, settings.replace(members=tuple(views))
 
 
 def _spec(model_file: Path, model):
