@@ -381,3 +381,29 @@ def test_an_observers_mask_is_not_taken_for_a_prediction(tmp_path):
                                         r"'benign \(1\)' in the dataset, not a prediction"):
         evaluate(tmp_path / "busi" / "benign", tmp_path / "busi", tmp_path / "out")
     assert not (tmp_path / "out").exists()
+
+
+def test_a_stop_while_the_report_is_drawn_says_the_evaluation_is_whole(study, tmp_path, capsys,
+                                                                        monkeypatch):
+    """Ctrl-C while the figures are drawn left the numbers written and no page, and said
+    only "interrupted": the user could not tell the evaluation from a half one (a rerun
+    is refused: its outputs exist). The line now says which it is and how to finish."""
+    from bcseg.cli import main
+    from bcseg.report import html
+
+    def stopped(folder):
+        raise KeyboardInterrupt
+
+    out = tmp_path / "eval"
+    argv = ["evaluate", "--pred", str(study["root"] / "pred"), "--truth", str(study["root"] / "data"),
+            "--out", str(out)]
+    with monkeypatch.context() as patch:
+        patch.setattr(html, "build_report", stopped)
+        code = main(argv)
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert code == 130 and len(lines) == 1
+    assert lines[0] == (f"bcseg: error: interrupted; {out}: the evaluation is written, its report is "
+                        f"not; 'bcseg report {out}' draws it")
+    assert (out / "summary.json").is_file() and not (out / "report.html").exists()
+    assert main(["report", str(out)]) == 0
+    assert (out / "report.html").is_file()

@@ -422,8 +422,17 @@ def cmd_evaluate(args) -> int:
                       force=args.force, protocol=args.protocol, model=args.model)
     _print_headline(result)
     if not args.no_report:
-        print(f"report: {_report(args.out)}")
+        try:
+            page = _report(args.out)
+        except KeyboardInterrupt:  # the numbers are written and whole: say how to draw them
+            raise _Stopped(f"{printable(str(args.out))}: the evaluation is written, its report is not; "
+                           f"'bcseg report {printable(str(args.out))}' draws it") from None
+        print(f"report: {page}")
     return 0
+
+
+class _Stopped(KeyboardInterrupt):
+    """A stop after the command's results were written: what is left to do, in words."""
 
 
 def _report(folder) -> Path:
@@ -893,10 +902,11 @@ def _system_problem(error: OSError) -> tuple[str, int] | None:
     return (full, 1) if full else _access_problem(error)
 
 
-def _interrupted() -> int:
-    """What a stopped command says: the warnings it held, then one line; exit 130."""
+def _interrupted(after: str = "") -> int:
+    """What a stopped command says: the warnings it held, then one line (with what the
+    stop left to do, ``after``); exit 130."""
     _release_warnings()
-    print("bcseg: error: interrupted", file=sys.stderr)
+    print(f"bcseg: error: interrupted{'; ' + after if after else ''}", file=sys.stderr)
     return 130
 
 
@@ -920,8 +930,8 @@ def _run(args) -> int:
         _HELD_WARNINGS.clear()  # the error line is all a refused command says
         print(f"bcseg: error: {_flags_for_parameters(str(error))}", file=sys.stderr)
         return error.exit_code
-    except KeyboardInterrupt:
-        return _interrupted()
+    except KeyboardInterrupt as stop:
+        return _interrupted(str(stop) if isinstance(stop, _Stopped) else "")
     except Exception as error:  # a bug or the system (full disk, ...): still one line
         if args.debug:
             raise
