@@ -100,6 +100,9 @@ BAD = {  # name: (build the dataset in root, the file the error must name, relat
     "symlink loop in a channel folder": (
         _then(folders, lambda r: os.symlink("loop.tif", r / "images" / "us" / "loop.tif")),
         "images/us/loop.tif"),
+    "OME channel names in another order than channels.json": (
+        _then(lambda r: hyperstacks(r, '["pa", "us"]'),
+              lambda r: _ome_named(r / "images" / "S02.tif", ["US", "PA"])), "images/S02.tif"),
     "manifest with a repeated channel column": (
         lambda r: manifest(r, "id,image_us,image_us,mask_observer1,group"), "manifest.csv"),
     "manifest channel columns differing in case": (
@@ -113,7 +116,14 @@ BAD = {  # name: (build the dataset in root, the file the error must name, relat
 }
 
 
-SAID = {"zero-byte hyperstack": "is empty (0 bytes)"}  # not "has 1 channel(s)"
+def _ome_named(path: Path, names: list[str]) -> None:
+    """Rewrite the hyperstack at ``path`` as an OME-TIFF that names its channels."""
+    data = tifffile.imread(path)  # (Z, C, Y, X)
+    tifffile.imwrite(path, data, ome=True, metadata={"axes": "ZCYX", "Channel": {"Name": names}})
+
+
+SAID = {"zero-byte hyperstack": "is empty (0 bytes)",  # not "has 1 channel(s)"
+        "OME channel names in another order than channels.json": "channel 'pa' is number 2 in the file"}
 
 
 @pytest.mark.parametrize("kind", sorted(BAD))
@@ -179,6 +189,18 @@ def test_check_lists_a_bad_channel_file_by_name(kind, tmp_path, capsys):
     assert f"problem: {root / culprit}: {said}" in out
     assert len(err.strip().splitlines()) == 1
     assert tree(tmp_path) == before
+
+
+@pytest.mark.parametrize("names", [["US", "PA"], ["Channel 1", "Channel 2"]])
+def test_ome_channel_names_in_channels_json_order_or_unrelated_are_read(names, tmp_path, capsys):
+    """Only a conflict refuses: the same names in the same order (any case), or a
+    scanner's generic names, are read by channels.json."""
+    root = tmp_path / "data"
+    hyperstacks(root)
+    for stem in ("S01", "S02"):
+        _ome_named(root / "images" / f"{stem}.tif", names)
+    assert main(["check", str(root)]) == 0, capsys.readouterr()
+    assert [c.channel_names for c in discover(root)] == [["us", "pa"]] * 2
 
 
 def test_channels_json_with_a_byte_order_mark_is_read(tmp_path, capsys):

@@ -335,16 +335,33 @@ def _named_channel_cases(root: Path, images: list[Path], names: list[str]) -> li
                 for stem, files in sorted(grouped.items())]
     cases = []
     for path in images:
-        count = io.channel_count(path)
+        count, stored = io.channel_header(path)
         if count != len(names):
             raise DataError(path, f"has {count} channel(s), but {where} names {len(names)}; "
                             "use images/<channel>/ folders or _0000 suffixes for one file per channel")
+        _refuse_reordered(path, stored, names, where)
         stem = io.file_stem(path)
         # One channel named in channels.json: the whole file, which has no C axis to index.
         channels = (Channel(names[0], path),) if count == 1 else tuple(
             Channel(n, path, i) for i, n in enumerate(names))
         cases.append(Case(id=stem, image=path, group=stem, channels=channels))
     return cases
+
+
+def _refuse_reordered(path: Path, stored: list[str] | None, names: list[str], where: Path) -> None:
+    """Refuse a file whose own metadata (OME channel names) puts a channel that
+    channels.json names at another index: one of the two has the order wrong, and
+    reading by channels.json would give the model PA as ultrasound. Names the file's
+    metadata does not share with channels.json (a scanner's "Channel 1") are no conflict."""
+    if stored is None:
+        return
+    own = [name.casefold() for name in stored]
+    for index, name in enumerate(names):
+        if name.casefold() in own and own.index(name.casefold()) != index:
+            raise DataError(path, f"names its channels {', '.join(stored)} in its OME metadata, but "
+                            f"{where} names them {', '.join(names)}: channel '{name}' is number "
+                            f"{own.index(name.casefold()) + 1} in the file; put channels.json in the "
+                            "file's order")
 
 
 def _observer_files(root: Path) -> dict[str, dict[str, Path]]:

@@ -930,6 +930,28 @@ def read_image(path: str | Path, mmap: bool = False) -> tuple[np.ndarray, tuple[
 def channel_count(path: str | Path) -> int:
     """Number of channels along a C axis of a TIFF (ImageJ hyperstack or OME); 1 otherwise.
 
+    Reads the header only (see :func:`channel_header`).
+    """
+    return channel_header(path)[0]
+
+
+def _ome_channel_names(xml: str) -> list[str] | None:
+    """The Name of every Channel of the first OME Image, or None where one has none (or
+    the XML cannot be parsed: names are a check, not needed to read the pixels)."""
+    import xml.etree.ElementTree as ElementTree
+
+    try:
+        pixels = ElementTree.fromstring(xml).find("{*}Image/{*}Pixels")
+    except ElementTree.ParseError:
+        return None
+    names = [c.get("Name") for c in pixels.findall("{*}Channel")] if pixels is not None else []
+    return names if names and all(names) else None
+
+
+def channel_header(path: str | Path) -> tuple[int, list[str] | None]:
+    """Number of channels along a C axis of a TIFF (1 otherwise), and the channels'
+    names where OME metadata gives every one of them (None otherwise).
+
     Reads the header only.
 
     Raises
@@ -941,14 +963,16 @@ def channel_count(path: str | Path) -> int:
     path = Path(path)
     _check_file(path)
     if not _is_tiff(path):
-        return 1
+        return 1, None
     try:
         with tifffile.TiffFile(path) as tif:
             if len(tif.series) == 0:
                 raise DataError(path, "holds no image")
             series = tif.series[0]
             axes = series.axes
-            return int(series.shape[axes.index("C")]) if "C" in axes else 1
+            count = int(series.shape[axes.index("C")]) if "C" in axes else 1
+            names = _ome_channel_names(tif.ome_metadata) if tif.is_ome and tif.ome_metadata else None
+            return count, names if names and len(names) == count else None
     except DataError:
         raise
     except Exception as exc:  # tifffile raises many types for corrupt files
