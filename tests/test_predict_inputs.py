@@ -313,3 +313,26 @@ def test_a_one_slice_stack_is_named_as_one_for_a_3d_model(tmp_path, models, caps
     line = one_error_line(err)
     assert code == 3 and "one.nii.gz: is a stack of one slice (stored shape (1, 32, 40))" in line, err
     assert not out.exists()
+
+
+def test_a_cases_other_channel_in_the_output_folder_is_an_input_not_a_stale_output(tmp_path, capsys,
+                                                                                    models, stacks):
+    """Every channel a case reads is an input, not only its first: a manifest whose PA
+    column names an earlier run's probability map had that map deleted by predict --force
+    as the case's stale ``_prob.tif`` (and replaced by it with --save-prob)."""
+    out = tmp_path / "seg"
+    code, _, err = run(capsys, "predict", stacks, "--model", models["uspa"], "--out", out, "--save-prob",
+                       "--no-progress")
+    assert code == 0, err
+    us = _stack(stacks)
+    prob = out / f"{us.stem}_prob.tif"
+    (tmp_path / "m").mkdir()
+    (tmp_path / "m" / "manifest.csv").write_text(f"id,image_us,image_pa,group\n{us.stem},{us},{prob},g\n",
+                                                  encoding="utf-8")
+    before = prob.read_bytes()
+    for extra in ((), ("--save-prob",)):
+        code, _, err = run(capsys, "predict", tmp_path / "m", "--model", models["uspa"], "--out", out,
+                           "--force", "--no-progress", *extra)
+        assert code == 2, err
+        assert one_error_line(err).startswith(f"bcseg: error: {prob}: is an input of this command")
+        assert prob.read_bytes() == before

@@ -154,6 +154,17 @@ def input_file(item: Path | Case) -> Path:
     return item.image if isinstance(item, Case) else item
 
 
+def read_files(item: Path | Case) -> list[Path]:
+    """Every file predict reads of an input: the file, or each of a case's channels.
+
+    A case's other channels are inputs as much as its first: a manifest may take its PA
+    channel from an earlier run's ``_prob.tif``, which ``--force`` must neither replace
+    nor remove as that case's stale probability map."""
+    if isinstance(item, Case) and item.channels:
+        return [item.image, *(channel.path for channel in item.channels)]
+    return [input_file(item)]
+
+
 def _dataset_inputs(root: Path) -> list[Path | Case]:
     """The images of a dataset folder or manifest, laid out as for training: a case of
     named channels as its Case, a case of one unnamed image as its file."""
@@ -408,7 +419,7 @@ def _files_to_do(files: list[Path], wanted: dict, out_dir: Path, force: bool,
         raise UsageError(None, "force and resume exclude each other: resume keeps complete "
                          "outputs, force replaces them")
     known: dict = {}  # bcseg's files in out_dir, listed once, not once per input
-    sources = [input_file(p) for p in files]  # never replaced, never removed as stale
+    sources = [f for p in files for f in read_files(p)]  # never replaced, never removed as stale
     todo = [p for p in files if not (resume and _complete(wanted[output_name(p)], known, made))]
     for path in todo:
         outputs.check_name_lengths([p for p in wanted[output_name(path)].values() if p is not None],
