@@ -336,3 +336,27 @@ def test_a_cases_other_channel_in_the_output_folder_is_an_input_not_a_stale_outp
         assert code == 2, err
         assert one_error_line(err).startswith(f"bcseg: error: {prob}: is an input of this command")
         assert prob.read_bytes() == before
+
+
+def test_two_cases_of_one_id_and_first_file_but_other_channels_are_not_one(tmp_path, capsys, models,
+                                                                            stacks):
+    """Two manifests holding case S of the same ultrasound file but different PA files
+    are two cases whose masks would be one file: the second was dropped without a word
+    ("segmented 1 of 1"), because inputs were told apart by their first file only."""
+    us = _stack(stacks)
+    other_pa = tmp_path / "other_pa.tif"
+    shutil.copy(sorted((stacks / "images" / "pa").iterdir())[1], other_pa)
+    for name, pa in (("a", stacks / "images" / "pa" / us.name), ("b", other_pa)):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "manifest.csv").write_text(f"id,image_us,image_pa,group\nS,{us},{pa},g\n",
+                                                      encoding="utf-8")
+    out = tmp_path / "seg"
+    code, _, err = run(capsys, "predict", tmp_path / "a", tmp_path / "b", "--model", models["uspa"],
+                       "--out", out, "--no-progress")
+    assert code == 2, err
+    assert one_error_line(err).startswith(f"bcseg: error: {other_pa}: is channel 'pa' of case 'S'")
+    assert not out.exists()
+    # the same case given twice is still one input
+    code, text, err = run(capsys, "predict", tmp_path / "a", tmp_path / "a" / "manifest.csv",
+                          "--model", models["uspa"], "--out", out, "--no-progress")
+    assert code == 0 and "segmented 1 of 1" in text, err

@@ -210,11 +210,36 @@ def _input_files(inputs) -> list[Path | Case]:
         # Letter case and Unicode form apart too: a_mask.tif and A_mask.tif, or café
         # in its two Unicode forms, are one file on macOS (and the first on Windows).
         other = stems.setdefault(name_key(output_name(f)), f)
-        if real_path(input_file(other)) != real_path(input_file(f)):
+        if not _same_input(other, f) and real_path(input_file(other)) == real_path(input_file(f)):
+            # the same first file: name the channel that differs (or the case's first file
+            # when it has fewer channels than the other)
+            theirs = _channel_files(other)
+            differ = [c for c in f.channels if (c.name, real_path(c.path), c.index) not in theirs]
+            what = f"channel '{differ[0].name}'" if differ else "the first channel"
+            raise UsageError(differ[0].path if differ else f.image,
+                             f"is {what} of case '{f.id}', which is also given with other channel "
+                             "files; their outputs would collide: segment them into different "
+                             "output folders")
+        if not _same_input(other, f):
             raise UsageError(input_file(f), f"has the same name as {input_file(other)} (letter case "
                              "or Unicode form aside), so their outputs would collide; segment them "
                              "into different output folders")
     return list(stems.values())  # each file once
+
+
+def _same_input(a: Path | Case, b: Path | Case) -> bool:
+    """Whether two inputs of one output name are one input, given twice.
+
+    Cases of named channels are one case only when every channel is the same: two
+    manifests with a case ``S1`` of the same ultrasound file but another PA file are two
+    cases, and the second was dropped unseen (its first file matched)."""
+    if isinstance(a, Case) and isinstance(b, Case) and a.channels and b.channels:
+        return _channel_files(a) == _channel_files(b)
+    return real_path(input_file(a)) == real_path(input_file(b))
+
+
+def _channel_files(case: Case) -> set[tuple]:
+    return {(c.name, real_path(c.path), c.index) for c in case.channels}
 
 
 def _check_channels(files: list[Path | Case], names: tuple[str, ...]) -> None:
