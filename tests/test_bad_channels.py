@@ -107,6 +107,8 @@ BAD = {  # name: (build the dataset in root, the file the error must name, relat
         lambda r: manifest(r, "id,image_us,image_us,mask_observer1,group"), "manifest.csv"),
     "manifest channel columns differing in case": (
         lambda r: manifest(r, "id,image_us,image_US,mask_observer1,group"), "manifest.csv"),
+    "manifest image that is none of its channels": (  # the us file as image, beside image_pa alone
+        lambda r: manifest(r, "id,image,image_pa,mask_observer1,group"), "manifest.csv"),
     "manifest path that loops": (
         _then(lambda r: manifest(r, "id,image_us,image_pa,mask_observer1,group"),
               lambda r: (os.symlink("loop.tif", r / "loop.tif"), (r / "manifest.csv").write_text(
@@ -123,7 +125,8 @@ def _ome_named(path: Path, names: list[str]) -> None:
 
 
 SAID = {"zero-byte hyperstack": "is empty (0 bytes)",  # not "has 1 channel(s)"
-        "OME channel names in another order than channels.json": "channel 'pa' is number 2 in the file"}
+        "OME channel names in another order than channels.json": "channel 'pa' is number 2 in the file",
+        "manifest image that is none of its channels": "line 2: image 'S01.tif' is none of the case's"}
 
 
 @pytest.mark.parametrize("kind", sorted(BAD))

@@ -764,14 +764,30 @@ def read_manifest(path: str | Path) -> list[Case]:
         image = (row.get("image") or "").strip()
         if channel_columns and not image and not channels:
             raise DataError(path, f"line {number}: no image in any of {', '.join(channel_columns)}")
+        if channels and image:
+            _check_image_is_a_channel(_manifest_path(image, base, path, number), channels, path, number)
         group = (row.get("group") or "").strip()
         cases.append(Case(
-            id=case_id, image=channels[0].path if channels and not image
+            id=case_id, image=channels[0].path if channels
             else _manifest_path(image, base, path, number),
             masks=masks, group=group or case_id, group_given=bool(group),
             label_class=(row.get("class") or "").strip() or None, channels=channels))
     _check_unique_ids(cases, path)
     return cases
+
+
+def _check_image_is_a_channel(image: Path, channels: tuple[Channel, ...], manifest: Path, line: int) -> None:
+    """Beside ``image_<channel>`` cells, an ``image`` cell names one of those files.
+
+    It names no channel of its own: one naming another file (the ultrasound given as
+    ``image`` beside ``image_pa`` alone) was read by nothing that segments or trains, yet
+    evaluate checked shapes against it and the report drew it as the case's image.
+    """
+    if real_path(image) not in {real_path(c.path) for c in channels}:
+        names = ", ".join(f"image_{c.name}" for c in channels)
+        raise DataError(manifest, f"line {line}: image '{image.name}' is none of the case's channel "
+                        f"files ({names}); give each channel its image_<channel> column and leave "
+                        "image empty")
 
 
 def write_manifest(cases: list[Case], path: str | Path) -> Path:
