@@ -208,14 +208,23 @@ def _uspa_with_predictions(tmp_path):
 @pytest.mark.parametrize("kind, said", [
     ("linear", "not probabilities from 0 to 1"),
     ("two channels", "takes 2 channels (us, pa)"),
+    ("k-fold run", "is an ensemble of 2 models; the reference protocol scores one model"),
 ])
 def test_protocol_reference_refuses_a_model_it_cannot_score_naming_it(kind, said, tmp_path, capsys):
     """The study's soft Dice of scores that are not probabilities (a model saved without
     its sigmoid) is a number of no meaning, and the protocol feeds one grey image: a
-    model of several channels crashed (exit 1) after the honest scoring."""
+    model of several channels crashed (exit 1) after the honest scoring. An ensemble was
+    scored as its first member, under the ensemble's name."""
     data = _uspa_with_predictions(tmp_path)
-    model = (_pixel_model(tmp_path / "linear.keras", activation=None) if kind == "linear" else
-             _pixel_model(tmp_path / "uspa.keras", channels=2, names=("us", "pa")))
+    if kind == "linear":
+        model = _pixel_model(tmp_path / "linear.keras", activation=None)
+    elif kind == "two channels":
+        model = _pixel_model(tmp_path / "uspa.keras", channels=2, names=("us", "pa"))
+    else:  # its first member alone was scored, as if it were the ensemble
+        model = tmp_path / "kfold"
+        for fold in (0, 1):
+            (model / f"fold_{fold}").mkdir(parents=True)
+            _pixel_model(model / f"fold_{fold}" / "model_best.keras", names=("us",))
     code, err, out = _study_score(tmp_path, data, model, capsys, "eval")
     lines = err.strip().splitlines()
     assert code == 4 and len(lines) == 1, err

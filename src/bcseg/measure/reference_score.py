@@ -71,13 +71,17 @@ def reference_model(model_path):
     scored: ``(file, model, channel name or None, its normalisation method)``.
 
     Raises ModelError naming the file for a model that is not 2D or takes more than
-    one channel: the study fed one ultrasound image.
+    one channel (the study fed one ultrasound image), or an ensemble (a k-fold run, an
+    ensemble folder): the study scored one model, and its first member is not the whole.
     """
     from bcseg.learn.saved import load_model
     from bcseg.rundir import load_run
 
     files, settings = load_run(model_path)
-    path = files[0]  # a k-fold run: its first member
+    if len(files) > 1:  # scored as its first member, the figure was not the ensemble's
+        raise ModelError(model_path, f"is an ensemble of {len(files)} models; the reference protocol "
+                         f"scores one model, as the study did: give one member (e.g. {files[0]})")
+    path = files[0]
     view = settings.member_views()[0]
     model = load_model(path)
     names = list(view.channel_names)
