@@ -138,6 +138,7 @@ USAGE = [
     (["--margins", "--spacing", "nanx0.1x0.1"], "--spacing"),
     (["--margins", "--spacing", "1xinfx0.1"], "--spacing"),
     (["--margins", "--spacing", "0.1x0.1"], "--spacing"),
+    (["--force", "--resume"], "--resume"),  # was "force and resume exclude each other", no flag named
 ]
 
 

@@ -650,10 +650,12 @@ def _add_predict(sub) -> None:
     p.add_argument("--keep-going", action="store_true",
                    help="carry on past a bad file, report every failure at the end")
     p.add_argument("--no-progress", action="store_true")
-    p.add_argument("--force", action="store_true",
-                   help="replace outputs bcseg wrote before, and remove their stale companions")
-    p.add_argument("--resume", action="store_true",
-                   help="keep complete outputs, remove partial files a killed run left, do the rest")
+    # one or the other: a usage error naming the flags, not the core's "force and resume"
+    again = p.add_mutually_exclusive_group()
+    again.add_argument("--force", action="store_true",
+                       help="replace outputs bcseg wrote before, and remove their stale companions")
+    again.add_argument("--resume", action="store_true",
+                       help="keep complete outputs, remove partial files a killed run left, do the rest")
     p.add_argument("--runtime", choices=["tensorflow", "onnx"], default="tensorflow",
                    help="onnx: run the model exported by export-onnx with ONNX Runtime, "
                    "without TensorFlow")
