@@ -379,3 +379,9 @@ def test_margins_cli_takes_channels_by_name_and_refuses_a_mix(tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "NAME=PATH" in err
     assert not (tmp_path / "mixed").exists()
+    # a channel not given is the flag's error, named as the flag (it said "display_channel")
+    assert main(["margins", "--image", f"us={us_path}", "--image", f"pa={pa_path}", "--tumour",
+                 str(tumour_path), "--out", str(tmp_path / "other"), "--display-channel", "PA"]) == 2
+    assert capsys.readouterr().err == ("bcseg: error: --display-channel: 'PA' is not a channel of "
+                                       "--image; its channels are 'us', 'pa'\n")
+    assert not (tmp_path / "other").exists()

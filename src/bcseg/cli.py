@@ -491,7 +491,15 @@ def _margin_images(values: list[str]):
 def cmd_margins(args) -> int:
     from bcseg.measure.margins import margins_for_files
 
-    result = margins_for_files(_margin_images(args.image), args.tumour, args.out,
+    from bcseg.data.dataset import IMAGE_CHANNEL
+
+    images = _margin_images(args.image)
+    names = list(images) if isinstance(images, dict) else [IMAGE_CHANNEL]
+    if args.display_channel is not None and args.display_channel not in names:
+        # named as the flag, as usage errors are (the core says "display_channel")
+        raise UsageError("--display-channel", f"{args.display_channel!r} is not a channel of --image; "
+                         f"its channels are {', '.join(map(repr, names))}")
+    result = margins_for_files(images, args.tumour, args.out,
                                specimen_path=args.specimen, spacing_mm=args.spacing,
                                orientation=args.orientation, close_mm=args.close_mm, force=args.force,
                                display_channel=args.display_channel)
