@@ -100,6 +100,16 @@ BAD = {  # name: (build the dataset in root, the file the error must name, relat
     "symlink loop in a channel folder": (
         _then(folders, lambda r: os.symlink("loop.tif", r / "images" / "us" / "loop.tif")),
         "images/us/loop.tif"),
+    "one file given as two channels in a manifest": (
+        _then(lambda r: manifest(r, "id,image_us,image_pa,mask_observer1,group"),
+              lambda r: (r / "manifest.csv").write_text(
+                  "id,image_us,image_pa,mask_observer1,group\n"
+                  "S01,images/us/S01.tif,images/us/S01.tif,masks/observer1/S01.tif,S01\n")),
+        "manifest.csv"),
+    "a channel folder's file a link to another channel's": (
+        _then(folders, lambda r: ((r / "images" / "pa" / "S02.tif").unlink(),
+                                  os.symlink("../us/S02.tif", r / "images" / "pa" / "S02.tif"))),
+        "images/pa/S02.tif"),
     "OME channel names in another order than channels.json": (
         _then(lambda r: hyperstacks(r, '["pa", "us"]'),
               lambda r: _ome_named(r / "images" / "S02.tif", ["US", "PA"])), "images/S02.tif"),
@@ -126,6 +136,8 @@ def _ome_named(path: Path, names: list[str]) -> None:
 
 SAID = {"zero-byte hyperstack": "is empty (0 bytes)",  # not "has 1 channel(s)"
         "OME channel names in another order than channels.json": "channel 'pa' is number 2 in the file",
+        "one file given as two channels in a manifest": "line 2: channels 'us' and 'pa' are one file",
+        "a channel folder's file a link to another channel's": "channels 'us' and 'pa' are one file",
         "manifest image that is none of its channels": "line 2: image 'S01.tif' is none of the case's"}
 
 

@@ -310,8 +310,24 @@ def _channel_folder_cases(root: Path, folders: list[Path], names: list[str] | No
     cases = []
     for stem in stems:
         channels = tuple(Channel(n, found[n][stem]) for n in order if stem in found[n])
+        repeated = _repeated_channel_file(channels)
+        if repeated:  # images/pa/S01.tif a link to images/us/S01.tif
+            raise DataError(channels[-1].path, repeated)
         cases.append(Case(id=stem, image=channels[0].path, group=stem, channels=channels))
     return cases
+
+
+def _repeated_channel_file(channels: tuple[Channel, ...]) -> str | None:
+    """Why a case's channels are not all different images, or None: one file (through
+    a link, or the same plane of a C axis) given as two channels trains and segments
+    an ultrasound as its own photoacoustic image, and nothing else would say so."""
+    seen: dict[tuple, str] = {}
+    for channel in channels:
+        first = seen.setdefault((real_path(channel.path), channel.index), channel.name)
+        if first != channel.name:
+            return (f"channels '{first}' and '{channel.name}' are one file ({channel.path.name}); "
+                    "give each channel its own image")
+    return None
 
 
 def _named_channel_cases(root: Path, images: list[Path], names: list[str]) -> list[Case]:
@@ -761,6 +777,9 @@ def read_manifest(path: str | Path) -> list[Case]:
             raise DataError(path, f"line {number}: empty id")
         channels = tuple(Channel(c[len("image_"):], _manifest_path(row[c].strip(), base, path, number))
                          for c in channel_columns if (row.get(c) or "").strip())
+        repeated = _repeated_channel_file(channels)
+        if repeated:
+            raise DataError(path, f"line {number}: {repeated}")
         image = (row.get("image") or "").strip()
         if channel_columns and not image and not channels:
             raise DataError(path, f"line {number}: no image in any of {', '.join(channel_columns)}")
