@@ -407,3 +407,32 @@ def test_a_stop_while_the_report_is_drawn_says_the_evaluation_is_whole(study, tm
     assert (out / "summary.json").is_file() and not (out / "report.html").exists()
     assert main(["report", str(out)]) == 0
     assert (out / "report.html").is_file()
+
+
+def test_masks_of_different_models_in_one_folder_are_said_to_be_so(tmp_path):
+    """Two cases segmented by two models into one folder were scored as one model's
+    result without a word; each mask records its model, so evaluate says so."""
+    import keras
+
+    from bcseg.cli import main
+    from bcseg.learn.models import unet
+    from bcseg.rundir import InferenceSettings, embed_settings
+
+    write_phantom(tmp_path / "data", n=2, shape=SHAPE)
+    images = sorted((tmp_path / "data" / "images").iterdir())
+    for seed, image in enumerate(images):
+        keras.utils.set_random_seed(seed)
+        model = tmp_path / f"m{seed}.keras"
+        unet(ndim=2, in_channels=1, base_filters=4, depth=2).save(model)
+        embed_settings(model, InferenceSettings(ndim=2))
+        assert main(["predict", str(image), "--model", str(model), "--out", str(tmp_path / "seg"),
+                     "--no-progress"]) == 0
+    with pytest.warns(UserWarning, match=r"made by 2 different models or settings \(case specimen_000 by "
+                      r"one, specimen_001 by another\)"):
+        evaluate(tmp_path / "seg", tmp_path / "data", tmp_path / "eval", n_boot=10)
+    # one model for both: nothing to say
+    assert main(["predict", str(images[1]), "--model", str(tmp_path / "m0.keras"), "--out",
+                 str(tmp_path / "seg"), "--no-progress", "--force"]) == 0
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message=".*different models.*")
+        evaluate(tmp_path / "seg", tmp_path / "data", tmp_path / "eval", n_boot=10, force=True)

@@ -1174,6 +1174,22 @@ def _write_array(path: str | Path, array: np.ndarray, spacing_mm, force: bool, f
     return path
 
 
+# The TIFF Software tag of every mask predict writes: this, then the digest of the
+# model's weights and settings (bcseg.infer.segment.made_with).
+MADE_WITH = "bcseg predict, model and settings "
+
+
+def recorded_made_with(path: str | Path) -> str | None:
+    """The model-and-settings digest a mask bcseg predict wrote records, or None (not
+    such a mask, or unreadable)."""
+    try:
+        with tifffile.TiffFile(path) as tif:
+            software = tif.pages[0].software or ""
+    except Exception:  # tifffile raises many types; unreadable is "not recorded"
+        return None
+    return software[len(MADE_WITH):] if software.startswith(MADE_WITH) else None
+
+
 def write_mask(path: str | Path, mask: np.ndarray, spacing_mm=None, force: bool = True,
                frame=None) -> Path:
     """Write a bool mask as uint8 (0/255) TIFF or NIfTI (0/1) with spacing, atomically

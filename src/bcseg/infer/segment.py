@@ -333,10 +333,7 @@ def _complete(wanted: dict, known: dict, made: str | None = None) -> bool:
     """All outputs asked for exist and were written by bcseg (``--resume`` keeps them),
     and, given ``made``, the mask says it was made with it (:func:`made_with`)."""
     return all(outputs.is_owned(p, known) for p in wanted.values() if p is not None) \
-        and (made is None or _recorded_made_with(wanted["mask"]) == made)
-
-
-SOFTWARE = "bcseg predict, model and settings "  # + made_with(): the masks' TIFF Software tag
+        and (made is None or io.recorded_made_with(wanted["mask"]) == made)
 
 
 def made_with(models, settings: InferenceSettings) -> str:
@@ -363,17 +360,6 @@ def _without_paths(value):
     if isinstance(value, list):
         return [_without_paths(v) for v in value]
     return value
-
-
-def _recorded_made_with(path: Path) -> str | None:
-    """The :func:`made_with` digest a mask bcseg wrote records, or None."""
-    try:
-        with tifffile.TiffFile(path) as tif:
-            software = tif.pages[0].software or ""
-    except Exception:  # unreadable: not complete
-        return None
-    return software[len(SOFTWARE):] if software.startswith(SOFTWARE) else None
-
 
 
 def _read_input(item: Path | Case, names: tuple[str, ...]) -> tuple[np.ndarray, tuple | None]:
@@ -421,7 +407,7 @@ def _segment_into(models, settings, image, spacing, temp: dict, progress: bool, 
     """Segment ``image`` into the temporary outputs; ``plane`` is its spatial view (the
     image itself, or its first channel) that outputs and the overlay follow."""
     shape, out_spacing = geometry
-    software = None if made is None else SOFTWARE + made
+    software = None if made is None else io.MADE_WITH + made
     files = {k: None if temp[k] is None else _tiff_memmap(temp[k], shape, dtype, out_spacing, software)
              for k, dtype in (("mask", np.uint8), ("prob", np.float32))}
     # Views in the shape that was segmented, writing through to the files.

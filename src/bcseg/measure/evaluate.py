@@ -468,6 +468,7 @@ def evaluate(pred_dir: str | Path, truth, out_dir: str | Path, observers: str | 
     wanted = _select_observers(cases, observers)
     matched = _match(pred_dir, cases, find_predictions(pred_dir), wanted)
     _say_left_out(pred_dir, cases, matched)
+    _say_mixed_models(pred_dir, matched)
     # The protocol's model is loaded and checked before the scoring it would follow
     study_model = None if protocol == "honest" else reference_model(model)
     scored = _score_cases(matched, settings["targets"], slices, progress)
@@ -507,6 +508,24 @@ def _say_left_out(pred_dir: Path, cases: Sequence[Case], matched) -> None:
         warnings.warn(f"{pred_dir}: {len(scored)} of the dataset's {len(cases)} case(s) have a "
                       f"prediction and are scored; {len(left)} are left out (e.g. {left[0]})",
                       stacklevel=3)
+
+
+def _say_mixed_models(pred_dir: Path, matched) -> None:
+    """Warn, naming two cases, when the masks were made by different models or settings
+    (each mask predict writes records a digest of both): scored together they are one
+    figure of no one model. Pooled test folds of a k-fold run differ by design, so this
+    is said, not refused."""
+    made: dict[str, str] = {}
+    for case, files, _ in matched:
+        digest = io.recorded_made_with(files["mask"])
+        if digest is not None:
+            made.setdefault(digest, case.id)
+    if len(made) > 1:
+        first, second = list(made.values())[:2]
+        warnings.warn(f"{pred_dir}: its masks were made by {len(made)} different models or settings "
+                      f"(case {first} by one, {second} by another), scored here as one result; "
+                      "fine for the pooled test folds of a k-fold run, otherwise segment them "
+                      "again with one --model", stacklevel=3)
 
 
 def _check_outputs(out_dir: Path, force: bool) -> dict[str, Path]:
