@@ -151,6 +151,9 @@ def bundle_ensemble(runs: list[Path], data: Path, target: Path = TARGET, tta: bo
         seen = (f"{len(split['train'])} BUSI {kinds} images for training and {len(split['validation'])} "
                 f"for validation (folds other than {split['fold']} of folds.csv), the same for each "
                 f"member; the {len(split['test'])} images of fold {split['fold']} were never seen")
+    teachers = sorted({t for r in runs for t in load_config(r / rundir.CONFIG_FILE)["train"].get("teacher") or []})
+    if teachers:  # students: what their teacher saw is what they learnt from
+        seen += f"; distilled from {', '.join(_shown(t) for t in teachers)}"
     target.mkdir(parents=True, exist_ok=True)
     size = 0.0
     for run, name in zip(runs, names):
@@ -167,6 +170,18 @@ def bundle_ensemble(runs: list[Path], data: Path, target: Path = TARGET, tta: bo
     rundir.write_settings(target, _cited(settings, seen, ", ".join(str(r) for r in runs)))
     print(f"bundled an ensemble of {len(runs)} models, {size:.1f} MB in all: {seen}")
     return [target / n for n in names]
+
+
+def _shown(path: str) -> str:
+    """A teacher's path as the repository knows it (relative to the checkout); the
+    package's own bundle as what it was then, since this bundle replaces it."""
+    resolved = Path(path).resolve()
+    if resolved == TARGET.resolve():
+        return "the bundle it replaced (src/bcseg/pretrained before it)"
+    try:
+        return str(resolved.relative_to(ROOT))
+    except ValueError:
+        return path
 
 
 def _has_normals(fold: dict) -> bool:
@@ -242,7 +257,7 @@ def main(argv=None) -> int:
     with training_precision(cfg):
         finish_fold(run_fold(cases, {c.id: 1 for c in cases}, 0, cfg, out, teacher=teacher))
     fold = json.loads((out / "fold.json").read_text(encoding="utf-8"))
-    distilled = f"; distilled from {', '.join(args.teacher)}" if args.teacher else ""
+    distilled = f"; distilled from {', '.join(_shown(t) for t in args.teacher)}" if args.teacher else ""
     bundle(out, f"all {len(cases)} BUSI {'/'.join(kinds)} images "
            f"({len(fold['train'])} training, {len(fold['validation'])} validation); "
            f"fold 0 included: no BUSI lesion image is unseen by this model{distilled}", Path(args.target))

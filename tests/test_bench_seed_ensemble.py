@@ -123,6 +123,13 @@ def test_bundle_ensemble_records_only_runs_that_saw_every_image(tmp_path, phanto
     recorded = rundir.read_settings(twin / rundir.SETTINGS_FILE)
     assert recorded.info["trained_on"].endswith("the 1 images of fold 0 were never seen")
     assert len(load_models(twin)[0]) == 2
+    # students say what they learnt from: their teacher saw what they were tested on
+    taught = {**TINY, "train": {"teacher": [str(tmp_path / "teacher")]}}
+    students = [_member(tmp_path / f"t{k}", k, [cases[0].id], [cases[2].id], taught) for k in (0, 1)]
+    build_pretrained.bundle_ensemble(students, phantom_root, tmp_path / "twin2", tta=False, heldout=True)
+    recorded = rundir.read_settings(tmp_path / "twin2" / rundir.SETTINGS_FILE)
+    assert recorded.info["trained_on"].endswith(
+        f"were never seen; distilled from {tmp_path / 'teacher'}"), recorded.info["trained_on"]
 
     runs = [_member(tmp_path / f"s{k}", k, [cases[0].id, cases[1].id], []) for k in (0, 1)]
     target = tmp_path / "bundle"
