@@ -151,9 +151,7 @@ def bundle_ensemble(runs: list[Path], data: Path, target: Path = TARGET, tta: bo
         seen = (f"{len(split['train'])} BUSI {kinds} images for training and {len(split['validation'])} "
                 f"for validation (folds other than {split['fold']} of folds.csv), the same for each "
                 f"member; the {len(split['test'])} images of fold {split['fold']} were never seen")
-    teachers = sorted({t for r in runs for t in load_config(r / rundir.CONFIG_FILE)["train"].get("teacher") or []})
-    if teachers:  # students: what their teacher saw is what they learnt from
-        seen += f"; distilled from {', '.join(_shown(t) for t in teachers)}"
+    seen += _distilled(runs)
     target.mkdir(parents=True, exist_ok=True)
     size = 0.0
     for run, name in zip(runs, names):
@@ -170,6 +168,16 @@ def bundle_ensemble(runs: list[Path], data: Path, target: Path = TARGET, tta: bo
     rundir.write_settings(target, _cited(settings, seen, ", ".join(str(r) for r in runs)))
     print(f"bundled an ensemble of {len(runs)} models, {size:.1f} MB in all: {seen}")
     return [target / n for n in names]
+
+
+def _distilled(runs: list[Path]) -> str:
+    """``"; distilled from ..."`` for students (what their teacher saw is what they
+    learnt from), else nothing."""
+    from bcseg import rundir
+    from bcseg.config import load_config
+
+    teachers = sorted({t for r in runs for t in load_config(r / rundir.CONFIG_FILE)["train"].get("teacher") or []})
+    return f"; distilled from {', '.join(_shown(t) for t in teachers)}" if teachers else ""
 
 
 def _shown(path: str) -> str:
@@ -226,7 +234,7 @@ def main(argv=None) -> int:
         seen = (f"{len(fold['train'])} BUSI {kinds} images for training and "
                 f"{len(fold['validation'])} for validation (folds other than {fold['fold']} of "
                 f"folds.csv); the {len(fold['test'])} images of fold {fold['fold']} were never seen")
-        bundle(run, seen, Path(args.target))
+        bundle(run, seen + _distilled([run]), Path(args.target))
         return 0
 
     from bcseg.config import load_config, save_config
