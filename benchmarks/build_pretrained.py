@@ -100,14 +100,27 @@ def _refuse_other_members(target: Path, names: list[str]) -> None:
                          "ensemble, which this bundle would leave unlisted; remove them first")
 
 
-def bundle(run: Path, seen: str, target: Path = TARGET) -> Path:
+def _without_tta(settings):
+    """The settings with TTA off at the threshold and post-processing tuned without it
+    (recorded beside the TTA choice): each flip is one more network pass."""
+    if not (settings.tta and settings.tuned):
+        return settings
+    off = settings.tuned["without_tta"]
+    print(f"TTA off as asked (--no-tta): threshold {off['threshold']}, validation Dice "
+          f"{off['validation_dice']}")
+    return settings.replace(tta=False, threshold=off["threshold"], postprocess=tuple(off["postprocess"]),
+                            info=dict(settings.info, validation_dice=off["validation_dice"]))
+
+
+def bundle(run: Path, seen: str, target: Path = TARGET, tta: bool = True) -> Path:
     from bcseg import rundir
     from bcseg.pretrained import MODEL_NAME
 
     _refuse_other_members(target, [MODEL_NAME])
     target.mkdir(parents=True, exist_ok=True)
     path = target / MODEL_NAME
-    meta = _cited(rundir.read_settings(run / rundir.SETTINGS_FILE), seen, str(run))
+    settings = rundir.read_settings(run / rundir.SETTINGS_FILE)
+    meta = _cited(settings if tta else _without_tta(settings), seen, str(run))
     _save_member(run, path, meta)
     rundir.write_settings(target, meta)
     print(f"trained on {seen}")
@@ -159,12 +172,8 @@ def bundle_ensemble(runs: list[Path], data: Path, target: Path = TARGET, tta: bo
         size += _save_member(run, target / name, own)
     cfg = load_config(runs[0] / rundir.CONFIG_FILE)
     settings = tune_members(dict(zip(names, (r / rundir.MODEL_FILE for r in runs))), discover(data), cfg)
-    if settings.tta and not tta and settings.tuned:  # the choice tuned without TTA, recorded beside it
-        off = settings.tuned["without_tta"]
-        settings = settings.replace(tta=False, threshold=off["threshold"], postprocess=tuple(off["postprocess"]),
-                                    info=dict(settings.info, validation_dice=off["validation_dice"]))
-        print(f"TTA off as asked (--no-tta): threshold {off['threshold']}, validation Dice "
-              f"{off['validation_dice']}")
+    if not tta:  # the choice tuned without TTA, recorded beside it
+        settings = _without_tta(settings)
     rundir.write_settings(target, _cited(settings, seen, ", ".join(str(r) for r in runs)))
     print(f"bundled an ensemble of {len(runs)} models, {size:.1f} MB in all: {seen}")
     return [target / n for n in names]
@@ -206,8 +215,9 @@ def main(argv=None) -> int:
                         help="bundle these finished --all runs, which differ only in "
                         "train.member_seed, as one ensemble")
     parser.add_argument("--no-tta", action="store_true",
-                        help="with --ensemble: keep TTA off even where validation prefers it (each "
-                        "flip is one more pass per member: 2 members with TTA cost 4 single passes)")
+                        help="keep TTA off even where validation prefers it, at the threshold tuned "
+                        "without it (each flip is one more pass per member: 2 members with TTA "
+                        "cost 4 single passes)")
     parser.add_argument("--heldout", action="store_true",
                         help="with --ensemble: the runs are fold runs of busi.py; bundle their "
                         "held-out twin (into --target, e.g. tests/data/busi_heldout)")
@@ -229,12 +239,7 @@ def main(argv=None) -> int:
         return 0
     if args.from_run:
         run = Path(args.from_run)
-        fold = json.loads((run / "fold.json").read_text(encoding="utf-8"))
-        kinds = "benign/malignant/normal" if _has_normals(fold) else "benign/malignant"
-        seen = (f"{len(fold['train'])} BUSI {kinds} images for training and "
-                f"{len(fold['validation'])} for validation (folds other than {fold['fold']} of "
-                f"folds.csv); the {len(fold['test'])} images of fold {fold['fold']} were never seen")
-        bundle(run, seen + _distilled([run]), Path(args.target))
+        bundle(run, _seen_by(run) + _distilled([run]), Path(args.target), tta=not args.no_tta)
         return 0
 
     from bcseg.config import load_config, save_config
@@ -264,12 +269,22 @@ def main(argv=None) -> int:
     # validation split of whole groups still chooses the epoch and the threshold.
     with training_precision(cfg):
         finish_fold(run_fold(cases, {c.id: 1 for c in cases}, 0, cfg, out, teacher=teacher))
-    fold = json.loads((out / "fold.json").read_text(encoding="utf-8"))
-    distilled = f"; distilled from {', '.join(_shown(t) for t in args.teacher)}" if args.teacher else ""
-    bundle(out, f"all {len(cases)} BUSI {'/'.join(kinds)} images "
-           f"({len(fold['train'])} training, {len(fold['validation'])} validation); "
-           f"fold 0 included: no BUSI lesion image is unseen by this model{distilled}", Path(args.target))
+    bundle(out, _seen_by(out) + _distilled([out]), Path(args.target), tta=not args.no_tta)
     return 0
+
+
+def _seen_by(run: Path) -> str:
+    """Which BUSI images a run saw, from its fold.json: all of them (an --all run, no
+    test images), or all but a test fold (a fold run: a held-out twin)."""
+    fold = json.loads((run / "fold.json").read_text(encoding="utf-8"))
+    kinds = "benign/malignant/normal" if _has_normals(fold) else "benign/malignant"
+    if not fold["test"]:
+        return (f"all {len(fold['train']) + len(fold['validation'])} BUSI {kinds} images "
+                f"({len(fold['train'])} training, {len(fold['validation'])} validation); "
+                "fold 0 included: no BUSI lesion image is unseen by this model")
+    return (f"{len(fold['train'])} BUSI {kinds} images for training and {len(fold['validation'])} "
+            f"for validation (folds other than {fold['fold']} of folds.csv); the {len(fold['test'])} "
+            f"images of fold {fold['fold']} were never seen")
 
 
 if __name__ == "__main__":

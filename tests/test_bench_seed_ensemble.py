@@ -145,3 +145,26 @@ def test_bundle_ensemble_records_only_runs_that_saw_every_image(tmp_path, phanto
     (target / "busi_unet2d_3.keras").write_bytes(files[1].read_bytes())  # an earlier bundle's third
     with pytest.raises(SystemExit, match=r"busi_unet2d_3.keras of an earlier ensemble"):
         build_pretrained.bundle_ensemble(runs, phantom_root, target)
+
+
+def test_from_run_says_what_a_run_saw_and_keeps_tta_off_when_asked(tmp_path, phantom_root):
+    """build_pretrained.py --from-run of an --all run (no test images) said "the 0
+    images of fold 0 were never seen"; it says all were seen now, and --no-tta takes the
+    threshold tuned without TTA, as --ensemble does."""
+    import build_pretrained
+
+    cases = discover(phantom_root)
+    every = _member(tmp_path / "all", 0, [cases[0].id], [])
+    settings = rundir.read_settings(every / rundir.SETTINGS_FILE).replace(
+        tta=True, threshold=0.4, tuned={"with_tta": {"threshold": 0.4, "postprocess": [], "validation_dice": 0.8},
+                                        "without_tta": {"threshold": 0.6, "postprocess": ["largest"],
+                                                        "validation_dice": 0.7}})
+    rundir.write_settings(every, settings)
+    assert build_pretrained.main(["--from-run", str(every), "--target", str(tmp_path / "b"), "--no-tta"]) == 0
+    recorded = rundir.read_settings(tmp_path / "b" / rundir.SETTINGS_FILE)
+    assert recorded.info["trained_on"].startswith("all 1 BUSI benign/malignant images (0 training, 1 validation)")
+    assert (recorded.tta, recorded.threshold, recorded.postprocess) == (False, 0.6, ("largest",))
+    held = _member(tmp_path / "held", 1, [cases[0].id], [cases[1].id])
+    assert build_pretrained.main(["--from-run", str(held), "--target", str(tmp_path / "t")]) == 0
+    assert rundir.read_settings(tmp_path / "t" / rundir.SETTINGS_FILE).info["trained_on"].endswith(
+        "the 1 images of fold 0 were never seen")
