@@ -430,3 +430,20 @@ def test_onnx_takes_the_copy_of_the_keras_file_it_was_exported_from(tmp_path, mo
     embed_settings(tmp_path / "foo.keras", InferenceSettings.from_dict(TUNED))
     (tmp_path / "foo.onnx").write_bytes(b"not read here")
     assert load_onnx_run(tmp_path / "foo.onnx")[1].threshold == 0.3
+
+
+def test_a_folder_of_one_model_and_its_settings_is_a_model_and_two_models_are_not_guessed(
+        tmp_path, model_file):
+    """The bundled default and its held-out twin are folders of one .keras file and its
+    inference.json (build_pretrained.py --target); given as --model such a folder was
+    refused ("holds no model_best.keras"). Two model files beside one settings file are
+    still refused: which one the settings are for cannot be told."""
+    folder = tmp_path / "bundle"
+    folder.mkdir()
+    (folder / "busi_unet2d.keras").write_bytes(model_file.read_bytes())
+    (folder / "inference.json").write_text(json.dumps(TUNED), encoding="utf-8")
+    files, settings = load_run(folder)
+    assert files == [folder / "busi_unet2d.keras"] and settings.threshold == 0.3
+    (folder / "other.keras").write_bytes(model_file.read_bytes())
+    with pytest.raises(ModelError, match="holds no model_best.keras"):
+        load_run(folder)

@@ -627,6 +627,9 @@ def _load_one(path: Path) -> tuple[list[Path], InferenceSettings]:
         recorded = _recorded_ensemble(path)
         if recorded is not None:
             return recorded
+        bundled = _one_bundled_model(path)
+        if bundled is not None:
+            return [bundled], model_settings(bundled)
         folds = find_members(path)
         if folds and (path / CONFIG_FILE).is_file():  # a k-fold run of bcseg train, untuned
             raise ModelError(path, f"this k-fold run has not finished: the ensemble's {SETTINGS_FILE} "
@@ -639,6 +642,16 @@ def _load_one(path: Path) -> tuple[list[Path], InferenceSettings]:
     if not path.exists():
         raise ModelError(path, "model not found; pass a training run folder or a .keras file")
     return [path], model_settings(path, given_as_file=True)
+
+
+def _one_bundled_model(folder: Path) -> Path | None:
+    """The model of a folder that holds its settings and one ``.keras`` file, as the
+    bundled default and its held-out twin are (``build_pretrained.py --target``), or
+    None. Two model files with one settings file are not guessed between."""
+    if not (folder / SETTINGS_FILE).is_file():
+        return None
+    models = [p for p in folder.glob("*.keras") if p.is_file()]
+    return models[0] if len(models) == 1 else None
 
 
 def _recorded_ensemble(folder: Path) -> tuple[list[Path], InferenceSettings] | None:
