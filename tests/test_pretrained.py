@@ -51,10 +51,12 @@ def test_bundled_model_is_small_and_cites_busi():
 def test_heldout_twin_never_saw_fold0():
     info = json.loads((HELDOUT / "inference.json").read_text())
     assert "the 130 images of fold 0 were never seen" in info["trained_on"]
-    # the bundled recipe's twin: an ensemble of members of the bundled members' network
-    assert [m["path"] for m in info["members"]] == ["busi_unet2d.keras", "busi_unet2d_2.keras"]
-    for member in info["members"]:
-        assert archive_settings(HELDOUT / member["path"]).input_size == archive_settings(pretrained_path()).input_size
+    # the bundled recipe's twin: a student of the same network, distilled from a teacher
+    # that never saw fold 0 either (its members were fold-0 runs too)
+    assert info["trained_on"].endswith("; distilled from bench-out/seed-ens-r10x3/ensemble")
+    assert "; distilled from " in pretrained_info()["trained_on"]
+    assert sorted(p.name for p in HELDOUT.glob("*.keras")) == [p.name for p in _bundled_files()]
+    assert archive_settings(HELDOUT / "busi_unet2d.keras").input_size == archive_settings(pretrained_path()).input_size
 
 
 def test_bundled_model_loads_safely_and_predicts_any_size():
@@ -132,10 +134,10 @@ def test_a_damaged_bundled_folder_is_one_line_naming_the_file(tmp_path, monkeypa
 
 def test_the_busi_preset_is_the_bundled_models_recipe():
     """--init busi fine-tunes the bundled model with the busi preset: it must be the
-    recipe the bundled members were trained with (r10, trained for 100 epochs), not an
-    older one."""
+    recipe the bundled model was trained with (r10, trained for 100 epochs; the bundle
+    is an r10 student, the same network and augmentation), not an older one."""
     recipe = Path(__file__).resolve().parents[1] / "benchmarks" / "configs" / "r10.toml"
-    assert "busi-all-r10" in pretrained_info()["source_run"]
+    assert pretrained_info()["source_run"] == "bench-out/busi-all-student-r10"
     preset, bundled = load_config("busi"), load_config(recipe)
     assert preset["train"].pop("epochs") == 100
     bundled["train"].pop("epochs")
