@@ -276,3 +276,37 @@ def test_a_case_lacking_a_models_channel_is_refused_naming_its_image(tmp_path):
     with pytest.raises(DataError, match="case 'S02' has no channel 'pa'; it has 'us'") as error:
         read_case_channel_arrays(case, ["us", "pa"])
     assert error.value.path == str(root / "images" / "us" / "S02.tif")
+
+
+class _CountedReads:
+    """An array that records what is read of it, as a memory-mapped stack would page in."""
+
+    def __init__(self, array: np.ndarray):
+        self.array, self.reads = array, []
+        self.ndim = array.ndim
+
+    def __len__(self) -> int:
+        return len(self.array)
+
+    def __getitem__(self, key):
+        self.reads.append(key)
+        return self.array[key]
+
+
+def test_a_channel_blank_only_at_its_start_is_not_read_to_its_end():
+    """constant_problem reads past the first slice only when it is constant, and then
+    only up to the first slice with another value: it read the whole of a large stack
+    whose first slice was blank (a PA acquisition that starts before the laser fires)."""
+    from bcseg.data.channels import constant_problem
+
+    stack = np.zeros((200, 8, 8), np.uint8)
+    stack[1, 0, 0] = 1
+    counted = _CountedReads(stack)
+    assert constant_problem("pa", counted) is None
+    assert counted.reads == [0, slice(1, 17)]
+    stack[-1, 0, 0], stack[1, 0, 0] = 2, 0  # another value in the last slice only: still found
+    assert constant_problem("pa", stack) is None
+    stack[-1, 0, 0] = 0
+    assert "every value is 0" in constant_problem("pa", stack)
+    assert "every value is 7" in constant_problem("pa", np.full((4, 4), 7.0))
+    assert constant_problem("pa", np.array([[np.nan, np.nan]])) is None  # NaN: no one value
