@@ -67,6 +67,13 @@ def manifest(root: Path, header: str) -> None:
     (root / "manifest.csv").write_text(header + "\n" + "\n".join(rows) + "\n")
 
 
+def _three_folders(root: Path) -> None:
+    """Channel folders us, pa and a third, oxy (a copy of pa's files)."""
+    folders(root, channels_json='["us", "pa", "oxy"]')
+    for stem in ("S01", "S02"):
+        io.write_image(root / "images" / "oxy" / f"{stem}.tif", *io.read_image(root / "images" / "pa" / f"{stem}.tif"))
+
+
 def _then(build, change):
     def make(root):
         build(root)
@@ -110,6 +117,14 @@ BAD = {  # name: (build the dataset in root, the file the error must name, relat
         _then(folders, lambda r: ((r / "images" / "pa" / "S02.tif").unlink(),
                                   os.symlink("../us/S02.tif", r / "images" / "pa" / "S02.tif"))),
         "images/pa/S02.tif"),
+    "a _0000 file a link to another channel's": (
+        _then(suffixed, lambda r: ((r / "images" / "S02_0001.tif").unlink(),
+                                   os.symlink("S02_0000.tif", r / "images" / "S02_0001.tif"))),
+        "images/S02_0001.tif"),
+    "the middle of three channels a link to the first": (  # named: the link, not the last channel
+        _then(_three_folders, lambda r: ((r / "images" / "pa" / "S02.tif").unlink(),
+                                         os.symlink("../us/S02.tif", r / "images" / "pa" / "S02.tif"))),
+        "images/pa/S02.tif"),
     "OME channel names in another order than channels.json": (
         _then(lambda r: hyperstacks(r, '["pa", "us"]'),
               lambda r: _ome_named(r / "images" / "S02.tif", ["US", "PA"])), "images/S02.tif"),
@@ -138,6 +153,8 @@ SAID = {"zero-byte hyperstack": "is empty (0 bytes)",  # not "has 1 channel(s)"
         "OME channel names in another order than channels.json": "channel 'pa' is number 2 in the file",
         "one file given as two channels in a manifest": "line 2: channels 'us' and 'pa' are one file",
         "a channel folder's file a link to another channel's": "channels 'us' and 'pa' are one file",
+        "a _0000 file a link to another channel's": "channels 'us' and 'pa' are one file",
+        "the middle of three channels a link to the first": "channels 'us' and 'pa' are one file",
         "manifest image that is none of its channels": "line 2: image 'S01.tif' is none of the case's"}
 
 

@@ -312,21 +312,23 @@ def _channel_folder_cases(root: Path, folders: list[Path], names: list[str] | No
         channels = tuple(Channel(n, found[n][stem]) for n in order if stem in found[n])
         repeated = _repeated_channel_file(channels)
         if repeated:  # images/pa/S01.tif a link to images/us/S01.tif
-            raise DataError(channels[-1].path, repeated)
+            raise DataError(*repeated)
         cases.append(Case(id=stem, image=channels[0].path, group=stem, channels=channels))
     return cases
 
 
-def _repeated_channel_file(channels: tuple[Channel, ...]) -> str | None:
-    """Why a case's channels are not all different images, or None: one file (through
-    a link, or the same plane of a C axis) given as two channels trains and segments
-    an ultrasound as its own photoacoustic image, and nothing else would say so."""
+def _repeated_channel_file(channels: tuple[Channel, ...]) -> tuple[Path, str] | None:
+    """The later of two channels of a case that are one image, and why that is refused;
+    or None. One file (through a link, or the same plane of a C axis) given as two
+    channels trains and segments an ultrasound as its own photoacoustic image, and
+    nothing else would say so. The later channel is the link to name: with three
+    channels it is not always the last."""
     seen: dict[tuple, str] = {}
     for channel in channels:
         first = seen.setdefault((real_path(channel.path), channel.index), channel.name)
         if first != channel.name:
-            return (f"channels '{first}' and '{channel.name}' are one file ({channel.path.name}); "
-                    "give each channel its own image")
+            return channel.path, (f"channels '{first}' and '{channel.name}' are one file "
+                                  f"({channel.path.name}); give each channel its own image")
     return None
 
 
@@ -346,9 +348,14 @@ def _named_channel_cases(root: Path, images: list[Path], names: list[str]) -> li
             if index >= len(names):
                 raise DataError(path, f"is channel {index}, but {where} names {len(names)} channel(s)")
             grouped.setdefault(match["case"], {})[index] = path
-        return [Case(id=stem, image=files[min(files)], group=stem,
-                     channels=tuple(Channel(names[i], files[i]) for i in sorted(files)))
-                for stem, files in sorted(grouped.items())]
+        cases = [Case(id=stem, image=files[min(files)], group=stem,
+                      channels=tuple(Channel(names[i], files[i]) for i in sorted(files)))
+                 for stem, files in sorted(grouped.items())]
+        for case in cases:  # S01_0001.tif a link to S01_0000.tif, as in channel folders
+            repeated = _repeated_channel_file(case.channels)
+            if repeated:
+                raise DataError(*repeated)
+        return cases
     cases = []
     for path in images:
         count, stored = io.channel_header(path)
@@ -779,7 +786,7 @@ def read_manifest(path: str | Path) -> list[Case]:
                          for c in channel_columns if (row.get(c) or "").strip())
         repeated = _repeated_channel_file(channels)
         if repeated:
-            raise DataError(path, f"line {number}: {repeated}")
+            raise DataError(path, f"line {number}: {repeated[1]}")
         image = (row.get("image") or "").strip()
         if channel_columns and not image and not channels:
             raise DataError(path, f"line {number}: no image in any of {', '.join(channel_columns)}")
