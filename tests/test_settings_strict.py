@@ -447,3 +447,17 @@ def test_a_folder_of_one_model_and_its_settings_is_a_model_and_two_models_are_no
     (folder / "other.keras").write_bytes(model_file.read_bytes())
     with pytest.raises(ModelError, match="holds no model_best.keras"):
         load_run(folder)
+
+
+def test_a_finished_run_without_its_best_model_is_refused_not_run_as_its_last_checkpoint(
+        tmp_path, model_file):
+    """A training run folder holds model_last.keras beside the inference.json tuned for
+    model_best.keras; with model_best.keras gone it is one .keras file and its settings,
+    and was run as its last checkpoint at the best model's threshold, without a word."""
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "model_last.keras").write_bytes(model_file.read_bytes())
+    (run / "inference.json").write_text(json.dumps(TUNED), encoding="utf-8")
+    (run / "config.toml").write_text("", encoding="utf-8")
+    with pytest.raises(ModelError, match="holds no model_best.keras"):
+        load_run(run)

@@ -647,8 +647,10 @@ def _load_one(path: Path) -> tuple[list[Path], InferenceSettings]:
 def _one_bundled_model(folder: Path) -> Path | None:
     """The model of a folder that holds its settings and one ``.keras`` file, as the
     bundled default and its held-out twin are (``build_pretrained.py --target``), or
-    None. Two model files with one settings file are not guessed between."""
-    if not (folder / SETTINGS_FILE).is_file():
+    None. Two model files with one settings file are not guessed between, and a training
+    run's model is its model_best.keras: a finished run that lost it holds only its
+    last checkpoint, which the run's threshold was not tuned for."""
+    if not (folder / SETTINGS_FILE).is_file() or (folder / CONFIG_FILE).is_file():
         return None
     models = [p for p in folder.glob("*.keras") if p.is_file()]
     return models[0] if len(models) == 1 else None
