@@ -360,3 +360,24 @@ def test_two_cases_of_one_id_and_first_file_but_other_channels_are_not_one(tmp_p
     code, text, err = run(capsys, "predict", tmp_path / "a", tmp_path / "a" / "manifest.csv",
                           "--model", models["uspa"], "--out", out, "--no-progress")
     assert code == 0 and "segmented 1 of 1" in text, err
+
+
+def test_a_dataset_of_hyperstacks_is_segmented_with_outputs_of_one_channels_shape(tmp_path, capsys, models,
+                                                                                  stacks):
+    """Channels on a C axis named by channels.json are a dataset predict takes; the
+    outputs were to have the file's stored shape, which was read as one image and
+    refused ("has 2 channels"): every case failed after the up-front checks passed."""
+    from test_channels import write_hyperstack
+
+    data = tmp_path / "data"
+    for us in sorted((stacks / "images" / "us").iterdir()):
+        image, spacing = io.read_image(us)
+        write_hyperstack(data / "images" / us.name, image,
+                         io.read_image(stacks / "images" / "pa" / us.name)[0], spacing=spacing)
+    (data / "channels.json").write_text('["us", "pa"]')
+    out = tmp_path / "seg"
+    code, _, err = run(capsys, "predict", data, "--model", models["uspa"], "--out", out, "--no-progress")
+    assert code == 0, err
+    for us in sorted((stacks / "images" / "us").iterdir()):
+        mask, spacing = io.read_image(out / f"{io.file_stem(us)}_mask.tif")
+        assert mask.shape == SHAPE and spacing == pytest.approx(io.read_image(us)[1])

@@ -382,7 +382,7 @@ def _segment_file(models, settings, path: Path | Case, wanted: dict, progress: b
         image, spacing = _read_input(path, names)
         plane = image[..., 0] if names else image  # the spatial axes: the first channel
         _segment_into(models, settings, image, spacing, temp, progress,
-                      _output_geometry(input_file(path), plane, spacing), plane, made)
+                      _output_geometry(path, plane, spacing), plane, made)
     stale = [p for p in _every_output(path, wanted["mask"].parent)
              if p not in wanted.values() and p.exists()]
     if stale:  # checked to exist first: listing what bcseg owns reads the whole folder
@@ -390,13 +390,17 @@ def _segment_file(models, settings, path: Path | Case, wanted: dict, progress: b
     return {k: None if v is None else str(v) for k, v in wanted.items()}
 
 
-def _output_geometry(path: Path, image: np.ndarray, spacing) -> tuple:
+def _output_geometry(item: Path | Case, image: np.ndarray, spacing) -> tuple:
     """The shape and spacing outputs are written with: the input file's own.
 
     Reading drops singleton axes (a ``(Z, 1, X)`` stack is segmented as ``(Z, X)``);
-    the outputs keep them, so they line up with the input in every viewer.
+    the outputs keep them, so they line up with the input in every viewer. A plane of a
+    file's C axis is written as read: the file stores its channels too, and reading it
+    as one image refuses it (every case of a hyperstack dataset failed so).
     """
-    shape, stored_spacing = io.stored_geometry(path)
+    if isinstance(item, Case) and item.channels[0].index is not None:
+        return image.shape, spacing
+    shape, stored_spacing = io.stored_geometry(input_file(item))
     if shape == image.shape or math.prod(shape) != image.size:
         return image.shape, spacing
     return shape, stored_spacing
