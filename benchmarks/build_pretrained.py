@@ -103,9 +103,12 @@ def _refuse_other_members(target: Path, names: list[str]) -> None:
 def _without_tta(settings):
     """The settings with TTA off at the threshold and post-processing tuned without it
     (recorded beside the TTA choice): each flip is one more network pass."""
-    if not (settings.tta and settings.tuned):
+    if not settings.tta:
         return settings
-    off = settings.tuned["without_tta"]
+    off = (settings.tuned or {}).get("without_tta")
+    if off is None:  # no threshold was tuned without TTA: the recorded one was tuned with it
+        raise SystemExit("build_pretrained.py: --no-tta: the run recorded no setting tuned without "
+                         "TTA, and its threshold was tuned with it; bundle it with TTA")
     print(f"TTA off as asked (--no-tta): threshold {off['threshold']}, validation Dice "
           f"{off['validation_dice']}")
     return settings.replace(tta=False, threshold=off["threshold"], postprocess=tuple(off["postprocess"]),
@@ -117,10 +120,10 @@ def bundle(run: Path, seen: str, target: Path = TARGET, tta: bool = True) -> Pat
     from bcseg.pretrained import MODEL_NAME
 
     _refuse_other_members(target, [MODEL_NAME])
-    target.mkdir(parents=True, exist_ok=True)
-    path = target / MODEL_NAME
     settings = rundir.read_settings(run / rundir.SETTINGS_FILE)
     meta = _cited(settings if tta else _without_tta(settings), seen, str(run))
+    target.mkdir(parents=True, exist_ok=True)  # after every check: a refusal leaves no folder
+    path = target / MODEL_NAME
     _save_member(run, path, meta)
     rundir.write_settings(target, meta)
     print(f"trained on {seen}")

@@ -168,3 +168,17 @@ def test_from_run_says_what_a_run_saw_and_keeps_tta_off_when_asked(tmp_path, pha
     assert build_pretrained.main(["--from-run", str(held), "--target", str(tmp_path / "t")]) == 0
     assert rundir.read_settings(tmp_path / "t" / rundir.SETTINGS_FILE).info["trained_on"].endswith(
         "the 1 images of fold 0 were never seen")
+
+
+def test_no_tta_without_a_setting_tuned_without_it_is_refused(tmp_path, phantom_root):
+    """--no-tta on a run that recorded only its TTA choice bundled it with TTA on, or
+    crashed (KeyError) where `tuned` lacked the alternative: refused, in words."""
+    import build_pretrained
+
+    cases = discover(phantom_root)
+    run = _member(tmp_path / "all", 0, [cases[0].id], [])
+    rundir.write_settings(run, rundir.read_settings(run / rundir.SETTINGS_FILE).replace(
+        tta=True, tuned={"with_tta": {"threshold": 0.4, "postprocess": [], "validation_dice": 0.8}}))
+    with pytest.raises(SystemExit, match="recorded no setting tuned without TTA"):
+        build_pretrained.main(["--from-run", str(run), "--target", str(tmp_path / "b"), "--no-tta"])
+    assert not (tmp_path / "b").exists()

@@ -254,3 +254,24 @@ def test_protocol_reference_scores_the_channel_the_model_reads(tmp_path, capsys)
     assert code == 0, err
     assert json.loads((out / "summary.json").read_text())["reference_protocol"]["value"] != pytest.approx(
         values["grey"], rel=1e-3)
+
+
+def test_protocol_reference_refuses_cases_without_the_models_channel_before_scoring(
+        tmp_path, capsys, monkeypatch):
+    """A model of pa given cases of ultrasound alone was refused only once the honest
+    scoring had run; the cases are checked with the model now, before any is scored."""
+    import shutil
+
+    from bcseg.measure import evaluate as evaluation
+
+    data = _uspa_with_predictions(tmp_path)
+    shutil.rmtree(data / "images" / "pa")
+    (data / "channels.json").write_text('["us"]')
+    scored = []
+    monkeypatch.setattr(evaluation, "_score_cases", lambda *a, **k: scored.append(a))
+    model = _pixel_model(tmp_path / "pa.keras", names=("pa",))
+    code, err, out = _study_score(tmp_path, data, model, capsys, "eval")
+    lines = err.strip().splitlines()
+    assert code == 3 and len(lines) == 1, err
+    assert "has channel(s) us; the model scored by --protocol reference takes 'pa'" in lines[0]
+    assert not scored and not out.exists()

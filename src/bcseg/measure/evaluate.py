@@ -470,7 +470,7 @@ def evaluate(pred_dir: str | Path, truth, out_dir: str | Path, observers: str | 
     _say_left_out(pred_dir, cases, matched)
     _say_mixed_models(pred_dir, matched)
     # The protocol's model is loaded and checked before the scoring it would follow
-    study_model = None if protocol == "honest" else reference_model(model)
+    study_model = None if protocol == "honest" else reference_model(model, [case for case, _, _ in matched])
     scored = _score_cases(matched, settings["targets"], slices, progress)
     study_style = None if study_model is None else reference_protocol(
         model, matched, size=reference_size, seed=seed, model=study_model)

@@ -15,7 +15,7 @@ import numpy as np
 
 from bcseg.atomic import real_path
 from bcseg.data.dataset import Case, read_case_image, read_case_masks
-from bcseg.errors import ModelError
+from bcseg.errors import DataError, ModelError
 from bcseg.measure.metrics import REFERENCE_EPS, batch_mean, soft_scores
 from bcseg.measure.observers import union
 
@@ -66,13 +66,15 @@ def _augmented_slices(case: Case, names: list[str], size: int, channel: str | No
         yield reference_offline_augment(square, mask, size=size, rng=rng)
 
 
-def reference_model(model_path):
+def reference_model(model_path, cases=()):
     """The model the reference protocol scores, loaded and checked before anything is
     scored: ``(file, model, channel name or None, its normalisation method)``.
 
     Raises ModelError naming the file for a model that is not 2D or takes more than
     one channel (the study fed one ultrasound image), or an ensemble (a k-fold run, an
     ensemble folder): the study scored one model, and its first member is not the whole.
+    Raises DataError naming the image of the first of ``cases`` (of named channels)
+    that lacks the model's channel.
     """
     from bcseg.learn.saved import load_model
     from bcseg.rundir import load_run
@@ -92,6 +94,10 @@ def reference_model(model_path):
                          "protocol scores a model of one image, as the study's ultrasound model was")
     _model_input_size(model, 0, path)
     channel = names[0] if names else None
+    for case in cases:  # a case of one unnamed image is the model's channel, as predict reads it
+        if channel is not None and case.channels and channel not in case.channel_names:
+            raise DataError(case.image, f"case '{case.id}' has channel(s) {', '.join(case.channel_names)}; "
+                            f"the model scored by --protocol reference takes '{channel}'")
     return path, model, channel, dict(view.normalisation).get(channel, "auto")
 
 
