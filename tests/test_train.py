@@ -617,6 +617,21 @@ def test_resume_without_a_run_is_a_usage_error(tmp_path, capsys, phantom, made):
         assert not out.exists()
 
 
+@pytest.mark.parametrize("folds", [["--fold", "1"], ["--folds", "all"]])
+def test_resume_with_another_test_fold_is_refused(run2d, capsys, phantom, folds):
+    """A fold-0 run resumed with --fold 1 trained on from fold 0's checkpoint, whose
+    training cases include fold 1's test cases, and scored it on them; with --folds all
+    it grew fold folders beside its own model. (Finished, it said 'fold 1 already finished'.)"""
+    out = run2d[0]
+    before = _snapshot(out)
+    code = cli.main(["train", str(phantom), "--out", str(out), *folds, "--resume"])
+    err = capsys.readouterr().err
+    assert code == 2
+    [line] = _error_lines(err)
+    assert str(out) in line and "test fold 0" in line and "--fold 0" in line
+    assert _snapshot(out) == before
+
+
 # --------------------------------------------------------------------------- the seed preset
 
 def _cases(groups: list[str]) -> list[Case]:

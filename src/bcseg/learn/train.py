@@ -880,9 +880,30 @@ def _plan_folds(out: Path, cases: list[Case], cfg: dict, fold, folds_file, resum
     if resume and folds_file and source is None and folds_from_file(folds_file, cases) != folds:
         raise UsageError(folds_file, f"assigns other folds than the run's splits.json; a resumed "
                          "run keeps its splits")
+    if resume:
+        _refuse_other_test_folds(out, targets)
     if resume and source is None:
         _check_same_cases(out, cases, folds, targets, data)
     return folds, source, targets
+
+
+def _refuse_other_test_folds(out: Path, targets: list[int]) -> None:
+    """A resumed run keeps the test fold(s) it was started with. Fold 0's checkpoint
+    resumed as --fold 1 went on training, and was scored on fold 1's test cases, which
+    fold 0 had trained on; a one-fold run resumed with --folds all grew fold folders
+    beside its own model."""
+    if (out / "fold.json").is_file():  # one test fold: fold.json in the run folder itself
+        try:
+            started = read_json(out / "fold.json").get("fold")
+        except (OSError, ValueError, AttributeError):
+            return  # a damaged fold.json: _check_same_cases reads it again
+        if isinstance(started, int) and targets != [started]:
+            asked = "--folds all" if len(targets) > 1 else f"--fold {targets[0]}"
+            raise UsageError(out, f"the run was started with test fold {started}, not {asked}; a "
+                             f"resumed run keeps its test fold: resume with --fold {started}")
+    elif len(targets) == 1 and any(p.is_dir() for p in out.glob("fold_*")):
+        raise UsageError(out, f"the run was started with --folds all, not --fold {targets[0]}; a "
+                         "resumed run keeps its test folds: resume with --folds all")
 
 
 def _check_same_cases(out: Path, cases: list[Case], folds: dict[str, int], targets: list[int], data) -> None:
