@@ -99,6 +99,9 @@ BAD = [
     ("[train]\nearly_stopping = 100001", "train.early_stopping"),
     ("[train]\nk = 100001", "train.k"),
     ("[train]\nsplit = \"last\"\ntest_last = 100001", "train.test_last"),
+    # a float key given an integer beyond any float: OverflowError, exit 1 without the file
+    ("[train]\nlearning_rate = 1" + "0" * 400, "train.learning_rate"),
+    ("[augment]\nrotation_deg = 1" + "0" * 400, "augment.rotation_deg"),
 ]
 
 
@@ -118,7 +121,8 @@ def test_out_of_range_value_is_a_config_error_naming_file_and_key(toml, key, tmp
     ("[model]\nstem_stride = 0", "model.stem_stride"),
     ("[augment]\nscale = [\"a\", \"b\"]", "augment.scale"),
     ("[train]\nlearning_rate = nan", "train.learning_rate"),
-], ids=["dropout", "stem_stride", "scale", "learning_rate"])
+    ("[train]\nlearning_rate = 1" + "0" * 400, "train.learning_rate"),
+], ids=["dropout", "stem_stride", "scale", "learning_rate", "learning_rate_beyond_float"])
 def test_train_with_a_bad_config_exits_before_the_run_folder(toml, key, tmp_path, phantom_root, capsys):
     from test_robustness import one_error_line, run_main  # imports Keras: only here
 

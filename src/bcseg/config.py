@@ -81,8 +81,20 @@ def merge(base: dict, override: dict, source) -> dict:
             if not _same_type(default, value):
                 raise ConfigError(source, f"'{section}.{key}' must be {type(default).__name__}, "
                                   f"got {value!r}")
-            merged[section][key] = float(value) if isinstance(default, float) else value
+            merged[section][key] = _as_default(default, value, source, f"{section}.{key}")
     return merged
+
+
+def _as_default(default, value, source, key: str):
+    """``value`` as the default's type: an integer for a float key becomes a float,
+    and one beyond any float (TOML integers have no size limit here) is refused."""
+    if not isinstance(default, float):
+        return value
+    try:
+        return float(value)
+    except OverflowError:  # learning_rate = 10**400: float() raised, exit 1 without the file
+        raise ConfigError(source, f"'{key}' must be a number, got {_shown(value)}, "
+                          "beyond the largest float") from None
 
 
 def load_config(config: str | Path | None = None, overrides: dict | None = None) -> dict:
@@ -215,7 +227,7 @@ def _check_values(cfg: dict, source=None) -> None:
         if not (len(pair) == 2 and all(_is_number(v) and _in_interval(v, interval) for v in pair)
                 and pair[0] <= pair[1]):
             raise ConfigError(source, f"'{section}.{key}' must be [low, high], two numbers in "
-                              f"{interval} with low <= high, got {pair!r}")
+                              f"{interval} with low <= high, got {_shown(pair)}")
     augment = cfg["augment"]
     if augment["speckle_max"] and augment["speckle_max"] < augment["speckle"]:
         raise ConfigError(source, f"'augment.speckle_max' must be 0 (off) or at least "
