@@ -2212,6 +2212,18 @@ def test_split_never_writes_a_file_the_dataset_would_read_as_its_own(tmp_path, c
     assert run(capsys, "check", data)[0] == 0
 
 
+@pytest.mark.parametrize("name", [".bcseg-outputs.journal", ".bcseg-outputs.json", ".s.bcseg-lock",
+                                  ".s.bcseg-partial-999999.json", ".s.bcseg-old-12"])
+def test_split_never_writes_at_a_name_bcseg_keeps_for_itself(tmp_path, capsys, phantom, name):
+    """split --out out/.bcseg-outputs.journal wrote the splits over the folder's journal;
+    every later command into out/ refused it ('is named like bcseg's journal ... but is
+    not one'), and the splits were recorded nowhere."""
+    out = tmp_path / "out" / name
+    code, _, err = run(capsys, "split", phantom, "--out", out, "--k", 3)
+    assert code == 2 and "keeps for its own records" in one_line(err)
+    assert not out.parent.exists()
+
+
 def test_a_run_stopped_while_its_test_fold_is_segmented_is_resumed_not_finished(
         tmp_path, capsys, monkeypatch, phantom):
     """Ctrl-C after fitting, while the test fold was segmented (minutes on real stacks):

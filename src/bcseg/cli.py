@@ -293,6 +293,7 @@ def _check_split_file(out: Path, args, cases) -> None:
 
     if out.is_dir():
         raise UsageError(out, "is a folder; --out names the JSON file to write")
+    outputs.check_not_bookkeeping(out)
     check_output_folder(out.parent)
     inputs = {args.data, args.folds_file, *(f for case in cases for f in case_files(case))}
     check_replaceable([out], args.force, command="split", inputs=inputs)

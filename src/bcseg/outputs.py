@@ -188,6 +188,18 @@ def _ours(path: Path) -> bool:
     return pid is not None and (pid == os.getpid() or not process_alive(pid))
 
 
+def check_not_bookkeeping(path: Path) -> None:
+    """An output file never takes one of bcseg's own hidden names (the record, the
+    journal, a lock, a temporary or an old result put aside): 'split --out
+    run/.bcseg-outputs.journal' wrote the splits over the folder's journal, and every
+    later command into the folder refused it as no journal."""
+    name = path.name
+    if (name in (RECORD, JOURNAL) or (name.startswith(".") and name.endswith(LOCK_SUFFIX))
+            or partial_pid(name) is not None or ASIDE.match(name)):
+        raise UsageError(path, "is a name bcseg keeps for its own records, locks and "
+                         "temporary files; choose another name for the output")
+
+
 def listing(folder: str | Path, strict: bool = True) -> set[str]:
     """What lies under ``folder`` (relative, '/'-separated), without records, locks and
     temporaries: every file, link, pipe or other entry, and every folder with a

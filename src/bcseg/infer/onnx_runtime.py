@@ -93,6 +93,7 @@ def _check_out(out: Path, force: bool, inputs: list) -> None:
         raise UsageError(out, "is a folder; --out names the .onnx file to write")
     if out.suffix.lower() != ".onnx":
         raise UsageError(out, "does not end in .onnx; --out names the ONNX file to write")
+    outputs.check_not_bookkeeping(out)
     outputs.check_output_folder(out.parent)
     outputs.check_replaceable([out], force, command="export-onnx", inputs=inputs)
 
