@@ -813,3 +813,20 @@ def test_ctrl_c_while_the_next_fold_reads_its_data_says_the_last_fold_finished(e
     assert len(said) == 1 and "stopped after fold 0 finished" in said[0], err
     assert f"--out {out} --folds all --resume" in said[0]
     assert (out / "fold_0" / rundir.SETTINGS_FILE).is_file() and not (out / "fold_1" / "state.json").exists()
+
+
+def test_without_a_validation_split_the_last_epoch_is_kept(tmp_path, phantom, capsys):
+    """With one training group there is no validation split, and the warning says the
+    last epoch's model is kept; the best epoch was chosen by the training Dice instead,
+    and `bcseg train` printed that Dice as the 'validation Dice'."""
+    folds = tmp_path / "folds.csv"
+    folds.write_text("id,fold\nspecimen_000,0\nspecimen_001,0\nspecimen_002,1\n", encoding="utf-8")
+    config = tmp_path / "tiny.toml"
+    config.write_text(TINY_TOML.format(epochs=3), encoding="utf-8")
+    out = tmp_path / "run"
+    assert cli.main(["train", str(phantom), "--out", str(out), "--config", str(config),
+                     "--folds-file", str(folds)]) == 0
+    said = capsys.readouterr()
+    assert "no validation split, the last epoch's model is kept" in said.err
+    assert "fold 0: epoch 3 kept (no validation split)" in said.out and "validation Dice" not in said.out
+    _assert_same_weights(out / "model_best.keras", out / "model_last.keras")

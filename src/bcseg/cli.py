@@ -344,8 +344,10 @@ def cmd_train(args) -> int:
                         f"bcseg train {args.data} --out {args.out}{folds} --resume"), file=sys.stderr)
         return 130
     for result in results:
-        print(f"fold {result['fold']}: best epoch {result['best_epoch']}, "
-              f"validation Dice {result['best_val_dice']:.3f}")
+        dice = result["best_val_dice"]  # None: no validation split, the last epoch kept
+        print(f"fold {result['fold']}: " + (f"best epoch {result['best_epoch']}, validation Dice {dice:.3f}"
+                                            if dice is not None else
+                                            f"epoch {result['best_epoch']} kept (no validation split)"))
         _print_headline(result)
     print(f"run directory: {args.out}")
     return 0

@@ -472,9 +472,12 @@ def _stop_on_signal(saved_epoch: int, said: str = "") -> list[int]:
 def _after_epoch(model, cfg: dict, out: Path, state: dict, row: dict, plot=None) -> dict:
     """Record the epoch, keep the best model, update schedules; save the checkpoint."""
     t = cfg["train"]
-    score = row.get("val_dice", row.get("dice", 0.0))
+    score = row.get("val_dice")
     state = dict(state, epoch=row["epoch"])
-    if score > state.get("best_score", -1.0):
+    # Without a validation split (one training group) the last epoch's model is kept, as
+    # the warning says: choosing by the training Dice kept whichever epoch fit the
+    # training images best, and the run reported that Dice as its validation Dice.
+    if score is None or score > state.get("best_score", -1.0):
         state.update(best_score=score, best_epoch=row["epoch"], waited=0)
         _save_model(model, out / rundir.MODEL_FILE)
     else:
