@@ -187,8 +187,10 @@ def test_refuses_to_overwrite_without_force(specimens, tmp_path):
     (0, "ok"), (1000, "ok"), ("7", "ok"), (True, "ok"), (7, ""), (7, "two words"), (7, "a/b"),
 ])
 def test_rejects_bad_dataset_id_or_name(tmp_path, dataset_id, name):
-    with pytest.raises(UsageError):
+    with pytest.raises(UsageError) as caught:
         export_nnunet(tmp_path, tmp_path / "raw", dataset_id, name)
+    # one line naming the flag at fault, as every usage error does
+    assert str(caught.value).startswith("--name: " if name in ("", "two words", "a/b") else "--dataset-id: ")
     assert not (tmp_path / "raw").exists()
 
 

@@ -125,10 +125,11 @@ def dataset_folder_name(dataset_id: int, name: str) -> str:
     """
     if isinstance(dataset_id, bool) or not isinstance(dataset_id, (int, np.integer)) \
             or not 1 <= dataset_id <= 999:
-        raise UsageError(None, f"nnU-Net dataset id must be a whole number from 1 to 999, "
+        raise UsageError("--dataset-id", f"nnU-Net dataset id must be a whole number from 1 to 999, "
                          f"got {dataset_id!r}")
     if not isinstance(name, str) or not _NAME.match(name):
-        raise UsageError(None, f"nnU-Net dataset name must be letters, digits, '_' or '-', "
+        # named as the flag, as every usage error is (it said only 'nnU-Net dataset name ...')
+        raise UsageError("--name", f"nnU-Net dataset name must be letters, digits, '_' or '-', "
                          f"got {name!r}")
     return f"Dataset{int(dataset_id):03d}_{name}"
 
