@@ -163,6 +163,7 @@ def test_bad_predict_flag_exits_2_in_one_line_before_the_model_loads(extra, flag
     (["margins", "--image", "a.tif", "--tumour", "b.tif", "--out", "R", "--close-mm", "nan"], "--close-mm"),
     (["phantom", "R", "--n", "0"], "--n"),
     (["predict", "a.png"], "--out"),
+    (["train", "D", "--out", "R", "--resume", "--force"], "--force"),  # --force was dropped unsaid
     # one value given twice: argparse kept the last without a word
     (["train", "D", "--out", "R", "--config", "a.toml", "--config", "b.toml"], "--config is given twice"),
     (["predict", "a.png", "--out=R", "--out", "S", "--model", "m"], "--out is given twice"),

@@ -630,8 +630,10 @@ def _add_train(sub) -> None:
     p.add_argument("--teacher-weight", type=_share, metavar="W",
                    help="the teacher's share of each target, in (0, 1] (default: the recipe's "
                    "train.teacher_weight, 0.5 in the presets)")
-    p.add_argument("--resume", action="store_true", help="continue an interrupted run")
-    p.add_argument("--force", action="store_true", help="replace an existing run")
+    # one or the other: given both, --resume won and --force was dropped without a word
+    again = p.add_mutually_exclusive_group()
+    again.add_argument("--resume", action="store_true", help="continue an interrupted run")
+    again.add_argument("--force", action="store_true", help="replace an existing run")
     p.add_argument("--strategy", choices=["mirrored", "multiworker"],
                    help="tf.distribute strategy for several GPUs or machines")
     p.add_argument("--mixed-precision", action="store_true", help="float16 compute on a GPU, bfloat16 on a CPU (AVX512-BF16/AMX)")
