@@ -2478,3 +2478,25 @@ def test_a_record_that_is_no_file_is_refused_before_writing(kind, tmp_path, mode
     assert code == 2, err
     assert one_line(err).startswith(f"bcseg: error: {record}: is not a file"), err
     assert sorted(p.name for p in out.iterdir()) == [outputs.RECORD]
+
+
+@pytest.mark.parametrize("argv", [
+    ["train", "DATA", "--out", ""],
+    ["predict", "DATA", "--out", " "],
+    ["evaluate", "--pred", "DATA", "--truth", "DATA", "--out", ""],
+    ["ensemble", "DATA", "--model", "DATA", "--out", ""],
+    ["phantom", ""],
+    ["export-nnunet", "DATA", "", "--dataset-id", "7", "--name", "X"],
+])
+def test_an_empty_output_folder_is_a_usage_error_not_the_current_folder(argv, tmp_path, capsys,
+                                                                        monkeypatch):
+    """`--out ''` is the current folder to Path(): train was refused naming some file of
+    the user's there (or, in an empty folder, would have written the run into it)."""
+    (tmp_path / "notes.txt").write_text("mine")
+    monkeypatch.chdir(tmp_path)
+    before = hashes(tmp_path)
+    with pytest.raises(SystemExit) as stop:
+        main(argv)
+    err = capsys.readouterr().err
+    assert stop.value.code == 2 and "must name a folder, got ''" in err, err
+    assert hashes(tmp_path) == before and sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]

@@ -90,6 +90,14 @@ def _file_out(text: str) -> str:
     return text
 
 
+def _folder_out(text: str) -> str:
+    """An output folder, named: an empty ``--out ''`` is the current folder to Path(),
+    where bcseg would write (or be refused naming some file of yours) unasked."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("must name a folder, got ''")
+    return text
+
+
 def _nonempty(text: str) -> str:
     if not text.strip():
         raise argparse.ArgumentTypeError("must name a run folder or a .keras file, got ''")
@@ -555,7 +563,7 @@ def _add_phantom(sub) -> None:
     p = sub.add_parser("phantom", help="write synthetic specimen stacks with two observers' masks",
                        description="Write synthetic ex-vivo specimen ultrasound stacks "
                        "(images/ + masks/observer1/ + masks/observer2/), deterministic from the seed.")
-    p.add_argument("out", help="output folder")
+    p.add_argument("out", type=_folder_out, help="output folder")
     p.add_argument("--n", type=_whole(1), default=8, help="number of specimens (default 8)")
     p.add_argument("--shape", type=_whole(8), nargs=3, default=[24, 128, 128], metavar=("Z", "H", "W"),
                    help="stack shape, each size from 8 to 4096, at most 2**27 voxels "
@@ -604,7 +612,7 @@ def _add_train(sub) -> None:
                        description="Train on every fold but the test fold, validate on held-out "
                        "groups from the training folds, then segment and evaluate the test fold.")
     p.add_argument("data", help="dataset folder or manifest CSV")
-    p.add_argument("--out", required=True, help="run directory")
+    p.add_argument("--out", type=_folder_out, required=True, help="run directory")
     p.add_argument("--model", choices=["unet2d", "unet3d"], help="overrides model.ndim")
     p.add_argument("--config", type=_config_name, help="preset (default, seed, demo) or TOML file")
     group = p.add_mutually_exclusive_group()
@@ -650,7 +658,7 @@ def _add_predict(sub) -> None:
     p.add_argument("--model", action="append",
                    help="run directory or .keras file (default: the bundled BUSI model or ensemble); a run "
                    "trained with --folds all, or several --model arguments, predict as an ensemble")
-    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--out", type=_folder_out, required=True, help="output folder")
     p.add_argument("--tta", action="store_true",
                    help="average predictions over the mirror flips the model was trained with")
     p.add_argument("--threshold", type=_threshold, help="probability cut, between 0 and 1")
@@ -684,7 +692,7 @@ def _add_ensemble(sub) -> None:
     p.add_argument("data", help="the dataset the runs were trained on (folder or manifest)")
     p.add_argument("--model", action="append", required=True,
                    help="a training run folder, or a k-fold run folder (each fold a member); repeat")
-    p.add_argument("--out", required=True, help="the ensemble's folder")
+    p.add_argument("--out", type=_folder_out, required=True, help="the ensemble's folder")
     p.add_argument("--force", action="store_true", help="replace an ensemble this command wrote there")
     p.set_defaults(func=cmd_ensemble)
 
@@ -706,7 +714,7 @@ def _add_evaluate(sub) -> None:
                        "between observers (the ceiling); summary with bootstrap CIs; report.")
     p.add_argument("--pred", required=True, help="folder of <case>_mask.tif predictions")
     p.add_argument("--truth", required=True, help="dataset folder or manifest")
-    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--out", type=_folder_out, required=True, help="output folder")
     p.add_argument("--observer", action="append", help="observer(s) to use (default all)")
     p.add_argument("--protocol", choices=["honest", "reference"], default="honest",
                    help="'reference' also scores --model the way the reference study did "
@@ -741,7 +749,7 @@ def _add_margins(sub) -> None:
                    "x:medial-lateral (the default)")
     p.add_argument("--spacing", type=_spacing, help="voxel size in mm, Z x Y x X, if the file lacks it")
     p.add_argument("--close-mm", type=_millimetres, default=2.0, help="close-margin threshold (default 2)")
-    p.add_argument("--out", required=True)
+    p.add_argument("--out", type=_folder_out, required=True)
     p.add_argument("--force", action="store_true")
     p.set_defaults(func=cmd_margins)
 
@@ -749,7 +757,7 @@ def _add_margins(sub) -> None:
 def _add_export_nnunet(sub) -> None:
     p = sub.add_parser("export-nnunet", help="write an nnU-Net v2 raw dataset with bcseg's folds")
     p.add_argument("data", help="dataset folder or manifest")
-    p.add_argument("out", help="nnUNet_raw folder")
+    p.add_argument("out", type=_folder_out, help="nnUNet_raw folder")
     p.add_argument("--dataset-id", type=_whole(1, 999), required=True)
     p.add_argument("--name", required=True)
     p.add_argument("--observer", default="union", help="label: an observer, union, intersection, staple")
@@ -768,7 +776,7 @@ def _add_demo(sub) -> None:
     p = sub.add_parser("demo", help="the whole job on the synthetic phantom (about 10 min on a CPU)",
                        description="Phantom, then a 2D and a tiny 3D U-Net trained on training "
                        "specimens, prediction on held-out specimens, evaluation, report.")
-    p.add_argument("--out", default="demo-run")
+    p.add_argument("--out", type=_folder_out, default="demo-run")
     p.add_argument("--epochs-2d", type=_whole_key("train", "epochs"))
     p.add_argument("--epochs-3d", type=_whole_key("train", "epochs"))
     p.add_argument("--force", action="store_true")
