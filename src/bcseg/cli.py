@@ -867,11 +867,22 @@ def _full_disk(error: OSError) -> str | None:
     return problem and f"{error.filename or 'an output file'}: cannot be written: {problem}"
 
 
+def _command_parser(parser: argparse.ArgumentParser, command: str | None) -> argparse.ArgumentParser:
+    """The subcommand's parser (``bcseg predict``), else the top-level one."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction) and command in action.choices:
+            return action.choices[command]
+    return parser
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the command line; return the exit code."""
     _quiet_libraries()
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra:  # said by the command's own parser, which names its own --help
+        _command_parser(parser, getattr(args, "command", None)).error(
+            f"unrecognized arguments: {' '.join(extra)}")
     main_thread = threading.current_thread() is threading.main_thread()
     STOPS_ASKED.clear()
     # A signal the caller ignores stays ignored (a shell's background job ignores SIGINT,
