@@ -8,6 +8,7 @@ right grey image or be refused in one line that names the file.
 from __future__ import annotations
 
 import importlib.util
+import math
 import re
 import warnings
 
@@ -161,6 +162,38 @@ def test_a_planar_two_sample_tiff_is_refused_as_the_interleaved_one_is(tmp_path)
                      extrasamples=[0])
     refused(lambda: io.read_image(tmp_path / "two.tif"), tmp_path / "two.tif",
             "has 2 samples per pixel", "which are channels, not slices")
+
+
+@pytest.mark.parametrize("planar", ["contig", "separate"])
+@pytest.mark.parametrize("count", [3, 4])
+def test_grey_with_extra_samples_is_refused_not_mixed_as_colour(count, planar, tmp_path):
+    # MinIsBlack with 2 or 3 extra samples is channels (or, from tifffile's volumetric
+    # writer, slices): read as R, G, B they were mixed into one grey image, silently.
+    planes = np.stack([RAMP + 20 * i for i in range(count)])
+    path = tmp_path / "grey.tif"
+    tifffile.imwrite(path, planes if planar == "separate" else np.moveaxis(planes, 0, -1),
+                     photometric="minisblack", planarconfig=planar)
+    for read in (io.read_image, io.stored_geometry, lambda p: io.read_image(p, mmap=True)):
+        refused(lambda: read(path), path, f"has {count} samples per pixel", "channels")
+
+
+@pytest.mark.parametrize("planar", ["contig", "separate"])
+def test_grey_with_alpha_tiff_drops_the_alpha(planar, tmp_path):
+    pair = np.stack([RAMP, np.full_like(RAMP, 255)])
+    path = tmp_path / "grey_alpha.tif"
+    tifffile.imwrite(path, pair if planar == "separate" else np.moveaxis(pair, 0, -1),
+                     photometric="minisblack", planarconfig=planar, extrasamples=["unassalpha"])
+    for mmap in (False, True):
+        assert np.array_equal(io.read_image(path, mmap=mmap)[0], RAMP)
+
+
+@pytest.mark.parametrize("shape", [(6, 1, 3), (6, 1, 4), (1, 5, 3)])
+def test_a_singleton_axis_beside_3_or_4_pixels_is_not_taken_for_colour(shape, tmp_path):
+    # The last axis of 3 or 4 pixels was taken for colour samples: a ValueError, exit 1.
+    array = (10 * np.arange(math.prod(shape))).reshape(shape).astype(np.uint8)
+    tifffile.imwrite(tmp_path / "thin.tif", array, photometric="minisblack")
+    for mmap in (False, True):
+        assert np.array_equal(io.read_image(tmp_path / "thin.tif", mmap=mmap)[0], np.squeeze(array))
 
 
 # --------------------------------------------------------------------------- alpha only

@@ -445,11 +445,24 @@ def _stored_shape(tif: tifffile.TiffFile, path: Path) -> tuple[tuple[int, ...], 
     if "S" in axes:  # samples per pixel: last when interleaved, first when planar (SYX)
         samples = shape.pop(axes.index("S"))
         axes = axes.replace("S", "")
-        if samples not in (3, 4):  # e.g. grey + a second channel
+        if not _samples_are_colour(tif.pages.first, samples):  # e.g. grey + a second channel
             raise DataError(path, f"has {samples} samples per pixel (shape {tuple(series.shape)}, "
                             f"axes {series.axes}), which are channels, not slices; save each channel "
                             "as its own file (images/<channel>/) or as a Fiji hyperstack")
     return tuple(shape), axes
+
+
+def _samples_are_colour(page, samples: int) -> bool:
+    """Whether a page's samples per pixel are one colour (alpha dropped when read).
+
+    Colour spaces have 3 or 4 (RGB, RGBA, CMYK, ...). A grey page (MinIsBlack or
+    MinIsWhite) has one grey sample: with alpha as its one extra sample it is grey +
+    alpha; any other extra samples are channels, which mixed as R, G, B would read as
+    one grey image made of them.
+    """
+    if int(page.photometric) not in (0, 1):
+        return samples in (3, 4)
+    return samples == 2 and tuple(int(e) for e in page.extrasamples) in ((1,), (2,))
 
 
 def _samples_are_slices(tif: tifffile.TiffFile, axes: str) -> bool:
@@ -642,7 +655,7 @@ def _tiff_grey(array: np.ndarray, page: tifffile.TiffPage, path: Path) -> np.nda
     if photometric not in (0, 1, _RGB, _YCBCR):  # CIELAB, ICCLAB, LogLuv, ...
         raise DataError(path, f"stores colour as {_photometric_name(page)}, which bcseg cannot "
                         "convert to grey; save it as grey or RGB")
-    return _to_grey(_drop_alpha(array, path) if array.shape[-1] == 4 else array)
+    return _to_grey(_drop_alpha(array, path) if array.shape[-1] in (2, 4) else array)
 
 
 def _read_tiff(path: Path, mmap: bool) -> tuple[np.ndarray, tuple[float, ...] | None]:
@@ -665,11 +678,10 @@ def _read_tiff(path: Path, mmap: bool) -> tuple[np.ndarray, tuple[float, ...] | 
                 else:
                     array = tif.series[0].asarray()
             axes = ("Q" if len(tif.series) > 1 else "") + tif.series[0].axes
-            if "S" in axes and not _samples_are_slices(tif, axes):
-                # a planar file's samples come first: _tiff_grey takes them last
-                array = np.moveaxis(array, axes.index("S"), -1)
-            if array.shape[-1] in (3, 4) and array.ndim > len(shape):  # colour samples
-                array = _tiff_grey(array, page, path)
+            if "S" in axes and not _samples_are_slices(tif, axes):  # colour samples
+                # a planar file's samples come first: _tiff_grey takes them last. (Not by
+                # the array's shape: a (Z, 1, 3) stack's last axis is 3 pixels, not colour.)
+                array = _tiff_grey(np.moveaxis(array, axes.index("S"), -1), page, path)
             array = _as_stored_grey(array, page, path)
     except DataError:
         raise
