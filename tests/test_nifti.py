@@ -195,6 +195,20 @@ def test_a_single_slice_without_a_thickness_is_read(tmp_path):
     assert np.array_equal(image, STACK[0])
 
 
+@pytest.mark.parametrize("pixdim, shown", [((0.0, 0.2, 1.0), "1x0.2x0"),
+                                           ((0.2, 0.2, 0.0), "0x0.2x0.2"),
+                                           ((float("nan"), 0.2, 1.0), "1x0.2xnan"),
+                                           ((float("inf"), 0.2, 1.0), "1x0.2xinf")])
+def test_a_voxel_size_of_0_nan_or_infinity_is_refused_not_read_as_1_mm(pixdim, shown, tmp_path):
+    """ITK reads a pixdim of 0, NaN or infinity as 1 mm: a file that says no usable
+    spacing was measured, without a word, as if its voxels were 1 mm along that axis."""
+    path = with_header(write_nifti(tmp_path / "zero.nii"), {80: ("<3f", pixdim)})
+    for look in (io.read_image, io.stored_geometry, io.read_spacing):
+        with pytest.raises(DataError, match=rf"zero\.nii: has no usable voxel size in its header "
+                                            rf"\(pixdim {shown} mm\)"):
+            look(path)
+
+
 def test_itk_warnings_do_not_reach_stderr(tmp_path, capfd):
     """ITK printed its 'WARNING: In .../itkNiftiImageIO.cxx' lines on stderr (three for
     a negative pixdim, one per read for two voxel sizes) before bcseg's one line."""

@@ -155,7 +155,7 @@ def check(path: Path, stream: bool = True) -> None:
 
 
 def _check_voxel_size(path: Path, header: Header) -> None:
-    """One positive voxel size: pixdim's, and the sform's when it places the voxels in
+    """One positive, finite voxel size: pixdim's, and the sform's when it places the voxels in
     space (sform_code > 0; its voxel size is the length of its columns). bcseg measures
     with pixdim, so a file saying two sizes would have volumes and margins measured
     with either; a negative pixdim SimpleITK reads as negative from the header and
@@ -166,12 +166,16 @@ def _check_voxel_size(path: Path, header: Header) -> None:
     if (stated < 0).any():
         raise DataError(path, f"has a negative voxel size in its header (pixdim {shown} mm); "
                         "re-save it with positive spacing")
-    if header.sform_code <= 0:
-        return
-    placed = np.linalg.norm(header.sform[:, :axes], axis=0)
     # an axis of one voxel has no spacing to measure with (a single slice's thickness
     # is often left 0 in pixdim while the sform holds a unit column)
     many = np.asarray(header.dims[:axes]) > 1
+    if not (np.isfinite(stated[many]) & (stated[many] > 0)).all():
+        # ITK reads a voxel size of 0, NaN or infinity as 1 mm: measured, silently, in mm
+        raise DataError(path, f"has no usable voxel size in its header (pixdim {shown} mm): "
+                        "0, NaN or infinite along an axis; re-save it with its spacing")
+    if header.sform_code <= 0:
+        return
+    placed = np.linalg.norm(header.sform[:, :axes], axis=0)
     if not np.allclose(placed[many], stated[many], rtol=_SCALE_TOLERANCE, atol=0):
         shown_placed = "x".join(f"{v:.6g}" for v in reversed(placed))
         raise DataError(path, f"states two voxel sizes: its sform places voxels of {shown_placed} mm, "
