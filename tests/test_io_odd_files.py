@@ -224,6 +224,23 @@ def test_image_drawn_in_the_alpha_channel_only_is_refused(tmp_path):
     refused(lambda: io.read_image(path), path, "alpha")
 
 
+def test_mask_drawn_in_a_palettes_transparency_only_is_refused(tmp_path):
+    """Two black palette entries, one transparent (tRNS): imageio expanded the palette to
+    RGB without its transparency, and the mask read as blank."""
+    picture = Image.fromarray((alpha_drawing("L")[..., 0] > 0).astype(np.uint8), "P")
+    picture.putpalette([0, 0, 0, 0, 0, 0])
+    path = tmp_path / "b0_mask.png"
+    picture.save(path, transparency=bytes([0, 255]))
+    refused(lambda: io.read_mask(path, (40, 48)), path, "alpha", "grey")
+
+
+def test_a_palette_png_with_transparency_reads_through_its_palette(tmp_path):
+    picture = Image.fromarray(RAMP - 60, "P")
+    picture.putpalette([v for i in range(256) for v in (255 - i,) * 3])
+    picture.save(tmp_path / "p.png", transparency=0)
+    assert np.array_equal(io.read_image(tmp_path / "p.png")[0], 255 - (RAMP - 60))
+
+
 def test_alpha_is_still_dropped_when_the_colour_holds_the_picture(tmp_path):
     rgba = np.stack([RAMP] * 3 + [alpha_drawing("LA")[..., 1]], axis=-1)
     path = tmp_path / "cut_out.png"
@@ -378,17 +395,19 @@ def test_check_lists_implausible_spacing_as_it_does_zero(tmp_path, capsys):
 
 
 def _png_16bit_rgb(path, rgb: np.ndarray) -> None:
-    """A 16-bit RGB PNG written by hand (Pillow cannot write one): filter 0 on each row."""
+    """A 16-bit RGB, RGBA or grey + alpha PNG (by the last axis) written by hand (Pillow
+    cannot write one): filter 0 on each row."""
     import struct
     import zlib
 
-    height, width, _ = rgb.shape
+    height, width, channels = rgb.shape
     rows = b"".join(b"\x00" + rgb[y].astype(">u2").tobytes() for y in range(height))
 
     def chunk(kind: bytes, body: bytes) -> bytes:
         return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
 
-    header = struct.pack(">IIBBBBB", width, height, 16, 2, 0, 0, 0)
+    colour_type = {2: 4, 3: 2, 4: 6}[channels]
+    header = struct.pack(">IIBBBBB", width, height, 16, colour_type, 0, 0, 0)
     path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(rows))
                      + chunk(b"IEND", b""))
 
@@ -399,6 +418,15 @@ def test_a_16_bit_colour_png_is_read_at_8_bits_with_a_warning(tmp_path):
     grey = (np.arange(8, dtype=np.uint16) * 8000 + 257)[None, :].repeat(4, axis=0)
     _png_16bit_rgb(tmp_path / "deep.png", np.stack([grey] * 3, axis=-1))
     with pytest.warns(UserWarning, match=r"deep.png: is a 16-bit colour PNG, read at 8 bits"):
+        image, _ = io.read_image(tmp_path / "deep.png")
+    assert image.dtype == np.uint8 and list(image[0, :3]) == [1, 32, 63]
+
+
+def test_a_16_bit_grey_and_alpha_png_warns_as_16_bit_colour_does(tmp_path):
+    """Pillow reads 16-bit grey + alpha at 8 bits too: the low byte went without a word."""
+    grey = (np.arange(8, dtype=np.uint16) * 8000 + 257)[None, :].repeat(4, axis=0)
+    _png_16bit_rgb(tmp_path / "deep.png", np.stack([grey, np.full_like(grey, 65535)], axis=-1))
+    with pytest.warns(UserWarning, match=r"deep.png: is a 16-bit grey \+ alpha PNG, read at 8 bits"):
         image, _ = io.read_image(tmp_path / "deep.png")
     assert image.dtype == np.uint8 and list(image[0, :3]) == [1, 32, 63]
 

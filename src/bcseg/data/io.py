@@ -805,8 +805,10 @@ def _check_png(path: Path) -> None:
         raise DataError(path, "is not a valid PNG image (its header chunk is missing)")
     width, height, depth, colour, _, _, interlace = struct.unpack(">IIBBBBB", header[:13])
     channels = _PNG_CHANNELS.get(colour, 4)
-    if depth == 16 and colour in (2, 6):  # Pillow reads 16-bit colour at 8 bits per channel
-        warnings.warn(f"{path}: is a 16-bit colour PNG, read at 8 bits per channel (the PNG "
+    if depth == 16 and colour in (2, 4, 6):  # Pillow reads 16-bit colour or grey + alpha
+        # at 8 bits per channel
+        kind = "grey + alpha" if colour == 4 else "colour"
+        warnings.warn(f"{path}: is a 16-bit {kind} PNG, read at 8 bits per channel (the PNG "
                       "reader's limit); save it as a 16-bit grey PNG or a TIFF to keep its precision")
     _check_size(path, (height, width, channels), height * width * channels * max(depth, 8) // 8)
     passes = _ADAM7 if interlace else ((0, 0, 1, 1),)
@@ -882,8 +884,11 @@ def _read_plain(path: Path) -> np.ndarray:
         _check_jpeg_size(path)
     mode = _pillow_mode(path)
     convert = mode is not None and mode not in _PLAIN_MODES
+    # imageio expands a palette to RGB and drops its transparency (tRNS): read with it,
+    # or a mask drawn in a palette's transparency alone would read as blank.
+    read_as = "RGB" if convert else "RGBA" if mode == "P" else None
     try:
-        array = iio.imread(path, mode="RGB") if convert else iio.imread(path)
+        array = iio.imread(path, mode=read_as) if read_as else iio.imread(path)
     except Exception as exc:
         reason = str(exc).strip().splitlines()[0]
         if convert:
