@@ -241,6 +241,33 @@ def test_a_palette_png_with_transparency_reads_through_its_palette(tmp_path):
     assert np.array_equal(io.read_image(tmp_path / "p.png")[0], 255 - (RAMP - 60))
 
 
+def _palette_png(path: Path, indices: np.ndarray, palette: list[int]) -> Path:
+    """An 8-bit palette PNG written chunk by chunk (Pillow will not write an index past
+    its palette)."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    height, width = indices.shape
+    rows = b"".join(b"\x00" + row.astype(np.uint8).tobytes() for row in indices)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 3, 0, 0, 0))
+                     + chunk(b"PLTE", bytes(palette)) + chunk(b"IDAT", zlib.compress(rows))
+                     + chunk(b"IEND", b""))
+    return path
+
+
+def test_a_palette_png_using_colours_past_its_palette_is_refused(tmp_path):
+    """Indices past a short palette's end were read as black without a word (a mask's
+    lesion, drawn in index 5 of a 4-colour palette, read as empty)."""
+    indices = RAMP % 16
+    path = _palette_png(tmp_path / "short.png", indices, [v for i in range(4) for v in (60 * i,) * 3])
+    refused(lambda: io.read_image(path), path, "past the end of its 4-entry palette")
+    path = _palette_png(tmp_path / "whole.png", indices, [v for i in range(16) for v in (16 * i,) * 3])
+    assert np.array_equal(io.read_image(path)[0], 16 * indices)
+
+
 def test_alpha_is_still_dropped_when_the_colour_holds_the_picture(tmp_path):
     rgba = np.stack([RAMP] * 3 + [alpha_drawing("LA")[..., 1]], axis=-1)
     path = tmp_path / "cut_out.png"

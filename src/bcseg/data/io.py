@@ -839,8 +839,15 @@ def _pillow_mode(path: Path) -> str | None:
         with Image.open(path) as picture:
             mode, kind, frames = picture.mode, picture.format, getattr(picture, "n_frames", 1)
             orientation = picture.getexif().get(0x0112, 1)  # EXIF (JPEG; PNG's eXIf chunk)
+            # A palette index past the palette's end is read as black without a word
+            # (PNG calls it an error): part of the image, or a mask, would vanish.
+            entries = len(picture.getpalette() or ()) // 3 if mode == "P" else 0
+            beyond = mode == "P" and picture.getextrema()[1] >= entries
     except Exception:  # unreadable: the reader reports it
         return None
+    if beyond:
+        raise DataError(path, f"is a corrupt palette PNG: it uses colours past the end of its "
+                        f"{entries}-entry palette; save it again from the source")
     if kind == "PNG" and frames > 1:
         # imageio stacks an APNG's frames: a cine loop would be segmented as Z slices.
         # (An MPO JPEG's extra frames are previews or stereo views: its first is read.)
