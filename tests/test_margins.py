@@ -175,6 +175,22 @@ def test_specimen_mask_recovers_speckled_box_with_dark_tumour():
     assert not M.specimen_mask(np.full((8, 8, 8), 3.0), SPACING).any()
 
 
+def test_specimen_mask_near_the_image_edge_is_not_glued_to_it():
+    """Tissue 0.8 mm from the top and bottom of the image, less than the 1 mm closing:
+    the closing's dilation reached the edge and its erosion could not come back from
+    there, so the mask filled those rows (a 12% larger specimen, a false warning that
+    it runs off the image, wrong anterior and posterior margins). Tissue that does run
+    off the image still reaches the edge."""
+    shape = (20, 40, 40)
+    for rows, x_cols in (((4, 36), (6, 36)), ((0, 40), (6, 36))):
+        volume = np.zeros(shape, np.float32)
+        volume[3:17, rows[0]:rows[1], x_cols[0]:x_cols[1]] = 100
+        mask = M.specimen_mask(volume, SPACING, sigma_mm=0, opening_mm=0)
+        hit = np.flatnonzero(mask.any(axis=(0, 2)))
+        assert (hit[0], hit[-1] + 1) == rows
+        assert mask.sum() == 14 * (rows[1] - rows[0]) * 30
+
+
 # ------------------------------------------------------------ warnings and errors
 def test_empty_tumour_gives_row_with_warning():
     _, specimen = box_and_sphere((20, 20, 20), ((2, 17),) * 3, (5, 2, 3), 1.0)

@@ -231,7 +231,12 @@ def _ball_open_close(mask: np.ndarray, radius_mm: float, sampling, closing: bool
     if radius_mm <= 0:
         return mask
     if closing:
-        return ~within(~within(mask))
+        # Outside the image is medium: without a margin of it, tissue that the dilation
+        # carries to the edge of the image cannot be eroded back from there, and a
+        # specimen within radius_mm of the edge would be glued to the field of view.
+        pad = np.ceil(radius_mm / np.asarray(sampling, float)).astype(int) + 1
+        inner = tuple(slice(p, p + n) for p, n in zip(pad, mask.shape))
+        return ~within(~within(np.pad(mask, [(p, p) for p in pad])))[inner]
     return within(~within(~mask))
 
 
