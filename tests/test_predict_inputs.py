@@ -146,6 +146,22 @@ def test_margins_of_a_stack_without_spacing_are_refused_before_the_model_and_any
     assert _cases(out / "margins.csv") == ["nosp"]
 
 
+def test_margins_of_a_stack_whose_spacing_makes_the_smoothing_absurd_are_refused_before_any_mask(
+        tmp_path, capsys, models, stacks):
+    """A stack of 8 slices at 5 µm: the margins' 0.5 mm smoothing is 100 voxels wide
+    along z, which margins refuse. predict --margins found it only after the stack's
+    mask was written, and left that mask behind with the error."""
+    tiny = tmp_path / "tiny.tif"
+    io.write_image(tiny, tifffile.imread(_stack(stacks)), (0.005, 0.005, 0.005))
+    out = tmp_path / "seg"
+    for model, inputs in ((models["broken"], [tiny]), (models["2d"], [_stack(stacks), tiny])):
+        code, _, err = run(capsys, "predict", *inputs, "--model", model, "--out", out, "--margins",
+                           "--no-progress")
+        assert code == 3, err
+        assert one_error_line(err).startswith(f"bcseg: error: {tiny}: spacing 0.005 x 0.005 x 0.005 mm")
+        assert not out.exists()
+
+
 # --------------------------------------------------------------------------- headers
 
 def test_a_later_2d_image_for_a_3d_model_is_refused_before_any_mask(tmp_path, capsys, models, stacks):

@@ -560,16 +560,24 @@ def case_spacing(item: Path | Case, spacing_mm):
 
 
 def _check_margin_spacing(files: list[Path | Case], headers: dict, spacing_mm, problems: dict) -> None:
-    """Note every stack whose voxel size is unknown: its margins would fail after its
-    mask was written. 2D images are skipped with a warning; unreadable ones are
-    reported when they are read."""
+    """Note every stack whose voxel size is unknown, or makes the margins' smoothing
+    absurdly wide: its margins would fail after its mask was written. 2D images are
+    skipped with a warning; unreadable ones are reported when they are read."""
+    from bcseg.measure.margins import check_margin_spacing  # SciPy and scikit-image, only when needed
+
     for item in files:
         header = headers[output_name(item)]
-        if header is None or len(header[0]) != 3 or case_spacing(item, spacing_mm) or header[1]:
+        if header is None or len(header[0]) != 3:
             continue
-        problems.setdefault(output_name(item), DataError(
-            input_file(item), "records no voxel spacing, and margins in voxels mislead; "
-            "pass spacing_mm=(Z, Y, X), the voxel size in mm"))
+        spacing = case_spacing(item, spacing_mm) or header[1]
+        try:
+            if not spacing:
+                raise DataError(None, "records no voxel spacing, and margins in voxels mislead; "
+                                "pass spacing_mm=(Z, Y, X), the voxel size in mm")
+            if 1 not in header[0]:  # a stack with a singleton axis reads as 2D: no margins
+                check_margin_spacing(header[0], spacing)
+        except DataError as exc:
+            problems.setdefault(output_name(item), DataError(input_file(item), exc.problem))
 
 
 def predict_files(model_path: str | Path, inputs, out_dir: str | Path, *, threshold: float | None = None,

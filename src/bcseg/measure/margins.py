@@ -68,7 +68,7 @@ from bcseg.errors import BcsegError, DataError, UsageError
 
 __all__ = [
     "FACES", "Orientation", "DEFAULT_ORIENTATION", "parse_orientation",
-    "specimen_mask", "margins", "margins_row", "MARGIN_COLUMNS", "write_margins_csv",
+    "check_margin_spacing", "specimen_mask", "margins", "margins_row", "MARGIN_COLUMNS", "write_margins_csv",
     "margin_figure", "margins_for_files",
 ]
 
@@ -218,6 +218,18 @@ def _check_kernel(sigma_mm: float, sampling: np.ndarray, shape: tuple[int, ...],
                         f"{sigma[axis]:.3g} voxels wide along axis {_AXIS_LETTER[-len(shape):][axis]} "
                         f"(the stack has {shape[axis]}; at most {limit[axis]:g} is allowed): "
                         "that voxel size is implausible; check the spacing (mm per voxel)")
+
+
+def check_margin_spacing(shape: tuple[int, ...], spacing_mm, sigma_mm: float = 0.5,
+                         normal_sigma_mm: float = 1.0) -> None:
+    """Refuse, from a stack's shape and spacing alone, a spacing that makes the
+    smoothing of :func:`specimen_mask` or of the surface normals in :func:`margins`
+    absurdly many voxels wide: DataError naming no file. ``bcseg predict --margins``
+    asks this of every stack's header before any mask is written, so such a stack is
+    refused up front rather than after its mask stands."""
+    sampling = _sampling(spacing_mm, len(shape))
+    _check_kernel(sigma_mm, sampling, shape, "smoothing")
+    _check_kernel(normal_sigma_mm, sampling, shape, "surface-normal smoothing")
 
 
 def _ball_open_close(mask: np.ndarray, radius_mm: float, sampling, closing: bool) -> np.ndarray:
