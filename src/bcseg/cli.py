@@ -382,7 +382,8 @@ def cmd_predict(args) -> int:
                             save_prob=args.save_prob, quicklook=args.quicklook, force=args.force,
                             resume=args.resume, keep_going=args.keep_going, runtime=args.runtime,
                             progress=not args.no_progress and sys.stderr.isatty(),
-                            margins=args.margins, spacing_mm=args.spacing, after=after)
+                            margins=args.margins, spacing_mm=args.spacing, after=after,
+                            margin_check=_margin_check() if args.margins else None)
     failed = [r for r in records if r.get("error")]  # with --keep-going: unread, or margins failed
     segmented = sum(r["status"] == "ok" for r in records)
     skipped = sum(r["status"] == "skipped" for r in records)
@@ -409,6 +410,14 @@ def cmd_ensemble(args) -> int:
               f"{settings.info.get('pooled_validation_cases')} cases (members alone: {members})")
     print(f"segment with: bcseg predict IMAGES --model {out} --out OUT")
     return 0
+
+
+def _margin_check():
+    """The margins' own refusal of a stack's spacing, for predict to ask of every
+    stack before its mask is written (SciPy and scikit-image: only with --margins)."""
+    from bcseg.measure.margins import check_margin_spacing
+
+    return check_margin_spacing
 
 
 def cmd_export_onnx(args) -> int:

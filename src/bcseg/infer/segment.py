@@ -559,12 +559,12 @@ def case_spacing(item: Path | Case, spacing_mm):
     return item.spacing_mm if isinstance(item, Case) else None
 
 
-def _check_margin_spacing(files: list[Path | Case], headers: dict, spacing_mm, problems: dict) -> None:
-    """Note every stack whose voxel size is unknown, or makes the margins' smoothing
-    absurdly wide: its margins would fail after its mask was written. 2D images are
-    skipped with a warning; unreadable ones are reported when they are read."""
-    from bcseg.measure.margins import check_margin_spacing  # SciPy and scikit-image, only when needed
-
+def _check_margin_spacing(files: list[Path | Case], headers: dict, spacing_mm, problems: dict,
+                          margin_check: Callable | None = None) -> None:
+    """Note every stack whose voxel size is unknown, or that ``margin_check(shape,
+    spacing)`` refuses (the margins' own check, given by the caller: margins are a later
+    stage than inference): its margins would fail after its mask was written. 2D images
+    are skipped with a warning; unreadable ones are reported when they are read."""
     for item in files:
         header = headers[output_name(item)]
         if header is None or len(header[0]) != 3:
@@ -574,8 +574,8 @@ def _check_margin_spacing(files: list[Path | Case], headers: dict, spacing_mm, p
             if not spacing:
                 raise DataError(None, "records no voxel spacing, and margins in voxels mislead; "
                                 "pass spacing_mm=(Z, Y, X), the voxel size in mm")
-            if 1 not in header[0]:  # a stack with a singleton axis reads as 2D: no margins
-                check_margin_spacing(header[0], spacing)
+            if margin_check is not None and 1 not in header[0]:  # a singleton axis reads as 2D
+                margin_check(header[0], spacing)
         except DataError as exc:
             problems.setdefault(output_name(item), DataError(input_file(item), exc.problem))
 
@@ -586,7 +586,8 @@ def predict_files(model_path: str | Path, inputs, out_dir: str | Path, *, thresh
                   force: bool = False, resume: bool = False, keep_going: bool = False,
                   progress: bool = True, runtime: str = "tensorflow", margins: bool = False,
                   spacing_mm: Sequence[float] | None = None,
-                  after: Callable[[list, list[dict]], None] | None = None) -> list[dict]:
+                  after: Callable[[list, list[dict]], None] | None = None,
+                  margin_check: Callable[[tuple, tuple], None] | None = None) -> list[dict]:
     """Segment image files and folders, writing masks beside the input's geometry.
 
     Every input is checked before any output is written: its outputs may be written
@@ -624,6 +625,10 @@ def predict_files(model_path: str | Path, inputs, out_dir: str | Path, *, thresh
     spacing_mm : tuple of 3 float, optional
         With ``margins``: the voxel size ``(z, y, x)`` in mm, over a case's manifest
         spacing and the file's own. Without it each stack must record its spacing.
+    margin_check : callable, optional
+        With ``margins``: called as ``margin_check(shape, spacing)`` on every 3D stack's
+        header before the model loads, raising DataError for a stack the margins would
+        refuse (``bcseg predict`` passes :func:`bcseg.measure.margins.check_margin_spacing`).
     after : callable, optional
         Called as ``after(files, records)`` inside the output folder's claim once every
         input is segmented: ``bcseg predict`` measures margins there
@@ -650,7 +655,7 @@ def predict_files(model_path: str | Path, inputs, out_dir: str | Path, *, thresh
     problems: dict[str, BcsegError] = {}
     headers = _headers(files, problems)
     if margins and not keep_going:  # with keep_going a stack without spacing still gets its mask
-        _check_margin_spacing(files, headers, spacing_mm, problems)
+        _check_margin_spacing(files, headers, spacing_mm, problems, margin_check)
     _raise_first(problems, keep_going)  # before the model loads
     models, settings, notes = _models_for(files, model_path, (threshold, tta, postprocess, min_size),
                                           runtime)
