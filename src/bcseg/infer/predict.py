@@ -33,6 +33,7 @@ form for one model in memory.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import math
 from dataclasses import dataclass
@@ -574,10 +575,7 @@ def _named(chunks, view: InferenceSettings):
     """A member's runs of slices; an error from its output (NaN weights) names its
     file, which an ensemble's member settings record, not the ensemble's first model."""
     path = view.info.get("path")
-    if path is None:
-        yield from chunks
-        return
-    with naming(path):
+    with naming(path) if path is not None else contextlib.nullcontext():
         yield from chunks
 
 

@@ -160,8 +160,8 @@ def read_files(item: Path | Case) -> list[Path]:
     A case's other channels are inputs as much as its first: a manifest may take its PA
     channel from an earlier run's ``_prob.tif``, which ``--force`` must neither replace
     nor remove as that case's stale probability map."""
-    if isinstance(item, Case) and item.channels:
-        return [item.image, *(channel.path for channel in item.channels)]
+    if isinstance(item, Case) and item.channels:  # its image is its first channel's file
+        return [channel.path for channel in item.channels]
     return [input_file(item)]
 
 
@@ -210,20 +210,20 @@ def _input_files(inputs) -> list[Path | Case]:
         # Letter case and Unicode form apart too: a_mask.tif and A_mask.tif, or café
         # in its two Unicode forms, are one file on macOS (and the first on Windows).
         other = stems.setdefault(name_key(output_name(f)), f)
-        if not _same_input(other, f) and real_path(input_file(other)) == real_path(input_file(f)):
+        if _same_input(other, f):
+            continue  # one input given twice (or itself)
+        if real_path(input_file(other)) == real_path(input_file(f)):
             # the same first file: name the channel that differs (or the case's first file
             # when it has fewer channels than the other)
-            theirs = _channel_files(other)
-            differ = [c for c in f.channels if (c.name, real_path(c.path), c.index) not in theirs]
+            differ = [c for c in f.channels if _channel_key(c) not in _channel_files(other)]
             what = f"channel '{differ[0].name}'" if differ else "the first channel"
             raise UsageError(differ[0].path if differ else f.image,
                              f"is {what} of case '{f.id}', which is also given with other channel "
                              "files; their outputs would collide: segment them into different "
                              "output folders")
-        if not _same_input(other, f):
-            raise UsageError(input_file(f), f"has the same name as {input_file(other)} (letter case "
-                             "or Unicode form aside), so their outputs would collide; segment them "
-                             "into different output folders")
+        raise UsageError(input_file(f), f"has the same name as {input_file(other)} (letter case "
+                         "or Unicode form aside), so their outputs would collide; segment them "
+                         "into different output folders")
     return list(stems.values())  # each file once
 
 
@@ -238,8 +238,12 @@ def _same_input(a: Path | Case, b: Path | Case) -> bool:
     return real_path(input_file(a)) == real_path(input_file(b))
 
 
+def _channel_key(channel) -> tuple:
+    return channel.name, real_path(channel.path), channel.index
+
+
 def _channel_files(case: Case) -> set[tuple]:
-    return {(c.name, real_path(c.path), c.index) for c in case.channels}
+    return {_channel_key(c) for c in case.channels}
 
 
 def _check_channels(files: list[Path | Case], names: tuple[str, ...]) -> None:

@@ -473,7 +473,7 @@ def evaluate(pred_dir: str | Path, truth, out_dir: str | Path, observers: str | 
     study_model = None if protocol == "honest" else reference_model(model, [case for case, _, _ in matched])
     scored = _score_cases(matched, settings["targets"], slices, progress)
     study_style = None if study_model is None else reference_protocol(
-        model, matched, size=reference_size, seed=seed, model=study_model)
+        model, matched, size=reference_size, seed=seed, loaded=study_model)
     summary = _summary(scored, matched, study_style, settings, pred_dir, truth)
     _write_outputs(out_dir, outputs, force, scored, summary)
     return _result(outputs, summary, study_style)

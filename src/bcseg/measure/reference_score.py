@@ -102,7 +102,7 @@ def reference_model(model_path, cases=()):
 
 
 def reference_protocol(model_path, matched, size: int = 128, seed: int = 0,
-                       batch_size: int = REFERENCE_BATCH, model=None) -> dict:
+                       batch_size: int = REFERENCE_BATCH, loaded=None) -> dict:
     """The reference study's test score of a model on the matched cases.
 
     Parameters
@@ -117,7 +117,7 @@ def reference_protocol(model_path, matched, size: int = 128, seed: int = 0,
         Seed of the random trims.
     batch_size : int
         Images per batch of the averaging (``model.evaluate``'s default, 32).
-    model : tuple, optional
+    loaded : tuple, optional
         :func:`reference_model` of ``model_path``, when already loaded and checked.
 
     Returns
@@ -136,7 +136,7 @@ def reference_protocol(model_path, matched, size: int = 128, seed: int = 0,
     from bcseg.errors import naming
     from bcseg.infer.predict import probabilities
 
-    path, keras_model, channel, method = model or reference_model(model_path)
+    path, keras_model, channel, method = loaded or reference_model(model_path)
     size = _model_input_size(keras_model, size, path)
     rng = np.random.default_rng(seed)
     row_scores, n_slices = [], 0
