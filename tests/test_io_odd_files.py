@@ -545,6 +545,40 @@ def test_a_palette_stack_whose_pages_have_other_palettes_is_refused(tmp_path):
     refused(lambda: io.read_image(tmp_path / "p.tif"), tmp_path / "p.tif", "page 2's palette differs")
 
 
+def _marked(path, subfiletype):
+    """Mark page 2 with ``subfiletype`` (tifffile writes no transparency mask itself)."""
+    with tifffile.TiffFile(path, mode="r+b") as tif:
+        tif.pages[1].tags["NewSubfileType"].overwrite(subfiletype)
+    return path
+
+
+@pytest.mark.parametrize("extra", [
+    GREY_RAMP > 100,                                     # an editor's 1-bit transparency mask
+    (GREY_RAMP > 100).astype(np.uint8) * 255,            # the same, 8-bit
+    np.stack([GREY_RAMP] * 3, axis=-1)],                 # one of another kind than the image
+    ids=["bool", "uint8", "rgb"])
+@pytest.mark.parametrize("mmap", [False, True])
+def test_a_transparency_mask_page_is_not_a_slice(extra, mmap, tmp_path):
+    """A TIFF whose second page is a transparency mask (NewSubfileType 4): an 8-bit one
+    was read as the image's second slice (a 2D image became a 2-slice stack), others
+    were refused as a stack of unlike pages or as two series. The mask is not image data."""
+    path = _marked(_pages(tmp_path / "masked.tif", (GREY_RAMP, {}), (extra, {"subfiletype": 1})), 4)
+    array, _ = io.read_image(path, mmap=mmap)
+    np.testing.assert_array_equal(array, GREY_RAMP)
+    assert io.stored_geometry(path)[0] == GREY_RAMP.shape
+
+
+def test_a_thumbnail_page_is_not_a_slice(tmp_path):
+    """A reduced-resolution copy (NewSubfileType 1) after a stack, as scanners save a
+    preview: the stack is read, the thumbnail left out."""
+    stack = np.stack([GREY_RAMP, 255 - GREY_RAMP, GREY_RAMP // 2])
+    path = _pages(tmp_path / "thumb.tif", (stack, {"photometric": "minisblack"}),
+                  (GREY_RAMP[::2, ::2], {"subfiletype": 1}))
+    np.testing.assert_array_equal(io.read_image(path)[0], stack)
+    same = _pages(tmp_path / "same.tif", (GREY_RAMP, {}), (255 - GREY_RAMP, {"subfiletype": 1}))
+    np.testing.assert_array_equal(io.read_image(same)[0], GREY_RAMP)
+
+
 def test_an_ome_tiff_of_two_images_is_refused_not_stacked(tmp_path):
     """Two OME Images (two fields of view) were segmented as a 2-slice stack."""
     path = tmp_path / "two.ome.tif"

@@ -387,6 +387,19 @@ def read_spacing(path: str | Path) -> tuple[float, ...] | None:
 
 # --------------------------------------------------------------------------- reading
 
+# NewSubfileType bits of pages that are not the image: 1, a reduced-resolution copy (a
+# scanner's thumbnail); 4, a transparency mask (written by image editors). Taken as
+# series of their own by tifffile, such a page read as a second slice of the image.
+_NOT_THE_IMAGE = 1 | 4
+
+
+def _image_series(tif: tifffile.TiffFile) -> list:
+    """The file's series that hold the image, thumbnails and transparency masks left out
+    (all of them if every series is marked so: then none is told apart)."""
+    kept = [s for s in tif.series if not int(s.keyframe.subfiletype) & _NOT_THE_IMAGE]
+    return kept or list(tif.series)
+
+
 def _check_complete(tif: tifffile.TiffFile, path: Path) -> None:
     """Raise if the chain of pages is cut short, as in a truncated copy.
 
@@ -410,26 +423,27 @@ def _check_complete(tif: tifffile.TiffFile, path: Path) -> None:
 def _stored_shape(tif: tifffile.TiffFile, path: Path) -> tuple[tuple[int, ...], str]:
     """Shape and axes of the file's single image series, RGB samples left out."""
     _check_complete(tif, path)
-    if len(tif.series) == 0:
+    image_series = _image_series(tif)
+    if len(image_series) == 0:
         raise DataError(path, "holds no image")
-    if len(tif.series) > 1 and tif.is_ome:  # OME Images are fields of view, not slices
-        raise DataError(path, f"holds {len(tif.series)} separate OME images (fields of view or "
+    if len(image_series) > 1 and tif.is_ome:  # OME Images are fields of view, not slices
+        raise DataError(path, f"holds {len(image_series)} separate OME images (fields of view or "
                         "positions), not one stack; save each image as its own file, or, if they "
                         "are the slices of one stack, save the stack in one write "
                         "(tifffile.imwrite(path, stack, ome=True))")
-    if len(tif.series) > 1 and not tif.is_imagej:
-        shapes = [s.shape for s in tif.series]
+    if len(image_series) > 1 and not tif.is_imagej:
+        shapes = [s.shape for s in image_series]
         if len({s[-2:] for s in shapes}) > 1 or any(len(s) > 2 for s in shapes):
             raise DataError(path, f"holds {len(shapes)} image series {shapes}; "
                             "bcseg reads one image or stack per file")
     _check_like_pages(tif, path)
     _check_orientation(tif.pages.first.tags.valueof(274, 1), path)  # TIFF Orientation
-    series = tif.series[0]
+    series = image_series[0]
     axes = series.axes
     shape = list(series.shape)
     _check_imagej_count(tif, series, path)
-    if len(tif.series) > 1:  # several same-size 2D pages written as separate series
-        shape = [len(tif.series)] + shape
+    if len(image_series) > 1:  # several same-size 2D pages written as separate series
+        shape = [len(image_series)] + shape
         axes = "Q" + axes
     # Refuse from the header, before tifffile allocates what a corrupt header declares.
     _check_size(path, tuple(shape), math.prod(shape) * series.dtype.itemsize)
@@ -475,7 +489,7 @@ def _samples_are_slices(tif: tifffile.TiffFile, axes: str) -> bool:
     description (from other software) is colour.
     """
     page = tif.pages.first
-    return (axes == "SYX" and tif.is_shaped and tif.series[0].shape[0] in (3, 4)
+    return (axes == "SYX" and tif.is_shaped and _image_series(tif)[0].shape[0] in (3, 4)
             and page.photometric == tifffile.PHOTOMETRIC.RGB)
 
 
@@ -515,10 +529,11 @@ def _check_like_pages(tif: tifffile.TiffFile, path: Path) -> None:
     by dtype, Photometric and samples, but not by palette: a palette stack is compared
     page by page (reading every page's tags costs about 1 ms a page, so only then).
     """
-    if len(tif.series) > 1:
-        indices = [s.pages[0].index for s in tif.series]
+    image_series = _image_series(tif)
+    if len(image_series) > 1:
+        indices = [s.pages[0].index for s in image_series]
     elif int(tif.pages.first.photometric) == 3:  # PALETTE
-        indices = [p.index for p in tif.series[0].pages if p is not None]
+        indices = [p.index for p in image_series[0].pages if p is not None]
     else:
         return
     first = tif.pages.get(indices[0])
@@ -554,15 +569,17 @@ def _series_geometry(tif: tifffile.TiffFile, path: Path):
     stored, axes = _stored_shape(tif, path)
     if "C" in axes and stored[axes.index("C")] > 1:
         # Channels are not slices: reading them as a stack would mix modalities.
+        series = _image_series(tif)[0]
         raise DataError(path, f"has {stored[axes.index('C')]} channels (shape "
-                        f"{tuple(tif.series[0].shape)}, axes {tif.series[0].axes}); a mask has one, and an "
+                        f"{tuple(series.shape)}, axes {series.axes}); a mask has one, and an "
                         "image with several is read as a multi-channel case (name its channels "
                         "in channels.json)")
     kept_axes = _kept_axes(stored)
     kept = tuple(stored[i] for i in kept_axes)
     if len(kept) > 3:
-        raise DataError(path, f"has {len(kept)} dimensions (shape {tuple(tif.series[0].shape)}, "
-                        f"axes {tif.series[0].axes}); bcseg reads 2D images and 3D stacks only")
+        series = _image_series(tif)[0]
+        raise DataError(path, f"has {len(kept)} dimensions (shape {tuple(series.shape)}, "
+                        f"axes {series.axes}); bcseg reads 2D images and 3D stacks only")
     if len(stored) not in (2, 3):
         return kept, _tiff_spacing(tif, len(kept))
     spacing = _tiff_spacing(tif, len(stored))
@@ -667,17 +684,19 @@ def _read_tiff(path: Path, mmap: bool) -> tuple[np.ndarray, tuple[float, ...] | 
             compression = page.compression
             _check_codec(compression, path)
             array = None
-            if mmap and len(tif.series) == 1:
+            image_series = _image_series(tif)
+            if mmap and len(image_series) == 1:
                 try:
-                    array = tifffile.memmap(path, mode="r")
+                    array = tifffile.memmap(path, series=tif.series.index(image_series[0]),
+                                            mode="r")
                 except Exception:  # compressed or non-contiguous: read it instead
                     array = None
             if array is None:
-                if len(tif.series) > 1:
-                    array = np.stack([s.asarray() for s in tif.series])
+                if len(image_series) > 1:
+                    array = np.stack([s.asarray() for s in image_series])
                 else:
-                    array = tif.series[0].asarray()
-            axes = ("Q" if len(tif.series) > 1 else "") + tif.series[0].axes
+                    array = image_series[0].asarray()
+            axes = ("Q" if len(image_series) > 1 else "") + image_series[0].axes
             if "S" in axes and not _samples_are_slices(tif, axes):  # colour samples
                 # a planar file's samples come first: _tiff_grey takes them last. (Not by
                 # the array's shape: a (Z, 1, 3) stack's last axis is 3 pixels, not colour.)
@@ -992,7 +1011,7 @@ def channel_header(path: str | Path) -> tuple[int, list[str] | None]:
         with tifffile.TiffFile(path) as tif:
             if len(tif.series) == 0:
                 raise DataError(path, "holds no image")
-            series = tif.series[0]
+            series = _image_series(tif)[0]
             axes = series.axes
             count = int(series.shape[axes.index("C")]) if "C" in axes else 1
             names = _ome_channel_names(tif.ome_metadata) if tif.is_ome and tif.ome_metadata else None
@@ -1027,7 +1046,7 @@ def read_channels(path: str | Path) -> tuple[np.ndarray, tuple[float, ...] | Non
     try:
         with tifffile.TiffFile(path) as tif:
             _check_complete(tif, path)
-            series = tif.series[0]
+            series = _image_series(tif)[0]
             axes, shape = series.axes, series.shape
             if "C" not in axes:
                 raise DataError(path, f"has no channel axis (axes {axes})")
