@@ -347,3 +347,42 @@ def test_report_on_a_table_that_is_no_file_is_one_line_naming_it(problem, report
     assert code == 3 and len(lines) == 1, lines
     assert lines[0].startswith(f"bcseg: error: {copy / name}: is a "), lines
     assert {p: p.lstat().st_mtime_ns for p in copy.rglob("*")} == before
+
+
+def test_report_of_a_folder_far_too_big_for_a_run_is_refused_without_walking_it(
+        reported_run, tmp_path, monkeypatch, capsys):
+    """`bcseg report /` walked the whole disk (every search anew) before it said
+    "nothing to report". A folder with more entries below it than any run holds is
+    refused as soon as the walk passes that many, and nothing is written. The bound is
+    lowered here so that a test folder can pass it; the walk is the real one."""
+    import shutil
+
+    from bcseg.cli import main
+    from bcseg.report import html as report_html
+
+    monkeypatch.setattr(report_html, "MOST_ENTRIES_BELOW", 60)
+    big = tmp_path / "disk"
+    shutil.copytree(reported_run, big / "run")
+    assert main(["report", str(big / "run")]) == 0  # a run is below the bound
+    for n in range(3):
+        (big / f"other{n}").mkdir()
+        for i in range(20):
+            (big / f"other{n}" / f"{i}.txt").write_text("x")
+    before = {p: p.lstat().st_mtime_ns for p in big.rglob("*")}
+    capsys.readouterr()
+    assert main(["report", str(big)]) == 3
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and str(big) in err and "over 60 files and folders below it" in err
+    assert {p: p.lstat().st_mtime_ns for p in big.rglob("*")} == before
+
+
+def test_report_skips_hidden_folders_without_entering_them(reported_run, tmp_path):
+    """A hidden folder (.git, .venv, a trash folder) is neither reported nor walked."""
+    import shutil
+
+    copy = shutil.copytree(reported_run, tmp_path / "run")
+    hidden = copy / ".old" / "run"
+    hidden.mkdir(parents=True)
+    (hidden / "history.csv").write_text("not, a, history\n")  # would be refused if read
+    build_report(copy)
+    assert not (hidden / "loss.png").exists()

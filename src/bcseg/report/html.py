@@ -14,9 +14,11 @@ from __future__ import annotations
 import base64
 import csv
 import datetime
+import fnmatch
 import html
 import json
 import math
+import os
 from pathlib import Path
 from typing import Mapping, Sequence
 
@@ -115,10 +117,25 @@ def _fmt(value: float, digits: int = 3) -> str:
     return f"{value:.{digits}f}"
 
 
+# A report's folder is a run, an evaluation or a folder of them: far fewer entries than
+# this below it. Past it the folder is taken for what it is (a home folder, a disk, `/`),
+# refused after seconds rather than walked for hours to say "nothing to report".
+MOST_ENTRIES_BELOW = 200_000
+
+
 def _find(root: Path, name: str) -> list[Path]:
-    """Files called ``name`` in ``root`` and below (hidden folders skipped), root's first."""
-    found = [p for p in root.rglob(name)
-             if p.is_file() and not any(part.startswith(".") for part in p.relative_to(root).parts)]
+    """Files called ``name`` (a glob pattern) in ``root`` and below, root's first. Hidden
+    files and folders are skipped and not entered, links to folders not followed."""
+    found, entries = [], 0
+    for folder, subfolders, files in os.walk(root):
+        subfolders[:] = [d for d in subfolders if not d.startswith(".")]
+        entries += len(subfolders) + len(files)
+        if entries > MOST_ENTRIES_BELOW:
+            raise DataError(root, f"holds over {MOST_ENTRIES_BELOW:,} files and folders below it: "
+                            "not a run or evaluation folder; give the folder of the run or "
+                            "evaluation to report")
+        found += [Path(folder, f) for f in fnmatch.filter(files, name)
+                  if not f.startswith(".") and Path(folder, f).is_file()]
     return sorted(found, key=lambda p: (len(p.relative_to(root).parts), str(p)))
 
 
