@@ -659,6 +659,46 @@ def test_an_mpo_jpeg_reads_as_its_first_picture(tmp_path):
     assert np.abs(image.astype(int) - np.asarray(frames[0], int)).mean() < 8  # JPEG error only
 
 
+def _time_series(path, writer: str):
+    """Three frames of a 2D image in time (axes TYX), as Fiji, OME or tifffile label them."""
+    frames = np.stack([np.asarray(f) for f in _frames(3)])
+    if writer == "imagej":
+        tifffile.imwrite(path, frames, imagej=True, resolution=(10, 10),
+                         metadata={"axes": "TYX", "unit": "mm", "spacing": 2.0, "finterval": 0.1})
+    elif writer == "ome":
+        tifffile.imwrite(path, frames, ome=True, metadata={"axes": "TYX", "PhysicalSizeX": 100,
+                                                           "PhysicalSizeY": 100})
+    else:
+        tifffile.imwrite(path, frames, photometric="minisblack", metadata={"axes": "TYX"})
+    return path
+
+
+@pytest.mark.parametrize("writer", ["imagej", "ome", "tifffile"])
+def test_a_tiff_time_series_is_refused_not_read_as_a_stack(writer, tmp_path):
+    """A TIFF whose frames are points in time (a cine loop Fiji saved with frames=3) was
+    read as a (3, H, W) stack of slices, as an animated PNG once was, and an ImageJ one
+    had its slice spacing put on the time axis."""
+    path = _time_series(tmp_path / "loop.tif", writer)
+    assert tifffile.TiffFile(path).series[0].axes == "TYX"
+    for look in (io.read_image, io.stored_geometry, io.read_spacing):
+        refused(lambda: look(path), path, "has 3 time points", "not slices")
+
+
+def test_a_hyperstack_of_channels_in_time_is_refused_not_read_as_a_stack(tmp_path):
+    """Channels over time (TCYX) read as channels of a 3D stack of its frames."""
+    frames = np.stack([np.asarray(f) for f in _frames(6)]).reshape(3, 2, 32, 40)
+    path = tmp_path / "loop.tif"
+    tifffile.imwrite(path, frames, imagej=True, metadata={"axes": "TCYX"})
+    refused(lambda: io.read_channels(path), path, "has 3 time points", "not slices")
+
+
+def test_one_time_point_is_no_time_series(tmp_path):
+    path = tmp_path / "one.tif"
+    frames = np.stack([np.asarray(f) for f in _frames(3)])
+    tifffile.imwrite(path, frames[None], imagej=True, metadata={"axes": "TZYX"})
+    np.testing.assert_array_equal(io.read_image(path)[0], frames)
+
+
 # --------------------------------------------------------------------------- bool masks saved by tifffile
 
 LESION_2D = np.zeros((32, 40), bool)

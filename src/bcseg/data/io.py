@@ -5,7 +5,8 @@ YCbCr too; alpha is dropped, and a picture drawn in alpha alone is refused).
 3D stacks: TIFF (multi-page, ImageJ hyperstacks, OME-TIFF), memory-mapped where the
 file allows, and NIfTI through SimpleITK. Arrays are ``(H, W)`` or ``(Z, H, W)``.
 A TIFF with a channel (C) axis is refused by :func:`read_image` (channels are not
-slices) and read by :func:`read_channels`, channels last.
+slices) and read by :func:`read_channels`, channels last; one with a time (T) axis of
+several frames is refused by both (frames are not slices either).
 
 Spacing is a tuple of mm per array axis, read from ImageJ metadata, OME metadata or
 resolution tags, or None when the file does not say; outside 1e-4 to 100 mm it is
@@ -441,6 +442,7 @@ def _stored_shape(tif: tifffile.TiffFile, path: Path) -> tuple[tuple[int, ...], 
     series = image_series[0]
     axes = series.axes
     shape = list(series.shape)
+    _check_no_time(series, path)
     _check_imagej_count(tif, series, path)
     if len(image_series) > 1:  # several same-size 2D pages written as separate series
         shape = [len(image_series)] + shape
@@ -464,6 +466,23 @@ def _stored_shape(tif: tifffile.TiffFile, path: Path) -> tuple[tuple[int, ...], 
                             f"axes {series.axes}), which are channels, not slices; save each channel "
                             "as its own file (images/<channel>/) or as a Fiji hyperstack")
     return tuple(shape), axes
+
+
+def _check_no_time(series, path: Path) -> None:
+    """Refuse a series with a time (T) axis of more than one frame.
+
+    Fiji saves a cine loop with frames=N, OME with SizeT: its frames are one section
+    at N moments, not N sections. Read as Z they were segmented as a stack of slices
+    (an ImageJ one with its slice spacing put on the time axis), as an animated PNG
+    would be. (A T axis of one, TZCYX beside a stack, is dropped with the other
+    singleton axes.)
+    """
+    if "T" in series.axes and series.shape[series.axes.index("T")] > 1:
+        raise DataError(path, f"has {series.shape[series.axes.index('T')]} time points (shape "
+                        f"{tuple(series.shape)}, axes {series.axes}): frames of a time series, "
+                        "not slices of a stack; save the frame to segment as its own file, or, "
+                        "if the frames are slices, relabel them (Fiji: Image > Properties, "
+                        "swap Slices and Frames)")
 
 
 def _samples_are_colour(page, samples: int) -> bool:
@@ -1050,6 +1069,7 @@ def read_channels(path: str | Path) -> tuple[np.ndarray, tuple[float, ...] | Non
             axes, shape = series.axes, series.shape
             if "C" not in axes:
                 raise DataError(path, f"has no channel axis (axes {axes})")
+            _check_no_time(series, path)
             spatial = [n for a, n in zip(axes, shape) if a != "C" and n != 1]
             if len(spatial) not in (2, 3):
                 raise DataError(path, f"has {len(spatial)} dimensions besides its channels "
