@@ -139,6 +139,12 @@ def test_ome_tiff_spacing_with_explicit_mm_unit(tmp_path):
     ("micron", 1e-3, 1500.0),       # Fiji's "micron"
     ("\\u00B5m", 1e-3, 1500.0),     # Fiji's escaped µm
     ("mm", 1.0, 1.5),
+    # Other spellings of the same lengths were read as no spacing at all:
+    ("micrometre", 1e-3, 1500.0),   # British
+    ("\\u03BCm", 1e-3, 1500.0),     # the Greek letter mu, not the micro sign
+    ("Microns", 1e-3, 1500.0),
+    ("millimetres", 1.0, 1.5),
+    ("centimetre", 10.0, 0.15),
 ])
 def test_imagej_spacing_and_unit(tmp_path, unit, per_unit, z):
     path = tmp_path / f"ij_{len(unit)}.tif"
@@ -148,6 +154,33 @@ def test_imagej_spacing_and_unit(tmp_path, unit, per_unit, z):
                      metadata={"axes": "ZYX", "spacing": z, "unit": unit})
     assert io.read_spacing(path) == pytest.approx(SPACING)
     assert io.read_image(path)[1] == pytest.approx(SPACING)
+
+
+@pytest.mark.parametrize("unit", ["pixel", "pixels", ""])
+def test_imagej_in_pixels_has_no_spacing(tmp_path, unit):
+    path = tmp_path / "pixels.tif"
+    tifffile.imwrite(path, STACK, imagej=True, resolution=(4, 5),
+                     metadata={"axes": "ZYX", "spacing": 2.0, "unit": unit})
+    assert io.read_spacing(path) is None
+
+
+@pytest.mark.parametrize("writer", ["imagej", "ome"])
+def test_a_length_unit_bcseg_does_not_know_is_refused_not_dropped(tmp_path, writer):
+    """A spacing in a unit missing from bcseg's table read as no spacing: a mask stating
+    another voxel size passed, and check said 'unknown'."""
+    path = tmp_path / "mil.tif"
+    if writer == "imagej":
+        tifffile.imwrite(path, STACK, imagej=True, resolution=(4, 5),
+                         metadata={"axes": "ZYX", "spacing": 2.0, "unit": "mil"})
+    else:
+        tifffile.imwrite(path, STACK, ome=True, metadata={
+            "axes": "ZYX", "PhysicalSizeZ": 2.0, "PhysicalSizeZUnit": "mil",
+            "PhysicalSizeY": 0.2, "PhysicalSizeYUnit": "mil",
+            "PhysicalSizeX": 0.25, "PhysicalSizeXUnit": "mil"})
+    for look in (io.read_spacing, io.read_image, io.stored_geometry):
+        with pytest.raises(DataError, match=r"^.*mil\.tif: states its spacing in the unit 'mil', "
+                           "which bcseg does not know"):
+            look(path)
 
 
 def test_imagej_without_unit_has_no_spacing(tmp_path):

@@ -54,12 +54,16 @@ _EXPECTED_CONTENT = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".tif": "TI
                      ".tiff": "TIFF", ".nii": "NIfTI", ".nii.gz": "gzip"}
 _SUFFIX_OF = {"PNG": ".png", "JPEG": ".jpg", "TIFF": ".tif", "NIfTI": ".nii", "gzip": ".nii.gz"}
 
+# Units as _unit_key spells them: lower case, singular, "meter", the micro sign for µ.
 _UNIT_TO_MM = {
-    "mm": 1.0, "millimeter": 1.0, "millimetre": 1.0,
-    "cm": 10.0, "centimeter": 10.0, "m": 1000.0, "meter": 1000.0,
-    "um": 1e-3, "µm": 1e-3, "\\u00b5m": 1e-3, "micron": 1e-3, "microns": 1e-3,
-    "micrometer": 1e-3, "nm": 1e-6, "inch": 25.4, "in": 25.4,
+    "mm": 1.0, "millimeter": 1.0, "cm": 10.0, "centimeter": 10.0, "dm": 100.0,
+    "decimeter": 100.0, "m": 1000.0, "meter": 1000.0,
+    "um": 1e-3, "µm": 1e-3, "micron": 1e-3, "micrometer": 1e-3,
+    "nm": 1e-6, "nanometer": 1e-6, "pm": 1e-9, "picometer": 1e-9, "å": 1e-7, "angstrom": 1e-7,
+    "inch": 25.4, "inches": 25.4, "in": 25.4, "ft": 304.8, "foot": 304.8, "feet": 304.8,
 }
+# Units that say the image is not calibrated: ImageJ's "pixel", OME's "reference frame".
+_NO_LENGTH_UNITS = ("", "pixel", "px", "reference frame")
 # Image editors stamp these resolutions on every file; they say nothing about
 # the anatomy, so an inch-based resolution of exactly these values is ignored.
 _DEFAULT_DPI = (72.0, 96.0, 300.0)
@@ -300,13 +304,39 @@ def _validate(array: np.ndarray, path: Path) -> np.ndarray:
 
 # --------------------------------------------------------------------------- spacing
 
-def _unit_scale(unit: str | None) -> float | None:
+def _unit_key(unit) -> str:
+    """A unit as :data:`_UNIT_TO_MM` spells it: "Microns", "micrometres", "\\u00B5m" (as
+    ImageJ escapes µ) and "μm" (the Greek letter mu, not the micro sign) are all "µm"."""
+    text = str(unit).strip().lower()
+    for mu in ("\\u00b5", "\\u03bc", "μ"):
+        text = text.replace(mu, "µ")
+    text = text.replace("metre", "meter")
+    # plurals of words only: "ms" is no metres
+    if len(text) > 3 and text.endswith("s") and (text[:-1] in _UNIT_TO_MM or text[:-1] in _NO_LENGTH_UNITS):
+        text = text[:-1]
+    return text
+
+
+def _unit_scale(unit: str | None, path: Path) -> float | None:
+    """mm per ``unit``, or None where there is no unit or it is a pixel (no calibration).
+
+    A length unit bcseg does not know is refused, not taken for "no spacing": the file
+    states its voxel size, and a mask that states another would pass the spacing check.
+    """
     if unit is None:
         return None
-    return _UNIT_TO_MM.get(str(unit).strip().lower())
+    key = _unit_key(unit)
+    if key in _NO_LENGTH_UNITS:
+        return None
+    if key not in _UNIT_TO_MM:
+        raise DataError(path, f"states its spacing in the unit {str(unit).strip()!r}, which bcseg "
+                        "does not know; re-save it with the spacing in mm or µm (in Fiji: "
+                        "Image > Properties)")
+    return _UNIT_TO_MM[key]
 
 
-def _resolution_mm(page: tifffile.TiffPage, imagej_unit: str | None) -> tuple[float, float] | None:
+def _resolution_mm(page: tifffile.TiffPage, imagej_unit: str | None,
+                   path: Path) -> tuple[float, float] | None:
     """In-plane (y, x) spacing from the resolution tags, or None."""
     tags = page.tags
     if "XResolution" not in tags or "YResolution" not in tags:
@@ -316,7 +346,7 @@ def _resolution_mm(page: tifffile.TiffPage, imagej_unit: str | None) -> tuple[fl
     x = xres[0] / xres[1] if xres[1] else 0.0
     y = yres[0] / yres[1] if yres[1] else 0.0
     if imagej_unit is not None:
-        scale = _unit_scale(imagej_unit)
+        scale = _unit_scale(imagej_unit, path)
         if scale is None:
             return None
     else:
@@ -331,7 +361,7 @@ def _resolution_mm(page: tifffile.TiffPage, imagej_unit: str | None) -> tuple[fl
     return (scale / y if y > 0 else math.inf, scale / x if x > 0 else math.inf)
 
 
-def _ome_spacing(xml: str) -> dict[str, float]:
+def _ome_spacing(xml: str, path: Path) -> dict[str, float]:
     """PhysicalSize{X,Y,Z} from OME-XML, converted to mm (OME's default unit is µm)."""
     found = {}
     for axis in "XYZ":
@@ -339,16 +369,16 @@ def _ome_spacing(xml: str) -> dict[str, float]:
         if not size:
             continue
         unit = re.search(rf'PhysicalSize{axis}Unit="([^"]+)"', xml)
-        scale = _unit_scale(unit.group(1) if unit else "µm")
+        scale = _unit_scale(unit.group(1) if unit else "µm", path)
         if scale is not None:
             found[axis.lower()] = float(size.group(1)) * scale
     return found
 
 
-def _tiff_spacing(tif: tifffile.TiffFile, ndim: int) -> tuple[float, ...] | None:
+def _tiff_spacing(tif: tifffile.TiffFile, ndim: int, path: Path) -> tuple[float, ...] | None:
     page = tif.pages.first
     if tif.is_ome and tif.ome_metadata:
-        ome = _ome_spacing(tif.ome_metadata)
+        ome = _ome_spacing(tif.ome_metadata, path)
         if "x" in ome and "y" in ome:
             plane = (ome["y"], ome["x"])
             if ndim == 2:
@@ -357,13 +387,13 @@ def _tiff_spacing(tif: tifffile.TiffFile, ndim: int) -> tuple[float, ...] | None
                 return (ome["z"],) + plane
     ij = tif.imagej_metadata or {}
     unit = ij.get("unit") if tif.is_imagej else None
-    plane = _resolution_mm(page, unit)
+    plane = _resolution_mm(page, unit, path)
     if plane is None:
         return None
     if ndim == 2:
         return plane
     z = ij.get("spacing")
-    scale = _unit_scale(unit) if unit is not None else None
+    scale = _unit_scale(unit, path)
     if z is None or scale is None:
         return None
     return (float(z) * scale,) + plane
@@ -600,8 +630,8 @@ def _series_geometry(tif: tifffile.TiffFile, path: Path):
         raise DataError(path, f"has {len(kept)} dimensions (shape {tuple(series.shape)}, "
                         f"axes {series.axes}); bcseg reads 2D images and 3D stacks only")
     if len(stored) not in (2, 3):
-        return kept, _tiff_spacing(tif, len(kept))
-    spacing = _tiff_spacing(tif, len(stored))
+        return kept, _tiff_spacing(tif, len(kept), path)
+    spacing = _tiff_spacing(tif, len(stored), path)
     if spacing is not None and len(spacing) == len(stored):
         spacing = tuple(spacing[i] for i in kept_axes)
     return kept, spacing
@@ -620,7 +650,7 @@ def stored_geometry(path: str | Path) -> tuple[tuple[int, ...], tuple[float, ...
             with tifffile.TiffFile(path) as tif:
                 shape, _ = _stored_shape(tif, path)
                 if len(shape) in (2, 3):
-                    return shape, check_spacing(_tiff_spacing(tif, len(shape)), path)
+                    return shape, check_spacing(_tiff_spacing(tif, len(shape), path), path)
         elif is_nifti(path):
             sitk = nifti.simpleitk()
 
@@ -1075,7 +1105,7 @@ def read_channels(path: str | Path) -> tuple[np.ndarray, tuple[float, ...] | Non
                 raise DataError(path, f"has {len(spatial)} dimensions besides its channels "
                                 f"(shape {tuple(shape)}, axes {axes}); expected 2D or 3D")
             _check_size(path, tuple(shape), math.prod(shape) * series.dtype.itemsize)
-            spacing = _tiff_spacing(tif, len(spatial))
+            spacing = _tiff_spacing(tif, len(spatial), path)
             compression = tif.pages.first.compression
             _check_codec(compression, path)
             array = np.moveaxis(series.asarray(), axes.index("C"), -1)
