@@ -203,6 +203,23 @@ def test_default_editor_dpi_is_ignored(tmp_path, dpi):
     assert io.read_spacing(path) is None
 
 
+@pytest.mark.parametrize("dpi", [72, 96, 300])
+def test_default_editor_dpi_stated_in_centimetres_is_ignored(tmp_path, dpi):
+    """An editor working in metric units (GIMP in mm) saves its 72 ppi default as 28.3465
+    pixels per cm, rounded to a rational: read as 0.3528 mm pixels, a mask saved so was
+    refused beside its image's real spacing."""
+    path = tmp_path / f"dpcm{dpi}.tif"
+    per_cm = (round(dpi / 2.54 * 10000), 10000)
+    tifffile.imwrite(path, STACK[0], resolution=(per_cm, per_cm), resolutionunit="CENTIMETER")
+    assert io.read_spacing(path) is None
+    image = tmp_path / "image.tif"
+    tifffile.imwrite(image, STACK[0], imagej=True, resolution=(4, 5), metadata={"unit": "mm"})
+    mask = (STACK[0] > 100).astype(np.uint8) * 255
+    tifffile.imwrite(path, mask, resolution=(per_cm, per_cm), resolutionunit="CENTIMETER")
+    np.testing.assert_array_equal(
+        io.read_mask(path, STACK[0].shape, spacings=[io.read_spacing(image)]), mask > 0)
+
+
 def test_real_inch_resolution_is_converted(tmp_path):
     path = tmp_path / "dpi254.tif"
     # 254 px/inch across = 0.1 mm; 127 px/inch down = 0.2 mm.

@@ -65,7 +65,8 @@ _UNIT_TO_MM = {
 # Units that say the image is not calibrated: ImageJ's "pixel", OME's "reference frame".
 _NO_LENGTH_UNITS = ("", "pixel", "px", "reference frame")
 # Image editors stamp these resolutions on every file; they say nothing about
-# the anatomy, so an inch-based resolution of exactly these values is ignored.
+# the anatomy, so a resolution of these values is ignored, in inches or in
+# centimetres (an editor working in mm saves 72 ppi as 28.3465 pixels per cm).
 _DEFAULT_DPI = (72.0, 96.0, 300.0)
 _RGB_WEIGHTS = np.array([0.2125, 0.7154, 0.0721])  # ITU-R 709, as scikit-image
 # The voxel sizes a spacing may have, in mm: 0.1 µm to 10 cm. Outside it, the
@@ -350,15 +351,21 @@ def _resolution_mm(page: tifffile.TiffPage, imagej_unit: str | None,
         if scale is None:
             return None
     else:
-        unit = tags["ResolutionUnit"].value if "ResolutionUnit" in tags else 2
-        if int(unit) == 3:
-            scale = 10.0
-        elif int(unit) == 2 and x not in _DEFAULT_DPI and y not in _DEFAULT_DPI:
-            scale = 25.4
-        else:
+        unit = int(tags["ResolutionUnit"].value) if "ResolutionUnit" in tags else 2
+        if unit not in (2, 3):  # 1: no absolute unit
             return None
+        per_inch = 2.54 if unit == 3 else 1.0
+        if _is_editor_default(x * per_inch) or _is_editor_default(y * per_inch):
+            return None
+        scale = 10.0 if unit == 3 else 25.4
     # A zero resolution is an infinite spacing: check_spacing refuses it by name.
     return (scale / y if y > 0 else math.inf, scale / x if x > 0 else math.inf)
+
+
+def _is_editor_default(dpi: float) -> bool:
+    """Whether a resolution is an editor's default (72, 96 or 300 dpi), to the rounding of
+    one converted from centimetres (28.35 pixels per cm is 72.009 dpi)."""
+    return any(math.isclose(dpi, default, rel_tol=SPACING_TOLERANCE) for default in _DEFAULT_DPI)
 
 
 def _ome_spacing(xml: str, path: Path) -> dict[str, float]:
