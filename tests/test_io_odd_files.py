@@ -699,6 +699,28 @@ def test_one_time_point_is_no_time_series(tmp_path):
     np.testing.assert_array_equal(io.read_image(path)[0], frames)
 
 
+# --------------------------------------------------------------------------- 1-bit images
+
+BILEVEL = np.zeros((32, 40), bool)
+BILEVEL[8:24, 10:30] = True
+
+
+@pytest.mark.parametrize("name", ["scan.png", "scan.tif"])
+def test_a_1_bit_image_reads_as_black_and_white(name, tmp_path):
+    """A 1-bit picture's white is its full scale: read as uint8 0 and 1, it was
+    normalised as 8-bit (divided by 255) into black and 1/255 grey."""
+    path = tmp_path / name
+    if name.endswith(".png"):
+        Image.fromarray(BILEVEL).save(path)
+        assert Image.open(path).mode == "1"
+    else:
+        tifffile.imwrite(path, BILEVEL, photometric="minisblack")
+    image, _ = io.read_image(path)
+    np.testing.assert_array_equal(image, BILEVEL.astype(np.uint8) * 255)
+    np.testing.assert_array_equal(intensity.normalise(image), BILEVEL.astype(np.float32))
+    np.testing.assert_array_equal(io.read_mask(path), BILEVEL)
+
+
 # --------------------------------------------------------------------------- bool masks saved by tifffile
 
 LESION_2D = np.zeros((32, 40), bool)

@@ -293,8 +293,9 @@ def _validate(array: np.ndarray, path: Path) -> np.ndarray:
         raise DataError(path, f"is too small to segment (shape {array.shape})")
     if array.ndim == 3 and min(array.shape[1:]) < 2:
         raise DataError(path, f"is too small to segment (shape {array.shape})")
-    if array.dtype == bool:
-        array = array.astype(np.uint8)
+    if array.dtype == bool:  # a 1-bit file: its 1 is white, full scale, as 255 is in uint8
+        # (as 0 and 1, it was normalised as 8-bit into black and 1/255 grey)
+        array = array.astype(np.uint8) * np.uint8(255)
     if not (np.issubdtype(array.dtype, np.integer) or np.issubdtype(array.dtype, np.floating)):
         raise DataError(path, f"has unsupported pixel type {array.dtype}")
     if np.issubdtype(array.dtype, np.floating) and not isinstance(array, np.memmap):
