@@ -699,6 +699,43 @@ def test_one_time_point_is_no_time_series(tmp_path):
     np.testing.assert_array_equal(io.read_image(path)[0], frames)
 
 
+# --------------------------------------------------------------------------- files with channels
+
+TWO_CHANNELS = np.stack([RAMP, 255 - RAMP])  # (C, H, W)
+
+
+def test_colour_channels_read_as_grey_not_as_a_third_axis(tmp_path):
+    """An OME-TIFF of RGB channels (axes CYXS) read as channels of a (H, W, 3) stack: its
+    colour samples became a spatial axis 3 pixels wide."""
+    colour = np.stack([TWO_CHANNELS, TWO_CHANNELS // 2, TWO_CHANNELS // 3], axis=-1)
+    path = tmp_path / "rgb.ome.tif"
+    tifffile.imwrite(path, colour, ome=True, photometric="rgb", metadata={"axes": "CYXS"})
+    grey = np.rint(colour.astype(float) @ [0.2125, 0.7154, 0.0721]).astype(np.uint8)  # Rec. 709
+    array, _ = io.read_channels(path)
+    np.testing.assert_array_equal(array, np.moveaxis(grey, 0, -1))
+
+
+def test_a_palette_of_greys_is_applied_to_channels(tmp_path):
+    """The channels of a palette file were read as its indices, not its greys."""
+    path = tmp_path / "inverted.tif"
+    inverted = np.stack([np.arange(256)[::-1] * 257] * 3).astype(np.uint16)
+    tifffile.imwrite(path, TWO_CHANNELS, photometric="palette", colormap=inverted,
+                     metadata={"axes": "CYX"})
+    np.testing.assert_array_equal(io.read_channels(path)[0], np.moveaxis(255 - TWO_CHANNELS, 0, -1))
+
+
+@pytest.mark.parametrize("odd, words", [
+    ({"photometric": "miniswhite"}, "stores an inverted grey scale (MinIsWhite"),
+    ({"extratags": [(274, "H", 1, 3, False)]}, "has Orientation 3 in its metadata"),
+])
+def test_channels_are_refused_where_read_image_refuses_the_file(odd, words, tmp_path):
+    """A hyperstack with an inverting LUT or an Orientation tag was read as stored by
+    read_channels, where read_image refuses it."""
+    path = tmp_path / "odd.tif"
+    tifffile.imwrite(path, TWO_CHANNELS, imagej=True, metadata={"axes": "CYX"}, **odd)
+    refused(lambda: io.read_channels(path), path, words)
+
+
 # --------------------------------------------------------------------------- 1-bit images
 
 BILEVEL = np.zeros((32, 40), bool)

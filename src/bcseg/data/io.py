@@ -737,28 +737,9 @@ def _read_tiff(path: Path, mmap: bool) -> tuple[np.ndarray, tuple[float, ...] | 
     try:
         with tifffile.TiffFile(path) as tif:
             shape, spacing = _series_geometry(tif, path)
-            page = tif.pages.first
-            compression = page.compression
+            compression = tif.pages.first.compression
             _check_codec(compression, path)
-            array = None
-            image_series = _image_series(tif)
-            if mmap and len(image_series) == 1:
-                try:
-                    array = tifffile.memmap(path, series=tif.series.index(image_series[0]),
-                                            mode="r")
-                except Exception:  # compressed or non-contiguous: read it instead
-                    array = None
-            if array is None:
-                if len(image_series) > 1:
-                    array = np.stack([s.asarray() for s in image_series])
-                else:
-                    array = image_series[0].asarray()
-            axes = ("Q" if len(image_series) > 1 else "") + image_series[0].axes
-            if "S" in axes and not _samples_are_slices(tif, axes):  # colour samples
-                # a planar file's samples come first: _tiff_grey takes them last. (Not by
-                # the array's shape: a (Z, 1, 3) stack's last axis is 3 pixels, not colour.)
-                array = _tiff_grey(np.moveaxis(array, axes.index("S"), -1), page, path)
-            array = _as_stored_grey(array, page, path)
+            array = _grey_pixels(tif, path, mmap)
     except DataError:
         raise
     except ImportError as exc:  # a decoder whose module is missing (ZSTD before Python 3.14)
@@ -770,6 +751,30 @@ def _read_tiff(path: Path, mmap: bool) -> tuple[np.ndarray, tuple[float, ...] | 
     if array.shape != shape:
         array = array.reshape(shape)
     return array, spacing
+
+
+def _grey_pixels(tif: tifffile.TiffFile, path: Path, mmap: bool = False) -> np.ndarray:
+    """The pixels of the file's image series as grey values, in the axes :func:`_stored_shape`
+    gives (colour samples converted, a palette or grey scale as the TIFF means it)."""
+    page = tif.pages.first
+    array = None
+    image_series = _image_series(tif)
+    if mmap and len(image_series) == 1:
+        try:
+            array = tifffile.memmap(path, series=tif.series.index(image_series[0]), mode="r")
+        except Exception:  # compressed or non-contiguous: read it instead
+            array = None
+    if array is None:
+        if len(image_series) > 1:
+            array = np.stack([s.asarray() for s in image_series])
+        else:
+            array = image_series[0].asarray()
+    axes = ("Q" if len(image_series) > 1 else "") + image_series[0].axes
+    if "S" in axes and not _samples_are_slices(tif, axes):  # colour samples
+        # a planar file's samples come first: _tiff_grey takes them last. (Not by
+        # the array's shape: a (Z, 1, 3) stack's last axis is 3 pixels, not colour.)
+        array = _tiff_grey(np.moveaxis(array, axes.index("S"), -1), page, path)
+    return _as_stored_grey(array, page, path)
 
 
 def _as_stored_grey(array: np.ndarray, page, path: Path) -> np.ndarray:
@@ -1102,21 +1107,20 @@ def read_channels(path: str | Path) -> tuple[np.ndarray, tuple[float, ...] | Non
     compression = None
     try:
         with tifffile.TiffFile(path) as tif:
-            _check_complete(tif, path)
-            series = _image_series(tif)[0]
-            axes, shape = series.axes, series.shape
+            # read_image's checks and grey values, channel by channel: colour samples (an
+            # OME CYXS file) were read as a spatial axis 3 pixels wide, a palette as its
+            # indices, and an inverted grey scale or an Orientation tag went unnoticed
+            shape, axes = _stored_shape(tif, path)
             if "C" not in axes:
                 raise DataError(path, f"has no channel axis (axes {axes})")
-            _check_no_time(series, path)
             spatial = [n for a, n in zip(axes, shape) if a != "C" and n != 1]
             if len(spatial) not in (2, 3):
                 raise DataError(path, f"has {len(spatial)} dimensions besides its channels "
                                 f"(shape {tuple(shape)}, axes {axes}); expected 2D or 3D")
-            _check_size(path, tuple(shape), math.prod(shape) * series.dtype.itemsize)
             spacing = _tiff_spacing(tif, len(spatial), path)
             compression = tif.pages.first.compression
             _check_codec(compression, path)
-            array = np.moveaxis(series.asarray(), axes.index("C"), -1)
+            array = np.moveaxis(_grey_pixels(tif, path), axes.index("C"), -1)
     except DataError:
         raise
     except ImportError as exc:  # a decoder whose module is missing (ZSTD before Python 3.14)
