@@ -32,6 +32,7 @@ from bcseg.learn import train
 from bcseg.cli import main
 from bcseg.config import load_config, save_config
 from bcseg.errors import BcsegError, DataError, printable
+from bcseg.data.dataset import read_manifest
 from bcseg.data.intensity import normalise
 from bcseg.measure.margins import margins_for_files
 from test_robustness import (IMAGE, LESION, STACK, TINY_TRAINING, files_under, models,  # noqa: F401
@@ -442,6 +443,15 @@ def test_manifest_in_another_dialect_gets_a_clear_line(text, encoding, said, tmp
     code, _, err = run_main(capsys, ["check", manifest])
     assert code == 3
     assert f"manifest.csv: {said}; save it as 'CSV UTF-8 (comma delimited)'" in one_error_line(err)
+
+
+def test_a_mask_cell_of_blanks_is_no_mask_as_an_empty_one_is(tmp_path):
+    """A spreadsheet's cell holding a space was refused as 'empty path' in a mask column
+    (an image_<channel> cell of blanks was already no file)."""
+    manifest = _manifest_dataset(tmp_path / "data", "id,image,mask_observer1\n"
+                                 "c0,images/c0.tif, \nc1,images/c1.tif,masks/observer1/c1.tif\n")
+    cases = read_manifest(manifest)
+    assert [c.masks for c in cases] == [{}, {"observer1": (tmp_path / "data/masks/observer1/c1.tif",)}]
 
 
 def test_a_manifest_row_with_more_cells_than_columns_is_refused(tmp_path, capsys):

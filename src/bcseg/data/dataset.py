@@ -775,7 +775,7 @@ def read_manifest(path: str | Path) -> list[Case]:
     for number, row in rows:  # the line each row starts on; line 1 is the header
         masks = {}
         for column in mask_columns:
-            if row.get(column):
+            if (row.get(column) or "").strip():  # blanks are an empty cell, as in image_<channel>
                 files = row[column].split(";")
                 masks[column[len("mask_"):]] = tuple(
                     _manifest_path(f.strip(), base, path, number) for f in files)
