@@ -454,6 +454,15 @@ def test_a_mask_cell_of_blanks_is_no_mask_as_an_empty_one_is(tmp_path):
     assert [c.masks for c in cases] == [{}, {"observer1": (tmp_path / "data/masks/observer1/c1.tif",)}]
 
 
+def test_a_windows_path_in_a_manifest_is_named_as_one(tmp_path, capsys):
+    """'images\\c0.tif', as a manifest made on Windows holds it, was only 'not found'."""
+    manifest = _manifest_dataset(tmp_path / "data", "id,image\nc0,images\\c0.tif\nc1,images/c1.tif\n")
+    code, _, err = run_main(capsys, ["check", manifest])
+    assert code == 3
+    assert ("manifest.csv: line 2: file 'images\\c0.tif' not found; it is written with '\\' "
+            "between folders, as on Windows: write '/'") in one_error_line(err)
+
+
 def test_a_manifest_row_with_more_cells_than_columns_is_refused(tmp_path, capsys):
     """An unquoted comma in a value shifted the cells; the extra one was dropped unsaid."""
     manifest = _manifest_dataset(tmp_path / "data", "id,image,mask_observer1,group\n"

@@ -657,7 +657,10 @@ def _manifest_path(value: str, base: Path, manifest: Path, line: int) -> Path:
     if path.is_symlink() and not path.exists():
         raise DataError(manifest, f"line {line}: '{value}' is a broken symbolic link")
     if not path.is_file():
-        raise DataError(manifest, f"line {line}: file '{value}' not found")
+        # a manifest made on Windows: '\\' is a character of a file name here, no folder
+        hint = ("; it is written with '\\' between folders, as on Windows: write '/'"
+                if "\\" in value else "")
+        raise DataError(manifest, f"line {line}: file '{value}' not found{hint}")
     return path
 
 
