@@ -135,6 +135,24 @@ def test_ome_tiff_spacing_with_explicit_mm_unit(tmp_path):
     assert io.read_spacing(path) == pytest.approx(SPACING)
 
 
+def test_ome_tiff_spacing_in_single_quotes_is_read(tmp_path):
+    """XML lets attributes be quoted with ' and spaced around '=': such an OME header
+    (another writer's) read as no spacing at all, its mm units unseen."""
+    import re
+
+    path = tmp_path / "quoted.ome.tif"
+    tifffile.imwrite(path, STACK, ome=True, metadata={
+        "axes": "ZYX", "PhysicalSizeZ": 1.5, "PhysicalSizeZUnit": "mm",
+        "PhysicalSizeY": 0.2, "PhysicalSizeYUnit": "mm",
+        "PhysicalSizeX": 0.25, "PhysicalSizeXUnit": "mm"})
+    with tifffile.TiffFile(path, mode="r+b") as tif:
+        xml = tif.pages.first.description
+        quoted = re.sub(r'(PhysicalSize[XYZ](?:Unit)?)="([^"]*)"', r"\1 = '\2'", xml)
+        assert quoted != xml
+        tif.pages.first.tags["ImageDescription"].overwrite(quoted)
+    assert io.read_spacing(path) == pytest.approx(SPACING)
+
+
 @pytest.mark.parametrize("unit, per_unit, z", [
     ("micron", 1e-3, 1500.0),       # Fiji's "micron"
     ("\\u00B5m", 1e-3, 1500.0),     # Fiji's escaped µm

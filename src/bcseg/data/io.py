@@ -373,14 +373,21 @@ def _ome_spacing(xml: str, path: Path) -> dict[str, float]:
     """PhysicalSize{X,Y,Z} from OME-XML, converted to mm (OME's default unit is µm)."""
     found = {}
     for axis in "XYZ":
-        size = re.search(rf'PhysicalSize{axis}="([^"]+)"', xml)
-        if not size:
+        size = _xml_attribute(xml, f"PhysicalSize{axis}")
+        if size is None:
             continue
-        unit = re.search(rf'PhysicalSize{axis}Unit="([^"]+)"', xml)
-        scale = _unit_scale(unit.group(1) if unit else "µm", path)
+        scale = _unit_scale(_xml_attribute(xml, f"PhysicalSize{axis}Unit") or "µm", path)
         if scale is not None:
-            found[axis.lower()] = float(size.group(1)) * scale
+            found[axis.lower()] = float(size) * scale
     return found
+
+
+def _xml_attribute(xml: str, name: str) -> str | None:
+    """The first value of attribute ``name`` in ``xml``: XML allows single quotes and
+    blanks around '=' (``PhysicalSizeX = '0.1'``), which a search for ``name="`` missed,
+    reading such a file's spacing as none."""
+    found = re.search(rf"\b{name}\s*=\s*([\"'])(.*?)\1", xml)
+    return found.group(2) if found else None
 
 
 def _tiff_spacing(tif: tifffile.TiffFile, ndim: int, path: Path) -> tuple[float, ...] | None:
