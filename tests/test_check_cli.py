@@ -270,3 +270,31 @@ def test_k_or_seed_beside_a_folds_file_is_refused(command, flag, phantom_root, t
     assert assert_one_error_line(capsys.readouterr().err).startswith(
         f"bcseg: error: {flag}: the folds come from --folds-file")
     assert not out.exists()
+
+
+def test_check_warns_of_a_mask_drawn_inverted(tmp_path, capsys):
+    """A mask drawn white-on-black the other way round (the background marked, the
+    lesion not) read as a tumour filling the image, and check said nothing. It cannot
+    be told from the file, so check warns, naming the mask, and still passes; a large
+    lesion that fills most of the image but not its border is no warning."""
+    from PIL import Image
+
+    root = tmp_path / "study"
+    big = np.zeros(STACK.shape[1:], bool)
+    big[1:15, 1:19] = True  # 79% of the image, none of its border
+    for name, lesion in (("a", LESION[2]), ("b", LESION[2]), ("c", big)):
+        (root / "masks" / "observer1").mkdir(parents=True, exist_ok=True)
+        (root / "images").mkdir(exist_ok=True)
+        Image.fromarray(STACK[2] + ord(name)).save(root / "images" / f"{name}.png")
+        Image.fromarray(lesion.astype(np.uint8) * 255).save(root / "masks" / "observer1" / f"{name}.png")
+    # b's lesion in palette index 1, black, and the background in index 0, white
+    drawn = Image.fromarray(LESION[2].astype(np.uint8), mode="P")
+    drawn.putpalette([255, 255, 255, 0, 0, 0])
+    drawn.save(root / "masks" / "observer1" / "b.png")
+    report = check_dataset(root)
+    assert report.ok and report.inverted_masks == [str(root / "masks" / "observer1" / "b.png")]
+    assert main(["check", str(root)]) == 0
+    out = capsys.readouterr().out
+    assert f"warning: 1 mask(s) mark most of the image and of its border (e.g. {root / 'masks' / 'observer1' / 'b.png'})" in out
+    Image.fromarray(LESION[2].astype(np.uint8) * 255).save(root / "masks" / "observer1" / "b.png")
+    assert check_dataset(root).inverted_masks == []

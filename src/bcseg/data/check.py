@@ -35,6 +35,7 @@ class CheckReport:
     dtypes: dict[str, str] = field(default_factory=dict)
     spacings: dict[str, tuple[float, ...] | None] = field(default_factory=dict)
     empty_masks: list[tuple[str, str]] = field(default_factory=list)  # (case id, observer)
+    inverted_masks: list[str] = field(default_factory=list)  # mask files that look drawn inverted
     problems: list[tuple[str, str]] = field(default_factory=list)
     # Per channel of a multi-channel dataset: dtypes seen and the overall value range.
     channel_dtypes: dict[str, set[str]] = field(default_factory=dict)
@@ -132,14 +133,30 @@ def check_case(case: Case, observers: list[str], report: CheckReport | None = No
         for path in files:
             try:
                 # a manifest's spacing overrides the files', masks' included
-                empty &= not io.read_mask(path, image.shape, () if case.spacing_mm else (spacing,),
-                                            image=case.image).any()
+                mask = io.read_mask(path, image.shape, () if case.spacing_mm else (spacing,),
+                                    image=case.image)
+                empty &= not mask.any()
+                if report is not None and looks_inverted(mask):
+                    report.inverted_masks.append(str(path))
             except DataError as error:
                 problems.append((error.path or str(path), error.problem))
                 empty = False  # unreadable is a problem, not an empty mask
         if empty and report is not None:
             report.empty_masks.append((case.id, observer))
     return problems
+
+
+def looks_inverted(mask: np.ndarray) -> bool:
+    """Whether a mask looks drawn inverted, the background marked and the lesion not:
+    most of the image foreground, and most of its border too. A white-background
+    drawing, or a palette whose index 0 is white, reads so; the file cannot say which
+    was meant, so ``check`` warns. (A large lesion covers much of an image, but not
+    most of its border.)"""
+    if mask.size == 0 or mask.mean() <= 0.5:
+        return False
+    planes = mask.reshape(-1, *mask.shape[-2:])
+    border = np.concatenate([planes[:, 0], planes[:, -1], planes[:, :, 0], planes[:, :, -1]], axis=None)
+    return bool(border.mean() > 0.5)
 
 
 def _read_case(case: Case, channels: list[str], report: CheckReport | None):
@@ -230,6 +247,11 @@ def format_report(report: CheckReport) -> str:
     note = group_note(cases)
     if note:
         lines.append(f"warning: {note}")
+    if report.inverted_masks:
+        lines.append(printable(
+            f"warning: {len(report.inverted_masks)} mask(s) mark most of the image and of its "
+            f"border (e.g. {report.inverted_masks[0]}): drawn inverted, the background as tumour? "
+            "Masks are read as nonzero = tumour"))
     if report.problems:
         lines.append("")
         lines.extend(printable(f"problem: {path}: {message}") for path, message in report.problems)
