@@ -204,6 +204,28 @@ def test_train_force_refuses_a_run_holding_a_file_bcseg_did_not_write(tmp_path, 
     assert hashes(tmp_path) == before
 
 
+def test_train_force_never_replaces_a_run_holding_a_later_channel_of_the_data(tmp_path, capsys, phantom):
+    """A manifest may take a case's second channel from an earlier run's probability
+    maps (a cascade). Only each case's first channel and masks were counted as inputs,
+    so train --force moved that run aside and then failed reading the channel (exit 1,
+    a FileNotFoundError), instead of refusing it before touching the run."""
+    run_dir = tmp_path / "run"
+    with outputs.claim(run_dir, "train"):  # the earlier run, with its test folds' maps
+        write_text(run_dir / "config.toml", "[train]\nepochs = 1\n")
+        for i in range(3):
+            io.write_probability(run_dir / "predictions" / f"specimen_00{i}_prob.tif",
+                                 RNG.random((8, 32, 32), np.float32), io.read_image(
+                                     phantom / "images" / f"specimen_00{i}.tif")[1])
+    manifest = tmp_path / "cascade.csv"
+    manifest.write_text("id,image_us,image_pa,mask_observer1,group\n" + "".join(
+        f"s{i},{phantom}/images/specimen_00{i}.tif,{run_dir}/predictions/specimen_00{i}_prob.tif,"
+        f"{phantom}/masks/observer1/specimen_00{i}.tif,g{i}\n" for i in range(3)))
+    before = hashes(tmp_path)
+    code, _, err = run(capsys, "train", manifest, "--out", run_dir, "--force", "--epochs", "1")
+    assert code == 2 and f"{run_dir}: contains the input" in one_line(err)
+    assert hashes(tmp_path) == before
+
+
 @pytest.mark.parametrize("stop", ["Ctrl-C", "SIGTERM in epoch 1"])
 def test_train_force_interrupted_before_an_epoch_is_saved_puts_the_old_run_back(
         stop, tmp_path, capsys, monkeypatch, phantom, finished_run):

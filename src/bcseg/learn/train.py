@@ -47,8 +47,8 @@ from bcseg.config import load_config, save_config
 from bcseg.data.consensus import METHODS
 from bcseg.data.channels import check_channel_name
 from bcseg.data.io import not_a_file
-from bcseg.data.dataset import (IMAGE_CHANNEL, Case, case_digest, changed_case, dataset_channels, discover,
-                                refuse_duplicate_images, require_every_observer)
+from bcseg.data.dataset import (IMAGE_CHANNEL, Case, case_digest, case_files, changed_case, dataset_channels,
+                                discover, refuse_duplicate_images, require_every_observer)
 from bcseg.data.intensity import check_methods
 from bcseg.data.splits import (folds_from_file, group_note, kfold_by_group, load_splits, require_groups,
                                save_splits, validation_ids)
@@ -111,7 +111,9 @@ def _check_resumable(out: Path) -> None:
 def _inputs(data, cases: list[Case], *others) -> list:
     """Every file the run reads, which replacing the run folder must never remove."""
     reads = [data] if isinstance(data, (str, Path)) else []
-    reads += [p for c in cases for p in (c.image, *(f for fs in c.masks.values() for f in fs))]
+    # Every channel, not only the first: a manifest may take a case's PA channel from an
+    # earlier run's probability maps, which --force moved aside and then failed to read.
+    reads += [p for c in cases for p in sorted(case_files(c))]
     return reads + [p for p in others if isinstance(p, (str, Path)) and Path(p).exists()]
 
 
