@@ -1280,6 +1280,23 @@ def test_a_claim_of_a_folder_that_is_a_file_is_refused_and_leaves_no_lock(tmp_pa
     assert (tmp_path / "result").read_text() == "mine"
 
 
+@pytest.mark.parametrize("command", ["phantom", "split"])
+def test_an_output_that_goes_up_out_of_a_missing_folder_leaves_nothing(tmp_path, capsys, phantom, command):
+    """'--out new/sub/..' is 'new' to the lock and the record, but making it made
+    new/sub too: an empty folder bcseg never recorded, left beside the result (and
+    a later --force refused it as the user's), and left behind when the run failed."""
+    (tmp_path / "kept").mkdir()  # '..' out of a folder that exists is fine
+    argv = {"phantom": ["phantom", "{}", "--n", "1", "--shape", "8", "16", "16"],
+            "split": ["split", phantom, "--out", "{}/splits.json", "--k", "3"]}[command]
+    code, _, err = run(capsys, *(str(a).format(tmp_path / "kept" / ".." / "ok") for a in argv))
+    assert code == 0, err
+    before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
+    out = tmp_path / "new" / "sub" / ".."
+    code, _, err = run(capsys, *(str(a).format(out) for a in argv))
+    assert code == 2 and "new/sub, which does not exist" in one_line(err)
+    assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before
+
+
 # --------------------------------------------------------------------------- third red-team pass
 
 def _corrected_by_hand(mask: Path) -> None:

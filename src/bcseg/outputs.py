@@ -89,6 +89,12 @@ def check_output_folder(folder: str | Path) -> Path:
     Cheap and touching nothing, so commands call it before loading any model.
     """
     folder = Path(folder)
+    # 'new/sub/..' is 'new' to the lock and the record, but making it (or a file in it)
+    # makes new/sub as well: an empty folder nobody recorded, left beside the result.
+    for i, part in enumerate(folder.parts):
+        if part == ".." and i and not Path(*folder.parts[:i]).is_dir():
+            raise UsageError(folder, f"goes up ('..') out of {Path(*folder.parts[:i])}, which does not "
+                             "exist, and would be made; name the output folder without it")
     limit = _name_max(folder)
     for part in folder.parts:  # any look at the path, or mkdir after the work, would fail
         if len(os.fsencode(part)) > limit:
