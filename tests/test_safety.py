@@ -347,6 +347,21 @@ def test_predict_never_replaces_or_removes_its_own_inputs(tmp_path, capsys, mode
         assert hashes(tmp_path) == before
 
 
+def test_predict_never_rewrites_a_margins_csv_another_command_wrote(tmp_path, capsys, models, phantom):
+    """predict drops a segmented case's stale row from its margins.csv, with or without
+    --margins. Without --margins it took any margins.csv bcseg wrote for its own: a
+    splits file saved under that name was rewritten as an empty table, without --force."""
+    out = tmp_path / "out"
+    code, _, err = run(capsys, "split", phantom, "--out", out / "margins.csv", "--k", "3")
+    assert code == 0, err
+    splits = (out / "margins.csv").read_bytes()
+    code, _, err = run(capsys, "predict", phantom / "images" / "specimen_000.tif", "--model", models["2d"],
+                       "--out", out, "--no-progress")
+    assert code == 0, err
+    assert (out / "margins.csv").read_bytes() == splits
+    assert outputs.writers(out)["margins.csv"] == "split"
+
+
 def test_resume_never_writes_over_files_bcseg_did_not_write(tmp_path, capsys, phantom):
     """`train --out exp` said "already holds a run; pass --resume" for a folder holding
     the user's config.toml and plot, and --resume then overwrote the plot."""

@@ -65,7 +65,9 @@ def _margins_table(files: list, records: list[dict], *, out_dir: Path, margins: 
                 raise
             record["error"] = str(exc)  # the mask stands; its margins failed
     table = out_dir / MARGINS_TABLE
-    if rows or (table.exists() and outputs.is_owned(table, {})):  # a table of yours is left alone
+    # A table of yours is left alone, and so is another command's file of that name (a
+    # splits file saved as margins.csv was rewritten as an empty table, without --force).
+    if rows or (table.exists() and outputs.writers(out_dir).get(MARGINS_TABLE) == "predict"):
         if merge_margins_csv(rows, table, replace_cases=[output_name(item) for item, record
                                                          in zip(files, records) if record["status"] == "ok"]) is None:
             outputs.remove_owned([table])  # every row was stale: the table goes, as each case's files did
