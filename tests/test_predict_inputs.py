@@ -397,3 +397,18 @@ def test_a_dataset_of_hyperstacks_is_segmented_with_outputs_of_one_channels_shap
     for us in sorted((stacks / "images" / "us").iterdir()):
         mask, spacing = io.read_image(out / f"{io.file_stem(us)}_mask.tif")
         assert mask.shape == SHAPE and spacing == pytest.approx(io.read_image(us)[1])
+
+
+def test_a_phantom_written_inside_another_commands_folder_is_still_images(tmp_path, capsys, models):
+    """demo writes its phantom inside its own claim, so the demo's record lists the
+    phantom's images too (as 'demo'). predict DEMO/phantom/images took that record for
+    one of results and refused the folder as 'only bcseg's outputs'; the phantom's own
+    record, the nearer one, says they are data."""
+    demo = tmp_path / "demo-run"
+    with outputs.claim(demo, "demo", new=True):  # as run_demo writes its phantom
+        write_phantom(demo / "phantom", n=2, shape=SHAPE, seed=0)
+    code, _, err = run(capsys, "predict", demo / "phantom" / "images", "--model", models["3d"],
+                       "--out", tmp_path / "out", "--no-progress")
+    assert code == 0, err
+    assert sorted(p.name for p in (tmp_path / "out").glob("*_mask.tif")) == [
+        "specimen_000_mask.tif", "specimen_001_mask.tif"]

@@ -477,7 +477,7 @@ def results_in(folder: str | Path, levels: int = 3) -> set[str]:
     (``run/predictions/`` is recorded in the run's). A dataset that ``phantom`` or
     ``export-nnunet`` wrote is data, not a result, and is not listed."""
     folder = Path(folder).absolute()
-    names = set()
+    names, judged = set(), set()
     for record_folder in (folder, *list(folder.parents)[:levels]):
         if not (record_folder / RECORD).is_file():
             continue
@@ -485,9 +485,13 @@ def results_in(folder: str | Path, levels: int = 3) -> set[str]:
         recorded = {**_load(record_folder)["files"], **writers(record_folder)}
         for name, command in recorded.items():
             inside = name if prefix == "." else name.removeprefix(prefix + "/")
+            # The nearest record that lists a file decides: demo writes its phantom inside
+            # its own claim, so the demo's record lists the phantom's images too, as 'demo'.
             if (prefix == "." or name.startswith(prefix + "/")) and "/" not in inside \
-                    and command not in DATASET_WRITERS:
-                names.add(inside)
+                    and inside not in judged:
+                judged.add(inside)
+                if command not in DATASET_WRITERS:
+                    names.add(inside)
     return names
 
 
