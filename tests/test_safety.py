@@ -697,6 +697,19 @@ def test_report_never_overwrites_a_report_html_of_yours(tmp_path, capsys):
     assert hashes(tmp_path) == before
 
 
+def test_evaluate_never_draws_its_report_over_another_commands_output(tmp_path, capsys, models, phantom):
+    """The report replaced any file bcseg wrote at one of its names, whichever command
+    wrote it: a splits file saved as report.html was overwritten by a plain evaluate."""
+    out = tmp_path / "ev"
+    assert run(capsys, "split", phantom, "--out", out / "report.html", "--k", "3")[0] == 0
+    assert run(capsys, "predict", phantom / "images", "--model", models["2d"], "--out", out / "pred",
+               "--no-progress")[0] == 0
+    before = hashes(tmp_path)
+    code, _, err = run(capsys, "evaluate", "--pred", out / "pred", "--truth", phantom, "--out", out)
+    assert code == 2 and "report.html: is the output of 'bcseg split'" in one_line(err)
+    assert hashes(tmp_path) == before
+
+
 def test_margins_force_with_a_given_specimen_removes_the_computed_one(tmp_path, capsys, phantom):
     image = phantom / "images" / "specimen_000.tif"
     tumour = phantom / "masks" / "observer1" / "specimen_000.tif"

@@ -470,6 +470,12 @@ def figure_folders(root: Path) -> list[Path]:
     return sorted({path.parent for path in found} - {root})
 
 
+# The commands whose files a report may replace: those that draw reports, and those whose
+# files share the report's pattern examples_*.png alone (predict's quick look and the
+# margins figure of a case named "examples"), never drawn by the report.
+REPORT_WRITERS = ("train", "demo", "evaluate", "report", "bcseg", "predict", "margins")
+
+
 def check_report_files(root: Path) -> None:
     """Refuse to build a report of ``root`` over a file bcseg did not write.
 
@@ -478,13 +484,20 @@ def check_report_files(root: Path) -> None:
     is never replaced. Called before anything is written.
     """
     from bcseg.errors import UsageError
-    from bcseg.outputs import is_owned, owned, writer_above
+    from bcseg.outputs import owned, writer_above, writers
 
     known: dict = {}
     mine_below_root = None
     for path in report_files(root):
+        if path.parent not in known:
+            known[path.parent] = writers(path.parent)
         # a fold's report is recorded in its k-fold run's record, the folder above
-        if is_owned(path, known) or writer_above(path) is not None:
+        writer = known[path.parent].get(path.name) or writer_above(path)
+        if writer is not None:
+            if writer not in REPORT_WRITERS:  # split writes any name: a splits file as report.html
+                raise UsageError(path, f"is the output of 'bcseg {writer}', and the report would "
+                                 "replace it; move it away (train and evaluate can also skip the "
+                                 "report with --no-report)")
             continue
         if mine_below_root is None:  # a report of a folder above records its figures there
             mine_below_root = owned(root)
