@@ -102,6 +102,27 @@ def _cases(table: Path) -> list[str]:
 
 # --------------------------------------------------------------------------- naming
 
+def test_margins_force_with_a_given_specimen_leaves_predicts_specimen_mask(tmp_path, capsys, models,
+                                                                           stacks):
+    """margins --force --specimen deleted predict's computed S_specimen.tif as if an
+    earlier margins run had written it: --force replaces the command's own outputs only."""
+    stack = _stack(stacks)
+    out = tmp_path / "seg"
+    code, _, err = run(capsys, "predict", stack, "--model", models["2d"], "--out", out, "--margins",
+                       "--no-progress")
+    assert code == 0, err
+    case = stack.name.removesuffix(".tif")
+    computed = out / f"{case}_specimen.tif"
+    assert computed.is_file()
+    for name in (f"{case}_margins.csv", f"{case}_margins.png"):  # the user moved these away
+        (out / name).unlink()
+    own = io.write_mask(tmp_path / "my_specimen.tif", io.read_mask(computed), io.read_spacing(computed))
+    code, _, err = run(capsys, "margins", "--image", stack, "--tumour", out / f"{case}_mask.tif",
+                       "--specimen", own, "--out", out, "--force")
+    assert code == 0, err
+    assert computed.is_file() and (out / f"{case}_margins.csv").is_file()
+
+
 def test_margins_of_a_manifest_are_named_by_case_as_its_masks(tmp_path, capsys, models, stacks):
     manifest = _per_patient_manifest(stacks, tmp_path / "data")
     out = tmp_path / "seg"

@@ -728,8 +728,9 @@ def margins_for_files(image_path, tumour_path: str | Path, out_dir: str | Path,
             io.write_mask(written["specimen"], specimen, spacing_mm=spacing)
         elif force:  # a specimen mask computed by an earlier run no longer matches the row
             computed = out_dir / f"{case}_specimen.tif"
+            # margins' own only: one that predict --margins computed is predict's result
             if real_path(computed) != real_path(specimen_path):
-                outputs.remove_owned([computed])
+                outputs.remove_owned([computed], by=("margins",))
         write_margins_csv([result], written["csv"])
         margin_figure(arrays[display], tumour, specimen, result, written["png"], spacing)
     result["outputs"] = {name: str(p) for name, p in written.items()}
