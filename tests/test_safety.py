@@ -2279,6 +2279,18 @@ def test_split_never_writes_a_file_the_dataset_would_read_as_its_own(tmp_path, c
     assert run(capsys, "check", data)[0] == 0
 
 
+@pytest.mark.parametrize("name", ["report.html", "margins.csv", "S_mask.tif", "splits", "model_best.onnx"])
+def test_split_writes_only_a_json_file(tmp_path, capsys, phantom, name):
+    """split wrote its JSON at any name: as ev/report.html or seg/margins.csv it took
+    the place of another command's output, which that command then rewrote (or read)
+    as its own. A splits file is named *.json, or refused before anything is written."""
+    out = tmp_path / "out" / name
+    code, _, err = run(capsys, "split", phantom, "--out", out, "--k", 3)
+    assert code == 2 and "must end in .json" in one_line(err) and str(out) in one_line(err)
+    assert not out.parent.exists()
+    assert run(capsys, "split", phantom, "--out", out.with_name("s.JSON"), "--k", 3)[0] == 0
+
+
 @pytest.mark.parametrize("name", [".bcseg-outputs.journal", ".bcseg-outputs.json", ".s.bcseg-lock",
                                   ".s.bcseg-partial-999999.json", ".s.bcseg-old-12"])
 def test_split_never_writes_at_a_name_bcseg_keeps_for_itself(tmp_path, capsys, phantom, name):

@@ -309,6 +309,12 @@ def _check_split_file(out: Path, args, cases) -> None:
         raise UsageError(out, f"is the name of a dataset's {LAYOUT_FILES[out.name]}, which every "
                          "command reading the folder would take for it; --out names the splits' "
                          "JSON file: choose another name (splits.json)")
+    # A splits file is JSON: any other name would let it take the place of another
+    # command's output (a report.html, a margins.csv) that the next run of that command
+    # rewrites as its own, or be read as a table it is not.
+    if out.suffix.lower() != ".json":
+        raise UsageError(out, "--out names the splits' JSON file, which must end in .json "
+                         "(e.g. splits.json)")
 
 
 def _train_overrides(args) -> dict:
