@@ -681,3 +681,26 @@ def test_an_exported_sigmoid_run_by_onnx_runtime_is_accepted():
 
     mask, prob = predict_volume(Exported(0), np.ones((8, 8), np.float32), tta=False)
     assert mask.all() and prob.max() <= 1.0
+
+
+def test_an_ensemble_of_a_2d_and_a_3d_model_is_refused_before_any_output(tmp_path, stack, capsys):
+    """A 2D model's slices and a 3D model's windows averaged are no one model's output,
+    and ``bcseg ensemble`` refuses such runs: ``predict --model A --model B`` averaged
+    them, and on a 2D image blamed the image for the 3D member."""
+    from bcseg.cli import main
+
+    kinds = {"a": (2, {"input_size": 16}), "b": (3, {"patch_size": [8, 16, 16]})}
+    for name, (ndim, size) in kinds.items():
+        (tmp_path / name).mkdir()
+        unet(ndim=ndim, base_filters=2, depth=2, norm=None).save(tmp_path / name / "model_best.keras")
+        (tmp_path / name / "inference.json").write_text(json.dumps(
+            {"threshold": 0.5, "postprocess": [], "min_size": 0, "tta": False, "ndim": ndim,
+             "flips": ["lr"], **size}))
+    io.write_image(tmp_path / "scan.tif", stack)
+    for first, second in (("a", "b"), ("b", "a")):
+        code = main(["predict", str(tmp_path / "scan.tif"), "--model", str(tmp_path / first),
+                     "--model", str(tmp_path / second), "--out", str(tmp_path / "out"), "--no-progress"])
+        err = capsys.readouterr().err
+        assert code == 4 and len(err.strip().splitlines()) == 1, err
+        assert f"{tmp_path / second / 'model_best.keras'}: is a " in err and "one kind" in err, err
+        assert not (tmp_path / "out").exists()

@@ -91,7 +91,9 @@ def load_models(model_path, threshold=None, tta=None, postprocess=None, min_size
         models = [load_model(f) for f in files]
     settings = settings.overridden(threshold, tta, None if postprocess is None else check_steps(postprocess),
                                    min_size, source=files[0])
-    views = [_fitted(f, _spec(f, m), view) for f, m, view in zip(files, models, settings.member_views())]
+    specs = [_spec(f, m) for f, m in zip(files, models)]
+    _refuse_mixed_kinds(files, specs)
+    views = [_fitted(f, spec, view) for f, spec, view in zip(files, specs, settings.member_views())]
     if not settings.members:
         return models, views[0]
     # each member's file, found: an error from its output names it, not the ensemble
@@ -105,6 +107,16 @@ def _spec(model_file: Path, model):
         return model_spec(model)
     except ModelError as exc:
         raise ModelError(model_file, exc.problem) from None
+
+
+def _refuse_mixed_kinds(files: list[Path], specs: list) -> None:
+    """The members of an ensemble are of one kind: a 2D model's slices and a 3D model's
+    windows averaged are no model's output (``bcseg ensemble`` refuses such runs too)."""
+    for model_file, spec in zip(files[1:], specs[1:]):
+        if spec.ndim != specs[0].ndim:
+            raise ModelError(model_file, f"is a {spec.ndim}D model, but {files[0]} is a "
+                             f"{specs[0].ndim}D one: the members of an ensemble must be of one kind, "
+                             "all 2D or all 3D")
 
 
 def _fitted(model_file: Path, spec, view):
