@@ -219,3 +219,27 @@ def test_an_ensemble_is_neither_exported_as_one_member_nor_run_by_the_onnx_runti
                  "--runtime", "onnx"]) == 4
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and str(kfold) in err[0] and "ensemble of several models" in err[0]
+
+
+def test_an_onnx_file_of_another_model_is_refused(busi_run, tmp_path, capsys):
+    """The ONNX file beside a run was run with that run's settings whatever model it was
+    exported from: after the run's model_best.keras was replaced (or an export copied
+    into another run), --runtime onnx gave other masks than the Keras path, unsaid."""
+    from bcseg.learn.models import unet
+
+    run = tmp_path / "run"
+    shutil.copytree(busi_run, run)
+    other = unet(ndim=2, base_filters=2, depth=2, norm=None)
+    other.save(run / "model_best.keras")  # another network of the same kind and recipe
+    rundir.embed_settings(run / "model_best.keras", rundir.archive_settings(BUNDLED / "busi_unet2d.keras"))
+    image = tmp_path / "image.tif"
+    tifffile.imwrite(image, np.random.default_rng(0).integers(0, 255, (40, 40), dtype=np.uint8))
+    assert main(["predict", str(image), "--model", str(run), "--out", str(tmp_path / "tf"),
+                 "--no-progress"]) == 0  # the Keras path runs the new model
+    capsys.readouterr()
+    assert main(["predict", str(image), "--model", str(run), "--out", str(tmp_path / "out"),
+                 "--runtime", "onnx", "--no-progress"]) == 4
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"{run / 'model_best.onnx'}: was exported from another model" in err[0], err
+    assert "export-onnx" in err[0]
+    assert not (tmp_path / "out").exists()

@@ -20,6 +20,7 @@ Examples
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import os
 import shutil
@@ -47,6 +48,7 @@ TEACHER_FILE = "teacher.json"  # the fingerprint of a distilled run's teacher
 PREDICTIONS_DIR = "predictions"
 FOLD_DIR = "fold_{}"
 ARCHIVE_SETTINGS = "bcseg_metadata.json"  # the settings' copy inside a .keras archive
+ARCHIVE_WEIGHTS = "model.weights.h5"      # Keras's entry for the weights inside a .keras archive
 
 FLIP_NAMES = ("z", "ud", "lr")  # mirror axes: slice order, up-down (depth), left-right
 DEFAULT_FLIPS = ("z", "lr")     # what bcseg's recipes augment with; never up-down
@@ -434,6 +436,18 @@ def archive_settings(model_path: str | Path) -> InferenceSettings | None:
                               f"it) cannot be read ({exc}); re-save the model with its settings "
                               f"or put its run's {SETTINGS_FILE} beside it") from None
     return settings_from_file(data, model_path)
+
+
+def weights_digest(model_path: str | Path) -> str | None:
+    """The SHA-256 of the weights inside a ``.keras`` archive, or None where it holds
+    none or they cannot be read (loading the model says why). An ONNX export records it,
+    so that the export is known to be of the model beside it; rewriting the settings
+    inside the archive (:func:`embed_settings`) leaves it unchanged."""
+    try:
+        with zipfile.ZipFile(model_path) as archive, archive.open(ARCHIVE_WEIGHTS) as weights:
+            return hashlib.file_digest(weights, "sha256").hexdigest()
+    except (OSError, KeyError, EOFError, zlib.error, zipfile.BadZipFile, NotImplementedError):
+        return None
 
 
 def write_settings(folder: str | Path, settings: InferenceSettings) -> Path:

@@ -26,10 +26,11 @@ from bcseg.data.io import not_a_file
 from bcseg.errors import ModelError, UsageError
 from bcseg.learn.saved import ModelSpec
 from bcseg.rundir import (MODEL_FILE, SETTINGS_FILE, InferenceSettings, find_members, model_settings,
-                          read_settings)
+                          read_settings, weights_digest)
 
 ONNX_FILE = "model_best.onnx"
 DIVISOR_KEY = "bcseg.divisor"
+WEIGHTS_KEY = "bcseg.keras_weights"  # the digest of the .keras weights it was exported from
 EXPORT_HINT = "pip install 'bcseg[export]' (tf2onnx and onnx, beside TensorFlow)"
 RUNTIME_HINT = "pip install onnxruntime (or 'bcseg[onnx]')"
 
@@ -82,6 +83,10 @@ def export_onnx(model_path: str | Path, out: str | Path | None = None, force: bo
             proto = onnx.load(str(tmp))
             entry = proto.metadata_props.add()
             entry.key, entry.value = DIVISOR_KEY, str(spec.divisor)
+            digest = weights_digest(model_file)
+            if digest is not None:
+                entry = proto.metadata_props.add()
+                entry.key, entry.value = WEIGHTS_KEY, digest
             onnx.save(proto, str(tmp))
     return out
 
@@ -111,9 +116,12 @@ class OnnxModel:
         An ONNX file written by :func:`export_onnx`.
     threads : int, optional
         ONNX Runtime's intra-op threads; default: one per core.
+    exported_from : Path, optional
+        The ``.keras`` file whose settings it runs with (:func:`keras_source`): an
+        export of other weights is refused, since its masks would not be that model's.
     """
 
-    def __init__(self, path: str | Path, threads: int | None = None):
+    def __init__(self, path: str | Path, threads: int | None = None, exported_from: Path | None = None):
         path = Path(path)
         self.path = path  # its file is its weights (segment.made_with)
         try:
@@ -139,6 +147,11 @@ class OnnxModel:
         if len(shape) not in (4, 5) or not isinstance(shape[-1], int):
             raise ModelError(path, f"has input shape {shape}; bcseg models take (N, H, W, C) "
                              "or (N, Z, H, W, C)")
+        recorded = meta.get(WEIGHTS_KEY)  # exports before it was recorded cannot be checked
+        if recorded and exported_from is not None and weights_digest(exported_from) not in (None, recorded):
+            raise ModelError(path, f"was exported from another model than {exported_from} (their weights "
+                             f"differ), whose settings it would run with; export that model again: "
+                             f"bcseg export-onnx {exported_from} --out {path} --force")
         self.input_name = inputs[0].name
         self.spec = ModelSpec(len(shape) - 2, shape[-1],
                               tuple(n if isinstance(n, int) else None for n in shape[1:-1]),
@@ -182,7 +195,12 @@ def load_onnx_run(path: str | Path) -> tuple[list[Path], InferenceSettings]:
         raise ModelError(path, "is not a .onnx file; export it first with: bcseg export-onnx")
     # As for a .keras model: the settings beside it, checked against the embedded copy
     # of the model it was exported from; a run that has not finished is refused.
-    exported_from = path.with_suffix(".keras")  # export-onnx writes X.onnx beside X.keras
-    archive = exported_from if exported_from.is_file() else path.parent / MODEL_FILE
-    settings = model_settings(path, given_as_file=not given.is_dir(), archive=archive)
+    settings = model_settings(path, given_as_file=not given.is_dir(), archive=keras_source(path))
     return [path], settings
+
+
+def keras_source(onnx_file: Path) -> Path:
+    """The ``.keras`` file an ONNX file stands for: ``X.keras`` beside ``X.onnx`` (export-onnx
+    writes X.onnx beside X.keras), else its folder's ``model_best.keras``."""
+    exported_from = onnx_file.with_suffix(".keras")
+    return exported_from if exported_from.is_file() else onnx_file.parent / MODEL_FILE

@@ -78,14 +78,14 @@ def load_models(model_path, threshold=None, tta=None, postprocess=None, min_size
     settings : InferenceSettings
     """
     if runtime == "onnx":  # the exported run, without TensorFlow
-        from bcseg.infer.onnx_runtime import OnnxModel, load_onnx_run
+        from bcseg.infer.onnx_runtime import OnnxModel, keras_source, load_onnx_run
 
         paths = [model_path] if isinstance(model_path, (str, Path)) else list(model_path)
         if len(paths) != 1:
             raise ModelError(None, "the onnx runtime runs one exported model, not an ensemble; "
                              "pass one --model")
         files, settings = load_onnx_run(paths[0])
-        models = [OnnxModel(f) for f in files]
+        models = [OnnxModel(f, exported_from=keras_source(f)) for f in files]
     else:
         files, settings = load_run(model_path)
         models = [load_model(f) for f in files]
