@@ -704,3 +704,35 @@ def test_an_ensemble_of_a_2d_and_a_3d_model_is_refused_before_any_output(tmp_pat
         assert code == 4 and len(err.strip().splitlines()) == 1, err
         assert f"{tmp_path / second / 'model_best.keras'}: is a " in err and "one kind" in err, err
         assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("finished", [True, False])
+def test_an_epoch_checkpoint_runs_with_its_runs_settings_as_model_last_does(tmp_path, stack, finished):
+    """model_last.keras is a link to the latest checkpoints/epoch_K.keras; named there, the
+    same file ran with the defaults (whole slices instead of the run's training square,
+    every default flip, threshold 0.5), though its run's settings or recipe lay one folder up."""
+    import os
+
+    from bcseg.config import load_config, save_config
+
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    unet(ndim=2, base_filters=2, depth=2, norm=None).save(run / "checkpoints" / "epoch_0002.keras")
+    os.link(run / "checkpoints" / "epoch_0002.keras", run / "model_last.keras")
+    unet(ndim=2, base_filters=2, depth=2, norm=None).save(run / "model_best.keras")
+    save_config(load_config(None, {"model": {"base_filters": 2, "depth": 2}, "data": {"size": 16},
+                                   "augment": {"flip_lr": True, "flip_z": False}}), run / "config.toml")
+    (run / "state.json").write_text(json.dumps({"epoch": 2, "checkpoint": "checkpoints/epoch_0002.keras"}))
+    if finished:
+        (run / "inference.json").write_text(json.dumps(
+            {"threshold": 0.35, "postprocess": [], "min_size": 0, "tta": False, "ndim": 2,
+             "input_size": 16, "flips": ["lr"]}))
+    with pytest.warns(UserWarning) as last_said:
+        _, by_last = load_run(run / "model_last.keras")
+    with pytest.warns(UserWarning) as checkpoint_said:
+        _, by_checkpoint = load_run(run / "checkpoints" / "epoch_0002.keras")
+    assert by_checkpoint == by_last
+    assert (by_checkpoint.input_size, by_checkpoint.flips) == (16, ("lr",))
+    assert by_checkpoint.threshold == (0.35 if finished else 0.5)
+    assert "holds no inference settings" not in str(checkpoint_said[0].message)
+    assert str(last_said[0].message).split(": ", 1)[1] == str(checkpoint_said[0].message).split(": ", 1)[1]

@@ -45,6 +45,7 @@ FOLD_FILE = "fold.json"
 SPLITS_FILE = "splits.json"
 STATE_FILE = "state.json"
 TEACHER_FILE = "teacher.json"  # the fingerprint of a distilled run's teacher
+CHECKPOINTS_DIR = "checkpoints"  # each epoch's model (epoch_K.keras) and optimiser, for --resume
 PREDICTIONS_DIR = "predictions"
 FOLD_DIR = "fold_{}"
 ARCHIVE_SETTINGS = "bcseg_metadata.json"  # the settings' copy inside a .keras archive
@@ -509,7 +510,8 @@ def model_settings(model_path: Path, given_as_file: bool = False,
         A run folder whose training has not finished.
     """
     archive = archive or model_path
-    beside_file = model_path.parent / SETTINGS_FILE
+    home = _run_folder(model_path)
+    beside_file = home / SETTINGS_FILE
     beside = read_settings(beside_file)
     inside = _embedded(archive, tolerate=beside is not None and not beside.members)
     if beside is not None and beside.members:
@@ -522,19 +524,31 @@ def model_settings(model_path: Path, given_as_file: bool = False,
     if beside is not None and inside is not None:
         _check_same_model(beside, inside, beside_file, archive)
     if beside is not None and inside is None and model_path.stem != Path(MODEL_FILE).stem \
-            and (model_path.parent / MODEL_FILE).is_file():  # model_last.keras, a checkpoint
-        warnings.warn(f"{model_path}: the {SETTINGS_FILE} beside it was tuned for {MODEL_FILE}, "
+            and (home / MODEL_FILE).is_file():  # model_last.keras, a checkpoint
+        warnings.warn(f"{model_path}: its run's {SETTINGS_FILE} was tuned for {MODEL_FILE}, "
                       "not for this file; its threshold may not suit it")
     settings = beside or inside
     if settings is not None:
         return settings
-    recipe = _unfinished_run(model_path.parent)
+    recipe = _unfinished_run(home)
     if recipe is not None:
         return _unfinished_settings(model_path, recipe, given_as_file)
     warnings.warn(f"{model_path}: holds no inference settings (none inside it, no "
                   f"{SETTINGS_FILE} beside it); using the defaults: threshold "
                   f"{DEFAULTS['threshold']}, no post-processing, whole slices")
     return InferenceSettings()
+
+
+def _run_folder(model_path: Path) -> Path:
+    """The folder whose settings and recipe a model file goes by: its own, or for an
+    epoch's checkpoint (``checkpoints/epoch_K.keras``) its run's, as for
+    ``model_last.keras``, a link to the latest of them (named in ``checkpoints/``, the
+    same file ran with the defaults: whole slices, not the run's training square)."""
+    folder = model_path.parent
+    if folder.name == CHECKPOINTS_DIR and any((folder.parent / name).is_file()
+                                              for name in (CONFIG_FILE, STATE_FILE, FOLD_FILE)):
+        return folder.parent
+    return folder
 
 
 def _embedded(archive: Path, tolerate: bool) -> InferenceSettings | None:

@@ -289,10 +289,10 @@ def _save_checkpoint(model: keras.Model, out: Path, state: dict) -> None:
     resumes from a consistent pair; ``model_last.keras`` is a hard link to the same
     file.
     """
-    folder = out / "checkpoints"
+    folder = out / rundir.CHECKPOINTS_DIR
     name = f"epoch_{state['epoch']:04d}.keras"
     _save_model(model, folder / name)
-    state["checkpoint"] = f"checkpoints/{name}"
+    state["checkpoint"] = f"{rundir.CHECKPOINTS_DIR}/{name}"
     write_text(out / "state.json", json.dumps(state, indent=1) + "\n")
     # The run's earlier checkpoints go (one left by a kill between these lines too), but
     # only files the run wrote, unchanged: a copy the user kept of a good epoch
