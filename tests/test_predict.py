@@ -736,3 +736,26 @@ def test_an_epoch_checkpoint_runs_with_its_runs_settings_as_model_last_does(tmp_
     assert by_checkpoint.threshold == (0.35 if finished else 0.5)
     assert "holds no inference settings" not in str(checkpoint_said[0].message)
     assert str(last_said[0].message).split(": ", 1)[1] == str(checkpoint_said[0].message).split(": ", 1)[1]
+
+
+def test_keep_going_stops_at_a_damaged_model_rather_than_blaming_each_file(tmp_path, stack, capsys):
+    """--keep-going carries on past a bad file; a model whose weights hold NaN failed every
+    file in turn, one error per image and exit 3 (bad data), as if the images were at fault."""
+    from bcseg.cli import main
+
+    run = tmp_path / "run"
+    run.mkdir()
+    model = unet(ndim=2, base_filters=2, depth=2, norm=None)
+    model.set_weights([np.full_like(w, np.nan) for w in model.get_weights()])
+    model.save(run / "model_best.keras")
+    (run / "inference.json").write_text(json.dumps(
+        {"threshold": 0.5, "postprocess": [], "min_size": 0, "tta": False, "ndim": 2,
+         "input_size": 16, "flips": ["lr"]}))
+    (tmp_path / "in").mkdir()
+    for name in ("a.tif", "b.tif"):
+        io.write_image(tmp_path / "in" / name, stack)
+    code = main(["predict", str(tmp_path / "in"), "--model", str(run), "--out", str(tmp_path / "out"),
+                 "--keep-going", "--no-progress"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 4 and len(err) == 1 and err[0].startswith(f"bcseg: error: {run}: gives values"), err
+    assert not (tmp_path / "out").exists()

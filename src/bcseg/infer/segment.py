@@ -739,7 +739,9 @@ def _predict_one(models, settings, path: Path | Case, wanted: dict, todo: bool, 
     except BcsegError as exc:
         if exc.path is None:  # errors from arrays name no file: name the one at fault
             exc = type(exc)(model_named if isinstance(exc, ModelError) else input_file(path), exc.problem)
-        if not keep_going:
+        # keep_going carries on past a bad file; a fault of the model (NaN weights, no
+        # sigmoid) is no file's, and would fail every later one as if the images were bad
+        if not keep_going or isinstance(exc, ModelError):
             raise exc from None
         record.update(status="error", error=str(exc))
     return record
