@@ -2579,3 +2579,37 @@ def test_an_empty_output_folder_is_a_usage_error_not_the_current_folder(argv, tm
     err = capsys.readouterr().err
     assert stop.value.code == 2 and "must name a folder, got ''" in err, err
     assert hashes(tmp_path) == before and sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]
+
+
+@pytest.mark.parametrize("damage", ["bit rot", "not a zip"])
+def test_resume_from_a_damaged_checkpoint_is_one_line_naming_it_and_changes_nothing(
+        damage, tmp_path, capsys, phantom):
+    """A checkpoint damaged where its record cannot see it (bits flipped on the disk, the
+    size and time as bcseg left them) was loaded only inside the run: 'BadZipFile: Bad
+    CRC-32 for file model.weights.h5', exit 1, naming no file, after fold.json and the
+    log were written again."""
+    import zipfile
+
+    from bcseg.learn import train
+
+    run_dir = tmp_path / "run"
+    tiny = {"model": {"base_filters": 4, "depth": 2}, "data": {"size": 32},
+            "train": {"epochs": 1, "batch_size": 8, "k": 5}}
+    train.train(phantom, run_dir, overrides=tiny)  # fitted, not finished: no inference.json
+    state = json.loads((run_dir / "state.json").read_text(encoding="utf-8"))
+    checkpoint = run_dir / state["checkpoint"]
+    data = bytearray(checkpoint.read_bytes())
+    if damage == "bit rot":
+        with zipfile.ZipFile(checkpoint) as archive:
+            entry = archive.getinfo("model.weights.h5")
+        start = entry.header_offset + 30 + len(entry.filename) + len(entry.extra) + entry.compress_size // 2
+        data[start:start + 64] = bytes(b ^ 0xFF for b in data[start:start + 64])
+    else:
+        data[:] = b"\0" * len(data)
+    times = checkpoint.stat()
+    checkpoint.write_bytes(bytes(data))  # model_last.keras is the same file, linked
+    os.utime(checkpoint, ns=(times.st_atime_ns, times.st_mtime_ns))
+    before = hashes(tmp_path)
+    code, _, err = run(capsys, "train", phantom, "--out", run_dir, "--resume")
+    assert code == 4 and f"{checkpoint}: " in one_line(err) and "cannot be resumed" in err, err
+    assert hashes(tmp_path) == before

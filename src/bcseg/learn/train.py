@@ -31,6 +31,8 @@ import signal
 import sys
 import time
 import warnings
+import zipfile
+import zlib
 from pathlib import Path
 from typing import Callable
 
@@ -557,7 +559,7 @@ def run_fold(cases: list[Case], folds: dict[str, int], fold: int, cfg: dict, out
     with scope.scope():
         if resume and (out / "state.json").is_file():
             state, checkpoint = _resume_state(out)
-            model = keras.saving.load_model(checkpoint, safe_mode=True)
+            model = _load_checkpoint(checkpoint)
             _say(f"resuming after epoch {state['epoch']}")
         else:
             # Seeded afresh for each fold: a fold starts as it would trained alone (whatever
@@ -713,6 +715,39 @@ def _resume_state(out: Path) -> tuple[dict, Path]:
     return state, checkpoint
 
 
+def _check_checkpoints(out: Path, targets: list[int]) -> None:
+    """Every fold still to resume has its state and a checkpoint that reads whole, checked
+    before the run folder is touched: a checkpoint damaged on the disk, which its record
+    cannot tell (size and time unchanged), failed only as its fold began, naming no file."""
+    for k in targets:
+        folder = _fold_dir(out, k, targets)
+        if (folder / rundir.SETTINGS_FILE).is_file() or not (folder / "state.json").is_file():
+            continue  # finished, or not begun: nothing to resume from
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # a missing checkpoint's fallback is said as it resumes
+            _, checkpoint = _resume_state(folder)
+        try:
+            with zipfile.ZipFile(checkpoint) as archive:
+                bad = archive.testzip()
+        except (OSError, EOFError, zlib.error, zipfile.BadZipFile, NotImplementedError) as exc:
+            bad = str(exc) or type(exc).__name__
+        else:
+            bad = bad and f"its entry {bad} fails its checksum"
+        if bad:
+            raise ModelError(checkpoint, f"is damaged ({bad}); the run cannot be resumed from it, "
+                             "start it again (--force)")
+
+
+def _load_checkpoint(checkpoint: Path) -> keras.Model:
+    """The model and optimiser to resume from; one that Keras cannot load is named."""
+    try:
+        return keras.saving.load_model(checkpoint, safe_mode=True)
+    except Exception as exc:  # Keras raises ValueError, zipfile/OSError, TypeError, ...
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+        raise ModelError(checkpoint, f"cannot be loaded ({reason}); the run cannot be resumed "
+                         "from it, start it again (--force)") from None
+
+
 def validation_target(d: dict) -> str:
     # A random observer per sample, or their mean, makes no yardstick: validate against the union.
     return pipeline.evaluation_target(d["observer"])
@@ -797,6 +832,8 @@ def train(data, out, config=None, overrides: dict | None = None, fold="0", folds
     if force:  # an input inside the folder is the refusal to name, before what else --force meets
         outputs.check_not_inputs(out, inputs)
     replace = _replaces_run(out, resume, force)  # cheap refusals before the teacher's long step
+    if resume:  # the folder holds bcseg's files alone: are those to resume from whole?
+        _check_checkpoints(out, targets)
     taught = _teacher(teach, out, cfg, cases, folds, targets, channels, resume,
                       _config_source(out, config, overrides, resume, "data", "observer"))
     # Interrupted: keep the new run, which --resume continues, once it has saved an epoch;
