@@ -207,6 +207,16 @@ def test_a_huge_input_size_is_refused(tmp_path, model_file, changes, key):
     assert load_run(run)[1].input_size == MAX_INPUT_SIZE  # the bound itself is allowed
 
 
+@pytest.mark.parametrize("ndim", [2.0, 3.0, "2", True, 4])
+def test_ndim_must_be_the_whole_number_2_or_3(tmp_path, model_file, ndim):
+    """"ndim": 2.0 passed the check (2.0 == 2) and was looked up in tables keyed by the
+    integers 2 and 3, which it is not: the model ran with neither of its sizes."""
+    run = _run(tmp_path / "run", model_file, {**TUNED, "ndim": ndim})
+    with pytest.raises(ConfigError, match=r"ndim must be 2 or 3, got") as caught:
+        load_run(run)
+    assert str(caught.value).startswith(str(run / "inference.json"))
+
+
 # --------------------------------------------------------------------------- command line
 
 @pytest.mark.parametrize("settings, problem", [(_without("threshold"), "missing threshold"),

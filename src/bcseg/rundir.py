@@ -295,7 +295,9 @@ def _check_settings(s: dict, source) -> None:
     flips = s["flips"]
     if not isinstance(flips, (list, tuple)) or any(f not in FLIP_NAMES for f in flips):
         raise _error(source, "flips", f"a list of {', '.join(FLIP_NAMES)}", flips)
-    if s["ndim"] not in (None, 2, 3) or isinstance(s["ndim"], bool):
+    # whole numbers only: 2.0 == 2, but a float is no count of axes (and no key of the
+    # ndim-keyed tables: a 2.0 model ran with neither input_size nor patch_size)
+    if s["ndim"] is not None and not (_is_int(s["ndim"]) and s["ndim"] in (2, 3)):
         raise _error(source, "ndim", "2 or 3", s["ndim"])
     patch = s["patch_size"]
     if patch is not None and (not isinstance(patch, (list, tuple)) or not patch
