@@ -403,6 +403,19 @@ def test_bad_input_gives_one_line_and_leaves_no_output(bad, tmp_path, models, ca
     assert not list(tmp_path.rglob(f"*{PARTIAL_MARK}*"))
 
 
+def test_a_truncated_model_file_is_named_truncated(tmp_path, models, capsys):
+    """A .keras file cut short by a failed copy was called "not a Keras model file
+    (... legacy .h5 files are not read)", pointing the user at the wrong problem."""
+    iio.imwrite(tmp_path / "scan.png", IMAGE)
+    cut = tmp_path / "model" / "unet2d.keras"
+    cut.parent.mkdir()
+    cut.write_bytes(models["2d"].read_bytes()[:5000])
+    code, _, err = run_main(capsys, _predict(tmp_path, tmp_path / "scan.png", cut))
+    line = one_error_line(err)
+    assert code == 4 and f"{cut}: is truncated or damaged (5000 bytes" in line, line
+    assert not (tmp_path / "out").exists()
+
+
 # --------------------------------------------------------------------------- in a fresh interpreter
 
 # Each TensorFlow start costs seconds on 2 cores: the killed runs below also check

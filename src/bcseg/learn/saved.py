@@ -37,6 +37,9 @@ def load_model(path: str | Path) -> keras.Model:
     problem = not_a_file(path, "a .keras file")
     if problem:  # a named pipe would wait forever; say what it is, not "a folder"
         raise ModelError(path, problem)
+    if not zipfile.is_zipfile(path) and _starts_as_zip(path):  # its end (the zip's index) is gone
+        raise ModelError(path, f"is truncated or damaged ({path.stat().st_size} bytes, the end of its "
+                         "zip archive missing); copy it again from where it was saved")
     if not zipfile.is_zipfile(path):  # Keras would report such a file as "not found"
         raise ModelError(path, "is not a Keras model file (a .keras file is a zip archive; "
                          "legacy .h5 files are not read); pass a .keras file saved by bcseg train")
@@ -49,6 +52,13 @@ def load_model(path: str | Path) -> keras.Model:
     if not isinstance(model, keras.Model):
         raise ModelError(path, "does not hold a Keras model")
     return _in_float32(model)
+
+
+def _starts_as_zip(path: Path) -> bool:
+    """Whether a file begins as a zip archive does (a local file header), as a .keras
+    file cut short by a failed copy still does."""
+    with open(path, "rb") as handle:
+        return handle.read(4) == b"PK\x03\x04"
 
 
 def _in_float32(model: keras.Model) -> keras.Model:
