@@ -347,21 +347,6 @@ def test_predict_never_replaces_or_removes_its_own_inputs(tmp_path, capsys, mode
         assert hashes(tmp_path) == before
 
 
-def test_predict_never_rewrites_a_margins_csv_another_command_wrote(tmp_path, capsys, models, phantom):
-    """predict drops a segmented case's stale row from its margins.csv, with or without
-    --margins. Without --margins it took any margins.csv bcseg wrote for its own: a
-    splits file saved under that name was rewritten as an empty table, without --force."""
-    out = tmp_path / "out"
-    code, _, err = run(capsys, "split", phantom, "--out", out / "margins.csv", "--k", "3")
-    assert code == 0, err
-    splits = (out / "margins.csv").read_bytes()
-    code, _, err = run(capsys, "predict", phantom / "images" / "specimen_000.tif", "--model", models["2d"],
-                       "--out", out, "--no-progress")
-    assert code == 0, err
-    assert (out / "margins.csv").read_bytes() == splits
-    assert outputs.writers(out)["margins.csv"] == "split"
-
-
 def test_resume_never_writes_over_files_bcseg_did_not_write(tmp_path, capsys, phantom):
     """`train --out exp` said "already holds a run; pass --resume" for a folder holding
     the user's config.toml and plot, and --resume then overwrote the plot."""
@@ -694,19 +679,6 @@ def test_report_never_overwrites_a_report_html_of_yours(tmp_path, capsys):
     before = hashes(tmp_path)
     code, _, err = run(capsys, "report", folder)
     assert code == 2 and "report.html: was not written by bcseg" in one_line(err)
-    assert hashes(tmp_path) == before
-
-
-def test_evaluate_never_draws_its_report_over_another_commands_output(tmp_path, capsys, models, phantom):
-    """The report replaced any file bcseg wrote at one of its names, whichever command
-    wrote it: a splits file saved as report.html was overwritten by a plain evaluate."""
-    out = tmp_path / "ev"
-    assert run(capsys, "split", phantom, "--out", out / "report.html", "--k", "3")[0] == 0
-    assert run(capsys, "predict", phantom / "images", "--model", models["2d"], "--out", out / "pred",
-               "--no-progress")[0] == 0
-    before = hashes(tmp_path)
-    code, _, err = run(capsys, "evaluate", "--pred", out / "pred", "--truth", phantom, "--out", out)
-    assert code == 2 and "report.html: is the output of 'bcseg split'" in one_line(err)
     assert hashes(tmp_path) == before
 
 
@@ -2283,7 +2255,9 @@ def test_split_never_writes_a_file_the_dataset_would_read_as_its_own(tmp_path, c
 def test_split_writes_only_a_json_file(tmp_path, capsys, phantom, name):
     """split wrote its JSON at any name: as ev/report.html or seg/margins.csv it took
     the place of another command's output, which that command then rewrote (or read)
-    as its own. A splits file is named *.json, or refused before anything is written."""
+    as its own: a plain evaluate --out ev drew its report over it, a plain predict --out
+    seg emptied it as its margins table. A splits file is named *.json, or refused
+    before anything is written."""
     out = tmp_path / "out" / name
     code, _, err = run(capsys, "split", phantom, "--out", out, "--k", 3)
     assert code == 2 and "must end in .json" in one_line(err) and str(out) in one_line(err)
