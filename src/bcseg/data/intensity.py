@@ -252,10 +252,13 @@ def check_methods(methods: dict[str, str] | None, names: list[str]) -> dict[str,
 
 
 def channel_stats(array: np.ndarray, method: str = "auto", max_samples: int = MAX_SAMPLES,
-                  range_db: float = LOG_RANGE_DB) -> IntensityStats:
+                  range_db: float = LOG_RANGE_DB, dtype=None) -> IntensityStats:
     """The intensity range of one channel of a whole image or stack, by ``method``.
 
-    ``auto`` is :func:`intensity_stats`; ``uint8`` maps 0-255; ``percentile`` maps the
+    ``auto`` is :func:`intensity_stats` of the channel's own ``dtype`` (default
+    ``array``'s): channels stacked into one array share the widest dtype, and 8-bit
+    ultrasound stacked beside float32 photoacoustics must still be divided by 255, as
+    training (which normalises each channel in its own dtype) did; ``uint8`` maps 0-255; ``percentile`` maps the
     0.5th-99.5th percentiles whatever the dtype; ``log`` maps the 99.5th percentile to
     1 and ``range_db`` below it to 0, in log10 (negative values, as bipolar PA
     reconstructions hold, go to 0).
@@ -269,6 +272,8 @@ def channel_stats(array: np.ndarray, method: str = "auto", max_samples: int = MA
         raise ValueError(f"method must be one of {', '.join(METHODS)}, got '{method}'")
     _check_dtype(array)
     if method == "auto":
+        if dtype is not None and np.dtype(dtype) in (np.uint8, np.bool_):  # fixed ranges, by dtype
+            return intensity_stats(np.zeros(1, dtype))
         return intensity_stats(array, max_samples)
     if method == "uint8":
         return IntensityStats(0.0, 255.0, "uint8")

@@ -94,13 +94,16 @@ class _Intensity:
     with them, channels last: a grey image gains a channel axis; named channels are
     each normalised by their own method (:mod:`bcseg.data.intensity`)."""
 
-    def __init__(self, array: np.ndarray, names: Sequence[str], methods: dict[str, str]):
+    def __init__(self, array: np.ndarray, names: Sequence[str], methods: dict[str, str],
+                 dtypes: Sequence | None = None):
         self.grey = not names
         if self.grey:
             self.stats = [intensity_stats(array)]
         else:
             methods = check_methods(methods, list(names))
-            self.stats = [channel_stats(array[..., c], methods[n]) for c, n in enumerate(names)]
+            dtypes = list(dtypes) if dtypes is not None else [None] * len(names)
+            self.stats = [channel_stats(array[..., c], methods[n], dtype=dtypes[c])
+                          for c, n in enumerate(names)]
 
     def __call__(self, block: np.ndarray) -> np.ndarray:
         if self.grey:
@@ -468,7 +471,8 @@ def segment_volume(models: keras.Model | Sequence[keras.Model], array: np.ndarra
                    settings: InferenceSettings, spacing: Sequence[float] | None = None, *,
                    batch_size: int = 8, overlap: float = 0.5, mask_out: np.ndarray | None = None,
                    prob_out: np.ndarray | None = None, keep_prob: bool = True,
-                   progress: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
+                   progress: bool = False, channel_dtypes: Sequence | None = None
+                   ) -> tuple[np.ndarray, np.ndarray | None]:
     """Segment an image or stack with a model or an ensemble: bcseg's one inference path.
 
     Training's tuning and test fold, ``bcseg predict``, the demo and the benchmarks.
@@ -492,6 +496,9 @@ def segment_volume(models: keras.Model | Sequence[keras.Model], array: np.ndarra
         mask as bool or uint8 0/255, the probability as float32.
     keep_prob, progress : bool
         Keep a probability map when no ``prob_out`` is given; show a progress bar.
+    channel_dtypes : sequence of dtype, optional
+        Each named channel's own dtype, where stacking widened it (8-bit ultrasound
+        beside float32 photoacoustics): ``auto`` normalises a channel by its own dtype.
 
     Returns
     -------
@@ -516,7 +523,7 @@ def segment_volume(models: keras.Model | Sequence[keras.Model], array: np.ndarra
                    settings.threshold)
     intensities: dict = {}  # one set of statistics per normalisation the members ask for
     _mean_of_members([_named(_member_chunks(m, spec, view, array[None] if flat else array,
-                                            _member_intensity(intensities, array, names, view),
+                                            _member_intensity(intensities, array, names, view, channel_dtypes),
                                             batch_size, overlap, progress), view)
                       for m, spec, view in zip(models, specs, views)], store)
     if settings.postprocess:
@@ -534,11 +541,11 @@ def _member_specs(models, views, array, spacing, names) -> list[ModelSpec]:
     return specs
 
 
-def _member_intensity(known: dict, array, names, view: InferenceSettings) -> _Intensity:
+def _member_intensity(known: dict, array, names, view: InferenceSettings, dtypes=None) -> _Intensity:
     """The intensity statistics a member normalises with, computed once per method set."""
     key = tuple(sorted(view.normalisation.items()))
     if key not in known:
-        known[key] = _Intensity(array, names, view.normalisation)
+        known[key] = _Intensity(array, names, view.normalisation, dtypes)
     return known[key]
 
 

@@ -27,8 +27,8 @@ from tqdm.auto import tqdm
 from bcseg import outputs
 from bcseg.atomic import atomic_path, real_path, remove_partials
 from bcseg.data import io
-from bcseg.data.channels import constant_problem
-from bcseg.data.dataset import (Case, discover, id_problem, name_key, read_case_channel_arrays, read_case_channels,
+from bcseg.data.channels import constant_problem, stack as stack_channels
+from bcseg.data.dataset import (Case, discover, id_problem, name_key, read_case_channel_arrays,
                                 read_case_image)
 from bcseg.data.intensity import check_methods, normalise
 from bcseg.errors import BcsegError, ConfigError, DataError, ModelError, UsageError
@@ -51,12 +51,22 @@ def segment_case(models, case: Case, settings: InferenceSettings, keep_prob: boo
     then has it too); a grey model the case's image.
     """
     names = settings.input_channels()
+    dtypes = None
     if names:
-        image, spacing, _ = read_case_channels(case, list(names))
+        image, spacing, dtypes = _case_channels(case, names)
     else:
         image, spacing = read_case_image(case)
-    mask, prob = segment_volume(models, image, settings, spacing, keep_prob=keep_prob)
+    mask, prob = segment_volume(models, image, settings, spacing, keep_prob=keep_prob,
+                                channel_dtypes=dtypes)
     return image, spacing, mask, prob
+
+
+def _case_channels(case: Case, names) -> tuple[np.ndarray, tuple | None, list]:
+    """A case's named channels stacked last, its spacing, and each channel's own dtype:
+    stacked beside float32 photoacoustics, 8-bit ultrasound becomes float32, and
+    segment_volume must still divide it by 255, as training did."""
+    arrays, spacing = read_case_channel_arrays(case, list(names))
+    return stack_channels(list(arrays.values())), spacing, [a.dtype for a in arrays.values()]
 
 
 def load_models(model_path, threshold=None, tta=None, postprocess=None, min_size=None,
@@ -378,14 +388,14 @@ def _without_paths(value):
     return value
 
 
-def _read_input(item: Path | Case, names: tuple[str, ...]) -> tuple[np.ndarray, tuple | None]:
-    """An input's image and spacing: a file memory-mapped (channel axis added for a
-    model of one named channel), a case's named channels stacked last."""
+def _read_input(item: Path | Case, names: tuple[str, ...]) -> tuple[np.ndarray, tuple | None, list | None]:
+    """An input's image, spacing and channels' own dtypes (None for a file): a file
+    memory-mapped (channel axis added for a model of one named channel), a case's named
+    channels stacked last."""
     if isinstance(item, Case):
-        image, spacing, _ = read_case_channels(item, list(names))
-        return image, spacing
+        return _case_channels(item, names)
     image, spacing = io.open_volume(item)
-    return (image[..., None] if names else image), spacing
+    return (image[..., None] if names else image), spacing, None
 
 
 def _segment_file(models, settings, path: Path | Case, wanted: dict, progress: bool,
@@ -395,10 +405,10 @@ def _segment_file(models, settings, path: Path | Case, wanted: dict, progress: b
     names = settings.input_channels()
     with ExitStack() as stack:
         temp = {k: stack.enter_context(atomic_path(v)) if v else None for k, v in wanted.items()}
-        image, spacing = _read_input(path, names)
+        image, spacing, dtypes = _read_input(path, names)
         plane = image[..., 0] if names else image  # the spatial axes: the first channel
         _segment_into(models, settings, image, spacing, temp, progress,
-                      _output_geometry(path, plane, spacing), plane, made)
+                      _output_geometry(path, plane, spacing), plane, made, dtypes)
     stale = [p for p in _every_output(path, wanted["mask"].parent)
              if p not in wanted.values() and p.exists()]
     if stale:  # checked to exist first: listing what bcseg owns reads the whole folder
@@ -423,9 +433,10 @@ def _output_geometry(item: Path | Case, image: np.ndarray, spacing) -> tuple:
 
 
 def _segment_into(models, settings, image, spacing, temp: dict, progress: bool, geometry: tuple,
-                  plane: np.ndarray, made: str | None = None) -> None:
+                  plane: np.ndarray, made: str | None = None, dtypes: list | None = None) -> None:
     """Segment ``image`` into the temporary outputs; ``plane`` is its spatial view (the
-    image itself, or its first channel) that outputs and the overlay follow."""
+    image itself, or its first channel) that outputs and the overlay follow; ``dtypes``
+    are its channels' own (see :func:`_case_channels`)."""
     shape, out_spacing = geometry
     software = None if made is None else io.MADE_WITH + made
     files = {k: None if temp[k] is None else _tiff_memmap(temp[k], shape, dtype, out_spacing, software)
@@ -433,7 +444,8 @@ def _segment_into(models, settings, image, spacing, temp: dict, progress: bool, 
     # Views in the shape that was segmented, writing through to the files.
     mask, prob = (None if f is None else f.reshape(plane.shape) for f in files.values())
     segment_volume(models, image, settings, spacing, mask_out=mask, prob_out=prob, keep_prob=False,
-                   progress=progress and plane.ndim == 3)  # no bar per 2D image
+                   progress=progress and plane.ndim == 3,  # no bar per 2D image
+                   channel_dtypes=dtypes)
     if temp["overlay"] is not None:
         _write_overlay(temp["overlay"], plane, mask, spacing)
     for out in files.values():
