@@ -401,3 +401,30 @@ def test_margins_cli_takes_channels_by_name_and_refuses_a_mix(tmp_path, capsys):
     assert capsys.readouterr().err == ("bcseg: error: --display-channel: 'PA' is not a channel of "
                                        "--image; its channels are 'us', 'pa'\n")
     assert not (tmp_path / "other").exists()
+
+
+@pytest.mark.parametrize("hole", ["tumour", "cavity"])
+def test_an_enclosed_hole_in_the_specimen_mask_is_inside_the_specimen(hole):
+    """A specimen mask drawn without its tumour (tissue and tumour as separate labels),
+    or with an air bubble inside, holds a hole. Its walls are no surface that ink
+    reaches: the tumour in it read as 'wholly outside', and a bubble 1 mm from the
+    tumour became a 1 mm lateral margin where every face is 6 mm away."""
+    spacing = (1.0, 0.5, 0.25)
+    specimen = np.zeros((20, 40, 80), bool)
+    specimen[2:18, 4:36, 8:72] = True
+    tumour = np.zeros_like(specimen)
+    tumour[8:12, 16:24, 32:48] = True
+    # Gaps to the box's outer voxels, by hand: z (8 - 2) x 1 mm, y (16 - 4) x 0.5 mm,
+    # x (32 - 8) x 0.25 mm, and the same on the far sides: 6 mm each.
+    holed = specimen.copy()
+    if hole == "tumour":
+        holed[tumour] = False
+    else:
+        holed[8:12, 16:24, 52:60] = False  # 4 voxels (1 mm) lateral of the tumour
+    result = M.margins(tumour, holed, spacing)
+    assert result["warnings"] == []
+    assert result["distance_mm"] == pytest.approx(6.0)
+    assert {face: f["distance_mm"] for face, f in result["faces"].items()} == pytest.approx(
+        dict.fromkeys(M.FACES, 6.0))
+    assert result["specimen_volume_mm3"] == pytest.approx(16 * 32 * 64 * 0.125)
+    assert result["tumour_volume_mm3"] == pytest.approx(4 * 8 * 16 * 0.125)

@@ -9,7 +9,9 @@ inferior, medial and lateral.
 
 Definitions (the numbers are only as good as these; say them next to any result)
 -------------------------------------------------------------------------------
-*Surface.* The specimen's surface voxels are the specimen voxels with at least one
+*Surface.* Enclosed holes in the specimen mask are filled first (a tumour left out of a
+tissue label, an air bubble: their walls are inside the specimen, where no ink goes).
+The specimen's surface voxels are then the specimen voxels with at least one
 background voxel among their 26 neighbours (the same definition as
 :func:`bcseg.measure.metrics.surface_distances`). Outside the array counts as background, so
 where the specimen touches the edge of the image the "surface" is the edge of the field
@@ -376,7 +378,8 @@ def margins(tumour, specimen, spacing_mm, orientation=DEFAULT_ORIENTATION, close
         ``spacing_mm``, ``orientation`` and ``warnings`` (a list of str). An empty
         tumour or specimen, or a tumour wholly outside the specimen, gives NaN
         distances and a warning instead of an error; a tumour partly outside is
-        measured from its part inside, with a warning.
+        measured from its part inside, with a warning. Enclosed holes in ``specimen``
+        are part of it (and of its volume).
 
     Raises
     ------
@@ -385,6 +388,9 @@ def margins(tumour, specimen, spacing_mm, orientation=DEFAULT_ORIENTATION, close
     """
     tumour, specimen, sampling, orientation = _check_margin_inputs(tumour, specimen, spacing_mm,
                                                                    orientation, close_mm)
+    # The surface is the specimen's outside: the walls of an enclosed hole in its mask (the
+    # tumour left out of a tissue label, an air bubble) are no surface ink reaches.
+    specimen = fill_holes(specimen)
     n_tumour, n_specimen = int(np.count_nonzero(tumour)), int(np.count_nonzero(specimen))
     result = _blank_result(n_tumour, n_specimen, sampling, orientation, close_mm)
     warnings = result["warnings"]
