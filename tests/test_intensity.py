@@ -77,3 +77,20 @@ def test_large_memmapped_stack_stats_come_from_a_subsample(tmp_path):
     stats = intensity_stats(volume, max_samples=50_000)
     assert stats.method == "percentile"
     np.testing.assert_allclose([stats.low, stats.high], exact, rtol=0.02)
+
+
+def test_log_compression_of_sparse_absorbers_in_a_zero_background_keeps_them():
+    """A photoacoustic stack whose absorbers (vessels) fill under 0.5% of it, in a
+    background of zeros: its 99.5th percentile is 0, and log compression mapped the
+    whole channel to zeros (a model then saw no PA at all, without a word)."""
+    from bcseg.data.intensity import normalise_channels
+
+    pa = np.zeros((8, 64, 64), np.float32)
+    pa[4, 30:32, 30:32] = 500.0
+    pa[2, 10, 10:12] = 50.0
+    out = normalise_channels({"pa": pa})[..., 0]
+    # The top of the absorbers, 500, maps to 1 and 40 dB below it (5) to 0: 50 is
+    # log10(50 / 5) / log10(500 / 5) = 0.5; the background stays 0.
+    assert out[4, 30, 30] == pytest.approx(1.0)
+    assert out[2, 10, 10] == pytest.approx(0.5)
+    assert out[pa == 0].max() == 0.0

@@ -261,7 +261,8 @@ def channel_stats(array: np.ndarray, method: str = "auto", max_samples: int = MA
     training (which normalises each channel in its own dtype) did; ``uint8`` maps 0-255; ``percentile`` maps the
     0.5th-99.5th percentiles whatever the dtype; ``log`` maps the 99.5th percentile to
     1 and ``range_db`` below it to 0, in log10 (negative values, as bipolar PA
-    reconstructions hold, go to 0).
+    reconstructions hold, go to 0; where that percentile is 0 or below, sparse absorbers
+    in a background of zeros, the 99.5th percentile of the positive values maps to 1).
 
     Examples
     --------
@@ -283,6 +284,12 @@ def channel_stats(array: np.ndarray, method: str = "auto", max_samples: int = MA
         low, high = _percentiles(sample, PERCENTILES)
         return IntensityStats(float(low), float(high), "percentile")
     high = float(_percentiles(sample, PERCENTILES[1]))
+    positive = sample[sample > 0] if high <= 0 else None
+    if positive is not None and positive.size:
+        # Absorbers (vessels) filling under 0.5% of a background of zeros or negatives:
+        # the percentile of the whole is 0 or below, which maps every value to 0. The
+        # top of the signal is the percentile of the positive values.
+        high = float(_percentiles(positive, PERCENTILES[1]))
     return IntensityStats(high * 10 ** (-range_db / 20), high, "log")
 
 
