@@ -202,7 +202,14 @@ def _interleaved(root):
         io.write_mask(root / "masks" / "observer1" / f"{stem}.tif", LESION[1], SPACING[1:])
 
 
+def _hyperstack_spacing_out_of_range(root):
+    hyperstacks(root)  # S02's spacing read as 1e-7 mm, where a plain stack's is refused
+    write_hyperstack(root / "images" / "S02.tif", US, PA, spacing=(1e-7,) + SPACING[1:])
+
+
 LISTED = {  # name: (build, the file named, what the problem says)
+    "hyperstack with a spacing out of range": (_hyperstack_spacing_out_of_range, "images/S02.tif",
+                                               "has unusable spacing 1e-07 x 0.25 x 0.25 mm"),
     "constant PA channel": (_constant, "images/pa/S01.tif", "channel 'pa' is constant"),
     "mask with two channels": (_mask_with_channels, "masks/observer1/S01.tif", "is a mask with 2 channels"),
     "two samples per pixel": (_interleaved, "images/S01.tif", "has 2 samples per pixel"),
@@ -288,3 +295,18 @@ def test_a_case_whose_first_channel_has_no_spacing_is_measured_in_mm(tmp_path):
     assert io.read_image(case.image)[1] is None  # the first channel's file holds none
     _, spacing = read_case_image(case)
     assert spacing == pytest.approx(SPACING)
+
+
+def test_a_hyperstack_with_a_spacing_out_of_range_is_refused_as_a_plain_stack_is(tmp_path):
+    """Read from a C axis, a spacing of 1e-7 mm (nm labelled mm) was taken as it was,
+    and written into the masks predict made; the same stack without channels is refused."""
+    from bcseg.data.dataset import read_case_channels, read_case_image
+    from bcseg.errors import DataError
+
+    root = tmp_path / "data"
+    _hyperstack_spacing_out_of_range(root)
+    case = discover(root)[1]
+    for read in (read_case_channels, read_case_image):
+        with pytest.raises(DataError, match="unusable spacing 1e-07") as error:
+            read(case)
+        assert error.value.path == str(root / "images" / "S02.tif")

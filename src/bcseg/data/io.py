@@ -1104,8 +1104,8 @@ def read_channels(path: str | Path) -> tuple[np.ndarray, tuple[float, ...] | Non
     Raises
     ------
     DataError
-        Missing, corrupt or too large, without a C axis, or with more than 3
-        spatial dimensions.
+        Missing, corrupt or too large, without a C axis, with more than 3
+        spatial dimensions, or with unusable spacing.
     """
     path = Path(path)
     _check_file(path)
@@ -1137,7 +1137,9 @@ def read_channels(path: str | Path) -> tuple[np.ndarray, tuple[float, ...] | Non
     except Exception as exc:  # tifffile raises many types for corrupt files
         raise DataError(path, f"cannot read TIFF ({exc})") from None
     array = array.reshape(tuple(spatial) + (array.shape[-1],))
-    return _validate(array, path), spacing
+    # as read_image refuses it: a spacing of 1e-7 mm (nm labelled mm) read from a C axis
+    # went into predict's masks and every mm measured on them
+    return _validate(array, path), check_spacing(spacing, path)
 
 
 def open_volume(path: str | Path) -> tuple[np.ndarray, tuple[float, ...] | None]:
