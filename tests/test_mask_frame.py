@@ -4,6 +4,7 @@ or another origin) is refused: same shape and spacing, but the wrong voxels."""
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -11,6 +12,7 @@ import SimpleITK as sitk
 
 from bcseg.cli import main
 from bcseg.data import io
+from bcseg.errors import DataError
 
 SPACING = (1.0, 0.25, 0.25)  # z, y, x
 STACK = (np.arange(6 * 24 * 24) % 180 + 40).astype(np.uint8).reshape(6, 24, 24)
@@ -123,3 +125,29 @@ def test_nnunet_predictions_of_an_exported_nifti_dataset_lie_on_the_source_image
     for label in exported:  # what nnU-Net's prediction of the case would carry
         source = cases[label.name[:-len(".nii.gz")]]["image"]
         assert io.read_mask(label, STACK.shape, image=source).sum() == LESION.sum()
+
+
+@pytest.mark.parametrize("frame, said", CASES.values(), ids=CASES.keys())
+def test_a_nifti_channel_placed_elsewhere_than_the_first_channel_is_refused(frame, said, tmp_path,
+                                                                           capsys):
+    """Channels are co-registered voxel by voxel. A PA channel saved flipped left-right
+    (or shifted) against its US channel has the same shape and spacing, and was stacked
+    beside it as it was: the model read a mirrored photoacoustic image."""
+    from bcseg.data.dataset import discover, read_case_channels
+
+    root = tmp_path / "d"
+    for number, name in enumerate("ab"):
+        write_nifti(root / "images" / "us" / f"{name}.nii.gz", STACK + number)
+        write_nifti(root / "images" / "pa" / f"{name}.nii.gz", STACK[:, :, ::-1] + number,
+                    **(frame if name == "b" else {}))
+        write_nifti(root / "masks" / "observer1" / f"{name}.nii.gz", LESION)
+    (root / "channels.json").write_text('["us", "pa"]')
+    culprit = root / "images" / "pa" / "b.nii.gz"
+    with pytest.raises(DataError, match=re.escape(said)) as error:
+        read_case_channels(discover(root)[1])
+    assert error.value.path == str(culprit)
+    read_case_channels(discover(root)[0])  # the same frame passes
+    assert main(["check", str(root)]) == 3
+    out = capsys.readouterr()
+    lines = [line for line in (out.out + out.err).splitlines() if "b.nii.gz" in line]
+    assert len(lines) == 1 and str(culprit) in lines[0] and said in lines[0], out

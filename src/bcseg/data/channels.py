@@ -81,7 +81,8 @@ def read_channel_names(root: str | Path) -> list[str] | None:
 
 def check_agreement(names: list[str], paths: list[Path], arrays: list[np.ndarray],
                     spacings: list[tuple[float, ...] | None]) -> tuple[float, ...] | None:
-    """Raise unless all channels share shape and (where known) spacing; return the spacing.
+    """Raise unless all channels share shape, (where known) spacing and, for NIfTI files,
+    their place in space; return the spacing.
 
     The error names the file of the first channel that disagrees with the first one.
     """
@@ -94,6 +95,8 @@ def check_agreement(names: list[str], paths: list[Path], arrays: list[np.ndarray
         if spacing is not None and not io.same_spacing(spacing, known):
             raise DataError(path, f"channel '{name}' has spacing {io.spacing_text(spacing)} mm, but "
                             f"another channel of the case has {io.spacing_text(known)} mm")
+        # co-registered voxel by voxel: one saved flipped or shifted would be stacked mirrored
+        io.check_same_frame(path, paths[0], f"the {name} channel", f"the {names[0]} channel")
     return known
 
 

@@ -1175,31 +1175,34 @@ def nifti_frame(path: Path) -> tuple[np.ndarray, np.ndarray]:
     return np.asarray(reader.GetOrigin()), np.reshape(reader.GetDirection(), (dim, dim))
 
 
-def _check_same_frame(mask: Path, image: Path) -> None:
-    """Refuse a NIfTI mask whose voxels lie elsewhere in space than its NIfTI image's.
+def check_same_frame(path: Path, reference: Path, what: str = "the mask",
+                     against: str = "its image") -> None:
+    """Refuse a NIfTI file whose voxels lie elsewhere in space than ``reference``'s: a
+    mask against its NIfTI image, or a channel against the case's first channel.
 
     Arrays of the same shape and spacing are compared voxel by voxel, but a NIfTI file
     also places its grid in the scanner's space (origin and axis directions). A mask
     saved with other axes (say, flipped left-right by a tool that rewrote the
     orientation) or shifted by a slice has the right shape and marks the wrong voxels:
-    Dice, volumes and margins would be computed on a mirrored or displaced tumour.
+    Dice, volumes and margins would be computed on a mirrored or displaced tumour; a
+    channel so saved gives the model a mirrored image beside the others.
     TIFF files place nothing in space, so only NIfTI pairs can be checked.
     """
-    if not (is_nifti(mask) and is_nifti(image)):
+    if not (is_nifti(path) and is_nifti(reference)):
         return
-    (m_origin, m_dir), (i_origin, i_dir) = nifti_frame(mask), nifti_frame(image)
+    (m_origin, m_dir), (i_origin, i_dir) = nifti_frame(path), nifti_frame(reference)
     # A 2D file beside a one-slice 3D one (a squeezed mask) shares the in-plane axes only.
     axes = min(len(m_origin), len(i_origin))
     m_origin, i_origin, m_dir, i_dir = m_origin[:axes], i_origin[:axes], m_dir[:axes, :axes], i_dir[:axes, :axes]
     if not np.allclose(m_dir, i_dir, atol=1e-4):
-        raise DataError(mask, f"mask's axes point elsewhere than its image's ({image.name}: NIfTI "
-                        "direction differs), so its voxels are mirrored or turned against the "
-                        "image; resample the mask onto its image's grid")
+        raise DataError(path, f"{what}'s axes point elsewhere than {against}'s ({reference.name}: NIfTI "
+                        f"direction differs), so its voxels are mirrored or turned against {against}; "
+                        f"resample {what} onto {against}'s grid")
     if not np.allclose(m_origin, i_origin, atol=1e-3, rtol=1e-5):
         shown = ", ".join(f"{v:g}" for v in m_origin), ", ".join(f"{v:g}" for v in i_origin)
-        raise DataError(mask, f"mask's origin ({shown[0]}) mm differs from its image's "
-                        f"({image.name}: {shown[1]}) mm, so its voxels are shifted against the "
-                        "image; resample the mask onto its image's grid")
+        raise DataError(path, f"{what}'s origin ({shown[0]}) mm differs from {against}'s "
+                        f"({reference.name}: {shown[1]}) mm, so its voxels are shifted against "
+                        f"{against}; resample {what} onto {against}'s grid")
 
 
 def read_mask(path: str | Path, expected_shape: tuple[int, ...] | None = None,
@@ -1217,7 +1220,7 @@ def read_mask(path: str | Path, expected_shape: tuple[int, ...] | None = None,
     """
     path = Path(path)
     if image is not None:
-        _check_same_frame(path, Path(image))
+        check_same_frame(path, Path(image))
     channels = channel_count(path)
     if channels > 1:
         raise DataError(path, f"is a mask with {channels} channels; a mask is one channel "
