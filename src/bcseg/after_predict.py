@@ -15,6 +15,7 @@ from typing import Sequence
 
 from bcseg import outputs
 from bcseg.data import io
+from bcseg.data.channels import ULTRASOUND, is_modality
 from bcseg.data.dataset import Case
 from bcseg.errors import BcsegError
 from bcseg.infer.segment import MARGINS_TABLE, case_spacing, input_file, output_name
@@ -34,7 +35,7 @@ def _margin_channels(item: Path | Case):
         return item
     # ``us`` first wherever the layout put it: channel folders without channels.json are
     # read in name order, pa before us, and the specimen was found in the PA signal.
-    ordered = sorted(item.channels, key=lambda c: c.name != "us")
+    ordered = sorted(item.channels, key=lambda c: not is_modality(c.name, ULTRASOUND))
     return {c.name: c.path if c.index is None else (c.path, c.index) for c in ordered}
 
 

@@ -32,6 +32,19 @@ CHANNELS_FILE = "channels.json"
 SUFFIX = re.compile(r"^(?P<case>.+)_(?P<index>\d{4})$")  # nnU-Net: S01_0000
 
 
+# The channel names bcseg gives a meaning: ultrasound finds the specimen and takes the
+# speckle augmentation and a grey model's weights; photoacoustics is log-compressed.
+ULTRASOUND, PHOTOACOUSTICS = "us", "pa"
+
+
+def is_modality(name: str, modality: str) -> bool:
+    """Whether channel ``name`` is ``modality`` (:data:`ULTRASOUND`, ...), whatever its
+    case: images/US/ and images/PA/ missed every one of those meanings (PA was read
+    linearly and found the specimen), and names differing only in case are refused
+    as one name anyway (:func:`check_channel_names`)."""
+    return name.casefold() == modality
+
+
 def check_channel_names(names, where: Path | None) -> list[str]:
     """Check each name and that no two are the same, even ignoring case.
 

@@ -29,12 +29,13 @@ from dataclasses import dataclass
 import numpy as np
 
 from bcseg.config import NORMALISATIONS
+from bcseg.data.channels import PHOTOACOUSTICS, is_modality
 from bcseg.errors import DataError
 
 PERCENTILES = (0.5, 99.5)
 MAX_SAMPLES = 1_000_000
 METHODS = NORMALISATIONS  # what config.toml may name
-DEFAULT_METHODS = {"pa": "log"}  # channels not listed: "auto"
+DEFAULT_METHODS = {PHOTOACOUSTICS: "log"}  # channels not listed: "auto"; any case of the name
 LOG_RANGE_DB = 40.0
 
 
@@ -244,11 +245,17 @@ def check_methods(methods: dict[str, str] | None, names: list[str]) -> dict[str,
     ValueError
         Naming ``normalisation[<channel>]`` for an unknown method.
     """
-    chosen = {**DEFAULT_METHODS, **(methods or {})}
-    for name, method in chosen.items():
+    given = methods or {}
+    for name, method in given.items():
         if method not in METHODS:
             raise ValueError(f"normalisation[{name}] must be one of {', '.join(METHODS)}, got '{method}'")
-    return {name: chosen.get(name, "auto") for name in names}
+    return {name: given.get(name, _default_method(name)) for name in names}
+
+
+def _default_method(name: str) -> str:
+    """A channel's normalisation unless the recipe names one: ``log`` for photoacoustics
+    (``pa``, ``PA``), ``auto`` otherwise."""
+    return next((method for kind, method in DEFAULT_METHODS.items() if is_modality(name, kind)), "auto")
 
 
 def channel_stats(array: np.ndarray, method: str = "auto", max_samples: int = MAX_SAMPLES,

@@ -24,6 +24,7 @@ import numpy as np
 import tensorflow as tf
 from skimage.transform import resize, rotate
 
+from bcseg.data.channels import ULTRASOUND, is_modality
 from bcseg.errors import ConfigError
 
 MAX_BLUR = 4.0  # pixels; bounds the Gaussian kernel of the blur and speckle-grain steps
@@ -286,7 +287,7 @@ def _intensity(volume, config, uniform, noise_seed, channels=None):
     volume = tf.clip_by_value(volume, 0.0, 1.0)
     if config.gamma != (1.0, 1.0):
         volume = volume ** tf.exp(uniform(math.log(config.gamma[0]), math.log(config.gamma[1]), shape))
-    speckled = None if channels is None else [float(name == "us") for name in channels]
+    speckled = None if channels is None else [float(is_modality(name, ULTRASOUND)) for name in channels]
     if (config.speckle or config.speckle_max) and (speckled is None or any(speckled)):
         strength = config.speckle
         if config.speckle_max > config.speckle:  # a draw of its own: the others stay as they were

@@ -47,7 +47,7 @@ from bcseg.atomic import atomic_path, partial_name, read_json, remove_partials, 
 from bcseg.learn.augment import AugmentConfig
 from bcseg.config import load_config, save_config
 from bcseg.data.consensus import METHODS
-from bcseg.data.channels import check_channel_name
+from bcseg.data.channels import ULTRASOUND, check_channel_name, is_modality
 from bcseg.data.io import not_a_file
 from bcseg.data.dataset import (IMAGE_CHANNEL, Case, case_digest, case_files, changed_case, dataset_channels,
                                 discover, refuse_duplicate_images, require_every_observer)
@@ -584,7 +584,8 @@ def _initial_model(path: Path, channels: list[str] | None) -> keras.Model:
     model = keras.saving.load_model(path, safe_mode=True, compile=False)
     if channels and model.inputs[0].shape[-1] != len(channels):
         own = _init_channel_names(path)  # a model of one named channel keeps that channel
-        keep = channels.index(own[0]) if own else channels.index("us") if "us" in channels else 0
+        ultrasound = [i for i, name in enumerate(channels) if is_modality(name, ULTRASOUND)]
+        keep = channels.index(own[0]) if own else (ultrasound or [0])[0]
         model = with_input_channels(model, len(channels), keep)
     return model
 
