@@ -60,3 +60,14 @@ def test_unpaired_input_is_refused():
         paired_comparison([0.8, 0.9], [0.8])
     with pytest.raises(ValueError, match="metric"):
         paired_comparison([0.8], [0.8], metric="iou")
+
+
+def test_a_difference_on_the_margin_clears_it_by_no_rounding():
+    # 0.80 - 0.85 is -0.04999999999999993 in floating point, and 1.4 - 0.4 is
+    # 0.9999999999999999: the CI [-0.05, -0.05] (or [1, 1] mm) touches the margin and
+    # clears nothing, as the exact differences of the HD95 test above.
+    for model, human, metric in (([0.80] * 6, [0.85] * 6, "dice"), ([1.4] * 6, [0.4] * 6, "hd95")):
+        out = paired_comparison(model, human, metric=metric, unit="mm" if metric == "hd95" else "")
+        assert out["verdict"] == "too_few", out["text"]
+        assert out["needed_n"] is None
+        assert "no number of specimens would let the CI exclude a margin" in out["text"]

@@ -56,6 +56,9 @@ MARGINS = {"dice": 0.05, "hd95": 1.0}
 """Non-inferiority margins of :func:`paired_comparison`: Dice 0.05, HD95 1 mm."""
 HIGHER_IS_BETTER = {"dice": True, "hd95": False}
 Z95 = 1.959964
+# Paired differences carry rounding: 0.80 - 0.85 is -0.04999999999999993, 1.4 - 0.4 is
+# 0.9999999999999999. A bound this close to the margin lies on it, and clears nothing.
+MARGIN_ROUNDING = 1e-9
 
 
 def _needed_cases(mean: float, sd: float, margin: float, higher: bool) -> int | None:
@@ -66,7 +69,7 @@ def _needed_cases(mean: float, sd: float, margin: float, higher: bool) -> int | 
     None when the mean is not on the good side, or the SD is unknown.
     """
     distance = (mean + margin) if higher else (margin - mean)
-    if not (math.isfinite(sd) and math.isfinite(distance)) or distance <= 0:
+    if not (math.isfinite(sd) and math.isfinite(distance)) or distance <= MARGIN_ROUNDING:
         return None
     return max(MIN_CI_CASES, math.ceil((Z95 * sd / distance) ** 2))
 
@@ -100,8 +103,9 @@ def _verdict(delta: dict, margin: float, higher: bool) -> str:
     """"as_well", "below" or "too_few": where the CI of Δ lies against the margin."""
     low, high = delta["ci_low"], delta["ci_high"]
     enough = delta["n_finite"] >= MIN_CI_CASES and math.isfinite(low)
-    good = (low > -margin) if higher else (high < margin)
-    bad = (high < -margin) if higher else (low > margin)
+    tol = MARGIN_ROUNDING
+    good = (low > -margin + tol) if higher else (high < margin - tol)
+    bad = (high < -margin - tol) if higher else (low > margin + tol)
     return "as_well" if enough and good else "below" if enough and bad else "too_few"
 
 
