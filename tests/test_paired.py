@@ -71,3 +71,16 @@ def test_a_difference_on_the_margin_clears_it_by_no_rounding():
         assert out["verdict"] == "too_few", out["text"]
         assert out["needed_n"] is None
         assert "no number of specimens would let the CI exclude a margin" in out["text"]
+
+
+def test_specimens_left_out_are_named_in_the_verdict():
+    # The model found no tumour in any of 6 specimens: every HD95 is inf and left out.
+    # The verdict said "(Δ HD95 = +nan mm, no CI: n too small, n = 0)", as if 0 specimens
+    # had been given, nothing of the 6 it could not score.
+    out = paired_comparison([math.inf] * 6, [2.0] * 6, metric="hd95", unit="mm",
+                            names=("observer1", "observer2"))
+    assert out["n_left_out"] == 6 and out["verdict"] == "too_few"
+    assert "nan" not in out["text"]
+    assert "no Δ HD95, n = 0, 6 left out where a mask is empty" in out["text"]
+    some = paired_comparison([3.0, 4.0, math.inf], [2.0, 3.0, 2.0], metric="hd95", unit="mm")
+    assert "(Δ HD95 = +1.000 mm, no CI: n too small, n = 2, 1 left out where a mask is empty)" in some["text"]

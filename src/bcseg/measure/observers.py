@@ -80,12 +80,17 @@ def _signed(value: float) -> str:
 
 
 def _verdict_text(delta: dict, verdict: str, names: tuple[str, str], metric: str, unit: str,
-                  margin: float, needed: int | None) -> str:
+                  margin: float, needed: int | None, left_out: int) -> str:
     reference, other = names
     label = "Dice" if metric == "dice" else "HD95"
     ci = (f", no CI: {CI_TOO_FEW}" if not math.isfinite(delta["ci_low"])
           else f" [{_signed(delta['ci_low'])}, {_signed(delta['ci_high'])}]")
-    stat = f"Δ {label} = {_signed(delta['mean'])}{' ' + unit if unit else ''}{ci}, n = {delta['n_finite']}"
+    if math.isfinite(delta["mean"]):
+        stat = f"Δ {label} = {_signed(delta['mean'])}{' ' + unit if unit else ''}{ci}, n = {delta['n_finite']}"
+    else:  # no specimen with a finite pair: there is no difference to show (it read "+nan")
+        stat = f"no Δ {label}, n = 0"
+    if left_out:  # a model that found no tumour anywhere must not read as "n = 0" alone
+        stat += f", {left_out} left out where a mask is empty"
     if verdict == "as_well":
         return f"agrees with {reference} as well as {other} does ({stat})"
     if verdict == "below":
@@ -167,4 +172,5 @@ def paired_comparison(model_scores, human_scores, metric: str = "dice", names=("
             "model_mean": float(model[keep].mean()) if keep.any() else math.nan,
             "human_mean": float(human[keep].mean()) if keep.any() else math.nan,
             "delta": delta, "verdict": verdict, "needed_n": needed,
-            "text": _verdict_text(delta, verdict, tuple(names), metric, unit, margin, needed)}
+            "text": _verdict_text(delta, verdict, tuple(names), metric, unit, margin, needed,
+                                  int((~keep).sum()))}
