@@ -234,14 +234,20 @@ def rect(shape, rows, cols):
     return m
 
 
-def test_2d_images_without_spacing_warn_once_and_use_voxels(tmp_path):
-    shape = (20, 20)
+def image_cases(root, shape, observers) -> list[Case]:
+    """Cases a and b: a blank 2D image each, observer name -> (rows, cols) of its rectangle."""
     cases = []
     for name in ("a", "b"):
-        image = io.write_image(tmp_path / "images" / f"{name}.tif", np.zeros(shape, np.uint8))
-        o1 = io.write_mask(tmp_path / "o1" / f"{name}.tif", rect(shape, (4, 8), (4, 8)))
-        o2 = io.write_mask(tmp_path / "o2" / f"{name}.tif", rect(shape, (4, 8), (6, 10)))
-        cases.append(Case(name, image, {"observer1": (o1,), "observer2": (o2,)}))
+        image = io.write_image(root / "images" / f"{name}.tif", np.zeros(shape, np.uint8))
+        masks = {observer: (io.write_mask(root / observer / f"{name}.tif", rect(shape, *box)),)
+                 for observer, box in observers.items()}
+        cases.append(Case(name, image, masks))
+    return cases
+
+
+def test_2d_images_without_spacing_warn_once_and_use_voxels(tmp_path):
+    shape = (20, 20)
+    cases = image_cases(tmp_path, shape, {"observer1": ((4, 8), (4, 8)), "observer2": ((4, 8), (6, 10))})
     # a: 4x4 square two rows lower than observer1's: overlap 2x4 -> Dice 2*8/32 = 0.5
     io.write_mask(tmp_path / "pred" / "a_mask.tif", rect(shape, (6, 10), (4, 8)))
     io.write_mask(tmp_path / "pred" / "b_mask.tif", rect(shape, (4, 8), (4, 8)))
@@ -436,3 +442,17 @@ def test_masks_of_different_models_in_one_folder_are_said_to_be_so(tmp_path):
     with warnings.catch_warnings():
         warnings.filterwarnings("error", message=".*different models.*")
         evaluate(tmp_path / "seg", tmp_path / "data", tmp_path / "eval", n_boot=10, force=True)
+
+
+def test_headline_says_when_no_hd95_is_finite(tmp_path):
+    # Every prediction empty: each HD95 is inf. The headline left its HD95 line out, so
+    # the model's distances read as not measured rather than as infinite in every case.
+    shape = (12, 12)
+    cases = image_cases(tmp_path, shape, {"observer1": ((2, 5), (2, 5))})
+    for case in cases:
+        io.write_mask(tmp_path / "pred" / f"{case.id}_mask.tif", np.zeros(shape, bool))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        result = evaluate(tmp_path / "pred", cases, tmp_path / "out", n_boot=10)
+    from bcseg.measure.evaluate import headline_lines
+    assert "test HD95 vs observer1: none finite (mean of 0; 2 inf left out)" in headline_lines(result)

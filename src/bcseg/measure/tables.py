@@ -135,6 +135,8 @@ def headline_lines(result: Mapping) -> list[str]:
         left_out = f" ({_inf_left_out(hd95)})" if hd95.get("n_inf") else ""
         lines.append(f"test HD95 vs {head['reference']}: {hd95['mean']:.2f} {head.get('unit', '')}"
                      f"{left_out}".replace("  ", " "))
+    elif hd95 and hd95.get("n_inf"):  # inf in every case (no tumour found): said, not left unsaid
+        lines.append(f"test HD95 vs {head['reference']}: none finite ({_inf_left_out(hd95)})")
     if head.get("inter_observer_dice_mean") is not None:
         lines.append(f"inter-observer Dice (the ceiling): {head['inter_observer_dice_mean']:.3f}")
     lines.append(f"pixel_soft_score (the reference study's 'Dice'; not a Dice): "
