@@ -456,3 +456,16 @@ def test_headline_says_when_no_hd95_is_finite(tmp_path):
         result = evaluate(tmp_path / "pred", cases, tmp_path / "out", n_boot=10)
     from bcseg.measure.evaluate import headline_lines
     assert "test HD95 vs observer1: none finite (mean of 0; 2 inf left out)" in headline_lines(result)
+
+
+def test_a_probability_map_of_another_spacing_is_refused_as_its_mask_is(study, tmp_path):
+    # The mask beside it with the image's spacing: only the probability map, stated at
+    # 3x3x3 mm, belongs to another stack (or a resampled one); it was scored silently.
+    case, pred = study["cases"][0], study["preds"][0]
+    io.write_mask(tmp_path / "pred" / f"{case.id}_mask.tif", pred, study["spacing"])
+    io.write_probability(tmp_path / "pred" / f"{case.id}_prob.tif", study["prob"], (3.0, 3.0, 3.0))
+    with pytest.raises(DataError) as info:
+        evaluate(tmp_path / "pred", [case], tmp_path / "out", n_boot=10)
+    message = str(info.value)
+    assert f"{case.id}_prob.tif" in message and "spacing 3x3x3 mm differs from its image's" in message
+    assert not (tmp_path / "out").exists()

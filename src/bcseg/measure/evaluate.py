@@ -277,7 +277,7 @@ def _case_rows(case: Case, files: Mapping, names: list[str], targets, slices: bo
     # The reference study scored every pixel against the union of the observers.
     everyone = union(list(masks.values()))
     if files["prob"] is not None:
-        prob, _ = io.read_image(files["prob"])
+        prob = _read_probability(files["prob"], own)
         try:
             scores = soft_scores(everyone, prob, SOFT_REDUCTION)
         except ValueError as error:
@@ -295,6 +295,18 @@ def _case_rows(case: Case, files: Mapping, names: list[str], targets, slices: bo
         info["channels"] = [{"name": c.name, "path": _absolute(c.path), "index": c.index}
                             for c in case.channels]
     return rows, slice_rows, agree, soft, info
+
+
+def _read_probability(path: Path, spacing) -> np.ndarray:
+    """A probability map, refused as its mask would be when it states another spacing than
+    its image's (``spacing``; None: unknown, or the manifest's, which overrides the files'):
+    it was made from another stack, or a resampled one, and scores the wrong voxels."""
+    prob, own = io.read_image(path)
+    if own is not None and spacing is not None and not io.same_spacing(own, spacing):
+        raise DataError(path, f"probability map spacing {io.spacing_text(own)} mm differs from its "
+                        f"image's {io.spacing_text(spacing)} mm; segment the image again, or re-save "
+                        "the map with its image's spacing")
+    return prob
 
 
 # --------------------------------------------------------------------------- outputs
