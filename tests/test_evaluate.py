@@ -469,3 +469,19 @@ def test_a_probability_map_of_another_spacing_is_refused_as_its_mask_is(study, t
     message = str(info.value)
     assert f"{case.id}_prob.tif" in message and "spacing 3x3x3 mm differs from its image's" in message
     assert not (tmp_path / "out").exists()
+
+
+def test_one_file_given_for_two_observers_is_refused(tmp_path):
+    # A manifest row naming observer1's file in observer2's column too (a copied cell):
+    # the observers "agreed" with Dice 1 on that case, which raised the human ceiling.
+    cases = image_cases(tmp_path, (12, 12), {"observer1": ((2, 5), (2, 5)), "observer2": ((2, 6), (2, 5))})
+    (tmp_path / "manifest.csv").write_text(
+        "id,image,mask_observer1,mask_observer2,group\n"
+        "a,images/a.tif,observer1/a.tif,observer1/a.tif,a\n"
+        "b,images/b.tif,observer1/b.tif,observer2/b.tif,b\n")
+    for case in cases:
+        io.write_mask(tmp_path / "pred" / f"{case.id}_mask.tif", rect((12, 12), (2, 5), (2, 5)))
+    with pytest.raises(DataError) as info:
+        evaluate(tmp_path / "pred", tmp_path / "manifest.csv", tmp_path / "out", n_boot=10)
+    assert "a: observers observer1 and observer2 are given one file, a.tif" in str(info.value)
+    assert not (tmp_path / "out").exists()

@@ -219,6 +219,10 @@ def _match(pred_dir: Path, cases: Sequence[Case], predictions: Mapping, wanted: 
         if not names:
             problems.append(f"{case_id}: has no observer masks to compare with")
             continue
+        shared = _shared_mask_file(case, names)
+        if shared:
+            problems.append(shared)
+            continue
         try:
             shape = _case_shape(case)
             for kind in ("mask", "prob"):
@@ -238,6 +242,20 @@ def _match(pred_dir: Path, cases: Sequence[Case], predictions: Mapping, wanted: 
         matched.append((case, files, names))
     _raise_all(pred_dir, problems)
     return matched
+
+
+def _shared_mask_file(case: Case, names: list[str]) -> str | None:
+    """The problem when two observers of ``case`` are given one file (a manifest cell
+    copied into the next column, a folder linked to another's): that mask's agreement
+    with itself, Dice 1, would pass for theirs and raise the human ceiling."""
+    owner: dict[Path, str] = {}
+    for name in names:
+        for path in case.masks[name]:
+            first = owner.setdefault(real_path(path), name)
+            if first != name:
+                return (f"{case.id}: observers {first} and {name} are given one file, {path.name}; "
+                        "each observer's mask is their own delineation")
+    return None
 
 
 # --------------------------------------------------------------------------- one case
