@@ -485,3 +485,18 @@ def test_one_file_given_for_two_observers_is_refused(tmp_path):
         evaluate(tmp_path / "pred", tmp_path / "manifest.csv", tmp_path / "out", n_boot=10)
     assert "a: observers observer1 and observer2 are given one file, a.tif" in str(info.value)
     assert not (tmp_path / "out").exists()
+
+
+def test_without_each_observer_as_a_target_there_is_no_human_level_test(tmp_path):
+    # targets=("union",) scores no model-vs-observer rows for the paired test to pair:
+    # it printed four verdicts of "Δ Dice = +nan ... n = 0" against "the other observers
+    # (mean)" of two observers.
+    cases = image_cases(tmp_path, (12, 12), {"observer1": ((2, 5), (2, 5)), "observer2": ((2, 6), (2, 5))})
+    for case in cases:
+        io.write_mask(tmp_path / "pred" / f"{case.id}_mask.tif", rect((12, 12), (2, 5), (2, 5)))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        result = evaluate(tmp_path / "pred", cases, tmp_path / "out", targets=("union",), n_boot=10)
+    summary = json.loads(result["summary_json"].read_text())
+    assert summary["human_level"] is None and result["human_level"] == []
+    assert list(summary["references"]) == ["union", "inter-observer"]

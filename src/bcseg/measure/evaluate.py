@@ -19,10 +19,10 @@ each other, which is the ceiling a model can be expected to reach.
     Per reference and metric, :func:`bcseg.measure.metrics.summarise` over *cases*
     (mean, SD, median, bootstrap CI of the mean), plus the reference study's
     ``pixel_soft_score`` beside the true per-case Dice. It holds first
-    ``human_level`` (null with one observer): the paired test of :func:`human_level`
-    (``margins``, ``comparisons``: one :func:`bcseg.measure.observers.paired_comparison`
-    dict per reference observer and metric, with its ``verdict`` and ``text``, and
-    ``note``); then ``n_cases``, ``level`` (``specimen``, ``image`` or ``mixed``),
+    ``human_level`` (null with one observer, or without ``"each"`` among the targets):
+    the paired test of :func:`human_level` (``margins``, ``comparisons``: one
+    :func:`bcseg.measure.observers.paired_comparison` dict per reference observer and
+    metric, with its ``verdict`` and ``text``, and ``note``); then ``n_cases``, ``level`` (``specimen``, ``image`` or ``mixed``),
     ``unit`` (``mm``, ``voxel`` or ``mixed``), ``observers``, ``references`` (name ->
     ``n_cases``, ``n_pred_empty``, ``n_truth_empty``, ``metrics``: metric -> ``n,
     n_finite, n_inf, mean, sd, median, ci_low, ci_high``), with one entry per
@@ -407,12 +407,15 @@ def _other_observers(case_pairs: list[dict], reference: str, metric: str) -> tup
     return others, (float(np.mean(values)) if values else math.nan)
 
 
-def human_level(rows: list[dict], agree_rows: list[dict], unit: str, n_boot: int, seed: int) -> dict:
+def human_level(rows: list[dict], agree_rows: list[dict], unit: str, n_boot: int,
+                seed: int) -> dict | None:
     """The paired human-level test per reference observer, for Dice and HD95.
 
     For every case and observer A: the model against A, paired with the other
     observer(s) against A (the mean over them when there are several);
-    :func:`bcseg.measure.observers.paired_comparison` reads the differences.
+    :func:`bcseg.measure.observers.paired_comparison` reads the differences. An observer
+    the model was not scored against (``"each"`` not among the targets) has no pairs and
+    no comparison; None when no observer has one.
     """
     pairs: dict[str, list[dict]] = {}
     for row in agree_rows:
@@ -430,11 +433,15 @@ def human_level(rows: list[dict], agree_rows: list[dict], unit: str, n_boot: int
                 others.update(names)
                 model_scores.append(model[(case_id, reference)][metric])
                 human_scores.append(value)
+            if not model_scores:  # nothing paired: a verdict of "n = 0" would be no test
+                continue
             other = next(iter(others)) if len(others) == 1 else "the other observers (mean)"
             comparisons.append(paired_comparison(
                 model_scores, human_scores, metric, names=(reference, other),
                 unit=unit if metric == "hd95" and unit in ("mm", "voxel") else "",
                 n_boot=n_boot, seed=seed))
+    if not comparisons:
+        return None
     return {"margins": dict(MARGINS), "comparisons": comparisons,
             "note": HUMAN_LEVEL_NOTE}
 
