@@ -500,3 +500,18 @@ def test_without_each_observer_as_a_target_there_is_no_human_level_test(tmp_path
     summary = json.loads(result["summary_json"].read_text())
     assert summary["human_level"] is None and result["human_level"] == []
     assert list(summary["references"]) == ["union", "inter-observer"]
+
+
+def test_a_prediction_of_a_case_no_observer_drew_says_so(tmp_path):
+    # predict over the whole folder segments its unlabelled images too. Their masks were
+    # refused with "(name the others with --observer)", when there are no others to name.
+    cases = image_cases(tmp_path, (12, 12), {"observer1": ((2, 5), (2, 5)), "observer2": ((2, 6), (2, 5))})
+    image = io.write_image(tmp_path / "images" / "c.tif", np.zeros((12, 12), np.uint8))
+    cases.append(Case("c", image, {}))
+    for case in cases:
+        io.write_mask(tmp_path / "pred" / f"{case.id}_mask.tif", rect((12, 12), (2, 5), (2, 5)))
+    with pytest.raises(DataError) as info:
+        evaluate(tmp_path / "pred", cases, tmp_path / "out", n_boot=10)
+    message = str(info.value)
+    assert "c: no observer drew a mask of this case, so nothing scores its prediction; move c_mask.tif" in message
+    assert "--observer" not in message and not (tmp_path / "out").exists()

@@ -211,13 +211,14 @@ def _match(pred_dir: Path, cases: Sequence[Case], predictions: Mapping, wanted: 
             problems.append(f"{files['mask'].name}: no case '{case_id}' in the dataset")
             continue
         names = everyone if wanted is None else wanted
+        if not case.masks:  # an unlabelled image that predict segmented with the rest
+            problems.append(f"{case_id}: no observer drew a mask of this case, so nothing scores its "
+                            f"prediction; move {files['mask'].name} out of the folder")
+            continue
         missing = [n for n in names if n not in case.masks]
         if missing:
             problems.append(f"{case_id}: no mask from observer(s) {', '.join(missing)}"
                             + (" (name the others with --observer)" if wanted is None else ""))
-            continue
-        if not names:
-            problems.append(f"{case_id}: has no observer masks to compare with")
             continue
         shared = _shared_mask_file(case, names)
         if shared:
