@@ -386,3 +386,15 @@ def test_report_skips_hidden_folders_without_entering_them(reported_run, tmp_pat
     (hidden / "history.csv").write_text("not, a, history\n")  # would be refused if read
     build_report(copy)
     assert not (hidden / "loss.png").exists()
+
+
+def test_paired_table_does_not_call_an_undefined_hd95_infinite():
+    # Specimen 3: no tumour for the model nor the other observer, HD95 undefined (NaN);
+    # specimen 4: the model found none, HD95 inf. The table read "(2 inf left out)".
+    from bcseg.measure.observers import paired_comparison
+    from bcseg.report.html import _paired_html
+
+    c = paired_comparison([2.0, 3.0, float("nan"), float("inf")], [1.0, 2.0, float("nan"), 2.0],
+                          metric="hd95", unit="mm")
+    page = _paired_html({"human_level": {"comparisons": [c]}})
+    assert "2 (2 left out, a mask empty)" in page and "inf left out" not in page

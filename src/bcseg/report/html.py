@@ -228,7 +228,8 @@ def _paired_html(summary: Mapping) -> str:
         delta, digits = c["delta"], 3 if c["metric"] == "dice" else 2
         ci = ("n too small" if math.isnan(_nan(delta.get("ci_low")))
               else f"{_fmt(delta['ci_low'], digits)} – {_fmt(delta['ci_high'], digits)}")
-        left = f" ({c['n_left_out']} inf left out)" if c.get("n_left_out") else ""
+        # inf (one mask empty) or NaN (both empty: undefined), as paired_comparison leaves out
+        left = f" ({c['n_left_out']} left out, a mask empty)" if c.get("n_left_out") else ""
         body.append([c["reference"], c["other"], f"{c['metric']} {c.get('unit') or ''}".strip(),
                      f"{delta['n_finite']}{left}", _fmt(_nan(c["model_mean"]), digits),
                      _fmt(_nan(c["human_mean"]), digits), _fmt(_nan(delta["mean"]), digits), ci,
