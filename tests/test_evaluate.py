@@ -234,12 +234,12 @@ def rect(shape, rows, cols):
     return m
 
 
-def image_cases(root, shape, observers) -> list[Case]:
+def image_cases(root, shape, observers, spacings=(None, None)) -> list[Case]:
     """Cases a and b: a blank 2D image each, observer name -> (rows, cols) of its rectangle."""
     cases = []
-    for name in ("a", "b"):
-        image = io.write_image(root / "images" / f"{name}.tif", np.zeros(shape, np.uint8))
-        masks = {observer: (io.write_mask(root / observer / f"{name}.tif", rect(shape, *box)),)
+    for name, spacing in zip(("a", "b"), spacings):
+        image = io.write_image(root / "images" / f"{name}.tif", np.zeros(shape, np.uint8), spacing)
+        masks = {observer: (io.write_mask(root / observer / f"{name}.tif", rect(shape, *box), spacing),)
                  for observer, box in observers.items()}
         cases.append(Case(name, image, masks))
     return cases
@@ -515,3 +515,19 @@ def test_a_prediction_of_a_case_no_observer_drew_says_so(tmp_path):
     message = str(info.value)
     assert "c: no observer drew a mask of this case, so nothing scores its prediction; move c_mask.tif" in message
     assert "--observer" not in message and not (tmp_path / "out").exists()
+
+
+def test_no_hd95_verdict_from_millimetres_and_voxels_pooled(tmp_path):
+    # Case a has its spacing (0.1 mm), b none: HD95 differences of 0.2 mm and 2 voxels
+    # were averaged and read against the margin of 1 (mm? voxel?), with a verdict.
+    boxes = {"observer1": ((4, 8), (4, 8)), "observer2": ((4, 8), (6, 10))}
+    cases = image_cases(tmp_path, (20, 20), boxes, spacings=((0.1, 0.1), None))
+    for case, spacing in zip(cases, ((0.1, 0.1), None)):
+        io.write_mask(tmp_path / "pred" / f"{case.id}_mask.tif", rect((20, 20), (6, 10), (4, 8)), spacing)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        result = evaluate(tmp_path / "pred", cases, tmp_path / "out", n_boot=10)
+    summary = json.loads(result["summary_json"].read_text())
+    assert summary["unit"] == "mixed"
+    assert {c["metric"] for c in summary["human_level"]["comparisons"]} == {"dice"}
+    assert not any("HD95" in line for line in result["human_level"])

@@ -424,8 +424,11 @@ def human_level(rows: list[dict], agree_rows: list[dict], unit: str, n_boot: int
     model = {(r["case"], r["reference"]): r for r in rows}
     comparisons = []
     references = sorted({r["observer_a"] for r in agree_rows} | {r["observer_b"] for r in agree_rows})
+    # Some cases in mm and others in voxels: their HD95 differences are of no one unit,
+    # and no margin (1 mm or 1 voxel) can be read against their mean. Dice has no unit.
+    metrics = [m for m in MARGINS if m != "hd95" or unit in ("mm", "voxel")]
     for reference in references:
-        for metric in MARGINS:
+        for metric in metrics:
             model_scores, human_scores, others = [], [], set()
             for case_id, case_pairs in pairs.items():
                 names, value = _other_observers(case_pairs, reference, metric)
@@ -439,7 +442,7 @@ def human_level(rows: list[dict], agree_rows: list[dict], unit: str, n_boot: int
             other = next(iter(others)) if len(others) == 1 else "the other observers (mean)"
             comparisons.append(paired_comparison(
                 model_scores, human_scores, metric, names=(reference, other),
-                unit=unit if metric == "hd95" and unit in ("mm", "voxel") else "",
+                unit=unit if metric == "hd95" else "",
                 n_boot=n_boot, seed=seed))
     if not comparisons:
         return None
