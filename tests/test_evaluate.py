@@ -531,3 +531,24 @@ def test_no_hd95_verdict_from_millimetres_and_voxels_pooled(tmp_path):
     assert summary["unit"] == "mixed"
     assert {c["metric"] for c in summary["human_level"]["comparisons"]} == {"dice"}
     assert not any("HD95" in line for line in result["human_level"])
+
+
+def test_a_probability_map_of_another_model_than_its_mask_is_refused(tmp_path):
+    # Each file predict writes records the model and settings that made it. A map left
+    # from another model's run was scored into pixel_soft_score beside this mask's Dice.
+    cases = image_cases(tmp_path, (12, 12), {"observer1": ((2, 5), (2, 5))})
+    (tmp_path / "pred").mkdir()
+    for case in cases:
+        mask = rect((12, 12), (2, 5), (2, 5)).astype(np.uint8) * 255
+        tifffile.imwrite(tmp_path / "pred" / f"{case.id}_mask.tif", mask, software=io.MADE_WITH + "model-b")
+    tifffile.imwrite(tmp_path / "pred" / "a_prob.tif", np.full((12, 12), 0.2, np.float32),
+                     software=io.MADE_WITH + "model-a")
+    with pytest.raises(DataError) as info:
+        evaluate(tmp_path / "pred", cases, tmp_path / "out", n_boot=10)
+    assert "a_prob.tif: was made by another model or settings than a_mask.tif beside it" in str(info.value)
+    assert not (tmp_path / "out").exists()
+    tifffile.imwrite(tmp_path / "pred" / "a_prob.tif", np.full((12, 12), 0.2, np.float32),
+                     software=io.MADE_WITH + "model-b")  # the same run's: scored
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        evaluate(tmp_path / "pred", cases, tmp_path / "out", n_boot=10)

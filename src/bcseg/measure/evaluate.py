@@ -224,6 +224,13 @@ def _match(pred_dir: Path, cases: Sequence[Case], predictions: Mapping, wanted: 
         if shared:
             problems.append(shared)
             continue
+        made = [io.recorded_made_with(path) for path in (files["mask"], files["prob"]) if path is not None]
+        if len(made) == 2 and None not in made and made[0] != made[1]:
+            # a map left from another run: its pixel_soft_score is of another model than the Dice
+            problems.append(f"{files['prob'].name}: was made by another model or settings than "
+                            f"{files['mask'].name} beside it; delete it, or segment the case again "
+                            "with --save-prob")
+            continue
         try:
             shape = _case_shape(case)
             for kind in ("mask", "prob"):
