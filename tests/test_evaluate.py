@@ -517,9 +517,8 @@ def test_a_prediction_of_a_case_no_observer_drew_says_so(tmp_path):
     assert "--observer" not in message and not (tmp_path / "out").exists()
 
 
-def test_no_hd95_verdict_from_millimetres_and_voxels_pooled(tmp_path):
-    # Case a has its spacing (0.1 mm), b none: HD95 differences of 0.2 mm and 2 voxels
-    # were averaged and read against the margin of 1 (mm? voxel?), with a verdict.
+def evaluate_mm_beside_voxels(tmp_path):
+    """Case a has its spacing (0.1 mm), b none; each prediction 2 rows below observer1."""
     boxes = {"observer1": ((4, 8), (4, 8)), "observer2": ((4, 8), (6, 10))}
     cases = image_cases(tmp_path, (20, 20), boxes, spacings=((0.1, 0.1), None))
     for case, spacing in zip(cases, ((0.1, 0.1), None)):
@@ -527,7 +526,13 @@ def test_no_hd95_verdict_from_millimetres_and_voxels_pooled(tmp_path):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         result = evaluate(tmp_path / "pred", cases, tmp_path / "out", n_boot=10)
-    summary = json.loads(result["summary_json"].read_text())
+    return result, json.loads(result["summary_json"].read_text())
+
+
+def test_no_hd95_verdict_from_millimetres_and_voxels_pooled(tmp_path):
+    # HD95 differences of 0.2 mm and 2 voxels were averaged and read against the margin
+    # of 1 (mm? voxel?), with a verdict.
+    result, summary = evaluate_mm_beside_voxels(tmp_path)
     assert summary["unit"] == "mixed"
     assert {c["metric"] for c in summary["human_level"]["comparisons"]} == {"dice"}
     assert not any("HD95" in line for line in result["human_level"])
@@ -552,3 +557,20 @@ def test_a_probability_map_of_another_model_than_its_mask_is_refused(tmp_path):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         evaluate(tmp_path / "pred", cases, tmp_path / "out", n_boot=10)
+
+
+def test_distances_in_mm_and_voxels_are_not_averaged_together(tmp_path):
+    # HD95 against observer1 is 0.2 mm in case a and 2 voxels in case b: their mean,
+    # "1.10 mixed", was a number of no unit in the headline, the table and summary.json.
+    result, summary = evaluate_mm_beside_voxels(tmp_path)
+    rows = read_rows(tmp_path / "out" / "metrics.csv")
+    hd95 = {r["case"]: float(r["hd95"]) for r in rows if r["reference"] == "observer1"}
+    assert hd95 == {"a": pytest.approx(0.2), "b": 2.0}  # each case in its own unit, kept
+    for name, entry in summary["references"].items():
+        for key in ("hd95", "assd", "volume_pred", "volume_truth", "abs_volume_diff"):
+            stats = entry["metrics"][key]
+            assert stats["mean"] is None and (stats["n"], stats["n_finite"]) == (2, 0), (name, key)
+        assert entry["metrics"]["dice"]["mean"] is not None  # no unit: averaged
+    from bcseg.measure.evaluate import headline_lines
+    assert not any("mixed" in line or "HD95" in line for line in headline_lines(result))
+    assert all(row["hd95"] == "–" for row in ceiling_table(summary))

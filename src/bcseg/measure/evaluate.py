@@ -393,11 +393,20 @@ def _per_case_agreement(agree_rows: list[dict]) -> list[dict]:
     return out
 
 
-def _summarise_rows(rows: list[dict], n_boot: int, seed: int) -> dict:
+# The metrics in mm (mm^2, mm^3), or in voxels where a case has no spacing.
+UNIT_METRICS = ("hd95", "assd", "volume_pred", "volume_truth", "abs_volume_diff")
+
+
+def _summarise_rows(rows: list[dict], n_boot: int, seed: int, mixed_units: bool = False) -> dict:
+    """Summaries over ``rows``; with ``mixed_units`` (cases in mm beside cases in voxels) the
+    metrics with a unit are not averaged, a mean of 0.2 mm and 2 voxels being of no unit:
+    every value counts as undefined (NaN), and metrics.csv keeps each case's own."""
+    def values(key):
+        return [math.nan if mixed_units and key in UNIT_METRICS else r[key] for r in rows]
     return {"n_cases": len(rows),
             "n_pred_empty": int(sum(bool(r["pred_empty"]) for r in rows)),
             "n_truth_empty": int(sum(bool(r["truth_empty"]) for r in rows)),
-            "metrics": {key: summarise([r[key] for r in rows], n_boot=n_boot, seed=seed)
+            "metrics": {key: summarise(values(key), n_boot=n_boot, seed=seed)
                         for key in NUMERIC_METRICS}}
 
 
@@ -644,22 +653,25 @@ def _score_cases(matched, targets, slices: bool, progress: bool) -> dict:
     infos = scored["infos"]
     no_spacing = [i["id"] for i in infos if i["spacing_mm"] is None]
     if no_spacing:
+        beside = ("; beside the others' in mm they are not averaged in the summary"
+                  if len(no_spacing) < len(infos) else "")
         warnings.warn(f"{len(no_spacing)} of {len(infos)} case(s) have no spacing "
-                      f"(e.g. {no_spacing[0]}): their distances and volumes are in voxels, not mm",
-                      stacklevel=3)
+                      f"(e.g. {no_spacing[0]}): their distances and volumes are in voxels, not mm"
+                      f"{beside}", stacklevel=3)
     return scored
 
 
 def _reference_summaries(scored: dict, ordered: list[str], n_boot: int, seed: int) -> dict[str, dict]:
     """Summaries over cases: one value per case and reference, never per slice."""
     references: dict[str, dict] = {}
+    mixed = len({r["unit"] for r in scored["rows"]}) > 1
     for name in ordered + list(METHODS):
         chosen = [r for r in scored["rows"] if r["reference"] == name]
         if chosen:
-            references[name] = _summarise_rows(chosen, n_boot, seed)
+            references[name] = _summarise_rows(chosen, n_boot, seed, mixed)
     per_case_agree = _per_case_agreement(scored["agree"])
     if per_case_agree:
-        references[INTER_OBSERVER] = _summarise_rows(per_case_agree, n_boot, seed)
+        references[INTER_OBSERVER] = _summarise_rows(per_case_agree, n_boot, seed, mixed)
     return references
 
 
