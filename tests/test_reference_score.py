@@ -72,6 +72,15 @@ def test_batch_averaging_as_model_evaluate():
     assert M.pixel_soft_score(truth, prob, batch_size=2) != pytest.approx(np.mean(r))
 
 
+def test_one_row_is_one_sample_per_batch():
+    # A single row (1D truth) has one score, (2*0.5 + eps) / (1 + 0.5 + eps) for prob
+    # [0.5, 0] against truth [1, 0]; with batch_size it raised "IndexError: invalid
+    # index to scalar variable".
+    expected = (2 * 0.5 + EPS) / (1 + 0.5 + EPS)
+    assert M.pixel_soft_score([1, 0], [0.5, 0.0]) == pytest.approx(expected, abs=1e-12)
+    assert M.pixel_soft_score([1, 0], [0.5, 0.0], batch_size=32) == pytest.approx(expected, abs=1e-12)
+
+
 @pytest.mark.parametrize("kwargs", [{"reduction": "image"}, {"eps": 0.0}, {"eps": "x"},
                                     {"batch_size": 0}])
 def test_bad_arguments(kwargs):

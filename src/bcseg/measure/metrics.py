@@ -445,8 +445,8 @@ def pixel_soft_score(truth, prob, reduction: str = "row", eps: float = REFERENCE
     scores = soft_scores(truth, prob, reduction, eps)
     if batch_size is None:
         return float(scores.mean())
-    return batch_mean(scores.reshape(scores.shape[0], -1) if scores.ndim > 1 else scores[:, None],
-                      batch_size)
+    # one sample per first-axis entry; a single row (1D truth) scores as one sample
+    return batch_mean(scores.reshape(scores.shape[0] if scores.ndim else 1, -1), batch_size)
 
 
 def batch_mean(scores, batch_size: int) -> float:
