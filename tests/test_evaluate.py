@@ -574,3 +574,20 @@ def test_distances_in_mm_and_voxels_are_not_averaged_together(tmp_path):
     from bcseg.measure.evaluate import headline_lines
     assert not any("mixed" in line or "HD95" in line for line in headline_lines(result))
     assert all(row["hd95"] == "–" for row in ceiling_table(summary))
+
+
+def test_three_observers_where_one_saw_a_tumour_disagree_infinitely(tmp_path):
+    # observer1 and observer2 drew nothing, observer3 a tumour: pairs HD95 NaN (both
+    # empty), inf, inf. Their mean over pairs was NaN, "undefined", which hid in the
+    # ceiling an observer who saw a tumour the others did not.
+    nothing = ((0, 0), (0, 0))
+    cases = image_cases(tmp_path, (12, 12), {"observer1": nothing, "observer2": nothing,
+                                             "observer3": ((2, 5), (2, 5))})
+    for case in cases:
+        io.write_mask(tmp_path / "pred" / f"{case.id}_mask.tif", rect((12, 12), (2, 5), (2, 5)))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        result = evaluate(tmp_path / "pred", cases, tmp_path / "out", n_boot=10)
+    ceiling = json.loads(result["summary_json"].read_text())["references"]["inter-observer"]["metrics"]
+    assert (ceiling["hd95"]["n_inf"], ceiling["assd"]["n_inf"]) == (2, 2)
+    assert ceiling["dice"]["mean"] == pytest.approx(1 / 3)  # Dice 1, 0, 0 per case: never NaN

@@ -388,9 +388,17 @@ def _per_case_agreement(agree_rows: list[dict]) -> list[dict]:
         merged = {"case": case_id, "pred_empty": any(r["pred_empty"] for r in rows),
                   "truth_empty": any(r["truth_empty"] for r in rows)}
         for key in NUMERIC_METRICS:
-            merged[key] = float(np.mean([r[key] for r in rows]))
+            merged[key] = _mean_over_pairs([r[key] for r in rows])
         out.append(merged)
     return out
+
+
+def _mean_over_pairs(values: list[float]) -> float:
+    """The mean over observer pairs, leaving out pairs where both masks are empty (NaN,
+    undefined): a case where one observer saw a tumour and the others none stays inf
+    (NaN + inf is NaN, which would count that disagreement as undefined)."""
+    defined = [v for v in values if not math.isnan(v)]
+    return float(np.mean(defined)) if defined else math.nan
 
 
 # The metrics in mm (mm^2, mm^3), or in voxels where a case has no spacing.
