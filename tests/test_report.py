@@ -398,3 +398,17 @@ def test_paired_table_does_not_call_an_undefined_hd95_infinite():
                           metric="hd95", unit="mm")
     page = _paired_html({"human_level": {"comparisons": [c]}})
     assert "2 (2 left out, a mask empty)" in page and "inf left out" not in page
+
+
+def test_per_case_ceiling_of_three_observers_keeps_an_unshared_tumour_infinite(tmp_path):
+    # As in summary.json: pairs HD95 nan (both empty), inf, inf. The per-case table and
+    # the per-case figure showed "–", undefined, where one observer saw a tumour.
+    from bcseg.report.figures import _agreement_by_case
+
+    (tmp_path / "agreement.csv").write_text(
+        "case,level,observer_a,observer_b,dice,hd95\n"
+        "a,image,observer1,observer2,1.0,nan\n"
+        "a,image,observer1,observer3,0.0,inf\n"
+        "a,image,observer2,observer3,0.0,inf\n")
+    assert _agreement_by_case(tmp_path / "agreement.csv") == {"a": {"dice": pytest.approx(1 / 3),
+                                                                    "hd95": float("inf")}}

@@ -71,7 +71,7 @@ from bcseg.data.dataset import Case, discover, read_case_image, read_case_masks
 from bcseg.errors import DataError, UsageError
 from bcseg.measure.metrics import REFERENCE_EPS, case_metrics, dice, slice_metrics, soft_scores, summarise
 from bcseg.measure.observers import (INTER_OBSERVER, MARGINS, METHODS, agreement, consensus,
-                                     paired_comparison, union)
+                                     mean_over_pairs, paired_comparison, union)
 from bcseg.measure.reference_score import PROTOCOLS, SOFT_REDUCTION, reference_model, reference_protocol
 # The tables and headline of an evaluation, importable from here as before.
 from bcseg.measure.tables import (CEILING_COLUMNS, ceiling_table, ci_phrase, headline_lines,  # noqa: F401
@@ -388,17 +388,9 @@ def _per_case_agreement(agree_rows: list[dict]) -> list[dict]:
         merged = {"case": case_id, "pred_empty": any(r["pred_empty"] for r in rows),
                   "truth_empty": any(r["truth_empty"] for r in rows)}
         for key in NUMERIC_METRICS:
-            merged[key] = _mean_over_pairs([r[key] for r in rows])
+            merged[key] = mean_over_pairs([r[key] for r in rows])
         out.append(merged)
     return out
-
-
-def _mean_over_pairs(values: list[float]) -> float:
-    """The mean over observer pairs, leaving out pairs where both masks are empty (NaN,
-    undefined): a case where one observer saw a tumour and the others none stays inf
-    (NaN + inf is NaN, which would count that disagreement as undefined)."""
-    defined = [v for v in values if not math.isnan(v)]
-    return float(np.mean(defined)) if defined else math.nan
 
 
 # The metrics in mm (mm^2, mm^3), or in voxels where a case has no spacing.

@@ -17,8 +17,8 @@ import numpy as np
 from bcseg.data.consensus import METHODS, consensus, intersection, staple, union  # noqa: F401
 from bcseg.measure.metrics import CI_TOO_FEW, MIN_CI_CASES, case_metrics
 
-__all__ = ["union", "intersection", "staple", "consensus", "agreement", "paired_comparison",
-           "METHODS", "MARGINS", "INTER_OBSERVER"]
+__all__ = ["union", "intersection", "staple", "consensus", "agreement", "mean_over_pairs",
+           "paired_comparison", "METHODS", "MARGINS", "INTER_OBSERVER"]
 
 INTER_OBSERVER = "inter-observer"
 """The name of the observers' agreement with each other among the references of an evaluation."""
@@ -48,6 +48,15 @@ def agreement(masks: Mapping[str, np.ndarray], spacing_mm=None) -> list[dict]:
         {"observer_a": a, "observer_b": b, **case_metrics(masks[a], masks[b], spacing_mm)}
         for a, b in itertools.combinations(masks, 2)
     ]
+
+
+def mean_over_pairs(values) -> float:
+    """One case's agreement from its observer pairs' values: their mean, leaving out pairs
+    where both masks are empty (NaN, undefined), so that a case where one observer saw a
+    tumour and the others none stays inf (NaN + inf is NaN, which would count that
+    disagreement as undefined). NaN when no pair is defined."""
+    defined = [float(v) for v in values if not math.isnan(v)]
+    return float(np.mean(defined)) if defined else math.nan
 
 
 # ------------------------------------------------------------------ human-level test

@@ -32,7 +32,7 @@ from bcseg.atomic import atomic_path
 from bcseg.errors import DataError
 from bcseg.measure.evaluate import INTER_OBSERVER, OUTPUTS
 from bcseg.measure.metrics import as_mask, dice
-from bcseg.measure.observers import METHODS
+from bcseg.measure.observers import METHODS, mean_over_pairs
 
 __all__ = ["plot_history", "plot_case_metrics", "plot_examples", "choose_examples",
            "plot_channel_examples", "TRUTH_RGB", "PRED_RGB"]
@@ -181,7 +181,7 @@ def _agreement_by_case(agreement_csv: Path) -> dict[str, dict[str, float]]:
     by_case: dict[str, list[dict]] = {}
     for row in _read_csv(agreement_csv):
         by_case.setdefault(row["case"], []).append(row)
-    return {case: {m: float(np.mean([_float(r.get(m)) for r in rows])) for m in ("dice", "hd95")}
+    return {case: {m: mean_over_pairs([_float(r.get(m)) for r in rows]) for m in ("dice", "hd95")}
             for case, rows in by_case.items()}
 
 
