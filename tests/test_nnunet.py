@@ -216,8 +216,9 @@ def test_stack_without_spacing_gets_unit_spacing_and_a_warning(tmp_path):
     (data / "masks" / "reader").mkdir(parents=True)
     mask = np.zeros((8, 16, 16), np.uint8)
     mask[2:6, 4:12, 4:12] = 255
-    for stem in ("a", "b"):  # plain TIFFs: no ImageJ spacing, no resolution
-        tifffile.imwrite(data / "images" / f"{stem}.tif", np.full((8, 16, 16), 9, np.uint16))
+    for k, stem in enumerate(("a", "b")):  # plain TIFFs: no ImageJ spacing, no resolution
+        # unlike pixels: one stack under two groups is refused as a duplicate
+        tifffile.imwrite(data / "images" / f"{stem}.tif", np.full((8, 16, 16), 9 + k, np.uint16))
         tifffile.imwrite(data / "masks" / "reader" / f"{stem}.tif", mask)
     with pytest.warns(UserWarning, match="2 stack"):
         folder = export_nnunet(data, tmp_path / "raw", 13, "NoSpacing", observer="reader", k=2)
@@ -381,3 +382,32 @@ def test_a_file_named_like_the_dataset_folder_is_refused_and_kept(specimens, tmp
         export_nnunet(specimens, out, 16, "X", k=3, force=force)
     assert [p.name for p in out.iterdir()] == ["Dataset016_X"]
     assert (out / "Dataset016_X").read_text() == "my file"
+
+
+def test_a_byte_identical_image_in_two_groups_is_refused_before_anything_is_written(tmp_path, capsys):
+    # case 'c' is a copy of case 'a' under another group: the folds could hold one in
+    # nnU-Net's training and the other in its validation, as train and split refuse
+    data = tmp_path / "data"
+    (data / "img").mkdir(parents=True)
+    mask = np.zeros((16, 16), np.uint8)
+    mask[4:8, 4:8] = 255
+    lines = ["id,image,mask_obs,group"]
+    for k, (case, group) in enumerate([("a", "g1"), ("b", "g2"), ("c", "g3"), ("d", "g4")]):
+        image = np.full((16, 16), 10 * (k % 2 if case == "c" else k), np.uint8)  # c: a's pixels
+        iio.imwrite(data / "img" / f"{case}.png", image)
+        iio.imwrite(data / "img" / f"{case}_m.png", mask)
+        lines.append(f"{case},img/{case}.png,img/{case}_m.png,{group}")
+    (data / "manifest.csv").write_text("\n".join(lines) + "\n")
+    assert (data / "img" / "a.png").read_bytes() == (data / "img" / "c.png").read_bytes()
+    out = tmp_path / "raw"
+    with pytest.raises(DataError) as caught:
+        export_nnunet(data / "manifest.csv", out, 13, "Dup", k=2)
+    assert caught.value.path == str(data / "img" / "c.png") and "a.png" in str(caught.value)
+    assert not out.exists()
+    from bcseg.cli import main
+
+    code = main(["export-nnunet", str(data / "manifest.csv"), str(out), "--dataset-id", "13",
+                 "--name", "Dup", "--k", "2"])
+    err = capsys.readouterr().err
+    assert code != 0 and len(err.splitlines()) == 1, err
+    assert "c.png" in err and not out.exists()

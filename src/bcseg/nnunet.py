@@ -75,7 +75,8 @@ from bcseg.atomic import PARTIAL_MARK, atomic_path, real_path, write_text
 from bcseg.data.consensus import METHODS, consensus
 from bcseg.data.channels import value_range
 from bcseg.data.dataset import (IMAGE_CHANNEL, Case, dataset_channels, discover, read_case_channel_arrays,
-                                read_case_image, read_case_masks, require_every_observer)
+                                read_case_image, read_case_masks, refuse_duplicate_images,
+                                require_every_observer)
 from bcseg.data.check import refuse_bad_cases
 from bcseg.data.splits import check_groups_whole, kfold_by_group
 from bcseg.errors import DataError, DiskFullError, UsageError
@@ -190,6 +191,9 @@ def export_nnunet(data: str | Path | Iterable[Case], out: str | Path, dataset_id
     _check_id_free(out, int(dataset_id), folder_name)
     _check_ending_fits(cases[0], ending, names)  # before the folds' warnings and the claim
     refuse_bad_cases(cases, names, "exporting")  # a damaged image is one line, before the warnings too
+    # a copy of one image under two groups could sit in nnU-Net's training and validation
+    # folds at once, as train and split refuse it
+    refuse_duplicate_images(cases)
     _check_images_fit(cases, ending, names)
     fold_of = _folds(cases, folds, k, seed, data if isinstance(data, (str, Path)) else None)
     nn_ids = [f"{name}_{i:0{max(4, len(str(len(cases))))}d}" for i in range(1, len(cases) + 1)]
