@@ -12,7 +12,7 @@ import pytest
 from bcseg.data.check import check_dataset, format_report
 from bcseg.data.dataset import discover
 from bcseg.errors import DataError
-from bcseg.data.splits import group_note, kfold_by_group, require_groups, ungrouped_stacks
+from bcseg.data.splits import check_groups_whole, group_note, kfold_by_group, require_groups, ungrouped_stacks
 
 
 def _manifest(root, names, groups=None, header_group=True):
@@ -91,3 +91,23 @@ def test_split_and_train_refuse_in_one_line_and_write_nothing(tmp_path, command)
     assert run.stderr.splitlines() == [run.stderr.strip()], run.stderr
     assert run.stderr.startswith(f"bcseg: error: {manifest}: 12 case(s) without a group")
     assert not out.exists()
+
+
+@pytest.mark.parametrize("other", ["s01", "S01\u200b", "S 01", "Spe\u0301c"])
+def test_group_names_that_differ_only_in_case_spacing_or_unicode_form_are_refused(tmp_path, other):
+    # 'S01' and 's01' (or 'Spéc' typed precomposed and with a combining accent) name one
+    # specimen to a reader, but were two groups: its slices could land in training and test
+    first = "Sp\u00e9c" if other.startswith("Spe") else "S01"
+    names = [f"S{s:02d}_z{z:03d}" for s in (1, 2, 3, 4) for z in range(2)]
+    groups = [first, other, "S02", "S02", "S03", "S03", "S04", "S04"]
+    manifest = _manifest(tmp_path, names, groups=groups)
+    cases = discover(manifest)
+    assert len({c.group for c in cases}) == 5  # the variant is a group of its own
+    with pytest.raises(DataError) as error:
+        kfold_by_group(cases, k=2, source=manifest)
+    assert error.value.path == str(manifest)
+    assert repr(first) in str(error.value) and repr(other) in str(error.value)
+    folds = {c.id: int(c.id[2]) % 2 for c in cases}  # whole groups, as a folds file gives them
+    folds["S01_z001"] = 1 - folds["S01_z000"]
+    with pytest.raises(DataError, match="same specimen"):
+        check_groups_whole(cases, folds, manifest)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import json
 import re
+import unicodedata
 import warnings
 from collections import Counter, defaultdict
 from pathlib import Path
@@ -94,6 +95,35 @@ def require_groups(cases: list[Case], source=None) -> None:
                     "test; give every row a 'group' naming its specimen")
 
 
+def _group_key(group: str) -> str:
+    """A group name as a reader sees it: one Unicode form (NFKC), no case, no spaces
+    or invisible characters (a zero-width space pasted in from a spreadsheet)."""
+    text = unicodedata.normalize("NFKC", group).casefold()
+    return "".join(ch for ch in text if not ch.isspace() and unicodedata.category(ch) != "Cf")
+
+
+def refuse_lookalike_groups(cases: list[Case], source=None) -> None:
+    """Refuse two group names that differ only in case, spaces or Unicode form.
+
+    ``S01`` and ``s01``, or ``Spéc`` typed with a combining accent, name one specimen
+    to whoever wrote the manifest, but would be two groups: its cases could then sit
+    in training and test at once.
+
+    Raises
+    ------
+    DataError
+        Naming ``source`` and both spellings.
+    """
+    seen: dict[str, str] = {}
+    for case in cases:
+        first = seen.setdefault(_group_key(case.group), case.group)
+        if first != case.group:
+            raise DataError(source, f"groups {first!r} and {case.group!r} differ only in letter case, "
+                            "spaces or Unicode form, so they look like the same specimen, yet would be "
+                            "split apart and could land in both training and test; spell each "
+                            "specimen's group one way")
+
+
 def kfold_by_group(cases: list[Case], k: int = 5, seed: int = 0, source=None) -> dict[str, int]:
     """Assign every case a fold, keeping groups whole and classes balanced.
 
@@ -120,6 +150,7 @@ def kfold_by_group(cases: list[Case], k: int = 5, seed: int = 0, source=None) ->
     if k < 2:
         raise ValueError(f"k must be at least 2, got {k}")
     require_groups(cases, source)
+    refuse_lookalike_groups(cases, source)
     groups: dict[str, list[Case]] = defaultdict(list)
     for case in cases:
         groups[case.group].append(case)
@@ -225,7 +256,9 @@ def folds_from_file(path: str | Path, cases: list[Case]) -> dict[str, int]:
 
 
 def check_groups_whole(cases: list[Case], folds: dict[str, int], source) -> None:
-    """Raise DataError if any group (specimen) has cases in two folds."""
+    """Raise DataError if any group (specimen) has cases in two folds, or two groups
+    look like one (:func:`refuse_lookalike_groups`)."""
+    refuse_lookalike_groups(cases, source)
     seen: dict[str, int] = {}
     for case in cases:
         if seen.setdefault(case.group, folds[case.id]) != folds[case.id]:
