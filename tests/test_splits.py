@@ -10,6 +10,7 @@ from pathlib import Path
 import imageio.v3 as iio
 import numpy as np
 import pytest
+import tifffile
 from scipy import ndimage
 
 from bcseg.data import io
@@ -256,3 +257,22 @@ def test_busi_folds_file_with_a_straddling_group_is_refused(tmp_path, busi_root,
         writer.writerows(rows)
     with pytest.raises(DataError, match=f"group 'g{group}' is split across folds"):
         folds_from_file(path, busi_cases)
+
+
+def test_near_duplicates_of_stacks_are_one_line_not_a_crash(tmp_path, capsys):
+    # The hash is of 2D frames: stacks of other sizes crashed in np.stack ('all input
+    # arrays must have the same shape'), and stacks of one size were hashed along x only
+    from bcseg.cli import main
+
+    (tmp_path / "images").mkdir()
+    (tmp_path / "masks" / "obs").mkdir(parents=True)
+    for k, width in enumerate((16, 20)):
+        tifffile.imwrite(tmp_path / "images" / f"s{k}.tif", np.full((8, 16, width), k + 1, np.uint8))
+        tifffile.imwrite(tmp_path / "masks" / "obs" / f"s{k}.tif", np.ones((8, 16, width), np.uint8))
+    with pytest.raises(DataError) as error:
+        near_duplicate_groups(discover(tmp_path))
+    assert error.value.path == str(tmp_path / "images" / "s0.tif") and "3D" in str(error.value)
+    out = tmp_path / "splits.json"
+    assert main(["split", str(tmp_path), "--out", str(out), "--near-duplicates", "--k", "2"]) != 0
+    err = capsys.readouterr().err
+    assert len(err.splitlines()) == 1 and "s0.tif" in err and not out.exists()

@@ -317,15 +317,28 @@ def average_hash(image: np.ndarray, size: int = 16) -> np.ndarray:
     return (small > small.mean()).ravel()
 
 
+def _frame(case: Case) -> np.ndarray:
+    """The case's 2D image; DataError for a stack. The hash is of one frame: a stack
+    hashed as if 2D kept its x axis whole, so stacks of other widths crashed and stacks of
+    one width were compared along x only; a stack is one specimen, grouped as such."""
+    image = io.read_image(case.image)[0]
+    if image.ndim != 2:
+        raise DataError(case.image, f"is {image.ndim}D: near-duplicates are found among 2D images "
+                        "(a frame re-cropped or re-saved); give copies of one specimen's stack one "
+                        "group in a manifest instead")
+    return image
+
+
 def near_duplicate_groups(cases: list[Case], max_distance: int = 8, size: int = 16) -> list[Case]:
     """Merge the groups of 2D images whose average hashes differ in <= ``max_distance`` bits.
 
     Near-duplicates (the same frame re-cropped or re-saved) must share a split. The
-    merge is transitive. Returns new cases with updated groups.
+    merge is transitive. Returns new cases with updated groups; a 3D image raises
+    DataError naming it.
     """
     from dataclasses import replace
 
-    hashes = np.stack([average_hash(io.read_image(c.image)[0], size) for c in cases])
+    hashes = np.stack([average_hash(_frame(c), size) for c in cases])
     distance = (hashes[:, None, :] != hashes[None, :, :]).sum(axis=2)
     parent = list(range(len(cases)))
 
