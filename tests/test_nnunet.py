@@ -411,3 +411,25 @@ def test_a_byte_identical_image_in_two_groups_is_refused_before_anything_is_writ
     err = capsys.readouterr().err
     assert code != 0 and len(err.splitlines()) == 1, err
     assert "c.png" in err and not out.exists()
+
+
+@pytest.mark.parametrize("ending", [None, ".png", ".tif"])
+def test_2d_images_of_different_pixel_sizes_are_not_exported_where_nnunet_drops_spacing(tmp_path, ending):
+    # nnU-Net reads 2D .png and .tif with NaturalImage2DIO, which gives every image the
+    # same spacing: images of 0.1 and 0.2 mm pixels would be taken for one scale
+    data = tmp_path / "data"
+    (data / "images").mkdir(parents=True)
+    (data / "masks" / "obs").mkdir(parents=True)
+    mask = np.zeros((20, 24), np.uint8)
+    mask[5:10, 6:12] = 255
+    for k, mm in enumerate((0.1, 0.1, 0.2)):
+        io.write_image(data / "images" / f"s{k}.tif", np.full((20, 24), k + 1, np.uint8), (mm, mm))
+        io.write_image(data / "masks" / "obs" / f"s{k}.tif", mask, (mm, mm))
+    out = tmp_path / "raw"
+    with pytest.raises(DataError) as caught:
+        export_nnunet(data, out, 14, "Mixed", k=3, file_ending=ending)
+    assert caught.value.path == str(data / "images" / "s2.tif") and ".nii.gz" in str(caught.value)
+    assert not out.exists()
+    folder = export_nnunet(data, out, 14, "Mixed", k=3, file_ending=".nii.gz")  # keeps the spacing
+    spacing = sitk.ReadImage(str(folder / "imagesTr" / "Mixed_0003_0000.nii.gz")).GetSpacing()
+    assert np.allclose(spacing, (0.2, 0.2))

@@ -360,18 +360,33 @@ def _check_images_fit(cases: list[Case], ending: str | None, channels: list[str]
     claim, so that it is the one line printed: 2D and 3D cases mixed, pixels a PNG
     cannot hold, floats beyond float32 (images memory-mapped where they can be)."""
     ndim = None
+    first_spacing = None  # (case, spacing) of the first 2D case that records one
     for case in cases:
-        images, _ = _case_images(case, channels, mmap=True)
+        images, spacing = _case_images(case, channels, mmap=True)
         if ndim is None:
             ndim = images[0].ndim
             ending = ending or (".tif" if ndim == 3 else ".png")
         elif images[0].ndim != ndim:
             raise DataError(case.image, f"is {images[0].ndim}D but the cases before it are "
                             f"{ndim}D; an nnU-Net dataset holds one kind")
+        if ndim == 2 and ending != ".nii.gz" and spacing is not None:
+            first_spacing = first_spacing or (case, spacing)
+            _check_same_pixel_size(case, spacing, *first_spacing)
         for pixels, source in zip(images, _channel_sources(case, channels)):
             _check_float32_range(pixels, source)
             if ending == ".png":
                 _png_pixels(pixels, source)
+
+
+def _check_same_pixel_size(case: Case, spacing, first: Case, first_spacing) -> None:
+    """nnU-Net reads 2D .png and .tif with NaturalImage2DIO, which gives every image the
+    spacing (1, 1): images of other pixel sizes would be taken for one scale, silently.
+    NIfTI keeps each image's spacing (SimpleITKIO)."""
+    if not np.allclose(spacing, first_spacing, rtol=1e-4, atol=0):
+        shown = " x ".join(f"{s:g}" for s in spacing)
+        raise DataError(case.image, f"has pixels of {shown} mm but {first.image.name} of "
+                        f"{' x '.join(f'{s:g}' for s in first_spacing)} mm; nnU-Net reads 2D .png "
+                        "and .tif without spacing, as one pixel size: export with --file-ending .nii.gz")
 
 
 def _write_cases(cases: list[Case], nn_ids: list[str], stage: Path, observer: str,
