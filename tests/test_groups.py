@@ -111,3 +111,16 @@ def test_group_names_that_differ_only_in_case_spacing_or_unicode_form_are_refuse
     folds["S01_z001"] = 1 - folds["S01_z000"]
     with pytest.raises(DataError, match="same specimen"):
         check_groups_whole(cases, folds, manifest)
+
+
+def test_a_slice_left_without_a_group_beside_its_grouped_stack_is_refused(tmp_path):
+    # S01_z003's group cell is blank: it became group 'S01_z003', free to land in test
+    # while S01_z000..z002 train; only stacks of two or more ungrouped rows were caught
+    groups = [n[:3] for n in SLICES]
+    groups[3] = ""
+    manifest = _manifest(tmp_path, SLICES, groups=groups)
+    cases = discover(manifest)
+    assert [c.id for c in cases if not c.group_given] == ["S01_z003"]
+    with pytest.raises(DataError) as error:
+        kfold_by_group(cases, k=3, source=manifest)
+    assert error.value.path == str(manifest) and "S01_z003" in str(error.value)

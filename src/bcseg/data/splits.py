@@ -47,20 +47,23 @@ def _stack_key(case: Case) -> str | None:
 
 
 def ungrouped_stacks(cases: list[Case]) -> dict[str, list[str]]:
-    """Cases without a group whose file names differ only by a slice index.
+    """Cases without a group whose file names differ only by a slice index from another
+    case's, with or without a group.
 
     Returns
     -------
     dict
-        Stack pattern (``S01_z#``) -> ids of its cases, for patterns shared by two
-        or more cases whose manifest row gave no group.
+        Stack pattern (``S01_z#``) -> ids of its cases whose manifest row gave no group,
+        for patterns shared by two or more cases. A slice whose group cell alone was left
+        blank counts too: it would be a group of its own, apart from its stack's.
     """
-    stacks: dict[str, list[str]] = defaultdict(list)
+    stacks: dict[str, list[Case]] = defaultdict(list)
     for case in cases:
-        key = None if case.group_given else _stack_key(case)
+        key = _stack_key(case)
         if key is not None:
-            stacks[key].append(case.id)
-    return {key: ids for key, ids in stacks.items() if len(ids) > 1}
+            stacks[key].append(case)
+    return {key: [c.id for c in members if not c.group_given] for key, members in stacks.items()
+            if len(members) > 1 and not all(c.group_given for c in members)}
 
 
 def group_note(cases: list[Case]) -> str | None:
@@ -89,9 +92,10 @@ def require_groups(cases: list[Case], source=None) -> None:
         return
     rows = sum(len(ids) for ids in stacks.values())
     key, ids = next(iter(stacks.items()))
+    sibling = next(c.id for c in cases if c.id != ids[0] and _stack_key(c) == key)
     raise DataError(source, f"{rows} case(s) without a group look like slices of {len(stacks)} "
                     f"stack(s) (file names that differ only by a slice index, e.g. {ids[0]}, "
-                    f"{ids[1]}): a split would put slices of one specimen in both training and "
+                    f"{sibling}): a split would put slices of one specimen in both training and "
                     "test; give every row a 'group' naming its specimen")
 
 
