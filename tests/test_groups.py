@@ -124,3 +124,20 @@ def test_a_slice_left_without_a_group_beside_its_grouped_stack_is_refused(tmp_pa
     with pytest.raises(DataError) as error:
         kfold_by_group(cases, k=3, source=manifest)
     assert error.value.path == str(manifest) and "S01_z003" in str(error.value)
+
+
+def test_lookalike_groups_are_refused_by_the_last_specimens_split_and_reported_by_check(tmp_path):
+    # split = "last" sorts the groups and tests the last ones: 's01' sorts after 'S04',
+    # so the specimen 'S01' trained while 's01' was tested
+    from bcseg.config import load_config
+    from bcseg.learn.train import choose_folds
+
+    names = [f"S{s:02d}_z{z:03d}" for s in range(1, 9) for z in range(2)]
+    groups = [n[:3] for n in names]
+    groups[1] = "s01"
+    manifest = _manifest(tmp_path, names, groups=groups)
+    cases = discover(manifest)
+    with pytest.raises(DataError, match="'S01' and 's01'"):
+        choose_folds(cases, load_config("seed"), data=manifest)
+    report = check_dataset(manifest)
+    assert any("'S01' and 's01'" in problem for _, problem in report.problems)

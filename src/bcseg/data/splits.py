@@ -77,7 +77,8 @@ def group_note(cases: list[Case]) -> str | None:
 
 
 def require_groups(cases: list[Case], source=None) -> None:
-    """Refuse to split per-slice rows of a stack that carry no group.
+    """Refuse to split per-slice rows of a stack that carry no group, or groups named
+    two ways (:func:`refuse_lookalike_groups`).
 
     Slices of one specimen listed without a group would each be their own group,
     so a split would put neighbouring slices in training and test and inflate Dice.
@@ -87,6 +88,7 @@ def require_groups(cases: list[Case], source=None) -> None:
     DataError
         Naming ``source`` (the manifest or dataset) and a few of the rows.
     """
+    refuse_lookalike_groups(cases, source)  # every split by group reads them: k-fold, "last"
     stacks = ungrouped_stacks(cases)
     if not stacks:
         return
@@ -154,7 +156,6 @@ def kfold_by_group(cases: list[Case], k: int = 5, seed: int = 0, source=None) ->
     if k < 2:
         raise ValueError(f"k must be at least 2, got {k}")
     require_groups(cases, source)
-    refuse_lookalike_groups(cases, source)
     groups: dict[str, list[Case]] = defaultdict(list)
     for case in cases:
         groups[case.group].append(case)
