@@ -141,3 +141,24 @@ def test_lookalike_groups_are_refused_by_the_last_specimens_split_and_reported_b
         choose_folds(cases, load_config("seed"), data=manifest)
     report = check_dataset(manifest)
     assert any("'S01' and 's01'" in problem for _, problem in report.problems)
+
+
+def test_a_resumed_run_refuses_splits_that_now_cut_a_group_in_two(tmp_path):
+    # The run started with S01_z003 in a group of its own (fold 1); the manifest was then
+    # corrected to put it in S01 (fold 0). Resuming kept the old folds: S01's slices
+    # trained in one fold and were tested in the other.
+    from bcseg.config import load_config
+    from bcseg.data.dataset import Case
+    from bcseg.data.splits import save_splits
+    from bcseg.learn.train import _plan_folds
+
+    manifest = _manifest(tmp_path, SLICES, groups=[n[:3] for n in SLICES])
+    cases = discover(manifest)
+    folds = {c.id: int(c.group[2]) - 1 for c in cases}  # S01 -> 0, S02 -> 1, S03 -> 2
+    folds["S01_z003"] = 1
+    out = tmp_path / "run"
+    out.mkdir()
+    started = [Case(id=c.id, image=c.image, group=c.id if c.id == "S01_z003" else c.group) for c in cases]
+    save_splits(out / "splits.json", started, folds, seed=0)
+    with pytest.raises(DataError, match="group 'S01' is split across folds"):
+        _plan_folds(out, cases, load_config("default"), "all", None, True, manifest)

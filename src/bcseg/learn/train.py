@@ -52,8 +52,8 @@ from bcseg.data.io import not_a_file
 from bcseg.data.dataset import (IMAGE_CHANNEL, Case, case_digest, case_files, changed_case, dataset_channels,
                                 discover, refuse_duplicate_images, require_every_observer)
 from bcseg.data.intensity import check_methods
-from bcseg.data.splits import (folds_from_file, group_note, kfold_by_group, load_splits, require_groups,
-                               save_splits, validation_ids)
+from bcseg.data.splits import (check_groups_whole, folds_from_file, group_note, kfold_by_group, load_splits,
+                               require_groups, save_splits, validation_ids)
 from bcseg.errors import STOPS_ASKED, ConfigError, DataError, ModelError, UsageError
 from bcseg.learn.losses import DiceMetric, IoUMetric, get_loss
 from bcseg.learn.models import feature_values, unet, with_input_channels
@@ -927,6 +927,9 @@ def _plan_folds(out: Path, cases: list[Case], cfg: dict, fold, folds_file, resum
         _refuse_other_test_folds(out, targets)
     if resume and source is None:
         _check_same_cases(out, cases, folds, targets, data)
+        # the groups as the dataset gives them now: one corrected since the run started
+        # (a slice moved into its specimen's group) would leak across the kept folds
+        check_groups_whole(cases, folds, out / "splits.json")
     return folds, source, targets
 
 
