@@ -556,6 +556,31 @@ def test_the_same_image_twice_is_refused_by_split_and_train(command, tmp_path, c
     assert not (tmp_path / "s.json").exists() and not (tmp_path / "run").exists()
 
 
+def test_a_channel_copied_from_another_specimen_is_flagged_and_refused(tmp_path, capsys):
+    """Only each case's first channel was compared: a photoacoustic file copied from
+    another specimen's, under another group, passed check and split."""
+    from bcseg.data.phantom import write_phantom
+
+    data = tmp_path / "data"
+    write_phantom(data, n=3, shape=(8, 32, 32), channels=("us", "pa"))
+    us, pa = sorted((data / "images" / "us").iterdir()), sorted((data / "images" / "pa").iterdir())
+    (data / "copied_pa.tif").write_bytes(pa[0].read_bytes())
+    masks = sorted((data / "masks" / "observer1").iterdir())
+    (data / "manifest.csv").write_text(
+        "id,image_us,image_pa,mask_observer1,group\n"
+        + "".join(f"s{i},{u.relative_to(data)},{p.relative_to(data)},{m.relative_to(data)},g{i}\n"
+                  for i, (u, p, m) in enumerate(zip(us[:2], pa[:2], masks[:2])))
+        + f"s2,{us[2].relative_to(data)},copied_pa.tif,{masks[2].relative_to(data)},g2\n",
+        encoding="utf-8")
+    code, out, err = run_main(capsys, ["check", data / "manifest.csv"])
+    problems = [p for p in out.splitlines() if p.startswith("problem: ")]
+    assert code == 3 and len(problems) == 1, out
+    assert f"copied_pa.tif: has the same content as {pa[0]}" in problems[0]
+    line = assert_refused(capsys, ["split", data / "manifest.csv", "--out", tmp_path / "s.json"], 3,
+                          "copied_pa.tif: has the same content as", tmp_path)
+    assert "case 's0', group 'g0'" in line
+
+
 @pytest.mark.parametrize("command", ["split", "train", "train, split last", "export-nnunet"])
 def test_a_dataset_of_one_specimen_is_named_in_the_refusal(command, tmp_path, capsys):
     """It said "only 1 specimen/group: cross-validation needs at least 2" without

@@ -65,8 +65,8 @@ def check_dataset(root: str | Path) -> CheckReport:
     channels = dataset_channels(cases) if any(case.channels for case in cases) else []
     for case in cases:
         report.problems.extend(check_case(case, observers, report, channels))
-    for first, other in duplicate_images(cases):
-        report.problems.append((str(other.image), duplicate_problem(first, other)))
+    for first, first_file, other, other_file in duplicate_images(cases):
+        report.problems.append((str(other_file), duplicate_problem(first, first_file, other)))
     for path in orphan_masks(Path(root), cases):
         report.problems.append((str(path), "is a mask with no image of the same name, so no case "
                                 "uses it; rename it or its image so that they match"))

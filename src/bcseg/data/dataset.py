@@ -587,35 +587,38 @@ def changed_case(recorded: dict[str, str], by_id: dict[str, Case],
     return None
 
 
-def duplicate_images(cases: list[Case]) -> list[tuple[Case, Case]]:
-    """Pairs ``(first, other)`` of cases in different groups with byte-identical images.
+def duplicate_images(cases: list[Case]) -> list[tuple[Case, Path, Case, Path]]:
+    """``(first, its file, other, its file)`` for image files of cases in different groups
+    that are byte-identical, every channel's file compared (a photoacoustic channel copied
+    from another specimen's leaks as an ultrasound one would).
 
     One image in two groups can land in both the training and the test fold, which
     inflates every score. Files are compared by size first and only files of equal
     size are hashed (SHA-256), so a study of distinct stacks is not read in full.
     Duplicates within one group are harmless to splits and are not reported.
     """
-    by_size: dict[int, list[Case]] = defaultdict(list)
+    by_size: dict[int, list[tuple[Case, Path]]] = defaultdict(list)
     for case in cases:
-        try:
-            by_size[case.image.stat().st_size].append(case)
-        except OSError:  # missing files are reported by whoever reads them
-            continue
+        for path in dict.fromkeys([case.image, *(c.path for c in case.channels)]):
+            try:
+                by_size[path.stat().st_size].append((case, path))
+            except OSError:  # missing files are reported by whoever reads them
+                continue
     pairs = []
     for same_size in by_size.values():
-        if len(same_size) < 2 or len({c.group for c in same_size}) < 2:
+        if len(same_size) < 2 or len({case.group for case, _ in same_size}) < 2:
             continue
-        first: dict[str, Case] = {}
-        for case in same_size:
-            kept = first.setdefault(file_sha256(case.image), case)
-            if kept.group != case.group:
-                pairs.append((kept, case))
+        first: dict[str, tuple[Case, Path]] = {}
+        for case, path in same_size:
+            kept = first.setdefault(file_sha256(path), (case, path))
+            if kept[0].group != case.group:
+                pairs.append((*kept, case, path))
     return pairs
 
 
-def duplicate_problem(first: Case, other: Case) -> str:
-    """The one-line problem for a pair from :func:`duplicate_images`."""
-    return (f"has the same content as {first.image} (case '{first.id}', group '{first.group}'), "
+def duplicate_problem(first: Case, first_file: Path, other: Case) -> str:
+    """The one-line problem for a pair from :func:`duplicate_images` (of ``other``'s file)."""
+    return (f"has the same content as {first_file} (case '{first.id}', group '{first.group}'), "
             f"yet is case '{other.id}' in group '{other.group}'; a duplicate in two groups can "
             "land in both training and test: remove it or give both the same group")
 
@@ -628,8 +631,8 @@ def case_files(case: Case) -> set[Path]:
 
 def refuse_duplicate_images(cases: list[Case]) -> None:
     """Raise :class:`DataError` naming the first image found twice in different groups."""
-    for first, other in duplicate_images(cases)[:1]:
-        raise DataError(other.image, duplicate_problem(first, other))
+    for first, first_file, other, other_file in duplicate_images(cases)[:1]:
+        raise DataError(other_file, duplicate_problem(first, first_file, other))
 
 
 # --------------------------------------------------------------------------- manifest
