@@ -41,6 +41,18 @@ class _Parser(argparse.ArgumentParser):
     def error(self, message: str):
         self.exit(2, f"bcseg: error: {printable(message)}; see '{self.prog} --help'\n")
 
+    def _get_value(self, action, arg_string):
+        """A value, converted by its type; an empty one refused for every argument.
+
+        An empty value is a slip (an unset shell variable, ``--folds-file "$F"``), never
+        a choice: code that tests the value ("if args.folds_file") dropped it without a
+        word, and Path('') is the current folder, taken as the data, model or run.
+        The type's own refusal, where it has one, is said first."""
+        value = super()._get_value(action, arg_string)
+        if action.nargs not in (argparse.PARSER, argparse.REMAINDER) and not arg_string.strip():
+            raise argparse.ArgumentError(action, f"must not be empty, got {arg_string!r}")
+        return value
+
     def parse_known_args(self, args=None, namespace=None):
         self._refuse_repeats(sys.argv[1:] if args is None else list(args))
         return super().parse_known_args(args, namespace)
@@ -95,12 +107,6 @@ def _folder_out(text: str) -> str:
     where bcseg would write (or be refused naming some file of yours) unasked."""
     if not text.strip():
         raise argparse.ArgumentTypeError("must name a folder, got ''")
-    return text
-
-
-def _nonempty(text: str) -> str:
-    if not text.strip():
-        raise argparse.ArgumentTypeError("must name a run folder or a .keras file, got ''")
     return text
 
 
@@ -647,7 +653,7 @@ def _add_train(sub) -> None:
                    "the folds and validation split still from --seed (train.member_seed)")
     p.add_argument("--init", help="start from a model: 'busi' (the bundled one; of a bundled "
                    "ensemble, its first member, busi_unet2d.keras) or a .keras file")
-    p.add_argument("--teacher", action="append", metavar="MODEL", type=_nonempty,
+    p.add_argument("--teacher", action="append", metavar="MODEL",
                    help="distil: blend this run's (a k-fold run's: its ensemble's) probabilities into "
                    "the training targets; several --teacher arguments form one ensemble")
     p.add_argument("--teacher-weight", type=_share, metavar="W",
