@@ -6,19 +6,20 @@ output exists. Real phantom data, the real command line in this process.
 
 from __future__ import annotations
 
-from pathlib import Path
-
+import imageio.v3 as iio
 import pytest
 
 from bcseg.cli import main
+from test_robustness import IMAGE, models  # noqa: F401 (a fixture)
 
 
 def refused(capsys, argv: list, flag: str) -> str:
     """Run ``bcseg ARGV``; assert exit 2 and one error line naming ``flag``."""
     capsys.readouterr()
-    with pytest.raises(SystemExit) as stop:  # argparse's refusal, before the command runs
-        main([str(a) for a in argv])
-    code = stop.value.code
+    try:
+        code = main([str(a) for a in argv])
+    except SystemExit as stop:  # argparse's refusal, before the command runs
+        code = stop.code
     out, err = capsys.readouterr()
     lines = err.splitlines()
     assert code == 2 and len(lines) == 1, (code, out, err)
@@ -46,4 +47,30 @@ def test_an_empty_value_is_refused_naming_its_flag(tmp_path, capsys, phantom_roo
     argv = [a.format(data=phantom_root, out=out) for a in argv]
     line = refused(capsys, argv, flag)
     assert "empty" in line, line
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("extra, flag, other", [
+    # the spacing went nowhere: masks keep their input's, and no margins were measured
+    (["--spacing", "1x0.2x0.2"], "--spacing", "--margins"),
+    # min_size is read by the 'small' step alone; the run's post-processing has none
+    (["--min-size", "50"], "--min-size", "small"),
+    (["--min-size", "50", "--postprocess", "largest,fill"], "--min-size", "small"),
+])
+def test_a_predict_flag_without_the_one_it_acts_through_is_refused(tmp_path, capsys, models,
+                                                                   extra, flag, other):
+    iio.imwrite(tmp_path / "scan.png", IMAGE)
+    out = tmp_path / "out"
+    line = refused(capsys, ["predict", tmp_path / "scan.png", "--model", models["2d"], "--out", out,
+                            "--no-progress", *extra], flag)
+    assert other in line and "min_size" not in line, line
+    assert not out.exists()
+
+
+def test_evaluate_refuses_a_model_the_honest_protocol_would_not_read(tmp_path, capsys, phantom_root,
+                                                                     models):
+    out = tmp_path / "out"
+    line = refused(capsys, ["evaluate", "--pred", phantom_root / "masks" / "observer1", "--truth",
+                            phantom_root, "--out", out, "--model", models["2d"]], "--model")
+    assert "--protocol reference" in line, line
     assert not out.exists()

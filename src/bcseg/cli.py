@@ -254,6 +254,14 @@ def cmd_check(args) -> int:
     return 0
 
 
+def _needs(value, flag: str, present: bool, other: str) -> None:
+    """Refuse ``flag``, given (``value`` not None or False), without ``other``, the flag
+    or choice it acts through: alone, it was dropped without a word and the run did
+    what the user had not asked for (``--spacing`` without ``--margins`` set no spacing)."""
+    if value is not None and value is not False and not present:
+        raise UsageError(None, f"{flag} needs {other}")
+
+
 def _fold_options(args) -> None:
     """Refuse --k or --seed beside --folds-file (the file decides the folds, and the
     flag was dropped without a word); otherwise fill in their defaults."""
@@ -341,8 +349,7 @@ def cmd_train(args) -> int:
     from bcseg.after_fit import train_and_evaluate
     from bcseg.learn.train import Interrupted
 
-    if args.teacher_weight is not None and not args.teacher:  # it would be ignored unasked
-        raise UsageError(None, "--teacher-weight needs --teacher (the model to distil)")
+    _needs(args.teacher_weight, "--teacher-weight", bool(args.teacher), "--teacher (the model to distil)")
 
     fold = "all" if args.folds == "all" else (args.fold if args.fold is not None else 0)
     try:
@@ -378,6 +385,8 @@ def cmd_predict(args) -> int:
     from bcseg.infer.segment import predict_files
 
     postprocess = args.postprocess
+    _needs(args.spacing, "--spacing", args.margins, "--margins (it is the voxel size the margins are "
+           "measured in; masks keep their input's spacing)")
     model = args.model  # several --model arguments: an ensemble of them all
     if not model:
         from bcseg.pretrained import pretrained_info, pretrained_model
@@ -445,6 +454,8 @@ def cmd_evaluate(args) -> int:
     if args.protocol == "reference" and not args.model:
         raise UsageError(None, "--protocol reference scores a model: pass --model RUN_DIR "
                          "(the run the predictions came from)")
+    _needs(args.model, "--model", args.protocol == "reference", "--protocol reference (the honest "
+           "protocol scores the predictions alone)")
     if args.protocol == "reference":
         _import_tensorflow_quietly()
     if not args.no_report:  # the report's files are checked before the evaluation writes any
@@ -921,7 +932,8 @@ def main(argv: list[str] | None = None) -> int:
 # The core names the parameter a user should pass ("pass force=True"); the command
 # line has a flag for each, and its messages name the flag instead.
 PARAMETER_FLAGS = {"force=True": "--force", "resume=True": "--resume", "model=RUN": "--model RUN",
-                   "spacing_mm=(Z, Y, X)": "--spacing ZxYxX", "file_ending ": "--file-ending "}
+                   "spacing_mm=(Z, Y, X)": "--spacing ZxYxX", "file_ending ": "--file-ending ",
+                   "min_size=": "--min-size "}
 
 
 def _flags_for_parameters(message: str) -> str:

@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from bcseg.atomic import atomic_path, parse_json, read_json, real_path, write_text
-from bcseg.errors import ConfigError, ModelError
+from bcseg.errors import ConfigError, ModelError, UsageError
 
 # The post-processing steps a run's settings may name; bcseg.infer.postprocess
 # implements them.
@@ -212,6 +212,11 @@ class InferenceSettings:
         if postprocess is not None:
             changed = changed.replace(postprocess=tuple(postprocess))
         if min_size is not None:
+            # only the 'small' step reads it: without that step it was dropped unasked
+            if "small" not in changed.postprocess:
+                raise UsageError(None, f"min_size={min_size} needs the 'small' step, which the "
+                                 f"post-processing ({', '.join(changed.postprocess) or 'none'}) lacks; "
+                                 "add small to postprocess")
             changed = changed.replace(min_size=int(min_size))
         _check_settings(changed.to_dict(), source)
         return changed
