@@ -6,6 +6,10 @@ output exists. Real phantom data, the real command line in this process.
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import imageio.v3 as iio
 import pytest
 
@@ -74,3 +78,15 @@ def test_evaluate_refuses_a_model_the_honest_protocol_would_not_read(tmp_path, c
                             phantom_root, "--out", out, "--model", models["2d"]], "--model")
     assert "--protocol reference" in line, line
     assert not out.exists()
+
+
+def test_a_name_the_output_encoding_lacks_is_printed_escaped_not_a_failure(tmp_path):
+    """Under a locale that is not UTF-8, stdout cannot encode 'φ': the phantom was
+    written, then printing its folder's name failed the run with exit 1."""
+    out = tmp_path / "phantôme_φ"
+    env = {**os.environ, "PYTHONIOENCODING": "ascii"}
+    done = subprocess.run([sys.executable, "-m", "bcseg.cli", "phantom", str(out), "--n", "1",
+                           "--shape", "8", "16", "16"], capture_output=True, text=True, env=env,
+                          timeout=120, encoding="ascii", errors="strict")
+    assert done.returncode == 0 and not done.stderr, done.stderr
+    assert "phant\\xf4me_\\u03c6" in done.stdout and (out / "specimens.csv").is_file()

@@ -907,8 +907,19 @@ def _command_parser(parser: argparse.ArgumentParser, command: str | None) -> arg
     return parser
 
 
+def _printable_output() -> None:
+    """Print what stdout's encoding lacks as escapes, as Python does on stderr.
+
+    Under a locale that is not UTF-8 (or PYTHONIOENCODING=ascii, or a pipe in such a
+    locale), printing a folder named 'phantôme', or the headline's 'Δ Dice', raised
+    UnicodeEncodeError after the command had done its work: exit 1 for a good run."""
+    if hasattr(sys.stdout, "reconfigure"):
+        sys.stdout.reconfigure(errors="backslashreplace")
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the command line; return the exit code."""
+    _printable_output()
     _quiet_libraries()
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
