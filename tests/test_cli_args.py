@@ -90,3 +90,18 @@ def test_a_name_the_output_encoding_lacks_is_printed_escaped_not_a_failure(tmp_p
                           timeout=120, encoding="ascii", errors="strict")
     assert done.returncode == 0 and not done.stderr, done.stderr
     assert "phant\\xf4me_\\u03c6" in done.stdout and (out / "specimens.csv").is_file()
+
+
+def test_evaluate_refuses_an_observer_named_twice(tmp_path, capsys, phantom_root):
+    """--observer observer1 --observer observer1 was scored, and recorded in
+    summary.json as two observers asked for."""
+    pred = tmp_path / "pred"
+    pred.mkdir()
+    for mask in (phantom_root / "masks" / "observer2").glob("*.tif"):
+        (pred / f"{mask.stem}_mask.tif").write_bytes(mask.read_bytes())
+    out = tmp_path / "out"
+    line = refused(capsys, ["evaluate", "--pred", pred, "--truth", phantom_root, "--out", out,
+                            "--no-report", "--observer", "observer1", "--observer", "observer1"],
+                   "observer")
+    assert "'observer1' is named twice" in line, line
+    assert not out.exists()

@@ -186,6 +186,9 @@ def _select_observers(cases: Sequence[Case], wanted) -> list[str] | None:
     if unknown or not names:
         raise UsageError(None, f"unknown observer(s) {', '.join(map(repr, unknown)) or '(none given)'}; "
                          f"the cases have {', '.join(map(repr, known)) or 'no observers'}")
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:  # recorded as asked in summary.json, as if a third observer had been scored
+        raise UsageError(None, f"observer {twice[0]!r} is named twice; name each observer once")
     return names
 
 
