@@ -105,3 +105,14 @@ def test_evaluate_refuses_an_observer_named_twice(tmp_path, capsys, phantom_root
                    "observer")
     assert "'observer1' is named twice" in line, line
     assert not out.exists()
+
+
+def test_a_size_limit_under_one_byte_is_a_setting_error_not_every_file(tmp_path, capsys, phantom_root,
+                                                                         monkeypatch):
+    """BCSEG_MAX_IMAGE_GB=1e-30 became a limit of 0 bytes: check listed every image as
+    'too large (... over the 0 GiB limit)' and blamed the data, exit 3."""
+    monkeypatch.setenv("BCSEG_MAX_IMAGE_GB", "1e-30")
+    capsys.readouterr()
+    assert main(["check", str(phantom_root)]) == 4
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) == 1 and "BCSEG_MAX_IMAGE_GB='1e-30'" in lines[0], lines

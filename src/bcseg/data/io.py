@@ -199,6 +199,9 @@ def max_image_bytes() -> int:
     if not (math.isfinite(value) and value > 0):
         raise ConfigError(None, f"environment variable {MAX_IMAGE_ENV}={text!r} must be a "
                           "positive number of GiB")
+    if value * 2**30 < 1:  # a limit of 0 bytes refused every file, blamed on the data (exit 3)
+        raise ConfigError(None, f"environment variable {MAX_IMAGE_ENV}={text!r} is under one byte; "
+                          f"give the GiB of pixels one file may hold (default {MAX_IMAGE_GIB:g})")
     return int(value * 2**30)
 
 
