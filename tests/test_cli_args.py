@@ -116,3 +116,18 @@ def test_a_size_limit_under_one_byte_is_a_setting_error_not_every_file(tmp_path,
     assert main(["check", str(phantom_root)]) == 4
     lines = capsys.readouterr().err.splitlines()
     assert len(lines) == 1 and "BCSEG_MAX_IMAGE_GB='1e-30'" in lines[0], lines
+
+
+def test_teacher_weight_is_taken_for_a_teacher_the_recipe_names(tmp_path, capsys, phantom_root):
+    """--teacher-weight was refused as 'needs --teacher' when the recipe's train.teacher
+    named the teacher: the recipe's weight could not be set from the command line."""
+    recipe = tmp_path / "student.toml"
+    recipe.write_text('[train]\nteacher = ["absent_teacher.keras"]\nepochs = 1\n', encoding="utf-8")
+    out = tmp_path / "run"
+    capsys.readouterr()
+    code = main(["train", str(phantom_root), "--out", str(out), "--config", str(recipe),
+                 "--teacher-weight", "0.3"])
+    [line] = capsys.readouterr().err.splitlines()
+    # past the weight's check, to the teacher itself (absent here, so nothing trains)
+    assert code == 4 and "absent_teacher.keras" in line and "--teacher-weight" not in line, line
+    assert not out.exists()

@@ -349,8 +349,6 @@ def cmd_train(args) -> int:
     from bcseg.after_fit import train_and_evaluate
     from bcseg.learn.train import Interrupted
 
-    _needs(args.teacher_weight, "--teacher-weight", bool(args.teacher), "--teacher (the model to distil)")
-
     fold = "all" if args.folds == "all" else (args.fold if args.fold is not None else 0)
     try:
         results = train_and_evaluate(args.data, args.out, config=args.config, overrides=_train_overrides(args),

@@ -813,6 +813,10 @@ def train(data, out, config=None, overrides: dict | None = None, fold="0", folds
     out = outputs.check_output_folder(out)
     outputs.settle(out)  # a killed --force run's earlier run is back before anything reads it
     cfg = _run_config(out, config, overrides, resume, mixed_precision)
+    # checked on the recipe, not the flags alone: a recipe's train.teacher takes a weight too
+    if ((overrides or {}).get("train") or {}).get("teacher_weight") is not None and not cfg["train"]["teacher"]:
+        raise UsageError(None, "--teacher-weight needs --teacher or a recipe's train.teacher "
+                         "(the model to distil); without one it would be ignored")
     cases = _read_cases(data, cfg)
     # Folds are chosen and the fold checked before the run directory is touched, so a
     # wrong --fold leaves nothing behind that a corrected command would trip over.
