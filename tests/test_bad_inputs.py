@@ -26,7 +26,7 @@ import pytest
 import tifffile
 
 from bcseg.data import io
-from bcseg import after_fit, outputs
+from bcseg import after_fit, outputs, rundir
 from bcseg.atomic import write_text
 from bcseg.learn import train
 from bcseg.cli import main
@@ -34,6 +34,7 @@ from bcseg.config import load_config, save_config
 from bcseg.errors import BcsegError, DataError, printable
 from bcseg.data.dataset import read_manifest
 from bcseg.data.intensity import normalise
+from bcseg.learn.models import unet
 from bcseg.measure.margins import margins_for_files
 from test_robustness import (IMAGE, LESION, STACK, TINY_TRAINING, files_under, models,  # noqa: F401
                              one_error_line, run_main)
@@ -794,6 +795,48 @@ def test_resume_with_other_settings_is_refused(extra, key, tmp_path, tiny_config
     assert code == 2, (out, err)
     line = one_error_line(err)
     assert f"config.toml: the run was started with {key} = " in line and "keeps its settings" in line
+    assert files_under(run) == before
+
+
+def _started_from(run: Path, model: Path) -> None:
+    """The record train writes of the --init model a run started from."""
+    with outputs.claim(run, "train"):
+        (run / rundir.INIT_FILE).write_text(json.dumps(
+            {"init": str(model), "weights": rundir.weights_digest(model)}), encoding="utf-8")
+
+
+def _tiny_model(path: Path, seed: int) -> Path:
+    keras.utils.set_random_seed(seed)
+    unet(ndim=2, base_filters=2, depth=2).save(path)
+    return path
+
+
+def test_resume_starts_from_the_model_the_run_began_with(tmp_path, tiny_config, capsys):
+    """--init was not recorded: `--folds all --init busi` resumed without --init trained
+    its later folds from scratch, and with another --init from another model."""
+    root = write_cases(tmp_path / "data", n=5)
+    first, other = _tiny_model(tmp_path / "a.keras", 0), _tiny_model(tmp_path / "b.keras", 1)
+    run = _run_dir(tmp_path, tiny_config)
+    _started_from(run, first)
+    cfg = load_config(run / "config.toml")
+    assert train._started_from(run, None, True, cfg, None)[0] == first  # its later folds start there
+    before = files_under(run)
+    code, out, err = run_main(capsys, ["train", root, "--out", run, "--resume", "--init", other])
+    line = one_error_line(err)
+    assert code == 2 and f"--init: {other} is not the model the run started from ({first}" in line
+    other.replace(first)  # the model changed on the disk since
+    code, out, err = run_main(capsys, ["train", root, "--out", run, "--resume"])
+    assert code == 2 and f"{run / rundir.INIT_FILE}: {first} is not the model" in one_error_line(err)
+    assert files_under(run) == before
+
+
+def test_resume_with_init_of_a_run_begun_without_one_is_refused(tmp_path, tiny_config, capsys):
+    root = write_cases(tmp_path / "data", n=5)
+    run = _run_dir(tmp_path, tiny_config)
+    before = files_under(run)
+    code, out, err = run_main(capsys, ["train", root, "--out", run, "--resume", "--init",
+                                       _tiny_model(tmp_path / "a.keras", 0)])
+    assert code == 2 and "--init: " in one_error_line(err) and "records no model it started from" in err
     assert files_under(run) == before
 
 

@@ -132,6 +132,10 @@ def test_init_busi_fine_tunes_a_two_channel_model(phantom, config, tmp_path):
     model = load_model(out / rundir.MODEL_FILE)
     assert model.inputs[0].shape[-1] == 2
     assert rundir.read_settings(out / rundir.SETTINGS_FILE).channel_names == ("pa", "us")
+    from bcseg.pretrained import pretrained_path  # recorded, so that --resume starts later folds from it
+
+    assert json.loads((out / rundir.INIT_FILE).read_text()) == {
+        "init": "busi", "weights": rundir.weights_digest(pretrained_path())}
 
 
 def test_widened_busi_model_keeps_its_us_response_and_starts_other_channels_at_zero():

@@ -45,6 +45,7 @@ FOLD_FILE = "fold.json"
 SPLITS_FILE = "splits.json"
 STATE_FILE = "state.json"
 TEACHER_FILE = "teacher.json"  # the fingerprint of a distilled run's teacher
+INIT_FILE = "init.json"  # the model a run started from (--init) and its weights' digest
 CHECKPOINTS_DIR = "checkpoints"  # each epoch's model (epoch_K.keras) and optimiser, for --resume
 PREDICTIONS_DIR = "predictions"
 FOLD_DIR = "fold_{}"

@@ -832,7 +832,7 @@ def train(data, out, config=None, overrides: dict | None = None, fold="0", folds
     _check_memory(cfg, _config_source(out, config, overrides, resume, "train", "batch_size"))
     _check_epoch_memory(cfg, _config_source(out, config, overrides, resume, "train", "steps_per_epoch"))
     # an unusable model is refused before the run dir is touched
-    init_model = _init_model(init, cfg, len(channels or [IMAGE_CHANNEL]), channels)
+    init_model, init_record = _started_from(out, init, resume, cfg, channels)
     inputs = _inputs(data, cases, config, folds_file, init_model) + _inputs(None, [], *cfg["train"]["teacher"])
     if force:  # an input inside the folder is the refusal to name, before what else --force meets
         outputs.check_not_inputs(out, inputs)
@@ -850,6 +850,8 @@ def train(data, out, config=None, overrides: dict | None = None, fold="0", folds
             remove_partials(out)
         if taught is not None and not resume:
             write_text(out / rundir.TEACHER_FILE, json.dumps(taught[1], indent=1) + "\n")
+        if init_record is not None and not resume:
+            write_text(out / rundir.INIT_FILE, json.dumps(init_record, indent=1) + "\n")
         return _train_in(out, cfg, cases, folds, source, targets, resume, init_model, strategy,
                          after_fit, plot, validation, taught and taught[0])
 
@@ -1114,6 +1116,42 @@ def _check_cases(cases: list[Case], channels: list[str] | None = None) -> None:
     from bcseg.data.check import refuse_bad_cases
 
     refuse_bad_cases(cases, channels, "training")
+
+
+def _started_from(out: Path, init, resume: bool, cfg: dict, channels) -> tuple[Path | None, dict | None]:
+    """The model a run's folds start from, and what the run records of it.
+
+    A resumed run starts its folds still to come from the model it began with, recorded
+    in ``init.json``: without the record, `--folds all --init busi` resumed without
+    --init trained its later folds from scratch, and with another --init from another
+    model, a run of mixed starts. A model that changed since (a new bundled model) is
+    refused, as is an --init on resuming a run begun without one.
+    """
+    recorded_file = out / rundir.INIT_FILE
+    recorded = None
+    if resume and recorded_file.is_file():
+        try:
+            recorded = read_json(recorded_file)
+        except (OSError, ValueError):
+            recorded = None
+        if not isinstance(recorded, dict) or not {"init", "weights"} <= recorded.keys():
+            raise DataError(recorded_file, "is damaged (not the JSON bcseg wrote); the model the "
+                            "run started from is unknown: start the run again")
+    if resume and recorded is None and init:
+        raise UsageError("--init", f"{out} records no model it started from ({rundir.INIT_FILE}): it was "
+                         "started without --init, or by a bcseg before 2026-12-07; resume it without "
+                         "--init (its folds still to come start from scratch), or start it again")
+    given = init if init or recorded is None else recorded["init"]
+    model = _init_model(given, cfg, len(channels or [IMAGE_CHANNEL]), channels)
+    if model is None:
+        return None, None
+    record = {"init": given if given == "busi" else str(model.absolute()),
+              "weights": rundir.weights_digest(model)}
+    if recorded is not None and recorded["weights"] != record["weights"]:
+        raise UsageError("--init" if init else recorded_file,
+                         f"{model} is not the model the run started from ({recorded['init']}, recorded "
+                         f"in {recorded_file}: its weights differ); a resumed run continues as it began")
+    return model, record
 
 
 def _init_model(init, cfg: dict, in_channels: int = 1, channels: list[str] | None = None
