@@ -193,7 +193,7 @@ def export_nnunet(data: str | Path | Iterable[Case], out: str | Path, dataset_id
     refuse_bad_cases(cases, names, "exporting")  # a damaged image is one line, before the warnings too
     # a copy of one image under two groups could sit in nnU-Net's training and validation
     # folds at once, as train and split refuse it
-    refuse_duplicate_images(cases)
+    refuse_duplicate_images(cases, names)
     _check_images_fit(cases, ending, names)
     fold_of = _folds(cases, folds, k, seed, data if isinstance(data, (str, Path)) else None)
     nn_ids = [f"{name}_{i:0{max(4, len(str(len(cases))))}d}" for i in range(1, len(cases) + 1)]

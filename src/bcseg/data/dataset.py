@@ -33,6 +33,7 @@ import warnings
 from collections import defaultdict
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 
@@ -587,10 +588,12 @@ def changed_case(recorded: dict[str, str], by_id: dict[str, Case],
     return None
 
 
-def duplicate_images(cases: list[Case]) -> list[tuple[Case, Path, Case, Path]]:
+def duplicate_images(cases: list[Case], channels: Sequence[str] | None = None
+                     ) -> list[tuple[Case, Path, Case, Path]]:
     """``(first, its file, other, its file)`` for image files of cases in different groups
     that are byte-identical, every channel's file compared (a photoacoustic channel copied
-    from another specimen's leaks as an ultrasound one would).
+    from another specimen's leaks as an ultrasound one would); with ``channels``, those
+    channels' files only (a channel left out is not read, and may be a blank stand-in).
 
     One image in two groups can land in both the training and the test fold, which
     inflates every score. Files are compared by size first and only files of equal
@@ -599,7 +602,9 @@ def duplicate_images(cases: list[Case]) -> list[tuple[Case, Path, Case, Path]]:
     """
     by_size: dict[int, list[tuple[Case, Path]]] = defaultdict(list)
     for case in cases:
-        for path in dict.fromkeys([case.image, *(c.path for c in case.channels)]):
+        files = [c.path for c in case.channels if c.name in channels] if channels and case.channels \
+            else [case.image, *(c.path for c in case.channels)]
+        for path in dict.fromkeys(files):
             try:
                 by_size[path.stat().st_size].append((case, path))
             except OSError:  # missing files are reported by whoever reads them
@@ -629,9 +634,10 @@ def case_files(case: Case) -> set[Path]:
             *(channel.path for channel in case.channels)}
 
 
-def refuse_duplicate_images(cases: list[Case]) -> None:
-    """Raise :class:`DataError` naming the first image found twice in different groups."""
-    for first, first_file, other, other_file in duplicate_images(cases)[:1]:
+def refuse_duplicate_images(cases: list[Case], channels: Sequence[str] | None = None) -> None:
+    """Raise :class:`DataError` naming the first image found twice in different groups
+    (of ``channels``' files only, where given: see :func:`duplicate_images`)."""
+    for first, first_file, other, other_file in duplicate_images(cases, channels)[:1]:
         raise DataError(other_file, duplicate_problem(first, first_file, other))
 
 
