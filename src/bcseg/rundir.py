@@ -553,10 +553,14 @@ def _run_folder(model_path: Path) -> Path:
     ``model_last.keras``, a link to the latest of them (named in ``checkpoints/``, the
     same file ran with the defaults: whole slices, not the run's training square)."""
     folder = model_path.parent
-    if folder.name == CHECKPOINTS_DIR and any((folder.parent / name).is_file()
-                                              for name in (CONFIG_FILE, STATE_FILE, FOLD_FILE)):
+    if folder.name == CHECKPOINTS_DIR and _is_training_folder(folder.parent):
         return folder.parent
     return folder
+
+
+def _is_training_folder(folder: Path) -> bool:
+    """Whether ``folder`` has the files a training run writes as it goes."""
+    return any((folder / name).is_file() for name in (CONFIG_FILE, STATE_FILE, FOLD_FILE))
 
 
 def _embedded(archive: Path, tolerate: bool) -> InferenceSettings | None:
@@ -576,7 +580,7 @@ def _embedded(archive: Path, tolerate: bool) -> InferenceSettings | None:
 def _unfinished_run(folder: Path) -> Path | None:
     """The ``config.toml`` of the bcseg run ``folder`` belongs to, when the folder has the
     files training writes as it goes (a k-fold run keeps its recipe in the parent)."""
-    if not any((folder / name).is_file() for name in (CONFIG_FILE, STATE_FILE, FOLD_FILE)):
+    if not _is_training_folder(folder):
         return None
     for recipe in (folder / CONFIG_FILE, folder.parent / CONFIG_FILE):
         if recipe.is_file():
