@@ -295,7 +295,7 @@ def _save_checkpoint(model: keras.Model, out: Path, state: dict) -> None:
     name = f"epoch_{state['epoch']:04d}.keras"
     _save_model(model, folder / name)
     state["checkpoint"] = f"{rundir.CHECKPOINTS_DIR}/{name}"
-    write_text(out / "state.json", json.dumps(state, indent=1) + "\n")
+    write_text(out / rundir.STATE_FILE, json.dumps(state, indent=1) + "\n")
     # The run's earlier checkpoints go (one left by a kill between these lines too), but
     # only files the run wrote, unchanged: a copy the user kept of a good epoch
     # (epoch_0040_best.keras) is theirs, whatever its name.
@@ -529,7 +529,7 @@ def run_fold(cases: list[Case], folds: dict[str, int], fold: int, cfg: dict, out
          f"{len(test)} test case(s) ({len({c.group for c in test})} test group(s))")
     # The validation cases' files by digest: an ensemble tuned on them later re-reads
     # them from a dataset it is given, and must know it is this one.
-    write_text(out / "fold.json", json.dumps({"fold": fold, "train": [c.id for c in train_cases],
+    write_text(out / rundir.FOLD_FILE, json.dumps({"fold": fold, "train": [c.id for c in train_cases],
                                               "validation": sorted(val_ids),
                                               "test": [c.id for c in test],
                                               "validation_sha256": {c.id: case_digest(c) for c in
@@ -557,7 +557,7 @@ def run_fold(cases: list[Case], folds: dict[str, int], fold: int, cfg: dict, out
     scope = _distribution(strategy)
     state = {"epoch": 0}
     with scope.scope():
-        if resume and (out / "state.json").is_file():
+        if resume and (out / rundir.STATE_FILE).is_file():
             state, checkpoint = _resume_state(out)
             model = _load_checkpoint(checkpoint)
             _say(f"resuming after epoch {state['epoch']}")
@@ -697,7 +697,7 @@ def _resume_state(out: Path) -> tuple[dict, Path]:
     When the checkpoint is missing but ``model_last.keras`` (a link to the same
     file) is there, the run resumes from that, and says so.
     """
-    path = out / "state.json"
+    path = out / rundir.STATE_FILE
     try:
         state = read_json(path)
     except (OSError, ValueError) as exc:  # ValueError: bad UTF-8 or JSON
@@ -722,7 +722,7 @@ def _check_checkpoints(out: Path, targets: list[int]) -> None:
     cannot tell (size and time unchanged), failed only as its fold began, naming no file."""
     for k in targets:
         folder = _fold_dir(out, k, targets)
-        if (folder / rundir.SETTINGS_FILE).is_file() or not (folder / "state.json").is_file():
+        if (folder / rundir.SETTINGS_FILE).is_file() or not (folder / rundir.STATE_FILE).is_file():
             continue  # finished, or not begun: nothing to resume from
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # a missing checkpoint's fallback is said as it resumes
@@ -858,7 +858,7 @@ def train(data, out, config=None, overrides: dict | None = None, fold="0", folds
 
 def _has_saved_epoch(out: Path) -> bool:
     """Whether a run folder (or one of its fold folders) holds a checkpoint to resume."""
-    return any(path.is_file() for path in (out / "state.json", *out.glob("fold_*/state.json")))
+    return any(path.is_file() for path in (out / rundir.STATE_FILE, *out.glob(f"fold_*/{rundir.STATE_FILE}")))
 
 
 def _teacher(teach, out: Path, cfg: dict, cases: list[Case], folds: dict, targets: list[int], channels,
@@ -944,9 +944,9 @@ def _refuse_other_test_folds(out: Path, targets: list[int]) -> None:
     resumed as --fold 1 went on training, and was scored on fold 1's test cases, which
     fold 0 had trained on; a one-fold run resumed with --folds all grew fold folders
     beside its own model."""
-    if (out / "fold.json").is_file():  # one test fold: fold.json in the run folder itself
+    if (out / rundir.FOLD_FILE).is_file():  # one test fold: fold.json in the run folder itself
         try:
-            started = read_json(out / "fold.json").get("fold")
+            started = read_json(out / rundir.FOLD_FILE).get("fold")
         except (OSError, ValueError, AttributeError):
             return  # a damaged fold.json: _check_same_cases reads it again
         if isinstance(started, int) and targets != [started]:
@@ -972,7 +972,7 @@ def _check_same_cases(out: Path, cases: list[Case], folds: dict[str, int], targe
                         "give that dataset, or start a new run")
     by_id, digests = {c.id: c for c in cases}, {}
     for k in targets:
-        case = changed_case(_recorded_digests(_fold_dir(out, k, targets) / "fold.json"), by_id, digests)
+        case = changed_case(_recorded_digests(_fold_dir(out, k, targets) / rundir.FOLD_FILE), by_id, digests)
         if case is not None:
             raise DataError(case.image, f"case '{case.id}' changed since the run started (its "
                             "files differ from those fold.json recorded): a resumed run trains on "
