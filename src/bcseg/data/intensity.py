@@ -91,6 +91,15 @@ def _check_dtype(array: np.ndarray) -> None:
         raise DataError(None, f"cannot normalise an image of type {array.dtype}; expected integers or floats")
 
 
+def _fixed_range(dtype: np.dtype) -> IntensityStats | None:
+    """The range a dtype fixes whatever its values (8-bit: 0-255; bool: 0-1), or None."""
+    if dtype == np.uint8:
+        return IntensityStats(0.0, 255.0, "uint8")
+    if dtype == np.bool_:
+        return IntensityStats(0.0, 1.0, "bool")
+    return None
+
+
 def intensity_stats(array: np.ndarray, max_samples: int = MAX_SAMPLES) -> IntensityStats:
     """Compute the intensity range of a whole image or stack once.
 
@@ -116,10 +125,9 @@ def intensity_stats(array: np.ndarray, max_samples: int = MAX_SAMPLES) -> Intens
     IntensityStats(low=0.0, high=255.0, method='uint8')
     """
     _check_dtype(array)
-    if array.dtype == np.uint8:
-        return IntensityStats(0.0, 255.0, "uint8")
-    if array.dtype == np.bool_:
-        return IntensityStats(0.0, 1.0, "bool")
+    fixed = _fixed_range(array.dtype)
+    if fixed is not None:
+        return fixed
     sample = _subsample(array, max_samples)
     if sample.size == 0:
         raise DataError(None, "image is empty")
@@ -280,9 +288,8 @@ def channel_stats(array: np.ndarray, method: str = "auto", max_samples: int = MA
         raise ValueError(f"method must be one of {', '.join(METHODS)}, got '{method}'")
     _check_dtype(array)
     if method == "auto":
-        if dtype is not None and np.dtype(dtype) in (np.uint8, np.bool_):  # fixed ranges, by dtype
-            return intensity_stats(np.zeros(1, dtype))
-        return intensity_stats(array, max_samples)
+        fixed = None if dtype is None else _fixed_range(np.dtype(dtype))
+        return fixed or intensity_stats(array, max_samples)
     if method == "uint8":
         return IntensityStats(0.0, 255.0, "uint8")
     sample = _subsample(array, max_samples)
