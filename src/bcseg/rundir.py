@@ -447,6 +447,10 @@ def archive_settings(model_path: str | Path) -> InferenceSettings | None:
     return settings_from_file(data, model_path)
 
 
+# What reading a damaged zip archive (a .keras file) raises, beside a missing entry.
+ZIP_ERRORS = (OSError, EOFError, zlib.error, zipfile.BadZipFile, NotImplementedError)
+
+
 def weights_digest(model_path: str | Path) -> str | None:
     """The SHA-256 of the weights inside a ``.keras`` archive, or None where it holds
     none or they cannot be read (loading the model says why). An ONNX export records it,
@@ -455,7 +459,7 @@ def weights_digest(model_path: str | Path) -> str | None:
     try:
         with zipfile.ZipFile(model_path) as archive, archive.open(ARCHIVE_WEIGHTS) as weights:
             return hashlib.file_digest(weights, "sha256").hexdigest()
-    except (OSError, KeyError, EOFError, zlib.error, zipfile.BadZipFile, NotImplementedError):
+    except (KeyError, *ZIP_ERRORS):
         return None
 
 

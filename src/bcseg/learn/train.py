@@ -32,7 +32,6 @@ import sys
 import time
 import warnings
 import zipfile
-import zlib
 from pathlib import Path
 from typing import Callable
 
@@ -730,7 +729,7 @@ def _check_checkpoints(out: Path, targets: list[int]) -> None:
         try:
             with zipfile.ZipFile(checkpoint) as archive:
                 bad = archive.testzip()
-        except (OSError, EOFError, zlib.error, zipfile.BadZipFile, NotImplementedError) as exc:
+        except rundir.ZIP_ERRORS as exc:
             bad = str(exc) or type(exc).__name__
         else:
             bad = bad and f"its entry {bad} fails its checksum"
