@@ -502,7 +502,7 @@ def foreign(folder: str | Path) -> list[str]:
 
 def is_owned(path: Path, known: dict[Path, dict[str, str]] | None = None) -> bool:
     """Whether bcseg wrote the file ``path``; ``known`` caches :func:`writers` per folder."""
-    return _writer(path, {} if known is None else known) is not None
+    return writer_of(path, {} if known is None else known) is not None
 
 
 def check_replaceable(paths: Iterable[Path], force: bool,
@@ -534,7 +534,7 @@ def check_replaceable(paths: Iterable[Path], force: bool,
             raise UsageError(path, "was not written by bcseg, or was changed after it was, so "
                              "force=True will not replace it; "
                              "move it away or choose another output folder")
-        writer = _writer(path, known)
+        writer = writer_of(path, known)
         if writer in DATASET_WRITERS:
             raise UsageError(path, f"is data that 'bcseg {writer}' wrote; force=True replaces "
                              f"only results, never a dataset: choose another output")
@@ -553,7 +553,7 @@ def writer_above(path: Path, levels: int = 3) -> str | None:
     return None
 
 
-def _writer(path: Path, known: dict[Path, dict[str, str]]) -> str | None:
+def writer_of(path: Path, known: dict[Path, dict[str, str]]) -> str | None:
     """The command that wrote ``path``, by its folder's record (cached in ``known``)."""
     if path.parent not in known:
         known[path.parent] = writers(path.parent)
@@ -593,7 +593,7 @@ def remove_owned(paths: Iterable[Path], by: Iterable[str] | None = None) -> list
     removed, known = [], {}
     commands = None if by is None else set(by)
     for path in paths:
-        writer = _writer(path, known) if path.is_file() else None
+        writer = writer_of(path, known) if path.is_file() else None
         if writer is not None and (commands is None or writer in commands):
             path.unlink()
             removed.append(path)

@@ -485,15 +485,13 @@ def check_report_files(root: Path) -> None:
     is never replaced. Called before anything is written.
     """
     from bcseg.errors import UsageError
-    from bcseg.outputs import owned, writer_above, writers
+    from bcseg.outputs import owned, writer_above, writer_of
 
     known: dict = {}
     mine_below_root = None
     for path in report_files(root):
-        if path.parent not in known:
-            known[path.parent] = writers(path.parent)
         # a fold's report is recorded in its k-fold run's record, the folder above
-        writer = known[path.parent].get(path.name) or writer_above(path)
+        writer = writer_of(path, known) or writer_above(path)
         if writer is not None:
             if writer not in REPORT_WRITERS:  # split writes any name: a splits file as report.html
                 raise UsageError(path, f"is the output of 'bcseg {writer}', and the report would "
