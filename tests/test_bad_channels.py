@@ -188,6 +188,11 @@ def _constant(root):
     folders(root, pa=np.full_like(PA, 7.0))
 
 
+def _pa_with_no_positive_value(root):
+    # a bipolar reconstruction saved with its sign flipped: all at or below 0, not constant
+    folders(root, pa=-PA)
+
+
 def _mask_with_channels(root):
     folders(root)
     write_hyperstack(root / "masks" / "observer1" / "S01.tif", LESION.astype(np.uint8) * 255,
@@ -211,6 +216,8 @@ LISTED = {  # name: (build, the file named, what the problem says)
     "hyperstack with a spacing out of range": (_hyperstack_spacing_out_of_range, "images/S02.tif",
                                                "has unusable spacing 1e-07 x 0.25 x 0.25 mm"),
     "constant PA channel": (_constant, "images/pa/S01.tif", "channel 'pa' is constant"),
+    "PA channel with no value above 0": (_pa_with_no_positive_value, "images/pa/S01.tif",
+                                         "channel 'pa' has no value above 0"),
     "mask with two channels": (_mask_with_channels, "masks/observer1/S01.tif", "is a mask with 2 channels"),
     "two samples per pixel": (_interleaved, "images/S01.tif", "has 2 samples per pixel"),
 }
@@ -310,3 +317,36 @@ def test_a_hyperstack_with_a_spacing_out_of_range_is_refused_as_a_plain_stack_is
         with pytest.raises(DataError, match="unusable spacing 1e-07") as error:
             read(case)
         assert error.value.path == str(root / "images" / "S02.tif")
+
+
+def test_a_pa_channel_with_no_value_above_0_is_refused_where_it_is_log_normalised(tmp_path, capsys):
+    """Log normalisation (pa's default) maps every value at or below 0 to 0: such a PA
+    channel was trained on and segmented with as a blank image, unrefused. Where the
+    recipe or model normalises it otherwise (percentile), it holds an image."""
+    from bcseg.data.check import refuse_bad_cases
+    from test_channels_train import _named_model
+
+    root = tmp_path / "data"
+    root.mkdir()
+    _pa_with_no_positive_value(root)
+    cases = discover(root)
+    with pytest.raises(Exception, match="channel 'pa' has no value above 0"):
+        refuse_bad_cases(cases, ["us", "pa"], "training", {"us": "auto", "pa": "log"})
+    refuse_bad_cases(cases, ["us", "pa"], "training", {"us": "auto", "pa": "percentile"})
+
+    logged = _named_model(tmp_path / "log.keras", 2, ("us", "pa"))
+    from bcseg import rundir
+    rundir.embed_settings(logged, rundir.InferenceSettings(
+        ndim=2, input_size=32, channels=2, channel_names=("us", "pa"),
+        normalisation={"us": "auto", "pa": "log"}))
+    before = tree(tmp_path)
+    code = main(["predict", str(root), "--model", str(logged), "--out", str(tmp_path / "pred"),
+                 "--no-progress"])
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert code == 3 and len(lines) == 1, lines
+    assert str(root / "images" / "pa" / "S01.tif") in lines[0] and "no value above 0" in lines[0]
+    assert tree(tmp_path) == before
+    # _named_model's own settings normalise pa by "auto" (percentile): segmented
+    plain = _named_model(tmp_path / "auto.keras", 2, ("us", "pa"))
+    assert main(["predict", str(root), "--model", str(plain), "--out", str(tmp_path / "pred2"),
+                 "--no-progress"]) == 0

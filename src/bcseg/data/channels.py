@@ -150,6 +150,29 @@ def constant_problem(name: str, array: np.ndarray, chunk: int = 16) -> str | Non
             "export from the scanner, or leave the channel out of this case")
 
 
+def blank_problem(name: str, array: np.ndarray, method: str = "auto", chunk: int = 16) -> str | None:
+    """Why a named channel holds no image once normalised by ``method``, or None.
+
+    A constant channel (:func:`constant_problem`), and one normalised by ``log`` (the
+    photoacoustic default) that has no value above 0: log compression maps every value
+    at or below 0 to 0, so a PA stack saved negated (a bipolar reconstruction's sign
+    flipped) or clipped to zero would be trained on, or segmented with, as a blank
+    channel. As there, the first slice decides for almost every real image.
+    """
+    problem = constant_problem(name, array, chunk)
+    if problem or method != "log":
+        return problem
+    first = array if array.ndim == 2 else array[0]
+    if (first > 0).any():  # not max(): NaN beside positive values is the finite check's to name
+        return None
+    rest = range(1, len(array) if array.ndim > 2 else 1, chunk)
+    if any((array[start:start + chunk] > 0).any() for start in rest):
+        return None
+    return (f"channel '{name}' has no value above 0, so its log normalisation maps all of it to 0: "
+            f"it holds no image; check the export from the scanner (a reconstruction saved with "
+            f"its sign flipped?), or set normalisation.{name} = \"percentile\" in the config")
+
+
 def read_files(channels, mmap: bool = False) -> tuple[list[np.ndarray], list[tuple | None]]:
     """Arrays and spacings of channels given as ``(name, path, index)`` triples.
 

@@ -16,7 +16,8 @@ from pathlib import Path
 import numpy as np
 
 from bcseg.data import io
-from bcseg.data.channels import constant_problem, value_range
+from bcseg.data.channels import blank_problem, value_range
+from bcseg.data.intensity import check_methods
 from bcseg.data.dataset import (BUSI_MASK, Case, data_files, dataset_channels, discover,
                                 duplicate_images, duplicate_problem, read_case_channel_arrays)
 from bcseg.data.splits import group_note, require_groups
@@ -63,8 +64,9 @@ def check_dataset(root: str | Path) -> CheckReport:
         report.problems.append((error.path or str(root), error.problem))
     observers = sorted({o for case in cases for o in case.masks})
     channels = dataset_channels(cases) if any(case.channels for case in cases) else []
+    methods = check_methods(None, channels)  # the defaults a run without a config uses: pa is log
     for case in cases:
-        report.problems.extend(check_case(case, observers, report, channels))
+        report.problems.extend(check_case(case, observers, report, channels, methods))
     for first, first_file, other, other_file in duplicate_images(cases):
         report.problems.append((str(other_file), duplicate_problem(first, first_file, other)))
     for path in orphan_masks(Path(root), cases):
@@ -94,21 +96,24 @@ def orphan_masks(root: Path, cases: list[Case]) -> list[Path]:
     return sorted(set(found) - used)
 
 
-def refuse_bad_cases(cases: list[Case], channels: list[str] | None = None, before: str = "training") -> None:
+def refuse_bad_cases(cases: list[Case], channels: list[str] | None = None, before: str = "training",
+                     methods: dict[str, str] | None = None) -> None:
     """Read every case's images and masks before a command's output exists; raise
     DataError naming the first bad file (``before`` says for what they were checked).
 
     A bad file found later (a compressed stack damaged past its header is found only
     when decoded) would leave half an output behind. Images are memory-mapped where
     they can be, so this reads the masks and the headers, not every stack in full.
+    ``methods`` (channel name to normalisation) lets a channel that the method would
+    blank be refused (:func:`bcseg.data.channels.blank_problem`).
     """
     for case in cases:
-        for path, problem in check_case(case, sorted(case.masks), channels=channels or ()):
+        for path, problem in check_case(case, sorted(case.masks), channels=channels or (), methods=methods):
             raise DataError(path, f"{problem} (case '{case.id}', checked before {before})")
 
 
 def check_case(case: Case, observers: list[str], report: CheckReport | None = None,
-               channels: list[str] = ()) -> list[tuple[str, str]]:
+               channels: list[str] = (), methods: dict[str, str] | None = None) -> list[tuple[str, str]]:
     """Read one case's image (every named channel) and masks; return its
     ``(path, message)`` problems.
 
@@ -117,7 +122,7 @@ def check_case(case: Case, observers: list[str], report: CheckReport | None = No
     empty masks are recorded in it.
     """
     try:
-        image, spacing, problems = _read_case(case, list(channels), report)
+        image, spacing, problems = _read_case(case, list(channels), report, methods or {})
     except DataError as error:
         return [(error.path or str(case.image), error.problem)]
     if report is not None:
@@ -159,7 +164,7 @@ def looks_inverted(mask: np.ndarray) -> bool:
     return bool(border.mean() > 0.5)
 
 
-def _read_case(case: Case, channels: list[str], report: CheckReport | None):
+def _read_case(case: Case, channels: list[str], report: CheckReport | None, methods: dict[str, str]):
     """The case's (first) image, its spacing and its problems; with channels, each
     channel is checked and, when ``report`` is given, summarised in it."""
     problems = []
@@ -182,7 +187,7 @@ def _read_case(case: Case, channels: list[str], report: CheckReport | None):
             continue
         if not channels:
             continue
-        problem = constant_problem(name, array)
+        problem = blank_problem(name, array, methods.get(name, "auto"))
         if problem:
             problems.append((str(path), problem))
         if report is not None:

@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 from bcseg import outputs
 from bcseg.atomic import atomic_path, real_path, remove_partials
 from bcseg.data import io
-from bcseg.data.channels import constant_problem, stack as stack_channels
+from bcseg.data.channels import blank_problem, stack as stack_channels
 from bcseg.data.dataset import (Case, discover, id_problem, name_key, read_case_channel_arrays,
                                 read_case_image)
 from bcseg.data.intensity import check_methods, normalise
@@ -525,19 +525,21 @@ def _headers(files: list[Path | Case], problems: dict) -> dict[str, tuple | None
     return headers
 
 
-def _check_pixels(files: list[Path | Case], names: tuple[str, ...], problems: dict) -> None:
+def _check_pixels(files: list[Path | Case], names: tuple[str, ...], problems: dict,
+                  methods: dict[str, str]) -> None:
     """Decode what will be segmented of every input whose header passed (``names``: the
     model's channels): a compressed TIFF damaged past its header fails only when its
     pixels are decoded, which must happen before the first mask is written. An
     uncompressed TIFF is memory-mapped, so this reads little of it; a compressed one
-    is decoded twice, here and when segmented. A named channel that holds one value
-    is refused as check and train refuse it (:func:`bcseg.data.channels.constant_problem`)."""
+    is decoded twice, here and when segmented. A named channel that holds one value, or
+    none above 0 where the model log-normalises it (``methods``), is refused as check and
+    train refuse it (:func:`bcseg.data.channels.blank_problem`)."""
     for item in files:
         if output_name(item) in problems:
             continue
         try:
             for path, name, array in _decoded(item, names):
-                problem = name and constant_problem(name, array)
+                problem = name and blank_problem(name, array, methods.get(name, "auto"))
                 if problem:
                     raise DataError(path, problem)
         except BcsegError as exc:
@@ -694,7 +696,12 @@ def predict_files(model_path: str | Path, inputs, out_dir: str | Path, *, thresh
         kept = [f for f in files if f not in todo]
         todo = _files_to_do(files, wanted, out_dir, force, resume, made)
         remade = [f for f in kept if f in todo]
-    _check_pixels([f for f in files if f in todo], settings.input_channels(), problems)
+    names = settings.input_channels()
+    # a channel any member log-normalises must hold a value above 0 (an ensemble's
+    # members may normalise it differently)
+    logged = {name: "log" for view in settings.member_views()
+              for name, method in check_methods(view.normalisation, list(names)).items() if method == "log"}
+    _check_pixels([f for f in files if f in todo], names, problems, logged)
     _raise_first(problems, keep_going)
     model_named = model_path[0] if isinstance(model_path, (list, tuple)) else model_path
     # Stopped part-way (Ctrl-C, SIGTERM, an error), the masks so far stay for --resume,

@@ -823,11 +823,11 @@ def train(data, out, config=None, overrides: dict | None = None, fold="0", folds
                                          None if isinstance(data, (list, tuple)) else data)
     check_observer(cases, cfg["data"]["observer"],
                     _config_source(out, config, overrides, resume, "data", "observer"))
-    channels, _ = run_channels(cases, cfg, _config_source(out, config, overrides, resume, "data", "channels"))
+    channels, methods = run_channels(cases, cfg, _config_source(out, config, overrides, resume, "data", "channels"))
     if cfg["model"]["ndim"] == 2:  # 3D runs do not augment offline
         pipeline.check_offline_augment(cfg["data"], channels, _config_source(
             out, config, overrides, resume, "data", "offline_augment"))
-    _check_cases(cases, channels)
+    _check_cases(cases, channels, methods)
     _check_memory(cfg, _config_source(out, config, overrides, resume, "train", "batch_size"))
     _check_epoch_memory(cfg, _config_source(out, config, overrides, resume, "train", "steps_per_epoch"))
     # an unusable model is refused before the run dir is touched
@@ -1104,7 +1104,7 @@ def _refuse_changed_settings(saved: dict, config, overrides: dict | None, mixed_
                                  "keeps its settings: resume without the change, or start a new run")
 
 
-def _check_cases(cases: list[Case], channels: list[str] | None = None) -> None:
+def _check_cases(cases: list[Case], channels: list[str] | None = None, methods: dict | None = None) -> None:
     """Read every case's images and masks before the run folder is created.
 
     A bad file found later (when the training cases are cached, or the test fold
@@ -1114,7 +1114,7 @@ def _check_cases(cases: list[Case], channels: list[str] | None = None) -> None:
     """
     from bcseg.data.check import refuse_bad_cases
 
-    refuse_bad_cases(cases, channels, "training")
+    refuse_bad_cases(cases, channels, "training", methods)
 
 
 def _started_from(out: Path, init, resume: bool, cfg: dict, channels) -> tuple[Path | None, dict | None]:
