@@ -1371,3 +1371,48 @@ def test_export_nnunet_refuses_what_writing_would_in_one_line(odd, tmp_path, cap
     assert got == 3
     assert "c2.tif" in one_error_line(err) and "warning" not in err
     assert not (tmp_path / "out").exists()
+
+
+def test_a_run_stopped_after_a_skipped_drawing_draws_its_curves_once_more(tmp_path, tiny_config,
+                                                                           monkeypatch):
+    """The curves are redrawn at most every CURVES_EVERY_S seconds; a run stopped later
+    is drawn once more (final), so its figures show every saved epoch."""
+    from bcseg.learn import train
+    from bcseg.learn.train import Interrupted
+
+    root = write_cases(tmp_path / "data", n=5)
+    calls = []
+    sent = {"evaluations": 0}
+    evaluate = keras.Model.evaluate
+
+    def sigterm_in_the_second_validation(*args, **kwargs):
+        sent["evaluations"] += 1
+        if sent["evaluations"] == 2:
+            signal.raise_signal(signal.SIGTERM)
+        return evaluate(*args, **kwargs)
+
+    monkeypatch.setattr(keras.Model, "evaluate", sigterm_in_the_second_validation)
+    with pytest.raises(Interrupted, match="stopped after epoch 2"):
+        train.train(root, tmp_path / "run", config=tiny_config, overrides={"train": {"epochs": 3}},
+                    plot=lambda out, final=False: calls.append(final))
+    assert calls == [False, False, True]  # after epochs 1 and 2, then the stop
+
+
+def test_the_curves_are_redrawn_at_most_every_so_often_and_when_final(tmp_path):
+    from bcseg.after_fit import curves_drawer
+
+    history = tmp_path / "history.csv"
+    history.write_text("epoch,loss,val_loss\n1,0.9,0.8\n", encoding="utf-8")
+    draw = curves_drawer(every_s=3600)
+    draw(tmp_path)  # the first epoch is always drawn
+    first = (tmp_path / "loss.png").read_bytes()
+    with open(history, "a", encoding="utf-8") as handle:
+        handle.write("2,0.5,0.6\n")
+    draw(tmp_path)  # within the interval: not redrawn
+    assert (tmp_path / "loss.png").read_bytes() == first
+    draw(tmp_path, final=True)
+    assert (tmp_path / "loss.png").read_bytes() != first
+    every = curves_drawer(every_s=0)
+    (tmp_path / "loss.png").unlink()
+    every(tmp_path)
+    assert (tmp_path / "loss.png").is_file()

@@ -312,10 +312,12 @@ def _save_checkpoint(model: keras.Model, out: Path, state: dict) -> None:
 
 
 def fit(model: keras.Model, cfg: dict, train: pipeline.Samples, val: pipeline.Samples | None,
-        out: Path, state: dict, plot: Callable[[Path], object] | None = None) -> dict:
+        out: Path, state: dict, plot: Callable[..., object] | None = None) -> dict:
     """Train epoch by epoch from ``state['epoch']``; checkpoint after every epoch.
 
-    ``plot``, if given, is called with ``out`` after every epoch (to redraw the curves).
+    ``plot``, if given, is called with ``out`` after every epoch (to redraw the curves;
+    it may skip some), and with ``final=True`` when the run stops part-way, so that the
+    curves show every saved epoch.
     """
     t = cfg["train"]
     augment = AugmentConfig.from_dict(cfg["augment"])
@@ -352,6 +354,10 @@ def fit(model: keras.Model, cfg: dict, train: pipeline.Samples, val: pipeline.Sa
                 break
         if stop["signal"] is not None:  # came while the last epoch was being saved
             raise Interrupted(f"stopped after epoch {state['epoch']}", state["epoch"])
+    except Interrupted:
+        if plot is not None and state["epoch"] > 0:
+            plot(out, final=True)
+        raise
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)
@@ -501,7 +507,7 @@ def _after_epoch(model, cfg: dict, out: Path, state: dict, row: dict, plot=None)
 
 def run_fold(cases: list[Case], folds: dict[str, int], fold: int, cfg: dict, out: Path,
              resume: bool = False, init_model: Path | None = None,
-             strategy: str | None = None, plot: Callable[[Path], object] | None = None,
+             strategy: str | None = None, plot: Callable[..., object] | None = None,
              validation: list[str] | None = None, teacher: dict[str, np.ndarray] | None = None,
              before_fit: Callable[[], None] | None = None) -> dict:
     """Fit on every fold but ``fold``, validating on held-out groups of them, or on
@@ -768,7 +774,7 @@ def _distribution(strategy: str | None):
 def train(data, out, config=None, overrides: dict | None = None, fold="0", folds_file=None,
           resume: bool = False, force: bool = False, init=None, strategy: str | None = None,
           mixed_precision: bool = False, after_fit: Callable[[dict], dict] | None = None,
-          plot: Callable[[Path], object] | None = None, validation: list[str] | None = None,
+          plot: Callable[..., object] | None = None, validation: list[str] | None = None,
           teach: Callable[..., tuple[dict, dict]] | None = None) -> list[dict]:
     """Train a U-Net on the cases under ``data``; write the run directory ``out``.
 
@@ -795,7 +801,8 @@ def train(data, out, config=None, overrides: dict | None = None, fold="0", folds
         returns is added to the fold's summary. A fold counts as finished once its
         ``inference.json`` exists (``--resume`` skips it).
     plot : callable, optional
-        Called with the fold's folder after every epoch (to redraw the curves).
+        Called with the fold's folder after every epoch (to redraw the curves), and
+        with ``final=True`` when the run stops part-way (see :func:`fit`).
     validation : list of str, optional
         Case ids to validate on instead of whole groups drawn by ``train.val_fraction``
         (those of a test fold are ignored): a fixed validation set, so that two runs
