@@ -6,7 +6,8 @@ shifts, each at three strengths, and scores the model's masks against the truth
 with the model's own inference settings. The shifts stand for what differs between
 scanners: gamma and contrast (display and dynamic range), a gain ramp with depth
 (time-gain compensation), blur and resampling (resolution and focus), speckle of
-another grain, and JPEG compression (exported images).
+another grain, JPEG compression (exported images), and the depth and width of the field
+of view (zoom in and out: lesions shown larger or smaller).
 
 The shifts are written here in NumPy/SciPy, independently of the training
 augmentation, so the benchmark does not grade the augmentation by its own yardstick.
@@ -97,7 +98,30 @@ def jpeg(image, quality):
     return iio.imread(bytes_io.BytesIO(buffer), extension=".jpg")
 
 
+def zoom_in(image, truth, fraction):
+    """A shallower depth and narrower field of view: the central ``fraction`` of the
+    height and width, truth cropped alike, shown at the image's size (lesions larger)."""
+    h, w = image.shape
+    top, left = (h - round(h * fraction)) // 2, (w - round(w * fraction)) // 2
+    window = (slice(top, top + round(h * fraction)), slice(left, left + round(w * fraction)))
+    return image[window], truth[window]
+
+
+def zoom_out(image, truth, factor):
+    """A deeper, wider field of view: the image and truth shrunk by ``factor`` at the
+    top centre of a dark frame of the original size (lesions smaller, the transducer
+    still at the top; outside the scanned sector a scanner shows black)."""
+    small = _to_uint8(ndimage.zoom(image.astype(np.float32), factor, order=1))
+    small_truth = ndimage.zoom(truth.astype(np.float32), factor, order=1) >= 0.5
+    frame, frame_truth = np.zeros_like(image), np.zeros_like(truth)
+    left = (image.shape[1] - small.shape[1]) // 2
+    frame[: small.shape[0], left: left + small.shape[1]] = small
+    frame_truth[: small.shape[0], left: left + small.shape[1]] = small_truth
+    return frame, frame_truth
+
+
 # name -> (function, value per strength); "moderate" is the level the recipe targets.
+# Intensity shifts take the image; geometric ones (GEOMETRIC) the image and its truth.
 SHIFTS = {
     "gamma dark": (gamma, (1.2, 1.5, 2.0)),
     "gamma bright": (gamma, (0.85, 0.67, 0.5)),
@@ -108,7 +132,10 @@ SHIFTS = {
     "speckle": (speckle, (0.75, 1.5, 3.0)),
     "contrast": (contrast, (0.8, 0.6, 0.4)),
     "jpeg": (jpeg, (50, 20, 8)),
+    "zoom in": (zoom_in, (0.9, 0.8, 0.67)),
+    "zoom out": (zoom_out, (0.9, 0.8, 0.67)),
 }
+GEOMETRIC = ("zoom in", "zoom out")  # change the truth with the image
 
 
 def _grey(image: np.ndarray) -> np.ndarray:
@@ -144,8 +171,8 @@ def score(model, images, settings, shift=None) -> np.ndarray:
 
     scores = []
     for i, (_, _, image, truth) in enumerate(images):
-        shifted = image if shift is None else shift(image)
-        scores.append(dice(segment(model, shifted, settings), truth))
+        shifted, target = (image, truth) if shift is None else shift(image, truth)
+        scores.append(dice(segment(model, shifted, settings), target))
     return np.array(scores)
 
 
@@ -171,6 +198,9 @@ def main(argv=None) -> int:
     parser.add_argument("--out", default="bench-out/shift")
     parser.add_argument("--strengths", nargs="+", choices=STRENGTHS, default=list(STRENGTHS),
                         help="which strengths to score (default: all three)")
+    parser.add_argument("--shifts", nargs="+", choices=list(SHIFTS), default=list(SHIFTS),
+                        metavar="SHIFT", help="which shifts to score (default: all): "
+                        + ", ".join(f"'{name}'" for name in SHIFTS))
     parser.add_argument("--quick", action="store_true",
                         help="20 images, moderate strength only (about a minute)")
     args = parser.parse_args(argv)
@@ -192,10 +222,16 @@ def main(argv=None) -> int:
                            "input_size": [view.input_size for view in settings.member_views()]}, "fold": args.fold, "n": len(images),
               "clean": float(clean.mean()), "strengths": strengths, "shifts": {}, "cpu": cpu_flags()}
     for name, (function, values) in SHIFTS.items():
+        if name not in args.shifts:
+            continue
         row = []
         for strength in strengths:
             value = values[STRENGTHS.index(strength)]
-            scores = score(model, images, settings, lambda im: function(im, value))
+            if name in GEOMETRIC:
+                shifted = lambda im, truth: function(im, truth, value)  # noqa: E731
+            else:
+                shifted = lambda im, truth: (function(im, value), truth)  # noqa: E731
+            scores = score(model, images, settings, shifted)
             row.append({"strength": strength, "value": value, "dice": float(scores.mean()),
                         "missed": float((scores < 0.5).mean())})
         result["shifts"][name] = row
