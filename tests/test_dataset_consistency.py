@@ -130,3 +130,32 @@ def test_check_lists_a_mask_that_no_image_uses(tmp_path, capsys):
     code, out, _ = run_main(capsys, ["check", data])
     assert code != 0
     assert "c_9.tif: is a mask with no image of the same name" in out
+
+
+@pytest.mark.parametrize("rows, what", [
+    # c1's row names c0's mask: c1 would train and be scored against another image's tumour
+    ("c0,images/c0.tif,masks/observer1/c0.tif\nc1,images/c1.tif,masks/observer1/c0.tif\n",
+     "line 3: 'masks/observer1/c0.tif' is observer observer1's mask of case 'c1', but also "
+     "observer observer1's mask of case 'c0' (line 2)"),
+    # an image given as a mask: a binary image passed every other check
+    ("c0,images/c0.tif,masks/observer1/c0.tif\nc1,masks/observer1/c0.tif,masks/observer1/c1.tif\n",
+     "line 3: 'masks/observer1/c0.tif' is the image of case 'c1', but also observer observer1's "
+     "mask of case 'c0' (line 2)"),
+])
+def test_a_manifest_giving_one_mask_file_two_roles_is_refused(rows, what, tmp_path, capsys, tiny):
+    data = write_cases(tmp_path / "data", 2)
+    manifest = data / "manifest.csv"
+    manifest.write_text("id,image,mask_observer1\n" + rows)
+    line = refused(capsys, ["check", data], 3, "manifest.csv", tmp_path / "none")
+    assert what in line, line
+    refused(capsys, ["train", data, "--out", tmp_path / "run", "--config", tiny], 3,
+            "manifest.csv", tmp_path / "run")
+
+
+def test_a_mask_linked_to_another_cases_mask_is_refused(tmp_path, capsys):
+    """masks/observer1/c1.tif a link to c0.tif: c1 silently had c0's tumour."""
+    data = write_cases(tmp_path / "data", 2)
+    (data / "masks" / "observer1" / "c1.tif").unlink()
+    (data / "masks" / "observer1" / "c1.tif").symlink_to("c0.tif")
+    line = refused(capsys, ["check", data], 3, "observer1/c1.tif", tmp_path / "none")
+    assert "also observer observer1's mask of case 'c0'" in line, line

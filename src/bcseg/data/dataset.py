@@ -293,6 +293,7 @@ def _discover_images_masks(root: Path) -> list[Case]:
                                if _form(c.id) in files})
              for c in cases]
     _check_unique_ids(cases, root)
+    _refuse_shared_masks(cases, root)  # a mask linked to another's
     return cases
 
 
@@ -469,6 +470,7 @@ def _discover_busi(root: Path) -> list[Case]:
         raise DataError(root / "folds.csv", "names none of the images in the class folders "
                         "(its 'image' column: class/NAME.png, as BUSI's download has them)")
     _check_unique_ids(cases, root)
+    _refuse_shared_masks(cases, root)
     return cases
 
 
@@ -559,6 +561,55 @@ def _check_unique_ids(cases: list[Case], where: Path) -> None:
                             f"{case.image}); their outputs would overwrite each other on macOS and "
                             "Windows, so rename one")
         seen[key] = (case.id, case.image)
+
+
+def _refuse_shared_masks(cases: list[Case], where: Path, lines: dict[str, int] | None = None) -> None:
+    """Refuse a mask file that is also another case's mask, or any case's image.
+
+    A mask is drawn on one image. A manifest row that names the row above's mask (a
+    cell copied down), or a mask linked to another case's, pairs a tumour with the
+    wrong image: of the same size, it trained and scored without a word. An image
+    given as a mask (a binary image passes as one) is the same slip. A mask shared by
+    two cases of one image (a copy listed twice) is right for both; whether the copy
+    may be there is :func:`duplicate_images`' to judge, by group. Two observers of one
+    case given one file are left to ``evaluate``, which refuses them only when both
+    are scored. ``lines`` (case id to manifest line) places each use in the file.
+    """
+    first_use: dict[Path, tuple[Case, str]] = {}
+    for case in cases:
+        images = dict.fromkeys([case.image, *(c.path for c in case.channels)])
+        uses = [(path, "the image") for path in images]
+        uses += [(path, f"observer {observer}'s mask") for observer, files in case.masks.items()
+                 for path in files]
+        for path, role in uses:
+            first, first_role = first_use.setdefault(real_path(path), (case, role))
+            if first is case and (first_role == role or "the image" not in (role, first_role)):
+                continue  # one file twice for one observer, or two observers (see above)
+            if role == first_role == "the image" or "the image" not in (role, first_role) \
+                    and _same_content(case.image, first.image):
+                continue  # one image in two cases (with its mask): duplicate_images judges them
+            other = f"{first_role} of case '{first.id}'"
+            if lines is None:
+                raise DataError(path, f"is {role} of case '{case.id}', but also {other} (one file "
+                                "through a link); a mask belongs to the one image it was drawn "
+                                "on: give each its own file")
+            try:
+                shown = path.relative_to(where.parent)
+            except ValueError:
+                shown = path
+            raise DataError(where, f"line {lines[case.id]}: '{shown}' is {role} of case '{case.id}', "
+                            f"but also {other} (line {lines[first.id]}); a mask belongs to the "
+                            "one image it was drawn on: give each its own file")
+
+
+def _same_content(a: Path, b: Path) -> bool:
+    """Whether two files are one, or byte for byte alike (sizes compared first)."""
+    if real_path(a) == real_path(b):
+        return True
+    try:
+        return a.stat().st_size == b.stat().st_size and file_sha256(a) == file_sha256(b)
+    except OSError:  # reading it later says what is wrong
+        return False
 
 
 def case_digest(case: Case) -> str:
@@ -784,6 +835,7 @@ def read_manifest(path: str | Path) -> list[Case]:
         check_observer_name(column[len("mask_"):], path)
     base = path.parent
     cases = []
+    lines: dict[str, int] = {}
     for number, row in rows:  # the line each row starts on; line 1 is the header
         masks = {}
         for column in mask_columns:
@@ -810,7 +862,9 @@ def read_manifest(path: str | Path) -> list[Case]:
             else _manifest_path(image, base, path, number),
             masks=masks, group=group or case_id, group_given=bool(group),
             label_class=(row.get("class") or "").strip() or None, channels=channels))
+        lines[case_id] = number
     _check_unique_ids(cases, path)
+    _refuse_shared_masks(cases, path, lines)
     return cases
 
 
