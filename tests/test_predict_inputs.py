@@ -102,6 +102,34 @@ def _cases(table: Path) -> list[str]:
 
 # --------------------------------------------------------------------------- naming
 
+def test_a_grey_manifest_names_its_masks_by_case_as_evaluate_pairs_them(tmp_path, capsys, models, stacks):
+    """A manifest of one image per case named masks after the file (P1/us.tif and P2/us.tif
+    collided), and ``evaluate`` pairs them by case id: rows whose ids are other rows' file
+    names (``b,a.tif`` and ``a,b.tif``) had each mask scored against the other image's
+    observers, without a word."""
+    data = tmp_path / "data"
+    write_phantom(data, n=2, shape=SHAPE, seed=2)
+    a, b = sorted((data / "images").iterdir())
+    ma, mb = sorted((data / "masks" / "observer1").iterdir())
+    (data / "manifest.csv").write_text(f"id,image,mask_observer1,group\n{b.stem},images/{a.name},"
+                                       f"masks/observer1/{ma.name},g0\n{a.stem},images/{b.name},"
+                                       f"masks/observer1/{mb.name},g1\n", encoding="utf-8")
+    out, alone = tmp_path / "seg", tmp_path / "alone"
+    code, _, err = run(capsys, "predict", data / "manifest.csv", "--model", models["2d"], "--out", out,
+                       "--no-progress", "--save-prob")
+    assert code == 0, err
+    assert sorted(p.name for p in out.glob("*.tif")) == sorted(f"{n}_{k}.tif" for n in (a.stem, b.stem)
+                                                          for k in ("mask", "prob"))
+    code, _, err = run(capsys, "predict", a, "--model", models["2d"], "--out", alone, "--no-progress",
+                       "--save-prob")
+    assert code == 0, err
+    # case b.stem is image a: its map is a's, not b's
+    assert np.array_equal(tifffile.imread(out / f"{b.stem}_prob.tif"),
+                          tifffile.imread(alone / f"{a.stem}_prob.tif"))
+    assert not np.array_equal(tifffile.imread(out / f"{a.stem}_prob.tif"),
+                              tifffile.imread(alone / f"{a.stem}_prob.tif"))
+
+
 def test_margins_force_with_a_given_specimen_leaves_predicts_specimen_mask(tmp_path, capsys, models,
                                                                            stacks):
     """margins --force --specimen deleted predict's computed S_specimen.tif as if an

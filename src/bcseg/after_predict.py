@@ -31,8 +31,8 @@ def margins_step(out_dir: Path, margins: bool, spacing_mm: Sequence[float] | Non
 def _margin_channels(item: Path | Case):
     """What :func:`bcseg.measure.margins.margins_for_files` reads: a file, or a case's
     channels by name (the first, ``us`` where the case has it, finds the specimen)."""
-    if not isinstance(item, Case):
-        return item
+    if not isinstance(item, Case) or not item.channels:  # a file, or a case of one file
+        return input_file(item)
     # ``us`` first wherever the layout put it: channel folders without channels.json are
     # read in name order, pa before us, and the specimen was found in the PA signal.
     ordered = sorted(item.channels, key=lambda c: not is_modality(c.name, ULTRASOUND))

@@ -188,9 +188,20 @@ def read_files(item: Path | Case) -> list[Path]:
 
 
 def _dataset_inputs(root: Path) -> list[Path | Case]:
-    """The images of a dataset folder or manifest, laid out as for training: a case of
-    named channels as its Case, a case of one unnamed image as its file."""
-    return [case if case.channels else case.image for case in discover(root)]
+    """The cases of a dataset folder or manifest, laid out as for training.
+
+    A case of one unnamed image is segmented as its file (:func:`_named_channels`), but
+    stays a Case so that its outputs take its id, as ``evaluate`` pairs them: a manifest
+    row ``img1,scans/img0.tif`` named its mask ``img0_mask.tif``, which evaluate then
+    scored against case ``img0``, another image's masks, without a word.
+    """
+    return list(discover(root))
+
+
+def _named_channels(item: Path | Case) -> bool:
+    """Whether an input is read by its named channels; a case that names none (a
+    manifest's ``image`` column) is read as its one file."""
+    return isinstance(item, Case) and bool(item.channels)
 
 
 def _is_dataset(item: Path) -> bool:
@@ -275,7 +286,7 @@ def _check_channels(files: list[Path | Case], names: tuple[str, ...]) -> None:
     as that channel too; a model of several takes cases whose channels include its own.
     """
     for item in files:
-        if isinstance(item, Case):
+        if _named_channels(item):
             have = item.channel_names
             missing = [n for n in names if n not in have]
             if not names or missing:
@@ -283,7 +294,7 @@ def _check_channels(files: list[Path | Case], names: tuple[str, ...]) -> None:
                 raise DataError(item.image, f"case '{item.id}' has channel(s) {', '.join(have)}; "
                                 f"the model takes {wants}")
         elif len(names) > 1:
-            raise DataError(item, f"is one image, but the model takes channels {', '.join(names)}: "
+            raise DataError(input_file(item), f"is one image, but the model takes channels {', '.join(names)}: "
                             "give a dataset folder with images/<channel>/ folders (or _0000 files, "
                             "or images with a C axis, named by channels.json)")
 
@@ -392,9 +403,9 @@ def _read_input(item: Path | Case, names: tuple[str, ...]) -> tuple[np.ndarray, 
     """An input's image, spacing and channels' own dtypes (None for a file): a file
     memory-mapped (channel axis added for a model of one named channel), a case's named
     channels stacked last."""
-    if isinstance(item, Case):
+    if _named_channels(item):
         return _case_channels(item, names)
-    image, spacing = io.open_volume(item)
+    image, spacing = io.open_volume(input_file(item))
     return (image[..., None] if names else image), spacing, None
 
 
@@ -424,7 +435,7 @@ def _output_geometry(item: Path | Case, image: np.ndarray, spacing) -> tuple:
     file's C axis is written as read: the file stores its channels too, and reading it
     as one image refuses it (every case of a hyperstack dataset failed so).
     """
-    if isinstance(item, Case) and item.channels[0].index is not None:
+    if _named_channels(item) and item.channels[0].index is not None:
         return image.shape, spacing
     shape, stored_spacing = io.stored_geometry(input_file(item))
     if shape == image.shape or math.prod(shape) != image.size:
@@ -502,7 +513,7 @@ def _header(item: Path | Case) -> tuple[tuple[int, ...], tuple | None] | None:
     image only from a dataset folder that names its channels.
     """
     path = input_file(item)
-    if isinstance(item, Case) and item.channels[0].index is not None:
+    if _named_channels(item) and item.channels[0].index is not None:
         # a plane of a file's C axis: read it (tifffile has no header-only view of one)
         planes, spacing = io.read_channels(path)
         return tuple(planes.shape[:-1]), spacing
@@ -549,11 +560,11 @@ def _check_pixels(files: list[Path | Case], names: tuple[str, ...], problems: di
 def _decoded(item: Path | Case, names: tuple[str, ...]) -> list[tuple[Path, str | None, np.ndarray]]:
     """``(file, channel name or None, array)`` of what predict segments of one input,
     memory-mapped where the file allows."""
-    if isinstance(item, Case) and names:
+    if _named_channels(item) and names:
         arrays, _ = read_case_channel_arrays(item, list(names), mmap=True)
         files = {channel.name: channel.path for channel in item.channels}
         return [(files[name], name, array) for name, array in arrays.items()]
-    if isinstance(item, Case):
+    if _named_channels(item):
         return [(item.image, None, read_case_image(item, mmap=True)[0])]
     name = names[0] if len(names) == 1 else None  # one file: the model's one channel, if named
     return [(input_file(item), name, io.read_image(input_file(item), mmap=True)[0])]
@@ -566,7 +577,7 @@ def _check_ranks(files: list[Path | Case], headers: dict, models: list, problems
     for item in files:
         header = headers[output_name(item)]
         stored = io.stored_geometry(input_file(item))[0] if header and len(header[0]) == 2 \
-            and 3 in ranks and not isinstance(item, Case) else ()
+            and 3 in ranks and not _named_channels(item) else ()
         for ndim in sorted(ranks):
             problem = header and rank_problem(ndim, header[0], stored)
             if problem:
