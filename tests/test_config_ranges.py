@@ -122,7 +122,11 @@ def test_out_of_range_value_is_a_config_error_naming_file_and_key(toml, key, tmp
     ("[augment]\nscale = [\"a\", \"b\"]", "augment.scale"),
     ("[train]\nlearning_rate = nan", "train.learning_rate"),
     ("[train]\nlearning_rate = 1" + "0" * 400, "train.learning_rate"),
-], ids=["dropout", "stem_stride", "scale", "learning_rate", "learning_rate_beyond_float"])
+    # passed the file's checks, then the model refused it with a bare ValueError (exit 1)
+    # after config.toml, splits.json and fold.json were written
+    ('[model]\nnorm = "none"\ndecoder_norm_only = true', "model.decoder_norm_only"),
+], ids=["dropout", "stem_stride", "scale", "learning_rate", "learning_rate_beyond_float",
+        "decoder_norm_only without a norm"])
 def test_train_with_a_bad_config_exits_before_the_run_folder(toml, key, tmp_path, phantom_root, capsys):
     from test_robustness import one_error_line, run_main  # imports Keras: only here
 

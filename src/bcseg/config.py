@@ -255,11 +255,15 @@ def _is_number(value) -> bool:
 
 def _check_model_shape(cfg: dict, source) -> None:
     """What :func:`bcseg.learn.models.unet` refuses, or fails on in the first batch:
-    a stride that is no power of two, a filter cap below the first level's filters, and
-    inputs that ``2**depth * stem_stride`` does not divide (the skips would not match)."""
+    a stride that is no power of two, a decoder-only norm with no norm, a filter cap
+    below the first level's filters, and inputs that ``2**depth * stem_stride`` does not
+    divide (the skips would not match)."""
     m, d = cfg["model"], cfg["data"]
     if m["stem_stride"] & (m["stem_stride"] - 1):
         raise ConfigError(source, f"'model.stem_stride' must be a power of two, got {m['stem_stride']}")
+    if m["decoder_norm_only"] and m["norm"] == "none":  # unet() refuses it after the run folder exists
+        raise ConfigError(source, "'model.decoder_norm_only' must be false when model.norm is "
+                          "\"none\" (there is no norm to keep to the decoder), got true")
     if 0 < m["max_filters"] < m["base_filters"]:
         raise ConfigError(source, f"'model.max_filters' must be 0 (no cap) or at least "
                           f"model.base_filters ({m['base_filters']}), got {m['max_filters']}")
