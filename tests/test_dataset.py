@@ -256,6 +256,8 @@ def test_manifest_missing_file(tmp_path):
     # one file on macOS: "café" as one code point and as "e" + a combining accent
     ("id,image\ncaf\u00e9,a.png\ncafe\u0301,a.png\n",
      r"differ only in letter case or Unicode form, 'caf\\xe9' and 'cafe\\u0301'"),
+    # an observer called '': its scores read as rows of no reference, and --observer cannot name it
+    ("id,image,mask_\na,a.png,a.png\n", "a column 'mask_' that names no observer"),
 ])
 def test_manifest_malformed(tmp_path, text, message):
     write_png(tmp_path / "a.png", IMAGE)

@@ -832,6 +832,9 @@ def read_manifest(path: str | Path) -> list[Case]:
     channel_files.check_channel_names([c[len("image_"):] for c in channel_columns], path)
     mask_columns = [c for c in columns if c.startswith("mask_")]
     for column in mask_columns:
+        if column == "mask_":  # an observer called '': scored as no reference, and unselectable
+            raise DataError(path, "manifest has a column 'mask_' that names no observer; name it "
+                            "mask_<observer> (mask_observer1, ...)")
         check_observer_name(column[len("mask_"):], path)
     base = path.parent
     cases = []
