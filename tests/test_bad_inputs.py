@@ -1197,6 +1197,20 @@ def test_a_busi_layout_without_folds_csv_keeps_each_image_its_own_group(tmp_path
     assert len(set(groups.values())) == 4
 
 
+def test_a_busi_folds_csv_that_leaves_an_image_out_is_refused(tmp_path, capsys):
+    """An image folds.csv does not list became a group of its own without a word, free to
+    land in another fold than its near-duplicate (a file renamed after the download)."""
+    root = write_busi(tmp_path / "busi")
+    (root / "benign" / "benign (2).png").rename(root / "benign" / "benign (2b).png")
+    (root / "benign" / "benign (2)_mask.png").rename(root / "benign" / "benign (2b)_mask.png")
+    out = tmp_path / "out" / "splits.json"
+    line = assert_refused(capsys, ["split", root, "--out", out, "--k", "2"], 3,
+                          "lists no row for 1 image(s) of the class folders: benign/benign (2b).png",
+                          tmp_path)
+    assert line.startswith(f"bcseg: error: {root / 'folds.csv'}: ")
+    assert not out.parent.exists()
+
+
 def _two_files_of_one_stem(root: Path, layout: str) -> tuple[Path, Path]:
     """A dataset in ``layout`` with a second file (``.nii.gz``) beside one of its files;
     returns the folder holding both and the first of them."""

@@ -469,6 +469,12 @@ def _discover_busi(root: Path) -> list[Case]:
     if groups and not any(c.id in groups for c in cases):  # every image its own group: leakage
         raise DataError(root / "folds.csv", "names none of the images in the class folders "
                         "(its 'image' column: class/NAME.png, as BUSI's download has them)")
+    unlisted = [c for c in cases if groups and c.id not in groups]
+    if unlisted:  # each would be a group of its own, apart from its near-duplicates: the same leak
+        shown = ", ".join(f"{c.label_class}/{c.image.name}" for c in unlisted[:5])
+        raise DataError(root / "folds.csv", f"lists no row for {len(unlisted)} image(s) of the class "
+                        f"folders: {shown}{' ...' if len(unlisted) > 5 else ''}; add a row with its "
+                        "near-duplicate group for each, or move it out")
     _check_unique_ids(cases, root)
     _refuse_shared_masks(cases, root)
     return cases
