@@ -356,3 +356,40 @@ def test_a_recipe_the_reference_augmentation_cannot_run_exits_before_the_run_fol
     assert code == 4, line
     assert line.startswith(f"bcseg: error: {config}: ") and said in line, line
     assert not run.exists()
+
+
+@pytest.mark.parametrize("toml, flags, key", [
+    ('[train]\nsplit = "last"\nk = 3', [], "'train.k' = 3 is read by train.split = \"kfold\""),
+    ("[train]\ntest_last = 2", [], "'train.test_last' = 2 is read by train.split = \"last\""),
+    ("[augment]\nenabled = false\nrotation_deg = 30.0", [], "'augment.rotation_deg' = 30.0"),
+    ("[train]\nteacher_weight = 0.7", [], "'train.teacher_weight' = 0.7"),
+    ('[data]\noffline_augment = "reference"', ["--model", "unet3d"], "'data.offline_augment'"),
+    ('[train]\nsplit = "last"', ["--folds-file", "FOLDS"], "'train.split' = 'last'"),
+], ids=["k beside last", "test_last beside kfold", "augment off", "no teacher", "offline 3D",
+        "last beside a folds file"])
+def test_a_key_the_recipe_leaves_unread_exits_before_the_run_folder(toml, flags, key, tmp_path,
+                                                                     phantom_root, capsys):
+    """Each was ignored without a word, and the run's config.toml still recorded it as if
+    used; a recipe of split = "last" given a folds file of 4 folds trained fold 0 only."""
+    from test_robustness import one_error_line, run_main  # imports Keras: only here
+
+    folds = tmp_path / "folds.csv"
+    folds.write_text("image,fold\n" + "".join(f"{p.name},{i}\n" for i, p in
+                                              enumerate(sorted((phantom_root / "images").iterdir()))))
+    config = tmp_path / "recipe.toml"
+    config.write_text("[model]\nbase_filters = 4\ndepth = 2\n" + toml + "\n", encoding="utf-8")
+    run = tmp_path / "run"
+    flags = [folds if f == "FOLDS" else f for f in flags]
+    code, _, err = run_main(capsys, ["train", phantom_root, "--out", run, "--config", config, *flags])
+    assert code == ConfigError.exit_code == 4
+    assert one_error_line(err).startswith(f"bcseg: error: {config}: {key}"), err
+    assert not run.exists()
+
+
+@pytest.mark.parametrize("preset", ["default", "seed", "demo", "busi"])
+def test_the_presets_and_saved_recipes_leave_no_key_unread(preset, tmp_path):
+    from bcseg.config import save_config, unused_keys
+
+    cfg = load_config(preset)
+    assert unused_keys(cfg) == []
+    assert unused_keys(load_config(save_config(cfg, tmp_path / "config.toml"))) == []

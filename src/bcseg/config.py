@@ -310,6 +310,43 @@ def _check_channels(data: dict, source) -> None:
                           f"({', '.join(NORMALISATIONS)}), got {data['normalisation']!r}")
 
 
+def unused_keys(cfg: dict, folds_file: bool = False) -> list[tuple[str, str, str]]:
+    """``(section, key, why)`` for each key of ``cfg`` that holds other than its default
+    value, yet that the recipe's own choices leave unread (``folds_file``: the folds come
+    from ``--folds-file``), first the mode that would read it.
+
+    Such a key was ignored without a word: ``k = 10`` beside ``split = "last"`` made no
+    folds, augmentation strengths beside ``augment.enabled = false`` augmented nothing,
+    and ``offline_augment = "reference"`` in a 3D run copied no slice. Keys that another
+    model size reads (``data.patch_depth`` in a 2D run) are left alone: one recipe serves
+    ``--model unet2d`` and ``--model unet3d``.
+    """
+    default = _read_toml(PRESET_DIR / "default.toml")
+    train, found = cfg["train"], []
+
+    def unused(section: str, key: str, why: str) -> None:
+        if cfg[section][key] != default[section][key]:
+            found.append((section, key, why))
+
+    if folds_file and train["split"] == "last":
+        found.append(("train", "split", "chooses the test specimens, but --folds-file gives the "
+                      "folds (only its fold 0 would be trained and tested)"))
+    elif train["split"] == "last":
+        unused("train", "k", 'is read by train.split = "kfold"; "last" makes no folds')
+    elif not folds_file:
+        unused("train", "test_last", 'is read by train.split = "last"; "kfold" tests every fold')
+    if not train["teacher"]:
+        unused("train", "teacher_weight", "is the share of a teacher, and train.teacher names none")
+    if not cfg["augment"]["enabled"]:
+        for key in cfg["augment"]:
+            if key != "enabled":
+                unused("augment", key, "is an augmentation, and augment.enabled is false")
+    if cfg["model"]["ndim"] == 3:
+        unused("data", "offline_augment", "augments 2D slices; a 3D model augments its patches "
+               "on the fly")
+    return found
+
+
 _TOML_ESCAPES = {"\\": "\\\\", '"': '\\"', "\n": "\\n", "\t": "\\t", "\r": "\\r"}
 
 

@@ -44,7 +44,7 @@ from bcseg import rundir
 from bcseg.learn import pipeline
 from bcseg.atomic import atomic_path, partial_name, read_json, remove_partials, write_text
 from bcseg.learn.augment import AugmentConfig
-from bcseg.config import load_config, save_config
+from bcseg.config import load_config, save_config, unused_keys
 from bcseg.data.consensus import METHODS
 from bcseg.data.channels import ULTRASOUND, check_channel_name, is_modality
 from bcseg.data.io import not_a_file
@@ -823,6 +823,11 @@ def train(data, out, config=None, overrides: dict | None = None, fold="0", folds
     if ((overrides or {}).get("train") or {}).get("teacher_weight") is not None and not cfg["train"]["teacher"]:
         raise UsageError(None, "--teacher-weight needs --teacher or a recipe's train.teacher "
                          "(the model to distil); without one it would be ignored")
+    if not resume:  # the run's own config.toml was checked when the run began
+        for section, key, why in unused_keys(cfg, bool(folds_file)):
+            source = _config_source(out, config, overrides, resume, section, key)
+            raise ConfigError(source or "command line", f"'{section}.{key}' = {cfg[section][key]!r} "
+                              f"{why}; remove one of the two")
     cases = _read_cases(data, cfg)
     # Folds are chosen and the fold checked before the run directory is touched, so a
     # wrong --fold leaves nothing behind that a corrected command would trip over.
