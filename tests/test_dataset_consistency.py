@@ -159,3 +159,19 @@ def test_a_mask_linked_to_another_cases_mask_is_refused(tmp_path, capsys):
     (data / "masks" / "observer1" / "c1.tif").symlink_to("c0.tif")
     line = refused(capsys, ["check", data], 3, "observer1/c1.tif", tmp_path / "none")
     assert "also observer observer1's mask of case 'c0'" in line, line
+
+
+def test_one_file_for_two_observers_is_refused_before_training(tmp_path, capsys, tiny):
+    """Training went through fold after fold, then the evaluation of a test fold holding
+    the case refused it (exit 3) and left the run folder half made."""
+    data = two_observers(tmp_path / "data")
+    (data / "manifest.csv").write_text(
+        "id,image,mask_observer1,mask_observer2,group\n" + "".join(
+            f"c{i},images/c{i}.tif,masks/observer1/c{i}.tif,masks/observer{1 if i == 2 else 2}/c{i}.tif,g{i}\n"
+            for i in range(4)))
+    code, out, _ = run_main(capsys, ["check", data])
+    assert code == 3
+    assert "observer1/c2.tif: is the mask of observers observer1 and observer2 of case 'c2'" in out, out
+    line = refused(capsys, ["train", data, "--out", tmp_path / "run", "--config", tiny, "--folds", "all"],
+                   3, "observer1/c2.tif", tmp_path / "run")
+    assert "checked before training" in line, line

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from bcseg.atomic import real_path
 from bcseg.data import io
 from bcseg.data.channels import blank_problem, value_range
 from bcseg.data.intensity import check_methods
@@ -148,7 +149,23 @@ def check_case(case: Case, observers: list[str], report: CheckReport | None = No
                 empty = False  # unreadable is a problem, not an empty mask
         if empty and report is not None:
             report.empty_masks.append((case.id, observer))
+    problems.extend(_shared_by_observers(case))
     return problems
+
+
+def _shared_by_observers(case: Case) -> list[tuple[str, str]]:
+    """One file given as two observers' masks of ``case`` (a manifest cell copied into the
+    next column): their agreement, Dice 1, would raise the human ceiling. ``evaluate``
+    refuses it when it scores both; ``train`` scores every observer on each test fold,
+    so it must be refused before training, not after the first folds."""
+    owner: dict[Path, str] = {}
+    for name in sorted(case.masks):
+        for path in case.masks[name]:
+            first = owner.setdefault(real_path(path), name)
+            if first != name:
+                return [(str(path), f"is the mask of observers {first} and {name} of case '{case.id}'; "
+                         "each observer's mask is their own delineation")]
+    return []
 
 
 def looks_inverted(mask: np.ndarray) -> bool:
