@@ -136,3 +136,27 @@ def test_every_case_in_fold_0_is_refused(tmp_path, cases):
     """One fold: every case tested and none left to train on; split wrote it anyway."""
     path = folds_csv(tmp_path, *(f"{specimen(k)},0" for k in range(PHANTOM_N)))
     refused(path, cases, "puts every case in fold 0: none is left to train on")
+
+
+def test_an_image_column_matches_the_case_of_that_image(tmp_path, phantom_root):
+    """Rows were matched to case ids by the image's file stem: for a manifest whose ids
+    are not its file names, a fold file of images named no case, or (ids that are other
+    rows' file names) gave each case another image's fold, without a word."""
+    images = sorted((phantom_root / "images").iterdir())
+    ids = [specimen(k) for k in (1, 0, 3, 2)]  # each case named after another's file
+    manifest = tmp_path / "manifest.csv"
+    manifest.write_text("id,image,group\n" + "".join(f"{i},{p},{i}\n" for i, p in zip(ids, images)),
+                        encoding="utf-8")
+    cases = read_manifest(manifest)
+    folds = folds_csv(tmp_path, *(f"images/{p.name},{k % 2}" for k, p in enumerate(images)),
+                      header="image,fold")
+    assert folds_from_file(folds, cases) == {i: k % 2 for k, i in enumerate(ids)}
+    # two cases of one file name (one folder per patient): an image row cannot tell them apart
+    (tmp_path / "P1").mkdir()
+    (tmp_path / "P2").mkdir()
+    (tmp_path / "P1" / "us.tif").write_bytes(images[0].read_bytes())
+    (tmp_path / "P2" / "us.tif").write_bytes(images[1].read_bytes())
+    manifest.write_text("id,image,group\nP1,P1/us.tif,P1\nP2,P2/us.tif,P2\n", encoding="utf-8")
+    path = folds_csv(tmp_path, "P1/us.tif,0", "P2/us.tif,1", header="image,fold")
+    line = refused(path, read_manifest(manifest), "line 2: image 'P1/us.tif' is the file name of cases P1, P2")
+    assert "give an 'id' column" in line

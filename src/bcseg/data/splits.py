@@ -217,6 +217,12 @@ def folds_from_file(path: str | Path, cases: list[Case]) -> dict[str, int]:
         raise DataError(path, "line 1: fold file needs columns 'fold' and 'image' or 'id'")
     if not rows:
         raise DataError(path, "fold file has no rows")
+    # An image row names the case of that image, not the case whose id is its file name:
+    # a manifest's ids need not be its file names (and 'b,a.tif' beside 'a,b.tif' swapped
+    # every fold without a word). Where the ids are the file names, as in folders, both agree.
+    owners: dict[str, list[str]] = defaultdict(list)
+    for case in cases:
+        owners[io.file_stem(case.image)].append(case.id)
     by_key: dict[str, tuple[int, int]] = {}  # case key -> (fold, line)
     for line, row in rows:
         case_id = (row.get("id") or "").strip()
@@ -224,6 +230,11 @@ def folds_from_file(path: str | Path, cases: list[Case]) -> dict[str, int]:
         key = case_id or (io.file_stem(image) if image else "")
         if not key:
             raise DataError(path, f"line {line}: names no case (its id and image are empty)")
+        if not case_id and len(owners.get(key, ())) > 1:
+            raise DataError(path, f"line {line}: image '{image}' is the file name of cases "
+                            f"{', '.join(owners[key])}; give an 'id' column to tell them apart")
+        if not case_id and owners.get(key):
+            key = owners[key][0]
         text = (row.get("fold") or "").strip()
         if not text:
             raise DataError(path, f"line {line}: fold is empty")
