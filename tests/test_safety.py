@@ -2587,3 +2587,25 @@ def test_resume_from_a_damaged_checkpoint_is_one_line_naming_it_and_changes_noth
     code, _, err = run(capsys, "train", phantom, "--out", run_dir, "--resume")
     assert code == 4 and f"{checkpoint}: " in one_line(err) and "cannot be resumed" in err, err
     assert hashes(tmp_path) == before
+
+
+# --------------------------------------------------------------------------- fourth red-team pass
+
+@pytest.mark.parametrize("command", ["phantom", "split"])
+def test_an_output_that_goes_up_out_of_a_link_is_refused_and_changes_nothing(tmp_path, capsys, phantom,
+                                                                           command):
+    """'--out lk/..' with lk a link into a result is the folder above the link's target
+    to the system, the folder holding the link to a shell's cd: phantom --force moved the
+    result aside, then could not make 'lk/..' (its link now led nowhere), exit 1 with a
+    FileNotFoundError, and the result was left aside, not put back."""
+    data = tmp_path / "ph"
+    write_phantom(data, n=1, shape=(8, 16, 16))
+    (tmp_path / "lk").symlink_to(data / "images", target_is_directory=True)
+    argv = {"phantom": ["phantom", "{}", "--n", "1", "--shape", "8", "16", "16", "--force"],
+            "split": ["split", phantom, "--out", "{}/splits.json", "--k", "3"]}[command]
+    before = hashes(tmp_path)
+    listed = sorted(p.name for p in tmp_path.iterdir())
+    code, _, err = run(capsys, *(str(a).format(tmp_path / "lk" / "..") for a in argv))
+    assert code == 2 and "is a link" in one_line(err), err
+    assert sorted(p.name for p in tmp_path.iterdir()) == listed
+    assert_survives(before, tmp_path)

@@ -95,6 +95,15 @@ def check_output_folder(folder: str | Path) -> Path:
         if part == ".." and i and not Path(*folder.parts[:i]).is_dir():
             raise UsageError(folder, f"goes up ('..') out of {Path(*folder.parts[:i])}, which does not "
                              "exist, and would be made; name the output folder without it")
+        # 'lk/..' with lk a link is the folder above lk's target to the system, but the one
+        # holding lk to the record's paths (and a shell's cd): a replacement moved the result
+        # aside, the link then led nowhere, and the new result could not be made nor the old
+        # one put back. Which folder is meant is not clear either, so neither is guessed.
+        if part == ".." and i and real_path(Path(*folder.parts[:i + 1])) != \
+                real_path(os.path.normpath(Path(*folder.parts[:i + 1]))):
+            raise UsageError(folder, f"goes up ('..') out of {Path(*folder.parts[:i])}, which is a "
+                             "link or passes through one, so '..' is not the folder it seems; "
+                             "name the output folder without it")
     limit = _name_max(folder)
     for part in folder.parts:  # any look at the path, or mkdir after the work, would fail
         if len(os.fsencode(part)) > limit:
