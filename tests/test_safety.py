@@ -2609,3 +2609,38 @@ def test_an_output_that_goes_up_out_of_a_link_is_refused_and_changes_nothing(tmp
     assert code == 2 and "is a link" in one_line(err), err
     assert sorted(p.name for p in tmp_path.iterdir()) == listed
     assert_survives(before, tmp_path)
+
+
+def _mounted_tmpfs(folder: Path) -> bool:
+    """Mount a small tmpfs at ``folder`` (only root may): whether it worked."""
+    folder.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(folder)],
+                          capture_output=True)
+    return done.returncode == 0
+
+
+@pytest.mark.parametrize("how", ["patched", "mounted"])
+def test_force_on_a_mount_point_is_refused_before_any_work(tmp_path, capsys, monkeypatch, how):
+    """A mount point (a USB disk, a container's volume: docker -v ...:/out) cannot be
+    moved aside: phantom --force failed with 'OSError: [Errno 16] Device or resource
+    busy', exit 1, and train only after its training."""
+    out = tmp_path / "out"
+    if how == "mounted":
+        if not _mounted_tmpfs(out):
+            pytest.skip("mounting a tmpfs needs root")
+    else:
+        real = os.path.ismount
+        monkeypatch.setattr(os.path, "ismount", lambda p: Path(p) == out or real(p))
+    try:
+        argv = ["phantom", out, "--n", "1", "--shape", "8", "16", "16"]
+        code, _, err = run(capsys, *argv)
+        assert code == 0, err
+        before = hashes(tmp_path)
+        code, _, err = run(capsys, *argv, "--force")
+        assert code == 2 and "is a mount point" in one_line(err), err
+        assert_survives(before, tmp_path)
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+    finally:
+        if how == "mounted":
+            subprocess.run(["umount", str(out)], check=False)
+

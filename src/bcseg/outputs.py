@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import errno
 import glob
 import json
 import os
@@ -1024,6 +1025,7 @@ def _judge(folder: Path, force: bool, command: str, what: str, other_way: str | 
     if force:  # what the replacement will refuse, refused before the command's long work
         check_one_writer(folder, command)
         _check_only_ours(folder, command=command)
+        _refuse_a_mount(folder, folder)
         return True
     _refuse_a_result(folder, command, what, other_way)
     return False
@@ -1101,8 +1103,27 @@ def _move_aside(folder: Path, inputs: Iterable, shown: Path, command: str) -> Pa
     if aside.exists() or aside.is_symlink():  # not a leftover _recover could settle: not ours
         raise UsageError(aside, "is in the way of replacing the folder beside it and was not "
                          "left by bcseg; move it away")
-    os.replace(folder, aside)
+    _refuse_a_mount(folder, shown)
+    try:
+        os.replace(folder, aside)
+    except OSError as exc:
+        if exc.errno != errno.EBUSY:
+            raise
+        raise _mount_refusal(shown) from None  # a bind mount that ismount() does not see
     return aside
+
+
+def _refuse_a_mount(folder: Path, shown: Path) -> None:
+    """Refuse to replace a mount point (a disk, or a container's volume, mounted at the
+    folder): it cannot be moved aside, and the rename failed as 'OSError: [Errno 16]
+    Device or resource busy', exit 1, after the command's work (a training run)."""
+    if os.path.ismount(folder):
+        raise _mount_refusal(shown)
+
+
+def _mount_refusal(shown: Path) -> UsageError:
+    return UsageError(shown, "is a mount point (a disk or volume is mounted there), which bcseg "
+                      "cannot move aside to replace its content; choose a folder inside it as the output")
 
 
 # --------------------------------------------------------------------------- after a kill
