@@ -2644,3 +2644,30 @@ def test_force_on_a_mount_point_is_refused_before_any_work(tmp_path, capsys, mon
         if how == "mounted":
             subprocess.run(["umount", str(out)], check=False)
 
+
+@pytest.mark.parametrize("how", ["patched", "mounted"])
+def test_an_nnunet_dataset_folder_that_is_a_mount_point_is_refused_before_any_work(
+        tmp_path, capsys, monkeypatch, phantom, how):
+    """The export is written beside DatasetXXX_NAME and moved in: into a disk mounted
+    there the first move failed, 'OSError: [Errno 18] Invalid cross-device link', exit 1,
+    after every image had been written."""
+    dest = tmp_path / "raw" / "Dataset009_Z"
+    if how == "mounted":
+        (tmp_path / "raw").mkdir()
+        if not _mounted_tmpfs(dest):
+            pytest.skip("mounting a tmpfs needs root")
+    else:
+        dest.mkdir(parents=True)
+        real = os.path.ismount
+        monkeypatch.setattr(os.path, "ismount", lambda p: Path(p) == dest or real(p))
+    try:
+        before = hashes(tmp_path)
+        code, _, err = run(capsys, "export-nnunet", phantom, tmp_path / "raw", "--dataset-id", "9",
+                           "--name", "Z", "--k", "2")
+        assert code == 2 and "is on another file system" in one_line(err), err
+        assert_survives(before, tmp_path)
+        assert [p.name for p in (tmp_path / "raw").iterdir()] == ["Dataset009_Z"]
+        assert not any(dest.iterdir())
+    finally:
+        if how == "mounted":
+            subprocess.run(["umount", str(dest)], check=False)

@@ -188,6 +188,7 @@ def export_nnunet(data: str | Path | Iterable[Case], out: str | Path, dataset_id
     dest = check_output_folder(out / folder_name)  # a file of the user's of that name: refused
     cases, reads, names = _cases_to_export(data, dest, observer, channels)  # never an input first
     replace = require_new_folder(dest, force, "export-nnunet")
+    _check_not_mounted(dest)
     _check_id_free(out, int(dataset_id), folder_name)
     _check_ending_fits(cases[0], ending, names)  # before the folds' warnings and the claim
     refuse_bad_cases(cases, names, "exporting")  # a damaged image is one line, before the warnings too
@@ -203,6 +204,18 @@ def export_nnunet(data: str | Path | Iterable[Case], out: str | Path, dataset_id
     with claim(dest, "export-nnunet", replace=replace, new=True, inputs=reads, all_or_nothing=True):
         _write_dataset(cases, nn_ids, stage, dest, observer, ending, fold_of, name, names)
     return dest
+
+
+def _check_not_mounted(dest: Path) -> None:
+    """Refuse a dataset folder on another file system than its parent (a disk or volume
+    mounted at ``DatasetXXX_NAME``, or a link to one): the export is written beside it and its files are moved in,
+    which no rename does across file systems: 'OSError: [Errno 18] Invalid cross-device
+    link', exit 1, after every image was written."""
+    if dest.is_dir() and (os.path.ismount(dest) or dest.stat().st_dev != dest.parent.stat().st_dev):
+        raise UsageError(dest, f"is on another file system than {dest.parent} (a disk or volume is "
+                         "mounted there, or it links to one); the export is written beside it and "
+                         "moved in, which cannot cross file systems: mount it at the nnUNet_raw "
+                         "folder instead, or export elsewhere")
 
 
 def _free_stage(out: Path, folder_name: str) -> Path:
