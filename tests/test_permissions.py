@@ -87,3 +87,21 @@ def test_an_output_folder_that_may_not_be_written_is_named_and_stays_empty(study
     (line,) = _errors(result)
     assert str(locked) in line and "permission denied" in line
     assert list(locked.iterdir()) == []
+
+
+def test_an_output_folder_of_yours_that_may_not_be_written_is_named_itself(study, place, models):
+    """An existing --out that may not be written (its parent may) was named by a hidden
+    temporary file that does not exist, 'out/..bcseg-outputs.bcseg-partial-4242.json:
+    cannot be read or written', and only once the model had loaded."""
+    out = place / "out"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    out.chmod(0o555)
+    result = _as_user(["predict", study / "images" / "specimen_000.tif", "--model", models["2d"],
+                       "--out", out], place)
+    assert result.returncode == 2, result.stderr
+    (line,) = _errors(result)
+    assert line.startswith(f"bcseg: error: {out}: ") and "permission denied" in line, line
+    assert "bcseg-partial" not in line
+    assert [p.name for p in out.iterdir()] == ["notes.txt"]
+    assert sorted(p.name for p in place.iterdir()) == ["out", "study"]

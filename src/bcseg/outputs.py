@@ -120,6 +120,13 @@ def check_output_folder(folder: str | Path) -> Path:
     existing = _nearest_folder(folder)
     if existing is not None and _read_only(existing):
         raise UsageError(folder, "is on a read-only file system; choose another place for the outputs")
+    # The folder itself, or where it is to be made: an existing folder of the user's that
+    # may not be written failed only at the claim, after the model loaded, named by the
+    # record's hidden temporary file ('out/..bcseg-outputs.bcseg-partial-4242.json').
+    if existing is not None and not os.access(existing, os.W_OK | os.X_OK):
+        where = "" if existing == folder else f" (in {existing})"
+        raise UsageError(folder, f"cannot be written: permission denied for this user{where}; "
+                         "fix its permissions or choose another place for the outputs")
     record = folder / RECORD
     if (record.exists() or record.is_symlink()) and not record.is_file():
         # bcseg rewrites its record when it writes: onto a folder that fails after the
