@@ -2671,3 +2671,19 @@ def test_an_nnunet_dataset_folder_that_is_a_mount_point_is_refused_before_any_wo
     finally:
         if how == "mounted":
             subprocess.run(["umount", str(dest)], check=False)
+
+
+@pytest.mark.parametrize("command", ["phantom", "split", "evaluate", "export-nnunet"])
+def test_an_output_path_longer_than_the_system_allows_is_one_short_line(tmp_path, capsys, phantom,
+                                                                        command):
+    """Every name in it legal, the whole path over the system's limit (4096 bytes on
+    Linux): 'OSError: [Errno 36] File name too long', exit 1, the whole path in the line."""
+    deep = tmp_path.joinpath(*["d" * 200] * 22)
+    argv = {"phantom": ["phantom", deep, "--n", "1"],
+            "split": ["split", phantom, "--out", deep / "splits.json"],
+            "evaluate": ["evaluate", "--pred", tmp_path, "--truth", phantom, "--out", deep],
+            "export-nnunet": ["export-nnunet", phantom, deep, "--dataset-id", "3", "--name", "Q"]}[command]
+    code, _, err = run(capsys, *argv)
+    line = one_line(err)
+    assert code == 2 and "choose a shorter path" in line and len(line) < 300, err
+    assert list(tmp_path.iterdir()) == []

@@ -313,10 +313,10 @@ def _check_split_file(out: Path, args, cases) -> None:
     the fold file, an image or mask of a case)."""
     from bcseg.data.dataset import case_files
 
+    check_output_folder(out.parent)  # first: a path too long for the system fails any look at it
     if out.is_dir():
         raise UsageError(out, "is a folder; --out names the JSON file to write")
     outputs.check_not_bookkeeping(out)
-    check_output_folder(out.parent)
     inputs = {args.data, args.folds_file, *(f for case in cases for f in case_files(case))}
     check_replaceable([out], args.force, command="split", inputs=inputs)
     if out.name in LAYOUT_FILES:  # a dataset beside it would read the JSON as its own table
@@ -456,6 +456,7 @@ def cmd_evaluate(args) -> int:
            "protocol scores the predictions alone)")
     if args.protocol == "reference":
         _import_tensorflow_quietly()
+    check_output_folder(args.out)  # before the report's files are looked for in it
     if not args.no_report:  # the report's files are checked before the evaluation writes any
         from bcseg.report.html import check_report_files
         check_report_files(Path(args.out))

@@ -58,6 +58,9 @@ RECORD = ".bcseg-outputs.json"
 # The old content during a replacement; the mark names bcseg, so that a user's own
 # ".result.old-2" (a backup copy, say) is never taken for one and settled away.
 ASIDE_MARK = ".bcseg-old-"
+# What an output folder's path must leave of the system's limit on a whole path, for the
+# names bcseg writes in it (a file name may have 255 bytes) and its own subfolders.
+NAME_ROOM = 300
 ASIDE = re.compile(r"^\.(?P<name>.+)\.bcseg-old-(?P<pid>\d+)$")
 
 
@@ -117,6 +120,14 @@ def check_output_folder(folder: str | Path) -> Path:
         raise UsageError(folder, f"the name is {len(os.fsencode(folder.name))} bytes; an output folder's "
                          f"name may have {room} here (bcseg keeps hidden companions beside it under "
                          "longer names); choose a shorter name")
+    # The whole path too: bcseg names its folders absolutely (locks, records), and over the
+    # system's limit every look at it failed as 'OSError: [Errno 36] File name too long',
+    # exit 1, with the whole path in the line. Room is kept for the names inside.
+    whole, path_max = len(os.fsencode(os.path.abspath(folder))), _path_max(folder)
+    if whole > path_max - NAME_ROOM:
+        raise UsageError(f"{str(folder)[:40]}...", f"the output folder's path is {whole} bytes; it may "
+                         f"have {path_max - NAME_ROOM} here ({path_max} with the names of the files in "
+                         "it); choose a shorter path")
     existing = _nearest_folder(folder)
     if existing is not None and _read_only(existing):
         raise UsageError(folder, "is on a read-only file system; choose another place for the outputs")
@@ -164,6 +175,15 @@ def check_name_lengths(paths: Iterable[Path], culprit: Path | None = None) -> No
             raise UsageError(culprit or path, f"its output name {path.name!r} would be "
                              f"{len(os.fsencode(path.name))} bytes, more than the {limit} a file "
                              "name may have here; rename the input or shorten it")
+
+
+def _path_max(folder: Path) -> int:
+    for path in (folder, *folder.parents):
+        try:
+            return os.pathconf(path, "PC_PATH_MAX")
+        except (OSError, ValueError):  # not there (or too long): ask its parent
+            continue
+    return 4096
 
 
 def _name_max(folder: Path) -> int:

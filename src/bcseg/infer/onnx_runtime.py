@@ -94,12 +94,12 @@ def export_onnx(model_path: str | Path, out: str | Path | None = None, force: bo
 def _check_out(out: Path, force: bool, inputs: list) -> None:
     """The ONNX file may be written: an ``.onnx`` name in a folder that can hold it, and
     no file but an earlier export's replaced (never the model, never a dataset's file)."""
+    outputs.check_output_folder(out.parent)  # first: a path too long for the system fails any look at it
     if out.is_dir() or not out.name:
         raise UsageError(out, "is a folder; --out names the .onnx file to write")
     if out.suffix.lower() != ".onnx":
         raise UsageError(out, "does not end in .onnx; --out names the ONNX file to write")
     outputs.check_not_bookkeeping(out)
-    outputs.check_output_folder(out.parent)
     outputs.check_replaceable([out], force, command="export-onnx", inputs=inputs)
 
 
