@@ -105,3 +105,28 @@ def test_an_output_folder_of_yours_that_may_not_be_written_is_named_itself(study
     assert "bcseg-partial" not in line
     assert [p.name for p in out.iterdir()] == ["notes.txt"]
     assert sorted(p.name for p in place.iterdir()) == ["out", "study"]
+
+
+def test_force_in_a_folder_whose_parent_may_not_be_written_is_refused_naming_why(place):
+    """--force moves the old result aside beside it: with a parent that may not be
+    written that failed as 'out: cannot be read or written: permission denied', the
+    folder named absolutely though it may be written, and a train only after reading
+    its data."""
+    parent = place / "parent"
+    parent.mkdir()
+    out = parent / "out"
+    assert main(["phantom", str(out), "--n", "1", "--shape", "8", "16", "16"]) == 0
+    parent.chmod(0o555)
+    before = sorted(p.relative_to(place) for p in place.rglob("*"))
+    result = _as_user(["phantom", "parent/out", "--n", "1", "--shape", "8", "16", "16", "--force"], place)
+    assert result.returncode == 2, result.stderr
+    (line,) = _errors(result)
+    assert line.startswith("bcseg: error: parent/out: cannot be replaced") and "aside" in line, line
+    assert sorted(p.relative_to(place) for p in place.rglob("*")) == before
+    # an empty folder there holds nothing to move aside (only the lock, inside it): written
+    parent.chmod(0o755)
+    (parent / "empty").mkdir()
+    parent.chmod(0o555)
+    result = _as_user(["phantom", "parent/empty", "--n", "1", "--shape", "8", "16", "16", "--force"], place)
+    assert result.returncode == 0, result.stderr
+    assert (parent / "empty" / "images").is_dir()

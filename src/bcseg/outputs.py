@@ -1119,7 +1119,9 @@ def _check_only_ours(folder: Path, shown: Path | None = None, command: str | Non
 def _move_aside(folder: Path, inputs: Iterable, shown: Path, command: str) -> Path | None:
     """Check that ``folder`` holds only bcseg's outputs and no input; move it aside.
     Messages name it as ``shown``, the folder as the user gave it."""
-    if not folder.exists() or not any(folder.iterdir()):
+    # Nothing to move: an empty folder, or one holding only this claim's lock (inside it
+    # where its parent may not be written, which also rules out moving it aside).
+    if not folder.exists() or not any(e for e in folder.iterdir() if not (e.name == LOCK_SUFFIX and _ours(e))):
         return None
     check_not_inputs(shown, inputs)
     if real_path(folder) in (Path.cwd(), *Path.cwd().parents):
@@ -1143,9 +1145,16 @@ def _move_aside(folder: Path, inputs: Iterable, shown: Path, command: str) -> Pa
 def _refuse_a_mount(folder: Path, shown: Path) -> None:
     """Refuse to replace a mount point (a disk, or a container's volume, mounted at the
     folder): it cannot be moved aside, and the rename failed as 'OSError: [Errno 16]
-    Device or resource busy', exit 1, after the command's work (a training run)."""
+    Device or resource busy', exit 1, after the command's work (a training run). Nor a
+    folder whose parent may not be written, where it cannot be moved aside either: that
+    failed as the folder's own 'cannot be read or written', after the data were read."""
     if os.path.ismount(folder):
         raise _mount_refusal(shown)
+    parent = real_path(folder).parent
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise UsageError(shown, f"cannot be replaced: bcseg moves the old result aside in {parent} "
+                         "until the new one is complete, and that folder may not be written; fix "
+                         "its permissions or choose another output folder")
 
 
 def _mount_refusal(shown: Path) -> UsageError:
