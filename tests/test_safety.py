@@ -2687,3 +2687,15 @@ def test_an_output_path_longer_than_the_system_allows_is_one_short_line(tmp_path
     line = one_line(err)
     assert code == 2 and "choose a shorter path" in line and len(line) < 300, err
     assert list(tmp_path.iterdir()) == []
+
+
+def test_force_on_a_folder_inside_another_commands_result_names_that_command(tmp_path, capsys):
+    """phantom data/images --force, data a phantom: 'data/images/specimen_000.tif: was not
+    written by bcseg', a file bcseg wrote, recorded in the folder above."""
+    data = tmp_path / "data"
+    write_phantom(data, n=1, shape=(8, 16, 16))
+    before = hashes(tmp_path)
+    code, _, err = run(capsys, "phantom", data / "images", "--n", "1", "--shape", "8", "16", "16", "--force")
+    line = one_line(err)
+    assert code == 2 and "is the output of 'bcseg phantom'" in line and "not written" not in line, err
+    assert_survives(before, tmp_path)

@@ -1108,6 +1108,9 @@ def _check_only_ours(folder: Path, shown: Path | None = None, command: str | Non
         writer = nested_writer(folder, name)
         if writer in added:
             continue
+        # The folder may lie inside another command's result (phantom run/predictions
+        # --force), whose record above lists the file: it was written by bcseg, by that one.
+        writer = writer or writer_above(folder.absolute() / name.rstrip("/"))
         if writer is not None:  # another command's result inside (an evaluation of the run)
             raise UsageError(shown / name, f"is the output of 'bcseg {writer}', which "
                              "force=True will not delete; move it away or choose another output folder")
