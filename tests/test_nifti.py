@@ -239,3 +239,34 @@ def test_niftilib_errors_do_not_reach_stderr(field, value, tmp_path, capfd):
     lines = capfd.readouterr().err.splitlines()
     assert code == 3 and len(lines) == 1 and lines[0].startswith(f"bcseg: error: {bad}: "), lines
     assert not out.exists()
+
+
+# --------------------------------------------------------------------------- non-finite voxels
+
+@pytest.mark.parametrize("name", ["nan.nii", "nan.nii.gz"])
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_nan_or_infinity_in_a_float_nifti_is_refused_not_read_as_zero(name, bad, dtype, tmp_path):
+    """ITK's NIfTI reader turns NaN and infinite voxels into 0 without a word: a float
+    NIfTI holding them was checked, segmented and exported as if the scanner had
+    measured zeros there, where the same values in a TIFF are refused."""
+    array = (STACK / 255.0).astype(dtype)
+    array[3, 10, 20] = bad
+    path = write_nifti(tmp_path / name, array)
+    refused(path, "contains NaN or infinite values")
+    write_nifti(path, (STACK / 255.0).astype(dtype))  # finite: read as written
+    assert np.array_equal(io.read_image(path)[0], (STACK / 255.0).astype(dtype))
+
+
+def test_nan_in_a_nifti_mask_is_refused_by_check(tmp_path, capsys):
+    (tmp_path / "images").mkdir()
+    (tmp_path / "masks" / "observer1").mkdir(parents=True)
+    for name in ("s0", "s1"):
+        write_nifti(tmp_path / "images" / f"{name}.nii.gz")
+    mask = (STACK > 120).astype(np.float32)
+    write_nifti(tmp_path / "masks" / "observer1" / "s0.nii.gz", mask)
+    mask[0, 0, 0] = np.nan
+    write_nifti(tmp_path / "masks" / "observer1" / "s1.nii.gz", mask)
+    assert main(["check", str(tmp_path)]) == 3
+    out = capsys.readouterr().out
+    assert f"problem: {tmp_path / 'masks' / 'observer1' / 's1.nii.gz'}: contains NaN or infinite values" in out

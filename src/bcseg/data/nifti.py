@@ -1,6 +1,7 @@
 """NIfTI header checks that SimpleITK does not make, and SimpleITK with its warnings off.
 
-SimpleITK fills voxels missing from a short file with zeros and says nothing, and
+SimpleITK fills voxels missing from a short file with zeros and says nothing, reads
+NaN and infinite voxels of a float file as zeros without a word either, and
 resolves a header stating two voxel sizes its own way, printing C++ warnings (many
 lines, one per read) on stderr. The header (NIfTI-1 or NIfTI-2, either byte order)
 is checked here instead, so a cut or inconsistent file is refused in one line
@@ -68,6 +69,7 @@ class Header(NamedTuple):
     pixdim: tuple[float, ...]  # voxel size along dims
     sform_code: int
     sform: np.ndarray  # 3 x 4: voxel index -> world mm
+    float_type: str | None = None  # numpy type of float voxels ('<f4', '>f8'), else None
 
 
 def _open(path: Path):
@@ -108,8 +110,10 @@ def read_header(path: Path) -> Header | None:
     rank = dims[0] if 1 <= dims[0] <= 7 else 0
     # A single file's voxels follow its header (and extensions) at vox_offset.
     data_offset = max(int(offset) if math.isfinite(offset) else 0, size)
+    float_type = {16: "f4", 64: "f8"}.get(datatype)
     return Header(tuple(dims[1:rank + 1]), _DATATYPE_BITS.get(datatype, bitpix), data_offset,
-                  tuple(pixdim[1:rank + 1]), sform_code, np.reshape(srow, (3, 4)))
+                  tuple(pixdim[1:rank + 1]), sform_code, np.reshape(srow, (3, 4)),
+                  order + float_type if float_type else None)
 
 
 def _held_bytes(path: Path) -> tuple[int, str | None]:
@@ -152,6 +156,29 @@ def check(path: Path, stream: bool = True) -> None:
         raise DataError(path, f"is truncated or corrupt: its header declares {shape} voxels of "
                         f"{header.bits} bits ({needed} bytes with the header), {held_text} "
                         "bytes; copy it again from the source")
+    if header.float_type and not _all_finite(path, header, needed):
+        # ITK's reader writes 0 over NaN and infinity: the array bcseg would get holds
+        # zeros where the file says "no value", and a TIFF of the same values is refused
+        raise DataError(path, "contains NaN or infinite values")
+
+
+def _all_finite(path: Path, header: Header, needed: int) -> bool:
+    """Whether every float voxel of the file is finite, read from the file itself in
+    chunks (SimpleITK's array no longer tells: it holds zeros in their place)."""
+    itemsize = np.dtype(header.float_type).itemsize
+    chunk = itemsize << 20
+    with _open(path) as handle:
+        handle.seek(header.data_offset)  # a gzip stream seeks forward by reading
+        left = needed - header.data_offset
+        while left > 0:
+            data = handle.read(min(chunk, left))
+            if not data:
+                break  # a short file: the size check above names it
+            left -= len(data)
+            voxels = np.frombuffer(data[:len(data) - len(data) % itemsize], header.float_type)
+            if not np.isfinite(voxels).all():
+                return False
+    return True
 
 
 def _check_voxel_size(path: Path, header: Header) -> None:
