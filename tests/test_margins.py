@@ -191,6 +191,18 @@ def test_specimen_mask_near_the_image_edge_is_not_glued_to_it():
         assert mask.sum() == 14 * (rows[1] - rows[0]) * 30
 
 
+
+def test_specimen_mask_of_float32_values_spanning_float32s_range():
+    """float32 pixels from -3e38 to 3e38 (predict segments them, normalised in float64)
+    crashed margins with numpy's 'Too many bins for data range' (exit 1): the Otsu
+    histogram's range, 6e38, is beyond float32. The mask is the scaled-down image's."""
+    volume = np.full((8, 24, 24), -1.0, np.float32)
+    volume[2:6, 4:20, 4:20] = 1.0
+    small = M.specimen_mask(volume, SPACING)
+    assert small.any()
+    assert np.array_equal(M.specimen_mask(volume * np.float32(3e38), SPACING), small)
+
+
 # ------------------------------------------------------------ warnings and errors
 def test_empty_tumour_gives_row_with_warning():
     _, specimen = box_and_sphere((20, 20, 20), ((2, 17),) * 3, (5, 2, 3), 1.0)

@@ -304,7 +304,9 @@ def specimen_mask(volume, spacing_mm=None, sigma_mm: float = 0.5, opening_mm: fl
         values = values[np.random.default_rng(0).integers(0, values.size, max_samples)]
     if values.min() == values.max():
         return np.zeros(volume.shape, bool)
-    mask = smooth > threshold_otsu(values)
+    # in float64: float32 values from -3e38 to 3e38 (which predict takes) span a range
+    # float32 cannot hold, and the histogram's bins could not be made
+    mask = smooth > threshold_otsu(values.astype(np.float64))
     del smooth
     mask = _ball_open_close(mask, opening_mm, sampling, closing=False)
     mask = largest_component(mask)
