@@ -80,6 +80,23 @@ def test_a_cut_nifti_is_refused_not_zero_filled(name, keep, tmp_path):
             "copy it again from the source")
 
 
+
+@pytest.mark.parametrize("size", [0, 123, 349])
+def test_a_nifti_header_of_a_wrong_stated_size_is_refused_not_read_unchecked(size, tmp_path):
+    """bcseg's header checks knew a NIfTI-1 header only by its sizeof_hdr of 348: one
+    stating another size passed unchecked, and ITK, which goes by the magic, read it:
+    cut in half, its lower half came out black; its pixdim of 0 came out as 1 mm."""
+    for name in ("cut.nii", "cut.nii.gz"):
+        path = write_nifti(tmp_path / name)
+        raw = bytearray(gzip.decompress(path.read_bytes()) if name.endswith(".gz") else path.read_bytes())
+        struct.pack_into("<i", raw, 0, size)
+        raw = raw[:len(raw) // 2]
+        path.write_bytes(gzip.compress(bytes(raw)) if name.endswith(".gz") else bytes(raw))
+        message = refused(path, "has a damaged NIfTI header", f"its size field says {size} bytes")
+        assert "re-save it" in message
+        with pytest.raises(DataError, match="damaged NIfTI header"):
+            io.stored_geometry(path)
+
 def test_a_header_declaring_more_slices_than_the_file_holds_is_refused(tmp_path):
     path = write_nifti(tmp_path / "more.nii")
     data = bytearray(path.read_bytes())

@@ -89,6 +89,13 @@ def read_header(path: Path) -> Header | None:
         if size in (348, 540):
             break
     else:
+        # ITK knows a NIfTI file by its magic and reads it whatever the size field says:
+        # passed over here, a cut copy was read zero-filled and a pixdim of 0 as 1 mm
+        if head[344:348] in (b"n+1\x00", b"ni1\x00") or head[4:8] in (b"n+2\x00", b"ni2\x00"):
+            stated = struct.unpack_from("<i", head)[0]
+            raise DataError(path, f"has a damaged NIfTI header: its size field says {stated} bytes, "
+                            "where a NIfTI header's is 348 (NIfTI-1) or 540 (NIfTI-2); re-save it "
+                            "or copy it again from the source")
         return None
     if len(head) < size:
         raise DataError(path, f"is truncated: it ends ({len(head)} bytes) inside its "
