@@ -287,3 +287,19 @@ def test_nan_in_a_nifti_mask_is_refused_by_check(tmp_path, capsys):
     assert main(["check", str(tmp_path)]) == 3
     out = capsys.readouterr().out
     assert f"problem: {tmp_path / 'masks' / 'observer1' / 's1.nii.gz'}: contains NaN or infinite values" in out
+
+
+@pytest.mark.parametrize("name", ["s.Nii.gz", "s.nii.GZ", "s.Nii"])
+def test_a_nifti_suffix_in_mixed_letter_case_is_refused_with_the_name_to_use(name, tmp_path):
+    """bcseg lists image suffixes in any letter case, but ITK's NIfTI reader knows
+    '.nii', '.nii.gz' and their upper case only: 's.Nii.gz' was listed as an image and
+    then refused as 'Unable to determine ImageIO reader for ...', which says nothing of
+    the cure."""
+    lower = "s.nii.gz" if name.lower().endswith(".gz") else "s.nii"
+    path = write_nifti(tmp_path / lower).rename(tmp_path / name)
+    assert io.is_image_file(path)
+    refused(path, f"rename it to {lower}")
+    with pytest.raises(DataError, match=f"rename it to {lower}"):
+        io.stored_geometry(path)
+    upper = write_nifti(tmp_path / lower).rename(tmp_path / lower.upper())
+    assert np.array_equal(io.read_image(upper)[0], STACK)  # upper case is read

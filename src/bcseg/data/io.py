@@ -171,6 +171,12 @@ def _check_content(path: Path) -> None:
     expected = _EXPECTED_CONTENT.get(suffix)
     if expected is None:
         return
+    written = path.name[-len(suffix):]
+    if suffix in (".nii", ".nii.gz") and written not in (suffix, suffix.upper()):
+        # ITK's NIfTI reader knows these two spellings only; any other it refused as
+        # "Unable to determine ImageIO reader", which says nothing of the cure
+        raise DataError(path, f"has the suffix '{written}', which the NIfTI reader does not "
+                        f"know; rename it to {path.name[:-len(suffix)]}{suffix}")
     with open(path, "rb") as handle:
         head = handle.read(352)
     kind = _content_kind(head)
