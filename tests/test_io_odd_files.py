@@ -598,6 +598,21 @@ def test_an_imagej_file_with_more_pages_than_declared_is_refused(tmp_path):
     refused(lambda: io.read_image(path), path, "holds 5 pages, but its ImageJ description declares 3")
 
 
+
+@pytest.mark.parametrize("shape", [(5, 8, 8, 3), (1000, 1000)])
+@pytest.mark.parametrize("mmap", [False, True])
+def test_a_stack_whose_tifffile_description_gives_another_shape_is_refused(shape, mmap, tmp_path):
+    """A 5-page stack whose description (tifffile's JSON shape) gives another shape, as a
+    tool keeping the description of the file it edited writes: tifffile logged a warning
+    and read page 1 alone, so the stack was segmented as one slice without a word."""
+    stack = np.random.default_rng(0).integers(0, 255, (5, 8, 8), dtype=np.uint8)
+    path = tmp_path / "shaped.tif"
+    tifffile.imwrite(path, stack, description='{"shape": %s}' % list(shape), metadata=None)
+    refused(lambda: io.read_image(path, mmap=mmap), path,
+            "holds 5 pages, but the shape its description gives accounts for 1")
+    refused(lambda: io.stored_geometry(path), path, "holds 5 pages")
+
+
 # --------------------------------------------------------------------------- orientation tags
 
 def _oriented(path, orientation: int):

@@ -498,6 +498,7 @@ def _stored_shape(tif: tifffile.TiffFile, path: Path) -> tuple[tuple[int, ...], 
     shape = list(series.shape)
     _check_no_time(series, path)
     _check_imagej_count(tif, series, path)
+    _check_shaped_count(tif, path)
     if len(image_series) > 1:  # several same-size 2D pages written as separate series
         shape = [len(image_series)] + shape
         axes = "Q" + axes
@@ -590,6 +591,20 @@ def _check_imagej_count(tif: tifffile.TiffFile, series, path: Path) -> None:
         raise DataError(path, f"holds {len(tif.pages)} pages, but its ImageJ description declares "
                         f"{declared} images, so the others would be dropped; save the whole stack "
                         "again from Fiji")
+
+
+def _check_shaped_count(tif: tifffile.TiffFile, path: Path) -> None:
+    """Refuse a file whose description (tifffile's JSON shape) accounts for fewer pages
+    than the file holds: given a shape its pages do not make (a tool that edited the
+    stack kept the old description), tifffile logs a warning and reads the first page
+    alone, so a stack was segmented as one slice without a word."""
+    if not tif.is_shaped:
+        return
+    covered = sum(len(s.pages) for s in tif.series)
+    if covered < len(tif.pages):
+        raise DataError(path, f"holds {len(tif.pages)} pages, but the shape its description gives "
+                        f"accounts for {covered}, so the others would be dropped; save the stack "
+                        "again without that description (or with the stack's own shape)")
 
 
 def _check_like_pages(tif: tifffile.TiffFile, path: Path) -> None:
