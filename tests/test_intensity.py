@@ -94,3 +94,19 @@ def test_log_compression_of_sparse_absorbers_in_a_zero_background_keeps_them():
     assert out[4, 30, 30] == pytest.approx(1.0)
     assert out[2, 10, 10] == pytest.approx(0.5)
     assert out[pa == 0].max() == 0.0
+
+
+@pytest.mark.parametrize("scale, dtype", [(1e290, np.float64), (1e-290, np.float64)])
+def test_log_compression_of_values_beyond_float32_is_that_of_the_scaled_image(scale, dtype):
+    """A photoacoustic channel of float64 values beyond float32's range (1e296..1e300):
+    log compression cast the image and its range to float32 first, both became
+    infinite, the channel NaN, and predict blamed the model ('gives values from nan to
+    nan ... its weights intact?', exit 4) for what the file holds. The percentile path
+    normalises such images in float64; the log path now does too."""
+    from bcseg.data.intensity import channel_stats
+
+    pa = np.random.default_rng(0).uniform(1e6, 1e10, (4, 16, 16))
+    wide = (pa * scale).astype(dtype)
+    out = normalise(wide, channel_stats(wide, "log"))
+    assert out.dtype == np.float32 and np.isfinite(out).all()
+    np.testing.assert_allclose(out, normalise(pa, channel_stats(pa, "log")), atol=1e-5)

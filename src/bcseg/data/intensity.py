@@ -169,6 +169,11 @@ def normalise(array: np.ndarray, stats: IntensityStats | None = None) -> np.ndar
     if stats.method == "percentile" and array.dtype.kind == "f" and (
             array.dtype.itemsize > 4 or not _fits_float32(stats)):
         return _normalise_wide(array, stats)
+    if stats.method == "log" and array.dtype.kind == "f" and array.dtype.itemsize > 4:
+        # in float64, as the percentile path: cast to float32 first, values beyond its
+        # range (1e300, or 1e-300) and the range itself became infinities or zeros, and
+        # the channel NaN, which predict then blamed on the model
+        return _log_compress(np.asarray(array, dtype=np.float64), stats).astype(np.float32)
     out = np.asarray(array).astype(np.float32)  # always a fresh array: safe to edit in place
     if stats.method == "uint8":
         out /= np.float32(255.0)
@@ -234,14 +239,16 @@ def normalise_slices(volume: np.ndarray, start: int, stop: int, stats: Intensity
 
 
 def _log_compress(out: np.ndarray, stats: IntensityStats) -> np.ndarray:
-    """Map ``[low, high]`` onto ``[0, 1]`` linearly in log10, in place; clip outside."""
+    """Map ``[low, high]`` onto ``[0, 1]`` linearly in log10, in place; clip outside.
+    The arithmetic is in ``out``'s own float type (float32, or float64 for wide values)."""
     if stats.high <= stats.low or stats.low <= 0:
         out[...] = 0.0
         return out
-    np.clip(out, np.float32(stats.low), np.float32(stats.high), out=out)
+    kind = out.dtype.type
+    np.clip(out, kind(stats.low), kind(stats.high), out=out)
     np.log10(out, out=out)
-    out -= np.float32(np.log10(stats.low))
-    out /= np.float32(np.log10(stats.high) - np.log10(stats.low))
+    out -= kind(np.log10(stats.low))
+    out /= kind(np.log10(stats.high) - np.log10(stats.low))
     return out
 
 
