@@ -303,3 +303,21 @@ def test_a_nifti_suffix_in_mixed_letter_case_is_refused_with_the_name_to_use(nam
         io.stored_geometry(path)
     upper = write_nifti(tmp_path / lower).rename(tmp_path / lower.upper())
     assert np.array_equal(io.read_image(upper)[0], STACK)  # upper case is read
+
+
+def test_a_nii_gz_holding_something_else_compressed_is_named_for_what_it_holds(tmp_path):
+    """A .nii.gz that is gzip but holds no NIfTI (a gzipped table renamed, a header cut
+    short before compressing) passed the content check, which looked only at the gzip
+    signature, and ITK refused it as 'Unable to determine ImageIO reader for ...'."""
+    text = tmp_path / "text.nii.gz"
+    text.write_bytes(gzip.compress(b"id,image,group\n" * 40))
+    refused(text, "is not a gzip-compressed NIfTI image: it holds gzip-compressed text")
+    tiff = tmp_path / "tiff.nii.gz"
+    sitk.WriteImage(sitk.GetImageFromArray(STACK), str(tmp_path / "s.tif"))
+    tiff.write_bytes(gzip.compress((tmp_path / "s.tif").read_bytes()))
+    refused(tiff, "it holds gzip-compressed TIFF")
+    head = tmp_path / "head.nii.gz"
+    head.write_bytes(gzip.compress(gzip.decompress(write_nifti(tmp_path / "a.nii.gz").read_bytes())[:100]))
+    refused(head, "is truncated: it ends (100 bytes) inside its 348-byte NIfTI header")
+    with pytest.raises(DataError, match="gzip-compressed text"):
+        io.stored_geometry(text)

@@ -17,6 +17,7 @@ No TensorFlow here.
 
 from __future__ import annotations
 
+import gzip
 import math
 import os
 import re
@@ -180,6 +181,9 @@ def _check_content(path: Path) -> None:
     with open(path, "rb") as handle:
         head = handle.read(352)
     kind = _content_kind(head)
+    if kind == expected == "gzip":
+        _check_gzip_content(path)
+        return
     if kind == expected:
         return
     if kind is None:
@@ -191,6 +195,27 @@ def _check_content(path: Path) -> None:
     label = "gzip-compressed NIfTI" if expected == "gzip" else expected
     hint = f"; rename it to {_SUFFIX_OF[kind]}" if kind in _SUFFIX_OF else ""
     raise DataError(path, f"is not a {label} image: its content is {kind}{hint}")
+
+
+def _check_gzip_content(path: Path) -> None:
+    """Refuse a ``.nii.gz`` whose compressed content is no NIfTI (a gzipped table or
+    TIFF renamed): the gzip signature alone passed it, and ITK refused it as "Unable to
+    determine ImageIO reader", which says nothing of what the file is."""
+    try:
+        with gzip.open(path, "rb") as handle:
+            head = handle.read(352)
+    except (OSError, EOFError, zlib.error):
+        return  # a damaged stream: the NIfTI checks name it
+    kind = _content_kind(head)
+    if kind == "NIfTI" or nifti.read_header(path) is not None:  # read_header: a cut header
+        return
+    if kind is None:
+        try:
+            head.decode("utf-8")
+            kind = "text"
+        except UnicodeDecodeError:
+            kind = "data that is no image format bcseg reads"
+    raise DataError(path, f"is not a gzip-compressed NIfTI image: it holds gzip-compressed {kind}")
 
 
 def max_image_bytes() -> int:
