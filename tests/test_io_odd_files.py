@@ -405,6 +405,22 @@ def test_nanometres_labelled_as_mm_is_refused(tmp_path):
     refused(lambda: io.stored_geometry(path), path, "100000 mm")
 
 
+
+def test_spacing_that_is_no_number_is_refused_naming_the_field(tmp_path):
+    """An ImageJ 'spacing=abc' or an OME PhysicalSizeX="abc" was refused as 'cannot read
+    TIFF (could not convert string to float: 'abc')', naming no field to correct."""
+    stack = np.zeros((3, 8, 8), np.uint8)
+    imagej = tmp_path / "ij.tif"
+    tifffile.imwrite(imagej, stack, imagej=True, resolution=(4.0, 4.0),
+                     metadata={"spacing": "abc", "unit": "mm", "axes": "ZYX"})
+    for look in (io.read_image, io.stored_geometry, io.read_spacing):
+        refused(lambda: look(imagej), imagej, "its ImageJ spacing 'abc' is no number",
+                "Image > Properties")
+    ome = tmp_path / "ome.tif"
+    tifffile.imwrite(ome, stack, ome=True, metadata={"axes": "ZYX", "PhysicalSizeX": "abc",
+                                                     "PhysicalSizeY": 0.25, "PhysicalSizeZ": 1.0})
+    refused(lambda: io.read_image(ome), ome, "its OME PhysicalSizeX 'abc' is no number")
+
 def test_check_lists_implausible_spacing_as_it_does_zero(tmp_path, capsys):
     root = tmp_path / "study"
     stack = np.stack([RAMP] * 3)

@@ -412,7 +412,7 @@ def _ome_spacing(xml: str, path: Path) -> dict[str, float]:
             continue
         scale = _unit_scale(_xml_attribute(xml, f"PhysicalSize{axis}Unit") or "µm", path)
         if scale is not None:
-            found[axis.lower()] = float(size) * scale
+            found[axis.lower()] = _number(size, f"OME PhysicalSize{axis}", path) * scale
     return found
 
 
@@ -445,7 +445,17 @@ def _tiff_spacing(tif: tifffile.TiffFile, ndim: int, path: Path) -> tuple[float,
     scale = _unit_scale(unit, path)
     if z is None or scale is None:
         return None
-    return (float(z) * scale,) + plane
+    return (_number(z, "ImageJ spacing", path) * scale,) + plane
+
+
+def _number(value, what: str, path: Path) -> float:
+    """A metadata value as a number; one that is none is refused naming its field (it
+    was 'cannot read TIFF (could not convert string to float ...)', naming none)."""
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        raise DataError(path, f"has unusable spacing in its metadata: its {what} {str(value)[:40]!r} "
+                        "is no number; correct it (in Fiji: Image > Properties) and try again") from None
 
 
 def read_spacing(path: str | Path) -> tuple[float, ...] | None:
