@@ -228,6 +228,29 @@ def test_stack_without_spacing_gets_unit_spacing_and_a_warning(tmp_path):
     assert np.array_equal(tifffile.imread(folder / "labelsTr" / "NoSpacing_0002.tif"), mask // 255)
 
 
+
+def test_a_float16_stack_exports_to_nifti(tmp_path):
+    """SimpleITK has no float16 pixel type: export-nnunet --file-ending .nii.gz of a
+    float16 stack (which check, train and predict read) stopped with 'TypeError: dtype:
+    float16 is not supported' (exit 1). It is written as float32, the same values."""
+    data = tmp_path / "data"
+    (data / "images").mkdir(parents=True)
+    (data / "masks" / "reader").mkdir(parents=True)
+    mask = np.zeros((8, 16, 16), np.uint8)
+    mask[2:6, 4:12, 4:12] = 255
+    rng = np.random.default_rng(0)
+    stacks = {stem: rng.random((8, 16, 16)).astype(np.float16) for stem in ("a", "b")}
+    for stem, stack in stacks.items():
+        tifffile.imwrite(data / "images" / f"{stem}.tif", stack, resolution=(4.0, 4.0))
+        tifffile.imwrite(data / "masks" / "reader" / f"{stem}.tif", mask)
+    with pytest.warns(UserWarning, match="2 stack"):
+        folder = export_nnunet(data, tmp_path / "raw", 15, "Half", observer="reader", k=2,
+                               file_ending=".nii.gz")
+    case = _load(folder / "bcseg_case_map.json")["cases"]
+    written = {entry["id"]: name for name, entry in case.items()}
+    image = sitk.GetArrayFromImage(sitk.ReadImage(str(folder / "imagesTr" / f"{written['a']}_0000.nii.gz")))
+    assert image.dtype == np.float32 and np.array_equal(image, stacks["a"].astype(np.float32))
+
 def test_two_channel_export(two_channel_root, tmp_path):
     folder = export_nnunet(two_channel_root, tmp_path / "raw", 12, "PAUS", k=3)
     ids = ["PAUS_0001", "PAUS_0002", "PAUS_0003"]

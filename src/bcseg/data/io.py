@@ -1327,6 +1327,8 @@ def imagej_kwargs(shape: tuple[int, ...], spacing_mm: tuple[float, ...] | None) 
 def _write_nifti(path: Path, array: np.ndarray, spacing_mm, frame=None) -> None:
     sitk = nifti.simpleitk()
 
+    if array.dtype == np.float16:  # ITK has no half floats; float32 holds every value
+        array = array.astype(np.float32)
     image = sitk.GetImageFromArray(array)
     if spacing_mm is not None:
         image.SetSpacing(tuple(float(s) for s in reversed(spacing_mm)))
