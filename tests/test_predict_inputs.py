@@ -380,6 +380,20 @@ def test_a_one_slice_stack_is_named_as_one_for_a_3d_model(tmp_path, models, caps
     assert not out.exists()
 
 
+
+def test_a_stack_one_pixel_high_is_not_called_one_slice_for_a_3d_model(tmp_path, models, capsys):
+    """A (Z, 1, X) stack (8 slices one pixel high) reads as a 2D (Z, X) array, and the
+    3D model's refusal called it "a stack of one slice", which it is not."""
+    data = tmp_path / "in"
+    io.write_image(data / "row.tif", np.full((8, 1, 40), 90, np.uint8))
+    out = tmp_path / "seg"
+    code, _, err = run(capsys, "predict", data / "row.tif", "--model", models["3d"], "--out", out,
+                       "--no-progress")
+    line = one_error_line(err)
+    assert code == 3 and "row.tif: is a stack with an axis of one pixel (stored shape (8, 1, 40))" in line, err
+    assert "one slice" not in line
+    assert not out.exists()
+
 def test_a_cases_other_channel_in_the_output_folder_is_an_input_not_a_stale_output(tmp_path, capsys,
                                                                                     models, stacks):
     """Every channel a case reads is an input, not only its first: a manifest whose PA

@@ -384,8 +384,13 @@ def rank_problem(model_ndim: int, shape: Sequence[int], stored: Sequence[int] = 
                f"array of shape {shape}"
     if model_ndim == 3 and len(shape) == 2 and len(stored) == 3:
         # reading drops a stack's singleton axis: say what the file holds, not the array
-        return (f"is a stack of one slice (stored shape {tuple(stored)}), and a 3D model "
-                "segments stacks of several; segment it with a 2D model")
+        if stored[0] == 1:
+            return (f"is a stack of one slice (stored shape {tuple(stored)}), and a 3D model "
+                    "segments stacks of several; segment it with a 2D model")
+        # (Z, 1, X) or (Z, Y, 1): several slices, one pixel high or wide, no "one slice"
+        return (f"is a stack with an axis of one pixel (stored shape {tuple(stored)}), read as "
+                f"the 2D image {shape}, and a 3D model segments (Z, H, W) stacks of 2 or more "
+                "pixels a side; segment it with a 2D model")
     if model_ndim == 3 and len(shape) != 3:
         hint = "; use a 2D model for 2D images" if len(shape) == 2 else ""
         return f"a 3D model segments (Z, H, W) stacks, not a {len(shape)}D array of shape {shape}{hint}"
