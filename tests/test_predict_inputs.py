@@ -475,3 +475,28 @@ def test_a_phantom_written_inside_another_commands_folder_is_still_images(tmp_pa
     assert code == 0, err
     assert sorted(p.name for p in (tmp_path / "out").glob("*_mask.tif")) == [
         "specimen_000_mask.tif", "specimen_001_mask.tif"]
+
+
+def test_a_busi_layout_is_segmented_as_its_cases_and_a_class_folder_without_its_masks(
+        tmp_path, capsys, models):
+    """predict on BUSI's root said it held no images (check and train read it as a
+    dataset); on one class folder it segmented the masks too ('benign (1)_mask_mask.tif'),
+    which evaluate then refused."""
+    from test_bad_inputs import write_busi
+
+    root = write_busi(tmp_path / "busi")
+    code, _, err = run(capsys, "predict", root, "--model", models["2d"], "--out", tmp_path / "all",
+                       "--no-progress")
+    assert code == 0, err
+    assert sorted(p.name for p in (tmp_path / "all").glob("*_mask.tif")) == [
+        f"benign ({k})_mask.tif" for k in (1, 2, 3, 4)]
+    code, _, err = run(capsys, "predict", root / "benign", "--model", models["2d"], "--out",
+                       tmp_path / "class", "--no-progress")
+    assert code == 0, err
+    assert "4 file(s) named NAME_mask beside an image NAME" in err
+    assert sorted(p.name for p in (tmp_path / "class").glob("*_mask.tif")) == [
+        f"benign ({k})_mask.tif" for k in (1, 2, 3, 4)]
+    # and the masks made there are scored against the dataset's own
+    code, _, err = run(capsys, "evaluate", "--truth", root, "--pred", tmp_path / "all", "--out",
+                       tmp_path / "eval", "--no-report")
+    assert code == 0, err

@@ -234,12 +234,26 @@ def discover(root: str | Path) -> list[Case]:
         return read_manifest(root / "manifest.csv")
     if (root / "images").is_dir():
         return _discover_images_masks(root)
-    if any(BUSI_MASK.match(io.file_stem(p)) for d in _subfolders(root) for p in data_files(d)):
+    if has_class_folders(root):
         return _discover_busi(root)
     if not any(root.iterdir()):
         raise DataError(root, "folder is empty")
     raise DataError(root, "no known layout: expected images/ + masks/<observer>/, "
                     "class folders with NAME_mask.png files, or a manifest.csv")
+
+
+def has_class_folders(root: Path) -> bool:
+    """Whether ``root`` holds BUSI's layout: class folders with ``NAME_mask.png`` files."""
+    return any(BUSI_MASK.match(io.file_stem(p)) for d in _subfolders(root) for p in data_files(d))
+
+
+def masks_beside_images(files: list[Path]) -> list[Path]:
+    """The files of one folder that are the masks of images beside them, as in BUSI's
+    class folders: ``NAME_mask.png`` and ``NAME_mask_1.png`` where ``NAME.png`` is one of
+    ``files`` too."""
+    stems = {_form(io.file_stem(path)) for path in files}
+    return [path for path in files
+            if (match := BUSI_MASK.match(io.file_stem(path))) and _form(match["name"]) in stems]
 
 
 def data_files(folder: Path) -> list[Path]:

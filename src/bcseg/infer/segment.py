@@ -28,8 +28,8 @@ from bcseg import outputs
 from bcseg.atomic import atomic_path, real_path, remove_partials
 from bcseg.data import io
 from bcseg.data.channels import blank_problem, stack as stack_channels
-from bcseg.data.dataset import (Case, discover, id_problem, name_key, read_case_channel_arrays,
-                                read_case_image)
+from bcseg.data.dataset import (Case, discover, has_class_folders, id_problem, masks_beside_images,
+                                name_key, read_case_channel_arrays, read_case_image)
 from bcseg.data.intensity import check_methods, normalise
 from bcseg.errors import BcsegError, ConfigError, DataError, ModelError, UsageError
 from bcseg.infer.postprocess import check_steps, release_slices
@@ -205,7 +205,8 @@ def _named_channels(item: Path | Case) -> bool:
 
 
 def _is_dataset(item: Path) -> bool:
-    return (item.is_dir() and ((item / "images").is_dir() or (item / "manifest.csv").is_file())
+    return (item.is_dir() and ((item / "images").is_dir() or (item / "manifest.csv").is_file()
+                               or has_class_folders(item))
             or item.is_file() and item.suffix.lower() == ".csv")
 
 
@@ -224,7 +225,13 @@ def _input_files(inputs) -> list[Path | Case]:
             # predictions/) are never inputs: a mask segmented again is no new case
             ours = outputs.results_in(item)
             images = io.image_files(item)
-            found = [f for f in images if f.name not in ours]
+            # the masks of images beside them (a BUSI class folder) are no images to
+            # segment: they came out as '<name>_mask_mask.tif', which evaluate then refused
+            masks = set(masks_beside_images(images))
+            if masks:
+                warnings.warn(f"{item}: {len(masks)} file(s) named NAME_mask beside an image NAME "
+                              "are read as its masks, not segmented")
+            found = [f for f in images if f.name not in ours and f not in masks]
             if not found:
                 raise DataError(item, "holds only bcseg's outputs (masks, probability maps), not "
                                 "images to segment" if images else
