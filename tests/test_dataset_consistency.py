@@ -132,6 +132,43 @@ def test_check_lists_a_mask_that_no_image_uses(tmp_path, capsys):
     assert "c_9.tif: is a mask with no image of the same name" in out
 
 
+def _mask_in_a_subfolder(data: Path) -> Path:
+    path = data / "masks" / "observer1" / "done" / "c1.tif"  # moved there, read by no layout
+    path.parent.mkdir()
+    (data / "masks" / "observer1" / "c1.tif").rename(path)
+    return path
+
+
+def _busi_mask_in_another_class_folder(data: Path) -> Path:
+    from test_bad_inputs import write_busi
+
+    write_busi(data)
+    (data / "malignant").mkdir()
+    path = data / "malignant" / "benign (1)_mask_1.png"  # the second mask of benign (1), misplaced
+    path.write_bytes((data / "benign" / "benign (2)_mask.png").read_bytes())
+    return path
+
+
+@pytest.mark.parametrize("build", [_mask_in_a_subfolder, _busi_mask_in_another_class_folder])
+def test_a_mask_no_case_reads_is_listed_by_check_and_refused_by_train_evaluate_and_export(
+        build, tmp_path, capsys, tiny):
+    """check listed (or, in a subfolder, did not even list) a mask no case reads, and
+    train, evaluate and export-nnunet went on without it: a lesion scored without its
+    second mask, an image trained with no mask of that observer."""
+    data = tmp_path / "data"
+    if build is _mask_in_a_subfolder:
+        write_cases(data, 4)
+    culprit = build(data)
+    code, out, _ = run_main(capsys, ["check", data])
+    assert code != 0 and f"{culprit}: is a mask" in out
+    said = f"{culprit}: is a mask that no case reads"
+    refused(capsys, ["train", data, "--out", tmp_path / "run", "--config", tiny], 3, said, tmp_path / "run")
+    refused(capsys, ["evaluate", "--truth", data, "--pred", data, "--out", tmp_path / "ev"], 3, said,
+            tmp_path / "ev")
+    refused(capsys, ["export-nnunet", data, tmp_path / "nn", "--dataset-id", "5", "--name", "X"], 3,
+            said, tmp_path / "nn")
+
+
 @pytest.mark.parametrize("rows, what", [
     # c1's row names c0's mask: c1 would train and be scored against another image's tumour
     ("c0,images/c0.tif,masks/observer1/c0.tif\nc1,images/c1.tif,masks/observer1/c0.tif\n",

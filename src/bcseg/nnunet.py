@@ -77,7 +77,7 @@ from bcseg.data.channels import value_range
 from bcseg.data.dataset import (IMAGE_CHANNEL, Case, dataset_channels, discover, read_case_channel_arrays,
                                 read_case_image, read_case_masks, refuse_duplicate_images,
                                 require_every_observer)
-from bcseg.data.check import refuse_bad_cases
+from bcseg.data.check import refuse_bad_cases, refuse_orphan_masks
 from bcseg.data.splits import check_groups_whole, kfold_by_group
 from bcseg.errors import DataError, DiskFullError, UsageError
 from bcseg.outputs import (JOURNAL, RECORD, beat, check_not_inputs, check_output_folder, claim, remove_abandoned,
@@ -236,6 +236,7 @@ def _cases_to_export(data, dest: Path, observer: str, channels) -> tuple[list[Ca
     cases = discover(data) if isinstance(data, (str, Path)) else list(data)
     if not cases:
         raise DataError(data if isinstance(data, (str, Path)) else None, "no cases to export")
+    refuse_orphan_masks(data, cases)
     reads = [data] if isinstance(data, (str, Path)) else []
     check_not_inputs(dest, reads + [p for c in cases for p in (c.image, *(ch.path for ch in c.channels), *(
         f for files in c.masks.values() for f in files))])

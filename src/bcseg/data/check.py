@@ -89,12 +89,31 @@ def orphan_masks(root: Path, cases: list[Case]) -> list[Path]:
     used = {path for case in cases for files in case.masks.values() for path in files}
     masks = root / "masks"
     if (root / "images").is_dir():
-        folders = [masks, *_subfolders(masks)] if masks.is_dir() else []
+        observers = _subfolders(masks) if masks.is_dir() else []
+        # one level deeper too: masks/<observer>/<folder>/ is read by no layout, and a
+        # mask moved there (a 'done' folder, an export's own folder) was dropped unseen
+        folders = [masks, *observers, *(deeper for folder in observers for deeper in _subfolders(folder))]
+        folders = folders if masks.is_dir() else []
         found = [path for folder in folders for path in data_files(folder)]
     else:  # BUSI-like class folders: NAME_mask.png beside NAME.png
         found = [path for folder in _subfolders(root)
                  for path in data_files(folder) if BUSI_MASK.match(io.file_stem(path))]
     return sorted(set(found) - used)
+
+
+def refuse_orphan_masks(root, cases: list[Case]) -> None:
+    """Refuse, naming the first, a mask file of a dataset folder that no case reads
+    (:func:`orphan_masks`): ``check`` lists them, and ``train``, ``evaluate`` and
+    ``export-nnunet`` went on without them, a BUSI ``NAME_mask_1.png`` in another class
+    folder left out of its lesion's union, a mask in a subfolder of its observer's
+    folder left its image without one. ``root`` that is no folder (a manifest, a list
+    of cases) names every mask itself."""
+    if not isinstance(root, (str, Path)) or not Path(root).is_dir():
+        return
+    for path in orphan_masks(Path(root), cases):
+        raise DataError(path, "is a mask that no case reads: no image of its name is beside it (or, "
+                        "in a subfolder of its observer's folder, it is read by no layout); rename "
+                        "or move it so that it matches its image, or move it out of the dataset")
 
 
 def refuse_bad_cases(cases: list[Case], channels: list[str] | None = None, before: str = "training",

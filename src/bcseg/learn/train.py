@@ -913,7 +913,10 @@ def _run_config(out: Path, config, overrides: dict | None, resume: bool, mixed_p
 
 def _read_cases(data, cfg: dict) -> list[Case]:
     """The cases to train on, without duplicate images; a 3D model refuses 2D images."""
+    from bcseg.data.check import refuse_orphan_masks
+
     cases = list(data) if isinstance(data, (list, tuple)) else discover(data)
+    refuse_orphan_masks(data, cases)
     refuse_duplicate_images(cases, cfg["data"]["channels"] or None)
     if cfg["model"]["ndim"] == 3:
         from bcseg.data import io

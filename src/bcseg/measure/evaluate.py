@@ -67,6 +67,7 @@ import numpy as np
 
 from bcseg.data import io
 from bcseg.atomic import real_path, write_text
+from bcseg.data.check import refuse_orphan_masks
 from bcseg.data.dataset import Case, discover, read_case_image, read_case_masks
 from bcseg.errors import DataError, UsageError
 from bcseg.measure.metrics import REFERENCE_EPS, case_metrics, dice, slice_metrics, soft_scores, summarise
@@ -525,6 +526,7 @@ def evaluate(pred_dir: str | Path, truth, out_dir: str | Path, observers: str | 
     outputs = _check_outputs(out_dir, force)
     _refuse_unfinished(pred_dir)
     cases = discover(truth) if isinstance(truth, (str, Path)) else list(truth)
+    refuse_orphan_masks(truth, cases)
     wanted = _select_observers(cases, observers)
     matched = _match(pred_dir, cases, find_predictions(pred_dir), wanted)
     _say_left_out(pred_dir, cases, matched)
