@@ -160,3 +160,12 @@ def test_an_image_column_matches_the_case_of_that_image(tmp_path, phantom_root):
     path = folds_csv(tmp_path, "P1/us.tif,0", "P2/us.tif,1", header="image,fold")
     line = refused(path, read_manifest(manifest), "line 2: image 'P1/us.tif' is the file name of cases P1, P2")
     assert "give an 'id' column" in line
+
+
+def test_the_json_that_split_writes_is_refused_saying_what_folds_file_reads(tmp_path, cases,
+                                                                            phantom_root, capsys):
+    """It was refused as 'line 1: fold file needs columns ...', a CSV's complaint."""
+    out = tmp_path / "splits.json"
+    assert main(["split", str(phantom_root), "--out", str(out), "--k", "2"]) == 0
+    problem = refused(out, cases, "is JSON (bcseg split writes its folds so")
+    assert "a CSV with columns 'fold' and 'image' or 'id'" in problem

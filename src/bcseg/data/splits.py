@@ -212,6 +212,11 @@ def folds_from_file(path: str | Path, cases: list[Case]) -> dict[str, int]:
     other problem raises :class:`DataError` naming the file and the line.
     """
     path = Path(path)
+    if path.suffix.lower() == ".json":  # bcseg split's output: its folds are a run's, not a table
+        raise DataError(path, "is JSON (bcseg split writes its folds so, to read, not to train "
+                        "from); --folds-file reads a CSV with columns 'fold' and 'image' or 'id', "
+                        "one row per image: write one, or let train split by group itself "
+                        "(--k, train.seed), as split did")
     columns, rows = read_csv_lines(path, "fold file")
     if "fold" not in columns or not ({"image", "id"} & set(columns)):
         raise DataError(path, "line 1: fold file needs columns 'fold' and 'image' or 'id'")
