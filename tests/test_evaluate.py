@@ -591,3 +591,41 @@ def test_three_observers_where_one_saw_a_tumour_disagree_infinitely(tmp_path):
     ceiling = json.loads(result["summary_json"].read_text())["references"]["inter-observer"]["metrics"]
     assert (ceiling["hd95"]["n_inf"], ceiling["assd"]["n_inf"]) == (2, 2)
     assert ceiling["dice"]["mean"] == pytest.approx(1 / 3)  # Dice 1, 0, 0 per case: never NaN
+
+
+def test_areas_of_images_and_volumes_of_stacks_are_not_averaged_together(tmp_path):
+    # A 2D image's area (1 mm^2) and a stack's volume (4 mm^3) were averaged into a
+    # "volume" of 2.5 in summary.json: a number of no unit. Both are in mm, so the
+    # distances are averaged; the volumes stay per case in metrics.csv.
+    def box(shape, corner, size):
+        m = np.zeros(shape, bool)
+        m[tuple(slice(c, c + s) for c, s in zip(corner, size))] = True
+        return m
+
+    cases = []
+    for name, shape, spacing, start, size in (("a", (6, 6), (0.5, 0.5), (1, 1), (2, 2)),
+                                              ("b", (3, 6, 6), (2.0, 0.5, 0.5), (0, 1, 1), (2, 2, 2))):
+        image = io.write_image(tmp_path / "images" / f"{name}.tif", np.zeros(shape, np.uint8), spacing)
+        truth = box(shape, start, size)
+        masks = {o: (io.write_mask(tmp_path / o / f"{name}.tif", truth, spacing),)
+                 for o in ("observer1", "observer2")}
+        cases.append(Case(name, image, masks))
+        # the prediction: the same box one row (0.5 mm) lower, Dice 0.5, HD95 0.5 mm
+        moved = box(shape, start[:-2] + (start[-2] + 1, start[-1]), size)
+        io.write_mask(tmp_path / "pred" / f"{name}_mask.tif", moved, spacing)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        result = evaluate(tmp_path / "pred", cases, tmp_path / "out", n_boot=10)
+    summary = json.loads(result["summary_json"].read_text())
+    assert (summary["level"], summary["unit"]) == ("mixed", "mm")
+    rows = read_rows(tmp_path / "out" / "metrics.csv")
+    volume = {r["case"]: float(r["volume_pred"]) for r in rows
+              if r["reference"] == "observer1" and r["level"] != "slice"}
+    assert volume == {"a": 4 * 0.25, "b": 8 * 2.0 * 0.25}  # 1 mm^2 and 4 mm^3, each kept
+    for name, entry in summary["references"].items():
+        for key in ("volume_pred", "volume_truth", "abs_volume_diff"):
+            stats = entry["metrics"][key]
+            assert stats["mean"] is None and (stats["n"], stats["n_finite"]) == (2, 0), (name, key)
+    metrics = summary["references"]["observer1"]["metrics"]
+    assert metrics["hd95"]["mean"] == 0.5 and metrics["dice"]["mean"] == 0.5  # mm in both: averaged
+    assert metrics["rel_volume_diff"]["mean"] == 0.0  # a ratio has no unit

@@ -399,14 +399,17 @@ def _per_case_agreement(agree_rows: list[dict]) -> list[dict]:
 
 # The metrics in mm (mm^2, mm^3), or in voxels where a case has no spacing.
 UNIT_METRICS = ("hd95", "assd", "volume_pred", "volume_truth", "abs_volume_diff")
+# The metrics that are areas of a 2D image (mm^2, pixels) but volumes of a stack (mm^3, voxels).
+VOLUME_METRICS = ("volume_pred", "volume_truth", "abs_volume_diff")
 
 
-def _summarise_rows(rows: list[dict], n_boot: int, seed: int, mixed_units: bool = False) -> dict:
-    """Summaries over ``rows``; with ``mixed_units`` (cases in mm beside cases in voxels) the
-    metrics with a unit are not averaged, a mean of 0.2 mm and 2 voxels being of no unit:
-    every value counts as undefined (NaN), and metrics.csv keeps each case's own."""
+def _summarise_rows(rows: list[dict], n_boot: int, seed: int, unmixable: Sequence[str] = ()) -> dict:
+    """Summaries over ``rows``; the metrics in ``unmixable`` are not averaged, their cases
+    being in different units (mm beside voxels, or areas of images beside volumes of
+    stacks): a mean of 0.2 mm and 2 voxels, or of 1 mm^2 and 4 mm^3, is of no unit. Every
+    value of those counts as undefined (NaN), and metrics.csv keeps each case's own."""
     def values(key):
-        return [math.nan if mixed_units and key in UNIT_METRICS else r[key] for r in rows]
+        return [math.nan if key in unmixable else r[key] for r in rows]
     return {"n_cases": len(rows),
             "n_pred_empty": int(sum(bool(r["pred_empty"]) for r in rows)),
             "n_truth_empty": int(sum(bool(r["truth_empty"]) for r in rows)),
@@ -669,14 +672,19 @@ def _score_cases(matched, targets, slices: bool, progress: bool) -> dict:
 def _reference_summaries(scored: dict, ordered: list[str], n_boot: int, seed: int) -> dict[str, dict]:
     """Summaries over cases: one value per case and reference, never per slice."""
     references: dict[str, dict] = {}
-    mixed = len({r["unit"] for r in scored["rows"]}) > 1
+    unmixable: tuple[str, ...] = ()
+    if len({r["unit"] for r in scored["rows"]}) > 1:  # mm beside voxels
+        unmixable = UNIT_METRICS
+    elif len({i["level"] for i in scored["infos"]}) > 1:  # 2D images beside 3D stacks
+        # distances are in mm (or voxels) in both, but an image's "volume" is an area
+        unmixable = VOLUME_METRICS
     for name in ordered + list(METHODS):
         chosen = [r for r in scored["rows"] if r["reference"] == name]
         if chosen:
-            references[name] = _summarise_rows(chosen, n_boot, seed, mixed)
+            references[name] = _summarise_rows(chosen, n_boot, seed, unmixable)
     per_case_agree = _per_case_agreement(scored["agree"])
     if per_case_agree:
-        references[INTER_OBSERVER] = _summarise_rows(per_case_agree, n_boot, seed, mixed)
+        references[INTER_OBSERVER] = _summarise_rows(per_case_agree, n_boot, seed, unmixable)
     return references
 
 
