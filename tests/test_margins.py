@@ -440,3 +440,25 @@ def test_an_enclosed_hole_in_the_specimen_mask_is_inside_the_specimen(hole):
         dict.fromkeys(M.FACES, 6.0))
     assert result["specimen_volume_mm3"] == pytest.approx(16 * 32 * 64 * 0.125)
     assert result["tumour_volume_mm3"] == pytest.approx(4 * 8 * 16 * 0.125)
+
+
+def test_small_voxels_keep_their_volume_and_distance_in_the_csv(tmp_path):
+    # At 0.02 mm voxels a 3x3x3 tumour is 27 * 0.02^3 = 0.000216 mm^3; the table wrote
+    # every number with 4 decimals, "0.0002" (7% low), and one voxel (8e-06 mm^3) as "0".
+    spacing = (0.02, 0.02, 0.02)
+    specimen = np.zeros((12, 12, 12), bool)
+    specimen[1:11, 1:11, 1:11] = True
+    tumour = np.zeros_like(specimen)
+    tumour[4:7, 4:7, 4:7] = True
+    single = np.zeros_like(specimen)
+    single[5, 5, 5] = True
+    rows = [dict(M.margins(tumour, specimen, spacing), case="cube"),
+            dict(M.margins(single, specimen, spacing), case="voxel")]
+    path = M.write_margins_csv(rows, tmp_path / "small.csv")
+    with open(path, newline="") as handle:
+        cube, voxel = csv.DictReader(handle)
+    assert float(cube["tumour_volume_mm3"]) == pytest.approx(27 * 0.02 ** 3, rel=1e-9)
+    assert float(cube["specimen_volume_mm3"]) == pytest.approx(1000 * 0.02 ** 3, rel=1e-9)
+    assert float(cube["distance_mm"]) == pytest.approx(3 * 0.02, rel=1e-9)  # voxel 4 to surface 1
+    assert float(voxel["tumour_volume_mm3"]) == pytest.approx(0.02 ** 3, rel=1e-9)
+    assert float(voxel["distance_mm"]) == pytest.approx(4 * 0.02, rel=1e-9)  # voxel 5 to surface 1

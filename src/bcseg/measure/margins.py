@@ -526,8 +526,10 @@ def margins_row(result: Mapping) -> dict:
 
 
 def _cell(value) -> str:
+    # Ten significant digits, not a fixed number of decimals: at 0.02 mm voxels a tumour
+    # of 27 voxels is 0.000216 mm^3, which four decimals wrote as 0.0002, and one voxel as 0.
     if isinstance(value, float):
-        return "" if math.isnan(value) else f"{value:.4f}".rstrip("0").rstrip(".")
+        return "" if math.isnan(value) else f"{value:.10g}"
     return str(value)
 
 
