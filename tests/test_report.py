@@ -161,6 +161,25 @@ def test_plot_case_metrics_uses_case_rows_only(run_dir, tmp_path):
         plot_case_metrics(only_slices, tmp_path)
 
 
+def test_plot_case_metrics_does_not_pool_millimetres_with_voxels(tmp_path, monkeypatch):
+    # Case a's HD95 is 0.2 mm, b's 2 voxels (no spacing): both were drawn in one box on an
+    # axis labelled with the first row's unit, "HD95 (mm)", as if b were 2 mm.
+    import bcseg.report.figures as figures
+
+    drawn = {}
+    monkeypatch.setattr(figures, "_save", lambda fig, path: drawn.setdefault("fig", fig) and path)
+    metrics = tmp_path / "metrics.csv"
+    metrics.write_text("case,reference,level,slice,dice,hd95,unit\n"
+                       "a,observer1,image,,0.5,0.2,mm\nb,observer1,image,,0.5,2.0,voxel\n")
+    plot_case_metrics(metrics, tmp_path)
+    dice_axis, hd95_axis = drawn["fig"].axes
+    assert sorted(dice_axis.collections[0].get_offsets()[:, 1]) == [0.5, 0.5]  # Dice has no unit
+    assert "mm" not in hd95_axis.get_ylabel() or "voxel" in hd95_axis.get_ylabel()
+    plotted = [y for c in hd95_axis.collections for y in c.get_offsets()[:, 1]]
+    assert plotted == []  # neither unit's values are drawn as the other's
+    assert "not drawn" in hd95_axis.get_title()
+
+
 def test_build_report_needs_something(tmp_path):
     with pytest.raises(DataError, match="nothing to report"):
         build_report(tmp_path)

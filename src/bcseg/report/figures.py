@@ -206,7 +206,8 @@ def plot_case_metrics(metrics_csv: str | Path, out_dir: str | Path,
     ignored), with the observers' agreement (``agreement.csv`` beside
     ``metrics_csv`` unless given) drawn in grey as the ceiling. Cases with an
     infinite HD95 (one mask empty) cannot be drawn; their count is under the
-    reference's name.
+    reference's name. Where some cases are in mm and others in voxels (no spacing),
+    no HD95 is drawn, the panel's title says so.
 
     Returns
     -------
@@ -219,7 +220,11 @@ def plot_case_metrics(metrics_csv: str | Path, out_dir: str | Path,
     if not values:
         raise DataError(metrics_csv, "has no specimen- or image-level rows to plot")
     rows = _read_csv(metrics_csv)
-    unit = next((r.get("unit") for r in rows if r.get("unit")), "")
+    units = sorted({r["unit"] for r in rows if r.get("level") in _CASE_LEVELS and r.get("unit")})
+    # Cases in mm beside cases in voxels (some without spacing): their HD95 are of no one
+    # axis, and a box over both would draw 2 voxels as 2 mm; summary.json averages neither.
+    mixed = len(units) > 1
+    unit = " and ".join(units) if mixed else (units[0] if units else "")
     refs = list(values)
     fig = Figure(figsize=(max(6.0, 1.1 * len(refs) + 1.5), 7.0), dpi=100, layout="constrained")
     rng = np.random.default_rng(seed)
@@ -228,6 +233,8 @@ def plot_case_metrics(metrics_csv: str | Path, out_dir: str | Path,
         ticks = []
         for x, ref in enumerate(refs):
             v = np.asarray(values[ref][metric], dtype=float)
+            if mixed and metric == "hd95":
+                v = v[:0]
             finite = v[np.isfinite(v)]
             n_inf = int(np.isinf(v).sum())
             colour = _CEILING if ref == INTER_OBSERVER else _TRAIN
@@ -252,7 +259,9 @@ def plot_case_metrics(metrics_csv: str | Path, out_dir: str | Path,
                 ax.text(len(refs) - 0.45, level, "mean inter-observer Dice", color=_CEILING,
                         fontsize=7, ha="right", va="bottom")
         ax.grid(axis="y", alpha=0.3)
-        ax.set_title(f"{label} per case, model against each reference", fontsize=9)
+        ax.set_title(f"{label} per case, model against each reference"
+                     + (": not drawn, the cases are not in one unit" if mixed and metric == "hd95" else ""),
+                     fontsize=9)
     return _save(fig, Path(out_dir) / "case_metrics.png")
 
 
