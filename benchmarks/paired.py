@@ -110,11 +110,16 @@ def compare(a: dict[str, float], b: dict[str, float], n_boot: int = 10_000, seed
 def text(result: dict, name_a: str, name_b: str, metric: str) -> str:
     d = result["delta"]
     width = max(len(name_a), len(name_b))
+    # summarise gives no CI of fewer than 5 pairs (NaN, with its ci_note), and a signed-rank
+    # test of differences that are all 0 has no ranks: say so, rather than print "nan".
+    ci = (f"no CI: {d['ci_note']}" if d.get("ci_note")
+          else f"95% CI {d['ci_low']:+.3f} to {d['ci_high']:+.3f}; "
+          f"{result['n_boot']} resamples, seed {result['seed']}")
+    test = ("no Wilcoxon signed-rank test: every pair is tied" if result["b_better"] + result["a_better"] == 0
+            else f"Wilcoxon signed-rank p = {result['wilcoxon_p']:.3g}")
     lines = [f"A {name_a:<{width}}  {metric} {result['mean_a']:.3f} over {result['n_paired']} paired images",
              f"B {name_b:<{width}}  {metric} {result['mean_b']:.3f}",
-             f"B - A: {d['mean']:+.3f} (95% CI {d['ci_low']:+.3f} to {d['ci_high']:+.3f}; "
-             f"{result['n_boot']} resamples, seed {result['seed']}); "
-             f"Wilcoxon signed-rank p = {result['wilcoxon_p']:.3g}",
+             f"B - A: {d['mean']:+.3f} ({ci}); {test}",
              f"B better on {result['b_better']} images, A on {result['a_better']}, "
              f"{result['ties']} ties"]
     left = {"only in A": result["n_only_a"], "only in B": result["n_only_b"],
@@ -145,7 +150,9 @@ def main(argv=None) -> int:
     print(text(result, args.a, args.b, args.metric))
     if args.json:
         result.update(a=args.a, b=args.b, metric=args.metric)
-        Path(args.json).write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
+        # NaN (no CI, no test) as null: a bare NaN is not JSON, and strict readers refuse it
+        safe = json.loads(json.dumps(result), parse_constant=lambda name: None)
+        Path(args.json).write_text(json.dumps(safe, indent=1, allow_nan=False) + "\n", encoding="utf-8")
     return 0
 
 

@@ -76,3 +76,20 @@ def test_an_ensembles_results_pair_with_a_run(tmp_path, capsys):
     assert result["delta"]["mean"] == pytest.approx((-0.1 + 0.3) / 2)
     with pytest.raises(SystemExit, match="Dice per image only"):
         paired.read_scores(tmp_path / "teacher" / "results.json", "hd95", None)
+
+
+def test_two_tied_pairs_say_why_there_is_no_ci_or_test(tmp_path, capsys):
+    # Two images, the same Dice in both runs: the line read "95% CI +nan to +nan ...;
+    # Wilcoxon signed-rank p = nan". With fewer than 5 pairs bcseg gives no CI ("n too
+    # small"), and with every difference 0 there is no signed rank to test.
+    rows = [["x1", "reference", "image", "", 0.5, 1], ["x2", "reference", "image", "", 0.7, 2]]
+    a, b = _metrics(tmp_path / "a", rows), _metrics(tmp_path / "b", rows)
+    assert paired.main([str(a), str(b), "--boot", "200", "--json", str(tmp_path / "r.json")]) == 0
+    out = capsys.readouterr().out
+    assert "nan" not in out
+    def refuse(name):
+        raise ValueError(f"{name} is not JSON")
+    saved = json.loads((tmp_path / "r.json").read_text(), parse_constant=refuse)  # NaN was written
+    assert saved["wilcoxon_p"] is None and saved["delta"]["ci_low"] is None
+    assert "B - A: +0.000 (no CI: n too small" in out and "every pair is tied" in out
+    assert "2 ties" in out
