@@ -502,6 +502,24 @@ def test_without_each_observer_as_a_target_there_is_no_human_level_test(tmp_path
     assert list(summary["references"]) == ["union", "inter-observer"]
 
 
+def test_a_consensus_of_one_observer_alone_is_refused_before_anything_is_written(tmp_path):
+    # targets=("union",) with one observer selected scores no reference at all: evaluate
+    # wrote metrics.csv (a header), agreement.csv and a summary of no reference, then
+    # failed with a bare StopIteration.
+    cases = image_cases(tmp_path, (12, 12), {"observer1": ((2, 5), (2, 5)), "observer2": ((2, 6), (2, 5))})
+    for case in cases:
+        io.write_mask(tmp_path / "pred" / f"{case.id}_mask.tif", rect((12, 12), (2, 5), (2, 5)))
+    with pytest.raises(UsageError, match="union, staple need two or more observers; 1 selected"):
+        evaluate(tmp_path / "pred", cases, tmp_path / "out", observers="observer1",
+                 targets=("union", "staple"), n_boot=10)
+    assert not (tmp_path / "out").exists()
+    with warnings.catch_warnings():  # with "each" the observer is scored, the consensus left out
+        warnings.simplefilter("ignore")
+        result = evaluate(tmp_path / "pred", cases, tmp_path / "out", observers="observer1",
+                          targets=("each", "union"), n_boot=10)
+    assert list(json.loads(result["summary_json"].read_text())["references"]) == ["observer1"]
+
+
 def test_a_prediction_of_a_case_no_observer_drew_says_so(tmp_path):
     # predict over the whole folder segments its unlabelled images too. Their masks were
     # refused with "(name the others with --observer)", when there are no others to name.

@@ -522,7 +522,8 @@ def evaluate(pred_dir: str | Path, truth, out_dir: str | Path, observers: str | 
         and unreadable file, listed in one error.
     UsageError
         Outputs exist and not ``force`` (or bcseg did not write them), the output
-        folder is a file, or unknown targets, observers or protocol.
+        folder is a file, unknown targets, observers or protocol, or consensus targets
+        without ``"each"`` where one observer is selected.
     """
     pred_dir, out_dir = Path(pred_dir), Path(out_dir)
     settings = _check_settings(targets, observers, n_boot, seed, protocol, model)
@@ -532,6 +533,7 @@ def evaluate(pred_dir: str | Path, truth, out_dir: str | Path, observers: str | 
     refuse_orphan_masks(truth, cases)
     wanted = _select_observers(cases, observers)
     matched = _match(pred_dir, cases, find_predictions(pred_dir), wanted)
+    _refuse_lone_consensus(matched, settings["targets"])
     _say_left_out(pred_dir, cases, matched)
     _say_mixed_models(pred_dir, matched)
     # The protocol's model is loaded and checked before the scoring it would follow
@@ -561,6 +563,19 @@ def _refuse_unfinished(pred_dir: Path) -> None:
         raise DataError(pred_dir, f"is the test fold of a training run that has not finished ({run} has "
                         f"no {SETTINGS_FILE}: stopped, or still running); finish it with "
                         "'bcseg train ... --resume' before evaluating it")
+
+
+def _refuse_lone_consensus(matched, targets: Sequence[str]) -> None:
+    """Refuse consensus targets alone where one observer is selected: a consensus needs two,
+    so no reference would be scored, and the summary would hold none (it failed after
+    writing the tables, with a bare StopIteration)."""
+    if "each" in targets:
+        return
+    for _, _, names in matched:
+        if len(names) < 2:
+            raise UsageError(None, f"the consensus target(s) {', '.join(targets)} need two or more "
+                             f"observers; {len(names)} selected ({', '.join(names)}), so nothing would "
+                             "be scored; add the target 'each' to score the prediction against it")
 
 
 def _say_left_out(pred_dir: Path, cases: Sequence[Case], matched) -> None:
