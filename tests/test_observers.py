@@ -128,3 +128,24 @@ def test_two_observer_staple_warns_once(monkeypatch):
         for _ in range(3):
             O.staple([inner, outer])
     assert len([w for w in caught if "degenerate" in str(w.message)]) == 1
+
+
+def test_staple_keeps_what_every_observer_marked_and_nothing_none_did():
+    # On small or barely overlapping masks STAPLE's estimates can rate an observer worse
+    # than chance, which inverts that observer's votes: it marked a pixel that no observer
+    # drew (index 5 below), and in the second case dropped the one pixel all four drew
+    # (index 13). A consensus lies between the observers' intersection and their union.
+    three = [np.array(v, bool).reshape(4, 2) for v in
+             ([0, 1, 1, 0, 0, 0, 0, 1], [0] * 8, [1, 1, 0, 1, 1, 0, 1, 1])]
+    out = O.staple(three)
+    assert not out[2, 1]  # index 5: no observer drew it
+    four = [np.array(v, bool).reshape(4, 4) for v in
+            ([1, 0, 0, 0, 0, 1, 0, 1, 0, 0, 0, 1, 1, 1, 0, 0],
+             [0, 0, 1, 1, 1, 0, 1, 0, 1, 1, 0, 1, 0, 1, 1, 1],
+             [1, 1, 0, 1, 0, 1, 1, 1, 1, 1, 0, 1, 1, 1, 1, 1],
+             [0, 1, 1, 1, 1, 0, 1, 0, 0, 1, 1, 0, 1, 1, 1, 1])]
+    out = O.staple(four)
+    assert out[3, 1]  # index 13: all four drew it
+    for masks in (three, four):
+        out = O.staple(masks)
+        assert not (out & ~O.union(masks)).any() and not (O.intersection(masks) & ~out).any()

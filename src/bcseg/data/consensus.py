@@ -96,7 +96,10 @@ def staple(masks: Sequence, threshold: float = 0.5) -> np.ndarray:
     therefore give their intersection (their union if ``threshold < 0.5``)
     without running STAPLE, with a warning (once per process) saying so.
     STAPLE is undefined (SimpleITK returns NaN) when all masks are identical,
-    e.g. all empty; the common mask is then returned.
+    e.g. all empty; the common mask is then returned. The result always holds the
+    voxels every observer marked and none that no observer marked: on small or barely
+    overlapping masks STAPLE's estimates can rate an observer worse than chance and
+    invert its votes, which would put those voxels on the wrong side.
     """
     if not 0 <= threshold < 1:
         raise ValueError(f"threshold must be in [0, 1), not {threshold}")
@@ -110,7 +113,11 @@ def staple(masks: Sequence, threshold: float = 0.5) -> np.ndarray:
     prob = sitk.GetArrayFromImage(sitk.STAPLE(images, 1.0))
     if np.isnan(prob).any():
         raise RuntimeError("STAPLE returned NaN probabilities; use union or intersection")
-    return prob > threshold
+    # On small or barely overlapping masks STAPLE can rate an observer worse than chance
+    # (sensitivity + specificity < 1), which inverts that observer's votes: a voxel no
+    # observer drew came out foreground, one every observer drew background. Whatever
+    # the estimates, a consensus lies between the intersection and the union.
+    return (prob > threshold) & union(ms) | intersection(ms)
 
 
 def consensus(masks: Mapping[str, np.ndarray], method: str) -> np.ndarray:
