@@ -131,3 +131,15 @@ def test_teacher_weight_is_taken_for_a_teacher_the_recipe_names(tmp_path, capsys
     # past the weight's check, to the teacher itself (absent here, so nothing trains)
     assert code == 4 and "absent_teacher.keras" in line and "--teacher-weight" not in line, line
     assert not out.exists()
+
+
+@pytest.mark.parametrize("steps", [",", "largest,", "largest,,fill", " , "])
+def test_postprocess_with_an_empty_step_is_refused(tmp_path, capsys, phantom_root, steps):
+    """--postprocess ',' (two unset variables, "$A,$B") was taken as no post-processing,
+    overriding the run's tuned choice without a word; an empty item beside steps was
+    dropped as if never typed."""
+    out = tmp_path / "out"
+    line = refused(capsys, ["predict", phantom_root / "images", "--postprocess", steps, "--out", out],
+                   "--postprocess")
+    assert "empty" in line, line
+    assert not out.exists()

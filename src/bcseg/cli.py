@@ -165,7 +165,12 @@ def _steps(text: str) -> list[str]:
     """Comma-separated post-processing steps; 'none' for none."""
     from bcseg.infer.postprocess import POSTPROCESS_STEPS
 
-    given = [step.strip() for step in text.split(",") if step.strip()]
+    given = [step.strip() for step in text.split(",")]
+    # An empty item is a slip ("$A,$B" with both unset is ","), never a step: dropped,
+    # "," was no post-processing at all, overriding the run's tuned choice.
+    if "" in given:
+        raise argparse.ArgumentTypeError(f"'{text}' has an empty step; give steps separated by "
+                                         "single commas, or none")
     steps = [step for step in given if step != "none"]
     unknown = [step for step in steps if step not in POSTPROCESS_STEPS]
     if unknown:
