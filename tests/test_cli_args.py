@@ -143,3 +143,16 @@ def test_postprocess_with_an_empty_step_is_refused(tmp_path, capsys, phantom_roo
                    "--postprocess")
     assert "empty" in line, line
     assert not out.exists()
+
+
+@pytest.mark.parametrize("value", ["1e300", "1e308"])
+def test_a_size_limit_beyond_any_memory_is_a_setting_error(tmp_path, capsys, phantom_root, monkeypatch,
+                                                           value):
+    """BCSEG_MAX_IMAGE_GB=1e300 overflowed converting GiB to bytes: every command
+    stopped with 'OverflowError: cannot convert float infinity to integer', exit 1."""
+    monkeypatch.setenv("BCSEG_MAX_IMAGE_GB", value)
+    capsys.readouterr()
+    assert main(["check", str(phantom_root)]) == 4
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) == 1 and f"BCSEG_MAX_IMAGE_GB='{value}'" in lines[0], lines
+    assert "Overflow" not in lines[0]

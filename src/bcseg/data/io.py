@@ -42,6 +42,7 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".nii", ".nii.gz")
 # environment variable below.
 MAX_IMAGE_GIB = 4.0
 MAX_IMAGE_ENV = "BCSEG_MAX_IMAGE_GB"
+MAX_IMAGE_GIB_LIMIT = 2**34  # 16 EiB: all a 64-bit address space holds
 
 # The first bytes of each format, to tell a file whose content does not match its
 # name (a web page saved as .png, a JPEG renamed .tif) before a reader guesses.
@@ -232,6 +233,13 @@ def max_image_bytes() -> int:
                           "positive number of GiB")
     if value * 2**30 < 1:  # a limit of 0 bytes refused every file, blamed on the data (exit 3)
         raise ConfigError(None, f"environment variable {MAX_IMAGE_ENV}={text!r} is under one byte; "
+                          f"give the GiB of pixels one file may hold (default {MAX_IMAGE_GIB:g})")
+    # A limit beyond what a 64-bit machine can address (16 EiB) limits nothing, and from
+    # 1e300 GiB the bytes overflowed to infinity: every command stopped with an
+    # OverflowError (exit 1) naming no setting.
+    if value > MAX_IMAGE_GIB_LIMIT:
+        raise ConfigError(None, f"environment variable {MAX_IMAGE_ENV}={text!r} is more than "
+                          f"{MAX_IMAGE_GIB_LIMIT} GiB (16 EiB), more than any machine addresses; "
                           f"give the GiB of pixels one file may hold (default {MAX_IMAGE_GIB:g})")
     return int(value * 2**30)
 
