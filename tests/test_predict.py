@@ -759,3 +759,50 @@ def test_keep_going_stops_at_a_damaged_model_rather_than_blaming_each_file(tmp_p
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 4 and len(err) == 1 and err[0].startswith(f"bcseg: error: {run}: gives values"), err
     assert not (tmp_path / "out").exists()
+
+
+# --------------------------------------------------------------------------- hostile keywords
+
+@pytest.mark.parametrize("spacing", [(0, 1, 1), (-1, 1, 1), (np.nan, 1, 1), (np.inf, 1, 1),
+                                     ("abc", 1, 1), (1e-12, 1, 1), 5])
+def test_predict_volume_refuses_an_unusable_spacing(unet2d, stack, spacing):
+    """Only the spacing's length was checked: zero, negative, NaN or text spacings were
+    taken without a word (and a number, 5, failed as 'int has no len()')."""
+    with pytest.raises(DataError, match="spacing"):
+        predict_volume(unet2d, stack, spacing)
+
+
+@pytest.mark.parametrize("shape", [(0, 16, 16), (3, 0, 16), (0, 16)])
+def test_predict_volume_refuses_an_empty_array(unet2d, shape):
+    """An array with no pixels failed inside NumPy ('zero-size array to reduction
+    operation') or TensorFlow ('Incompatible shapes'), naming nothing."""
+    with pytest.raises(DataError, match="no pixels"):
+        predict_volume(unet2d, np.zeros(shape, np.uint8))
+
+
+@pytest.mark.parametrize("keywords, name", [
+    ({"input_size": 10**9}, "input_size"),  # a 10**18-pixel square: the process was killed
+    ({"input_size": 32.5}, "input_size"), ({"input_size": True}, "input_size"),
+    ({"patch_size": (16.5, 16)}, "patch_size"),  # taken, rounded somewhere, without a word
+    ({"min_size": -1, "postprocess": ["small"]}, "min_size"),
+    ({"min_size": 2.5, "postprocess": ["small"]}, "min_size"),
+    ({"min_size": 5}, "min_size"),  # read by the 'small' step alone: dropped without a word
+    ({"threshold": "0.5"}, "threshold"), ({"threshold": 0}, "threshold"),
+    ({"threshold": True}, "threshold"),
+    ({"tta": True, "flips": ["x"]}, "flips"),
+    ({"batch_size": 2.5}, "batch_size"), ({"batch_size": "8"}, "batch_size"),
+    ({"overlap": "0.5"}, "overlap"),
+])
+def test_predict_volume_refuses_a_bad_keyword_naming_it(unet2d, stack, keywords, name):
+    with pytest.raises(ValueError, match=name) as caught:
+        predict_volume(unet2d, stack, **keywords)
+    assert "\n" not in str(caught.value)
+
+
+def test_predict_volume_takes_numpy_scalars(unet2d, stack):
+    """NumPy's own numbers are numbers: a threshold or size read from an array is taken."""
+    _, expected = predict_volume(unet2d, stack, threshold=0.4, input_size=16, batch_size=2)
+    mask, prob = predict_volume(unet2d, stack, threshold=np.float32(0.4), input_size=np.int64(16),
+                                batch_size=np.int64(2), tta=np.bool_(False))
+    np.testing.assert_array_equal(prob, expected)
+    np.testing.assert_array_equal(mask, expected > np.float32(0.4))

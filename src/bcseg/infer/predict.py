@@ -36,6 +36,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import math
+import numbers
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
@@ -43,7 +44,8 @@ from typing import Callable, Sequence
 import numpy as np
 from tqdm.auto import tqdm
 
-from bcseg.errors import DataError, ModelError, naming
+from bcseg.errors import ConfigError, DataError, ModelError, naming
+from bcseg.data.io import spacing_problem
 from bcseg.data.intensity import channel_stats, check_methods, intensity_stats, normalise
 from bcseg.infer.postprocess import apply_steps_inplace, check_steps, release_slices
 from bcseg.learn.saved import ModelSpec, load_model, model_spec  # noqa: F401 (re-exported)
@@ -403,8 +405,18 @@ def _check_input(spec: ModelSpec, array: np.ndarray, spacing, names: Sequence[st
     problem = rank_problem(spec.ndim, array.shape)
     if problem:
         raise DataError(None, problem)
-    if spacing is not None and len(spacing) != array.ndim:
-        raise DataError(None, f"spacing {tuple(spacing)} does not match an image of shape {array.shape}")
+    if array.size == 0:  # failed inside NumPy's reductions or TensorFlow, naming nothing
+        raise DataError(None, f"the image has no pixels (shape {array.shape})")
+    if spacing is not None:
+        # The readers' rule (spacing_problem); only the length was checked, so a spacing
+        # of 0, NaN or text given here was taken without a word.
+        if isinstance(spacing, str) or not isinstance(spacing, (Sequence, np.ndarray)):
+            raise DataError(None, f"spacing must be one number per axis (mm), got {spacing!r}")
+        if len(spacing) != array.ndim:
+            raise DataError(None, f"spacing {tuple(spacing)} does not match an image of shape {array.shape}")
+        problem = spacing_problem(spacing, array.ndim)
+        if problem:
+            raise DataError(None, f"spacing {tuple(spacing)}: {problem}")
 
 
 def _check_out(out, shape, dtypes, name: str) -> None:
@@ -461,15 +473,39 @@ def predict_volume(
     --------
     >>> mask, prob = predict_volume(model, stack, tta=True, postprocess=["largest"])  # doctest: +SKIP
     """
-    if input_size is not None and (input_size < 1 or patch_size is not None):
+    if input_size is not None and patch_size is not None:
         raise ValueError(f"input_size must be a positive size, without patch_size; got {input_size}")
-    settings = InferenceSettings(
-        threshold=threshold, tta=tta, flips=tuple(flips), postprocess=tuple(check_steps(postprocess)),
-        min_size=min_size, input_size=input_size,
-        patch_size=None if patch_size is None else tuple(patch_size))
+    settings = _keyword_settings(threshold, tta, flips, check_steps(postprocess), min_size,
+                                 input_size, patch_size)
     return segment_volume(model, array, settings, spacing, batch_size=batch_size, overlap=overlap,
                           mask_out=mask_out, prob_out=prob_out, keep_prob=keep_prob,
                           progress=progress)
+
+
+def _plain(value):
+    """A NumPy scalar as the Python number or bool it holds (np.float32(0.4) is no
+    ``float``, which the settings' rule asks for); anything else as it is."""
+    return value.item() if isinstance(value, np.generic) else value
+
+
+def _keyword_settings(threshold, tta, flips, postprocess, min_size, input_size, patch_size
+                      ) -> InferenceSettings:
+    """predict_volume's keywords as settings, checked by the rule a settings file is
+    (:meth:`InferenceSettings.from_dict`). Unchecked, input_size=10**9 asked for a
+    square of 10**18 pixels and the process was killed, a threshold of 0 marked every
+    pixel, and min_size without the 'small' step, or an unknown flip, went unread."""
+    flips = [flips] if isinstance(flips, str) else [_plain(f) for f in flips]
+    data = {"threshold": _plain(threshold), "tta": _plain(tta), "flips": flips,
+            "postprocess": list(postprocess), "min_size": _plain(min_size),
+            "input_size": _plain(input_size),
+            "patch_size": None if patch_size is None else [_plain(p) for p in patch_size]}
+    if data["min_size"] != DEFAULTS["min_size"] and "small" not in data["postprocess"]:
+        raise ValueError(f"min_size={min_size} needs the 'small' step, which the post-processing "
+                         f"({', '.join(data['postprocess']) or 'none'}) lacks; add small to postprocess")
+    try:
+        return InferenceSettings.from_dict(data)
+    except ConfigError as error:  # a keyword, not a file: the Python caller's ValueError
+        raise ValueError(error.problem) from None
 
 
 def segment_volume(models: keras.Model | Sequence[keras.Model], array: np.ndarray,
@@ -558,10 +594,13 @@ def _check_call(settings, overlap, batch_size, mask_out, prob_out, shape) -> Non
     check_steps(settings.postprocess)
     if not 0 <= settings.threshold <= 1:
         raise ValueError(f"threshold must be in [0, 1], got {settings.threshold}")
-    if not 0 <= overlap < 1:
-        raise ValueError(f"overlap must be in [0, 1), got {overlap}")
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+    # numbers only: text failed as "'<=' not supported between 'int' and 'str'", and
+    # batch_size 2.5 as "'float' object cannot be interpreted as an integer"
+    if not (isinstance(overlap, numbers.Real) and not isinstance(overlap, bool) and 0 <= overlap < 1):
+        raise ValueError(f"overlap must be in [0, 1), got {overlap!r}")
+    if not (isinstance(batch_size, numbers.Integral) and not isinstance(batch_size, bool)
+            and batch_size >= 1):
+        raise ValueError(f"batch_size must be a whole number, at least 1, got {batch_size!r}")
     _check_out(mask_out, shape, (np.bool_, np.uint8), "mask_out")
     _check_out(prob_out, shape, (np.float32,), "prob_out")
 
