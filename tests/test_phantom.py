@@ -162,3 +162,21 @@ def test_the_largest_phantom_request_passes_the_check():
     assert "at most 4096" in shape_problem((8, 8, 4097))
     with pytest.raises(ValueError, match="shape .* voxels"):
         make_specimen((4096, 4096, 4096))
+
+
+@pytest.mark.parametrize("keywords, said", [
+    ({"spacing_mm": (1.0, 0.25)}, "spacing_mm"),  # was NumPy's 'operands could not be broadcast'
+    ({"spacing_mm": (0.0, 0.25, 0.25)}, "spacing_mm"),  # was refused after a specimen was made
+    ({"shape": (8.5, 16, 16)}, "shape"),  # was cut to 8 without a word
+    ({"seed": -1}, "seed"),  # was NumPy's 'expected non-negative integer', naming nothing
+    ({"seed": 1.5}, "seed"),
+    ({"n": 1.5}, "n"),  # was "'float' object cannot be interpreted as an integer"
+    ({"n": "2"}, "n"),
+], ids=["spacing-length", "spacing-zero", "shape-fraction", "seed-negative", "seed-fraction",
+        "n-fraction", "n-text"])
+def test_write_phantom_refuses_a_bad_value_naming_it_before_the_folder(tmp_path, keywords, said):
+    out = tmp_path / "phantom"
+    with pytest.raises(ValueError, match=rf"^{said} ") as caught:
+        write_phantom(out, **{"n": 1, "shape": (8, 16, 16), **keywords})
+    assert "\n" not in str(caught.value)
+    assert not out.exists()

@@ -30,12 +30,14 @@ import csv
 import io as text_io
 import json
 import math
+import numbers
 from pathlib import Path
 
 import numpy as np
 from scipy import ndimage
 
 from bcseg.data import io
+from bcseg.data.io import spacing_problem
 from bcseg.atomic import write_text
 from bcseg.outputs import check_output_folder, claim, require_new_folder
 from bcseg.data import phantom_us as us
@@ -154,7 +156,23 @@ def shape_problem(shape) -> str | None:
     return None
 
 
-def _check_request(shape, difficulty, channels) -> tuple[tuple[int, ...], tuple[str, ...]]:
+def _is_whole(value, low: int = 0) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool) and value >= low
+
+
+def _check_request(shape, difficulty, channels, seed=0, spacing_mm=DEFAULT_SPACING_MM
+                   ) -> tuple[tuple[int, ...], tuple[str, ...]]:
+    # Checked here, before any specimen is made: a fractional size was cut to a whole
+    # one without a word, a negative or fractional seed failed inside NumPy naming
+    # nothing, and a spacing of two values as "operands could not be broadcast".
+    shape = tuple(shape)
+    if not all(_is_whole(n) for n in shape):
+        raise ValueError(f"shape must be whole numbers of voxels (Z, H, W), got {shape}")
+    if not _is_whole(seed):
+        raise ValueError(f"seed must be a whole number >= 0, got {seed!r}")
+    problem = spacing_problem(spacing_mm, 3)
+    if problem:
+        raise ValueError(f"spacing_mm {tuple(spacing_mm)} (Z, Y, X mm): {problem}")
     shape = tuple(int(n) for n in shape)
     problem = shape_problem(shape)
     if problem:
@@ -198,7 +216,7 @@ def make_specimen(shape=DEFAULT_SHAPE, seed: int = 0, spacing_mm=DEFAULT_SPACING
         ``artefacts``), ``spacing_mm``; realistic ones also ``envelope``, the
         ultrasound before log compression.
     """
-    shape, channels = _check_request(shape, difficulty, channels)
+    shape, channels = _check_request(shape, difficulty, channels, seed, spacing_mm)
     rng = np.random.default_rng(seed)
     if difficulty == "easy":
         specimen = _easy_specimen(rng, shape, spacing_mm)
@@ -237,9 +255,9 @@ def write_phantom(out: str | Path, n: int = 8, shape=DEFAULT_SHAPE, seed: int = 
     list of Path
         The image files written (every channel).
     """
-    if n < 1 or n > MAX_SPECIMENS:
-        raise ValueError(f"n must be at least 1 and at most {MAX_SPECIMENS}, got {n}")
-    _, channels = _check_request(shape, difficulty, channels)
+    if not (_is_whole(n, 1) and n <= MAX_SPECIMENS):
+        raise ValueError(f"n must be at least 1 and at most {MAX_SPECIMENS}, a whole number, got {n!r}")
+    _, channels = _check_request(shape, difficulty, channels, seed, spacing_mm)
     out = check_output_folder(out)
     require_new_folder(out, force, "phantom")
     with claim(out, "phantom", replace=force, new=True, all_or_nothing=True):
