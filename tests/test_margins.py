@@ -150,6 +150,9 @@ def test_orientation_string_permutes_face_names():
     ("w:superior-inferior,y:anterior-posterior,x:medial-lateral", "cannot read"),
     ("z superior-inferior,y:anterior-posterior,x:medial-lateral", "cannot read"),
     ("z:superior,y:anterior-posterior,x:medial-lateral", "cannot read"),
+    # an empty item was dropped without a word, so a list with a slip in it was read
+    ("z:superior-inferior,y:anterior-posterior,x:medial-lateral,", "empty item"),
+    ("z:superior-inferior,,y:anterior-posterior,x:medial-lateral", "empty item"),
 ])
 def test_bad_orientation_strings_raise(text, words):
     with pytest.raises(ValueError, match=words):

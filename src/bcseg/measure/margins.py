@@ -171,7 +171,11 @@ def parse_orientation(text: str) -> Orientation:
         Unless every axis and every face pair appears exactly once.
     """
     form = "expected 'z:superior-inferior,y:anterior-posterior,x:medial-lateral'"
-    items = [item.strip() for item in str(text).split(",") if item.strip()]
+    items = [item.strip() for item in str(text).split(",")]
+    # An empty item ("...,x:medial-lateral,") is a slip, not a separator to skip.
+    if "" in items and any(items):
+        raise ValueError(f"orientation {text!r}: has an empty item; {form}")
+    items = [item for item in items if item]
     if len(items) != 3:
         raise ValueError(f"orientation {text!r}: needs 3 items, one per axis; {form}")
     axes: dict[int, tuple[str, str]] = {}
