@@ -647,3 +647,19 @@ def test_areas_of_images_and_volumes_of_stacks_are_not_averaged_together(tmp_pat
     metrics = summary["references"]["observer1"]["metrics"]
     assert metrics["hd95"]["mean"] == 0.5 and metrics["dice"]["mean"] == 0.5  # mm in both: averaged
     assert metrics["rel_volume_diff"]["mean"] == 0.0  # a ratio has no unit
+
+
+@pytest.mark.parametrize("keywords, said", [
+    # nothing to score: the consensus targets need two observers; was a bare StopIteration
+    ({"observers": "observer1", "targets": ["staple"]}, "two or more observers"),
+    ({"observers": ["observer2"], "targets": ["union", "intersection"]}, "two or more observers"),
+    ({"n_boot": 2.5}, "n_boot"),  # was cut to 2 without a word
+    ({"seed": 1.5}, "seed"), ({"seed": -1}, "seed"),
+    ({"targets": ["union", "union"]}, "twice"),  # recorded in summary.json as asked
+])
+def test_evaluate_refuses_bad_settings_before_writing(study, tmp_path, keywords, said):
+    out = tmp_path / "eval"
+    with pytest.raises(UsageError, match=said) as caught:
+        evaluate(study["root"] / "pred", study["root"] / "data", out, **{"n_boot": 10, **keywords})
+    assert "\n" not in str(caught.value)
+    assert not out.exists()

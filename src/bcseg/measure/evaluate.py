@@ -59,6 +59,7 @@ import csv
 import io as text_io
 import json
 import math
+import numbers
 import warnings
 from pathlib import Path
 from typing import Iterable, Mapping, Sequence
@@ -640,6 +641,10 @@ def _summary(scored: dict, matched, study_style: dict | None, settings: dict, pr
     }
 
 
+def _whole(value, low: int) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool) and value >= low
+
+
 def _check_settings(targets, observers, n_boot: int, seed: int, protocol: str, model) -> dict:
     """The settings recorded in ``summary.json``, after checking them by name."""
     targets = tuple(targets)
@@ -647,8 +652,14 @@ def _check_settings(targets, observers, n_boot: int, seed: int, protocol: str, m
     if unknown or not targets:
         raise UsageError(None, f"unknown target(s) {', '.join(map(repr, unknown)) or '(none given)'}; "
                          f"choose from {', '.join(TARGETS)}")
-    if int(n_boot) < 1:
-        raise UsageError(None, f"n_boot must be at least 1, not {n_boot}")
+    if len(set(targets)) < len(targets):  # recorded in summary.json as asked
+        raise UsageError(None, f"targets {', '.join(map(repr, targets))} name a target twice; name each once")
+    # whole numbers: int() cut n_boot=2.5 to 2 and seed=1.5 to 1 without a word, and a
+    # negative seed failed inside NumPy's bootstrap, naming nothing
+    if not _whole(n_boot, 1):
+        raise UsageError(None, f"n_boot must be a whole number, at least 1, not {n_boot!r}")
+    if not _whole(seed, 0):
+        raise UsageError(None, f"seed must be a whole number >= 0, not {seed!r}")
     if protocol not in PROTOCOLS:
         raise UsageError(None, f"unknown protocol {protocol!r}; choose from {', '.join(PROTOCOLS)}")
     if protocol == "reference" and model is None:
