@@ -156,3 +156,25 @@ def test_a_size_limit_beyond_any_memory_is_a_setting_error(tmp_path, capsys, pha
     lines = capsys.readouterr().err.splitlines()
     assert len(lines) == 1 and f"BCSEG_MAX_IMAGE_GB='{value}'" in lines[0], lines
     assert "Overflow" not in lines[0]
+
+
+@pytest.mark.parametrize("command", ["train", "phantom"])
+def test_predict_refuses_the_folder_of_another_commands_whole_result(tmp_path, capsys, models, command):
+    """predict --out RUN wrote its masks into a training run's own folder: 'train
+    --resume' and '--force' then refused the run ('holds the output of bcseg predict'),
+    and phantom --force its dataset, until the user deleted the masks by hand."""
+    from bcseg.atomic import write_text
+    from bcseg.outputs import claim
+
+    folder = tmp_path / "result"
+    with claim(folder, command):
+        write_text(folder / "config.toml", "[model]\n")
+    before = sorted(p.name for p in folder.iterdir())
+    iio.imwrite(tmp_path / "scan.png", IMAGE)
+    line = refused(capsys, ["predict", tmp_path / "scan.png", "--model", models["2d"], "--out", folder,
+                            "--no-progress"], str(folder))
+    assert f"'bcseg {command}'" in line, line
+    assert sorted(p.name for p in folder.iterdir()) == before
+    # a subfolder of its own is predict's, and left alone by the run (docs/safety.md)
+    assert main(["predict", str(tmp_path / "scan.png"), "--model", str(models["2d"]), "--out",
+                 str(folder / "peek"), "--no-progress"]) == 0

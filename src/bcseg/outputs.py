@@ -605,6 +605,25 @@ DATASET_WRITERS = ("phantom", "export-nnunet")
 ADDED_TO = {"train": ("report", "export-onnx"), "demo": ("report", "export-onnx")}
 
 
+# Commands whose result is a whole folder, which their --force replaces (and train's
+# --resume continues) only while it holds their own files and what ADDED_TO lets in.
+WHOLE_FOLDER_WRITERS = ("train", "demo", "ensemble", *DATASET_WRITERS)
+
+
+def refuse_whole_result(folder: Path, command: str) -> None:
+    """Refuse to write ``command``'s files into the folder of another command's whole
+    result (a run, a phantom): ``predict --out RUN`` put its masks beside the run's
+    files, and ``train --resume`` and ``--force`` then refused the run as holding
+    predict's output, until the masks were deleted by hand. A subfolder is fine."""
+    if not Path(folder).is_dir():
+        return
+    for name, writer in sorted(writers(folder).items()):
+        if writer in WHOLE_FOLDER_WRITERS and writer != command and command not in ADDED_TO.get(writer, ()):
+            raise UsageError(folder, f"holds the output of 'bcseg {writer}' ({name}); {command}'s files "
+                             f"there would keep '{writer}' from replacing or continuing it: choose "
+                             f"another output folder (a new subfolder, such as {Path(folder) / command}, will do)")
+
+
 def check_one_writer(folder: Path, command: str) -> None:
     """Refuse to replace ``folder`` when another command wrote it.
 

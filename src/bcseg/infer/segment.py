@@ -693,6 +693,7 @@ def predict_files(model_path: str | Path, inputs, out_dir: str | Path, *, thresh
         the mask was written but its margins failed).
     """
     out_dir = outputs.check_output_folder(out_dir)
+    outputs.refuse_whole_result(out_dir, "predict")
     files = _input_files(inputs)
     wanted = {output_name(path): _case_outputs(path, out_dir, save_prob, quicklook) for path in files}
     todo = _files_to_do(files, wanted, out_dir, force, resume)  # refuse before the model loads
