@@ -180,3 +180,17 @@ def test_write_phantom_refuses_a_bad_value_naming_it_before_the_folder(tmp_path,
         write_phantom(out, **{"n": 1, "shape": (8, 16, 16), **keywords})
     assert "\n" not in str(caught.value)
     assert not out.exists()
+
+
+def test_no_artefacts_without_the_realistic_phantom_is_refused(tmp_path, capsys):
+    """--no-artefacts acts on the realistic phantom alone: with the default (easy) it
+    was dropped without a word, and the phantom written as if it had not been given."""
+    from bcseg.cli import main
+
+    out = tmp_path / "phantom"
+    capsys.readouterr()
+    code = main(["phantom", str(out), "--n", "1", "--shape", "8", "16", "16", "--no-artefacts"])
+    lines = capsys.readouterr().err.splitlines()
+    assert code == UsageError.exit_code and len(lines) == 1, lines
+    assert "--no-artefacts" in lines[0] and "--difficulty realistic" in lines[0]
+    assert not out.exists()

@@ -232,6 +232,8 @@ def _shape(values: list[int]) -> tuple[int, ...]:
 def cmd_phantom(args) -> int:
     from bcseg.data.phantom import MAX_SPECIMENS, shape_problem, write_phantom
 
+    _needs(args.no_artefacts, "--no-artefacts", args.difficulty == "realistic",
+           "--difficulty realistic (the easy phantom has no artefacts to leave out)")
     # Checked before the folder is made: an absurd shape was a raw MemoryError.
     if args.n > MAX_SPECIMENS:
         raise UsageError("--n", f"must be at most {MAX_SPECIMENS} specimens, got {args.n}")
