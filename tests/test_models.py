@@ -133,3 +133,14 @@ def test_tiny_unet_memorises_discs_and_reloads_compiled(tmp_path):
     loaded = keras.saving.load_model(path, safe_mode=True)  # compile=True: bcseg.learn.losses imported
     assert loaded.loss is bce_dice_loss
     np.testing.assert_allclose(_predict(loaded, x), _predict(model, x), atol=1e-6)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"ndim": 2.0}, "ndim"),  # passed the check (2.0 in (2, 3)), then 'can't multiply sequence'
+    ({"depth": 20}, "depth"),  # 16 * 2**20 filters: TensorFlow's OOM, naming no argument
+    ({"base_filters": 5000}, "base_filters"),
+    ({"stem_stride": 64}, "stem_stride"),
+])
+def test_unet_refuses_what_the_recipe_ranges_refuse(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        unet(**kwargs)

@@ -176,16 +176,21 @@ def _decoder(x, skips: list, widths: list[int], ndim: int, norm, residual: bool,
 
 def _check_args(ndim, in_channels, base_filters, depth, norm, dropout, residual,
                 upsample, decoder_norm_only, stem_stride):
-    def positive_int(value, what, minimum=1):
+    def positive_int(value, what, minimum=1, maximum=None):
         if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
             raise ValueError(f"{what} must be an integer >= {minimum}, got {value!r}")
+        if maximum is not None and value > maximum:
+            raise ValueError(f"{what} must be an integer from {minimum} to {maximum}, got {value!r}")
 
-    if ndim not in (2, 3) or isinstance(ndim, bool):
+    # an int: 2.0 passed "in (2, 3)" and failed building the first layer, naming nothing
+    if isinstance(ndim, bool) or not isinstance(ndim, int) or ndim not in (2, 3):
         raise ValueError(f"ndim must be 2 or 3, got {ndim!r}")
     positive_int(in_channels, "in_channels")
-    positive_int(base_filters, "base_filters")
-    positive_int(depth, "depth")
-    positive_int(stem_stride, "stem_stride")
+    # The recipe's ranges (bcseg.config.RANGES): beyond them the filters alone fill any
+    # memory (depth 20 asks for 16 * 2**20 of them) and TensorFlow's OOM named nothing.
+    positive_int(base_filters, "base_filters", maximum=1024)
+    positive_int(depth, "depth", maximum=12)
+    positive_int(stem_stride, "stem_stride", maximum=16)
     if stem_stride & (stem_stride - 1):
         raise ValueError(f"stem_stride must be a power of two, got {stem_stride}")
     if norm not in NORMS:
