@@ -830,3 +830,19 @@ def test_without_a_validation_split_the_last_epoch_is_kept(tmp_path, phantom, ca
     assert "no validation split, the last epoch's model is kept" in said.err
     assert "fold 0: epoch 3 kept (no validation split)" in said.out and "validation Dice" not in said.out
     _assert_same_weights(out / "model_best.keras", out / "model_last.keras")
+
+
+@pytest.mark.parametrize("keywords, said", [
+    ({"fold": "x"}, "fold"),  # was int()'s 'invalid literal for int() with base 10'
+    ({"fold": 1.5}, "fold"), ({"fold": True}, "fold"),  # were fold 1, without a word
+    ({"fold": " 1"}, "fold"), ({"fold": None}, "fold"),
+    ({"validation": ["nope"]}, "nope"),  # the run trained with no validation split at all
+    ({"validation": ["specimen_001", "specimen_001"]}, "twice"),
+    ({"init": ""}, "init"), ({"folds_file": ""}, "folds_file"),  # were dropped: `if init:`
+])
+def test_train_refuses_a_bad_argument_before_the_run_folder(phantom, tmp_path, keywords, said):
+    out = tmp_path / "run"
+    with pytest.raises(UsageError, match=said) as caught:
+        train.train(phantom, out, overrides=TINY, **keywords)
+    assert "\n" not in str(caught.value)
+    assert not out.exists()

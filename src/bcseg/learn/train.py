@@ -25,7 +25,9 @@ import functools
 import json
 import logging
 import math
+import numbers
 import os
+import re
 import shutil
 import signal
 import sys
@@ -816,6 +818,7 @@ def train(data, out, config=None, overrides: dict | None = None, fold="0", folds
     list of dict
         One summary per fold trained.
     """
+    _check_arguments(fold, init, folds_file)
     out = outputs.check_output_folder(out)
     outputs.settle(out)  # a killed --force run's earlier run is back before anything reads it
     cfg = _run_config(out, config, overrides, resume, mixed_precision)
@@ -829,6 +832,7 @@ def train(data, out, config=None, overrides: dict | None = None, fold="0", folds
             raise ConfigError(source or "command line", f"'{section}.{key}' = {cfg[section][key]!r} "
                               f"{why}; remove one of the two")
     cases = _read_cases(data, cfg)
+    _check_validation(validation, cases)
     # Folds are chosen and the fold checked before the run directory is touched, so a
     # wrong --fold leaves nothing behind that a corrected command would trip over.
     folds, source, targets = _plan_folds(out, cases, cfg, fold, folds_file, resume,
@@ -865,6 +869,34 @@ def train(data, out, config=None, overrides: dict | None = None, fold="0", folds
             write_text(out / rundir.INIT_FILE, json.dumps(init_record, indent=1) + "\n")
         return _train_in(out, cfg, cases, folds, source, targets, resume, init_model, strategy,
                          after_fit, plot, validation, taught and taught[0])
+
+
+def _check_arguments(fold, init, folds_file) -> None:
+    """Refuse arguments of the wrong kind by name, before anything is read: int(fold)
+    cut 1.5 to 1 and took True for 1, and an empty ``init`` or ``folds_file`` was
+    dropped by the ``if init:`` that reads it (the command line refuses empty values
+    while parsing; a negative fold is refused with the folds there are)."""
+    whole = isinstance(fold, numbers.Integral) and not isinstance(fold, bool)
+    if not (fold == "all" or whole or (isinstance(fold, str) and re.fullmatch("[0-9]+", fold))):
+        raise UsageError(None, f"fold must be 'all' or a whole number, got {fold!r}")
+    for name, value in (("init", init), ("folds_file", folds_file)):
+        if isinstance(value, (str, Path)) and not str(value).strip():
+            raise UsageError(None, f"{name} must not be empty, got {str(value)!r}; give a file, or None")
+
+
+def _check_validation(validation, cases: list[Case]) -> None:
+    """Refuse validation ids that name no case, or a case twice: an id matching no case
+    was dropped, and with none left the run trained with no validation split at all."""
+    if validation is None:
+        return
+    names = [validation] if isinstance(validation, str) else list(validation)
+    known = {case.id for case in cases}
+    unknown = [name for name in names if name not in known]
+    if unknown:
+        raise UsageError(None, f"validation names case(s) the data lacks: {', '.join(map(repr, unknown[:5]))}")
+    twice = sorted({name for name in names if names.count(name) > 1})
+    if twice:
+        raise UsageError(None, f"validation names case {twice[0]!r} twice; name each case once")
 
 
 def _has_saved_epoch(out: Path) -> bool:
