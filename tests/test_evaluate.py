@@ -663,3 +663,19 @@ def test_evaluate_refuses_bad_settings_before_writing(study, tmp_path, keywords,
         evaluate(study["root"] / "pred", study["root"] / "data", out, **{"n_boot": 10, **keywords})
     assert "\n" not in str(caught.value)
     assert not out.exists()
+
+
+@pytest.mark.parametrize("keywords, said", [
+    # read by protocol 'reference' alone: the honest protocol dropped it without a word
+    ({"reference_size": 64}, "reference_size"),
+    # with it: 0 was a ZeroDivisionError, -5 NumPy's 'cannot be negative', 7.5 a TypeError,
+    # 10**6 a 3.6 TiB MemoryError, after the model loaded
+    ({"reference_size": 0, "protocol": "reference", "model": "unread.keras"}, "reference_size"),
+    ({"reference_size": 7.5, "protocol": "reference", "model": "unread.keras"}, "reference_size"),
+    ({"reference_size": 10**6, "protocol": "reference", "model": "unread.keras"}, "reference_size"),
+])
+def test_evaluate_refuses_a_bad_reference_size(study, tmp_path, keywords, said):
+    out = tmp_path / "eval"
+    with pytest.raises(UsageError, match=said):
+        evaluate(study["root"] / "pred", study["root"] / "data", out, **{"n_boot": 10, **keywords})
+    assert not out.exists()

@@ -528,6 +528,7 @@ def evaluate(pred_dir: str | Path, truth, out_dir: str | Path, observers: str | 
     """
     pred_dir, out_dir = Path(pred_dir), Path(out_dir)
     settings = _check_settings(targets, observers, n_boot, seed, protocol, model)
+    _check_reference_size(reference_size, protocol)
     outputs = _check_outputs(out_dir, force)
     _refuse_unfinished(pred_dir)
     cases = discover(truth) if isinstance(truth, (str, Path)) else list(truth)
@@ -545,6 +546,25 @@ def evaluate(pred_dir: str | Path, truth, out_dir: str | Path, observers: str | 
     summary = _summary(scored, matched, study_style, settings, pred_dir, truth)
     _write_outputs(out_dir, outputs, force, scored, summary)
     return _result(outputs, summary, study_style)
+
+
+def _check_reference_size(size, protocol: str) -> None:
+    """Refuse a reference_size the reference protocol cannot use, or one the honest
+    protocol would drop unread. Unchecked, 0 failed as a ZeroDivisionError, 10**6 as a
+    3.6 TiB MemoryError, both after the model loaded. Its crops trim up to 10 pixels a
+    side (as data.offline_augment = 'reference' in training), so 20 or less leaves none."""
+    if protocol != "reference":
+        if size != 128:
+            raise UsageError(None, f"reference_size={size!r} is read by protocol 'reference' alone; "
+                             "the honest protocol scores the predictions as they are")
+        return
+    from bcseg.learn.augment import REFERENCE_MAX_TRIM_LR, REFERENCE_MAX_TRIM_TB  # TensorFlow
+    from bcseg.rundir import MAX_INPUT_SIZE
+
+    low = 2 * max(REFERENCE_MAX_TRIM_TB, REFERENCE_MAX_TRIM_LR) + 1
+    if not (_whole(size, low) and size <= MAX_INPUT_SIZE):
+        raise UsageError(None, f"reference_size must be a whole number of pixels from {low} to "
+                         f"{MAX_INPUT_SIZE}, got {size!r}")
 
 
 def _refuse_unfinished(pred_dir: Path) -> None:
