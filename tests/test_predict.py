@@ -806,3 +806,18 @@ def test_predict_volume_takes_numpy_scalars(unet2d, stack):
                                 batch_size=np.int64(2), tta=np.bool_(False))
     np.testing.assert_array_equal(prob, expected)
     np.testing.assert_array_equal(mask, expected > np.float32(0.4))
+
+
+def test_output_arrays_that_cannot_take_the_result_are_refused_before_the_model(unet2d, stack):
+    """A read-only mask_out failed part-way as NumPy's 'assignment destination is
+    read-only', a list as "'list' object has no attribute 'shape'", and the input array
+    itself as mask_out was overwritten by the mask while it was being read."""
+    read_only = np.zeros(stack.shape, bool)
+    read_only.flags.writeable = False
+    with pytest.raises(ValueError, match="mask_out .*read-only"):
+        predict_volume(unet2d, stack, mask_out=read_only)
+    with pytest.raises(ValueError, match="mask_out"):
+        predict_volume(unet2d, stack, mask_out=[[0]])
+    with pytest.raises(ValueError, match="mask_out .*the image"):
+        predict_volume(unet2d, stack, mask_out=stack)
+    assert stack.any()

@@ -419,10 +419,22 @@ def _check_input(spec: ModelSpec, array: np.ndarray, spacing, names: Sequence[st
             raise DataError(None, f"spacing {tuple(spacing)}: {problem}")
 
 
-def _check_out(out, shape, dtypes, name: str) -> None:
-    if out is not None and (out.shape != tuple(shape) or out.dtype not in dtypes):
+def _check_out(out, shape, dtypes, name: str, image: np.ndarray | None = None) -> None:
+    if out is None:
+        return
+    if not isinstance(out, np.ndarray):  # a list failed as "'list' object has no attribute 'shape'"
+        raise ValueError(f"{name} must be a NumPy array (or memory map), got {type(out).__name__}")
+    if out.shape != tuple(shape) or out.dtype not in dtypes:
         raise ValueError(f"{name} must have shape {tuple(shape)} and dtype "
                          f"{' or '.join(str(np.dtype(d)) for d in dtypes)}, got {out.shape} {out.dtype}")
+    # Both found only part-way, after the model ran: a read-only array failed as NumPy's
+    # "assignment destination is read-only", and the image itself was overwritten by
+    # the mask while its later slices were still to be read.
+    if not out.flags.writeable:
+        raise ValueError(f"{name} is read-only; give an array the results can be written into")
+    if image is not None and np.shares_memory(out, image):
+        raise ValueError(f"{name} shares its memory with the image being segmented; give a "
+                         "separate array")
 
 
 def predict_volume(
@@ -556,7 +568,7 @@ def segment_volume(models: keras.Model | Sequence[keras.Model], array: np.ndarra
     array = array if isinstance(array, np.ndarray) else np.asarray(array)
     specs = _member_specs(models, views, array, spacing, names)
     shape = _spatial_shape(array, names)
-    _check_call(settings, overlap, batch_size, mask_out, prob_out, shape)
+    _check_call(settings, overlap, batch_size, mask_out, prob_out, shape, array)
     mask = np.empty(shape, bool) if mask_out is None else mask_out
     prob = np.empty(shape, np.float32) if prob_out is None and keep_prob else prob_out
     flat = len(shape) == 2  # one image: a stack of one slice
@@ -590,7 +602,7 @@ def _member_intensity(known: dict, array, names, view: InferenceSettings, dtypes
     return known[key]
 
 
-def _check_call(settings, overlap, batch_size, mask_out, prob_out, shape) -> None:
+def _check_call(settings, overlap, batch_size, mask_out, prob_out, shape, image=None) -> None:
     check_steps(settings.postprocess)
     if not 0 <= settings.threshold <= 1:
         raise ValueError(f"threshold must be in [0, 1], got {settings.threshold}")
@@ -601,8 +613,8 @@ def _check_call(settings, overlap, batch_size, mask_out, prob_out, shape) -> Non
     if not (isinstance(batch_size, numbers.Integral) and not isinstance(batch_size, bool)
             and batch_size >= 1):
         raise ValueError(f"batch_size must be a whole number, at least 1, got {batch_size!r}")
-    _check_out(mask_out, shape, (np.bool_, np.uint8), "mask_out")
-    _check_out(prob_out, shape, (np.float32,), "prob_out")
+    _check_out(mask_out, shape, (np.bool_, np.uint8), "mask_out", image)
+    _check_out(prob_out, shape, (np.float32,), "prob_out", image)
 
 
 def _member_chunks(model, spec: ModelSpec, view: InferenceSettings, volume, intensity: _Intensity,
