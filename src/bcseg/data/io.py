@@ -187,15 +187,19 @@ def _check_content(path: Path) -> None:
         return
     if kind == expected:
         return
-    if kind is None:
-        try:
-            head.decode("utf-8")
-            kind = "text"
-        except UnicodeDecodeError:
-            kind = "not an image format bcseg reads"
+    kind = kind or _unknown_kind(head, "not an image format bcseg reads")
     label = "gzip-compressed NIfTI" if expected == "gzip" else expected
     hint = f"; rename it to {_SUFFIX_OF[kind]}" if kind in _SUFFIX_OF else ""
     raise DataError(path, f"is not a {label} image: its content is {kind}{hint}")
+
+
+def _unknown_kind(head: bytes, otherwise: str) -> str:
+    """What a file of no known signature holds, for a message: text, or ``otherwise``."""
+    try:
+        head.decode("utf-8")
+        return "text"
+    except UnicodeDecodeError:
+        return otherwise
 
 
 def _check_gzip_content(path: Path) -> None:
@@ -210,12 +214,7 @@ def _check_gzip_content(path: Path) -> None:
     kind = _content_kind(head)
     if kind == "NIfTI" or nifti.read_header(path) is not None:  # read_header: a cut header
         return
-    if kind is None:
-        try:
-            head.decode("utf-8")
-            kind = "text"
-        except UnicodeDecodeError:
-            kind = "data that is no image format bcseg reads"
+    kind = kind or _unknown_kind(head, "data that is no image format bcseg reads")
     raise DataError(path, f"is not a gzip-compressed NIfTI image: it holds gzip-compressed {kind}")
 
 
