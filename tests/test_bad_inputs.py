@@ -163,6 +163,8 @@ def test_bad_predict_flag_exits_2_in_one_line_before_the_model_loads(extra, flag
     (["split", "D", "--out", "s.json", "--k", "1"], "--k"),
     (["export-nnunet", "D", "R", "--dataset-id", "0", "--name", "x"], "--dataset-id"),
     (["margins", "--image", "a.tif", "--tumour", "b.tif", "--out", "R", "--close-mm", "nan"], "--close-mm"),
+    # um typed as mm: every margin would be close
+    (["margins", "--image", "a.tif", "--tumour", "b.tif", "--out", "R", "--close-mm", "1e6"], "--close-mm"),
     (["phantom", "R", "--n", "0"], "--n"),
     (["predict", "a.png"], "--out"),
     (["train", "D", "--out", "R", "--resume", "--force"], "--force"),  # --force was dropped unsaid

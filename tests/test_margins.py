@@ -465,3 +465,13 @@ def test_small_voxels_keep_their_volume_and_distance_in_the_csv(tmp_path):
     assert float(cube["distance_mm"]) == pytest.approx(3 * 0.02, rel=1e-9)  # voxel 4 to surface 1
     assert float(voxel["tumour_volume_mm3"]) == pytest.approx(0.02 ** 3, rel=1e-9)
     assert float(voxel["distance_mm"]) == pytest.approx(4 * 0.02, rel=1e-9)  # voxel 5 to surface 1
+
+
+def test_a_close_margin_threshold_beyond_any_specimen_is_refused():
+    """close_mm=1e6 (um typed as mm) marked every margin close without a word."""
+    tumour = np.zeros((4, 8, 8), bool)
+    tumour[1:3, 3:5, 3:5] = True
+    specimen = np.ones_like(tumour)
+    with pytest.raises(ValueError, match="close_mm must be from 0 to 100 mm"):
+        M.margins(tumour, specimen, (1.0, 1.0, 1.0), close_mm=1e6)
+    assert M.margins(tumour, specimen, (1.0, 1.0, 1.0), close_mm=100.0)["close_mm"] == 100.0

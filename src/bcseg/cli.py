@@ -135,6 +135,16 @@ def _millimetres(text: str) -> float:
     return value
 
 
+def _close_millimetres(text: str) -> float:
+    """The close-margin threshold: mm, at most margins' MAX_CLOSE_MM (a value in um typed
+    as mm made every margin close)."""
+    value = _millimetres(text)
+    if value > 100.0:  # bcseg.measure.margins.MAX_CLOSE_MM, not imported: the parser stays light
+        raise argparse.ArgumentTypeError(f"must be at most 100 mm (a specimen measures a few cm), "
+                                         f"got '{text}'")
+    return value
+
+
 def _whole(minimum: int, maximum: int | None = None):
     """An argument type for whole numbers from ``minimum`` (to ``maximum``)."""
     def parse(text: str) -> int:
@@ -786,7 +796,8 @@ def _add_margins(sub) -> None:
     p.add_argument("--orientation", help="e.g. z:superior-inferior,y:anterior-posterior,"
                    "x:medial-lateral (the default)")
     p.add_argument("--spacing", type=_spacing, help="voxel size in mm, Z x Y x X, if the file lacks it")
-    p.add_argument("--close-mm", type=_millimetres, default=2.0, help="close-margin threshold (default 2)")
+    p.add_argument("--close-mm", type=_close_millimetres, default=2.0,
+                   help="close-margin threshold in mm, 0 to 100 (default 2)")
     p.add_argument("--out", type=_folder_out, required=True)
     p.add_argument("--force", action="store_true")
     p.set_defaults(func=cmd_margins)

@@ -81,6 +81,10 @@ _SYNONYMS = {"superficial": "anterior", "deep": "posterior"}
 _AXES = {"z": 0, "y": 1, "x": 2, "0": 0, "1": 1, "2": 2}
 _AXIS_LETTER = "zyx"
 _SPACING_HINT = "pass spacing_mm=(Z, Y, X), the voxel size in mm"
+# A close-margin threshold is a few mm (1-2 in breast-conserving surgery); a lumpectomy
+# specimen measures a few cm, so above this every margin is "close": a value in um typed
+# as mm, not a threshold.
+MAX_CLOSE_MM = 100.0
 
 # Largest Gaussian sigma, in voxels, that margins will smooth with. The sigmas are set
 # in mm (``sigma_mm``, ``normal_sigma_mm``: a fraction of a millimetre to a millimetre),
@@ -428,8 +432,9 @@ def _check_margin_inputs(tumour, specimen, spacing_mm, orientation, close_mm):
                         f"{tumour.shape} and {specimen.shape}")
     sampling = _sampling(spacing_mm, 3)
     orientation = _as_orientation(orientation)
-    if not close_mm >= 0:
-        raise ValueError(f"close_mm must be >= 0, got {close_mm}")
+    if not 0 <= close_mm <= MAX_CLOSE_MM:
+        raise ValueError(f"close_mm must be from 0 to {MAX_CLOSE_MM:g} mm, got {close_mm} (a "
+                         "specimen measures a few cm: every margin would be close)")
     return tumour, specimen, sampling, orientation
 
 
