@@ -475,3 +475,13 @@ def test_a_close_margin_threshold_beyond_any_specimen_is_refused():
     with pytest.raises(ValueError, match="close_mm must be from 0 to 100 mm"):
         M.margins(tumour, specimen, (1.0, 1.0, 1.0), close_mm=1e6)
     assert M.margins(tumour, specimen, (1.0, 1.0, 1.0), close_mm=100.0)["close_mm"] == 100.0
+
+
+def test_a_stack_of_one_voxel_along_an_axis_is_refused():
+    """A (1, H, W) stack gave 0 mm on the 'anterior' face and NaN superior/inferior."""
+    specimen = np.zeros((1, 10, 10), bool)
+    specimen[0, 1:9, 1:9] = True
+    tumour = np.zeros_like(specimen)
+    tumour[0, 4:6, 4:6] = True
+    with pytest.raises(DataError, match="at least 2 voxels along each axis"):
+        M.margins(tumour, specimen, (2.0, 0.5, 1.0))

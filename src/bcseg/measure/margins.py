@@ -430,6 +430,11 @@ def _check_margin_inputs(tumour, specimen, spacing_mm, orientation, close_mm):
     if tumour.ndim != 3 or tumour.shape != specimen.shape:
         raise DataError(None, f"margins need 3D tumour and specimen masks of one shape, got "
                         f"{tumour.shape} and {specimen.shape}")
+    if 1 in tumour.shape:  # the command line reads such a stack as 2D and refuses it there
+        raise DataError(None, f"margins need a stack at least 2 voxels along each axis, got "
+                        f"{tumour.shape}: along an axis of one voxel the specimen has no "
+                        "surface of its own, and a tumour at the field's edge read as 0 mm "
+                        "on the wrong face")
     sampling = _sampling(spacing_mm, 3)
     orientation = _as_orientation(orientation)
     if not 0 <= close_mm <= MAX_CLOSE_MM:
