@@ -10,6 +10,7 @@ default. The merged result is saved in every run directory.
 from __future__ import annotations
 
 import copy
+import numbers
 import re
 import sys
 from pathlib import Path
@@ -247,6 +248,12 @@ def shorten(text: str) -> str:
 
 def _shown(value) -> str:
     return shorten(repr(value))
+
+
+def is_whole(value, low: int = 0) -> bool:
+    """Whether ``value`` is a whole number (Python's or NumPy's, not a bool) >= ``low``:
+    int() would cut 2.5 to 2 and take True for 1 without a word."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool) and value >= low
 
 
 def _is_number(value) -> bool:

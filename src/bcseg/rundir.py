@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from bcseg.atomic import atomic_path, parse_json, read_json, real_path, write_text
+from bcseg.config import is_whole
 from bcseg.errors import ConfigError, ModelError, UsageError
 
 # The post-processing steps a run's settings may name; bcseg.infer.postprocess
@@ -84,7 +85,7 @@ def _size_keys(data: dict) -> tuple[str, ...]:
     if "ndim" not in data:
         return ()
     ndim = data["ndim"]
-    return {2: ("input_size",), 3: ("patch_size",)}.get(ndim if _is_int(ndim) else None,
+    return {2: ("input_size",), 3: ("patch_size",)}.get(ndim if is_whole(ndim) else None,
                                                        ("input_size", "patch_size"))
 
 
@@ -281,10 +282,6 @@ def _error(source, key: str, expected: str, value) -> ConfigError:
     return ConfigError(source, f"{key} must be {expected}, got {value!r}")
 
 
-def _is_int(value, low: int = 0) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= low
-
-
 def _check_settings(s: dict, source) -> None:
     """Raise ConfigError naming the first key of ``s`` whose value is not valid."""
     threshold = s["threshold"]
@@ -294,7 +291,7 @@ def _check_settings(s: dict, source) -> None:
     steps = s["postprocess"]
     if not isinstance(steps, (list, tuple)) or any(x not in POSTPROCESS_STEPS for x in steps):
         raise _error(source, "postprocess", f"a list of {', '.join(POSTPROCESS_STEPS)}", steps)
-    if not _is_int(s["min_size"]):
+    if not is_whole(s["min_size"]):
         raise _error(source, "min_size", "a whole number >= 0", s["min_size"])
     if not isinstance(s["tta"], bool):
         raise _error(source, "tta", "true or false", s["tta"])
@@ -303,19 +300,19 @@ def _check_settings(s: dict, source) -> None:
         raise _error(source, "flips", f"a list of {', '.join(FLIP_NAMES)}", flips)
     # whole numbers only: 2.0 == 2, but a float is no count of axes (and no key of the
     # ndim-keyed tables: a 2.0 model ran with neither input_size nor patch_size)
-    if s["ndim"] is not None and not (_is_int(s["ndim"]) and s["ndim"] in (2, 3)):
+    if s["ndim"] is not None and not (is_whole(s["ndim"]) and s["ndim"] in (2, 3)):
         raise _error(source, "ndim", "2 or 3", s["ndim"])
     patch = s["patch_size"]
     if patch is not None and (not isinstance(patch, (list, tuple)) or not patch
-                              or not all(_is_int(p, 1) and p <= MAX_INPUT_SIZE for p in patch)
+                              or not all(is_whole(p, 1) and p <= MAX_INPUT_SIZE for p in patch)
                               or (s["ndim"] and len(patch) != s["ndim"])):
         raise _error(source, "patch_size", "a list of positive sizes up to "
                      f"{MAX_INPUT_SIZE}, one per spatial axis", patch)
     size = s["input_size"]
-    if size is not None and not (_is_int(size, 1) and size <= MAX_INPUT_SIZE):
+    if size is not None and not (is_whole(size, 1) and size <= MAX_INPUT_SIZE):
         raise _error(source, "input_size", f"a positive whole number of pixels up to {MAX_INPUT_SIZE}",
                      size)
-    if not _is_int(s["channels"], 1):
+    if not is_whole(s["channels"], 1):
         raise _error(source, "channels", "a positive whole number", s["channels"])
     _check_channel_names(s, source)
     if not isinstance(s["members"], (list, tuple)):

@@ -30,12 +30,12 @@ import csv
 import io as text_io
 import json
 import math
-import numbers
 from pathlib import Path
 
 import numpy as np
 from scipy import ndimage
 
+from bcseg.config import is_whole
 from bcseg.data import io
 from bcseg.data.io import spacing_problem
 from bcseg.atomic import write_text
@@ -156,19 +156,15 @@ def shape_problem(shape) -> str | None:
     return None
 
 
-def _is_whole(value, low: int = 0) -> bool:
-    return isinstance(value, numbers.Integral) and not isinstance(value, bool) and value >= low
-
-
 def _check_request(shape, difficulty, channels, seed=0, spacing_mm=DEFAULT_SPACING_MM
                    ) -> tuple[tuple[int, ...], tuple[str, ...]]:
     # Checked here, before any specimen is made: a fractional size was cut to a whole
     # one without a word, a negative or fractional seed failed inside NumPy naming
     # nothing, and a spacing of two values as "operands could not be broadcast".
     shape = tuple(shape)
-    if not all(_is_whole(n) for n in shape):
+    if not all(is_whole(n) for n in shape):
         raise ValueError(f"shape must be whole numbers of voxels (Z, H, W), got {shape}")
-    if not _is_whole(seed):
+    if not is_whole(seed):
         raise ValueError(f"seed must be a whole number >= 0, got {seed!r}")
     problem = spacing_problem(spacing_mm, 3)
     if problem:
@@ -255,7 +251,7 @@ def write_phantom(out: str | Path, n: int = 8, shape=DEFAULT_SHAPE, seed: int = 
     list of Path
         The image files written (every channel).
     """
-    if not (_is_whole(n, 1) and n <= MAX_SPECIMENS):
+    if not (is_whole(n, 1) and n <= MAX_SPECIMENS):
         raise ValueError(f"n must be at least 1 and at most {MAX_SPECIMENS}, a whole number, got {n!r}")
     _, channels = _check_request(shape, difficulty, channels, seed, spacing_mm)
     out = check_output_folder(out)

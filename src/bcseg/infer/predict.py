@@ -44,6 +44,7 @@ from typing import Callable, Sequence
 import numpy as np
 from tqdm.auto import tqdm
 
+from bcseg.config import is_whole
 from bcseg.errors import ConfigError, DataError, ModelError, naming
 from bcseg.data.io import spacing_problem
 from bcseg.data.intensity import channel_stats, check_methods, intensity_stats, normalise
@@ -610,8 +611,7 @@ def _check_call(settings, overlap, batch_size, mask_out, prob_out, shape, image=
     # batch_size 2.5 as "'float' object cannot be interpreted as an integer"
     if not (isinstance(overlap, numbers.Real) and not isinstance(overlap, bool) and 0 <= overlap < 1):
         raise ValueError(f"overlap must be in [0, 1), got {overlap!r}")
-    if not (isinstance(batch_size, numbers.Integral) and not isinstance(batch_size, bool)
-            and batch_size >= 1):
+    if not is_whole(batch_size, 1):
         raise ValueError(f"batch_size must be a whole number, at least 1, got {batch_size!r}")
     _check_out(mask_out, shape, (np.bool_, np.uint8), "mask_out", image)
     _check_out(prob_out, shape, (np.float32,), "prob_out", image)

@@ -25,7 +25,6 @@ import functools
 import json
 import logging
 import math
-import numbers
 import os
 import re
 import shutil
@@ -46,7 +45,7 @@ from bcseg import rundir
 from bcseg.learn import pipeline
 from bcseg.atomic import atomic_path, partial_name, read_json, remove_partials, write_text
 from bcseg.learn.augment import AugmentConfig
-from bcseg.config import load_config, save_config, unused_keys
+from bcseg.config import is_whole, load_config, save_config, unused_keys
 from bcseg.data.consensus import METHODS
 from bcseg.data.channels import ULTRASOUND, check_channel_name, is_modality
 from bcseg.data.io import not_a_file
@@ -876,8 +875,7 @@ def _check_arguments(fold, init, folds_file) -> None:
     cut 1.5 to 1 and took True for 1, and an empty ``init`` or ``folds_file`` was
     dropped by the ``if init:`` that reads it (the command line refuses empty values
     while parsing; a negative fold is refused with the folds there are)."""
-    whole = isinstance(fold, numbers.Integral) and not isinstance(fold, bool)
-    if not (fold == "all" or whole or (isinstance(fold, str) and re.fullmatch("[0-9]+", fold))):
+    if not (fold == "all" or is_whole(fold) or (isinstance(fold, str) and re.fullmatch("[0-9]+", fold))):
         raise UsageError(None, f"fold must be 'all' or a whole number, got {fold!r}")
     for name, value in (("init", init), ("folds_file", folds_file)):
         if isinstance(value, (str, Path)) and not str(value).strip():

@@ -59,13 +59,13 @@ import csv
 import io as text_io
 import json
 import math
-import numbers
 import warnings
 from pathlib import Path
 from typing import Iterable, Mapping, Sequence
 
 import numpy as np
 
+from bcseg.config import is_whole
 from bcseg.data import io
 from bcseg.atomic import real_path, write_text
 from bcseg.data.check import refuse_orphan_masks
@@ -562,7 +562,7 @@ def _check_reference_size(size, protocol: str) -> None:
     from bcseg.rundir import MAX_INPUT_SIZE
 
     low = 2 * max(REFERENCE_MAX_TRIM_TB, REFERENCE_MAX_TRIM_LR) + 1
-    if not (_whole(size, low) and size <= MAX_INPUT_SIZE):
+    if not (is_whole(size, low) and size <= MAX_INPUT_SIZE):
         raise UsageError(None, f"reference_size must be a whole number of pixels from {low} to "
                          f"{MAX_INPUT_SIZE}, got {size!r}")
 
@@ -661,10 +661,6 @@ def _summary(scored: dict, matched, study_style: dict | None, settings: dict, pr
     }
 
 
-def _whole(value, low: int) -> bool:
-    return isinstance(value, numbers.Integral) and not isinstance(value, bool) and value >= low
-
-
 def _check_settings(targets, observers, n_boot: int, seed: int, protocol: str, model) -> dict:
     """The settings recorded in ``summary.json``, after checking them by name."""
     targets = tuple(targets)
@@ -676,9 +672,9 @@ def _check_settings(targets, observers, n_boot: int, seed: int, protocol: str, m
         raise UsageError(None, f"targets {', '.join(map(repr, targets))} name a target twice; name each once")
     # whole numbers: int() cut n_boot=2.5 to 2 and seed=1.5 to 1 without a word, and a
     # negative seed failed inside NumPy's bootstrap, naming nothing
-    if not _whole(n_boot, 1):
+    if not is_whole(n_boot, 1):
         raise UsageError(None, f"n_boot must be a whole number, at least 1, not {n_boot!r}")
-    if not _whole(seed, 0):
+    if not is_whole(seed, 0):
         raise UsageError(None, f"seed must be a whole number >= 0, not {seed!r}")
     if protocol not in PROTOCOLS:
         raise UsageError(None, f"unknown protocol {protocol!r}; choose from {', '.join(PROTOCOLS)}")
