@@ -138,10 +138,12 @@ def _millimetres(text: str) -> float:
 def _close_millimetres(text: str) -> float:
     """The close-margin threshold: mm, at most margins' MAX_CLOSE_MM (a value in um typed
     as mm made every margin close)."""
+    from bcseg.measure.margins import MAX_CLOSE_MM  # only when --close-mm is given
+
     value = _millimetres(text)
-    if value > 100.0:  # bcseg.measure.margins.MAX_CLOSE_MM, not imported: the parser stays light
-        raise argparse.ArgumentTypeError(f"must be at most 100 mm (a specimen measures a few cm), "
-                                         f"got '{text}'")
+    if value > MAX_CLOSE_MM:
+        raise argparse.ArgumentTypeError(f"must be at most {MAX_CLOSE_MM:g} mm (a specimen measures "
+                                         f"a few cm), got '{text}'")
     return value
 
 

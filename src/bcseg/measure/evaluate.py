@@ -398,6 +398,8 @@ def _per_case_agreement(agree_rows: list[dict]) -> list[dict]:
     return out
 
 
+# The square the reference protocol scores a model of any input size at (the study's).
+REFERENCE_SIZE = 128
 # The metrics in mm (mm^2, mm^3), or in voxels where a case has no spacing.
 UNIT_METRICS = ("hd95", "assd", "volume_pred", "volume_truth", "abs_volume_diff")
 # The metrics that are areas of a 2D image (mm^2, pixels) but volumes of a stack (mm^3, voxels).
@@ -479,7 +481,7 @@ def human_level(rows: list[dict], agree_rows: list[dict], unit: str, n_boot: int
 def evaluate(pred_dir: str | Path, truth, out_dir: str | Path, observers: str | Sequence[str] = "all",
              targets: Sequence[str] = TARGETS, force: bool = False, slices: bool = True,
              n_boot: int = 2000, seed: int = 0, progress: bool = False,
-             protocol: str = "honest", model=None, reference_size: int = 128) -> dict:
+             protocol: str = "honest", model=None, reference_size: int = REFERENCE_SIZE) -> dict:
     """Compare predicted masks with every observer and consensus, per specimen.
 
     Parameters
@@ -554,7 +556,7 @@ def _check_reference_size(size, protocol: str) -> None:
     3.6 TiB MemoryError, both after the model loaded. Its crops trim up to 10 pixels a
     side (as data.offline_augment = 'reference' in training), so 20 or less leaves none."""
     if protocol != "reference":
-        if size != 128:
+        if size != REFERENCE_SIZE:
             raise UsageError(None, f"reference_size={size!r} is read by protocol 'reference' alone; "
                              "the honest protocol scores the predictions as they are")
         return
