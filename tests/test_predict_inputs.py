@@ -330,6 +330,29 @@ def test_a_constant_channel_is_refused_before_any_mask_as_train_refuses_it(value
     assert "segmented 1 of 2" in text
 
 
+def test_keep_going_segments_the_others_when_one_case_lacks_a_channel(tmp_path, capsys, models, stacks):
+    """A specimen whose photoacoustic stack is missing is a bad input like any other:
+    without --keep-going it stops the run before any output exists; with it, the other
+    specimens are segmented and it is named at the end. It used to stop --keep-going
+    too, with not one specimen segmented."""
+    data = tmp_path / "data"
+    shutil.copytree(stacks, data)
+    gone = sorted((data / "images" / "pa").iterdir())[0]
+    gone.unlink()
+    lacking = data / "images" / "us" / gone.name
+    out = tmp_path / "seg"
+    code, _, err = run(capsys, "predict", data, "--model", models["uspa"], "--out", out, "--no-progress")
+    assert code == 3 and one_error_line(err).startswith(f"bcseg: error: {lacking}: case '{gone.stem}' "
+                                                        "has channel(s) us; the model takes channels us, pa")
+    assert not out.exists()
+    code, text, err = run(capsys, "predict", data, "--model", models["uspa"], "--out", out,
+                          "--no-progress", "--keep-going")
+    assert code == 3 and "has channel(s) us; the model takes channels us, pa" in one_error_line(err), err
+    assert "segmented 1 of 2" in text
+    assert [p.name for p in out.glob("*_mask.tif")] == [f"{io.file_stem(p)}_mask.tif"
+                                                        for p in sorted((data / "images" / "pa").iterdir())]
+
+
 def test_a_constant_file_for_a_one_channel_photoacoustic_model_is_refused(tmp_path, capsys, stacks):
     """Plain files given to a model of one named channel are that channel: a constant
     one holds no image for it either (a grey model still segments a blank frame)."""

@@ -286,11 +286,13 @@ def _channel_files(case: Case) -> set[tuple]:
     return {_channel_key(c) for c in case.channels}
 
 
-def _check_channels(files: list[Path | Case], names: tuple[str, ...]) -> None:
-    """Refuse, naming the file, an input that lacks a channel the model takes.
+def _check_channels(files: list[Path | Case], names: tuple[str, ...], problems: dict) -> None:
+    """Note, naming the file, every input that lacks a channel the model takes.
 
     A grey model takes image files; a model of one named channel takes an image file
     as that channel too; a model of several takes cases whose channels include its own.
+    Noted in ``problems`` as a damaged header is, not raised: with ``keep_going`` one
+    specimen whose PA stack is missing stopped the whole run, and no other was segmented.
     """
     for item in files:
         if _named_channels(item):
@@ -298,12 +300,13 @@ def _check_channels(files: list[Path | Case], names: tuple[str, ...]) -> None:
             missing = [n for n in names if n not in have]
             if not names or missing:
                 wants = f"channels {', '.join(names)}" if names else "one grey image"
-                raise DataError(item.image, f"case '{item.id}' has channel(s) {', '.join(have)}; "
-                                f"the model takes {wants}")
+                problems.setdefault(output_name(item), DataError(
+                    item.image, f"case '{item.id}' has channel(s) {', '.join(have)}; the model takes {wants}"))
         elif len(names) > 1:
-            raise DataError(input_file(item), f"is one image, but the model takes channels {', '.join(names)}: "
-                            "give a dataset folder with images/<channel>/ folders (or _0000 files, "
-                            "or images with a C axis, named by channels.json)")
+            problems.setdefault(output_name(item), DataError(
+                input_file(item), f"is one image, but the model takes channels {', '.join(names)}: "
+                "give a dataset folder with images/<channel>/ folders (or _0000 files, "
+                "or images with a C axis, named by channels.json)"))
 
 
 def _tiff_memmap(path: Path, shape, dtype, spacing, software: str | None = None) -> np.memmap:
@@ -706,8 +709,10 @@ def predict_files(model_path: str | Path, inputs, out_dir: str | Path, *, thresh
     if margins and not keep_going:  # with keep_going a stack without spacing still gets its mask
         _check_margin_spacing(files, headers, spacing_mm, problems, margin_check)
     _raise_first(problems, keep_going)  # before the model loads
-    models, settings, notes = _models_for(files, model_path, (threshold, tta, postprocess, min_size),
+    models, settings, notes = _models_for(model_path, (threshold, tta, postprocess, min_size),
                                           runtime)
+    _check_channels(files, settings.input_channels(), problems)
+    _raise_first(problems, keep_going)  # an input lacking a channel: before any pixel is decoded
     _check_ranks(files, headers, models, problems)
     made = made_with(models, settings)
     remade = []
@@ -744,9 +749,8 @@ def predict_files(model_path: str | Path, inputs, out_dir: str | Path, *, thresh
     return records
 
 
-def _models_for(files: list, model_path, overrides: tuple, runtime: str) -> tuple[list, object, list]:
-    """The models and settings, and the warnings they gave; refuses, before any output
-    is touched, inputs that lack a channel the model takes.
+def _models_for(model_path, overrides: tuple, runtime: str) -> tuple[list, object, list]:
+    """The models and settings, and the warnings they gave.
 
     Warnings about the settings (none recorded, a threshold tuned without TTA) wait
     until the inputs are segmented: a bad input still gives one line, its error.
@@ -754,7 +758,6 @@ def _models_for(files: list, model_path, overrides: tuple, runtime: str) -> tupl
     with warnings.catch_warnings(record=True) as notes:
         warnings.simplefilter("always")
         models, settings = load_models(model_path, *overrides, runtime=runtime)
-    _check_channels(files, settings.input_channels())
     return models, settings, notes
 
 
