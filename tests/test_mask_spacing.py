@@ -102,3 +102,38 @@ def test_margins_accepts_a_mask_that_states_the_spacing_given_in_the_images_plac
     code = main(["margins", "--image", str(image), "--tumour", str(mask), "--spacing", "1x0.5x0.5",
                  "--out", str(tmp_path / "m")])
     assert code == 0, capsys.readouterr().err
+
+
+def observers_without_image_spacing(root):
+    """Two stacks saved without spacing; observer1's masks state 1x0.25x0.25 mm and
+    observer2's mask of b states ``2x0.5x0.5``: drawn on another stack, or calibrated wrong."""
+    for number, name in enumerate("ab"):
+        io.write_image(root / "images" / f"{name}.tif", STACK + number)
+        io.write_mask(root / "masks" / "observer1" / f"{name}.tif", LESION, SPACING)
+        io.write_mask(root / "masks" / "observer2" / f"{name}.tif", LESION,
+                      (2.0, 0.5, 0.5) if name == "b" else None)
+    return root / "masks" / "observer2" / "b.tif"
+
+
+def test_check_lists_observers_whose_spacings_differ_where_the_image_states_none(tmp_path, capsys):
+    """Each mask was compared with its image's spacing only: with none in the image, two
+    observers' masks stating 1x0.25x0.25 and 2x0.5x0.5 mm passed, and were united and
+    scored as one grid. A mask without spacing still passes beside either."""
+    culprit = observers_without_image_spacing(tmp_path / "d")
+    assert main(["check", str(tmp_path / "d")]) == 3
+    out = capsys.readouterr()
+    said = [line for line in (out.out + out.err).splitlines() if line.startswith("problem:")]
+    assert said == [f"problem: {culprit}: mask spacing 2x0.5x0.5 mm differs from that of another mask of "
+                    f"its image, {tmp_path / 'd' / 'masks' / 'observer1' / 'b.tif'} (1x0.25x0.25 mm), "
+                    "and the image states none; re-save the masks with the image's spacing, or with none"]
+
+
+def test_train_and_export_refuse_observers_whose_spacings_differ_before_writing(tmp_path, capsys):
+    culprit = observers_without_image_spacing(tmp_path / "d")
+    refused(capsys, tmp_path, ["export-nnunet", tmp_path / "d", tmp_path / "nn", "--dataset-id", 7,
+                               "--name", "X", "--k", 2], culprit, "mask spacing 2x0.5x0.5 mm differs")
+    before = tree(tmp_path)
+    code = main(["train", str(tmp_path / "d"), "--out", str(tmp_path / "run"), "--epochs", "1"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 3 and str(culprit) in err[-1] and "mask spacing 2x0.5x0.5 mm differs" in err[-1], err
+    assert tree(tmp_path) == before

@@ -20,7 +20,8 @@ from bcseg.data import io
 from bcseg.data.channels import blank_problem, value_range
 from bcseg.data.intensity import check_methods
 from bcseg.data.dataset import (BUSI_MASK, Case, data_files, dataset_channels, discover,
-                                duplicate_images, duplicate_problem, read_case_channel_arrays)
+                                duplicate_images, duplicate_problem, read_case_channel_arrays,
+                                same_mask_spacing)
 from bcseg.data.splits import group_note, require_groups
 from bcseg.errors import DataError, printable
 
@@ -149,6 +150,7 @@ def check_case(case: Case, observers: list[str], report: CheckReport | None = No
         report.shapes[case.id] = tuple(image.shape)
         report.dtypes[case.id] = str(image.dtype)
         report.spacings[case.id] = case.spacing_mm or spacing
+    stated = None  # the first mask stating a spacing, where the image states none
     for observer in observers:
         files = case.masks.get(observer)
         if not files:
@@ -160,6 +162,8 @@ def check_case(case: Case, observers: list[str], report: CheckReport | None = No
                 # a manifest's spacing overrides the files', masks' included
                 mask = io.read_mask(path, image.shape, () if case.spacing_mm else (spacing,),
                                     image=case.image)
+                if spacing is None and not case.spacing_mm:  # masks of one image agree
+                    stated = same_mask_spacing(path, stated)
                 empty &= not mask.any()
                 if report is not None and looks_inverted(mask):
                     report.inverted_masks.append(str(path))

@@ -193,14 +193,42 @@ def read_case_masks(case: Case, shape: tuple[int, ...] | None = None,
     ``shape`` and ``spacing`` are the image's: a mask that states another is refused.
     """
     masks = {}
+    stated = None  # the first mask stating a spacing, where the image states none
     for observer, files in sorted(case.masks.items()):
         merged = None
         for path in files:
             mask = io.read_mask(path, shape, (spacing,), image=case.image)
+            if spacing is None and not case.spacing_mm:
+                stated = same_mask_spacing(path, stated)
             shape = mask.shape
             merged = mask if merged is None else merged | mask
         masks[observer] = merged
     return masks
+
+
+def same_mask_spacing(path: Path, stated: tuple[Path, tuple[float, ...]] | None
+                      ) -> tuple[Path, tuple[float, ...]] | None:
+    """Refuse a mask whose spacing differs from ``stated``, the file and spacing of an
+    earlier mask of the case; return the first mask's that states one (or None).
+
+    For a case whose image states no spacing: each mask is compared with its image's
+    spacing where there is one, so two observers' masks of 1x0.25x0.25 and 2x0.5x0.5 mm
+    passed together, one drawn on another stack or saved with a wrong calibration, and
+    were united, scored and trained on as one grid.
+    """
+    # headers only: a NIfTI mask is not decoded twice, and a PNG or JPEG (which states
+    # no spacing) not at all: BUSI's masks were each read again
+    own = io.stored_geometry(path)[1] if io.is_nifti(path) else io.read_spacing(path)
+    if own is None:
+        return stated
+    if stated is None:
+        return path, own
+    if not io.same_spacing(own, stated[1]):
+        raise DataError(path, f"mask spacing {io.spacing_text(own)} mm differs from that of "
+                        f"another mask of its image, {stated[0]} ({io.spacing_text(stated[1])} mm), "
+                        "and the image states none; re-save the masks with the image's spacing, "
+                        "or with none")
+    return stated
 
 
 # --------------------------------------------------------------------------- layouts
