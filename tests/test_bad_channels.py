@@ -193,6 +193,17 @@ def _pa_with_no_positive_value(root):
     folders(root, pa=-PA)
 
 
+def _sparse_pa(root, name="pa"):
+    # vessels in 0.1% of the voxels, a background of zeros: both percentiles are 0
+    sparse = np.zeros_like(PA)
+    sparse[1, 8, 10] = 4000.0
+    folders(root, names=("us", name), pa=sparse, channels_json=f'["us", "{name}"]')
+
+
+def _sparse_unknown_name(root):
+    _sparse_pa(root, "oa")  # optoacoustic: a name bcseg does not know, scaled by "auto"
+
+
 def _mask_with_channels(root):
     folders(root)
     write_hyperstack(root / "masks" / "observer1" / "S01.tif", LESION.astype(np.uint8) * 255,
@@ -218,6 +229,8 @@ LISTED = {  # name: (build, the file named, what the problem says)
     "constant PA channel": (_constant, "images/pa/S01.tif", "channel 'pa' is constant"),
     "PA channel with no value above 0": (_pa_with_no_positive_value, "images/pa/S01.tif",
                                          "channel 'pa' has no value above 0"),
+    "sparse channel scaled between percentiles": (_sparse_unknown_name, "images/oa/S01.tif",
+                                                   "channel 'oa' holds one value (0) in over 99% of its voxels"),
     "mask with two channels": (_mask_with_channels, "masks/observer1/S01.tif", "is a mask with 2 channels"),
     "two samples per pixel": (_interleaved, "images/S01.tif", "has 2 samples per pixel"),
 }
@@ -350,3 +363,33 @@ def test_a_pa_channel_with_no_value_above_0_is_refused_where_it_is_log_normalise
     plain = _named_model(tmp_path / "auto.keras", 2, ("us", "pa"))
     assert main(["predict", str(root), "--model", str(plain), "--out", str(tmp_path / "pred2"),
                  "--no-progress"]) == 0
+
+
+def test_a_sparse_channel_is_refused_where_its_percentiles_would_blank_it(tmp_path, capsys):
+    """A channel of one value in over 99% of its voxels (vessels in a photoacoustic image
+    of zeros) has its 0.5th and 99.5th percentiles equal, so the linear (percentile, or
+    auto) normalisation maps all of it to 0: trained on and segmented with as a blank
+    channel, as a constant one would be, without a word. Log normalisation keeps it."""
+    from bcseg.data.check import refuse_bad_cases
+    from test_channels_train import _named_model
+
+    root = tmp_path / "data"
+    root.mkdir()
+    _sparse_pa(root)
+    cases = discover(root)
+    with pytest.raises(Exception, match=r"channel 'pa' holds one value \(0\) in over 99% of its voxels"):
+        refuse_bad_cases(cases, ["us", "pa"], "training", {"us": "auto", "pa": "percentile"})
+    refuse_bad_cases(cases, ["us", "pa"], "training", {"us": "auto", "pa": "log"})
+
+    plain = _named_model(tmp_path / "auto.keras", 2, ("us", "pa"))  # pa by "auto" (percentile)
+    before = tree(tmp_path)
+    code = main(["predict", str(root), "--model", str(plain), "--out", str(tmp_path / "pred"),
+                 "--no-progress"])
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert code == 3 and len(lines) == 1, lines
+    assert lines[0].startswith(f"bcseg: error: {root / 'images' / 'pa' / 'S01.tif'}: channel 'pa' holds "
+                               "one value (0) in over 99% of its voxels, so its auto normalisation")
+    assert tree(tmp_path) == before
+    # nnU-Net normalises the channels itself: export-nnunet refuses only a constant one
+    assert main(["export-nnunet", str(root), str(tmp_path / "nn"), "--dataset-id", "7", "--name", "X",
+                 "--k", "2"]) == 0, capsys.readouterr().err

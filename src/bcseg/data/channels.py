@@ -160,8 +160,10 @@ def blank_problem(name: str, array: np.ndarray, method: str = "auto", chunk: int
     channel. As there, the first slice decides for almost every real image.
     """
     problem = constant_problem(name, array, chunk)
-    if problem or method != "log":
+    if problem or method not in ("log", "auto", "percentile"):
         return problem
+    if method != "log":
+        return flat_problem(name, array, method)
     first = array if array.ndim == 2 else array[0]
     if (first > 0).any():  # not max(): NaN beside positive values is the finite check's to name
         return None
@@ -171,6 +173,31 @@ def blank_problem(name: str, array: np.ndarray, method: str = "auto", chunk: int
     return (f"channel '{name}' has no value above 0, so its log normalisation maps all of it to 0: "
             f"it holds no image; check the export from the scanner (a reconstruction saved with "
             f"its sign flipped?), or set normalisation.{name} = \"percentile\" in the config")
+
+
+def flat_problem(name: str, array: np.ndarray, method: str = "auto") -> str | None:
+    """Why a channel that is not constant still holds no image once normalised linearly
+    between its 0.5th and 99.5th percentiles (``auto`` for any type but 8-bit, or
+    ``percentile``), or None.
+
+    Where one value fills over 99 % of the voxels (sparse vessels in a photoacoustic
+    image of zeros, a PA channel under a name bcseg does not know, or set to
+    ``percentile``), both percentiles are that value and the whole channel maps to 0:
+    trained on or segmented with as blank, as a constant channel would be, without a
+    word. ``log`` keeps such a channel (it takes the top of the positive values).
+    """
+    from bcseg.data.intensity import channel_stats  # which imports this module
+
+    try:
+        stats = channel_stats(array, method)  # the subsample training and predict read
+    except DataError:
+        return None  # NaN or infinity: the finite check names the file
+    if stats.method != "percentile" or stats.high > stats.low:
+        return None
+    return (f"channel '{name}' holds one value ({stats.low:g}) in over 99% of its voxels, so its "
+            f"{method} normalisation (0.5th to 99.5th percentile) maps all of it to 0: the model "
+            f"would see no image; if it is sparse (vessels in a photoacoustic image), set "
+            f"normalisation.{name} = \"log\" in the config")
 
 
 def read_files(channels, mmap: bool = False) -> tuple[list[np.ndarray], list[tuple | None]]:

@@ -17,7 +17,7 @@ import numpy as np
 
 from bcseg.atomic import real_path
 from bcseg.data import io
-from bcseg.data.channels import blank_problem, value_range
+from bcseg.data.channels import blank_problem, constant_problem, value_range
 from bcseg.data.intensity import check_methods
 from bcseg.data.dataset import (BUSI_MASK, Case, data_files, dataset_channels, discover,
                                 duplicate_images, duplicate_problem, read_case_channel_arrays,
@@ -227,7 +227,10 @@ def _read_case(case: Case, channels: list[str], report: CheckReport | None, meth
             continue
         if not channels:
             continue
-        problem = blank_problem(name, array, methods.get(name, "auto"))
+        # by the normalisation the command will use; none (export-nnunet: nnU-Net
+        # normalises itself) refuses only a channel of one value
+        problem = blank_problem(name, array, methods[name]) if name in methods \
+            else constant_problem(name, array)
         if problem:
             problems.append((str(path), problem))
         if report is not None:

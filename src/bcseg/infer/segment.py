@@ -547,22 +547,25 @@ def _headers(files: list[Path | Case], problems: dict) -> dict[str, tuple | None
 
 
 def _check_pixels(files: list[Path | Case], names: tuple[str, ...], problems: dict,
-                  methods: dict[str, str]) -> None:
+                  methods: dict[str, set[str]]) -> None:
     """Decode what will be segmented of every input whose header passed (``names``: the
     model's channels): a compressed TIFF damaged past its header fails only when its
     pixels are decoded, which must happen before the first mask is written. An
     uncompressed TIFF is memory-mapped, so this reads little of it; a compressed one
     is decoded twice, here and when segmented. A named channel that holds one value, or
-    none above 0 where the model log-normalises it (``methods``), is refused as check and
-    train refuse it (:func:`bcseg.data.channels.blank_problem`)."""
+    none above 0 where the model log-normalises it, or one value in nearly every voxel
+    where it scales it between percentiles (``methods``: each channel's normalisations
+    by the members), is refused as check and train refuse it
+    (:func:`bcseg.data.channels.blank_problem`)."""
     for item in files:
         if output_name(item) in problems:
             continue
         try:
             for path, name, array in _decoded(item, names):
-                problem = name and blank_problem(name, array, methods.get(name, "auto"))
-                if problem:
-                    raise DataError(path, problem)
+                for method in sorted(methods.get(name, {"auto"})) if name else ():
+                    problem = blank_problem(name, array, method)
+                    if problem:
+                        raise DataError(path, problem)
         except BcsegError as exc:
             problems.setdefault(output_name(item), exc)
 
@@ -721,11 +724,13 @@ def predict_files(model_path: str | Path, inputs, out_dir: str | Path, *, thresh
         todo = _files_to_do(files, wanted, out_dir, force, resume, made)
         remade = [f for f in kept if f in todo]
     names = settings.input_channels()
-    # a channel any member log-normalises must hold a value above 0 (an ensemble's
-    # members may normalise it differently)
-    logged = {name: "log" for view in settings.member_views()
-              for name, method in check_methods(view.normalisation, list(names)).items() if method == "log"}
-    _check_pixels([f for f in files if f in todo], names, problems, logged)
+    # a channel must hold an image by every member's normalisation of it (an ensemble's
+    # members may normalise it differently): a value above 0 where one log-normalises it
+    methods: dict[str, set[str]] = {}
+    for view in settings.member_views():
+        for name, method in check_methods(view.normalisation, list(names)).items():
+            methods.setdefault(name, set()).add(method)
+    _check_pixels([f for f in files if f in todo], names, problems, methods)
     _raise_first(problems, keep_going)
     model_named = model_path[0] if isinstance(model_path, (list, tuple)) else model_path
     # Stopped part-way (Ctrl-C, SIGTERM, an error), the masks so far stay for --resume,
