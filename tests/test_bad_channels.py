@@ -104,6 +104,9 @@ BAD = {  # name: (build the dataset in root, the file the error must name, relat
         "images/notes.tif"),
     "zero-byte hyperstack": (
         _then(hyperstacks, lambda r: (r / "images" / "S01.tif").write_bytes(b"")), "images/S01.tif"),
+    "hyperstack cut short": (  # read as its first page: "has 1 channel(s)", no word of the cut
+        _then(hyperstacks, lambda r: (r / "images" / "S02.tif").write_bytes(
+            (r / "images" / "S02.tif").read_bytes()[:-3000])), "images/S02.tif"),
     "symlink loop in a channel folder": (
         _then(folders, lambda r: os.symlink("loop.tif", r / "images" / "us" / "loop.tif")),
         "images/us/loop.tif"),
@@ -150,6 +153,7 @@ def _ome_named(path: Path, names: list[str]) -> None:
 
 
 SAID = {"zero-byte hyperstack": "is empty (0 bytes)",  # not "has 1 channel(s)"
+        "hyperstack cut short": "is truncated or corrupt",
         "OME channel names in another order than channels.json": "channel 'pa' is number 2 in the file",
         "one file given as two channels in a manifest": "line 2: channels 'us' and 'pa' are one file",
         "a channel folder's file a link to another channel's": "channels 'us' and 'pa' are one file",

@@ -1146,6 +1146,9 @@ def channel_header(path: str | Path) -> tuple[int, list[str] | None]:
         with tifffile.TiffFile(path) as tif:
             if len(tif.series) == 0:
                 raise DataError(path, "holds no image")
+            # the checks reading makes, from the header: a hyperstack cut short reads as its
+            # first page, and was refused as "has 1 channel(s), but channels.json names 2"
+            _stored_shape(tif, path)
             series = _image_series(tif)[0]
             axes = series.axes
             count = int(series.shape[axes.index("C")]) if "C" in axes else 1
