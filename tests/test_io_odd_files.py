@@ -604,6 +604,21 @@ def test_an_ome_tiff_of_two_images_is_refused_not_stacked(tmp_path):
     refused(lambda: io.read_image(path), path, "holds 2 separate OME images", "its own file")
 
 
+def test_the_advice_for_two_ome_images_writes_a_stack_that_is_read(tmp_path):
+    """The refusal says how to save the slices as one stack. Its call, without axes, made
+    tifffile write the first axis as channels (OME axes CYX), which bcseg then refused
+    as an image of two channels: following the advice led to another refusal."""
+    path = tmp_path / "two.ome.tif"
+    with tifffile.TiffWriter(path, ome=True) as tif:
+        tif.write(GREY_RAMP)
+        tif.write(255 - GREY_RAMP)
+    message = refused(lambda: io.read_image(path), path, "holds 2 separate OME images")
+    call = message[message.index("tifffile.imwrite("):-1]  # the last ')' closes the aside
+    stack = np.random.default_rng(0).integers(0, 255, (2, 16, 20), dtype=np.uint8)
+    eval(call, {"tifffile": tifffile, "path": tmp_path / "one.ome.tif", "stack": stack})
+    np.testing.assert_array_equal(io.read_image(tmp_path / "one.ome.tif")[0], stack)
+
+
 def test_an_imagej_file_with_more_pages_than_declared_is_refused(tmp_path):
     """ImageJ's description says 3 images, 5 pages follow (appended by another tool):
     tifffile read the 3 and dropped the rest silently."""

@@ -526,8 +526,10 @@ def _stored_shape(tif: tifffile.TiffFile, path: Path) -> tuple[tuple[int, ...], 
     if len(image_series) > 1 and tif.is_ome:  # OME Images are fields of view, not slices
         raise DataError(path, f"holds {len(image_series)} separate OME images (fields of view or "
                         "positions), not one stack; save each image as its own file, or, if they "
-                        "are the slices of one stack, save the stack in one write "
-                        "(tifffile.imwrite(path, stack, ome=True))")
+                        "are the slices of one stack, save the stack in one write, naming its "
+                        "axes (tifffile.imwrite(path, stack, ome=True, metadata={'axes': 'ZYX'}))")
+        # (without the axes tifffile writes a 3D array's first axis as channels, C, which
+        # bcseg then refused as an image of several channels: the advice led to a refusal)
     if len(image_series) > 1 and not tif.is_imagej:
         shapes = [s.shape for s in image_series]
         if len({s[-2:] for s in shapes}) > 1 or any(len(s) > 2 for s in shapes):
