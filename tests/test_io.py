@@ -174,6 +174,22 @@ def test_imagej_spacing_and_unit(tmp_path, unit, per_unit, z):
     assert io.read_image(path)[1] == pytest.approx(SPACING)
 
 
+@pytest.mark.parametrize("extra, resolution, z", [
+    ({"zunit": "mm"}, (1e-3 / 0.25, 1e-3 / 0.2), 1.5),     # micron pixels, mm slices
+    ({"yunit": "mm"}, (1e-3 / 0.25, 1.0 / 0.2), 1500.0),    # y in mm, x in micron
+    ({"yunit": "mm", "zunit": "cm"}, (1e-3 / 0.25, 1.0 / 0.2), 0.15),
+])
+def test_imagej_units_of_their_own_for_y_and_z_are_read(tmp_path, extra, resolution, z):
+    """ImageJ writes yunit= and zunit= where y or z has another unit than x (unit=).
+    Read in x's unit, 1.5 mm slices beside micron pixels were 1.5 µm: inside the plausible
+    range, so every volume and margin was 1000 times too small, without a word."""
+    path = tmp_path / "units.tif"
+    tifffile.imwrite(path, STACK, imagej=True, resolution=resolution,
+                     metadata={"axes": "ZYX", "spacing": z, "unit": "micron", **extra})
+    for look in (io.read_spacing, lambda p: io.read_image(p)[1], lambda p: io.stored_geometry(p)[1]):
+        assert look(path) == pytest.approx(SPACING)
+
+
 @pytest.mark.parametrize("unit", ["pixel", "pixels", ""])
 def test_imagej_in_pixels_has_no_spacing(tmp_path, unit):
     path = tmp_path / "pixels.tif"

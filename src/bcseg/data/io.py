@@ -379,8 +379,9 @@ def _unit_scale(unit: str | None, path: Path) -> float | None:
 
 
 def _resolution_mm(page: tifffile.TiffPage, imagej_unit: str | None,
-                   path: Path) -> tuple[float, float] | None:
-    """In-plane (y, x) spacing from the resolution tags, or None."""
+                   path: Path, imagej_yunit: str | None = None) -> tuple[float, float] | None:
+    """In-plane (y, x) spacing from the resolution tags, or None (``imagej_yunit``: the
+    unit of y where ImageJ states one of its own)."""
     tags = page.tags
     if "XResolution" not in tags or "YResolution" not in tags:
         return None
@@ -390,8 +391,10 @@ def _resolution_mm(page: tifffile.TiffPage, imagej_unit: str | None,
     y = yres[0] / yres[1] if yres[1] else 0.0
     if imagej_unit is not None:
         scale = _unit_scale(imagej_unit, path)
-        if scale is None:
+        y_scale = _unit_scale(imagej_yunit or imagej_unit, path)
+        if scale is None or y_scale is None:
             return None
+        return (y_scale / y if y > 0 else math.inf, scale / x if x > 0 else math.inf)
     else:
         unit = int(tags["ResolutionUnit"].value) if "ResolutionUnit" in tags else 2
         if unit not in (2, 3):  # 1: no absolute unit
@@ -443,13 +446,17 @@ def _tiff_spacing(tif: tifffile.TiffFile, ndim: int, path: Path) -> tuple[float,
                 return (ome["z"],) + plane
     ij = tif.imagej_metadata or {}
     unit = ij.get("unit") if tif.is_imagej else None
-    plane = _resolution_mm(page, unit, path)
+    # ImageJ writes yunit= and zunit= where y or z has another unit than x (unit=):
+    # read with x's, a stack of 250 micron pixels and 1 mm slices (zunit=mm) had slices
+    # of 1 micron, within the plausible range, and every volume and margin 1000 times off
+    yunit, zunit = (ij.get("yunit"), ij.get("zunit")) if unit is not None else (None, None)
+    plane = _resolution_mm(page, unit, path, yunit)
     if plane is None:
         return None
     if ndim == 2:
         return plane
     z = ij.get("spacing")
-    scale = _unit_scale(unit, path)
+    scale = _unit_scale(zunit or unit, path)
     if z is None or scale is None:
         return None
     return (_number(z, "ImageJ spacing", path) * scale,) + plane
