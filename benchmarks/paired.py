@@ -39,6 +39,13 @@ import numpy as np
 METRICS_FILE = "metrics.csv"
 RESULTS_FILE = "results.json"  # seed_ensemble.py and ensemble.py: the ensemble per image
 
+# Which way each metrics.csv score is better. "B better on N images" counted a larger
+# value as better whatever the column, so with --metric hd95 every image where B's
+# boundary was further off was a win for B. A column that is no score (a volume, the
+# signed volume difference, the unit, the empty flags) has no better side to count.
+HIGHER_IS_BETTER = {"dice": True, "iou": True, "precision": True, "recall": True,
+                    "specificity": True, "hd95": False, "assd": False, "abs_volume_diff": False}
+
 
 def read_scores(path: Path, metric: str, reference: str | None) -> dict[str, float]:
     """One score per case from a ``metrics.csv`` (or a folder holding one).
@@ -46,6 +53,9 @@ def read_scores(path: Path, metric: str, reference: str | None) -> dict[str, flo
     ``reference`` picks the observer column value when a file scores several (two
     observers and their consensus); by default the file must hold exactly one.
     """
+    if metric not in HIGHER_IS_BETTER:
+        raise SystemExit(f"paired.py: --metric {metric}: is no score with a better side; "
+                         f"choose one of {', '.join(HIGHER_IS_BETTER)}")
     path = Path(path)
     if path.is_dir() and not (path / METRICS_FILE).is_file() and (path / RESULTS_FILE).is_file():
         path = path / RESULTS_FILE
@@ -82,8 +92,11 @@ def _ensemble_scores(path: Path, metric: str) -> dict[str, float]:
     return {case: float(d) for case, d in models["ensemble"]["per_image"].items()}
 
 
-def compare(a: dict[str, float], b: dict[str, float], n_boot: int = 10_000, seed: int = 0) -> dict:
-    """Summary of the paired differences ``b - a`` over the cases both score finitely."""
+def compare(a: dict[str, float], b: dict[str, float], n_boot: int = 10_000, seed: int = 0,
+            higher_is_better: bool = True) -> dict:
+    """Summary of the paired differences ``b - a`` over the cases both score finitely.
+
+    ``higher_is_better`` says which sign of ``b - a`` is a win for B (False for HD95)."""
     from scipy.stats import wilcoxon
 
     from bcseg.measure.metrics import summarise
@@ -94,12 +107,13 @@ def compare(a: dict[str, float], b: dict[str, float], n_boot: int = 10_000, seed
     keep = np.isfinite(x) & np.isfinite(y)
     x, y = x[keep], y[keep]
     delta = y - x
+    gain = delta if higher_is_better else -delta  # > 0 where B is better
     out = {"n_paired": int(keep.sum()), "n_only_a": len(set(a) - set(b)),
            "n_only_b": len(set(b) - set(a)), "n_not_finite": int((~keep).sum()),
            "mean_a": float(x.mean()) if x.size else float("nan"),
            "mean_b": float(y.mean()) if y.size else float("nan"),
            "delta": summarise(delta, n_boot=n_boot, seed=seed),
-           "b_better": int((delta > 0).sum()), "a_better": int((delta < 0).sum()),
+           "b_better": int((gain > 0).sum()), "a_better": int((gain < 0).sum()),
            "ties": int((delta == 0).sum()), "n_boot": n_boot, "seed": seed,
            "wilcoxon_p": float("nan")}
     if np.count_nonzero(delta) >= 1:
@@ -134,7 +148,8 @@ def main(argv=None) -> int:
     parser.add_argument("a", help="run folder or metrics.csv of model A (the baseline), or an "
                         "ensemble's results.json (or its folder) from seed_ensemble.py/ensemble.py")
     parser.add_argument("b", help="the same for model B")
-    parser.add_argument("--metric", default="dice", help="metrics.csv column (default: dice)")
+    parser.add_argument("--metric", default="dice", help="metrics.csv score: "
+                        + ", ".join(HIGHER_IS_BETTER) + " (default: dice)")
     parser.add_argument("--reference", help="observer to pair against, where a file scores several")
     parser.add_argument("--boot", type=int, default=10_000, help="bootstrap resamples (default 10000)")
     parser.add_argument("--seed", type=int, default=0)
@@ -143,7 +158,8 @@ def main(argv=None) -> int:
 
     a = read_scores(Path(args.a), args.metric, args.reference)
     b = read_scores(Path(args.b), args.metric, args.reference)
-    result = compare(a, b, n_boot=args.boot, seed=args.seed)
+    result = compare(a, b, n_boot=args.boot, seed=args.seed,
+                     higher_is_better=HIGHER_IS_BETTER[args.metric])
     if result["n_paired"] == 0:
         print(f"paired.py: {args.a} and {args.b} share no case with finite scores", file=sys.stderr)
         return 2

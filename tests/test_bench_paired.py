@@ -93,3 +93,22 @@ def test_two_tied_pairs_say_why_there_is_no_ci_or_test(tmp_path, capsys):
     assert saved["wilcoxon_p"] is None and saved["delta"]["ci_low"] is None
     assert "B - A: +0.000 (no CI: n too small" in out and "every pair is tied" in out
     assert "2 ties" in out
+
+
+def test_a_lower_is_better_metric_counts_the_smaller_value_as_the_win(tmp_path, capsys):
+    # HD95: B's boundary is nearer on x1 (2 against 3 mm) and x2 (1 against 4), further on
+    # x3 (5 against 1). B wins two images, A one; the count read the other way round.
+    a = _metrics(tmp_path / "a", [["x1", "reference", "image", "", 0.5, 3],
+                                  ["x2", "reference", "image", "", 0.5, 4],
+                                  ["x3", "reference", "image", "", 0.5, 1]])
+    b = _metrics(tmp_path / "b", [["x1", "reference", "image", "", 0.5, 2],
+                                  ["x2", "reference", "image", "", 0.5, 1],
+                                  ["x3", "reference", "image", "", 0.5, 5]])
+    assert paired.main([str(a), str(b), "--metric", "hd95", "--boot", "200"]) == 0
+    out = capsys.readouterr().out
+    assert "B - A: +0.000" in out and "B better on 2 images, A on 1, 0 ties" in out
+    # A column with no better side (a signed volume difference, the unit) is refused by name,
+    # not counted as if larger were better or failed as float('mm').
+    for column in ("rel_volume_diff", "unit"):
+        with pytest.raises(SystemExit, match=f"--metric {column}: is no score"):
+            paired.main([str(a), str(b), "--metric", column])
