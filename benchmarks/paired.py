@@ -56,13 +56,9 @@ def read_scores(path: Path, metric: str, reference: str | None) -> dict[str, flo
     if metric not in HIGHER_IS_BETTER:
         raise SystemExit(f"paired.py: --metric {metric}: is no score with a better side; "
                          f"choose one of {', '.join(HIGHER_IS_BETTER)}")
-    path = Path(path)
-    if path.is_dir() and not (path / METRICS_FILE).is_file() and (path / RESULTS_FILE).is_file():
-        path = path / RESULTS_FILE
+    path = scores_file(path)
     if path.name == RESULTS_FILE:
         return _ensemble_scores(path, metric)
-    if path.is_dir():
-        path = path / METRICS_FILE
     if not path.is_file():
         raise SystemExit(f"paired.py: {path}: no such metrics file")
     with open(path, newline="", encoding="utf-8") as handle:
@@ -79,6 +75,14 @@ def read_scores(path: Path, metric: str, reference: str | None) -> dict[str, flo
     if not scores:
         raise SystemExit(f"paired.py: {path}: no rows against reference {reference!r}")
     return scores
+
+
+def scores_file(path: Path) -> Path:
+    """The file :func:`read_scores` reads for ``path``: a metrics.csv, or a results.json."""
+    path = Path(path)
+    if path.is_dir() and not (path / METRICS_FILE).is_file() and (path / RESULTS_FILE).is_file():
+        return path / RESULTS_FILE
+    return path / METRICS_FILE if path.is_dir() else path
 
 
 def _ensemble_scores(path: Path, metric: str) -> dict[str, float]:
@@ -156,6 +160,17 @@ def main(argv=None) -> int:
     parser.add_argument("--json", help="also write the result to this JSON file")
     args = parser.parse_args(argv)
 
+    if args.json:
+        # --json a/metrics.csv wrote the result over the evaluation it had just read, and a
+        # folder failed with IsADirectoryError after the comparison was printed.
+        target = Path(args.json)
+        if target.is_dir():
+            raise SystemExit(f"paired.py: {target}: is a folder; give --json a file name")
+        for given in (args.a, args.b):
+            source = scores_file(Path(given))
+            if target.exists() and source.exists() and target.samefile(source):
+                raise SystemExit(f"paired.py: {target}: is an input of this comparison; "
+                                 f"give --json another file")
     a = read_scores(Path(args.a), args.metric, args.reference)
     b = read_scores(Path(args.b), args.metric, args.reference)
     result = compare(a, b, n_boot=args.boot, seed=args.seed,
@@ -168,7 +183,9 @@ def main(argv=None) -> int:
         result.update(a=args.a, b=args.b, metric=args.metric)
         # NaN (no CI, no test) as null: a bare NaN is not JSON, and strict readers refuse it
         safe = json.loads(json.dumps(result), parse_constant=lambda name: None)
-        Path(args.json).write_text(json.dumps(safe, indent=1, allow_nan=False) + "\n", encoding="utf-8")
+        from bcseg.atomic import write_text  # never a truncated file on a full disk or Ctrl-C
+
+        write_text(args.json, json.dumps(safe, indent=1, allow_nan=False) + "\n")
     return 0
 
 

@@ -112,3 +112,18 @@ def test_a_lower_is_better_metric_counts_the_smaller_value_as_the_win(tmp_path, 
     for column in ("rel_volume_diff", "unit"):
         with pytest.raises(SystemExit, match=f"--metric {column}: is no score"):
             paired.main([str(a), str(b), "--metric", column])
+
+
+def test_json_never_replaces_an_input_and_refuses_a_folder(tmp_path):
+    rows = [["x1", "reference", "image", "", 0.5, 1], ["x2", "reference", "image", "", 0.7, 2]]
+    a = _metrics(tmp_path / "a", rows)
+    b = _metrics(tmp_path / "b", [["x1", "reference", "image", "", 0.6, 1],
+                                  ["x2", "reference", "image", "", 0.9, 2]])
+    before = (a / "metrics.csv").read_bytes()
+    # The evaluation just read was overwritten by the JSON result.
+    with pytest.raises(SystemExit, match="metrics.csv: is an input of this comparison"):
+        paired.main([str(a), str(b), "--boot", "200", "--json", str(a / "metrics.csv")])
+    assert (a / "metrics.csv").read_bytes() == before
+    with pytest.raises(SystemExit, match="is a folder; give --json a file name"):
+        paired.main([str(a), str(b), "--boot", "200", "--json", str(b)])
+    assert sorted(p.name for p in b.iterdir()) == ["metrics.csv"]
