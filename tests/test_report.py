@@ -431,3 +431,28 @@ def test_per_case_ceiling_of_three_observers_keeps_an_unshared_tumour_infinite(t
         "a,image,observer2,observer3,0.0,inf\n")
     assert _agreement_by_case(tmp_path / "agreement.csv") == {"a": {"dice": pytest.approx(1 / 3),
                                                                     "hd95": float("inf")}}
+
+
+@pytest.mark.parametrize("name, text", [
+    ("budget_margins.csv", "item,cost\nprobe,12\n"),          # a table of yours so named
+    ("sub/history.csv", "epoch,loss\n0,abc\n"),               # a damaged table below
+])
+def test_evaluate_checks_the_tables_its_report_reads_before_writing(run_dir, tmp_path, capsys, name, text):
+    """A CSV of the user's named *_margins.csv in the output folder is read by the report:
+    evaluate wrote metrics.csv, agreement.csv and summary.json, then failed drawing the
+    report (exit 3), leaving an evaluation without its page. It is refused first."""
+    from bcseg.cli import main
+
+    out = tmp_path / "ev"
+    (out / name).parent.mkdir(parents=True)
+    (out / name).write_text(text)
+    capsys.readouterr()
+    code = main(["evaluate", "--pred", str(run_dir / "pred"), "--truth", str(run_dir / "data"),
+                 "--out", str(out)])
+    lines = capsys.readouterr().err.splitlines()
+    assert code == 3 and len(lines) == 1, lines
+    assert lines[0].startswith(f"bcseg: error: {out / name}: ")
+    assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*")) == sorted(
+        {name, *(name.split("/")[:-1])})  # only what was there: no table, record or lock
+    assert main(["evaluate", "--pred", str(run_dir / "pred"), "--truth", str(run_dir / "data"),
+                 "--out", str(out), "--no-report"]) == 0  # without the report, nothing reads it

@@ -477,8 +477,13 @@ def cmd_evaluate(args) -> int:
         _import_tensorflow_quietly()
     check_output_folder(args.out)  # before the report's files are looked for in it
     if not args.no_report:  # the report's files are checked before the evaluation writes any
-        from bcseg.report.html import check_report_files
+        from bcseg.report.html import check_report_files, report_sources
         check_report_files(Path(args.out))
+        # and so are the other tables it reads there (a *_margins.csv, a history.csv, an
+        # evaluation below): a file of yours so named failed the report after the
+        # evaluation was written, exit 3 with half the output in place
+        if Path(args.out).is_dir():
+            report_sources(Path(args.out), evaluating=Path(args.out))
     result = evaluate(args.pred, args.truth, args.out, observers=args.observer or "all",
                       force=args.force, protocol=args.protocol, model=args.model)
     _print_headline(result)

@@ -379,12 +379,14 @@ def build_report(run_or_eval_dir: str | Path, out: str | Path | None = None,
     return write_text(out, document)
 
 
-def report_sources(root: Path) -> tuple[list[Path], list[Path], list[Path]]:
+def report_sources(root: Path, evaluating: Path | None = None) -> tuple[list[Path], list[Path], list[Path]]:
     """The training histories, evaluation folders and margins tables in ``root`` and below.
 
     A folder with none of them, or a table among them that the report cannot draw
     from, is a :class:`DataError`; ``bcseg report`` asks first, so that such a folder
-    is refused before anything is written into it.
+    is refused before anything is written into it. ``evaluating`` is an evaluation
+    folder about to be written (``bcseg evaluate`` asks before it writes): its own
+    tables are not checked yet, and it counts as something to report.
     """
     odd = _tables_not_files(root)
     if odd:
@@ -394,12 +396,15 @@ def report_sources(root: Path) -> tuple[list[Path], list[Path], list[Path]]:
     evaluations = [p.parent for p in _find(root, OUTPUTS["summary"])
                    if (p.parent / OUTPUTS["metrics"]).is_file()]
     margins = _find(root, "*_margins.csv")
-    if not histories and not evaluations and not margins:
+    if not histories and not evaluations and not margins and evaluating is None:
         raise DataError(root, "nothing to report: no history.csv, evaluation (summary.json + "
                         "metrics.csv) or *_margins.csv found")
     # Every table the report reads is checked before anything is written: a damaged
     # one is one line naming it, not a crash after the figures were redrawn.
+    fresh = real_path(evaluating) if evaluating is not None else None
     for eval_dir in evaluations:
+        if real_path(eval_dir) == fresh:
+            continue  # about to be written again: checked as the report is built
         summary = read_summary(eval_dir)
         check_summary_fields(eval_dir, summary)
         check_metrics_table(eval_dir / OUTPUTS["metrics"])
