@@ -178,3 +178,38 @@ def test_predict_refuses_the_folder_of_another_commands_whole_result(tmp_path, c
     # a subfolder of its own is predict's, and left alone by the run (docs/safety.md)
     assert main(["predict", str(tmp_path / "scan.png"), "--model", str(models["2d"]), "--out",
                  str(folder / "peek"), "--no-progress"]) == 0
+
+
+@pytest.mark.parametrize("where", [".", "predictions"])
+@pytest.mark.parametrize("command", ["evaluate", "margins", "split"])
+def test_no_command_writes_into_a_runs_folders(tmp_path, capsys, phantom_root, command, where):
+    """As predict: 'evaluate --out RUN/predictions', 'margins --out RUN' or 'split --out
+    RUN/predictions/s.json' wrote into a training run's folders, and 'train --force' then
+    refused the run ('holds the output of bcseg evaluate') until the files were deleted by
+    hand. A new subfolder of the run is the command's own."""
+    import numpy as np
+
+    from bcseg.atomic import write_text
+    from bcseg.data import io
+    from bcseg.outputs import claim
+
+    run = tmp_path / "run"
+    mask = np.zeros((12, 48, 48), bool)
+    mask[4:8, 10:30, 10:30] = True
+    with claim(run, "train"):
+        write_text(run / "config.toml", "[model]\n")
+        io.write_mask(run / "predictions" / "specimen_000_mask.tif", mask, (1.0, 0.25, 0.25))
+    before = sorted(p.relative_to(run).as_posix() for p in run.rglob("*"))
+    stack = phantom_root / "images" / "specimen_000.tif"
+
+    def argv(folder):
+        return {"evaluate": ["evaluate", "--pred", run / "predictions", "--truth", phantom_root,
+                             "--out", folder, "--no-report"],
+                "margins": ["margins", "--image", stack, "--tumour", run / "predictions" /
+                            "specimen_000_mask.tif", "--out", folder],
+                "split": ["split", phantom_root, "--out", folder / "s.json", "--k", "2"]}[command]
+
+    line = refused(capsys, argv(run / where), str(run / where))
+    assert "'bcseg train'" in line and "Error" not in line, line
+    assert sorted(p.relative_to(run).as_posix() for p in run.rglob("*")) == before
+    assert main([str(a) for a in argv(run / "peek")]) == 0  # a subfolder of its own

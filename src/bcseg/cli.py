@@ -348,6 +348,7 @@ def _check_split_file(out: Path, args, cases) -> None:
     if out.suffix.lower() != ".json":
         raise UsageError(out, "--out names the splits' JSON file, which must end in .json "
                          "(e.g. splits.json)")
+    outputs.refuse_whole_result(out.parent, "split")  # as predict: never inside a run
 
 
 def _train_overrides(args) -> dict:

@@ -618,10 +618,35 @@ def refuse_whole_result(folder: Path, command: str) -> None:
     if not Path(folder).is_dir():
         return
     for name, writer in sorted(writers(folder).items()):
-        if writer in WHOLE_FOLDER_WRITERS and writer != command and command not in ADDED_TO.get(writer, ()):
-            raise UsageError(folder, f"holds the output of 'bcseg {writer}' ({name}); {command}'s files "
-                             f"there would keep '{writer}' from replacing or continuing it: choose "
-                             f"another output folder (a new subfolder, such as {Path(folder) / command}, will do)")
+        if _kept_from(writer, command):
+            raise UsageError(folder, f"holds the output of 'bcseg {writer}' ({name}); the files of "
+                             f"'bcseg {command}' there would keep '{writer}' from replacing or "
+                             f"continuing it: choose another output folder (a new subfolder, such as "
+                             f"{Path(folder) / command}, will do)")
+    # A folder of a run (run/predictions, run/checkpoints) is the run's as much as the
+    # run's top folder: 'evaluate --out run/predictions' kept 'train --force' from
+    # replacing the run. A dataset's folders are left out: masks predicted into images/
+    # are documented (docs/safety.md), and recorded as predict's.
+    inside, given = Path(folder).absolute(), list(Path(folder).parents)
+    for level, above in enumerate(list(inside.parents)[:3]):
+        if not (above / RECORD).is_file():
+            continue
+        prefix = inside.relative_to(above).as_posix() + "/"
+        shown = given[level] if level < len(given) and str(given[level]) != "." else above
+        for name, writer in sorted(writers(above).items()):
+            if name.startswith(prefix) and writer not in DATASET_WRITERS and _kept_from(writer, command):
+                raise UsageError(folder, f"is a folder of the output of 'bcseg {writer}' in {shown} "
+                                 f"({name}); the files of 'bcseg {command}' there would keep "
+                                 f"'{writer}' from replacing or continuing it: choose another "
+                                 f"output folder (a new subfolder of "
+                                 f"{shown}, such as {shown / command}, will do)")
+        break  # the nearest record decides, as for the files in it
+
+
+def _kept_from(writer: str, command: str) -> bool:
+    """Whether ``command``'s files in ``writer``'s whole result keep ``writer`` from
+    replacing or continuing it."""
+    return writer in WHOLE_FOLDER_WRITERS and writer != command and command not in ADDED_TO.get(writer, ())
 
 
 def check_one_writer(folder: Path, command: str) -> None:

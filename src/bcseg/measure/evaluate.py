@@ -78,8 +78,8 @@ from bcseg.measure.reference_score import PROTOCOLS, SOFT_REDUCTION, reference_m
 # The tables and headline of an evaluation, importable from here as before.
 from bcseg.measure.tables import (CEILING_COLUMNS, ceiling_table, ci_phrase, headline_lines,  # noqa: F401
                                   human_level_lines)
-from bcseg.outputs import (check_output_folder, check_replaceable, claim, held_here, is_owned, remove_owned,
-                           unfinished_claim, unfinished_output)
+from bcseg.outputs import (check_output_folder, check_replaceable, claim, held_here, is_owned,
+                           refuse_whole_result, remove_owned, unfinished_claim, unfinished_output)
 from bcseg.rundir import FOLD_FILE, PREDICTIONS_DIR, SETTINGS_FILE
 
 __all__ = ["evaluate", "find_predictions", "ceiling_table", "OUTPUTS", "METRIC_COLUMNS",
@@ -636,6 +636,8 @@ def _check_outputs(out_dir: Path, force: bool) -> dict[str, Path]:
     check_output_folder(out_dir)
     outputs = {key: out_dir / name for key, name in OUTPUTS.items()}
     check_replaceable(outputs.values(), force, command="evaluate")
+    if not held_here(out_dir):  # train evaluates its test fold inside its own run
+        refuse_whole_result(out_dir, "evaluate")  # as predict: never into a run's folders
     return outputs
 
 
