@@ -213,3 +213,19 @@ def test_no_command_writes_into_a_runs_folders(tmp_path, capsys, phantom_root, c
     assert "'bcseg train'" in line and "Error" not in line, line
     assert sorted(p.relative_to(run).as_posix() for p in run.rglob("*")) == before
     assert main([str(a) for a in argv(run / "peek")]) == 0  # a subfolder of its own
+
+
+@pytest.mark.parametrize("command", ["phantom", "ensemble"])
+def test_export_onnx_refuses_the_folder_of_another_commands_whole_result(tmp_path, capsys, models, command):
+    """export-onnx --out DATA/m.onnx wrote into a phantom's dataset (or an ensemble's
+    folder): 'phantom --force' then refused it as holding export-onnx's output."""
+    from bcseg.atomic import write_text
+    from bcseg.outputs import claim
+
+    folder = tmp_path / "result"
+    with claim(folder, command):
+        write_text(folder / "specimens.csv", "case\n")
+    before = sorted(p.name for p in folder.iterdir())
+    line = refused(capsys, ["export-onnx", models["2d"], "--out", folder / "m.onnx"], str(folder))
+    assert f"'bcseg {command}'" in line, line
+    assert sorted(p.name for p in folder.iterdir()) == before

@@ -101,6 +101,9 @@ def _check_out(out: Path, force: bool, inputs: list) -> None:
         raise UsageError(out, "does not end in .onnx; --out names the ONNX file to write")
     outputs.check_not_bookkeeping(out)
     outputs.check_replaceable([out], force, command="export-onnx", inputs=inputs)
+    # beside its own run's model is fine (train's --force replaces the export with the run);
+    # into a phantom's dataset or an ensemble's folder it kept their --force from replacing it
+    outputs.refuse_whole_result(out.parent, "export-onnx")
 
 
 class OnnxModel:
