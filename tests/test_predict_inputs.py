@@ -523,3 +523,39 @@ def test_a_busi_layout_is_segmented_as_its_cases_and_a_class_folder_without_its_
     code, _, err = run(capsys, "evaluate", "--truth", root, "--pred", tmp_path / "all", "--out",
                        tmp_path / "eval", "--no-report")
     assert code == 0, err
+
+
+def test_margins_table_of_a_resumed_run_lists_every_case(tmp_path, capsys, models, stacks, monkeypatch):
+    """Ctrl-C in predict --margins while the second stack's figure was drawn, then
+    --resume as bcseg says: margins.csv held the second case's row alone. The first
+    case's margins were measured by the stopped run and skipped, its row never merged;
+    the second, stopped between its table and its figure, was skipped without a figure."""
+    import bcseg.measure.margins as margins_module
+
+    inputs = sorted((stacks / "images" / "us").iterdir())
+    out = tmp_path / "seg"
+    real, drawn = margins_module.margin_figure, []
+
+    def stopped_at_the_second(*args, **kwargs):
+        drawn.append(1)
+        if len(drawn) == 2:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(margins_module, "margin_figure", stopped_at_the_second)
+    code, _, _ = run(capsys, "predict", *inputs, "--model", models["2d"], "--out", out, "--margins",
+                     "--no-progress")
+    assert code == 130 and not (out / "margins.csv").exists()
+    monkeypatch.setattr(margins_module, "margin_figure", real)
+    code, _, err = run(capsys, "predict", *inputs, "--model", models["2d"], "--out", out, "--margins",
+                       "--resume", "--no-progress")
+    assert code == 0, err
+    names = [path.name.removesuffix(".tif") for path in inputs]
+    assert _cases(out / "margins.csv") == names
+    for name in names:  # each row is the case's own table's
+        with open(out / f"{name}_margins.csv", newline="", encoding="utf-8") as handle:
+            (own,) = list(csv.DictReader(handle))
+        with open(out / "margins.csv", newline="", encoding="utf-8") as handle:
+            (row,) = [r for r in csv.DictReader(handle) if r["case"] == name]
+        assert row == own
+        assert (out / f"{name}_margins.png").is_file()

@@ -51,9 +51,15 @@ def _margins_table(files: list, records: list[dict], *, out_dir: Path, margins: 
     rows = []
     for item, record in zip(files, records) if margins else ():
         name = output_name(item)
-        if record["mask"] is None or (record["status"] == "skipped"
-                                      and (out_dir / f"{name}_margins.csv").exists()):
-            continue  # failed, or measured by the run --resume continues
+        if record["mask"] is None:
+            continue  # failed
+        if record["status"] == "skipped" and _measured(out_dir, name):
+            # measured by the run --resume continues, which stopped before it merged the
+            # table: its row comes from its own table, or margins.csv lacked every case
+            # the stopped run had measured (and a case stopped between its table and its
+            # figure, holding no figure, is measured again)
+            rows += _case_rows(out_dir / f"{name}_margins.csv")
+            continue
         if io.open_volume(record["mask"])[0].ndim != 3:
             warnings.warn(f"{input_file(item)}: is a 2D image; no margins (they need a 3D stack)")
             continue
@@ -72,3 +78,23 @@ def _margins_table(files: list, records: list[dict], *, out_dir: Path, margins: 
         if merge_margins_csv(rows, table, replace_cases=[output_name(item) for item, record
                                                          in zip(files, records) if record["status"] == "ok"]) is None:
             outputs.remove_owned([table])  # every row was stale: the table goes, as each case's files did
+
+
+def _measured(out_dir: Path, name: str) -> bool:
+    """Whether every margins file of case ``name`` is there (predict computes the specimen)."""
+    return all((out_dir / f"{name}{suffix}").is_file()
+               for suffix in ("_margins.csv", "_margins.png", "_specimen.tif"))
+
+
+def _case_rows(table: Path) -> list[dict]:
+    """The rows of a case's own ``<name>_margins.csv``, as merge_margins_csv takes them."""
+    import csv
+
+    from bcseg.errors import DataError
+
+    try:
+        with open(table, newline="", encoding="utf-8") as handle:
+            return list(csv.DictReader(handle))
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise DataError(table, f"cannot be read to add its row to {MARGINS_TABLE} ({exc}); "
+                        "segment the case again with --force") from None
