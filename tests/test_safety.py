@@ -1385,6 +1385,30 @@ def test_a_run_folder_inside_a_dataset_is_never_read_as_cases(tmp_path, capsys):
     assert code == 0 and "problems            0" in out, (out, err)
 
 
+@pytest.mark.parametrize("where", ["masks/run", "masks/observer1/run", "images/run"])
+def test_a_runs_predictions_inside_a_dataset_are_never_read_as_masks(tmp_path, capsys, phantom, where):
+    """``train --out data/masks/run``: the run's predictions/*_mask.tif, recorded in the
+    run's record (the folder above them), were read as masks with no image, and check,
+    train and evaluate refused the dataset until the run was moved out."""
+    from bcseg.atomic import atomic_path
+    from bcseg.data.dataset import discover
+
+    data = tmp_path / "data"
+    data.mkdir()
+    for part in ("images", "masks"):
+        shutil.copytree(phantom / part, data / part)
+    before = [(c.id, sorted(c.masks)) for c in discover(data)]
+    image = sorted((data / "images").glob("*.tif"))[0]
+    run_dir = data / where
+    with outputs.claim(run_dir, "train"):
+        for suffix in ("_mask", "_prob"):
+            with atomic_path(run_dir / "predictions" / f"{image.stem}{suffix}.tif") as tmp:
+                tmp.write_bytes(image.read_bytes())
+    assert [(c.id, sorted(c.masks)) for c in discover(data)] == before
+    code, out, err = run(capsys, "check", data)
+    assert code == 0 and "problems            0" in out, (out, err)
+
+
 def test_masks_predicted_into_the_images_folder_are_never_read_as_cases(tmp_path, phantom):
     from bcseg.atomic import atomic_path
     from bcseg.data.dataset import discover

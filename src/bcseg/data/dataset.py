@@ -292,9 +292,15 @@ def data_files(folder: Path) -> list[Path]:
     a class folder of ``loss.png`` and ``examples.png``. Edited outputs stay outputs.
     """
     files = io.image_files(folder)
-    if not files or not (folder / outputs.RECORD).is_file():
+    if not files:
         return files
-    ours = outputs.written(folder)
+    # A run's predictions/ are recorded in the run's record, the folder above: 'train
+    # --out data/masks/run' left run/predictions/*_mask.tif read as masks without images,
+    # and check, train and evaluate refused the dataset. (A dataset's own files, recorded
+    # as phantom's above, are data: results_in leaves them out.)
+    ours = outputs.results_in(folder)
+    if (folder / outputs.RECORD).is_file():
+        ours |= outputs.written(folder)
     return [p for p in files if p.name not in ours]
 
 
