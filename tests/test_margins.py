@@ -234,6 +234,30 @@ def test_tumour_outside_specimen_warns():
     assert result["closest_face"] == "anterior"
 
 
+def test_a_margin_not_measured_is_flagged_neither_clear_nor_inked(tmp_path):
+    """A tumour wholly outside the specimen, or a specimen mask that is empty: no margin
+    was measured, yet the row said ink_on_tumour False and close_margin False (a clear
+    margin, overall and on every face); a filter on the flags passed the case as clear.
+    Unknown flags are blank. No tumour found: nothing on the ink, the flags say False."""
+    shape, box = (20, 40, 30), ((2, 17), (2, 37), (2, 27))
+    _, specimen = box_and_sphere(shape, box, (0, 0, 0), 0.1)
+    far = np.zeros(shape, bool)
+    far[0, 0, 0:2] = True
+    for tumour, tissue in ((far, specimen), (far, np.zeros_like(specimen))):
+        result = M.margins(tumour, tissue, SPACING)
+        assert result["ink_on_tumour"] is None and result["close_margin"] is None
+        assert all(f["ink_on_tumour"] is None and f["close_margin"] is None
+                   for f in result["faces"].values())
+        result["case"] = "far"
+        M.write_margins_csv([result], tmp_path / "far.csv")
+        with open(tmp_path / "far.csv", newline="", encoding="utf-8") as handle:
+            (row,) = list(csv.DictReader(handle))
+        assert row["ink_on_tumour"] == row["close_margin"] == row["anterior_ink"] == ""
+    result = M.margins(np.zeros_like(specimen), specimen, SPACING)
+    assert result["ink_on_tumour"] is False and result["close_margin"] is False
+    assert M.margins_row(result)["posterior_close"] is False
+
+
 def test_empty_specimen_and_edge_of_image_warn():
     tumour = np.zeros((10, 10, 10), bool)
     tumour[4:6, 4:6, 4:6] = True

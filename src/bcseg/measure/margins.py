@@ -352,8 +352,12 @@ def _surface_faces(specimen: np.ndarray, surface_idx: np.ndarray, sampling: np.n
     return table[axis, (sign > 0).astype(int)]
 
 
-def _empty_face() -> dict:
-    return {"distance_mm": math.nan, "ink_on_tumour": False, "close_margin": False,
+def _empty_face(flag: bool | None = None) -> dict:
+    """A margin not measured. Its flags are None, blank in the table: a tumour wholly
+    outside the specimen (or no specimen, or a face with no surface) read "ink False,
+    close False", a clear margin, beside a distance nobody measured. Where no tumour
+    was found (``flag=False``) there is nothing on the ink, nor close to it."""
+    return {"distance_mm": math.nan, "ink_on_tumour": flag, "close_margin": flag,
             "tumour_index": None, "tumour_mm": None, "surface_index": None, "surface_mm": None}
 
 
@@ -387,7 +391,8 @@ def margins(tumour, specimen, spacing_mm, orientation=DEFAULT_ORIENTATION, close
         ``faces``, the same fields for each of :data:`FACES`; ``close_mm``,
         ``spacing_mm``, ``orientation`` and ``warnings`` (a list of str). An empty
         tumour or specimen, or a tumour wholly outside the specimen, gives NaN
-        distances and a warning instead of an error; a tumour partly outside is
+        distances, flags None where a tumour was found (False without one), and a
+        warning instead of an error; a tumour partly outside is
         measured from its part inside, with a warning. Enclosed holes in ``specimen``
         are part of it (and of its volume).
 
@@ -447,9 +452,10 @@ def _blank_result(n_tumour: int, n_specimen: int, sampling, orientation: Orienta
                   close_mm: float) -> dict:
     """A :func:`margins` result with the volumes and no distances yet."""
     voxel_mm3 = float(np.prod(sampling))
+    flag = False if n_tumour == 0 else None
     return {"tumour_volume_mm3": n_tumour * voxel_mm3, "specimen_volume_mm3": n_specimen * voxel_mm3,
-            "closest_face": "", **_empty_face(),
-            "faces": {face: _empty_face() for face in FACES},
+            "closest_face": "", **_empty_face(flag),
+            "faces": {face: _empty_face(flag) for face in FACES},
             "close_mm": float(close_mm), "spacing_mm": tuple(float(s) for s in sampling),
             "orientation": str(orientation), "warnings": []}
 
@@ -544,7 +550,7 @@ def _cell(value) -> str:
     # of 27 voxels is 0.000216 mm^3, which four decimals wrote as 0.0002, and one voxel as 0.
     if isinstance(value, float):
         return "" if math.isnan(value) else f"{value:.10g}"
-    return str(value)
+    return "" if value is None else str(value)  # a flag of a margin not measured
 
 
 def write_margins_csv(rows: Iterable[Mapping], path: str | Path, force: bool = True) -> Path:
