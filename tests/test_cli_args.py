@@ -229,3 +229,25 @@ def test_export_onnx_refuses_the_folder_of_another_commands_whole_result(tmp_pat
     line = refused(capsys, ["export-onnx", models["2d"], "--out", folder / "m.onnx"], str(folder))
     assert f"'bcseg {command}'" in line, line
     assert sorted(p.name for p in folder.iterdir()) == before
+
+
+def test_margins_refuse_an_nnunet_datasets_folders(tmp_path, capsys, phantom_root):
+    """margins --out DatasetNNN/imagesTr put S_specimen.tif and S_margins.png among the
+    images nnU-Net reads as cases, and kept 'export-nnunet --force' from replacing it."""
+    import shutil
+
+    from bcseg.atomic import write_text
+    from bcseg.outputs import claim
+
+    dataset = tmp_path / "Dataset001_X"
+    stack = phantom_root / "images" / "specimen_000.tif"
+    with claim(dataset, "export-nnunet"):
+        write_text(dataset / "dataset.json", "{}\n")
+        (dataset / "imagesTr").mkdir()
+        shutil.copy(stack, dataset / "imagesTr" / "X_0001_0000.tif")
+        write_text(dataset / "imagesTr" / "X_0001.json", "{}\n")
+    before = sorted(p.relative_to(dataset).as_posix() for p in dataset.rglob("*"))
+    line = refused(capsys, ["margins", "--image", stack, "--tumour", phantom_root / "masks" / "observer1" /
+                            "specimen_000.tif", "--out", dataset / "imagesTr"], str(dataset / "imagesTr"))
+    assert "'bcseg export-nnunet'" in line, line
+    assert sorted(p.relative_to(dataset).as_posix() for p in dataset.rglob("*")) == before

@@ -625,8 +625,9 @@ def refuse_whole_result(folder: Path, command: str) -> None:
                              f"{Path(folder) / command}, will do)")
     # A folder of a run (run/predictions, run/checkpoints) is the run's as much as the
     # run's top folder: 'evaluate --out run/predictions' kept 'train --force' from
-    # replacing the run. A dataset's folders are left out: masks predicted into images/
-    # are documented (docs/safety.md), and recorded as predict's.
+    # replacing the run; so is an nnU-Net dataset's imagesTr/, where nnU-Net reads every
+    # file as a case. A phantom's folders are left out: masks predicted into images/ are
+    # documented (docs/safety.md), and recorded as predict's.
     inside, given = Path(folder).absolute(), list(Path(folder).parents)
     for level, above in enumerate(list(inside.parents)[:3]):
         if not (above / RECORD).is_file():
@@ -634,7 +635,7 @@ def refuse_whole_result(folder: Path, command: str) -> None:
         prefix = inside.relative_to(above).as_posix() + "/"
         shown = given[level] if level < len(given) and str(given[level]) != "." else above
         for name, writer in sorted(writers(above).items()):
-            if name.startswith(prefix) and writer not in DATASET_WRITERS and _kept_from(writer, command):
+            if name.startswith(prefix) and writer != "phantom" and _kept_from(writer, command):
                 raise UsageError(folder, f"is a folder of the output of 'bcseg {writer}' in {shown} "
                                  f"({name}); the files of 'bcseg {command}' there would keep "
                                  f"'{writer}' from replacing or continuing it: choose another "
