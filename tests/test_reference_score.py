@@ -284,3 +284,22 @@ def test_protocol_reference_refuses_cases_without_the_models_channel_before_scor
     assert code == 3 and len(lines) == 1, err
     assert "has channel(s) us; the model scored by --protocol reference takes 'pa'" in lines[0]
     assert not scored and not out.exists()
+
+
+def test_protocol_reference_fits_slices_to_the_size_the_run_trained_at(tmp_path, capsys):
+    """'every slice fitted to the model's input size': a model of any input size whose run
+    trained it at 48 px (a busi-recipe run: 160) was scored at 128 px, the model at
+    another scale than it was trained and predicts at."""
+    import json
+
+    from bcseg.rundir import InferenceSettings, embed_settings
+
+    data = _uspa_with_predictions(tmp_path)
+    model = _pixel_model(tmp_path / "us48.keras")
+    embed_settings(model, InferenceSettings(ndim=2, channels=1, channel_names=("us",),
+                                            normalisation={"us": "auto"}, input_size=48))
+    code, err, out = _study_score(tmp_path, data, model, capsys, "eval")
+    assert code == 0, err
+    study = json.loads((out / "summary.json").read_text())["reference_protocol"]
+    assert study["size"] == 48
+    assert study["n_images"] == 24 * 2 * 8  # 24 copies of every slice of both cases

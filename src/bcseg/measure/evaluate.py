@@ -508,8 +508,8 @@ def evaluate(pred_dir: str | Path, truth, out_dir: str | Path, observers: str | 
     protocol, model, reference_size
         ``protocol="reference"`` also scores ``model`` (the run folder or ``.keras``
         file the predictions came from) as the reference study did, at
-        ``reference_size`` px when the model takes any size
-        (:func:`bcseg.measure.reference_score.reference_protocol`).
+        ``reference_size`` px when the model takes any size and its run records no
+        input size (:func:`bcseg.measure.reference_score.reference_protocol`).
 
     Returns
     -------

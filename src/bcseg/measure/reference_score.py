@@ -68,7 +68,8 @@ def _augmented_slices(case: Case, names: list[str], size: int, channel: str | No
 
 def reference_model(model_path, cases=()):
     """The model the reference protocol scores, loaded and checked before anything is
-    scored: ``(file, model, channel name or None, its normalisation method)``.
+    scored: ``(file, model, channel name or None, its normalisation method, the input
+    size its run records or None)``.
 
     Raises ModelError naming the file for a model that is not 2D or takes more than
     one channel (the study fed one ultrasound image), or an ensemble (a k-fold run, an
@@ -98,7 +99,7 @@ def reference_model(model_path, cases=()):
         if channel is not None and case.channels and channel not in case.channel_names:
             raise DataError(case.image, f"case '{case.id}' has channel(s) {', '.join(case.channel_names)}; "
                             f"the model scored by --protocol reference takes '{channel}'")
-    return path, model, channel, dict(view.normalisation).get(channel, "auto")
+    return path, model, channel, dict(view.normalisation).get(channel, "auto"), view.input_size
 
 
 def reference_protocol(model_path, matched, size: int = 128, seed: int = 0,
@@ -112,7 +113,8 @@ def reference_protocol(model_path, matched, size: int = 128, seed: int = 0,
     matched : list of (Case, files, observer names)
         The evaluated cases, as :func:`evaluate` pairs them.
     size : int
-        Slice size when the model takes any size (the study's was 128).
+        Slice size when the model takes any size and its run records none (the
+        study's was 128).
     seed : int
         Seed of the random trims.
     batch_size : int
@@ -136,8 +138,11 @@ def reference_protocol(model_path, matched, size: int = 128, seed: int = 0,
     from bcseg.errors import naming
     from bcseg.infer.predict import probabilities
 
-    path, keras_model, channel, method = loaded or reference_model(model_path)
-    size = _model_input_size(keras_model, size, path)
+    path, keras_model, channel, method, trained = loaded or reference_model(model_path)
+    # "fitted to the model's input size": a model of any input size runs at the size its
+    # run trained it at (inference.json's input_size, 160 for the busi recipe), as predict
+    # runs it; scored at 128 regardless, the figure was of the model at another scale
+    size = _model_input_size(keras_model, trained or size, path)
     rng = np.random.default_rng(seed)
     row_scores, n_slices = [], 0
     with naming(path):
