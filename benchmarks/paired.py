@@ -45,6 +45,9 @@ RESULTS_FILE = "results.json"  # seed_ensemble.py and ensemble.py: the ensemble 
 # signed volume difference, the unit, the empty flags) has no better side to count.
 HIGHER_IS_BETTER = {"dice": True, "iou": True, "precision": True, "recall": True,
                     "specificity": True, "hd95": False, "assd": False, "abs_volume_diff": False}
+# Scores with a unit: an evaluation in mm paired with one in voxels (images without
+# spacing) gave differences of no unit at all, printed as if they were one.
+DISTANCES = ("hd95", "assd", "abs_volume_diff")
 
 
 def read_scores(path: Path, metric: str, reference: str | None) -> dict[str, float]:
@@ -59,6 +62,24 @@ def read_scores(path: Path, metric: str, reference: str | None) -> dict[str, flo
     path = scores_file(path)
     if path.name == RESULTS_FILE:
         return _ensemble_scores(path, metric)
+    return {r["case"]: float(r[metric]) for r in _case_rows(path, metric, reference)}
+
+
+def read_unit(path: Path, metric: str, reference: str | None) -> str | None:
+    """The one unit (``mm``, ``voxel``) of a distance or volume metric's rows; None for a
+    metric of no unit (Dice, ...) or an ensemble's results.json (Dice only)."""
+    path = scores_file(path)
+    if metric not in DISTANCES or path.name == RESULTS_FILE:
+        return None
+    units = sorted({r.get("unit", "") for r in _case_rows(path, metric, reference)})
+    if len(units) != 1:
+        raise SystemExit(f"paired.py: {path}: its {metric} is in {' and '.join(units)} by case; "
+                         "differences of two units mean nothing")
+    return units[0]
+
+
+def _case_rows(path: Path, metric: str, reference: str | None) -> list[dict]:
+    """The case rows of a ``metrics.csv`` against one reference."""
     if not path.is_file():
         raise SystemExit(f"paired.py: {path}: no such metrics file")
     with open(path, newline="", encoding="utf-8") as handle:
@@ -71,10 +92,10 @@ def read_scores(path: Path, metric: str, reference: str | None) -> dict[str, flo
             raise SystemExit(f"paired.py: {path}: scores against {', '.join(references)}; "
                              f"choose one with --reference")
         reference = references[0]
-    scores = {r["case"]: float(r[metric]) for r in rows if r["reference"] == reference}
-    if not scores:
+    chosen = [r for r in rows if r["reference"] == reference]
+    if not chosen:
         raise SystemExit(f"paired.py: {path}: no rows against reference {reference!r}")
-    return scores
+    return chosen
 
 
 def scores_file(path: Path) -> Path:
@@ -173,6 +194,10 @@ def main(argv=None) -> int:
                                  f"give --json another file")
     a = read_scores(Path(args.a), args.metric, args.reference)
     b = read_scores(Path(args.b), args.metric, args.reference)
+    units = [read_unit(Path(given), args.metric, args.reference) for given in (args.a, args.b)]
+    if units[0] != units[1]:
+        raise SystemExit(f"paired.py: {args.metric} of {args.a} is in {units[0]}, of {args.b} in "
+                         f"{units[1]}: differences of two units mean nothing")
     result = compare(a, b, n_boot=args.boot, seed=args.seed,
                      higher_is_better=HIGHER_IS_BETTER[args.metric])
     if result["n_paired"] == 0:

@@ -15,11 +15,11 @@ import paired  # noqa: E402
 HEADER = ["case", "reference", "level", "slice", "dice", "hd95"]
 
 
-def _metrics(folder: Path, rows) -> Path:
+def _metrics(folder: Path, rows, header=HEADER) -> Path:
     folder.mkdir()
     with open(folder / "metrics.csv", "w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle)
-        writer.writerow(HEADER)
+        writer.writerow(header)
         writer.writerows(rows)
     return folder
 
@@ -127,3 +127,16 @@ def test_json_never_replaces_an_input_and_refuses_a_folder(tmp_path):
     with pytest.raises(SystemExit, match="is a folder; give --json a file name"):
         paired.main([str(a), str(b), "--boot", "200", "--json", str(b)])
     assert sorted(p.name for p in b.iterdir()) == ["metrics.csv"]
+
+
+def test_distances_in_two_units_are_not_paired(tmp_path):
+    """HD95 in mm (images with spacing) paired with HD95 in voxels (the same images saved
+    without it): 'B - A' printed a difference of no unit at all."""
+    header = [*HEADER, "unit"]
+    a = _metrics(tmp_path / "a", [["x1", "reference", "image", "", 0.5, 2.0, "mm"],
+                                  ["x2", "reference", "image", "", 0.6, 1.0, "mm"]], header)
+    b = _metrics(tmp_path / "b", [["x1", "reference", "image", "", 0.5, 8.0, "voxel"],
+                                  ["x2", "reference", "image", "", 0.7, 4.0, "voxel"]], header)
+    with pytest.raises(SystemExit, match="hd95 of .* is in mm, of .* in voxel"):
+        paired.main([str(a), str(b), "--metric", "hd95", "--boot", "200"])
+    assert paired.main([str(a), str(b), "--boot", "200"]) == 0  # Dice has no unit
