@@ -251,3 +251,21 @@ def test_margins_refuse_an_nnunet_datasets_folders(tmp_path, capsys, phantom_roo
                             "specimen_000.tif", "--out", dataset / "imagesTr"], str(dataset / "imagesTr"))
     assert "'bcseg export-nnunet'" in line, line
     assert sorted(p.relative_to(dataset).as_posix() for p in dataset.rglob("*")) == before
+
+
+def test_report_refuses_to_put_its_page_into_a_phantoms_dataset(tmp_path, capsys):
+    """'bcseg report DATA' of a phantom holding margins below wrote DATA/report.html, and
+    'phantom DATA --force' then refused the dataset as holding report's output."""
+    from bcseg.atomic import write_text
+    from bcseg.outputs import claim
+
+    data = tmp_path / "data"
+    with claim(data, "phantom"):
+        write_text(data / "specimens.csv", "id\n")
+    with claim(data / "m", "margins"):
+        write_text(data / "m" / "s_margins.csv", "case,distance_mm,tumour_volume_mm3\ns,1.5,20\n")
+    before = sorted(p.relative_to(data).as_posix() for p in data.rglob("*"))
+    line = refused(capsys, ["report", data], str(data))
+    assert "'bcseg phantom'" in line and "give the folder of the evaluation" in line, line
+    assert sorted(p.relative_to(data).as_posix() for p in data.rglob("*")) == before
+    assert main(["report", str(data / "m")]) == 0  # the margins' own folder

@@ -535,6 +535,10 @@ def cmd_report(args) -> int:
     if not Path(args.run).is_dir():
         from bcseg.errors import DataError
         raise DataError(args.run, "is not a folder")
+    # its page goes into the folder given: into a phantom's dataset (margins or an
+    # evaluation inside it) it kept 'phantom --force' from replacing the dataset
+    outputs.refuse_whole_result(Path(args.run), "report", instead="give the folder of the "
+                                "evaluation, run or margins inside it to report")
     print(f"report: {_report(args.run)}")
     return 0
 

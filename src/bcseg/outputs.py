@@ -610,19 +610,20 @@ ADDED_TO = {"train": ("report", "export-onnx"), "demo": ("report", "export-onnx"
 WHOLE_FOLDER_WRITERS = ("train", "demo", "ensemble", *DATASET_WRITERS)
 
 
-def refuse_whole_result(folder: Path, command: str) -> None:
+def refuse_whole_result(folder: Path, command: str, instead: str | None = None) -> None:
     """Refuse to write ``command``'s files into the folder of another command's whole
     result (a run, a phantom): ``predict --out RUN`` put its masks beside the run's
     files, and ``train --resume`` and ``--force`` then refused the run as holding
-    predict's output, until the masks were deleted by hand. A subfolder is fine."""
+    predict's output, until the masks were deleted by hand. A subfolder is fine.
+    ``instead`` says what to do, where the command has no output folder to choose."""
     if not Path(folder).is_dir():
         return
     for name, writer in sorted(writers(folder).items()):
         if _kept_from(writer, command):
             raise UsageError(folder, f"holds the output of 'bcseg {writer}' ({name}); the files of "
                              f"'bcseg {command}' there would keep '{writer}' from replacing or "
-                             f"continuing it: choose another output folder (a new subfolder, such as "
-                             f"{Path(folder) / command}, will do)")
+                             f"continuing it: " + (instead or f"choose another output folder (a new "
+                                                   f"subfolder, such as {Path(folder) / command}, will do)"))
     # A folder of a run (run/predictions, run/checkpoints) is the run's as much as the
     # run's top folder: 'evaluate --out run/predictions' kept 'train --force' from
     # replacing the run; so is an nnU-Net dataset's imagesTr/, where nnU-Net reads every
