@@ -873,6 +873,42 @@ def test_init_with_an_unsafe_model_is_a_model_error_before_the_run_folder(tmp_pa
     assert not (tmp_path / "run").exists()
 
 
+def _not_a_segmenter(kind: str) -> keras.Model:
+    """A small model that loads safely but does not map a training sample to one
+    probability per pixel of its size."""
+    if kind == "divisor 64":  # a U-Net six levels deep: the run's squares are no multiple of 64
+        return unet(ndim=2, base_filters=2, depth=6)
+    fixed = (64, 64, 1) if kind == "fixed size" else (None, None, 1)
+    inputs = keras.Input(fixed)
+    x = keras.layers.Conv2D(4, 3, padding="same", strides=2 if kind == "half size" else 1)(inputs)
+    channels, activation = (3, "softmax") if kind == "three channels" else (1, "sigmoid")
+    return keras.Model(inputs, keras.layers.Conv2D(channels, 1, activation=None if kind == "no sigmoid"
+                                                   else activation)(x))
+
+
+@pytest.mark.parametrize("kind, said", [
+    ("fixed size", "takes inputs of spatial size (64, 64)"),
+    ("three channels", "expects one probability channel"),
+    ("half size", "expects one probability channel"),
+    ("no sigmoid", "not probabilities from 0 to 1"),
+    ("divisor 64", "takes sizes that are multiples of 64"),
+])
+def test_init_with_a_model_that_is_no_segmenter_is_refused_before_the_run_folder(kind, said, tmp_path,
+                                                                                   tiny_config, capsys):
+    """Such a model loaded fine, then failed in the first epoch (ValueError, exit 1) or,
+    without its sigmoid, at tuning after the whole run, leaving the run folder behind."""
+    root = write_cases(tmp_path / "data", n=5)
+    keras.utils.set_random_seed(0)
+    model = tmp_path / "other.keras"
+    _not_a_segmenter(kind).save(model)
+    code, out, err = run_main(capsys, ["train", root, "--out", tmp_path / "run", "--config", tiny_config,
+                                       "--init", model])
+    assert code == 4, (out, err)
+    line = one_error_line(err)
+    assert f"{model}: " in line and said in line, line
+    assert "epoch" not in out and not (tmp_path / "run").exists()
+
+
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory) -> tuple[Path, Path, Path]:
     """A finished 2-epoch tiny run: (dataset, run directory, config)."""

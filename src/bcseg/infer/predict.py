@@ -49,13 +49,12 @@ from bcseg.errors import ConfigError, DataError, ModelError, naming
 from bcseg.data.io import spacing_problem
 from bcseg.data.intensity import channel_stats, check_methods, intensity_stats, normalise
 from bcseg.infer.postprocess import apply_steps_inplace, check_steps, release_slices
-from bcseg.learn.saved import ModelSpec, load_model, model_spec  # noqa: F401 (re-exported)
+from bcseg.learn.saved import ModelSpec, load_model, model_spec, probabilities  # noqa: F401 (re-exported)
 from bcseg.rundir import DEFAULT_FLIPS, DEFAULTS, InferenceSettings
 
 VOXELS_PER_CALL = 1 << 20  # caps the batch so activations of large slices stay bounded
 DEFAULT_PATCH = 128        # default 3D window edge (before rounding to the divisor)
 GAUSSIAN_FLOOR = 1e-3      # per-axis floor of the blending weights
-PROBABILITY_SLACK = 1e-5   # how far past 0..1 a sigmoid's rounding may go (see probabilities)
 
 
 def _round_up(n: int, d: int) -> int:
@@ -112,34 +111,6 @@ class _Intensity:
         if self.grey:
             return normalise(block, self.stats[0])[..., None]
         return np.stack([normalise(block[..., c], s) for c, s in enumerate(self.stats)], axis=-1)
-
-
-def probabilities(model: keras.Model, x: np.ndarray) -> np.ndarray:
-    """The model's probabilities ``(N, *spatial)`` for a batch ``(N, *spatial, C)``.
-
-    Raises ModelError (without a path: the caller names the model) for an output of
-    another shape, or values that are not probabilities.
-    """
-    out = model.predict_on_batch(np.ascontiguousarray(x))
-    out = np.asarray(out, dtype=np.float32)
-    if out.shape != x.shape[:-1] + (1,):
-        raise ModelError(None, f"model maps input {x.shape} to {out.shape}; bcseg "
-                         "expects one probability channel of the input's spatial size")
-    # A model that ends without its sigmoid gives scores, not probabilities: the
-    # threshold would cut them at an arbitrary level and the masks look plausible.
-    # NaN (damaged weights) fails the same test. Checked per batch, for the cost of
-    # one pass over the output.
-    low, high = float(np.min(out)), float(np.max(out))
-    # A sigmoid's rounding may land a few ulps outside 0..1 (ONNX Runtime's gives
-    # 1.0000001 at a logit of 17.844): that is a probability, not a score. Allowed
-    # and clipped, so an exported model's confident pixels do not refuse it.
-    if not (low >= -PROBABILITY_SLACK and high <= 1.0 + PROBABILITY_SLACK):
-        raise ModelError(None, f"gives values from {low:.3g} to {high:.3g}, not probabilities "
-                         "from 0 to 1: a bcseg model ends in a sigmoid; is this a model "
-                         "saved by bcseg train, its weights intact?")
-    if low < 0.0 or high > 1.0:
-        out = np.clip(out, 0.0, 1.0)  # a copy: the model's array may be read-only
-    return out[..., 0]
 
 
 class _Runner:

@@ -12,11 +12,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import numpy as np
+
 from bcseg.data.io import not_a_file
 from bcseg.errors import ModelError
 
 if TYPE_CHECKING:
     import keras
+
+PROBABILITY_SLACK = 1e-5   # how far past 0..1 a sigmoid's rounding may go (see probabilities)
 
 
 def load_model(path: str | Path) -> keras.Model:
@@ -110,3 +114,31 @@ def model_spec(model: keras.Model) -> ModelSpec:
         raise ModelError(None, f"model input shape {shape} is neither 2D (N, H, W, C) "
                          "nor 3D (N, Z, H, W, C)")
     return ModelSpec(len(shape) - 2, shape[-1] or 1, shape[1:-1], model_divisor(model))
+
+
+def probabilities(model: keras.Model, x: np.ndarray) -> np.ndarray:
+    """The model's probabilities ``(N, *spatial)`` for a batch ``(N, *spatial, C)``.
+
+    Raises ModelError (without a path: the caller names the model) for an output of
+    another shape, or values that are not probabilities.
+    """
+    out = model.predict_on_batch(np.ascontiguousarray(x))
+    out = np.asarray(out, dtype=np.float32)
+    if out.shape != x.shape[:-1] + (1,):
+        raise ModelError(None, f"model maps input {x.shape} to {out.shape}; bcseg "
+                         "expects one probability channel of the input's spatial size")
+    # A model that ends without its sigmoid gives scores, not probabilities: the
+    # threshold would cut them at an arbitrary level and the masks look plausible.
+    # NaN (damaged weights) fails the same test. Checked per batch, for the cost of
+    # one pass over the output.
+    low, high = float(np.min(out)), float(np.max(out))
+    # A sigmoid's rounding may land a few ulps outside 0..1 (ONNX Runtime's gives
+    # 1.0000001 at a logit of 17.844): that is a probability, not a score. Allowed
+    # and clipped, so an exported model's confident pixels do not refuse it.
+    if not (low >= -PROBABILITY_SLACK and high <= 1.0 + PROBABILITY_SLACK):
+        raise ModelError(None, f"gives values from {low:.3g} to {high:.3g}, not probabilities "
+                         "from 0 to 1: a bcseg model ends in a sigmoid; is this a model "
+                         "saved by bcseg train, its weights intact?")
+    if low < 0.0 or high > 1.0:
+        out = np.clip(out, 0.0, 1.0)  # a copy: the model's array may be read-only
+    return out[..., 0]

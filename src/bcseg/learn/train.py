@@ -1222,7 +1222,8 @@ def _init_model(init, cfg: dict, in_channels: int = 1, channels: list[str] | Non
     from bcseg.learn.saved import load_model, model_spec
 
     try:
-        spec = model_spec(load_model(path))  # ModelError naming the file: unsafe, corrupt, ...
+        model = load_model(path)
+        spec = model_spec(model)  # ModelError naming the file: unsafe, corrupt, ...
     except ModelError as exc:
         raise (exc if exc.path else ModelError(path, exc.problem)) from None
     if spec.ndim != cfg["model"]["ndim"]:
@@ -1231,6 +1232,7 @@ def _init_model(init, cfg: dict, in_channels: int = 1, channels: list[str] | Non
     if spec.channels not in (1, in_channels):
         raise ModelError(path, f"takes {spec.channels} input channels; this run trains on "
                          f"{in_channels}")
+    _check_init_output(path, model, spec, cfg)
     # Only the count was checked: a pa,us model started a us,pa run reading us as pa, and
     # a pa model was widened onto us. The names recorded with the model must fit the run.
     own = _init_channel_names(path)
@@ -1241,6 +1243,29 @@ def _init_model(init, cfg: dict, in_channels: int = 1, channels: list[str] | Non
                          "another; train on the model's channels in its order (--channels "
                          f"{','.join(own)})")
     return path
+
+
+def _check_init_output(path: Path, model, spec, cfg: dict) -> None:
+    """Refuse an ``--init`` model that cannot train on this run's samples: one of a fixed
+    input size or a size divisor the samples do not fit, or one whose output is not one
+    probability per pixel (several channels, another size, no sigmoid). Loading such a
+    model succeeded, and it failed in the first epoch (an unexpected ValueError, exit 1)
+    or, without its sigmoid, at tuning after a whole run, each time with the run folder
+    already written. One sample through the model says it before the folder exists."""
+    from bcseg.learn.saved import probabilities
+
+    shape = _sample_shape(cfg)
+    if any(f is not None and f != n for f, n in zip(spec.fixed, shape)):
+        raise ModelError(path, f"takes inputs of spatial size {spec.fixed}; this run trains on "
+                         f"{' x '.join(map(str, shape))} (data.size, patch_depth)")
+    if any(n % spec.divisor for n, f in zip(shape, spec.fixed) if f is None):
+        raise ModelError(path, f"takes sizes that are multiples of {spec.divisor}; this run trains "
+                         f"on {' x '.join(map(str, shape))} (data.size, patch_depth)")
+    sample = np.random.default_rng(0).standard_normal((1, *shape, spec.channels), dtype=np.float32)
+    try:
+        probabilities(model, sample)  # one probability channel of the input's size, in 0..1
+    except ModelError as exc:
+        raise ModelError(path, f"{exc.problem}; --init takes a bcseg segmentation model") from None
 
 
 def _init_channel_names(path: Path) -> tuple[str, ...]:
