@@ -243,3 +243,50 @@ def test_an_onnx_file_of_another_model_is_refused(busi_run, tmp_path, capsys):
     assert len(err) == 1 and f"{run / 'model_best.onnx'}: was exported from another model" in err[0], err
     assert "export-onnx" in err[0]
     assert not (tmp_path / "out").exists()
+
+
+def _with_divisor(busi_run: Path, run: Path, divisor: str) -> Path:
+    """A copy of the exported run whose ONNX file records ``divisor`` (hand-edited)."""
+    import onnx
+
+    shutil.copytree(busi_run, run)
+    proto = onnx.load(str(run / "model_best.onnx"))
+    next(e for e in proto.metadata_props if e.key == "bcseg.divisor").value = divisor
+    onnx.save(proto, str(run / "model_best.onnx"))
+    return run
+
+
+def _refusal(run: Path, image: Path, out: Path, capsys) -> str:
+    """The one error line of ``predict --runtime onnx`` refused with exit 4, no output left."""
+    capsys.readouterr()
+    assert main(["predict", str(image), "--model", str(run), "--out", str(out),
+                 "--runtime", "onnx", "--no-progress"]) == 4
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and not out.exists(), err
+    return err[0]
+
+
+@pytest.mark.parametrize("divisor", ["abc", "0", "1e9", "-16", ""])
+def test_an_onnx_file_recording_no_usable_divisor_is_one_line_naming_it(divisor, busi_run, tmp_path,
+                                                                        capsys):
+    """'abc' and '1e9' failed with a bare ValueError, '0' with ZeroDivisionError (exit 1,
+    naming no file); a negative divisor was taken."""
+    run = _with_divisor(busi_run, tmp_path / "run", divisor)
+    image = tmp_path / "image.tif"
+    tifffile.imwrite(image, np.zeros((32, 32), np.uint8))
+    line = _refusal(run, image, tmp_path / "out", capsys)
+    assert f"{run / 'model_best.onnx'}: records the size divisor {divisor!r}" in line, line
+
+
+def test_an_onnx_model_that_fails_on_a_batch_is_a_model_error_naming_it(busi_run, tmp_path, capsys):
+    """Shipped without its .keras file, with a divisor too small for the network (1 for a
+    U-Net that halves four times), whole 30-pixel slices reached ONNX Runtime, whose own
+    error was printed raw and ended the run as an unexpected one (exit 1, naming no file)."""
+    run = _with_divisor(busi_run, tmp_path / "run", "1")
+    (run / "model_best.keras").unlink()
+    settings = json.loads((run / "inference.json").read_text(encoding="utf-8"))
+    (run / "inference.json").write_text(json.dumps({**settings, "input_size": None}), encoding="utf-8")
+    image = tmp_path / "image.tif"
+    tifffile.imwrite(image, np.random.default_rng(0).integers(0, 255, (30, 30), dtype=np.uint8))
+    line = _refusal(run, image, tmp_path / "out", capsys)
+    assert f"{run / 'model_best.onnx'}: cannot run on a batch of shape" in line, line

@@ -136,7 +136,9 @@ class OnnxModel:
         options = ort.SessionOptions()
         if threads:
             options.intra_op_num_threads = threads
-        options.log_severity_level = 3  # errors only: keep stderr to bcseg's own lines
+        # fatal only: keep stderr to bcseg's own lines (an error of a run is raised, and
+        # said once, by bcseg: see predict_on_batch)
+        options.log_severity_level = 4
         try:
             self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         except Exception as exc:  # ONNX Runtime raises its own Fail/InvalidGraph/... classes
@@ -155,14 +157,29 @@ class OnnxModel:
             raise ModelError(path, f"was exported from another model than {exported_from} (their weights "
                              f"differ), whose settings it would run with; export that model again: "
                              f"bcseg export-onnx {exported_from} --out {path} --force")
+        # The divisor is read from text anyone can edit: "abc" or "1e9" failed with a bare
+        # ValueError, "0" with ZeroDivisionError (exit 1, naming no file), and a negative
+        # one padded to negative sizes.
+        divisor = meta[DIVISOR_KEY]
+        if not (divisor.isascii() and divisor.isdigit() and int(divisor) >= 1):
+            raise ModelError(path, f"records the size divisor {divisor!r} ({DIVISOR_KEY} in its "
+                             "metadata), not a positive whole number; export it again: "
+                             "bcseg export-onnx RUN --force")
         self.input_name = inputs[0].name
         self.spec = ModelSpec(len(shape) - 2, shape[-1],
                               tuple(n if isinstance(n, int) else None for n in shape[1:-1]),
-                              int(meta[DIVISOR_KEY]))
+                              int(divisor))
 
     def predict_on_batch(self, x: np.ndarray) -> np.ndarray:
         """Probabilities for a float32 batch ``(N, *spatial, C)``."""
-        out = self.session.run(None, {self.input_name: np.asarray(x, dtype=np.float32)})[0]
+        try:
+            out = self.session.run(None, {self.input_name: np.asarray(x, dtype=np.float32)})[0]
+        except Exception as exc:  # ONNX Runtime's own Fail/InvalidArgument/...: the model's fault
+            # (a graph that cannot take the batch its recorded divisor allowed), not the
+            # image's; said in one line naming the file rather than as an unexpected error
+            reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+            raise ModelError(self.path, f"cannot run on a batch of shape {tuple(x.shape)} "
+                             f"({reason}); export it again: bcseg export-onnx RUN --force") from None
         # Keras's exporter traces the model on a list of one input; once in a long test
         # session the traced output came back stacked as a list of one, (1, N, ..., 1).
         # The values are the model's (the parity tests compare them with TensorFlow's).
