@@ -147,7 +147,8 @@ def test_a_member_giving_no_probabilities_is_named(tmp_path, phantom_root, capsy
                                      "out holds yours", "out is a link", "member file in out",
                                      "network unlike settings", "validation twice",
                                      "observer mask missing", "unknown observer", "a copy of a run",
-                                     "empty config", "other images, same ids", "split nested too deeply"])
+                                     "empty config", "other images, same ids", "split nested too deeply",
+                                     "digests not of its validation cases"])
 def test_bad_members_or_outputs_are_one_line_and_leave_nothing(problem, tmp_path, phantom_root, capsys):
     cases = discover(phantom_root)
     a = _run(tmp_path / "a", 0, [cases[0].id])
@@ -177,7 +178,10 @@ def test_bad_members_or_outputs_are_one_line_and_leave_nothing(problem, tmp_path
               "a copy of a run": (4, "c/model_best.keras: is a copy of"),
               "empty config": (4, "b/config.toml: is empty"),
               "other images, same ids": (3, "is not the one"),
-              "split nested too deeply": (4, "b/fold.json: cannot be read as a run's split")}[problem]
+              "split nested too deeply": (4, "b/fold.json: cannot be read as a run's split"),
+              "digests not of its validation cases": (
+                  4, f"b/fold.json: 'validation_sha256' does not hold the digests of exactly its "
+                     f"validation cases (not so for {cases[0].id!r})")}[problem]
     data = phantom_root
     if problem == "one run":
         models = [a]
@@ -265,6 +269,9 @@ def test_bad_members_or_outputs_are_one_line_and_leave_nothing(problem, tmp_path
         shutil.copytree(phantom_root, data)
         image = data / "images" / cases[0].image.name
         io.write_image(image, io.read_image(image)[0][::-1].copy(), None)  # the same id, other pixels
+    elif problem == "digests not of its validation cases":  # was taken on trust, as an older run
+        fold = json.loads((b / rundir.FOLD_FILE).read_text())
+        (b / rundir.FOLD_FILE).write_text(json.dumps({**fold, "validation_sha256": {}}))
     before = _hashes(tmp_path)
     argv = ["ensemble", data, "--out", out, "--force"]
     for model in models:

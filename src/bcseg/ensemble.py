@@ -180,14 +180,15 @@ def _validation_cases(runs: list[Path], data) -> list:
         if twice:  # it would count twice in the tuning
             raise ModelError(fold_file, f"lists validation case {twice[0]!r} twice; give a run folder "
                              "as train wrote it")
-        _check_same_files(split.get("validation_sha256"), fold_file, by_id, digests, data)
+        _check_same_files(split.get("validation_sha256"), validation, fold_file, by_id, digests, data)
     # The target as training checked it over the dataset: a consensus needs every
     # observer's mask in every case (the members' targets are alike: _check_alike).
     check_observer(cases, validation_target(_recipe(runs[0])), _config_file(runs[0]))
     return cases
 
 
-def _check_same_files(recorded, fold_file: Path, by_id: dict, digests: dict, data) -> None:
+def _check_same_files(recorded, validation: list[str], fold_file: Path, by_id: dict, digests: dict,
+                      data) -> None:
     """The validation cases' files are those the run validated on (runs since
     2026-12-06 record their digests; older runs are taken on trust)."""
     from bcseg.data.dataset import changed_case
@@ -197,6 +198,13 @@ def _check_same_files(recorded, fold_file: Path, by_id: dict, digests: dict, dat
     if not isinstance(recorded, dict) or not all(isinstance(v, str) for v in recorded.values()):
         raise ModelError(fold_file, "'validation_sha256' is not a map of case ids to digests; give a run "
                          "folder as train wrote it")
+    # train records a digest for every validation case and no other: a map lacking one
+    # (an empty one, say) left that case's files unchecked, the run taken on trust as if
+    # it were older than the digests, and the ensemble tuned on whatever the files now hold.
+    if set(recorded) != set(validation):
+        unlisted = sorted(set(validation) - set(recorded)) or sorted(set(recorded) - set(validation))
+        raise ModelError(fold_file, f"'validation_sha256' does not hold the digests of exactly its "
+                         f"validation cases (not so for {unlisted[0]!r}); give a run folder as train wrote it")
     case = changed_case(recorded, by_id, digests)
     if case is not None:
         raise DataError(case.image, f"case {case.id!r} is not the one {fold_file.parent} validated on "
