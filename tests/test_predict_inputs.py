@@ -25,7 +25,7 @@ import numpy as np
 import pytest
 import tifffile
 
-from bcseg import outputs
+from bcseg import outputs, rundir
 from bcseg.cli import main
 from bcseg.data import io
 from bcseg.data.phantom import write_phantom
@@ -229,6 +229,27 @@ def test_a_later_2d_image_for_a_3d_model_is_refused_before_any_mask(tmp_path, ca
     assert code == 3 and "img2d.tif: a 3D model" in one_error_line(err)
     assert "segmented 1 of 2" in text
     assert sorted(p.name for p in out.glob("*.tif")) == [f"{io.file_stem(_stack(stacks))}_mask.tif"]
+
+
+@pytest.mark.parametrize("where", ["inside the model", "beside it"])
+def test_a_3d_window_the_network_cannot_take_is_refused_naming_the_settings(where, tmp_path, capsys,
+                                                                            models, stacks):
+    """patch_size 7 for a U-Net that halves twice (sizes in 4s): the first window ended the
+    run with a bare ValueError (exit 1, naming no file)."""
+    model = tmp_path / "m" / "model.keras"
+    model.parent.mkdir()
+    unet(ndim=3, base_filters=4, depth=2).save(model)  # no settings inside: its run's beside it
+    settings = InferenceSettings(ndim=3, patch_size=(7, 32, 32))
+    if where == "beside it":
+        rundir.write_settings(model.parent, settings)
+    else:
+        embed_settings(model, settings)
+    out = tmp_path / "O"
+    code, _, err = run(capsys, "predict", _stack(stacks), "--model", model, "--out", out, "--no-progress")
+    assert code == 4, err
+    named = model.parent / "inference.json" if where == "beside it" else model
+    assert f"{named}: patch_size [7, 32, 32] must be multiples of 4" in one_error_line(err)
+    assert not out.exists()
 
 
 def test_a_later_file_with_a_channel_axis_is_refused_before_any_mask(tmp_path, capsys, models, stacks):

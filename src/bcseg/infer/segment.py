@@ -139,9 +139,7 @@ def _fitted(model_file: Path, spec, view):
                          f"{len(names) or 'no'} channel(s) {', '.join(names)}; predict with the run "
                          "folder it was trained in, whose settings name its channels")
     if view.channels != spec.channels:  # the settings are at fault: name their file
-        beside = model_file.parent / SETTINGS_FILE
-        own = beside.is_file() and not (read_settings(beside) or view).members
-        raise ConfigError(beside if own else model_file, f"says channels {view.channels}, "
+        raise ConfigError(_settings_file(model_file, view), f"says channels {view.channels}, "
                           f"but {model_file.name} takes {spec.channels} input channel(s)")
     try:
         check_methods(view.normalisation, list(names))
@@ -154,7 +152,21 @@ def _fitted(model_file: Path, spec, view):
     if view.patch_size is not None and len(view.patch_size) != 3:
         raise ConfigError(model_file.parent / SETTINGS_FILE,
                           f"patch_size {list(view.patch_size)} needs 3 sizes for a 3D model")
+    # A window side the network cannot take (7 for a U-Net that halves twice) was met only
+    # as the first window ran: a bare ValueError, exit 1, naming no file.
+    if view.patch_size is not None and any(p % spec.divisor for p, f in zip(view.patch_size, spec.fixed)
+                                           if f is None):
+        raise ConfigError(_settings_file(model_file, view), f"patch_size {list(view.patch_size)} must be "
+                          f"multiples of {spec.divisor}, the sizes {model_file.name} takes")
     return view.replace(input_size=None)
+
+
+def _settings_file(model_file: Path, view) -> Path:
+    """The file a model's settings were read from, to name when they are at fault: the
+    model's own inference.json beside it, else the copy inside the model file."""
+    beside = model_file.parent / SETTINGS_FILE
+    own = beside.is_file() and not (read_settings(beside) or view).members
+    return beside if own else model_file
 
 
 # --------------------------------------------------------------------------- files
