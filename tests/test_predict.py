@@ -738,6 +738,26 @@ def test_an_epoch_checkpoint_runs_with_its_runs_settings_as_model_last_does(tmp_
     assert str(last_said[0].message).split(": ", 1)[1] == str(checkpoint_said[0].message).split(": ", 1)[1]
 
 
+def test_a_checkpoint_of_an_unfinished_run_with_an_empty_recipe_is_refused_naming_it(tmp_path, stack,
+                                                                                    capsys):
+    """An emptied config.toml was read as the defaults: the checkpoint ran on the default
+    training square (256) instead of its own (16), silently; ensemble already refused one."""
+    from bcseg.cli import main
+
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    unet(ndim=2, base_filters=2, depth=2, norm=None).save(run / "checkpoints" / "epoch_0001.keras")
+    (run / "config.toml").write_text("")
+    (run / "state.json").write_text(json.dumps({"epoch": 1, "checkpoint": "checkpoints/epoch_0001.keras"}))
+    io.write_image(tmp_path / "scan.tif", stack)
+    code = main(["predict", str(tmp_path / "scan.tif"), "--model", str(run / "checkpoints" / "epoch_0001.keras"),
+                 "--out", str(tmp_path / "out"), "--no-progress"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 4 and len(err) == 1, err
+    assert err[0].startswith(f"bcseg: error: {run / 'config.toml'}: is empty"), err
+    assert not (tmp_path / "out").exists()
+
+
 def test_keep_going_stops_at_a_damaged_model_rather_than_blaming_each_file(tmp_path, stack, capsys):
     """--keep-going carries on past a bad file; a model whose weights hold NaN failed every
     file in turn, one error per image and exit 3 (bad data), as if the images were at fault."""

@@ -27,7 +27,6 @@ from typing import Sequence
 
 from bcseg import rundir
 from bcseg.atomic import atomic_path, read_json, real_path
-from bcseg.config import load_config
 from bcseg.data.dataset import discover
 from bcseg.errors import DataError, ModelError, UsageError
 from bcseg.outputs import check_not_inputs, check_output_folder, claim, require_new_folder
@@ -103,10 +102,7 @@ def _recipe(run: Path) -> dict:
     path = _config_file(run)
     if not path.is_file():
         raise ModelError(run, f"has no {rundir.CONFIG_FILE} here or above: not a bcseg training run")
-    if not path.read_bytes().strip():
-        raise ModelError(path, "is empty: a run's config.toml records its recipe; give a run "
-                         "folder as train wrote it")
-    return load_config(path)
+    return rundir.load_recipe(path)
 
 
 def _check_alike(runs: list[Path]) -> None:

@@ -589,6 +589,18 @@ def _unfinished_run(folder: Path) -> Path | None:
     return None
 
 
+def load_recipe(path: Path) -> dict:
+    """A run's ``config.toml``. train writes every setting there: an empty one is a damaged
+    run, not the defaults (read as them, a checkpoint ran at the default input size, not
+    the square it was trained on, with no word said)."""
+    from bcseg.config import load_config
+
+    if not path.read_bytes().strip():
+        raise ModelError(path, f"is empty: a run's {CONFIG_FILE} records its recipe; give a run "
+                         "folder as train wrote it")
+    return load_config(path)
+
+
 def _unfinished_settings(model_path: Path, recipe: Path, given_as_file: bool) -> InferenceSettings:
     """A run still training (or interrupted) has recorded no settings: refused as a run
     folder; a checkpoint named as a file runs with its recipe's input size, window,
@@ -598,9 +610,7 @@ def _unfinished_settings(model_path: Path, recipe: Path, given_as_file: bool) ->
     if not given_as_file:
         raise ModelError(model_path.parent, f"{problem}, or name {model_path.name} itself to run "
                          "the checkpoint with its recipe's settings")
-    from bcseg.config import load_config
-
-    cfg = load_config(recipe)
+    cfg = load_recipe(recipe)
     warnings.warn(f"{model_path}: {problem}; running it with its recipe's input size, flips and "
                   f"channels ({recipe}) and the defaults threshold {DEFAULTS['threshold']}, no "
                   "post-processing")
