@@ -113,6 +113,20 @@ def test_an_unknown_key_is_refused(tmp_path, model_file):
     assert str(caught.value).startswith(str(run / "inference.json"))
 
 
+def test_an_unknown_key_in_a_tuned_entry_is_refused(tmp_path, model_file):
+    """Switching TTA takes only a tuned entry's threshold and postprocess: a min_size put
+    there for its 'small' step (or a misspelt key) was dropped without a word."""
+    tuned = {"with_tta": {"threshold": 0.4, "postprocess": ["small"], "min_size": 50, "validation_dice": 0.8}}
+    run = _run(tmp_path / "run", model_file, {**TUNED, "tuned": tuned})
+    with pytest.raises(ConfigError, match=r"tuned\.with_tta must be an object with keys threshold, "
+                                          r"postprocess, validation_dice .*got \['min_size'\]") as caught:
+        load_run(run)
+    assert str(caught.value).startswith(str(run / "inference.json"))
+    del tuned["with_tta"]["min_size"]  # as training records it
+    _run(run, model_file, {**TUNED, "tuned": tuned})
+    assert load_run(run)[1].tuned == tuned
+
+
 def test_a_key_given_twice_is_refused_not_the_last_taken(tmp_path, model_file):
     """Python's parser keeps the last of two equal keys: a user who added a second
     "threshold" below the tuned one would run with one of them, silently."""

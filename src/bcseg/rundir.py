@@ -65,6 +65,7 @@ DEFAULTS: dict[str, Any] = {
 MEMBER_KEYS = ("path", "flips", "ndim", "input_size", "patch_size", "channels", "channel_names",
                "normalisation")
 TUNED_KEYS = ("with_tta", "without_tta")
+TUNED_ENTRY_KEYS = ("threshold", "postprocess", "validation_dice")  # what training records in each
 
 # A settings file (inference.json, or the copy inside a .keras archive) must hold the
 # keys that decide how masks are made: a missing one is refused, never filled in with a
@@ -336,6 +337,13 @@ def _check_tuned(tuned, source) -> None:
     for key, choice in tuned.items():
         if not isinstance(choice, dict) or "threshold" not in choice or "postprocess" not in choice:
             raise _error(source, f"tuned.{key}", "an object with threshold and postprocess", choice)
+        # Only threshold and postprocess are taken from it when TTA is switched: another key
+        # (a min_size for its 'small' step, a misspelt one) was dropped without a word, as an
+        # unknown key of the settings or of a member is not.
+        unknown = sorted(set(choice) - set(TUNED_ENTRY_KEYS), key=str)
+        if unknown:
+            raise _error(source, f"tuned.{key}", f"an object with keys {', '.join(TUNED_ENTRY_KEYS)} "
+                         "(min_size is the settings' own)", unknown)
         _check_settings({**DEFAULTS, "threshold": choice["threshold"],
                          "postprocess": choice["postprocess"]}, source)
 
