@@ -372,8 +372,12 @@ MEMBER = {"path": "fold_0/model_best.keras", "flips": ["lr"], "ndim": 2, "input_
 
 
 def test_a_recorded_member_entry_must_describe_the_network_it_names(tmp_path, model_file):
-    run = _recorded(tmp_path / "cv", model_file, [{**MEMBER, "input_size": 96}])
-    with pytest.raises(ConfigError, match="input_size 96 differs from 16 recorded inside model_best.keras"):
+    """Named by its path in the folder: each fold's model is a model_best.keras, and the
+    name alone did not say which member's entry was wrong."""
+    second = {**MEMBER, "path": "fold_1/model_best.keras"}
+    run = _recorded(tmp_path / "cv", model_file, [MEMBER, {**second, "input_size": 96}])
+    with pytest.raises(ConfigError, match="input_size 96 differs from 16 recorded inside "
+                                          "fold_1/model_best.keras when"):
         load_run(run)
     run = _recorded(tmp_path / "ok", model_file, [MEMBER])
     assert load_run(run)[1].threshold == 0.4

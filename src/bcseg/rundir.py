@@ -632,10 +632,14 @@ def _check_same_model(beside: InferenceSettings, inside: InferenceSettings, sour
                       model_path: Path) -> None:
     """Refuse settings whose description of the network differs from the model's own."""
     ours, its = beside.to_dict(), inside.to_dict()
+    # named from the settings' folder: every fold of a k-fold run is a model_best.keras, and
+    # "recorded inside model_best.keras" did not say which member's entry was wrong
+    shown = model_path.relative_to(source.parent) if model_path.is_relative_to(source.parent) \
+        else model_path.name
     for key in MODEL_KEYS:
         if ours[key] != its[key]:
             raise ConfigError(source, f"{key} {ours[key]!r} differs from {its[key]!r} recorded inside "
-                              f"{model_path.name} when it was trained: the two belong to "
+                              f"{shown} when it was trained: the two belong to "
                               f"different models; put back the {SETTINGS_FILE} or the model of this run")
 
 
