@@ -741,6 +741,30 @@ def test_an_output_link_to_nothing_is_said_to_be_one_once(tmp_path, models, caps
     assert code == 2 and line.split(f"{tmp_path / 'out'}: ", 1)[1].count("link") == 1, line
 
 
+@pytest.mark.parametrize("given", ["predict input", "--model", "a second --model", "--config", "--init",
+                                   "ensemble --model", "export-onnx", "train data"])
+def test_an_input_named_too_long_for_the_file_system_is_one_line_naming_it(given, tmp_path, models, capsys):
+    """Outputs were checked for names the file system cannot hold, inputs not: each
+    failed at its first look as 'OSError: [Errno 36] File name too long' (exit 1)."""
+    data = write_cases(tmp_path / "data", n=2)
+    long = tmp_path / ("a" * 300 + ".keras")
+    out = tmp_path / "out"
+    argv = {"predict input": ["predict", long, "--model", models["2d"], "--out", out],
+            "--model": ["predict", data / "images", "--model", long, "--out", out],
+            "a second --model": ["predict", data / "images", "--model", models["2d"], "--model", long,
+                                 "--out", out],
+            "--config": ["train", data, "--out", out, "--config", long],
+            "--init": ["train", data, "--out", out, "--init", long],
+            "ensemble --model": ["ensemble", data, "--model", long, "--model", tmp_path, "--out", out],
+            "export-onnx": ["export-onnx", long, "--out", tmp_path / "m.onnx"],
+            "train data": ["train", long, "--out", out]}[given]
+    before = files_under(tmp_path)
+    code, _, err = run_main(capsys, argv)
+    assert code == 2, err
+    assert one_error_line(err).startswith(f"bcseg: error: {long}: is too long a name for the file system")
+    assert files_under(tmp_path) == before and not out.exists()
+
+
 # --------------------------------------------------------------------------- train
 
 @pytest.fixture

@@ -383,6 +383,18 @@ def test_a_recorded_member_entry_must_describe_the_network_it_names(tmp_path, mo
     assert load_run(run)[1].threshold == 0.4
 
 
+def test_a_member_path_too_long_for_the_file_system_is_refused_naming_the_settings(tmp_path, model_file):
+    """It failed as 'OSError: [Errno 36] File name too long' (exit 1, naming no file)."""
+    run = _recorded(tmp_path / "cv", model_file, [MEMBER])
+    settings = json.loads((run / "inference.json").read_text())
+    settings["members"].append({**MEMBER, "path": "fold_0/" + "a" * 300})  # in a folder that is there
+    (run / "inference.json").write_text(json.dumps(settings))
+    with pytest.raises(ModelError, match=r"member path 'fold_0/a+' cannot name a file \(File name too long\)") \
+            as caught:
+        load_run(run)
+    assert str(caught.value).startswith(f"{run / 'inference.json'}: ")
+
+
 def test_one_model_listed_twice_or_linked_twice_is_refused(tmp_path, model_file):
     twice = _recorded(tmp_path / "listed", model_file, [MEMBER, {**MEMBER, "path": "./fold_0/model_best.keras"}])
     with pytest.raises(ModelError, match="is in the ensemble twice"):

@@ -1003,10 +1003,26 @@ def _access_problem(error: OSError) -> tuple[str, int] | None:
             "another place for the outputs"), 2
 
 
+def _name_problem(error: OSError) -> tuple[str, int] | None:
+    """One line and an exit code for a path given whose name the file system cannot hold.
+
+    Outputs are checked for it before anything is written; an input so named (``--model``,
+    ``--config``, ``--init``, a dataset or image path) failed at its first look as
+    'OSError: [Errno 36] File name too long' (exit 1). No such file can exist: it is a bad
+    argument (2), named.
+    """
+    import errno
+
+    if error.errno != errno.ENAMETOOLONG:
+        return None
+    return (f"{error.filename or 'a path'}: is too long a name for the file system (a name has at "
+            "most 255 bytes, a whole path 4096 on Linux), so no such file can exist; give a shorter path"), 2
+
+
 def _system_problem(error: OSError) -> tuple[str, int] | None:
-    """One line and an exit code for a full disk or a denied access, else None."""
+    """One line and an exit code for a full disk, a denied access or a name too long, else None."""
     full = _full_disk(error)
-    return (full, 1) if full else _access_problem(error)
+    return (full, 1) if full else _access_problem(error) or _name_problem(error)
 
 
 def _interrupted(after: str = "") -> int:

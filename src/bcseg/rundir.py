@@ -733,7 +733,12 @@ def _recorded_ensemble(folder: Path) -> tuple[list[Path], InferenceSettings] | N
         if not relative or Path(relative).is_absolute() or ".." in Path(relative).parts:
             raise ModelError(folder / SETTINGS_FILE, f"member path {relative!r} is not a file "
                              "inside the folder")
-        if not path.is_file():
+        try:
+            found = path.is_file()
+        except OSError as exc:  # a name too long for the file system: the settings file's fault
+            raise ModelError(folder / SETTINGS_FILE, f"member path {relative!r} cannot name a file "
+                             f"({exc.strerror})") from None
+        if not found:
             raise ModelError(path, f"ensemble member listed in {folder / SETTINGS_FILE} not found")
         own = _embedded(path, tolerate=True)
         if own is not None:  # the member's entry must describe the network it names
