@@ -132,6 +132,19 @@ def test_run_without_onnx_file_is_one_line_model_error(tmp_path, capsys):
     assert not (tmp_path / "out").exists()
 
 
+def test_the_onnx_runtime_without_a_model_asks_for_one_before_anything(tmp_path, capsys):
+    """With no --model it ran the bundled .keras file, refused as 'not a .onnx file; export
+    it first' after printing that the bundled model was used: exporting it changed nothing."""
+    image = tmp_path / "image.tif"
+    tifffile.imwrite(image, np.zeros((32, 32), np.uint8))
+    capsys.readouterr()
+    assert main(["predict", str(image), "--out", str(tmp_path / "out"), "--runtime", "onnx"]) == 2
+    said = capsys.readouterr()
+    err = said.err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("bcseg: error: --runtime: onnx runs a model exported"), err
+    assert "--model" in err[0] and said.out == "" and not (tmp_path / "out").exists()
+
+
 def test_corrupt_onnx_file_is_one_line_model_error(tmp_path, capsys):
     pytest.importorskip("onnxruntime", reason="onnxruntime is not installed: pip install 'bcseg[onnx]'")
     run = tmp_path / "run"

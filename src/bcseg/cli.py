@@ -406,6 +406,12 @@ def cmd_predict(args) -> int:
     _needs(args.spacing, "--spacing", args.margins, "--margins (it is the voxel size the margins are "
            "measured in; masks keep their input's spacing)")
     model = args.model  # several --model arguments: an ensemble of them all
+    if not model and args.runtime == "onnx":
+        # The bundled model is a .keras file: its refusal ("export it first") led nowhere, as
+        # the default stays that file however often it is exported.
+        raise UsageError("--runtime", "onnx runs a model exported with 'bcseg export-onnx RUN'; pass "
+                         "it with --model (the run folder holding model_best.onnx, or the .onnx file): "
+                         "the bundled model is a Keras file, which the tensorflow runtime runs")
     if not model:
         from bcseg.pretrained import pretrained_info, pretrained_model
         model = pretrained_model()
@@ -739,7 +745,7 @@ def _add_predict(sub) -> None:
                        help="keep complete outputs, remove partial files a killed run left, do the rest")
     p.add_argument("--runtime", choices=["tensorflow", "onnx"], default="tensorflow",
                    help="onnx: run the model exported by export-onnx with ONNX Runtime, "
-                   "without TensorFlow")
+                   "without TensorFlow (give it with --model)")
     p.set_defaults(func=cmd_predict)
 
 
