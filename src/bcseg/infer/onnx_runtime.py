@@ -176,10 +176,11 @@ class OnnxModel:
             out = self.session.run(None, {self.input_name: np.asarray(x, dtype=np.float32)})[0]
         except Exception as exc:  # ONNX Runtime's own Fail/InvalidArgument/...: the model's fault
             # (a graph that cannot take the batch its recorded divisor allowed), not the
-            # image's; said in one line naming the file rather than as an unexpected error
+            # image's; said in one line naming the file rather than as an unexpected error.
+            # ONNX Runtime's reason is the advice: re-exporting cures a bad divisor, not memory.
             reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
             raise ModelError(self.path, f"cannot run on a batch of shape {tuple(x.shape)} "
-                             f"({reason}); export it again: bcseg export-onnx RUN --force") from None
+                             f"({reason})") from None
         # Keras's exporter traces the model on a list of one input; once in a long test
         # session the traced output came back stacked as a list of one, (1, N, ..., 1).
         # The values are the model's (the parity tests compare them with TensorFlow's).
