@@ -148,7 +148,7 @@ def test_a_member_giving_no_probabilities_is_named(tmp_path, phantom_root, capsy
                                      "network unlike settings", "validation twice",
                                      "observer mask missing", "unknown observer", "a copy of a run",
                                      "empty config", "other images, same ids", "split nested too deeply",
-                                     "digests not of its validation cases"])
+                                     "digests not of its validation cases", "model a broken link"])
 def test_bad_members_or_outputs_are_one_line_and_leave_nothing(problem, tmp_path, phantom_root, capsys):
     cases = discover(phantom_root)
     a = _run(tmp_path / "a", 0, [cases[0].id])
@@ -179,6 +179,7 @@ def test_bad_members_or_outputs_are_one_line_and_leave_nothing(problem, tmp_path
               "empty config": (4, "b/config.toml: is empty"),
               "other images, same ids": (3, "is not the one"),
               "split nested too deeply": (4, "b/fold.json: cannot be read as a run's split"),
+              "model a broken link": (4, "b/model_best.keras: is a broken symbolic link"),
               "digests not of its validation cases": (
                   4, f"b/fold.json: 'validation_sha256' does not hold the digests of exactly its "
                      f"validation cases (not so for {cases[0].id!r})")}[problem]
@@ -269,6 +270,9 @@ def test_bad_members_or_outputs_are_one_line_and_leave_nothing(problem, tmp_path
         shutil.copytree(phantom_root, data)
         image = data / "images" / cases[0].image.name
         io.write_image(image, io.read_image(image)[0][::-1].copy(), None)  # the same id, other pixels
+    elif problem == "model a broken link":  # was "holds no model_best.keras and no fold_K folders"
+        (b / rundir.MODEL_FILE).unlink()
+        (b / rundir.MODEL_FILE).symlink_to(tmp_path / "unmounted" / "model.keras")
     elif problem == "digests not of its validation cases":  # was taken on trust, as an older run
         fold = json.loads((b / rundir.FOLD_FILE).read_text())
         (b / rundir.FOLD_FILE).write_text(json.dumps({**fold, "validation_sha256": {}}))

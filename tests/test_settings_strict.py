@@ -395,6 +395,34 @@ def test_a_member_path_too_long_for_the_file_system_is_refused_naming_the_settin
     assert str(caught.value).startswith(f"{run / 'inference.json'}: ")
 
 
+def _no_file(path: Path, kind: str) -> None:
+    """Put a folder, a named pipe or a broken link where a model file was."""
+    import os
+
+    path.unlink()
+    {"folder": path.mkdir, "named pipe": lambda: os.mkfifo(path),
+     "broken link": lambda: path.symlink_to(path.parent / "unmounted" / "model.keras")}[kind]()
+
+
+@pytest.mark.parametrize("kind, said", [("folder", "is a folder, expected a .keras file"),
+                                        ("named pipe", "is a named pipe (FIFO), expected a .keras file"),
+                                        ("broken link", "is a broken symbolic link")])
+def test_a_runs_model_that_is_no_file_is_named_as_what_it_is(kind, said, tmp_path, model_file):
+    """A run's model_best.keras, or an ensemble member, that is a folder, a pipe or a broken
+    link (a disk not mounted) was reported as the run holding no model_best.keras at all,
+    or as a member "not found", while the name was there to see."""
+    run = _run(tmp_path / "run", model_file, TUNED)
+    _no_file(run / "model_best.keras", kind)
+    with pytest.raises(ModelError) as caught:
+        load_run(run)
+    assert str(caught.value).startswith(f"{run / 'model_best.keras'}: {said}"), caught.value
+    cv = _recorded(tmp_path / "cv", model_file, [MEMBER, {**MEMBER, "path": "fold_1/model_best.keras"}])
+    _no_file(cv / "fold_1" / "model_best.keras", kind)
+    with pytest.raises(ModelError) as caught:
+        load_run(cv)
+    assert str(caught.value).startswith(f"{cv / 'fold_1' / 'model_best.keras'}: {said}"), caught.value
+
+
 def test_one_model_listed_twice_or_linked_twice_is_refused(tmp_path, model_file):
     twice = _recorded(tmp_path / "listed", model_file, [MEMBER, {**MEMBER, "path": "./fold_0/model_best.keras"}])
     with pytest.raises(ModelError, match="is in the ensemble twice"):

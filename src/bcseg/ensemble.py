@@ -45,6 +45,7 @@ def member_runs(models: Sequence[str | Path]) -> list[Path]:
             raise ModelError(given, "is not a training run folder; an ensemble is tuned on each "
                              f"run's validation images, which its {rundir.FOLD_FILE} names: give the "
                              "run folder the model was trained in")
+        rundir.check_model_file(given / rundir.MODEL_FILE)
         if (given / rundir.MODEL_FILE).is_file():
             found = [given]
         else:

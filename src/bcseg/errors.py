@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import stat
 import unicodedata
 from pathlib import Path
 
@@ -126,3 +127,24 @@ class DiskFullError(BcsegError):
     """An output that could not be written: the disk or a size limit is full."""
 
     exit_code = 1
+
+
+def not_a_file(path: Path, expected: str = "an image file") -> str | None:
+    """Why ``path`` (which exists, or is a link) is no file to read, or None for a file.
+
+    A broken or looping link, a folder, a named pipe (reading one waits forever), a
+    socket or a device (a link to /dev/zero reads without end) is no image, nor any
+    other input; ``expected`` says what should be there.
+    """
+    if path.is_symlink() and not path.exists():
+        return f"is a broken symbolic link, or one that loops; point it at {expected} or remove it"
+    try:
+        mode = path.stat().st_mode
+    except OSError:
+        return None  # reading it says what is wrong (permission denied, ...)
+    if stat.S_ISREG(mode):
+        return None
+    kind = ("a folder" if stat.S_ISDIR(mode) else "a named pipe (FIFO)" if stat.S_ISFIFO(mode)
+            else "a socket" if stat.S_ISSOCK(mode)
+            else "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) else "not a regular file")
+    return f"is {kind}, expected {expected}"

@@ -32,7 +32,7 @@ from typing import Any, Sequence
 
 from bcseg.atomic import atomic_path, parse_json, read_json, real_path, write_text
 from bcseg.config import is_whole
-from bcseg.errors import ConfigError, ModelError, UsageError
+from bcseg.errors import ConfigError, ModelError, UsageError, not_a_file
 
 # The post-processing steps a run's settings may name; bcseg.infer.postprocess
 # implements them.
@@ -683,8 +683,18 @@ def refuse_repeats(files: list[Path]) -> None:
             raise ModelError(f, f"is in the ensemble twice (also as {first}); give each model once")
 
 
+def check_model_file(path: Path) -> None:
+    """Refuse a run's model that is there by name but is no file: a folder, a named pipe,
+    a broken link (a disk not mounted). Each was reported as the run holding no
+    ``model_best.keras`` at all, or as a member "not found", while the name was there to see."""
+    if os.path.lexists(path) and not path.is_file():
+        raise ModelError(path, not_a_file(path, "a .keras file") or "is not a regular file, expected a "
+                         ".keras file")
+
+
 def _load_one(path: Path) -> tuple[list[Path], InferenceSettings]:
     if path.is_dir():
+        check_model_file(path / MODEL_FILE)
         if (path / MODEL_FILE).is_file():
             return [path / MODEL_FILE], model_settings(path / MODEL_FILE)
         recorded = _recorded_ensemble(path)
@@ -738,6 +748,7 @@ def _recorded_ensemble(folder: Path) -> tuple[list[Path], InferenceSettings] | N
         except OSError as exc:  # a name too long for the file system: the settings file's fault
             raise ModelError(folder / SETTINGS_FILE, f"member path {relative!r} cannot name a file "
                              f"({exc.strerror})") from None
+        check_model_file(path)
         if not found:
             raise ModelError(path, f"ensemble member listed in {folder / SETTINGS_FILE} not found")
         own = _embedded(path, tolerate=True)

@@ -21,7 +21,6 @@ import gzip
 import math
 import os
 import re
-import stat
 import struct
 import warnings
 import zlib
@@ -33,7 +32,7 @@ import tifffile
 
 from bcseg.atomic import atomic_path
 from bcseg.data import nifti
-from bcseg.errors import ConfigError, DataError
+from bcseg.errors import ConfigError, DataError, not_a_file  # noqa: F401 (re-exported)
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".nii", ".nii.gz")
 # Refuse a file whose header declares more pixel bytes than this, before reading it:
@@ -107,27 +106,6 @@ def image_files(folder: str | Path) -> list[Path]:
                 raise DataError(path, problem + ("; move it out of this folder of images"
                                                  if path.is_dir() else ""))
     return [p for p in found if is_image_file(p)]
-
-
-def not_a_file(path: Path, expected: str = "an image file") -> str | None:
-    """Why ``path`` (which exists, or is a link) is no file to read, or None for a file.
-
-    A broken or looping link, a folder, a named pipe (reading one waits forever), a
-    socket or a device (a link to /dev/zero reads without end) is no image, nor any
-    other input; ``expected`` says what should be there.
-    """
-    if path.is_symlink() and not path.exists():
-        return f"is a broken symbolic link, or one that loops; point it at {expected} or remove it"
-    try:
-        mode = path.stat().st_mode
-    except OSError:
-        return None  # reading it says what is wrong (permission denied, ...)
-    if stat.S_ISREG(mode):
-        return None
-    kind = ("a folder" if stat.S_ISDIR(mode) else "a named pipe (FIFO)" if stat.S_ISFIFO(mode)
-            else "a socket" if stat.S_ISSOCK(mode)
-            else "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) else "not a regular file")
-    return f"is {kind}, expected {expected}"
 
 
 def is_nifti(path: Path) -> bool:
