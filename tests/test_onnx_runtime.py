@@ -145,6 +145,23 @@ def test_the_onnx_runtime_without_a_model_asks_for_one_before_anything(tmp_path,
     assert "--model" in err[0] and said.out == "" and not (tmp_path / "out").exists()
 
 
+def test_a_runs_onnx_file_that_is_a_broken_link_is_named_so(tmp_path, capsys):
+    """It read as the run holding no model_best.onnx ('write it with: bcseg export-onnx'),
+    while the name was there to see (a link to a disk not mounted)."""
+    run = tmp_path / "run"
+    run.mkdir()
+    _bundled_settings(run)
+    (run / "model_best.onnx").symlink_to(tmp_path / "unmounted" / "model_best.onnx")
+    image = tmp_path / "image.tif"
+    tifffile.imwrite(image, np.zeros((32, 32), np.uint8))
+    assert main(["predict", str(image), "--model", str(run), "--out", str(tmp_path / "out"),
+                 "--runtime", "onnx"]) == 4
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"bcseg: error: {run / 'model_best.onnx'}: is a broken "
+                                               "symbolic link"), err
+    assert not (tmp_path / "out").exists()
+
+
 def test_corrupt_onnx_file_is_one_line_model_error(tmp_path, capsys):
     pytest.importorskip("onnxruntime", reason="onnxruntime is not installed: pip install 'bcseg[onnx]'")
     run = tmp_path / "run"

@@ -683,13 +683,12 @@ def refuse_repeats(files: list[Path]) -> None:
             raise ModelError(f, f"is in the ensemble twice (also as {first}); give each model once")
 
 
-def check_model_file(path: Path) -> None:
+def check_model_file(path: Path, expected: str = "a .keras file") -> None:
     """Refuse a run's model that is there by name but is no file: a folder, a named pipe,
     a broken link (a disk not mounted). Each was reported as the run holding no
     ``model_best.keras`` at all, or as a member "not found", while the name was there to see."""
     if os.path.lexists(path) and not path.is_file():
-        raise ModelError(path, not_a_file(path, "a .keras file") or "is not a regular file, expected a "
-                         ".keras file")
+        raise ModelError(path, not_a_file(path, expected) or f"is not a regular file, expected {expected}")
 
 
 def _load_one(path: Path) -> tuple[list[Path], InferenceSettings]:

@@ -25,8 +25,8 @@ from bcseg import outputs
 from bcseg.data.io import not_a_file
 from bcseg.errors import ModelError, UsageError
 from bcseg.learn.saved import ModelSpec
-from bcseg.rundir import (MODEL_FILE, SETTINGS_FILE, InferenceSettings, find_members, model_settings,
-                          read_settings, weights_digest)
+from bcseg.rundir import (MODEL_FILE, SETTINGS_FILE, InferenceSettings, check_model_file, find_members,
+                          model_settings, read_settings, weights_digest)
 
 ONNX_FILE = "model_best.onnx"
 DIVISOR_KEY = "bcseg.divisor"
@@ -206,6 +206,7 @@ def load_onnx_run(path: str | Path) -> tuple[list[Path], InferenceSettings]:
             raise ModelError(path, "is an ensemble of several models, and the onnx runtime runs "
                              "one exported model: predict with the tensorflow runtime, or pass "
                              "--model with one member's exported .onnx file")
+        check_model_file(path / ONNX_FILE, "a .onnx file")  # a folder or broken link is no "no file"
         if not (path / ONNX_FILE).is_file():
             raise ModelError(path, f"holds no {ONNX_FILE}; write it with: bcseg export-onnx {path}")
         path = path / ONNX_FILE
