@@ -421,6 +421,14 @@ def test_a_runs_model_that_is_no_file_is_named_as_what_it_is(kind, said, tmp_pat
     with pytest.raises(ModelError) as caught:
         load_run(cv)
     assert str(caught.value).startswith(f"{cv / 'fold_1' / 'model_best.keras'}: {said}"), caught.value
+    bundle = tmp_path / "bundle"  # a folder of one model and its settings, as the bundled one
+    bundle.mkdir()
+    (bundle / "busi_unet2d.keras").write_bytes(model_file.read_bytes())
+    (bundle / "inference.json").write_text(json.dumps(TUNED), encoding="utf-8")
+    _no_file(bundle / "busi_unet2d.keras", kind)
+    with pytest.raises(ModelError) as caught:
+        load_run(bundle)
+    assert str(caught.value).startswith(f"{bundle / 'busi_unet2d.keras'}: {said}"), caught.value
 
 
 def test_one_model_listed_twice_or_linked_twice_is_refused(tmp_path, model_file):

@@ -724,7 +724,10 @@ def _one_bundled_model(folder: Path) -> Path | None:
     last checkpoint, which the run's threshold was not tuned for."""
     if not (folder / SETTINGS_FILE).is_file() or (folder / CONFIG_FILE).is_file():
         return None
-    models = [p for p in folder.glob("*.keras") if p.is_file()]
+    named = list(folder.glob("*.keras"))
+    if len(named) == 1:  # the one model there, a broken link or a folder: say so
+        check_model_file(named[0])
+    models = [p for p in named if p.is_file()]
     return models[0] if len(models) == 1 else None
 
 
