@@ -251,6 +251,23 @@ def test_an_ensemble_is_neither_exported_as_one_member_nor_run_by_the_onnx_runti
     assert len(err) == 1 and str(kfold) in err[0] and "ensemble of several models" in err[0]
 
 
+def test_the_export_of_an_ensembles_member_runs_as_the_member_does(tmp_path, capsys):
+    """A member of an ensemble folder named alone runs on its own settings; its export,
+    which export-onnx writes beside it, was refused: the folder's inference.json 'lists
+    ensemble members, so it is not the settings of the one model a.onnx'."""
+    _needs_onnx()
+    folder = _ensemble_folder(tmp_path / "ensemble")
+    assert main(["export-onnx", str(folder / "a.keras")]) == 0
+    image = tmp_path / "image.tif"
+    tifffile.imwrite(image, np.random.default_rng(0).integers(0, 255, (40, 40), dtype=np.uint8))
+    for runtime, model in (("tensorflow", "a.keras"), ("onnx", "a.onnx")):
+        capsys.readouterr()
+        assert main(["predict", str(image), "--model", str(folder / model), "--out", str(tmp_path / runtime),
+                     "--runtime", runtime, "--no-progress"]) == 0, capsys.readouterr().err
+    a, b = (tifffile.imread(tmp_path / runtime / "image_mask.tif") > 0 for runtime in ("onnx", "tensorflow"))
+    assert (dice(a, b) if a.any() or b.any() else 1.0) >= 0.999  # the parity bound of the tests above
+
+
 def test_an_onnx_file_of_another_model_is_refused(busi_run, tmp_path, capsys):
     """The ONNX file beside a run was run with that run's settings whatever model it was
     exported from: after the run's model_best.keras was replaced (or an export copied

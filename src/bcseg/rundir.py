@@ -533,8 +533,11 @@ def model_settings(model_path: Path, given_as_file: bool = False,
     inside = _embedded(archive, tolerate=beside is not None and not beside.members)
     if beside is not None and beside.members:
         listed = {str(Path(m.info.get("path", ""))) for m in beside.members}
-        if given_as_file and model_path.name in listed and inside is not None:
-            return inside  # one member of a recorded ensemble, named alone: its own settings
+        # one member of a recorded ensemble, named alone: its own settings; so is its ONNX
+        # export, known by the member file it was exported from (member_0.onnx was refused
+        # as "not the settings of the one model" though member_0.keras ran)
+        if given_as_file and archive.name in listed and inside is not None:
+            return inside
         raise ConfigError(beside_file, f"lists ensemble members, so it is not the settings of "
                           f"the one model {model_path.name} beside it; a folder holds one model's "
                           "settings or one ensemble's, not both")
