@@ -268,6 +268,23 @@ def test_the_export_of_an_ensembles_member_runs_as_the_member_does(tmp_path, cap
     assert (dice(a, b) if a.any() or b.any() else 1.0) >= 0.999  # the parity bound of the tests above
 
 
+def test_a_bundled_models_folder_runs_its_export(tmp_path, capsys):
+    """A folder of one .keras file and its settings (the bundled model's) predicts with that
+    file; export-onnx of the folder writes busi_unet2d.onnx beside it, but --runtime onnx
+    looked for model_best.onnx and advised exporting the folder again, in a loop."""
+    _needs_onnx()
+    folder = tmp_path / "bundle"
+    folder.mkdir()
+    shutil.copyfile(BUNDLED / "busi_unet2d.keras", folder / "busi_unet2d.keras")
+    _bundled_settings(folder)
+    assert main(["export-onnx", str(folder)]) == 0 and (folder / "busi_unet2d.onnx").is_file()
+    image = tmp_path / "image.tif"
+    tifffile.imwrite(image, np.zeros((32, 32), np.uint8))
+    capsys.readouterr()
+    assert main(["predict", str(image), "--model", str(folder), "--out", str(tmp_path / "out"),
+                 "--runtime", "onnx", "--no-progress"]) == 0, capsys.readouterr().err
+
+
 def test_an_onnx_file_of_another_model_is_refused(busi_run, tmp_path, capsys):
     """The ONNX file beside a run was run with that run's settings whatever model it was
     exported from: after the run's model_best.keras was replaced (or an export copied

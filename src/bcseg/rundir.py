@@ -719,6 +719,12 @@ def _load_one(path: Path) -> tuple[list[Path], InferenceSettings]:
     return [path], model_settings(path, given_as_file=True)
 
 
+def folder_model(folder: Path) -> Path | None:
+    """The one model file a folder predicts with: its ``model_best.keras``, else the one
+    ``.keras`` file beside its settings (a bundled model's folder); None otherwise."""
+    return folder / MODEL_FILE if (folder / MODEL_FILE).is_file() else _one_bundled_model(folder)
+
+
 def _one_bundled_model(folder: Path) -> Path | None:
     """The model of a folder that holds its settings and one ``.keras`` file, as the
     bundled default and its held-out twin are (``build_pretrained.py --target``), or

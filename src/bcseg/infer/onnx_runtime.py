@@ -16,6 +16,7 @@ Neither this module nor the prediction path imports TensorFlow or Keras.
 
 from __future__ import annotations
 
+import os
 import warnings
 from pathlib import Path
 
@@ -26,7 +27,7 @@ from bcseg.data.io import not_a_file
 from bcseg.errors import ModelError, UsageError
 from bcseg.learn.saved import ModelSpec
 from bcseg.rundir import (MODEL_FILE, SETTINGS_FILE, InferenceSettings, check_model_file, find_members,
-                          model_settings, read_settings, weights_digest)
+                          folder_model, model_settings, read_settings, weights_digest)
 
 ONNX_FILE = "model_best.onnx"
 DIVISOR_KEY = "bcseg.divisor"
@@ -206,10 +207,16 @@ def load_onnx_run(path: str | Path) -> tuple[list[Path], InferenceSettings]:
             raise ModelError(path, "is an ensemble of several models, and the onnx runtime runs "
                              "one exported model: predict with the tensorflow runtime, or pass "
                              "--model with one member's exported .onnx file")
-        check_model_file(path / ONNX_FILE, "a .onnx file")  # a folder or broken link is no "no file"
-        if not (path / ONNX_FILE).is_file():
-            raise ModelError(path, f"holds no {ONNX_FILE}; write it with: bcseg export-onnx {path}")
-        path = path / ONNX_FILE
+        # The export of the folder's model, named as export-onnx names it: model_best.onnx in a
+        # run, X.onnx beside a bundled folder's X.keras (looked for as model_best.onnx, the
+        # refusal's advice, to export the folder, wrote X.onnx again and again).
+        source, onnx_file = folder_model(path), path / ONNX_FILE
+        if source is not None and not os.path.lexists(onnx_file):
+            onnx_file = source.with_suffix(".onnx")
+        check_model_file(onnx_file, "a .onnx file")  # a folder or broken link is no "no file"
+        if not onnx_file.is_file():
+            raise ModelError(path, f"holds no {onnx_file.name}; write it with: bcseg export-onnx {path}")
+        path = onnx_file
     elif not path.is_file():  # a named pipe or a device is named as such, never opened
         raise ModelError(path, not_a_file(path, "a training run folder or a .onnx file")
                          or "model not found; pass a training run folder or a .onnx file")
