@@ -1255,12 +1255,12 @@ def _check_init_output(path: Path, model, spec, cfg: dict) -> None:
     from bcseg.learn.saved import probabilities
 
     shape = _sample_shape(cfg)
+    keys = "data.size" if len(shape) == 2 else "data.patch_depth, data.size"
+    trains = f"this run trains on {' x '.join(map(str, shape))} ({keys})"
     if any(f is not None and f != n for f, n in zip(spec.fixed, shape)):
-        raise ModelError(path, f"takes inputs of spatial size {spec.fixed}; this run trains on "
-                         f"{' x '.join(map(str, shape))} (data.size, patch_depth)")
+        raise ModelError(path, f"takes inputs of spatial size {spec.fixed}; {trains}")
     if any(n % spec.divisor for n, f in zip(shape, spec.fixed) if f is None):
-        raise ModelError(path, f"takes sizes that are multiples of {spec.divisor}; this run trains "
-                         f"on {' x '.join(map(str, shape))} (data.size, patch_depth)")
+        raise ModelError(path, f"takes sizes that are multiples of {spec.divisor}; {trains}")
     sample = np.random.default_rng(0).standard_normal((1, *shape, spec.channels), dtype=np.float32)
     try:
         probabilities(model, sample)  # one probability channel of the input's size, in 0..1
