@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +19,7 @@ import tifffile
 from bcseg.cli import main
 from bcseg.data import io
 from bcseg.data.dataset import discover
+from bcseg.errors import DataError
 from test_channels import LESION, PA, SPACING, US, write_hyperstack
 
 
@@ -162,6 +164,15 @@ SAID = {"zero-byte hyperstack": "is empty (0 bytes)",  # not "has 1 channel(s)"
         "manifest image that is none of its channels": "line 2: image 'S01.tif' is none of the case's"}
 
 
+# Problems of one file (or one manifest row), not of the layout: check lists them among
+# the others, one line each, where the other commands refuse at the first.
+ONE_FILE = {"zero-byte hyperstack", "hyperstack cut short", "symlink loop in a channel folder",
+            "one file given as two channels in a manifest", "a channel folder's file a link to another channel's",
+            "a _0000 file a link to another channel's", "the middle of three channels a link to the first",
+            "OME channel names in another order than channels.json", "a _0000 layout with an unsuffixed file",
+            "manifest image that is none of its channels", "manifest path that loops"}
+
+
 @pytest.mark.parametrize("kind", sorted(BAD))
 def test_a_bad_channel_layout_is_one_line_naming_the_file(kind, tmp_path, capsys):
     build, culprit = BAD[kind]
@@ -173,9 +184,16 @@ def test_a_bad_channel_layout_is_one_line_naming_the_file(kind, tmp_path, capsys
                                    "--name", "X", "--k", 2]):
         capsys.readouterr()
         code = main([str(a) for a in argv])
-        err = capsys.readouterr().err
+        out, err = capsys.readouterr()
         lines = err.strip().splitlines()
         assert code == 3 and len(lines) == 1, err
+        if argv[0] == "check" and kind in ONE_FILE:
+            listed = [line for line in out.splitlines() if line.startswith("problem: ")]
+            # a manifest's rows are each listed (both rows of "image that is none of its channels")
+            assert lines[0] == f"bcseg: error: {root}: {len(listed)} problem(s) found, listed above", err
+            assert listed and listed[0].startswith(f"problem: {io_printable(root / culprit)}: "), out
+            assert SAID.get(kind, "") in listed[0]
+            continue
         assert lines[0].startswith(f"bcseg: error: {io_printable(root / culprit)}: "), err
         assert SAID.get(kind, "") in lines[0]
     assert tree(tmp_path) == before
@@ -397,3 +415,78 @@ def test_a_sparse_channel_is_refused_where_its_percentiles_would_blank_it(tmp_pa
     # nnU-Net normalises the channels itself: export-nnunet refuses only a constant one
     assert main(["export-nnunet", str(root), str(tmp_path / "nn"), "--dataset-id", "7", "--name", "X",
                  "--k", "2"]) == 0, capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------- every file listed
+
+def _three_hyperstacks(root: Path) -> None:
+    """S01 good; S02 with three channels where channels.json names two; S03 cut short."""
+    for k, stem in enumerate(("S01", "S02", "S03")):
+        write_hyperstack(root / "images" / f"{stem}.tif", np.roll(US, k, -1), np.roll(PA, k, -1))
+    masks(root, ("S01", "S02", "S03"))
+    (root / "channels.json").write_text('["us", "pa"]')
+    data = tifffile.imread(root / "images" / "S02.tif")  # (Z, C, Y, X)
+    tifffile.imwrite(root / "images" / "S02.tif", np.concatenate([data, data[:, :1]], axis=1),
+                     imagej=True, metadata={"axes": "ZCYX"})
+    cut = root / "images" / "S03.tif"
+    cut.write_bytes(cut.read_bytes()[:-3000])
+
+
+def test_check_lists_every_bad_hyperstack_and_checks_the_rest(tmp_path, capsys):
+    """A hyperstack's damaged header or wrong channel count is that file's problem, not
+    the layout's: check stopped at the first such file, as if the dataset were unreadable,
+    and named none of the others. It lists each (and no mask of theirs as an orphan) and
+    checks the good case; the other commands refuse at the first, writing nothing."""
+    root = tmp_path / "data"
+    _three_hyperstacks(root)
+    before = tree(tmp_path)
+    assert main(["check", str(root)]) == 3
+    out, err = capsys.readouterr()
+    listed = [line for line in out.splitlines() if line.startswith("problem: ")]
+    assert listed[0].startswith(f"problem: {root / 'images' / 'S02.tif'}: has 3 channel(s), but "), out
+    assert listed[1].startswith(f"problem: {root / 'images' / 'S03.tif'}: "), out
+    assert "truncated or corrupt" in listed[1]
+    assert len(listed) == 2, out  # masks/observer1/S02.tif and S03.tif are no orphans
+    assert re.search(r"^cases\s+1$", out, re.M) and re.search(r"^channel us\s+1 cases", out, re.M)
+    assert err.strip() == f"bcseg: error: {root}: 2 problem(s) found, listed above"
+    code = main(["export-nnunet", str(root), str(tmp_path / "nn"), "--dataset-id", "7",
+                 "--name", "X", "--k", "2"])
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert code == 3 and len(lines) == 1
+    assert lines[0].startswith(f"bcseg: error: {root / 'images' / 'S02.tif'}: has 3 channel(s)")
+    with pytest.raises(DataError, match="has 3 channel"):
+        discover(root)
+    assert tree(tmp_path) == before
+
+
+def test_check_lists_every_bad_file_of_a_channel_layout(tmp_path, capsys):
+    """The same for the other files discovery judges alone: two loose files in a _0000
+    layout, a channel file that is a link to another's, two images of one id, a broken
+    link among the masks. Each is one line; the good case is checked."""
+    root = tmp_path / "data"
+    for k, stem in enumerate(("S01", "S02", "S03")):
+        io.write_image(root / "images" / f"{stem}_0000.tif", np.roll(US, k, -1), SPACING)
+        io.write_image(root / "images" / f"{stem}_0001.tif", np.roll(PA, k, -1), SPACING)
+    masks(root, ("S01", "S02", "S03"))
+    (root / "channels.json").write_text('["us", "pa"]')
+    for name in ("notes.tif", "scan.tif"):
+        io.write_image(root / "images" / name, US, SPACING)
+    (root / "images" / "S02_0001.tif").unlink()
+    os.symlink("S02_0000.tif", root / "images" / "S02_0001.tif")
+    io.write_image(root / "images" / "S03_0001.nii.gz", PA, SPACING)
+    os.symlink("gone.tif", root / "masks" / "observer1" / "S04.tif")
+    before = tree(tmp_path)
+    assert main(["check", str(root)]) == 3
+    out, err = capsys.readouterr()
+    listed = sorted(line for line in out.splitlines() if line.startswith("problem: "))
+    want = sorted([f"problem: {root / 'images' / 'notes.tif'}: has no channel suffix",
+                   f"problem: {root / 'images' / 'scan.tif'}: has no channel suffix",
+                   f"problem: {root / 'images' / 'S02_0001.tif'}: channels 'us' and 'pa' are one file",
+                   f"problem: {root / 'images'}: holds two files for one case, S03_0001.nii.gz and S03_0001.tif",
+                   f"problem: {root / 'masks' / 'observer1' / 'S04.tif'}: "])
+    assert len(listed) == len(want), out
+    for line, start in zip(listed, want):
+        assert line.startswith(start), (line, start)
+    assert re.search(r"^cases\s+2$", out, re.M), out
+    assert err.strip() == f"bcseg: error: {root}: 5 problem(s) found, listed above"
+    assert tree(tmp_path) == before

@@ -460,10 +460,10 @@ def test_a_mask_cell_of_blanks_is_no_mask_as_an_empty_one_is(tmp_path):
 def test_a_windows_path_in_a_manifest_is_named_as_one(tmp_path, capsys):
     """'images\\c0.tif', as a manifest made on Windows holds it, was only 'not found'."""
     manifest = _manifest_dataset(tmp_path / "data", "id,image\nc0,images\\c0.tif\nc1,images/c1.tif\n")
-    code, _, err = run_main(capsys, ["check", manifest])
+    code, out, _ = run_main(capsys, ["check", manifest])  # one row's problem: listed
     assert code == 3
     assert ("manifest.csv: line 2: file 'images\\c0.tif' not found; it is written with '\\' "
-            "between folders, as on Windows: write '/'") in one_error_line(err)
+            "between folders, as on Windows: write '/'") in out, out
 
 
 def test_a_manifest_row_with_more_cells_than_columns_is_refused(tmp_path, capsys):
@@ -727,9 +727,8 @@ def test_a_manifest_path_that_loops_is_said_to_loop(value, tmp_path, capsys):
     value = str(root / "loop.tif") if value == "ABSOLUTE" else value
     (root / "manifest.csv").write_text(f"id,image,mask_observer1\nc0,{value},masks/observer1/c0.tif\n"
                                        "c1,images/c1.tif,masks/observer1/c1.tif\n")
-    code, _, err = run_main(capsys, ["check", root / "manifest.csv"])
-    line = one_error_line(err)
-    assert code == 3 and f"line 2: '{value}' is a symbolic link that loops" in line, line
+    code, out, _ = run_main(capsys, ["check", root / "manifest.csv"])  # one row's: listed
+    assert code == 3 and f"manifest.csv: line 2: '{value}' is a symbolic link that loops" in out, out
 
 
 def test_an_output_link_to_nothing_is_said_to_be_one_once(tmp_path, models, capsys):
@@ -1313,8 +1312,10 @@ def test_two_files_of_one_stem_are_refused_not_one_dropped(layout, tmp_path, cap
     other = first.with_name(first.name.replace(".tif", ".nii.gz"))
     expected = (f"bcseg: error: {folder}: holds two files for one case, {other.name} and "
                 f"{first.name}; keep one (the other would be ignored)")
-    code, out, err = run_main(capsys, ["check", tmp_path / "data"])
-    assert (code, out) == (3, "") and one_error_line(err) == expected
+    code, out, err = run_main(capsys, ["check", tmp_path / "data"])  # listed, the rest checked
+    assert code == 3 and one_error_line(err) == f"bcseg: error: {tmp_path / 'data'}: 1 problem(s) found, listed above"
+    assert [line for line in out.splitlines() if line.startswith("problem: ")] == [
+        "problem: " + expected[len("bcseg: error: "):]], out
     assert assert_refused(capsys, ["split", tmp_path / "data", "--out", tmp_path / "out" / "s.json"], 3,
                           str(folder), tmp_path) == expected
     assert not (tmp_path / "out").exists()

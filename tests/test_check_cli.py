@@ -298,3 +298,40 @@ def test_check_warns_of_a_mask_drawn_inverted(tmp_path, capsys):
     assert f"warning: 1 mask(s) mark most of the image and of its border (e.g. {root / 'masks' / 'observer1' / 'b.png'})" in out
     Image.fromarray(LESION[2].astype(np.uint8) * 255).save(root / "masks" / "observer1" / "b.png")
     assert check_dataset(root).inverted_masks == []
+
+
+def _tree(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_check_lists_every_row_and_clashing_id_that_discovery_refuses(tmp_path, capsys):
+    """Manifest rows naming a missing file, and ids that clash, are problems of one row or
+    file: check stopped at the first, naming none of the rest. It lists each and checks
+    the good case; train and the others still refuse at the first."""
+    from bcseg.data.dataset import discover
+    from bcseg.errors import DataError
+
+    root = tmp_path / "study"
+    for number, name in enumerate(("a", "b")):
+        io.write_image(root / "images" / f"{name}.tif", STACK + number, (1.0, 0.25, 0.25))
+        io.write_mask(root / "masks" / "observer1" / f"{name}.tif", LESION)
+    (root / "manifest.csv").write_text(
+        "id,image,mask_observer1,group\n"
+        "a,images/a.tif,masks/observer1/a.tif,a\n"
+        "b,images/gone.tif,masks/observer1/b.tif,b\n"
+        "c,images/b.tif,masks/observer1/none.tif,c\n"
+        "A,images/b.tif,masks/observer1/b.tif,A\n")
+    before = _tree(tmp_path)
+    assert main(["check", str(root)]) == 3
+    out, err = capsys.readouterr()
+    listed = [line for line in out.splitlines() if line.startswith("problem: ")]
+    manifest = root / "manifest.csv"
+    assert listed[0] == f"problem: {manifest}: line 3: file 'images/gone.tif' not found", out
+    assert listed[1] == f"problem: {manifest}: line 4: file 'masks/observer1/none.tif' not found", out
+    assert listed[2].startswith(f"problem: {manifest}: two images have ids that differ only in letter "
+                                "case or Unicode form, 'a' and 'A'"), out
+    assert len(listed) == 3 and re.search(r"^cases\s+1$", out, re.M), out
+    assert assert_one_error_line(err) == f"bcseg: error: {root}: 3 problem(s) found, listed above"
+    with pytest.raises(DataError, match="line 3: file 'images/gone.tif' not found"):
+        discover(root)
+    assert _tree(tmp_path) == before

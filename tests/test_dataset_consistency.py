@@ -183,10 +183,12 @@ def test_a_manifest_giving_one_mask_file_two_roles_is_refused(rows, what, tmp_pa
     data = write_cases(tmp_path / "data", 2)
     manifest = data / "manifest.csv"
     manifest.write_text("id,image,mask_observer1\n" + rows)
-    line = refused(capsys, ["check", data], 3, "manifest.csv", tmp_path / "none")
+    # check lists it among the problems (one row's, not the manifest's as a whole)
+    code, out, _ = run_main(capsys, ["check", data])
+    assert code == 3 and f"problem: {data / 'manifest.csv'}: {what}" in out, out
+    line = refused(capsys, ["train", data, "--out", tmp_path / "run", "--config", tiny], 3,
+                   "manifest.csv", tmp_path / "run")
     assert what in line, line
-    refused(capsys, ["train", data, "--out", tmp_path / "run", "--config", tiny], 3,
-            "manifest.csv", tmp_path / "run")
 
 
 def test_a_mask_linked_to_another_cases_mask_is_refused(tmp_path, capsys):
@@ -194,7 +196,12 @@ def test_a_mask_linked_to_another_cases_mask_is_refused(tmp_path, capsys):
     data = write_cases(tmp_path / "data", 2)
     (data / "masks" / "observer1" / "c1.tif").unlink()
     (data / "masks" / "observer1" / "c1.tif").symlink_to("c0.tif")
-    line = refused(capsys, ["check", data], 3, "observer1/c1.tif", tmp_path / "none")
+    code, out, _ = run_main(capsys, ["check", data])  # listed among the problems
+    assert code == 3, out
+    assert f"problem: {data / 'masks' / 'observer1' / 'c1.tif'}: is observer observer1's mask of case " \
+        "'c1', but also observer observer1's mask of case 'c0'" in out, out
+    line = refused(capsys, ["export-nnunet", data, tmp_path / "nn", "--dataset-id", "5", "--name", "X"],
+                   3, "observer1/c1.tif", tmp_path / "nn")
     assert "also observer observer1's mask of case 'c0'" in line, line
 
 

@@ -357,10 +357,11 @@ CORPUS = [
     Bad("mask with values 0, 1, 2", _check_dataset(_mask_values_012), 3, in_report=True),
     Bad("mask of the wrong shape", _check_dataset(_mask_wrong_shape), 3, in_report=True),
     Bad("float image with NaN in a dataset", _check_dataset(_nan_in_dataset), 3, in_report=True),
+    # one row's problem, not the manifest's: listed among the others
     Bad("manifest pointing outside its folder",
-        _check_dataset(_manifest("id,image\na,../elsewhere.tif\n")), 3),
+        _check_dataset(_manifest("id,image\na,../elsewhere.tif\n")), 3, in_report=True),
     Bad("manifest pointing to a missing file",
-        _check_dataset(_manifest("id,image\nb,b.tif\nc,c.tif\n")), 3),
+        _check_dataset(_manifest("id,image\nb,b.tif\nc,c.tif\n")), 3, in_report=True),
     Bad("manifest without an image column", _check_dataset(_manifest("id,file\nb,b.tif\n")), 3),
     Bad("empty folder given to check", _check_dataset(_empty_folder), 3),
     Bad("missing dataset folder", _check_dataset(lambda root: "data"), 3),

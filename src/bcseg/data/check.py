@@ -19,9 +19,9 @@ from bcseg.atomic import real_path
 from bcseg.data import io
 from bcseg.data.channels import blank_problem, constant_problem, value_range
 from bcseg.data.intensity import check_methods
-from bcseg.data.dataset import (BUSI_MASK, Case, data_files, dataset_channels, discover,
-                                duplicate_images, duplicate_problem, read_case_channel_arrays,
-                                same_mask_spacing)
+from bcseg.data.dataset import (BUSI_MASK, Case, Problems, data_files, dataset_channels,
+                                discover, duplicate_images, duplicate_problem,
+                                read_case_channel_arrays, same_mask_spacing)
 from bcseg.data.splits import group_note, require_groups
 from bcseg.errors import DataError, printable
 
@@ -56,10 +56,14 @@ def check_dataset(root: str | Path) -> CheckReport:
     ------
     DataError
         Only when no dataset can be found at all (missing or empty folder, unknown
-        layout); problems with single files are collected in the report.
+        layout, an unusable channels.json or manifest header); problems with single
+        files are collected in the report, those found while building the case list
+        (a damaged hyperstack, a wrong channel count, clashing ids) too: the case is
+        left out and the rest are checked.
     """
-    cases = discover(root)
-    report = CheckReport(cases=cases)
+    found = Problems()
+    cases = discover(root, found)
+    report = CheckReport(cases=cases, problems=list(found))
     try:  # per-slice rows without groups: train and split refuse them, so it is a problem
         require_groups(cases, root)
     except DataError as error:
@@ -71,7 +75,7 @@ def check_dataset(root: str | Path) -> CheckReport:
         report.problems.extend(check_case(case, observers, report, channels, methods))
     for first, first_file, other, other_file in duplicate_images(cases):
         report.problems.append((str(other_file), duplicate_problem(first, first_file, other)))
-    for path in orphan_masks(Path(root), cases):
+    for path in orphan_masks(Path(root), cases, found):
         report.problems.append((str(path), "is a mask with no image of the same name, so no case "
                                 "uses it; rename it or its image so that they match"))
     return report
@@ -81,13 +85,16 @@ def _subfolders(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
 
 
-def orphan_masks(root: Path, cases: list[Case]) -> list[Path]:
+def orphan_masks(root: Path, cases: list[Case], set_aside: Problems | None = None) -> list[Path]:
     """Mask files of a folder layout that no case uses: a mask named unlike its image
     (``specimen_1`` against ``specimen_01``) leaves that image without the mask, unseen.
-    A manifest names every mask itself, so it has none."""
+    A manifest names every mask itself, so it has none. The masks of cases that
+    discovery left out for a problem already listed (``set_aside``, the problems it
+    listed) have an image, and are not listed again."""
     if not root.is_dir() or (root / "manifest.csv").is_file():
         return []
     used = {path for case in cases for files in case.masks.values() for path in files}
+    ignore = Problems()  # a broken link among the masks is discovery's to name, not a crash here
     masks = root / "masks"
     if (root / "images").is_dir():
         observers = _subfolders(masks) if masks.is_dir() else []
@@ -95,10 +102,12 @@ def orphan_masks(root: Path, cases: list[Case]) -> list[Path]:
         # mask moved there (a 'done' folder, an export's own folder) was dropped unseen
         folders = [masks, *observers, *(deeper for folder in observers for deeper in _subfolders(folder))]
         folders = folders if masks.is_dir() else []
-        found = [path for folder in folders for path in data_files(folder)]
+        found = [path for folder in folders for path in data_files(folder, ignore)
+                 if not (set_aside is not None and set_aside.left_out(io.file_stem(path)))]
     else:  # BUSI-like class folders: NAME_mask.png beside NAME.png
-        found = [path for folder in _subfolders(root)
-                 for path in data_files(folder) if BUSI_MASK.match(io.file_stem(path))]
+        found = [path for folder in _subfolders(root) for path in data_files(folder, ignore)
+                 if (match := BUSI_MASK.match(io.file_stem(path))) 
+                 and not (set_aside is not None and set_aside.left_out(match["name"]))]
     return sorted(set(found) - used)
 
 
@@ -286,7 +295,8 @@ def format_report(report: CheckReport) -> str:
     observers = Counter(o for c in cases for o in c.masks)
     rows.append(("observers", _count_line(observers) if observers else "none (images only)"))
     per_case = Counter(len(c.masks) for c in cases)
-    rows.append(("observers per case", _count_line(per_case)))
+    # no cases where discovery left every one out for its problem
+    rows.append(("observers per case", _count_line(per_case) if per_case else "0"))
     empty = Counter(observer for _, observer in report.empty_masks)
     rows.append(("empty masks", _count_line(empty) if empty else "0"))
     rows.append(("problems", str(len(report.problems))))

@@ -233,20 +233,55 @@ def same_mask_spacing(path: Path, stated: tuple[Path, tuple[float, ...]] | None
 
 # --------------------------------------------------------------------------- layouts
 
-def discover(root: str | Path) -> list[Case]:
+class Problems(list):
+    """Problems of single files that discovery lists instead of raising, for ``check``:
+    ``(path, message)`` pairs, as :class:`bcseg.data.check.CheckReport` holds them.
+
+    ``check`` lists every problem of a dataset; raised, the first bad hyperstack (a
+    damaged header, a wrong channel count) hid every other file's. ``set_aside`` holds
+    the ids (in :func:`_form`) of cases left out for such a problem, so that their
+    masks are not listed again as masks of no image.
+    """
+
+    def __init__(self):
+        super().__init__()
+        self.set_aside: set[str] = set()
+
+    def left_out(self, case_id: str) -> bool:
+        """Whether the case ``case_id`` (or a file of that stem) was left out for a problem."""
+        return _form(case_id) in self.set_aside
+
+
+def _fault(problems: Problems | None, error: DataError, case_id: str | None = None) -> None:
+    """One file's problem found while building the case list: raised where ``problems``
+    is None (``train``, ``predict``, ``evaluate`` refuse at the first), else listed,
+    and the caller goes on without the file (and the case ``case_id``, if given)."""
+    if problems is None:
+        raise error
+    problems.append((error.path, error.problem))
+    if case_id is not None:
+        problems.set_aside.add(_form(case_id))
+
+
+def discover(root: str | Path, problems: Problems | None = None) -> list[Case]:
     """Build the list of cases from a folder layout or a manifest CSV.
+
+    ``problems`` (``check``): a problem of one file (a damaged or mis-channelled
+    hyperstack, two files of one case, a manifest row naming a missing file, ids that
+    clash) is listed there and the file or case left out, rather than raised.
 
     Raises
     ------
     DataError
-        When the path is missing, holds no known layout, or holds no images.
+        When the path is missing, holds no known layout, or holds no images; without
+        ``problems``, also at the first problem of a single file.
     """
     root = Path(root)
     if not root.exists():
         raise DataError(root, "not found")
     if not root.is_dir():
         if root.suffix.lower() == ".csv":
-            return read_manifest(root)  # which refuses a pipe or a device by name
+            return read_manifest(root, problems)  # which refuses a pipe or a device by name
         raise DataError(root, io.not_a_file(root, "a folder or a manifest .csv file")
                         or "expected a folder or a manifest .csv file")
     for part in ("manifest.csv", "images", "masks"):  # else another layout is read in its place
@@ -259,20 +294,22 @@ def discover(root: str | Path) -> list[Case]:
         raise DataError(root, f"is {outputs.unfinished_output(unfinished)}; let it finish, or write "
                         "it again with --force")
     if (root / "manifest.csv").is_file():
-        return read_manifest(root / "manifest.csv")
+        return read_manifest(root / "manifest.csv", problems)
     if (root / "images").is_dir():
-        return _discover_images_masks(root)
-    if has_class_folders(root):
-        return _discover_busi(root)
+        return _discover_images_masks(root, problems)
+    # listing (not raising) a broken link here too: _discover_busi lists it once
+    if has_class_folders(root, None if problems is None else Problems()):
+        return _discover_busi(root, problems)
     if not any(root.iterdir()):
         raise DataError(root, "folder is empty")
     raise DataError(root, "no known layout: expected images/ + masks/<observer>/, "
                     "class folders with NAME_mask.png files, or a manifest.csv")
 
 
-def has_class_folders(root: Path) -> bool:
+def has_class_folders(root: Path, problems: Problems | None = None) -> bool:
     """Whether ``root`` holds BUSI's layout: class folders with ``NAME_mask.png`` files."""
-    return any(BUSI_MASK.match(io.file_stem(p)) for d in _subfolders(root) for p in data_files(d))
+    return any(BUSI_MASK.match(io.file_stem(p)) for d in _subfolders(root)
+               for p in data_files(d, problems))
 
 
 def masks_beside_images(files: list[Path]) -> list[Path]:
@@ -284,14 +321,16 @@ def masks_beside_images(files: list[Path]) -> list[Path]:
             if (match := BUSI_MASK.match(io.file_stem(path))) and _form(match["name"]) in stems]
 
 
-def data_files(folder: Path) -> list[Path]:
+def data_files(folder: Path, problems: Problems | None = None) -> list[Path]:
     """The image files of ``folder`` that are data, not bcseg's outputs.
 
     A run's figures (``train --out`` inside the dataset) and masks or probability maps
     predicted into it are recorded as bcseg's in the folder; read as cases, they made
     a class folder of ``loss.png`` and ``examples.png``. Edited outputs stay outputs.
+    ``problems``: a broken link named as an image is listed there (see :func:`_fault`).
     """
-    files = io.image_files(folder)
+    files = io.image_files(folder, None if problems is None else
+                           lambda error: _fault(problems, error, io.file_stem(Path(error.path))))
     if not files:
         return files
     # A run's predictions/ are recorded in the run's record, the folder above: 'train
@@ -304,13 +343,17 @@ def data_files(folder: Path) -> list[Path]:
     return [p for p in files if p.name not in ours]
 
 
-def _subfolders(root: Path, strict: bool = False) -> list[Path]:
+def _subfolders(root: Path, strict: bool = False, problems: Problems | None = None) -> list[Path]:
     """The visible folders in ``root``. ``strict`` (observer and channel folders): a
     broken link among them is an error, not a folder silently missing, which would
-    drop an observer or a channel from every case without a word."""
+    drop an observer or a channel from every case without a word (listed in
+    ``problems`` where given)."""
     if strict:
         for p in root.iterdir():
-            _refuse_broken_link(p)
+            try:
+                _refuse_broken_link(p)
+            except DataError as error:
+                _fault(problems, error)
     return sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
 
 
@@ -320,34 +363,41 @@ def _refuse_broken_link(path: Path) -> None:
                         "not mounted?); point it at its target or remove it")
 
 
-def _discover_images_masks(root: Path) -> list[Case]:
+def _discover_images_masks(root: Path, problems: Problems | None = None) -> list[Case]:
+    # channels.json, images/ and the channel folders are the layout: their problems are
+    # raised, as one line; a problem of one file in them is the file's (see _fault)
     names = channel_files.read_channel_names(root)
-    images = data_files(root / "images")
-    folders = [d for d in _subfolders(root / "images", strict=True) if data_files(d)]
+    images = data_files(root / "images", problems)
+    # each folder's files read once, so that a broken link in one is listed once
+    in_folders = {d: data_files(d, problems) for d in _subfolders(root / "images", strict=True,
+                                                                 problems=problems)}
+    folders = [d for d, files in in_folders.items() if files]
     if images and folders:  # which is the case: the loose file, or the channel folders?
         raise DataError(root / "images", f"holds both images ({images[0].name}, ...) and channel "
                         f"folders ({', '.join(d.name for d in folders)}); keep one layout: move "
                         "the loose images into a channel folder, or the folders out")
     if not images and folders:
-        cases = _channel_folder_cases(root, folders, names)
+        cases = _channel_folder_cases(root, {d: in_folders[d] for d in folders}, names, problems)
     elif not images:
         raise DataError(root / "images", "folder holds no images")
     elif names is not None:
-        cases = _named_channel_cases(root, images, names)
+        cases = _named_channel_cases(root, images, names, problems)
     else:
         cases = [Case(id=io.file_stem(p), image=p, group=io.file_stem(p)) for p in images]
-    observers = _observer_files(root)
+    observers = _observer_files(root, problems)
     cases = [replace(c, masks={obs: (files[_form(c.id)],) for obs, files in observers.items()
                                if _form(c.id) in files})
              for c in cases]
-    _check_unique_ids(cases, root)
-    _refuse_shared_masks(cases, root)  # a mask linked to another's
+    cases = _check_unique_ids(cases, root, problems)
+    _refuse_shared_masks(cases, root, problems=problems)  # a mask linked to another's
     return cases
 
 
-def _channel_folder_cases(root: Path, folders: list[Path], names: list[str] | None) -> list[Case]:
-    """``images/<channel>/<stem>``: one case per stem, with the channels that have it."""
-    found = {d.name: _by_stem(data_files(d)) for d in folders}
+def _channel_folder_cases(root: Path, folders: dict[Path, list[Path]], names: list[str] | None,
+                          problems: Problems | None = None) -> list[Case]:
+    """``images/<channel>/<stem>``: one case per stem, with the channels that have it.
+    ``folders``: each channel folder with its data files."""
+    found = {d.name: _by_stem(files, problems) for d, files in folders.items()}
     for name in found:
         channel_files.check_channel_name(name, root / "images" / name)
     channel_files.check_channel_names(sorted(found), root / "images")
@@ -362,7 +412,8 @@ def _channel_folder_cases(root: Path, folders: list[Path], names: list[str] | No
         channels = tuple(Channel(n, found[n][stem]) for n in order if stem in found[n])
         repeated = _repeated_channel_file(channels)
         if repeated:  # images/pa/S01.tif a link to images/us/S01.tif
-            raise DataError(*repeated)
+            _fault(problems, DataError(*repeated), stem)
+            continue
         cases.append(Case(id=stem, image=channels[0].path, group=stem, channels=channels))
     return cases
 
@@ -382,38 +433,53 @@ def _repeated_channel_file(channels: tuple[Channel, ...]) -> tuple[Path, str] | 
     return None
 
 
-def _named_channel_cases(root: Path, images: list[Path], names: list[str]) -> list[Case]:
+def _named_channel_cases(root: Path, images: list[Path], names: list[str],
+                         problems: Problems | None = None) -> list[Case]:
     """Channels named by channels.json: nnU-Net ``_0000`` suffixes, or TIFFs with a C axis."""
     where = root / channel_files.CHANNELS_FILE
     unsuffixed = [p for p in images if not channel_files.SUFFIX.match(io.file_stem(p))]
     if unsuffixed and len(unsuffixed) < len(images):  # some _0000 files, some not
-        raise DataError(unsuffixed[0], "has no channel suffix (_0000, _0001, ...), unlike other "
-                        "images in its folder; rename it or move it out")
+        for path in unsuffixed:  # each one listed by check; the suffixed files are the layout
+            _fault(problems, DataError(path, "has no channel suffix (_0000, _0001, ...), unlike "
+                                       "other images in its folder; rename it or move it out"),
+                   io.file_stem(path))
+        images, unsuffixed = [p for p in images if p not in unsuffixed], []
     if not unsuffixed:
-        _by_stem(images)  # s0_0001.tif and s0_0001.nii.gz: one channel, two files
+        # s0_0001.tif and s0_0001.nii.gz: one channel, two files (check goes on with the first)
+        images = list(_by_stem(images, problems).values())
         grouped: dict[str, dict[int, Path]] = {}
         for path in images:
             match = channel_files.SUFFIX.match(io.file_stem(path))
             index = int(match["index"])
             if index >= len(names):
-                raise DataError(path, f"is channel {index}, but {where} names {len(names)} channel(s)")
+                _fault(problems, DataError(path, f"is channel {index}, but {where} names "
+                                           f"{len(names)} channel(s)"), match["case"])
+                continue
             grouped.setdefault(match["case"], {})[index] = path
         cases = [Case(id=stem, image=files[min(files)], group=stem,
                       channels=tuple(Channel(names[i], files[i]) for i in sorted(files)))
                  for stem, files in sorted(grouped.items())]
+        kept = []
         for case in cases:  # S01_0001.tif a link to S01_0000.tif, as in channel folders
             repeated = _repeated_channel_file(case.channels)
             if repeated:
-                raise DataError(*repeated)
-        return cases
+                _fault(problems, DataError(*repeated), case.id)
+                continue
+            kept.append(case)
+        return kept
     cases = []
     for path in images:
-        count, stored = io.channel_header(path)
-        if count != len(names):
-            raise DataError(path, f"has {count} channel(s), but {where} names {len(names)}; "
-                            "use images/<channel>/ folders or _0000 suffixes for one file per channel")
-        _refuse_reordered(path, stored, names, where)
         stem = io.file_stem(path)
+        try:  # a damaged header or a wrong channel count is this file's, not the layout's
+            count, stored = io.channel_header(path)
+            if count != len(names):
+                raise DataError(path, f"has {count} channel(s), but {where} names {len(names)}; "
+                                "use images/<channel>/ folders or _0000 suffixes for one file per "
+                                "channel")
+            _refuse_reordered(path, stored, names, where)
+        except DataError as error:
+            _fault(problems, error, stem)
+            continue
         # One channel named in channels.json: the whole file, which has no C axis to index.
         channels = (Channel(names[0], path),) if count == 1 else tuple(
             Channel(n, path, i) for i, n in enumerate(names))
@@ -437,29 +503,31 @@ def _refuse_reordered(path: Path, stored: list[str] | None, names: list[str], wh
                             "file's order")
 
 
-def _observer_files(root: Path) -> dict[str, dict[str, Path]]:
+def _observer_files(root: Path, problems: Problems | None = None) -> dict[str, dict[str, Path]]:
     mask_root = root / "masks"
     observers: dict[str, dict[str, Path]] = {}
     if mask_root.is_dir():
-        loose = data_files(mask_root)
+        loose = data_files(mask_root, problems)
         if loose:  # masks/ with files directly: one unnamed observer
-            observers["mask"] = _by_stem(loose)
-        for folder in _subfolders(mask_root, strict=True):
-            check_observer_name(folder.name, folder)
-            observers[folder.name] = _by_stem(data_files(folder))
+            observers["mask"] = _by_stem(loose, problems)
+        for folder in _subfolders(mask_root, strict=True, problems=problems):
+            check_observer_name(folder.name, folder)  # the observer's name: the layout's
+            observers[folder.name] = _by_stem(data_files(folder, problems), problems)
     return observers
 
 
-def _by_stem(files: list[Path]) -> dict[str, Path]:
+def _by_stem(files: list[Path], problems: Problems | None = None) -> dict[str, Path]:
     """The files of one folder by stem, in one Unicode form. Two files of one stem
     (``s0.tif`` and ``s0.nii.gz``) are refused, as two loose images of one id are:
-    keyed by stem, the later one would silently stand in for the other."""
+    keyed by stem, the later one would silently stand in for the other. (Listed in
+    ``problems``, the first is kept.)"""
     found: dict[str, Path] = {}
     for path in files:
         stem = _form(io.file_stem(path))
         if stem in found:
-            raise DataError(path.parent, f"holds two files for one case, {found[stem].name} and "
-                            f"{path.name}; keep one (the other would be ignored)")
+            _fault(problems, DataError(path.parent, f"holds two files for one case, {found[stem].name} "
+                                       f"and {path.name}; keep one (the other would be ignored)"), stem)
+            continue
         found[stem] = path
     return found
 
@@ -494,11 +562,11 @@ def require_every_observer(cases: list[Case], target: str) -> None:
                             "every case: add it, or name one observer")
 
 
-def _discover_busi(root: Path) -> list[Case]:
-    groups = _busi_groups(root / "folds.csv")
+def _discover_busi(root: Path, problems: Problems | None = None) -> list[Case]:
+    groups = _busi_groups(root / "folds.csv")  # one file for the whole dataset: raised
     cases = []
     for folder in _subfolders(root):
-        files = data_files(folder)
+        files = data_files(folder, problems)
         masks: dict[str, list[Path]] = {}
         for path in files:
             match = BUSI_MASK.match(io.file_stem(path))
@@ -523,8 +591,8 @@ def _discover_busi(root: Path) -> list[Case]:
         raise DataError(root / "folds.csv", f"lists no row for {len(unlisted)} image(s) of the class "
                         f"folders: {shown}{' ...' if len(unlisted) > 5 else ''}; add a row with its "
                         "near-duplicate group for each, or move it out")
-    _check_unique_ids(cases, root)
-    _refuse_shared_masks(cases, root)
+    cases = _check_unique_ids(cases, root, problems)
+    _refuse_shared_masks(cases, root, problems=problems)
     return cases
 
 
@@ -596,28 +664,39 @@ def id_problem(case_id: str, max_bytes: int | None = ID_MAX_BYTES) -> str | None
     return None
 
 
-def _check_unique_ids(cases: list[Case], where: Path) -> None:
+def _check_unique_ids(cases: list[Case], where: Path, problems: Problems | None = None) -> list[Case]:
+    """The cases, refusing an id that cannot name output files or that clashes with an
+    earlier one (listed in ``problems`` where given, and the case left out)."""
     seen: dict[str, tuple[str, Path]] = {}
+    kept = []
     for case in cases:
         problem = id_problem(case.id)
         if problem:
-            raise DataError(where if where.is_file() else case.image, f"case id '{case.id[:60]}"
-                            f"{'...' if len(case.id) > 60 else ''}' {problem}")
+            _fault(problems, DataError(where if where.is_file() else case.image,
+                                       f"case id '{case.id[:60]}{'...' if len(case.id) > 60 else ''}' "
+                                       f"{problem}"), case.id)
+            continue
         # Letter case and Unicode form do not tell ids apart: outputs named after them
         # (predicted masks, nnU-Net files) would overwrite each other on macOS and Windows.
         key = name_key(case.id)
         if key in seen:
             first, image = seen[key]
             if first == case.id:
-                raise DataError(where, f"two images share the id '{case.id}': {image} and {case.image}")
-            raise DataError(where, f"two images have ids that differ only in letter case or Unicode "
-                            f"form, '{ascii(first)[1:-1]}' and '{ascii(case.id)[1:-1]}' ({image} and "
-                            f"{case.image}); their outputs would overwrite each other on macOS and "
-                            "Windows, so rename one")
+                error = DataError(where, f"two images share the id '{case.id}': {image} and {case.image}")
+            else:
+                error = DataError(where, f"two images have ids that differ only in letter case or "
+                                  f"Unicode form, '{ascii(first)[1:-1]}' and '{ascii(case.id)[1:-1]}' "
+                                  f"({image} and {case.image}); their outputs would overwrite each "
+                                  "other on macOS and Windows, so rename one")
+            _fault(problems, error, case.id)
+            continue
         seen[key] = (case.id, case.image)
+        kept.append(case)
+    return kept
 
 
-def _refuse_shared_masks(cases: list[Case], where: Path, lines: dict[str, int] | None = None) -> None:
+def _refuse_shared_masks(cases: list[Case], where: Path, lines: dict[str, int] | None = None,
+                         problems: Problems | None = None) -> None:
     """Refuse a mask file that is also another case's mask, or any case's image.
 
     A mask is drawn on one image. A manifest row that names the row above's mask (a
@@ -627,7 +706,8 @@ def _refuse_shared_masks(cases: list[Case], where: Path, lines: dict[str, int] |
     two cases of one image (a copy listed twice) is right for both; whether the copy
     may be there is :func:`duplicate_images`' to judge, by group. Two observers of one
     case given one file are left to ``evaluate``, which refuses them only when both
-    are scored. ``lines`` (case id to manifest line) places each use in the file.
+    are scored. ``lines`` (case id to manifest line) places each use in the file;
+    ``problems`` lists each such file rather than raising at the first.
     """
     first_use: dict[Path, tuple[Case, str]] = {}
     for case in cases:
@@ -644,16 +724,18 @@ def _refuse_shared_masks(cases: list[Case], where: Path, lines: dict[str, int] |
                 continue  # one image in two cases (with its mask): duplicate_images judges them
             other = f"{first_role} of case '{first.id}'"
             if lines is None:
-                raise DataError(path, f"is {role} of case '{case.id}', but also {other} (one file "
-                                "through a link); a mask belongs to the one image it was drawn "
-                                "on: give each its own file")
+                _fault(problems, DataError(path, f"is {role} of case '{case.id}', but also {other} "
+                                           "(one file through a link); a mask belongs to the one "
+                                           "image it was drawn on: give each its own file"))
+                continue
             try:
                 shown = path.relative_to(where.parent)
             except ValueError:
                 shown = path
-            raise DataError(where, f"line {lines[case.id]}: '{shown}' is {role} of case '{case.id}', "
-                            f"but also {other} (line {lines[first.id]}); a mask belongs to the "
-                            "one image it was drawn on: give each its own file")
+            _fault(problems, DataError(where, f"line {lines[case.id]}: '{shown}' is {role} of case "
+                                       f"'{case.id}', but also {other} (line {lines[first.id]}); a "
+                                       "mask belongs to the one image it was drawn on: give each "
+                                       "its own file"))
 
 
 def _same_content(a: Path, b: Path) -> bool:
@@ -866,11 +948,13 @@ def _check_manifest_columns(path: Path, columns: list[str]) -> None:
                       "(its columns are id, image, image_<channel>, mask_<observer>, group and class)")
 
 
-def read_manifest(path: str | Path) -> list[Case]:
+def read_manifest(path: str | Path, problems: Problems | None = None) -> list[Case]:
     """Cases from a CSV with columns ``id,image,mask_<observer>...,group[,class]``.
 
     Columns ``image_<channel>`` give a case named channels (``image`` is then optional
-    and an empty cell means the case lacks that channel).
+    and an empty cell means the case lacks that channel). The header is the layout:
+    its problems are raised. ``problems`` (``check``): a row's problem (a file not
+    found, an empty id) is listed there and the row left out, as are clashing ids.
     """
     path = Path(path)
     columns, rows = read_csv_lines(path)
@@ -890,39 +974,51 @@ def read_manifest(path: str | Path) -> list[Case]:
             raise DataError(path, "manifest has a column 'mask_' that names no observer; name it "
                             "mask_<observer> (mask_observer1, ...)")
         check_observer_name(column[len("mask_"):], path)
-    base = path.parent
     cases = []
     lines: dict[str, int] = {}
     for number, row in rows:  # the line each row starts on; line 1 is the header
-        masks = {}
-        for column in mask_columns:
-            if (row.get(column) or "").strip():  # blanks are an empty cell, as in image_<channel>
-                files = row[column].split(";")
-                masks[column[len("mask_"):]] = tuple(
-                    _manifest_path(f.strip(), base, path, number) for f in files)
-        case_id = (row.get("id") or "").strip()
-        if not case_id:
-            raise DataError(path, f"line {number}: empty id")
-        channels = tuple(Channel(c[len("image_"):], _manifest_path(row[c].strip(), base, path, number))
-                         for c in channel_columns if (row.get(c) or "").strip())
-        repeated = _repeated_channel_file(channels)
-        if repeated:
-            raise DataError(path, f"line {number}: {repeated[1]}")
-        image = (row.get("image") or "").strip()
-        if channel_columns and not image and not channels:
-            raise DataError(path, f"line {number}: no image in any of {', '.join(channel_columns)}")
-        if channels and image:
-            _check_image_is_a_channel(_manifest_path(image, base, path, number), channels, path, number)
-        group = (row.get("group") or "").strip()
-        cases.append(Case(
-            id=case_id, image=channels[0].path if channels
-            else _manifest_path(image, base, path, number),
-            masks=masks, group=group or case_id, group_given=bool(group),
-            label_class=(row.get("class") or "").strip() or None, channels=channels))
-        lines[case_id] = number
-    _check_unique_ids(cases, path)
-    _refuse_shared_masks(cases, path, lines)
+        try:
+            case = _manifest_case(row, number, path, channel_columns, mask_columns)
+        except DataError as error:  # one row's problem; check lists every row's
+            _fault(problems, error)
+            continue
+        cases.append(case)
+        lines.setdefault(case.id, number)  # a repeated id is the later row's problem
+    cases = _check_unique_ids(cases, path, problems)
+    _refuse_shared_masks(cases, path, lines, problems)
     return cases
+
+
+def _manifest_case(row: dict, number: int, path: Path, channel_columns: list[str],
+                   mask_columns: list[str]) -> Case:
+    """The case of the manifest row on line ``number``; DataError naming the manifest
+    and the line where a cell is unusable."""
+    base = path.parent
+    masks = {}
+    for column in mask_columns:
+        if (row.get(column) or "").strip():  # blanks are an empty cell, as in image_<channel>
+            files = row[column].split(";")
+            masks[column[len("mask_"):]] = tuple(
+                _manifest_path(f.strip(), base, path, number) for f in files)
+    case_id = (row.get("id") or "").strip()
+    if not case_id:
+        raise DataError(path, f"line {number}: empty id")
+    channels = tuple(Channel(c[len("image_"):], _manifest_path(row[c].strip(), base, path, number))
+                     for c in channel_columns if (row.get(c) or "").strip())
+    repeated = _repeated_channel_file(channels)
+    if repeated:
+        raise DataError(path, f"line {number}: {repeated[1]}")
+    image = (row.get("image") or "").strip()
+    if channel_columns and not image and not channels:
+        raise DataError(path, f"line {number}: no image in any of {', '.join(channel_columns)}")
+    if channels and image:
+        _check_image_is_a_channel(_manifest_path(image, base, path, number), channels, path, number)
+    group = (row.get("group") or "").strip()
+    return Case(
+        id=case_id, image=channels[0].path if channels
+        else _manifest_path(image, base, path, number),
+        masks=masks, group=group or case_id, group_given=bool(group),
+        label_class=(row.get("class") or "").strip() or None, channels=channels)
 
 
 def _check_image_is_a_channel(image: Path, channels: tuple[Channel, ...], manifest: Path, line: int) -> None:

@@ -92,8 +92,13 @@ def is_image_file(path: str | Path) -> bool:
             and path.name.lower().endswith(IMAGE_SUFFIXES))
 
 
-def image_files(folder: str | Path) -> list[Path]:
-    """Supported image files directly in ``folder``, sorted by name."""
+def image_files(folder: str | Path, listed=None) -> list[Path]:
+    """Supported image files directly in ``folder``, sorted by name.
+
+    Something named like an image that is no file (a broken link, a folder) is refused;
+    ``listed``, a function taking the DataError, lists it instead and leaves it out
+    (``check`` lists every such file, not the first only).
+    """
     folder = Path(folder)
     if not folder.is_dir():
         raise DataError(folder, "is not a folder")
@@ -103,8 +108,11 @@ def image_files(folder: str | Path) -> list[Path]:
         if not path.name.startswith(".") and path.name.lower().endswith(IMAGE_SUFFIXES):
             problem = not_a_file(path)
             if problem:
-                raise DataError(path, problem + ("; move it out of this folder of images"
-                                                 if path.is_dir() else ""))
+                error = DataError(path, problem + ("; move it out of this folder of images"
+                                                   if path.is_dir() else ""))
+                if listed is None:
+                    raise error
+                listed(error)
     return [p for p in found if is_image_file(p)]
 
 
