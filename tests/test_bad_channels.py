@@ -490,3 +490,23 @@ def test_check_lists_every_bad_file_of_a_channel_layout(tmp_path, capsys):
     assert re.search(r"^cases\s+2$", out, re.M), out
     assert err.strip() == f"bcseg: error: {root}: 5 problem(s) found, listed above"
     assert tree(tmp_path) == before
+
+
+def test_a_hyperstack_in_a_manifest_cell_is_told_to_split_its_channels(tmp_path, capsys):
+    """A manifest's image_<channel> cell naming a two-channel hyperstack was told to
+    "name its channels in channels.json", which no manifest reads: a cell is one channel."""
+    root = tmp_path / "data"
+    hyperstacks(root)
+    (root / "manifest.csv").write_text(
+        "id,image_us,mask_observer1,group\n"
+        + "".join(f"{s},images/{s}.tif,masks/observer1/{s}.tif,{s}\n" for s in ("S01", "S02")))
+    before = tree(tmp_path)
+    assert main(["check", str(root)]) == 3
+    out = capsys.readouterr().out
+    listed = [line for line in out.splitlines() if line.startswith("problem: ")]
+    assert len(listed) == 2, out
+    assert listed[0].startswith(f"problem: {root / 'images' / 'S01.tif'}: has 2 channels"), out
+    assert "a manifest's image or image_<channel> cell" in listed[0]
+    assert "save each channel as its own file" in listed[0]
+    assert "(name its channels in channels.json)" not in out
+    assert tree(tmp_path) == before

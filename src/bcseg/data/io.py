@@ -693,12 +693,17 @@ def _series_geometry(tif: tifffile.TiffFile, path: Path):
     """
     stored, axes = _stored_shape(tif, path)
     if "C" in axes and stored[axes.index("C")] > 1:
-        # Channels are not slices: reading them as a stack would mix modalities.
+        # Channels are not slices: reading them as a stack would mix modalities. The
+        # advice must fit every layout that reaches here: "name its channels in
+        # channels.json" told a manifest's user of a file that manifests never read
+        # (a manifest cell, like a channel folder's file, is one channel).
         series = _image_series(tif)[0]
         raise DataError(path, f"has {stored[axes.index('C')]} channels (shape "
                         f"{tuple(series.shape)}, axes {series.axes}); a mask has one, and an "
-                        "image with several is read as a multi-channel case (name its channels "
-                        "in channels.json)")
+                        "image with several is read as a multi-channel case only from images/ "
+                        "with a channels.json beside it naming them: a manifest's image or "
+                        "image_<channel> cell, a channel folder's or a _0000 file holds one "
+                        "channel, so save each channel as its own file there")
     kept_axes = _kept_axes(stored)
     kept = tuple(stored[i] for i in kept_axes)
     if len(kept) > 3:
