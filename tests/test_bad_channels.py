@@ -461,8 +461,8 @@ def test_check_lists_every_bad_hyperstack_and_checks_the_rest(tmp_path, capsys):
 
 def test_check_lists_every_bad_file_of_a_channel_layout(tmp_path, capsys):
     """The same for the other files discovery judges alone: two loose files in a _0000
-    layout, a channel file that is a link to another's, two images of one id, a broken
-    link among the masks. Each is one line; the good case is checked."""
+    layout, a channel file that is a link to another's, two files of one channel, broken
+    links among the images and the masks. Each is one line; the good case is checked."""
     root = tmp_path / "data"
     for k, stem in enumerate(("S01", "S02", "S03")):
         io.write_image(root / "images" / f"{stem}_0000.tif", np.roll(US, k, -1), SPACING)
@@ -475,6 +475,7 @@ def test_check_lists_every_bad_file_of_a_channel_layout(tmp_path, capsys):
     os.symlink("S02_0000.tif", root / "images" / "S02_0001.tif")
     io.write_image(root / "images" / "S03_0001.nii.gz", PA, SPACING)
     os.symlink("gone.tif", root / "masks" / "observer1" / "S04.tif")
+    os.symlink("gone.tif", root / "images" / "S05_0000.tif")  # listed once, not also as a folder
     before = tree(tmp_path)
     assert main(["check", str(root)]) == 3
     out, err = capsys.readouterr()
@@ -483,12 +484,13 @@ def test_check_lists_every_bad_file_of_a_channel_layout(tmp_path, capsys):
                    f"problem: {root / 'images' / 'scan.tif'}: has no channel suffix",
                    f"problem: {root / 'images' / 'S02_0001.tif'}: channels 'us' and 'pa' are one file",
                    f"problem: {root / 'images'}: holds two files for one case, S03_0001.nii.gz and S03_0001.tif",
-                   f"problem: {root / 'masks' / 'observer1' / 'S04.tif'}: "])
+                   f"problem: {root / 'masks' / 'observer1' / 'S04.tif'}: ",
+                   f"problem: {root / 'images' / 'S05_0000.tif'}: is a broken symbolic link"])
     assert len(listed) == len(want), out
     for line, start in zip(listed, want):
         assert line.startswith(start), (line, start)
     assert re.search(r"^cases\s+2$", out, re.M), out
-    assert err.strip() == f"bcseg: error: {root}: 5 problem(s) found, listed above"
+    assert err.strip() == f"bcseg: error: {root}: 6 problem(s) found, listed above"
     assert tree(tmp_path) == before
 
 

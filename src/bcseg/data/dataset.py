@@ -350,6 +350,8 @@ def _subfolders(root: Path, strict: bool = False, problems: Problems | None = No
     ``problems`` where given)."""
     if strict:
         for p in root.iterdir():
+            if p.name.lower().endswith(io.IMAGE_SUFFIXES):
+                continue  # named as an image: data_files names it, and check lists it once
             try:
                 _refuse_broken_link(p)
             except DataError as error:
