@@ -335,3 +335,27 @@ def test_check_lists_every_row_and_clashing_id_that_discovery_refuses(tmp_path, 
     with pytest.raises(DataError, match="line 3: file 'images/gone.tif' not found"):
         discover(root)
     assert _tree(tmp_path) == before
+
+
+@pytest.mark.parametrize("layout", ["images", "class folders"])
+def test_check_lists_every_broken_link_even_where_no_image_is_left(layout, tmp_path, capsys):
+    """Images that are all broken links (a disk not mounted) were one line, the first
+    link; and where the links were all the folder held, "holds no images" hid them."""
+    import os
+
+    root = tmp_path / "study"
+    folder = root / ("images" if layout == "images" else "benign")
+    folder.mkdir(parents=True)
+    for name in ("a", "b"):
+        os.symlink(f"/nowhere/{name}.png", folder / f"{name}.png")
+    if layout == "class folders":
+        os.symlink("/nowhere/a_mask.png", folder / "a_mask.png")
+    before = _tree(tmp_path)
+    assert main(["check", str(root)]) == 3
+    out, err = capsys.readouterr()
+    listed = [line for line in out.splitlines() if line.startswith("problem: ")]
+    names = ["a.png", "a_mask.png", "b.png"] if layout == "class folders" else ["a.png", "b.png"]
+    assert [line.split(": ")[1] for line in listed] == [str(folder / n) for n in names], out
+    assert all("broken symbolic link" in line for line in listed)
+    assert assert_one_error_line(err) == f"bcseg: error: {root}: {len(names)} problem(s) found, listed above"
+    assert _tree(tmp_path) == before

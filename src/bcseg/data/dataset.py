@@ -297,8 +297,7 @@ def discover(root: str | Path, problems: Problems | None = None) -> list[Case]:
         return read_manifest(root / "manifest.csv", problems)
     if (root / "images").is_dir():
         return _discover_images_masks(root, problems)
-    # listing (not raising) a broken link here too: _discover_busi lists it once
-    if has_class_folders(root, None if problems is None else Problems()):
+    if has_class_folders(root, listing=problems is not None):  # _discover_busi lists its links
         return _discover_busi(root, problems)
     if not any(root.iterdir()):
         raise DataError(root, "folder is empty")
@@ -306,10 +305,18 @@ def discover(root: str | Path, problems: Problems | None = None) -> list[Case]:
                     "class folders with NAME_mask.png files, or a manifest.csv")
 
 
-def has_class_folders(root: Path, problems: Problems | None = None) -> bool:
-    """Whether ``root`` holds BUSI's layout: class folders with ``NAME_mask.png`` files."""
-    return any(BUSI_MASK.match(io.file_stem(p)) for d in _subfolders(root)
-               for p in data_files(d, problems))
+def has_class_folders(root: Path, listing: bool = False) -> bool:
+    """Whether ``root`` holds BUSI's layout: class folders with ``NAME_mask.png`` files.
+
+    A broken link there is refused; ``listing`` (``check``, which lists every such link
+    when it reads the class folders) counts one named ``NAME_mask.png`` as a mask, so
+    that class folders of links only are still read as such, not as no known layout.
+    """
+    if not listing:
+        return any(BUSI_MASK.match(io.file_stem(p)) for d in _subfolders(root) for p in data_files(d))
+    seen = Problems()
+    files = [p for d in _subfolders(root) for p in data_files(d, seen)]
+    return any(BUSI_MASK.match(io.file_stem(p)) for p in files + [Path(path) for path, _ in seen])
 
 
 def masks_beside_images(files: list[Path]) -> list[Path]:
@@ -381,6 +388,8 @@ def _discover_images_masks(root: Path, problems: Problems | None = None) -> list
     if not images and folders:
         cases = _channel_folder_cases(root, {d: in_folders[d] for d in folders}, names, problems)
     elif not images:
+        if problems:  # every image set aside (broken links): those are the problems to list
+            return []
         raise DataError(root / "images", "folder holds no images")
     elif names is not None:
         cases = _named_channel_cases(root, images, names, problems)
@@ -582,6 +591,8 @@ def _discover_busi(root: Path, problems: Problems | None = None) -> list[Case]:
             cases.append(Case(
                 id=stem, image=path, masks={BUSI_OBSERVER: found} if found else {},
                 group=groups.get(stem, stem), label_class=folder.name))
+    if not cases and problems:  # every image set aside (broken links): listed already
+        return []
     if not cases:
         raise DataError(root, "class folders hold no images")
     if groups and not any(c.id in groups for c in cases):  # every image its own group: leakage
