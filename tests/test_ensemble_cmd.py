@@ -43,6 +43,12 @@ def _run(folder: Path, seed: int, validation: list[str], train: list[str] = (), 
     return folder
 
 
+def _recorded_for_its_model(run: Path) -> None:
+    """The run's settings as train records them for the model now in it (the digest of its
+    weights): a model replaced after the run is otherwise refused for that alone."""
+    rundir.write_settings(run, rundir.with_weights(rundir.read_settings(run / rundir.SETTINGS_FILE), run))
+
+
 def _hashes(root: Path) -> dict[str, str]:
     return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
             for p in sorted(root.rglob("*")) if p.is_file()}
@@ -96,6 +102,15 @@ def test_a_seed_ensemble_is_tuned_on_the_members_mean_and_predicts_it(tmp_path, 
     assert settings.info["validation_dice"] == pytest.approx(np.mean(scores), abs=1e-4)
     assert settings.info["source_run"] == ", ".join(str(r) for r in runs)
 
+    # Each member's entry records the digest of the weights the threshold was tuned for: a
+    # member file swapped for another's is refused, not averaged under this threshold.
+    member = out / "member_0.keras"
+    member.write_bytes((out / "member_1.keras").read_bytes())
+    code, _, err = _bcseg(capsys, "predict", cases[2].image, "--model", out, "--out", tmp_path / "p")
+    assert code == 4 and len(err.splitlines()) == 1, err
+    assert f"{member}: its weights are not those {out / rundir.SETTINGS_FILE} was tuned for" in err
+    assert not (tmp_path / "p").exists()
+
 
 def test_the_folds_of_a_kfold_run_are_its_members(tmp_path, phantom_root, capsys):
     cases = discover(phantom_root)
@@ -132,6 +147,7 @@ def test_a_member_giving_no_probabilities_is_named(tmp_path, phantom_root, capsy
     model = keras.saving.load_model(model_file)
     model.set_weights([np.full_like(w, np.nan) for w in model.get_weights()])
     model.save(model_file)
+    _recorded_for_its_model(runs[1])  # a run that diverged as it trained
     code, _, err = _bcseg(capsys, "ensemble", phantom_root, "--model", runs[0], "--model", runs[1],
                           "--out", tmp_path / "ens")
     lines = err.splitlines()
@@ -241,6 +257,7 @@ def test_bad_members_or_outputs_are_one_line_and_leave_nothing(problem, tmp_path
     elif problem == "network unlike settings":  # a 3D network where the settings say 2D
         (b / rundir.MODEL_FILE).unlink()
         unet(ndim=3, base_filters=2, depth=2, norm=None).save(b / rundir.MODEL_FILE)
+        _recorded_for_its_model(b)
     elif problem == "validation twice":
         (b / rundir.FOLD_FILE).write_text(json.dumps({"train": [], "validation": [cases[0].id] * 2}))
     elif problem == "observer mask missing":  # the union needs both observers' masks

@@ -32,13 +32,16 @@ OLD_STYLE = {"ndim": 2, "threshold": 0.3, "postprocess": ["fill"], "min_size": 0
              "validation_dice": 0.8}
 
 
+def _tiny_model(path: Path, seed: int) -> Path:
+    keras.utils.set_random_seed(seed)
+    unet(ndim=2, base_filters=2, depth=2, norm=None).save(path)
+    return path
+
+
 @pytest.fixture(scope="module")
 def model_file(tmp_path_factory) -> Path:
     """A tiny untrained 2D U-Net saved as a .keras file, with no settings inside."""
-    keras.utils.set_random_seed(0)
-    path = tmp_path_factory.mktemp("model") / "plain.keras"
-    unet(ndim=2, base_filters=2, depth=2, norm=None).save(path)
-    return path
+    return _tiny_model(tmp_path_factory.mktemp("model") / "plain.keras", 0)
 
 
 def _run(folder: Path, model_file: Path, settings) -> Path:
@@ -536,4 +539,63 @@ def test_a_finished_run_without_its_best_model_is_refused_not_run_as_its_last_ch
     (run / "inference.json").write_text(json.dumps(TUNED), encoding="utf-8")
     (run / "config.toml").write_text("", encoding="utf-8")
     with pytest.raises(ModelError, match="holds no model_best.keras"):
+        load_run(run)
+
+
+# --------------------------------------------------------------------------- weights they were tuned for
+
+@pytest.fixture(scope="module")
+def other_model(tmp_path_factory) -> Path:
+    """The same tiny network with other weights: another run of the same recipe."""
+    return _tiny_model(tmp_path_factory.mktemp("other") / "other.keras", 1)
+
+
+def test_a_runs_model_swapped_for_other_weights_is_refused(tmp_path, capsys, model_file, other_model):
+    """A run's model_best.keras replaced by another run's (same recipe, so the network and
+    its copy of the settings agree) predicted silently with the threshold tuned for the
+    old weights: the settings record the digest of the weights they were tuned for."""
+    from bcseg import rundir
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "model_best.keras").write_bytes(model_file.read_bytes())
+    rundir.save_run_settings(run, InferenceSettings.from_dict(TUNED))
+    assert json.loads((run / "inference.json").read_text())["weights_sha256"] == \
+        rundir.weights_digest(run / "model_best.keras")
+    assert load_run(run)[1].threshold == 0.3
+    other = tmp_path / "other.keras"
+    other.write_bytes(other_model.read_bytes())
+    embed_settings(other, InferenceSettings.from_dict(TUNED))  # as a model of the recipe holds them
+    (run / "model_best.keras").write_bytes(other.read_bytes())
+    image = tmp_path / "scan.png"
+    iio.imwrite(image, np.zeros((24, 20), np.uint8))
+    capsys.readouterr()
+    code = main(["predict", str(image), "--model", str(run), "--out", str(tmp_path / "out"), "--no-progress"])
+    lines = capsys.readouterr().err.splitlines()
+    assert code == 4 and len(lines) == 1, lines
+    assert str(run / "model_best.keras") in lines[0] and str(run / "inference.json") in lines[0]
+    assert "weights are not those" in lines[0] and not (tmp_path / "out").exists()
+    # settings written before the digest was recorded (the bundled model's) keep working
+    (run / "inference.json").write_text(json.dumps(TUNED), encoding="utf-8")
+    assert load_run(run)[1].threshold == 0.3
+
+
+def test_an_ensemble_member_swapped_for_other_weights_is_refused(tmp_path, model_file, other_model):
+    from bcseg import rundir
+
+    entries = [MEMBER, {**MEMBER, "path": "fold_1/model_best.keras"}]
+    run = _recorded(tmp_path / "cv", model_file, entries)
+    (run / "fold_1" / "model_best.keras").write_bytes(other_model.read_bytes())
+    embed_settings(run / "fold_1" / "model_best.keras", InferenceSettings.from_dict(TUNED))
+    rundir.write_settings(run, rundir.with_weights(read_settings(run / "inference.json"), run))
+    assert len(load_run(run)[0]) == 2
+    (run / "fold_0" / "model_best.keras").write_bytes((run / "fold_1" / "model_best.keras").read_bytes())
+    with pytest.raises(ModelError, match="weights are not those") as caught:
+        load_run(run)
+    assert str(caught.value).startswith(f"{run / 'fold_0' / 'model_best.keras'}: ")
+    assert str(run / "inference.json") in str(caught.value)
+    bad = json.loads((run / "inference.json").read_text())
+    bad["members"][0]["weights_sha256"] = "not a digest"
+    (run / "inference.json").write_text(json.dumps(bad))
+    with pytest.raises(ConfigError, match="weights_sha256 must be the SHA-256"):
         load_run(run)

@@ -256,7 +256,9 @@ def test_tta_mirrors_only_the_axes_the_model_was_trained_to_mirror(tmp_path, run
     assert load_config(out / "config.toml")["augment"]["flip_ud"] is False
     assert recorded["flips"] == ["lr"]  # flip_lr, no flip_ud, and no slice axis in 2D
     assert set(recorded["tuned"]) == {"with_tta", "without_tta"}  # both tuned on validation
-    assert rundir.archive_settings(out / "model_best.keras").to_dict() == recorded  # travels inside
+    # travels inside, less the digest of the weights it is tuned for (the copy goes with them)
+    assert recorded.pop("weights_sha256") == rundir.weights_digest(out / "model_best.keras")
+    assert rundir.archive_settings(out / "model_best.keras").to_dict() == recorded
 
     image = discover(phantom)[0].image
     mask, prob = _predict_cli(tmp_path, image, ["--model", str(out)], "--tta")
@@ -305,6 +307,9 @@ def test_kfold_run_predicts_as_an_ensemble_of_its_folds(tmp_path, phantom):
     assert [m.input_size for m in recorded.members] == [16, 24, 32]
     assert all(m.flips == ("lr",) for m in recorded.members)
     assert recorded.info["pooled_validation_cases"] == 3  # each fold's own validation case
+    # the digest of each fold's weights, so that a fold model swapped later is refused
+    assert [m.info["weights_sha256"] for m in recorded.members] == [
+        rundir.weights_digest(f / "model_best.keras") for f in folds]
     assert set(recorded.tuned) == {"with_tta", "without_tta"}
 
     image = cases[0].image
@@ -345,6 +350,9 @@ def test_seed_ensemble_is_tuned_on_the_mean_of_members_sharing_a_validation_spli
         (out / f"fold_{k}" / "fold.json").write_text(json.dumps(  # one split, listed in two orders
             {"fold": 0, "train": [], "validation": validation, "test": []}), encoding="utf-8")
         _brightness_model(k).save(out / f"fold_{k}" / "model_best.keras")  # a probability per image
+        # its settings as train records them for this model (the digest of its weights)
+        rundir.write_settings(out / f"fold_{k}", rundir.with_weights(
+            rundir.read_settings(out / f"fold_{k}" / "inference.json"), out / f"fold_{k}"))
     files = {f"m{k}.keras": out / f"fold_{k}" / "model_best.keras" for k in (0, 1)}
     settings = tune_members(files, cases, load_config(out / "config.toml"))
     assert settings.info["pooled_validation_cases"] == 2

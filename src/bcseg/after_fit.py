@@ -192,8 +192,8 @@ def tune_ensemble(run_dir: str | Path, cases: list[Case], cfg: dict,
     folds = rundir.find_members(run_dir) if fold_dirs is None else fold_dirs
     settings = tune_members({str(Path(f.name) / rundir.MODEL_FILE): f / rundir.MODEL_FILE for f in folds},
                             cases, cfg)
-    if write:
-        rundir.write_settings(run_dir, settings)
+    if write:  # with each fold model's digest: a fold's model swapped later is refused
+        rundir.write_settings(run_dir, rundir.with_weights(settings, run_dir))
     return settings
 
 

@@ -262,7 +262,9 @@ def write_ensemble(out: Path, runs: list[Path], cases: list, cfg: dict, force: b
         settings = settings.replace(info=dict(settings.info, source_run=", ".join(str(r) for r in runs)))
         for name, source in files.items():
             _save_member(source, out / name)
-        rundir.write_settings(out, settings)
+        # the digests of the member files as written (a re-save is not the run's bytes):
+        # a member swapped later for other weights is refused, not run with this threshold
+        rundir.write_settings(out, rundir.with_weights(settings, out))
     return settings
 
 

@@ -23,6 +23,7 @@ import dataclasses
 import hashlib
 import json
 import os
+import re
 import shutil
 import warnings
 import zipfile
@@ -52,6 +53,10 @@ PREDICTIONS_DIR = "predictions"
 FOLD_DIR = "fold_{}"
 ARCHIVE_SETTINGS = "bcseg_metadata.json"  # the settings' copy inside a .keras archive
 ARCHIVE_WEIGHTS = "model.weights.h5"      # Keras's entry for the weights inside a .keras archive
+# The digest (weights_digest) of the model an inference.json's settings were tuned for, recorded
+# beside them (and in each ensemble member's entry): a model file swapped for other weights
+# (copied from another run of the recipe) predicted silently with a threshold tuned for the old.
+WEIGHTS_KEY = "weights_sha256"
 
 FLIP_NAMES = ("z", "ud", "lr")  # mirror axes: slice order, up-down (depth), left-right
 DEFAULT_FLIPS = ("z", "lr")     # what bcseg's recipes augment with; never up-down
@@ -63,7 +68,7 @@ DEFAULTS: dict[str, Any] = {
     "channels": 1, "channel_names": [], "normalisation": {}, "members": [], "tuned": {},
 }
 MEMBER_KEYS = ("path", "flips", "ndim", "input_size", "patch_size", "channels", "channel_names",
-               "normalisation")
+               "normalisation", WEIGHTS_KEY)
 TUNED_KEYS = ("with_tta", "without_tta")
 TUNED_ENTRY_KEYS = ("threshold", "postprocess", "validation_dice")  # what training records in each
 
@@ -93,7 +98,7 @@ def _size_keys(data: dict) -> tuple[str, ...]:
 # Run metadata bcseg itself records beside the settings (train, the k-fold ensemble
 # step, benchmarks/build_pretrained.py); any other key is refused as a likely typo.
 RECORDED_KEYS = ("observer", "best_epoch", "validation_dice", "pooled_validation_cases",
-                 "trained_on", "dataset", "citation", "licence", "source_run")
+                 "trained_on", "dataset", "citation", "licence", "source_run", WEIGHTS_KEY)
 
 # Largest input_size, and largest patch_size side, a settings file may name. There is no
 # bound on data.size in bcseg.config to reuse, so this one is chosen here: 4096 pixels is
@@ -319,6 +324,9 @@ def _check_settings(s: dict, source) -> None:
     if not isinstance(s["members"], (list, tuple)):
         raise _error(source, "members", "a list of member models", s["members"])
     _check_tuned(s["tuned"], source)
+    digest = s.get(WEIGHTS_KEY)  # optional: settings written before digests were recorded lack it
+    if digest is not None and not (isinstance(digest, str) and re.fullmatch("[0-9a-f]{64}", digest)):
+        raise _error(source, WEIGHTS_KEY, "the SHA-256 of the model's weights (64 hex digits)", digest)
 
 
 def _check_channel_names(s: dict, source) -> None:
@@ -359,7 +367,7 @@ def _member_dict(member, source) -> dict:
 
 def _member_json(member: "InferenceSettings") -> dict:
     data = member.to_dict()
-    return {"path": member.info["path"], **{k: data[k] for k in MEMBER_KEYS if k != "path"}}
+    return {"path": member.info["path"], **{k: data[k] for k in MEMBER_KEYS if k != "path" and k in data}}
 
 
 def member_settings(path: str | Path, settings: InferenceSettings) -> InferenceSettings:
@@ -456,16 +464,60 @@ def archive_settings(model_path: str | Path) -> InferenceSettings | None:
 ZIP_ERRORS = (OSError, EOFError, zlib.error, zipfile.BadZipFile, NotImplementedError)
 
 
+_DIGESTS: dict[tuple, str | None] = {}  # weights_digest's, by the file's identity and version
+
+
 def weights_digest(model_path: str | Path) -> str | None:
     """The SHA-256 of the weights inside a ``.keras`` archive, or None where it holds
     none or they cannot be read (loading the model says why). An ONNX export records it,
-    so that the export is known to be of the model beside it; rewriting the settings
-    inside the archive (:func:`embed_settings`) leaves it unchanged."""
+    so that the export is known to be of the model beside it, and so does the
+    ``inference.json`` tuned for a model (:data:`WEIGHTS_KEY`); rewriting the settings
+    inside the archive (:func:`embed_settings`) leaves it unchanged. A file is hashed once
+    per version (its size and modification time): a command checks it more than once
+    (its settings, then its ONNX export)."""
     try:
-        with zipfile.ZipFile(model_path) as archive, archive.open(ARCHIVE_WEIGHTS) as weights:
-            return hashlib.file_digest(weights, "sha256").hexdigest()
-    except (KeyError, *ZIP_ERRORS):
+        info = os.stat(model_path)
+    except OSError:
         return None
+    key = (info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns) if info.st_ino \
+        else (str(real_path(model_path)), info.st_size, info.st_mtime_ns)
+    if key not in _DIGESTS:
+        try:
+            with zipfile.ZipFile(model_path) as archive, archive.open(ARCHIVE_WEIGHTS) as weights:
+                _DIGESTS[key] = hashlib.file_digest(weights, "sha256").hexdigest()
+        except (KeyError, *ZIP_ERRORS):
+            _DIGESTS[key] = None
+    return _DIGESTS[key]
+
+
+def with_weights(settings: InferenceSettings, folder: str | Path) -> InferenceSettings:
+    """``settings`` with the digest of the weights they were tuned for: each member's
+    file, or the folder's one model (:data:`WEIGHTS_KEY`). Written where the settings are
+    recorded after tuning, so that a model later swapped for other weights is refused
+    (:func:`check_weights`) rather than run with a threshold tuned for the old ones."""
+    folder = Path(folder)
+
+    def recorded(info: dict, model: Path | None) -> dict:
+        digest = None if model is None else weights_digest(model)
+        return {**info, WEIGHTS_KEY: digest} if digest else info
+
+    if settings.members:
+        return settings.replace(members=tuple(m.replace(info=recorded(m.info, folder / m.info["path"]))
+                                              for m in settings.members))
+    return settings.replace(info=recorded(settings.info, folder_model(folder)))
+
+
+def check_weights(settings: InferenceSettings, model_file: Path, source: Path) -> None:
+    """Refuse a model whose weights are not those ``settings`` (read from ``source``) were
+    tuned for. Settings written before the digest was recorded are taken on trust."""
+    recorded = settings.info.get(WEIGHTS_KEY)
+    if recorded is None:
+        return
+    actual = weights_digest(model_file)
+    if actual is not None and actual != recorded:
+        raise ModelError(model_file, f"its weights are not those {source} was tuned for (the digest "
+                         "recorded there differs): the model was replaced, or the settings belong to "
+                         f"another model; put back the model they were tuned for, or its own {SETTINGS_FILE}")
 
 
 def write_settings(folder: str | Path, settings: InferenceSettings) -> Path:
@@ -474,8 +526,11 @@ def write_settings(folder: str | Path, settings: InferenceSettings) -> Path:
 
 
 def embed_settings(model_path: str | Path, settings: InferenceSettings) -> None:
-    """Store ``settings`` inside the ``.keras`` archive, replacing an earlier copy."""
+    """Store ``settings`` inside the ``.keras`` archive, replacing an earlier copy (without
+    a weights digest: the copy travels with its own weights, and a member re-saved into an
+    ensemble has other bytes than the run's model the digest was taken of)."""
     model_path = Path(model_path)
+    settings = settings.replace(info={k: v for k, v in settings.info.items() if k != WEIGHTS_KEY})
     with atomic_path(model_path) as tmp:
         with zipfile.ZipFile(model_path) as source, zipfile.ZipFile(tmp, "w") as target:
             for item in source.infolist():
@@ -490,7 +545,7 @@ def save_run_settings(folder: str | Path, settings: InferenceSettings) -> None:
     model = Path(folder) / MODEL_FILE
     if model.is_file():
         embed_settings(model, settings)
-    write_settings(folder, settings)
+    write_settings(folder, with_weights(settings, folder))
 
 
 # --------------------------------------------------------------------------- runs
@@ -543,6 +598,11 @@ def model_settings(model_path: Path, given_as_file: bool = False,
                           "settings or one ensemble's, not both")
     if beside is not None and inside is not None:
         _check_same_model(beside, inside, beside_file, archive)
+    if beside is not None and WEIGHTS_KEY in beside.info and archive.parent == home \
+            and folder_model(home) == archive:
+        # the model the folder's settings were tuned for (not model_last.keras or a
+        # checkpoint, warned about below): its weights must be the ones they were tuned on
+        check_weights(beside, archive, beside_file)
     if beside is not None and inside is None and model_path.stem != Path(MODEL_FILE).stem \
             and (home / MODEL_FILE).is_file():  # model_last.keras, a checkpoint
         warnings.warn(f"{model_path}: its run's {SETTINGS_FILE} was tuned for {MODEL_FILE}, "
@@ -765,6 +825,7 @@ def _recorded_ensemble(folder: Path) -> tuple[list[Path], InferenceSettings] | N
         own = _embedded(path, tolerate=True)
         if own is not None:  # the member's entry must describe the network it names
             _check_same_model(member, own, folder / SETTINGS_FILE, path)
+        check_weights(member, path, folder / SETTINGS_FILE)  # and be of the weights it was tuned with
         paths.append(path)
     return paths, recorded
 

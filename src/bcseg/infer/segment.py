@@ -34,7 +34,7 @@ from bcseg.data.intensity import check_methods, normalise
 from bcseg.errors import BcsegError, ConfigError, DataError, ModelError, UsageError
 from bcseg.infer.postprocess import check_steps, release_slices
 from bcseg.infer.predict import load_model, model_spec, rank_problem, segment_volume
-from bcseg.rundir import SETTINGS_FILE, InferenceSettings, load_run, read_settings
+from bcseg.rundir import SETTINGS_FILE, WEIGHTS_KEY, InferenceSettings, load_run, read_settings
 
 # Every output ``predict`` (with --margins) writes for one input, by suffix after its
 # stem. A forced run removes those of a case it does not write again: a stale
@@ -400,7 +400,8 @@ def made_with(models, settings: InferenceSettings) -> str:
     mask: ``--resume`` keeps only masks made with the same, so an interrupted run
     finished with another model or threshold never leaves a folder of two models' masks."""
     # Where the models were found is not what made the masks: the same run given as
-    # /abs/run or ./run is the same weights, hashed below.
+    # /abs/run or ./run is the same weights, hashed below (and so the weights' digest that
+    # the settings record is left out: a run's test-fold masks are made before it is).
     digest = hashlib.sha256(json.dumps(_without_paths(settings.to_dict()), sort_keys=True,
                                        default=str).encode())
     for model in models:
@@ -413,9 +414,9 @@ def made_with(models, settings: InferenceSettings) -> str:
 
 
 def _without_paths(value):
-    """``value`` (JSON-like) with every ``path`` entry left out, at any depth."""
+    """``value`` (JSON-like) with every ``path`` and weights digest left out, at any depth."""
     if isinstance(value, dict):
-        return {k: _without_paths(v) for k, v in value.items() if k != "path"}
+        return {k: _without_paths(v) for k, v in value.items() if k not in ("path", WEIGHTS_KEY)}
     if isinstance(value, list):
         return [_without_paths(v) for v in value]
     return value
