@@ -599,3 +599,20 @@ def test_an_ensemble_member_swapped_for_other_weights_is_refused(tmp_path, model
     (run / "inference.json").write_text(json.dumps(bad))
     with pytest.raises(ConfigError, match="weights_sha256 must be the SHA-256"):
         load_run(run)
+
+
+def test_a_kfold_runs_record_listing_fewer_members_than_its_folds_is_refused(tmp_path, model_file):
+    """An inference.json edited to list two of a run's three finished folds predicted
+    silently with the two, under a threshold tuned for the three."""
+    run = tmp_path / "kfold"
+    for k in range(3):
+        _run(run / f"fold_{k}", model_file, TUNED)
+    (run / "config.toml").write_text((REPO / "src" / "bcseg" / "configs" / "default.toml").read_text())
+    entries = [{**MEMBER, "path": f"fold_{k}/model_best.keras"} for k in range(3)]
+    _recorded(run, model_file, entries)
+    assert len(load_run(run)[0]) == 3
+    _recorded(run, model_file, entries[:2])
+    with pytest.raises(ModelError, match="does not list the finished fold fold_2/model_best.keras") as caught:
+        load_run(run)
+    assert str(caught.value).startswith(f"{run / 'inference.json'}: ") and "\n" not in str(caught.value)
+    assert len(load_run([run / "fold_0", run / "fold_1"])[0]) == 2  # the subset, named by its folds

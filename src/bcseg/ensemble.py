@@ -61,6 +61,8 @@ def member_runs(models: Sequence[str | Path]) -> list[Path]:
                 raise ModelError(given, "this k-fold run has not finished (its folds' ensemble is "
                                  "recorded when the last fold ends); finish it with --resume, or "
                                  "name its finished fold folders instead")
+            if recorded is not None:  # an edited record is refused here as predict refuses it
+                rundir.check_fold_members(given, recorded)
         for run in found:
             if not (run / rundir.FOLD_FILE).is_file() or not (run / rundir.SETTINGS_FILE).is_file():
                 raise ModelError(run, f"has no {rundir.FOLD_FILE} or {rundir.SETTINGS_FILE}: it is "

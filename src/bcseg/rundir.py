@@ -827,7 +827,25 @@ def _recorded_ensemble(folder: Path) -> tuple[list[Path], InferenceSettings] | N
             _check_same_model(member, own, folder / SETTINGS_FILE, path)
         check_weights(member, path, folder / SETTINGS_FILE)  # and be of the weights it was tuned with
         paths.append(path)
+    check_fold_members(folder, recorded)
     return paths, recorded
+
+
+def check_fold_members(folder: Path, recorded: InferenceSettings) -> None:
+    """A k-fold run's recorded ensemble lists every finished fold's model and no other:
+    an ``inference.json`` edited to list fewer predicted silently with the subset, under
+    a threshold tuned for the whole (a smaller ensemble is named by its folds instead)."""
+    if not (folder / CONFIG_FILE).is_file() or not recorded.members:
+        return  # not a k-fold run of bcseg train (an ensemble folder, the bundled models)
+    folds = {str(Path(f.name) / MODEL_FILE) for f in find_members(folder) if (f / SETTINGS_FILE).is_file()}
+    listed = {str(Path(m.info.get("path", ""))) for m in recorded.members}
+    if folds and listed != folds:
+        unlisted, extra = sorted(folds - listed), sorted(listed - folds)
+        problem = (f"does not list the finished fold {unlisted[0]}" if unlisted
+                   else f"lists {extra[0]}, which is no finished fold of the run")
+        raise ModelError(folder / SETTINGS_FILE, f"{problem}: the run's ensemble is its {len(folds)} "
+                         "finished folds, tuned together; put back the inference.json train wrote, or "
+                         "name the folds to ensemble (--model RUN/fold_0 --model RUN/fold_1 ...)")
 
 
 def _fold_ensemble(run_dir: Path, folds: list[Path]) -> tuple[list[Path], InferenceSettings]:
