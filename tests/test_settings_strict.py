@@ -538,7 +538,15 @@ def test_a_finished_run_without_its_best_model_is_refused_not_run_as_its_last_ch
     (run / "model_last.keras").write_bytes(model_file.read_bytes())
     (run / "inference.json").write_text(json.dumps(TUNED), encoding="utf-8")
     (run / "config.toml").write_text("", encoding="utf-8")
-    with pytest.raises(ModelError, match="holds no model_best.keras"):
+    # named as what is missing: the model the settings beside it were tuned for (it said the
+    # run held "no inference.json listing ensemble members", with one there)
+    with pytest.raises(ModelError, match="not found, though .*inference.json holds the settings "
+                                         "tuned for it") as caught:
+        load_run(run)
+    assert str(caught.value).startswith(f"{run / 'model_best.keras'}: ")
+    (run / "config.toml").unlink()  # a fold of a k-fold run: its recipe is in the run above
+    (run / "fold.json").write_text("{}", encoding="utf-8")
+    with pytest.raises(ModelError, match="not found, though"):
         load_run(run)
 
 

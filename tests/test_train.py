@@ -640,6 +640,27 @@ def test_resume_with_another_test_fold_is_refused(run2d, capsys, phantom, folds)
     assert _snapshot(out) == before
 
 
+def test_resuming_a_finished_run_whose_model_is_gone_names_the_model(run2d, capsys, phantom, tmp_path):
+    """A finished run whose model_best.keras was deleted said "fold 0 already finished" and
+    exited 0, and predict then said it held "no inference.json listing ensemble members"
+    with one there: both now name the model its settings were tuned for."""
+    import shutil
+
+    out = tmp_path / "run"
+    shutil.copytree(run2d[0], out, symlinks=True)
+    (out / "model_best.keras").unlink()
+    before = _snapshot(out)
+    code = cli.main(["train", str(phantom), "--out", str(out), "--resume"])
+    [line] = _error_lines(capsys.readouterr().err)
+    assert code == 4 and line.startswith(f"bcseg: error: {out / 'model_best.keras'}: not found, though "
+                                         f"{out / 'inference.json'} holds the settings tuned for it"), line
+    assert _snapshot(out) == before
+    code = cli.main(["predict", str(phantom), "--model", str(out), "--out", str(tmp_path / "p")])
+    [line] = _error_lines(capsys.readouterr().err)
+    assert code == 4 and f"{out / 'model_best.keras'}: not found, though" in line, line
+    assert not (tmp_path / "p").exists()
+
+
 # --------------------------------------------------------------------------- the seed preset
 
 def _cases(groups: list[str]) -> list[Case]:

@@ -765,6 +765,7 @@ def _load_one(path: Path) -> tuple[list[Path], InferenceSettings]:
         bundled = _one_bundled_model(path)
         if bundled is not None:
             return [bundled], model_settings(bundled)
+        check_finished_model(path)
         folds = find_members(path)
         if folds and (path / CONFIG_FILE).is_file():  # a k-fold run of bcseg train, untuned
             raise ModelError(path, f"this k-fold run has not finished: the ensemble's {SETTINGS_FILE} "
@@ -779,6 +780,21 @@ def _load_one(path: Path) -> tuple[list[Path], InferenceSettings]:
     return [path], model_settings(path, given_as_file=True)
 
 
+def check_finished_model(folder: Path) -> None:
+    """Refuse a finished training run (or fold) whose ``model_best.keras`` is gone, naming
+    it: its ``inference.json`` holds the settings tuned for it. ``predict`` said the run held
+    "no inference.json listing ensemble members" though one was there, and ``train
+    --resume`` took the fold for finished and went on, leaving a run with no model."""
+    if not _is_training_folder(folder) or (folder / MODEL_FILE).is_file() \
+            or not (folder / SETTINGS_FILE).is_file():
+        return
+    settings = read_settings(folder / SETTINGS_FILE)
+    if settings is not None and not settings.members:
+        raise ModelError(folder / MODEL_FILE, f"not found, though {folder / SETTINGS_FILE} holds the "
+                         "settings tuned for it: the run's model is gone; put it back, or train the "
+                         "run again (bcseg train ... --force)")
+
+
 def folder_model(folder: Path) -> Path | None:
     """The one model file a folder predicts with: its ``model_best.keras``, else the one
     ``.keras`` file beside its settings (a bundled model's folder); None otherwise."""
@@ -791,7 +807,9 @@ def _one_bundled_model(folder: Path) -> Path | None:
     None. Two model files with one settings file are not guessed between, and a training
     run's model is its model_best.keras: a finished run that lost it holds only its
     last checkpoint, which the run's threshold was not tuned for."""
-    if not (folder / SETTINGS_FILE).is_file() or (folder / CONFIG_FILE).is_file():
+    # a training run or fold (config.toml, fold.json, state.json): its model_last.keras is
+    # no bundled model (a fold folder has no config.toml of its own)
+    if not (folder / SETTINGS_FILE).is_file() or _is_training_folder(folder):
         return None
     named = list(folder.glob("*.keras"))
     if len(named) == 1:  # the one model there, a broken link or a folder: say so

@@ -728,6 +728,7 @@ def _check_checkpoints(out: Path, targets: list[int]) -> None:
     cannot tell (size and time unchanged), failed only as its fold began, naming no file."""
     for k in targets:
         folder = _fold_dir(out, k, targets)
+        rundir.check_finished_model(folder)  # "already finished" though its model is gone
         if (folder / rundir.SETTINGS_FILE).is_file() or not (folder / rundir.STATE_FILE).is_file():
             continue  # finished, or not begun: nothing to resume from
         with warnings.catch_warnings():
