@@ -91,7 +91,7 @@ def score(models_paths, validation, test_lesions, test_normals, classes) -> dict
     from bcseg.infer.segment import segment_case
     from bcseg.infer.segment import load_models
     from bcseg.measure.metrics import dice
-    from bcseg.data.dataset import read_case_masks
+    from bcseg.data.cases import read_case_masks
     from bcseg.learn.pipeline import training_target
 
     models, settings = load_models(models_paths if len(models_paths) > 1 else models_paths[0])

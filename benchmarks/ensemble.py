@@ -60,7 +60,7 @@ def inner_folds_file(path: Path, folds: dict[str, int]) -> Path:
 def score(models, settings, lesions, normals, classes) -> dict:
     """Dice per lesion image of the test fold, and the normal images left empty."""
     from bcseg.infer.segment import segment_case
-    from bcseg.data.dataset import read_case_masks
+    from bcseg.data.cases import read_case_masks
     from bcseg.measure.metrics import dice
 
     per_image = {}

@@ -74,7 +74,8 @@ def cpu_flags() -> str:
 def slice_dataset(root: Path, specimens: int, shape, seed: int = 0):
     """Phantom stacks cut into 2D tumour slices: (slice-split cases, specimen-split cases)."""
     from bcseg.data import io
-    from bcseg.data.dataset import Case, discover, read_case_image, read_case_masks
+    from bcseg.data.cases import Case, read_case_image, read_case_masks
+    from bcseg.data.dataset import discover
     from bcseg.measure.observers import union
     from bcseg.data.phantom import write_phantom
 

@@ -35,7 +35,7 @@ FEATURES = ("members' agreement", "mean probability in the mask")
 def image_scores(members, ensemble, case) -> dict:
     """The two features, the ensemble's Dice (None for a normal image) and whether its
     mask is empty, for one image."""
-    from bcseg.data.dataset import read_case_masks
+    from bcseg.data.cases import read_case_masks
     from bcseg.infer.segment import segment_case
     from bcseg.measure.metrics import dice
 

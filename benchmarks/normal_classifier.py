@@ -81,7 +81,7 @@ def scores(model, images) -> np.ndarray:
 
 def segmenter_results(folder: Path, cases) -> dict[str, tuple[float | None, bool]]:
     """Per test image: the segmenter's Dice (None for a normal image) and whether its mask is empty."""
-    from bcseg.data.dataset import read_case_masks
+    from bcseg.data.cases import read_case_masks
     from bcseg.infer.segment import load_models, segment_case
     from bcseg.measure.metrics import dice
 

@@ -37,7 +37,7 @@ def score_image(models, settings, case) -> tuple[list[float | None], list[bool]]
     from scipy import ndimage as ndi
 
     from bcseg.infer.segment import segment_case
-    from bcseg.data.dataset import read_case_masks
+    from bcseg.data.cases import read_case_masks
     from bcseg.infer.postprocess import postprocess
     from bcseg.measure.metrics import dice
 

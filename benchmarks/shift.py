@@ -144,7 +144,8 @@ def _grey(image: np.ndarray) -> np.ndarray:
 
 def load_fold(data: Path, fold: int, limit: int | None):
     """(id, image uint8, truth bool) of the fold's lesion images, in folds.csv order."""
-    from bcseg.data.dataset import BUSI_OBSERVER, discover, read_case_image, read_case_masks
+    from bcseg.data.cases import read_case_image, read_case_masks
+    from bcseg.data.dataset import BUSI_OBSERVER, discover
     from bcseg.data.splits import folds_from_file
 
     cases = discover(data)

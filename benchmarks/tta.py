@@ -73,7 +73,7 @@ def score(models, settings, cases) -> dict:
 
 
 def _scores(models, settings, cases, reference: str) -> dict:
-    from bcseg.data.dataset import read_case_image, read_case_masks
+    from bcseg.data.cases import read_case_image, read_case_masks
     from bcseg.measure.metrics import dice
     from bcseg.infer.predict import segment_volume
 
@@ -97,7 +97,8 @@ def tune(models, settings, cases):
     """Threshold and post-processing per TTA setting, chosen on validation ``cases``."""
     from bcseg.after_fit import choose_settings
     from bcseg.infer.segment import segment_case
-    from bcseg.data.dataset import BUSI_OBSERVER, read_case_masks
+    from bcseg.data.cases import read_case_masks
+    from bcseg.data.dataset import BUSI_OBSERVER
 
     probs = {tta: [segment_case(models, c, settings.replace(tta=tta))[3] for c in cases]
              for tta in (False, True)}

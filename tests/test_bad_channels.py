@@ -326,7 +326,7 @@ def test_a_case_whose_first_channel_has_no_spacing_is_measured_in_mm(tmp_path):
     """Training and prediction take the spacing the channels agree on; evaluate read
     the first channel's alone, so a us saved without spacing beside a pa with it gave
     distances and volumes in voxels for the same case."""
-    from bcseg.data.dataset import read_case_image
+    from bcseg.data.cases import read_case_image
 
     folders(tmp_path)
     for stem in ("S01", "S02"):  # the us channel again, without its spacing
@@ -342,7 +342,7 @@ def test_a_case_whose_first_channel_has_no_spacing_is_measured_in_mm(tmp_path):
 def test_a_hyperstack_with_a_spacing_out_of_range_is_refused_as_a_plain_stack_is(tmp_path):
     """Read from a C axis, a spacing of 1e-7 mm (nm labelled mm) was taken as it was,
     and written into the masks predict made; the same stack without channels is refused."""
-    from bcseg.data.dataset import read_case_channels, read_case_image
+    from bcseg.data.cases import read_case_channels, read_case_image
     from bcseg.errors import DataError
 
     root = tmp_path / "data"

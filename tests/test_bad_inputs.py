@@ -32,7 +32,7 @@ from bcseg.learn import train
 from bcseg.cli import main
 from bcseg.config import load_config, save_config
 from bcseg.errors import BcsegError, DataError, printable
-from bcseg.data.dataset import read_manifest
+from bcseg.data.manifest import read_manifest
 from bcseg.data.intensity import normalise
 from bcseg.learn.models import unet
 from bcseg.measure.margins import margins_for_files

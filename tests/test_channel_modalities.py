@@ -9,7 +9,7 @@ import numpy as np
 import tensorflow as tf
 
 from bcseg.after_predict import _margin_channels
-from bcseg.data.dataset import Case, Channel
+from bcseg.data.cases import Case, Channel
 from bcseg.data.intensity import check_methods
 from bcseg.learn.augment import AugmentConfig, augment_2d
 

@@ -13,9 +13,10 @@ import tifffile
 from bcseg.cli import main
 from bcseg.data import io
 from bcseg.data.check import check_dataset, format_report
-from bcseg.data.dataset import (
-    discover, read_case_channel_arrays, read_case_channels, read_case_image, read_case_masks,
-    read_manifest, write_manifest)
+from bcseg.data.cases import (read_case_channel_arrays, read_case_channels, read_case_image,
+                              read_case_masks)
+from bcseg.data.dataset import discover
+from bcseg.data.manifest import read_manifest, write_manifest
 from bcseg.data.intensity import channel_stats, check_methods, normalise, normalise_channels
 from bcseg.data.phantom import write_phantom
 from bcseg.errors import DataError

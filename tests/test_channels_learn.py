@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from bcseg.data.dataset import discover, read_case_channel_arrays
+from bcseg.data.cases import read_case_channel_arrays
+from bcseg.data.dataset import discover
 from bcseg.data.phantom import write_phantom
 from bcseg.errors import DataError
 from bcseg.learn import pipeline

@@ -12,7 +12,9 @@ import pytest
 from PIL import Image
 
 from bcseg.data import io
-from bcseg.data.dataset import Case, discover, read_case_image, read_case_masks, read_manifest, write_manifest
+from bcseg.data.cases import Case, read_case_image, read_case_masks
+from bcseg.data.dataset import discover
+from bcseg.data.manifest import read_manifest, write_manifest
 from bcseg.errors import DataError
 
 

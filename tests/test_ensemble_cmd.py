@@ -18,7 +18,9 @@ from bcseg.after_fit import validation_target
 from bcseg.cli import main
 from bcseg.config import load_config, save_config
 from bcseg.data import io
-from bcseg.data.dataset import case_digest, discover, read_case_masks
+from bcseg.data.cases import read_case_masks
+from bcseg.data.content import case_digest
+from bcseg.data.dataset import discover
 from bcseg.infer.predict import load_model, segment_volume
 from bcseg.infer.segment import load_models, segment_case
 from bcseg.learn.models import unet

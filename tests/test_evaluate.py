@@ -13,7 +13,8 @@ import pytest
 import tifffile
 
 from bcseg.data import io
-from bcseg.data.dataset import Case, discover, read_case_channels, read_case_image, read_case_masks
+from bcseg.data.cases import Case, read_case_channels, read_case_image, read_case_masks
+from bcseg.data.dataset import discover
 from bcseg.errors import DataError, UsageError
 from bcseg.measure.evaluate import (METRIC_COLUMNS, NUMERIC_METRICS, ceiling_table, evaluate,
                             find_predictions)

@@ -10,7 +10,8 @@ from __future__ import annotations
 import pytest
 
 from bcseg.cli import main
-from bcseg.data.dataset import discover, read_manifest
+from bcseg.data.dataset import discover
+from bcseg.data.manifest import read_manifest
 from bcseg.data.splits import folds_from_file
 from bcseg.errors import DataError
 

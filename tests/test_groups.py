@@ -148,7 +148,7 @@ def test_a_resumed_run_refuses_splits_that_now_cut_a_group_in_two(tmp_path):
     # corrected to put it in S01 (fold 0). Resuming kept the old folds: S01's slices
     # trained in one fold and were tested in the other.
     from bcseg.config import load_config
-    from bcseg.data.dataset import Case
+    from bcseg.data.cases import Case
     from bcseg.data.splits import save_splits
     from bcseg.learn.train import _plan_folds
 

@@ -133,7 +133,8 @@ def test_a_nifti_channel_placed_elsewhere_than_the_first_channel_is_refused(fram
     """Channels are co-registered voxel by voxel. A PA channel saved flipped left-right
     (or shifted) against its US channel has the same shape and spacing, and was stacked
     beside it as it was: the model read a mirrored photoacoustic image."""
-    from bcseg.data.dataset import discover, read_case_channels
+    from bcseg.data.cases import read_case_channels
+    from bcseg.data.dataset import discover
 
     root = tmp_path / "d"
     for number, name in enumerate("ab"):

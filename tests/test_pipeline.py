@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from bcseg.learn import pipeline
-from bcseg.data.dataset import discover, read_case_masks
+from bcseg.data.cases import read_case_masks
+from bcseg.data.dataset import discover
 from bcseg.errors import DataError
 from bcseg.learn.pipeline import Samples, draw_indices, epoch_arrays, from_square, to_square
 

@@ -78,7 +78,8 @@ def _first_fold0_lesions(busi_root, n=3):
 
 def _dice_on_fold0(busi_root, tmp_path, model_args):
     from bcseg.cli import main
-    from bcseg.data.dataset import BUSI_OBSERVER, discover, read_case_masks
+    from bcseg.data.cases import read_case_masks
+    from bcseg.data.dataset import BUSI_OBSERVER, discover
 
     rows = _first_fold0_lesions(busi_root)
     inputs = [str(busi_root / r["image"]) for r in rows]

@@ -122,7 +122,8 @@ def test_protocol_reference_scores_augmented_slices_beside_the_honest_figure(tmp
 
     from bcseg.data import io
     from bcseg.learn.augment import reference_offline_augment
-    from bcseg.data.dataset import discover, read_case_image, read_case_masks
+    from bcseg.data.cases import read_case_image, read_case_masks
+    from bcseg.data.dataset import discover
     from bcseg.measure.evaluate import evaluate
     from bcseg.data.intensity import normalise
     from bcseg.measure.observers import union
@@ -205,7 +206,8 @@ def _study_score(tmp_path, data, model, capsys, name):
 
 def _uspa_with_predictions(tmp_path):
     from bcseg.data import io
-    from bcseg.data.dataset import discover, read_case_masks
+    from bcseg.data.cases import read_case_masks
+    from bcseg.data.dataset import discover
     from bcseg.data.phantom import write_phantom
 
     write_phantom(tmp_path / "data", n=2, shape=(8, 32, 32), seed=3, channels=("us", "pa"))

@@ -12,7 +12,8 @@ import pytest
 from matplotlib.image import imread
 
 from bcseg.data import io
-from bcseg.data.dataset import discover, read_case_masks
+from bcseg.data.cases import read_case_masks
+from bcseg.data.dataset import discover
 from bcseg.errors import DataError
 from bcseg.measure.evaluate import ceiling_table, evaluate
 from bcseg.data.phantom import write_phantom

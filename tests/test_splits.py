@@ -14,7 +14,8 @@ import tifffile
 from scipy import ndimage
 
 from bcseg.data import io
-from bcseg.data.dataset import Case, discover
+from bcseg.data.cases import Case
+from bcseg.data.dataset import discover
 from bcseg.errors import DataError
 from bcseg.data.splits import (folds_from_file, kfold_by_group, load_splits, near_duplicate_groups,
                           save_splits, validation_ids)

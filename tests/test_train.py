@@ -35,7 +35,9 @@ from bcseg import rundir
 from bcseg.learn import train
 from bcseg.after_fit import train_and_evaluate
 from bcseg.config import load_config
-from bcseg.data.dataset import Case, case_digest, discover
+from bcseg.data.cases import Case
+from bcseg.data.content import case_digest
+from bcseg.data.dataset import discover
 from bcseg.errors import UsageError
 from bcseg.data.phantom import write_phantom
 
@@ -342,7 +344,7 @@ def test_seed_ensemble_is_tuned_on_the_mean_of_members_sharing_a_validation_spli
     from bcseg.infer.segment import segment_case
     from bcseg.learn.pipeline import training_target
     from bcseg.measure.metrics import dice
-    from bcseg.data.dataset import read_case_masks
+    from bcseg.data.cases import read_case_masks
 
     out, cases = tmp_path / "seeds", discover(phantom)
     _kfold_run(out, cases)  # three tiny members; make two of them share one validation split

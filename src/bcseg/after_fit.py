@@ -25,7 +25,7 @@ import numpy as np
 
 from bcseg import outputs, rundir
 from bcseg.atomic import read_json
-from bcseg.data.dataset import Case, read_case_masks
+from bcseg.data.cases import Case, read_case_masks
 from bcseg.errors import naming
 from bcseg.rundir import InferenceSettings
 

@@ -16,7 +16,7 @@ from typing import Sequence
 from bcseg import outputs
 from bcseg.data import io
 from bcseg.data.channels import ULTRASOUND, is_modality
-from bcseg.data.dataset import Case
+from bcseg.data.cases import Case
 from bcseg.errors import BcsegError
 from bcseg.infer.segment import MARGINS_TABLE, case_spacing, input_file, output_name
 

@@ -293,7 +293,8 @@ def _fold_options(args) -> None:
 
 
 def cmd_split(args) -> int:
-    from bcseg.data.dataset import discover, refuse_duplicate_images
+    from bcseg.data.content import refuse_duplicate_images
+    from bcseg.data.dataset import discover
     from bcseg.data.splits import (folds_from_file, group_note, kfold_by_group, near_duplicate_groups,
                                    save_splits)
 
@@ -330,7 +331,7 @@ LAYOUT_FILES = {"manifest.csv": "manifest", "folds.csv": "BUSI folds file",
 def _check_split_file(out: Path, args, cases) -> None:
     """A splits file replaces only one bcseg wrote, and never an input (the manifest,
     the fold file, an image or mask of a case)."""
-    from bcseg.data.dataset import case_files
+    from bcseg.data.content import case_files
 
     check_output_folder(out.parent)  # first: a path too long for the system fails any look at it
     if out.is_dir():
@@ -568,7 +569,7 @@ def _margin_images(values: list[str]):
 def cmd_margins(args) -> int:
     from bcseg.measure.margins import margins_for_files
 
-    from bcseg.data.dataset import IMAGE_CHANNEL
+    from bcseg.data.cases import IMAGE_CHANNEL
 
     images = _margin_images(args.image)
     names = list(images) if isinstance(images, dict) else [IMAGE_CHANNEL]

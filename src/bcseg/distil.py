@@ -38,7 +38,7 @@ from pathlib import Path
 import numpy as np
 
 from bcseg.atomic import file_sha256, read_json
-from bcseg.data.dataset import Case
+from bcseg.data.cases import Case
 from bcseg.errors import ConfigError, DataError, ModelError, UsageError, naming
 from bcseg.rundir import FOLD_FILE, TEACHER_FILE, load_run
 

@@ -190,7 +190,7 @@ def _check_same_files(recorded, validation: list[str], fold_file: Path, by_id: d
                       data) -> None:
     """The validation cases' files are those the run validated on (runs since
     2026-12-06 record their digests; older runs are taken on trust)."""
-    from bcseg.data.dataset import changed_case
+    from bcseg.data.content import changed_case
 
     if recorded is None:
         return

@@ -74,9 +74,11 @@ from bcseg.data import io
 from bcseg.atomic import PARTIAL_MARK, atomic_path, real_path, write_text
 from bcseg.data.consensus import METHODS, consensus
 from bcseg.data.channels import value_range
-from bcseg.data.dataset import (IMAGE_CHANNEL, Case, dataset_channels, discover, read_case_channel_arrays,
-                                read_case_image, read_case_masks, refuse_duplicate_images,
-                                require_every_observer)
+from bcseg.data.case_checks import require_every_observer
+from bcseg.data.cases import (IMAGE_CHANNEL, Case, dataset_channels, read_case_channel_arrays,
+                              read_case_image, read_case_masks)
+from bcseg.data.content import refuse_duplicate_images
+from bcseg.data.dataset import discover
 from bcseg.data.check import refuse_bad_cases, refuse_orphan_masks
 from bcseg.data.splits import check_groups_whole, kfold_by_group
 from bcseg.errors import DataError, DiskFullError, UsageError
@@ -166,7 +168,7 @@ def export_nnunet(data: str | Path | Iterable[Case], out: str | Path, dataset_id
         complete); one holding a file bcseg did not write there, or an input, is refused.
     channels : sequence of str, optional
         The channels, in the model's order, as ``_0000``, ``_0001``, ... (default: the
-        dataset's, :func:`bcseg.data.dataset.dataset_channels`). Every case needs them.
+        dataset's, :func:`bcseg.data.cases.dataset_channels`). Every case needs them.
 
     Returns
     -------

@@ -19,9 +19,10 @@ from bcseg.atomic import real_path
 from bcseg.data import io
 from bcseg.data.channels import blank_problem, constant_problem, value_range
 from bcseg.data.intensity import check_methods
-from bcseg.data.dataset import (BUSI_MASK, Case, Problems, data_files, dataset_channels,
-                                discover, duplicate_images, duplicate_problem,
-                                read_case_channel_arrays, same_mask_spacing)
+from bcseg.data.case_checks import Problems
+from bcseg.data.cases import Case, dataset_channels, read_case_channel_arrays, same_mask_spacing
+from bcseg.data.content import duplicate_images, duplicate_problem
+from bcseg.data.dataset import BUSI_MASK, data_files, discover
 from bcseg.data.splits import group_note, require_groups
 from bcseg.errors import DataError, printable
 

@@ -322,7 +322,7 @@ def normalise_channels(arrays: dict[str, np.ndarray], methods: dict[str, str] | 
     ----------
     arrays : dict of str to ndarray
         Each channel in its own dtype (so 8-bit US is still recognised as such), all
-        of one shape, as :func:`bcseg.data.dataset.read_case_channel_arrays` returns.
+        of one shape, as :func:`bcseg.data.cases.read_case_channel_arrays` returns.
     methods : dict of str to str, optional
         Method per channel name (see :func:`check_methods` for the defaults).
     stats : dict of str to IntensityStats, optional

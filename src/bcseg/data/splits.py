@@ -19,7 +19,8 @@ import numpy as np
 
 from bcseg.data import io
 from bcseg.atomic import read_json, write_text
-from bcseg.data.dataset import Case, read_csv_lines
+from bcseg.data.cases import Case
+from bcseg.data.manifest import read_csv_lines
 from bcseg.errors import DataError
 
 

@@ -28,8 +28,9 @@ from bcseg import outputs
 from bcseg.atomic import atomic_path, real_path, remove_partials
 from bcseg.data import io
 from bcseg.data.channels import blank_problem, stack as stack_channels
-from bcseg.data.dataset import (Case, discover, has_class_folders, id_problem, masks_beside_images,
-                                name_key, read_case_channel_arrays, read_case_image)
+from bcseg.data.case_checks import id_problem, name_key
+from bcseg.data.cases import Case, read_case_channel_arrays, read_case_image
+from bcseg.data.dataset import discover, has_class_folders, masks_beside_images
 from bcseg.data.intensity import check_methods, normalise
 from bcseg.errors import BcsegError, ConfigError, DataError, ModelError, UsageError
 from bcseg.infer.postprocess import check_steps, release_slices

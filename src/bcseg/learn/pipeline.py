@@ -33,7 +33,7 @@ from skimage.transform import resize
 
 # TensorFlow and bcseg.learn.augment are imported by the functions that train with them:
 # the geometry helpers (to_square, from_square) also serve the ONNX runtime, without TensorFlow.
-from bcseg.data.dataset import Case, read_case_channel_arrays, read_case_image, read_case_masks
+from bcseg.data.cases import Case, read_case_channel_arrays, read_case_image, read_case_masks
 from bcseg.errors import ConfigError, DataError
 from bcseg.data.intensity import normalise, normalise_channels
 from bcseg.data.resize import resize_axis

@@ -49,8 +49,10 @@ from bcseg.config import is_whole, load_config, save_config, unused_keys
 from bcseg.data.consensus import METHODS
 from bcseg.data.channels import ULTRASOUND, check_channel_name, is_modality
 from bcseg.data.io import not_a_file
-from bcseg.data.dataset import (IMAGE_CHANNEL, Case, case_digest, case_files, changed_case, dataset_channels,
-                                discover, refuse_duplicate_images, require_every_observer)
+from bcseg.data.case_checks import require_every_observer
+from bcseg.data.cases import IMAGE_CHANNEL, Case, dataset_channels
+from bcseg.data.content import case_digest, case_files, changed_case, refuse_duplicate_images
+from bcseg.data.dataset import discover
 from bcseg.data.intensity import check_methods
 from bcseg.data.splits import (check_groups_whole, folds_from_file, group_note, kfold_by_group, load_splits,
                                require_groups, save_splits, validation_ids)
@@ -659,7 +661,7 @@ def run_channels(cases: list[Case], cfg: dict, source=None) -> tuple[list[str] |
     """The named channels a run trains on, in order, and each one's normalisation.
 
     ``data.channels`` chooses them; empty, every channel of the dataset in
-    :func:`bcseg.data.dataset.dataset_channels` order. A dataset of grey images that
+    :func:`bcseg.data.cases.dataset_channels` order. A dataset of grey images that
     names no channels gives ``(None, {})``: one grey image per case, as always.
 
     Raises

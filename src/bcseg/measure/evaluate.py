@@ -69,7 +69,8 @@ from bcseg.config import is_whole
 from bcseg.data import io
 from bcseg.atomic import real_path, write_text
 from bcseg.data.check import refuse_orphan_masks
-from bcseg.data.dataset import Case, discover, read_case_image, read_case_masks
+from bcseg.data.cases import Case, read_case_image, read_case_masks
+from bcseg.data.dataset import discover
 from bcseg.errors import DataError, UsageError
 from bcseg.measure.metrics import REFERENCE_EPS, case_metrics, dice, slice_metrics, soft_scores, summarise
 from bcseg.measure.observers import (INTER_OBSERVER, MARGINS, METHODS, agreement, consensus,

@@ -63,7 +63,7 @@ from skimage.filters import threshold_otsu
 from bcseg import outputs
 from bcseg.data import io
 from bcseg.data.channels import check_agreement, check_channel_name, read_files
-from bcseg.data.dataset import IMAGE_CHANNEL
+from bcseg.data.cases import IMAGE_CHANNEL
 from bcseg.data.geometry import bounding_box, fill_holes, largest_component, surface
 from bcseg.atomic import atomic_path, real_path, write_text
 from bcseg.errors import BcsegError, DataError, UsageError

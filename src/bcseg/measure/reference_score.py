@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from bcseg.atomic import real_path
-from bcseg.data.dataset import Case, read_case_image, read_case_masks
+from bcseg.data.cases import Case, read_case_image, read_case_masks
 from bcseg.errors import DataError, ModelError
 from bcseg.measure.metrics import REFERENCE_EPS, batch_mean, soft_scores
 from bcseg.measure.observers import union
@@ -47,7 +47,7 @@ def _augmented_slices(case: Case, names: list[str], size: int, channel: str | No
     """The study's test inputs for one case: 24 augmented copies of every slice of the
     image the model reads (a model of one named channel: that channel, normalised by
     its own method)."""
-    from bcseg.data.dataset import read_case_channel_arrays
+    from bcseg.data.cases import read_case_channel_arrays
     from bcseg.data.intensity import channel_stats, normalise
     from bcseg.learn.augment import reference_offline_augment
     from bcseg.learn.pipeline import to_square
