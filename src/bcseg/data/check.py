@@ -17,8 +17,8 @@ import numpy as np
 
 from bcseg.atomic import real_path
 from bcseg.data import io
-from bcseg.data.channels import blank_problem, constant_problem, value_range
-from bcseg.data.intensity import check_methods
+from bcseg.data.channels import constant_problem, value_range
+from bcseg.data.intensity import blank_problem, check_methods
 from bcseg.data.case_checks import Problems
 from bcseg.data.cases import Case, dataset_channels, read_case_channel_arrays, same_mask_spacing
 from bcseg.data.content import duplicate_images, duplicate_problem
@@ -136,7 +136,7 @@ def refuse_bad_cases(cases: list[Case], channels: list[str] | None = None, befor
     when decoded) would leave half an output behind. Images are memory-mapped where
     they can be, so this reads the masks and the headers, not every stack in full.
     ``methods`` (channel name to normalisation) lets a channel that the method would
-    blank be refused (:func:`bcseg.data.channels.blank_problem`).
+    blank be refused (:func:`bcseg.data.intensity.blank_problem`).
     """
     for case in cases:
         for path, problem in check_case(case, sorted(case.masks), channels=channels or (), methods=methods):

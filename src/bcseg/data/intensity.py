@@ -19,6 +19,7 @@ The percentiles of a large stack are estimated from a regular strided subsample 
 about a million voxels, so a memory-mapped 400 x 1024 x 1024 stack is never read
 whole. :func:`intensity_stats` computes them once per image; :func:`normalise_slices`
 then normalises any range of slices with those volume-wide statistics.
+:func:`blank_problem` says when a channel would hold no image once normalised.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from bcseg.config import NORMALISATIONS
-from bcseg.data.channels import PHOTOACOUSTICS, is_modality
+from bcseg.data.channels import PHOTOACOUSTICS, constant_problem, is_modality
 from bcseg.errors import DataError
 
 PERCENTILES = (0.5, 99.5)
@@ -342,3 +343,51 @@ def normalise_channels(arrays: dict[str, np.ndarray], methods: dict[str, str] | 
         own = stats[name] if stats else channel_stats(arrays[name], methods[name])
         out[..., index] = normalise(arrays[name], own)
     return out
+
+
+def blank_problem(name: str, array: np.ndarray, method: str = "auto", chunk: int = 16) -> str | None:
+    """Why a named channel holds no image once normalised by ``method``, or None.
+
+    A constant channel (:func:`bcseg.data.channels.constant_problem`), and one
+    normalised by ``log`` (the photoacoustic default) that has no value above 0: log compression maps every value
+    at or below 0 to 0, so a PA stack saved negated (a bipolar reconstruction's sign
+    flipped) or clipped to zero would be trained on, or segmented with, as a blank
+    channel. As there, the first slice decides for almost every real image.
+    """
+    problem = constant_problem(name, array, chunk)
+    if problem or method not in ("log", "auto", "percentile"):
+        return problem
+    if method != "log":
+        return flat_problem(name, array, method)
+    first = array if array.ndim == 2 else array[0]
+    if (first > 0).any():  # not max(): NaN beside positive values is the finite check's to name
+        return None
+    rest = range(1, len(array) if array.ndim > 2 else 1, chunk)
+    if any((array[start:start + chunk] > 0).any() for start in rest):
+        return None
+    return (f"channel '{name}' has no value above 0, so its log normalisation maps all of it to 0: "
+            f"it holds no image; check the export from the scanner (a reconstruction saved with "
+            f"its sign flipped?), or set normalisation.{name} = \"percentile\" in the config")
+
+
+def flat_problem(name: str, array: np.ndarray, method: str = "auto") -> str | None:
+    """Why a channel that is not constant still holds no image once normalised linearly
+    between its 0.5th and 99.5th percentiles (``auto`` for any type but 8-bit, or
+    ``percentile``), or None.
+
+    Where one value fills over 99 % of the voxels (sparse vessels in a photoacoustic
+    image of zeros, a PA channel under a name bcseg does not know, or set to
+    ``percentile``), both percentiles are that value and the whole channel maps to 0:
+    trained on or segmented with as blank, as a constant channel would be, without a
+    word. ``log`` keeps such a channel (it takes the top of the positive values).
+    """
+    try:
+        stats = channel_stats(array, method)  # the subsample training and predict read
+    except DataError:
+        return None  # NaN or infinity: the finite check names the file
+    if stats.method != "percentile" or stats.high > stats.low:
+        return None
+    return (f"channel '{name}' holds one value ({stats.low:g}) in over 99% of its voxels, so its "
+            f"{method} normalisation (0.5th to 99.5th percentile) maps all of it to 0: the model "
+            f"would see no image; if it is sparse (vessels in a photoacoustic image), set "
+            f"normalisation.{name} = \"log\" in the config")

@@ -27,11 +27,11 @@ from tqdm.auto import tqdm
 from bcseg import outputs
 from bcseg.atomic import atomic_path, real_path, remove_partials
 from bcseg.data import io
-from bcseg.data.channels import blank_problem, stack as stack_channels
+from bcseg.data.channels import stack as stack_channels
 from bcseg.data.case_checks import id_problem, name_key
 from bcseg.data.cases import Case, read_case_channel_arrays, read_case_image
 from bcseg.data.dataset import discover, has_class_folders, masks_beside_images
-from bcseg.data.intensity import check_methods, normalise
+from bcseg.data.intensity import blank_problem, check_methods, normalise
 from bcseg.errors import BcsegError, ConfigError, DataError, ModelError, UsageError
 from bcseg.infer.postprocess import check_steps, release_slices
 from bcseg.infer.predict import load_model, model_spec, rank_problem, segment_volume
@@ -570,7 +570,7 @@ def _check_pixels(files: list[Path | Case], names: tuple[str, ...], problems: di
     none above 0 where the model log-normalises it, or one value in nearly every voxel
     where it scales it between percentiles (``methods``: each channel's normalisations
     by the members), is refused as check and train refuse it
-    (:func:`bcseg.data.channels.blank_problem`)."""
+    (:func:`bcseg.data.intensity.blank_problem`)."""
     for item in files:
         if output_name(item) in problems:
             continue
