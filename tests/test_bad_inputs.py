@@ -25,7 +25,7 @@ import numpy as np
 import pytest
 import tifffile
 
-from bcseg.data import io
+from bcseg.data import image_rules, io
 from bcseg import after_fit, outputs, rundir
 from bcseg.atomic import write_text
 from bcseg.learn import train
@@ -370,25 +370,25 @@ def test_tiny_tiff_declaring_huge_dimensions_is_refused_before_reading(tmp_path,
     path.parent.mkdir()
     _tiled_tiff(path, 16384, 16384, 1024)  # 256 MiB declared, 2 kB on disk
     assert path.stat().st_size < 10_000
-    monkeypatch.setenv(io.MAX_IMAGE_ENV, "0.125")  # 128 MiB
+    monkeypatch.setenv(image_rules.MAX_IMAGE_ENV, "0.125")  # 128 MiB
     with pytest.raises(DataError, match=r"bomb\.tif: is too large .*0\.25 GiB .*0\.125 GiB limit"
                                         r".*BCSEG_MAX_IMAGE_GB"):
         io.read_image(path)
     assert_refused(capsys, predict_argv(tmp_path, path, models["2d"]), 3, "bomb.tif: is too large", tmp_path)
-    monkeypatch.delenv(io.MAX_IMAGE_ENV)
+    monkeypatch.delenv(image_rules.MAX_IMAGE_ENV)
     _tiled_tiff(path, 60000, 60000, 4096)  # 3.4 GiB declared: under the old voxel cap
-    monkeypatch.setenv(io.MAX_IMAGE_ENV, "3")
+    monkeypatch.setenv(image_rules.MAX_IMAGE_ENV, "3")
     with pytest.raises(DataError, match="is too large"):
         io.read_image(path)
 
 
 def test_the_size_limit_is_read_from_the_environment(monkeypatch):
-    assert io.max_image_bytes() == 4 * 2**30
-    monkeypatch.setenv(io.MAX_IMAGE_ENV, "0.5")
-    assert io.max_image_bytes() == 2**29
-    monkeypatch.setenv(io.MAX_IMAGE_ENV, "lots")
+    assert image_rules.max_image_bytes() == 4 * 2**30
+    monkeypatch.setenv(image_rules.MAX_IMAGE_ENV, "0.5")
+    assert image_rules.max_image_bytes() == 2**29
+    monkeypatch.setenv(image_rules.MAX_IMAGE_ENV, "lots")
     with pytest.raises(BcsegError, match="BCSEG_MAX_IMAGE_GB='lots' must be a positive number"):
-        io.max_image_bytes()
+        image_rules.max_image_bytes()
 
 
 @pytest.mark.parametrize("command", ["check", "evaluate", "margins", "predict --keep-going"])
@@ -401,7 +401,7 @@ def test_a_bad_size_limit_in_the_environment_is_a_setting_error_not_the_files(co
     stack = tmp_path / "s.tif"
     io.write_image(stack, STACK, (0.5, 0.2, 0.2))
     io.write_mask(tmp_path / "s_mask.tif", STACK > STACK.mean())
-    monkeypatch.setenv(io.MAX_IMAGE_ENV, "lots")
+    monkeypatch.setenv(image_rules.MAX_IMAGE_ENV, "lots")
     out = tmp_path / "out"
     argv = {"check": ["check", data],
             "evaluate": ["evaluate", "--pred", data / "masks" / "observer1", "--truth", data, "--out", out],

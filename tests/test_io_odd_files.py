@@ -19,7 +19,7 @@ import tifffile
 from PIL import Image
 
 from bcseg.cli import main
-from bcseg.data import intensity, io
+from bcseg.data import image_rules, intensity, io
 from bcseg.data.check import check_dataset
 from bcseg.errors import DataError
 
@@ -378,7 +378,7 @@ def test_float32_percentile_between_far_apart_values_is_finite(tmp_path):
     ((0.25, 9e-5), False), ((1e-12, 1e-6), False), ((100.5, 0.2), False), ((1e5, 1e5), False),
 ])
 def test_spacing_range(spacing, ok):
-    assert (io.spacing_problem(spacing, 2) is None) is ok
+    assert (image_rules.spacing_problem(spacing, 2) is None) is ok
 
 
 def imagej_tiff(path, image, unit: str, pixel: float, z: float | None = None) -> None:
@@ -393,7 +393,7 @@ def imagej_tiff(path, image, unit: str, pixel: float, z: float | None = None) ->
 def test_spacing_in_nanometres_is_refused(tmp_path):
     path = tmp_path / "nm.tif"
     imagej_tiff(path, RAMP, "nm", 1.0)  # 1 nm = 1e-6 mm
-    assert io.spacing_problem((1e-6, 1e-6)) is not None
+    assert image_rules.spacing_problem((1e-6, 1e-6)) is not None
     refused(lambda: io.read_image(path), path, "1e-06 x 1e-06 mm", "between 0.0001 and 100 mm")
     refused(lambda: io.read_spacing(path), path, "1e-06 x 1e-06 mm")
 

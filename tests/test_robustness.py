@@ -32,7 +32,7 @@ import numpy as np
 import pytest
 import tifffile
 
-from bcseg.data import io
+from bcseg.data import image_rules, io
 from bcseg.atomic import PARTIAL_MARK, remove_partials
 from bcseg.cli import main
 from bcseg.errors import DataError
@@ -542,7 +542,7 @@ def test_keep_going_reports_every_failure_one_line_each(mixed_folder, tmp_path, 
 def test_reading_refuses_more_than_max_bytes(tmp_path, monkeypatch, models, capsys):
     io.write_image(tmp_path / "big.tif", STACK)
     io.write_image(tmp_path / "big.nii.gz", STACK)
-    monkeypatch.setenv(io.MAX_IMAGE_ENV, str((STACK.nbytes - 1) / 2**30))
+    monkeypatch.setenv(image_rules.MAX_IMAGE_ENV, str((STACK.nbytes - 1) / 2**30))
     for path in (tmp_path / "big.tif", tmp_path / "big.nii.gz"):
         with pytest.raises(DataError, match=r"big\.(tif|nii\.gz): is too large \(\(4, 32, 40\):"):
             io.read_image(path)
@@ -551,7 +551,7 @@ def test_reading_refuses_more_than_max_bytes(tmp_path, monkeypatch, models, caps
     code, _, err = run_main(capsys, _predict(tmp_path, tmp_path / "big.tif", models["2d"]))
     assert code == 3 and "big.tif: is too large" in one_error_line(err)
     assert files_under(tmp_path / "out") == {}
-    monkeypatch.setenv(io.MAX_IMAGE_ENV, str(STACK.nbytes / 2**30))
+    monkeypatch.setenv(image_rules.MAX_IMAGE_ENV, str(STACK.nbytes / 2**30))
     assert io.read_image(tmp_path / "big.tif")[0].shape == STACK.shape
 
 

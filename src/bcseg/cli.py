@@ -200,9 +200,9 @@ def _steps(text: str) -> list[str]:
 
 def _spacing(text: str) -> tuple[float, ...]:
     """A voxel size ``Z x Y x X`` in mm: three positive, finite numbers in the plausible
-    range of :func:`bcseg.data.io.spacing_problem`, the readers' rule, so a slip (1e-12)
-    is a usage error here, before a model loads or margins size a kernel from it."""
-    from bcseg.data.io import spacing_problem
+    range of :func:`bcseg.data.image_rules.spacing_problem`, the readers' rule, so a slip
+    (1e-12) is a usage error here, before a model loads or margins size a kernel from it."""
+    from bcseg.data.image_rules import spacing_problem
 
     try:
         values = tuple(float(v) for v in text.replace(",", "x").split("x"))
@@ -1045,7 +1045,7 @@ def _run(args) -> int:
         # The size limit from the environment is a setting: checked once here, as a
         # setting (exit 4). Read first where a header was, its error was wrapped as that
         # file's ("s0.tif: cannot read TIFF (...)", exit 3), and listed once per file.
-        from bcseg.data.io import max_image_bytes
+        from bcseg.data.image_rules import max_image_bytes
         max_image_bytes()
         if args.command in NEEDS_TENSORFLOW and getattr(args, "runtime", None) != "onnx":
             _import_tensorflow_quietly()

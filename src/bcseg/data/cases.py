@@ -19,6 +19,7 @@ import numpy as np
 
 from bcseg.data import channels as channel_files
 from bcseg.data import io
+from bcseg.data.image_rules import same_spacing, spacing_text
 from bcseg.errors import DataError
 
 
@@ -198,9 +199,9 @@ def same_mask_spacing(path: Path, stated: tuple[Path, tuple[float, ...]] | None
         return stated
     if stated is None:
         return path, own
-    if not io.same_spacing(own, stated[1]):
-        raise DataError(path, f"mask spacing {io.spacing_text(own)} mm differs from that of "
-                        f"another mask of its image, {stated[0]} ({io.spacing_text(stated[1])} mm), "
+    if not same_spacing(own, stated[1]):
+        raise DataError(path, f"mask spacing {spacing_text(own)} mm differs from that of "
+                        f"another mask of its image, {stated[0]} ({spacing_text(stated[1])} mm), "
                         "and the image states none; re-save the masks with the image's spacing, "
                         "or with none")
     return stated

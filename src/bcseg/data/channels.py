@@ -25,6 +25,7 @@ import numpy as np
 
 from bcseg.atomic import read_json
 from bcseg.data import io
+from bcseg.data.image_rules import same_spacing, spacing_text
 from bcseg.config import NAME_MAX, check_channel_name  # noqa: F401 (one rule, kept with the recipe's)
 from bcseg.errors import DataError
 
@@ -105,9 +106,9 @@ def check_agreement(names: list[str], paths: list[Path], arrays: list[np.ndarray
         if array.shape != first:
             raise DataError(path, f"channel '{name}' has shape {array.shape}, but channel "
                             f"'{names[0]}' ({paths[0].name}) has {first}")
-        if spacing is not None and not io.same_spacing(spacing, known):
-            raise DataError(path, f"channel '{name}' has spacing {io.spacing_text(spacing)} mm, but "
-                            f"another channel of the case has {io.spacing_text(known)} mm")
+        if spacing is not None and not same_spacing(spacing, known):
+            raise DataError(path, f"channel '{name}' has spacing {spacing_text(spacing)} mm, but "
+                            f"another channel of the case has {spacing_text(known)} mm")
         # co-registered voxel by voxel: one saved flipped or shifted would be stacked mirrored
         io.check_same_frame(path, paths[0], f"the {name} channel", f"the {names[0]} channel")
     return known

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from bcseg.atomic import real_path
-from bcseg.data import io
+from bcseg.data import image_rules, io
 from bcseg.data.channels import constant_problem, value_range
 from bcseg.data.intensity import blank_problem, check_methods
 from bcseg.data.case_checks import Problems
@@ -286,7 +286,7 @@ def format_report(report: CheckReport) -> str:
             rows.append((f"{ndim}D shapes", ", ".join(
                 f"{axis} {_span([s[i] for s in same])}" for i, axis in enumerate(axes))))
         rows.append(("dtypes", _count_line(Counter(report.dtypes.values()))))
-        spacing = Counter("unknown" if s is None else io.spacing_text(s) + " mm"
+        spacing = Counter("unknown" if s is None else image_rules.spacing_text(s) + " mm"
                           for s in report.spacings.values())
         rows.append(("spacing", _count_line(spacing)))
     for name, (low, high) in report.channel_ranges.items():

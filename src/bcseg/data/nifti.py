@@ -28,7 +28,7 @@ from bcseg.errors import DataError
 _DATATYPE_BITS = {1: 1, 2: 8, 4: 16, 8: 32, 16: 32, 32: 64, 64: 64, 128: 24, 256: 8, 512: 16,
                   768: 32, 1024: 64, 1280: 64, 1536: 128, 1792: 128, 2048: 256, 2304: 32}
 
-# Relative, as io.SPACING_TOLERANCE: sform and pixdim written from one voxel size
+# Relative, as image_rules.SPACING_TOLERANCE: sform and pixdim written from one voxel size
 # agree to float32's 7 digits; beyond this they are two sizes.
 _SCALE_TOLERANCE = 1e-3
 

@@ -37,7 +37,7 @@ from scipy import ndimage
 
 from bcseg.config import is_whole
 from bcseg.data import io
-from bcseg.data.io import spacing_problem
+from bcseg.data.image_rules import spacing_problem
 from bcseg.atomic import write_text
 from bcseg.outputs import check_output_folder, claim, require_new_folder
 from bcseg.data import phantom_us as us

@@ -46,7 +46,7 @@ from tqdm.auto import tqdm
 
 from bcseg.config import is_whole
 from bcseg.errors import ConfigError, DataError, ModelError, naming
-from bcseg.data.io import spacing_problem
+from bcseg.data.image_rules import spacing_problem
 from bcseg.data.intensity import channel_stats, check_methods, intensity_stats, normalise
 from bcseg.infer.postprocess import apply_steps_inplace, check_steps, release_slices
 from bcseg.learn.saved import ModelSpec, load_model, model_spec, probabilities  # noqa: F401 (re-exported)

@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 
 from bcseg import outputs
 from bcseg.atomic import atomic_path, real_path, remove_partials
-from bcseg.data import io
+from bcseg.data import image_rules, io
 from bcseg.data.channels import stack as stack_channels
 from bcseg.data.case_checks import id_problem, name_key
 from bcseg.data.cases import Case, read_case_channel_arrays, read_case_image
@@ -615,7 +615,7 @@ def _check_margins_request(out_dir: Path, spacing_mm) -> None:
     """The margins table may be added to (bcseg wrote it, or it is absent), and a
     spacing given is usable; UsageError otherwise, before any work."""
     outputs.check_replaceable([out_dir / MARGINS_TABLE], force=True, command="predict")
-    problem = None if spacing_mm is None else io.spacing_problem(spacing_mm, 3)
+    problem = None if spacing_mm is None else image_rules.spacing_problem(spacing_mm, 3)
     if problem:
         raise UsageError(None, f"spacing_mm {tuple(spacing_mm)}: spacing {problem}")
 

@@ -67,6 +67,7 @@ import numpy as np
 
 from bcseg.config import is_whole
 from bcseg.data import io
+from bcseg.data.image_rules import same_spacing, spacing_text
 from bcseg.atomic import real_path, write_text
 from bcseg.data.check import refuse_orphan_masks
 from bcseg.data.cases import Case, read_case_image, read_case_masks
@@ -334,9 +335,9 @@ def _read_probability(path: Path, spacing) -> np.ndarray:
     its image's (``spacing``; None: unknown, or the manifest's, which overrides the files'):
     it was made from another stack, or a resampled one, and scores the wrong voxels."""
     prob, own = io.read_image(path)
-    if own is not None and spacing is not None and not io.same_spacing(own, spacing):
-        raise DataError(path, f"probability map spacing {io.spacing_text(own)} mm differs from its "
-                        f"image's {io.spacing_text(spacing)} mm; segment the image again, or re-save "
+    if own is not None and spacing is not None and not same_spacing(own, spacing):
+        raise DataError(path, f"probability map spacing {spacing_text(own)} mm differs from its "
+                        f"image's {spacing_text(spacing)} mm; segment the image again, or re-save "
                         "the map with its image's spacing")
     return prob
 

@@ -61,7 +61,7 @@ from scipy.spatial import cKDTree
 from skimage.filters import threshold_otsu
 
 from bcseg import outputs
-from bcseg.data import io
+from bcseg.data import image_rules, io
 from bcseg.data.channels import check_agreement, check_channel_name, read_files
 from bcseg.data.cases import IMAGE_CHANNEL
 from bcseg.data.geometry import bounding_box, fill_holes, largest_component, surface
@@ -210,7 +210,7 @@ def _as_orientation(orientation) -> Orientation:
 def _sampling(spacing_mm, ndim: int) -> np.ndarray:
     if spacing_mm is None:
         return np.ones(ndim)
-    problem = io.spacing_problem(spacing_mm, ndim)
+    problem = image_rules.spacing_problem(spacing_mm, ndim)
     if problem:
         raise DataError(None, f"spacing_mm {tuple(spacing_mm)}: spacing {problem}")
     return np.asarray(spacing_mm, dtype=float)
