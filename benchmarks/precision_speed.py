@@ -50,7 +50,8 @@ def main(argv=None) -> int:
 
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     from bcseg.config import load_config
-    from bcseg.learn.train import mixed_policy, training_precision
+    from bcseg.learn.machine import mixed_policy
+    from bcseg.learn.train import training_precision
 
     times: dict[bool, list[float]] = {False: [], True: []}
     for _ in range(args.rounds):

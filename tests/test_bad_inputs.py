@@ -28,7 +28,7 @@ import tifffile
 from bcseg.data import image_rules, io
 from bcseg import after_fit, outputs, rundir
 from bcseg.atomic import write_text
-from bcseg.learn import train
+from bcseg.learn import starting_model, train
 from bcseg.cli import main
 from bcseg.config import load_config, save_config
 from bcseg.errors import BcsegError, DataError, printable
@@ -844,7 +844,7 @@ def test_resume_starts_from_the_model_the_run_began_with(tmp_path, tiny_config, 
     run = _run_dir(tmp_path, tiny_config)
     _started_from(run, first)
     cfg = load_config(run / "config.toml")
-    assert train._started_from(run, None, True, cfg, None)[0] == first  # its later folds start there
+    assert starting_model.started_from(run, None, True, cfg, None)[0] == first  # its later folds start there
     before = files_under(run)
     code, out, err = run_main(capsys, ["train", root, "--out", run, "--resume", "--init", other])
     line = one_error_line(err)

@@ -189,11 +189,11 @@ def _first_kernel(model) -> np.ndarray:
 def test_init_of_a_one_channel_pa_model_widens_onto_the_pa_channel(tmp_path):
     # A model trained with --channels pa, fine-tuned into a us,pa run: its kernel must
     # read pa; it went to 'us' (the grey BUSI model's rule) and read ultrasound.
-    from bcseg.learn.train import _initial_model
+    from bcseg.learn.starting_model import initial_model
 
     path = _named_model(tmp_path / "pa.keras", 1, ("pa",))
     original = _first_kernel(load_model(path))
-    wide = _first_kernel(_initial_model(path, ["us", "pa"]))
+    wide = _first_kernel(initial_model(path, ["us", "pa"]))
     np.testing.assert_array_equal(wide[:, :, 1:2], original)
     assert not wide[:, :, 0].any()
 

@@ -32,7 +32,7 @@ from bcseg import cli
 from bcseg.atomic import PARTIAL_MARK
 from bcseg.data import io
 from bcseg import rundir
-from bcseg.learn import train
+from bcseg.learn import machine, train
 from bcseg.after_fit import train_and_evaluate
 from bcseg.config import load_config
 from bcseg.data.cases import Case
@@ -430,7 +430,7 @@ def test_mixed_precision_run_records_it_and_predicts_in_float32(tmp_path, phanto
     assert load_config(out / "config.toml")["train"]["mixed_precision"] is True
     saved = keras.saving.load_model(out / "model_best.keras", safe_mode=True, compile=False)
     policies = {layer.dtype_policy.name for layer in saved.layers}
-    assert train.mixed_policy() in policies  # trained in bfloat16 on this CPU
+    assert machine.mixed_policy() in policies  # trained in bfloat16 on this CPU
     model = load_model(out / "model_best.keras")
     assert {layer.dtype_policy.name for layer in model.layers} == {"float32"}
     for a, b in zip(model.get_weights(), saved.get_weights()):

@@ -25,7 +25,6 @@ import functools
 import json
 import logging
 import math
-import os
 import re
 import shutil
 import signal
@@ -47,8 +46,7 @@ from bcseg.atomic import atomic_path, partial_name, read_json, remove_partials, 
 from bcseg.learn.augment import AugmentConfig
 from bcseg.config import is_whole, load_config, save_config, unused_keys
 from bcseg.data.consensus import METHODS
-from bcseg.data.channels import ULTRASOUND, check_channel_name, is_modality
-from bcseg.data.io import not_a_file
+from bcseg.data.channels import check_channel_name
 from bcseg.data.case_checks import require_every_observer
 from bcseg.data.cases import IMAGE_CHANNEL, Case, dataset_channels
 from bcseg.data.content import case_digest, case_files, changed_case, refuse_duplicate_images
@@ -58,7 +56,9 @@ from bcseg.data.splits import (check_groups_whole, folds_from_file, group_note, 
                                require_groups, save_splits, validation_ids)
 from bcseg.errors import STOPS_ASKED, ConfigError, DataError, ModelError, UsageError
 from bcseg.learn.losses import DiceMetric, IoUMetric, get_loss
-from bcseg.learn.models import feature_values, unet, with_input_channels
+from bcseg.learn.machine import check_epoch_memory, check_memory, distribution, mixed_policy
+from bcseg.learn.models import unet
+from bcseg.learn.starting_model import initial_model, started_from
 
 HISTORY_COLUMNS = ["epoch", "loss", "dice", "iou", "val_loss", "val_dice", "val_iou", "lr"]
 log = logging.getLogger("bcseg.learn.train")
@@ -562,7 +562,7 @@ def run_fold(cases: list[Case], folds: dict[str, int], fold: int, cfg: dict, out
         _say(f"distilling: each training target is {1 - t['teacher_weight']:g} x the mask + "
              f"{t['teacher_weight']:g} x the teacher's probability ({', '.join(t['teacher'])})")
 
-    scope = _distribution(strategy)
+    scope = distribution(strategy)
     state = {"epoch": 0}
     with scope.scope():
         if resume and (out / rundir.STATE_FILE).is_file():
@@ -573,7 +573,7 @@ def run_fold(cases: list[Case], folds: dict[str, int], fold: int, cfg: dict, out
             # Seeded afresh for each fold: a fold starts as it would trained alone (whatever
             # earlier folds drew), and a seed ensemble's members start apart.
             keras.utils.set_random_seed(draw_seed(t))
-            model = _initial_model(init_model, channels) if init_model else \
+            model = initial_model(init_model, channels) if init_model else \
                 build_model(cfg, len(channels or [IMAGE_CHANNEL]))
             compile_model(model, cfg)
     if before_fit is not None:  # the data are read: the last moment to stop before fitting
@@ -584,77 +584,6 @@ def run_fold(cases: list[Case], folds: dict[str, int], fold: int, cfg: dict, out
             "saved_epoch": state["epoch"], "signals_caught": caught,
             "out": out, "cfg": cfg, "validation": val_cases, "test": test,
             "channels": channels, "normalisation": methods}
-
-
-def _initial_model(path: Path, channels: list[str] | None) -> keras.Model:
-    """The ``init`` model, its first convolution widened to the run's channels (the
-    ``us`` channel, or the first, keeps its weights; see :func:`with_input_channels`)."""
-    model = keras.saving.load_model(path, safe_mode=True, compile=False)
-    if channels and model.inputs[0].shape[-1] != len(channels):
-        own = _init_channel_names(path)  # a model of one named channel keeps that channel
-        ultrasound = [i for i, name in enumerate(channels) if is_modality(name, ULTRASOUND)]
-        keep = channels.index(own[0]) if own else (ultrasound or [0])[0]
-        model = with_input_channels(model, len(channels), keep)
-    return model
-
-
-# Bytes training keeps per value of one feature map of each level, at the least: the
-# convolution, normalisation and activation outputs of each block's two convolutions,
-# in the encoder and the decoder, are kept for the backward pass (8 maps), at 2 bytes
-# (bfloat16; float32 keeps twice as much). A lower bound, so that no recipe that fits
-# is refused.
-KEPT_BYTES_PER_VALUE = 16
-
-
-def _machine_memory() -> int | None:
-    """This machine's memory in bytes; None where the system does not tell (Windows)."""
-    try:
-        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (AttributeError, ValueError, OSError):
-        return None
-
-
-def _sample_shape(cfg: dict) -> tuple[int, ...]:
-    """One training sample's spatial shape: a 2D square or a 3D patch."""
-    d = cfg["data"]
-    return (d["size"],) * 2 if cfg["model"]["ndim"] == 2 else (d["patch_depth"], d["size"], d["size"])
-
-
-def _check_epoch_memory(cfg: dict, source) -> None:
-    """Refuse, before the run folder exists, a ``steps_per_epoch`` whose samples cannot
-    fit in this machine's memory (1e12 asked for 64 TiB): an epoch's augmented samples
-    are held in memory at once, float32 images and targets
-    (:func:`bcseg.learn.pipeline.epoch_arrays`), on the host even when training on a GPU."""
-    have = _machine_memory()
-    d, t = cfg["data"], cfg["train"]
-    shape = _sample_shape(cfg)
-    per_step = t["batch_size"] * math.prod(shape) * (max(1, len(d["channels"])) + 1) * 4
-    if have is not None and t["steps_per_epoch"] * per_step > have:
-        most = have // per_step
-        raise ConfigError(source, f"'train.steps_per_epoch' must be at most {most} on this "
-                          f"machine (0 for one pass over the data): an epoch's samples are held in "
-                          f"memory, and {most} batches of {t['batch_size']} x {' x '.join(map(str, shape))} "
-                          f"fill its {have / 2**30:.0f} GiB, got {t['steps_per_epoch']!r}")
-
-
-def _check_memory(cfg: dict, source) -> None:
-    """Refuse, before the run folder exists, a batch whose activations alone cannot fit
-    in this machine's memory (data.size 4096 with batch_size 4096 is in range for each
-    key, and used to be killed for memory after the run folder was made)."""
-    if tf.config.list_physical_devices("GPU"):  # activations live there, split over devices
-        return
-    have = _machine_memory()
-    if have is None:
-        return
-    m, t = cfg["model"], cfg["train"]
-    shape = _sample_shape(cfg)
-    need = t["batch_size"] * KEPT_BYTES_PER_VALUE * feature_values(
-        shape, m["base_filters"], m["depth"], m["max_filters"] or None, m["stem_stride"])
-    if need > have:
-        raise ConfigError(source, f"one training batch ({t['batch_size']} x {' x '.join(map(str, shape))}, "
-                          f"{m['base_filters']} base filters) needs at least {need / 2**30:.0f} GiB, more "
-                          f"than this machine's {have / 2**30:.0f} GiB; lower train.batch_size "
-                          "(--batch-size), data.size or model.base_filters")
 
 
 def run_channels(cases: list[Case], cfg: dict, source=None) -> tuple[list[str] | None, dict[str, str]]:
@@ -763,16 +692,6 @@ def validation_target(d: dict) -> str:
     return pipeline.evaluation_target(d["observer"])
 
 
-def _distribution(strategy: str | None):
-    if strategy in (None, "", "none"):
-        return tf.distribute.get_strategy()  # the default, no-op strategy
-    if strategy == "mirrored":
-        return tf.distribute.MirroredStrategy()
-    if strategy == "multiworker":
-        return tf.distribute.MultiWorkerMirroredStrategy()
-    raise ConfigError(None, f"unknown strategy '{strategy}'; use mirrored or multiworker")
-
-
 # --------------------------------------------------------------------------- driver
 
 def train(data, out, config=None, overrides: dict | None = None, fold="0", folds_file=None,
@@ -846,10 +765,10 @@ def train(data, out, config=None, overrides: dict | None = None, fold="0", folds
         pipeline.check_offline_augment(cfg["data"], channels, _config_source(
             out, config, overrides, resume, "data", "offline_augment"))
     _check_cases(cases, channels, methods)
-    _check_memory(cfg, _config_source(out, config, overrides, resume, "train", "batch_size"))
-    _check_epoch_memory(cfg, _config_source(out, config, overrides, resume, "train", "steps_per_epoch"))
+    check_memory(cfg, _config_source(out, config, overrides, resume, "train", "batch_size"))
+    check_epoch_memory(cfg, _config_source(out, config, overrides, resume, "train", "steps_per_epoch"))
     # an unusable model is refused before the run dir is touched
-    init_model, init_record = _started_from(out, init, resume, cfg, channels)
+    init_model, init_record = started_from(out, init, resume, cfg, channels)
     inputs = _inputs(data, cases, config, folds_file, init_model) + _inputs(None, [], *cfg["train"]["teacher"])
     if force:  # an input inside the folder is the refusal to name, before what else --force meets
         outputs.check_not_inputs(out, inputs)
@@ -974,7 +893,7 @@ def _plan_folds(out: Path, cases: list[Case], cfg: dict, fold, folds_file, resum
             raise DataError(folds_file or data, f"puts every case in fold {k}, the test fold: "
                             "none is left to train on; spread the cases over at least 2 folds")
     if resume and folds_file and source is None and folds_from_file(folds_file, cases) != folds:
-        raise UsageError(folds_file, f"assigns other folds than the run's splits.json; a resumed "
+        raise UsageError(folds_file, "assigns other folds than the run's splits.json; a resumed "
                          "run keeps its splits")
     if resume:
         _refuse_other_test_folds(out, targets)
@@ -1108,28 +1027,6 @@ def training_precision(cfg: dict):
         keras.mixed_precision.set_global_policy(previous)
 
 
-def mixed_policy() -> str:
-    """The mixed-precision policy for this machine: float16 on a GPU, bfloat16 on a
-    CPU with bfloat16 instructions, else plain float32.
-
-    GPUs have float16 tensor cores; recent x86 CPUs (AVX512-BF16, AMX) have bfloat16
-    instructions that oneDNN uses, and bfloat16 needs no loss scaling. Elsewhere
-    bfloat16 is emulated and slower than float32, so mixed precision is skipped.
-    Variables stay float32 under either policy, and the output layer computes in float32.
-    """
-    if tf.config.list_physical_devices("GPU"):
-        return "mixed_float16"
-    return "mixed_bfloat16" if _cpu_has_bfloat16() else "float32"
-
-
-def _cpu_has_bfloat16() -> bool:
-    try:
-        flags = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
-    except OSError:  # not Linux: no cheap way to tell, so stay safe
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
-
-
 def _refuse_changed_settings(saved: dict, config, overrides: dict | None, mixed_precision: bool,
                              path: Path) -> None:
     """A resumed run continues with the settings it was started with: refuse others.
@@ -1163,117 +1060,3 @@ def _check_cases(cases: list[Case], channels: list[str] | None = None, methods: 
     from bcseg.data.check import refuse_bad_cases
 
     refuse_bad_cases(cases, channels, "training", methods)
-
-
-def _started_from(out: Path, init, resume: bool, cfg: dict, channels) -> tuple[Path | None, dict | None]:
-    """The model a run's folds start from, and what the run records of it.
-
-    A resumed run starts its folds still to come from the model it began with, recorded
-    in ``init.json``: without the record, `--folds all --init busi` resumed without
-    --init trained its later folds from scratch, and with another --init from another
-    model, a run of mixed starts. A model that changed since (a new bundled model) is
-    refused, as is an --init on resuming a run begun without one.
-    """
-    recorded_file = out / rundir.INIT_FILE
-    recorded = None
-    if resume and recorded_file.is_file():
-        try:
-            recorded = read_json(recorded_file)
-        except (OSError, ValueError):
-            recorded = None
-        if not isinstance(recorded, dict) or not {"init", "weights"} <= recorded.keys():
-            raise DataError(recorded_file, "is damaged (not the JSON bcseg wrote); the model the "
-                            "run started from is unknown: start the run again")
-    if resume and recorded is None and init:
-        raise UsageError("--init", f"{out} records no model it started from ({rundir.INIT_FILE}): it was "
-                         "started without --init, or by a bcseg before 2026-12-07; resume it without "
-                         "--init (its folds still to come start from scratch), or start it again")
-    given = init if init or recorded is None else recorded["init"]
-    model = _init_model(given, cfg, len(channels or [IMAGE_CHANNEL]), channels)
-    if model is None:
-        return None, None
-    record = {"init": given if given == "busi" else str(model.absolute()),
-              "weights": rundir.weights_digest(model)}
-    if recorded is not None and recorded["weights"] != record["weights"]:
-        raise UsageError("--init" if init else recorded_file,
-                         f"{model} is not the model the run started from ({recorded['init']}, recorded "
-                         f"in {recorded_file}: its weights differ); a resumed run continues as it began")
-    return model, record
-
-
-def _init_model(init, cfg: dict, in_channels: int = 1, channels: list[str] | None = None
-                ) -> Path | None:
-    """The initial model's file, loaded once (safely) to refuse an unusable one early.
-
-    A model of one channel can start a run of several (its first convolution is
-    widened); any other count must be the run's. A model that records its channels
-    must have been trained on the run's, in the run's order (one of them, to be widened).
-    """
-    if not init:
-        return None
-    if init == "busi":
-        from bcseg.pretrained import pretrained_path
-        return pretrained_path()
-    path = Path(init)
-    if path.is_dir():  # a run folder: "not found" while it is there misled
-        inside = path / rundir.MODEL_FILE
-        raise ConfigError(path, "is a folder; --init takes a .keras file" +
-                          (f", e.g. {inside}" if inside.is_file() else ""))
-    if not path.is_file():
-        raise ConfigError(path, not_a_file(path, "a .keras file") if os.path.lexists(path)
-                          else "initial model not found")
-    from bcseg.learn.saved import load_model, model_spec
-
-    try:
-        model = load_model(path)
-        spec = model_spec(model)  # ModelError naming the file: unsafe, corrupt, ...
-    except ModelError as exc:
-        raise (exc if exc.path else ModelError(path, exc.problem)) from None
-    if spec.ndim != cfg["model"]["ndim"]:
-        raise ModelError(path, f"is a {spec.ndim}D model; this run trains a "
-                         f"{cfg['model']['ndim']}D one")
-    if spec.channels not in (1, in_channels):
-        raise ModelError(path, f"takes {spec.channels} input channels; this run trains on "
-                         f"{in_channels}")
-    _check_init_output(path, model, spec, cfg)
-    # Only the count was checked: a pa,us model started a us,pa run reading us as pa, and
-    # a pa model was widened onto us. The names recorded with the model must fit the run.
-    own = _init_channel_names(path)
-    if own and channels and (list(own) != channels if spec.channels == len(channels)
-                             else own[0] not in channels):
-        raise ModelError(path, f"was trained on channel(s) {', '.join(own)}; this run trains on "
-                         f"{', '.join(channels)}, so its first layer would read one channel as "
-                         "another; train on the model's channels in its order (--channels "
-                         f"{','.join(own)})")
-    return path
-
-
-def _check_init_output(path: Path, model, spec, cfg: dict) -> None:
-    """Refuse an ``--init`` model that cannot train on this run's samples: one of a fixed
-    input size or a size divisor the samples do not fit, or one whose output is not one
-    probability per pixel (several channels, another size, no sigmoid). Loading such a
-    model succeeded, and it failed in the first epoch (an unexpected ValueError, exit 1)
-    or, without its sigmoid, at tuning after a whole run, each time with the run folder
-    already written. One sample through the model says it before the folder exists."""
-    from bcseg.learn.saved import probabilities
-
-    shape = _sample_shape(cfg)
-    keys = "data.size" if len(shape) == 2 else "data.patch_depth, data.size"
-    trains = f"this run trains on {' x '.join(map(str, shape))} ({keys})"
-    if any(f is not None and f != n for f, n in zip(spec.fixed, shape)):
-        raise ModelError(path, f"takes inputs of spatial size {spec.fixed}; {trains}")
-    if any(n % spec.divisor for n, f in zip(shape, spec.fixed) if f is None):
-        raise ModelError(path, f"takes sizes that are multiples of {spec.divisor}; {trains}")
-    sample = np.random.default_rng(0).standard_normal((1, *shape, spec.channels), dtype=np.float32)
-    try:
-        probabilities(model, sample)  # one probability channel of the input's size, in 0..1
-    except ModelError as exc:
-        raise ModelError(path, f"{exc.problem}; --init takes a bcseg segmentation model") from None
-
-
-def _init_channel_names(path: Path) -> tuple[str, ...]:
-    """The channels an ``--init`` model was trained on, in input order, as recorded with
-    it (inside it, or its run's settings); () for a grey model or one recording none."""
-    with warnings.catch_warnings():  # 'holds no inference settings': then it names none
-        warnings.simplefilter("ignore")
-        return rundir.model_settings(path, given_as_file=True).channel_names
