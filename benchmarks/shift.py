@@ -31,7 +31,6 @@ A one-minute check::
 from __future__ import annotations
 
 import argparse
-import csv
 import io as bytes_io
 import json
 import os

@@ -252,9 +252,9 @@ def cmd_phantom(args) -> int:
     problem = shape_problem(args.shape)
     if problem:
         raise UsageError("--shape", problem)
-    images = write_phantom(args.out, n=args.n, shape=tuple(args.shape), seed=args.seed,
-                           truth=args.truth, force=args.force, difficulty=args.difficulty,
-                           channels=args.channels, artefacts=not args.no_artefacts)
+    write_phantom(args.out, n=args.n, shape=tuple(args.shape), seed=args.seed,
+                  truth=args.truth, force=args.force, difficulty=args.difficulty,
+                  channels=args.channels, artefacts=not args.no_artefacts)
     folders = "images/" if args.channels == ("us",) else ", ".join(f"images/{c}/" for c in args.channels)
     print(f"wrote {args.n} synthetic specimens to {args.out} ({args.difficulty}: {folders}, "
           f"masks/observer1/, masks/observer2/{', truth/' if args.truth else ''}, specimens.csv)")

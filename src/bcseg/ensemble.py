@@ -21,7 +21,6 @@ take and give: one dimensionality and the same channels.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Sequence
 

@@ -7,7 +7,6 @@ test set and inflate Dice. No TensorFlow here.
 
 from __future__ import annotations
 
-import csv
 import json
 import re
 import unicodedata

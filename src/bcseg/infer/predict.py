@@ -38,8 +38,7 @@ import itertools
 import math
 import numbers
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Callable, Sequence
+from typing import TYPE_CHECKING, Callable, Sequence
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -51,6 +50,9 @@ from bcseg.data.intensity import channel_stats, check_methods, intensity_stats, 
 from bcseg.infer.postprocess import apply_steps_inplace, check_steps, release_slices
 from bcseg.learn.saved import ModelSpec, load_model, model_spec, probabilities  # noqa: F401 (re-exported)
 from bcseg.rundir import DEFAULT_FLIPS, DEFAULTS, InferenceSettings
+
+if TYPE_CHECKING:  # annotations only: Keras is imported where a model runs
+    import keras
 
 VOXELS_PER_CALL = 1 << 20  # caps the batch so activations of large slices stay bounded
 DEFAULT_PATCH = 128        # default 3D window edge (before rounding to the divisor)

@@ -27,6 +27,7 @@ from __future__ import annotations
 import functools
 import os
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 from skimage.transform import resize
@@ -38,6 +39,11 @@ from bcseg.errors import ConfigError, DataError
 from bcseg.data.intensity import normalise, normalise_channels
 from bcseg.data.resize import resize_axis
 from bcseg.data.consensus import consensus
+
+if TYPE_CHECKING:  # names in annotations only
+    import tensorflow as tf
+
+    from bcseg.learn.augment import AugmentConfig
 
 # Planes that encode a teacher's probability (1/8 steps): finer steps add memory (one
 # byte per pixel and plane) and augmentation work for differences no loss can see.

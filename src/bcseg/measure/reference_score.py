@@ -9,8 +9,6 @@ TensorFlow is imported only inside :func:`reference_protocol`, where the model r
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 
 from bcseg.atomic import real_path

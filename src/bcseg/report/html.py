@@ -16,7 +16,6 @@ import csv
 import datetime
 import fnmatch
 import html
-import json
 import math
 import os
 from pathlib import Path
