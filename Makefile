@@ -21,8 +21,13 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/bcseg demo --out demo-run --force
 
+# Two worker processes, each test file whole in one (a file's trained runs are made
+# once): TensorFlow's tracing of each tiny model runs in Python on one core, so two
+# processes fill a 2-core machine. TEST_WORKERS=0 runs everything in one process.
+TEST_WORKERS ?= 2
+
 test: $(STAMP)
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile
 
 clean:
 	rm -rf $(VENV) .pytest_cache  # demo-run/ is output: may hold your notes; delete it yourself
