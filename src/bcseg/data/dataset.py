@@ -195,12 +195,22 @@ def _channel_folder_cases(root: Path, folders: dict[Path, list[Path]], names: li
     cases = []
     for stem in stems:
         channels = tuple(Channel(n, found[n][stem]) for n in order if stem in found[n])
-        repeated = repeated_channel_file(channels)
-        if repeated:  # images/pa/S01.tif a link to images/us/S01.tif
-            fault(problems, DataError(*repeated), stem)
-            continue
         cases.append(Case(id=stem, image=channels[0].path, group=stem, channels=channels))
-    return cases
+    return _without_repeated_files(cases, problems)  # images/pa/S01.tif a link to images/us/S01.tif
+
+
+def _without_repeated_files(cases: list[Case], problems: Problems | None = None) -> list[Case]:
+    """The cases, refusing one whose two channels are one file (see
+    :func:`bcseg.data.case_checks.repeated_channel_file`; listed in ``problems`` where
+    given, and the case left out)."""
+    kept = []
+    for case in cases:
+        repeated = repeated_channel_file(case.channels)
+        if repeated:
+            fault(problems, DataError(*repeated), case.id)
+            continue
+        kept.append(case)
+    return kept
 
 
 def _named_channel_cases(root: Path, images: list[Path], names: list[str],
@@ -214,29 +224,34 @@ def _named_channel_cases(root: Path, images: list[Path], names: list[str],
                                        "other images in its folder; rename it or move it out"),
                    io.file_stem(path))
         images, unsuffixed = [p for p in images if p not in unsuffixed], []
-    if not unsuffixed:
-        # s0_0001.tif and s0_0001.nii.gz: one channel, two files (check goes on with the first)
-        images = list(_by_stem(images, problems).values())
-        grouped: dict[str, dict[int, Path]] = {}
-        for path in images:
-            match = channel_files.SUFFIX.match(io.file_stem(path))
-            index = int(match["index"])
-            if index >= len(names):
-                fault(problems, DataError(path, f"is channel {index}, but {where} names "
-                                           f"{len(names)} channel(s)"), match["case"])
-                continue
-            grouped.setdefault(match["case"], {})[index] = path
-        cases = [Case(id=stem, image=files[min(files)], group=stem,
-                      channels=tuple(Channel(names[i], files[i]) for i in sorted(files)))
-                 for stem, files in sorted(grouped.items())]
-        kept = []
-        for case in cases:  # S01_0001.tif a link to S01_0000.tif, as in channel folders
-            repeated = repeated_channel_file(case.channels)
-            if repeated:
-                fault(problems, DataError(*repeated), case.id)
-                continue
-            kept.append(case)
-        return kept
+    if unsuffixed:
+        return _c_axis_cases(images, names, where, problems)
+    return _suffixed_channel_cases(images, names, where, problems)
+
+
+def _suffixed_channel_cases(images: list[Path], names: list[str], where: Path,
+                            problems: Problems | None = None) -> list[Case]:
+    """``S01_0000.tif``, ``S01_0001.tif``: one case per stem, channel i from suffix i."""
+    # s0_0001.tif and s0_0001.nii.gz: one channel, two files (check goes on with the first)
+    images = list(_by_stem(images, problems).values())
+    grouped: dict[str, dict[int, Path]] = {}
+    for path in images:
+        match = channel_files.SUFFIX.match(io.file_stem(path))
+        index = int(match["index"])
+        if index >= len(names):
+            fault(problems, DataError(path, f"is channel {index}, but {where} names "
+                                       f"{len(names)} channel(s)"), match["case"])
+            continue
+        grouped.setdefault(match["case"], {})[index] = path
+    cases = [Case(id=stem, image=files[min(files)], group=stem,
+                  channels=tuple(Channel(names[i], files[i]) for i in sorted(files)))
+             for stem, files in sorted(grouped.items())]
+    return _without_repeated_files(cases, problems)  # S01_0001.tif a link to S01_0000.tif
+
+
+def _c_axis_cases(images: list[Path], names: list[str], where: Path,
+                  problems: Problems | None = None) -> list[Case]:
+    """One file per case holding the channels along its C axis, in channels.json's order."""
     cases = []
     for path in images:
         stem = io.file_stem(path)
