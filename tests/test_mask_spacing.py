@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import tifffile
 
 from bcseg.cli import main
 from bcseg.data import io
@@ -137,3 +138,24 @@ def test_train_and_export_refuse_observers_whose_spacings_differ_before_writing(
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 3 and str(culprit) in err[-1] and "mask spacing 2x0.5x0.5 mm differs" in err[-1], err
     assert tree(tmp_path) == before
+
+
+def test_check_lists_a_mask_stating_another_pixel_size_but_no_slice_spacing(tmp_path, capsys):
+    """An ImageJ stack with ``unit=mm`` and resolution tags but no ``spacing=`` reads as
+    having no spacing; a mask saved so at half its image's pixel size passed as a mask
+    "without spacing" and was measured at its image's."""
+    culprit = dataset(tmp_path / "d", SPACING)
+    tifffile.imwrite(culprit, LESION.astype(np.uint8) * 255, imagej=True, resolution=(2.0, 2.0),
+                     metadata={"axes": "ZYX", "unit": "mm"})  # 0.5 mm pixels, z unstated
+    assert main(["check", str(tmp_path / "d")]) == 3
+    out = capsys.readouterr()
+    said = [line for line in (out.out + out.err).splitlines() if "b.tif" in line]
+    assert len(said) == 1, out
+    assert str(culprit) in said[0] and "0.5x0.5 mm" in said[0] and "1x0.25x0.25 mm" in said[0]
+
+
+def test_a_mask_stating_its_images_pixel_size_but_no_slice_spacing_passes(tmp_path, capsys):
+    culprit = dataset(tmp_path / "d", SPACING)
+    tifffile.imwrite(culprit, LESION.astype(np.uint8) * 255, imagej=True, resolution=(4.0, 4.0),
+                     metadata={"axes": "ZYX", "unit": "mm"})
+    assert main(["check", str(tmp_path / "d")]) == 0, capsys.readouterr()

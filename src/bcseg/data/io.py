@@ -432,6 +432,25 @@ def check_same_frame(path: Path, reference: Path, what: str = "the mask",
                         f"{against}; resample {what} onto {against}'s grid")
 
 
+def _stated_plane_spacing(path: Path, ndim: int) -> tuple[float, float] | None:
+    """The in-plane (y, x) spacing a 3D TIFF states where it states no slice spacing.
+
+    Such a stack (ImageJ ``unit=`` and resolution without ``spacing=``, OME without
+    ``PhysicalSizeZ``) reads as having no spacing, so a mask drawn at another pixel size
+    passed the spacing check as one "without spacing" and was measured at its image's.
+    """
+    if ndim != 3 or not _is_tiff(path):
+        return None
+    try:
+        with tifffile.TiffFile(path) as tif:
+            plane = tiff_spacing(tif, 2, path)
+    except DataError:
+        raise
+    except Exception:  # read_image has read this file: nothing stated is nothing to compare
+        return None
+    return check_spacing(plane, path)
+
+
 def read_mask(path: str | Path, expected_shape: tuple[int, ...] | None = None,
               spacings: Sequence[tuple[float, ...] | None] = (),
               image: str | Path | None = None) -> np.ndarray:
@@ -465,6 +484,11 @@ def read_mask(path: str | Path, expected_shape: tuple[int, ...] | None = None,
         raise DataError(path, f"mask spacing {spacing_text(spacing)} mm differs from its image's "
                         f"{' or '.join(allowed)} mm; re-save the mask with its image's spacing, "
                         "or with none")
+    plane = _stated_plane_spacing(path, array.ndim) if spacing is None else None
+    if plane is not None and known and not any(same_spacing(plane, s[-2:]) for s in known):
+        raise DataError(path, f"mask pixel size {spacing_text(plane)} mm (its slice spacing is not "
+                        f"stated) differs from its image's {' or '.join(allowed)} mm; re-save the "
+                        "mask with its image's spacing, or with none")
     values = np.unique(array)
     positive = values[values != 0]
     if len(positive) > 1 or (values < 0).any():
