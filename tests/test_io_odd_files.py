@@ -520,6 +520,41 @@ def test_an_imagej_stack_cut_short_is_refused_not_read_as_one_slice(tmp_path):
         io.read_image(tmp_path / "cut.tif")
 
 
+def _ome_declaring(path, stack: np.ndarray, declared: int) -> None:
+    """An OME-TIFF of ``stack`` whose OME-XML says SizeZ is ``declared`` (as a tool that
+    removed or lost slices leaves it)."""
+    tifffile.imwrite(path, stack, ome=True, metadata={"axes": "ZYX", "PhysicalSizeX": 250.0,
+                                                      "PhysicalSizeY": 250.0, "PhysicalSizeZ": 1000.0})
+    data = path.read_bytes()
+    said = f'SizeZ="{len(stack)}"'.encode()
+    assert data.count(said) == 1
+    path.write_bytes(data.replace(said, f'SizeZ="{declared}"'.encode()))
+
+
+@pytest.mark.parametrize("declared, said", [
+    (8, "its OME metadata declares 8 images (shape (8, 16, 16), axes ZYX), the file holds 4"),
+    (2, "holds 4 pages, but its OME metadata (SizeZ, SizeC, SizeT) accounts for 2")],
+    ids=["more slices than pages", "fewer slices than pages"])
+def test_an_ome_stack_whose_xml_miscounts_its_slices_is_refused(declared, said, tmp_path, capsys):
+    """tifffile trusts SizeZ: declared 8 for 4 pages, the stack read as 8 slices, 4 of
+    them zeros; declared 2, as its first 2. Either way the image's shape was wrong without
+    a word, and check blamed its (right) mask for a shape mismatch."""
+    stack = np.random.default_rng(0).integers(0, 255, (4, 16, 16), dtype=np.uint8)
+    lesion = np.zeros(stack.shape, np.uint8)
+    lesion[1:3, 4:10, 4:10] = 255
+    image = tmp_path / "d" / "images" / "S01.tif"
+    image.parent.mkdir(parents=True)
+    _ome_declaring(image, stack, declared)
+    io.write_mask(tmp_path / "d" / "masks" / "observer1" / "S01.tif", lesion, (1.0, 0.25, 0.25))
+    assert main(["check", str(tmp_path / "d")]) == 3
+    out = capsys.readouterr()
+    said_lines = [line for line in (out.out + out.err).splitlines() if "S01.tif" in line]
+    assert len(said_lines) == 1, out
+    assert str(image) in said_lines[0] and said in said_lines[0], said_lines[0]
+    _ome_declaring(image, stack, len(stack))  # the same file with the right count reads whole
+    np.testing.assert_array_equal(io.read_image(image)[0], stack)
+
+
 # --------------------------------------------------------------------------- pages written one by one
 
 REVERSED_GREYS = np.stack([np.arange(255, -1, -1, dtype=np.uint16) * 257] * 3)

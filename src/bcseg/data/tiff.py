@@ -217,6 +217,7 @@ def stored_shape(tif: tifffile.TiffFile, path: Path) -> tuple[tuple[int, ...], s
         if len({s[-2:] for s in shapes}) > 1 or any(len(s) > 2 for s in shapes):
             raise DataError(path, f"holds {len(shapes)} image series {shapes}; "
                             "bcseg reads one image or stack per file")
+    _check_ome_count(tif, path)
     _check_like_pages(tif, path)
     check_orientation(tif.pages.first.tags.valueof(274, 1), path)  # TIFF Orientation
     series = image_series[0]
@@ -331,6 +332,32 @@ def _check_shaped_count(tif: tifffile.TiffFile, path: Path) -> None:
         raise DataError(path, f"holds {len(tif.pages)} pages, but the shape its description gives "
                         f"accounts for {covered}, so the others would be dropped; save the stack "
                         "again without that description (or with the stack's own shape)")
+
+
+def _check_ome_count(tif: tifffile.TiffFile, path: Path) -> None:
+    """Refuse an OME-TIFF whose OME-XML declares another number of images than it holds.
+
+    tifffile trusts SizeZ, SizeC and SizeT: given more planes than the file holds (a cut
+    copy, or XML a tool left unchanged after removing slices) it zero-fills the rest, and
+    given fewer it drops the pages beyond, logging either (a log bcseg keeps quiet). A
+    4-slice stack declared as 8 read as 8 slices, 4 of them black, without a word; one
+    declared as 2 read as its first 2 slices. (The ImageJ and tifffile-shape
+    descriptions are checked by _check_imagej_count and _check_shaped_count.)
+    """
+    if not tif.is_ome:
+        return
+    for series in tif.series:
+        held = sum(page is not None for page in series.pages)
+        if held < len(series.pages):
+            raise DataError(path, f"is truncated or damaged: its OME metadata declares "
+                            f"{len(series.pages)} images (shape {tuple(series.shape)}, axes "
+                            f"{series.axes}), the file holds {held}; copy it again from the "
+                            "source, or save the stack again so its metadata fits it")
+    covered = sum(len(s.pages) for s in tif.series)
+    if covered < len(tif.pages):
+        raise DataError(path, f"holds {len(tif.pages)} pages, but its OME metadata (SizeZ, SizeC, "
+                        f"SizeT) accounts for {covered}, so the others would be dropped; save "
+                        "the stack again so its metadata fits it")
 
 
 def _check_like_pages(tif: tifffile.TiffFile, path: Path) -> None:
