@@ -861,3 +861,33 @@ def test_a_1_bit_miniswhite_tiff_from_elsewhere_is_refused_with_fitting_advice(t
     message = refused(lambda: io.read_mask(tmp_path / "m.tif"), tmp_path / "m.tif",
                       "stores a 1-bit image as MinIsWhite", "save a mask as 8-bit grey, 0 and 255")
     assert "LUT" not in message
+
+
+def _imagej_pages(path, pages) -> None:
+    """An ImageJ stack whose pages are written one by one (as a tool that replaced a slice
+    leaves it), under one ImageJ description naming them all."""
+    description = f"ImageJ=1.54f\nimages={len(pages)}\nslices={len(pages)}\nloop=false\n"
+    with tifffile.TiffWriter(path) as tif:
+        for number, page in enumerate(pages):
+            tif.write(page, description=description if number == 0 else None, metadata=None,
+                      contiguous=False)
+
+
+def test_an_imagej_stack_with_a_page_of_another_pixel_type_is_refused(tmp_path, capsys):
+    """tifffile reads an ImageJ stack's pages with the first page's pixel type: a 16-bit
+    second slice in an 8-bit stack was decoded as 8-bit, its first half of bytes taken
+    for the slice, and check passed the case."""
+    stack = np.random.default_rng(0).integers(0, 255, (4, 16, 16), dtype=np.uint8)
+    lesion = np.zeros(stack.shape, bool)
+    lesion[1:3, 4:10, 4:10] = True
+    image = tmp_path / "d" / "images" / "S01.tif"
+    image.parent.mkdir(parents=True)
+    _imagej_pages(image, [stack[0], stack[1].astype(np.uint16) * 257, stack[2], stack[3]])
+    io.write_mask(tmp_path / "d" / "masks" / "observer1" / "S01.tif", lesion)
+    assert main(["check", str(tmp_path / "d")]) == 3
+    out = capsys.readouterr()
+    said = [line for line in (out.out + out.err).splitlines() if "S01.tif" in line]
+    assert len(said) == 1, out
+    assert str(image) in said[0] and "page 2's pixel type (uint16) differs from page 1's (uint8)" in said[0]
+    _imagej_pages(image, list(stack))  # pages alike, written one by one: read as they are
+    np.testing.assert_array_equal(io.read_image(image)[0], stack)

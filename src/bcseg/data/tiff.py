@@ -368,12 +368,13 @@ def _check_like_pages(tif: tifffile.TiffFile, path: Path) -> None:
     plain page 2, a MinIsWhite page 2 would slip past its refusal, and 8-bit slices
     would turn near black beside 16-bit ones. Within one series tifffile groups pages
     by dtype, Photometric and samples, but not by palette: a palette stack is compared
-    page by page (reading every page's tags costs about 1 ms a page, so only then).
+    page by page (reading every page's tags costs about 1 ms a page, so only then), as
+    is an ImageJ stack whose pages are not written in one run (:func:`_scattered_imagej`).
     """
     image_series = series_of_the_image(tif)
     if len(image_series) > 1:
         indices = [s.pages[0].index for s in image_series]
-    elif int(tif.pages.first.photometric) == 3:  # PALETTE
+    elif int(tif.pages.first.photometric) == 3 or _scattered_imagej(tif, image_series[0]):
         indices = [p.index for p in image_series[0].pages if p is not None]
     else:
         return
@@ -390,6 +391,17 @@ def _check_like_pages(tif: tifffile.TiffFile, path: Path) -> None:
         if not _same_palette(page.colormap, first.colormap):
             raise DataError(path, f"holds pages of different kinds: page {number}'s palette "
                             "differs from page 1's; save the stack with all its slices alike")
+
+
+def _scattered_imagej(tif: tifffile.TiffFile, series) -> bool:
+    """Whether an ImageJ stack's pages do not lie one after the other, as Fiji writes them.
+
+    tifffile reads every page of an ImageJ series with the first page's pixel type and
+    size: a page another tool replaced (a 16-bit slice in an 8-bit stack, kept under the
+    ImageJ description) was decoded as 8-bit, half its bytes read as the slice, without
+    a word. Such a page breaks the run of pixel data, so only then are the pages compared.
+    """
+    return tif.is_imagej and len(series.pages) > 1 and series.dataoffset is None
 
 
 def _same_palette(a, b) -> bool:
