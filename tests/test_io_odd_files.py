@@ -630,6 +630,26 @@ def test_a_thumbnail_page_is_not_a_slice(tmp_path):
     np.testing.assert_array_equal(io.read_image(same)[0], GREY_RAMP)
 
 
+def test_a_thumbnail_page_first_lends_the_image_none_of_its_tags(tmp_path, capsys):
+    """A preview (NewSubfileType 1) saved before the image: its tags were read as the
+    image's. A half-size preview at half the resolution made a 1 mm image 2 mm a pixel
+    (check then blamed the mask stating 1 mm), and a MinIsWhite image behind a plain
+    preview was read as raw values, not refused as a MinIsWhite image alone is."""
+    picture = np.random.default_rng(0).integers(0, 255, (16, 16), dtype=np.uint8)
+    lesion = np.zeros(picture.shape, bool)
+    lesion[4:10, 4:10] = True
+    (tmp_path / "d" / "images").mkdir(parents=True)
+    image = _pages(tmp_path / "d" / "images" / "S01.tif",
+                   (picture[::2, ::2], {"subfiletype": 1, "resolution": (5.0, 5.0), "resolutionunit": 3}),
+                   (picture, {"resolution": (10.0, 10.0), "resolutionunit": 3}))
+    assert io.read_image(image)[1] == (1.0, 1.0)
+    io.write_mask(tmp_path / "d" / "masks" / "observer1" / "S01.tif", lesion, (1.0, 1.0))
+    assert main(["check", str(tmp_path / "d")]) == 0, capsys.readouterr()
+    path = _pages(tmp_path / "negative.tif", (GREY_RAMP[::2, ::2], {"subfiletype": 1}),
+                  (GREY_RAMP, {"photometric": "miniswhite"}))
+    refused(lambda: io.read_image(path), path, "MinIsWhite")
+
+
 def test_an_ome_tiff_of_two_images_is_refused_not_stacked(tmp_path):
     """Two OME Images (two fields of view) were segmented as a 2-slice stack."""
     path = tmp_path / "two.ome.tif"

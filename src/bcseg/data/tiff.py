@@ -128,7 +128,7 @@ def _xml_attribute(xml: str, name: str) -> str | None:
 
 
 def tiff_spacing(tif: tifffile.TiffFile, ndim: int, path: Path) -> tuple[float, ...] | None:
-    page = tif.pages.first
+    page = image_page(tif)
     if tif.is_ome and tif.ome_metadata:
         ome = _ome_spacing(tif.ome_metadata, path)
         if "x" in ome and "y" in ome:
@@ -179,6 +179,16 @@ def series_of_the_image(tif: tifffile.TiffFile) -> list:
     return kept or list(tif.series)
 
 
+def image_page(tif: tifffile.TiffFile) -> tifffile.TiffPage:
+    """The first page of the image, whose tags (spacing, grey scale, palette, compression,
+    orientation) are the image's. Not the file's first page: where that is a thumbnail or
+    transparency mask left out of the image (a scanner may write its preview first), its
+    resolution, Photometric and compression were taken for the image's, so a stack with a
+    quarter-size preview first read with 4 times its spacing, and a MinIsWhite image
+    behind a plain preview as raw values."""
+    return series_of_the_image(tif)[0].keyframe
+
+
 def _check_complete(tif: tifffile.TiffFile, path: Path) -> None:
     """Raise if the chain of pages is cut short, as in a truncated copy.
 
@@ -219,7 +229,7 @@ def stored_shape(tif: tifffile.TiffFile, path: Path) -> tuple[tuple[int, ...], s
                             "bcseg reads one image or stack per file")
     _check_ome_count(tif, path)
     _check_like_pages(tif, path)
-    check_orientation(tif.pages.first.tags.valueof(274, 1), path)  # TIFF Orientation
+    check_orientation(image_page(tif).tags.valueof(274, 1), path)  # TIFF Orientation
     series = image_series[0]
     axes = series.axes
     shape = list(series.shape)
@@ -243,7 +253,7 @@ def stored_shape(tif: tifffile.TiffFile, path: Path) -> tuple[tuple[int, ...], s
     if "S" in axes:  # samples per pixel: last when interleaved, first when planar (SYX)
         samples = shape.pop(axes.index("S"))
         axes = axes.replace("S", "")
-        if not _samples_are_colour(tif.pages.first, samples):  # e.g. grey + a second channel
+        if not _samples_are_colour(image_page(tif), samples):  # e.g. grey + a second channel
             raise DataError(path, f"has {samples} samples per pixel (shape {tuple(series.shape)}, "
                             f"axes {series.axes}), which are channels, not slices; save each channel "
                             "as its own file (images/<channel>/) or as a Fiji hyperstack")
@@ -289,7 +299,7 @@ def _samples_are_slices(tif: tifffile.TiffFile, axes: str) -> bool:
     read it), not mixed into one grey image. A planar colour image without that
     description (from other software) is colour.
     """
-    page = tif.pages.first
+    page = image_page(tif)
     return (axes == "SYX" and tif.is_shaped and series_of_the_image(tif)[0].shape[0] in (3, 4)
             and page.photometric == tifffile.PHOTOMETRIC.RGB)
 
@@ -301,7 +311,7 @@ def _planar_array(tif: tifffile.TiffFile, axes: str, shape: list[int]) -> bool:
     # len, not the product of the leading sizes: (1, 3, H, W), one slice of 3 channels,
     # is stored as (Z, 3, H, W) is, and was read as colour (its header as (1, H, W))
     return (tif.is_shaped and axes.endswith("SYX") and len(shape) > 3
-            and tif.pages.first.photometric == tifffile.PHOTOMETRIC.RGB)
+            and image_page(tif).photometric == tifffile.PHOTOMETRIC.RGB)
 
 
 def _check_imagej_count(tif: tifffile.TiffFile, series, path: Path) -> None:
@@ -374,7 +384,7 @@ def _check_like_pages(tif: tifffile.TiffFile, path: Path) -> None:
     image_series = series_of_the_image(tif)
     if len(image_series) > 1:
         indices = [s.pages[0].index for s in image_series]
-    elif int(tif.pages.first.photometric) == 3 or _scattered_imagej(tif, image_series[0]):
+    elif int(image_page(tif).photometric) == 3 or _scattered_imagej(tif, image_series[0]):
         indices = [p.index for p in image_series[0].pages if p is not None]
     else:
         return
@@ -513,7 +523,7 @@ def read_tiff(path: Path, mmap: bool) -> tuple[np.ndarray, tuple[float, ...] | N
     try:
         with tifffile.TiffFile(path) as tif:
             shape, spacing = series_geometry(tif, path)
-            compression = tif.pages.first.compression
+            compression = image_page(tif).compression
             check_codec(compression, path)
             array = grey_pixels(tif, path, mmap)
     except DataError:
@@ -541,7 +551,7 @@ def read_tiff_channels(path: Path) -> tuple[np.ndarray, tuple[float, ...] | None
                 raise DataError(path, f"has {len(spatial)} dimensions besides its channels "
                                 f"(shape {tuple(shape)}, axes {axes}); expected 2D or 3D")
             spacing = tiff_spacing(tif, len(spatial), path)
-            compression = tif.pages.first.compression
+            compression = image_page(tif).compression
             check_codec(compression, path)
             array = np.moveaxis(grey_pixels(tif, path), axes.index("C"), -1)
     except DataError:
@@ -554,7 +564,7 @@ def read_tiff_channels(path: Path) -> tuple[np.ndarray, tuple[float, ...] | None
 def grey_pixels(tif: tifffile.TiffFile, path: Path, mmap: bool = False) -> np.ndarray:
     """The pixels of the file's image series as grey values, in the axes :func:`stored_shape`
     gives (colour samples converted, a palette or grey scale as the TIFF means it)."""
-    page = tif.pages.first
+    page = image_page(tif)
     array = None
     image_series = series_of_the_image(tif)
     if mmap and len(image_series) == 1:
