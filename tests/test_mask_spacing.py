@@ -159,3 +159,24 @@ def test_a_mask_stating_its_images_pixel_size_but_no_slice_spacing_passes(tmp_pa
     tifffile.imwrite(culprit, LESION.astype(np.uint8) * 255, imagej=True, resolution=(4.0, 4.0),
                      metadata={"axes": "ZYX", "unit": "mm"})
     assert main(["check", str(tmp_path / "d")]) == 0, capsys.readouterr()
+
+
+@pytest.mark.parametrize("unit, per_unit", [("MILLIMETER", 2.0), ("MICROMETER", 0.002)])
+def test_a_mask_with_spacing_in_tifffiles_mm_or_um_resolution_unit_is_compared(unit, per_unit,
+                                                                              tmp_path, capsys):
+    """tifffile writes ResolutionUnit 4 (mm) or 5 (µm) for resolutionunit='MILLIMETER' or
+    'MICROMETER'; read as "no unit", a mask so saved at 0.5 mm pixels beside its image's
+    0.25 mm passed as a mask without spacing, and was measured at its image's."""
+    root = tmp_path / "d"
+    for number, name in enumerate("ab"):  # 2D cases at 0.25 mm
+        io.write_image(root / "images" / f"{name}.tif", STACK[3] + number, SPACING[1:])
+    io.write_mask(root / "masks" / "observer1" / "a.tif", LESION[3], SPACING[1:])
+    culprit = root / "masks" / "observer1" / "b.tif"
+    tifffile.imwrite(culprit, LESION[3].astype(np.uint8) * 255, resolution=(per_unit, per_unit),
+                     resolutionunit=unit)
+    assert io.read_spacing(culprit) == pytest.approx((0.5, 0.5))
+    assert main(["check", str(root)]) == 3
+    out = capsys.readouterr()
+    said = [line for line in (out.out + out.err).splitlines() if "b.tif" in line]
+    assert len(said) == 1, out
+    assert str(culprit) in said[0] and "mask spacing 0.5x0.5 mm differs from its image's 0.25x0.25 mm" in said[0]

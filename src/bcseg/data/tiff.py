@@ -90,6 +90,9 @@ def _resolution_mm(page: tifffile.TiffPage, imagej_unit: str | None,
         return (y_scale / y if y > 0 else math.inf, scale / x if x > 0 else math.inf)
     else:
         unit = int(tags["ResolutionUnit"].value) if "ResolutionUnit" in tags else 2
+        if unit in _RESOLUTION_UNIT_MM:  # tifffile's MILLIMETER and MICROMETER: no editor
+            scale = _RESOLUTION_UNIT_MM[unit]  # stamps these, so no default is ignored
+            return (scale / y if y > 0 else math.inf, scale / x if x > 0 else math.inf)
         if unit not in (2, 3):  # 1: no absolute unit
             return None
         per_inch = 2.54 if unit == 3 else 1.0
@@ -98,6 +101,14 @@ def _resolution_mm(page: tifffile.TiffPage, imagej_unit: str | None,
         scale = 10.0 if unit == 3 else 25.4
     # A zero resolution is an infinite spacing: check_spacing refuses it by name.
     return (scale / y if y > 0 else math.inf, scale / x if x > 0 else math.inf)
+
+
+# ResolutionUnit codes beyond TIFF's 2 (inch) and 3 (cm), mm per unit: tifffile writes
+# 4 (MILLIMETER) and 5 (MICROMETER) for resolutionunit='MILLIMETER' or 'MICROMETER', the
+# natural choice for a Python user saving spacing in mm. Read as "no unit", such a file's
+# spacing was dropped without a word, and a mask so saved at another pixel size than its
+# image passed the spacing check as one without spacing.
+_RESOLUTION_UNIT_MM = {4: 1.0, 5: 1e-3}
 
 
 def _is_editor_default(dpi: float) -> bool:
