@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from bcseg.cli import main
 from bcseg.data import io
 from bcseg.data.cases import Case, read_case_image, read_case_masks
 from bcseg.data.dataset import discover
@@ -88,6 +89,21 @@ def test_flat_masks_folder_is_one_observer_called_mask(tmp_path):
     cases = discover(tmp_path)
     assert cases[0].masks == {"mask": (tmp_path / "masks" / "a.png",)}
     assert cases[1].masks == {}
+
+
+@pytest.mark.parametrize("folder", ["observer1", "mask"])
+def test_loose_masks_beside_observer_folders_are_refused(folder, tmp_path, capsys):
+    """masks/a.png beside masks/observer1/: the loose mask was read as a second observer,
+    "mask" (a stray copy counted as a second reader), and beside a folder named "mask"
+    it was dropped without a word, replaced by that folder's."""
+    write_png(tmp_path / "images" / "a.png", IMAGE)
+    write_png_mask(tmp_path / "masks" / "a.png", square((16, 24), 1, 1, 4))
+    write_png_mask(tmp_path / "masks" / folder / "a.png", square((16, 24), 2, 2, 4))
+    assert main(["check", str(tmp_path)]) == 3
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1, err
+    assert err[0].startswith(f"bcseg: error: {tmp_path / 'masks'}: holds both masks (a.png, ...) "
+                             f"and observer folders ({folder})"), err[0]
 
 
 def test_images_only(tmp_path):

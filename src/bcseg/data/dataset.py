@@ -293,11 +293,22 @@ def _observer_files(root: Path, problems: Problems | None = None) -> dict[str, d
     observers: dict[str, dict[str, Path]] = {}
     if mask_root.is_dir():
         loose = data_files(mask_root, problems)
+        folders = {f: data_files(f, problems) for f in _subfolders(mask_root, strict=True, problems=problems)}
+        named = [f for f, files in folders.items() if files]
+        if loose and named:
+            # as images/ refuses loose files beside channel folders: the loose masks were
+            # read as one more observer, "mask", beside masks/<observer>/ (a stray copy
+            # counted as a second reader in training and agreement), and an observer
+            # folder named "mask" silently replaced them
+            raise DataError(mask_root, f"holds both masks ({loose[0].name}, ...) and observer "
+                            f"folders ({', '.join(f.name for f in named)}); keep one layout: move "
+                            "the loose masks into an observer folder (masks/<observer>/), or the "
+                            "folders out")
         if loose:  # masks/ with files directly: one unnamed observer
             observers["mask"] = _by_stem(loose, problems)
-        for folder in _subfolders(mask_root, strict=True, problems=problems):
+        for folder, files in folders.items():
             check_observer_name(folder.name, folder)  # the observer's name: the layout's
-            observers[folder.name] = _by_stem(data_files(folder, problems), problems)
+            observers[folder.name] = _by_stem(files, problems)
     return observers
 
 
