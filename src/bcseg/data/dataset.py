@@ -293,7 +293,8 @@ def _observer_files(root: Path, problems: Problems | None = None) -> dict[str, d
     observers: dict[str, dict[str, Path]] = {}
     if mask_root.is_dir():
         loose = data_files(mask_root, problems)
-        folders = {f: data_files(f, problems) for f in _subfolders(mask_root, strict=True, problems=problems)}
+        folders = {f: data_files(f, problems)
+                   for f in _subfolders(mask_root, strict=True, problems=problems)}
         named = [f for f, files in folders.items() if files]
         if loose and named:
             # as images/ refuses loose files beside channel folders: the loose masks were
