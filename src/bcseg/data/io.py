@@ -228,8 +228,8 @@ def stored_geometry(path: str | Path) -> tuple[tuple[int, ...], tuple[float, ...
     except DataError:
         raise
     except Exception as exc:  # corrupt files are reported by read_image
-        # the last line, as read_image says it: ITK's exception holds its source path,
-        # a newline, then what is wrong
+        if is_nifti(path):  # as read_image says it, with the cure where ITK gives none
+            raise nifti.read_error(path, exc) from None
         last = (str(exc).strip().splitlines() or [type(exc).__name__])[-1]
         raise DataError(path, f"cannot read its header ({last})") from None
     array, spacing = read_image(path, mmap=True)
@@ -254,7 +254,7 @@ def _read_nifti(path: Path) -> tuple[np.ndarray, tuple[float, ...] | None]:
     except DataError:
         raise
     except Exception as exc:
-        raise DataError(path, f"cannot read NIfTI ({str(exc).strip().splitlines()[-1]})") from None
+        raise nifti.read_error(path, exc) from None
     shape = tuple(reversed(image.GetSize()))
     if image.GetDimension() > 3:
         raise DataError(path, f"has {image.GetDimension()} dimensions (shape {shape}); bcseg reads "
@@ -397,7 +397,7 @@ def nifti_frame(path: Path) -> tuple[np.ndarray, np.ndarray]:
         with nifti.quiet():
             reader.ReadImageInformation()
     except Exception as exc:
-        raise DataError(path, f"cannot read NIfTI ({str(exc).strip().splitlines()[-1]})") from None
+        raise nifti.read_error(path, exc) from None
     dim = reader.GetDimension()
     return np.asarray(reader.GetOrigin()), np.reshape(reader.GetDirection(), (dim, dim))
 

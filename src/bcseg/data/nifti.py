@@ -72,6 +72,18 @@ class Header(NamedTuple):
     float_type: str | None = None  # numpy type of float voxels ('<f4', '>f8'), else None
 
 
+def read_error(path: Path, exc: Exception) -> DataError:
+    """One line for an exception of ITK's NIfTI reader: its last line (the first names
+    ITK's own source file), with the cure where ITK's words give none."""
+    last = (str(exc).strip().splitlines() or [type(exc).__name__])[-1]
+    if "orthonormal" in last:  # "ITK only supports orthonormal direction cosines"
+        return DataError(path, "has a sheared or skewed orientation (the direction cosines of its "
+                         "sform or qform are not orthogonal), which the NIfTI reader cannot take; "
+                         "resample it onto an orthogonal grid (3D Slicer, or nibabel's "
+                         "resample_to_output) and save it again")
+    return DataError(path, f"cannot read NIfTI ({last})")
+
+
 def _open(path: Path):
     return gzip.open(path, "rb") if path.name.lower().endswith(".gz") else open(path, "rb")
 
