@@ -911,3 +911,18 @@ def test_an_imagej_stack_with_a_page_of_another_pixel_type_is_refused(tmp_path, 
     assert str(image) in said[0] and "page 2's pixel type (uint16) differs from page 1's (uint8)" in said[0]
     _imagej_pages(image, list(stack))  # pages alike, written one by one: read as they are
     np.testing.assert_array_equal(io.read_image(image)[0], stack)
+
+
+@pytest.mark.parametrize("odd", [1, 3])
+def test_an_imagej_stack_with_a_page_of_another_size_says_so(odd, tmp_path):
+    """A slice of another size in an ImageJ stack: tifffile refuses to build the series
+    ("incompatible keyframe"), and every reader passed its words on, which named neither
+    the page's fault nor a cure."""
+    stack = np.random.default_rng(1).integers(0, 255, (4, 16, 16), dtype=np.uint8)
+    pages = list(stack)
+    pages[odd] = np.zeros((20, 20), np.uint8)
+    image = tmp_path / "S01.tif"
+    _imagej_pages(image, pages)
+    for call in (io.read_image, io.stored_geometry, io.read_spacing, io.channel_header):
+        refused(lambda: call(image), image, "holds a page of another size or kind than the "
+                "stack's first", "save the stack with all its slices alike")

@@ -37,8 +37,8 @@ from bcseg.data import nifti
 from bcseg.data.image_rules import (check_pixels, check_size, check_spacing, same_spacing,
                                     spacing_problem, spacing_text)
 from bcseg.data.png_jpeg import read_png_jpeg
-from bcseg.data.tiff import (ome_channel_names, read_tiff, read_tiff_channels, series_geometry,
-                             series_of_the_image, stored_shape, tiff_spacing)
+from bcseg.data.tiff import (ome_channel_names, read_error, read_tiff, read_tiff_channels,
+                             series_geometry, series_of_the_image, stored_shape, tiff_spacing)
 from bcseg.errors import DataError, not_a_file  # noqa: F401 (re-exported)
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".nii", ".nii.gz")
@@ -198,7 +198,7 @@ def read_spacing(path: str | Path) -> tuple[float, ...] | None:
     except DataError:
         raise
     except Exception as exc:  # tifffile raises many types for corrupt files
-        raise DataError(path, f"cannot read TIFF ({exc})") from None
+        raise read_error(exc, path) from None
 
 
 def stored_geometry(path: str | Path) -> tuple[tuple[int, ...], tuple[float, ...] | None]:
@@ -230,8 +230,7 @@ def stored_geometry(path: str | Path) -> tuple[tuple[int, ...], tuple[float, ...
     except Exception as exc:  # corrupt files are reported by read_image
         if is_nifti(path):  # as read_image says it, with the cure where ITK gives none
             raise nifti.read_error(path, exc) from None
-        last = (str(exc).strip().splitlines() or [type(exc).__name__])[-1]
-        raise DataError(path, f"cannot read its header ({last})") from None
+        raise read_error(exc, path) from None
     array, spacing = read_image(path, mmap=True)
     return tuple(array.shape), spacing
 
@@ -353,7 +352,7 @@ def channel_header(path: str | Path) -> tuple[int, list[str] | None]:
     except DataError:
         raise
     except Exception as exc:  # tifffile raises many types for corrupt files
-        raise DataError(path, f"cannot read TIFF ({exc})") from None
+        raise read_error(exc, path) from None
 
 
 def read_channels(path: str | Path) -> tuple[np.ndarray, tuple[float, ...] | None]:

@@ -519,12 +519,18 @@ def _tiff_grey(array: np.ndarray, page: tifffile.TiffPage, path: Path) -> np.nda
     return to_grey(drop_alpha(array, path) if array.shape[-1] in (2, 4) else array)
 
 
-def read_error(exc: Exception, path: Path, compression: int | None) -> DataError:
+def read_error(exc: Exception, path: Path, compression: int | None = None) -> DataError:
     """The one line for tifffile's failure ``exc`` on ``path``: it raises many types for
     a corrupt file, and an ImportError where a decoder's module is missing (ZSTD before
     Python 3.14), which is the codec's to name once ``compression`` is known."""
     if isinstance(exc, ImportError) and compression is not None:
         return codec_error(compression, path)
+    if "incompatible keyframe" in str(exc):
+        # tifffile's words for a page unlike the stack's first (another size or pixel
+        # type: a slice another tool replaced), which said nothing of what to do
+        return DataError(path, "holds a page of another size or kind than the stack's first "
+                         "(tifffile: incompatible keyframe); save the stack with all its "
+                         "slices alike")
     return DataError(path, f"cannot read TIFF ({exc})")
 
 
