@@ -180,3 +180,41 @@ def test_a_mask_with_spacing_in_tifffiles_mm_or_um_resolution_unit_is_compared(u
     said = [line for line in (out.out + out.err).splitlines() if "b.tif" in line]
     assert len(said) == 1, out
     assert str(culprit) in said[0] and "mask spacing 0.5x0.5 mm differs from its image's 0.25x0.25 mm" in said[0]
+
+
+def _image_without_slice_spacing(root):
+    """Two stacks whose images state 0.25 mm pixels but no slice spacing (ImageJ ``unit``
+    and resolution without ``spacing=``), so that their spacing reads as none."""
+    for number, name in enumerate("ab"):
+        tifffile.imwrite(root / "images" / f"{name}.tif", STACK + number, imagej=True,
+                         resolution=(4.0, 4.0), metadata={"axes": "ZYX", "unit": "mm"})
+
+
+@pytest.mark.parametrize("mask_spacing", [(1.0, 0.5, 0.5), "plane only"])
+def test_check_lists_a_mask_of_another_pixel_size_than_an_image_stating_no_slice_spacing(
+        mask_spacing, tmp_path, capsys):
+    """The image states 0.25 mm pixels and no slice spacing, so its spacing reads as
+    none: a mask stating 0.5 mm pixels (in full, or in-plane only) passed as one beside
+    an image "without spacing" and was measured on the image's grid."""
+    culprit = dataset(tmp_path / "d", SPACING)
+    _image_without_slice_spacing(tmp_path / "d")
+    if mask_spacing == "plane only":
+        tifffile.imwrite(culprit, LESION.astype(np.uint8) * 255, imagej=True, resolution=(2.0, 2.0),
+                         metadata={"axes": "ZYX", "unit": "mm"})
+    else:
+        io.write_mask(culprit, LESION, mask_spacing)
+    assert main(["check", str(tmp_path / "d")]) == 3
+    out = capsys.readouterr()
+    said = [line for line in (out.out + out.err).splitlines() if "b.tif" in line]
+    assert len(said) == 1, out
+    assert str(culprit) in said[0] and "mask pixel size 0.5x0.5 mm differs from its image's " \
+        "0.25x0.25 mm (the image states no slice spacing)" in said[0], said
+
+
+def test_a_mask_of_its_images_pixel_size_passes_beside_an_image_stating_no_slice_spacing(
+        tmp_path, capsys):
+    culprit = dataset(tmp_path / "d", SPACING)  # 1 x 0.25 x 0.25 mm, the image's pixel size
+    _image_without_slice_spacing(tmp_path / "d")
+    assert main(["check", str(tmp_path / "d")]) == 0, capsys.readouterr()
+    io.write_mask(culprit, LESION)  # and a mask stating nothing
+    assert main(["check", str(tmp_path / "d")]) == 0, capsys.readouterr()

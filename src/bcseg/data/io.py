@@ -488,6 +488,15 @@ def read_mask(path: str | Path, expected_shape: tuple[int, ...] | None = None,
         raise DataError(path, f"mask pixel size {spacing_text(plane)} mm (its slice spacing is not "
                         f"stated) differs from its image's {' or '.join(allowed)} mm; re-save the "
                         "mask with its image's spacing, or with none")
+    if not known and image is not None:
+        # The other way round: the image states its pixel size but no slice spacing, so
+        # its spacing reads as none, and a mask stating another pixel size passed.
+        image_plane = _stated_plane_spacing(Path(image), array.ndim)
+        own = plane if spacing is None else spacing[-2:]
+        if image_plane is not None and own is not None and not same_spacing(own, image_plane):
+            raise DataError(path, f"mask pixel size {spacing_text(own)} mm differs from its image's "
+                            f"{spacing_text(image_plane)} mm (the image states no slice spacing); "
+                            "re-save the mask with its image's spacing, or with none")
     values = np.unique(array)
     positive = values[values != 0]
     if len(positive) > 1 or (values < 0).any():
