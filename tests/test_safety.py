@@ -2725,3 +2725,63 @@ def test_force_on_a_folder_inside_another_commands_result_names_that_command(tmp
     line = one_line(err)
     assert code == 2 and "is the output of 'bcseg phantom'" in line and "not written" not in line, err
     assert_survives(before, tmp_path)
+
+
+# --------------------------------------------------------------------------- the same folder by another path
+
+@pytest.fixture
+def bind_mount():
+    """``bind_mount(source, target)``: ``target`` shows ``source`` (a second path to the
+    same folder, as a container's volume or a cluster's second mount gives). Needs the
+    right to mount (root); skipped without it. Unmounted after the test."""
+    mounted = []
+
+    def mount(source: Path, target: Path) -> Path:
+        target.mkdir(parents=True, exist_ok=True)
+        done = subprocess.run(["mount", "--bind", str(source), str(target)], capture_output=True)
+        if done.returncode:
+            pytest.skip(f"cannot bind-mount here: {done.stderr.decode().strip()}")
+        mounted.append(target)
+        return target
+
+    yield mount
+    for target in reversed(mounted):
+        subprocess.run(["umount", "-l", str(target)], capture_output=True)
+
+
+def test_replacing_never_removes_an_input_reached_through_a_bind_mount(tmp_path, bind_mount):
+    """The input named by another path to the same folder (a bind mount, which no link
+    resolving sees through): compared by path only, the folder holding the input was
+    moved aside and, with the new result complete, deleted, the input with it."""
+    folder = tmp_path / "result"
+    with outputs.claim(folder, "test"):
+        write_text(folder / "images" / "a.tif", "bcseg wrote this, but it is now an input")
+    alias = bind_mount(folder, tmp_path / "alias")
+    before = hashes(folder)
+    with pytest.raises(UsageError, match="contains the input"):
+        with outputs.claim(folder, "test", replace=True, inputs=[alias / "images" / "a.tif"]):
+            pass
+    assert hashes(folder) == before
+
+
+def test_train_force_never_replaces_a_run_whose_maps_it_reads_through_a_bind_mount(
+        tmp_path, capsys, phantom, bind_mount):
+    """test_train_force_never_replaces_a_run_holding_a_later_channel_of_the_data, with the
+    manifest naming the run's maps through a second mount of its folder: train --force
+    trained on them, then deleted the old run and the maps with it."""
+    run_dir = tmp_path / "run"
+    with outputs.claim(run_dir, "train"):  # the earlier run, with its test folds' maps
+        write_text(run_dir / "config.toml", "[train]\nepochs = 1\n")
+        for i in range(3):
+            io.write_probability(run_dir / "predictions" / f"specimen_00{i}_prob.tif",
+                                 RNG.random((8, 32, 32), np.float32), io.read_image(
+                                     phantom / "images" / f"specimen_00{i}.tif")[1])
+    alias = bind_mount(run_dir, tmp_path / "mnt" / "run")
+    manifest = tmp_path / "cascade.csv"
+    manifest.write_text("id,image_us,image_pa,mask_observer1,group\n" + "".join(
+        f"s{i},{phantom}/images/specimen_00{i}.tif,{alias}/predictions/specimen_00{i}_prob.tif,"
+        f"{phantom}/masks/observer1/specimen_00{i}.tif,g{i}\n" for i in range(3)))
+    before = hashes(run_dir)
+    code, _, err = run(capsys, "train", manifest, "--out", run_dir, "--force", "--epochs", "1")
+    assert code == 2 and f"{run_dir}: contains the input" in one_line(err)
+    assert hashes(run_dir) == before

@@ -198,13 +198,35 @@ def _name_max(folder: Path) -> int:
 def check_not_inputs(folder: Path, inputs: Iterable) -> None:
     """Refuse to replace a folder that is, or contains, one of the inputs."""
     target = real_path(folder)
+    try:  # which folder it is on the disk: a path is not enough (see below)
+        info = os.stat(target)
+        identity = (info.st_dev, info.st_ino)
+    except OSError:  # not there yet: it holds nothing to replace
+        identity = None
+    seen: dict[Path, tuple[int, int] | None] = {}  # every case's files share their folders
     for item in inputs:
         if item is None:
             continue
         source = real_path(item)
-        if source == target or target in source.parents:
+        # By the folder itself too, not only by its path: the input named through another
+        # path to the same folder (a bind mount, a container's volume), which no resolving
+        # of links sees, passed, and the folder holding it was replaced, the input deleted.
+        if source == target or target in source.parents or (
+                identity is not None and identity in _identities((source, *source.parents), seen)):
             raise UsageError(folder, f"contains the input {item}; bcseg never replaces a folder "
                              "holding its inputs: choose another output folder")
+
+
+def _identities(paths: Iterable[Path], seen: dict) -> set[tuple[int, int]]:
+    """The (device, inode) of those of ``paths`` that exist; ``seen`` caches them."""
+    for path in paths:
+        if path not in seen:
+            try:
+                info = os.stat(path)
+                seen[path] = (info.st_dev, info.st_ino)
+            except OSError:
+                seen[path] = None
+    return {seen[path] for path in paths if seen[path] is not None}
 
 
 # --------------------------------------------------------------------------- the record
