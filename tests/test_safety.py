@@ -2785,3 +2785,22 @@ def test_train_force_never_replaces_a_run_whose_maps_it_reads_through_a_bind_mou
     code, _, err = run(capsys, "train", manifest, "--out", run_dir, "--force", "--epochs", "1")
     assert code == 2 and f"{run_dir}: contains the input" in one_line(err)
     assert hashes(run_dir) == before
+
+
+def test_predict_never_removes_an_input_named_through_a_bind_mount(tmp_path, capsys, models, bind_mount):
+    """test_predict_never_replaces_or_removes_its_own_inputs, with the earlier map named
+    through a second mount of the output folder: it was deleted as the case's stale
+    companion, then reading it failed ('mnt/s0_prob.tif: file not found'); with
+    --save-prob it was replaced before it was read."""
+    data = stacks(tmp_path / "data", 1)
+    out = tmp_path / "out"
+    code, _, err = run(capsys, "predict", data / "s0.tif", "--model", models["2d"], "--out", out,
+                       "--save-prob", "--no-progress")
+    assert code == 0, err
+    alias = bind_mount(out, tmp_path / "mnt")
+    before = hashes(out)
+    for extra in ((), ("--save-prob",)):
+        code, _, err = run(capsys, "predict", data / "s0.tif", alias / "s0_prob.tif", "--model",
+                           models["2d"], "--out", out, "--force", "--no-progress", *extra)
+        assert code == 2 and "s0_prob.tif: is an input of this command" in one_line(err)
+        assert hashes(out) == before

@@ -578,10 +578,15 @@ def check_replaceable(paths: Iterable[Path], force: bool,
     """
     known = {} if known is None else known
     sources = {real_path(item) for item in inputs if item is not None}
+    # The inputs as files on the disk too: one named through another path to its folder
+    # (a bind mount, a container's volume), which no resolving of links sees, was removed
+    # as a stale companion ('predict a.tif mnt/a_prob.tif --out out --force', mnt a bind
+    # mount of out) and then failed as 'file not found', or replaced before it was read.
+    files = _identities(sources, {})
     for path in paths:
         if not (path.exists() or path.is_symlink()):
             continue
-        if real_path(path) in sources or path.absolute() in sources:
+        if real_path(path) in sources or path.absolute() in sources or _identities([path], {}) & files:
             raise UsageError(path, "is an input of this command; choose another output")
         # What force cannot replace is refused as such first: suggesting force=True for
         # it only led to a second refusal.
