@@ -2804,3 +2804,25 @@ def test_predict_never_removes_an_input_named_through_a_bind_mount(tmp_path, cap
                            models["2d"], "--out", out, "--force", "--no-progress", *extra)
         assert code == 2 and "s0_prob.tif: is an input of this command" in one_line(err)
         assert hashes(out) == before
+
+
+def test_a_folder_being_written_is_refused_under_another_path_to_it(tmp_path, bind_mount):
+    """Each run locked the folder by its path (a lock file beside it): the same folder
+    given by a second mount was claimed while another run wrote it, and that claim took
+    the live run's open record for a dead one's, settling and rewriting it."""
+    out = tmp_path / "out"
+    out.mkdir()
+    alias = bind_mount(out, tmp_path / "mnt")
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src")}
+    process = subprocess.Popen([sys.executable, "-c", HOLD_A_CLAIM, str(out)], env=env,
+                               stdout=subprocess.PIPE, text=True)
+    try:
+        assert process.stdout.readline() == "holding\n"
+        before = hashes(out)
+        with pytest.raises(UsageError, match="is being written by another bcseg run"):
+            with outputs.claim(alias, "predict"):
+                pass
+        assert hashes(out) == before
+    finally:
+        process.kill()
+        process.wait()

@@ -4,7 +4,9 @@
 The kernel releases the lock when its process dies, so a lock left by a killed run is
 taken over without guessing from process ids, and it stays valid while the folder
 itself is moved aside and replaced. The file holds the holder's process id, which is
-how a file of the user's with that name is told from a lock and left alone.
+how a file of the user's with that name is told from a lock and left alone. The folder
+itself, where it exists, is locked too, so that another path to it (a bind mount) meets
+the same lock.
 """
 
 from __future__ import annotations
@@ -67,10 +69,42 @@ def hold(folder: Path, shown: Path) -> tuple[int, Path]:
         except FileNotFoundError:
             same = False
         if same:
+            try:
+                _hold_folder(folder, fd, shown)
+            except UsageError:
+                os.close(fd)
+                raise
             os.ftruncate(fd, 0)
             os.write(fd, f"{os.getpid()}\n".encode())
             return fd, path
         os.close(fd)
+
+
+# The folders themselves, locked beside their lock files (by the lock file's descriptor).
+_FOLDERS: dict[int, int] = {}
+
+
+def _hold_folder(folder: Path, fd: int, shown: Path) -> None:
+    """Lock the folder itself too, where it exists. The lock file beside it is found by
+    the folder's path, and another path to the same folder (a bind mount, a container's
+    volume, which no resolving of links sees through) has another lock file beside it:
+    two runs wrote the folder at once, each taking the other's open record for a dead
+    run's. A lock on the folder's own inode is the same lock under every path."""
+    try:
+        folder_fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+    except OSError:  # not there yet (made under this lock), or not readable: the file lock serves
+        return
+    try:
+        fcntl.flock(folder_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(folder_fd)
+        raise UsageError(shown, "is being written by another bcseg run (under another path to the "
+                         "same folder, such as a second mount of it); wait for it to finish or "
+                         "choose another output folder") from None
+    except OSError:  # a file system without locks on folders: the file lock serves
+        os.close(folder_fd)
+        return
+    _FOLDERS[fd] = folder_fd
 
 
 def _unwritable(shown: Path, error: OSError) -> Exception:
@@ -113,4 +147,7 @@ def release(lock: tuple[int, Path]) -> None:
     except FileNotFoundError:
         pass
     finally:
+        folder_fd = _FOLDERS.pop(fd, None)
+        if folder_fd is not None:
+            os.close(folder_fd)
         os.close(fd)
