@@ -2826,3 +2826,21 @@ def test_a_folder_being_written_is_refused_under_another_path_to_it(tmp_path, bi
     finally:
         process.kill()
         process.wait()
+
+
+@pytest.mark.parametrize("name, said", [("Channels.json", "choose another name"),
+                                        ("CHANNELS.JSON", "choose another name"),
+                                        (".BCSEG-OUTPUTS.json", "a name bcseg keeps for its own records")])
+def test_split_never_writes_a_name_the_dataset_or_bcseg_reads_in_another_letter_case(
+        tmp_path, capsys, phantom, name, said):
+    """The names a dataset is read by (channels.json) and bcseg's own (its record) were
+    compared letter for letter. On a file system that ignores letter case (macOS's and
+    Windows's by default), data/Channels.json is data/channels.json: split wrote its
+    JSON where the dataset reads its channel names, and every command then failed on
+    the dataset; run/.BCSEG-OUTPUTS.json was written over the folder's record."""
+    data = _copy_tree(phantom, tmp_path / "data")
+    (data / outputs.RECORD).unlink(missing_ok=True)  # the user's own dataset
+    before = hashes(tmp_path)
+    code, _, err = run(capsys, "split", data, "--out", data / name, "--k", 3)
+    assert code == 2 and said in one_line(err)
+    assert hashes(tmp_path) == before

@@ -339,8 +339,11 @@ def _check_split_file(out: Path, args, cases) -> None:
     outputs.check_not_bookkeeping(out)
     inputs = {args.data, args.folds_file, *(f for case in cases for f in case_files(case))}
     check_replaceable([out], args.force, command="split", inputs=inputs)
-    if out.name in LAYOUT_FILES:  # a dataset beside it would read the JSON as its own table
-        raise UsageError(out, f"is the name of a dataset's {LAYOUT_FILES[out.name]}, which every "
+    # A dataset beside it would read the JSON as its own table; where letter case is
+    # ignored (macOS, Windows) 'Channels.json' is the file 'channels.json' it reads.
+    layout_file = LAYOUT_FILES.get(outputs.folded(out.name))
+    if layout_file:
+        raise UsageError(out, f"is the name of a dataset's {layout_file}, which every "
                          "command reading the folder would take for it; --out names the splits' "
                          "JSON file: choose another name (splits.json)")
     # A splits file is JSON: any other name would let it take the place of another

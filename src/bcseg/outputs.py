@@ -44,6 +44,7 @@ import secrets
 import signal
 import stat
 import threading
+import unicodedata
 import warnings
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
@@ -258,11 +259,18 @@ def check_not_bookkeeping(path: Path) -> None:
     journal, a lock, a temporary or an old result put aside): 'split --out
     run/.bcseg-outputs.journal' wrote the splits over the folder's journal, and every
     later command into the folder refused it as no journal."""
-    name = path.name
+    name = folded(path.name)  # '.BCSEG-OUTPUTS.json' is the record where case is ignored
     if (name in (RECORD, JOURNAL) or (name.startswith(".") and name.endswith(LOCK_SUFFIX))
             or partial_pid(name) is not None or ASIDE.match(name)):
         raise UsageError(path, "is a name bcseg keeps for its own records, locks and "
                          "temporary files; choose another name for the output")
+
+
+def folded(name: str) -> str:
+    """``name`` as a file system that ignores letter case and Unicode form (macOS's and
+    Windows's by default) sees it: 'Channels.json' is the file 'channels.json' there.
+    Names bcseg keeps for itself or reads a dataset by are compared so."""
+    return unicodedata.normalize("NFC", name).casefold()
 
 
 def listing(folder: str | Path, strict: bool = True) -> set[str]:
