@@ -2844,3 +2844,22 @@ def test_split_never_writes_a_name_the_dataset_or_bcseg_reads_in_another_letter_
     code, _, err = run(capsys, "split", data, "--out", data / name, "--k", 3)
     assert code == 2 and said in one_line(err)
     assert hashes(tmp_path) == before
+
+
+def test_replacing_never_moves_away_the_current_folder_named_through_a_bind_mount(
+        tmp_path, monkeypatch, bind_mount):
+    """The current folder is never replaced (the shell would be left in a deleted
+    folder, and a command run there next wrote nowhere); it was recognised by its path
+    only, so the same folder named through a second mount of its parent was moved
+    aside and deleted from under the user."""
+    parent = tmp_path / "parent"
+    folder = parent / "result"
+    with outputs.claim(folder, "test"):
+        write_text(folder / "a.csv", "old\n")
+    alias = bind_mount(parent, tmp_path / "mnt")
+    monkeypatch.chdir(folder)
+    before = hashes(folder)
+    with pytest.raises(UsageError, match="is the current folder"):
+        with outputs.claim(alias / "result", "test", replace=True):
+            write_text(alias / "result" / "a.csv", "new\n")
+    assert hashes(folder) == before and Path.cwd().samefile(folder)

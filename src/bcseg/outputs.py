@@ -1208,7 +1208,10 @@ def _move_aside(folder: Path, inputs: Iterable, shown: Path, command: str) -> Pa
     if not folder.exists() or not any(e for e in folder.iterdir() if not (e.name == LOCK_SUFFIX and _ours(e))):
         return None
     check_not_inputs(shown, inputs)
-    if real_path(folder) in (Path.cwd(), *Path.cwd().parents):
+    # By the folder itself too: named through another path to it (a bind mount of a
+    # folder above), the current folder was moved aside and deleted from under the user.
+    here = (Path.cwd(), *Path.cwd().parents)
+    if real_path(folder) in here or _identities([folder], {}) & _identities(here, {}):
         raise UsageError(shown, "is the current folder or holds it; run bcseg from elsewhere "
                          "to replace it")
     _check_only_ours(folder, shown, command)
