@@ -2787,7 +2787,8 @@ def test_train_force_never_replaces_a_run_whose_maps_it_reads_through_a_bind_mou
     assert hashes(run_dir) == before
 
 
-def test_predict_never_removes_an_input_named_through_a_bind_mount(tmp_path, capsys, models, bind_mount):
+def test_predict_never_removes_an_input_named_through_a_bind_mount(tmp_path, capsys, models,
+                                                                   bind_mount):
     """test_predict_never_replaces_or_removes_its_own_inputs, with the earlier map named
     through a second mount of the output folder: it was deleted as the case's stale
     companion, then reading it failed ('mnt/s0_prob.tif: file not found'); with

@@ -594,7 +594,8 @@ def check_replaceable(paths: Iterable[Path], force: bool,
     for path in paths:
         if not (path.exists() or path.is_symlink()):
             continue
-        if real_path(path) in sources or path.absolute() in sources or _identities([path], {}) & files:
+        if (real_path(path) in sources or path.absolute() in sources
+                or _identities([path], {}) & files):
             raise UsageError(path, "is an input of this command; choose another output")
         # What force cannot replace is refused as such first: suggesting force=True for
         # it only led to a second refusal.
