@@ -509,3 +509,36 @@ def test_a_stack_of_one_voxel_along_an_axis_is_refused():
     tumour[0, 4:6, 4:6] = True
     with pytest.raises(DataError, match="at least 2 voxels along each axis"):
         M.margins(tumour, specimen, (2.0, 0.5, 1.0))
+
+
+def test_a_specimen_mask_drawn_without_its_tumour_at_the_surface_reads_as_ink(tmp_path, capsys):
+    """Tissue and tumour drawn as separate labels, the tumour reaching the medial surface
+    (the inked case): the tumour is a notch open to the outside, which hole filling
+    cannot bring in, and the row read 'tumour lies wholly outside the specimen mask; no
+    margins' with blank flags instead of 0 mm, ink on tumour. Distances by hand."""
+    from bcseg.cli import main
+
+    spacing = (2.0, 0.5, 0.25)
+    box = np.zeros((10, 20, 30), bool)
+    box[1:9, 2:18, 3:27] = True            # the whole specimen, tumour included
+    tumour = np.zeros_like(box)
+    tumour[4:6, 8:10, 3:6] = True          # on the medial face (x = 3)
+    image = np.where(box, 150, 10).astype(np.uint8)
+    image_path = io.write_image(tmp_path / "s1.tif", image, spacing)
+    tumour_path = io.write_mask(tmp_path / "s1_tumour.tif", tumour, spacing)
+    tissue_path = io.write_mask(tmp_path / "s1_tissue.tif", box & ~tumour, spacing)
+    assert main(["margins", "--image", str(image_path), "--tumour", str(tumour_path),
+                 "--specimen", str(tissue_path), "--out", str(tmp_path / "out")]) == 0
+    with open(tmp_path / "out" / "s1_margins.csv", newline="", encoding="utf-8") as handle:
+        (row,) = list(csv.DictReader(handle))
+    assert row["ink_on_tumour"] == "True" and float(row["distance_mm"]) == 0
+    assert row["closest_face"] == "medial" and row["warnings"] == ""
+    # gaps between outer voxel centres: y (8 - 2) and (17 - 9) x 0.5 mm, z (4 - 1) and
+    # (8 - 5) x 2 mm, x (26 - 5) x 0.25 mm; the volume is the box's, 8 x 16 x 24 voxels
+    # (Superior and inferior come out 6.005 mm: surface voxels near the medial edge face
+    # medially, so the nearest of those faces lies one x voxel aside, within one voxel.)
+    assert {face: float(row[f"{face}_mm"]) for face in M.FACES} == pytest.approx(
+        {"anterior": 3.0, "posterior": 4.0, "superior": 6.0, "inferior": 6.0,
+         "medial": 0.0, "lateral": 5.25}, abs=0.01)
+    assert float(row["specimen_volume_mm3"]) == pytest.approx(8 * 16 * 24 * 0.25)
+    assert float(row["tumour_volume_mm3"]) == pytest.approx(2 * 2 * 3 * 0.25)

@@ -405,6 +405,15 @@ def margins(tumour, specimen, spacing_mm, orientation=DEFAULT_ORIENTATION, close
                                                                    orientation, close_mm)
     # The surface is the specimen's outside: the walls of an enclosed hole in its mask (the
     # tumour left out of a tissue label, an air bubble) are no surface ink reaches.
+    # A specimen mask drawn without its tumour (tissue and tumour as separate labels) holds
+    # no tumour voxel. Enclosed, the tumour is a hole that fill_holes brings in; reaching
+    # the surface (the inked case) it is a notch open to the outside, and it read as
+    # "wholly outside the specimen, no margins" instead of ink on tumour. Such a tumour is
+    # tissue: add it, as margins_for_files does for a computed mask. One that touches no
+    # tissue lies in the medium and stays outside; one that overlaps the mask was drawn
+    # inside it, and any part beyond it is outside, as before.
+    if tumour.any() and not (tumour & specimen).any() and _touches(tumour, specimen):
+        specimen = specimen | tumour
     specimen = fill_holes(specimen)
     n_tumour, n_specimen = int(np.count_nonzero(tumour)), int(np.count_nonzero(specimen))
     result = _blank_result(n_tumour, n_specimen, sampling, orientation, close_mm)
