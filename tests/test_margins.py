@@ -542,3 +542,27 @@ def test_a_specimen_mask_drawn_without_its_tumour_at_the_surface_reads_as_ink(tm
          "medial": 0.0, "lateral": 5.25}, abs=0.01)
     assert float(row["specimen_volume_mm3"]) == pytest.approx(8 * 16 * 24 * 0.25)
     assert float(row["tumour_volume_mm3"]) == pytest.approx(2 * 2 * 3 * 0.25)
+
+
+def test_a_stack_named_with_dollar_signs_is_measured_and_drawn(tmp_path, capsys):
+    """The figure's title holds the file's stem, and matplotlib read 's$^{$' as math:
+    the command failed with 'bcseg: error: ValueError: ... ParseSyntaxException',
+    naming no file, after measuring; 's$1$' was titled as an italic 's1'."""
+    from bcseg.cli import main
+
+    spacing = (2.0, 0.5, 0.25)
+    box = np.zeros((10, 20, 30), bool)
+    box[1:9, 2:18, 3:27] = True
+    tumour = np.zeros_like(box)
+    tumour[3, 15, 15] = True
+    image_path = io.write_image(tmp_path / "s$^{$.tif", np.where(box, 150, 10).astype(np.uint8), spacing)
+    tumour_path = io.write_mask(tmp_path / "tumour.tif", tumour, spacing)
+    tissue_path = io.write_mask(tmp_path / "tissue.tif", box, spacing)
+    assert main(["margins", "--image", str(image_path), "--tumour", str(tumour_path),
+                 "--specimen", str(tissue_path), "--out", str(tmp_path / "out")]) == 0
+    assert "error" not in capsys.readouterr().err
+    with open(tmp_path / "out" / "s$^{$_margins.csv", newline="", encoding="utf-8") as handle:
+        (row,) = list(csv.DictReader(handle))
+    # by hand: y (17 - 15) x 0.5 mm to the posterior face, the nearest (medial is 3 mm)
+    assert float(row["distance_mm"]) == pytest.approx(1.0) and row["closest_face"] == "posterior"
+    assert (tmp_path / "out" / "s$^{$_margins.png").is_file()

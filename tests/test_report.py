@@ -457,3 +457,27 @@ def test_evaluate_checks_the_tables_its_report_reads_before_writing(run_dir, tmp
         {name, *(name.split("/")[:-1])})  # only what was there: no table, record or lock
     assert main(["evaluate", "--pred", str(run_dir / "pred"), "--truth", str(run_dir / "data"),
                  "--out", str(out), "--no-report"]) == 0  # without the report, nothing reads it
+
+
+
+@pytest.mark.parametrize("case_id", ["a$^{$", "s$1$"])
+def test_a_case_id_with_dollar_signs_is_drawn_as_written(tmp_path, monkeypatch, case_id):
+    """Matplotlib reads text between two '$' as math: a case id 'a$^{$' (a legal file
+    name) failed the examples figure with an empty message, so the report said
+    'Examples not drawn:' and nothing more, and 's$1$' was drawn as an italic 's1'."""
+    from matplotlib.figure import Figure
+
+    titles = []
+    save = Figure.savefig
+
+    def spy(fig, *args, **kwargs):  # the titles as they are laid out
+        titles.extend((ax.title.get_text(), ax.title.get_parse_math()) for ax in fig.axes)
+        return save(fig, *args, **kwargs)
+
+    monkeypatch.setattr(Figure, "savefig", spy)
+    truth = np.zeros((16, 16), bool)
+    truth[4:8, 4:8] = True
+    path = plot_examples([(case_id, np.full((16, 16), 100, np.uint8), truth, truth)],
+                         tmp_path / "examples.png", n=1, worst=0)
+    assert is_png(path)
+    assert (case_id, False) in titles  # drawn as text, not parsed as math

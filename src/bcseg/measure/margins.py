@@ -658,7 +658,9 @@ def margin_figure(image, tumour, specimen, result: Mapping, path: str | Path, sp
         ax.set_title(f"{_plane_name(orientation, axis)}: {_AXIS_LETTER[axis]} = {int(centre[axis])}", fontsize=10)
         ax.set_xlabel(f"{_AXIS_LETTER[cols]} (mm): {orientation.axes[cols][0]} \u2192 {orientation.axes[cols][1]}")
         ax.set_ylabel(f"{_AXIS_LETTER[rows]} (mm): {orientation.axes[rows][0]} \u2192 {orientation.axes[rows][1]}")
-    fig.suptitle(_figure_title(result), fontsize=11)
+    # the case is a file's stem, not math: a stack named 's$^{$' failed the command after
+    # measuring it ("ValueError: ... ParseSyntaxException", naming no file)
+    fig.suptitle(_figure_title(result), fontsize=11, parse_math=False)
     fig.supxlabel("cyan: specimen   red: tumour   yellow: closest margin, tumour point (o) to "
                   "surface point (x), projected onto each slice", fontsize=9)
     with atomic_path(path, force=force) as tmp:

@@ -401,7 +401,8 @@ def plot_examples(pairs: Sequence, out_path: str | Path, n: int = 4, seed: int =
             ax = fig.add_subplot(len(chosen), 3, 3 * row + col + 1)
             ax.imshow(picture, cmap="gray" if picture.ndim == 2 else None, vmin=0, vmax=1,
                       interpolation="nearest")
-            ax.set_title(title, fontsize=9)
+            # a case id is a file name, not math: 'a$^{$' failed the figure, 's$1$' read 's1'
+            ax.set_title(title, fontsize=9, parse_math=False)
             ax.set_axis_off()
     fig.suptitle(f"blue: {truth_label}    orange: prediction", fontsize=10)
     return _save(fig, Path(out_path))
@@ -439,7 +440,7 @@ def plot_channel_examples(pairs: Sequence, channel: str, images: Mapping[str, np
     for row, (index, z, kind) in enumerate(chosen):
         case_id, image, truth, pred = checked[index]
         ax = fig.add_subplot(len(chosen), 1, row + 1)
-        ax.set_title(_row_title(case_id, z, image.shape, kind), fontsize=8)
+        ax.set_title(_row_title(case_id, z, image.shape, kind), fontsize=8, parse_math=False)
         ax.set_axis_off()
         if case_id not in images:
             ax.text(0.5, 0.5, f"no channel {channel}", ha="center", va="center", fontsize=9)
