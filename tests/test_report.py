@@ -481,3 +481,32 @@ def test_a_case_id_with_dollar_signs_is_drawn_as_written(tmp_path, monkeypatch, 
                          tmp_path / "examples.png", n=1, worst=0)
     assert is_png(path)
     assert (case_id, False) in titles  # drawn as text, not parsed as math
+
+
+def test_an_observer_named_with_dollar_signs_is_reported(tmp_path, capsys):
+    """Observer names are folder names and label the figures (the ticks of
+    case_metrics.png, the truth in examples.png). An observer 'o$^{$' was parsed as
+    math: evaluate wrote its tables, then failed building the report with 'bcseg:
+    error: ValueError: ... ParseSyntaxException', naming no file."""
+    from bcseg.cli import main
+
+    spacing = (0.5, 0.25)
+    for case in ("a", "b"):
+        io.write_image(tmp_path / "data" / "images" / f"{case}.tif", np.full((16, 16), 100, np.uint8),
+                       spacing)
+        one, two, pred = (np.zeros((16, 16), bool) for _ in range(3))
+        one[4:8, 4:8] = two[4:8, 5:9] = pred[6:10, 4:8] = True
+        io.write_mask(tmp_path / "data" / "masks" / "o$^{$" / f"{case}.tif", one, spacing)
+        io.write_mask(tmp_path / "data" / "masks" / "o2" / f"{case}.tif", two, spacing)
+        io.write_mask(tmp_path / "pred" / f"{case}_mask.tif", pred, spacing)
+    out = tmp_path / "eval"
+    assert main(["evaluate", "--pred", str(tmp_path / "pred"), "--truth", str(tmp_path / "data"),
+                 "--out", str(out)]) == 0
+    assert "error" not in capsys.readouterr().err
+    assert is_png(out / "case_metrics.png") and is_png(out / "examples.png")
+    page = (out / "report.html").read_text(encoding="utf-8")
+    assert "Examples not drawn" not in page and html.escape("o$^{$") in page
+    # the numbers beside it, by hand: pred is o$^{$ moved 2 rows (0.5 mm each) down
+    table = {row["reference"]: row for row in ceiling_table(out / "summary.json")}
+    assert table["o$^{$"]["stats"]["dice"]["mean"] == pytest.approx(0.5)
+    assert table["o$^{$"]["stats"]["hd95"]["mean"] == pytest.approx(1.0)

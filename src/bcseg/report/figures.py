@@ -247,7 +247,8 @@ def plot_case_metrics(metrics_csv: str | Path, out_dir: str | Path,
                            color=colour, edgecolor="white", linewidth=0.4, zorder=3)
             name = "observers" if ref == INTER_OBSERVER else ref
             ticks.append(name + (f"\n({n_inf} inf)" if n_inf else ""))
-        ax.set_xticks(range(len(refs)), ticks, fontsize=8)
+        # observer names are folder names, not math ('o$^{$' failed the report)
+        ax.set_xticks(range(len(refs)), ticks, fontsize=8, parse_math=False)
         ax.set_xlim(-0.6, len(refs) - 0.4)
         ax.set_ylabel(label)
         if metric == "dice":
@@ -404,7 +405,7 @@ def plot_examples(pairs: Sequence, out_path: str | Path, n: int = 4, seed: int =
             # a case id is a file name, not math: 'a$^{$' failed the figure, 's$1$' read 's1'
             ax.set_title(title, fontsize=9, parse_math=False)
             ax.set_axis_off()
-    fig.suptitle(f"blue: {truth_label}    orange: prediction", fontsize=10)
+    fig.suptitle(f"blue: {truth_label}    orange: prediction", fontsize=10, parse_math=False)
     return _save(fig, Path(out_path))
 
 
