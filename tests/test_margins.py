@@ -566,3 +566,17 @@ def test_a_stack_named_with_dollar_signs_is_measured_and_drawn(tmp_path, capsys)
     # by hand: y (17 - 15) x 0.5 mm to the posterior face, the nearest (medial is 3 mm)
     assert float(row["distance_mm"]) == pytest.approx(1.0) and row["closest_face"] == "posterior"
     assert (tmp_path / "out" / "s$^{$_margins.png").is_file()
+
+
+def test_ink_on_tumour_is_a_close_margin_at_a_close_limit_of_0(tmp_path):
+    """--close-mm 0 is allowed; a margin of 0 mm (ink on tumour) was then not close
+    (0 < 0 is false), though the docs say ink implies close."""
+    box = ((2, 41), (2, 97), (2, 65))
+    centre = (10.5, (box[1][0] + 10) * 0.2, 10.2)  # the sphere's top row on the anterior surface
+    tumour, specimen = box_and_sphere((44, 100, 68), box, centre, 2.0)
+    result = M.margins(tumour, specimen, SPACING, close_mm=0.0)
+    assert result["distance_mm"] == 0.0
+    assert (result["ink_on_tumour"], result["close_margin"]) == (True, True)
+    face = result["faces"]["anterior"]
+    assert (face["ink_on_tumour"], face["close_margin"]) == (True, True)
+    assert not result["faces"]["posterior"]["close_margin"]  # a margin of mm, not close at 0

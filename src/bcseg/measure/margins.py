@@ -385,7 +385,7 @@ def margins(tumour, specimen, spacing_mm, orientation=DEFAULT_ORIENTATION, close
     dict
         ``tumour_volume_mm3``, ``specimen_volume_mm3``; the overall ``distance_mm``,
         ``closest_face``, ``ink_on_tumour`` (a tumour voxel on the surface, distance 0)
-        and ``close_margin`` (``distance_mm < close_mm``, so ink implies close);
+        and ``close_margin`` (``distance_mm < close_mm``, or ink: ink implies close);
         ``tumour_index``/``tumour_mm`` and ``surface_index``/``surface_mm``, the closest
         pair of voxel centres (index ``(z, y, x)`` and ``index * spacing_mm``);
         ``faces``, the same fields for each of :data:`FACES`; ``close_mm``,
@@ -512,7 +512,9 @@ def _face_margins(result: dict, spec: np.ndarray, inside: np.ndarray, offset: np
         t_index, s_index = tumour_idx[nearest[best]] + offset, surface_idx[best] + offset
         d = float(distance[best])
         result["faces"][face] = {
-            "distance_mm": d, "ink_on_tumour": d == 0.0, "close_margin": d < close_mm,
+            "distance_mm": d, "ink_on_tumour": d == 0.0,
+            # ink is the closest margin of all: close at every --close-mm, 0 included
+            "close_margin": d < close_mm or d == 0.0,
             "tumour_index": tuple(int(i) for i in t_index),
             "tumour_mm": tuple(float(v) for v in t_index * sampling),
             "surface_index": tuple(int(i) for i in s_index),
