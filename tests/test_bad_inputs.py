@@ -795,6 +795,27 @@ def test_bad_mask_in_the_test_fold_is_found_before_the_first_epoch(tmp_path, tin
     assert "epoch" not in out and not (tmp_path / "run").exists()
 
 
+@pytest.mark.parametrize("extra, size, why", [
+    (["--model", "unet3d"], 32, "is a 2D model; this run trains a 3D one"),
+    ([], 48, "takes sizes that are multiples of 32"),  # depth 4, stride-2 stem
+])
+def test_init_busi_that_cannot_train_the_run_is_refused_before_the_run_folder(tmp_path, capsys, phantom_root,
+                                                                              extra, size, why):
+    """--init busi skipped the checks a user's --init file gets: a 3D run, or a size the
+    bundled model's levels do not divide, failed in the first batch with a raw ValueError
+    (exit 1) and left the run folder behind."""
+    from bcseg.pretrained import pretrained_path
+
+    config = tmp_path / "tiny.toml"  # phantom stacks: a 3D run reads them as they are
+    config.write_text(TINY.replace("size = 32", f"size = {size}"), encoding="utf-8")
+    out = tmp_path / "run"
+    code, _, err = run_main(capsys, ["train", phantom_root, "--out", out, "--config", config, "--init", "busi",
+                                     *extra])
+    line = one_error_line(err)
+    assert code == 4 and line.startswith(f"bcseg: error: {pretrained_path()}: {why}"), (code, err)
+    assert not out.exists()
+
+
 def _run_dir(tmp_path: Path, tiny_config: Path, **changes) -> Path:
     """A run directory as ``train`` starts it: its config.toml, written in train's claim
     (so that --resume knows it as the run's; no training needed)."""

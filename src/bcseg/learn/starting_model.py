@@ -82,9 +82,14 @@ def checked_init(init, cfg: dict, in_channels: int = 1, channels: list[str] | No
     if not init:
         return None
     if init == "busi":
+        # The bundled model goes through the same checks as a user's file: returned
+        # unchecked, `--init busi --model unet3d` (or a data.size its stride-2 stem and
+        # depth 4 do not divide) failed in the first batch with a raw ValueError (exit 1),
+        # the run folder already written.
         from bcseg.pretrained import pretrained_path
-        return pretrained_path()
-    path = Path(init)
+        path = pretrained_path()
+    else:
+        path = Path(init)
     if path.is_dir():  # a run folder: "not found" while it is there misled
         inside = path / rundir.MODEL_FILE
         raise ConfigError(path, "is a folder; --init takes a .keras file" +
