@@ -107,6 +107,22 @@ def test_evaluate_refuses_an_observer_named_twice(tmp_path, capsys, phantom_root
     assert not out.exists()
 
 
+@pytest.mark.parametrize("command", ["evaluate", "export-nnunet"])
+def test_an_unknown_observer_names_the_flag(tmp_path, capsys, phantom_root, command):
+    """'bcseg: error: unknown observer 'nosuch'; ...' named no option, while train's
+    --observer is named (the one line must say which option to change)."""
+    pred = tmp_path / "pred"
+    pred.mkdir()
+    for mask in (phantom_root / "masks" / "observer2").glob("*.tif"):
+        (pred / f"{mask.stem}_mask.tif").write_bytes(mask.read_bytes())
+    out = tmp_path / "out"
+    argv = {"evaluate": ["evaluate", "--pred", pred, "--truth", phantom_root, "--out", out, "--no-report"],
+            "export-nnunet": ["export-nnunet", phantom_root, out, "--dataset-id", "5", "--name", "x"]}[command]
+    line = refused(capsys, [*argv, "--observer", "nosuch"], "--observer")
+    assert line.startswith("bcseg: error: --observer: unknown observer") and "'nosuch'" in line, line
+    assert not out.exists()
+
+
 def test_a_size_limit_under_one_byte_is_a_setting_error_not_every_file(tmp_path, capsys, phantom_root,
                                                                          monkeypatch):
     """BCSEG_MAX_IMAGE_GB=1e-30 became a limit of 0 bytes: check listed every image as

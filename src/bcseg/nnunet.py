@@ -330,7 +330,8 @@ def _check_id_free(out: Path, dataset_id: int, folder_name: str) -> None:
 def _check_observer(cases: list[Case], observer: str) -> None:
     names = sorted({o for case in cases for o in case.masks})
     if observer not in METHODS and observer not in names:
-        raise UsageError(None, f"unknown observer {observer!r}; choose one of "
+        # named as train names it: the one line says which option to change
+        raise UsageError("--observer", f"unknown observer {observer!r}; choose one of "
                          f"{', '.join(map(repr, [*METHODS, *names]))}")
     if observer in METHODS:
         require_every_observer(cases, f"the label '{observer}'")

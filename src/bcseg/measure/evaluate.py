@@ -188,7 +188,8 @@ def _select_observers(cases: Sequence[Case], wanted) -> list[str] | None:
     known = sorted({o for case in cases for o in case.masks})
     unknown = [n for n in names if n not in known]
     if unknown or not names:
-        raise UsageError(None, f"unknown observer(s) {', '.join(map(repr, unknown)) or '(none given)'}; "
+        # named as train names it: the one line says which option to change
+        raise UsageError("--observer", f"unknown observer(s) {', '.join(map(repr, unknown)) or '(none given)'}; "
                          f"the cases have {', '.join(map(repr, known)) or 'no observers'}")
     twice = sorted({n for n in names if names.count(n) > 1})
     if twice:  # recorded as asked in summary.json, as if a third observer had been scored
