@@ -189,8 +189,9 @@ def _select_observers(cases: Sequence[Case], wanted) -> list[str] | None:
     unknown = [n for n in names if n not in known]
     if unknown or not names:
         # named as train names it: the one line says which option to change
-        raise UsageError("--observer", f"unknown observer(s) {', '.join(map(repr, unknown)) or '(none given)'}; "
-                         f"the cases have {', '.join(map(repr, known)) or 'no observers'}")
+        asked = ", ".join(map(repr, unknown)) or "(none given)"
+        raise UsageError("--observer", f"unknown observer(s) {asked}; the cases have "
+                         f"{', '.join(map(repr, known)) or 'no observers'}")
     twice = sorted({n for n in names if names.count(n) > 1})
     if twice:  # recorded as asked in summary.json, as if a third observer had been scored
         raise UsageError(None, f"observer {twice[0]!r} is named twice; name each observer once")
