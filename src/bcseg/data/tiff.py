@@ -346,13 +346,19 @@ def _check_shaped_count(tif: tifffile.TiffFile, path: Path) -> None:
     than the file holds: given a shape its pages do not make (a tool that edited the
     stack kept the old description), tifffile logs a warning and reads the first page
     alone, so a stack was segmented as one slice without a word."""
-    if not tif.is_shaped:
-        return
+    if tif.is_shaped:
+        _refuse_uncovered_pages(tif, path, "the shape its description gives", "save the stack "
+                                "again without that description (or with the stack's own shape)")
+
+
+def _refuse_uncovered_pages(tif: tifffile.TiffFile, path: Path, described_by: str,
+                            cure: str) -> None:
+    """Refuse a file holding more pages than its series (as ``described_by`` makes them)
+    account for: tifffile reads the series and drops the pages beyond, without a word."""
     covered = sum(len(s.pages) for s in tif.series)
     if covered < len(tif.pages):
-        raise DataError(path, f"holds {len(tif.pages)} pages, but the shape its description gives "
-                        f"accounts for {covered}, so the others would be dropped; save the stack "
-                        "again without that description (or with the stack's own shape)")
+        raise DataError(path, f"holds {len(tif.pages)} pages, but {described_by} accounts for "
+                        f"{covered}, so the others would be dropped; {cure}")
 
 
 def _check_ome_count(tif: tifffile.TiffFile, path: Path) -> None:
@@ -374,11 +380,8 @@ def _check_ome_count(tif: tifffile.TiffFile, path: Path) -> None:
                             f"{len(series.pages)} images (shape {tuple(series.shape)}, axes "
                             f"{series.axes}), the file holds {held}; copy it again from the "
                             "source, or save the stack again so its metadata fits it")
-    covered = sum(len(s.pages) for s in tif.series)
-    if covered < len(tif.pages):
-        raise DataError(path, f"holds {len(tif.pages)} pages, but its OME metadata (SizeZ, SizeC, "
-                        f"SizeT) accounts for {covered}, so the others would be dropped; save "
-                        "the stack again so its metadata fits it")
+    _refuse_uncovered_pages(tif, path, "its OME metadata (SizeZ, SizeC, SizeT)",
+                            "save the stack again so its metadata fits it")
 
 
 def _check_like_pages(tif: tifffile.TiffFile, path: Path) -> None:
