@@ -204,22 +204,32 @@ def test_train_force_refuses_a_run_holding_a_file_bcseg_did_not_write(tmp_path, 
     assert hashes(tmp_path) == before
 
 
-def test_train_force_never_replaces_a_run_holding_a_later_channel_of_the_data(tmp_path, capsys, phantom):
-    """A manifest may take a case's second channel from an earlier run's probability
-    maps (a cascade). Only each case's first channel and masks were counted as inputs,
-    so train --force moved that run aside and then failed reading the channel (exit 1,
-    a FileNotFoundError), instead of refusing it before touching the run."""
-    run_dir = tmp_path / "run"
-    with outputs.claim(run_dir, "train"):  # the earlier run, with its test folds' maps
+def _run_with_maps(run_dir: Path, phantom: Path) -> Path:
+    """An earlier training run holding its test folds' probability maps of the phantom."""
+    with outputs.claim(run_dir, "train"):
         write_text(run_dir / "config.toml", "[train]\nepochs = 1\n")
         for i in range(3):
             io.write_probability(run_dir / "predictions" / f"specimen_00{i}_prob.tif",
                                  RNG.random((8, 32, 32), np.float32), io.read_image(
                                      phantom / "images" / f"specimen_00{i}.tif")[1])
-    manifest = tmp_path / "cascade.csv"
-    manifest.write_text("id,image_us,image_pa,mask_observer1,group\n" + "".join(
+    return run_dir
+
+
+def _cascade_manifest(path: Path, phantom: Path, run_dir: Path) -> Path:
+    """A manifest taking each case's PA channel from the maps in ``run_dir``/predictions."""
+    path.write_text("id,image_us,image_pa,mask_observer1,group\n" + "".join(
         f"s{i},{phantom}/images/specimen_00{i}.tif,{run_dir}/predictions/specimen_00{i}_prob.tif,"
         f"{phantom}/masks/observer1/specimen_00{i}.tif,g{i}\n" for i in range(3)))
+    return path
+
+
+def test_train_force_never_replaces_a_run_holding_a_later_channel_of_the_data(tmp_path, capsys, phantom):
+    """A manifest may take a case's second channel from an earlier run's probability
+    maps (a cascade). Only each case's first channel and masks were counted as inputs,
+    so train --force moved that run aside and then failed reading the channel (exit 1,
+    a FileNotFoundError), instead of refusing it before touching the run."""
+    run_dir = _run_with_maps(tmp_path / "run", phantom)
+    manifest = _cascade_manifest(tmp_path / "cascade.csv", phantom, run_dir)
     before = hashes(tmp_path)
     code, _, err = run(capsys, "train", manifest, "--out", run_dir, "--force", "--epochs", "1")
     assert code == 2 and f"{run_dir}: contains the input" in one_line(err)
@@ -2769,18 +2779,9 @@ def test_train_force_never_replaces_a_run_whose_maps_it_reads_through_a_bind_mou
     """test_train_force_never_replaces_a_run_holding_a_later_channel_of_the_data, with the
     manifest naming the run's maps through a second mount of its folder: train --force
     trained on them, then deleted the old run and the maps with it."""
-    run_dir = tmp_path / "run"
-    with outputs.claim(run_dir, "train"):  # the earlier run, with its test folds' maps
-        write_text(run_dir / "config.toml", "[train]\nepochs = 1\n")
-        for i in range(3):
-            io.write_probability(run_dir / "predictions" / f"specimen_00{i}_prob.tif",
-                                 RNG.random((8, 32, 32), np.float32), io.read_image(
-                                     phantom / "images" / f"specimen_00{i}.tif")[1])
+    run_dir = _run_with_maps(tmp_path / "run", phantom)
     alias = bind_mount(run_dir, tmp_path / "mnt" / "run")
-    manifest = tmp_path / "cascade.csv"
-    manifest.write_text("id,image_us,image_pa,mask_observer1,group\n" + "".join(
-        f"s{i},{phantom}/images/specimen_00{i}.tif,{alias}/predictions/specimen_00{i}_prob.tif,"
-        f"{phantom}/masks/observer1/specimen_00{i}.tif,g{i}\n" for i in range(3)))
+    manifest = _cascade_manifest(tmp_path / "cascade.csv", phantom, alias)
     before = hashes(run_dir)
     code, _, err = run(capsys, "train", manifest, "--out", run_dir, "--force", "--epochs", "1")
     assert code == 2 and f"{run_dir}: contains the input" in one_line(err)
