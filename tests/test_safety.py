@@ -31,7 +31,7 @@ from bcseg.cli import main
 from bcseg.errors import DataError, UsageError
 from bcseg.learn.models import unet
 from bcseg.data.phantom import write_phantom
-from bcseg.rundir import InferenceSettings, embed_settings
+from bcseg.rundir import InferenceSettings, embed_settings, write_settings
 
 pytestmark = [pytest.mark.filterwarnings("ignore:only 3 groups for 5 folds:UserWarning"),
               pytest.mark.filterwarnings("ignore::DeprecationWarning")]
@@ -474,6 +474,34 @@ def test_a_killed_replacement_is_no_empty_folder_to_write_without_force(command,
     assert code == 2 and "already holds" in one_line(err), err
     # the old result is put back in its place before the folder is judged, untouched
     assert not aside.exists() and hashes(folder) == before
+
+
+@pytest.mark.parametrize("given", ["run folder", "model file", "fold of a k-fold run"])
+def test_predict_reads_the_run_a_killed_train_force_left_beside_its_folder(
+        given, tmp_path, capsys, models):
+    """Red team 22: SIGKILL just after train --force moved the finished run aside left the
+    run's folder holding only the killed run's record, and predict --model RUN said the run
+    held no model while the finished run waited beside it as .RUN.bcseg-old-PID. Reading
+    the run settles it first, as the next train would: the old run is put back."""
+    stacks(tmp_path / "in", 1, shape=(2, 32, 32))
+    run_dir = tmp_path / ("kfold" if given == "fold of a k-fold run" else "run")
+    trained = run_dir / "fold_0" if given == "fold of a k-fold run" else run_dir
+    with outputs.claim(run_dir, "train"):  # what train --force replaced: the whole run
+        with atomic_path(trained / "model_best.keras") as tmp:
+            tmp.write_bytes(models["2d"].read_bytes())
+        write_settings(trained, InferenceSettings())
+    replaced = run_dir
+    model = trained / "model_best.keras" if given == "model file" else trained
+    before = hashes(run_dir)
+    aside = replaced.with_name(f".{replaced.name}{outputs.ASIDE_MARK}99999")  # as a kill leaves
+    replaced.rename(aside)
+    replaced.mkdir()
+    (replaced / outputs.RECORD).write_text(json.dumps({"files": {}, "open": {
+        "pid": 99999, "token": "x", "command": "train", "foreign": [], "edited": []}}))
+    code, _, err = run(capsys, "predict", tmp_path / "in", "--model", model, "--out", tmp_path / "o")
+    assert code == 0, err
+    assert (tmp_path / "o" / "s0_mask.tif").is_file()
+    assert not aside.exists() and hashes(run_dir) == before  # the finished run, back as it was
 
 
 @pytest.mark.parametrize("kind", ["folder", "link"])

@@ -1128,6 +1128,21 @@ def settle(folder: str | Path) -> None:
         folder_lock.release(lock)
 
 
+def settle_before_reading(path: str | Path, levels: int = 3) -> None:
+    """Settle what a killed ``--force`` replacement left of the folders a command reads
+    ``path`` from: ``path`` itself and the folders above it, ``levels`` in all (a model
+    file in a fold of a k-fold run: the fold, the run, ...). ``predict --model RUN`` read
+    the killed run's unfinished folder ("holds no model_best.keras") while the finished
+    earlier run waited beside it under a hidden name. Only where such a leftover lies: a
+    folder with none is not locked, so a model in a read-only folder still reads."""
+    folder = Path(path).absolute()
+    for _ in range(levels):
+        if folder.parent.is_dir() and any(
+                folder.parent.glob(f".{glob.escape(folder.name)}{ASIDE_MARK}*")):
+            settle(folder)
+        folder = folder.parent
+
+
 def _judge(folder: Path, force: bool, command: str, what: str, other_way: str | None) -> bool:
     if not folder.is_dir() or _only_a_fresh_record(folder):
         return False

@@ -31,6 +31,7 @@ import zlib
 from pathlib import Path
 from typing import Any, Sequence
 
+from bcseg import outputs
 from bcseg.atomic import atomic_path, parse_json, read_json, real_path, write_text
 from bcseg.config import is_whole
 from bcseg.errors import ConfigError, ModelError, UsageError, not_a_file
@@ -755,6 +756,7 @@ def check_model_file(path: Path, expected: str = "a .keras file") -> None:
 
 
 def _load_one(path: Path) -> tuple[list[Path], InferenceSettings]:
+    outputs.settle_before_reading(path)  # a killed train --force's earlier run put back
     if path.is_dir():
         check_model_file(path / MODEL_FILE)
         if (path / MODEL_FILE).is_file():
