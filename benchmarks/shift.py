@@ -23,6 +23,13 @@ meaningful, not the level)::
 
     .venv/bin/python benchmarks/shift.py --model src/bcseg/pretrained   # one file or an ensemble
 
+The validation images of a run on all of BUSI (its ``fold.json``), which that run and
+every other ``--all`` run of the same split never trained on: the one unseen yardstick for
+comparing two candidates for the bundle, level and losses alike::
+
+    .venv/bin/python benchmarks/shift.py --model bench-out/bundle-candidate \
+        --validation-of bench-out/busi-all-student-r13
+
 A one-minute check::
 
     .venv/bin/python benchmarks/shift.py --quick
@@ -141,15 +148,17 @@ def _grey(image: np.ndarray) -> np.ndarray:
     return image if image.ndim == 2 else image[..., :3].mean(axis=-1).astype(np.uint8)
 
 
-def load_fold(data: Path, fold: int, limit: int | None):
-    """(id, image uint8, truth bool) of the fold's lesion images, in folds.csv order."""
+def load_fold(data: Path, fold: int, limit: int | None, ids: list[str] | None = None):
+    """(id, image uint8, truth bool) of the fold's lesion images, in folds.csv order; with
+    ``ids``, those lesion images instead of the fold's."""
     from bcseg.data.cases import read_case_image, read_case_masks
     from bcseg.data.dataset import BUSI_OBSERVER, discover
     from bcseg.data.splits import folds_from_file
 
     cases = discover(data)
     folds = folds_from_file(data / "folds.csv", cases)
-    chosen = [c for c in cases if folds[c.id] == fold and c.label_class in ("benign", "malignant")]
+    chosen = [c for c in cases if (folds[c.id] == fold if ids is None else c.id in ids)
+              and c.label_class in ("benign", "malignant")]
     out = []
     for case in chosen[:limit]:
         image, _ = read_case_image(case)
@@ -177,7 +186,9 @@ def score(model, images, settings, shift=None) -> np.ndarray:
 
 
 def table(result: dict) -> str:
-    lines = [f"Clean: Dice {result['clean']:.3f} on {result['n']} fold-{result['fold']} lesion images.", "",
+    which = (f"fold-{result['fold']}" if result.get("validation_of") is None
+             else f"validation ({result['validation_of']})")
+    lines = [f"Clean: Dice {result['clean']:.3f} on {result['n']} {which} lesion images.", "",
              "| shift | " + " | ".join(f"{s} (value)" for s in result["strengths"]) + " |",
              "|---|" + "---|" * len(result["strengths"])]
     for name, row in result["shifts"].items():
@@ -201,6 +212,9 @@ def main(argv=None) -> int:
     parser.add_argument("--shifts", nargs="+", choices=list(SHIFTS), default=list(SHIFTS),
                         metavar="SHIFT", help="which shifts to score (default: all): "
                         + ", ".join(f"'{name}'" for name in SHIFTS))
+    parser.add_argument("--validation-of", metavar="RUN",
+                        help="score the validation images of this run's fold.json instead of "
+                        "the fold's test images (e.g. an --all run of build_pretrained.py)")
     parser.add_argument("--quick", action="store_true",
                         help="20 images, moderate strength only (about a minute)")
     args = parser.parse_args(argv)
@@ -212,14 +226,19 @@ def main(argv=None) -> int:
     from bcseg.infer.segment import load_models
 
     started = time.perf_counter()
-    images = load_fold(data, args.fold, 20 if args.quick else None)
+    ids = None
+    if args.validation_of:
+        split = json.loads((Path(args.validation_of) / "fold.json").read_text(encoding="utf-8"))
+        ids = list(split["validation"])
+    images = load_fold(data, args.fold, 20 if args.quick else None, ids)
     model, settings = load_models(args.model[0] if len(args.model) == 1 else args.model)
     strengths = ("moderate",) if args.quick else tuple(s for s in STRENGTHS if s in args.strengths)
     clean = score(model, images, settings)
+    sizes = [view.input_size for view in settings.member_views()]
     result = {"model": ", ".join(args.model),
               "settings": {"threshold": settings.threshold, "postprocess": list(settings.postprocess),
-                           "tta": settings.tta,
-                           "input_size": [view.input_size for view in settings.member_views()]}, "fold": args.fold, "n": len(images),
+                           "tta": settings.tta, "input_size": sizes},
+              "fold": args.fold, "validation_of": args.validation_of, "n": len(images),
               "clean": float(clean.mean()), "strengths": strengths, "shifts": {}, "cpu": cpu_flags()}
     for name, (function, values) in SHIFTS.items():
         if name not in args.shifts:

@@ -53,3 +53,11 @@ def test_every_shift_keeps_an_images_type_and_the_truths_shape():
                 out = function(image, value)
                 assert out.shape == image.shape, name
             assert out.dtype == np.uint8, name
+
+
+def test_validation_of_a_run_scores_the_lesion_images_its_fold_json_lists(busi_root):
+    """--validation-of RUN: the images come from the run's list, whichever fold they are in,
+    and a normal image on the list is left out as the fold's normals are."""
+    images = shift.load_fold(busi_root, 0, None, ids=["benign (1)", "malignant (2)", "normal (3)"])
+    assert sorted(i[0] for i in images) == ["benign (1)", "malignant (2)"]
+    assert all(truth.any() and image.shape == truth.shape for _, _, image, truth in images)
