@@ -2893,3 +2893,63 @@ def test_replacing_never_moves_away_the_current_folder_named_through_a_bind_moun
         with outputs.claim(alias / "result", "test", replace=True):
             write_text(alias / "result" / "a.csv", "new\n")
     assert hashes(folder) == before and Path.cwd().samefile(folder)
+
+
+# --------------------------------------------------------------------------- outputs among a dataset's own files
+
+def _prediction_copies(data: Path, pred: Path) -> Path:
+    """Observer 1's masks as predictions (``<stem>_mask.tif``), for evaluate to score."""
+    pred.mkdir()
+    for mask in sorted((data / "masks" / "observer1").glob("*.tif")):
+        (pred / f"{mask.stem}_mask.tif").write_bytes(mask.read_bytes())
+    return pred
+
+
+def _among_the_data_argv(command: str, data: Path, pred: Path, folder: Path) -> list:
+    return {"split": ["split", data, "--out", folder / "s.json", "--k", 3],
+            "evaluate": ["evaluate", "--pred", pred, "--truth", data, "--out", folder],
+            "export-nnunet": ["export-nnunet", data, folder, "--dataset-id", 7, "--name", "Q",
+                              "--k", 3]}[command]
+
+
+@pytest.mark.parametrize("owner", ["phantom", "user"])
+@pytest.mark.parametrize("where", ["images", "masks", "masks/observer1", "a link to images",
+                                   "images/../masks"])
+@pytest.mark.parametrize("command", ["split", "evaluate", "export-nnunet"])
+def test_no_output_goes_among_the_input_datasets_own_files(tmp_path, capsys, phantom, command,
+                                                           where, owner):
+    """'split data --out data/images/s.json' was written (only the phantom's top folder was
+    refused), 'evaluate --out data/masks/observer1' put its tables, figures and record
+    among the annotations, and 'export-nnunet data data/masks' made a folder that every
+    later command read as an observer's masks without images: check, train and
+    evaluate refused the dataset. A folder holding the input dataset's images or masks
+    (or masks/) is refused before anything is written, however it is named."""
+    data = _copy_tree(phantom, tmp_path / "data")
+    if owner == "user":
+        for record in data.rglob(outputs.RECORD):
+            record.unlink()
+    pred = _prediction_copies(data, tmp_path / "pred")
+    if where == "a link to images":
+        folder = tmp_path / "lk"
+        folder.symlink_to(data / "images")
+    else:
+        folder = data / where
+    before = hashes(tmp_path)
+    code, _, err = run(capsys, *_among_the_data_argv(command, data, pred, folder))
+    assert code == 2 and "is a folder of the dataset" in one_line(err), err
+    assert hashes(tmp_path) == before  # nothing written, not even a record or a lock
+    assert run(capsys, "check", data)[0] == 0
+
+
+@pytest.mark.parametrize("command", ["split", "evaluate", "export-nnunet"])
+def test_a_new_folder_inside_the_dataset_is_still_an_output_folder(tmp_path, capsys, phantom,
+                                                                   command):
+    """What the refusal of the dataset's own folders suggests (data/<command>) works, and
+    leaves the dataset readable."""
+    data = _copy_tree(phantom, tmp_path / "data")
+    pred = _prediction_copies(data, tmp_path / "pred")
+    before = hashes(data)
+    code, _, err = run(capsys, *_among_the_data_argv(command, data, pred, data / command))
+    assert code == 0, err
+    assert_survives(before, data)
+    assert run(capsys, "check", data)[0] == 0

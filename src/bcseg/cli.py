@@ -337,8 +337,10 @@ def _check_split_file(out: Path, args, cases) -> None:
     if out.is_dir():
         raise UsageError(out, "is a folder; --out names the JSON file to write")
     outputs.check_not_bookkeeping(out)
-    inputs = {args.data, args.folds_file, *(f for case in cases for f in case_files(case))}
+    files = {f for case in cases for f in case_files(case)}
+    inputs = {args.data, args.folds_file, *files}
     check_replaceable([out], args.force, command="split", inputs=inputs)
+    outputs.refuse_dataset_folder(out.parent, args.data, files, "split")  # not among the scans
     # A dataset beside it would read the JSON as its own table; where letter case is
     # ignored (macOS, Windows) 'Channels.json' is the file 'channels.json' it reads.
     layout_file = LAYOUT_FILES.get(outputs.folded(out.name))

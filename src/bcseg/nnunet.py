@@ -77,13 +77,13 @@ from bcseg.data.channels import value_range
 from bcseg.data.case_checks import require_every_observer
 from bcseg.data.cases import (IMAGE_CHANNEL, Case, dataset_channels, read_case_channel_arrays,
                               read_case_image, read_case_masks)
-from bcseg.data.content import refuse_duplicate_images
+from bcseg.data.content import case_files, refuse_duplicate_images
 from bcseg.data.dataset import discover
 from bcseg.data.check import refuse_bad_cases, refuse_orphan_masks
 from bcseg.data.splits import check_groups_whole, kfold_by_group
 from bcseg.errors import DataError, DiskFullError, UsageError
 from bcseg.outputs import (JOURNAL, RECORD, beat, check_not_inputs, check_output_folder, claim, remove_abandoned,
-                            remove_if_ours, require_new_folder)
+                            refuse_dataset_folder, remove_if_ours, require_new_folder)
 
 __all__ = ["export_nnunet", "dataset_folder_name", "FILE_ENDINGS", "CASE_MAP", "SPLITS_FILE"]
 
@@ -189,6 +189,10 @@ def export_nnunet(data: str | Path | Iterable[Case], out: str | Path, dataset_id
     out = check_output_folder(out)
     dest = check_output_folder(out / folder_name)  # a file of the user's of that name: refused
     cases, reads, names = _cases_to_export(data, dest, observer, channels)  # never an input first
+    # nor among the dataset's files: in masks/ it was read as an observer's folder of
+    # masks without images, and check, train and evaluate refused the dataset
+    if isinstance(data, (str, Path)):
+        refuse_dataset_folder(out, data, {f for c in cases for f in case_files(c)}, "export-nnunet")
     replace = require_new_folder(dest, force, "export-nnunet")
     _check_not_mounted(dest)
     _check_id_free(out, int(dataset_id), folder_name)

@@ -230,6 +230,39 @@ def _identities(paths: Iterable[Path], seen: dict) -> set[tuple[int, int]]:
     return {seen[path] for path in paths if seen[path] is not None}
 
 
+def refuse_dataset_folder(folder: Path, data, files: Iterable[Path], command: str) -> None:
+    """Refuse as the output folder one of the input dataset's own folders: one holding its
+    images or masks (``images/``, ``images/us/``, ``masks/observer1/``, a BUSI class
+    folder) or one between those and the dataset (``masks/``).
+
+    ``split --out data/images/s.json`` and ``evaluate --out data/masks/observer1`` wrote
+    their JSON, tables, figures and record among the user's scans and annotations, where
+    only a phantom's dataset folder (its whole result) was refused. The dataset folder
+    itself (a manifest's folder) and a new subfolder (``data/split``) stay fine. Compared
+    as folders on the disk, so a link, a bind mount, '..' or another letter case on a
+    file system that ignores it names the same folder.
+    """
+    if data is None or not Path(folder).is_dir():  # a folder still to be made is no dataset's
+        return
+    root = real_path(data if Path(data).is_dir() else Path(data).parent)
+    layout: set[Path] = set()
+    for file in files:
+        for parent in {real_path(Path(file).parent), real_path(file).parent}:
+            # the folder holding the file, and those above it up to the dataset's own
+            for level in (parent, *parent.parents):
+                if level == root or root not in level.parents and level != parent:
+                    break
+                layout.add(level)
+    target = _identities([real_path(folder)], {})
+    for level in sorted(layout):
+        if target & _identities([level], {}):
+            shown = Path(data) if Path(data).is_dir() else Path(data).parent
+            raise UsageError(folder, f"is a folder of the dataset {data} (its images or masks); "
+                             f"bcseg writes no {command} output among a dataset's files: choose "
+                             f"another output folder (a new one, such as {shown / command}, "
+                             "will do)")
+
+
 # --------------------------------------------------------------------------- the record
 
 def _ours(path: Path) -> bool:

@@ -70,6 +70,7 @@ from bcseg.data import io
 from bcseg.data.image_rules import same_spacing, spacing_text
 from bcseg.atomic import real_path, write_text
 from bcseg.data.check import refuse_orphan_masks
+from bcseg.data.content import case_files
 from bcseg.data.cases import Case, read_case_image, read_case_masks
 from bcseg.data.dataset import discover
 from bcseg.errors import DataError, UsageError
@@ -81,7 +82,8 @@ from bcseg.measure.reference_score import PROTOCOLS, SOFT_REDUCTION, reference_m
 from bcseg.measure.tables import (CEILING_COLUMNS, ceiling_table, ci_phrase, headline_lines,  # noqa: F401
                                   human_level_lines)
 from bcseg.outputs import (check_output_folder, check_replaceable, claim, held_here, is_owned,
-                           refuse_whole_result, remove_owned, unfinished_claim, unfinished_output)
+                           refuse_dataset_folder, refuse_whole_result, remove_owned, unfinished_claim,
+                           unfinished_output)
 from bcseg.rundir import FOLD_FILE, PREDICTIONS_DIR, SETTINGS_FILE
 
 __all__ = ["evaluate", "find_predictions", "ceiling_table", "OUTPUTS", "METRIC_COLUMNS",
@@ -539,6 +541,9 @@ def evaluate(pred_dir: str | Path, truth, out_dir: str | Path, observers: str | 
     _refuse_unfinished(pred_dir)
     cases = discover(truth) if isinstance(truth, (str, Path)) else list(truth)
     refuse_orphan_masks(truth, cases)
+    if isinstance(truth, (str, Path)) and not held_here(out_dir):  # train: inside its run
+        # its tables, figures and record never go among the dataset's scans and masks
+        refuse_dataset_folder(out_dir, truth, {f for c in cases for f in case_files(c)}, "evaluate")
     wanted = _select_observers(cases, observers)
     matched = _match(pred_dir, cases, find_predictions(pred_dir), wanted)
     _refuse_lone_consensus(matched, settings["targets"])
