@@ -2953,3 +2953,35 @@ def test_a_new_folder_inside_the_dataset_is_still_an_output_folder(tmp_path, cap
     assert code == 0, err
     assert_survives(before, data)
     assert run(capsys, "check", data)[0] == 0
+
+
+@pytest.mark.parametrize("how", ["a link", "another letter case"])
+@pytest.mark.parametrize("command", ["predict", "evaluate", "split"])
+def test_a_runs_folder_named_another_way_is_still_the_runs(tmp_path, capsys, models, phantom,
+                                                           bind_mount, command, how):
+    """'evaluate --out run/predictions' is refused (its tables there kept 'train --force'
+    and '--resume' from the run), but through 'lk', a link to run/predictions, the run's
+    record was looked for above the link and not found: evaluate wrote its tables into the
+    run's test-fold folder, predict its masks beside the run's. 'run/Predictions' is the
+    same folder where letter case is ignored (macOS, Windows), shown here by a mount of
+    the folder at that name."""
+    run_dir = tmp_path / "run"
+    with outputs.claim(run_dir, "train"):
+        write_text(run_dir / "config.toml", "[model]\n")
+        for mask in sorted((phantom / "masks" / "observer1").glob("*.tif")):
+            with atomic_path(run_dir / "predictions" / f"{mask.stem}_mask.tif") as tmp:
+                tmp.write_bytes(mask.read_bytes())
+    if how == "a link":
+        folder = tmp_path / "lk"
+        folder.symlink_to(run_dir / "predictions")
+    else:
+        folder = bind_mount(run_dir / "predictions", run_dir / "Predictions")
+    before = hashes(run_dir / "predictions")
+    argv = {"predict": ["predict", phantom / "images" / "specimen_000.tif", "--model", models["2d"],
+                        "--out", folder, "--no-progress"],
+            "evaluate": ["evaluate", "--pred", run_dir / "predictions", "--truth", phantom,
+                         "--out", folder, "--no-report"],
+            "split": ["split", phantom, "--out", folder / "s.json", "--k", 3]}[command]
+    code, _, err = run(capsys, *argv)
+    assert code == 2 and "is a folder of the output of 'bcseg train'" in one_line(err), err
+    assert hashes(run_dir / "predictions") == before

@@ -698,20 +698,45 @@ def refuse_whole_result(folder: Path, command: str, instead: str | None = None) 
     # replacing the run; so is an nnU-Net dataset's imagesTr/, where nnU-Net reads every
     # file as a case. A phantom's folders are left out: masks predicted into images/ are
     # documented (docs/safety.md), and recorded as predict's.
-    inside, given = Path(folder).absolute(), list(Path(folder).parents)
+    # The folder as it is on the disk: 'lk', a link to run/predictions, was looked up by
+    # the link's own path, found no run's record above it, and took evaluate's tables.
+    inside, given = real_path(folder), list(Path(folder).parents)
+    as_named = inside == Path(folder).absolute()  # no link on the way: show the user's path
     for level, above in enumerate(list(inside.parents)[:3]):
         if not (above / RECORD).is_file():
             continue
         prefix = inside.relative_to(above).as_posix() + "/"
-        shown = given[level] if level < len(given) and str(given[level]) != "." else above
-        for name, writer in sorted(writers(above).items()):
-            if name.startswith(prefix) and writer != "phantom" and _kept_from(writer, command):
+        shown = given[level] if as_named and level < len(given) and str(given[level]) != "." \
+            else above
+        recorded = writers(above)
+        prefixes = {prefix, *_same_folders(above, recorded, prefix, inside)}
+        for name, writer in sorted(recorded.items()):
+            if name.startswith(tuple(prefixes)) and writer != "phantom" \
+                    and _kept_from(writer, command):
                 raise UsageError(folder, f"is a folder of the output of 'bcseg {writer}' in {shown} "
                                  f"({name}); the files of 'bcseg {command}' there would keep "
                                  f"'{writer}' from replacing or continuing it: choose another "
                                  f"output folder (a new subfolder of "
                                  f"{shown}, such as {shown / command}, will do)")
         break  # the nearest record decides, as for the files in it
+
+
+def _same_folders(above: Path, names: Iterable[str], prefix: str, inside: Path) -> set[str]:
+    """The folders of the recorded ``names`` (relative to ``above``, at the depth of
+    ``prefix``) that are the folder ``inside`` on the disk, under another name: where letter
+    case is ignored (macOS, Windows) 'run/Predictions' is the 'run/predictions' the record
+    names, as is a second mount of it."""
+    depth = prefix.count("/")
+    folders = {"/".join(Path(name).parts[:depth]) + "/" for name in names
+               if len(Path(name).parts) > depth}
+    same = set()
+    for folder in folders - {prefix}:
+        try:
+            if os.path.samefile(above / folder, inside):
+                same.add(folder)
+        except OSError:  # not there (any more): not the folder
+            continue
+    return same
 
 
 def _kept_from(writer: str, command: str) -> bool:
