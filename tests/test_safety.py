@@ -2905,8 +2905,9 @@ def _prediction_copies(data: Path, pred: Path) -> Path:
     return pred
 
 
-def _among_the_data_argv(command: str, data: Path, pred: Path, folder: Path) -> list:
+def _among_the_data_argv(command: str, data: Path, pred: Path, folder: Path, model: Path) -> list:
     return {"split": ["split", data, "--out", folder / "s.json", "--k", 3],
+            "predict": ["predict", data, "--model", model, "--out", folder, "--no-progress"],
             "evaluate": ["evaluate", "--pred", pred, "--truth", data, "--out", folder],
             "export-nnunet": ["export-nnunet", data, folder, "--dataset-id", 7, "--name", "Q",
                               "--k", 3]}[command]
@@ -2915,15 +2916,16 @@ def _among_the_data_argv(command: str, data: Path, pred: Path, folder: Path) -> 
 @pytest.mark.parametrize("owner", ["phantom", "user"])
 @pytest.mark.parametrize("where", ["images", "masks", "masks/observer1", "a link to images",
                                    "images/../masks"])
-@pytest.mark.parametrize("command", ["split", "evaluate", "export-nnunet"])
-def test_no_output_goes_among_the_input_datasets_own_files(tmp_path, capsys, phantom, command,
-                                                           where, owner):
+@pytest.mark.parametrize("command", ["split", "evaluate", "export-nnunet", "predict"])
+def test_no_output_goes_among_the_input_datasets_own_files(tmp_path, capsys, phantom, models,
+                                                           command, where, owner):
     """'split data --out data/images/s.json' was written (only the phantom's top folder was
     refused), 'evaluate --out data/masks/observer1' put its tables, figures and record
     among the annotations, and 'export-nnunet data data/masks' made a folder that every
     later command read as an observer's masks without images: check, train and
-    evaluate refused the dataset. A folder holding the input dataset's images or masks
-    (or masks/) is refused before anything is written, however it is named."""
+    evaluate refused the dataset; 'predict data --out data/masks/observer1' (the dataset
+    given whole) put its masks among an observer's. A folder holding the input dataset's
+    images or masks (or masks/) is refused before anything is written, however named."""
     data = _copy_tree(phantom, tmp_path / "data")
     if owner == "user":
         for record in data.rglob(outputs.RECORD):
@@ -2935,21 +2937,22 @@ def test_no_output_goes_among_the_input_datasets_own_files(tmp_path, capsys, pha
     else:
         folder = data / where
     before = hashes(tmp_path)
-    code, _, err = run(capsys, *_among_the_data_argv(command, data, pred, folder))
+    code, _, err = run(capsys, *_among_the_data_argv(command, data, pred, folder, models["2d"]))
     assert code == 2 and "is a folder of the dataset" in one_line(err), err
     assert hashes(tmp_path) == before  # nothing written, not even a record or a lock
     assert run(capsys, "check", data)[0] == 0
 
 
-@pytest.mark.parametrize("command", ["split", "evaluate", "export-nnunet"])
+@pytest.mark.parametrize("command", ["split", "evaluate", "export-nnunet", "predict"])
 def test_a_new_folder_inside_the_dataset_is_still_an_output_folder(tmp_path, capsys, phantom,
-                                                                   command):
+                                                                   models, command):
     """What the refusal of the dataset's own folders suggests (data/<command>) works, and
     leaves the dataset readable."""
     data = _copy_tree(phantom, tmp_path / "data")
     pred = _prediction_copies(data, tmp_path / "pred")
     before = hashes(data)
-    code, _, err = run(capsys, *_among_the_data_argv(command, data, pred, data / command))
+    code, _, err = run(capsys, *_among_the_data_argv(command, data, pred, data / command,
+                                                     models["2d"]))
     assert code == 0, err
     assert_survives(before, data)
     assert run(capsys, "check", data)[0] == 0

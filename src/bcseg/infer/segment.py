@@ -30,6 +30,7 @@ from bcseg.data import image_rules, io
 from bcseg.data.channels import stack as stack_channels
 from bcseg.data.case_checks import id_problem, name_key
 from bcseg.data.cases import Case, read_case_channel_arrays, read_case_image
+from bcseg.data.content import case_files
 from bcseg.data.dataset import discover, has_class_folders, masks_beside_images
 from bcseg.data.intensity import blank_problem, check_methods, normalise
 from bcseg.errors import BcsegError, ConfigError, DataError, ModelError, UsageError
@@ -221,6 +222,16 @@ def _is_dataset(item: Path) -> bool:
     return (item.is_dir() and ((item / "images").is_dir() or (item / "manifest.csv").is_file()
                                or has_class_folders(item))
             or item.is_file() and item.suffix.lower() == ".csv")
+
+
+def _refuse_dataset_folders(out_dir: Path, inputs, files: list[Path | Case]) -> None:
+    """'predict data --out data/masks/observer1', the dataset given whole, put the masks
+    among an observer's: as split and evaluate, predict refuses a folder of a dataset it
+    reads (a folder of images given as such is the documented place beside them)."""
+    read = {f for item in files if isinstance(item, Case) for f in case_files(item)}
+    for item in map(Path, [inputs] if isinstance(inputs, (str, Path)) else inputs):
+        if _is_dataset(item):
+            outputs.refuse_dataset_folder(out_dir, item, read, "predict")
 
 
 def _input_files(inputs) -> list[Path | Case]:
@@ -717,6 +728,7 @@ def predict_files(model_path: str | Path, inputs, out_dir: str | Path, *, thresh
     files = _input_files(inputs)
     wanted = {output_name(path): _case_outputs(path, out_dir, save_prob, quicklook) for path in files}
     todo = _files_to_do(files, wanted, out_dir, force, resume)  # refuse before the model loads
+    _refuse_dataset_folders(out_dir, inputs, files)
     if margins:
         _check_margins_request(out_dir, spacing_mm)
     # Input problems by output name, found from headers before any output exists.
