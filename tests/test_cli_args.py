@@ -231,6 +231,43 @@ def test_no_command_writes_into_a_runs_folders(tmp_path, capsys, phantom_root, c
     assert main([str(a) for a in argv(run / "peek")]) == 0  # a subfolder of its own
 
 
+@pytest.mark.parametrize("where", ["truth", "truth/tumour", "masks/observer1"])
+@pytest.mark.parametrize("command", ["split", "evaluate", "predict", "export-onnx"])
+def test_only_predict_writes_into_a_phantoms_folders_and_only_into_images(tmp_path, capsys, models,
+                                                                          command, where):
+    """A phantom's folders were all left out of the refusal of a whole result's folders,
+    for the masks predicted into images/: 'split --out data/truth/s.json' or 'evaluate
+    --out data/truth/tumour' wrote among the true masks, and 'phantom data --force'
+    then refused the dataset until the files were deleted by hand."""
+    import hashlib
+
+    from bcseg.data.phantom import write_phantom
+
+    data = tmp_path / "data"
+    write_phantom(data, n=2, shape=(8, 32, 32), truth=True)
+    pred = tmp_path / "pred"
+    pred.mkdir()
+    for mask in sorted((data / "masks" / "observer1").glob("*.tif")):
+        (pred / f"{mask.stem}_mask.tif").write_bytes(mask.read_bytes())
+
+    def hashes():
+        return {p: hashlib.sha256(p.read_bytes()).hexdigest() for p in data.rglob("*") if p.is_file()}
+
+    before = hashes()
+    stack = data / "images" / "specimen_000.tif"
+    folder = data / where
+    argv = {"split": ["split", data, "--out", folder / "s.json", "--k", "2"],
+            "evaluate": ["evaluate", "--pred", pred, "--truth", data, "--out", folder, "--no-report"],
+            "predict": ["predict", stack, "--model", models["2d"], "--out", folder, "--no-progress"],
+            "export-onnx": ["export-onnx", models["2d"], "--out", folder / "m.onnx"]}[command]
+    line = refused(capsys, argv, str(folder))
+    assert "'bcseg phantom'" in line or "is a folder of the dataset" in line, line
+    assert hashes() == before
+    # masks predicted into images/ stay as documented
+    assert main(["predict", str(stack), "--model", str(models["2d"]), "--out", str(data / "images"),
+                 "--no-progress"]) == 0
+
+
 @pytest.mark.parametrize("command", ["phantom", "ensemble"])
 def test_export_onnx_refuses_the_folder_of_another_commands_whole_result(tmp_path, capsys, models, command):
     """export-onnx --out DATA/m.onnx wrote into a phantom's dataset (or an ensemble's

@@ -696,8 +696,11 @@ def refuse_whole_result(folder: Path, command: str, instead: str | None = None) 
     # A folder of a run (run/predictions, run/checkpoints) is the run's as much as the
     # run's top folder: 'evaluate --out run/predictions' kept 'train --force' from
     # replacing the run; so is an nnU-Net dataset's imagesTr/, where nnU-Net reads every
-    # file as a case. A phantom's folders are left out: masks predicted into images/ are
-    # documented (docs/safety.md), and recorded as predict's.
+    # file as a case. A phantom's images/ is left out for predict (and the margins and
+    # report that follow it there): masks predicted into images/ are documented
+    # (docs/safety.md), and recorded as predict's. Its masks/ and truth/ are not: 'split
+    # --out data/truth/s.json' or 'evaluate --out data/truth/tumour' put their files
+    # among the true masks, and 'phantom --force' then refused the dataset.
     # The folder as it is on the disk: 'lk', a link to run/predictions, was looked up by
     # the link's own path, found no run's record above it, and took evaluate's tables.
     inside, given = real_path(folder), list(Path(folder).parents)
@@ -711,14 +714,19 @@ def refuse_whole_result(folder: Path, command: str, instead: str | None = None) 
         recorded = writers(above)
         prefixes = {prefix, *_same_folders(above, recorded, prefix, inside)}
         for name, writer in sorted(recorded.items()):
-            if name.startswith(tuple(prefixes)) and writer != "phantom" \
-                    and _kept_from(writer, command):
+            if name.startswith(tuple(prefixes)) and _kept_from(writer, command) \
+                    and not (writer == "phantom" and command in BESIDE_IMAGES
+                             and prefix.startswith("images/")):
                 raise UsageError(folder, f"is a folder of the output of 'bcseg {writer}' in {shown} "
                                  f"({name}); the files of 'bcseg {command}' there would keep "
                                  f"'{writer}' from replacing or continuing it: choose another "
                                  f"output folder (a new subfolder of "
                                  f"{shown}, such as {shown / command}, will do)")
         break  # the nearest record decides, as for the files in it
+
+
+# The commands that may write into a phantom's images/: predict's masks beside the images.
+BESIDE_IMAGES = ("predict", "margins", "report")
 
 
 def _same_folders(above: Path, names: Iterable[str], prefix: str, inside: Path) -> set[str]:
