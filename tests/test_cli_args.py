@@ -251,14 +251,17 @@ def test_only_predict_writes_into_a_phantoms_folders_and_only_into_images(tmp_pa
         (pred / f"{mask.stem}_mask.tif").write_bytes(mask.read_bytes())
 
     def hashes():
-        return {p: hashlib.sha256(p.read_bytes()).hexdigest() for p in data.rglob("*") if p.is_file()}
+        return {p: hashlib.sha256(p.read_bytes()).hexdigest()
+                for p in data.rglob("*") if p.is_file()}
 
     before = hashes()
     stack = data / "images" / "specimen_000.tif"
     folder = data / where
     argv = {"split": ["split", data, "--out", folder / "s.json", "--k", "2"],
-            "evaluate": ["evaluate", "--pred", pred, "--truth", data, "--out", folder, "--no-report"],
-            "predict": ["predict", stack, "--model", models["2d"], "--out", folder, "--no-progress"],
+            "evaluate": ["evaluate", "--pred", pred, "--truth", data, "--out", folder,
+                         "--no-report"],
+            "predict": ["predict", stack, "--model", models["2d"], "--out", folder,
+                        "--no-progress"],
             "export-onnx": ["export-onnx", models["2d"], "--out", folder / "m.onnx"]}[command]
     line = refused(capsys, argv, str(folder))
     assert "'bcseg phantom'" in line or "is a folder of the dataset" in line, line
