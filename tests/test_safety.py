@@ -2895,7 +2895,7 @@ def test_replacing_never_moves_away_the_current_folder_named_through_a_bind_moun
     assert hashes(folder) == before and Path.cwd().samefile(folder)
 
 
-# --------------------------------------------------------------------------- outputs among a dataset's own files
+# --------------------------------------------------------------------------- in a dataset
 
 def _prediction_copies(data: Path, pred: Path) -> Path:
     """Observer 1's masks as predictions (``<stem>_mask.tif``), for evaluate to score."""

@@ -82,8 +82,8 @@ from bcseg.measure.reference_score import PROTOCOLS, SOFT_REDUCTION, reference_m
 from bcseg.measure.tables import (CEILING_COLUMNS, ceiling_table, ci_phrase, headline_lines,  # noqa: F401
                                   human_level_lines)
 from bcseg.outputs import (check_output_folder, check_replaceable, claim, held_here, is_owned,
-                           refuse_dataset_folder, refuse_whole_result, remove_owned, unfinished_claim,
-                           unfinished_output)
+                           refuse_dataset_folder, refuse_whole_result, remove_owned,
+                           unfinished_claim, unfinished_output)
 from bcseg.rundir import FOLD_FILE, PREDICTIONS_DIR, SETTINGS_FILE
 
 __all__ = ["evaluate", "find_predictions", "ceiling_table", "OUTPUTS", "METRIC_COLUMNS",
