@@ -393,3 +393,20 @@ def test_the_presets_and_saved_recipes_leave_no_key_unread(preset, tmp_path):
     cfg = load_config(preset)
     assert unused_keys(cfg) == []
     assert unused_keys(load_config(save_config(cfg, tmp_path / "config.toml"))) == []
+
+
+def test_a_model_size_the_recipe_is_not_written_for_is_blamed_on_the_recipe(tmp_path, phantom_root,
+                                                                           capsys):
+    """--config busi --model unet3d was refused as "command line: 'data.patch_depth' must
+    be a multiple of ... 32, got 16": the command line gave no patch depth; the 2D preset
+    (stride-2 stem, depth 4) leaves the default 16, which no 3D run of it can take."""
+    from bcseg.config import PRESET_DIR
+
+    run = tmp_path / "run"
+    code, line = _refusal(capsys, ["train", phantom_root, "--out", run, "--config", "busi",
+                                   "--model", "unet3d"])
+    assert code == ConfigError.exit_code
+    assert line == (f"bcseg: error: {PRESET_DIR / 'busi.toml'}: 'data.patch_depth' must be a "
+                    "multiple of 2**model.depth * model.stem_stride = 32 for --model unet3d, got 16: "
+                    "this recipe is 2D; give a 3D recipe, or set the key in a copy of it")
+    assert not run.exists()

@@ -123,13 +123,29 @@ def load_config(config: str | Path | None = None, overrides: dict | None = None)
         result["train"]["teacher"] = [str(path.parent.absolute() / t) if not Path(t).is_absolute() else t
                                       for t in result["train"]["teacher"]]
     if overrides:
+        ndim = result["model"]["ndim"]
         result = merge(result, {k: v for k, v in overrides.items() if v}, "command line")
+        if config is not None and result["model"]["ndim"] != ndim:
+            _check_other_ndim(result, path, ndim)
         if (overrides.get("data") or {}).get("channels"):  # --channels picks some of the recipe's:
             chosen = result["data"]["channels"]            # the others' normalisation goes too,
             result["data"]["normalisation"] = {            # so that the saved recipe reloads
                 name: method for name, method in result["data"]["normalisation"].items() if name in chosen}
     _check_values(result, "command line" if overrides else None)
     return result
+
+
+def _check_other_ndim(cfg: dict, path: Path, ndim: int) -> None:
+    """The recipe's shape rules under the model size the command line chose instead of
+    its ``ndim``: ``--model unet3d`` over a 2D recipe (busi: 32 must divide the patch depth
+    it never set) was blamed on "command line", which gave no such key."""
+    try:
+        _check_model_shape(cfg, path)
+    except ConfigError as exc:
+        wanted = cfg["model"]["ndim"]
+        rule, _, got = exc.problem.rpartition(", got ")
+        raise ConfigError(path, f"{rule} for --model unet{wanted}d, got {got}: this recipe is "
+                          f"{ndim}D; give a {wanted}D recipe, or set the key in a copy of it") from None
 
 
 # The intensity normalisations bcseg.data.intensity implements (it imports this list:
