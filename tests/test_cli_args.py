@@ -325,3 +325,20 @@ def test_report_refuses_to_put_its_page_into_a_phantoms_dataset(tmp_path, capsys
     assert "'bcseg phantom'" in line and "give the folder of the evaluation" in line, line
     assert sorted(p.relative_to(data).as_posix() for p in data.rglob("*")) == before
     assert main(["report", str(data / "m")]) == 0  # the margins' own folder
+
+
+HUGE = "9" * 4000  # below Python's 4300-digit limit of int(): a number the flags take
+
+
+@pytest.mark.parametrize("argv, flag", [
+    (["phantom", "{out}", "--n", HUGE], "--n"),
+    (["phantom", "{out}", "--shape", "8", "8", HUGE], "--shape"),
+    (["train", "{data}", "--out", "{out}", "--epochs", "1", "--fold", HUGE], "--fold"),
+], ids=["phantom n", "phantom shape", "train fold"])
+def test_a_huge_number_is_shown_cut_short_in_its_refusal(tmp_path, capsys, phantom_root, argv,
+                                                         flag):
+    """Each was refused with all 4000 digits in the line (the flag bounds it after parsing)."""
+    out = tmp_path / "out"
+    line = refused(capsys, [a.format(data=phantom_root, out=out) for a in argv], flag)
+    assert len(line) < 200 and " characters)" in line, line
+    assert not out.exists()

@@ -248,7 +248,10 @@ def cmd_phantom(args) -> int:
            "--difficulty realistic (the easy phantom has no artefacts to leave out)")
     # Checked before the folder is made: an absurd shape was a raw MemoryError.
     if args.n > MAX_SPECIMENS:
-        raise UsageError("--n", f"must be at most {MAX_SPECIMENS} specimens, got {args.n}")
+        from bcseg.config import shorten  # --n 10**4000 made a 4000-character line
+
+        raise UsageError("--n", f"must be at most {MAX_SPECIMENS} specimens, "
+                         f"got {shorten(str(args.n))}")
     problem = shape_problem(args.shape)
     if problem:
         raise UsageError("--shape", problem)

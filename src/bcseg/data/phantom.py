@@ -35,7 +35,7 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
-from bcseg.config import is_whole
+from bcseg.config import is_whole, shorten
 from bcseg.data import io
 from bcseg.data.image_rules import spacing_problem
 from bcseg.atomic import write_text
@@ -145,10 +145,11 @@ def _ambiguous_observers(rng, tumour, ambiguity) -> tuple[np.ndarray, np.ndarray
 def shape_problem(shape) -> str | None:
     """What is wrong with a phantom's ``(Z, H, W)``, or None when it can be generated."""
     shape = tuple(int(n) for n in shape)
+    shown = shorten(str(shape))  # --shape takes 4000 digits, which made a line as long
     if len(shape) != 3 or min(shape) < 8:
-        return f"must be (Z, H, W) with every size >= 8, got {shape}"
+        return f"must be (Z, H, W) with every size >= 8, got {shown}"
     if max(shape) > MAX_SIZE:
-        return f"must have every size at most {MAX_SIZE}, got {shape}"
+        return f"must have every size at most {MAX_SIZE}, got {shown}"
     voxels = math.prod(shape)
     if voxels > MAX_VOXELS:
         return (f"{shape} is {voxels:,} voxels, more than the {MAX_VOXELS:,} a phantom may have "

@@ -44,7 +44,7 @@ from bcseg import rundir
 from bcseg.learn import pipeline
 from bcseg.atomic import atomic_path, partial_name, read_json, remove_partials, write_text
 from bcseg.learn.augment import AugmentConfig
-from bcseg.config import is_whole, load_config, save_config, unused_keys
+from bcseg.config import is_whole, load_config, save_config, shorten, unused_keys
 from bcseg.data.consensus import METHODS
 from bcseg.data.channels import check_channel_name
 from bcseg.data.case_checks import require_every_observer
@@ -213,7 +213,8 @@ def _test_folds(folds: dict[str, int], fold, split: str) -> list[int]:
     if fold == "all":
         return available
     if int(fold) not in available:
-        raise UsageError("--fold", f"fold {fold} does not exist; folds are "
+        # shortened: --fold takes any whole number, and 4000 digits made a 4000-character line
+        raise UsageError("--fold", f"fold {shorten(str(fold))} does not exist; folds are "
                          f"{available[0]}-{available[-1]}")
     return [int(fold)]
 
