@@ -342,3 +342,15 @@ def test_a_huge_number_is_shown_cut_short_in_its_refusal(tmp_path, capsys, phant
     line = refused(capsys, [a.format(data=phantom_root, out=out) for a in argv], flag)
     assert len(line) < 200 and " characters)" in line, line
     assert not out.exists()
+
+
+@pytest.mark.parametrize("threshold", ["0.99999999", "1e-50"])
+def test_a_threshold_that_float32_makes_0_or_1_is_refused(tmp_path, capsys, phantom_root,
+                                                          threshold):
+    """Both passed as inside (0, 1); compared with float32 probabilities they are 1 (every
+    mask empty) and 0 (every pixel of any probability marked), without a word."""
+    out = tmp_path / "out"
+    line = refused(capsys, ["predict", phantom_root / "images", "--model", tmp_path / "none.keras",
+                            "--out", out, "--threshold", threshold], "--threshold")
+    assert "between 0 and 1 (both excluded, also as a 32-bit float)" in line, line
+    assert not out.exists()

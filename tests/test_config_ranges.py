@@ -81,6 +81,9 @@ BAD = [
     ("[inference]\nthreshold = 0.0", "inference.threshold"),
     ("[inference]\nthreshold = 1.0", "inference.threshold"),
     ("[inference]\nthreshold = nan", "inference.threshold"),
+    # inside (0, 1), but 1 and 0 as the float32 the probability maps are compared with
+    ("[inference]\nthreshold = 0.99999999", "inference.threshold"),
+    ("[inference]\nthreshold = 1e-50", "inference.threshold"),
     # absurd but finite: each trained to NaN losses
     ("[train]\nlearning_rate = 1e300", "train.learning_rate"),
     ("[train]\nlearning_rate = 1.5", "train.learning_rate"),

@@ -254,10 +254,10 @@ def test_predict_refuses_in_one_line_and_writes_nothing(tmp_path, capsys, model_
 
 # --------------------------------------------------------------------------- contradictions
 
-@pytest.mark.parametrize("threshold", [0, 1, 0.0, 1.0])
+@pytest.mark.parametrize("threshold", [0, 1, 0.0, 1.0, 0.99999999, 1e-50])
 def test_a_threshold_that_segments_all_or_nothing_is_refused(tmp_path, model_file, threshold):
     # At 0 every pixel with any probability is tumour; at 1 none is (--threshold 0 and 1:
-    # test_bad_inputs).
+    # test_bad_inputs). 0.99999999 and 1e-50 are 1 and 0 as the float32 of the maps.
     run = _run(tmp_path / "run", model_file, {**TUNED, "threshold": threshold})
     with pytest.raises(ConfigError, match="threshold must be a number between 0 and 1") as caught:
         load_run(run)

@@ -86,10 +86,14 @@ def _number(text: str) -> float:
 
 def _threshold(text: str) -> float:
     """A probability cut strictly between 0 and 1 (NaN is not one): at 0 every pixel
-    with any probability is tumour, at 1 none is, so neither segments anything."""
+    with any probability is tumour, at 1 none is, so neither segments anything. Also
+    as a 32-bit float, as the probabilities are: 0.99999999 is 1 there."""
+    from bcseg.config import is_probability_cut, shorten
+
     value = _number(text)
-    if not 0 < value < 1:
-        raise argparse.ArgumentTypeError(f"must be a number between 0 and 1 (both excluded), got '{text}'")
+    if not is_probability_cut(value):
+        raise argparse.ArgumentTypeError("must be a number between 0 and 1 (both excluded, also as "
+                                         f"a 32-bit float), got '{shorten(text)}'")
     return value
 
 

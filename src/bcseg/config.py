@@ -12,6 +12,7 @@ from __future__ import annotations
 import copy
 import numbers
 import re
+import struct
 import sys
 from pathlib import Path
 
@@ -239,6 +240,9 @@ def _check_values(cfg: dict, source=None) -> None:
     for (section, key), interval in RANGES.items():
         if (section, key) not in unused and not _in_interval(cfg[section][key], interval):
             raise ConfigError(source, f"'{section}.{key}' must be in {interval}, got {_shown(cfg[section][key])}")
+    if not is_probability_cut(cfg["inference"]["threshold"]):  # in range, yet 0 or 1 in float32
+        raise ConfigError(source, "'inference.threshold' must be between 0 and 1 (both excluded), "
+                          f"also as a 32-bit float, got {_shown(cfg['inference']['threshold'])}")
     for (section, key), interval in PAIRS.items():
         pair = cfg[section][key]
         if not (len(pair) == 2 and all(_is_number(v) and _in_interval(v, interval) for v in pair)
@@ -270,6 +274,16 @@ def is_whole(value, low: int = 0) -> bool:
     """Whether ``value`` is a whole number (Python's or NumPy's, not a bool) >= ``low``:
     int() would cut 2.5 to 2 and take True for 1 without a word."""
     return isinstance(value, numbers.Integral) and not isinstance(value, bool) and value >= low
+
+
+def is_probability_cut(value) -> bool:
+    """Whether ``value`` is a number strictly between 0 and 1, also as the 32-bit float
+    that the float32 probability maps are compared with: there 1e-50 is 0, which marks
+    every pixel of any probability, and 0.99999999 is 1, which marks none."""
+    if not (_is_number(value) and 0 < value < 1):  # NaN too: it fails every comparison
+        return False
+    single = struct.unpack("f", struct.pack("f", value))[0]
+    return 0 < single < 1
 
 
 def _is_number(value) -> bool:

@@ -33,7 +33,7 @@ from typing import Any, Sequence
 
 from bcseg import outputs
 from bcseg.atomic import atomic_path, parse_json, read_json, real_path, write_text
-from bcseg.config import is_whole
+from bcseg.config import is_probability_cut, is_whole
 from bcseg.errors import ConfigError, ModelError, UsageError, not_a_file
 
 # The post-processing steps a run's settings may name; bcseg.infer.postprocess
@@ -292,9 +292,11 @@ def _error(source, key: str, expected: str, value) -> ConfigError:
 def _check_settings(s: dict, source) -> None:
     """Raise ConfigError naming the first key of ``s`` whose value is not valid."""
     threshold = s["threshold"]
-    # Strictly inside: a cut of 0 marks every pixel with any probability, 1 marks none.
-    if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not 0 < threshold < 1:
-        raise _error(source, "threshold", "a number between 0 and 1 (both excluded)", threshold)
+    # Strictly inside: a cut of 0 marks every pixel with any probability, 1 marks none;
+    # also as float32, which rounds 0.99999999 to 1 (the maps compared with it are float32)
+    if not is_probability_cut(threshold):
+        raise _error(source, "threshold", "a number between 0 and 1 (both excluded, also as a "
+                     "32-bit float)", threshold)
     steps = s["postprocess"]
     if not isinstance(steps, (list, tuple)) or any(x not in POSTPROCESS_STEPS for x in steps):
         raise _error(source, "postprocess", f"a list of {', '.join(POSTPROCESS_STEPS)}", steps)
