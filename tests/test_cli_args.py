@@ -354,3 +354,15 @@ def test_a_threshold_that_float32_makes_0_or_1_is_refused(tmp_path, capsys, phan
                             "--out", out, "--threshold", threshold], "--threshold")
     assert "between 0 and 1 (both excluded, also as a 32-bit float)" in line, line
     assert not out.exists()
+
+
+def test_a_min_size_no_image_can_hold_is_refused(tmp_path, capsys, phantom_root):
+    """--min-size 10**30 passed and emptied every mask without a word; 2**64 voxels, a
+    byte each, is the most any image may hold at the largest BCSEG_MAX_IMAGE_GB."""
+    out = tmp_path / "out"
+    argv = ["predict", phantom_root / "images", "--model", tmp_path / "none.keras", "--out", out,
+            "--postprocess", "small", "--min-size"]
+    line = refused(capsys, [*argv, 10**30], "--min-size")
+    assert "must be a whole number from 0 to 18446744073709551616" in line, line
+    line = refused(capsys, [*argv, 2**64 + 1], "--min-size")
+    assert not out.exists()

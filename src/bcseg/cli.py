@@ -167,6 +167,16 @@ def _whole(minimum: int, maximum: int | None = None):
     return parse
 
 
+def _min_size(text: str) -> int:
+    """Voxels, from 0 to the most one image may hold under any limit (BCSEG_MAX_IMAGE_GB at
+    its 16 EiB, a byte a voxel, 2**64): a larger size can only remove every component of
+    every mask, as --min-size 10**30 did without a word. Below it, a size larger than an
+    image empties that image's mask; in a folder of images of several sizes that is a choice."""
+    from bcseg.data.image_rules import MAX_IMAGE_GIB_LIMIT  # only when --min-size is given
+
+    return _whole(0, MAX_IMAGE_GIB_LIMIT * 2**30)(text)
+
+
 def _whole_key(section: str, key: str, minimum: int | None = None):
     """A whole-number flag that sets ``section.key``, bounded as the key is in a TOML
     file (:data:`bcseg.config.RANGES`, closed intervals): so ``--epochs 10**400`` is
@@ -742,7 +752,7 @@ def _add_predict(sub) -> None:
                    help="average predictions over the mirror flips the model was trained with")
     p.add_argument("--threshold", type=_threshold, help="probability cut, between 0 and 1")
     p.add_argument("--postprocess", type=_steps, help="comma-separated steps: largest, fill, small; or none")
-    p.add_argument("--min-size", type=_whole(0), help="voxels; with the 'small' step")
+    p.add_argument("--min-size", type=_min_size, help="voxels; with the 'small' step")
     p.add_argument("--save-prob", action="store_true", help="also write float32 probability maps")
     p.add_argument("--quicklook", action="store_true", help="also write overlay PNGs")
     p.add_argument("--margins", action="store_true", help="measure surgical margins per stack")
