@@ -290,6 +290,14 @@ def test_train_refuses_more_steps_per_epoch_than_memory_holds(steps, tmp_path, p
     assert "'train.steps_per_epoch' must be at most" in line and f"got {steps}" in line
 
 
+def test_steps_per_epoch_of_400_digits_is_shown_cut_short(tmp_path, phantom_root, capsys):
+    # TOML integers have no size limit here; the refusal echoed all 401 digits.
+    toml = "[train]\nsteps_per_epoch = 1" + "0" * 400
+    line = _train_refusal(capsys, tmp_path, phantom_root, toml)
+    assert "'train.steps_per_epoch' must be at most" in line and "(401 characters)" in line, line
+    assert "0" * 30 not in line
+
+
 def test_the_memory_lower_bound_counts_every_level():
     from bcseg.learn.models import feature_values
 

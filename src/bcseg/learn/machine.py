@@ -13,6 +13,7 @@ from pathlib import Path
 
 import tensorflow as tf
 
+from bcseg.config import shorten
 from bcseg.errors import ConfigError
 from bcseg.learn.models import feature_values
 
@@ -50,10 +51,12 @@ def check_epoch_memory(cfg: dict, source) -> None:
     per_step = t["batch_size"] * math.prod(shape) * (max(1, len(d["channels"])) + 1) * 4
     if have is not None and t["steps_per_epoch"] * per_step > have:
         most = have // per_step
+        # the value shortened: TOML integers have no size limit here (10**400 was echoed whole)
         raise ConfigError(source, f"'train.steps_per_epoch' must be at most {most} on this "
                           f"machine (0 for one pass over the data): an epoch's samples are held in "
                           f"memory, and {most} batches of {t['batch_size']} x {' x '.join(map(str, shape))} "
-                          f"fill its {have / 2**30:.0f} GiB, got {t['steps_per_epoch']!r}")
+                          f"fill its {have / 2**30:.0f} GiB, "
+                          f"got {shorten(repr(t['steps_per_epoch']))}")
 
 
 def check_memory(cfg: dict, source) -> None:
