@@ -366,3 +366,16 @@ def test_a_min_size_no_image_can_hold_is_refused(tmp_path, capsys, phantom_root)
     assert "must be a whole number from 0 to 18446744073709551616" in line, line
     line = refused(capsys, [*argv, 2**64 + 1], "--min-size")
     assert not out.exists()
+
+
+@pytest.mark.parametrize("argv", [
+    ["train", "{data}", "--out", "{out}", "--epochs", "1", "--observer", "x" * 5000],
+    ["export-nnunet", "{data}", "{out}", "--dataset-id", "1", "--name", "x",
+     "--observer", "x" * 5000],
+], ids=["train", "export-nnunet"])
+def test_an_unknown_observer_of_5000_characters_is_shown_cut_short(tmp_path, capsys, phantom_root,
+                                                                   argv):
+    out = tmp_path / "out"
+    line = refused(capsys, [a.format(data=phantom_root, out=out) for a in argv], "--observer")
+    assert len(line) < 300 and "(5002 characters)" in line, line
+    assert not out.exists()

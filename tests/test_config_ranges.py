@@ -421,3 +421,24 @@ def test_a_model_size_the_recipe_is_not_written_for_is_blamed_on_the_recipe(tmp_
                     "multiple of 2**model.depth * model.stem_stride = 32 for --model unet3d, got 16: "
                     "this recipe is 2D; give a 3D recipe, or set the key in a copy of it")
     assert not run.exists()
+
+
+LONG = "x" * 5000
+
+
+@pytest.mark.parametrize("toml", [
+    f'[train]\nepochs = "{LONG}"', f'[model]\nnorm = "{LONG}"',
+    "[train]\nepochs = [" + ", ".join(["1"] * 2000) + "]",
+    f'[data]\nnormalisation = {{ us = "{LONG}" }}', "[train]\nteacher = [''" + ", 1" * 1000 + "]",
+    '[data]\nchannels = ["us", "us"' + ", 1" * 1000 + "]",
+    f"[{LONG}]\na = 1", f"[train]\n{LONG} = 1",
+], ids=["wrong type", "not a choice", "long list", "normalisation", "teacher", "channels",
+        "unknown section", "unknown key"])
+def test_a_long_value_or_name_is_shown_cut_short(toml, tmp_path):
+    """A recipe may be 1 MiB: each of these put thousands of characters into the one line."""
+    bad = tmp_path / "long.toml"
+    bad.write_text(toml + "\n", encoding="utf-8")
+    with pytest.raises(ConfigError) as caught:
+        load_config(bad)
+    message = str(caught.value)
+    assert len(message) < 400 and " characters)" in message and "\n" not in message, message

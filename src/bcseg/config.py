@@ -68,21 +68,26 @@ def _same_type(default, value) -> bool:
 
 
 def merge(base: dict, override: dict, source) -> dict:
-    """Lay ``override`` over ``base``; refuse keys ``base`` lacks and wrong types."""
+    """Lay ``override`` over ``base``; refuse keys ``base`` lacks and wrong types.
+
+    Names and values are shown cut short (:func:`shorten`) here and in the checks below:
+    a file of up to 1 MiB put a string or list of 5000 characters whole into the one line."""
     merged = copy.deepcopy(base)
     for section, values in override.items():
         if section not in merged:
-            raise ConfigError(source, f"unknown section [{section}]; known: {', '.join(SECTIONS)}")
+            raise ConfigError(source, f"unknown section [{shorten(section)}]; known: "
+                              f"{', '.join(SECTIONS)}")
         if not isinstance(values, dict):
             raise ConfigError(source, f"[{section}] must be a table of keys")
         for key, value in values.items():
             if key not in merged[section]:
                 known = ", ".join(sorted(merged[section]))
-                raise ConfigError(source, f"unknown key '{section}.{key}'; known keys: {known}")
+                raise ConfigError(source, f"unknown key '{section}.{shorten(key)}'; "
+                                  f"known keys: {known}")
             default = merged[section][key]
             if not _same_type(default, value):
                 raise ConfigError(source, f"'{section}.{key}' must be {type(default).__name__}, "
-                                  f"got {value!r}")
+                                  f"got {_shown(value)}")
             merged[section][key] = _as_default(default, value, source, f"{section}.{key}")
     return merged
 
@@ -235,7 +240,7 @@ def _check_values(cfg: dict, source=None) -> None:
     for (section, key), allowed in choices.items():
         if cfg[section][key] not in allowed:
             raise ConfigError(source, f"'{section}.{key}' must be one of {allowed}, "
-                              f"got {cfg[section][key]!r}")
+                              f"got {_shown(cfg[section][key])}")
     unused = {("train", "k")} if cfg["train"]["split"] == "last" else {("train", "test_last")}
     for (section, key), interval in RANGES.items():
         if (section, key) not in unused and not _in_interval(cfg[section][key], interval):
@@ -256,7 +261,7 @@ def _check_values(cfg: dict, source=None) -> None:
     teacher = cfg["train"]["teacher"]
     if not all(isinstance(path, str) and path.strip() for path in teacher):
         raise ConfigError(source, f"'train.teacher' must list model paths (runs or .keras files), "
-                          f"got {teacher!r}")
+                          f"got {_shown(teacher)}")
     _check_model_shape(cfg, source)
     _check_channels(cfg["data"], source)
 
@@ -335,7 +340,8 @@ def _check_channels(data: dict, source) -> None:
     training starts (:mod:`bcseg.data.channels`)."""
     names = data["channels"]
     if not all(isinstance(n, str) for n in names) or len(set(names)) != len(names):
-        raise ConfigError(source, f"'data.channels' must list distinct channel names, got {names!r}")
+        raise ConfigError(source, f"'data.channels' must list distinct channel names, "
+                          f"got {_shown(names)}")
     for name in [*names, *data["normalisation"]]:  # names become file names and TOML keys
         try:
             check_channel_name(name, None)
@@ -344,7 +350,7 @@ def _check_channels(data: dict, source) -> None:
 
     if not all(v in NORMALISATIONS for v in data["normalisation"].values()):
         raise ConfigError(source, "'data.normalisation' must map channel names to methods "
-                          f"({', '.join(NORMALISATIONS)}), got {data['normalisation']!r}")
+                          f"({', '.join(NORMALISATIONS)}), got {_shown(data['normalisation'])}")
 
 
 def unused_keys(cfg: dict, folds_file: bool = False) -> list[tuple[str, str, str]]:

@@ -335,7 +335,9 @@ def _check_observer(cases: list[Case], observer: str) -> None:
     names = sorted({o for case in cases for o in case.masks})
     if observer not in METHODS and observer not in names:
         # named as train names it: the one line says which option to change
-        raise UsageError("--observer", f"unknown observer {observer!r}; choose one of "
+        from bcseg.config import shorten  # a name of 5000 characters made as long a line
+
+        raise UsageError("--observer", f"unknown observer {shorten(repr(observer))}; choose one of "
                          f"{', '.join(map(repr, [*METHODS, *names]))}")
     if observer in METHODS:
         require_every_observer(cases, f"the label '{observer}'")

@@ -141,7 +141,7 @@ def check_observer(cases: list[Case], observer: str, source=None) -> None:
     lacking = [c for c in cases if observer not in c.masks]
     if len(lacking) == len(cases):
         names = sorted({o for c in cases for o in c.masks})
-        problem = (f"unknown observer {observer!r}; choose one of "
+        problem = (f"unknown observer {shorten(repr(observer))}; choose one of "
                    f"{', '.join([*METHODS, *pipeline.KEEP_ALL, *names])}")
         if source is None:
             raise UsageError("--observer", problem)

@@ -65,7 +65,7 @@ from typing import Iterable, Mapping, Sequence
 
 import numpy as np
 
-from bcseg.config import is_whole
+from bcseg.config import is_whole, shorten
 from bcseg.data import io
 from bcseg.data.image_rules import same_spacing, spacing_text
 from bcseg.atomic import real_path, write_text
@@ -191,7 +191,7 @@ def _select_observers(cases: Sequence[Case], wanted) -> list[str] | None:
     unknown = [n for n in names if n not in known]
     if unknown or not names:
         # named as train names it: the one line says which option to change
-        asked = ", ".join(map(repr, unknown)) or "(none given)"
+        asked = ", ".join(shorten(repr(n)) for n in unknown) or "(none given)"  # 5000 characters
         raise UsageError("--observer", f"unknown observer(s) {asked}; the cases have "
                          f"{', '.join(map(repr, known)) or 'no observers'}")
     twice = sorted({n for n in names if names.count(n) > 1})
