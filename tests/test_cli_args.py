@@ -68,6 +68,8 @@ def test_a_predict_flag_without_the_one_it_acts_through_is_refused(tmp_path, cap
     line = refused(capsys, ["predict", tmp_path / "scan.png", "--model", models["2d"], "--out", out,
                             "--no-progress", *extra], flag)
     assert other in line and "min_size" not in line, line
+    # the remedy names the flag too: it said "add small to postprocess", a settings key
+    assert flag != "--min-size" or line.endswith("add small to --postprocess"), line
     assert not out.exists()
 
 

@@ -1002,7 +1002,8 @@ def main(argv: list[str] | None = None) -> int:
 # line has a flag for each, and its messages name the flag instead.
 PARAMETER_FLAGS = {"force=True": "--force", "resume=True": "--resume", "model=RUN": "--model RUN",
                    "spacing_mm=(Z, Y, X)": "--spacing ZxYxX", "file_ending ": "--file-ending ",
-                   "min_size=": "--min-size "}
+                   "min_size=": "--min-size ",
+                   "add small to postprocess": "add small to --postprocess"}
 
 
 def _flags_for_parameters(message: str) -> str:
