@@ -381,3 +381,16 @@ def test_an_unknown_observer_of_5000_characters_is_shown_cut_short(tmp_path, cap
     line = refused(capsys, [a.format(data=phantom_root, out=out) for a in argv], "--observer")
     assert len(line) < 300 and "(5002 characters)" in line, line
     assert not out.exists()
+
+
+@pytest.mark.parametrize("orientation", [
+    "z:up-down", "z:superior-superior,y:anterior-posterior,x:medial-lateral"])
+def test_margins_refuses_a_bad_orientation_naming_the_flag(tmp_path, capsys, phantom_root,
+                                                           orientation):
+    """Both were refused as "orientation '...': ...", naming no flag (exit 2 all the same)."""
+    out = tmp_path / "out"
+    line = refused(capsys, ["margins", "--image", phantom_root / "images" / "specimen_000.tif",
+                            "--tumour", phantom_root / "masks" / "observer1" / "specimen_000.tif",
+                            "--out", out, "--orientation", orientation], "--orientation")
+    assert line.startswith(f"bcseg: error: argument --orientation: '{orientation}': "), line
+    assert not out.exists()

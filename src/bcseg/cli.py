@@ -132,6 +132,18 @@ def _config_name(text: str) -> str:
     return text
 
 
+def _orientation(text: str) -> str:
+    """Which face lies at each end of each axis, read while parsing: a misspelt one was
+    refused as "orientation '...': ...", naming no flag and without the usage line."""
+    from bcseg.measure.margins import parse_orientation  # only when --orientation is given
+
+    try:
+        parse_orientation(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc).removeprefix("orientation ")) from None
+    return text
+
+
 def _millimetres(text: str) -> float:
     value = _number(text)
     if not 0 <= value < float("inf"):
@@ -834,7 +846,8 @@ def _add_margins(sub) -> None:
                    help="channel drawn under the margins figure (default: the first)")
     p.add_argument("--tumour", required=True, help="tumour mask (e.g. from bcseg predict)")
     p.add_argument("--specimen", help="specimen mask (default: computed from the image)")
-    p.add_argument("--orientation", help="e.g. z:superior-inferior,y:anterior-posterior,"
+    p.add_argument("--orientation", type=_orientation,
+                   help="e.g. z:superior-inferior,y:anterior-posterior,"
                    "x:medial-lateral (the default)")
     p.add_argument("--spacing", type=_spacing, help="voxel size in mm, Z x Y x X, if the file lacks it")
     p.add_argument("--close-mm", type=_close_millimetres, default=2.0,
