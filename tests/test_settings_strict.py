@@ -252,6 +252,16 @@ def test_predict_refuses_in_one_line_and_writes_nothing(tmp_path, capsys, model_
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.parametrize("min_size", [10**30, 2**64 + 1])
+def test_a_min_size_no_image_can_hold_is_refused(tmp_path, model_file, min_size):
+    # It emptied every mask without a word; --min-size has the same bound.
+    settings = {**TUNED, "postprocess": ["small"], "min_size": min_size}
+    run = _run(tmp_path / "run", model_file, settings)
+    with pytest.raises(ConfigError, match=r"min_size must be a whole number from 0 to "
+                       r"18446744073709551616 \(2\*\*64\)"):
+        load_run(run)
+
+
 # --------------------------------------------------------------------------- contradictions
 
 @pytest.mark.parametrize("threshold", [0, 1, 0.0, 1.0, 0.99999999, 1e-50])

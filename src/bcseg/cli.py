@@ -180,13 +180,13 @@ def _whole(minimum: int, maximum: int | None = None):
 
 
 def _min_size(text: str) -> int:
-    """Voxels, from 0 to the most one image may hold under any limit (BCSEG_MAX_IMAGE_GB at
-    its 16 EiB, a byte a voxel, 2**64): a larger size can only remove every component of
-    every mask, as --min-size 10**30 did without a word. Below it, a size larger than an
-    image empties that image's mask; in a folder of images of several sizes that is a choice."""
-    from bcseg.data.image_rules import MAX_IMAGE_GIB_LIMIT  # only when --min-size is given
+    """Voxels, from 0 to the most one image may hold (:data:`bcseg.rundir.MAX_MIN_SIZE`):
+    a larger size can only remove every component of every mask, as --min-size 10**30 did
+    without a word. Below it, a size larger than an image empties that image's mask; in a
+    folder of images of several sizes that is a choice."""
+    from bcseg.rundir import MAX_MIN_SIZE  # only when --min-size is given
 
-    return _whole(0, MAX_IMAGE_GIB_LIMIT * 2**30)(text)
+    return _whole(0, MAX_MIN_SIZE)(text)
 
 
 def _whole_key(section: str, key: str, minimum: int | None = None):

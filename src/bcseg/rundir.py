@@ -59,6 +59,11 @@ ARCHIVE_WEIGHTS = "model.weights.h5"      # Keras's entry for the weights inside
 # (copied from another run of the recipe) predicted silently with a threshold tuned for the old.
 WEIGHTS_KEY = "weights_sha256"
 
+# The largest min_size (voxels) of the 'small' step: what one image holds at most, a byte a
+# voxel under BCSEG_MAX_IMAGE_GB's largest limit (16 EiB, data.image_rules). A larger one can
+# only remove every component of every mask, and 10**30 did so without a word.
+MAX_MIN_SIZE = 2**64
+
 FLIP_NAMES = ("z", "ud", "lr")  # mirror axes: slice order, up-down (depth), left-right
 DEFAULT_FLIPS = ("z", "lr")     # what bcseg's recipes augment with; never up-down
 
@@ -300,8 +305,9 @@ def _check_settings(s: dict, source) -> None:
     steps = s["postprocess"]
     if not isinstance(steps, (list, tuple)) or any(x not in POSTPROCESS_STEPS for x in steps):
         raise _error(source, "postprocess", f"a list of {', '.join(POSTPROCESS_STEPS)}", steps)
-    if not is_whole(s["min_size"]):
-        raise _error(source, "min_size", "a whole number >= 0", s["min_size"])
+    if not (is_whole(s["min_size"]) and s["min_size"] <= MAX_MIN_SIZE):
+        raise _error(source, "min_size", f"a whole number from 0 to {MAX_MIN_SIZE} (2**64)",
+                     s["min_size"])
     if not isinstance(s["tta"], bool):
         raise _error(source, "tta", "true or false", s["tta"])
     flips = s["flips"]
