@@ -394,3 +394,14 @@ def test_margins_refuses_a_bad_orientation_naming_the_flag(tmp_path, capsys, pha
                             "--out", out, "--orientation", orientation], "--orientation")
     assert line.startswith(f"bcseg: error: argument --orientation: '{orientation}': "), line
     assert not out.exists()
+
+
+def test_close_mm_of_minus_zero_is_recorded_as_zero(tmp_path, capsys, phantom_root):
+    out = tmp_path / "out"
+    capsys.readouterr()
+    assert main(["margins", "--image", str(phantom_root / "images" / "specimen_000.tif"),
+                 "--tumour", str(phantom_root / "masks" / "observer1" / "specimen_000.tif"),
+                 "--out", str(out), "--close-mm", "-0"]) == 0
+    row = (out / "specimen_000_margins.csv").read_text(encoding="utf-8").splitlines()
+    header, values = row[0].split(","), row[1].split(",")
+    assert values[header.index("close_mm")] == "0"

@@ -148,7 +148,7 @@ def _millimetres(text: str) -> float:
     value = _number(text)
     if not 0 <= value < float("inf"):
         raise argparse.ArgumentTypeError(f"must be a finite number of mm >= 0, got '{text}'")
-    return value
+    return value + 0.0  # -0 passes 0 <= value, and the margins CSV recorded close_mm as -0
 
 
 def _close_millimetres(text: str) -> float:
