@@ -405,3 +405,24 @@ def test_close_mm_of_minus_zero_is_recorded_as_zero(tmp_path, capsys, phantom_ro
     row = (out / "specimen_000_margins.csv").read_text(encoding="utf-8").splitlines()
     header, values = row[0].split(","), row[1].split(",")
     assert values[header.index("close_mm")] == "0"
+
+
+@pytest.mark.parametrize("argv, flag", [
+    (["phantom", "{out}", "--n", "\u0661"], "--n"),  # Arabic-Indic one
+    (["split", "{data}", "--out", "{out}/s.json", "--k", "1_0"], "--k"),
+    (["train", "{data}", "--out", "{out}", "--epochs", "\uff11"], "--epochs"),  # full-width one
+    (["margins", "--image", "{data}/images/specimen_000.tif", "--tumour",
+      "{data}/masks/observer1/specimen_000.tif", "--out", "{out}", "--close-mm", "1_5"],
+     "--close-mm"),
+    (["predict", "{data}/images", "--out", "{out}", "--threshold", "\u0660.\u0665"], "--threshold"),
+    (["predict", "{data}/images", "--out", "{out}", "--margins", "--spacing", "1x0_25x0_25"],
+     "--spacing"),
+], ids=["arabic-indic n", "underscore k", "full-width epochs", "underscore close-mm",
+        "arabic-indic threshold", "underscore spacing"])
+def test_a_number_not_in_plain_digits_is_refused(tmp_path, capsys, phantom_root, argv, flag):
+    """int() and float() read these (--close-mm 1_5 as 15 mm, a spacing of 0_25 as 25 mm);
+    a fold file refuses them as not plain digits, and so do the flags now."""
+    out = tmp_path / "out"
+    line = refused(capsys, [a.format(data=phantom_root, out=out) for a in argv], flag)
+    assert "(plain digits, like " in line or "is not a spacing like 1x0.25x0.25" in line, line
+    assert not out.exists()

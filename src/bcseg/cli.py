@@ -77,11 +77,23 @@ class _Parser(argparse.ArgumentParser):
                 seen[dest[option]] = option
 
 
+def _plain(text: str) -> bool:
+    """Whether a number is written in ASCII without '_', as fold files take them: int()
+    and float() also read '1_5' as 15 and Arabic-Indic or full-width digits, so
+    --close-mm 1_5 (a slip for 1.5) measured against 15 mm without a word."""
+    return text.isascii() and "_" not in text
+
+
 def _number(text: str) -> float:
     try:
+        if not _plain(text):
+            raise ValueError(text)
         return float(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"'{text}' is not a number") from None
+        from bcseg.config import shorten
+
+        raise argparse.ArgumentTypeError(f"'{shorten(text)}' is not a number (plain digits, "
+                                         "like 0.25 or 1e-3)") from None
 
 
 def _threshold(text: str) -> float:
@@ -165,14 +177,17 @@ def _close_millimetres(text: str) -> float:
 
 def _whole(minimum: int, maximum: int | None = None):
     """An argument type for whole numbers from ``minimum`` (to ``maximum``)."""
+    from bcseg.config import shorten
+
     def parse(text: str) -> int:
         try:
+            if not _plain(text):
+                raise ValueError(text)
             value = int(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"'{text}' is not a whole number") from None
+            raise argparse.ArgumentTypeError(f"'{shorten(text)}' is not a whole number (plain "
+                                             "digits, like 10)") from None
         if value < minimum or (maximum is not None and value > maximum):
-            from bcseg.config import shorten
-
             allowed = f"from {minimum} to {maximum}" if maximum is not None else f">= {minimum}"
             raise argparse.ArgumentTypeError(f"must be a whole number {allowed}, got '{shorten(text)}'")
         return value
@@ -231,6 +246,8 @@ def _spacing(text: str) -> tuple[float, ...]:
     from bcseg.data.image_rules import spacing_problem
 
     try:
+        if not _plain(text):  # 1x0_25x0_25 was 25 mm voxels
+            raise ValueError(text)
         values = tuple(float(v) for v in text.replace(",", "x").split("x"))
     except ValueError:
         raise argparse.ArgumentTypeError(f"'{text}' is not a spacing like 1x0.25x0.25 (Z x Y x X mm)") from None
