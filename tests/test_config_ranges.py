@@ -78,6 +78,7 @@ BAD = [
     ("[model]\ndepth = 30000000", "model.depth"),  # refused before 2**depth is computed
     # 2**12 * 2 = 8192: no data.size in [1, 4096] is a multiple; it asked for 8192, then refused it
     ("[model]\ndepth = 12\nstem_stride = 2", "model.depth"),
+    ("[model]\nndim = 3\ndepth = 11", "model.depth"),  # 2048: no data.patch_depth in [1, 1024]
     ("[train]\nseed = -1", "train.seed"),
     ("[inference]\nthreshold = 7.0", "inference.threshold"),
     ("[inference]\nthreshold = 0.0", "inference.threshold"),

@@ -166,7 +166,6 @@ NORMALISATIONS = ("auto", "uint8", "percentile", "log")
 MAX_EPOCHS = 100_000
 MAX_BUDGET_MINUTES = 525_960  # one year
 MAX_FOLDS = 100_000  # folds and test specimens: more than any study has specimens
-MAX_SIZE = 4096  # data.size, pixels a side
 RANGES = {
     # counts and sizes: zero or less builds no model, draws no batch, splits nothing
     # Upper bounds: far above any useful value, but below those that only exhaust memory
@@ -176,7 +175,7 @@ RANGES = {
     ("model", "stem_stride"): "[1, 16]",  # also a power of two (models.unet)
     ("model", "max_filters"): "[0, 4096]",  # 0: no cap; else at least base_filters
     ("model", "dropout"): "[0, 1)",  # keras Dropout's rate; 1 would drop everything
-    ("data", "size"): f"[1, {MAX_SIZE}]",  # pixels a side (rundir.MAX_INPUT_SIZE: saved settings)
+    ("data", "size"): "[1, 4096]",  # pixels a side (rundir.MAX_INPUT_SIZE for saved settings)
     ("data", "patch_depth"): "[1, 1024]",
     ("data", "tumour_fraction"): "[0, 1]",
     # [augment]: the same bounds as AugmentConfig (learn/augment.py), which would
@@ -311,11 +310,14 @@ def _check_model_shape(cfg: dict, source) -> None:
         raise ConfigError(source, f"'model.max_filters' must be 0 (no cap) or at least "
                           f"model.base_filters ({m['base_filters']}), got {m['max_filters']}")
     divisor = 2 ** m["depth"] * m["stem_stride"]
-    if divisor > MAX_SIZE:  # no data.size in range is a multiple: 8192 was asked, then refused
-        raise ConfigError(source, f"'model.depth' must keep 2**model.depth * model.stem_stride at "
-                          f"most {MAX_SIZE}, the largest data.size (which it must divide), got "
-                          f"2**{m['depth']} * {m['stem_stride']} = {divisor}")
-    for key in ("size", "patch_depth") if m["ndim"] == 3 else ("size",):
+    keys = ("size", "patch_depth") if m["ndim"] == 3 else ("size",)
+    for key in keys:  # first: else data.size was asked to be 8192, then refused as over 4096
+        largest = int(RANGES[("data", key)][1:-1].split(",")[1])
+        if divisor > largest:
+            raise ConfigError(source, f"'model.depth' must keep 2**model.depth * model.stem_stride "
+                              f"at most {largest}, the largest data.{key} (which it must divide), "
+                              f"got 2**{m['depth']} * {m['stem_stride']} = {divisor}")
+    for key in keys:
         if d[key] % divisor:
             raise ConfigError(source, f"'data.{key}' must be a multiple of 2**model.depth * "
                               f"model.stem_stride = {divisor}, got {d[key]}")
