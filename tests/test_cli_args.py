@@ -336,7 +336,12 @@ HUGE = "9" * 4000  # below Python's 4300-digit limit of int(): a number the flag
     (["phantom", "{out}", "--n", HUGE], "--n"),
     (["phantom", "{out}", "--shape", "8", "8", HUGE], "--shape"),
     (["train", "{data}", "--out", "{out}", "--epochs", "1", "--fold", HUGE], "--fold"),
-], ids=["phantom n", "phantom shape", "train fold"])
+    # numbers to float(): 4000 nines are inf, refused by the range with the text shown
+    (["train", "{data}", "--out", "{out}", "--teacher", "t.keras", "--teacher-weight", HUGE],
+     "--teacher-weight"),
+    (["margins", "--image", "i.tif", "--tumour", "t.tif", "--out", "{out}", "--close-mm", HUGE],
+     "--close-mm"),
+], ids=["phantom n", "phantom shape", "train fold", "teacher weight", "close mm"])
 def test_a_huge_number_is_shown_cut_short_in_its_refusal(tmp_path, capsys, phantom_root, argv,
                                                          flag):
     """Each was refused with all 4000 digits in the line (the flag bounds it after parsing)."""

@@ -84,15 +84,20 @@ def _plain(text: str) -> bool:
     return text.isascii() and "_" not in text
 
 
+def _cut(text: str) -> str:
+    """``text`` cut short for an error line: a number of 5000 digits is a float (inf)."""
+    from bcseg.config import shorten
+
+    return shorten(text)
+
+
 def _number(text: str) -> float:
     try:
         if not _plain(text):
             raise ValueError(text)
         return float(text)
     except ValueError:
-        from bcseg.config import shorten
-
-        raise argparse.ArgumentTypeError(f"'{shorten(text)}' is not a number (plain digits, "
+        raise argparse.ArgumentTypeError(f"'{_cut(text)}' is not a number (plain digits, "
                                          "like 0.25 or 1e-3)") from None
 
 
@@ -130,7 +135,8 @@ def _share(text: str) -> float:
     """A share in (0, 1]: 0 would leave the teacher out, more than all of the target is none."""
     value = _number(text)
     if not 0 < value <= 1:
-        raise argparse.ArgumentTypeError(f"must be a number above 0 and at most 1, got '{text}'")
+        raise argparse.ArgumentTypeError(f"must be a number above 0 and at most 1, "
+                                         f"got '{_cut(text)}'")
     return value
 
 
@@ -159,7 +165,7 @@ def _orientation(text: str) -> str:
 def _millimetres(text: str) -> float:
     value = _number(text)
     if not 0 <= value < float("inf"):
-        raise argparse.ArgumentTypeError(f"must be a finite number of mm >= 0, got '{text}'")
+        raise argparse.ArgumentTypeError(f"must be a finite number of mm >= 0, got '{_cut(text)}'")
     return value + 0.0  # -0 passes 0 <= value, and the margins CSV recorded close_mm as -0
 
 
@@ -171,7 +177,7 @@ def _close_millimetres(text: str) -> float:
     value = _millimetres(text)
     if value > MAX_CLOSE_MM:
         raise argparse.ArgumentTypeError(f"must be at most {MAX_CLOSE_MM:g} mm (a specimen measures "
-                                         f"a few cm), got '{text}'")
+                                         f"a few cm), got '{_cut(text)}'")
     return value
 
 
