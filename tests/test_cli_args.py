@@ -431,3 +431,18 @@ def test_a_number_not_in_plain_digits_is_refused(tmp_path, capsys, phantom_root,
     line = refused(capsys, [a.format(data=phantom_root, out=out) for a in argv], flag)
     assert "(plain digits, like " in line or "is not a spacing like 1x0.25x0.25" in line, line
     assert not out.exists()
+
+
+def test_resuming_as_another_model_kind_is_a_usage_error_naming_model(tmp_path, capsys,
+                                                                    phantom_root):
+    """It was exit 4 naming the run's config.toml, as if that file were bad; every other
+    flag that would change a resumed run is a usage error."""
+    from bcseg.config import load_config, save_config
+
+    run = tmp_path / "run"
+    run.mkdir()
+    save_config(load_config(None), run / "config.toml")
+    line = refused(capsys, ["train", phantom_root, "--out", run, "--resume", "--model", "unet3d"],
+                   "--model")
+    assert "trained with a 2D model (unet2d); a resumed run keeps its model" in line, line
+    assert sorted(p.name for p in run.iterdir()) == ["config.toml"]

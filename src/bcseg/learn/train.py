@@ -858,8 +858,11 @@ def _run_config(out: Path, config, overrides: dict | None, resume: bool, mixed_p
         raise UsageError(out, "has no run to resume (config.toml missing)")
     cfg = load_config(out / "config.toml")
     if overrides and overrides.get("model", {}).get("ndim") not in (None, cfg["model"]["ndim"]):
-        raise ConfigError(out / "config.toml", "the run was trained with a "
-                          f"{cfg['model']['ndim']}D model; it cannot resume as another kind")
+        # a usage error (2), as any other flag changing a resumed run is: it was exit 4,
+        # naming the run's config.toml, as if that file were bad
+        raise UsageError("--model", f"the run in {out} was trained with a {cfg['model']['ndim']}D "
+                         f"model (unet{cfg['model']['ndim']}d); a resumed run keeps its model: "
+                         "resume without --model, or start a new run")
     _refuse_changed_settings(cfg, config, overrides, mixed_precision, out / "config.toml")
     return cfg
 
@@ -1045,9 +1048,11 @@ def _refuse_changed_settings(saved: dict, config, overrides: dict | None, mixed_
     for section, values in wanted.items():
         for key, value in values.items():
             if saved.get(section, {}).get(key) != value:
+                # the values cut short: a list of teachers' paths made a line of any length
                 raise UsageError(path, f"the run was started with {section}.{key} = "
-                                 f"{saved.get(section, {}).get(key)!r}, not {value!r}; a resumed run "
-                                 "keeps its settings: resume without the change, or start a new run")
+                                 f"{shorten(repr(saved.get(section, {}).get(key)))}, "
+                                 f"not {shorten(repr(value))}; a resumed run keeps its "
+                                 "settings: resume without the change, or start a new run")
 
 
 def _check_cases(cases: list[Case], channels: list[str] | None = None, methods: dict | None = None) -> None:
