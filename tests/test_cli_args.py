@@ -446,3 +446,12 @@ def test_resuming_as_another_model_kind_is_a_usage_error_naming_model(tmp_path, 
                    "--model")
     assert "trained with a 2D model (unet2d); a resumed run keeps its model" in line, line
     assert sorted(p.name for p in run.iterdir()) == ["config.toml"]
+
+
+def test_a_teacher_weight_that_float32_makes_0_is_refused(tmp_path, capsys, phantom_root):
+    """1e-50 passed as above 0, and blended no teacher into the float32 targets."""
+    out = tmp_path / "out"
+    line = refused(capsys, ["train", phantom_root, "--out", out, "--teacher", "t.keras",
+                            "--teacher-weight", "1e-50"], "--teacher-weight")
+    assert "above 0 (also as a 32-bit float)" in line, line
+    assert not out.exists()

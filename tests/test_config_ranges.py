@@ -87,6 +87,8 @@ BAD = [
     # inside (0, 1), but 1 and 0 as the float32 the probability maps are compared with
     ("[inference]\nthreshold = 0.99999999", "inference.threshold"),
     ("[inference]\nthreshold = 1e-50", "inference.threshold"),
+    ("[train]\nlearning_rate = 1e-320", "train.learning_rate"),  # 0 as float32: trained nothing
+    ('[train]\nteacher = ["t.keras"]\nteacher_weight = 1e-50', "train.teacher_weight"),
     # absurd but finite: each trained to NaN losses
     ("[train]\nlearning_rate = 1e300", "train.learning_rate"),
     ("[train]\nlearning_rate = 1.5", "train.learning_rate"),

@@ -132,11 +132,14 @@ def _folder_out(text: str) -> str:
 
 
 def _share(text: str) -> float:
-    """A share in (0, 1]: 0 would leave the teacher out, more than all of the target is none."""
+    """A share in (0, 1]: 0 would leave the teacher out, more than all of the target is none
+    (1e-50 is 0 as the float32 the targets are)."""
+    from bcseg.config import as_float32
+
     value = _number(text)
-    if not 0 < value <= 1:
-        raise argparse.ArgumentTypeError(f"must be a number above 0 and at most 1, "
-                                         f"got '{_cut(text)}'")
+    if not (0 < value <= 1 and as_float32(value) > 0):
+        raise argparse.ArgumentTypeError(f"must be a number above 0 (also as a 32-bit float) "
+                                         f"and at most 1, got '{_cut(text)}'")
     return value
 
 

@@ -245,6 +245,11 @@ def _check_values(cfg: dict, source=None) -> None:
     for (section, key), interval in RANGES.items():
         if (section, key) not in unused and not _in_interval(cfg[section][key], interval):
             raise ConfigError(source, f"'{section}.{key}' must be in {interval}, got {_shown(cfg[section][key])}")
+        # above 0 in float32 too, as the model and the targets hold it: a learning rate of
+        # 1e-320 was 0 there, and trained nothing without a word
+        if interval.startswith("(0,") and not as_float32(cfg[section][key]) > 0:
+            raise ConfigError(source, f"'{section}.{key}' must be in {interval}, also as a 32-bit "
+                              f"float, got {_shown(cfg[section][key])}")
     if not is_probability_cut(cfg["inference"]["threshold"]):  # in range, yet 0 or 1 in float32
         raise ConfigError(source, "'inference.threshold' must be between 0 and 1 (both excluded), "
                           f"also as a 32-bit float, got {_shown(cfg['inference']['threshold'])}")
@@ -287,8 +292,13 @@ def is_probability_cut(value) -> bool:
     every pixel of any probability, and 0.99999999 is 1, which marks none."""
     if not (_is_number(value) and 0 < value < 1):  # NaN too: it fails every comparison
         return False
-    single = struct.unpack("f", struct.pack("f", value))[0]
-    return 0 < single < 1
+    return 0 < as_float32(value) < 1
+
+
+def as_float32(value: float) -> float:
+    """``value`` (finite, within float32's range) rounded as TensorFlow and NumPy's float32
+    hold it: below about 1e-45 it is 0."""
+    return struct.unpack("f", struct.pack("f", value))[0]
 
 
 def _is_number(value) -> bool:
