@@ -89,6 +89,8 @@ BAD = [
     ("[inference]\nthreshold = 1e-50", "inference.threshold"),
     ("[train]\nlearning_rate = 1e-320", "train.learning_rate"),  # 0 as float32: trained nothing
     ('[train]\nteacher = ["t.keras"]\nteacher_weight = 1e-50', "train.teacher_weight"),
+    ("[model]\ndropout = 0.99999999", "model.dropout"),  # 1 as float32: drops everything
+    ("[augment]\nresample = 0.99999999", "augment.resample"),
     # absurd but finite: each trained to NaN losses
     ("[train]\nlearning_rate = 1e300", "train.learning_rate"),
     ("[train]\nlearning_rate = 1.5", "train.learning_rate"),

@@ -10,6 +10,7 @@ default. The merged result is saved in every run directory.
 from __future__ import annotations
 
 import copy
+import math
 import numbers
 import re
 import struct
@@ -226,6 +227,16 @@ def _in_interval(value, interval: str) -> bool:
     return above and below
 
 
+def _open_in_float32(value, interval: str) -> bool:
+    """Whether ``value``, inside ``interval``, stays inside its open (excluded) finite bounds
+    as the float32 that the model, the targets and the augmentation hold it in: a learning
+    rate of 1e-320 was 0 there and trained nothing, a dropout of 0.99999999 was 1."""
+    low, high = (float(bound) for bound in interval[1:-1].split(","))
+    if interval[0] == "(" and not as_float32(value) > low:
+        return False
+    return not (interval[-1] == ")" and math.isfinite(high) and not as_float32(value) < high)
+
+
 def _check_values(cfg: dict, source=None) -> None:
     choices = {
         ("model", "ndim"): (2, 3),
@@ -245,14 +256,9 @@ def _check_values(cfg: dict, source=None) -> None:
     for (section, key), interval in RANGES.items():
         if (section, key) not in unused and not _in_interval(cfg[section][key], interval):
             raise ConfigError(source, f"'{section}.{key}' must be in {interval}, got {_shown(cfg[section][key])}")
-        # above 0 in float32 too, as the model and the targets hold it: a learning rate of
-        # 1e-320 was 0 there, and trained nothing without a word
-        if interval.startswith("(0,") and not as_float32(cfg[section][key]) > 0:
+        if (section, key) not in unused and not _open_in_float32(cfg[section][key], interval):
             raise ConfigError(source, f"'{section}.{key}' must be in {interval}, also as a 32-bit "
                               f"float, got {_shown(cfg[section][key])}")
-    if not is_probability_cut(cfg["inference"]["threshold"]):  # in range, yet 0 or 1 in float32
-        raise ConfigError(source, "'inference.threshold' must be between 0 and 1 (both excluded), "
-                          f"also as a 32-bit float, got {_shown(cfg['inference']['threshold'])}")
     for (section, key), interval in PAIRS.items():
         pair = cfg[section][key]
         if not (len(pair) == 2 and all(_is_number(v) and _in_interval(v, interval) for v in pair)
