@@ -63,10 +63,14 @@ TARGET = ROOT / "src" / "bcseg" / "pretrained"
 
 def _cited(settings, seen: str, source: str):
     """``settings`` with what the model saw, BUSI's citation and where it came from."""
+    from bcseg import rundir
     from bcseg.pretrained import CITATION
 
+    # Not the run's weights digest: the bundled file is the model re-saved for inference, whose
+    # weights are other bytes; the run's digest beside it refused the bundle as "replaced".
+    info = {k: v for k, v in settings.info.items() if k != rundir.WEIGHTS_KEY}
     return settings.replace(info=dict(
-        settings.info, trained_on=seen, dataset="BUSI (Al-Dhabyani et al. 2020)",
+        info, trained_on=seen, dataset="BUSI (Al-Dhabyani et al. 2020)",
         citation=CITATION, licence="CC BY 4.0 (data); model released with bcseg", source_run=source))
 
 
@@ -125,7 +129,8 @@ def bundle(run: Path, seen: str, target: Path = TARGET, tta: bool = True) -> Pat
     target.mkdir(parents=True, exist_ok=True)  # after every check: a refusal leaves no folder
     path = target / MODEL_NAME
     _save_member(run, path, meta)
-    rundir.write_settings(target, meta)
+    digest = {rundir.WEIGHTS_KEY: rundir.weights_digest(path)}  # the re-saved file's weights
+    rundir.write_settings(target, meta.replace(info=dict(meta.info, **digest)))
     print(f"trained on {seen}")
     return path
 
@@ -177,7 +182,8 @@ def bundle_ensemble(runs: list[Path], data: Path, target: Path = TARGET, tta: bo
     settings = tune_members(dict(zip(names, (r / rundir.MODEL_FILE for r in runs))), discover(data), cfg)
     if not tta:  # the choice tuned without TTA, recorded beside it
         settings = _without_tta(settings)
-    rundir.write_settings(target, _cited(settings, seen, ", ".join(str(r) for r in runs)))
+    rundir.write_settings(target, rundir.with_weights(
+        _cited(settings, seen, ", ".join(str(r) for r in runs)), target))
     print(f"bundled an ensemble of {len(runs)} models, {size:.1f} MB in all: {seen}")
     return [target / n for n in names]
 

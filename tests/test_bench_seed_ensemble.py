@@ -182,3 +182,22 @@ def test_no_tta_without_a_setting_tuned_without_it_is_refused(tmp_path, phantom_
     with pytest.raises(SystemExit, match="recorded no setting tuned without TTA"):
         build_pretrained.main(["--from-run", str(run), "--target", str(tmp_path / "b"), "--no-tta"])
     assert not (tmp_path / "b").exists()
+
+
+def test_a_bundled_run_is_loaded_with_the_settings_written_beside_it(tmp_path):
+    """build_pretrained.py re-saves the run's model for inference and carried the run's
+    weights digest into the bundle's inference.json: the bundle was refused as a model
+    "replaced" since its settings were tuned. The digest recorded is the bundled file's."""
+    import build_pretrained  # benchmarks/build_pretrained.py
+
+    run = _member(tmp_path / "run", 0, ["x"], [])
+    model = keras.saving.load_model(run / rundir.MODEL_FILE)
+    model.compile(optimizer="adam", loss="mse")  # as train saves it: the optimiser's state inside
+    model.optimizer.build(model.trainable_variables)
+    model.save(run / rundir.MODEL_FILE)
+    rundir.save_run_settings(run, rundir.read_settings(run / rundir.SETTINGS_FILE))
+    assert rundir.read_settings(run / rundir.SETTINGS_FILE).info.get(rundir.WEIGHTS_KEY)
+    path = build_pretrained.bundle(run, "all of it", target=tmp_path / "bundle")
+    files, settings = rundir.load_run(tmp_path / "bundle")
+    assert files == [path] and settings.info["trained_on"] == "all of it"
+    assert settings.info[rundir.WEIGHTS_KEY] == rundir.weights_digest(path)
