@@ -383,11 +383,8 @@ def test_a_recipe_the_reference_augmentation_cannot_run_exits_before_the_run_fol
     ("[train]\nteacher_weight = 0.7", [], "'train.teacher_weight' = 0.7"),
     ('[data]\noffline_augment = "reference"', ["--model", "unet3d"], "'data.offline_augment'"),
     ('[train]\nsplit = "last"', ["--folds-file", "FOLDS"], "'train.split' = 'last'"),
-    # both were dropped without a word beside a folds file, and recorded in config.toml
-    ("[train]\nk = 3", ["--folds-file", "FOLDS"], "'train.k' = 3 is the number of folds to make"),
-    ("[train]\ntest_last = 2", ["--folds-file", "FOLDS"], "'train.test_last' = 2 is read by"),
 ], ids=["k beside last", "test_last beside kfold", "augment off", "no teacher", "offline 3D",
-        "last beside a folds file", "k beside a folds file", "test_last beside a folds file"])
+        "last beside a folds file"])
 def test_a_key_the_recipe_leaves_unread_exits_before_the_run_folder(toml, flags, key, tmp_path,
                                                                      phantom_root, capsys):
     """Each was ignored without a word, and the run's config.toml still recorded it as if

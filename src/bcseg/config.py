@@ -399,10 +399,8 @@ def unused_keys(cfg: dict, folds_file: bool = False) -> list[tuple[str, str, str
                       "folds (only its fold 0 would be trained and tested)"))
     elif train["split"] == "last":
         unused("train", "k", 'is read by train.split = "kfold"; "last" makes no folds')
-    else:
+    elif not folds_file:
         unused("train", "test_last", 'is read by train.split = "last"; "kfold" tests every fold')
-        if folds_file:  # k = 10 beside a file of 4 folds made 4, recorded as 10 in config.toml
-            unused("train", "k", "is the number of folds to make, but --folds-file gives the folds")
     if not train["teacher"]:
         unused("train", "teacher_weight", "is the share of a teacher, and train.teacher names none")
     if not cfg["augment"]["enabled"]:
