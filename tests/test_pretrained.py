@@ -51,10 +51,10 @@ def test_bundled_model_is_small_and_cites_busi():
 def test_heldout_twin_never_saw_fold0():
     info = json.loads((HELDOUT / "inference.json").read_text())
     assert "the 130 images of fold 0 were never seen" in info["trained_on"]
-    # the bundled recipe's twin: a student of the same network, distilled from a teacher
-    # that never saw fold 0 either (its members were fold-0 runs too)
-    assert info["trained_on"].endswith("; distilled from bench-out/seed-ens-r10x3/ensemble")
-    assert "; distilled from " in pretrained_info()["trained_on"]
+    # the bundled recipe's twin: r13 on folds 1-4, not distilled. The bundle's teacher was
+    # the r13 fold models 1-4, each of which saw fold 0, so no student of theirs is a twin.
+    assert info["source_run"] == "bench-out/r13f0/fold_0" and "distilled" not in info["trained_on"]
+    assert pretrained_info()["trained_on"].endswith("bench-out/r13f4/fold_4")
     assert sorted(p.name for p in HELDOUT.glob("*.keras")) == [p.name for p in _bundled_files()]
     assert archive_settings(HELDOUT / "busi_unet2d.keras").input_size == archive_settings(pretrained_path()).input_size
 
