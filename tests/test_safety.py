@@ -8,6 +8,7 @@ by another process or a file size limit is needed), on real files and tiny real 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -1783,17 +1784,26 @@ with outputs.claim(Path(sys.argv[1]), "train"):
 """
 
 
+@contextlib.contextmanager
+def claim_held_by_another_run(folder: Path):
+    """Inside the block, another process holds bcseg's claim of ``folder``, as a live run does."""
+    process = subprocess.Popen([sys.executable, "-c", HOLD_A_CLAIM, str(folder)],
+                               env=subprocess_env(), stdout=subprocess.PIPE, text=True)
+    try:
+        assert process.stdout.readline() == "holding\n"
+        yield
+    finally:
+        process.kill()
+        process.wait()
+
+
 @pytest.mark.parametrize("held", ["the k-fold run above", "a fold folder inside"])
 def test_a_folder_inside_or_around_one_being_written_is_refused(held, tmp_path, capsys):
     """A train into kl/fold_1 while a k-fold run wrote kl was accepted, and the k-fold
     run then wrote over it: each run locked only its own folder."""
     kl = tmp_path / "kl"
     holder_folder, target = (kl, kl / "fold_1") if held == "the k-fold run above" else (kl / "fold_1", kl)
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src")}
-    process = subprocess.Popen([sys.executable, "-c", HOLD_A_CLAIM, str(holder_folder)], env=env,
-                               stdout=subprocess.PIPE, text=True)
-    try:
-        assert process.stdout.readline() == "holding\n"
+    with claim_held_by_another_run(holder_folder):
         before = hashes(tmp_path)
         if held == "the k-fold run above":
             code, _, err = run(capsys, "phantom", target, "--n", "1", "--shape", "8", "24", "24")
@@ -1803,9 +1813,6 @@ def test_a_folder_inside_or_around_one_being_written_is_refused(held, tmp_path, 
                 with outputs.claim(target, "train"):
                     pass
         assert hashes(tmp_path) == before
-    finally:
-        process.kill()
-        process.wait()
 
 
 def test_an_output_name_that_leaves_no_room_for_bcsegs_companions_is_refused(tmp_path, capsys):
@@ -2843,19 +2850,12 @@ def test_a_folder_being_written_is_refused_under_another_path_to_it(tmp_path, bi
     out = tmp_path / "out"
     out.mkdir()
     alias = bind_mount(out, tmp_path / "mnt")
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src")}
-    process = subprocess.Popen([sys.executable, "-c", HOLD_A_CLAIM, str(out)], env=env,
-                               stdout=subprocess.PIPE, text=True)
-    try:
-        assert process.stdout.readline() == "holding\n"
+    with claim_held_by_another_run(out):
         before = hashes(out)
         with pytest.raises(UsageError, match="is being written by another bcseg run"):
             with outputs.claim(alias, "predict"):
                 pass
         assert hashes(out) == before
-    finally:
-        process.kill()
-        process.wait()
 
 
 @pytest.mark.parametrize("name, said", [("Channels.json", "choose another name"),
