@@ -20,6 +20,7 @@ from pathlib import Path
 
 from bcseg import outputs
 from bcseg.atomic import WRITE_HOOKS
+from bcseg.config import RANGES, as_float32, is_probability_cut, presets, shorten
 from bcseg.errors import STOPS_ASKED, BcsegError, UsageError, printable
 from bcseg.outputs import check_output_folder, check_replaceable, claim
 
@@ -84,20 +85,13 @@ def _plain(text: str) -> bool:
     return text.isascii() and "_" not in text
 
 
-def _cut(text: str) -> str:
-    """``text`` cut short for an error line: a number of 5000 digits is a float (inf)."""
-    from bcseg.config import shorten
-
-    return shorten(text)
-
-
 def _number(text: str) -> float:
     try:
         if not _plain(text):
             raise ValueError(text)
         return float(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"'{_cut(text)}' is not a number (plain digits, "
+        raise argparse.ArgumentTypeError(f"'{shorten(text)}' is not a number (plain digits, "
                                          "like 0.25 or 1e-3)") from None
 
 
@@ -105,8 +99,6 @@ def _threshold(text: str) -> float:
     """A probability cut strictly between 0 and 1 (NaN is not one): at 0 every pixel
     with any probability is tumour, at 1 none is, so neither segments anything. Also
     as a 32-bit float, as the probabilities are: 0.99999999 is 1 there."""
-    from bcseg.config import is_probability_cut, shorten
-
     value = _number(text)
     if not is_probability_cut(value):
         raise argparse.ArgumentTypeError("must be a number between 0 and 1 (both excluded, also as "
@@ -134,19 +126,15 @@ def _folder_out(text: str) -> str:
 def _share(text: str) -> float:
     """A share in (0, 1]: 0 would leave the teacher out, more than all of the target is none
     (1e-50 is 0 as the float32 the targets are)."""
-    from bcseg.config import as_float32
-
     value = _number(text)
     if not (0 < value <= 1 and as_float32(value) > 0):
         raise argparse.ArgumentTypeError(f"must be a number above 0 (also as a 32-bit float) "
-                                         f"and at most 1, got '{_cut(text)}'")
+                                         f"and at most 1, got '{shorten(text)}'")
     return value
 
 
 def _config_name(text: str) -> str:
     """A preset name or a TOML file; a file here with a preset's name is ambiguous."""
-    from bcseg.config import presets
-
     if text in presets() and Path(text).is_file():
         raise argparse.ArgumentTypeError(f"'{text}' is both a file here and a bundled preset; "
                                          f"pass ./{text} for the file, or rename it")
@@ -168,7 +156,7 @@ def _orientation(text: str) -> str:
 def _millimetres(text: str) -> float:
     value = _number(text)
     if not 0 <= value < float("inf"):
-        raise argparse.ArgumentTypeError(f"must be a finite number of mm >= 0, got '{_cut(text)}'")
+        raise argparse.ArgumentTypeError(f"must be a finite number of mm >= 0, got '{shorten(text)}'")
     return value + 0.0  # -0 passes 0 <= value, and the margins CSV recorded close_mm as -0
 
 
@@ -180,14 +168,12 @@ def _close_millimetres(text: str) -> float:
     value = _millimetres(text)
     if value > MAX_CLOSE_MM:
         raise argparse.ArgumentTypeError(f"must be at most {MAX_CLOSE_MM:g} mm (a specimen measures "
-                                         f"a few cm), got '{_cut(text)}'")
+                                         f"a few cm), got '{shorten(text)}'")
     return value
 
 
 def _whole(minimum: int, maximum: int | None = None):
     """An argument type for whole numbers from ``minimum`` (to ``maximum``)."""
-    from bcseg.config import shorten
-
     def parse(text: str) -> int:
         try:
             if not _plain(text):
@@ -217,8 +203,6 @@ def _whole_key(section: str, key: str, minimum: int | None = None):
     """A whole-number flag that sets ``section.key``, bounded as the key is in a TOML
     file (:data:`bcseg.config.RANGES`, closed intervals): so ``--epochs 10**400`` is
     refused naming the flag, before the dataset is read, not the key later."""
-    from bcseg.config import RANGES
-
     low, high = (int(float(bound)) for bound in RANGES[(section, key)][1:-1].split(","))
     return _whole(low if minimum is None else minimum, high)
 
@@ -300,8 +284,6 @@ def cmd_phantom(args) -> int:
            "--difficulty realistic (the easy phantom has no artefacts to leave out)")
     # Checked before the folder is made: an absurd shape was a raw MemoryError.
     if args.n > MAX_SPECIMENS:
-        from bcseg.config import shorten  # --n 10**4000 made a 4000-character line
-
         raise UsageError("--n", f"must be at most {MAX_SPECIMENS} specimens, "
                          f"got {shorten(str(args.n))}")
     problem = shape_problem(args.shape)

@@ -254,11 +254,14 @@ def _check_values(cfg: dict, source=None) -> None:
                               f"got {_shown(cfg[section][key])}")
     unused = {("train", "k")} if cfg["train"]["split"] == "last" else {("train", "test_last")}
     for (section, key), interval in RANGES.items():
-        if (section, key) not in unused and not _in_interval(cfg[section][key], interval):
-            raise ConfigError(source, f"'{section}.{key}' must be in {interval}, got {_shown(cfg[section][key])}")
-        if (section, key) not in unused and not _open_in_float32(cfg[section][key], interval):
+        value = cfg[section][key]
+        if (section, key) in unused:
+            continue
+        if not _in_interval(value, interval):
+            raise ConfigError(source, f"'{section}.{key}' must be in {interval}, got {_shown(value)}")
+        if not _open_in_float32(value, interval):
             raise ConfigError(source, f"'{section}.{key}' must be in {interval}, also as a 32-bit "
-                              f"float, got {_shown(cfg[section][key])}")
+                              f"float, got {_shown(value)}")
     for (section, key), interval in PAIRS.items():
         pair = cfg[section][key]
         if not (len(pair) == 2 and all(_is_number(v) and _in_interval(v, interval) for v in pair)
