@@ -244,23 +244,21 @@ def refuse_dataset_folder(folder: Path, data, files: Iterable[Path], command: st
     """
     if data is None or not Path(folder).is_dir():  # a folder still to be made is no dataset's
         return
-    root = real_path(data if Path(data).is_dir() else Path(data).parent)
+    shown = Path(data) if Path(data).is_dir() else Path(data).parent
+    root = real_path(shown)
+    files = list(files)  # the folder holding each file, named or through its link
+    parents = {real_path(Path(f).parent) for f in files} | {real_path(f).parent for f in files}
     layout: set[Path] = set()
-    for file in files:
-        for parent in {real_path(Path(file).parent), real_path(file).parent}:
-            # the folder holding the file, and those above it up to the dataset's own
-            for level in (parent, *parent.parents):
-                if level == root or root not in level.parents and level != parent:
-                    break
-                layout.add(level)
-    target = _identities([real_path(folder)], {})
-    for level in sorted(layout):
-        if target & _identities([level], {}):
-            shown = Path(data) if Path(data).is_dir() else Path(data).parent
-            raise UsageError(folder, f"is a folder of the dataset {data} (its images or masks); "
-                             f"bcseg writes no {command} output among a dataset's files: choose "
-                             f"another output folder (a new one, such as {shown / command}, "
-                             "will do)")
+    for parent in parents:  # and the folders above it, up to the dataset's own
+        for level in (parent, *parent.parents):
+            if level == root or root not in level.parents and level != parent:
+                break
+            layout.add(level)
+    if _identities([real_path(folder)], {}) & _identities(layout, {}):
+        raise UsageError(folder, f"is a folder of the dataset {data} (its images or masks); "
+                         f"bcseg writes no {command} output among a dataset's files: choose "
+                         f"another output folder (a new one, such as {shown / command}, "
+                         "will do)")
 
 
 # --------------------------------------------------------------------------- the record
@@ -1183,7 +1181,7 @@ def settle(folder: str | Path) -> None:
     folder = Path(folder)
     if folder.is_symlink():
         return
-    aside = folder.parent.is_dir() and any(folder.parent.glob(f".{glob.escape(folder.name)}{ASIDE_MARK}*"))
+    aside = _has_leftover(folder)
     key = real_path(folder)
     if (not folder.is_dir() and not aside) or key in _held:
         return
@@ -1192,6 +1190,16 @@ def settle(folder: str | Path) -> None:
         _recover(key)
     finally:
         folder_lock.release(lock)
+
+
+def _leftovers_beside(folder: Path) -> Iterator[Path]:
+    """What killed replacements of ``folder`` may have left beside it: the paths named like
+    ``.NAME.bcseg-old-PID`` (:func:`_recover` judges which really are)."""
+    return folder.parent.glob(f".{glob.escape(folder.name)}{ASIDE_MARK}*")
+
+
+def _has_leftover(folder: Path) -> bool:
+    return folder.parent.is_dir() and any(_leftovers_beside(folder))
 
 
 def settle_before_reading(path: str | Path, levels: int = 3) -> None:
@@ -1203,8 +1211,7 @@ def settle_before_reading(path: str | Path, levels: int = 3) -> None:
     folder with none is not locked, so a model in a read-only folder still reads."""
     folder = Path(path).absolute()
     for _ in range(levels):
-        if folder.parent.is_dir() and any(
-                folder.parent.glob(f".{glob.escape(folder.name)}{ASIDE_MARK}*")):
+        if _has_leftover(folder):
             settle(folder)
         folder = folder.parent
 
@@ -1254,7 +1261,7 @@ def _only_a_fresh_record(folder: Path) -> bool:
     record = folder / RECORD
     if [e.name for e in entries] != [RECORD] or record.is_symlink() or not record.is_file():
         return False
-    return not any(folder.parent.glob(f".{glob.escape(folder.name)}{ASIDE_MARK}*"))
+    return not _has_leftover(folder)
 
 
 def _check_only_ours(folder: Path, shown: Path | None = None, command: str | None = None) -> None:
@@ -1384,7 +1391,7 @@ def _recover(folder: Path) -> None:
     leftover is then weighed against what that restored.
     """
     leftovers = []
-    for path in folder.parent.glob(f".{glob.escape(folder.name)}{ASIDE_MARK}*"):
+    for path in _leftovers_beside(folder):
         match = ASIDE.match(path.name)
         # Only what a replacement moved aside: a real folder holding bcseg's record and
         # nothing bcseg did not write; anything else that merely matches the name is left.
