@@ -13,7 +13,15 @@ from scipy import ndimage
 
 
 def smooth_noise(rng: np.random.Generator, shape, sigma) -> np.ndarray:
-    """Zero-mean, unit-sd random field smoothed with a Gaussian of ``sigma`` voxels."""
+    """Unit-sd random field smoothed with a Gaussian of ``sigma`` voxels.
+
+    Its mean is left in: the white noise's own mean, divided by the smoothed field's
+    small sd, is a few tenths of an sd for the wider ``sigma`` here, so each specimen's
+    texture level and border offset differ a little as well as their pattern (as gain
+    differs between specimens). Subtracting it would change every easy phantom drawn
+    so far; the realistic phantom's :func:`bcseg.data.phantom_us.smooth_field` is
+    zero-mean.
+    """
     field = ndimage.gaussian_filter(rng.standard_normal(shape), sigma, mode="wrap")
     return field / (field.std() + 1e-12)
 
