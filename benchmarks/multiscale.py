@@ -86,8 +86,9 @@ def table(result: dict) -> str:
              "threshold, post-processing | test Dice |", "|---|---|---|---|---|"]
     for row in result["rows"]:
         cost = sum(s * s for s in row["sizes"]) / result["trained"][0] ** 2
-        lines.append(f"| {' + '.join(map(str, row['sizes']))} | {cost:.2f} | {row['validation']:.3f} | "
-                     f"{row['threshold']}, {' + '.join(row['postprocess']) or 'none'} | {row['test']:.3f} |")
+        sizes, steps = " + ".join(map(str, row["sizes"])), " + ".join(row["postprocess"]) or "none"
+        lines.append(f"| {sizes} | {cost:.2f} | {row['validation']:.3f} | "
+                     f"{row['threshold']}, {steps} | {row['test']:.3f} |")
     p = result["paired"]
     d = p["delta"]
     lines += ["", f"Best on validation: {' + '.join(map(str, result['best']))}; paired on the test "
@@ -104,7 +105,8 @@ def main(argv=None) -> int:
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
     parser.add_argument("--out", type=Path, default=Path("bench-out/multiscale"))
     parser.add_argument("--name", default="multiscale")
-    parser.add_argument("--limit", type=int, help="at most this many images of each split (a quick check)")
+    parser.add_argument("--limit", type=int,
+                        help="at most this many images of each split (a quick check)")
     args = parser.parse_args(argv)
     if busi_missing(args.data, "multiscale.py"):
         return 2

@@ -43,5 +43,6 @@ def test_the_threshold_is_chosen_on_validation_as_training_chooses_it():
     case, truth = _image()
     # 0.65 around the lesion, 0.9 in it: only the thresholds above 0.65 give the lesion alone
     maps = [{160: np.where(truth, 0.9, 0.65).astype(np.float16)}]
-    threshold, steps, score = multiscale.choose([case], maps, [160], InferenceSettings(threshold=0.5))
+    settings = InferenceSettings(threshold=0.5)
+    threshold, steps, score = multiscale.choose([case], maps, [160], settings)
     assert (threshold, steps, score) == (0.7, (), 1.0)
