@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import math
+
 import keras
 import numpy as np
 import pytest
 
 from bcseg.learn.losses import DiceMetric, bce_dice_loss
-from bcseg.learn.models import model_divisor, size_divisor, unet
+from bcseg.learn.models import activation_values, model_divisor, size_divisor, unet
 
 
 def _predict(model, x):
@@ -144,3 +146,25 @@ def test_tiny_unet_memorises_discs_and_reloads_compiled(tmp_path):
 def test_unet_refuses_what_the_recipe_ranges_refuse(kwargs, message):
     with pytest.raises(ValueError, match=message):
         unet(**kwargs)
+
+
+@pytest.mark.parametrize(("ndim", "options"), [
+    (2, {}),
+    (2, {"norm": None, "residual": True, "max_filters": 8}),
+    (2, {"residual": True, "dropout": 0.3, "upsample": "linear"}),
+    (2, {"stem_stride": 2, "residual": True, "in_channels": 2}),
+    (2, {"stem_stride": 2, "upsample": "linear", "norm": "instance"}),
+    (2, {"decoder_norm_only": True, "residual": True}),
+    (3, {"residual": True}),
+    (3, {"stem_stride": 2, "norm": None}),
+])
+def test_activation_values_count_every_layer_output(ndim, options):
+    # The memory check multiplies this count by measured bytes per value: it must
+    # follow the builder (the count per level it replaced missed the stem's
+    # full-resolution block, most of the busi recipe's activations).
+    shape = (32, 32) if ndim == 2 else (8, 16, 16)
+    model = unet(ndim=ndim, base_filters=4, depth=2, **options)
+    every = keras.Model(model.input, [layer.output for layer in model.layers[1:]])
+    x = np.zeros((1, *shape, options.get("in_channels", 1)), np.float32)
+    counted = activation_values(shape, base_filters=4, depth=2, **options)
+    assert sum(math.prod(y.shape) for y in every(x)) == counted

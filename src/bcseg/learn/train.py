@@ -57,7 +57,7 @@ from bcseg.data.splits import (check_groups_whole, folds_from_file, group_note, 
 from bcseg.errors import STOPS_ASKED, ConfigError, DataError, ModelError, UsageError
 from bcseg.learn.losses import DiceMetric, IoUMetric, get_loss
 from bcseg.learn.machine import check_epoch_memory, check_memory, distribution, mixed_policy
-from bcseg.learn.models import unet
+from bcseg.learn.models import unet, unet_options
 from bcseg.learn.starting_model import initial_model, started_from
 
 HISTORY_COLUMNS = ["epoch", "loss", "dice", "iou", "val_loss", "val_dice", "val_iou", "lr"]
@@ -222,12 +222,7 @@ def _test_folds(folds: dict[str, int], fold, split: str) -> list[int]:
 # --------------------------------------------------------------------------- model
 
 def build_model(cfg: dict, in_channels: int = 1) -> keras.Model:
-    m = cfg["model"]
-    return unet(ndim=m["ndim"], in_channels=in_channels, base_filters=m["base_filters"], depth=m["depth"],
-                norm=None if m["norm"] == "none" else m["norm"], dropout=m["dropout"],
-                residual=m["residual"], upsample=m["upsample"],
-                decoder_norm_only=m["decoder_norm_only"], stem_stride=m["stem_stride"],
-                max_filters=m["max_filters"] or None)
+    return unet(ndim=cfg["model"]["ndim"], in_channels=in_channels, **unet_options(cfg["model"]))
 
 
 def compile_model(model: keras.Model, cfg: dict) -> keras.Model:
