@@ -9,6 +9,7 @@ a NaN loss) epochs later.
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -289,6 +290,98 @@ def test_train_refuses_a_batch_no_machine_memory_holds(tmp_path, phantom_root, c
     assert "one training batch (4096 x 4096 x 4096" in line and "lower train.batch_size" in line
 
 
+def _would_train(*args, **kwargs):
+    # Called right after the memory checks: a check that lets the recipe through must
+    # not go on to train it (it would fill this machine's memory).
+    raise AssertionError("the memory check let the recipe through; training would start")
+
+
+def test_train_refuses_a_batch_the_old_lower_bound_let_through(tmp_path, phantom_root, capsys,
+                                                               monkeypatch):
+    # The bound was 16 bytes per value of one map per level, 31 * size**2 values for the
+    # default recipe: a 4096-pixel batch of 1 "needed" 8 GiB, passed on a 24 GiB machine
+    # and was killed for memory at 19 GB after the run folder existed (training keeps
+    # 4 times that). The batch is the largest the old bound let through here.
+    from test_robustness import files_under
+
+    from bcseg.learn import machine, train
+
+    have = machine._machine_memory()
+    batch = (have or 0) // (16 * 31 * 4096**2)
+    if not 1 <= batch <= 4096:
+        pytest.skip("the old bound refused every 4096-pixel batch here, or memory is unknown")
+    monkeypatch.setattr(train, "started_from", _would_train)
+    data = files_under(phantom_root)
+    line = _train_refusal(capsys, tmp_path, phantom_root,
+                          f"[data]\nsize = 4096\n[train]\nbatch_size = {batch}\n")
+    assert f"one training batch ({batch} x 4096 x 4096, 16 base filters) needs at least" in line
+    assert [p.name for p in tmp_path.iterdir()] == ["recipe.toml"]  # nothing written
+    assert files_under(phantom_root) == data
+
+
+def test_train_refuses_epoch_samples_that_fit_only_without_the_batch(tmp_path, phantom_root,
+                                                                     capsys, monkeypatch):
+    # Samples and batch were each checked against the whole memory, so an epoch whose
+    # samples filled it passed beside the batch's training, which needs 1 GB more.
+    from bcseg.learn import machine, train
+
+    have = machine._machine_memory()
+    if have is None:
+        pytest.skip("this system does not tell its memory")
+    steps = have // (16 * 128 * 128 * 2 * 4)  # default batch, size, one image and a target
+    monkeypatch.setattr(train, "started_from", _would_train)
+    line = _train_refusal(capsys, tmp_path, phantom_root, f"[train]\nsteps_per_epoch = {steps}\n")
+    assert "'train.steps_per_epoch' must be at most" in line and f"got {steps}" in line
+    assert "that training leaves" in line
+
+
+# Peak resident memory of two training steps in a fresh interpreter, MB, measured by
+# benchmarks/train_memory.py (docs/benchmarks.md, "Training memory"), Intel Xeon with
+# AVX-512 and AMX bfloat16, TensorFlow 2.21.
+MEASURED_PEAK_MB = {
+    "2d-128-b16": 1480,
+    "2d-256-b8": 1913,
+    "2d-512-b4": 2853,
+    "2d-1024-b2": 5041,
+    "2d-256-b8-bf16": 1677,
+    "2d-512-b4-bf16": 2536,
+    "2d-8f-512-b4": 1908,
+    "plain-256-b8": 1476,
+    "plain-512-b4": 1949,
+    "plain-256-b8-bf16": 1253,
+    "plain-512-b4-bf16": 1642,
+    "plain-1024-b2-bf16": 2334,
+    "busi-320-b8": 2255,
+    "busi-640-b4": 3563,
+    "busi-320-b8-bf16": 2160,
+    "busi-640-b4-bf16": 3145,
+    "3d-64-b2": 992,
+    "3d-64-b4": 1078,
+    "3d-64-b4-bf16": 1096,
+}
+
+
+@pytest.mark.parametrize("case", sorted(MEASURED_PEAK_MB))
+def test_the_memory_bound_is_below_every_measured_peak_and_near_the_large_ones(case, monkeypatch):
+    # Below: no recipe that fits is refused. Near: at least half of each peak of 2 GB
+    # or more, where the fixed part weighs little: the bound of 16 bytes per value of
+    # one map per level counted under a fifth, and let far too large batches by.
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    from train_memory import CASES
+
+    from bcseg.learn import machine
+
+    model, data, batch, mixed = CASES[case]
+    cfg = load_config()
+    cfg["model"].update(model)
+    cfg["data"].update(data)
+    cfg["train"].update(batch_size=batch, mixed_precision=mixed)
+    monkeypatch.setattr(machine, "mixed_policy", lambda: "mixed_bfloat16")  # as measured
+    need, peak = machine.batch_memory(cfg), MEASURED_PEAK_MB[case] * 1e6
+    assert need <= peak
+    assert peak < 2e9 or need > 0.5 * peak
+
+
 @pytest.mark.parametrize("steps", ["1099511627776", "100000000000000000000"])
 def test_train_refuses_more_steps_per_epoch_than_memory_holds(steps, tmp_path, phantom_root, capsys):
     # In range (no upper bound: a server holds more than a laptop); 1e12 steps of 16
@@ -303,14 +396,6 @@ def test_steps_per_epoch_of_400_digits_is_shown_cut_short(tmp_path, phantom_root
     line = _train_refusal(capsys, tmp_path, phantom_root, toml)
     assert "'train.steps_per_epoch' must be at most" in line and "(401 characters)" in line, line
     assert "0" * 30 not in line
-
-
-def test_the_memory_lower_bound_counts_every_level():
-    from bcseg.learn.models import feature_values
-
-    # busi preset levels: 24@80², 48@40², 96@20², 160@10², 160@5² (stride-2 stem)
-    assert feature_values((160, 160), 24, 4, 160, 2) == 24 * 80**2 + 48 * 40**2 + 96 * 20**2 + 160 * 10**2 + 160 * 5**2
-    assert feature_values((16, 64, 64), 8, 2) == 8 * 16 * 64 * 64 + 16 * 8 * 32 * 32 + 32 * 4 * 16 * 16
 
 
 def test_a_file_named_like_a_preset_is_ambiguous_on_the_command_line(tmp_path, monkeypatch, capsys):

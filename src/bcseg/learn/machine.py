@@ -15,15 +15,24 @@ import tensorflow as tf
 
 from bcseg.config import shorten
 from bcseg.errors import ConfigError
-from bcseg.learn.models import feature_values
+from bcseg.learn.models import activation_values, unet_options
 
 
-# Bytes training keeps per value of one feature map of each level, at the least: the
-# convolution, normalisation and activation outputs of each block's two convolutions,
-# in the encoder and the decoder, are kept for the backward pass (8 maps), at 2 bytes
-# (bfloat16; float32 keeps twice as much). A lower bound, so that no recipe that fits
-# is refused.
-KEPT_BYTES_PER_VALUE = 16
+# Bytes one training step holds at its peak per value its model's layers output
+# (activation_values, times the batch), by precision. Measured by
+# benchmarks/train_memory.py (docs/benchmarks.md, "Training memory") as the growth
+# between two batch sizes of one recipe, the fixed part apart: 2.6 (no normalisation
+# nor shortcuts) to 3.8 (busi) in float32, 2.0 to 2.9 under mixed bfloat16 (variables,
+# normalisation and loss stay float32). The lowest of each, less about a tenth, so that
+# no recipe that fits is refused: the bound is half to three quarters of the measured
+# peaks. It was 16 bytes per value of one map per level, under a fifth of those peaks:
+# a 4096-pixel batch passed, and was killed for memory at 19 GB after the run folder
+# existed.
+KEPT_BYTES_PER_VALUE = {"float32": 2.4, "mixed_bfloat16": 1.7}
+# What training holds beside the batch: TensorFlow's libraries and a small compiled
+# model, 740-770 MB measured before the first step, counted as 512 MiB (less, for any
+# build). The epoch's samples are counted by check_epoch_memory.
+FIXED_BYTES = 512 * 2**20
 
 
 def _machine_memory() -> int | None:
@@ -40,42 +49,61 @@ def sample_shape(cfg: dict) -> tuple[int, ...]:
     return (d["size"],) * 2 if cfg["model"]["ndim"] == 2 else (d["patch_depth"], d["size"], d["size"])
 
 
-def check_epoch_memory(cfg: dict, source) -> None:
+def check_epoch_memory(cfg: dict, source, in_channels: int = 1) -> None:
     """Refuse, before the run folder exists, a ``steps_per_epoch`` whose samples cannot
     fit in this machine's memory (1e12 asked for 64 TiB): an epoch's augmented samples
     are held in memory at once, float32 images and targets
-    (:func:`bcseg.learn.pipeline.epoch_arrays`), on the host even when training on a GPU."""
+    (:func:`bcseg.learn.pipeline.epoch_arrays`), on the host even when training on a GPU,
+    beside what a training step takes there (:func:`batch_memory`)."""
     have = _machine_memory()
     d, t = cfg["data"], cfg["train"]
     shape = sample_shape(cfg)
     per_step = t["batch_size"] * math.prod(shape) * (max(1, len(d["channels"])) + 1) * 4
-    if have is not None and t["steps_per_epoch"] * per_step > have:
-        most = have // per_step
+    if have is None:
+        return
+    # each check alone against the whole memory let samples and a batch that each fit
+    # pass together; check_memory has refused a batch that does not fit alone
+    on_gpu = tf.config.list_physical_devices("GPU")
+    room = have if on_gpu else have - batch_memory(cfg, in_channels)
+    if t["steps_per_epoch"] * per_step > room:
+        most = max(0, room) // per_step
         # the value shortened: TOML integers have no size limit here (10**400 was echoed whole)
         raise ConfigError(source, f"'train.steps_per_epoch' must be at most {most} on this "
                           f"machine (0 for one pass over the data): an epoch's samples are held in "
                           f"memory, and {most} batches of {t['batch_size']} x {' x '.join(map(str, shape))} "
-                          f"fill its {have / 2**30:.0f} GiB, "
-                          f"got {shorten(repr(t['steps_per_epoch']))}")
+                          f"fill the {room / 2**30:.0f} GiB of its {have / 2**30:.0f} GiB "
+                          f"that training leaves, got {shorten(repr(t['steps_per_epoch']))}")
 
 
-def check_memory(cfg: dict, source) -> None:
+def batch_memory(cfg: dict, in_channels: int = 1) -> int:
+    """Bytes a training step on this machine's CPU needs at the least: one batch's
+    activations at the precision the run takes, and TensorFlow's own."""
+    policy = mixed_policy() if cfg["train"]["mixed_precision"] else "float32"
+    values = activation_values(sample_shape(cfg), in_channels, **unet_options(cfg["model"]))
+    per_value = KEPT_BYTES_PER_VALUE.get(policy, KEPT_BYTES_PER_VALUE["float32"])
+    return math.ceil(cfg["train"]["batch_size"] * values * per_value) + FIXED_BYTES
+
+
+def check_memory(cfg: dict, source, in_channels: int = 1) -> None:
     """Refuse, before the run folder exists, a batch whose activations alone cannot fit
-    in this machine's memory (data.size 4096 with batch_size 4096 is in range for each
-    key, and used to be killed for memory after the run folder was made)."""
+    in this machine's memory (:func:`batch_memory`; data.size 4096 is in range, and a
+    batch of 1 at that size was killed for memory after the run folder was made).
+
+    The machine's total memory counts, not what is free now: that changes from one
+    moment to the next, and a refusal should not depend on what else runs."""
     if tf.config.list_physical_devices("GPU"):  # activations live there, split over devices
         return
     have = _machine_memory()
     if have is None:
         return
-    m, t = cfg["model"], cfg["train"]
-    shape = sample_shape(cfg)
-    need = t["batch_size"] * KEPT_BYTES_PER_VALUE * feature_values(
-        shape, m["base_filters"], m["depth"], m["max_filters"] or None, m["stem_stride"])
+    need = batch_memory(cfg, in_channels)
     if need > have:
-        raise ConfigError(source, f"one training batch ({t['batch_size']} x {' x '.join(map(str, shape))}, "
-                          f"{m['base_filters']} base filters) needs at least {need / 2**30:.0f} GiB, more "
-                          f"than this machine's {have / 2**30:.0f} GiB; lower train.batch_size "
+        m, t = cfg["model"], cfg["train"]
+        shape = " x ".join(map(str, sample_shape(cfg)))
+        raise ConfigError(source, f"one training batch ({t['batch_size']} x {shape}, "
+                          f"{m['base_filters']} base filters) needs at least "
+                          f"{need / 2**30:.0f} GiB, more than this machine's "
+                          f"{have / 2**30:.0f} GiB; lower train.batch_size "
                           "(--batch-size), data.size or model.base_filters")
 
 

@@ -290,27 +290,6 @@ def activation_values(shape: tuple[int, ...], in_channels: int = 1, base_filters
     return total + pixels(1)  # the one-channel mask
 
 
-def feature_values(shape: tuple[int, ...], base_filters: int, depth: int, max_filters: int | None = None,
-                   stem_stride: int = 1) -> int:
-    """Values in one feature map of each U-Net level, summed, for one input of ``shape``.
-
-    Level ``l`` runs at ``shape / (stem_stride * 2**l)`` with its width of filters;
-    training keeps several such maps per level (convolution, normalisation and
-    activation outputs, skips) for the backward pass, so this times a small factor is a
-    lower bound of a batch's activation memory, known before any model is built.
-
-    Examples
-    --------
-    >>> feature_values((32, 32), base_filters=4, depth=1)  # 4*32*32 + 8*16*16
-    6144
-    """
-    total = 0
-    for level, width in enumerate(_widths(base_filters, depth, max_filters)):
-        step = stem_stride * 2**level
-        total += width * math.prod(max(1, n // step) for n in shape)
-    return total
-
-
 def model_divisor(model: keras.Model) -> int:
     """The input-size multiple of a built or loaded model.
 

@@ -761,8 +761,9 @@ def train(data, out, config=None, overrides: dict | None = None, fold="0", folds
         pipeline.check_offline_augment(cfg["data"], channels, _config_source(
             out, config, overrides, resume, "data", "offline_augment"))
     _check_cases(cases, channels, methods)
-    check_memory(cfg, _config_source(out, config, overrides, resume, "train", "batch_size"))
-    check_epoch_memory(cfg, _config_source(out, config, overrides, resume, "train", "steps_per_epoch"))
+    in_channels = len(channels or [IMAGE_CHANNEL])
+    for check, key in ((check_memory, "batch_size"), (check_epoch_memory, "steps_per_epoch")):
+        check(cfg, _config_source(out, config, overrides, resume, "train", key), in_channels)
     # an unusable model is refused before the run dir is touched
     init_model, init_record = started_from(out, init, resume, cfg, channels)
     inputs = _inputs(data, cases, config, folds_file, init_model) + _inputs(None, [], *cfg["train"]["teacher"])
