@@ -335,6 +335,21 @@ def test_train_refuses_epoch_samples_that_fit_only_without_the_batch(tmp_path, p
     assert "that training leaves" in line
 
 
+def test_train_counts_the_slices_cached_beside_the_batch(tmp_path, phantom_root, capsys,
+                                                         monkeypatch):
+    # Training caches every slice of its folds at data.size first (80 MiB each at 4096
+    # pixels): the batch was checked alone. This machine holds the batch and one slice.
+    from bcseg.learn import machine, train
+
+    cfg = load_config()
+    have = machine.batch_memory(cfg) + machine.cache_memory(cfg, 1)
+    monkeypatch.setattr(machine, "_machine_memory", lambda: have)
+    monkeypatch.setattr(train, "started_from", _would_train)
+    line = _train_refusal(capsys, tmp_path, phantom_root, "[train]\nepochs = 1\n")
+    assert "one training batch (16 x 128 x 128, 16 base filters) needs at least" in line
+    assert "GiB of cached samples" in line
+
+
 # Peak resident memory of two training steps in a fresh interpreter, MB, measured by
 # benchmarks/train_memory.py (docs/benchmarks.md, "Training memory"), Intel Xeon with
 # AVX-512 and AMX bfloat16, TensorFlow 2.21.

@@ -128,7 +128,7 @@ def refuse_orphan_masks(root, cases: list[Case]) -> None:
 
 
 def refuse_bad_cases(cases: list[Case], channels: list[str] | None = None, before: str = "training",
-                     methods: dict[str, str] | None = None) -> None:
+                     methods: dict[str, str] | None = None) -> dict[str, tuple[int, ...]]:
     """Read every case's images and masks before a command's output exists; raise
     DataError naming the first bad file (``before`` says for what they were checked).
 
@@ -137,25 +137,34 @@ def refuse_bad_cases(cases: list[Case], channels: list[str] | None = None, befor
     they can be, so this reads the masks and the headers, not every stack in full.
     ``methods`` (channel name to normalisation) lets a channel that the method would
     blank be refused (:func:`bcseg.data.intensity.blank_problem`).
+
+    Returns each case's image shape (its first channel's) by case id, read on the
+    way: training counts the memory its cached samples take from them.
     """
+    shapes: dict[str, tuple[int, ...]] = {}
     for case in cases:
-        for path, problem in check_case(case, sorted(case.masks), channels=channels or (), methods=methods):
+        for path, problem in check_case(case, sorted(case.masks), channels=channels or (),
+                                        methods=methods, shapes=shapes):
             raise DataError(path, f"{problem} (case '{case.id}', checked before {before})")
+    return shapes
 
 
 def check_case(case: Case, observers: list[str], report: CheckReport | None = None,
-               channels: list[str] = (), methods: dict[str, str] | None = None) -> list[tuple[str, str]]:
+               channels: list[str] = (), methods: dict[str, str] | None = None,
+               shapes: dict[str, tuple[int, ...]] | None = None) -> list[tuple[str, str]]:
     """Read one case's image (every named channel) and masks; return its
     ``(path, message)`` problems.
 
     ``observers`` are the masks every case should have, ``channels`` the channels.
     When ``report`` is given, the case's shape, dtype, spacing, channel ranges and
-    empty masks are recorded in it.
+    empty masks are recorded in it; ``shapes`` gets the image's shape alone.
     """
     try:
         image, spacing, problems = _read_case(case, list(channels), report, methods or {})
     except DataError as error:
         return [(error.path or str(case.image), error.problem)]
+    if shapes is not None:
+        shapes[case.id] = tuple(image.shape)
     if report is not None:
         report.shapes[case.id] = tuple(image.shape)
         report.dtypes[case.id] = str(image.dtype)

@@ -49,12 +49,13 @@ def sample_shape(cfg: dict) -> tuple[int, ...]:
     return (d["size"],) * 2 if cfg["model"]["ndim"] == 2 else (d["patch_depth"], d["size"], d["size"])
 
 
-def check_epoch_memory(cfg: dict, source, in_channels: int = 1) -> None:
+def check_epoch_memory(cfg: dict, source, in_channels: int = 1, cached: int = 0) -> None:
     """Refuse, before the run folder exists, a ``steps_per_epoch`` whose samples cannot
     fit in this machine's memory (1e12 asked for 64 TiB): an epoch's augmented samples
     are held in memory at once, float32 images and targets
     (:func:`bcseg.learn.pipeline.epoch_arrays`), on the host even when training on a GPU,
-    beside what a training step takes there (:func:`batch_memory`)."""
+    beside the ``cached`` bytes of :func:`cache_memory` and what a training step takes
+    there (:func:`batch_memory`)."""
     have = _machine_memory()
     d, t = cfg["data"], cfg["train"]
     shape = sample_shape(cfg)
@@ -63,8 +64,7 @@ def check_epoch_memory(cfg: dict, source, in_channels: int = 1) -> None:
         return
     # each check alone against the whole memory let samples and a batch that each fit
     # pass together; check_memory has refused a batch that does not fit alone
-    on_gpu = tf.config.list_physical_devices("GPU")
-    room = have if on_gpu else have - batch_memory(cfg, in_channels)
+    room = have - cached - _step_memory(cfg, in_channels)
     if t["steps_per_epoch"] * per_step > room:
         most = max(0, room) // per_step
         # the value shortened: TOML integers have no size limit here (10**400 was echoed whole)
@@ -73,6 +73,21 @@ def check_epoch_memory(cfg: dict, source, in_channels: int = 1) -> None:
                           f"memory, and {most} batches of {t['batch_size']} x {' x '.join(map(str, shape))} "
                           f"fill the {room / 2**30:.0f} GiB of its {have / 2**30:.0f} GiB "
                           f"that training leaves, got {shorten(repr(t['steps_per_epoch']))}")
+
+
+def cache_memory(cfg: dict, units: int, in_channels: int = 1) -> int:
+    """Bytes the cached samples of ``units`` slices (2D, each fitted to ``data.size``;
+    24 copies under ``offline_augment = "reference"``) or voxels (3D, whole volumes)
+    take at the least: float32 images and one uint8 target plane
+    (:func:`bcseg.learn.pipeline.slice_samples`, ``volume_samples``).
+
+    Uncounted, 4096-pixel slices passed the check of the batch alone: each takes 80 MiB
+    cached, and a dataset of a few hundred fills any laptop."""
+    per_value = 4 * in_channels + 1
+    if cfg["model"]["ndim"] == 3:
+        return units * per_value
+    copies = 24 if cfg["data"]["offline_augment"] == "reference" else 1
+    return units * copies * cfg["data"]["size"] ** 2 * per_value
 
 
 def batch_memory(cfg: dict, in_channels: int = 1) -> int:
@@ -84,25 +99,31 @@ def batch_memory(cfg: dict, in_channels: int = 1) -> int:
     return math.ceil(cfg["train"]["batch_size"] * values * per_value) + FIXED_BYTES
 
 
-def check_memory(cfg: dict, source, in_channels: int = 1) -> None:
-    """Refuse, before the run folder exists, a batch whose activations alone cannot fit
-    in this machine's memory (:func:`batch_memory`; data.size 4096 is in range, and a
+def _step_memory(cfg: dict, in_channels: int) -> int:
+    """:func:`batch_memory` where the step runs on this machine's CPU; 0 on a GPU,
+    where the activations live (split over its devices)."""
+    return 0 if tf.config.list_physical_devices("GPU") else batch_memory(cfg, in_channels)
+
+
+def check_memory(cfg: dict, source, in_channels: int = 1, cached: int = 0) -> None:
+    """Refuse, before the run folder exists, a batch whose training step cannot fit in
+    this machine's memory beside the ``cached`` bytes of the training samples
+    (:func:`batch_memory`, :func:`cache_memory`; data.size 4096 is in range, and a
     batch of 1 at that size was killed for memory after the run folder was made).
 
     The machine's total memory counts, not what is free now: that changes from one
     moment to the next, and a refusal should not depend on what else runs."""
-    if tf.config.list_physical_devices("GPU"):  # activations live there, split over devices
-        return
     have = _machine_memory()
     if have is None:
         return
-    need = batch_memory(cfg, in_channels)
+    need = cached + _step_memory(cfg, in_channels)
     if need > have:
         m, t = cfg["model"], cfg["train"]
         shape = " x ".join(map(str, sample_shape(cfg)))
+        beside = f" with its {cached / 2**30:.1f} GiB of cached samples" if cached else ""
         raise ConfigError(source, f"one training batch ({t['batch_size']} x {shape}, "
                           f"{m['base_filters']} base filters) needs at least "
-                          f"{need / 2**30:.0f} GiB, more than this machine's "
+                          f"{need / 2**30:.0f} GiB{beside}, more than this machine's "
                           f"{have / 2**30:.0f} GiB; lower train.batch_size "
                           "(--batch-size), data.size or model.base_filters")
 

@@ -56,7 +56,8 @@ from bcseg.data.splits import (check_groups_whole, folds_from_file, group_note, 
                                require_groups, save_splits, validation_ids)
 from bcseg.errors import STOPS_ASKED, ConfigError, DataError, ModelError, UsageError
 from bcseg.learn.losses import DiceMetric, IoUMetric, get_loss
-from bcseg.learn.machine import check_epoch_memory, check_memory, distribution, mixed_policy
+from bcseg.learn.machine import (cache_memory, check_epoch_memory, check_memory, distribution,
+                                  mixed_policy)
 from bcseg.learn.models import unet, unet_options
 from bcseg.learn.starting_model import initial_model, started_from
 
@@ -760,10 +761,13 @@ def train(data, out, config=None, overrides: dict | None = None, fold="0", folds
     if cfg["model"]["ndim"] == 2:  # 3D runs do not augment offline
         pipeline.check_offline_augment(cfg["data"], channels, _config_source(
             out, config, overrides, resume, "data", "offline_augment"))
-    _check_cases(cases, channels, methods)
+    shapes = _check_cases(cases, channels, methods)
     in_channels = len(channels or [IMAGE_CHANNEL])
+    cached = cache_memory(cfg, _cached_units(cases, folds, targets, shapes, cfg["model"]["ndim"]),
+                          in_channels)
     for check, key in ((check_memory, "batch_size"), (check_epoch_memory, "steps_per_epoch")):
-        check(cfg, _config_source(out, config, overrides, resume, "train", key), in_channels)
+        check(cfg, _config_source(out, config, overrides, resume, "train", key), in_channels,
+              cached)
     # an unusable model is refused before the run dir is touched
     init_model, init_record = started_from(out, init, resume, cfg, channels)
     inputs = _inputs(data, cases, config, folds_file, init_model) + _inputs(None, [], *cfg["train"]["teacher"])
@@ -1051,8 +1055,10 @@ def _refuse_changed_settings(saved: dict, config, overrides: dict | None, mixed_
                                  "settings: resume without the change, or start a new run")
 
 
-def _check_cases(cases: list[Case], channels: list[str] | None = None, methods: dict | None = None) -> None:
-    """Read every case's images and masks before the run folder is created.
+def _check_cases(cases: list[Case], channels: list[str] | None = None,
+                 methods: dict | None = None) -> dict[str, tuple[int, ...]]:
+    """Read every case's images and masks before the run folder is created; return
+    each case's image shape by id.
 
     A bad file found later (when the training cases are cached, or the test fold
     is predicted after training) would leave a run folder behind that the corrected
@@ -1061,4 +1067,16 @@ def _check_cases(cases: list[Case], channels: list[str] | None = None, methods: 
     """
     from bcseg.data.check import refuse_bad_cases
 
-    refuse_bad_cases(cases, channels, "training", methods)
+    return refuse_bad_cases(cases, channels, "training", methods)
+
+
+def _cached_units(cases: list[Case], folds: dict[str, int], targets: list[int],
+                  shapes: dict[str, tuple[int, ...]], ndim: int) -> int:
+    """What the smallest of the folds to train caches: the slices (2D: a stack's each,
+    an image's one) or voxels (3D) of its cases outside the test fold, training and
+    validation alike (:func:`run_fold`)."""
+    def units(shape: tuple[int, ...]) -> int:
+        if ndim == 3:
+            return math.prod(shape[:3])
+        return shape[0] if len(shape) == 3 else 1
+    return min(sum(units(shapes[c.id]) for c in cases if folds.get(c.id) != k) for k in targets)
