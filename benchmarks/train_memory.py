@@ -22,7 +22,7 @@ the check may multiply by without refusing a recipe that fits.
 
 Examples
 --------
-About 10 minutes on 2 cores (4 GB at most)::
+About 18 minutes on 2 cores (5 GB at most)::
 
     .venv/bin/python benchmarks/train_memory.py
 
@@ -47,10 +47,10 @@ from train_speed import cpu_description  # noqa: E402
 MARKER = "TRAIN_MEMORY_RESULT "
 # name -> (model overrides, data overrides, batch, mixed precision). The default recipe
 # (16 filters, depth 4, residual, batch norm), the leanest one (no normalisation, no
-# residual), the busi-like one (24 filters, stride-2 stem, capped at 160) and a small 3D
-# one, in float32 and bfloat16, at two sizes or batches so that the fixed part shows apart
-# from what grows with the batch.
-DEFAULT, PLAIN = {}, {"norm": "none", "residual": False}
+# residual), one with instance normalisation, the busi-like one (24 filters, stride-2
+# stem, capped at 160) and a small 3D one, in float32 and bfloat16, at two sizes or
+# batches so that the fixed part shows apart from what grows with the batch.
+DEFAULT, PLAIN, INSTANCE = {}, {"norm": "none", "residual": False}, {"norm": "instance"}
 BUSI = {"base_filters": 24, "stem_stride": 2, "max_filters": 160}
 SMALL_3D = {"ndim": 3, "base_filters": 8, "depth": 3}
 CASES = {
@@ -66,12 +66,17 @@ CASES = {
     "plain-256-b8-bf16": (PLAIN, {"size": 256}, 8, True),
     "plain-512-b4-bf16": (PLAIN, {"size": 512}, 4, True),
     "plain-1024-b2-bf16": (PLAIN, {"size": 1024}, 2, True),
+    "inst-256-b8": (INSTANCE, {"size": 256}, 8, False),
+    "inst-512-b4": (INSTANCE, {"size": 512}, 4, False),
+    "inst-256-b8-bf16": (INSTANCE, {"size": 256}, 8, True),
+    "inst-512-b4-bf16": (INSTANCE, {"size": 512}, 4, True),
     "busi-320-b8": (BUSI, {"size": 320}, 8, False),
     "busi-640-b4": (BUSI, {"size": 640}, 4, False),
     "busi-320-b8-bf16": (BUSI, {"size": 320}, 8, True),
     "busi-640-b4-bf16": (BUSI, {"size": 640}, 4, True),
     "3d-64-b2": (SMALL_3D, {"size": 64, "patch_depth": 16}, 2, False),
     "3d-64-b4": (SMALL_3D, {"size": 64, "patch_depth": 16}, 4, False),
+    "3d-64-b2-bf16": (SMALL_3D, {"size": 64, "patch_depth": 16}, 2, True),
     "3d-64-b4-bf16": (SMALL_3D, {"size": 64, "patch_depth": 16}, 4, True),
 }
 

@@ -366,20 +366,25 @@ MEASURED_PEAK_MB = {
     "plain-256-b8-bf16": 1253,
     "plain-512-b4-bf16": 1642,
     "plain-1024-b2-bf16": 2334,
+    "inst-256-b8": 1892,
+    "inst-512-b4": 3120,
+    "inst-256-b8-bf16": 1749,
+    "inst-512-b4-bf16": 2568,
     "busi-320-b8": 2255,
     "busi-640-b4": 3563,
     "busi-320-b8-bf16": 2160,
     "busi-640-b4-bf16": 3145,
     "3d-64-b2": 992,
     "3d-64-b4": 1078,
+    "3d-64-b2-bf16": 998,
     "3d-64-b4-bf16": 1096,
 }
 
 
 @pytest.mark.parametrize("case", sorted(MEASURED_PEAK_MB))
 def test_the_memory_bound_is_below_every_measured_peak_and_near_the_large_ones(case, monkeypatch):
-    # Below: no recipe that fits is refused. Near: at least half of each peak of 2 GB
-    # or more, where the fixed part weighs little: the bound of 16 bytes per value of
+    # Below: no recipe that fits is refused. Near: 60% of each peak of 2 GB or more at
+    # the least, where the fixed part weighs little: the bound of 16 bytes per value of
     # one map per level counted under a fifth, and let far too large batches by.
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
     from train_memory import CASES
@@ -394,7 +399,7 @@ def test_the_memory_bound_is_below_every_measured_peak_and_near_the_large_ones(c
     monkeypatch.setattr(machine, "mixed_policy", lambda: "mixed_bfloat16")  # as measured
     need, peak = machine.batch_memory(cfg), MEASURED_PEAK_MB[case] * 1e6
     assert need <= peak
-    assert peak < 2e9 or need > 0.5 * peak
+    assert peak < 2e9 or need > 0.6 * peak
 
 
 @pytest.mark.parametrize("steps", ["1099511627776", "100000000000000000000"])

@@ -19,16 +19,19 @@ from bcseg.learn.models import activation_values, unet_options
 
 
 # Bytes one training step holds at its peak per value its model's layers output
-# (activation_values, times the batch), by precision. Measured by
-# benchmarks/train_memory.py (docs/benchmarks.md, "Training memory") as the growth
-# between two batch sizes of one recipe, the fixed part apart: 2.6 (no normalisation
-# nor shortcuts) to 3.8 (busi) in float32, 2.0 to 2.9 under mixed bfloat16 (variables,
-# normalisation and loss stay float32). The lowest of each, less about a tenth, so that
-# no recipe that fits is refused: the bound is half to three quarters of the measured
-# peaks. It was 16 bytes per value of one map per level, under a fifth of those peaks:
-# a 4096-pixel batch passed, and was killed for memory at 19 GB after the run folder
-# existed.
-KEPT_BYTES_PER_VALUE = {"float32": 2.4, "mixed_bfloat16": 1.7}
+# (activation_values, times the batch), by precision and by whether every block is
+# normalised (normalisation keeps more than its outputs for the backward pass).
+# Measured by benchmarks/train_memory.py (docs/benchmarks.md, "Training memory") as the
+# growth between two batch sizes of one recipe, the fixed part apart. Normalised
+# (default, instance, busi, 3D): 3.1 to 4.0 in float32, 2.7 to 3.7 under mixed bfloat16
+# (variables, normalisation and loss stay float32); without: 2.6 and 2.0. The lowest
+# of each, less about a seventh (a peak moves by up to 70 MB from run to run), so that
+# no recipe that fits is refused: the bound is about half to three quarters of each
+# measured peak. It was 16 bytes per value of one map per level, under a fifth of
+# those peaks: a 4096-pixel batch passed, and was killed for memory at 19 GB after the
+# run folder existed.
+KEPT_BYTES_PER_VALUE = {("float32", True): 2.6, ("mixed_bfloat16", True): 2.3,
+                        ("float32", False): 2.3, ("mixed_bfloat16", False): 1.7}
 # What training holds beside the batch: TensorFlow's libraries and a small compiled
 # model, 740-770 MB measured before the first step, counted as 512 MiB (less, for any
 # build). The epoch's samples are counted by check_epoch_memory.
@@ -93,9 +96,12 @@ def cache_memory(cfg: dict, units: int, in_channels: int = 1) -> int:
 def batch_memory(cfg: dict, in_channels: int = 1) -> int:
     """Bytes a training step on this machine's CPU needs at the least: one batch's
     activations at the precision the run takes, and TensorFlow's own."""
+    m = cfg["model"]
     policy = mixed_policy() if cfg["train"]["mixed_precision"] else "float32"
-    values = activation_values(sample_shape(cfg), in_channels, **unet_options(cfg["model"]))
-    per_value = KEPT_BYTES_PER_VALUE.get(policy, KEPT_BYTES_PER_VALUE["float32"])
+    normalised = m["norm"] != "none" and not m["decoder_norm_only"]
+    values = activation_values(sample_shape(cfg), in_channels, **unet_options(m))
+    per_value = KEPT_BYTES_PER_VALUE.get((policy, normalised),
+                                         KEPT_BYTES_PER_VALUE["float32", normalised])
     return math.ceil(cfg["train"]["batch_size"] * values * per_value) + FIXED_BYTES
 
 
