@@ -26,7 +26,7 @@ from bcseg.learn.models import activation_values, unet_options
 # (default, instance, busi, 3D): 3.1 to 4.0 in float32, 2.7 to 3.7 under mixed bfloat16
 # (variables, normalisation and loss stay float32); without: 2.6 and 2.0. The lowest
 # of each, less about a seventh (a peak moves by up to 70 MB from run to run), so that
-# no recipe that fits is refused: the bound is about half to three quarters of each
+# no recipe that fits is refused: the bound is three fifths to three quarters of each
 # measured peak. It was 16 bytes per value of one map per level, under a fifth of
 # those peaks: a 4096-pixel batch passed, and was killed for memory at 19 GB after the
 # run folder existed.
@@ -34,7 +34,8 @@ KEPT_BYTES_PER_VALUE = {("float32", True): 2.6, ("mixed_bfloat16", True): 2.3,
                         ("float32", False): 2.3, ("mixed_bfloat16", False): 1.7}
 # What training holds beside the batch: TensorFlow's libraries and a small compiled
 # model, 740-770 MB measured before the first step, counted as 512 MiB (less, for any
-# build). The epoch's samples are counted by check_epoch_memory.
+# build). The cached samples are counted by cache_memory, an epoch's by
+# check_epoch_memory.
 FIXED_BYTES = 512 * 2**20
 
 
@@ -58,7 +59,9 @@ def check_epoch_memory(cfg: dict, source, in_channels: int = 1, cached: int = 0)
     are held in memory at once, float32 images and targets
     (:func:`bcseg.learn.pipeline.epoch_arrays`), on the host even when training on a GPU,
     beside the ``cached`` bytes of :func:`cache_memory` and what a training step takes
-    there (:func:`batch_memory`)."""
+    there (:func:`batch_memory`). With ``steps_per_epoch = 0`` (one pass over the
+    training slices) they are not counted: the validation split, which decides how
+    many slices that is, is drawn later, from the cases cached."""
     have = _machine_memory()
     d, t = cfg["data"], cfg["train"]
     shape = sample_shape(cfg)
