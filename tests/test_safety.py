@@ -2768,7 +2768,9 @@ def test_force_on_a_folder_inside_another_commands_result_names_that_command(tmp
     before = hashes(tmp_path)
     code, _, err = run(capsys, "phantom", data / "images", "--n", "1", "--shape", "8", "16", "16", "--force")
     line = one_line(err)
-    assert code == 2 and "is the output of 'bcseg phantom'" in line and "not written" not in line, err
+    # the phantom's images/ is a dataset's folder, which may be said first
+    said = ("is the output of 'bcseg phantom'", "is a folder of the dataset")
+    assert code == 2 and any(words in line for words in said) and "not written" not in line, err
     assert_survives(before, tmp_path)
 
 
@@ -2957,6 +2959,73 @@ def test_a_new_folder_inside_the_dataset_is_still_an_output_folder(tmp_path, cap
                                                      models["2d"]))
     assert code == 0, err
     assert_survives(before, data)
+    assert run(capsys, "check", data)[0] == 0
+
+
+def _into_a_dataset_argv(command: str, data: Path, folder: str, models: dict, run_dir: Path,
+                         other: Path) -> list:
+    """``command`` writing into ``folder`` while reading no file of the dataset ``data``
+    as a dataset: plain files, a model, a run, another dataset, or nothing at all."""
+    stack = data / "images" / "specimen_000.tif"
+    mask = data / "masks" / "observer1" / "specimen_000.tif"
+    return {"phantom": ["phantom", folder, "--n", 1, "--shape", 8, 16, 16],
+            "margins": ["margins", "--image", stack, "--tumour", mask, "--out", folder],
+            "predict": ["predict", stack, "--model", models["2d"], "--out", folder,
+                        "--no-progress"],
+            "train": ["train", other, "--out", folder, "--epochs", 1],
+            "ensemble": ["ensemble", other, "--model", run_dir, "--model", run_dir,
+                         "--out", folder],
+            "export-onnx": ["export-onnx", models["2d"], "--out", Path(folder) / "m.onnx"],
+            "demo": ["demo", "--out", folder],
+            "report": ["report", folder]}[command]
+
+
+@pytest.mark.parametrize("where", ["masks/observer1", "masks/observer3", "masks/observer3/",
+                                   "images/sub", "a link to masks/observer1",
+                                   "masks/new through a link to the dataset",
+                                   "images/../masks/new"])
+@pytest.mark.parametrize("command", ["phantom", "margins", "predict", "train", "ensemble",
+                                     "export-onnx", "demo", "report"])
+def test_no_output_goes_into_a_datasets_folders_whatever_the_inputs(
+        tmp_path, capsys, phantom, models, finished_run, command, where):
+    """'phantom data/masks/observer3' wrote a dataset that 'check data' then read as masks
+    without images, and 'margins --out data/masks/observer1' (its inputs plain files) put
+    a specimen mask among an observer's: only commands reading the dataset itself knew its
+    folders. Any output inside the images/ or masks/ of a folder with the dataset layout is
+    refused, new or not, by whatever path, before anything is written."""
+    if where == "images/sub" and command in outputs.BESIDE_IMAGES:
+        pytest.skip("predict, and the margins and report that follow it, write beside images")
+    if command == "report" and where not in ("masks/observer1", "a link to masks/observer1"):
+        pytest.skip("report writes into a folder that holds what it reports")
+    data = _copy_tree(phantom, tmp_path / "data")
+    for record in data.rglob(outputs.RECORD):  # a dataset of the user's, not a phantom's
+        record.unlink()
+    (tmp_path / "lk").symlink_to(data / "masks" / "observer1")
+    (tmp_path / "dl").symlink_to(data)
+    folder = {"a link to masks/observer1": str(tmp_path / "lk"),
+              "masks/new through a link to the dataset": str(tmp_path / "dl" / "masks" / "new"),
+              }.get(where, f"{data}/{where}")
+    before, entries = hashes(tmp_path), sorted(tmp_path.rglob("*"))
+    code, _, err = run(capsys, *_into_a_dataset_argv(command, data, folder, models, finished_run,
+                                                    phantom))
+    line = one_line(err)
+    assert code == 2 and "is a folder of the dataset" in line, err
+    assert line.startswith(f"bcseg: error: {folder.rstrip('/')}"), line
+    assert hashes(tmp_path) == before and sorted(tmp_path.rglob("*")) == entries
+    assert run(capsys, "check", data)[0] == 0
+
+
+def test_a_folder_bcseg_wrote_inside_a_dataset_is_still_an_output_folder(tmp_path, capsys,
+                                                                         phantom, finished_run):
+    """A run written into data/masks/run (its predictions are never read as masks) is
+    bcseg's folder, not the dataset's: a new folder in it takes margins as before."""
+    data = _copy_tree(phantom, tmp_path / "data")
+    _copy_tree(finished_run, data / "masks" / "run")
+    stack = data / "images" / "specimen_000.tif"
+    mask = data / "masks" / "observer1" / "specimen_000.tif"
+    code, _, err = run(capsys, "margins", "--image", stack, "--tumour", mask, "--out",
+                       data / "masks" / "run" / "margins")
+    assert code == 0, err
     assert run(capsys, "check", data)[0] == 0
 
 

@@ -588,6 +588,7 @@ def cmd_report(args) -> int:
     # evaluation inside it) it kept 'phantom --force' from replacing the dataset
     outputs.refuse_whole_result(Path(args.run), "report", instead="give the folder of the "
                                 "evaluation, run or margins inside it to report")
+    outputs.refuse_dataset_folder(Path(args.run), None, (), "report")
     print(f"report: {_report(args.run)}")
     return 0
 

@@ -231,17 +231,28 @@ def _identities(paths: Iterable[Path], seen: dict) -> set[tuple[int, int]]:
 
 
 def refuse_dataset_folder(folder: Path, data, files: Iterable[Path], command: str) -> None:
-    """Refuse as the output folder one of the input dataset's own folders: one holding its
-    images or masks (``images/``, ``images/us/``, ``masks/observer1/``, a BUSI class
-    folder) or one between those and the dataset (``masks/``).
+    """Refuse as the output folder one of a dataset's own folders.
 
-    ``split --out data/images/s.json`` and ``evaluate --out data/masks/observer1`` wrote
-    their JSON, tables, figures and record among the user's scans and annotations, where
-    only a phantom's dataset folder (its whole result) was refused. The dataset folder
-    itself (a manifest's folder) and a new subfolder (``data/split``) stay fine. Compared
-    as folders on the disk, so a link, a bind mount, '..' or another letter case on a
-    file system that ignores it names the same folder.
+    Whatever the command reads, an output inside the ``images/`` or ``masks/`` of a
+    folder above it that has the dataset layout (:func:`_layout_dataset`) is refused, new
+    or not: 'phantom data/masks/observer3' made a dataset that 'check data' read as masks
+    without images, and 'margins --out data/masks/observer1' (its inputs plain files)
+    put a specimen mask among an observer's. Not refused there: a folder bcseg wrote
+    whole (a run or predictions inside the dataset, :func:`_bcseg_folder_between`), and
+    ``images/`` for the commands that write beside the images (:data:`BESIDE_IMAGES`:
+    masks predicted into ``images/`` are documented, recorded and never read as cases).
+
+    With ``data``, the dataset the command reads (``None``: none), also one of the
+    folders holding its images or masks (``images/``, ``images/us/``,
+    ``masks/observer1/``, a BUSI class folder) or one between those and the dataset
+    (``masks/``): ``split --out data/images/s.json`` and ``evaluate --out
+    data/masks/observer1`` wrote their JSON, tables, figures and record among the user's
+    scans and annotations. The dataset folder itself (a manifest's folder) and a new
+    subfolder beside ``images/`` (``data/split``) stay fine. Compared as folders on the
+    disk, so a link, a bind mount, '..' or another letter case on a file system that
+    ignores it names the same folder.
     """
+    _refuse_inside_a_layout(Path(folder), command)
     if data is None or not Path(folder).is_dir():  # a folder still to be made is no dataset's
         return
     shown = Path(data) if Path(data).is_dir() else Path(data).parent
@@ -255,10 +266,67 @@ def refuse_dataset_folder(folder: Path, data, files: Iterable[Path], command: st
                 break
             layout.add(level)
     if _identities([real_path(folder)], {}) & _identities(layout, {}):
-        raise UsageError(folder, f"is a folder of the dataset {data} (its images or masks); "
-                         f"bcseg writes no {command} output among a dataset's files: choose "
-                         f"another output folder (a new one, such as {shown / command}, "
-                         "will do)")
+        raise _dataset_refusal(folder, shown, command)
+
+
+def _dataset_refusal(folder: Path, shown: Path, command: str) -> UsageError:
+    return UsageError(folder, f"is a folder of the dataset {shown} (its images or masks, or a "
+                      f"folder in them); bcseg writes no {command} output among a dataset's "
+                      f"files: choose another output folder (a new one, such as "
+                      f"{shown / command}, will do)")
+
+
+def _refuse_inside_a_layout(folder: Path, command: str) -> None:
+    """Refuse ``folder`` (made yet or not) when it lies in the ``images/`` or ``masks/``
+    of a dataset above it; see :func:`refuse_dataset_folder`. By the folder on the disk:
+    a link to ``data/masks/observer1``, or ``lk/masks/x`` with ``lk`` a link to the
+    dataset, is that dataset's folder."""
+    inside = real_path(folder)
+    for root in inside.parents:
+        part = inside.relative_to(root).parts[0]
+        if part not in ("images", "masks") or not _layout_dataset(root):
+            continue
+        if part == "images" and _beside_images(command, "images/"):
+            continue
+        if _bcseg_folder_between(inside, root / part):
+            return
+        raise _dataset_refusal(folder, _as_named(folder, root), command)
+
+
+def _layout_dataset(folder: Path) -> bool:
+    """Whether ``folder`` has the layout of a dataset of stacks (docs/layouts.md):
+    ``images/`` and ``masks/``, with a file in either (or in a folder in them:
+    ``images/us/``, ``masks/observer1/``). Any file, not only images by their suffix:
+    the readers' suffixes are the data stage's, which this basic module may not import,
+    and two empty folders so named are no dataset yet."""
+    if not ((folder / "images").is_dir() and (folder / "masks").is_dir()):
+        return False
+    return any(not path.name.startswith(".") and path.is_file()
+               for part in ("images", "masks") for pattern in ("*", "*/*")
+               for path in (folder / part).glob(pattern))
+
+
+def _bcseg_folder_between(inside: Path, top: Path) -> bool:
+    """Whether ``inside``, or a folder between it and ``top`` (a dataset's ``images/``
+    or ``masks/``), is a folder bcseg wrote whole: its record is there and it holds
+    nothing else (a run's or predictions' folder; an observer's folder of masks that
+    merely holds a record is the dataset's)."""
+    for level in (inside, *inside.parents):
+        if level == top:
+            return False
+        if (level / RECORD).is_file() and not foreign(level):
+            return True
+    return False
+
+
+def _as_named(folder: Path, target: Path) -> Path:
+    """``target``, a folder above ``folder`` on the disk, by the path the user gave
+    (``data`` rather than /home/u/data) where one of the given parents is it."""
+    for above in Path(folder).parents:
+        if str(above) != "." and real_path(above) == target:
+            # 'data/images/..' is data: check_output_folder refused a '..' out of a link
+            return Path(os.path.normpath(above))
+    return target
 
 
 # --------------------------------------------------------------------------- the record
@@ -713,8 +781,7 @@ def refuse_whole_result(folder: Path, command: str, instead: str | None = None) 
         prefixes = {prefix, *_same_folders(above, recorded, prefix, inside)}
         for name, writer in sorted(recorded.items()):
             if name.startswith(tuple(prefixes)) and _kept_from(writer, command) \
-                    and not (writer == "phantom" and command in BESIDE_IMAGES
-                             and prefix.startswith("images/")):
+                    and not (writer == "phantom" and _beside_images(command, prefix)):
                 raise UsageError(folder, f"is a folder of the output of 'bcseg {writer}' in {shown} "
                                  f"({name}); the files of 'bcseg {command}' there would keep "
                                  f"'{writer}' from replacing or continuing it: choose another "
@@ -725,6 +792,12 @@ def refuse_whole_result(folder: Path, command: str, instead: str | None = None) 
 
 # The commands that may write into a phantom's images/: predict's masks beside the images.
 BESIDE_IMAGES = ("predict", "margins", "report")
+
+
+def _beside_images(command: str, prefix: str) -> bool:
+    """Whether ``command`` may write into the folder ``prefix`` of a dataset (relative,
+    ending in '/'): into its images/ (see :data:`BESIDE_IMAGES`), never into its masks/."""
+    return command in BESIDE_IMAGES and prefix.startswith("images/")
 
 
 def _same_folders(above: Path, names: Iterable[str], prefix: str, inside: Path) -> set[str]:

@@ -105,6 +105,7 @@ def _check_out(out: Path, force: bool, inputs: list) -> None:
     # beside its own run's model is fine (train's --force replaces the export with the run);
     # into a phantom's dataset or an ensemble's folder it kept their --force from replacing it
     outputs.refuse_whole_result(out.parent, "export-onnx")
+    outputs.refuse_dataset_folder(out.parent, None, (), "export-onnx")
 
 
 class OnnxModel:

@@ -229,9 +229,10 @@ def _refuse_dataset_folders(out_dir: Path, inputs, files: list[Path | Case]) -> 
     among an observer's: as split and evaluate, predict refuses a folder of a dataset it
     reads (a folder of images given as such is the documented place beside them)."""
     read = {f for item in files if isinstance(item, Case) for f in case_files(item)}
-    for item in map(Path, [inputs] if isinstance(inputs, (str, Path)) else inputs):
-        if _is_dataset(item):
-            outputs.refuse_dataset_folder(out_dir, item, read, "predict")
+    items = map(Path, [inputs] if isinstance(inputs, (str, Path)) else inputs)
+    # with none of them a dataset, a dataset's masks/ above out_dir is still refused
+    for item in [item for item in items if _is_dataset(item)] or [None]:
+        outputs.refuse_dataset_folder(out_dir, item, read, "predict")
 
 
 def _input_files(inputs) -> list[Path | Case]:

@@ -742,6 +742,7 @@ def margins_for_files(image_path, tumour_path: str | Path, out_dir: str | Path,
     outputs.check_replaceable(written.values(), force, command="margins", inputs=inputs)
     if not outputs.held_here(out_dir):  # predict --margins writes into predict's own folder
         outputs.refuse_whole_result(out_dir, "margins")  # as predict: never into a run's folders
+        outputs.refuse_dataset_folder(out_dir, None, (), "margins")  # nor among a dataset's masks
     arrays, spacing, file_spacing = _read_stack(channels, spacing_mm)
     image = next(iter(arrays.values()))
     # masks are drawn on the image's voxels: a mask stating a spacing other than the image
