@@ -170,3 +170,60 @@ def test_the_json_that_split_writes_is_refused_saying_what_folds_file_reads(tmp_
     assert main(["split", str(phantom_root), "--out", str(out), "--k", "2"]) == 0
     problem = refused(out, cases, "is JSON (bcseg split writes its folds so")
     assert "a CSV with columns 'fold' and 'image' or 'id'" in problem
+
+
+# --------------------------------------------------------------------------- train.k beside a file
+
+class _Reached(Exception):
+    """Raised where training would begin, after every check of the folds (the command
+    line names it as an unexpected error, exit 1)."""
+
+
+@pytest.fixture
+def two_folds(tmp_path):
+    return folds_csv(tmp_path, *(f"{specimen(k)},{k % 2}" for k in range(PHANTOM_N)))
+
+
+def _train_argv(data, out, recipe, folds) -> list[str]:
+    return ["train", str(data), "--out", str(out), "--config", str(recipe), "--epochs", "1",
+            "--folds-file", str(folds)]
+
+
+@pytest.mark.parametrize("k", [3, 4])
+def test_a_recipes_k_other_than_the_folds_files_is_refused_before_the_run(tmp_path, capsys,
+                                                                        phantom_root, two_folds, k):
+    """k = 3 beside a file of 2 folds trained those 2 without a word, and the run's
+    config.toml recorded k = 3 as if used."""
+    recipe = tmp_path / "recipe.toml"
+    recipe.write_text(f"[train]\nk = {k}\n")
+    out = tmp_path / "run"
+    capsys.readouterr()
+    assert main(_train_argv(phantom_root, out, recipe, two_folds)) == 4
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"bcseg: error: {recipe}: 'train.k' = {k}")
+    assert "--folds-file gives 2" in lines[0] and "set k = 2" in lines[0], lines
+    assert not out.exists() and sorted(p.name for p in tmp_path.iterdir()) == ["folds.csv",
+                                                                               "recipe.toml"]
+
+
+@pytest.mark.parametrize("recipe_text", ["[train]\nk = 2\n", "[train]\nk = 5\n", "",
+                                         "demo"], ids=["the file's k", "the default k",
+                                                       "no k", "a preset setting k"])
+def test_a_k_that_agrees_with_the_folds_file_or_is_the_default_still_trains(
+        tmp_path, capsys, monkeypatch, phantom_root, two_folds, recipe_text):
+    """Refusing any k beside --folds-file broke the recipes that set one (one recipe
+    serves runs with and without a file): these pass every check up to training."""
+    from bcseg.learn import train as training
+
+    def reached(*args, **kwargs):
+        raise _Reached
+
+    monkeypatch.setattr(training, "_teacher", reached)  # the step after the folds' checks
+    recipe = "demo" if recipe_text == "demo" else tmp_path / "recipe.toml"
+    if recipe != "demo":
+        recipe.write_text(recipe_text)
+    capsys.readouterr()
+    code = main(_train_argv(phantom_root, tmp_path / "run", recipe, two_folds))
+    err = capsys.readouterr().err
+    assert code == 1 and "_Reached" in err, err
+    assert not (tmp_path / "run").exists()

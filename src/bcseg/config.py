@@ -105,6 +105,11 @@ def _as_default(default, value, source, key: str):
                           "beyond the largest float") from None
 
 
+def _defaults() -> dict:
+    """The built-in configuration (``configs/default.toml``), a new copy each call."""
+    return _read_toml(PRESET_DIR / "default.toml")
+
+
 def load_config(config: str | Path | None = None, overrides: dict | None = None) -> dict:
     """The default configuration with a preset or file and overrides laid over it.
 
@@ -115,7 +120,7 @@ def load_config(config: str | Path | None = None, overrides: dict | None = None)
     overrides : dict or None
         ``{"train": {"epochs": 3}}``-style values, e.g. from command-line flags.
     """
-    result = _read_toml(PRESET_DIR / "default.toml")
+    result = _defaults()
     if config is not None:
         path = Path(config)
         if not path.suffix and str(config) in presets():
@@ -390,7 +395,7 @@ def unused_keys(cfg: dict, folds_file: bool = False) -> list[tuple[str, str, str
     model size reads (``data.patch_depth`` in a 2D run) are left alone: one recipe serves
     ``--model unet2d`` and ``--model unet3d``.
     """
-    default = _read_toml(PRESET_DIR / "default.toml")
+    default = _defaults()
     train, found = cfg["train"], []
 
     def unused(section: str, key: str, why: str) -> None:
@@ -417,6 +422,20 @@ def unused_keys(cfg: dict, folds_file: bool = False) -> list[tuple[str, str, str
 
 
 _TOML_ESCAPES = {"\\": "\\\\", '"': '\\"', "\n": "\\n", "\t": "\\t", "\r": "\\r"}
+
+
+def k_beside_folds_file(cfg: dict, folds: int) -> str | None:
+    """What is wrong with ``train.k`` beside a folds file of ``folds`` folds, or None.
+
+    k = 3 beside a file of 2 folds trained those 2 without a word, and config.toml
+    recorded k = 3 as if used. A k equal to the file's, or the default k (a recipe that
+    leaves k alone, or sets it to the default as the demo preset does), is no conflict:
+    one recipe serves runs with and without a folds file, and refusing any k broke them.
+    """
+    k = cfg["train"]["k"]
+    if k in (folds, _defaults()["train"]["k"]):
+        return None
+    return f"makes {k} folds, but --folds-file gives {folds}; set k = {folds} or leave it out"
 
 
 def _check_normalised_channels(data: dict, source) -> None:

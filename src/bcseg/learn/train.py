@@ -44,7 +44,8 @@ from bcseg import rundir
 from bcseg.learn import pipeline
 from bcseg.atomic import atomic_path, partial_name, read_json, remove_partials, write_text
 from bcseg.learn.augment import AugmentConfig
-from bcseg.config import is_whole, load_config, save_config, shorten, unused_keys
+from bcseg.config import (is_whole, k_beside_folds_file, load_config, save_config, shorten,
+                          unused_keys)
 from bcseg.data.consensus import METHODS
 from bcseg.data.channels import check_channel_name
 from bcseg.data.case_checks import require_every_observer
@@ -756,6 +757,11 @@ def train(data, out, config=None, overrides: dict | None = None, fold="0", folds
     # wrong --fold leaves nothing behind that a corrected command would trip over.
     folds, source, targets = _plan_folds(out, cases, cfg, fold, folds_file, resume,
                                          None if isinstance(data, (list, tuple)) else data)
+    if folds_file and source is not None:  # the file's folds, not a resumed run's splits.json
+        problem = k_beside_folds_file(cfg, max(folds.values()) + 1)
+        if problem:
+            where = _config_source(out, config, overrides, resume, "train", "k")
+            raise ConfigError(where or "command line", f"'train.k' = {cfg['train']['k']} {problem}")
     check_observer(cases, cfg["data"]["observer"],
                     _config_source(out, config, overrides, resume, "data", "observer"))
     channels, methods = run_channels(cases, cfg, _config_source(out, config, overrides, resume, "data", "channels"))
