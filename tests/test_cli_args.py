@@ -351,6 +351,28 @@ def test_a_huge_number_is_shown_cut_short_in_its_refusal(tmp_path, capsys, phant
     assert not out.exists()
 
 
+@pytest.mark.parametrize("argv, said", [
+    (["--seed", str(2**70)], "must be a whole number from 0 to 2147483647"),
+    (["--seed", str(2**31)], "must be a whole number from 0 to 2147483647"),
+    (["--seed", "-1"], "must be a whole number from 0 to 2147483647"),
+    # past int()'s 4300 digits: whole numbers too, refused as out of range, not as no number
+    (["--seed", "9" * 5000], "must be a whole number from 0 to 2147483647"),
+    (["--seed", "-" + "9" * 5000], "must be a whole number from 0 to 2147483647"),
+    (["--n", "9" * 5000], "is too large a number"),
+    (["--shape", "8", "8", "9" * 5000], "is too large a number"),
+    (["--shape", "8", "8", "-" + "9" * 5000], "must be a whole number >= 8"),
+], ids=["seed 2**70", "seed 2**31", "seed -1", "seed of 5000 digits", "seed of -5000 digits",
+        "n of 5000 digits", "shape of 5000 digits", "shape of -5000 digits"])
+def test_a_phantom_number_out_of_range_is_one_line_before_the_folder(tmp_path, capsys, argv, said):
+    """--seed 2**70 was taken (every other seed stops at 2**31 - 1), and a number past the
+    4300 digits int() reads was 'not a whole number (plain digits, like 10)'."""
+    out = tmp_path / "out"
+    line = refused(capsys, ["phantom", out, "--n", "1", "--shape", "8", "8", "8", *argv]
+                   if argv[0] == "--seed" else ["phantom", out, *argv], argv[0])
+    assert said in line and len(line) < 250, line
+    assert list(tmp_path.iterdir()) == []
+
+
 @pytest.mark.parametrize("threshold", ["0.99999999", "1e-50"])
 def test_a_threshold_that_float32_makes_0_or_1_is_refused(tmp_path, capsys, phantom_root,
                                                           threshold):
