@@ -2983,7 +2983,7 @@ def _into_a_dataset_argv(command: str, data: Path, folder: str, models: dict, ru
 @pytest.mark.parametrize("where", ["masks/observer1", "masks/observer3", "masks/observer3/",
                                    "images/sub", "a link to masks/observer1",
                                    "masks/new through a link to the dataset",
-                                   "images/../masks/new"])
+                                   "images/../masks/new", "masks/new, masks/ a link elsewhere"])
 @pytest.mark.parametrize("command", ["phantom", "margins", "predict", "train", "ensemble",
                                      "export-onnx", "demo", "report"])
 def test_no_output_goes_into_a_datasets_folders_whatever_the_inputs(
@@ -3002,8 +3002,12 @@ def test_no_output_goes_into_a_datasets_folders_whatever_the_inputs(
         record.unlink()
     (tmp_path / "lk").symlink_to(data / "masks" / "observer1")
     (tmp_path / "dl").symlink_to(data)
+    if where == "masks/new, masks/ a link elsewhere":  # on the disk, masks/new is in no dataset
+        (data / "masks").rename(tmp_path / "elsewhere")
+        (data / "masks").symlink_to(tmp_path / "elsewhere")
     folder = {"a link to masks/observer1": str(tmp_path / "lk"),
               "masks/new through a link to the dataset": str(tmp_path / "dl" / "masks" / "new"),
+              "masks/new, masks/ a link elsewhere": str(data / "masks" / "new"),
               }.get(where, f"{data}/{where}")
     before, entries = hashes(tmp_path), sorted(tmp_path.rglob("*"))
     code, _, err = run(capsys, *_into_a_dataset_argv(command, data, folder, models, finished_run,

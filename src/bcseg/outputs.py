@@ -278,19 +278,20 @@ def _dataset_refusal(folder: Path, shown: Path, command: str) -> UsageError:
 
 def _refuse_inside_a_layout(folder: Path, command: str) -> None:
     """Refuse ``folder`` (made yet or not) when it lies in the ``images/`` or ``masks/``
-    of a dataset above it; see :func:`refuse_dataset_folder`. By the folder on the disk:
-    a link to ``data/masks/observer1``, or ``lk/masks/x`` with ``lk`` a link to the
-    dataset, is that dataset's folder."""
-    inside = real_path(folder)
-    for root in inside.parents:
-        part = inside.relative_to(root).parts[0]
-        if part not in ("images", "masks") or not _layout_dataset(root):
-            continue
-        if part == "images" and _beside_images(command, "images/"):
-            continue
-        if _bcseg_folder_between(inside, root / part):
-            return
-        raise _dataset_refusal(folder, _as_named(folder, root), command)
+    of a dataset above it; see :func:`refuse_dataset_folder`. By the folder on the disk,
+    and by the path as given: a link to ``data/masks/observer1``, or ``lk/masks/x`` with
+    ``lk`` a link to the dataset, is that dataset's folder, and so is ``data/images/x``
+    where ``images`` is a link to another disk (on the disk, x lies in no dataset)."""
+    for inside in dict.fromkeys((real_path(folder), Path(os.path.abspath(folder)))):
+        for root in inside.parents:
+            part = inside.relative_to(root).parts[0]
+            if part not in ("images", "masks") or not _layout_dataset(root):
+                continue
+            if part == "images" and _beside_images(command, "images/"):
+                continue
+            if _bcseg_folder_between(inside, root / part):
+                break  # bcseg's own folder, by either path
+            raise _dataset_refusal(folder, _as_named(folder, root), command)
 
 
 def _layout_dataset(folder: Path) -> bool:
