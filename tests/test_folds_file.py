@@ -227,3 +227,16 @@ def test_a_k_that_agrees_with_the_folds_file_or_is_the_default_still_trains(
     err = capsys.readouterr().err
     assert code == 1 and "_Reached" in err, err
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("command", ["split", "export-nnunet"])
+def test_a_k_flag_equal_to_the_folds_files_folds_is_taken(tmp_path, capsys, phantom_root,
+                                                          two_folds, command):
+    """--k beside --folds-file was refused whatever its value; one that says what the
+    file does (2 folds) is taken, as train takes a recipe's k equal to the file's."""
+    out = tmp_path / "out"
+    argv = ["split", str(phantom_root), "--out", str(out / "s.json")] if command == "split" else \
+        ["export-nnunet", str(phantom_root), str(out), "--dataset-id", "5", "--name", "P"]
+    capsys.readouterr()
+    assert main(argv + ["--folds-file", str(two_folds), "--k", "2"]) == 0, capsys.readouterr().err
+    assert out.exists()

@@ -327,29 +327,43 @@ def _needs(value, flag: str, present: bool, other: str) -> None:
 
 
 def _fold_options(args) -> None:
-    """Refuse --k or --seed beside --folds-file (the file decides the folds, and the
-    flag was dropped without a word); otherwise fill in their defaults."""
-    if args.folds_file:
-        for flag, value in (("--k", args.k), ("--seed", args.seed)):
-            if value is not None:
-                raise UsageError(flag, "the folds come from --folds-file; give one or the other")
-    args.k = 5 if args.k is None else args.k
+    """Refuse --seed beside --folds-file (the file decides the folds, and the flag was
+    dropped without a word); otherwise fill in its default. --k is checked against the
+    file where the file is read (:func:`_folds_file`)."""
+    if args.folds_file and args.seed is not None:
+        raise UsageError("--seed", "the folds come from --folds-file; give one or the other")
     args.seed = 0 if args.seed is None else args.seed
+
+
+def _folds_file(args, cases) -> dict | None:
+    """The folds --folds-file gives ``cases`` (None: no file), and --k filled in. Beside
+    the file, --k must be its number of folds: --k 3 beside a file of 2 folds was dropped
+    without a word, while --k 2 says what the file does (as train takes a recipe's k)."""
+    folds = None
+    if args.folds_file:
+        from bcseg.data.splits import folds_from_file
+
+        folds = folds_from_file(args.folds_file, cases)
+        count = max(folds.values(), default=-1) + 1
+        if args.k not in (None, count):
+            raise UsageError("--k", f"the folds come from --folds-file, which has {count}; "
+                             f"give --k {count} or leave it out")
+    args.k = 5 if args.k is None else args.k
+    return folds
 
 
 def cmd_split(args) -> int:
     from bcseg.data.content import refuse_duplicate_images
     from bcseg.data.dataset import discover
-    from bcseg.data.splits import (folds_from_file, group_note, kfold_by_group, near_duplicate_groups,
-                                   save_splits)
+    from bcseg.data.splits import group_note, kfold_by_group, near_duplicate_groups, save_splits
 
     _fold_options(args)
     cases = discover(args.data)
     if args.near_duplicates:
         cases = near_duplicate_groups(cases)
     refuse_duplicate_images(cases)
-    if args.folds_file:
-        folds = folds_from_file(args.folds_file, cases)
+    folds = _folds_file(args, cases)
+    if folds is not None:
         source = str(args.folds_file)
     else:
         note = group_note(cases)
@@ -642,14 +656,11 @@ def cmd_margins(args) -> int:
 
 
 def cmd_export_nnunet(args) -> int:
+    from bcseg.data.dataset import discover
     from bcseg.nnunet import export_nnunet
 
     _fold_options(args)
-    folds = None
-    if args.folds_file:
-        from bcseg.data.dataset import discover
-        from bcseg.data.splits import folds_from_file
-        folds = folds_from_file(args.folds_file, discover(args.data))
+    folds = _folds_file(args, discover(args.data) if args.folds_file else [])
     path = export_nnunet(args.data, args.out, args.dataset_id, args.name, observer=args.observer,
                          folds=folds, k=args.k, seed=args.seed, file_ending=args.file_ending,
                          force=args.force, channels=args.channels)
