@@ -841,3 +841,24 @@ def test_output_arrays_that_cannot_take_the_result_are_refused_before_the_model(
     with pytest.raises(ValueError, match="mask_out .*the image"):
         predict_volume(unet2d, stack, mask_out=stack)
     assert stack.any()
+
+
+def test_a_huge_slice_is_tiled_and_a_frame_is_not(monkeypatch):
+    """A 2D model of free size segments a slice over WHOLE_SLICE_PIXELS in tiles (a whole
+    30000-pixel slice would need tens of GB of feature maps), and a frame below it whole;
+    tiled, a pointwise model gives exactly its pixel-by-pixel output."""
+    from bcseg.infer import predict as predict_module
+    from bcseg.learn.saved import model_spec
+
+    model = pointwise_model(2, 4.0, -2.0)
+    spec = model_spec(model)
+    assert predict_module._resolve_patch(spec, (1024, 1280), None) is None
+    assert predict_module._resolve_patch(spec, (30000, 30000), None) == (2048, 2048)
+    assert predict_module._resolve_patch(spec, (300, 30000), None) == (300, 2048)
+
+    monkeypatch.setattr(predict_module, "WHOLE_SLICE_PIXELS", 16 * 16)
+    monkeypatch.setattr(predict_module, "SLICE_TILE", 16)
+    assert predict_module._resolve_patch(spec, (40, 70), None) == (16, 16)
+    image = np.random.default_rng(8).integers(0, 256, size=(40, 70)).astype(np.uint8)
+    mask, prob = predict_volume(model, image)
+    np.testing.assert_allclose(prob, sigmoid(4.0 * image / 255.0 - 2.0), atol=1e-5)

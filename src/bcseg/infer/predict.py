@@ -24,7 +24,8 @@ batch at a time; results go straight into the caller's output arrays (for exampl
 ``tifffile.memmap`` files); the pages of memory-mapped inputs and outputs are released
 from the process as soon as a batch is done; a 3D window pass keeps one slab of
 accumulated probabilities, not the whole volume. The model sees at most about
-``VOXELS_PER_CALL`` voxels per call.
+``VOXELS_PER_CALL`` voxels per call, or one whole 2D slice of up to
+``WHOLE_SLICE_PIXELS`` (larger slices go in tiles).
 
 :func:`segment_volume` is the one inference function (settings object:
 :class:`bcseg.rundir.InferenceSettings`); :func:`predict_volume` is its keyword
@@ -56,6 +57,13 @@ if TYPE_CHECKING:  # annotations only: Keras is imported where a model runs
 
 VOXELS_PER_CALL = 1 << 20  # caps the batch so activations of large slices stay bounded
 DEFAULT_PATCH = 128        # default 3D window edge (before rounding to the divisor)
+# A 2D model of free input size segments whole slices up to this many pixels (padded),
+# and larger ones in Gaussian-blended tiles of SLICE_TILE pixels a side: a whole slice is
+# one call whatever VOXELS_PER_CALL says, and the feature maps of a 30000-pixel-wide
+# slice (within the readers' 4 GiB per file) would need tens of GB. 8 Mpx is more than any
+# ultrasound or photoacoustic frame, so their masks stay those of whole slices.
+WHOLE_SLICE_PIXELS = 1 << 23
+SLICE_TILE = 2048
 GAUSSIAN_FLOOR = 1e-3      # per-axis floor of the blending weights
 
 
@@ -211,14 +219,16 @@ def _outer(vectors: Sequence[np.ndarray]) -> np.ndarray:
 
 
 def _resolve_patch(spec: ModelSpec, shape: Sequence[int], patch_size) -> tuple[int, ...] | None:
-    """Window shape over the model's spatial axes, or None for whole 2D slices."""
+    """Window shape over the model's spatial axes, or None for whole 2D slices (up to
+    ``WHOLE_SLICE_PIXELS``; larger ones in tiles of ``SLICE_TILE``)."""
     d = spec.divisor
     fixed = spec.fixed
     if patch_size is None:
         if all(f is None for f in fixed):
-            if spec.ndim == 2:
+            if spec.ndim == 2 and math.prod(_round_up(n, d) for n in shape) <= WHOLE_SLICE_PIXELS:
                 return None
-            patch_size = (_round_up(DEFAULT_PATCH, d),) * spec.ndim
+            edge = SLICE_TILE if spec.ndim == 2 else DEFAULT_PATCH
+            patch_size = (_round_up(edge, d),) * spec.ndim
         else:
             patch_size = tuple(f or _round_up(DEFAULT_PATCH, d) for f in fixed)
     patch = tuple(int(p) for p in patch_size)
