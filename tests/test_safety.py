@@ -3039,6 +3039,25 @@ def test_a_folder_bcseg_wrote_inside_a_dataset_is_still_an_output_folder(tmp_pat
     assert run(capsys, "check", data)[0] == 0
 
 
+def test_predictions_in_masks_beside_the_new_stacks_stay_an_output_folder(tmp_path, capsys,
+                                                                          phantom, models):
+    """The README's 'predict new_stacks/ --out masks/' with the stacks in images/ gives
+    the folder the dataset layout; masks/ is bcseg's whole result, so predict's --force
+    re-run, margins into masks/margins and 'report masks' (after margins) still write."""
+    shutil.copytree(phantom / "images", tmp_path / "images")
+    stack, pred = tmp_path / "images" / "specimen_000.tif", tmp_path / "masks"
+    argv = ["predict", tmp_path / "images", "--model", models["2d"], "--out", pred,
+            "--no-progress"]
+    assert run(capsys, *argv)[0] == 0
+    code, _, err = run(capsys, *argv, "--force")
+    assert code == 0, err
+    code, _, err = run(capsys, "margins", "--image", stack, "--tumour",
+                       pred / "specimen_000_mask.tif", "--out", pred / "margins")
+    assert code == 0, err
+    code, _, err = run(capsys, "report", pred)
+    assert code == 0 and (pred / "report.html").is_file(), err
+
+
 @pytest.mark.parametrize("how", ["a link", "another letter case"])
 @pytest.mark.parametrize("command", ["predict", "evaluate", "split"])
 def test_a_runs_folder_named_another_way_is_still_the_runs(tmp_path, capsys, models, phantom,

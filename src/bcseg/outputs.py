@@ -309,14 +309,19 @@ def _layout_dataset(folder: Path) -> bool:
 
 def _bcseg_folder_between(inside: Path, top: Path) -> bool:
     """Whether ``inside``, or a folder between it and ``top`` (a dataset's ``images/``
-    or ``masks/``), is a folder bcseg wrote whole: its record is there and it holds
-    nothing else (a run's or predictions' folder; an observer's folder of masks that
-    merely holds a record is the dataset's)."""
+    or ``masks/``) or ``top`` itself, is a folder bcseg wrote whole: its record is there
+    and it holds nothing else (a run's or predictions' folder; an observer's folder of
+    masks that merely holds a record is the dataset's). ``top`` too: 'predict images/
+    --out masks/' (the README's tour with the new stacks in images/) made its folder
+    look like a dataset, and its own --force re-run, margins and report were refused.
+    What a bcseg folder holds in a subfolder by that one's record (``margins --out
+    masks/margins``) is bcseg's too: it kept 'report masks' from the folder it reports."""
     for level in (inside, *inside.parents):
+        if (level / RECORD).is_file() and all(nested_writer(level, name) is not None
+                                              for name in foreign(level)):
+            return True
         if level == top:
             return False
-        if (level / RECORD).is_file() and not foreign(level):
-            return True
     return False
 
 
