@@ -317,12 +317,22 @@ def _bcseg_folder_between(inside: Path, top: Path) -> bool:
     What a bcseg folder holds in a subfolder by that one's record (``margins --out
     masks/margins``) is bcseg's too: it kept 'report masks' from the folder it reports."""
     for level in (inside, *inside.parents):
-        if (level / RECORD).is_file() and all(nested_writer(level, name) is not None
-                                              for name in foreign(level)):
+        if _written_whole(level):
             return True
         if level == top:
             return False
     return False
+
+
+def _written_whole(folder: Path) -> bool:
+    """Whether bcseg wrote all of ``folder``: its record is there, and each file it does
+    not list lies in a subfolder (not a link) that bcseg wrote whole in turn. One listing
+    per folder: asking each file's nested record listed a subfolder once per file."""
+    if not (folder / RECORD).is_file():
+        return False
+    tops = {name.split("/", 1)[0] for name in foreign(folder)}
+    return all((folder / top).is_dir() and not (folder / top).is_symlink()
+               and _written_whole(folder / top) for top in tops)
 
 
 def _as_named(folder: Path, target: Path) -> Path:
