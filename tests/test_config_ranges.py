@@ -347,7 +347,26 @@ def test_train_counts_the_slices_cached_beside_the_batch(tmp_path, phantom_root,
     monkeypatch.setattr(train, "started_from", _would_train)
     line = _train_refusal(capsys, tmp_path, phantom_root, "[train]\nepochs = 1\n")
     assert "one training batch (16 x 128 x 128, 16 base filters) needs at least" in line
-    assert "GiB of cached samples" in line
+    assert "MiB of cached samples" in line  # under 1 GiB: in MiB, not '0.0 GiB'
+
+
+def test_the_memory_refusal_tells_need_and_memory_apart(monkeypatch):
+    # In whole GiB, 8.3 needed on an 8.0 GiB machine read 'needs at least 8 GiB, more
+    # than this machine's 8 GiB'. Here the machine has 1 MiB less than the batch needs.
+    import re
+
+    from bcseg.learn import machine
+
+    cfg = load_config(overrides={"train": {"batch_size": 64}})
+    have = machine.batch_memory(cfg) - 2**20
+    monkeypatch.setattr(machine, "_machine_memory", lambda: have)
+    monkeypatch.setattr(machine, "_step_memory", lambda cfg, channels: machine.batch_memory(cfg))
+    with pytest.raises(ConfigError) as refused:
+        machine.check_memory(cfg, Path("recipe.toml"))
+    line = str(refused.value)
+    assert line.startswith("recipe.toml: ") and "\n" not in line, line
+    sizes = re.search(r"needs at least (\S+ \S+), more than this machine's (\S+ \S+);", line)
+    assert sizes and sizes[1] != sizes[2], line
 
 
 # Peak resident memory of two training steps in a fresh interpreter, MB, measured by

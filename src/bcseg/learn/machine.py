@@ -77,7 +77,7 @@ def check_epoch_memory(cfg: dict, source, in_channels: int = 1, cached: int = 0)
         raise ConfigError(source, f"'train.steps_per_epoch' must be at most {most} on this "
                           f"machine (0 for one pass over the data): an epoch's samples are held in "
                           f"memory, and {most} batches of {t['batch_size']} x {' x '.join(map(str, shape))} "
-                          f"fill the {room / 2**30:.0f} GiB of its {have / 2**30:.0f} GiB "
+                          f"fill the {_size(max(0, room))} of its {_size(have)} "
                           f"that training leaves, got {shorten(repr(t['steps_per_epoch']))}")
 
 
@@ -129,12 +129,21 @@ def check_memory(cfg: dict, source, in_channels: int = 1, cached: int = 0) -> No
     if need > have:
         m, t = cfg["model"], cfg["train"]
         shape = " x ".join(map(str, sample_shape(cfg)))
-        beside = f" with its {cached / 2**30:.1f} GiB of cached samples" if cached else ""
+        beside = f" with its {_size(cached)} of cached samples" if cached else ""
         raise ConfigError(source, f"one training batch ({t['batch_size']} x {shape}, "
                           f"{m['base_filters']} base filters) needs at least "
-                          f"{need / 2**30:.0f} GiB{beside}, more than this machine's "
-                          f"{have / 2**30:.0f} GiB; lower train.batch_size "
+                          f"{_size(need, up=True)}{beside}, more than this machine's "
+                          f"{_size(have)}; lower train.batch_size "
                           "(--batch-size), data.size or model.base_filters")
+
+
+def _size(n: int, up: bool = False) -> str:
+    """Bytes for a refusal: GiB to a tenth, MiB below one; a need rounded up, memory
+    down, so that the need always reads larger. Whole GiB said 'needs at least 8 GiB,
+    more than this machine's 8 GiB' of 8.3 and 8.0, and '0.0 GiB of cached samples'."""
+    unit, name = (2**30 / 10, "GiB") if n >= 2**30 else (2**20, "MiB")
+    steps = math.ceil(n / unit) if up else math.floor(n / unit)
+    return f"{steps / 10:.1f} GiB" if name == "GiB" else f"{steps} MiB"
 
 
 def distribution(strategy: str | None):
