@@ -22,7 +22,7 @@ from pathlib import Path
 
 from bcseg import outputs
 from bcseg.atomic import WRITE_HOOKS
-from bcseg.config import RANGES, as_float32, is_probability_cut, presets, shorten
+from bcseg.config import RANGES, as_float32, interval_bounds, is_probability_cut, presets, shorten
 from bcseg.errors import STOPS_ASKED, BcsegError, UsageError, printable
 from bcseg.outputs import check_output_folder, check_replaceable, claim
 
@@ -211,7 +211,7 @@ def _whole_key(section: str, key: str, minimum: int | None = None):
     """A whole-number flag that sets ``section.key``, bounded as the key is in a TOML
     file (:data:`bcseg.config.RANGES`, closed intervals): so ``--epochs 10**400`` is
     refused naming the flag, before the dataset is read, not the key later."""
-    low, high = (int(float(bound)) for bound in RANGES[(section, key)][1:-1].split(","))
+    low, high = (int(bound) for bound in interval_bounds(RANGES[(section, key)]))
     return _whole(low if minimum is None else minimum, high)
 
 

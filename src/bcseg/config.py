@@ -225,8 +225,14 @@ RANGES = {
 PAIRS = {("augment", "scale"): "[0.1, 10]", ("augment", "gamma"): "[0.05, 20]"}
 
 
-def _in_interval(value, interval: str) -> bool:
+def interval_bounds(interval: str) -> tuple[float, float]:
+    """The low and high bounds of a range written as in :data:`RANGES` ("[0, 1)")."""
     low, high = (float(bound) for bound in interval[1:-1].split(","))
+    return low, high
+
+
+def _in_interval(value, interval: str) -> bool:
+    low, high = interval_bounds(interval)
     above = value > low if interval[0] == "(" else value >= low
     below = value < high if interval[-1] == ")" else value <= high
     return above and below
@@ -236,7 +242,7 @@ def _open_in_float32(value, interval: str) -> bool:
     """Whether ``value``, inside ``interval``, stays inside its open (excluded) finite bounds
     as the float32 that the model, the targets and the augmentation hold it in: a learning
     rate of 1e-320 was 0 there and trained nothing, a dropout of 0.99999999 was 1."""
-    low, high = (float(bound) for bound in interval[1:-1].split(","))
+    low, high = interval_bounds(interval)
     if interval[0] == "(" and not as_float32(value) > low:
         return False
     return not (interval[-1] == ")" and math.isfinite(high) and not as_float32(value) < high)
@@ -336,7 +342,7 @@ def _check_model_shape(cfg: dict, source) -> None:
     divisor = 2 ** m["depth"] * m["stem_stride"]
     keys = ("size", "patch_depth") if m["ndim"] == 3 else ("size",)
     for key in keys:  # first: else data.size was asked to be 8192, then refused as over 4096
-        largest = int(RANGES[("data", key)][1:-1].split(",")[1])
+        largest = int(interval_bounds(RANGES[("data", key)])[1])
         if divisor > largest:
             raise ConfigError(source, f"'model.depth' must keep 2**model.depth * model.stem_stride "
                               f"at most {largest}, the largest data.{key} (which it must divide), "

@@ -77,6 +77,7 @@ from bcseg.data.channels import value_range
 from bcseg.data.case_checks import require_every_observer
 from bcseg.data.cases import (IMAGE_CHANNEL, Case, dataset_channels, read_case_channel_arrays,
                               read_case_image, read_case_masks)
+from bcseg.config import shorten
 from bcseg.data.content import case_files, refuse_duplicate_images
 from bcseg.data.dataset import discover
 from bcseg.data.check import refuse_bad_cases, refuse_orphan_masks
@@ -335,8 +336,7 @@ def _check_observer(cases: list[Case], observer: str) -> None:
     names = sorted({o for case in cases for o in case.masks})
     if observer not in METHODS and observer not in names:
         # named as train names it: the one line says which option to change
-        from bcseg.config import shorten  # a name of 5000 characters made as long a line
-
+        # shortened: a name of 5000 characters made as long a line
         raise UsageError("--observer", f"unknown observer {shorten(repr(observer))}; choose one of "
                          f"{', '.join(map(repr, [*METHODS, *names]))}")
     if observer in METHODS:
