@@ -69,13 +69,13 @@ def per_image_dice(images, probs, sizes, threshold, steps) -> dict[str, float]:
 
 def choose(images, probs, sizes, settings):
     """Threshold and post-processing for ``sizes`` on the validation images, as training
-    chooses them (ties keep fewer steps and the lower threshold)."""
-    from bcseg.after_fit import choose_settings
+    chooses them (:func:`bcseg.after_fit.best_cut`: ties keep fewer steps and the lower
+    threshold)."""
+    from bcseg.after_fit import best_cut
 
-    maps = [mean_map(p, sizes) for p in probs]
-    chosen = choose_settings({False: maps, True: maps}, [t for *_, t in images],
-                             settings.replace(tta=False), len(images))
-    return chosen.threshold, tuple(chosen.postprocess), chosen.info["validation_dice"]
+    score, threshold, steps = best_cut([mean_map(p, sizes) for p in probs],
+                                       [t for *_, t in images], settings.threshold)
+    return threshold, tuple(steps), round(score, 4)
 
 
 def table(result: dict) -> str:

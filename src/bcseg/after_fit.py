@@ -70,18 +70,9 @@ def choose_settings(probs: dict, truths: list, settings: InferenceSettings,
     ``tuned.without_tta``), so that a user who switches TTA gets a threshold tuned
     for it. Ties keep the cheaper choice: no TTA, fewer steps, the lower threshold.
     """
-    from bcseg.measure.metrics import dice
-    from bcseg.infer.postprocess import postprocess
-
     tuned, scores = {}, {}
     for tta in (False, True):
-        best = (-1.0, settings.threshold, ())
-        for threshold in THRESHOLDS:
-            for steps in STEP_CHOICES:
-                score = float(np.mean([dice(postprocess(p > threshold, list(steps)), t)
-                                       for p, t in zip(probs[tta], truths)]))
-                if score > best[0] + 1e-9:
-                    best = (score, threshold, steps)
+        best = best_cut(probs[tta], truths, settings.threshold)
         scores[tta] = best[0]
         tuned["with_tta" if tta else "without_tta"] = {
             "threshold": best[1], "postprocess": list(best[2]), "validation_dice": round(best[0], 4)}
@@ -95,6 +86,23 @@ def choose_settings(probs: dict, truths: list, settings: InferenceSettings,
     return settings.replace(threshold=chosen["threshold"], postprocess=tuple(chosen["postprocess"]),
                             tta=tta, tuned=tuned,
                             info=dict(settings.info, validation_dice=chosen["validation_dice"]))
+
+
+def best_cut(probs: list, truths: list, threshold: float) -> tuple[float, float, tuple]:
+    """``(mean Dice, threshold, post-processing steps)`` that maximise the mean Dice per
+    case over :data:`THRESHOLDS` and :data:`STEP_CHOICES` (``threshold`` where no choice
+    scores). Ties keep the cheaper choice: fewer steps, the lower threshold."""
+    from bcseg.measure.metrics import dice
+    from bcseg.infer.postprocess import postprocess
+
+    best = (-1.0, threshold, ())
+    for cut in THRESHOLDS:
+        for steps in STEP_CHOICES:
+            score = float(np.mean([dice(postprocess(p > cut, list(steps)), t)
+                                   for p, t in zip(probs, truths)]))
+            if score > best[0] + 1e-9:
+                best = (score, cut, steps)
+    return best
 
 
 def _flips_text(settings: InferenceSettings) -> str:
