@@ -15,12 +15,13 @@ from pathlib import Path
 
 
 def cpu_flags() -> str:
-    """``"AVX2, no AVX-512"`` or ``"AVX2, avx512f avx512_bf16 ..."`` from /proc/cpuinfo."""
+    """``"AVX2, no AVX-512"`` or ``"AVX2, avx512f avx512_bf16 ... amx_bf16"`` from
+    /proc/cpuinfo (AMX beside AVX-512: oneDNN runs bfloat16 on its tiles)."""
     try:
         text = Path("/proc/cpuinfo").read_text()
     except OSError:
         return platform.machine()
-    avx512 = sorted(set(re.findall(r"\bavx512[a-z_0-9]*", text)))
+    avx512 = sorted(set(re.findall(r"\b(?:avx512|amx)[a-z_0-9]*", text)))
     base = "AVX2" if re.search(r"\bavx2\b", text) else "no AVX2"
     return f"{base}, " + (" ".join(avx512) if avx512 else "no AVX-512")
 

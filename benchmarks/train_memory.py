@@ -42,6 +42,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from machine import cpu_flags  # noqa: E402
 from train_speed import cpu_description  # noqa: E402
 
 MARKER = "TRAIN_MEMORY_RESULT "
@@ -155,15 +156,6 @@ def marginals(rows: list[dict]) -> list[str]:
             rate = (high["peak"] - low["peak"]) / (high["values"] - low["values"])
             lines.append(f"marginal {low['case']} -> {high['case']}: {rate:.2f} bytes/value")
     return lines
-
-
-def cpu_flags() -> str:
-    """The AVX-512 and AMX flags /proc/cpuinfo lists, sorted (Linux; empty elsewhere)."""
-    try:
-        words = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace").split()
-    except OSError:
-        return ""
-    return " ".join(sorted({w for w in words if w.startswith(("avx512", "amx"))}))
 
 
 def main(argv=None) -> int:
