@@ -859,6 +859,11 @@ def test_a_huge_slice_is_tiled_and_a_frame_is_not(monkeypatch):
     monkeypatch.setattr(predict_module, "WHOLE_SLICE_PIXELS", 16 * 16)
     monkeypatch.setattr(predict_module, "SLICE_TILE", 16)
     assert predict_module._resolve_patch(spec, (40, 70), None) == (16, 16)
+    seen = []  # the inputs the real model is given: tiles, not the whole slice
+    real = predict_module.probabilities
+    monkeypatch.setattr(predict_module, "probabilities",
+                        lambda m, x: seen.append(x.shape[1:3]) or real(m, x))
     image = np.random.default_rng(8).integers(0, 256, size=(40, 70)).astype(np.uint8)
-    mask, prob = predict_volume(model, image)
+    _, prob = predict_volume(model, image)
+    assert len(seen) > 1 and all(h <= 16 and w <= 16 for h, w in seen), seen
     np.testing.assert_allclose(prob, sigmoid(4.0 * image / 255.0 - 2.0), atol=1e-5)
