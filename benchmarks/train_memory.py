@@ -91,20 +91,29 @@ def _rss() -> int:
     return 0
 
 
-def child(name: str) -> dict:
-    """One case, in this (fresh) interpreter."""
-    import numpy as np
-
+def case_config(name: str) -> dict:
+    """The configuration of case ``name``: the default recipe with the case's changes
+    (tests/test_config_ranges.py holds the memory check to the same recipes)."""
     from bcseg.config import load_config
-    from bcseg.learn.machine import sample_shape
-    from bcseg.learn.models import activation_values, unet_options
-    from bcseg.learn.train import build_model, compile_model, training_precision
 
     model_over, data_over, batch, mixed = CASES[name]
     cfg = load_config()
     cfg["model"].update(model_over)
     cfg["data"].update(data_over)
     cfg["train"].update(batch_size=batch, mixed_precision=mixed)
+    return cfg
+
+
+def child(name: str) -> dict:
+    """One case, in this (fresh) interpreter."""
+    import numpy as np
+
+    from bcseg.learn.machine import sample_shape
+    from bcseg.learn.models import activation_values, unet_options
+    from bcseg.learn.train import build_model, compile_model, training_precision
+
+    model_over, _, batch, mixed = CASES[name]
+    cfg = case_config(name)
     m = cfg["model"]
     shape = sample_shape(cfg)
     rng = np.random.default_rng(0)

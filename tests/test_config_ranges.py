@@ -17,6 +17,9 @@ import pytest
 from bcseg.config import load_config
 from bcseg.errors import ConfigError
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+from train_memory import case_config  # noqa: E402  (benchmarks/train_memory.py)
+
 # (TOML text, the key it breaks); the values around each rule's bounds
 BAD = [
     ("[model]\nbase_filters = 0", "model.base_filters"),
@@ -405,16 +408,9 @@ def test_the_memory_bound_is_below_every_measured_peak_and_near_the_large_ones(c
     # Below: no recipe that fits is refused. Near: 60% of each peak of 2 GB or more at
     # the least, where the fixed part weighs little: the bound of 16 bytes per value of
     # one map per level counted under a fifth, and let far too large batches by.
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-    from train_memory import CASES
-
     from bcseg.learn import machine
 
-    model, data, batch, mixed = CASES[case]
-    cfg = load_config()
-    cfg["model"].update(model)
-    cfg["data"].update(data)
-    cfg["train"].update(batch_size=batch, mixed_precision=mixed)
+    cfg = case_config(case)
     monkeypatch.setattr(machine, "mixed_policy", lambda: "mixed_bfloat16")  # as measured
     need, peak = machine.batch_memory(cfg), MEASURED_PEAK_MB[case] * 1e6
     assert need <= peak
