@@ -15,6 +15,7 @@ import pytest
 
 from bcseg.cli import main
 from test_robustness import IMAGE, models  # noqa: F401 (a fixture)
+from test_safety import _prediction_copies, hashes
 
 
 def refused(capsys, argv: list, flag: str) -> str:
@@ -241,22 +242,12 @@ def test_only_predict_writes_into_a_phantoms_folders_and_only_into_images(tmp_pa
     for the masks predicted into images/: 'split --out data/truth/s.json' or 'evaluate
     --out data/truth/tumour' wrote among the true masks, and 'phantom data --force'
     then refused the dataset until the files were deleted by hand."""
-    import hashlib
-
     from bcseg.data.phantom import write_phantom
 
     data = tmp_path / "data"
     write_phantom(data, n=2, shape=(8, 32, 32), truth=True)
-    pred = tmp_path / "pred"
-    pred.mkdir()
-    for mask in sorted((data / "masks" / "observer1").glob("*.tif")):
-        (pred / f"{mask.stem}_mask.tif").write_bytes(mask.read_bytes())
-
-    def hashes():
-        return {p: hashlib.sha256(p.read_bytes()).hexdigest()
-                for p in data.rglob("*") if p.is_file()}
-
-    before = hashes()
+    pred = _prediction_copies(data, tmp_path / "pred")
+    before = hashes(data)
     stack = data / "images" / "specimen_000.tif"
     folder = data / where
     argv = {"split": ["split", data, "--out", folder / "s.json", "--k", "2"],
@@ -267,10 +258,19 @@ def test_only_predict_writes_into_a_phantoms_folders_and_only_into_images(tmp_pa
             "export-onnx": ["export-onnx", models["2d"], "--out", folder / "m.onnx"]}[command]
     line = refused(capsys, argv, str(folder))
     assert "'bcseg phantom'" in line or "is a folder of the dataset" in line, line
-    assert hashes() == before
-    # masks predicted into images/ stay as documented
+    assert hashes(data) == before
+
+
+def test_predict_still_writes_into_a_phantoms_images(tmp_path, models):
+    """Beside the refusals above: masks predicted into images/ stay as documented."""
+    from bcseg.data.phantom import write_phantom
+
+    data = tmp_path / "data"
+    write_phantom(data, n=2, shape=(8, 32, 32), truth=True)
+    stack = data / "images" / "specimen_000.tif"
     assert main(["predict", str(stack), "--model", str(models["2d"]), "--out", str(data / "images"),
                  "--no-progress"]) == 0
+    assert (data / "images" / "specimen_000_mask.tif").is_file()
 
 
 @pytest.mark.parametrize("command", ["phantom", "ensemble"])
