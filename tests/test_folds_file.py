@@ -7,6 +7,8 @@ row), and messages counted CSV records rather than the lines an editor shows.
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from bcseg.cli import main
@@ -239,4 +241,12 @@ def test_a_k_flag_equal_to_the_folds_files_folds_is_taken(tmp_path, capsys, phan
         ["export-nnunet", str(phantom_root), str(out), "--dataset-id", "5", "--name", "P"]
     capsys.readouterr()
     assert main(argv + ["--folds-file", str(two_folds), "--k", "2"]) == 0, capsys.readouterr().err
-    assert out.exists()
+    # the file's two folds, specimens k % 2, were written
+    if command == "split":
+        folds = json.loads((out / "s.json").read_text())["folds"]
+        tests = [sorted(f["test"]) for f in folds]
+    else:  # nnU-Net's case names, mapped back to bcseg's ids
+        ids = json.loads(next(out.rglob("bcseg_case_map.json")).read_text())["cases"]
+        splits = json.loads(next(out.rglob("splits_final.json")).read_text())
+        tests = [sorted(ids[name]["id"] for name in f["val"]) for f in splits]
+    assert tests == [[specimen(k) for k in range(PHANTOM_N) if k % 2 == f] for f in (0, 1)], tests
