@@ -30,6 +30,14 @@ tested on (here the 5-fold run of the same recipe, one teacher per fold)::
 
     .venv/bin/python benchmarks/busi.py --normals --epochs 100 --folds 0 \
         --teacher 'bench-out/r7/fold_{fold}' --out bench-out/distil
+
+A finished fold is read back, not trained again. A fold cut off while it trained (the
+machine went back, Ctrl-C) continues from its last epoch with ``--resume`` (``bcseg train
+--resume``: the same schedule, as if never stopped); give the command as it was, plus
+``--resume``::
+
+    .venv/bin/python benchmarks/busi.py --config benchmarks/configs/r13.toml --epochs 100 \
+        --folds all --out bench-out/r13 --resume
 """
 
 from __future__ import annotations
@@ -125,7 +133,10 @@ def main(argv=None) -> int:
                         help="train on the training folds' normal images too")
     parser.add_argument("--teacher", help="model or run to distil; '{fold}' is the test fold")
     parser.add_argument("--teacher-weight", type=float, help="override train.teacher_weight")
-    parser.add_argument("--force", action="store_true")
+    again = parser.add_mutually_exclusive_group()
+    again.add_argument("--force", action="store_true", help="train finished folds again")
+    again.add_argument("--resume", action="store_true",
+                       help="continue a fold cut off while it trained, from its last epoch")
     args = parser.parse_args(argv)
 
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -178,8 +189,10 @@ def _fold(fold, out, lesions, cases, all_folds, classes, args, overrides, data) 
     if args.teacher:  # each fold its own teacher: one that never saw the fold it is tested on
         teacher = Path(args.teacher.replace("{fold}", str(fold))).absolute()
         overrides = {**overrides, "train": {**overrides["train"], "teacher": [str(teacher)]}}
+    # --resume reads the run's own config.toml and refuses a changed recipe (bcseg train
+    # --resume), so a fold is never finished with another recipe than it began with.
     train(trained, run, config=args.config, overrides=overrides, fold=fold,
-          folds_file=data / "folds.csv", force=args.force)
+          folds_file=data / "folds.csv", force=args.force, resume=args.resume and run.is_dir())
     normal = [c for c in normals if all_folds[c.id] == fold]
     result = fold_result(run, classes, normal)
     result["minutes"] = (time.perf_counter() - started) / 60
