@@ -392,7 +392,9 @@ def _check_split_file(out: Path, args, cases) -> None:
     the fold file, an image or mask of a case)."""
     from bcseg.data.content import case_files
 
-    check_output_folder(out.parent)  # first: a path too long for the system fails any look at it
+    # first: a path too long for the system fails any look at it; and never among a
+    # dataset's images or masks, whatever dataset it is
+    check_output_folder(out.parent, command="split")
     if out.is_dir():
         raise UsageError(out, "is a folder; --out names the JSON file to write")
     outputs.check_not_bookkeeping(out)
@@ -547,7 +549,8 @@ def cmd_evaluate(args) -> int:
            "protocol scores the predictions alone)")
     if args.protocol == "reference":
         _import_tensorflow_quietly()
-    check_output_folder(args.out)  # before the report's files are looked for in it
+    # before the report's files are looked for in it
+    check_output_folder(args.out, command="evaluate")
     if not args.no_report:  # the report's files are checked before the evaluation writes any
         from bcseg.report.html import check_report_files, report_sources
         check_report_files(Path(args.out))
@@ -610,7 +613,8 @@ def cmd_report(args) -> int:
     # evaluation inside it) it kept 'phantom --force' from replacing the dataset
     outputs.refuse_whole_result(Path(args.run), "report", instead="give the folder of the "
                                 "evaluation, run or margins inside it to report")
-    outputs.refuse_dataset_folder(Path(args.run), None, (), "report")
+    # the checks of every output folder, among them: never among a dataset's masks
+    check_output_folder(args.run, command="report")
     print(f"report: {_report(args.run)}")
     return 0
 

@@ -22,7 +22,7 @@ from pathlib import Path
 
 from bcseg.atomic import write_text
 from bcseg.data.phantom import write_phantom
-from bcseg.outputs import check_output_folder, claim, refuse_dataset_folder, require_new_folder
+from bcseg.outputs import check_output_folder, claim, require_new_folder
 
 DEMO_SPECIMENS = 10
 DEMO_SHAPE = (24, 128, 128)
@@ -57,8 +57,7 @@ def _headline(run: Path) -> dict:
 def run_demo(out: str | Path = "demo-run", force: bool = False, epochs_2d: int | None = None,
              epochs_3d: int | None = None, specimens: int = DEMO_SPECIMENS) -> dict:
     """Run the demo into ``out`` and return the headline numbers and paths."""
-    out = check_output_folder(out)
-    refuse_dataset_folder(out, None, (), "demo")
+    out = check_output_folder(out, command="demo")
     require_new_folder(out, force, "demo")
     # --force replaces an earlier demo (files bcseg wrote), never a folder holding others.
     # All or nothing: a demo has no --resume, so an interrupted one leaves no half demo

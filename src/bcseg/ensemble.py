@@ -28,8 +28,7 @@ from bcseg import rundir
 from bcseg.atomic import atomic_path, read_json, real_path
 from bcseg.data.dataset import discover
 from bcseg.errors import DataError, ModelError, UsageError
-from bcseg.outputs import (check_not_inputs, check_output_folder, claim, refuse_dataset_folder,
-                           require_new_folder)
+from bcseg.outputs import check_not_inputs, check_output_folder, claim, require_new_folder
 
 
 def member_runs(models: Sequence[str | Path]) -> list[Path]:
@@ -230,8 +229,7 @@ def build_ensemble(data, models: Sequence[str | Path], out: str | Path, force: b
     (Path, InferenceSettings, list of Path)
         The folder, the settings chosen, and the member runs in order.
     """
-    out = check_output_folder(out)
-    refuse_dataset_folder(out, None, (), "ensemble")
+    out = check_output_folder(out, command="ensemble")
     runs = member_runs(models)
     check_not_inputs(out, [data, *runs, *_run_files(runs)])
     replace = require_new_folder(out, force, "ensemble", what="an ensemble")

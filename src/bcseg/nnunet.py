@@ -187,8 +187,9 @@ def export_nnunet(data: str | Path | Iterable[Case], out: str | Path, dataset_id
     """
     folder_name = dataset_folder_name(dataset_id, name)
     ending = _check_ending(file_ending)
-    out = check_output_folder(out)
-    dest = check_output_folder(out / folder_name)  # a file of the user's of that name: refused
+    out = check_output_folder(out, command="export-nnunet")
+    # a file of the user's of that name: refused
+    dest = check_output_folder(out / folder_name, command="export-nnunet")
     cases, reads, names = _cases_to_export(data, dest, observer, channels)  # never an input first
     # nor among the dataset's files: in masks/ it was read as an observer's folder of
     # masks without images, and check, train and evaluate refused the dataset

@@ -1,6 +1,9 @@
 """Output folders bcseg owns: a record of what it wrote, a lock, and safe replacement.
 
-Every command that writes into a folder does so inside :func:`claim`, which
+Every command that writes into a folder first checks it with :func:`check_output_folder`,
+before it loads anything: the path, a file in its way, a place it may not write, and a
+folder inside a dataset's ``images/`` or ``masks/``, all in that one call. It then writes
+inside :func:`claim`, which
 
 * takes an exclusive lock beside the folder, so two runs cannot write it at once
   (the loser gets a :class:`UsageError` naming the folder);
@@ -88,10 +91,22 @@ _TOKEN = secrets.token_hex(8)
 
 # --------------------------------------------------------------------------- checks
 
-def check_output_folder(folder: str | Path) -> Path:
-    """Refuse an output folder that is a file, or lies under one; return it as a Path.
+def check_output_folder(folder: str | Path, *, command: str) -> Path:
+    """Refuse an output folder that is a file, or lies under one, or lies in the
+    ``images/`` or ``masks/`` of a dataset above it; return it as a Path.
 
-    Cheap and touching nothing, so commands call it before loading any model.
+    Cheap and touching nothing, so every command that writes calls it first, before
+    loading any model, and before any other check that looks at the disk. ``command``
+    (the command writing there, as in ``bcseg <command>``) decides what the dataset
+    refusal allows (``images/`` for :data:`BESIDE_IMAGES`) and names it in the message.
+    The dataset refusal is part of this check, not a second call beside it: a writer
+    that forgot that call wrote among a dataset's masks. The path's own checks come
+    first (a path too long for the system fails every look at the disk). A folder this
+    process already holds (a command run inside another's claim: train's evaluation of
+    its test fold, ``predict --margins``) was checked by the command that claimed it,
+    and, written by it now, need not look like a folder bcseg wrote whole: its dataset
+    refusal is not looked at again. The dataset a command reads is compared with its
+    output by :func:`refuse_dataset_folder`.
     """
     folder = Path(folder)
     # 'new/sub/..' is 'new' to the lock and the record, but making it (or a file in it)
@@ -145,6 +160,8 @@ def check_output_folder(folder: str | Path) -> Path:
         # outputs exist, and reading a named pipe there would wait forever
         raise UsageError(record, "is not a file, but bcseg keeps its record of the files it "
                          "wrote under this name; move it away")
+    if not held_here(folder):
+        _refuse_inside_a_layout(folder, command)
     return folder
 
 
@@ -230,20 +247,12 @@ def _identities(paths: Iterable[Path], seen: dict) -> set[tuple[int, int]]:
     return {seen[path] for path in paths if seen[path] is not None}
 
 
-def refuse_dataset_folder(folder: Path, data, files: Iterable[Path], command: str) -> None:
-    """Refuse as the output folder one of a dataset's own folders.
+def refuse_dataset_folder(folder: Path, data: str | Path, files: Iterable[Path],
+                          command: str) -> None:
+    """Refuse as the output folder one of the folders of ``data``, the dataset the
+    command reads (its folder or manifest), whose case files are ``files``.
 
-    Whatever the command reads, an output inside the ``images/`` or ``masks/`` of a
-    folder above it that has the dataset layout (:func:`_layout_dataset`) is refused, new
-    or not: 'phantom data/masks/observer3' made a dataset that 'check data' read as masks
-    without images, and 'margins --out data/masks/observer1' (its inputs plain files)
-    put a specimen mask among an observer's. Not refused there: a folder bcseg wrote
-    whole (a run or predictions inside the dataset, :func:`_bcseg_folder_between`), and
-    ``images/`` for the commands that write beside the images (:data:`BESIDE_IMAGES`:
-    masks predicted into ``images/`` are documented, recorded and never read as cases).
-
-    With ``data``, the dataset the command reads (``None``: none), also one of the
-    folders holding its images or masks (``images/``, ``images/us/``,
+    One of the folders holding its images or masks (``images/``, ``images/us/``,
     ``masks/observer1/``, a BUSI class folder) or one between those and the dataset
     (``masks/``): ``split --out data/images/s.json`` and ``evaluate --out
     data/masks/observer1`` wrote their JSON, tables, figures and record among the user's
@@ -251,9 +260,13 @@ def refuse_dataset_folder(folder: Path, data, files: Iterable[Path], command: st
     subfolder beside ``images/`` (``data/split``) stay fine. Compared as folders on the
     disk, so a link, a bind mount, '..' or another letter case on a file system that
     ignores it names the same folder.
+
+    An output inside the ``images/`` or ``masks/`` of any dataset above it, whatever the
+    command reads, is :func:`check_output_folder`'s to refuse
+    (:func:`_refuse_inside_a_layout`), which the command calls on ``folder`` first; this
+    adds only the comparison with the dataset read.
     """
-    _refuse_inside_a_layout(Path(folder), command)
-    if data is None or not Path(folder).is_dir():  # a folder still to be made is no dataset's
+    if not Path(folder).is_dir():  # a folder still to be made is no dataset's
         return
     shown = Path(data) if Path(data).is_dir() else Path(data).parent
     root = real_path(shown)
@@ -278,10 +291,21 @@ def _dataset_refusal(folder: Path, shown: Path, command: str) -> UsageError:
 
 def _refuse_inside_a_layout(folder: Path, command: str) -> None:
     """Refuse ``folder`` (made yet or not) when it lies in the ``images/`` or ``masks/``
-    of a dataset above it; see :func:`refuse_dataset_folder`. By the folder on the disk,
-    and by the path as given: a link to ``data/masks/observer1``, or ``lk/masks/x`` with
-    ``lk`` a link to the dataset, is that dataset's folder, and so is ``data/images/x``
-    where ``images`` is a link to another disk (on the disk, x lies in no dataset)."""
+    of a dataset above it; part of :func:`check_output_folder`.
+
+    Whatever the command reads, an output inside the ``images/`` or ``masks/`` of a
+    folder above it that has the dataset layout (:func:`_layout_dataset`) is refused, new
+    or not: 'phantom data/masks/observer3' made a dataset that 'check data' read as masks
+    without images, and 'margins --out data/masks/observer1' (its inputs plain files)
+    put a specimen mask among an observer's. Not refused there: a folder bcseg wrote
+    whole (a run or predictions inside the dataset, :func:`_bcseg_folder_between`), and
+    ``images/`` for the commands that write beside the images (:data:`BESIDE_IMAGES`:
+    masks predicted into ``images/`` are documented, recorded and never read as cases).
+
+    By the folder on the disk, and by the path as given: a link to
+    ``data/masks/observer1``, or ``lk/masks/x`` with ``lk`` a link to the dataset, is
+    that dataset's folder, and so is ``data/images/x`` where ``images`` is a link to
+    another disk (on the disk, x lies in no dataset)."""
     for inside in dict.fromkeys((real_path(folder), Path(os.path.abspath(folder)))):
         for root in inside.parents:
             part = inside.relative_to(root).parts[0]

@@ -39,7 +39,7 @@ from bcseg.config import is_whole, shorten
 from bcseg.data import io
 from bcseg.data.image_rules import spacing_problem
 from bcseg.atomic import write_text
-from bcseg.outputs import check_output_folder, claim, refuse_dataset_folder, require_new_folder
+from bcseg.outputs import check_output_folder, claim, require_new_folder
 from bcseg.data import phantom_us as us
 from bcseg.data.channels import CHANNELS_FILE
 from bcseg.data.phantom_pa import pa_image
@@ -255,8 +255,7 @@ def write_phantom(out: str | Path, n: int = 8, shape=DEFAULT_SHAPE, seed: int = 
     if not (is_whole(n, 1) and n <= MAX_SPECIMENS):
         raise ValueError(f"n must be at least 1 and at most {MAX_SPECIMENS}, a whole number, got {n!r}")
     _, channels = _check_request(shape, difficulty, channels, seed, spacing_mm)
-    out = check_output_folder(out)
-    refuse_dataset_folder(out, None, (), "phantom")  # never a dataset inside another's masks/
+    out = check_output_folder(out, command="phantom")  # never a dataset inside another's masks/
     require_new_folder(out, force, "phantom")
     with claim(out, "phantom", replace=force, new=True, all_or_nothing=True):
         return _write_specimens(out, n, shape, seed, spacing_mm, truth, difficulty, channels, artefacts)

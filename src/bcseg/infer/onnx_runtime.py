@@ -95,7 +95,8 @@ def export_onnx(model_path: str | Path, out: str | Path | None = None, force: bo
 def _check_out(out: Path, force: bool, inputs: list) -> None:
     """The ONNX file may be written: an ``.onnx`` name in a folder that can hold it, and
     no file but an earlier export's replaced (never the model, never a dataset's file)."""
-    outputs.check_output_folder(out.parent)  # first: a path too long for the system fails any look at it
+    # first: a path too long for the system fails any look at it; never among a dataset's files
+    outputs.check_output_folder(out.parent, command="export-onnx")
     if out.is_dir() or not out.name:
         raise UsageError(out, "is a folder; --out names the .onnx file to write")
     if out.suffix.lower() != ".onnx":
@@ -105,7 +106,6 @@ def _check_out(out: Path, force: bool, inputs: list) -> None:
     # beside its own run's model is fine (train's --force replaces the export with the run);
     # into a phantom's dataset or an ensemble's folder it kept their --force from replacing it
     outputs.refuse_whole_result(out.parent, "export-onnx")
-    outputs.refuse_dataset_folder(out.parent, None, (), "export-onnx")
 
 
 class OnnxModel:

@@ -227,12 +227,14 @@ def _is_dataset(item: Path) -> bool:
 def _refuse_dataset_folders(out_dir: Path, inputs, files: list[Path | Case]) -> None:
     """'predict data --out data/masks/observer1', the dataset given whole, put the masks
     among an observer's: as split and evaluate, predict refuses a folder of a dataset it
-    reads (a folder of images given as such is the documented place beside them)."""
+    reads (a folder of images given as such is the documented place beside them). A
+    dataset's ``masks/`` above ``out_dir``, whatever predict reads, was refused by
+    :func:`bcseg.outputs.check_output_folder`."""
     read = {f for item in files if isinstance(item, Case) for f in case_files(item)}
     items = map(Path, [inputs] if isinstance(inputs, (str, Path)) else inputs)
-    # with none of them a dataset, a dataset's masks/ above out_dir is still refused
-    for item in [item for item in items if _is_dataset(item)] or [None]:
-        outputs.refuse_dataset_folder(out_dir, item, read, "predict")
+    for item in items:
+        if _is_dataset(item):
+            outputs.refuse_dataset_folder(out_dir, item, read, "predict")
 
 
 def _input_files(inputs) -> list[Path | Case]:
@@ -724,7 +726,7 @@ def predict_files(model_path: str | Path, inputs, out_dir: str | Path, *, thresh
         or "error") and ``error`` (message or None; with ``keep_going``, also set when
         the mask was written but its margins failed).
     """
-    out_dir = outputs.check_output_folder(out_dir)
+    out_dir = outputs.check_output_folder(out_dir, command="predict")
     outputs.refuse_whole_result(out_dir, "predict")
     files = _input_files(inputs)
     wanted = {output_name(path): _case_outputs(path, out_dir, save_prob, quicklook) for path in files}

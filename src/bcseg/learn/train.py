@@ -738,8 +738,8 @@ def train(data, out, config=None, overrides: dict | None = None, fold="0", folds
         One summary per fold trained.
     """
     _check_arguments(fold, init, folds_file)
-    out = outputs.check_output_folder(out)
-    outputs.refuse_dataset_folder(out, None, (), "train")  # a run of its own there continues
+    # never in a dataset's images or masks, but a run of its own there continues
+    out = outputs.check_output_folder(out, command="train")
     outputs.settle(out)  # a killed --force run's earlier run is back before anything reads it
     cfg = _run_config(out, config, overrides, resume, mixed_precision)
     # checked on the recipe, not the flags alone: a recipe's train.teacher takes a weight too

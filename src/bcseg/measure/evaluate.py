@@ -642,7 +642,7 @@ def _say_mixed_models(pred_dir: Path, matched) -> None:
 
 def _check_outputs(out_dir: Path, force: bool) -> dict[str, Path]:
     """The output files, after refusing those that may not be replaced."""
-    check_output_folder(out_dir)
+    check_output_folder(out_dir, command="evaluate")
     outputs = {key: out_dir / name for key, name in OUTPUTS.items()}
     check_replaceable(outputs.values(), force, command="evaluate")
     if not held_here(out_dir):  # train evaluates its test fold inside its own run

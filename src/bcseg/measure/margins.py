@@ -730,7 +730,9 @@ def margins_for_files(image_path, tumour_path: str | Path, out_dir: str | Path,
         Unreadable files, shapes that differ (channels too), a 2D image, no spacing, or
         a spacing that makes the smoothing absurdly many voxels wide.
     """
-    channels, out_dir = _channel_paths(image_path), outputs.check_output_folder(out_dir)
+    # nor among a dataset's masks (inside predict's own folder, predict checked that)
+    channels = _channel_paths(image_path)
+    out_dir = outputs.check_output_folder(out_dir, command="margins")
     display = _display_channel(channels, display_channel)
     orientation = _check_request(orientation, close_mm)
     image_file = _file_of(next(iter(channels.values())))
@@ -742,7 +744,6 @@ def margins_for_files(image_path, tumour_path: str | Path, out_dir: str | Path,
     outputs.check_replaceable(written.values(), force, command="margins", inputs=inputs)
     if not outputs.held_here(out_dir):  # predict --margins writes into predict's own folder
         outputs.refuse_whole_result(out_dir, "margins")  # as predict: never into a run's folders
-        outputs.refuse_dataset_folder(out_dir, None, (), "margins")  # nor among a dataset's masks
     arrays, spacing, file_spacing = _read_stack(channels, spacing_mm)
     image = next(iter(arrays.values()))
     # masks are drawn on the image's voxels: a mask stating a spacing other than the image
