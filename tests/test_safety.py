@@ -3027,6 +3027,33 @@ def test_no_output_goes_into_a_datasets_folders_whatever_the_inputs(
     assert run(capsys, "check", data)[0] == 0
 
 
+def test_the_output_folder_check_itself_refuses_a_datasets_folders(tmp_path):
+    """The refusal of a folder in a dataset's images/ or masks/ was a second call beside
+    check_output_folder, which every writer had to remember: one that forgot it wrote
+    among a dataset's masks. It is part of check_output_folder now, which cannot be
+    called without the command (predict may write beside the images, phantom may not)."""
+    data = tmp_path / "data"
+    image = np.zeros((4, 8, 8), np.uint8)
+    for name in ("images/case_1.tif", "masks/observer1/case_1.tif"):
+        (data / name).parent.mkdir(parents=True)
+        tifffile.imwrite(data / name, image)
+    before, entries = hashes(tmp_path), sorted(tmp_path.rglob("*"))
+    for folder, command in [(data / "masks" / "x", "predict"), (data / "masks", "margins"),
+                            (data / "masks" / "observer1" / "new" / "sub", "train"),
+                            (data / "images" / "x", "phantom")]:
+        with pytest.raises(UsageError, match="is a folder of the dataset") as refused:
+            outputs.check_output_folder(folder, command=command)
+        assert refused.value.path == str(folder) and f"no {command} output" in str(refused.value)
+    # beside the images is predict's documented place; a new folder beside images/ is fine
+    for folder, command in [(data / "images" / "x", "predict"), (data / "split", "split")]:
+        assert outputs.check_output_folder(str(folder), command=command) == folder
+    assert hashes(tmp_path) == before and sorted(tmp_path.rglob("*")) == entries
+    with pytest.raises(TypeError, match="command"):
+        outputs.check_output_folder(data / "masks" / "x")
+    with pytest.raises(TypeError):  # keyword-only: a stray positional is no command
+        outputs.check_output_folder(data / "masks" / "x", "predict")
+
+
 def test_a_folder_bcseg_wrote_inside_a_dataset_is_still_an_output_folder(tmp_path, capsys,
                                                                          phantom, finished_run):
     """A run written into data/masks/run (its predictions are never read as masks) is
