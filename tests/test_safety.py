@@ -3086,6 +3086,28 @@ def test_predictions_in_masks_beside_the_new_stacks_stay_an_output_folder(tmp_pa
     assert code == 0 and (pred / "report.html").is_file(), err
 
 
+@pytest.mark.parametrize("command, where", [("phantom", "masks"), ("phantom", "masks/x"),
+                                             ("margins", "masks/x"), ("predict", "masks/x")])
+def test_no_output_makes_the_masks_of_a_dataset_of_images_alone(tmp_path, capsys, phantom,
+                                                                 models, command, where):
+    """A dataset of images alone (no masks/ yet) has the layout too: 'phantom data/masks/x'
+    wrote x as an observer whose masks matched no image, and 'phantom data/masks' an
+    observer 'images' of every case, so 'check data' refused the dataset. masks/ itself
+    stays open to predict (the README's 'predict images/ --out masks/', tested above)."""
+    data = tmp_path / "data"
+    shutil.copytree(phantom / "images", data / "images")
+    folder = data / where
+    argv = _into_a_dataset_argv(command, data, str(folder), models, tmp_path, phantom)
+    if command == "margins":
+        argv[argv.index("--tumour") + 1] = phantom / "masks" / "observer1" / "specimen_000.tif"
+    before, entries = hashes(tmp_path), sorted(tmp_path.rglob("*"))
+    code, _, err = run(capsys, *argv)
+    line = one_line(err)
+    assert code == 2 and line.startswith(f"bcseg: error: {folder}: is a folder of the dataset"), err
+    assert hashes(tmp_path) == before and sorted(tmp_path.rglob("*")) == entries
+    assert run(capsys, "check", data)[0] == 0
+
+
 @pytest.mark.parametrize("how", ["a link", "another letter case"])
 @pytest.mark.parametrize("command", ["predict", "evaluate", "split"])
 def test_a_runs_folder_named_another_way_is_still_the_runs(tmp_path, capsys, models, phantom,

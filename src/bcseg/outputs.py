@@ -309,7 +309,8 @@ def _refuse_inside_a_layout(folder: Path, command: str) -> None:
     for inside in dict.fromkeys((real_path(folder), Path(os.path.abspath(folder)))):
         for root in inside.parents:
             part = inside.relative_to(root).parts[0]
-            if part not in ("images", "masks") or not _layout_dataset(root):
+            if part not in ("images", "masks") or not (
+                    _layout_dataset(root) or _masks_to_come(inside, root, part, command)):
                 continue
             if part == "images" and _beside_images(command, "images/"):
                 continue
@@ -329,6 +330,26 @@ def _layout_dataset(folder: Path) -> bool:
     return any(not path.name.startswith(".") and path.is_file()
                for part in ("images", "masks") for pattern in ("*", "*/*")
                for path in (folder / part).glob(pattern))
+
+
+# Commands whose output is itself a dataset (images/ and masks/, or nnU-Net's folders):
+# written as a dataset's masks/, its images/ read as an observer's masks.
+DATASET_WRITERS = ("phantom", "export-nnunet", "demo")
+
+
+def _masks_to_come(inside: Path, root: Path, part: str, command: str) -> bool:
+    """Whether ``inside`` would make the ``masks/`` of ``root``, a dataset of images alone
+    (``images/`` holding a file, no ``masks/`` yet): 'phantom data/masks/x' made ``x`` an
+    observer whose masks match no image, and 'phantom data/masks' an observer 'images'
+    of every case, so 'check data' refused the dataset. ``masks/`` itself stays open to
+    the commands that write masks there (the README's 'predict images/ --out masks/')."""
+    if part != "masks" or (root / "masks").exists() or (root / "masks").is_symlink():
+        return False
+    if inside == root / "masks" and command not in DATASET_WRITERS:
+        return False
+    return (root / "images").is_dir() and any(
+        not path.name.startswith(".") and path.is_file()
+        for pattern in ("*", "*/*") for path in (root / "images").glob(pattern))
 
 
 def _bcseg_folder_between(inside: Path, top: Path) -> bool:
