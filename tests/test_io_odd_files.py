@@ -196,6 +196,19 @@ def test_a_singleton_axis_beside_3_or_4_pixels_is_not_taken_for_colour(shape, tm
         assert np.array_equal(io.read_image(tmp_path / "thin.tif", mmap=mmap)[0], np.squeeze(array))
 
 
+@pytest.mark.parametrize("shape", [(8, 1, 1), (2, 1, 1), (1, 1, 7, 1, 1)])
+def test_a_column_of_single_pixels_is_too_small_not_a_crash(shape, tmp_path, capsys):
+    # Its one long axis was dropped with the singletons: its pixels did not fit the (1, 1)
+    # left (ValueError: cannot reshape, exit 1, naming no file).
+    path = tmp_path / "images" / "column.tif"
+    path.parent.mkdir()
+    tifffile.imwrite(path, np.arange(math.prod(shape), dtype=np.uint8).reshape(shape))
+    for mmap in (False, True):
+        refused(lambda: io.read_image(path, mmap=mmap), path, "too small to segment")
+    assert main(["check", str(tmp_path)]) == 3
+    assert "too small to segment" in capsys.readouterr().out
+
+
 # --------------------------------------------------------------------------- alpha only
 
 def alpha_drawing(mode: str) -> np.ndarray:

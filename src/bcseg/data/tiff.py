@@ -433,9 +433,13 @@ def _same_palette(a, b) -> bool:
 
 
 def _kept_axes(shape: tuple[int, ...]) -> list[int]:
-    """Indices of the axes bcseg keeps: singleton axes of a 3D+ shape are dropped."""
+    """Indices of the axes bcseg keeps: singleton axes of a 3D+ shape are dropped, down to
+    two. Those two hold every pixel: a (Z, 1, 1) column of pixels kept its last two axes,
+    (1, 1), and its Z pixels failed to reshape into them (ValueError, exit 1), where
+    (Z, 1) is refused as too small to segment, naming the file."""
     kept = [i for i, n in enumerate(shape) if n != 1] if len(shape) > 2 else list(range(len(shape)))
-    return kept if len(kept) >= 2 else list(range(len(shape)))[-2:]
+    singletons = [i for i in reversed(range(len(shape))) if i not in kept]
+    return sorted(kept + singletons[:max(0, 2 - len(kept))])
 
 
 def series_geometry(tif: tifffile.TiffFile, path: Path):
