@@ -1418,6 +1418,43 @@ def test_a_broken_link_in_the_layout_is_refused_not_skipped(where, tmp_path, cap
     assert code == 3 and f"{link}: is a broken symbolic link" in out + err, (out, err)
 
 
+@pytest.mark.parametrize("where, kind", [("masks", "file"), ("masks", "pipe"),
+                                         ("images", "file")])
+def test_a_file_in_place_of_images_or_masks_is_refused_by_name(where, kind, tmp_path, capsys):
+    """A file named masks beside images/ read as a dataset of images alone ("problems
+    0"), every observer dropped without a word; a file named images beside masks/ was
+    "no known layout", naming the dataset rather than the file."""
+    root = write_cases(tmp_path / "data", n=4)
+    shutil.rmtree(root / where)
+    if kind == "file":
+        (root / where).write_text("not a folder\n")
+    else:
+        os.mkfifo(root / where)
+    for command in (["check", root], ["split", root, "--out", tmp_path / "s.json"]):
+        code, out, err = run_main(capsys, command)
+        message = f"{root / where}: is a {'file' if kind == 'file' else 'named pipe (FIFO)'}, "
+        assert code == 3 and message in err and len(err.splitlines()) == 1, (out, err)
+    assert not (tmp_path / "s.json").exists()
+
+
+@pytest.mark.parametrize("column", ["image", "mask_observer1"])
+def test_a_manifest_path_holding_a_nul_is_refused_naming_the_line(column, tmp_path, capsys):
+    """A NUL in a manifest's path (a binary file saved as CSV, a cell pasted from one)
+    reached os.path.realpath: 'ValueError: embedded null byte', exit 1, naming no file."""
+    root = write_cases(tmp_path / "data", n=4)
+    rows = ["id,image,mask_observer1,group"] + [
+        f"c{i},images/c{i}.tif,masks/observer1/c{i}.tif,g{i}" for i in range(4)]
+    cells = rows[2].split(",")
+    cells[1 if column == "image" else 2] += "\0"
+    rows[2] = ",".join(cells)
+    (root / "manifest.csv").write_text("\n".join(rows) + "\n")
+    for command in (["check", root], ["split", root, "--out", tmp_path / "s.json"]):
+        code, out, err = run_main(capsys, command)
+        assert code == 3 and "manifest.csv: line 3: path" in out + err, (out, err)
+        assert "holds a NUL character" in out + err and len(err.splitlines()) == 1, err
+    assert not (tmp_path / "s.json").exists()
+
+
 # --------------------------------------------------------------------------- damaged past the header
 
 def damaged_past_its_header(path: Path, stack: np.ndarray = STACK) -> Path:

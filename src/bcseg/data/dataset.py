@@ -19,6 +19,7 @@ No TensorFlow here.
 
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import replace
 from pathlib import Path
@@ -30,7 +31,7 @@ from bcseg.data.case_checks import (Problems, check_observer_name, check_unique_
                                     refuse_shared_masks, repeated_channel_file, unicode_form)
 from bcseg.data.cases import Case, Channel
 from bcseg.data.manifest import read_csv_lines, read_manifest
-from bcseg.errors import DataError
+from bcseg.errors import DataError, not_a_file
 
 
 BUSI_OBSERVER = "reference"
@@ -69,6 +70,14 @@ def discover(root: str | Path, problems: Problems | None = None) -> list[Case]:
                         "it again with --force")
     if (root / "manifest.csv").is_file():
         return read_manifest(root / "manifest.csv", problems)
+    for part, other in (("images", "masks"), ("masks", "images")):
+        # a file (or pipe) named so beside the other folder: 'masks' a file read as a
+        # dataset of images alone (0 problems), 'images' a file as no known layout
+        if ((root / other).is_dir() and os.path.lexists(root / part)
+                and not (root / part).is_dir()):
+            expected = f"the folder of the dataset's {part} beside {other}/"
+            raise DataError(root / part, not_a_file(root / part, expected)
+                            or f"is a file, expected {expected}")
     if (root / "images").is_dir():
         return _discover_images_masks(root, problems)
     if has_class_folders(root, listing=problems is not None):  # _discover_busi lists its links
