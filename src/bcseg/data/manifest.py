@@ -29,6 +29,9 @@ from bcseg.errors import DataError
 def _manifest_path(value: str, base: Path, manifest: Path, line: int) -> Path:
     if not value:
         raise DataError(manifest, f"line {line}: empty path")
+    if "\0" in value:  # no file name holds one: os.path.realpath raised ValueError (exit 1)
+        raise DataError(manifest, f"line {line}: path {value!r} holds a NUL character, which "
+                        "no file name can; save the manifest again as plain text")
     path = Path(value)
     resolved = real_path(path) if path.is_absolute() else real_path(base / path)
     try:
