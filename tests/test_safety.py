@@ -959,6 +959,19 @@ def test_resume_keeps_complete_masks_and_finishes_a_killed_run(tmp_path, capsys,
     assert outputs.foreign(out) == []  # the killed run's masks are recorded as bcseg's
 
 
+def test_force_after_a_killed_run_leaves_none_of_its_temporaries(tmp_path, capsys, models):
+    """'predict --force' over a SIGKILLed run segmented every input again and left the
+    killed run's '.s3_mask.bcseg-partial-PID.tif' beside the new masks; only --resume
+    removed them."""
+    data, out = _predict_killed_part_way(tmp_path, models)
+    assert partials(out)
+    code, _, err = run(capsys, "predict", data, "--model", models["2d"], "--out", out,
+                       "--force", "--no-progress")
+    assert (code, err) == (0, "")
+    assert not partials(out)
+    assert sorted(outputs.listing(out)) == [f"s{i}_mask.tif" for i in range(6)]
+
+
 # --------------------------------------------------------------------------- data loss found by the second red-team pass
 
 def _phantom_force(capsys, out: Path) -> tuple[int, str]:
@@ -1022,13 +1035,15 @@ def test_force_never_deletes_a_users_files_named_like_temporaries(tmp_path, caps
     assert hashes(tmp_path) == before
 
 
-def test_resume_never_deletes_a_users_files_named_like_temporaries(tmp_path, capsys, models):
-    """predict --resume deleted them, even in a folder bcseg never wrote."""
+@pytest.mark.parametrize("flag", ["--resume", "--force"])
+def test_resume_never_deletes_a_users_files_named_like_temporaries(tmp_path, capsys, models, flag):
+    """predict --resume deleted them, even in a folder bcseg never wrote (--force removes
+    a killed run's temporaries too, and no more than --resume)."""
     out = stacks(tmp_path / "data", 1).parent / "out"
     _users_lookalikes(out)
     before = hashes(tmp_path)
     code, _, err = run(capsys, "predict", tmp_path / "data", "--model", models["2d"], "--out", out,
-                       "--resume", "--no-progress")
+                       flag, "--no-progress")
     assert (code, err) == (0, "")
     assert_survives(before, tmp_path)
 

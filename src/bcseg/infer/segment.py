@@ -767,7 +767,7 @@ def predict_files(model_path: str | Path, inputs, out_dir: str | Path, *, thresh
     with outputs.claim(out_dir, "predict", open_on_failure=True):
         # again, now that no other run can write here: one may have finished meanwhile
         todo = _files_to_do(files, wanted, out_dir, force, resume, made)
-        if resume:
+        if resume or force:  # a killed run's temporaries: --force left them beside its masks
             remove_partials(out_dir)
         records = [_predict_one(models, settings, path, wanted[output_name(path)], path in todo, progress,
                                 keep_going, model_named, problems.get(output_name(path)), made)
