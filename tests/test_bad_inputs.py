@@ -1455,6 +1455,38 @@ def test_a_manifest_path_holding_a_nul_is_refused_naming_the_line(column, tmp_pa
     assert not (tmp_path / "s.json").exists()
 
 
+LATIN1 = os.fsdecode(b"sp\xe9cimen")  # 'spécimen' in Latin-1, from an old disk: no UTF-8
+
+
+@pytest.mark.parametrize("command", ["predict --margins", "margins", "check", "observer"])
+def test_a_name_that_is_not_utf8_is_refused_in_one_line(command, tmp_path, models, capsys):
+    """A file named in another encoding reached the UTF-8 tables: 'predict --margins' wrote
+    its mask, then failed writing margins.csv (UnicodeEncodeError, exit 1), as 'margins'
+    did; its id (and an observer's name) heads rows and columns of evaluate's tables."""
+    root = write_cases(tmp_path / "data", n=4, shape=STACK.shape)
+    for folder in (root / "images", root / "masks" / "observer1"):
+        os.rename(folder / "c0.tif", folder / f"{LATIN1}.tif")
+    image, mask = root / "images" / f"{LATIN1}.tif", root / "masks" / "observer1" / f"{LATIN1}.tif"
+    io.write_mask(mask, np.pad(np.ones((2, 4, 4), np.uint8), [(1, STACK.shape[0] - 3)] + [(
+        4, n - 8) for n in STACK.shape[1:]]))
+    out = tmp_path / "out"
+    argv, culprit = {
+        "predict --margins": (predict_argv(tmp_path, image, models["3d"], "--margins",
+                                           "--spacing", "1x0.1x0.1"), image),
+        "margins": (["margins", "--image", image, "--tumour", mask, "--spacing", "1x0.1x0.1",
+                     "--out", out], image),
+        "check": (["split", root, "--out", tmp_path / "s.json"], image),
+        "observer": (["split", root, "--out", tmp_path / "s.json"], None)}[command]
+    if command == "observer":
+        os.rename(root / "images" / f"{LATIN1}.tif", root / "images" / "c0.tif")
+        os.rename(root / "masks" / "observer1", root / "masks" / LATIN1)
+        culprit = root / "masks" / LATIN1
+    code, out_text, err = run_main(capsys, argv)
+    assert code == 3 and len(err.splitlines()) == 1, err
+    assert err.startswith(f"bcseg: error: {printable(str(culprit))}: ") and "not UTF-8" in err, err
+    assert not out.exists() and not (tmp_path / "s.json").exists()
+
+
 # --------------------------------------------------------------------------- damaged past the header
 
 def damaged_past_its_header(path: Path, stack: np.ndarray = STACK) -> Path:

@@ -37,10 +37,12 @@ def printable(text: str) -> str:
     """``text`` with control and format characters escaped (``\\n``, ``\\x1b``, ``\\u202e``).
 
     A file name may hold a newline, an escape sequence or a right-to-left override;
-    printed raw, it would split a one-line error in two or rewrite the terminal.
+    printed raw, it would split a one-line error in two or rewrite the terminal. A byte
+    of another encoding (a surrogate) is escaped too: printed, it failed where the output
+    is strict UTF-8 (UnicodeEncodeError).
     """
     return "".join(c.encode("unicode_escape").decode("ascii")
-                   if unicodedata.category(c) in ("Cc", "Cf", "Zl", "Zp") else c for c in text)
+                   if unicodedata.category(c) in ("Cc", "Cf", "Zl", "Zp", "Cs") else c for c in text)
 
 
 class BcsegError(Exception):

@@ -78,6 +78,9 @@ def check_observer_name(name: str, where: Path) -> None:
     if name in METHODS:
         raise DataError(where, f"names an observer '{name}', which is the name of a consensus "
                         f"of observers ({', '.join(METHODS)}); rename the observer")
+    if not_utf8(name):  # its name heads columns of metrics.csv and agreement.csv
+        raise DataError(where, f"names an observer whose name {not_utf8(name)}; rename the "
+                        "observer's folder")
 
 
 def require_every_observer(cases: list[Case], target: str) -> None:
@@ -107,6 +110,18 @@ def name_key(name: str) -> str:
     return unicodedata.normalize("NFC", unicodedata.normalize("NFC", name).casefold())
 
 
+def not_utf8(name: str) -> str | None:
+    """Why ``name``, a file's name, cannot be written into a table, or None: bytes of
+    another encoding (Latin-1 from an old disk) are kept in it as surrogates, and a CSV or
+    JSON of bcseg's is UTF-8 (writing one failed: UnicodeEncodeError, exit 1)."""
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return ("is not UTF-8 text (its name holds bytes of another encoding), and bcseg "
+                "writes it into its tables, which are UTF-8")
+    return None
+
+
 def id_problem(case_id: str, max_bytes: int | None = ID_MAX_BYTES) -> str | None:
     """Why ``case_id`` cannot name output files, or None. ``predict`` passes
     ``max_bytes=None``: it checks the full length of each output name instead."""
@@ -116,6 +131,8 @@ def id_problem(case_id: str, max_bytes: int | None = ID_MAX_BYTES) -> str | None
         return "holds a control character; bcseg names output files after it"
     if case_id.startswith("."):
         return "starts with '.', which would hide the output files named after it"
+    if not_utf8(case_id):
+        return not_utf8(case_id)
     if max_bytes is not None and len(os.fsencode(case_id)) > max_bytes:
         return (f"is {len(os.fsencode(case_id))} bytes long, more than {max_bytes}: output files "
                 "are named after it and a file name may have at most 255 bytes")

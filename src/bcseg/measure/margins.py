@@ -63,6 +63,7 @@ from skimage.filters import threshold_otsu
 from bcseg import outputs
 from bcseg.data import image_rules, io
 from bcseg.data.channels import check_agreement, check_channel_name, read_files
+from bcseg.data.case_checks import not_utf8
 from bcseg.data.cases import IMAGE_CHANNEL
 from bcseg.data.geometry import bounding_box, fill_holes, largest_component, surface
 from bcseg.atomic import atomic_path, real_path, write_text
@@ -737,6 +738,10 @@ def margins_for_files(image_path, tumour_path: str | Path, out_dir: str | Path,
     orientation = _check_request(orientation, close_mm)
     image_file = _file_of(next(iter(channels.values())))
     case = io.file_stem(image_file) if case is None else str(case)
+    problem = not_utf8(case)  # it names the CSV's row
+    if problem:
+        raise DataError(image_file, f"names its outputs '{case[:60]}', which {problem}; "
+                        "rename the file")
     written = {"csv": out_dir / f"{case}_margins.csv", "png": out_dir / f"{case}_margins.png"}
     if specimen_path is None:
         written["specimen"] = out_dir / f"{case}_specimen.tif"
