@@ -1487,6 +1487,19 @@ def test_a_name_that_is_not_utf8_is_refused_in_one_line(command, tmp_path, model
     assert not out.exists() and not (tmp_path / "s.json").exists()
 
 
+def test_an_evaluation_into_a_folder_named_in_another_encoding_gets_its_report(tmp_path, capsys):
+    """The report shows its folder's name: one not in UTF-8 failed the page after the
+    evaluation was written (UnicodeEncodeError, exit 1)."""
+    root = write_cases(tmp_path / "data", n=4)
+    for i in range(4):
+        io.write_mask(tmp_path / "pred" / f"c{i}_mask.tif", LESION)
+    out = tmp_path / LATIN1
+    code, _, err = run_main(capsys, ["evaluate", "--pred", tmp_path / "pred", "--truth", root,
+                                     "--out", out])
+    assert code == 0, err
+    assert "sp\\udce9cimen" in (out / "report.html").read_text(encoding="utf-8")
+
+
 # --------------------------------------------------------------------------- damaged past the header
 
 def damaged_past_its_header(path: Path, stack: np.ndarray = STACK) -> Path:

@@ -84,7 +84,10 @@ _HOW_TO_READ = (
 
 
 def _e(value) -> str:
-    return html.escape(str(value), quote=True)
+    # a folder named in another encoding holds surrogates, which no UTF-8 page can: the
+    # report failed (UnicodeEncodeError, exit 1) after the evaluation; shown as \udcfd
+    text = str(value).encode("utf-8", "backslashreplace").decode("utf-8")
+    return html.escape(text, quote=True)
 
 
 def _img(path: Path, alt: str, caption: str | None = None) -> str:
