@@ -209,6 +209,32 @@ def test_a_column_of_single_pixels_is_too_small_not_a_crash(shape, tmp_path, cap
     assert "too small to segment" in capsys.readouterr().out
 
 
+def _with_tag(path, tag_name: str, value: int):
+    """``path`` with every value of its first page's ``tag_name`` set to ``value``."""
+    import struct
+
+    data = bytearray(path.read_bytes())
+    with tifffile.TiffFile(path) as tif:
+        tag = tif.pages[0].tags[tag_name]
+        size, fmt = (2, "<H") if tag.dtype == 3 else (4, "<I")
+        for i in range(tag.count):
+            data[tag.valueoffset + size * i:tag.valueoffset + size * (i + 1)] = struct.pack(fmt, value)
+    path.write_bytes(bytes(data))
+    return path
+
+
+@pytest.mark.parametrize("tag, words", [("StripByteCounts", "hold no bytes"),
+                                        ("BitsPerSample", "0-bit")])
+def test_a_tiff_declaring_no_pixel_data_is_refused_not_read_black(tag, words, tmp_path):
+    # Strips of no bytes read as a black stack (tifffile fills them with zeros), without a
+    # word; pixels of 0 bits decoded to nothing: ValueError, cannot reshape, exit 1.
+    path = tmp_path / "cut.tif"
+    tifffile.imwrite(path, (RAMP[None] + np.arange(4, dtype=np.uint8)[:, None, None]))
+    _with_tag(path, tag, 0)
+    for mmap in (False, True):
+        refused(lambda: io.read_image(path, mmap=mmap), path, "corrupt", words)
+
+
 # --------------------------------------------------------------------------- alpha only
 
 def alpha_drawing(mode: str) -> np.ndarray:

@@ -240,6 +240,7 @@ def stored_shape(tif: tifffile.TiffFile, path: Path) -> tuple[tuple[int, ...], s
                             "bcseg reads one image or stack per file")
     _check_ome_count(tif, path)
     _check_like_pages(tif, path)
+    _check_pixel_data(tif, path)
     check_orientation(image_page(tif).tags.valueof(274, 1), path)  # TIFF Orientation
     series = image_series[0]
     axes = series.axes
@@ -417,6 +418,22 @@ def _check_like_pages(tif: tifffile.TiffFile, path: Path) -> None:
                             "differs from page 1's; save the stack with all its slices alike")
 
 
+def _check_pixel_data(tif: tifffile.TiffFile, path: Path) -> None:
+    """Refuse an image whose first page declares a strip or tile of no bytes, or pixels of
+    0 bits: tifffile fills such a strip with zeros (a stack of a cut copy read as black,
+    without a word) and decodes 0-bit pixels to nothing (ValueError: cannot reshape)."""
+    page = image_page(tif)
+    if not page.bitspersample or page.dtype is None:
+        raise DataError(path, f"is corrupt: its pixels are {page.bitspersample}-bit of sample "
+                        f"format {int(page.sampleformat)}, which no image has; copy it again "
+                        "from the source")
+    counts = list(page.databytecounts)
+    if math.prod(page.shape) and counts and min(counts) == 0:
+        raise DataError(path, f"is truncated or corrupt: {counts.count(0)} of the {len(counts)} "
+                        "strips or tiles of its first page hold no bytes, and would read as "
+                        "black; copy it again from the source")
+
+
 def _scattered_imagej(tif: tifffile.TiffFile, series) -> bool:
     """Whether an ImageJ stack's pages do not lie one after the other, as Fiji writes them.
 
@@ -554,6 +571,9 @@ def read_tiff(path: Path, mmap: bool) -> tuple[np.ndarray, tuple[float, ...] | N
         raise
     except Exception as exc:
         raise read_error(exc, path, compression) from None
+    if array.size != math.prod(shape):  # a header tifffile decoded to no pixels (BitsPerSample 0)
+        raise DataError(path, f"is corrupt: its header declares {tuple(shape)} pixels, its "
+                        f"pixel data decodes to {array.size}; copy it again from the source")
     if array.shape != shape:
         array = array.reshape(shape)
     return array, spacing
