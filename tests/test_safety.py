@@ -3101,6 +3101,35 @@ def test_predictions_in_masks_beside_the_new_stacks_stay_an_output_folder(tmp_pa
     assert code == 0 and (pred / "report.html").is_file(), err
 
 
+def test_predictions_go_into_a_masks_folder_holding_only_bcseg_runs(tmp_path, capsys, phantom,
+                                                                      models, finished_run):
+    """masks/ holding only a run trained into it (masks/run, its own record) and no record
+    of its own was refused as a folder of the dataset for the README's 'predict images/
+    --out masks/', though nothing in it is the user's."""
+    data = tmp_path / "data"
+    shutil.copytree(phantom / "images", data / "images")
+    _copy_tree(finished_run, data / "masks" / "run")
+    code, _, err = run(capsys, "predict", data / "images", "--model", models["2d"], "--out",
+                       data / "masks", "--no-progress")
+    assert code == 0 and (data / "masks" / "specimen_000_mask.tif").is_file(), err
+    assert run(capsys, "check", data)[0] == 0
+
+
+def test_no_dataset_is_written_inside_masks_that_bcseg_wrote(tmp_path, capsys, phantom, models):
+    """After 'predict images/ --out masks/' masks/ is bcseg's whole folder, and a new folder
+    in it was any command's: 'phantom data/masks/x' wrote a dataset whose images read as an
+    observer's masks without images, and check refused the dataset."""
+    data = tmp_path / "data"
+    shutil.copytree(phantom / "images", data / "images")
+    assert run(capsys, "predict", data / "images", "--model", models["2d"], "--out",
+               data / "masks", "--no-progress")[0] == 0
+    before, entries = hashes(tmp_path), sorted(tmp_path.rglob("*"))
+    code, _, err = run(capsys, "phantom", data / "masks" / "x", "--n", 1, "--shape", 8, 16, 16)
+    assert code == 2 and "is a folder of the dataset" in one_line(err), err
+    assert hashes(tmp_path) == before and sorted(tmp_path.rglob("*")) == entries
+    assert run(capsys, "check", data)[0] == 0
+
+
 @pytest.mark.parametrize("command, where", [("phantom", "masks"), ("phantom", "masks/x"),
                                              ("margins", "masks/x"), ("predict", "masks/x")])
 def test_no_output_makes_the_masks_of_a_dataset_of_images_alone(tmp_path, capsys, phantom,

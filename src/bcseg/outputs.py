@@ -314,8 +314,12 @@ def _refuse_inside_a_layout(folder: Path, command: str) -> None:
                 continue
             if part == "images" and _beside_images(command, "images/"):
                 continue
-            if _bcseg_folder_between(inside, root / part):
-                break  # bcseg's own folder, by either path
+            # bcseg's own folder, by either path; but a dataset written anywhere in masks/
+            # is data, read as an observer's masks ('phantom data/masks/x' after 'predict
+            # images/ --out masks/' made check refuse the dataset)
+            if command not in DATASET_WRITERS and (_bcseg_folder_between(
+                    inside, root / part) or _masks_of_bcseg_folders(inside, root, part, command)):
+                break
             raise _dataset_refusal(folder, _as_named(folder, root), command)
 
 
@@ -350,6 +354,22 @@ def _masks_to_come(inside: Path, root: Path, part: str, command: str) -> bool:
     return (root / "images").is_dir() and any(
         not path.name.startswith(".") and path.is_file()
         for pattern in ("*", "*/*") for path in (root / "images").glob(pattern))
+
+
+def _masks_of_bcseg_folders(inside: Path, root: Path, part: str, command: str) -> bool:
+    """Whether ``inside`` is the ``masks/`` of ``root`` and holds only folders bcseg wrote
+    whole (a run trained into ``data/masks/run``), no observer's masks and no record of its
+    own: 'predict images/ --out masks/' (the README's tour) was refused there as a folder
+    of the dataset, though nothing in it is the user's. Open to the commands that write
+    masks there, as a ``masks/`` still to come is (:func:`_masks_to_come`)."""
+    if part != "masks" or inside != root / "masks" or command in DATASET_WRITERS:
+        return False
+    try:
+        entries = [path for path in inside.iterdir() if not _ours(path)]
+    except OSError:  # not there, or not readable: nothing known to be bcseg's
+        return False
+    return bool(entries) and all(path.is_dir() and not path.is_symlink() and _written_whole(path)
+                                 for path in entries)
 
 
 def _bcseg_folder_between(inside: Path, top: Path) -> bool:
