@@ -218,7 +218,8 @@ def _with_tag(path, tag_name: str, value: int):
         tag = tif.pages[0].tags[tag_name]
         size, fmt = (2, "<H") if tag.dtype == 3 else (4, "<I")
         for i in range(tag.count):
-            data[tag.valueoffset + size * i:tag.valueoffset + size * (i + 1)] = struct.pack(fmt, value)
+            start = tag.valueoffset + size * i
+            data[start:start + size] = struct.pack(fmt, value)
     path.write_bytes(bytes(data))
     return path
 

@@ -41,8 +41,9 @@ def printable(text: str) -> str:
     of another encoding (a surrogate) is escaped too: printed, it failed where the output
     is strict UTF-8 (UnicodeEncodeError).
     """
+    escaped = ("Cc", "Cf", "Zl", "Zp", "Cs")
     return "".join(c.encode("unicode_escape").decode("ascii")
-                   if unicodedata.category(c) in ("Cc", "Cf", "Zl", "Zp", "Cs") else c for c in text)
+                   if unicodedata.category(c) in escaped else c for c in text)
 
 
 class BcsegError(Exception):
