@@ -748,6 +748,23 @@ def test_margins_force_never_writes_over_its_own_input(tmp_path, capsys, phantom
     assert hashes(tmp_path) == before
 
 
+def test_margins_force_with_a_specimen_keeps_an_earlier_specimen_mask_given_as_tumour(
+        tmp_path, capsys, phantom):
+    """With --specimen, the earlier run's computed specimen mask is removed as stale; given
+    as --tumour it is an input, and it was deleted."""
+    image = phantom / "images" / "specimen_000.tif"
+    out = tmp_path / "out"
+    assert run(capsys, "margins", "--image", image, "--tumour",
+               phantom / "masks" / "observer1" / "specimen_000.tif", "--out", out)[0] == 0
+    computed = out / "specimen_000_specimen.tif"
+    kept = computed.read_bytes()
+    specimen = tmp_path / "drawn_specimen.tif"
+    io.write_mask(specimen, np.ones((8, 32, 32), bool), (1.0, 0.25, 0.25))
+    run(capsys, "margins", "--image", image, "--tumour", computed, "--specimen", specimen,
+        "--out", out, "--force")
+    assert computed.read_bytes() == kept
+
+
 def test_evaluate_force_no_report_leaves_no_stale_report(tmp_path, capsys, phantom):
     """A forced re-evaluation removes bcseg's report of the old numbers, never a file of yours."""
     pred = tmp_path / "pred"

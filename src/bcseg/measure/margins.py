@@ -51,6 +51,7 @@ from __future__ import annotations
 import csv
 import io as text_io
 import math
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Mapping
@@ -780,13 +781,27 @@ def margins_for_files(image_path, tumour_path: str | Path, out_dir: str | Path,
             io.write_mask(written["specimen"], specimen, spacing_mm=spacing)
         elif force:  # a specimen mask computed by an earlier run no longer matches the row
             computed = out_dir / f"{case}_specimen.tif"
-            # margins' own only: one that predict --margins computed is predict's result
-            if real_path(computed) != real_path(specimen_path):
+            # margins' own only: one that predict --margins computed is predict's result;
+            # and never an input (an earlier run's specimen mask given as --tumour was deleted)
+            if not _is_one_of(computed, inputs):
                 outputs.remove_owned([computed], by=("margins",))
         write_margins_csv([result], written["csv"])
         margin_figure(arrays[display], tumour, specimen, result, written["png"], spacing)
     result["outputs"] = {name: str(p) for name, p in written.items()}
     return result
+
+
+def _is_one_of(path: Path, files) -> bool:
+    """Whether ``path`` is one of ``files`` on the disk (by any name: a link, a hard link)."""
+    for item in files:
+        if item is None:
+            continue
+        try:
+            if real_path(path) == real_path(item) or os.path.samefile(path, item):
+                return True
+        except OSError:  # either is not there: not the same file
+            continue
+    return False
 
 
 def _by(spacing) -> str:
