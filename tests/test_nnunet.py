@@ -395,6 +395,39 @@ def test_ctrl_c_while_the_dataset_moves_in_leaves_no_half_dataset(specimens, tmp
     assert (export_nnunet(specimens, out, 15, "Cut", k=3) / "dataset.json").is_file()
 
 
+def test_a_full_disk_leaves_no_stage_of_the_export(specimens, tmp_path, monkeypatch):
+    """On a full disk the stage's record could not be settled either, and its files were
+    kept as 'not written by bcseg' (a hidden, partial copy of the dataset, named wrongly)."""
+    import errno
+    import warnings
+
+    from bcseg import nnunet, outputs
+    from bcseg.errors import DiskFullError
+
+    real_image, real_finish, written = nnunet._write_image, outputs._finish, []
+
+    def write_image(*args, **kwargs):  # the disk fills after two of the stage's images
+        if len(written) == 2:
+            raise DiskFullError(args[0], "cannot be written: no space left on the device")
+        real_image(*args, **kwargs)
+        written.append(args[0])
+
+    def finish(folder, *args, **kwargs):  # and no record can be written there either
+        if PARTIAL_MARK in Path(folder).name:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_finish(folder, *args, **kwargs)
+
+    monkeypatch.setattr(nnunet, "_write_image", write_image)
+    monkeypatch.setattr(outputs, "_finish", finish)
+    out = tmp_path / "raw"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no "was not written by bcseg" about its own files
+        with pytest.raises(DiskFullError):
+            export_nnunet(specimens, out, 16, "Full", k=3)
+    assert len(written) == 2
+    assert not out.exists() or not [p for p in out.iterdir() if PARTIAL_MARK in p.name]
+
+
 @pytest.mark.parametrize("force", [False, True])
 def test_a_file_named_like_the_dataset_folder_is_refused_and_kept(specimens, tmp_path, force):
     """Red team 16: a raw Python error, and the folder's lock left in nnUNet_raw."""

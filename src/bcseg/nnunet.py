@@ -260,7 +260,9 @@ def _write_dataset(cases: list[Case], nn_ids: list[str], stage: Path, dest: Path
     to be bcseg's, and the next export deletes it (:func:`_free_stage`)."""
     folder_name = dest.name
     try:
-        with claim(stage, "export-nnunet"):  # still open while moving: a kill leaves it open
+        # still open while moving: a kill leaves it open. All or nothing: on a full disk its
+        # record cannot be settled, and its files were then judged not bcseg's and kept
+        with claim(stage, "export-nnunet", all_or_nothing=True):
             _write_staged(cases, nn_ids, stage, observer, ending, fold_of, name, channels, folder_name)
             # dataset.json last: nnU-Net needs it, so a dataset cut short by a kill
             # in this loop is never taken for a complete one.
