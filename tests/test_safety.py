@@ -1412,6 +1412,22 @@ def test_replacing_a_run_refuses_when_a_file_in_it_was_edited(tmp_path, capsys):
     assert_survives(before, tmp_path)
 
 
+def test_a_record_without_sizes_and_times_cannot_let_force_delete_an_edited_file(tmp_path, capsys):
+    """A record whose "stats" were lost (edited by hand, or a bcseg's before it kept them)
+    listed every file as bcseg's: --force deleted the attributes table the user had edited."""
+    out = tmp_path / "ph"
+    assert run(capsys, "phantom", out, "--n", 1, "--shape", 8, 16, 16)[0] == 0
+    record = json.loads((out / outputs.RECORD).read_text())
+    del record["stats"]
+    (out / outputs.RECORD).write_text(json.dumps(record))
+    with open(out / "specimens.csv", "a") as table:
+        table.write("my note\n")
+    before = hashes(tmp_path)
+    code, err = _phantom_force(capsys, out)
+    assert code == 2 and "was not written by bcseg, or was changed after" in one_line(err)
+    assert_survives(before, tmp_path)
+
+
 def test_a_corrected_mask_in_the_input_folder_is_never_segmented_as_an_input(tmp_path, capsys, models):
     """predict --out its input folder: a mask bcseg wrote there and the user corrected
     is the user's (never replaced), and still a mask (never segmented: no _mask_mask)."""

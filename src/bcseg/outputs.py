@@ -577,9 +577,13 @@ def _as_written(folder: Path, name: str, wrote: dict) -> bool:
 
 
 def _edited(folder: Path, record: dict) -> set[str]:
-    """The recorded files that changed since bcseg wrote them: the user's work now."""
-    return {name for name, fingerprint in _stats(record).items()
-            if name in record["files"] and _fingerprint(folder / name) not in (None, fingerprint)}
+    """The recorded files that changed since bcseg wrote them: the user's work now. So is
+    a file listed with no size and time to tell (a record edited by hand, or written by a
+    bcseg before it kept them): whether the user changed it cannot be known, and --force
+    deleted a table the user had edited once the record's "stats" were gone."""
+    stats = _stats(record)
+    return {name for name in record["files"] if not name.endswith("/")
+            and _fingerprint(folder / name) not in (None, stats.get(name))}
 
 
 def unfinished_claim(folder: str | Path) -> dict | None:
