@@ -1428,6 +1428,24 @@ def test_a_record_without_sizes_and_times_cannot_let_force_delete_an_edited_file
     assert_survives(before, tmp_path)
 
 
+def test_empty_folders_made_while_a_run_writes_stay_yours(tmp_path, capsys, monkeypatch):
+    """A tree of empty folders the user made in the folder while phantom wrote it was
+    adopted as phantom's, and the next --force deleted it."""
+    out = tmp_path / "ph"
+    real = io.write_mask
+
+    def write_mask(*args, **kwargs):  # the user makes folders while the run writes
+        (out / "mine" / "a" / "b").mkdir(parents=True, exist_ok=True)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(io, "write_mask", write_mask)
+    assert run(capsys, "phantom", out, "--n", 1, "--shape", 8, 16, 16)[0] == 0
+    monkeypatch.setattr(io, "write_mask", real)
+    code, err = _phantom_force(capsys, out)
+    assert code == 2 and "ph/mine" in one_line(err)
+    assert (out / "mine" / "a" / "b").is_dir()
+
+
 def test_a_corrected_mask_in_the_input_folder_is_never_segmented_as_an_input(tmp_path, capsys, models):
     """predict --out its input folder: a mask bcseg wrote there and the user corrected
     is the user's (never replaced), and still a mask (never segmented: no _mask_mask)."""

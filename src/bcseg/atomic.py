@@ -69,8 +69,12 @@ def atomic_path(path: str | Path, force: bool = True) -> Iterator[Path]:
     path = Path(path)
     if not force and path.exists():
         raise UsageError(path, "already exists; pass force=True to overwrite it")
+    # The folders made for the file go again if it is never written: left empty, they were
+    # nobody's (bcseg records the folders holding its files), and --force refused them.
+    made = [p for p in (path.parent, *path.parent.parents) if not p.exists()]
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = partial_name(path)
+    written = False
     try:
         yield tmp
         if not tmp.exists():
@@ -78,6 +82,7 @@ def atomic_path(path: str | Path, force: bool = True) -> Iterator[Path]:
         with open(tmp, "rb+") as handle:  # flush to disk before the rename
             os.fsync(handle.fileno())
         os.replace(tmp, path)
+        written = True
         for hook in WRITE_HOOKS:
             hook(path)
     except OSError as exc:
@@ -89,6 +94,9 @@ def atomic_path(path: str | Path, force: bool = True) -> Iterator[Path]:
     finally:
         if tmp.exists():
             tmp.unlink()
+        for folder in made if not written else ():  # the deepest first; one in use stays
+            with contextlib.suppress(OSError):
+                folder.rmdir()
 
 
 def full_disk_problem(error: OSError) -> str | None:

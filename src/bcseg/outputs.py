@@ -510,7 +510,7 @@ def _settle(folder: Path, record: dict, present: set[str], wrote: dict | None = 
     in the folder, or in place of its files, before or after the kill stays the user's.
     A claim of a bcseg before the journal adopts the files changed no later than its
     last sign of life (the record's modification time, see :func:`beat`), and every
-    folder. A live claim adopts what it wrote, as it is, and every folder.
+    folder. A live claim adopts what it wrote, as it is, and the folders holding it.
 
     The claim's files are fingerprinted as it left them (:func:`_fingerprint`), except
     those the user had edited before it started (its ``edited`` list), whose old
@@ -524,7 +524,11 @@ def _settle(folder: Path, record: dict, present: set[str], wrote: dict | None = 
         written = (set(files) | new) - set(claim.get("edited", []))
         if _mine(claim):  # a live claim knows its files: one the user added meanwhile stays theirs
             wrote = {} if wrote is None else wrote
-            new = {name for name in new if _as_written(folder, name, wrote)}
+            # and the folders holding them: a tree of empty folders the user made meanwhile
+            # was adopted whole, and a later --force deleted it
+            made = _with_folders(set(wrote))
+            new = {name for name in new
+                   if (name in made if name.endswith("/") else _as_written(folder, name, wrote))}
             written = {name for name in written if _as_written(folder, name, wrote)}
         elif claim.get("journal"):  # what the dead run wrote, file by file
             wrote = journal.read(folder)
