@@ -453,6 +453,41 @@ def test_the_next_claim_settles_what_a_killed_replacement_left(moment, finished,
         assert outputs.owned(folder) == {"a.csv", "sub/", "sub/b.csv"}
 
 
+KILLED_IN_A_NEW_FOLDER = """
+import sys, time
+from pathlib import Path
+from bcseg import outputs
+from bcseg.atomic import atomic_path, write_text
+
+folder = Path(sys.argv[1])
+with outputs.claim(folder, "test", replace=True):
+    write_text(folder / "new.csv", "new\\n")
+    with atomic_path(folder / "deep" / "c.csv") as tmp:  # its folder made, the file not yet
+        print("now", flush=True)
+        time.sleep(120)
+"""
+
+
+def test_a_replacement_killed_while_it_writes_into_a_new_folder_is_put_back(tmp_path):
+    """Killed before the first file of a folder it made was complete, a --force run left
+    that folder empty and unjournaled: the next run took it for the user's and refused to
+    put back the earlier result ('deep: was not written by bcseg; ... move one away')."""
+    folder = tmp_path / "result"
+    with outputs.claim(folder, "test"):
+        write_text(folder / "a.csv", "old\n")
+    old = {k: v for k, v in hashes(tmp_path).items() if not k.endswith(outputs.RECORD)}
+    process = subprocess.Popen([sys.executable, "-c", KILLED_IN_A_NEW_FOLDER, str(folder)],
+                               stdout=subprocess.PIPE, text=True, env=subprocess_env())
+    assert process.stdout.readline() == "now\n"
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert (folder / "deep").is_dir()  # the state the kill leaves
+    with outputs.claim(folder, "test"):
+        pass
+    assert {k: v for k, v in hashes(tmp_path).items() if not k.endswith(outputs.RECORD)} == old
+    assert not (folder / "deep").exists()
+
+
 @pytest.mark.parametrize("command", ["phantom", "export-nnunet"])
 def test_a_killed_replacement_is_no_empty_folder_to_write_without_force(command, tmp_path, capsys):
     """A --force run killed just after it moved the old result aside leaves the folder

@@ -26,7 +26,8 @@ PARTIAL_MARK = ".bcseg-partial-"
 # "notes.partial-2.txt", "chapter.partial-draft.docx" or an editor's or another tool's
 # ".thesis.partial-4242.docx" is not bcseg's and must never be treated as a leftover.
 _PARTIAL_NAME = re.compile(r"^\..+\.bcseg-partial-(?P<pid>\d+)(\.nii\.gz|\.[^./]+)?$")
-# Called with each file once it is complete (bcseg.outputs marks its claim alive).
+# Called with each file once it is complete (bcseg.outputs marks its claim alive), and
+# with each folder made for one, once made.
 WRITE_HOOKS: list[Callable[[Path], None]] = []
 NAME_MAX = 255  # bytes in one file name on every common file system
 FULL = {errno.ENOSPC: "no space left on the device", errno.EDQUOT: "disk quota exceeded",
@@ -73,6 +74,9 @@ def atomic_path(path: str | Path, force: bool = True) -> Iterator[Path]:
     # nobody's (bcseg records the folders holding its files), and --force refused them.
     made = [p for p in (path.parent, *path.parent.parents) if not p.exists()]
     path.parent.mkdir(parents=True, exist_ok=True)
+    for folder in reversed(made):  # the outermost first
+        for hook in WRITE_HOOKS:
+            hook(folder)
     tmp = partial_name(path)
     written = False
     try:

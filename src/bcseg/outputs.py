@@ -648,9 +648,13 @@ def beat(path: str | Path) -> None:
     except OSError:
         return
     identity = _identity(resolved)
+    # a folder made for a file (see atomic_path) is noted as one: a run killed before the
+    # file was complete left it empty and unjournaled, and the next run refused it as the
+    # user's instead of putting back the result the run was replacing
+    made = resolved.is_dir() and not resolved.is_symlink()
     for key, held in list(_held.items()):
-        if key == resolved or key in resolved.parents:
-            name = resolved.relative_to(key).as_posix()
+        if key in resolved.parents or (key == resolved and not made):
+            name = resolved.relative_to(key).as_posix() + ("/" if made else "")
             held.wrote[name] = identity
             with contextlib.suppress(OSError):  # unjournaled, the file is not adopted after a kill
                 journal.append(key, name, identity)
@@ -992,7 +996,8 @@ def _finish(folder: Path, held: _Held | None = None, still_open: bool = False) -
         if held is not None:  # what this claim wrote is its own, whoever's name was there before
             for name in sorted(n for n in held.wrote.keys() & present if _as_written(folder, n, held.wrote)):
                 record["files"][name] = held.command
-                record["stats"][name] = _fingerprint(folder / name)
+                if not name.endswith("/"):  # a folder has no size and time to keep
+                    record["stats"][name] = _fingerprint(folder / name)
             record["files"] = dict(sorted(record["files"].items()))
             record["stats"] = dict(sorted((k, v) for k, v in record["stats"].items() if v is not None))
         if still_open:  # its journal stays: the next claim settles the rest from it
