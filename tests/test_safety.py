@@ -3201,16 +3201,24 @@ def test_predictions_go_into_a_masks_folder_holding_only_bcseg_runs(tmp_path, ca
     assert run(capsys, "check", data)[0] == 0
 
 
-def test_no_dataset_is_written_inside_masks_that_bcseg_wrote(tmp_path, capsys, phantom, models):
+@pytest.mark.parametrize("command", ["phantom", "demo"])
+def test_no_dataset_is_written_inside_masks_that_bcseg_wrote(tmp_path, capsys, phantom, models,
+                                                             command):
     """After 'predict images/ --out masks/' masks/ is bcseg's whole folder, and a new folder
     in it was any command's: 'phantom data/masks/x' wrote a dataset whose images read as an
-    observer's masks without images, and check refused the dataset."""
+    observer's masks without images, and check refused the dataset. The demo writes a
+    phantom dataset too (its list of such commands was shadowed by another of that name)."""
     data = tmp_path / "data"
     shutil.copytree(phantom / "images", data / "images")
     assert run(capsys, "predict", data / "images", "--model", models["2d"], "--out",
                data / "masks", "--no-progress")[0] == 0
     before, entries = hashes(tmp_path), sorted(tmp_path.rglob("*"))
-    code, _, err = run(capsys, "phantom", data / "masks" / "x", "--n", 1, "--shape", 8, 16, 16)
+    argv = {"phantom": ["phantom", data / "masks" / "x", "--n", 1, "--shape", 8, 16, 16],
+            "demo": ["demo", "--out", data / "masks" / "x", "--epochs-2d", 1, "--epochs-3d", 1]}
+    # the demo's own check, not only its phantom's later one inside the demo's folder
+    with pytest.raises(UsageError, match="is a folder of the dataset"):
+        outputs.check_output_folder(data / "masks" / "x", command=command)
+    code, _, err = run(capsys, *argv[command])
     assert code == 2 and "is a folder of the dataset" in one_line(err), err
     assert hashes(tmp_path) == before and sorted(tmp_path.rglob("*")) == entries
     assert run(capsys, "check", data)[0] == 0

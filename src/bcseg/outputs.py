@@ -317,7 +317,7 @@ def _refuse_inside_a_layout(folder: Path, command: str) -> None:
             # bcseg's own folder, by either path; but a dataset written anywhere in masks/
             # is data, read as an observer's masks ('phantom data/masks/x' after 'predict
             # images/ --out masks/' made check refuse the dataset)
-            if command not in DATASET_WRITERS and (_bcseg_folder_between(
+            if command not in DATASET_MAKERS and (_bcseg_folder_between(
                     inside, root / part) or _masks_of_bcseg_folders(inside, root, part, command)):
                 break
             raise _dataset_refusal(folder, _as_named(folder, root), command)
@@ -336,9 +336,11 @@ def _layout_dataset(folder: Path) -> bool:
                for path in (folder / part).glob(pattern))
 
 
-# Commands whose output is itself a dataset (images/ and masks/, or nnU-Net's folders):
-# written as a dataset's masks/, its images/ read as an observer's masks.
-DATASET_WRITERS = ("phantom", "export-nnunet", "demo")
+# Commands whose output is or holds a dataset (images/ and masks/, nnU-Net's folders, the
+# demo's phantom): written in a dataset's masks/, its images/ read as an observer's masks.
+# Not DATASET_WRITERS below (whose files only the same command's --force replaces): the
+# demo's own files are results that demo --force replaces.
+DATASET_MAKERS = ("phantom", "export-nnunet", "demo")
 
 
 def _masks_to_come(inside: Path, root: Path, part: str, command: str) -> bool:
@@ -349,7 +351,7 @@ def _masks_to_come(inside: Path, root: Path, part: str, command: str) -> bool:
     the commands that write masks there (the README's 'predict images/ --out masks/')."""
     if part != "masks" or (root / "masks").exists() or (root / "masks").is_symlink():
         return False
-    if inside == root / "masks" and command not in DATASET_WRITERS:
+    if inside == root / "masks" and command not in DATASET_MAKERS:
         return False
     return (root / "images").is_dir() and any(
         not path.name.startswith(".") and path.is_file()
@@ -362,7 +364,7 @@ def _masks_of_bcseg_folders(inside: Path, root: Path, part: str, command: str) -
     own: 'predict images/ --out masks/' (the README's tour) was refused there as a folder
     of the dataset, though nothing in it is the user's. Open to the commands that write
     masks there, as a ``masks/`` still to come is (:func:`_masks_to_come`)."""
-    if part != "masks" or inside != root / "masks" or command in DATASET_WRITERS:
+    if part != "masks" or inside != root / "masks" or command in DATASET_MAKERS:
         return False
     try:
         entries = [path for path in inside.iterdir() if not _ours(path)]
