@@ -652,9 +652,12 @@ def test_predict_killed_part_way_leaves_only_complete_masks(stacks, tmp_path, mo
     for path in leftovers:  # temporary files are hidden and carry the partial mark
         assert path.name.startswith(".") and PARTIAL_MARK in path.name, path.name
         assert not io.is_image_file(path)  # so a later run never takes one for an input
-    # A re-run without --force refuses to overwrite; with --force it completes.
+    # A re-run without --force refuses to overwrite, naming the killed run and both ways
+    # on (it said only 'pass --force', which segments the finished stacks again)
     code, _, err = run_main(capsys, ["predict", stacks, "--model", models["2d"], "--out", out])
-    assert code == 2 and "already exists" in one_error_line(err)
+    line = one_error_line(err)
+    assert code == 2 and "already exists, in the unfinished output of a 'bcseg predict'" in line
+    assert "pass --resume to keep the masks it finished" in line and "or --force" in line
     code, _, err = run_main(capsys, ["predict", stacks, "--model", models["2d"], "--out", out,
                                      "--force", "--no-progress"])
     assert (code, err) == (0, "")

@@ -513,11 +513,21 @@ def _files_to_do(files: list[Path], wanted: dict, out_dir: Path, force: bool,
     known: dict = {}  # bcseg's files in out_dir, listed once, not once per input
     sources = [f for p in files for f in read_files(p)]  # never replaced, never removed as stale
     todo = [p for p in files if not (resume and _complete(wanted[output_name(p)], known, made))]
+    # A killed predict's masks: 'already exists; pass --force' hid the way that keeps them
+    killed = outputs.unfinished_claim(out_dir) if out_dir.is_dir() else None
     for path in todo:
         outputs.check_name_lengths([p for p in wanted[output_name(path)].values() if p is not None],
                                    input_file(path))
-        outputs.check_replaceable(_every_output(path, out_dir), force or resume, known,
-                                  command="predict", inputs=sources)
+        try:
+            outputs.check_replaceable(_every_output(path, out_dir), force or resume, known,
+                                      command="predict", inputs=sources)
+        except UsageError as exc:
+            if killed is None or killed.get("command") != "predict" or force or resume \
+                    or not exc.problem.startswith("already exists"):
+                raise
+            raise UsageError(exc.path, f"already exists, in {outputs.unfinished_output(killed)}; "
+                             "pass resume=True to keep the masks it finished and do the rest, "
+                             "or force=True to segment every input again") from None
     return todo
 
 
