@@ -966,3 +966,27 @@ def test_an_imagej_stack_with_a_page_of_another_size_says_so(odd, tmp_path):
     for call in (io.read_image, io.stored_geometry, io.read_spacing, io.channel_header):
         refused(lambda: call(image), image, "holds a page of another size or kind than the "
                 "stack's first", "save the stack with all its slices alike")
+
+
+@pytest.mark.parametrize("pages", [1, 3])
+def test_a_tiff_whose_pages_loop_back_is_named_corrupt_not_cut_short(tmp_path, pages):
+    """The last page's link to a next page pointed back at the first: tifffile stops at a
+    page it has seen, and bcseg said the file 'ends before its last page', so the user
+    looked for a short copy of a file that was whole."""
+    import struct
+
+    path = tmp_path / "stack.tif"
+    with tifffile.TiffWriter(path) as writer:
+        for _ in range(pages):  # one IFD per slice
+            writer.write(np.zeros((16, 16), np.uint8), contiguous=False)
+    with tifffile.TiffFile(path) as tif:
+        offsets, fmt = [page.offset for page in tif.pages], tif.tiff
+    assert len(offsets) == pages
+    data = bytearray(path.read_bytes())
+    tags = struct.unpack_from(fmt.tagnoformat, data, offsets[-1])[0]
+    struct.pack_into(fmt.offsetformat, data, offsets[-1] + fmt.tagnosize + tags * fmt.tagsize,
+                     offsets[0])
+    path.write_bytes(bytes(data))
+    message = refused(lambda: io.read_image(path), path, "is corrupt",
+                      "its chain of pages leads back into the file")
+    assert "ends" not in message

@@ -215,7 +215,15 @@ def _check_complete(tif: tifffile.TiffFile, path: Path) -> None:
     tags = struct.unpack(fmt.tagnoformat, raw)[0] if len(raw) == fmt.tagnosize else 0
     handle.seek(last + fmt.tagnosize + tags * fmt.tagsize)
     raw = handle.read(fmt.offsetsize)
-    if len(raw) < fmt.offsetsize or struct.unpack(fmt.offsetformat, raw)[0] != 0:
+    following = struct.unpack(fmt.offsetformat, raw)[0] if len(raw) == fmt.offsetsize else None
+    if following is not None and 0 < following < handle.size:
+        # inside the file: a chain that loops back (tifffile stops at a page it has seen)
+        # or a damaged page; 'the file ends before its last page' sent the user looking
+        # for a short copy
+        raise DataError(path, f"is corrupt: its chain of pages leads back into the file (offset "
+                        f"{following}) to a page already read or one that cannot be read; copy "
+                        "it again from the source, or save it again")
+    if following != 0:
         raise DataError(path, f"is truncated or corrupt: the file ends ({handle.size} bytes) "
                         f"before its last page; copy it again from the source")
 
