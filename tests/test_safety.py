@@ -580,6 +580,30 @@ def test_settling_leftovers_never_deletes_what_bcseg_did_not_write(tmp_path):
     assert hashes(tmp_path) == before
 
 
+def test_a_leftover_of_empty_folders_is_removed_and_one_with_a_file_kept(tmp_path):
+    """A replacement killed while it deleted the old result, after its files (the record
+    among them) and before its emptied folders, left '.result.bcseg-old-PID' holding
+    folders alone: no record, so never settled, there for good. Its empty folders go;
+    a look-alike holding any file, or a link, stays whole."""
+    folder = tmp_path / "result"
+    with outputs.claim(folder, "test"):
+        write_text(folder / "a.csv", "ours\n")
+    emptied = tmp_path / f".result{outputs.ASIDE_MARK}2"
+    (emptied / "images" / "us").mkdir(parents=True)
+    (emptied / "masks").mkdir()
+    with_file = tmp_path / f".result{outputs.ASIDE_MARK}3"
+    (with_file / "deep" / "er").mkdir(parents=True)
+    (with_file / "deep" / "notes.txt").write_text("mine")
+    with_link = tmp_path / f".result{outputs.ASIDE_MARK}4"
+    with_link.mkdir()
+    (with_link / "to-data").symlink_to(tmp_path, target_is_directory=True)
+    outputs.settle(folder)
+    assert not emptied.exists()
+    assert (with_file / "deep" / "notes.txt").read_text() == "mine"
+    assert (with_file / "deep" / "er").is_dir()
+    assert (with_link / "to-data").is_symlink() and (folder / "a.csv").is_file()
+
+
 def test_replacing_never_removes_an_input(tmp_path):
     folder = tmp_path / "result"
     with outputs.claim(folder, "test"):

@@ -1562,6 +1562,14 @@ def _recover(folder: Path) -> None:
     leftovers = []
     for path in _leftovers_beside(folder):
         match = ASIDE.match(path.name)
+        if match and match["name"] == folder.name and path.is_dir() and not path.is_symlink() \
+                and not (path / RECORD).exists() \
+                and all(name.endswith("/") for name in listing(path, strict=False)):
+            # A replaced result whose deletion was killed after its files (the record among
+            # them) and before its emptied folders: folders alone, stayed forever. Only
+            # empty folders go (delete_judged with nothing judged deletes no file).
+            delete_judged(path, {})
+            continue
         # Only what a replacement moved aside: a real folder holding bcseg's record and
         # nothing bcseg did not write; anything else that merely matches the name is left.
         # (An own-id leftover is a dead run's too: this process's replacement of the
