@@ -988,5 +988,24 @@ def test_a_tiff_whose_pages_loop_back_is_named_corrupt_not_cut_short(tmp_path, p
                      offsets[0])
     path.write_bytes(bytes(data))
     message = refused(lambda: io.read_image(path), path, "is corrupt",
-                      "its chain of pages leads back into the file")
+                      f"its chain of pages loops back to an earlier page (offset {offsets[0]}) "
+                      f"after {pages} page(s)")
     assert "ends" not in message
+
+
+def test_a_scanimage_file_whose_last_frame_tifffile_leaves_out_is_not_called_corrupt(tmp_path):
+    """tifffile counts an old ScanImage file's frames from the file size and leaves out the
+    last when the file ends right after its data: the whole file was refused as corrupt or
+    truncated. It is still refused (a slice would be lost), saying what happened."""
+    path = tmp_path / "si.tif"
+    with tifffile.TiffWriter(path) as writer:
+        for i in range(6):
+            writer.write(np.zeros((32, 32), np.uint8), metadata=None,
+                         description=f"state.configPath = '' frame {i}")
+    with tifffile.TiffFile(path) as tif:
+        listed = len(tif.pages)
+    if listed == 6:
+        pytest.skip("this tifffile reads every frame of the file")
+    message = refused(lambda: io.read_image(path), path,
+                      f"holds 6 pages, of which only {listed} could be read as its image")
+    assert "corrupt" not in message and "truncated" not in message

@@ -201,7 +201,8 @@ def image_page(tif: tifffile.TiffFile) -> tifffile.TiffPage:
 
 
 def _check_complete(tif: tifffile.TiffFile, path: Path) -> None:
-    """Raise if the chain of pages is cut short, as in a truncated copy.
+    """Raise if the chain of pages goes on past the pages tifffile read, as in a truncated
+    copy, a chain that loops, or a page tifffile leaves out.
 
     tifffile only logs a broken chain and returns the pages it found, so a stack cut
     in half would silently read as its first page(s).
@@ -209,23 +210,42 @@ def _check_complete(tif: tifffile.TiffFile, path: Path) -> None:
     if tif.is_ndpi or len(tif.pages) == 0:  # NDPI stores offsets its own way
         return
     fmt, handle = tif.tiff, tif.filehandle
-    last = tif.pages[len(tif.pages) - 1].offset
-    handle.seek(last)
+    if _next_page(fmt, handle, tif.pages[len(tif.pages) - 1].offset) == 0:
+        return  # the last page read is the chain's last
+    # Walked whole, the chain tells which: 'the file ends before its last page' for all
+    # three sent users looking for a short copy of a whole file.
+    count, offset, seen = 0, tif.pages[0].offset, set()
+    while offset and offset < handle.size and offset not in seen and count < MAX_PAGES:
+        seen.add(offset)
+        count += 1
+        offset = _next_page(fmt, handle, offset)
+    if offset in seen:
+        raise DataError(path, f"is corrupt: its chain of pages loops back to an earlier page "
+                        f"(offset {offset}) after {count} page(s); copy it again from the "
+                        "source, or save it again")
+    if offset == 0:
+        raise DataError(path, f"holds {count} pages, of which only {len(tif.pages)} could be "
+                        "read as its image (a page left out, as tifffile does with the last frame "
+                        "of some ScanImage files, or a damaged one); save it again as a plain "
+                        "TIFF stack (for example from Fiji)")
+    raise DataError(path, f"is truncated or corrupt: the file ends ({handle.size} bytes) "
+                    f"before its last page; copy it again from the source")
+
+
+MAX_PAGES = 1 << 24  # pages walked in a chain that does not end, before it is called corrupt
+
+
+def _next_page(fmt, handle, offset: int) -> int | None:
+    """Where the page after the page (IFD) at ``offset`` starts (0: none), or None where
+    the file ends first."""
+    handle.seek(offset)
     raw = handle.read(fmt.tagnosize)
-    tags = struct.unpack(fmt.tagnoformat, raw)[0] if len(raw) == fmt.tagnosize else 0
-    handle.seek(last + fmt.tagnosize + tags * fmt.tagsize)
+    if len(raw) < fmt.tagnosize:
+        return None
+    tags = struct.unpack(fmt.tagnoformat, raw)[0]
+    handle.seek(offset + fmt.tagnosize + tags * fmt.tagsize)
     raw = handle.read(fmt.offsetsize)
-    following = struct.unpack(fmt.offsetformat, raw)[0] if len(raw) == fmt.offsetsize else None
-    if following is not None and 0 < following < handle.size:
-        # inside the file: a chain that loops back (tifffile stops at a page it has seen)
-        # or a damaged page; 'the file ends before its last page' sent the user looking
-        # for a short copy
-        raise DataError(path, f"is corrupt: its chain of pages leads back into the file (offset "
-                        f"{following}) to a page already read or one that cannot be read; copy "
-                        "it again from the source, or save it again")
-    if following != 0:
-        raise DataError(path, f"is truncated or corrupt: the file ends ({handle.size} bytes) "
-                        f"before its last page; copy it again from the source")
+    return struct.unpack(fmt.offsetformat, raw)[0] if len(raw) == fmt.offsetsize else None
 
 
 def stored_shape(tif: tifffile.TiffFile, path: Path) -> tuple[tuple[int, ...], str]:
