@@ -331,9 +331,14 @@ def _layout_dataset(folder: Path) -> bool:
     and two empty folders so named are no dataset yet."""
     if not ((folder / "images").is_dir() and (folder / "masks").is_dir()):
         return False
+    return _holds_a_file(folder / "images") or _holds_a_file(folder / "masks")
+
+
+def _holds_a_file(folder: Path) -> bool:
+    """Whether ``folder`` or a folder in it (``images/us/``, ``masks/observer1/``) holds a
+    file that is not hidden."""
     return any(not path.name.startswith(".") and path.is_file()
-               for part in ("images", "masks") for pattern in ("*", "*/*")
-               for path in (folder / part).glob(pattern))
+               for pattern in ("*", "*/*") for path in folder.glob(pattern))
 
 
 # Commands whose output is or holds a dataset (images/ and masks/, nnU-Net's folders, the
@@ -353,9 +358,7 @@ def _masks_to_come(inside: Path, root: Path, part: str, command: str) -> bool:
         return False
     if inside == root / "masks" and command not in DATASET_MAKERS:
         return False
-    return (root / "images").is_dir() and any(
-        not path.name.startswith(".") and path.is_file()
-        for pattern in ("*", "*/*") for path in (root / "images").glob(pattern))
+    return (root / "images").is_dir() and _holds_a_file(root / "images")
 
 
 def _masks_of_bcseg_folders(inside: Path, root: Path, part: str, command: str) -> bool:
@@ -779,17 +782,11 @@ def check_replaceable(paths: Iterable[Path], force: bool,
     the command's ``inputs``.
     """
     known = {} if known is None else known
-    sources = {real_path(item) for item in inputs if item is not None}
-    # The inputs as files on the disk too: one named through another path to its folder
-    # (a bind mount, a container's volume), which no resolving of links sees, was removed
-    # as a stale companion ('predict a.tif mnt/a_prob.tif --out out --force', mnt a bind
-    # mount of out) and then failed as 'file not found', or replaced before it was read.
-    files = _identities(sources, {})
+    is_input = input_test(inputs)
     for path in paths:
         if not (path.exists() or path.is_symlink()):
             continue
-        if (real_path(path) in sources or path.absolute() in sources
-                or _identities([path], {}) & files):
+        if is_input(path):
             raise UsageError(path, "is an input of this command; choose another output")
         # What force cannot replace is refused as such first: suggesting force=True for
         # it only led to a second refusal.
@@ -810,6 +807,19 @@ def check_replaceable(paths: Iterable[Path], force: bool,
                              f"replaces only an earlier {command} output: choose another output")
         if not force:
             raise UsageError(path, "already exists; pass force=True to overwrite it")
+
+
+def input_test(inputs: Iterable) -> Callable[[Path], bool]:
+    """A test of whether a path is one of ``inputs`` (None among them ignored), by any
+    name: its link resolved, or the same file on the disk. The latter catches one named
+    through another path to its folder (a bind mount, a container's volume), which no
+    resolving of links sees: it was removed as a stale companion ('predict a.tif
+    mnt/a_prob.tif --out out --force', mnt a bind mount of out) and then failed as 'file
+    not found', or replaced before it was read."""
+    sources = {real_path(item) for item in inputs if item is not None}
+    files = _identities(sources, {})
+    return lambda path: (real_path(path) in sources or Path(path).absolute() in sources
+                         or bool(_identities([Path(path)], {}) & files))
 
 
 def writer_above(path: Path, levels: int = 3) -> str | None:
@@ -1562,20 +1572,20 @@ def _recover(folder: Path) -> None:
     leftovers = []
     for path in _leftovers_beside(folder):
         match = ASIDE.match(path.name)
-        if match and match["name"] == folder.name and path.is_dir() and not path.is_symlink() \
-                and not (path / RECORD).exists() \
-                and all(name.endswith("/") for name in listing(path, strict=False)):
+        if not (match and match["name"] == folder.name and path.is_dir() and not path.is_symlink()):
+            continue
+        if not (path / RECORD).exists():
             # A replaced result whose deletion was killed after its files (the record among
             # them) and before its emptied folders: folders alone, stayed forever. Only
             # empty folders go (delete_judged with nothing judged deletes no file).
-            delete_judged(path, {})
+            if all(name.endswith("/") for name in listing(path, strict=False)):
+                delete_judged(path, {})
             continue
         # Only what a replacement moved aside: a real folder holding bcseg's record and
         # nothing bcseg did not write; anything else that merely matches the name is left.
         # (An own-id leftover is a dead run's too: this process's replacement of the
         # folder is a nested claim, which never gets here.)
-        if match and match["name"] == folder.name \
-                and path.is_dir() and not path.is_symlink() and (path / RECORD).is_file():
+        if (path / RECORD).is_file():
             judged = files_now(path)
             if not foreign(path):
                 leftovers.append((path.lstat().st_ctime, int(match["pid"]), path, judged))

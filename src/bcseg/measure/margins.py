@@ -51,7 +51,6 @@ from __future__ import annotations
 import csv
 import io as text_io
 import math
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Mapping
@@ -67,7 +66,7 @@ from bcseg.data.channels import check_agreement, check_channel_name, read_files
 from bcseg.data.case_checks import not_utf8
 from bcseg.data.cases import IMAGE_CHANNEL
 from bcseg.data.geometry import bounding_box, fill_holes, largest_component, surface
-from bcseg.atomic import atomic_path, real_path, write_text
+from bcseg.atomic import atomic_path, write_text
 from bcseg.errors import BcsegError, DataError, UsageError
 
 __all__ = [
@@ -783,25 +782,12 @@ def margins_for_files(image_path, tumour_path: str | Path, out_dir: str | Path,
             computed = out_dir / f"{case}_specimen.tif"
             # margins' own only: one that predict --margins computed is predict's result;
             # and never an input (an earlier run's specimen mask given as --tumour was deleted)
-            if not _is_one_of(computed, inputs):
+            if not outputs.input_test(inputs)(computed):
                 outputs.remove_owned([computed], by=("margins",))
         write_margins_csv([result], written["csv"])
         margin_figure(arrays[display], tumour, specimen, result, written["png"], spacing)
     result["outputs"] = {name: str(p) for name, p in written.items()}
     return result
-
-
-def _is_one_of(path: Path, files) -> bool:
-    """Whether ``path`` is one of ``files`` on the disk (by any name: a link, a hard link)."""
-    for item in files:
-        if item is None:
-            continue
-        try:
-            if real_path(path) == real_path(item) or os.path.samefile(path, item):
-                return True
-        except OSError:  # either is not there: not the same file
-            continue
-    return False
 
 
 def _by(spacing) -> str:
