@@ -98,9 +98,10 @@ def atomic_path(path: str | Path, force: bool = True) -> Iterator[Path]:
     finally:
         if tmp.exists():
             tmp.unlink()
-        for folder in made if not written else ():  # the deepest first; one in use stays
-            with contextlib.suppress(OSError):
-                folder.rmdir()
+        if not written:
+            for folder in made:  # the deepest first; one in use stays
+                with contextlib.suppress(OSError):
+                    folder.rmdir()
 
 
 def full_disk_problem(error: OSError) -> str | None:

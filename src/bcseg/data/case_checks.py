@@ -78,8 +78,8 @@ def check_observer_name(name: str, where: Path) -> None:
     if name in METHODS:
         raise DataError(where, f"names an observer '{name}', which is the name of a consensus "
                         f"of observers ({', '.join(METHODS)}); rename the observer")
-    if not_utf8(name):  # its name heads columns of metrics.csv and agreement.csv
-        raise DataError(where, f"names an observer whose name {not_utf8(name)}; rename the "
+    if problem := not_utf8(name):  # its name heads columns of metrics.csv and agreement.csv
+        raise DataError(where, f"names an observer whose name {problem}; rename the "
                         "observer's folder")
 
 
@@ -131,8 +131,8 @@ def id_problem(case_id: str, max_bytes: int | None = ID_MAX_BYTES) -> str | None
         return "holds a control character; bcseg names output files after it"
     if case_id.startswith("."):
         return "starts with '.', which would hide the output files named after it"
-    if not_utf8(case_id):
-        return not_utf8(case_id)
+    if problem := not_utf8(case_id):
+        return problem
     if max_bytes is not None and len(os.fsencode(case_id)) > max_bytes:
         return (f"is {len(os.fsencode(case_id))} bytes long, more than {max_bytes}: output files "
                 "are named after it and a file name may have at most 255 bytes")

@@ -231,8 +231,7 @@ def _refuse_dataset_folders(out_dir: Path, inputs, files: list[Path | Case]) -> 
     dataset's ``masks/`` above ``out_dir``, whatever predict reads, was refused by
     :func:`bcseg.outputs.check_output_folder`."""
     read = {f for item in files if isinstance(item, Case) for f in case_files(item)}
-    items = map(Path, [inputs] if isinstance(inputs, (str, Path)) else inputs)
-    for item in items:
+    for item in map(Path, [inputs] if isinstance(inputs, (str, Path)) else inputs):
         if _is_dataset(item):
             outputs.refuse_dataset_folder(out_dir, item, read, "predict")
 
